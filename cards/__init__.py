@@ -1,0 +1,1 @@
+"""Dataset card, datasheet, model card and benchmark card, generated from manifests and results."""

@@ -1,0 +1,299 @@
+"""A built dataset on disk: Parquet shards + README.md (YAML configs) + manifest.json.
+
+Layout::
+
+    reddit-amazon/
+      README.md                       dataset card; YAML declares configs beauty/fashion/home/items
+      manifest.json                   version, fingerprint, candidate sets, counts, build record
+      data/<domain>/<split>-00000-of-00001.parquet
+      data/items/<domain>-00000-of-00001.parquet
+
+``datasets.load_dataset("reddit-amazon", "fashion")`` (from the parent folder), an absolute path,
+or a Hub repo id after :func:`push_to_hub` all read it. Images are embedded in the Parquet
+(``datasets.Image``) because string paths would be resolved against the working directory.
+
+Writing is atomic: everything goes to a sibling temporary folder that replaces the target only
+once complete, so an interrupted write never leaves a half-written dataset behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow.parquet as pq
+from datasets.info import DatasetInfo, DatasetInfosDict
+from huggingface_hub import DatasetCardData
+
+from reddit_amazon import __version__
+from reddit_amazon.schema import (
+    DOMAINS,
+    ITEM_FEATURES,
+    ITEMS_CONFIG,
+    SPLITS,
+    Conversation,
+    Item,
+    SchemaError,
+    candidate_sets_of,
+    conversation_features,
+)
+
+DEFAULT_NAME = "reddit-amazon"
+MANIFEST = "manifest.json"
+DATA_DIR = "data"
+CONVERSATION_SHARD_ROWS = 20_000
+ITEM_SHARD_ROWS = 2_000  # items carry images: keep shards to tens of MB
+
+
+@dataclass
+class DatasetContents:
+    """What goes into a dataset folder. ``conversations[domain][split]``, ``items[domain]``."""
+
+    conversations: dict[str, dict[str, list[Conversation]]]
+    items: dict[str, list[Item]]
+    version: str
+    candidate_sets: list[str] = field(default_factory=list)  # sets actually computed
+    metadata: dict[str, Any] = field(default_factory=dict)  # free-form: source, build record, …
+
+
+def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents) -> dict[str, Any]:
+    """Write ``contents`` as a dataset folder at ``out_dir`` (atomically). Returns the manifest."""
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        manifest = _write_into(tmp, contents)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:
+    extra_sets = sorted({name for domain in contents.conversations.values() for split in domain.values()
+                         for record in split for name in record.candidates})
+    features = conversation_features(extra_sets)
+    data_files: dict[str, dict[str, list[str]]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for domain in DOMAINS:
+        splits = contents.conversations.get(domain, {})
+        data_files[domain] = {}
+        counts[domain] = {}
+        for split in SPLITS:
+            records = splits.get(split, [])
+            rows = [r.to_row() for r in records]
+            for row in rows:
+                for column in features:
+                    row.setdefault(column, [])
+            data_files[domain][split] = _write_shards(folder, f"{DATA_DIR}/{domain}/{split}", rows, features,
+                                                      CONVERSATION_SHARD_ROWS)
+            counts[domain][split] = len(rows)
+    data_files[ITEMS_CONFIG] = {}
+    counts[ITEMS_CONFIG] = {}
+    for domain in DOMAINS:
+        items = sorted(contents.items.get(domain, []), key=lambda item: item.item_id)
+        rows = [item.to_row() for item in items]
+        data_files[ITEMS_CONFIG][domain] = _write_shards(folder, f"{DATA_DIR}/{ITEMS_CONFIG}/{domain}", rows,
+                                                         ITEM_FEATURES, ITEM_SHARD_ROWS)
+        counts[ITEMS_CONFIG][domain] = len(rows)
+
+    manifest = {
+        "name": DEFAULT_NAME,
+        "version": contents.version,
+        "fingerprint": fingerprint(folder),
+        "schema_package_version": __version__,
+        "candidate_sets": list(contents.candidate_sets),
+        "candidate_columns": [f"candidates_{n}" for n in candidate_sets_of(features)],
+        "counts": counts,
+        **contents.metadata,
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_readme(folder, manifest, data_files, features)
+    return manifest
+
+
+def _write_shards(folder: Path, stem: str, rows: list[dict], features: datasets.Features, shard_rows: int) -> list[str]:
+    num_shards = max(1, -(-len(rows) // shard_rows))
+    paths = []
+    for index in range(num_shards):
+        relative = f"{stem}-{index:05d}-of-{num_shards:05d}.parquet"
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        chunk = rows[index * shard_rows:(index + 1) * shard_rows]
+        dataset = datasets.Dataset.from_list(chunk, features=features) if chunk else _empty(features)
+        pq.write_table(dataset.data.table, path)  # keeps the features metadata (Image, List)
+        paths.append(relative)
+    return paths
+
+
+def _empty(features: datasets.Features) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(target)
+
+
+def fingerprint(folder: str | os.PathLike) -> str:
+    """sha256 over the data files (relative path + content), independent of card and manifest."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted((folder / DATA_DIR).rglob("*.parquet")):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(_file_sha256(path).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# README.md: YAML configs + dataset_info, body from the card generator
+# --------------------------------------------------------------------------------------------
+
+
+def card_data(manifest: Mapping[str, Any], data_files: Mapping[str, Mapping[str, list[str]]],
+              features: datasets.Features) -> DatasetCardData:
+    counts = manifest["counts"]
+    total = sum(sum(c.values()) for name, c in counts.items() if name != ITEMS_CONFIG)
+    data = DatasetCardData(
+        license="other",
+        license_name="reddit-amazon-research",
+        language=["en"],
+        task_categories=["text-generation", "image-text-to-text"],
+        task_ids=[],
+        tags=["conversational-recommendation", "recommendation", "reddit", "amazon", "multimodal"],
+        size_categories=[_size_category(total)],
+        pretty_name="Reddit-Amazon",
+        configs=[
+            {
+                "config_name": config,
+                "data_files": [{"split": split, "path": paths} for split, paths in splits.items()],
+                **({"default": True} if config == "fashion" else {}),
+            }
+            for config, splits in data_files.items()
+        ],
+    )
+    infos = {}
+    for config, splits in counts.items():
+        config_features = ITEM_FEATURES if config == ITEMS_CONFIG else features
+        split_dict = datasets.SplitDict()
+        for split, n in splits.items():
+            split_dict.add(datasets.SplitInfo(name=split, num_examples=n))
+        infos[config] = DatasetInfo(features=config_features, splits=split_dict, version=manifest["version"])
+    DatasetInfosDict(infos).to_dataset_card_data(data)
+    return data
+
+
+def _size_category(n: int) -> str:
+    for limit, label in [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]:
+        if n < limit:
+            return label
+    return "1M<n<10M"
+
+
+def write_readme(folder: Path, manifest: Mapping[str, Any], data_files: Mapping[str, Mapping[str, list[str]]],
+                 features: datasets.Features) -> None:
+    from cards.dataset_card import render_dataset_card
+
+    data = card_data(manifest, data_files, features)
+    (folder / "README.md").write_text(render_dataset_card(data, manifest, folder), encoding="utf-8")
+
+
+def refresh_card(folder: str | os.PathLike) -> None:
+    """Re-render README.md from the folder's manifest and shards (``reddit-amazon card``)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    data_files: dict[str, dict[str, list[str]]] = {}
+    for config in [*DOMAINS, ITEMS_CONFIG]:
+        splits = DOMAINS if config == ITEMS_CONFIG else SPLITS
+        data_files[config] = {
+            split: sorted(p.relative_to(folder).as_posix() for p in (folder / DATA_DIR / config).glob(f"{split}-*.parquet"))
+            for split in splits
+        }
+    columns = _parquet_columns(folder / data_files[DOMAINS[0]][SPLITS[0]][0])
+    write_readme(folder, manifest, data_files, conversation_features(candidate_sets_of(columns)))
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    return pq.read_schema(path).names
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a reddit-amazon dataset folder (no {MANIFEST})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load(config: str, path: str | os.PathLike | None = None, split: str | None = None, **kwargs: Any):
+    """``datasets.load_dataset`` on a dataset folder or Hub id; the bundled sample when ``path`` is None."""
+    if config not in (*DOMAINS, ITEMS_CONFIG):
+        raise SchemaError(f"unknown config {config!r}; expected one of {', '.join((*DOMAINS, ITEMS_CONFIG))}")
+    if path is None:
+        from reddit_amazon.sample import sample_dataset_path
+
+        path = sample_dataset_path()
+    return datasets.load_dataset(str(path), config, split=split, **kwargs)
+
+
+def iter_conversations(dataset: Iterable[Mapping[str, Any]], source: str) -> Iterable[Conversation]:
+    for index, row in enumerate(dataset):
+        yield Conversation.from_row(row, where=f"{source}[{index}]")
+
+
+def iter_items(dataset: Iterable[Mapping[str, Any]], source: str) -> Iterable[Item]:
+    for index, row in enumerate(dataset):
+        yield Item.from_row(row, where=f"{source}[{index}]")
+
+
+def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None,
+                revision: str | None = None) -> str:
+    """Upload a dataset folder as a Hub dataset repo (token from ``HF_TOKEN`` unless given).
+
+    The folder already has the Hub layout (README YAML configs + Parquet), so it is uploaded as is;
+    the version becomes a tag so ``load_dataset(repo_id, revision="vX.Y.Z")`` pins it.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        repo_type="dataset",
+        folder_path=str(folder),
+        revision=revision,
+        commit_message=f"reddit-amazon {manifest['version']} ({manifest['fingerprint'][:12]})",
+        allow_patterns=["README.md", MANIFEST, f"{DATA_DIR}/**"],
+    )
+    api.create_tag(repo_id, repo_type="dataset", tag=f"v{manifest['version']}", revision=revision, exist_ok=True)
+    return str(commit)

@@ -1,0 +1,397 @@
+"""The one place the dataset's fields are declared.
+
+Every other module (build, importer, benchmark, reference model, cards) reads records through the
+dataclasses and ``datasets.Features`` below. A field is added here or nowhere.
+
+Two record kinds:
+
+* :class:`Conversation` -- one Reddit thread up to a comment that recommends Amazon products.
+  Configs ``beauty``, ``fashion``, ``home``; splits ``train``, ``validation``, ``test``.
+* :class:`Item` -- one Amazon product (keyed by ASIN). Config ``items``; one split per domain.
+
+A conversation with several recommended items stays one record (``gt_items`` is a list); the
+evaluation counts it once per gt item, as the paper does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import datasets
+from datasets import Features, Value
+
+DOMAINS: tuple[str, ...] = ("beauty", "fashion", "home")
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+ITEMS_CONFIG = "items"
+TURN_KINDS: tuple[str, ...] = ("submission", "comment")
+
+#: Candidate sets every dataset declares a column for. A column may be empty for a record when
+#: that retriever was not run for the dataset (the manifest lists the sets that were computed).
+#: Further retrievers add ``candidates_<name>`` columns.
+REQUIRED_CANDIDATE_SETS: tuple[str, ...] = ("sbert", "openai_large")
+CANDIDATE_PREFIX = "candidates_"
+NUM_CANDIDATES = 10
+
+ASIN_PATTERN = re.compile(r"[A-Z0-9]{10}")
+
+SUBMISSION_OPEN, SUBMISSION_CLOSE = "<submission>", "</submission>"
+COMMENT_OPEN, COMMENT_CLOSE = "<comment>", "</comment>"
+
+#: What a deleted or removed Reddit text is rendered as. The raw markers ("[deleted]",
+#: "[removed]") are never shown as if someone had written them.
+DELETED_TEXT = "[deleted]"
+REMOVED_TEXT = "[removed]"
+
+
+class SchemaError(ValueError):
+    """A record does not follow the schema. The message names where the record came from."""
+
+
+def candidate_column(name: str) -> str:
+    """``"sbert"`` -> ``"candidates_sbert"``."""
+    if not re.fullmatch(r"[a-z0-9_]+", name):
+        raise SchemaError(f"candidate set name {name!r} must be lower-case letters, digits or '_'")
+    return CANDIDATE_PREFIX + name
+
+
+def candidate_sets_of(column_names: Iterable[str]) -> list[str]:
+    """Names of the candidate sets present as columns, in column order."""
+    return [c[len(CANDIDATE_PREFIX):] for c in column_names if c.startswith(CANDIDATE_PREFIX)]
+
+
+def is_asin(value: object) -> bool:
+    return isinstance(value, str) and ASIN_PATTERN.fullmatch(value) is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One utterance of a thread, oldest first. ``author`` is pseudonymised (salted hash) or ""."""
+
+    kind: Literal["submission", "comment"]
+    text: str
+    author: str = ""
+    created_utc: int | None = None
+    id: str = ""  # Reddit id without the t1_/t3_ prefix; "" when unknown (imported records)
+
+
+@dataclass
+class Conversation:
+    example_id: str
+    domain: str
+    thread_id: str
+    subreddit: str
+    created_utc: int | None
+    turns: list[Turn]
+    context_items: list[str]
+    gt_text: str
+    gt_items: list[str]
+    gt_comment_id: str = ""
+    candidates: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def context(self) -> str:
+        return render_context(self.turns)
+
+    def to_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "example_id": self.example_id,
+            "domain": self.domain,
+            "thread_id": self.thread_id,
+            "subreddit": self.subreddit,
+            "created_utc": self.created_utc,
+            "turns": [
+                {"kind": t.kind, "id": t.id, "author": t.author, "text": t.text, "created_utc": t.created_utc}
+                for t in self.turns
+            ],
+            "context": self.context,
+            "context_items": list(self.context_items),
+            "gt_comment_id": self.gt_comment_id,
+            "gt_text": self.gt_text,
+            "gt_items": list(self.gt_items),
+        }
+        for name in REQUIRED_CANDIDATE_SETS:
+            row[candidate_column(name)] = list(self.candidates.get(name, []))
+        for name, ids in self.candidates.items():
+            row[candidate_column(name)] = list(ids)
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], *, where: str = "record") -> Conversation:
+        validate_conversation_row(row, where=where)
+        turns = [
+            Turn(kind=t["kind"], text=t["text"], author=t["author"], created_utc=t["created_utc"], id=t["id"])
+            for t in row["turns"]
+        ]
+        return cls(
+            example_id=row["example_id"],
+            domain=row["domain"],
+            thread_id=row["thread_id"],
+            subreddit=row["subreddit"],
+            created_utc=row["created_utc"],
+            turns=turns,
+            context_items=list(row["context_items"]),
+            gt_text=row["gt_text"],
+            gt_items=list(row["gt_items"]),
+            gt_comment_id=row["gt_comment_id"],
+            candidates={name: list(row[candidate_column(name)]) for name in candidate_sets_of(row)},
+        )
+
+
+@dataclass
+class Item:
+    item_id: str  # the ASIN the conversations use
+    domain: str
+    parent_asin: str = ""
+    title: str = ""
+    store: str = ""
+    main_category: str = ""
+    categories: list[str] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
+    description: str = ""
+    details: str = ""  # JSON object as text (Amazon's "details" dict varies by category)
+    image_urls: list[str] = field(default_factory=list)  # main image first
+    image: bytes | None = None  # encoded main image (JPEG/PNG), embedded in Parquet
+    image_description: str = ""
+    image_error: str = ""  # why no usable image, when image is None
+
+    def to_row(self) -> dict[str, Any]:
+        row = {name: getattr(self, name) for name in ITEM_FEATURES if name != "image"}
+        row["categories"] = list(self.categories)
+        row["features"] = list(self.features)
+        row["image_urls"] = list(self.image_urls)
+        row["image"] = None if self.image is None else {"bytes": self.image, "path": f"{self.item_id}.jpg"}
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], *, where: str = "record") -> Item:
+        validate_item_row(row, where=where)
+        values = {name: row[name] for name in ITEM_FEATURES if name != "image"}
+        image = row["image"]
+        if isinstance(image, Mapping):
+            image = image.get("bytes")
+        elif image is not None and not isinstance(image, bytes):  # a decoded PIL image
+            image = _encode_pil(image)
+        return cls(**values, image=image)
+
+
+def _encode_pil(image: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=image.format or "PNG")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# The context string of the paper: derived from turns by exactly one function
+# --------------------------------------------------------------------------------------------
+
+
+def render_context(turns: Iterable[Turn]) -> str:
+    """``<submission>…</submission>\\n<comment>…</comment>\\n…`` in thread order (the paper's format)."""
+    parts = []
+    for turn in turns:
+        if turn.kind == "submission":
+            parts.append(f"{SUBMISSION_OPEN}{turn.text}{SUBMISSION_CLOSE}\n")
+        else:
+            parts.append(f"{COMMENT_OPEN}{turn.text}{COMMENT_CLOSE}\n")
+    return "".join(parts)
+
+
+_CONTEXT_PATTERN = re.compile(
+    re.escape(SUBMISSION_OPEN) + r"(?P<submission>.*?)" + re.escape(SUBMISSION_CLOSE) + r"\n"
+    r"(?P<comments>(?:" + re.escape(COMMENT_OPEN) + r".*?" + re.escape(COMMENT_CLOSE) + r"\n)*)\Z",
+    re.DOTALL,
+)
+_COMMENT_PATTERN = re.compile(re.escape(COMMENT_OPEN) + r"(.*?)" + re.escape(COMMENT_CLOSE) + r"\n", re.DOTALL)
+
+
+def parse_context(context: str) -> list[Turn]:
+    """Inverse of :func:`render_context`. Raises :class:`SchemaError` unless the round trip is exact."""
+    match = _CONTEXT_PATTERN.match(context)
+    if match is None:
+        raise SchemaError("context is not '<submission>…</submission>\\n' followed by '<comment>…</comment>\\n' turns")
+    turns = [Turn(kind="submission", text=match["submission"])]
+    turns += [Turn(kind="comment", text=text) for text in _COMMENT_PATTERN.findall(match["comments"])]
+    if render_context(turns) != context:
+        raise SchemaError("context does not re-render identically (a turn contains a tag-like string)")
+    return turns
+
+
+# --------------------------------------------------------------------------------------------
+# datasets.Features: what Parquet shards and the dataset card declare
+# --------------------------------------------------------------------------------------------
+
+TURN_FEATURES = {
+    "kind": Value("string"),
+    "id": Value("string"),
+    "author": Value("string"),
+    "text": Value("string"),
+    "created_utc": Value("int64"),
+}
+
+
+def conversation_features(candidate_sets: Iterable[str] = ()) -> Features:
+    names = list(dict.fromkeys([*REQUIRED_CANDIDATE_SETS, *candidate_sets]))
+    spec: dict[str, Any] = {
+        "example_id": Value("string"),
+        "domain": Value("string"),
+        "thread_id": Value("string"),
+        "subreddit": Value("string"),
+        "created_utc": Value("int64"),
+        "turns": datasets.List(TURN_FEATURES),
+        "context": Value("string"),
+        "context_items": datasets.List(Value("string")),
+        "gt_comment_id": Value("string"),
+        "gt_text": Value("string"),
+        "gt_items": datasets.List(Value("string")),
+    }
+    for name in names:
+        spec[candidate_column(name)] = datasets.List(Value("string"))
+    return Features(spec)
+
+
+ITEM_FEATURES = Features(
+    {
+        "item_id": Value("string"),
+        "domain": Value("string"),
+        "parent_asin": Value("string"),
+        "title": Value("string"),
+        "store": Value("string"),
+        "main_category": Value("string"),
+        "categories": datasets.List(Value("string")),
+        "features": datasets.List(Value("string")),
+        "description": Value("string"),
+        "details": Value("string"),
+        "image_urls": datasets.List(Value("string")),
+        "image": datasets.Image(),
+        "image_description": Value("string"),
+        "image_error": Value("string"),
+    }
+)
+
+#: Human-readable meaning of each field: used by the README schema table and the dataset card.
+FIELD_DOCS: dict[str, str] = {
+    "example_id": "unique id of the record",
+    "domain": "beauty, fashion or home: the domain of the recommended item(s)",
+    "thread_id": "Reddit submission id of the thread (splits never share a thread)",
+    "subreddit": "subreddit of the thread",
+    "created_utc": "Unix time of the recommending comment",
+    "turns": "the thread up to the recommendation: list of {kind: submission|comment, id, author "
+    "(salted hash), text, created_utc}",
+    "context": "the paper's rendering of `turns`: `<submission>…</submission>\\n<comment>…</comment>\\n…`",
+    "context_items": "ASINs linked in earlier turns",
+    "gt_comment_id": "Reddit id of the recommending comment",
+    "gt_text": "text of the recommending comment",
+    "gt_items": "recommended ASINs (each is one evaluation example)",
+    "candidates_<name>": "10 candidate ASINs retrieved by retriever <name> (sbert, openai_large, bm25, …)",
+    "item_id": "ASIN used in the conversations",
+    "parent_asin": "Amazon Reviews 2023 parent ASIN the metadata is keyed by",
+    "title": "product title",
+    "store": "brand / store name",
+    "main_category": "Amazon Reviews 2023 main_category",
+    "categories": "category path",
+    "features": "bullet-point features",
+    "description": "product description (paragraphs joined by newlines)",
+    "details": "Amazon's details dict as JSON text",
+    "image_urls": "image URLs, main image first",
+    "image": "main image, embedded (datasets.Image)",
+    "image_description": "visually grounded description of the image (the paper's Table 10 prompt)",
+    "image_error": "why the item has no usable image ('' when it has one)",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: every reader calls these; errors name the source
+# --------------------------------------------------------------------------------------------
+
+_TYPES = {"string": str, "int64": int}
+
+
+def _check_fields(row: Mapping[str, Any], features: Features, where: str, nullable: set[str]) -> None:
+    if not isinstance(row, Mapping):
+        raise SchemaError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    missing = [name for name in features if name not in row]
+    if missing:
+        raise SchemaError(f"{where}: missing field(s) {', '.join(missing)}")
+    for name, feature in features.items():
+        value = row[name]
+        if value is None and name in nullable:
+            continue
+        _check_value(value, feature, f"{where}: field {name!r}", nullable_ints=True)
+
+
+def _check_value(value: Any, feature: Any, where: str, nullable_ints: bool) -> None:
+    if isinstance(feature, Value):
+        expected = _TYPES[feature.dtype]
+        if value is None and feature.dtype == "int64" and nullable_ints:
+            return
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise SchemaError(f"{where} must be {feature.dtype}, got {type(value).__name__} {value!r:.60}")
+    elif isinstance(feature, datasets.List):
+        if not isinstance(value, list):
+            raise SchemaError(f"{where} must be a list, got {type(value).__name__}")
+        for i, element in enumerate(value):
+            _check_value(element, feature.feature, f"{where}[{i}]", nullable_ints)
+    elif isinstance(feature, dict):
+        if not isinstance(value, Mapping):
+            raise SchemaError(f"{where} must be an object, got {type(value).__name__}")
+        missing = [k for k in feature if k not in value]
+        if missing:
+            raise SchemaError(f"{where} is missing {', '.join(missing)}")
+        for key, sub in feature.items():
+            _check_value(value[key], sub, f"{where}.{key}", nullable_ints)
+
+
+def _check_asins(values: Iterable[str], where: str) -> None:
+    for value in values:
+        if not is_asin(value):
+            raise SchemaError(f"{where}: {value!r} is not an ASIN (10 characters A-Z 0-9)")
+
+
+def validate_conversation_row(row: Mapping[str, Any], *, where: str = "record") -> None:
+    """Raise :class:`SchemaError` naming ``where`` (e.g. ``file.jsonl:12``) unless ``row`` is valid."""
+    sets = candidate_sets_of(row) if isinstance(row, Mapping) else []
+    _check_fields(row, conversation_features(sets), where, nullable={"created_utc"})
+    if row["domain"] not in DOMAINS:
+        raise SchemaError(f"{where}: domain {row['domain']!r} is not one of {', '.join(DOMAINS)}")
+    if not row["gt_items"]:
+        raise SchemaError(f"{where}: gt_items is empty")
+    _check_asins(row["gt_items"], f"{where}: gt_items")
+    _check_asins(row["context_items"], f"{where}: context_items")
+    for name in sets:
+        column = candidate_column(name)
+        ids = row[column]
+        _check_asins(ids, f"{where}: {column}")
+        if ids and (len(ids) != NUM_CANDIDATES or len(set(ids)) != len(ids)):
+            raise SchemaError(
+                f"{where}: {column} must hold {NUM_CANDIDATES} distinct ASINs (or none), got {len(ids)}"
+            )
+    turns = row["turns"]
+    if not turns or turns[0]["kind"] != "submission":
+        raise SchemaError(f"{where}: turns must start with the submission")
+    for i, turn in enumerate(turns):
+        if turn["kind"] not in TURN_KINDS or (i > 0 and turn["kind"] != "comment"):
+            raise SchemaError(f"{where}: turns[{i}].kind {turn['kind']!r} (one submission, then comments)")
+    if row["context"] != render_context(Turn(kind=t["kind"], text=t["text"]) for t in turns):
+        raise SchemaError(f"{where}: context does not match render_context(turns)")
+
+
+def validate_item_row(row: Mapping[str, Any], *, where: str = "record") -> None:
+    features = Features({k: v for k, v in ITEM_FEATURES.items() if k != "image"})
+    _check_fields(row, features, where, nullable=set())
+    if "image" not in row:
+        raise SchemaError(f"{where}: missing field(s) image")
+    if row["domain"] not in DOMAINS:
+        raise SchemaError(f"{where}: domain {row['domain']!r} is not one of {', '.join(DOMAINS)}")
+    _check_asins([row["item_id"]], f"{where}: item_id")
+    if row["parent_asin"]:
+        _check_asins([row["parent_asin"]], f"{where}: parent_asin")
