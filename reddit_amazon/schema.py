@@ -124,8 +124,8 @@ class Conversation:
         return row
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any], *, where: str = "record") -> Conversation:
-        validate_conversation_row(row, where=where)
+    def from_row(cls, row: Mapping[str, Any], *, where: str = "record", require_domain: bool = True) -> Conversation:
+        validate_conversation_row(row, where=where, require_domain=require_domain)
         turns = [
             Turn(kind=t["kind"], text=t["text"], author=t["author"], created_utc=t["created_utc"], id=t["id"])
             for t in row["turns"]
@@ -357,11 +357,15 @@ def _check_asins(values: Iterable[str], where: str) -> None:
             raise SchemaError(f"{where}: {value!r} is not an ASIN (10 characters A-Z 0-9)")
 
 
-def validate_conversation_row(row: Mapping[str, Any], *, where: str = "record") -> None:
-    """Raise :class:`SchemaError` naming ``where`` (e.g. ``file.jsonl:12``) unless ``row`` is valid."""
+def validate_conversation_row(row: Mapping[str, Any], *, where: str = "record", require_domain: bool = True) -> None:
+    """Raise :class:`SchemaError` naming ``where`` (e.g. ``file.jsonl:12``) unless ``row`` is valid.
+
+    ``require_domain=False`` accepts the build's intermediate records, whose domain ("") is only
+    known once the recommended item is joined with the catalog.
+    """
     sets = candidate_sets_of(row) if isinstance(row, Mapping) else []
     _check_fields(row, conversation_features(sets), where, nullable={"created_utc"})
-    if row["domain"] not in DOMAINS:
+    if row["domain"] not in DOMAINS and (require_domain or row["domain"] != ""):
         raise SchemaError(f"{where}: domain {row['domain']!r} is not one of {', '.join(DOMAINS)}")
     if not row["gt_items"]:
         raise SchemaError(f"{where}: gt_items is empty")

@@ -1,0 +1,33 @@
+"""Test-wide settings: no network, and a private Hugging Face cache per test session.
+
+`datasets` silently falls back to a cached copy of a same-named folder, so every session gets
+its own HF_HOME (see shared/notes/datasets5.md).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_HF_HOME = tempfile.mkdtemp(prefix="reddit-amazon-test-hf-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_DATASETS_CACHE"] = str(Path(_HF_HOME) / "datasets")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("OPENAI_API_KEY", None)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+LAVIC_RELEASE = SHARED / "lavic_release"
+
+
+@pytest.fixture
+def lavic_release() -> Path:
+    """The paper authors' release in ../shared (skips where absent, as in a user's clone)."""
+    if not (LAVIC_RELEASE / "all_beauty" / "valid.jsonl").is_file():
+        pytest.skip("../shared/lavic_release is not present")
+    return LAVIC_RELEASE
