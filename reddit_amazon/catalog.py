@@ -1,0 +1,472 @@
+"""Amazon Reviews 2023 item catalog: metadata, child ASIN -> parent ASIN, and the item's domain.
+
+Reddit links usually carry a *child* ASIN (a size or colour variant), while the metadata of
+Amazon Reviews 2023 is keyed by ``parent_asin``. Only review rows carry both, so the mapping is
+read from the review files. Both kinds of file are streamed and only the ASINs the conversations
+need are kept, so memory stays bounded by the number of linked products, not the catalog size.
+
+Sources are local ``.jsonl`` / ``.jsonl.gz`` files, or a Hub dataset read with ``datasets`` in
+streaming mode, written ``hub:<repo or local folder>:<config>[:<split>]`` (e.g.
+``hub:McAuley-Lab/Amazon-Reviews-2023:raw_meta_All_Beauty``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from reddit_amazon.schema import DOMAINS, Item, is_asin
+
+HUB_PREFIX = "hub:"
+DEFAULT_HUB_REPO = "McAuley-Lab/Amazon-Reviews-2023"
+
+#: ``main_category`` display names of Amazon Reviews 2023 -> the paper's domains. These are the
+#: values of the three category files the paper used (All_Beauty, Amazon_Fashion, and the
+#: "Amazon Home" main category of Home_and_Kitchen); override with ``--domain-map``.
+DEFAULT_DOMAIN_MAP: dict[str, str] = {
+    "All Beauty": "beauty",
+    "AMAZON FASHION": "fashion",
+    "Amazon Home": "home",
+}
+
+#: Image sizes of an Amazon image entry, largest first (some copies spell ``hiRes``).
+IMAGE_SIZE_KEYS: tuple[str, ...] = ("hi_res", "hiRes", "large", "thumb")
+
+_BAD_LINE_EXAMPLES = 5
+
+
+class CatalogError(ValueError):
+    """Unusable catalog input (unreadable file, bad domain map). The message names the source."""
+
+
+# --------------------------------------------------------------------------------------------
+# Domain mapping
+# --------------------------------------------------------------------------------------------
+
+
+def parse_domain_map(spec: str | None) -> dict[str, str]:
+    """The default map, a JSON file ``{"main_category": "domain"}``, or ``"All Beauty=beauty;…"``."""
+    if not spec:
+        return dict(DEFAULT_DOMAIN_MAP)
+    path = Path(spec)
+    if path.suffix == ".json" or path.is_file():
+        try:
+            mapping = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise CatalogError(f"--domain-map {spec}: {error}") from error
+        if not isinstance(mapping, dict):
+            raise CatalogError(f"--domain-map {spec}: expected a JSON object main_category -> domain")
+    else:
+        mapping = {}
+        for pair in spec.split(";"):
+            if not pair.strip():
+                continue
+            category, sep, domain = pair.rpartition("=")
+            if not sep or not category.strip():
+                raise CatalogError(f"--domain-map: {pair!r} is not 'Main Category=domain'")
+            mapping[category.strip()] = domain.strip()
+    for category, domain in mapping.items():
+        if domain not in DOMAINS:
+            raise CatalogError(f"--domain-map: {category!r} -> {domain!r}; domains are {', '.join(DOMAINS)}")
+    return mapping
+
+
+# --------------------------------------------------------------------------------------------
+# Reading sources
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReadReport:
+    """Lines read and skipped while streaming a catalog source; ``examples`` name file:line."""
+
+    lines: int = 0
+    bad_lines: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def bad(self, where: str, reason: str) -> None:
+        self.bad_lines += 1
+        if len(self.examples) < _BAD_LINE_EXAMPLES:
+            self.examples.append(f"{where}: {reason}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"lines": self.lines, "bad_lines": self.bad_lines, "bad_line_examples": list(self.examples)}
+
+
+def expand_sources(specs: Iterable[str | Path], pattern: str) -> list[str]:
+    """Files named directly, files matching ``pattern`` inside named folders, and ``hub:`` specs."""
+    sources: list[str] = []
+    for spec in specs:
+        spec = str(spec)
+        if spec.startswith(HUB_PREFIX):
+            sources.append(spec)
+            continue
+        path = Path(spec)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and re.fullmatch(pattern, p.name))
+            if not found:
+                raise CatalogError(f"{path}: no file matching {pattern}")
+            sources.extend(str(p) for p in found)
+        elif path.is_file():
+            sources.append(str(path))
+        else:
+            raise CatalogError(f"{path}: no such file or folder")
+    return sources
+
+
+META_FILE_PATTERN = r"meta_.+\.jsonl(\.gz)?"
+REVIEW_FILE_PATTERN = r"(?!meta_).+\.jsonl(\.gz)?"
+
+
+def _open_lines(path: str) -> Iterator[bytes]:
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            yield from handle
+    except (OSError, EOFError) as error:  # truncated gzip, unreadable file
+        raise CatalogError(f"{path}: cannot read ({error})") from error
+
+
+def iter_json_records(source: str, report: ReadReport) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """``(where, record)`` for each JSON object of a file or Hub dataset; bad lines go to ``report``."""
+    if source.startswith(HUB_PREFIX):
+        yield from _iter_hub_records(source, report)
+        return
+    for number, line in enumerate(_open_lines(source), start=1):
+        if not line.strip():
+            continue
+        report.lines += 1
+        where = f"{source}:{number}"
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            report.bad(where, f"not JSON ({error})")
+            continue
+        if not isinstance(record, dict):
+            report.bad(where, f"expected a JSON object, got {type(record).__name__}")
+            continue
+        yield where, record
+
+
+def parse_hub_spec(spec: str) -> tuple[str, str, str]:
+    """``hub:REPO:CONFIG[:SPLIT]`` -> (repo, config, split); split defaults to ``full`` (as upstream)."""
+    parts = spec[len(HUB_PREFIX):].split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise CatalogError(f"{spec!r} is not hub:<repo>:<config>[:<split>]")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else "full"
+
+
+def _iter_hub_records(spec: str, report: ReadReport) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    import datasets
+
+    repo, config, split = parse_hub_spec(spec)
+    try:
+        dataset = datasets.load_dataset(repo, config, split=split, streaming=True)
+    except Exception as error:  # datasets raises many types for a missing repo/config
+        raise CatalogError(f"{spec}: cannot open ({type(error).__name__}: {error})") from error
+    for index, record in enumerate(dataset):
+        report.lines += 1
+        yield f"{spec}[{index}]", record
+
+
+# --------------------------------------------------------------------------------------------
+# child ASIN -> parent ASIN from review rows
+# --------------------------------------------------------------------------------------------
+
+_REVIEW_ASIN = re.compile(rb'"asin"\s*:\s*"([^"]*)"')
+
+
+@dataclass
+class ParentMap:
+    """``asin -> parent_asin`` for the wanted ASINs only, with conflicts counted."""
+
+    parents: dict[str, str] = field(default_factory=dict)
+    conflicts: Counter = field(default_factory=Counter)  # asin -> rows naming another parent
+    report: ReadReport = field(default_factory=ReadReport)
+
+
+def read_parent_map(sources: Iterable[str], wanted: set[str]) -> ParentMap:
+    """Stream review rows and keep ``asin -> parent_asin`` for ``wanted`` ASINs (first parent wins).
+
+    Local files are scanned with a byte regex first so that rows of unwanted ASINs (nearly all of
+    them) are never parsed.
+    """
+    result = ParentMap()
+    for source in sources:
+        if source.startswith(HUB_PREFIX):
+            for where, row in iter_json_records(source, result.report):
+                _note_parent(result, where, row, wanted)
+            continue
+        for number, line in enumerate(_open_lines(source), start=1):
+            if not line.strip():
+                continue
+            result.report.lines += 1
+            match = _REVIEW_ASIN.search(line)
+            if match is not None and match.group(1).decode("ascii", "replace") not in wanted:
+                continue
+            where = f"{source}:{number}"
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as error:
+                result.report.bad(where, f"not JSON ({error})")
+                continue
+            if not isinstance(row, dict):
+                result.report.bad(where, f"expected a JSON object, got {type(row).__name__}")
+                continue
+            _note_parent(result, where, row, wanted)
+    return result
+
+
+def _note_parent(result: ParentMap, where: str, row: Mapping[str, Any], wanted: set[str]) -> None:
+    asin, parent = row.get("asin"), row.get("parent_asin")
+    if not is_asin(asin) or not is_asin(parent):
+        result.report.bad(where, "review row without a valid asin and parent_asin")
+        return
+    if asin not in wanted:
+        return
+    known = result.parents.setdefault(asin, parent)
+    if known != parent:
+        result.conflicts[asin] += 1
+
+
+# --------------------------------------------------------------------------------------------
+# Metadata -> Item
+# --------------------------------------------------------------------------------------------
+
+
+def image_urls(images: Any) -> list[str]:
+    """Largest URL of each image, the ``MAIN`` variant first.
+
+    Accepts the raw files' list of ``{hi_res, large, thumb, variant}`` and the Hub's columnar
+    ``{hi_res: [...], large: [...], ...}``.
+    """
+    if isinstance(images, Mapping):
+        length = max((len(v) for v in images.values() if isinstance(v, list)), default=0)
+        images = [{key: values[i] for key, values in images.items() if isinstance(values, list) and i < len(values)}
+                  for i in range(length)]
+    if not isinstance(images, list):
+        return []
+    main: list[str] = []
+    others: list[str] = []
+    for image in images:
+        if not isinstance(image, Mapping):
+            continue
+        url = next((image[k] for k in IMAGE_SIZE_KEYS if isinstance(image.get(k), str) and image[k]), None)
+        if url is None:
+            continue
+        (main if str(image.get("variant", "")).upper() == "MAIN" else others).append(url)
+    return list(dict.fromkeys(main + others))
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if isinstance(value, list):
+        return [str(v) for v in value if isinstance(v, (str, int, float)) and str(v).strip()]
+    return []
+
+
+def _details_text(details: Any) -> str:
+    if isinstance(details, str):  # the Hub copy stores details as a JSON string
+        try:
+            details = json.loads(details) if details.strip() else {}
+        except json.JSONDecodeError:
+            return details
+    if not isinstance(details, Mapping) or not details:
+        return ""
+    return json.dumps(details, ensure_ascii=False, sort_keys=True)
+
+
+def item_from_metadata(record: Mapping[str, Any], domain: str) -> Item:
+    parent = record["parent_asin"]
+    return Item(
+        item_id=parent,
+        domain=domain,
+        parent_asin=parent,
+        title=str(record.get("title") or ""),
+        store=str(record.get("store") or ""),
+        main_category=str(record.get("main_category") or ""),
+        categories=_strings(record.get("categories")),
+        features=_strings(record.get("features")),
+        description="\n".join(_strings(record.get("description"))),
+        details=_details_text(record.get("details")),
+        image_urls=image_urls(record.get("images")),
+    )
+
+
+@dataclass
+class Metadata:
+    """Metadata rows of the wanted parent ASINs (first row wins), by parent ASIN."""
+
+    records: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    duplicates: int = 0
+    report: ReadReport = field(default_factory=ReadReport)
+
+
+def read_metadata(sources: Iterable[str], wanted: set[str]) -> Metadata:
+    result = Metadata()
+    for source in sources:
+        for where, record in iter_json_records(source, result.report):
+            parent = record.get("parent_asin")
+            if not is_asin(parent):
+                result.report.bad(where, f"parent_asin {parent!r:.40} is not an ASIN")
+                continue
+            if parent not in wanted:
+                continue
+            if parent in result.records:
+                result.duplicates += 1
+                continue
+            result.records[parent] = record
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Resolving linked ASINs
+# --------------------------------------------------------------------------------------------
+
+#: Why a linked ASIN did not become an item of the dataset.
+UNKNOWN_ASIN = "asin_not_in_reviews_or_metadata"
+PARENT_WITHOUT_METADATA = "parent_asin_without_metadata"
+OUTSIDE_DOMAINS = "main_category_outside_domains"
+
+
+@dataclass
+class Catalog:
+    """The joined catalog: resolves a linked ASIN to an :class:`Item` or a reason it cannot."""
+
+    parents: dict[str, str]
+    metadata: dict[str, Mapping[str, Any]]
+    domain_map: dict[str, str]
+
+    def parent_of(self, asin: str) -> str | None:
+        if asin in self.metadata:
+            return asin
+        return self.parents.get(asin)
+
+    def resolve(self, asin: str) -> tuple[Item | None, str]:
+        """``(item, "")`` or ``(None, reason)`` for a linked (possibly child) ASIN."""
+        parent = self.parent_of(asin)
+        if parent is None:
+            return None, UNKNOWN_ASIN
+        record = self.metadata.get(parent)
+        if record is None:
+            return None, PARENT_WITHOUT_METADATA
+        domain = self.domain_map.get(str(record.get("main_category") or ""))
+        if domain is None:
+            return None, OUTSIDE_DOMAINS
+        return item_from_metadata(record, domain), ""
+
+
+@dataclass
+class CatalogReport:
+    """What reading the catalog saw, for the manifest."""
+
+    meta: dict[str, Any]
+    reviews: dict[str, Any]
+    wanted_asins: int
+    mapped_by_reviews: int
+    parent_conflicts: int
+    duplicate_metadata_rows: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def load_catalog(meta_sources: Iterable[str], review_sources: Iterable[str], wanted: set[str],
+                 domain_map: Mapping[str, str]) -> tuple[Catalog, CatalogReport]:
+    """Two bounded passes: reviews (child -> parent for ``wanted``), then metadata of the parents."""
+    parent_map = read_parent_map(review_sources, wanted)
+    wanted_parents = set(wanted) | set(parent_map.parents.values())
+    metadata = read_metadata(meta_sources, wanted_parents)
+    catalog = Catalog(parents=parent_map.parents, metadata=metadata.records, domain_map=dict(domain_map))
+    report = CatalogReport(
+        meta=metadata.report.as_dict(),
+        reviews=parent_map.report.as_dict(),
+        wanted_asins=len(wanted),
+        mapped_by_reviews=sum(1 for a, p in parent_map.parents.items() if a != p),
+        parent_conflicts=len(parent_map.conflicts),
+        duplicate_metadata_rows=metadata.duplicates,
+    )
+    return catalog, report
+
+
+# --------------------------------------------------------------------------------------------
+# Joining candidate conversations with the catalog
+# --------------------------------------------------------------------------------------------
+
+#: Record-level reasons for dropping a conversation at the catalog stage.
+NO_GT_ITEM_IN_CATALOG = "no_gt_item_in_catalog"
+NO_GT_ITEM_IN_DOMAINS = "gt_items_outside_domains"
+
+
+@dataclass
+class JoinResult:
+    """Conversations with parent ASINs and a domain, the items they reference, and the counts."""
+
+    conversations: list[Any]  # schema.Conversation with domain set
+    items: dict[str, Item]  # by parent ASIN
+    dropped: Counter = field(default_factory=Counter)  # record-level reasons
+    gt_links: Counter = field(default_factory=Counter)  # item-level: resolved / reasons
+    context_links: Counter = field(default_factory=Counter)
+    child_to_parent: int = 0  # linked ASINs that were child ASINs mapped to a different parent
+
+
+def join_conversations(conversations: Iterable[Any], catalog: Catalog) -> JoinResult:
+    """Map linked ASINs to parent ASINs and give each conversation the domain of its gt items.
+
+    A conversation whose gt items span several domains goes to the domain most of them share
+    (ties: the domain of the first gt item); gt items of other domains are removed from it and
+    counted as ``other_domain``. Unknown ASINs are never guessed: they are removed and counted,
+    and a conversation left without gt items is dropped with the reason.
+    """
+    result = JoinResult(conversations=[], items={})
+    resolved_cache: dict[str, tuple[Item | None, str]] = {}
+
+    def resolve(asin: str) -> tuple[Item | None, str]:
+        if asin not in resolved_cache:
+            resolved_cache[asin] = catalog.resolve(asin)
+            item = resolved_cache[asin][0]
+            if item is not None and item.item_id != asin:
+                result.child_to_parent += 1
+        return resolved_cache[asin]
+
+    for conversation in conversations:
+        gt: list[Item] = []
+        reasons: list[str] = []
+        for asin in dict.fromkeys(conversation.gt_items):
+            item, reason = resolve(asin)
+            if item is None:
+                reasons.append(reason)
+                result.gt_links[reason] += 1
+            elif all(item.item_id != g.item_id for g in gt):
+                gt.append(item)
+        if not gt:
+            only_outside = bool(reasons) and all(r == OUTSIDE_DOMAINS for r in reasons)
+            result.dropped[NO_GT_ITEM_IN_DOMAINS if only_outside else NO_GT_ITEM_IN_CATALOG] += 1
+            continue
+        votes = Counter(item.domain for item in gt)
+        domain = max(votes, key=lambda d: (votes[d], -[i.domain for i in gt].index(d)))
+        kept = [item for item in gt if item.domain == domain]
+        result.gt_links["resolved"] += len(kept)
+        result.gt_links["other_domain"] += len(gt) - len(kept)
+        context: list[Item] = []
+        for asin in dict.fromkeys(conversation.context_items):
+            item, reason = resolve(asin)
+            result.context_links[reason or "resolved"] += 1
+            if item is not None and all(item.item_id != c.item_id for c in context):
+                context.append(item)
+        for item in [*kept, *context]:
+            result.items.setdefault(item.item_id, item)
+        conversation.domain = domain
+        conversation.gt_items = [item.item_id for item in kept]
+        conversation.context_items = [item.item_id for item in context]
+        result.conversations.append(conversation)
+    return result

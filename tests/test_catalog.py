@@ -1,0 +1,175 @@
+"""Catalog: metadata files, child -> parent ASIN from reviews, domain mapping, joining conversations."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from reddit_amazon.catalog import (
+    DEFAULT_DOMAIN_MAP,
+    NO_GT_ITEM_IN_CATALOG,
+    NO_GT_ITEM_IN_DOMAINS,
+    OUTSIDE_DOMAINS,
+    PARENT_WITHOUT_METADATA,
+    UNKNOWN_ASIN,
+    CatalogError,
+    expand_sources,
+    image_urls,
+    join_conversations,
+    load_catalog,
+    META_FILE_PATTERN,
+    parse_domain_map,
+    read_parent_map,
+)
+from reddit_amazon.schema import Conversation, Turn
+
+
+def meta(parent: str, category: str, title: str = "A thing", **extra) -> dict:
+    return {
+        "parent_asin": parent,
+        "main_category": category,
+        "title": title,
+        "store": "Acme",
+        "features": ["soft", "blue"],
+        "description": ["First paragraph.", "Second."],
+        "details": {"Color": "Blue", "Brand": "Acme"},
+        "categories": ["Home & Kitchen", "Bedding"],
+        "images": [
+            {"thumb": "https://x/t1.jpg", "large": "https://x/l1.jpg", "hi_res": None, "variant": "PT01"},
+            {"thumb": "https://x/t0.jpg", "large": "https://x/l0.jpg", "hi_res": "https://x/h0.jpg", "variant": "MAIN"},
+        ],
+        **extra,
+    }
+
+
+def write_jsonl(path: Path, rows: list, gz: bool = False, raw_lines: list[str] = ()) -> Path:
+    text = "".join(json.dumps(r) + "\n" for r in rows) + "".join(line + "\n" for line in raw_lines)
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def conversation(example_id: str, gt: list[str], context: list[str] = ()) -> Conversation:
+    return Conversation(example_id=example_id, domain="", thread_id="t" + example_id, subreddit="s",
+                        created_utc=1, turns=[Turn(kind="submission", text="need a thing")],
+                        context_items=list(context), gt_text="try this", gt_items=list(gt))
+
+
+def test_domain_map_default_inline_and_file(tmp_path):
+    assert parse_domain_map(None) == DEFAULT_DOMAIN_MAP
+    assert parse_domain_map("Premium Beauty=beauty; All Beauty=beauty") == {"Premium Beauty": "beauty",
+                                                                            "All Beauty": "beauty"}
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"Amazon Home": "home"}))
+    assert parse_domain_map(str(path)) == {"Amazon Home": "home"}
+    with pytest.raises(CatalogError, match="garden"):
+        parse_domain_map("Garden=garden")
+    with pytest.raises(CatalogError, match="not 'Main Category=domain'"):
+        parse_domain_map("nonsense")
+
+
+def test_image_urls_main_first_largest_size_both_layouts():
+    record = meta("B000000001", "Amazon Home")
+    assert image_urls(record["images"]) == ["https://x/h0.jpg", "https://x/l1.jpg"]
+    columnar = {"hi_res": [None, "https://x/h0.jpg"], "large": ["https://x/l1.jpg", "https://x/l0.jpg"],
+                "thumb": ["https://x/t1.jpg", "https://x/t0.jpg"], "variant": ["PT01", "MAIN"]}
+    assert image_urls(columnar) == ["https://x/h0.jpg", "https://x/l1.jpg"]
+    assert image_urls([{"hiRes": "https://x/a.jpg", "variant": "MAIN"}]) == ["https://x/a.jpg"]
+    assert image_urls(None) == [] and image_urls([{"variant": "MAIN"}]) == []
+
+
+def test_parent_map_keeps_only_wanted_and_reports_bad_lines(tmp_path):
+    reviews = write_jsonl(tmp_path / "Home.jsonl.gz", [
+        {"asin": "C000000001", "parent_asin": "P000000001", "text": 'says "asin": "C000000009"'},
+        {"asin": "C000000002", "parent_asin": "P000000002"},
+        {"asin": "C000000001", "parent_asin": "P000000009"},  # conflicting second parent
+    ], gz=True, raw_lines=['{"asin": "C000000003", "parent_asin": ', '{"asin": "C000000004"}'])
+    result = read_parent_map([str(reviews)], wanted={"C000000001", "C000000004", "C000000009"})
+    assert result.parents == {"C000000001": "P000000001"}
+    assert result.conflicts == {"C000000001": 1}
+    assert result.report.lines == 5
+    assert result.report.bad_lines == 1  # the wanted row without parent; the unwanted broken one is never parsed
+    assert f"{reviews}:5" in result.report.examples[0]
+
+
+def test_load_catalog_and_join(tmp_path):
+    meta_file = write_jsonl(tmp_path / "meta_Home.jsonl", [
+        meta("P000000001", "Amazon Home", "Quilt"),
+        meta("P000000002", "All Beauty", "Lipstick"),
+        meta("P000000003", "Amazon Home", "Lamp"),
+        meta("P000000004", "Books", "Novel"),
+        meta("P000000001", "Amazon Home", "Duplicate quilt"),
+    ], raw_lines=["{broken", '{"parent_asin": 12}'])
+    reviews = write_jsonl(tmp_path / "Home.jsonl", [
+        {"asin": "C000000001", "parent_asin": "P000000001"},
+        {"asin": "C000000002", "parent_asin": "P000000002"},
+        {"asin": "C000000007", "parent_asin": "P000000007"},  # parent missing from metadata
+    ])
+    records = [
+        conversation("1", ["C000000001"], context=["P000000003", "C000000099"]),  # child -> parent
+        conversation("2", ["C000000099"]),  # unknown ASIN
+        conversation("3", ["C000000007"]),  # parent without metadata
+        conversation("4", ["P000000004"]),  # outside the three domains
+        conversation("5", ["C000000002", "P000000001", "P000000003"]),  # beauty 1, home 2 -> home
+        conversation("6", ["C000000002", "P000000001"]),  # tie -> first gt item's domain
+    ]
+    wanted = {a for r in records for a in [*r.gt_items, *r.context_items]}
+    catalog, report = load_catalog(expand_sources([tmp_path], META_FILE_PATTERN), [str(reviews)], wanted,
+                                   DEFAULT_DOMAIN_MAP)
+    assert report.meta["bad_lines"] == 2 and report.duplicate_metadata_rows == 1
+    assert catalog.resolve("C000000099") == (None, UNKNOWN_ASIN)
+    assert catalog.resolve("C000000007") == (None, PARENT_WITHOUT_METADATA)
+    assert catalog.resolve("P000000004") == (None, OUTSIDE_DOMAINS)
+    item, reason = catalog.resolve("C000000001")
+    assert reason == "" and item.item_id == item.parent_asin == "P000000001" and item.title == "Quilt"
+    assert item.description == "First paragraph.\nSecond." and json.loads(item.details)["Color"] == "Blue"
+    assert item.image_urls[0] == "https://x/h0.jpg"
+
+    result = join_conversations(records, catalog)
+    by_id = {c.example_id: c for c in result.conversations}
+    assert sorted(by_id) == ["1", "5", "6"]
+    assert by_id["1"].domain == "home" and by_id["1"].gt_items == ["P000000001"]
+    assert by_id["1"].context_items == ["P000000003"]
+    assert by_id["5"].domain == "home" and by_id["5"].gt_items == ["P000000001", "P000000003"]
+    assert by_id["6"].domain == "beauty" and by_id["6"].gt_items == ["P000000002"]
+    assert result.dropped == {NO_GT_ITEM_IN_CATALOG: 2, NO_GT_ITEM_IN_DOMAINS: 1}
+    assert result.gt_links["other_domain"] == 2 and result.gt_links[UNKNOWN_ASIN] == 1
+    assert result.context_links[UNKNOWN_ASIN] == 1
+    assert set(result.items) == {"P000000001", "P000000002", "P000000003"}
+    assert result.items["P000000002"].domain == "beauty"
+    assert result.child_to_parent == 2
+
+
+def test_unreadable_sources_name_the_file(tmp_path):
+    with pytest.raises(CatalogError, match="no such file"):
+        expand_sources([tmp_path / "missing.jsonl"], META_FILE_PATTERN)
+    broken = tmp_path / "meta_x.jsonl.gz"
+    broken.write_bytes(gzip.compress(b'{"parent_asin": "P000000001"}\n' * 50)[:30])
+    with pytest.raises(CatalogError, match="meta_x.jsonl.gz: cannot read"):
+        load_catalog([str(broken)], [], {"P000000001"}, DEFAULT_DOMAIN_MAP)
+
+
+def test_hub_source_through_datasets_with_a_local_dataset(tmp_path):
+    folder = tmp_path / "amazon-2023"
+    folder.mkdir()
+    hub_row = meta("P000000001", "AMAZON FASHION", "Boots")
+    hub_row["images"] = {"hi_res": ["https://x/h.jpg"], "large": ["https://x/l.jpg"], "thumb": ["https://x/t.jpg"],
+                         "variant": ["MAIN"]}
+    hub_row["details"] = json.dumps(hub_row["details"])
+    write_jsonl(folder / "meta.jsonl", [hub_row])
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: raw_meta_Amazon_Fashion\n  data_files:\n  - split: full\n"
+        "    path: meta.jsonl\n---\n")
+    spec = f"hub:{folder}:raw_meta_Amazon_Fashion"
+    catalog, report = load_catalog([spec], [], {"P000000001"}, DEFAULT_DOMAIN_MAP)
+    item, _ = catalog.resolve("P000000001")
+    assert item.domain == "fashion" and item.image_urls == ["https://x/h.jpg"]
+    assert json.loads(item.details)["Brand"] == "Acme"
+    with pytest.raises(CatalogError, match="not hub:<repo>:<config>"):
+        load_catalog(["hub:only-repo"], [], set(), DEFAULT_DOMAIN_MAP)
