@@ -41,3 +41,51 @@ def sample_path_command() -> None:
     from reddit_amazon.sample import sample_dataset_path
 
     click.echo(str(sample_dataset_path()))
+
+
+@cli.command("import-lavic")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--out", default="reddit-amazon", show_default=True, type=click.Path(path_type=str),
+              help="Dataset folder to write (replaced atomically).")
+@click.option("--repair-text", is_flag=True,
+              help="Repair mojibake (UTF-8 read as Latin-1) with ftfy; recorded in the manifest. "
+                   "Off by default so that export reproduces the release exactly.")
+@click.option("--version", "dataset_version", default=None, help="Dataset version (semver) to record.")
+def import_lavic_command(src: str, out: str, repair_text: bool, dataset_version: str | None) -> None:
+    """Import the LaViC authors' release (SRC with all_beauty/, amazon_fashion/, amazon_home/).
+
+    Every record and every gt ASIN is kept; counts are printed. valid -> validation;
+    candidates_st -> candidates_sbert; candidates_gpt_large -> candidates_openai_large.
+
+    \b
+    Examples:
+      reddit-amazon import-lavic LaViC/data --out reddit-amazon
+      reddit-amazon import-lavic LaViC/data --out reddit-amazon-clean --repair-text
+      python -c "import datasets; print(datasets.load_dataset('reddit-amazon', 'fashion'))"
+    """
+    from reddit_amazon import DATASET_VERSION
+    from reddit_amazon.lavic_release import import_release
+
+    report = import_release(src, out, repair_text=repair_text, version=dataset_version or DATASET_VERSION)
+    for line in report.lines():
+        click.echo(line)
+    click.echo(f"wrote {out}")
+
+
+@cli.command("export-lavic")
+@click.argument("dataset", type=str)
+@click.option("--out", required=True, type=click.Path(path_type=str), help="Folder to write the release layout to.")
+def export_lavic_command(dataset: str, out: str) -> None:
+    """Write a dataset folder (or Hub id) in the LaViC authors' release format.
+
+    \b
+    Examples:
+      reddit-amazon export-lavic reddit-amazon --out lavic-format/
+      diff <(cat LaViC/data/amazon_home/valid.jsonl) lavic-format/amazon_home/valid.jsonl
+    """
+    from reddit_amazon.lavic_release import export_release
+
+    for domain, splits in export_release(dataset, out).items():
+        for split, n in splits.items():
+            click.echo(f"{domain}/{split}: {n} records")
+    click.echo(f"wrote {out}")

@@ -69,6 +69,7 @@ def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents) -> dict
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is meant to be shared
     try:
         manifest = _write_into(tmp, contents)
         _replace_dir(tmp, out_dir)
@@ -84,27 +85,24 @@ def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:
     features = conversation_features(extra_sets)
     data_files: dict[str, dict[str, list[str]]] = {}
     counts: dict[str, dict[str, int]] = {}
+
+    def add(config: str, split: str, rows: list[dict], config_features: datasets.Features, shard_rows: int) -> None:
+        counts.setdefault(config, {})[split] = len(rows)
+        if rows:  # `datasets` cannot read an empty Parquet shard: an empty split is left out of the configs
+            stem = f"{DATA_DIR}/{config}/{split}"
+            data_files.setdefault(config, {})[split] = _write_shards(folder, stem, rows, config_features, shard_rows)
+
     for domain in DOMAINS:
         splits = contents.conversations.get(domain, {})
-        data_files[domain] = {}
-        counts[domain] = {}
         for split in SPLITS:
-            records = splits.get(split, [])
-            rows = [r.to_row() for r in records]
+            rows = [record.to_row() for record in splits.get(split, [])]
             for row in rows:
                 for column in features:
                     row.setdefault(column, [])
-            data_files[domain][split] = _write_shards(folder, f"{DATA_DIR}/{domain}/{split}", rows, features,
-                                                      CONVERSATION_SHARD_ROWS)
-            counts[domain][split] = len(rows)
-    data_files[ITEMS_CONFIG] = {}
-    counts[ITEMS_CONFIG] = {}
+            add(domain, split, rows, features, CONVERSATION_SHARD_ROWS)
     for domain in DOMAINS:
         items = sorted(contents.items.get(domain, []), key=lambda item: item.item_id)
-        rows = [item.to_row() for item in items]
-        data_files[ITEMS_CONFIG][domain] = _write_shards(folder, f"{DATA_DIR}/{ITEMS_CONFIG}/{domain}", rows,
-                                                         ITEM_FEATURES, ITEM_SHARD_ROWS)
-        counts[ITEMS_CONFIG][domain] = len(rows)
+        add(ITEMS_CONFIG, domain, [item.to_row() for item in items], ITEM_FEATURES, ITEM_SHARD_ROWS)
 
     manifest = {
         "name": DEFAULT_NAME,
@@ -122,21 +120,17 @@ def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:
 
 
 def _write_shards(folder: Path, stem: str, rows: list[dict], features: datasets.Features, shard_rows: int) -> list[str]:
-    num_shards = max(1, -(-len(rows) // shard_rows))
+    num_shards = -(-len(rows) // shard_rows)
     paths = []
     for index in range(num_shards):
         relative = f"{stem}-{index:05d}-of-{num_shards:05d}.parquet"
         path = folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         chunk = rows[index * shard_rows:(index + 1) * shard_rows]
-        dataset = datasets.Dataset.from_list(chunk, features=features) if chunk else _empty(features)
+        dataset = datasets.Dataset.from_list(chunk, features=features)
         pq.write_table(dataset.data.table, path)  # keeps the features metadata (Image, List)
         paths.append(relative)
     return paths
-
-
-def _empty(features: datasets.Features) -> datasets.Dataset:
-    return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -177,6 +171,8 @@ def _file_sha256(path: Path) -> str:
 def card_data(manifest: Mapping[str, Any], data_files: Mapping[str, Mapping[str, list[str]]],
               features: datasets.Features) -> DatasetCardData:
     counts = manifest["counts"]
+    domains_present = [config for config in data_files if config != ITEMS_CONFIG]
+    default_config = "fashion" if "fashion" in domains_present else (domains_present or [None])[0]
     total = sum(sum(c.values()) for name, c in counts.items() if name != ITEMS_CONFIG)
     data = DatasetCardData(
         license="other",
@@ -191,16 +187,20 @@ def card_data(manifest: Mapping[str, Any], data_files: Mapping[str, Mapping[str,
             {
                 "config_name": config,
                 "data_files": [{"split": split, "path": paths} for split, paths in splits.items()],
-                **({"default": True} if config == "fashion" else {}),
+                **({"default": True} if config == default_config else {}),
             }
             for config, splits in data_files.items()
         ],
     )
     infos = {}
     for config, splits in counts.items():
+        if config not in data_files:
+            continue
         config_features = ITEM_FEATURES if config == ITEMS_CONFIG else features
         split_dict = datasets.SplitDict()
         for split, n in splits.items():
+            if n == 0:
+                continue
             split_dict.add(datasets.SplitInfo(name=split, num_examples=n))
         infos[config] = DatasetInfo(features=config_features, splits=split_dict, version=manifest["version"])
     DatasetInfosDict(infos).to_dataset_card_data(data)
@@ -228,12 +228,14 @@ def refresh_card(folder: str | os.PathLike) -> None:
     manifest = read_manifest(folder)
     data_files: dict[str, dict[str, list[str]]] = {}
     for config in [*DOMAINS, ITEMS_CONFIG]:
-        splits = DOMAINS if config == ITEMS_CONFIG else SPLITS
-        data_files[config] = {
-            split: sorted(p.relative_to(folder).as_posix() for p in (folder / DATA_DIR / config).glob(f"{split}-*.parquet"))
-            for split in splits
-        }
-    columns = _parquet_columns(folder / data_files[DOMAINS[0]][SPLITS[0]][0])
+        for split in DOMAINS if config == ITEMS_CONFIG else SPLITS:
+            shards = sorted(p.relative_to(folder).as_posix()
+                            for p in (folder / DATA_DIR / config).glob(f"{split}-*.parquet"))
+            if shards:
+                data_files.setdefault(config, {})[split] = shards
+    first_shard = next(shards[0] for config, splits in data_files.items() if config != ITEMS_CONFIG
+                       for shards in splits.values())
+    columns = _parquet_columns(folder / first_shard)
     write_readme(folder, manifest, data_files, conversation_features(candidate_sets_of(columns)))
 
 
@@ -251,6 +253,11 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a reddit-amazon dataset folder (no {MANIFEST})")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def configs_of(path: str | os.PathLike) -> list[str]:
+    """Configs a dataset folder or Hub id declares (a domain imported alone has only its own)."""
+    return datasets.get_dataset_config_names(str(path))
 
 
 def load(config: str, path: str | os.PathLike | None = None, split: str | None = None, **kwargs: Any):

@@ -1,0 +1,302 @@
+"""Import and export the LaViC authors' release format.
+
+The release (github.com/jeon185/LaViC, folder ``data/``) has one folder per domain, named after the
+Amazon Reviews 2023 category, each with any of ``train.jsonl``, ``valid.jsonl``, ``test.jsonl``;
+item metadata sits beside them in ``item2meta_train.json[.zip]`` / ``item2meta_valid.jsonl``.
+
+Import keeps every record and every ASIN: the context string is parsed back into turns (and must
+re-render identically), candidate columns are renamed, and referenced items become rows of the
+``items`` config, with metadata joined where the release has it. Text is kept exactly as released
+unless ``repair_text`` is set: about 13% of the release's records carry mojibake (UTF-8 read as
+Latin-1, ``donâ\\x80\\x99t``), which ftfy repairs; the dataset's manifest records that choice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import zipfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ftfy
+import orjson
+
+from reddit_amazon import DATASET_VERSION
+from reddit_amazon.dataset_folder import DatasetContents, configs_of, iter_conversations, load, write_dataset
+from reddit_amazon.schema import (
+    DOMAINS,
+    SPLITS,
+    Conversation,
+    Item,
+    SchemaError,
+    Turn,
+    candidate_column,
+    parse_context,
+    render_context,
+)
+
+#: Release folder -> our domain (the paper calls them beauty, fashion, home).
+RELEASE_FOLDERS = {"all_beauty": "beauty", "amazon_fashion": "fashion", "amazon_home": "home"}
+#: Release file -> our split.
+RELEASE_SPLITS = {"train.jsonl": "train", "valid.jsonl": "validation", "test.jsonl": "test"}
+#: Release candidate field -> our candidate set name.
+RELEASE_CANDIDATES = {"candidates_st": "sbert", "candidates_gpt_large": "openai_large"}
+RELEASE_FIELDS = ("context", "context_items", "gt", "gt_items", "candidates_gpt_large", "candidates_st")
+METADATA_FILES = ("item2meta_train.json", "item2meta_train.json.zip", "item2meta_valid.jsonl")
+SOURCE_COPY_DIR = "lavic_source"  # verbatim copies of the release's metadata files
+
+
+@dataclass
+class ImportReport:
+    records: dict[str, dict[str, int]] = field(default_factory=dict)  # domain -> split -> records
+    gt_pairs: dict[str, dict[str, int]] = field(default_factory=dict)  # (record, gt item) pairs
+    items: dict[str, int] = field(default_factory=dict)
+    items_with_metadata: dict[str, int] = field(default_factory=dict)
+    metadata_rows: int = 0
+    metadata_items_unreferenced: int = 0
+    mojibake_records: int = 0
+    repaired_records: int = 0
+
+    def lines(self) -> list[str]:
+        out = []
+        for domain, splits in self.records.items():
+            for split, n in splits.items():
+                out.append(f"{domain}/{split}: {n} records, {self.gt_pairs[domain][split]} (record, gt item) pairs")
+            out.append(f"{domain}: {self.items[domain]} items referenced, "
+                       f"{self.items_with_metadata[domain]} with release metadata")
+        out.append(f"metadata rows read: {self.metadata_rows} "
+                   f"({self.metadata_items_unreferenced} items not referenced by any record, kept in {SOURCE_COPY_DIR}/)")
+        out.append(f"records with mojibake: {self.mojibake_records}; repaired: {self.repaired_records}")
+        return out
+
+
+def import_release(src: str | Path, out: str | Path, *, repair_text: bool = False,
+                   version: str = DATASET_VERSION) -> ImportReport:
+    """Convert a release folder into a dataset folder at ``out``."""
+    src = Path(src)
+    report = ImportReport()
+    conversations: dict[str, dict[str, list[Conversation]]] = {}
+    for folder, domain in RELEASE_FOLDERS.items():
+        for filename, split in RELEASE_SPLITS.items():
+            path = src / folder / filename
+            if not path.is_file():
+                continue
+            records = list(_read_release_file(path, domain, split, repair_text, report))
+            conversations.setdefault(domain, {})[split] = records
+            report.records.setdefault(domain, {})[split] = len(records)
+            report.gt_pairs.setdefault(domain, {})[split] = sum(len(r.gt_items) for r in records)
+    if not conversations:
+        raise FileNotFoundError(
+            f"{src}: no release files found (expected e.g. {next(iter(RELEASE_FOLDERS))}/valid.jsonl)"
+        )
+
+    metadata = _read_metadata(src, report)
+    items: dict[str, list[Item]] = {}
+    referenced: set[str] = set()
+    for domain, splits in conversations.items():
+        asins: dict[str, None] = {}
+        for records in splits.values():
+            for record in records:
+                for asin in [*record.gt_items, *record.context_items, *(a for ids in record.candidates.values() for a in ids)]:
+                    asins[asin] = None
+        items[domain] = [_item(asin, domain, metadata.get(asin)) for asin in asins]
+        referenced.update(asins)
+        report.items[domain] = len(asins)
+        report.items_with_metadata[domain] = sum(asin in metadata for asin in asins)
+    report.metadata_items_unreferenced = len(set(metadata) - referenced)
+
+    contents = DatasetContents(
+        conversations=conversations,
+        items=items,
+        version=version,
+        candidate_sets=list(RELEASE_CANDIDATES.values()),
+        metadata={
+            "source": f"LaViC authors' release ({src.name}/), imported with `reddit-amazon import-lavic`",
+            "text_repair": repair_text,
+            "import_report": report.__dict__,
+        },
+    )
+    out = Path(out)
+    write_dataset(out, contents)
+    copies = [src / name for name in METADATA_FILES if (src / name).is_file()]
+    if copies:
+        (out / SOURCE_COPY_DIR).mkdir(exist_ok=True)
+        for path in copies:
+            shutil.copyfile(path, out / SOURCE_COPY_DIR / path.name)
+    return report
+
+
+def _read_release_file(path: Path, domain: str, split: str, repair_text: bool,
+                       report: ImportReport) -> Iterator[Conversation]:
+    with open(path, "rb") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            where = f"{path}:{line_number}"
+            if not line.strip():
+                continue
+            try:
+                raw = orjson.loads(line)
+            except orjson.JSONDecodeError as error:
+                raise SchemaError(f"{where}: not valid JSON ({error})") from None
+            if not isinstance(raw, dict):
+                raise SchemaError(f"{where}: expected a JSON object")
+            missing = [name for name in RELEASE_FIELDS if name not in raw]
+            unexpected = [name for name in raw if name not in RELEASE_FIELDS]
+            if missing or unexpected:
+                raise SchemaError(f"{where}: missing field(s) {missing}, unexpected field(s) {unexpected}")
+            if not isinstance(raw["context"], str) or not isinstance(raw["gt"], str):
+                raise SchemaError(f"{where}: context and gt must be strings")
+            try:
+                turns = parse_context(raw["context"])
+            except SchemaError as error:
+                raise SchemaError(f"{where}: {error}") from None
+            gt_text = raw["gt"]
+            if _has_mojibake(raw["context"]) or _has_mojibake(gt_text):
+                report.mojibake_records += 1
+                if repair_text:
+                    turns = [Turn(kind=t.kind, text=ftfy.fix_text(t.text)) for t in turns]
+                    gt_text = ftfy.fix_text(gt_text)
+                    report.repaired_records += 1
+            record = Conversation(
+                example_id=f"lavic-{domain}-{split}-{line_number:06d}",
+                domain=domain,
+                thread_id="lavic-" + hashlib.sha1(turns[0].text.encode()).hexdigest()[:16],
+                subreddit="",
+                created_utc=None,
+                turns=turns,
+                context_items=raw["context_items"],
+                gt_text=gt_text,
+                gt_items=raw["gt_items"],
+                candidates={ours: raw[theirs] for theirs, ours in RELEASE_CANDIDATES.items()},
+            )
+            Conversation.from_row(record.to_row(), where=where)  # validates types, ASINs, candidates
+            yield record
+
+
+def _has_mojibake(text: str) -> bool:
+    return ftfy.badness.is_bad(text)
+
+
+def _read_metadata(src: Path, report: ImportReport) -> dict[str, list[dict[str, Any]]]:
+    """ASIN -> metadata rows (one per image), from every metadata file present."""
+    rows: list[tuple[str, dict[str, Any]]] = []
+    valid = src / "item2meta_valid.jsonl"
+    if valid.is_file():
+        with open(valid, "rb") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if line.strip():
+                    rows.append((f"{valid}:{line_number}", _json(line, f"{valid}:{line_number}")))
+    for name in ("item2meta_train.json", "item2meta_train.json.zip"):
+        path = src / name
+        if not path.is_file():
+            continue
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                inner = next(n for n in archive.namelist() if n.endswith(".json"))
+                data = _json(archive.read(inner), f"{path}!{inner}")
+        else:
+            data = _json(path.read_bytes(), str(path))
+        entries = data.items() if isinstance(data, dict) else enumerate(data)
+        for key, value in entries:
+            if isinstance(value, dict):
+                if "image_name" not in value and isinstance(key, str):
+                    value = {**value, "image_name": f"{key}_0.jpg"}
+                rows.append((f"{path}[{key}]", value))
+    metadata: dict[str, list[dict[str, Any]]] = {}
+    for where, row in rows:
+        image_name = row.get("image_name")
+        if not isinstance(image_name, str) or "_" not in image_name:
+            raise SchemaError(f"{where}: metadata row without an image_name like ASIN_k.jpg")
+        metadata.setdefault(image_name.split("_", 1)[0], []).append(row)
+    report.metadata_rows = len(rows)
+    return metadata
+
+
+def _json(data: bytes, where: str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        raise SchemaError(f"{where}: not valid JSON ({error})") from None
+
+
+def _image_index(row: dict[str, Any]) -> int:
+    stem = row["image_name"].rsplit(".", 1)[0]
+    suffix = stem.rsplit("_", 1)[-1]
+    return int(suffix) if suffix.isdigit() else 0
+
+
+def _item(asin: str, domain: str, rows: list[dict[str, Any]] | None) -> Item:
+    if not rows:
+        return Item(item_id=asin, domain=domain, image_error="the release has no metadata for this item")
+    rows = sorted(rows, key=_image_index)
+    return Item(
+        item_id=asin,
+        domain=domain,
+        title=rows[0].get("title") or "",
+        image_urls=[row["image"] for row in rows if row.get("image")],
+        image_description=rows[0].get("image_description_llava_cleaned") or "",
+        image_error="the release lists image URLs only; images were not downloaded",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------
+
+
+def release_record(record: Conversation) -> dict[str, Any]:
+    """One of our records in the authors' field layout and order."""
+    for name in RELEASE_CANDIDATES.values():
+        if not record.candidates.get(name):
+            raise SchemaError(f"{record.example_id}: no {candidate_column(name)}; the release format requires it")
+    return {
+        "context": render_context(record.turns),
+        "context_items": record.context_items,
+        "gt": record.gt_text,
+        "gt_items": record.gt_items,
+        "candidates_gpt_large": record.candidates["openai_large"],
+        "candidates_st": record.candidates["sbert"],
+    }
+
+
+def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, int]]:
+    """Write a dataset folder (or Hub id) back in the authors' format. Returns records per file."""
+    out = Path(out)
+    folder_for = {domain: folder for folder, domain in RELEASE_FOLDERS.items()}
+    file_for = {split: filename for filename, split in RELEASE_SPLITS.items()}
+    written: dict[str, dict[str, int]] = {}
+    present = configs_of(dataset)
+    for domain in (d for d in DOMAINS if d in present):
+        splits = load(domain, dataset)
+        for split in SPLITS:
+            if split not in splits or len(splits[split]) == 0:
+                continue
+            target = out / folder_for[domain] / file_for[split]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".jsonl.tmp")
+            with io.open(tmp, "w", encoding="utf-8", newline="\n") as handle:
+                for record in iter_conversations(splits[split], f"{dataset}:{domain}/{split}"):
+                    handle.write(json.dumps(release_record(record)) + "\n")
+            tmp.replace(target)
+            written.setdefault(domain, {})[split] = len(splits[split])
+    source_copy = Path(dataset) / SOURCE_COPY_DIR
+    if source_copy.is_dir():
+        for path in source_copy.iterdir():
+            shutil.copyfile(path, out / path.name)
+    return written
+
+
+def mojibake_counts(dataset: str | Path) -> Counter:
+    """Records per domain whose text still looks like mojibake (our own build must give zero)."""
+    counts: Counter = Counter()
+    present = configs_of(dataset)
+    for domain in (d for d in DOMAINS if d in present):
+        for split, rows in load(domain, dataset).items():
+            counts[domain] += sum(_has_mojibake(row["context"]) or _has_mojibake(row["gt_text"]) for row in rows)
+    return counts
+
