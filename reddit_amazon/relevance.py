@@ -1,0 +1,268 @@
+"""The paper's relevance filter (Table 9): does the last utterance explicitly recommend items?
+
+An LLM behind any OpenAI-compatible endpoint answers yes / no / uncertain for each candidate
+conversation; only "yes" is kept. Answers are stored in a SQLite cache keyed by model + the
+sha256 of the full prompt, so reruns and resumed builds never pay for the same question twice,
+and a changed template or model asks again. Calls run in a bounded thread pool with exponential
+backoff on 429, 5xx, timeouts and connection errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from reddit_amazon.schema import Conversation
+
+DEFAULT_MODEL = "gpt-3.5-turbo"  # the paper's model
+TEMPLATE_FILE = "table9_relevance_filter.txt"
+CONVERSATION_SLOT = "{conversation}"
+KEPT_LABEL = "yes"
+LABELS = ("yes", "no", "uncertain")
+UNPARSEABLE = "unparseable"
+REJECTED = "rejected"  # the endpoint refused this prompt (HTTP 400, e.g. a content filter)
+CHARS_PER_TOKEN = 4  # rough English average, for --dry-run estimates only
+ANSWER_TOKENS = 2
+
+
+class RelevanceError(RuntimeError):
+    """The filter cannot finish (configuration, authentication, or calls still failing after retries)."""
+
+
+def default_template() -> str:
+    return resources.files("reddit_amazon.prompts").joinpath(TEMPLATE_FILE).read_text(encoding="utf-8")
+
+
+def load_template(path: str | Path | None) -> str:
+    if path is None:
+        return default_template()
+    text = Path(path).read_text(encoding="utf-8")
+    if CONVERSATION_SLOT not in text:
+        raise RelevanceError(f"{path}: the template has no {CONVERSATION_SLOT} slot")
+    return text
+
+
+def render_conversation(conversation: Conversation) -> str:
+    """The thread as ``<utterance>(i) text</utterance>`` lines, the recommending comment last."""
+    texts = [turn.text for turn in conversation.turns] + [conversation.gt_text]
+    return "\n".join(f"<utterance>({i}) {text}</utterance>" for i, text in enumerate(texts, start=1))
+
+
+def render_prompt(template: str, conversation: Conversation) -> str:
+    return template.replace(CONVERSATION_SLOT, render_conversation(conversation))
+
+
+def cache_key(model: str, prompt: str) -> str:
+    return hashlib.sha256(f"{model}\0{prompt}".encode()).hexdigest()
+
+
+_LABEL_WORDS = re.compile(r"\b(yes|no|uncertain)\b")
+
+
+def parse_answer(text: str | None) -> str:
+    """``yes`` / ``no`` / ``uncertain`` from a free-form answer, else ``unparseable``.
+
+    Case, quotes, punctuation and extra words are tolerated ("Yes.", "'no'", "Answer: uncertain");
+    an answer naming two different labels ("yes or no") is not guessed.
+    """
+    if not text:
+        return UNPARSEABLE
+    normalized = text.lower().replace("\u2018", "'").replace("\u2019", "'")
+    found = set(_LABEL_WORDS.findall(normalized))
+    return found.pop() if len(found) == 1 else UNPARSEABLE
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------
+
+
+class AnswerCache:
+    """SQLite store of raw answers; every answer is committed as soon as it arrives."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
+            "status TEXT NOT NULL, answer TEXT NOT NULL)"
+        )
+        self._db.commit()
+
+    def get(self, key: str) -> tuple[str, str] | None:
+        """``(status, answer)``: status ``ok`` or ``rejected``."""
+        with self._lock:
+            row = self._db.execute("SELECT status, answer FROM answers WHERE key = ?", (key,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def put(self, key: str, model: str, answer: str, status: str = "ok") -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", (key, model, status, answer))
+            self._db.commit()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> AnswerCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Running the filter
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FilterOptions:
+    model: str = DEFAULT_MODEL
+    base_url: str | None = None
+    template: str = field(default_factory=default_template)
+    concurrency: int = 8
+    max_attempts: int = 6
+    timeout_s: float = 60.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+
+
+@dataclass
+class FilterPlan:
+    """What a run would cost: ``calls`` prompts are not in the cache yet."""
+
+    records: int
+    cached: int
+    calls: int
+    approx_prompt_tokens: int
+    approx_total_tokens: int
+
+
+@dataclass
+class FilterResult:
+    kept: list[Conversation]
+    labels: dict[str, str]  # example_id -> yes/no/uncertain/unparseable/rejected
+    counts: Counter
+    calls_made: int
+
+
+def plan_filter(conversations: Sequence[Conversation], cache: AnswerCache, options: FilterOptions) -> FilterPlan:
+    missing = [p for p in (render_prompt(options.template, c) for c in conversations)
+               if cache.get(cache_key(options.model, p)) is None]
+    prompt_tokens = sum(len(p) for p in missing) // CHARS_PER_TOKEN
+    return FilterPlan(records=len(conversations), cached=len(conversations) - len(missing), calls=len(missing),
+                      approx_prompt_tokens=prompt_tokens,
+                      approx_total_tokens=prompt_tokens + ANSWER_TOKENS * len(missing))
+
+
+def make_client(options: FilterOptions, api_key: str | None):
+    import openai
+
+    if not api_key:
+        if options.base_url is None:
+            raise RelevanceError(
+                "the relevance filter needs answers that are not cached, but OPENAI_API_KEY is not set "
+                "(set it, point --llm-base-url at a local OpenAI-compatible server, or use --no-filter / --dry-run)"
+            )
+        api_key = "unused"  # local servers (vLLM, llama.cpp) accept any key, the client requires one
+    return openai.OpenAI(api_key=api_key, base_url=options.base_url, max_retries=0, timeout=options.timeout_s)
+
+
+def _is_transient(error: BaseException) -> bool:
+    import openai
+
+    if isinstance(error, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError)):
+        return True
+    return isinstance(error, openai.APIStatusError) and error.status_code >= 500
+
+
+def _is_fatal(error: BaseException) -> bool:
+    """Errors that every other call would hit too: stop at once instead of spending the pool."""
+    import openai
+
+    return isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError))
+
+
+def _ask(client: Any, options: FilterOptions, prompt: str) -> str:
+    import tenacity
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_is_transient),
+        wait=tenacity.wait_random_exponential(multiplier=options.backoff_initial_s, max=options.backoff_max_s),
+        stop=tenacity.stop_after_attempt(options.max_attempts),
+        reraise=True,
+    )
+    for attempt in retrying:
+        with attempt:
+            response = client.chat.completions.create(
+                model=options.model, messages=[{"role": "user", "content": prompt}], temperature=0
+            )
+    return (response.choices[0].message.content or "") if response.choices else ""
+
+
+def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, options: FilterOptions, *,
+               api_key: str | None = None, progress: Callable[[Iterable, int], Iterable] | None = None) -> FilterResult:
+    """Label every conversation, asking the endpoint only for prompts missing from ``cache``.
+
+    Calls that still fail after the retries do not lose the answers already received (they are
+    cached); the run then raises :class:`RelevanceError` so that a rerun resumes.
+    """
+    import openai
+
+    prompts = {c.example_id: render_prompt(options.template, c) for c in conversations}
+    keys = {example_id: cache_key(options.model, prompt) for example_id, prompt in prompts.items()}
+    missing = {keys[e]: prompts[e] for e in prompts if cache.get(keys[e]) is None}
+    calls_made = 0
+    if missing:
+        client = make_client(options, api_key)
+        failures: list[str] = []
+
+        def ask_and_store(key: str, prompt: str) -> None:
+            try:
+                answer = _ask(client, options, prompt)
+            except openai.BadRequestError as error:
+                cache.put(key, options.model, str(error)[:500], status=REJECTED)
+                return
+            cache.put(key, options.model, answer)
+
+        with ThreadPoolExecutor(max_workers=max(1, options.concurrency)) as pool:
+            futures = [pool.submit(ask_and_store, key, prompt) for key, prompt in missing.items()]
+            done = as_completed(futures)
+            for future in (progress(done, len(futures)) if progress else done):
+                error = future.exception()
+                if error is None:
+                    calls_made += 1
+                elif _is_fatal(error):
+                    for other in futures:
+                        other.cancel()
+                    raise RelevanceError(f"the LLM endpoint refused the request: {error}") from error
+                else:
+                    failures.append(f"{type(error).__name__}: {error}")
+        if failures:
+            raise RelevanceError(
+                f"{len(failures)} of {len(missing)} relevance calls failed after {options.max_attempts} attempts "
+                f"(first: {failures[0][:300]}); the {calls_made} answers received are cached, rerun to resume"
+            )
+
+    labels: dict[str, str] = {}
+    for example_id, key in keys.items():
+        status, answer = cache.get(key)  # type: ignore[misc]  # every key is cached by now
+        labels[example_id] = REJECTED if status == REJECTED else parse_answer(answer)
+    kept = [c for c in conversations if labels[c.example_id] == KEPT_LABEL]
+    return FilterResult(kept=kept, labels=labels, counts=Counter(labels.values()), calls_made=calls_made)

@@ -1,0 +1,161 @@
+"""The Table 9 relevance filter against a loopback OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from werkzeug import Request, Response
+
+from reddit_amazon.relevance import (
+    DEFAULT_MODEL,
+    AnswerCache,
+    FilterOptions,
+    RelevanceError,
+    default_template,
+    load_template,
+    parse_answer,
+    plan_filter,
+    render_prompt,
+    run_filter,
+)
+from reddit_amazon.schema import Conversation, Turn
+
+PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper" / "000_f3659b8b73db113b.txt"
+
+
+def conversation(example_id: str, last: str) -> Conversation:
+    return Conversation(
+        example_id=example_id, domain="", thread_id="t1", subreddit="s", created_utc=1,
+        turns=[Turn(kind="submission", text="Looking for a green lamp"), Turn(kind="comment", text="same here")],
+        context_items=[], gt_text=last, gt_items=["B000000001"],
+    )
+
+
+class FakeOpenAI:
+    """Answers chat completions from a script keyed by a tag in the prompt: ``SCRIPT=<name>``.
+
+    Each script is a list of (status, answer) consumed one per request; the last entry repeats.
+    """
+
+    def __init__(self, scripts: dict[str, list[tuple[int, str]]]):
+        self.scripts = scripts
+        self.requests: Counter = Counter()
+
+    def __call__(self, request: Request) -> Response:
+        body = json.loads(request.data)
+        assert request.headers["Authorization"] == "Bearer sk-test"
+        prompt = body["messages"][0]["content"]
+        name = re.search(r"SCRIPT=(\w+)", prompt).group(1)
+        self.requests[name] += 1
+        script = self.scripts[name]
+        status, answer = script[min(self.requests[name], len(script)) - 1]
+        if status != 200:
+            return Response(json.dumps({"error": {"message": answer, "type": "x", "code": status}}),
+                            status=status, content_type="application/json")
+        return Response(json.dumps({
+            "id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }), content_type="application/json")
+
+
+@pytest.fixture
+def options(httpserver) -> FilterOptions:
+    return FilterOptions(base_url=httpserver.url_for("/v1"), concurrency=4, max_attempts=4,
+                         backoff_initial_s=0.01, backoff_max_s=0.02, timeout_s=5)
+
+
+def serve(httpserver, scripts) -> FakeOpenAI:
+    fake = FakeOpenAI(scripts)
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(fake)
+    return fake
+
+
+@pytest.mark.parametrize("answer,label", [
+    ("yes", "yes"), ("Yes.", "yes"), ("'no'", "no"), ("\u2018uncertain\u2019", "uncertain"),
+    ("Answer: NO!", "no"), ("Yes, the last utterance recommends items.", "yes"), ("yes or no", "unparseable"),
+    ("I cannot tell", "unparseable"), ("", "unparseable"), (None, "unparseable"), ("nope", "unparseable"),
+])
+def test_parse_answer(answer, label):
+    assert parse_answer(answer) == label
+
+
+def test_prompt_is_the_papers_table_9_with_numbered_utterances():
+    template = default_template()
+    if PAPER.is_file():
+        lines = PAPER.read_text(encoding="utf-8").splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("You are a helpful assistant. I will show"))
+        assert template == "\n".join(lines[start:start + 3]) + "\n"
+    prompt = render_prompt(template, conversation("a", "Try this one"))
+    assert prompt.endswith("Conversation: <utterance>(1) Looking for a green lamp</utterance>\n"
+                           "<utterance>(2) same here</utterance>\n<utterance>(3) Try this one</utterance>\n")
+
+
+def test_labels_retries_and_cache(httpserver, options, tmp_path):
+    fake = serve(httpserver, {
+        "a": [(200, "Yes.")],
+        "b": [(200, "no")],
+        "c": [(200, "UNCERTAIN")],
+        "d": [(200, "I'd say yes or no")],
+        "e": [(429, "slow down"), (429, "slow down"), (200, "yes")],
+        "f": [(500, "oops"), (503, "busy"), (200, "'yes'")],
+        "g": [(400, "content filter")],
+    })
+    records = [conversation(name, f"check this SCRIPT={name}") for name in "abcdefg"]
+    with AnswerCache(tmp_path / "cache.sqlite") as cache:
+        plan = plan_filter(records, cache, options)
+        assert (plan.calls, plan.cached) == (7, 0) and plan.approx_prompt_tokens > 7 * 150
+        result = run_filter(records, cache, options, api_key="sk-test")
+    assert [c.example_id for c in result.kept] == ["a", "e", "f"]
+    assert result.labels == {"a": "yes", "b": "no", "c": "uncertain", "d": "unparseable", "e": "yes", "f": "yes",
+                             "g": "rejected"}
+    assert fake.requests["e"] == 3 and fake.requests["f"] == 3 and result.calls_made == 7
+
+    with AnswerCache(tmp_path / "cache.sqlite") as cache:  # a rerun pays nothing, and needs no key
+        assert plan_filter(records, cache, options).calls == 0
+        again = run_filter(records, cache, FilterOptions(base_url=None, template=options.template))
+    assert again.labels == result.labels and again.calls_made == 0
+    assert sum(fake.requests.values()) == 1 + 1 + 1 + 1 + 3 + 3 + 1
+
+
+def test_persistent_errors_keep_answers_and_resume(httpserver, options, tmp_path):
+    fake = serve(httpserver, {"ok": [(200, "yes")], "down": [(503, "unavailable")]})
+    records = [conversation("1", "SCRIPT=ok"), conversation("2", "SCRIPT=down")]
+    cache = AnswerCache(tmp_path / "cache.sqlite")
+    with pytest.raises(RelevanceError, match="1 of 2 relevance calls failed after 4 attempts.*rerun to resume"):
+        run_filter(records, cache, options, api_key="sk-test")
+    assert fake.requests == {"ok": 1, "down": 4} and len(cache) == 1
+    fake.scripts["down"] = [(200, "no")]
+    result = run_filter(records, cache, options, api_key="sk-test")
+    assert fake.requests == {"ok": 1, "down": 5} and result.labels == {"1": "yes", "2": "no"}
+
+
+def test_auth_error_stops_at_once(httpserver, options, tmp_path):
+    fake = serve(httpserver, {"x": [(401, "invalid api key")]})
+    records = [conversation(str(i), "SCRIPT=x") for i in range(3)]
+    with AnswerCache(tmp_path / "c.sqlite") as cache, pytest.raises(RelevanceError, match="refused"):
+        run_filter(records, cache, options, api_key="sk-test")
+    assert fake.requests["x"] <= options.concurrency  # no retries of a 401
+
+
+def test_missing_key_and_template_changes(httpserver, options, tmp_path):
+    serve(httpserver, {"a": [(200, "yes")]})
+    records = [conversation("1", "SCRIPT=a")]
+    with AnswerCache(tmp_path / "c.sqlite") as cache:
+        with pytest.raises(RelevanceError, match="OPENAI_API_KEY is not set"):
+            run_filter(records, cache, FilterOptions(template=options.template))
+        run_filter(records, cache, options, api_key="sk-test")
+        other_model = FilterOptions(**{**options.__dict__, "model": "gpt-4o-mini"})
+        assert plan_filter(records, cache, other_model).calls == 1
+        template = tmp_path / "t.txt"
+        template.write_text("Is this a recommendation?\n{conversation}\n")
+        changed = FilterOptions(**{**options.__dict__, "template": load_template(template)})
+        assert plan_filter(records, cache, changed).calls == 1
+        assert plan_filter(records, cache, options).calls == 0 and options.model == DEFAULT_MODEL
+    template.write_text("no slot here")
+    with pytest.raises(RelevanceError, match="no \\{conversation\\} slot"):
+        load_template(template)
