@@ -1,0 +1,4 @@
+"""LaViC reference model on LLaVA-NeXT: describe -> distill -> embed -> fine-tune -> recommend.
+
+Heavy libraries are imported inside the modules that need them; importing this package is cheap.
+"""

@@ -1,0 +1,58 @@
+"""Reading a dataset folder for the LaViC stages: items (with image bytes) and training instances."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from reddit_amazon.schema import DOMAINS, Conversation, Item, candidate_column
+
+
+def load_items(dataset: str | os.PathLike | None, domains: Iterable[str] = DOMAINS) -> dict[str, Item]:
+    """Items of ``domains`` keyed by id, images kept as encoded bytes (the bundled sample when ``dataset`` is None)."""
+    import datasets
+
+    from reddit_amazon.dataset_folder import iter_items, load
+
+    items: dict[str, Item] = {}
+    for domain in domains:
+        split = load("items", dataset, split=domain).cast_column("image", datasets.Image(decode=False))
+        for item in iter_items(split, source=f"{dataset or 'sample'}:items/{domain}"):
+            items[item.item_id] = item
+    return items
+
+
+def load_conversations(dataset: str | os.PathLike | None, domain: str, split: str) -> list[Conversation]:
+    from reddit_amazon.dataset_folder import iter_conversations, load
+
+    rows = load(domain, dataset, split=split)
+    return list(iter_conversations(rows, source=f"{dataset or 'sample'}:{domain}/{split}"))
+
+
+@dataclass(frozen=True)
+class RecommendationInstance:
+    """One (conversation, gt item) pair: the candidates hold the target exactly once."""
+
+    context: str
+    candidates: tuple[str, ...]
+    target: str
+
+
+def recommendation_instances(conversations: Sequence[Conversation], candidate_set: str,
+                             rng: random.Random) -> list[RecommendationInstance]:
+    """One instance per gt item. A gt missing from the candidates replaces a random non-gt one (as the authors do)."""
+    column = candidate_column(candidate_set)
+    instances = []
+    for conversation in conversations:
+        candidates = conversation.candidates.get(candidate_set)
+        if not candidates:
+            raise ValueError(f"conversation {conversation.example_id} has no {column}")
+        for target in conversation.gt_items:
+            chosen = list(candidates)
+            if target not in chosen:
+                replaceable = [i for i, c in enumerate(chosen) if c not in conversation.gt_items]
+                chosen[rng.choice(replaceable)] = target
+            instances.append(RecommendationInstance(conversation.context, tuple(chosen), target))
+    return instances

@@ -1,0 +1,65 @@
+"""Stage 2: visual knowledge self-distillation (Section 4.2).
+
+LoRA on the vision tower and projector, LM frozen: from the Table 10 prompt and only the 5 CLS
+embeddings of the item's sub-images, the LM must reproduce the full-token description. The loss
+covers the description tokens only.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lavic_ref.model import VISION_LORA_TARGETS, Backbone, cls_embeddings, decode_image, embed_inputs, new_adapter, \
+    pad_batch, subimage_pixels
+from lavic_ref.sequences import distillation_sequence
+from lavic_ref.training import TrainConfig, TrainResult, train
+from reddit_amazon.schema import Item
+
+
+@dataclass(frozen=True)
+class DistillExample:
+    item_id: str
+    title: str
+    image: bytes
+    description: str
+
+
+def distill_examples(items: Mapping[str, Item], descriptions: Mapping[str, str]) -> list[DistillExample]:
+    return [DistillExample(item.item_id, item.title, item.image, descriptions[item.item_id])
+            for item in items.values() if item.image is not None and descriptions.get(item.item_id)]
+
+
+def split_validation(examples: Sequence[DistillExample], size: int, seed: int) -> tuple[list, list]:
+    """Hold out ``size`` examples, at most a fifth (the paper holds out 512 images), for the validation loss."""
+    shuffled = list(examples)
+    random.Random(seed).shuffle(shuffled)
+    size = min(size, len(shuffled) // 5)
+    return shuffled[size:], shuffled[:size]
+
+
+def distillation_loss(backbone: Backbone, batch: Sequence[DistillExample], max_target_tokens: int = 128) -> torch.Tensor:
+    tokenizer = backbone.tokenizer
+    sequences = [distillation_sequence(tokenizer, ex.title, ex.description, max_target_tokens=max_target_tokens)
+                 for ex in batch]
+    tokens = pad_batch([s.input_ids for s in sequences], tokenizer.pad_token_id,
+                       labels=[s.labels for s in sequences], left=False)
+    pixels = subimage_pixels(backbone.processor, [decode_image(ex.image) for ex in batch]).to(backbone.device)
+    item_embeddings = cls_embeddings(backbone.model, pixels)
+    input_ids = tokens.input_ids.to(backbone.device)
+    inputs_embeds = embed_inputs(backbone, input_ids, item_embeddings)
+    output = backbone.model(inputs_embeds=inputs_embeds, attention_mask=tokens.attention_mask.to(backbone.device),
+                            labels=tokens.labels.to(backbone.device))
+    return output.loss
+
+
+def distill(backbone: Backbone, examples: Sequence[DistillExample], config: TrainConfig, *,
+            validation_size: int = 512, resume: bool = True) -> TrainResult:
+    """Train the vision LoRA; the best adapter (lowest validation loss) is saved to ``<output_dir>/best``."""
+    new_adapter(backbone, VISION_LORA_TARGETS)
+    train_set, val_set = split_validation(examples, validation_size, config.seed)
+    return train(backbone, train_set, val_set, lambda batch: distillation_loss(backbone, batch), config,
+                 resume=resume, description="distill")

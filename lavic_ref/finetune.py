@@ -1,0 +1,59 @@
+"""Stage 4: recommendation fine-tuning (Section 4.3).
+
+LoRA on the LM's attention and MLP projections, vision frozen. Each Table 11 prompt lists 10 candidates
+as ``ID: title`` followed by 5 item tokens; their input embeddings are replaced (one ``masked_scatter``)
+by the cached item embeddings from :mod:`lavic_ref.embed`, so no image is processed during training.
+The target is the gt item's ID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from lavic_ref.data import RecommendationInstance
+from lavic_ref.embed import ItemEmbeddings
+from lavic_ref.model import LANGUAGE_LORA_TARGETS, Backbone, embed_inputs, inner_model, new_adapter, pad_batch
+from lavic_ref.sequences import MAX_PROMPT_TOKENS, recommendation_sequence
+from lavic_ref.training import TrainConfig, TrainResult, train
+
+
+def recommendation_loss(backbone: Backbone, batch: Sequence[RecommendationInstance], titles: Mapping[str, str],
+                        embeddings: ItemEmbeddings | None, max_tokens: int = MAX_PROMPT_TOKENS) -> torch.Tensor:
+    """Cross-entropy on the target ID tokens; ``embeddings=None`` is the titles-only ablation."""
+    tokenizer = backbone.tokenizer
+    with_images = embeddings is not None
+    sequences = [
+        recommendation_sequence(tokenizer, ex.context, [(c, titles.get(c, "")) for c in ex.candidates], ex.target,
+                                with_images=with_images, max_tokens=max_tokens)
+        for ex in batch
+    ]
+    tokens = pad_batch([s.input_ids for s in sequences], tokenizer.pad_token_id,
+                       labels=[s.labels for s in sequences], left=False)
+    input_ids = tokens.input_ids.to(backbone.device)
+    item_embeddings = embeddings.stack([c for ex in batch for c in ex.candidates]) if with_images else None
+    inputs_embeds = embed_inputs(backbone, input_ids, item_embeddings)
+    output = backbone.model(inputs_embeds=inputs_embeds, attention_mask=tokens.attention_mask.to(backbone.device),
+                            labels=tokens.labels.to(backbone.device))
+    return output.loss
+
+
+def release_vision(backbone: Backbone) -> None:
+    """Fine-tuning reads cached embeddings only: the vision tower and projector leave the accelerator."""
+    inner = inner_model(backbone.model)
+    inner.vision_tower.to("cpu")
+    inner.multi_modal_projector.to("cpu")
+
+
+def finetune(backbone: Backbone, train_set: Sequence[RecommendationInstance],
+             val_set: Sequence[RecommendationInstance], titles: Mapping[str, str], embeddings: ItemEmbeddings | None,
+             config: TrainConfig, *, max_tokens: int = MAX_PROMPT_TOKENS, resume: bool = True) -> TrainResult:
+    """Train the LM LoRA; the best adapter (lowest validation loss) is saved to ``<output_dir>/best``."""
+    if embeddings is not None:
+        embeddings.to(backbone.device, backbone.dtype)
+    new_adapter(backbone, LANGUAGE_LORA_TARGETS)
+    release_vision(backbone)
+    return train(backbone, train_set, val_set,
+                 lambda batch: recommendation_loss(backbone, batch, titles, embeddings, max_tokens), config,
+                 resume=resume, description="finetune")

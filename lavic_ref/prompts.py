@@ -1,0 +1,64 @@
+"""The paper's prompts: Table 10 (image description) and Table 11 (recommendation).
+
+Item images enter the recommendation and distillation prompts as five placeholder tokens
+(:data:`ITEM_TOKENS`) whose input embeddings are replaced by the item's five CLS embeddings.
+Table 11 itself lives in :mod:`benchmark.prompts` (shared with the other generative baselines).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+ITEM_TOKENS: tuple[str, ...] = tuple(f"<ItemImageEmb{i}>" for i in range(1, 6))
+ITEM_PLACEHOLDER = "".join(ITEM_TOKENS)
+
+DESCRIPTION_PROMPT = (
+    "You are a helpful AI assistant. Given an Amazon product's title and its image, please provide a detailed, "
+    "visually grounded description of the product that would help someone decide whether to purchase it. "
+    "Please focus on the product's appearance, features, and any other visually informative aspects. "
+    "Do not mention the product's title in your answer.\n\n"
+    "This product's title is: {title}\n"
+    "{image}"
+)
+
+
+def description_prompt(title: str, image: str) -> str:
+    """Table 10 with ``image`` (the processor's ``<image>`` token, or :data:`ITEM_PLACEHOLDER`)."""
+    return DESCRIPTION_PROMPT.format(title=strip_item_tokens(title), image=image)
+
+
+def recommendation_prompt_parts(candidates: Sequence[tuple[str, str]], with_images: bool) -> tuple[str, str]:
+    """Table 11 (``benchmark.prompts``) split around the conversation, item tokens in place of images."""
+    from benchmark.prompts import IMAGE_PLACEHOLDER, render_recommendation_prompt
+
+    marker = "\x00CONVERSATION\x00"
+    clean = [(item_id, strip_item_tokens(title).replace("\n", " ")) for item_id, title in candidates]
+    rendered = render_recommendation_prompt(marker, clean, with_images)
+    head, tail = rendered.split(marker)
+    lines = [ITEM_PLACEHOLDER if line == IMAGE_PLACEHOLDER else line for line in tail.split("\n")]
+    return head, "\n".join(lines)
+
+
+def strip_item_tokens(text: str) -> str:
+    """User text must not contain the item tokens (or ``<image>``): their count has to match the items."""
+    for token in (*ITEM_TOKENS, "<image>"):
+        text = text.replace(token, "")
+    return text
+
+
+def chat_wrapping(tokenizer) -> tuple[str, str]:
+    """The text before and after a user turn in the tokenizer's chat format.
+
+    Uses the tokenizer's chat template when it has one (``[INST] … [/INST]`` for llava-v1.6-mistral),
+    so training and inference format prompts identically.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        marker = "\x00USER_TEXT\x00"
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True
+        )
+        before, after = rendered.split(marker)
+        if tokenizer.bos_token and before.startswith(tokenizer.bos_token):
+            before = before[len(tokenizer.bos_token):]  # the tokenizer adds BOS itself
+        return before, after
+    return "[INST] ", " [/INST]"

@@ -1,0 +1,101 @@
+"""The ``lavic`` recommender plugin: ``benchmark run --model lavic --model-args base=…,rec_adapter=…``.
+
+Greedy decoding of at most 10 new tokens, batched with left padding. Candidate item embeddings come
+from an ``item_embeddings`` cache (``lavic-ref embed``) when given; any candidate missing there is
+embedded once from its image with the (distilled) vision tower and kept for later batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from lavic_ref.embed import ItemEmbeddings, compute_item_embeddings
+from lavic_ref.model import DEFAULT_BASE, Backbone, attach_adapter, embed_inputs, load_backbone, pad_batch
+from lavic_ref.sequences import MAX_PROMPT_TOKENS, recommendation_sequence
+
+MAX_NEW_TOKENS = 10
+
+
+def _flag(value: bool | str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
+@torch.inference_mode()
+def generate(backbone: Backbone, prompts: Sequence[tuple[str, Sequence[tuple[str, str]]]],
+             embeddings: ItemEmbeddings | None, *, max_new_tokens: int = MAX_NEW_TOKENS,
+             max_tokens: int = MAX_PROMPT_TOKENS) -> list[str]:
+    """Greedy outputs for ``(context, [(item_id, title), …])`` prompts; ``embeddings=None`` means titles only."""
+    tokenizer = backbone.tokenizer
+    with_images = embeddings is not None
+    sequences = [recommendation_sequence(tokenizer, context, candidates, None, with_images=with_images,
+                                         max_tokens=max_tokens).input_ids
+                 for context, candidates in prompts]
+    batch = pad_batch(sequences, tokenizer.pad_token_id, left=True)
+    input_ids = batch.input_ids.to(backbone.device)
+    item_embeddings = None
+    if with_images:
+        item_embeddings = embeddings.stack([item_id for _, candidates in prompts for item_id, _ in candidates])
+    inputs_embeds = embed_inputs(backbone, input_ids, item_embeddings)
+    output = backbone.model.generate(inputs_embeds=inputs_embeds, attention_mask=batch.attention_mask.to(backbone.device),
+                                     max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+    return [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
+
+
+class LavicRecommender:
+    """LaViC on LLaVA-NeXT.
+
+    Options (``--model-args``): ``base`` (hub id or folder), ``distill_adapter`` (vision LoRA from
+    ``lavic-ref distill``), ``rec_adapter`` (LM LoRA from ``lavic-ref finetune``), ``item_embeddings``
+    (safetensors from ``lavic-ref embed``), ``images`` (false: the titles-only ablation), ``device``,
+    ``batch_size``.
+    """
+
+    name = "lavic"
+
+    def __init__(self, base: str = DEFAULT_BASE, distill_adapter: str | None = None, rec_adapter: str | None = None,
+                 item_embeddings: str | None = None, images: bool | str = True, device: str | None = None,
+                 batch_size: int | str = 8, max_new_tokens: int | str = MAX_NEW_TOKENS):
+        for label, path in (("distill_adapter", distill_adapter), ("rec_adapter", rec_adapter),
+                            ("item_embeddings", item_embeddings)):
+            if path and not Path(path).exists():
+                raise FileNotFoundError(f"{label}: {path} does not exist")
+        self.batch_size = int(batch_size)
+        self.max_new_tokens = int(max_new_tokens)
+        self.images = _flag(images)
+        self.backbone = load_backbone(base, device=device)
+        if distill_adapter:
+            attach_adapter(self.backbone, distill_adapter)
+        if rec_adapter:
+            attach_adapter(self.backbone, rec_adapter)
+        self.backbone.model.eval()
+        self.embeddings: ItemEmbeddings | None = None
+        if self.images:
+            cache = ItemEmbeddings.load(item_embeddings) if item_embeddings else ItemEmbeddings({})
+            self.embeddings = cache.to(self.backbone.device, self.backbone.dtype)
+
+    def recommend(self, examples: Sequence) -> list[str]:
+        if self.embeddings is not None:
+            self._embed_missing(examples)
+        prompts = [(ex.context, [(c.item_id, c.title) for c in ex.candidates]) for ex in examples]
+        outputs: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            outputs += generate(self.backbone, prompts[start:start + self.batch_size], self.embeddings,
+                                max_new_tokens=self.max_new_tokens)
+        return outputs
+
+    def _embed_missing(self, examples: Sequence) -> None:
+        wanted = {c.item_id: c.image_bytes for ex in examples for c in ex.candidates}
+        missing = self.embeddings.missing(wanted)
+        if missing:
+            pairs = [(item_id, wanted[item_id]) for item_id in missing]
+            self.embeddings.add(compute_item_embeddings(self.backbone, pairs, progress=False))

@@ -1,0 +1,159 @@
+"""The LoRA training loop shared by distillation and fine-tuning.
+
+AdamW on the adapter's parameters, gradient accumulation, bf16 autocast on a GPU, validation loss
+after each epoch with the best adapter kept in ``<output_dir>/best``, and a resumable checkpoint in
+``<output_dir>/last`` (adapter, optimizer, position in the epoch) every ``save_every`` optimizer steps
+and at each epoch's end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lavic_ref.model import Backbone
+
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+@dataclass
+class TrainConfig:
+    output_dir: Path
+    epochs: int = 1
+    batch_size: int = 4
+    learning_rate: float = 5e-5
+    weight_decay: float = 1e-5
+    grad_accum: int = 1
+    max_steps: int | None = None  # optimizer steps per epoch (smoke runs); None = whole epoch
+    save_every: int = 500
+    seed: int = 0
+    gradient_checkpointing: bool = True
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    batches_done: int = 0  # batches of the current epoch already trained on
+    global_step: int = 0
+    best_val_loss: float = math.inf
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    best_dir: Path
+    best_val_loss: float
+    history: list[dict[str, float]]
+
+
+BatchLoss = Callable[[Sequence[Any]], torch.Tensor]
+
+
+def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], batch_loss: BatchLoss,
+          config: TrainConfig, *, resume: bool = True, description: str = "train") -> TrainResult:
+    """Train the trainable (LoRA) parameters of ``backbone.model`` to minimise ``batch_loss``."""
+    if not train_set:
+        raise ValueError("no training examples")
+    model = backbone.model
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    state = TrainState()
+    last = output / "last"
+    if resume and (last / STATE_FILE).is_file():
+        state = _load_checkpoint(backbone, optimizer, last)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if backbone.device.type == "cuda" else nullcontext())
+
+    batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    if config.max_steps is not None:
+        batches_per_epoch = min(batches_per_epoch, config.max_steps * config.grad_accum)
+    while state.epoch < config.epochs:
+        order = list(range(len(train_set)))
+        random.Random(config.seed + state.epoch).shuffle(order)
+        model.train()
+        progress = tqdm(total=batches_per_epoch, initial=state.batches_done, desc=f"{description} epoch {state.epoch + 1}")
+        running = 0.0
+        optimizer.zero_grad(set_to_none=True)
+        for index in range(state.batches_done, batches_per_epoch):
+            batch = [train_set[i] for i in order[index * config.batch_size:(index + 1) * config.batch_size]]
+            with autocast:
+                loss = batch_loss(batch)
+            (loss / config.grad_accum).backward()
+            running = loss.item()
+            progress.set_postfix(loss=f"{running:.4f}")
+            progress.update()
+            state.batches_done = index + 1
+            if state.batches_done % config.grad_accum == 0 or state.batches_done == batches_per_epoch:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.global_step += 1
+                if state.global_step % config.save_every == 0:
+                    _save_checkpoint(backbone, optimizer, state, last)
+        progress.close()
+        val_loss = evaluate(backbone, val_set, batch_loss, config.batch_size) if val_set else running
+        state.history.append({"epoch": state.epoch + 1, "train_loss": running, "val_loss": val_loss})
+        tqdm.write(f"{description} epoch {state.epoch + 1}: train loss {running:.4f}, validation loss {val_loss:.4f}")
+        if val_loss < state.best_val_loss:
+            state.best_val_loss = val_loss
+            model.save_pretrained(output / "best")
+        state.epoch += 1
+        state.batches_done = 0
+        _save_checkpoint(backbone, optimizer, state, last)
+    (output / "history.json").write_text(json.dumps(state.history, indent=2) + "\n")
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    model.eval()
+    return TrainResult(output / "best", state.best_val_loss, state.history)
+
+
+@torch.no_grad()
+def evaluate(backbone: Backbone, examples: Sequence[Any], batch_loss: BatchLoss, batch_size: int) -> float:
+    """Mean loss over ``examples`` (weighted by batch size), dropout off."""
+    model = backbone.model
+    was_training = model.training
+    model.eval()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if backbone.device.type == "cuda" else nullcontext())
+    total, count = 0.0, 0
+    for start in tqdm(range(0, len(examples), batch_size), desc="validation", leave=False):
+        batch = examples[start:start + batch_size]
+        with autocast:
+            total += batch_loss(batch).item() * len(batch)
+        count += len(batch)
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _save_checkpoint(backbone: Backbone, optimizer: torch.optim.Optimizer, state: TrainState, folder: Path) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    backbone.model.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def _load_checkpoint(backbone: Backbone, optimizer: torch.optim.Optimizer, folder: Path) -> TrainState:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "adapter_model.safetensors"), device=str(backbone.device))
+    set_peft_model_state_dict(backbone.model, weights)
+    optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location=backbone.device))
+    state = TrainState(**json.loads((folder / STATE_FILE).read_text()))
+    tqdm.write(f"resuming from {folder} (epoch {state.epoch + 1}, batch {state.batches_done})")
+    return state
