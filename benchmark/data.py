@@ -1,0 +1,191 @@
+"""Load a dataset folder or Hub id into :class:`benchmark.protocol.Example` batches (gt kept aside)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmark.protocol import Candidate, Example
+from reddit_amazon.schema import DOMAINS, ITEMS_CONFIG, Turn, candidate_column, candidate_sets_of, is_asin
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be evaluated as asked (missing split, candidate set, items, bad record)."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    id: str  # the path or Hub id as given (a local path is made absolute)
+    local: bool
+    version: str | None
+    fingerprint: str | None
+    candidate_sets: list[str] | None  # sets that were computed (manifest); None when unknown
+    counts: dict[str, dict[str, int]] | None
+
+
+def resolve_dataset(dataset: str | os.PathLike | None) -> DatasetInfo:
+    """``None`` is the bundled sample. A local folder's manifest is read; a Hub id's when reachable."""
+    if dataset is None:
+        try:
+            from reddit_amazon.sample import sample_dataset_path
+        except ImportError as error:
+            raise DatasetError("no --dataset given and the bundled sample is not available in this install") from error
+        dataset = sample_dataset_path()
+    path = Path(dataset)
+    if path.is_dir():
+        manifest = _read_json(path / "manifest.json")
+        return _info(str(path.resolve()), True, manifest)
+    if path.exists() or str(dataset).startswith((".", "/")):
+        raise DatasetError(f"{dataset}: not a dataset folder")
+    return _info(str(dataset), False, _hub_manifest(str(dataset)))
+
+
+def _info(dataset_id: str, local: bool, manifest: dict[str, Any] | None) -> DatasetInfo:
+    manifest = manifest or {}
+    return DatasetInfo(id=dataset_id, local=local, version=manifest.get("version"),
+                       fingerprint=manifest.get("fingerprint"), candidate_sets=manifest.get("candidate_sets"),
+                       counts=manifest.get("counts"))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    import orjson
+
+    if not path.is_file():
+        return None
+    try:
+        return orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as error:
+        raise DatasetError(f"{path}: not valid JSON ({error})") from error
+
+
+def _hub_manifest(repo_id: str) -> dict[str, Any] | None:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return _read_json(Path(hf_hub_download(repo_id, "manifest.json", repo_type="dataset")))
+    except Exception:  # offline, private or not ours: the run records "unknown"
+        return None
+
+
+def domains_for(info: DatasetInfo, domain: str, split: str) -> list[str]:
+    """``beauty|fashion|home`` -> itself; ``all`` -> every domain that has records in ``split``."""
+    if domain != "all":
+        if domain not in DOMAINS:
+            raise DatasetError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)} or all")
+        return [domain]
+    if info.counts is None:
+        return list(DOMAINS)
+    present = [d for d in DOMAINS if info.counts.get(d, {}).get(split, 0) > 0]
+    if not present:
+        raise DatasetError(f"{info.id}: no domain has a {split!r} split")
+    return present
+
+
+def load_conversations(info: DatasetInfo, domain: str, split: str):
+    import datasets
+
+    if info.counts is not None and not info.counts.get(domain, {}).get(split, 0):
+        have = [s for s, n in info.counts.get(domain, {}).items() if n]
+        raise DatasetError(f"{info.id}: domain {domain!r} has no {split!r} split (splits with records: "
+                           f"{', '.join(have) or 'none'})")
+    try:
+        return datasets.load_dataset(info.id, domain, split=split)
+    except ValueError as error:
+        raise DatasetError(f"{info.id}: cannot load {domain}/{split}: {error}") from error
+
+
+def check_candidate_set(info: DatasetInfo, table_columns: Sequence[str], candidates: str, where: str) -> str:
+    """The column name for ``candidates``; fails listing the computed sets when it is absent."""
+    column = candidate_column(candidates)
+    computed = info.candidate_sets if info.candidate_sets is not None else candidate_sets_of(table_columns)
+    if column not in table_columns or candidates not in computed:
+        raise DatasetError(f"{where}: candidate set {candidates!r} was not computed for this dataset; "
+                           f"available: {', '.join(computed) or 'none'}")
+    return column
+
+
+@dataclass(frozen=True)
+class Record:
+    """An example plus what only the harness sees."""
+
+    example: Example
+    gt_items: tuple[str, ...]
+
+
+@dataclass
+class ItemLookup:
+    """Title/description/image of the items a split's candidates need (loaded once, only those)."""
+
+    items: dict[str, Candidate]
+    missing: set[str] = field(default_factory=set)
+
+    def candidate(self, item_id: str) -> Candidate:
+        found = self.items.get(item_id)
+        if found is None:
+            self.missing.add(item_id)
+            return Candidate(item_id=item_id, title="")
+        return found
+
+
+def load_items(info: DatasetInfo, domain: str, wanted: set[str] | None = None) -> ItemLookup:
+    """Items of ``domain`` (all of them when ``wanted`` is None), images kept as encoded bytes."""
+    import datasets
+
+    try:
+        items = datasets.load_dataset(info.id, ITEMS_CONFIG, split=domain)
+    except ValueError as error:
+        raise DatasetError(f"{info.id}: cannot load the items of {domain!r}: {error}") from error
+    table = items.data.table
+    ids = table.column("item_id").to_pylist()
+    positions = [i for i, item_id in enumerate(ids) if wanted is None or item_id in wanted]
+    chosen = table.select(["item_id", "title", "description", "image"]).take(positions).to_pylist()
+    lookup = {}
+    for row in chosen:
+        image = row["image"]
+        lookup[row["item_id"]] = Candidate(item_id=row["item_id"], title=row["title"] or "",
+                                           description=row["description"] or "",
+                                           image_bytes=image.get("bytes") if image else None)
+    return ItemLookup(lookup)
+
+
+def iter_records(conversations, column: str, items: ItemLookup, where: str, limit: int | None = None,
+                 batch_size: int = 1024) -> Iterator[Record]:
+    """Records in dataset order. Checks what scoring relies on and names the record when it fails."""
+    total = len(conversations) if limit is None else min(limit, len(conversations))
+    subset = conversations.select_columns(
+        ["example_id", "domain", "context", "turns", "context_items", "gt_items", column])
+    index = 0
+    for batch in subset.iter(batch_size=batch_size):
+        for example_id, domain, context, turns, context_items, gt_items, candidate_ids in zip(
+                batch["example_id"], batch["domain"], batch["context"], batch["turns"], batch["context_items"],
+                batch["gt_items"], batch[column]):
+            if index >= total:
+                return
+            if not candidate_ids:
+                raise DatasetError(f"{where}[{index}] ({example_id}): {column} is empty")
+            if not gt_items or not all(is_asin(g) for g in gt_items):
+                raise DatasetError(f"{where}[{index}] ({example_id}): gt_items must be one or more ASINs, "
+                                   f"got {gt_items!r}")
+            yield Record(
+                Example(
+                    example_id=example_id,
+                    domain=domain,
+                    context=context,
+                    turns=tuple(Turn(kind=t["kind"], text=t["text"], author=t["author"],
+                                     created_utc=t["created_utc"], id=t["id"]) for t in turns),
+                    context_items=tuple(context_items),
+                    candidates=tuple(items.candidate(c) for c in candidate_ids),
+                ),
+                tuple(gt_items),
+            )
+            index += 1
+
+
+def candidate_ids_of(conversations, column: str, limit: int | None = None) -> set[str]:
+    values = conversations.data.table.column(column).to_pylist()
+    if limit is not None:
+        values = values[:limit]
+    return {item_id for ids in values for item_id in (ids or [])}

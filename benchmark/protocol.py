@@ -1,0 +1,106 @@
+"""What a recommender plugin sees and must provide.
+
+A recommender is any object with ``recommend(examples) -> list[str]`` (one free-form text per
+example; the harness, not the plugin, parses the recommended ID out of it). No base class is needed.
+
+A plugin that can order the candidates may also define ``rank(examples) -> list[list[str]]``
+(item ids best-first); the harness then calls ``rank`` instead of ``recommend``, takes the first id
+as the recommendation, and additionally reports Recall@k / NDCG@k.
+
+Optional attributes the harness reads: ``batch_size`` (examples per call, default 16) and
+``name`` (shown in reports).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from reddit_amazon.schema import Turn
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+DEFAULT_BATCH_SIZE = 16
+
+_IMAGE_DIR_ENV = "REDDIT_AMAZON_IMAGE_DIR"
+
+
+def _image_dir() -> Path:
+    folder = Path(os.environ.get(_IMAGE_DIR_ENV) or Path(tempfile.gettempdir()) / "reddit-amazon-images")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate item. ``image_bytes`` is the encoded main image (JPEG/PNG) or None."""
+
+    item_id: str
+    title: str
+    description: str = ""
+    image_bytes: bytes | None = field(default=None, repr=False)
+
+    @property
+    def image(self) -> PILImage | None:
+        """The main image decoded as an RGB PIL image (None when the item has no image)."""
+        if self.image_bytes is None:
+            return None
+        from PIL import Image
+
+        return Image.open(io.BytesIO(self.image_bytes)).convert("RGB")
+
+    @property
+    def image_path(self) -> Path | None:
+        """The main image as a file (content-addressed under ``$REDDIT_AMAZON_IMAGE_DIR`` or the temp dir)."""
+        if self.image_bytes is None:
+            return None
+        digest = hashlib.sha256(self.image_bytes).hexdigest()[:32]
+        path = _image_dir() / f"{self.item_id}-{digest}{_image_suffix(self.image_bytes)}"
+        if not path.exists():
+            tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+            tmp.write_bytes(self.image_bytes)
+            tmp.replace(path)
+        return path
+
+
+def _image_suffix(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return ".png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    if data.startswith(b"GIF8"):
+        return ".gif"
+    return ".jpg"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One conversation to recommend for. The ground truth is never part of it."""
+
+    example_id: str
+    domain: str
+    context: str  # the paper's rendering: <submission>…</submission>\n<comment>…</comment>\n…
+    turns: tuple[Turn, ...]
+    context_items: tuple[str, ...]
+    candidates: tuple[Candidate, ...]
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    def recommend(self, examples: Sequence[Example]) -> list[str]:
+        """One output text per example, in order. The harness parses the first ASIN-shaped ID."""
+        ...
+
+
+@runtime_checkable
+class RankingRecommender(Protocol):
+    def rank(self, examples: Sequence[Example]) -> list[list[str]]:
+        """Item ids best-first per example (usually a permutation of its candidates)."""
+        ...

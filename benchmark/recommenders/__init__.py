@@ -1,0 +1,1 @@
+"""Built-in recommenders (see ``benchmark.registry.BUILTIN``)."""

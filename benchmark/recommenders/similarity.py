@@ -1,0 +1,42 @@
+"""``bm25`` / ``sbert``: order each record's candidates by similarity of item text to the conversation.
+
+The rank-1 candidate is the recommendation (the "retrieval baselines" restricted to the candidate list;
+``benchmark retrieve`` gives the paper's full-catalog numbers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from benchmark.protocol import Example
+from benchmark.retrieval import get_retriever, item_text
+
+
+class _SimilarityRecommender:
+    retriever_name = ""
+    batch_size = 64
+
+    def __init__(self, with_description: bool = False, **retriever_options: Any) -> None:
+        self.with_description = with_description
+        self.retriever = get_retriever(self.retriever_name, **retriever_options)
+
+    def rank(self, examples: Sequence[Example]) -> list[list[str]]:
+        return self.retriever.rank_candidates(
+            [e.context for e in examples],
+            [[(c.item_id, item_text(c.title, c.description, self.with_description)) for c in e.candidates]
+             for e in examples],
+        )
+
+    def recommend(self, examples: Sequence[Example]) -> list[str]:
+        return [ranking[0] if ranking else "" for ranking in self.rank(examples)]
+
+
+class BM25Recommender(_SimilarityRecommender):
+    name = "bm25"
+    retriever_name = "bm25"
+
+
+class SBERTRecommender(_SimilarityRecommender):
+    name = "sbert"
+    retriever_name = "sbert"

@@ -1,0 +1,145 @@
+"""Find a recommender class by name and build it with ``--model-args``.
+
+A model spec is one of:
+
+* a built-in name (:data:`BUILTIN`);
+* an entry point name in the group ``reddit_amazon.recommenders`` (how third-party packages and
+  ``lavic`` register: ``[project.entry-points."reddit_amazon.recommenders"] mine = "pkg.mod:Class"``);
+* ``package.module:Class``;
+* ``path/to/file.py:Class``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+ENTRY_POINT_GROUP = "reddit_amazon.recommenders"
+
+BUILTIN: dict[str, str] = {
+    "random": "benchmark.recommenders.random_choice:RandomRecommender",
+    "bm25": "benchmark.recommenders.similarity:BM25Recommender",
+    "sbert": "benchmark.recommenders.similarity:SBERTRecommender",
+    "openai-chat": "benchmark.recommenders.openai_chat:OpenAIChatRecommender",
+    "hf-vlm": "benchmark.recommenders.hf_vlm:HFVisionLanguageRecommender",
+}
+
+
+class RegistryError(ValueError):
+    """A model spec or its arguments cannot be resolved."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    spec: str
+    target: str  # "module:Class" or "file.py:Class" that was loaded
+    source: str  # builtin | entry point | module | file
+    cls: type
+
+
+def available_names() -> list[str]:
+    names = dict.fromkeys(BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        names.setdefault(ep.name)
+    return sorted(names)
+
+
+def resolve(spec: str) -> ResolvedModel:
+    """The class a model spec names. Unknown names fail with the close matches."""
+    if spec in BUILTIN:
+        return ResolvedModel(spec, BUILTIN[spec], "builtin", _load_object(BUILTIN[spec], spec))
+    matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
+    if matches:
+        try:
+            cls = matches[0].load()
+        except Exception as error:  # report which plugin failed to import, and why
+            raise RegistryError(f"recommender {spec!r} (entry point {matches[0].value}) failed to load: "
+                                f"{type(error).__name__}: {error}") from error
+        return ResolvedModel(spec, matches[0].value, "entry point", cls)
+    if ":" in spec:
+        where, _, attribute = spec.rpartition(":")
+        if where.endswith(".py"):
+            return ResolvedModel(spec, spec, "file", _load_from_file(Path(where), attribute, spec))
+        return ResolvedModel(spec, spec, "module", _load_object(spec, spec))
+    names = available_names()
+    close = difflib.get_close_matches(spec, names, n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise RegistryError(f"unknown recommender {spec!r}.{hint} Available: {', '.join(names)}; "
+                        "or give module:Class or path/to/file.py:Class.")
+
+
+def _load_object(target: str, spec: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise RegistryError(f"recommender {spec!r}: cannot import {module_name!r}: {error}") from error
+    return _attribute(module, attribute, spec)
+
+
+def _load_from_file(path: Path, attribute: str, spec: str) -> Any:
+    if not path.is_file():
+        raise RegistryError(f"recommender {spec!r}: no such file {path}")
+    module_name = f"_benchmark_plugin_{abs(hash(path.resolve()))}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    module_spec.loader.exec_module(module)
+    return _attribute(module, attribute, spec)
+
+
+def _attribute(module: Any, attribute: str, spec: str) -> Any:
+    if not hasattr(module, attribute):
+        public = [n for n in vars(module) if not n.startswith("_") and isinstance(getattr(module, n), type)]
+        close = difflib.get_close_matches(attribute, public, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise RegistryError(f"recommender {spec!r}: {module.__name__} has no {attribute!r}.{hint}")
+    return getattr(module, attribute)
+
+
+def parse_model_args(text: str | None) -> dict[str, Any]:
+    """``"a=1,b=true,c=x"`` -> ``{"a": 1, "b": True, "c": "x"}`` (JSON scalars are decoded, the rest stay text)."""
+    if not text:
+        return {}
+    args: dict[str, Any] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise RegistryError(f"--model-args: expected key=value, got {part!r}")
+        args[key] = _decode_value(value.strip())
+    return args
+
+
+def _decode_value(value: str) -> Any:
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return value
+    return decoded if isinstance(decoded, (int, float)) else value
+
+
+def build(spec: str, model_args: dict[str, Any]) -> tuple[ResolvedModel, Any]:
+    """Resolve ``spec`` and instantiate it with ``model_args`` as keyword arguments."""
+    resolved = resolve(spec)
+    try:
+        instance = resolved.cls(**model_args)
+    except TypeError as error:
+        raise RegistryError(f"recommender {spec!r} does not accept --model-args {model_args}: {error}") from error
+    if not (callable(getattr(instance, "recommend", None)) or callable(getattr(instance, "rank", None))):
+        raise RegistryError(f"recommender {spec!r} ({resolved.target}) has neither recommend() nor rank()")
+    return resolved, instance

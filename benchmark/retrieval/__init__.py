@@ -1,0 +1,42 @@
+"""Retrievers: ``get_retriever("bm25" | "sbert" | "openai-emb", **options)``.
+
+Query text = the record's ``context`` (the paper encodes the conversation text); item text = the
+title, or title + description when the caller builds it so (:func:`item_text`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from benchmark.retrieval.base import Retriever
+
+RETRIEVERS = ("bm25", "sbert", "openai-emb")
+
+
+def get_retriever(name: str, **options: Any) -> Retriever:
+    if name == "bm25":
+        from benchmark.retrieval.bm25 import BM25Retriever
+
+        return BM25Retriever(**options)
+    if name == "sbert":
+        from benchmark.retrieval.sbert import SBERTRetriever
+
+        return SBERTRetriever(**options)
+    if name == "openai-emb":
+        from benchmark.retrieval.openai_emb import OpenAIEmbeddingRetriever
+
+        return OpenAIEmbeddingRetriever(**options)
+    close = difflib.get_close_matches(name, RETRIEVERS, n=2, cutoff=0.4)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown retriever {name!r}.{hint} Available: {', '.join(RETRIEVERS)}")
+
+
+def item_text(title: str, description: str = "", with_description: bool = False) -> str:
+    """The text a retriever sees for an item."""
+    if with_description and description:
+        return f"{title}\n{description}"
+    return title
+
+
+__all__ = ["RETRIEVERS", "Retriever", "get_retriever", "item_text"]

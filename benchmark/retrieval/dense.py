@@ -1,0 +1,63 @@
+"""Cosine-similarity retrieval over cached embeddings (shared by SBERT and OpenAI embeddings)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from benchmark.retrieval.base import Retriever
+from benchmark.retrieval.cache import EmbeddingCache
+
+
+def normalize(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.where(norms == 0, 1, norms)
+
+
+class DenseRetriever(Retriever):
+    """Subclasses provide ``model_id`` and ``_embed(texts) -> array``; everything goes through the cache."""
+
+    model_id: str
+    cache: EmbeddingCache
+    encode_batch_size: int = 1024
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return normalize(self.cache.encode(list(texts), self._embed, batch_size=self.encode_batch_size))
+
+    def scores(self, queries: Sequence[str], items: Sequence[tuple[str, str]]) -> np.ndarray:
+        return self.encode(queries) @ self.encode([text for _, text in items]).T
+
+    def top_k(self, queries: Sequence[str], items: Sequence[tuple[str, str]], k: int = 10) -> list[list[str]]:
+        from benchmark.retrieval.base import best_first
+
+        if not items:
+            return [[] for _ in queries]
+        ids = [item_id for item_id, _ in items]
+        item_vectors = self.encode([text for _, text in items])  # each item text once, whatever the query count
+        query_vectors = self.encode(queries)
+        results: list[list[str]] = []
+        chunk = max(1, 2_000_000 // len(items))
+        for start in range(0, len(queries), chunk):
+            matrix = query_vectors[start:start + chunk] @ item_vectors.T
+            results.extend([ids[i] for i in best_first(row, k)] for row in matrix)
+        return results
+
+    def rank_candidates(self, queries: Sequence[str],
+                        candidate_lists: Sequence[Sequence[tuple[str, str]]]) -> list[list[str]]:
+        from benchmark.retrieval.base import best_first
+
+        query_vectors = self.encode(queries)
+        texts = list(dict.fromkeys(text for items in candidate_lists for _, text in items))
+        vectors = dict(zip(texts, self.encode(texts))) if texts else {}
+        rankings = []
+        for query_vector, items in zip(query_vectors, candidate_lists, strict=True):
+            if not items:
+                rankings.append([])
+                continue
+            matrix = np.stack([vectors[text] for _, text in items])
+            rankings.append([items[i][0] for i in best_first(matrix @ query_vector, len(items))])
+        return rankings

