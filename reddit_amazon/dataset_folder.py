@@ -44,6 +44,8 @@ from reddit_amazon.schema import (
     SchemaError,
     candidate_sets_of,
     conversation_features,
+    validate_conversation_row,
+    validate_item_row,
 )
 
 DEFAULT_NAME = "reddit-amazon"
@@ -96,13 +98,17 @@ def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:
         splits = contents.conversations.get(domain, {})
         for split in SPLITS:
             rows = [record.to_row() for record in splits.get(split, [])]
-            for row in rows:
+            for index, row in enumerate(rows):
                 for column in features:
                     row.setdefault(column, [])
+                validate_conversation_row(row, where=f"{domain}/{split}[{index}] ({row['example_id']})")
             add(domain, split, rows, features, CONVERSATION_SHARD_ROWS)
     for domain in DOMAINS:
         items = sorted(contents.items.get(domain, []), key=lambda item: item.item_id)
-        add(ITEMS_CONFIG, domain, [item.to_row() for item in items], ITEM_FEATURES, ITEM_SHARD_ROWS)
+        rows = [item.to_row() for item in items]
+        for row in rows:
+            validate_item_row(row, where=f"{ITEMS_CONFIG}/{domain} ({row['item_id']})")
+        add(ITEMS_CONFIG, domain, rows, ITEM_FEATURES, ITEM_SHARD_ROWS)
 
     manifest = {
         "name": DEFAULT_NAME,

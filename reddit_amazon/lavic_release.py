@@ -159,8 +159,8 @@ def _read_release_file(path: Path, domain: str, split: str, repair_text: bool,
             if _has_mojibake(raw["context"]) or _has_mojibake(gt_text):
                 report.mojibake_records += 1
                 if repair_text:
-                    turns = [Turn(kind=t.kind, text=ftfy.fix_text(t.text)) for t in turns]
-                    gt_text = ftfy.fix_text(gt_text)
+                    turns = [Turn(kind=t.kind, text=ftfy.fix_encoding(t.text)) for t in turns]
+                    gt_text = ftfy.fix_encoding(gt_text)
                     report.repaired_records += 1
             record = Conversation(
                 example_id=f"lavic-{domain}-{split}-{line_number:06d}",

@@ -141,7 +141,8 @@ class Conversation:
             gt_text=row["gt_text"],
             gt_items=list(row["gt_items"]),
             gt_comment_id=row["gt_comment_id"],
-            candidates={name: list(row[candidate_column(name)]) for name in candidate_sets_of(row)},
+            candidates={name: list(row[candidate_column(name)]) for name in candidate_sets_of(row)
+                        if row[candidate_column(name)]},  # an empty column: that set was not computed
         )
 
 
@@ -394,6 +395,9 @@ def validate_item_row(row: Mapping[str, Any], *, where: str = "record") -> None:
     _check_fields(row, features, where, nullable=set())
     if "image" not in row:
         raise SchemaError(f"{where}: missing field(s) image")
+    image = row["image"]
+    if image is not None and not (isinstance(image, Mapping) and isinstance(image.get("bytes"), bytes)):
+        raise SchemaError(f"{where}: image must be null or {{'bytes': <encoded image>, 'path': str}}")
     if row["domain"] not in DOMAINS:
         raise SchemaError(f"{where}: domain {row['domain']!r} is not one of {', '.join(DOMAINS)}")
     _check_asins([row["item_id"]], f"{where}: item_id")

@@ -25,7 +25,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 LAVIC_RELEASE = SHARED / "lavic_release"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def lavic_release() -> Path:
     """The paper authors' release in ../shared (skips where absent, as in a user's clone)."""
     if not (LAVIC_RELEASE / "all_beauty" / "valid.jsonl").is_file():

@@ -1,0 +1,114 @@
+import io
+import json
+import os
+
+import datasets
+import pytest
+from PIL import Image
+
+from reddit_amazon.dataset_folder import DatasetContents, fingerprint, read_manifest, write_dataset
+from reddit_amazon.schema import DOMAINS, SPLITS, Conversation, Item, SchemaError, Turn
+
+
+def jpeg(color) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def contents(n: int = 3) -> DatasetContents:
+    conversations = {
+        domain: {
+            split: [
+                Conversation(
+                    example_id=f"{domain}-{split}-{i}", domain=domain, thread_id=f"t{i}", subreddit="sub",
+                    created_utc=1_600_000_000 + i,
+                    turns=[Turn("submission", f"need a {domain} thing {i} ", author="a1", created_utc=1, id=f"t{i}")],
+                    context_items=[], gt_text="https://amazon.com/dp/B000000001", gt_items=["B000000001"],
+                    gt_comment_id=f"c{i}",
+                    candidates={"sbert": [f"B00000000{k}" for k in range(10)], "bm25": [f"B00000000{k}" for k in range(10)]},
+                )
+                for i in range(n)
+            ]
+            for split in SPLITS
+        }
+        for domain in DOMAINS
+    }
+    items = {
+        domain: [Item(item_id=f"B00000000{k}", domain=domain, title=f"thing {k}",
+                      image=jpeg((20 * k, 0, 0)) if k % 2 else None, image_error="" if k % 2 else "404")
+                 for k in range(10)]
+        for domain in DOMAINS
+    }
+    return DatasetContents(conversations, items, version="1.2.3", candidate_sets=["sbert", "bm25"])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder")
+    manifest = write_dataset(root / "reddit-amazon", contents())
+    return root, manifest
+
+
+def test_load_by_name_from_parent_and_by_absolute_path(built, monkeypatch):
+    root, _ = built
+    monkeypatch.chdir(root)
+    fashion = datasets.load_dataset("reddit-amazon", "fashion")
+    assert set(fashion) == set(SPLITS)
+    assert fashion["test"][0]["example_id"] == "fashion-test-0"
+    home = datasets.load_dataset(str(root / "reddit-amazon"), "home", split="validation")
+    assert home.num_rows == 3
+    assert home.features["candidates_bm25"] == datasets.List(datasets.Value("string"))
+    assert datasets.load_dataset(str(root / "reddit-amazon"))["train"][0]["domain"] == "fashion"  # default config
+
+
+def test_items_config_embeds_images(built, tmp_path, monkeypatch):
+    root, _ = built
+    monkeypatch.chdir(tmp_path)  # images must not depend on the working directory
+    items = datasets.load_dataset(str(root / "reddit-amazon"), "items")
+    assert set(items) == set(DOMAINS)
+    row = items["beauty"][1]
+    assert row["image"].size == (16, 16)
+    assert items["beauty"][0]["image"] is None and items["beauty"][0]["image_error"] == "404"
+
+
+def test_manifest_version_fingerprint_and_card(built):
+    root, manifest = built
+    folder = root / "reddit-amazon"
+    assert read_manifest(folder) == manifest
+    assert manifest["version"] == "1.2.3"
+    assert manifest["fingerprint"] == fingerprint(folder)
+    assert manifest["counts"]["beauty"] == {"train": 3, "validation": 3, "test": 3}
+    readme = (folder / "README.md").read_text()
+    assert readme.startswith("---\n") and "config_name: items" in readme and manifest["fingerprint"] in readme
+    assert not any(name.startswith(".") for name in os.listdir(root))  # no temp folders left
+
+
+def test_rewrite_is_byte_identical_and_atomic(built, tmp_path):
+    root, manifest = built
+    second = write_dataset(tmp_path / "reddit-amazon", contents())
+    assert second["fingerprint"] == manifest["fingerprint"]
+    # An invalid record late in the write (after other shards were written) leaves the previous folder untouched.
+    broken = contents()
+    broken.items["home"][0].image = "not bytes"
+    with pytest.raises(SchemaError, match="items/home"):
+        write_dataset(tmp_path / "reddit-amazon", broken)
+    assert read_manifest(tmp_path / "reddit-amazon")["fingerprint"] == manifest["fingerprint"]
+    assert sorted(os.listdir(tmp_path)) == ["reddit-amazon"]
+
+
+def test_content_change_changes_fingerprint(tmp_path):
+    changed = contents()
+    changed.conversations["beauty"]["train"][0].gt_text += "!"
+    assert write_dataset(tmp_path / "a", changed)["fingerprint"] != write_dataset(tmp_path / "b", contents())["fingerprint"]
+
+
+def test_a_dataset_with_some_splits_only_loads(tmp_path):
+    partial = contents()
+    partial.conversations = {"home": {"validation": partial.conversations["home"]["validation"]}}
+    partial.items = {"home": partial.items["home"]}
+    write_dataset(tmp_path / "reddit-amazon", partial)
+    assert datasets.get_dataset_config_names(str(tmp_path / "reddit-amazon")) == ["home", "items"]
+    assert list(datasets.load_dataset(str(tmp_path / "reddit-amazon"), "home")) == ["validation"]
+    manifest = json.loads((tmp_path / "reddit-amazon" / "manifest.json").read_text())
+    assert manifest["counts"]["home"] == {"train": 0, "validation": 3, "test": 0}

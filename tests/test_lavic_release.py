@@ -1,0 +1,132 @@
+"""Importer/exporter of the authors' release: on the real release when present, on crafted files always."""
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+from click.testing import CliRunner
+
+from reddit_amazon.cli import cli
+from reddit_amazon.dataset_folder import read_manifest
+from reddit_amazon.lavic_release import export_release, import_release
+from reddit_amazon.schema import SchemaError, parse_context
+
+RELEASE_COUNTS = {"beauty": 758, "fashion": 797, "home": 368}
+FOLDERS = {"beauty": "all_beauty", "fashion": "amazon_fashion", "home": "amazon_home"}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory, request):
+    release = request.getfixturevalue("lavic_release")
+    out = tmp_path_factory.mktemp("imported") / "reddit-amazon"
+    report = import_release(release, out)
+    return release, out, report
+
+
+def test_real_release_every_record_and_gt_item_arrives(imported):
+    release, out, report = imported
+    for domain, expected in RELEASE_COUNTS.items():
+        assert report.records[domain] == {"validation": expected}
+        loaded = datasets.load_dataset(str(out), domain, split="validation")
+        assert loaded.num_rows == expected
+        source = read_jsonl(release / FOLDERS[domain] / "valid.jsonl")
+        assert [row["gt_items"] for row in loaded] == [r["gt_items"] for r in source]
+        assert [row["candidates_sbert"] for row in loaded] == [r["candidates_st"] for r in source]
+        assert [row["candidates_openai_large"] for row in loaded] == [r["candidates_gpt_large"] for r in source]
+        assert [row["context"] for row in loaded] == [r["context"] for r in source]
+        items = {row["item_id"] for row in datasets.load_dataset(str(out), "items", split=domain)}
+        assert {a for r in source for a in r["gt_items"] + r["candidates_st"] + r["candidates_gpt_large"]} <= items
+    manifest = read_manifest(out)
+    assert manifest["text_repair"] is False and manifest["candidate_sets"] == ["sbert", "openai_large"]
+
+
+def test_real_release_round_trip_is_byte_exact(imported, tmp_path):
+    release, out, _ = imported
+    export_release(out, tmp_path)
+    for folder in FOLDERS.values():
+        assert (tmp_path / folder / "valid.jsonl").read_bytes() == (release / folder / "valid.jsonl").read_bytes()
+    assert (tmp_path / "item2meta_valid.jsonl").read_bytes() == (release / "item2meta_valid.jsonl").read_bytes()
+
+
+def test_real_release_mojibake_is_counted_and_repairable(imported, tmp_path):
+    release, _, report = imported
+    total = sum(RELEASE_COUNTS.values())
+    assert 0.10 < report.mojibake_records / total < 0.16  # "about 13%"
+    repaired = import_release(release, tmp_path / "clean", repair_text=True)
+    assert repaired.repaired_records == report.mojibake_records
+    assert read_manifest(tmp_path / "clean")["text_repair"] is True
+    texts = [row["gt_text"] for row in datasets.load_dataset(str(tmp_path / "clean"), "beauty", split="validation")]
+    assert not any("\u00e2\u0080" in text for text in texts)
+    assert any("I\u2019d respond" in text for text in texts)  # "I\u00e2\u0080\u0099d" in the release
+
+
+def write_release(root: Path, lines: list[str], domain_folder: str = "amazon_home") -> Path:
+    (root / domain_folder).mkdir(parents=True)
+    (root / domain_folder / "valid.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def release_line(**overrides) -> str:
+    record = {
+        "context": "<submission>Lamp ideas? </submission>\n<comment>What style?</comment>\n",
+        "context_items": [], "gt": "https://www.amazon.com/dp/B0776Y43KM", "gt_items": ["B0776Y43KM"],
+        "candidates_gpt_large": [f"B0776Y43K{i}" for i in range(10)],
+        "candidates_st": [f"B0776Y43L{i}" for i in range(10)],
+    }
+    record.update(overrides)
+    return json.dumps(record)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("{not json", "not valid JSON"),
+        (release_line(gt_items=["B0776"]), "not an ASIN"),
+        (release_line(context="plain text"), "context is not"),
+        (json.dumps({"context": "x"}), "missing field(s)"),
+    ],
+)
+def test_bad_release_lines_fail_with_file_and_line(tmp_path, bad, message):
+    src = write_release(tmp_path / "src", [release_line(), bad])
+    with pytest.raises(SchemaError) as error:
+        import_release(src, tmp_path / "out")
+    assert f"valid.jsonl:2: " in str(error.value) and message in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_crafted_release_joins_metadata_and_cli_round_trip(tmp_path):
+    src = write_release(tmp_path / "src", [release_line(), release_line(gt_items=["B0776Y43K3", "B0776Y43L1"])])
+    (src / "item2meta_valid.jsonl").write_text(
+        json.dumps({"title": "Desk chair", "image_name": "B0776Y43KM_6.jpg", "image": "https://m.media-amazon.com/a.jpg",
+                    "image_description_llava_cleaned": "A black chair."}) + "\n"
+        + json.dumps({"title": "Desk chair", "image_name": "B0776Y43KM_2.jpg", "image": "https://m.media-amazon.com/b.jpg",
+                      "image_description_llava_cleaned": "Side view."}) + "\n",
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    result = runner.invoke(cli, ["import-lavic", str(src), "--out", str(tmp_path / "ds")])
+    assert result.exit_code == 0, result.output
+    assert "home/validation: 2 records, 3 (record, gt item) pairs" in result.output
+    items = datasets.load_dataset(str(tmp_path / "ds"), "items", split="home").to_list()
+    chair = next(item for item in items if item["item_id"] == "B0776Y43KM")
+    assert chair["title"] == "Desk chair"
+    assert chair["image_urls"] == ["https://m.media-amazon.com/b.jpg", "https://m.media-amazon.com/a.jpg"]
+    assert chair["image_description"] == "Side view."
+    result = runner.invoke(cli, ["export-lavic", str(tmp_path / "ds"), "--out", str(tmp_path / "back")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "back" / "amazon_home" / "valid.jsonl").read_text() == (src / "amazon_home" / "valid.jsonl").read_text()
+    assert not (tmp_path / "back" / "all_beauty").exists()
+
+
+def test_imported_turns_match_the_release_context(imported):
+    release, out, _ = imported
+    for domain, folder in FOLDERS.items():
+        loaded = datasets.load_dataset(str(out), domain, split="validation")
+        for row, record in zip(loaded, read_jsonl(release / folder / "valid.jsonl")):
+            assert [t["text"] for t in row["turns"]] == [t.text for t in parse_context(record["context"])]
+            assert row["gt_text"] == record["gt"]
