@@ -241,7 +241,8 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
                 return
             cache.put(key, options.model, answer)
 
-        with ThreadPoolExecutor(max_workers=max(1, options.concurrency)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, options.concurrency))
+        try:
             futures = [pool.submit(ask_and_store, key, prompt) for key, prompt in missing.items()]
             done = as_completed(futures)
             for future in (progress(done, len(futures)) if progress else done):
@@ -249,11 +250,11 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
                 if error is None:
                     calls_made += 1
                 elif _is_fatal(error):
-                    for other in futures:
-                        other.cancel()
                     raise RelevanceError(f"the LLM endpoint refused the request: {error}") from error
                 else:
                     failures.append(f"{type(error).__name__}: {error}")
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # fatal error or Ctrl-C: start no more calls
         if failures:
             raise RelevanceError(
                 f"{len(failures)} of {len(missing)} relevance calls failed after {options.max_attempts} attempts "

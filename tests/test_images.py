@@ -1,0 +1,149 @@
+"""Image download + validation against a loopback server: good, truncated, huge, bomb, non-image."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+
+import pytest
+from PIL import Image
+from werkzeug import Request, Response
+
+from reddit_amazon.images import ImageOptions, ImageRejected, ImageStore, failure_reasons, fetch_images, to_jpeg
+
+
+def jpeg(size=(64, 48), color=(200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def png_rgba() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGBA", (20, 10), (0, 0, 255, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def bomb_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (4000, 4000)).save(buffer, format="PNG")  # ~2 KB file, 16 M pixels
+    return buffer.getvalue()
+
+
+OPTIONS = ImageOptions(concurrency=4, timeout_s=5, max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.02,
+                       max_bytes=200_000, max_pixels=1_000_000)
+
+
+class ImageHost:
+    def __init__(self):
+        self.hits: Counter = Counter()
+        noise = Image.effect_noise((600, 600), 100).convert("RGB")
+        buffer = io.BytesIO()
+        noise.save(buffer, format="JPEG", quality=100)
+        self.huge = buffer.getvalue()
+        assert len(self.huge) > OPTIONS.max_bytes
+
+    def __call__(self, request: Request) -> Response:
+        name = request.path.strip("/")
+        self.hits[name] += 1
+        good = jpeg()
+        if name == "good.jpg":
+            return Response(good, content_type="image/jpeg")
+        if name == "alpha.png":
+            return Response(png_rgba(), content_type="image/png")
+        if name == "truncated.jpg":
+            return Response(good[: len(good) // 2], content_type="image/jpeg")
+        if name == "huge.jpg":
+            return Response(self.huge, content_type="image/jpeg")
+        if name == "huge-chunked.jpg":  # no Content-Length: the limit is enforced while streaming
+            return Response(iter([self.huge[i:i + 4096] for i in range(0, len(self.huge), 4096)]),
+                            content_type="image/jpeg")
+        if name == "bomb.png":
+            return Response(bomb_png(), content_type="image/png")
+        if name == "page.html":
+            return Response("<html>captcha</html>", content_type="text/html")
+        if name == "lying.jpg":
+            return Response(b"<html>not really</html>", content_type="image/jpeg")
+        if name == "flaky.jpg":
+            return Response("busy", status=503) if self.hits[name] <= 2 else Response(good, content_type="image/jpeg")
+        if name == "throttled.jpg":
+            return Response("slow", status=429) if self.hits[name] == 1 else Response(good, content_type="image/jpeg")
+        if name == "down.jpg":
+            return Response("down", status=500)
+        return Response("not found", status=404)
+
+
+@pytest.fixture
+def host(httpserver):
+    handler = ImageHost()
+    httpserver.expect_request("").respond_with_handler(handler)
+    return handler
+
+
+def test_to_jpeg_guards():
+    assert to_jpeg(jpeg(), "image/jpeg", OPTIONS) == jpeg()  # JPEG bytes are kept as they are
+    converted = to_jpeg(png_rgba(), "image/png", OPTIONS)
+    assert Image.open(io.BytesIO(converted)).format == "JPEG"
+    for data, content_type, reason in [
+        (jpeg(), "text/html; charset=utf-8", "not_an_image"),
+        (jpeg()[:300], None, "undecodable"),
+        (b"hello", "image/jpeg", "undecodable"),
+        (bomb_png(), "image/png", "too_many_pixels"),
+        (b"\xff" * (OPTIONS.max_bytes + 1), "image/jpeg", "too_large"),
+    ]:
+        with pytest.raises(ImageRejected) as raised:
+            to_jpeg(data, content_type, OPTIONS)
+        assert raised.value.reason == reason
+
+
+def test_fetch_records_every_failure_and_resumes(httpserver, host, tmp_path):
+    names = ["good.jpg", "alpha.png", "truncated.jpg", "huge.jpg", "huge-chunked.jpg", "bomb.png", "page.html",
+             "lying.jpg", "flaky.jpg", "throttled.jpg", "down.jpg", "gone.jpg"]
+    items = [(f"B{index:09d}", [httpserver.url_for(name), httpserver.url_for("good.jpg")])
+             for index, name in enumerate(names)]
+    items.append(("B999999999", []))
+    store = ImageStore(tmp_path / "images")
+    outcomes = fetch_images(items, store, OPTIONS)
+    by_name = dict(zip([*names, "none"], [outcomes[asin] for asin, _ in items]))
+    for name in ("good.jpg", "alpha.png", "flaky.jpg", "throttled.jpg"):
+        assert by_name[name].path is not None and by_name[name].downloaded, name
+        assert Image.open(by_name[name].path).format == "JPEG"
+    expected = {"truncated.jpg": "undecodable", "huge.jpg": "too_large", "huge-chunked.jpg": "too_large",
+                "bomb.png": "too_many_pixels", "page.html": "not_an_image", "lying.jpg": "undecodable",
+                "down.jpg": "download_failed", "gone.jpg": "http_error", "none": "no_image_url"}
+    for name, reason in expected.items():
+        assert by_name[name].path is None and by_name[name].error.startswith(reason), (name, by_name[name])
+    assert host.hits["down.jpg"] == OPTIONS.max_attempts and host.hits["gone.jpg"] == 1
+    assert failure_reasons(outcomes)["too_large"] == 2
+    recorded = json.loads((tmp_path / "images" / "failures.json").read_text())
+    assert recorded["B000000010"]["permanent"] is False and recorded["B000000002"]["permanent"] is True
+
+    before = Counter(host.hits)
+    again = fetch_images(items, ImageStore(tmp_path / "images"), OPTIONS)
+    assert {a: o.path for a, o in again.items()} == {a: o.path for a, o in outcomes.items()}
+    new_hits = host.hits - before
+    assert new_hits == Counter({"down.jpg": OPTIONS.max_attempts})  # only the transient failure is retried
+    assert not any(o.downloaded for o in again.values())
+
+
+def test_interrupted_fetch_keeps_what_it_has(httpserver, host, tmp_path):
+    items = [(f"B00000000{i}", [httpserver.url_for("good.jpg")]) for i in range(6)]
+    items.append(("B000000009", [httpserver.url_for("gone.jpg")]))
+
+    def interrupt_after_two(done, total):
+        for count, future in enumerate(done):
+            if count == 2:
+                raise KeyboardInterrupt
+            yield future
+
+    store = ImageStore(tmp_path / "images")
+    with pytest.raises(KeyboardInterrupt):
+        fetch_images(items, store, ImageOptions(**{**OPTIONS.__dict__, "concurrency": 1}),
+                     progress=interrupt_after_two)
+    stored = sorted(p.name for p in (tmp_path / "images").glob("*.jpg"))
+    assert 2 <= len(stored) < len(items)
+    assert not list((tmp_path / "images").glob(".*"))  # no half-written files
+    outcomes = fetch_images(items, ImageStore(tmp_path / "images"), OPTIONS)
+    assert sum(o.path is not None for o in outcomes.values()) == 6
+    assert sum(o.downloaded for o in outcomes.values()) == 6 - len(stored)
