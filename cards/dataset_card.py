@@ -1,4 +1,9 @@
-"""The dataset folder's README.md: Hub YAML metadata plus a card generated from the manifest."""
+"""The dataset folder's README.md: Hub YAML metadata plus a card generated from the manifest and shards.
+
+Every number is computed: Table-1 statistics and split sizes from the Parquet shards
+(:mod:`cards.statistics`), the build record and funnel from ``manifest.json``. A section whose data is
+absent says so in one sentence.
+"""
 
 from __future__ import annotations
 
@@ -6,55 +11,258 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from reddit_amazon.schema import DOMAINS, FIELD_DOCS, ITEMS_CONFIG, SPLITS
+from cards.datasheet import SECRET_OPTION, measure_texts, render_datasheet
+from cards.markdown import code_block, inline_code, table
+from cards.paper import PAPER_DOI, PAPER_TABLE_1, PAPER_TITLE
+from cards.statistics import DatasetStatistics, compute_statistics, data_files_from_card_data
+from cards.template import read_template
+from reddit_amazon.schema import (
+    CANDIDATE_PREFIX,
+    DOMAINS,
+    FIELD_DOCS,
+    ITEM_FEATURES,
+    SPLITS,
+    candidate_sets_of,
+    conversation_features,
+)
+
+TURNS_DEFINITION = "sum over records of `len(turns) + 1` (the context turns plus the recommending comment)"
 
 
-def render_dataset_card(data: DatasetCardData, manifest: Mapping[str, Any], folder: Path) -> str:
-    counts = manifest["counts"]
-    lines = [
-        f"# Reddit-Amazon ({manifest['name']} {manifest['version']})",
-        "",
-        "Real Reddit conversations that end in a comment recommending Amazon products, aligned with the",
-        "products' Amazon Reviews 2023 metadata and images, in three visually oriented domains (beauty,",
-        "fashion, home). Built with the `reddit-amazon` toolkit after the LaViC paper (KDD'25).",
-        "",
-        "## Load",
-        "",
-        "```python",
+def render_dataset_card(data: DatasetCardData, manifest: Mapping[str, Any], folder: Path, *,
+                        repo_id: str | None = None) -> str:
+    """The README.md of a dataset folder whose shards (listed in ``data.configs``) are already written.
+
+    ``repo_id`` is the name shown in the loading example (default: the manifest's ``name``).
+    """
+    folder = Path(folder)
+    data_files = data_files_from_card_data(data)
+    statistics = compute_statistics(folder, data_files)
+    facts = measure_texts(folder, data_files)
+    name = repo_id or manifest["name"]
+    sections = [
+        _summary(manifest, statistics),
+        _load(name),
+        _statistics(statistics),
+        _fields(folder, data_files),
+        _build(manifest),
+        _provenance(manifest),
+        render_datasheet(manifest, statistics, facts, _license_text(data)),
+        _citation(),
+    ]
+    body = "\n\n".join(section.strip() for section in sections) + "\n"
+    return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+
+
+def _summary(manifest: Mapping[str, Any], statistics: DatasetStatistics) -> str:
+    return (
+        f"# Reddit-Amazon ({manifest['name']} {manifest['version']})\n\n"
+        f"{statistics.total('conversations'):,} real Reddit conversations that end in a comment recommending "
+        "Amazon products, aligned with the products' Amazon Reviews 2023 metadata and images, in three visually "
+        f"oriented domains (beauty, fashion, home): {statistics.total('items'):,} products, "
+        f"{statistics.total('images'):,} of them with an embedded image. The task is to read the conversation and "
+        "pick the recommended product among 10 retrieved candidates, as in the LaViC paper (KDD'25). Built with "
+        "the `reddit-amazon` toolkit; every number in this card is computed from the files in this folder."
+    )
+
+
+def _load(name: str) -> str:
+    example = "\n".join([
         "from datasets import load_dataset",
-        f'fashion = load_dataset("{folder.name}", "fashion")      # from the folder\'s parent, or a Hub repo id',
-        f'items = load_dataset("{folder.name}", "items", split="fashion")',
-        "```",
         "",
-        "## Size",
-        "",
-        "| config | " + " | ".join(SPLITS) + " |",
-        "| --- | " + " | ".join("---:" for _ in SPLITS) + " |",
-    ]
-    for domain in DOMAINS:
-        lines.append(f"| {domain} | " + " | ".join(str(counts[domain].get(s, 0)) for s in SPLITS) + " |")
-    lines += [
-        "",
-        "| items | " + " | ".join(DOMAINS) + " |",
-        "| --- | " + " | ".join("---:" for _ in DOMAINS) + " |",
-        "| items | " + " | ".join(str(counts[ITEMS_CONFIG].get(d, 0)) for d in DOMAINS) + " |",
-        "",
+        f'fashion = load_dataset("{name}", "fashion")   # splits: train, validation, test',
+        f'items = load_dataset("{name}", "items", split="fashion")',
+    ])
+    return (
+        "## Load\n\n"
+        f"{code_block(example, 'python')}\n\n"
+        f"`{name}` is this folder (a local path) or its Hub repository id. Configs: "
+        f"{', '.join(inline_code(d) for d in DOMAINS)} (conversations) and `items` (one split per domain). "
+        f"Score a recommender with `benchmark run --model sbert --dataset {name}`."
+    )
+
+
+def _statistics(statistics: DatasetStatistics) -> str:
+    domains = list(statistics.domains.values())
+    table_1 = table(
+        ["Dataset", "# Conv.", "# Turns", "# Items", "# Images", "# Image URLs"],
+        [[d.domain.capitalize(), d.conversations, d.turns, d.items, d.images, d.image_urls] for d in domains]
+        + [["Total", *(statistics.total(a) for a in ("conversations", "turns", "items", "images", "image_urls"))]],
+        numeric=[False, True, True, True, True, True],
+    )
+    paper = table(
+        ["Dataset", "# Conv.", "# Turns", "# Items", "# Images"],
+        [[domain.capitalize(), *PAPER_TABLE_1[domain].values()] for domain in DOMAINS],
+        numeric=[False, True, True, True, True],
+    )
+    splits = table(
+        ["Domain", *SPLITS, "total"],
+        [[d.domain, *(d.split_records[s] for s in SPLITS), d.conversations] for d in domains],
+        numeric=[False, *(True for _ in SPLITS), True],
+    )
+    pairs = table(
+        ["Domain", *SPLITS, "total"],
+        [[d.domain, *(d.split_pairs[s] for s in SPLITS), sum(d.split_pairs.values())] for d in domains],
+        numeric=[False, *(True for _ in SPLITS), True],
+    )
+    return "\n\n".join([
+        "## Statistics",
+        "In the layout of the paper's Table 1, computed from this folder's Parquet shards:",
+        table_1,
+        f"**# Conv.** = records; **# Turns** = {TURNS_DEFINITION}; **# Items** = distinct `item_id` in the "
+        "domain's split of the `items` config; **# Images** = items with an embedded image; **# Image URLs** = "
+        "all image URLs of those items (the paper's # Images counts every image of an item, so it compares "
+        "with this column).",
+        "The paper reports, for its own build (Table 1):",
+        paper,
+        "### Splits",
+        "Records per split (8:1:1 by thread; no thread is in two splits):",
+        splits,
+        "Evaluation examples per split: (record, gt item) pairs, since a record with several recommended items "
+        "counts once per item:",
+        pairs,
+        _candidate_sets(statistics),
+    ])
+
+
+def _candidate_sets(statistics: DatasetStatistics) -> str:
+    names = sorted({name for d in statistics.domains.values() for name in d.candidates})
+    if not names:
+        return "### Candidate sets\n\nThis copy has no candidate columns."
+    rows = []
+    for name in names:
+        for d in statistics.domains.values():
+            coverage = d.candidates.get(name)
+            if coverage is None:
+                continue
+            recall = "n/a" if coverage.recall is None else f"{coverage.recall:.4f}"
+            rows.append([inline_code(CANDIDATE_PREFIX + name), d.domain, coverage.records_with_candidates,
+                         d.conversations, recall])
+    return "\n\n".join([
+        "### Candidate sets",
+        "Ten candidates per record and retriever. An empty list means that retriever was not run for the record. "
+        "*gt in candidates* is the share of (record, gt item) pairs, over records that have candidates, whose gt "
+        "item is among them: the highest HR@1 a recommender choosing from that set can reach.",
+        table(["column", "domain", "records with candidates", "records", "gt in candidates"], rows,
+              numeric=[False, False, True, True, True]),
+    ])
+
+
+def _fields(folder: Path, data_files: Mapping[str, Mapping[str, list[str]]]) -> str:
+    first = next((paths[0] for d in DOMAINS for paths in data_files.get(d, {}).values() if paths), None)
+    columns = pq.read_schema(folder / first).names if first else []
+    candidate_columns = [CANDIDATE_PREFIX + n for n in candidate_sets_of(columns)]
+    conversation = conversation_features(candidate_sets_of(columns))
+    rows = []
+    for name, feature in conversation.items():
+        if name.startswith(CANDIDATE_PREFIX):
+            continue
+        rows.append([inline_code(name), _type_name(feature), FIELD_DOCS[name]])
+    rows.append([inline_code("candidates_<name>"), "list<string>",
+                 FIELD_DOCS["candidates_<name>"] + "; in this copy: "
+                 + (", ".join(inline_code(c) for c in candidate_columns) or "none")])
+    item_rows = [[inline_code(name), _type_name(feature), FIELD_DOCS[name]] for name, feature in ITEM_FEATURES.items()]
+    return "\n\n".join([
         "## Fields",
-        "",
-        "| field | meaning |",
-        "| --- | --- |",
+        "Conversation configs (`beauty`, `fashion`, `home`), declared in `reddit_amazon/schema.py`:",
+        table(["field", "type", "meaning"], rows),
+        "`items` config:",
+        table(["field", "type", "meaning"], item_rows),
+    ])
+
+
+def _type_name(feature: Any) -> str:
+    import datasets
+
+    if isinstance(feature, datasets.Value):
+        return feature.dtype
+    if isinstance(feature, datasets.Image):
+        return "image"
+    if isinstance(feature, datasets.List):
+        inner = feature.feature
+        return "list<struct>" if isinstance(inner, dict) else f"list<{_type_name(inner)}>"
+    return type(feature).__name__
+
+
+def _build(manifest: Mapping[str, Any]) -> str:
+    parts = ["## Build"]
+    build = manifest.get("build")
+    if build:
+        parts += ["Command:", code_block(str(build.get("command", "")), "bash")]
+        details = [["seed", build.get("seed", "not recorded")],
+                   ["started (UTC)", build.get("started_utc", "not recorded")],
+                   ["finished (UTC)", build.get("finished_utc", "not recorded")]]
+        parts.append(table(["", "value"], details))
+        options = build.get("options") or {}
+        if options:
+            parts += ["Options:", table(["option", "value"], [[inline_code(k), _option_value(k, v)]
+                                                             for k, v in sorted(options.items())])]
+        inputs = build.get("inputs") or []
+        parts += ["Inputs:", table(["path", "bytes", "sha256"],
+                                   [[inline_code(i["path"]), int(i["bytes"]), inline_code(i["sha256"])]
+                                    for i in inputs], numeric=[False, True, False])
+                  if inputs else "The build recorded no input files."]
+        versions = build.get("package_versions") or {}
+        if versions:
+            parts += ["Package versions:", table(["package", "version"], sorted(versions.items()))]
+    elif manifest.get("source"):
+        parts.append(f"This dataset was imported from {manifest['source']}; it was not produced by "
+                     "`reddit-amazon build`, so no build command or input checksums exist.")
+    else:
+        parts.append("This dataset's manifest has no build record, so no build command or input checksums exist.")
+    funnel = manifest.get("funnel")
+    if funnel:
+        rows = [[stage["stage"], int(stage["kept"]), sum(int(n) for n in (stage.get("dropped") or {}).values()),
+                 ", ".join(f"{reason}: {int(n):,}" for reason, n in (stage.get("dropped") or {}).items()) or "—"]
+                for stage in funnel]
+        parts += ["### Funnel", "Records each stage kept and dropped, in stage order:",
+                  table(["stage", "kept", "dropped", "dropped by reason"], rows, numeric=[False, True, True, False])]
+    elif manifest.get("source"):
+        parts.append(f"This dataset was imported from {manifest['source']}; no build funnel exists.")
+    else:
+        parts.append("No build funnel was recorded for this dataset.")
+    return "\n\n".join(parts)
+
+
+def _option_value(name: str, value: Any) -> str:
+    if SECRET_OPTION.search(name):
+        return "(set; not shown)" if value not in (None, "") else "(not set)"
+    return inline_code(value)
+
+
+def _provenance(manifest: Mapping[str, Any]) -> str:
+    computed = manifest.get("candidate_sets") or []
+    rows = [
+        ["version", inline_code(manifest["version"])],
+        ["fingerprint (sha256 over the Parquet shards)", inline_code(manifest["fingerprint"])],
+        ["candidate sets computed", ", ".join(inline_code(c) for c in computed) or "none"],
     ]
-    lines += [f"| `{name}` | {doc} |" for name, doc in FIELD_DOCS.items()]
-    lines += [
-        "",
-        "## Provenance",
-        "",
-        f"- version: `{manifest['version']}`",
-        f"- fingerprint (sha256 of the Parquet shards): `{manifest['fingerprint']}`",
-        f"- candidate sets computed: {', '.join(manifest.get('candidate_sets') or []) or 'none'}",
-    ]
+    if manifest.get("schema_package_version"):
+        rows.append(["written by reddit-amazon", inline_code(manifest["schema_package_version"])])
     if manifest.get("source"):
-        lines.append(f"- source: {manifest['source']}")
-    return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"))
+        rows.append(["source", manifest["source"]])
+    if "text_repair" in manifest:
+        rows.append(["text repair on import", bool(manifest["text_repair"])])
+    return "## Version and fingerprint\n\n" + table(["", "value"], rows)
+
+
+def _license_text(data: DatasetCardData) -> str:
+    license_id = data.get("license") or "not declared"
+    name = data.get("license_name")
+    declared = f"`license: {license_id}`" + (f" (`{name}`)" if name else "")
+    return (f"the card's metadata declares {declared}. The compilation (record structure, splits, candidate "
+            "lists) is offered for research; texts, metadata and images stay under their sources' terms above. "
+            "The `reddit-amazon` toolkit that builds it is Apache-2.0.")
+
+
+def _citation() -> str:
+    return "\n\n".join([
+        "## Citation",
+        f"The dataset and task come from *{PAPER_TITLE}* (doi:{PAPER_DOI}); item metadata and images from "
+        "Amazon Reviews 2023 (Hou et al., 2024); Reddit texts from the Pushshift Reddit dumps (Baumgartner et al., "
+        "2020). Please cite all three:",
+        code_block(read_template("citation.bib"), "bibtex"),
+    ])

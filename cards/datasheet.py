@@ -1,0 +1,226 @@
+"""The datasheet section of the dataset card (Gebru et al. headings).
+
+Facts about this copy (authors, dates, deleted turns, pattern counts of personal data, images) are
+measured from the Parquet shards; the reviewed prose lives in ``templates/datasheet.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from cards.markdown import inline_code
+from cards.statistics import DataFiles, DatasetStatistics
+from cards.template import fill_template
+from reddit_amazon.schema import DELETED_TEXT, DOMAINS, ITEMS_CONFIG, REMOVED_TEXT, SPLITS
+
+USERNAME_MENTION = re.compile(r"(?<![\w/])/?u/[A-Za-z0-9_-]{3,20}\b")
+EMAIL_ADDRESS = re.compile(r"\b[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+PHONE_NUMBER = re.compile(r"(?<![\w-])(?:\+\d{1,3}[ .-]?)?\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}(?![\w-])")
+
+#: Option names whose values must never be printed in a card.
+SECRET_OPTION = re.compile(r"salt|key|token|secret|password", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class TextFacts:
+    """What the conversation texts of a copy contain, measured."""
+
+    context_turns: int
+    authored_turns: int
+    distinct_authors: int
+    deleted_turns: int
+    removed_turns: int
+    texts: int  # context turns + recommending comments
+    username_mentions: int  # texts matching USERNAME_MENTION
+    email_addresses: int
+    phone_numbers: int
+    first_utc: int | None
+    last_utc: int | None
+    items: int
+    image_descriptions: int
+
+
+def measure_texts(folder: str | Path, data_files: DataFiles) -> TextFacts:
+    folder = Path(folder)
+    authors: set[str] = set()
+    context_turns = authored = deleted = removed = texts = 0
+    mentions = emails = phones = 0
+    times: list[int] = []
+    for domain in DOMAINS:
+        for split in SPLITS:
+            for relative in data_files.get(domain, {}).get(split, []):
+                table = pq.ParquetFile(folder / relative).read(
+                    columns=["turns.list.element.author", "turns.list.element.text", "gt_text", "created_utc"]
+                )
+                for turns, gt_text in zip(table.column("turns").to_pylist(), table.column("gt_text").to_pylist()):
+                    for turn in turns:
+                        context_turns += 1
+                        if turn["author"]:
+                            authored += 1
+                            authors.add(turn["author"])
+                        deleted += turn["text"] == DELETED_TEXT
+                        removed += turn["text"] == REMOVED_TEXT
+                    for text in [*(turn["text"] for turn in turns), gt_text]:
+                        texts += 1
+                        mentions += USERNAME_MENTION.search(text) is not None
+                        emails += EMAIL_ADDRESS.search(text) is not None
+                        phones += PHONE_NUMBER.search(text) is not None
+                times += [t for t in table.column("created_utc").to_pylist() if t is not None]
+    items = described = 0
+    for domain in DOMAINS:
+        for relative in data_files.get(ITEMS_CONFIG, {}).get(domain, []):
+            column = pq.ParquetFile(folder / relative).read(columns=["image_description"]).column(0)
+            items += len(column)
+            described += sum(1 for text in column.to_pylist() if text)
+    return TextFacts(
+        context_turns=context_turns, authored_turns=authored, distinct_authors=len(authors),
+        deleted_turns=deleted, removed_turns=removed, texts=texts, username_mentions=mentions,
+        email_addresses=emails, phone_numbers=phones, first_utc=min(times, default=None),
+        last_utc=max(times, default=None), items=items, image_descriptions=described,
+    )
+
+
+def render_datasheet(manifest: Mapping[str, Any], statistics: DatasetStatistics, facts: TextFacts,
+                     license_text: str) -> str:
+    per_domain = ", ".join(f"{d.domain} {d.conversations:,}" for d in statistics.domains.values())
+    return fill_template(
+        "datasheet.md",
+        conversations=f"{statistics.total('conversations'):,}",
+        per_domain=per_domain,
+        items=f"{statistics.total('items'):,}",
+        authors=_authors(manifest, facts),
+        dates=_dates(facts),
+        deleted=_deleted(facts),
+        mentions=(
+            f"In this copy, {facts.username_mentions:,} of {facts.texts:,} texts mention a Reddit username "
+            f"(`u/…`), {facts.email_addresses:,} contain an e-mail-address-like string and "
+            f"{facts.phone_numbers:,} a phone-number-like string."
+        ),
+        collection=_collection(manifest),
+        preprocessing=_preprocessing(manifest),
+        images=_images(statistics),
+        image_descriptions=_image_descriptions(facts),
+        license=license_text,
+        version=manifest["version"],
+        fingerprint=manifest["fingerprint"],
+    ).rstrip() + "\n"
+
+
+def recorded_salt_options(manifest: Mapping[str, Any]) -> list[str]:
+    """Names of build options that look like a pseudonymisation salt and have a value."""
+    options = (manifest.get("build") or {}).get("options") or {}
+    return [name for name, value in options.items() if "salt" in name.lower() and value not in (None, "")]
+
+
+def _authors(manifest: Mapping[str, Any], facts: TextFacts) -> str:
+    if facts.authored_turns == 0:
+        return ("No turn carries an author: `author` is empty everywhere (the source has no usernames), "
+                "so nothing links turns written by the same person.")
+    sentence = (
+        f"Reddit usernames never appear: `author` holds a salted hash of the username "
+        f"({facts.authored_turns:,} of {facts.context_turns:,} context turns, {facts.distinct_authors:,} "
+        "distinct pseudonyms); deleted accounts and turns with no known author have an empty `author`. "
+        "The same salt gives the same pseudonym across a build, so turns by one person can be linked "
+        "inside the dataset."
+    )
+    salts = recorded_salt_options(manifest)
+    if salts:
+        return sentence + (
+            f" **This copy's `manifest.json` records the salt** (option {', '.join(map(inline_code, salts))}): "
+            "whoever holds it can test whether a given username wrote a turn. Remove it before publishing."
+        )
+    return sentence + " The salt is not recorded in this copy, so a pseudonym cannot be recomputed from a username."
+
+
+def _dates(facts: TextFacts) -> str:
+    if facts.first_utc is None or facts.last_utc is None:
+        return "The records carry no timestamps (`created_utc` is empty), so their time span is not known."
+    first, last = (datetime.fromtimestamp(t, tz=timezone.utc).date().isoformat() for t in
+                   (facts.first_utc, facts.last_utc))
+    return f"The recommending comments date from {first} to {last} (UTC)."
+
+
+def _deleted(facts: TextFacts) -> str:
+    if facts.deleted_turns == facts.removed_turns == 0:
+        return "No context turn is marked deleted or removed."
+    return (f"{facts.deleted_turns:,} context turns are marked `{DELETED_TEXT}` and {facts.removed_turns:,} "
+            f"`{REMOVED_TEXT}`: their text was gone from the source, and the marker stands in for it.")
+
+
+def _collection(manifest: Mapping[str, Any]) -> str:
+    build = manifest.get("build")
+    if build:
+        inputs = build.get("inputs") or []
+        size = sum(int(i.get("bytes") or 0) for i in inputs)
+        return (
+            f"Built with `reddit-amazon build` (started {build.get('started_utc', 'at an unrecorded time')}, "
+            f"finished {build.get('finished_utc', 'at an unrecorded time')}) from {len(inputs):,} input files "
+            f"({size:,} bytes), listed with their sha256 in the Build section. Reddit submissions and comments "
+            "were read from pushshift-format dumps; every comment linking Amazon products became a candidate "
+            "recommendation, and its thread was rebuilt from the submission down through `parent_id`. Linked "
+            "ASINs were mapped to their Amazon Reviews 2023 parent ASIN through the review files, joined with "
+            "the item metadata, and assigned a domain by `main_category`. An LLM relevance filter (the paper's "
+            "Table 9 prompt) kept conversations whose last comment recommends items, unless the build "
+            "disabled it (see its options). Main images were downloaded from the metadata's URLs. The Build "
+            "section gives the exact command, options and the records each stage kept and dropped."
+        )
+    if manifest.get("source"):
+        return (
+            "This copy was not built from dumps by `reddit-amazon build`: its manifest names its source as "
+            f"“{manifest['source']}”. How those records were collected is described by their source; the "
+            "paper (Section 3) describes the original collection: Reddit conversations from pushshift.io "
+            "dumps, filtered with GPT-3.5-turbo and the Table 9 prompt, linked to Amazon Reviews 2023."
+        )
+    return ("This copy's manifest records neither a build nor a source, so how its records were collected is "
+            "not known from the copy itself.")
+
+
+def _preprocessing(manifest: Mapping[str, Any]) -> str:
+    lines = []
+    funnel = manifest.get("funnel")
+    if manifest.get("build"):
+        lines += [
+            "- Usernames were replaced by salted hashes before anything was written; deleted and removed "
+            f"texts became the markers `{DELETED_TEXT}` / `{REMOVED_TEXT}`.",
+            "- ASINs without metadata, and items outside beauty, fashion and home, were dropped and counted, "
+            "never guessed.",
+            "- Images were decoded with Pillow under size limits; items without a usable image were kept, with "
+            "the reason in `image_error`.",
+        ]
+    if funnel:
+        stages = "; ".join(f"{stage['stage']} kept {int(stage['kept']):,}" for stage in funnel)
+        lines.append(f"- Stage by stage ({len(funnel)} stages, drops by reason in the Build section): {stages}.")
+    elif manifest.get("build"):
+        lines.append("- The build recorded no funnel, so per-stage counts are not available.")
+    if "text_repair" in manifest:
+        lines.append(f"- The importer's text repair was {'on' if manifest['text_repair'] else 'off'} "
+                     "(`text_repair` in the manifest).")
+    if not lines:
+        return "No preprocessing record exists for this copy (it has no build record or import options)."
+    return "\n".join(lines)
+
+
+def _images(statistics: DatasetStatistics) -> str:
+    items = statistics.total("items")
+    embedded = statistics.total("images")
+    urls = statistics.total("image_urls")
+    if embedded == 0:
+        return (f"this copy embeds no images: they are distributed as URLs only (`image_urls`, {urls:,} URLs "
+                f"for {items:,} items), which point to Amazon's servers and may stop working.")
+    return (f"this copy embeds the main image of {embedded:,} of {items:,} items as bytes in the Parquet shards "
+            f"(`image`); every item keeps its URLs (`image_urls`, "
+            f"{urls:,} URLs). Items without an embedded image give the reason in `image_error`.")
+
+
+def _image_descriptions(facts: TextFacts) -> str:
+    if facts.image_descriptions == 0:
+        return "no item has an `image_description` in this copy."
+    return (f"{facts.image_descriptions:,} of {facts.items:,} items have an `image_description` generated by a "
+            "vision-language model with the paper's Table 10 prompt; it is model output and can be wrong.")

@@ -1,0 +1,55 @@
+"""Small Markdown builders shared by every card: tables, numbers, durations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+
+def cell(value: object) -> str:
+    """A table cell: pipes escaped, newlines flattened, numbers with thousands separators."""
+    if isinstance(value, bool):
+        text = "yes" if value else "no"
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    elif isinstance(value, float):
+        text = f"{value:.4f}"
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, numeric: Sequence[bool] | None = None) -> str:
+    """A GitHub-flavoured Markdown table; ``numeric[i]`` right-aligns column ``i``."""
+    numeric = numeric if numeric is not None else [False] * len(headers)
+    lines = [
+        "| " + " | ".join(cell(h) for h in headers) + " |",
+        "| " + " | ".join("---:" if right else "---" for right in numeric) + " |",
+    ]
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"table row has {len(row)} cells, expected {len(headers)}: {row!r}")
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def code_block(text: str, language: str = "") -> str:
+    fence = "````" if "```" in text else "```"
+    return f"{fence}{language}\n{text.rstrip()}\n{fence}"
+
+
+def duration(seconds: float) -> str:
+    """``3725.0`` -> ``"1 h 2 min 5 s (3,725 s)"``."""
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours} h"] if hours else []
+    if hours or minutes:
+        parts.append(f"{minutes} min")
+    parts.append(f"{secs} s")
+    human = " ".join(parts)
+    return human if total < 60 else f"{human} ({total:,} s)"
+
+
+def inline_code(value: object) -> str:
+    text = str(value)
+    return f"`` {text} ``" if "`" in text else f"`{text}`"

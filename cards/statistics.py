@@ -1,0 +1,165 @@
+"""Table-1 statistics of a dataset folder, computed from its Parquet shards (never typed by hand).
+
+Definitions (the same ones the build writes into ``manifest["stats"]``):
+
+* conversations -- records of the domain, all splits;
+* turns -- sum over records of ``len(turns) + 1``: the context turns plus the recommending comment;
+* items -- distinct ``item_id`` in the domain's split of the ``items`` config;
+* images -- items of the domain with an embedded image.
+
+Only the needed leaf columns are read (``ParquetFile.read(columns=[...])``), so image bytes and texts
+stay on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from reddit_amazon.schema import CANDIDATE_PREFIX, DOMAINS, ITEMS_CONFIG, SPLITS
+
+DataFiles = Mapping[str, Mapping[str, Sequence[str]]]
+
+
+@dataclass(frozen=True)
+class CandidateCoverage:
+    """How one candidate set covers a domain's records (all splits)."""
+
+    records_with_candidates: int
+    pairs: int  # (record, gt item) pairs of those records
+    pairs_gt_in_candidates: int  # upper bound of HR@1 hits with this set
+
+    @property
+    def recall(self) -> float | None:
+        return self.pairs_gt_in_candidates / self.pairs if self.pairs else None
+
+
+@dataclass(frozen=True)
+class DomainStatistics:
+    domain: str
+    conversations: int
+    turns: int
+    items: int
+    images: int
+    image_urls: int  # all image URLs of the domain's items (the paper's "# Images" counts every image)
+    split_records: dict[str, int]
+    split_pairs: dict[str, int]  # (record, gt item) pairs: the evaluation examples
+    candidates: dict[str, CandidateCoverage] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetStatistics:
+    domains: dict[str, DomainStatistics]
+
+    def total(self, attribute: str) -> int:
+        return sum(getattr(d, attribute) for d in self.domains.values())
+
+    def as_manifest_stats(self) -> dict[str, dict[str, int]]:
+        """The shape of ``manifest["stats"]``: {domain: {conversations, turns, items, images}}."""
+        return {
+            name: {"conversations": d.conversations, "turns": d.turns, "items": d.items, "images": d.images}
+            for name, d in self.domains.items()
+        }
+
+
+def data_files_from_card_data(data: Any) -> dict[str, dict[str, list[str]]]:
+    """``{config: {split: [relative paths]}}`` from the ``configs`` of a ``DatasetCardData``."""
+    files: dict[str, dict[str, list[str]]] = {}
+    for config in data.get("configs") or []:
+        entries = config.get("data_files") or []
+        if isinstance(entries, (str, dict)):
+            entries = [entries]
+        splits: dict[str, list[str]] = {}
+        for entry in entries:
+            if isinstance(entry, str):
+                splits.setdefault("train", []).append(entry)
+                continue
+            paths = entry["path"]
+            splits.setdefault(entry["split"], []).extend([paths] if isinstance(paths, str) else paths)
+        files[config["config_name"]] = splits
+    return files
+
+
+def compute_statistics(folder: str | Path, data_files: DataFiles) -> DatasetStatistics:
+    folder = Path(folder)
+    domains = {}
+    for domain in DOMAINS:
+        split_records: dict[str, int] = {}
+        split_pairs: dict[str, int] = {}
+        turns = 0
+        coverage: dict[str, list[int]] = {}
+        for split in SPLITS:
+            records = pairs = 0
+            for path in _paths(folder, data_files, domain, split):
+                parquet = pq.ParquetFile(path)
+                columns = parquet.schema_arrow.names
+                sets = [c for c in columns if c.startswith(CANDIDATE_PREFIX)]
+                table = parquet.read(columns=["turns.list.element.kind", "gt_items", *sets])
+                gt_items = table.column("gt_items")
+                records += table.num_rows
+                pairs += _sum(pc.list_value_length(gt_items))
+                turns += _sum(pc.list_value_length(table.column("turns"))) + table.num_rows
+                for column in sets:
+                    counts = coverage.setdefault(column[len(CANDIDATE_PREFIX):], [0, 0, 0])
+                    _add_coverage(counts, gt_items.to_pylist(), table.column(column).to_pylist())
+            split_records[split] = records
+            split_pairs[split] = pairs
+        item_ids: set[str] = set()
+        images = image_urls = 0
+        for path in _paths(folder, data_files, ITEMS_CONFIG, domain):
+            parquet = pq.ParquetFile(path)
+            table = parquet.read(columns=["item_id", "image_urls"])
+            item_ids.update(table.column("item_id").to_pylist())
+            images += _non_null_values(parquet, "image.bytes")
+            image_urls += _sum(pc.list_value_length(table.column("image_urls")))
+        domains[domain] = DomainStatistics(
+            domain=domain,
+            conversations=sum(split_records.values()),
+            turns=turns,
+            items=len(item_ids),
+            images=images,
+            image_urls=image_urls,
+            split_records=split_records,
+            split_pairs=split_pairs,
+            candidates={name: CandidateCoverage(*counts) for name, counts in coverage.items()},
+        )
+    return DatasetStatistics(domains)
+
+
+def _paths(folder: Path, data_files: DataFiles, config: str, split: str) -> list[Path]:
+    return [folder / relative for relative in data_files.get(config, {}).get(split, [])]
+
+
+def _sum(array: Any) -> int:
+    value = pc.sum(array).as_py()
+    return int(value or 0)
+
+
+def _non_null_values(parquet: pq.ParquetFile, leaf: str) -> int:
+    """Rows whose ``leaf`` is set, from the row-group statistics (so image bytes are not read)."""
+    index = [column.path for column in parquet.schema].index(leaf)
+    total = 0
+    for group in range(parquet.metadata.num_row_groups):
+        meta = parquet.metadata.row_group(group)
+        statistics = meta.column(index).statistics
+        if statistics is not None and statistics.has_null_count:
+            total += meta.num_rows - statistics.null_count
+        else:
+            column = parquet.read_row_group(group, columns=[leaf]).column(0)
+            total += len(column) - _sum(pc.is_null(pc.struct_field(column, leaf.split(".")[-1])))
+    return total
+
+
+def _add_coverage(counts: list[int], gt_items: list[list[str]], candidates: list[list[str] | None]) -> None:
+    for gts, cands in zip(gt_items, candidates):
+        if not cands:
+            continue
+        chosen = set(cands)
+        counts[0] += 1
+        counts[1] += len(gts)
+        counts[2] += sum(gt in chosen for gt in gts)
