@@ -173,14 +173,13 @@ class Item:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], *, where: str = "record") -> Item:
+        """From a Parquet/JSON row, or a row of ``load_dataset`` (whose image is decoded to PIL)."""
+        image = row.get("image")
+        if image is not None and not isinstance(image, Mapping):
+            row = {**row, "image": {"bytes": _encode_pil(image), "path": f"{row.get('item_id')}.jpg"}}
         validate_item_row(row, where=where)
         values = {name: row[name] for name in ITEM_FEATURES if name != "image"}
-        image = row["image"]
-        if isinstance(image, Mapping):
-            image = image.get("bytes")
-        elif image is not None and not isinstance(image, bytes):  # a decoded PIL image
-            image = _encode_pil(image)
-        return cls(**values, image=image)
+        return cls(**values, image=None if row["image"] is None else row["image"]["bytes"])
 
 
 def _encode_pil(image: Any) -> bytes:
