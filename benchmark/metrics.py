@@ -23,7 +23,7 @@ import numpy as np
 #: ISBN-10-style all-digit ASIN (10 digits, or 9 digits + check character ``X``).
 PREDICTION_PATTERN = re.compile(r"\b(?:B[A-Z0-9]{9}|[0-9]{9}[0-9X])\b")
 
-RANKING_CUTOFFS: tuple[int, ...] = (1, 5, 10)
+RANKING_CUTOFFS: tuple[int, ...] = (5, 10)  # k=1 is HR@1 itself
 OVERALL = "all"
 DEFAULT_BOOTSTRAP_SAMPLES = 1000
 DEFAULT_SEED = 0

@@ -160,11 +160,11 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
             "score_s": round(score_seconds, 3),
             "total_s": round(time.perf_counter() - started, 3),
         },
-        "package_version": _package_version(),
+        "package_version": package_version(),
         "git_revision": git_revision(),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_atomic(results_path, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    write_atomic(results_path, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     return results
 
 
@@ -182,7 +182,7 @@ def _prepare_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> No
                            "pass --overwrite to replace it or choose another --out")
     elif (out / PREDICTIONS_FILE).exists() or (out / RESULTS_FILE).exists():
         raise RunError(f"{out} has predictions but no {RUN_FILE}; pass --overwrite or choose another --out")
-    _write_atomic(run_path, orjson.dumps(signature, option=orjson.OPT_INDENT_2) + b"\n")
+    write_atomic(run_path, orjson.dumps(signature, option=orjson.OPT_INDENT_2) + b"\n")
 
 
 def _read_predictions(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
@@ -282,16 +282,16 @@ def _counts(records: Sequence[Record], outcomes: Sequence[Outcome], domains: Seq
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    _write_atomic(path, b"".join(orjson.dumps(row) + b"\n" for row in rows))
+    write_atomic(path, b"".join(orjson.dumps(row) + b"\n" for row in rows))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
 
 
-def _package_version() -> str:
+def package_version() -> str:
     from reddit_amazon import __version__
 
     return __version__

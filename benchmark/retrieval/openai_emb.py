@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 
+from benchmark.openai_client import make_client, with_retries
 from benchmark.retrieval.cache import EmbeddingCache
 from benchmark.retrieval.dense import DenseRetriever
 
@@ -36,27 +37,16 @@ class OpenAIEmbeddingRetriever(DenseRetriever):
 
     def _load(self):
         if self._client is None:
-            from openai import OpenAI
-
-            if not (os.environ.get("OPENAI_API_KEY")):
-                raise RuntimeError("openai-emb needs OPENAI_API_KEY in the environment")
-            # Retries are done by tenacity below, with backoff, so the client does not retry on its own.
-            self._client = OpenAI(base_url=self.base_url, max_retries=0, timeout=self.timeout)
+            self._client = make_client(self.base_url, self.timeout)
         return self._client
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
-
         client = self._load()
         inputs = [(t[:MAX_INPUT_CHARS] or " ") for t in texts]  # the API rejects empty strings
         options = {"dimensions": self.dimensions} if self.dimensions else {}
 
-        @retry(retry=retry_if_exception(_is_transient), stop=stop_after_attempt(self.max_retries),
-               wait=wait_exponential(multiplier=0.5, max=30), reraise=True)
-        def call():
-            return client.embeddings.create(model=self.model_name, input=inputs, **options)
-
-        response = call()
+        response = with_retries(lambda: client.embeddings.create(model=self.model_name, input=inputs, **options),
+                                self.max_retries)
         ordered = sorted(response.data, key=lambda d: d.index)
         if len(ordered) != len(inputs):
             raise RuntimeError(f"embedding endpoint returned {len(ordered)} vectors for {len(inputs)} inputs")
@@ -68,14 +58,3 @@ def candidate_set_for(model: str) -> str:
     if model == DEFAULT_OPENAI_EMBEDDING_MODEL:
         return "openai_large"
     return "openai_" + re.sub(r"[^a-z0-9]+", "_", model.lower()).strip("_")
-
-
-def _is_transient(error: BaseException) -> bool:
-    """Connection problems, timeouts, rate limits and server errors are retried; bad requests are not."""
-    import openai
-
-    if isinstance(error, openai.APIConnectionError):  # includes timeouts
-        return True
-    if isinstance(error, openai.APIStatusError):
-        return error.status_code in (408, 409, 429) or error.status_code >= 500
-    return False

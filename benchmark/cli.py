@@ -1,0 +1,217 @@
+"""`benchmark`: run recommenders on Reddit-Amazon, compute retrieval baselines, render leaderboards."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+DOMAIN_CHOICES = click.Choice(["beauty", "fashion", "home", "all"])
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+def cli() -> None:
+    """Score conversational recommenders on Reddit-Amazon exactly like the paper (HR@1, VR).
+
+    \b
+    Examples:
+      benchmark run --model sbert --out runs/sbert            # bundled sample, offline
+      benchmark run --model openai-chat --model-args model=gpt-4o-mini --dataset ./reddit-amazon \\
+          --domain all --split test --candidates sbert --out runs/gpt4o-mini
+      benchmark retrieve --retriever bm25 --dataset ./reddit-amazon --out runs/bm25-catalog
+      benchmark report runs/* --html leaderboard.html
+      benchmark compare runs/gpt4o-mini runs/sbert
+    """
+
+
+def main() -> None:
+    cli(prog_name="benchmark")
+
+
+def _fail(error: Exception) -> None:
+    raise click.ClickException(str(error)) from error
+
+
+@cli.command("run")
+@click.option("--model", required=True, help="Built-in name, entry-point name, module:Class or path/file.py:Class.")
+@click.option("--model-args", default="", help="Constructor options: key=value,key=value (JSON scalars decoded).")
+@click.option("--dataset", default=None, help="Dataset folder or Hub id [default: the bundled sample].")
+@click.option("--domain", type=DOMAIN_CHOICES, default="all", show_default=True)
+@click.option("--split", default="test", show_default=True)
+@click.option("--candidates", default="sbert", show_default=True,
+              help="Candidate set: uses column candidates_<NAME> (sbert, openai_large, bm25, ...).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="First N records per domain.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override the plugin's batch size.")
+@click.option("--overwrite", is_flag=True, help="Discard cached predictions and results in --out.")
+@click.option("--bootstrap-samples", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run_command(model, model_args, dataset, domain, split, candidates, out_dir, limit, batch_size, overwrite,
+                bootstrap_samples, seed, quiet) -> None:
+    """Run a recommender and write DIR/results.json and DIR/predictions.jsonl.
+
+    An interrupted run resumes from DIR/predictions.jsonl; a finished one is not recomputed unless --overwrite.
+
+    \b
+    Examples:
+      benchmark run --model random --out runs/random
+      benchmark run --model sbert --dataset ./reddit-amazon --domain fashion --out runs/sbert-fashion
+      benchmark run --model hf-vlm --model-args model=llava-hf/llava-v1.6-mistral-7b-hf,with_images=true \\
+          --dataset ./reddit-amazon --out runs/llava16-img
+      benchmark run --model my_plugin.py:MyRecommender --limit 50 --out runs/mine
+      benchmark run --model lavic --model-args checkpoint=ckpt/ --candidates openai_large --out runs/lavic
+    """
+    from benchmark.data import DatasetError
+    from benchmark.registry import RegistryError, parse_model_args
+    from benchmark.runner import RunConfig, RunError, run
+
+    try:
+        config = RunConfig(model=model, model_args=parse_model_args(model_args), dataset=dataset, domain=domain,
+                           split=split, candidates=candidates, limit=limit, batch_size=batch_size,
+                           bootstrap_samples=bootstrap_samples, seed=seed)
+        results = run(config, out_dir, overwrite=overwrite, progress=not quiet)
+    except (DatasetError, RegistryError, RunError, FileNotFoundError) as error:
+        _fail(error)
+    _echo_summary(results, Path(out_dir))
+
+
+def _echo_summary(results: dict, out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics = results["metrics"]
+    groups = list(next(iter(metrics.values())).keys())
+    table = Table(title=f"{results['model']['spec']} on {results['split']} ({results['candidates']})")
+    table.add_column("metric")
+    for group in groups:
+        table.add_column(group, justify="right")
+    for name in ("hr@1", "vr", "recall@5", "ndcg@5", "recall@10", "ndcg@10"):
+        if name in metrics:
+            cells = []
+            for group in groups:
+                entry = metrics[name][group]
+                ci = entry["ci95"]
+                cells.append("-" if entry["value"] is None else
+                             f"{entry['value']:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+            table.add_row(name, *cells)
+    console = Console(stderr=False)
+    console.print(table)
+    console.print(f"wrote {out_dir / 'results.json'}")
+
+
+@cli.command("retrieve")
+@click.option("--retriever", type=click.Choice(["bm25", "sbert", "openai-emb"]), required=True)
+@click.option("--retriever-args", default="", help="Options: key=value,... (e.g. model=..., device=cuda, cache_dir=...).")
+@click.option("--dataset", default=None, help="Dataset folder or Hub id [default: the bundled sample].")
+@click.option("--domain", type=DOMAIN_CHOICES, default="all", show_default=True)
+@click.option("--split", default="test", show_default=True)
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Items kept per record.")
+@click.option("--with-description", is_flag=True, help="Item text = title + description (default: title).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="First N records per domain.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--bootstrap-samples", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True)
+def retrieve_command(retriever, retriever_args, dataset, domain, split, k, with_description, limit, out_dir,
+                     bootstrap_samples, seed, quiet) -> None:
+    """Top-k items of each domain's full catalog per record, and that ranking's HR@1 (retrieval baselines).
+
+    Writes DIR/candidates.jsonl (example_id, domain, candidates best-first) and DIR/results.json.
+    Query text is the record's context; embeddings are cached on disk ($REDDIT_AMAZON_CACHE).
+
+    \b
+    Examples:
+      benchmark retrieve --retriever sbert --out runs/sbert-catalog
+      benchmark retrieve --retriever bm25 --dataset ./reddit-amazon --split test --out runs/bm25-catalog
+      OPENAI_API_KEY=... benchmark retrieve --retriever openai-emb --retriever-args model=text-embedding-3-large \\
+          --dataset ./reddit-amazon --out runs/openai-large-catalog
+    """
+    from benchmark.data import DatasetError
+    from benchmark.registry import RegistryError, parse_model_args
+    from benchmark.retrieve import RetrieveConfig, retrieve
+
+    try:
+        config = RetrieveConfig(retriever=retriever, retriever_options=parse_model_args(retriever_args),
+                                dataset=dataset, domain=domain, split=split, k=k, with_description=with_description,
+                                limit=limit, bootstrap_samples=bootstrap_samples, seed=seed)
+        results = retrieve(config, out_dir, progress=not quiet)
+    except (DatasetError, RegistryError, FileNotFoundError, RuntimeError) as error:
+        _fail(error)
+    _echo_summary(results, Path(out_dir))
+
+
+@cli.command("report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the Markdown table here.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None, help="Write a static HTML page.")
+@click.option("--title", default="Reddit-Amazon leaderboard", show_default=True)
+def report_command(runs, markdown_path, html_path, title) -> None:
+    """Leaderboard of finished runs (Markdown on stdout) in the layout of the paper's Table 3.
+
+    \b
+    Examples:
+      benchmark report runs/random runs/sbert runs/lavic
+      benchmark report runs/* --html site/leaderboard.html --markdown leaderboard.md
+    """
+    from benchmark.report import load_runs, to_html, to_markdown
+
+    try:
+        loaded = load_runs(runs)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(error)
+    markdown = to_markdown(loaded)
+    click.echo(markdown, nl=False)
+    if markdown_path:
+        Path(markdown_path).write_text(markdown, encoding="utf-8")
+    if html_path:
+        Path(html_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(html_path).write_text(to_html(loaded, title), encoding="utf-8")
+        click.echo(f"wrote {html_path}", err=True)
+
+
+@cli.command("compare")
+@click.argument("run_a", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False))
+@click.option("--bootstrap-samples", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def compare_command(run_a, run_b, bootstrap_samples, seed) -> None:
+    """Paired bootstrap difference A − B (95% CI, two-sided p) per domain, over the records both runs scored.
+
+    \b
+    Example:
+      benchmark compare runs/lavic runs/llava16
+    """
+    from benchmark.compare import compare_runs, to_markdown
+
+    try:
+        comparison = compare_runs(run_a, run_b, bootstrap_samples, seed)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(error)
+    click.echo(to_markdown(comparison, run_a, run_b), nl=False)
+
+
+@cli.command("list")
+def list_command() -> None:
+    """Recommenders that --model accepts by name (built-ins and installed entry points).
+
+    \b
+    Example:
+      benchmark list
+    """
+    from importlib.metadata import entry_points
+
+    from benchmark.registry import BUILTIN, ENTRY_POINT_GROUP
+
+    for name, target in BUILTIN.items():
+        click.echo(f"{name:14} {target}  (built-in)")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in BUILTIN:
+            click.echo(f"{ep.name:14} {ep.value}  (entry point, {ep.dist.name if ep.dist else '?'})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

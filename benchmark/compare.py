@@ -1,0 +1,91 @@
+"""``benchmark compare RUN_A RUN_B``: paired bootstrap of the metric differences over shared records."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from benchmark.metrics import (
+    DEFAULT_BOOTSTRAP_SAMPLES,
+    DEFAULT_SEED,
+    OVERALL,
+    PairedDifference,
+    outcome_from_mapping,
+    paired_difference,
+    ratios,
+)
+from benchmark.runner import PREDICTIONS_FILE, RESULTS_FILE
+
+
+@dataclass(frozen=True)
+class Comparison:
+    differences: list[PairedDifference]
+    shared_records: int
+    only_a: int
+    only_b: int
+    warnings: list[str]
+
+
+def _load(run_dir: Path) -> tuple[dict, dict[tuple[str, str], dict]]:
+    results_path, predictions_path = run_dir / RESULTS_FILE, run_dir / PREDICTIONS_FILE
+    if not results_path.is_file() or not predictions_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: needs a finished run ({RESULTS_FILE} and {PREDICTIONS_FILE})")
+    rows = {}
+    for number, line in enumerate(predictions_path.read_bytes().splitlines(), 1):
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            raise ValueError(f"{predictions_path}:{number}: not valid JSON ({error})") from error
+        rows[(row["domain"], row["example_id"])] = row
+    return orjson.loads(results_path.read_bytes()), rows
+
+
+def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, samples: int = DEFAULT_BOOTSTRAP_SAMPLES,
+                 seed: int = DEFAULT_SEED) -> Comparison:
+    results_a, rows_a = _load(Path(run_a))
+    results_b, rows_b = _load(Path(run_b))
+    warnings = []
+    for key in ("split", "candidates"):
+        if results_a.get(key) != results_b.get(key):
+            warnings.append(f"runs differ in {key}: {results_a.get(key)} vs {results_b.get(key)}")
+    if results_a["dataset"]["fingerprint"] != results_b["dataset"]["fingerprint"]:
+        warnings.append("runs used different dataset fingerprints")
+    shared = [key for key in rows_a if key in rows_b]
+    if not shared:
+        raise ValueError(f"{run_a} and {run_b} share no records")
+    groups = {OVERALL: shared}
+    for key in shared:
+        groups.setdefault(key[0], []).append(key)
+    differences = []
+    for group, keys in groups.items():
+        ra = ratios([outcome_from_mapping(rows_a[k]) for k in keys])
+        rb = ratios([outcome_from_mapping(rows_b[k]) for k in keys])
+        for metric in ra:
+            if metric in rb:
+                differences.append(paired_difference(metric, group, ra[metric], rb[metric], samples, seed))
+    order = {g: i for i, g in enumerate(sorted(groups, key=lambda g: (g == OVERALL, g)))}
+    differences.sort(key=lambda d: (order[d.group], d.metric))
+    return Comparison(differences, len(shared), len(set(rows_a) - set(rows_b)), len(set(rows_b) - set(rows_a)),
+                      warnings)
+
+
+def to_markdown(comparison: Comparison, name_a: str, name_b: str) -> str:
+    lines = [f"A = {name_a}", f"B = {name_b}", "",
+             "| Metric | Domain | A | B | A − B | 95% CI | p |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for d in comparison.differences:
+        ci = f"[{d.ci95[0]:+.4f}, {d.ci95[1]:+.4f}]" if d.ci95 else "-"
+        p = "-" if d.p_value is None else f"{d.p_value:.3f}"
+        diff = "-" if d.difference is None else f"{d.difference:+.4f}"
+        lines.append(f"| {d.metric} | {d.group} | {_value(d.a)} | {_value(d.b)} | {diff} | {ci} | {p} |")
+    lines.append("")
+    lines.append(f"Paired bootstrap over {comparison.shared_records} shared records "
+                 f"(only in A: {comparison.only_a}, only in B: {comparison.only_b}).")
+    lines.extend(f"WARNING: {w}" for w in comparison.warnings)
+    return "\n".join(lines) + "\n"
+
+
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -1,0 +1,126 @@
+"""``openai-chat``: the paper's Table 11 prompt sent to any OpenAI-compatible chat endpoint.
+
+Title-only by default; ``with_images=true`` puts each candidate's image (as a data URL) after its
+``ID: title`` line, as the paper's "title and image" baselines do. Greedy-ish decoding
+(``temperature=0``). Responses are cached on disk (SQLite, keyed by the full request), requests in a
+batch run concurrently, and transient failures are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmark.openai_client import make_client, with_retries
+from benchmark.prompts import IMAGE_PLACEHOLDER, render_recommendation_prompt
+from benchmark.protocol import Candidate, Example
+from benchmark.retrieval.cache import default_cache_dir
+
+log = logging.getLogger(__name__)
+NO_IMAGE_TEXT = "(no image available)"
+
+
+class ChatCache:
+    """request hash -> response text, shared by threads (one connection, one lock)."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(folder / "responses.sqlite", check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS response (key TEXT PRIMARY KEY, text TEXT NOT NULL)")
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT text FROM response WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def put(self, key: str, text: str) -> None:
+        with self._lock, self._db:
+            self._db.execute("INSERT OR REPLACE INTO response VALUES (?, ?)", (key, text))
+
+
+class OpenAIChatRecommender:
+    name = "openai-chat"
+
+    def __init__(self, model: str = "gpt-4o-mini", base_url: str | None = None, with_images: bool = False,
+                 temperature: float = 0.0, max_tokens: int = 32, max_workers: int = 8, max_retries: int = 6,
+                 timeout: float = 120.0, image_detail: str = "auto", batch_size: int = 32,
+                 cache_dir: str | os.PathLike | None = None) -> None:
+        self.model = model
+        self.base_url = base_url
+        self.with_images = with_images
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.max_workers = max_workers
+        self.max_retries = max_retries
+        self.image_detail = image_detail
+        self.batch_size = batch_size
+        self.timeout = timeout
+        self.name = f"{model} ({'title+image' if with_images else 'title'})"
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir().parent / "chat"
+        self.cache = ChatCache(folder)
+        self._client = None
+
+    def _messages(self, example: Example) -> list[dict[str, Any]]:
+        prompt = render_recommendation_prompt(example.context, [(c.item_id, c.title) for c in example.candidates],
+                                              self.with_images)
+        if not self.with_images:
+            return [{"role": "user", "content": prompt}]
+        # The image placeholders are the last ones in the prompt (the conversation comes before the list).
+        pieces = prompt.rsplit(IMAGE_PLACEHOLDER, len(example.candidates))
+        content: list[dict[str, Any]] = [{"type": "text", "text": pieces[0]}]
+        for candidate, text in zip(example.candidates, pieces[1:], strict=True):
+            content.append(self._image_part(candidate))
+            if text:
+                content.append({"type": "text", "text": text})
+        return [{"role": "user", "content": content}]
+
+    def _image_part(self, candidate: Candidate) -> dict[str, Any]:
+        if candidate.image_bytes is None:
+            return {"type": "text", "text": NO_IMAGE_TEXT}
+        mime = "image/png" if candidate.image_bytes.startswith(b"\x89PNG") else "image/jpeg"
+        url = f"data:{mime};base64,{base64.b64encode(candidate.image_bytes).decode()}"
+        return {"type": "image_url", "image_url": {"url": url, "detail": self.image_detail}}
+
+    def _request(self, example: Example) -> dict[str, Any]:
+        return {"model": self.model, "messages": self._messages(example), "temperature": self.temperature,
+                "max_tokens": self.max_tokens}
+
+    def _key(self, request: dict[str, Any]) -> str:
+        return hashlib.sha256(orjson.dumps({"base_url": self.base_url, **request},
+                                           option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    def _complete(self, request: dict[str, Any]) -> str:
+        import openai
+
+        key = self._key(request)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        if self._client is None:
+            self._client = make_client(self.base_url, self.timeout)
+        try:
+            response = with_retries(lambda: self._client.chat.completions.create(**request), self.max_retries)
+        except openai.BadRequestError as error:  # e.g. context too long: the record gets no valid answer
+            log.warning("request rejected (%s); scored as an invalid answer", error.message)
+            return ""
+        text = response.choices[0].message.content or ""
+        self.cache.put(key, text)
+        return text
+
+    def recommend(self, examples: Sequence[Example]) -> list[str]:
+        requests = [self._request(example) for example in examples]
+        if self.max_workers <= 1 or len(requests) <= 1:
+            return [self._complete(r) for r in requests]
+        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+            return list(pool.map(self._complete, requests))

@@ -1,0 +1,167 @@
+"""``benchmark report``: a leaderboard of finished runs in the layout of the paper's Table 3.
+
+Rows are grouped like the paper: retrieval baselines over the full catalog first, then one group per
+candidate set ("+ SBERT", "+ OpenAI-emb large"). Columns: HR@1 and VR per domain. In each column the
+best value is bold and the second best underlined.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from reddit_amazon.schema import DOMAINS
+
+DOMAIN_TITLES = {"beauty": "Beauty", "fashion": "Fashion", "home": "Home"}
+CANDIDATE_TITLES = {"sbert": "SBERT", "openai_large": "OpenAI-emb<sub>large</sub>", "bm25": "BM25"}
+COLUMNS = [(domain, metric) for domain in DOMAINS for metric in ("hr@1", "vr")]
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    results: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        model = self.results["model"]
+        args = ", ".join(f"{k}={v}" for k, v in sorted(model.get("args", {}).items()))
+        return f"{model.get('name') or model['spec']}" + (f" ({args})" if args else "")
+
+    @property
+    def group(self) -> str:
+        if self.results.get("kind") == "retrieval":
+            text = "title + description" if "description" in self.results["model"].get("item_text", "") else "title"
+            return f"Retrieval baselines (item {text}, full catalog)"
+        candidates = self.results["candidates"]
+        return f"Recommenders + {CANDIDATE_TITLES.get(candidates, candidates)} candidates"
+
+    def value(self, domain: str, metric: str) -> float | None:
+        entry = self.results["metrics"].get(metric, {}).get(domain)
+        return None if entry is None else entry["value"]
+
+    def interval(self, domain: str, metric: str) -> list[float] | None:
+        entry = self.results["metrics"].get(metric, {}).get(domain)
+        return None if entry is None else entry.get("ci95")
+
+
+def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
+    runs = []
+    for path in paths:
+        path = Path(path)
+        results_path = path / "results.json" if path.is_dir() else path
+        if not results_path.is_file():
+            raise FileNotFoundError(f"{path}: no results.json (is the run finished?)")
+        runs.append(Run(results_path.parent, orjson.loads(results_path.read_bytes())))
+    return runs
+
+
+def _grouped(runs: Sequence[Run]) -> list[tuple[str, list[Run]]]:
+    groups: dict[str, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: (r.results.get("kind") != "retrieval", r.results.get("candidates", ""))):
+        groups.setdefault(run.group, []).append(run)
+    return list(groups.items())
+
+
+def _ranks(runs: Sequence[Run]) -> dict[tuple[int, str, str], int]:
+    """(run index, domain, metric) -> 1 for best, 2 for second best (HR@1 only, as the paper marks)."""
+    marks = {}
+    for domain in DOMAINS:
+        values = sorted({v for r in runs if (v := r.value(domain, "hr@1")) is not None}, reverse=True)
+        for index, run in enumerate(runs):
+            value = run.value(domain, "hr@1")
+            if value is not None and values and value == values[0]:
+                marks[(index, domain, "hr@1")] = 1
+            elif value is not None and len(values) > 1 and value == values[1]:
+                marks[(index, domain, "hr@1")] = 2
+    return marks
+
+
+def _format(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def provenance(runs: Sequence[Run]) -> list[str]:
+    """One line per distinct (dataset, version, fingerprint, split); more than one is flagged."""
+    seen = {}
+    for run in runs:
+        d = run.results["dataset"]
+        key = (d["id"], d["version"], d["fingerprint"][:12], run.results["split"])
+        seen.setdefault(key, []).append(run.label)
+    lines = [f"dataset {i} v{v} (fingerprint {f}), split {s}" for (i, v, f, s) in seen]
+    if len(seen) > 1:
+        lines.insert(0, "WARNING: these runs used different datasets or splits; rows are not comparable.")
+    return lines
+
+
+def to_markdown(runs: Sequence[Run]) -> str:
+    ordered = [run for _, members in _grouped(runs) for run in members]
+    marks = _ranks(ordered)
+    header = "| Method | " + " | ".join(f"{DOMAIN_TITLES[d]} {m.upper()}" for d, m in COLUMNS) + " |"
+    lines = [header, "|" + " --- |" * (len(COLUMNS) + 1)]
+    index = 0
+    for group, members in _grouped(runs):
+        lines.append(f"| *{group}* |" + " |" * len(COLUMNS))
+        for run in members:
+            cells = []
+            for domain, metric in COLUMNS:
+                text = _format(run.value(domain, metric))
+                mark = marks.get((index, domain, metric))
+                cells.append(f"**{text}**" if mark == 1 else f"<u>{text}</u>" if mark == 2 else text)
+            lines.append(f"| {run.label} | " + " | ".join(cells) + " |")
+            index += 1
+    notes = [f"- {line}" for line in provenance(runs)]
+    return "\n".join(lines + ["", "HR@1 per (record, gt item) pair; VR per record. Bold: best HR@1, "
+                              "underlined: second best.", *notes]) + "\n"
+
+
+def to_html(runs: Sequence[Run], title: str = "Reddit-Amazon leaderboard") -> str:
+    ordered = [run for _, members in _grouped(runs) for run in members]
+    marks = _ranks(ordered)
+    esc = html.escape
+    head = ("<tr><th rowspan=2>Method</th>" + "".join(f"<th colspan=2><i>{DOMAIN_TITLES[d]}</i></th>" for d in DOMAINS)
+            + "</tr><tr>" + "<th>HR@1</th><th>VR</th>" * len(DOMAINS) + "</tr>")
+    body = []
+    index = 0
+    for group, members in _grouped(runs):
+        # group titles may carry <sub> from CANDIDATE_TITLES; everything else is escaped
+        body.append(f"<tr class=group><td colspan={len(COLUMNS) + 1}><i>{group}</i></td></tr>")
+        for run in members:
+            cells = []
+            for domain, metric in COLUMNS:
+                value = run.value(domain, metric)
+                ci = run.interval(domain, metric)
+                tip = f' title="95% CI {ci[0]:.4f}–{ci[1]:.4f}"' if ci else ""
+                text = _format(value)
+                mark = marks.get((index, domain, metric))
+                text = f"<b>{text}</b>" if mark == 1 else f"<u>{text}</u>" if mark == 2 else text
+                cells.append(f"<td{tip}>{text}</td>")
+            body.append(f"<tr><td class=method>{esc(run.label)}</td>{''.join(cells)}</tr>")
+            index += 1
+    notes = "".join(f"<li>{esc(line)}</li>" for line in provenance(runs))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; }}
+table {{ border-collapse: collapse; }}
+th, td {{ padding: .25rem .75rem; text-align: center; }}
+thead tr:first-child th {{ border-top: 2px solid #000; }}
+thead tr:last-child th {{ border-bottom: 1px solid #000; }}
+tbody tr:last-child td {{ border-bottom: 2px solid #000; }}
+td.method {{ text-align: left; }}
+tr.group td {{ text-align: left; color: #555; border-top: 1px solid #ccc; }}
+</style></head><body>
+<h1>{esc(title)}</h1>
+<table><thead>{head}</thead><tbody>
+{chr(10).join(body)}
+</tbody></table>
+<p>HR@1 per (record, gt item) pair; VR per record. Bold: best HR@1, underlined: second best. Hover a cell for its 95% bootstrap CI.</p>
+<ul>{notes}</ul>
+</body></html>
+"""
