@@ -136,10 +136,15 @@ def _decode_value(value: str) -> Any:
 def build(spec: str, model_args: dict[str, Any]) -> tuple[ResolvedModel, Any]:
     """Resolve ``spec`` and instantiate it with ``model_args`` as keyword arguments."""
     resolved = resolve(spec)
+    return resolved, instantiate(resolved, model_args)
+
+
+def instantiate(resolved: ResolvedModel, model_args: dict[str, Any]) -> Any:
+    spec = resolved.spec
     try:
         instance = resolved.cls(**model_args)
     except TypeError as error:
         raise RegistryError(f"recommender {spec!r} does not accept --model-args {model_args}: {error}") from error
     if not (callable(getattr(instance, "recommend", None)) or callable(getattr(instance, "rank", None))):
         raise RegistryError(f"recommender {spec!r} ({resolved.target}) has neither recommend() nor rank()")
-    return resolved, instance
+    return instance

@@ -90,6 +90,7 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     """
     started = time.perf_counter()
     out = Path(out_dir)
+    resolved = registry.resolve(config.model) if recommender is None else None  # fail fast on a bad name
     info = resolve_dataset(config.dataset)
     signature = _signature(config, info)
     _prepare_folder(out, signature, overwrite)
@@ -109,8 +110,8 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     load_seconds = time.perf_counter() - load_started
 
     cached = _read_predictions(out / PREDICTIONS_FILE)
-    if recommender is None:
-        resolved, recommender = registry.build(config.model, config.model_args)
+    if resolved is not None:
+        recommender = registry.instantiate(resolved, config.model_args)
         model_info = {"spec": config.model, "target": resolved.target, "source": resolved.source}
     else:
         model_info = {"spec": config.model, "target": f"{type(recommender).__module__}:{type(recommender).__qualname__}",

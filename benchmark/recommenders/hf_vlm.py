@@ -1,0 +1,92 @@
+"""``hf-vlm``: a Hugging Face vision-language model (LLaVA-NeXT style) answering the Table 11 prompt.
+
+Title-only by default; with ``with_images=true`` each candidate line is followed by the processor's
+image token and the candidate's image (a candidate without an image gets a short note instead).
+Greedy decoding, batched with left padding. Any checkpoint that ``AutoProcessor`` and
+``AutoModelForImageTextToText`` load works (e.g. ``llava-hf/llava-v1.6-mistral-7b-hf``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from benchmark.prompts import IMAGE_PLACEHOLDER, render_recommendation_prompt
+from benchmark.protocol import Example
+
+NO_IMAGE_TEXT = "(no image available)"
+DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
+
+
+class HFVisionLanguageRecommender:
+    def __init__(self, model: str = DEFAULT_MODEL, with_images: bool = False, batch_size: int = 4,
+                 max_new_tokens: int = 16, device: str | None = None, dtype: str = "auto",
+                 max_prompt_tokens: int | None = None) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.model_name = model
+        self.with_images = with_images
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.max_prompt_tokens = max_prompt_tokens
+        self.name = f"{model.rstrip('/').split('/')[-1]} ({'title+image' if with_images else 'title'})"
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
+        self.processor = AutoProcessor.from_pretrained(model)
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+        self.image_token = getattr(self.processor, "image_token", "<image>")
+
+    def _prompt(self, example: Example) -> tuple[str, list[Any]]:
+        """Chat-formatted prompt text and the images its image tokens stand for, in order."""
+        def clean(text: str) -> str:  # literal image tokens in user text would shift the image alignment
+            return text.replace(self.image_token, " ").replace(IMAGE_PLACEHOLDER, " ")
+
+        prompt = render_recommendation_prompt(clean(example.context),
+                                              [(c.item_id, clean(c.title)) for c in example.candidates],
+                                              self.with_images)
+        images = []
+        if self.with_images:
+            pieces = prompt.split(IMAGE_PLACEHOLDER)
+            parts = [pieces[0]]
+            for candidate, text in zip(example.candidates, pieces[1:], strict=True):
+                image = candidate.image
+                if image is None:
+                    parts.append(NO_IMAGE_TEXT)
+                else:
+                    parts.append(self.image_token)
+                    images.append(image)
+                parts.append(text)
+            prompt = "".join(parts)
+        return self._chat(prompt), images
+
+    def _chat(self, text: str) -> str:
+        template = getattr(self.processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
+        if not template:
+            return f"USER: {text}\nASSISTANT:"
+        messages = [{"role": "user", "content": [{"type": "text", "text": text}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def recommend(self, examples: Sequence[Example]) -> list[str]:
+        import torch
+
+        prompts, images = [], []
+        for example in examples:
+            prompt, example_images = self._prompt(example)
+            prompts.append(prompt)
+            images.extend(example_images)
+        options: dict[str, Any] = {"padding": True, "return_tensors": "pt"}
+        if self.max_prompt_tokens:
+            options.update(truncation=True, max_length=self.max_prompt_tokens)
+        inputs = self.processor(text=prompts, images=images or None, **options).to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                         pad_token_id=self.tokenizer.pad_token_id)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
