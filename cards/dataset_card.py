@@ -17,7 +17,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from cards.datasheet import SECRET_OPTION, measure_texts, render_datasheet
 from cards.markdown import code_block, inline_code, table
 from cards.paper import PAPER_DOI, PAPER_TABLE_1, PAPER_TITLE
-from cards.statistics import DatasetStatistics, compute_statistics, data_files_from_card_data
+from cards.statistics import DatasetStatistics, DomainStatistics, compute_statistics, data_files_from_card_data
 from cards.template import read_template
 from reddit_amazon.schema import (
     CANDIDATE_PREFIX,
@@ -58,14 +58,16 @@ def render_dataset_card(data: DatasetCardData, manifest: Mapping[str, Any], fold
 
 
 def _summary(manifest: Mapping[str, Any], statistics: DatasetStatistics) -> str:
+    source = f" Source of this copy: {manifest['source']}." if manifest.get("source") else ""
     return (
         f"# Reddit-Amazon ({manifest['name']} {manifest['version']})\n\n"
-        f"{statistics.total('conversations'):,} real Reddit conversations that end in a comment recommending "
+        f"{statistics.total('conversations'):,} Reddit conversations that end in a comment recommending "
         "Amazon products, aligned with the products' Amazon Reviews 2023 metadata and images, in three visually "
         f"oriented domains (beauty, fashion, home): {statistics.total('items'):,} products, "
         f"{statistics.total('images'):,} of them with an embedded image. The task is to read the conversation and "
         "pick the recommended product among 10 retrieved candidates, as in the LaViC paper (KDD'25). Built with "
         "the `reddit-amazon` toolkit; every number in this card is computed from the files in this folder."
+        + source
     )
 
 
@@ -119,13 +121,25 @@ def _statistics(statistics: DatasetStatistics) -> str:
         "The paper reports, for its own build (Table 1):",
         paper,
         "### Splits",
-        "Records per split (8:1:1 by thread; no thread is in two splits):",
+        "Records per split (the paper splits 8:1:1 by thread):",
         splits,
+        _thread_check(domains),
         "Evaluation examples per split: (record, gt item) pairs, since a record with several recommended items "
         "counts once per item:",
         pairs,
         _candidate_sets(statistics),
     ])
+
+
+def _thread_check(domains: list[DomainStatistics]) -> str:
+    if all(d.threads_in_several_splits is None for d in domains):
+        return "The records carry no thread ids, so thread separation between splits cannot be checked."
+    shared = sum(d.threads_in_several_splits or 0 for d in domains)
+    if shared == 0:
+        return "Checked on this copy: no thread id appears in two splits of a domain."
+    per_domain = ", ".join(f"{d.domain} {d.threads_in_several_splits:,}" for d in domains
+                           if d.threads_in_several_splits)
+    return f"Checked on this copy: {shared:,} thread ids appear in more than one split ({per_domain})."
 
 
 def _candidate_sets(statistics: DatasetStatistics) -> str:

@@ -49,6 +49,7 @@ class DomainStatistics:
     image_urls: int  # all image URLs of the domain's items (the paper's "# Images" counts every image)
     split_records: dict[str, int]
     split_pairs: dict[str, int]  # (record, gt item) pairs: the evaluation examples
+    threads_in_several_splits: int | None  # None when records carry no thread id
     candidates: dict[str, CandidateCoverage] = field(default_factory=dict)
 
 
@@ -93,13 +94,15 @@ def compute_statistics(folder: str | Path, data_files: DataFiles) -> DatasetStat
         split_pairs: dict[str, int] = {}
         turns = 0
         coverage: dict[str, list[int]] = {}
+        threads: dict[str, set[str]] = {}
         for split in SPLITS:
             records = pairs = 0
             for path in _paths(folder, data_files, domain, split):
                 parquet = pq.ParquetFile(path)
                 columns = parquet.schema_arrow.names
                 sets = [c for c in columns if c.startswith(CANDIDATE_PREFIX)]
-                table = parquet.read(columns=["turns.list.element.kind", "gt_items", *sets])
+                table = parquet.read(columns=["thread_id", "turns.list.element.kind", "gt_items", *sets])
+                threads.setdefault(split, set()).update(t for t in table.column("thread_id").to_pylist() if t)
                 gt_items = table.column("gt_items")
                 records += table.num_rows
                 pairs += _sum(pc.list_value_length(gt_items))
@@ -126,6 +129,7 @@ def compute_statistics(folder: str | Path, data_files: DataFiles) -> DatasetStat
             image_urls=image_urls,
             split_records=split_records,
             split_pairs=split_pairs,
+            threads_in_several_splits=_shared(threads),
             candidates={name: CandidateCoverage(*counts) for name, counts in coverage.items()},
         )
     return DatasetStatistics(domains)
@@ -133,6 +137,17 @@ def compute_statistics(folder: str | Path, data_files: DataFiles) -> DatasetStat
 
 def _paths(folder: Path, data_files: DataFiles, config: str, split: str) -> list[Path]:
     return [folder / relative for relative in data_files.get(config, {}).get(split, [])]
+
+
+def _shared(threads: dict[str, set[str]]) -> int | None:
+    if not any(threads.values()):
+        return None
+    seen: set[str] = set()
+    shared: set[str] = set()
+    for ids in threads.values():
+        shared |= seen & ids
+        seen |= ids
+    return len(shared)
 
 
 def _sum(array: Any) -> int:

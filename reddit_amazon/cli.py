@@ -89,3 +89,31 @@ def export_lavic_command(dataset: str, out: str) -> None:
         for split, n in splits.items():
             click.echo(f"{domain}/{split}: {n} records")
     click.echo(f"wrote {out}")
+
+
+@cli.command("card")
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+def card_command(dataset_dir: str) -> None:
+    """Regenerate DATASET_DIR/README.md (dataset card and datasheet) from manifest.json and the Parquet shards.
+
+    Every number in the card is computed from the folder, so run this after editing the manifest
+    (the build and `write_dataset` already run it).
+
+    \b
+    Examples:
+      reddit-amazon card reddit-amazon/
+      reddit-amazon card my-build/ && head -40 my-build/README.md
+    """
+    from pathlib import Path
+
+    from reddit_amazon.dataset_folder import MANIFEST, refresh_card
+
+    if not (Path(dataset_dir) / MANIFEST).is_file():
+        raise click.ClickException(f"{dataset_dir} is not a reddit-amazon dataset folder (no {MANIFEST})")
+    refresh_card(dataset_dir)
+    click.echo(f"wrote {Path(dataset_dir) / 'README.md'}")
+
+
+from reddit_amazon.build import build_command  # noqa: E402  (imports only click and orjson at load time)
+
+cli.add_command(build_command)

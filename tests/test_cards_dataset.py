@@ -1,0 +1,294 @@
+"""Dataset card: statistics equal what `datasets.load_dataset` counts, valid Hub YAML, no placeholders."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import datasets
+import pytest
+from click.testing import CliRunner
+from datasets.info import DatasetInfosDict
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCard, DatasetCardData
+from PIL import Image
+
+from reddit_amazon.cli import cli
+from reddit_amazon.dataset_folder import DatasetContents, read_manifest, refresh_card, write_dataset
+from reddit_amazon.schema import DOMAINS, ITEM_FEATURES, SPLITS, Conversation, Item, Turn, conversation_features
+
+PLACEHOLDER = re.compile(r"\$\{?[A-Za-z_]\w*\}?|\{\{|\}\}|TODO|TBD|FIXME|More Information Needed|\bNone\b|\bnan\b")
+
+
+def markdown_table_after(text: str, heading: str, first_header: str) -> list[dict[str, str]]:
+    """Rows (as dicts) of the first table whose first header is ``first_header`` after ``heading``."""
+    lines = text[text.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    headers = [h.strip() for h in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(headers, (c.strip() for c in line.strip("|").split("|")))))
+    return rows
+
+
+def number(cell: str) -> int:
+    return int(cell.replace(",", ""))
+
+
+def loaded_statistics(folder: Path) -> dict[str, dict[str, int]]:
+    """Table-1 numbers and split sizes counted independently through `datasets.load_dataset`."""
+    stats = {}
+    configs = datasets.get_dataset_config_names(str(folder))
+    for domain in DOMAINS:
+        splits = datasets.load_dataset(str(folder), domain) if domain in configs else {}
+        entry = {split: len(splits[split]) if split in splits else 0 for split in SPLITS}
+        entry["conversations"] = sum(entry[s] for s in SPLITS)
+        entry["turns"] = sum(len(row["turns"]) + 1 for split in splits.values() for row in split)
+        entry["pairs_test"] = sum(len(row["gt_items"]) for row in splits["test"]) if "test" in splits else 0
+        items = datasets.load_dataset(str(folder), "items")
+        if domain in items:
+            catalog = items[domain].cast_column("image", datasets.Image(decode=False))
+            entry["items"] = len(set(catalog["item_id"]))
+            entry["images"] = sum(1 for image in catalog["image"] if image is not None and image["bytes"])
+        else:
+            entry["items"] = entry["images"] = 0
+        stats[domain] = entry
+    return stats
+
+
+def assert_card_matches_loaded_dataset(card: str, folder: Path) -> None:
+    expected = loaded_statistics(folder)
+    table_1 = {row["Dataset"].lower(): row for row in markdown_table_after(card, "## Statistics", "Dataset")}
+    splits = {row["Domain"]: row for row in markdown_table_after(card, "### Splits", "Domain")}
+    pairs = {row["Domain"]: row for row in markdown_table_after(card, "Evaluation examples", "Domain")}
+    for domain in DOMAINS:
+        want = expected[domain]
+        got = table_1[domain]
+        assert (number(got["# Conv."]), number(got["# Turns"]), number(got["# Items"]), number(got["# Images"])) == (
+            want["conversations"], want["turns"], want["items"], want["images"]), domain
+        assert [number(splits[domain][s]) for s in SPLITS] == [want[s] for s in SPLITS], domain
+        assert number(pairs[domain]["test"]) == want["pairs_test"], domain
+    assert number(table_1["total"]["# Conv."]) == sum(expected[d]["conversations"] for d in DOMAINS)
+
+
+def assert_valid_hub_yaml(readme: Path, candidate_sets: list[str]) -> None:
+    card = DatasetCard.load(readme)
+    as_dict = card.data.to_dict()
+    assert DatasetCardData(**as_dict).to_dict() == as_dict  # round trip through the Hub's card data class
+    assert as_dict["license"] == "other" and as_dict["license_name"]
+    assert as_dict["language"] == ["en"] and as_dict["task_categories"]
+    assert as_dict["size_categories"][0] in {"n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M"}
+    configs = MetadataConfigs.from_dataset_card_data(card.data)  # what `datasets` itself parses and checks
+    assert configs.get_default_config_name() in configs
+    infos = DatasetInfosDict.from_dataset_card_data(card.data)
+    assert infos["items"].features == ITEM_FEATURES
+    domain = next(d for d in DOMAINS if d in infos)
+    assert infos[domain].features == conversation_features(candidate_sets)
+
+
+def assert_no_placeholders(text: str) -> None:
+    found = PLACEHOLDER.findall(text)
+    assert not found, f"placeholder-like text in the card: {found[:5]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The bundled sample
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sample_copy(tmp_path_factory) -> Path:
+    from reddit_amazon.sample import sample_dataset_path
+
+    try:
+        source = sample_dataset_path()
+    except FileNotFoundError:
+        pytest.skip("the bundled sample dataset is not built")
+    folder = tmp_path_factory.mktemp("sample") / "reddit-amazon"
+    shutil.copytree(source, folder)
+    (folder / "README.md").unlink()
+    result = CliRunner().invoke(cli, ["card", str(folder)])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def test_sample_card_statistics_equal_the_loaded_dataset(sample_copy):
+    assert_card_matches_loaded_dataset((sample_copy / "README.md").read_text(encoding="utf-8"), sample_copy)
+
+
+def test_sample_card_yaml_validates_and_has_no_placeholders(sample_copy):
+    columns = datasets.load_dataset(str(sample_copy), "fashion", split="test").column_names
+    assert_valid_hub_yaml(sample_copy / "README.md", [c[len("candidates_"):] for c in columns
+                                                      if c.startswith("candidates_")])
+    text = (sample_copy / "README.md").read_text(encoding="utf-8")
+    assert_no_placeholders(text)
+    manifest = read_manifest(sample_copy)
+    assert manifest["fingerprint"] in text and manifest["source"] in text
+    for heading in ["## Load", "## Statistics", "## Fields", "## Build", "## Datasheet", "### Motivation",
+                    "### Composition", "### Collection process", "### Preprocessing", "### Uses",
+                    "### Distribution", "### Maintenance", "## Citation"]:
+        assert f"\n{heading}" in text, heading
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders we control: built, imported, edge cases
+# ---------------------------------------------------------------------------------------------
+
+
+def jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def conversation(example_id: str, domain: str, thread: str, gt: list[str], *, turns: int = 2, text: str = "hello",
+                 author: str = "a1b2c3", sbert: list[str] | None = None) -> Conversation:
+    context = [Turn("submission", f"need a {domain} thing {text}", author, 1_650_000_000, thread)]
+    context += [Turn("comment", f"reply {i}", author if i % 2 else "", 1_650_000_100 + i, f"c{i}")
+                for i in range(turns - 1)]
+    return Conversation(example_id=example_id, domain=domain, thread_id=thread, subreddit="sub",
+                        created_utc=1_650_000_500, turns=context, context_items=[],
+                        gt_text=f"get {' '.join(gt)}", gt_items=gt, gt_comment_id=f"g{example_id}",
+                        candidates={"sbert": sbert} if sbert is not None else {})
+
+
+ASINS = [f"B0000000{i:02d}" for i in range(20)]
+
+
+def controlled_contents(metadata: dict) -> DatasetContents:
+    beauty = {
+        "train": [
+            conversation("r1", "beauty", "t1", [ASINS[0], ASINS[1]], turns=3, sbert=[ASINS[0], *ASINS[2:11]]),
+            conversation("r2", "beauty", "t2", [ASINS[2]], turns=1, text="mail me at jo.doe@example.com",
+                         sbert=ASINS[3:13]),
+        ],
+        "validation": [conversation("r3", "beauty", "t3", [ASINS[3]], text="ask u/someone_else or call 555-123-4567")],
+        "test": [conversation("r4", "beauty", "t1", [ASINS[4], ASINS[5]], turns=4)],  # t1 also in train
+    }
+    fashion = {"test": [conversation("r5", "fashion", "t9", [ASINS[10]])]}
+    items = {
+        "beauty": [Item(a, "beauty", title=f"item {a}", image=jpeg() if i % 2 == 0 else None,
+                        image_urls=[f"https://img.example/{a}.jpg"] * (i % 3), image_description="red" if i < 2 else "")
+                   for i, a in enumerate(ASINS[:6])],
+        "fashion": [Item(ASINS[10], "fashion", title="a dress", image=jpeg())],
+    }
+    return DatasetContents(conversations={"beauty": beauty, "fashion": fashion}, items=items, version="2.0.0",
+                           candidate_sets=["sbert"], metadata=metadata)
+
+
+BUILD = {
+    "command": "reddit-amazon build --inputs dumps/ --meta meta/ --seed 7",
+    "options": {"seed": 7, "salt": "pepper-secret-123", "llm_model": "gpt-3.5-turbo", "openai_api_key": "sk-live"},
+    "inputs": [{"path": "dumps/RC_2023-01.zst", "bytes": 123456, "sha256": "ab" * 32},
+               {"path": "meta/meta_All_Beauty.jsonl", "bytes": 789, "sha256": "cd" * 32}],
+    "package_versions": {"datasets": "5.2.0", "reddit-amazon": "0.1.0"},
+    "started_utc": "2026-11-26T01:00:00Z",
+    "finished_utc": "2026-11-26T02:30:00Z",
+    "seed": 7,
+}
+FUNNEL = [
+    {"stage": "prefilter", "kept": 900, "dropped": {"no_amazon_link": 99100}},
+    {"stage": "relevance", "kept": 40, "dropped": {"no": 800, "uncertain": 60}},
+    {"stage": "assemble", "kept": 5, "dropped": {}},
+]
+
+
+@pytest.fixture
+def built(tmp_path) -> Path:
+    folder = tmp_path / "built"
+    write_dataset(folder, controlled_contents({"build": BUILD, "funnel": FUNNEL}))
+    return folder
+
+
+def test_controlled_card_counts_turns_pairs_images_and_shared_threads(built):
+    card = (built / "README.md").read_text(encoding="utf-8")
+    assert_card_matches_loaded_dataset(card, built)
+    beauty = {row["Dataset"]: row for row in markdown_table_after(card, "## Statistics", "Dataset")}["Beauty"]
+    # turns: (3+1) + (1+1) + (2+1) + (4+1); images: ASINs 0, 2, 4; URLs: 0+1+2+0+1+2
+    assert [beauty[k] for k in ["# Conv.", "# Turns", "# Items", "# Images", "# Image URLs"]] == [
+        "4", "14", "6", "3", "6"]
+    assert "1 thread ids appear in more than one split (beauty 1)" in card
+    coverage = {(row["column"], row["domain"]): row for row in
+                markdown_table_after(card, "### Candidate sets", "column")}
+    # r1: 1 of 2 gt in candidates; r2: 0 of 1 -> 1/3 over the 2 records that have candidates
+    assert coverage[("`candidates_sbert`", "beauty")]["gt in candidates"] == "0.3333"
+    assert coverage[("`candidates_sbert`", "beauty")]["records with candidates"] == "2"
+    assert "2 of 7 items have an `image_description`" in card
+
+
+def test_build_record_funnel_and_checksums_are_rendered(built):
+    card = (built / "README.md").read_text(encoding="utf-8")
+    assert BUILD["command"] in card
+    for entry in BUILD["inputs"]:
+        assert entry["sha256"] in card and entry["path"] in card
+    funnel = markdown_table_after(card, "### Funnel", "stage")
+    assert [(r["stage"], r["kept"], r["dropped"]) for r in funnel] == [
+        ("prefilter", "900", "99,100"), ("relevance", "40", "860"), ("assemble", "5", "0")]
+    assert funnel[1]["dropped by reason"] == "no: 800, uncertain: 60"
+    assert "`datasets` | 5.2.0" not in card and "| datasets | 5.2.0 |" in card
+    assert_no_placeholders(card)
+    assert_valid_hub_yaml(built / "README.md", ["sbert"])
+
+
+def test_secrets_in_build_options_never_reach_the_card(built):
+    card = (built / "README.md").read_text(encoding="utf-8")
+    assert "pepper-secret-123" not in card and "sk-live" not in card
+    assert "| `salt` | (set; not shown) |" in card
+    assert "`manifest.json` records the salt" in card  # the datasheet warns: the manifest itself is published
+
+
+def test_datasheet_measures_personal_data_patterns_and_authors(built):
+    card = (built / "README.md").read_text(encoding="utf-8")
+    # texts = context turns (3+1+2+4+2 = 12) + recommending comments (5)
+    assert "1 of 17 texts mention a Reddit username (`u/…`), 1 contain an e-mail-address-like string and 1 a " \
+           "phone-number-like string" in card
+    # authored turns: submissions (5) + odd-numbered replies (r1: 1, r4: 1) = 7 of 12
+    assert "(7 of 12 context turns, 1 distinct pseudonyms)" in card
+    assert "date from 2022-04-15 to 2022-04-15 (UTC)" in card
+    assert "embeds the main image of 4 of 7 items" in card
+
+
+def test_imported_dataset_says_no_funnel_exists(tmp_path):
+    folder = tmp_path / "imported"
+    source = "LaViC authors' release (data/), imported with `reddit-amazon import-lavic`"
+    write_dataset(folder, controlled_contents({"source": source, "text_repair": False}))
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert f"This dataset was imported from {source}; no build funnel exists." in card
+    assert "importer's text repair was off" in card
+    assert_no_placeholders(card)
+
+
+def test_dataset_without_authors_images_or_times_says_so(tmp_path):
+    record = Conversation("x1", "home", "", "sub", None, [Turn("submission", "need a lamp", "")], [], "B000000001",
+                          ["B000000001"])
+    folder = tmp_path / "bare"
+    write_dataset(folder, DatasetContents({"home": {"test": [record]}}, {"home": [Item("B000000001", "home")]}, "0.0.1"))
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert "No turn carries an author" in card
+    assert "their time span is not known" in card
+    assert "embeds no images: they are distributed as URLs only" in card
+    assert "thread separation between splits cannot be checked" in card
+    assert "manifest has no build record, so no build command or input checksums exist" in card
+    assert_no_placeholders(card)
+    assert_card_matches_loaded_dataset(card, folder)
+
+
+def test_refresh_card_rerenders_after_a_manifest_edit(built):
+    manifest = json.loads((built / "manifest.json").read_text())
+    manifest["funnel"][0]["kept"] = 901
+    (built / "manifest.json").write_text(json.dumps(manifest))
+    refresh_card(built)
+    rows = markdown_table_after((built / "README.md").read_text(encoding="utf-8"), "### Funnel", "stage")
+    assert rows[0]["kept"] == "901"
+
+
+def test_card_command_refuses_a_folder_without_manifest(tmp_path):
+    result = CliRunner().invoke(cli, ["card", str(tmp_path)])
+    assert result.exit_code != 0 and "no manifest.json" in result.output
+    help_text = CliRunner().invoke(cli, ["card", "--help"]).output
+    assert "Examples:" in help_text and "reddit-amazon card" in help_text
