@@ -1,0 +1,112 @@
+"""Turn the kept conversations and their items into the dataset folder.
+
+* Splits 8:1:1 per domain **by thread**: all records of a Reddit thread land in one split, so no
+  conversation prefix is shared between train and test. The thread order is a hash of
+  ``seed:domain:thread_id``: deterministic, and independent of input order.
+* Candidates: ``NUM_CANDIDATES`` items per record from each retriever, searched over the domain's
+  items, with the record's ``context`` as the query. The gt item is not inserted when missed
+  (as in the paper's release, HR@1 is then bounded by retrieval recall).
+* Table-1 statistics, then :func:`reddit_amazon.dataset_folder.write_dataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from reddit_amazon.schema import DOMAINS, NUM_CANDIDATES, SPLITS, Conversation, Item
+
+SPLIT_RATIOS: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+
+def split_by_thread(conversations: Iterable[Conversation], seed: int) -> dict[str, dict[str, list[Conversation]]]:
+    """``{domain: {split: records}}``; records sorted by ``example_id`` inside each split.
+
+    Threads are taken in hash order and each goes to train until train holds 80% of the domain's
+    records, then to validation until 90%, then to test.
+    """
+    threads: dict[str, dict[str, list[Conversation]]] = defaultdict(lambda: defaultdict(list))
+    for conversation in conversations:
+        threads[conversation.domain][conversation.thread_id].append(conversation)
+    result: dict[str, dict[str, list[Conversation]]] = {}
+    bounds = (SPLIT_RATIOS[0], SPLIT_RATIOS[0] + SPLIT_RATIOS[1])
+    for domain in DOMAINS:
+        by_thread = threads.get(domain, {})
+        total = sum(len(records) for records in by_thread.values())
+        order = sorted(by_thread, key=lambda t: hashlib.sha256(f"{seed}:{domain}:{t}".encode()).hexdigest())
+        splits: dict[str, list[Conversation]] = {split: [] for split in SPLITS}
+        assigned = 0
+        for thread_id in order:
+            share = assigned / total
+            split = SPLITS[0] if share < bounds[0] else SPLITS[1] if share < bounds[1] else SPLITS[2]
+            splits[split].extend(by_thread[thread_id])
+            assigned += len(by_thread[thread_id])
+        result[domain] = {split: sorted(records, key=lambda r: r.example_id) for split, records in splits.items()}
+    return result
+
+
+@dataclass
+class CandidateReport:
+    """Which candidate sets were computed, and gt recall@10 per set and domain."""
+
+    computed: list[str]
+    recall: dict[str, dict[str, float]]  # set -> domain -> share of (record, gt) pairs found
+    skipped_domains: dict[str, str]  # domain -> why no candidates (e.g. fewer items than NUM_CANDIDATES)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def add_candidates(splits: Mapping[str, Mapping[str, list[Conversation]]], items: Mapping[str, Sequence[Item]],
+                   retrievers: Sequence[Any], *,
+                   progress: Callable[[Iterable, int, str], Iterable] | None = None) -> CandidateReport:
+    """Fill ``conversation.candidates[retriever.candidate_set_name]`` for every record in place."""
+    from benchmark.retrieval import item_text
+
+    report = CandidateReport(computed=[r.candidate_set_name for r in retrievers], recall={}, skipped_domains={})
+    work = [(retriever, domain) for retriever in retrievers for domain in DOMAINS]
+    steps = progress(work, len(work), "candidates") if progress else work
+    for retriever, domain in steps:
+        records = [r for split in SPLITS for r in splits.get(domain, {}).get(split, [])]
+        catalog = sorted(items.get(domain, []), key=lambda item: item.item_id)
+        if not records:
+            continue
+        if len(catalog) < NUM_CANDIDATES:
+            report.skipped_domains[domain] = f"{len(catalog)} items < {NUM_CANDIDATES}"
+            continue
+        pairs = [(item.item_id, item_text(item.title)) for item in catalog]
+        ranked = retriever.top_k([r.context for r in records], pairs, k=NUM_CANDIDATES)
+        hits = pairs_total = 0
+        for record, candidates in zip(records, ranked, strict=True):
+            record.candidates[retriever.candidate_set_name] = list(candidates)
+            hits += sum(gt in candidates for gt in record.gt_items)
+            pairs_total += len(record.gt_items)
+        report.recall.setdefault(retriever.candidate_set_name, {})[domain] = round(hits / pairs_total, 4)
+    return report
+
+
+def table1_stats(splits: Mapping[str, Mapping[str, list[Conversation]]],
+                 items: Mapping[str, Sequence[Item]]) -> dict[str, dict[str, int]]:
+    """The paper's Table 1 per domain: conversations, turns (context turns + the recommendation),
+    items (distinct ids of the domain's items split) and images (items with an embedded image)."""
+    stats = {}
+    for domain in DOMAINS:
+        records = [r for split in SPLITS for r in splits.get(domain, {}).get(split, [])]
+        domain_items = {item.item_id: item for item in items.get(domain, [])}
+        stats[domain] = {
+            "conversations": len(records),
+            "turns": sum(len(r.turns) + 1 for r in records),
+            "items": len(domain_items),
+            "images": sum(item.image is not None for item in domain_items.values()),
+        }
+    return stats
+
+
+def items_by_domain(items: Iterable[Item]) -> dict[str, list[Item]]:
+    grouped: dict[str, list[Item]] = {domain: [] for domain in DOMAINS}
+    for item in items:
+        grouped[item.domain].append(item)
+    return {domain: sorted(group, key=lambda item: item.item_id) for domain, group in grouped.items()}

@@ -1,0 +1,645 @@
+"""`reddit-amazon build`: Reddit dumps + Amazon Reviews 2023 -> the dataset folder, stage by stage.
+
+Stages, each resumable (its outputs are written atomically, then a ``stage.json`` stamp holding a
+key of its inputs and options; a rerun with the same key reuses them):
+
+1. ``reddit``    candidate conversations from the dumps (:mod:`reddit_amazon.pipeline`)
+2. ``catalog``   child -> parent ASINs, metadata join, domains (:mod:`reddit_amazon.catalog`)
+3. ``relevance`` the Table 9 LLM filter (:mod:`reddit_amazon.relevance`; answers cached in SQLite)
+4. ``images``    main image of every kept item (:mod:`reddit_amazon.images`; a resumable store)
+5. ``assemble``  splits, candidates, Table-1 statistics, Parquet + card + manifest
+                 (:mod:`reddit_amazon.assemble`, :func:`reddit_amazon.dataset_folder.write_dataset`)
+
+Without ``--inputs`` the bundled sample inputs are used: the whole pipeline runs offline, with the
+relevance answers and images pre-recorded in the caches that a real build fills.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import orjson
+
+from reddit_amazon import DATASET_VERSION
+
+if TYPE_CHECKING:  # the schema imports `datasets`; keep `reddit-amazon --help` fast
+    from reddit_amazon.schema import Conversation, Item
+
+SAMPLE_INPUTS = Path(__file__).resolve().parent / "sample" / "inputs"
+SAMPLE_REDDIT = SAMPLE_INPUTS / "reddit"
+SAMPLE_AMAZON = SAMPLE_INPUTS / "amazon"
+SAMPLE_IMAGES = SAMPLE_INPUTS / "images"
+SAMPLE_RELEVANCE_CACHE = SAMPLE_INPUTS / "relevance-cache.sqlite"
+STAGE_STAMP = "stage.json"
+#: The sample's authors are invented, so its pseudonym salt may be public: it makes the sample reproducible.
+SAMPLE_SALT = "reddit-amazon-sample"
+#: Reddit-stage options of a sample build: offline (its links are all full product URLs), public salt.
+SAMPLE_REDDIT_OPTIONS = {"salt": SAMPLE_SALT, "resolve_short_links": False}
+RELEVANCE_CACHE = "relevance-cache.sqlite"
+VERSIONED_PACKAGES = ("reddit-amazon", "datasets", "pyarrow", "huggingface-hub", "openai", "pillow", "requests",
+                      "datatrove", "zstandard", "sentence-transformers", "torch", "bm25s", "numpy")
+
+
+class BuildError(click.ClickException):
+    """A build cannot go on; the message says why and what to do."""
+
+
+@dataclass
+class BuildOptions:
+    inputs: list[str]
+    meta: list[str]
+    reviews: list[str]
+    out: Path
+    workdir: Path
+    seed: int = 0
+    version: str = DATASET_VERSION
+    domain_map: str | None = None
+    llm_base_url: str | None = None
+    llm_model: str = "gpt-3.5-turbo"
+    llm_template: str | None = None
+    llm_concurrency: int = 8
+    llm_cache: Path | None = None
+    no_filter: bool = False
+    dry_run: bool = False
+    retrievers: list[str] = field(default_factory=lambda: ["sbert"])
+    images: bool = True
+    image_store: Path | None = None
+    image_concurrency: int = 8
+    push_to_hub: str | None = None
+    private: bool = False
+    reddit: dict[str, Any] = field(default_factory=dict)  # RedditStageOptions fields
+    sample: bool = False  # inputs are the bundled sample (seed the caches from it)
+
+    def record(self) -> dict[str, Any]:
+        """Every option, JSON-ready, for the manifest; the pseudonym salt is never written out."""
+        record = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(self).items()}
+        record["reddit"] = _redact_salt(record["reddit"])
+        return record
+
+
+def _redact_salt(reddit: dict[str, Any]) -> dict[str, Any]:
+    return {k: ("<redacted>" if k == "salt" else v) for k, v in reddit.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers: stage stamps, atomic JSONL, input identities
+# --------------------------------------------------------------------------------------------
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _stamp_matches(folder: Path, key: str) -> bool:
+    stamp = folder / STAGE_STAMP
+    return stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")).get("key") == key
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _write_atomic(path, json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    _write_atomic(path, b"".join(orjson.dumps(row) + b"\n" for row in rows))
+
+
+def _read_conversations(path: Path, *, require_domain: bool) -> list[Conversation]:
+    from reddit_amazon.schema import Conversation
+
+    conversations = []
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                conversations.append(Conversation.from_row(orjson.loads(line), where=f"{path}:{number}",
+                                                           require_domain=require_domain))
+    return conversations
+
+
+def _read_items(path: Path) -> list[Item]:
+    from reddit_amazon.schema import Item
+
+    with open(path, "rb") as handle:
+        return [Item.from_row(orjson.loads(line), where=f"{path}:{n}") for n, line in enumerate(handle, 1)
+                if line.strip()]
+
+
+def _identity(sources: Iterable[str]) -> list[Any]:
+    """Cheap identity of input files (path, size, mtime) for stage keys; hub specs as written."""
+    out: list[Any] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_file():
+            stat = path.stat()
+            out.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+        else:
+            out.append(source)
+    return out
+
+
+def _file_inputs(sources: Iterable[str], workdir: Path) -> list[dict[str, Any]]:
+    """``[{path, bytes, sha256}]``; hashes are cached by (path, size, mtime) so resumes skip re-reading."""
+    cache_path = workdir / "input-hashes.json"
+    cache = _read_json(cache_path) if cache_path.is_file() else {}
+    records = []
+    for source in sources:
+        path = Path(source)
+        if not path.is_file():
+            records.append({"path": source, "bytes": None, "sha256": None})
+            continue
+        stat = path.stat()
+        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in cache:
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            cache[key] = digest.hexdigest()
+        records.append({"path": str(path), "bytes": stat.st_size, "sha256": cache[key]})
+    _write_json(cache_path, cache)
+    return records
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _tqdm(description: str):
+    from tqdm.auto import tqdm
+
+    def wrap(iterable: Iterable, total: int, *_: Any) -> Iterable:
+        return tqdm(iterable, total=total, desc=description, unit="it", dynamic_ncols=True)
+
+    return wrap
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageResult:
+    conversations: list[Conversation]
+    funnel: list[dict[str, Any]]
+    report: dict[str, Any] = field(default_factory=dict)
+    items: list[Item] = field(default_factory=list)
+    key: str = ""
+
+
+def _dump_files(inputs: Sequence[str]) -> list[Path]:
+    from reddit_amazon.dumps import is_dump_file
+
+    files: list[Path] = []
+    for spec in inputs:
+        path = Path(spec)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_dump_file(p))
+            if not found:
+                raise BuildError(f"--inputs {path}: no dump files (.zst, .jsonl, .ndjson) inside")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise BuildError(f"--inputs {path}: no such file or folder")
+    return files
+
+
+def reddit_stage(options: BuildOptions, console) -> StageResult:
+    from reddit_amazon.pipeline import RedditStageOptions, run_reddit_stage
+
+    files = _dump_files(options.inputs)
+    key = _key("reddit", _identity(map(str, files)), options.reddit)
+    folder = options.workdir / "reddit"
+    if not _stamp_matches(folder, key):
+        console.print(f"[bold]1/5 reddit[/]: candidate conversations from {len(files)} dump file(s)")
+        run_reddit_stage(files, options.workdir, RedditStageOptions(**options.reddit))
+        _write_json(folder / STAGE_STAMP, {"key": key})
+    else:
+        console.print("[bold]1/5 reddit[/]: reusing the finished stage")
+    conversations = []
+    for path in sorted((folder / "conversations").glob("*.jsonl")):
+        conversations.extend(_read_conversations(path, require_domain=False))
+    raw = _read_json(folder / "funnel.json")
+    if raw.get("incomplete_files"):
+        for path, error in raw["incomplete_files"].items():
+            console.print(f"  [yellow]incomplete dump[/] {path}: {error}")
+    return StageResult(conversations=conversations, funnel=reddit_funnel(raw), key=key, report=raw)
+
+
+#: How the Reddit stage's flat funnel.json becomes record-level funnel stages: (stage, kept key, dropped keys).
+REDDIT_FUNNEL_STAGES = (
+    ("reddit: comments linking Amazon products", "comments_with_links",
+     ("malformed_json", "invalid_utf8", "missing_fields", "not_an_object", "prefilter_hit_without_product_link",
+      "submission_with_amazon_text", "duplicate_recommending_comment")),
+    ("reddit: comments with ASINs", "comments_with_asins", ("only_unresolved_short_links",)),
+    ("reddit: threads rebuilt", "threads_rebuilt", ("submission_missing", "ancestor_missing", "broken_parent_chain")),
+)
+
+
+def reddit_funnel(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """``[{stage, kept, dropped}]`` from the Reddit stage's ``funnel.json`` (kept whole in the manifest too)."""
+    dropped = raw.get("dropped", {})
+    return [{"stage": stage, "kept": int(raw.get(kept, 0)),
+             "dropped": {reason: int(dropped[reason]) for reason in reasons if dropped.get(reason)}}
+            for stage, kept, reasons in REDDIT_FUNNEL_STAGES]
+
+
+def catalog_stage(options: BuildOptions, upstream: StageResult, console) -> StageResult:
+    from reddit_amazon import catalog
+
+    meta_sources = catalog.expand_sources(options.meta, catalog.META_FILE_PATTERN)
+    review_sources = catalog.expand_sources(options.reviews, catalog.REVIEW_FILE_PATTERN)
+    domain_map = catalog.parse_domain_map(options.domain_map)
+    key = _key("catalog", upstream.key, _identity(meta_sources), _identity(review_sources), domain_map)
+    folder = options.workdir / "catalog"
+    if _stamp_matches(folder, key):
+        console.print("[bold]2/5 catalog[/]: reusing the finished stage")
+    else:
+        console.print(f"[bold]2/5 catalog[/]: {len(review_sources)} review and {len(meta_sources)} metadata source(s)")
+        wanted = {a for c in upstream.conversations for a in [*c.gt_items, *c.context_items]}
+        loaded, read_report = catalog.load_catalog(meta_sources, review_sources, wanted, domain_map)
+        joined = catalog.join_conversations(upstream.conversations, loaded)
+        report = {
+            **read_report.as_dict(),
+            "domain_map": domain_map,
+            "gt_links": dict(joined.gt_links),
+            "context_links": dict(joined.context_links),
+            "child_asins_mapped_to_parent": joined.child_to_parent,
+        }
+        funnel = [{"stage": "catalog: join with Amazon Reviews 2023", "kept": len(joined.conversations),
+                   "dropped": dict(sorted(joined.dropped.items()))}]
+        _write_rows(folder / "conversations.jsonl", (c.to_row() for c in joined.conversations))
+        _write_rows(folder / "items.jsonl", (i.to_row() for i in sorted(joined.items.values(),
+                                                                         key=lambda i: i.item_id)))
+        _write_json(folder / "report.json", {"report": report, "funnel": funnel})
+        _write_json(folder / STAGE_STAMP, {"key": key})
+        for example in read_report.meta["bad_line_examples"] + read_report.reviews["bad_line_examples"]:
+            console.print(f"  [yellow]skipped bad line[/] {example}")
+    saved = _read_json(folder / "report.json")
+    return StageResult(conversations=_read_conversations(folder / "conversations.jsonl", require_domain=True),
+                       items=_read_items(folder / "items.jsonl"), funnel=saved["funnel"], report=saved["report"],
+                       key=key)
+
+
+def _filter_options(options: BuildOptions):
+    from reddit_amazon.relevance import FilterOptions, load_template
+
+    return FilterOptions(model=options.llm_model, base_url=options.llm_base_url,
+                         template=load_template(options.llm_template), concurrency=options.llm_concurrency)
+
+
+def _relevance_cache_path(options: BuildOptions) -> Path:
+    return options.llm_cache or options.workdir / RELEVANCE_CACHE
+
+
+def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> StageResult:
+    from reddit_amazon.relevance import AnswerCache, RelevanceError, run_filter
+
+    if options.no_filter:
+        console.print("[bold]3/5 relevance[/]: skipped (--no-filter)")
+        funnel = [{"stage": "relevance filter (skipped: --no-filter)", "kept": len(upstream.conversations),
+                   "dropped": {}}]
+        return StageResult(conversations=upstream.conversations, items=upstream.items, funnel=funnel,
+                           report={"skipped": True}, key=_key("relevance", upstream.key, "skipped"))
+    filter_options = _filter_options(options)
+    template_sha = hashlib.sha256(filter_options.template.encode()).hexdigest()
+    key = _key("relevance", upstream.key, filter_options.model, template_sha)
+    folder = options.workdir / "relevance"
+    if _stamp_matches(folder, key):
+        console.print("[bold]3/5 relevance[/]: reusing the finished stage")
+    else:
+        console.print(f"[bold]3/5 relevance[/]: Table 9 filter with {filter_options.model} "
+                      f"on {len(upstream.conversations)} conversation(s)")
+        with AnswerCache(_relevance_cache_path(options)) as cache:
+            try:
+                result = run_filter(upstream.conversations, cache, filter_options,
+                                    api_key=os.environ.get("OPENAI_API_KEY"), progress=_tqdm("relevance"))
+            except RelevanceError as error:
+                raise BuildError(str(error)) from error
+        dropped = {label: n for label, n in sorted(result.counts.items()) if label != "yes"}
+        funnel = [{"stage": "relevance filter (Table 9)", "kept": len(result.kept), "dropped": dropped}]
+        report = {"model": filter_options.model, "base_url": filter_options.base_url, "template_sha256": template_sha,
+                  "labels": dict(sorted(result.counts.items())), "calls_made": result.calls_made}
+        _write_rows(folder / "conversations.jsonl", (c.to_row() for c in result.kept))
+        _write_json(folder / "report.json", {"report": report, "funnel": funnel})
+        _write_json(folder / STAGE_STAMP, {"key": key})
+    saved = _read_json(folder / "report.json")
+    kept = _read_conversations(folder / "conversations.jsonl", require_domain=True)
+    referenced = {a for c in kept for a in [*c.gt_items, *c.context_items]}
+    return StageResult(conversations=kept, items=[i for i in upstream.items if i.item_id in referenced],
+                       funnel=saved["funnel"], report=saved["report"], key=key)
+
+
+def images_stage(options: BuildOptions, upstream: StageResult, console) -> StageResult:
+    from reddit_amazon.images import ImageOptions, ImageStore, failure_reasons, fetch_images
+
+    items = upstream.items
+    if not options.images:
+        console.print("[bold]4/5 images[/]: skipped (--no-images)")
+        for item in items:
+            item.image, item.image_error = None, "not_fetched: built with --no-images"
+        return StageResult(conversations=upstream.conversations, items=items, funnel=[],
+                           report={"skipped": True}, key=upstream.key)
+    store = ImageStore(options.image_store or options.workdir / "images")
+    console.print(f"[bold]4/5 images[/]: main image of {len(items)} item(s) into {store.folder}")
+    outcomes = fetch_images([(i.item_id, i.image_urls) for i in items], store,
+                            ImageOptions(concurrency=options.image_concurrency), progress=_tqdm("images"))
+    for item in items:
+        outcome = outcomes[item.item_id]
+        item.image = outcome.path.read_bytes() if outcome.path is not None else None
+        item.image_error = outcome.error
+    report = {"items": len(items), "with_image": sum(o.path is not None for o in outcomes.values()),
+              "downloaded": sum(o.downloaded for o in outcomes.values()),
+              "without_image": dict(sorted(failure_reasons(outcomes).items()))}
+    return StageResult(conversations=upstream.conversations, items=items, funnel=[], report=report,
+                       key=upstream.key)
+
+
+def _make_retrievers(options: BuildOptions) -> list[Any]:
+    from benchmark.retrieval import get_retriever
+
+    retrievers = []
+    for name in options.retrievers:
+        settings: dict[str, Any] = {}
+        if name in ("sbert", "openai-emb"):
+            settings["cache_dir"] = options.workdir / "embeddings"
+        try:
+            retrievers.append(get_retriever(name, **settings))
+        except ValueError as error:
+            raise BuildError(f"--retrievers: {error}") from error
+    return retrievers
+
+
+def assemble_stage(options: BuildOptions, upstream: StageResult, funnel: list[dict[str, Any]],
+                   reports: dict[str, Any], started: datetime, console) -> dict[str, Any]:
+    from reddit_amazon.assemble import add_candidates, items_by_domain, split_by_thread, table1_stats
+    from reddit_amazon.dataset_folder import DatasetContents, write_dataset
+
+    console.print(f"[bold]5/5 assemble[/]: splits, candidates ({', '.join(options.retrievers) or 'none'}), "
+                  f"Parquet into {options.out}")
+    splits = split_by_thread(upstream.conversations, options.seed)
+    items = items_by_domain(upstream.items)
+    candidates = add_candidates(splits, items, _make_retrievers(options), progress=_tqdm("candidates"))
+    inputs = _file_inputs([*map(str, _dump_files(options.inputs)), *_catalog_files(options)], options.workdir)
+    metadata = {
+        "build": {
+            "command": command_line(options),
+            "options": options.record(),
+            "inputs": inputs,
+            "package_versions": package_versions(),
+            "started_utc": started.isoformat(timespec="seconds"),
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seed": options.seed,
+        },
+        "funnel": funnel,
+        "stats": table1_stats(splits, items),
+        "build_reports": {**reports, "candidates": candidates.as_dict()},
+    }
+    contents = DatasetContents(conversations=splits, items=items, version=options.version,
+                               candidate_sets=candidates.computed, metadata=metadata)
+    return write_dataset(options.out, contents)
+
+
+def _catalog_files(options: BuildOptions) -> list[str]:
+    from reddit_amazon import catalog
+
+    return [*catalog.expand_sources(options.meta, catalog.META_FILE_PATTERN),
+            *catalog.expand_sources(options.reviews, catalog.REVIEW_FILE_PATTERN)]
+
+
+def command_line(options: BuildOptions) -> str:
+    """The command that reproduces this build (defaults left out)."""
+    defaults = BuildOptions(inputs=[], meta=[], reviews=[], out=Path("reddit-amazon"), workdir=Path())
+    args = ["reddit-amazon", "build"]
+    if not options.sample:
+        for name in ("inputs", "meta", "reviews"):
+            for value in getattr(options, name):
+                args += [f"--{name}", value]
+    args += ["--out", str(options.out), "--workdir", str(options.workdir)]
+    simple = {"seed": "--seed", "version": "--version", "domain_map": "--domain-map", "llm_base_url": "--llm-base-url",
+              "llm_model": "--llm-model", "llm_template": "--llm-template", "llm_cache": "--llm-cache",
+              "image_store": "--image-store", "push_to_hub": "--push-to-hub"}
+    for attribute, flag in simple.items():
+        value = getattr(options, attribute)
+        if value != getattr(defaults, attribute):
+            args += [flag, str(value)]
+    if options.retrievers != defaults.retrievers:
+        args += ["--retrievers", ",".join(options.retrievers) or "none"]
+    args += ["--no-filter"] if options.no_filter else []
+    args += ["--no-images"] if not options.images else []
+    reddit = {k: v for k, v in options.reddit.items() if not (options.sample and SAMPLE_REDDIT_OPTIONS.get(k) == v)}
+    for name, value in sorted(_redact_salt(reddit).items()):
+        flag = name.replace("_", "-")
+        args += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
+    return shlex.join(args)
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestration
+# --------------------------------------------------------------------------------------------
+
+
+def _seed_sample_caches(options: BuildOptions) -> None:
+    """Copy the bundled pre-recorded answers and images into the workdir (never written in place)."""
+    cache = _relevance_cache_path(options)
+    if not cache.exists():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SAMPLE_RELEVANCE_CACHE, cache)
+    store = options.image_store or options.workdir / "images"
+    store.mkdir(parents=True, exist_ok=True)
+    for path in SAMPLE_IMAGES.iterdir():
+        if not (store / path.name).exists():
+            shutil.copyfile(path, store / path.name)
+
+
+def run_build(options: BuildOptions, console=None) -> dict[str, Any] | None:
+    """Run every stage; returns the manifest (``None`` for ``--dry-run``)."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    started = datetime.now(timezone.utc)
+    options.workdir.mkdir(parents=True, exist_ok=True)
+    if options.sample:
+        _seed_sample_caches(options)
+    reddit = reddit_stage(options, console)
+    joined = catalog_stage(options, reddit, console)
+    if options.dry_run:
+        print_dry_run(options, joined, console)
+        return None
+    filtered = relevance_stage(options, joined, console)
+    with_images = images_stage(options, filtered, console)
+    funnel = reddit.funnel + joined.funnel + filtered.funnel
+    reports = {"reddit": reddit.report, "catalog": joined.report, "relevance": filtered.report,
+               "images": with_images.report}
+    manifest = assemble_stage(options, with_images, funnel, reports, started, console)
+    print_summary(manifest, console)
+    if options.push_to_hub:
+        from reddit_amazon.dataset_folder import push_to_hub
+
+        commit = push_to_hub(options.out, options.push_to_hub, private=options.private,
+                             token=os.environ.get("HF_TOKEN"))
+        console.print(f"pushed to https://huggingface.co/datasets/{options.push_to_hub} ({commit})")
+    return manifest
+
+
+def print_dry_run(options: BuildOptions, joined: StageResult, console) -> None:
+    from reddit_amazon.images import ImageStore
+    from reddit_amazon.relevance import AnswerCache, plan_filter
+
+    console.print("[bold]dry run[/]: nothing below is called or downloaded")
+    if options.no_filter:
+        console.print("  relevance filter: skipped (--no-filter)")
+    else:
+        filter_options = _filter_options(options)
+        with AnswerCache(_relevance_cache_path(options)) as cache:
+            plan = plan_filter(joined.conversations, cache, filter_options)
+        console.print(f"  relevance filter ({filter_options.model}): {plan.records} conversations, "
+                      f"{plan.cached} answered in the cache, [bold]{plan.calls} API calls[/], "
+                      f"~{plan.approx_total_tokens:,} tokens (approximate: 4 characters per token)")
+    if options.images:
+        store = ImageStore(options.image_store or options.workdir / "images")
+        missing = sum(not store.has(i.item_id) for i in joined.items)
+        console.print(f"  images: {len(joined.items)} items joined, {missing} not in the store yet "
+                      "(before the filter; fewer after it)")
+
+
+def print_summary(manifest: dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    funnel = Table(title="Build funnel")
+    for column in ("stage", "kept", "dropped by reason"):
+        funnel.add_column(column, justify="right" if column == "kept" else "left")
+    for stage in manifest["funnel"]:
+        reasons = ", ".join(f"{reason}: {n:,}" for reason, n in stage["dropped"].items()) or "-"
+        funnel.add_row(stage["stage"], f"{stage['kept']:,}", reasons)
+    console.print(funnel)
+    stats = Table(title="Dataset (Table 1)")
+    for column in ("domain", "conversations", "turns", "items", "images", "train", "validation", "test"):
+        stats.add_column(column, justify="left" if column == "domain" else "right")
+    for domain, values in manifest["stats"].items():
+        counts = manifest["counts"][domain]
+        stats.add_row(domain, *(f"{values[k]:,}" for k in ("conversations", "turns", "items", "images")),
+                      *(f"{counts.get(s, 0):,}" for s in ("train", "validation", "test")))
+    console.print(stats)
+    images = manifest["build_reports"]["images"]
+    if images.get("without_image"):
+        console.print(f"items without an image: {images['without_image']}")
+    console.print(f"dataset {manifest['version']} ({manifest['fingerprint'][:12]}) written")
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def _split_list(values: Sequence[str]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip() and part.strip() != "none"]
+
+
+@click.command("build")
+@click.option("--inputs", multiple=True, help="Reddit dump files or folders (.zst/.jsonl). Default: the bundled sample.")
+@click.option("--meta", multiple=True, help="Amazon Reviews 2023 meta_<Category>.jsonl(.gz) files/folders, or "
+              "hub:<repo>:<config> (e.g. hub:McAuley-Lab/Amazon-Reviews-2023:raw_meta_All_Beauty).")
+@click.option("--reviews", multiple=True, help="Amazon Reviews 2023 review files/folders (asin -> parent_asin), or "
+              "hub:<repo>:<config>.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("reddit-amazon"), show_default=True,
+              help="Dataset folder to write.")
+@click.option("--workdir", type=click.Path(path_type=Path), help="Intermediate files and caches (resumable). "
+              "Default: <out>.work")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the thread-level 8:1:1 splits.")
+@click.option("--version", "version", default=DATASET_VERSION, show_default=True, help="Dataset version (semver).")
+@click.option("--domain-map", help="main_category -> domain: a JSON file or 'All Beauty=beauty;AMAZON FASHION=fashion'.")
+@click.option("--llm-base-url", help="OpenAI-compatible endpoint for the relevance filter (key: OPENAI_API_KEY).")
+@click.option("--llm-model", default="gpt-3.5-turbo", show_default=True, help="Model of the relevance filter.")
+@click.option("--llm-template", type=click.Path(exists=True, dir_okay=False), help="Prompt template replacing "
+              "the paper's Table 9 (must contain {conversation}).")
+@click.option("--llm-concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--llm-cache", type=click.Path(path_type=Path), help="SQLite answer cache. Default: <workdir>/"
+              f"{RELEVANCE_CACHE}")
+@click.option("--no-filter", is_flag=True, help="Keep every candidate conversation (no LLM calls).")
+@click.option("--dry-run", is_flag=True, help="Run the local stages, then report LLM calls, tokens and images needed.")
+@click.option("--retrievers", multiple=True, default=["sbert"], show_default=True,
+              help="Candidate retrievers, comma-separated: sbert, bm25, openai-emb (or none).")
+@click.option("--images/--no-images", default=True, show_default=True, help="Download and embed item images.")
+@click.option("--image-store", type=click.Path(path_type=Path), help="Image store folder. Default: <workdir>/images")
+@click.option("--image-concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--push-to-hub", metavar="REPO", help="Publish the folder as a Hub dataset (token: HF_TOKEN).")
+@click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")
+@click.option("--salt", help="Salt of the author pseudonyms (Reddit stage).")
+@click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), help="Reddit stage executor.")
+@click.option("--workers", type=click.IntRange(1, 4096), help="Reddit stage parallel tasks.")
+@click.option("--resolve-short-links/--no-resolve-short-links", default=None,
+              help="Resolve amzn.to / a.co links over the network (Reddit stage).")
+def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map, llm_base_url, llm_model,
+                  llm_template, llm_concurrency, llm_cache, no_filter, dry_run, retrievers, images, image_store,
+                  image_concurrency, push_to_hub, private, salt, executor, workers, resolve_short_links) -> None:
+    """Build the dataset folder from Reddit dumps and Amazon Reviews 2023, printing the funnel.
+
+    With no arguments, builds the bundled sample end to end, offline.
+
+    \b
+    Examples:
+      reddit-amazon build                                   # bundled sample -> ./reddit-amazon
+      reddit-amazon build --dry-run --inputs dumps/ --meta amazon/ --reviews amazon/
+      reddit-amazon build --inputs dumps/ --meta amazon/ --reviews amazon/ \\
+          --retrievers sbert,bm25,openai-emb --out reddit-amazon --push-to-hub me/reddit-amazon
+      reddit-amazon build --inputs dumps/ --meta amazon/ --reviews amazon/ \\
+          --llm-base-url http://localhost:8000/v1 --llm-model Qwen/Qwen2.5-7B-Instruct
+    """
+    sample = not inputs
+    if sample and (meta or reviews):
+        raise click.UsageError("--meta/--reviews need --inputs (without --inputs the bundled sample is built)")
+    if not sample and not meta:
+        raise click.UsageError("--inputs needs --meta (Amazon Reviews 2023 metadata files or hub: specs)")
+    reddit = {"salt": salt, "executor": executor, "workers": workers, "resolve_short_links": resolve_short_links}
+    if sample:
+        reddit = {**reddit, **{k: v for k, v in SAMPLE_REDDIT_OPTIONS.items() if reddit[k] is None}}
+    options = BuildOptions(
+        inputs=[str(SAMPLE_REDDIT)] if sample else list(inputs),
+        meta=[str(SAMPLE_AMAZON)] if sample else list(meta),
+        reviews=[str(SAMPLE_AMAZON)] if sample else list(reviews),
+        out=out, workdir=workdir or out.with_name(out.name + ".work"), seed=seed, version=version,
+        domain_map=domain_map, llm_base_url=llm_base_url, llm_model=llm_model, llm_template=llm_template,
+        llm_concurrency=llm_concurrency, llm_cache=llm_cache, no_filter=no_filter, dry_run=dry_run,
+        retrievers=_split_list(retrievers), images=images, image_store=image_store,
+        image_concurrency=image_concurrency, push_to_hub=push_to_hub, private=private,
+        reddit={k: v for k, v in reddit.items() if v is not None}, sample=sample,
+    )
+    try:
+        run_build(options)
+    except (ValueError, OSError) as error:  # CatalogError, SchemaError, unreadable files: name the source
+        raise BuildError(str(error)) from error
