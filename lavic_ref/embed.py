@@ -12,12 +12,15 @@ import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from lavic_ref.model import Backbone, adapter_fingerprint, cls_embeddings, decode_image, subimage_pixels
-from reddit_amazon.schema import Item
+
+if TYPE_CHECKING:
+    from reddit_amazon.schema import Item
 
 
 def embeddings_filename(base: str, adapter: str | os.PathLike | None) -> str:

@@ -1,0 +1,255 @@
+"""Speed and memory of LaViC fine-tuning and inference: cached item embeddings vs recomputing the vision tower.
+
+Builds the llava-v1.6-mistral-7b architecture from its config with random weights (no download), bf16 on a
+GPU, LoRA on the LM (r=8), gradient checkpointing, and measures in one run:
+
+* one fine-tuning step (batch 1, 10 candidates x 5 item tokens) with our cached embeddings (one gather + one
+  ``masked_scatter``; vision tower off the GPU) vs the research code's step, which recomputes the vision
+  tower for all 50 sub-images and inserts them with a Python loop over positions, with and without its
+  per-step CPU image preprocessing (the authors' collator runs inside the training step);
+* peak GPU memory of each;
+* inference throughput (records/s) of batched greedy generation (10 new tokens, left padding) both ways.
+
+Ratios are printed from the same run. ``--tiny`` runs the same code at a tiny size (CPU works).
+
+    python benchmarks/lavic_gpu.py --seq-len 512 1024 2048   # real 7B size, needs a GPU with ~40 GB
+    python benchmarks/lavic_gpu.py --tiny --steps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from lavic_ref.embed import ItemEmbeddings  # noqa: E402
+from lavic_ref.model import LANGUAGE_LORA_TARGETS, SUBIMAGES_PER_ITEM, cls_embeddings, inner_model, \
+    insert_item_embeddings, lora_config  # noqa: E402
+
+CANDIDATES = 10
+ITEM_TOKEN_IDS = list(range(5, 10))  # any five ids work for random weights
+
+
+def real_config():
+    """llava-hf/llava-v1.6-mistral-7b-hf's architecture, with the 5-sub-image grid."""
+    from transformers import CLIPVisionConfig, LlavaNextConfig, MistralConfig
+
+    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
+    text = MistralConfig(vocab_size=32064, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
+                         rope_theta=1_000_000.0, sliding_window=None, rms_norm_eps=1e-5)
+    return LlavaNextConfig(vision_config=vision, text_config=text, image_token_id=32000,
+                           image_grid_pinpoints=[[672, 672]], vision_feature_layer=-2,
+                           vision_feature_select_strategy="default")
+
+
+def image_processor(side: int):
+    from transformers import LlavaNextImageProcessor
+
+    return LlavaNextImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                                   image_grid_pinpoints=[[2 * side, 2 * side]])
+
+
+def prompt_ids(seq_len: int, vocab: int, candidates: int, generator: torch.Generator) -> torch.Tensor:
+    """A prompt of ``seq_len`` random text tokens with 5 item tokens per candidate in its second half."""
+    ids = torch.randint(20, vocab, (seq_len,), generator=generator)
+    start = seq_len // 2
+    stride = max(6, (seq_len - start - 8) // candidates)
+    for c in range(candidates):
+        position = start + c * stride
+        ids[position:position + SUBIMAGES_PER_ITEM] = torch.tensor(ITEM_TOKEN_IDS)
+    return ids
+
+
+def research_insert(inputs_embeds: torch.Tensor, input_ids: torch.Tensor, cls_states: torch.Tensor) -> torch.Tensor:
+    """The authors' insertion: a Python loop over batch rows, candidates and views with ``.item()`` per position."""
+    inputs_embeds = inputs_embeds.clone()
+    item_ids = torch.tensor(ITEM_TOKEN_IDS, device=input_ids.device)
+    for row in range(input_ids.shape[0]):
+        positions = torch.nonzero(torch.isin(input_ids[row], item_ids)).squeeze(-1)
+        for c in range(cls_states.shape[1]):
+            for view in range(cls_states.shape[2]):
+                column = positions[c * cls_states.shape[2] + view].item()
+                inputs_embeds[row, column, :] = cls_states[row, c, view, :]
+    return inputs_embeds
+
+
+def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> tuple[float, float]:
+    """Median seconds per call and peak GPU memory (GiB; 0 on CPU)."""
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+    return statistics.median(times), peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny random model (CPU is fine)")
+    parser.add_argument("--seq-len", type=int, nargs="+", default=[1024],
+                        help="prompt tokens per record; several values are measured on one model build")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--gen-batch", type=int, default=8, help="records per generation batch")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    from peft import get_peft_model
+    from transformers import LlavaNextForConditionalGeneration
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.tiny:
+        from tiny_llava import tiny_configs
+
+        config = tiny_configs()
+        seq_lens = [min(n, 256) for n in args.seq_len]
+    else:
+        config = real_config()
+        seq_lens = args.seq_len
+    side = config.vision_config.image_size
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    with torch.device(device):
+        model = LlavaNextForConditionalGeneration(config)
+    torch.set_default_dtype(default_dtype)
+    model.requires_grad_(False)
+    model = get_peft_model(model, lora_config(LANGUAGE_LORA_TARGETS))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    build_s = time.perf_counter() - start
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5, weight_decay=1e-5)
+    inner = inner_model(model)
+    embed_tokens = model.get_input_embeddings()
+    processor = image_processor(side)
+    generator = torch.Generator().manual_seed(0)
+    vocab = config.text_config.vocab_size
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    images = [Image.new("RGB", (side + 37 * k, side + 23 * (9 - k)), (25 * k, 90, 200 - 15 * k)) for k in range(10)]
+    pixels_gpu = processor(images, return_tensors="pt")["pixel_values"].to(device, dtype)
+    catalog_size = 2000
+    item_cache = ItemEmbeddings({f"I{i:09d}": torch.randn(SUBIMAGES_PER_ITEM, config.text_config.hidden_size)
+                                 for i in range(catalog_size)}).to(device, dtype)
+    candidate_ids = [f"I{i:09d}" for i in range(0, catalog_size, catalog_size // CANDIDATES)][:CANDIDATES]
+    item_token_ids = torch.tensor(ITEM_TOKEN_IDS, device=device)
+    gen_pixels = pixels_gpu.repeat(args.gen_batch, 1, 1, 1, 1)
+    gen_candidates = candidate_ids * args.gen_batch
+
+    def research_vision(pixel_values: torch.Tensor, records: int) -> torch.Tensor:
+        with torch.no_grad():
+            cls = inner.vision_tower(pixel_values.flatten(0, 1)).last_hidden_state[:, 0]
+            return inner.multi_modal_projector(cls).view(records, CANDIDATES, SUBIMAGES_PER_ITEM, -1)
+
+    cases = []
+    for seq_len in seq_lens:
+        input_ids = prompt_ids(seq_len, vocab, CANDIDATES, generator)[None].to(device)
+        labels = torch.full_like(input_ids, -100)
+        labels[0, -4:] = input_ids[0, -4:]
+        gen_ids = torch.stack([prompt_ids(seq_len, vocab, CANDIDATES, generator)
+                               for _ in range(args.gen_batch)]).to(device)
+        gen_mask = torch.ones_like(gen_ids)
+        gen_mask[: args.gen_batch // 2, : seq_len // 8] = 0  # left padding on half of the batch
+        cases.append({"seq_len": seq_len, "input_ids": input_ids, "labels": labels, "gen_ids": gen_ids,
+                      "gen_mask": gen_mask})
+
+    def train_step(case: dict, inputs_embeds: torch.Tensor) -> None:
+        with autocast:
+            loss = model(inputs_embeds=inputs_embeds, attention_mask=torch.ones_like(case["input_ids"]),
+                         labels=case["labels"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def generate(case: dict, inputs_embeds: torch.Tensor) -> None:
+        model.eval()
+        with torch.inference_mode(), autocast:
+            model.generate(inputs_embeds=inputs_embeds, attention_mask=case["gen_mask"], max_new_tokens=10,
+                           min_new_tokens=10, do_sample=False, pad_token_id=0)
+        model.train()
+
+    def research_step(case: dict, preprocess: bool) -> None:
+        pixels = processor(images, return_tensors="pt")["pixel_values"].to(device, dtype) if preprocess else pixels_gpu
+        cls = research_vision(pixels, 1)
+        train_step(case, research_insert(embed_tokens(case["input_ids"]), case["input_ids"], cls))
+
+    def research_generate(case: dict) -> None:
+        with torch.no_grad():
+            embeds = research_insert(embed_tokens(case["gen_ids"]), case["gen_ids"],
+                                     research_vision(gen_pixels, args.gen_batch))
+        generate(case, embeds)
+
+    def cached_step(case: dict) -> None:
+        embeds = insert_item_embeddings(embed_tokens(case["input_ids"]), case["input_ids"], item_token_ids,
+                                        item_cache.stack(candidate_ids))
+        train_step(case, embeds)
+
+    def cached_generate(case: dict) -> None:
+        with torch.no_grad():
+            embeds = insert_item_embeddings(embed_tokens(case["gen_ids"]), case["gen_ids"], item_token_ids,
+                                            item_cache.stack(gen_candidates))
+        generate(case, embeds)
+
+    results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                     "size": "tiny" if args.tiny else "llava-v1.6-mistral-7b architecture",
+                     "build_s": round(build_s, 1), "gen_batch": args.gen_batch, "cases": []}
+    model.train()
+    gen_steps = max(2, args.steps // 2)
+    for case in cases:  # research code first: it needs the vision tower on the device
+        row = {"seq_len": case["seq_len"]}
+        row["research_step_s"], row["research_step_peak_gib"] = measure(
+            lambda: research_step(case, True), device, args.warmup, args.steps)
+        row["research_step_gpu_only_s"], row["research_step_gpu_only_peak_gib"] = measure(
+            lambda: research_step(case, False), device, args.warmup, args.steps)
+        seconds, _ = measure(lambda: research_generate(case), device, 1, gen_steps)
+        row["research_records_per_s"] = args.gen_batch / seconds
+        results["cases"].append(row)
+    # Ours: once item embeddings are cached the vision tower and projector leave the device.
+    inner.vision_tower.to("cpu")
+    inner.multi_modal_projector.to("cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    for case, row in zip(cases, results["cases"]):
+        row["cached_step_s"], row["cached_step_peak_gib"] = measure(
+            lambda: cached_step(case), device, args.warmup, args.steps)
+        seconds, _ = measure(lambda: cached_generate(case), device, 1, gen_steps)
+        row["cached_records_per_s"] = args.gen_batch / seconds
+        row["step_speedup"] = row["research_step_s"] / row["cached_step_s"]
+        row["step_speedup_gpu_only"] = row["research_step_gpu_only_s"] / row["cached_step_s"]
+        if device.type == "cuda":
+            row["peak_memory_ratio"] = row["cached_step_peak_gib"] / row["research_step_peak_gib"]
+        row["inference_speedup"] = row["cached_records_per_s"] / row["research_records_per_s"]
+
+    print(f"device {results['device']}, {results['size']}, build {results['build_s']} s, "
+          f"generation batch {args.gen_batch}")
+    for row in results["cases"]:
+        print(f"\n-- prompt of {row['seq_len']} tokens, 10 candidates x 5 item tokens --")
+        for key, value in row.items():
+            print(f"{key:32s} {value:.4g}" if isinstance(value, float) else f"{key:32s} {value}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
