@@ -1,0 +1,263 @@
+"""Model card of the reference LaViC (written by ``lavic-ref`` next to its adapters).
+
+Measured facts (hyperparameters, training time and hardware, benchmark results) come from the caller;
+the paper's numbers come from :data:`cards.paper.PAPER_RESULTS` and are shown beside ours.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from cards.markdown import code_block, duration, inline_code, table
+from cards.paper import PAPER_DOI, PAPER_RESULTS, PAPER_TITLE, TABLE_CANDIDATES, paper_lavic
+from cards.template import read_template
+from reddit_amazon.schema import DOMAINS
+
+MODEL_NAME = "LaViC (reddit-amazon reference)"
+METRICS = {"hr@1": "HR@1", "vr": "VR"}
+OVERALL_KEYS = ("all", "overall")  # benchmark writes "all"; older results used "overall"
+#: ``lavic`` plugin options that take a file written by ``lavic-ref``.
+PLUGIN_FILE_OPTIONS = ("distill_adapter", "rec_adapter", "item_embeddings")
+
+DEFAULT_LIMITATIONS: tuple[str, ...] = (
+    "It chooses among 10 retrieved candidates and cannot recommend an item the retriever missed: HR@1 is "
+    "bounded by the candidate set's recall (the dataset card reports it per domain).",
+    "It sees each candidate's ID, title and main image (5 CLS-position embeddings per image); price, reviews, "
+    "availability and the other images are unknown to it.",
+    "Trained and evaluated only on English Reddit conversations about beauty, fashion and home products; other "
+    "domains, languages or a live shopping assistant are untested.",
+    "The recommendation is an item ID parsed from generated text; a VR below 1 means some outputs named no "
+    "candidate.",
+    "It inherits the biases of its base model and of Reddit and Amazon data, and was not evaluated for "
+    "differences across user groups.",
+    "Our results sit beside the paper's only as a reference: the paper used the authors' own build and test "
+    "split, which a `reddit-amazon build` approximates but does not reproduce record for record.",
+)
+
+
+def render_model_card(*, base_model: str, adapters: Mapping[str, Any], hyperparameters: Mapping[str, Any],
+                      data: Mapping[str, Any], training: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
+                      limitations: Sequence[str] | None = None) -> str:
+    """README.md for the folder holding the LaViC adapters: Hub YAML plus the card body.
+
+    ``training`` may hold ``time_s`` (float) and ``hardware`` (str), and any further measured entries;
+    ``results`` are parsed ``results.json`` files of ``benchmark run``.
+    """
+    card_data = ModelCardData(
+        base_model=base_model,
+        library_name="peft",
+        pipeline_tag="image-text-to-text",
+        tags=["lavic", "llava-next", "lora", "conversational-recommendation", "reddit-amazon"],
+        model_name=MODEL_NAME,
+        eval_results=_eval_results(results) or None,
+    )
+    sections = [
+        _summary(base_model),
+        _key_values("## Adapters", adapters, "No adapter files were given."),
+        _key_values("## Data and splits", data, "The training data was not recorded."),
+        _hyperparameters(hyperparameters),
+        _training(training),
+        _results(results),
+        _paper_tables(),
+        "## Limitations\n\n" + "\n".join(f"- {text}" for text in (limitations or DEFAULT_LIMITATIONS)),
+        _usage(base_model, adapters),
+        "## Citation\n\n" + code_block(read_template("citation.bib").split("\n\n")[0], "bibtex"),
+    ]
+    body = "\n\n".join(section.strip() for section in sections) + "\n"
+    return str(ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}"))
+
+
+def _summary(base_model: str) -> str:
+    return (
+        f"# {MODEL_NAME}\n\n"
+        f"LoRA adapters that turn `{base_model}` into LaViC, the visually-aware conversational recommender of "
+        f"*{PAPER_TITLE}* (Jeon et al., KDD'25, doi:{PAPER_DOI}), reimplemented in the `reddit-amazon` toolkit. "
+        "Stage 1 (visual knowledge self-distillation) trains a LoRA on the vision tower and projector so that 5 "
+        "CLS-position embeddings per image (one per sub-image) let the frozen language model reproduce the "
+        "image description it wrote from all 2,885 image tokens (5 sub-images x 577). Stage 2 (recommendation "
+        "fine-tuning) trains a LoRA on the language model to read a Reddit conversation and 10 candidates (ID, "
+        "title, 5 item embeddings each) and answer with the ID of the recommended item. Every number below was "
+        "measured by the run that wrote this card, except those labelled as the paper's."
+    )
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            rows += _flatten(value, f"{name}.")
+        else:
+            rows.append((name, value))
+    return rows
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, (list, tuple, dict)):
+        return inline_code(json.dumps(value, ensure_ascii=False))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return inline_code(value) if isinstance(value, str) else str(value)
+
+
+def _key_values(heading: str, mapping: Mapping[str, Any], absent: str) -> str:
+    if not mapping:
+        return f"{heading}\n\n{absent}"
+    return f"{heading}\n\n" + table(["", "value"], [[inline_code(k), _value(v)] for k, v in _flatten(mapping)])
+
+
+def _hyperparameters(hyperparameters: Mapping[str, Any]) -> str:
+    paper = ("The paper uses LoRA r=8, alpha=32, dropout 0.1 in both stages; batch size 4 for distillation and 1 "
+             "for fine-tuning; learning rate and weight decay picked on validation from {5e-5, 1e-5, 5e-6, 1e-6} "
+             "x {1e-2, 1e-3, 1e-4, 1e-5, 0}; up to 5 epochs; at most 128 generated description tokens and 2K input "
+             "tokens (Section 5.1).")
+    return _key_values("## Hyperparameters", hyperparameters, "The hyperparameters were not recorded.") \
+        + "\n\n" + paper
+
+
+def _training(training: Mapping[str, Any]) -> str:
+    time_s = training.get("time_s")
+    hardware = training.get("hardware")
+    lines = [
+        f"- Training time: {duration(float(time_s))}, measured." if time_s is not None
+        else "- Training time was not recorded.",
+        f"- Hardware: {hardware}." if hardware else "- The hardware was not recorded.",
+    ]
+    others = {k: v for k, v in training.items() if k not in ("time_s", "hardware")}
+    text = "## Training\n\n" + "\n".join(lines)
+    if others:
+        text += "\n\n" + table(["", "value"], [[inline_code(k), _value(v)] for k, v in _flatten(others)])
+    return text + "\n\nThe paper trained on one NVIDIA A100 40GB GPU (Section 5.1)."
+
+
+def _metric(result: Mapping[str, Any], metric: str, group: str) -> Mapping[str, Any] | None:
+    groups = result.get("metrics", {}).get(metric, {})
+    if group == "all":
+        return next((groups[k] for k in OVERALL_KEYS if k in groups), None)
+    return groups.get(group)
+
+
+def _interval(entry: Mapping[str, Any] | None) -> str:
+    if entry is None:
+        return "—"
+    if entry.get("ci95"):
+        low, high = entry["ci95"]
+    elif entry.get("ci_low") is not None and entry.get("ci_high") is not None:
+        low, high = entry["ci_low"], entry["ci_high"]
+    else:
+        return "—"
+    return f"[{low:.4f}, {high:.4f}]"
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _name(value: Any, *keys: str) -> str:
+    if isinstance(value, Mapping):
+        return str(next((value[k] for k in keys if value.get(k)), json.dumps(value, sort_keys=True)))
+    return str(value)
+
+
+def _results(results: Sequence[Mapping[str, Any]]) -> str:
+    if not results:
+        return ("## Results\n\nNo benchmark results were given to this card: run `benchmark run --model lavic` "
+                "and write the card again with its `results.json`.")
+    parts = ["## Results",
+             "HR@1 counts (record, gt item) pairs; VR counts records; 95% bootstrap intervals over records. The "
+             "paper's values are its reported LaViC numbers for the same candidate set (Table 3: SBERT, Table 5: "
+             "OpenAI-emb-large)."]
+    for result in results:
+        candidates = str(result.get("candidates", ""))
+        paper = paper_lavic(candidates)
+        dataset = result.get("dataset", {})
+        heading = (f"### {_name(result.get('model'), 'name', 'spec')} on {_name(dataset, 'id')}"
+                   f" ({result.get('split', 'split not recorded')}, candidates `{candidates}`)")
+        details = []
+        if isinstance(dataset, Mapping) and dataset.get("fingerprint"):
+            details.append(f"Dataset version `{dataset.get('version', 'unknown')}`, fingerprint "
+                           f"`{dataset['fingerprint']}`.")
+        details.append(f"Paper column: Table {next(t for t, c in TABLE_CANDIDATES.items() if c == candidates)}."
+                       if paper else f"The paper reports no results for candidate set `{candidates}`.")
+        rows = []
+        for group in [*DOMAINS, "all"]:
+            hr1, vr = _metric(result, "hr@1", group), _metric(result, "vr", group)
+            if hr1 is None and vr is None:
+                continue
+            rows.append([
+                group,
+                _number(hr1 and hr1.get("value")), _interval(hr1),
+                _number(paper.hr1_of(group)) if paper and group in DOMAINS else "—",
+                _number(vr and vr.get("value")), _interval(vr),
+                _number(paper.vr_of(group)) if paper and group in DOMAINS else "—",
+                _pairs(hr1),
+            ])
+        parts += [heading, " ".join(details),
+                  table(["domain", "HR@1", "95% CI", "paper HR@1", "VR", "95% CI", "paper VR", "pairs"], rows,
+                        numeric=[False, True, False, True, True, False, True, True])]
+    return "\n\n".join(parts)
+
+
+def _pairs(entry: Mapping[str, Any] | None) -> str:
+    if entry is None or entry.get("denominator") is None:
+        return "—"
+    return f"{int(entry['denominator']):,}"
+
+
+def _paper_tables() -> str:
+    parts = ["## The paper's Tables 3 and 5",
+             "As reported (HR@1 / VR per domain; retrieval baselines rank the full catalog, so they have no VR):"]
+    for number, candidates in TABLE_CANDIDATES.items():
+        rows = [[row.group, row.method,
+                 *(value for d in DOMAINS for value in (_number(row.hr1_of(d)), _number(row.vr_of(d))))]
+                for row in PAPER_RESULTS if row.table == number]
+        headers = ["group", "method", *(f"{d} {m}" for d in DOMAINS for m in ("HR@1", "VR"))]
+        parts += [f"Table {number} (candidates `{candidates}`):",
+                  table(headers, rows, numeric=[False, False, *(True for _ in range(6))])]
+    return "\n\n".join(parts)
+
+
+def _usage(base_model: str, adapters: Mapping[str, Any]) -> str:
+    args = [f"base={base_model}"] + [f"{k}={adapters[k]}" for k in PLUGIN_FILE_OPTIONS if adapters.get(k)]
+    command = f"benchmark run --model lavic --model-args {','.join(args)} --dataset reddit-amazon --split test"
+    return ("## Use\n\n" + code_block(command, "bash") + "\n\nThe `lavic` plugin is registered by the "
+            "`reddit-amazon` package; `--candidates sbert` or `--candidates openai_large` selects the candidate set.")
+
+
+def _hub_dataset_id(dataset_id: str) -> str:
+    """A Hub repo id as is; a local folder becomes the dataset's name (a path means nothing on the Hub)."""
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", dataset_id) and not Path(dataset_id).exists():
+        return dataset_id
+    return "reddit-amazon"
+
+
+def _eval_results(results: Sequence[Mapping[str, Any]]) -> list[EvalResult]:
+    evals = []
+    for result in results:
+        dataset = result.get("dataset", {})
+        dataset_id = _hub_dataset_id(_name(dataset, "id"))
+        for metric, metric_name in METRICS.items():
+            for domain in DOMAINS:
+                entry = _metric(result, metric, domain)
+                if entry is None or entry.get("value") is None:
+                    continue
+                evals.append(EvalResult(
+                    task_type="image-text-to-text",
+                    task_name="Visually-aware conversational recommendation",
+                    dataset_type=dataset_id,
+                    dataset_name=f"Reddit-Amazon {domain}",
+                    dataset_config=domain,
+                    dataset_split=str(result.get("split", "test")),
+                    dataset_args={"candidates": str(result.get("candidates", ""))},
+                    dataset_revision=dataset.get("version") if isinstance(dataset, Mapping) else None,
+                    metric_type=metric,
+                    metric_name=metric_name,
+                    metric_value=round(float(entry["value"]), 6),
+                ))
+    return evals
