@@ -1,0 +1,71 @@
+"""Finding recommenders: built-ins, entry points, module:Class, file.py:Class; --model-args parsing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from benchmark import registry
+from benchmark.registry import RegistryError, build, parse_model_args, resolve
+
+
+def test_builtins_resolve_without_heavy_imports():
+    code = ("import sys; from benchmark.registry import resolve; import benchmark.cli, benchmark.runner; "
+            "[resolve(n) for n in ('random', 'bm25', 'sbert', 'openai-chat', 'hf-vlm')]; "
+            "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers', 'bm25s') if m in sys.modules))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "[]"
+
+
+def test_lavic_is_found_through_its_entry_point():
+    assert "lavic" in registry.available_names()
+    points = [ep for ep in registry.entry_points(group=registry.ENTRY_POINT_GROUP) if ep.name == "lavic"]
+    assert points[0].value == "lavic_ref.recommender:LavicRecommender"
+
+
+def test_third_party_entry_point(monkeypatch):
+    point = EntryPoint(name="third-party", value="benchmark.recommenders.random_choice:RandomRecommender",
+                       group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [point] if group == registry.ENTRY_POINT_GROUP else [])
+    resolved, instance = build("third-party", {"seed": 5})
+    assert resolved.source == "entry point" and instance.seed == 5
+    broken = EntryPoint(name="broken", value="no_such_package.mod:Thing", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [broken])
+    with pytest.raises(RegistryError, match="'broken'.*failed to load: ModuleNotFoundError"):
+        resolve("broken")
+
+
+def test_module_and_file_specs(tmp_path):
+    assert resolve("benchmark.recommenders.random_choice:RandomRecommender").source == "module"
+    plugin = tmp_path / "plug.py"
+    plugin.write_text("class Mine:\n    def recommend(self, examples):\n        return []\n")
+    assert resolve(f"{plugin}:Mine").source == "file"
+    with pytest.raises(RegistryError, match="has no 'Mien'.*Did you mean: Mine"):
+        resolve(f"{plugin}:Mien")
+    with pytest.raises(RegistryError, match="no such file"):
+        resolve(f"{tmp_path}/absent.py:Mine")
+    with pytest.raises(RegistryError, match="cannot import"):
+        resolve("no_such_module_xyz:Thing")
+
+
+def test_unknown_name_did_you_mean():
+    with pytest.raises(RegistryError, match="unknown recommender 'opanai-chat'. Did you mean: openai-chat"):
+        resolve("opanai-chat")
+
+
+def test_bad_constructor_args_are_reported():
+    with pytest.raises(RegistryError, match="does not accept --model-args"):
+        build("random", {"sed": 1})
+
+
+def test_model_args_parsing():
+    assert parse_model_args("") == {}
+    assert parse_model_args("model=llava-hf/x,with_images=true,batch_size=8,temperature=0.5,device=none") == {
+        "model": "llava-hf/x", "with_images": True, "batch_size": 8, "temperature": 0.5, "device": None}
+    assert parse_model_args("base_url=http://127.0.0.1:8000/v1") == {"base_url": "http://127.0.0.1:8000/v1"}
+    assert parse_model_args("name=007") == {"name": "007"}  # not valid JSON: kept as text
+    with pytest.raises(RegistryError, match="expected key=value"):
+        parse_model_args("oops")

@@ -1,0 +1,203 @@
+"""`benchmark run` end to end on synthetic dataset folders: outputs, caching/resume, errors, CLI, report, compare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from benchmark.cli import cli
+from benchmark.data import DatasetError
+from benchmark.registry import RegistryError
+from benchmark.runner import RunConfig, RunError, run
+from benchmark.synthetic import make_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "ds", records_per_domain=12,
+                                  items_per_domain=40, candidate_sets=("sbert", "bm25"))
+
+
+class LastCandidate:
+    """Answers with chatter around the last candidate's id; counts calls."""
+
+    def __init__(self, fail_after_batches: int | None = None) -> None:
+        self.batch_size = 5
+        self.fail_after_batches = fail_after_batches
+        self.seen: list[str] = []
+
+    def recommend(self, examples):
+        if self.fail_after_batches is not None and len(self.seen) >= self.fail_after_batches * self.batch_size:
+            raise KeyboardInterrupt  # what an interrupted run looks like
+        self.seen.extend(e.example_id for e in examples)
+        return [f"I'd go with {e.candidates[-1].item_id} for sure" for e in examples]
+
+
+def _gt_rows(dataset: Path) -> list[dict]:
+    import datasets
+
+    rows = []
+    for domain in ("beauty", "fashion", "home"):
+        rows.extend(datasets.load_dataset(str(dataset), domain, split="test").to_list())
+    return rows
+
+
+def test_results_and_predictions_match_an_independent_count(dataset, tmp_path):
+    results = run(RunConfig(model="last", dataset=str(dataset), bootstrap_samples=200), tmp_path / "run",
+                  recommender=LastCandidate(), progress=False)
+    rows = _gt_rows(dataset)
+    pairs = sum(len(r["gt_items"]) for r in rows)
+    hits = sum(r["candidates_sbert"][-1] == g for r in rows for g in r["gt_items"])
+    assert pairs > len(rows)  # the synthetic set has multi-gt records
+    assert results["metrics"]["hr@1"]["all"]["value"] == pytest.approx(hits / pairs)
+    assert results["metrics"]["vr"]["all"]["value"] == 1.0
+    for domain in ("beauty", "fashion", "home"):
+        mine = [r for r in rows if r["domain"] == domain]
+        expected = sum(r["candidates_sbert"][-1] == g for r in mine for g in r["gt_items"]) / \
+            sum(len(r["gt_items"]) for r in mine)
+        assert results["metrics"]["hr@1"][domain]["value"] == pytest.approx(expected)
+        low, high = results["metrics"]["hr@1"][domain]["ci95"]
+        assert low <= expected <= high
+    assert results["counts"]["all"] == {"records": 36, "gt_pairs": pairs, "hits": hits, "valid": 36}
+    assert results["dataset"]["fingerprint"] == json.loads((dataset / "manifest.json").read_text())["fingerprint"]
+    assert results["split"] == "test" and results["candidates"] == "sbert"
+    for key in ("model", "timings", "package_version", "git_revision", "bootstrap"):
+        assert key in results
+    lines = [orjson.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_bytes().splitlines()]
+    assert [line["example_id"] for line in lines] == [r["example_id"] for r in rows]
+    first = lines[0]
+    assert first["output"].startswith("I'd go with ") and first["parsed"] == rows[0]["candidates_sbert"][-1]
+    assert {"valid", "hit", "hits", "gt_pairs"} <= set(first)
+
+
+def test_interrupted_run_resumes_and_finished_run_is_reused(dataset, tmp_path):
+    config = RunConfig(model="last", dataset=str(dataset), domain="beauty", bootstrap_samples=50)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path, recommender=LastCandidate(fail_after_batches=1), progress=False)
+    assert len((tmp_path / "predictions.jsonl").read_bytes().splitlines()) == 5
+    with open(tmp_path / "predictions.jsonl", "ab") as handle:
+        handle.write(b'{"example_id": "beauty-te')  # a torn line from a crash mid-write
+    second = LastCandidate()
+    results = run(config, tmp_path, recommender=second, progress=False)
+    assert len(second.seen) == 7 and results["timings"]["resumed_records"] == 5
+    assert results["counts"]["all"]["records"] == 12
+    third = LastCandidate()
+    again = run(config, tmp_path, recommender=third, progress=False)
+    assert third.seen == [] and again == results
+    fourth = LastCandidate()
+    run(config, tmp_path, recommender=fourth, overwrite=True, progress=False)
+    assert len(fourth.seen) == 12
+
+
+def test_a_different_run_in_the_same_folder_is_refused(dataset, tmp_path):
+    run(RunConfig(model="random", dataset=str(dataset), domain="home", bootstrap_samples=0), tmp_path, progress=False)
+    with pytest.raises(RunError, match="differs in: model_args"):
+        run(RunConfig(model="random", model_args={"seed": 3}, dataset=str(dataset), domain="home"), tmp_path,
+            progress=False)
+
+
+def test_missing_candidate_set_lists_the_available_ones(dataset, tmp_path):
+    with pytest.raises(DatasetError, match="'openai_large' was not computed.*available: sbert, bm25"):
+        run(RunConfig(model="random", dataset=str(dataset), candidates="openai_large"), tmp_path, progress=False)
+    with pytest.raises(DatasetError, match="no 'validation' split"):
+        run(RunConfig(model="random", dataset=str(dataset), domain="home", split="validation"), tmp_path / "b",
+            progress=False)
+
+
+def test_unknown_model_suggests_names(dataset, tmp_path):
+    with pytest.raises(RegistryError, match="Did you mean: sbert"):
+        run(RunConfig(model="sbret", dataset=str(dataset)), tmp_path, progress=False)
+
+
+def test_plugin_from_file_with_model_args_and_limit(dataset, tmp_path):
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text(
+        "class Pick:\n"
+        "    def __init__(self, index=0):\n"
+        "        self.index = index\n"
+        "    def recommend(self, examples):\n"
+        "        return [e.candidates[self.index].item_id for e in examples]\n")
+    results = run(RunConfig(model=f"{plugin}:Pick", model_args={"index": 2}, dataset=str(dataset), limit=4,
+                            bootstrap_samples=0), tmp_path / "out", progress=False)
+    assert results["counts"]["all"]["records"] == 12  # 4 per domain
+    lines = [orjson.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_bytes().splitlines()]
+    rows = {r["example_id"]: r for r in _gt_rows(dataset)}
+    assert all(line["parsed"] == rows[line["example_id"]]["candidates_sbert"][2] for line in lines)
+
+
+def test_misbehaving_plugin_is_named(dataset, tmp_path):
+    class Short:
+        def recommend(self, examples):
+            return ["B000000001"]
+
+    with pytest.raises(RunError, match="returned 1 outputs for"):
+        run(RunConfig(model="short", dataset=str(dataset), batch_size=4), tmp_path, recommender=Short(),
+            progress=False)
+
+
+def test_examples_never_carry_the_ground_truth(dataset, tmp_path):
+    seen = []
+
+    class Spy:
+        def recommend(self, examples):
+            seen.extend(examples)
+            return ["" for _ in examples]
+
+    results = run(RunConfig(model="spy", dataset=str(dataset), domain="fashion", bootstrap_samples=0), tmp_path,
+                  recommender=Spy(), progress=False)
+    assert results["metrics"]["vr"]["all"]["value"] == 0.0
+    example = seen[0]
+    assert not hasattr(example, "gt_items") and not hasattr(example, "gt_text")
+    assert example.context.startswith("<submission>") and example.turns[0].kind == "submission"
+    assert len(example.candidates) == 10 and example.candidates[0].title
+    assert example.candidates[0].image.size == (8, 8)
+    assert example.candidates[0].image_path.read_bytes() == example.candidates[0].image_bytes
+
+
+def test_cli_run_report_compare(dataset, tmp_path):
+    runner = CliRunner()
+    for model in ("random", "bm25"):
+        result = runner.invoke(cli, ["run", "--model", model, "--dataset", str(dataset), "--out",
+                                     str(tmp_path / model), "--quiet", "--bootstrap-samples", "100"])
+        assert result.exit_code == 0, result.output
+        assert "hr@1" in result.output
+    bm25 = json.loads((tmp_path / "bm25" / "results.json").read_text())
+    random = json.loads((tmp_path / "random" / "results.json").read_text())
+    assert bm25["metrics"]["hr@1"]["all"]["value"] > random["metrics"]["hr@1"]["all"]["value"]
+    assert "recall@5" in bm25["metrics"] and "ndcg@10" in bm25["metrics"]
+    html = tmp_path / "site" / "board.html"
+    report = runner.invoke(cli, ["report", str(tmp_path / "random"), str(tmp_path / "bm25"), "--html", str(html)])
+    assert report.exit_code == 0, report.output
+    best = f"**{bm25['metrics']['hr@1']['beauty']['value']:.4f}**"
+    assert "| Method | Beauty HR@1 | Beauty VR |" in report.output and best in report.output
+    assert "<th colspan=2><i>Fashion</i></th>" in html.read_text()
+    compare = runner.invoke(cli, ["compare", str(tmp_path / "bm25"), str(tmp_path / "random"),
+                                  "--bootstrap-samples", "200"])
+    assert compare.exit_code == 0, compare.output
+    hr_all = next(line for line in compare.output.splitlines() if line.startswith("| hr@1 | all |"))
+    assert "+0." in hr_all.split("|")[5]
+    bad = runner.invoke(cli, ["run", "--model", "rnadom", "--dataset", str(dataset), "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "Did you mean: random" in bad.output
+
+
+def test_retrieve_over_the_full_catalog(dataset, tmp_path):
+    import datasets
+
+    from benchmark.retrieval import get_retriever
+
+    result = CliRunner().invoke(cli, ["retrieve", "--retriever", "bm25", "--dataset", str(dataset), "--domain",
+                                      "home", "--out", str(tmp_path), "--quiet", "--bootstrap-samples", "50"])
+    assert result.exit_code == 0, result.output
+    lines = [orjson.loads(x) for x in (tmp_path / "candidates.jsonl").read_bytes().splitlines()]
+    rows = datasets.load_dataset(str(dataset), "home", split="test").to_list()
+    items = datasets.load_dataset(str(dataset), "items", split="home").to_list()
+    expected = get_retriever("bm25").top_k([r["context"] for r in rows], [(i["item_id"], i["title"]) for i in items])
+    assert [line["candidates"] for line in lines] == expected
+    hits = sum(ranking[0] == g for ranking, r in zip(expected, rows) for g in r["gt_items"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["metrics"]["hr@1"]["home"]["value"] == hits / sum(len(r["gt_items"]) for r in rows)
+    assert "vr" not in results["metrics"] and results["candidate_set_name"] == "bm25"

@@ -1,0 +1,99 @@
+"""Parsing and counting rules of the reference evaluation, and the bootstrap machinery."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from benchmark.metrics import (
+    Outcome,
+    confidence_interval,
+    paired_difference,
+    parse_prediction,
+    ratios,
+    score,
+    summarize_by_domain,
+)
+
+
+@pytest.mark.parametrize("output, expected", [
+    ("B07XJ8C8F5", "B07XJ8C8F5"),
+    ("I recommend B07XJ8C8F5.", "B07XJ8C8F5"),
+    ("ID: B07XJ8C8F5: Red lipstick", "B07XJ8C8F5"),
+    ("first B000000001 then B000000002", "B000000001"),
+    ("0060188782", "0060188782"),  # all-digit (ISBN-10 style) ASIN
+    ("try 080442957X please", "080442957X"),  # ISBN-10 with X check character
+    ("XB07XJ8C8F5", None),  # no word boundary before B
+    ("B07XJ8C8F5X", None),  # 11 characters
+    ("b07xj8c8f5", None),  # the reference is case-sensitive
+    ("A07XJ8C8F5", None),  # letters but not starting with B
+    ("B07XJ8C8F", None),
+    ("B07XJ8C8F5_", None),  # "_" is a word character: no boundary
+    ("12345678901", None),
+    ("", None),
+    ("call 555-123-4567 or 0060188782", "0060188782"),
+])
+def test_parse_prediction_first_asin_shaped_token(output, expected):
+    assert parse_prediction(output) == expected
+
+
+def test_hr_counts_each_gt_item_and_vr_counts_records():
+    candidates = ["B000000001", "B000000002"]
+    outcomes = [
+        score("B000000001", ["B000000001", "B000000009"], candidates),  # 1 hit of 2 pairs, valid
+        score("B000000002", ["B000000001"], candidates),  # miss, valid
+        score(None, ["B000000002"], candidates),  # unparsable: miss, invalid
+        score("B000000009", ["B000000009"], candidates),  # hit outside the candidates: hit, invalid
+    ]
+    metrics = ratios(outcomes)
+    assert metrics["hr@1"].value == pytest.approx(2 / 5)
+    assert metrics["vr"].value == pytest.approx(2 / 4)
+    assert "recall@5" not in metrics
+
+
+def test_ranking_metrics_per_gt_pair():
+    ranking = [f"B00000000{i}" for i in range(10)]
+    outcome = score(ranking[0], ["B000000002", "B000000007"], ranking, ranking)
+    assert outcome.recall == (1, 2)  # k = 5, 10
+    assert outcome.ndcg[0] == pytest.approx(1 / math.log2(4))
+    assert outcome.ndcg[1] == pytest.approx(1 / math.log2(4) + 1 / math.log2(9))
+    metrics = ratios([outcome])
+    assert metrics["recall@5"].value == pytest.approx(0.5)
+    assert metrics["recall@10"].value == pytest.approx(1.0)
+
+
+def test_bootstrap_is_seeded_and_brackets_the_value():
+    rng = np.random.default_rng(1)
+    outcomes = [Outcome(pairs=1 + (i % 3 == 0), hits=int(rng.random() < 0.3), valid=bool(rng.random() < 0.9))
+                for i in range(400)]
+    hr = ratios(outcomes)["hr@1"]
+    first = confidence_interval(hr, samples=500, seed=7)
+    assert first == confidence_interval(hr, samples=500, seed=7)
+    assert first != confidence_interval(hr, samples=500, seed=8)
+    low, high = first
+    assert low < hr.value < high
+    assert 0.02 < high - low < 0.15  # ~ 4 standard errors of a proportion over ~530 pairs
+
+
+def test_summary_per_domain_and_overall():
+    outcomes = [Outcome(1, 1, True), Outcome(2, 1, True), Outcome(1, 0, False)]
+    metrics = summarize_by_domain(["beauty", "home", "home"], outcomes, samples=100, seed=0)
+    assert metrics["hr@1"]["beauty"]["value"] == 1.0
+    assert metrics["hr@1"]["home"]["value"] == pytest.approx(1 / 3)
+    assert metrics["hr@1"]["all"]["value"] == pytest.approx(2 / 4)
+    assert metrics["hr@1"]["all"]["numerator"] == 2 and metrics["hr@1"]["all"]["denominator"] == 4
+    assert metrics["vr"]["all"]["value"] == pytest.approx(2 / 3)
+    assert len(metrics["vr"]["all"]["ci95"]) == 2
+
+
+def test_paired_difference_detects_a_better_run_and_not_an_identical_one():
+    n = 300
+    better = ratios([Outcome(1, int(i % 2 == 0), True) for i in range(n)])["hr@1"]
+    worse = ratios([Outcome(1, int(i % 5 == 0), True) for i in range(n)])["hr@1"]
+    diff = paired_difference("hr@1", "all", better, worse, samples=500, seed=0)
+    assert diff.difference == pytest.approx(0.5 - 0.2)
+    assert diff.ci95[0] > 0 and diff.p_value < 0.01
+    same = paired_difference("hr@1", "all", better, better, samples=200, seed=0)
+    assert same.difference == 0 and same.ci95 == (0.0, 0.0) and same.p_value == 1.0

@@ -1,0 +1,148 @@
+"""Built-in recommenders against real code paths: loopback OpenAI-compatible server, tiny random LLaVA-NeXT."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from werkzeug import Response
+
+from benchmark.prompts import IMAGE_PLACEHOLDER, render_recommendation_prompt
+from benchmark.protocol import Candidate, Example
+from benchmark.recommenders.openai_chat import OpenAIChatRecommender
+from benchmark.recommenders.random_choice import RandomRecommender
+from benchmark.runner import RunConfig, run
+from benchmark.synthetic import make_synthetic_dataset
+from reddit_amazon.schema import Turn
+
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108020000009077"
+                    "53de0000000c4944415408d763f8cfc0000003010100c9fe92ef0000000049454e44ae426082")
+
+
+def _example(example_id: str = "e1", images: bool = True) -> Example:
+    candidates = tuple(Candidate(item_id=f"B00000000{i}", title=f"Item number {i}",
+                                 image_bytes=PNG if images and i != 2 else None) for i in range(4))
+    context = "<submission>Need a gift</submission>\n<comment>pick number 3</comment>\n"
+    return Example(example_id=example_id, domain="beauty", context=context,
+                   turns=(Turn("submission", "Need a gift"), Turn("comment", "pick number 3")),
+                   context_items=(), candidates=candidates)
+
+
+def test_prompt_is_table_11():
+    text = render_recommendation_prompt("<submission>hi</submission>\n", [("B000000001", "Red lipstick")], False)
+    assert text.startswith("You are an AI assistant specialized in providing personalized product recommendations")
+    assert "with their IDs and titles formatted as \"ID: title\". Among" in text
+    assert text.endswith("Conversation:\n<submission>hi</submission>\n\nCandidates:\nB000000001: Red lipstick")
+    with_images = render_recommendation_prompt("c", [("B000000001", "A"), ("B000000002", "B")], True)
+    assert "IDs, titles, and images formatted as \"ID: title\" followed by an image." in with_images
+    assert with_images.endswith(f"B000000001: A\n{IMAGE_PLACEHOLDER}\nB000000002: B\n{IMAGE_PLACEHOLDER}")
+
+
+def test_random_is_seeded_per_example_not_per_batch():
+    examples = [_example(f"e{i}") for i in range(20)]
+    recommender = RandomRecommender(seed=1)
+    together = recommender.rank(examples)
+    assert together == [r for e in examples for r in recommender.rank([e])]
+    assert together != RandomRecommender(seed=2).rank(examples)
+    assert len({tuple(r) for r in together}) > 10 and sorted(together[0]) == [c.item_id for c in examples[0].candidates]
+
+
+@pytest.fixture
+def chat_server(httpserver, monkeypatch):
+    """An OpenAI-compatible chat endpoint that recommends the candidate the last comment names."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
+    requests = []
+    state = {"rate_limited": 1}
+
+    def chat(request):
+        body = json.loads(request.data)
+        requests.append(body)
+        if state["rate_limited"]:
+            state["rate_limited"] -= 1
+            return Response(json.dumps({"error": {"message": "slow down"}}), status=429,
+                            content_type="application/json")
+        content = body["messages"][0]["content"]
+        text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+        number = re.search(r"pick number (\d)", text).group(1)
+        answer = f"The best match is B00000000{number}."
+        return Response(json.dumps({
+            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}), content_type="application/json")
+
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(chat)
+    return httpserver, requests
+
+
+def test_openai_chat_title_only_cached_and_retried(chat_server, tmp_path):
+    server, requests = chat_server
+    recommender = OpenAIChatRecommender(model="test-model", base_url=server.url_for("/v1"), cache_dir=tmp_path)
+    assert recommender.recommend([_example("a"), _example("b")]) == ["The best match is B000000003."] * 2
+    assert len(requests) == 3  # one 429 retried
+    body = requests[-1]
+    assert body["model"] == "test-model" and body["temperature"] == 0.0
+    assert isinstance(body["messages"][0]["content"], str)
+    assert "B000000001: Item number 1\nB000000002: Item number 2" in body["messages"][0]["content"]
+    again = OpenAIChatRecommender(model="test-model", base_url=server.url_for("/v1"), cache_dir=tmp_path)
+    assert again.recommend([_example("c")]) == ["The best match is B000000003."]
+    assert len(requests) == 3  # served from the cache
+
+
+def test_openai_chat_with_images_sends_one_image_per_candidate(chat_server, tmp_path):
+    server, requests = chat_server
+    recommender = OpenAIChatRecommender(model="vision", base_url=server.url_for("/v1"), with_images=True,
+                                        cache_dir=tmp_path, max_workers=1)
+    recommender.recommend([_example()])
+    parts = requests[-1]["messages"][0]["content"]
+    images = [p for p in parts if p["type"] == "image_url"]
+    assert len(images) == 3 and images[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    texts = [p["text"] for p in parts if p["type"] == "text"]
+    assert texts[0].endswith("B000000000: Item number 0\n") and "(no image available)" in texts
+    assert IMAGE_PLACEHOLDER not in "".join(texts)
+
+
+def test_openai_chat_through_the_harness(chat_server, tmp_path):
+    server, _ = chat_server
+    dataset = make_synthetic_dataset(tmp_path / "ds", records_per_domain=3, domains=("beauty",))
+    # the synthetic contexts never say "pick number N": patch through a plugin file that adds it
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(
+        "from dataclasses import replace\n"
+        "from benchmark.recommenders.openai_chat import OpenAIChatRecommender\n"
+        "class Hinted(OpenAIChatRecommender):\n"
+        "    def recommend(self, examples):\n"
+        "        return super().recommend([replace(e, context=e.context + 'pick number 4') for e in examples])\n")
+    results = run(RunConfig(model=f"{plugin}:Hinted", dataset=str(dataset), bootstrap_samples=0,
+                            model_args={"base_url": server.url_for("/v1"), "cache_dir": str(tmp_path / "c")}),
+                  tmp_path / "out", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [line["parsed"] for line in lines] == ["B000000004"] * 3
+    assert results["counts"]["all"]["records"] == 3
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from tiny_llava import save_tiny_llava  # the tiny random LLaVA-NeXT builder shared by the tests
+
+    from benchmark.prompts import RECOMMENDATION_PROMPT
+
+    texts = [RECOMMENDATION_PROMPT, "USER: ASSISTANT: (no image available)", _example().context,
+             *[f"{c.item_id}: {c.title}" for c in _example().candidates]]
+    return save_tiny_llava(tmp_path_factory.mktemp("tiny-vlm"), texts)
+
+
+@pytest.mark.parametrize("with_images", [False, True])
+def test_hf_vlm_batched_equals_one_by_one(tiny_vlm, with_images):
+    from benchmark.recommenders.hf_vlm import HFVisionLanguageRecommender
+
+    recommender = HFVisionLanguageRecommender(model=str(tiny_vlm), with_images=with_images, max_new_tokens=5,
+                                              device="cpu", dtype="float32")
+    examples = [_example("a"), Example(**{**_example("b").__dict__, "context": "<submission>x</submission>\n"})]
+    prompt, images = recommender._prompt(examples[0])
+    assert len(images) == (3 if with_images else 0)
+    assert prompt.count(recommender.image_token) == len(images)
+    batched = recommender.recommend(examples)
+    assert batched == [recommender.recommend([e])[0] for e in examples]
+    assert all(isinstance(text, str) and text for text in batched)

@@ -1,0 +1,123 @@
+"""Retrievers: BM25 (bm25s), SBERT (real all-MiniLM-L6-v2 weights), OpenAI embeddings (loopback server)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from werkzeug import Response
+
+from benchmark.retrieval import get_retriever
+from benchmark.retrieval.base import best_first
+from benchmark.retrieval.cache import EmbeddingCache
+
+ITEMS = [
+    ("B000000001", "Matte red lipstick, long lasting"),
+    ("B000000002", "Waterproof black mascara"),
+    ("B000000003", "Stainless steel electric kettle"),
+    ("B000000004", "Leather bifold wallet for men"),
+    ("B000000005", "Wool winter scarf, navy"),
+]
+QUERIES = [
+    "<submission>Which lipstick stays red all day?</submission>\n",
+    "<submission>I need a kettle to boil water fast</submission>\n<comment>electric ones are great</comment>\n",
+    "<submission>gift idea: a wallet for my dad</submission>\n",
+]
+EXPECTED_FIRST = ["B000000001", "B000000003", "B000000004"]
+
+
+def test_best_first_breaks_ties_by_catalog_order():
+    assert best_first(np.array([0.5, 0.9, 0.5, 0.9, 0.1]), 4).tolist() == [1, 3, 0, 2]
+    assert best_first(np.zeros(3), 10).tolist() == [0, 1, 2]
+
+
+def test_bm25_ranks_matching_titles_first():
+    retriever = get_retriever("bm25")
+    assert retriever.candidate_set_name == "bm25"
+    results = retriever.top_k(QUERIES, ITEMS, k=3)
+    assert [r[0] for r in results] == EXPECTED_FIRST
+    assert all(len(r) == 3 and len(set(r)) == 3 for r in results)
+    assert retriever.top_k(["zzz qqq"], ITEMS, k=2) == [["B000000001", "B000000002"]]  # no overlap: catalog order
+
+
+def test_sbert_real_model_and_embedding_cache(tmp_path):
+    retriever = get_retriever("sbert", cache_dir=tmp_path)
+    assert retriever.candidate_set_name == "sbert"
+    results = retriever.top_k(QUERIES, ITEMS, k=5)
+    assert [r[0] for r in results] == EXPECTED_FIRST
+    assert retriever.cache.computed == len(ITEMS) + len(QUERIES)
+    fresh = get_retriever("sbert", cache_dir=tmp_path)  # a new process would see the same cache file
+    assert fresh.top_k(QUERIES, ITEMS, k=5) == results
+    assert fresh.cache.computed == 0 and fresh._model is None  # nothing encoded, model never loaded
+    ranked = fresh.rank_candidates([QUERIES[0]], [list(reversed(ITEMS))])
+    assert ranked[0][0] == "B000000001" and sorted(ranked[0]) == sorted(i for i, _ in ITEMS)
+
+
+def test_embedding_cache_encodes_each_distinct_text_once(tmp_path):
+    calls = []
+
+    def compute(texts):
+        calls.append(list(texts))
+        return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+
+    cache = EmbeddingCache("toy-model", tmp_path)
+    texts = [f"item {i % 700}" for i in range(2000)]  # duplicates inside the catalog
+    vectors = cache.encode(texts, compute, batch_size=256)
+    assert vectors.shape == (2000, 2) and vectors[700].tolist() == vectors[0].tolist()
+    assert sum(len(c) for c in calls) == 700 and max(len(c) for c in calls) == 256
+    cache.encode(texts[:50] + ["new text"], compute)
+    assert calls[-1] == ["new text"]
+    other = EmbeddingCache("another-model", tmp_path)  # the key includes the model
+    other.encode(["item 1"], compute)
+    assert calls[-1] == ["item 1"]
+
+
+def _vector(text: str) -> list[float]:
+    """Deterministic fake embedding: shared words give similar vectors."""
+    vector = np.zeros(16)
+    for word in text.lower().replace(",", " ").replace("<", " ").replace(">", " ").split():
+        vector[int(hashlib.md5(word.encode()).hexdigest(), 16) % 16] += 1
+    return vector.tolist()
+
+
+def test_openai_embeddings_batched_cached_retried(httpserver, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
+    requests = []
+    failures = {"left": 1}
+
+    def embeddings(request):
+        body = json.loads(request.data)
+        requests.append(body)
+        if failures["left"]:
+            failures["left"] -= 1
+            return Response(json.dumps({"error": {"message": "overloaded"}}), status=503,
+                            content_type="application/json")
+        data = [{"object": "embedding", "index": i, "embedding": _vector(t)} for i, t in enumerate(body["input"])]
+        return Response(json.dumps({"object": "list", "data": data, "model": body["model"],
+                                    "usage": {"prompt_tokens": 1, "total_tokens": 1}}), content_type="application/json")
+
+    httpserver.expect_request("/v1/embeddings", method="POST").respond_with_handler(embeddings)
+    retriever = get_retriever("openai-emb", base_url=httpserver.url_for("/v1"), batch_size=2, cache_dir=tmp_path)
+    assert retriever.candidate_set_name == "openai_large"
+    results = retriever.top_k(QUERIES[:1], ITEMS, k=2)
+    assert results[0][0] == "B000000001"
+    assert requests[0]["model"] == "text-embedding-3-large"
+    assert len(requests) == 1 + 3 + 1  # one 503 retried, 5 items in batches of 2, 1 query
+    assert all(len(r["input"]) <= 2 for r in requests)
+    again = get_retriever("openai-emb", base_url=httpserver.url_for("/v1"), batch_size=2, cache_dir=tmp_path)
+    assert again.top_k(QUERIES[:1], ITEMS, k=2) == results
+    assert len(requests) == 5  # everything came from the cache
+
+
+def test_openai_embeddings_need_a_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    retriever = get_retriever("openai-emb", base_url="http://127.0.0.1:9/v1", cache_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="OPENAI_API_KEY"):
+        retriever.top_k(["q"], ITEMS)
+
+
+def test_unknown_retriever_suggests():
+    with pytest.raises(ValueError, match="Did you mean: sbert"):
+        get_retriever("sbret")
