@@ -199,7 +199,7 @@ def _results(results: Sequence[Mapping[str, Any]]) -> str:
                 _pairs(hr1),
             ])
         parts += [heading, " ".join(details),
-                  table(["domain", "HR@1", "95% CI", "paper HR@1", "VR", "95% CI", "paper VR", "pairs"], rows,
+                  table(["domain", "HR@1", "HR@1 95% CI", "paper HR@1", "VR", "VR 95% CI", "paper VR", "pairs"], rows,
                         numeric=[False, True, False, True, True, False, True, True])]
     return "\n\n".join(parts)
 

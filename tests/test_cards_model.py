@@ -1,0 +1,168 @@
+"""Model card: valid Hub YAML (model-index), measured results beside the paper's, and the paper constants."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from click.testing import CliRunner
+from huggingface_hub import ModelCard, ModelCardData
+
+from cards.model_card import render_model_card
+from cards.paper import PAPER_RESULTS, paper_lavic
+from tests.conftest import SHARED
+from tests.test_cards_dataset import assert_no_placeholders, markdown_table_after
+
+PAPER_TEXT = SHARED / "paper" / "000_f3659b8b73db113b.txt"
+BASE = "llava-hf/llava-v1.6-mistral-7b-hf"
+
+
+def result(candidates: str, hr1: dict[str, float], vr: float = 0.95, *, dataset_id: str = "org/reddit-amazon",
+           legacy: bool = False) -> dict:
+    def entry(value: float) -> dict:
+        if legacy:
+            return {"value": value, "ci_low": value / 2, "ci_high": min(1.0, value * 1.5)}
+        return {"value": value, "ci95": [value / 2, min(1.0, value * 1.5)], "numerator": 3, "denominator": 40}
+
+    overall = "overall" if legacy else "all"
+    return {
+        "metrics": {
+            "hr@1": {**{d: entry(v) for d, v in hr1.items()}, overall: entry(sum(hr1.values()) / len(hr1))},
+            "vr": {**{d: entry(vr) for d in hr1}, overall: entry(vr)},
+        },
+        "model": {"spec": "lavic", "name": "lavic", "args": {}},
+        "dataset": {"id": dataset_id, "version": "1.0.0", "fingerprint": "f" * 64},
+        "split": "test",
+        "candidates": candidates,
+    }
+
+
+def render(results: list[dict], **overrides) -> str:
+    arguments = dict(
+        base_model=BASE,
+        adapters={"distill_adapter": "out/distill", "rec_adapter": "out/rec", "item_embeddings": "out/items.st"},
+        hyperparameters={"distill": {"lora_r": 8, "lora_alpha": 32, "learning_rate": 5e-5}, "finetune": {"epochs": 1}},
+        data={"dataset": "org/reddit-amazon", "fingerprint": "f" * 64, "train_records": {"beauty": 120}},
+        training={"time_s": 5025.4, "hardware": "1x NVIDIA H100 80GB", "peak_memory_gib": 31.5},
+        results=results,
+    )
+    arguments.update(overrides)
+    return render_model_card(**arguments)
+
+
+def by_domain(card: str, heading: str) -> dict[str, dict[str, str]]:
+    return {row["domain"]: row for row in markdown_table_after(card, heading, "domain")}
+
+
+def test_yaml_round_trips_through_the_hub_card_classes(tmp_path):
+    text = render([result("sbert", {"beauty": 0.125, "fashion": 0.1, "home": 0.3}),
+                   result("openai_large", {"beauty": 0.175, "fashion": 0.2, "home": 0.35})])
+    (tmp_path / "README.md").write_text(text, encoding="utf-8")
+    card = ModelCard.load(tmp_path / "README.md")
+    data = card.data.to_dict()
+    assert ModelCardData(**data).to_dict() == data
+    assert card.data.base_model == BASE and card.data.library_name == "peft"
+    evals = card.data.eval_results
+    assert len(evals) == 2 * 3 * 2  # results x domains x metrics; "all" is not a dataset config
+    beauty_sbert = next(e for e in evals if e.dataset_config == "beauty" and e.metric_type == "hr@1"
+                        and e.dataset_args == {"candidates": "sbert"})
+    assert beauty_sbert.metric_value == 0.125 and beauty_sbert.dataset_type == "org/reddit-amazon"
+    assert_no_placeholders(text)
+
+
+def test_results_sit_beside_the_papers_lavic_row_for_the_same_candidate_set():
+    card = render([result("sbert", {"beauty": 0.125, "fashion": 0.1, "home": 0.3}),
+                   result("openai_large", {"beauty": 0.175, "fashion": 0.2, "home": 0.35})])
+    sbert = by_domain(card, "candidates `sbert`)")
+    openai = by_domain(card, "candidates `openai_large`)")
+    assert (sbert["beauty"]["HR@1"], sbert["beauty"]["paper HR@1"], sbert["beauty"]["paper VR"]) == (
+        "0.1250", "0.1187", "0.9702")  # Table 3
+    assert (openai["home"]["HR@1"], openai["home"]["paper HR@1"]) == ("0.3500", "0.3537")  # Table 5
+    assert sbert["beauty"]["HR@1 95% CI"] == "[0.0625, 0.1875]" and sbert["beauty"]["pairs"] == "40"
+    assert sbert["all"]["paper HR@1"] == "—"  # the paper reports no pooled number
+    assert "Training time: 1 h 23 min 45 s (5,025 s), measured." in card
+    assert "Hardware: 1x NVIDIA H100 80GB." in card and "| `peak_memory_gib` | 31.5 |" in card
+    assert "| `distill.learning_rate` | 5e-05 |" in card
+    assert "distill_adapter=out/distill,rec_adapter=out/rec,item_embeddings=out/items.st" in card
+
+
+def test_candidate_set_without_paper_numbers_and_legacy_result_keys():
+    card = render([result("bm25", {"beauty": 0.05, "home": 0.2}, legacy=True, dataset_id="/tmp/local-folder")])
+    rows = by_domain(card, "candidates `bm25`)")
+    assert "The paper reports no results for candidate set `bm25`." in card
+    assert rows["beauty"]["paper HR@1"] == "—" and rows["beauty"]["HR@1 95% CI"] == "[0.0250, 0.0750]"
+    assert rows["all"]["HR@1"] == "0.1250"  # "overall" read as the pooled group
+    assert "fashion" not in rows
+    assert "type: reddit-amazon" in card  # a local path is not a Hub dataset id
+
+
+def test_missing_measurements_are_stated_not_invented():
+    card = render([], adapters={}, hyperparameters={}, data={}, training={}, limitations=["Only a smoke test."])
+    for sentence in ["No adapter files were given.", "The training data was not recorded.",
+                     "The hyperparameters were not recorded.", "Training time was not recorded.",
+                     "The hardware was not recorded.", "No benchmark results were given to this card",
+                     "- Only a smoke test."]:
+        assert sentence in card, sentence
+    assert "model-index" not in card
+    assert_no_placeholders(card)
+
+
+def test_model_card_from_a_real_benchmark_run(tmp_path):
+    from benchmark.cli import cli as benchmark_cli
+
+    out = tmp_path / "run"
+    outcome = CliRunner().invoke(benchmark_cli, ["run", "--model", "random", "--out", str(out)])
+    assert outcome.exit_code == 0, outcome.output
+    import json
+
+    results = json.loads((out / "results.json").read_text())
+    card = render([results])
+    rows = by_domain(card, "candidates `sbert`)")
+    for domain, entry in results["metrics"]["hr@1"].items():
+        assert rows[domain]["HR@1"] == f"{entry['value']:.4f}"
+        assert rows[domain]["pairs"] == f"{entry['denominator']:,}"
+    assert rows["beauty"]["paper HR@1"] == "0.1187"
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's numbers, checked against the paper text where ../shared has it
+# ---------------------------------------------------------------------------------------------
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[^a-z0-9.]", "", re.sub(r"<[^>]+>|\(ours\)", "", name.lower()))
+
+
+def paper_table_rows(text: str, number: int) -> list[tuple[str, str, list[str]]]:
+    """(group, method, cells) of Table ``number`` as printed in the paper text."""
+    lines = text[text.index(f"**Table {number}:"):].splitlines()[1:]
+    rows, group = [], ""
+    for line in lines:
+        if line.startswith("**Table") or (line.startswith("<b>Improvement")):
+            break
+        cells = line.split("\t")
+        if cells[0].startswith("<i>") and not any(cells[1:]):
+            group = cells[0]
+        elif len(cells) == 7 and cells[0] not in ("", "Method"):
+            rows.append((group, cells[0], cells[1:]))
+    return rows
+
+
+@pytest.mark.parametrize("number", [3, 5])
+def test_paper_constants_equal_the_paper_text(number):
+    if not PAPER_TEXT.is_file():
+        pytest.skip("../shared/paper is not present")
+    printed = paper_table_rows(PAPER_TEXT.read_text(encoding="utf-8"), number)
+    ours = [row for row in PAPER_RESULTS if row.table == number]
+    assert len(printed) == len(ours)
+    for (_, method, cells), row in zip(printed, ours):
+        assert _normalise(method) == _normalise(row.method).replace("-", ""), (method, row.method)
+        values = [float(re.sub(r"<[^>]+>", "", c)) if re.search(r"\d", c) else None for c in cells]
+        assert values[0::2] == list(row.hr1), row
+        assert values[1::2] == (list(row.vr) if row.vr else [None, None, None]), row
+
+
+def test_paper_lavic_rows_by_candidate_set():
+    assert paper_lavic("sbert").hr1_of("home") == 0.3197
+    assert paper_lavic("openai_large").vr_of("fashion") == 0.9455
+    assert paper_lavic("bm25") is None
