@@ -70,6 +70,7 @@ class BuildOptions:
     llm_model: str = "gpt-3.5-turbo"
     llm_template: str | None = None
     llm_concurrency: int = 8
+    llm_max_attempts: int = 6
     llm_cache: Path | None = None
     no_filter: bool = False
     dry_run: bool = False
@@ -319,7 +320,8 @@ def _filter_options(options: BuildOptions):
     from reddit_amazon.relevance import FilterOptions, load_template
 
     return FilterOptions(model=options.llm_model, base_url=options.llm_base_url,
-                         template=load_template(options.llm_template), concurrency=options.llm_concurrency)
+                         template=load_template(options.llm_template), concurrency=options.llm_concurrency,
+                         max_attempts=options.llm_max_attempts)
 
 
 def _relevance_cache_path(options: BuildOptions) -> Path:
@@ -588,6 +590,8 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--llm-template", type=click.Path(exists=True, dir_okay=False), help="Prompt template replacing "
               "the paper's Table 9 (must contain {conversation}).")
 @click.option("--llm-concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--llm-max-attempts", type=click.IntRange(1, 100), default=6, show_default=True,
+              help="Attempts per call on 429 / 5xx / timeouts (exponential backoff between them).")
 @click.option("--llm-cache", type=click.Path(path_type=Path), help="SQLite answer cache. Default: <workdir>/"
               f"{RELEVANCE_CACHE}")
 @click.option("--no-filter", is_flag=True, help="Keep every candidate conversation (no LLM calls).")
@@ -605,8 +609,9 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--resolve-short-links/--no-resolve-short-links", default=None,
               help="Resolve amzn.to / a.co links over the network (Reddit stage).")
 def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map, llm_base_url, llm_model,
-                  llm_template, llm_concurrency, llm_cache, no_filter, dry_run, retrievers, images, image_store,
-                  image_concurrency, push_to_hub, private, salt, executor, workers, resolve_short_links) -> None:
+                  llm_template, llm_concurrency, llm_max_attempts, llm_cache, no_filter, dry_run, retrievers, images,
+                  image_store, image_concurrency, push_to_hub, private, salt, executor, workers,
+                  resolve_short_links) -> None:
     """Build the dataset folder from Reddit dumps and Amazon Reviews 2023, printing the funnel.
 
     With no arguments, builds the bundled sample end to end, offline.
@@ -634,7 +639,7 @@ def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map
         reviews=[str(SAMPLE_AMAZON)] if sample else list(reviews),
         out=out, workdir=workdir or out.with_name(out.name + ".work"), seed=seed, version=version,
         domain_map=domain_map, llm_base_url=llm_base_url, llm_model=llm_model, llm_template=llm_template,
-        llm_concurrency=llm_concurrency, llm_cache=llm_cache, no_filter=no_filter, dry_run=dry_run,
+        llm_concurrency=llm_concurrency, llm_max_attempts=llm_max_attempts, llm_cache=llm_cache, no_filter=no_filter, dry_run=dry_run,
         retrievers=_split_list(retrievers), images=images, image_store=image_store,
         image_concurrency=image_concurrency, push_to_hub=push_to_hub, private=private,
         reddit={k: v for k, v in reddit.items() if v is not None}, sample=sample,

@@ -1,0 +1,59 @@
+"""Assembly: thread-level splits, candidate sets, Table-1 statistics."""
+
+from __future__ import annotations
+
+
+from benchmark.retrieval import get_retriever
+from reddit_amazon.assemble import add_candidates, items_by_domain, split_by_thread, table1_stats
+from reddit_amazon.schema import NUM_CANDIDATES, SPLITS, Conversation, Item, Turn
+
+
+def record(example_id: str, thread: str, domain: str = "home", gt: str = "B000000001", text: str = "lamp") -> Conversation:
+    return Conversation(example_id=example_id, domain=domain, thread_id=thread, subreddit="s", created_utc=1,
+                        turns=[Turn(kind="submission", text=f"I need a {text}"), Turn(kind="comment", text="same")],
+                        context_items=[], gt_text="this", gt_items=[gt])
+
+
+def test_splits_are_by_thread_deterministic_and_near_8_1_1():
+    records = [record(f"{t}-{k}", f"t{t:03d}") for t in range(200) for k in range(1 + t % 3)]
+    records += [record(f"b{t}", f"bt{t}", domain="beauty") for t in range(20)]
+    splits = split_by_thread(reversed(records), seed=7)
+    assert split_by_thread(records, seed=7) == splits  # independent of input order
+    home = splits["home"]
+    sizes = {split: len(home[split]) for split in SPLITS}
+    total = sum(sizes.values())
+    assert total == sum(1 for r in records if r.domain == "home")
+    assert abs(sizes["train"] / total - 0.8) < 0.02 and abs(sizes["validation"] / total - 0.1) < 0.02
+    threads = {split: {r.thread_id for r in home[split]} for split in SPLITS}
+    assert not (threads["train"] & threads["validation"] or threads["train"] & threads["test"]
+                or threads["validation"] & threads["test"])
+    assert all(home[s] == sorted(home[s], key=lambda r: r.example_id) for s in SPLITS)
+    assert {len(splits["beauty"][s]) for s in SPLITS} == {16, 2}
+    assert splits["fashion"] == {s: [] for s in SPLITS}
+    other_seed = split_by_thread(records, seed=8)["home"]
+    assert {r.thread_id for r in other_seed["test"]} != threads["test"]
+
+
+def test_candidates_from_the_domain_catalog_and_stats():
+    nouns = ["lamp", "rug", "pillow", "curtain", "shelf", "planter", "towel", "duvet", "mirror", "clock", "vase"]
+    items = [Item(item_id=f"B0000000{i:02d}", domain="home", title=f"Ceramic {noun} in sage green",
+                  image=b"jpeg" if i % 2 else None) for i, noun in enumerate(nouns)]
+    items += [Item(item_id="B000000099", domain="beauty", title="Lipstick")]
+    records = [record(f"r{i}", f"t{i}", gt=f"B0000000{i:02d}", text=noun) for i, noun in enumerate(nouns)]
+    records.append(record("b1", "tb", domain="beauty", gt="B000000099", text="lipstick"))
+    splits = split_by_thread(records, seed=0)
+    catalog = items_by_domain(items)
+    report = add_candidates(splits, catalog, [get_retriever("bm25")])
+    assert report.computed == ["bm25"] and report.skipped_domains == {"beauty": f"1 items < {NUM_CANDIDATES}"}
+    home = [r for s in SPLITS for r in splits["home"][s]]
+    for r in home:
+        candidates = r.candidates["bm25"]
+        assert len(candidates) == NUM_CANDIDATES == len(set(candidates))
+        assert set(candidates) <= {i.item_id for i in items if i.domain == "home"}
+        assert candidates[0] == r.gt_items[0]  # the only item sharing the noun ranks first
+    assert report.recall["bm25"]["home"] == 1.0
+    assert splits["beauty"]["train"][0].candidates == {}
+    stats = table1_stats(splits, catalog)
+    assert stats["home"] == {"conversations": 11, "turns": 33, "items": 11, "images": 5}
+    assert stats["beauty"] == {"conversations": 1, "turns": 3, "items": 1, "images": 0}
+    assert stats["fashion"] == {"conversations": 0, "turns": 0, "items": 0, "images": 0}

@@ -1,0 +1,190 @@
+"""`reddit-amazon build` end to end on the bundled sample inputs (offline), checked against the world."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import datasets
+import pytest
+from click.testing import CliRunner
+from werkzeug import Request, Response
+
+from reddit_amazon.build import SAMPLE_INPUTS, SAMPLE_SALT
+from reddit_amazon.cli import cli
+from reddit_amazon.relevance import AnswerCache
+from reddit_amazon.sample.world import make_world
+from reddit_amazon.schema import DOMAINS, NUM_CANDIDATES, SPLITS
+
+FAST = ["--retrievers", "bm25"]
+
+
+def build(*args: str, env: dict | None = None):
+    result = CliRunner().invoke(cli, ["build", *args], env=env, catch_exceptions=False)
+    return result
+
+
+def parquet_digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((folder / "data").rglob("*.parquet"))}
+
+
+def conversations(folder: Path) -> dict[str, list[dict]]:
+    return {domain: {split: list(datasets.load_dataset(str(folder), domain, split=split)) for split in SPLITS}
+            for domain in DOMAINS}
+
+
+@pytest.fixture(scope="module")
+def sample_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("build")
+    result = build("--out", str(root / "ds"), "--workdir", str(root / "work"), *FAST)
+    assert result.exit_code == 0, result.output
+    return root, result.output
+
+
+def test_sample_build_matches_the_world(sample_build):
+    root, output = sample_build
+    assert "Build funnel" in output and "relevance filter (Table 9)" in output
+    folder = root / "ds"
+    records = conversations(folder)
+    world = make_world(0)
+    expected = {e.comment_id: e for e in world.expected_records()}
+    built = {r["gt_comment_id"]: r for d in DOMAINS for s in SPLITS for r in records[d][s]}
+    assert set(built) == set(expected)  # every recommendation kept, nothing else
+    for comment_id, e in expected.items():
+        r = built[comment_id]
+        assert (r["domain"], r["thread_id"]) == (e.domain, e.thread_id)
+        assert sorted(r["gt_items"]) == sorted(e.gt_items)
+        assert sorted(r["context_items"]) == sorted(e.context_items)
+        assert len(r["turns"]) == e.num_context_turns
+        assert len(r["candidates_bm25"]) == NUM_CANDIDATES and r["candidates_openai_large"] == []
+    for domain in DOMAINS:
+        threads = [{r["thread_id"] for r in records[domain][s]} for s in SPLITS]
+        assert not (threads[0] & threads[1] or threads[0] & threads[2] or threads[1] & threads[2])
+        items = datasets.load_dataset(str(folder), "items", split=domain)
+        ids = set(items["item_id"])
+        assert {a for s in SPLITS for r in records[domain][s] for a in r["gt_items"]} <= ids
+        assert all(set(r["candidates_bm25"]) <= ids for s in SPLITS for r in records[domain][s])
+
+
+def test_manifest_records_the_build(sample_build):
+    root, _ = sample_build
+    manifest = json.loads((root / "ds" / "manifest.json").read_text())
+    build_record = manifest["build"]
+    assert build_record["command"] == (f"reddit-amazon build --out {root / 'ds'} --workdir {root / 'work'} "
+                                       "--retrievers bm25")
+    assert set(build_record) >= {"options", "inputs", "package_versions", "started_utc", "finished_utc", "seed"}
+    by_name = {Path(i["path"]).name: i for i in build_record["inputs"]}
+    comments = SAMPLE_INPUTS / "reddit" / "sample_comments.zst"
+    assert by_name[comments.name] == {"path": str(comments), "bytes": comments.stat().st_size,
+                                      "sha256": hashlib.sha256(comments.read_bytes()).hexdigest()}
+    assert "meta_All_Beauty.jsonl" in by_name and "All_Beauty.jsonl.gz" in by_name
+    stages = [stage["stage"] for stage in manifest["funnel"]]
+    assert stages[-2:] == ["catalog: join with Amazon Reviews 2023", "relevance filter (Table 9)"]
+    relevance = manifest["funnel"][-1]
+    assert relevance["kept"] == sum(s["conversations"] for s in manifest["stats"].values())
+    assert set(relevance["dropped"]) <= {"no", "uncertain", "unparseable", "rejected"}
+    for domain in DOMAINS:
+        stats, counts = manifest["stats"][domain], manifest["counts"][domain]
+        assert stats["conversations"] == sum(counts.values()) > 0
+        assert stats["items"] == manifest["counts"]["items"][domain]
+    images = manifest["build_reports"]["images"]
+    assert images["without_image"] == {"http_error": 2}  # the sample's pre-recorded failures: kept, with the gap
+    assert sum(s["images"] for s in manifest["stats"].values()) == images["with_image"] == images["items"] - 2
+    catalog = manifest["build_reports"]["catalog"]
+    assert catalog["child_asins_mapped_to_parent"] > 0 and catalog["gt_links"]["asin_not_in_reviews_or_metadata"] > 0
+    text = (root / "ds" / "manifest.json").read_text()
+    assert SAMPLE_SALT not in text and manifest["build"]["options"]["reddit"]["salt"] == "<redacted>"
+
+
+def test_rebuild_is_byte_identical_and_resumes(sample_build, tmp_path):
+    root, _ = sample_build
+    again = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), *FAST)
+    assert again.exit_code == 0, again.output
+    assert parquet_digests(tmp_path / "ds") == parquet_digests(root / "ds")
+    resumed = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), *FAST)
+    assert resumed.output.count("reusing the finished stage") == 3
+    assert parquet_digests(tmp_path / "ds") == parquet_digests(root / "ds")
+    other_seed = build("--out", str(tmp_path / "seed1"), "--workdir", str(tmp_path / "work"), "--seed", "1", *FAST)
+    assert other_seed.output.count("reusing the finished stage") == 3
+    assert parquet_digests(tmp_path / "seed1") != parquet_digests(root / "ds")
+
+
+def test_sbert_candidates_and_benchmark_run(sample_build, tmp_path):
+    from benchmark.runner import RunConfig, run
+
+    root, _ = sample_build
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(root / "work"))  # default: sbert
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert manifest["candidate_sets"] == ["sbert"]
+    recall = manifest["build_reports"]["candidates"]["recall"]["sbert"]
+    assert all(0.2 < recall[d] <= 1.0 for d in DOMAINS)
+    results = run(RunConfig(model="random", dataset=str(tmp_path / "ds"), candidates="sbert", bootstrap_samples=0),
+                  tmp_path / "run", progress=False)
+    assert results["dataset"]["fingerprint"] == manifest["fingerprint"]
+    assert results["counts"]["all"]["records"] == sum(manifest["counts"][d]["test"] for d in DOMAINS)
+    assert results["items_missing_from_catalog"] == []
+
+
+def test_dry_run_and_missing_key(sample_build, tmp_path):
+    root, _ = sample_build
+    AnswerCache(tmp_path / "empty.sqlite").close()
+    dry = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--llm-cache",
+                str(tmp_path / "empty.sqlite"), "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    calls = int(re.search(r"(\d+) API calls", dry.output).group(1))
+    labels = json.loads((root / "work" / "relevance" / "report.json").read_text())["report"]["labels"]
+    assert calls == sum(labels.values())  # every candidate conversation; the empty cache answers none
+    assert "tokens" in dry.output and not (tmp_path / "ds").exists()
+    failed = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--llm-cache",
+                   str(tmp_path / "empty.sqlite"), env={"OPENAI_API_KEY": ""})
+    assert failed.exit_code == 1 and "OPENAI_API_KEY is not set" in failed.output
+    assert not (tmp_path / "ds").exists()
+
+
+class FlakyLLM:
+    """Answers "yes" except: while ``down``, prompts whose hash is 0 mod 4 get HTTP 503."""
+
+    def __init__(self):
+        self.down = True
+        self.requests = 0
+
+    def __call__(self, request: Request) -> Response:
+        self.requests += 1
+        body = json.loads(request.data)
+        assert request.headers["Authorization"] == "Bearer sk-test-key"
+        prompt = body["messages"][0]["content"]
+        if self.down and int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 4 == 0:
+            return Response('{"error": {"message": "overloaded"}}', status=503, content_type="application/json")
+        return Response(json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                    "choices": [{"index": 0, "finish_reason": "stop",
+                                                 "message": {"role": "assistant", "content": "Yes."}}]}),
+                        content_type="application/json")
+
+
+def test_llm_errors_stop_the_build_and_a_rerun_pays_only_the_rest(httpserver, tmp_path):
+    llm = FlakyLLM()
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(llm)
+    AnswerCache(tmp_path / "cache.sqlite").close()
+    args = ["--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--llm-cache",
+            str(tmp_path / "cache.sqlite"), "--llm-base-url", httpserver.url_for("/v1"), "--llm-max-attempts", "1",
+            "--no-images", *FAST]
+    first = build(*args, env={"OPENAI_API_KEY": "sk-test-key"})
+    assert first.exit_code == 1 and "rerun to resume" in first.output and not (tmp_path / "ds").exists()
+    with AnswerCache(tmp_path / "cache.sqlite") as cache:
+        answered = len(cache)
+    failed = llm.requests - answered
+    assert answered > 0 and failed > 0
+    llm.down = False
+    second = build(*args, env={"OPENAI_API_KEY": "sk-test-key"})
+    assert second.exit_code == 0, second.output
+    assert llm.requests == answered + 2 * failed  # the second run asked only what had failed
+    manifest_text = (tmp_path / "ds" / "manifest.json").read_text()
+    assert "sk-test-key" not in manifest_text and "sk-test-key" not in second.output
+    manifest = json.loads(manifest_text)
+    assert manifest["funnel"][-1]["dropped"] == {}  # every answer was "Yes."
+    assert manifest["build_reports"]["relevance"]["calls_made"] == failed
+    assert all(s["images"] == 0 for s in manifest["stats"].values())
