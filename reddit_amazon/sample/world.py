@@ -87,6 +87,40 @@ REQUESTS = {
         ("Rate my bedroom - what {noun_l} would work here?", "Going for a {vibe} feel, thinking {color}. Photos in comments."),
     ],
 }
+# How seekers actually ask: vaguer than catalog titles (so retrieval is not trivially exact).
+ASKS = {
+    "Matte Liquid Lipstick": ["lipstick", "lip colour", "long lasting lip product"],
+    "Eyeshadow Palette": ["eyeshadow", "palette for everyday eyes", "eye makeup"],
+    "Nail Polish Set": ["nail polish", "nail colour", "mani shade"],
+    "Hair Claw Clip": ["hair clip", "claw clip", "something to hold up thick hair"],
+    "Blush Compact": ["blush", "cheek colour", "something for a flush"],
+    "Makeup Brush Set": ["brushes", "makeup brushes", "brush set"],
+    "Silk Scrunchies": ["scrunchies", "hair ties that don't snag", "hair accessories"],
+    "Lip Gloss": ["gloss", "lip shine", "something glossy for lips"],
+    "Linen Button-Down Shirt": ["summer shirt", "button up", "breezy top"],
+    "Chelsea Boots": ["boots", "ankle boots", "autumn shoes"],
+    "Wide Leg Trousers": ["trousers", "work pants", "flowy pants"],
+    "Crossbody Bag": ["bag", "everyday purse", "small bag for my phone and keys"],
+    "Chunky Knit Cardigan": ["cardigan", "sweater", "something warm to layer"],
+    "Wrap Midi Dress": ["dress", "wedding guest dress", "midi dress"],
+    "Minimalist Watch": ["watch", "simple watch", "everyday accessory"],
+    "Canvas Sneakers": ["sneakers", "casual shoes", "trainers"],
+    "Throw Pillow Covers": ["pillows", "cushion covers", "something for the couch"],
+    "Ceramic Table Lamp": ["lamp", "bedside lighting", "table light"],
+    "Area Rug": ["rug", "something for the floor", "carpet"],
+    "Blackout Curtains": ["curtains", "window treatment", "drapes that block light"],
+    "Duvet Cover Set": ["bedding", "duvet cover", "sheets and covers"],
+    "Floating Wall Shelves": ["shelves", "wall storage", "somewhere to put plants and books"],
+    "Ceramic Planter": ["planter", "pot for my monstera", "plant pots"],
+    "Bath Towel Set": ["towels", "bathroom textiles", "bath linen"],
+}
+COLOR_WORDS = {
+    "black": ["black", "dark"], "white": ["white", "bright"], "ivory": ["cream", "off-white"],
+    "navy": ["navy", "dark blue"], "sage green": ["sage", "muted green"], "terracotta": ["terracotta", "earthy"],
+    "blush pink": ["soft pink", "blush"], "mustard yellow": ["mustard", "warm yellow"],
+    "burgundy": ["wine coloured", "burgundy"], "charcoal grey": ["grey", "charcoal"], "camel": ["tan", "camel"],
+    "emerald": ["green", "jewel toned"], "lavender": ["lilac", "light purple"], "rust orange": ["rust", "burnt orange"],
+}
 VIBES = ["minimalist", "cozy", "boho", "modern", "vintage", "elegant", "playful", "understated"]
 
 FOLLOW_UPS = [
@@ -266,7 +300,7 @@ def make_world(seed: int = 0, threads_per_domain: int = 100) -> World:
     index = 0
     for domain in DOMAINS:
         for product in PRODUCTS[domain]:
-            for color in rng.sample(sorted(COLORS), 4):
+            for color in rng.sample(sorted(COLORS), 6):
                 items.append(_make_item(rng, domain, MAIN_CATEGORY[domain], product, color, index))
                 index += 1
     for category in DISTRACTOR_CATEGORIES:
@@ -289,7 +323,8 @@ def make_world(seed: int = 0, threads_per_domain: int = 100) -> World:
         for t in range(threads_per_domain):
             target = rng.choice(by_domain[domain])
             vibe = rng.choice(VIBES)
-            fmt = {"color": target.color, "noun_l": target.noun.lower(), "vibe": vibe}
+            color_word = rng.choice(COLOR_WORDS[target.color]) if rng.random() < 0.6 else rng.choice(["neutral", "fun", "classic"])
+            fmt = {"color": color_word, "noun_l": rng.choice(ASKS[target.noun]), "vibe": vibe}
             title_tpl, body_tpl = rng.choice(REQUESTS[domain])
             sub_id = _reddit_id(rng)
             created = base_time + rng.randrange(0, 3 * 365 * 86400)
@@ -338,7 +373,7 @@ def make_world(seed: int = 0, threads_per_domain: int = 100) -> World:
             roll = rng.random()
             kind = "yes" if roll < 0.8 else ("no" if roll < 0.92 else "uncertain")
             if kind == "yes":
-                body = rng.choice(RECOMMENDATIONS).format(url=urls[0], color=target.color, vibe=vibe,
+                body = rng.choice(RECOMMENDATIONS).format(url=urls[0], color=color_word, vibe=vibe,
                                                           title_short=target.noun)
                 if len(urls) > 1:
                     body += f"\n\nAlso love [this one]({urls[1]})."
