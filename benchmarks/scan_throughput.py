@@ -1,0 +1,166 @@
+"""Link-scan throughput against raw zstd decompression, measured in the same run.
+
+Generates two realistic RC-style comment dumps (NDJSON with the usual metadata fields, Zipf-
+distributed words, ~0.1% comments linking Amazon products, a few more mentioning Amazon without a
+link), compressed as a stream at zstd level 3 with a 2 GiB window and long-distance matching
+(like ``zstd -3 --long=31``). Then it times:
+
+* ``zstd -dc --long=31 FILE > /dev/null`` for each file (the floor),
+* the scan stage (:class:`reddit_amazon.pipeline.ScanDumpsStep` on datatrove's
+  ``LocalPipelineExecutor``) with 1 worker over both files, and with 2 workers over both files.
+
+Targets: scan on one worker >= 0.5x the raw decompression throughput; 2 workers >= 1.8x 1 worker.
+
+
+Usage:
+  python benchmarks/scan_throughput.py                 # 2 files, 1.1 GB uncompressed in all
+  python benchmarks/scan_throughput.py --size-mb 200   # quicker, per file
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from reddit_amazon.dumps import write_zst_ndjson
+
+
+def _vocabulary(rng: random.Random, size: int = 20_000) -> list[str]:
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    weights = [12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.4, 2.2, 2.0, 2.0, 1.9, 1.5, 1.0, 0.8, 0.2, 0.2, 0.1, 0.1]
+    return ["".join(rng.choices(letters, weights, k=rng.randint(1, 10))) for _ in range(size)]
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+        if not number:
+            return out
+
+
+def _comments(count: int, seed: int):
+    rng = random.Random(seed)
+    words = _vocabulary(rng)
+    cumulative_zipf = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(words))))
+    subreddits = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(4, 14))) for _ in range(5_000)]
+    base_id = seed * 10**9
+    for i in range(count):
+        body = " ".join(rng.choices(words, cum_weights=cumulative_zipf, k=min(2_000, int(rng.paretovariate(1.6) * 12))))
+        roll = rng.random()
+        if roll < 0.001:
+            asin = "B0" + "".join(rng.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", k=8))
+            body += f" [this one](https://www.amazon.com/Some-Product-Name/dp/{asin}/ref=cm_sw_r_cp_api)"
+        elif roll < 0.004:
+            body += " I got mine on Amazon."
+        created = 1_600_000_000 + i
+        yield {
+            "all_awardings": [],
+            "archived": False,
+            "associated_award": None,
+            "author": f"user_{rng.randint(0, 3_000_000):x}",
+            "author_flair_background_color": None,
+            "author_flair_css_class": None,
+            "author_flair_text": None,
+            "author_fullname": "t2_" + _base36(rng.randint(0, 2**40)),
+            "author_patreon_flair": False,
+            "body": body,
+            "can_gild": True,
+            "collapsed": False,
+            "controversiality": 0,
+            "created_utc": created,
+            "distinguished": None,
+            "edited": False,
+            "gilded": 0,
+            "id": _base36(base_id + i),
+            "is_submitter": rng.random() < 0.1,
+            "link_id": "t3_" + _base36(rng.randint(0, 2**32)),
+            "locked": False,
+            "no_follow": True,
+            "parent_id": "t1_" + _base36(base_id + rng.randint(0, i + 1)),
+            "permalink": f"/r/x/comments/{_base36(rng.randint(0, 2**32))}/slug/{_base36(base_id + i)}/",
+            "retrieved_on": created + rng.randint(0, 10**5),
+            "score": int(rng.paretovariate(1.2)),
+            "send_replies": True,
+            "stickied": False,
+            "subreddit": rng.choice(subreddits),
+            "subreddit_id": "t5_" + _base36(rng.randint(0, 2**24)),
+            "total_awards_received": 0,
+        }
+
+
+def _make_dump(path: Path, size_mb: int, seed: int) -> int:
+    target = size_mb * 2**20
+    records, written = [], 0
+    for record in _comments(10**9, seed):
+        line = orjson.dumps(record)
+        records.append(line)
+        written += len(line) + 1
+        if written >= target:
+            break
+    write_zst_ndjson(path, records, frames=max(1, size_mb // 256), long_distance_matching=True)
+    return written
+
+
+def _timed(command) -> float:
+    started = time.perf_counter()
+    command()
+    return time.perf_counter() - started
+
+
+def _scan(files: list[Path], workers: int, work: Path) -> float:
+    from datatrove.executor import LocalPipelineExecutor
+
+    from reddit_amazon.pipeline import ScanDumpsStep
+
+    shutil.rmtree(work, ignore_errors=True)
+    step = ScanDumpsStep([str(f) for f in files], str(work / "out"), progress=False)
+    executor = LocalPipelineExecutor([step], tasks=len(files), workers=workers, logging_dir=str(work / "logs"))
+    return _timed(executor.run)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mb", type=int, default=563, help="uncompressed MB per file (2 files)")
+    parser.add_argument("--dir", type=Path, default=None, help="where to write the dumps (default: a temp dir)")
+    args = parser.parse_args()
+    folder = args.dir or Path(tempfile.mkdtemp(prefix="scan-throughput-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"RC_2020-0{i + 1}.zst" for i in range(2)]
+    uncompressed = 0
+    for seed, path in enumerate(files, start=1):
+        started = time.perf_counter()
+        uncompressed += _make_dump(path, args.size_mb, seed)
+        print(f"wrote {path.name}: {path.stat().st_size / 2**20:,.0f} MB compressed ({time.perf_counter() - started:.0f} s)")
+    print(f"{uncompressed / 2**30:.2f} GiB uncompressed in {len(files)} files")
+
+    def zstd_all() -> None:
+        for path in files:
+            subprocess.run(["zstd", "-dc", "--long=31", str(path)], stdout=subprocess.DEVNULL, check=True)
+
+    zstd_all()  # warm the page cache
+    raw_s = min(_timed(zstd_all) for _ in range(2))
+    one_s = min(_scan(files, 1, folder / "scan1") for _ in range(2))
+    two_s = min(_scan(files, 2, folder / "scan2") for _ in range(2))
+    mb = uncompressed / 2**20
+    print(f"zstd -dc --long=31      : {raw_s:6.2f} s  {mb / raw_s:7.0f} MB/s")
+    print(f"scan, 1 worker, 2 files : {one_s:6.2f} s  {mb / one_s:7.0f} MB/s")
+    print(f"scan, 2 workers, 2 files: {two_s:6.2f} s  {mb / two_s:7.0f} MB/s")
+    print(f"ratio scan(1 worker) / zstd : {raw_s / one_s:.2f}x  (target >= 0.5x)")
+    print(f"speed-up 2 workers / 1      : {one_s / two_s:.2f}x  (target >= 1.8x)")
+    if args.dir is None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

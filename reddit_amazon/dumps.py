@@ -1,0 +1,299 @@
+"""Streaming reader (and writer) for Reddit dump files: pushshift / Arctic Shift ``.zst`` and plain NDJSON.
+
+The dumps are NDJSON compressed as a zstd *stream* with a window of up to 2 GiB, so the decoder
+is created with ``max_window_size=2**31`` (default decoders refuse these files). Reading is in
+bytes and constant-memory: decompressed chunks are split on ``b"\\n"`` (a multi-byte character
+split between two chunks is rejoined before anything is decoded), the last line is read even
+without a trailing newline, and a truncated or corrupt file raises :class:`DumpReadError` naming
+the file and byte offset after everything before the damage has been yielded.
+
+The fast path, :func:`iter_selected_lines`, looks at whole chunks with C-speed searches and only
+cuts out the lines around a match, so a scan costs little more than decompression.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+#: The largest window the dumps use (``zstd --long=31``).
+MAX_WINDOW_SIZE = 2**31
+#: Compressed bytes read per step. Decompressed chunks are several times larger.
+READ_SIZE = 1 << 20
+
+ZST_SUFFIXES = (".zst", ".zstd")
+PLAIN_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
+class DumpReadError(Exception):
+    """A dump file is truncated or corrupt. Lines before the damage have been read."""
+
+    def __init__(self, path: Path, compressed_offset: int, reason: str):
+        self.path = Path(path)
+        self.compressed_offset = compressed_offset
+        self.reason = reason
+        super().__init__(f"{path}: {reason} at compressed byte {compressed_offset:,}")
+
+
+def is_dump_file(path: Path) -> bool:
+    return path.name.endswith(ZST_SUFFIXES + PLAIN_SUFFIXES)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReadProgress:
+    """Counters a reader updates while it runs (shown by progress bars, saved in the funnel)."""
+
+    compressed_bytes: int = 0
+    uncompressed_bytes: int = 0
+    lines: int = 0
+
+
+def iter_chunks(path: Path, progress: ReadProgress | None = None, read_size: int = READ_SIZE) -> Iterator[bytes]:
+    """Decompressed bytes of ``path`` in chunks, frame after frame.
+
+    Raises :class:`DumpReadError` at the first corrupt frame or when the file ends inside a frame.
+    """
+    path = Path(path)
+    progress = progress if progress is not None else ReadProgress()
+    with open(path, "rb") as raw:
+        if not path.name.endswith(ZST_SUFFIXES):
+            while block := raw.read(read_size):
+                progress.compressed_bytes += len(block)
+                progress.uncompressed_bytes += len(block)
+                yield block
+            return
+        import zstandard
+
+        decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
+        frame = decompressor.decompressobj()
+        frame_has_input = False
+        while block := raw.read(read_size):
+            offset = progress.compressed_bytes
+            progress.compressed_bytes += len(block)
+            while block:
+                try:
+                    out = frame.decompress(block)
+                except zstandard.ZstdError as error:
+                    raise DumpReadError(path, offset, f"corrupt zstd data ({error})") from None
+                frame_has_input = True
+                if out:
+                    progress.uncompressed_bytes += len(out)
+                    yield out
+                if not frame.eof:
+                    break
+                # A frame ended inside this block: the rest starts the next frame.
+                offset += len(block) - len(frame.unused_data)
+                block = frame.unused_data
+                frame = decompressor.decompressobj()
+                frame_has_input = False
+        if frame_has_input and not frame.eof:
+            raise DumpReadError(path, progress.compressed_bytes, "file ends inside a zstd frame (truncated)")
+
+
+PositionFinder = Callable[[bytes, int, int], Iterable[int]]
+
+
+def iter_selected_lines(
+    chunks: Iterable[bytes], find_positions: PositionFinder, progress: ReadProgress
+) -> Iterator[bytes]:
+    """The lines (without ``\\n``) in which ``find_positions(chunk, start, end)`` reports a position.
+
+    ``find_positions`` is called on whole chunks with the byte range of complete lines it may
+    search, so a selective search runs at C speed; only matched lines are cut out. Lines are
+    counted in ``progress.lines``; the last line counts and is searched even without a newline.
+    """
+    carry = b""
+    for chunk in chunks:
+        last_newline = chunk.rfind(b"\n")
+        if last_newline < 0:
+            carry += chunk
+            continue
+        first_newline = chunk.find(b"\n")
+        progress.lines += chunk.count(b"\n", 0, last_newline + 1)
+        head = carry + chunk[:first_newline] if carry else chunk[:first_newline]
+        if head and any(True for _ in find_positions(head, 0, len(head))):
+            yield head
+        start = first_newline + 1
+        end = last_newline
+        line_end_seen = -1
+        for position in sorted(find_positions(chunk, start, end)):
+            if position <= line_end_seen:
+                continue
+            line_start = chunk.rfind(b"\n", start - 1, position) + 1
+            line_end_seen = chunk.find(b"\n", position)
+            yield chunk[line_start:line_end_seen]
+        carry = chunk[last_newline + 1 :]
+    if carry:
+        progress.lines += 1
+        if any(True for _ in find_positions(carry, 0, len(carry))):
+            yield carry
+
+
+def iter_lines(chunks: Iterable[bytes], progress: ReadProgress | None = None) -> Iterator[bytes]:
+    """Every non-empty line (without ``\\n``) of a chunk stream."""
+    progress = progress if progress is not None else ReadProgress()
+    carry = b""
+    for chunk in chunks:
+        lines = (carry + chunk).split(b"\n") if carry else chunk.split(b"\n")
+        carry = lines.pop()
+        progress.lines += len(lines)
+        yield from (line for line in lines if line)
+    if carry:
+        progress.lines += 1
+        yield carry
+
+
+# --------------------------------------------------------------------------------------------
+# Records: the fields as the dumps actually have them
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LineProblems:
+    """Lines that could not be used, counted per file and reported, never fatal."""
+
+    malformed_json: int = 0
+    invalid_utf8: int = 0
+    missing_fields: int = 0
+    not_an_object: int = 0
+    examples: list[str] = field(default_factory=list)  # a few, for the report
+
+    def add(self, reason: str, line: bytes) -> None:
+        setattr(self, reason, getattr(self, reason) + 1)
+        if len(self.examples) < 5:
+            self.examples.append(f"{reason}: {line[:120].decode('utf-8', 'replace')}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_line(line: bytes, problems: LineProblems) -> dict[str, Any] | None:
+    """The JSON object of one dump line, or ``None`` (counted in ``problems``)."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.add("invalid_utf8", line)
+        else:
+            problems.add("malformed_json", line)
+        return None
+    if not isinstance(record, dict):
+        problems.add("not_an_object", line)
+        return None
+    return record
+
+
+def bare_id(value: Any) -> str:
+    """``"t3_abc"`` / ``"abc"`` -> ``"abc"``; anything else -> ``""``."""
+    if not isinstance(value, str):
+        return ""
+    return value[3:] if len(value) > 3 and value[0] == "t" and value[2] == "_" and value[1] in "1235" else value
+
+
+def parse_created_utc(value: Any) -> int | None:
+    """``created_utc`` as the dumps store it: int, float or a string of either."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(float(value))
+        except ValueError:
+            return None
+    return None
+
+
+_DELETED_MARKERS = {"[deleted]", "[deleted by user]"}
+_REMOVED_MARKERS = {"[removed]", "[removed by reddit]", "[ removed by reddit ]", "[removed by moderator]"}
+
+
+def text_state(text: Any) -> str:
+    """``"deleted"``, ``"removed"``, ``"empty"`` or ``"ok"`` for a body / selftext / title."""
+    if not isinstance(text, str) or not text.strip():
+        return "empty"
+    marker = text.strip().lower()
+    if marker in _DELETED_MARKERS:
+        return "deleted"
+    if marker in _REMOVED_MARKERS:
+        return "removed"
+    return "ok"
+
+
+def real_author(author: Any) -> str:
+    """The author name, or ``""`` when deleted / missing."""
+    if not isinstance(author, str) or author in ("[deleted]", "[removed]", ""):
+        return ""
+    return author
+
+
+# --------------------------------------------------------------------------------------------
+# Writing: streamed, long-window zstd, as the dumps are made
+# --------------------------------------------------------------------------------------------
+
+
+def write_zst_ndjson(
+    path: Path,
+    records: Iterable[dict[str, Any] | bytes],
+    *,
+    frames: int = 1,
+    level: int = 3,
+    window_log: int = 31,
+    trailing_newline: bool = True,
+    checksum: bool = True,
+    long_distance_matching: bool = False,
+) -> Path:
+    """Write ``records`` as NDJSON in a zstd *stream* with a ``2**window_log`` window.
+
+    Each record is a dict (serialised with orjson) or raw bytes (written as one line, verbatim,
+    to make malformed fixtures). ``frames`` > 1 splits the lines evenly over that many zstd
+    frames, as multi-part dumps are. The frames never record their content size, so a reader
+    needs the long window exactly as for the real dumps. ``long_distance_matching`` is what
+    ``zstd --long`` adds (better ratio, ~0.1 s more per frame); the window is recorded either way.
+    Written to a temp name, then renamed.
+    """
+    import zstandard
+
+    path = Path(path)
+    lines = [r if isinstance(r, bytes) else orjson.dumps(r) for r in records]
+    per_frame = max(1, -(-len(lines) // max(1, frames)))
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, window_log=window_log, enable_ldm=long_distance_matching, write_checksum=checksum
+    )
+    temporary = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(temporary, "wb") as out:
+        for start in range(0, max(len(lines), 1), per_frame):
+            part = lines[start : start + per_frame]
+            is_last = start + per_frame >= len(lines)
+            payload = b"\n".join(part) + (b"\n" if part and (trailing_newline or not is_last) else b"")
+            writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(out, closefd=False)
+            # Written in pieces so the frame header cannot learn the content size.
+            view = memoryview(payload)
+            for offset in range(0, len(payload), 1 << 16):
+                writer.write(view[offset : offset + (1 << 16)])
+            writer.flush(zstandard.FLUSH_FRAME)
+    os.replace(temporary, path)
+    return path
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """All JSON objects of a small dump; bad lines are skipped (use the scan for counts)."""
+    problems = LineProblems()
+    for line in iter_lines(iter_chunks(Path(path))):
+        record = parse_line(line, problems)
+        if record is not None:
+            yield record
+

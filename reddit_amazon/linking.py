@@ -1,0 +1,301 @@
+"""Amazon product links in Reddit texts: ASIN extraction, the byte-level prefilter, short links.
+
+:func:`extract_asins` reads the product links a Reddit body or title contains, as Reddit stores
+them: markdown links, escaped underscores (``\\_``), HTML entities (``&amp;``), URL-encoded
+links, every Amazon storefront and the mobile / ``smile.`` hosts. Pages that are not one product
+(search, stores, wishlists, the image CDN) give nothing.
+
+Short links (``amzn.to``, ``a.co``, ``amzn.eu``, ...) hide the ASIN behind a redirect. They are
+listed by :func:`extract_short_links` and resolved only on request by :class:`ShortLinkResolver`,
+which reads the first redirect's ``Location`` (never the product page), keeps at most a few
+requests per host in flight, retries with backoff and caches every answer on disk.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+#: What every raw dump line holding an Amazon product or short link contains, once lower-cased:
+#: "amazon." / "amzn." (a backslash may precede the dot) or "a.co/" (JSON may write "a.co\\/").
+#: The scan runs it on whole lower-cased chunks before any JSON parsing; a regex with the literal
+#: prefix "a" measured faster than three ``bytes.find`` passes.
+PREFILTER = re.compile(rb"am(?:azon|zn)(?:\\\\)*\.|a\.co\\?/")
+
+# A host whose last labels are "amazon.<tld>" (amazon.com, www.amazon.co.uk, smile.amazon.de,
+# m.amazon.in, ...). The look-behind keeps out "images-amazon.com" and "media-amazon.com".
+_AMAZON_URL = re.compile(
+    r"(?<![\w.@-])(?:[a-z0-9-]+\.)*amazon\.(?:com?\.)?[a-z]{2,3}(?![\w-])(?P<rest>[^\s)\]\[<>\"'|{}^`]*)",
+    re.IGNORECASE,
+)
+# amzn.com/<ASIN> and amzn.com/dp/<ASIN> carry the ASIN without a redirect.
+_AMZN_COM_URL = re.compile(r"(?<![\w.@-])amzn\.com/(?:dp/)?(?P<asin>[a-z0-9]{10})(?![a-z0-9])", re.IGNORECASE)
+
+# Path segments after which a product's ASIN follows. A slug may come before ("/Some-Name/dp/…").
+_PRODUCT_PATH = re.compile(
+    r"/(?:dp(?:/product)?|gp/product(?:/glance)?|gp/aw/d|gp/offer-listing|o/ASIN|exec/obidos/ASIN"
+    r"|exec/obidos/tg/detail/-|product-reviews|gp/product-reviews|dp/aw/d)"
+    r"/(?P<asin>[a-z0-9]{10})(?![a-z0-9])",
+    re.IGNORECASE,
+)
+
+SHORT_LINK_HOSTS: tuple[str, ...] = ("amzn.to", "a.co", "amzn.eu", "amzn.asia", "amzn.in", "amzn.com.au")
+_SHORT_LINK = re.compile(
+    r"(?<![\w.@-])(?:https?://)?(?P<host>amzn\.to|a\.co|amzn\.eu|amzn\.asia|amzn\.in|amzn\.com\.au)"
+    r"/(?P<path>(?:d/)?[A-Za-z0-9_-]+)",
+    re.IGNORECASE,
+)
+
+# Reddit escapes markdown characters in stored bodies ("dp\_B0…", "\(", "\/").
+_MARKDOWN_ESCAPE = re.compile(r"\\+([_*~()\[\]/#.\-])")
+
+
+def _normalise(text: str) -> str:
+    text = html.unescape(text) if "&" in text else text
+    text = _MARKDOWN_ESCAPE.sub(r"\1", text) if "\\" in text else text
+    if "%" in text:
+        # Twice: links pasted from redirects are often encoded twice ("%252F").
+        text = unquote(unquote(text))
+    return text
+
+
+def _asin_of(path: str) -> str | None:
+    match = _PRODUCT_PATH.search(path)
+    return match["asin"].upper() if match else None
+
+
+def extract_asins(text: str) -> list[str]:
+    """ASINs of the Amazon product links in ``text``: unique, in order of appearance.
+
+    >>> extract_asins("[this](https://www.amazon.com/NeuEve/dp/B00NN2Y04E/ref=sr_1_3) and amazon.co.uk/gp/product/b07xj8c8f5.")
+    ['B00NN2Y04E', 'B07XJ8C8F5']
+    """
+    if not text:
+        return []
+    lowered = text.lower()
+    if "amazon" not in lowered and "amzn" not in lowered:
+        return []
+    text = _normalise(text)
+    found: list[tuple[int, str]] = []
+    for match in _AMAZON_URL.finditer(text):
+        asin = _asin_of(match["rest"])
+        if asin:
+            found.append((match.start(), asin))
+    for match in _AMZN_COM_URL.finditer(text):
+        found.append((match.start(), match["asin"].upper()))
+    found.sort()
+    return list(dict.fromkeys(asin for _, asin in found))
+
+
+def extract_short_links(text: str) -> list[str]:
+    """Amazon short links in ``text`` as ``https://host/path`` (host lower-cased), unique, in order."""
+    if not text:
+        return []
+    lowered = text.lower()
+    if "amzn" not in lowered and "a.co/" not in lowered:
+        return []
+    text = _normalise(text)
+    return list(
+        dict.fromkeys(f"https://{m['host'].lower()}/{m['path']}" for m in _SHORT_LINK.finditer(text))
+    )
+
+
+def may_contain_link(line: bytes) -> bool:
+    """The prefilter on one raw dump line."""
+    return PREFILTER.search(line.lower()) is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Short-link resolution
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShortLinkResolution:
+    url: str
+    location: str  # the redirect target ("" when none)
+    asins: tuple[str, ...]
+    error: str  # "" when resolved; why not otherwise
+
+    @property
+    def resolved(self) -> bool:
+        return not self.error
+
+
+class _TransientError(Exception):
+    """A failure worth retrying: connection error, timeout, 429 or 5xx."""
+
+
+class ShortLinkCache:
+    """SQLite file mapping short link -> redirect target. Only definitive answers are stored."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS short_links (url TEXT PRIMARY KEY, location TEXT NOT NULL, error TEXT NOT NULL)"
+        )
+        self._db.commit()
+
+    def get(self, url: str) -> ShortLinkResolution | None:
+        with self._lock:
+            row = self._db.execute("SELECT location, error FROM short_links WHERE url = ?", (url,)).fetchone()
+        if row is None:
+            return None
+        return ShortLinkResolution(url, row[0], tuple(extract_asins(row[0])), row[1])
+
+    def put(self, resolution: ShortLinkResolution) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO short_links VALUES (?, ?, ?)",
+                (resolution.url, resolution.location, resolution.error),
+            )
+            self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class ShortLinkResolver:
+    """Resolve short links to ASINs through the first redirect, with a disk cache.
+
+    ``endpoints`` maps a short-link host to the base URL actually contacted (a proxy, or a
+    loopback server in tests); other hosts are contacted at ``https://<host>``.
+    """
+
+    def __init__(
+        self,
+        cache_path: Path,
+        *,
+        per_host_concurrency: int = 2,
+        timeout_s: float = 10.0,
+        attempts: int = 4,
+        backoff_s: float = 1.0,
+        max_hops: int = 3,
+        endpoints: Mapping[str, str] | None = None,
+        user_agent: str = "reddit-amazon (dataset build; resolves short links once)",
+    ):
+        self.cache = ShortLinkCache(cache_path)
+        self.per_host_concurrency = per_host_concurrency
+        self.timeout_s = timeout_s
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.max_hops = max_hops
+        self.endpoints = {k.lower(): v.rstrip("/") for k, v in (endpoints or {}).items()}
+        self.user_agent = user_agent
+        self._host_slots: dict[str, threading.Semaphore] = {}
+        self._slots_lock = threading.Lock()
+        self._local = threading.local()
+
+    def resolve_all(self, urls: Iterable[str], *, progress: bool = True) -> dict[str, ShortLinkResolution]:
+        """Resolve every url (cached answers first); the result has one entry per url."""
+        from tqdm import tqdm
+
+        urls = list(dict.fromkeys(urls))
+        results: dict[str, ShortLinkResolution] = {}
+        pending = []
+        for url in urls:
+            cached = self.cache.get(url)
+            if cached is not None:
+                results[url] = cached
+            else:
+                pending.append(url)
+        if pending:
+            hosts = {urlsplit(u).hostname for u in pending}
+            workers = max(1, min(len(pending), self.per_host_concurrency * len(hosts)))
+            with ThreadPoolExecutor(workers) as pool, tqdm(
+                total=len(pending), desc="short links", unit="link", disable=not progress
+            ) as bar:
+                for resolution in pool.map(self.resolve, pending):
+                    results[resolution.url] = resolution
+                    bar.update()
+        return results
+
+    def resolve(self, url: str) -> ShortLinkResolution:
+        cached = self.cache.get(url)
+        if cached is not None:
+            return cached
+        current = url
+        try:
+            for _ in range(self.max_hops):
+                location = self._first_redirect(current)
+                if not location:
+                    resolution = ShortLinkResolution(url, "", (), "no redirect")
+                    break
+                asins = extract_asins(location)
+                if asins or not _is_short_link(location):
+                    error = "" if asins else "redirect is not a product page"
+                    resolution = ShortLinkResolution(url, location, tuple(asins), error)
+                    break
+                current = extract_short_links(location)[0]
+            else:
+                resolution = ShortLinkResolution(url, "", (), f"more than {self.max_hops} redirects between short links")
+        except _TransientError as error:
+            # Not cached: a later run tries again.
+            return ShortLinkResolution(url, "", (), f"unreachable: {error}")
+        self.cache.put(resolution)
+        return resolution
+
+    def _slot(self, host: str) -> threading.Semaphore:
+        with self._slots_lock:
+            return self._host_slots.setdefault(host, threading.Semaphore(self.per_host_concurrency))
+
+    def _session(self):
+        import requests
+
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.headers["User-Agent"] = self.user_agent
+        return session
+
+    def _first_redirect(self, url: str) -> str:
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        target = self.endpoints.get(host, f"https://{host}") + parts.path
+        retrying = Retrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(multiplier=self.backoff_s, max=30),
+            retry=retry_if_exception_type(_TransientError),
+            reraise=True,
+        )
+        with self._slot(host):
+            return retrying(self._request_location, target)
+
+    def _request_location(self, target: str) -> str:
+        import requests
+
+        try:
+            response = self._session().get(target, allow_redirects=False, timeout=self.timeout_s, stream=True)
+        except requests.RequestException as error:
+            raise _TransientError(type(error).__name__) from None
+        try:
+            if response.status_code == 429 or response.status_code >= 500:
+                retry_after = response.headers.get("Retry-After", "")
+                if retry_after.isdigit():
+                    time.sleep(min(int(retry_after), 30))
+                raise _TransientError(f"HTTP {response.status_code}")
+            if response.is_redirect:
+                return response.headers.get("Location", "")
+            return ""
+        finally:
+            response.close()
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+def _is_short_link(url: str) -> bool:
+    return bool(extract_short_links(url))

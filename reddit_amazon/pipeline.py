@@ -1,0 +1,711 @@
+"""The Reddit stage of the build: dump files -> recommending comments -> rebuilt threads, on datatrove.
+
+Three datatrove stages, each a :class:`~datatrove.pipeline.base.PipelineStep` run by a
+``LocalPipelineExecutor`` (default), ``SlurmPipelineExecutor`` or ``RayPipelineExecutor``:
+
+1. **scan** (one task per group of files): prefilter + parse every dump line, keep the comments
+   whose body links Amazon products (``ASINs``) or Amazon short links.
+2. **collect** (same files, second targeted pass): keep only the comments and submissions of the
+   threads the recommendations belong to, spread over ``buckets`` files by thread id.
+3. **rebuild** (one task per bucket): index one bucket's threads and rebuild the submission + ancestor
+   chain of each recommending comment; write ``conversations/part-XXXXX.jsonl``.
+
+Between the stages the calling process resolves short links (only when asked) and decides which
+threads are needed. Every output is written under a temporary name and renamed; each input file
+has its own completion marker (its stats file, written last) besides datatrove's per-task markers,
+so a rerun after an interruption redoes only unfinished files. Stage folders are named after a
+digest of what they depend on, so changed inputs never reuse stale results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import abstractmethod
+import os
+import re
+import secrets
+import shutil
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from reddit_amazon.dumps import (
+    DumpReadError,
+    LineProblems,
+    ReadProgress,
+    is_dump_file,
+    iter_chunks,
+    iter_selected_lines,
+    parse_line,
+)
+from reddit_amazon.linking import PREFILTER, extract_asins, extract_short_links
+from reddit_amazon.threads import (
+    Pseudonymizer,
+    RebuildCounts,
+    RedditComment,
+    RedditSubmission,
+    ThreadIndex,
+    comment_from_dump,
+    linkable_texts,
+    record_from_json,
+    submission_from_dump,
+)
+
+try:  # datatrove is a core dependency; the import is heavy, so only the base class comes in here.
+    from datatrove.pipeline.base import PipelineStep
+except ImportError as error:  # pragma: no cover - a broken install
+    raise ImportError("the Reddit stage needs datatrove: pip install 'datatrove>=0.4'") from error
+
+Executor = Literal["local", "slurm", "ray"]
+
+
+@dataclass
+class RedditStageOptions:
+    """How to run the Reddit stage. Only ``salt`` changes the output besides the inputs."""
+
+    salt: str | None = None  # None: a random salt kept in <workdir>/reddit/salt (mode 600)
+    resolve_short_links: bool = False  # contact amzn.to / a.co / ... (network)
+    short_link_cache: Path | None = None  # default <workdir>/reddit/short_links.sqlite
+    short_link_endpoints: dict[str, str] = field(default_factory=dict)  # host -> base URL (proxy / tests)
+    short_link_concurrency: int = 2  # requests in flight per short-link host
+    short_link_timeout_s: float = 10.0
+    short_link_attempts: int = 4
+    executor: Executor = "local"
+    tasks: int | None = None  # scan/collect tasks; default: one per input file
+    workers: int = 1  # tasks run at once (local / ray)
+    buckets: int | None = None  # rebuild tasks = output shards; default: tasks (at most 256)
+    progress: bool = True
+    slurm_partition: str | None = None
+    slurm_time: str = "24:00:00"
+    slurm_mem_per_cpu_gb: int = 4
+    slurm_venv: str | None = None
+    poll_interval_s: float = 30.0  # how often to look for finished tasks on slurm / ray
+
+
+@dataclass
+class RedditStageResult:
+    shards: list[Path]  # <workdir>/reddit/conversations/part-XXXXX.jsonl
+    funnel: dict[str, Any]
+    incomplete_files: list[Path]  # truncated / corrupt dumps: read up to the damage
+    incomplete_reasons: dict[str, str] = field(default_factory=dict)  # path -> error with byte offset
+    unresolved_short_links: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers: digests, atomic writes
+# --------------------------------------------------------------------------------------------
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.blake2b(orjson.dumps(parts, default=str), digest_size=6).hexdigest()
+
+
+def _file_key(path: Path) -> str:
+    stat = path.stat()
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name)[:80]
+    return f"{stem}-{_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}"
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary(path)
+    temporary.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    os.replace(temporary, path)
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                yield orjson.loads(line)
+
+
+def _bucket_of(thread_id: str, buckets: int) -> int:
+    return zlib.crc32(thread_id.encode()) % buckets
+
+
+def _progress_bar(path: Path, enabled: bool, rank: int):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=path.stat().st_size,
+        desc=path.name[:40],
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not enabled,
+        position=rank,
+        leave=rank == 0,
+        mininterval=0.5,
+    )
+
+
+def _metered(chunks: Iterator[bytes], progress: ReadProgress, bar) -> Iterator[bytes]:
+    """Chunks, advancing ``bar`` (compressed MB/s) and showing lines/s and uncompressed MB/s."""
+    started = time.perf_counter()
+    shown = 0
+    last_postfix = 0.0
+    for chunk in chunks:
+        yield chunk
+        bar.update(progress.compressed_bytes - shown)
+        shown = progress.compressed_bytes
+        now = time.perf_counter()
+        if not bar.disable and now - last_postfix > 0.5:
+            elapsed = max(now - started, 1e-9)
+            bar.set_postfix_str(
+                f"{progress.lines / elapsed:,.0f} lines/s, {progress.uncompressed_bytes / elapsed / 2**20:,.0f} MB/s raw",
+                refresh=False,
+            )
+            last_postfix = now
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: scan for recommending comments
+# --------------------------------------------------------------------------------------------
+
+
+def _link_positions(chunk: bytes, start: int, end: int) -> Iterator[int]:
+    """Positions in [start, end) where the prefilter matches, at most one per line."""
+    lowered = chunk.lower()
+    search = PREFILTER.search
+    match = search(lowered, start, end)
+    while match is not None:
+        yield match.start()
+        line_end = lowered.find(b"\n", match.end(), end)
+        if line_end < 0:
+            return
+        match = search(lowered, line_end, end)
+
+
+def scan_file(path: Path, hits_path: Path, *, progress_bar=None) -> dict[str, Any]:
+    """Scan one dump for comments that link Amazon products; write them to ``hits_path``; return stats."""
+    progress = ReadProgress()
+    problems = LineProblems()
+    counts: Counter[str] = Counter()
+    error = ""
+    temporary = _temporary(hits_path)
+    chunks = iter_chunks(path, progress)
+    if progress_bar is not None:
+        chunks = _metered(chunks, progress, progress_bar)
+    with open(temporary, "wb") as out:
+        try:
+            for line in iter_selected_lines(chunks, _link_positions, progress):
+                counts["prefilter_hits"] += 1
+                record = parse_line(line, problems)
+                if record is None:
+                    continue
+                counts["parsed"] += 1
+                if "body" not in record:
+                    if "title" in record:
+                        counts["submissions_with_amazon_text"] += 1
+                    else:
+                        problems.add("missing_fields", line)
+                    continue
+                comment = comment_from_dump(record)
+                if comment is None:
+                    problems.add("missing_fields", line)
+                    continue
+                asins = extract_asins(comment.body)
+                short_links = extract_short_links(comment.body)
+                if not asins and not short_links:
+                    counts["prefilter_without_product_link"] += 1
+                    continue
+                counts["comments_with_links"] += 1
+                counts["asins_linked"] += len(asins)
+                counts["short_links_found"] += len(short_links)
+                out.write(orjson.dumps({**comment.to_json(), "asins": asins, "short_links": short_links}) + b"\n")
+        except DumpReadError as read_error:
+            error = str(read_error)
+    os.replace(temporary, hits_path)
+    return {
+        "path": str(path),
+        "error": error,
+        "lines_read": progress.lines,
+        "compressed_bytes": progress.compressed_bytes,
+        "uncompressed_bytes": progress.uncompressed_bytes,
+        "problems": problems.as_dict(),
+        **counts,
+    }
+
+
+class _FilesStep(PipelineStep):
+    """A step over input files: task ``rank`` takes files ``rank, rank + world_size, ...``.
+
+    Each file's stats JSON is its completion marker: written last, so a file whose marker exists
+    is never read again, even when the task that read it was interrupted later.
+    """
+
+    def __init__(self, files: Sequence[str], out_dir: str, progress: bool):
+        super().__init__()
+        self.files = list(files)
+        self.out_dir = out_dir
+        self.progress = progress
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        out_dir = Path(self.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in map(Path, self.files[rank::world_size]):
+            key = _file_key(path)
+            marker = out_dir / f"{key}.json"
+            if marker.exists():
+                self.stat_update("files_already_done")
+                continue
+            with _progress_bar(path, self.progress, rank) as bar, self.track_time(unit="file"):
+                stats = self.process_file(path, out_dir, key, bar)
+            _write_json_atomic(marker, stats)
+            self.stat_update("files_done")
+            self.stat_update("lines_read", value=stats["lines_read"], unit="file")
+        if data:
+            yield from data
+
+    @abstractmethod
+    def process_file(self, path: Path, out_dir: Path, key: str, bar) -> dict[str, Any]:
+        """Read ``path``, write its outputs under ``out_dir`` (names starting with ``key``), return its stats."""
+
+
+class ScanDumpsStep(_FilesStep):
+    name = "🔎 scan dumps for Amazon links"
+    type = "📖 - READER"
+
+    def process_file(self, path: Path, out_dir: Path, key: str, bar) -> dict[str, Any]:
+        return scan_file(path, out_dir / f"{key}.hits.jsonl", progress_bar=bar)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: collect the needed threads
+# --------------------------------------------------------------------------------------------
+
+_THREAD_KEY = re.compile(rb'"(?:link_id|id)"\s*:\s*"(?:t3_)?([A-Za-z0-9]+)"')
+
+
+def collect_file(
+    path: Path, out_dir: Path, needed: set[str], buckets: int, *, progress_bar=None
+) -> dict[str, Any]:
+    """Write the comments / submissions of the ``needed`` threads in ``path`` to ``out_dir/bucket-XXXXX.jsonl``."""
+    needed_bytes = {thread_id.encode() for thread_id in needed}
+    progress = ReadProgress()
+    problems = LineProblems()
+    counts: Counter[str] = Counter()
+    short_links: dict[str, None] = {}
+    error = ""
+
+    def positions(chunk: bytes, start: int, end: int) -> Iterator[int]:
+        for match in _THREAD_KEY.finditer(chunk, start, end):
+            if match.group(1) in needed_bytes:
+                yield match.start()
+
+    temporary_dir = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(temporary_dir, ignore_errors=True)
+    temporary_dir.mkdir(parents=True)
+    handles: dict[int, Any] = {}
+    chunks = iter_chunks(path, progress)
+    if progress_bar is not None:
+        chunks = _metered(chunks, progress, progress_bar)
+    try:
+        for line in iter_selected_lines(chunks, positions, progress):
+            record = parse_line(line, problems)
+            if record is None:
+                continue
+            kept: RedditComment | RedditSubmission | None
+            if "body" in record:
+                kept = comment_from_dump(record)
+                thread_id = kept.link_id if kept else ""
+            else:
+                kept = submission_from_dump(record)
+                thread_id = kept.id if kept else ""
+            if kept is None:
+                problems.add("missing_fields", line)
+                continue
+            if thread_id not in needed:
+                continue  # an unrelated id matched (a nested object's id, or a comment id equal to a thread id)
+            counts["comments_collected" if isinstance(kept, RedditComment) else "submissions_collected"] += 1
+            for text in linkable_texts(kept):
+                short_links.update(dict.fromkeys(extract_short_links(text)))
+            bucket = _bucket_of(thread_id, buckets)
+            handle = handles.get(bucket)
+            if handle is None:
+                handle = handles[bucket] = open(temporary_dir / f"bucket-{bucket:05d}.jsonl", "wb")
+            handle.write(orjson.dumps(kept.to_json()) + b"\n")
+    except DumpReadError as read_error:
+        error = str(read_error)
+    finally:
+        for handle in handles.values():
+            handle.close()
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(temporary_dir, out_dir)
+    return {
+        "path": str(path),
+        "error": error,
+        "lines_read": progress.lines,
+        "problems": problems.as_dict(),
+        "short_links": list(short_links),
+        **counts,
+    }
+
+
+class CollectThreadsStep(_FilesStep):
+    name = "🧵 collect needed threads"
+    type = "📖 - READER"
+
+    def __init__(self, files: Sequence[str], out_dir: str, progress: bool, needed_path: str, buckets: int):
+        super().__init__(files, out_dir, progress)
+        self.needed_path = needed_path
+        self.buckets = buckets
+
+    def process_file(self, path: Path, out_dir: Path, key: str, bar) -> dict[str, Any]:
+        needed = set(Path(self.needed_path).read_text().split())
+        return collect_file(path, out_dir / key, needed, self.buckets, progress_bar=bar)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 3: rebuild conversations, one bucket per task
+# --------------------------------------------------------------------------------------------
+
+
+class RebuildThreadsStep(PipelineStep):
+    name = "🧩 rebuild threads"
+    type = "✍️ - WRITER"
+
+    def __init__(
+        self, buckets: int, targets_dir: str, collect_dir: str, short_links_path: str, salt_path: str, out_dir: str
+    ):
+        super().__init__()
+        self.buckets = buckets
+        self.targets_dir = targets_dir
+        self.collect_dir = collect_dir
+        self.short_links_path = short_links_path
+        self.salt_path = salt_path  # the salt itself stays out of datatrove's executor.json
+        self.out_dir = out_dir
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        out_dir = Path(self.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        short_links = orjson.loads(Path(self.short_links_path).read_bytes())
+        pseudonymize = Pseudonymizer(Path(self.salt_path).read_text().strip())
+
+        def asins_of(text: str) -> list[str]:
+            found = extract_asins(text)
+            for url in extract_short_links(text):
+                found.extend(short_links.get(url, ()))
+            return list(dict.fromkeys(found))
+
+        for bucket in range(rank, self.buckets, world_size):
+            marker = out_dir / f"part-{bucket:05d}.json"
+            if marker.exists():
+                continue
+            with self.track_time(unit="bucket"):
+                counts = self._rebuild_bucket(bucket, out_dir, pseudonymize, asins_of)
+            _write_json_atomic(marker, asdict(counts))
+            self.stat_update("conversations", value=counts.conversations, unit="bucket")
+        if data:
+            yield from data
+
+    def _rebuild_bucket(self, bucket: int, out_dir: Path, pseudonymize: Pseudonymizer, asins_of) -> RebuildCounts:
+        name = f"bucket-{bucket:05d}.jsonl"
+        index = ThreadIndex()
+        for file_dir in sorted(Path(self.collect_dir).iterdir()):
+            if file_dir.is_dir() and not file_dir.name.startswith(".") and (file_dir / name).exists():
+                index.add_all(record_from_json(row) for row in _read_jsonl(file_dir / name))
+        counts = RebuildCounts(duplicate_records=index.duplicates)
+        targets_path = Path(self.targets_dir) / name
+        targets = list(_read_jsonl(targets_path)) if targets_path.exists() else []
+        targets.sort(key=lambda t: (t["created_utc"] or 0, t["id"]))
+        output = out_dir / f"part-{bucket:05d}.jsonl"
+        temporary = _temporary(output)
+        with open(temporary, "wb") as out:
+            for target in targets:
+                gt_items = target.pop("gt_items")
+                comment = record_from_json(target)
+                conversation = index.conversation(comment, gt_items, pseudonymize, asins_of, counts)
+                if conversation is not None:
+                    out.write(orjson.dumps(conversation.to_row()) + b"\n")
+        os.replace(temporary, output)
+        return counts
+
+
+# --------------------------------------------------------------------------------------------
+# Executors
+# --------------------------------------------------------------------------------------------
+
+
+def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options: RedditStageOptions) -> None:
+    """Run ``step`` as ``tasks`` datatrove tasks and return once every task has completed."""
+    workers = max(1, min(options.workers, tasks))
+    if options.executor == "local":
+        from datatrove.executor import LocalPipelineExecutor
+
+        executor = LocalPipelineExecutor([step], tasks=tasks, workers=workers, logging_dir=str(logging_dir))
+    elif options.executor == "slurm":
+        from datatrove.executor import SlurmPipelineExecutor
+
+        if not options.slurm_partition:
+            raise ValueError("executor 'slurm' needs a partition (RedditStageOptions.slurm_partition)")
+        executor = SlurmPipelineExecutor(
+            [step],
+            tasks=tasks,
+            time=options.slurm_time,
+            partition=options.slurm_partition,
+            cpus_per_task=1,
+            mem_per_cpu_gb=options.slurm_mem_per_cpu_gb,
+            workers=options.workers if options.workers > 1 else -1,
+            job_name=f"reddit-amazon-{logging_dir.name}",
+            logging_dir=str(logging_dir),
+            venv_path=options.slurm_venv,
+        )
+    elif options.executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ImportError("executor 'ray' needs Ray: pip install 'reddit-amazon[cluster]'") from None
+        from datatrove.executor import RayPipelineExecutor
+
+        executor = RayPipelineExecutor([step], tasks=tasks, workers=workers, logging_dir=str(logging_dir))
+    else:
+        raise ValueError(f"unknown executor {options.executor!r}: use local, slurm or ray")
+    executor.run()
+    # Slurm (and Ray, when tasks are requeued) return before the work is done: wait for the markers.
+    while incomplete := executor.get_incomplete_ranks(skip_completed=True):
+        if options.executor == "local":
+            raise RuntimeError(f"{logging_dir.name}: tasks {incomplete} did not complete (see {logging_dir}/logs)")
+        time.sleep(options.poll_interval_s)
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+
+def _expand_inputs(inputs: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            files.extend(sorted(p for p in given.rglob("*") if p.is_file() and is_dump_file(p)))
+        elif given.exists():
+            files.append(given)
+        else:
+            raise FileNotFoundError(f"input dump {given} does not exist")
+    if not files:
+        raise FileNotFoundError(f"no dump files (.zst, .jsonl, .ndjson) in {', '.join(map(str, inputs))}")
+    return sorted(dict.fromkeys(p.resolve() for p in files))
+
+
+def _salt_file(stage_dir: Path, salt: str | None) -> Path:
+    path = stage_dir / "salt"
+    if salt is not None and not salt:
+        raise ValueError("the pseudonymisation salt must not be empty")
+    if salt is None and path.exists():
+        return path
+    wanted = salt if salt is not None else secrets.token_hex(16)
+    if not path.exists() or path.read_text().strip() != wanted:
+        temporary = _temporary(path)
+        temporary.unlink(missing_ok=True)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(wanted)
+        os.replace(temporary, path)
+    return path
+
+
+def _resolve(urls: list[str], workdir_stage: Path, options: RedditStageOptions) -> dict[str, list[str]]:
+    if not urls or not options.resolve_short_links:
+        return {}
+    from reddit_amazon.linking import ShortLinkResolver
+
+    resolver = ShortLinkResolver(
+        options.short_link_cache or workdir_stage / "short_links.sqlite",
+        per_host_concurrency=options.short_link_concurrency,
+        timeout_s=options.short_link_timeout_s,
+        attempts=options.short_link_attempts,
+        endpoints=options.short_link_endpoints,
+    )
+    try:
+        resolutions = resolver.resolve_all(urls, progress=options.progress)
+    finally:
+        resolver.close()
+    return {url: list(r.asins) for url, r in resolutions.items() if r.resolved}
+
+
+def _publish(parts: list[Path], destination: Path) -> list[Path]:
+    """Make ``destination`` hold exactly ``parts`` (hard links, or copies across file systems)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    published = []
+    for part in parts:
+        target = destination / part.name
+        temporary = _temporary(target)
+        temporary.unlink(missing_ok=True)
+        try:
+            os.link(part, temporary)
+        except OSError:
+            shutil.copyfile(part, temporary)
+        os.replace(temporary, target)
+        published.append(target)
+    keep = {p.name for p in published}
+    for stale in destination.glob("*.jsonl"):
+        if stale.name not in keep:
+            stale.unlink()
+    return published
+
+
+def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStageOptions) -> RedditStageResult:
+    """Dump files -> ``<workdir>/reddit/conversations/*.jsonl`` (``Conversation.to_row()`` lines, domain "").
+
+    ``inputs`` are dump files or folders of them (``RC_*.zst``, ``RS_*.zst``, ``<sub>_comments.zst``,
+    ``<sub>_submissions.zst``, ``.jsonl`` / ``.ndjson``); comments and submissions may come in any
+    files. Also writes ``<workdir>/reddit/funnel.json``. Rerunning with the same inputs reuses all
+    finished work.
+    """
+    files = _expand_inputs(inputs)
+    stage_dir = Path(workdir) / "reddit"
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    tasks = max(1, min(options.tasks or len(files), len(files)))
+    buckets = max(1, options.buckets or min(options.tasks or len(files), 256))
+    file_keys = [_file_key(p) for p in files]
+    names = [str(p) for p in files]
+
+    # 1. scan
+    scan_dir = stage_dir / "work" / "scan"
+    _run_on_executor(
+        ScanDumpsStep(names, str(scan_dir), options.progress), tasks, stage_dir / "logs" / f"scan-{_digest(file_keys, tasks)}", options
+    )
+    scan_stats = [orjson.loads((scan_dir / f"{key}.json").read_bytes()) for key in file_keys]
+
+    # 2. recommending comments: deduplicated, short links resolved when asked
+    hits: dict[str, dict[str, Any]] = {}
+    for key in file_keys:
+        for hit in _read_jsonl(scan_dir / f"{key}.hits.jsonl"):
+            hits.setdefault(hit["id"], hit)
+    funnel_extra: Counter[str] = Counter(duplicate_recommending_comments=sum(s.get("comments_with_links", 0) for s in scan_stats) - len(hits))
+    resolved = _resolve([u for h in hits.values() for u in h["short_links"]], stage_dir, options)
+    targets: dict[int, list[dict[str, Any]]] = {}
+    for hit in hits.values():
+        gt_items = list(dict.fromkeys(hit["asins"] + [a for u in hit["short_links"] for a in resolved.get(u, ())]))
+        if not gt_items:
+            funnel_extra["dropped_only_unresolved_short_links"] += 1
+            continue
+        target = {k: v for k, v in hit.items() if k not in ("asins", "short_links")}
+        target["gt_items"] = gt_items
+        targets.setdefault(_bucket_of(hit["link_id"], buckets), []).append(target)
+    needed = sorted({t["link_id"] for bucket in targets.values() for t in bucket})
+    targets_digest = _digest(sorted((b, sorted(t["id"] + ":" + ",".join(t["gt_items"]) for t in ts)) for b, ts in targets.items()))
+    targets_dir = stage_dir / "work" / f"targets-{targets_digest}"
+    if not targets_dir.exists():
+        temporary_dir = _temporary(targets_dir)
+        shutil.rmtree(temporary_dir, ignore_errors=True)
+        temporary_dir.mkdir(parents=True)
+        for bucket, rows in targets.items():
+            (temporary_dir / f"bucket-{bucket:05d}.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+        (temporary_dir / "needed_threads.txt").write_text("\n".join(needed) + "\n")
+        os.replace(temporary_dir, targets_dir)
+
+    # 3. collect the needed threads (second, targeted pass)
+    collect_digest = _digest(file_keys, _digest(needed), buckets)
+    collect_dir = stage_dir / "work" / f"collect-{collect_digest}"
+    _run_on_executor(
+        CollectThreadsStep(names, str(collect_dir), options.progress, str(targets_dir / "needed_threads.txt"), buckets),
+        tasks,
+        stage_dir / "logs" / f"collect-{_digest(collect_digest, tasks)}",
+        options,
+    )
+    collect_stats = [orjson.loads((collect_dir / f"{key}.json").read_bytes()) for key in file_keys]
+    context_links = [u for s in collect_stats for u in s["short_links"] if u not in resolved]
+    resolved.update(_resolve(context_links, stage_dir, options))
+    all_short_links = sorted({u for h in hits.values() for u in h["short_links"]} | set(context_links))
+    unresolved = [u for u in all_short_links if u not in resolved] if options.resolve_short_links else []
+    short_links_path = stage_dir / "work" / f"short_links-{_digest(sorted(resolved.items()))}.json"
+    if not short_links_path.exists():
+        _write_json_atomic(short_links_path, resolved)
+
+    # 4. rebuild
+    salt_path = _salt_file(stage_dir, options.salt)
+    rebuild_digest = _digest(collect_digest, targets_digest, short_links_path.name, _digest(salt_path.read_text()))
+    rebuild_dir = stage_dir / "work" / f"rebuild-{rebuild_digest}"
+    rebuild_tasks = min(buckets, tasks) if options.executor == "local" else buckets
+    _run_on_executor(
+        RebuildThreadsStep(
+            buckets, str(targets_dir), str(collect_dir), str(short_links_path), str(salt_path), str(rebuild_dir)
+        ),
+        rebuild_tasks,
+        stage_dir / "logs" / f"rebuild-{_digest(rebuild_digest, rebuild_tasks)}",
+        options,
+    )
+    rebuild_stats = [orjson.loads((rebuild_dir / f"part-{b:05d}.json").read_bytes()) for b in range(buckets)]
+    shards = _publish([rebuild_dir / f"part-{b:05d}.jsonl" for b in range(buckets)], stage_dir / "conversations")
+
+    funnel = _funnel(scan_stats, collect_stats, rebuild_stats, funnel_extra, hits, targets, needed, resolved, all_short_links, options)
+    _write_json_atomic(stage_dir / "funnel.json", funnel)
+    incomplete = {s["path"]: s["error"] for s in scan_stats if s["error"]}
+    if unresolved:
+        (stage_dir / "unresolved_short_links.txt").write_text("\n".join(unresolved) + "\n")
+    return RedditStageResult(
+        shards=shards,
+        funnel=funnel,
+        incomplete_files=[Path(p) for p in incomplete],
+        incomplete_reasons=incomplete,
+        unresolved_short_links=unresolved,
+    )
+
+
+def _funnel(
+    scan_stats: list[dict[str, Any]],
+    collect_stats: list[dict[str, Any]],
+    rebuild_stats: list[dict[str, Any]],
+    extra: Counter[str],
+    hits: dict[str, dict[str, Any]],
+    targets: dict[int, list[dict[str, Any]]],
+    needed: list[str],
+    resolved: dict[str, list[str]],
+    short_links: list[str],
+    options: RedditStageOptions,
+) -> dict[str, Any]:
+    def total(stats: list[dict[str, Any]], key: str) -> int:
+        return sum(s.get(key, 0) for s in stats)
+
+    def problems(key: str) -> int:
+        return sum(s["problems"][key] for s in scan_stats)
+
+    target_rows = [t for bucket in targets.values() for t in bucket]
+    return {
+        "files": len(scan_stats),
+        "files_incomplete": sum(1 for s in scan_stats if s["error"]),
+        "lines_read": total(scan_stats, "lines_read"),
+        "uncompressed_bytes": total(scan_stats, "uncompressed_bytes"),
+        "prefilter_hits": total(scan_stats, "prefilter_hits"),
+        "parsed": total(scan_stats, "parsed"),
+        "comments_with_links": len(hits),
+        "comments_with_asins": len(target_rows),
+        "asins": sum(len(t["gt_items"]) for t in target_rows),
+        "unique_asins": len({a for t in target_rows for a in t["gt_items"]}),
+        "short_links_found": len(short_links),
+        "short_links_resolved": sum(1 for u in short_links if u in resolved) if options.resolve_short_links else 0,
+        "short_link_resolution": "on" if options.resolve_short_links else "off",
+        "threads_needed": len(needed),
+        "thread_comments_collected": total(collect_stats, "comments_collected"),
+        "thread_submissions_collected": total(collect_stats, "submissions_collected"),
+        "threads_rebuilt": total(rebuild_stats, "conversations"),
+        "ancestors_deleted_or_removed": total(rebuild_stats, "ancestors_deleted_or_removed"),
+        "submissions_deleted_or_removed": total(rebuild_stats, "submissions_deleted_or_removed"),
+        "dropped": {
+            "malformed_json": problems("malformed_json"),
+            "invalid_utf8": problems("invalid_utf8"),
+            "missing_fields": problems("missing_fields"),
+            "not_an_object": problems("not_an_object"),
+            "prefilter_hit_without_product_link": total(scan_stats, "prefilter_without_product_link"),
+            "submission_with_amazon_text": total(scan_stats, "submissions_with_amazon_text"),
+            "duplicate_recommending_comment": extra["duplicate_recommending_comments"],
+            "only_unresolved_short_links": extra["dropped_only_unresolved_short_links"],
+            "submission_missing": total(rebuild_stats, "submission_missing"),
+            "ancestor_missing": total(rebuild_stats, "ancestor_missing"),
+            "broken_parent_chain": total(rebuild_stats, "broken_parent_chain"),
+        },
+        "incomplete_files": {s["path"]: s["error"] for s in scan_stats if s["error"]},
+    }

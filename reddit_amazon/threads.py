@@ -1,0 +1,248 @@
+"""Rebuild the thread up to each recommending comment: submission, then ancestor comments, oldest first.
+
+The records here are the few fields of a dump line the build keeps (:class:`RedditComment`,
+:class:`RedditSubmission`). :class:`ThreadIndex` holds the comments and submissions of the threads
+that are needed -- never a whole month -- and turns one recommending comment into a
+:class:`reddit_amazon.schema.Conversation` whose ``domain`` is still unknown (``""``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from reddit_amazon.dumps import bare_id, parse_created_utc, real_author, text_state
+from reddit_amazon.schema import DELETED_TEXT, REMOVED_TEXT, Conversation, Turn
+
+#: Deeper chains than this are treated as broken (a parent_id cycle in corrupt data).
+MAX_THREAD_DEPTH = 10_000
+
+
+@dataclass
+class RedditComment:
+    id: str  # without t1_
+    link_id: str  # submission id, without t3_
+    parent_id: str  # as in the dump: "t1_…" (a comment) or "t3_…" (the submission)
+    body: str
+    author: str
+    created_utc: int | None
+    subreddit: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "comment", **asdict(self)}
+
+
+@dataclass
+class RedditSubmission:
+    id: str  # without t3_
+    title: str
+    selftext: str
+    author: str
+    created_utc: int | None
+    subreddit: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "submission", **asdict(self)}
+
+
+def comment_from_dump(record: Mapping[str, Any]) -> RedditComment | None:
+    """The kept fields of a dump comment, or ``None`` when an essential field is missing."""
+    comment_id = bare_id(record.get("id"))
+    link_id = bare_id(record.get("link_id"))
+    parent_id = record.get("parent_id")
+    body = record.get("body")
+    if not comment_id or not link_id or not isinstance(parent_id, str) or not parent_id or not isinstance(body, str):
+        return None
+    if not parent_id.startswith(("t1_", "t3_")):
+        # Some exports drop the prefix: the submission's own id means a top-level comment.
+        parent_id = ("t3_" if parent_id == link_id else "t1_") + parent_id
+    subreddit = record.get("subreddit")
+    return RedditComment(
+        id=comment_id,
+        link_id=link_id,
+        parent_id=parent_id,
+        body=body,
+        author=record.get("author") if isinstance(record.get("author"), str) else "",
+        created_utc=parse_created_utc(record.get("created_utc")),
+        subreddit=subreddit if isinstance(subreddit, str) else "",
+    )
+
+
+def submission_from_dump(record: Mapping[str, Any]) -> RedditSubmission | None:
+    submission_id = bare_id(record.get("id"))
+    title = record.get("title")
+    if not submission_id or not isinstance(title, str):
+        return None
+    selftext = record.get("selftext")
+    subreddit = record.get("subreddit")
+    return RedditSubmission(
+        id=submission_id,
+        title=title,
+        selftext=selftext if isinstance(selftext, str) else "",
+        author=record.get("author") if isinstance(record.get("author"), str) else "",
+        created_utc=parse_created_utc(record.get("created_utc")),
+        subreddit=subreddit if isinstance(subreddit, str) else "",
+    )
+
+
+def record_from_json(data: Mapping[str, Any]) -> RedditComment | RedditSubmission:
+    """Inverse of ``to_json`` (the work files between stages)."""
+    fields = {k: v for k, v in data.items() if k != "kind"}
+    return RedditComment(**fields) if data["kind"] == "comment" else RedditSubmission(**fields)
+
+
+class Pseudonymizer:
+    """Salted hash of a user name: the same name gives the same pseudonym within one salt."""
+
+    def __init__(self, salt: str):
+        if not salt:
+            raise ValueError("the pseudonymisation salt must not be empty")
+        self._key = hashlib.blake2b(salt.encode("utf-8"), digest_size=32).digest()
+
+    def __call__(self, author: str) -> str:
+        name = real_author(author)
+        if not name:
+            return ""
+        return "u_" + hashlib.blake2b(name.encode("utf-8"), key=self._key, digest_size=8).hexdigest()
+
+
+def displayed_text(text: str) -> str:
+    """A body as a turn shows it: deleted / removed markers become the schema's marker texts."""
+    state = text_state(text)
+    if state == "deleted":
+        return DELETED_TEXT
+    if state == "removed":
+        return REMOVED_TEXT
+    return text
+
+
+def submission_text(submission: RedditSubmission) -> str:
+    """``title + " " + selftext`` as in the paper's release (an empty body leaves ``"title "``)."""
+    title = displayed_text(submission.title)
+    body = "" if text_state(submission.selftext) == "empty" else displayed_text(submission.selftext)
+    return f"{title} {body}"
+
+
+def linkable_texts(record: RedditComment | RedditSubmission) -> list[str]:
+    """The texts of a record whose links count (deleted / removed ones have none)."""
+    if isinstance(record, RedditComment):
+        texts = [record.body]
+    else:
+        texts = [record.title, record.selftext]
+    return [t for t in texts if text_state(t) == "ok"]
+
+
+@dataclass
+class RebuildCounts:
+    conversations: int = 0
+    submission_missing: int = 0
+    ancestor_missing: int = 0
+    broken_parent_chain: int = 0
+    ancestors_deleted_or_removed: int = 0
+    submissions_deleted_or_removed: int = 0
+    duplicate_records: int = 0
+
+
+class ThreadIndex:
+    """Comments and submissions of the needed threads, by id."""
+
+    def __init__(self) -> None:
+        self.comments: dict[str, RedditComment] = {}
+        self.submissions: dict[str, RedditSubmission] = {}
+        self.duplicates = 0
+
+    def add(self, record: RedditComment | RedditSubmission) -> None:
+        table = self.comments if isinstance(record, RedditComment) else self.submissions
+        known = table.get(record.id)
+        if known is not None:
+            self.duplicates += 1
+            # The same item in two dumps (monthly and per-subreddit): keep the copy whose text survived.
+            if _is_gone(record) or not _is_gone(known):
+                return
+        table[record.id] = record
+
+    def add_all(self, records: Iterable[RedditComment | RedditSubmission]) -> None:
+        for record in records:
+            self.add(record)
+
+    def ancestors(self, comment: RedditComment) -> tuple[RedditSubmission | None, list[RedditComment], str]:
+        """(submission, ancestor comments oldest first, problem) -- problem is "" when complete."""
+        chain: list[RedditComment] = []
+        parent = comment.parent_id
+        seen = {comment.id}
+        while parent.startswith("t1_"):
+            parent_id = parent[3:]
+            ancestor = self.comments.get(parent_id)
+            if ancestor is None:
+                return None, [], "ancestor_missing"
+            if parent_id in seen or len(chain) >= MAX_THREAD_DEPTH:
+                return None, [], "broken_parent_chain"
+            seen.add(parent_id)
+            chain.append(ancestor)
+            parent = ancestor.parent_id
+        submission = self.submissions.get(comment.link_id)
+        if submission is None:
+            return None, [], "submission_missing"
+        chain.reverse()
+        return submission, chain, ""
+
+    def conversation(
+        self,
+        comment: RedditComment,
+        gt_items: list[str],
+        pseudonymize: Pseudonymizer,
+        asins_of: Callable[[str], list[str]],
+        counts: RebuildCounts,
+    ) -> Conversation | None:
+        """The conversation ending in ``comment`` (recommending ``gt_items``), or ``None`` (counted)."""
+        submission, chain, problem = self.ancestors(comment)
+        if submission is None:
+            setattr(counts, problem, getattr(counts, problem) + 1)
+            return None
+        turns = [
+            Turn(
+                kind="submission",
+                text=submission_text(submission),
+                author=pseudonymize(submission.author),
+                created_utc=submission.created_utc,
+                id=submission.id,
+            )
+        ]
+        if text_state(submission.selftext) in ("deleted", "removed"):
+            counts.submissions_deleted_or_removed += 1
+        for ancestor in chain:
+            if text_state(ancestor.body) in ("deleted", "removed"):
+                counts.ancestors_deleted_or_removed += 1
+            turns.append(
+                Turn(
+                    kind="comment",
+                    text=displayed_text(ancestor.body),
+                    author=pseudonymize(ancestor.author),
+                    created_utc=ancestor.created_utc,
+                    id=ancestor.id,
+                )
+            )
+        context_items: list[str] = []
+        for record in [submission, *chain]:
+            for text in linkable_texts(record):
+                context_items.extend(asins_of(text))
+        counts.conversations += 1
+        return Conversation(
+            example_id=comment.id,
+            domain="",
+            thread_id=submission.id,
+            subreddit=comment.subreddit or submission.subreddit,
+            created_utc=comment.created_utc,
+            turns=turns,
+            context_items=list(dict.fromkeys(context_items)),
+            gt_text=comment.body,
+            gt_items=list(gt_items),
+            gt_comment_id=comment.id,
+        )
+
+
+def _is_gone(record: RedditComment | RedditSubmission) -> bool:
+    text = record.body if isinstance(record, RedditComment) else record.selftext or record.title
+    return text_state(text) in ("deleted", "removed")
