@@ -7,6 +7,7 @@ absent says so in one sentence.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from cards.datasheet import SECRET_OPTION, measure_texts, render_datasheet
+from cards.datasheet import SECRET_OPTION, build_options, is_withheld, measure_texts, render_datasheet
 from cards.markdown import code_block, inline_code, table
 from cards.paper import PAPER_DOI, PAPER_TABLE_1, PAPER_TITLE
 from cards.statistics import DatasetStatistics, DomainStatistics, compute_statistics, data_files_from_card_data
@@ -46,7 +47,7 @@ def render_dataset_card(data: DatasetCardData, manifest: Mapping[str, Any], fold
     sections = [
         _summary(manifest, statistics),
         _load(name),
-        _statistics(statistics),
+        _statistics(statistics, manifest.get("stats")),
         _fields(folder, data_files),
         _build(manifest),
         _provenance(manifest),
@@ -87,7 +88,7 @@ def _load(name: str) -> str:
     )
 
 
-def _statistics(statistics: DatasetStatistics) -> str:
+def _statistics(statistics: DatasetStatistics, recorded: Mapping[str, Any] | None) -> str:
     domains = list(statistics.domains.values())
     table_1 = table(
         ["Dataset", "# Conv.", "# Turns", "# Items", "# Images", "# Image URLs"],
@@ -118,6 +119,7 @@ def _statistics(statistics: DatasetStatistics) -> str:
         "domain's split of the `items` config; **# Images** = items with an embedded image; **# Image URLs** = "
         "all image URLs of those items (the paper's # Images counts every image of an item, so it compares "
         "with this column).",
+        _recorded_stats_check(statistics, recorded),
         "The paper reports, for its own build (Table 1):",
         paper,
         "### Splits",
@@ -129,6 +131,19 @@ def _statistics(statistics: DatasetStatistics) -> str:
         pairs,
         _candidate_sets(statistics),
     ])
+
+
+def _recorded_stats_check(statistics: DatasetStatistics, recorded: Mapping[str, Any] | None) -> str:
+    if not recorded:
+        return "The manifest records no statistics of its own to compare with."
+    counted = statistics.as_manifest_stats()
+    differences = [f"{domain} {key}: manifest {recorded.get(domain, {}).get(key, 'absent')}, shards {value:,}"
+                   for domain, values in counted.items() for key, value in values.items()
+                   if recorded.get(domain, {}).get(key) != value and (domain in recorded or value)]
+    if not differences:
+        return "These equal the statistics the build recorded in `manifest.json`."
+    return ("**The statistics in `manifest.json` differ from the shards** (" + "; ".join(differences)
+            + "); the table above is counted from the shards.")
 
 
 def _thread_check(domains: list[DomainStatistics]) -> str:
@@ -210,21 +225,21 @@ def _build(manifest: Mapping[str, Any]) -> str:
                    ["started (UTC)", build.get("started_utc", "not recorded")],
                    ["finished (UTC)", build.get("finished_utc", "not recorded")]]
         parts.append(table(["", "value"], details))
-        options = build.get("options") or {}
+        options = build_options(manifest)
         if options:
-            parts += ["Options:", table(["option", "value"], [[inline_code(k), _option_value(k, v)]
-                                                             for k, v in sorted(options.items())])]
+            parts += ["Options (nested groups flattened):",
+                      table(["option", "value"], [[inline_code(k), _option_value(k, v)] for k, v in sorted(options)])]
         inputs = build.get("inputs") or []
         parts += ["Inputs:", table(["path", "bytes", "sha256"],
-                                   [[inline_code(i["path"]), int(i["bytes"]), inline_code(i["sha256"])]
+                                   [[inline_code(i["path"]), _recorded(i.get("bytes")), _recorded(i.get("sha256"))]
                                     for i in inputs], numeric=[False, True, False])
                   if inputs else "The build recorded no input files."]
         versions = build.get("package_versions") or {}
         if versions:
             parts += ["Package versions:", table(["package", "version"], sorted(versions.items()))]
     elif manifest.get("source"):
-        parts.append(f"This dataset was imported from {manifest['source']}; it was not produced by "
-                     "`reddit-amazon build`, so no build command or input checksums exist.")
+        parts.append(f"This dataset comes from {manifest['source']}, not from `reddit-amazon build`: no build "
+                     "command or input checksums exist.")
     else:
         parts.append("This dataset's manifest has no build record, so no build command or input checksums exist.")
     funnel = manifest.get("funnel")
@@ -234,17 +249,24 @@ def _build(manifest: Mapping[str, Any]) -> str:
                 for stage in funnel]
         parts += ["### Funnel", "Records each stage kept and dropped, in stage order:",
                   table(["stage", "kept", "dropped", "dropped by reason"], rows, numeric=[False, True, True, False])]
-    elif manifest.get("source"):
-        parts.append(f"This dataset was imported from {manifest['source']}; no build funnel exists.")
     else:
-        parts.append("No build funnel was recorded for this dataset.")
+        parts.append("No build funnel exists for this dataset: "
+                     + ("it was not built from dumps." if not build else "the build recorded none."))
     return "\n\n".join(parts)
+
+
+def _recorded(value: Any) -> Any:
+    if value is None:
+        return "not recorded"
+    return value if isinstance(value, int) else inline_code(value)
 
 
 def _option_value(name: str, value: Any) -> str:
     if SECRET_OPTION.search(name):
-        return "(set; not shown)" if value not in (None, "") else "(not set)"
-    return inline_code(value)
+        return "(not shown)" if not is_withheld(value) else "(not recorded)"
+    if value is None:
+        return "not set"
+    return inline_code(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
 
 
 def _provenance(manifest: Mapping[str, Any]) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from cards.markdown import inline_code
+from cards.markdown import flatten, inline_code
 from cards.statistics import DataFiles, DatasetStatistics
 from cards.template import fill_template
 from reddit_amazon.schema import DELETED_TEXT, DOMAINS, ITEMS_CONFIG, REMOVED_TEXT, SPLITS
@@ -113,10 +113,19 @@ def render_datasheet(manifest: Mapping[str, Any], statistics: DatasetStatistics,
     ).rstrip() + "\n"
 
 
+def build_options(manifest: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The build's options as ``(dotted.name, value)``, nested option groups flattened."""
+    return flatten((manifest.get("build") or {}).get("options") or {})
+
+
+def is_withheld(value: Any) -> bool:
+    """True for an empty value or a marker the build wrote instead of a secret (e.g. ``"<redacted>"``)."""
+    return value in (None, "") or (isinstance(value, str) and "redact" in value.lower())
+
+
 def recorded_salt_options(manifest: Mapping[str, Any]) -> list[str]:
-    """Names of build options that look like a pseudonymisation salt and have a value."""
-    options = (manifest.get("build") or {}).get("options") or {}
-    return [name for name, value in options.items() if "salt" in name.lower() and value not in (None, "")]
+    """Names of build options that hold a pseudonymisation salt in clear."""
+    return [name for name, value in build_options(manifest) if "salt" in name.lower() and not is_withheld(value)]
 
 
 def _authors(manifest: Mapping[str, Any], facts: TextFacts) -> str:
@@ -157,6 +166,7 @@ def _deleted(facts: TextFacts) -> str:
 def _collection(manifest: Mapping[str, Any]) -> str:
     build = manifest.get("build")
     if build:
+        options = dict(build_options(manifest))
         inputs = build.get("inputs") or []
         size = sum(int(i.get("bytes") or 0) for i in inputs)
         return (
@@ -166,10 +176,9 @@ def _collection(manifest: Mapping[str, Any]) -> str:
             "were read from pushshift-format dumps; every comment linking Amazon products became a candidate "
             "recommendation, and its thread was rebuilt from the submission down through `parent_id`. Linked "
             "ASINs were mapped to their Amazon Reviews 2023 parent ASIN through the review files, joined with "
-            "the item metadata, and assigned a domain by `main_category`. An LLM relevance filter (the paper's "
-            "Table 9 prompt) kept conversations whose last comment recommends items, unless the build "
-            "disabled it (see its options). Main images were downloaded from the metadata's URLs. The Build "
-            "section gives the exact command, options and the records each stage kept and dropped."
+            f"the item metadata, and assigned a domain by `main_category`. {_relevance(options)} "
+            f"{_image_download(options)} The Build section gives the exact command, options and the records each "
+            "stage kept and dropped."
         )
     if manifest.get("source"):
         return (
@@ -180,6 +189,20 @@ def _collection(manifest: Mapping[str, Any]) -> str:
         )
     return ("This copy's manifest records neither a build nor a source, so how its records were collected is "
             "not known from the copy itself.")
+
+
+def _relevance(options: Mapping[str, Any]) -> str:
+    if options.get("no_filter"):
+        return "The LLM relevance filter was skipped (`no_filter`), so every linked conversation was kept."
+    model = f" (`{options['llm_model']}`)" if options.get("llm_model") else ""
+    return (f"An LLM{model} asked with the paper's Table 9 prompt kept the conversations whose last comment "
+            "recommends items.")
+
+
+def _image_download(options: Mapping[str, Any]) -> str:
+    if options.get("images") is False:
+        return "Images were not downloaded (`images` off)."
+    return "Main images were downloaded from the metadata's URLs and validated."
 
 
 def _preprocessing(manifest: Mapping[str, Any]) -> str:

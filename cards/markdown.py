@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 
 def cell(value: object) -> str:
@@ -53,3 +54,15 @@ def duration(seconds: float) -> str:
 def inline_code(value: object) -> str:
     text = str(value)
     return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested mappings as ``(dotted.key, value)`` rows for key/value tables."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            rows += flatten(value, f"{name}.")
+        else:
+            rows.append((name, value))
+    return rows

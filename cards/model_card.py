@@ -14,7 +14,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from cards.markdown import code_block, duration, inline_code, table
+from cards.markdown import code_block, duration, flatten, inline_code, table
 from cards.paper import PAPER_DOI, PAPER_RESULTS, PAPER_TITLE, TABLE_CANDIDATES, paper_lavic
 from cards.template import read_template
 from reddit_amazon.schema import DOMAINS
@@ -87,17 +87,6 @@ def _summary(base_model: str) -> str:
     )
 
 
-def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = []
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            rows += _flatten(value, f"{name}.")
-        else:
-            rows.append((name, value))
-    return rows
-
-
 def _value(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):
         return inline_code(json.dumps(value, ensure_ascii=False))
@@ -109,7 +98,7 @@ def _value(value: Any) -> str:
 def _key_values(heading: str, mapping: Mapping[str, Any], absent: str) -> str:
     if not mapping:
         return f"{heading}\n\n{absent}"
-    return f"{heading}\n\n" + table(["", "value"], [[inline_code(k), _value(v)] for k, v in _flatten(mapping)])
+    return f"{heading}\n\n" + table(["", "value"], [[inline_code(k), _value(v)] for k, v in flatten(mapping)])
 
 
 def _hyperparameters(hyperparameters: Mapping[str, Any]) -> str:
@@ -132,7 +121,7 @@ def _training(training: Mapping[str, Any]) -> str:
     others = {k: v for k, v in training.items() if k not in ("time_s", "hardware")}
     text = "## Training\n\n" + "\n".join(lines)
     if others:
-        text += "\n\n" + table(["", "value"], [[inline_code(k), _value(v)] for k, v in _flatten(others)])
+        text += "\n\n" + table(["", "value"], [[inline_code(k), _value(v)] for k, v in flatten(others)])
     return text + "\n\nThe paper trained on one NVIDIA A100 40GB GPU (Section 5.1)."
 
 

@@ -183,7 +183,8 @@ def controlled_contents(metadata: dict) -> DatasetContents:
 
 BUILD = {
     "command": "reddit-amazon build --inputs dumps/ --meta meta/ --seed 7",
-    "options": {"seed": 7, "salt": "pepper-secret-123", "llm_model": "gpt-3.5-turbo", "openai_api_key": "sk-live"},
+    "options": {"seed": 7, "domain_map": None, "llm_model": "gpt-3.5-turbo", "openai_api_key": "sk-live",
+                "retrievers": ["sbert"], "reddit": {"salt": "pepper-secret-123", "workers": 2}},
     "inputs": [{"path": "dumps/RC_2023-01.zst", "bytes": 123456, "sha256": "ab" * 32},
                {"path": "meta/meta_All_Beauty.jsonl", "bytes": 789, "sha256": "cd" * 32}],
     "package_versions": {"datasets": "5.2.0", "reddit-amazon": "0.1.0"},
@@ -198,10 +199,15 @@ FUNNEL = [
 ]
 
 
+#: What the build records for controlled_contents() (see the Table-1 test below).
+STATS = {"beauty": {"conversations": 4, "turns": 14, "items": 6, "images": 3},
+         "fashion": {"conversations": 1, "turns": 3, "items": 1, "images": 1}}
+
+
 @pytest.fixture
 def built(tmp_path) -> Path:
     folder = tmp_path / "built"
-    write_dataset(folder, controlled_contents({"build": BUILD, "funnel": FUNNEL}))
+    write_dataset(folder, controlled_contents({"build": BUILD, "funnel": FUNNEL, "stats": STATS}))
     return folder
 
 
@@ -221,6 +227,15 @@ def test_controlled_card_counts_turns_pairs_images_and_shared_threads(built):
     assert "2 of 7 items have an `image_description`" in card
 
 
+def test_recorded_statistics_are_checked_against_the_shards(built, tmp_path):
+    assert "These equal the statistics the build recorded in `manifest.json`." in (built / "README.md").read_text()
+    wrong = {**STATS, "fashion": {**STATS["fashion"], "turns": 4}}
+    folder = tmp_path / "wrong"
+    write_dataset(folder, controlled_contents({"stats": wrong}))
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert "**The statistics in `manifest.json` differ from the shards** (fashion turns: manifest 4, shards 3)" in card
+
+
 def test_build_record_funnel_and_checksums_are_rendered(built):
     card = (built / "README.md").read_text(encoding="utf-8")
     assert BUILD["command"] in card
@@ -238,8 +253,21 @@ def test_build_record_funnel_and_checksums_are_rendered(built):
 def test_secrets_in_build_options_never_reach_the_card(built):
     card = (built / "README.md").read_text(encoding="utf-8")
     assert "pepper-secret-123" not in card and "sk-live" not in card
-    assert "| `salt` | (set; not shown) |" in card
+    assert "| `reddit.salt` | (not shown) |" in card and "| `openai_api_key` | (not shown) |" in card
+    assert "| `domain_map` | not set |" in card
+    assert "| `reddit.workers` | `2` |" in card and '| `retrievers` | `["sbert"]` |' in card
     assert "`manifest.json` records the salt" in card  # the datasheet warns: the manifest itself is published
+
+
+def test_a_redacted_salt_is_not_reported_as_recorded(tmp_path):
+    build = {**BUILD, "options": {"reddit": {"salt": "<redacted>"}, "no_filter": True, "images": False}}
+    folder = tmp_path / "redacted"
+    write_dataset(folder, controlled_contents({"build": build}))
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert "| `reddit.salt` | (not recorded) |" in card
+    assert "The salt is not recorded in this copy" in card
+    assert "relevance filter was skipped (`no_filter`)" in card and "Images were not downloaded" in card
+    assert "No build funnel exists for this dataset: the build recorded none." in card
 
 
 def test_datasheet_measures_personal_data_patterns_and_authors(built):
@@ -258,7 +286,8 @@ def test_imported_dataset_says_no_funnel_exists(tmp_path):
     source = "LaViC authors' release (data/), imported with `reddit-amazon import-lavic`"
     write_dataset(folder, controlled_contents({"source": source, "text_repair": False}))
     card = (folder / "README.md").read_text(encoding="utf-8")
-    assert f"This dataset was imported from {source}; no build funnel exists." in card
+    assert f"This dataset comes from {source}, not from `reddit-amazon build`" in card
+    assert "No build funnel exists for this dataset: it was not built from dumps." in card
     assert "importer's text repair was off" in card
     assert_no_placeholders(card)
 
@@ -267,7 +296,8 @@ def test_dataset_without_authors_images_or_times_says_so(tmp_path):
     record = Conversation("x1", "home", "", "sub", None, [Turn("submission", "need a lamp", "")], [], "B000000001",
                           ["B000000001"])
     folder = tmp_path / "bare"
-    write_dataset(folder, DatasetContents({"home": {"test": [record]}}, {"home": [Item("B000000001", "home")]}, "0.0.1"))
+    catalog = {"home": [Item("B000000001", "home")]}
+    write_dataset(folder, DatasetContents({"home": {"test": [record]}}, catalog, "0.0.1"))
     card = (folder / "README.md").read_text(encoding="utf-8")
     assert "No turn carries an author" in card
     assert "their time span is not known" in card
@@ -292,3 +322,14 @@ def test_card_command_refuses_a_folder_without_manifest(tmp_path):
     assert result.exit_code != 0 and "no manifest.json" in result.output
     help_text = CliRunner().invoke(cli, ["card", "--help"]).output
     assert "Examples:" in help_text and "reddit-amazon card" in help_text
+
+
+def test_card_of_the_imported_authors_release_matches_the_loaded_dataset(lavic_release, tmp_path):
+    from reddit_amazon.lavic_release import import_release
+
+    folder = tmp_path / "release"
+    import_release(lavic_release, folder)
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert_card_matches_loaded_dataset(card, folder)
+    assert "No turn carries an author" in card and "No build funnel exists" in card
+    assert_no_placeholders(card)
