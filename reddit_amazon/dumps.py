@@ -33,11 +33,15 @@ PLAIN_SUFFIXES = (".jsonl", ".ndjson", ".json")
 class DumpReadError(Exception):
     """A dump file is truncated or corrupt. Lines before the damage have been read."""
 
-    def __init__(self, path: Path, compressed_offset: int, reason: str):
+    def __init__(self, path: Path, compressed_offset: int, reason: str, frame_offset: int):
         self.path = Path(path)
-        self.compressed_offset = compressed_offset
+        self.compressed_offset = compressed_offset  # where the damage was noticed
+        self.frame_offset = frame_offset  # where the damaged zstd frame starts
         self.reason = reason
-        super().__init__(f"{path}: {reason} at compressed byte {compressed_offset:,}")
+        super().__init__(
+            f"{path}: {reason} at compressed byte {compressed_offset:,} "
+            f"(in the zstd frame starting at byte {frame_offset:,})"
+        )
 
 
 def is_dump_file(path: Path) -> bool:
@@ -76,6 +80,7 @@ def iter_chunks(path: Path, progress: ReadProgress | None = None, read_size: int
 
         decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
         frame = decompressor.decompressobj()
+        frame_start = 0
         frame_has_input = False
         while block := raw.read(read_size):
             offset = progress.compressed_bytes
@@ -84,7 +89,7 @@ def iter_chunks(path: Path, progress: ReadProgress | None = None, read_size: int
                 try:
                     out = frame.decompress(block)
                 except zstandard.ZstdError as error:
-                    raise DumpReadError(path, offset, f"corrupt zstd data ({error})") from None
+                    raise DumpReadError(path, offset, f"corrupt zstd data ({error})", frame_start) from None
                 frame_has_input = True
                 if out:
                     progress.uncompressed_bytes += len(out)
@@ -93,11 +98,14 @@ def iter_chunks(path: Path, progress: ReadProgress | None = None, read_size: int
                     break
                 # A frame ended inside this block: the rest starts the next frame.
                 offset += len(block) - len(frame.unused_data)
+                frame_start = offset
                 block = frame.unused_data
                 frame = decompressor.decompressobj()
                 frame_has_input = False
         if frame_has_input and not frame.eof:
-            raise DumpReadError(path, progress.compressed_bytes, "file ends inside a zstd frame (truncated)")
+            raise DumpReadError(
+                path, progress.compressed_bytes, "file ends inside a zstd frame (truncated)", frame_start
+            )
 
 
 PositionFinder = Callable[[bytes, int, int], Iterable[int]]

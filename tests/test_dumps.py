@@ -1,0 +1,166 @@
+"""Dump reading: long-window zstd streams, line splitting, damage, field quirks."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import orjson
+import pytest
+import zstandard
+
+from reddit_amazon.dumps import (
+    DumpReadError,
+    LineProblems,
+    ReadProgress,
+    bare_id,
+    iter_chunks,
+    iter_lines,
+    iter_selected_lines,
+    parse_created_utc,
+    parse_line,
+    read_records,
+    text_state,
+    write_zst_ndjson,
+)
+
+
+def _records(n: int) -> list[dict]:
+    return [{"id": f"c{i}", "body": f"comment number {i} — ünïcödé ✓ 😀", "created_utc": i} for i in range(n)]
+
+
+def _all_lines(path, read_size=1 << 20) -> list[bytes]:
+    return list(iter_lines(iter_chunks(path, read_size=read_size)))
+
+
+def test_fixture_is_a_long_window_stream_that_default_decoders_refuse(tmp_path):
+    path = write_zst_ndjson(tmp_path / "RC_2020-01.zst", _records(3000), frames=3)
+    raw = path.read_bytes()
+    params = zstandard.get_frame_parameters(raw)
+    assert params.window_size == 2**31
+    assert params.content_size == zstandard.CONTENTSIZE_UNKNOWN
+    with pytest.raises(zstandard.ZstdError, match="too much memory"):
+        zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+    lines = _all_lines(path)
+    assert [orjson.loads(line) for line in lines] == _records(3000)
+
+
+@pytest.mark.parametrize("read_size", [7, 64, 1 << 20])
+def test_frames_chunks_and_multibyte_characters_split_across_chunks(tmp_path, read_size):
+    records = _records(500)
+    path = write_zst_ndjson(tmp_path / "a.zst", records, frames=4)
+    # Tiny compressed reads give tiny decompressed chunks: many UTF-8 sequences are cut in two.
+    lines = _all_lines(path, read_size=read_size)
+    assert [orjson.loads(line)["body"] for line in lines] == [r["body"] for r in records]
+
+
+def test_last_line_without_trailing_newline_is_read(tmp_path):
+    path = write_zst_ndjson(tmp_path / "a.zst", _records(10), frames=2, trailing_newline=False)
+    assert len(_all_lines(path)) == 10
+    plain = tmp_path / "b.jsonl"
+    plain.write_bytes(b'{"id":"x"}\n{"id":"y"}')
+    progress = ReadProgress()
+    assert list(iter_lines(iter_chunks(plain), progress)) == [b'{"id":"x"}', b'{"id":"y"}']
+    assert progress.lines == 2
+
+
+def test_truncated_file_raises_with_offset_after_yielding_what_was_readable(tmp_path):
+    path = write_zst_ndjson(tmp_path / "RC_2020-02.zst", _records(4000), frames=4)
+    truncated = tmp_path / "RC_trunc.zst"
+    truncated.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.6)])
+    got = []
+    with pytest.raises(DumpReadError) as caught:
+        for line in iter_lines(iter_chunks(truncated, read_size=4096)):
+            got.append(orjson.loads(line))
+    error = caught.value
+    assert error.path == truncated and "RC_trunc.zst" in str(error) and "truncated" in str(error)
+    assert error.compressed_offset == truncated.stat().st_size
+    assert 0 < error.frame_offset < error.compressed_offset
+    assert len(got) >= 2000  # two complete frames and part of the third
+    assert got == _records(4000)[: len(got)]
+
+
+def test_corrupt_frame_names_file_and_offset(tmp_path):
+    path = write_zst_ndjson(tmp_path / "a.zst", _records(4000), frames=4)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)
+    corrupt = tmp_path / "corrupt.zst"
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(DumpReadError) as caught:
+        list(iter_lines(iter_chunks(corrupt, read_size=1024)))
+    assert "corrupt.zst" in str(caught.value) and "corrupt zstd data" in str(caught.value)
+    assert caught.value.frame_offset <= middle < caught.value.compressed_offset + 1024
+
+
+def _brute_force(data: bytes, needle: bytes) -> list[bytes]:
+    return [line for line in data.split(b"\n") if needle in line]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_selected_lines_match_a_brute_force_split(tmp_path, seed):
+    rng = random.Random(seed)
+    lines = []
+    for i in range(3000):
+        text = "".join(rng.choice("ab xyz\u00e9") for _ in range(rng.randint(0, 60)))
+        if rng.random() < 0.05:
+            text += " NEEDLE "
+        lines.append(orjson.dumps({"i": i, "t": text}))
+    trailing = seed % 2 == 0
+    path = write_zst_ndjson(tmp_path / "a.zst", lines, frames=3, trailing_newline=trailing)
+
+    def positions(chunk, start, end):
+        index = chunk.find(b"NEEDLE", start, end)
+        while index >= 0:
+            yield index
+            index = chunk.find(b"NEEDLE", index + 1, end)
+
+    progress = ReadProgress()
+    got = list(iter_selected_lines(iter_chunks(path, progress, read_size=rng.choice([50, 333, 4096])), positions, progress))
+    assert got == _brute_force(b"\n".join(lines), b"NEEDLE")
+    assert progress.lines == 3000
+
+
+def test_parse_line_counts_problems():
+    problems = LineProblems()
+    assert parse_line(b'{"id": "a"}', problems) == {"id": "a"}
+    assert parse_line(b"{not json", problems) is None
+    assert parse_line(b'{"body": "\xff\xfe"}', problems) is None
+    assert parse_line(b"[1, 2]", problems) is None
+    assert (problems.malformed_json, problems.invalid_utf8, problems.not_an_object) == (1, 1, 1)
+    assert len(problems.examples) == 3
+
+
+def test_field_quirks():
+    assert bare_id("t3_abc12") == "abc12" and bare_id("t1_x9") == "x9" and bare_id("abc12") == "abc12"
+    assert bare_id("t5_2qh1i") == "2qh1i" and bare_id(None) == "" and bare_id("tea_x") == "tea_x"
+    assert parse_created_utc(1600000000) == 1600000000
+    assert parse_created_utc("1600000000") == 1600000000
+    assert parse_created_utc("1600000000.0") == 1600000000
+    assert parse_created_utc(1600000000.7) == 1600000000
+    assert parse_created_utc(None) is None and parse_created_utc("soon") is None and parse_created_utc(True) is None
+    assert [text_state(t) for t in ["[deleted]", " [removed] ", "", None, "[deleted by user]", "ok [deleted]"]] == [
+        "deleted",
+        "removed",
+        "empty",
+        "empty",
+        "deleted",
+        "ok",
+    ]
+
+
+def test_read_records_skips_bad_lines_in_plain_ndjson(tmp_path):
+    path = tmp_path / "x.ndjson"
+    path.write_bytes(b'{"id":"a"}\n\n{oops\n{"id":"b"}\n')
+    assert [r["id"] for r in read_records(path)] == ["a", "b"]
+
+
+def test_writer_never_leaves_a_partial_file(tmp_path):
+    def records():
+        yield {"id": "a"}
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        write_zst_ndjson(tmp_path / "a.zst", records())
+    assert not (tmp_path / "a.zst").exists()
+    assert not any(re.fullmatch(r"a\.zst", p.name) for p in tmp_path.iterdir())

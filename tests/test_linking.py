@@ -1,0 +1,231 @@
+"""ASIN extraction from Reddit texts, the byte prefilter, and short-link resolution over loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from werkzeug import Response
+
+from reddit_amazon.linking import (
+    ShortLinkResolver,
+    extract_asins,
+    extract_short_links,
+    may_contain_link,
+)
+
+POSITIVE = [
+    ("https://www.amazon.com/dp/B00NN2Y04E", ["B00NN2Y04E"]),
+    ("http://amazon.com/gp/product/B07XJ8C8F5/ref=ox_sc_act_title_1?smid=ATVPDKIKX0DER&psc=1", ["B07XJ8C8F5"]),
+    ("https://smile.amazon.com/Some-Product-Slug/dp/B01N5IB20Q/ref=sr_1_3?keywords=x", ["B01N5IB20Q"]),
+    ("https://www.amazon.co.uk/gp/aw/d/B004NMYR96/ref=mp_s_a_1_1", ["B004NMYR96"]),
+    ("https://www.amazon.ca/o/ASIN/B00AGG3MZ8/", ["B00AGG3MZ8"]),
+    ("http://www.amazon.de/exec/obidos/ASIN/3453146972/", ["3453146972"]),
+    ("https://www.amazon.com/exec/obidos/tg/detail/-/0262033844", ["0262033844"]),
+    ("https://www.amazon.com.au/product-reviews/B0CK2JRNX5/ref=cm_cr_dp", ["B0CK2JRNX5"]),
+    ("https://m.amazon.in/dp/b07s5j3krx?psc=1", ["B07S5J3KRX"]),  # lower-case ASIN in a mobile link
+    ("https://www.amazon.co.jp/gp/product/B08G475DFX", ["B08G475DFX"]),
+    ("https://www.amazon.com.mx/dp/B09L87ZZPQ.", ["B09L87ZZPQ"]),  # trailing punctuation
+    ("[the mask](http://www.amazon.com/Collagen-Facial-Mask/dp/B005KE1IH0/)", ["B005KE1IH0"]),
+    ("[https://www.amazon.com/dp/B000A3V2BI](https://www.amazon.com/dp/B000A3V2BI)", ["B000A3V2BI"]),
+    (r"[link](https://www.amazon.com/Van\_Der\_Hagen/dp/B07C1VRYN1/ref=sr\_1\_3)", ["B07C1VRYN1"]),
+    (r"https://www.amazon.com/dp\/B07C1VRYN2\)", ["B07C1VRYN2"]),
+    ("https%3A%2F%2Fwww.amazon.com%2Fdp%2FB0080M092E%2F", ["B0080M092E"]),  # URL-encoded
+    ("https://www.amazon.com/NeuEve-NeuEve%C2%AE-Suppository/dp/B00NN2Y04E", ["B00NN2Y04E"]),
+    ("https://www.amazon.com/gp/product/B08YZ5PSQW?psc=1&amp;ref=ppx", ["B08YZ5PSQW"]),  # HTML entity
+    ("Amazon.com/dp/B08F82Z1XL, or AMAZON.COM/DP/B08F82Z1XM!", ["B08F82Z1XL", "B08F82Z1XM"]),
+    ("amzn.com/B0057D86QA and amzn.com/dp/B0057D86QB", ["B0057D86QA", "B0057D86QB"]),
+    (
+        "first https://www.amazon.com/dp/B00000000A then www.amazon.com/dp/B00000000B and again "
+        "https://www.amazon.com/x/dp/B00000000A/",
+        ["B00000000A", "B00000000B"],
+    ),
+    ("(https://www.amazon.com/dp/B01KLNNHDM)", ["B01KLNNHDM"]),
+    ("<https://www.amazon.com/dp/B01KLNNHDN>", ["B01KLNNHDN"]),
+    ("https://www.amazon.com/gp/offer-listing/B002UKSZUU/ref=dp_olp", ["B002UKSZUU"]),
+]
+
+NEGATIVE = [
+    "https://www.amazon.com/s?k=razor+blades&ref=nb_sb_noss",
+    "https://www.amazon.com/stores/Merkur/page/6C5E0B0A-0000-4A7E-9E3D",
+    "https://www.amazon.com/hz/wishlist/ls/2ABCDEFGHIJKL?ref_=wl_share",
+    "https://images-na.ssl-images-amazon.com/images/I/81B8dJ9cNlL._SL1500_.jpg",
+    "https://m.media-amazon.com/images/I/71ABCDEFGHI.jpg",
+    "https://ecx.images-amazon.com/images/I/51B00ABCDEFG.jpg",
+    "https://www.amazon.com/b?node=1234567890",
+    "https://www.amazon.com/gp/registry/wishlist/3ABCDEFGHIJKL",
+    "https://notamazon.com/dp/B00NN2Y04E",
+    "https://www.amazon.company.example/dp/B00NN2Y04E",
+    "I bought it on Amazon. The dp/B00NN2Y04E code is on the box.",
+    "https://www.amazon.com/dp/B00NN2Y04EXTRA",  # 11+ characters is no ASIN
+    "https://www.ebay.com/itm/B00NN2Y04E",
+    "",
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), POSITIVE)
+def test_extract_asins_link_forms(text, expected):
+    assert extract_asins(text) == expected
+
+
+@pytest.mark.parametrize("text", NEGATIVE)
+def test_extract_asins_ignores_non_product_pages(text):
+    assert extract_asins(text) == []
+
+
+def test_prefilter_passes_every_positive_and_short_link():
+    for text, _ in POSITIVE:
+        raw = json.dumps({"body": text}).encode()
+        assert may_contain_link(raw), text
+    for text in ["amzn.to/3xYz", "https://a.co/d/abc123", "see amzn.eu/d/7Kq", "AMZN.TO/abc"]:
+        assert may_contain_link(json.dumps({"body": text}).encode())
+    assert may_contain_link(b'{"body":"https:\\/\\/a.co\\/d\\/abc"}')  # JSON with escaped slashes
+    assert not may_contain_link(b'{"body":"I got mine on Amazon prime day"}')
+
+
+def test_extract_short_links():
+    text = (
+        "see https://amzn.to/3xYzAbC and [this](https://a.co/d/8fGhIjK), amzn.eu/d/Q1w2E3 or "
+        "AMZN.TO/3xYzAbC; not via.co/abc nor data.com/x"
+    )
+    # The upper-case repeat is the same link (hosts are case-insensitive, paths are not).
+    assert extract_short_links(text) == [
+        "https://amzn.to/3xYzAbC",
+        "https://a.co/d/8fGhIjK",
+        "https://amzn.eu/d/Q1w2E3",
+    ]
+    assert extract_short_links("https://www.amazon.com/dp/B00NN2Y04E") == []
+
+
+def test_release_recall(lavic_release):
+    """Every gt item of the authors' release is among the ASINs extracted from its gt text."""
+    total = found = 0
+    misses = []
+    for path in sorted(lavic_release.glob("*/valid.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            asins = extract_asins(record["gt"])
+            for item in record["gt_items"]:
+                total += 1
+                if item in asins:
+                    found += 1
+                else:
+                    misses.append((path.parent.name, item, record["gt"][:200]))
+    assert total > 2000
+    assert not misses, misses[:5]
+
+
+# --------------------------------------------------------------------------------------------
+# Short-link resolution against a loopback server
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def resolver_factory(httpserver, tmp_path):
+    created = []
+
+    def make(**kwargs):
+        endpoint = httpserver.url_for("").rstrip("/")
+        options = {
+            "endpoints": {"amzn.to": endpoint, "a.co": endpoint},
+            "backoff_s": 0.01,
+            "timeout_s": 5,
+        }
+        options.update(kwargs)
+        resolver = ShortLinkResolver(tmp_path / "cache.sqlite", **options)
+        created.append(resolver)
+        return resolver
+
+    yield make
+    for resolver in created:
+        resolver.close()
+
+
+def test_resolves_first_redirect_and_caches(httpserver, resolver_factory):
+    httpserver.expect_request("/3xYz").respond_with_response(
+        Response(status=301, headers={"Location": "https://www.amazon.com/dp/B00NN2Y04E?tag=x"})
+    )
+    httpserver.expect_request("/d/gone").respond_with_response(Response("not found", status=404))
+    resolver = resolver_factory()
+    results = resolver.resolve_all(["https://amzn.to/3xYz", "https://a.co/d/gone"], progress=False)
+    assert results["https://amzn.to/3xYz"].asins == ("B00NN2Y04E",)
+    assert results["https://amzn.to/3xYz"].resolved
+    assert not results["https://a.co/d/gone"].resolved
+    assert len(httpserver.log) == 2
+    # A second resolver on the same cache file contacts nobody.
+    again = resolver_factory().resolve_all(["https://amzn.to/3xYz", "https://a.co/d/gone"], progress=False)
+    assert again == results
+    assert len(httpserver.log) == 2
+
+
+def test_retries_transient_errors_with_backoff(httpserver, resolver_factory):
+    httpserver.expect_ordered_request("/flaky").respond_with_response(Response("busy", status=503))
+    httpserver.expect_ordered_request("/flaky").respond_with_response(Response("slow down", status=429))
+    httpserver.expect_ordered_request("/flaky").respond_with_response(
+        Response(status=302, headers={"Location": "https://www.amazon.co.uk/gp/product/B07XJ8C8F5"})
+    )
+    result = resolver_factory(attempts=4).resolve("https://amzn.to/flaky")
+    assert result.asins == ("B07XJ8C8F5",)
+    assert len(httpserver.log) == 3
+
+
+def test_unreachable_links_are_reported_not_cached(httpserver, resolver_factory):
+    httpserver.expect_request("/down").respond_with_response(Response("busy", status=503))
+    resolver = resolver_factory(attempts=2)
+    result = resolver.resolve("https://amzn.to/down")
+    assert not result.resolved and "HTTP 503" in result.error
+    assert resolver.cache.get("https://amzn.to/down") is None
+
+
+def test_follows_short_link_chains_and_reports_non_product_targets(httpserver, resolver_factory):
+    endpoint = httpserver.url_for("").rstrip("/")
+    httpserver.expect_request("/hop").respond_with_response(
+        Response(status=301, headers={"Location": "https://a.co/d/target"})
+    )
+    httpserver.expect_request("/d/target").respond_with_response(
+        Response(status=301, headers={"Location": "https://www.amazon.com/Some-Slug/dp/B01N5IB20Q/"})
+    )
+    httpserver.expect_request("/store").respond_with_response(
+        Response(status=301, headers={"Location": "https://www.amazon.com/stores/Merkur/page/1"})
+    )
+    resolver = resolver_factory(endpoints={"amzn.to": endpoint, "a.co": endpoint})
+    assert resolver.resolve("https://amzn.to/hop").asins == ("B01N5IB20Q",)
+    store = resolver.resolve("https://amzn.to/store")
+    assert store.asins == () and store.error == "redirect is not a product page"
+
+
+def test_per_host_concurrency_is_bounded(tmp_path):
+    from pytest_httpserver import HTTPServer
+
+    in_flight = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def slow_redirect(request):
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        time.sleep(0.05)
+        with lock:
+            in_flight -= 1
+        return Response(status=301, headers={"Location": f"https://www.amazon.com/dp/B0000000{request.path[-2:]}"})
+
+    server = HTTPServer(threaded=True)
+    server.start()
+    try:
+        for i in range(12):
+            server.expect_request(f"/s{i:02d}").respond_with_handler(slow_redirect)
+        resolver = ShortLinkResolver(
+            tmp_path / "c.sqlite", per_host_concurrency=2, endpoints={"amzn.to": server.url_for("").rstrip("/")}
+        )
+        results = resolver.resolve_all([f"https://amzn.to/s{i:02d}" for i in range(12)], progress=False)
+        resolver.close()
+    finally:
+        server.clear()
+        server.stop()
+    assert all(r.resolved for r in results.values())
+    assert results["https://amzn.to/s07"].asins == ("B000000007",)
+    assert peak == 2
