@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cards.markdown import flatten, inline_code
@@ -20,9 +22,10 @@ from cards.statistics import DataFiles, DatasetStatistics
 from cards.template import fill_template
 from reddit_amazon.schema import DELETED_TEXT, DOMAINS, ITEMS_CONFIG, REMOVED_TEXT, SPLITS
 
-USERNAME_MENTION = re.compile(r"(?<![\w/])/?u/[A-Za-z0-9_-]{3,20}\b")
-EMAIL_ADDRESS = re.compile(r"\b[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-PHONE_NUMBER = re.compile(r"(?<![\w-])(?:\+\d{1,3}[ .-]?)?\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}(?![\w-])")
+# RE2 syntax (pyarrow.compute): no look-arounds, so boundaries are matched as characters.
+USERNAME_MENTION = r"(?:^|[^\w/])/?u/[A-Za-z0-9_-]{3,20}\b"
+EMAIL_ADDRESS = r"\b[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
+PHONE_NUMBER = r"(?:^|[^\w-])(?:\+\d{1,3}[ .-]?)?\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}(?:$|[^\w-])"
 
 #: Option names whose values must never be printed in a card.
 SECRET_OPTION = re.compile(r"salt|key|token|secret|password", re.IGNORECASE)
@@ -48,43 +51,57 @@ class TextFacts:
 
 
 def measure_texts(folder: str | Path, data_files: DataFiles) -> TextFacts:
+    """Counts over every context turn and recommending comment, vectorised with ``pyarrow.compute``."""
     folder = Path(folder)
     authors: set[str] = set()
-    context_turns = authored = deleted = removed = texts = 0
-    mentions = emails = phones = 0
-    times: list[int] = []
+    counts = dict.fromkeys(["context_turns", "authored", "deleted", "removed", "texts", "mentions", "emails",
+                            "phones"], 0)
+    first: int | None = None
+    last: int | None = None
     for domain in DOMAINS:
         for split in SPLITS:
             for relative in data_files.get(domain, {}).get(split, []):
                 table = pq.ParquetFile(folder / relative).read(
                     columns=["turns.list.element.author", "turns.list.element.text", "gt_text", "created_utc"]
                 )
-                for turns, gt_text in zip(table.column("turns").to_pylist(), table.column("gt_text").to_pylist()):
-                    for turn in turns:
-                        context_turns += 1
-                        if turn["author"]:
-                            authored += 1
-                            authors.add(turn["author"])
-                        deleted += turn["text"] == DELETED_TEXT
-                        removed += turn["text"] == REMOVED_TEXT
-                    for text in [*(turn["text"] for turn in turns), gt_text]:
-                        texts += 1
-                        mentions += USERNAME_MENTION.search(text) is not None
-                        emails += EMAIL_ADDRESS.search(text) is not None
-                        phones += PHONE_NUMBER.search(text) is not None
-                times += [t for t in table.column("created_utc").to_pylist() if t is not None]
+                turns = pc.list_flatten(table.column("turns"))
+                turn_authors = pc.struct_field(turns, "author")
+                turn_texts = pc.struct_field(turns, "text")
+                texts = pa.chunked_array([*_chunks(turn_texts), *table.column("gt_text").chunks], pa.string())
+                authored = pc.filter(turn_authors, pc.not_equal(turn_authors, ""))
+                authors.update(pc.unique(authored).to_pylist())
+                counts["context_turns"] += len(turns)
+                counts["authored"] += len(authored)
+                counts["deleted"] += _true(pc.equal(turn_texts, DELETED_TEXT))
+                counts["removed"] += _true(pc.equal(turn_texts, REMOVED_TEXT))
+                counts["texts"] += len(texts)
+                counts["mentions"] += _true(pc.match_substring_regex(texts, USERNAME_MENTION))
+                counts["emails"] += _true(pc.match_substring_regex(texts, EMAIL_ADDRESS))
+                counts["phones"] += _true(pc.match_substring_regex(texts, PHONE_NUMBER))
+                span = pc.min_max(table.column("created_utc")).as_py()
+                if span["min"] is not None:
+                    first = span["min"] if first is None else min(first, span["min"])
+                    last = span["max"] if last is None else max(last, span["max"])
     items = described = 0
     for domain in DOMAINS:
         for relative in data_files.get(ITEMS_CONFIG, {}).get(domain, []):
             column = pq.ParquetFile(folder / relative).read(columns=["image_description"]).column(0)
             items += len(column)
-            described += sum(1 for text in column.to_pylist() if text)
+            described += _true(pc.not_equal(column, ""))
     return TextFacts(
-        context_turns=context_turns, authored_turns=authored, distinct_authors=len(authors),
-        deleted_turns=deleted, removed_turns=removed, texts=texts, username_mentions=mentions,
-        email_addresses=emails, phone_numbers=phones, first_utc=min(times, default=None),
-        last_utc=max(times, default=None), items=items, image_descriptions=described,
+        context_turns=counts["context_turns"], authored_turns=counts["authored"], distinct_authors=len(authors),
+        deleted_turns=counts["deleted"], removed_turns=counts["removed"], texts=counts["texts"],
+        username_mentions=counts["mentions"], email_addresses=counts["emails"], phone_numbers=counts["phones"],
+        first_utc=first, last_utc=last, items=items, image_descriptions=described,
     )
+
+
+def _chunks(array: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
+    return array.chunks if isinstance(array, pa.ChunkedArray) else [array]
+
+
+def _true(mask: pa.Array | pa.ChunkedArray) -> int:
+    return int(pc.sum(mask).as_py() or 0)
 
 
 def render_datasheet(manifest: Mapping[str, Any], statistics: DatasetStatistics, facts: TextFacts,

@@ -333,3 +333,20 @@ def test_card_of_the_imported_authors_release_matches_the_loaded_dataset(lavic_r
     assert_card_matches_loaded_dataset(card, folder)
     assert "No turn carries an author" in card and "No build funnel exists" in card
     assert_no_placeholders(card)
+
+
+@pytest.mark.parametrize(("pattern", "matching", "not_matching"), [
+    ("USERNAME_MENTION", ["thanks u/some_user!", "ask /u/Name-123", "u/abc"], ["menu/item", "see r/fashion", "u/ab"]),
+    ("EMAIL_ADDRESS", ["write to jo.doe+x@mail.example.org", "a@b.co"], ["@someone on twitter", "x@y"]),
+    ("PHONE_NUMBER", ["call (555) 123-4567", "+1 555.123.4567 now", "555-123-4567"],
+     ["ISBN 0316769177", "B0ABC12345", "order 123-4567", "sizes 555-123-45678"]),
+])
+def test_personal_data_patterns(pattern, matching, not_matching):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from cards import datasheet
+
+    regex = getattr(datasheet, pattern)
+    assert pc.match_substring_regex(pa.array(matching), regex).to_pylist() == [True] * len(matching)
+    assert pc.match_substring_regex(pa.array(not_matching), regex).to_pylist() == [False] * len(not_matching)
