@@ -5,9 +5,15 @@ Amazon Reviews 2023 is keyed by ``parent_asin``. Only review rows carry both, so
 read from the review files. Both kinds of file are streamed and only the ASINs the conversations
 need are kept, so memory stays bounded by the number of linked products, not the catalog size.
 
-Sources are local ``.jsonl`` / ``.jsonl.gz`` files, or a Hub dataset read with ``datasets`` in
-streaming mode, written ``hub:<repo or local folder>:<config>[:<split>]`` (e.g.
-``hub:McAuley-Lab/Amazon-Reviews-2023:raw_meta_All_Beauty``).
+Sources are local ``.jsonl`` / ``.jsonl.gz`` files, or Hub sources written ``hub:<repo>:<what>``:
+
+* ``hub:<repo>:<path/in/repo.jsonl>`` -- one file of a Hub dataset repo (or of a local folder),
+  fetched with ``huggingface_hub`` into its cache and streamed like a local file;
+* ``hub:McAuley-Lab/Amazon-Reviews-2023:raw_meta_<Category>`` / ``raw_review_<Category>`` -- the
+  upstream config names, mapped to their files (``raw/meta_categories/meta_<Category>.jsonl``,
+  ``raw/review_categories/<Category>.jsonl``): the repo's loading script does not run on
+  ``datasets`` >= 4 ("Dataset scripts are no longer supported");
+* ``hub:<repo>:<config>[:<split>]`` -- any other dataset, read with ``datasets`` in streaming mode.
 """
 
 from __future__ import annotations
@@ -156,20 +162,58 @@ def iter_json_records(source: str, report: ReadReport) -> Iterator[tuple[str, Ma
         yield where, record
 
 
-def parse_hub_spec(spec: str) -> tuple[str, str, str]:
-    """``hub:REPO:CONFIG[:SPLIT]`` -> (repo, config, split); split defaults to ``full`` (as upstream)."""
+@dataclass(frozen=True)
+class HubSource:
+    repo: str
+    file: str | None = None  # a file inside the repo
+    config: str | None = None  # or a datasets config + split
+    split: str = "full"
+
+
+_UPSTREAM_CONFIG = re.compile(r"raw_(meta|review)_(\w+)")
+
+
+def parse_hub_spec(spec: str) -> HubSource:
     parts = spec[len(HUB_PREFIX):].split(":")
     if len(parts) not in (2, 3) or not all(parts):
-        raise CatalogError(f"{spec!r} is not hub:<repo>:<config>[:<split>]")
-    return parts[0], parts[1], parts[2] if len(parts) == 3 else "full"
+        raise CatalogError(f"{spec!r} is not hub:<repo>:<file.jsonl | config>[:<split>]")
+    repo, what = parts[0], parts[1]
+    if re.search(r"\.jsonl(\.gz)?$", what):
+        return HubSource(repo=repo, file=what)
+    upstream = _UPSTREAM_CONFIG.fullmatch(what)
+    if repo == DEFAULT_HUB_REPO and upstream:
+        kind, category = upstream.groups()
+        file = (f"raw/meta_categories/meta_{category}.jsonl" if kind == "meta"
+                else f"raw/review_categories/{category}.jsonl")
+        return HubSource(repo=repo, file=file)
+    return HubSource(repo=repo, config=what, split=parts[2] if len(parts) == 3 else "full")
+
+
+def hub_file(source: HubSource) -> str:
+    """Local path of a Hub file (downloaded once into the Hugging Face cache; token from HF_TOKEN)."""
+    local = Path(source.repo) / str(source.file)
+    if Path(source.repo).is_dir():
+        if not local.is_file():
+            raise CatalogError(f"{local}: no such file")
+        return str(local)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(source.repo, str(source.file), repo_type="dataset")
+    except Exception as error:  # offline, missing repo or file, auth: all worth one clear message
+        raise CatalogError(f"hub:{source.repo}:{source.file}: cannot download ({type(error).__name__}: {error})") \
+            from error
 
 
 def _iter_hub_records(spec: str, report: ReadReport) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    source = parse_hub_spec(spec)
+    if source.file is not None:
+        yield from iter_json_records(hub_file(source), report)
+        return
     import datasets
 
-    repo, config, split = parse_hub_spec(spec)
     try:
-        dataset = datasets.load_dataset(repo, config, split=split, streaming=True)
+        dataset = datasets.load_dataset(source.repo, source.config, split=source.split, streaming=True)
     except Exception as error:  # datasets raises many types for a missing repo/config
         raise CatalogError(f"{spec}: cannot open ({type(error).__name__}: {error})") from error
     for index, record in enumerate(dataset):
@@ -202,9 +246,12 @@ def read_parent_map(sources: Iterable[str], wanted: set[str]) -> ParentMap:
     result = ParentMap()
     for source in sources:
         if source.startswith(HUB_PREFIX):
-            for where, row in iter_json_records(source, result.report):
-                _note_parent(result, where, row, wanted)
-            continue
+            hub = parse_hub_spec(source)
+            if hub.file is None:
+                for where, row in iter_json_records(source, result.report):
+                    _note_parent(result, where, row, wanted)
+                continue
+            source = hub_file(hub)
         for number, line in enumerate(_open_lines(source), start=1):
             if not line.strip():
                 continue

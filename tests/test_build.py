@@ -188,3 +188,41 @@ def test_llm_errors_stop_the_build_and_a_rerun_pays_only_the_rest(httpserver, tm
     assert manifest["funnel"][-1]["dropped"] == {}  # every answer was "Yes."
     assert manifest["build_reports"]["relevance"]["calls_made"] == failed
     assert all(s["images"] == 0 for s in manifest["stats"].values())
+
+
+def test_real_inputs_with_damaged_metadata(tmp_path):
+    """A non-sample build: bad metadata lines are skipped and named, a missing parent drops its records
+    with the reason counted, and nothing else changes."""
+    import shutil
+
+    inputs = tmp_path / "inputs"
+    shutil.copytree(SAMPLE_INPUTS, inputs)
+    meta_file = inputs / "amazon" / "meta_Home_and_Kitchen.jsonl"
+    lines = meta_file.read_text().splitlines()
+    world = make_world(0)
+    removed = sorted(e.gt_items[0] for e in world.expected_records() if e.domain == "home" and len(e.gt_items) == 1)[0]
+    kept_lines = [line for line in lines if json.loads(line)["parent_asin"] != removed]
+    assert len(kept_lines) == len(lines) - 1
+    meta_file.write_text("\n".join(kept_lines[:3] + ['{"parent_asin": "B0TRUNCATED', *kept_lines[3:]]) + "\n")
+    args = ["--inputs", str(inputs / "reddit"), "--meta", str(inputs / "amazon"), "--reviews", str(inputs / "amazon"),
+            "--llm-cache", str(inputs / "relevance-cache.sqlite"), "--image-store", str(inputs / "images"),
+            "--salt", SAMPLE_SALT, "--no-resolve-short-links", "--out", str(tmp_path / "ds"),
+            "--workdir", str(tmp_path / "work"), *FAST]
+    result = build(*args)
+    assert result.exit_code == 0, result.output
+    assert f"skippedbadline{meta_file}:4:notJSON" in "".join(result.output.split())  # rich wraps long paths
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    catalog = manifest["build_reports"]["catalog"]
+    assert catalog["meta"]["bad_lines"] == 1 and catalog["gt_links"]["parent_asin_without_metadata"] > 0
+    only_removed = [e for e in world.expected_records() if e.gt_items == [removed]]
+    all_candidates = manifest["funnel"][2]["kept"]
+    join = manifest["funnel"][3]
+    assert join["dropped"]["no_gt_item_in_catalog"] >= len(only_removed) > 0
+    assert join["kept"] + sum(join["dropped"].values()) == all_candidates
+    expected = len(world.expected_records()) - len(only_removed)
+    assert sum(s["conversations"] for s in manifest["stats"].values()) == expected
+    records = [r for s in SPLITS for r in datasets.load_dataset(str(tmp_path / "ds"), "home", split=s)]
+    assert all(removed not in r["gt_items"] for r in records)
+
+    missing = build(*[a if a != str(inputs / "amazon") else str(tmp_path / "nope") for a in args])
+    assert missing.exit_code == 1 and f"{tmp_path / 'nope'}: no such file or folder" in missing.output

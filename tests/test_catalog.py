@@ -16,12 +16,14 @@ from reddit_amazon.catalog import (
     PARENT_WITHOUT_METADATA,
     UNKNOWN_ASIN,
     CatalogError,
+    HubSource,
     expand_sources,
     image_urls,
     join_conversations,
     load_catalog,
     META_FILE_PATTERN,
     parse_domain_map,
+    parse_hub_spec,
     read_parent_map,
 )
 from reddit_amazon.schema import Conversation, Turn
@@ -171,5 +173,28 @@ def test_hub_source_through_datasets_with_a_local_dataset(tmp_path):
     item, _ = catalog.resolve("P000000001")
     assert item.domain == "fashion" and item.image_urls == ["https://x/h.jpg"]
     assert json.loads(item.details)["Brand"] == "Acme"
-    with pytest.raises(CatalogError, match="not hub:<repo>:<config>"):
+    with pytest.raises(CatalogError, match="is not hub:<repo>:"):
         load_catalog(["hub:only-repo"], [], set(), DEFAULT_DOMAIN_MAP)
+
+
+def test_hub_files_of_a_repo_folder_and_upstream_config_names(tmp_path):
+    assert parse_hub_spec("hub:McAuley-Lab/Amazon-Reviews-2023:raw_meta_All_Beauty") == HubSource(
+        repo="McAuley-Lab/Amazon-Reviews-2023", file="raw/meta_categories/meta_All_Beauty.jsonl")
+    assert parse_hub_spec("hub:McAuley-Lab/Amazon-Reviews-2023:raw_review_Amazon_Fashion").file == \
+        "raw/review_categories/Amazon_Fashion.jsonl"
+    assert parse_hub_spec("hub:me/other:raw_meta_All_Beauty:train") == HubSource(
+        repo="me/other", config="raw_meta_All_Beauty", split="train")
+    repo = tmp_path / "repo"
+    (repo / "raw" / "meta_categories").mkdir(parents=True)
+    (repo / "raw" / "review_categories").mkdir(parents=True)
+    write_jsonl(repo / "raw" / "meta_categories" / "meta_Home.jsonl", [meta("P000000001", "Amazon Home")],
+                raw_lines=["not json"])
+    write_jsonl(repo / "raw" / "review_categories" / "Home.jsonl", [{"asin": "C000000001", "parent_asin": "P000000001"}])
+    catalog, report = load_catalog([f"hub:{repo}:raw/meta_categories/meta_Home.jsonl"],
+                                   [f"hub:{repo}:raw/review_categories/Home.jsonl"], {"C000000001"},
+                                   DEFAULT_DOMAIN_MAP)
+    assert catalog.resolve("C000000001")[0].item_id == "P000000001"
+    assert report.meta["bad_lines"] == 1 and "meta_Home.jsonl:2" in report.meta["bad_line_examples"][0]
+    with pytest.raises(CatalogError, match="cannot download"):  # tests run with HF_HUB_OFFLINE=1
+        load_catalog(["hub:McAuley-Lab/Amazon-Reviews-2023:raw_meta_All_Beauty"], [], {"P000000001"},
+                     DEFAULT_DOMAIN_MAP)
