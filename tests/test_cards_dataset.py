@@ -279,6 +279,7 @@ def test_datasheet_measures_personal_data_patterns_and_authors(built):
     assert "(7 of 12 context turns, 1 distinct pseudonyms)" in card
     assert "date from 2022-04-15 to 2022-04-15 (UTC)" in card
     assert "embeds the main image of 4 of 7 items" in card
+    assert "The 3 items without an embedded image give the reason in `image_error`." in card
 
 
 def test_imported_dataset_says_no_funnel_exists(tmp_path):
