@@ -72,40 +72,54 @@ def _asin_of(path: str) -> str | None:
     return match["asin"].upper() if match else None
 
 
+def _asins_at(text: str) -> list[tuple[int, str]]:
+    """(position, ASIN) of each product link in an already normalised text."""
+    found = []
+    for match in _AMAZON_URL.finditer(text):
+        asin = _asin_of(match["rest"])
+        if asin:
+            found.append((match.start(), asin))
+    found.extend((match.start(), match["asin"].upper()) for match in _AMZN_COM_URL.finditer(text))
+    return found
+
+
+def _short_links_at(text: str) -> list[tuple[int, str]]:
+    return [(m.start(), f"https://{m['host'].lower()}/{m['path']}") for m in _SHORT_LINK.finditer(text)]
+
+
+def _mentions_amazon(text: str) -> bool:
+    lowered = text.lower()
+    return "amazon" in lowered or "amzn" in lowered or "a.co/" in lowered
+
+
 def extract_asins(text: str) -> list[str]:
     """ASINs of the Amazon product links in ``text``: unique, in order of appearance.
 
     >>> extract_asins("[this](https://www.amazon.com/NeuEve/dp/B00NN2Y04E/ref=sr_1_3) and amazon.co.uk/gp/product/b07xj8c8f5.")
     ['B00NN2Y04E', 'B07XJ8C8F5']
     """
-    if not text:
+    if not text or not _mentions_amazon(text):
         return []
-    lowered = text.lower()
-    if "amazon" not in lowered and "amzn" not in lowered:
-        return []
-    text = _normalise(text)
-    found: list[tuple[int, str]] = []
-    for match in _AMAZON_URL.finditer(text):
-        asin = _asin_of(match["rest"])
-        if asin:
-            found.append((match.start(), asin))
-    for match in _AMZN_COM_URL.finditer(text):
-        found.append((match.start(), match["asin"].upper()))
-    found.sort()
-    return list(dict.fromkeys(asin for _, asin in found))
+    return list(dict.fromkeys(asin for _, asin in sorted(_asins_at(_normalise(text)))))
 
 
 def extract_short_links(text: str) -> list[str]:
     """Amazon short links in ``text`` as ``https://host/path`` (host lower-cased), unique, in order."""
-    if not text:
+    if not text or not _mentions_amazon(text):
         return []
-    lowered = text.lower()
-    if "amzn" not in lowered and "a.co/" not in lowered:
+    return list(dict.fromkeys(url for _, url in _short_links_at(_normalise(text))))
+
+
+def linked_asins(text: str, resolved_short_links: Mapping[str, Iterable[str]]) -> list[str]:
+    """ASINs of the product links and of the resolved short links in ``text``, in order of appearance."""
+    if not text or not _mentions_amazon(text):
         return []
     text = _normalise(text)
-    return list(
-        dict.fromkeys(f"https://{m['host'].lower()}/{m['path']}" for m in _SHORT_LINK.finditer(text))
-    )
+    found = _asins_at(text)
+    for position, url in _short_links_at(text):
+        found.extend((position, asin) for asin in resolved_short_links.get(url, ()))
+    found.sort(key=lambda pair: pair[0])  # stable: a short link's ASINs keep their order
+    return list(dict.fromkeys(asin for _, asin in found))
 
 
 def may_contain_link(line: bytes) -> bool:

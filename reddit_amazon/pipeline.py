@@ -44,7 +44,7 @@ from reddit_amazon.dumps import (
     iter_selected_lines,
     parse_line,
 )
-from reddit_amazon.linking import PREFILTER, extract_asins, extract_short_links
+from reddit_amazon.linking import PREFILTER, extract_asins, extract_short_links, linked_asins
 from reddit_amazon.threads import (
     Pseudonymizer,
     RebuildCounts,
@@ -394,10 +394,7 @@ class RebuildThreadsStep(PipelineStep):
         pseudonymize = Pseudonymizer(Path(self.salt_path).read_text().strip())
 
         def asins_of(text: str) -> list[str]:
-            found = extract_asins(text)
-            for url in extract_short_links(text):
-                found.extend(short_links.get(url, ()))
-            return list(dict.fromkeys(found))
+            return linked_asins(text, short_links)
 
         for bucket in range(rank, self.buckets, world_size):
             marker = out_dir / f"part-{bucket:05d}.json"
@@ -588,7 +585,7 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     resolved = _resolve([u for h in hits.values() for u in h["short_links"]], stage_dir, options)
     targets: dict[int, list[dict[str, Any]]] = {}
     for hit in hits.values():
-        gt_items = list(dict.fromkeys(hit["asins"] + [a for u in hit["short_links"] for a in resolved.get(u, ())]))
+        gt_items = linked_asins(hit["body"], resolved) if hit["short_links"] else hit["asins"]
         if not gt_items:
             funnel_extra["dropped_only_unresolved_short_links"] += 1
             continue

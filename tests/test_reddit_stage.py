@@ -1,0 +1,312 @@
+"""The Reddit stage end to end on fixture dumps the tests write themselves."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from werkzeug import Response
+
+from reddit_amazon.dumps import write_zst_ndjson
+from reddit_amazon.pipeline import RedditStageOptions, run_reddit_stage
+from reddit_amazon.schema import DELETED_TEXT, REMOVED_TEXT, Conversation
+
+AUTHORS = ["alice_real_name", "bob_real_name", "carol_real_name", "dave_real_name", "erin_real_name"]
+
+
+def _sub(sid, title, selftext="", author="alice_real_name", created=1_600_000_000, subreddit="wicked_edge"):
+    return {"id": sid, "title": title, "selftext": selftext, "author": author, "created_utc": created,
+            "subreddit": subreddit, "permalink": f"/r/{subreddit}/comments/{sid}/x/", "score": 3, "is_self": True}
+
+
+def _com(cid, link, parent, body, author="bob_real_name", created=1_600_000_100, subreddit="wicked_edge"):
+    return {"id": cid, "link_id": f"t3_{link}", "parent_id": parent, "body": body, "author": author,
+            "created_utc": created, "subreddit": subreddit, "score": 1, "permalink": f"/r/x/comments/{link}/x/{cid}/"}
+
+
+FILLER = [_com(f"f{i}", "zz", "t3_zz", f"just chatting about razors number {i}", created=1_600_000_000 + i) for i in range(300)]
+
+
+def write_world(folder: Path) -> Path:
+    """Dumps covering the cases the stage must handle; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_zst_ndjson(
+        folder / "RS_2020-09.zst",
+        [
+            _sub("s1", "Need a safety razor", "Budget is $40, sensitive skin."),
+            _sub("s2", "Moisturizer for winter?", "[removed]", author="[deleted]", subreddit="SkincareAddiction"),
+            _sub("s3", "Best kettle", "", subreddit="BuyItForLife"),
+            _sub("s4", "Is this worth it? https://www.amazon.com/dp/B0000000S4", "", subreddit="BuyItForLife"),
+            _sub("s5", "Question [deleted thread]", "[deleted]", created="1600000500"),
+        ],
+        frames=2,
+    )
+    write_zst_ndjson(
+        folder / "RC_2020-09.zst",
+        [
+            *FILLER[:150],
+            _com("c1", "s1", "t3_s1", "Try [this](https://www.amazon.com/Merkur-Razor/dp/B000NL0T1G/ref=sr_1_3)"),
+            _com("c2", "s1", "t1_c1", "[deleted]", author="[deleted]", created=1_600_000_200),
+            _com("c3", "s1", "t1_c2", r"Or amazon.co.uk/gp/product/B00AGG3MZ8 and [blades](https://smile.amazon.com/Derby\_Blades/dp/B0002XKG4S).",
+                 author="carol_real_name", created="1600000300"),
+            _com("t1_c4", "s2", "t3_s2", "https://www.amazon.ca/gp/aw/d/B01N5IB20Q?psc=1", author="dave_real_name",
+                 created=1_600_000_400, subreddit="SkincareAddiction"),
+            _com("c5", "s9", "t3_s9", "https://www.amazon.com/dp/B0000000C5", created=1_600_000_500),  # no submission
+            _com("c6", "s1", "t1_gone", "https://www.amazon.com/dp/B0000000C6", created=1_600_000_600),  # lost parent
+            _com("c7", "s3", "t3_s3", "I bought mine on Amazon. Search amazon.com/s?k=kettle", created=1_600_000_700),
+            _com("c8", "s3", "t1_c7", "https://amzn.to/kettle1 is the one", author="erin_real_name", created=1_600_000_800),
+            _com("c9", "s4", "t3_s4", "Get www.amazon.de/exec/obidos/ASIN/B0000000C9 instead", created=1_600_000_900),
+            _com("c10", "s5", "t3_s5", "[removed]", author="[deleted]", created=1_600_001_000),
+            b'{"id":"bad1","body":"broken json https://www.amazon.com/dp/B0000000X1',
+            b'{"id":"bad2","body":"\xff\xfe https://www.amazon.com/dp/B0000000X2"}',
+            orjson.dumps({"id": "bad3", "body": "no link_id https://www.amazon.com/dp/B0000000X3"}),
+            *FILLER[150:],
+        ],
+        frames=3,
+    )
+    # Next month: a reply to a September comment (its ancestors are in the other files).
+    write_zst_ndjson(
+        folder / "RC_2020-10.zst",
+        [
+            _com("d1", "s5", "t1_c10", "Replying late: https://a.co/d/ctx123 then amazon.com/dp/B0000000D1",
+                 author="alice_real_name", created=1_602_000_000),
+            _com("d2", "s5", "t1_d1", "Same here https://www.amazon.com/gp/product/B0000000D2/", created=1_602_000_100),
+        ],
+        trailing_newline=False,
+    )
+    # A per-subreddit file repeating a September comment (deduplicated), as plain NDJSON.
+    (folder / "wicked_edge_comments.ndjson").write_bytes(
+        orjson.dumps(_com("c1", "s1", "t3_s1", "Try [this](https://www.amazon.com/Merkur-Razor/dp/B000NL0T1G/ref=sr_1_3)"))
+        + b"\n"
+    )
+    # A truncated month: the first frame (with c20) is readable, the rest is lost.
+    whole = write_zst_ndjson(
+        folder / "RC_2020-11.zst",
+        [
+            _com("c20", "s1", "t3_s1", "Late answer: https://www.amazon.com/dp/B0000000K1", created=1_604_000_000),
+            *FILLER,
+            _com("c21", "s1", "t3_s1", "Lost: https://www.amazon.com/dp/B0000000K2", created=1_604_000_100),
+        ],
+        frames=2,
+    )
+    data = whole.read_bytes()
+    whole.write_bytes(data[: len(data) - 40])
+    return folder
+
+
+def _rows(result) -> dict[str, dict]:
+    rows = {}
+    for shard in result.shards:
+        for number, line in enumerate(shard.read_bytes().splitlines(), start=1):
+            row = orjson.loads(line)
+            Conversation.from_row(row, where=f"{shard}:{number}", require_domain=False)
+            rows[row["example_id"]] = row
+    return rows
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return write_world(tmp_path_factory.mktemp("dumps"))
+
+
+@pytest.fixture(scope="module")
+def built(world, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("work")
+    result = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
+    return workdir, result
+
+
+def test_conversations(built):
+    workdir, result = built
+    rows = _rows(result)
+    assert sorted(rows) == ["c1", "c20", "c3", "c4", "c9", "d1", "d2"]
+
+    c3 = rows["c3"]
+    assert [t["id"] for t in c3["turns"]] == ["s1", "c1", "c2"]
+    assert [t["text"] for t in c3["turns"]] == [
+        "Need a safety razor Budget is $40, sensitive skin.",
+        "Try [this](https://www.amazon.com/Merkur-Razor/dp/B000NL0T1G/ref=sr_1_3)",
+        DELETED_TEXT,
+    ]
+    assert c3["gt_items"] == ["B00AGG3MZ8", "B0002XKG4S"]
+    assert c3["context_items"] == ["B000NL0T1G"]
+    assert c3["created_utc"] == 1_600_000_300 and c3["thread_id"] == "s1" and c3["subreddit"] == "wicked_edge"
+    assert c3["gt_comment_id"] == "c3" and c3["domain"] == ""
+    assert c3["context"].startswith("<submission>Need a safety razor Budget")
+
+    c4 = rows["c4"]  # t1_ prefix on the id, removed submission body, deleted author
+    assert c4["turns"][0]["text"] == f"Moisturizer for winter? {REMOVED_TEXT}" and c4["turns"][0]["author"] == ""
+    assert c4["subreddit"] == "SkincareAddiction"
+
+    assert rows["c9"]["context_items"] == ["B0000000S4"]  # linked in the submission title
+    assert rows["c9"]["turns"][0]["text"] == "Is this worth it? https://www.amazon.com/dp/B0000000S4 "
+
+    # Cross-file thread: submission and a removed parent in September, the replies in October.
+    d2 = rows["d2"]
+    assert [t["id"] for t in d2["turns"]] == ["s5", "c10", "d1"]
+    assert [t["text"] for t in d2["turns"][:2]] == [f"Question [deleted thread] {DELETED_TEXT}", REMOVED_TEXT]
+    assert d2["context_items"] == ["B0000000D1"]  # the short link is not resolved (option off)
+    assert rows["d1"]["gt_items"] == ["B0000000D1"]
+    assert rows["c1"]["turns"][0]["created_utc"] == 1_600_000_000
+
+
+def test_pseudonyms_and_no_real_names(built):
+    workdir, result = built
+    text = b"".join(p.read_bytes() for p in result.shards)
+    for name in AUTHORS:
+        assert name.encode() not in text
+    rows = _rows(result)
+    # The same person has the same pseudonym across threads.
+    assert rows["c3"]["turns"][0]["author"] == rows["d2"]["turns"][-1]["author"] != ""
+
+
+def test_funnel_and_incomplete_files(built, world):
+    workdir, result = built
+    funnel = orjson.loads((workdir / "reddit" / "funnel.json").read_bytes())
+    assert funnel == result.funnel
+    assert result.incomplete_files == [(world / "RC_2020-11.zst").resolve()]
+    reason = result.incomplete_reasons[str((world / "RC_2020-11.zst").resolve())]
+    assert "truncated" in reason and "compressed byte" in reason
+    assert funnel["files"] == 5 and funnel["files_incomplete"] == 1
+    dropped = funnel["dropped"]
+    assert (dropped["malformed_json"], dropped["invalid_utf8"], dropped["missing_fields"]) == (1, 1, 1)
+    assert dropped["submission_missing"] == 1 and dropped["ancestor_missing"] == 1
+    assert dropped["duplicate_recommending_comment"] == 1
+    assert dropped["only_unresolved_short_links"] == 1  # c8
+    assert dropped["prefilter_hit_without_product_link"] == 1  # c7: search page only
+    assert dropped["submission_with_amazon_text"] == 1  # s4
+    assert funnel["threads_rebuilt"] == 7 and funnel["comments_with_asins"] == 9
+    assert funnel["lines_read"] == 472 and funnel["prefilter_hits"] >= 14
+    assert funnel["short_links_found"] == 2 and funnel["short_link_resolution"] == "off"
+    assert funnel["ancestors_deleted_or_removed"] >= 2
+
+
+def test_outputs_are_only_complete_files(built):
+    workdir, result = built
+    conversations = workdir / "reddit" / "conversations"
+    assert sorted(conversations.iterdir()) == sorted(result.shards)
+    assert not list((workdir / "reddit").rglob("*.tmp"))
+
+
+def test_rerun_reuses_everything_and_two_workers_agree(built, world, tmp_path):
+    workdir, result = built
+    markers = sorted((workdir / "reddit" / "work" / "scan").glob("*.json"))
+    before = {p: p.stat().st_mtime_ns for p in markers}
+    again = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
+    assert {p: p.stat().st_mtime_ns for p in markers} == before
+    assert _rows(again) == _rows(result)
+
+    parallel = run_reddit_stage(
+        [world], tmp_path / "w2", RedditStageOptions(salt="test-salt", progress=False, workers=2, tasks=3, buckets=4)
+    )
+    assert len(parallel.shards) == 4
+    assert _rows(parallel) == _rows(result)
+    assert parallel.funnel["dropped"] == result.funnel["dropped"]
+
+
+def test_salt_changes_pseudonyms_only(built, world, tmp_path):
+    workdir, result = built
+    other = run_reddit_stage([world], tmp_path / "w", RedditStageOptions(salt="other-salt", progress=False))
+    first, second = _rows(result), _rows(other)
+    assert first["c3"]["turns"][0]["author"] != second["c3"]["turns"][0]["author"]
+    for row in (*first.values(), *second.values()):
+        for turn in row["turns"]:
+            turn["author"] = ""
+    assert first == second
+
+
+def test_short_link_resolution(world, tmp_path, httpserver):
+    httpserver.expect_request("/kettle1").respond_with_response(
+        Response(status=301, headers={"Location": "https://www.amazon.com/Kettle/dp/B0000000KT/ref=x"})
+    )
+    httpserver.expect_request("/d/ctx123").respond_with_response(
+        Response(status=302, headers={"Location": "https://www.amazon.com/dp/B0000000CX"})
+    )
+    endpoint = httpserver.url_for("").rstrip("/")
+    options = RedditStageOptions(
+        salt="test-salt",
+        progress=False,
+        resolve_short_links=True,
+        short_link_endpoints={"amzn.to": endpoint, "a.co": endpoint},
+        short_link_cache=tmp_path / "links.sqlite",
+    )
+    result = run_reddit_stage([world], tmp_path / "w", options)
+    rows = _rows(result)
+    assert rows["c8"]["gt_items"] == ["B0000000KT"]
+    assert rows["d2"]["context_items"] == ["B0000000CX", "B0000000D1"]
+    assert result.funnel["short_links_resolved"] == 2 and result.unresolved_short_links == []
+    # The cache answers the second build: nothing is fetched twice.
+    requests_made = len(httpserver.log)
+    run_reddit_stage([world], tmp_path / "w3", options)
+    assert len(httpserver.log) == requests_made == 2
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from reddit_amazon.pipeline import RedditStageOptions, run_reddit_stage
+    run_reddit_stage([Path(p) for p in sys.argv[2:]], Path(sys.argv[1]), RedditStageOptions(salt="s", progress=False))
+    """
+)
+
+
+def test_resume_after_kill_9(tmp_path):
+    """A build killed while reading its third file redoes only that file when run again."""
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    write_zst_ndjson(dumps / "a_RS.zst", [_sub("s1", "Need a razor")])
+    write_zst_ndjson(dumps / "b_RC.zst", [*FILLER, _com("c1", "s1", "t3_s1", "https://www.amazon.com/dp/B000NL0T1G")])
+    last = dumps / "c_RC.ndjson"
+    os.mkfifo(last)
+    workdir = tmp_path / "work"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(workdir), *(str(dumps / n) for n in ("a_RS.zst", "b_RC.zst", last.name))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    scan = workdir / "reddit" / "work" / "scan"
+    reply = orjson.dumps(_com("c2", "s1", "t1_c1", "and https://www.amazon.com/dp/B0000000C2"))
+    try:
+        deadline = time.time() + 60
+        while True:  # the child opens the pipe once the first two files are done
+            assert time.time() < deadline and child.poll() is None
+            try:
+                writer = os.open(last, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                time.sleep(0.05)
+        assert len(list(scan.glob("*.json"))) == 2
+        os.write(writer, reply[:20])  # half a line, then the process dies
+        time.sleep(0.3)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        os.close(writer)
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+    done_before = {p: p.stat().st_mtime_ns for p in scan.glob("*.json")}
+    assert not (workdir / "reddit" / "conversations").exists()
+    assert not [p for p in scan.iterdir() if p.name.startswith("c_RC") and not p.name.startswith(".")]
+
+    last.unlink()
+    last.write_bytes(reply + b"\n")  # the download finished
+    result = run_reddit_stage([dumps], workdir, RedditStageOptions(salt="s", progress=False))
+    assert {p: p.stat().st_mtime_ns for p in done_before} == done_before
+    assert sorted(_rows(result)) == ["c1", "c2"]
+    assert _rows(result)["c2"]["context_items"] == ["B000NL0T1G"]
+
+
+def test_bad_input_paths_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.zst"):
+        run_reddit_stage([tmp_path / "nope.zst"], tmp_path / "w", RedditStageOptions(progress=False))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no dump files"):
+        run_reddit_stage([tmp_path / "empty"], tmp_path / "w", RedditStageOptions(progress=False))
