@@ -95,7 +95,7 @@ def _echo_summary(results: dict, out_dir: Path) -> None:
                 entry = metrics[name][group]
                 ci = entry["ci95"]
                 cells.append("-" if entry["value"] is None else
-                             f"{entry['value']:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+                             f"{entry['value']:.4f}" + (f"\n[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
             table.add_row(name, *cells)
     console = Console(stderr=False)
     console.print(table)

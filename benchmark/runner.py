@@ -25,6 +25,7 @@ import orjson
 
 from benchmark import registry
 from benchmark.data import (
+    DatasetError,
     DatasetInfo,
     Record,
     candidate_ids_of,
@@ -122,6 +123,7 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     records: list[Record] = []
     for domain, conversations, column, items, where in splits:
         records.extend(iter_records(conversations, column, items, where, config.limit))
+    _check_unique(records)
     todo = [r for r in records if (r.example.domain, r.example.example_id) not in cached]
     inference_seconds = _predict(recommender, ranks, todo, batch_size, out / PREDICTIONS_FILE, cached, progress)
 
@@ -167,6 +169,15 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     }
     write_atomic(results_path, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     return results
+
+
+def _check_unique(records: Sequence[Record]) -> None:
+    seen: set[tuple[str, str]] = set()
+    for record in records:
+        key = (record.example.domain, record.example.example_id)
+        if key in seen:
+            raise DatasetError(f"{key[0]}: example_id {key[1]!r} occurs more than once; predictions are keyed by it")
+        seen.add(key)
 
 
 def _prepare_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> None:
