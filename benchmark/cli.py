@@ -73,7 +73,7 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
                            split=split, candidates=candidates, limit=limit, batch_size=batch_size,
                            bootstrap_samples=bootstrap_samples, seed=seed)
         results = run(config, out_dir, overwrite=overwrite, progress=not quiet)
-    except (DatasetError, RegistryError, RunError, FileNotFoundError) as error:
+    except (DatasetError, RegistryError, RunError, FileNotFoundError, ImportError) as error:
         _fail(error)
     _echo_summary(results, Path(out_dir))
 
@@ -138,7 +138,7 @@ def retrieve_command(retriever, retriever_args, dataset, domain, split, k, with_
                                 dataset=dataset, domain=domain, split=split, k=k, with_description=with_description,
                                 limit=limit, bootstrap_samples=bootstrap_samples, seed=seed)
         results = retrieve(config, out_dir, progress=not quiet)
-    except (DatasetError, RegistryError, FileNotFoundError, RuntimeError) as error:
+    except (DatasetError, RegistryError, FileNotFoundError, ImportError, RuntimeError) as error:
         _fail(error)
     _echo_summary(results, Path(out_dir))
 

@@ -20,16 +20,17 @@ DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
 
 class HFVisionLanguageRecommender:
     def __init__(self, model: str = DEFAULT_MODEL, with_images: bool = False, batch_size: int = 4,
-                 max_new_tokens: int = 16, device: str | None = None, dtype: str = "auto",
-                 max_prompt_tokens: int | None = None) -> None:
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+                 max_new_tokens: int = 16, device: str | None = None, dtype: str = "auto") -> None:
+        try:
+            import torch
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+        except ImportError as error:
+            raise ImportError("hf-vlm needs torch and transformers: pip install 'reddit-amazon[lavic]'") from error
 
         self.model_name = model
         self.with_images = with_images
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
-        self.max_prompt_tokens = max_prompt_tokens
         self.name = f"{model.rstrip('/').split('/')[-1]} ({'title+image' if with_images else 'title'})"
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
@@ -79,10 +80,7 @@ class HFVisionLanguageRecommender:
             prompt, example_images = self._prompt(example)
             prompts.append(prompt)
             images.extend(example_images)
-        options: dict[str, Any] = {"padding": True, "return_tensors": "pt"}
-        if self.max_prompt_tokens:
-            options.update(truncation=True, max_length=self.max_prompt_tokens)
-        inputs = self.processor(text=prompts, images=images or None, **options).to(self.device)
+        inputs = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt").to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():

@@ -16,7 +16,10 @@ class BM25Retriever(Retriever):
         self.k1, self.b, self.stopwords = k1, b, stopwords
 
     def _tokenize(self, texts: Sequence[str]) -> list[list[str]]:
-        import bm25s
+        try:
+            import bm25s
+        except ImportError as error:
+            raise ImportError("the bm25 retriever needs bm25s: pip install 'reddit-amazon[retrieval]'") from error
 
         return bm25s.tokenize(list(texts), stopwords=self.stopwords, return_ids=False, show_progress=False)
 

@@ -40,7 +40,11 @@ class SBERTRetriever(DenseRetriever):
 
     def _load(self):
         if self._model is None:
-            from sentence_transformers import SentenceTransformer
+            try:
+                from sentence_transformers import SentenceTransformer
+            except ImportError as error:
+                raise ImportError("the sbert retriever needs sentence-transformers: "
+                                  "pip install 'reddit-amazon[retrieval]'") from error
 
             self._model = SentenceTransformer(resolve_model_path(self.model_name), device=self.device)
         return self._model
