@@ -2,3 +2,5 @@
 
 Heavy libraries are imported inside the modules that need them; importing this package is cheap.
 """
+
+DEFAULT_BASE = "llava-hf/llava-v1.6-mistral-7b-hf"

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from lavic_ref import DEFAULT_BASE  # noqa: F401  (re-exported)
 from lavic_ref.prompts import ITEM_TOKENS
 
-DEFAULT_BASE = "llava-hf/llava-v1.6-mistral-7b-hf"
 SUBIMAGES_PER_ITEM = 5
 IGNORE_INDEX = -100
 

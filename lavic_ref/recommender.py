@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from lavic_ref.embed import ItemEmbeddings, compute_item_embeddings
-from lavic_ref.model import DEFAULT_BASE, Backbone, attach_adapter, embed_inputs, load_backbone, pad_batch
+from lavic_ref import DEFAULT_BASE
+from lavic_ref.model import Backbone, attach_adapter, embed_inputs, load_backbone, pad_batch
 from lavic_ref.sequences import MAX_PROMPT_TOKENS, recommendation_sequence
 
 MAX_NEW_TOKENS = 10

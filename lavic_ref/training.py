@@ -69,7 +69,7 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpointing(model, True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     state = TrainState()
@@ -115,9 +115,20 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
         _save_checkpoint(backbone, optimizer, state, last)
     (output / "history.json").write_text(json.dumps(state.history, indent=2) + "\n")
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+        _checkpointing(model, False)
     model.eval()
     return TrainResult(output / "best", state.best_val_loss, state.history)
+
+
+def _checkpointing(model: Any, enable: bool) -> None:
+    """Gradient checkpointing on or off (``activation_checkpointing_*`` from transformers 5.2x on)."""
+    kwargs = {"use_reentrant": False}
+    if enable and hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif enable:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
 
 
 @torch.no_grad()

@@ -1,0 +1,224 @@
+"""`lavic-ref`: the LaViC reference pipeline, one command per stage.
+
+describe -> distill -> embed -> finetune, then ``benchmark run --model lavic``. Every stage resumes:
+``describe`` skips cached descriptions, ``distill``/``finetune`` continue from ``<out>/last``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lavic_ref import DEFAULT_BASE
+from reddit_amazon.schema import DOMAINS
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _common(function):
+    options = [
+        click.option("--dataset", default=None, help="Dataset folder or Hub id [default: the bundled sample]."),
+        click.option("--domain", "domains", multiple=True, type=click.Choice(DOMAINS),
+                     help="Domain(s) to use (repeatable) [default: all]."),
+        click.option("--base", default=DEFAULT_BASE, show_default=True,
+                     help="LLaVA-NeXT checkpoint: hub id or local folder."),
+        click.option("--device", default=None, help="torch device [default: cuda when available, else cpu]."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _training_options(epochs: int, batch_size: int):
+    options = [
+        click.option("--out", type=click.Path(path_type=Path), required=True,
+                     help="Output folder: best/ (adapter), last/ (resumable checkpoint), history.json."),
+        click.option("--epochs", type=click.IntRange(1), default=epochs, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=batch_size, show_default=True),
+        click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True,
+                     help="Batches per optimizer step."),
+        click.option("--lr", type=float, default=5e-5, show_default=True),
+        click.option("--weight-decay", type=float, default=1e-5, show_default=True),
+        click.option("--max-steps", type=click.IntRange(1), default=None,
+                     help="Optimizer steps per epoch at most (smoke runs)."),
+        click.option("--save-every", type=click.IntRange(1), default=500, show_default=True,
+                     help="Checkpoint to <out>/last every N optimizer steps."),
+        click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True),
+        click.option("--resume/--no-resume", default=True, show_default=True,
+                     help="Continue from <out>/last when it exists."),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+
+    def decorate(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def _train_config(out, epochs, batch_size, grad_accum, lr, weight_decay, max_steps, save_every,
+                  gradient_checkpointing, seed, resume):
+    del resume  # passed to the stage, not part of the configuration
+    from lavic_ref.training import TrainConfig
+
+    return TrainConfig(output_dir=out, epochs=epochs, batch_size=batch_size, learning_rate=lr,
+                       weight_decay=weight_decay, grad_accum=grad_accum, max_steps=max_steps, save_every=save_every,
+                       seed=seed, gradient_checkpointing=gradient_checkpointing)
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+def cli() -> None:
+    """LaViC reference model on LLaVA-NeXT (describe, distill, embed, finetune).
+
+    \b
+    Examples (the bundled sample, a local tiny or real checkpoint):
+      lavic-ref describe --out runs/lavic/descriptions.jsonl
+      lavic-ref distill --descriptions runs/lavic/descriptions.jsonl --out runs/lavic/distill
+      lavic-ref embed --distill-adapter runs/lavic/distill/best --out runs/lavic
+      lavic-ref finetune --embeddings runs/lavic/item_embeddings-*.safetensors --out runs/lavic/rec
+      benchmark run --model lavic --out runs/lavic/test \\
+          --model-args distill_adapter=runs/lavic/distill/best,rec_adapter=runs/lavic/rec/best
+    """
+
+
+def main() -> None:
+    cli(prog_name="lavic-ref")
+
+
+@cli.command()
+@_common
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="JSONL cache of descriptions.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--regenerate", is_flag=True, help="Generate even where the dataset ships image_description.")
+def describe(dataset, domains, base, device, out, batch_size, max_new_tokens, regenerate) -> None:
+    """Describe each item image from its full image tokens (Table 10 prompt, greedy).
+
+    Resumable: descriptions already in --out are kept. Shipped descriptions are reused unless --regenerate.
+
+    \b
+    Example:
+      lavic-ref describe --dataset ./reddit-amazon --out runs/lavic/descriptions.jsonl --batch-size 16
+    """
+    from lavic_ref.data import load_items
+    from lavic_ref.describe import describe_items
+    from lavic_ref.model import load_backbone
+
+    items = load_items(dataset, domains or DOMAINS)
+    backbone = load_backbone(base, device=device)
+    descriptions = describe_items(backbone, items.values(), out, batch_size=batch_size,
+                                  max_new_tokens=max_new_tokens, regenerate=regenerate)
+    click.echo(f"{len(descriptions)} descriptions in {out}")
+
+
+@cli.command()
+@_common
+@click.option("--descriptions", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="JSONL from `lavic-ref describe` [default: the dataset's image_description].")
+@click.option("--validation-size", type=click.IntRange(0), default=512, show_default=True,
+              help="Items held out for the validation loss (at most a fifth).")
+@_training_options(epochs=2, batch_size=4)
+def distill(dataset, domains, base, device, descriptions, validation_size, **training) -> None:
+    """Self-distillation: LoRA on the vision tower + projector so 5 CLS embeddings reproduce the description.
+
+    \b
+    Example:
+      lavic-ref distill --descriptions runs/lavic/descriptions.jsonl --out runs/lavic/distill --epochs 2
+    """
+    from lavic_ref.data import load_items
+    from lavic_ref.describe import read_cache
+    from lavic_ref.distill import distill as run_distill
+    from lavic_ref.distill import distill_examples
+    from lavic_ref.model import load_backbone
+
+    items = load_items(dataset, domains or DOMAINS)
+    texts = {i.item_id: i.image_description for i in items.values() if i.image_description}
+    if descriptions:
+        texts.update(read_cache(descriptions))
+    examples = distill_examples(items, texts)
+    if not examples:
+        raise click.ClickException("no item has both an image and a description: run `lavic-ref describe` first")
+    backbone = load_backbone(base, device=device)
+    result = run_distill(backbone, examples, _train_config(**training), validation_size=validation_size,
+                         resume=training["resume"])
+    click.echo(f"best adapter: {result.best_dir} (validation loss {result.best_val_loss:.4f})")
+
+
+@cli.command()
+@_common
+@click.option("--distill-adapter", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Vision LoRA from `lavic-ref distill` (its best/ folder).")
+@click.option("--no-distill", is_flag=True, help="Ablation: CLS embeddings of the base vision tower.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for item_embeddings-<base hash>-<adapter hash>.safetensors.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batch_size) -> None:
+    """Compute each item's 5 embeddings once for the whole catalog (safetensors, keyed by item id).
+
+    \b
+    Examples:
+      lavic-ref embed --distill-adapter runs/lavic/distill/best --out runs/lavic
+      lavic-ref embed --no-distill --out runs/lavic-ablation      # Table 7: no self-distillation
+    """
+    from lavic_ref.data import load_items
+    from lavic_ref.embed import embed_catalog
+    from lavic_ref.model import attach_adapter, load_backbone
+
+    if bool(distill_adapter) == no_distill:
+        raise click.UsageError("give exactly one of --distill-adapter or --no-distill")
+    items = load_items(dataset, domains or DOMAINS)
+    backbone = load_backbone(base, device=device)
+    if distill_adapter:
+        attach_adapter(backbone, distill_adapter)
+    path = embed_catalog(backbone, items.values(), out, adapter=distill_adapter, batch_size=batch_size)
+    click.echo(str(path))
+
+
+@cli.command()
+@_common
+@click.option("--embeddings", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Item embeddings from `lavic-ref embed`.")
+@click.option("--no-images", is_flag=True, help="Ablation: titles only, no item tokens.")
+@click.option("--candidates", "candidate_set", default="sbert", show_default=True,
+              help="Candidate set: column candidates_<NAME>.")
+@click.option("--max-tokens", type=click.IntRange(64), default=2048, show_default=True,
+              help="Prompt cap; the oldest conversation tokens are dropped beyond it.")
+@_training_options(epochs=1, batch_size=1)
+def finetune(dataset, domains, base, device, embeddings, no_images, candidate_set, max_tokens, **training) -> None:
+    """Recommendation fine-tuning: LoRA on the LM, 10 candidates as `ID: title` + 5 item tokens, target = gt ID.
+
+    Trains on the train split of the chosen domains; the validation split gives the per-epoch loss.
+
+    \b
+    Examples:
+      lavic-ref finetune --embeddings runs/lavic/item_embeddings-*.safetensors --out runs/lavic/rec
+      lavic-ref finetune --no-images --out runs/lavic-titles --domain home   # Table 7: no images
+    """
+    import random
+
+    from lavic_ref.data import load_conversations, load_items, recommendation_instances
+    from lavic_ref.embed import ItemEmbeddings
+    from lavic_ref.finetune import finetune as run_finetune
+    from lavic_ref.model import load_backbone
+
+    if bool(embeddings) == no_images:
+        raise click.UsageError("give exactly one of --embeddings or --no-images")
+    domains = domains or DOMAINS
+    rng = random.Random(training["seed"])
+    train_set, val_set = [], []
+    for domain in domains:
+        train_set += recommendation_instances(load_conversations(dataset, domain, "train"), candidate_set, rng)
+        val_set += recommendation_instances(load_conversations(dataset, domain, "validation"), candidate_set, rng)
+    titles = {item_id: item.title for item_id, item in load_items(dataset, domains).items()}
+    cache = ItemEmbeddings.load(embeddings) if embeddings else None
+    if cache is not None:
+        absent = cache.missing(c for instance in train_set + val_set for c in instance.candidates)
+        if absent:
+            raise click.ClickException(f"{embeddings} lacks {len(absent)} candidate item(s), e.g. {absent[0]}: "
+                                       "run `lavic-ref embed` on the same dataset")
+    backbone = load_backbone(base, device=device)
+    result = run_finetune(backbone, train_set, val_set, titles, cache, _train_config(**training),
+                          max_tokens=max_tokens, resume=training["resume"])
+    click.echo(f"best adapter: {result.best_dir} (validation loss {result.best_val_loss:.4f})")
