@@ -281,7 +281,7 @@ ITEM_FEATURES = Features(
 #: Human-readable meaning of each field: used by the README schema table and the dataset card.
 FIELD_DOCS: dict[str, str] = {
     "example_id": "unique id of the record",
-    "domain": "beauty, fashion or home: the domain of the recommended item(s)",
+    "domain": "beauty, fashion or home (a conversation takes the domain of the item it recommends)",
     "thread_id": "Reddit submission id of the thread (splits never share a thread)",
     "subreddit": "subreddit of the thread",
     "created_utc": "Unix time of the recommending comment",
