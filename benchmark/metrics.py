@@ -96,40 +96,60 @@ def _resample_indices(n: int, samples: int, seed: int, chunk: int = 100) -> Iter
         yield rng.integers(0, n, size=(min(chunk, samples - start), n))
 
 
-def _bootstrap_values(ratio: Ratio, samples: int, seed: int) -> np.ndarray:
-    values = []
-    for idx in _resample_indices(len(ratio.numerators), samples, seed):
-        num = ratio.numerators[idx].sum(axis=1)
-        den = ratio.denominators[idx].sum(axis=1)
-        values.append(np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0))
-    return np.concatenate(values)
+def _resample_counts(idx: np.ndarray) -> np.ndarray:
+    """How often each record is drawn in each resample (rows of ``idx``), as a float32 matrix for BLAS."""
+    rows, n = idx.shape
+    flat = (idx + (np.arange(rows) * n)[:, None]).ravel()
+    return np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(np.float32)
+
+
+def bootstrap_intervals(metrics: Mapping[str, Ratio], samples: int = DEFAULT_BOOTSTRAP_SAMPLES,
+                        seed: int = DEFAULT_SEED, level: float = 0.95) -> dict[str, tuple[float, float] | None]:
+    """Percentile bootstrap intervals over records, one shared set of resamples for all metrics.
+
+    Every metric sees the same resampled records, so the interval of a metric does not depend on
+    which other metrics are computed with it.
+    """
+    names = list(metrics)
+    if not names:
+        return {}
+    n = len(metrics[names[0]].numerators)
+    usable = [name for name in names if metrics[name].denominators.sum() > 0]
+    intervals: dict[str, tuple[float, float] | None] = {name: None for name in names}
+    if n == 0 or samples <= 0 or not usable:
+        return intervals
+    columns = np.column_stack([a for name in usable for a in (metrics[name].numerators, metrics[name].denominators)
+                               ]).astype(np.float32)  # per-resample sums of small counts stay exact in float32
+    sums = np.concatenate([_resample_counts(idx) @ columns for idx in _resample_indices(n, samples, seed)])
+    tail = (1 - level) / 2 * 100
+    for j, name in enumerate(usable):
+        num, den = sums[:, 2 * j], sums[:, 2 * j + 1]
+        values = num[den > 0] / den[den > 0]
+        low, high = np.percentile(values, [tail, 100 - tail])
+        intervals[name] = (float(low), float(high))
+    return intervals
 
 
 def confidence_interval(ratio: Ratio, samples: int = DEFAULT_BOOTSTRAP_SAMPLES, seed: int = DEFAULT_SEED,
                         level: float = 0.95) -> tuple[float, float] | None:
     """Percentile bootstrap interval over records; None when there is nothing to resample."""
-    if len(ratio.numerators) == 0 or not ratio.denominators.sum() or samples <= 0:
-        return None
-    values = _bootstrap_values(ratio, samples, seed)
-    values = values[~np.isnan(values)]
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+    return bootstrap_intervals({"metric": ratio}, samples, seed, level)["metric"]
 
 
 def summarize(outcomes: Sequence[Outcome], samples: int = DEFAULT_BOOTSTRAP_SAMPLES,
               seed: int = DEFAULT_SEED) -> dict[str, dict]:
     """``{metric: {"value", "ci95", "numerator", "denominator"}}`` for one group of records."""
-    summary = {}
-    for name, ratio in ratios(outcomes).items():
-        ci = confidence_interval(ratio, samples, seed)
-        summary[name] = {
+    metrics = ratios(outcomes)
+    intervals = bootstrap_intervals(metrics, samples, seed)
+    return {
+        name: {
             "value": ratio.value,
-            "ci95": list(ci) if ci else None,
+            "ci95": list(intervals[name]) if intervals[name] else None,
             "numerator": _plain_number(ratio.numerators.sum()),
             "denominator": _plain_number(ratio.denominators.sum()),
         }
-    return summary
+        for name, ratio in metrics.items()
+    }
 
 
 def _plain_number(value: float) -> int | float:
@@ -171,14 +191,10 @@ def paired_difference(metric: str, group: str, a: Ratio, b: Ratio, samples: int 
         raise ValueError("paired difference needs the same records in both runs")
     if n == 0 or not a.denominators.sum() or samples <= 0:
         return PairedDifference(metric, group, n, a.value, b.value, None, None, None)
-    diffs = []
-    for idx in _resample_indices(n, samples, seed):
-        da, db = a.denominators[idx].sum(axis=1), b.denominators[idx].sum(axis=1)
-        ok = (da > 0) & (db > 0)
-        va = np.divide(a.numerators[idx].sum(axis=1), da, out=np.zeros_like(da), where=ok)
-        vb = np.divide(b.numerators[idx].sum(axis=1), db, out=np.zeros_like(db), where=ok)
-        diffs.append((va - vb)[ok])
-    values = np.concatenate(diffs)
+    columns = np.column_stack([a.numerators, a.denominators, b.numerators, b.denominators]).astype(np.float32)
+    sums = np.concatenate([_resample_counts(idx) @ columns for idx in _resample_indices(n, samples, seed)])
+    ok = (sums[:, 1] > 0) & (sums[:, 3] > 0)
+    values = sums[ok, 0] / sums[ok, 1] - sums[ok, 2] / sums[ok, 3]
     low, high = np.percentile(values, [2.5, 97.5])
     p_value = min(1.0, 2 * min(float((values <= 0).mean()), float((values >= 0).mean())))
     return PairedDifference(metric, group, n, a.value, b.value, a.value - b.value, (float(low), float(high)), p_value)

@@ -201,3 +201,22 @@ def test_retrieve_over_the_full_catalog(dataset, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["metrics"]["hr@1"]["home"]["value"] == hits / sum(len(r["gt_items"]) for r in rows)
     assert "vr" not in results["metrics"] and results["candidate_set_name"] == "bm25"
+
+
+def test_default_dataset_is_the_bundled_sample(tmp_path):
+    from reddit_amazon.sample import sample_dataset_path
+
+    result = CliRunner().invoke(cli, ["run", "--model", "sbert", "--limit", "3", "--out", str(tmp_path), "--quiet",
+                                      "--model-args", f"cache_dir={tmp_path / 'emb'}"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["dataset"]["id"] == str(sample_dataset_path().resolve())
+    assert results["dataset"]["version"] == json.loads((sample_dataset_path() / "manifest.json").read_text())["version"]
+    assert results["counts"]["all"]["records"] == 9
+
+
+def test_hub_id_without_network_records_unknown_provenance():
+    from benchmark.data import resolve_dataset
+
+    info = resolve_dataset("someone/reddit-amazon")
+    assert not info.local and info.version is None and info.fingerprint is None and info.counts is None
