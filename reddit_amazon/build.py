@@ -573,7 +573,8 @@ def _split_list(values: Sequence[str]) -> list[str]:
 
 
 @click.command("build")
-@click.option("--inputs", multiple=True, help="Reddit dump files or folders (.zst/.jsonl). Default: the bundled sample.")
+@click.option("--inputs", multiple=True,
+              help="Reddit dump files or folders (.zst/.jsonl). Default: the bundled sample.")
 @click.option("--meta", multiple=True, help="Amazon Reviews 2023 meta_<Category>.jsonl(.gz) files/folders, or "
               "hub:<repo>:<config> (e.g. hub:McAuley-Lab/Amazon-Reviews-2023:raw_meta_All_Beauty).")
 @click.option("--reviews", multiple=True, help="Amazon Reviews 2023 review files/folders (asin -> parent_asin), or "
@@ -584,7 +585,8 @@ def _split_list(values: Sequence[str]) -> list[str]:
               "Default: <out>.work")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the thread-level 8:1:1 splits.")
 @click.option("--version", "version", default=DATASET_VERSION, show_default=True, help="Dataset version (semver).")
-@click.option("--domain-map", help="main_category -> domain: a JSON file or 'All Beauty=beauty;AMAZON FASHION=fashion'.")
+@click.option("--domain-map",
+              help="main_category -> domain: a JSON file or 'All Beauty=beauty;AMAZON FASHION=fashion'.")
 @click.option("--llm-base-url", help="OpenAI-compatible endpoint for the relevance filter (key: OPENAI_API_KEY).")
 @click.option("--llm-model", default="gpt-3.5-turbo", show_default=True, help="Model of the relevance filter.")
 @click.option("--llm-template", type=click.Path(exists=True, dir_okay=False), help="Prompt template replacing "
@@ -639,7 +641,8 @@ def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map
         reviews=[str(SAMPLE_AMAZON)] if sample else list(reviews),
         out=out, workdir=workdir or out.with_name(out.name + ".work"), seed=seed, version=version,
         domain_map=domain_map, llm_base_url=llm_base_url, llm_model=llm_model, llm_template=llm_template,
-        llm_concurrency=llm_concurrency, llm_max_attempts=llm_max_attempts, llm_cache=llm_cache, no_filter=no_filter, dry_run=dry_run,
+        llm_concurrency=llm_concurrency, llm_max_attempts=llm_max_attempts, llm_cache=llm_cache,
+        no_filter=no_filter, dry_run=dry_run,
         retrievers=_split_list(retrievers), images=images, image_store=image_store,
         image_concurrency=image_concurrency, push_to_hub=push_to_hub, private=private,
         reddit={k: v for k, v in reddit.items() if v is not None}, sample=sample,

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-
 from benchmark.retrieval import get_retriever
-from reddit_amazon.assemble import add_candidates, items_by_domain, split_by_thread, table1_stats
+from reddit_amazon.assemble import (
+    add_candidates,
+    items_by_domain,
+    split_by_thread,
+    table1_stats,
+)
 from reddit_amazon.schema import NUM_CANDIDATES, SPLITS, Conversation, Item, Turn
 
 
-def record(example_id: str, thread: str, domain: str = "home", gt: str = "B000000001", text: str = "lamp") -> Conversation:
+def record(example_id: str, thread: str, domain: str = "home", gt: str = "B000000001",
+           text: str = "lamp") -> Conversation:
     return Conversation(example_id=example_id, domain=domain, thread_id=thread, subreddit="s", created_utc=1,
                         turns=[Turn(kind="submission", text=f"I need a {text}"), Turn(kind="comment", text="same")],
                         context_items=[], gt_text="this", gt_items=[gt])

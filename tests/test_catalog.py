@@ -10,6 +10,7 @@ import pytest
 
 from reddit_amazon.catalog import (
     DEFAULT_DOMAIN_MAP,
+    META_FILE_PATTERN,
     NO_GT_ITEM_IN_CATALOG,
     NO_GT_ITEM_IN_DOMAINS,
     OUTSIDE_DOMAINS,
@@ -21,7 +22,6 @@ from reddit_amazon.catalog import (
     image_urls,
     join_conversations,
     load_catalog,
-    META_FILE_PATTERN,
     parse_domain_map,
     parse_hub_spec,
     read_parent_map,
@@ -96,12 +96,13 @@ def test_parent_map_keeps_only_wanted_and_reports_bad_lines(tmp_path):
     assert result.parents == {"C000000001": "P000000001"}
     assert result.conflicts == {"C000000001": 1}
     assert result.report.lines == 5
-    assert result.report.bad_lines == 1  # the wanted row without parent; the unwanted broken one is never parsed
-    assert f"{reviews}:5" in result.report.examples[0]
+    assert result.report.bad_lines == 2
+    assert f"{reviews}:4: not JSON" in result.report.examples[0]
+    assert f"{reviews}:5: review row without a valid asin and parent_asin" in result.report.examples[1]
 
 
 def test_load_catalog_and_join(tmp_path):
-    meta_file = write_jsonl(tmp_path / "meta_Home.jsonl", [
+    write_jsonl(tmp_path / "meta_Home.jsonl", [
         meta("P000000001", "Amazon Home", "Quilt"),
         meta("P000000002", "All Beauty", "Lipstick"),
         meta("P000000003", "Amazon Home", "Lamp"),
@@ -189,7 +190,8 @@ def test_hub_files_of_a_repo_folder_and_upstream_config_names(tmp_path):
     (repo / "raw" / "review_categories").mkdir(parents=True)
     write_jsonl(repo / "raw" / "meta_categories" / "meta_Home.jsonl", [meta("P000000001", "Amazon Home")],
                 raw_lines=["not json"])
-    write_jsonl(repo / "raw" / "review_categories" / "Home.jsonl", [{"asin": "C000000001", "parent_asin": "P000000001"}])
+    write_jsonl(repo / "raw" / "review_categories" / "Home.jsonl",
+                [{"asin": "C000000001", "parent_asin": "P000000001"}])
     catalog, report = load_catalog([f"hub:{repo}:raw/meta_categories/meta_Home.jsonl"],
                                    [f"hub:{repo}:raw/review_categories/Home.jsonl"], {"C000000001"},
                                    DEFAULT_DOMAIN_MAP)

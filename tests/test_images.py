@@ -105,7 +105,7 @@ def test_fetch_records_every_failure_and_resumes(httpserver, host, tmp_path):
     items.append(("B999999999", []))
     store = ImageStore(tmp_path / "images")
     outcomes = fetch_images(items, store, OPTIONS)
-    by_name = dict(zip([*names, "none"], [outcomes[asin] for asin, _ in items]))
+    by_name = dict(zip([*names, "none"], [outcomes[asin] for asin, _ in items], strict=True))
     for name in ("good.jpg", "alpha.png", "flaky.jpg", "throttled.jpg"):
         assert by_name[name].path is not None and by_name[name].downloaded, name
         assert Image.open(by_name[name].path).format == "JPEG"
