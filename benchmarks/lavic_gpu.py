@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from lavic_ref.embed import ItemEmbeddings  # noqa: E402
-from lavic_ref.model import LANGUAGE_LORA_TARGETS, SUBIMAGES_PER_ITEM, cls_embeddings, inner_model, \
-    insert_item_embeddings, lora_config  # noqa: E402
+from lavic_ref.model import LANGUAGE_LORA_TARGETS, SUBIMAGES_PER_ITEM, inner_model, insert_item_embeddings, \
+    lora_config, target_loss  # noqa: E402
+from lavic_ref.training import set_gradient_checkpointing  # noqa: E402
 
 CANDIDATES = 10
 ITEM_TOKEN_IDS = list(range(5, 10))  # any five ids work for random weights
@@ -112,6 +113,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--gen-batch", type=int, default=8, help="records per generation batch")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--profile", action="store_true", help="print the top operators of one cached step")
     args = parser.parse_args()
 
     from peft import get_peft_model
@@ -137,7 +139,6 @@ def main() -> None:
     torch.set_default_dtype(default_dtype)
     model.requires_grad_(False)
     model = get_peft_model(model, lora_config(LANGUAGE_LORA_TARGETS))
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     build_s = time.perf_counter() - start
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5, weight_decay=1e-5)
     inner = inner_model(model)
@@ -165,7 +166,7 @@ def main() -> None:
     cases = []
     for seq_len in seq_lens:
         input_ids = prompt_ids(seq_len, vocab, CANDIDATES, generator)[None].to(device)
-        labels = torch.full_like(input_ids, -100)
+        labels = torch.full_like(input_ids, -100).cpu()
         labels[0, -4:] = input_ids[0, -4:]
         gen_ids = torch.stack([prompt_ids(seq_len, vocab, CANDIDATES, generator)
                                for _ in range(args.gen_batch)]).to(device)
@@ -174,10 +175,14 @@ def main() -> None:
         cases.append({"seq_len": seq_len, "input_ids": input_ids, "labels": labels, "gen_ids": gen_ids,
                       "gen_mask": gen_mask})
 
-    def train_step(case: dict, inputs_embeds: torch.Tensor) -> None:
+    def train_step(case: dict, inputs_embeds: torch.Tensor, ours: bool) -> None:
+        mask = torch.ones_like(case["input_ids"])
         with autocast:
-            loss = model(inputs_embeds=inputs_embeds, attention_mask=torch.ones_like(case["input_ids"]),
-                         labels=case["labels"]).loss
+            if ours:  # lavic_ref's loss: LM head on the target positions only
+                loss = target_loss(model, inputs_embeds, mask, case["labels"])
+            else:  # the research code's: full-sequence logits, labels masked
+                loss = model(inputs_embeds=inputs_embeds, attention_mask=mask,
+                             labels=case["labels"].to(device)).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -192,7 +197,7 @@ def main() -> None:
     def research_step(case: dict, preprocess: bool) -> None:
         pixels = processor(images, return_tensors="pt")["pixel_values"].to(device, dtype) if preprocess else pixels_gpu
         cls = research_vision(pixels, 1)
-        train_step(case, research_insert(embed_tokens(case["input_ids"]), case["input_ids"], cls))
+        train_step(case, research_insert(embed_tokens(case["input_ids"]), case["input_ids"], cls), ours=False)
 
     def research_generate(case: dict) -> None:
         with torch.no_grad():
@@ -203,7 +208,7 @@ def main() -> None:
     def cached_step(case: dict) -> None:
         embeds = insert_item_embeddings(embed_tokens(case["input_ids"]), case["input_ids"], item_token_ids,
                                         item_cache.stack(candidate_ids))
-        train_step(case, embeds)
+        train_step(case, embeds, ours=True)
 
     def cached_generate(case: dict) -> None:
         with torch.no_grad():
@@ -216,12 +221,20 @@ def main() -> None:
                      "build_s": round(build_s, 1), "gen_batch": args.gen_batch, "cases": []}
     model.train()
     gen_steps = max(2, args.steps // 2)
-    for case in cases:  # research code first: it needs the vision tower on the device
+
+    def timed(step: Callable[[], None], checkpointing: bool) -> tuple[float, float]:
+        set_gradient_checkpointing(model, checkpointing)
+        return measure(step, device, args.warmup, args.steps)
+
+    # The research code first: it needs the vision tower on the device. It trains without gradient
+    # checkpointing; each variant is measured both ways so the ratios compare like with like.
+    for case in cases:
         row = {"seq_len": case["seq_len"]}
-        row["research_step_s"], row["research_step_peak_gib"] = measure(
-            lambda: research_step(case, True), device, args.warmup, args.steps)
-        row["research_step_gpu_only_s"], row["research_step_gpu_only_peak_gib"] = measure(
-            lambda: research_step(case, False), device, args.warmup, args.steps)
+        row["research_step_s"], row["research_step_peak_gib"] = timed(lambda: research_step(case, True), True)
+        row["research_step_gpu_only_s"], row["research_step_gpu_only_peak_gib"] = timed(
+            lambda: research_step(case, False), True)
+        row["research_step_no_ckpt_s"], row["research_step_no_ckpt_peak_gib"] = timed(
+            lambda: research_step(case, True), False)
         seconds, _ = measure(lambda: research_generate(case), device, 1, gen_steps)
         row["research_records_per_s"] = args.gen_batch / seconds
         results["cases"].append(row)
@@ -231,15 +244,30 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     for case, row in zip(cases, results["cases"]):
-        row["cached_step_s"], row["cached_step_peak_gib"] = measure(
-            lambda: cached_step(case), device, args.warmup, args.steps)
+        row["cached_step_s"], row["cached_step_peak_gib"] = timed(lambda: cached_step(case), True)
+        row["cached_step_no_ckpt_s"], row["cached_step_no_ckpt_peak_gib"] = timed(lambda: cached_step(case), False)
         seconds, _ = measure(lambda: cached_generate(case), device, 1, gen_steps)
         row["cached_records_per_s"] = args.gen_batch / seconds
         row["step_speedup"] = row["research_step_s"] / row["cached_step_s"]
         row["step_speedup_gpu_only"] = row["research_step_gpu_only_s"] / row["cached_step_s"]
+        row["step_speedup_no_ckpt"] = row["research_step_no_ckpt_s"] / row["cached_step_no_ckpt_s"]
         if device.type == "cuda":
             row["peak_memory_ratio"] = row["cached_step_peak_gib"] / row["research_step_peak_gib"]
+            row["peak_memory_ratio_no_ckpt"] = (row["cached_step_no_ckpt_peak_gib"]
+                                                / row["research_step_no_ckpt_peak_gib"])
+            row["peak_memory_ratio_vs_research_as_released"] = (row["cached_step_peak_gib"]
+                                                                / row["research_step_no_ckpt_peak_gib"])
         row["inference_speedup"] = row["cached_records_per_s"] / row["research_records_per_s"]
+    if args.profile:
+        set_gradient_checkpointing(model, True)
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as profiler:
+            cached_step(cases[0])
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
     print(f"device {results['device']}, {results['size']}, build {results['build_s']} s, "
           f"generation batch {args.gen_batch}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from lavic_ref.model import VISION_LORA_TARGETS, Backbone, cls_embeddings, decode_image, embed_inputs, new_adapter, \
-    pad_batch, subimage_pixels
+    pad_batch, subimage_pixels, target_loss
 from lavic_ref.sequences import distillation_sequence
 from lavic_ref.training import TrainConfig, TrainResult, train
 from reddit_amazon.schema import Item
@@ -46,14 +46,13 @@ def distillation_loss(backbone: Backbone, batch: Sequence[DistillExample], max_t
     sequences = [distillation_sequence(tokenizer, ex.title, ex.description, max_target_tokens=max_target_tokens)
                  for ex in batch]
     tokens = pad_batch([s.input_ids for s in sequences], tokenizer.pad_token_id,
-                       labels=[s.labels for s in sequences], left=False)
+                       labels=[s.labels for s in sequences], left=True)
     pixels = subimage_pixels(backbone.processor, [decode_image(ex.image) for ex in batch]).to(backbone.device)
     item_embeddings = cls_embeddings(backbone.model, pixels)
     input_ids = tokens.input_ids.to(backbone.device)
     inputs_embeds = embed_inputs(backbone, input_ids, item_embeddings)
-    output = backbone.model(inputs_embeds=inputs_embeds, attention_mask=tokens.attention_mask.to(backbone.device),
-                            labels=tokens.labels.to(backbone.device))
-    return output.loss
+    return target_loss(backbone.model, inputs_embeds, tokens.attention_mask.to(backbone.device),
+                       tokens.labels)
 
 
 def distill(backbone: Backbone, examples: Sequence[DistillExample], config: TrainConfig, *,

@@ -14,7 +14,8 @@ import torch
 
 from lavic_ref.data import RecommendationInstance
 from lavic_ref.embed import ItemEmbeddings
-from lavic_ref.model import LANGUAGE_LORA_TARGETS, Backbone, embed_inputs, inner_model, new_adapter, pad_batch
+from lavic_ref.model import LANGUAGE_LORA_TARGETS, Backbone, embed_inputs, inner_model, new_adapter, pad_batch, \
+    target_loss
 from lavic_ref.sequences import MAX_PROMPT_TOKENS, recommendation_sequence
 from lavic_ref.training import TrainConfig, TrainResult, train
 
@@ -30,13 +31,12 @@ def recommendation_loss(backbone: Backbone, batch: Sequence[RecommendationInstan
         for ex in batch
     ]
     tokens = pad_batch([s.input_ids for s in sequences], tokenizer.pad_token_id,
-                       labels=[s.labels for s in sequences], left=False)
+                       labels=[s.labels for s in sequences], left=True)
     input_ids = tokens.input_ids.to(backbone.device)
     item_embeddings = embeddings.stack([c for ex in batch for c in ex.candidates]) if with_images else None
     inputs_embeds = embed_inputs(backbone, input_ids, item_embeddings)
-    output = backbone.model(inputs_embeds=inputs_embeds, attention_mask=tokens.attention_mask.to(backbone.device),
-                            labels=tokens.labels.to(backbone.device))
-    return output.loss
+    return target_loss(backbone.model, inputs_embeds, tokens.attention_mask.to(backbone.device),
+                       tokens.labels)
 
 
 def release_vision(backbone: Backbone) -> None:

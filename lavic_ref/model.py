@@ -153,6 +153,21 @@ def embed_inputs(backbone: Backbone, input_ids: torch.Tensor, item_embeddings: t
     return insert_item_embeddings(embeds, input_ids, backbone.item_token_ids, item_embeddings)
 
 
+def target_loss(model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (target) tokens of a left-padded batch.
+
+    Targets sit at the end of every row, so only the last positions go through the LM head
+    (``logits_to_keep``): the full-vocabulary logits of the prompt are never materialised.
+    """
+    labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()  # labels stay on the CPU: no device sync
+    keep = labels.shape[1] - int(labelled[0]) + 1 if labelled.numel() else 1
+    logits = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, logits_to_keep=keep).logits
+    targets = labels[:, -keep:].to(logits.device)
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets[:, 1:].flatten(),
+                                             ignore_index=IGNORE_INDEX)
+
+
 # --------------------------------------------------------------------------------------------
 # Token sequences
 # --------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     if config.gradient_checkpointing:
-        _checkpointing(model, True)
+        set_gradient_checkpointing(model, True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     state = TrainState()
@@ -115,12 +115,12 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
         _save_checkpoint(backbone, optimizer, state, last)
     (output / "history.json").write_text(json.dumps(state.history, indent=2) + "\n")
     if config.gradient_checkpointing:
-        _checkpointing(model, False)
+        set_gradient_checkpointing(model, False)
     model.eval()
     return TrainResult(output / "best", state.best_val_loss, state.history)
 
 
-def _checkpointing(model: Any, enable: bool) -> None:
+def set_gradient_checkpointing(model: Any, enable: bool) -> None:
     """Gradient checkpointing on or off (``activation_checkpointing_*`` from transformers 5.2x on)."""
     kwargs = {"use_reentrant": False}
     if enable and hasattr(model, "activation_checkpointing_enable"):

@@ -87,6 +87,21 @@ def test_vectorised_insertion_matches_a_naive_loop():
         insert_item_embeddings(embeds, input_ids, item_ids, items[:-1])
 
 
+def test_target_loss_matches_the_full_logits_loss_of_right_padded_batches(tiny_base):
+    from lavic_ref.model import embed_inputs, pad_batch, target_loss
+
+    backbone = load_backbone(tiny_base, device="cpu")
+    sequences = [[1, 40, 41, 42, 43, 44, 45, 46, 2], [1, 50, 51, 52, 53, 2]]
+    labels = [[-100] * 6 + [45, 46, 2], [-100] * 3 + [52, 53, 2]]
+    right = pad_batch(sequences, 3, labels=labels, left=False)
+    left = pad_batch(sequences, 3, labels=labels, left=True)
+    with torch.no_grad():
+        expected = backbone.model(input_ids=right.input_ids, attention_mask=right.attention_mask,
+                                  labels=right.labels).loss
+        actual = target_loss(backbone.model, embed_inputs(backbone, left.input_ids, None), left.attention_mask, left.labels)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_every_aspect_ratio_gives_five_subimages_and_cls_embeddings(tiny_base):
     backbone = load_backbone(tiny_base, device="cpu")
     images = [Image.new("RGB", size, "red") for size in [(40, 90), (120, 30), (64, 64), (300, 20)]]
