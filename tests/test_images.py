@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections import Counter
 
 import pytest
 from PIL import Image
+from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from reddit_amazon.images import ImageOptions, ImageRejected, ImageStore, failure_reasons, fetch_images, to_jpeg
+from reddit_amazon.images import (
+    ImageOptions,
+    ImageRejected,
+    ImageStore,
+    failure_reasons,
+    fetch_images,
+    to_jpeg,
+)
 
 
 def jpeg(size=(64, 48), color=(200, 30, 30)) -> bytes:
@@ -31,7 +40,7 @@ def bomb_png() -> bytes:
     return buffer.getvalue()
 
 
-OPTIONS = ImageOptions(concurrency=4, timeout_s=5, max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.02,
+OPTIONS = ImageOptions(concurrency=4, timeout_s=0.5, max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.02,
                        max_bytes=200_000, max_pixels=1_000_000)
 
 
@@ -67,11 +76,25 @@ class ImageHost:
             return Response(b"<html>not really</html>", content_type="image/jpeg")
         if name == "flaky.jpg":
             return Response("busy", status=503) if self.hits[name] <= 2 else Response(good, content_type="image/jpeg")
+        if name == "slow.jpg":  # the first answer comes after the client's timeout
+            if self.hits[name] == 1:
+                time.sleep(1.5)
+            return Response(good, content_type="image/jpeg")
         if name == "throttled.jpg":
             return Response("slow", status=429) if self.hits[name] == 1 else Response(good, content_type="image/jpeg")
         if name == "down.jpg":
             return Response("down", status=500)
         return Response("not found", status=404)
+
+
+@pytest.fixture
+def httpserver():
+    """A threaded loopback server: a deliberately slow answer must not hold up the others."""
+    server = HTTPServer(threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
 
 
 @pytest.fixture
@@ -99,14 +122,14 @@ def test_to_jpeg_guards():
 
 def test_fetch_records_every_failure_and_resumes(httpserver, host, tmp_path):
     names = ["good.jpg", "alpha.png", "truncated.jpg", "huge.jpg", "huge-chunked.jpg", "bomb.png", "page.html",
-             "lying.jpg", "flaky.jpg", "throttled.jpg", "down.jpg", "gone.jpg"]
+             "lying.jpg", "flaky.jpg", "throttled.jpg", "slow.jpg", "down.jpg", "gone.jpg"]
     items = [(f"B{index:09d}", [httpserver.url_for(name), httpserver.url_for("good.jpg")])
              for index, name in enumerate(names)]
     items.append(("B999999999", []))
     store = ImageStore(tmp_path / "images")
     outcomes = fetch_images(items, store, OPTIONS)
     by_name = dict(zip([*names, "none"], [outcomes[asin] for asin, _ in items], strict=True))
-    for name in ("good.jpg", "alpha.png", "flaky.jpg", "throttled.jpg"):
+    for name in ("good.jpg", "alpha.png", "flaky.jpg", "throttled.jpg", "slow.jpg"):
         assert by_name[name].path is not None and by_name[name].downloaded, name
         assert Image.open(by_name[name].path).format == "JPEG"
     expected = {"truncated.jpg": "undecodable", "huge.jpg": "too_large", "huge-chunked.jpg": "too_large",
@@ -115,9 +138,10 @@ def test_fetch_records_every_failure_and_resumes(httpserver, host, tmp_path):
     for name, reason in expected.items():
         assert by_name[name].path is None and by_name[name].error.startswith(reason), (name, by_name[name])
     assert host.hits["down.jpg"] == OPTIONS.max_attempts and host.hits["gone.jpg"] == 1
+    assert host.hits["slow.jpg"] == 2
     assert failure_reasons(outcomes)["too_large"] == 2
     recorded = json.loads((tmp_path / "images" / "failures.json").read_text())
-    assert recorded["B000000010"]["permanent"] is False and recorded["B000000002"]["permanent"] is True
+    assert recorded["B000000011"]["permanent"] is False and recorded["B000000002"]["permanent"] is True
 
     before = Counter(host.hits)
     again = fetch_images(items, ImageStore(tmp_path / "images"), OPTIONS)

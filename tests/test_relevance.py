@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from reddit_amazon.relevance import (
@@ -53,6 +55,9 @@ class FakeOpenAI:
         self.requests[name] += 1
         script = self.scripts[name]
         status, answer = script[min(self.requests[name], len(script)) - 1]
+        if status == 0:  # answer slower than the client's timeout
+            time.sleep(float(answer))
+            status, answer = 200, "yes"
         if status != 200:
             return Response(json.dumps({"error": {"message": answer, "type": "x", "code": status}}),
                             status=status, content_type="application/json")
@@ -61,6 +66,16 @@ class FakeOpenAI:
             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }), content_type="application/json")
+
+
+@pytest.fixture
+def httpserver():
+    """A threaded loopback server: a deliberately slow answer must not hold up the others."""
+    server = HTTPServer(threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
 
 
 @pytest.fixture
@@ -104,22 +119,25 @@ def test_labels_retries_and_cache(httpserver, options, tmp_path):
         "e": [(429, "slow down"), (429, "slow down"), (200, "yes")],
         "f": [(500, "oops"), (503, "busy"), (200, "'yes'")],
         "g": [(400, "content filter")],
+        "h": [(0, "1.5"), (200, "yes")],  # the first attempt times out
     })
-    records = [conversation(name, f"check this SCRIPT={name}") for name in "abcdefg"]
+    records = [conversation(name, f"check this SCRIPT={name}") for name in "abcdefgh"]
+    options.timeout_s = 0.5
     with AnswerCache(tmp_path / "cache.sqlite") as cache:
         plan = plan_filter(records, cache, options)
-        assert (plan.calls, plan.cached) == (7, 0) and plan.approx_prompt_tokens > 7 * 150
+        assert (plan.calls, plan.cached) == (8, 0) and plan.approx_prompt_tokens > 8 * 150
         result = run_filter(records, cache, options, api_key="sk-test")
-    assert [c.example_id for c in result.kept] == ["a", "e", "f"]
+    assert [c.example_id for c in result.kept] == ["a", "e", "f", "h"]
     assert result.labels == {"a": "yes", "b": "no", "c": "uncertain", "d": "unparseable", "e": "yes", "f": "yes",
-                             "g": "rejected"}
-    assert fake.requests["e"] == 3 and fake.requests["f"] == 3 and result.calls_made == 7
+                             "g": "rejected", "h": "yes"}
+    assert fake.requests["e"] == 3 and fake.requests["f"] == 3 and fake.requests["h"] == 2
+    assert result.calls_made == 8
 
     with AnswerCache(tmp_path / "cache.sqlite") as cache:  # a rerun pays nothing, and needs no key
         assert plan_filter(records, cache, options).calls == 0
         again = run_filter(records, cache, FilterOptions(base_url=None, template=options.template))
     assert again.labels == result.labels and again.calls_made == 0
-    assert sum(fake.requests.values()) == 1 + 1 + 1 + 1 + 3 + 3 + 1
+    assert sum(fake.requests.values()) == 1 + 1 + 1 + 1 + 3 + 3 + 1 + 2
 
 
 def test_persistent_errors_keep_answers_and_resume(httpserver, options, tmp_path):
