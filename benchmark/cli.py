@@ -104,7 +104,7 @@ def _echo_summary(results: dict, out_dir: Path) -> None:
 
 @cli.command("retrieve")
 @click.option("--retriever", type=click.Choice(["bm25", "sbert", "openai-emb"]), required=True)
-@click.option("--retriever-args", default="", help="Options: key=value,... (e.g. model=..., device=cuda, cache_dir=...).")
+@click.option("--retriever-args", default="", help="Options: key=value,... (model=..., device=cuda, cache_dir=...).")
 @click.option("--dataset", default=None, help="Dataset folder or Hub id [default: the bundled sample].")
 @click.option("--domain", type=DOMAIN_CHOICES, default="all", show_default=True)
 @click.option("--split", default="test", show_default=True)

@@ -161,7 +161,8 @@ tr.group td {{ text-align: left; color: #555; border-top: 1px solid #ccc; }}
 <table><thead>{head}</thead><tbody>
 {chr(10).join(body)}
 </tbody></table>
-<p>HR@1 per (record, gt item) pair; VR per record. Bold: best HR@1, underlined: second best. Hover a cell for its 95% bootstrap CI.</p>
+<p>HR@1 per (record, gt item) pair; VR per record. Bold: best HR@1, underlined: second best.
+Hover a cell for its 95% bootstrap CI.</p>
 <ul>{notes}</ul>
 </body></html>
 """

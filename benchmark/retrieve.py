@@ -17,10 +17,21 @@ from typing import Any
 
 import orjson
 
-from benchmark.data import DatasetError, domains_for, load_conversations, load_items, resolve_dataset
-from benchmark.metrics import DEFAULT_BOOTSTRAP_SAMPLES, DEFAULT_SEED, score, summarize_by_domain
+from benchmark.data import (
+    DatasetError,
+    domains_for,
+    load_conversations,
+    load_items,
+    resolve_dataset,
+)
+from benchmark.metrics import (
+    DEFAULT_BOOTSTRAP_SAMPLES,
+    DEFAULT_SEED,
+    score,
+    summarize_by_domain,
+)
 from benchmark.retrieval import get_retriever, item_text
-from benchmark.runner import RESULTS_FORMAT, write_atomic, git_revision, package_version
+from benchmark.runner import RESULTS_FORMAT, git_revision, package_version, write_atomic
 
 CANDIDATES_FILE = "candidates.jsonl"
 RETRIEVER_NAMES = {"bm25": "BM25", "sbert": "SBERT", "openai-emb": "OpenAI-emb"}
@@ -73,9 +84,9 @@ def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool 
         "format": RESULTS_FORMAT,
         "kind": "retrieval",
         "metrics": metrics,
-        "model": {"spec": f"retrieve:{config.retriever}", "name": RETRIEVER_NAMES.get(config.retriever, config.retriever),
-                  "args": config.retriever_options, "returns": "ranking",
-                  "item_text": "title + description" if config.with_description else "title"},
+        "model": {"spec": f"retrieve:{config.retriever}",
+                  "name": RETRIEVER_NAMES.get(config.retriever, config.retriever), "args": config.retriever_options,
+                  "returns": "ranking", "item_text": "title + description" if config.with_description else "title"},
         "candidate_set_name": retriever.candidate_set_name,
         "dataset": {"id": info.id, "version": info.version or "unknown", "fingerprint": info.fingerprint or "unknown"},
         "domain": config.domain,

@@ -115,13 +115,13 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
         recommender = registry.instantiate(resolved, config.model_args)
         model_info = {"spec": config.model, "target": resolved.target, "source": resolved.source}
     else:
-        model_info = {"spec": config.model, "target": f"{type(recommender).__module__}:{type(recommender).__qualname__}",
-                      "source": "object"}
+        kind = type(recommender)
+        model_info = {"spec": config.model, "target": f"{kind.__module__}:{kind.__qualname__}", "source": "object"}
     batch_size = config.batch_size or getattr(recommender, "batch_size", None) or DEFAULT_BATCH_SIZE
     ranks = callable(getattr(recommender, "rank", None))
 
     records: list[Record] = []
-    for domain, conversations, column, items, where in splits:
+    for _, conversations, column, items, where in splits:
         records.extend(iter_records(conversations, column, items, where, config.limit))
     _check_unique(records)
     todo = [r for r in records if (r.example.domain, r.example.example_id) not in cached]

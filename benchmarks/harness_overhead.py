@@ -71,7 +71,8 @@ def main() -> None:
     timings = {}
     for label, samples in (("harness (no CIs)", 0), ("harness (1000-sample CIs)", 1000)):
         config = RunConfig(model="noop", dataset=str(dataset), bootstrap_samples=samples)
-        timings[label] = best(lambda: run(config, work / "run", overwrite=True, recommender=NoOp(), progress=False))
+        timings[label] = best(lambda config=config: run(config, work / "run", overwrite=True, recommender=NoOp(),
+                                                        progress=False))
 
     print(f"records: {records}  (items per domain: {args.items_per_domain}, with images)")
     print(f"{'iterate dataset':28} {iterate_s:8.3f} s  {iterate_s / records * 1e6:8.1f} us/record")
