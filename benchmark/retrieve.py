@@ -31,7 +31,7 @@ from benchmark.metrics import (
     summarize_by_domain,
 )
 from benchmark.retrieval import get_retriever, item_text
-from benchmark.runner import RESULTS_FORMAT, git_revision, package_version, write_atomic
+from benchmark.runner import RESULTS_FORMAT, git_revision, package_version, recorded_args, write_atomic
 
 CANDIDATES_FILE = "candidates.jsonl"
 RETRIEVER_NAMES = {"bm25": "BM25", "sbert": "SBERT", "openai-emb": "OpenAI-emb"}
@@ -85,7 +85,8 @@ def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool 
         "kind": "retrieval",
         "metrics": metrics,
         "model": {"spec": f"retrieve:{config.retriever}",
-                  "name": RETRIEVER_NAMES.get(config.retriever, config.retriever), "args": config.retriever_options,
+                  "name": RETRIEVER_NAMES.get(config.retriever, config.retriever),
+                  "args": recorded_args(config.retriever_options),
                   "returns": "ranking", "item_text": "title + description" if config.with_description else "title"},
         "candidate_set_name": retriever.candidate_set_name,
         "dataset": {"id": info.id, "version": info.version or "unknown", "fingerprint": info.fingerprint or "unknown"},

@@ -13,6 +13,7 @@ A finished run (results.json present, same run.json) is returned as is unless ``
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -70,11 +71,19 @@ class RunConfig:
     seed: int = DEFAULT_SEED
 
 
+_SECRET_ARG = re.compile(r"key|token|secret|password", re.IGNORECASE)
+
+
+def recorded_args(model_args: dict[str, Any]) -> dict[str, Any]:
+    """Model args as written to run.json / results.json: secret-looking values are never recorded."""
+    return {k: "<redacted>" if _SECRET_ARG.search(k) else v for k, v in model_args.items()}
+
+
 def _signature(config: RunConfig, info: DatasetInfo) -> dict[str, Any]:
     """What must match for cached predictions to be reused."""
     return {
         "model": config.model,
-        "model_args": config.model_args,
+        "model_args": recorded_args(config.model_args),
         "dataset": {"id": info.id, "fingerprint": info.fingerprint},
         "domain": config.domain,
         "split": config.split,
@@ -144,7 +153,8 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
         "format": RESULTS_FORMAT,
         "metrics": metrics,
         "counts": _counts(records, outcomes, domains),
-        "model": {**model_info, "name": getattr(recommender, "name", config.model), "args": config.model_args,
+        "model": {**model_info, "name": getattr(recommender, "name", config.model),
+                  "args": recorded_args(config.model_args),
                   "returns": "ranking" if ranks else "text"},
         "dataset": {"id": info.id, "version": info.version or "unknown", "fingerprint": info.fingerprint or "unknown"},
         "domain": config.domain,

@@ -220,3 +220,19 @@ def test_hub_id_without_network_records_unknown_provenance():
 
     info = resolve_dataset("someone/reddit-amazon")
     assert not info.local and info.version is None and info.fingerprint is None and info.counts is None
+
+
+def test_secret_model_args_never_reach_the_outputs(dataset, tmp_path):
+    plugin = tmp_path / "keyed.py"
+    plugin.write_text("class Keyed:\n"
+                      "    def __init__(self, api_key, hf_token=None, temperature=0.0):\n"
+                      "        self.api_key = api_key\n"
+                      "    def recommend(self, examples):\n"
+                      "        return [e.candidates[0].item_id for e in examples]\n")
+    run(RunConfig(model=f"{plugin}:Keyed", model_args={"api_key": "sk-live-SECRET", "hf_token": "hf_SECRET",
+                                                       "temperature": 0.5},
+                  dataset=str(dataset), domain="home", bootstrap_samples=0), tmp_path / "out", progress=False)
+    for path in (tmp_path / "out").iterdir():
+        assert "SECRET" not in path.read_text(), path.name
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["model"]["args"] == {"api_key": "<redacted>", "hf_token": "<redacted>", "temperature": 0.5}
