@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy
 import orjson
 
 #: The largest window the dumps use (``zstd --long=31``).
@@ -36,11 +37,11 @@ class DumpReadError(Exception):
     def __init__(self, path: Path, compressed_offset: int, reason: str, frame_offset: int):
         self.path = Path(path)
         self.compressed_offset = compressed_offset  # where the damage was noticed
-        self.frame_offset = frame_offset  # where the damaged zstd frame starts
+        self.frame_offset = frame_offset  # the damage is in the zstd frame starting here, or later
         self.reason = reason
         super().__init__(
             f"{path}: {reason} at compressed byte {compressed_offset:,} "
-            f"(in the zstd frame starting at byte {frame_offset:,})"
+            f"(damage at or after the zstd frame starting at byte {frame_offset:,})"
         )
 
 
@@ -62,10 +63,111 @@ class ReadProgress:
     lines: int = 0
 
 
+class _FrameWalker:
+    """Follows zstd frame and block headers as compressed bytes go by.
+
+    python-zstandard's stream reader is the fastest way to decompress (about twice the speed of a
+    ``decompressobj``) but ends silently when a file stops inside a frame. This walker reads only
+    the few header bytes (frame header, 3-byte block headers, checksum) to know, at the end,
+    whether the last frame was complete, and where each frame started.
+    """
+
+    _SKIPPABLE = 0x184D2A50
+    _MAGIC = 0xFD2FB528
+
+    def __init__(self) -> None:
+        self.position = 0  # compressed bytes seen
+        self.boundary = 0  # where the next header starts
+        self.expect = "frame"  # the kind of that header: frame, block or checksum
+        self.has_checksum = False
+        self.frame_starts: list[int] = []
+        self.error = ""
+        self._pending = b""
+
+    def feed(self, data: bytes) -> None:
+        base = self.position
+        self.position += len(data)
+        if self._pending:
+            base -= len(self._pending)
+            data = self._pending + data
+            self._pending = b""
+        while not self.error:
+            local = self.boundary - base
+            if local >= len(data):
+                return
+            size = self._header(data, local)
+            if size is None:
+                self._pending = data[local:]
+                return
+
+    def _header(self, data: bytes, local: int) -> int | None:
+        """Parse the header at ``data[local:]``; advance ``boundary``. ``None``: needs more bytes."""
+        available = len(data) - local
+        if self.expect == "block":
+            if available < 3:
+                return None
+            value = int.from_bytes(data[local : local + 3], "little")
+            block_type = (value >> 1) & 3
+            if block_type == 3:
+                self.error = "reserved zstd block type"
+                return 0
+            self.boundary += 3 + (1 if block_type == 1 else value >> 3)
+            if value & 1:
+                self.expect = "checksum" if self.has_checksum else "frame"
+            return 3
+        if self.expect == "checksum":
+            self.boundary += 4
+            self.expect = "frame"
+            return 4
+        if available < 8:
+            return None
+        magic = int.from_bytes(data[local : local + 4], "little")
+        self.frame_starts.append(self.boundary)
+        if magic & 0xFFFFFFF0 == self._SKIPPABLE:
+            self.boundary += 8 + int.from_bytes(data[local + 4 : local + 8], "little")
+            return 8
+        if magic != self._MAGIC:
+            self.error = "not a zstd frame"
+            return 0
+        descriptor = data[local + 4]
+        single_segment = (descriptor >> 5) & 1
+        content_size_bytes = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+        header = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3] + content_size_bytes
+        self.has_checksum = bool((descriptor >> 2) & 1)
+        self.boundary += header
+        self.expect = "block"
+        return header
+
+    @property
+    def complete(self) -> bool:
+        return not self.error and self.expect == "frame" and self.boundary == self.position
+
+    def frame_start_before(self, offset: int) -> int:
+        return max((start for start in self.frame_starts if start <= offset), default=0)
+
+
+class _WalkedFile:
+    """A binary file whose reads feed a :class:`_FrameWalker` and the progress counters."""
+
+    def __init__(self, raw, walker: _FrameWalker, progress: ReadProgress):
+        self.raw = raw
+        self.walker = walker
+        self.progress = progress
+        self.last_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.walker.feed(data)
+        self.progress.compressed_bytes += len(data)
+        self.last_read = len(data)
+        return data
+
+
 def iter_chunks(path: Path, progress: ReadProgress | None = None, read_size: int = READ_SIZE) -> Iterator[bytes]:
     """Decompressed bytes of ``path`` in chunks, frame after frame.
 
-    Raises :class:`DumpReadError` at the first corrupt frame or when the file ends inside a frame.
+    Raises :class:`DumpReadError` at the first corrupt frame, or after the last readable bytes
+    when the file ends inside a frame.
     """
     path = Path(path)
     progress = progress if progress is not None else ReadProgress()
@@ -78,34 +180,52 @@ def iter_chunks(path: Path, progress: ReadProgress | None = None, read_size: int
             return
         import zstandard
 
-        decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
-        frame = decompressor.decompressobj()
-        frame_start = 0
-        frame_has_input = False
-        while block := raw.read(read_size):
-            offset = progress.compressed_bytes
-            progress.compressed_bytes += len(block)
-            while block:
-                try:
-                    out = frame.decompress(block)
-                except zstandard.ZstdError as error:
-                    raise DumpReadError(path, offset, f"corrupt zstd data ({error})", frame_start) from None
-                frame_has_input = True
-                if out:
-                    progress.uncompressed_bytes += len(out)
-                    yield out
-                if not frame.eof:
-                    break
-                # A frame ended inside this block: the rest starts the next frame.
-                offset += len(block) - len(frame.unused_data)
-                frame_start = offset
-                block = frame.unused_data
-                frame = decompressor.decompressobj()
-                frame_has_input = False
-        if frame_has_input and not frame.eof:
+        walker = _FrameWalker()
+        source = _WalkedFile(raw, walker, progress)
+        decompressor = _IDLE_DECOMPRESSORS.pop() if _IDLE_DECOMPRESSORS else None
+        decompressor = decompressor or zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
+        try:
+            yield from _decompressed(path, decompressor, source, walker, read_size, progress)
+        finally:
+            _IDLE_DECOMPRESSORS.append(decompressor)
+
+
+#: Decompressors no stream is using. Reusing one keeps its window buffer mapped: a fresh one
+#: page-faults through up to 2 GiB of window again, which costs as much as the decompression.
+_IDLE_DECOMPRESSORS: list[Any] = []
+
+
+def _decompressed(
+    path: Path, decompressor: Any, source: _WalkedFile, walker: _FrameWalker, read_size: int, progress: ReadProgress
+) -> Iterator[bytes]:
+    import zstandard
+
+    reader = decompressor.stream_reader(source, read_size=read_size, read_across_frames=True)
+    while True:
+        try:
+            chunk = reader.read(read_size * 4)
+        except zstandard.ZstdError as error:
+            if walker.error:  # the walker knows exactly where the frames stop making sense
+                raise DumpReadError(
+                    path, walker.boundary, f"{walker.error} ({error})", walker.frame_start_before(walker.boundary)
+                ) from None
+            damaged_from = walker.position - source.last_read
             raise DumpReadError(
-                path, progress.compressed_bytes, "file ends inside a zstd frame (truncated)", frame_start
-            )
+                path, walker.position, f"corrupt zstd data ({error})", walker.frame_start_before(damaged_from)
+            ) from None
+        if not chunk:
+            break
+        progress.uncompressed_bytes += len(chunk)
+        yield chunk
+    if walker.error:
+        raise DumpReadError(path, walker.boundary, walker.error, walker.frame_start_before(walker.boundary))
+    if not walker.complete:
+        raise DumpReadError(
+            path,
+            walker.position,
+            "file ends inside a zstd frame (truncated)",
+            walker.frame_start_before(walker.position),
+        )
 
 
 PositionFinder = Callable[[bytes, int, int], Iterable[int]]
@@ -127,7 +247,7 @@ def iter_selected_lines(
             carry += chunk
             continue
         first_newline = chunk.find(b"\n")
-        progress.lines += chunk.count(b"\n", 0, last_newline + 1)
+        progress.lines += _count_newlines(chunk)
         head = carry + chunk[:first_newline] if carry else chunk[:first_newline]
         if head and any(True for _ in find_positions(head, 0, len(head))):
             yield head
@@ -145,6 +265,11 @@ def iter_selected_lines(
         progress.lines += 1
         if any(True for _ in find_positions(carry, 0, len(carry))):
             yield carry
+
+
+def _count_newlines(chunk: bytes) -> int:
+    # numpy's vectorised compare is about twice as fast as bytes.count on multi-MB chunks.
+    return int(numpy.count_nonzero(numpy.frombuffer(chunk, dtype=numpy.uint8) == 10))
 
 
 def iter_lines(chunks: Iterable[bytes], progress: ReadProgress | None = None) -> Iterator[bytes]:

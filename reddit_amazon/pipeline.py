@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import time
 import zlib
 from collections import Counter
@@ -44,7 +45,7 @@ from reddit_amazon.dumps import (
     iter_selected_lines,
     parse_line,
 )
-from reddit_amazon.linking import PREFILTER, extract_asins, extract_short_links, linked_asins
+from reddit_amazon.linking import extract_asins, extract_short_links, linked_asins, prefilter_positions
 from reddit_amazon.threads import (
     Pseudonymizer,
     RebuildCounts,
@@ -63,6 +64,11 @@ except ImportError as error:  # pragma: no cover - a broken install
     raise ImportError("the Reddit stage needs datatrove: pip install 'datatrove>=0.4'") from error
 
 Executor = Literal["local", "slurm", "ray"]
+
+#: How the local executor starts worker processes. datatrove's default, "forkserver", re-imports
+#: everything in each worker (seconds on a busy machine, more than a small scan takes); "fork"
+#: starts them in ~0.1 s. The stage forks only between its own steps, when no threads of its own run.
+LOCAL_START_METHOD = "fork" if sys.platform == "linux" else "forkserver"
 
 
 @dataclass
@@ -175,20 +181,18 @@ def _metered(chunks: Iterator[bytes], progress: ReadProgress, bar) -> Iterator[b
 
 
 def _link_positions(chunk: bytes, start: int, end: int) -> Iterator[int]:
-    """Positions in [start, end) where the prefilter matches, at most one per line."""
-    lowered = chunk.lower()
-    search = PREFILTER.search
-    match = search(lowered, start, end)
-    while match is not None:
-        yield match.start()
-        line_end = lowered.find(b"\n", match.end(), end)
-        if line_end < 0:
-            return
-        match = search(lowered, line_end, end)
+    return prefilter_positions(chunk.lower(), start, end)
 
 
-def scan_file(path: Path, hits_path: Path, *, progress_bar=None) -> dict[str, Any]:
-    """Scan one dump for comments that link Amazon products; write them to ``hits_path``; return stats."""
+def _product_link_positions(chunk: bytes, start: int, end: int) -> Iterator[int]:
+    return prefilter_positions(chunk.lower(), start, end, short_links=False)
+
+
+def scan_file(path: Path, hits_path: Path, *, short_links: bool = True, progress_bar=None) -> dict[str, Any]:
+    """Scan one dump for comments that link Amazon products; write them to ``hits_path``; return stats.
+
+    ``short_links=False`` skips the prefilter pass for "a.co/" links (which only resolution can use).
+    """
     progress = ReadProgress()
     problems = LineProblems()
     counts: Counter[str] = Counter()
@@ -199,7 +203,8 @@ def scan_file(path: Path, hits_path: Path, *, progress_bar=None) -> dict[str, An
         chunks = _metered(chunks, progress, progress_bar)
     with open(temporary, "wb") as out:
         try:
-            for line in iter_selected_lines(chunks, _link_positions, progress):
+            positions = _link_positions if short_links else _product_link_positions
+            for line in iter_selected_lines(chunks, positions, progress):
                 counts["prefilter_hits"] += 1
                 record = parse_line(line, problems)
                 if record is None:
@@ -277,8 +282,12 @@ class ScanDumpsStep(_FilesStep):
     name = "🔎 scan dumps for Amazon links"
     type = "📖 - READER"
 
+    def __init__(self, files: Sequence[str], out_dir: str, progress: bool, short_links: bool):
+        super().__init__(files, out_dir, progress)
+        self.short_links = short_links
+
     def process_file(self, path: Path, out_dir: Path, key: str, bar) -> dict[str, Any]:
-        return scan_file(path, out_dir / f"{key}.hits.jsonl", progress_bar=bar)
+        return scan_file(path, out_dir / f"{key}.hits.jsonl", short_links=self.short_links, progress_bar=bar)
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,7 +450,9 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
     if options.executor == "local":
         from datatrove.executor import LocalPipelineExecutor
 
-        executor = LocalPipelineExecutor([step], tasks=tasks, workers=workers, logging_dir=str(logging_dir))
+        executor = LocalPipelineExecutor(
+            [step], tasks=tasks, workers=workers, logging_dir=str(logging_dir), start_method=LOCAL_START_METHOD
+        )
     elif options.executor == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
 
@@ -570,9 +581,12 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     names = [str(p) for p in files]
 
     # 1. scan
-    scan_dir = stage_dir / "work" / "scan"
+    scan_dir = stage_dir / "work" / ("scan" if options.resolve_short_links else "scan-without-a.co")
     _run_on_executor(
-        ScanDumpsStep(names, str(scan_dir), options.progress), tasks, stage_dir / "logs" / f"scan-{_digest(file_keys, tasks)}", options
+        ScanDumpsStep(names, str(scan_dir), options.progress, options.resolve_short_links),
+        tasks,
+        stage_dir / "logs" / f"{scan_dir.name}-{_digest(file_keys, tasks)}",
+        options,
     )
     scan_stats = [orjson.loads((scan_dir / f"{key}.json").read_bytes()) for key in file_keys]
 

@@ -80,6 +80,23 @@ def test_truncated_file_raises_with_offset_after_yielding_what_was_readable(tmp_
     assert got == _records(4000)[: len(got)]
 
 
+@pytest.mark.parametrize("cut", [1, 3, 4, 5])
+def test_a_file_cut_in_its_last_block_or_checksum_is_truncated(tmp_path, cut):
+    path = write_zst_ndjson(tmp_path / "a.zst", _records(100), frames=2)
+    truncated = tmp_path / "cut.zst"
+    truncated.write_bytes(path.read_bytes()[:-cut])
+    with pytest.raises(DumpReadError, match="truncated"):
+        list(iter_lines(iter_chunks(truncated, read_size=256)))
+
+
+def test_trailing_garbage_is_reported(tmp_path):
+    path = write_zst_ndjson(tmp_path / "a.zst", _records(100))
+    path.write_bytes(path.read_bytes() + b"this is not zstd at all")
+    with pytest.raises(DumpReadError) as caught:
+        list(iter_lines(iter_chunks(path)))
+    assert caught.value.compressed_offset == path.stat().st_size - len(b"this is not zstd at all")
+
+
 def test_corrupt_frame_names_file_and_offset(tmp_path):
     path = write_zst_ndjson(tmp_path / "a.zst", _records(4000), frames=4)
     data = bytearray(path.read_bytes())

@@ -197,7 +197,7 @@ def test_outputs_are_only_complete_files(built):
 
 def test_rerun_reuses_everything_and_two_workers_agree(built, world, tmp_path):
     workdir, result = built
-    markers = sorted((workdir / "reddit" / "work" / "scan").glob("*.json"))
+    markers = sorted((workdir / "reddit" / "work").glob("scan*/*.json"))
     before = {p: p.stat().st_mtime_ns for p in markers}
     again = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
     assert {p: p.stat().st_mtime_ns for p in markers} == before
@@ -272,7 +272,7 @@ def test_resume_after_kill_9(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    scan = workdir / "reddit" / "work" / "scan"
+    scan = workdir / "reddit" / "work" / "scan-without-a.co"
     reply = orjson.dumps(_com("c2", "s1", "t1_c1", "and https://www.amazon.com/dp/B0000000C2"))
     try:
         deadline = time.time() + 60
