@@ -258,10 +258,14 @@ def test_describe_distill_embed_finetune_then_benchmark_run(tiny_base, tmp_path)
     history = json.loads((tmp_path / "distill" / "history.json").read_text())
     assert len(history) == 1 and history[0]["val_loss"] > 0
     assert (tmp_path / "distill" / "best" / "adapter_model.safetensors").is_file()
-    # Resuming a finished run trains nothing more and keeps the result.
+    # Resuming a finished run trains nothing more; asking for another epoch continues from last/.
     _invoke(cli, ["distill", *common, "--descriptions", descriptions, "--out", tmp_path / "distill",
                   "--epochs", "1", "--max-steps", "2", "--validation-size", "4"])
     assert json.loads((tmp_path / "distill" / "history.json").read_text()) == history
+    _invoke(cli, ["distill", *common, "--descriptions", descriptions, "--out", tmp_path / "distill",
+                  "--epochs", "2", "--max-steps", "2", "--validation-size", "4"])
+    resumed = json.loads((tmp_path / "distill" / "history.json").read_text())
+    assert [row["epoch"] for row in resumed] == [1, 2] and resumed[0] == history[0]
 
     path = Path(_invoke(cli, ["embed", *common, "--distill-adapter", tmp_path / "distill" / "best",
                               "--out", tmp_path]).strip().splitlines()[-1])
