@@ -5,6 +5,8 @@ Each command lives in the module of its concept; this file only assembles the gr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from reddit_amazon import __version__
@@ -117,3 +119,46 @@ def card_command(dataset_dir: str) -> None:
 from reddit_amazon.build import build_command  # noqa: E402  (imports only click and orjson at load time)
 
 cli.add_command(build_command)
+
+
+@cli.command("reddit-stage")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--workdir", required=True, type=click.Path(path_type=Path), help="Work folder (shared on a cluster).")
+@click.option("--salt", envvar="REDDIT_AMAZON_SALT", help="Pseudonymisation salt [default: random, kept in the workdir].")
+@click.option("--resolve-short-links", is_flag=True, help="Resolve amzn.to / a.co / ... links (network).")
+@click.option("--short-link-cache", type=click.Path(path_type=Path), help="SQLite cache of resolved short links.")
+@click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Tasks run at once.")
+@click.option("--tasks", type=click.IntRange(1), help="Scan tasks [default: one per file].")
+@click.option("--buckets", type=click.IntRange(1), help="Rebuild tasks / output shards [default: tasks].")
+@click.option("--partition", help="Slurm partition (with --executor slurm).")
+@click.option("--slurm-time", default="24:00:00", show_default=True, help="Slurm time limit per task.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_cache, executor, workers, tasks,
+                         buckets, partition, slurm_time, progress) -> None:
+    """Only the Reddit stage of `build`: dumps -> WORKDIR/reddit/conversations/*.jsonl + funnel.json.
+
+    INPUTS are dump files or folders: RC_*.zst, RS_*.zst, <sub>_comments.zst, <sub>_submissions.zst,
+    .jsonl / .ndjson. Rerun the same command after an interruption: finished files are not read again.
+
+    \b
+    Examples:
+      reddit-amazon reddit-stage dumps/RC_2023-01.zst dumps/RS_2023-01.zst --workdir work/
+      reddit-amazon reddit-stage dumps/ --workdir work/ --workers 8 --resolve-short-links
+      reddit-amazon reddit-stage /shared/dumps --workdir /shared/work --executor slurm --partition cpu --tasks 96
+    """
+    import orjson
+
+    from reddit_amazon.pipeline import RedditStageOptions, run_reddit_stage
+
+    options = RedditStageOptions(
+        salt=salt, resolve_short_links=resolve_short_links, short_link_cache=short_link_cache, executor=executor,
+        workers=workers, tasks=tasks, buckets=buckets, progress=progress, slurm_partition=partition,
+        slurm_time=slurm_time,
+    )
+    result = run_reddit_stage(list(inputs), workdir, options)
+    click.echo(orjson.dumps(result.funnel, option=orjson.OPT_INDENT_2).decode())
+    for path, reason in result.incomplete_reasons.items():
+        click.secho(f"incomplete: {path}: {reason}", fg="yellow", err=True)
+    click.echo(f"{result.funnel['threads_rebuilt']} conversations in {len(result.shards)} shard(s) under "
+               f"{workdir / 'reddit' / 'conversations'}")

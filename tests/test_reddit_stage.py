@@ -310,3 +310,17 @@ def test_bad_input_paths_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no dump files"):
         run_reddit_stage([tmp_path / "empty"], tmp_path / "w", RedditStageOptions(progress=False))
+
+
+def test_command_line(world, tmp_path):
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["reddit-stage", str(world), "--workdir", str(tmp_path / "w"), "--salt", "x", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "7 conversations in 5 shard(s)" in result.output
+    assert "incomplete: " in result.output and "RC_2020-11.zst" in result.output
+    assert (tmp_path / "w" / "reddit" / "funnel.json").exists()
