@@ -475,6 +475,24 @@ def command_line(options: BuildOptions) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def default_workdir(out: Path) -> Path:
+    return out.with_name(out.name + ".work")
+
+
+def sample_options(out: Path, workdir: Path | None = None, **settings: Any) -> BuildOptions:
+    """Options of a build of the bundled sample inputs (``reddit-amazon build`` without ``--inputs``).
+
+    ``settings`` are other :class:`BuildOptions` fields; ``reddit`` options given there win over the
+    sample's (offline, public salt)::
+
+        run_build(sample_options(Path("reddit_amazon/sample/reddit-amazon"), Path("/tmp/sample.work")))
+    """
+    reddit = {**SAMPLE_REDDIT_OPTIONS, **settings.pop("reddit", {})}
+    return BuildOptions(inputs=[str(SAMPLE_REDDIT)], meta=[str(SAMPLE_AMAZON)], reviews=[str(SAMPLE_AMAZON)],
+                        out=Path(out), workdir=Path(workdir) if workdir else default_workdir(Path(out)),
+                        reddit=reddit, sample=True, **settings)
+
+
 def _seed_sample_caches(options: BuildOptions) -> None:
     """Copy the bundled pre-recorded answers and images into the workdir (never written in place)."""
     cache = _relevance_cache_path(options)
@@ -633,20 +651,18 @@ def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map
     if not sample and not meta:
         raise click.UsageError("--inputs needs --meta (Amazon Reviews 2023 metadata files or hub: specs)")
     reddit = {"salt": salt, "executor": executor, "workers": workers, "resolve_short_links": resolve_short_links}
-    if sample:
-        reddit = {**reddit, **{k: v for k, v in SAMPLE_REDDIT_OPTIONS.items() if reddit[k] is None}}
-    options = BuildOptions(
-        inputs=[str(SAMPLE_REDDIT)] if sample else list(inputs),
-        meta=[str(SAMPLE_AMAZON)] if sample else list(meta),
-        reviews=[str(SAMPLE_AMAZON)] if sample else list(reviews),
-        out=out, workdir=workdir or out.with_name(out.name + ".work"), seed=seed, version=version,
-        domain_map=domain_map, llm_base_url=llm_base_url, llm_model=llm_model, llm_template=llm_template,
-        llm_concurrency=llm_concurrency, llm_max_attempts=llm_max_attempts, llm_cache=llm_cache,
-        no_filter=no_filter, dry_run=dry_run,
-        retrievers=_split_list(retrievers), images=images, image_store=image_store,
-        image_concurrency=image_concurrency, push_to_hub=push_to_hub, private=private,
-        reddit={k: v for k, v in reddit.items() if v is not None}, sample=sample,
+    settings = dict(
+        seed=seed, version=version, domain_map=domain_map, llm_base_url=llm_base_url, llm_model=llm_model,
+        llm_template=llm_template, llm_concurrency=llm_concurrency, llm_max_attempts=llm_max_attempts,
+        llm_cache=llm_cache, no_filter=no_filter, dry_run=dry_run, retrievers=_split_list(retrievers), images=images,
+        image_store=image_store, image_concurrency=image_concurrency, push_to_hub=push_to_hub, private=private,
+        reddit={k: v for k, v in reddit.items() if v is not None},
     )
+    if sample:
+        options = sample_options(out, workdir, **settings)
+    else:
+        options = BuildOptions(inputs=list(inputs), meta=list(meta), reviews=list(reviews), out=out,
+                               workdir=workdir or default_workdir(out), **settings)
     try:
         run_build(options)
     except (ValueError, OSError) as error:  # CatalogError, SchemaError, unreadable files: name the source

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from werkzeug import Request, Response
 
-from reddit_amazon.build import SAMPLE_INPUTS, SAMPLE_SALT
+from reddit_amazon.build import SAMPLE_INPUTS, SAMPLE_SALT, run_build, sample_options
 from reddit_amazon.cli import cli
 from reddit_amazon.relevance import AnswerCache
 from reddit_amazon.sample.world import make_world
@@ -101,8 +101,9 @@ def test_manifest_records_the_build(sample_build):
 
 def test_rebuild_is_byte_identical_and_resumes(sample_build, tmp_path):
     root, _ = sample_build
-    again = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), *FAST)
-    assert again.exit_code == 0, again.output
+    manifest = run_build(sample_options(tmp_path / "ds", tmp_path / "work", retrievers=["bm25"]))  # the API
+    assert manifest["build"]["command"] == f"reddit-amazon build --out {tmp_path / 'ds'} --workdir " \
+                                           f"{tmp_path / 'work'} --retrievers bm25"
     assert parquet_digests(tmp_path / "ds") == parquet_digests(root / "ds")
     resumed = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), *FAST)
     assert resumed.output.count("reusing the finished stage") == 3
