@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
+from rich.markup import escape
 
 from reddit_amazon import DATASET_VERSION
 
@@ -257,7 +258,7 @@ def reddit_stage(options: BuildOptions, console) -> StageResult:
     raw = _read_json(folder / "funnel.json")
     if raw.get("incomplete_files"):
         for path, error in raw["incomplete_files"].items():
-            console.print(f"  [yellow]incomplete dump[/] {path}: {error}")
+            console.print(f"  [yellow]incomplete dump[/] {escape(path)}: {escape(error)}")
     return StageResult(conversations=conversations, funnel=reddit_funnel(raw), key=key, report=raw)
 
 
@@ -308,8 +309,12 @@ def catalog_stage(options: BuildOptions, upstream: StageResult, console) -> Stag
                                                                          key=lambda i: i.item_id)))
         _write_json(folder / "report.json", {"report": report, "funnel": funnel})
         _write_json(folder / STAGE_STAMP, {"key": key})
-        for example in read_report.meta["bad_line_examples"] + read_report.reviews["bad_line_examples"]:
-            console.print(f"  [yellow]skipped bad line[/] {example}")
+        for kind in ("meta", "reviews"):
+            bad = read_report.as_dict()[kind]
+            if bad["bad_lines"]:
+                console.print(f"  [yellow]{bad['bad_lines']:,} bad {kind} line(s) skipped[/] (in the manifest)")
+            for example in bad["bad_line_examples"]:
+                console.print(f"  [yellow]skipped bad line[/] {escape(example)}")
     saved = _read_json(folder / "report.json")
     return StageResult(conversations=_read_conversations(folder / "conversations.jsonl", require_domain=True),
                        items=_read_items(folder / "items.jsonl"), funnel=saved["funnel"], report=saved["report"],
@@ -377,7 +382,7 @@ def images_stage(options: BuildOptions, upstream: StageResult, console) -> Stage
         return StageResult(conversations=upstream.conversations, items=items, funnel=[],
                            report={"skipped": True}, key=upstream.key)
     store = ImageStore(options.image_store or options.workdir / "images")
-    console.print(f"[bold]4/5 images[/]: main image of {len(items)} item(s) into {store.folder}")
+    console.print(f"[bold]4/5 images[/]: main image of {len(items)} item(s) into {escape(str(store.folder))}")
     outcomes = fetch_images([(i.item_id, i.image_urls) for i in items], store,
                             ImageOptions(concurrency=options.image_concurrency), progress=_tqdm("images"))
     for item in items:
@@ -412,7 +417,7 @@ def assemble_stage(options: BuildOptions, upstream: StageResult, funnel: list[di
     from reddit_amazon.dataset_folder import DatasetContents, write_dataset
 
     console.print(f"[bold]5/5 assemble[/]: splits, candidates ({', '.join(options.retrievers) or 'none'}), "
-                  f"Parquet into {options.out}")
+                  f"Parquet into {escape(str(options.out))}")
     splits = split_by_thread(upstream.conversations, options.seed)
     items = items_by_domain(upstream.items)
     candidates = add_candidates(splits, items, _make_retrievers(options), progress=_tqdm("candidates"))
