@@ -356,7 +356,9 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
                 result = run_filter(upstream.conversations, cache, filter_options,
                                     api_key=os.environ.get("OPENAI_API_KEY"), progress=_tqdm("relevance"))
             except RelevanceError as error:
-                raise BuildError(str(error)) from error
+                hint = (" -- the bundled sample's pre-recorded answers no longer match its conversations; regenerate "
+                        "them with `python -m reddit_amazon.sample.make_inputs`") if options.sample else ""
+                raise BuildError(f"{error}{hint}") from error
         dropped = {label: n for label, n in sorted(result.counts.items()) if label != "yes"}
         funnel = [{"stage": "relevance filter (Table 9)", "kept": len(result.kept), "dropped": dropped}]
         report = {"model": filter_options.model, "base_url": filter_options.base_url, "template_sha256": template_sha,
