@@ -501,11 +501,11 @@ def sample_options(out: Path, workdir: Path | None = None, **settings: Any) -> B
 
 
 def _seed_sample_caches(options: BuildOptions) -> None:
-    """Copy the bundled pre-recorded answers and images into the workdir (never written in place)."""
-    cache = _relevance_cache_path(options)
-    if not cache.exists():
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(SAMPLE_RELEVANCE_CACHE, cache)
+    """Add the bundled pre-recorded answers and images to the build's caches (never written in place)."""
+    from reddit_amazon.relevance import AnswerCache
+
+    with AnswerCache(_relevance_cache_path(options)) as cache:
+        cache.import_answers(SAMPLE_RELEVANCE_CACHE)
     store = options.image_store or options.workdir / "images"
     store.mkdir(parents=True, exist_ok=True)
     for path in SAMPLE_IMAGES.iterdir():

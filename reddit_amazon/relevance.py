@@ -111,6 +111,19 @@ class AnswerCache:
             self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", (key, model, status, answer))
             self._db.commit()
 
+    def import_answers(self, other: str | Path) -> int:
+        """Copy the answers this cache lacks from another cache file (opened read-only); returns how many."""
+        source = sqlite3.connect(f"{Path(other).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = source.execute("SELECT key, model, status, answer FROM answers").fetchall()
+        finally:
+            source.close()
+        with self._lock:
+            before = self._db.total_changes
+            self._db.executemany("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?)", rows)
+            self._db.commit()
+            return self._db.total_changes - before
+
     def __len__(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]

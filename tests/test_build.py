@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sqlite3
 from pathlib import Path
 
 import datasets
@@ -14,7 +15,6 @@ from werkzeug import Request, Response
 
 from reddit_amazon.build import SAMPLE_INPUTS, SAMPLE_SALT, run_build, sample_options
 from reddit_amazon.cli import cli
-from reddit_amazon.relevance import AnswerCache
 from reddit_amazon.sample.world import make_world
 from reddit_amazon.schema import DOMAINS, NUM_CANDIDATES, SPLITS
 
@@ -132,18 +132,23 @@ def test_sbert_candidates_and_benchmark_run(sample_build, tmp_path):
 
 def test_dry_run_and_missing_key(sample_build, tmp_path):
     root, _ = sample_build
-    AnswerCache(tmp_path / "empty.sqlite").close()
-    dry = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--llm-cache",
-                str(tmp_path / "empty.sqlite"), "--dry-run")
-    assert dry.exit_code == 0, dry.output
+    base = ["--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work")]
+    recorded = build(*base, "--dry-run")
+    assert recorded.exit_code == 0, recorded.output
+    assert "0 API calls" in recorded.output  # the sample's answers are pre-recorded for the paper's model
+    dry = build(*base, "--llm-model", "gpt-4o-mini", "--dry-run")
     calls = int(re.search(r"(\d+) API calls", dry.output).group(1))
     labels = json.loads((root / "work" / "relevance" / "report.json").read_text())["report"]["labels"]
-    assert calls == sum(labels.values())  # every candidate conversation; the empty cache answers none
+    assert calls == sum(labels.values())  # every candidate conversation: nothing is cached for this model
     assert "tokens" in dry.output and not (tmp_path / "ds").exists()
-    failed = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--llm-cache",
-                   str(tmp_path / "empty.sqlite"), env={"OPENAI_API_KEY": ""})
+    failed = build(*base, "--llm-model", "gpt-4o-mini", env={"OPENAI_API_KEY": ""})
     assert failed.exit_code == 1 and "OPENAI_API_KEY is not set" in failed.output
     assert not (tmp_path / "ds").exists()
+
+
+def answers_of(cache: Path, model: str) -> int:
+    with sqlite3.connect(cache) as db:
+        return db.execute("SELECT COUNT(*) FROM answers WHERE model = ?", (model,)).fetchone()[0]
 
 
 class FlakyLLM:
@@ -169,14 +174,11 @@ class FlakyLLM:
 def test_llm_errors_stop_the_build_and_a_rerun_pays_only_the_rest(httpserver, tmp_path):
     llm = FlakyLLM()
     httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(llm)
-    AnswerCache(tmp_path / "cache.sqlite").close()
-    args = ["--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--llm-cache",
-            str(tmp_path / "cache.sqlite"), "--llm-base-url", httpserver.url_for("/v1"), "--llm-max-attempts", "1",
-            "--no-images", *FAST]
+    args = ["--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--llm-model", "local-llm",
+            "--llm-base-url", httpserver.url_for("/v1"), "--llm-max-attempts", "1", "--no-images", *FAST]
     first = build(*args, env={"OPENAI_API_KEY": "sk-test-key"})
     assert first.exit_code == 1 and "rerun to resume" in first.output and not (tmp_path / "ds").exists()
-    with AnswerCache(tmp_path / "cache.sqlite") as cache:
-        answered = len(cache)
+    answered = answers_of(tmp_path / "work" / "relevance-cache.sqlite", "local-llm")
     failed = llm.requests - answered
     assert answered > 0 and failed > 0
     llm.down = False

@@ -177,3 +177,18 @@ def test_missing_key_and_template_changes(httpserver, options, tmp_path):
     template.write_text("no slot here")
     with pytest.raises(RelevanceError, match="no \\{conversation\\} slot"):
         load_template(template)
+
+
+def test_import_answers_adds_only_missing_and_leaves_the_source_alone(tmp_path):
+    with AnswerCache(tmp_path / "recorded.sqlite") as recorded:
+        recorded.put("k1", DEFAULT_MODEL, "Yes")
+        recorded.put("k2", DEFAULT_MODEL, "No.")
+    source = tmp_path / "recorded.sqlite"
+    before = source.read_bytes()
+    source.chmod(0o444)  # the bundled sample cache may live in a read-only site-packages
+    with AnswerCache(tmp_path / "build.sqlite") as cache:
+        cache.put("k1", DEFAULT_MODEL, "no (answered live)")
+        assert cache.import_answers(source) == 1
+        assert cache.get("k1") == ("ok", "no (answered live)") and cache.get("k2") == ("ok", "No.")
+        assert cache.import_answers(source) == 0
+    assert source.read_bytes() == before
