@@ -292,6 +292,8 @@ def catalog_stage(options: BuildOptions, upstream: StageResult, console) -> Stag
         console.print("[bold]2/5 catalog[/]: reusing the finished stage")
     else:
         console.print(f"[bold]2/5 catalog[/]: {len(review_sources)} review and {len(meta_sources)} metadata source(s)")
+        if not review_sources:
+            console.print("  [yellow]no --reviews[/]: only links that name a parent ASIN can be resolved")
         wanted = {a for c in upstream.conversations for a in [*c.gt_items, *c.context_items]}
         loaded, read_report = catalog.load_catalog(meta_sources, review_sources, wanted, domain_map)
         joined = catalog.join_conversations(upstream.conversations, loaded)
