@@ -550,6 +550,12 @@ def print_dry_run(options: BuildOptions, joined: StageResult, console) -> None:
     from reddit_amazon.relevance import AnswerCache, plan_filter
 
     console.print("[bold]dry run[/]: nothing below is called or downloaded")
+    domain_map = joined.report["domain_map"]
+    categories = ", ".join(f"{escape(name or '(empty)')} -> {domain_map.get(name, 'dropped')}: {n:,}"
+                           for name, n in joined.report["main_categories"].items())
+    console.print(f"  main_category of the linked products: {categories or 'none'}")
+    console.print(f"  catalog join: {len(joined.conversations):,} conversations kept, dropped "
+                  f"{joined.funnel[0]['dropped'] or 'none'}; linked gt ASINs {joined.report['gt_links']}")
     if options.no_filter:
         console.print("  relevance filter: skipped (--no-filter)")
     else:

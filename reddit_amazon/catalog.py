@@ -398,6 +398,8 @@ class CatalogReport:
     mapped_by_reviews: int
     parent_conflicts: int
     duplicate_metadata_rows: int
+    #: main_category of the linked products' metadata rows, mapped or not: what --domain-map should cover
+    main_categories: dict[str, int]
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -417,6 +419,8 @@ def load_catalog(meta_sources: Iterable[str], review_sources: Iterable[str], wan
         mapped_by_reviews=sum(1 for a, p in parent_map.parents.items() if a != p),
         parent_conflicts=len(parent_map.conflicts),
         duplicate_metadata_rows=metadata.duplicates,
+        main_categories=dict(Counter(str(r.get("main_category") or "") for r in metadata.records.values())
+                             .most_common()),
     )
     return catalog, report
 

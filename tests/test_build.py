@@ -136,6 +136,8 @@ def test_dry_run_and_missing_key(sample_build, tmp_path):
     recorded = build(*base, "--dry-run")
     assert recorded.exit_code == 0, recorded.output
     assert "0 API calls" in recorded.output  # the sample's answers are pre-recorded for the paper's model
+    flat = " ".join(recorded.output.split())  # rich wraps lines
+    assert "All Beauty -> beauty" in flat and "Books -> dropped" in flat
     dry = build(*base, "--llm-model", "gpt-4o-mini", "--dry-run")
     calls = int(re.search(r"(\d+) API calls", dry.output).group(1))
     labels = json.loads((root / "work" / "relevance" / "report.json").read_text())["report"]["labels"]

@@ -126,6 +126,7 @@ def test_load_catalog_and_join(tmp_path):
     catalog, report = load_catalog(expand_sources([tmp_path], META_FILE_PATTERN), [str(reviews)], wanted,
                                    DEFAULT_DOMAIN_MAP)
     assert report.meta["bad_lines"] == 2 and report.duplicate_metadata_rows == 1
+    assert report.main_categories == {"Amazon Home": 2, "All Beauty": 1, "Books": 1}
     assert catalog.resolve("C000000099") == (None, UNKNOWN_ASIN)
     assert catalog.resolve("C000000007") == (None, PARENT_WITHOUT_METADATA)
     assert catalog.resolve("P000000004") == (None, OUTSIDE_DOMAINS)
