@@ -521,6 +521,8 @@ def run_build(options: BuildOptions, console=None) -> dict[str, Any] | None:
 
     console = console or Console(stderr=True)
     started = datetime.now(timezone.utc)
+    if "openai-emb" in options.retrievers and not options.dry_run and not os.environ.get("OPENAI_API_KEY"):
+        raise BuildError("--retrievers openai-emb needs OPENAI_API_KEY (checked before the long stages run)")
     options.workdir.mkdir(parents=True, exist_ok=True)
     if options.sample:
         _seed_sample_caches(options)
@@ -680,5 +682,12 @@ def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map
                                workdir=workdir or default_workdir(out), **settings)
     try:
         run_build(options)
-    except (ValueError, OSError) as error:  # CatalogError, SchemaError, unreadable files: name the source
-        raise BuildError(str(error)) from error
+    except Exception as error:
+        import openai
+
+        # CatalogError, SchemaError, unreadable files, an embedding endpoint refusing: the message names
+        # the source; anything else is a bug and keeps its traceback.
+        if isinstance(error, (ValueError, OSError, RuntimeError, openai.OpenAIError)) \
+                and not isinstance(error, click.ClickException):
+            raise BuildError(f"{type(error).__name__}: {error}") from error
+        raise
