@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from benchmark.retrieval.base import Retriever
+from benchmark.retrieval.base import Retriever, best_first
 
 
 class BM25Retriever(Retriever):
@@ -23,16 +23,32 @@ class BM25Retriever(Retriever):
 
         return bm25s.tokenize(list(texts), stopwords=self.stopwords, return_ids=False, show_progress=False)
 
-    def scores(self, queries: Sequence[str], items: Sequence[tuple[str, str]]) -> np.ndarray:
+    def _index(self, items: Sequence[tuple[str, str]]):
+        """The BM25 index of the item texts, or None when no item has a token."""
         import bm25s
 
         documents = self._tokenize([text for _, text in items])
-        matrix = np.zeros((len(queries), len(items)), dtype=np.float32)
         if not any(documents):
-            return matrix
+            return None
         index = bm25s.BM25(k1=self.k1, b=self.b)
         index.index(documents, show_progress=False)
-        for row, tokens in enumerate(self._tokenize(queries)):
-            if tokens:
-                matrix[row] = index.get_scores(tokens)
-        return matrix
+        return index
+
+    def scores(self, queries: Sequence[str], items: Sequence[tuple[str, str]]) -> np.ndarray:
+        rows = list(self._score_rows(self._index(items), queries, len(items)))
+        return np.stack(rows) if rows else np.zeros((0, len(items)), dtype=np.float32)
+
+    def _score_rows(self, index, queries: Sequence[str], num_items: int):
+        for tokens in self._tokenize(queries):
+            if index is None or not tokens:
+                yield np.zeros(num_items, dtype=np.float32)
+            else:
+                yield index.get_scores(tokens)
+
+    def top_k(self, queries: Sequence[str], items: Sequence[tuple[str, str]], k: int = 10) -> list[list[str]]:
+        """Indexes the catalog once, then scores one query at a time (no queries x items matrix)."""
+        if not items:
+            return [[] for _ in queries]
+        ids = [item_id for item_id, _ in items]
+        index = self._index(items)
+        return [[ids[i] for i in best_first(row, k)] for row in self._score_rows(index, queries, len(items))]
