@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from lavic_ref.embed import ItemEmbeddings  # noqa: E402
-from lavic_ref.model import LANGUAGE_LORA_TARGETS, SUBIMAGES_PER_ITEM, inner_model, insert_item_embeddings, \
-    lora_config, target_loss  # noqa: E402
+from lavic_ref.model import LANGUAGE_LORA_TARGETS, SUBIMAGES_PER_ITEM, compile_language_layers, inner_model, \
+    insert_item_embeddings, lora_config, target_loss  # noqa: E402
 from lavic_ref.training import set_gradient_checkpointing  # noqa: E402
 
 CANDIDATES = 10
@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--gen-batch", type=int, default=8, help="records per generation batch")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--profile", action="store_true", help="print the top operators of one cached step")
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure our step with torch.compile'd LM decoder layers (lavic-ref --compile)")
     args = parser.parse_args()
 
     from peft import get_peft_model
@@ -258,11 +260,27 @@ def main() -> None:
             row["peak_memory_ratio_vs_research_as_released"] = (row["cached_step_peak_gib"]
                                                                 / row["research_step_no_ckpt_peak_gib"])
         row["inference_speedup"] = row["cached_records_per_s"] / row["research_records_per_s"]
+    if args.compile:
+        compile_language_layers(model)
+        for case, row in zip(cases, results["cases"]):
+            start = time.perf_counter()
+            set_gradient_checkpointing(model, True)
+            cached_step(case)  # compiles (or recompiles for a new length)
+            row["compile_s"] = time.perf_counter() - start
+            row["compiled_step_s"], row["compiled_step_peak_gib"] = timed(lambda: cached_step(case), True)
+            row["compiled_step_no_ckpt_s"], row["compiled_step_no_ckpt_peak_gib"] = timed(
+                lambda: cached_step(case), False)
+            row["compiled_step_speedup"] = row["research_step_s"] / row["compiled_step_s"]
+            row["compiled_step_speedup_gpu_only"] = row["research_step_gpu_only_s"] / row["compiled_step_s"]
+            row["compiled_step_speedup_no_ckpt"] = row["research_step_no_ckpt_s"] / row["compiled_step_no_ckpt_s"]
+            row["compiled_step_speedup_vs_research_as_released"] = (row["research_step_no_ckpt_s"]
+                                                                    / row["compiled_step_s"])
     if args.profile:
         set_gradient_checkpointing(model, True)
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        print(f"profile of one step of ours ({'compiled' if args.compile else 'eager'} LM layers, checkpointing on)")
         with profile(activities=activities) as profiler:
             cached_step(cases[0])
             if device.type == "cuda":

@@ -45,6 +45,8 @@ def _training_options(epochs: int, batch_size: int):
         click.option("--save-every", type=click.IntRange(1), default=500, show_default=True,
                      help="Checkpoint to <out>/last every N optimizer steps."),
         click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True),
+        click.option("--compile/--no-compile", "compile_layers", default=False, show_default=True,
+                     help="torch.compile the LM decoder layers (GPU; the first steps compile for a minute or more)."),
         click.option("--resume/--no-resume", default=True, show_default=True,
                      help="Continue from <out>/last when it exists."),
         click.option("--seed", type=int, default=0, show_default=True),
@@ -59,13 +61,13 @@ def _training_options(epochs: int, batch_size: int):
 
 
 def _train_config(out, epochs, batch_size, grad_accum, lr, weight_decay, max_steps, save_every,
-                  gradient_checkpointing, seed, resume):
+                  gradient_checkpointing, compile_layers, seed, resume):
     del resume  # passed to the stage, not part of the configuration
     from lavic_ref.training import TrainConfig
 
     return TrainConfig(output_dir=out, epochs=epochs, batch_size=batch_size, learning_rate=lr,
                        weight_decay=weight_decay, grad_accum=grad_accum, max_steps=max_steps, save_every=save_every,
-                       seed=seed, gradient_checkpointing=gradient_checkpointing)
+                       seed=seed, gradient_checkpointing=gradient_checkpointing, compile_layers=compile_layers)
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)

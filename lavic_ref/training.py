@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lavic_ref.model import Backbone
+from lavic_ref.model import Backbone, compile_language_layers
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -39,6 +39,7 @@ class TrainConfig:
     save_every: int = 500
     seed: int = 0
     gradient_checkpointing: bool = True
+    compile_layers: bool = False  # torch.compile the LM decoder layers
 
 
 @dataclass
@@ -70,6 +71,8 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
     output.mkdir(parents=True, exist_ok=True)
     if config.gradient_checkpointing:
         set_gradient_checkpointing(model, True)
+    if config.compile_layers:
+        compile_language_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     state = TrainState()
