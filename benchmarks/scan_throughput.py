@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -160,12 +161,13 @@ def main() -> None:
     folder = args.dir or Path(tempfile.mkdtemp(prefix="scan-throughput-"))
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / f"RC_2020-0{i + 1}.zst" for i in range(2)]
-    uncompressed = 0
-    for seed, path in enumerate(files, start=1):
-        started = time.perf_counter()
-        uncompressed += _make_dump(path, args.size_mb, seed)
-        print(f"wrote {path.name}: {path.stat().st_size / 2**20:,.0f} MB compressed ({time.perf_counter() - started:.0f} s)")
-    print(f"{uncompressed / 2**30:.2f} GiB uncompressed in {len(files)} files")
+    started = time.perf_counter()
+    with ProcessPoolExecutor(len(files)) as pool:
+        sizes = list(pool.map(_make_dump, files, [args.size_mb] * len(files), range(1, len(files) + 1)))
+    uncompressed = sum(sizes)
+    for path in files:
+        print(f"wrote {path.name}: {path.stat().st_size / 2**20:,.0f} MB compressed")
+    print(f"{uncompressed / 2**30:.2f} GiB uncompressed in {len(files)} files ({time.perf_counter() - started:.0f} s)")
 
     def zstd_all() -> None:
         for path in files:

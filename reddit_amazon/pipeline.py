@@ -294,7 +294,12 @@ class ScanDumpsStep(_FilesStep):
 # Stage 2: collect the needed threads
 # --------------------------------------------------------------------------------------------
 
-_THREAD_KEY = re.compile(rb'"(?:link_id|id)"\s*:\s*"(?:t3_)?([A-Za-z0-9]+)"')
+# A comment names its thread in "link_id", a submission is the thread ("id"). Two patterns with
+# long literal prefixes scan much faster than one alternation starting with '"'.
+_THREAD_KEYS = (
+    re.compile(rb'"link_id": ?"(?:t3_)?([A-Za-z0-9]+)"'),
+    re.compile(rb'"id": ?"(?:t3_)?([A-Za-z0-9]+)"'),
+)
 
 
 def collect_file(
@@ -309,9 +314,10 @@ def collect_file(
     error = ""
 
     def positions(chunk: bytes, start: int, end: int) -> Iterator[int]:
-        for match in _THREAD_KEY.finditer(chunk, start, end):
-            if match.group(1) in needed_bytes:
-                yield match.start()
+        for pattern in _THREAD_KEYS:
+            for match in pattern.finditer(chunk, start, end):
+                if match.group(1) in needed_bytes:
+                    yield match.start()
 
     temporary_dir = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(temporary_dir, ignore_errors=True)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reddit_amazon.dumps import bare_id, parse_created_utc, real_author, text_state
-from reddit_amazon.schema import DELETED_TEXT, REMOVED_TEXT, Conversation, Turn
+
+if TYPE_CHECKING:  # the schema imports `datasets` (0.6 s); scan and collect workers never need it
+    from reddit_amazon.schema import Conversation
 
 #: Deeper chains than this are treated as broken (a parent_id cycle in corrupt data).
 MAX_THREAD_DEPTH = 10_000
@@ -110,6 +112,8 @@ class Pseudonymizer:
 
 def displayed_text(text: str) -> str:
     """A body as a turn shows it: deleted / removed markers become the schema's marker texts."""
+    from reddit_amazon.schema import DELETED_TEXT, REMOVED_TEXT
+
     state = text_state(text)
     if state == "deleted":
         return DELETED_TEXT
@@ -197,6 +201,8 @@ class ThreadIndex:
         counts: RebuildCounts,
     ) -> Conversation | None:
         """The conversation ending in ``comment`` (recommending ``gt_items``), or ``None`` (counted)."""
+        from reddit_amazon.schema import Conversation, Turn
+
         submission, chain, problem = self.ancestors(comment)
         if submission is None:
             setattr(counts, problem, getattr(counts, problem) + 1)
