@@ -76,6 +76,8 @@ class BuildOptions:
     no_filter: bool = False
     dry_run: bool = False
     retrievers: list[str] = field(default_factory=lambda: ["sbert"])
+    embedding_base_url: str | None = None  # openai-emb: any OpenAI-compatible embeddings endpoint
+    embedding_model: str | None = None  # openai-emb: default text-embedding-3-large (column candidates_openai_large)
     images: bool = True
     image_store: Path | None = None
     image_concurrency: int = 8
@@ -408,6 +410,9 @@ def _make_retrievers(options: BuildOptions) -> list[Any]:
         settings: dict[str, Any] = {}
         if name in ("sbert", "openai-emb"):
             settings["cache_dir"] = options.workdir / "embeddings"
+        if name == "openai-emb":
+            settings.update({k: v for k, v in (("base_url", options.embedding_base_url),
+                                                ("model", options.embedding_model)) if v})
         try:
             retrievers.append(get_retriever(name, **settings))
         except ValueError as error:
@@ -463,7 +468,8 @@ def command_line(options: BuildOptions) -> str:
     args += ["--out", str(options.out), "--workdir", str(options.workdir)]
     simple = {"seed": "--seed", "version": "--version", "domain_map": "--domain-map", "llm_base_url": "--llm-base-url",
               "llm_model": "--llm-model", "llm_template": "--llm-template", "llm_cache": "--llm-cache",
-              "image_store": "--image-store", "push_to_hub": "--push-to-hub"}
+              "image_store": "--image-store", "push_to_hub": "--push-to-hub",
+              "embedding_base_url": "--embedding-base-url", "embedding_model": "--embedding-model"}
     for attribute, flag in simple.items():
         value = getattr(options, attribute)
         if value != getattr(defaults, attribute):
@@ -635,6 +641,9 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--dry-run", is_flag=True, help="Run the local stages, then report LLM calls, tokens and images needed.")
 @click.option("--retrievers", multiple=True, default=["sbert"], show_default=True,
               help="Candidate retrievers, comma-separated: sbert, bm25, openai-emb (or none).")
+@click.option("--embedding-base-url",
+              help="OpenAI-compatible embeddings endpoint for openai-emb (key: OPENAI_API_KEY).")
+@click.option("--embedding-model", help="Embedding model for openai-emb [default: text-embedding-3-large].")
 @click.option("--images/--no-images", default=True, show_default=True, help="Download and embed item images.")
 @click.option("--image-store", type=click.Path(path_type=Path), help="Image store folder. Default: <workdir>/images")
 @click.option("--image-concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
@@ -646,9 +655,9 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--resolve-short-links/--no-resolve-short-links", default=None,
               help="Resolve amzn.to / a.co links over the network (Reddit stage).")
 def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map, llm_base_url, llm_model,
-                  llm_template, llm_concurrency, llm_max_attempts, llm_cache, no_filter, dry_run, retrievers, images,
-                  image_store, image_concurrency, push_to_hub, private, salt, executor, workers,
-                  resolve_short_links) -> None:
+                  llm_template, llm_concurrency, llm_max_attempts, llm_cache, no_filter, dry_run, retrievers,
+                  embedding_base_url, embedding_model, images, image_store, image_concurrency, push_to_hub, private,
+                  salt, executor, workers, resolve_short_links) -> None:
     """Build the dataset folder from Reddit dumps and Amazon Reviews 2023, printing the funnel.
 
     With no arguments, builds the bundled sample end to end, offline.
@@ -671,7 +680,8 @@ def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map
     settings = dict(
         seed=seed, version=version, domain_map=domain_map, llm_base_url=llm_base_url, llm_model=llm_model,
         llm_template=llm_template, llm_concurrency=llm_concurrency, llm_max_attempts=llm_max_attempts,
-        llm_cache=llm_cache, no_filter=no_filter, dry_run=dry_run, retrievers=_split_list(retrievers), images=images,
+        llm_cache=llm_cache, no_filter=no_filter, dry_run=dry_run, retrievers=_split_list(retrievers),
+        embedding_base_url=embedding_base_url, embedding_model=embedding_model, images=images,
         image_store=image_store, image_concurrency=image_concurrency, push_to_hub=push_to_hub, private=private,
         reddit={k: v for k, v in reddit.items() if v is not None},
     )

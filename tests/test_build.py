@@ -231,3 +231,33 @@ def test_real_inputs_with_damaged_metadata(tmp_path):
 
     missing = build(*[a if a != str(inputs / "amazon") else str(tmp_path / "nope") for a in args])
     assert missing.exit_code == 1 and f"{tmp_path / 'nope'}: no such file or folder" in missing.output
+
+
+def test_openai_embedding_candidates_from_a_compatible_endpoint(sample_build, httpserver, tmp_path):
+    """`--retrievers openai-emb` fills the paper's candidates_openai_large column through any endpoint."""
+    root, _ = sample_build
+    requests = []
+
+    def embeddings(request: Request) -> Response:
+        body = json.loads(request.data)
+        requests.append(len(body["input"]))
+        vectors = []
+        for text in body["input"]:  # hashed bag of words: similar texts, similar vectors
+            vector = [0.0] * 64
+            for word in re.findall(r"[a-z]+", text.lower()):
+                vector[int(hashlib.md5(word.encode()).hexdigest(), 16) % 64] += 1.0
+            vectors.append(vector)
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        return Response(json.dumps({"object": "list", "data": data, "model": body["model"],
+                                    "usage": {"prompt_tokens": 1, "total_tokens": 1}}),
+                        content_type="application/json")
+
+    httpserver.expect_request("/v1/embeddings", method="POST").respond_with_handler(embeddings)
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(root / "work"), "--retrievers", "bm25,openai-emb",
+                   "--embedding-base-url", httpserver.url_for("/v1"), env={"OPENAI_API_KEY": "sk-emb-key"})
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert manifest["candidate_sets"] == ["bm25", "openai_large"] and sum(requests) > 0
+    home = datasets.load_dataset(str(tmp_path / "ds"), "home", split="test")
+    assert all(len(ids) == NUM_CANDIDATES for ids in home["candidates_openai_large"])
+    assert "sk-emb-key" not in (tmp_path / "ds" / "manifest.json").read_text()
