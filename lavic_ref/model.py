@@ -162,7 +162,9 @@ def target_loss(model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.T
     """
     labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()  # labels stay on the CPU: no device sync
     keep = labels.shape[1] - int(labelled[0]) + 1 if labelled.numel() else 1
-    logits = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, logits_to_keep=keep).logits
+    # use_cache=False: a training forward has no use for a KV cache (HF builds one by default).
+    logits = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, logits_to_keep=keep,
+                   use_cache=False).logits
     targets = labels[:, -keep:].to(logits.device)
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets[:, 1:].flatten(),
                                              ignore_index=IGNORE_INDEX)
