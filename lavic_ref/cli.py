@@ -210,9 +210,13 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
     domains = domains or DOMAINS
     rng = random.Random(training["seed"])
     train_set, val_set = [], []
-    for domain in domains:
-        train_set += recommendation_instances(load_conversations(dataset, domain, "train"), candidate_set, rng)
-        val_set += recommendation_instances(load_conversations(dataset, domain, "validation"), candidate_set, rng)
+    try:
+        for domain in domains:
+            train_set += recommendation_instances(load_conversations(dataset, domain, "train"), candidate_set, rng)
+            val_set += recommendation_instances(load_conversations(dataset, domain, "validation"), candidate_set,
+                                                rng)
+    except ValueError as error:
+        raise click.ClickException(f"{domain}: {error}") from error
     titles = {item_id: item.title for item_id, item in load_items(dataset, domains).items()}
     cache = ItemEmbeddings.load(embeddings) if embeddings else None
     if cache is not None:

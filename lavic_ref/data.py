@@ -48,7 +48,7 @@ def recommendation_instances(conversations: Sequence[Conversation], candidate_se
     for conversation in conversations:
         candidates = conversation.candidates.get(candidate_set)
         if not candidates:
-            raise ValueError(f"conversation {conversation.example_id} has no {column}")
+            raise ValueError(f"conversation {conversation.example_id} has no {column} (choose another --candidates)")
         for target in conversation.gt_items:
             chosen = list(candidates)
             if target not in chosen:

@@ -286,13 +286,26 @@ def test_describe_distill_embed_finetune_then_benchmark_run(tiny_base, tmp_path)
     assert json.loads((tmp_path / "run" / "results.json").read_text())
 
 
-def test_titles_only_ablation_runs_without_images(tiny_base, tmp_path):
+def test_ablations_titles_only_and_no_distillation(tiny_base, tmp_path):
     from lavic_ref.cli import cli
-
-    _invoke(cli, ["finetune", "--base", tiny_base, "--device", "cpu", "--domain", "fashion", "--no-images",
-                  "--out", tmp_path / "rec", "--max-steps", "1"])
     from lavic_ref.recommender import LavicRecommender
 
+    common = ["--base", tiny_base, "--device", "cpu", "--domain", "fashion"]
+    _invoke(cli, ["finetune", *common, "--no-images", "--out", tmp_path / "rec", "--max-steps", "1"])
     recommender = LavicRecommender(base=tiny_base, rec_adapter=str(tmp_path / "rec" / "best"), images="false",
                                    device="cpu")
     assert recommender.embeddings is None
+
+    path = Path(_invoke(cli, ["embed", *common, "--no-distill", "--out", tmp_path]).strip().splitlines()[-1])
+    assert path.name.endswith("-none.safetensors")
+    backbone = load_backbone(tiny_base, device="cpu")
+    items = load_items(None, ["fashion"])
+    first = sorted(items)[0]
+    base_cls = compute_item_embeddings(backbone, [(first, items[first].image)], progress=False)[first]
+    torch.testing.assert_close(ItemEmbeddings.load(path).stack([first])[0], base_cls)
+
+    result = CliRunner().invoke(cli, ["embed", *common, "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "exactly one of --distill-adapter or --no-distill" in result.output
+    result = CliRunner().invoke(cli, ["finetune", *common, "--no-images", "--candidates", "openai_large",
+                                      "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0 and "candidates_openai_large" in result.output
