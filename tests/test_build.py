@@ -31,6 +31,8 @@ def parquet_digests(folder: Path) -> dict[str, str]:
             for p in sorted((folder / "data").rglob("*.parquet"))}
 
 
+# Every folder loaded with `datasets` gets its own name: offline, `datasets` may serve a cached copy
+# of an earlier folder with the same name (shared/notes/datasets5.md).
 def conversations(folder: Path) -> dict[str, list[dict]]:
     return {domain: {split: list(datasets.load_dataset(str(folder), domain, split=split)) for split in SPLITS}
             for domain in DOMAINS}
@@ -39,7 +41,7 @@ def conversations(folder: Path) -> dict[str, list[dict]]:
 @pytest.fixture(scope="module")
 def sample_build(tmp_path_factory):
     root = tmp_path_factory.mktemp("build")
-    result = build("--out", str(root / "ds"), "--workdir", str(root / "work"), *FAST)
+    result = build("--out", str(root / "sample-ds"), "--workdir", str(root / "work"), *FAST)
     assert result.exit_code == 0, result.output
     return root, result.output
 
@@ -47,7 +49,7 @@ def sample_build(tmp_path_factory):
 def test_sample_build_matches_the_world(sample_build):
     root, output = sample_build
     assert "Build funnel" in output and "relevance filter (Table 9)" in output
-    folder = root / "ds"
+    folder = root / "sample-ds"
     records = conversations(folder)
     world = make_world(0)
     expected = {e.comment_id: e for e in world.expected_records()}
@@ -71,9 +73,9 @@ def test_sample_build_matches_the_world(sample_build):
 
 def test_manifest_records_the_build(sample_build):
     root, _ = sample_build
-    manifest = json.loads((root / "ds" / "manifest.json").read_text())
+    manifest = json.loads((root / "sample-ds" / "manifest.json").read_text())
     build_record = manifest["build"]
-    assert build_record["command"] == (f"reddit-amazon build --out {root / 'ds'} --workdir {root / 'work'} "
+    assert build_record["command"] == (f"reddit-amazon build --out {root / 'sample-ds'} --workdir {root / 'work'} "
                                        "--retrievers bm25")
     assert set(build_record) >= {"options", "inputs", "package_versions", "started_utc", "finished_utc", "seed"}
     by_name = {Path(i["path"]).name: i for i in build_record["inputs"]}
@@ -95,7 +97,7 @@ def test_manifest_records_the_build(sample_build):
     assert sum(s["images"] for s in manifest["stats"].values()) == images["with_image"] == images["items"] - 2
     catalog = manifest["build_reports"]["catalog"]
     assert catalog["child_asins_mapped_to_parent"] > 0 and catalog["gt_links"]["asin_not_in_reviews_or_metadata"] > 0
-    text = (root / "ds" / "manifest.json").read_text()
+    text = (root / "sample-ds" / "manifest.json").read_text()
     assert SAMPLE_SALT not in text and manifest["build"]["options"]["reddit"]["salt"] == "<redacted>"
 
 
@@ -104,27 +106,27 @@ def test_rebuild_is_byte_identical_and_resumes(sample_build, tmp_path):
     manifest = run_build(sample_options(tmp_path / "ds", tmp_path / "work", retrievers=["bm25"]))  # the API
     assert manifest["build"]["command"] == f"reddit-amazon build --out {tmp_path / 'ds'} --workdir " \
                                            f"{tmp_path / 'work'} --retrievers bm25"
-    assert parquet_digests(tmp_path / "ds") == parquet_digests(root / "ds")
+    assert parquet_digests(tmp_path / "ds") == parquet_digests(root / "sample-ds")
     resumed = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), *FAST)
     assert resumed.output.count("reusing the finished stage") == 3
-    assert parquet_digests(tmp_path / "ds") == parquet_digests(root / "ds")
+    assert parquet_digests(tmp_path / "ds") == parquet_digests(root / "sample-ds")
     other_seed = build("--out", str(tmp_path / "seed1"), "--workdir", str(tmp_path / "work"), "--seed", "1", *FAST)
     assert other_seed.output.count("reusing the finished stage") == 3
-    assert parquet_digests(tmp_path / "seed1") != parquet_digests(root / "ds")
+    assert parquet_digests(tmp_path / "seed1") != parquet_digests(root / "sample-ds")
 
 
 def test_sbert_candidates_and_benchmark_run(sample_build, tmp_path):
     from benchmark.runner import RunConfig, run
 
     root, _ = sample_build
-    result = build("--out", str(tmp_path / "ds"), "--workdir", str(root / "work"))  # default: sbert
+    result = build("--out", str(tmp_path / "sbert-ds"), "--workdir", str(root / "work"))  # default: sbert
     assert result.exit_code == 0, result.output
-    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "sbert-ds" / "manifest.json").read_text())
     assert manifest["candidate_sets"] == ["sbert"]
     recall = manifest["build_reports"]["candidates"]["recall"]["sbert"]
     assert all(0.2 < recall[d] <= 1.0 for d in DOMAINS)
-    results = run(RunConfig(model="random", dataset=str(tmp_path / "ds"), candidates="sbert", bootstrap_samples=0),
-                  tmp_path / "run", progress=False)
+    config = RunConfig(model="random", dataset=str(tmp_path / "sbert-ds"), candidates="sbert", bootstrap_samples=0)
+    results = run(config, tmp_path / "run", progress=False)
     assert results["dataset"]["fingerprint"] == manifest["fingerprint"]
     assert results["counts"]["all"]["records"] == sum(manifest["counts"][d]["test"] for d in DOMAINS)
     assert results["items_missing_from_catalog"] == []
@@ -211,12 +213,12 @@ def test_real_inputs_with_damaged_metadata(tmp_path):
     meta_file.write_text("\n".join(kept_lines[:3] + ['{"parent_asin": "B0TRUNCATED', *kept_lines[3:]]) + "\n")
     args = ["--inputs", str(inputs / "reddit"), "--meta", str(inputs / "amazon"), "--reviews", str(inputs / "amazon"),
             "--llm-cache", str(inputs / "relevance-cache.sqlite"), "--image-store", str(inputs / "images"),
-            "--salt", SAMPLE_SALT, "--no-resolve-short-links", "--out", str(tmp_path / "ds"),
+            "--salt", SAMPLE_SALT, "--no-resolve-short-links", "--out", str(tmp_path / "damaged-ds"),
             "--workdir", str(tmp_path / "work"), *FAST]
     result = build(*args)
     assert result.exit_code == 0, result.output
     assert f"skippedbadline{meta_file}:4:notJSON" in "".join(result.output.split())  # rich wraps long paths
-    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "damaged-ds" / "manifest.json").read_text())
     catalog = manifest["build_reports"]["catalog"]
     assert catalog["meta"]["bad_lines"] == 1 and catalog["gt_links"]["parent_asin_without_metadata"] > 0
     only_removed = [e for e in world.expected_records() if e.gt_items == [removed]]
@@ -226,7 +228,7 @@ def test_real_inputs_with_damaged_metadata(tmp_path):
     assert join["kept"] + sum(join["dropped"].values()) == all_candidates
     expected = len(world.expected_records()) - len(only_removed)
     assert sum(s["conversations"] for s in manifest["stats"].values()) == expected
-    records = [r for s in SPLITS for r in datasets.load_dataset(str(tmp_path / "ds"), "home", split=s)]
+    records = [r for s in SPLITS for r in datasets.load_dataset(str(tmp_path / "damaged-ds"), "home", split=s)]
     assert all(removed not in r["gt_items"] for r in records)
 
     missing = build(*[a if a != str(inputs / "amazon") else str(tmp_path / "nope") for a in args])
@@ -253,11 +255,12 @@ def test_openai_embedding_candidates_from_a_compatible_endpoint(sample_build, ht
                         content_type="application/json")
 
     httpserver.expect_request("/v1/embeddings", method="POST").respond_with_handler(embeddings)
-    result = build("--out", str(tmp_path / "ds"), "--workdir", str(root / "work"), "--retrievers", "bm25,openai-emb",
+    result = build("--out", str(tmp_path / "openai-ds"), "--workdir", str(root / "work"),
+                   "--retrievers", "bm25,openai-emb",
                    "--embedding-base-url", httpserver.url_for("/v1"), env={"OPENAI_API_KEY": "sk-emb-key"})
     assert result.exit_code == 0, result.output
-    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "openai-ds" / "manifest.json").read_text())
     assert manifest["candidate_sets"] == ["bm25", "openai_large"] and sum(requests) > 0
-    home = datasets.load_dataset(str(tmp_path / "ds"), "home", split="test")
+    home = datasets.load_dataset(str(tmp_path / "openai-ds"), "home", split="test")
     assert all(len(ids) == NUM_CANDIDATES for ids in home["candidates_openai_large"])
-    assert "sk-emb-key" not in (tmp_path / "ds" / "manifest.json").read_text()
+    assert "sk-emb-key" not in (tmp_path / "openai-ds" / "manifest.json").read_text()
