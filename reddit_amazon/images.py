@@ -220,7 +220,7 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
     try:
         futures = {pool.submit(fetch_one, asin, url): asin for asin, url in todo}
         done = as_completed(futures)
-        for future in (progress(done, len(futures)) if progress else done):
+        for future in (progress(done, len(futures)) if progress and futures else done):
             outcomes[futures[future]] = future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish running downloads, start no more
