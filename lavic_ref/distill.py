@@ -41,7 +41,9 @@ def split_validation(examples: Sequence[DistillExample], size: int, seed: int) -
     return shuffled[size:], shuffled[:size]
 
 
-def distillation_loss(backbone: Backbone, batch: Sequence[DistillExample], max_target_tokens: int = 128) -> torch.Tensor:
+def distillation_loss(backbone: Backbone, batch: Sequence[DistillExample],
+                      max_target_tokens: int = 128) -> torch.Tensor:
+    """Description tokens' cross-entropy given the Table 10 prompt and the 5 CLS embeddings (with the LoRA)."""
     tokenizer = backbone.tokenizer
     sequences = [distillation_sequence(tokenizer, ex.title, ex.description, max_target_tokens=max_target_tokens)
                  for ex in batch]

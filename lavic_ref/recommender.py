@@ -46,7 +46,8 @@ def generate(backbone: Backbone, prompts: Sequence[tuple[str, Sequence[tuple[str
     if with_images:
         item_embeddings = embeddings.stack([item_id for _, candidates in prompts for item_id, _ in candidates])
     inputs_embeds = embed_inputs(backbone, input_ids, item_embeddings)
-    output = backbone.model.generate(inputs_embeds=inputs_embeds, attention_mask=batch.attention_mask.to(backbone.device),
+    output = backbone.model.generate(inputs_embeds=inputs_embeds,
+                                     attention_mask=batch.attention_mask.to(backbone.device),
                                      max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id)
     return [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]

@@ -88,7 +88,8 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
         order = list(range(len(train_set)))
         random.Random(config.seed + state.epoch).shuffle(order)
         model.train()
-        progress = tqdm(total=batches_per_epoch, initial=state.batches_done, desc=f"{description} epoch {state.epoch + 1}")
+        progress = tqdm(total=batches_per_epoch, initial=state.batches_done,
+                        desc=f"{description} epoch {state.epoch + 1}")
         running = 0.0
         optimizer.zero_grad(set_to_none=True)
         for index in range(state.batches_done, batches_per_epoch):

@@ -98,7 +98,8 @@ def test_target_loss_matches_the_full_logits_loss_of_right_padded_batches(tiny_b
     with torch.no_grad():
         expected = backbone.model(input_ids=right.input_ids, attention_mask=right.attention_mask,
                                   labels=right.labels).loss
-        actual = target_loss(backbone.model, embed_inputs(backbone, left.input_ids, None), left.attention_mask, left.labels)
+        actual = target_loss(backbone.model, embed_inputs(backbone, left.input_ids, None), left.attention_mask,
+                             left.labels)
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
