@@ -617,9 +617,9 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--inputs", multiple=True,
               help="Reddit dump files or folders (.zst/.jsonl). Default: the bundled sample.")
 @click.option("--meta", multiple=True, help="Amazon Reviews 2023 meta_<Category>.jsonl(.gz) files/folders, or "
-              "hub:<repo>:<config> (e.g. hub:McAuley-Lab/Amazon-Reviews-2023:raw_meta_All_Beauty).")
+              "hub:<repo>:<file.jsonl | config> (e.g. hub:McAuley-Lab/Amazon-Reviews-2023:raw_meta_All_Beauty).")
 @click.option("--reviews", multiple=True, help="Amazon Reviews 2023 review files/folders (asin -> parent_asin), or "
-              "hub:<repo>:<config>.")
+              "hub:<repo>:<file.jsonl | config> (e.g. ...:raw_review_All_Beauty).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reddit-amazon"), show_default=True,
               help="Dataset folder to write.")
 @click.option("--workdir", type=click.Path(path_type=Path), help="Intermediate files and caches (resumable). "
