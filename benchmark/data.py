@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.protocol import Candidate, Example
+from reddit_amazon.dataset_folder import refuse_missing_local_path
 from reddit_amazon.schema import DOMAINS, ITEMS_CONFIG, Turn, candidate_column, candidate_sets_of, is_asin
 
 
@@ -38,8 +39,12 @@ def resolve_dataset(dataset: str | os.PathLike | None) -> DatasetInfo:
     if path.is_dir():
         manifest = _read_json(path / "manifest.json")
         return _info(str(path.resolve()), True, manifest)
-    if path.exists() or str(dataset).startswith((".", "/")):
+    if path.exists():
         raise DatasetError(f"{dataset}: not a dataset folder")
+    try:
+        refuse_missing_local_path(dataset)
+    except FileNotFoundError as error:
+        raise DatasetError(f"{error} (a Hub dataset is given as org/name)") from None
     return _info(str(dataset), False, _hub_manifest(str(dataset)))
 
 

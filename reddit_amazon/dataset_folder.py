@@ -274,7 +274,20 @@ def load(config: str, path: str | os.PathLike | None = None, split: str | None =
         from reddit_amazon.sample import sample_dataset_path
 
         path = sample_dataset_path()
+    refuse_missing_local_path(path)
     return datasets.load_dataset(str(path), config, split=split, **kwargs)
+
+
+def refuse_missing_local_path(path: str | os.PathLike) -> None:
+    """A path that is not there must fail, not resolve to a Hub id or a stale cached copy.
+
+    Offline, ``datasets`` answers a missing ``reddit-amazon`` folder with the cached copy of an
+    earlier folder of that name. Only ``org/name`` is taken for a Hub id when no such folder exists.
+    """
+    text = str(path)
+    looks_local = isinstance(path, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") != 1
+    if looks_local and not Path(text).expanduser().exists():
+        raise FileNotFoundError(f"dataset folder {text} does not exist")
 
 
 def iter_conversations(dataset: Iterable[Mapping[str, Any]], source: str) -> Iterable[Conversation]:

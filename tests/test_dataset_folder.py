@@ -112,3 +112,15 @@ def test_a_dataset_with_some_splits_only_loads(tmp_path):
     assert list(datasets.load_dataset(str(tmp_path / "reddit-amazon"), "home")) == ["validation"]
     manifest = json.loads((tmp_path / "reddit-amazon" / "manifest.json").read_text())
     assert manifest["counts"]["home"] == {"train": 0, "validation": 3, "test": 0}
+
+
+def test_a_missing_folder_never_loads_a_cached_copy(built, tmp_path, monkeypatch):
+    from reddit_amazon.dataset_folder import load
+
+    root, _ = built
+    monkeypatch.chdir(root)
+    assert load("home", "reddit-amazon", split="test").num_rows == 3  # now cached under that name
+    monkeypatch.chdir(tmp_path)  # no reddit-amazon folder here
+    for missing in ("reddit-amazon", "./reddit-amazon", tmp_path / "reddit-amazon"):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            load("home", missing)
