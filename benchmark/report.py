@@ -118,7 +118,14 @@ def to_markdown(runs: Sequence[Run]) -> str:
             index += 1
     notes = [f"- {line}" for line in provenance(runs)]
     return "\n".join(lines + ["", "HR@1 per (record, gt item) pair; VR per record. Bold: best HR@1, "
-                              "underlined: second best.", *notes]) + "\n"
+                              "underlined: second best.", *notes, "", benchmark_card(runs)]) + "\n"
+
+
+def benchmark_card(runs: Sequence[Run]) -> str:
+    """The task, candidate sets, metric definitions and how to submit a plugin (Markdown)."""
+    from cards.benchmark_card import render_benchmark_card
+
+    return render_benchmark_card(sorted({r.results["candidates"] for r in runs if r.results.get("candidates")}))
 
 
 def to_html(runs: Sequence[Run], title: str = "Reddit-Amazon leaderboard") -> str:
@@ -144,6 +151,8 @@ def to_html(runs: Sequence[Run], title: str = "Reddit-Amazon leaderboard") -> st
                 cells.append(f"<td{tip}>{text}</td>")
             body.append(f"<tr><td class=method>{esc(run.label)}</td>{''.join(cells)}</tr>")
             index += 1
+    from markdown_it import MarkdownIt
+
     notes = "".join(f"<li>{esc(line)}</li>" for line in provenance(runs))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
@@ -164,5 +173,6 @@ tr.group td {{ text-align: left; color: #555; border-top: 1px solid #ccc; }}
 <p>HR@1 per (record, gt item) pair; VR per record. Bold: best HR@1, underlined: second best.
 Hover a cell for its 95% bootstrap CI.</p>
 <ul>{notes}</ul>
+{MarkdownIt("commonmark").enable("table").render(benchmark_card(runs))}
 </body></html>
 """

@@ -6,11 +6,13 @@ describe -> distill -> embed -> finetune, then ``benchmark run --model lavic``. 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
 from lavic_ref import DEFAULT_BASE
+from lavic_ref.card import hardware_name, render_from_inputs, write_model_card
 from reddit_amazon.schema import DOMAINS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -72,7 +74,7 @@ def _train_config(out, epochs, batch_size, grad_accum, lr, weight_decay, max_ste
 
 @click.group(context_settings=CONTEXT_SETTINGS)
 def cli() -> None:
-    """LaViC reference model on LLaVA-NeXT (describe, distill, embed, finetune).
+    """LaViC reference model on LLaVA-NeXT (describe, distill, embed, finetune, card).
 
     \b
     Examples (the bundled sample, a local tiny or real checkpoint):
@@ -225,6 +227,36 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
             raise click.ClickException(f"{embeddings} lacks {len(absent)} candidate item(s), e.g. {absent[0]}: "
                                        "run `lavic-ref embed` on the same dataset")
     backbone = load_backbone(base, device=device)
-    result = run_finetune(backbone, train_set, val_set, titles, cache, _train_config(**training),
+    config = _train_config(**training)
+    started = time.perf_counter()
+    result = run_finetune(backbone, train_set, val_set, titles, cache, config,
                           max_tokens=max_tokens, resume=training["resume"])
     click.echo(f"best adapter: {result.best_dir} (validation loss {result.best_val_loss:.4f})")
+    card = write_model_card(config.output_dir, {
+        "base_model": base,
+        "adapters": {"rec_adapter": str(result.best_dir), "item_embeddings": str(embeddings) if embeddings else None},
+        "hyperparameters": {"lora": "r=8, alpha=32, dropout=0.1 on the LM attention and MLP projections",
+                            "epochs": config.epochs, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+                            "learning_rate": config.learning_rate, "weight_decay": config.weight_decay,
+                            "max_prompt_tokens": max_tokens, "images": not no_images, "seed": config.seed},
+        "data": {"dataset": dataset or "bundled sample", "domains": list(domains), "candidates": candidate_set,
+                 "train_examples": len(train_set), "validation_examples": len(val_set)},
+        "training": {"time_s": round(time.perf_counter() - started, 1), "hardware": hardware_name(backbone.device),
+                     "best_validation_loss": result.best_val_loss},
+    })
+    click.echo(f"model card: {card} (add results with `lavic-ref card {config.output_dir} --results ...`)")
+
+
+@cli.command("card")
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--results", "results", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="results.json of a `benchmark run` (repeatable).")
+def card_command(out, results) -> None:
+    """Re-render OUT/README.md (the model card) with benchmark results beside the paper's.
+
+    \b
+    Example:
+      lavic-ref card runs/lavic/rec --results runs/lavic/test-sbert/results.json \\
+          --results runs/lavic/test-openai/results.json
+    """
+    click.echo(str(render_from_inputs(out, results)))

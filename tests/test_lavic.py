@@ -284,7 +284,15 @@ def test_describe_distill_embed_finetune_then_benchmark_run(tiny_base, tmp_path)
                             "--limit", "4", "--out", tmp_path / "run", "--quiet", "--bootstrap-samples", "0"])
     predictions = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) >= 4
-    assert json.loads((tmp_path / "run" / "results.json").read_text())
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+
+    # The model card beside the adapters: measured training facts, then the run's results once given.
+    card = (tmp_path / "rec" / "README.md").read_text()
+    inputs = json.loads((tmp_path / "rec" / "model_card.json").read_text())
+    assert inputs["training"]["hardware"] in card and str(inputs["data"]["train_examples"]) in card
+    _invoke(cli, ["card", tmp_path / "rec", "--results", tmp_path / "run" / "results.json"])
+    card = (tmp_path / "rec" / "README.md").read_text()
+    assert f"{results['metrics']['hr@1']['home']['value']:.4f}" in card
 
 
 def test_ablations_titles_only_and_no_distillation(tiny_base, tmp_path):
