@@ -28,7 +28,7 @@ MAX_WINDOW_SIZE = 2**31
 READ_SIZE = 1 << 20
 
 ZST_SUFFIXES = (".zst", ".zstd")
-PLAIN_SUFFIXES = (".jsonl", ".ndjson", ".json")
+PLAIN_SUFFIXES = (".jsonl", ".ndjson")
 
 
 class DumpReadError(Exception):

@@ -115,7 +115,7 @@ def _mentions_amazon(text: str) -> bool:
 def extract_asins(text: str) -> list[str]:
     """ASINs of the Amazon product links in ``text``: unique, in order of appearance.
 
-    >>> extract_asins("[this](https://www.amazon.com/NeuEve/dp/B00NN2Y04E/ref=sr_1_3) and amazon.co.uk/gp/product/b07xj8c8f5.")
+    >>> extract_asins("[this](https://www.amazon.com/x/dp/B00NN2Y04E/ref=sr_1) and amazon.co.uk/gp/product/b07xj8c8f5.")
     ['B00NN2Y04E', 'B07XJ8C8F5']
     """
     if not text or not _mentions_amazon(text):
@@ -273,7 +273,8 @@ class ShortLinkResolver:
                     break
                 current = extract_short_links(location)[0]
             else:
-                resolution = ShortLinkResolution(url, "", (), f"more than {self.max_hops} redirects between short links")
+                too_many = f"more than {self.max_hops} redirects between short links"
+                resolution = ShortLinkResolution(url, "", (), too_many)
         except _TransientError as error:
             # Not cached: a later run tries again.
             return ShortLinkResolution(url, "", (), f"unreachable: {error}")

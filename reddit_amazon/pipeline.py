@@ -169,7 +169,8 @@ def _metered(chunks: Iterator[bytes], progress: ReadProgress, bar) -> Iterator[b
         if not bar.disable and now - last_postfix > 0.5:
             elapsed = max(now - started, 1e-9)
             bar.set_postfix_str(
-                f"{progress.lines / elapsed:,.0f} lines/s, {progress.uncompressed_bytes / elapsed / 2**20:,.0f} MB/s raw",
+                f"{progress.lines / elapsed:,.0f} lines/s, "
+                f"{progress.uncompressed_bytes / elapsed / 2**20:,.0f} MB/s raw",
                 refresh=False,
             )
             last_postfix = now
@@ -570,6 +571,37 @@ def _publish(parts: list[Path], destination: Path) -> list[Path]:
     return published
 
 
+def _targets_by_bucket(
+    hits: dict[str, dict[str, Any]], resolved: dict[str, list[str]], buckets: int, counts: Counter[str]
+) -> dict[int, list[dict[str, Any]]]:
+    """Recommending comments with their final ``gt_items``, grouped by the bucket of their thread."""
+    targets: dict[int, list[dict[str, Any]]] = {}
+    for hit in hits.values():
+        gt_items = linked_asins(hit["body"], resolved) if hit["short_links"] else hit["asins"]
+        if not gt_items:
+            counts["dropped_only_unresolved_short_links"] += 1
+            continue
+        target = {k: v for k, v in hit.items() if k not in ("asins", "short_links")}
+        target["gt_items"] = gt_items
+        targets.setdefault(_bucket_of(hit["link_id"], buckets), []).append(target)
+    return targets
+
+
+def _write_targets(work_dir: Path, targets: dict[int, list[dict[str, Any]]], needed: list[str]) -> tuple[Path, str]:
+    """``targets-<digest>/bucket-XXXXX.jsonl`` + ``needed_threads.txt``, written once (temp dir, rename)."""
+    digest = _digest(sorted((b, sorted(f"{t['id']}:{t['gt_items']}" for t in rows)) for b, rows in targets.items()))
+    targets_dir = work_dir / f"targets-{digest}"
+    if not targets_dir.exists():
+        temporary_dir = _temporary(targets_dir)
+        shutil.rmtree(temporary_dir, ignore_errors=True)
+        temporary_dir.mkdir(parents=True)
+        for bucket, rows in targets.items():
+            (temporary_dir / f"bucket-{bucket:05d}.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+        (temporary_dir / "needed_threads.txt").write_text("\n".join(needed) + "\n")
+        os.replace(temporary_dir, targets_dir)
+    return targets_dir, digest
+
+
 def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStageOptions) -> RedditStageResult:
     """Dump files -> ``<workdir>/reddit/conversations/*.jsonl`` (``Conversation.to_row()`` lines, domain "").
 
@@ -601,28 +633,13 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     for key in file_keys:
         for hit in _read_jsonl(scan_dir / f"{key}.hits.jsonl"):
             hits.setdefault(hit["id"], hit)
-    funnel_extra: Counter[str] = Counter(duplicate_recommending_comments=sum(s.get("comments_with_links", 0) for s in scan_stats) - len(hits))
+    funnel_extra: Counter[str] = Counter()
+    found = sum(s.get("comments_with_links", 0) for s in scan_stats)
+    funnel_extra["duplicate_recommending_comments"] = found - len(hits)
     resolved = _resolve([u for h in hits.values() for u in h["short_links"]], stage_dir, options)
-    targets: dict[int, list[dict[str, Any]]] = {}
-    for hit in hits.values():
-        gt_items = linked_asins(hit["body"], resolved) if hit["short_links"] else hit["asins"]
-        if not gt_items:
-            funnel_extra["dropped_only_unresolved_short_links"] += 1
-            continue
-        target = {k: v for k, v in hit.items() if k not in ("asins", "short_links")}
-        target["gt_items"] = gt_items
-        targets.setdefault(_bucket_of(hit["link_id"], buckets), []).append(target)
+    targets = _targets_by_bucket(hits, resolved, buckets, funnel_extra)
     needed = sorted({t["link_id"] for bucket in targets.values() for t in bucket})
-    targets_digest = _digest(sorted((b, sorted(t["id"] + ":" + ",".join(t["gt_items"]) for t in ts)) for b, ts in targets.items()))
-    targets_dir = stage_dir / "work" / f"targets-{targets_digest}"
-    if not targets_dir.exists():
-        temporary_dir = _temporary(targets_dir)
-        shutil.rmtree(temporary_dir, ignore_errors=True)
-        temporary_dir.mkdir(parents=True)
-        for bucket, rows in targets.items():
-            (temporary_dir / f"bucket-{bucket:05d}.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-        (temporary_dir / "needed_threads.txt").write_text("\n".join(needed) + "\n")
-        os.replace(temporary_dir, targets_dir)
+    targets_dir, targets_digest = _write_targets(stage_dir / "work", targets, needed)
 
     # 3. collect the needed threads (second, targeted pass)
     collect_digest = _digest(file_keys, _digest(needed), buckets)
@@ -658,7 +675,10 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     rebuild_stats = [orjson.loads((rebuild_dir / f"part-{b:05d}.json").read_bytes()) for b in range(buckets)]
     shards = _publish([rebuild_dir / f"part-{b:05d}.jsonl" for b in range(buckets)], stage_dir / "conversations")
 
-    funnel = _funnel(scan_stats, collect_stats, rebuild_stats, funnel_extra, hits, targets, needed, resolved, all_short_links, options)
+    funnel = _funnel(
+        scan_stats, collect_stats, rebuild_stats, funnel_extra, hits, targets, needed, resolved, all_short_links,
+        options,
+    )
     _write_json_atomic(stage_dir / "funnel.json", funnel)
     incomplete = {s["path"]: s["error"] for s in scan_stats if s["error"]}
     if unresolved:

@@ -133,7 +133,8 @@ def test_selected_lines_match_a_brute_force_split(tmp_path, seed):
             index = chunk.find(b"NEEDLE", index + 1, end)
 
     progress = ReadProgress()
-    got = list(iter_selected_lines(iter_chunks(path, progress, read_size=rng.choice([50, 333, 4096])), positions, progress))
+    chunks = iter_chunks(path, progress, read_size=rng.choice([50, 333, 4096]))
+    got = list(iter_selected_lines(chunks, positions, progress))
     assert got == _brute_force(b"\n".join(lines), b"NEEDLE")
     assert progress.lines == 3000
 

@@ -31,7 +31,8 @@ def _com(cid, link, parent, body, author="bob_real_name", created=1_600_000_100,
             "created_utc": created, "subreddit": subreddit, "score": 1, "permalink": f"/r/x/comments/{link}/x/{cid}/"}
 
 
-FILLER = [_com(f"f{i}", "zz", "t3_zz", f"just chatting about razors number {i}", created=1_600_000_000 + i) for i in range(300)]
+FILLER = [_com(f"f{i}", "zz", "t3_zz", f"just chatting about razors number {i}", created=1_600_000_000 + i)
+          for i in range(300)]
 
 
 def write_world(folder: Path) -> Path:
@@ -54,14 +55,17 @@ def write_world(folder: Path) -> Path:
             *FILLER[:150],
             _com("c1", "s1", "t3_s1", "Try [this](https://www.amazon.com/Merkur-Razor/dp/B000NL0T1G/ref=sr_1_3)"),
             _com("c2", "s1", "t1_c1", "[deleted]", author="[deleted]", created=1_600_000_200),
-            _com("c3", "s1", "t1_c2", r"Or amazon.co.uk/gp/product/B00AGG3MZ8 and [blades](https://smile.amazon.com/Derby\_Blades/dp/B0002XKG4S).",
+            _com("c3", "s1", "t1_c2",
+                 r"Or amazon.co.uk/gp/product/B00AGG3MZ8 and "
+                 r"[blades](https://smile.amazon.com/Derby\_Blades/dp/B0002XKG4S).",
                  author="carol_real_name", created="1600000300"),
             _com("t1_c4", "s2", "t3_s2", "https://www.amazon.ca/gp/aw/d/B01N5IB20Q?psc=1", author="dave_real_name",
                  created=1_600_000_400, subreddit="SkincareAddiction"),
             _com("c5", "s9", "t3_s9", "https://www.amazon.com/dp/B0000000C5", created=1_600_000_500),  # no submission
             _com("c6", "s1", "t1_gone", "https://www.amazon.com/dp/B0000000C6", created=1_600_000_600),  # lost parent
             _com("c7", "s3", "t3_s3", "I bought mine on Amazon. Search amazon.com/s?k=kettle", created=1_600_000_700),
-            _com("c8", "s3", "t1_c7", "https://amzn.to/kettle1 is the one", author="erin_real_name", created=1_600_000_800),
+            _com("c8", "s3", "t1_c7", "https://amzn.to/kettle1 is the one", author="erin_real_name",
+                 created=1_600_000_800),
             _com("c9", "s4", "t3_s4", "Get www.amazon.de/exec/obidos/ASIN/B0000000C9 instead", created=1_600_000_900),
             _com("c10", "s5", "t3_s5", "[removed]", author="[deleted]", created=1_600_001_000),
             b'{"id":"bad1","body":"broken json https://www.amazon.com/dp/B0000000X1',
@@ -82,10 +86,8 @@ def write_world(folder: Path) -> Path:
         trailing_newline=False,
     )
     # A per-subreddit file repeating a September comment (deduplicated), as plain NDJSON.
-    (folder / "wicked_edge_comments.ndjson").write_bytes(
-        orjson.dumps(_com("c1", "s1", "t3_s1", "Try [this](https://www.amazon.com/Merkur-Razor/dp/B000NL0T1G/ref=sr_1_3)"))
-        + b"\n"
-    )
+    repeated = _com("c1", "s1", "t3_s1", "Try [this](https://www.amazon.com/Merkur-Razor/dp/B000NL0T1G/ref=sr_1_3)")
+    (folder / "wicked_edge_comments.ndjson").write_bytes(orjson.dumps(repeated) + b"\n")
     # A truncated month: the first frame (with c20) is readable, the rest is lost.
     whole = write_zst_ndjson(
         folder / "RC_2020-11.zst",
