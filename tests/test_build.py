@@ -15,6 +15,8 @@ from werkzeug import Request, Response
 
 from reddit_amazon.build import SAMPLE_INPUTS, SAMPLE_SALT, run_build, sample_options
 from reddit_amazon.cli import cli
+from reddit_amazon.dataset_folder import read_manifest
+from reddit_amazon.sample import sample_dataset_path
 from reddit_amazon.sample.world import make_world
 from reddit_amazon.schema import DOMAINS, NUM_CANDIDATES, SPLITS
 
@@ -123,6 +125,8 @@ def test_sbert_candidates_and_benchmark_run(sample_build, tmp_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "sbert-ds" / "manifest.json").read_text())
     assert manifest["candidate_sets"] == ["sbert"]
+    # The bundled sample dataset is exactly this default build (python -m reddit_amazon.sample.make_sample).
+    assert manifest["fingerprint"] == read_manifest(sample_dataset_path())["fingerprint"]
     recall = manifest["build_reports"]["candidates"]["recall"]["sbert"]
     assert all(0.2 < recall[d] <= 1.0 for d in DOMAINS)
     config = RunConfig(model="random", dataset=str(tmp_path / "sbert-ds"), candidates="sbert", bootstrap_samples=0)
