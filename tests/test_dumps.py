@@ -182,3 +182,15 @@ def test_writer_never_leaves_a_partial_file(tmp_path):
         write_zst_ndjson(tmp_path / "a.zst", records())
     assert not (tmp_path / "a.zst").exists()
     assert not any(re.fullmatch(r"a\.zst", p.name) for p in tmp_path.iterdir())
+
+
+def test_skippable_frames_are_followed(tmp_path):
+    import struct
+
+    path = write_zst_ndjson(tmp_path / "a.zst", _records(10), frames=2)
+    skippable = struct.pack("<II", 0x184D2A50, 5) + b"hello"
+    path.write_bytes(skippable + path.read_bytes() + skippable)
+    assert len(_all_lines(path, read_size=7)) == 10
+    path.write_bytes(path.read_bytes()[:-2])  # cut inside the trailing skippable frame
+    with pytest.raises(DumpReadError, match="truncated"):
+        _all_lines(path)

@@ -326,3 +326,15 @@ def test_command_line(world, tmp_path):
     assert "7 conversations in 5 shard(s)" in result.output
     assert "incomplete: " in result.output and "RC_2020-11.zst" in result.output
     assert (tmp_path / "w" / "reddit" / "funnel.json").exists()
+
+
+def test_cluster_executors_explain_what_they_need(world, tmp_path):
+    with pytest.raises(ValueError, match="partition"):
+        run_reddit_stage([world], tmp_path / "w", RedditStageOptions(progress=False, executor="slurm"))
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"reddit-amazon\[cluster\]"):
+            run_reddit_stage([world], tmp_path / "w", RedditStageOptions(progress=False, executor="ray"))
+    with pytest.raises(ValueError, match="unknown executor"):
+        run_reddit_stage([world], tmp_path / "w", RedditStageOptions(progress=False, executor="dask"))
