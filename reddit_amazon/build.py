@@ -651,13 +651,14 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")
 @click.option("--salt", help="Salt of the author pseudonyms (Reddit stage).")
 @click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), help="Reddit stage executor.")
+@click.option("--partition", help="Slurm partition (with --executor slurm).")
 @click.option("--workers", type=click.IntRange(1, 4096), help="Reddit stage parallel tasks.")
 @click.option("--resolve-short-links/--no-resolve-short-links", default=None,
               help="Resolve amzn.to / a.co links over the network (Reddit stage).")
 def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map, llm_base_url, llm_model,
                   llm_template, llm_concurrency, llm_max_attempts, llm_cache, no_filter, dry_run, retrievers,
                   embedding_base_url, embedding_model, images, image_store, image_concurrency, push_to_hub, private,
-                  salt, executor, workers, resolve_short_links) -> None:
+                  salt, executor, partition, workers, resolve_short_links) -> None:
     """Build the dataset folder from Reddit dumps and Amazon Reviews 2023, printing the funnel.
 
     With no arguments, builds the bundled sample end to end, offline.
@@ -676,7 +677,10 @@ def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map
         raise click.UsageError("--meta/--reviews need --inputs (without --inputs the bundled sample is built)")
     if not sample and not meta:
         raise click.UsageError("--inputs needs --meta (Amazon Reviews 2023 metadata files or hub: specs)")
-    reddit = {"salt": salt, "executor": executor, "workers": workers, "resolve_short_links": resolve_short_links}
+    if partition and executor != "slurm":
+        raise click.UsageError("--partition is for --executor slurm")
+    reddit = {"salt": salt, "executor": executor, "slurm_partition": partition, "workers": workers,
+              "resolve_short_links": resolve_short_links}
     settings = dict(
         seed=seed, version=version, domain_map=domain_map, llm_base_url=llm_base_url, llm_model=llm_model,
         llm_template=llm_template, llm_concurrency=llm_concurrency, llm_max_attempts=llm_max_attempts,
