@@ -451,13 +451,26 @@ class RebuildThreadsStep(PipelineStep):
 # --------------------------------------------------------------------------------------------
 
 
+def _quiet_local_executor():
+    """datatrove's local executor with task logs in ``logging_dir/logs`` only (errors still on the console).
+
+    In-process, datatrove's per-task INFO logs would bury the progress bars and the funnel; datatrove
+    prints to the console only for local rank 0, so every task runs with a local rank above 0.
+    """
+    from datatrove.executor import LocalPipelineExecutor
+
+    class QuietLocalPipelineExecutor(LocalPipelineExecutor):
+        def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+            return super()._run_for_rank(rank, local_rank + 1, node_rank)
+
+    return QuietLocalPipelineExecutor
+
+
 def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options: RedditStageOptions) -> None:
     """Run ``step`` as ``tasks`` datatrove tasks and return once every task has completed."""
     workers = max(1, min(options.workers, tasks))
     if options.executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
-        executor = LocalPipelineExecutor(
+        executor = _quiet_local_executor()(
             [step], tasks=tasks, workers=workers, logging_dir=str(logging_dir), start_method=LOCAL_START_METHOD
         )
     elif options.executor == "slurm":
@@ -487,7 +500,16 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
         executor = RayPipelineExecutor([step], tasks=tasks, workers=workers, logging_dir=str(logging_dir))
     else:
         raise ValueError(f"unknown executor {options.executor!r}: use local, slurm or ray")
-    executor.run()
+    if options.executor == "local":
+        from datatrove.utils.logging import logger
+
+        logger.disable("datatrove.executor.local")  # its closing stats block; stats.json has them
+        try:
+            executor.run()
+        finally:
+            logger.enable("datatrove.executor.local")
+    else:
+        executor.run()
     # Slurm (and Ray, when tasks are requeued) return before the work is done: wait for the markers.
     while incomplete := executor.get_incomplete_ranks(skip_completed=True):
         if options.executor == "local":
