@@ -21,7 +21,6 @@ import json
 import os
 import shlex
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -34,6 +33,7 @@ import orjson
 from rich.markup import escape
 
 from reddit_amazon import DATASET_VERSION
+from reddit_amazon.files import write_atomic
 
 if TYPE_CHECKING:  # the schema imports `datasets`; keep `reddit-amazon --help` fast
     from reddit_amazon.schema import Conversation, Item
@@ -111,20 +111,8 @@ def _stamp_matches(folder: Path, key: str) -> bool:
     return stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")).get("key") == key
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, value: Any) -> None:
-    _write_atomic(path, json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+    write_atomic(path, json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False).encode() + b"\n")
 
 
 def _read_json(path: Path) -> Any:
@@ -132,7 +120,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    _write_atomic(path, b"".join(orjson.dumps(row) + b"\n" for row in rows))
+    write_atomic(path, b"".join(orjson.dumps(row) + b"\n" for row in rows))
 
 
 def _read_conversations(path: Path, *, require_domain: bool) -> list[Conversation]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import threading
 import warnings
 from collections import Counter
@@ -24,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reddit_amazon import __version__
+from reddit_amazon.files import write_atomic
 
 FAILURES_FILE = "failures.json"
 NO_IMAGE_URL = "no_image_url"
@@ -112,7 +111,7 @@ class ImageStore:
 
     def put(self, asin: str, jpeg: bytes) -> Path:
         target = self.path(asin)
-        _atomic_write(target, jpeg)
+        write_atomic(target, jpeg)
         with self._lock:
             self.failures.pop(asin, None)
         return target
@@ -124,18 +123,7 @@ class ImageStore:
     def save_failures(self) -> None:
         with self._lock:
             text = json.dumps(self.failures, indent=1, sort_keys=True)
-        _atomic_write(self.folder / FAILURES_FILE, text.encode())
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_atomic(self.folder / FAILURES_FILE, text.encode())
 
 
 class _TransientHTTP(Exception):

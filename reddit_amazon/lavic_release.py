@@ -296,7 +296,7 @@ def mojibake_counts(dataset: str | Path) -> Counter:
     counts: Counter = Counter()
     present = configs_of(dataset)
     for domain in (d for d in DOMAINS if d in present):
-        for split, rows in load(domain, dataset).items():
+        for rows in load(domain, dataset).values():
             counts[domain] += sum(_has_mojibake(row["context"]) or _has_mojibake(row["gt_text"]) for row in rows)
     return counts
 

@@ -314,41 +314,33 @@ FIELD_DOCS: dict[str, str] = {
 # --------------------------------------------------------------------------------------------
 
 _TYPES = {"string": str, "int64": int}
+ANY = object()  # a field that must be present, checked by its own rule
 
 
-def _check_fields(row: Mapping[str, Any], features: Features, where: str, nullable: set[str]) -> None:
-    if not isinstance(row, Mapping):
-        raise SchemaError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    missing = [name for name in features if name not in row]
-    if missing:
-        raise SchemaError(f"{where}: missing field(s) {', '.join(missing)}")
-    for name, feature in features.items():
-        value = row[name]
-        if value is None and name in nullable:
-            continue
-        _check_value(value, feature, f"{where}: field {name!r}", nullable_ints=True)
-
-
-def _check_value(value: Any, feature: Any, where: str, nullable_ints: bool) -> None:
+def _check_value(value: Any, feature: Any, where: str, path: str = "") -> None:
+    """Check ``value`` against a feature spec; integers may be null (unknown, e.g. imported times)."""
+    label = f"{where}: {path}" if path else where
+    if feature is ANY:
+        return
     if isinstance(feature, Value):
         expected = _TYPES[feature.dtype]
-        if value is None and feature.dtype == "int64" and nullable_ints:
+        if value is None and expected is int:
             return
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise SchemaError(f"{where} must be {feature.dtype}, got {type(value).__name__} {value!r:.60}")
+            raise SchemaError(f"{label} must be {feature.dtype}, got {type(value).__name__} {value!r:.60}")
     elif isinstance(feature, datasets.List):
         if not isinstance(value, list):
-            raise SchemaError(f"{where} must be a list, got {type(value).__name__}")
+            raise SchemaError(f"{label} must be a list, got {type(value).__name__}")
         for i, element in enumerate(value):
-            _check_value(element, feature.feature, f"{where}[{i}]", nullable_ints)
-    elif isinstance(feature, dict):
+            _check_value(element, feature.feature, where, f"{path}[{i}]")
+    else:  # a dict of features: a record or a nested object
         if not isinstance(value, Mapping):
-            raise SchemaError(f"{where} must be an object, got {type(value).__name__}")
-        missing = [k for k in feature if k not in value]
+            raise SchemaError(f"{label}: expected a JSON object, got {type(value).__name__}")
+        missing = [name for name in feature if name not in value]
         if missing:
-            raise SchemaError(f"{where} is missing {', '.join(missing)}")
-        for key, sub in feature.items():
-            _check_value(value[key], sub, f"{where}.{key}", nullable_ints)
+            raise SchemaError(f"{label}: missing field(s) {', '.join(missing)}")
+        for name, sub in feature.items():
+            _check_value(value[name], sub, where, f"{path}.{name}" if path else name)
 
 
 def _check_asins(values: Iterable[str], where: str) -> None:
@@ -364,7 +356,7 @@ def validate_conversation_row(row: Mapping[str, Any], *, where: str = "record", 
     known once the recommended item is joined with the catalog.
     """
     sets = candidate_sets_of(row) if isinstance(row, Mapping) else []
-    _check_fields(row, conversation_features(sets), where, nullable={"created_utc"})
+    _check_value(row, conversation_features(sets), where)
     if row["domain"] not in DOMAINS and (require_domain or row["domain"] != ""):
         raise SchemaError(f"{where}: domain {row['domain']!r} is not one of {', '.join(DOMAINS)}")
     if not row["gt_items"]:
@@ -390,10 +382,7 @@ def validate_conversation_row(row: Mapping[str, Any], *, where: str = "record", 
 
 
 def validate_item_row(row: Mapping[str, Any], *, where: str = "record") -> None:
-    features = Features({k: v for k, v in ITEM_FEATURES.items() if k != "image"})
-    _check_fields(row, features, where, nullable=set())
-    if "image" not in row:
-        raise SchemaError(f"{where}: missing field(s) image")
+    _check_value(row, {**ITEM_FEATURES, "image": ANY}, where)
     image = row["image"]
     if image is not None and not (isinstance(image, Mapping) and isinstance(image.get("bytes"), bytes)):
         raise SchemaError(f"{where}: image must be null or {{'bytes': <encoded image>, 'path': str}}")

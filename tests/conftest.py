@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from pytest_httpserver import HTTPServer
 
 _HF_HOME = tempfile.mkdtemp(prefix="reddit-amazon-test-hf-")
 os.environ["HF_HOME"] = _HF_HOME
@@ -31,3 +32,13 @@ def lavic_release() -> Path:
     if not (LAVIC_RELEASE / "all_beauty" / "valid.jsonl").is_file():
         pytest.skip("../shared/lavic_release is not present")
     return LAVIC_RELEASE
+
+
+@pytest.fixture
+def threaded_httpserver():
+    """A threaded loopback server: a deliberately slow answer must not hold up the others."""
+    server = HTTPServer(threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()

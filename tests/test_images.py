@@ -9,7 +9,6 @@ from collections import Counter
 
 import pytest
 from PIL import Image
-from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from reddit_amazon.images import (
@@ -88,13 +87,8 @@ class ImageHost:
 
 
 @pytest.fixture
-def httpserver():
-    """A threaded loopback server: a deliberately slow answer must not hold up the others."""
-    server = HTTPServer(threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
+def httpserver(threaded_httpserver):
+    return threaded_httpserver
 
 
 @pytest.fixture

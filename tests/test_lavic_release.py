@@ -95,7 +95,7 @@ def test_bad_release_lines_fail_with_file_and_line(tmp_path, bad, message):
     src = write_release(tmp_path / "src", [release_line(), bad])
     with pytest.raises(SchemaError) as error:
         import_release(src, tmp_path / "out")
-    assert f"valid.jsonl:2: " in str(error.value) and message in str(error.value)
+    assert "valid.jsonl:2: " in str(error.value) and message in str(error.value)
     assert not (tmp_path / "out").exists()
 
 

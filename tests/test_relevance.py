@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from reddit_amazon.relevance import (
@@ -69,13 +68,8 @@ class FakeOpenAI:
 
 
 @pytest.fixture
-def httpserver():
-    """A threaded loopback server: a deliberately slow answer must not hold up the others."""
-    server = HTTPServer(threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
+def httpserver(threaded_httpserver):
+    return threaded_httpserver
 
 
 @pytest.fixture

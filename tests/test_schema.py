@@ -70,7 +70,7 @@ def test_parse_context_rejects_malformed(context):
         (lambda r: r.update(candidates_sbert=["B00TEST001"]), "10 distinct"),
         (lambda r: r.update(context="<submission>other</submission>\n"), "render_context"),
         (lambda r: r["turns"].reverse(), "start with the submission"),
-        (lambda r: r["turns"][1].pop("author"), "missing author"),
+        (lambda r: r["turns"][1].pop("author"), "turns[1]: missing field(s) author"),
     ],
 )
 def test_invalid_records_name_their_source(mutate, message):

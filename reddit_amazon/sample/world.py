@@ -320,7 +320,7 @@ def make_world(seed: int = 0, threads_per_domain: int = 100) -> World:
     base_time = 1_640_000_000  # 2021-12-20
 
     for domain in DOMAINS:
-        for t in range(threads_per_domain):
+        for _ in range(threads_per_domain):
             target = rng.choice(by_domain[domain])
             vibe = rng.choice(VIBES)
             color_word = rng.choice(COLOR_WORDS[target.color]) if rng.random() < 0.6 else rng.choice(["neutral", "fun", "classic"])
