@@ -301,7 +301,7 @@ def iter_items(dataset: Iterable[Mapping[str, Any]], source: str) -> Iterable[It
 
 
 def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None,
-                revision: str | None = None) -> str:
+                revision: str | None = None, endpoint: str | None = None) -> str:
     """Upload a dataset folder as a Hub dataset repo (token from ``HF_TOKEN`` unless given).
 
     The folder already has the Hub layout (README YAML configs + Parquet), so it is uploaded as is;
@@ -311,7 +311,7 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
 
     folder = Path(folder)
     manifest = read_manifest(folder)
-    api = HfApi(token=token)
+    api = HfApi(endpoint=endpoint, token=token)  # endpoint None: the Hub (or $HF_ENDPOINT)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     commit = api.upload_folder(
         repo_id=repo_id,

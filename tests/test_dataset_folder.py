@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import re
 
 import datasets
 import pytest
@@ -124,3 +125,61 @@ def test_a_missing_folder_never_loads_a_cached_copy(built, tmp_path, monkeypatch
     for missing in ("reddit-amazon", "./reddit-amazon", tmp_path / "reddit-amazon"):
         with pytest.raises(FileNotFoundError, match="does not exist"):
             load("home", missing)
+
+
+def test_push_to_hub_uploads_the_folder_as_is_and_tags_the_version(built, httpserver, tmp_path, monkeypatch):
+    """A loopback server answering the Hub API routes that `push_to_hub` uses (no network)."""
+    import base64
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the "Hub" is on loopback
+
+    from werkzeug import Request, Response
+
+    from reddit_amazon.dataset_folder import push_to_hub
+
+    root, manifest = built
+    seen: dict[str, object] = {"files": {}, "tags": [], "auth": set()}
+
+    def hub(request: Request) -> Response:
+        seen["auth"].add(request.headers.get("authorization"))
+        path = request.path
+        if path == "/api/repos/create":
+            body = request.get_json()
+            assert body["type"] == "dataset" and body["name"] == "reddit-amazon"
+            return Response(json.dumps({"url": httpserver.url_for("/datasets/me/reddit-amazon")}),
+                            content_type="application/json")
+        if path == "/api/validate-yaml":
+            return Response("{}", content_type="application/json")
+        if path == "/api/datasets/me/reddit-amazon/preupload/main":
+            files = request.get_json()["files"]
+            return Response(json.dumps({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                                  for f in files]}), content_type="application/json")
+        if path == "/api/datasets/me/reddit-amazon/commit/main":
+            for line in request.get_data().splitlines():
+                item = json.loads(line)
+                if item["key"] == "file":
+                    seen["files"][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            commit_url = httpserver.url_for("/datasets/me/reddit-amazon/commit/" + "a" * 40)
+            return Response(json.dumps({"commitUrl": commit_url, "commitOid": "a" * 40}),
+                            content_type="application/json")
+        if path == "/api/datasets/me/reddit-amazon/tag/main":
+            seen["tags"].append(request.get_json()["tag"])
+            return Response("{}", content_type="application/json")
+        return Response(f"unexpected {request.method} {path}", status=404)
+
+    httpserver.expect_request(re.compile(".*")).respond_with_handler(hub)
+    push_to_hub(root / "reddit-amazon", "me/reddit-amazon", token="hf_test_token", endpoint=httpserver.url_for("").rstrip("/"))
+
+    folder = root / "reddit-amazon"
+    local = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert seen["files"] == local  # README (configs), manifest and every shard, byte for byte
+    assert seen["tags"] == ["v1.2.3"]
+    assert seen["auth"] == {"Bearer hf_test_token"}
+    # What arrived is a loadable dataset repo: the same configs from the same files.
+    copy = tmp_path / "hub-copy" / "reddit-amazon"
+    for relative, data in seen["files"].items():
+        (copy / relative).parent.mkdir(parents=True, exist_ok=True)
+        (copy / relative).write_bytes(data)
+    assert datasets.load_dataset(str(copy), "beauty", split="test").num_rows == 3
