@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -42,6 +43,7 @@ from reddit_amazon.schema import (
     Conversation,
     Item,
     SchemaError,
+    candidate_column,
     candidate_sets_of,
     conversation_features,
     validate_conversation_row,
@@ -49,6 +51,7 @@ from reddit_amazon.schema import (
 )
 
 DEFAULT_NAME = "reddit-amazon"
+SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?")
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
 CONVERSATION_SHARD_ROWS = 20_000
@@ -68,6 +71,8 @@ class DatasetContents:
 
 def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents) -> dict[str, Any]:
     """Write ``contents`` as a dataset folder at ``out_dir`` (atomically). Returns the manifest."""
+    if not SEMVER.fullmatch(contents.version):
+        raise SchemaError(f"dataset version {contents.version!r} is not semver (MAJOR.MINOR.PATCH)")
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -116,7 +121,7 @@ def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:
         "fingerprint": fingerprint(folder),
         "schema_package_version": __version__,
         "candidate_sets": list(contents.candidate_sets),
-        "candidate_columns": [f"candidates_{n}" for n in candidate_sets_of(features)],
+        "candidate_columns": [candidate_column(n) for n in candidate_sets_of(features)],
         "counts": counts,
         **contents.metadata,
     }

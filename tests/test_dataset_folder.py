@@ -98,6 +98,13 @@ def test_rewrite_is_byte_identical_and_atomic(built, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["reddit-amazon"]
 
 
+def test_version_must_be_semver(tmp_path):
+    bad = contents()
+    bad.version = "v1"
+    with pytest.raises(SchemaError, match="not semver"):
+        write_dataset(tmp_path / "reddit-amazon", bad)
+
+
 def test_content_change_changes_fingerprint(tmp_path):
     changed = contents()
     changed.conversations["beauty"]["train"][0].gt_text += "!"
