@@ -13,7 +13,7 @@ cuts out the lines around a match, so a scan costs little more than decompressio
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy
 import orjson
+
+from reddit_amazon.files import write_atomic
 
 #: The largest window the dumps use (``zstd --long=31``).
 MAX_WINDOW_SIZE = 2**31
@@ -395,7 +397,7 @@ def write_zst_ndjson(
     frames, as multi-part dumps are. The frames never record their content size, so a reader
     needs the long window exactly as for the real dumps. ``long_distance_matching`` is what
     ``zstd --long`` adds (better ratio, ~0.1 s more per frame); the window is recorded either way.
-    Written to a temp name, then renamed.
+    Written atomically (:func:`reddit_amazon.files.write_atomic`).
     """
     import zstandard
 
@@ -405,20 +407,18 @@ def write_zst_ndjson(
     params = zstandard.ZstdCompressionParameters.from_level(
         level, window_log=window_log, enable_ldm=long_distance_matching, write_checksum=checksum
     )
-    temporary = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(temporary, "wb") as out:
-        for start in range(0, max(len(lines), 1), per_frame):
-            part = lines[start : start + per_frame]
-            is_last = start + per_frame >= len(lines)
-            payload = b"\n".join(part) + (b"\n" if part and (trailing_newline or not is_last) else b"")
-            writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(out, closefd=False)
-            # Written in pieces so the frame header cannot learn the content size.
-            view = memoryview(payload)
-            for offset in range(0, len(payload), 1 << 16):
-                writer.write(view[offset : offset + (1 << 16)])
-            writer.flush(zstandard.FLUSH_FRAME)
-    os.replace(temporary, path)
+    out = io.BytesIO()
+    for start in range(0, max(len(lines), 1), per_frame):
+        part = lines[start : start + per_frame]
+        is_last = start + per_frame >= len(lines)
+        payload = b"\n".join(part) + (b"\n" if part and (trailing_newline or not is_last) else b"")
+        writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(out, closefd=False)
+        # Written in pieces so the frame header cannot learn the content size.
+        view = memoryview(payload)
+        for offset in range(0, len(payload), 1 << 16):
+            writer.write(view[offset : offset + (1 << 16)])
+        writer.flush(zstandard.FLUSH_FRAME)
+    write_atomic(path, out.getvalue())
     return path
 
 

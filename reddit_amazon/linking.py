@@ -250,15 +250,17 @@ class ShortLinkResolver:
             with ThreadPoolExecutor(workers) as pool, tqdm(
                 total=len(pending), desc="short links", unit="link", disable=not progress
             ) as bar:
-                for resolution in pool.map(self.resolve, pending):
+                for resolution in pool.map(self._fetch, pending):
                     results[resolution.url] = resolution
                     bar.update()
         return results
 
     def resolve(self, url: str) -> ShortLinkResolution:
+        """The cached answer for ``url``, or a fresh one (cached when definitive)."""
         cached = self.cache.get(url)
-        if cached is not None:
-            return cached
+        return cached if cached is not None else self._fetch(url)
+
+    def _fetch(self, url: str) -> ShortLinkResolution:
         current = url
         try:
             for _ in range(self.max_hops):
@@ -267,11 +269,12 @@ class ShortLinkResolver:
                     resolution = ShortLinkResolution(url, "", (), "no redirect")
                     break
                 asins = extract_asins(location)
-                if asins or not _is_short_link(location):
+                next_short_links = extract_short_links(location)
+                if asins or not next_short_links:
                     error = "" if asins else "redirect is not a product page"
                     resolution = ShortLinkResolution(url, location, tuple(asins), error)
                     break
-                current = extract_short_links(location)[0]
+                current = next_short_links[0]
             else:
                 too_many = f"more than {self.max_hops} redirects between short links"
                 resolution = ShortLinkResolution(url, "", (), too_many)
@@ -330,7 +333,3 @@ class ShortLinkResolver:
 
     def close(self) -> None:
         self.cache.close()
-
-
-def _is_short_link(url: str) -> bool:
-    return bool(extract_short_links(url))

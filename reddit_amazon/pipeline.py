@@ -30,7 +30,9 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +47,7 @@ from reddit_amazon.dumps import (
     iter_selected_lines,
     parse_line,
 )
+from reddit_amazon.files import write_atomic
 from reddit_amazon.linking import extract_asins, extract_short_links, linked_asins, prefilter_positions
 from reddit_amazon.threads import (
     Pseudonymizer,
@@ -98,9 +101,13 @@ class RedditStageOptions:
 class RedditStageResult:
     shards: list[Path]  # <workdir>/reddit/conversations/part-XXXXX.jsonl
     funnel: dict[str, Any]
-    incomplete_files: list[Path]  # truncated / corrupt dumps: read up to the damage
     incomplete_reasons: dict[str, str] = field(default_factory=dict)  # path -> error with byte offset
     unresolved_short_links: list[str] = field(default_factory=list)
+
+    @property
+    def incomplete_files(self) -> list[Path]:
+        """Truncated / corrupt dumps: read up to the damage."""
+        return [Path(p) for p in self.incomplete_reasons]
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,10 +130,7 @@ def _temporary(path: Path) -> Path:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary(path)
-    temporary.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-    os.replace(temporary, path)
+    write_atomic(path, orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -222,14 +226,14 @@ def scan_file(path: Path, hits_path: Path, *, short_links: bool = True, progress
                     problems.add("missing_fields", line)
                     continue
                 asins = extract_asins(comment.body)
-                short_links = extract_short_links(comment.body)
-                if not asins and not short_links:
+                links = extract_short_links(comment.body)
+                if not asins and not links:
                     counts["prefilter_without_product_link"] += 1
                     continue
                 counts["comments_with_links"] += 1
                 counts["asins_linked"] += len(asins)
-                counts["short_links_found"] += len(short_links)
-                out.write(orjson.dumps({**comment.to_json(), "asins": asins, "short_links": short_links}) + b"\n")
+                counts["short_links_found"] += len(links)
+                out.write(orjson.dumps({**comment.to_json(), "asins": asins, "short_links": links}) + b"\n")
         except DumpReadError as read_error:
             error = str(read_error)
     os.replace(temporary, hits_path)
@@ -304,10 +308,9 @@ _THREAD_KEYS = (
 
 
 def collect_file(
-    path: Path, out_dir: Path, needed: set[str], buckets: int, *, progress_bar=None
+    path: Path, out_dir: Path, needed: AbstractSet[bytes], buckets: int, *, progress_bar=None
 ) -> dict[str, Any]:
     """Write the comments / submissions of the ``needed`` threads in ``path`` to ``out_dir/bucket-XXXXX.jsonl``."""
-    needed_bytes = {thread_id.encode() for thread_id in needed}
     progress = ReadProgress()
     problems = LineProblems()
     counts: Counter[str] = Counter()
@@ -317,7 +320,7 @@ def collect_file(
     def positions(chunk: bytes, start: int, end: int) -> Iterator[int]:
         for pattern in _THREAD_KEYS:
             for match in pattern.finditer(chunk, start, end):
-                if match.group(1) in needed_bytes:
+                if match.group(1) in needed:
                     yield match.start()
 
     temporary_dir = out_dir.with_name(f".{out_dir.name}.tmp")
@@ -342,7 +345,7 @@ def collect_file(
             if kept is None:
                 problems.add("missing_fields", line)
                 continue
-            if thread_id not in needed:
+            if thread_id.encode() not in needed:
                 continue  # an unrelated id matched (a nested object's id, or a comment id equal to a thread id)
             counts["comments_collected" if isinstance(kept, RedditComment) else "submissions_collected"] += 1
             for text in linkable_texts(kept):
@@ -378,9 +381,13 @@ class CollectThreadsStep(_FilesStep):
         self.needed_path = needed_path
         self.buckets = buckets
 
+    @cached_property
+    def needed(self) -> frozenset[bytes]:
+        """Read once per task, not once per file: the list can hold millions of thread ids."""
+        return frozenset(Path(self.needed_path).read_bytes().split())
+
     def process_file(self, path: Path, out_dir: Path, key: str, bar) -> dict[str, Any]:
-        needed = set(Path(self.needed_path).read_text().split())
-        return collect_file(path, out_dir / key, needed, self.buckets, progress_bar=bar)
+        return collect_file(path, out_dir / key, self.needed, self.buckets, progress_bar=bar)
 
 
 # --------------------------------------------------------------------------------------------
@@ -639,6 +646,7 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     buckets = max(1, options.buckets or min(options.tasks or len(files), 256))
     file_keys = [_file_key(p) for p in files]
     names = [str(p) for p in files]
+    salt_path = _salt_file(stage_dir, options.salt)  # before the scan: a bad salt fails at once
 
     # 1. scan
     scan_dir = stage_dir / "work" / ("scan" if options.resolve_short_links else "scan-without-a.co")
@@ -682,7 +690,6 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
         _write_json_atomic(short_links_path, resolved)
 
     # 4. rebuild
-    salt_path = _salt_file(stage_dir, options.salt)
     rebuild_digest = _digest(collect_digest, targets_digest, short_links_path.name, _digest(salt_path.read_text()))
     rebuild_dir = stage_dir / "work" / f"rebuild-{rebuild_digest}"
     rebuild_tasks = min(buckets, tasks) if options.executor == "local" else buckets
@@ -702,14 +709,15 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
         options,
     )
     _write_json_atomic(stage_dir / "funnel.json", funnel)
-    incomplete = {s["path"]: s["error"] for s in scan_stats if s["error"]}
+    unresolved_path = stage_dir / "unresolved_short_links.txt"
     if unresolved:
-        (stage_dir / "unresolved_short_links.txt").write_text("\n".join(unresolved) + "\n")
+        write_atomic(unresolved_path, ("\n".join(unresolved) + "\n").encode())
+    else:  # a list left by an earlier run would name links that are resolved now
+        unresolved_path.unlink(missing_ok=True)
     return RedditStageResult(
         shards=shards,
         funnel=funnel,
-        incomplete_files=[Path(p) for p in incomplete],
-        incomplete_reasons=incomplete,
+        incomplete_reasons=dict(funnel["incomplete_files"]),
         unresolved_short_links=unresolved,
     )
 

@@ -18,7 +18,7 @@ from reddit_amazon.dumps import bare_id, parse_created_utc, real_author, text_st
 if TYPE_CHECKING:  # the schema imports `datasets` (0.6 s); scan and collect workers never need it
     from reddit_amazon.schema import Conversation
 
-#: Deeper chains than this are treated as broken (a parent_id cycle in corrupt data).
+#: Deeper chains than this are treated as broken (parent_id cycles are caught on their own).
 MAX_THREAD_DEPTH = 10_000
 
 
@@ -60,15 +60,14 @@ def comment_from_dump(record: Mapping[str, Any]) -> RedditComment | None:
     if not parent_id.startswith(("t1_", "t3_")):
         # Some exports drop the prefix: the submission's own id means a top-level comment.
         parent_id = ("t3_" if parent_id == link_id else "t1_") + parent_id
-    subreddit = record.get("subreddit")
     return RedditComment(
         id=comment_id,
         link_id=link_id,
         parent_id=parent_id,
         body=body,
-        author=record.get("author") if isinstance(record.get("author"), str) else "",
+        author=_text_field(record, "author"),
         created_utc=parse_created_utc(record.get("created_utc")),
-        subreddit=subreddit if isinstance(subreddit, str) else "",
+        subreddit=_text_field(record, "subreddit"),
     )
 
 
@@ -77,16 +76,20 @@ def submission_from_dump(record: Mapping[str, Any]) -> RedditSubmission | None:
     title = record.get("title")
     if not submission_id or not isinstance(title, str):
         return None
-    selftext = record.get("selftext")
-    subreddit = record.get("subreddit")
     return RedditSubmission(
         id=submission_id,
         title=title,
-        selftext=selftext if isinstance(selftext, str) else "",
-        author=record.get("author") if isinstance(record.get("author"), str) else "",
+        selftext=_text_field(record, "selftext"),
+        author=_text_field(record, "author"),
         created_utc=parse_created_utc(record.get("created_utc")),
-        subreddit=subreddit if isinstance(subreddit, str) else "",
+        subreddit=_text_field(record, "subreddit"),
     )
+
+
+def _text_field(record: Mapping[str, Any], key: str) -> str:
+    """An optional text field of a dump record; ``""`` when missing or not a string (``null``)."""
+    value = record.get(key)
+    return value if isinstance(value, str) else ""
 
 
 def record_from_json(data: Mapping[str, Any]) -> RedditComment | RedditSubmission:

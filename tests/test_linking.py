@@ -196,9 +196,7 @@ def test_follows_short_link_chains_and_reports_non_product_targets(httpserver, r
     assert store.asins == () and store.error == "redirect is not a product page"
 
 
-def test_per_host_concurrency_is_bounded(tmp_path):
-    from pytest_httpserver import HTTPServer
-
+def test_per_host_concurrency_is_bounded(tmp_path, threaded_httpserver):
     in_flight = 0
     peak = 0
     lock = threading.Lock()
@@ -213,19 +211,12 @@ def test_per_host_concurrency_is_bounded(tmp_path):
             in_flight -= 1
         return Response(status=301, headers={"Location": f"https://www.amazon.com/dp/B0000000{request.path[-2:]}"})
 
-    server = HTTPServer(threaded=True)
-    server.start()
-    try:
-        for i in range(12):
-            server.expect_request(f"/s{i:02d}").respond_with_handler(slow_redirect)
-        resolver = ShortLinkResolver(
-            tmp_path / "c.sqlite", per_host_concurrency=2, endpoints={"amzn.to": server.url_for("").rstrip("/")}
-        )
-        results = resolver.resolve_all([f"https://amzn.to/s{i:02d}" for i in range(12)], progress=False)
-        resolver.close()
-    finally:
-        server.clear()
-        server.stop()
+    for i in range(12):
+        threaded_httpserver.expect_request(f"/s{i:02d}").respond_with_handler(slow_redirect)
+    endpoint = threaded_httpserver.url_for("").rstrip("/")
+    resolver = ShortLinkResolver(tmp_path / "c.sqlite", per_host_concurrency=2, endpoints={"amzn.to": endpoint})
+    results = resolver.resolve_all([f"https://amzn.to/s{i:02d}" for i in range(12)], progress=False)
+    resolver.close()
     assert all(r.resolved for r in results.values())
     assert results["https://amzn.to/s07"].asins == ("B000000007",)
     assert peak == 2

@@ -250,6 +250,41 @@ def test_short_link_resolution(world, tmp_path, httpserver):
     assert len(httpserver.log) == requests_made == 2
 
 
+def test_unresolved_list_names_only_the_links_unresolved_now(world, tmp_path, httpserver):
+    httpserver.expect_request("/kettle1").respond_with_response(Response("busy", status=503))
+    httpserver.expect_request("/d/ctx123").respond_with_response(Response("busy", status=503))
+    endpoint = httpserver.url_for("").rstrip("/")
+    options = RedditStageOptions(
+        salt="test-salt",
+        progress=False,
+        resolve_short_links=True,
+        short_link_endpoints={"amzn.to": endpoint, "a.co": endpoint},
+        short_link_cache=tmp_path / "links.sqlite",
+        short_link_attempts=1,
+    )
+    listed = tmp_path / "w" / "reddit" / "unresolved_short_links.txt"
+    down = run_reddit_stage([world], tmp_path / "w", options)
+    assert down.unresolved_short_links == ["https://a.co/d/ctx123", "https://amzn.to/kettle1"]
+    assert listed.read_text().split() == down.unresolved_short_links
+
+    httpserver.clear()
+    httpserver.expect_request("/kettle1").respond_with_response(
+        Response(status=301, headers={"Location": "https://www.amazon.com/dp/B0000000KT"})
+    )
+    httpserver.expect_request("/d/ctx123").respond_with_response(
+        Response(status=302, headers={"Location": "https://www.amazon.com/dp/B0000000CX"})
+    )
+    up = run_reddit_stage([world], tmp_path / "w", options)
+    assert up.unresolved_short_links == [] and not listed.exists()
+    assert _rows(up)["c8"]["gt_items"] == ["B0000000KT"]
+
+
+def test_an_empty_salt_fails_before_any_dump_is_read(world, tmp_path):
+    with pytest.raises(ValueError, match="salt must not be empty"):
+        run_reddit_stage([world], tmp_path / "w", RedditStageOptions(salt="", progress=False))
+    assert not (tmp_path / "w" / "reddit" / "work").exists()
+
+
 _CHILD = textwrap.dedent(
     """
     import sys
