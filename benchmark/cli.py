@@ -66,6 +66,7 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
           --model-args distill_adapter=runs/lavic/distill/best,rec_adapter=runs/lavic/rec/best,item_embeddings=runs/lavic/emb.safetensors
     """
     from benchmark.data import DatasetError
+    from benchmark.openai_client import MissingAPIKeyError
     from benchmark.registry import RegistryError, parse_model_args
     from benchmark.runner import RunConfig, RunError, run
 
@@ -74,7 +75,7 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
                            split=split, candidates=candidates, limit=limit, batch_size=batch_size,
                            bootstrap_samples=bootstrap_samples, seed=seed)
         results = run(config, out_dir, overwrite=overwrite, progress=not quiet)
-    except (DatasetError, RegistryError, RunError, FileNotFoundError, ImportError) as error:
+    except (DatasetError, RegistryError, RunError, MissingAPIKeyError, FileNotFoundError, ImportError) as error:
         _fail(error)
     _echo_summary(results, Path(out_dir))
 
@@ -159,6 +160,7 @@ def report_command(runs, markdown_path, html_path, title) -> None:
       benchmark report runs/* --html site/leaderboard.html --markdown leaderboard.md
     """
     from benchmark.report import load_runs, to_html, to_markdown
+    from reddit_amazon.files import write_atomic
 
     try:
         loaded = load_runs(runs)
@@ -167,10 +169,9 @@ def report_command(runs, markdown_path, html_path, title) -> None:
     markdown = to_markdown(loaded)
     click.echo(markdown, nl=False)
     if markdown_path:
-        Path(markdown_path).write_text(markdown, encoding="utf-8")
+        write_atomic(Path(markdown_path), markdown.encode("utf-8"))
     if html_path:
-        Path(html_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(html_path).write_text(to_html(loaded, title), encoding="utf-8")
+        write_atomic(Path(html_path), to_html(loaded, title).encode("utf-8"))
         click.echo(f"wrote {html_path}", err=True)
 
 

@@ -109,6 +109,12 @@ def _column_sums(counts: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return np.stack([(counts * columns[:, j]).sum(axis=1) for j in range(columns.shape[1])], axis=1)
 
 
+def _resampled_sums(columns: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """Column sums of ``columns`` (one row per record) over ``samples`` seeded resamples of the records."""
+    n = len(columns)
+    return np.concatenate([_column_sums(_resample_counts(idx), columns) for idx in _resample_indices(n, samples, seed)])
+
+
 def bootstrap_intervals(metrics: Mapping[str, Ratio], samples: int = DEFAULT_BOOTSTRAP_SAMPLES,
                         seed: int = DEFAULT_SEED, level: float = 0.95) -> dict[str, tuple[float, float] | None]:
     """Percentile bootstrap intervals over records, one shared set of resamples for all metrics.
@@ -126,7 +132,7 @@ def bootstrap_intervals(metrics: Mapping[str, Ratio], samples: int = DEFAULT_BOO
         return intervals
     columns = np.column_stack([a for name in usable for a in (metrics[name].numerators, metrics[name].denominators)
                                ]).astype(np.float32)  # per-resample sums of small counts stay exact in float32
-    sums = np.concatenate([_column_sums(_resample_counts(idx), columns) for idx in _resample_indices(n, samples, seed)])
+    sums = _resampled_sums(columns, samples, seed)
     tail = (1 - level) / 2 * 100
     for j, name in enumerate(usable):
         num, den = sums[:, 2 * j], sums[:, 2 * j + 1]
@@ -198,7 +204,7 @@ def paired_difference(metric: str, group: str, a: Ratio, b: Ratio, samples: int 
     if n == 0 or not a.denominators.sum() or samples <= 0:
         return PairedDifference(metric, group, n, a.value, b.value, None, None, None)
     columns = np.column_stack([a.numerators, a.denominators, b.numerators, b.denominators]).astype(np.float32)
-    sums = np.concatenate([_column_sums(_resample_counts(idx), columns) for idx in _resample_indices(n, samples, seed)])
+    sums = _resampled_sums(columns, samples, seed)
     ok = (sums[:, 1] > 0) & (sums[:, 3] > 0)
     values = sums[ok, 0] / sums[ok, 1] - sums[ok, 2] / sums[ok, 3]
     low, high = np.percentile(values, [2.5, 97.5])

@@ -9,11 +9,15 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class MissingAPIKeyError(RuntimeError):
+    """``OPENAI_API_KEY`` is not set (a usage error, reported without a traceback)."""
+
+
 def make_client(base_url: str | None, timeout: float):
     from openai import OpenAI
 
     if not os.environ.get("OPENAI_API_KEY"):
-        raise RuntimeError("OPENAI_API_KEY is not set (for a local OpenAI-compatible server any value works)")
+        raise MissingAPIKeyError("OPENAI_API_KEY is not set (for a local OpenAI-compatible server any value works)")
     # Retries are done by with_retries(), with backoff, so the client does not retry on its own.
     return OpenAI(base_url=base_url, max_retries=0, timeout=timeout)
 

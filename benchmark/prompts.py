@@ -7,8 +7,9 @@ Wording follows the paper. Two readings of the typeset table are made explicit h
 * the gray "and images" / "followed by an image" phrases are dropped for the title-only prompt, leaving
   "with their IDs and titles formatted as ...".
 
-With images, :data:`IMAGE_PLACEHOLDER` follows each candidate line; a recommender replaces it with
-whatever its model takes (an image part of a chat message, a processor's image token, item tokens).
+With images, :data:`IMAGE_PLACEHOLDER` follows each candidate line. A recommender puts whatever its
+model takes (an image part of a chat message, a processor's image token, item tokens) between the
+texts of :func:`recommendation_prompt_segments`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 IMAGE_PLACEHOLDER = "<image>"
+#: What an image-capable baseline shows in place of a candidate that has no image.
+NO_IMAGE_TEXT = "(no image available)"
 
 RECOMMENDATION_PROMPT = (
     "You are an AI assistant specialized in providing personalized product recommendations based on user "
@@ -28,21 +31,33 @@ RECOMMENDATION_PROMPT = (
 )
 
 
-def render_candidates(candidates: Sequence[tuple[str, str]], with_images: bool) -> str:
-    """One ``ID: title`` line per candidate, each followed by :data:`IMAGE_PLACEHOLDER` when ``with_images``."""
-    lines = []
-    for item_id, title in candidates:
-        lines.append(f"{item_id}: {title}")
-        if with_images:
-            lines.append(IMAGE_PLACEHOLDER)
-    return "\n".join(lines)
-
-
-def render_recommendation_prompt(conversation: str, candidates: list[tuple[str, str]], with_images: bool) -> str:
-    """Table 11 filled in. ``candidates`` are ``(item_id, title)`` pairs in the order shown to the model."""
+def _head(conversation: str, with_images: bool) -> str:
+    """Table 11 up to the first candidate line."""
     return RECOMMENDATION_PROMPT.format(
         and_images=", titles, and images" if with_images else " and titles",
         followed_by_image=" followed by an image" if with_images else "",
         conversation=conversation.rstrip("\n"),
-        candidates=render_candidates(candidates, with_images),
+        candidates="",
     )
+
+
+def recommendation_prompt_segments(conversation: str, candidates: Sequence[tuple[str, str]]) -> list[str]:
+    """Table 11 with images as the ``len(candidates) + 1`` texts around the images.
+
+    Candidate ``i``'s image goes between segment ``i`` and segment ``i + 1``. Built from the parts, not by
+    splitting rendered text, so a conversation or title that contains :data:`IMAGE_PLACEHOLDER` cannot
+    move an image.
+    """
+    segments = [_head(conversation, True)]
+    for index, (item_id, title) in enumerate(candidates):
+        segments[-1] += ("\n" if index else "") + f"{item_id}: {title}\n"
+        segments.append("")
+    return segments
+
+
+def render_recommendation_prompt(conversation: str, candidates: Sequence[tuple[str, str]], with_images: bool) -> str:
+    """Table 11 filled in. ``candidates`` are ``(item_id, title)`` pairs in the order shown to the model;
+    with images, :data:`IMAGE_PLACEHOLDER` follows each candidate line."""
+    if with_images:
+        return IMAGE_PLACEHOLDER.join(recommendation_prompt_segments(conversation, candidates))
+    return _head(conversation, False) + "\n".join(f"{item_id}: {title}" for item_id, title in candidates)

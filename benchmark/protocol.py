@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from reddit_amazon.files import write_atomic
 from reddit_amazon.schema import Turn
 
 if TYPE_CHECKING:
@@ -64,9 +65,7 @@ class Candidate:
         digest = hashlib.sha256(self.image_bytes).hexdigest()[:32]
         path = _image_dir() / f"{self.item_id}-{digest}{_image_suffix(self.image_bytes)}"
         if not path.exists():
-            tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-            tmp.write_bytes(self.image_bytes)
-            tmp.replace(path)
+            write_atomic(path, self.image_bytes)
         return path
 
 

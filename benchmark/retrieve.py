@@ -31,7 +31,8 @@ from benchmark.metrics import (
     summarize_by_domain,
 )
 from benchmark.retrieval import get_retriever, item_text
-from benchmark.runner import RESULTS_FORMAT, git_revision, package_version, recorded_args, write_atomic
+from benchmark.runner import RESULTS_FILE, RESULTS_FORMAT, git_revision, package_version, recorded_args
+from reddit_amazon.files import write_atomic
 
 CANDIDATES_FILE = "candidates.jsonl"
 RETRIEVER_NAMES = {"bm25": "BM25", "sbert": "SBERT", "openai-emb": "OpenAI-emb"}
@@ -102,5 +103,5 @@ def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool 
         "git_revision": git_revision(),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_atomic(out / "results.json", orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    write_atomic(out / RESULTS_FILE, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     return results

@@ -46,6 +46,7 @@ from benchmark.metrics import (
     summarize_by_domain,
 )
 from benchmark.protocol import DEFAULT_BATCH_SIZE
+from reddit_amazon.files import write_atomic
 
 RUN_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -198,8 +199,9 @@ def _prepare_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> No
             (out / name).unlink(missing_ok=True)
     elif run_path.is_file():
         previous = orjson.loads(run_path.read_bytes())
-        if previous != orjson.loads(orjson.dumps(signature)):
-            changed = [k for k in signature if previous.get(k) != orjson.loads(orjson.dumps(signature[k]))]
+        current = orjson.loads(orjson.dumps(signature))  # as it reads back from run.json
+        if previous != current:
+            changed = [k for k in current if previous.get(k) != current[k]]
             raise RunError(f"{out} holds a different run (differs in: {', '.join(changed)}); "
                            "pass --overwrite to replace it or choose another --out")
     elif (out / PREDICTIONS_FILE).exists() or (out / RESULTS_FILE).exists():
@@ -305,12 +307,6 @@ def _counts(records: Sequence[Record], outcomes: Sequence[Outcome], domains: Seq
 
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     write_atomic(path, b"".join(orjson.dumps(row) + b"\n" for row in rows))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def package_version() -> str:

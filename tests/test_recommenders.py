@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 from werkzeug import Response
@@ -102,6 +103,19 @@ def test_openai_chat_with_images_sends_one_image_per_candidate(chat_server, tmp_
     assert IMAGE_PLACEHOLDER not in "".join(texts)
 
 
+def test_openai_chat_images_stay_with_their_candidates_when_a_title_says_image(chat_server, tmp_path):
+    server, requests = chat_server
+    example = _example()
+    last = replace(example.candidates[3], title=f"Frame {IMAGE_PLACEHOLDER} 3")
+    recommender = OpenAIChatRecommender(model="vision", base_url=server.url_for("/v1"), with_images=True,
+                                        cache_dir=tmp_path, max_workers=1)
+    recommender.recommend([replace(example, candidates=(*example.candidates[:3], last))])
+    parts = requests[-1]["messages"][0]["content"]
+    assert parts[0]["text"].endswith("B000000000: Item number 0\n") and parts[1]["type"] == "image_url"
+    assert parts[-2] == {"type": "text", "text": f"\nB000000003: Frame {IMAGE_PLACEHOLDER} 3\n"}
+    assert parts[-1]["type"] == "image_url" and sum(p["type"] == "image_url" for p in parts) == 3
+
+
 def test_openai_chat_through_the_harness(chat_server, tmp_path):
     server, _ = chat_server
     dataset = make_synthetic_dataset(tmp_path / "ds", records_per_domain=3, domains=("beauty",))
@@ -146,3 +160,17 @@ def test_hf_vlm_batched_equals_one_by_one(tiny_vlm, with_images):
     batched = recommender.recommend(examples)
     assert batched == [recommender.recommend([e])[0] for e in examples]
     assert all(isinstance(text, str) and text for text in batched)
+
+
+def test_openai_chat_without_a_key_is_a_clear_cli_error(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from benchmark.cli import cli
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    dataset = make_synthetic_dataset(tmp_path / "ds", records_per_domain=2, domains=("home",))
+    result = CliRunner().invoke(cli, ["run", "--model", "openai-chat", "--dataset", str(dataset), "--quiet",
+                                      "--model-args", f"base_url=http://127.0.0.1:9/v1,cache_dir={tmp_path / 'c'}",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # click's error, not a traceback
+    assert "Error: OPENAI_API_KEY is not set" in result.output

@@ -11,10 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from benchmark.prompts import IMAGE_PLACEHOLDER, render_recommendation_prompt
+from benchmark.prompts import (
+    IMAGE_PLACEHOLDER,
+    NO_IMAGE_TEXT,
+    recommendation_prompt_segments,
+    render_recommendation_prompt,
+)
 from benchmark.protocol import Example
 
-NO_IMAGE_TEXT = "(no image available)"
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
 
 
@@ -47,23 +51,21 @@ class HFVisionLanguageRecommender:
         def clean(text: str) -> str:  # literal image tokens in user text would shift the image alignment
             return text.replace(self.image_token, " ").replace(IMAGE_PLACEHOLDER, " ")
 
-        prompt = render_recommendation_prompt(clean(example.context),
-                                              [(c.item_id, clean(c.title)) for c in example.candidates],
-                                              self.with_images)
-        images = []
-        if self.with_images:
-            pieces = prompt.split(IMAGE_PLACEHOLDER)
-            parts = [pieces[0]]
-            for candidate, text in zip(example.candidates, pieces[1:], strict=True):
-                image = candidate.image
-                if image is None:
-                    parts.append(NO_IMAGE_TEXT)
-                else:
-                    parts.append(self.image_token)
-                    images.append(image)
-                parts.append(text)
-            prompt = "".join(parts)
-        return self._chat(prompt), images
+        conversation = clean(example.context)
+        candidates = [(c.item_id, clean(c.title)) for c in example.candidates]
+        if not self.with_images:
+            return self._chat(render_recommendation_prompt(conversation, candidates, False)), []
+        segments = recommendation_prompt_segments(conversation, candidates)
+        parts, images = [segments[0]], []
+        for candidate, text in zip(example.candidates, segments[1:], strict=True):
+            image = candidate.image
+            if image is None:
+                parts.append(NO_IMAGE_TEXT)
+            else:
+                parts.append(self.image_token)
+                images.append(image)
+            parts.append(text)
+        return self._chat("".join(parts)), images
 
     def _chat(self, text: str) -> str:
         template = getattr(self.processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)

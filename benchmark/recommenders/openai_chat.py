@@ -22,12 +22,11 @@ from typing import Any
 import orjson
 
 from benchmark.openai_client import make_client, with_retries
-from benchmark.prompts import IMAGE_PLACEHOLDER, render_recommendation_prompt
+from benchmark.prompts import NO_IMAGE_TEXT, recommendation_prompt_segments, render_recommendation_prompt
 from benchmark.protocol import Candidate, Example
 from benchmark.retrieval.cache import default_cache_dir
 
 log = logging.getLogger(__name__)
-NO_IMAGE_TEXT = "(no image available)"
 
 
 class ChatCache:
@@ -72,14 +71,12 @@ class OpenAIChatRecommender:
         self._client = None
 
     def _messages(self, example: Example) -> list[dict[str, Any]]:
-        prompt = render_recommendation_prompt(example.context, [(c.item_id, c.title) for c in example.candidates],
-                                              self.with_images)
+        candidates = [(c.item_id, c.title) for c in example.candidates]
         if not self.with_images:
-            return [{"role": "user", "content": prompt}]
-        # The image placeholders are the last ones in the prompt (the conversation comes before the list).
-        pieces = prompt.rsplit(IMAGE_PLACEHOLDER, len(example.candidates))
-        content: list[dict[str, Any]] = [{"type": "text", "text": pieces[0]}]
-        for candidate, text in zip(example.candidates, pieces[1:], strict=True):
+            return [{"role": "user", "content": render_recommendation_prompt(example.context, candidates, False)}]
+        segments = recommendation_prompt_segments(example.context, candidates)
+        content: list[dict[str, Any]] = [{"type": "text", "text": segments[0]}]
+        for candidate, text in zip(example.candidates, segments[1:], strict=True):
             content.append(self._image_part(candidate))
             if text:
                 content.append({"type": "text", "text": text})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -11,26 +11,24 @@ class Retriever:
     """Ranks items for text queries.
 
     ``items`` are ``(item_id, text)`` pairs; results are item ids best-first. Ties keep catalog order,
-    so results are deterministic.
+    so results are deterministic. Subclasses provide :meth:`_score_rows`.
     """
 
     #: Column suffix of the candidate set this retriever produces (``candidates_<name>``).
     candidate_set_name: str = ""
 
-    def scores(self, queries: Sequence[str], items: Sequence[tuple[str, str]]) -> np.ndarray:
-        """``len(queries) x len(items)`` similarity matrix (higher is better)."""
+    def _score_rows(self, queries: Sequence[str], items: Sequence[tuple[str, str]]) -> Iterator[np.ndarray]:
+        """One row of ``len(items)`` similarities per query (higher is better); ``items`` is not empty.
+
+        The items are prepared (indexed, embedded) once per call, however many queries there are.
+        """
         raise NotImplementedError
 
     def top_k(self, queries: Sequence[str], items: Sequence[tuple[str, str]], k: int = 10) -> list[list[str]]:
         if not items:
             return [[] for _ in queries]
         ids = [item_id for item_id, _ in items]
-        results: list[list[str]] = []
-        chunk = max(1, 2_000_000 // len(items))  # bound the score matrix held at once
-        for start in range(0, len(queries), chunk):
-            matrix = self.scores(queries[start:start + chunk], items)
-            results.extend([ids[i] for i in best_first(row, k)] for row in matrix)
-        return results
+        return [[ids[i] for i in best_first(row, k)] for row in self._score_rows(queries, items)]
 
     def rank_candidates(self, queries: Sequence[str],
                         candidate_lists: Sequence[Sequence[tuple[str, str]]]) -> list[list[str]]:

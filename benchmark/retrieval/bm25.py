@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from benchmark.retrieval.base import Retriever, best_first
+from benchmark.retrieval.base import Retriever
 
 
 class BM25Retriever(Retriever):
@@ -34,21 +34,11 @@ class BM25Retriever(Retriever):
         index.index(documents, show_progress=False)
         return index
 
-    def scores(self, queries: Sequence[str], items: Sequence[tuple[str, str]]) -> np.ndarray:
-        rows = list(self._score_rows(self._index(items), queries, len(items)))
-        return np.stack(rows) if rows else np.zeros((0, len(items)), dtype=np.float32)
-
-    def _score_rows(self, index, queries: Sequence[str], num_items: int):
+    def _score_rows(self, queries: Sequence[str], items: Sequence[tuple[str, str]]) -> Iterator[np.ndarray]:
+        """Indexes the items once, then scores one query at a time (no queries x items matrix)."""
+        index = self._index(items)
         for tokens in self._tokenize(queries):
             if index is None or not tokens:
-                yield np.zeros(num_items, dtype=np.float32)
+                yield np.zeros(len(items), dtype=np.float32)
             else:
                 yield index.get_scores(tokens)
-
-    def top_k(self, queries: Sequence[str], items: Sequence[tuple[str, str]], k: int = 10) -> list[list[str]]:
-        """Indexes the catalog once, then scores one query at a time (no queries x items matrix)."""
-        if not items:
-            return [[] for _ in queries]
-        ids = [item_id for item_id, _ in items]
-        index = self._index(items)
-        return [[ids[i] for i in best_first(row, k)] for row in self._score_rows(index, queries, len(items))]

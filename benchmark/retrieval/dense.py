@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from benchmark.retrieval.base import Retriever
+from benchmark.retrieval.base import Retriever, best_first
 from benchmark.retrieval.cache import EmbeddingCache
 
 
@@ -28,28 +28,15 @@ class DenseRetriever(Retriever):
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return normalize(self.cache.encode(list(texts), self._embed, batch_size=self.encode_batch_size))
 
-    def scores(self, queries: Sequence[str], items: Sequence[tuple[str, str]]) -> np.ndarray:
-        return self.encode(queries) @ self.encode([text for _, text in items]).T
-
-    def top_k(self, queries: Sequence[str], items: Sequence[tuple[str, str]], k: int = 10) -> list[list[str]]:
-        from benchmark.retrieval.base import best_first
-
-        if not items:
-            return [[] for _ in queries]
-        ids = [item_id for item_id, _ in items]
+    def _score_rows(self, queries: Sequence[str], items: Sequence[tuple[str, str]]) -> Iterator[np.ndarray]:
         item_vectors = self.encode([text for _, text in items])  # each item text once, whatever the query count
         query_vectors = self.encode(queries)
-        results: list[list[str]] = []
-        chunk = max(1, 2_000_000 // len(items))
-        for start in range(0, len(queries), chunk):
-            matrix = query_vectors[start:start + chunk] @ item_vectors.T
-            results.extend([ids[i] for i in best_first(row, k)] for row in matrix)
-        return results
+        chunk = max(1, 2_000_000 // len(items))  # bound the score matrix held at once
+        for start in range(0, len(query_vectors), chunk):
+            yield from query_vectors[start:start + chunk] @ item_vectors.T
 
     def rank_candidates(self, queries: Sequence[str],
                         candidate_lists: Sequence[Sequence[tuple[str, str]]]) -> list[list[str]]:
-        from benchmark.retrieval.base import best_first
-
         query_vectors = self.encode(queries)
         texts = list(dict.fromkeys(text for items in candidate_lists for _, text in items))
         vectors = dict(zip(texts, self.encode(texts))) if texts else {}
