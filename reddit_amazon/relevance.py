@@ -175,12 +175,25 @@ class FilterResult:
     calls_made: int
 
 
+def _unanswered(conversations: Iterable[Conversation], cache: AnswerCache,
+                options: FilterOptions) -> tuple[dict[str, str], dict[str, str]]:
+    """``({example_id: cache key}, {cache key: prompt})``: each record's key, and the distinct prompts
+    ``cache`` holds no answer for (records with the same thread text share one call)."""
+    keys: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    for conversation in conversations:
+        prompt = render_prompt(options.template, conversation)
+        key = keys[conversation.example_id] = cache_key(options.model, prompt)
+        if key not in missing and cache.get(key) is None:
+            missing[key] = prompt
+    return keys, missing
+
+
 def plan_filter(conversations: Sequence[Conversation], cache: AnswerCache, options: FilterOptions) -> FilterPlan:
-    missing = [p for p in (render_prompt(options.template, c) for c in conversations)
-               if cache.get(cache_key(options.model, p)) is None]
-    prompt_tokens = sum(len(p) for p in missing) // CHARS_PER_TOKEN
-    return FilterPlan(records=len(conversations), cached=len(conversations) - len(missing), calls=len(missing),
-                      approx_prompt_tokens=prompt_tokens,
+    keys, missing = _unanswered(conversations, cache, options)
+    prompt_tokens = sum(len(p) for p in missing.values()) // CHARS_PER_TOKEN
+    return FilterPlan(records=len(conversations), cached=sum(key not in missing for key in keys.values()),
+                      calls=len(missing), approx_prompt_tokens=prompt_tokens,
                       approx_total_tokens=prompt_tokens + ANSWER_TOKENS * len(missing))
 
 
@@ -238,9 +251,7 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
     """
     import openai
 
-    prompts = {c.example_id: render_prompt(options.template, c) for c in conversations}
-    keys = {example_id: cache_key(options.model, prompt) for example_id, prompt in prompts.items()}
-    missing = {keys[e]: prompts[e] for e in prompts if cache.get(keys[e]) is None}
+    keys, missing = _unanswered(conversations, cache, options)
     calls_made = 0
     if missing:
         client = make_client(options, api_key)

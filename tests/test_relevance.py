@@ -146,6 +146,19 @@ def test_persistent_errors_keep_answers_and_resume(httpserver, options, tmp_path
     assert fake.requests == {"ok": 1, "down": 5} and result.labels == {"1": "yes", "2": "no"}
 
 
+def test_dry_run_plan_counts_the_calls_the_run_makes(httpserver, options, tmp_path):
+    """Records with the same thread text share one prompt: the plan must not count it twice."""
+    fake = serve(httpserver, {"same": [(200, "yes")], "other": [(200, "no")]})
+    records = [conversation("1", "SCRIPT=same"), conversation("2", "SCRIPT=same"), conversation("3", "SCRIPT=other")]
+    with AnswerCache(tmp_path / "c.sqlite") as cache:
+        plan = plan_filter(records, cache, options)
+        assert (plan.records, plan.cached, plan.calls) == (3, 0, 2)
+        result = run_filter(records, cache, options, api_key="sk-test")
+        assert result.calls_made == plan.calls == sum(fake.requests.values())
+        assert result.labels == {"1": "yes", "2": "yes", "3": "no"}
+        assert (plan_filter(records, cache, options).cached, plan_filter(records, cache, options).calls) == (3, 0)
+
+
 def test_auth_error_stops_at_once(httpserver, options, tmp_path):
     fake = serve(httpserver, {"x": [(401, "invalid api key")]})
     records = [conversation(str(i), "SCRIPT=x") for i in range(3)]
