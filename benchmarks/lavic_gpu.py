@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from lavic_ref.embed import ItemEmbeddings  # noqa: E402
-from lavic_ref.model import LANGUAGE_LORA_TARGETS, SUBIMAGES_PER_ITEM, compile_language_layers, inner_model, \
-    insert_item_embeddings, lora_config, target_loss  # noqa: E402
+from lavic_ref.model import LANGUAGE_LORA_TARGETS, SUBIMAGES_PER_ITEM, compile_language_layers, default_dtype, \
+    inner_model, insert_item_embeddings, lora_config, resolve_device, target_loss  # noqa: E402
 from lavic_ref.training import set_gradient_checkpointing  # noqa: E402
 
 CANDIDATES = 10
@@ -121,8 +121,8 @@ def main() -> None:
     from peft import get_peft_model
     from transformers import LlavaNextForConditionalGeneration
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    device = resolve_device(None)
+    dtype = default_dtype(device)
     if args.tiny:
         from tiny_llava import tiny_configs
 
@@ -134,11 +134,11 @@ def main() -> None:
     side = config.vision_config.image_size
     torch.manual_seed(0)
     start = time.perf_counter()
-    default_dtype = torch.get_default_dtype()
+    torch_default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     with torch.device(device):
         model = LlavaNextForConditionalGeneration(config)
-    torch.set_default_dtype(default_dtype)
+    torch.set_default_dtype(torch_default_dtype)
     model.requires_grad_(False)
     model = get_peft_model(model, lora_config(LANGUAGE_LORA_TARGETS))
     build_s = time.perf_counter() - start

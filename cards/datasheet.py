@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cards.markdown import flatten, inline_code
-from cards.statistics import DataFiles, DatasetStatistics
+from cards.statistics import DataFiles, DatasetStatistics, shard_paths
 from cards.template import fill_template
 from reddit_amazon.schema import DELETED_TEXT, DOMAINS, ITEMS_CONFIG, REMOVED_TEXT, SPLITS
 
@@ -60,8 +60,8 @@ def measure_texts(folder: str | Path, data_files: DataFiles) -> TextFacts:
     last: int | None = None
     for domain in DOMAINS:
         for split in SPLITS:
-            for relative in data_files.get(domain, {}).get(split, []):
-                table = pq.ParquetFile(folder / relative).read(
+            for path in shard_paths(folder, data_files, domain, split):
+                table = pq.ParquetFile(path).read(
                     columns=["turns.list.element.author", "turns.list.element.text", "gt_text", "created_utc"]
                 )
                 turns = pc.list_flatten(table.column("turns"))
@@ -84,8 +84,8 @@ def measure_texts(folder: str | Path, data_files: DataFiles) -> TextFacts:
                     last = span["max"] if last is None else max(last, span["max"])
     items = described = 0
     for domain in DOMAINS:
-        for relative in data_files.get(ITEMS_CONFIG, {}).get(domain, []):
-            column = pq.ParquetFile(folder / relative).read(columns=["image_description"]).column(0)
+        for path in shard_paths(folder, data_files, ITEMS_CONFIG, domain):
+            column = pq.ParquetFile(path).read(columns=["image_description"]).column(0)
             items += len(column)
             described += _true(pc.not_equal(column, ""))
     return TextFacts(

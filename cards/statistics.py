@@ -97,7 +97,7 @@ def compute_statistics(folder: str | Path, data_files: DataFiles) -> DatasetStat
         threads: dict[str, set[str]] = {}
         for split in SPLITS:
             records = pairs = 0
-            for path in _paths(folder, data_files, domain, split):
+            for path in shard_paths(folder, data_files, domain, split):
                 parquet = pq.ParquetFile(path)
                 columns = parquet.schema_arrow.names
                 sets = [c for c in columns if c.startswith(CANDIDATE_PREFIX)]
@@ -114,7 +114,7 @@ def compute_statistics(folder: str | Path, data_files: DataFiles) -> DatasetStat
             split_pairs[split] = pairs
         item_ids: set[str] = set()
         images = image_urls = 0
-        for path in _paths(folder, data_files, ITEMS_CONFIG, domain):
+        for path in shard_paths(folder, data_files, ITEMS_CONFIG, domain):
             parquet = pq.ParquetFile(path)
             table = parquet.read(columns=["item_id", "image_urls"])
             item_ids.update(table.column("item_id").to_pylist())
@@ -135,7 +135,8 @@ def compute_statistics(folder: str | Path, data_files: DataFiles) -> DatasetStat
     return DatasetStatistics(domains)
 
 
-def _paths(folder: Path, data_files: DataFiles, config: str, split: str) -> list[Path]:
+def shard_paths(folder: Path, data_files: DataFiles, config: str, split: str) -> list[Path]:
+    """The Parquet shards of one ``config``/``split`` (none when the card lists none)."""
     return [folder / relative for relative in data_files.get(config, {}).get(split, [])]
 
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reddit_amazon.files import write_atomic
+
 CARD_INPUTS = "model_card.json"
 
 
@@ -27,8 +29,7 @@ def hardware_name(device: Any) -> str:
 
 def write_model_card(out_dir: Path, inputs: dict[str, Any], results: Sequence[Path] = ()) -> Path:
     """Store the card's inputs and render ``README.md`` with the given ``results.json`` files."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CARD_INPUTS).write_text(json.dumps(inputs, indent=2, default=str) + "\n", encoding="utf-8")
+    write_atomic(out_dir / CARD_INPUTS, (json.dumps(inputs, indent=2, default=str) + "\n").encode("utf-8"))
     return render_from_inputs(out_dir, results)
 
 
@@ -38,8 +39,15 @@ def render_from_inputs(out_dir: Path, results: Sequence[Path] = ()) -> Path:
     path = out_dir / CARD_INPUTS
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} has no {CARD_INPUTS}: it is written by `lavic-ref finetune`")
-    inputs = json.loads(path.read_text(encoding="utf-8"))
-    parsed = [json.loads(Path(result).read_text(encoding="utf-8")) for result in results]
+    inputs = _read_json(path)
+    parsed = [_read_json(Path(result)) for result in results]
     readme = out_dir / "README.md"
-    readme.write_text(render_model_card(**inputs, results=parsed), encoding="utf-8")
+    write_atomic(readme, render_model_card(**inputs, results=parsed).encode("utf-8"))
     return readme
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a JSON file ({error})") from error

@@ -13,15 +13,16 @@ import click
 
 from lavic_ref import DEFAULT_BASE
 from lavic_ref.card import hardware_name, render_from_inputs, write_model_card
-from reddit_amazon.schema import DOMAINS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+#: ``reddit_amazon.schema.DOMAINS`` (a test keeps them equal); the schema imports ``datasets``, too slow for --help.
+DOMAINS = ("beauty", "fashion", "home")
 
 
 def _common(function):
     options = [
         click.option("--dataset", default=None, help="Dataset folder or Hub id [default: the bundled sample]."),
-        click.option("--domain", "domains", multiple=True, type=click.Choice(DOMAINS),
+        click.option("--domain", "domains", multiple=True, type=click.Choice(DOMAINS), default=DOMAINS,
                      help="Domain(s) to use (repeatable) [default: all]."),
         click.option("--base", default=DEFAULT_BASE, show_default=True,
                      help="LLaVA-NeXT checkpoint: hub id or local folder."),
@@ -110,7 +111,7 @@ def describe(dataset, domains, base, device, out, batch_size, max_new_tokens, re
     from lavic_ref.describe import describe_items
     from lavic_ref.model import load_backbone
 
-    items = load_items(dataset, domains or DOMAINS)
+    items = load_items(dataset, domains)
     backbone = load_backbone(base, device=device)
     descriptions = describe_items(backbone, items.values(), out, batch_size=batch_size,
                                   max_new_tokens=max_new_tokens, regenerate=regenerate)
@@ -137,7 +138,7 @@ def distill(dataset, domains, base, device, descriptions, validation_size, **tra
     from lavic_ref.distill import distill_examples
     from lavic_ref.model import load_backbone
 
-    items = load_items(dataset, domains or DOMAINS)
+    items = load_items(dataset, domains)
     texts = {i.item_id: i.image_description for i in items.values() if i.image_description}
     if descriptions:
         texts.update(read_cache(descriptions))
@@ -172,7 +173,7 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
 
     if bool(distill_adapter) == no_distill:
         raise click.UsageError("give exactly one of --distill-adapter or --no-distill")
-    items = load_items(dataset, domains or DOMAINS)
+    items = load_items(dataset, domains)
     backbone = load_backbone(base, device=device)
     if distill_adapter:
         attach_adapter(backbone, distill_adapter)
@@ -202,14 +203,13 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
     """
     import random
 
-    from lavic_ref.data import load_conversations, load_items, recommendation_instances
+    from lavic_ref.data import iter_domain_items, load_conversations, recommendation_instances
     from lavic_ref.embed import ItemEmbeddings
     from lavic_ref.finetune import finetune as run_finetune
     from lavic_ref.model import load_backbone
 
     if bool(embeddings) == no_images:
         raise click.UsageError("give exactly one of --embeddings or --no-images")
-    domains = domains or DOMAINS
     rng = random.Random(training["seed"])
     train_set, val_set = [], []
     try:
@@ -219,7 +219,7 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
                                                 rng)
     except ValueError as error:
         raise click.ClickException(f"{domain}: {error}") from error
-    titles = {item_id: item.title for item_id, item in load_items(dataset, domains).items()}
+    titles = {item.item_id: item.title for item in iter_domain_items(dataset, domains)}
     cache = ItemEmbeddings.load(embeddings) if embeddings else None
     if cache is not None:
         absent = cache.missing(c for instance in train_set + val_set for c in instance.candidates)
@@ -259,4 +259,7 @@ def card_command(out, results) -> None:
       lavic-ref card runs/lavic/rec --results runs/lavic/test-sbert/results.json \\
           --results runs/lavic/test-openai/results.json
     """
-    click.echo(str(render_from_inputs(out, results)))
+    try:
+        click.echo(str(render_from_inputs(out, results)))
+    except (FileNotFoundError, ValueError) as error:
+        raise click.ClickException(str(error)) from error

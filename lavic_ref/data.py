@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from reddit_amazon.schema import DOMAINS, Conversation, Item, candidate_column
@@ -12,16 +12,18 @@ from reddit_amazon.schema import DOMAINS, Conversation, Item, candidate_column
 
 def load_items(dataset: str | os.PathLike | None, domains: Iterable[str] = DOMAINS) -> dict[str, Item]:
     """Items of ``domains`` keyed by id, images kept as encoded bytes (the bundled sample when ``dataset`` is None)."""
+    return {item.item_id: item for item in iter_domain_items(dataset, domains)}
+
+
+def iter_domain_items(dataset: str | os.PathLike | None, domains: Iterable[str] = DOMAINS) -> Iterator[Item]:
+    """The validated items of ``domains`` one at a time, so a caller that keeps only titles never holds every image."""
     import datasets
 
     from reddit_amazon.dataset_folder import iter_items, load
 
-    items: dict[str, Item] = {}
     for domain in domains:
         split = load("items", dataset, split=domain).cast_column("image", datasets.Image(decode=False))
-        for item in iter_items(split, source=f"{dataset or 'sample'}:items/{domain}"):
-            items[item.item_id] = item
-    return items
+        yield from iter_items(split, source=f"{dataset or 'sample'}:items/{domain}")
 
 
 def load_conversations(dataset: str | os.PathLike | None, domain: str, split: str) -> list[Conversation]:

@@ -88,9 +88,6 @@ class ItemEmbeddings:
         rows = torch.stack(list(new.values())).to(self.device, self.dtype)
         self.matrix = rows if self.matrix.numel() == 0 else torch.cat([self.matrix, rows])
 
-    def __contains__(self, item_id: str) -> bool:
-        return item_id in self.index
-
     def missing(self, item_ids: Iterable[str]) -> list[str]:
         return [i for i in dict.fromkeys(item_ids) if i not in self.index]
 

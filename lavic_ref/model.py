@@ -11,13 +11,14 @@ import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from lavic_ref import DEFAULT_BASE  # noqa: F401  (re-exported)
+from lavic_ref import DEFAULT_BASE
 from lavic_ref.prompts import ITEM_TOKENS
 
 SUBIMAGES_PER_ITEM = 5
@@ -43,8 +44,9 @@ class Backbone:
     def tokenizer(self):
         return self.processor.tokenizer
 
-    @property
+    @cached_property
     def item_token_ids(self) -> torch.Tensor:
+        """Ids of the 5 item tokens on the device, built once (every loss and generation batch reads them)."""
         return torch.tensor(self.tokenizer.convert_tokens_to_ids(list(ITEM_TOKENS)), device=self.device)
 
 

@@ -12,20 +12,22 @@ from pathlib import Path
 
 import torch
 
-from lavic_ref.embed import ItemEmbeddings, compute_item_embeddings
 from lavic_ref import DEFAULT_BASE
+from lavic_ref.embed import ItemEmbeddings, compute_item_embeddings
 from lavic_ref.model import Backbone, attach_adapter, embed_inputs, load_backbone, pad_batch
 from lavic_ref.sequences import MAX_PROMPT_TOKENS, recommendation_sequence
 
 MAX_NEW_TOKENS = 10
 
 
-def _flag(value: bool | str) -> bool:
+def _flag(value: bool | int | str) -> bool:
+    """A yes/no option as Python callers pass it or as ``--model-args`` decodes it (``images=0`` arrives as 0)."""
     if isinstance(value, bool):
         return value
-    if value.lower() in ("1", "true", "yes", "on"):
+    text = str(value).lower()
+    if text in ("1", "true", "yes", "on"):
         return True
-    if value.lower() in ("0", "false", "no", "off"):
+    if text in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"expected true/false, got {value!r}")
 

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lavic_ref.model import Backbone, compile_language_layers
+from reddit_amazon.files import write_atomic
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -79,7 +80,7 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
     last = output / "last"
     if resume and (last / STATE_FILE).is_file():
         state = _load_checkpoint(backbone, optimizer, last)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if backbone.device.type == "cuda" else nullcontext())
+    autocast = _autocast(backbone)
 
     batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
     if config.max_steps is not None:
@@ -117,11 +118,16 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
         state.epoch += 1
         state.batches_done = 0
         _save_checkpoint(backbone, optimizer, state, last)
-    (output / "history.json").write_text(json.dumps(state.history, indent=2) + "\n")
+    write_atomic(output / "history.json", (json.dumps(state.history, indent=2) + "\n").encode())
     if config.gradient_checkpointing:
         set_gradient_checkpointing(model, False)
     model.eval()
     return TrainResult(output / "best", state.best_val_loss, state.history)
+
+
+def _autocast(backbone: Backbone) -> Any:
+    """bf16 autocast on a GPU; on the CPU the model's own dtype."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if backbone.device.type == "cuda" else nullcontext()
 
 
 def set_gradient_checkpointing(model: Any, enable: bool) -> None:
@@ -141,7 +147,7 @@ def evaluate(backbone: Backbone, examples: Sequence[Any], batch_loss: BatchLoss,
     model = backbone.model
     was_training = model.training
     model.eval()
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if backbone.device.type == "cuda" else nullcontext())
+    autocast = _autocast(backbone)
     total, count = 0.0, 0
     for start in tqdm(range(0, len(examples), batch_size), desc="validation", leave=False):
         batch = examples[start:start + batch_size]

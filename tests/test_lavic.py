@@ -145,6 +145,45 @@ def test_gt_is_swapped_into_the_candidates_once_per_gt_item():
     assert "B00000000B" in instances[0].candidates  # the other gt is never the one swapped out
 
 
+def test_cli_help_starts_without_heavy_imports():
+    import subprocess
+
+    import lavic_ref.cli
+    from reddit_amazon.schema import DOMAINS as SCHEMA_DOMAINS
+
+    assert lavic_ref.cli.DOMAINS == SCHEMA_DOMAINS
+    code = ("import sys; from lavic_ref.cli import cli; "
+            "print(sorted(m for m in ('datasets', 'torch', 'transformers', 'peft') if m in sys.modules))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "[]"
+
+
+def test_images_option_as_model_args_decodes_it():
+    from benchmark.registry import parse_model_args
+    from lavic_ref.recommender import _flag
+
+    for text, expected in [("images=0", False), ("images=1", True), ("images=false", False), ("images=on", True)]:
+        assert _flag(parse_model_args(text)["images"]) is expected, text
+    with pytest.raises(ValueError, match="expected true/false, got 2"):
+        _flag(parse_model_args("images=2")["images"])
+
+
+def test_card_command_names_the_file_it_cannot_read(tmp_path):
+    from lavic_ref.card import write_model_card
+    from lavic_ref.cli import cli
+
+    result = CliRunner().invoke(cli, ["card", str(tmp_path)])
+    assert result.exit_code == 1 and f"{tmp_path} has no model_card.json" in result.output
+    readme = write_model_card(tmp_path, {"base_model": "tiny", "adapters": {}, "hyperparameters": {}, "data": {},
+                                         "training": {}})
+    before = readme.read_text()
+    bad = tmp_path / "results.json"
+    bad.write_text('{"metrics": ')
+    result = CliRunner().invoke(cli, ["card", str(tmp_path), "--results", str(bad)])
+    assert result.exit_code == 1 and f"{bad}: not a JSON file" in result.output
+    assert readme.read_text() == before
+
+
 def test_description_cache_errors_name_the_line(tmp_path):
     cache = tmp_path / "descriptions.jsonl"
     cache.write_text('{"item_id": "B000000001", "description": "red"}\n{"item_id": 3\n')
