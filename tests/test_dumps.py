@@ -182,6 +182,7 @@ def test_writer_never_leaves_a_partial_file(tmp_path):
         write_zst_ndjson(tmp_path / "a.zst", records())
     assert not (tmp_path / "a.zst").exists()
     assert not any(re.fullmatch(r"a\.zst", p.name) for p in tmp_path.iterdir())
+    assert not list(tmp_path.iterdir())  # no temporary file either
 
 
 def test_skippable_frames_are_followed(tmp_path):
