@@ -101,12 +101,12 @@ def provenance(runs: Sequence[Run]) -> list[str]:
 
 
 def to_markdown(runs: Sequence[Run]) -> str:
-    ordered = [run for _, members in _grouped(runs) for run in members]
-    marks = _ranks(ordered)
+    groups = _grouped(runs)
+    marks = _ranks([run for _, members in groups for run in members])
     header = "| Method | " + " | ".join(f"{DOMAIN_TITLES[d]} {m.upper()}" for d, m in COLUMNS) + " |"
     lines = [header, "|" + " --- |" * (len(COLUMNS) + 1)]
     index = 0
-    for group, members in _grouped(runs):
+    for group, members in groups:
         lines.append(f"| *{group}* |" + " |" * len(COLUMNS))
         for run in members:
             cells = []
@@ -129,14 +129,14 @@ def benchmark_card(runs: Sequence[Run]) -> str:
 
 
 def to_html(runs: Sequence[Run], title: str = "Reddit-Amazon leaderboard") -> str:
-    ordered = [run for _, members in _grouped(runs) for run in members]
-    marks = _ranks(ordered)
+    groups = _grouped(runs)
+    marks = _ranks([run for _, members in groups for run in members])
     esc = html.escape
     head = ("<tr><th rowspan=2>Method</th>" + "".join(f"<th colspan=2><i>{DOMAIN_TITLES[d]}</i></th>" for d in DOMAINS)
             + "</tr><tr>" + "<th>HR@1</th><th>VR</th>" * len(DOMAINS) + "</tr>")
     body = []
     index = 0
-    for group, members in _grouped(runs):
+    for group, members in groups:
         # group titles may carry <sub> from CANDIDATE_TITLES; everything else is escaped
         body.append(f"<tr class=group><td colspan={len(COLUMNS) + 1}><i>{group}</i></td></tr>")
         for run in members:

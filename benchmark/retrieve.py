@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,14 @@ from benchmark.metrics import (
     summarize_by_domain,
 )
 from benchmark.retrieval import get_retriever, item_text
-from benchmark.runner import RESULTS_FILE, RESULTS_FORMAT, git_revision, package_version, recorded_args
+from benchmark.runner import (
+    RESULTS_FILE,
+    RESULTS_FORMAT,
+    bootstrap_entry,
+    dataset_entry,
+    provenance,
+    recorded_args,
+)
 from reddit_amazon.files import write_atomic
 
 CANDIDATES_FILE = "candidates.jsonl"
@@ -90,18 +96,16 @@ def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool 
                   "args": recorded_args(config.retriever_options),
                   "returns": "ranking", "item_text": "title + description" if config.with_description else "title"},
         "candidate_set_name": retriever.candidate_set_name,
-        "dataset": {"id": info.id, "version": info.version or "unknown", "fingerprint": info.fingerprint or "unknown"},
+        "dataset": dataset_entry(info),
         "domain": config.domain,
         "domains": domains,
         "split": config.split,
         "candidates": "full catalog",
         "k": config.k,
         "limit": config.limit,
-        "bootstrap": {"samples": config.bootstrap_samples, "seed": config.seed, "level": 0.95, "unit": "record"},
+        "bootstrap": bootstrap_entry(config.bootstrap_samples, config.seed),
         "timings": {"total_s": round(time.perf_counter() - started, 3)},
-        "package_version": package_version(),
-        "git_revision": git_revision(),
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
     }
     write_atomic(out / RESULTS_FILE, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     return results

@@ -157,14 +157,14 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
         "model": {**model_info, "name": getattr(recommender, "name", config.model),
                   "args": recorded_args(config.model_args),
                   "returns": "ranking" if ranks else "text"},
-        "dataset": {"id": info.id, "version": info.version or "unknown", "fingerprint": info.fingerprint or "unknown"},
+        "dataset": dataset_entry(info),
         "domain": config.domain,
         "domains": domains,
         "split": config.split,
         "candidates": config.candidates,
         "limit": config.limit,
         "batch_size": batch_size,
-        "bootstrap": {"samples": config.bootstrap_samples, "seed": config.seed, "level": 0.95, "unit": "record"},
+        "bootstrap": bootstrap_entry(config.bootstrap_samples, config.seed),
         "items_missing_from_catalog": missing_items,
         "timings": {
             "load_s": round(load_seconds, 3),
@@ -174,9 +174,7 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
             "score_s": round(score_seconds, 3),
             "total_s": round(time.perf_counter() - started, 3),
         },
-        "package_version": package_version(),
-        "git_revision": git_revision(),
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
     }
     write_atomic(results_path, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     return results
@@ -307,6 +305,21 @@ def _counts(records: Sequence[Record], outcomes: Sequence[Outcome], domains: Seq
 
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     write_atomic(path, b"".join(orjson.dumps(row) + b"\n" for row in rows))
+
+
+def dataset_entry(info: DatasetInfo) -> dict[str, Any]:
+    """The dataset as results.json records it."""
+    return {"id": info.id, "version": info.version or "unknown", "fingerprint": info.fingerprint or "unknown"}
+
+
+def bootstrap_entry(samples: int, seed: int) -> dict[str, Any]:
+    return {"samples": samples, "seed": seed, "level": 0.95, "unit": "record"}
+
+
+def provenance() -> dict[str, Any]:
+    """What produced a results.json, and when."""
+    return {"package_version": package_version(), "git_revision": git_revision(),
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def package_version() -> str:
