@@ -21,7 +21,7 @@ import json
 import os
 import shlex
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -123,24 +123,24 @@ def _write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     write_atomic(path, b"".join(orjson.dumps(row) + b"\n" for row in rows))
 
 
-def _read_conversations(path: Path, *, require_domain: bool) -> list[Conversation]:
-    from reddit_amazon.schema import Conversation
-
-    conversations = []
+def _read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(file:line, row)`` for each line of a JSONL file written by :func:`_write_rows`."""
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
             if line.strip():
-                conversations.append(Conversation.from_row(orjson.loads(line), where=f"{path}:{number}",
-                                                           require_domain=require_domain))
-    return conversations
+                yield f"{path}:{number}", orjson.loads(line)
+
+
+def _read_conversations(path: Path, *, require_domain: bool) -> list[Conversation]:
+    from reddit_amazon.schema import Conversation
+
+    return [Conversation.from_row(row, where=where, require_domain=require_domain) for where, row in _read_rows(path)]
 
 
 def _read_items(path: Path) -> list[Item]:
     from reddit_amazon.schema import Item
 
-    with open(path, "rb") as handle:
-        return [Item.from_row(orjson.loads(line), where=f"{path}:{n}") for n, line in enumerate(handle, 1)
-                if line.strip()]
+    return [Item.from_row(row, where=where) for where, row in _read_rows(path)]
 
 
 def _identity(sources: Iterable[str]) -> list[Any]:
@@ -158,6 +158,8 @@ def _identity(sources: Iterable[str]) -> list[Any]:
 
 def _file_inputs(sources: Iterable[str], workdir: Path) -> list[dict[str, Any]]:
     """``[{path, bytes, sha256}]``; hashes are cached by (path, size, mtime) so resumes skip re-reading."""
+    from reddit_amazon.dataset_folder import _file_sha256
+
     cache_path = workdir / "input-hashes.json"
     cache = _read_json(cache_path) if cache_path.is_file() else {}
     records = []
@@ -169,11 +171,7 @@ def _file_inputs(sources: Iterable[str], workdir: Path) -> list[dict[str, Any]]:
         stat = path.stat()
         key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         if key not in cache:
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            cache[key] = digest.hexdigest()
+            cache[key] = _file_sha256(path)
         records.append({"path": str(path), "bytes": stat.st_size, "sha256": cache[key]})
     _write_json(cache_path, cache)
     return records
@@ -242,14 +240,18 @@ def reddit_stage(options: BuildOptions, console) -> StageResult:
         _write_json(folder / STAGE_STAMP, {"key": key})
     else:
         console.print("[bold]1/5 reddit[/]: reusing the finished stage")
-    conversations = []
-    for path in sorted((folder / "conversations").glob("*.jsonl")):
-        conversations.extend(_read_conversations(path, require_domain=False))
     raw = _read_json(folder / "funnel.json")
     if raw.get("incomplete_files"):
         for path, error in raw["incomplete_files"].items():
             console.print(f"  [yellow]incomplete dump[/] {escape(path)}: {escape(error)}")
-    return StageResult(conversations=conversations, funnel=reddit_funnel(raw), key=key, report=raw)
+    return StageResult(conversations=reddit_conversations(options.workdir), funnel=reddit_funnel(raw), key=key,
+                       report=raw)
+
+
+def reddit_conversations(workdir: Path) -> list[Conversation]:
+    """The conversations the Reddit stage wrote under ``workdir`` (no domain yet), shard by shard."""
+    return [conversation for path in sorted((workdir / "reddit" / "conversations").glob("*.jsonl"))
+            for conversation in _read_conversations(path, require_domain=False)]
 
 
 #: How the Reddit stage's flat funnel.json becomes record-level funnel stages: (stage, kept key, dropped keys).
@@ -325,8 +327,12 @@ def _relevance_cache_path(options: BuildOptions) -> Path:
     return options.llm_cache or options.workdir / RELEVANCE_CACHE
 
 
+def _image_store_path(options: BuildOptions) -> Path:
+    return options.image_store or options.workdir / "images"
+
+
 def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> StageResult:
-    from reddit_amazon.relevance import AnswerCache, RelevanceError, run_filter
+    from reddit_amazon.relevance import KEPT_LABEL, AnswerCache, RelevanceError, run_filter
 
     if options.no_filter:
         console.print("[bold]3/5 relevance[/]: skipped (--no-filter)")
@@ -351,7 +357,7 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
                 hint = (" -- the bundled sample's pre-recorded answers no longer match its conversations; regenerate "
                         "them with `python -m reddit_amazon.sample.make_inputs`") if options.sample else ""
                 raise BuildError(f"{error}{hint}") from error
-        dropped = {label: n for label, n in sorted(result.counts.items()) if label != "yes"}
+        dropped = {label: n for label, n in sorted(result.counts.items()) if label != KEPT_LABEL}
         funnel = [{"stage": "relevance filter (Table 9)", "kept": len(result.kept), "dropped": dropped}]
         report = {"model": filter_options.model, "base_url": filter_options.base_url, "template_sha256": template_sha,
                   "labels": dict(sorted(result.counts.items())), "calls_made": result.calls_made}
@@ -375,7 +381,7 @@ def images_stage(options: BuildOptions, upstream: StageResult, console) -> Stage
             item.image, item.image_error = None, "not_fetched: built with --no-images"
         return StageResult(conversations=upstream.conversations, items=items, funnel=[],
                            report={"skipped": True}, key=upstream.key)
-    store = ImageStore(options.image_store or options.workdir / "images")
+    store = ImageStore(_image_store_path(options))
     console.print(f"[bold]4/5 images[/]: main image of {len(items)} item(s) into {escape(str(store.folder))}")
     outcomes = fetch_images([(i.item_id, i.image_urls) for i in items], store,
                             ImageOptions(concurrency=options.image_concurrency), progress=_tqdm("images"))
@@ -502,7 +508,7 @@ def _seed_sample_caches(options: BuildOptions) -> None:
 
     with AnswerCache(_relevance_cache_path(options)) as cache:
         cache.import_answers(SAMPLE_RELEVANCE_CACHE)
-    store = options.image_store or options.workdir / "images"
+    store = _image_store_path(options)
     store.mkdir(parents=True, exist_ok=True)
     for path in SAMPLE_IMAGES.iterdir():
         if not (store / path.name).exists():
@@ -562,7 +568,7 @@ def print_dry_run(options: BuildOptions, joined: StageResult, console) -> None:
                       f"{plan.cached} answered in the cache, [bold]{plan.calls} API calls[/], "
                       f"~{plan.approx_total_tokens:,} tokens (approximate: 4 characters per token)")
     if options.images:
-        store = ImageStore(options.image_store or options.workdir / "images")
+        store = ImageStore(_image_store_path(options))
         missing = sum(not store.has(i.item_id) for i in joined.items)
         console.print(f"  images: {len(joined.items)} items joined, {missing} not in the store yet "
                       "(before the filter; fewer after it)")

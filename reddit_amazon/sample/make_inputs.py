@@ -32,6 +32,7 @@ from reddit_amazon.build import (
     SAMPLE_REDDIT,
     SAMPLE_RELEVANCE_CACHE,
     SAMPLE_SALT,
+    reddit_conversations,
 )
 
 #: Amazon Reviews 2023 file stem of each main_category the world uses.
@@ -67,7 +68,6 @@ def write_inputs(target: Path = SAMPLE_INPUTS, seed: int = 0) -> dict[str, int]:
     from reddit_amazon.pipeline import RedditStageOptions, run_reddit_stage
     from reddit_amazon.relevance import DEFAULT_MODEL, AnswerCache, cache_key, default_template, render_prompt
     from reddit_amazon.sample.world import make_world
-    from reddit_amazon.schema import Conversation
 
     world = make_world(seed)
     shutil.rmtree(target, ignore_errors=True)
@@ -105,11 +105,7 @@ def write_inputs(target: Path = SAMPLE_INPUTS, seed: int = 0) -> dict[str, int]:
     with tempfile.TemporaryDirectory(prefix="reddit-amazon-sample-") as workdir:
         run_reddit_stage([reddit], Path(workdir),
                          RedditStageOptions(salt=SAMPLE_SALT, resolve_short_links=False, progress=False))
-        conversations = []
-        for path in sorted((Path(workdir) / "reddit" / "conversations").glob("*.jsonl")):
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-                conversations.append(Conversation.from_row(json.loads(line), where=f"{path}:{number}",
-                                                           require_domain=False))
+        conversations = reddit_conversations(Path(workdir))
     template = default_template()
     counts = {"conversations": len(conversations), "unlabelled": 0}
     with AnswerCache(target / SAMPLE_RELEVANCE_CACHE.name) as cache:
