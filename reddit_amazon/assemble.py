@@ -48,6 +48,10 @@ def split_by_thread(conversations: Iterable[Conversation], seed: int) -> dict[st
     return result
 
 
+def _domain_records(splits: Mapping[str, Mapping[str, list[Conversation]]], domain: str) -> list[Conversation]:
+    return [record for split in SPLITS for record in splits.get(domain, {}).get(split, [])]
+
+
 @dataclass
 class CandidateReport:
     """Which candidate sets were computed, and gt recall@10 per set and domain."""
@@ -70,7 +74,7 @@ def add_candidates(splits: Mapping[str, Mapping[str, list[Conversation]]], items
     work = [(retriever, domain) for retriever in retrievers for domain in DOMAINS]
     steps = progress(work, len(work), "candidates") if progress else work
     for retriever, domain in steps:
-        records = [r for split in SPLITS for r in splits.get(domain, {}).get(split, [])]
+        records = _domain_records(splits, domain)
         catalog = sorted(items.get(domain, []), key=lambda item: item.item_id)
         if not records:
             continue
@@ -94,7 +98,7 @@ def table1_stats(splits: Mapping[str, Mapping[str, list[Conversation]]],
     items (distinct ids of the domain's items split) and images (items with an embedded image)."""
     stats = {}
     for domain in DOMAINS:
-        records = [r for split in SPLITS for r in splits.get(domain, {}).get(split, [])]
+        records = _domain_records(splits, domain)
         domain_items = {item.item_id: item for item in items.get(domain, [])}
         stats[domain] = {
             "conversations": len(records),

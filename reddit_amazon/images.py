@@ -42,12 +42,11 @@ class ImageOptions:
 
 
 class ImageRejected(ValueError):
-    """The bytes are not a usable image. ``reason`` is a short code, ``str()`` the detail."""
+    """The bytes are not a usable image (a permanent failure). ``reason`` is a short code, ``str()`` the detail."""
 
-    def __init__(self, reason: str, detail: str, *, permanent: bool = True):
+    def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
-        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -57,12 +56,16 @@ class ImageOutcome:
     downloaded: bool = False
 
 
+def _require_image_type(content_type: str | None) -> None:
+    if content_type and not content_type.lower().startswith("image/"):
+        raise ImageRejected("not_an_image", f"content type {content_type}")
+
+
 def to_jpeg(data: bytes, content_type: str | None, options: ImageOptions) -> bytes:
     """Validated JPEG bytes of ``data``, or :class:`ImageRejected`."""
     from PIL import Image
 
-    if content_type and not content_type.lower().startswith("image/"):
-        raise ImageRejected("not_an_image", f"content type {content_type}")
+    _require_image_type(content_type)
     if len(data) > options.max_bytes:
         raise ImageRejected("too_large", f"{len(data)} bytes > {options.max_bytes}")
     try:
@@ -143,8 +146,7 @@ def _download(session, url: str, options: ImageOptions) -> tuple[bytes, str | No
         if declared and declared.isdigit() and int(declared) > options.max_bytes:
             raise ImageRejected("too_large", f"Content-Length {declared} > {options.max_bytes}")
         content_type = response.headers.get("Content-Type")
-        if content_type and not content_type.lower().startswith("image/"):
-            raise ImageRejected("not_an_image", f"content type {content_type}")
+        _require_image_type(content_type)  # before the body is read
         chunks, size = [], 0
         try:
             for chunk in response.iter_content(chunk_size=1 << 16):
@@ -197,7 +199,7 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
             path = store.put(asin, to_jpeg(data, content_type, options))
             return ImageOutcome(path=path, downloaded=True)
         except ImageRejected as error:
-            store.record_failure(asin, url, str(error), permanent=error.permanent)
+            store.record_failure(asin, url, str(error), permanent=True)
             return ImageOutcome(path=None, error=str(error))
         except (_TransientHTTP, requests.RequestException) as error:
             message = f"download_failed: {type(error).__name__} after {options.max_attempts} attempts ({error})"
