@@ -14,6 +14,7 @@ cuts out the lines around a match, so a scan costs little more than decompressio
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -301,6 +302,7 @@ class LineProblems:
     invalid_utf8: int = 0
     missing_fields: int = 0
     not_an_object: int = 0
+    lone_surrogates_replaced: int = 0  # kept, with U+FFFD in place of half an emoji
     examples: list[str] = field(default_factory=list)  # a few, for the report
 
     def add(self, reason: str, line: bytes) -> None:
@@ -313,21 +315,47 @@ class LineProblems:
 
 
 def parse_line(line: bytes, problems: LineProblems) -> dict[str, Any] | None:
-    """The JSON object of one dump line, or ``None`` (counted in ``problems``)."""
+    """The JSON object of one dump line, or ``None`` (counted in ``problems``).
+
+    Dumps hold texts cut in the middle of an emoji: a lone ``\\ud83d`` escape is valid JSON that
+    orjson refuses. Such a line is read with the standard parser and the lone half replaced by
+    U+FFFD (counted in ``lone_surrogates_replaced``), so the record is kept.
+    """
     try:
         record = orjson.loads(line)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as error:
         try:
-            line.decode("utf-8")
+            text = line.decode("utf-8")
         except UnicodeDecodeError:
             problems.add("invalid_utf8", line)
-        else:
+            return None
+        record = _parse_with_lone_surrogates(text) if "surrogate" in str(error) else None
+        if record is None:
             problems.add("malformed_json", line)
-        return None
+            return None
+        problems.lone_surrogates_replaced += 1
     if not isinstance(record, dict):
         problems.add("not_an_object", line)
         return None
     return record
+
+
+def _parse_with_lone_surrogates(text: str) -> Any:
+    try:
+        return _without_lone_surrogates(json.loads(text))
+    except ValueError:
+        return None
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        # Through UTF-16, surrogate pairs stay joined; only a lone half fails and becomes U+FFFD.
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    return value
 
 
 def bare_id(value: Any) -> str:

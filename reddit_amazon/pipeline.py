@@ -738,7 +738,7 @@ def _funnel(
         return sum(s.get(key, 0) for s in stats)
 
     def problems(key: str) -> int:
-        return sum(s["problems"][key] for s in scan_stats)
+        return sum(s["problems"].get(key, 0) for s in scan_stats)
 
     target_rows = [t for bucket in targets.values() for t in bucket]
     return {
@@ -748,6 +748,7 @@ def _funnel(
         "uncompressed_bytes": total(scan_stats, "uncompressed_bytes"),
         "prefilter_hits": total(scan_stats, "prefilter_hits"),
         "parsed": total(scan_stats, "parsed"),
+        "lone_surrogates_replaced": problems("lone_surrogates_replaced"),  # kept, U+FFFD for half an emoji
         "comments_with_links": len(hits),
         "comments_with_asins": len(target_rows),
         "asins": sum(len(t["gt_items"]) for t in target_rows),

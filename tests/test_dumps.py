@@ -149,6 +149,15 @@ def test_parse_line_counts_problems():
     assert len(problems.examples) == 3
 
 
+def test_a_text_cut_inside_an_emoji_is_kept():
+    problems = LineProblems()
+    record = parse_line(b'{"body": "cut \\ud83d here, whole \\ud83d\\ude00", "id": "a"}', problems)
+    assert record == {"body": "cut \ufffd here, whole \U0001F600", "id": "a"}
+    assert problems.lone_surrogates_replaced == 1 and problems.malformed_json == 0
+    assert orjson.loads(orjson.dumps(record)) == record  # writable downstream
+    assert parse_line(b'{"body": "\\ud83d", broken', problems) is None and problems.malformed_json == 1
+
+
 def test_field_quirks():
     assert bare_id("t3_abc12") == "abc12" and bare_id("t1_x9") == "x9" and bare_id("abc12") == "abc12"
     assert bare_id("t5_2qh1i") == "2qh1i" and bare_id(None) == "" and bare_id("tea_x") == "tea_x"
