@@ -17,6 +17,7 @@ from benchmark.metrics import (
     paired_difference,
     ratios,
 )
+from benchmark.report import read_results
 from benchmark.runner import PREDICTIONS_FILE, RESULTS_FILE
 
 
@@ -40,7 +41,7 @@ def _load(run_dir: Path) -> tuple[dict, dict[tuple[str, str], dict]]:
         except orjson.JSONDecodeError as error:
             raise ValueError(f"{predictions_path}:{number}: not valid JSON ({error})") from error
         rows[(row["domain"], row["example_id"])] = row
-    return orjson.loads(results_path.read_bytes()), rows
+    return read_results(results_path), rows
 
 
 def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, samples: int = DEFAULT_BOOTSTRAP_SAMPLES,

@@ -58,8 +58,16 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
         results_path = path / "results.json" if path.is_dir() else path
         if not results_path.is_file():
             raise FileNotFoundError(f"{path}: no results.json (is the run finished?)")
-        runs.append(Run(results_path.parent, orjson.loads(results_path.read_bytes())))
+        runs.append(Run(results_path.parent, read_results(results_path)))
     return runs
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A results.json; a damaged one fails naming the file."""
+    try:
+        return orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
 
 
 def _grouped(runs: Sequence[Run]) -> list[tuple[str, list[Run]]]:

@@ -236,3 +236,18 @@ def test_secret_model_args_never_reach_the_outputs(dataset, tmp_path):
         assert "SECRET" not in path.read_text(), path.name
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["model"]["args"] == {"api_key": "<redacted>", "hf_token": "<redacted>", "temperature": 0.5}
+
+
+def test_report_and_compare_name_a_damaged_results_file(dataset, tmp_path):
+    run(RunConfig(model="random", dataset=str(dataset), domain="home", bootstrap_samples=0), tmp_path / "good",
+        progress=False)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name in ("run.json", "predictions.jsonl"):
+        (damaged / name).write_bytes((tmp_path / "good" / name).read_bytes())
+    (damaged / "results.json").write_text('{"metrics": ')  # cut short
+    runner = CliRunner()
+    for args in (["report", str(tmp_path / "good"), str(damaged)], ["compare", str(tmp_path / "good"), str(damaged)]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        assert f"{damaged / 'results.json'}: not valid JSON" in result.output
