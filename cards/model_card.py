@@ -172,7 +172,7 @@ def _results(results: Sequence[Mapping[str, Any]]) -> str:
         if isinstance(dataset, Mapping) and dataset.get("fingerprint"):
             details.append(f"Dataset version `{dataset.get('version', 'unknown')}`, fingerprint "
                            f"`{dataset['fingerprint']}`.")
-        details.append(f"Paper column: Table {next(t for t, c in TABLE_CANDIDATES.items() if c == candidates)}."
+        details.append(f"Paper column: Table {paper.table}."
                        if paper else f"The paper reports no results for candidate set `{candidates}`.")
         rows = []
         for group in [*DOMAINS, "all"]:

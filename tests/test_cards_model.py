@@ -80,6 +80,7 @@ def test_results_sit_beside_the_papers_lavic_row_for_the_same_candidate_set():
     assert (openai["home"]["HR@1"], openai["home"]["paper HR@1"]) == ("0.3500", "0.3537")  # Table 5
     assert sbert["beauty"]["HR@1 95% CI"] == "[0.0625, 0.1875]" and sbert["beauty"]["pairs"] == "40"
     assert sbert["all"]["paper HR@1"] == "—"  # the paper reports no pooled number
+    assert "Paper column: Table 3." in card and "Paper column: Table 5." in card
     assert "Training time: 1 h 23 min 45 s (5,025 s), measured." in card
     assert "Hardware: 1x NVIDIA H100 80GB." in card and "| `peak_memory_gib` | 31.5 |" in card
     assert "| `distill.learning_rate` | 5e-05 |" in card
