@@ -304,7 +304,7 @@ def catalog_stage(options: BuildOptions, upstream: StageResult, console) -> Stag
         _write_json(folder / "report.json", {"report": report, "funnel": funnel})
         _write_json(folder / STAGE_STAMP, {"key": key})
         for kind in ("meta", "reviews"):
-            bad = read_report.as_dict()[kind]
+            bad = report[kind]
             if bad["bad_lines"]:
                 console.print(f"  [yellow]{bad['bad_lines']:,} bad {kind} line(s) skipped[/] (in the manifest)")
             for example in bad["bad_line_examples"]:
