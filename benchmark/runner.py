@@ -208,18 +208,19 @@ def _prepare_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> No
 
 
 def _read_predictions(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """Rows already predicted. A torn last line (interrupted write) is dropped and cut from the file."""
+    """Rows already predicted. A last line without its newline (an interrupted write, even one cut
+    right after a complete row) is dropped and cut from the file, so appends start on a fresh line."""
     cached: dict[tuple[str, str], dict[str, Any]] = {}
     if not path.is_file():
         return cached
     data = path.read_bytes()
     good_end = 0
     for number, line in enumerate(data.splitlines(keepends=True), 1):
+        if not line.endswith(b"\n"):
+            break  # torn tail: that record is predicted again
         try:
             row = orjson.loads(line)
         except orjson.JSONDecodeError:
-            if not line.endswith(b"\n"):
-                break  # torn tail
             raise RunError(f"{path}:{number}: not valid JSON; remove the line or pass --overwrite") from None
         cached[(row["domain"], row["example_id"])] = row
         good_end += len(line)

@@ -93,6 +93,20 @@ def test_interrupted_run_resumes_and_finished_run_is_reused(dataset, tmp_path):
     assert len(fourth.seen) == 12
 
 
+def test_a_write_cut_right_after_a_row_resumes_twice(dataset, tmp_path):
+    config = RunConfig(model="last", dataset=str(dataset), domain="home", bootstrap_samples=0)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path, recommender=LastCandidate(fail_after_batches=1), progress=False)
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_bytes(predictions.read_bytes().rstrip(b"\n"))  # the cut fell just before a newline
+    with pytest.raises(KeyboardInterrupt):  # interrupted again: what it appended must stay readable
+        run(config, tmp_path, recommender=LastCandidate(fail_after_batches=1), progress=False)
+    assert all(orjson.loads(line) for line in predictions.read_bytes().splitlines())
+    third = LastCandidate()
+    results = run(config, tmp_path, recommender=third, progress=False)
+    assert results["counts"]["all"]["records"] == 12 and len(third.seen) == 12 - 4 - 5
+
+
 def test_a_different_run_in_the_same_folder_is_refused(dataset, tmp_path):
     run(RunConfig(model="random", dataset=str(dataset), domain="home", bootstrap_samples=0), tmp_path, progress=False)
     with pytest.raises(RunError, match="differs in: model_args"):
