@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lavic_ref.model import Backbone, compile_language_layers
-from reddit_amazon.files import write_atomic
+from reddit_amazon.files import replace_dir, write_atomic
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -47,6 +47,7 @@ class TrainConfig:
 class TrainState:
     epoch: int = 0
     batches_done: int = 0  # batches of the current epoch already trained on
+    epoch_loss_sum: float = 0.0  # sum of those batches' losses (the epoch's mean train loss)
     global_step: int = 0
     best_val_loss: float = math.inf
     history: list[dict[str, float]] = field(default_factory=list)
@@ -91,15 +92,14 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
         model.train()
         progress = tqdm(total=batches_per_epoch, initial=state.batches_done,
                         desc=f"{description} epoch {state.epoch + 1}")
-        running = 0.0
         optimizer.zero_grad(set_to_none=True)
         for index in range(state.batches_done, batches_per_epoch):
             batch = [train_set[i] for i in order[index * config.batch_size:(index + 1) * config.batch_size]]
             with autocast:
                 loss = batch_loss(batch)
             (loss / config.grad_accum).backward()
-            running = loss.item()
-            progress.set_postfix(loss=f"{running:.4f}")
+            state.epoch_loss_sum += loss.item()
+            progress.set_postfix(loss=f"{loss.item():.4f}")
             progress.update()
             state.batches_done = index + 1
             if state.batches_done % config.grad_accum == 0 or state.batches_done == batches_per_epoch:
@@ -109,14 +109,20 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
                 if state.global_step % config.save_every == 0:
                     _save_checkpoint(backbone, optimizer, state, last)
         progress.close()
-        val_loss = evaluate(backbone, val_set, batch_loss, config.batch_size) if val_set else running
-        state.history.append({"epoch": state.epoch + 1, "train_loss": running, "val_loss": val_loss})
-        tqdm.write(f"{description} epoch {state.epoch + 1}: train loss {running:.4f}, validation loss {val_loss:.4f}")
+        train_loss = state.epoch_loss_sum / max(state.batches_done, 1)  # mean over the epoch's batches
+        val_loss = evaluate(backbone, val_set, batch_loss, config.batch_size) if val_set else train_loss
+        state.history.append({"epoch": state.epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
+        tqdm.write(f"{description} epoch {state.epoch + 1}: train loss {train_loss:.4f}, "
+                   f"validation loss {val_loss:.4f}")
         if val_loss < state.best_val_loss:
             state.best_val_loss = val_loss
-            model.save_pretrained(output / "best")
+            best_tmp = output / ".best.tmp"
+            shutil.rmtree(best_tmp, ignore_errors=True)
+            model.save_pretrained(best_tmp)
+            replace_dir(best_tmp, output / "best")
         state.epoch += 1
         state.batches_done = 0
+        state.epoch_loss_sum = 0.0
         _save_checkpoint(backbone, optimizer, state, last)
     write_atomic(output / "history.json", (json.dumps(state.history, indent=2) + "\n").encode())
     if config.gradient_checkpointing:
@@ -164,8 +170,7 @@ def _save_checkpoint(backbone: Backbone, optimizer: torch.optim.Optimizer, state
     backbone.model.save_pretrained(tmp)
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    replace_dir(tmp, folder)
 
 
 def _load_checkpoint(backbone: Backbone, optimizer: torch.optim.Optimizer, folder: Path) -> TrainState:

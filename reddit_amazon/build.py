@@ -33,7 +33,7 @@ import orjson
 from rich.markup import escape
 
 from reddit_amazon import DATASET_VERSION
-from reddit_amazon.files import write_atomic
+from reddit_amazon.files import file_sha256, write_atomic
 
 if TYPE_CHECKING:  # the schema imports `datasets`; keep `reddit-amazon --help` fast
     from reddit_amazon.schema import Conversation, Item
@@ -158,8 +158,6 @@ def _identity(sources: Iterable[str]) -> list[Any]:
 
 def _file_inputs(sources: Iterable[str], workdir: Path) -> list[dict[str, Any]]:
     """``[{path, bytes, sha256}]``; hashes are cached by (path, size, mtime) so resumes skip re-reading."""
-    from reddit_amazon.dataset_folder import _file_sha256
-
     cache_path = workdir / "input-hashes.json"
     cache = _read_json(cache_path) if cache_path.is_file() else {}
     records = []
@@ -171,7 +169,7 @@ def _file_inputs(sources: Iterable[str], workdir: Path) -> list[dict[str, Any]]:
         stat = path.stat()
         key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         if key not in cache:
-            cache[key] = _file_sha256(path)
+            cache[key] = file_sha256(path)
         records.append({"path": str(path), "bytes": stat.st_size, "sha256": cache[key]})
     _write_json(cache_path, cache)
     return records

@@ -35,6 +35,7 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
 from reddit_amazon import __version__
+from reddit_amazon.files import file_sha256, replace_dir, write_atomic
 from reddit_amazon.schema import (
     DOMAINS,
     ITEM_FEATURES,
@@ -79,7 +80,7 @@ def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents) -> dict
     tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is meant to be shared
     try:
         manifest = _write_into(tmp, contents)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -144,16 +145,6 @@ def _write_shards(folder: Path, stem: str, rows: list[dict], features: datasets.
     return paths
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-        new.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(target)
-
-
 def fingerprint(folder: str | os.PathLike) -> str:
     """sha256 over the data files (relative path + content), independent of card and manifest."""
     folder = Path(folder)
@@ -161,16 +152,8 @@ def fingerprint(folder: str | os.PathLike) -> str:
     for path in sorted((folder / DATA_DIR).rglob("*.parquet")):
         digest.update(path.relative_to(folder).as_posix().encode())
         digest.update(b"\0")
-        digest.update(_file_sha256(path).encode())
+        digest.update(file_sha256(path).encode())
         digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 
@@ -230,7 +213,7 @@ def write_readme(folder: Path, manifest: Mapping[str, Any], data_files: Mapping[
     from cards.dataset_card import render_dataset_card
 
     data = card_data(manifest, data_files, features)
-    (folder / "README.md").write_text(render_dataset_card(data, manifest, folder), encoding="utf-8")
+    write_atomic(folder / "README.md", render_dataset_card(data, manifest, folder).encode("utf-8"))
 
 
 def refresh_card(folder: str | os.PathLike) -> None:
