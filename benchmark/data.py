@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.protocol import Candidate, Example
-from reddit_amazon.dataset_folder import refuse_missing_local_path
+from reddit_amazon.dataset_folder import MANIFEST, refuse_missing_local_path
 from reddit_amazon.schema import DOMAINS, ITEMS_CONFIG, Turn, candidate_column, candidate_sets_of, is_asin
 
 
@@ -37,7 +37,7 @@ def resolve_dataset(dataset: str | os.PathLike | None) -> DatasetInfo:
         dataset = sample_dataset_path()
     path = Path(dataset)
     if path.is_dir():
-        manifest = _read_json(path / "manifest.json")
+        manifest = _read_json(path / MANIFEST)
         return _info(str(path.resolve()), True, manifest)
     if path.exists():
         raise DatasetError(f"{dataset}: not a dataset folder")
@@ -70,7 +70,7 @@ def _hub_manifest(repo_id: str) -> dict[str, Any] | None:
     try:
         from huggingface_hub import hf_hub_download
 
-        return _read_json(Path(hf_hub_download(repo_id, "manifest.json", repo_type="dataset")))
+        return _read_json(Path(hf_hub_download(repo_id, MANIFEST, repo_type="dataset")))
     except Exception:  # offline, private or not ours: the run records "unknown"
         return None
 

@@ -40,6 +40,7 @@ from benchmark.data import (
 from benchmark.metrics import (
     DEFAULT_BOOTSTRAP_SAMPLES,
     DEFAULT_SEED,
+    OVERALL,
     Outcome,
     parse_prediction,
     score,
@@ -293,9 +294,9 @@ def _score_row(row: dict[str, Any], record: Record) -> Outcome:
 
 
 def _counts(records: Sequence[Record], outcomes: Sequence[Outcome], domains: Sequence[str]) -> dict[str, dict]:
-    counts = {d: {"records": 0, "gt_pairs": 0, "hits": 0, "valid": 0} for d in [*domains, "all"]}
+    counts = {d: {"records": 0, "gt_pairs": 0, "hits": 0, "valid": 0} for d in [*domains, OVERALL]}
     for record, outcome in zip(records, outcomes):
-        for group in (record.example.domain, "all"):
+        for group in (record.example.domain, OVERALL):
             entry = counts[group]
             entry["records"] += 1
             entry["gt_pairs"] += outcome.pairs
