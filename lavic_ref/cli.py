@@ -13,10 +13,9 @@ import click
 
 from lavic_ref import DEFAULT_BASE
 from lavic_ref.card import hardware_name, render_from_inputs, write_model_card
+from reddit_amazon.schema import DOMAINS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-#: ``reddit_amazon.schema.DOMAINS`` (a test keeps them equal); the schema imports ``datasets``, too slow for --help.
-DOMAINS = ("beauty", "fashion", "home")
 
 
 def _common(function):

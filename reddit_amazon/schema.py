@@ -15,13 +15,17 @@ evaluation counts it once per gt item, as the paper does.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal
 
-import datasets
-from datasets import Features, Value
+if TYPE_CHECKING:
+    from datasets import Features
+
+# `datasets` is imported where Features are built or records validated, not here: the CLIs import
+# this module for its constants and must start fast.
 
 DOMAINS: tuple[str, ...] = ("beauty", "fashion", "home")
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -164,7 +168,7 @@ class Item:
     image_error: str = ""  # why no usable image, when image is None
 
     def to_row(self) -> dict[str, Any]:
-        row = {name: getattr(self, name) for name in ITEM_FEATURES if name != "image"}
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "image"}
         row["categories"] = list(self.categories)
         row["features"] = list(self.features)
         row["image_urls"] = list(self.image_urls)
@@ -178,7 +182,7 @@ class Item:
         if image is not None and not isinstance(image, Mapping):
             row = {**row, "image": {"bytes": _encode_pil(image), "path": f"{row.get('item_id')}.jpg"}}
         validate_item_row(row, where=where)
-        values = {name: row[name] for name in ITEM_FEATURES if name != "image"}
+        values = {f.name: row[f.name] for f in fields(cls) if f.name != "image"}
         return cls(**values, image=None if row["image"] is None else row["image"]["bytes"])
 
 
@@ -230,53 +234,65 @@ def parse_context(context: str) -> list[Turn]:
 # datasets.Features: what Parquet shards and the dataset card declare
 # --------------------------------------------------------------------------------------------
 
-TURN_FEATURES = {
-    "kind": Value("string"),
-    "id": Value("string"),
-    "author": Value("string"),
-    "text": Value("string"),
-    "created_utc": Value("int64"),
-}
-
-
 def conversation_features(candidate_sets: Iterable[str] = ()) -> Features:
+    from datasets import Features, List, Value
+
     names = list(dict.fromkeys([*REQUIRED_CANDIDATE_SETS, *candidate_sets]))
+    turn = {
+        "kind": Value("string"),
+        "id": Value("string"),
+        "author": Value("string"),
+        "text": Value("string"),
+        "created_utc": Value("int64"),
+    }
     spec: dict[str, Any] = {
         "example_id": Value("string"),
         "domain": Value("string"),
         "thread_id": Value("string"),
         "subreddit": Value("string"),
         "created_utc": Value("int64"),
-        "turns": datasets.List(TURN_FEATURES),
+        "turns": List(turn),
         "context": Value("string"),
-        "context_items": datasets.List(Value("string")),
+        "context_items": List(Value("string")),
         "gt_comment_id": Value("string"),
         "gt_text": Value("string"),
-        "gt_items": datasets.List(Value("string")),
+        "gt_items": List(Value("string")),
     }
     for name in names:
-        spec[candidate_column(name)] = datasets.List(Value("string"))
+        spec[candidate_column(name)] = List(Value("string"))
     return Features(spec)
 
 
-ITEM_FEATURES = Features(
-    {
-        "item_id": Value("string"),
-        "domain": Value("string"),
-        "parent_asin": Value("string"),
-        "title": Value("string"),
-        "store": Value("string"),
-        "main_category": Value("string"),
-        "categories": datasets.List(Value("string")),
-        "features": datasets.List(Value("string")),
-        "description": Value("string"),
-        "details": Value("string"),
-        "image_urls": datasets.List(Value("string")),
-        "image": datasets.Image(),
-        "image_description": Value("string"),
-        "image_error": Value("string"),
-    }
-)
+@functools.cache
+def item_features() -> Features:
+    """Features of the ``items`` config, in :class:`Item` field order (also ``schema.ITEM_FEATURES``)."""
+    from datasets import Features, Image, List, Value
+
+    return Features(
+        {
+            "item_id": Value("string"),
+            "domain": Value("string"),
+            "parent_asin": Value("string"),
+            "title": Value("string"),
+            "store": Value("string"),
+            "main_category": Value("string"),
+            "categories": List(Value("string")),
+            "features": List(Value("string")),
+            "description": Value("string"),
+            "details": Value("string"),
+            "image_urls": List(Value("string")),
+            "image": Image(),
+            "image_description": Value("string"),
+            "image_error": Value("string"),
+        }
+    )
+
+
+def __getattr__(name: str) -> Any:  # ITEM_FEATURES is built on first use (it needs `datasets`)
+    if name == "ITEM_FEATURES":
+        return item_features()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Human-readable meaning of each field: used by the README schema table and the dataset card.
 FIELD_DOCS: dict[str, str] = {
@@ -319,6 +335,8 @@ ANY = object()  # a field that must be present, checked by its own rule
 
 def _check_value(value: Any, feature: Any, where: str, path: str = "") -> None:
     """Check ``value`` against a feature spec; integers may be null (unknown, e.g. imported times)."""
+    from datasets import List, Value
+
     label = f"{where}: {path}" if path else where
     if feature is ANY:
         return
@@ -328,7 +346,7 @@ def _check_value(value: Any, feature: Any, where: str, path: str = "") -> None:
             return
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise SchemaError(f"{label} must be {feature.dtype}, got {type(value).__name__} {value!r:.60}")
-    elif isinstance(feature, datasets.List):
+    elif isinstance(feature, List):
         if not isinstance(value, list):
             raise SchemaError(f"{label} must be a list, got {type(value).__name__}")
         for i, element in enumerate(value):
@@ -382,7 +400,7 @@ def validate_conversation_row(row: Mapping[str, Any], *, where: str = "record", 
 
 
 def validate_item_row(row: Mapping[str, Any], *, where: str = "record") -> None:
-    _check_value(row, {**ITEM_FEATURES, "image": ANY}, where)
+    _check_value(row, {**item_features(), "image": ANY}, where)
     image = row["image"]
     if image is not None and not (isinstance(image, Mapping) and isinstance(image.get("bytes"), bytes)):
         raise SchemaError(f"{where}: image must be null or {{'bytes': <encoded image>, 'path': str}}")

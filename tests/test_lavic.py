@@ -148,10 +148,6 @@ def test_gt_is_swapped_into_the_candidates_once_per_gt_item():
 def test_cli_help_starts_without_heavy_imports():
     import subprocess
 
-    import lavic_ref.cli
-    from reddit_amazon.schema import DOMAINS as SCHEMA_DOMAINS
-
-    assert lavic_ref.cli.DOMAINS == SCHEMA_DOMAINS
     code = ("import sys; from lavic_ref.cli import cli; "
             "print(sorted(m for m in ('datasets', 'torch', 'transformers', 'peft') if m in sys.modules))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -103,3 +103,19 @@ def test_item_validation_and_round_trip():
 
 def test_domains_are_the_papers():
     assert DOMAINS == ("beauty", "fashion", "home")
+
+
+def test_item_features_follow_the_item_dataclass():
+    import dataclasses
+
+    from reddit_amazon.schema import ITEM_FEATURES
+
+    assert list(ITEM_FEATURES) == [f.name for f in dataclasses.fields(Item)]
+
+
+def test_importing_the_schema_stays_light():
+    import subprocess
+    import sys
+
+    code = "import sys, reddit_amazon.schema; print('datasets' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
