@@ -233,7 +233,8 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
     click.echo(f"best adapter: {result.best_dir} (validation loss {result.best_val_loss:.4f})")
     card = write_model_card(config.output_dir, {
         "base_model": base,
-        "adapters": {"rec_adapter": str(result.best_dir), "item_embeddings": str(embeddings) if embeddings else None},
+        "adapters": {"distill_adapter": (cache.metadata.get("adapter") or None) if cache else None,
+                     "rec_adapter": str(result.best_dir), "item_embeddings": str(embeddings) if embeddings else None},
         "hyperparameters": {"lora": "r=8, alpha=32, dropout=0.1 on the LM attention and MLP projections",
                             "epochs": config.epochs, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
                             "learning_rate": config.learning_rate, "weight_decay": config.weight_decay,

@@ -54,7 +54,8 @@ def recommendation_instances(conversations: Sequence[Conversation], candidate_se
         for target in conversation.gt_items:
             chosen = list(candidates)
             if target not in chosen:
-                replaceable = [i for i, c in enumerate(chosen) if c not in conversation.gt_items]
+                # Every candidate a gt item too (a record with over 10 gt items): any position will do.
+                replaceable = [i for i, c in enumerate(chosen) if c not in conversation.gt_items] or range(len(chosen))
                 chosen[rng.choice(replaceable)] = target
             instances.append(RecommendationInstance(conversation.context, tuple(chosen), target))
     return instances

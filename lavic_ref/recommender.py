@@ -14,7 +14,7 @@ import torch
 
 from lavic_ref import DEFAULT_BASE
 from lavic_ref.embed import ItemEmbeddings, compute_item_embeddings
-from lavic_ref.model import Backbone, attach_adapter, embed_inputs, load_backbone, pad_batch
+from lavic_ref.model import Backbone, adapter_fingerprint, attach_adapter, embed_inputs, load_backbone, pad_batch
 from lavic_ref.sequences import MAX_PROMPT_TOKENS, recommendation_sequence
 
 MAX_NEW_TOKENS = 10
@@ -85,6 +85,7 @@ class LavicRecommender:
         self.embeddings: ItemEmbeddings | None = None
         if self.images:
             cache = ItemEmbeddings.load(item_embeddings) if item_embeddings else ItemEmbeddings({})
+            _check_same_vision(cache, item_embeddings, distill_adapter)
             self.embeddings = cache.to(self.backbone.device, self.backbone.dtype)
 
     def recommend(self, examples: Sequence) -> list[str]:
@@ -103,3 +104,12 @@ class LavicRecommender:
         if missing:
             pairs = [(item_id, wanted[item_id]) for item_id in missing]
             self.embeddings.add(compute_item_embeddings(self.backbone, pairs, progress=False))
+
+
+def _check_same_vision(cache: ItemEmbeddings, path: str | None, distill_adapter: str | None) -> None:
+    """Cached embeddings and those computed here for missing items must come from the same vision adapter."""
+    recorded = cache.metadata.get("adapter_hash")
+    if recorded is not None and recorded != adapter_fingerprint(distill_adapter):
+        made_with = cache.metadata.get("adapter") or "the base vision tower"
+        raise ValueError(f"item_embeddings {path} were computed with {made_with} (adapter hash {recorded}), "
+                         f"not with distill_adapter={distill_adapter}: pass the adapter they were made with")

@@ -321,8 +321,15 @@ def test_describe_distill_embed_finetune_then_benchmark_run(tiny_base, tmp_path)
     assert len(predictions) >= 4
     results = json.loads((tmp_path / "run" / "results.json").read_text())
 
+    # Embeddings made with the distilled adapter are refused without it (no mixing with base-tower embeddings).
+    from lavic_ref.recommender import LavicRecommender
+
+    with pytest.raises(ValueError, match="computed with"):
+        LavicRecommender(base=tiny_base, item_embeddings=str(path), device="cpu")
+
     # The model card beside the adapters: measured training facts, then the run's results once given.
     card = (tmp_path / "rec" / "README.md").read_text()
+    assert f"distill_adapter={tmp_path / 'distill' / 'best'}" in card
     inputs = json.loads((tmp_path / "rec" / "model_card.json").read_text())
     assert inputs["training"]["hardware"] in card and str(inputs["data"]["train_examples"]) in card
     _invoke(cli, ["card", tmp_path / "rec", "--results", tmp_path / "run" / "results.json"])
