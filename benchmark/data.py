@@ -135,8 +135,12 @@ class ItemLookup:
         return found
 
 
-def load_items(info: DatasetInfo, domain: str, wanted: set[str] | None = None) -> ItemLookup:
-    """Items of ``domain`` (all of them when ``wanted`` is None), images kept as encoded bytes."""
+def load_items(info: DatasetInfo, domain: str, wanted: set[str] | None = None, *,
+               with_images: bool = True) -> ItemLookup:
+    """Items of ``domain`` (all of them when ``wanted`` is None), images kept as encoded bytes.
+
+    ``with_images=False`` leaves the image column on disk (text-only work over a whole catalog).
+    """
     import datasets
 
     try:
@@ -146,10 +150,11 @@ def load_items(info: DatasetInfo, domain: str, wanted: set[str] | None = None) -
     table = items.data.table
     ids = table.column("item_id").to_pylist()
     positions = [i for i, item_id in enumerate(ids) if wanted is None or item_id in wanted]
-    chosen = table.select(["item_id", "title", "description", "image"]).take(positions).to_pylist()
+    columns = ["item_id", "title", "description", *(["image"] if with_images else [])]
+    chosen = table.select(columns).take(positions).to_pylist()
     lookup = {}
     for row in chosen:
-        image = row["image"]
+        image = row.get("image")
         lookup[row["item_id"]] = Candidate(item_id=row["item_id"], title=row["title"] or "",
                                            description=row["description"] or "",
                                            image_bytes=image.get("bytes") if image else None)
