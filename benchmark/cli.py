@@ -7,8 +7,11 @@ from pathlib import Path
 
 import click
 
+from benchmark.metrics import OVERALL
+from reddit_amazon.schema import DOMAINS
+
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-DOMAIN_CHOICES = click.Choice(["beauty", "fashion", "home", "all"])
+DOMAIN_CHOICES = click.Choice([*DOMAINS, OVERALL])
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)

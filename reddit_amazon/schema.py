@@ -85,6 +85,12 @@ class Turn:
     created_utc: int | None = None
     id: str = ""  # Reddit id without the t1_/t3_ prefix; "" when unknown (imported records)
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Turn:
+        """From one element of a record's ``turns`` (validated with the record)."""
+        return cls(kind=row["kind"], text=row["text"], author=row["author"], created_utc=row["created_utc"],
+                   id=row["id"])
+
 
 @dataclass
 class Conversation:
@@ -130,10 +136,7 @@ class Conversation:
     @classmethod
     def from_row(cls, row: Mapping[str, Any], *, where: str = "record", require_domain: bool = True) -> Conversation:
         validate_conversation_row(row, where=where, require_domain=require_domain)
-        turns = [
-            Turn(kind=t["kind"], text=t["text"], author=t["author"], created_utc=t["created_utc"], id=t["id"])
-            for t in row["turns"]
-        ]
+        turns = [Turn.from_row(t) for t in row["turns"]]
         return cls(
             example_id=row["example_id"],
             domain=row["domain"],
