@@ -27,8 +27,9 @@ from reddit_amazon.files import write_atomic
 
 #: The largest window the dumps use (``zstd --long=31``).
 MAX_WINDOW_SIZE = 2**31
-#: Compressed bytes read per step. Decompressed chunks are several times larger.
-READ_SIZE = 1 << 20
+#: Compressed bytes read per step. A decompressed chunk is 4x that (1 MiB): small enough to stay in
+#: the CPU cache while the prefilter's passes go over it (1 MiB measured fastest, 4 MiB ~25% slower).
+READ_SIZE = 1 << 18
 
 ZST_SUFFIXES = (".zst", ".zstd")
 PLAIN_SUFFIXES = (".jsonl", ".ndjson")
@@ -244,13 +245,14 @@ def iter_selected_lines(
     counted in ``progress.lines``; the last line counts and is searched even without a newline.
     """
     carry = b""
+    count_newlines = _NewlineCounter()
     for chunk in chunks:
         last_newline = chunk.rfind(b"\n")
         if last_newline < 0:
             carry += chunk
             continue
         first_newline = chunk.find(b"\n")
-        progress.lines += _count_newlines(chunk)
+        progress.lines += count_newlines(chunk)
         head = carry + chunk[:first_newline] if carry else chunk[:first_newline]
         if head and any(True for _ in find_positions(head, 0, len(head))):
             yield head
@@ -270,9 +272,17 @@ def iter_selected_lines(
             yield carry
 
 
-def _count_newlines(chunk: bytes) -> int:
-    # numpy's vectorised compare is about twice as fast as bytes.count on multi-MB chunks.
-    return int(numpy.count_nonzero(numpy.frombuffer(chunk, dtype=numpy.uint8) == 10))
+class _NewlineCounter:
+    """``chunk.count(b"\\n")`` at numpy speed (about 3x faster), comparing into a reused array."""
+
+    def __init__(self) -> None:
+        self._scratch = numpy.empty(0, dtype=bool)
+
+    def __call__(self, chunk: bytes) -> int:
+        data = numpy.frombuffer(chunk, dtype=numpy.uint8)
+        if len(self._scratch) < len(data):
+            self._scratch = numpy.empty(len(data), dtype=bool)
+        return int(numpy.count_nonzero(numpy.equal(data, 10, out=self._scratch[: len(data)])))
 
 
 def iter_lines(chunks: Iterable[bytes], progress: ReadProgress | None = None) -> Iterator[bytes]:

@@ -24,30 +24,87 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-#: Every raw dump line holding an Amazon product link contains, once lower-cased, "amazon." or
-#: "amzn." (JSON may put escaped backslashes before the dot); short links may also be "a.co/"
-#: (JSON may write "a.co\\/"). The scan looks for these in whole lower-cased chunks before any
-#: JSON parsing. Each pattern starts with one literal byte ("z", ".") so the regex engine skips
-#: ahead at C speed; the bytes before a match are checked afterwards. Each pass over a chunk
-#: costs about as much as ``bytes.lower``, so the "a.co/" pass only runs when short links are
-#: resolved (without resolution an a.co link cannot give an ASIN).
-_PREFILTER_Z = re.compile(rb"zo?n(?:\\\\)*\.")
-_PREFILTER_CO = re.compile(rb"\.co\\?/")
+import numpy
 
 
-def prefilter_positions(lowered: bytes, start: int, end: int, *, short_links: bool = True) -> Iterator[int]:
-    """Positions in ``lowered[start:end]`` (a lower-cased chunk) where an Amazon link may start."""
-    for match in _PREFILTER_Z.finditer(lowered, start, end):
-        z = match.start()
-        if match[0].startswith(b"zo"):
-            if z >= 3 and lowered.startswith(b"ama", z - 3):
-                yield z - 3
-        elif z >= 2 and lowered.startswith(b"am", z - 2):
-            yield z - 2
-    if short_links:
-        for match in _PREFILTER_CO.finditer(lowered, start, end):
-            if match.start() > 0 and lowered[match.start() - 1] == 97:  # "a"
-                yield match.start() - 1
+class LinkPrefilter:
+    """Where an Amazon link may start in a raw (not lower-cased) chunk of dump lines.
+
+    Every dump line holding an Amazon product link contains "amazon." or "amzn." in some case
+    (JSON may put escaped backslashes before the dot); short links may also be "a.co/" (JSON may
+    write "a.co\\/"). The scan calls this on whole decompressed chunks before any JSON parsing.
+    It is numpy over the chunk's bytes: ``byte | 0x20`` lower-cases the ASCII letters compared
+    here (and maps no other byte onto them), the rare "z" is found in one vectorised pass, and
+    only the bytes around each "z" are looked at afterwards. The scratch arrays are kept between
+    calls because fresh multi-MB arrays cost more in page faults than the search itself. The
+    "a.co/" pass starts from every ".", so it runs only when short links are resolved (without
+    resolution an a.co link cannot give an ASIN).
+    """
+
+    def __init__(self, *, short_links: bool = True):
+        self.short_links = short_links
+        self._folded = numpy.empty(0, dtype=numpy.uint8)
+        self._mask = numpy.empty(0, dtype=bool)
+
+    def __call__(self, chunk: bytes, start: int, end: int) -> list[int]:
+        """Positions in ``chunk[start:end]`` where "amazon" / "amzn" / "a.co" may start, in order."""
+        data = numpy.frombuffer(chunk, dtype=numpy.uint8)[start:end]
+        if len(self._mask) < len(data):
+            self._folded = numpy.empty(len(data), dtype=numpy.uint8)
+            self._mask = numpy.empty(len(data), dtype=bool)
+        folded, mask = self._folded[: len(data)], self._mask[: len(data)]
+        numpy.bitwise_or(data, 0x20, out=folded)
+        positions = self._amazon_or_amzn(data, folded, mask)
+        if self.short_links:
+            positions = numpy.union1d(positions, self._a_co(data, folded, mask))
+        return (positions + start).tolist()
+
+    @staticmethod
+    def _amazon_or_amzn(data: numpy.ndarray, folded: numpy.ndarray, mask: numpy.ndarray) -> numpy.ndarray:
+        size = len(data)
+        z = numpy.flatnonzero(numpy.equal(folded, _LOWER["z"], out=mask))
+        z = z[(z >= 2) & (z + 2 < size)]  # "amzn." has two bytes before its "z", two after
+        before = folded[z - 1]
+        amzn = z[before == _LOWER["m"]]
+        amzn = amzn[(folded[amzn - 2] == _LOWER["a"]) & (folded[amzn + 1] == _LOWER["n"])]
+        amazon = z[before == _LOWER["a"]]
+        amazon = amazon[(amazon >= 3) & (amazon + 3 < size)]
+        amazon = amazon[
+            (folded[amazon - 2] == _LOWER["m"])
+            & (folded[amazon - 3] == _LOWER["a"])
+            & (folded[amazon + 1] == _LOWER["o"])
+            & (folded[amazon + 2] == _LOWER["n"])
+        ]
+        starts = numpy.concatenate((amzn - 2, amazon - 3))
+        after_n = numpy.concatenate((amzn + 2, amazon + 3)).tolist()
+        has_dot = [_dot_after_escaped_backslashes(data, position) for position in after_n]
+        return numpy.sort(starts[numpy.array(has_dot, dtype=bool)])
+
+    @staticmethod
+    def _a_co(data: numpy.ndarray, folded: numpy.ndarray, mask: numpy.ndarray) -> numpy.ndarray:
+        size = len(data)
+        dots = numpy.flatnonzero(numpy.equal(data, _DOT, out=mask))
+        dots = dots[(dots >= 1) & (dots + 3 < size)]  # "a.co/": one byte before the dot, three after
+        dots = dots[
+            (folded[dots - 1] == _LOWER["a"]) & (folded[dots + 1] == _LOWER["c"]) & (folded[dots + 2] == _LOWER["o"])
+        ]
+        after = data[dots + 3]
+        escaped = dots[after == _BACKSLASH]
+        escaped = escaped[escaped + 4 < size]
+        escaped = escaped[data[escaped + 4] == _SLASH]
+        return numpy.sort(numpy.concatenate((dots[after == _SLASH], escaped))) - 1
+
+
+_LOWER = {letter: ord(letter) for letter in "zmanoc"}
+_DOT, _BACKSLASH, _SLASH = ord("."), ord("\\"), ord("/")
+
+
+def _dot_after_escaped_backslashes(data: numpy.ndarray, position: int) -> bool:
+    """``data[position:]`` is "." after zero or more escaped backslashes (``\\\\`` in JSON)."""
+    size = len(data)
+    while position + 1 < size and data[position] == _BACKSLASH and data[position + 1] == _BACKSLASH:
+        position += 2
+    return position < size and data[position] == _DOT
 
 
 # A host whose last labels are "amazon.<tld>" (amazon.com, www.amazon.co.uk, smile.amazon.de,
@@ -144,7 +201,7 @@ def linked_asins(text: str, resolved_short_links: Mapping[str, Iterable[str]]) -
 
 def may_contain_link(line: bytes) -> bool:
     """The prefilter on one raw dump line."""
-    return any(True for _ in prefilter_positions(line.lower(), 0, len(line)))
+    return bool(LinkPrefilter()(line, 0, len(line)))
 
 
 # --------------------------------------------------------------------------------------------

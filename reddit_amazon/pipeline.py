@@ -48,7 +48,7 @@ from reddit_amazon.dumps import (
     parse_line,
 )
 from reddit_amazon.files import write_atomic
-from reddit_amazon.linking import extract_asins, extract_short_links, linked_asins, prefilter_positions
+from reddit_amazon.linking import LinkPrefilter, extract_asins, extract_short_links, linked_asins
 from reddit_amazon.threads import (
     Pseudonymizer,
     RebuildCounts,
@@ -185,14 +185,6 @@ def _metered(chunks: Iterator[bytes], progress: ReadProgress, bar) -> Iterator[b
 # --------------------------------------------------------------------------------------------
 
 
-def _link_positions(chunk: bytes, start: int, end: int) -> Iterator[int]:
-    return prefilter_positions(chunk.lower(), start, end)
-
-
-def _product_link_positions(chunk: bytes, start: int, end: int) -> Iterator[int]:
-    return prefilter_positions(chunk.lower(), start, end, short_links=False)
-
-
 def scan_file(path: Path, hits_path: Path, *, short_links: bool = True, progress_bar=None) -> dict[str, Any]:
     """Scan one dump for comments that link Amazon products; write them to ``hits_path``; return stats.
 
@@ -208,8 +200,7 @@ def scan_file(path: Path, hits_path: Path, *, short_links: bool = True, progress
         chunks = _metered(chunks, progress, progress_bar)
     with open(temporary, "wb") as out:
         try:
-            positions = _link_positions if short_links else _product_link_positions
-            for line in iter_selected_lines(chunks, positions, progress):
+            for line in iter_selected_lines(chunks, LinkPrefilter(short_links=short_links), progress):
                 counts["prefilter_hits"] += 1
                 record = parse_line(line, problems)
                 if record is None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 import threading
 import time
 
@@ -10,6 +12,7 @@ import pytest
 from werkzeug import Response
 
 from reddit_amazon.linking import (
+    LinkPrefilter,
     ShortLinkResolver,
     extract_asins,
     extract_short_links,
@@ -83,6 +86,36 @@ def test_prefilter_passes_every_positive_and_short_link():
         assert may_contain_link(json.dumps({"body": text}).encode())
     assert may_contain_link(b'{"body":"https:\\/\\/a.co\\/d\\/abc"}')  # JSON with escaped slashes
     assert not may_contain_link(b'{"body":"I got mine on Amazon prime day"}')
+
+
+def _reference_positions(chunk: bytes, start: int, end: int, short_links: bool) -> list[int]:
+    """The prefilter's contract, written the slow obvious way: regexes over a lower-cased copy."""
+    lowered = chunk.lower()
+    found = {m.start() for m in re.finditer(rb"(?=(?:amazon|amzn)(?:\\\\)*\.)", lowered[start:end])}
+    if short_links:
+        found |= {m.start() for m in re.finditer(rb"(?=a\.co\\?/)", lowered[start:end])}
+    return sorted(position + start for position in found)
+
+
+def test_prefilter_positions_match_a_plain_regex_reference():
+    rng = random.Random(7)
+    pieces = [b"amazon.", b"AMAZON.COM", b"Amazon.co.uk", b"aMaZoN.de", b"amzn.to", b"AMZN.", b"amazon\\\\.com",
+              b"amzn\\.", b"a.co/", b"A.CO\\/", b"amazon", b"amazon prime", b"amazin.", b"mazon.", b"zon.", b"amzn",
+              b"az.", b"a.co", b"z", b"Z", b"\\", b".", b"\n", b" ", b"words ", b"horizon. ", b"\xc3\xa9"]
+    for trial in range(300):
+        chunk = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        start = rng.randint(0, len(chunk))
+        end = rng.randint(start, len(chunk))
+        for short_links in (False, True):
+            got = LinkPrefilter(short_links=short_links)(chunk, start, end)
+            assert got == _reference_positions(chunk, start, end, short_links), (chunk, start, end)
+
+
+def test_prefilter_reuses_its_scratch_arrays_across_chunk_sizes():
+    prefilter = LinkPrefilter()
+    assert prefilter(b"x" * 100 + b"amazon.com", 0, 110) == [100]
+    assert prefilter(b"amzn.to", 0, 7) == [0]  # a smaller chunk after a larger one
+    assert prefilter(b"", 0, 0) == []
 
 
 def test_extract_short_links():
