@@ -170,9 +170,17 @@ def _file_inputs(sources: Iterable[str], workdir: Path) -> list[dict[str, Any]]:
         key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         if key not in cache:
             cache[key] = file_sha256(path)
-        records.append({"path": str(path), "bytes": stat.st_size, "sha256": cache[key]})
+        records.append({"path": _recorded_path(path), "bytes": stat.st_size, "sha256": cache[key]})
     _write_json(cache_path, cache)
     return records
+
+
+def _recorded_path(path: Path) -> str:
+    """The path as given, but the bundled sample's inputs relative to the package (no install path)."""
+    resolved = path.resolve()
+    if resolved.is_relative_to(SAMPLE_INPUTS):
+        return str(Path("reddit_amazon/sample/inputs") / resolved.relative_to(SAMPLE_INPUTS))
+    return str(path)
 
 
 def package_versions() -> dict[str, str]:
@@ -209,21 +217,12 @@ class StageResult:
 
 
 def _dump_files(inputs: Sequence[str]) -> list[Path]:
-    from reddit_amazon.dumps import is_dump_file
+    from reddit_amazon.dumps import find_dump_files
 
-    files: list[Path] = []
-    for spec in inputs:
-        path = Path(spec)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_dump_file(p))
-            if not found:
-                raise BuildError(f"--inputs {path}: no dump files (.zst, .jsonl, .ndjson) inside")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise BuildError(f"--inputs {path}: no such file or folder")
-    return files
+    try:
+        return find_dump_files(inputs)
+    except FileNotFoundError as error:
+        raise BuildError(f"--inputs {error}") from None
 
 
 def reddit_stage(options: BuildOptions, console) -> StageResult:

@@ -53,6 +53,28 @@ def is_dump_file(path: Path) -> bool:
     return path.name.endswith(ZST_SUFFIXES + PLAIN_SUFFIXES)
 
 
+def find_dump_files(inputs: Iterable[str | Path]) -> list[Path]:
+    """The dump files named by ``inputs`` (files, or folders searched recursively), resolved and sorted.
+
+    Raises ``FileNotFoundError`` naming the input when one does not exist or a folder holds no
+    dump file, so a typo fails before any work starts.
+    """
+    files: list[Path] = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            found = sorted(p for p in given.rglob("*") if p.is_file() and is_dump_file(p))
+            if not found:
+                raise FileNotFoundError(f"{given}: no dump files ({', '.join(ZST_SUFFIXES + PLAIN_SUFFIXES)}) inside")
+            files.extend(found)
+        elif given.exists():  # a named pipe too: a download still being written can be read as it comes
+            files.append(given)
+        else:
+            raise FileNotFoundError(f"{given}: no such dump file or folder")
+    if not files:
+        raise FileNotFoundError("no dump files given")
+    return sorted(dict.fromkeys(p.resolve() for p in files))
+
+
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from reddit_amazon.dumps import (
     DumpReadError,
     LineProblems,
     ReadProgress,
-    is_dump_file,
+    find_dump_files,
     iter_chunks,
     iter_selected_lines,
     parse_line,
@@ -520,20 +520,6 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
 # --------------------------------------------------------------------------------------------
 
 
-def _expand_inputs(inputs: Sequence[Path]) -> list[Path]:
-    files: list[Path] = []
-    for given in map(Path, inputs):
-        if given.is_dir():
-            files.extend(sorted(p for p in given.rglob("*") if p.is_file() and is_dump_file(p)))
-        elif given.exists():
-            files.append(given)
-        else:
-            raise FileNotFoundError(f"input dump {given} does not exist")
-    if not files:
-        raise FileNotFoundError(f"no dump files (.zst, .jsonl, .ndjson) in {', '.join(map(str, inputs))}")
-    return sorted(dict.fromkeys(p.resolve() for p in files))
-
-
 def _salt_file(stage_dir: Path, salt: str | None) -> Path:
     path = stage_dir / "salt"
     if salt is not None and not salt:
@@ -630,7 +616,7 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     files. Also writes ``<workdir>/reddit/funnel.json``. Rerunning with the same inputs reuses all
     finished work.
     """
-    files = _expand_inputs(inputs)
+    files = find_dump_files(inputs)
     stage_dir = Path(workdir) / "reddit"
     stage_dir.mkdir(parents=True, exist_ok=True)
     tasks = max(1, min(options.tasks or len(files), len(files)))
