@@ -384,7 +384,7 @@ def images_stage(options: BuildOptions, upstream: StageResult, console) -> Stage
                             ImageOptions(concurrency=options.image_concurrency), progress=_tqdm("images"))
     for item in items:
         outcome = outcomes[item.item_id]
-        item.image = outcome.path.read_bytes() if outcome.path is not None else None
+        item.image = outcome.path  # read when its shard is written
         item.image_error = outcome.error
     report = {"items": len(items), "with_image": sum(o.path is not None for o in outcomes.values()),
               "downloaded": sum(o.downloaded for o in outcomes.values()),

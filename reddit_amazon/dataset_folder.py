@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,27 +94,33 @@ def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:
     data_files: dict[str, dict[str, list[str]]] = {}
     counts: dict[str, dict[str, int]] = {}
 
-    def add(config: str, split: str, rows: list[dict], config_features: datasets.Features, shard_rows: int) -> None:
-        counts.setdefault(config, {})[split] = len(rows)
-        if rows:  # `datasets` cannot read an empty Parquet shard: an empty split is left out of the configs
+    def add(config: str, split: str, records: list, to_row: Callable[[int, Any], dict],
+            config_features: datasets.Features, shard_rows: int) -> None:
+        counts.setdefault(config, {})[split] = len(records)
+        if records:  # `datasets` cannot read an empty Parquet shard: an empty split is left out of the configs
             stem = f"{DATA_DIR}/{config}/{split}"
-            data_files.setdefault(config, {})[split] = _write_shards(folder, stem, rows, config_features, shard_rows)
+            data_files.setdefault(config, {})[split] = _write_shards(
+                folder, stem, records, to_row, config_features, shard_rows)
 
     for domain in DOMAINS:
         splits = contents.conversations.get(domain, {})
         for split in SPLITS:
-            rows = [record.to_row() for record in splits.get(split, [])]
-            for index, row in enumerate(rows):
+            def conversation_row(index: int, record: Conversation, domain=domain, split=split) -> dict:
+                row = record.to_row()
                 for column in features:
                     row.setdefault(column, [])
                 validate_conversation_row(row, where=f"{domain}/{split}[{index}] ({row['example_id']})")
-            add(domain, split, rows, features, CONVERSATION_SHARD_ROWS)
+                return row
+
+            add(domain, split, splits.get(split, []), conversation_row, features, CONVERSATION_SHARD_ROWS)
     for domain in DOMAINS:
-        items = sorted(contents.items.get(domain, []), key=lambda item: item.item_id)
-        rows = [item.to_row() for item in items]
-        for row in rows:
+        def item_row(index: int, item: Item, domain=domain) -> dict:
+            row = item.to_row()  # reads an image kept as a file path now, one shard at a time
             validate_item_row(row, where=f"{ITEMS_CONFIG}/{domain} ({row['item_id']})")
-        add(ITEMS_CONFIG, domain, rows, ITEM_FEATURES, ITEM_SHARD_ROWS)
+            return row
+
+        items = sorted(contents.items.get(domain, []), key=lambda item: item.item_id)
+        add(ITEMS_CONFIG, domain, items, item_row, ITEM_FEATURES, ITEM_SHARD_ROWS)
 
     manifest = {
         "name": DEFAULT_NAME,
@@ -131,14 +137,17 @@ def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:
     return manifest
 
 
-def _write_shards(folder: Path, stem: str, rows: list[dict], features: datasets.Features, shard_rows: int) -> list[str]:
-    num_shards = -(-len(rows) // shard_rows)
+def _write_shards(folder: Path, stem: str, records: list, to_row: Callable[[int, Any], dict],
+                  features: datasets.Features, shard_rows: int) -> list[str]:
+    """Records to Parquet shards, turned into rows one shard at a time (item images stay on disk until then)."""
+    num_shards = -(-len(records) // shard_rows)
     paths = []
     for index in range(num_shards):
         relative = f"{stem}-{index:05d}-of-{num_shards:05d}.parquet"
         path = folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        chunk = rows[index * shard_rows:(index + 1) * shard_rows]
+        first = index * shard_rows
+        chunk = [to_row(first + offset, record) for offset, record in enumerate(records[first:first + shard_rows])]
         dataset = datasets.Dataset.from_list(chunk, features=features)
         pq.write_table(dataset.data.table, path)  # keeps the features metadata (Image, List)
         paths.append(relative)

@@ -19,6 +19,7 @@ import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -166,7 +167,9 @@ class Item:
     description: str = ""
     details: str = ""  # JSON object as text (Amazon's "details" dict varies by category)
     image_urls: list[str] = field(default_factory=list)  # main image first
-    image: bytes | None = None  # encoded main image (JPEG/PNG), embedded in Parquet
+    #: Encoded main image (JPEG/PNG), embedded in Parquet; or the file holding it, read only when the
+    #: row is written, so a build never holds every image of a catalog in memory.
+    image: bytes | Path | None = None
     image_description: str = ""
     image_error: str = ""  # why no usable image, when image is None
 
@@ -175,7 +178,8 @@ class Item:
         row["categories"] = list(self.categories)
         row["features"] = list(self.features)
         row["image_urls"] = list(self.image_urls)
-        row["image"] = None if self.image is None else {"bytes": self.image, "path": f"{self.item_id}.jpg"}
+        image = self.image.read_bytes() if isinstance(self.image, Path) else self.image
+        row["image"] = None if image is None else {"bytes": image, "path": f"{self.item_id}.jpg"}
         return row
 
     @classmethod

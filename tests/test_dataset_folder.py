@@ -98,6 +98,20 @@ def test_rewrite_is_byte_identical_and_atomic(built, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["reddit-amazon"]
 
 
+def test_item_images_given_as_files_are_read_when_written(built, tmp_path):
+    """A build hands images over as files (bounded memory); the folder is the same as with bytes."""
+    _, manifest = built
+    from_files = contents()
+    for domain_items in from_files.items.values():
+        for item in domain_items:
+            if item.image is not None:
+                path = tmp_path / "store" / domain_items[0].domain / f"{item.item_id}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(item.image)
+                item.image = path
+    assert write_dataset(tmp_path / "reddit-amazon", from_files)["fingerprint"] == manifest["fingerprint"]
+
+
 def test_version_must_be_semver(tmp_path):
     bad = contents()
     bad.version = "v1"
