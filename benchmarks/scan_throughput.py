@@ -108,15 +108,20 @@ def _comments(count: int, seed: int):
 
 
 def _make_dump(path: Path, size_mb: int, seed: int) -> int:
+    """Write a dump of about ``size_mb`` MiB uncompressed, in 256 MiB frames, streamed; return its size."""
     target = size_mb * 2**20
-    records, written = [], 0
-    for record in _comments(10**9, seed):
-        line = orjson.dumps(record)
-        records.append(line)
-        written += len(line) + 1
-        if written >= target:
-            break
-    write_zst_ndjson(path, records, frames=max(1, size_mb // 256), long_distance_matching=True)
+    written = 0
+
+    def lines():
+        nonlocal written
+        for record in _comments(10**12, seed):
+            line = orjson.dumps(record)
+            written += len(line) + 1
+            yield line
+            if written >= target:
+                return
+
+    write_zst_ndjson(path, lines(), frame_bytes=256 * 2**20, long_distance_matching=True)
     return written
 
 

@@ -13,7 +13,6 @@ cuts out the lines around a match, so a scan costs little more than decompressio
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ from typing import Any
 import numpy
 import orjson
 
-from reddit_amazon.files import write_atomic
+from reddit_amazon.files import open_atomic
 
 #: The largest window the dumps use (``zstd --long=31``).
 MAX_WINDOW_SIZE = 2**31
@@ -444,6 +443,7 @@ def write_zst_ndjson(
     records: Iterable[dict[str, Any] | bytes],
     *,
     frames: int = 1,
+    frame_bytes: int | None = None,
     level: int = 3,
     window_log: int = 31,
     trailing_newline: bool = True,
@@ -454,32 +454,79 @@ def write_zst_ndjson(
 
     Each record is a dict (serialised with orjson) or raw bytes (written as one line, verbatim,
     to make malformed fixtures). ``frames`` > 1 splits the lines evenly over that many zstd
-    frames, as multi-part dumps are. The frames never record their content size, so a reader
-    needs the long window exactly as for the real dumps. ``long_distance_matching`` is what
-    ``zstd --long`` adds (better ratio, ~0.1 s more per frame); the window is recorded either way.
-    Written atomically (:func:`reddit_amazon.files.write_atomic`).
+    frames, as multi-part dumps are (the lines are held in memory to count them); ``frame_bytes``
+    instead starts a new frame after that many uncompressed bytes and streams the records, for
+    files of any size. The frames never record their content size, so a reader needs the long
+    window exactly as for the real dumps. ``long_distance_matching`` is what ``zstd --long``
+    adds (better ratio, ~0.1 s more per frame); the window is recorded either way. Written
+    atomically (:func:`reddit_amazon.files.open_atomic`).
     """
     import zstandard
 
     path = Path(path)
-    lines = [r if isinstance(r, bytes) else orjson.dumps(r) for r in records]
-    per_frame = max(1, -(-len(lines) // max(1, frames)))
+    lines = (r if isinstance(r, bytes) else orjson.dumps(r) for r in records)
+    if frame_bytes is None:
+        listed = list(lines)
+        per_frame = max(1, -(-len(listed) // max(1, frames)))
+        groups: Iterable[Iterable[tuple[bytes, bool]]] = [
+            [(line, index == len(listed) - 1) for index, line in enumerate(listed[start : start + per_frame], start)]
+            for start in range(0, max(len(listed), 1), per_frame)
+        ]
+    else:
+        groups = _frames_of(lines, frame_bytes)
     params = zstandard.ZstdCompressionParameters.from_level(
         level, window_log=window_log, enable_ldm=long_distance_matching, write_checksum=checksum
     )
-    out = io.BytesIO()
-    for start in range(0, max(len(lines), 1), per_frame):
-        part = lines[start : start + per_frame]
-        is_last = start + per_frame >= len(lines)
-        payload = b"\n".join(part) + (b"\n" if part and (trailing_newline or not is_last) else b"")
-        writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(out, closefd=False)
-        # Written in pieces so the frame header cannot learn the content size.
-        view = memoryview(payload)
-        for offset in range(0, len(payload), 1 << 16):
-            writer.write(view[offset : offset + (1 << 16)])
-        writer.flush(zstandard.FLUSH_FRAME)
-    write_atomic(path, out.getvalue())
+    with open_atomic(path) as out:
+        for group in groups:
+            writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(out, closefd=False)
+            _write_lines(writer, group, trailing_newline)
+            writer.flush(zstandard.FLUSH_FRAME)
     return path
+
+
+class _LastLine:
+    """Marks the very last line of a file, so it can go without a trailing newline."""
+
+    def __init__(self, lines: Iterator[bytes]):
+        self._lines = lines
+        self._next = next(lines, None)
+
+    def __bool__(self) -> bool:
+        return self._next is not None
+
+    def take(self) -> tuple[bytes, bool]:
+        line, self._next = self._next, next(self._lines, None)
+        return line, self._next is None
+
+
+def _frames_of(lines: Iterator[bytes], frame_bytes: int) -> Iterator[Iterator[tuple[bytes, bool]]]:
+    pending = _LastLine(lines)
+
+    def frame() -> Iterator[tuple[bytes, bool]]:
+        size = 0
+        while pending and size < frame_bytes:
+            line, is_last = pending.take()
+            size += len(line) + 1
+            yield line, is_last
+
+    yield frame()  # an empty input still gives one (empty) frame
+    while pending:
+        yield frame()
+
+
+def _write_lines(writer: Any, group: Iterable[tuple[bytes, bool]], trailing_newline: bool) -> None:
+    """(line, is the file's last) pairs into one frame, in 64 KiB writes (the header never learns the size)."""
+    buffer = bytearray()
+    for line, is_last in group:
+        buffer += line
+        if trailing_newline or not is_last:
+            buffer += b"\n"
+        if len(buffer) >= 1 << 16:
+            writer.write(bytes(buffer))
+            buffer.clear()
+    if buffer:
+        writer.write(bytes(buffer))
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:

@@ -6,7 +6,10 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def _umask() -> int:
@@ -21,11 +24,19 @@ FILE_MODE = 0o666 & ~_umask()
 
 def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
+    with open_atomic(path, mode) as out:
+        out.write(data)
+
+
+@contextmanager
+def open_atomic(path: Path, mode: int = FILE_MODE) -> Iterator[BinaryIO]:
+    """A binary file to write, renamed over ``path`` when the block ends without an error (else removed)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as out:
-            out.write(data)
+            yield out
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

@@ -13,6 +13,7 @@ from reddit_amazon.dumps import (
     DumpReadError,
     LineProblems,
     ReadProgress,
+    _FrameWalker,
     bare_id,
     iter_chunks,
     iter_lines,
@@ -180,6 +181,20 @@ def test_read_records_skips_bad_lines_in_plain_ndjson(tmp_path):
     path = tmp_path / "x.ndjson"
     path.write_bytes(b'{"id":"a"}\n\n{oops\n{"id":"b"}\n')
     assert [r["id"] for r in read_records(path)] == ["a", "b"]
+
+
+@pytest.mark.parametrize("trailing_newline", [True, False])
+def test_streamed_writer_cuts_frames_by_size(tmp_path, trailing_newline):
+    records = _records(2000)
+    path = write_zst_ndjson(tmp_path / "a.zst", (r for r in records), frame_bytes=20_000,
+                            trailing_newline=trailing_newline)  # a generator: no length to count
+    walker = _FrameWalker()
+    walker.feed(path.read_bytes())
+    payload = sum(len(orjson.dumps(r)) + 1 for r in records)
+    assert walker.complete and len(walker.frame_starts) == -(-payload // 20_000)  # each frame ends past 20,000 B
+    assert [orjson.loads(line) for line in _all_lines(path)] == records
+    text = b"".join(iter_chunks(path))
+    assert text.endswith(b"\n") == trailing_newline and text.count(b"\n") == len(records) - (not trailing_newline)
 
 
 def test_writer_never_leaves_a_partial_file(tmp_path):
