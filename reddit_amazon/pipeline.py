@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 import sys
 import time
 import zlib
@@ -508,11 +509,27 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
             logger.enable("datatrove.executor.local")
     else:
         executor.run()
-    # Slurm (and Ray, when tasks are requeued) return before the work is done: wait for the markers.
+    # Slurm returns once the job is submitted: wait for the completion markers while the job is queued
+    # or running. Local and Ray return when their tasks have ended, so a missing marker is a failure.
     while incomplete := executor.get_incomplete_ranks(skip_completed=True):
-        if options.executor == "local":
-            raise RuntimeError(f"{logging_dir.name}: tasks {incomplete} did not complete (see {logging_dir}/logs)")
+        if options.executor != "slurm" or not _slurm_job_queued(str(executor.job_id)):
+            if incomplete := executor.get_incomplete_ranks(skip_completed=True):  # a marker may have just landed
+                raise RuntimeError(f"{logging_dir.name}: tasks {incomplete} did not complete "
+                                   f"(see {logging_dir}/logs and {logging_dir}/slurm_logs)")
+            return
         time.sleep(options.poll_interval_s)
+
+
+def _slurm_job_queued(job_id: str) -> bool:
+    """Whether Slurm still has the job (pending, running or requeued); True when ``squeue`` cannot tell."""
+    try:
+        answer = subprocess.run(["squeue", "--noheader", "--format=%i", f"--jobs={job_id}"],
+                                capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    if answer.returncode != 0:
+        return "invalid job id" not in answer.stderr.lower()  # a finished job has left the controller
+    return bool(answer.stdout.strip())
 
 
 # --------------------------------------------------------------------------------------------

@@ -363,6 +363,136 @@ def test_command_line(world, tmp_path):
     assert (tmp_path / "w" / "reddit" / "funnel.json").exists()
 
 
+_RAY_CHILD = """
+import sys
+from pathlib import Path
+from reddit_amazon.pipeline import RedditStageOptions, run_reddit_stage
+world, workdir = map(Path, sys.argv[1:])
+options = RedditStageOptions(salt="test-salt", progress=False, executor="ray", workers=2, poll_interval_s=0.5)
+run_reddit_stage([world], workdir, options)
+"""
+
+
+def test_ray_executor_gives_the_local_result(built, world, tmp_path):
+    """A real local Ray cluster (started by datatrove's RayPipelineExecutor) in a child process."""
+    pytest.importorskip("ray")
+    completed = subprocess.run([sys.executable, "-c", _RAY_CHILD, str(world), str(tmp_path / "w")],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    _, result = built
+    shards = sorted((tmp_path / "w" / "reddit" / "conversations").glob("*.jsonl"))
+    rows = {}
+    for shard in shards:
+        rows.update({orjson.loads(line)["example_id"]: orjson.loads(line) for line in shard.read_bytes().splitlines()})
+    assert rows == _rows(result)
+    funnel = orjson.loads((tmp_path / "w" / "reddit" / "funnel.json").read_bytes())
+    assert funnel["dropped"] == result.funnel["dropped"] and set(funnel["incomplete_files"]) == set(
+        result.funnel["incomplete_files"])
+
+
+# Stand-ins for Slurm's commands: `sbatch` runs an array job's tasks on this machine, in the
+# background and only once the job it depends on succeeded, like a scheduler would; `squeue` lists
+# the jobs not finished; `srun` runs its command; `scontrol show hostnames` names this machine.
+_FAKE_SBATCH = r"""
+import os, re, subprocess, sys
+from pathlib import Path
+state = Path(os.environ["FAKE_SLURM_STATE"])
+*options, script = sys.argv[1:]
+env = dict(os.environ)
+after = ""
+for option in options:
+    if option.startswith("--export=ALL,"):
+        env.update(pair.split("=", 1) for pair in option[len("--export=ALL,"):].split(","))
+    elif option.startswith("--dependency="):
+        after = option.rsplit(":", 1)[-1]
+text = Path(script).read_text()
+first, last = map(int, re.search(r"#SBATCH --array=(\d+)-(\d+)", text).groups())
+job = str(1000 + len(list(state.glob("*.sh"))))
+(state / f"{job}.sh").write_text(text)
+log = open(state / f"{job}.log", "w")
+runner = [sys.executable, os.path.abspath(__file__) + "-run", str(state), job, after, str(first), str(last)]
+subprocess.Popen(runner, env=env, stdout=log, stderr=log, start_new_session=True)
+print(f"Submitted batch job {job}")
+"""
+_FAKE_SBATCH_RUN = r"""
+import os, subprocess, sys, time
+from pathlib import Path
+state, job, after, first, last = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+while after and not (state / f"{after}.done").exists():
+    time.sleep(0.1)
+if after and (state / f"{after}.done").read_text() != "ok":
+    (state / f"{job}.done").write_text("cancelled: dependency failed")
+    sys.exit()
+environment = {**os.environ, "SLURM_JOB_ID": job, "SLURM_NODELIST": "localhost"}
+tasks = [subprocess.Popen(["bash", str(state / f"{job}.sh")], env={**environment, "SLURM_ARRAY_TASK_ID": str(index)})
+         for index in range(first, last + 1)]
+codes = [task.wait() for task in tasks]
+(state / f"{job}.done").write_text("ok" if not any(codes) else f"failed: {codes}")
+"""
+_FAKE_SQUEUE = r"""
+import os, sys
+from pathlib import Path
+state = Path(os.environ["FAKE_SLURM_STATE"])
+job = next(a for a in sys.argv[1:] if a.startswith("--jobs=")).split("=", 1)[1]
+if (state / f"{job}.done").exists():
+    sys.exit("slurm_load_jobs error: Invalid job id specified")
+print(job)
+"""
+_FAKE_SCONTROL = r"""
+import sys
+print(sys.argv[-1])  # scontrol show hostnames NODELIST: one node
+"""
+_FAKE_SRUN = r"""
+import os, sys
+if os.environ.get("FAKE_SLURM_NODE_FAILS"):
+    sys.exit("srun: error: node failure")
+arguments = sys.argv[1:]
+while arguments and arguments[0].startswith("-"):
+    arguments = arguments[2:] if arguments[0] in ("-n", "-N") else arguments[1:]
+os.execvp(arguments[0], arguments)
+"""
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch) -> Path:
+    bin_dir, state = tmp_path / "bin", tmp_path / "slurm"
+    bin_dir.mkdir()
+    state.mkdir()
+    commands = {"sbatch": _FAKE_SBATCH, "sbatch-run": _FAKE_SBATCH_RUN, "squeue": _FAKE_SQUEUE, "srun": _FAKE_SRUN,
+                "scontrol": _FAKE_SCONTROL}
+    for name, source in commands.items():
+        (bin_dir / name).write_text(f"#!{sys.executable}\n{source}")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]]))
+    monkeypatch.setenv("FAKE_SLURM_STATE", str(state))
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the Slurm run did not finish in 120 s"))
+    signal.alarm(120)
+    yield state
+    signal.alarm(0)
+
+
+SLURM_OPTIONS = RedditStageOptions(salt="test-salt", progress=False, executor="slurm", slurm_partition="cpu", tasks=3,
+                                   poll_interval_s=0.2)
+
+
+def test_slurm_executor_gives_the_local_result(built, world, tmp_path, fake_slurm):
+    """datatrove's SlurmPipelineExecutor end to end (launch scripts, pickled executor, array ranks, the
+    wait for completion markers) on stand-in Slurm commands: only the scheduler is not real."""
+    result = run_reddit_stage([world], tmp_path / "w", SLURM_OPTIONS)
+    _, local = built
+    assert _rows(result) == _rows(local)
+    assert result.funnel["dropped"] == local.funnel["dropped"]
+    scripts = [p.read_text() for p in sorted(fake_slurm.glob("*.sh"))]
+    assert sum("launch_pickled_pipeline" in s for s in scripts) == 3  # scan, collect, rebuild
+    assert all("#SBATCH --partition=cpu" in s for s in scripts)
+
+
+def test_a_failed_slurm_job_is_an_error_not_an_endless_wait(world, tmp_path, fake_slurm, monkeypatch):
+    monkeypatch.setenv("FAKE_SLURM_NODE_FAILS", "1")
+    with pytest.raises(RuntimeError, match=r"scan.*tasks \[0, 1, 2\] did not complete"):
+        run_reddit_stage([world], tmp_path / "w", SLURM_OPTIONS)
+
+
 def test_cluster_executors_explain_what_they_need(world, tmp_path):
     with pytest.raises(ValueError, match="partition"):
         run_reddit_stage([world], tmp_path / "w", RedditStageOptions(progress=False, executor="slurm"))
