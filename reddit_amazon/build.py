@@ -357,7 +357,8 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
         dropped = {label: n for label, n in sorted(result.counts.items()) if label != KEPT_LABEL}
         funnel = [{"stage": "relevance filter (Table 9)", "kept": len(result.kept), "dropped": dropped}]
         report = {"model": filter_options.model, "base_url": filter_options.base_url, "template_sha256": template_sha,
-                  "labels": dict(sorted(result.counts.items())), "calls_made": result.calls_made}
+                  "labels": dict(sorted(result.counts.items())), "calls_made": result.calls_made,
+                  "parameter_changes": result.parameter_changes}
         _write_rows(folder / "conversations.jsonl", (c.to_row() for c in result.kept))
         _write_json(folder / "report.json", {"report": report, "funnel": funnel})
         _write_json(folder / STAGE_STAMP, {"key": key})

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from reddit_amazon.chat_parameters import ChatParameters
 from reddit_amazon.schema import Conversation
 
 DEFAULT_MODEL = "gpt-3.5-turbo"  # the paper's model
@@ -173,6 +174,7 @@ class FilterResult:
     labels: dict[str, str]  # example_id -> yes/no/uncertain/unparseable/rejected
     counts: Counter
     calls_made: int
+    parameter_changes: list[str] = field(default_factory=list)  # what the endpoint made us change (ChatParameters)
 
 
 def _unanswered(conversations: Iterable[Conversation], cache: AnswerCache,
@@ -225,7 +227,8 @@ def _is_fatal(error: BaseException) -> bool:
     return isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError))
 
 
-def _ask(client: Any, options: FilterOptions, prompt: str) -> str:
+def _ask(client: Any, options: FilterOptions, parameters: ChatParameters, prompt: str) -> str:
+    import openai
     import tenacity
 
     retrying = tenacity.Retrying(
@@ -234,12 +237,17 @@ def _ask(client: Any, options: FilterOptions, prompt: str) -> str:
         stop=tenacity.stop_after_attempt(options.max_attempts),
         reraise=True,
     )
-    for attempt in retrying:
-        with attempt:
-            response = client.chat.completions.create(
-                model=options.model, messages=[{"role": "user", "content": prompt}], temperature=0
-            )
-    return (response.choices[0].message.content or "") if response.choices else ""
+    request = {"model": options.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
+    while True:
+        sent = parameters.apply(request)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    response = client.chat.completions.create(**sent)
+            return (response.choices[0].message.content or "") if response.choices else ""
+        except openai.BadRequestError as error:
+            if not parameters.learn(error, sent):
+                raise
 
 
 def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, options: FilterOptions, *,
@@ -253,15 +261,18 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
 
     keys, missing = _unanswered(conversations, cache, options)
     calls_made = 0
+    parameters = ChatParameters(options.model)
     if missing:
         client = make_client(options, api_key)
         failures: list[str] = []
 
         def ask_and_store(key: str, prompt: str) -> None:
             try:
-                answer = _ask(client, options, prompt)
+                answer = _ask(client, options, parameters, prompt)
             except openai.BadRequestError as error:
-                cache.put(key, options.model, str(error)[:500], status=REJECTED)
+                if getattr(error, "code", None) in ("unsupported_parameter", "unsupported_value"):  # settings, not prompt
+                    raise RelevanceError(f"the LLM endpoint refused a request parameter: {error}") from error
+                cache.put(key, options.model, str(error)[:500], status=REJECTED)  # about this prompt only
                 return
             cache.put(key, options.model, answer)
 
@@ -273,6 +284,8 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
                 error = future.exception()
                 if error is None:
                     calls_made += 1
+                elif isinstance(error, RelevanceError):
+                    raise error
                 elif _is_fatal(error):
                     raise RelevanceError(f"the LLM endpoint refused the request: {error}") from error
                 else:
@@ -290,4 +303,5 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
         status, answer = cache.get(key)  # type: ignore[misc]  # every key is cached by now
         labels[example_id] = REJECTED if status == REJECTED else parse_answer(answer)
     kept = [c for c in conversations if labels[c.example_id] == KEPT_LABEL]
-    return FilterResult(kept=kept, labels=labels, counts=Counter(labels.values()), calls_made=calls_made)
+    return FilterResult(kept=kept, labels=labels, counts=Counter(labels.values()), calls_made=calls_made,
+                        parameter_changes=parameters.adaptations)

@@ -90,6 +90,44 @@ def test_openai_chat_title_only_cached_and_retried(chat_server, tmp_path):
     assert len(requests) == 3  # served from the cache
 
 
+def test_openai_chat_adapts_to_a_reasoning_model_once(httpserver, tmp_path, monkeypatch, caplog):
+    """An endpoint that refuses max_tokens and temperature=0 as OpenAI's reasoning models do."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
+    requests = []
+
+    def refuse(param: str, code: str, message: str) -> Response:
+        error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+        return Response(json.dumps({"error": error}), status=400, content_type="application/json")
+
+    def chat(request):
+        body = json.loads(request.data)
+        requests.append(body)
+        if "max_tokens" in body:
+            return refuse("max_tokens", "unsupported_parameter", "Unsupported parameter: 'max_tokens' is not "
+                          "supported with this model. Use 'max_completion_tokens' instead.")
+        if "temperature" in body:
+            return refuse("temperature", "unsupported_value", "Unsupported value: 'temperature' does not support "
+                          "0.0 with this model. Only the default (1) value is supported.")
+        cut = body["max_completion_tokens"] < 100  # hidden reasoning used the whole budget
+        message = {"role": "assistant", "content": "" if cut else "B000000003"}
+        return Response(json.dumps({
+            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "length" if cut else "stop", "message": message}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}), content_type="application/json")
+
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(chat)
+    recommender = OpenAIChatRecommender(model="o-test", base_url=httpserver.url_for("/v1"), max_tokens=2000,
+                                        max_workers=1, cache_dir=tmp_path)
+    assert recommender.recommend([_example("a"), _example("b")]) == ["B000000003", "B000000003"]
+    assert len(requests) == 3  # two refusals, one answer (the second, identical request is cached)
+    assert requests[-1]["max_completion_tokens"] == 2000 and "temperature" not in requests[-1]
+    assert "max_completion_tokens" in caplog.text and "default temperature" in caplog.text
+
+    short = OpenAIChatRecommender(model="o-test", base_url=httpserver.url_for("/v1"), max_tokens=32, cache_dir=tmp_path)
+    assert short.recommend([_example("c")]) == [""]
+    assert "cut at the token limit (32), with no visible text" in caplog.text
+
+
 def test_openai_chat_with_images_sends_one_image_per_candidate(chat_server, tmp_path):
     server, requests = chat_server
     recommender = OpenAIChatRecommender(model="vision", base_url=server.url_for("/v1"), with_images=True,

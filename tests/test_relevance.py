@@ -159,6 +159,46 @@ def test_dry_run_plan_counts_the_calls_the_run_makes(httpserver, options, tmp_pa
         assert (plan_filter(records, cache, options).cached, plan_filter(records, cache, options).calls) == (3, 0)
 
 
+def test_a_reasoning_model_refusing_temperature_is_asked_again_without_it(httpserver, options, tmp_path):
+    """OpenAI's reasoning models answer 400 to temperature=0; that is not an answer about the prompt."""
+    asked = []
+
+    def reasoning_model(request: Request) -> Response:
+        body = json.loads(request.data)
+        asked.append(body)
+        if "temperature" in body:
+            error = {"message": "Unsupported value: 'temperature' does not support 0 with this model.",
+                     "type": "invalid_request_error", "param": "temperature", "code": "unsupported_value"}
+            return Response(json.dumps({"error": error}), status=400, content_type="application/json")
+        return Response(json.dumps({
+            "id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "yes"}}],
+        }), content_type="application/json")
+
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(reasoning_model)
+    records = [conversation(str(i), f"try this {i}") for i in range(6)]
+    options.concurrency = 1
+    with AnswerCache(tmp_path / "c.sqlite") as cache:
+        result = run_filter(records, cache, options, api_key="sk-test")
+    assert result.counts == {"yes": 6} and len(asked) == 7  # one refusal, then every prompt once
+    assert result.parameter_changes == ["temperature dropped (model default)"]
+    assert all("temperature" not in body for body in asked[1:])
+
+
+def test_a_refused_parameter_stops_the_run_and_caches_nothing(httpserver, options, tmp_path):
+    def refuse(request: Request) -> Response:
+        error = {"message": "Unsupported parameter: 'messages' ...", "type": "invalid_request_error",
+                 "param": "messages", "code": "unsupported_parameter"}
+        return Response(json.dumps({"error": error}), status=400, content_type="application/json")
+
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(refuse)
+    records = [conversation(str(i), f"try this {i}") for i in range(3)]
+    with AnswerCache(tmp_path / "c.sqlite") as cache:
+        with pytest.raises(RelevanceError, match="refused a request parameter"):
+            run_filter(records, cache, options, api_key="sk-test")
+        assert len(cache) == 0  # no conversation was labelled "rejected" for it
+
+
 def test_auth_error_stops_at_once(httpserver, options, tmp_path):
     fake = serve(httpserver, {"x": [(401, "invalid api key")]})
     records = [conversation(str(i), "SCRIPT=x") for i in range(3)]

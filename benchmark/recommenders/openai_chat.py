@@ -4,6 +4,12 @@ Title-only by default; ``with_images=true`` puts each candidate's image (as a da
 ``ID: title`` line, as the paper's "title and image" baselines do. Greedy-ish decoding
 (``temperature=0``). Responses are cached on disk (SQLite, keyed by the full request), requests in a
 batch run concurrently, and transient failures are retried with backoff.
+
+Reasoning models (OpenAI's o-series, gpt-5) refuse ``max_tokens`` (they take
+``max_completion_tokens``) and any temperature but their default. When the endpoint says so, the
+request is changed as it asks, once for the whole run, with a warning; a rejected request is never
+silently scored as a wrong answer for every record. Their hidden reasoning counts against the token
+limit, so an answer cut at the limit is reported: give such models ``max_tokens=2000`` or more.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from benchmark.openai_client import make_client, with_retries
 from benchmark.prompts import NO_IMAGE_TEXT, recommendation_prompt_segments, render_recommendation_prompt
 from benchmark.protocol import Candidate, Example
 from benchmark.retrieval.cache import default_cache_dir
+from reddit_amazon.chat_parameters import ChatParameters
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,8 @@ class OpenAIChatRecommender:
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir().parent / "chat"
         self.cache = ChatCache(folder)
         self._client = None
+        self._parameters = ChatParameters(model)
+        self._cut_answers = 0
 
     def _messages(self, example: Example) -> list[dict[str, Any]]:
         candidates = [(c.item_id, c.title) for c in example.candidates]
@@ -100,18 +109,30 @@ class OpenAIChatRecommender:
     def _complete(self, request: dict[str, Any]) -> str:
         import openai
 
-        key = self._key(request)
+        key = self._key(request)  # the request as configured: the cache does not depend on what was adapted
         cached = self.cache.get(key)
         if cached is not None:
             return cached
         if self._client is None:
             self._client = make_client(self.base_url, self.timeout)
-        try:
-            response = with_retries(lambda: self._client.chat.completions.create(**request), self.max_retries)
-        except openai.BadRequestError as error:  # e.g. context too long: the record gets no valid answer
-            log.warning("request rejected (%s); scored as an invalid answer", error.message)
-            return ""
-        text = response.choices[0].message.content or ""
+        while True:
+            sent = self._parameters.apply(request)
+            try:
+                response = with_retries(lambda: self._client.chat.completions.create(**sent), self.max_retries)
+                break
+            except openai.BadRequestError as error:
+                if self._parameters.learn(error, sent):
+                    continue
+                # About this record only (e.g. its prompt is too long): it gets no valid answer.
+                log.warning("request rejected (%s); scored as an invalid answer", error.message)
+                return ""
+        choice = response.choices[0]
+        text = choice.message.content or ""
+        if choice.finish_reason == "length":
+            self._cut_answers += 1
+            if self._cut_answers == 1:
+                log.warning("%s: an answer was cut at the token limit (%d)%s; raise max_tokens", self.model,
+                            self.max_tokens, ", with no visible text" if not text else "")
         self.cache.put(key, text)
         return text
 
