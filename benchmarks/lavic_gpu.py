@@ -116,6 +116,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print the top operators of one cached step")
     parser.add_argument("--compile", action="store_true",
                         help="also measure our step with torch.compile'd LM decoder layers (lavic-ref --compile)")
+    parser.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"], default="default",
+                        help="torch.compile mode with --compile; reduce-overhead adds CUDA graphs (the step is "
+                             "launch-bound on a GPU: not yet measured there)")
     args = parser.parse_args()
 
     from peft import get_peft_model
@@ -220,7 +223,8 @@ def main() -> None:
 
     results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                      "size": "tiny" if args.tiny else "llava-v1.6-mistral-7b architecture",
-                     "build_s": round(build_s, 1), "gen_batch": args.gen_batch, "cases": []}
+                     "build_s": round(build_s, 1), "gen_batch": args.gen_batch,
+                     "compile_mode": args.compile_mode if args.compile else None, "cases": []}
     model.train()
     gen_steps = max(2, args.steps // 2)
 
@@ -261,7 +265,7 @@ def main() -> None:
                                                                 / row["research_step_no_ckpt_peak_gib"])
         row["inference_speedup"] = row["cached_records_per_s"] / row["research_records_per_s"]
     if args.compile:
-        compile_language_layers(model)
+        compile_language_layers(model, mode=None if args.compile_mode == "default" else args.compile_mode)
         for case, row in zip(cases, results["cases"]):
             start = time.perf_counter()
             set_gradient_checkpointing(model, True)

@@ -229,14 +229,15 @@ def new_adapter(backbone: Backbone, targets: str) -> None:
     backbone.model = get_peft_model(backbone.model, lora_config(targets))  # LoRA weights on their layers' device
 
 
-def compile_language_layers(model: Any) -> None:
+def compile_language_layers(model: Any, mode: str | None = None) -> None:
     """``torch.compile`` each LM decoder layer in place (fewer, fused kernels: a batch-1 step is launch-bound).
 
     The first steps compile (a minute or more) and recompile once for a new prompt length, after which
-    lengths are dynamic. Numerics are those of the eager layers up to kernel fusion.
+    lengths are dynamic. Numerics are those of the eager layers up to kernel fusion. ``mode`` is
+    torch.compile's (``"reduce-overhead"`` adds CUDA graphs on a GPU).
     """
     for layer in inner_model(model).language_model.layers:
-        layer.compile()
+        layer.compile(mode=mode)
 
 
 def adapter_fingerprint(path: str | os.PathLike | None) -> str:
