@@ -69,7 +69,7 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
           --model-args distill_adapter=runs/lavic/distill/best,rec_adapter=runs/lavic/rec/best,item_embeddings=runs/lavic/emb.safetensors
     """
     from benchmark.data import DatasetError
-    from benchmark.openai_client import MissingAPIKeyError
+    from reddit_amazon.openai_endpoint import MissingAPIKeyError
     from benchmark.registry import RegistryError, parse_model_args
     from benchmark.runner import RunConfig, RunError, run
 

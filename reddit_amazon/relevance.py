@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from reddit_amazon.chat_parameters import ChatParameters
+from reddit_amazon.openai_endpoint import ChatParameters, MissingAPIKeyError, is_fatal, make_client, with_retries
 from reddit_amazon.schema import Conversation
 
 DEFAULT_MODEL = "gpt-3.5-turbo"  # the paper's model
@@ -199,51 +199,25 @@ def plan_filter(conversations: Sequence[Conversation], cache: AnswerCache, optio
                       approx_total_tokens=prompt_tokens + ANSWER_TOKENS * len(missing))
 
 
-def make_client(options: FilterOptions, api_key: str | None):
-    import openai
-
-    if not api_key:
-        if options.base_url is None:
-            raise RelevanceError(
-                "the relevance filter needs answers that are not cached, but OPENAI_API_KEY is not set "
-                "(set it, point --llm-base-url at a local OpenAI-compatible server, or use --no-filter / --dry-run)"
-            )
-        api_key = "unused"  # local servers (vLLM, llama.cpp) accept any key, the client requires one
-    return openai.OpenAI(api_key=api_key, base_url=options.base_url, max_retries=0, timeout=options.timeout_s)
-
-
-def _is_transient(error: BaseException) -> bool:
-    import openai
-
-    if isinstance(error, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError)):
-        return True
-    return isinstance(error, openai.APIStatusError) and error.status_code >= 500
-
-
-def _is_fatal(error: BaseException) -> bool:
-    """Errors that every other call would hit too: stop at once instead of spending the pool."""
-    import openai
-
-    return isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError))
+def _client(options: FilterOptions, api_key: str | None):
+    try:
+        return make_client(options.base_url, options.timeout_s, api_key)
+    except MissingAPIKeyError:
+        raise RelevanceError(
+            "the relevance filter needs answers that are not cached, but OPENAI_API_KEY is not set "
+            "(set it, point --llm-base-url at a local OpenAI-compatible server, or use --no-filter / --dry-run)"
+        ) from None
 
 
 def _ask(client: Any, options: FilterOptions, parameters: ChatParameters, prompt: str) -> str:
     import openai
-    import tenacity
 
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception(_is_transient),
-        wait=tenacity.wait_random_exponential(multiplier=options.backoff_initial_s, max=options.backoff_max_s),
-        stop=tenacity.stop_after_attempt(options.max_attempts),
-        reraise=True,
-    )
     request = {"model": options.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
     while True:
         sent = parameters.apply(request)
         try:
-            for attempt in retrying:
-                with attempt:
-                    response = client.chat.completions.create(**sent)
+            response = with_retries(lambda: client.chat.completions.create(**sent), options.max_attempts,
+                                    options.backoff_initial_s, options.backoff_max_s)
             return (response.choices[0].message.content or "") if response.choices else ""
         except openai.BadRequestError as error:
             if not parameters.learn(error, sent):
@@ -263,7 +237,7 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
     calls_made = 0
     parameters = ChatParameters(options.model)
     if missing:
-        client = make_client(options, api_key)
+        client = _client(options, api_key)
         failures: list[str] = []
 
         def ask_and_store(key: str, prompt: str) -> None:
@@ -286,7 +260,7 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
                     calls_made += 1
                 elif isinstance(error, RelevanceError):
                     raise error
-                elif _is_fatal(error):
+                elif is_fatal(error):
                     raise RelevanceError(f"the LLM endpoint refused the request: {error}") from error
                 else:
                     failures.append(f"{type(error).__name__}: {error}")

@@ -90,6 +90,14 @@ def test_openai_chat_title_only_cached_and_retried(chat_server, tmp_path):
     assert len(requests) == 3  # served from the cache
 
 
+def test_openai_chat_needs_no_key_for_a_local_server(chat_server, tmp_path, monkeypatch):
+    server, requests = chat_server
+    monkeypatch.delenv("OPENAI_API_KEY")
+    recommender = OpenAIChatRecommender(model="local", base_url=server.url_for("/v1"), cache_dir=tmp_path)
+    assert recommender.recommend([_example("a")]) == ["The best match is B000000003."]
+    assert server.log[-1][0].headers["Authorization"] == "Bearer unused"
+
+
 def test_openai_chat_adapts_to_a_reasoning_model_once(httpserver, tmp_path, monkeypatch, caplog):
     """An endpoint that refuses max_tokens and temperature=0 as OpenAI's reasoning models do."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
@@ -208,7 +216,6 @@ def test_openai_chat_without_a_key_is_a_clear_cli_error(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     dataset = make_synthetic_dataset(tmp_path / "ds", records_per_domain=2, domains=("home",))
     result = CliRunner().invoke(cli, ["run", "--model", "openai-chat", "--dataset", str(dataset), "--quiet",
-                                      "--model-args", f"base_url=http://127.0.0.1:9/v1,cache_dir={tmp_path / 'c'}",
-                                      "--out", str(tmp_path / "out")])
+                                      "--model-args", f"cache_dir={tmp_path / 'c'}", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # click's error, not a traceback
     assert "Error: OPENAI_API_KEY is not set" in result.output

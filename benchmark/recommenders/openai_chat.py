@@ -27,11 +27,10 @@ from typing import Any
 
 import orjson
 
-from benchmark.openai_client import make_client, with_retries
 from benchmark.prompts import NO_IMAGE_TEXT, recommendation_prompt_segments, render_recommendation_prompt
 from benchmark.protocol import Candidate, Example
 from benchmark.retrieval.cache import default_cache_dir
-from reddit_amazon.chat_parameters import ChatParameters
+from reddit_amazon.openai_endpoint import ChatParameters, make_client, with_retries
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from benchmark.openai_client import make_client, with_retries
+from reddit_amazon.openai_endpoint import make_client, with_retries
 from benchmark.retrieval.cache import EmbeddingCache
 from benchmark.retrieval.dense import DenseRetriever
 

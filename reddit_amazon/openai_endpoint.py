@@ -1,0 +1,108 @@
+"""Talking to an OpenAI-compatible endpoint: the client, which errors to retry, and request parameters
+as the endpoint accepts them. Used by the relevance filter, the ``openai-emb`` retriever and the
+``openai-chat`` recommender.
+
+The key comes from ``OPENAI_API_KEY`` only and is never logged or written. With an explicit
+``base_url`` (vLLM, llama.cpp, ...) no key is needed: such servers accept any.
+
+OpenAI's reasoning models (o-series, gpt-5) refuse ``max_tokens`` (they take
+``max_completion_tokens``) and any ``temperature`` but their default, answering 400 with the
+parameter named in the error. :class:`ChatParameters` learns this from the first refusal; without
+it such a refusal would be taken as an answer about one record and repeated for every record (the
+relevance filter would reject every conversation, the benchmark would score every answer invalid).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class MissingAPIKeyError(RuntimeError):
+    """``OPENAI_API_KEY`` is not set and no ``base_url`` was given (a usage error, reported without a traceback)."""
+
+
+def make_client(base_url: str | None, timeout: float, api_key: str | None = None):
+    """An ``openai.OpenAI`` client that never retries on its own (:func:`with_retries` does, with backoff)."""
+    from openai import OpenAI
+
+    api_key = api_key or os.environ.get("OPENAI_API_KEY")
+    if not api_key:
+        if base_url is None:
+            raise MissingAPIKeyError("OPENAI_API_KEY is not set (or give the base URL of an OpenAI-compatible server)")
+        api_key = "unused"  # local servers accept any key; the client requires one
+    return OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Connection problems, timeouts, rate limits and server errors are retried; bad requests are not."""
+    import openai
+
+    if isinstance(error, openai.APIConnectionError):  # includes timeouts
+        return True
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in (408, 409, 429) or error.status_code >= 500
+    return False
+
+
+def is_fatal(error: BaseException) -> bool:
+    """Errors every other call would hit too (bad key, no access, unknown model): stop at once."""
+    import openai
+
+    return isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError))
+
+
+def with_retries(call: Callable[[], T], max_attempts: int, initial_wait: float = 0.5, max_wait: float = 30.0) -> T:
+    """``call()``, retried on :func:`is_transient` errors with jittered exponential backoff (threads stay apart)."""
+    from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+    wrapped: Any = retry(retry=retry_if_exception(is_transient), stop=stop_after_attempt(max_attempts),
+                         wait=wait_random_exponential(multiplier=initial_wait, max=max_wait), reraise=True)(call)
+    return wrapped()
+
+
+class ChatParameters:
+    """Rewrites requests as the endpoint asked in an earlier refusal; shared by threads."""
+
+    def __init__(self, model: str):
+        self.model = model
+        self._rename_max_tokens = False
+        self._drop_temperature = False
+        self._lock = threading.Lock()
+
+    def apply(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``request`` as this endpoint accepts it (a new dict)."""
+        sent = dict(request)
+        if self._rename_max_tokens and "max_tokens" in sent:
+            sent["max_completion_tokens"] = sent.pop("max_tokens")
+        if self._drop_temperature:
+            sent.pop("temperature", None)
+        return sent
+
+    def learn(self, error: Any, sent: dict[str, Any]) -> bool:
+        """Take note of what a 400 refusal of ``sent`` asks for; False when it is not about a parameter we set."""
+        param, code = getattr(error, "param", None), getattr(error, "code", None)
+        with self._lock:
+            if param == "max_tokens" and code == "unsupported_parameter" and "max_tokens" in sent:
+                if not self._rename_max_tokens:
+                    log.warning("%s refuses max_tokens: sending max_completion_tokens instead", self.model)
+                self._rename_max_tokens = True
+                return True
+            if param == "temperature" and code == "unsupported_value" and "temperature" in sent:
+                if not self._drop_temperature:
+                    log.warning("%s accepts only its default temperature: answers are sampled, not greedy", self.model)
+                self._drop_temperature = True
+                return True
+        return False
+
+    @property
+    def adaptations(self) -> list[str]:
+        """What was changed, for reports and manifests (empty when the endpoint took the requests as configured)."""
+        return [name for name, on in (("max_tokens -> max_completion_tokens", self._rename_max_tokens),
+                                      ("temperature dropped (model default)", self._drop_temperature)) if on]
