@@ -9,7 +9,9 @@ link), compressed as a stream at zstd level 3 with a 2 GiB window and long-dista
 * the scan stage (:class:`reddit_amazon.pipeline.ScanDumpsStep` on datatrove's
   ``LocalPipelineExecutor``, timed inside a fresh process) with 1 worker over both files, with
   2 workers over both files, and with 1 worker plus the "a.co/" prefilter pass that short-link
-  resolution adds.
+  resolution adds;
+* for information, the second pass (:class:`reddit_amazon.pipeline.CollectThreadsStep`) that
+  gathers the threads the scan found.
 
 Targets: scan on one worker >= 0.5x the raw decompression throughput; 2 workers >= 1.8x 1 worker.
 One worker reuses its decompressor (window pages already mapped) for the second file, so the script
@@ -146,6 +148,32 @@ print(time.perf_counter() - started)
 """
 
 
+_COLLECT_CHILD = """
+import sys, time
+from datatrove.executor import LocalPipelineExecutor
+from reddit_amazon.pipeline import LOCAL_START_METHOD, CollectThreadsStep
+out, needed, *files = sys.argv[1:]
+step = CollectThreadsStep(files, out + "/out", progress=False, needed_path=needed, buckets=4)
+executor = LocalPipelineExecutor([step], tasks=1, workers=1, logging_dir=out + "/logs", start_method=LOCAL_START_METHOD)
+started = time.perf_counter()
+executor.run()
+print(time.perf_counter() - started)
+"""
+
+
+def _collect(files: list[Path], scan_out: Path, work: Path) -> float:
+    """Seconds the second pass takes over ``files`` for the threads the scan found, on 1 worker."""
+    threads = {orjson.loads(line)["link_id"].removeprefix("t3_")
+               for hits in scan_out.glob("*.hits.jsonl") for line in hits.read_bytes().splitlines()}
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    needed = work / "needed.txt"
+    needed.write_text("\n".join(sorted(threads)) + "\n")
+    completed = subprocess.run([sys.executable, "-c", _COLLECT_CHILD, str(work), str(needed), *map(str, files)],
+                               capture_output=True, text=True, check=True)
+    return float(completed.stdout.strip().splitlines()[-1])
+
+
 def _scan(files: list[Path], workers: int, work: Path, short_links: bool = False) -> float:
     """Seconds the scan stage takes, timed inside a fresh process (imports not counted).
 
@@ -194,6 +222,7 @@ def main() -> None:
     two_s = min(_scan(files, 2, folder / "scan2") for _ in range(2))
     in_turn_s = sum(min(_scan([path], 1, folder / "scan-one") for _ in range(2)) for path in files)
     with_a_co_s = min(_scan(files, 1, folder / "scan3", short_links=True) for _ in range(2))
+    collect_s = min(_collect(files, folder / "scan1" / "out", folder / "collect") for _ in range(2))
     mb = uncompressed / 2**20
     print(f"zstd -dc --long=31      : {raw_s:6.2f} s  {mb / raw_s:7.0f} MB/s")
     print(f"scan, 1 worker, 2 files : {one_s:6.2f} s  {mb / one_s:7.0f} MB/s")
@@ -205,6 +234,8 @@ def main() -> None:
     print(f"  vs one fresh scan per file: {in_turn_s / two_s:.2f}x  (each file scanned cold in its own process, "
           f"in turn, as the zstd runs are: {in_turn_s:.2f} s)")
     print(f"ratio with a.co/ pass / zstd: {raw_s / with_a_co_s:.2f}x")
+    print(f"second pass (collect the needed threads), 1 worker: {collect_s:.2f} s, {collect_s / one_s:.2f}x the scan's "
+          f"time (no target)")
     if args.dir is None:
         shutil.rmtree(folder, ignore_errors=True)
 
