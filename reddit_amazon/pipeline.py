@@ -50,6 +50,7 @@ from reddit_amazon.dumps import (
 )
 from reddit_amazon.files import write_atomic
 from reddit_amazon.linking import LinkPrefilter, extract_asins, extract_short_links, linked_asins
+from reddit_amazon.thread_lines import ThreadLineFinder
 from reddit_amazon.threads import (
     Pseudonymizer,
     RebuildCounts,
@@ -291,16 +292,9 @@ class ScanDumpsStep(_FilesStep):
 # Stage 2: collect the needed threads
 # --------------------------------------------------------------------------------------------
 
-# A comment names its thread in "link_id", a submission is the thread ("id"). Two patterns with
-# long literal prefixes scan much faster than one alternation starting with '"'.
-_THREAD_KEYS = (
-    re.compile(rb'"link_id": ?"(?:t3_)?([A-Za-z0-9]+)"'),
-    re.compile(rb'"id": ?"(?:t3_)?([A-Za-z0-9]+)"'),
-)
-
 
 def collect_file(
-    path: Path, out_dir: Path, needed: AbstractSet[bytes], buckets: int, *, progress_bar=None
+    path: Path, out_dir: Path, needed: ThreadLineFinder | AbstractSet[bytes], buckets: int, *, progress_bar=None
 ) -> dict[str, Any]:
     """Write the comments / submissions of the ``needed`` threads in ``path`` to ``out_dir/bucket-XXXXX.jsonl``."""
     progress = ReadProgress()
@@ -308,12 +302,7 @@ def collect_file(
     counts: Counter[str] = Counter()
     short_links: dict[str, None] = {}
     error = ""
-
-    def positions(chunk: bytes, start: int, end: int) -> Iterator[int]:
-        for pattern in _THREAD_KEYS:
-            for match in pattern.finditer(chunk, start, end):
-                if match.group(1) in needed:
-                    yield match.start()
+    finder = needed if isinstance(needed, ThreadLineFinder) else ThreadLineFinder(needed)
 
     temporary_dir = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(temporary_dir, ignore_errors=True)
@@ -323,7 +312,7 @@ def collect_file(
     if progress_bar is not None:
         chunks = _metered(chunks, progress, progress_bar)
     try:
-        for line in iter_selected_lines(chunks, positions, progress):
+        for line in iter_selected_lines(chunks, finder, progress):
             record = parse_line(line, problems)
             if record is None:
                 continue
@@ -337,7 +326,7 @@ def collect_file(
             if kept is None:
                 problems.add("missing_fields", line)
                 continue
-            if thread_id.encode() not in needed:
+            if thread_id.encode() not in finder.wanted:
                 continue  # an unrelated id matched (a nested object's id, or a comment id equal to a thread id)
             counts["comments_collected" if isinstance(kept, RedditComment) else "submissions_collected"] += 1
             for text in linkable_texts(kept):
@@ -374,9 +363,9 @@ class CollectThreadsStep(_FilesStep):
         self.buckets = buckets
 
     @cached_property
-    def needed(self) -> frozenset[bytes]:
+    def needed(self) -> ThreadLineFinder:
         """Read once per task, not once per file: the list can hold millions of thread ids."""
-        return frozenset(Path(self.needed_path).read_bytes().split())
+        return ThreadLineFinder(Path(self.needed_path).read_bytes().split())
 
     def process_file(self, path: Path, out_dir: Path, key: str, bar) -> dict[str, Any]:
         return collect_file(path, out_dir / key, self.needed, self.buckets, progress_bar=bar)
