@@ -58,7 +58,6 @@ class ThreadLineFinder:
         self._numbers = numpy.unique(numpy.array([n for n in numbers if n is not None], dtype=numpy.uint64))
         self._mask = numpy.empty(0, dtype=bool)
         self._scratch = numpy.empty(0, dtype=bool)
-        self._padded = numpy.empty(0, dtype=numpy.uint8)
 
     def __call__(self, chunk: bytes, start: int, end: int) -> list[int]:
         if not self.vectorised:
@@ -66,12 +65,14 @@ class ThreadLineFinder:
                           for match in pattern.finditer(chunk, start, end) if match.group(1) in self.wanted)
         data = numpy.frombuffer(chunk, dtype=numpy.uint8)[start:end]
         colons = self._key_colons(data)
-        if len(self._padded) < len(data) + _WINDOW + 4:
-            self._padded = numpy.empty(len(data) + _WINDOW + 4, dtype=numpy.uint8)
-        padded = self._padded[: len(data) + _WINDOW + 4]
-        padded[: len(data)] = data
-        padded[len(data):] = 0  # a value cut at the range's end is read as such, never from beyond it
-        numbers = _id_numbers(padded, colons)
+        # Values after the last few colons are read from a zero-padded copy of the range's end: a value
+        # cut there is read as such, never from beyond the range. The rest is read in place.
+        cut = max(0, len(data) - _READ_PAST_COLON)
+        numbers = _id_numbers(data, colons[colons < cut])
+        tail = colons[colons >= cut]
+        if len(tail):
+            padded = numpy.concatenate((data[cut:], numpy.zeros(_READ_PAST_COLON, dtype=numpy.uint8)))
+            numbers = numpy.concatenate((numbers, _id_numbers(padded, tail - cut)))
         if not len(self._numbers):
             return []
         slot = numpy.minimum(numpy.searchsorted(self._numbers, numbers), len(self._numbers) - 1)
@@ -107,19 +108,22 @@ class ThreadLineFinder:
 #: dot products (fast) are exact.
 _HALF = MAX_ID_CHARS // 2
 _HALF_PLACES = numpy.array([37.0 ** (_HALF - 1 - i) for i in range(_HALF)])
-_WINDOW = MAX_ID_CHARS + 4  # bytes read after a key's colon: optional space, quote, "t3_" is read separately
+_WINDOW = MAX_ID_CHARS + 4  # bytes read from a value's start (its "t3_" is skipped with a second read)
+_READ_PAST_COLON = _WINDOW + 8  # the farthest any read goes past a key's colon, with margin
 
 
-def _id_numbers(padded: numpy.ndarray, colons: numpy.ndarray) -> numpy.ndarray:
+def _id_numbers(data: numpy.ndarray, colons: numpy.ndarray) -> numpy.ndarray:
     """:func:`id_number` of the string value after each colon when it is an id; another number when not.
 
-    ``padded`` is the data followed by at least ``_WINDOW + 4`` zero bytes. Other numbers can only
-    cause extra reports (the caller checks each reported line), never a miss: a wanted id read here
-    gives exactly its :func:`id_number`.
+    ``data`` must go on for ``_READ_PAST_COLON`` bytes after every colon. Other numbers can only cause
+    extra reports (the caller checks each reported line), never a miss: a wanted id read here gives
+    exactly its :func:`id_number`.
     """
-    rows = sliding_window_view(padded, _WINDOW)
+    if not len(colons):
+        return numpy.zeros(0, dtype=numpy.uint64)
+    rows = sliding_window_view(data, _WINDOW)
     at = colons + 1
-    at = at + (padded[at] == _SPACE) + 1  # just after the opening quote
+    at = at + (data[at] == _SPACE) + 1  # just after the opening quote
     head = rows[at]
     prefixed = (head[:, 0] == ord("t")) & (head[:, 1] == ord("3")) & (head[:, 2] == ord("_"))
     window = rows[at + 3 * prefixed][:, :MAX_ID_CHARS]
