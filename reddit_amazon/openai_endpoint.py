@@ -101,6 +101,24 @@ class ChatParameters:
                 return True
         return False
 
+    def create(self, client: Any, request: dict[str, Any], max_attempts: int, initial_wait: float = 0.5,
+               max_wait: float = 30.0) -> Any:
+        """``client.chat.completions.create`` for ``request`` as the endpoint accepts it, with retries.
+
+        A refusal of a parameter this class can change is learnt and the request sent again; any
+        other ``openai.BadRequestError`` (e.g. a prompt that is too long) is raised to the caller.
+        """
+        import openai
+
+        while True:
+            sent = self.apply(request)
+            try:
+                return with_retries(lambda: client.chat.completions.create(**sent), max_attempts, initial_wait,
+                                    max_wait)
+            except openai.BadRequestError as error:
+                if not self.learn(error, sent):
+                    raise
+
     @property
     def adaptations(self) -> list[str]:
         """What was changed, for reports and manifests (empty when the endpoint took the requests as configured)."""

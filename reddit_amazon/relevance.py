@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from reddit_amazon.openai_endpoint import ChatParameters, MissingAPIKeyError, is_fatal, make_client, with_retries
+from reddit_amazon.openai_endpoint import ChatParameters, MissingAPIKeyError, is_fatal, make_client
 from reddit_amazon.schema import Conversation
 
 DEFAULT_MODEL = "gpt-3.5-turbo"  # the paper's model
@@ -210,18 +210,10 @@ def _client(options: FilterOptions, api_key: str | None):
 
 
 def _ask(client: Any, options: FilterOptions, parameters: ChatParameters, prompt: str) -> str:
-    import openai
-
     request = {"model": options.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
-    while True:
-        sent = parameters.apply(request)
-        try:
-            response = with_retries(lambda: client.chat.completions.create(**sent), options.max_attempts,
-                                    options.backoff_initial_s, options.backoff_max_s)
-            return (response.choices[0].message.content or "") if response.choices else ""
-        except openai.BadRequestError as error:
-            if not parameters.learn(error, sent):
-                raise
+    response = parameters.create(client, request, options.max_attempts, options.backoff_initial_s,
+                                 options.backoff_max_s)
+    return (response.choices[0].message.content or "") if response.choices else ""
 
 
 def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, options: FilterOptions, *,

@@ -30,7 +30,7 @@ import orjson
 from benchmark.prompts import NO_IMAGE_TEXT, recommendation_prompt_segments, render_recommendation_prompt
 from benchmark.protocol import Candidate, Example
 from benchmark.retrieval.cache import default_cache_dir
-from reddit_amazon.openai_endpoint import ChatParameters, make_client, with_retries
+from reddit_amazon.openai_endpoint import ChatParameters, make_client
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +114,11 @@ class OpenAIChatRecommender:
             return cached
         if self._client is None:
             self._client = make_client(self.base_url, self.timeout)
-        while True:
-            sent = self._parameters.apply(request)
-            try:
-                response = with_retries(lambda: self._client.chat.completions.create(**sent), self.max_retries)
-                break
-            except openai.BadRequestError as error:
-                if self._parameters.learn(error, sent):
-                    continue
-                # About this record only (e.g. its prompt is too long): it gets no valid answer.
-                log.warning("request rejected (%s); scored as an invalid answer", error.message)
-                return ""
+        try:
+            response = self._parameters.create(self._client, request, self.max_retries)
+        except openai.BadRequestError as error:  # about this record only (e.g. its prompt is too long)
+            log.warning("request rejected (%s); scored as an invalid answer", error.message)
+            return ""
         choice = response.choices[0]
         text = choice.message.content or ""
         if choice.finish_reason == "length":
