@@ -133,12 +133,15 @@ def _timed(command) -> float:
     return time.perf_counter() - started
 
 
-_SCAN_CHILD = """
+_STAGE_CHILD = """
 import sys, time
 from datatrove.executor import LocalPipelineExecutor
-from reddit_amazon.pipeline import LOCAL_START_METHOD, ScanDumpsStep
-out, workers, short_links, *files = sys.argv[1:]
-step = ScanDumpsStep(files, out + "/out", progress=False, short_links=short_links == "1")
+from reddit_amazon.pipeline import LOCAL_START_METHOD, CollectThreadsStep, ScanDumpsStep
+stage, out, workers, option, *files = sys.argv[1:]
+if stage == "scan":
+    step = ScanDumpsStep(files, out + "/out", progress=False, short_links=option == "short-links")
+else:
+    step = CollectThreadsStep(files, out + "/out", progress=False, needed_path=option, buckets=4)
 executor = LocalPipelineExecutor(
     [step], tasks=len(files), workers=int(workers), logging_dir=out + "/logs", start_method=LOCAL_START_METHOD
 )
@@ -148,46 +151,34 @@ print(time.perf_counter() - started)
 """
 
 
-_COLLECT_CHILD = """
-import sys, time
-from datatrove.executor import LocalPipelineExecutor
-from reddit_amazon.pipeline import LOCAL_START_METHOD, CollectThreadsStep
-out, needed, *files = sys.argv[1:]
-step = CollectThreadsStep(files, out + "/out", progress=False, needed_path=needed, buckets=4)
-executor = LocalPipelineExecutor([step], tasks=1, workers=1, logging_dir=out + "/logs", start_method=LOCAL_START_METHOD)
-started = time.perf_counter()
-executor.run()
-print(time.perf_counter() - started)
-"""
+def _stage_seconds(stage: str, files: list[Path], workers: int, work: Path, option: str) -> float:
+    """Seconds a Reddit-stage step takes on datatrove's local executor, timed inside a fresh process.
+
+    Imports are not counted, and a fresh process starts with a fresh zstd window, exactly like the
+    ``zstd`` command the scan is compared with.
+    """
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    completed = subprocess.run(
+        [sys.executable, "-c", _STAGE_CHILD, stage, str(work), str(workers), option, *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(completed.stdout.strip().splitlines()[-1])
+
+
+def _scan(files: list[Path], workers: int, work: Path, short_links: bool = False) -> float:
+    return _stage_seconds("scan", files, workers, work, "short-links" if short_links else "product-links")
 
 
 def _collect(files: list[Path], scan_out: Path, work: Path) -> float:
     """Seconds the second pass takes over ``files`` for the threads the scan found, on 1 worker."""
     threads = {orjson.loads(line)["link_id"].removeprefix("t3_")
                for hits in scan_out.glob("*.hits.jsonl") for line in hits.read_bytes().splitlines()}
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    needed = work / "needed.txt"
+    needed = work.with_name(work.name + "-needed.txt")
     needed.write_text("\n".join(sorted(threads)) + "\n")
-    completed = subprocess.run([sys.executable, "-c", _COLLECT_CHILD, str(work), str(needed), *map(str, files)],
-                               capture_output=True, text=True, check=True)
-    return float(completed.stdout.strip().splitlines()[-1])
-
-
-def _scan(files: list[Path], workers: int, work: Path, short_links: bool = False) -> float:
-    """Seconds the scan stage takes, timed inside a fresh process (imports not counted).
-
-    A fresh process starts with a fresh zstd window, exactly like the ``zstd`` command it is
-    compared with.
-    """
-    shutil.rmtree(work, ignore_errors=True)
-    completed = subprocess.run(
-        [sys.executable, "-c", _SCAN_CHILD, str(work), str(workers), "1" if short_links else "0", *map(str, files)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return float(completed.stdout.strip().splitlines()[-1])
+    return _stage_seconds("collect", files, 1, work, str(needed))
 
 
 def main() -> None:
