@@ -26,6 +26,8 @@ from urllib.parse import unquote, urlsplit
 
 import numpy
 
+from reddit_amazon.dumps import ChunkScratch
+
 
 class LinkPrefilter:
     """Where an Amazon link may start in a raw (not lower-cased) chunk of dump lines.
@@ -35,24 +37,19 @@ class LinkPrefilter:
     write "a.co\\/"). The scan calls this on whole decompressed chunks before any JSON parsing.
     It is numpy over the chunk's bytes: ``byte | 0x20`` lower-cases the ASCII letters compared
     here (and maps no other byte onto them), the rare "z" is found in one vectorised pass, and
-    only the bytes around each "z" are looked at afterwards. The scratch arrays are kept between
-    calls because fresh multi-MB arrays cost more in page faults than the search itself. The
-    "a.co/" pass starts from every ".", so it runs only when short links are resolved (without
-    resolution an a.co link cannot give an ASIN).
+    only the bytes around each "z" are looked at afterwards, in arrays kept between calls
+    (:class:`~reddit_amazon.dumps.ChunkScratch`). The "a.co/" pass starts from every ".", so it
+    runs only when short links are resolved (without resolution an a.co link cannot give an ASIN).
     """
 
     def __init__(self, *, short_links: bool = True):
         self.short_links = short_links
-        self._folded = numpy.empty(0, dtype=numpy.uint8)
-        self._mask = numpy.empty(0, dtype=bool)
+        self._scratch = ChunkScratch()
 
     def __call__(self, chunk: bytes, start: int, end: int) -> list[int]:
         """Positions in ``chunk[start:end]`` where "amazon" / "amzn" / "a.co" may start, in order."""
         data = numpy.frombuffer(chunk, dtype=numpy.uint8)[start:end]
-        if len(self._mask) < len(data):
-            self._folded = numpy.empty(len(data), dtype=numpy.uint8)
-            self._mask = numpy.empty(len(data), dtype=bool)
-        folded, mask = self._folded[: len(data)], self._mask[: len(data)]
+        folded, mask = self._scratch("folded", len(data), numpy.uint8), self._scratch("mask", len(data), bool)
         numpy.bitwise_or(data, 0x20, out=folded)
         positions = self._amazon_or_amzn(data, folded, mask)
         if self.short_links:

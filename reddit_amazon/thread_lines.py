@@ -21,6 +21,8 @@ from collections.abc import Iterable
 import numpy
 from numpy.lib.stride_tricks import sliding_window_view
 
+from reddit_amazon.dumps import ChunkScratch
+
 #: 37**12 < 2**64: ids up to 12 characters fit one unsigned 64-bit number (see id_number).
 MAX_ID_CHARS = 12
 
@@ -57,8 +59,7 @@ class ThreadLineFinder:
         numbers = [id_number(thread_id) for thread_id in self.wanted]
         self.vectorised = all(number is not None for number in numbers)
         self._numbers = numpy.unique(numpy.array([n for n in numbers if n is not None], dtype=numpy.uint64))
-        self._mask = numpy.empty(0, dtype=bool)
-        self._scratch = numpy.empty(0, dtype=bool)
+        self._scratch = ChunkScratch()
 
     def __call__(self, chunk: bytes, start: int, end: int) -> list[int]:
         if not self.vectorised:
@@ -86,12 +87,9 @@ class ThreadLineFinder:
         size = len(data)
         if size < 5:
             return numpy.zeros(0, dtype=numpy.intp)
-        if len(self._mask) < size:
-            self._mask = numpy.empty(size, dtype=bool)
-            self._scratch = numpy.empty(size, dtype=bool)
         # 'id":' ends both keys (and "parent_id", "subreddit_id", ...): four shifted compares over the
         # whole chunk into reused arrays, then only the few matches are looked at one by one.
-        mask, scratch = self._mask[: size - 3], self._scratch[: size - 3]
+        mask, scratch = self._scratch("mask", size - 3, bool), self._scratch("compare", size - 3, bool)
         numpy.equal(data[3:], _COLON, out=mask)
         for shift, byte in ((2, _QUOTE), (1, ord("d")), (0, ord("i"))):
             numpy.equal(data[shift : size - 3 + shift], byte, out=scratch)
