@@ -16,12 +16,14 @@ link), compressed as a stream at zstd level 3 with a 2 GiB window and long-dista
 Targets: scan on one worker >= 0.5x the raw decompression throughput; 2 workers >= 1.8x 1 worker.
 One worker reuses its decompressor (window pages already mapped) for the second file, so the script
 also prints the 2-worker time against the two files scanned in turn by fresh processes, each cold
-like the ``zstd`` runs: the same work without that head start.
-
+like the ``zstd`` runs: the same work without that head start. All of these run in interleaved
+rounds and each ratio is the median of its per-round values: on a shared machine a noisy minute
+then slows both sides of a ratio instead of one.
 
 Usage:
   python benchmarks/scan_throughput.py                 # 2 files of 1 GiB uncompressed each
   python benchmarks/scan_throughput.py --size-mb 200   # quicker
+  python benchmarks/scan_throughput.py --dir /tmp/scan --rounds 5   # keeps the dumps; reruns reuse them
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import argparse
 import itertools
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,6 +130,26 @@ def _make_dump(path: Path, size_mb: int, seed: int) -> int:
     return written
 
 
+def _dumps(files: list[Path], size_mb: int) -> int:
+    """Write the benchmark dumps, or reuse those a previous run left in the same folder; return their
+    total uncompressed size."""
+    record = files[0].with_name("dumps.json")
+    if record.exists() and all(path.exists() for path in files):
+        made = orjson.loads(record.read_bytes())
+        if made["size_mb"] == size_mb and made["compressed"] == [path.stat().st_size for path in files]:
+            print(f"reusing the dumps in {files[0].parent}")
+            return made["uncompressed"]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(len(files)) as pool:
+        uncompressed = sum(pool.map(_make_dump, files, [size_mb] * len(files), range(1, len(files) + 1)))
+    for path in files:
+        print(f"wrote {path.name}: {path.stat().st_size / 2**20:,.0f} MB compressed")
+    print(f"{uncompressed / 2**30:.2f} GiB uncompressed in {len(files)} files ({time.perf_counter() - started:.0f} s)")
+    record.write_bytes(orjson.dumps(
+        {"size_mb": size_mb, "compressed": [path.stat().st_size for path in files], "uncompressed": uncompressed}))
+    return uncompressed
+
+
 def _timed(command) -> float:
     started = time.perf_counter()
     command()
@@ -184,18 +207,13 @@ def _collect(files: list[Path], scan_out: Path, work: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="uncompressed MiB per file (2 files)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (median reported)")
     parser.add_argument("--dir", type=Path, default=None, help="where to write the dumps (default: a temp dir)")
     args = parser.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="scan-throughput-"))
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / f"RC_2020-0{i + 1}.zst" for i in range(2)]
-    started = time.perf_counter()
-    with ProcessPoolExecutor(len(files)) as pool:
-        sizes = list(pool.map(_make_dump, files, [args.size_mb] * len(files), range(1, len(files) + 1)))
-    uncompressed = sum(sizes)
-    for path in files:
-        print(f"wrote {path.name}: {path.stat().st_size / 2**20:,.0f} MB compressed")
-    print(f"{uncompressed / 2**30:.2f} GiB uncompressed in {len(files)} files ({time.perf_counter() - started:.0f} s)")
+    uncompressed = _dumps(files, args.size_mb)
 
     def zstd_all() -> None:
         for path in files:
@@ -207,23 +225,42 @@ def main() -> None:
             raise RuntimeError("zstd failed")
 
     zstd_all()  # warm the page cache
-    raw_s = min(_timed(zstd_all) for _ in range(2))
-    raw_parallel_s = min(_timed(zstd_parallel) for _ in range(2))
-    one_s = min(_scan(files, 1, folder / "scan1") for _ in range(2))
-    two_s = min(_scan(files, 2, folder / "scan2") for _ in range(2))
-    in_turn_s = sum(min(_scan([path], 1, folder / "scan-one") for _ in range(2)) for path in files)
+    # Rounds interleave every measurement, so a noisy minute on a shared machine hits all of them
+    # alike; each ratio is taken within a round and the median round is reported.
+    rounds = []
+    for round_number in range(1, args.rounds + 1):
+        measured = {
+            "zstd": _timed(zstd_all),
+            "zstd_parallel": _timed(zstd_parallel),
+            "one": _scan(files, 1, folder / "scan1"),
+            "two": _scan(files, 2, folder / "scan2"),
+            "in_turn": sum(_scan([path], 1, folder / "scan-one") for path in files),
+        }
+        rounds.append(measured)
+        print(f"round {round_number}: zstd {measured['zstd']:.2f} s, two zstd at once {measured['zstd_parallel']:.2f} s, "
+              f"scan 1 worker {measured['one']:.2f} s, 2 workers {measured['two']:.2f} s, "
+              f"fresh scan per file in turn {measured['in_turn']:.2f} s", flush=True)
     with_a_co_s = min(_scan(files, 1, folder / "scan3", short_links=True) for _ in range(2))
     collect_s = min(_collect(files, folder / "scan1" / "out", folder / "collect") for _ in range(2))
+
+    def ratio(numerator: str, denominator: str) -> str:
+        values = sorted(measured[numerator] / measured[denominator] for measured in rounds)
+        spread = f" (rounds: {values[0]:.2f}-{values[-1]:.2f}x)" if len(values) > 1 else ""
+        return f"{statistics.median(values):.2f}x{spread}"
+
     mb = uncompressed / 2**20
+    median = {key: statistics.median(measured[key] for measured in rounds) for key in rounds[0]}
+    raw_s, one_s, two_s = median["zstd"], median["one"], median["two"]
+    print(f"medians over {len(rounds)} rounds:")
     print(f"zstd -dc --long=31      : {raw_s:6.2f} s  {mb / raw_s:7.0f} MB/s")
     print(f"scan, 1 worker, 2 files : {one_s:6.2f} s  {mb / one_s:7.0f} MB/s")
     print(f"scan, 2 workers, 2 files: {two_s:6.2f} s  {mb / two_s:7.0f} MB/s")
     print(f"scan, 1 worker, + a.co/ : {with_a_co_s:6.2f} s  {mb / with_a_co_s:7.0f} MB/s  (short-link resolution on)")
-    print(f"ratio scan(1 worker) / zstd : {raw_s / one_s:.2f}x  (target >= 0.5x)")
-    print(f"speed-up 2 workers / 1      : {one_s / two_s:.2f}x  (target >= 1.8x)")
-    print(f"  the machine's own scaling : {raw_s / raw_parallel_s:.2f}x  (two zstd processes at once vs in turn)")
-    print(f"  vs one fresh scan per file: {in_turn_s / two_s:.2f}x  (each file scanned cold in its own process, "
-          f"in turn, as the zstd runs are: {in_turn_s:.2f} s)")
+    print(f"ratio scan(1 worker) / zstd : {ratio('zstd', 'one')}  (target >= 0.5x)")
+    print(f"speed-up 2 workers / 1      : {ratio('one', 'two')}  (target >= 1.8x)")
+    print(f"  the machine's own scaling : {ratio('zstd', 'zstd_parallel')}  (two zstd processes at once vs in turn)")
+    print(f"  vs one fresh scan per file: {ratio('in_turn', 'two')}  (each file scanned cold in its own process, "
+          f"in turn, as the zstd runs are)")
     print(f"ratio with a.co/ pass / zstd: {raw_s / with_a_co_s:.2f}x")
     print(f"second pass (collect the needed threads), 1 worker: {collect_s:.2f} s, {collect_s / one_s:.2f}x the scan's "
           f"time (no target)")
