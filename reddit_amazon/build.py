@@ -513,14 +513,35 @@ def _seed_sample_caches(options: BuildOptions) -> None:
             shutil.copyfile(path, store / path.name)
 
 
+def check_options(options: BuildOptions) -> None:
+    """Refuse options that would only fail (or destroy something) after the long stages have run."""
+    from benchmark.retrieval import check_retriever_name
+    from reddit_amazon.dataset_folder import SEMVER, check_output_folder
+
+    if not SEMVER.fullmatch(options.version):
+        raise BuildError(f"--version {options.version!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
+    for name in options.retrievers:
+        try:
+            check_retriever_name(name)
+        except ValueError as error:
+            raise BuildError(f"--retrievers: {error}") from None
+    if "openai-emb" in options.retrievers and not options.dry_run and not os.environ.get("OPENAI_API_KEY"):
+        raise BuildError("--retrievers openai-emb needs OPENAI_API_KEY (checked before the long stages run)")
+    local_inputs = [path for path in [*options.inputs, *options.meta, *options.reviews] if not path.startswith("hub:")]
+    kept = [options.workdir, *local_inputs, *(path for path in (options.llm_cache, options.image_store) if path)]
+    try:
+        check_output_folder(options.out, keep=kept)
+    except OSError as error:
+        raise BuildError(f"--out: {error}") from None
+
+
 def run_build(options: BuildOptions, console=None) -> dict[str, Any] | None:
     """Run every stage; returns the manifest (``None`` for ``--dry-run``)."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
     started = datetime.now(timezone.utc)
-    if "openai-emb" in options.retrievers and not options.dry_run and not os.environ.get("OPENAI_API_KEY"):
-        raise BuildError("--retrievers openai-emb needs OPENAI_API_KEY (checked before the long stages run)")
+    check_options(options)
     options.workdir.mkdir(parents=True, exist_ok=True)
     if options.sample:
         _seed_sample_caches(options)

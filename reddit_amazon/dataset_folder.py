@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
 from reddit_amazon import __version__
-from reddit_amazon.files import file_sha256, replace_dir, write_atomic
+from reddit_amazon.files import file_sha256, remove_abandoned_siblings, replace_dir, sibling_prefix, write_atomic
 from reddit_amazon.schema import (
     DOMAINS,
     ITEM_FEATURES,
@@ -74,9 +74,10 @@ def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents) -> dict
     """Write ``contents`` as a dataset folder at ``out_dir`` (atomically). Returns the manifest."""
     if not SEMVER.fullmatch(contents.version):
         raise SchemaError(f"dataset version {contents.version!r} is not semver (MAJOR.MINOR.PATCH)")
-    out_dir = Path(out_dir).resolve()
+    out_dir = check_output_folder(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    remove_abandoned_siblings(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=sibling_prefix(out_dir, "tmp"), dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is meant to be shared
     try:
         manifest = _write_into(tmp, contents)
@@ -85,6 +86,31 @@ def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents) -> dict
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def check_output_folder(out_dir: str | os.PathLike, keep: Sequence[str | os.PathLike] = ()) -> Path:
+    """``out_dir`` resolved, after checking that a dataset may be written there.
+
+    Writing replaces the whole folder, so it must not exist, be empty, or be a dataset folder (it has
+    a manifest); it must not hold the current directory or any path in ``keep`` (inputs, work
+    folder), and the first existing folder on its way must be writable. Raises ``FileExistsError`` /
+    ``PermissionError`` naming the folder, before any work starts.
+    """
+    out_dir = Path(out_dir).resolve()
+    for kept in [Path.cwd(), *map(Path, keep)]:
+        kept = kept.resolve()
+        if kept == out_dir or out_dir in kept.parents:
+            raise FileExistsError(f"{out_dir} holds {kept}, which writing the dataset there would delete")
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise FileExistsError(f"{out_dir} is a file; the dataset output must be a folder")
+        if not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
+            raise FileExistsError(f"{out_dir} is a folder with other content (no {MANIFEST}): writing the dataset "
+                                  "there would replace it; choose a new or empty folder")
+    existing = next(folder for folder in [out_dir, *out_dir.parents] if folder.exists())
+    if not os.access(existing if existing != out_dir else out_dir.parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write the dataset at {out_dir}: {existing} is not writable")
+    return out_dir
 
 
 def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:

@@ -412,18 +412,21 @@ def bare_id(value: Any) -> str:
 
 
 def parse_created_utc(value: Any) -> int | None:
-    """``created_utc`` as the dumps store it: int, float or a string of either."""
+    """``created_utc`` as the dumps store it: int, float or a string of either. ``None`` when it is
+    not a number of seconds between 1970 and the year 36812 (2**40 s; NaN, inf, 1e20 ...)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return int(value)
     if isinstance(value, str):
         try:
-            return int(float(value))
+            value = float(value)
         except ValueError:
             return None
+    if isinstance(value, (int, float)) and 0 <= value < MAX_CREATED_UTC:  # False for NaN
+        return int(value)
     return None
 
+
+MAX_CREATED_UTC = 2**40
 
 _DELETED_MARKERS = {"[deleted]", "[deleted by user]"}
 _REMOVED_MARKERS = {"[removed]", "[removed by reddit]", "[ removed by reddit ]", "[removed by moderator]"}

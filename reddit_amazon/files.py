@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,11 +56,40 @@ def replace_dir(new: Path, target: Path) -> None:
     if not target.exists():
         new.rename(target)
         return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    old = target.with_name(sibling_prefix(target, "old") + "0")
     shutil.rmtree(old, ignore_errors=True)
     target.rename(old)
     new.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def sibling_prefix(target: Path, kind: str) -> str:
+    """Name prefix of this process's hidden ``kind`` folders beside ``target`` (a folder being written,
+    or an old one being deleted). Host and pid in the name let a later run tell abandoned ones."""
+    return f".{target.name}.{kind}-{socket.gethostname()}-{os.getpid()}-"
+
+
+def remove_abandoned_siblings(target: Path) -> list[Path]:
+    """Delete the hidden folders that processes of this host left beside ``target`` when they were
+    killed (kill -9, power loss) while writing or replacing it; returns what was removed."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:tmp|old)-{re.escape(socket.gethostname())}-(\d+)-")
+    removed = []
+    for sibling in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        match = pattern.match(sibling.name)
+        if match and sibling.is_dir() and not _process_alive(int(match.group(1))):
+            shutil.rmtree(sibling, ignore_errors=True)
+            removed.append(sibling)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def file_sha256(path: Path) -> str:

@@ -9,6 +9,7 @@ that are needed -- never a whole month -- and turns one recommending comment int
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -99,7 +100,13 @@ def record_from_json(data: Mapping[str, Any]) -> RedditComment | RedditSubmissio
 
 
 class Pseudonymizer:
-    """Salted hash of a user name: the same name gives the same pseudonym within one salt."""
+    """Salted hash of a user name: the same name gives the same pseudonym within one salt.
+
+    Besides authors, user names appear as ``u/name`` mentions (and profile links) in texts and as
+    the ``u_<name>`` pseudo-subreddit of posts on a user's profile; :meth:`text` and
+    :meth:`subreddit` replace those with the same hash, so a mention still points at the turn the
+    mentioned user wrote.
+    """
 
     def __init__(self, salt: str):
         if not salt:
@@ -110,7 +117,27 @@ class Pseudonymizer:
         name = real_author(author)
         if not name:
             return ""
-        return "u_" + hashlib.blake2b(name.encode("utf-8"), key=self._key, digest_size=8).hexdigest()
+        return PSEUDONYM_PREFIX + self._hash(name)
+
+    def _hash(self, name: str) -> str:
+        return hashlib.blake2b(name.encode("utf-8"), key=self._key, digest_size=8).hexdigest()
+
+    def text(self, text: str) -> str:
+        """``text`` with every ``u/name``, ``/u/name``, ``/user/name`` and ``reddit.com/user/name``
+        mention replaced by ``u/<the name's hash>`` (Markdown-escaped underscores included)."""
+        if "u/" not in text and "user/" not in text:
+            return text
+        return _MENTION.sub(lambda match: f"{match.group(1)}{self._hash(match.group(2).replace(chr(92), ''))}", text)
+
+    def subreddit(self, name: str) -> str:
+        """A subreddit name, or the hashed form of a profile's ``u_<name>``."""
+        return PSEUDONYM_PREFIX + self._hash(name[2:]) if name.startswith("u_") else name
+
+
+PSEUDONYM_PREFIX = "u_"
+#: A user mention: ``u/`` (or ``user/``) after a non-word start or after ``reddit.com/``, then a user
+#: name (3-20 of letters, digits, ``-``, ``_``; Markdown may escape ``_`` as ``\_``).
+_MENTION = re.compile(r"((?:(?<=reddit\.com/)|(?<![\w/.%-])/?)(?:u|user)/)((?:[A-Za-z0-9-]|\\?_){3,20})(?![\w-])")
 
 
 def displayed_text(text: str) -> str:
@@ -213,7 +240,7 @@ class ThreadIndex:
         turns = [
             Turn(
                 kind="submission",
-                text=submission_text(submission),
+                text=pseudonymize.text(submission_text(submission)),
                 author=pseudonymize(submission.author),
                 created_utc=submission.created_utc,
                 id=submission.id,
@@ -227,7 +254,7 @@ class ThreadIndex:
             turns.append(
                 Turn(
                     kind="comment",
-                    text=displayed_text(ancestor.body),
+                    text=pseudonymize.text(displayed_text(ancestor.body)),
                     author=pseudonymize(ancestor.author),
                     created_utc=ancestor.created_utc,
                     id=ancestor.id,
@@ -242,11 +269,11 @@ class ThreadIndex:
             example_id=comment.id,
             domain="",
             thread_id=submission.id,
-            subreddit=comment.subreddit or submission.subreddit,
+            subreddit=pseudonymize.subreddit(comment.subreddit or submission.subreddit),
             created_utc=comment.created_utc,
             turns=turns,
             context_items=list(dict.fromkeys(context_items)),
-            gt_text=comment.body,
+            gt_text=pseudonymize.text(comment.body),
             gt_items=list(gt_items),
             gt_comment_id=comment.id,
         )

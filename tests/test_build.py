@@ -156,6 +156,19 @@ def test_dry_run_and_missing_key(sample_build, tmp_path):
     assert not (tmp_path / "ds").exists()
 
 
+def test_mistyped_options_and_a_foreign_out_folder_fail_before_any_work(tmp_path):
+    precious = tmp_path / "mydocs"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    cases = [(["--version", "1.0"], "not semver"), (["--retrievers", "bm2"], "Did you mean: bm25"),
+             (["--out", str(precious)], "other content"), (["--out", str(tmp_path)], "holds")]
+    for args, message in cases:
+        result = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), *args)
+        assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
+        assert not (tmp_path / "work").exists()  # nothing ran
+    assert (precious / "thesis.txt").read_text() == "years of work"
+
+
 def answers_of(cache: Path, model: str) -> int:
     with sqlite3.connect(cache) as db:
         return db.execute("SELECT COUNT(*) FROM answers WHERE model = ?", (model,)).fetchone()[0]

@@ -2,12 +2,21 @@ import io
 import json
 import os
 import re
+import socket
+import subprocess
+import sys
 
 import datasets
 import pytest
 from PIL import Image
 
-from reddit_amazon.dataset_folder import DatasetContents, fingerprint, read_manifest, write_dataset
+from reddit_amazon.dataset_folder import (
+    DatasetContents,
+    check_output_folder,
+    fingerprint,
+    read_manifest,
+    write_dataset,
+)
 from reddit_amazon.schema import DOMAINS, SPLITS, Conversation, Item, SchemaError, Turn
 
 
@@ -204,3 +213,41 @@ def test_push_to_hub_uploads_the_folder_as_is_and_tags_the_version(built, httpse
         (copy / relative).parent.mkdir(parents=True, exist_ok=True)
         (copy / relative).write_bytes(data)
     assert datasets.load_dataset(str(copy), "beauty", split="test").num_rows == 3
+
+
+def test_never_replaces_what_is_not_a_dataset(tmp_path, monkeypatch):
+    """Writing replaces the whole folder: anything that is not a previous dataset is refused, untouched."""
+    precious = tmp_path / "mydocs"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    with pytest.raises(FileExistsError, match="other content"):
+        write_dataset(precious, contents())
+    assert (precious / "thesis.txt").read_text() == "years of work"
+    (tmp_path / "notes.txt").write_text("notes")
+    with pytest.raises(FileExistsError, match="is a file"):
+        write_dataset(tmp_path / "notes.txt", contents())
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    for out in ("", "..", "."):  # the current folder or one above it
+        with pytest.raises(FileExistsError, match="holds"):
+            write_dataset(out, contents())
+    with pytest.raises(FileExistsError, match="holds"):
+        check_output_folder(tmp_path / "new", keep=[tmp_path / "new" / "work"])
+    assert (precious / "thesis.txt").read_text() == "years of work"
+    (tmp_path / "empty").mkdir()
+    write_dataset(tmp_path / "empty", contents())  # an empty folder, then a dataset folder, may be replaced
+    write_dataset(tmp_path / "empty", contents())
+    assert read_manifest(tmp_path / "empty")["version"] == "1.2.3"
+
+
+def test_folders_left_by_a_killed_write_are_removed_by_the_next(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    abandoned = [tmp_path / f".reddit-amazon.tmp-{host}-{dead.pid}-x1y2", tmp_path / f".reddit-amazon.old-{host}-{dead.pid}-0"]
+    alive = tmp_path / f".reddit-amazon.tmp-{host}-{os.getpid()}-abcd"  # a write still running
+    other_host = tmp_path / f".reddit-amazon.tmp-elsewhere-{dead.pid}-abcd"  # cannot be checked from here
+    for folder in [*abandoned, alive, other_host]:
+        (folder / "data").mkdir(parents=True)
+    write_dataset(tmp_path / "reddit-amazon", contents())
+    assert sorted(os.listdir(tmp_path)) == sorted([alive.name, other_host.name, "reddit-amazon"])

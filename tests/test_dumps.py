@@ -167,6 +167,8 @@ def test_field_quirks():
     assert parse_created_utc("1600000000.0") == 1600000000
     assert parse_created_utc(1600000000.7) == 1600000000
     assert parse_created_utc(None) is None and parse_created_utc("soon") is None and parse_created_utc(True) is None
+    # out of range: would overflow the int64 column (one such line used to abort the whole stage)
+    assert [parse_created_utc(v) for v in (1e20, "inf", "nan", float("nan"), -1e300, -5, 10**30)] == [None] * 7
     assert [text_state(t) for t in ["[deleted]", " [removed] ", "", None, "[deleted by user]", "ok [deleted]"]] == [
         "deleted",
         "removed",

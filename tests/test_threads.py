@@ -113,3 +113,27 @@ def test_pseudonyms_depend_on_the_salt_and_hide_the_name():
     assert first("Alice") != first("alice")
     assert "Alice" not in first("Alice") and first("Alice").startswith("u_")
     assert first("[deleted]") == first("") == ""
+
+
+def test_user_names_in_mentions_and_profile_subreddits_are_pseudonymised():
+    """Real texts mention users (`As /u/HereForTheEdge says` in the authors' release) and profile
+    posts sit in the pseudo-subreddit `u_<name>`: the name must not reach the output there either."""
+    submission = submission_from_dump(
+        {"id": "s1", "title": "My coat haul, thanks u/Sec\\_ret", "selftext": "", "author": "Sec_ret",
+         "created_utc": 1, "subreddit": "u_Sec_ret"})
+    question = _comment("c1", "t3_s1", "As /u/Sec_ret says, see reddit.com/user/Sec_ret/ (not amazon.com/gp/u/xyz1)",
+                        author="other")
+    answer = _comment("c2", "t1_c1", "https://www.amazon.com/dp/B000NL0T1G ping u/other and /u/Sec_ret", author="Sec_ret")
+    answer.subreddit = ""
+    pseudonym = Pseudonymizer("pepper")
+    conversation = _index(submission, question, answer).conversation(
+        answer, ["B000NL0T1G"], pseudonym, extract_asins, RebuildCounts())
+    row = str(conversation.to_row())
+    assert "Sec" not in row and "other" not in row.replace("another", "")
+    hashed = pseudonym("Sec_ret").removeprefix("u_")
+    assert conversation.subreddit == pseudonym("Sec_ret")
+    assert conversation.turns[0].text == f"My coat haul, thanks u/{hashed} "
+    assert conversation.turns[1].text == (f"As /u/{hashed} says, see reddit.com/user/{hashed}/ "
+                                          "(not amazon.com/gp/u/xyz1)")
+    assert conversation.gt_text.endswith(f"ping u/{pseudonym('other').removeprefix('u_')} and /u/{hashed}")
+    assert pseudonym.subreddit("MakeupAddiction") == "MakeupAddiction"

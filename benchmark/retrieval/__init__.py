@@ -14,7 +14,16 @@ from benchmark.retrieval.base import Retriever
 RETRIEVERS = ("bm25", "sbert", "openai-emb")
 
 
+def check_retriever_name(name: str) -> None:
+    """Raise ``ValueError`` (with a did-you-mean) unless ``name`` is a retriever."""
+    if name not in RETRIEVERS:
+        close = difflib.get_close_matches(name, RETRIEVERS, n=2, cutoff=0.4)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown retriever {name!r}.{hint} Available: {', '.join(RETRIEVERS)}")
+
+
 def get_retriever(name: str, **options: Any) -> Retriever:
+    check_retriever_name(name)
     if name == "bm25":
         from benchmark.retrieval.bm25 import BM25Retriever
 
@@ -23,13 +32,9 @@ def get_retriever(name: str, **options: Any) -> Retriever:
         from benchmark.retrieval.sbert import SBERTRetriever
 
         return SBERTRetriever(**options)
-    if name == "openai-emb":
-        from benchmark.retrieval.openai_emb import OpenAIEmbeddingRetriever
+    from benchmark.retrieval.openai_emb import OpenAIEmbeddingRetriever
 
-        return OpenAIEmbeddingRetriever(**options)
-    close = difflib.get_close_matches(name, RETRIEVERS, n=2, cutoff=0.4)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown retriever {name!r}.{hint} Available: {', '.join(RETRIEVERS)}")
+    return OpenAIEmbeddingRetriever(**options)
 
 
 def item_text(title: str, description: str = "", with_description: bool = False) -> str:
@@ -39,4 +44,4 @@ def item_text(title: str, description: str = "", with_description: bool = False)
     return title
 
 
-__all__ = ["RETRIEVERS", "Retriever", "get_retriever", "item_text"]
+__all__ = ["RETRIEVERS", "Retriever", "check_retriever_name", "get_retriever", "item_text"]
