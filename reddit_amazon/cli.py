@@ -156,7 +156,12 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
         workers=workers, tasks=tasks, buckets=buckets, progress=progress, slurm_partition=partition,
         slurm_time=slurm_time,
     )
-    result = run_reddit_stage(list(inputs), workdir, options)
+    if partition and executor != "slurm":
+        raise click.UsageError("--partition is for --executor slurm")
+    try:
+        result = run_reddit_stage(list(inputs), workdir, options)
+    except (ValueError, OSError) as error:  # an empty salt, no dumps in a folder, an unwritable workdir ...
+        raise click.ClickException(f"{type(error).__name__}: {error}") from error
     click.echo(orjson.dumps(result.funnel, option=orjson.OPT_INDENT_2).decode())
     for path, reason in result.incomplete_reasons.items():
         click.secho(f"incomplete: {path}: {reason}", fg="yellow", err=True)

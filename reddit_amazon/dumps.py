@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy
 import orjson
@@ -32,6 +32,15 @@ READ_SIZE = 1 << 18
 
 ZST_SUFFIXES = (".zst", ".zstd")
 PLAIN_SUFFIXES = (".jsonl", ".ndjson")
+#: Older Pushshift dumps (``RC_2005-12.bz2``, ``RC_2017-12.xz``) and gzipped exports.
+OTHER_COMPRESSED_SUFFIXES = (".xz", ".bz2", ".gz")
+DUMP_SUFFIXES = ZST_SUFFIXES + PLAIN_SUFFIXES + OTHER_COMPRESSED_SUFFIXES
+
+#: How a file starts, for each compression (the format comes from the bytes, not the name: a
+#: download cache keeps files as extension-less blobs behind symlinks).
+_MAGIC_BYTES = {"zstd": (b"\x28\xb5\x2f\xfd",), "xz": (b"\xfd7zXZ\x00",), "bz2": (b"BZh",), "gzip": (b"\x1f\x8b",)}
+_ZSTD_SKIPPABLE_TAIL = b"\x2a\x4d\x18"  # bytes 1-3 of a skippable frame's magic 0x184D2A5?
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class DumpReadError(Exception):
@@ -40,16 +49,30 @@ class DumpReadError(Exception):
     def __init__(self, path: Path, compressed_offset: int, reason: str, frame_offset: int):
         self.path = Path(path)
         self.compressed_offset = compressed_offset  # where the damage was noticed
-        self.frame_offset = frame_offset  # the damage is in the zstd frame starting here, or later
+        self.frame_offset = frame_offset  # the damage is in the frame (or stream) starting here, or later
         self.reason = reason
-        super().__init__(
-            f"{path}: {reason} at compressed byte {compressed_offset:,} "
-            f"(damage at or after the zstd frame starting at byte {frame_offset:,})"
-        )
+        #: The message without the path (reports list it under the path already).
+        self.detail = (f"{reason} at compressed byte {compressed_offset:,} "
+                       f"(everything before byte {frame_offset:,} was read; the damage is there or later)")
+        super().__init__(f"{path}: {self.detail}")
 
 
 def is_dump_file(path: Path) -> bool:
-    return path.name.endswith(ZST_SUFFIXES + PLAIN_SUFFIXES)
+    return path.name.lower().endswith(DUMP_SUFFIXES)
+
+
+def compression_of(head: bytes, path: Path) -> str:
+    """``"zstd"``, ``"xz"``, ``"bz2"``, ``"gzip"`` or ``"plain"`` for a file starting with ``head``.
+
+    A file named ``.zst`` that does not start like zstd is still read as zstd, so that it is
+    reported as damaged instead of being scanned as text.
+    """
+    for kind, magics in _MAGIC_BYTES.items():
+        if head.startswith(magics):
+            return kind
+    if head[1:4] == _ZSTD_SKIPPABLE_TAIL and head[:1] and head[0] & 0xF0 == 0x50:
+        return "zstd"
+    return "zstd" if path.name.lower().endswith(ZST_SUFFIXES) else "plain"
 
 
 def find_dump_files(inputs: Iterable[str | Path]) -> list[Path]:
@@ -63,7 +86,7 @@ def find_dump_files(inputs: Iterable[str | Path]) -> list[Path]:
         if given.is_dir():
             found = sorted(p for p in given.rglob("*") if p.is_file() and is_dump_file(p))
             if not found:
-                raise FileNotFoundError(f"{given}: no dump files ({', '.join(ZST_SUFFIXES + PLAIN_SUFFIXES)}) inside")
+                raise FileNotFoundError(f"{given}: no dump files ({', '.join(DUMP_SUFFIXES)}) inside")
             files.extend(found)
         elif given.exists():  # a named pipe too: a download still being written can be read as it comes
             files.append(given)
@@ -145,6 +168,10 @@ class _FrameWalker:
             self.expect = "frame"
             return 4
         if available < 8:
+            if not _could_start_a_frame(data[local : local + 4]):
+                self.frame_starts.append(self.boundary)
+                self.error = "not a zstd frame"  # known now: the decompressor must not get these bytes
+                return 0
             return None
         magic = int.from_bytes(data[local : local + 4], "little")
         self.frame_starts.append(self.boundary)
@@ -171,6 +198,13 @@ class _FrameWalker:
         return max((start for start in self.frame_starts if start <= offset), default=0)
 
 
+def _could_start_a_frame(head: bytes) -> bool:
+    """Whether ``head`` (up to 4 bytes) can begin a zstd or skippable frame's magic number."""
+    if _MAGIC_BYTES["zstd"][0].startswith(head):
+        return True
+    return head[:1] == b"" or (head[0] & 0xF0 == 0x50 and _ZSTD_SKIPPABLE_TAIL.startswith(head[1:]))
+
+
 class _WalkedFile:
     """A binary file whose reads feed a :class:`_FrameWalker` and the progress counters."""
 
@@ -181,38 +215,85 @@ class _WalkedFile:
         self.last_read = 0
 
     def read(self, size: int = -1) -> bytes:
+        if self.walker.error:  # the decompressor has had every byte before the damage
+            return b""
         data = self.raw.read(size)
+        start = self.walker.position
         self.walker.feed(data)
         self.progress.compressed_bytes += len(data)
+        if self.walker.error:
+            # Hand over only the bytes before the bad header: the decompressor then finishes every
+            # complete frame before it normally (an error inside its read would lose that output).
+            data = data[: max(0, self.walker.boundary - start)]
         self.last_read = len(data)
         return data
 
 
 def iter_chunks(path: Path, progress: ReadProgress | None = None, read_size: int = READ_SIZE) -> Iterator[bytes]:
-    """Decompressed bytes of ``path`` in chunks, frame after frame.
+    """Decompressed bytes of ``path`` in chunks, frame after frame, without a leading UTF-8 BOM.
 
-    Raises :class:`DumpReadError` at the first corrupt frame, or after the last readable bytes
-    when the file ends inside a frame.
+    The compression (zstd, xz, bz2, gzip or none) is recognised from the first bytes. Raises
+    :class:`DumpReadError` at the first corrupt frame, or after the last readable bytes when the
+    file ends inside a frame.
     """
     path = Path(path)
     progress = progress if progress is not None else ReadProgress()
     with open(path, "rb") as raw:
-        if not path.name.endswith(ZST_SUFFIXES):
-            while block := raw.read(read_size):
-                progress.compressed_bytes += len(block)
-                progress.uncompressed_bytes += len(block)
-                yield block
-            return
-        import zstandard
+        compression = compression_of(raw.peek(8)[:8], path)
+        if compression == "zstd":
+            chunks = _zstd_chunks(path, raw, read_size, progress)
+        elif compression == "plain":
+            chunks = _plain_chunks(raw, read_size, progress)
+        else:
+            chunks = _stdlib_chunks(path, raw, compression, read_size, progress)
+        first = next(chunks, b"")
+        yield first.removeprefix(UTF8_BOM)
+        yield from chunks
 
-        walker = _FrameWalker()
-        source = _WalkedFile(raw, walker, progress)
-        decompressor = _IDLE_DECOMPRESSORS.pop() if _IDLE_DECOMPRESSORS else None
-        decompressor = decompressor or zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
-        try:
-            yield from _decompressed(path, decompressor, source, walker, read_size, progress)
-        finally:
-            _IDLE_DECOMPRESSORS.append(decompressor)
+
+def _plain_chunks(raw: BinaryIO, read_size: int, progress: ReadProgress) -> Iterator[bytes]:
+    while block := raw.read(read_size * 4):
+        progress.compressed_bytes += len(block)
+        progress.uncompressed_bytes += len(block)
+        yield block
+
+
+def _stdlib_chunks(path: Path, raw: BinaryIO, compression: str, read_size: int,
+                   progress: ReadProgress) -> Iterator[bytes]:
+    """xz, bz2 and gzip files (multi-stream too) with the standard library's decoders."""
+    import bz2
+    import gzip
+    import lzma
+    import zlib
+
+    opener = {"xz": lzma.open, "bz2": bz2.open, "gzip": gzip.open}[compression]
+    with opener(raw, "rb") as decoded:
+        while True:
+            position = raw.tell()
+            try:
+                chunk = decoded.read1(read_size * 4)  # one decoder call: an error loses no earlier output
+            except (EOFError, OSError, lzma.LZMAError, zlib.error) as error:
+                reason = "file ends inside a compressed stream (truncated)" if isinstance(error, EOFError) \
+                    else f"corrupt {compression} data ({error})"
+                raise DumpReadError(path, raw.tell(), reason, position) from None
+            progress.compressed_bytes += raw.tell() - position
+            if not chunk:
+                return
+            progress.uncompressed_bytes += len(chunk)
+            yield chunk
+
+
+def _zstd_chunks(path: Path, raw: BinaryIO, read_size: int, progress: ReadProgress) -> Iterator[bytes]:
+    import zstandard
+
+    walker = _FrameWalker()
+    source = _WalkedFile(raw, walker, progress)
+    decompressor = _IDLE_DECOMPRESSORS.pop() if _IDLE_DECOMPRESSORS else None
+    decompressor = decompressor or zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
+    try:
+        yield from _decompressed(path, decompressor, source, walker, read_size, progress)
+    finally:
+        _IDLE_DECOMPRESSORS.append(decompressor)
 
 
 #: Decompressors no stream is using. Reusing one keeps its window buffer mapped: a fresh one

@@ -105,13 +105,14 @@ def _dot_after_escaped_backslashes(data: numpy.ndarray, position: int) -> bool:
 
 
 # A host whose last labels are "amazon.<tld>" (amazon.com, www.amazon.co.uk, smile.amazon.de,
-# m.amazon.in, ...). The look-behind keeps out "images-amazon.com" and "media-amazon.com".
+# m.amazon.in, ...). The look-behind keeps out "images-amazon.com" and "media-amazon.com" but not
+# "_" (Markdown italics: "_amazon.com/dp/..._") or a letter of a script written without spaces.
 _AMAZON_URL = re.compile(
-    r"(?<![\w.@-])(?:[a-z0-9-]+\.)*amazon\.(?:com?\.)?[a-z]{2,3}(?![\w-])(?P<rest>[^\s)\]\[<>\"'|{}^`]*)",
+    r"(?<![a-z0-9.@-])(?:[a-z0-9-]+\.)*amazon\.(?:com?\.)?[a-z]{2,3}(?![\w-])(?P<rest>[^\s)\]\[<>\"'|{}^`]*)",
     re.IGNORECASE,
 )
 # amzn.com/<ASIN> and amzn.com/dp/<ASIN> carry the ASIN without a redirect.
-_AMZN_COM_URL = re.compile(r"(?<![\w.@-])amzn\.com/(?:dp/)?(?P<asin>[a-z0-9]{10})(?![a-z0-9])", re.IGNORECASE)
+_AMZN_COM_URL = re.compile(r"(?<![a-z0-9.@-])amzn\.com/(?:dp/)?(?P<asin>[a-z0-9]{10})(?![a-z0-9])", re.IGNORECASE)
 
 # Path segments after which a product's ASIN follows. A slug may come before ("/Some-Name/dp/…").
 _PRODUCT_PATH = re.compile(
@@ -123,7 +124,7 @@ _PRODUCT_PATH = re.compile(
 
 SHORT_LINK_HOSTS: tuple[str, ...] = ("amzn.to", "a.co", "amzn.eu", "amzn.asia", "amzn.in", "amzn.com.au")
 _SHORT_LINK = re.compile(
-    r"(?<![\w.@-])(?:https?://)?(?P<host>amzn\.to|a\.co|amzn\.eu|amzn\.asia|amzn\.in|amzn\.com\.au)"
+    r"(?<![a-z0-9.@-])(?:https?://)?(?P<host>amzn\.to|a\.co|amzn\.eu|amzn\.asia|amzn\.in|amzn\.com\.au)"
     r"/(?P<path>(?:d/)?[A-Za-z0-9_-]+)",
     re.IGNORECASE,
 )
@@ -143,11 +144,20 @@ def _normalise(text: str) -> str:
 
 def _asin_of(path: str) -> str | None:
     match = _PRODUCT_PATH.search(path)
-    return match["asin"].upper() if match else None
+    if not match:
+        return None
+    asin = match["asin"].upper()
+    return asin if any(character.isdigit() for character in asin) else None  # not "/dp/bestseller"
+
+
+# Links pasted with only a comma between them: the first URL would swallow the second.
+_COMMA_BEFORE_LINK = re.compile(r",(?=(?:https?://)?(?:[a-z0-9-]+\.)*(?:amazon|amzn)\.)", re.IGNORECASE)
 
 
 def _asins_at(text: str) -> list[tuple[int, str]]:
     """(position, ASIN) of each product link in an already normalised text."""
+    if "," in text:
+        text = _COMMA_BEFORE_LINK.sub(" ", text)  # same length: positions stay
     found = []
     for match in _AMAZON_URL.finditer(text):
         asin = _asin_of(match["rest"])

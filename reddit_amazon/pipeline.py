@@ -228,7 +228,7 @@ def scan_file(path: Path, hits_path: Path, *, short_links: bool = True, progress
                 counts["short_links_found"] += len(links)
                 out.write(orjson.dumps({**comment.to_json(), "asins": asins, "short_links": links}) + b"\n")
         except DumpReadError as read_error:
-            error = str(read_error)
+            error = read_error.detail
     os.replace(temporary, hits_path)
     return {
         "path": str(path),
@@ -337,7 +337,7 @@ def collect_file(
                 handle = handles[bucket] = open(temporary_dir / f"bucket-{bucket:05d}.jsonl", "wb")
             handle.write(orjson.dumps(kept.to_json()) + b"\n")
     except DumpReadError as read_error:
-        error = str(read_error)
+        error = read_error.detail
     finally:
         for handle in handles.values():
             handle.close()
@@ -720,8 +720,8 @@ def _funnel(
     def total(stats: list[dict[str, Any]], key: str) -> int:
         return sum(s.get(key, 0) for s in stats)
 
-    def problems(key: str) -> int:
-        return sum(s["problems"].get(key, 0) for s in scan_stats)
+    def problems(key: str, stats: list[dict[str, Any]] = scan_stats) -> int:
+        return sum(s["problems"].get(key, 0) for s in stats)
 
     target_rows = [t for bucket in targets.values() for t in bucket]
     return {
@@ -758,5 +758,9 @@ def _funnel(
             "ancestor_missing": total(rebuild_stats, "ancestor_missing"),
             "broken_parent_chain": total(rebuild_stats, "broken_parent_chain"),
         },
+        # Lines of the needed threads that the second pass could not read: their conversations show up
+        # above as submission_missing / ancestor_missing.
+        "thread_lines_unreadable": {key: problems(key, collect_stats)
+                                    for key in ("malformed_json", "invalid_utf8", "missing_fields", "not_an_object")},
         "incomplete_files": {s["path"]: s["error"] for s in scan_stats if s["error"]},
     }

@@ -15,6 +15,7 @@ from reddit_amazon.dumps import (
     ReadProgress,
     _FrameWalker,
     bare_id,
+    find_dump_files,
     iter_chunks,
     iter_lines,
     iter_selected_lines,
@@ -90,12 +91,68 @@ def test_a_file_cut_in_its_last_block_or_checksum_is_truncated(tmp_path, cut):
         list(iter_lines(iter_chunks(truncated, read_size=256)))
 
 
-def test_trailing_garbage_is_reported(tmp_path):
-    path = write_zst_ndjson(tmp_path / "a.zst", _records(100))
-    path.write_bytes(path.read_bytes() + b"this is not zstd at all")
+@pytest.mark.parametrize("garbage", [b"this is not zstd at all", b"junk\n", b"\x00"])
+def test_trailing_garbage_is_reported_after_every_line_before_it(tmp_path, garbage):
+    path = write_zst_ndjson(tmp_path / "a.zst", _records(100), frames=4)
+    path.write_bytes(path.read_bytes() + garbage)
+    got = []
     with pytest.raises(DumpReadError) as caught:
-        list(iter_lines(iter_chunks(path)))
-    assert caught.value.compressed_offset == path.stat().st_size - len(b"this is not zstd at all")
+        got.extend(iter_lines(iter_chunks(path)))
+    assert len(got) == 100  # the decompressor never sees the garbage, so it loses no output to it
+    assert caught.value.compressed_offset == caught.value.frame_offset == path.stat().st_size - len(garbage)
+
+
+def test_a_broken_frame_header_keeps_the_frames_before_it(tmp_path):
+    path = write_zst_ndjson(tmp_path / "a.zst", _records(4000), frames=4)
+    data = bytearray(path.read_bytes())
+    walker = _FrameWalker()
+    walker.feed(bytes(data))
+    third = walker.frame_starts[2]
+    data[third : third + 4] = bytes(4)
+    path.write_bytes(bytes(data))
+    got = []
+    with pytest.raises(DumpReadError, match="not a zstd frame") as caught:
+        got.extend(orjson.loads(line) for line in iter_lines(iter_chunks(path)))
+    assert got == _records(4000)[:2000] and caught.value.frame_offset == third
+
+
+@pytest.mark.parametrize("compression", ["xz", "bz2", "gzip"])
+def test_older_pushshift_compressions_are_read_and_their_truncation_reported(tmp_path, compression):
+    import bz2
+    import gzip
+    import lzma
+
+    compress = {"xz": lzma.compress, "bz2": bz2.compress, "gzip": gzip.compress}[compression]
+    records = _records(3000)
+    body = b"".join(orjson.dumps(record) + b"\n" for record in records)
+    path = tmp_path / f"RC_2017-12.{ {'gzip': 'gz'}.get(compression, compression) }"
+    path.write_bytes(compress(body[: len(body) // 2]) + compress(body[len(body) // 2 :]))  # two streams
+    assert [orjson.loads(line) for line in _all_lines(path)] == records
+    truncated = tmp_path / "cut"  # no suffix: recognised from its first bytes
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size * 3 // 4])
+    got = []
+    with pytest.raises(DumpReadError, match="truncated|corrupt") as caught:
+        got.extend(orjson.loads(line) for line in iter_lines(iter_chunks(truncated, read_size=4096)))
+    assert 1500 <= len(got) < 3000 and got == records[: len(got)] and caught.value.path == truncated
+
+
+def test_format_comes_from_the_bytes_and_a_bom_is_dropped(tmp_path):
+    """Download caches keep dumps as extension-less blobs behind symlinks; names may be upper case."""
+    zst = write_zst_ndjson(tmp_path / "blob", _records(50), frames=2)
+    link = tmp_path / "RC_2020-01.zst"
+    link.symlink_to(zst)
+    upper = tmp_path / "RS_2020-01.ZST"
+    upper.write_bytes(zst.read_bytes())
+    for path in (zst, link, upper):
+        assert len(_all_lines(path)) == 50
+    assert find_dump_files([tmp_path]) == sorted([link.resolve(), upper])  # the blob has no dump suffix
+    bom = tmp_path / "c.jsonl"
+    bom.write_bytes(b'\xef\xbb\xbf{"id":"x"}\n{"id":"y"}\n')
+    assert [orjson.loads(line) for line in _all_lines(bom)] == [{"id": "x"}, {"id": "y"}]
+    not_zstd = tmp_path / "RC_2020-02.zst"  # named zstd but holding something else: damaged, not text
+    not_zstd.write_bytes(b"<html>502 Bad Gateway</html>")
+    with pytest.raises(DumpReadError, match="not a zstd frame"):
+        _all_lines(not_zstd)
 
 
 def test_corrupt_frame_names_file_and_offset(tmp_path):

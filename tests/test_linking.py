@@ -48,6 +48,11 @@ POSITIVE = [
     ("(https://www.amazon.com/dp/B01KLNNHDM)", ["B01KLNNHDM"]),
     ("<https://www.amazon.com/dp/B01KLNNHDN>", ["B01KLNNHDN"]),
     ("https://www.amazon.com/gp/offer-listing/B002UKSZUU/ref=dp_olp", ["B002UKSZUU"]),
+    # pasted with only a comma between, in Markdown italics, after a letter of a script without spaces
+    ("amazon.com/dp/B000NL0T1G,https://amazon.com/dp/B00AGG3MZ8", ["B000NL0T1G", "B00AGG3MZ8"]),
+    ("_amazon.com/dp/B000NL0T1G_", ["B000NL0T1G"]),
+    ("これamazon.co.jp/dp/B000NL0T1G", ["B000NL0T1G"]),
+    ("https://www.amazon.com/Neutrogena,-Hydro/dp/B00NR1YQHM?k=a,b", ["B00NR1YQHM"]),
 ]
 
 NEGATIVE = [
@@ -64,6 +69,8 @@ NEGATIVE = [
     "I bought it on Amazon. The dp/B00NN2Y04E code is on the box.",
     "https://www.amazon.com/dp/B00NN2Y04EXTRA",  # 11+ characters is no ASIN
     "https://www.ebay.com/itm/B00NN2Y04E",
+    "https://www.amazon.com/dp/bestseller",  # ten letters, no digit: a word, not an ASIN
+    "https://x-amazon.com/dp/B00NN2Y04E",
     "",
 ]
 

@@ -190,6 +190,21 @@ def test_funnel_and_incomplete_files(built, world):
     assert funnel["ancestors_deleted_or_removed"] >= 2
 
 
+def test_unreadable_lines_of_needed_threads_are_reported(tmp_path):
+    """The second pass meets bad lines too: a cut submission line is why its conversation is missing."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "RS_2020-09.ndjson").write_bytes(
+        b'{"id":"s1","title":"Need a razor","selftext":"","author":"a","created_utc":1600000000,"subre\n'
+        + orjson.dumps(_sub("s2", "Need a kettle")) + b"\n")
+    (tmp_path / "in" / "RC_2020-09.ndjson").write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in [
+        _com("c1", "s1", "t3_s1", "https://www.amazon.com/dp/B000NL0T1G"),
+        _com("c2", "s2", "t3_s2", "https://www.amazon.com/dp/B0000000C2")]))
+    result = run_reddit_stage([tmp_path / "in"], tmp_path / "work", RedditStageOptions(salt="s", progress=False))
+    assert result.funnel["threads_rebuilt"] == 1 and result.funnel["dropped"]["submission_missing"] == 1
+    assert result.funnel["thread_lines_unreadable"]["malformed_json"] == 1
+    assert result.funnel["dropped"]["malformed_json"] == 0  # the first pass never parses submission lines
+
+
 def test_outputs_are_only_complete_files(built):
     workdir, result = built
     conversations = workdir / "reddit" / "conversations"
