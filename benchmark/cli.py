@@ -37,6 +37,20 @@ def _fail(error: Exception) -> None:
     raise click.ClickException(str(error)) from error
 
 
+def _user_facing_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message says what to fix: endpoint refusals (bad key, outage after the retries,
+    timeouts), unreadable files or hub ids, and plugins refusing their inputs (e.g. lavic embeddings
+    made for another model). Anything else is a bug and keeps its traceback."""
+    import openai
+
+    return openai.OpenAIError, OSError, ValueError
+
+
+def _fail_clearly(error: Exception) -> None:
+    prefix = "" if isinstance(error, click.ClickException) else f"{type(error).__name__}: "
+    raise click.ClickException(f"{prefix}{error}") from error
+
+
 @cli.command("run")
 @click.option("--model", required=True, help="Built-in name, entry-point name, module:Class or path/file.py:Class.")
 @click.option("--model-args", default="", help="Constructor options: key=value,key=value (JSON scalars decoded).")
@@ -80,6 +94,8 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
         results = run(config, out_dir, overwrite=overwrite, progress=not quiet)
     except (DatasetError, RegistryError, RunError, MissingAPIKeyError, FileNotFoundError, ImportError) as error:
         _fail(error)
+    except _user_facing_errors() as error:
+        _fail_clearly(error)
     _echo_summary(results, Path(out_dir))
 
 
@@ -117,11 +133,12 @@ def _echo_summary(results: dict, out_dir: Path) -> None:
 @click.option("--with-description", is_flag=True, help="Item text = title + description (default: title).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="First N records per domain.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace an earlier retrieval's files in --out.")
 @click.option("--bootstrap-samples", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True)
 def retrieve_command(retriever, retriever_args, dataset, domain, split, k, with_description, limit, out_dir,
-                     bootstrap_samples, seed, quiet) -> None:
+                     overwrite, bootstrap_samples, seed, quiet) -> None:
     """Top-k items of each domain's full catalog per record, and that ranking's HR@1 (retrieval baselines).
 
     Writes DIR/candidates.jsonl (example_id, domain, candidates best-first) and DIR/results.json.
@@ -142,9 +159,11 @@ def retrieve_command(retriever, retriever_args, dataset, domain, split, k, with_
         config = RetrieveConfig(retriever=retriever, retriever_options=parse_model_args(retriever_args),
                                 dataset=dataset, domain=domain, split=split, k=k, with_description=with_description,
                                 limit=limit, bootstrap_samples=bootstrap_samples, seed=seed)
-        results = retrieve(config, out_dir, progress=not quiet)
+        results = retrieve(config, out_dir, overwrite=overwrite, progress=not quiet)
     except (DatasetError, RegistryError, FileNotFoundError, ImportError, RuntimeError) as error:
         _fail(error)
+    except _user_facing_errors() as error:
+        _fail_clearly(error)
     _echo_summary(results, Path(out_dir))
 
 

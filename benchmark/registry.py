@@ -15,6 +15,7 @@ import difflib
 import importlib
 import importlib.util
 import json
+import re
 import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -91,17 +92,28 @@ def _load_from_file(path: Path, attribute: str, spec: str) -> Any:
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:  # the plugin may import modules that sit beside it, as a script would
+        sys.path.insert(0, folder)
     module_spec.loader.exec_module(module)
-    return _attribute(module, attribute, spec)
+    return _attribute(module, attribute, spec, where=str(path))
 
 
-def _attribute(module: Any, attribute: str, spec: str) -> Any:
+def _attribute(module: Any, attribute: str, spec: str, where: str | None = None) -> Any:
     if not hasattr(module, attribute):
         public = [n for n in vars(module) if not n.startswith("_") and isinstance(getattr(module, n), type)]
         close = difflib.get_close_matches(attribute, public, n=3, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise RegistryError(f"recommender {spec!r}: {module.__name__} has no {attribute!r}.{hint}")
+        raise RegistryError(f"recommender {spec!r}: {where or module.__name__} has no {attribute!r}.{hint}")
     return getattr(module, attribute)
+
+
+_SECRET_ARG = re.compile(r"key|token|secret|password", re.IGNORECASE)
+
+
+def redacted_args(model_args: dict[str, Any]) -> dict[str, Any]:
+    """Model args as they may be shown or recorded: secret-looking values never are."""
+    return {k: "<redacted>" if _SECRET_ARG.search(k) else v for k, v in model_args.items()}
 
 
 def parse_model_args(text: str | None) -> dict[str, Any]:
@@ -144,7 +156,8 @@ def instantiate(resolved: ResolvedModel, model_args: dict[str, Any]) -> Any:
     try:
         instance = resolved.cls(**model_args)
     except TypeError as error:
-        raise RegistryError(f"recommender {spec!r} does not accept --model-args {model_args}: {error}") from error
+        raise RegistryError(f"recommender {spec!r} does not accept --model-args {redacted_args(model_args)}: "
+                            f"{error}") from error
     if not (callable(getattr(instance, "recommend", None)) or callable(getattr(instance, "rank", None))):
         raise RegistryError(f"recommender {spec!r} ({resolved.target}) has neither recommend() nor rank()")
     return instance

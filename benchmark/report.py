@@ -32,7 +32,9 @@ class Run:
     def label(self) -> str:
         model = self.results["model"]
         args = ", ".join(f"{k}={v}" for k, v in sorted(model.get("args", {}).items()))
-        return f"{model.get('name') or model['spec']}" + (f" ({args})" if args else "")
+        limit = self.results.get("limit")
+        return (f"{model.get('name') or model['spec']}" + (f" ({args})" if args else "")
+                + (f" [first {limit} records per domain]" if limit else ""))
 
     @property
     def group(self) -> str:
@@ -96,15 +98,17 @@ def _format(value: float | None) -> str:
 
 
 def provenance(runs: Sequence[Run]) -> list[str]:
-    """One line per distinct (dataset, version, fingerprint, split); more than one is flagged."""
+    """One line per distinct (dataset, version, fingerprint, split, record limit); more than one is flagged."""
     seen = {}
     for run in runs:
         d = run.results["dataset"]
-        key = (d["id"], d["version"], d["fingerprint"][:12], run.results["split"])
+        key = (d["id"], d["version"], d["fingerprint"][:12], run.results["split"], run.results.get("limit"))
         seen.setdefault(key, []).append(run.label)
-    lines = [f"dataset {i} v{v} (fingerprint {f}), split {s}" for (i, v, f, s) in seen]
+    lines = [f"dataset {i} v{v} (fingerprint {f}), split {s}" + (f", first {n} records per domain" if n else "")
+             for (i, v, f, s, n) in seen]
     if len(seen) > 1:
-        lines.insert(0, "WARNING: these runs used different datasets or splits; rows are not comparable.")
+        lines.insert(0, "WARNING: these runs used different datasets, splits or record limits; "
+                        "rows are not comparable.")
     return lines
 
 

@@ -26,13 +26,17 @@ from benchmark.data import (
 from benchmark.metrics import (
     DEFAULT_BOOTSTRAP_SAMPLES,
     DEFAULT_SEED,
+    RANKING_CUTOFFS,
     score,
     summarize_by_domain,
 )
 from benchmark.retrieval import get_retriever, item_text
 from benchmark.runner import (
+    PREDICTIONS_FILE,
     RESULTS_FILE,
     RESULTS_FORMAT,
+    RUN_FILE,
+    RunError,
     bootstrap_entry,
     dataset_entry,
     provenance,
@@ -58,11 +62,13 @@ class RetrieveConfig:
     seed: int = DEFAULT_SEED
 
 
-def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool = True,
+             overwrite: bool = False) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
     out = Path(out_dir)
+    _check_folder(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     info = resolve_dataset(config.dataset)
     retriever = get_retriever(config.retriever, **config.retriever_options)
@@ -86,6 +92,13 @@ def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool 
             groups.append(domain)
     metrics = summarize_by_domain(groups, outcomes, config.bootstrap_samples, config.seed)
     metrics.pop("vr", None)  # the ranking is the candidate list itself: VR is not defined
+    for cutoff in RANKING_CUTOFFS:
+        if cutoff > config.k:  # a list of k items says nothing about the top 10
+            metrics.pop(f"recall@{cutoff}", None)
+            metrics.pop(f"ndcg@{cutoff}", None)
+    if overwrite:
+        for name in (RUN_FILE, PREDICTIONS_FILE):
+            (out / name).unlink(missing_ok=True)
     write_atomic(out / CANDIDATES_FILE, b"".join(orjson.dumps(r) + b"\n" for r in rows))
     results = {
         "format": RESULTS_FORMAT,
@@ -109,3 +122,13 @@ def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool 
     }
     write_atomic(out / RESULTS_FILE, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     return results
+
+
+def _check_folder(out: Path, overwrite: bool) -> None:
+    """A retrieval may replace an earlier retrieval in ``out``, never a model run's files."""
+    if overwrite or not out.is_dir():
+        return
+    results = out / RESULTS_FILE
+    if (out / RUN_FILE).exists() or (out / PREDICTIONS_FILE).exists() or (
+            results.is_file() and orjson.loads(results.read_bytes()).get("kind") != "retrieval"):
+        raise RunError(f"{out} holds a `benchmark run` result; choose another --out or pass --overwrite")

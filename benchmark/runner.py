@@ -13,7 +13,6 @@ A finished run (results.json present, same run.json) is returned as is unless ``
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -73,12 +72,7 @@ class RunConfig:
     seed: int = DEFAULT_SEED
 
 
-_SECRET_ARG = re.compile(r"key|token|secret|password", re.IGNORECASE)
-
-
-def recorded_args(model_args: dict[str, Any]) -> dict[str, Any]:
-    """Model args as written to run.json / results.json: secret-looking values are never recorded."""
-    return {k: "<redacted>" if _SECRET_ARG.search(k) else v for k, v in model_args.items()}
+recorded_args = registry.redacted_args  # model args as run.json / results.json record them
 
 
 def _signature(config: RunConfig, info: DatasetInfo) -> dict[str, Any]:
@@ -105,10 +99,14 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     resolved = registry.resolve(config.model) if recommender is None else None  # fail fast on a bad name
     info = resolve_dataset(config.dataset)
     signature = _signature(config, info)
-    _prepare_folder(out, signature, overwrite)
+    _check_folder(out, signature, overwrite)
     results_path = out / RESULTS_FILE
-    if results_path.is_file():
-        return orjson.loads(results_path.read_bytes())
+    if results_path.is_file() and not overwrite:
+        finished = orjson.loads(results_path.read_bytes())
+        if finished.get("bootstrap") != bootstrap_entry(config.bootstrap_samples, config.seed):
+            finished = _with_new_intervals(finished, out, config)
+            write_atomic(results_path, orjson.dumps(finished, option=orjson.OPT_INDENT_2) + b"\n")
+        return finished
 
     load_started = time.perf_counter()
     domains = domains_for(info, config.domain, config.split)
@@ -121,7 +119,6 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
         splits.append((domain, conversations, column, items, where))
     load_seconds = time.perf_counter() - load_started
 
-    cached = _read_predictions(out / PREDICTIONS_FILE)
     if resolved is not None:
         recommender = registry.instantiate(resolved, config.model_args)
         model_info = {"spec": config.model, "target": resolved.target, "source": resolved.source}
@@ -129,7 +126,11 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
         kind = type(recommender)
         model_info = {"spec": config.model, "target": f"{kind.__module__}:{kind.__qualname__}", "source": "object"}
     batch_size = config.batch_size or getattr(recommender, "batch_size", None) or DEFAULT_BATCH_SIZE
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise RunError(f"{config.model}: batch_size must be a positive integer, not {batch_size!r}")
     ranks = callable(getattr(recommender, "rank", None))
+    _start_folder(out, signature, overwrite)  # only now: a run that fails before this leaves nothing behind
+    cached = _read_predictions(out / PREDICTIONS_FILE)
 
     records: list[Record] = []
     for _, conversations, column, items, where in splits:
@@ -181,6 +182,16 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     return results
 
 
+def _with_new_intervals(finished: dict[str, Any], out: Path, config: RunConfig) -> dict[str, Any]:
+    """A finished run's results with confidence intervals for other bootstrap settings, from its
+    scored predictions (the scores themselves cannot change)."""
+    rows = [orjson.loads(line) for line in (out / PREDICTIONS_FILE).read_bytes().splitlines()]
+    outcomes = [Outcome(pairs=row["gt_pairs"], hits=row["hits"], valid=row["valid"],
+                        recall=tuple(row.get("recall", ())), ndcg=tuple(row.get("ndcg", ()))) for row in rows]
+    metrics = summarize_by_domain([row["domain"] for row in rows], outcomes, config.bootstrap_samples, config.seed)
+    return {**finished, "metrics": metrics, "bootstrap": bootstrap_entry(config.bootstrap_samples, config.seed)}
+
+
 def _check_unique(records: Sequence[Record]) -> None:
     seen: set[tuple[str, str]] = set()
     for record in records:
@@ -190,22 +201,33 @@ def _check_unique(records: Sequence[Record]) -> None:
         seen.add(key)
 
 
-def _prepare_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> None:
+    """Refuse an ``out`` that holds another run (or files of unknown origin), without changing it."""
     run_path = out / RUN_FILE
     if overwrite:
-        for name in (PREDICTIONS_FILE, RESULTS_FILE):
-            (out / name).unlink(missing_ok=True)
-    elif run_path.is_file():
+        return
+    if run_path.is_file():
         previous = orjson.loads(run_path.read_bytes())
         current = orjson.loads(orjson.dumps(signature))  # as it reads back from run.json
         if previous != current:
             changed = [k for k in current if previous.get(k) != current[k]]
             raise RunError(f"{out} holds a different run (differs in: {', '.join(changed)}); "
                            "pass --overwrite to replace it or choose another --out")
+        results_path = out / RESULTS_FILE
+        if results_path.is_file() and orjson.loads(results_path.read_bytes()).get("model", {}).get("spec") \
+                != signature["model"]:
+            raise RunError(f"{results_path} was not written by this run (another command wrote into {out}); "
+                           "pass --overwrite or choose another --out")
     elif (out / PREDICTIONS_FILE).exists() or (out / RESULTS_FILE).exists():
-        raise RunError(f"{out} has predictions but no {RUN_FILE}; pass --overwrite or choose another --out")
-    write_atomic(run_path, orjson.dumps(signature, option=orjson.OPT_INDENT_2) + b"\n")
+        raise RunError(f"{out} has predictions or results but no {RUN_FILE}; pass --overwrite or choose another --out")
+
+
+def _start_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for name in (PREDICTIONS_FILE, RESULTS_FILE):
+            (out / name).unlink(missing_ok=True)
+    write_atomic(out / RUN_FILE, orjson.dumps(signature, option=orjson.OPT_INDENT_2) + b"\n")
 
 
 def _read_predictions(path: Path) -> dict[tuple[str, str], dict[str, Any]]:

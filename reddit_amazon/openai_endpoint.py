@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -28,13 +29,21 @@ class MissingAPIKeyError(RuntimeError):
     """``OPENAI_API_KEY`` is not set and no ``base_url`` was given (a usage error, reported without a traceback)."""
 
 
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+def endpoint_url(base_url: str | None) -> str:
+    """The endpoint a client made with ``base_url`` talks to (``OPENAI_BASE_URL`` when it is None)."""
+    return base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+
+
 def make_client(base_url: str | None, timeout: float, api_key: str | None = None):
     """An ``openai.OpenAI`` client that never retries on its own (:func:`with_retries` does, with backoff)."""
     from openai import OpenAI
 
     api_key = api_key or os.environ.get("OPENAI_API_KEY")
     if not api_key:
-        if base_url is None:
+        if endpoint_url(base_url) == DEFAULT_BASE_URL:
             raise MissingAPIKeyError("OPENAI_API_KEY is not set (or give the base URL of an OpenAI-compatible server)")
         api_key = "unused"  # local servers accept any key; the client requires one
     return OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
@@ -59,12 +68,43 @@ def is_fatal(error: BaseException) -> bool:
 
 
 def with_retries(call: Callable[[], T], max_attempts: int, initial_wait: float = 0.5, max_wait: float = 30.0) -> T:
-    """``call()``, retried on :func:`is_transient` errors with jittered exponential backoff (threads stay apart)."""
+    """``call()``, retried on :func:`is_transient` errors with jittered exponential backoff (threads
+    stay apart); a server's ``Retry-After`` is waited out when it asks for longer (up to 10 minutes)."""
     from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+    backoff = wait_random_exponential(multiplier=initial_wait, max=max_wait)
+
+    def wait(state: Any) -> float:
+        asked = retry_after(state.outcome.exception())
+        return max(backoff(state), min(asked, MAX_RETRY_AFTER)) if asked is not None else backoff(state)
+
     wrapped: Any = retry(retry=retry_if_exception(is_transient), stop=stop_after_attempt(max_attempts),
-                         wait=wait_random_exponential(multiplier=initial_wait, max=max_wait), reraise=True)(call)
+                         wait=wait, reraise=True)(call)
     return wrapped()
+
+
+MAX_RETRY_AFTER = 600.0
+
+
+def retry_after(error: BaseException | None) -> float | None:
+    """Seconds an HTTP error's ``retry-after-ms`` / ``Retry-After`` header (seconds or a date) asks for."""
+    headers = getattr(getattr(error, "response", None), "headers", None)
+    if not headers:
+        return None
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            from email.utils import parsedate_to_datetime
+
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
 class ChatParameters:

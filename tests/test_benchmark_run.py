@@ -265,3 +265,81 @@ def test_report_and_compare_name_a_damaged_results_file(dataset, tmp_path):
         result = runner.invoke(cli, args)
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
         assert f"{damaged / 'results.json'}: not valid JSON" in result.output
+
+
+def test_a_run_that_fails_before_predicting_leaves_the_folder_free(dataset, tmp_path):
+    """A typo in the split or the model args must not block the corrected command."""
+    with pytest.raises(DatasetError):
+        run(RunConfig(model="random", dataset=str(dataset), split="tset"), tmp_path, progress=False)
+    with pytest.raises(RegistryError) as caught:
+        run(RunConfig(model="random", model_args={"sed": 1, "api_key": "sk-SECRET"}, dataset=str(dataset)),
+            tmp_path, progress=False)
+    assert "SECRET" not in str(caught.value) and "<redacted>" in str(caught.value)
+    assert not (tmp_path / "run.json").exists()
+    run(RunConfig(model="random", model_args={"seed": 1}, dataset=str(dataset), bootstrap_samples=0), tmp_path,
+        progress=False)
+
+    class NoBatches:
+        batch_size = -1
+
+        def recommend(self, examples):
+            return [e.candidates[0].item_id for e in examples]
+
+    with pytest.raises(RunError, match="batch_size must be a positive integer"):
+        run(RunConfig(model="nobatch", dataset=str(dataset)), tmp_path / "b", recommender=NoBatches(), progress=False)
+
+
+def test_other_bootstrap_settings_rescore_a_finished_run_without_predicting(dataset, tmp_path):
+    config = RunConfig(model="last", dataset=str(dataset), bootstrap_samples=100)
+    first = run(config, tmp_path, recommender=LastCandidate(), progress=False)
+    again = LastCandidate()
+    second = run(RunConfig(model="last", dataset=str(dataset), bootstrap_samples=0, seed=7), tmp_path,
+                 recommender=again, progress=False)
+    assert again.seen == [] and second["bootstrap"] != first["bootstrap"]
+    assert second["metrics"]["hr@1"]["all"]["value"] == first["metrics"]["hr@1"]["all"]["value"]
+    assert first["metrics"]["hr@1"]["all"]["ci95"] and not second["metrics"]["hr@1"]["all"]["ci95"]
+    assert json.loads((tmp_path / "results.json").read_text())["bootstrap"] == second["bootstrap"]
+
+
+def test_retrieve_never_writes_over_a_model_run_and_reports_only_cutoffs_within_k(dataset, tmp_path):
+    run(RunConfig(model="random", dataset=str(dataset), domain="home", bootstrap_samples=0), tmp_path / "r",
+        progress=False)
+    args = ["retrieve", "--retriever", "bm25", "--dataset", str(dataset), "--domain", "home", "--quiet",
+            "--bootstrap-samples", "0"]
+    refused = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "r")])
+    assert refused.exit_code == 1 and "holds a `benchmark run` result" in refused.output
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["model"]["spec"] == "random"
+    top1 = CliRunner().invoke(cli, [*args, "--k", "1", "--out", str(tmp_path / "k1")])
+    assert top1.exit_code == 0, top1.output
+    metrics = json.loads((tmp_path / "k1" / "results.json").read_text())["metrics"]
+    assert "hr@1" in metrics and not any(name.endswith(("@5", "@10")) for name in metrics)
+
+
+def test_a_file_plugin_imports_its_neighbours_and_endpoint_errors_are_one_line(dataset, tmp_path, httpserver):
+    (tmp_path / "helper_for_plugin.py").write_text("def pick(example):\n    return example.candidates[1].item_id\n")
+    (tmp_path / "neighbourly.py").write_text(
+        "from helper_for_plugin import pick\n"
+        "class Neighbourly:\n"
+        "    def recommend(self, examples):\n"
+        "        return [pick(e) for e in examples]\n")
+    result = CliRunner().invoke(cli, ["run", "--model", f"{tmp_path / 'neighbourly.py'}:Neighbourly", "--dataset",
+                                      str(dataset), "--out", str(tmp_path / "n"), "--quiet", "--bootstrap-samples", "0"])
+    assert result.exit_code == 0, result.output
+    httpserver.expect_request("/v1/chat/completions").respond_with_json(
+        {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}, status=401)
+    result = CliRunner().invoke(cli, ["run", "--model", "openai-chat", "--model-args",
+                                      f"base_url={httpserver.url_for('/v1')},cache_dir={tmp_path / 'c'}",
+                                      "--dataset", str(dataset), "--out", str(tmp_path / "o"), "--quiet"],
+                                env={"OPENAI_API_KEY": "sk-test"})
+    assert result.exit_code == 1 and "AuthenticationError" in result.output and "Traceback" not in result.output
+
+
+def test_report_flags_runs_over_fewer_records(dataset, tmp_path):
+    from benchmark.report import load_runs, provenance
+
+    run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "full", progress=False)
+    run(RunConfig(model="random", dataset=str(dataset), limit=2, bootstrap_samples=0), tmp_path / "two",
+        progress=False)
+    runs = load_runs([tmp_path / "full", tmp_path / "two"])
+    assert runs[1].label.endswith("[first 2 records per domain]") and "first" not in runs[0].label
+    assert provenance(runs)[0].startswith("WARNING") and "record limits" in provenance(runs)[0]

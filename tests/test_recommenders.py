@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import replace
 
 import pytest
@@ -59,10 +60,11 @@ def chat_server(httpserver, monkeypatch):
     def chat(request):
         body = json.loads(request.data)
         requests.append(body)
+        state.setdefault("times", []).append(time.monotonic())
         if state["rate_limited"]:
             state["rate_limited"] -= 1
             return Response(json.dumps({"error": {"message": "slow down"}}), status=429,
-                            content_type="application/json")
+                            headers={"Retry-After": "1"}, content_type="application/json")
         content = body["messages"][0]["content"]
         text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
         number = re.search(r"pick number (\d)", text).group(1)
@@ -73,6 +75,7 @@ def chat_server(httpserver, monkeypatch):
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}), content_type="application/json")
 
     httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(chat)
+    httpserver.state = state
     return httpserver, requests
 
 
@@ -80,7 +83,8 @@ def test_openai_chat_title_only_cached_and_retried(chat_server, tmp_path):
     server, requests = chat_server
     recommender = OpenAIChatRecommender(model="test-model", base_url=server.url_for("/v1"), cache_dir=tmp_path)
     assert recommender.recommend([_example("a"), _example("b")]) == ["The best match is B000000003."] * 2
-    assert len(requests) == 3  # one 429 retried
+    assert len(requests) == 3  # one 429 retried, after the second its Retry-After asked for
+    assert max(server.state["times"]) - min(server.state["times"]) >= 0.95
     body = requests[-1]
     assert body["model"] == "test-model" and body["temperature"] == 0.0
     assert isinstance(body["messages"][0]["content"], str)
@@ -88,6 +92,18 @@ def test_openai_chat_title_only_cached_and_retried(chat_server, tmp_path):
     again = OpenAIChatRecommender(model="test-model", base_url=server.url_for("/v1"), cache_dir=tmp_path)
     assert again.recommend([_example("c")]) == ["The best match is B000000003."]
     assert len(requests) == 3  # served from the cache
+
+
+def test_openai_chat_cache_keeps_endpoints_apart(chat_server, tmp_path, monkeypatch):
+    """The endpoint may come from OPENAI_BASE_URL: another server's cached answers are never served."""
+    server, requests = chat_server
+    server.state["rate_limited"] = 0
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url_for("/v1"))
+    assert OpenAIChatRecommender(model="m", cache_dir=tmp_path).recommend([_example("a")])
+    assert len(requests) == 1
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url_for("/v1").replace("localhost", "127.0.0.1"))
+    assert OpenAIChatRecommender(model="m", cache_dir=tmp_path).recommend([_example("a")])
+    assert len(requests) == 2  # asked again: a different endpoint
 
 
 def test_openai_chat_needs_no_key_for_a_local_server(chat_server, tmp_path, monkeypatch):
