@@ -246,8 +246,9 @@ def iter_chunks(path: Path, progress: ReadProgress | None = None, read_size: int
             chunks = _plain_chunks(raw, read_size, progress)
         else:
             chunks = _stdlib_chunks(path, raw, compression, read_size, progress)
-        first = next(chunks, b"")
-        yield first.removeprefix(UTF8_BOM)
+        first = next(chunks, b"").removeprefix(UTF8_BOM)
+        if first:
+            yield first
         yield from chunks
 
 
