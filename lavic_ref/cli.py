@@ -1,7 +1,8 @@
 """`lavic-ref`: the LaViC reference pipeline, one command per stage.
 
 describe -> distill -> embed -> finetune, then ``benchmark run --model lavic``. Every stage resumes:
-``describe`` skips cached descriptions, ``distill``/``finetune`` continue from ``<out>/last``.
+``describe`` skips cached descriptions, ``distill``/``finetune`` continue from ``<out>/last`` when it was
+written with the same settings (and refuse it otherwise).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def _training_options(epochs: int, batch_size: int):
         click.option("--compile/--no-compile", "compile_layers", default=False, show_default=True,
                      help="torch.compile the LM decoder layers (GPU; the first steps compile for a minute or more)."),
         click.option("--resume/--no-resume", default=True, show_default=True,
-                     help="Continue from <out>/last when it exists."),
+                     help="Continue from <out>/last when it exists (it must have the same settings; more --epochs "
+                          "is fine). --no-resume starts over."),
         click.option("--seed", type=int, default=0, show_default=True),
     ]
 
@@ -70,6 +72,34 @@ def _train_config(out, epochs, batch_size, grad_accum, lr, weight_decay, max_ste
     return TrainConfig(output_dir=out, epochs=epochs, batch_size=batch_size, learning_rate=lr,
                        weight_decay=weight_decay, grad_accum=grad_accum, max_steps=max_steps, save_every=save_every,
                        seed=seed, gradient_checkpointing=gradient_checkpointing, compile_layers=compile_layers)
+
+
+def _load_backbone(base: str, device: str | None):
+    from lavic_ref.model import BaseModelError, load_backbone
+
+    try:
+        return load_backbone(base, device=device)
+    except BaseModelError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _attach(backbone, path: Path, role: str) -> None:
+    from lavic_ref.model import AdapterError, attach_adapter
+
+    try:
+        attach_adapter(backbone, path, role=role)
+    except AdapterError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _train(run, *args, **kwargs):
+    """A training stage, its checkpoint refused without a traceback when its settings differ."""
+    from lavic_ref.training import CheckpointError
+
+    try:
+        return run(*args, **kwargs)
+    except CheckpointError as error:
+        raise click.ClickException(str(error)) from error
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -108,10 +138,9 @@ def describe(dataset, domains, base, device, out, batch_size, max_new_tokens, re
     """
     from lavic_ref.data import load_items
     from lavic_ref.describe import describe_items
-    from lavic_ref.model import load_backbone
 
     items = load_items(dataset, domains)
-    backbone = load_backbone(base, device=device)
+    backbone = _load_backbone(base, device)
     descriptions = describe_items(backbone, items.values(), out, batch_size=batch_size,
                                   max_new_tokens=max_new_tokens, regenerate=regenerate)
     click.echo(f"{len(descriptions)} descriptions in {out}")
@@ -135,7 +164,6 @@ def distill(dataset, domains, base, device, descriptions, validation_size, **tra
     from lavic_ref.describe import read_cache
     from lavic_ref.distill import distill as run_distill
     from lavic_ref.distill import distill_examples
-    from lavic_ref.model import load_backbone
 
     items = load_items(dataset, domains)
     texts = {i.item_id: i.image_description for i in items.values() if i.image_description}
@@ -144,16 +172,16 @@ def distill(dataset, domains, base, device, descriptions, validation_size, **tra
     examples = distill_examples(items, texts)
     if not examples:
         raise click.ClickException("no item has both an image and a description: run `lavic-ref describe` first")
-    backbone = load_backbone(base, device=device)
-    result = run_distill(backbone, examples, _train_config(**training), validation_size=validation_size,
-                         resume=training["resume"])
+    backbone = _load_backbone(base, device)
+    result = _train(run_distill, backbone, examples, _train_config(**training), validation_size=validation_size,
+                    resume=training["resume"], settings={"domains": list(domains)})
     click.echo(f"best adapter: {result.best_dir} (validation loss {result.best_val_loss:.4f})")
 
 
 @cli.command()
 @_common
 @click.option("--distill-adapter", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Vision LoRA from `lavic-ref distill` (its best/ folder).")
+              help="Vision LoRA from `lavic-ref distill`: its best/ folder (or the --out folder holding it).")
 @click.option("--no-distill", is_flag=True, help="Ablation: CLS embeddings of the base vision tower.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for item_embeddings-<base hash>-<adapter hash>.safetensors.")
@@ -168,14 +196,18 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
     """
     from lavic_ref.data import load_items
     from lavic_ref.embed import embed_catalog
-    from lavic_ref.model import attach_adapter, load_backbone
+    from lavic_ref.model import AdapterError, resolve_adapter_dir
 
     if bool(distill_adapter) == no_distill:
         raise click.UsageError("give exactly one of --distill-adapter or --no-distill")
+    try:
+        distill_adapter = resolve_adapter_dir(distill_adapter) if distill_adapter else None
+    except AdapterError as error:
+        raise click.ClickException(str(error)) from error
     items = load_items(dataset, domains)
-    backbone = load_backbone(base, device=device)
+    backbone = _load_backbone(base, device)
     if distill_adapter:
-        attach_adapter(backbone, distill_adapter)
+        _attach(backbone, distill_adapter, "vision")
     path = embed_catalog(backbone, items.values(), out, adapter=distill_adapter, batch_size=batch_size)
     click.echo(str(path))
 
@@ -189,8 +221,12 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
               help="Candidate set: column candidates_<NAME>.")
 @click.option("--max-tokens", type=click.IntRange(64), default=2048, show_default=True,
               help="Prompt cap; the oldest conversation tokens are dropped beyond it.")
+@click.option("--instances", "instance_style", type=click.Choice(["paper", "authors-code"]), default="paper",
+              show_default=True, help="paper: exactly one gt among the candidates, shuffled (Section 4.3); "
+                                      "authors-code: retrieval order, other gt items kept (the released code).")
 @_training_options(epochs=1, batch_size=1)
-def finetune(dataset, domains, base, device, embeddings, no_images, candidate_set, max_tokens, **training) -> None:
+def finetune(dataset, domains, base, device, embeddings, no_images, candidate_set, max_tokens, instance_style,
+             **training) -> None:
     """Recommendation fine-tuning: LoRA on the LM, 10 candidates as `ID: title` + 5 item tokens, target = gt ID.
 
     Trains on the train split of the chosen domains; the validation split gives the per-epoch loss.
@@ -203,9 +239,8 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
     import random
 
     from lavic_ref.data import iter_domain_items, load_conversations, recommendation_instances
-    from lavic_ref.embed import ItemEmbeddings
+    from lavic_ref.embed import EmbeddingsError, ItemEmbeddings, check_embeddings
     from lavic_ref.finetune import finetune as run_finetune
-    from lavic_ref.model import load_backbone
 
     if bool(embeddings) == no_images:
         raise click.UsageError("give exactly one of --embeddings or --no-images")
@@ -213,9 +248,10 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
     train_set, val_set = [], []
     try:
         for domain in domains:
-            train_set += recommendation_instances(load_conversations(dataset, domain, "train"), candidate_set, rng)
+            train_set += recommendation_instances(load_conversations(dataset, domain, "train"), candidate_set, rng,
+                                                  instance_style)
             val_set += recommendation_instances(load_conversations(dataset, domain, "validation"), candidate_set,
-                                                rng)
+                                                rng, instance_style)
     except ValueError as error:
         raise click.ClickException(f"{domain}: {error}") from error
     titles = {item.item_id: item.title for item in iter_domain_items(dataset, domains)}
@@ -225,11 +261,17 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
         if absent:
             raise click.ClickException(f"{embeddings} lacks {len(absent)} candidate item(s), e.g. {absent[0]}: "
                                        "run `lavic-ref embed` on the same dataset")
-    backbone = load_backbone(base, device=device)
+    backbone = _load_backbone(base, device)
+    if cache is not None:
+        try:
+            check_embeddings(cache, embeddings, backbone)
+        except EmbeddingsError as error:
+            raise click.ClickException(str(error)) from error
     config = _train_config(**training)
     started = time.perf_counter()
-    result = run_finetune(backbone, train_set, val_set, titles, cache, config,
-                          max_tokens=max_tokens, resume=training["resume"])
+    result = _train(run_finetune, backbone, train_set, val_set, titles, cache, config, max_tokens=max_tokens,
+                    resume=training["resume"],
+                    settings={"domains": list(domains), "candidates": candidate_set, "instances": instance_style})
     click.echo(f"best adapter: {result.best_dir} (validation loss {result.best_val_loss:.4f})")
     card = write_model_card(config.output_dir, {
         "base_model": base,
@@ -238,7 +280,8 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
         "hyperparameters": {"lora": "r=8, alpha=32, dropout=0.1 on the LM attention and MLP projections",
                             "epochs": config.epochs, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
                             "learning_rate": config.learning_rate, "weight_decay": config.weight_decay,
-                            "max_prompt_tokens": max_tokens, "images": not no_images, "seed": config.seed},
+                            "max_prompt_tokens": max_tokens, "images": not no_images, "seed": config.seed,
+                            "training_instances": instance_style},
         "data": {"dataset": dataset or "bundled sample", "domains": list(domains), "candidates": candidate_set,
                  "train_examples": len(train_set), "validation_examples": len(val_set)},
         "training": {"time_s": round(time.perf_counter() - started, 1), "hardware": hardware_name(backbone.device),

@@ -16,7 +16,7 @@ import torch
 from lavic_ref.model import VISION_LORA_TARGETS, Backbone, cls_embeddings, decode_image, embed_inputs, new_adapter, \
     pad_batch, subimage_pixels, target_loss
 from lavic_ref.sequences import distillation_sequence
-from lavic_ref.training import TrainConfig, TrainResult, train
+from lavic_ref.training import TrainConfig, TrainResult, digest, train
 from reddit_amazon.schema import Item
 
 
@@ -58,9 +58,18 @@ def distillation_loss(backbone: Backbone, batch: Sequence[DistillExample],
 
 
 def distill(backbone: Backbone, examples: Sequence[DistillExample], config: TrainConfig, *,
-            validation_size: int = 512, resume: bool = True) -> TrainResult:
-    """Train the vision LoRA; the best adapter (lowest validation loss) is saved to ``<output_dir>/best``."""
-    new_adapter(backbone, VISION_LORA_TARGETS)
+            validation_size: int = 512, resume: bool = True, settings: dict | None = None) -> TrainResult:
+    """Train the vision LoRA; the best adapter (lowest validation loss) is saved to ``<output_dir>/best``.
+
+    ``settings`` (e.g. the domains) join the run's settings that a resumed checkpoint must match.
+    """
+    new_adapter(backbone, VISION_LORA_TARGETS, seed=config.seed)
     train_set, val_set = split_validation(examples, validation_size, config.seed)
+    run = {"task": "distill", **(settings or {}), "training examples": _examples_digest(train_set),
+           "validation examples": _examples_digest(val_set)}
     return train(backbone, train_set, val_set, lambda batch: distillation_loss(backbone, batch), config,
-                 resume=resume, description="distill")
+                 resume=resume, description="distill", settings=run)
+
+
+def _examples_digest(examples: Sequence[DistillExample]) -> str:
+    return digest(value for ex in examples for value in (ex.item_id, ex.title, ex.image, ex.description))

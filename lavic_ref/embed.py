@@ -1,8 +1,9 @@
 """Stage 3: each item's 5 embeddings, computed once for the whole catalog with the distilled vision adapter.
 
-Stored as safetensors, one ``(5, D)`` tensor per item id; the metadata names the base model and the
-adapter's weight hash, and the file name carries both hashes so a cache made with other weights is never
-picked up by mistake. Without an adapter (``--no-distill``) the base vision tower's CLS outputs are stored:
+Stored as safetensors, one ``(5, D)`` tensor per item id; the metadata names the base model (and its
+weights fingerprint) and the adapter's weight hash, and the file name carries both hashes so a cache made
+with other weights is never picked up by mistake; :func:`check_embeddings` refuses a file made with another
+base model. Without an adapter (``--no-distill``) the base vision tower's CLS outputs are stored:
 the paper's "no self-distillation" ablation.
 """
 
@@ -17,10 +18,16 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from lavic_ref.model import Backbone, adapter_fingerprint, cls_embeddings, decode_image, subimage_pixels
+from lavic_ref.model import Backbone, adapter_fingerprint, cls_embeddings, decode_image, same_base_name, \
+    subimage_pixels
+from lavic_ref.prompts import ITEM_TOKENS
 
 if TYPE_CHECKING:
     from reddit_amazon.schema import Item
+
+
+class EmbeddingsError(ValueError):
+    """Item embeddings that do not fit the model or adapter they are used with."""
 
 
 def embeddings_filename(base: str, adapter: str | os.PathLike | None) -> str:
@@ -43,14 +50,15 @@ def compute_item_embeddings(backbone: Backbone, items: Sequence[tuple[str, bytes
 
 
 def save_item_embeddings(path: str | os.PathLike, embeddings: dict[str, torch.Tensor], *, base: str,
-                         adapter: str | os.PathLike | None) -> Path:
+                         adapter: str | os.PathLike | None, base_fingerprint: str = "") -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in embeddings.items()}, str(tmp),
-              metadata={"base": str(base), "adapter": str(adapter or ""), "adapter_hash": adapter_fingerprint(adapter)})
+    metadata = {"base": str(base), "base_fingerprint": base_fingerprint, "adapter": str(adapter or ""),
+                "adapter_hash": adapter_fingerprint(adapter)}
+    save_file({k: v.contiguous() for k, v in embeddings.items()}, str(tmp), metadata=metadata)
     tmp.replace(path)
     return path
 
@@ -72,6 +80,13 @@ class ItemEmbeddings:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         return cls(load_file(str(path)), metadata)
+
+    def identity(self) -> str:
+        """What the embeddings were made with (the vision adapter's hash; their values' hash without metadata)."""
+        if self.metadata.get("adapter_hash"):
+            return f"vision adapter {self.metadata['adapter_hash']}"
+        values = hashlib.sha256(self.matrix.detach().cpu().contiguous().view(torch.uint8).numpy())
+        return f"values {values.hexdigest()[:16]}"
 
     def to(self, device: torch.device, dtype: torch.dtype) -> ItemEmbeddings:
         """Move the matrix once (e.g. to the GPU) so lookups during training are a single index_select."""
@@ -107,4 +122,25 @@ def embed_catalog(backbone: Backbone, items: Iterable[Item], out_dir: str | os.P
     pairs = [(item.item_id, item.image) for item in items]
     embeddings = compute_item_embeddings(backbone, pairs, batch_size=batch_size)
     path = Path(out_dir) / embeddings_filename(backbone.base, adapter)
-    return save_item_embeddings(path, embeddings, base=backbone.base, adapter=adapter)
+    return save_item_embeddings(path, embeddings, base=backbone.base, adapter=adapter,
+                                base_fingerprint=backbone.fingerprint)
+
+
+def check_embeddings(cache: ItemEmbeddings, path: str | os.PathLike | None, backbone: Backbone) -> None:
+    """Refuse embeddings made with another base model, or not ``(5, LM hidden size)`` per item."""
+    made_with = cache.metadata.get("base")
+    recorded = cache.metadata.get("base_fingerprint")
+    if recorded and backbone.fingerprint:
+        same = recorded == backbone.fingerprint
+    else:  # a file from before weights fingerprints: compare the names
+        same = made_with is None or same_base_name(made_with, backbone.base)
+    if not same:
+        raise EmbeddingsError(
+            f"item embeddings {path} were made with base model {made_with}"
+            + (f" (weights {recorded})" if recorded else "")
+            + f", not with {backbone.base} (weights {backbone.fingerprint}): run `lavic-ref embed` with this base")
+    expected = (len(ITEM_TOKENS), backbone.model.get_input_embeddings().embedding_dim)
+    if cache.matrix.numel() and tuple(cache.matrix.shape[1:]) != expected:
+        raise EmbeddingsError(f"item embeddings {path} are {tuple(cache.matrix.shape[1:])} per item, but "
+                              f"{backbone.base} takes {expected} ({expected[0]} item tokens x its LM hidden size): "
+                              "they were made with another base model")

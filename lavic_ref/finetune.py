@@ -17,7 +17,7 @@ from lavic_ref.embed import ItemEmbeddings
 from lavic_ref.model import LANGUAGE_LORA_TARGETS, Backbone, embed_inputs, inner_model, new_adapter, pad_batch, \
     target_loss
 from lavic_ref.sequences import MAX_PROMPT_TOKENS, recommendation_sequence
-from lavic_ref.training import TrainConfig, TrainResult, train
+from lavic_ref.training import TrainConfig, TrainResult, digest, train
 
 
 def recommendation_loss(backbone: Backbone, batch: Sequence[RecommendationInstance], titles: Mapping[str, str],
@@ -48,12 +48,25 @@ def release_vision(backbone: Backbone) -> None:
 
 def finetune(backbone: Backbone, train_set: Sequence[RecommendationInstance],
              val_set: Sequence[RecommendationInstance], titles: Mapping[str, str], embeddings: ItemEmbeddings | None,
-             config: TrainConfig, *, max_tokens: int = MAX_PROMPT_TOKENS, resume: bool = True) -> TrainResult:
-    """Train the LM LoRA; the best adapter (lowest validation loss) is saved to ``<output_dir>/best``."""
+             config: TrainConfig, *, max_tokens: int = MAX_PROMPT_TOKENS, resume: bool = True,
+             settings: dict | None = None) -> TrainResult:
+    """Train the LM LoRA; the best adapter (lowest validation loss) is saved to ``<output_dir>/best``.
+
+    ``settings`` (e.g. the domains) join the run's settings that a resumed checkpoint must match.
+    """
+    run = {"task": "finetune", **(settings or {}), "images": embeddings is not None,
+           "item embeddings": embeddings.identity() if embeddings is not None else None, "max_tokens": max_tokens,
+           "training examples": _instances_digest(train_set, titles),
+           "validation examples": _instances_digest(val_set, titles)}
     if embeddings is not None:
         embeddings.to(backbone.device, backbone.dtype)
-    new_adapter(backbone, LANGUAGE_LORA_TARGETS)
+    new_adapter(backbone, LANGUAGE_LORA_TARGETS, seed=config.seed)
     release_vision(backbone)
     return train(backbone, train_set, val_set,
                  lambda batch: recommendation_loss(backbone, batch, titles, embeddings, max_tokens), config,
-                 resume=resume, description="finetune")
+                 resume=resume, description="finetune", settings=run)
+
+
+def _instances_digest(instances: Sequence[RecommendationInstance], titles: Mapping[str, str]) -> str:
+    return digest(value for ex in instances
+                  for value in (ex.context, ex.target, *(f"{c}: {titles.get(c, '')}" for c in ex.candidates)))

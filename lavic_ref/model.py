@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,6 +32,20 @@ VISION_LORA_TARGETS = (
 )
 LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 LORA_RANK, LORA_ALPHA, LORA_DROPOUT = 8, 32, 0.1
+#: Written beside every adapter we save: the base model it was trained on (name and weights fingerprint).
+BASE_FILE = "lavic_base.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+#: Adapter roles and the module-name parts their LoRA weights sit under.
+ROLE_MODULES = {"vision": ("vision_tower", "multi_modal_projector"), "language": ("language_model",)}
+
+
+class BaseModelError(ValueError):
+    """``--base`` is not a usable LLaVA-NeXT checkpoint."""
+
+
+class AdapterError(ValueError):
+    """An adapter folder that is not one, or does not fit the base model or the role it is given."""
 
 
 @dataclass
@@ -39,6 +55,7 @@ class Backbone:
     device: torch.device
     dtype: torch.dtype
     base: str
+    fingerprint: str = ""  # of the base weights, before any adapter: see weights_fingerprint
 
     @property
     def tokenizer(self):
@@ -73,10 +90,12 @@ def load_backbone(base: str = DEFAULT_BASE, *, device: str | None = None, dtype:
     """Load a LLaVA-NeXT checkpoint (hub id or local folder) with the item tokens and the 5-sub-image grid."""
     from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
+    config = llava_next_config(base)
     target = resolve_device(device)
     dtype = dtype or default_dtype(target)
     processor = AutoProcessor.from_pretrained(base)
-    model = LlavaNextForConditionalGeneration.from_pretrained(base, dtype=dtype)
+    model = LlavaNextForConditionalGeneration.from_pretrained(base, config=config, dtype=dtype)
+    fingerprint = weights_fingerprint(model)
     fix_five_subimages(model.config, processor.image_processor)
     tokenizer = processor.tokenizer
     tokenizer.add_tokens(list(ITEM_TOKENS), special_tokens=True)
@@ -87,7 +106,48 @@ def load_backbone(base: str = DEFAULT_BASE, *, device: str | None = None, dtype:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     model.to(target)
     model.requires_grad_(False)
-    return Backbone(model=model, processor=processor, device=target, dtype=dtype, base=str(base))
+    return Backbone(model=model, processor=processor, device=target, dtype=dtype, base=str(base),
+                    fingerprint=fingerprint)
+
+
+def llava_next_config(base: str):
+    """The checkpoint's config, refused unless it is LLaVA-NeXT (transformers would build a random default model)."""
+    from transformers import AutoConfig
+
+    local = Path(base).exists()
+    if not local and _looks_like_path(base):
+        raise BaseModelError(f"base model {base}: no such folder")
+    try:
+        config = AutoConfig.from_pretrained(base)
+    except (OSError, ValueError) as error:
+        where = "folder" if local else "Hugging Face Hub id (not a local folder)"
+        raise BaseModelError(f"base model {base}: cannot read its config as a {where}: {error}") from error
+    if config.model_type != "llava_next":
+        kind = ", ".join(config.architectures or []) or config.model_type
+        raise BaseModelError(f"base model {base} is a {kind} checkpoint (model_type {config.model_type!r}), not "
+                             f"LLaVA-NeXT (model_type 'llava_next'), e.g. {DEFAULT_BASE}")
+    return config
+
+
+def _looks_like_path(base: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a local folder."""
+    return base.startswith(("/", ".", "~")) or "\\" in base or base.count("/") > 1
+
+
+@torch.no_grad()
+def weights_fingerprint(model: Any, values_per_tensor: int = 256) -> str:
+    """Short hash of the parameter names, shapes and first values (in bf16): identifies a base model.
+
+    Cheap (a few values per tensor, one transfer) and the same on a CPU in fp32 and on a GPU in bf16, so
+    files made on one machine are recognised on another; two checkpoints of one architecture differ.
+    """
+    digest = hashlib.sha256()
+    heads = []
+    for name, param in model.named_parameters():
+        digest.update(f"{name}:{tuple(param.shape)};".encode())
+        heads.append(param.detach().reshape(-1)[:values_per_tensor].to(torch.bfloat16))
+    digest.update(torch.cat(heads).cpu().view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,6 +199,11 @@ def insert_item_embeddings(
     ``item_embeddings`` is ``(num_items_in_batch, 5, D)`` in the order the items appear (row-major over the
     batch); one ``masked_scatter`` fills every position at once.
     """
+    slots, width = item_token_ids.numel(), inputs_embeds.shape[-1]
+    if item_embeddings.dim() != 3 or item_embeddings.shape[1:] != (slots, width):
+        raise ValueError(f"item embeddings of shape {tuple(item_embeddings.shape[1:])} per item, but the model "
+                         f"takes {slots} item tokens of width {width} (its LM hidden size): were they made with "
+                         "another base model?")
     mask = torch.isin(input_ids, item_token_ids)
     expected = int(mask.sum())
     if expected != item_embeddings.shape[0] * item_embeddings.shape[1]:
@@ -214,19 +279,106 @@ def lora_config(targets: str):
                       bias="none")
 
 
-def attach_adapter(backbone: Backbone, path: str | os.PathLike, *, trainable: bool = False) -> None:
-    """Load a saved LoRA adapter onto the backbone (merged into the weights unless it is to be trained)."""
+def attach_adapter(backbone: Backbone, path: str | os.PathLike, *, trainable: bool = False,
+                   role: str | None = None) -> None:
+    """Load a saved LoRA adapter onto the backbone (merged into the weights unless it is to be trained).
+
+    ``role`` ("vision" or "language") refuses an adapter whose LoRA weights sit elsewhere; an adapter saved
+    by this package for another base model is refused too.
+    """
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(backbone.model, str(path), is_trainable=trainable)
+    folder = resolve_adapter_dir(path)
+    if role is not None:
+        check_adapter_role(folder, role)
+    check_adapter_base(folder, backbone)
+    model = PeftModel.from_pretrained(backbone.model, str(folder), is_trainable=trainable)
     backbone.model = model if trainable else model.merge_and_unload()
     backbone.model.to(backbone.device)
 
 
-def new_adapter(backbone: Backbone, targets: str) -> None:
+def resolve_adapter_dir(path: str | os.PathLike) -> Path:
+    """The adapter folder itself, or the ``best/`` adapter of a training output folder."""
+    folder = Path(path)
+    if (folder / ADAPTER_CONFIG).is_file():
+        return folder
+    if (folder / "best" / ADAPTER_CONFIG).is_file():
+        return folder / "best"
+    raise AdapterError(f"{folder} is not a LoRA adapter folder (no {ADAPTER_CONFIG}, nor a best/ folder with one)")
+
+
+def adapter_role(folder: Path) -> str:
+    """"vision" or "language": where the adapter's LoRA weights sit ("other" or "mixed" otherwise)."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as handle:
+        roles = {_module_role(key) for key in handle.keys()}
+    return roles.pop() if len(roles) == 1 else "mixed" if roles else "other"
+
+
+def _module_role(name: str) -> str:
+    for role, parts in ROLE_MODULES.items():
+        if any(f".{part}." in name for part in parts):
+            return role
+    return "other"
+
+
+def check_adapter_role(folder: Path, role: str) -> None:
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        return  # a .bin adapter: peft reads it, its names are not checked
+    found = adapter_role(folder)
+    if found != role:
+        raise AdapterError(f"{folder} is an adapter for {_ROLE_NAMES[found]}, but it is given as one for "
+                           f"{_ROLE_NAMES[role]}")
+
+
+_ROLE_NAMES = {"vision": "the vision tower and projector (from `lavic-ref distill`)",
+               "language": "the language model (from `lavic-ref finetune`)",
+               "mixed": "both the vision tower and the language model", "other": "other modules"}
+
+
+def save_adapter(backbone: Backbone, folder: Path) -> None:
+    """The peft adapter plus :data:`BASE_FILE`, so loading it onto another base model can be refused."""
+    backbone.model.save_pretrained(folder)
+    record = {"base": backbone.base, "fingerprint": backbone.fingerprint}
+    (folder / BASE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def check_adapter_base(folder: Path, backbone: Backbone) -> None:
+    """Refuse an adapter recorded for other base weights; warn where only differing base names can be compared."""
+    record = folder / BASE_FILE
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        if saved.get("fingerprint") and backbone.fingerprint and saved["fingerprint"] != backbone.fingerprint:
+            raise AdapterError(f"{folder} was trained on base model {saved.get('base')} (weights "
+                               f"{saved['fingerprint']}), not on {backbone.base} (weights {backbone.fingerprint})")
+        return
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    trained_on = config.get("base_model_name_or_path")
+    if trained_on and not same_base_name(trained_on, backbone.base):
+        warnings.warn(f"{folder} names base model {trained_on}, not {backbone.base}; it has no {BASE_FILE} to "
+                      "check the weights with: make sure it was trained on this base", stacklevel=3)
+
+
+def same_base_name(first: str, second: str) -> bool:
+    """Whether two base model names may be the same model: local folders by resolved path, hub ids by name."""
+    paths = [Path(name).expanduser() for name in (first, second)]
+    if all(path.exists() for path in paths):
+        return paths[0].resolve() == paths[1].resolve()
+    return first == second or any(path.exists() for path in paths)  # a hub id vs a local copy: not comparable
+
+
+def new_adapter(backbone: Backbone, targets: str, *, seed: int = 0) -> None:
+    """A fresh LoRA adapter whose initial weights depend on ``seed`` only.
+
+    peft draws the LoRA A matrices from torch's global RNG on the CPU: a forked one here, so the
+    training that follows draws its dropout masks from its own seeded stream.
+    """
     from peft import get_peft_model
 
-    backbone.model = get_peft_model(backbone.model, lora_config(targets))  # LoRA weights on their layers' device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone.model = get_peft_model(backbone.model, lora_config(targets))  # LoRA weights on their layers' device
 
 
 def compile_language_layers(model: Any, mode: str | None = None) -> None:

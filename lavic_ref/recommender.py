@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from lavic_ref import DEFAULT_BASE
-from lavic_ref.embed import ItemEmbeddings, compute_item_embeddings
-from lavic_ref.model import Backbone, adapter_fingerprint, attach_adapter, embed_inputs, load_backbone, pad_batch
+from lavic_ref.embed import EmbeddingsError, ItemEmbeddings, check_embeddings, compute_item_embeddings
+from lavic_ref.model import Backbone, adapter_fingerprint, attach_adapter, embed_inputs, load_backbone, pad_batch, \
+    resolve_adapter_dir
 from lavic_ref.sequences import MAX_PROMPT_TOKENS, recommendation_sequence
 
 MAX_NEW_TOKENS = 10
@@ -61,7 +62,9 @@ class LavicRecommender:
     Options (``--model-args``): ``base`` (hub id or folder), ``distill_adapter`` (vision LoRA from
     ``lavic-ref distill``), ``rec_adapter`` (LM LoRA from ``lavic-ref finetune``), ``item_embeddings``
     (safetensors from ``lavic-ref embed``), ``images`` (false: the titles-only ablation), ``device``,
-    ``batch_size``.
+    ``batch_size``. An adapter option may name a training output folder (its ``best/`` is used). Adapters
+    and embeddings made for another base model, or an adapter given in the other's role, are refused
+    (``ValueError``).
     """
 
     name = "lavic"
@@ -76,15 +79,18 @@ class LavicRecommender:
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         self.images = _flag(images)
+        distill_adapter = str(resolve_adapter_dir(distill_adapter)) if distill_adapter else None
+        rec_adapter = str(resolve_adapter_dir(rec_adapter)) if rec_adapter else None
         self.backbone = load_backbone(base, device=device)
         if distill_adapter:
-            attach_adapter(self.backbone, distill_adapter)
+            attach_adapter(self.backbone, distill_adapter, role="vision")
         if rec_adapter:
-            attach_adapter(self.backbone, rec_adapter)
+            attach_adapter(self.backbone, rec_adapter, role="language")
         self.backbone.model.eval()
         self.embeddings: ItemEmbeddings | None = None
         if self.images:
             cache = ItemEmbeddings.load(item_embeddings) if item_embeddings else ItemEmbeddings({})
+            check_embeddings(cache, item_embeddings, self.backbone)
             _check_same_vision(cache, item_embeddings, distill_adapter)
             self.embeddings = cache.to(self.backbone.device, self.backbone.dtype)
 
@@ -111,5 +117,5 @@ def _check_same_vision(cache: ItemEmbeddings, path: str | None, distill_adapter:
     recorded = cache.metadata.get("adapter_hash")
     if recorded is not None and recorded != adapter_fingerprint(distill_adapter):
         made_with = cache.metadata.get("adapter") or "the base vision tower"
-        raise ValueError(f"item_embeddings {path} were computed with {made_with} (adapter hash {recorded}), "
-                         f"not with distill_adapter={distill_adapter}: pass the adapter they were made with")
+        raise EmbeddingsError(f"item_embeddings {path} were computed with {made_with} (adapter hash {recorded}), "
+                              f"not with distill_adapter={distill_adapter}: pass the adapter they were made with")

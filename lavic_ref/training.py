@@ -2,17 +2,19 @@
 
 AdamW on the adapter's parameters, gradient accumulation, bf16 autocast on a GPU, validation loss
 after each epoch with the best adapter kept in ``<output_dir>/best``, and a resumable checkpoint in
-``<output_dir>/last`` (adapter, optimizer, position in the epoch) every ``save_every`` optimizer steps
-and at each epoch's end.
+``<output_dir>/last`` (adapter, optimizer, RNG states, position in the epoch, the run's settings) every
+``save_every`` optimizer steps and at each epoch's end. A checkpoint is resumed only by a run with the same
+settings (:data:`RESUMABLE_FIELDS` may change), so a resumed run trains what an uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,11 +23,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lavic_ref.model import Backbone, compile_language_layers
+from lavic_ref.model import Backbone, compile_language_layers, save_adapter
 from reddit_amazon.files import replace_dir, write_atomic
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng_state.pt"
+#: TrainConfig fields a resumed run may change: none of them alters what the finished adapter is.
+RESUMABLE_FIELDS = ("output_dir", "epochs", "save_every", "gradient_checkpointing", "compile_layers")
+
+
+class CheckpointError(ValueError):
+    """``<output_dir>/last`` was written by a run with other settings."""
 
 
 @dataclass
@@ -51,6 +60,7 @@ class TrainState:
     global_step: int = 0
     best_val_loss: float = math.inf
     history: list[dict[str, float]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # see run_settings
 
 
 @dataclass
@@ -64,10 +74,16 @@ BatchLoss = Callable[[Sequence[Any]], torch.Tensor]
 
 
 def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], batch_loss: BatchLoss,
-          config: TrainConfig, *, resume: bool = True, description: str = "train") -> TrainResult:
-    """Train the trainable (LoRA) parameters of ``backbone.model`` to minimise ``batch_loss``."""
+          config: TrainConfig, *, resume: bool = True, description: str = "train",
+          settings: dict[str, Any] | None = None) -> TrainResult:
+    """Train the trainable (LoRA) parameters of ``backbone.model`` to minimise ``batch_loss``.
+
+    ``settings`` describe what is trained beyond ``config`` (task, data, ...); with ``config`` they must
+    match those of a checkpoint to resume it (:class:`CheckpointError` otherwise).
+    """
     if not train_set:
         raise ValueError("no training examples")
+    seed_everything(config.seed)
     model = backbone.model
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -77,10 +93,10 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
         compile_language_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    state = TrainState()
+    state = TrainState(settings=run_settings(config, backbone, settings or {}))
     last = output / "last"
     if resume and (last / STATE_FILE).is_file():
-        state = _load_checkpoint(backbone, optimizer, last)
+        state = _load_checkpoint(backbone, optimizer, last, state.settings)
     autocast = _autocast(backbone)
 
     batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
@@ -118,7 +134,7 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
             state.best_val_loss = val_loss
             best_tmp = output / ".best.tmp"
             shutil.rmtree(best_tmp, ignore_errors=True)
-            model.save_pretrained(best_tmp)
+            save_adapter(backbone, best_tmp)
             replace_dir(best_tmp, output / "best")
         state.epoch += 1
         state.batches_done = 0
@@ -129,6 +145,28 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
         set_gradient_checkpointing(model, False)
     model.eval()
     return TrainResult(output / "best", state.best_val_loss, state.history)
+
+
+def seed_everything(seed: int) -> None:
+    """Python's and torch's global RNGs (CPU and every GPU): LoRA dropout draws from them."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_settings(config: TrainConfig, backbone: Backbone, settings: dict[str, Any]) -> dict[str, Any]:
+    """What defines the trained adapter: the base weights, ``config`` but :data:`RESUMABLE_FIELDS`, ``settings``."""
+    fixed = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_FIELDS}
+    return json.loads(json.dumps({"base weights": backbone.fingerprint, **fixed, **settings}, default=str))
+
+
+def digest(values: Iterable[str | bytes]) -> str:
+    """Short hash of a sequence of strings and bytes (each length-prefixed): names a run's examples."""
+    hasher = hashlib.sha256()
+    for value in values:
+        data = value.encode() if isinstance(value, str) else value
+        hasher.update(len(data).to_bytes(8, "little"))
+        hasher.update(data)
+    return hasher.hexdigest()[:16]
 
 
 def _autocast(backbone: Backbone) -> Any:
@@ -167,19 +205,59 @@ def evaluate(backbone: Backbone, examples: Sequence[Any], batch_loss: BatchLoss,
 def _save_checkpoint(backbone: Backbone, optimizer: torch.optim.Optimizer, state: TrainState, folder: Path) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    backbone.model.save_pretrained(tmp)
+    save_adapter(backbone, tmp)
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    torch.save(_rng_state(), tmp / RNG_FILE)
     (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
     replace_dir(tmp, folder)
 
 
-def _load_checkpoint(backbone: Backbone, optimizer: torch.optim.Optimizer, folder: Path) -> TrainState:
+def _load_checkpoint(backbone: Backbone, optimizer: torch.optim.Optimizer, folder: Path,
+                     settings: dict[str, Any]) -> TrainState:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    state = TrainState(**json.loads((folder / STATE_FILE).read_text()))
+    _check_settings(folder, state.settings, settings)
+    state.settings = settings  # the resumable fields may have changed, e.g. more epochs
     weights = load_file(str(folder / "adapter_model.safetensors"), device=str(backbone.device))
     set_peft_model_state_dict(backbone.model, weights)
     optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location=backbone.device))
-    state = TrainState(**json.loads((folder / STATE_FILE).read_text()))
+    if (folder / RNG_FILE).is_file():
+        _set_rng_state(torch.load(folder / RNG_FILE))
     tqdm.write(f"resuming from {folder} (epoch {state.epoch + 1}, batch {state.batches_done})")
     return state
+
+
+def _check_settings(folder: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    if not saved:
+        tqdm.write(f"warning: {folder} does not record its run's settings (an older version wrote it); "
+                   "resuming without checking them")
+        return
+    advice = f"Use another output folder, or --no-resume to start over in {folder.parent} (replacing its adapters)."
+    if saved.get("task") != current.get("task"):
+        raise CheckpointError(f"{folder} is a checkpoint of a {saved.get('task')} run, not of a "
+                              f"{current.get('task')} run.\n{advice}")
+    differing = [f"{key}: {_shown(saved, key)} in the checkpoint, {_shown(current, key)} now"
+                 for key in sorted(saved.keys() | current.keys()) if saved.get(key) != current.get(key)]
+    if differing:
+        raise CheckpointError(f"{folder} is a checkpoint of a run with other settings:\n  "
+                              + "\n  ".join(differing) + f"\n{advice}")
+
+
+def _shown(settings: dict[str, Any], key: str) -> str:
+    return repr(settings[key]) if key in settings else "unset"
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -23,10 +23,12 @@ from tiny_llava import save_tiny_llava  # noqa: E402
 
 from lavic_ref.data import RecommendationInstance, load_items, recommendation_instances  # noqa: E402
 from lavic_ref.describe import read_cache  # noqa: E402
-from lavic_ref.embed import ItemEmbeddings, compute_item_embeddings  # noqa: E402
+from lavic_ref.embed import EmbeddingsError, ItemEmbeddings, check_embeddings, compute_item_embeddings, \
+    save_item_embeddings  # noqa: E402
 from lavic_ref.finetune import recommendation_loss  # noqa: E402
-from lavic_ref.model import LANGUAGE_LORA_TARGETS, VISION_LORA_TARGETS, attach_adapter, cls_embeddings, \
-    insert_item_embeddings, load_backbone, new_adapter, subimage_pixels  # noqa: E402
+from lavic_ref.model import BASE_FILE, LANGUAGE_LORA_TARGETS, VISION_LORA_TARGETS, AdapterError, BaseModelError, \
+    attach_adapter, cls_embeddings, insert_item_embeddings, load_backbone, new_adapter, save_adapter, \
+    subimage_pixels  # noqa: E402
 from lavic_ref.prompts import DESCRIPTION_PROMPT, ITEM_TOKENS  # noqa: E402
 from lavic_ref.sequences import recommendation_sequence  # noqa: E402
 from lavic_ref.training import TrainConfig, train  # noqa: E402
@@ -49,6 +51,12 @@ def _sample_texts() -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory) -> str:
     return str(save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), _sample_texts()))
+
+
+@pytest.fixture(scope="module")
+def other_base(tmp_path_factory) -> str:
+    """The same architecture with other weights (another seed)."""
+    return str(save_tiny_llava(tmp_path_factory.mktemp("tiny-llava-seed1"), _sample_texts(), seed=1))
 
 
 def _png(color, size=(40, 64)) -> bytes:
@@ -85,6 +93,17 @@ def test_vectorised_insertion_matches_a_naive_loop():
     assert torch.equal(insert_item_embeddings(embeds, input_ids, item_ids, items), expected)
     with pytest.raises(ValueError, match="item-token positions"):
         insert_item_embeddings(embeds, input_ids, item_ids, items[:-1])
+
+
+def test_insertion_refuses_embeddings_of_another_width_or_slot_count():
+    input_ids = torch.tensor([[5, 6, 7, 8, 9] * 4])
+    embeds = torch.zeros(1, 20, 16)
+    item_ids = torch.tensor([5, 6, 7, 8, 9])
+    # One item per 5 item tokens, but twice as wide: slots used to get half vectors, the last items none.
+    with pytest.raises(ValueError, match=r"shape \(5, 32\) per item.*5 item tokens of width 16"):
+        insert_item_embeddings(embeds, input_ids, item_ids, torch.zeros(4, 5, 32))
+    with pytest.raises(ValueError, match=r"shape \(4, 16\) per item"):
+        insert_item_embeddings(embeds, input_ids, item_ids, torch.zeros(5, 4, 16))
 
 
 def test_target_loss_matches_the_full_logits_loss_of_right_padded_batches(tiny_base):
@@ -131,18 +150,45 @@ def test_recommendation_prompt_drops_the_oldest_context_first(tiny_base):
     assert tokenizer.decode(target, skip_special_tokens=True).replace(" ", "") == ids[3]
 
 
-def test_gt_is_swapped_into_the_candidates_once_per_gt_item():
-    conversation = Conversation(
-        example_id="x", domain="home", thread_id="t", subreddit="s", created_utc=None,
-        turns=[Turn(kind="submission", text="need a lamp")], context_items=[], gt_text="",
-        gt_items=["B00000000A", "B00000000B"],
-        candidates={"sbert": [f"B0000000{i:02d}" for i in range(9)] + ["B00000000B"]},
-    )
-    instances = recommendation_instances([conversation], "sbert", random.Random(0))
-    assert [i.target for i in instances] == ["B00000000A", "B00000000B"]
+def _conversation(example_id: str, gt_items: list[str], candidates: list[str]) -> Conversation:
+    return Conversation(example_id=example_id, domain="home", thread_id="t", subreddit="s", created_utc=None,
+                        turns=[Turn(kind="submission", text="need a lamp")], context_items=[], gt_text="",
+                        gt_items=gt_items, candidates={"sbert": candidates})
+
+
+def _two_gt_conversations() -> list[Conversation]:
+    first = _conversation("x", ["B00000000A", "B00000000B"], [f"B0000000{i:02d}" for i in range(9)] + ["B00000000B"])
+    other = _conversation("y", ["B00000000C"], [f"B0000001{i:02d}" for i in range(10)])
+    return [first, other]
+
+
+def test_instances_hold_exactly_one_gt_among_shuffled_candidates_as_in_the_paper():
+    conversations = _two_gt_conversations()
+    instances = recommendation_instances(conversations, "sbert", random.Random(0))
+    assert [i.target for i in instances] == ["B00000000A", "B00000000B", "B00000000C"]
+    retrieved = {c for conversation in conversations for c in conversation.candidates["sbert"]}
+    for instance in instances:
+        assert len(set(instance.candidates)) == 10 and instance.candidates.count(instance.target) == 1
+        assert not {"B00000000A", "B00000000B"} - {instance.target} & set(instance.candidates)
+        assert set(instance.candidates) - {instance.target} <= retrieved
+    # The other gt (B) was replaced by a negative retrieved for the other conversation.
+    assert set(instances[0].candidates) & {f"B0000001{i:02d}" for i in range(10)}
+    positions = {instance.candidates.index(instance.target)
+                 for seed in range(8) for instance in recommendation_instances(conversations, "sbert",
+                                                                               random.Random(seed))}
+    assert len(positions) > 3  # shuffled: the retrieval order (gt B last, C absent) no longer shows
+
+
+def test_instances_as_the_authors_code_builds_them():
+    conversations = _two_gt_conversations()
+    instances = recommendation_instances(conversations, "sbert", random.Random(0), "authors-code")
+    assert [i.target for i in instances] == ["B00000000A", "B00000000B", "B00000000C"]
     for instance in instances:
         assert len(instance.candidates) == 10 and instance.candidates.count(instance.target) == 1
     assert "B00000000B" in instances[0].candidates  # the other gt is never the one swapped out
+    assert instances[1].candidates == tuple(conversations[0].candidates["sbert"])  # retrieval order kept
+    with pytest.raises(ValueError, match="unknown instance style"):
+        recommendation_instances(conversations, "sbert", random.Random(0), "shuffled")
 
 
 def test_cli_help_starts_without_heavy_imports():
@@ -308,6 +354,13 @@ def test_describe_distill_embed_finetune_then_benchmark_run(tiny_base, tmp_path)
     cache = ItemEmbeddings.load(path)
     assert cache.matrix.shape[:2] == (len(home), 5) and cache.metadata["base"] == tiny_base
     assert re.fullmatch(r"item_embeddings-[0-9a-f]{8}-[0-9a-f]{16}\.safetensors", path.name)
+    # The distill output folder stands for its best/ adapter; a folder without an adapter is refused.
+    parent = Path(_invoke(cli, ["embed", *common, "--distill-adapter", tmp_path / "distill",
+                                "--out", tmp_path / "from-parent"]).strip().splitlines()[-1])
+    assert parent.name == path.name
+    result = CliRunner().invoke(cli, [str(a) for a in ["embed", *common, "--distill-adapter", tmp_path,
+                                                       "--out", tmp_path / "none"]])
+    assert result.exit_code == 1 and f"{tmp_path} is not a LoRA adapter folder" in result.output
 
     _invoke(cli, ["finetune", *common, "--embeddings", path, "--out", tmp_path / "rec", "--max-steps", "2",
                   "--batch-size", "2"])
@@ -360,3 +413,189 @@ def test_ablations_titles_only_and_no_distillation(tiny_base, tmp_path):
     result = CliRunner().invoke(cli, ["finetune", *common, "--no-images", "--candidates", "openai_large",
                                       "--out", str(tmp_path / "x")])
     assert result.exit_code != 0 and "candidates_openai_large" in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs that do not fit: base models, adapters, item embeddings
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_base_that_is_not_llava_next_is_refused_before_loading(tmp_path):
+    from transformers import LlavaConfig
+
+    from lavic_ref.cli import cli
+    from tiny_llava import tiny_configs
+
+    config = tiny_configs()
+    config.text_config.save_pretrained(tmp_path / "mistral")
+    LlavaConfig(vision_config=config.vision_config, text_config=config.text_config).save_pretrained(tmp_path / "v15")
+    (tmp_path / "empty").mkdir()
+    cases = {tmp_path / "mistral": r"is a \w+ checkpoint \(model_type 'mistral'\), not LLaVA-NeXT",
+             tmp_path / "v15": r"model_type 'llava'\), not LLaVA-NeXT",
+             tmp_path / "empty": "cannot read its config as a folder",
+             tmp_path / "missing": "no such folder", "runs/missing/base": "no such folder"}
+    for base, message in cases.items():
+        with pytest.raises(BaseModelError, match=message):
+            load_backbone(str(base), device="cpu")
+    result = CliRunner().invoke(cli, ["embed", "--base", str(tmp_path / "mistral"), "--device", "cpu",
+                                      "--domain", "home", "--no-distill", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "not LLaVA-NeXT" in result.output and "Traceback" not in result.output
+
+
+def test_base_fingerprint_tells_weights_apart_but_not_dtypes_or_folders(tiny_base, other_base, tmp_path):
+    import shutil
+
+    fingerprint = load_backbone(tiny_base, device="cpu").fingerprint
+    assert load_backbone(tiny_base, device="cpu", dtype=torch.bfloat16).fingerprint == fingerprint
+    assert load_backbone(shutil.copytree(tiny_base, tmp_path / "copy"), device="cpu").fingerprint == fingerprint
+    assert load_backbone(other_base, device="cpu").fingerprint != fingerprint
+
+
+def _saved_adapter(base: str, targets: str, folder: Path) -> Path:
+    backbone = load_backbone(base, device="cpu")
+    new_adapter(backbone, targets)
+    save_adapter(backbone, folder)
+    return folder
+
+
+def test_adapters_are_refused_for_another_role_or_base(tiny_base, other_base, tmp_path):
+    from lavic_ref.recommender import LavicRecommender
+
+    vision = _saved_adapter(tiny_base, VISION_LORA_TARGETS, tmp_path / "distill" / "best")
+    rec = _saved_adapter(tiny_base, LANGUAGE_LORA_TARGETS, tmp_path / "rec" / "best")
+    attach_adapter(load_backbone(tiny_base, device="cpu"), rec, role="language")
+    attach_adapter(load_backbone(tiny_base, device="cpu"), tmp_path / "distill", role="vision")  # its best/
+
+    with pytest.raises(AdapterError, match="is an adapter for the vision tower and projector.*given as one for the "
+                                           "language model"):
+        LavicRecommender(base=tiny_base, rec_adapter=str(vision), images="false", device="cpu")
+    with pytest.raises(AdapterError, match="is an adapter for the language model.*given as one for the vision"):
+        attach_adapter(load_backbone(tiny_base, device="cpu"), rec, role="vision")
+    with pytest.raises(AdapterError, match=f"trained on base model {re.escape(tiny_base)} .*not on "
+                                           f"{re.escape(other_base)}"):
+        LavicRecommender(base=other_base, rec_adapter=str(rec), images="false", device="cpu")
+    with pytest.raises(AdapterError, match="is not a LoRA adapter folder"):
+        attach_adapter(load_backbone(tiny_base, device="cpu"), tmp_path, role="vision")
+
+    (rec / BASE_FILE).unlink()  # saved by peft alone: only the base names can be compared
+    with pytest.warns(UserWarning, match=f"names base model {re.escape(tiny_base)}, not {re.escape(other_base)}"):
+        attach_adapter(load_backbone(other_base, device="cpu"), rec, role="language")
+
+
+def test_item_embeddings_of_another_base_model_are_refused(tiny_base, other_base, tmp_path):
+    from lavic_ref.cli import cli
+    from lavic_ref.recommender import LavicRecommender
+
+    items = load_items(None, ["fashion"])
+    other = load_backbone(other_base, device="cpu")
+    embeddings = compute_item_embeddings(other, [(i, item.image) for i, item in items.items()], progress=False)
+    path = save_item_embeddings(tmp_path / "other.safetensors", embeddings, base=other_base, adapter=None,
+                                base_fingerprint=other.fingerprint)
+    with pytest.raises(EmbeddingsError, match=f"made with base model {re.escape(other_base)} .*not with "
+                                              f"{re.escape(tiny_base)}"):
+        LavicRecommender(base=tiny_base, item_embeddings=str(path), device="cpu")
+    result = CliRunner().invoke(cli, ["finetune", "--base", tiny_base, "--device", "cpu", "--domain", "fashion",
+                                      "--embeddings", str(path), "--out", str(tmp_path / "rec"), "--max-steps", "1"])
+    assert result.exit_code == 1 and "made with base model" in result.output
+    assert not (tmp_path / "rec" / "best").exists()
+
+    # Files without a weights fingerprint (older ones, hand-made ones): the names and the width are checked.
+    backbone = load_backbone(tiny_base, device="cpu")
+    wide = {item_id: torch.zeros(5, 128) for item_id in items}
+    with pytest.raises(EmbeddingsError, match=r"are \(5, 128\) per item, but .* takes \(5, 64\)"):
+        check_embeddings(ItemEmbeddings(wide, {"base": tiny_base}), "wide.safetensors", backbone)
+    with pytest.raises(EmbeddingsError, match="made with base model"):
+        check_embeddings(ItemEmbeddings(embeddings, {"base": other_base}), "old.safetensors", backbone)
+    check_embeddings(ItemEmbeddings(embeddings, {"base": tiny_base}), "old.safetensors", backbone)
+
+
+# --------------------------------------------------------------------------------------------
+# Reproducible and resumable training through the CLI
+# --------------------------------------------------------------------------------------------
+
+
+def _adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def _same_weights(first: Path, second: Path) -> bool:
+    a, b = _adapter_weights(first), _adapter_weights(second)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _descriptions(folder: Path, domain: str) -> Path:
+    path = folder / f"descriptions-{domain}.jsonl"
+    path.write_text("".join(json.dumps({"item_id": i, "description": f"a photo of {item.title}"}) + "\n"
+                            for i, item in load_items(None, [domain]).items() if item.image))
+    return path
+
+
+def test_the_same_seed_trains_the_same_adapter(tiny_base, tmp_path):
+    from lavic_ref.cli import cli
+
+    descriptions = _descriptions(tmp_path, "home")
+    common = ["distill", "--base", tiny_base, "--device", "cpu", "--domain", "home", "--descriptions", descriptions,
+              "--max-steps", "2", "--batch-size", "2", "--validation-size", "4", "--lr", "1e-3"]
+    for run, seed in [("a", 0), ("b", 0), ("c", 1)]:
+        _invoke(cli, [*common, "--seed", seed, "--out", tmp_path / run])
+    assert _same_weights(tmp_path / "a" / "best", tmp_path / "b" / "best")
+    assert not _same_weights(tmp_path / "a" / "best", tmp_path / "c" / "best")
+
+
+def test_a_resumed_run_trains_what_an_uninterrupted_one_does(tiny_base, tmp_path, monkeypatch):
+    import lavic_ref.finetune
+    from lavic_ref.cli import cli
+
+    common = ["finetune", "--base", tiny_base, "--device", "cpu", "--domain", "fashion", "--no-images",
+              "--max-steps", "3", "--grad-accum", "2", "--save-every", "1", "--lr", "1e-3", "--epochs", "2"]
+    _invoke(cli, [*common, "--out", tmp_path / "full"])
+
+    loss, calls = lavic_ref.finetune.recommendation_loss, []
+
+    def crash_in_the_second_epoch(backbone, *args, **kwargs):
+        calls.extend([1] if backbone.model.training else [])  # validation batches run in eval mode
+        if len(calls) == 9:  # the 2nd epoch's 3rd batch: its 1st optimizer step is in last/
+            raise RuntimeError("simulated crash")
+        return loss(backbone, *args, **kwargs)
+
+    monkeypatch.setattr(lavic_ref.finetune, "recommendation_loss", crash_in_the_second_epoch)
+    result = CliRunner().invoke(cli, [str(a) for a in [*common, "--out", tmp_path / "resumed"]])
+    assert isinstance(result.exception, RuntimeError)
+    monkeypatch.undo()
+    state = json.loads((tmp_path / "resumed" / "last" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["batches_done"]) == (1, 2)
+    assert "resuming from" in _invoke(cli, [*common, "--out", tmp_path / "resumed"])
+    # LoRA dropout is on (0.1): equal only if the RNG state was restored with the checkpoint.
+    assert _same_weights(tmp_path / "full" / "best", tmp_path / "resumed" / "best")
+    assert _same_weights(tmp_path / "full" / "last", tmp_path / "resumed" / "last")
+    assert (json.loads((tmp_path / "full" / "history.json").read_text())
+            == json.loads((tmp_path / "resumed" / "history.json").read_text()))
+
+
+def test_a_checkpoint_of_other_settings_is_refused(tiny_base, tmp_path):
+    from lavic_ref.cli import cli
+
+    out = tmp_path / "rec"
+    common = ["--base", tiny_base, "--device", "cpu", "--domain", "fashion", "--out", out]
+    finetune = ["finetune", *common, "--no-images", "--max-steps", "1"]
+    _invoke(cli, finetune)
+    adapter, card = _adapter_weights(out / "best"), (out / "model_card.json").read_text()
+
+    result = CliRunner().invoke(cli, [str(a) for a in [*finetune, "--lr", "1e-2", "--batch-size", "2"]])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{out / 'last'} is a checkpoint of a run with other settings" in result.output
+    assert "learning_rate: 5e-05 in the checkpoint, 0.01 now" in result.output
+    assert "batch_size: 1 in the checkpoint, 2 now" in result.output and "--no-resume" in result.output
+    result = CliRunner().invoke(cli, [str(a) for a in ["distill", *common, "--max-steps", "1", "--descriptions",
+                                                       _descriptions(tmp_path, "fashion")]])
+    assert result.exit_code == 1 and "is a checkpoint of a finetune run, not of a distill run" in result.output
+    assert (out / "model_card.json").read_text() == card
+    assert all(torch.equal(value, _adapter_weights(out / "best")[key]) for key, value in adapter.items())
+
+    # More epochs, another --save-every: the same run, continued.
+    _invoke(cli, [*finetune, "--epochs", "2", "--save-every", "3"])
+    assert [row["epoch"] for row in json.loads((out / "history.json").read_text())] == [1, 2]
+    _invoke(cli, [*finetune, "--lr", "1e-2", "--no-resume"])
+    assert json.loads((out / "model_card.json").read_text())["hyperparameters"]["learning_rate"] == 1e-2
