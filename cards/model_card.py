@@ -226,6 +226,12 @@ def _hub_dataset_id(dataset_id: str) -> str:
     return "reddit-amazon"
 
 
+def _version_tag(dataset: Any) -> str | None:
+    """The Hub tag ``push_to_hub`` gives the dataset version (``v1.0.0``), which pins that revision."""
+    version = dataset.get("version") if isinstance(dataset, Mapping) else None
+    return f"v{version}" if version else None
+
+
 def _eval_results(results: Sequence[Mapping[str, Any]]) -> list[EvalResult]:
     evals = []
     for result in results:
@@ -244,9 +250,12 @@ def _eval_results(results: Sequence[Mapping[str, Any]]) -> list[EvalResult]:
                     dataset_config=domain,
                     dataset_split=str(result.get("split", "test")),
                     dataset_args={"candidates": str(result.get("candidates", ""))},
-                    dataset_revision=dataset.get("version") if isinstance(dataset, Mapping) else None,
+                    dataset_revision=_version_tag(dataset),
                     metric_type=metric,
-                    metric_name=metric_name,
+                    # The model index merges results of one dataset config and split whatever their
+                    # dataset_args, so each metric names its candidate set itself.
+                    metric_name=f"{metric_name} ({result.get('candidates', '')} candidates)",
+                    metric_args={"candidates": str(result.get("candidates", ""))},
                     metric_value=round(float(entry["value"]), 6),
                 ))
     return evals

@@ -5,6 +5,8 @@ Each command lives in the module of its concept; this file only assembles the gr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -30,6 +32,20 @@ def cli() -> None:
 
 def main() -> None:
     cli(prog_name="reddit-amazon")
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Input problems (a damaged release file, a folder in the way, an unreadable manifest) end with one
+    ``Error:`` line naming them; anything else is a bug and keeps its traceback."""
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except (ValueError, OSError) as error:
+        raise click.ClickException(f"{type(error).__name__}: {error}") from error
+    except KeyError as error:
+        raise click.ClickException(f"a required field is missing: {error}") from error
 
 
 @cli.command("sample-path")
@@ -68,7 +84,8 @@ def import_lavic_command(src: str, out: str, repair_text: bool, dataset_version:
     from reddit_amazon import DATASET_VERSION
     from reddit_amazon.lavic_release import import_release
 
-    report = import_release(src, out, repair_text=repair_text, version=dataset_version or DATASET_VERSION)
+    with user_errors():
+        report = import_release(src, out, repair_text=repair_text, version=dataset_version or DATASET_VERSION)
     for line in report.lines():
         click.echo(line)
     click.echo(f"wrote {out}")
@@ -87,7 +104,9 @@ def export_lavic_command(dataset: str, out: str) -> None:
     """
     from reddit_amazon.lavic_release import export_release
 
-    for domain, splits in export_release(dataset, out).items():
+    with user_errors():
+        written = export_release(dataset, out)
+    for domain, splits in written.items():
         for split, n in splits.items():
             click.echo(f"{domain}/{split}: {n} records")
     click.echo(f"wrote {out}")
@@ -112,7 +131,8 @@ def card_command(dataset_dir: str) -> None:
 
     if not (Path(dataset_dir) / MANIFEST).is_file():
         raise click.ClickException(f"{dataset_dir} is not a reddit-amazon dataset folder (no {MANIFEST})")
-    refresh_card(dataset_dir)
+    with user_errors():
+        refresh_card(dataset_dir)
     click.echo(f"wrote {Path(dataset_dir) / 'README.md'}")
 
 
@@ -158,10 +178,8 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
     )
     if partition and executor != "slurm":
         raise click.UsageError("--partition is for --executor slurm")
-    try:
+    with user_errors():  # an empty salt, no dumps in a folder, an unwritable workdir ...
         result = run_reddit_stage(list(inputs), workdir, options)
-    except (ValueError, OSError) as error:  # an empty salt, no dumps in a folder, an unwritable workdir ...
-        raise click.ClickException(f"{type(error).__name__}: {error}") from error
     click.echo(orjson.dumps(result.funnel, option=orjson.OPT_INDENT_2).decode())
     for path, reason in result.incomplete_reasons.items():
         click.secho(f"incomplete: {path}: {reason}", fg="yellow", err=True)

@@ -70,11 +70,15 @@ class DatasetContents:
     metadata: dict[str, Any] = field(default_factory=dict)  # free-form: source, build record, …
 
 
-def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents) -> dict[str, Any]:
-    """Write ``contents`` as a dataset folder at ``out_dir`` (atomically). Returns the manifest."""
+def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents,
+                  keep: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
+    """Write ``contents`` as a dataset folder at ``out_dir`` (atomically). Returns the manifest.
+
+    ``keep``: paths that must survive (the inputs): a folder holding one of them is never replaced.
+    """
     if not SEMVER.fullmatch(contents.version):
         raise SchemaError(f"dataset version {contents.version!r} is not semver (MAJOR.MINOR.PATCH)")
-    out_dir = check_output_folder(out_dir)
+    out_dir = check_output_folder(out_dir, keep)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_siblings(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=sibling_prefix(out_dir, "tmp"), dir=out_dir.parent))
@@ -231,8 +235,14 @@ def card_data(manifest: Mapping[str, Any], data_files: Mapping[str, Mapping[str,
             if n == 0:
                 continue
             split_dict.add(datasets.SplitInfo(name=split, num_examples=n))
-        infos[config] = DatasetInfo(features=config_features, splits=split_dict, version=manifest["version"])
+        infos[config] = DatasetInfo(features=config_features, splits=split_dict)
     DatasetInfosDict(infos).to_dataset_card_data(data)
+    # `datasets` keys its cache of a folder on the folder's name and this YAML, not on the files: a
+    # folder rewritten in place (or another folder of the same name) would load the old rows. The
+    # content fingerprint in each config's info makes the key change with the data.
+    entries = data.dataset_info if isinstance(data.dataset_info, list) else [data.dataset_info]
+    for entry in entries:
+        entry["description"] = f"reddit-amazon {manifest['version']}, content fingerprint {manifest['fingerprint']}"
     return data
 
 
@@ -336,6 +346,14 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     manifest = read_manifest(folder)
     api = HfApi(endpoint=endpoint, token=token)  # endpoint None: the Hub (or $HF_ENDPOINT)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    tag = f"v{manifest['version']}"
+    if any(ref.name == tag for ref in api.list_repo_refs(repo_id, repo_type="dataset").tags):
+        published = json.loads(Path(api.hf_hub_download(repo_id, MANIFEST, repo_type="dataset", revision=tag))
+                               .read_text(encoding="utf-8"))
+        if published.get("fingerprint") != manifest["fingerprint"]:
+            raise ValueError(f"{repo_id}: version {manifest['version']} is already published with other content "
+                             f"(fingerprint {str(published.get('fingerprint'))[:12]}, this folder "
+                             f"{manifest['fingerprint'][:12]}); give changed data a new version (build --version)")
     commit = api.upload_folder(
         repo_id=repo_id,
         repo_type="dataset",
@@ -344,5 +362,5 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
         commit_message=f"reddit-amazon {manifest['version']} ({manifest['fingerprint'][:12]})",
         allow_patterns=["README.md", MANIFEST, f"{DATA_DIR}/**"],
     )
-    api.create_tag(repo_id, repo_type="dataset", tag=f"v{manifest['version']}", revision=revision, exist_ok=True)
+    api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=revision, exist_ok=True)  # same content: kept
     return str(commit)

@@ -14,7 +14,6 @@ Latin-1, ``donâ\\x80\\x99t``), which ftfy repairs; the dataset's manifest recor
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 import zipfile
@@ -28,7 +27,15 @@ import ftfy
 import orjson
 
 from reddit_amazon import DATASET_VERSION
-from reddit_amazon.dataset_folder import DatasetContents, configs_of, iter_conversations, load, write_dataset
+from reddit_amazon.dataset_folder import (
+    DatasetContents,
+    check_output_folder,
+    configs_of,
+    iter_conversations,
+    load,
+    write_dataset,
+)
+from reddit_amazon.files import open_atomic
 from reddit_amazon.schema import (
     DOMAINS,
     SPLITS,
@@ -80,6 +87,7 @@ def import_release(src: str | Path, out: str | Path, *, repair_text: bool = Fals
                    version: str = DATASET_VERSION) -> ImportReport:
     """Convert a release folder into a dataset folder at ``out``."""
     src = Path(src)
+    check_output_folder(out, keep=[src])  # before reading anything: --out must not hold the release
     report = ImportReport()
     conversations: dict[str, dict[str, list[Conversation]]] = {}
     for folder, domain in RELEASE_FOLDERS.items():
@@ -123,7 +131,7 @@ def import_release(src: str | Path, out: str | Path, *, repair_text: bool = Fals
         },
     )
     out = Path(out)
-    write_dataset(out, contents)
+    write_dataset(out, contents, keep=[src])
     copies = [src / name for name in METADATA_FILES if (src / name).is_file()]
     if copies:
         (out / SOURCE_COPY_DIR).mkdir(exist_ok=True)
@@ -151,6 +159,10 @@ def _read_release_file(path: Path, domain: str, split: str, repair_text: bool,
                 raise SchemaError(f"{where}: missing field(s) {missing}, unexpected field(s) {unexpected}")
             if not isinstance(raw["context"], str) or not isinstance(raw["gt"], str):
                 raise SchemaError(f"{where}: context and gt must be strings")
+            not_lists = [name for name in ("gt_items", "context_items", *RELEASE_CANDIDATES)
+                         if not isinstance(raw[name], list)]
+            if not_lists:
+                raise SchemaError(f"{where}: {', '.join(not_lists)} must be lists of ASINs")
             try:
                 turns = parse_context(raw["context"])
             except SchemaError as error:
@@ -278,11 +290,9 @@ def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, 
                 continue
             target = out / folder_for[domain] / file_for[split]
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".jsonl.tmp")
-            with io.open(tmp, "w", encoding="utf-8", newline="\n") as handle:
+            with open_atomic(target) as handle:  # a record failing half-way leaves no partial file
                 for record in iter_conversations(splits[split], f"{dataset}:{domain}/{split}"):
-                    handle.write(json.dumps(release_record(record)) + "\n")
-            tmp.replace(target)
+                    handle.write((json.dumps(release_record(record)) + "\n").encode("utf-8"))
             written.setdefault(domain, {})[split] = len(splits[split])
     source_copy = Path(dataset) / SOURCE_COPY_DIR
     if source_copy.is_dir():

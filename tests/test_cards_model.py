@@ -67,6 +67,10 @@ def test_yaml_round_trips_through_the_hub_card_classes(tmp_path):
     beauty_sbert = next(e for e in evals if e.dataset_config == "beauty" and e.metric_type == "hr@1"
                         and e.dataset_args == {"candidates": "sbert"})
     assert beauty_sbert.metric_value == 0.125 and beauty_sbert.dataset_type == "org/reddit-amazon"
+    for candidates, value in (("sbert", 0.125), ("openai_large", 0.175)):  # two candidate sets never merge
+        assert {e.metric_value for e in evals if e.dataset_config == "beauty" and e.metric_type == "hr@1"
+                and e.metric_args == {"candidates": candidates}} == {value}
+    assert {e.dataset_revision for e in evals} == {"v1.0.0"}  # the tag push_to_hub gives the version
     assert_no_placeholders(text)
 
 

@@ -1,3 +1,4 @@
+import hashlib
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from reddit_amazon.dataset_folder import (
+    MANIFEST,
     DatasetContents,
     check_output_folder,
     fingerprint,
@@ -196,16 +198,32 @@ def test_push_to_hub_uploads_the_folder_as_is_and_tags_the_version(built, httpse
                             content_type="application/json")
         if path == "/api/datasets/me/reddit-amazon/tag/main":
             seen["tags"].append(request.get_json()["tag"])
+            seen["tagged_manifest"] = seen["files"][MANIFEST]
             return Response("{}", content_type="application/json")
+        if path == "/api/datasets/me/reddit-amazon/refs":
+            tags = [{"name": tag, "ref": f"refs/tags/{tag}", "targetCommit": "a" * 40} for tag in seen["tags"]]
+            return Response(json.dumps({"branches": [], "converts": [], "tags": tags}), content_type="application/json")
+        if path == "/datasets/me/reddit-amazon/resolve/v1.2.3/manifest.json":
+            data = seen["tagged_manifest"]
+            return Response(data, content_type="application/json", headers={  # (a HEAD answer gets no body)
+                "X-Repo-Commit": "a" * 40, "ETag": f'"{hashlib.sha1(data).hexdigest()}"'})
         return Response(f"unexpected {request.method} {path}", status=404)
 
     httpserver.expect_request(re.compile(".*")).respond_with_handler(hub)
-    push_to_hub(root / "reddit-amazon", "me/reddit-amazon", token="hf_test_token", endpoint=httpserver.url_for("").rstrip("/"))
+    endpoint = httpserver.url_for("").rstrip("/")
+    push_to_hub(root / "reddit-amazon", "me/reddit-amazon", token="hf_test_token", endpoint=endpoint)
+    push_to_hub(root / "reddit-amazon", "me/reddit-amazon", token="hf_test_token", endpoint=endpoint)  # same: fine
+    changed = contents()
+    changed.conversations["home"]["test"][0].gt_text += "!"
+    write_dataset(tmp_path / "changed" / "reddit-amazon", changed)
+    with pytest.raises(ValueError, match="1.2.3 is already published with other content"):
+        push_to_hub(tmp_path / "changed" / "reddit-amazon", "me/reddit-amazon", token="hf_test_token",
+                    endpoint=endpoint)
 
     folder = root / "reddit-amazon"
     local = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     assert seen["files"] == local  # README (configs), manifest and every shard, byte for byte
-    assert seen["tags"] == ["v1.2.3"]
+    assert seen["tags"] == ["v1.2.3", "v1.2.3"]  # the second push: the same content under the same tag
     assert seen["auth"] == {"Bearer hf_test_token"}
     # What arrived is a loadable dataset repo: the same configs from the same files.
     copy = tmp_path / "hub-copy" / "reddit-amazon"
@@ -251,3 +269,22 @@ def test_folders_left_by_a_killed_write_are_removed_by_the_next(tmp_path):
         (folder / "data").mkdir(parents=True)
     write_dataset(tmp_path / "reddit-amazon", contents())
     assert sorted(os.listdir(tmp_path)) == sorted([alive.name, other_host.name, "reddit-amazon"])
+
+
+def test_a_folder_rewritten_in_place_loads_its_new_rows(tmp_path):
+    """`datasets` caches a folder by name and README YAML: same-size new content must not load the old rows."""
+    folder = tmp_path / "rewritten" / "reddit-amazon"
+    write_dataset(folder, contents())
+    before = datasets.load_dataset(str(folder), "fashion", split="train")["gt_text"]
+    changed = contents()
+    for record in changed.conversations["fashion"]["train"]:
+        record.gt_text = record.gt_text[::-1]  # same bytes, same sizes, other content
+    write_dataset(folder, changed)
+    assert datasets.load_dataset(str(folder), "fashion", split="train")["gt_text"] == [t[::-1] for t in before]
+
+
+def test_pre_release_versions_are_written(tmp_path):
+    pre = contents()
+    pre.version = "1.1.0-rc.1+build.7"
+    assert write_dataset(tmp_path / "reddit-amazon", pre)["version"] == "1.1.0-rc.1+build.7"
+    assert datasets.load_dataset(str(tmp_path / "reddit-amazon"), "home", split="test").num_rows == 3

@@ -89,6 +89,8 @@ def release_line(**overrides) -> str:
         (release_line(gt_items=["B0776"]), "not an ASIN"),
         (release_line(context="plain text"), "context is not"),
         (json.dumps({"context": "x"}), "missing field(s)"),
+        (release_line(gt_items="B0776Y43KM"), "gt_items must be lists of ASINs"),
+        (release_line(candidates_st=None), "candidates_st must be lists of ASINs"),
     ],
 )
 def test_bad_release_lines_fail_with_file_and_line(tmp_path, bad, message):
@@ -130,3 +132,18 @@ def test_imported_turns_match_the_release_context(imported):
         for row, record in zip(loaded, read_jsonl(release / folder / "valid.jsonl")):
             assert [t["text"] for t in row["turns"]] == [t.text for t in parse_context(record["context"])]
             assert row["gt_text"] == record["gt"]
+
+
+def test_import_never_deletes_its_source_and_export_leaves_no_partial_file(tmp_path):
+    dataset = tmp_path / "ds"
+    src = write_release(dataset / "release", [release_line()])  # the release kept inside the output folder
+    refused = CliRunner().invoke(cli, ["import-lavic", str(src), "--out", str(dataset)])
+    assert refused.exit_code == 1 and "which writing the dataset there would delete" in " ".join(refused.output.split())
+    assert (src / "amazon_home" / "valid.jsonl").is_file()
+    assert "Traceback" not in refused.output
+    from reddit_amazon.sample import sample_dataset_path
+
+    failed = CliRunner().invoke(cli, ["export-lavic", str(sample_dataset_path()), "--out", str(tmp_path / "e")])
+    assert failed.exit_code == 1 and "Traceback" not in failed.output  # the sample has no openai_large candidates
+    assert not [p for p in (tmp_path / "e").rglob("*") if p.is_file()]
+
