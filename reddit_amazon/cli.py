@@ -136,6 +136,27 @@ def card_command(dataset_dir: str) -> None:
     click.echo(f"wrote {Path(dataset_dir) / 'README.md'}")
 
 
+@cli.command("verify")
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+def verify_command(dataset_dir: str) -> None:
+    """Check DATASET_DIR against its manifest: content fingerprint and rows per config and split.
+
+    Exits 1 naming what differs (a shard edited, added or lost since the folder was written).
+
+    \b
+    Examples:
+      reddit-amazon verify reddit-amazon/
+      reddit-amazon verify "$(reddit-amazon sample-path)"
+    """
+    from reddit_amazon.dataset_folder import verify
+
+    with user_errors():
+        problems = verify(dataset_dir)
+    if problems:
+        raise click.ClickException(f"{dataset_dir} does not match its manifest:\n  " + "\n  ".join(problems))
+    click.echo(f"{dataset_dir}: matches its manifest")
+
+
 from reddit_amazon.build import build_command  # noqa: E402  (imports only click and orjson at load time)
 
 cli.add_command(build_command)

@@ -278,6 +278,25 @@ def refresh_card(folder: str | os.PathLike) -> None:
     write_readme(folder, manifest, data_files, conversation_features(candidate_sets_of(columns)))
 
 
+def verify(folder: str | os.PathLike) -> list[str]:
+    """What in ``folder`` disagrees with its manifest: the content fingerprint, and the rows of each
+    config and split (an edited, added or lost shard). Empty when the folder is as written."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    problems = []
+    actual = fingerprint(folder)
+    if actual != manifest.get("fingerprint"):
+        problems.append(f"the data files' fingerprint is {actual[:12]}, the manifest says "
+                        f"{str(manifest.get('fingerprint'))[:12]}: a shard was changed, added or removed")
+    for config, splits in manifest.get("counts", {}).items():
+        for split, expected in splits.items():
+            rows = sum(pq.ParquetFile(path).metadata.num_rows
+                       for path in (folder / DATA_DIR / config).glob(f"{split}-*.parquet"))
+            if rows != expected:
+                problems.append(f"{config}/{split}: {rows} rows in the shards, {expected} in the manifest")
+    return problems
+
+
 def _parquet_columns(path: Path) -> list[str]:
     return pq.read_schema(path).names
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import datasets
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -288,3 +289,19 @@ def test_pre_release_versions_are_written(tmp_path):
     pre.version = "1.1.0-rc.1+build.7"
     assert write_dataset(tmp_path / "reddit-amazon", pre)["version"] == "1.1.0-rc.1+build.7"
     assert datasets.load_dataset(str(tmp_path / "reddit-amazon"), "home", split="test").num_rows == 3
+
+
+def test_verify_finds_an_edited_or_lost_shard(tmp_path):
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    folder = tmp_path / "reddit-amazon"
+    write_dataset(folder, contents())
+    assert CliRunner().invoke(cli, ["verify", str(folder)]).exit_code == 0
+    shard = next((folder / "data" / "home").glob("test-*.parquet"))
+    table = pq.read_table(shard)
+    pq.write_table(table.slice(0, 2), shard)  # a row lost
+    result = CliRunner().invoke(cli, ["verify", str(folder)])
+    assert result.exit_code == 1 and "fingerprint" in result.output
+    assert "home/test: 2 rows in the shards, 3 in the manifest" in result.output
