@@ -46,7 +46,7 @@ def render_dataset_card(data: DatasetCardData, manifest: Mapping[str, Any], fold
     name = repo_id or manifest["name"]
     sections = [
         _summary(manifest, statistics),
-        _load(name),
+        _load(name, statistics),
         _statistics(statistics, manifest.get("stats")),
         _fields(folder, data_files),
         _build(manifest),
@@ -64,19 +64,20 @@ def _summary(manifest: Mapping[str, Any], statistics: DatasetStatistics) -> str:
         f"# Reddit-Amazon ({manifest['name']} {manifest['version']})\n\n"
         f"{statistics.total('conversations'):,} Reddit conversations that end in a comment recommending "
         "Amazon products, aligned with the products' Amazon Reviews 2023 metadata and images, in three visually "
-        f"oriented domains (beauty, fashion, home): {statistics.total('items'):,} products, "
-        f"{statistics.total('images'):,} of them with an embedded image. The task is to read the conversation and "
+        f"oriented domains (beauty, fashion, home): {statistics.total('items'):,} products (counted per domain: "
+        f"one linked in two domains counts twice), {statistics.total('images'):,} of them with an embedded image. The task is to read the conversation and "
         "pick the recommended product among 10 retrieved candidates, as in the LaViC paper (KDD'25). Built with "
         "the `reddit-amazon` toolkit; every number in this card is computed from the files in this folder."
         + source
     )
 
 
-def _load(name: str) -> str:
+def _load(name: str, statistics: DatasetStatistics) -> str:
+    present = [split for split in SPLITS if any(d.split_records[split] for d in statistics.domains.values())]
     example = "\n".join([
         "from datasets import load_dataset",
         "",
-        f'fashion = load_dataset("{name}", "fashion")   # splits: train, validation, test',
+        f'fashion = load_dataset("{name}", "fashion")   # splits: {", ".join(present)}',
         f'items = load_dataset("{name}", "items", split="fashion")',
     ])
     return (
@@ -123,7 +124,8 @@ def _statistics(statistics: DatasetStatistics, recorded: Mapping[str, Any] | Non
         "The paper reports, for its own build (Table 1):",
         paper,
         "### Splits",
-        "Records per split (the paper splits 8:1:1 by thread):",
+        "Records per split (a build splits 8:1:1 by thread, as the paper does; an imported copy keeps the "
+        "splits it was given):",
         splits,
         _thread_check(domains),
         "Evaluation examples per split: (record, gt item) pairs, since a record with several recommended items "
