@@ -240,8 +240,8 @@ def card_data(manifest: Mapping[str, Any], data_files: Mapping[str, Mapping[str,
     # `datasets` keys its cache of a folder on the folder's name and this YAML, not on the files: a
     # folder rewritten in place (or another folder of the same name) would load the old rows. The
     # content fingerprint in each config's info makes the key change with the data.
-    entries = data.dataset_info if isinstance(data.dataset_info, list) else [data.dataset_info]
-    for entry in entries:
+    info = getattr(data, "dataset_info", None)  # none at all for a folder without a record
+    for entry in info if isinstance(info, list) else [info] if info else []:
         entry["description"] = f"reddit-amazon {manifest['version']}, content fingerprint {manifest['fingerprint']}"
     return data
 

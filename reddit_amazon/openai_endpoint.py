@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -49,15 +50,36 @@ def make_client(base_url: str | None, timeout: float, api_key: str | None = None
     return OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
 
 
+class MalformedResponseError(ValueError):
+    """The endpoint answered 200 with something that is not a chat completion (no choices, an error
+    object): retried like a server error, never taken as an empty answer."""
+
+
 def is_transient(error: BaseException) -> bool:
-    """Connection problems, timeouts, rate limits and server errors are retried; bad requests are not."""
+    """Connection problems, timeouts, rate limits, server errors and malformed answers are retried;
+    bad requests are not."""
     import openai
 
-    if isinstance(error, openai.APIConnectionError):  # includes timeouts
+    if isinstance(error, (openai.APIConnectionError, MalformedResponseError)):  # includes timeouts
         return True
     if isinstance(error, openai.APIStatusError):
         return error.status_code in (408, 409, 429) or error.status_code >= 500
     return False
+
+
+#: What a 400 says when it is about one prompt (too long, flagged), not about the request settings.
+_PROMPT_REFUSAL_CODES = {"context_length_exceeded", "string_above_max_length", "content_filter",
+                         "content_policy_violation", "invalid_prompt"}
+_PROMPT_REFUSAL_TEXT = re.compile(r"context length|context window|too long|too many tokens|maximum .*tokens"
+                                  r"|content (management )?policy|content filter|flagged|safety", re.IGNORECASE)
+
+
+def refuses_this_prompt_only(error: BaseException) -> bool:
+    """Whether a 400 refusal is about this prompt alone (every other prompt may pass). Anything else,
+    such as an unknown model or a parameter the endpoint does not take, would refuse every call."""
+    code = str(getattr(error, "code", "") or "")
+    message = str(getattr(error, "message", "") or error)
+    return code in _PROMPT_REFUSAL_CODES or bool(_PROMPT_REFUSAL_TEXT.search(message))
 
 
 def is_fatal(error: BaseException) -> bool:
@@ -153,8 +175,8 @@ class ChatParameters:
         while True:
             sent = self.apply(request)
             try:
-                return with_retries(lambda: client.chat.completions.create(**sent), max_attempts, initial_wait,
-                                    max_wait)
+                return with_retries(lambda: _checked(client.chat.completions.create(**sent)), max_attempts,
+                                    initial_wait, max_wait)
             except openai.BadRequestError as error:
                 if not self.learn(error, sent):
                     raise
@@ -164,3 +186,11 @@ class ChatParameters:
         """What was changed, for reports and manifests (empty when the endpoint took the requests as configured)."""
         return [name for name, on in (("max_tokens -> max_completion_tokens", self._rename_max_tokens),
                                       ("temperature dropped (model default)", self._drop_temperature)) if on]
+
+
+def _checked(response: Any) -> Any:
+    """``response`` if it is a chat completion with a message (some gateways answer 200 with an error)."""
+    choices = getattr(response, "choices", None)
+    if not choices or getattr(choices[0], "message", None) is None:
+        raise MalformedResponseError(f"the endpoint answered without a completion: {str(response)[:300]}")
+    return response

@@ -21,7 +21,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from reddit_amazon.openai_endpoint import ChatParameters, MissingAPIKeyError, is_fatal, make_client
+from reddit_amazon.openai_endpoint import (
+    ChatParameters,
+    MissingAPIKeyError,
+    is_fatal,
+    make_client,
+    refuses_this_prompt_only,
+)
 from reddit_amazon.schema import Conversation
 
 DEFAULT_MODEL = "gpt-3.5-turbo"  # the paper's model
@@ -213,7 +219,7 @@ def _ask(client: Any, options: FilterOptions, parameters: ChatParameters, prompt
     request = {"model": options.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
     response = parameters.create(client, request, options.max_attempts, options.backoff_initial_s,
                                  options.backoff_max_s)
-    return (response.choices[0].message.content or "") if response.choices else ""
+    return response.choices[0].message.content or ""  # ChatParameters.create checked there is a message
 
 
 def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, options: FilterOptions, *,
@@ -236,8 +242,8 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
             try:
                 answer = _ask(client, options, parameters, prompt)
             except openai.BadRequestError as error:
-                if getattr(error, "code", None) in ("unsupported_parameter", "unsupported_value"):  # settings, not prompt
-                    raise RelevanceError(f"the LLM endpoint refused a request parameter: {error}") from error
+                if not refuses_this_prompt_only(error):  # the model, a parameter ...: every call would fail
+                    raise RelevanceError(f"the LLM endpoint refused the request: {error}") from error
                 cache.put(key, options.model, str(error)[:500], status=REJECTED)  # about this prompt only
                 return
             cache.put(key, options.model, answer)
@@ -254,14 +260,15 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
                     raise error
                 elif is_fatal(error):
                     raise RelevanceError(f"the LLM endpoint refused the request: {error}") from error
-                else:
+                else:  # retried to the end: the endpoint is down, stop instead of waiting out every call
                     failures.append(f"{type(error).__name__}: {error}")
+                    break
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # fatal error or Ctrl-C: start no more calls
         if failures:
             raise RelevanceError(
-                f"{len(failures)} of {len(missing)} relevance calls failed after {options.max_attempts} attempts "
-                f"(first: {failures[0][:300]}); the {calls_made} answers received are cached, rerun to resume"
+                f"a relevance call failed after {options.max_attempts} attempts ({failures[0][:300]}); the "
+                f"{calls_made} answers received are cached ({len(missing) - calls_made} to go), rerun to resume"
             )
 
     labels: dict[str, str] = {}

@@ -305,3 +305,12 @@ def test_verify_finds_an_edited_or_lost_shard(tmp_path):
     result = CliRunner().invoke(cli, ["verify", str(folder)])
     assert result.exit_code == 1 and "fingerprint" in result.output
     assert "home/test: 2 rows in the shards, 3 in the manifest" in result.output
+
+
+def test_a_dataset_without_records_is_written(tmp_path):
+    """A build whose filters keep nothing still ends with a valid (empty) folder, not a traceback."""
+    empty = DatasetContents({domain: {split: [] for split in SPLITS} for domain in DOMAINS},
+                            {domain: [] for domain in DOMAINS}, version="1.0.0")
+    manifest = write_dataset(tmp_path / "reddit-amazon", empty)
+    assert all(n == 0 for splits in manifest["counts"].values() for n in splits.values())
+    assert read_manifest(tmp_path / "reddit-amazon")["fingerprint"] == manifest["fingerprint"]

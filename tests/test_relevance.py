@@ -15,6 +15,7 @@ from reddit_amazon.relevance import (
     DEFAULT_MODEL,
     AnswerCache,
     FilterOptions,
+    REJECTED,
     RelevanceError,
     default_template,
     load_template,
@@ -57,6 +58,8 @@ class FakeOpenAI:
         if status == 0:  # answer slower than the client's timeout
             time.sleep(float(answer))
             status, answer = 200, "yes"
+        if status == 299:  # a gateway's 200 that carries an error instead of a completion
+            return Response(json.dumps({"error": {"message": answer}}), status=200, content_type="application/json")
         if status != 200:
             return Response(json.dumps({"error": {"message": answer, "type": "x", "code": status}}),
                             status=status, content_type="application/json")
@@ -138,12 +141,36 @@ def test_persistent_errors_keep_answers_and_resume(httpserver, options, tmp_path
     fake = serve(httpserver, {"ok": [(200, "yes")], "down": [(503, "unavailable")]})
     records = [conversation("1", "SCRIPT=ok"), conversation("2", "SCRIPT=down")]
     cache = AnswerCache(tmp_path / "cache.sqlite")
-    with pytest.raises(RelevanceError, match="1 of 2 relevance calls failed after 4 attempts.*rerun to resume"):
+    with pytest.raises(RelevanceError, match="a relevance call failed after 4 attempts.*rerun to resume"):
         run_filter(records, cache, options, api_key="sk-test")
     assert fake.requests == {"ok": 1, "down": 4} and len(cache) == 1
     fake.scripts["down"] = [(200, "no")]
     result = run_filter(records, cache, options, api_key="sk-test")
     assert fake.requests == {"ok": 1, "down": 5} and result.labels == {"1": "yes", "2": "no"}
+
+
+def test_a_refusal_of_every_request_stops_the_run_and_caches_nothing(httpserver, options, tmp_path):
+    """A 400 about the model (not about one prompt), or 200s without a completion, must not become
+    cached "rejected" / empty answers that a rerun would never ask again."""
+    fake = serve(httpserver, {"bad": [(400, "Invalid model name passed in model=gpt-3.5-turbo")],
+                              "empty": [(299, "upstream failed")], "long": [(400, "This model's maximum context "
+                                                                                   "length is 4097 tokens")]})
+    cache = AnswerCache(tmp_path / "cache.sqlite")
+    with pytest.raises(RelevanceError, match="refused the request.*Invalid model name"):
+        run_filter([conversation("1", "SCRIPT=bad")], cache, options, api_key="sk-test")
+    with pytest.raises(RelevanceError, match="failed after 4 attempts.*without a completion"):
+        run_filter([conversation("2", "SCRIPT=empty")], cache, options, api_key="sk-test")
+    assert len(cache) == 0 and fake.requests["empty"] == 4  # retried like a server error
+    result = run_filter([conversation("3", "SCRIPT=long")], cache, options, api_key="sk-test")
+    assert result.labels == {"3": REJECTED} and len(cache) == 1  # a prompt too long: that prompt only
+
+
+def test_an_endpoint_that_stays_down_stops_the_run_early(httpserver, options, tmp_path):
+    fake = serve(httpserver, {"down": [(503, "unavailable")]})
+    records = [conversation(str(i), f"SCRIPT=down number {i}") for i in range(40)]
+    with pytest.raises(RelevanceError, match="rerun to resume"):
+        run_filter(records, AnswerCache(tmp_path / "cache.sqlite"), options, api_key="sk-test")
+    assert fake.requests["down"] < 40 * 4 / 2  # not every call retried to the end
 
 
 def test_dry_run_plan_counts_the_calls_the_run_makes(httpserver, options, tmp_path):
@@ -194,7 +221,7 @@ def test_a_refused_parameter_stops_the_run_and_caches_nothing(httpserver, option
     httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(refuse)
     records = [conversation(str(i), f"try this {i}") for i in range(3)]
     with AnswerCache(tmp_path / "c.sqlite") as cache:
-        with pytest.raises(RelevanceError, match="refused a request parameter"):
+        with pytest.raises(RelevanceError, match="refused the request: .*Unsupported parameter"):
             run_filter(records, cache, options, api_key="sk-test")
         assert len(cache) == 0  # no conversation was labelled "rejected" for it
 

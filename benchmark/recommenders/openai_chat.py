@@ -30,7 +30,7 @@ import orjson
 from benchmark.prompts import NO_IMAGE_TEXT, recommendation_prompt_segments, render_recommendation_prompt
 from benchmark.protocol import Candidate, Example
 from benchmark.retrieval.cache import default_cache_dir
-from reddit_amazon.openai_endpoint import ChatParameters, endpoint_url, make_client
+from reddit_amazon.openai_endpoint import ChatParameters, endpoint_url, make_client, refuses_this_prompt_only
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,10 @@ class OpenAIChatRecommender:
             self._client = make_client(self.base_url, self.timeout)
         try:
             response = self._parameters.create(self._client, request, self.max_retries)
-        except openai.BadRequestError as error:  # about this record only (e.g. its prompt is too long)
-            log.warning("request rejected (%s); scored as an invalid answer", error.message)
+        except openai.BadRequestError as error:
+            if not refuses_this_prompt_only(error):  # an unknown model, a parameter ...: every record would fail
+                raise
+            log.warning("request rejected (%s); scored as an invalid answer", error.message)  # this record only
             return ""
         choice = response.choices[0]
         text = choice.message.content or ""
