@@ -34,7 +34,9 @@ def main() -> None:
 
 
 def _fail(error: Exception) -> None:
-    raise click.ClickException(str(error)) from error
+    from reddit_amazon.openai_endpoint import redact_secrets
+
+    raise click.ClickException(redact_secrets(str(error))) from error
 
 
 def _user_facing_errors() -> tuple[type[BaseException], ...]:
@@ -47,8 +49,10 @@ def _user_facing_errors() -> tuple[type[BaseException], ...]:
 
 
 def _fail_clearly(error: Exception) -> None:
+    from reddit_amazon.openai_endpoint import redact_secrets
+
     prefix = "" if isinstance(error, click.ClickException) else f"{type(error).__name__}: "
-    raise click.ClickException(f"{prefix}{error}") from error
+    raise click.ClickException(redact_secrets(f"{prefix}{error}")) from error
 
 
 @cli.command("run")

@@ -21,6 +21,7 @@ import json
 import os
 import shlex
 import shutil
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -34,6 +35,7 @@ from rich.markup import escape
 
 from reddit_amazon import DATASET_VERSION
 from reddit_amazon.files import file_sha256, write_atomic
+from reddit_amazon.openai_endpoint import redact_secrets
 
 if TYPE_CHECKING:  # the schema imports `datasets`; keep `reddit-amazon --help` fast
     from reddit_amazon.schema import Conversation, Item
@@ -525,6 +527,12 @@ def check_options(options: BuildOptions) -> None:
             check_retriever_name(name)
         except ValueError as error:
             raise BuildError(f"--retrievers: {error}") from None
+    if options.push_to_hub and not options.dry_run:
+        from huggingface_hub import get_token
+
+        if not (os.environ.get("HF_TOKEN") or get_token()):
+            raise BuildError("--push-to-hub needs a Hugging Face token: set HF_TOKEN or run `hf auth login` "
+                             "(checked before the long stages run)")
     if "openai-emb" in options.retrievers and not options.dry_run and not os.environ.get("OPENAI_API_KEY"):
         raise BuildError("--retrievers openai-emb needs OPENAI_API_KEY (checked before the long stages run)")
     local_inputs = [path for path in [*options.inputs, *options.meta, *options.reviews] if not path.startswith("hub:")]
@@ -560,8 +568,13 @@ def run_build(options: BuildOptions, console=None) -> dict[str, Any] | None:
     if options.push_to_hub:
         from reddit_amazon.dataset_folder import push_to_hub
 
-        commit = push_to_hub(options.out, options.push_to_hub, private=options.private,
-                             token=os.environ.get("HF_TOKEN"))
+        try:
+            commit = push_to_hub(options.out, options.push_to_hub, private=options.private,
+                                 token=os.environ.get("HF_TOKEN"))
+        except Exception as error:  # network, permissions, a version already published ...
+            raise BuildError(f"{options.out} is written, but pushing it to {options.push_to_hub} failed "
+                             f"({type(error).__name__}: {error}); rerun the same command to push again "
+                             "(every stage is reused)") from error
         console.print(f"pushed to https://huggingface.co/datasets/{options.push_to_hub} ({commit})")
     return manifest
 
@@ -714,7 +727,9 @@ def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map
 
         # CatalogError, SchemaError, unreadable files, an embedding endpoint refusing: the message names
         # the source; anything else is a bug and keeps its traceback.
-        if isinstance(error, (ValueError, OSError, RuntimeError, openai.OpenAIError)) \
+        if isinstance(error, (ValueError, OSError, RuntimeError, openai.OpenAIError, sqlite3.Error)) \
                 and not isinstance(error, click.ClickException):
-            raise BuildError(f"{type(error).__name__}: {error}") from error
+            raise BuildError(redact_secrets(f"{type(error).__name__}: {error}")) from error
+        if isinstance(error, click.ClickException):
+            error.message = redact_secrets(error.message)
         raise

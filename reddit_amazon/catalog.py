@@ -78,6 +78,9 @@ def parse_domain_map(spec: str | None) -> dict[str, str]:
             category, sep, domain = pair.rpartition("=")
             if not sep or not category.strip():
                 raise CatalogError(f"--domain-map: {pair!r} is not 'Main Category=domain'")
+            if "=" in category:  # "A=beauty,B=fashion": pairs are separated by ";" (categories hold commas)
+                raise CatalogError(f"--domain-map: {pair!r} holds two '='; separate pairs with ';', e.g. "
+                                   "'All Beauty=beauty;AMAZON FASHION=fashion'")
             mapping[category.strip()] = domain.strip()
     for category, domain in mapping.items():
         if domain not in DOMAINS:

@@ -43,7 +43,9 @@ def user_errors() -> Iterator[None]:
     except click.ClickException:
         raise
     except (ValueError, OSError) as error:
-        raise click.ClickException(f"{type(error).__name__}: {error}") from error
+        from reddit_amazon.openai_endpoint import redact_secrets
+
+        raise click.ClickException(redact_secrets(f"{type(error).__name__}: {error}")) from error
     except KeyError as error:
         raise click.ClickException(f"a required field is missing: {error}") from error
 

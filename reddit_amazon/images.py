@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reddit_amazon import __version__
 from reddit_amazon.files import write_atomic
@@ -90,10 +91,25 @@ def to_jpeg(data: bytes, content_type: str | None, options: ImageOptions) -> byt
         background.paste(image, mask=image.getchannel("A"))
         image = background
     elif image.mode != "RGB":
-        image = image.convert("RGB")
+        image = _eight_bit(image).convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=options.jpeg_quality)
     return buffer.getvalue()
+
+
+def _eight_bit(image: Any) -> Any:
+    """16-bit, 32-bit and float greyscale as 8-bit "L" (Pillow's own convert clips them to white)."""
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return image
+    import numpy
+    from PIL import Image
+
+    values = numpy.asarray(image, dtype=numpy.float64)
+    if image.mode == "F":
+        values = values * 255 if values.size and values.max() <= 1 else values
+    elif image.mode.startswith("I;16") or (values.size and values.max() > 255):
+        values = values / 257  # 0..65535 -> 0..255
+    return Image.fromarray(values.clip(0, 255).round().astype(numpy.uint8), "L")
 
 
 class ImageStore:
@@ -136,7 +152,10 @@ class _TransientHTTP(Exception):
 def _download(session, url: str, options: ImageOptions) -> tuple[bytes, str | None]:
     import requests
 
-    response = session.get(url, stream=True, timeout=options.timeout_s)
+    try:
+        response = session.get(url, stream=True, timeout=options.timeout_s)
+    except requests.TooManyRedirects as error:  # a redirect loop stays a loop: not worth another run
+        raise ImageRejected("redirect_loop", str(error)) from error
     with response:
         if response.status_code == 429 or response.status_code >= 500:
             raise _TransientHTTP(f"HTTP {response.status_code}")
@@ -148,15 +167,44 @@ def _download(session, url: str, options: ImageOptions) -> tuple[bytes, str | No
         content_type = response.headers.get("Content-Type")
         _require_image_type(content_type)  # before the body is read
         chunks, size = [], 0
+        # The timeout bounds each read, so a host sending a byte a second would hold a worker for hours:
+        # the whole body gets a deadline, after which its socket is shut (which ends a blocked read).
+        limit = options.timeout_s * 3
+        watchdog = threading.Timer(limit, _shut, [_socket_of(response)])
+        watchdog.daemon = True
+        watchdog.start()
         try:
             for chunk in response.iter_content(chunk_size=1 << 16):
                 size += len(chunk)
                 if size > options.max_bytes:
                     raise ImageRejected("too_large", f"more than {options.max_bytes} bytes")
                 chunks.append(chunk)
-        except requests.exceptions.ChunkedEncodingError as error:  # connection closed before the end
-            raise _TransientHTTP(f"incomplete body ({error})") from error
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as error:
+            if watchdog.finished.is_set():
+                raise _TransientHTTP(f"body still arriving after {limit:.0f} s") from error
+            raise _TransientHTTP(f"incomplete body ({error})") from error  # connection closed before the end
+        finally:
+            watchdog.cancel()
     return b"".join(chunks), content_type
+
+
+def _socket_of(response: Any) -> Any:
+    """The socket a streamed response reads from (private attributes of http.client and urllib3: None
+    if a release moves them, and then only the per-read timeout applies)."""
+    try:
+        return response.raw._fp.fp.raw._sock
+    except AttributeError:
+        return getattr(getattr(response.raw, "connection", None), "sock", None)
+
+
+def _shut(sock: Any) -> None:
+    import socket
+
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed
+            pass
 
 
 def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, options: ImageOptions, *,
@@ -202,7 +250,8 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
             store.record_failure(asin, url, str(error), permanent=True)
             return ImageOutcome(path=None, error=str(error))
         except (_TransientHTTP, requests.RequestException) as error:
-            message = f"download_failed: {type(error).__name__} after {options.max_attempts} attempts ({error})"
+            attempts = retrying.statistics.get("attempt_number", options.max_attempts)
+            message = f"download_failed: {type(error).__name__} after {attempts} attempt(s) ({error})"
             store.record_failure(asin, url, message[:300], permanent=False)
             return ImageOutcome(path=None, error=message[:300])
 

@@ -84,8 +84,15 @@ def parse_answer(text: str | None) -> str:
     if not text:
         return UNPARSEABLE
     normalized = text.lower().replace("\u2018", "'").replace("\u2019", "'")
+    leading = _LEADING_LABEL.match(normalized)
+    if leading:  # "Yes, there is no doubt ...": the answer comes first, the explanation may name another word
+        return leading.group(1)
     found = set(_LABEL_WORDS.findall(normalized))
     return found.pop() if len(found) == 1 else UNPARSEABLE
+
+
+#: A label opening the answer and closed by punctuation or the end ("Yes.", "**No** -", "Answer: yes,").
+_LEADING_LABEL = re.compile(r"^\W*(?:answer\s*:\W*)?(yes|no|uncertain)\b\W*?(?:[.,!:;\-\u2013\u2014)\n]|$)")
 
 
 # --------------------------------------------------------------------------------------------

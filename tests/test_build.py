@@ -169,6 +169,21 @@ def test_mistyped_options_and_a_foreign_out_folder_fail_before_any_work(tmp_path
     assert (precious / "thesis.txt").read_text() == "years of work"
 
 
+def test_an_echoed_key_is_redacted_and_a_push_without_token_fails_first(httpserver, tmp_path, monkeypatch):
+    httpserver.expect_request("/v1/chat/completions").respond_with_json(
+        {"error": {"message": "Incorrect API key provided: sk-echoed-secret-123", "type": "invalid_request_error",
+                   "code": "invalid_api_key"}}, status=401)
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--llm-model", "m",
+                   "--llm-base-url", httpserver.url_for("/v1"), "--no-images", *FAST,
+                   env={"OPENAI_API_KEY": "sk-echoed-secret-123"})
+    assert result.exit_code == 1 and "Incorrect API key" in result.output
+    assert "sk-echoed-secret-123" not in result.output and "OPENAI_API_KEY redacted" in result.output
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    pushed = build("--out", str(tmp_path / "ds2"), "--workdir", str(tmp_path / "work2"), "--push-to-hub", "me/x")
+    assert pushed.exit_code == 1 and "needs a Hugging Face token" in pushed.output
+    assert not (tmp_path / "work2").exists()
+
+
 def answers_of(cache: Path, model: str) -> int:
     with sqlite3.connect(cache) as db:
         return db.execute("SELECT COUNT(*) FROM answers WHERE model = ?", (model,)).fetchone()[0]

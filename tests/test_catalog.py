@@ -74,6 +74,9 @@ def test_domain_map_default_inline_and_file(tmp_path):
         parse_domain_map("Garden=garden")
     with pytest.raises(CatalogError, match="not 'Main Category=domain'"):
         parse_domain_map("nonsense")
+    with pytest.raises(CatalogError, match="separate pairs with ';'"):  # a comma would drop beauty silently
+        parse_domain_map("All Beauty=beauty,AMAZON FASHION=fashion")
+    assert parse_domain_map("Arts, Crafts & Sewing=home") == {"Arts, Crafts & Sewing": "home"}
 
 
 def test_image_urls_main_first_largest_size_both_layouts():

@@ -7,6 +7,7 @@ import json
 import time
 from collections import Counter
 
+import numpy
 import pytest
 from PIL import Image
 from werkzeug import Request, Response
@@ -102,6 +103,9 @@ def test_to_jpeg_guards():
     assert to_jpeg(jpeg(), "image/jpeg", OPTIONS) == jpeg()  # JPEG bytes are kept as they are
     converted = to_jpeg(png_rgba(), "image/png", OPTIONS)
     assert Image.open(io.BytesIO(converted)).format == "JPEG"
+    grey16 = io.BytesIO()
+    Image.fromarray(numpy.full((8, 8), 32768, dtype=numpy.uint16)).save(grey16, format="PNG")  # 16-bit grey
+    assert Image.open(io.BytesIO(to_jpeg(grey16.getvalue(), "image/png", OPTIONS))).getpixel((0, 0)) == (128, 128, 128)
     for data, content_type, reason in [
         (jpeg(), "text/html; charset=utf-8", "not_an_image"),
         (jpeg()[:300], None, "undecodable"),
@@ -165,3 +169,28 @@ def test_interrupted_fetch_keeps_what_it_has(httpserver, host, tmp_path):
     outcomes = fetch_images(items, ImageStore(tmp_path / "images"), OPTIONS)
     assert sum(o.path is not None for o in outcomes.values()) == 6
     assert sum(o.downloaded for o in outcomes.values()) == 6 - len(stored)
+
+
+def test_a_trickling_host_times_out_and_a_redirect_loop_is_permanent(threaded_httpserver, tmp_path):
+    """The timeout bounds each read; a body arriving a byte at a time must still end (it is retried next
+    run), and a redirect loop is recorded once instead of being fetched again on every run."""
+    def trickle():
+        for _ in range(100):
+            yield b"x"
+            time.sleep(0.2)
+
+    threaded_httpserver.expect_request("/trickle.jpg").respond_with_handler(
+        lambda request: Response(trickle(), content_type="image/jpeg"))
+    threaded_httpserver.expect_request("/loop.jpg").respond_with_handler(
+        lambda request: Response("", status=302, headers={"Location": threaded_httpserver.url_for("/loop.jpg")}))
+    options = ImageOptions(**{**OPTIONS.__dict__, "max_attempts": 1})
+    started = time.monotonic()
+    outcomes = fetch_images([("B000000001", [threaded_httpserver.url_for("/trickle.jpg")]),
+                             ("B000000002", [threaded_httpserver.url_for("/loop.jpg")])],
+                            ImageStore(tmp_path / "images"), options)
+    assert time.monotonic() - started < 10  # the trickle alone would take 20 s
+    assert "body still arriving" in outcomes["B000000001"].error
+    assert outcomes["B000000002"].error.startswith("redirect_loop")
+    recorded = json.loads((tmp_path / "images" / "failures.json").read_text())
+    assert recorded["B000000001"]["permanent"] is False and recorded["B000000002"]["permanent"] is True
+

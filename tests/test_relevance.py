@@ -91,6 +91,8 @@ def serve(httpserver, scripts) -> FakeOpenAI:
     ("yes", "yes"), ("Yes.", "yes"), ("'no'", "no"), ("\u2018uncertain\u2019", "uncertain"),
     ("Answer: NO!", "no"), ("Yes, the last utterance recommends items.", "yes"), ("yes or no", "unparseable"),
     ("I cannot tell", "unparseable"), ("", "unparseable"), (None, "unparseable"), ("nope", "unparseable"),
+    ("Yes, there is no doubt the last utterance recommends items.", "yes"), ("Yes - no other items", "yes"),
+    ("**No**, it only asks a question.", "no"), ("no idea, maybe yes", "unparseable"),
 ])
 def test_parse_answer(answer, label):
     assert parse_answer(answer) == label
