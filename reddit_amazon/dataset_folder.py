@@ -379,7 +379,7 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
         folder_path=str(folder),
         revision=revision,
         commit_message=f"reddit-amazon {manifest['version']} ({manifest['fingerprint'][:12]})",
-        allow_patterns=["README.md", MANIFEST, f"{DATA_DIR}/**"],
+        ignore_patterns=[".*", "**/.*"],  # everything the folder holds (an imported copy's lavic_source/ too)
     )
     api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=revision, exist_ok=True)  # same content: kept
     return str(commit)
