@@ -228,10 +228,10 @@ def _dump_files(inputs: Sequence[str]) -> list[Path]:
 
 
 def reddit_stage(options: BuildOptions, console) -> StageResult:
-    from reddit_amazon.pipeline import RedditStageOptions, run_reddit_stage
+    from reddit_amazon.pipeline import STAGE_VERSION, RedditStageOptions, run_reddit_stage
 
     files = _dump_files(options.inputs)
-    key = _key("reddit", _identity(map(str, files)), options.reddit)
+    key = _key("reddit", STAGE_VERSION, _identity(map(str, files)), options.reddit)
     folder = options.workdir / "reddit"
     if not _stamp_matches(folder, key):
         console.print(f"[bold]1/5 reddit[/]: candidate conversations from {len(files)} dump file(s)")

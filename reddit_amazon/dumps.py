@@ -268,20 +268,38 @@ def _stdlib_chunks(path: Path, raw: BinaryIO, compression: str, read_size: int,
     import zlib
 
     opener = {"xz": lzma.open, "bz2": bz2.open, "gzip": gzip.open}[compression]
-    with opener(raw, "rb") as decoded:
+    counted = _CountedFile(raw, progress)  # counts instead of tell(): a named pipe cannot tell
+    with opener(counted, "rb") as decoded:
         while True:
-            position = raw.tell()
+            position = counted.position
             try:
                 chunk = decoded.read1(read_size * 4)  # one decoder call: an error loses no earlier output
             except (EOFError, OSError, lzma.LZMAError, zlib.error) as error:
                 reason = "file ends inside a compressed stream (truncated)" if isinstance(error, EOFError) \
                     else f"corrupt {compression} data ({error})"
-                raise DumpReadError(path, raw.tell(), reason, position) from None
-            progress.compressed_bytes += raw.tell() - position
+                raise DumpReadError(path, counted.position, reason, position) from None
             if not chunk:
                 return
             progress.uncompressed_bytes += len(chunk)
             yield chunk
+
+
+class _CountedFile:
+    """A binary file whose reads add to the progress counter (for the standard library's decoders)."""
+
+    def __init__(self, raw: BinaryIO, progress: ReadProgress):
+        self.raw = raw
+        self.progress = progress
+        self.position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.position += len(data)
+        self.progress.compressed_bytes += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
 
 
 def _zstd_chunks(path: Path, raw: BinaryIO, read_size: int, progress: ReadProgress) -> Iterator[bytes]:

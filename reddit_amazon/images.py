@@ -170,7 +170,8 @@ def _download(session, url: str, options: ImageOptions) -> tuple[bytes, str | No
         # The timeout bounds each read, so a host sending a byte a second would hold a worker for hours:
         # the whole body gets a deadline, after which its socket is shut (which ends a blocked read).
         limit = options.timeout_s * 3
-        watchdog = threading.Timer(limit, _shut, [_socket_of(response)])
+        cut = threading.Event()  # set before the socket is shut: a body that "ended" then was cut short
+        watchdog = threading.Timer(limit, _shut, [_socket_of(response), cut])
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -180,11 +181,13 @@ def _download(session, url: str, options: ImageOptions) -> tuple[bytes, str | No
                     raise ImageRejected("too_large", f"more than {options.max_bytes} bytes")
                 chunks.append(chunk)
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as error:
-            if watchdog.finished.is_set():
+            if cut.is_set():
                 raise _TransientHTTP(f"body still arriving after {limit:.0f} s") from error
             raise _TransientHTTP(f"incomplete body ({error})") from error  # connection closed before the end
         finally:
             watchdog.cancel()
+        if cut.is_set():  # a body without a length just stops when its socket is shut: not the whole image
+            raise _TransientHTTP(f"body still arriving after {limit:.0f} s")
     return b"".join(chunks), content_type
 
 
@@ -197,9 +200,10 @@ def _socket_of(response: Any) -> Any:
         return getattr(getattr(response.raw, "connection", None), "sock", None)
 
 
-def _shut(sock: Any) -> None:
+def _shut(sock: Any, cut: threading.Event) -> None:
     import socket
 
+    cut.set()
     if sock is not None:
         try:
             sock.shutdown(socket.SHUT_RDWR)

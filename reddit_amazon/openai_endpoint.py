@@ -81,17 +81,18 @@ def is_transient(error: BaseException) -> bool:
 
 #: What a 400 says when it is about one prompt (too long, flagged), not about the request settings.
 _PROMPT_REFUSAL_CODES = {"context_length_exceeded", "string_above_max_length", "content_filter",
-                         "content_policy_violation", "invalid_prompt"}
-_PROMPT_REFUSAL_TEXT = re.compile(r"context length|context window|too long|too many tokens|maximum .*tokens"
-                                  r"|content (management )?policy|content filter|flagged|safety", re.IGNORECASE)
+                         "content_policy_violation", "invalid_prompt", "exceed_context_size_error"}
+_PROMPT_REFUSAL_TEXT = re.compile(r"context (length|size|window)|exceeds? .*context|too long|too many tokens"
+                                  r"|maximum .*tokens|longer than the maximum|content (management )?policy"
+                                  r"|content filter|flagged|safety", re.IGNORECASE)
 
 
 def refuses_this_prompt_only(error: BaseException) -> bool:
     """Whether a 400 refusal is about this prompt alone (every other prompt may pass). Anything else,
     such as an unknown model or a parameter the endpoint does not take, would refuse every call."""
-    code = str(getattr(error, "code", "") or "")
+    codes = {str(getattr(error, name, "") or "") for name in ("code", "type")}  # llama.cpp puts it in "type"
     message = str(getattr(error, "message", "") or error)
-    return code in _PROMPT_REFUSAL_CODES or bool(_PROMPT_REFUSAL_TEXT.search(message))
+    return bool(codes & _PROMPT_REFUSAL_CODES) or bool(_PROMPT_REFUSAL_TEXT.search(message))
 
 
 def is_fatal(error: BaseException) -> bool:

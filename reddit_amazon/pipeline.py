@@ -121,10 +121,15 @@ def _digest(*parts: Any) -> str:
     return hashlib.blake2b(orjson.dumps(parts, default=str), digest_size=6).hexdigest()
 
 
+#: Bumped whenever the stage's output for the same dumps changes (linking, pseudonymisation, field
+#: handling): work files and stage stamps of an older version are then not reused.
+STAGE_VERSION = 2
+
+
 def _file_key(path: Path) -> str:
     stat = path.stat()
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name)[:80]
-    return f"{stem}-{_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}"
+    return f"{stem}-{_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns, STAGE_VERSION)}"
 
 
 def _temporary(path: Path) -> Path:

@@ -273,9 +273,10 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # fatal error or Ctrl-C: start no more calls
         if failures:
+            answered = sum(1 for key in missing if cache.get(key) is not None)  # calls in flight finished too
             raise RelevanceError(
                 f"a relevance call failed after {options.max_attempts} attempts ({failures[0][:300]}); the "
-                f"{calls_made} answers received are cached ({len(missing) - calls_made} to go), rerun to resume"
+                f"{answered} answers received are cached ({len(missing) - answered} to go), rerun to resume"
             )
 
     labels: dict[str, str] = {}

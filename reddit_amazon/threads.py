@@ -104,8 +104,9 @@ class Pseudonymizer:
 
     Besides authors, user names appear as ``u/name`` mentions (and profile links) in texts and as
     the ``u_<name>`` pseudo-subreddit of posts on a user's profile; :meth:`text` and
-    :meth:`subreddit` replace those with the same hash, so a mention still points at the turn the
-    mentioned user wrote.
+    :meth:`subreddit` replace those with the same hash, so a mention written with the author's own
+    spelling of the name points at the turns that user wrote (the hash is case-sensitive, as author
+    names in the dumps are).
     """
 
     def __init__(self, salt: str):
@@ -135,9 +136,11 @@ class Pseudonymizer:
 
 
 PSEUDONYM_PREFIX = "u_"
-#: A user mention: ``u/`` (or ``user/``) after a non-word start or after ``reddit.com/``, then a user
-#: name (3-20 of letters, digits, ``-``, ``_``; Markdown may escape ``_`` as ``\_``).
-_MENTION = re.compile(r"((?:(?<=reddit\.com/)|(?<![\w/.%-])/?)(?:u|user)/)((?:[A-Za-z0-9-]|\\?_){3,20})(?![\w-])")
+#: A user mention: ``u/`` or ``/u/`` not inside a word or URL path (``_`` for Markdown italics and
+#: letters of scripts written without spaces may come before), ``/user/``, or ``reddit.com/u(ser)/``;
+#: then a user name (3-20 of letters, digits, ``-``, ``_``; Markdown may escape ``_`` as ``\_``).
+_MENTION = re.compile(r"((?:(?<=reddit\.com/)(?:u|user)/)|(?:(?<![A-Za-z0-9/.%-])/?u/)|(?:(?<![A-Za-z0-9.%-])/user/))"
+                      r"((?:[A-Za-z0-9-]|\\?_){3,20})(?![A-Za-z0-9_-])")
 
 
 def displayed_text(text: str) -> str:

@@ -278,3 +278,19 @@ def test_skippable_frames_are_followed(tmp_path):
     path.write_bytes(path.read_bytes()[:-2])  # cut inside the trailing skippable frame
     with pytest.raises(DumpReadError, match="truncated"):
         _all_lines(path)
+
+
+def test_a_gzip_dump_arriving_through_a_named_pipe_is_read(tmp_path):
+    """A download still being written can be read as it comes: no seeking, not even tell()."""
+    import gzip
+    import os
+    import threading
+
+    fifo = tmp_path / "RC_2017-12.gz"
+    os.mkfifo(fifo)
+    body = b"".join(orjson.dumps(record) + b"\n" for record in _records(2000))
+    writer = threading.Thread(target=lambda: fifo.write_bytes(gzip.compress(body)), daemon=True)
+    writer.start()
+    progress = ReadProgress()
+    assert [orjson.loads(line) for line in iter_lines(iter_chunks(fifo, progress))] == _records(2000)
+    assert 0 < progress.compressed_bytes < len(body)

@@ -194,3 +194,36 @@ def test_a_trickling_host_times_out_and_a_redirect_loop_is_permanent(threaded_ht
     recorded = json.loads((tmp_path / "images" / "failures.json").read_text())
     assert recorded["B000000001"]["permanent"] is False and recorded["B000000002"]["permanent"] is True
 
+
+
+def test_a_body_without_length_cut_by_the_deadline_is_transient_not_undecodable():
+    """Without Content-Length or chunking a body ends when its socket closes: shutting it at the
+    deadline must not pass half an image on (it would be recorded as permanently undecodable)."""
+    import socket
+    import threading
+
+    import requests
+
+    from reddit_amazon.images import _download, _TransientHTTP
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve():
+        connection, _ = server.accept()
+        connection.recv(4096)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nConnection: close\r\n\r\n")
+        try:
+            for start in range(0, 2000, 50):
+                connection.sendall(jpeg()[start:start + 50] or b"x")
+                time.sleep(0.2)
+        except OSError:
+            pass
+        connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    with pytest.raises(_TransientHTTP, match="body still arriving"):
+        _download(requests.Session(), f"http://127.0.0.1:{server.getsockname()[1]}/x.jpg",
+                  ImageOptions(timeout_s=0.5))
+    server.close()

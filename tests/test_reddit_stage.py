@@ -205,6 +205,19 @@ def test_unreadable_lines_of_needed_threads_are_reported(tmp_path):
     assert result.funnel["dropped"]["malformed_json"] == 0  # the first pass never parses submission lines
 
 
+def test_work_files_of_another_stage_version_are_not_reused(world, tmp_path, monkeypatch):
+    """A new release whose stage output differs (e.g. new pseudonymisation) must not reuse old work."""
+    from reddit_amazon import pipeline
+
+    options = RedditStageOptions(salt="s", progress=False)
+    run_reddit_stage([world], tmp_path, options)
+    scans = set((tmp_path / "reddit" / "work" / "scan-without-a.co").glob("*.json"))
+    monkeypatch.setattr(pipeline, "STAGE_VERSION", pipeline.STAGE_VERSION + 1)
+    run_reddit_stage([world], tmp_path, options)
+    rescanned = set((tmp_path / "reddit" / "work" / "scan-without-a.co").glob("*.json")) - scans
+    assert len(rescanned) == len(scans)  # every file scanned again
+
+
 def test_outputs_are_only_complete_files(built):
     workdir, result = built
     conversations = workdir / "reddit" / "conversations"

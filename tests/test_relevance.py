@@ -165,6 +165,9 @@ def test_a_refusal_of_every_request_stops_the_run_and_caches_nothing(httpserver,
     assert len(cache) == 0 and fake.requests["empty"] == 4  # retried like a server error
     result = run_filter([conversation("3", "SCRIPT=long")], cache, options, api_key="sk-test")
     assert result.labels == {"3": REJECTED} and len(cache) == 1  # a prompt too long: that prompt only
+    fake.scripts["llama"] = [(400, "the request exceeds the available context size, try increasing it")]
+    result = run_filter([conversation("4", "SCRIPT=llama")], cache, options, api_key="sk-test")  # llama.cpp's way
+    assert result.labels == {"4": REJECTED}
 
 
 def test_an_endpoint_that_stays_down_stops_the_run_early(httpserver, options, tmp_path):

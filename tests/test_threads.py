@@ -137,3 +137,7 @@ def test_user_names_in_mentions_and_profile_subreddits_are_pseudonymised():
                                           "(not amazon.com/gp/u/xyz1)")
     assert conversation.gt_text.endswith(f"ping u/{pseudonym('other').removeprefix('u_')} and /u/{hashed}")
     assert pseudonym.subreddit("MakeupAddiction") == "MakeupAddiction"
+    for text in ("thanks _u/Sec_ret_ here", "谢谢u/Sec_ret", "u/Sec_ret谢谢", "see /user/Sec_ret/ too"):
+        assert "Sec" not in pseudonym.text(text), text
+    for prose in ("run it as user/password auth", "https://example.com/u/abcdef", "amazon.com/gp/u/xyz1"):
+        assert pseudonym.text(prose) == prose  # not a Reddit mention

@@ -30,7 +30,13 @@ import orjson
 from benchmark.prompts import NO_IMAGE_TEXT, recommendation_prompt_segments, render_recommendation_prompt
 from benchmark.protocol import Candidate, Example
 from benchmark.retrieval.cache import default_cache_dir
-from reddit_amazon.openai_endpoint import ChatParameters, endpoint_url, make_client, refuses_this_prompt_only
+from reddit_amazon.openai_endpoint import (
+    DEFAULT_BASE_URL,
+    ChatParameters,
+    endpoint_url,
+    make_client,
+    refuses_this_prompt_only,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +108,10 @@ class OpenAIChatRecommender:
                 "max_tokens": self.max_tokens}
 
     def _key(self, request: dict[str, Any]) -> str:
-        # The endpoint as resolved (OPENAI_BASE_URL too): two servers' answers never mix.
-        return hashlib.sha256(orjson.dumps({"base_url": endpoint_url(self.base_url), **request},
+        # The endpoint as resolved (OPENAI_BASE_URL too): two servers' answers never mix. OpenAI's own
+        # stays None, the key earlier releases used for it, so their cached answers still count.
+        endpoint = endpoint_url(self.base_url)
+        return hashlib.sha256(orjson.dumps({"base_url": None if endpoint == DEFAULT_BASE_URL else endpoint, **request},
                                            option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     def _complete(self, request: dict[str, Any]) -> str:
