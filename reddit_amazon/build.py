@@ -92,6 +92,8 @@ class BuildOptions:
         """Every option, JSON-ready, for the manifest; the pseudonym salt is never written out."""
         record = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(self).items()}
         record["reddit"] = _redact_salt(record["reddit"])
+        for key in ("inputs", "meta", "reviews"):  # the bundled sample's own files: no install path
+            record[key] = [path if path.startswith("hub:") else _recorded_path(Path(path)) for path in record[key]]
         return record
 
 

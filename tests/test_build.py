@@ -86,6 +86,9 @@ def test_manifest_records_the_build(sample_build):
                                       "bytes": comments.stat().st_size,
                                       "sha256": hashlib.sha256(comments.read_bytes()).hexdigest()}
     assert not any(Path(i["path"]).is_absolute() for i in build_record["inputs"])  # no install path in the output
+    options_record = build_record["options"]
+    assert options_record["inputs"] == ["reddit_amazon/sample/inputs/reddit"]
+    assert options_record["meta"] == options_record["reviews"] == ["reddit_amazon/sample/inputs/amazon"]
     assert "meta_All_Beauty.jsonl" in by_name and "All_Beauty.jsonl.gz" in by_name
     stages = [stage["stage"] for stage in manifest["funnel"]]
     assert stages[-2:] == ["catalog: join with Amazon Reviews 2023", "relevance filter (Table 9)"]
