@@ -336,6 +336,7 @@ def test_resume_after_kill_9(tmp_path):
         [sys.executable, "-c", _CHILD, str(workdir), *(str(dumps / n) for n in ("a_RS.zst", "b_RC.zst", last.name))],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # killed as a group: datatrove's Manager process must not outlive the test
     )
     scan = workdir / "reddit" / "work" / "scan-without-a.co"
     reply = orjson.dumps(_com("c2", "s1", "t1_c1", "and https://www.amazon.com/dp/B0000000C2"))
@@ -351,12 +352,12 @@ def test_resume_after_kill_9(tmp_path):
         assert len(list(scan.glob("*.json"))) == 2
         os.write(writer, reply[:20])  # half a line, then the process dies
         time.sleep(0.3)
-        os.kill(child.pid, signal.SIGKILL)
+        os.killpg(child.pid, signal.SIGKILL)
         child.wait()
         os.close(writer)
     finally:
         if child.poll() is None:
-            os.kill(child.pid, signal.SIGKILL)
+            os.killpg(child.pid, signal.SIGKILL)
     done_before = {p: p.stat().st_mtime_ns for p in scan.glob("*.json")}
     assert not (workdir / "reddit" / "conversations").exists()
     assert not [p for p in scan.iterdir() if p.name.startswith("c_RC") and not p.name.startswith(".")]
