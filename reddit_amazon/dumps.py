@@ -36,10 +36,11 @@ PLAIN_SUFFIXES = (".jsonl", ".ndjson")
 OTHER_COMPRESSED_SUFFIXES = (".xz", ".bz2", ".gz")
 DUMP_SUFFIXES = ZST_SUFFIXES + PLAIN_SUFFIXES + OTHER_COMPRESSED_SUFFIXES
 
-#: How a file starts, for each compression (the format comes from the bytes, not the name: a
-#: download cache keeps files as extension-less blobs behind symlinks).
-_MAGIC_BYTES = {"zstd": (b"\x28\xb5\x2f\xfd",), "xz": (b"\xfd7zXZ\x00",), "bz2": (b"BZh",), "gzip": (b"\x1f\x8b",)}
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _ZSTD_SKIPPABLE_TAIL = b"\x2a\x4d\x18"  # bytes 1-3 of a skippable frame's magic 0x184D2A5?
+#: How a file of another compression starts (the format comes from the bytes, not the name: a
+#: download cache keeps files as extension-less blobs behind symlinks).
+_OTHER_MAGIC = {"xz": b"\xfd7zXZ\x00", "bz2": b"BZh", "gzip": b"\x1f\x8b"}
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -67,11 +68,11 @@ def compression_of(head: bytes, path: Path) -> str:
     A file named ``.zst`` that does not start like zstd is still read as zstd, so that it is
     reported as damaged instead of being scanned as text.
     """
-    for kind, magics in _MAGIC_BYTES.items():
-        if head.startswith(magics):
-            return kind
-    if head[1:4] == _ZSTD_SKIPPABLE_TAIL and head[:1] and head[0] & 0xF0 == 0x50:
+    if len(head) >= 4 and _could_start_a_frame(head[:4]):
         return "zstd"
+    for kind, magic in _OTHER_MAGIC.items():
+        if head.startswith(magic):
+            return kind
     return "zstd" if path.name.lower().endswith(ZST_SUFFIXES) else "plain"
 
 
@@ -199,28 +200,45 @@ class _FrameWalker:
 
 
 def _could_start_a_frame(head: bytes) -> bool:
-    """Whether ``head`` (up to 4 bytes) can begin a zstd or skippable frame's magic number."""
-    if _MAGIC_BYTES["zstd"][0].startswith(head):
+    """Whether ``head`` (up to 4 bytes) can begin a zstd or skippable frame's magic number (with 4
+    bytes: whether it is one)."""
+    if _ZSTD_MAGIC.startswith(head):
         return True
     return head[:1] == b"" or (head[0] & 0xF0 == 0x50 and _ZSTD_SKIPPABLE_TAIL.startswith(head[1:]))
 
 
-class _WalkedFile:
-    """A binary file whose reads feed a :class:`_FrameWalker` and the progress counters."""
+class _CountedFile:
+    """A binary file whose reads add to the progress counter and to its own position (no tell(): pipes)."""
 
-    def __init__(self, raw, walker: _FrameWalker, progress: ReadProgress):
+    def __init__(self, raw: BinaryIO, progress: ReadProgress):
         self.raw = raw
-        self.walker = walker
         self.progress = progress
+        self.position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.position += len(data)
+        self.progress.compressed_bytes += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+class _WalkedFile(_CountedFile):
+    """A binary file whose reads also feed a :class:`_FrameWalker`, and stop at the damage it finds."""
+
+    def __init__(self, raw: BinaryIO, walker: _FrameWalker, progress: ReadProgress):
+        super().__init__(raw, progress)
+        self.walker = walker
         self.last_read = 0
 
     def read(self, size: int = -1) -> bytes:
         if self.walker.error:  # the decompressor has had every byte before the damage
             return b""
-        data = self.raw.read(size)
         start = self.walker.position
+        data = super().read(size)
         self.walker.feed(data)
-        self.progress.compressed_bytes += len(data)
         if self.walker.error:
             # Hand over only the bytes before the bad header: the decompressor then finishes every
             # complete frame before it normally (an error inside its read would lose that output).
@@ -282,24 +300,6 @@ def _stdlib_chunks(path: Path, raw: BinaryIO, compression: str, read_size: int,
                 return
             progress.uncompressed_bytes += len(chunk)
             yield chunk
-
-
-class _CountedFile:
-    """A binary file whose reads add to the progress counter (for the standard library's decoders)."""
-
-    def __init__(self, raw: BinaryIO, progress: ReadProgress):
-        self.raw = raw
-        self.progress = progress
-        self.position = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.position += len(data)
-        self.progress.compressed_bytes += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
 
 
 def _zstd_chunks(path: Path, raw: BinaryIO, read_size: int, progress: ReadProgress) -> Iterator[bytes]:
