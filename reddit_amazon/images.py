@@ -181,12 +181,11 @@ def _download(session, url: str, options: ImageOptions) -> tuple[bytes, str | No
                     raise ImageRejected("too_large", f"more than {options.max_bytes} bytes")
                 chunks.append(chunk)
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as error:
-            if cut.is_set():
-                raise _TransientHTTP(f"body still arriving after {limit:.0f} s") from error
-            raise _TransientHTTP(f"incomplete body ({error})") from error  # connection closed before the end
+            if not cut.is_set():
+                raise _TransientHTTP(f"incomplete body ({error})") from error  # connection closed before the end
         finally:
             watchdog.cancel()
-        if cut.is_set():  # a body without a length just stops when its socket is shut: not the whole image
+        if cut.is_set():  # shut by the watchdog: an error, or (a body without a length) an early "end"
             raise _TransientHTTP(f"body still arriving after {limit:.0f} s")
     return b"".join(chunks), content_type
 

@@ -243,7 +243,7 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
     parameters = ChatParameters(options.model)
     if missing:
         client = _client(options, api_key)
-        failures: list[str] = []
+        failure = ""  # the first call that failed after its retries: the run stops there
 
         def ask_and_store(key: str, prompt: str) -> None:
             try:
@@ -268,14 +268,14 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
                 elif is_fatal(error):
                     raise RelevanceError(f"the LLM endpoint refused the request: {error}") from error
                 else:  # retried to the end: the endpoint is down, stop instead of waiting out every call
-                    failures.append(f"{type(error).__name__}: {error}")
+                    failure = f"{type(error).__name__}: {error}"
                     break
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # fatal error or Ctrl-C: start no more calls
-        if failures:
+        if failure:
             answered = sum(1 for key in missing if cache.get(key) is not None)  # calls in flight finished too
             raise RelevanceError(
-                f"a relevance call failed after {options.max_attempts} attempts ({failures[0][:300]}); the "
+                f"a relevance call failed after {options.max_attempts} attempts ({failure[:300]}); the "
                 f"{answered} answers received are cached ({len(missing) - answered} to go), rerun to resume"
             )
 
