@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import click
 
 from benchmark.metrics import OVERALL
+from reddit_amazon.cli_errors import redact_secrets, user_errors
 from reddit_amazon.schema import DOMAINS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -34,25 +36,16 @@ def main() -> None:
 
 
 def _fail(error: Exception) -> None:
-    from reddit_amazon.openai_endpoint import redact_secrets
-
     raise click.ClickException(redact_secrets(str(error))) from error
 
 
-def _user_facing_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message says what to fix: endpoint refusals (bad key, outage after the retries,
-    timeouts), unreadable files or hub ids, and plugins refusing their inputs (e.g. lavic embeddings
-    made for another model). Anything else is a bug and keeps its traceback."""
+def _run_errors() -> AbstractContextManager[None]:
+    """Besides the harness's own errors, what a run may meet whose message says what to fix: endpoint
+    refusals (bad key, outage after the retries, timeouts), unreadable files or hub ids, and plugins
+    refusing their inputs (e.g. lavic embeddings made for another model)."""
     import openai
 
-    return openai.OpenAIError, OSError, ValueError
-
-
-def _fail_clearly(error: Exception) -> None:
-    from reddit_amazon.openai_endpoint import redact_secrets
-
-    prefix = "" if isinstance(error, click.ClickException) else f"{type(error).__name__}: "
-    raise click.ClickException(redact_secrets(f"{prefix}{error}")) from error
+    return user_errors(openai.OpenAIError, OSError, ValueError)
 
 
 @cli.command("run")
@@ -91,15 +84,14 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
     from benchmark.registry import RegistryError, parse_model_args
     from benchmark.runner import RunConfig, RunError, run
 
-    try:
-        config = RunConfig(model=model, model_args=parse_model_args(model_args), dataset=dataset, domain=domain,
-                           split=split, candidates=candidates, limit=limit, batch_size=batch_size,
-                           bootstrap_samples=bootstrap_samples, seed=seed)
-        results = run(config, out_dir, overwrite=overwrite, progress=not quiet)
-    except (DatasetError, RegistryError, RunError, MissingAPIKeyError, FileNotFoundError, ImportError) as error:
-        _fail(error)
-    except _user_facing_errors() as error:
-        _fail_clearly(error)
+    with _run_errors():
+        try:
+            config = RunConfig(model=model, model_args=parse_model_args(model_args), dataset=dataset, domain=domain,
+                               split=split, candidates=candidates, limit=limit, batch_size=batch_size,
+                               bootstrap_samples=bootstrap_samples, seed=seed)
+            results = run(config, out_dir, overwrite=overwrite, progress=not quiet)
+        except (DatasetError, RegistryError, RunError, MissingAPIKeyError, FileNotFoundError, ImportError) as error:
+            _fail(error)
     _echo_summary(results, Path(out_dir))
 
 
@@ -159,15 +151,15 @@ def retrieve_command(retriever, retriever_args, dataset, domain, split, k, with_
     from benchmark.registry import RegistryError, parse_model_args
     from benchmark.retrieve import RetrieveConfig, retrieve
 
-    try:
-        config = RetrieveConfig(retriever=retriever, retriever_options=parse_model_args(retriever_args),
-                                dataset=dataset, domain=domain, split=split, k=k, with_description=with_description,
-                                limit=limit, bootstrap_samples=bootstrap_samples, seed=seed)
-        results = retrieve(config, out_dir, overwrite=overwrite, progress=not quiet)
-    except (DatasetError, RegistryError, FileNotFoundError, ImportError, RuntimeError) as error:
-        _fail(error)
-    except _user_facing_errors() as error:
-        _fail_clearly(error)
+    with _run_errors():
+        try:
+            config = RetrieveConfig(retriever=retriever, retriever_options=parse_model_args(retriever_args),
+                                    dataset=dataset, domain=domain, split=split, k=k,
+                                    with_description=with_description, limit=limit,
+                                    bootstrap_samples=bootstrap_samples, seed=seed)
+            results = retrieve(config, out_dir, overwrite=overwrite, progress=not quiet)
+        except (DatasetError, RegistryError, FileNotFoundError, ImportError, RuntimeError) as error:
+            _fail(error)
     _echo_summary(results, Path(out_dir))
 
 

@@ -35,7 +35,7 @@ from rich.markup import escape
 
 from reddit_amazon import DATASET_VERSION
 from reddit_amazon.files import file_sha256, write_atomic
-from reddit_amazon.openai_endpoint import redact_secrets
+from reddit_amazon.cli_errors import user_errors
 
 if TYPE_CHECKING:  # the schema imports `datasets`; keep `reddit-amazon --help` fast
     from reddit_amazon.schema import Conversation, Item
@@ -722,16 +722,9 @@ def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map
     else:
         options = BuildOptions(inputs=list(inputs), meta=list(meta), reviews=list(reviews), out=out,
                                workdir=workdir or default_workdir(out), **settings)
-    try:
-        run_build(options)
-    except Exception as error:
-        import openai
+    import openai
 
-        # CatalogError, SchemaError, unreadable files, an embedding endpoint refusing: the message names
-        # the source; anything else is a bug and keeps its traceback.
-        if isinstance(error, (ValueError, OSError, RuntimeError, openai.OpenAIError, sqlite3.Error)) \
-                and not isinstance(error, click.ClickException):
-            raise BuildError(redact_secrets(f"{type(error).__name__}: {error}")) from error
-        if isinstance(error, click.ClickException):
-            error.message = redact_secrets(error.message)
-        raise
+    # CatalogError, SchemaError, unreadable files, an embedding endpoint refusing, a broken cache file:
+    # the message names the source.
+    with user_errors(ValueError, OSError, RuntimeError, openai.OpenAIError, sqlite3.Error):
+        run_build(options)

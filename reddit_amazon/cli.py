@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from reddit_amazon import __version__
+from reddit_amazon.cli_errors import user_errors
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -35,19 +36,14 @@ def main() -> None:
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
+def input_errors() -> Iterator[None]:
     """Input problems (a damaged release file, a folder in the way, an unreadable manifest) end with one
     ``Error:`` line naming them; anything else is a bug and keeps its traceback."""
-    try:
-        yield
-    except click.ClickException:
-        raise
-    except (ValueError, OSError) as error:
-        from reddit_amazon.openai_endpoint import redact_secrets
-
-        raise click.ClickException(redact_secrets(f"{type(error).__name__}: {error}")) from error
-    except KeyError as error:
-        raise click.ClickException(f"a required field is missing: {error}") from error
+    with user_errors(ValueError, OSError):
+        try:
+            yield
+        except KeyError as error:
+            raise click.ClickException(f"a required field is missing: {error}") from error
 
 
 @cli.command("sample-path")
@@ -86,7 +82,7 @@ def import_lavic_command(src: str, out: str, repair_text: bool, dataset_version:
     from reddit_amazon import DATASET_VERSION
     from reddit_amazon.lavic_release import import_release
 
-    with user_errors():
+    with input_errors():
         report = import_release(src, out, repair_text=repair_text, version=dataset_version or DATASET_VERSION)
     for line in report.lines():
         click.echo(line)
@@ -106,7 +102,7 @@ def export_lavic_command(dataset: str, out: str) -> None:
     """
     from reddit_amazon.lavic_release import export_release
 
-    with user_errors():
+    with input_errors():
         written = export_release(dataset, out)
     for domain, splits in written.items():
         for split, n in splits.items():
@@ -133,7 +129,7 @@ def card_command(dataset_dir: str) -> None:
 
     if not (Path(dataset_dir) / MANIFEST).is_file():
         raise click.ClickException(f"{dataset_dir} is not a reddit-amazon dataset folder (no {MANIFEST})")
-    with user_errors():
+    with input_errors():
         refresh_card(dataset_dir)
     click.echo(f"wrote {Path(dataset_dir) / 'README.md'}")
 
@@ -152,7 +148,7 @@ def verify_command(dataset_dir: str) -> None:
     """
     from reddit_amazon.dataset_folder import verify
 
-    with user_errors():
+    with input_errors():
         problems = verify(dataset_dir)
     if problems:
         raise click.ClickException(f"{dataset_dir} does not match its manifest:\n  " + "\n  ".join(problems))
@@ -201,7 +197,7 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
     )
     if partition and executor != "slurm":
         raise click.UsageError("--partition is for --executor slurm")
-    with user_errors():  # an empty salt, no dumps in a folder, an unwritable workdir ...
+    with input_errors():  # an empty salt, no dumps in a folder, an unwritable workdir ...
         result = run_reddit_stage(list(inputs), workdir, options)
     click.echo(orjson.dumps(result.funnel, option=orjson.OPT_INDENT_2).decode())
     for path, reason in result.incomplete_reasons.items():

@@ -30,18 +30,6 @@ class MissingAPIKeyError(RuntimeError):
     """``OPENAI_API_KEY`` is not set and no ``base_url`` was given (a usage error, reported without a traceback)."""
 
 
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
-
-
-def redact_secrets(text: str) -> str:
-    """``text`` with the values of secret-looking environment variables replaced (an endpoint's error
-    may quote the key it was sent, e.g. "Incorrect API key provided: sk-...")."""
-    for name, value in os.environ.items():
-        if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
-            text = text.replace(value, f"<{name} redacted>")
-    return text
-
-
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 

@@ -1,0 +1,38 @@
+"""How the command-line tools report a problem with their input: one ``Error:`` line, never a secret.
+
+``reddit-amazon``, ``benchmark`` and ``build`` share :func:`user_errors`; an error of another kind is
+a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with the values of secret-looking environment variables replaced (an endpoint's error
+    may quote the key it was sent, e.g. "Incorrect API key provided: sk-...")."""
+    for name, value in os.environ.items():
+        if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
+            text = text.replace(value, f"<{name} redacted>")
+    return text
+
+
+@contextmanager
+def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
+    """Errors of ``kinds`` (their message says what to fix) end as ``Error: Type: message``; a
+    ``click.ClickException`` keeps its message. Either way secrets from the environment are redacted."""
+    try:
+        yield
+    except click.ClickException as error:
+        error.message = redact_secrets(error.message)
+        raise
+    except kinds as error:
+        raise click.ClickException(redact_secrets(f"{type(error).__name__}: {error}")) from error
