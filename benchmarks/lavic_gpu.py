@@ -116,10 +116,14 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print the top operators of one cached step")
     parser.add_argument("--compile", action="store_true",
                         help="also measure our step with torch.compile'd LM decoder layers (lavic-ref --compile)")
-    parser.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"], default="default",
-                        help="torch.compile mode with --compile; reduce-overhead adds CUDA graphs (the step is "
-                             "launch-bound on a GPU: not yet measured there)")
+    parser.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"], nargs="+",
+                        default=["default"],
+                        help="torch.compile modes with --compile, each measured in turn on the same model; "
+                             "reduce-overhead adds CUDA graphs (a batch-1 step is launch-bound on a GPU)")
     args = parser.parse_args()
+    shortest = 2 * (CANDIDATES * (SUBIMAGES_PER_ITEM + 1) + 8)  # the item tokens fill the prompt's second half
+    if min(args.seq_len) < shortest:
+        parser.error(f"--seq-len must be at least {shortest} (10 candidates x 5 item tokens in the second half)")
 
     from peft import get_peft_model
     from transformers import LlavaNextForConditionalGeneration
@@ -224,7 +228,7 @@ def main() -> None:
     results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                      "size": "tiny" if args.tiny else "llava-v1.6-mistral-7b architecture",
                      "build_s": round(build_s, 1), "gen_batch": args.gen_batch,
-                     "compile_mode": args.compile_mode if args.compile else None, "cases": []}
+                     "compile_modes": args.compile_mode if args.compile else [], "cases": []}
     model.train()
     gen_steps = max(2, args.steps // 2)
 
@@ -264,32 +268,58 @@ def main() -> None:
             row["peak_memory_ratio_vs_research_as_released"] = (row["cached_step_peak_gib"]
                                                                 / row["research_step_no_ckpt_peak_gib"])
         row["inference_speedup"] = row["cached_records_per_s"] / row["research_records_per_s"]
-    if args.compile:
-        compile_language_layers(model, mode=None if args.compile_mode == "default" else args.compile_mode)
+    profiled_step, profiled = cached_step, "eager"
+    for mode in args.compile_mode if args.compile else []:
+        torch._dynamo.reset()  # each mode compiles afresh
+        compile_language_layers(model, mode=None if mode == "default" else mode)
+        cuda_graphs = mode == "reduce-overhead" and device.type == "cuda"
+
+        def compiled_step(case: dict) -> None:
+            if cuda_graphs:  # a new training iteration: earlier graph outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
+            cached_step(case)
+
+        prefix = "compiled" if mode == "default" else f"compiled_{mode.replace('-', '_')}"
         for case, row in zip(cases, results["cases"]):
-            start = time.perf_counter()
-            set_gradient_checkpointing(model, True)
-            cached_step(case)  # compiles (or recompiles for a new length)
-            row["compile_s"] = time.perf_counter() - start
-            row["compiled_step_s"], row["compiled_step_peak_gib"] = timed(lambda: cached_step(case), True)
-            row["compiled_step_no_ckpt_s"], row["compiled_step_no_ckpt_peak_gib"] = timed(
-                lambda: cached_step(case), False)
-            row["compiled_step_speedup"] = row["research_step_s"] / row["compiled_step_s"]
-            row["compiled_step_speedup_gpu_only"] = row["research_step_gpu_only_s"] / row["compiled_step_s"]
-            row["compiled_step_speedup_no_ckpt"] = row["research_step_no_ckpt_s"] / row["compiled_step_no_ckpt_s"]
-            row["compiled_step_speedup_vs_research_as_released"] = (row["research_step_no_ckpt_s"]
-                                                                    / row["compiled_step_s"])
+            # Without checkpointing first: CUDA graphs and recomputation in backward are the riskier pair, and
+            # a variant that fails is recorded, not allowed to lose the others.
+            for checkpointing, suffix in ((False, "_no_ckpt"), (True, "")):
+                try:
+                    set_gradient_checkpointing(model, checkpointing)
+                    start = time.perf_counter()
+                    compiled_step(case)  # compiles (or recompiles for a new length)
+                    row[f"{prefix}_compile{suffix}_s"] = time.perf_counter() - start
+                    row[f"{prefix}_step{suffix}_s"], row[f"{prefix}_step{suffix}_peak_gib"] = timed(
+                        lambda: compiled_step(case), checkpointing)
+                except Exception as error:  # noqa: BLE001 - a benchmark reports what failed and goes on
+                    row[f"{prefix}_step{suffix}_error"] = f"{type(error).__name__}: {str(error)[:300]}"
+                    print(f"{prefix}{suffix} at {case['seq_len']} tokens failed: {row[f'{prefix}_step{suffix}_error']}")
+                    continue
+                row[f"{prefix}_step{suffix}_speedup"] = row[f"research_step{suffix}_s"] / row[f"{prefix}_step{suffix}_s"]
+                if device.type == "cuda":
+                    row[f"{prefix}_peak_memory_ratio{suffix}"] = (row[f"{prefix}_step{suffix}_peak_gib"]
+                                                                  / row[f"research_step{suffix}_peak_gib"])
+            if f"{prefix}_step_s" in row:
+                row[f"{prefix}_step_speedup_gpu_only"] = row["research_step_gpu_only_s"] / row[f"{prefix}_step_s"]
+                row[f"{prefix}_step_speedup_vs_research_as_released"] = (row["research_step_no_ckpt_s"]
+                                                                        / row[f"{prefix}_step_s"])
+        profiled_step, profiled = compiled_step, f"{mode} compiled"
     if args.profile:
-        set_gradient_checkpointing(model, True)
+        checkpointing = not any(key.endswith("_step_error") and not key.endswith("no_ckpt_step_error")
+                                for key in results["cases"][0])
+        set_gradient_checkpointing(model, checkpointing)
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        print(f"profile of one step of ours ({'compiled' if args.compile else 'eager'} LM layers, checkpointing on)")
-        with profile(activities=activities) as profiler:
-            cached_step(cases[0])
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        print(f"profile of one step of ours ({profiled} LM layers, checkpointing {'on' if checkpointing else 'off'})")
+        try:
+            with profile(activities=activities) as profiler:
+                profiled_step(cases[0])
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+            print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        except Exception as error:  # noqa: BLE001
+            print(f"profiling failed: {type(error).__name__}: {error}")
 
     print(f"device {results['device']}, {results['size']}, build {results['build_s']} s, "
           f"generation batch {args.gen_batch}")
