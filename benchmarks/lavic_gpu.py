@@ -120,6 +120,9 @@ def main() -> None:
                         default=["default"],
                         help="torch.compile modes with --compile, each measured in turn on the same model; "
                              "reduce-overhead adds CUDA graphs (a batch-1 step is launch-bound on a GPU)")
+    parser.add_argument("--compile-scope", choices=["layers", "model"], nargs="+", default=["layers"],
+                        help="with --compile: each decoder layer (lavic-ref's default) or the whole decoder stack "
+                             "as one graph; each scope is measured with each mode")
     args = parser.parse_args()
     shortest = 2 * (CANDIDATES * (SUBIMAGES_PER_ITEM + 1) + 8)  # the item tokens fill the prompt's second half
     if min(args.seq_len) < shortest:
@@ -228,7 +231,8 @@ def main() -> None:
     results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                      "size": "tiny" if args.tiny else "llava-v1.6-mistral-7b architecture",
                      "build_s": round(build_s, 1), "gen_batch": args.gen_batch,
-                     "compile_modes": args.compile_mode if args.compile else [], "cases": []}
+                     "compile_modes": args.compile_mode if args.compile else [],
+                     "compile_scopes": args.compile_scope if args.compile else [], "cases": []}
     model.train()
     gen_steps = max(2, args.steps // 2)
 
@@ -248,6 +252,8 @@ def main() -> None:
         seconds, _ = measure(lambda: research_generate(case), device, 1, gen_steps)
         row["research_records_per_s"] = args.gen_batch / seconds
         results["cases"].append(row)
+        print(f"{case['seq_len']} tokens: research step {row['research_step_s']:.4f} s, without checkpointing "
+              f"{row['research_step_no_ckpt_s']:.4f} s", flush=True)
     # Ours: once item embeddings are cached the vision tower and projector leave the device.
     inner.vision_tower.to("cpu")
     inner.multi_modal_projector.to("cpu")
@@ -268,10 +274,16 @@ def main() -> None:
             row["peak_memory_ratio_vs_research_as_released"] = (row["cached_step_peak_gib"]
                                                                 / row["research_step_no_ckpt_peak_gib"])
         row["inference_speedup"] = row["cached_records_per_s"] / row["research_records_per_s"]
+        print(f"{case['seq_len']} tokens: ours (eager) {row['cached_step_s']:.4f} s, without checkpointing "
+              f"{row['cached_step_no_ckpt_s']:.4f} s", flush=True)
     profiled_step, profiled = cached_step, "eager"
-    for mode in args.compile_mode if args.compile else []:
-        torch._dynamo.reset()  # each mode compiles afresh
-        compile_language_layers(model, mode=None if mode == "default" else mode)
+    variants = [(scope, mode) for scope in args.compile_scope for mode in args.compile_mode] if args.compile else []
+    for scope, mode in variants:
+        torch._dynamo.reset()  # each variant compiles afresh
+        for module in inner.language_model.modules():  # undo the previous variant's compile
+            module._compiled_call_impl = None
+        # Dynamic lengths from the start: what training runs after its first recompile (prompts vary).
+        compile_language_layers(model, mode=None if mode == "default" else mode, dynamic=True, scope=scope)
         cuda_graphs = mode == "reduce-overhead" and device.type == "cuda"
 
         def compiled_step(case: dict) -> None:
@@ -279,7 +291,8 @@ def main() -> None:
                 torch.compiler.cudagraph_mark_step_begin()
             cached_step(case)
 
-        prefix = "compiled" if mode == "default" else f"compiled_{mode.replace('-', '_')}"
+        prefix = "compiled" + ("_model" if scope == "model" else "") + (
+            "" if mode == "default" else f"_{mode.replace('-', '_')}")
         for case, row in zip(cases, results["cases"]):
             # Without checkpointing first: CUDA graphs and recomputation in backward are the riskier pair, and
             # a variant that fails is recorded, not allowed to lose the others.
@@ -296,6 +309,10 @@ def main() -> None:
                     print(f"{prefix}{suffix} at {case['seq_len']} tokens failed: {row[f'{prefix}_step{suffix}_error']}")
                     continue
                 row[f"{prefix}_step{suffix}_speedup"] = row[f"research_step{suffix}_s"] / row[f"{prefix}_step{suffix}_s"]
+                print(f"{case['seq_len']} tokens: {prefix}{suffix} step {row[f'{prefix}_step{suffix}_s']:.4f} s "
+                      f"(compiling {row[f'{prefix}_compile{suffix}_s']:.1f} s), research "
+                      f"{row[f'research_step{suffix}_s']:.4f} s: {row[f'{prefix}_step{suffix}_speedup']:.2f}x",
+                      flush=True)
                 if device.type == "cuda":
                     row[f"{prefix}_peak_memory_ratio{suffix}"] = (row[f"{prefix}_step{suffix}_peak_gib"]
                                                                   / row[f"research_step{suffix}_peak_gib"])
@@ -303,7 +320,7 @@ def main() -> None:
                 row[f"{prefix}_step_speedup_gpu_only"] = row["research_step_gpu_only_s"] / row[f"{prefix}_step_s"]
                 row[f"{prefix}_step_speedup_vs_research_as_released"] = (row["research_step_no_ckpt_s"]
                                                                         / row[f"{prefix}_step_s"])
-        profiled_step, profiled = compiled_step, f"{mode} compiled"
+        profiled_step, profiled = compiled_step, f"{mode} compiled ({scope})"
     if args.profile:
         checkpointing = not any(key.endswith("_step_error") and not key.endswith("no_ckpt_step_error")
                                 for key in results["cases"][0])
