@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import re
 import sys
@@ -16,6 +17,10 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+#: Where the models run: "cpu" everywhere CI runs; LAVIC_TEST_DEVICE=cuda exercises the GPU paths (bf16,
+#: CUDA RNG state in checkpoints, autocast) with the same tests on a machine that has one.
+DEVICE = os.environ.get("LAVIC_TEST_DEVICE", "cpu")
 
 from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -109,7 +114,7 @@ def test_insertion_refuses_embeddings_of_another_width_or_slot_count():
 def test_target_loss_matches_the_full_logits_loss_of_right_padded_batches(tiny_base):
     from lavic_ref.model import embed_inputs, pad_batch, target_loss
 
-    backbone = load_backbone(tiny_base, device="cpu")
+    backbone = load_backbone(tiny_base, device=DEVICE)
     sequences = [[1, 40, 41, 42, 43, 44, 45, 46, 2], [1, 50, 51, 52, 53, 2]]
     labels = [[-100] * 6 + [45, 46, 2], [-100] * 3 + [52, 53, 2]]
     right = pad_batch(sequences, 3, labels=labels, left=False)
@@ -123,7 +128,7 @@ def test_target_loss_matches_the_full_logits_loss_of_right_padded_batches(tiny_b
 
 
 def test_every_aspect_ratio_gives_five_subimages_and_cls_embeddings(tiny_base):
-    backbone = load_backbone(tiny_base, device="cpu")
+    backbone = load_backbone(tiny_base, device=DEVICE)
     images = [Image.new("RGB", size, "red") for size in [(40, 90), (120, 30), (64, 64), (300, 20)]]
     pixels = subimage_pixels(backbone.processor, images)
     assert pixels.shape[:2] == (4, 5)
@@ -132,7 +137,7 @@ def test_every_aspect_ratio_gives_five_subimages_and_cls_embeddings(tiny_base):
 
 
 def test_recommendation_prompt_drops_the_oldest_context_first(tiny_base):
-    tokenizer = load_backbone(tiny_base, device="cpu").tokenizer
+    tokenizer = load_backbone(tiny_base, device=DEVICE).tokenizer
     ids = sorted(load_items(None, ["beauty"]))
     candidates = [(item_id, "lip gloss") for item_id in ids[:10]]
     oldest, newest = ids[10], ids[11]
@@ -250,7 +255,7 @@ def test_overfit_two_examples_loss_falls_and_a_target_id_is_generated(tiny_base,
 
     items = load_items(None, ["beauty"])
     instances, titles = _two_instances(items)
-    backbone = load_backbone(tiny_base, device="cpu")
+    backbone = load_backbone(tiny_base, device=DEVICE)
     embeddings = ItemEmbeddings(compute_item_embeddings(
         backbone, [(i, items[i].image) for i in titles], progress=False))
     new_adapter(backbone, LANGUAGE_LORA_TARGETS)
@@ -274,7 +279,7 @@ def test_adapters_save_and_reload_with_identical_outputs(tiny_base, tmp_path):
     pairs = [(i, items[i].image) for i in titles]
 
     # Vision adapter: CLS embeddings after a few distillation-like steps.
-    backbone = load_backbone(tiny_base, device="cpu")
+    backbone = load_backbone(tiny_base, device=DEVICE)
     new_adapter(backbone, VISION_LORA_TARGETS)
     optimizer = torch.optim.AdamW([p for p in backbone.model.parameters() if p.requires_grad], lr=1e-2)
     pixels = subimage_pixels(backbone.processor, [Image.open(io.BytesIO(items[i].image)) for i in titles])
@@ -285,24 +290,24 @@ def test_adapters_save_and_reload_with_identical_outputs(tiny_base, tmp_path):
     backbone.model.eval()
     trained = compute_item_embeddings(backbone, pairs, progress=False)
     backbone.model.save_pretrained(tmp_path / "vision")
-    reloaded = load_backbone(tiny_base, device="cpu")
+    reloaded = load_backbone(tiny_base, device=DEVICE)
     attach_adapter(reloaded, tmp_path / "vision")
     again = compute_item_embeddings(reloaded, pairs, progress=False)
-    base = compute_item_embeddings(load_backbone(tiny_base, device="cpu"), pairs, progress=False)
+    base = compute_item_embeddings(load_backbone(tiny_base, device=DEVICE), pairs, progress=False)
     assert not torch.allclose(trained[pairs[0][0]], base[pairs[0][0]])
     for item_id, _ in pairs:
         torch.testing.assert_close(again[item_id], trained[item_id], rtol=1e-5, atol=1e-5)
 
     # LM adapter: recommendation loss after a few steps.
     embeddings = ItemEmbeddings(trained)
-    backbone = load_backbone(tiny_base, device="cpu")
+    backbone = load_backbone(tiny_base, device=DEVICE)
     new_adapter(backbone, LANGUAGE_LORA_TARGETS)
     train(backbone, instances, [], lambda b: recommendation_loss(backbone, b, titles, embeddings),
           TrainConfig(output_dir=tmp_path / "rec", epochs=3, batch_size=2, learning_rate=1e-2,
                       gradient_checkpointing=False))
     with torch.no_grad():
         before = recommendation_loss(backbone, instances, titles, embeddings)
-    reloaded = load_backbone(tiny_base, device="cpu")
+    reloaded = load_backbone(tiny_base, device=DEVICE)
     attach_adapter(reloaded, tmp_path / "rec" / "best")
     with torch.no_grad():
         after = recommendation_loss(reloaded, instances, titles, embeddings)
@@ -324,7 +329,7 @@ def test_describe_distill_embed_finetune_then_benchmark_run(tiny_base, tmp_path)
     from benchmark.cli import cli as benchmark_cli
     from lavic_ref.cli import cli
 
-    common = ["--base", tiny_base, "--device", "cpu", "--domain", "home"]
+    common = ["--base", tiny_base, "--device", DEVICE, "--domain", "home"]
     descriptions = tmp_path / "descriptions.jsonl"
     _invoke(cli, ["describe", *common, "--out", descriptions, "--regenerate", "--max-new-tokens", "4",
                   "--batch-size", "16"])
@@ -367,7 +372,7 @@ def test_describe_distill_embed_finetune_then_benchmark_run(tiny_base, tmp_path)
     assert (tmp_path / "rec" / "best" / "adapter_model.safetensors").is_file()
 
     model_args = (f"base={tiny_base},distill_adapter={tmp_path / 'distill' / 'best'},"
-                  f"rec_adapter={tmp_path / 'rec' / 'best'},item_embeddings={path},device=cpu")
+                  f"rec_adapter={tmp_path / 'rec' / 'best'},item_embeddings={path},device={DEVICE}")
     _invoke(benchmark_cli, ["run", "--model", "lavic", "--model-args", model_args, "--domain", "home",
                             "--limit", "4", "--out", tmp_path / "run", "--quiet", "--bootstrap-samples", "0"])
     predictions = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
@@ -378,7 +383,7 @@ def test_describe_distill_embed_finetune_then_benchmark_run(tiny_base, tmp_path)
     from lavic_ref.recommender import LavicRecommender
 
     with pytest.raises(ValueError, match="computed with"):
-        LavicRecommender(base=tiny_base, item_embeddings=str(path), device="cpu")
+        LavicRecommender(base=tiny_base, item_embeddings=str(path), device=DEVICE)
 
     # The model card beside the adapters: measured training facts, then the run's results once given.
     card = (tmp_path / "rec" / "README.md").read_text()
@@ -394,15 +399,15 @@ def test_ablations_titles_only_and_no_distillation(tiny_base, tmp_path):
     from lavic_ref.cli import cli
     from lavic_ref.recommender import LavicRecommender
 
-    common = ["--base", tiny_base, "--device", "cpu", "--domain", "fashion"]
+    common = ["--base", tiny_base, "--device", DEVICE, "--domain", "fashion"]
     _invoke(cli, ["finetune", *common, "--no-images", "--out", tmp_path / "rec", "--max-steps", "1"])
     recommender = LavicRecommender(base=tiny_base, rec_adapter=str(tmp_path / "rec" / "best"), images="false",
-                                   device="cpu")
+                                   device=DEVICE)
     assert recommender.embeddings is None
 
     path = Path(_invoke(cli, ["embed", *common, "--no-distill", "--out", tmp_path]).strip().splitlines()[-1])
     assert path.name.endswith("-none.safetensors")
-    backbone = load_backbone(tiny_base, device="cpu")
+    backbone = load_backbone(tiny_base, device=DEVICE)
     items = load_items(None, ["fashion"])
     first = sorted(items)[0]
     base_cls = compute_item_embeddings(backbone, [(first, items[first].image)], progress=False)[first]
@@ -436,8 +441,8 @@ def test_a_base_that_is_not_llava_next_is_refused_before_loading(tmp_path):
              tmp_path / "missing": "no such folder", "runs/missing/base": "no such folder"}
     for base, message in cases.items():
         with pytest.raises(BaseModelError, match=message):
-            load_backbone(str(base), device="cpu")
-    result = CliRunner().invoke(cli, ["embed", "--base", str(tmp_path / "mistral"), "--device", "cpu",
+            load_backbone(str(base), device=DEVICE)
+    result = CliRunner().invoke(cli, ["embed", "--base", str(tmp_path / "mistral"), "--device", DEVICE,
                                       "--domain", "home", "--no-distill", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "not LLaVA-NeXT" in result.output and "Traceback" not in result.output
 
@@ -445,14 +450,14 @@ def test_a_base_that_is_not_llava_next_is_refused_before_loading(tmp_path):
 def test_base_fingerprint_tells_weights_apart_but_not_dtypes_or_folders(tiny_base, other_base, tmp_path):
     import shutil
 
-    fingerprint = load_backbone(tiny_base, device="cpu").fingerprint
-    assert load_backbone(tiny_base, device="cpu", dtype=torch.bfloat16).fingerprint == fingerprint
-    assert load_backbone(shutil.copytree(tiny_base, tmp_path / "copy"), device="cpu").fingerprint == fingerprint
-    assert load_backbone(other_base, device="cpu").fingerprint != fingerprint
+    fingerprint = load_backbone(tiny_base, device=DEVICE).fingerprint
+    assert load_backbone(tiny_base, device=DEVICE, dtype=torch.bfloat16).fingerprint == fingerprint
+    assert load_backbone(shutil.copytree(tiny_base, tmp_path / "copy"), device=DEVICE).fingerprint == fingerprint
+    assert load_backbone(other_base, device=DEVICE).fingerprint != fingerprint
 
 
 def _saved_adapter(base: str, targets: str, folder: Path) -> Path:
-    backbone = load_backbone(base, device="cpu")
+    backbone = load_backbone(base, device=DEVICE)
     new_adapter(backbone, targets)
     save_adapter(backbone, folder)
     return folder
@@ -463,23 +468,23 @@ def test_adapters_are_refused_for_another_role_or_base(tiny_base, other_base, tm
 
     vision = _saved_adapter(tiny_base, VISION_LORA_TARGETS, tmp_path / "distill" / "best")
     rec = _saved_adapter(tiny_base, LANGUAGE_LORA_TARGETS, tmp_path / "rec" / "best")
-    attach_adapter(load_backbone(tiny_base, device="cpu"), rec, role="language")
-    attach_adapter(load_backbone(tiny_base, device="cpu"), tmp_path / "distill", role="vision")  # its best/
+    attach_adapter(load_backbone(tiny_base, device=DEVICE), rec, role="language")
+    attach_adapter(load_backbone(tiny_base, device=DEVICE), tmp_path / "distill", role="vision")  # its best/
 
     with pytest.raises(AdapterError, match="is an adapter for the vision tower and projector.*given as one for the "
                                            "language model"):
-        LavicRecommender(base=tiny_base, rec_adapter=str(vision), images="false", device="cpu")
+        LavicRecommender(base=tiny_base, rec_adapter=str(vision), images="false", device=DEVICE)
     with pytest.raises(AdapterError, match="is an adapter for the language model.*given as one for the vision"):
-        attach_adapter(load_backbone(tiny_base, device="cpu"), rec, role="vision")
+        attach_adapter(load_backbone(tiny_base, device=DEVICE), rec, role="vision")
     with pytest.raises(AdapterError, match=f"trained on base model {re.escape(tiny_base)} .*not on "
                                            f"{re.escape(other_base)}"):
-        LavicRecommender(base=other_base, rec_adapter=str(rec), images="false", device="cpu")
+        LavicRecommender(base=other_base, rec_adapter=str(rec), images="false", device=DEVICE)
     with pytest.raises(AdapterError, match="is not a LoRA adapter folder"):
-        attach_adapter(load_backbone(tiny_base, device="cpu"), tmp_path, role="vision")
+        attach_adapter(load_backbone(tiny_base, device=DEVICE), tmp_path, role="vision")
 
     (rec / BASE_FILE).unlink()  # saved by peft alone: only the base names can be compared
     with pytest.warns(UserWarning, match=f"names base model {re.escape(tiny_base)}, not {re.escape(other_base)}"):
-        attach_adapter(load_backbone(other_base, device="cpu"), rec, role="language")
+        attach_adapter(load_backbone(other_base, device=DEVICE), rec, role="language")
 
 
 def test_item_embeddings_of_another_base_model_are_refused(tiny_base, other_base, tmp_path):
@@ -487,20 +492,20 @@ def test_item_embeddings_of_another_base_model_are_refused(tiny_base, other_base
     from lavic_ref.recommender import LavicRecommender
 
     items = load_items(None, ["fashion"])
-    other = load_backbone(other_base, device="cpu")
+    other = load_backbone(other_base, device=DEVICE)
     embeddings = compute_item_embeddings(other, [(i, item.image) for i, item in items.items()], progress=False)
     path = save_item_embeddings(tmp_path / "other.safetensors", embeddings, base=other_base, adapter=None,
                                 base_fingerprint=other.fingerprint)
     with pytest.raises(EmbeddingsError, match=f"made with base model {re.escape(other_base)} .*not with "
                                               f"{re.escape(tiny_base)}"):
-        LavicRecommender(base=tiny_base, item_embeddings=str(path), device="cpu")
-    result = CliRunner().invoke(cli, ["finetune", "--base", tiny_base, "--device", "cpu", "--domain", "fashion",
+        LavicRecommender(base=tiny_base, item_embeddings=str(path), device=DEVICE)
+    result = CliRunner().invoke(cli, ["finetune", "--base", tiny_base, "--device", DEVICE, "--domain", "fashion",
                                       "--embeddings", str(path), "--out", str(tmp_path / "rec"), "--max-steps", "1"])
     assert result.exit_code == 1 and "made with base model" in result.output
     assert not (tmp_path / "rec" / "best").exists()
 
     # Files without a weights fingerprint (older ones, hand-made ones): the names and the width are checked.
-    backbone = load_backbone(tiny_base, device="cpu")
+    backbone = load_backbone(tiny_base, device=DEVICE)
     wide = {item_id: torch.zeros(5, 128) for item_id in items}
     with pytest.raises(EmbeddingsError, match=r"are \(5, 128\) per item, but .* takes \(5, 64\)"):
         check_embeddings(ItemEmbeddings(wide, {"base": tiny_base}), "wide.safetensors", backbone)
@@ -536,7 +541,7 @@ def test_the_same_seed_trains_the_same_adapter(tiny_base, tmp_path):
     from lavic_ref.cli import cli
 
     descriptions = _descriptions(tmp_path, "home")
-    common = ["distill", "--base", tiny_base, "--device", "cpu", "--domain", "home", "--descriptions", descriptions,
+    common = ["distill", "--base", tiny_base, "--device", DEVICE, "--domain", "home", "--descriptions", descriptions,
               "--max-steps", "2", "--batch-size", "2", "--validation-size", "4", "--lr", "1e-3"]
     for run, seed in [("a", 0), ("b", 0), ("c", 1)]:
         _invoke(cli, [*common, "--seed", seed, "--out", tmp_path / run])
@@ -548,7 +553,7 @@ def test_a_resumed_run_trains_what_an_uninterrupted_one_does(tiny_base, tmp_path
     import lavic_ref.finetune
     from lavic_ref.cli import cli
 
-    common = ["finetune", "--base", tiny_base, "--device", "cpu", "--domain", "fashion", "--no-images",
+    common = ["finetune", "--base", tiny_base, "--device", DEVICE, "--domain", "fashion", "--no-images",
               "--max-steps", "3", "--grad-accum", "2", "--save-every", "1", "--lr", "1e-3", "--epochs", "2"]
     _invoke(cli, [*common, "--out", tmp_path / "full"])
 
@@ -578,7 +583,7 @@ def test_a_checkpoint_of_other_settings_is_refused(tiny_base, tmp_path):
     from lavic_ref.cli import cli
 
     out = tmp_path / "rec"
-    common = ["--base", tiny_base, "--device", "cpu", "--domain", "fashion", "--out", out]
+    common = ["--base", tiny_base, "--device", DEVICE, "--domain", "fashion", "--out", out]
     finetune = ["finetune", *common, "--no-images", "--max-steps", "1"]
     _invoke(cli, finetune)
     adapter, card = _adapter_weights(out / "best"), (out / "model_card.json").read_text()
