@@ -104,9 +104,10 @@ class Pseudonymizer:
 
     Besides authors, user names appear as ``u/name`` mentions (and profile links) in texts and as
     the ``u_<name>`` pseudo-subreddit of posts on a user's profile; :meth:`text` and
-    :meth:`subreddit` replace those with the same hash, so a mention written with the author's own
-    spelling of the name points at the turns that user wrote (the hash is case-sensitive, as author
-    names in the dumps are).
+    :meth:`subreddit` replace those with the same hash, so a mention points at the turns that user
+    wrote. Reddit user names are unique regardless of case (``u/SomeUser`` and ``u/someuser`` are one
+    account) and mentions are often typed in another case than the account's, so the name is
+    hashed in lower case.
     """
 
     def __init__(self, salt: str):
@@ -121,7 +122,7 @@ class Pseudonymizer:
         return PSEUDONYM_PREFIX + self._hash(name)
 
     def _hash(self, name: str) -> str:
-        return hashlib.blake2b(name.encode("utf-8"), key=self._key, digest_size=8).hexdigest()
+        return hashlib.blake2b(name.lower().encode("utf-8"), key=self._key, digest_size=8).hexdigest()
 
     def text(self, text: str) -> str:
         """``text`` with every ``u/name``, ``/u/name``, ``/user/name`` and ``reddit.com/user/name``
