@@ -30,6 +30,10 @@ class MissingAPIKeyError(RuntimeError):
     """``OPENAI_API_KEY`` is not set and no ``base_url`` was given (a usage error, reported without a traceback)."""
 
 
+class CallCancelled(RuntimeError):
+    """The caller gave up on this call (another call failed for good) before its retries ran out."""
+
+
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
@@ -90,9 +94,14 @@ def is_fatal(error: BaseException) -> bool:
     return isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError))
 
 
-def with_retries(call: Callable[[], T], max_attempts: int, initial_wait: float = 0.5, max_wait: float = 30.0) -> T:
+def with_retries(call: Callable[[], T], max_attempts: int, initial_wait: float = 0.5, max_wait: float = 30.0,
+                 cancel: threading.Event | None = None) -> T:
     """``call()``, retried on :func:`is_transient` errors with jittered exponential backoff (threads
-    stay apart); a server's ``Retry-After`` is waited out when it asks for longer (up to 10 minutes)."""
+    stay apart); a server's ``Retry-After`` is waited out when it asks for longer (up to 10 minutes).
+
+    Setting ``cancel`` ends the wait between attempts at once and raises :class:`CallCancelled`
+    instead of trying again (a call already sent still runs to its timeout).
+    """
     from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
     backoff = wait_random_exponential(multiplier=initial_wait, max=max_wait)
@@ -101,8 +110,13 @@ def with_retries(call: Callable[[], T], max_attempts: int, initial_wait: float =
         asked = retry_after(state.outcome.exception())
         return max(backoff(state), min(asked, MAX_RETRY_AFTER)) if asked is not None else backoff(state)
 
+    def attempt() -> T:
+        if cancel is not None and cancel.is_set():
+            raise CallCancelled("given up: another call failed for good")
+        return call()
+
     wrapped: Any = retry(retry=retry_if_exception(is_transient), stop=stop_after_attempt(max_attempts),
-                         wait=wait, reraise=True)(call)
+                         wait=wait, sleep=cancel.wait if cancel is not None else time.sleep, reraise=True)(attempt)
     return wrapped()
 
 
@@ -165,8 +179,9 @@ class ChatParameters:
         return False
 
     def create(self, client: Any, request: dict[str, Any], max_attempts: int, initial_wait: float = 0.5,
-               max_wait: float = 30.0) -> Any:
-        """``client.chat.completions.create`` for ``request`` as the endpoint accepts it, with retries.
+               max_wait: float = 30.0, cancel: threading.Event | None = None) -> Any:
+        """``client.chat.completions.create`` for ``request`` as the endpoint accepts it, with retries
+        (``cancel`` as in :func:`with_retries`).
 
         A refusal of a parameter this class can change is learnt and the request sent again; any
         other ``openai.BadRequestError`` (e.g. a prompt that is too long) is raised to the caller.
@@ -177,7 +192,7 @@ class ChatParameters:
             sent = self.apply(request)
             try:
                 return with_retries(lambda: _checked(client.chat.completions.create(**sent)), max_attempts,
-                                    initial_wait, max_wait)
+                                    initial_wait, max_wait, cancel)
             except openai.BadRequestError as error:
                 if not self.learn(error, sent):
                     raise

@@ -222,10 +222,11 @@ def _client(options: FilterOptions, api_key: str | None):
         ) from None
 
 
-def _ask(client: Any, options: FilterOptions, parameters: ChatParameters, prompt: str) -> str:
+def _ask(client: Any, options: FilterOptions, parameters: ChatParameters, prompt: str,
+         cancel: threading.Event) -> str:
     request = {"model": options.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
     response = parameters.create(client, request, options.max_attempts, options.backoff_initial_s,
-                                 options.backoff_max_s)
+                                 options.backoff_max_s, cancel)
     return response.choices[0].message.content or ""  # ChatParameters.create checked there is a message
 
 
@@ -244,10 +245,11 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
     if missing:
         client = _client(options, api_key)
         failure = ""  # the first call that failed after its retries: the run stops there
+        stopping = threading.Event()  # calls waiting to retry give up instead of waiting it out
 
         def ask_and_store(key: str, prompt: str) -> None:
             try:
-                answer = _ask(client, options, parameters, prompt)
+                answer = _ask(client, options, parameters, prompt, stopping)
             except openai.BadRequestError as error:
                 if not refuses_this_prompt_only(error):  # the model, a parameter ...: every call would fail
                     raise RelevanceError(f"the LLM endpoint refused the request: {error}") from error
@@ -271,7 +273,8 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
                     failure = f"{type(error).__name__}: {error}"
                     break
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # fatal error or Ctrl-C: start no more calls
+            stopping.set()  # a failure, a fatal error or Ctrl-C: no more retries ...
+            pool.shutdown(wait=True, cancel_futures=True)  # ... and no more calls
         if failure:
             answered = sum(1 for key in missing if cache.get(key) is not None)  # calls in flight finished too
             raise RelevanceError(

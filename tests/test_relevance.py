@@ -61,8 +61,9 @@ class FakeOpenAI:
         if status == 299:  # a gateway's 200 that carries an error instead of a completion
             return Response(json.dumps({"error": {"message": answer}}), status=200, content_type="application/json")
         if status != 200:
+            headers = {"Retry-After": answer.removeprefix("retry-after=")} if answer.startswith("retry-after=") else {}
             return Response(json.dumps({"error": {"message": answer, "type": "x", "code": status}}),
-                            status=status, content_type="application/json")
+                            status=status, content_type="application/json", headers=headers)
         return Response(json.dumps({
             "id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
@@ -176,6 +177,18 @@ def test_an_endpoint_that_stays_down_stops_the_run_early(httpserver, options, tm
     with pytest.raises(RelevanceError, match="rerun to resume"):
         run_filter(records, AnswerCache(tmp_path / "cache.sqlite"), options, api_key="sk-test")
     assert fake.requests["down"] < 40 * 4 / 2  # not every call retried to the end
+
+
+def test_calls_waiting_to_retry_give_up_when_another_fails_for_good(httpserver, options, tmp_path):
+    """Three calls told to come back in 60 s must not hold the stop for a minute once the fourth failed
+    for good: they give up at once and a rerun asks them again."""
+    fake = serve(httpserver, {"down": [(503, "unavailable")], "busy": [(429, "retry-after=60")]})
+    records = [conversation("0", "SCRIPT=down")] + [conversation(str(i), f"SCRIPT=busy {i}") for i in range(1, 4)]
+    start = time.monotonic()
+    with pytest.raises(RelevanceError, match="0 answers received are cached.*rerun to resume"):
+        run_filter(records, AnswerCache(tmp_path / "cache.sqlite"), options, api_key="sk-test")
+    assert time.monotonic() - start < 15
+    assert fake.requests["down"] == 4 and fake.requests["busy"] <= 3  # no busy call was retried
 
 
 def test_dry_run_plan_counts_the_calls_the_run_makes(httpserver, options, tmp_path):
