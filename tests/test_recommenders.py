@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -92,6 +93,32 @@ def test_openai_chat_title_only_cached_and_retried(chat_server, tmp_path):
     again = OpenAIChatRecommender(model="test-model", base_url=server.url_for("/v1"), cache_dir=tmp_path)
     assert again.recommend([_example("c")]) == ["The best match is B000000003."]
     assert len(requests) == 3  # served from the cache
+
+
+def test_openai_chat_stops_a_batch_at_the_first_call_that_fails_for_good(httpserver, tmp_path, monkeypatch):
+    """Calls told to come back in a minute give up once another call has failed for good: the batch used to
+    wait for every call's retries (a dead endpoint held each batch for minutes)."""
+    import openai
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
+    asked = Counter()
+
+    def chat(request):
+        down = "pick number 1" in request.data.decode()
+        asked["down" if down else "busy"] += 1
+        return Response(json.dumps({"error": {"message": "unavailable" if down else "slow down"}}),
+                        status=503 if down else 429, headers={} if down else {"Retry-After": "60"},
+                        content_type="application/json")
+
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(chat)
+    recommender = OpenAIChatRecommender(model="m", base_url=httpserver.url_for("/v1"), max_retries=2,
+                                        max_workers=4, cache_dir=tmp_path)
+    examples = [replace(_example(f"e{i}"), context=f"pick number {1 if i == 0 else 3} ({i})") for i in range(4)]
+    start = time.monotonic()
+    with pytest.raises(openai.InternalServerError):
+        recommender.recommend(examples)
+    assert time.monotonic() - start < 20
+    assert asked["down"] == 2 and asked["busy"] <= 3  # no busy call was retried
 
 
 def test_openai_chat_cache_keeps_endpoints_apart(chat_server, tmp_path, monkeypatch):

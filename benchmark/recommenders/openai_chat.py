@@ -21,7 +21,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,7 @@ class OpenAIChatRecommender:
         return hashlib.sha256(orjson.dumps({"base_url": None if endpoint == DEFAULT_BASE_URL else endpoint, **request},
                                            option=orjson.OPT_SORT_KEYS)).hexdigest()
 
-    def _complete(self, request: dict[str, Any]) -> str:
+    def _complete(self, request: dict[str, Any], cancel: threading.Event | None = None) -> str:
         import openai
 
         key = self._key(request)  # the request as configured: the cache does not depend on what was adapted
@@ -124,7 +124,7 @@ class OpenAIChatRecommender:
         if self._client is None:
             self._client = make_client(self.base_url, self.timeout)
         try:
-            response = self._parameters.create(self._client, request, self.max_retries)
+            response = self._parameters.create(self._client, request, self.max_retries, cancel=cancel)
         except openai.BadRequestError as error:
             if not refuses_this_prompt_only(error):  # an unknown model, a parameter ...: every record would fail
                 raise
@@ -144,5 +144,13 @@ class OpenAIChatRecommender:
         requests = [self._request(example) for example in examples]
         if self.max_workers <= 1 or len(requests) <= 1:
             return [self._complete(r) for r in requests]
-        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
-            return list(pool.map(self._complete, requests))
+        stopping = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=self.max_workers)
+        try:
+            futures = [pool.submit(self._complete, request, stopping) for request in requests]
+            for future in as_completed(futures):
+                future.result()  # the first call that fails for good ends the batch at once
+            return [future.result() for future in futures]
+        finally:
+            stopping.set()  # calls waiting to retry give up instead of waiting out a Retry-After
+            pool.shutdown(wait=True, cancel_futures=True)
