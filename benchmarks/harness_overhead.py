@@ -17,7 +17,9 @@ embedding cache and reports how many texts each pass encoded (the second must be
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="harness-overhead-"))
+    atexit.register(shutil.rmtree, work, True)  # the dataset, its caches and the run folder
     os.environ.setdefault("HF_HOME", str(work / "hf"))  # a fresh datasets cache, like a first run
     from benchmark.runner import RunConfig, run
     from benchmark.synthetic import make_synthetic_dataset

@@ -1,0 +1,52 @@
+"""The speed scripts in benchmarks/ run at their smallest sizes and print their ratios.
+
+These are smoke runs, not timings (numbers on a shared machine mean nothing at these sizes): they keep the
+scripts that produce the README's measurements from breaking silently when the code they measure changes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name: str, *args: str, tmp_path: Path) -> str:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+def test_scan_throughput(tmp_path):
+    if shutil.which("zstd") is None:
+        pytest.skip("the zstd command (the script's baseline) is not installed")
+    output = run_script("scan_throughput.py", "--size-mb", "4", "--rounds", "1", "--dir", str(tmp_path / "dumps"),
+                        tmp_path=tmp_path)
+    assert "ratio scan(1 worker) / zstd" in output and "speed-up 2 workers / 1" in output
+
+
+def test_harness_overhead(tmp_path):
+    pytest.importorskip("sentence_transformers")
+    output = run_script("harness_overhead.py", "--records", "200", "--items-per-domain", "30", "--repeats", "1",
+                        "--sbert-items", "20", tmp_path=tmp_path)
+    assert "harness (no CIs)" in output and "ratio" in output and "warm cache" in output
+
+
+def test_catalog_parent_map(tmp_path):
+    output = run_script("catalog_parent_map.py", "--rows", "2000", "--wanted", "100", tmp_path=tmp_path)
+    assert "x the I/O floor" in output and "peak memory" in output
+
+
+def test_lavic_gpu_at_tiny_size(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    output = run_script("lavic_gpu.py", "--tiny", "--steps", "1", "--warmup", "1", "--seq-len", "136",
+                        "--json", str(tmp_path / "lavic.json"), tmp_path=tmp_path)
+    assert "step_speedup" in output and "inference_speedup" in output
+    assert (tmp_path / "lavic.json").read_text().count('"seq_len": 136') == 1
