@@ -16,9 +16,12 @@ import click
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 
 
-def redact_secrets(text: str) -> str:
-    """``text`` with the values of secret-looking environment variables replaced (an endpoint's error
-    may quote the key it was sent, e.g. "Incorrect API key provided: sk-...")."""
+def redact_secrets(text: str, *secrets: str | None) -> str:
+    """``text`` with ``secrets`` and the values of secret-looking environment variables replaced (an
+    endpoint's error may quote the key it was sent, e.g. "Incorrect API key provided: sk-...")."""
+    for secret in secrets:
+        if secret and len(secret) >= 8:
+            text = text.replace(secret, "<key redacted>")
     for name, value in os.environ.items():
         if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
             text = text.replace(value, f"<{name} redacted>")

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from reddit_amazon.cli_errors import redact_secrets
 from reddit_amazon.openai_endpoint import (
     ChatParameters,
     MissingAPIKeyError,
@@ -253,7 +254,8 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
             except openai.BadRequestError as error:
                 if not refuses_this_prompt_only(error):  # the model, a parameter ...: every call would fail
                     raise RelevanceError(f"the LLM endpoint refused the request: {error}") from error
-                cache.put(key, options.model, str(error)[:500], status=REJECTED)  # about this prompt only
+                # About this prompt only. The cache is a file: an endpoint quoting the key must not put it there.
+                cache.put(key, options.model, redact_secrets(str(error), api_key)[:500], status=REJECTED)
                 return
             cache.put(key, options.model, answer)
 

@@ -230,6 +230,22 @@ def test_a_reasoning_model_refusing_temperature_is_asked_again_without_it(httpse
     assert all("temperature" not in body for body in asked[1:])
 
 
+def test_a_rejection_quoting_the_key_does_not_write_it_to_the_cache(httpserver, options, tmp_path):
+    key = "sk-secret-quoted-back-12345"
+
+    def refuse(request: Request) -> Response:
+        error = {"message": f"flagged by the content filter (auth: {request.headers['Authorization']})",
+                 "type": "invalid_request_error", "param": None, "code": "content_filter"}
+        return Response(json.dumps({"error": error}), status=400, content_type="application/json")
+
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(refuse)
+    with AnswerCache(tmp_path / "c.sqlite") as cache:
+        result = run_filter([conversation("1", "try this")], cache, options, api_key=key)
+    assert result.labels == {"1": REJECTED}
+    stored = (tmp_path / "c.sqlite").read_bytes()
+    assert key.encode() not in stored and b"<key redacted>" in stored
+
+
 def test_a_refused_parameter_stops_the_run_and_caches_nothing(httpserver, options, tmp_path):
     def refuse(request: Request) -> Response:
         error = {"message": "Unsupported parameter: 'messages' ...", "type": "invalid_request_error",

@@ -30,6 +30,7 @@ import orjson
 from benchmark.prompts import NO_IMAGE_TEXT, recommendation_prompt_segments, render_recommendation_prompt
 from benchmark.protocol import Candidate, Example
 from benchmark.retrieval.cache import default_cache_dir
+from reddit_amazon.cli_errors import redact_secrets
 from reddit_amazon.openai_endpoint import (
     DEFAULT_BASE_URL,
     ChatParameters,
@@ -128,7 +129,8 @@ class OpenAIChatRecommender:
         except openai.BadRequestError as error:
             if not refuses_this_prompt_only(error):  # an unknown model, a parameter ...: every record would fail
                 raise
-            log.warning("request rejected (%s); scored as an invalid answer", error.message)  # this record only
+            log.warning("request rejected (%s); scored as an invalid answer",  # this record only
+                        redact_secrets(error.message))
             return ""
         choice = response.choices[0]
         text = choice.message.content or ""
