@@ -487,6 +487,11 @@ def command_line(options: BuildOptions) -> str:
 
 
 def default_workdir(out: Path) -> Path:
+    """``<out>.work`` beside ``out`` (``.`` and ``..`` are resolved first: they have no name)."""
+    if not out.name:
+        out = out.expanduser().resolve()
+        if not out.name:
+            raise BuildError("--out must not be the filesystem root")
     return out.with_name(out.name + ".work")
 
 
@@ -524,6 +529,19 @@ def check_options(options: BuildOptions) -> None:
 
     if not SEMVER.fullmatch(options.version):
         raise BuildError(f"--version {options.version!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
+    from reddit_amazon.catalog import CatalogError, parse_domain_map
+
+    try:
+        parse_domain_map(options.domain_map)
+    except CatalogError as error:
+        raise BuildError(str(error)) from None
+    if not options.no_filter:
+        from reddit_amazon.relevance import RelevanceError, load_template
+
+        try:
+            load_template(options.llm_template)
+        except (RelevanceError, OSError, UnicodeDecodeError) as error:
+            raise BuildError(f"--llm-template: {error}") from None
     for name in options.retrievers:
         try:
             check_retriever_name(name)

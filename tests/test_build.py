@@ -163,13 +163,20 @@ def test_mistyped_options_and_a_foreign_out_folder_fail_before_any_work(tmp_path
     precious = tmp_path / "mydocs"
     precious.mkdir()
     (precious / "thesis.txt").write_text("years of work")
+    template = tmp_path / "template.txt"
+    template.write_text("Is it a recommendation?")  # no {conversation} slot
     cases = [(["--version", "1.0"], "not semver"), (["--retrievers", "bm2"], "Did you mean: bm25"),
-             (["--out", str(precious)], "other content"), (["--out", str(tmp_path)], "holds")]
+             (["--out", str(precious)], "other content"), (["--out", str(tmp_path)], "holds"),
+             (["--domain-map", "All Beauty=Beauty"], "domains are beauty, fashion, home"),
+             (["--llm-template", str(template)], "has no {conversation} slot")]
     for args, message in cases:
         result = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), *args)
         assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
         assert not (tmp_path / "work").exists()  # nothing ran
     assert (precious / "thesis.txt").read_text() == "years of work"
+    for out, message in [("/", "must not be the filesystem root"), (".", "holds")]:  # no default workdir to name
+        result = build("--out", out)
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
 
 
 def test_an_echoed_key_is_redacted_and_a_push_without_token_fails_first(httpserver, tmp_path, monkeypatch):
