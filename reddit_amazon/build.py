@@ -115,6 +115,11 @@ def _stamp_matches(folder: Path, key: str) -> bool:
     return stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")).get("key") == key
 
 
+def _unstamp(folder: Path) -> None:
+    """Before a stage replaces its outputs: a run killed half-way must not leave the old stamp over new files."""
+    (folder / STAGE_STAMP).unlink(missing_ok=True)
+
+
 def _write_json(path: Path, value: Any) -> None:
     write_atomic(path, json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False).encode() + b"\n")
 
@@ -237,6 +242,7 @@ def reddit_stage(options: BuildOptions, console) -> StageResult:
     folder = options.workdir / "reddit"
     if not _stamp_matches(folder, key):
         console.print(f"[bold]1/5 reddit[/]: candidate conversations from {len(files)} dump file(s)")
+        _unstamp(folder)
         run_reddit_stage(files, options.workdir, RedditStageOptions(**options.reddit))
         _write_json(folder / STAGE_STAMP, {"key": key})
     else:
@@ -285,6 +291,7 @@ def catalog_stage(options: BuildOptions, upstream: StageResult, console) -> Stag
         console.print("[bold]2/5 catalog[/]: reusing the finished stage")
     else:
         console.print(f"[bold]2/5 catalog[/]: {len(review_sources)} review and {len(meta_sources)} metadata source(s)")
+        _unstamp(folder)
         if not review_sources:
             console.print("  [yellow]no --reviews[/]: only links that name a parent ASIN can be resolved")
         wanted = {a for c in upstream.conversations for a in [*c.gt_items, *c.context_items]}
@@ -350,6 +357,7 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
     else:
         console.print(f"[bold]3/5 relevance[/]: Table 9 filter with {filter_options.model} "
                       f"on {len(upstream.conversations)} conversation(s)")
+        _unstamp(folder)
         with AnswerCache(_relevance_cache_path(options)) as cache:
             try:
                 result = run_filter(upstream.conversations, cache, filter_options,

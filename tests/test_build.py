@@ -179,6 +179,30 @@ def test_mistyped_options_and_a_foreign_out_folder_fail_before_any_work(tmp_path
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
 
 
+def test_a_stage_killed_after_writing_its_outputs_is_not_reused_by_the_next_run(tmp_path, monkeypatch):
+    """The killed run wrote outputs for other options; the stamp of the run before it must not vouch for them."""
+    import reddit_amazon.build as build_module
+
+    quick = ["--no-filter", "--no-images", "--retrievers", "none", "--workdir", str(tmp_path / "work")]
+    assert build("--out", str(tmp_path / "a"), *quick).exit_code == 0
+    expected = parquet_digests(tmp_path / "a")
+    write_json = build_module._write_json
+
+    def killed_at_the_stamp(path, value):
+        if path.name == build_module.STAGE_STAMP and path.parent.name == "catalog":
+            raise KeyboardInterrupt  # as a kill between the outputs and the stamp
+        write_json(path, value)
+
+    monkeypatch.setattr(build_module, "_write_json", killed_at_the_stamp)
+    killed = build("--out", str(tmp_path / "b"), *quick,
+                   "--domain-map", "All Beauty=home;AMAZON FASHION=fashion;Amazon Home=home")
+    assert killed.exit_code != 0 and (tmp_path / "work" / "catalog" / "conversations.jsonl").is_file()
+    monkeypatch.setattr(build_module, "_write_json", write_json)
+    result = build("--out", str(tmp_path / "c"), *quick)
+    assert result.exit_code == 0 and "2/5 catalog: reusing" not in " ".join(result.output.split()), result.output
+    assert parquet_digests(tmp_path / "c") == expected
+
+
 def test_an_echoed_key_is_redacted_and_a_push_without_token_fails_first(httpserver, tmp_path, monkeypatch):
     httpserver.expect_request("/v1/chat/completions").respond_with_json(
         {"error": {"message": "Incorrect API key provided: sk-echoed-secret-123", "type": "invalid_request_error",
