@@ -629,7 +629,7 @@ def print_dry_run(options: BuildOptions, joined: StageResult, console) -> None:
                       f"~{plan.approx_total_tokens:,} tokens (approximate: 4 characters per token)")
     if options.images:
         store = ImageStore(_image_store_path(options))
-        missing = sum(not store.has(i.item_id) for i in joined.items)
+        missing = sum(not (i.image_urls and store.has(i.item_id, i.image_urls[0])) for i in joined.items)
         console.print(f"  images: {len(joined.items)} items joined, {missing} not in the store yet "
                       "(before the filter; fewer after it)")
 

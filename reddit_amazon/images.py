@@ -26,6 +26,7 @@ from reddit_amazon import __version__
 from reddit_amazon.files import write_atomic
 
 FAILURES_FILE = "failures.json"
+SOURCES_FILE = "sources.json"
 NO_IMAGE_URL = "no_image_url"
 
 
@@ -113,36 +114,47 @@ def _eight_bit(image: Any) -> Any:
 
 
 class ImageStore:
-    """``<folder>/<asin>.jpg`` plus ``failures.json`` ({asin: {"error", "permanent", "url"}})."""
+    """``<folder>/<asin>.jpg``, ``sources.json`` ({asin: the URL its image came from}) and ``failures.json``
+    ({asin: {"error", "permanent", "url"}})."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        path = self.folder / FAILURES_FILE
-        self.failures: dict[str, dict] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        self.failures: dict[str, dict] = self._read(FAILURES_FILE)
+        self.sources: dict[str, str] = self._read(SOURCES_FILE)
+
+    def _read(self, name: str) -> dict:
+        path = self.folder / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
     def path(self, asin: str) -> Path:
         return self.folder / f"{asin}.jpg"
 
-    def has(self, asin: str) -> bool:
-        return self.path(asin).is_file()
+    def has(self, asin: str, url: str) -> bool:
+        """Whether the image of ``asin`` at ``url`` is stored. An image from another URL is not (the metadata
+        changed); one stored without its URL (by a version that did not record it) counts as from any URL."""
+        return self.path(asin).is_file() and self.sources.get(asin, url) == url
 
-    def put(self, asin: str, jpeg: bytes) -> Path:
+    def put(self, asin: str, jpeg: bytes, url: str) -> Path:
         target = self.path(asin)
         write_atomic(target, jpeg)
         with self._lock:
             self.failures.pop(asin, None)
+            self.sources[asin] = url
         return target
 
     def record_failure(self, asin: str, url: str, error: str, permanent: bool) -> None:
         with self._lock:
             self.failures[asin] = {"error": error, "permanent": permanent, "url": url}
 
-    def save_failures(self) -> None:
+    def save(self) -> None:
+        """Write what was learnt (failures, and where each image came from)."""
         with self._lock:
-            text = json.dumps(self.failures, indent=1, sort_keys=True)
-        write_atomic(self.folder / FAILURES_FILE, text.encode())
+            failures = json.dumps(self.failures, indent=1, sort_keys=True)
+            sources = json.dumps(self.sources, indent=1, sort_keys=True)
+        write_atomic(self.folder / FAILURES_FILE, failures.encode())
+        write_atomic(self.folder / SOURCES_FILE, sources.encode())
 
 
 class _TransientHTTP(Exception):
@@ -220,10 +232,10 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
     todo: list[tuple[str, str]] = []
     for asin, urls in items:
         failure = store.failures.get(asin)
-        if store.has(asin):
-            outcomes[asin] = ImageOutcome(path=store.path(asin))
-        elif not urls:
+        if not urls:
             outcomes[asin] = ImageOutcome(path=None, error=f"{NO_IMAGE_URL}: the metadata lists no image")
+        elif store.has(asin, urls[0]):
+            outcomes[asin] = ImageOutcome(path=store.path(asin))
         elif failure and failure["permanent"] and failure["url"] == urls[0]:
             outcomes[asin] = ImageOutcome(path=None, error=failure["error"])
         else:
@@ -247,7 +259,7 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
     def fetch_one(asin: str, url: str) -> ImageOutcome:
         try:
             data, content_type = retrying(_download, session(), url, options)
-            path = store.put(asin, to_jpeg(data, content_type, options))
+            path = store.put(asin, to_jpeg(data, content_type, options), url)
             return ImageOutcome(path=path, downloaded=True)
         except ImageRejected as error:
             store.record_failure(asin, url, str(error), permanent=True)
@@ -266,7 +278,7 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
             outcomes[futures[future]] = future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish running downloads, start no more
-        store.save_failures()  # an interrupted run keeps what it learnt
+        store.save()  # an interrupted run keeps what it learnt
     return outcomes
 
 

@@ -149,6 +149,18 @@ def test_fetch_records_every_failure_and_resumes(httpserver, host, tmp_path):
     assert not any(o.downloaded for o in again.values())
 
 
+def test_a_new_image_url_in_the_metadata_is_fetched_again(httpserver, host, tmp_path):
+    first = fetch_images([("B000000001", [httpserver.url_for("good.jpg")])], ImageStore(tmp_path / "images"), OPTIONS)
+    changed = fetch_images([("B000000001", [httpserver.url_for("alpha.png")])], ImageStore(tmp_path / "images"),
+                           OPTIONS)
+    assert first["B000000001"].downloaded and changed["B000000001"].downloaded  # not the stale good.jpg
+    assert host.hits["alpha.png"] == 1
+    same = fetch_images([("B000000001", [httpserver.url_for("alpha.png")])], ImageStore(tmp_path / "images"), OPTIONS)
+    assert same["B000000001"].path is not None and not same["B000000001"].downloaded
+    gone = fetch_images([("B000000001", [])], ImageStore(tmp_path / "images"), OPTIONS)
+    assert gone["B000000001"].path is None and gone["B000000001"].error.startswith("no_image_url")
+
+
 def test_interrupted_fetch_keeps_what_it_has(httpserver, host, tmp_path):
     items = [(f"B00000000{i}", [httpserver.url_for("good.jpg")]) for i in range(6)]
     items.append(("B000000009", [httpserver.url_for("gone.jpg")]))

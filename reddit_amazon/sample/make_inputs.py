@@ -99,8 +99,8 @@ def write_inputs(target: Path = SAMPLE_INPUTS, seed: int = 0) -> dict[str, int]:
             store.record_failure(item.parent_asin, url, "http_error: HTTP 404 (pre-recorded in the sample)",
                                  permanent=True)
         else:
-            store.put(item.parent_asin, item.image_jpeg)
-    store.save_failures()
+            store.put(item.parent_asin, item.image_jpeg, url)
+    store.save()
 
     with tempfile.TemporaryDirectory(prefix="reddit-amazon-sample-") as workdir:
         run_reddit_stage([reddit], Path(workdir),
