@@ -1,8 +1,8 @@
 """Turn the kept conversations and their items into the dataset folder.
 
-* Splits 8:1:1 per domain **by thread**: all records of a Reddit thread land in one split, so no
-  conversation prefix is shared between train and test. The thread order is a hash of
-  ``seed:domain:thread_id``: deterministic, and independent of input order.
+* Splits 8:1:1 per domain **by thread**: all records of a Reddit thread land in one split, in every
+  domain, so no conversation prefix is shared between train and test. The thread order is a hash of
+  ``seed:thread_id``: deterministic, and independent of input order.
 * Candidates: ``NUM_CANDIDATES`` items per record from each retriever, searched over the domain's
   items, with the record's ``context`` as the query. The gt item is not inserted when missed
   (as in the paper's release, HR@1 is then bounded by retrieval recall).
@@ -25,27 +25,38 @@ SPLIT_RATIOS: tuple[float, float, float] = (0.8, 0.1, 0.1)
 def split_by_thread(conversations: Iterable[Conversation], seed: int) -> dict[str, dict[str, list[Conversation]]]:
     """``{domain: {split: records}}``; records sorted by ``example_id`` inside each split.
 
-    Threads are taken in hash order and each goes to train until train holds 80% of the domain's
-    records, then to validation until 90%, then to test.
+    Each domain's records are split 8:1:1 as closely as whole threads allow: the targets are the
+    record counts nearest to 8:1:1 (largest remainder, so 9 records give 7/1/1), and threads, taken in
+    the order of a hash of ``seed:thread_id``, each go to the split furthest below its target. A thread
+    with records in several domains (a thread recommending a lipstick and a lamp) is in the same split
+    in all of them: the first domain to place it decides.
     """
     threads: dict[str, dict[str, list[Conversation]]] = defaultdict(lambda: defaultdict(list))
     for conversation in conversations:
         threads[conversation.domain][conversation.thread_id].append(conversation)
+    placed: dict[str, str] = {}  # thread_id -> split, across domains
     result: dict[str, dict[str, list[Conversation]]] = {}
-    bounds = (SPLIT_RATIOS[0], SPLIT_RATIOS[0] + SPLIT_RATIOS[1])
     for domain in DOMAINS:
         by_thread = threads.get(domain, {})
-        total = sum(len(records) for records in by_thread.values())
-        order = sorted(by_thread, key=lambda t: hashlib.sha256(f"{seed}:{domain}:{t}".encode()).hexdigest())
+        targets = _split_targets(sum(len(records) for records in by_thread.values()))
+        order = sorted(by_thread, key=lambda t: hashlib.sha256(f"{seed}:{t}".encode()).hexdigest())
         splits: dict[str, list[Conversation]] = {split: [] for split in SPLITS}
-        assigned = 0
-        for thread_id in order:
-            share = assigned / total
-            split = SPLITS[0] if share < bounds[0] else SPLITS[1] if share < bounds[1] else SPLITS[2]
+        for thread_id in sorted(order, key=lambda t: t not in placed):  # placed threads first, hash order kept
+            split = placed.get(thread_id) or max(SPLITS, key=lambda s: targets[s] - len(splits[s]))
             splits[split].extend(by_thread[thread_id])
-            assigned += len(by_thread[thread_id])
+            placed[thread_id] = split
         result[domain] = {split: sorted(records, key=lambda r: r.example_id) for split, records in splits.items()}
     return result
+
+
+def _split_targets(total: int) -> dict[str, int]:
+    """Record counts per split nearest to ``SPLIT_RATIOS`` (largest remainder; ties go to the earlier split)."""
+    exact = [total * ratio for ratio in SPLIT_RATIOS]
+    counts = [int(share) for share in exact]
+    by_remainder = sorted(range(len(SPLITS)), key=lambda i: -(exact[i] - counts[i]))
+    for i in by_remainder[:total - sum(counts)]:
+        counts[i] += 1
+    return dict(zip(SPLITS, counts, strict=True))
 
 
 def _domain_records(splits: Mapping[str, Mapping[str, list[Conversation]]], domain: str) -> list[Conversation]:

@@ -39,6 +39,21 @@ def test_splits_are_by_thread_deterministic_and_near_8_1_1():
     assert {r.thread_id for r in other_seed["test"]} != threads["test"]
 
 
+def test_split_sizes_are_the_nearest_to_8_1_1_and_small_domains_get_a_test_split():
+    for total, expected in [(9, (7, 1, 1)), (19, (15, 2, 2)), (79, (63, 8, 8)), (99, (79, 10, 10)), (5, (4, 1, 0))]:
+        splits = split_by_thread([record(f"r{i}", f"t{i}") for i in range(total)], seed=3)["home"]
+        assert tuple(len(splits[s]) for s in SPLITS) == expected, total
+
+
+def test_a_thread_recommending_in_two_domains_is_in_one_split_in_both():
+    records = [record(f"{domain}{t}", f"t{t}", domain=domain) for t in range(40) for domain in ("beauty", "home")]
+    records += [record(f"h{t}", f"solo{t}") for t in range(7)]  # home alone has other threads too
+    splits = split_by_thread(records, seed=0)
+    where = {domain: {r.thread_id: s for s in SPLITS for r in splits[domain][s]} for domain in ("beauty", "home")}
+    assert all(where["home"][thread] == split for thread, split in where["beauty"].items())
+    assert [len(splits["beauty"][s]) for s in SPLITS] == [32, 4, 4]
+
+
 def test_candidates_from_the_domain_catalog_and_stats():
     nouns = ["lamp", "rug", "pillow", "curtain", "shelf", "planter", "towel", "duvet", "mirror", "clock", "vase"]
     items = [Item(item_id=f"B0000000{i:02d}", domain="home", title=f"Ceramic {noun} in sage green",
