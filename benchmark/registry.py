@@ -108,7 +108,10 @@ def _attribute(module: Any, attribute: str, spec: str, where: str | None = None)
     return getattr(module, attribute)
 
 
-_SECRET_ARG = re.compile(r"key|token|secret|password", re.IGNORECASE)
+#: Argument names that hold secrets (``api_key``, ``hf_token``, ``client_secret``), not ``max_new_tokens``.
+_SECRET_ARG = re.compile(r"(?:^|_)(?:api_?key|key|token|secret|password|passwd)$", re.IGNORECASE)
+#: One ``key=value`` of ``--model-args``: commas inside double quotes belong to the value.
+_ARG = re.compile(r'(?:[^,"]|"(?:\\.|[^"\\])*")+')
 
 
 def redacted_args(model_args: dict[str, Any]) -> dict[str, Any]:
@@ -117,17 +120,21 @@ def redacted_args(model_args: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_model_args(text: str | None) -> dict[str, Any]:
-    """``"a=1,b=true,c=x"`` -> ``{"a": 1, "b": True, "c": "x"}`` (JSON scalars are decoded, the rest stay text)."""
+    """``'a=1,b=true,c=x,d="p,q"'`` -> ``{"a": 1, "b": True, "c": "x", "d": "p,q"}``: JSON scalars are decoded
+    (a double-quoted value may hold commas), the rest stays text. Errors never quote a value (it may be a key)."""
     if not text:
         return {}
     args: dict[str, Any] = {}
-    for part in text.split(","):
+    for number, part in enumerate(_ARG.findall(text), start=1):
         if not part.strip():
             continue
         key, sep, value = part.partition("=")
         key = key.strip()
-        if not sep or not key.isidentifier():
-            raise RegistryError(f"--model-args: expected key=value, got {part!r}")
+        if not sep:
+            raise RegistryError(f"--model-args: argument {number} has no '=' (expected key=value[,key=value...]; "
+                                'quote a value holding a comma: key="a,b")')
+        if not key.isidentifier():
+            raise RegistryError(f"--model-args: {key[:40]!r} is not an argument name (letters, digits and _)")
         args[key] = _decode_value(value.strip())
     return args
 
@@ -142,7 +149,7 @@ def _decode_value(value: str) -> Any:
         decoded = json.loads(value)
     except ValueError:
         return value
-    return decoded if isinstance(decoded, (int, float)) else value
+    return decoded if isinstance(decoded, (int, float, str)) else value
 
 
 def build(spec: str, model_args: dict[str, Any]) -> tuple[ResolvedModel, Any]:

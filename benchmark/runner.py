@@ -102,7 +102,7 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     _check_folder(out, signature, overwrite)
     results_path = out / RESULTS_FILE
     if results_path.is_file() and not overwrite:
-        finished = orjson.loads(results_path.read_bytes())
+        finished = _read_json(results_path)
         if finished.get("bootstrap") != bootstrap_entry(config.bootstrap_samples, config.seed):
             finished = _with_new_intervals(finished, out, config)
             write_atomic(results_path, orjson.dumps(finished, option=orjson.OPT_INDENT_2) + b"\n")
@@ -125,7 +125,8 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     else:
         kind = type(recommender)
         model_info = {"spec": config.model, "target": f"{kind.__module__}:{kind.__qualname__}", "source": "object"}
-    batch_size = config.batch_size or getattr(recommender, "batch_size", None) or DEFAULT_BATCH_SIZE
+    batch_size = next((size for size in (config.batch_size, getattr(recommender, "batch_size", None))
+                       if size is not None), DEFAULT_BATCH_SIZE)  # 0 is a wrong size, not "unset"
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise RunError(f"{config.model}: batch_size must be a positive integer, not {batch_size!r}")
     ranks = callable(getattr(recommender, "rank", None))
@@ -207,19 +208,30 @@ def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> None
     if overwrite:
         return
     if run_path.is_file():
-        previous = orjson.loads(run_path.read_bytes())
+        previous = _read_json(run_path)
         current = orjson.loads(orjson.dumps(signature))  # as it reads back from run.json
         if previous != current:
             changed = [k for k in current if previous.get(k) != current[k]]
             raise RunError(f"{out} holds a different run (differs in: {', '.join(changed)}); "
                            "pass --overwrite to replace it or choose another --out")
         results_path = out / RESULTS_FILE
-        if results_path.is_file() and orjson.loads(results_path.read_bytes()).get("model", {}).get("spec") \
+        if results_path.is_file() and _read_json(results_path).get("model", {}).get("spec") \
                 != signature["model"]:
             raise RunError(f"{results_path} was not written by this run (another command wrote into {out}); "
                            "pass --overwrite or choose another --out")
     elif (out / PREDICTIONS_FILE).exists() or (out / RESULTS_FILE).exists():
         raise RunError(f"{out} has predictions or results but no {RUN_FILE}; pass --overwrite or choose another --out")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A run folder's JSON file; a damaged one is an error naming it (``--overwrite`` starts over)."""
+    try:
+        value = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as error:
+        raise RunError(f"{path}: not valid JSON ({error}); pass --overwrite to start over") from None
+    if not isinstance(value, dict):
+        raise RunError(f"{path}: not a JSON object; pass --overwrite to start over")
+    return value
 
 
 def _start_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> None:
@@ -297,6 +309,18 @@ def _check_outputs(outputs: Any, examples: Sequence[Any], ranks: bool) -> None:
         if not ok:
             expected = "a list of item ids" if ranks else "a str"
             raise RunError(f"{method}() returned {type(output).__name__} for {example.example_id}; expected {expected}")
+        texts = list(output) if ranks else [output]
+        if not all(_encodable(text) for text in texts):
+            raise RunError(f"{method}() returned text that is not valid Unicode (a lone surrogate) for "
+                           f"{example.example_id}")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _score_row(row: dict[str, Any], record: Record) -> Outcome:

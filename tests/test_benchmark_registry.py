@@ -9,7 +9,7 @@ from importlib.metadata import EntryPoint
 import pytest
 
 from benchmark import registry
-from benchmark.registry import RegistryError, build, parse_model_args, resolve
+from benchmark.registry import RegistryError, build, parse_model_args, redacted_args, resolve
 
 
 def test_builtins_resolve_without_heavy_imports():
@@ -69,3 +69,17 @@ def test_model_args_parsing():
     assert parse_model_args("name=007") == {"name": "007"}  # not valid JSON: kept as text
     with pytest.raises(RegistryError, match="expected key=value"):
         parse_model_args("oops")
+    # A JSON string is a scalar too: quotes are dropped, and they let a value hold commas.
+    assert parse_model_args('model="gpt-4o-mini",prompt="a, b",n="2"') == {
+        "model": "gpt-4o-mini", "prompt": "a, b", "n": "2"}
+    for text in ("openai-api-key=sk-proj-TOPSECRET", "api_key=sk-SECRET12,3456"):
+        with pytest.raises(RegistryError) as caught:
+            parse_model_args(text)
+        assert "SECRET" not in str(caught.value) and "3456" not in str(caught.value), caught.value
+
+
+def test_only_secret_looking_argument_names_are_redacted():
+    args = {"api_key": "a", "apikey": "b", "hf_token": "c", "client_secret": "d", "password": "e",
+            "max_tokens": 2000, "max_new_tokens": 8, "keyword": "lamp", "tokenizer": "t"}
+    assert redacted_args(args) == {**args, **dict.fromkeys(["api_key", "apikey", "hf_token", "client_secret",
+                                                             "password"], "<redacted>")}

@@ -112,6 +112,17 @@ def test_a_different_run_in_the_same_folder_is_refused(dataset, tmp_path):
     with pytest.raises(RunError, match="differs in: model_args"):
         run(RunConfig(model="random", model_args={"seed": 3}, dataset=str(dataset), domain="home"), tmp_path,
             progress=False)
+    plugin = tmp_path / "tokens.py"
+    plugin.write_text("class Tokens:\n"
+                      "    def __init__(self, max_new_tokens=8):\n"
+                      "        pass\n"
+                      "    def recommend(self, examples):\n"
+                      "        return [e.candidates[0].item_id for e in examples]\n")
+    config = RunConfig(model=f"{plugin}:Tokens", model_args={"max_new_tokens": 8}, dataset=str(dataset),
+                       domain="home", bootstrap_samples=0)
+    run(config, tmp_path / "t", progress=False)
+    with pytest.raises(RunError, match="differs in: model_args"):  # not taken for a secret and ignored
+        run(RunConfig(**{**config.__dict__, "model_args": {"max_new_tokens": 512}}), tmp_path / "t", progress=False)
 
 
 def test_missing_candidate_set_lists_the_available_ones(dataset, tmp_path):
@@ -287,6 +298,30 @@ def test_a_run_that_fails_before_predicting_leaves_the_folder_free(dataset, tmp_
 
     with pytest.raises(RunError, match="batch_size must be a positive integer"):
         run(RunConfig(model="nobatch", dataset=str(dataset)), tmp_path / "b", recommender=NoBatches(), progress=False)
+
+
+def test_a_zero_batch_size_a_surrogate_output_and_damaged_run_files_are_clear_errors(dataset, tmp_path):
+    class Configurable:
+        def __init__(self, batch_size=None, prefix=""):
+            self.batch_size, self.prefix = batch_size, prefix
+
+        def recommend(self, examples):
+            return [self.prefix + e.candidates[0].item_id for e in examples]
+
+    with pytest.raises(RunError, match="batch_size must be a positive integer, not 0"):
+        run(RunConfig(model="zero", dataset=str(dataset)), tmp_path / "a", recommender=Configurable(0), progress=False)
+    with pytest.raises(RunError, match="not valid Unicode.*for "):
+        run(RunConfig(model="s", dataset=str(dataset)), tmp_path / "b", recommender=Configurable(prefix="\udcff "),
+            progress=False)
+    config = RunConfig(model="ok", dataset=str(dataset), bootstrap_samples=0)
+    run(config, tmp_path / "c", recommender=Configurable(), progress=False)
+    for name in ("results.json", "run.json"):
+        path = tmp_path / "c" / name
+        intact = path.read_bytes()
+        path.write_bytes(intact[:50])
+        with pytest.raises(RunError, match=f"{name}: not valid JSON"):
+            run(config, tmp_path / "c", recommender=Configurable(), progress=False)
+        path.write_bytes(intact)
 
 
 def test_other_bootstrap_settings_rescore_a_finished_run_without_predicting(dataset, tmp_path):
