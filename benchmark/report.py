@@ -65,11 +65,19 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
 
 
 def read_results(path: Path) -> dict[str, Any]:
-    """A results.json; a damaged one fails naming the file."""
+    """A results.json; a damaged one, or JSON of another shape, fails naming the file."""
     try:
-        return orjson.loads(path.read_bytes())
+        results = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
+    shape = {"model": dict, "metrics": dict, "dataset": dict, "candidates": str, "split": str}
+    wrong = [key for key, kind in shape.items() if not isinstance(results, dict) or not isinstance(results.get(key), kind)]
+    if not wrong and not all(isinstance(results["model"].get("spec"), str) and results["dataset"].get(k) is not None
+                             for k in ("id", "version", "fingerprint")):
+        wrong = ["model.spec or dataset id / version / fingerprint"]
+    if wrong:
+        raise ValueError(f"{path}: not the results.json of a benchmark run (missing or malformed: {', '.join(wrong)})")
+    return results
 
 
 def _grouped(runs: Sequence[Run]) -> list[tuple[str, list[Run]]]:
@@ -126,11 +134,16 @@ def to_markdown(runs: Sequence[Run]) -> str:
                 text = _format(run.value(domain, metric))
                 mark = marks.get((index, domain, metric))
                 cells.append(f"**{text}**" if mark == 1 else f"<u>{text}</u>" if mark == 2 else text)
-            lines.append(f"| {run.label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_markdown_cell(run.label)} | " + " | ".join(cells) + " |")
             index += 1
     notes = [f"- {line}" for line in provenance(runs)]
     return "\n".join(lines + ["", "HR@1 per (record, gt item) pair; VR per record. Bold: best HR@1, "
                               "underlined: second best.", *notes, "", benchmark_card(runs)]) + "\n"
+
+
+def _markdown_cell(text: str) -> str:
+    """``text`` safe in a table cell: a ``|`` (in a model arg or a plugin's name) would start a new column."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
 def benchmark_card(runs: Sequence[Run]) -> str:

@@ -278,6 +278,26 @@ def test_report_and_compare_name_a_damaged_results_file(dataset, tmp_path):
         assert f"{damaged / 'results.json'}: not valid JSON" in result.output
 
 
+def test_report_refuses_json_of_another_shape_and_escapes_pipes_in_labels(dataset, tmp_path):
+    plugin = tmp_path / "piped.py"
+    plugin.write_text("class Piped:\n"
+                      "    def __init__(self, prompt=''):\n"
+                      "        pass\n"
+                      "    def recommend(self, examples):\n"
+                      "        return [e.candidates[0].item_id for e in examples]\n")
+    run(RunConfig(model=f"{plugin}:Piped", model_args={"prompt": "a|b"}, dataset=str(dataset), bootstrap_samples=0),
+        tmp_path / "good", progress=False)
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "good")])
+    row = next(line for line in result.output.splitlines() if "Piped" in line)
+    assert result.exit_code == 0 and "a\\|b" in row and row.replace("\\|", "").count("|") == 8, row
+    for text in ('{"metrics": {}}', "[]", "{}"):
+        odd = tmp_path / "odd"
+        odd.mkdir(exist_ok=True)
+        (odd / "results.json").write_text(text)
+        result = CliRunner().invoke(cli, ["report", str(odd)])
+        assert result.exit_code == 1 and "not the results.json of a benchmark run" in result.output, result.output
+
+
 def test_a_run_that_fails_before_predicting_leaves_the_folder_free(dataset, tmp_path):
     """A typo in the split or the model args must not block the corrected command."""
     with pytest.raises(DatasetError):

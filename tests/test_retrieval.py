@@ -42,6 +42,13 @@ def test_bm25_ranks_matching_titles_first():
     assert retriever.top_k(["zzz qqq"], ITEMS, k=2) == [["B000000001", "B000000002"]]  # no overlap: catalog order
 
 
+def test_bm25_options_of_the_wrong_type_are_refused_up_front():
+    assert get_retriever("bm25", k1=1, b=0.5).k1 == 1.0
+    for options in ({"k1": "x"}, {"b": -0.1}, {"k1": True}, {"stopwords": 3}):
+        with pytest.raises(ValueError, match="bm25: "):
+            get_retriever("bm25", **options)
+
+
 def test_sbert_real_model_and_embedding_cache(tmp_path):
     retriever = get_retriever("sbert", cache_dir=tmp_path)
     assert retriever.candidate_set_name == "sbert"

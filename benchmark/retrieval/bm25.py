@@ -13,7 +13,12 @@ class BM25Retriever(Retriever):
     candidate_set_name = "bm25"
 
     def __init__(self, k1: float = 1.5, b: float = 0.75, stopwords: str | None = "en") -> None:
-        self.k1, self.b, self.stopwords = k1, b, stopwords
+        for name, value in (("k1", k1), ("b", b)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"bm25: {name} must be a non-negative number, not {value!r}")
+        if stopwords is not None and not isinstance(stopwords, str):
+            raise ValueError(f"bm25: stopwords must be a language code such as 'en' or none, not {stopwords!r}")
+        self.k1, self.b, self.stopwords = float(k1), float(b), stopwords
 
     def _tokenize(self, texts: Sequence[str]) -> list[list[str]]:
         try:
