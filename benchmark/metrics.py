@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: An ASIN-shaped token: ``B`` + 9 capitals/digits (the authors' ``\bB[A-Z0-9]{9}\b``), or an
-#: ISBN-10-style all-digit ASIN (10 digits, or 9 digits + check character ``X``).
-PREDICTION_PATTERN = re.compile(r"\b(?:B[A-Z0-9]{9}|[0-9]{9}[0-9X])\b")
+#: An ASIN-shaped token exactly as the reference evaluation reads one: ``B`` + 9 capitals/digits. All-digit
+#: (ISBN-10 style) ASINs are never parsed, as there: an answer naming one recommends nothing.
+PREDICTION_PATTERN = re.compile(r"\bB[A-Z0-9]{9}\b")
 
 RANKING_CUTOFFS: tuple[int, ...] = (5, 10)  # k=1 is HR@1 itself
 OVERALL = "all"
