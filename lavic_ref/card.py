@@ -2,7 +2,8 @@
 
 ``lavic-ref finetune`` records what it measured in ``<out>/model_card.json`` and renders the card;
 ``lavic-ref card <out> --results runs/*/results.json`` re-renders it once benchmark runs exist, so
-every number in the card comes from a file, none is typed by hand.
+every number in the card comes from a file, none is typed by hand. Only results of the ``lavic`` model
+are accepted: the card publishes them as LaViC's.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 from reddit_amazon.files import write_atomic
 
 CARD_INPUTS = "model_card.json"
+#: What ``benchmark run --model lavic`` resolves its model to (results.json ``model.target``).
+LAVIC_TARGET = "lavic_ref.recommender:LavicRecommender"
 
 
 def hardware_name(device: Any) -> str:
@@ -40,10 +43,25 @@ def render_from_inputs(out_dir: Path, results: Sequence[Path] = ()) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} has no {CARD_INPUTS}: it is written by `lavic-ref finetune`")
     inputs = _read_json(path)
-    parsed = [_read_json(Path(result)) for result in results]
+    parsed = [_read_results(Path(result)) for result in results]
     readme = out_dir / "README.md"
     write_atomic(readme, render_model_card(**inputs, results=parsed).encode("utf-8"))
     return readme
+
+
+def _read_results(path: Path) -> dict[str, Any]:
+    """A ``benchmark run --model lavic`` results.json; anything else fails naming the file."""
+    from cards.model_card import results_problem
+
+    results = _read_json(path)
+    problem = results_problem(results)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    model = results["model"]
+    if model.get("spec") != "lavic" and LAVIC_TARGET not in (model.get("spec"), model.get("target")):
+        raise ValueError(f"{path}: results of model {model.get('spec')!r}, not of LaViC: give the results.json "
+                         "of a `benchmark run --model lavic`")
+    return results
 
 
 def _read_json(path: Path) -> Any:

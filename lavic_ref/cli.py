@@ -7,13 +7,12 @@ written with the same settings (and refuse it otherwise).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
 
 from lavic_ref import DEFAULT_BASE
-from lavic_ref.card import hardware_name, render_from_inputs, write_model_card
+from lavic_ref.card import CARD_INPUTS, hardware_name, render_from_inputs, write_model_card
 from reddit_amazon.schema import DOMAINS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -130,7 +129,8 @@ def main() -> None:
 def describe(dataset, domains, base, device, out, batch_size, max_new_tokens, regenerate) -> None:
     """Describe each item image from its full image tokens (Table 10 prompt, greedy).
 
-    Resumable: descriptions already in --out are kept. Shipped descriptions are reused unless --regenerate.
+    Resumable: descriptions already in --out are kept. Shipped descriptions are reused (and written to --out)
+    unless --regenerate.
 
     \b
     Example:
@@ -220,7 +220,8 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
 @click.option("--candidates", "candidate_set", default="sbert", show_default=True,
               help="Candidate set: column candidates_<NAME>.")
 @click.option("--max-tokens", type=click.IntRange(64), default=2048, show_default=True,
-              help="Prompt cap; the oldest conversation tokens are dropped beyond it.")
+              help="Prompt cap; the oldest conversation tokens are dropped beyond it, then the candidate "
+                   "titles shortened.")
 @click.option("--instances", "instance_style", type=click.Choice(["paper", "authors-code"]), default="paper",
               show_default=True, help="paper: exactly one gt among the candidates, shuffled (Section 4.3); "
                                       "authors-code: retrieval order, other gt items kept (the released code).")
@@ -241,6 +242,7 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
     from lavic_ref.data import iter_domain_items, load_conversations, recommendation_instances
     from lavic_ref.embed import EmbeddingsError, ItemEmbeddings, check_embeddings
     from lavic_ref.finetune import finetune as run_finetune
+    from lavic_ref.sequences import PromptTooLongError
 
     if bool(embeddings) == no_images:
         raise click.UsageError("give exactly one of --embeddings or --no-images")
@@ -268,11 +270,17 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
         except EmbeddingsError as error:
             raise click.ClickException(str(error)) from error
     config = _train_config(**training)
-    started = time.perf_counter()
-    result = _train(run_finetune, backbone, train_set, val_set, titles, cache, config, max_tokens=max_tokens,
-                    resume=training["resume"],
-                    settings={"domains": list(domains), "candidates": candidate_set, "instances": instance_style})
+    try:
+        result = _train(run_finetune, backbone, train_set, val_set, titles, cache, config, max_tokens=max_tokens,
+                        resume=training["resume"],
+                        settings={"domains": list(domains), "candidates": candidate_set, "instances": instance_style})
+    except PromptTooLongError as error:
+        raise click.ClickException(f"--max-tokens {max_tokens} is too small: {error}") from error
     click.echo(f"best adapter: {result.best_dir} (validation loss {result.best_val_loss:.4f})")
+    if not result.trained and (config.output_dir / CARD_INPUTS).is_file():
+        # Nothing was left to train: the card (and any results `lavic-ref card` added) still describes the adapter.
+        click.echo(f"nothing left to train: model card in {config.output_dir} left as it was")
+        return
     card = write_model_card(config.output_dir, {
         "base_model": base,
         "adapters": {"distill_adapter": (cache.metadata.get("adapter") or None) if cache else None,
@@ -284,7 +292,7 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
                             "training_instances": instance_style},
         "data": {"dataset": dataset or "bundled sample", "domains": list(domains), "candidates": candidate_set,
                  "train_examples": len(train_set), "validation_examples": len(val_set)},
-        "training": {"time_s": round(time.perf_counter() - started, 1), "hardware": hardware_name(backbone.device),
+        "training": {"time_s": result.elapsed_s, "hardware": hardware_name(backbone.device),
                      "best_validation_loss": result.best_val_loss},
     })
     click.echo(f"model card: {card} (add results with `lavic-ref card {config.output_dir} --results ...`)")

@@ -2,7 +2,8 @@
 
 Descriptions are appended to a JSONL cache (``{"item_id", "description"}`` per line) after every batch,
 so an interrupted run resumes where it stopped. Descriptions shipped with the dataset
-(``image_description``) are used as they are unless ``regenerate`` is set.
+(``image_description``) are used as they are unless ``regenerate`` is set, and written to the cache too,
+so it holds every description of the run.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 import torch
@@ -42,29 +44,43 @@ def read_cache(path: str | os.PathLike) -> dict[str, str]:
 
 def describe_items(backbone: Backbone, items: Iterable[Item], cache: str | os.PathLike, *, batch_size: int = 8,
                    max_new_tokens: int = MAX_NEW_TOKENS, regenerate: bool = False) -> dict[str, str]:
-    """Descriptions for every item with an image, generated greedily where neither shipped nor cached."""
+    """Descriptions for every item with an image, generated greedily where neither shipped nor cached.
+
+    All of them end up in ``cache``: shipped ones are appended before any is generated.
+    """
     cache = Path(cache)
     cache.parent.mkdir(parents=True, exist_ok=True)
     descriptions = read_cache(cache)
+    shipped: dict[str, str] = {}
     todo: list[Item] = []
     for item in items:
         if item.image is None or item.item_id in descriptions:
             continue
         if item.image_description and not regenerate:
-            descriptions[item.item_id] = item.image_description
+            shipped[item.item_id] = item.image_description
         else:
             todo.append(item)
-    if not todo:
-        return descriptions
+    with cache.open("ab") as handle:
+        handle.write(b"".join(_record(item_id, text) for item_id, text in shipped.items()))
+        handle.flush()
+        descriptions.update(shipped)
+        if todo:
+            _generate(backbone, todo, handle, descriptions, batch_size, max_new_tokens)
+    return descriptions
+
+
+def _generate(backbone: Backbone, todo: list[Item], handle: BinaryIO, descriptions: dict[str, str],
+              batch_size: int, max_new_tokens: int) -> None:
+    """Describe ``todo`` greedily in batches, each batch appended to ``handle`` (and ``descriptions``)."""
     tokenizer = backbone.tokenizer
     tokenizer.padding_side = "left"
     before, after = chat_wrapping(tokenizer)
     image_token = backbone.processor.image_token
-    with cache.open("ab") as handle, tqdm(total=len(todo), desc="describe", unit="item") as progress:
+    with tqdm(total=len(todo), desc="describe", unit="item") as progress:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             texts = [before + description_prompt(item.title, image_token) + after for item in batch]
-            inputs = backbone.processor(text=texts, images=[decode_image(item.image) for item in batch],
+            inputs = backbone.processor(text=texts, images=[decode_image(item.image, item.item_id) for item in batch],
                                         padding=True, return_tensors="pt").to(backbone.device)
             inputs["pixel_values"] = inputs["pixel_values"].to(backbone.dtype)
             with torch.inference_mode():
@@ -73,7 +89,10 @@ def describe_items(backbone: Backbone, items: Iterable[Item], cache: str | os.Pa
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
             for item, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 descriptions[item.item_id] = text.strip()
-                handle.write(orjson.dumps({"item_id": item.item_id, "description": text.strip()}) + b"\n")
+                handle.write(_record(item.item_id, text.strip()))
             handle.flush()
             progress.update(len(batch))
-    return descriptions
+
+
+def _record(item_id: str, description: str) -> bytes:
+    return orjson.dumps({"item_id": item_id, "description": description}) + b"\n"

@@ -49,7 +49,8 @@ def distillation_loss(backbone: Backbone, batch: Sequence[DistillExample],
                  for ex in batch]
     tokens = pad_batch([s.input_ids for s in sequences], tokenizer.pad_token_id,
                        labels=[s.labels for s in sequences], left=True)
-    pixels = subimage_pixels(backbone.processor, [decode_image(ex.image) for ex in batch]).to(backbone.device)
+    images = [decode_image(ex.image, ex.item_id) for ex in batch]
+    pixels = subimage_pixels(backbone.processor, images).to(backbone.device)
     item_embeddings = cls_embeddings(backbone.model, pixels)
     input_ids = tokens.input_ids.to(backbone.device)
     inputs_embeds = embed_inputs(backbone, input_ids, item_embeddings)

@@ -42,7 +42,8 @@ def compute_item_embeddings(backbone: Backbone, items: Sequence[tuple[str, bytes
     result: dict[str, torch.Tensor] = {}
     for start in tqdm(range(0, len(items), batch_size), desc="embed", unit="batch", disable=not progress):
         batch = items[start:start + batch_size]
-        pixels = subimage_pixels(backbone.processor, [decode_image(data) for _, data in batch]).to(backbone.device)
+        images = [decode_image(data, item_id) for item_id, data in batch]
+        pixels = subimage_pixels(backbone.processor, images).to(backbone.device)
         embeddings = cls_embeddings(backbone.model, pixels).to("cpu")
         for (item_id, _), row in zip(batch, embeddings):
             result[item_id] = row.clone()

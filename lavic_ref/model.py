@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -22,6 +23,9 @@ from PIL import Image
 
 from lavic_ref import DEFAULT_BASE
 from lavic_ref.prompts import ITEM_TOKENS
+from reddit_amazon.images import eight_bit_greyscale
+
+log = logging.getLogger(__name__)
 
 SUBIMAGES_PER_ITEM = 5
 IGNORE_INDEX = -100
@@ -155,12 +159,27 @@ def weights_fingerprint(model: Any, values_per_tensor: int = 256) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes | None) -> Image.Image:
-    """RGB image from encoded bytes; items without an image get a blank one (as the authors' code does)."""
-    if not data:
-        return Image.new("RGB", (336, 336), "white")
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
+#: Items whose image could not be decoded, so each is warned about once per process.
+_UNDECODABLE: set[str] = set()
+
+
+def decode_image(data: bytes | None, item_id: str) -> Image.Image:
+    """RGB image from encoded bytes; 16-bit and float greyscale scaled to 8 bits, not clipped.
+
+    Items without an image get a blank one (as the authors' code does), and so do items whose image cannot
+    be decoded, with a warning naming the item.
+    """
+    if data:
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return eight_bit_greyscale(image).convert("RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # Pillow's "undecodable"
+            if item_id not in _UNDECODABLE:
+                _UNDECODABLE.add(item_id)
+                reason = "unknown format" if isinstance(error, Image.UnidentifiedImageError) else str(error)
+                log.warning("item %s: its image cannot be decoded (%s); using a blank image instead", item_id,
+                            reason or type(error).__name__)
+    return Image.new("RGB", (336, 336), "white")
 
 
 def subimage_pixels(processor: Any, images: Sequence[Image.Image]) -> torch.Tensor:

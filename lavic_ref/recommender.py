@@ -8,6 +8,7 @@ embedded once from its image with the (distilled) vision tower and kept for late
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 
 import torch
@@ -31,6 +32,16 @@ def _flag(value: bool | int | str) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"expected true/false, got {value!r}")
+
+
+def _positive_int(name: str, value: int | str) -> int:
+    """A count as Python callers pass it or as ``--model-args`` decodes it; 2.5, 0 or true are refused."""
+    if isinstance(value, str):
+        with suppress(ValueError):
+            value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return value
 
 
 @torch.inference_mode()
@@ -76,8 +87,8 @@ class LavicRecommender:
                             ("item_embeddings", item_embeddings)):
             if path and not Path(path).exists():
                 raise FileNotFoundError(f"{label}: {path} does not exist")
-        self.batch_size = int(batch_size)
-        self.max_new_tokens = int(max_new_tokens)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
         self.images = _flag(images)
         distill_adapter = str(resolve_adapter_dir(distill_adapter)) if distill_adapter else None
         rec_adapter = str(resolve_adapter_dir(rec_adapter)) if rec_adapter else None

@@ -15,6 +15,10 @@ from lavic_ref.prompts import ITEM_PLACEHOLDER, chat_wrapping, description_promp
 MAX_PROMPT_TOKENS = 2048
 
 
+class PromptTooLongError(ValueError):
+    """A prompt does not fit its token cap even with empty titles and no conversation."""
+
+
 @dataclass
 class TokenSequence:
     input_ids: list[int]
@@ -45,15 +49,50 @@ def recommendation_sequence(
     tokenizer, context: str, candidates: Sequence[tuple[str, str]], target: str | None, *, with_images: bool,
     max_tokens: int = MAX_PROMPT_TOKENS,
 ) -> TokenSequence:
-    """Table 11; when longer than ``max_tokens`` the oldest context tokens are dropped."""
-    before, after = chat_wrapping(tokenizer)
-    head, tail = recommendation_prompt_parts(candidates, with_images)
-    head_ids = _ids(tokenizer, before + head)
-    context_ids = _ids(tokenizer, strip_item_tokens(context).rstrip("\n"))
-    tail_ids = _ids(tokenizer, tail + after)
+    """Table 11; when longer than ``max_tokens`` the oldest context tokens are dropped.
+
+    Where even the prompt without conversation is longer, the candidate titles are shortened
+    (:func:`_shortened_titles`); every candidate keeps its ID and item tokens.
+    """
     target_len = 0 if target is None else len(_ids(tokenizer, target)) + 1
-    room = max_tokens - 1 - len(head_ids) - len(tail_ids) - target_len  # 1 for BOS
-    if room < 0:
-        raise ValueError(f"prompt without conversation needs {max_tokens - room} tokens, over the {max_tokens} cap")
+    budget = max_tokens - 1 - target_len  # 1 for BOS
+    head_ids, tail_ids = _prompt_ids(tokenizer, candidates, with_images)
+    if len(head_ids) + len(tail_ids) > budget:
+        head_ids, tail_ids = _shortened_titles(tokenizer, candidates, with_images, budget, max_tokens)
+    room = budget - len(head_ids) - len(tail_ids)
+    context_ids = _ids(tokenizer, strip_item_tokens(context).rstrip("\n"))
     context_ids = context_ids[len(context_ids) - room:] if len(context_ids) > room else context_ids
     return _with_target(tokenizer, head_ids + context_ids + tail_ids, target, max_target_tokens=10**6)
+
+
+def _prompt_ids(tokenizer, candidates: Sequence[tuple[str, str]], with_images: bool) -> tuple[list[int], list[int]]:
+    """Token ids of the chat-wrapped Table 11 before and after the conversation."""
+    before, after = chat_wrapping(tokenizer)
+    head, tail = recommendation_prompt_parts(candidates, with_images)
+    return _ids(tokenizer, before + head), _ids(tokenizer, tail + after)
+
+
+def _shortened_titles(tokenizer, candidates: Sequence[tuple[str, str]], with_images: bool, budget: int,
+                      max_tokens: int) -> tuple[list[int], list[int]]:
+    """The prompt parts with each title cut to an equal share of the tokens the titles may take in ``budget``.
+
+    Titles within the share stay whole. Text cut at a token boundary may re-tokenise to a few more tokens
+    in place, so the share shrinks until the prompt fits; with empty titles it always does, unless even
+    that prompt is over ``budget`` (:class:`PromptTooLongError`).
+    """
+    untitled = _prompt_ids(tokenizer, [(item_id, "") for item_id, _ in candidates], with_images)
+    fixed = len(untitled[0]) + len(untitled[1])
+    if fixed > budget:
+        raise PromptTooLongError(f"a prompt of {len(candidates)} candidates needs {max_tokens - budget + fixed} "
+                                 f"tokens without their titles and the conversation, over the {max_tokens}-token cap")
+    titles = [_ids(tokenizer, strip_item_tokens(title)) for _, title in candidates]
+    share = (budget - fixed) // len(candidates)
+    while share > 0:
+        shortened = [(item_id, title if len(ids) <= share else tokenizer.decode(ids[:share]))
+                     for (item_id, title), ids in zip(candidates, titles)]
+        head_ids, tail_ids = _prompt_ids(tokenizer, shortened, with_images)
+        over = len(head_ids) + len(tail_ids) - budget
+        if over <= 0:
+            return head_ids, tail_ids
+        share -= -(-over // len(candidates))  # ceil: every title gives up its part of the excess
+    return untitled

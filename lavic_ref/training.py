@@ -4,7 +4,9 @@ AdamW on the adapter's parameters, gradient accumulation, bf16 autocast on a GPU
 after each epoch with the best adapter kept in ``<output_dir>/best``, and a resumable checkpoint in
 ``<output_dir>/last`` (adapter, optimizer, RNG states, position in the epoch, the run's settings) every
 ``save_every`` optimizer steps and at each epoch's end. A checkpoint is resumed only by a run with the same
-settings (:data:`RESUMABLE_FIELDS` may change), so a resumed run trains what an uninterrupted one would.
+settings (:data:`RESUMABLE_FIELDS` may change), so a resumed run trains what an uninterrupted one would. The
+checkpoint also carries the time trained so far, so the time a resumed run reports covers the whole run (less
+what an interrupted process did after its last checkpoint).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import math
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -59,6 +62,7 @@ class TrainState:
     epoch_loss_sum: float = 0.0  # sum of those batches' losses (the epoch's mean train loss)
     global_step: int = 0
     best_val_loss: float = math.inf
+    elapsed_s: float = 0.0  # wall-clock time of the run up to this state, over all its processes
     history: list[dict[str, float]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # see run_settings
 
@@ -68,6 +72,8 @@ class TrainResult:
     best_dir: Path
     best_val_loss: float
     history: list[dict[str, float]]
+    elapsed_s: float  # the whole run's training time, resumed parts included
+    trained: bool  # False when a resumed checkpoint had nothing left to train
 
 
 BatchLoss = Callable[[Sequence[Any]], torch.Tensor]
@@ -83,6 +89,7 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
     """
     if not train_set:
         raise ValueError("no training examples")
+    started = time.perf_counter()
     seed_everything(config.seed)
     model = backbone.model
     output = Path(config.output_dir)
@@ -97,7 +104,13 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
     last = output / "last"
     if resume and (last / STATE_FILE).is_file():
         state = _load_checkpoint(backbone, optimizer, last, state.settings)
+    elapsed_before = state.elapsed_s
+    trained = state.epoch < config.epochs
     autocast = _autocast(backbone)
+
+    def save_checkpoint() -> None:
+        state.elapsed_s = elapsed_before + time.perf_counter() - started
+        _save_checkpoint(backbone, optimizer, state, last)
 
     batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
     if config.max_steps is not None:
@@ -123,7 +136,7 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
                 optimizer.zero_grad(set_to_none=True)
                 state.global_step += 1
                 if state.global_step % config.save_every == 0:
-                    _save_checkpoint(backbone, optimizer, state, last)
+                    save_checkpoint()
         progress.close()
         train_loss = state.epoch_loss_sum / max(state.batches_done, 1)  # mean over the epoch's batches
         val_loss = evaluate(backbone, val_set, batch_loss, config.batch_size) if val_set else train_loss
@@ -139,12 +152,12 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
         state.epoch += 1
         state.batches_done = 0
         state.epoch_loss_sum = 0.0
-        _save_checkpoint(backbone, optimizer, state, last)
+        save_checkpoint()
     write_atomic(output / "history.json", (json.dumps(state.history, indent=2) + "\n").encode())
     if config.gradient_checkpointing:
         set_gradient_checkpointing(model, False)
     model.eval()
-    return TrainResult(output / "best", state.best_val_loss, state.history)
+    return TrainResult(output / "best", state.best_val_loss, state.history, round(state.elapsed_s, 1), trained)
 
 
 def seed_everything(seed: int) -> None:

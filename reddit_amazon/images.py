@@ -92,13 +92,13 @@ def to_jpeg(data: bytes, content_type: str | None, options: ImageOptions) -> byt
         background.paste(image, mask=image.getchannel("A"))
         image = background
     elif image.mode != "RGB":
-        image = _eight_bit(image).convert("RGB")
+        image = eight_bit_greyscale(image).convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=options.jpeg_quality)
     return buffer.getvalue()
 
 
-def _eight_bit(image: Any) -> Any:
+def eight_bit_greyscale(image: Any) -> Any:
     """16-bit, 32-bit and float greyscale as 8-bit "L" (Pillow's own convert clips them to white)."""
     if image.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
         return image

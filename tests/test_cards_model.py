@@ -171,3 +171,13 @@ def test_paper_lavic_rows_by_candidate_set():
     assert paper_lavic("sbert").hr1_of("home") == 0.3197
     assert paper_lavic("openai_large").vr_of("fashion") == 0.9455
     assert paper_lavic("bm25") is None
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([], r"results 2: not a benchmark results.json \(a JSON object expected, not list\)"),
+    ({}, r"results 2: .*missing or malformed: model, metrics, dataset, split, candidates"),
+    ({**result("sbert", {"home": 0.3}), "metrics": {"hr@1": []}}, r"results 2: .*malformed: metrics.hr@1"),
+])
+def test_results_that_are_not_a_results_json_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        render([result("sbert", {"home": 0.3}), bad])

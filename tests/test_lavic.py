@@ -604,3 +604,224 @@ def test_a_checkpoint_of_other_settings_is_refused(tiny_base, tmp_path):
     assert [row["epoch"] for row in json.loads((out / "history.json").read_text())] == [1, 2]
     _invoke(cli, [*finetune, "--lr", "1e-2", "--no-resume"])
     assert json.loads((out / "model_card.json").read_text())["hyperparameters"]["learning_rate"] == 1e-2
+
+
+def _lavic_results(path: Path, hr1: float = 0.25) -> Path:
+    """A results.json as `benchmark run --model lavic` writes it (the fields the model card reads)."""
+    entry = {"value": hr1, "ci95": None, "numerator": 1, "denominator": 4}
+    path.write_text(json.dumps({
+        "metrics": {"hr@1": {"fashion": entry, "all": entry}, "vr": {"fashion": entry, "all": entry}},
+        "model": {"spec": "lavic", "target": "lavic_ref.recommender:LavicRecommender", "source": "entry point",
+                  "name": "lavic", "args": {}},
+        "dataset": {"id": "sample", "version": "1.0.0", "fingerprint": "f" * 64},
+        "split": "test", "candidates": "sbert",
+    }))
+    return path
+
+
+def test_the_card_keeps_its_results_and_counts_the_whole_runs_time_across_resumes(tiny_base, tmp_path,
+                                                                                  monkeypatch):
+    import types
+
+    import lavic_ref.finetune
+    import lavic_ref.training
+    from lavic_ref.cli import cli
+
+    out = tmp_path / "rec"
+    finetune = ["finetune", "--base", tiny_base, "--device", DEVICE, "--domain", "fashion", "--no-images",
+                "--max-steps", "3", "--save-every", "1", "--out", out]
+    # A clock that only training batches move: 10 s each, so the run's time is known exactly.
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(lavic_ref.training, "time", types.SimpleNamespace(perf_counter=lambda: clock.now),
+                        raising=False)
+    loss, batches = lavic_ref.finetune.recommendation_loss, []
+
+    def timed_loss(backbone, *args, crash_at=None, **kwargs):
+        if backbone.model.training:
+            batches.append(1)
+            clock.now += 10
+            if len(batches) == crash_at:
+                raise RuntimeError("simulated kill")
+        return loss(backbone, *args, **kwargs)
+
+    monkeypatch.setattr(lavic_ref.finetune, "recommendation_loss",
+                        lambda *args, **kwargs: timed_loss(*args, crash_at=3, **kwargs))
+    result = CliRunner().invoke(cli, [str(a) for a in finetune])
+    assert isinstance(result.exception, RuntimeError) and not (out / "model_card.json").exists()
+    monkeypatch.setattr(lavic_ref.finetune, "recommendation_loss", timed_loss)
+    _invoke(cli, finetune)  # trains the 3rd batch: 2 checkpointed batches + 1
+    assert json.loads((out / "model_card.json").read_text())["training"]["time_s"] == 30.0
+
+    _invoke(cli, ["card", out, "--results", _lavic_results(tmp_path / "results.json")])
+    inputs, card = (out / "model_card.json").read_text(), (out / "README.md").read_text()
+    assert "### lavic on sample" in card
+    assert "nothing left to train" in _invoke(cli, finetune)  # the documented resume of a finished run
+    assert (out / "model_card.json").read_text() == inputs and (out / "README.md").read_text() == card
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs a run must get through or refuse in one line: shipped descriptions, undecodable or 16-bit
+# images, titles too long for the cap, results of other models, option values
+# --------------------------------------------------------------------------------------------
+
+
+def test_describe_writes_shipped_descriptions_to_its_output(tiny_base, tmp_path, monkeypatch):
+    import dataclasses
+
+    import lavic_ref.data
+    from lavic_ref.cli import cli
+
+    items = {i: dataclasses.replace(item, image_description=f"shipped {i}")
+             for i, item in load_items(None, ["home"]).items()}
+    monkeypatch.setattr(lavic_ref.data, "load_items", lambda dataset, domains: items)
+    out = tmp_path / "d.jsonl"
+    describe = ["describe", "--base", tiny_base, "--device", DEVICE, "--domain", "home", "--out", out]
+    expected = {i: item.image_description for i, item in items.items() if item.image}
+    assert f"{len(expected)} descriptions in {out}" in _invoke(cli, describe)
+    assert read_cache(out) == expected  # every shipped one: nothing was left to generate
+    text = out.read_text()
+    _invoke(cli, describe)
+    assert out.read_text() == text  # a rerun appends nothing
+
+    # Shipped and generated descriptions side by side in the same file.
+    first = sorted(expected)[0]
+    items[first] = dataclasses.replace(items[first], image_description="")
+    out.unlink()
+    _invoke(cli, [*describe, "--max-new-tokens", "2"])
+    cached = read_cache(out)
+    assert cached.keys() == expected.keys() and cached[first] != expected[first]
+    assert {i: d for i, d in cached.items() if i != first} == {i: d for i, d in expected.items() if i != first}
+
+
+def _truncated_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buffer, format="JPEG")
+    return buffer.getvalue()[:300]
+
+
+def test_an_undecodable_image_is_a_blank_one_with_one_warning_per_item(tiny_base, tmp_path, caplog):
+    import dataclasses
+    import logging
+
+    from benchmark.protocol import Candidate, Example
+    from lavic_ref.describe import describe_items
+    from lavic_ref.distill import DistillExample, distillation_loss
+    from lavic_ref.model import decode_image
+    from lavic_ref.recommender import LavicRecommender
+
+    corrupt = {"BADPNG0001": b"\x89PNG\r\n\x1a\ngarbage", "BADJPEG001": _truncated_jpeg()}
+    blank = decode_image(None, "NOIMAGE001").tobytes()
+    with caplog.at_level(logging.WARNING, logger="lavic_ref.model"):
+        for _ in range(2):
+            assert all(decode_image(data, item_id).tobytes() == blank for item_id, data in corrupt.items())
+    assert [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records] == [
+        ("WARNING", "item BADPNG0001"), ("WARNING", "item BADJPEG001")]
+
+    # embed, describe, distill and the benchmark plugin all get past it.
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    embeddings = compute_item_embeddings(backbone, [*corrupt.items(), ("NOIMAGE001", None)], progress=False)
+    torch.testing.assert_close(embeddings["BADPNG0001"], embeddings["NOIMAGE001"])
+    torch.testing.assert_close(embeddings["BADJPEG001"], embeddings["NOIMAGE001"])
+    items = list(load_items(None, ["home"]).values())[:2]
+    broken = [dataclasses.replace(item, image=corrupt["BADPNG0001"]) for item in items[:1]]
+    assert describe_items(backbone, broken, tmp_path / "d.jsonl", max_new_tokens=2, regenerate=True).keys() == {
+        items[0].item_id}
+    loss = distillation_loss(backbone, [DistillExample("BADJPEG001", "a lamp", corrupt["BADJPEG001"], "a lamp")])
+    assert torch.isfinite(loss)
+    candidates = tuple(Candidate(item.item_id, item.title, image_bytes=item.image)
+                       for item in load_items(None, ["home"]).values())[:9]
+    example = Example("x", "home", "<submission>need a lamp</submission>\n", (), (),
+                      (*candidates, Candidate("BADPNG0001", "lamp", image_bytes=corrupt["BADPNG0001"])))
+    assert len(LavicRecommender(base=tiny_base, device=DEVICE, max_new_tokens=2).recommend([example])) == 1
+
+
+def test_16_bit_greyscale_images_are_scaled_not_clipped():
+    from lavic_ref.model import decode_image
+
+    def png(value: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("I;16", (4, 4), value).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    assert decode_image(png(30000), "GREY000001").getpixel((0, 0)) == (117, 117, 117)  # 30000 / 257
+    assert max(decode_image(png(200), "GREY000002").getpixel((0, 0))) <= 1
+
+
+def test_card_takes_only_results_of_the_lavic_model(tmp_path):
+    from benchmark.cli import cli as benchmark_cli
+    from lavic_ref.card import write_model_card
+    from lavic_ref.cli import cli
+
+    readme = write_model_card(tmp_path, {"base_model": "tiny", "adapters": {}, "hyperparameters": {}, "data": {},
+                                         "training": {}})
+    before = readme.read_text()
+    _invoke(benchmark_cli, ["run", "--model", "random", "--out", tmp_path / "random", "--quiet",
+                            "--bootstrap-samples", "0"])
+    random_results = tmp_path / "random" / "results.json"
+    (tmp_path / "list.json").write_text("[]")
+    (tmp_path / "empty.json").write_text("{}")
+    cases = {random_results: "results of model 'random', not of LaViC",
+             tmp_path / "list.json": r"not a benchmark results.json \(a JSON object expected, not list\)",
+             tmp_path / "empty.json": "not a benchmark results.json .missing or malformed: model, metrics, dataset, "
+                                      "split, candidates"}
+    for path, message in cases.items():
+        result = CliRunner().invoke(cli, ["card", str(tmp_path), "--results", str(path)])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert re.search(f"Error: {re.escape(str(path))}: {message}", result.output), result.output
+        assert readme.read_text() == before
+
+    by_target = json.loads(_lavic_results(tmp_path / "lavic.json").read_text())
+    by_target["model"]["spec"] = "lavic_ref.recommender:LavicRecommender"
+    (tmp_path / "lavic.json").write_text(json.dumps(by_target))
+    _invoke(cli, ["card", tmp_path, "--results", tmp_path / "lavic.json"])
+    assert "### lavic on sample" in readme.read_text()
+
+
+def test_titles_too_long_for_the_cap_are_shortened_ids_and_item_tokens_kept(tiny_base, tmp_path):
+    from benchmark.protocol import Candidate, Example
+    from lavic_ref.cli import cli
+    from lavic_ref.recommender import LavicRecommender
+    from lavic_ref.sequences import PromptTooLongError
+
+    tokenizer = load_backbone(tiny_base, device=DEVICE).tokenizer
+    items = load_items(None, ["beauty"])
+    ids = sorted(items)[:10]
+    candidates = [(item_id, items[item_id].title) for item_id in ids]
+    candidates[4] = (ids[4], " ".join(["gloss"] * 2100))
+    context = "<submission>need a gloss</submission>\n"
+    item_tokens = set(tokenizer.convert_tokens_to_ids(list(ITEM_TOKENS)))
+    for with_images in (True, False):
+        sequence = recommendation_sequence(tokenizer, context, candidates, ids[3], with_images=with_images)
+        assert len(sequence.input_ids) <= 2048
+        text = tokenizer.decode(sequence.input_ids)
+        assert all(f"{item_id} :" in text for item_id in ids)
+        assert sum(i in item_tokens for i in sequence.input_ids) == (50 if with_images else 0)
+        assert all(items[item_id].title.split()[-1] in text for item_id in ids if item_id != ids[4])  # kept whole
+        assert 100 < text.count("gloss") < 2100
+        target = [t for t, label in zip(sequence.input_ids, sequence.labels) if label != -100]
+        assert tokenizer.decode(target, skip_special_tokens=True).replace(" ", "") == ids[3]
+    with pytest.raises(PromptTooLongError, match=r"a prompt of 10 candidates needs \d+ tokens without their "
+                                                 "titles and the conversation, over the 64-token cap"):
+        recommendation_sequence(tokenizer, context, candidates, ids[3], with_images=True, max_tokens=64)
+
+    example = Example("x", "beauty", context, (), (), tuple(Candidate(i, t) for i, t in candidates))
+    assert len(LavicRecommender(base=tiny_base, images="false", device=DEVICE,
+                                max_new_tokens=2).recommend([example])) == 1
+
+    result = CliRunner().invoke(cli, ["finetune", "--base", tiny_base, "--device", DEVICE, "--domain", "fashion",
+                                      "--no-images", "--max-steps", "1", "--max-tokens", "64",
+                                      "--out", str(tmp_path / "rec")])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert re.search(r"Error: --max-tokens 64 is too small: a prompt of 10 candidates needs \d+ tokens [^\n]*cap\n$",
+                     result.output), result.output
+
+
+def test_the_plugin_takes_only_a_positive_integer_batch_size(tiny_base):
+    from lavic_ref.recommender import LavicRecommender
+
+    for value in (0, -3, 2.5, "2.5", True, "many"):
+        with pytest.raises(ValueError, match=f"batch_size must be a positive integer, not {re.escape(repr(value))}"):
+            LavicRecommender(base=tiny_base, images="false", device=DEVICE, batch_size=value)
+    with pytest.raises(ValueError, match="max_new_tokens must be a positive integer, not 0"):
+        LavicRecommender(base=tiny_base, images="false", device=DEVICE, max_new_tokens=0)
+    assert LavicRecommender(base=tiny_base, images="false", device=DEVICE, batch_size="3").batch_size == 3
