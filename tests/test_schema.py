@@ -119,3 +119,15 @@ def test_importing_the_schema_stays_light():
 
     code = "import sys, reddit_amazon.schema; print('datasets' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_a_malformed_context_is_refused_at_once_whatever_its_length():
+    """The old regular expression backtracked exponentially: 28 comments took minutes, 40 would take days."""
+    import time
+
+    for tail in ("tail", "<comment>no newline</comment>"):
+        context = "<submission>t</submission>\n" + "<comment>c</comment>\n" * 40 + tail
+        started = time.monotonic()
+        with pytest.raises(SchemaError, match="context is not"):
+            parse_context(context)
+        assert time.monotonic() - started < 5
