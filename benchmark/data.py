@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.protocol import Candidate, Example
-from reddit_amazon.dataset_folder import MANIFEST, refuse_missing_local_path
-from reddit_amazon.schema import DOMAINS, ITEMS_CONFIG, Turn, candidate_column, candidate_sets_of, is_asin
+from reddit_amazon.dataset_folder import MANIFEST, check_unchanged, refuse_missing_local_path
+from reddit_amazon.schema import DOMAINS, ITEMS_CONFIG, SchemaError, Turn, candidate_column, candidate_sets_of, is_asin
 
 
 class DatasetError(ValueError):
@@ -38,6 +38,11 @@ def resolve_dataset(dataset: str | os.PathLike | None) -> DatasetInfo:
     path = Path(dataset)
     if path.is_dir():
         manifest = _read_json(path / MANIFEST)
+        if manifest is not None:  # scores must come from the data the recorded fingerprint names
+            try:
+                check_unchanged(path)
+            except SchemaError as error:
+                raise DatasetError(str(error)) from None
         return _info(str(path.resolve()), True, manifest)
     if path.exists():
         raise DatasetError(f"{dataset}: not a dataset folder")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.info import DatasetInfo, DatasetInfosDict
 from huggingface_hub import DatasetCardData
@@ -272,8 +273,10 @@ def refresh_card(folder: str | os.PathLike) -> None:
                             for p in (folder / DATA_DIR / config).glob(f"{split}-*.parquet"))
             if shards:
                 data_files.setdefault(config, {})[split] = shards
-    first_shard = next(shards[0] for config, splits in data_files.items() if config != ITEMS_CONFIG
-                       for shards in splits.values())
+    first_shard = next((shards[0] for config, splits in data_files.items() if config != ITEMS_CONFIG
+                        for shards in splits.values()), None)
+    if first_shard is None:
+        raise SchemaError(f"{folder}: no conversation shards under {DATA_DIR}/ to describe")
     columns = _parquet_columns(folder / first_shard)
     write_readme(folder, manifest, data_files, conversation_features(candidate_sets_of(columns)))
 
@@ -290,8 +293,12 @@ def verify(folder: str | os.PathLike) -> list[str]:
                         f"{str(manifest.get('fingerprint'))[:12]}: a shard was changed, added or removed")
     for config, splits in manifest.get("counts", {}).items():
         for split, expected in splits.items():
-            rows = sum(pq.ParquetFile(path).metadata.num_rows
-                       for path in (folder / DATA_DIR / config).glob(f"{split}-*.parquet"))
+            rows = 0
+            for path in sorted((folder / DATA_DIR / config).glob(f"{split}-*.parquet")):
+                try:
+                    rows += pq.ParquetFile(path).metadata.num_rows
+                except (pa.ArrowException, OSError) as error:
+                    problems.append(f"{path.relative_to(folder)}: not a readable Parquet file ({error})")
             if rows != expected:
                 problems.append(f"{config}/{split}: {rows} rows in the shards, {expected} in the manifest")
     return problems
@@ -310,7 +317,22 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a reddit-amazon dataset folder (no {MANIFEST})")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SchemaError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(manifest, dict):
+        raise SchemaError(f"{path}: not a JSON object")
+    return manifest
+
+
+def check_unchanged(folder: str | os.PathLike) -> None:
+    """Refuse a dataset folder whose shards differ from its manifest: ``datasets`` would serve the rows it
+    cached before the change (its cache key is the README's YAML, which holds the fingerprint as written)."""
+    manifest = read_manifest(folder)
+    if fingerprint(folder) != manifest.get("fingerprint"):
+        raise SchemaError(f"{folder}: its data files changed since it was written (`reddit-amazon verify "
+                          f"{folder}` says how); rebuild, re-import or restore it")
 
 
 def configs_of(path: str | os.PathLike) -> list[str]:
@@ -327,6 +349,8 @@ def load(config: str, path: str | os.PathLike | None = None, split: str | None =
 
         path = sample_dataset_path()
     refuse_missing_local_path(path)
+    if (Path(path).expanduser() / MANIFEST).is_file():
+        check_unchanged(Path(path).expanduser())
     return datasets.load_dataset(str(path), config, split=split, **kwargs)
 
 
@@ -363,6 +387,7 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
 
     folder = Path(folder)
     manifest = read_manifest(folder)
+    check_unchanged(folder)  # the published fingerprint must be the data's, not only the manifest's claim
     api = HfApi(endpoint=endpoint, token=token)  # endpoint None: the Hub (or $HF_ENDPOINT)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     tag = f"v{manifest['version']}"

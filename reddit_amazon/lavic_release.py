@@ -103,6 +103,8 @@ def import_release(src: str | Path, out: str | Path, *, repair_text: bool = Fals
         raise FileNotFoundError(
             f"{src}: no release files found (expected e.g. {next(iter(RELEASE_FOLDERS))}/valid.jsonl)"
         )
+    if not any(records for splits in conversations.values() for records in splits.values()):
+        raise SchemaError(f"{src}: the release files hold no records")
 
     metadata = _read_metadata(src, report)
     items: dict[str, list[Item]] = {}
@@ -163,6 +165,9 @@ def _read_release_file(path: Path, domain: str, split: str, repair_text: bool,
                          if not isinstance(raw[name], list)]
             if not_lists:
                 raise SchemaError(f"{where}: {', '.join(not_lists)} must be lists of ASINs")
+            empty = [name for name in RELEASE_CANDIDATES if not raw[name]]
+            if empty:  # the format always has both sets; an empty one could not be exported back
+                raise SchemaError(f"{where}: {', '.join(empty)} is empty")
             try:
                 turns = parse_context(raw["context"])
             except SchemaError as error:

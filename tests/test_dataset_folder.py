@@ -314,3 +314,30 @@ def test_a_dataset_without_records_is_written(tmp_path):
     manifest = write_dataset(tmp_path / "reddit-amazon", empty)
     assert all(n == 0 for splits in manifest["counts"].values() for n in splits.values())
     assert read_manifest(tmp_path / "reddit-amazon")["fingerprint"] == manifest["fingerprint"]
+
+
+def test_a_folder_changed_by_hand_is_refused_by_load_benchmark_and_push_and_verify_names_what(tmp_path):
+    """`datasets` would serve the rows cached before the change, and the recorded fingerprint would be false."""
+    from click.testing import CliRunner
+
+    from benchmark.data import DatasetError, resolve_dataset
+    from reddit_amazon.cli import cli
+    from reddit_amazon.dataset_folder import load, push_to_hub
+
+    folder = tmp_path / "hand-edited"
+    write_dataset(folder, contents())
+    assert len(load("home", folder, split="test")) == 3
+    shard = next((folder / "data" / "home").glob("test-*.parquet"))
+    pq.write_table(pq.read_table(shard).slice(0, 2), shard)
+    for attempt, error in ((lambda: load("home", folder, split="test"), SchemaError),
+                           (lambda: resolve_dataset(folder), DatasetError),
+                           (lambda: push_to_hub(folder, "me/data", token="hf_x", endpoint="http://127.0.0.1:9"),
+                            SchemaError)):
+        with pytest.raises(error, match="changed since it was written"):
+            attempt()
+    shard.write_bytes(shard.read_bytes()[:100])
+    result = CliRunner().invoke(cli, ["verify", str(folder)])
+    assert result.exit_code == 1 and "data/home/test-00000-of-00001.parquet: not a readable Parquet file" in result.output
+    (folder / "manifest.json").write_text("{")
+    result = CliRunner().invoke(cli, ["verify", str(folder)])
+    assert result.exit_code == 1 and "manifest.json: not valid JSON" in result.output

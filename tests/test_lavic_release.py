@@ -91,6 +91,9 @@ def release_line(**overrides) -> str:
         (json.dumps({"context": "x"}), "missing field(s)"),
         (release_line(gt_items="B0776Y43KM"), "gt_items must be lists of ASINs"),
         (release_line(candidates_st=None), "candidates_st must be lists of ASINs"),
+        (release_line(candidates_st=[]), "candidates_st is empty"),  # export could not write it back
+        (release_line(context="<submission>t</submission>\n" + "<comment>c</comment>\n" * 40 + "tail"),
+         "context is not"),  # at once: the old pattern backtracked for days on this
     ],
 )
 def test_bad_release_lines_fail_with_file_and_line(tmp_path, bad, message):
@@ -147,3 +150,10 @@ def test_import_never_deletes_its_source_and_export_leaves_no_partial_file(tmp_p
     assert failed.exit_code == 1 and "Traceback" not in failed.output  # the sample has no openai_large candidates
     assert not [p for p in (tmp_path / "e").rglob("*") if p.is_file()]
 
+
+
+def test_a_release_without_records_is_refused(tmp_path):
+    src = write_release(tmp_path / "src", [])
+    with pytest.raises(SchemaError, match="hold no records"):
+        import_release(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
