@@ -76,7 +76,7 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
       benchmark run --model hf-vlm --model-args model=llava-hf/llava-v1.6-mistral-7b-hf,with_images=true \\
           --dataset ./reddit-amazon --out runs/llava16-img
       benchmark run --model my_plugin.py:MyRecommender --limit 50 --out runs/mine
-      benchmark run --model lavic --candidates openai_large --out runs/lavic \\
+      benchmark run --model lavic --candidates openai_large --dataset ./reddit-amazon --out runs/lavic \\
           --model-args distill_adapter=runs/lavic/distill/best,rec_adapter=runs/lavic/rec/best,item_embeddings=runs/lavic/emb.safetensors
     """
     from benchmark.data import DatasetError

@@ -150,7 +150,9 @@ def benchmark_card(runs: Sequence[Run]) -> str:
     """The task, candidate sets, metric definitions and how to submit a plugin (Markdown)."""
     from cards.benchmark_card import render_benchmark_card
 
-    return render_benchmark_card(sorted({r.results["candidates"] for r in runs if r.results.get("candidates")}))
+    # A retrieval run ranks the whole catalog: its "candidates" names no candidate column.
+    return render_benchmark_card(sorted({r.results["candidates"] for r in runs
+                                         if r.results.get("kind") != "retrieval"}))
 
 
 def to_html(runs: Sequence[Run], title: str = "Reddit-Amazon leaderboard") -> str:

@@ -368,6 +368,9 @@ def test_retrieve_never_writes_over_a_model_run_and_reports_only_cutoffs_within_
     assert top1.exit_code == 0, top1.output
     metrics = json.loads((tmp_path / "k1" / "results.json").read_text())["metrics"]
     assert "hr@1" in metrics and not any(name.endswith(("@5", "@10")) for name in metrics)
+    report = CliRunner().invoke(cli, ["report", str(tmp_path / "r"), str(tmp_path / "k1")])
+    assert report.exit_code == 0 and "candidates_sbert" in report.output, report.output
+    assert "full catalog`" not in report.output  # a retrieval run names no candidate column
 
 
 def test_a_file_plugin_imports_its_neighbours_and_endpoint_errors_are_one_line(dataset, tmp_path, httpserver):
