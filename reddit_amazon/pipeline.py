@@ -605,8 +605,13 @@ def _targets_by_bucket(
 
 
 def _write_targets(work_dir: Path, targets: dict[int, list[dict[str, Any]]], needed: list[str]) -> tuple[Path, str]:
-    """``targets-<digest>/bucket-XXXXX.jsonl`` + ``needed_threads.txt``, written once (temp dir, rename)."""
-    digest = _digest(sorted((b, sorted(f"{t['id']}:{t['gt_items']}" for t in rows)) for b, rows in targets.items()))
+    """``targets-<digest>/bucket-XXXXX.jsonl`` + ``needed_threads.txt``, written once (temp dir, rename).
+
+    The digest covers every field of every target (not only its id and ASINs): an edited or re-downloaded
+    dump that changes a comment's text or thread must not find the old targets under the same name.
+    """
+    digest = _digest(sorted((b, sorted(orjson.dumps(t, option=orjson.OPT_SORT_KEYS).decode() for t in rows))
+                            for b, rows in targets.items()))
     targets_dir = work_dir / f"targets-{digest}"
     if not targets_dir.exists():
         temporary_dir = _temporary(targets_dir)

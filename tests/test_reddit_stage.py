@@ -205,6 +205,23 @@ def test_unreadable_lines_of_needed_threads_are_reported(tmp_path):
     assert result.funnel["dropped"]["malformed_json"] == 0  # the first pass never parses submission lines
 
 
+def test_an_edited_dump_rebuilds_the_comment_it_changed(tmp_path):
+    """Same comment id and ASIN, new text and thread: the rerun must not publish the old conversation."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "RS.ndjson").write_bytes(orjson.dumps(_sub("s1", "Old thread")) + b"\n"
+                                                 + orjson.dumps(_sub("s3", "New thread")) + b"\n")
+    comments = tmp_path / "in" / "RC.ndjson"
+    options = RedditStageOptions(salt="s", progress=False)
+    comments.write_bytes(orjson.dumps(_com("c1", "s1", "t3_s1", "OLD https://www.amazon.com/dp/B000NL0T1G")) + b"\n")
+    run_reddit_stage([tmp_path / "in"], tmp_path / "work", options)
+    time.sleep(0.01)  # a new mtime as well as new content
+    comments.write_bytes(orjson.dumps(_com("c1", "s3", "t3_s3", "NEW https://www.amazon.com/dp/B000NL0T1G")) + b"\n")
+    run_reddit_stage([tmp_path / "in"], tmp_path / "work", options)
+    rows = [orjson.loads(line) for path in sorted((tmp_path / "work" / "reddit" / "conversations").glob("*.jsonl"))
+            for line in path.read_bytes().splitlines()]
+    assert [(row["thread_id"], row["gt_text"][:3]) for row in rows] == [("s3", "NEW")]
+
+
 def test_work_files_of_another_stage_version_are_not_reused(world, tmp_path, monkeypatch):
     """A new release whose stage output differs (e.g. new pseudonymisation) must not reuse old work."""
     from reddit_amazon import pipeline
