@@ -123,7 +123,7 @@ def _digest(*parts: Any) -> str:
 
 #: Bumped whenever the stage's output for the same dumps changes (linking, pseudonymisation, field
 #: handling): work files and stage stamps of an older version are then not reused.
-STAGE_VERSION = 3  # 3: user names hashed in lower case
+STAGE_VERSION = 4  # 3: user names hashed in lower case; 4: more mention forms, full target digests
 
 
 def _file_key(path: Path) -> str:

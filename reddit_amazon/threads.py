@@ -125,10 +125,8 @@ class Pseudonymizer:
         return hashlib.blake2b(name.lower().encode("utf-8"), key=self._key, digest_size=8).hexdigest()
 
     def text(self, text: str) -> str:
-        """``text`` with every ``u/name``, ``/u/name``, ``/user/name`` and ``reddit.com/user/name``
-        mention replaced by ``u/<the name's hash>`` (Markdown-escaped underscores included)."""
-        if "u/" not in text and "user/" not in text:
-            return text
+        """``text`` with the name of every user mention (:data:`_MENTION`) replaced by the name's hash,
+        the mention's own form kept (``u/<hash>``, ``r/u_<hash>``, ``reddit.com\\/user\\/<hash>`` ...)."""
         return _MENTION.sub(lambda match: f"{match.group(1)}{self._hash(match.group(2).replace(chr(92), ''))}", text)
 
     def subreddit(self, name: str) -> str:
@@ -137,11 +135,16 @@ class Pseudonymizer:
 
 
 PSEUDONYM_PREFIX = "u_"
-#: A user mention: ``u/`` or ``/u/`` not inside a word or URL path (``_`` for Markdown italics and
-#: letters of scripts written without spaces may come before), ``/user/``, or ``reddit.com/u(ser)/``;
-#: then a user name (3-20 of letters, digits, ``-``, ``_``; Markdown may escape ``_`` as ``\_``).
-_MENTION = re.compile(r"((?:(?<=reddit\.com/)(?:u|user)/)|(?:(?<![A-Za-z0-9/.%-])/?u/)|(?:(?<![A-Za-z0-9.%-])/user/))"
-                      r"((?:[A-Za-z0-9-]|\\?_){3,20})(?![A-Za-z0-9_-])")
+#: A user mention, then a user name (3-20 of letters, digits, ``-``, ``_``; Markdown may escape ``_`` as
+#: ``\_``). The mention is ``u/`` or ``/u/`` (either case) not inside a word or URL path (``_`` for
+#: Markdown italics and letters of scripts written without spaces may come before), ``/user/``,
+#: ``reddit.com/u(ser)/``, the profile subreddit ``r/u_`` / ``/r/u_`` / ``reddit.com/r/u_``, the same
+#: paths with JSON-escaped ``\/`` or percent-encoded ``%2F`` slashes, or a message link's ``compose?to=``.
+_MENTION = re.compile(
+    r"((?:(?<=reddit\.com/)(?:u|user)/)|(?:(?<![A-Za-z0-9/.%-])/?[uU]/)|(?:(?<![A-Za-z0-9.%-])/user/)"
+    r"|(?:(?<=reddit\.com/)r/u_)|(?:(?<![A-Za-z0-9/.%-])/?r/u_)"
+    r"|(?:\\/(?:u|user|r\\/u_)\\/?)|(?:%2[fF](?:u|user)%2[fF])|(?:(?<=compose/\?to=)|(?<=compose\?to=)))"
+    r"((?:[A-Za-z0-9-]|\\?_){3,20})(?![A-Za-z0-9_-])")
 
 
 def displayed_text(text: str) -> str:

@@ -142,5 +142,11 @@ def test_user_names_in_mentions_and_profile_subreddits_are_pseudonymised():
     assert pseudonym.subreddit("u_sec_RET") == pseudonym("Sec_ret")
     for text in ("thanks _u/Sec_ret_ here", "谢谢u/Sec_ret", "u/Sec_ret谢谢", "see /user/Sec_ret/ too"):
         assert "Sec" not in pseudonym.text(text), text
+    # Profile subreddits, JSON-escaped and percent-encoded slashes, message links: the name must not survive.
+    forms = ["ask r/u_Sec_ret", "see /r/u_Sec_ret", "https://www.reddit.com/r/u_Sec_ret/comments/abc/",
+             "reddit.com\\/user\\/Sec_ret", "\\/u\\/Sec_ret", "https%3A%2F%2Fwww.reddit.com%2Fuser%2FSec_ret",
+             "https://www.reddit.com/message/compose/?to=Sec_ret", "U/Sec_ret"]
+    for text in forms:
+        assert "Sec" not in pseudonym.text(text) and hashed in pseudonym.text(text), text
     for prose in ("run it as user/password auth", "https://example.com/u/abcdef", "amazon.com/gp/u/xyz1"):
         assert pseudonym.text(prose) == prose  # not a Reddit mention
