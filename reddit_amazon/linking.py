@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import numpy
 
@@ -104,11 +104,18 @@ def _dot_after_escaped_backslashes(data: numpy.ndarray, position: int) -> bool:
     return position < size and data[position] == _DOT
 
 
+# A character a URL may hold in a text: whitespace, brackets, quotes and the like end it.
+_URL_CHARACTER = r"[^\s()\[\]<>\"'|{}^`]"
 # A host whose last labels are "amazon.<tld>" (amazon.com, www.amazon.co.uk, smile.amazon.de,
 # m.amazon.in, ...). The look-behind keeps out "images-amazon.com" and "media-amazon.com" but not
 # "_" (Markdown italics: "_amazon.com/dp/..._") or a letter of a script written without spaces.
+# The host must end after the storefront's TLD (and an optional port): "amazon.com.evil.example",
+# "amazon.co.xyz" and "amazon.com@evil.example" are other hosts. The rest of the URL may hold
+# balanced parentheses ("/Foo-(Pack-of-2)/dp/…"); an unbalanced ")" closes a markdown link.
 _AMAZON_URL = re.compile(
-    r"(?<![a-z0-9.@-])(?:[a-z0-9-]+\.)*amazon\.(?:com?\.)?[a-z]{2,3}(?![\w-])(?P<rest>[^\s)\]\[<>\"'|{}^`]*)",
+    r"(?<![a-z0-9.@-])(?:[a-z0-9-]+\.)*amazon\.(?:com?\.[a-z]{2}|[a-z]{2,3})"
+    r"(?::\d{1,5})?(?![\w@:-]|\.[\w-])"
+    rf"(?P<rest>(?:\({_URL_CHARACTER}*\)|\(|{_URL_CHARACTER})*)",
     re.IGNORECASE,
 )
 # amzn.com/<ASIN> and amzn.com/dp/<ASIN> carry the ASIN without a redirect.
@@ -129,16 +136,31 @@ _SHORT_LINK = re.compile(
     re.IGNORECASE,
 )
 
-# Reddit escapes markdown characters in stored bodies ("dp\_B0…", "\(", "\/").
-_MARKDOWN_ESCAPE = re.compile(r"\\+([_*~()\[\]/#.\-])")
+# Reddit escapes markdown characters in stored bodies ("dp\_B0…", "\(", "\/"). A whole run of
+# backslashes is matched at once and kept unless an escapable character follows: a pattern that
+# requires that character after "\\+" backtracks through the run at each of its positions.
+_BACKSLASH_RUN = re.compile(r"\\+(?P<escaped>[_*~()\[\]/#.\-])?")
+
+# Only the characters that delimit a link wrapped in another one ("?q=https%3A%2F%2Fwww.amazon…")
+# are decoded: a decoded space, quote or parenthesis in a slug ("/Men%27s-Shoe/dp/…") would end
+# the URL before its "/dp/".
+_PERCENT_DELIMITER = re.compile(r"%(?:3A|2F|3F|3D|26|25)", re.IGNORECASE)
+
+
+def _unescape_markdown(match: re.Match[str]) -> str:
+    return match["escaped"] or match[0]
+
+
+def _decode_delimiter(match: re.Match[str]) -> str:
+    return chr(int(match[0][1:], 16))
 
 
 def _normalise(text: str) -> str:
     text = html.unescape(text) if "&" in text else text
-    text = _MARKDOWN_ESCAPE.sub(r"\1", text) if "\\" in text else text
+    text = _BACKSLASH_RUN.sub(_unescape_markdown, text) if "\\" in text else text
     if "%" in text:
         # Twice: links pasted from redirects are often encoded twice ("%252F").
-        text = unquote(unquote(text))
+        text = _PERCENT_DELIMITER.sub(_decode_delimiter, _PERCENT_DELIMITER.sub(_decode_delimiter, text))
     return text
 
 

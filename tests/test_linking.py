@@ -260,3 +260,78 @@ def test_per_host_concurrency_is_bounded(tmp_path, threaded_httpserver):
     assert all(r.resolved for r in results.values())
     assert results["https://amzn.to/s07"].asins == ("B000000007",)
     assert peak == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Regressions: backslash runs, percent-encoded slugs, look-alike hosts
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extract", [extract_asins, extract_short_links])
+def test_long_backslash_runs_take_linear_time(extract):
+    # A run of backslashes not followed by an escapable character once cost quadratic time.
+    text = "\\" * 200_000 + " amazon.com/dp/B07XJ8C8F5 amzn.to/3xYz"
+    started = time.perf_counter()
+    found = extract(text)
+    assert time.perf_counter() - started < 5
+    assert found == (["B07XJ8C8F5"] if extract is extract_asins else ["https://amzn.to/3xYz"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"amazon.com\/dp\/B07XJ8C8F5", ["B07XJ8C8F5"]),
+        (r"amazon.com/Van\\\_Der/dp\\/B07XJ8C8F5\\\\.", ["B07XJ8C8F5"]),  # runs before escapable characters
+        ("\\\\\\ amazon.com/dp/B07XJ8C8F5 \\\\", ["B07XJ8C8F5"]),  # runs before other characters stay
+    ],
+)
+def test_markdown_escapes_of_any_length(text, expected):
+    assert extract_asins(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "https://www.amazon.com/Some%20Thing/dp/B07XJ8C8F5",
+        "https://www.amazon.com/Lodge-12%22-Skillet/dp/B07XJ8C8F5/ref=sr_1_1",
+        "https://www.amazon.com/Men%27s-Shoe/dp/B07XJ8C8F5?th=1",
+        "https://www.amazon.com/Foo-%28Pack-of-2%29/dp/B07XJ8C8F5",
+        "https://www.amazon.com/Foo-(Pack-of-2)/dp/B07XJ8C8F5",
+        "[two](https://www.amazon.com/Foo-(Pack-of-2)/dp/B07XJ8C8F5)",
+        r"[two](https://www.amazon.com/Foo-\(Pack-of-2\)/dp/B07XJ8C8F5)",
+        "https://www.google.com/url?q=https%3A%2F%2Fwww.amazon.com%2FSome%2520Thing%2Fdp%2FB07XJ8C8F5&sa=D",
+        "https://www.google.com/url?q=https%253A%252F%252Fwww.amazon.com%252Fdp%252FB07XJ8C8F5",  # encoded twice
+        "https://out.reddit.com/t3_abc?url=https%3a%2f%2fwww.amazon.com%2fdp%2fb07xj8c8f5%3fpsc%3d1&token=x",
+    ],
+)
+def test_percent_encoded_slugs_and_wrapped_links(text):
+    assert extract_asins(text) == ["B07XJ8C8F5"]
+
+
+def test_markdown_link_parenthesis_is_not_part_of_the_url():
+    text = "[a](https://www.amazon.com/dp/B07XJ8C8F5)(https://www.amazon.com/dp/B00NN2Y04E)"
+    assert extract_asins(text) == ["B07XJ8C8F5", "B00NN2Y04E"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "https://amazon.com.evil.example/dp/B07XJ8C8F5",
+        "https://www.amazon.de.phish.io/gp/product/B07XJ8C8F5",
+        "https://amazon.co.xyz/dp/B07XJ8C8F5",
+        "https://amazon.com.xyz/dp/B07XJ8C8F5",
+        "https://www.amazon.com@evil.example/dp/B07XJ8C8F5",
+        "https://www.amazon.com:80@evil.example/dp/B07XJ8C8F5",
+    ],
+)
+def test_hosts_that_only_begin_like_a_storefront_are_not_amazon(text):
+    assert extract_asins(text) == []
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["amazon.com.au", "amazon.co.uk", "amazon.com.mx", "amazon.com.br", "amazon.com.tr", "amazon.com.be",
+     "www.amazon.co.jp", "amazon.com:443", "AMAZON.CO.UK:8080"],
+)
+def test_storefront_hosts_and_ports(host):
+    assert extract_asins(f"see https://{host}/dp/B07XJ8C8F5, thanks") == ["B07XJ8C8F5"]
