@@ -249,6 +249,14 @@ class ShortLinkResolution:
     def resolved(self) -> bool:
         return not self.error
 
+    @property
+    def unreachable(self) -> bool:
+        """No answer came (connection errors, timeouts, 429 / 5xx after the retries): a later run asks again."""
+        return self.error.startswith(UNREACHABLE)
+
+
+UNREACHABLE = "unreachable"
+
 
 class _TransientError(Exception):
     """A failure worth retrying: connection error, timeout, 429 or 5xx."""
@@ -366,7 +374,7 @@ class ShortLinkResolver:
                 resolution = ShortLinkResolution(url, "", (), too_many)
         except _TransientError as error:
             # Not cached: a later run tries again.
-            return ShortLinkResolution(url, "", (), f"unreachable: {error}")
+            return ShortLinkResolution(url, "", (), f"{UNREACHABLE}: {error}")
         self.cache.put(resolution)
         return resolution
 

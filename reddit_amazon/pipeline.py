@@ -548,9 +548,12 @@ def _salt_file(stage_dir: Path, salt: str | None) -> Path:
     return path
 
 
-def _resolve(urls: list[str], workdir_stage: Path, options: RedditStageOptions) -> dict[str, list[str]]:
+def _resolve(urls: list[str], workdir_stage: Path,
+             options: RedditStageOptions) -> tuple[dict[str, list[str]], set[str]]:
+    """``({short link: ASINs} of the resolved links, the links that got no answer)``; a definitive answer
+    without a product (404, a search page) is neither."""
     if not urls or not options.resolve_short_links:
-        return {}
+        return {}, set()
     from reddit_amazon.linking import ShortLinkResolver
 
     resolver = ShortLinkResolver(
@@ -564,7 +567,8 @@ def _resolve(urls: list[str], workdir_stage: Path, options: RedditStageOptions) 
         resolutions = resolver.resolve_all(urls, progress=options.progress)
     finally:
         resolver.close()
-    return {url: list(r.asins) for url, r in resolutions.items() if r.resolved}
+    return ({url: list(r.asins) for url, r in resolutions.items() if r.resolved},
+            {url for url, r in resolutions.items() if r.unreachable})
 
 
 def _publish(parts: list[Path], destination: Path) -> list[Path]:
@@ -659,7 +663,7 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     funnel_extra: Counter[str] = Counter()
     found = sum(s.get("comments_with_links", 0) for s in scan_stats)
     funnel_extra["duplicate_recommending_comments"] = found - len(hits)
-    resolved = _resolve([u for h in hits.values() for u in h["short_links"]], stage_dir, options)
+    resolved, unreachable = _resolve([u for h in hits.values() for u in h["short_links"]], stage_dir, options)
     targets = _targets_by_bucket(hits, resolved, buckets, funnel_extra)
     needed = sorted({t["link_id"] for bucket in targets.values() for t in bucket})
     targets_dir, targets_digest = _write_targets(stage_dir / "work", targets, needed)
@@ -675,9 +679,10 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     )
     collect_stats = [orjson.loads((collect_dir / f"{key}.json").read_bytes()) for key in file_keys]
     context_links = [u for s in collect_stats for u in s["short_links"] if u not in resolved]
-    resolved.update(_resolve(context_links, stage_dir, options))
+    resolved_in_context, unreachable_in_context = _resolve(context_links, stage_dir, options)
+    resolved.update(resolved_in_context)
     all_short_links = sorted({u for h in hits.values() for u in h["short_links"]} | set(context_links))
-    unresolved = [u for u in all_short_links if u not in resolved] if options.resolve_short_links else []
+    unresolved = sorted(unreachable | unreachable_in_context)  # definitive answers are not worth another run
     short_links_path = stage_dir / "work" / f"short_links-{_digest(sorted(resolved.items()))}.json"
     if not short_links_path.exists():
         _write_json_atomic(short_links_path, resolved)

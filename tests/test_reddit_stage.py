@@ -295,6 +295,20 @@ def test_short_link_resolution(world, tmp_path, httpserver):
     assert len(httpserver.log) == requests_made == 2
 
 
+def test_unresolved_list_names_only_links_that_got_no_answer(world, tmp_path, httpserver):
+    """A 404 or a redirect to a search page is a definitive (cached) answer, not a link to try again."""
+    httpserver.expect_request("/kettle1").respond_with_response(Response("gone", status=404))
+    httpserver.expect_request("/d/ctx123").respond_with_response(
+        Response("", status=301, headers={"Location": "https://www.amazon.com/s?k=kettle"}))
+    endpoint = httpserver.url_for("").rstrip("/")
+    options = RedditStageOptions(salt="test-salt", progress=False, resolve_short_links=True,
+                                 short_link_endpoints={"amzn.to": endpoint, "a.co": endpoint},
+                                 short_link_cache=tmp_path / "links.sqlite", short_link_attempts=1)
+    result = run_reddit_stage([world], tmp_path / "w", options)
+    assert result.unresolved_short_links == [] and result.funnel["short_links_resolved"] == 0
+    assert not (tmp_path / "w" / "reddit" / "unresolved_short_links.txt").exists()
+
+
 def test_unresolved_list_names_only_the_links_unresolved_now(world, tmp_path, httpserver):
     httpserver.expect_request("/kettle1").respond_with_response(Response("busy", status=503))
     httpserver.expect_request("/d/ctx123").respond_with_response(Response("busy", status=503))
