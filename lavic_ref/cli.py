@@ -141,8 +141,11 @@ def describe(dataset, domains, base, device, out, batch_size, max_new_tokens, re
 
     items = load_items(dataset, domains)
     backbone = _load_backbone(base, device)
-    descriptions = describe_items(backbone, items.values(), out, batch_size=batch_size,
-                                  max_new_tokens=max_new_tokens, regenerate=regenerate)
+    try:
+        descriptions = describe_items(backbone, items.values(), out, batch_size=batch_size,
+                                      max_new_tokens=max_new_tokens, regenerate=regenerate)
+    except ValueError as error:  # a corrupt cache line, or a cache another base model wrote
+        raise click.ClickException(str(error)) from None
     click.echo(f"{len(descriptions)} descriptions in {out}")
 
 
@@ -161,7 +164,7 @@ def distill(dataset, domains, base, device, descriptions, validation_size, **tra
       lavic-ref distill --descriptions runs/lavic/descriptions.jsonl --out runs/lavic/distill --epochs 2
     """
     from lavic_ref.data import load_items
-    from lavic_ref.describe import read_cache
+    from lavic_ref.describe import check_generated_by, read_cache
     from lavic_ref.distill import distill as run_distill
     from lavic_ref.distill import distill_examples
 
@@ -173,6 +176,11 @@ def distill(dataset, domains, base, device, descriptions, validation_size, **tra
     if not examples:
         raise click.ClickException("no item has both an image and a description: run `lavic-ref describe` first")
     backbone = _load_backbone(base, device)
+    if descriptions:
+        try:
+            check_generated_by(descriptions, backbone)
+        except ValueError as error:
+            raise click.ClickException(str(error)) from None
     result = _train(run_distill, backbone, examples, _train_config(**training), validation_size=validation_size,
                     resume=training["resume"], settings={"domains": list(domains)})
     click.echo(f"best adapter: {result.best_dir} (validation loss {result.best_val_loss:.4f})")
