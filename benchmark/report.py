@@ -64,19 +64,32 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
     return runs
 
 
+#: Fields of a results.json that its readers (the report, the model card) rely on, with their JSON types.
+RESULT_FIELDS: dict[str, type] = {"model": dict, "metrics": dict, "dataset": dict, "split": str, "candidates": str}
+
+
+def results_problem(results: Any) -> str | None:
+    """Why ``results`` is not a parsed results.json of ``benchmark run`` or ``retrieve``; None when it is one."""
+    if not isinstance(results, dict):
+        return f"a JSON object expected, not {type(results).__name__}"
+    wrong = [key for key, kind in RESULT_FIELDS.items() if not isinstance(results.get(key), kind)]
+    if not wrong:
+        wrong = [f"metrics.{key}" for key, groups in results["metrics"].items() if not isinstance(groups, dict)]
+    if not wrong and not (isinstance(results["model"].get("spec"), str)
+                          and all(results["dataset"].get(k) is not None for k in ("id", "version", "fingerprint"))):
+        wrong = ["model.spec or dataset id / version / fingerprint"]
+    return f"missing or malformed: {', '.join(wrong)}" if wrong else None
+
+
 def read_results(path: Path) -> dict[str, Any]:
     """A results.json; a damaged one, or JSON of another shape, fails naming the file."""
     try:
         results = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
-    shape = {"model": dict, "metrics": dict, "dataset": dict, "candidates": str, "split": str}
-    wrong = [key for key, kind in shape.items() if not isinstance(results, dict) or not isinstance(results.get(key), kind)]
-    if not wrong and not all(isinstance(results["model"].get("spec"), str) and results["dataset"].get(k) is not None
-                             for k in ("id", "version", "fingerprint")):
-        wrong = ["model.spec or dataset id / version / fingerprint"]
-    if wrong:
-        raise ValueError(f"{path}: not the results.json of a benchmark run (missing or malformed: {', '.join(wrong)})")
+    problem = results_problem(results)
+    if problem:
+        raise ValueError(f"{path}: not the results.json of a benchmark run ({problem})")
     return results
 
 

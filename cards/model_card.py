@@ -24,9 +24,6 @@ METRICS = {"hr@1": "HR@1", "vr": "VR"}
 OVERALL_KEYS = ("all", "overall")  # benchmark writes "all"; older results used "overall"
 #: ``lavic`` plugin options that take a file written by ``lavic-ref``.
 PLUGIN_FILE_OPTIONS = ("distill_adapter", "rec_adapter", "item_embeddings")
-#: Fields of a ``benchmark run`` results.json the card reads, with their JSON types.
-RESULT_FIELDS: dict[str, type] = {"model": Mapping, "metrics": Mapping, "dataset": Mapping, "split": str,
-                                  "candidates": str}
 
 DEFAULT_LIMITATIONS: tuple[str, ...] = (
     "It chooses among 10 retrieved candidates and cannot recommend an item the retriever missed: HR@1 is "
@@ -82,14 +79,10 @@ def render_model_card(*, base_model: str, adapters: Mapping[str, Any], hyperpara
 
 def results_problem(result: Any) -> str | None:
     """Why ``result`` is not a parsed ``results.json`` of ``benchmark run``; None when it is one."""
-    if not isinstance(result, Mapping):
-        return f"not a benchmark results.json (a JSON object expected, not {type(result).__name__})"
-    wrong = [key for key, kind in RESULT_FIELDS.items() if not isinstance(result.get(key), kind)]
-    if not wrong:
-        wrong = [f"metrics.{key}" for key, groups in result["metrics"].items() if not isinstance(groups, Mapping)]
-    if wrong:
-        return f"not a benchmark results.json (missing or malformed: {', '.join(wrong)})"
-    return None
+    from benchmark.report import results_problem as shape_problem
+
+    problem = shape_problem(result)
+    return f"not a benchmark results.json ({problem})" if problem else None
 
 
 def _summary(base_model: str) -> str:
