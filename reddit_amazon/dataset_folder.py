@@ -326,13 +326,25 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+#: Folders found unchanged in this process, with the size and mtime of their files then: a loader that opens
+#: each config and split in turn hashes the shards once, not once per call.
+_FOUND_UNCHANGED: dict[Path, list[tuple[str, int, int]]] = {}
+
+
 def check_unchanged(folder: str | os.PathLike) -> None:
     """Refuse a dataset folder whose shards differ from its manifest: ``datasets`` would serve the rows it
     cached before the change (its cache key is the README's YAML, which holds the fingerprint as written)."""
+    folder = Path(folder).resolve()
+    files = [folder / MANIFEST, *sorted((folder / DATA_DIR).rglob("*.parquet"))]
+    stats = [(path.relative_to(folder).as_posix(), (stat := path.stat()).st_size, stat.st_mtime_ns)
+             for path in files if path.is_file()]
+    if _FOUND_UNCHANGED.get(folder) == stats:
+        return
     manifest = read_manifest(folder)
     if fingerprint(folder) != manifest.get("fingerprint"):
         raise SchemaError(f"{folder}: its data files changed since it was written (`reddit-amazon verify "
                           f"{folder}` says how); rebuild, re-import or restore it")
+    _FOUND_UNCHANGED[folder] = stats
 
 
 def configs_of(path: str | os.PathLike) -> list[str]:
