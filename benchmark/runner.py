@@ -99,13 +99,11 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     resolved = registry.resolve(config.model) if recommender is None else None  # fail fast on a bad name
     info = resolve_dataset(config.dataset)
     signature = _signature(config, info)
-    _check_folder(out, signature, overwrite)
-    results_path = out / RESULTS_FILE
-    if results_path.is_file() and not overwrite:
-        finished = _read_json(results_path)
+    finished = _check_folder(out, signature, overwrite)
+    if finished is not None:
         if finished.get("bootstrap") != bootstrap_entry(config.bootstrap_samples, config.seed):
             finished = _with_new_intervals(finished, out, config)
-            write_atomic(results_path, orjson.dumps(finished, option=orjson.OPT_INDENT_2) + b"\n")
+            write_atomic(out / RESULTS_FILE, orjson.dumps(finished, option=orjson.OPT_INDENT_2) + b"\n")
         return finished
 
     load_started = time.perf_counter()
@@ -179,7 +177,7 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
         },
         **provenance(),
     }
-    write_atomic(results_path, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    write_atomic(out / RESULTS_FILE, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     return results
 
 
@@ -202,11 +200,12 @@ def _check_unique(records: Sequence[Record]) -> None:
         seen.add(key)
 
 
-def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> None:
-    """Refuse an ``out`` that holds another run (or files of unknown origin), without changing it."""
+def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """Refuse an ``out`` that holds another run (or files of unknown origin), without changing it; the
+    results of this run when it already finished."""
     run_path = out / RUN_FILE
     if overwrite:
-        return
+        return None
     if run_path.is_file():
         previous = _read_json(run_path)
         current = orjson.loads(orjson.dumps(signature))  # as it reads back from run.json
@@ -215,12 +214,16 @@ def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> None
             raise RunError(f"{out} holds a different run (differs in: {', '.join(changed)}); "
                            "pass --overwrite to replace it or choose another --out")
         results_path = out / RESULTS_FILE
-        if results_path.is_file() and _read_json(results_path).get("model", {}).get("spec") \
-                != signature["model"]:
+        if not results_path.is_file():
+            return None
+        finished = _read_json(results_path)
+        if finished.get("model", {}).get("spec") != signature["model"]:
             raise RunError(f"{results_path} was not written by this run (another command wrote into {out}); "
                            "pass --overwrite or choose another --out")
-    elif (out / PREDICTIONS_FILE).exists() or (out / RESULTS_FILE).exists():
+        return finished
+    if (out / PREDICTIONS_FILE).exists() or (out / RESULTS_FILE).exists():
         raise RunError(f"{out} has predictions or results but no {RUN_FILE}; pass --overwrite or choose another --out")
+    return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
