@@ -49,6 +49,10 @@ def _training_options(epochs: int, batch_size: int):
         click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True),
         click.option("--compile/--no-compile", "compile_layers", default=False, show_default=True,
                      help="torch.compile the LM decoder layers (GPU; the first steps compile for a minute or more)."),
+        click.option("--cuda-graphs/--no-cuda-graphs", default=False, show_default=True,
+                     help="Compiled LM layers replay CUDA graphs (torch.compile mode reduce-overhead; implies "
+                          "--compile, needs --no-gradient-checkpointing); batches are left-padded to a multiple of "
+                          "128 tokens so each width is recorded once."),
         click.option("--resume/--no-resume", default=True, show_default=True,
                      help="Continue from <out>/last when it exists (it must have the same settings; more --epochs "
                           "is fine). --no-resume starts over."),
@@ -64,13 +68,17 @@ def _training_options(epochs: int, batch_size: int):
 
 
 def _train_config(out, epochs, batch_size, grad_accum, lr, weight_decay, max_steps, save_every,
-                  gradient_checkpointing, compile_layers, seed, resume):
+                  gradient_checkpointing, compile_layers, cuda_graphs, seed, resume):
     del resume  # passed to the stage, not part of the configuration
     from lavic_ref.training import TrainConfig
 
+    if cuda_graphs and gradient_checkpointing:
+        raise click.UsageError("--cuda-graphs needs --no-gradient-checkpointing: checkpointing recomputes the "
+                               "compiled layers outside the recorded graphs")
     return TrainConfig(output_dir=out, epochs=epochs, batch_size=batch_size, learning_rate=lr,
                        weight_decay=weight_decay, grad_accum=grad_accum, max_steps=max_steps, save_every=save_every,
-                       seed=seed, gradient_checkpointing=gradient_checkpointing, compile_layers=compile_layers)
+                       seed=seed, gradient_checkpointing=gradient_checkpointing, compile_layers=compile_layers,
+                       cuda_graphs=cuda_graphs)
 
 
 def _load_backbone(base: str, device: str | None):
@@ -168,6 +176,7 @@ def distill(dataset, domains, base, device, descriptions, validation_size, **tra
     from lavic_ref.distill import distill as run_distill
     from lavic_ref.distill import distill_examples
 
+    config = _train_config(**training)
     items = load_items(dataset, domains)
     texts = {i.item_id: i.image_description for i in items.values() if i.image_description}
     if descriptions:
@@ -181,7 +190,7 @@ def distill(dataset, domains, base, device, descriptions, validation_size, **tra
             check_generated_by(descriptions, backbone)
         except ValueError as error:
             raise click.ClickException(str(error)) from None
-    result = _train(run_distill, backbone, examples, _train_config(**training), validation_size=validation_size,
+    result = _train(run_distill, backbone, examples, config, validation_size=validation_size,
                     resume=training["resume"], settings={"domains": list(domains)})
     click.echo(f"best adapter: {result.best_dir} (validation loss {result.best_val_loss:.4f})")
 
@@ -254,6 +263,7 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
 
     if bool(embeddings) == no_images:
         raise click.UsageError("give exactly one of --embeddings or --no-images")
+    config = _train_config(**training)
     rng = random.Random(training["seed"])
     train_set, val_set = [], []
     try:
@@ -277,7 +287,6 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
             check_embeddings(cache, embeddings, backbone)
         except EmbeddingsError as error:
             raise click.ClickException(str(error)) from error
-    config = _train_config(**training)
     try:
         result = _train(run_finetune, backbone, train_set, val_set, titles, cache, config, max_tokens=max_tokens,
                         resume=training["resume"],

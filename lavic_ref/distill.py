@@ -42,13 +42,16 @@ def split_validation(examples: Sequence[DistillExample], size: int, seed: int) -
 
 
 def distillation_loss(backbone: Backbone, batch: Sequence[DistillExample],
-                      max_target_tokens: int = 128) -> torch.Tensor:
-    """Description tokens' cross-entropy given the Table 10 prompt and the 5 CLS embeddings (with the LoRA)."""
+                      max_target_tokens: int = 128, *, length_multiple: int = 1) -> torch.Tensor:
+    """Description tokens' cross-entropy given the Table 10 prompt and the 5 CLS embeddings (with the LoRA).
+
+    The batch is left-padded to a multiple of ``length_multiple`` tokens (for CUDA graphs; the loss is the same).
+    """
     tokenizer = backbone.tokenizer
     sequences = [distillation_sequence(tokenizer, ex.title, ex.description, max_target_tokens=max_target_tokens)
                  for ex in batch]
     tokens = pad_batch([s.input_ids for s in sequences], tokenizer.pad_token_id,
-                       labels=[s.labels for s in sequences], left=True)
+                       labels=[s.labels for s in sequences], left=True, multiple_of=length_multiple)
     images = [decode_image(ex.image, ex.item_id) for ex in batch]
     pixels = subimage_pixels(backbone.processor, images).to(backbone.device)
     item_embeddings = cls_embeddings(backbone.model, pixels)
@@ -68,7 +71,8 @@ def distill(backbone: Backbone, examples: Sequence[DistillExample], config: Trai
     train_set, val_set = split_validation(examples, validation_size, config.seed)
     run = {"task": "distill", **(settings or {}), "training examples": _examples_digest(train_set),
            "validation examples": _examples_digest(val_set)}
-    return train(backbone, train_set, val_set, lambda batch: distillation_loss(backbone, batch), config,
+    return train(backbone, train_set, val_set,
+                 lambda batch: distillation_loss(backbone, batch, length_multiple=config.length_multiple), config,
                  resume=resume, description="distill", settings=run)
 
 

@@ -21,8 +21,12 @@ from lavic_ref.training import TrainConfig, TrainResult, digest, train
 
 
 def recommendation_loss(backbone: Backbone, batch: Sequence[RecommendationInstance], titles: Mapping[str, str],
-                        embeddings: ItemEmbeddings | None, max_tokens: int = MAX_PROMPT_TOKENS) -> torch.Tensor:
-    """Cross-entropy on the target ID tokens; ``embeddings=None`` is the titles-only ablation."""
+                        embeddings: ItemEmbeddings | None, max_tokens: int = MAX_PROMPT_TOKENS, *,
+                        length_multiple: int = 1) -> torch.Tensor:
+    """Cross-entropy on the target ID tokens; ``embeddings=None`` is the titles-only ablation.
+
+    The batch is left-padded to a multiple of ``length_multiple`` tokens (for CUDA graphs; the loss is the same).
+    """
     tokenizer = backbone.tokenizer
     with_images = embeddings is not None
     sequences = [
@@ -31,7 +35,7 @@ def recommendation_loss(backbone: Backbone, batch: Sequence[RecommendationInstan
         for ex in batch
     ]
     tokens = pad_batch([s.input_ids for s in sequences], tokenizer.pad_token_id,
-                       labels=[s.labels for s in sequences], left=True)
+                       labels=[s.labels for s in sequences], left=True, multiple_of=length_multiple)
     input_ids = tokens.input_ids.to(backbone.device)
     item_embeddings = embeddings.stack([c for ex in batch for c in ex.candidates]) if with_images else None
     inputs_embeds = embed_inputs(backbone, input_ids, item_embeddings)
@@ -63,7 +67,8 @@ def finetune(backbone: Backbone, train_set: Sequence[RecommendationInstance],
     new_adapter(backbone, LANGUAGE_LORA_TARGETS, seed=config.seed)
     release_vision(backbone)
     return train(backbone, train_set, val_set,
-                 lambda batch: recommendation_loss(backbone, batch, titles, embeddings, max_tokens), config,
+                 lambda batch: recommendation_loss(backbone, batch, titles, embeddings, max_tokens,
+                                                   length_multiple=config.length_multiple), config,
                  resume=resume, description="finetune", settings=run)
 
 

@@ -270,10 +270,13 @@ class TokenBatch:
 
 def pad_batch(
     sequences: Sequence[Sequence[int]], pad_id: int, *, labels: Sequence[Sequence[int]] | None = None,
-    left: bool = True,
+    left: bool = True, multiple_of: int = 1,
 ) -> TokenBatch:
-    """Pad token lists to one tensor (left padding for generation)."""
-    width = max(len(s) for s in sequences)
+    """Pad token lists to one tensor (left padding for generation), its width a multiple of ``multiple_of``.
+
+    Padding to a few widths lets CUDA graphs recorded for one width replay for every batch of that width.
+    """
+    width = -(-max(len(s) for s in sequences) // multiple_of) * multiple_of
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     label_tensor = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long) if labels is not None else None

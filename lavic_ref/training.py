@@ -33,7 +33,11 @@ STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng_state.pt"
 #: TrainConfig fields a resumed run may change: none of them alters what the finished adapter is.
-RESUMABLE_FIELDS = ("output_dir", "epochs", "save_every", "gradient_checkpointing", "compile_layers")
+RESUMABLE_FIELDS = ("output_dir", "epochs", "save_every", "gradient_checkpointing", "compile_layers", "cuda_graphs")
+#: With CUDA graphs every batch is left-padded to a multiple of this many tokens: a 2,048-token cap gives at most
+#: 16 widths per batch size, each recorded once and replayed after. Padding changes no loss: pads are masked
+#: and RoPE attention depends only on relative positions.
+CUDA_GRAPH_LENGTH_MULTIPLE = 128
 
 
 class CheckpointError(ValueError):
@@ -53,6 +57,17 @@ class TrainConfig:
     seed: int = 0
     gradient_checkpointing: bool = True
     compile_layers: bool = False  # torch.compile the LM decoder layers
+    cuda_graphs: bool = False  # compiled layers replay CUDA graphs (torch.compile's "reduce-overhead")
+
+    def __post_init__(self) -> None:
+        if self.cuda_graphs and self.gradient_checkpointing:
+            raise ValueError("CUDA graphs need gradient checkpointing off: its recomputation in the backward pass "
+                             "runs the compiled layers outside the recorded graphs, which fails")
+
+    @property
+    def length_multiple(self) -> int:
+        """Batches are padded to a multiple of this many tokens (see :data:`CUDA_GRAPH_LENGTH_MULTIPLE`)."""
+        return CUDA_GRAPH_LENGTH_MULTIPLE if self.cuda_graphs else 1
 
 
 @dataclass
@@ -96,7 +111,13 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
     output.mkdir(parents=True, exist_ok=True)
     if config.gradient_checkpointing:
         set_gradient_checkpointing(model, True)
-    if config.compile_layers:
+    if config.cuda_graphs:
+        if backbone.device.type != "cuda":
+            tqdm.write(f"warning: CUDA graphs need a CUDA device; on {backbone.device.type} the LM layers are "
+                       "compiled without them")
+        compile_language_layers(model, mode="reduce-overhead")
+        batch_loss = _each_call_a_new_graph_step(batch_loss)
+    elif config.compile_layers:
         compile_language_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -158,6 +179,15 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
         set_gradient_checkpointing(model, False)
     model.eval()
     return TrainResult(output / "best", state.best_val_loss, state.history, round(state.elapsed_s, 1), trained)
+
+
+def _each_call_a_new_graph_step(batch_loss: BatchLoss) -> BatchLoss:
+    """Tell CUDA graphs that each batch starts a new iteration, so the last batch's graph outputs may be reused."""
+    def marked(batch: Sequence[Any]) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return batch_loss(batch)
+
+    return marked
 
 
 def seed_everything(seed: int) -> None:

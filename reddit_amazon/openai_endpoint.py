@@ -19,7 +19,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,23 @@ def with_retries(call: Callable[[], T], max_attempts: int, initial_wait: float =
 
 
 MAX_RETRY_AFTER = 600.0
+
+
+@contextmanager
+def stoppable_calls(workers: int) -> Iterator[tuple[ThreadPoolExecutor, threading.Event]]:
+    """A thread pool for endpoint calls and the ``cancel`` event to give their :func:`with_retries`.
+
+    Leaving the block (the caller stopped at a call that failed for good, a fatal error, Ctrl-C) sets the
+    event, so calls waiting to retry give up instead of waiting out a backoff or a ``Retry-After``, and
+    cancels the calls not yet started; it returns once the calls in flight have finished.
+    """
+    stopping = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        yield pool, stopping
+    finally:
+        stopping.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def retry_after(error: BaseException | None) -> float | None:

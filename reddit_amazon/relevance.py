@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,6 +27,7 @@ from reddit_amazon.openai_endpoint import (
     MissingAPIKeyError,
     is_fatal,
     make_client,
+    stoppable_calls,
     refuses_this_prompt_only,
 )
 from reddit_amazon.schema import Conversation
@@ -246,7 +247,6 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
     if missing:
         client = _client(options, api_key)
         failure = ""  # the first call that failed after its retries: the run stops there
-        stopping = threading.Event()  # calls waiting to retry give up instead of waiting it out
 
         def ask_and_store(key: str, prompt: str) -> None:
             try:
@@ -259,8 +259,7 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
                 return
             cache.put(key, options.model, answer)
 
-        pool = ThreadPoolExecutor(max_workers=max(1, options.concurrency))
-        try:
+        with stoppable_calls(options.concurrency) as (pool, stopping):
             futures = [pool.submit(ask_and_store, key, prompt) for key, prompt in missing.items()]
             done = as_completed(futures)
             for future in (progress(done, len(futures)) if progress else done):
@@ -274,9 +273,6 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
                 else:  # retried to the end: the endpoint is down, stop instead of waiting out every call
                     failure = f"{type(error).__name__}: {error}"
                     break
-        finally:
-            stopping.set()  # a failure, a fatal error or Ctrl-C: no more retries ...
-            pool.shutdown(wait=True, cancel_futures=True)  # ... and no more calls
         if failure:
             answered = sum(1 for key in missing if cache.get(key) is not None)  # calls in flight finished too
             raise RelevanceError(

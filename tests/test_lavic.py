@@ -127,6 +127,27 @@ def test_target_loss_matches_the_full_logits_loss_of_right_padded_batches(tiny_b
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_padding_batches_to_a_length_multiple_leaves_both_losses_unchanged(tiny_base):
+    """CUDA graphs pad every batch to a multiple of 128 tokens: pads are masked and RoPE sees only relative
+    positions, so the loss must not move."""
+    from lavic_ref.distill import distillation_loss, distill_examples
+
+    items = load_items(None, ["beauty"])
+    instances, titles = _two_instances(items)
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    embeddings = ItemEmbeddings(compute_item_embeddings(
+        backbone, [(i, items[i].image) for i in titles], progress=False))
+    embeddings.to(backbone.device, backbone.dtype)
+    examples = distill_examples(items, {i: f"a photo of item {i}" for i in list(items)[:3]})
+    tolerance = {"rtol": 2e-2, "atol": 2e-2} if DEVICE == "cuda" else {"rtol": 1e-5, "atol": 1e-5}
+    with torch.no_grad():
+        unpadded = recommendation_loss(backbone, instances, titles, embeddings)
+        padded = recommendation_loss(backbone, instances, titles, embeddings, length_multiple=128)
+        torch.testing.assert_close(padded, unpadded, **tolerance)
+        torch.testing.assert_close(distillation_loss(backbone, examples, length_multiple=128),
+                                   distillation_loss(backbone, examples), **tolerance)
+
+
 def test_every_aspect_ratio_gives_five_subimages_and_cls_embeddings(tiny_base):
     backbone = load_backbone(tiny_base, device=DEVICE)
     images = [Image.new("RGB", size, "red") for size in [(40, 90), (120, 30), (64, 64), (300, 20)]]
@@ -577,6 +598,25 @@ def test_a_resumed_run_trains_what_an_uninterrupted_one_does(tiny_base, tmp_path
     assert _same_weights(tmp_path / "full" / "last", tmp_path / "resumed" / "last")
     assert (json.loads((tmp_path / "full" / "history.json").read_text())
             == json.loads((tmp_path / "resumed" / "history.json").read_text()))
+
+
+def test_cuda_graphs_need_checkpointing_off_and_train_compiled_on_padded_batches(tiny_base, tmp_path):
+    """On a CPU the flag compiles the layers without graphs (with a warning); LAVIC_TEST_DEVICE=cuda records and
+    replays real CUDA graphs. Either way the run must train what the eager run trains, up to dropout draws."""
+    from lavic_ref.cli import cli
+
+    common = ["finetune", "--base", tiny_base, "--device", DEVICE, "--domain", "fashion", "--no-images",
+              "--max-steps", "3", "--lr", "1e-3", "--batch-size", "2"]
+    result = CliRunner().invoke(cli, [str(a) for a in [*common, "--cuda-graphs", "--out", tmp_path / "refused"]])
+    assert result.exit_code == 2 and "--cuda-graphs needs --no-gradient-checkpointing" in result.output
+    assert not (tmp_path / "refused").exists()
+
+    _invoke(cli, [*common, "--no-gradient-checkpointing", "--out", tmp_path / "eager"])
+    output = _invoke(cli, [*common, "--no-gradient-checkpointing", "--cuda-graphs", "--out", tmp_path / "graphs"])
+    assert ("CUDA graphs need a CUDA device" in output) == (DEVICE != "cuda")
+    eager, graphs = (json.loads((tmp_path / run / "history.json").read_text())[0] for run in ("eager", "graphs"))
+    assert graphs["val_loss"] == pytest.approx(eager["val_loss"], rel=0.05)
+    assert graphs["train_loss"] == pytest.approx(eager["train_loss"], rel=0.05)
 
 
 def test_a_checkpoint_of_other_settings_is_refused(tiny_base, tmp_path):

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from reddit_amazon.openai_endpoint import (
     endpoint_url,
     make_client,
     refuses_this_prompt_only,
+    stoppable_calls,
 )
 
 log = logging.getLogger(__name__)
@@ -146,13 +147,8 @@ class OpenAIChatRecommender:
         requests = [self._request(example) for example in examples]
         if self.max_workers <= 1 or len(requests) <= 1:
             return [self._complete(r) for r in requests]
-        stopping = threading.Event()
-        pool = ThreadPoolExecutor(max_workers=self.max_workers)
-        try:
+        with stoppable_calls(self.max_workers) as (pool, stopping):
             futures = [pool.submit(self._complete, request, stopping) for request in requests]
             for future in as_completed(futures):
                 future.result()  # the first call that fails for good ends the batch at once
             return [future.result() for future in futures]
-        finally:
-            stopping.set()  # calls waiting to retry give up instead of waiting out a Retry-After
-            pool.shutdown(wait=True, cancel_futures=True)
