@@ -29,7 +29,7 @@ def describe_candidate_set(name: str) -> str:
     elif name == "bm25":
         text = "BM25 (bm25s, Lucene variant, English stop words) over item texts (titles by default)."
     else:
-        text = f"retrieved by the retriever `{name}` (not one of the harness's built-in retrievers)."
+        text = f"retrieved by the retriever {inline_code(name)} (not one of the harness's built-in retrievers)."
     return text + in_paper
 
 

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from cards.datasheet import SECRET_OPTION, build_options, is_withheld, measure_texts, render_datasheet
-from cards.markdown import code_block, inline_code, table
+from cards.markdown import code_block, inline_code, one_line, table
 from cards.paper import PAPER_DOI, PAPER_TABLE_1, PAPER_TITLE
 from cards.statistics import DatasetStatistics, DomainStatistics, compute_statistics, data_files_from_card_data
 from cards.template import read_template
@@ -46,7 +46,7 @@ def render_dataset_card(data: DatasetCardData, manifest: Mapping[str, Any], fold
     name = repo_id or manifest["name"]
     sections = [
         _summary(manifest, statistics),
-        _load(name, statistics),
+        _load(name, statistics, [d for d in DOMAINS if d in data_files]),
         _statistics(statistics, manifest.get("stats")),
         _fields(folder, data_files),
         _build(manifest),
@@ -59,7 +59,7 @@ def render_dataset_card(data: DatasetCardData, manifest: Mapping[str, Any], fold
 
 
 def _summary(manifest: Mapping[str, Any], statistics: DatasetStatistics) -> str:
-    source = f" Source of this copy: {manifest['source']}." if manifest.get("source") else ""
+    source = f" Source of this copy: {one_line(manifest['source'])}." if manifest.get("source") else ""
     return (
         f"# Reddit-Amazon ({manifest['name']} {manifest['version']})\n\n"
         f"{statistics.total('conversations'):,} Reddit conversations that end in a comment recommending "
@@ -72,20 +72,23 @@ def _summary(manifest: Mapping[str, Any], statistics: DatasetStatistics) -> str:
     )
 
 
-def _load(name: str, statistics: DatasetStatistics) -> str:
-    present = [split for split in SPLITS if any(d.split_records[split] for d in statistics.domains.values())]
+def _load(name: str, statistics: DatasetStatistics, domains: list[str]) -> str:
+    """The loading example names a domain this copy has (fashion where present, as the default config)."""
+    domain = "fashion" if "fashion" in domains or not domains else domains[0]
+    stats = statistics.domains.get(domain)
+    present = [split for split in SPLITS if stats is not None and stats.split_records[split]]
     example = "\n".join([
         "from datasets import load_dataset",
         "",
-        f'fashion = load_dataset("{name}", "fashion")   # splits: {", ".join(present)}',
-        f'items = load_dataset("{name}", "items", split="fashion")',
+        f'{domain} = load_dataset({json.dumps(name)}, "{domain}")   # splits: {", ".join(present)}',
+        f'items = load_dataset({json.dumps(name)}, "items", split="{domain}")',
     ])
     return (
         "## Load\n\n"
         f"{code_block(example, 'python')}\n\n"
-        f"`{name}` is this folder (a local path) or its Hub repository id. Configs: "
-        f"{', '.join(inline_code(d) for d in DOMAINS)} (conversations) and `items` (one split per domain). "
-        f"Score a recommender with `benchmark run --model sbert --dataset {name}`."
+        f"{inline_code(name)} is this folder (a local path) or its Hub repository id. Configs: "
+        f"{', '.join(inline_code(d) for d in domains)} (conversations) and `items` (one split per domain). "
+        f"Score a recommender with {inline_code(f'benchmark run --model sbert --dataset {name}')}."
     )
 
 
@@ -169,16 +172,19 @@ def _candidate_sets(statistics: DatasetStatistics) -> str:
             coverage = d.candidates.get(name)
             if coverage is None:
                 continue
-            recall = "n/a" if coverage.recall is None else f"{coverage.recall:.4f}"
+            recall, max_hr1 = ("n/a" if value is None else f"{value:.4f}" for value in (coverage.recall,
+                                                                                         coverage.max_hr1))
             rows.append([inline_code(CANDIDATE_PREFIX + name), d.domain, coverage.records_with_candidates,
-                         d.conversations, recall])
+                         d.conversations, recall, max_hr1])
     return "\n\n".join([
         "### Candidate sets",
         "Ten candidates per record and retriever. An empty list means that retriever was not run for the record. "
         "*gt in candidates* is the share of (record, gt item) pairs, over records that have candidates, whose gt "
-        "item is among them: the highest HR@1 a recommender choosing from that set can reach.",
-        table(["column", "domain", "records with candidates", "records", "gt in candidates"], rows,
-              numeric=[False, False, True, True, True]),
+        "item is among them (the set's recall). *max HR@1* is the highest HR@1 a recommender answering from that "
+        "set can reach: a record is run once and gives one answer, so of several gt items among its candidates "
+        "it can hit only one. Both count every split; `benchmark run` scores one.",
+        table(["column", "domain", "records with candidates", "records", "gt in candidates", "max HR@1"], rows,
+              numeric=[False, False, True, True, True, True]),
     ])
 
 
@@ -240,7 +246,7 @@ def _build(manifest: Mapping[str, Any]) -> str:
         if versions:
             parts += ["Package versions:", table(["package", "version"], sorted(versions.items()))]
     elif manifest.get("source"):
-        parts.append(f"This dataset comes from {manifest['source']}, not from `reddit-amazon build`: no build "
+        parts.append(f"This dataset comes from {one_line(manifest['source'])}, not from `reddit-amazon build`: no build "
                      "command or input checksums exist.")
     else:
         parts.append("This dataset's manifest has no build record, so no build command or input checksums exist.")

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cards.markdown import flatten, inline_code
+from cards.markdown import flatten, inline_code, one_line
 from cards.statistics import DataFiles, DatasetStatistics, shard_paths
 from cards.template import fill_template
 from reddit_amazon.schema import DELETED_TEXT, DOMAINS, ITEMS_CONFIG, REMOVED_TEXT, SPLITS
@@ -112,6 +112,7 @@ def render_datasheet(manifest: Mapping[str, Any], statistics: DatasetStatistics,
         conversations=f"{statistics.total('conversations'):,}",
         per_domain=per_domain,
         items=f"{statistics.total('items'):,}",
+        splits=_splits(manifest, statistics),
         authors=_authors(manifest, facts),
         dates=_dates(facts),
         deleted=_deleted(facts),
@@ -200,7 +201,7 @@ def _collection(manifest: Mapping[str, Any]) -> str:
     if manifest.get("source"):
         return (
             "This copy was not built from dumps by `reddit-amazon build`: its manifest names its source as "
-            f"“{manifest['source']}”. How those records were collected is described by their source; the "
+            f"“{one_line(manifest['source'])}”. How those records were collected is described by their source; the "
             "paper (Section 3) describes the original collection: Reddit conversations from pushshift.io "
             "dumps, filtered with GPT-3.5-turbo and the Table 9 prompt, linked to Amazon Reviews 2023."
         )
@@ -211,7 +212,7 @@ def _collection(manifest: Mapping[str, Any]) -> str:
 def _relevance(options: Mapping[str, Any]) -> str:
     if options.get("no_filter"):
         return "The LLM relevance filter was skipped (`no_filter`), so every linked conversation was kept."
-    model = f" (`{options['llm_model']}`)" if options.get("llm_model") else ""
+    model = f" ({inline_code(options['llm_model'])})" if options.get("llm_model") else ""
     return (f"An LLM{model} asked with the paper's Table 9 prompt kept the conversations whose last comment "
             "recommends items.")
 
@@ -247,10 +248,24 @@ def _preprocessing(manifest: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _splits(manifest: Mapping[str, Any], statistics: DatasetStatistics) -> str:
+    present = [split for split in SPLITS if any(d.split_records.get(split) for d in statistics.domains.values())]
+    if manifest.get("build"):
+        return ("Splits are made per domain by thread, 8:1:1 as in the paper (the split sizes nearest those "
+                "shares); a thread is in one split for every domain, and the Splits section checks that no thread "
+                "is in two splits.")
+    if present:
+        return (f"This copy has the {', '.join(present)} split{'s' if len(present) > 1 else ''} of its source, as "
+                "given there; the Splits section checks whether any thread is in two splits.")
+    return "This copy has no records, so no splits."
+
+
 def _images(statistics: DatasetStatistics) -> str:
     items = statistics.total("items")
     embedded = statistics.total("images")
     urls = statistics.total("image_urls")
+    if embedded == 0 and urls == 0:
+        return f"this copy has no images: none of its {items:,} items embeds one or has an image URL."
     if embedded == 0:
         return (f"this copy embeds no images: they are distributed as URLs only (`image_urls`, {urls:,} URLs "
                 f"for {items:,} items), which point to Amazon's servers and may stop working.")

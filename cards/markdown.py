@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+
+def one_line(value: object) -> str:
+    """Text for a heading or a sentence: line breaks become spaces, so it cannot start a block of its own."""
+    return " ".join(str(value).splitlines())
 
 
 def cell(value: object) -> str:
@@ -34,8 +40,13 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, numeric: 
 
 
 def code_block(text: str, language: str = "") -> str:
-    fence = "````" if "```" in text else "```"
+    """A fenced block whose fence is longer than any run of backticks in ``text``, so ``text`` cannot close it."""
+    fence = "`" * max(3, _longest_backtick_run(text) + 1)
     return f"{fence}{language}\n{text.rstrip()}\n{fence}"
+
+
+def _longest_backtick_run(text: str) -> int:
+    return max((len(run) for run in re.findall(r"`+", text)), default=0)
 
 
 def duration(seconds: float) -> str:
@@ -52,8 +63,12 @@ def duration(seconds: float) -> str:
 
 
 def inline_code(value: object) -> str:
-    text = str(value)
-    return f"`` {text} ``" if "`" in text else f"`{text}`"
+    """A code span on one line, delimited by more backticks than any run in the text."""
+    text = one_line(value)
+    if "`" not in text:
+        return f"`{text}`"
+    fence = "`" * (_longest_backtick_run(text) + 1)
+    return f"{fence} {text} {fence}"
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from cards.markdown import code_block, duration, flatten, inline_code, table
+from cards.markdown import code_block, duration, flatten, inline_code, one_line, table
 from cards.paper import PAPER_DOI, PAPER_RESULTS, PAPER_TITLE, TABLE_CANDIDATES, paper_lavic
 from cards.template import read_template
-from reddit_amazon.schema import DOMAINS
+from reddit_amazon.schema import DOMAINS, SEMVER
 
 MODEL_NAME = "LaViC (reddit-amazon reference)"
 METRICS = {"hr@1": "HR@1", "vr": "VR"}
@@ -88,7 +89,7 @@ def results_problem(result: Any) -> str | None:
 def _summary(base_model: str) -> str:
     return (
         f"# {MODEL_NAME}\n\n"
-        f"LoRA adapters that turn `{base_model}` into LaViC, the visually-aware conversational recommender of "
+        f"LoRA adapters that turn {inline_code(base_model)} into LaViC, the visually-aware conversational recommender of "
         f"*{PAPER_TITLE}* (Jeon et al., KDD'25, doi:{PAPER_DOI}), reimplemented in the `reddit-amazon` toolkit. "
         "Stage 1 (visual knowledge self-distillation) trains a LoRA on the vision tower and projector so that 5 "
         "CLS-position embeddings per image (one per sub-image) let the frozen language model reproduce the "
@@ -100,6 +101,8 @@ def _summary(base_model: str) -> str:
 
 
 def _value(value: Any) -> str:
+    if value is None:
+        return "not set"
     if isinstance(value, (list, tuple, dict)):
         return inline_code(json.dumps(value, ensure_ascii=False))
     if isinstance(value, float):
@@ -178,14 +181,19 @@ def _results(results: Sequence[Mapping[str, Any]]) -> str:
         candidates = str(result.get("candidates", ""))
         paper = paper_lavic(candidates)
         dataset = result.get("dataset", {})
-        heading = (f"### {_name(result.get('model'), 'name', 'spec')} on {_name(dataset, 'id')}"
-                   f" ({result.get('split', 'split not recorded')}, candidates `{candidates}`)")
+        limit = result.get("limit")
+        heading = one_line(f"### {_name(result.get('model'), 'name', 'spec')} on {_name(dataset, 'id')}"
+                           f" ({result.get('split', 'split not recorded')}, candidates {inline_code(candidates)})"
+                           + (f", first {limit:,} records per domain" if limit else ""))
         details = []
+        if limit:
+            details.append(f"A partial run (`benchmark run --limit {limit}`): not comparable with the paper's "
+                           "numbers, and left out of this card's model index.")
         if isinstance(dataset, Mapping) and dataset.get("fingerprint"):
-            details.append(f"Dataset version `{dataset.get('version', 'unknown')}`, fingerprint "
-                           f"`{dataset['fingerprint']}`.")
+            details.append(f"Dataset version {inline_code(dataset.get('version', 'unknown'))}, fingerprint "
+                           f"{inline_code(dataset['fingerprint'])}.")
         details.append(f"Paper column: Table {paper.table}."
-                       if paper else f"The paper reports no results for candidate set `{candidates}`.")
+                       if paper else f"The paper reports no results for candidate set {inline_code(candidates)}.")
         rows = []
         for group in [*DOMAINS, "all"]:
             hr1, vr = _metric(result, "hr@1", group), _metric(result, "vr", group)
@@ -225,10 +233,21 @@ def _paper_tables() -> str:
 
 
 def _usage(base_model: str, adapters: Mapping[str, Any]) -> str:
-    args = [f"base={base_model}"] + [f"{k}={adapters[k]}" for k in PLUGIN_FILE_OPTIONS if adapters.get(k)]
-    command = f"benchmark run --model lavic --model-args {','.join(args)} --dataset reddit-amazon --split test"
+    values = {"base": base_model, **{k: adapters[k] for k in PLUGIN_FILE_OPTIONS if adapters.get(k)}}
+    model_args = ",".join(f"{key}={_model_arg(str(value))}" for key, value in values.items())
+    command = shlex.join(["benchmark", "run", "--model", "lavic", "--model-args", model_args,
+                          "--dataset", "reddit-amazon", "--split", "test"])
     return ("## Use\n\n" + code_block(command, "bash") + "\n\nThe `lavic` plugin is registered by the "
             "`reddit-amazon` package; `--candidates sbert` or `--candidates openai_large` selects the candidate set.")
+
+
+def _model_arg(value: str) -> str:
+    """``value`` as ``--model-args`` reads it back: quoted where it holds a comma or quote, or would be read
+    as a number, a boolean or null."""
+    from benchmark.registry import parse_model_args
+
+    plain = "," not in value and '"' not in value and parse_model_args(f"v={value}") == {"v": value}
+    return value if plain else json.dumps(value, ensure_ascii=False)
 
 
 def _hub_dataset_id(dataset_id: str) -> str:
@@ -241,12 +260,14 @@ def _hub_dataset_id(dataset_id: str) -> str:
 def _version_tag(dataset: Any) -> str | None:
     """The Hub tag ``push_to_hub`` gives the dataset version (``v1.0.0``), which pins that revision."""
     version = dataset.get("version") if isinstance(dataset, Mapping) else None
-    return f"v{version}" if version else None
+    return f"v{version}" if isinstance(version, str) and SEMVER.fullmatch(version) else None
 
 
 def _eval_results(results: Sequence[Mapping[str, Any]]) -> list[EvalResult]:
     evals = []
     for result in results:
+        if result.get("limit"):  # a partial run is not the model's score
+            continue
         dataset = result.get("dataset", {})
         dataset_id = _hub_dataset_id(_name(dataset, "id"))
         for metric, metric_name in METRICS.items():

@@ -32,11 +32,18 @@ class CandidateCoverage:
 
     records_with_candidates: int
     pairs: int  # (record, gt item) pairs of those records
-    pairs_gt_in_candidates: int  # upper bound of HR@1 hits with this set
+    pairs_gt_in_candidates: int  # the set's recall, over (record, gt item) pairs
+    best_hits: int  # HR@1 hits if every record answered its best candidate (one answer per record)
 
     @property
     def recall(self) -> float | None:
         return self.pairs_gt_in_candidates / self.pairs if self.pairs else None
+
+    @property
+    def max_hr1(self) -> float | None:
+        """The highest HR@1 reachable by answering from the set: a record with several gt items among its
+        candidates is run once and gives one answer, so it can hit only one of them (or a repeated one twice)."""
+        return self.best_hits / self.pairs if self.pairs else None
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,7 @@ def compute_statistics(folder: str | Path, data_files: DataFiles) -> DatasetStat
                 pairs += _sum(pc.list_value_length(gt_items))
                 turns += _sum(pc.list_value_length(table.column("turns"))) + table.num_rows
                 for column in sets:
-                    counts = coverage.setdefault(column[len(CANDIDATE_PREFIX):], [0, 0, 0])
+                    counts = coverage.setdefault(column[len(CANDIDATE_PREFIX):], [0, 0, 0, 0])
                     _add_coverage(counts, gt_items.to_pylist(), table.column(column).to_pylist())
             split_records[split] = records
             split_pairs[split] = pairs
@@ -179,3 +186,4 @@ def _add_coverage(counts: list[int], gt_items: list[list[str]], candidates: list
         counts[0] += 1
         counts[1] += len(gts)
         counts[2] += sum(gt in chosen for gt in gts)
+        counts[3] += max((gts.count(candidate) for candidate in chosen), default=0)

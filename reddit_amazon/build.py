@@ -533,7 +533,8 @@ def _seed_sample_caches(options: BuildOptions) -> None:
 def check_options(options: BuildOptions) -> None:
     """Refuse options that would only fail (or destroy something) after the long stages have run."""
     from benchmark.retrieval import check_retriever_name
-    from reddit_amazon.dataset_folder import SEMVER, check_output_folder
+    from reddit_amazon.dataset_folder import check_output_folder
+    from reddit_amazon.schema import SEMVER
 
     if not SEMVER.fullmatch(options.version):
         raise BuildError(f"--version {options.version!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.0.0)")

@@ -116,7 +116,8 @@ def card_command(dataset_dir: str) -> None:
     """Regenerate DATASET_DIR/README.md (dataset card and datasheet) from manifest.json and the Parquet shards.
 
     Every number in the card is computed from the folder, so run this after editing the manifest
-    (the build and `write_dataset` already run it).
+    (the build and `write_dataset` already run it). A folder whose shards no longer match the manifest's
+    fingerprint and row counts is refused (`reddit-amazon verify` names the difference).
 
     \b
     Examples:

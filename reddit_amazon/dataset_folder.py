@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,6 +40,7 @@ from reddit_amazon.schema import (
     DOMAINS,
     ITEM_FEATURES,
     ITEMS_CONFIG,
+    SEMVER,
     SPLITS,
     Conversation,
     Item,
@@ -53,7 +53,6 @@ from reddit_amazon.schema import (
 )
 
 DEFAULT_NAME = "reddit-amazon"
-SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?")
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
 CONVERSATION_SHARD_ROWS = 20_000
@@ -151,6 +150,9 @@ def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:
             return row
 
         items = sorted(contents.items.get(domain, []), key=lambda item: item.item_id)
+        repeated = next((a.item_id for a, b in zip(items, items[1:]) if a.item_id == b.item_id), None)
+        if repeated is not None:  # the items config is keyed by item_id: loaders and the card count one row each
+            raise SchemaError(f"{ITEMS_CONFIG}/{domain}: item {repeated} is given more than once")
         add(ITEMS_CONFIG, domain, items, item_row, ITEM_FEATURES, ITEM_SHARD_ROWS)
 
     manifest = {
@@ -263,8 +265,17 @@ def write_readme(folder: Path, manifest: Mapping[str, Any], data_files: Mapping[
 
 
 def refresh_card(folder: str | os.PathLike) -> None:
-    """Re-render README.md from the folder's manifest and shards (``reddit-amazon card``)."""
+    """Re-render README.md from the folder's manifest and shards (``reddit-amazon card``).
+
+    A folder whose shards disagree with its manifest (fingerprint, rows per split) is refused: the card's YAML
+    takes the split sizes and fingerprint from the manifest, and ``datasets`` refuses a folder whose YAML
+    declares other splits or sizes than its files have.
+    """
     folder = Path(folder)
+    problems = verify(folder)
+    if problems:
+        raise SchemaError(f"{folder} does not match its manifest, so its card would contradict its data:\n  "
+                          + "\n  ".join(problems) + "\nrestore the data files, or rebuild or re-import the folder")
     manifest = read_manifest(folder)
     data_files: dict[str, dict[str, list[str]]] = {}
     for config in [*DOMAINS, ITEMS_CONFIG]:

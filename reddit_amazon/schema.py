@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 # this module for its constants and must start fast.
 
 DOMAINS: tuple[str, ...] = ("beauty", "fashion", "home")
+#: A dataset version: MAJOR.MINOR.PATCH with optional pre-release and build parts.
+SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?")
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 ITEMS_CONFIG = "items"
 TURN_KINDS: tuple[str, ...] = ("submission", "comment")

@@ -290,6 +290,7 @@ def test_imported_dataset_says_no_funnel_exists(tmp_path):
     assert f"This dataset comes from {source}, not from `reddit-amazon build`" in card
     assert "No build funnel exists for this dataset: it was not built from dumps." in card
     assert "importer's text repair was off" in card
+    assert "Splits are made per domain by thread" not in card and re.search(r"This copy has the [a-z, ]+ splits? of its source", card)
     assert_no_placeholders(card)
 
 
@@ -302,7 +303,8 @@ def test_dataset_without_authors_images_or_times_says_so(tmp_path):
     card = (folder / "README.md").read_text(encoding="utf-8")
     assert "No turn carries an author" in card
     assert "their time span is not known" in card
-    assert "embeds no images: they are distributed as URLs only" in card
+    assert "this copy has no images: none of its 1 items embeds one or has an image URL" in card
+    assert "This copy has the test split of its source, as given there" in card
     assert "thread separation between splits cannot be checked" in card
     assert "manifest has no build record, so no build command or input checksums exist" in card
     assert_no_placeholders(card)
@@ -316,6 +318,36 @@ def test_refresh_card_rerenders_after_a_manifest_edit(built):
     refresh_card(built)
     rows = markdown_table_after((built / "README.md").read_text(encoding="utf-8"), "### Funnel", "stage")
     assert rows[0]["kept"] == "901"
+
+
+def test_card_command_refuses_a_folder_whose_shards_disagree_with_its_manifest(built):
+    """Its YAML would declare splits and sizes the files do not have, which `datasets` refuses to load."""
+    card, original = (built / "README.md").read_text(encoding="utf-8"), (built / "manifest.json").read_text()
+    manifest = json.loads(original)
+    manifest["counts"]["beauty"]["train"] = 999
+    (built / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["card", str(built)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "does not match its manifest" in result.output and "beauty/train" in result.output
+
+    (built / "manifest.json").write_text(original)
+    next((built / "data" / "beauty").glob("validation-*.parquet")).unlink()
+    result = CliRunner().invoke(cli, ["card", str(built)])
+    assert result.exit_code == 1 and "fingerprint" in result.output
+    assert (built / "README.md").read_text(encoding="utf-8") == card
+
+
+def test_candidate_coverage_gives_recall_and_the_highest_reachable_hr1(tmp_path):
+    """Two gt items among one record's candidates count twice in recall but once in max HR@1: the record
+    is run once and gives one answer."""
+    records = [conversation("r1", "home", "t1", [ASINS[0], ASINS[1]], sbert=ASINS[0:10]),
+               conversation("r2", "home", "t2", [ASINS[2]], sbert=ASINS[1:11]),
+               conversation("r3", "home", "t3", [ASINS[15]], sbert=ASINS[1:11])]
+    items = {"home": [Item(a, "home", title=a) for a in ASINS]}
+    write_dataset(tmp_path / "f", DatasetContents({"home": {"train": records}}, items, "1.0.0"))
+    card = (tmp_path / "f" / "README.md").read_text(encoding="utf-8")
+    row = {r["domain"]: r for r in markdown_table_after(card, "### Candidate sets", "column")}["home"]
+    assert (row["gt in candidates"], row["max HR@1"]) == ("0.7500", "0.5000")
 
 
 def test_card_command_refuses_a_folder_without_manifest(tmp_path):

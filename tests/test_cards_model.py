@@ -181,3 +181,31 @@ def test_paper_lavic_rows_by_candidate_set():
 def test_results_that_are_not_a_results_json_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         render([result("sbert", {"home": 0.3}), bad])
+
+
+def test_a_partial_run_is_marked_and_left_out_of_the_model_index():
+    partial = {**result("sbert", {"beauty": 0.5, "fashion": 0.5, "home": 0.5}), "limit": 2}
+    card = render([partial, result("sbert", {"beauty": 0.125, "fashion": 0.1, "home": 0.3})])
+    assert "first 2 records per domain" in card and "A partial run (`benchmark run --limit 2`)" in card
+    values = [m["value"] for entry in ModelCard(card).data.to_dict()["model-index"][0]["results"]
+              for m in entry["metrics"]]
+    assert 0.5 not in values and 0.125 in values
+
+
+def test_unset_values_unknown_versions_and_hostile_text_stay_in_their_place():
+    hostile = {**result("sbert\n\n## Injected", {"beauty": 0.1}), "model": {"spec": "lavic", "name": "evil\n## Limitations"}}
+    hostile["dataset"]["version"] = "unknown"
+    card = render([hostile], adapters={"distill_adapter": None, "rec_adapter": "runs/a,b/rec v2"},
+                  training={"time_s": 10.0, "command": "run ``` ## Injected"})
+    assert "| `distill_adapter` | not set |" in card and "None" not in card
+    assert not re.search(r"^## (Injected|Limitations)\b.*evil", card, re.MULTILINE)
+    assert [line for line in card.splitlines() if line.startswith("## Injected")] == []
+    assert "revision" not in ModelCard(card).data.to_dict()["model-index"][0]["results"][0]["dataset"]
+    usage = card.split("## Use", 1)[1]
+    command = next(line for line in usage.splitlines() if line.startswith("benchmark run"))
+    import shlex
+
+    from benchmark.registry import parse_model_args
+
+    argv = shlex.split(command)
+    assert parse_model_args(argv[argv.index("--model-args") + 1])["rec_adapter"] == "runs/a,b/rec v2"

@@ -131,6 +131,15 @@ def test_version_must_be_semver(tmp_path):
         write_dataset(tmp_path / "reddit-amazon", bad)
 
 
+def test_an_item_given_twice_in_a_domain_is_refused(tmp_path):
+    """The items config is keyed by item_id: a repeated row would be counted twice by the card."""
+    data = contents(1)
+    data.items["home"].append(data.items["home"][0])
+    with pytest.raises(SchemaError, match="items/home: item B000000000 is given more than once"):
+        write_dataset(tmp_path / "ds", data)
+    assert not (tmp_path / "ds").exists()
+
+
 def test_content_change_changes_fingerprint(tmp_path):
     changed = contents()
     changed.conversations["beauty"]["train"][0].gt_text += "!"
