@@ -241,7 +241,7 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
                    "titles shortened.")
 @click.option("--instances", "instance_style", type=click.Choice(["paper", "authors-code"]), default="paper",
               show_default=True, help="paper: exactly one gt among the candidates, shuffled (Section 4.3); "
-                                      "authors-code: retrieval order, other gt items kept (the released code).")
+                                      "authors-code: stored candidate order, other gt items kept (the released code).")
 @_training_options(epochs=1, batch_size=1)
 def finetune(dataset, domains, base, device, embeddings, no_images, candidate_set, max_tokens, instance_style,
              **training) -> None:

@@ -5,13 +5,17 @@
   ``seed:thread_id``: deterministic, and independent of input order.
 * Candidates: ``NUM_CANDIDATES`` items per record from each retriever, searched over the domain's
   items, with the record's ``context`` as the query. The gt item is not inserted when missed
-  (as in the paper's release, HR@1 is then bounded by retrieval recall).
+  (as in the paper's release, HR@1 is then bounded by retrieval recall). Each list is stored in a
+  seeded random order, not best-first: in the authors' release the gt sits at every position about
+  equally often, and a best-first list would hand the retriever's top-1 to any recommender that
+  favours the first candidate.
 * Table-1 statistics, then :func:`reddit_amazon.dataset_folder.write_dataset`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -76,9 +80,10 @@ class CandidateReport:
 
 
 def add_candidates(splits: Mapping[str, Mapping[str, list[Conversation]]], items: Mapping[str, Sequence[Item]],
-                   retrievers: Sequence[Any], *,
+                   retrievers: Sequence[Any], *, seed: int = 0,
                    progress: Callable[[Iterable, int, str], Iterable] | None = None) -> CandidateReport:
-    """Fill ``conversation.candidates[retriever.candidate_set_name]`` for every record in place."""
+    """Fill ``conversation.candidates[retriever.candidate_set_name]`` for every record in place, each list in
+    the order :func:`shuffled_candidates` gives it."""
     from benchmark.retrieval import item_text
 
     report = CandidateReport(computed=[r.candidate_set_name for r in retrievers], recall={}, skipped_domains={})
@@ -96,11 +101,20 @@ def add_candidates(splits: Mapping[str, Mapping[str, list[Conversation]]], items
         ranked = retriever.top_k([r.context for r in records], pairs, k=NUM_CANDIDATES)
         hits = pairs_total = 0
         for record, candidates in zip(records, ranked, strict=True):
-            record.candidates[retriever.candidate_set_name] = list(candidates)
+            record.candidates[retriever.candidate_set_name] = shuffled_candidates(
+                candidates, seed, retriever.candidate_set_name, record.example_id)
             hits += sum(gt in candidates for gt in record.gt_items)
             pairs_total += len(record.gt_items)
         report.recall.setdefault(retriever.candidate_set_name, {})[domain] = round(hits / pairs_total, 4)
     return report
+
+
+def shuffled_candidates(candidates: Sequence[str], seed: int, candidate_set: str, example_id: str) -> list[str]:
+    """``candidates`` in a random order drawn from ``seed:candidate_set:example_id``: the same for a record
+    whatever else is built with it, and independent of the retriever's ranking."""
+    order = list(candidates)
+    random.Random(f"{seed}:{candidate_set}:{example_id}").shuffle(order)
+    return order
 
 
 def table1_stats(splits: Mapping[str, Mapping[str, list[Conversation]]],

@@ -335,11 +335,23 @@ def _relevance_cache_path(options: BuildOptions) -> Path:
     return options.llm_cache or options.workdir / RELEVANCE_CACHE
 
 
+def _sample_answers_hint(options: BuildOptions) -> str:
+    """Why a sample build asked the endpoint at all: with the default model and prompt every answer is
+    pre-recorded, unless those recordings no longer match the sample's conversations."""
+    from reddit_amazon.relevance import DEFAULT_MODEL
+
+    if options.sample and options.llm_model == DEFAULT_MODEL and options.llm_template is None:
+        return (" -- the bundled sample's pre-recorded answers no longer match its conversations; regenerate "
+                "them with `python -m reddit_amazon.sample.make_inputs`")
+    return ""
+
+
 def _image_store_path(options: BuildOptions) -> Path:
     return options.image_store or options.workdir / "images"
 
 
 def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> StageResult:
+    from reddit_amazon.openai_endpoint import endpoint_key
     from reddit_amazon.relevance import KEPT_LABEL, AnswerCache, RelevanceError, run_filter
 
     if options.no_filter:
@@ -350,7 +362,7 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
                            report={"skipped": True}, key=_key("relevance", upstream.key, "skipped"))
     filter_options = _filter_options(options)
     template_sha = hashlib.sha256(filter_options.template.encode()).hexdigest()
-    key = _key("relevance", upstream.key, filter_options.model, template_sha)
+    key = _key("relevance", upstream.key, filter_options.model, template_sha, endpoint_key(filter_options.base_url))
     folder = options.workdir / "relevance"
     if _stamp_matches(folder, key):
         console.print("[bold]3/5 relevance[/]: reusing the finished stage")
@@ -363,9 +375,7 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
                 result = run_filter(upstream.conversations, cache, filter_options,
                                     api_key=os.environ.get("OPENAI_API_KEY"), progress=_tqdm("relevance"))
             except RelevanceError as error:
-                hint = (" -- the bundled sample's pre-recorded answers no longer match its conversations; regenerate "
-                        "them with `python -m reddit_amazon.sample.make_inputs`") if options.sample else ""
-                raise BuildError(f"{error}{hint}") from error
+                raise BuildError(f"{error}{_sample_answers_hint(options)}") from error
         dropped = {label: n for label, n in sorted(result.counts.items()) if label != KEPT_LABEL}
         funnel = [{"stage": "relevance filter (Table 9)", "kept": len(result.kept), "dropped": dropped}]
         report = {"model": filter_options.model, "base_url": filter_options.base_url, "template_sha256": template_sha,
@@ -433,7 +443,8 @@ def assemble_stage(options: BuildOptions, upstream: StageResult, funnel: list[di
                   f"Parquet into {escape(str(options.out))}")
     splits = split_by_thread(upstream.conversations, options.seed)
     items = items_by_domain(upstream.items)
-    candidates = add_candidates(splits, items, _make_retrievers(options), progress=_tqdm("candidates"))
+    candidates = add_candidates(splits, items, _make_retrievers(options), seed=options.seed,
+                                progress=_tqdm("candidates"))
     inputs = _file_inputs([*map(str, _dump_files(options.inputs)), *_catalog_files(options)], options.workdir)
     metadata = {
         "build": {
@@ -518,11 +529,16 @@ def sample_options(out: Path, workdir: Path | None = None, **settings: Any) -> B
 
 
 def _seed_sample_caches(options: BuildOptions) -> None:
-    """Add the bundled pre-recorded answers and images to the build's caches (never written in place)."""
+    """Add the bundled pre-recorded answers and images to the build's caches (never written in place).
+
+    The answers count as the configured endpoint's (``OPENAI_BASE_URL`` or ``--llm-base-url``): a sample
+    build stays offline wherever the environment points the client.
+    """
+    from reddit_amazon.openai_endpoint import endpoint_key
     from reddit_amazon.relevance import AnswerCache
 
     with AnswerCache(_relevance_cache_path(options)) as cache:
-        cache.import_answers(SAMPLE_RELEVANCE_CACHE)
+        cache.import_answers(SAMPLE_RELEVANCE_CACHE, endpoint_key(options.llm_base_url))
     store = _image_store_path(options)
     store.mkdir(parents=True, exist_ok=True)
     for path in SAMPLE_IMAGES.iterdir():
@@ -679,7 +695,7 @@ def _split_list(values: Sequence[str]) -> list[str]:
               help="Dataset folder to write.")
 @click.option("--workdir", type=click.Path(path_type=Path), help="Intermediate files and caches (resumable). "
               "Default: <out>.work")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the thread-level 8:1:1 splits.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the thread-level 8:1:1 splits and of each candidate list's order.")
 @click.option("--version", "version", default=DATASET_VERSION, show_default=True, help="Dataset version (semver).")
 @click.option("--domain-map",
               help="main_category -> domain: a JSON file or 'All Beauty=beauty;AMAZON FASHION=fashion'.")

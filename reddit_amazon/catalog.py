@@ -5,7 +5,8 @@ Amazon Reviews 2023 is keyed by ``parent_asin``. Only review rows carry both, so
 read from the review files. Both kinds of file are streamed and only the ASINs the conversations
 need are kept, so memory stays bounded by the number of linked products, not the catalog size.
 
-Sources are local ``.jsonl`` / ``.jsonl.gz`` files, or Hub sources written ``hub:<repo>:<what>``:
+Sources are local ``.jsonl`` files (also zstd-, gzip-, xz- or bz2-compressed, told by their first bytes,
+read as :mod:`reddit_amazon.dumps` reads Reddit dumps), or Hub sources written ``hub:<repo>:<what>``:
 
 * ``hub:<repo>:<path/in/repo.jsonl>`` -- one file of a Hub dataset repo (or of a local folder),
   fetched with ``huggingface_hub`` into its cache and streamed like a local file;
@@ -18,8 +19,8 @@ Sources are local ``.jsonl`` / ``.jsonl.gz`` files, or Hub sources written ``hub
 
 from __future__ import annotations
 
-import gzip
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -28,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from tqdm.auto import tqdm
 
+from reddit_amazon.dumps import DumpReadError, ReadProgress, iter_chunks, iter_lines
 from reddit_amazon.schema import DOMAINS, Item, is_asin
 
 HUB_PREFIX = "hub:"
@@ -131,16 +134,25 @@ def expand_sources(specs: Iterable[str | Path], pattern: str) -> list[str]:
     return sources
 
 
-META_FILE_PATTERN = r"meta_.+\.jsonl(\.gz)?"
-REVIEW_FILE_PATTERN = r"(?!meta_).+\.jsonl(\.gz)?"
+META_FILE_PATTERN = r"meta_.+\.jsonl(\.gz|\.zst|\.xz|\.bz2)?"
+REVIEW_FILE_PATTERN = r"(?!meta_).+\.jsonl(\.gz|\.zst|\.xz|\.bz2)?"
 
 
 def _open_lines(path: str) -> Iterator[bytes]:
-    opener = gzip.open if path.endswith(".gz") else open
+    """The file's lines, decompressed as its first bytes say and without a leading byte-order mark, with a
+    progress bar over the bytes read (Home_and_Kitchen's reviews take minutes)."""
+    read = ReadProgress()
     try:
-        with opener(path, "rb") as handle:
-            yield from handle
-    except (OSError, EOFError) as error:  # truncated gzip, unreadable file
+        with tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, leave=False, desc=Path(path).name,
+                  disable=None) as progress:
+            for number, line in enumerate(iter_lines(iter_chunks(Path(path), read), keep_empty=True)):
+                yield line
+                if number % 8192 == 0:
+                    progress.update(read.compressed_bytes - progress.n)
+            progress.update(read.compressed_bytes - progress.n)
+    except DumpReadError as error:  # truncated or corrupt archive: what was read before it is kept
+        raise CatalogError(f"{path}: cannot read it to the end: {error.detail}") from error
+    except OSError as error:  # unreadable file
         raise CatalogError(f"{path}: cannot read ({error})") from error
 
 

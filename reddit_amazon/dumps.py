@@ -421,15 +421,17 @@ class _NewlineCounter:
         return int(numpy.count_nonzero(numpy.equal(data, 10, out=self._scratch("newlines", len(data), bool))))
 
 
-def iter_lines(chunks: Iterable[bytes], progress: ReadProgress | None = None) -> Iterator[bytes]:
-    """Every non-empty line (without ``\\n``) of a chunk stream."""
+def iter_lines(chunks: Iterable[bytes], progress: ReadProgress | None = None, *,
+               keep_empty: bool = False) -> Iterator[bytes]:
+    """Every non-empty line (without ``\\n``) of a chunk stream; with ``keep_empty`` every line, so that
+    callers can number them."""
     progress = progress if progress is not None else ReadProgress()
     carry = b""
     for chunk in chunks:
         lines = (carry + chunk).split(b"\n") if carry else chunk.split(b"\n")
         carry = lines.pop()
         progress.lines += len(lines)
-        yield from (line for line in lines if line)
+        yield from lines if keep_empty else (line for line in lines if line)
     if carry:
         progress.lines += 1
         yield carry

@@ -44,6 +44,13 @@ def endpoint_url(base_url: str | None) -> str:
     return base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
 
 
+def endpoint_key(base_url: str | None) -> str | None:
+    """The endpoint as cache keys record it: None for OpenAI's own (the key earlier releases used, so their
+    cached answers still count), else its URL, so two servers' answers never mix."""
+    endpoint = endpoint_url(base_url)
+    return None if endpoint == DEFAULT_BASE_URL else endpoint
+
+
 def make_client(base_url: str | None, timeout: float, api_key: str | None = None):
     """An ``openai.OpenAI`` client that never retries on its own (:func:`with_retries` does, with backoff)."""
     from openai import OpenAI
@@ -73,20 +80,74 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
-#: What a 400 says when it is about one prompt (too long, flagged), not about the request settings.
+#: What a refusal says when it is about one prompt (too long, flagged), not about the request settings.
 _PROMPT_REFUSAL_CODES = {"context_length_exceeded", "string_above_max_length", "content_filter",
                          "content_policy_violation", "invalid_prompt", "exceed_context_size_error"}
 _PROMPT_REFUSAL_TEXT = re.compile(r"context (length|size|window)|exceeds? .*context|too long|too many tokens"
                                   r"|maximum .*tokens|longer than the maximum|content (management )?policy"
-                                  r"|content filter|flagged|safety", re.IGNORECASE)
+                                  r"|content filter|flagged|safety|`?inputs`? tokens", re.IGNORECASE)
+#: A refusal naming the answer's token limit is about a setting every prompt shares (vLLM: "'max_tokens' or
+#: 'max_completion_tokens' is too large: 4000. This model's maximum context length is 2048 tokens ...").
+_SETTING_REFUSAL_TEXT = re.compile(r"\bmax_(?:completion_)?tokens\b", re.IGNORECASE)
+#: Statuses a refusal of one prompt comes with: 400, 413 (payload too large), 422 (TGI's input validation).
+PROMPT_REFUSAL_STATUSES = (400, 413, 422)
 
 
 def refuses_this_prompt_only(error: BaseException) -> bool:
-    """Whether a 400 refusal is about this prompt alone (every other prompt may pass). Anything else,
-    such as an unknown model or a parameter the endpoint does not take, would refuse every call."""
+    """Whether a 400 / 413 / 422 refusal is about this prompt alone (every other prompt may pass). Anything
+    else, such as an unknown model or a parameter the endpoint does not take, would refuse every call."""
+    status = getattr(error, "status_code", 400)
+    if status not in PROMPT_REFUSAL_STATUSES:
+        return False
+    if status == 413:  # the request body, i.e. this prompt, is too large
+        return True
     codes = {str(getattr(error, name, "") or "") for name in ("code", "type")}  # llama.cpp puts it in "type"
     message = str(getattr(error, "message", "") or error)
+    if _SETTING_REFUSAL_TEXT.search(message):
+        return False
     return bool(codes & _PROMPT_REFUSAL_CODES) or bool(_PROMPT_REFUSAL_TEXT.search(message))
+
+
+class RefusalStreak:
+    """Stops a run whose first calls are all refused "about this prompt": a refusal that hits every prompt is
+    about a setting the patterns did not recognise, and recording it for every record would be silent.
+
+    Until some call is answered, refusals are held back (not stored); the first answer stores them, and
+    ``limit`` refusals with no answer raise :class:`RefusedEverything` and drop them.
+    """
+
+    def __init__(self, limit: int = 5):
+        self.limit = limit
+        self._answered = False
+        self._held: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def refused(self, store: Callable[[], None], reason: str) -> None:
+        with self._lock:
+            if self._answered:
+                store()
+                return
+            self._held.append(store)
+            if len(self._held) >= self.limit:
+                self._held.clear()
+                raise RefusedEverything(f"the endpoint refused each of the first {self.limit} prompts it was "
+                                        f"sent, which points at a setting, not at the prompts; the last: {reason}")
+
+    def answered(self) -> None:
+        with self._lock:
+            if not self._answered:
+                self._answered = True
+                self.flush()
+
+    def flush(self) -> None:
+        """Store the refusals held back (a run with fewer prompts than ``limit``, all refused)."""
+        held, self._held = self._held, []
+        for store in held:
+            store()
+
+
+class RefusedEverything(RuntimeError):
+    """See :class:`RefusalStreak`."""
 
 
 def is_fatal(error: BaseException) -> bool:
@@ -224,8 +285,18 @@ class ChatParameters:
 
 
 def _checked(response: Any) -> Any:
-    """``response`` if it is a chat completion with a message (some gateways answer 200 with an error)."""
+    """``response`` if it is a chat completion with a message (some gateways answer 200 with an error).
+
+    A message without text is accepted only with a reason the caller can act on (a refusal, a content
+    filter, the token limit); otherwise (e.g. a tool call) it is malformed, so it is retried, never taken
+    as an empty answer.
+    """
     choices = getattr(response, "choices", None)
-    if not choices or getattr(choices[0], "message", None) is None:
+    message = getattr(choices[0], "message", None) if choices else None
+    if message is None:
         raise MalformedResponseError(f"the endpoint answered without a completion: {str(response)[:300]}")
+    finish = getattr(choices[0], "finish_reason", None)
+    if message.content is None and not getattr(message, "refusal", None) and finish not in ("length",
+                                                                                           "content_filter"):
+        raise MalformedResponseError(f"the completion has no text (finish_reason {finish!r}): {str(message)[:200]}")
     return response

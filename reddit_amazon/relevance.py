@@ -2,8 +2,8 @@
 
 An LLM behind any OpenAI-compatible endpoint answers yes / no / uncertain for each candidate
 conversation; only "yes" is kept. Answers are stored in a SQLite cache keyed by model + the
-sha256 of the full prompt, so reruns and resumed builds never pay for the same question twice,
-and a changed template or model asks again. Calls run in a bounded thread pool with exponential
+sha256 of the full prompt (+ the endpoint, unless it is OpenAI's), so reruns and resumed builds
+never pay for the same question twice, and a changed template, model or server asks again. Calls run in a bounded thread pool with exponential
 backoff on 429, 5xx, timeouts and connection errors.
 """
 
@@ -24,11 +24,16 @@ from typing import Any
 from reddit_amazon.cli_errors import redact_secrets
 from reddit_amazon.openai_endpoint import (
     ChatParameters,
+    PROMPT_REFUSAL_STATUSES,
     MissingAPIKeyError,
+    RefusalStreak,
+    RefusedEverything,
+    endpoint_key,
     is_fatal,
     make_client,
-    stoppable_calls,
+    is_transient,
     refuses_this_prompt_only,
+    stoppable_calls,
 )
 from reddit_amazon.schema import Conversation
 
@@ -38,7 +43,7 @@ CONVERSATION_SLOT = "{conversation}"
 KEPT_LABEL = "yes"
 LABELS = ("yes", "no", "uncertain")
 UNPARSEABLE = "unparseable"
-REJECTED = "rejected"  # the endpoint refused this prompt (HTTP 400, e.g. a content filter)
+REJECTED = "rejected"  # the endpoint refused this prompt (HTTP 400/413/422, a content filter, a refusal)
 CHARS_PER_TOKEN = 4  # rough English average, for --dry-run estimates only
 ANSWER_TOKENS = 2
 
@@ -70,31 +75,43 @@ def render_prompt(template: str, conversation: Conversation) -> str:
     return template.replace(CONVERSATION_SLOT, render_conversation(conversation))
 
 
-def cache_key(model: str, prompt: str) -> str:
-    return hashlib.sha256(f"{model}\0{prompt}".encode()).hexdigest()
+def cache_key(model: str, prompt: str, endpoint: str | None = None) -> str:
+    """The answer's key: model and prompt, scoped to ``endpoint`` (see :func:`endpoint_key`) when it is not None."""
+    key = hashlib.sha256(f"{model}\0{prompt}".encode()).hexdigest()
+    return key if endpoint is None else scoped_key(key, endpoint)
 
 
-_LABEL_WORDS = re.compile(r"\b(yes|no|uncertain)\b")
+def scoped_key(key: str, endpoint: str) -> str:
+    """``key`` of OpenAI's endpoint as the same question's key at ``endpoint``."""
+    return hashlib.sha256(f"{key}\0{endpoint}".encode()).hexdigest()
+
+
+#: A label, with the negation up to two words before it, if any ("not a clear yes", "wouldn't say yes").
+_LABEL_WORDS = re.compile(r"((?:\bnot\b|\bnever\b|n't)(?:\s+\w+){0,2}\s+)?\b(yes|no|uncertain)\b")
+#: A reasoning model's thoughts before its answer (DeepSeek-R1, Qwen3): "<think>...</think>\n\nYes".
+_THOUGHTS = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL)
 
 
 def parse_answer(text: str | None) -> str:
     """``yes`` / ``no`` / ``uncertain`` from a free-form answer, else ``unparseable``.
 
     Case, quotes, punctuation and extra words are tolerated ("Yes.", "'no'", "Answer: uncertain");
-    an answer naming two different labels ("yes or no") is not guessed.
+    a reasoning model's ``<think>`` block is skipped. An answer naming two different labels ("yes or
+    no"), or negating one ("I would not say yes"), is not guessed.
     """
-    if not text:
+    normalized = _THOUGHTS.sub("", text or "").lower().replace("\u2018", "'").replace("\u2019", "'")
+    if not normalized.strip():
         return UNPARSEABLE
-    normalized = text.lower().replace("\u2018", "'").replace("\u2019", "'")
     leading = _LEADING_LABEL.match(normalized)
     if leading:  # "Yes, there is no doubt ...": the answer comes first, the explanation may name another word
         return leading.group(1)
-    found = set(_LABEL_WORDS.findall(normalized))
-    return found.pop() if len(found) == 1 else UNPARSEABLE
+    found = _LABEL_WORDS.findall(normalized)
+    labels = {label for _, label in found}
+    return labels.pop() if len(labels) == 1 and not any(negation for negation, _ in found) else UNPARSEABLE
 
 
 #: A label opening the answer and closed by punctuation or the end ("Yes.", "**No** -", "Answer: yes,").
-_LEADING_LABEL = re.compile(r"^\W*(?:answer\s*:\W*)?(yes|no|uncertain)\b\W*?(?:[.,!:;\-\u2013\u2014)\n]|$)")
+_LEADING_LABEL = re.compile(r"^\W*(?:answer\s*:\W*)?(yes|no|uncertain)\b\W*?(?:[.,!:;\-\u2013\u2014()\n]|$)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,11 +127,16 @@ class AnswerCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
-            "status TEXT NOT NULL, answer TEXT NOT NULL)"
-        )
-        self._db.commit()
+        try:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
+                "status TEXT NOT NULL, answer TEXT NOT NULL)"
+            )
+            self._db.commit()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise RelevanceError(f"{self.path} is not a readable relevance answer cache ({error}): move it aside "
+                                 "to start a new one (its answers are then asked again)") from None
 
     def get(self, key: str) -> tuple[str, str] | None:
         """``(status, answer)``: status ``ok`` or ``rejected``."""
@@ -127,13 +149,16 @@ class AnswerCache:
             self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", (key, model, status, answer))
             self._db.commit()
 
-    def import_answers(self, other: str | Path) -> int:
-        """Copy the answers this cache lacks from another cache file (opened read-only); returns how many."""
+    def import_answers(self, other: str | Path, endpoint: str | None = None) -> int:
+        """Copy the answers this cache lacks from another cache file (opened read-only), as answers of
+        ``endpoint`` when it is given (the other file's keys are OpenAI's); returns how many."""
         source = sqlite3.connect(f"{Path(other).resolve().as_uri()}?mode=ro", uri=True)
         try:
             rows = source.execute("SELECT key, model, status, answer FROM answers").fetchall()
         finally:
             source.close()
+        if endpoint is not None:
+            rows = [(scoped_key(key, endpoint), *rest) for key, *rest in rows]
         with self._lock:
             before = self._db.total_changes
             self._db.executemany("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?)", rows)
@@ -198,9 +223,10 @@ def _unanswered(conversations: Iterable[Conversation], cache: AnswerCache,
     ``cache`` holds no answer for (records with the same thread text share one call)."""
     keys: dict[str, str] = {}
     missing: dict[str, str] = {}
+    endpoint = endpoint_key(options.base_url)
     for conversation in conversations:
         prompt = render_prompt(options.template, conversation)
-        key = keys[conversation.example_id] = cache_key(options.model, prompt)
+        key = keys[conversation.example_id] = cache_key(options.model, prompt, endpoint)
         if key not in missing and cache.get(key) is None:
             missing[key] = prompt
     return keys, missing
@@ -224,12 +250,24 @@ def _client(options: FilterOptions, api_key: str | None):
         ) from None
 
 
+class PromptRefused(Exception):
+    """The endpoint answered, but not about this prompt: a refusal, a content filter, or no text before its
+    token limit. Cached as :data:`REJECTED` (asking again gets the same)."""
+
+
 def _ask(client: Any, options: FilterOptions, parameters: ChatParameters, prompt: str,
          cancel: threading.Event) -> str:
     request = {"model": options.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
     response = parameters.create(client, request, options.max_attempts, options.backoff_initial_s,
                                  options.backoff_max_s, cancel)
-    return response.choices[0].message.content or ""  # ChatParameters.create checked there is a message
+    choice = response.choices[0]  # ChatParameters.create checked there is a message
+    content, finish = choice.message.content, getattr(choice, "finish_reason", None)
+    refusal = getattr(choice.message, "refusal", None)
+    if refusal or finish == "content_filter":
+        raise PromptRefused(f"refused ({finish or 'refusal'}): {refusal or 'no text'}")
+    if not content and finish == "length":
+        raise PromptRefused("the answer reached the model's token limit before any text")
+    return content or ""
 
 
 def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, options: FilterOptions, *,
@@ -247,17 +285,26 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
     if missing:
         client = _client(options, api_key)
         failure = ""  # the first call that failed after its retries: the run stops there
+        streak = RefusalStreak()
 
         def ask_and_store(key: str, prompt: str) -> None:
             try:
                 answer = _ask(client, options, parameters, prompt, stopping)
-            except openai.BadRequestError as error:
+            except PromptRefused as refusal:
+                reason = str(refusal)
+            except openai.APIStatusError as error:
+                if error.status_code not in PROMPT_REFUSAL_STATUSES:
+                    raise
                 if not refuses_this_prompt_only(error):  # the model, a parameter ...: every call would fail
                     raise RelevanceError(f"the LLM endpoint refused the request: {error}") from error
-                # About this prompt only. The cache is a file: an endpoint quoting the key must not put it there.
-                cache.put(key, options.model, redact_secrets(str(error), api_key)[:500], status=REJECTED)
+                reason = str(error)
+            else:
+                cache.put(key, options.model, answer)
+                streak.answered()
                 return
-            cache.put(key, options.model, answer)
+            # About this prompt only. The cache is a file: an endpoint quoting the key must not put it there.
+            reason = redact_secrets(reason, api_key)[:500]
+            streak.refused(lambda: cache.put(key, options.model, reason, status=REJECTED), reason)
 
         with stoppable_calls(options.concurrency) as (pool, stopping):
             futures = [pool.submit(ask_and_store, key, prompt) for key, prompt in missing.items()]
@@ -268,16 +315,18 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
                     calls_made += 1
                 elif isinstance(error, RelevanceError):
                     raise error
-                elif is_fatal(error):
+                elif isinstance(error, RefusedEverything) or is_fatal(error):
                     raise RelevanceError(f"the LLM endpoint refused the request: {error}") from error
                 else:  # retried to the end: the endpoint is down, stop instead of waiting out every call
-                    failure = f"{type(error).__name__}: {error}"
+                    tries = f" after {options.max_attempts} attempts" if is_transient(error) else ""
+                    failure = f"failed{tries} ({type(error).__name__}: {str(error)[:300]})"
                     break
+        streak.flush()
         if failure:
             answered = sum(1 for key in missing if cache.get(key) is not None)  # calls in flight finished too
             raise RelevanceError(
-                f"a relevance call failed after {options.max_attempts} attempts ({failure[:300]}); the "
-                f"{answered} answers received are cached ({len(missing) - answered} to go), rerun to resume"
+                f"a relevance call {failure}; the {answered} answers received are cached "
+                f"({len(missing) - answered} to go), rerun to resume"
             )
 
     labels: dict[str, str] = {}

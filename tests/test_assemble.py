@@ -6,6 +6,7 @@ from benchmark.retrieval import get_retriever
 from reddit_amazon.assemble import (
     add_candidates,
     items_by_domain,
+    shuffled_candidates,
     split_by_thread,
     table1_stats,
 )
@@ -66,11 +67,16 @@ def test_candidates_from_the_domain_catalog_and_stats():
     report = add_candidates(splits, catalog, [get_retriever("bm25")])
     assert report.computed == ["bm25"] and report.skipped_domains == {"beauty": f"1 items < {NUM_CANDIDATES}"}
     home = [r for s in SPLITS for r in splits["home"][s]]
+    bm25 = get_retriever("bm25")
     for r in home:
         candidates = r.candidates["bm25"]
         assert len(candidates) == NUM_CANDIDATES == len(set(candidates))
         assert set(candidates) <= {i.item_id for i in items if i.domain == "home"}
-        assert candidates[0] == r.gt_items[0]  # the only item sharing the noun ranks first
+        assert r.gt_items[0] in candidates  # the only item sharing the noun is retrieved ...
+        ranked = bm25.top_k([r.context], [(i.item_id, i.title) for i in items if i.domain == "home"], k=10)[0]
+        assert candidates == shuffled_candidates(ranked, 0, "bm25", r.example_id)  # ... but stored unranked
+    # Stored best-first, the gt would be first in every list; shuffled, it is spread over the positions.
+    assert len({r.candidates["bm25"].index(r.gt_items[0]) for r in home}) >= 5
     assert report.recall["bm25"]["home"] == 1.0
     assert splits["beauty"]["train"][0].candidates == {}
     stats = table1_stats(splits, catalog)

@@ -158,8 +158,23 @@ def test_unreadable_sources_name_the_file(tmp_path):
         expand_sources([tmp_path / "missing.jsonl"], META_FILE_PATTERN)
     broken = tmp_path / "meta_x.jsonl.gz"
     broken.write_bytes(gzip.compress(b'{"parent_asin": "P000000001"}\n' * 50)[:30])
-    with pytest.raises(CatalogError, match="meta_x.jsonl.gz: cannot read"):
+    with pytest.raises(CatalogError, match="meta_x.jsonl.gz: cannot read it to the end: .*truncated"):
         load_catalog([str(broken)], [], {"P000000001"}, DEFAULT_DOMAIN_MAP)
+
+
+def test_zstd_and_byte_order_marked_files_are_read_whatever_their_names(tmp_path):
+    import zstandard
+
+    text = "\ufeff" + "".join(json.dumps(meta(f"P00000000{i}", "All Beauty")) + "\n" for i in range(3))
+    compressed = zstandard.ZstdCompressor().compress(text.encode())
+    (tmp_path / "meta_All_Beauty.jsonl.zst").write_bytes(compressed)
+    (tmp_path / "meta_bom.jsonl").write_text(text, encoding="utf-8")
+    (tmp_path / "meta_truncated.jsonl").write_bytes(compressed[:-10])  # a plain name, zstd inside
+    sources = expand_sources([tmp_path / "meta_All_Beauty.jsonl.zst", tmp_path / "meta_bom.jsonl"], META_FILE_PATTERN)
+    catalog, report = load_catalog(sources, [], {f"P00000000{i}" for i in range(3)}, DEFAULT_DOMAIN_MAP)
+    assert sorted(catalog.metadata) == ["P000000000", "P000000001", "P000000002"] and report.meta["bad_lines"] == 0
+    with pytest.raises(CatalogError, match="meta_truncated.jsonl: cannot read it to the end: .*truncated"):
+        load_catalog([str(tmp_path / "meta_truncated.jsonl")], [], {"P000000000"}, DEFAULT_DOMAIN_MAP)
 
 
 def test_hub_source_through_datasets_with_a_local_dataset(tmp_path):

@@ -60,13 +60,16 @@ class FakeOpenAI:
             status, answer = 200, "yes"
         if status == 299:  # a gateway's 200 that carries an error instead of a completion
             return Response(json.dumps({"error": {"message": answer}}), status=200, content_type="application/json")
+        choice = {"finish_reason": "stop", "message": {"role": "assistant", "content": answer}}
+        if status == 298:  # a completion with the choice given as JSON (a refusal, a cut answer, a tool call)
+            status, choice = 200, json.loads(answer)
         if status != 200:
             headers = {"Retry-After": answer.removeprefix("retry-after=")} if answer.startswith("retry-after=") else {}
             return Response(json.dumps({"error": {"message": answer, "type": "x", "code": status}}),
                             status=status, content_type="application/json", headers=headers)
         return Response(json.dumps({
             "id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+            "choices": [{"index": 0, **choice}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }), content_type="application/json")
 
@@ -94,6 +97,9 @@ def serve(httpserver, scripts) -> FakeOpenAI:
     ("I cannot tell", "unparseable"), ("", "unparseable"), (None, "unparseable"), ("nope", "unparseable"),
     ("Yes, there is no doubt the last utterance recommends items.", "yes"), ("Yes - no other items", "yes"),
     ("**No**, it only asks a question.", "no"), ("no idea, maybe yes", "unparseable"),
+    ("Yes (no doubt about it).", "yes"), ("I would not say yes.", "unparseable"),
+    ("It is not a clear yes.", "unparseable"), ("<think>It could be no, but</think>\n\nYes", "yes"),
+    ("<think>no end to this thinking", "unparseable"), ("It does not recommend anything: no.", "no"),
 ])
 def test_parse_answer(answer, label):
     assert parse_answer(answer) == label
@@ -135,7 +141,7 @@ def test_labels_retries_and_cache(httpserver, options, tmp_path):
 
     with AnswerCache(tmp_path / "cache.sqlite") as cache:  # a rerun pays nothing, and needs no key
         assert plan_filter(records, cache, options).calls == 0
-        again = run_filter(records, cache, FilterOptions(base_url=None, template=options.template))
+        again = run_filter(records, cache, options)
     assert again.labels == result.labels and again.calls_made == 0
     assert sum(fake.requests.values()) == 1 + 1 + 1 + 1 + 3 + 3 + 1 + 2
 
@@ -300,3 +306,83 @@ def test_import_answers_adds_only_missing_and_leaves_the_source_alone(tmp_path):
         assert cache.get("k1") == ("ok", "no (answered live)") and cache.get("k2") == ("ok", "No.")
         assert cache.import_answers(source) == 0
     assert source.read_bytes() == before
+
+
+def test_answers_are_kept_apart_per_endpoint(httpserver, options, tmp_path):
+    """Two servers may serve different weights under one model name: one's answers are not the other's."""
+    from pytest_httpserver import HTTPServer
+
+    serve(httpserver, {"x": [(200, "no")]})
+    other = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    other.start()
+    try:
+        second = serve(other, {"x": [(200, "yes")]})
+        records = [conversation("1", "SCRIPT=x")]
+        with AnswerCache(tmp_path / "cache.sqlite") as cache:
+            assert run_filter(records, cache, options, api_key="sk-test").labels == {"1": "no"}
+            again = run_filter(records, cache, FilterOptions(base_url=other.url_for("/v1"), template=options.template,
+                                                             backoff_initial_s=0.01), api_key="sk-test")
+        assert again.labels == {"1": "yes"} and second.requests["x"] == 1
+    finally:
+        other.stop()
+
+
+def test_answers_imported_for_an_endpoint_count_as_its_own(tmp_path):
+    from reddit_amazon.relevance import cache_key
+
+    with AnswerCache(tmp_path / "recorded.sqlite") as recorded:
+        recorded.put(cache_key("m", "prompt"), "m", "yes")
+    with AnswerCache(tmp_path / "local.sqlite") as local:
+        assert local.import_answers(tmp_path / "recorded.sqlite", "http://127.0.0.1:9/v1") == 1
+        assert local.get(cache_key("m", "prompt", "http://127.0.0.1:9/v1")) == ("ok", "yes")
+        assert local.get(cache_key("m", "prompt")) is None
+
+
+@pytest.mark.parametrize("status, message", [
+    (422, "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 5000 `inputs` tokens"),
+    (413, "Request Entity Too Large"),
+    (298, json.dumps({"finish_reason": "stop", "message": {"role": "assistant", "content": None,
+                                                          "refusal": "I can't help with that."}})),
+    (298, json.dumps({"finish_reason": "content_filter", "message": {"role": "assistant", "content": None}})),
+    (298, json.dumps({"finish_reason": "length", "message": {"role": "assistant", "content": ""}})),
+])
+def test_a_refusal_of_one_prompt_in_any_form_is_rejected_not_an_empty_answer(httpserver, options, tmp_path, status,
+                                                                                message):
+    fake = serve(httpserver, {"ok": [(200, "yes")], "refused": [(status, message)]})
+    records = [conversation("1", "SCRIPT=ok"), conversation("2", "SCRIPT=refused")]
+    with AnswerCache(tmp_path / "cache.sqlite") as cache:
+        result = run_filter(records, cache, options, api_key="sk-test")
+        assert result.labels == {"1": "yes", "2": REJECTED} and fake.requests["refused"] == 1
+        assert run_filter(records, cache, options).calls_made == 0  # cached: asking again gets the same
+
+
+def test_a_completion_without_text_or_reason_is_retried_then_stops_the_run(httpserver, options, tmp_path):
+    tool_call = json.dumps({"finish_reason": "tool_calls", "message": {"role": "assistant", "content": None}})
+    fake = serve(httpserver, {"tool": [(298, tool_call)]})
+    with AnswerCache(tmp_path / "cache.sqlite") as cache:
+        with pytest.raises(RelevanceError, match="failed after 4 attempts .*MalformedResponseError.*no text"):
+            run_filter([conversation("1", "SCRIPT=tool")], cache, options, api_key="sk-test")
+        assert len(cache) == 0 and fake.requests["tool"] == 4
+
+
+def test_refusals_of_every_prompt_or_of_the_answer_limit_stop_the_run_and_cache_nothing(httpserver, options,
+                                                                                       tmp_path):
+    """A refusal worded like one about a prompt, but hitting every prompt, is about a setting."""
+    too_long = "This model's maximum context length is 2048 tokens, your prompt is too long"
+    fake = serve(httpserver, {f"p{i}": [(400, too_long)] for i in range(8)}
+                 | {"limit": [(400, "'max_tokens' or 'max_completion_tokens' is too large: 4000. This model's "
+                                    "maximum context length is 2048 tokens")]})
+    with AnswerCache(tmp_path / "cache.sqlite") as cache:
+        with pytest.raises(RelevanceError, match="refused each of the first 5 prompts"):
+            run_filter([conversation(str(i), f"SCRIPT=p{i}") for i in range(8)], cache, options, api_key="sk-test")
+        assert len(cache) == 0
+        with pytest.raises(RelevanceError, match="refused the request: .*max_tokens"):
+            run_filter([conversation("x", "SCRIPT=limit")], cache, options, api_key="sk-test")
+        assert len(cache) == 0 and fake.requests["limit"] == 1
+
+
+def test_a_damaged_cache_file_is_named(tmp_path):
+    damaged = tmp_path / "cache.sqlite"
+    damaged.write_bytes(b"not a database" * 100)
+    with pytest.raises(RelevanceError, match=r"cache.sqlite is not a readable relevance answer cache .*move it aside"):
+        AnswerCache(damaged)
