@@ -5,29 +5,39 @@ limit enforced while streaming, a pixel limit checked from the header before dec
 as JPEG (other formats are converted). Failures are recorded per item in ``failures.json`` next
 to the images and never stop the build; an item without a usable image keeps its gap
 (``Item.image_error``). The store is resumable: images already there are not downloaded again,
-permanent failures (4xx, not an image, too large, undecodable) are not retried, transient ones
-(timeouts, 429, 5xx after the retries) are retried by the next run.
+permanent failures (4xx, an invalid URL, not an image, too large, undecodable) are not retried, transient
+ones (timeouts, 408, 429, 5xx after the retries) are retried by the next run.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import logging
+import os
 import threading
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, final
 
 from reddit_amazon import __version__
 from reddit_amazon.files import write_atomic
+from reddit_amazon.openai_endpoint import retry_after
+
+log = logging.getLogger(__name__)
 
 FAILURES_FILE = "failures.json"
 SOURCES_FILE = "sources.json"
+SOURCES_JOURNAL = "sources.journal"  # one JSON line per image stored since the last save (survives a kill)
 NO_IMAGE_URL = "no_image_url"
+#: What product images come as. Only these are parsed at all: some other formats (ICO, ...) decode their
+#: content while opening, before the pixel limit can be checked.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+JPEG_MAX_SIDE = 65_500  # the longest side Pillow's JPEG encoder writes
 
 
 @dataclass
@@ -39,6 +49,7 @@ class ImageOptions:
     backoff_max_s: float = 10.0
     max_bytes: int = 10 * 2**20
     max_pixels: int = 40_000_000  # far above Amazon's hi_res images, far below a decompression bomb
+    max_retry_after_s: float = 60.0  # the longest Retry-After waited out before the next attempt
     jpeg_quality: int = 92
     user_agent: str = f"reddit-amazon/{__version__} (dataset builder)"
 
@@ -65,37 +76,56 @@ def _require_image_type(content_type: str | None) -> None:
 
 def to_jpeg(data: bytes, content_type: str | None, options: ImageOptions) -> bytes:
     """Validated JPEG bytes of ``data``, or :class:`ImageRejected`."""
-    from PIL import Image
-
     _require_image_type(content_type)
     if len(data) > options.max_bytes:
         raise ImageRejected("too_large", f"{len(data)} bytes > {options.max_bytes}")
+    image = _decode(data, options)
+    if image.format == "JPEG":
+        return data
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > options.max_pixels:
-                raise ImageRejected("too_many_pixels", f"{width}x{height} > {options.max_pixels} pixels")
-            image.load()
+        buffer = io.BytesIO()
+        _on_white(eight_bit_greyscale(image)).save(buffer, format="JPEG", quality=options.jpeg_quality)
+    except (OSError, ValueError) as error:
+        raise ImageRejected("unencodable", str(error) or type(error).__name__) from error
+    return buffer.getvalue()
+
+
+def _decode(data: bytes, options: ImageOptions) -> Any:
+    from PIL import Image
+
+    try:
+        # No warning filter here: catch_warnings is not thread-safe. The pixel check below comes before any
+        # decoding, and Pillow's own bomb limit (a warning, then an error) lies above the default max_pixels.
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        width, height = image.size
+        if width * height > options.max_pixels:
+            raise ImageRejected("too_many_pixels", f"{width}x{height} > {options.max_pixels} pixels")
+        if max(width, height) > JPEG_MAX_SIDE:
+            raise ImageRejected("too_long_side", f"{width}x{height}: a JPEG side holds at most {JPEG_MAX_SIDE} px")
+        image.load()
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageRejected("too_many_pixels", str(error)) from error
+    except Image.UnidentifiedImageError as error:
+        raise ImageRejected("undecodable", f"not a {', '.join(FORMATS)} image") from error
     except (OSError, SyntaxError, ValueError) as error:  # Pillow's ways of saying "not decodable"
         raise ImageRejected("undecodable", str(error) or type(error).__name__) from error
-    if image.format == "JPEG":
-        return data
-    if image.mode in ("RGBA", "LA", "P"):
+    return image
+
+
+def _on_white(image: Any) -> Any:
+    """RGB, with any transparency (an alpha channel, or a PNG's tRNS colour) composited onto white."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA", "La", "PA", "RGBa", "P") or "transparency" in image.info:
+        if image.mode == "La":
+            image = image.convert("LA")  # Pillow converts premultiplied grey to LA only
         image = image.convert("RGBA")
         background = Image.new("RGB", image.size, (255, 255, 255))
         background.paste(image, mask=image.getchannel("A"))
-        image = background
-    elif image.mode != "RGB":
-        image = eight_bit_greyscale(image).convert("RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=options.jpeg_quality)
-    return buffer.getvalue()
+        return background
+    return image.convert("RGB")
 
 
 def eight_bit_greyscale(image: Any) -> Any:
@@ -113,93 +143,223 @@ def eight_bit_greyscale(image: Any) -> Any:
     return Image.fromarray(values.clip(0, 255).round().astype(numpy.uint8), "L")
 
 
+class ImageStoreError(ValueError):
+    """A file of the image store cannot be read (its path is in the message)."""
+
+
 class ImageStore:
-    """``<folder>/<asin>.jpg``, ``sources.json`` ({asin: the URL its image came from}) and ``failures.json``
-    ({asin: {"error", "permanent", "url"}})."""
+    """``<folder>/<asin>.jpg``, the URL each image came from (``sources.json``, {asin: url}, plus the lines
+    ``sources.journal`` gained since the last save) and ``failures.json`` ({asin: {"error", "permanent", "url"}}).
+
+    Each URL is appended to the journal right after its image is written, so a killed run cannot leave an
+    image whose URL is lost or out of date: an image without a recorded URL is not counted as stored."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self.failures: dict[str, dict] = self._read(FAILURES_FILE)
-        self.sources: dict[str, str] = self._read(SOURCES_FILE)
+        self.failures: dict[str, dict] = self._read_failures()
+        self.sources: dict[str, str] = {**self._read_object(self.folder / SOURCES_FILE), **self._read_journal()}
 
-    def _read(self, name: str) -> dict:
-        path = self.folder / name
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    def _read_object(self, path: Path) -> dict:
+        if not path.is_file():
+            return {}
+        try:
+            value = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ImageStoreError(f"{path}: not valid JSON ({error})") from None
+        if not isinstance(value, dict):
+            raise ImageStoreError(f"{path}: not a JSON object")
+        return value
+
+    def _read_failures(self) -> dict[str, dict]:
+        """Only a record of what failed: an unreadable one is dropped (its items are tried again), not fatal."""
+        try:
+            return self._read_object(self.folder / FAILURES_FILE)
+        except ImageStoreError as error:
+            log.warning("%s; the failures it recorded will be retried", error)
+            return {}
+
+    def _read_journal(self) -> dict[str, str]:
+        path = self.folder / SOURCES_JOURNAL
+        sources = {}
+        for number, line in enumerate(path.read_bytes().splitlines() if path.is_file() else [], 1):
+            try:
+                entry = json.loads(line)
+                sources[entry["asin"]] = entry["url"]
+            except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
+                # A line cut by a crash: its image (and that of a line glued to it) has no URL, so it is fetched again.
+                log.warning("%s, line %d: not an image's source, skipped", path, number)
+        return sources
 
     def path(self, asin: str) -> Path:
         return self.folder / f"{asin}.jpg"
 
     def has(self, asin: str, url: str) -> bool:
         """Whether the image of ``asin`` at ``url`` is stored. An image from another URL is not (the metadata
-        changed); one stored without its URL (by a version that did not record it) counts as from any URL."""
-        return self.path(asin).is_file() and self.sources.get(asin, url) == url
+        changed), nor one without a recorded URL (a run killed between writing it and recording its URL)."""
+        return self.path(asin).is_file() and self.sources.get(asin) == url
 
     def put(self, asin: str, jpeg: bytes, url: str) -> Path:
         target = self.path(asin)
         write_atomic(target, jpeg)
+        line = json.dumps({"asin": asin, "url": url}).encode() + b"\n"
         with self._lock:
+            self._append(line)  # after the image: a kill in between leaves an image without (a current) URL
             self.failures.pop(asin, None)
             self.sources[asin] = url
         return target
+
+    def _append(self, line: bytes) -> None:
+        descriptor = os.open(self.folder / SOURCES_JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(descriptor, line)  # one write: a kill leaves the line whole or absent (a crash may cut it)
+        finally:
+            os.close(descriptor)
 
     def record_failure(self, asin: str, url: str, error: str, permanent: bool) -> None:
         with self._lock:
             self.failures[asin] = {"error": error, "permanent": permanent, "url": url}
 
     def save(self) -> None:
-        """Write what was learnt (failures, and where each image came from)."""
+        """Write what was learnt (failures, and where each image came from: the journal is folded in)."""
         with self._lock:
             failures = json.dumps(self.failures, indent=1, sort_keys=True)
             sources = json.dumps(self.sources, indent=1, sort_keys=True)
-        write_atomic(self.folder / FAILURES_FILE, failures.encode())
-        write_atomic(self.folder / SOURCES_FILE, sources.encode())
+            write_atomic(self.folder / FAILURES_FILE, failures.encode())
+            write_atomic(self.folder / SOURCES_FILE, sources.encode())
+            (self.folder / SOURCES_JOURNAL).unlink(missing_ok=True)
 
 
 class _TransientHTTP(Exception):
-    """429 / 5xx: worth another attempt."""
+    """408 / 429 / 5xx, or a response cut short: worth another attempt (after the ``Retry-After`` it asks for)."""
+
+    def __init__(self, message: str, response: Any = None):
+        super().__init__(message)
+        self.response = response  # read by retry_after
 
 
 def _download(session, url: str, options: ImageOptions) -> tuple[bytes, str | None]:
     import requests
 
-    try:
-        response = session.get(url, stream=True, timeout=options.timeout_s)
-    except requests.TooManyRedirects as error:  # a redirect loop stays a loop: not worth another run
-        raise ImageRejected("redirect_loop", str(error)) from error
-    with response:
-        if response.status_code == 429 or response.status_code >= 500:
-            raise _TransientHTTP(f"HTTP {response.status_code}")
-        if response.status_code != 200:
-            raise ImageRejected("http_error", f"HTTP {response.status_code}")
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > options.max_bytes:
-            raise ImageRejected("too_large", f"Content-Length {declared} > {options.max_bytes}")
-        content_type = response.headers.get("Content-Type")
-        _require_image_type(content_type)  # before the body is read
-        chunks, size = [], 0
-        # The timeout bounds each read, so a host sending a byte a second would hold a worker for hours:
-        # the whole body gets a deadline, after which its socket is shut (which ends a blocked read).
-        limit = options.timeout_s * 3
-        cut = threading.Event()  # set before the socket is shut: a body that "ended" then was cut short
-        watchdog = threading.Timer(limit, _shut, [_socket_of(response), cut])
-        watchdog.daemon = True
-        watchdog.start()
+    # The timeout bounds each read, so a host sending a byte a second (of its headers or body) would hold a
+    # worker for hours: the whole response gets a deadline, after which its socket is shut (ending a blocked read).
+    with _Deadline(options.timeout_s * 3) as deadline:
         try:
-            for chunk in response.iter_content(chunk_size=1 << 16):
-                size += len(chunk)
-                if size > options.max_bytes:
-                    raise ImageRejected("too_large", f"more than {options.max_bytes} bytes")
-                chunks.append(chunk)
-        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as error:
-            if not cut.is_set():
-                raise _TransientHTTP(f"incomplete body ({error})") from error  # connection closed before the end
-        finally:
-            watchdog.cancel()
-        if cut.is_set():  # shut by the watchdog: an error, or (a body without a length) an early "end"
-            raise _TransientHTTP(f"body still arriving after {limit:.0f} s")
+            response = session.get(url, stream=True, timeout=options.timeout_s)
+        except requests.TooManyRedirects as error:  # a redirect loop stays a loop: not worth another run
+            raise ImageRejected("redirect_loop", str(error)) from error
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema, requests.exceptions.URLRequired) as error:
+            if isinstance(error, requests.exceptions.InvalidProxyURL):
+                raise  # the environment's fault, not the item's
+            raise ImageRejected("invalid_url", str(error)) from error
+        except requests.exceptions.ConnectionError as error:
+            if deadline.expired.is_set():
+                raise _TransientHTTP(f"headers still arriving after {deadline.seconds:g} s") from error
+            raise
+        with response:
+            deadline.watch(_socket_of(response))
+            if deadline.expired.is_set():  # the headers were cut short
+                raise _TransientHTTP(f"headers still arriving after {deadline.seconds:g} s")
+            if response.status_code in (408, 429) or response.status_code >= 500:
+                raise _TransientHTTP(f"HTTP {response.status_code}", response)
+            if response.status_code != 200:
+                raise ImageRejected("http_error", f"HTTP {response.status_code}")
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > options.max_bytes:
+                raise ImageRejected("too_large", f"Content-Length {declared} > {options.max_bytes}")
+            content_type = response.headers.get("Content-Type")
+            _require_image_type(content_type)  # before the body is read
+            chunks, size = [], 0
+            try:
+                for chunk in response.iter_content(chunk_size=1 << 16):
+                    size += len(chunk)
+                    if size > options.max_bytes:
+                        raise ImageRejected("too_large", f"more than {options.max_bytes} bytes")
+                    chunks.append(chunk)
+            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as error:
+                if not deadline.expired.is_set():
+                    raise _TransientHTTP(f"incomplete body ({error})") from error  # connection closed before the end
+            if deadline.expired.is_set():  # shut at the deadline: an error, or (a body without a length) an early "end"
+                raise _TransientHTTP(f"body still arriving after {deadline.seconds:g} s")
     return b"".join(chunks), content_type
+
+
+_current = threading.local()  # .deadline: the _Deadline of the request this thread is making
+
+
+@final
+class _Deadline:
+    """Shuts the socket of the request made in its ``with`` block once ``seconds`` have passed. The socket is
+    handed over by :func:`_session`'s connections before the headers are read, and again from the response."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = threading.Event()  # set before the socket is shut: a response that "ended" was cut short
+        self._socket: Any = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        _current.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+        _current.deadline = None
+
+    def watch(self, sock: Any) -> None:
+        with self._lock:
+            self._socket = sock or self._socket
+            expired = self.expired.is_set()
+        if expired:
+            _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired.set()
+            sock = self._socket
+        _shut(sock)
+
+
+def _session(options: ImageOptions) -> Any:
+    """A session whose connections hand their socket to the thread's :class:`_Deadline` before reading a response."""
+    import requests
+
+    session = requests.Session()
+    session.headers["User-Agent"] = options.user_agent
+    adapter = _watching_adapter()()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+@functools.cache
+def _watching_adapter() -> type:
+    from requests.adapters import HTTPAdapter
+    from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
+
+    def watching(pool_class: type) -> type:
+        class Connection(pool_class.ConnectionCls):
+            def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+                deadline = getattr(_current, "deadline", None)
+                if deadline is not None:
+                    deadline.watch(self.sock)
+                return super().getresponse(*args, **kwargs)
+
+        return type(pool_class.__name__, (pool_class,), {"ConnectionCls": Connection})
+
+    pools = {"http": watching(HTTPConnectionPool), "https": watching(HTTPSConnectionPool)}
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+    return Adapter
 
 
 def _socket_of(response: Any) -> Any:
@@ -211,10 +371,9 @@ def _socket_of(response: Any) -> Any:
         return getattr(getattr(response.raw, "connection", None), "sock", None)
 
 
-def _shut(sock: Any, cut: threading.Event) -> None:
+def _shut(sock: Any) -> None:
     import socket
 
-    cut.set()
     if sock is not None:
         try:
             sock.shutdown(socket.SHUT_RDWR)
@@ -245,13 +404,18 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
 
     def session() -> requests.Session:
         if not hasattr(local, "session"):
-            local.session = requests.Session()
-            local.session.headers["User-Agent"] = options.user_agent
+            local.session = _session(options)
         return local.session
+
+    backoff = tenacity.wait_random_exponential(multiplier=options.backoff_initial_s, max=options.backoff_max_s)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        asked = retry_after(state.outcome.exception() if state.outcome else None)
+        return backoff(state) if asked is None else max(backoff(state), min(asked, options.max_retry_after_s))
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type((_TransientHTTP, requests.ConnectionError, requests.Timeout)),
-        wait=tenacity.wait_random_exponential(multiplier=options.backoff_initial_s, max=options.backoff_max_s),
+        wait=wait,
         stop=tenacity.stop_after_attempt(options.max_attempts),
         reraise=True,
     )
@@ -259,8 +423,7 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
     def fetch_one(asin: str, url: str) -> ImageOutcome:
         try:
             data, content_type = retrying(_download, session(), url, options)
-            path = store.put(asin, to_jpeg(data, content_type, options), url)
-            return ImageOutcome(path=path, downloaded=True)
+            jpeg = to_jpeg(data, content_type, options)
         except ImageRejected as error:
             store.record_failure(asin, url, str(error), permanent=True)
             return ImageOutcome(path=None, error=str(error))
@@ -269,6 +432,13 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
             message = f"download_failed: {type(error).__name__} after {attempts} attempt(s) ({error})"
             store.record_failure(asin, url, message[:300], permanent=False)
             return ImageOutcome(path=None, error=message[:300])
+        except Exception as error:  # a case nothing above foresaw fails this item (retried next run), not the build
+            log.exception("image of %s (%s)", asin, url)  # a bug: its traceback
+            message = f"unexpected_error: {type(error).__name__}: {error}"[:300]
+            store.record_failure(asin, url, message, permanent=False)
+            return ImageOutcome(path=None, error=message)
+        # Outside the try: a store that cannot be written (a full disk) stops the run instead of failing every item.
+        return ImageOutcome(path=store.put(asin, jpeg, url), downloaded=True)
 
     pool = ThreadPoolExecutor(max_workers=max(1, options.concurrency))
     try:

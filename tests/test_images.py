@@ -239,3 +239,181 @@ def test_a_body_without_length_cut_by_the_deadline_is_transient_not_undecodable(
         _download(requests.Session(), f"http://127.0.0.1:{server.getsockname()[1]}/x.jpg",
                   ImageOptions(timeout_s=0.5))
     server.close()
+
+
+def png(image: Image.Image, **save) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **save)
+    return buffer.getvalue()
+
+
+def test_an_image_jpeg_cannot_hold_is_a_failure_not_a_crash(httpserver, monkeypatch, tmp_path):
+    wide = png(Image.new("RGB", (70_000, 1)))  # 70,000 pixels: under the pixel limit, over JPEG's 65,500 a side
+    with pytest.raises(ImageRejected) as raised:
+        to_jpeg(wide, "image/png", OPTIONS)
+    assert raised.value.reason == "too_long_side"
+
+    import reddit_amazon.images
+
+    def broken(data, content_type, options):
+        raise RuntimeError("a case nobody foresaw")
+
+    monkeypatch.setattr(reddit_amazon.images, "to_jpeg", broken)
+    httpserver.expect_request("/x.jpg").respond_with_data(jpeg(), content_type="image/jpeg")
+    outcomes = fetch_images([("B000000001", [httpserver.url_for("/x.jpg")])], ImageStore(tmp_path / "images"), OPTIONS)
+    assert outcomes["B000000001"].error.startswith("unexpected_error: RuntimeError")
+    recorded = json.loads((tmp_path / "images" / "failures.json").read_text())
+    assert recorded["B000000001"]["permanent"] is False  # tried again once the cause is fixed
+
+
+def test_formats_that_decode_while_opening_are_refused():
+    """Pillow's ICO plugin decodes an embedded PNG inside Image.open, before the pixel limit is checked."""
+    import struct
+
+    inner = png(Image.new("1", (2000, 2000)))  # 4 M pixels > OPTIONS.max_pixels, behind a 256x256 directory entry
+    ico = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(inner), 22) + inner
+    with pytest.raises(ImageRejected) as raised:
+        to_jpeg(ico, "image/x-icon", OPTIONS)
+    assert raised.value.reason == "undecodable" and "not a JPEG, PNG" in str(raised.value)
+
+
+def test_retry_after_is_waited_out_and_408_is_transient(httpserver, tmp_path):
+    hits: dict[str, list[float]] = {"throttled.jpg": [], "capped.jpg": [], "408.jpg": []}
+
+    def handler(request: Request) -> Response:
+        name = request.path.strip("/")
+        hits[name].append(time.monotonic())
+        if len(hits[name]) == 1:
+            retry = {"throttled.jpg": "0.6", "capped.jpg": "3600"}.get(name)
+            return Response("wait", status=408 if retry is None else 429,
+                            headers={"Retry-After": retry} if retry else {})
+        return Response(jpeg(), content_type="image/jpeg")
+
+    httpserver.expect_request("").respond_with_handler(handler)
+    outcomes = fetch_images([("B000000001", [httpserver.url_for("throttled.jpg")]),
+                             ("B000000002", [httpserver.url_for("408.jpg")])], ImageStore(tmp_path / "images"), OPTIONS)
+    assert hits["throttled.jpg"][1] - hits["throttled.jpg"][0] >= 0.55  # the backoff alone is 0.02 s at most
+    assert all(o.downloaded for o in outcomes.values()), outcomes
+    assert len(hits["408.jpg"]) == 2
+    started = time.monotonic()
+    capped = fetch_images([("B000000003", [httpserver.url_for("capped.jpg")])], ImageStore(tmp_path / "images"),
+                          ImageOptions(**{**OPTIONS.__dict__, "max_retry_after_s": 0.3}))
+    assert capped["B000000003"].downloaded and time.monotonic() - started < 2  # not the hour asked for
+    assert hits["capped.jpg"][1] - hits["capped.jpg"][0] >= 0.25
+
+
+def test_an_image_whose_source_was_not_recorded_is_fetched_again(httpserver, tmp_path):
+    """A run killed (kill -9: no save) after storing images must not leave them counted as from any URL."""
+    folder = tmp_path / "images"
+    store = ImageStore(folder)
+    store.put("B000000001", jpeg(), "http://host/a.jpg")  # no save(): as if the run were killed here
+    (folder / "B000000002.jpg").write_bytes(jpeg())  # killed between writing an image and recording its URL
+    with (folder / "sources.journal").open("ab") as journal:
+        journal.write(b'{"asin": "B000000003", "ur')  # a line cut by a crash
+    again = ImageStore(folder)
+    assert again.has("B000000001", "http://host/a.jpg") and not again.has("B000000001", "http://host/b.jpg")
+    assert not again.has("B000000002", "http://host/a.jpg")
+    again.put("B000000004", jpeg(), "http://host/d.jpg")
+    again.save()
+    assert not (folder / "sources.journal").exists()
+    assert json.loads((folder / "sources.json").read_text()) == {"B000000001": "http://host/a.jpg",
+                                                                 "B000000004": "http://host/d.jpg"}
+    assert ImageStore(folder).has("B000000004", "http://host/d.jpg")  # sources.json alone (older stores) still counts
+
+    httpserver.expect_request("/b.jpg").respond_with_data(jpeg(color=(0, 0, 255)), content_type="image/jpeg")
+    outcomes = fetch_images([("B000000002", [httpserver.url_for("/b.jpg")])], ImageStore(folder), OPTIONS)
+    assert outcomes["B000000002"].downloaded
+
+
+def test_trickling_headers_are_cut_at_the_deadline(tmp_path):
+    """The deadline runs from before the request: a host sending its headers a byte at a time is cut too."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve():
+        connection, _ = server.accept()
+        connection.recv(4096)
+        try:
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n")
+            for _ in range(30):
+                connection.sendall(b"X")
+                time.sleep(0.1)
+            connection.sendall(b": y\r\nContent-Length: 0\r\n\r\n")
+        except OSError:
+            pass
+        connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    options = ImageOptions(**{**OPTIONS.__dict__, "timeout_s": 0.3, "max_attempts": 1})
+    started = time.monotonic()
+    outcomes = fetch_images([("B000000001", [f"http://127.0.0.1:{server.getsockname()[1]}/x.jpg"])],
+                            ImageStore(tmp_path / "images"), options)
+    assert time.monotonic() - started < 2  # the headers alone take 3 s
+    assert "headers still arriving after 0.9 s" in outcomes["B000000001"].error
+    server.close()
+
+
+def test_an_invalid_url_is_a_permanent_failure(tmp_path):
+    urls = ["//127.0.0.1/x.jpg", "ftp://127.0.0.1/x.jpg", "data:image/png;base64,iVBORw0KGgo=",
+            "http://127.0.0.1:99999/x.jpg", "http:///x.jpg", "http://[::1/x.jpg"]
+    items = [(f"B00000000{i}", [url]) for i, url in enumerate(urls)]
+    outcomes = fetch_images(items, ImageStore(tmp_path / "images"), OPTIONS)
+    assert all(o.error.startswith("invalid_url") for o in outcomes.values()), outcomes
+    recorded = json.loads((tmp_path / "images" / "failures.json").read_text())
+    assert all(failure["permanent"] for failure in recorded.values())
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA", "P", "PA", "RGBa", "La"])
+def test_transparent_pixels_become_white_in_every_mode(mode, monkeypatch):
+    import reddit_amazon.images
+
+    clear = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    if mode in ("RGB", "L"):  # transparency as a tRNS colour, without an alpha channel
+        data = png(Image.new(mode, (4, 4)), transparency=(0, 0, 0) if mode == "RGB" else 0)
+    elif mode in ("RGBA", "LA", "P"):
+        data = png(clear.convert(mode))
+    else:  # modes no file opens as: handed to the conversion as decoded
+        image = Image.new("PA", (4, 4), (0, 0)) if mode == "PA" else clear.convert(mode.upper()).convert(mode)
+        monkeypatch.setattr(reddit_amazon.images, "_decode", lambda data, options: image)
+        data = b"decoded above"
+    result = Image.open(io.BytesIO(to_jpeg(data, "image/png", OPTIONS)))
+    assert min(result.convert("RGB").getpixel((0, 0))) >= 250, mode
+
+
+def test_workers_leave_the_warning_filters_alone(monkeypatch):
+    """catch_warnings is not thread-safe: from worker threads it leaked a global "error" filter."""
+    import warnings
+
+    calls = []
+
+    def spy(original):
+        return lambda *args, **kwargs: calls.append(original.__name__) or original(*args, **kwargs)
+
+    before = list(warnings.filters)
+    for name in ("catch_warnings", "simplefilter", "filterwarnings"):
+        monkeypatch.setattr(warnings, name, spy(getattr(warnings, name)))
+    try:
+        assert Image.open(io.BytesIO(to_jpeg(png_rgba(), "image/png", OPTIONS))).format == "JPEG"
+        with pytest.raises(ImageRejected, match="too_many_pixels"):
+            to_jpeg(bomb_png(), "image/png", OPTIONS)
+    finally:
+        monkeypatch.undo()
+    assert calls == [] and warnings.filters == before
+
+
+def test_an_unreadable_store_file_is_named(tmp_path, caplog):
+    from reddit_amazon.images import ImageStoreError
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "failures.json").write_text('{"B000000001": {"error"')
+    with caplog.at_level("WARNING"):
+        store = ImageStore(folder)  # only a record of failures: dropped, so they are retried
+    assert store.failures == {} and str(folder / "failures.json") in caplog.text
+    (folder / "sources.json").write_text("[1, 2")
+    with pytest.raises(ImageStoreError, match=str(folder / "sources.json")):
+        ImageStore(folder)
