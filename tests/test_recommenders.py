@@ -251,6 +251,21 @@ def test_hf_vlm_batched_equals_one_by_one(tiny_vlm, with_images):
     assert all(isinstance(text, str) and text for text in batched)
 
 
+def test_hf_vlm_shows_an_undecodable_image_as_no_image_and_names_the_item(tiny_vlm, caplog):
+    from benchmark.recommenders.hf_vlm import HFVisionLanguageRecommender
+
+    recommender = HFVisionLanguageRecommender(model=str(tiny_vlm), with_images=True, max_new_tokens=3,
+                                              device="cpu", dtype="float32")
+    example = _example("a")
+    damaged = replace(example.candidates[0], image_bytes=b"\x89PNG\r\n\x1a\n broken")
+    example = replace(example, candidates=(damaged, *example.candidates[1:]))
+    prompt, images = recommender._prompt(example)
+    assert len(images) == 2 and prompt.count("(no image available)") == len(example.candidates) - 2
+    assert recommender.recommend([example, example])[0]
+    warnings = [r.getMessage() for r in caplog.records if "cannot be decoded" in r.getMessage()]
+    assert len(warnings) == 1 and damaged.item_id in warnings[0]
+
+
 def test_openai_chat_without_a_key_is_a_clear_cli_error(tmp_path, monkeypatch):
     from click.testing import CliRunner
 

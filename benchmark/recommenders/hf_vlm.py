@@ -1,13 +1,15 @@
 """``hf-vlm``: a Hugging Face vision-language model (LLaVA-NeXT style) answering the Table 11 prompt.
 
 Title-only by default; with ``with_images=true`` each candidate line is followed by the processor's
-image token and the candidate's image (a candidate without an image gets a short note instead).
+image token and the candidate's image (a candidate without an image, or whose image cannot be decoded,
+gets a short note instead; an undecodable one is named in a warning once).
 Greedy decoding, batched with left padding. Any checkpoint that ``AutoProcessor`` and
 ``AutoModelForImageTextToText`` load works (e.g. ``llava-hf/llava-v1.6-mistral-7b-hf``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,8 +19,9 @@ from benchmark.prompts import (
     recommendation_prompt_segments,
     render_recommendation_prompt,
 )
-from benchmark.protocol import Example
+from benchmark.protocol import Candidate, Example
 
+log = logging.getLogger(__name__)
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
 
 
@@ -45,6 +48,7 @@ class HFVisionLanguageRecommender:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
         self.image_token = getattr(self.processor, "image_token", "<image>")
+        self._undecodable: set[str] = set()
 
     def _prompt(self, example: Example) -> tuple[str, list[Any]]:
         """Chat-formatted prompt text and the images its image tokens stand for, in order."""
@@ -58,7 +62,7 @@ class HFVisionLanguageRecommender:
         segments = recommendation_prompt_segments(conversation, candidates)
         parts, images = [segments[0]], []
         for candidate, text in zip(example.candidates, segments[1:], strict=True):
-            image = candidate.image
+            image = self._image(candidate)
             if image is None:
                 parts.append(NO_IMAGE_TEXT)
             else:
@@ -66,6 +70,19 @@ class HFVisionLanguageRecommender:
                 images.append(image)
             parts.append(text)
         return self._chat("".join(parts)), images
+
+    def _image(self, candidate: Candidate) -> Any:
+        """The candidate's image, or None without one or when its bytes cannot be decoded (warned once per item)."""
+        from PIL import Image
+
+        try:
+            return candidate.image
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # Pillow's "undecodable"
+            if candidate.item_id not in self._undecodable:
+                self._undecodable.add(candidate.item_id)
+                log.warning("item %s: its image cannot be decoded (%s); shown as having no image", candidate.item_id,
+                            str(error) or type(error).__name__)
+            return None
 
     def _chat(self, text: str) -> str:
         template = getattr(self.processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
