@@ -153,9 +153,9 @@ def retrieve_command(retriever, retriever_args, dataset, domain, split, k, with_
 
     with _run_errors():
         try:
-            config = RetrieveConfig(retriever=retriever, retriever_options=parse_model_args(retriever_args),
-                                    dataset=dataset, domain=domain, split=split, k=k,
-                                    with_description=with_description, limit=limit,
+            options = parse_model_args(retriever_args, "--retriever-args")
+            config = RetrieveConfig(retriever=retriever, retriever_options=options, dataset=dataset, domain=domain,
+                                    split=split, k=k, with_description=with_description, limit=limit,
                                     bootstrap_samples=bootstrap_samples, seed=seed)
             results = retrieve(config, out_dir, overwrite=overwrite, progress=not quiet)
         except (DatasetError, RegistryError, FileNotFoundError, ImportError, RuntimeError) as error:

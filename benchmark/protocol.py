@@ -69,14 +69,19 @@ class Candidate:
         return path
 
 
-def _image_suffix(data: bytes) -> str:
+def image_mime(data: bytes) -> str:
+    """The MIME type of encoded image bytes, from their first bytes: PNG, WebP, GIF, else JPEG."""
     if data.startswith(b"\x89PNG"):
-        return ".png"
+        return "image/png"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp"
+        return "image/webp"
     if data.startswith(b"GIF8"):
-        return ".gif"
-    return ".jpg"
+        return "image/gif"
+    return "image/jpeg"
+
+
+def _image_suffix(data: bytes) -> str:
+    return {"image/png": ".png", "image/webp": ".webp", "image/gif": ".gif"}.get(image_mime(data), ".jpg")
 
 
 @dataclass(frozen=True)

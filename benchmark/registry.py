@@ -15,6 +15,7 @@ import difflib
 import importlib
 import importlib.util
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -82,6 +83,9 @@ def _load_object(target: str, spec: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise RegistryError(f"recommender {spec!r}: cannot import {module_name!r}: {error}") from error
+    except Exception as error:  # a plugin that fails at import is named, as an entry point is
+        raise RegistryError(f"recommender {spec!r} (module {module_name}) failed to load: "
+                            f"{type(error).__name__}: {error}") from error
     return _attribute(module, attribute, spec)
 
 
@@ -95,17 +99,27 @@ def _load_from_file(path: Path, attribute: str, spec: str) -> Any:
     folder = str(path.resolve().parent)
     if folder not in sys.path:  # the plugin may import modules that sit beside it, as a script would
         sys.path.insert(0, folder)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:  # SyntaxError included: named like an entry point that fails to load
+        del sys.modules[module_name]
+        raise RegistryError(f"recommender {spec!r} (file {path}) failed to load: "
+                            f"{type(error).__name__}: {error}") from error
     return _attribute(module, attribute, spec, where=str(path))
 
 
 def _attribute(module: Any, attribute: str, spec: str, where: str | None = None) -> Any:
-    if not hasattr(module, attribute):
-        public = [n for n in vars(module) if not n.startswith("_") and isinstance(getattr(module, n), type)]
-        close = difflib.get_close_matches(attribute, public, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise RegistryError(f"recommender {spec!r}: {where or module.__name__} has no {attribute!r}.{hint}")
-    return getattr(module, attribute)
+    """``module``'s ``attribute``; a dotted one (``Outer.Inner``) is looked up part by part, as entry points are."""
+    found, owner = module, where or module.__name__
+    for name in attribute.split("."):
+        if not hasattr(found, name):
+            public = [n for n, value in getattr(found, "__dict__", {}).items()
+                      if not n.startswith("_") and isinstance(value, type)]
+            close = difflib.get_close_matches(name, public, n=3, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise RegistryError(f"recommender {spec!r}: {owner} has no {name!r}.{hint}")
+        found, owner = getattr(found, name), f"{owner}:{name}" if found is module else f"{owner}.{name}"
+    return found
 
 
 #: Argument names that hold secrets (``api_key``, ``hf_token``, ``client_secret``), not ``max_new_tokens``.
@@ -119,9 +133,10 @@ def redacted_args(model_args: dict[str, Any]) -> dict[str, Any]:
     return {k: "<redacted>" if _SECRET_ARG.search(k) else v for k, v in model_args.items()}
 
 
-def parse_model_args(text: str | None) -> dict[str, Any]:
+def parse_model_args(text: str | None, option: str = "--model-args") -> dict[str, Any]:
     """``'a=1,b=true,c=x,d="p,q"'`` -> ``{"a": 1, "b": True, "c": "x", "d": "p,q"}``: JSON scalars are decoded
-    (a double-quoted value may hold commas), the rest stays text. Errors never quote a value (it may be a key)."""
+    (a double-quoted value may hold commas), the rest stays text; ``NaN``/``Infinity`` are refused. Errors
+    name ``option`` and never quote a value (it may be a key)."""
     if not text:
         return {}
     args: dict[str, Any] = {}
@@ -131,11 +146,15 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
         key, sep, value = part.partition("=")
         key = key.strip()
         if not sep:
-            raise RegistryError(f"--model-args: argument {number} has no '=' (expected key=value[,key=value...]; "
+            raise RegistryError(f"{option}: argument {number} has no '=' (expected key=value[,key=value...]; "
                                 'quote a value holding a comma: key="a,b")')
         if not key.isidentifier():
-            raise RegistryError(f"--model-args: {key[:40]!r} is not an argument name (letters, digits and _)")
-        args[key] = _decode_value(value.strip())
+            raise RegistryError(f"{option}: {key[:40]!r} is not an argument name (letters, digits and _)")
+        decoded = _decode_value(value.strip())
+        if isinstance(decoded, float) and not math.isfinite(decoded):  # JSON's NaN, Infinity, 1e999
+            raise RegistryError(f"{option}: {key} is not a finite number (quote a value meant as text: "
+                                f'{key}="...")')
+        args[key] = decoded
     return args
 
 

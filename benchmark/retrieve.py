@@ -1,8 +1,8 @@
 """``benchmark retrieve``: top-k items from a domain's full catalog for every record, and the HR@1 of
 that ranking (the paper's "retrieval baselines", which rank the whole catalog rather than 10 candidates).
 
-Writes ``DIR/candidates.jsonl`` (example_id, domain, candidates best-first; ready to become a
-``candidates_<name>`` column) and ``DIR/results.json`` in the format of ``benchmark run``
+Writes ``DIR/candidates.jsonl`` (example_id, domain, candidates best-first: a ``candidates_<name>`` column
+stores them unranked, see :func:`reddit_amazon.assemble.shuffled_candidates`) and ``DIR/results.json`` in the format of ``benchmark run``
 (``hr@1``, ``recall@k``, ``ndcg@k``; no VR, as in the paper's Table 3).
 """
 
@@ -30,7 +30,8 @@ from benchmark.metrics import (
     score,
     summarize_by_domain,
 )
-from benchmark.retrieval import get_retriever, item_text
+from benchmark.registry import RegistryError, redacted_args
+from benchmark.retrieval import Retriever, get_retriever, item_text
 from benchmark.runner import (
     PREDICTIONS_FILE,
     RESULTS_FILE,
@@ -71,7 +72,7 @@ def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool 
     _check_folder(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     info = resolve_dataset(config.dataset)
-    retriever = get_retriever(config.retriever, **config.retriever_options)
+    retriever = _retriever(config)
     domains = domains_for(info, config.domain, config.split)
     rows, outcomes, groups = [], [], []
     for domain in tqdm(domains, desc="retrieving", unit="domain", disable=not progress):
@@ -122,6 +123,14 @@ def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool 
     }
     write_atomic(out / RESULTS_FILE, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     return results
+
+
+def _retriever(config: RetrieveConfig) -> Retriever:
+    try:
+        return get_retriever(config.retriever, **config.retriever_options)
+    except TypeError as error:  # an unknown option: reported as `benchmark run` reports --model-args
+        raise RegistryError(f"retriever {config.retriever!r} does not accept --retriever-args "
+                            f"{redacted_args(config.retriever_options)}: {error}") from error
 
 
 def _check_folder(out: Path, overwrite: bool) -> None:

@@ -38,11 +38,24 @@ def _image(color: str) -> bytes:
     return buffer.getvalue()
 
 
+def min_items_per_domain(records_per_domain: int, candidate_sets: tuple[str, ...]) -> int:
+    """The fewest items a domain needs: the gt items of a record (2 for record 3, 10, 17, ...), plus the 10
+    other items its candidate lists are drawn from."""
+    if records_per_domain <= 0:
+        return 0
+    gt_items = 2 if records_per_domain > 3 else 1
+    return gt_items + (10 if candidate_sets else 0)
+
+
 def make_synthetic_dataset(out: str | os.PathLike, *, records_per_domain: int = 20, items_per_domain: int = 60,
                            split: str = "test", seed: int = 0, gt_in_candidates: float = 0.8,
                            with_images: bool = True, candidate_sets: tuple[str, ...] = ("sbert",),
                            domains: tuple[str, ...] = DOMAINS) -> Path:
     """Write a dataset folder at ``out`` and return its path."""
+    needed = min_items_per_domain(records_per_domain, candidate_sets)
+    if items_per_domain < needed:
+        raise ValueError(f"items_per_domain={items_per_domain} is too few: {records_per_domain} records per domain "
+                         f"need at least {needed} (a record's gt items, up to 2, and 10 other candidates)")
     rng = random.Random(seed)
     images = {color: _image(color) for color in _COLORS} if with_images else {}
     conversations: dict[str, dict[str, list[Conversation]]] = {}

@@ -51,6 +51,28 @@ def test_module_and_file_specs(tmp_path):
         resolve("no_such_module_xyz:Thing")
 
 
+def test_dotted_attributes_resolve_as_entry_points_do(tmp_path, monkeypatch):
+    plugin = tmp_path / "nested_plugin.py"
+    plugin.write_text("class Outer:\n    class Inner:\n        def recommend(self, examples):\n            return []\n")
+    assert resolve(f"{plugin}:Outer.Inner").cls.__qualname__ == "Outer.Inner"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert resolve("nested_plugin:Outer.Inner").cls.__qualname__ == "Outer.Inner"
+    with pytest.raises(RegistryError, match="nested_plugin:Outer has no 'Iner'. Did you mean: Inner"):
+        resolve("nested_plugin:Outer.Iner")
+
+
+@pytest.mark.parametrize("code, error", [("class X(:\n    pass\n", "SyntaxError: invalid syntax"),
+                                         ("raise RuntimeError('boom at import')\n", "RuntimeError: boom at import")])
+def test_a_plugin_failing_at_import_is_named(tmp_path, monkeypatch, code, error):
+    plugin = tmp_path / "failing_plugin.py"
+    plugin.write_text(code)
+    with pytest.raises(RegistryError, match=f"'{plugin}:X' \\(file {plugin}\\) failed to load: {error}"):
+        resolve(f"{plugin}:X")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RegistryError, match=f"'failing_plugin:X' \\(module failing_plugin\\) failed to load: {error}"):
+        resolve("failing_plugin:X")
+
+
 def test_unknown_name_did_you_mean():
     with pytest.raises(RegistryError, match="unknown recommender 'opanai-chat'. Did you mean: openai-chat"):
         resolve("opanai-chat")
@@ -67,6 +89,13 @@ def test_model_args_parsing():
         "model": "llava-hf/x", "with_images": True, "batch_size": 8, "temperature": 0.5, "device": None}
     assert parse_model_args("base_url=http://127.0.0.1:8000/v1") == {"base_url": "http://127.0.0.1:8000/v1"}
     assert parse_model_args("name=007") == {"name": "007"}  # not valid JSON: kept as text
+    assert parse_model_args('name="NaN",x=nan') == {"name": "NaN", "x": "nan"}
+    for text in ("k1=NaN", "k1=Infinity", "b=-Infinity", "k1=1e999"):  # JSON's non-finite numbers
+        with pytest.raises(RegistryError, match="--retriever-args: [kb]1? is not a finite number"):
+            parse_model_args(text, "--retriever-args")
+    with pytest.raises(RegistryError) as caught:
+        parse_model_args("api_key=Infinity")
+    assert "Infinity" not in str(caught.value)
     with pytest.raises(RegistryError, match="expected key=value"):
         parse_model_args("oops")
     # A JSON string is a scalar too: quotes are dropped, and they let a value hold commas.

@@ -228,6 +228,33 @@ def test_retrieve_over_the_full_catalog(dataset, tmp_path):
     assert "vr" not in results["metrics"] and results["candidate_set_name"] == "bm25"
 
 
+def test_retrieve_and_run_report_bad_options_and_a_damaged_cache_in_one_line(dataset, tmp_path):
+    args = ["--dataset", str(dataset), "--domain", "home", "--quiet", "--bootstrap-samples", "0"]
+    unknown = CliRunner().invoke(cli, ["retrieve", "--retriever", "bm25", "--retriever-args", "k3=1", *args,
+                                       "--out", str(tmp_path / "r")])
+    assert unknown.exit_code == 1 and "retriever 'bm25' does not accept --retriever-args" in unknown.output
+    assert "unexpected keyword argument 'k3'" in unknown.output and unknown.exc_info[0] is SystemExit
+    nan = CliRunner().invoke(cli, ["retrieve", "--retriever", "bm25", "--retriever-args", "k1=NaN", *args,
+                                   "--out", str(tmp_path / "r")])
+    assert nan.exit_code == 1 and "--retriever-args: k1 is not a finite number" in nan.output
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "responses.sqlite").write_bytes(b"not a database" * 100)
+    damaged = CliRunner().invoke(cli, ["run", "--model", "openai-chat", "--model-args",
+                                       f"base_url=http://127.0.0.1:9/v1,cache_dir={cache}", *args,
+                                       "--out", str(tmp_path / "o")])
+    assert damaged.exit_code == 1 and damaged.exc_info[0] is SystemExit, damaged.output
+    assert f"CacheError: {cache / 'responses.sqlite'} is damaged" in damaged.output
+    assert "only a cache: delete or move it" in damaged.output
+
+
+def test_synthetic_datasets_need_enough_items_per_domain(tmp_path):
+    with pytest.raises(ValueError, match="items_per_domain=11 is too few: 20 records per domain need at least 12"):
+        make_synthetic_dataset(tmp_path / "a", items_per_domain=11)
+    make_synthetic_dataset(tmp_path / "b", items_per_domain=11, records_per_domain=3, with_images=False)
+    make_synthetic_dataset(tmp_path / "c", items_per_domain=12, records_per_domain=4, with_images=False)
+
+
 def test_default_dataset_is_the_bundled_sample(tmp_path):
     from reddit_amazon.sample import sample_dataset_path
 

@@ -192,6 +192,21 @@ def test_openai_chat_with_images_sends_one_image_per_candidate(chat_server, tmp_
     assert IMAGE_PLACEHOLDER not in "".join(texts)
 
 
+@pytest.mark.parametrize("image_format, mime", [("PNG", "image/png"), ("JPEG", "image/jpeg"),
+                                                ("WEBP", "image/webp"), ("GIF", "image/gif")])
+def test_openai_chat_data_urls_name_the_image_format(tmp_path, image_format, mime):
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(buffer, format=image_format)
+    candidate = replace(_example().candidates[0], image_bytes=buffer.getvalue())
+    url = OpenAIChatRecommender(with_images=True, cache_dir=tmp_path)._image_part(candidate)["image_url"]["url"]
+    assert url == f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
 def test_openai_chat_images_stay_with_their_candidates_when_a_title_says_image(chat_server, tmp_path):
     server, requests = chat_server
     example = _example()
@@ -277,3 +292,43 @@ def test_openai_chat_without_a_key_is_a_clear_cli_error(tmp_path, monkeypatch):
                                       "--model-args", f"cache_dir={tmp_path / 'c'}", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # click's error, not a traceback
     assert "Error: OPENAI_API_KEY is not set" in result.output
+
+
+def test_openai_chat_refusals_of_one_prompt_score_it_invalid_but_of_every_prompt_stop(httpserver, tmp_path,
+                                                                                     monkeypatch):
+    """vLLM's refusal of a too-large max_tokens names it: a setting, not the prompt; and refusals of each of
+    the first prompts are a setting's too, however they are worded."""
+    from reddit_amazon.openai_endpoint import RefusedEverything
+
+    def chat(request):
+        body = json.loads(request.data)
+        text = body["messages"][0]["content"]
+        if body["max_tokens"] > 1000:
+            message = (f"'max_tokens' or 'max_completion_tokens' is too large: {body['max_tokens']}. This model's "
+                       "maximum context length is 2048 tokens")
+        elif "too long" in text or "everything" in text:
+            message = "This model's maximum context length is 2048 tokens; your prompt is too long"
+        else:
+            return Response(json.dumps({
+                "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "B000000001"}}]}),
+                content_type="application/json")
+        return Response(json.dumps({"error": {"message": message, "code": 400}}), status=400,
+                        content_type="application/json")
+
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(chat)
+    url = httpserver.url_for("/v1")
+
+    def examples(context: str, n: int) -> list[Example]:
+        return [replace(_example(f"{context[:4]}{i}"), context=f"<submission>{context} {i}</submission>\n")
+                for i in range(n)]
+
+    mixed = OpenAIChatRecommender(model="m", base_url=url, cache_dir=tmp_path / "a", max_workers=1)
+    assert mixed.recommend([*examples("fine", 1), *examples("too long", 6)]) == ["B000000001"] + [""] * 6
+    with pytest.raises(RefusedEverything, match="refused each of the first 5 prompts"):
+        OpenAIChatRecommender(model="m", base_url=url, cache_dir=tmp_path / "b", max_workers=1).recommend(
+            examples("everything", 6))
+    with pytest.raises(Exception, match="max_tokens"):
+        OpenAIChatRecommender(model="m", base_url=url, cache_dir=tmp_path / "c", max_tokens=4000).recommend(
+            examples("fine", 2))

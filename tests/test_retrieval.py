@@ -11,7 +11,8 @@ from werkzeug import Response
 
 from benchmark.retrieval import get_retriever
 from benchmark.retrieval.base import best_first
-from benchmark.retrieval.cache import EmbeddingCache
+from benchmark.retrieval.cache import EmbeddingCache, text_key
+from benchmark.retrieval.dense import DenseRetriever
 
 ITEMS = [
     ("B000000001", "Matte red lipstick, long lasting"),
@@ -44,7 +45,9 @@ def test_bm25_ranks_matching_titles_first():
 
 def test_bm25_options_of_the_wrong_type_are_refused_up_front():
     assert get_retriever("bm25", k1=1, b=0.5).k1 == 1.0
-    for options in ({"k1": "x"}, {"b": -0.1}, {"k1": True}, {"stopwords": 3}):
+    assert get_retriever("bm25", k1=0, b=1).b == 1.0
+    for options in ({"k1": "x"}, {"b": -0.1}, {"k1": True}, {"stopwords": 3}, {"k1": float("nan")},
+                    {"k1": float("inf")}, {"b": float("nan")}, {"b": 1.5}):
         with pytest.raises(ValueError, match="bm25: "):
             get_retriever("bm25", **options)
 
@@ -79,6 +82,42 @@ def test_embedding_cache_encodes_each_distinct_text_once(tmp_path):
     other = EmbeddingCache("another-model", tmp_path)  # the key includes the model
     other.encode(["item 1"], compute)
     assert calls[-1] == ["item 1"]
+
+
+class _RandomDense(DenseRetriever):
+    """Seeded random 384-d vectors per text: nothing but float rounding decides between equal texts."""
+
+    model_id = "random-vectors"
+
+    def __init__(self, cache_dir) -> None:
+        self.cache = EmbeddingCache(self.model_id, cache_dir)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        return np.stack([np.random.default_rng(int(text_key(t)[:8], 16)).standard_normal(384) for t in texts])
+
+
+def test_dense_identical_texts_tie_exactly_and_keep_their_order(tmp_path):
+    # Duplicate titles and the "" of items missing from the catalog: a matrix product scores equal rows
+    # differently in the last bit depending on their position, which used to decide their order.
+    retriever = _RandomDense(tmp_path)
+    queries = [f"query {i}" for i in range(300)]
+    candidates = [("B0", ""), *[(f"B{i}", f"item {i}") for i in range(1, 9)], ("B9", "")]
+    for ranking in retriever.rank_candidates(queries, [candidates] * len(queries)):
+        assert ranking[ranking.index("B0") + 1] == "B9", ranking
+    catalog = [(f"C{i}", "same title" if i % 97 == 0 else f"item {i}") for i in range(3001)]
+    same = [item_id for item_id, text in catalog if text == "same title"]
+    for ranking in retriever.top_k(queries, catalog, k=len(catalog)):
+        first = ranking.index(same[0])
+        assert ranking[first:first + len(same)] == same
+
+
+def test_a_damaged_cache_file_is_named(tmp_path):
+    from benchmark.retrieval.cache import CacheError
+
+    path = EmbeddingCache("toy-model", tmp_path).path
+    path.write_bytes(b"not a database" * 100)
+    with pytest.raises(CacheError, match=f"{path}.*only a cache: delete or move it"):
+        EmbeddingCache("toy-model", tmp_path)
 
 
 def _vector(text: str) -> list[float]:
@@ -116,6 +155,52 @@ def test_openai_embeddings_batched_cached_retried(httpserver, tmp_path, monkeypa
     again = get_retriever("openai-emb", base_url=httpserver.url_for("/v1"), batch_size=2, cache_dir=tmp_path)
     assert again.top_k(QUERIES[:1], ITEMS, k=2) == results
     assert len(requests) == 5  # everything came from the cache
+
+
+def _embedding_server(server, vector, indices=lambda n: range(n)):
+    def embeddings(request):
+        body = json.loads(request.data)
+        data = [{"object": "embedding", "index": i, "embedding": vector(t)}
+                for i, t in zip(indices(len(body["input"])), body["input"])]
+        return Response(json.dumps({"object": "list", "data": data, "model": body["model"],
+                                    "usage": {"prompt_tokens": 1, "total_tokens": 1}}), content_type="application/json")
+
+    server.expect_request("/v1/embeddings", method="POST").respond_with_handler(embeddings)
+    return server.url_for("/v1")
+
+
+def test_openai_embedding_cache_keeps_endpoints_apart(tmp_path, monkeypatch):
+    from pytest_httpserver import HTTPServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    servers = [HTTPServer(host="127.0.0.1", port=0) for _ in range(2)]
+    for server in servers:
+        server.start()
+    try:
+        urls = [_embedding_server(server, _vector) for server in servers]
+        for url in urls:
+            get_retriever("openai-emb", base_url=url, cache_dir=tmp_path).top_k(QUERIES[:1], ITEMS, k=2)
+        assert len(servers[1].log) > 0  # its vectors were not taken from the first server's
+        monkeypatch.setenv("OPENAI_BASE_URL", urls[1])  # the endpoint as resolved counts
+        get_retriever("openai-emb", cache_dir=tmp_path).top_k(QUERIES[:1], ITEMS, k=2)
+        assert len(servers[1].log) == 2
+    finally:
+        for server in servers:
+            server.stop()
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    # OpenAI's own endpoint keeps the id earlier releases cached under
+    assert get_retriever("openai-emb", cache_dir=tmp_path).model_id == "openai:text-embedding-3-large"
+    assert get_retriever("openai-emb", model="m", dimensions=256, base_url="https://api.openai.com/v1",
+                         cache_dir=tmp_path).model_id == "openai:m@256"
+
+
+def test_openai_embeddings_refuse_vectors_not_one_per_input(httpserver, tmp_path):
+    url = _embedding_server(httpserver, _vector, indices=lambda n: [0] * n)  # every vector says index 0
+    retriever = get_retriever("openai-emb", base_url=url, cache_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="not one for each input"):
+        retriever.encode(["a", "b", "c"])
+    assert retriever.cache.computed == 0
 
 
 def test_openai_embeddings_need_a_key(tmp_path, monkeypatch):

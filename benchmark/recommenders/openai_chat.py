@@ -18,7 +18,6 @@ import base64
 import hashlib
 import logging
 import os
-import sqlite3
 import threading
 from collections.abc import Sequence
 from concurrent.futures import as_completed
@@ -28,12 +27,14 @@ from typing import Any
 import orjson
 
 from benchmark.prompts import NO_IMAGE_TEXT, recommendation_prompt_segments, render_recommendation_prompt
-from benchmark.protocol import Candidate, Example
-from benchmark.retrieval.cache import default_cache_dir
+from benchmark.protocol import Candidate, Example, image_mime
+from benchmark.retrieval.cache import default_cache_dir, open_cache
 from reddit_amazon.cli_errors import redact_secrets
 from reddit_amazon.openai_endpoint import (
     DEFAULT_BASE_URL,
+    PROMPT_REFUSAL_STATUSES,
     ChatParameters,
+    RefusalStreak,
     endpoint_url,
     make_client,
     refuses_this_prompt_only,
@@ -48,8 +49,9 @@ class ChatCache:
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(folder / "responses.sqlite", check_same_thread=False)
-        self._db.execute("CREATE TABLE IF NOT EXISTS response (key TEXT PRIMARY KEY, text TEXT NOT NULL)")
+        self._db = open_cache(folder / "responses.sqlite",
+                              "CREATE TABLE IF NOT EXISTS response (key TEXT PRIMARY KEY, text TEXT NOT NULL)",
+                              check_same_thread=False)
         self._lock = threading.Lock()
 
     def get(self, key: str) -> str | None:
@@ -85,6 +87,7 @@ class OpenAIChatRecommender:
         self._client = None
         self._parameters = ChatParameters(model)
         self._cut_answers = 0
+        self._refusals = RefusalStreak()  # refusals of every prompt stop the run: they are a setting's
 
     def _messages(self, example: Example) -> list[dict[str, Any]]:
         candidates = [(c.item_id, c.title) for c in example.candidates]
@@ -101,8 +104,7 @@ class OpenAIChatRecommender:
     def _image_part(self, candidate: Candidate) -> dict[str, Any]:
         if candidate.image_bytes is None:
             return {"type": "text", "text": NO_IMAGE_TEXT}
-        mime = "image/png" if candidate.image_bytes.startswith(b"\x89PNG") else "image/jpeg"
-        url = f"data:{mime};base64,{base64.b64encode(candidate.image_bytes).decode()}"
+        url = f"data:{image_mime(candidate.image_bytes)};base64,{base64.b64encode(candidate.image_bytes).decode()}"
         return {"type": "image_url", "image_url": {"url": url, "detail": self.image_detail}}
 
     def _request(self, example: Example) -> dict[str, Any]:
@@ -122,17 +124,20 @@ class OpenAIChatRecommender:
         key = self._key(request)  # the request as configured: the cache does not depend on what was adapted
         cached = self.cache.get(key)
         if cached is not None:
+            self._refusals.answered()
             return cached
         if self._client is None:
             self._client = make_client(self.base_url, self.timeout)
         try:
             response = self._parameters.create(self._client, request, self.max_retries, cancel=cancel)
-        except openai.BadRequestError as error:
-            if not refuses_this_prompt_only(error):  # an unknown model, a parameter ...: every record would fail
-                raise
-            log.warning("request rejected (%s); scored as an invalid answer",  # this record only
-                        redact_secrets(error.message))
+        except openai.APIStatusError as error:
+            if error.status_code not in PROMPT_REFUSAL_STATUSES or not refuses_this_prompt_only(error):
+                raise  # an unknown model, a parameter ...: every record would fail
+            reason = redact_secrets(error.message)
+            self._refusals.refused(lambda: None, reason)  # not cached: a refusal may be a setting's after all
+            log.warning("request rejected (%s); scored as an invalid answer", reason)  # this record only
             return ""
+        self._refusals.answered()
         choice = response.choices[0]
         text = choice.message.content or ""
         if choice.finish_reason == "length":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -13,9 +14,11 @@ class BM25Retriever(Retriever):
     candidate_set_name = "bm25"
 
     def __init__(self, k1: float = 1.5, b: float = 0.75, stopwords: str | None = "en") -> None:
-        for name, value in (("k1", k1), ("b", b)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"bm25: {name} must be a non-negative number, not {value!r}")
+        for name, value, high, allowed in (("k1", k1, math.inf, "a finite number >= 0"),
+                                           ("b", b, 1, "a number from 0 to 1")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and 0 <= value <= high):  # NaN fails every comparison: test "inside"
+                raise ValueError(f"bm25: {name} must be {allowed}, not {value!r}")
         if stopwords is not None and not isinstance(stopwords, str):
             raise ValueError(f"bm25: stopwords must be a language code such as 'en' or none, not {stopwords!r}")
         self.k1, self.b, self.stopwords = float(k1), float(b), stopwords

@@ -15,6 +15,24 @@ CACHE_ENV = "REDDIT_AMAZON_CACHE"
 _SQLITE_MAX_PARAMS = 900
 
 
+class CacheError(OSError):
+    """A cache file SQLite cannot read. It holds nothing that cannot be computed again."""
+
+
+def open_cache(path: Path, schema: str, check_same_thread: bool = True) -> sqlite3.Connection:
+    """The SQLite file ``path`` with ``schema`` (a CREATE TABLE IF NOT EXISTS) in place."""
+    db = sqlite3.connect(path, check_same_thread=check_same_thread)
+    try:
+        db.execute(schema)
+    except sqlite3.OperationalError:  # locked, read-only, ...: the file is not at fault
+        db.close()
+        raise
+    except sqlite3.DatabaseError as error:  # "file is not a database", "database disk image is malformed"
+        db.close()
+        raise CacheError(f"{path} is damaged ({error}); it is only a cache: delete or move it") from error
+    return db
+
+
 def default_cache_dir() -> Path:
     root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "reddit-amazon"
     return Path(root) / "embeddings"
@@ -34,8 +52,8 @@ class EmbeddingCache:
         digest = hashlib.sha256(model_id.encode()).hexdigest()[:12]
         self.path = folder / f"{safe}-{digest}.sqlite"
         self.model_id = model_id
-        self._db = sqlite3.connect(self.path)
-        self._db.execute("CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+        self._db = open_cache(self.path,
+                              "CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
         self.computed = 0  # texts encoded by this instance (the rest came from disk)
 
     def _lookup(self, keys: Sequence[str]) -> dict[str, np.ndarray]:

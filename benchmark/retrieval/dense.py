@@ -15,6 +15,13 @@ def normalize(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.where(norms == 0, 1, norms)
 
 
+def distinct_texts(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct texts in first-seen order, and for each text the position of its distinct text."""
+    positions: dict[str, int] = {}
+    inverse = np.array([positions.setdefault(text, len(positions)) for text in texts], dtype=np.intp)
+    return list(positions), inverse
+
+
 class DenseRetriever(Retriever):
     """Subclasses provide ``model_id`` and ``_embed(texts) -> array``; everything goes through the cache."""
 
@@ -29,11 +36,15 @@ class DenseRetriever(Retriever):
         return normalize(self.cache.encode(list(texts), self._embed, batch_size=self.encode_batch_size))
 
     def _score_rows(self, queries: Sequence[str], items: Sequence[tuple[str, str]]) -> Iterator[np.ndarray]:
-        item_vectors = self.encode([text for _, text in items])  # each item text once, whatever the query count
+        # Each distinct item text is scored once, whatever the query count. Identical texts (duplicate
+        # titles) must tie exactly so catalog order breaks the tie: scored at different rows of a matrix
+        # product they can differ in the last bit, depending on the row and the BLAS build.
+        texts, inverse = distinct_texts([text for _, text in items])
+        item_vectors = self.encode(texts)
         query_vectors = self.encode(queries)
         chunk = max(1, 2_000_000 // len(items))  # bound the score matrix held at once
         for start in range(0, len(query_vectors), chunk):
-            yield from query_vectors[start:start + chunk] @ item_vectors.T
+            yield from (query_vectors[start:start + chunk] @ item_vectors.T)[:, inverse]
 
     def rank_candidates(self, queries: Sequence[str],
                         candidate_lists: Sequence[Sequence[tuple[str, str]]]) -> list[list[str]]:
@@ -45,6 +56,7 @@ class DenseRetriever(Retriever):
             if not items:
                 rankings.append([])
                 continue
-            matrix = np.stack([vectors[text] for _, text in items])
-            rankings.append([items[i][0] for i in best_first(matrix @ query_vector, len(items))])
+            distinct, inverse = distinct_texts([text for _, text in items])  # identical texts tie exactly
+            scores = np.stack([vectors[text] for text in distinct]) @ query_vector
+            rankings.append([items[i][0] for i in best_first(scores[inverse], len(items))])
         return rankings

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from reddit_amazon.openai_endpoint import make_client, with_retries
+from reddit_amazon.openai_endpoint import DEFAULT_BASE_URL, endpoint_url, make_client, with_retries
 from benchmark.retrieval.cache import EmbeddingCache
 from benchmark.retrieval.dense import DenseRetriever
 
@@ -30,8 +30,7 @@ class OpenAIEmbeddingRetriever(DenseRetriever):
         self.timeout = timeout
         self.encode_batch_size = batch_size
         self.candidate_set_name = candidate_set_for(model)
-        suffix = f"@{dimensions}" if dimensions else ""
-        self.model_id = f"openai:{model}{suffix}"
+        self.model_id = embedding_model_id(model, dimensions, base_url)
         self.cache = EmbeddingCache(self.model_id, cache_dir)
         self._client = None
 
@@ -48,9 +47,19 @@ class OpenAIEmbeddingRetriever(DenseRetriever):
         response = with_retries(lambda: client.embeddings.create(model=self.model_name, input=inputs, **options),
                                 self.max_retries)
         ordered = sorted(response.data, key=lambda d: d.index)
-        if len(ordered) != len(inputs):
-            raise RuntimeError(f"embedding endpoint returned {len(ordered)} vectors for {len(inputs)} inputs")
+        if [d.index for d in ordered] != list(range(len(inputs))):
+            raise RuntimeError(f"embedding endpoint returned {len(ordered)} vectors for {len(inputs)} inputs, "
+                               f"not one for each input (index 0..{len(inputs) - 1})")
         return np.asarray([d.embedding for d in ordered], dtype=np.float32)
+
+
+def embedding_model_id(model: str, dimensions: int | None, base_url: str | None) -> str:
+    """The embedding cache's model id: ``openai:<model>[@<dimensions>]``, then `` at <endpoint>`` for any
+    endpoint but OpenAI's (``OPENAI_BASE_URL`` too), so two servers' vectors never mix. OpenAI's own keeps
+    the id earlier releases used, so their caches still count."""
+    suffix = f"@{dimensions}" if dimensions else ""
+    endpoint = endpoint_url(base_url)
+    return f"openai:{model}{suffix}" + ("" if endpoint == DEFAULT_BASE_URL else f" at {endpoint}")
 
 
 def candidate_set_for(model: str) -> str:
