@@ -61,7 +61,7 @@ def _run_errors() -> AbstractContextManager[None]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override the plugin's batch size.")
 @click.option("--overwrite", is_flag=True, help="Discard cached predictions and results in --out.")
 @click.option("--bootstrap-samples", type=click.IntRange(min=0), default=1000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Bootstrap seed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run_command(model, model_args, dataset, domain, split, candidates, out_dir, limit, batch_size, overwrite,
                 bootstrap_samples, seed, quiet) -> None:
@@ -131,7 +131,7 @@ def _echo_summary(results: dict, out_dir: Path) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace an earlier retrieval's files in --out.")
 @click.option("--bootstrap-samples", type=click.IntRange(min=0), default=1000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--quiet", is_flag=True)
 def retrieve_command(retriever, retriever_args, dataset, domain, split, k, with_description, limit, out_dir,
                      overwrite, bootstrap_samples, seed, quiet) -> None:
@@ -197,7 +197,7 @@ def report_command(runs, markdown_path, html_path, title) -> None:
 @click.argument("run_a", type=click.Path(exists=True, file_okay=False))
 @click.argument("run_b", type=click.Path(exists=True, file_okay=False))
 @click.option("--bootstrap-samples", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 def compare_command(run_a, run_b, bootstrap_samples, seed) -> None:
     """Paired bootstrap difference A − B (95% CI, two-sided p) per domain, over the records both runs scored.
 

@@ -167,8 +167,10 @@ def load_items(info: DatasetInfo, domain: str, wanted: set[str] | None = None, *
 
 
 def iter_records(conversations, column: str, items: ItemLookup, where: str, limit: int | None = None,
-                 batch_size: int = 1024) -> Iterator[Record]:
-    """Records in dataset order. Checks what scoring relies on and names the record when it fails."""
+                 batch_size: int = 1024, *, domain: str | None = None) -> Iterator[Record]:
+    """Records in dataset order. Checks what scoring relies on (each record of the config ``domain``, when
+    given, belongs to it) and names the record when it fails."""
+    expected_domain = domain
     total = len(conversations) if limit is None else min(limit, len(conversations))
     subset = conversations.select_columns(
         ["example_id", "domain", "context", "turns", "context_items", "gt_items", column])
@@ -181,6 +183,9 @@ def iter_records(conversations, column: str, items: ItemLookup, where: str, limi
                 return
             if not candidate_ids:
                 raise DatasetError(f"{where}[{index}] ({example_id}): {column} is empty")
+            if expected_domain is not None and domain != expected_domain:
+                raise DatasetError(f"{where}[{index}] ({example_id}): its domain is {domain!r}, in the "
+                                   f"{expected_domain} config (it would be scored as another domain's)")
             if not gt_items or not all(is_asin(g) for g in gt_items):
                 raise DatasetError(f"{where}[{index}] ({example_id}): gt_items must be one or more ASINs, "
                                    f"got {gt_items!r}")

@@ -132,7 +132,7 @@ def bootstrap_intervals(metrics: Mapping[str, Ratio], samples: int = DEFAULT_BOO
         return intervals
     columns = np.column_stack([a for name in usable for a in (metrics[name].numerators, metrics[name].denominators)
                                ]).astype(np.float32)  # per-resample sums of small counts stay exact in float32
-    sums = _resampled_sums(columns, samples, seed)
+    sums = _resampled_sums(columns, samples, seed).astype(np.float64)  # the ratios are not: 1/3 must be 1/3
     tail = (1 - level) / 2 * 100
     for j, name in enumerate(usable):
         num, den = sums[:, 2 * j], sums[:, 2 * j + 1]
@@ -204,11 +204,14 @@ def paired_difference(metric: str, group: str, a: Ratio, b: Ratio, samples: int 
     if n == 0 or not a.denominators.sum() or samples <= 0:
         return PairedDifference(metric, group, n, a.value, b.value, None, None, None)
     columns = np.column_stack([a.numerators, a.denominators, b.numerators, b.denominators]).astype(np.float32)
-    sums = _resampled_sums(columns, samples, seed)
+    sums = _resampled_sums(columns, samples, seed).astype(np.float64)
     ok = (sums[:, 1] > 0) & (sums[:, 3] > 0)
     values = sums[ok, 0] / sums[ok, 1] - sums[ok, 2] / sums[ok, 3]
     low, high = np.percentile(values, [2.5, 97.5])
-    p_value = min(1.0, 2 * min(float((values <= 0).mean()), float((values >= 0).mean())))
+    # Each tail counted with the observed sample added (Davison & Hinkley): p is never exactly 0, which
+    # a finite number of resamples cannot show.
+    tails = (int((values <= 0).sum()), int((values >= 0).sum()))
+    p_value = min(1.0, 2 * (min(tails) + 1) / (len(values) + 1))
     return PairedDifference(metric, group, n, a.value, b.value, a.value - b.value, (float(low), float(high)), p_value)
 
 

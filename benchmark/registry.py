@@ -154,6 +154,9 @@ def parse_model_args(text: str | None, option: str = "--model-args") -> dict[str
         if isinstance(decoded, float) and not math.isfinite(decoded):  # JSON's NaN, Infinity, 1e999
             raise RegistryError(f"{option}: {key} is not a finite number (quote a value meant as text: "
                                 f'{key}="...")')
+        if isinstance(decoded, int) and not -2**63 <= decoded < 2**64:  # run.json (JSON via orjson) holds 64 bits
+            raise RegistryError(f"{option}: {key} is an integer beyond 64 bits (quote a value meant as text: "
+                                f'{key}="...")')
         args[key] = decoded
     return args
 

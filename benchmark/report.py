@@ -41,8 +41,8 @@ class Run:
         if self.results.get("kind") == "retrieval":
             text = "title + description" if "description" in self.results["model"].get("item_text", "") else "title"
             return f"Retrieval baselines (item {text}, full catalog)"
-        candidates = self.results["candidates"]
-        return f"Recommenders + {CANDIDATE_TITLES.get(candidates, candidates)} candidates"
+        candidates = self.results["candidates"]  # a name from a results.json, maybe someone else's: escaped
+        return f"Recommenders + {CANDIDATE_TITLES.get(candidates) or html.escape(candidates)} candidates"
 
     def value(self, domain: str, metric: str) -> float | None:
         entry = self.results["metrics"].get(metric, {}).get(domain)
@@ -140,7 +140,7 @@ def to_markdown(runs: Sequence[Run]) -> str:
     lines = [header, "|" + " --- |" * (len(COLUMNS) + 1)]
     index = 0
     for group, members in groups:
-        lines.append(f"| *{group}* |" + " |" * len(COLUMNS))
+        lines.append(f"| *{_markdown_cell(group)}* |" + " |" * len(COLUMNS))
         for run in members:
             cells = []
             for domain, metric in COLUMNS:
@@ -213,6 +213,6 @@ tr.group td {{ text-align: left; color: #555; border-top: 1px solid #ccc; }}
 <p>HR@1 per (record, gt item) pair; VR per record. Bold: best HR@1, underlined: second best.
 Hover a cell for its 95% bootstrap CI.</p>
 <ul>{notes}</ul>
-{MarkdownIt("commonmark").enable("table").render(benchmark_card(runs))}
+{MarkdownIt("commonmark", {"html": False}).enable("table").render(benchmark_card(runs))}
 </body></html>
 """

@@ -85,6 +85,8 @@ def _signature(config: RunConfig, info: DatasetInfo) -> dict[str, Any]:
         "split": config.split,
         "candidates": config.candidates,
         "limit": config.limit,
+        # Batches change a batched model's padding, and so possibly its outputs (as batch_size in model_args does).
+        "batch_size": config.batch_size,
     }
 
 
@@ -128,13 +130,12 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise RunError(f"{config.model}: batch_size must be a positive integer, not {batch_size!r}")
     ranks = callable(getattr(recommender, "rank", None))
+    records: list[Record] = []
+    for domain, conversations, column, items, where in splits:
+        records.extend(iter_records(conversations, column, items, where, config.limit, domain=domain))
+    _check_unique(records)
     _start_folder(out, signature, overwrite)  # only now: a run that fails before this leaves nothing behind
     cached = _read_predictions(out / PREDICTIONS_FILE)
-
-    records: list[Record] = []
-    for _, conversations, column, items, where in splits:
-        records.extend(iter_records(conversations, column, items, where, config.limit))
-    _check_unique(records)
     todo = [r for r in records if (r.example.domain, r.example.example_id) not in cached]
     inference_seconds = _predict(recommender, ranks, todo, batch_size, out / PREDICTIONS_FILE, cached, progress)
 
@@ -209,6 +210,10 @@ def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> dict
     if run_path.is_file():
         previous = _read_json(run_path)
         current = orjson.loads(orjson.dumps(signature))  # as it reads back from run.json
+        predictions = out / PREDICTIONS_FILE
+        started = (out / RESULTS_FILE).exists() or (predictions.is_file() and predictions.stat().st_size > 0)
+        if previous != current and not started:
+            return None  # a run that failed before its first prediction (a typo in a model name): free again
         if previous != current:
             changed = [k for k in current if previous.get(k) != current[k]]
             raise RunError(f"{out} holds a different run (differs in: {', '.join(changed)}); "

@@ -139,7 +139,10 @@ def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:
                 row = record.to_row()
                 for column in features:
                     row.setdefault(column, [])
-                validate_conversation_row(row, where=f"{domain}/{split}[{index}] ({row['example_id']})")
+                where = f"{domain}/{split}[{index}] ({row['example_id']})"
+                validate_conversation_row(row, where=where)
+                if row["domain"] != domain:  # the benchmark scores each record under its config's domain
+                    raise SchemaError(f"{where}: its domain is {row['domain']!r}, not {domain!r}")
                 return row
 
             add(domain, split, splits.get(split, []), conversation_row, features, CONVERSATION_SHARD_ROWS)

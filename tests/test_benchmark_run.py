@@ -428,3 +428,72 @@ def test_report_flags_runs_over_fewer_records(dataset, tmp_path):
     runs = load_runs([tmp_path / "full", tmp_path / "two"])
     assert runs[1].label.endswith("[first 2 records per domain]") and "first" not in runs[0].label
     assert provenance(runs)[0].startswith("WARNING") and "record limits" in provenance(runs)[0]
+
+
+def test_a_run_whose_first_batch_fails_leaves_the_folder_free_and_batch_size_is_part_of_a_run(dataset, tmp_path):
+    class Strict:
+        def __init__(self, model="good"):
+            self.model = model
+
+        def recommend(self, examples):
+            if self.model != "good":
+                raise ValueError(f"model {self.model!r} does not exist (404)")
+            return [e.candidates[0].item_id for e in examples]
+
+    with pytest.raises(ValueError, match="does not exist"):
+        run(RunConfig(model="strict", model_args={"model": "godo"}, dataset=str(dataset)), tmp_path,
+            recommender=Strict("godo"), progress=False)
+    run(RunConfig(model="strict", model_args={"model": "good"}, dataset=str(dataset), bootstrap_samples=0),
+        tmp_path, recommender=Strict(), progress=False)
+    with pytest.raises(RunError, match="differs in: batch_size"):
+        run(RunConfig(model="strict", model_args={"model": "good"}, dataset=str(dataset), batch_size=7), tmp_path,
+            recommender=Strict(), progress=False)
+
+
+def test_a_record_filed_under_another_domain_is_refused_before_any_inference(tmp_path):
+    import datasets
+
+    from benchmark.data import iter_records
+    from reddit_amazon.dataset_folder import DatasetContents, write_dataset
+    from reddit_amazon.schema import Conversation, SchemaError, Turn
+
+    candidates = [f"B{i:09d}" for i in range(10)]
+    record = Conversation(example_id="r1", domain="beauty", thread_id="t1", subreddit="x", created_utc=1,
+                          turns=[Turn(kind="submission", text="hi")], context_items=[], gt_text="",
+                          gt_items=[candidates[0]], candidates={"sbert": candidates})
+    with pytest.raises(SchemaError, match=r"home/test\[0\] \(r1\): its domain is 'beauty', not 'home'"):
+        write_dataset(tmp_path / "ds", DatasetContents({"home": {"test": [record]}}, {}, "1.0.0"))
+    rows = datasets.Dataset.from_list([{**record.to_row(), "candidates_sbert": candidates}])
+    with pytest.raises(DatasetError, match=r"\(r1\): its domain is 'beauty', in the home config"):
+        list(iter_records(rows, "candidates_sbert", None, "ds home/test", domain="home"))
+
+
+def test_html_report_escapes_what_results_files_say(dataset, tmp_path):
+    run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "a", progress=False)
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "results.json").write_text(json.dumps({**results, "candidates": "<img src=x onerror=alert(1)>"}))
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "a"), str(tmp_path / "b"), "--html",
+                                      str(tmp_path / "board.html")])
+    page = (tmp_path / "board.html").read_text()
+    assert result.exit_code == 0 and "<img" not in page and "&lt;img src=x" in page
+
+
+def test_bootstrap_intervals_hold_their_estimate_and_p_values_are_never_zero():
+    from benchmark.metrics import Outcome, paired_difference, ratios, summarize
+
+    hr1 = summarize([Outcome(pairs=3, hits=1, valid=True)] * 5, 100, 0)["hr@1"]
+    assert hr1["ci95"][0] <= hr1["value"] <= hr1["ci95"][1]
+    one = paired_difference("hr@1", "all", ratios([Outcome(1, 1, True)])["hr@1"], ratios([Outcome(1, 0, True)])["hr@1"],
+                            100, 0)
+    assert one.p_value == pytest.approx(2 / 101)
+
+
+def test_negative_seeds_and_integers_beyond_64_bits_are_refused_up_front(dataset, tmp_path):
+    result = CliRunner().invoke(cli, ["run", "--model", "random", "--dataset", str(dataset), "--seed", "-1",
+                                      "--out", str(tmp_path / "a"), "--quiet"])
+    assert result.exit_code == 2 and "-1 is not in the range x>=0" in result.output
+    result = CliRunner().invoke(cli, ["run", "--model", "random", "--dataset", str(dataset), "--quiet",
+                                      "--model-args", "seed=123456789012345678901234567890", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "beyond 64 bits" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
