@@ -1,8 +1,8 @@
 """`lavic-ref`: the LaViC reference pipeline, one command per stage.
 
-describe -> distill -> embed -> finetune, then ``benchmark run --model lavic``. Every stage resumes:
+describe -> distill -> embed -> finetune, then ``benchmark run --model lavic``. The long stages resume:
 ``describe`` skips cached descriptions, ``distill``/``finetune`` continue from ``<out>/last`` when it was
-written with the same settings (and refuse it otherwise).
+written with the same settings (and refuse it otherwise). ``embed`` is one pass over the catalog.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def _training_options(epochs: int, batch_size: int):
                      help="torch.compile the LM decoder layers (GPU; the first steps compile for a minute or more)."),
         click.option("--cuda-graphs/--no-cuda-graphs", default=False, show_default=True,
                      help="Compiled LM layers replay CUDA graphs (torch.compile mode reduce-overhead; implies "
-                          "--compile, needs --no-gradient-checkpointing); batches are left-padded to a multiple of "
-                          "128 tokens so each width is recorded once."),
+                          "--compile, needs --no-gradient-checkpointing and --grad-accum 1); batches are left-padded "
+                          "to a multiple of 128 tokens so each width is recorded once."),
         click.option("--resume/--no-resume", default=True, show_default=True,
                      help="Continue from <out>/last when it exists (it must have the same settings; more --epochs "
                           "is fine). --no-resume starts over."),
@@ -75,6 +75,9 @@ def _train_config(out, epochs, batch_size, grad_accum, lr, weight_decay, max_ste
     if cuda_graphs and gradient_checkpointing:
         raise click.UsageError("--cuda-graphs needs --no-gradient-checkpointing: checkpointing recomputes the "
                                "compiled layers outside the recorded graphs")
+    if cuda_graphs and grad_accum > 1:
+        raise click.UsageError("--cuda-graphs needs --grad-accum 1: the next batch's graph replay would overwrite "
+                               "the gradients before they are summed (use a larger --batch-size instead)")
     return TrainConfig(output_dir=out, epochs=epochs, batch_size=batch_size, learning_rate=lr,
                        weight_decay=weight_decay, grad_accum=grad_accum, max_steps=max_steps, save_every=save_every,
                        seed=seed, gradient_checkpointing=gradient_checkpointing, compile_layers=compile_layers,

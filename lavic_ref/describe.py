@@ -1,10 +1,12 @@
 """Stage 1: a visually grounded description of each item image (Table 10), from the full image tokens.
 
 Descriptions are appended to a JSONL cache (``{"item_id", "description", "base"}`` per line) after every
-batch, so an interrupted run resumes where it stopped. ``base`` is the fingerprint of the model that wrote
+batch, so an interrupted run resumes where it stopped (a last line cut by the interruption is dropped and
+its item described again). ``base`` is the fingerprint of the model that wrote
 the description: self-distillation needs the model's own descriptions, so a cache written by another base
 model is refused. Descriptions shipped with the dataset (``image_description``, base ``""``) are used as
-they are unless ``regenerate`` is set, and written to the cache too, so it holds every description of the run.
+they are unless ``regenerate`` is set (then only this model's own descriptions in the cache count as done),
+and written to the cache too, so it holds every description of the run.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def _records(path: Path) -> Iterator[tuple[str, str, str]]:
         return
     with path.open("rb") as handle:
         for number, line in enumerate(handle, 1):
+            if not line.endswith(b"\n"):
+                return  # cut by an interrupted write: that item is described again (see _cut_torn_tail)
             if not line.strip():
                 continue
             try:
@@ -64,10 +68,12 @@ def describe_items(backbone: Backbone, items: Iterable[Item], cache: str | os.Pa
     cache.parent.mkdir(parents=True, exist_ok=True)
     descriptions = read_cache(cache)
     check_generated_by(cache, backbone)
+    done = {item_id for item_id, _, base in _records(cache) if base == backbone.fingerprint or not regenerate}
+    _cut_torn_tail(cache)
     shipped: dict[str, str] = {}
     todo: list[Item] = []
     for item in items:
-        if item.image is None or item.item_id in descriptions:
+        if item.image is None or item.item_id in done:
             continue
         if item.image_description and not regenerate:
             shipped[item.item_id] = item.image_description
@@ -100,11 +106,20 @@ def _generate(backbone: Backbone, todo: list[Item], handle: BinaryIO, descriptio
                 output = backbone.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                                  pad_token_id=tokenizer.pad_token_id)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            for item, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                descriptions[item.item_id] = text.strip()
-                handle.write(_record(item.item_id, text.strip(), backbone.fingerprint))
+            texts = [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            descriptions.update((item.item_id, text) for item, text in zip(batch, texts))
+            # One write per batch: an interruption cuts at most the last line, which the next run drops.
+            handle.write(b"".join(_record(item.item_id, text, backbone.fingerprint) for item, text in zip(batch, texts)))
             handle.flush()
             progress.update(len(batch))
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Remove a last line without its newline (an interrupted write), so appends start on a line of their own."""
+    if path.is_file():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            os.truncate(path, data.rfind(b"\n") + 1)
 
 
 def _record(item_id: str, description: str, base: str) -> bytes:

@@ -7,10 +7,12 @@ Table 11 itself lives in :mod:`benchmark.prompts` (shared with the other generat
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 ITEM_TOKENS: tuple[str, ...] = tuple(f"<ItemImageEmb{i}>" for i in range(1, 6))
 ITEM_PLACEHOLDER = "".join(ITEM_TOKENS)
+_RESERVED_TOKENS = re.compile("|".join(re.escape(token) for token in (*ITEM_TOKENS, "<image>")))
 
 DESCRIPTION_PROMPT = (
     "You are a helpful AI assistant. Given an Amazon product's title and its image, please provide a detailed, "
@@ -40,10 +42,16 @@ def recommendation_prompt_parts(candidates: Sequence[tuple[str, str]], with_imag
 
 
 def strip_item_tokens(text: str) -> str:
-    """User text must not contain the item tokens (or ``<image>``): their count has to match the items."""
-    for token in (*ITEM_TOKENS, "<image>"):
-        text = text.replace(token, "")
-    return text
+    """User text must not contain the item tokens (or ``<image>``): their count has to match the items.
+
+    Removed until none is left, since removing one can join its neighbours into another
+    (``<ItemImageEmb<ItemImageEmb2>1>``).
+    """
+    while True:
+        stripped = _RESERVED_TOKENS.sub("", text)
+        if stripped == text:
+            return text
+        text = stripped
 
 
 def chat_wrapping(tokenizer) -> tuple[str, str]:

@@ -73,7 +73,7 @@ class LavicRecommender:
     Options (``--model-args``): ``base`` (hub id or folder), ``distill_adapter`` (vision LoRA from
     ``lavic-ref distill``), ``rec_adapter`` (LM LoRA from ``lavic-ref finetune``), ``item_embeddings``
     (safetensors from ``lavic-ref embed``), ``images`` (false: the titles-only ablation), ``device``,
-    ``batch_size``. An adapter option may name a training output folder (its ``best/`` is used). Adapters
+    ``batch_size``, ``max_tokens`` (the prompt cap: give the ``--max-tokens`` the adapter was fine-tuned with). An adapter option may name a training output folder (its ``best/`` is used). Adapters
     and embeddings made for another base model, or an adapter given in the other's role, are refused
     (``ValueError``).
     """
@@ -82,13 +82,18 @@ class LavicRecommender:
 
     def __init__(self, base: str = DEFAULT_BASE, distill_adapter: str | None = None, rec_adapter: str | None = None,
                  item_embeddings: str | None = None, images: bool | str = True, device: str | None = None,
-                 batch_size: int | str = 8, max_new_tokens: int | str = MAX_NEW_TOKENS):
+                 batch_size: int | str = 8, max_new_tokens: int | str = MAX_NEW_TOKENS,
+                 max_tokens: int | str = MAX_PROMPT_TOKENS):
+        # --model-args decodes an all-digit value (a folder named 2024) as a number
+        base, distill_adapter, rec_adapter, item_embeddings = (
+            None if value is None else str(value) for value in (base, distill_adapter, rec_adapter, item_embeddings))
         for label, path in (("distill_adapter", distill_adapter), ("rec_adapter", rec_adapter),
                             ("item_embeddings", item_embeddings)):
             if path and not Path(path).exists():
                 raise FileNotFoundError(f"{label}: {path} does not exist")
         self.batch_size = _positive_int("batch_size", batch_size)
         self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+        self.max_tokens = _positive_int("max_tokens", max_tokens)
         self.images = _flag(images)
         distill_adapter = str(resolve_adapter_dir(distill_adapter)) if distill_adapter else None
         rec_adapter = str(resolve_adapter_dir(rec_adapter)) if rec_adapter else None
@@ -112,7 +117,7 @@ class LavicRecommender:
         outputs: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
             outputs += generate(self.backbone, prompts[start:start + self.batch_size], self.embeddings,
-                                max_new_tokens=self.max_new_tokens)
+                                max_new_tokens=self.max_new_tokens, max_tokens=self.max_tokens)
         return outputs
 
     def _embed_missing(self, examples: Sequence) -> None:

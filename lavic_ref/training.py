@@ -32,8 +32,10 @@ from reddit_amazon.files import replace_dir, write_atomic
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng_state.pt"
-#: TrainConfig fields a resumed run may change: none of them alters what the finished adapter is.
-RESUMABLE_FIELDS = ("output_dir", "epochs", "save_every", "gradient_checkpointing", "compile_layers", "cuda_graphs")
+#: TrainConfig fields a resumed run may change: none of them alters what the finished adapter is (checkpointing
+#: recomputes with the RNG state it saved). Compiling does: compiled LoRA dropout draws from its own generator,
+#: and CUDA graphs pad batches, which moves the dropout masks.
+RESUMABLE_FIELDS = ("output_dir", "epochs", "save_every", "gradient_checkpointing")
 #: With CUDA graphs every batch is left-padded to a multiple of this many tokens: a 2,048-token cap gives at most
 #: 16 widths per batch size, each recorded once and replayed after. Padding changes no loss: pads are masked
 #: and RoPE attention depends only on relative positions.
@@ -63,6 +65,9 @@ class TrainConfig:
         if self.cuda_graphs and self.gradient_checkpointing:
             raise ValueError("CUDA graphs need gradient checkpointing off: its recomputation in the backward pass "
                              "runs the compiled layers outside the recorded graphs, which fails")
+        if self.cuda_graphs and self.grad_accum > 1:
+            raise ValueError("CUDA graphs need --grad-accum 1: gradients are outputs of the recorded backward "
+                             "graphs, which the next batch's replay overwrites before they could be summed")
 
     @property
     def length_multiple(self) -> int:

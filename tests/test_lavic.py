@@ -639,6 +639,12 @@ def test_a_checkpoint_of_other_settings_is_refused(tiny_base, tmp_path):
     assert (out / "model_card.json").read_text() == card
     assert all(torch.equal(value, _adapter_weights(out / "best")[key]) for key, value in adapter.items())
 
+    result = CliRunner().invoke(cli, [str(a) for a in [*finetune, "--compile"]])  # compiled dropout draws otherwise
+    assert result.exit_code == 1 and "compile_layers: False in the checkpoint, True now" in result.output
+    result = CliRunner().invoke(cli, [str(a) for a in [*finetune, "--cuda-graphs", "--no-gradient-checkpointing",
+                                                       "--grad-accum", "2"]])
+    assert result.exit_code == 2 and "--cuda-graphs needs --grad-accum 1" in result.output
+
     # More epochs, another --save-every: the same run, continued.
     _invoke(cli, [*finetune, "--epochs", "2", "--save-every", "3"])
     assert [row["epoch"] for row in json.loads((out / "history.json").read_text())] == [1, 2]
@@ -731,6 +737,20 @@ def test_describe_writes_shipped_descriptions_to_its_output(tiny_base, tmp_path,
     cached = read_cache(out)
     assert cached.keys() == expected.keys() and cached[first] != expected[first]
     assert {i: d for i, d in cached.items() if i != first} == {i: d for i, d in expected.items() if i != first}
+
+    # --regenerate on that cache describes the shipped ones with this model; a torn last line is dropped.
+    out.write_bytes(out.read_bytes() + b'{"item_id": "B0torn", "descr')
+    _invoke(cli, [*describe, "--max-new-tokens", "2", "--regenerate"])
+    regenerated = read_cache(out)
+    assert regenerated.keys() == expected.keys() and not set(regenerated.values()) & set(expected.values())
+    assert b"B0torn" not in out.read_bytes()
+
+
+def test_nested_item_token_text_is_stripped_until_none_is_left():
+    from lavic_ref.prompts import strip_item_tokens
+
+    text = strip_item_tokens("<ItemImageEmb<ItemImageEmb2>1> and <ima<image>ge> then <ItemIma<image>geEmb3>")
+    assert not any(token in text for token in (*ITEM_TOKENS, "<image>")) and text == " and  then "
 
 
 def test_descriptions_another_base_model_generated_are_refused(tiny_base, other_base, tmp_path):
@@ -882,3 +902,10 @@ def test_the_plugin_takes_only_a_positive_integer_batch_size(tiny_base):
     with pytest.raises(ValueError, match="max_new_tokens must be a positive integer, not 0"):
         LavicRecommender(base=tiny_base, images="false", device=DEVICE, max_new_tokens=0)
     assert LavicRecommender(base=tiny_base, images="false", device=DEVICE, batch_size="3").batch_size == 3
+    with pytest.raises(ValueError, match="max_tokens must be a positive integer, not 0"):
+        LavicRecommender(base=tiny_base, images="false", device=DEVICE, max_tokens=0)
+    from benchmark.registry import parse_model_args
+
+    # --model-args decodes an all-digit folder name as a number: it must still be taken for a path
+    with pytest.raises(FileNotFoundError, match="rec_adapter: 2024 does not exist"):
+        LavicRecommender(**parse_model_args(f"base={tiny_base},rec_adapter=2024"))
