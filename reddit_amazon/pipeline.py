@@ -123,7 +123,8 @@ def _digest(*parts: Any) -> str:
 
 #: Bumped whenever the stage's output for the same dumps changes (linking, pseudonymisation, field
 #: handling): work files and stage stamps of an older version are then not reused.
-STAGE_VERSION = 4  # 3: user names hashed in lower case; 4: more mention forms, full target digests
+STAGE_VERSION = 5  # 3: user names hashed in lower case; 4: more mention forms, full target digests;
+# 5: ancestors of other threads break a chain, mentions after "." / "-" and in any case are hashed
 
 
 def _file_key(path: Path) -> str:
@@ -253,17 +254,20 @@ class _FilesStep(PipelineStep):
     is never read again, even when the task that read it was interrupted later.
     """
 
-    def __init__(self, files: Sequence[str], out_dir: str, progress: bool):
+    def __init__(self, files: Sequence[str], out_dir: str, progress: bool, keys: Sequence[str] | None = None):
         super().__init__()
         self.files = list(files)
+        # The keys the stage computed once: a file that grows or is touched while the run goes on (a download
+        # still being written) keeps the key the stage will look for.
+        self.keys = list(keys) if keys is not None else [_file_key(Path(name)) for name in self.files]
         self.out_dir = out_dir
         self.progress = progress
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         out_dir = Path(self.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        for path in map(Path, self.files[rank::world_size]):
-            key = _file_key(path)
+        for name, key in list(zip(self.files, self.keys, strict=True))[rank::world_size]:
+            path = Path(name)
             marker = out_dir / f"{key}.json"
             if marker.exists():
                 self.stat_update("files_already_done")
@@ -285,8 +289,9 @@ class ScanDumpsStep(_FilesStep):
     name = "🔎 scan dumps for Amazon links"
     type = "📖 - READER"
 
-    def __init__(self, files: Sequence[str], out_dir: str, progress: bool, short_links: bool):
-        super().__init__(files, out_dir, progress)
+    def __init__(self, files: Sequence[str], out_dir: str, progress: bool, short_links: bool,
+                 keys: Sequence[str] | None = None):
+        super().__init__(files, out_dir, progress, keys)
         self.short_links = short_links
 
     def process_file(self, path: Path, out_dir: Path, key: str, bar) -> dict[str, Any]:
@@ -362,8 +367,9 @@ class CollectThreadsStep(_FilesStep):
     name = "🧵 collect needed threads"
     type = "📖 - READER"
 
-    def __init__(self, files: Sequence[str], out_dir: str, progress: bool, needed_path: str, buckets: int):
-        super().__init__(files, out_dir, progress)
+    def __init__(self, files: Sequence[str], out_dir: str, progress: bool, needed_path: str, buckets: int,
+                 keys: Sequence[str] | None = None):
+        super().__init__(files, out_dir, progress, keys)
         self.needed_path = needed_path
         self.buckets = buckets
 
@@ -533,11 +539,13 @@ def _slurm_job_queued(job_id: str) -> bool:
 
 def _salt_file(stage_dir: Path, salt: str | None) -> Path:
     path = stage_dir / "salt"
-    if salt is not None and not salt:
+    if salt is not None and not salt.strip():
         raise ValueError("the pseudonymisation salt must not be empty")
     if salt is None and path.exists():
+        if not path.read_text().strip():
+            raise ValueError(f"{path} is empty: delete it (a new salt is drawn) or pass --salt")
         return path
-    wanted = salt if salt is not None else secrets.token_hex(16)
+    wanted = salt.strip() if salt is not None else secrets.token_hex(16)
     if not path.exists() or path.read_text().strip() != wanted:
         temporary = _temporary(path)
         temporary.unlink(missing_ok=True)
@@ -637,6 +645,9 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     finished work.
     """
     files = find_dump_files(inputs)
+    for path in files:
+        if not path.is_file():  # a named pipe: the stage reads every file twice (scan, then collect)
+            raise ValueError(f"{path}: not a regular file; the Reddit stage reads each dump twice, so give it a file")
     stage_dir = Path(workdir) / "reddit"
     stage_dir.mkdir(parents=True, exist_ok=True)
     tasks = max(1, min(options.tasks or len(files), len(files)))
@@ -648,7 +659,7 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     # 1. scan
     scan_dir = stage_dir / "work" / ("scan" if options.resolve_short_links else "scan-without-a.co")
     _run_on_executor(
-        ScanDumpsStep(names, str(scan_dir), options.progress, options.resolve_short_links),
+        ScanDumpsStep(names, str(scan_dir), options.progress, options.resolve_short_links, file_keys),
         tasks,
         stage_dir / "logs" / f"{scan_dir.name}-{_digest(file_keys, tasks)}",
         options,
@@ -672,7 +683,8 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     collect_digest = _digest(file_keys, _digest(needed), buckets)
     collect_dir = stage_dir / "work" / f"collect-{collect_digest}"
     _run_on_executor(
-        CollectThreadsStep(names, str(collect_dir), options.progress, str(targets_dir / "needed_threads.txt"), buckets),
+        CollectThreadsStep(names, str(collect_dir), options.progress, str(targets_dir / "needed_threads.txt"), buckets,
+                           file_keys),
         tasks,
         stage_dir / "logs" / f"collect-{_digest(collect_digest, tasks)}",
         options,

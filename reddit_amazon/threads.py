@@ -136,14 +136,16 @@ class Pseudonymizer:
 
 PSEUDONYM_PREFIX = "u_"
 #: A user mention, then a user name (3-20 of letters, digits, ``-``, ``_``; Markdown may escape ``_`` as
-#: ``\_``). The mention is ``u/`` or ``/u/`` (either case) not inside a word or URL path (``_`` for
-#: Markdown italics and letters of scripts written without spaces may come before), ``/user/``,
-#: ``reddit.com/u(ser)/``, the profile subreddit ``r/u_`` / ``/r/u_`` / ``reddit.com/r/u_``, the same
-#: paths with JSON-escaped ``\/`` or percent-encoded ``%2F`` slashes, or a message link's ``compose?to=``.
+#: ``\_`` and bold or italicise it, ``u/**name**``). The mention is ``u/`` or ``/u/`` (either case) not
+#: inside a word or URL path (``_`` for Markdown italics, ``.`` or ``-`` ending a word, "thanks...u/x", and
+#: letters of scripts written without spaces may come before), ``/user/``, ``reddit.com/u(ser)/`` (any
+#: case), the profile subreddit ``r/u_`` / ``/r/u_`` / ``reddit.com/r/u_``, the same paths with JSON-escaped
+#: ``\/`` or percent-encoded ``%2F`` slashes, or a message link's ``compose?to=`` (with or without ``u/``).
 _MENTION = re.compile(
-    r"((?:(?<=reddit\.com/)(?:u|user)/)|(?:(?<![A-Za-z0-9/.%-])/?[uU]/)|(?:(?<![A-Za-z0-9.%-])/user/)"
-    r"|(?:(?<=reddit\.com/)r/u_)|(?:(?<![A-Za-z0-9/.%-])/?r/u_)"
-    r"|(?:\\/(?:u|user|r\\/u_)\\/?)|(?:%2[fF](?:u|user)%2[fF])|(?:(?<=compose/\?to=)|(?<=compose\?to=)))"
+    r"((?:(?:(?<=(?i:reddit\.com)/)(?i:u|user)/)|(?:(?<![A-Za-z0-9/%])/?[uU]/)|(?:(?<![A-Za-z0-9.%-])/user/)"
+    r"|(?:(?<=(?i:reddit\.com)/)(?i:r/u_))|(?:(?<![A-Za-z0-9/%])/?[rR]/[uU]_)"
+    r"|(?:\\/(?:u|user|r\\/u_)\\/?)|(?:%2[fF](?:u|user)%2[fF])"
+    r"|(?:(?:(?<=compose/\?to=)|(?<=compose\?to=))(?:/?u(?:/|%2[fF]))?))\*{0,3})"
     r"((?:[A-Za-z0-9-]|\\?_){3,20})(?![A-Za-z0-9_-])")
 
 
@@ -209,7 +211,11 @@ class ThreadIndex:
             self.add(record)
 
     def ancestors(self, comment: RedditComment) -> tuple[RedditSubmission | None, list[RedditComment], str]:
-        """(submission, ancestor comments oldest first, problem) -- problem is "" when complete."""
+        """(submission, ancestor comments oldest first, problem) -- problem is "" when complete.
+
+        Every ancestor must be of the comment's thread and the chain must end at its submission: a parent
+        from another thread (a damaged or mixed dump) would splice that thread's turns and links in.
+        """
         chain: list[RedditComment] = []
         parent = comment.parent_id
         seen = {comment.id}
@@ -218,11 +224,13 @@ class ThreadIndex:
             ancestor = self.comments.get(parent_id)
             if ancestor is None:
                 return None, [], "ancestor_missing"
-            if parent_id in seen or len(chain) >= MAX_THREAD_DEPTH:
+            if parent_id in seen or len(chain) >= MAX_THREAD_DEPTH or ancestor.link_id != comment.link_id:
                 return None, [], "broken_parent_chain"
             seen.add(parent_id)
             chain.append(ancestor)
             parent = ancestor.parent_id
+        if parent != f"t3_{comment.link_id}":
+            return None, [], "broken_parent_chain"
         submission = self.submissions.get(comment.link_id)
         if submission is None:
             return None, [], "submission_missing"

@@ -339,16 +339,53 @@ def test_unresolved_list_names_only_the_links_unresolved_now(world, tmp_path, ht
 
 
 def test_an_empty_salt_fails_before_any_dump_is_read(world, tmp_path):
-    with pytest.raises(ValueError, match="salt must not be empty"):
-        run_reddit_stage([world], tmp_path / "w", RedditStageOptions(salt="", progress=False))
+    for salt in ("", "   "):
+        with pytest.raises(ValueError, match="salt must not be empty"):
+            run_reddit_stage([world], tmp_path / "w", RedditStageOptions(salt=salt, progress=False))
     assert not (tmp_path / "w" / "reddit" / "work").exists()
+
+
+def test_a_named_pipe_is_refused_before_any_dump_is_read(world, tmp_path):
+    """The stage reads each dump twice: the second pass would wait for a writer that is gone."""
+    os.mkfifo(tmp_path / "RC_live.ndjson")
+    with pytest.raises(ValueError, match="RC_live.ndjson: not a regular file"):
+        run_reddit_stage([world, tmp_path / "RC_live.ndjson"], tmp_path / "w", RedditStageOptions(progress=False))
+    assert not (tmp_path / "w" / "reddit" / "work").exists()
+
+
+def test_a_dump_that_changes_during_the_run_keeps_the_key_the_stage_computed(world, tmp_path, monkeypatch):
+    """A download still being written grows between the stage computing its key and a worker reading it."""
+    import reddit_amazon.pipeline as pipeline
+
+    computed = pipeline._file_key
+    calls: dict[Path, int] = {}
+
+    def key_of_a_growing_file(path: Path) -> str:
+        calls[path] = calls.get(path, 0) + 1
+        return computed(path) + ("" if calls[path] == 1 else f"-grown{calls[path]}")
+
+    monkeypatch.setattr(pipeline, "_file_key", key_of_a_growing_file)
+    result = run_reddit_stage([world], tmp_path / "w", RedditStageOptions(salt="s", progress=False))
+    assert result.funnel["threads_rebuilt"] > 0
 
 
 _CHILD = textwrap.dedent(
     """
-    import sys
+    import sys, time
     from pathlib import Path
+    import reddit_amazon.pipeline as pipeline
     from reddit_amazon.pipeline import RedditStageOptions, run_reddit_stage
+
+    read_chunks = pipeline.iter_chunks
+
+    def stalling_on_the_last_file(path, *args, **kwargs):  # a download that stalls half-way: killed there
+        for chunk in read_chunks(path, *args, **kwargs):
+            yield chunk
+            if Path(path).name.startswith("c_RC"):
+                Path(sys.argv[1] + ".stalled").touch()
+                time.sleep(600)
+
+    pipeline.iter_chunks = stalling_on_the_last_file
     run_reddit_stage([Path(p) for p in sys.argv[2:]], Path(sys.argv[1]), RedditStageOptions(salt="s", progress=False))
     """
 )
@@ -361,7 +398,8 @@ def test_resume_after_kill_9(tmp_path):
     write_zst_ndjson(dumps / "a_RS.zst", [_sub("s1", "Need a razor")])
     write_zst_ndjson(dumps / "b_RC.zst", [*FILLER, _com("c1", "s1", "t3_s1", "https://www.amazon.com/dp/B000NL0T1G")])
     last = dumps / "c_RC.ndjson"
-    os.mkfifo(last)
+    reply = orjson.dumps(_com("c2", "s1", "t1_c1", "and https://www.amazon.com/dp/B0000000C2"))
+    last.write_bytes(reply[:20])  # half a line so far
     workdir = tmp_path / "work"
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(workdir), *(str(dumps / n) for n in ("a_RS.zst", "b_RC.zst", last.name))],
@@ -370,22 +408,14 @@ def test_resume_after_kill_9(tmp_path):
         start_new_session=True,  # killed as a group: datatrove's Manager process must not outlive the test
     )
     scan = workdir / "reddit" / "work" / "scan-without-a.co"
-    reply = orjson.dumps(_com("c2", "s1", "t1_c1", "and https://www.amazon.com/dp/B0000000C2"))
     try:
         deadline = time.time() + 60
-        while True:  # the child opens the pipe once the first two files are done
+        while not Path(f"{workdir}.stalled").exists():  # the child reads the last file once the others are done
             assert time.time() < deadline and child.poll() is None
-            try:
-                writer = os.open(last, os.O_WRONLY | os.O_NONBLOCK)
-                break
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.05)
         assert len(list(scan.glob("*.json"))) == 2
-        os.write(writer, reply[:20])  # half a line, then the process dies
-        time.sleep(0.3)
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
-        os.close(writer)
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
@@ -393,7 +423,6 @@ def test_resume_after_kill_9(tmp_path):
     assert not (workdir / "reddit" / "conversations").exists()
     assert not [p for p in scan.iterdir() if p.name.startswith("c_RC") and not p.name.startswith(".")]
 
-    last.unlink()
     last.write_bytes(reply + b"\n")  # the download finished
     result = run_reddit_stage([dumps], workdir, RedditStageOptions(salt="s", progress=False))
     assert {p: p.stat().st_mtime_ns for p in done_before} == done_before

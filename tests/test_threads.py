@@ -100,6 +100,19 @@ def test_parent_cycle_is_a_broken_chain_not_a_hang():
     assert counts.broken_parent_chain == 1
 
 
+def test_an_ancestor_of_another_thread_or_a_chain_ending_elsewhere_is_a_broken_chain():
+    """A parent from thread s2 must not splice s2's turns (and its links, as context items) into s1."""
+    other = submission_from_dump({"id": "s2", "title": "Another thread"})
+    foreign_parent = _comment("p", "t3_s2", "thread two https://www.amazon.com/dp/B000NL0T1K", link="s2")
+    under_foreign = _comment("c", "t1_p", "https://www.amazon.com/dp/B000NL0T1G")
+    top_of_other = _comment("d", "t3_s2", "https://www.amazon.com/dp/B000NL0T1G")  # link_id s1, parent s2
+    counts = RebuildCounts()
+    index = _index(SUBMISSION, other, foreign_parent, under_foreign, top_of_other)
+    for comment in (under_foreign, top_of_other):
+        assert index.conversation(comment, ["B000NL0T1G"], Pseudonymizer("s"), extract_asins, counts) is None
+    assert counts.broken_parent_chain == 2 and counts.conversations == 0
+
+
 def test_duplicate_records_keep_the_surviving_text():
     deleted_copy = _comment("c1", "t3_s1", "[deleted]")
     live_copy = _comment("c1", "t3_s1", "the real text")
@@ -145,7 +158,9 @@ def test_user_names_in_mentions_and_profile_subreddits_are_pseudonymised():
     # Profile subreddits, JSON-escaped and percent-encoded slashes, message links: the name must not survive.
     forms = ["ask r/u_Sec_ret", "see /r/u_Sec_ret", "https://www.reddit.com/r/u_Sec_ret/comments/abc/",
              "reddit.com\\/user\\/Sec_ret", "\\/u\\/Sec_ret", "https%3A%2F%2Fwww.reddit.com%2Fuser%2FSec_ret",
-             "https://www.reddit.com/message/compose/?to=Sec_ret", "U/Sec_ret"]
+             "https://www.reddit.com/message/compose/?to=Sec_ret", "U/Sec_ret", "Thanks...u/Sec_ret",
+             "thanks.u/Sec_ret", "ask-u/Sec_ret", "Thanks...r/u_Sec_ret", "https://reddit.com/U/Sec_ret",
+             "reddit.com/User/Sec_ret", "message/compose?to=u%2FSec_ret", "u/**Sec_ret**"]
     for text in forms:
         assert "Sec" not in pseudonym.text(text) and hashed in pseudonym.text(text), text
     for prose in ("run it as user/password auth", "https://example.com/u/abcdef", "amazon.com/gp/u/xyz1"):
