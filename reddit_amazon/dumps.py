@@ -89,7 +89,7 @@ def find_dump_files(inputs: Iterable[str | Path]) -> list[Path]:
             if not found:
                 raise FileNotFoundError(f"{given}: no dump files ({', '.join(DUMP_SUFFIXES)}) inside")
             files.extend(found)
-        elif given.exists():  # a named pipe too: a download still being written can be read as it comes
+        elif given.exists():  # a named pipe too (the reading functions stream it; the Reddit stage, which reads twice, refuses it)
             files.append(given)
         else:
             raise FileNotFoundError(f"{given}: no such dump file or folder")
@@ -251,8 +251,8 @@ def iter_chunks(path: Path, progress: ReadProgress | None = None, read_size: int
     """Decompressed bytes of ``path`` in chunks, frame after frame, without a leading UTF-8 BOM.
 
     The compression (zstd, xz, bz2, gzip or none) is recognised from the first bytes. Raises
-    :class:`DumpReadError` at the first corrupt frame, or after the last readable bytes when the
-    file ends inside a frame.
+    :class:`DumpReadError` at the first corrupt frame, after the last readable bytes when the
+    file ends inside a frame, or when a zstd file holds no frame at all (an empty file).
     """
     path = Path(path)
     progress = progress if progress is not None else ReadProgress()
@@ -344,6 +344,8 @@ def _decompressed(
         yield chunk
     if walker.error:
         raise DumpReadError(path, walker.boundary, walker.error, walker.frame_start_before(walker.boundary))
+    if walker.position == 0:  # the walker is "complete" before any frame; `zstd -d` calls this a cut
+        raise DumpReadError(path, 0, "empty file (no zstd frame)", 0)
     if not walker.complete:
         raise DumpReadError(
             path,

@@ -155,6 +155,24 @@ def test_format_comes_from_the_bytes_and_a_bom_is_dropped(tmp_path):
         _all_lines(not_zstd)
 
 
+@pytest.mark.parametrize("name", ["RC_2020-03.zst", "RS_2020-03.ZSTD"])
+def test_an_empty_zstd_file_is_damaged_not_an_empty_month(tmp_path, name):
+    """A 0-byte .zst is a failed download: `zstd -d` says "unexpected end of file"."""
+    empty = tmp_path / name
+    empty.write_bytes(b"")
+    with pytest.raises(DumpReadError, match=r"empty file \(no zstd frame\)") as caught:
+        list(iter_chunks(empty))
+    assert caught.value.compressed_offset == caught.value.frame_offset == 0 and caught.value.path == empty
+
+
+@pytest.mark.parametrize("name", ["empty.jsonl", "empty.ndjson", "blob"])
+def test_an_empty_plain_file_has_no_lines(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"")
+    progress = ReadProgress()
+    assert list(iter_lines(iter_chunks(path), progress)) == [] and progress.lines == 0
+
+
 def test_corrupt_frame_names_file_and_offset(tmp_path):
     path = write_zst_ndjson(tmp_path / "a.zst", _records(4000), frames=4)
     data = bytearray(path.read_bytes())

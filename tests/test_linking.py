@@ -12,7 +12,9 @@ import pytest
 from werkzeug import Response
 
 from reddit_amazon.linking import (
+    STOREFRONT_TLDS,
     LinkPrefilter,
+    ShortLinkResolution,
     ShortLinkResolver,
     extract_asins,
     extract_short_links,
@@ -53,6 +55,13 @@ POSITIVE = [
     ("_amazon.com/dp/B000NL0T1G_", ["B000NL0T1G"]),
     ("これamazon.co.jp/dp/B000NL0T1G", ["B000NL0T1G"]),
     ("https://www.amazon.com/Neutrogena,-Hydro/dp/B00NR1YQHM?k=a,b", ["B00NR1YQHM"]),
+    ("http://www.amzn.com/B09L87ZZPQ", ["B09L87ZZPQ"]),
+    ("check it out...amazon.com/dp/B09L87ZZPQ and…www.amazon.com/dp/B09L87ZZPR", ["B09L87ZZPQ", "B09L87ZZPR"]),
+    # an apostrophe in a slug, as typed or as an HTML entity; a closing quote still ends the link
+    ("https://www.amazon.com/Levi's-505/dp/B09L87ZZPQ", ["B09L87ZZPQ"]),
+    ("https://www.amazon.com/Levi&#x27;s-505/dp/B09L87ZZPQ and https://www.amazon.com/L&#39;Oreal/dp/B09L87ZZPR",
+     ["B09L87ZZPQ", "B09L87ZZPR"]),
+    ("'https://amazon.com/s?k=jeans','https://amazon.com/dp/B09L87ZZPQ'", ["B09L87ZZPQ"]),
 ]
 
 NEGATIVE = [
@@ -71,6 +80,10 @@ NEGATIVE = [
     "https://www.ebay.com/itm/B00NN2Y04E",
     "https://www.amazon.com/dp/bestseller",  # ten letters, no digit: a word, not an ASIN
     "https://x-amazon.com/dp/B00NN2Y04E",
+    "https://amazon.net/dp/B09L87ZZPQ",  # not a storefront
+    "amazon.xyz/dp/B09L87ZZPQ",
+    "https://x.amzn.com/B09L87ZZPQ",
+    "https://example.amazon.com.example/dp/B09L87ZZPQ",
     "",
 ]
 
@@ -137,6 +150,7 @@ def test_extract_short_links():
         "https://amzn.eu/d/Q1w2E3",
     ]
     assert extract_short_links("https://www.amazon.com/dp/B00NN2Y04E") == []
+    assert extract_short_links("got it here...amzn.to/3xYzAbC, not x.amzn.to/9") == ["https://amzn.to/3xYzAbC"]
 
 
 def test_release_recall(lavic_release):
@@ -217,6 +231,46 @@ def test_unreachable_links_are_reported_not_cached(httpserver, resolver_factory)
     result = resolver.resolve("https://amzn.to/down")
     assert not result.resolved and "HTTP 503" in result.error
     assert resolver.cache.get("https://amzn.to/down") is None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [Response("blocked", status=403), Response("log in", status=401), Response("<html>robot check</html>"),
+     Response("teapot", status=418), Response(status=301)],  # the last: a redirect without a Location
+)
+def test_answers_without_a_redirect_are_unreachable_not_cached(httpserver, resolver_factory, answer):
+    httpserver.expect_request("/blocked").respond_with_response(answer)
+    resolver = resolver_factory()
+    result = resolver.resolve("https://amzn.to/blocked")
+    assert result.unreachable and f"HTTP {answer.status_code}" in result.error
+    assert len(httpserver.log) == 1  # a block is not hammered with retries
+    assert resolver.cache.get("https://amzn.to/blocked") is None
+    resolver_factory().resolve_all(["https://amzn.to/blocked"], progress=False)
+    assert len(httpserver.log) == 2  # a later run asks again
+
+
+def test_408_is_retried_and_410_is_final(httpserver, resolver_factory):
+    httpserver.expect_ordered_request("/slow").respond_with_response(Response("timeout", status=408))
+    httpserver.expect_ordered_request("/slow").respond_with_response(
+        Response(status=302, headers={"Location": "https://www.amazon.com/dp/B07XJ8C8F5"})
+    )
+    httpserver.expect_ordered_request("/gone").respond_with_response(Response("gone", status=410))
+    resolver = resolver_factory()
+    assert resolver.resolve("https://amzn.to/slow").asins == ("B07XJ8C8F5",)
+    gone = resolver.resolve("https://amzn.to/gone")
+    assert not gone.resolved and not gone.unreachable
+    assert resolver.cache.get("https://amzn.to/gone") == gone
+    assert len(httpserver.log) == 3
+
+
+def test_a_block_page_cached_by_an_earlier_version_is_asked_again(httpserver, resolver_factory):
+    httpserver.expect_request("/3xYz").respond_with_response(
+        Response(status=301, headers={"Location": "https://www.amazon.com/dp/B00NN2Y04E"})
+    )
+    resolver = resolver_factory()
+    resolver.cache.put(ShortLinkResolution("https://amzn.to/3xYz", "", (), "no redirect"))
+    assert resolver.resolve("https://amzn.to/3xYz").asins == ("B00NN2Y04E",)
+    assert len(httpserver.log) == 1
 
 
 def test_follows_short_link_chains_and_reports_non_product_targets(httpserver, resolver_factory):
@@ -335,3 +389,13 @@ def test_hosts_that_only_begin_like_a_storefront_are_not_amazon(text):
 )
 def test_storefront_hosts_and_ports(host):
     assert extract_asins(f"see https://{host}/dp/B07XJ8C8F5, thanks") == ["B07XJ8C8F5"]
+
+
+@pytest.mark.parametrize("tld", STOREFRONT_TLDS)
+def test_every_storefront_tld(tld):
+    assert extract_asins(f"https://www.amazon.{tld}/dp/B07XJ8C8F5") == ["B07XJ8C8F5"]
+
+
+@pytest.mark.parametrize("tld", ["net", "org", "xyz", "co", "tv", "com.co", "co.in", "com.xx", "co.xx"])
+def test_other_tlds_are_not_storefronts(tld):
+    assert extract_asins(f"https://www.amazon.{tld}/dp/B07XJ8C8F5") == []
