@@ -89,7 +89,7 @@ def find_dump_files(inputs: Iterable[str | Path]) -> list[Path]:
             if not found:
                 raise FileNotFoundError(f"{given}: no dump files ({', '.join(DUMP_SUFFIXES)}) inside")
             files.extend(found)
-        elif given.exists():  # a named pipe too (the reading functions stream it; the Reddit stage, which reads twice, refuses it)
+        elif given.exists():  # a named pipe too: the readers stream it (the Reddit stage, reading twice, refuses it)
             files.append(given)
         else:
             raise FileNotFoundError(f"{given}: no such dump file or folder")
