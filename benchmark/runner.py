@@ -2,7 +2,7 @@
 
 Output folder::
 
-    DIR/run.json            what was asked (model, args, dataset, split, candidates, domain, limit)
+    DIR/run.json            what was asked (model, args, dataset, split, candidates, domain, limit, batch size)
     DIR/predictions.jsonl   one line per record: example_id, domain, output, parsed, valid, hit, ...
     DIR/results.json        metrics (per domain and "all", with 95% bootstrap CIs), counts, provenance
 

@@ -21,13 +21,13 @@ def describe_candidate_set(name: str) -> str:
     in_paper = f" The paper's Table {paper[name]} uses this set." if name in paper else ""
     if name == "sbert":
         text = (f"cosine similarity of SBERT sentence embeddings (harness default `{DEFAULT_SBERT_MODEL}`) "
-                "between the conversation and item texts (titles unless the build added descriptions).")
+                "between the conversation and the item titles.")
     elif name == candidate_set_for(DEFAULT_OPENAI_EMBEDDING_MODEL):
         text = f"cosine similarity of OpenAI `{DEFAULT_OPENAI_EMBEDDING_MODEL}` embeddings."
     elif name.startswith("openai_"):
         text = "cosine similarity of OpenAI embeddings (model named by the suffix)."
     elif name == "bm25":
-        text = "BM25 (bm25s, Lucene variant, English stop words) over item texts (titles by default)."
+        text = "BM25 (bm25s, Lucene variant, English stop words) over the item titles."
     else:
         text = f"retrieved by the retriever {inline_code(name)} (not one of the harness's built-in retrievers)."
     return text + in_paper

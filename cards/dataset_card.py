@@ -77,6 +77,10 @@ def _load(name: str, statistics: DatasetStatistics, domains: list[str]) -> str:
     domain = "fashion" if "fashion" in domains or not domains else domains[0]
     stats = statistics.domains.get(domain)
     present = [split for split in SPLITS if stats is not None and stats.split_records[split]]
+    scored = "test" if any(d.split_records.get("test") for d in statistics.domains.values()) else next(
+        (split for split in SPLITS if any(d.split_records.get(split) for d in statistics.domains.values())), "test")
+    command = f"benchmark run --model sbert --dataset {name} --out runs/sbert" + (
+        "" if scored == "test" else f" --split {scored}")
     example = "\n".join([
         "from datasets import load_dataset",
         "",
@@ -88,7 +92,7 @@ def _load(name: str, statistics: DatasetStatistics, domains: list[str]) -> str:
         f"{code_block(example, 'python')}\n\n"
         f"{inline_code(name)} is this folder (a local path) or its Hub repository id. Configs: "
         f"{', '.join(inline_code(d) for d in domains)} (conversations) and `items` (one split per domain). "
-        f"Score a recommender with {inline_code(f'benchmark run --model sbert --dataset {name}')}."
+        f"Score a recommender with {inline_code(command)}."
     )
 
 

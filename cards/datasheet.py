@@ -228,8 +228,9 @@ def _preprocessing(manifest: Mapping[str, Any]) -> str:
     funnel = manifest.get("funnel")
     if manifest.get("build"):
         lines += [
-            "- Usernames were replaced by salted hashes before anything was written; deleted and removed "
-            f"texts became the markers `{DELETED_TEXT}` / `{REMOVED_TEXT}`.",
+            "- Usernames were replaced by salted hashes in everything this dataset contains (the build's "
+            "intermediate work files keep the dumps' excerpts as they are, and are not part of it); deleted "
+            f"and removed texts became the markers `{DELETED_TEXT}` / `{REMOVED_TEXT}`.",
             "- ASINs without metadata, and items outside beauty, fashion and home, were dropped and counted, "
             "never guessed.",
             "- Images were decoded with Pillow under size limits; items without a usable image were kept, with "

@@ -25,6 +25,8 @@ METRICS = {"hr@1": "HR@1", "vr": "VR"}
 OVERALL_KEYS = ("all", "overall")  # benchmark writes "all"; older results used "overall"
 #: ``lavic`` plugin options that take a file written by ``lavic-ref``.
 PLUGIN_FILE_OPTIONS = ("distill_adapter", "rec_adapter", "item_embeddings")
+#: The ``lavic`` plugin's default ``max_tokens`` (``lavic_ref.sequences.MAX_PROMPT_TOKENS``, not imported: torch).
+DEFAULT_PROMPT_TOKENS = 2048
 
 DEFAULT_LIMITATIONS: tuple[str, ...] = (
     "It chooses among 10 retrieved candidates and cannot recommend an item the retriever missed: HR@1 is "
@@ -71,7 +73,7 @@ def render_model_card(*, base_model: str, adapters: Mapping[str, Any], hyperpara
         _results(results),
         _paper_tables(),
         "## Limitations\n\n" + "\n".join(f"- {text}" for text in (limitations or DEFAULT_LIMITATIONS)),
-        _usage(base_model, adapters),
+        _usage(base_model, adapters, hyperparameters.get("max_prompt_tokens")),
         "## Citation\n\n" + code_block(read_template("citation.bib").split("\n\n")[0], "bibtex"),
     ]
     body = "\n\n".join(section.strip() for section in sections) + "\n"
@@ -232,11 +234,14 @@ def _paper_tables() -> str:
     return "\n\n".join(parts)
 
 
-def _usage(base_model: str, adapters: Mapping[str, Any]) -> str:
+def _usage(base_model: str, adapters: Mapping[str, Any], max_prompt_tokens: Any = None) -> str:
     values = {"base": base_model, **{k: adapters[k] for k in PLUGIN_FILE_OPTIONS if adapters.get(k)}}
-    model_args = ",".join(f"{key}={_model_arg(str(value))}" for key, value in values.items())
+    if max_prompt_tokens not in (None, DEFAULT_PROMPT_TOKENS):  # the plugin caps prompts as training did
+        values["max_tokens"] = max_prompt_tokens
+    model_args = ",".join(f"{key}={value if isinstance(value, int) else _model_arg(str(value))}"
+                          for key, value in values.items())
     command = shlex.join(["benchmark", "run", "--model", "lavic", "--model-args", model_args,
-                          "--dataset", "reddit-amazon", "--split", "test"])
+                          "--dataset", "reddit-amazon", "--split", "test", "--out", "runs/lavic"])
     return ("## Use\n\n" + code_block(command, "bash") + "\n\nThe `lavic` plugin is registered by the "
             "`reddit-amazon` package; `--candidates sbert` or `--candidates openai_large` selects the candidate set.")
 

@@ -321,7 +321,8 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
 @cli.command("card")
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--results", "results", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="results.json of a `benchmark run` (repeatable).")
+              help="results.json of a `benchmark run --model lavic` (repeatable; other models' results are "
+                   "refused: the card publishes them as LaViC's).")
 def card_command(out, results) -> None:
     """Re-render OUT/README.md (the model card) with benchmark results beside the paper's.
 

@@ -579,7 +579,11 @@ def check_options(options: BuildOptions) -> None:
             raise BuildError("--push-to-hub needs a Hugging Face token: set HF_TOKEN or run `hf auth login` "
                              "(checked before the long stages run)")
     if "openai-emb" in options.retrievers and not options.dry_run and not os.environ.get("OPENAI_API_KEY"):
-        raise BuildError("--retrievers openai-emb needs OPENAI_API_KEY (checked before the long stages run)")
+        from reddit_amazon.openai_endpoint import DEFAULT_BASE_URL, endpoint_url
+
+        if endpoint_url(options.embedding_base_url) == DEFAULT_BASE_URL:  # a local server takes no key
+            raise BuildError("--retrievers openai-emb needs OPENAI_API_KEY, or --embedding-base-url of a local "
+                             "server (checked before the long stages run)")
     local_inputs = [path for path in [*options.inputs, *options.meta, *options.reviews] if not path.startswith("hub:")]
     kept = [options.workdir, *local_inputs, *(path for path in (options.llm_cache, options.image_store) if path)]
     try:
@@ -686,8 +690,9 @@ def _split_list(values: Sequence[str]) -> list[str]:
 
 @click.command("build")
 @click.option("--inputs", multiple=True,
-              help="Reddit dump files or folders (.zst/.jsonl). Default: the bundled sample.")
-@click.option("--meta", multiple=True, help="Amazon Reviews 2023 meta_<Category>.jsonl(.gz) files/folders, or "
+              help="Reddit dump files or folders (.zst, .jsonl/.ndjson, also .gz/.xz/.bz2). Default: the bundled "
+                   "sample.")
+@click.option("--meta", multiple=True, help="Amazon Reviews 2023 meta_<Category>.jsonl files (also .gz/.zst/.xz/.bz2) or folders, or "
               "hub:<repo>:<file.jsonl | config> (e.g. hub:McAuley-Lab/Amazon-Reviews-2023:raw_meta_All_Beauty).")
 @click.option("--reviews", multiple=True, help="Amazon Reviews 2023 review files/folders (asin -> parent_asin), or "
               "hub:<repo>:<file.jsonl | config> (e.g. ...:raw_review_All_Beauty).")

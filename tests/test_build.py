@@ -334,3 +334,15 @@ def test_openai_embedding_candidates_from_a_compatible_endpoint(sample_build, ht
     home = datasets.load_dataset(str(tmp_path / "openai-ds"), "home", split="test")
     assert all(len(ids) == NUM_CANDIDATES for ids in home["candidates_openai_large"])
     assert "sk-emb-key" not in (tmp_path / "openai-ds" / "manifest.json").read_text()
+
+
+def test_openai_embeddings_need_a_key_only_from_openai(tmp_path, monkeypatch):
+    from reddit_amazon.build import BuildError, check_options, sample_options
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    local = sample_options(tmp_path / "ds", tmp_path / "work", retrievers=["openai-emb"],
+                           embedding_base_url="http://127.0.0.1:9/v1")
+    check_options(local)  # a local server takes any key, or none
+    with pytest.raises(BuildError, match="needs OPENAI_API_KEY"):
+        check_options(sample_options(tmp_path / "ds", tmp_path / "work", retrievers=["openai-emb"]))

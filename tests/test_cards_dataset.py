@@ -290,6 +290,7 @@ def test_imported_dataset_says_no_funnel_exists(tmp_path):
     assert f"This dataset comes from {source}, not from `reddit-amazon build`" in card
     assert "No build funnel exists for this dataset: it was not built from dumps." in card
     assert "importer's text repair was off" in card
+    assert "--out runs/sbert --split" in card or "--out runs/sbert`" in card
     assert "Splits are made per domain by thread" not in card and re.search(r"This copy has the [a-z, ]+ splits? of its source", card)
     assert_no_placeholders(card)
 
@@ -304,6 +305,7 @@ def test_dataset_without_authors_images_or_times_says_so(tmp_path):
     assert "No turn carries an author" in card
     assert "their time span is not known" in card
     assert "this copy has no images: none of its 1 items embeds one or has an image URL" in card
+    assert "`benchmark run --model sbert --dataset reddit-amazon --out runs/sbert`" in card  # test split: the default
     assert "This copy has the test split of its source, as given there" in card
     assert "thread separation between splits cannot be checked" in card
     assert "manifest has no build record, so no build command or input checksums exist" in card

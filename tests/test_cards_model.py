@@ -209,3 +209,16 @@ def test_unset_values_unknown_versions_and_hostile_text_stay_in_their_place():
 
     argv = shlex.split(command)
     assert parse_model_args(argv[argv.index("--model-args") + 1])["rec_adapter"] == "runs/a,b/rec v2"
+
+
+def test_the_use_command_runs_as_written_with_the_training_prompt_cap():
+    import shlex
+
+    from benchmark.registry import parse_model_args
+
+    card = render([], hyperparameters={"max_prompt_tokens": 1024})
+    command = next(line for line in card.split("## Use", 1)[1].splitlines() if line.startswith("benchmark run"))
+    argv = shlex.split(command)
+    assert argv[argv.index("--out") + 1] == "runs/lavic"
+    assert parse_model_args(argv[argv.index("--model-args") + 1])["max_tokens"] == 1024
+    assert "max_tokens" not in render([], hyperparameters={"max_prompt_tokens": 2048}).split("## Use", 1)[1]

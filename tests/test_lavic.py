@@ -746,6 +746,13 @@ def test_describe_writes_shipped_descriptions_to_its_output(tiny_base, tmp_path,
     assert b"B0torn" not in out.read_bytes()
 
 
+def test_the_model_cards_default_prompt_cap_is_the_plugins():
+    from cards.model_card import DEFAULT_PROMPT_TOKENS
+    from lavic_ref.sequences import MAX_PROMPT_TOKENS
+
+    assert DEFAULT_PROMPT_TOKENS == MAX_PROMPT_TOKENS
+
+
 def test_nested_item_token_text_is_stripped_until_none_is_left():
     from lavic_ref.prompts import strip_item_tokens
 
