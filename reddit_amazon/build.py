@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shlex
-import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,7 +33,7 @@ import orjson
 from rich.markup import escape
 
 from reddit_amazon import DATASET_VERSION
-from reddit_amazon.files import file_sha256, write_atomic
+from reddit_amazon.files import STAGE_STAMP, file_sha256, write_atomic
 from reddit_amazon.cli_errors import user_errors
 
 if TYPE_CHECKING:  # the schema imports `datasets`; keep `reddit-amazon --help` fast
@@ -45,7 +44,6 @@ SAMPLE_REDDIT = SAMPLE_INPUTS / "reddit"
 SAMPLE_AMAZON = SAMPLE_INPUTS / "amazon"
 SAMPLE_IMAGES = SAMPLE_INPUTS / "images"
 SAMPLE_RELEVANCE_CACHE = SAMPLE_INPUTS / "relevance-cache.sqlite"
-STAGE_STAMP = "stage.json"
 #: The sample's authors are invented, so its pseudonym salt may be public: it makes the sample reproducible.
 SAMPLE_SALT = "reddit-amazon-sample"
 #: Reddit-stage options of a sample build: offline (its links are all full product URLs), public salt.
@@ -92,9 +90,17 @@ class BuildOptions:
         """Every option, JSON-ready, for the manifest; the pseudonym salt is never written out."""
         record = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(self).items()}
         record["reddit"] = _redact_salt(record["reddit"])
+        for key in ("llm_base_url", "embedding_base_url"):  # credentials in a URL never reach the manifest
+            record[key] = _shown_url(record[key])
         for key in ("inputs", "meta", "reviews"):  # the bundled sample's own files: no install path
             record[key] = [path if path.startswith("hub:") else _recorded_path(Path(path)) for path in record[key]]
         return record
+
+
+def _shown_url(url: str | None) -> str | None:
+    from reddit_amazon.openai_endpoint import display_url
+
+    return display_url(url) if url else url
 
 
 def _redact_salt(reddit: dict[str, Any]) -> dict[str, Any]:
@@ -251,8 +257,18 @@ def reddit_stage(options: BuildOptions, console) -> StageResult:
     if raw.get("incomplete_files"):
         for path, error in raw["incomplete_files"].items():
             console.print(f"  [yellow]incomplete dump[/] {escape(path)}: {escape(error)}")
-    return StageResult(conversations=reddit_conversations(options.workdir), funnel=reddit_funnel(raw), key=key,
-                       report=raw)
+    # Later stages key on what this one wrote, not only on what it was asked: the same workdir's Reddit
+    # stage may also be run on its own (`reddit-amazon reddit-stage`), replacing these outputs.
+    outputs = _files_digest([*sorted((folder / "conversations").glob("*.jsonl")), folder / "funnel.json"])
+    return StageResult(conversations=reddit_conversations(options.workdir), funnel=reddit_funnel(raw),
+                       key=_key(key, outputs), report=raw)
+
+
+def _files_digest(paths: Iterable[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{path.name}\0{file_sha256(path)}\0".encode())
+    return digest.hexdigest()
 
 
 def reddit_conversations(workdir: Path) -> list[Conversation]:
@@ -378,7 +394,8 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
                 raise BuildError(f"{error}{_sample_answers_hint(options)}") from error
         dropped = {label: n for label, n in sorted(result.counts.items()) if label != KEPT_LABEL}
         funnel = [{"stage": "relevance filter (Table 9)", "kept": len(result.kept), "dropped": dropped}]
-        report = {"model": filter_options.model, "base_url": filter_options.base_url, "template_sha256": template_sha,
+        report = {"model": filter_options.model, "base_url": endpoint_key(filter_options.base_url),  # None: OpenAI
+                  "template_sha256": template_sha,
                   "labels": dict(sorted(result.counts.items())), "calls_made": result.calls_made,
                   "parameter_changes": result.parameter_changes}
         _write_rows(folder / "conversations.jsonl", (c.to_row() for c in result.kept))
@@ -488,16 +505,23 @@ def command_line(options: BuildOptions) -> str:
     for attribute, flag in simple.items():
         value = getattr(options, attribute)
         if value != getattr(defaults, attribute):
-            args += [flag, str(value)]
+            args += [flag, str(_shown_url(value) if attribute.endswith("base_url") else value)]
     if options.retrievers != defaults.retrievers:
         args += ["--retrievers", ",".join(options.retrievers) or "none"]
     args += ["--no-filter"] if options.no_filter else []
     args += ["--no-images"] if not options.images else []
     reddit = {k: v for k, v in options.reddit.items() if not (options.sample and SAMPLE_REDDIT_OPTIONS.get(k) == v)}
     for name, value in sorted(_redact_salt(reddit).items()):
-        flag = name.replace("_", "-")
+        flag = REDDIT_FLAGS.get(name)
+        if flag is None:  # set from Python only (e.g. short_link_endpoints): no command-line form
+            continue
         args += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
     return shlex.join(args)
+
+
+#: The ``build`` options that set Reddit-stage options (``RedditStageOptions`` field -> flag).
+REDDIT_FLAGS = {"salt": "salt", "executor": "executor", "slurm_partition": "partition", "workers": "workers",
+                "resolve_short_links": "resolve-short-links"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,8 +566,8 @@ def _seed_sample_caches(options: BuildOptions) -> None:
     store = _image_store_path(options)
     store.mkdir(parents=True, exist_ok=True)
     for path in SAMPLE_IMAGES.iterdir():
-        if not (store / path.name).exists():
-            shutil.copyfile(path, store / path.name)
+        if not (store / path.name).exists():  # atomic: a copy cut short must not pass for a stored image
+            write_atomic(store / path.name, path.read_bytes())
 
 
 def check_options(options: BuildOptions) -> None:
@@ -585,7 +609,9 @@ def check_options(options: BuildOptions) -> None:
             raise BuildError("--retrievers openai-emb needs OPENAI_API_KEY, or --embedding-base-url of a local "
                              "server (checked before the long stages run)")
     local_inputs = [path for path in [*options.inputs, *options.meta, *options.reviews] if not path.startswith("hub:")]
-    kept = [options.workdir, *local_inputs, *(path for path in (options.llm_cache, options.image_store) if path)]
+    read_files = [path for path in (options.llm_template, options.domain_map) if path and Path(path).is_file()]
+    kept = [options.workdir, *local_inputs, *read_files,
+            *(path for path in (options.llm_cache, options.image_store) if path)]
     try:
         check_output_folder(options.out, keep=kept)
     except OSError as error:

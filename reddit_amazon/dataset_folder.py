@@ -108,13 +108,28 @@ def check_output_folder(out_dir: str | os.PathLike, keep: Sequence[str | os.Path
     if out_dir.exists():
         if not out_dir.is_dir():
             raise FileExistsError(f"{out_dir} is a file; the dataset output must be a folder")
-        if not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
-            raise FileExistsError(f"{out_dir} is a folder with other content (no {MANIFEST}): writing the dataset "
-                                  "there would replace it; choose a new or empty folder")
+        if any(out_dir.iterdir()) and not _is_dataset_folder(out_dir):
+            raise FileExistsError(f"{out_dir} is a folder with other content (not a reddit-amazon dataset): writing "
+                                  "the dataset there would replace it; choose a new or empty folder")
     existing = next(folder for folder in [out_dir, *out_dir.parents] if folder.exists())
     if not os.access(existing if existing != out_dir else out_dir.parent, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write the dataset at {out_dir}: {existing} is not writable")
     return out_dir
+
+
+#: What a dataset folder holds (an imported copy also keeps the release's files): nothing else may be replaced.
+DATASET_ENTRIES = {MANIFEST, "README.md", DATA_DIR, "lavic_source"}
+
+
+def _is_dataset_folder(folder: Path) -> bool:
+    """A folder this package wrote: its manifest is ours (a web app has a manifest.json too) and it holds
+    nothing but a dataset's files (hidden ones aside: ``datasets``' and the Hub's caches)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return False
+    ours = isinstance(manifest, dict) and {"fingerprint", "version", "counts"} <= manifest.keys()
+    return ours and all(entry.name in DATASET_ENTRIES or entry.name.startswith(".") for entry in folder.iterdir())
 
 
 def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:
@@ -289,9 +304,8 @@ def refresh_card(folder: str | os.PathLike) -> None:
                 data_files.setdefault(config, {})[split] = shards
     first_shard = next((shards[0] for config, splits in data_files.items() if config != ITEMS_CONFIG
                         for shards in splits.values()), None)
-    if first_shard is None:
-        raise SchemaError(f"{folder}: no conversation shards under {DATA_DIR}/ to describe")
-    columns = _parquet_columns(folder / first_shard)
+    # A build that kept no conversation writes no shard: its card says so, as the build's own did.
+    columns = _parquet_columns(folder / first_shard) if first_shard else []
     write_readme(folder, manifest, data_files, conversation_features(candidate_sets_of(columns)))
 
 

@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+#: A finished stage's record in its folder (``{"key": ...}``): the build reuses the stage's outputs only while
+#: it holds the key of the run that wrote them.
+STAGE_STAMP = "stage.json"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

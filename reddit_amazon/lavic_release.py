@@ -38,6 +38,7 @@ from reddit_amazon.dataset_folder import (
 from reddit_amazon.files import open_atomic
 from reddit_amazon.schema import (
     DOMAINS,
+    ITEMS_CONFIG,
     SPLITS,
     Conversation,
     Item,
@@ -282,14 +283,19 @@ def release_record(record: Conversation) -> dict[str, Any]:
 
 
 def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, int]]:
-    """Write a dataset folder (or Hub id) back in the authors' format. Returns records per file."""
+    """Write a dataset folder (or Hub id) back in the authors' format. Returns records per file.
+
+    The item metadata goes to ``item2meta_valid.jsonl`` (title, image URL, description per item), unless the
+    folder is an import that kept the release's own metadata files, which are copied as they are.
+    """
     out = Path(out)
     folder_for = {domain: folder for folder, domain in RELEASE_FOLDERS.items()}
     file_for = {split: filename for filename, split in RELEASE_SPLITS.items()}
     written: dict[str, dict[str, int]] = {}
     present = configs_of(dataset)
-    for domain in (d for d in DOMAINS if d in present):
-        splits = load(domain, dataset)
+    loaded = {domain: load(domain, dataset) for domain in DOMAINS if domain in present}
+    _check_release_candidates(loaded, dataset)  # before anything is written
+    for domain, splits in loaded.items():
         for split in SPLITS:
             if split not in splits or len(splits[split]) == 0:
                 continue
@@ -303,7 +309,37 @@ def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, 
     if source_copy.is_dir():
         for path in source_copy.iterdir():
             shutil.copyfile(path, out / path.name)
+    elif ITEMS_CONFIG in present:
+        _write_item_metadata(dataset, [d for d in DOMAINS if d in loaded], out / "item2meta_valid.jsonl")
     return written
+
+
+def _check_release_candidates(loaded: dict[str, Any], dataset: str | Path) -> None:
+    """Every record must have both candidate sets the release format holds (a default build fills only sbert)."""
+    for domain, splits in loaded.items():
+        for split in splits:
+            for name in RELEASE_CANDIDATES.values():
+                column = candidate_column(name)
+                rows = splits[split]
+                empty = next((i for i, ids in enumerate(rows[column]) if not ids), None) \
+                    if column in rows.column_names else 0
+                if empty is not None:
+                    raise SchemaError(f"{dataset} {domain}/{split}: record {rows[empty]['example_id']} has no "
+                                      f"{column}; the release format needs candidates_sbert and "
+                                      "candidates_openai_large (build with --retrievers sbert,openai-emb)")
+
+
+def _write_item_metadata(dataset: str | Path, domains: list[str], target: Path) -> None:
+    """The items of ``domains`` in the release's metadata layout (its first image as ``ASIN_0.jpg``)."""
+    with open_atomic(target) as handle:
+        for domain in domains:
+            for row in load(ITEMS_CONFIG, dataset, split=domain):
+                urls = row.get("image_urls") or []
+                handle.write((json.dumps({
+                    "title": row.get("title") or "", "image_name": f"{row['item_id']}_0.jpg",
+                    "image": urls[0] if urls else "",
+                    "image_description_llava_cleaned": row.get("image_description") or "",
+                }) + "\n").encode("utf-8"))
 
 
 def mojibake_counts(dataset: str | Path) -> Counter:

@@ -45,10 +45,27 @@ def endpoint_url(base_url: str | None) -> str:
 
 
 def endpoint_key(base_url: str | None) -> str | None:
-    """The endpoint as cache keys record it: None for OpenAI's own (the key earlier releases used, so their
-    cached answers still count), else its URL, so two servers' answers never mix."""
-    endpoint = endpoint_url(base_url)
+    """The endpoint as cache keys and records name it: None for OpenAI's own (the key earlier releases used, so
+    their cached answers still count), else its URL as :func:`display_url` gives it, so two servers' answers
+    never mix and one server's do not split over ``/v1`` and ``/v1/``."""
+    endpoint = display_url(endpoint_url(base_url))
     return None if endpoint == DEFAULT_BASE_URL else endpoint
+
+
+def display_url(url: str) -> str:
+    """``url`` as it may be written down: without credentials (``user:password@``, secret-named query
+    parameters), with the scheme and host in lower case and no trailing ``/``."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    hostname = parts.hostname or ""
+    host = (f"[{hostname}]" if ":" in hostname else hostname) + (f":{parts.port}" if parts.port else "")
+    query = urlencode([(k, "<redacted>" if _SECRET_PARAMETER.search(k) else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)])
+    return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), query, parts.fragment))
+
+
+_SECRET_PARAMETER = re.compile(r"key|token|secret|password|passwd|signature|sig\b|auth", re.IGNORECASE)
 
 
 def make_client(base_url: str | None, timeout: float, api_key: str | None = None):

@@ -48,7 +48,7 @@ from reddit_amazon.dumps import (
     iter_selected_lines,
     parse_line,
 )
-from reddit_amazon.files import write_atomic
+from reddit_amazon.files import STAGE_STAMP, write_atomic
 from reddit_amazon.linking import LinkPrefilter, extract_asins, extract_short_links, linked_asins
 from reddit_amazon.thread_lines import ThreadLineFinder
 from reddit_amazon.threads import (
@@ -650,6 +650,9 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
             raise ValueError(f"{path}: not a regular file; the Reddit stage reads each dump twice, so give it a file")
     stage_dir = Path(workdir) / "reddit"
     stage_dir.mkdir(parents=True, exist_ok=True)
+    # A build's record that this folder holds its Reddit stage stops being true now (this run may have other
+    # options, such as another salt): the build runs the stage again instead of reusing these outputs.
+    (stage_dir / STAGE_STAMP).unlink(missing_ok=True)
     tasks = max(1, min(options.tasks or len(files), len(files)))
     buckets = max(1, options.buckets or min(options.tasks or len(files), 256))
     file_keys = [_file_key(p) for p in files]

@@ -346,3 +346,39 @@ def test_openai_embeddings_need_a_key_only_from_openai(tmp_path, monkeypatch):
     check_options(local)  # a local server takes any key, or none
     with pytest.raises(BuildError, match="needs OPENAI_API_KEY"):
         check_options(sample_options(tmp_path / "ds", tmp_path / "work", retrievers=["openai-emb"]))
+
+
+def test_a_reddit_stage_run_on_its_own_is_not_taken_for_the_builds(sample_build, tmp_path):
+    """`reddit-amazon reddit-stage` in a build's workdir (another salt) replaces the stage's outputs: the next
+    build must make its own again (with its own salt: the same dataset as before)."""
+    from reddit_amazon.pipeline import RedditStageOptions, run_reddit_stage
+
+    root, _ = sample_build
+    work = tmp_path / "work"
+    assert build("--out", str(tmp_path / "a"), "--workdir", str(work), *FAST).exit_code == 0
+    run_reddit_stage([SAMPLE_INPUTS / "reddit"], work, RedditStageOptions(salt="another salt", progress=False))
+    again = build("--out", str(tmp_path / "b"), "--workdir", str(work), *FAST)
+    assert again.exit_code == 0 and "1/5 reddit: candidate conversations" in again.output, again.output
+    assert parquet_digests(tmp_path / "b") == parquet_digests(root / "sample-ds")
+
+
+def test_credentials_in_endpoint_urls_never_reach_the_manifest_or_card(sample_build, tmp_path):
+    root, _ = sample_build
+    url = "http://proxyuser:hunter2-secret@127.0.0.1:9/v1/?api_key=sk-in-the-url"
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(root / "work"), *FAST, "--llm-base-url", url)
+    assert result.exit_code == 0, result.output  # the sample's answers count as this endpoint's: no call
+    for name in ("manifest.json", "README.md"):
+        text = (tmp_path / "ds" / name).read_text()
+        assert "hunter2" not in text and "sk-in-the-url" not in text and "127.0.0.1:9/v1" in text, name
+    manifest = read_manifest(tmp_path / "ds")
+    assert manifest["build_reports"]["relevance"]["base_url"] == "http://127.0.0.1:9/v1?api_key=%3Credacted%3E"
+
+
+def test_the_recorded_command_uses_the_build_flags_of_reddit_options(tmp_path):
+    from reddit_amazon.build import BuildOptions, command_line
+
+    options = BuildOptions(inputs=["d/"], meta=["m/"], reviews=[], out=tmp_path / "o", workdir=tmp_path / "w",
+                           reddit={"executor": "slurm", "slurm_partition": "cpu", "workers": 4,
+                                   "short_link_endpoints": {"amzn.to": "http://127.0.0.1:9"}})
+    command = command_line(options)
+    assert "--executor slurm --partition cpu --workers 4" in command and "endpoints" not in command

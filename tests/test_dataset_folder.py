@@ -18,6 +18,7 @@ from reddit_amazon.dataset_folder import (
     check_output_folder,
     fingerprint,
     read_manifest,
+    refresh_card,
     write_dataset,
 )
 from reddit_amazon.schema import DOMAINS, SPLITS, Conversation, Item, SchemaError, Turn
@@ -266,6 +267,17 @@ def test_never_replaces_what_is_not_a_dataset(tmp_path, monkeypatch):
     write_dataset(tmp_path / "empty", contents())  # an empty folder, then a dataset folder, may be replaced
     write_dataset(tmp_path / "empty", contents())
     assert read_manifest(tmp_path / "empty")["version"] == "1.2.3"
+    # A web app has a manifest.json too; and a dataset folder someone added files to is not only a dataset.
+    webapp = tmp_path / "webapp"
+    (webapp / "src").mkdir(parents=True)
+    (webapp / "manifest.json").write_text('{"name": "my-pwa"}')
+    (webapp / "src" / "app.js").write_text("precious")
+    (tmp_path / "empty" / "my-notes.txt").write_text("mine")
+    for folder in (webapp, tmp_path / "empty"):
+        with pytest.raises(FileExistsError, match="not a reddit-amazon dataset"):
+            write_dataset(folder, contents())
+    assert (webapp / "src" / "app.js").read_text() == "precious"
+    assert (tmp_path / "empty" / "my-notes.txt").read_text() == "mine"
 
 
 def test_folders_left_by_a_killed_write_are_removed_by_the_next(tmp_path):
@@ -323,6 +335,9 @@ def test_a_dataset_without_records_is_written(tmp_path):
     manifest = write_dataset(tmp_path / "reddit-amazon", empty)
     assert all(n == 0 for splits in manifest["counts"].values() for n in splits.values())
     assert read_manifest(tmp_path / "reddit-amazon")["fingerprint"] == manifest["fingerprint"]
+    card = (tmp_path / "reddit-amazon" / "README.md").read_text()
+    refresh_card(tmp_path / "reddit-amazon")  # `reddit-amazon card` agrees with the build: nothing to refuse
+    assert (tmp_path / "reddit-amazon" / "README.md").read_text() == card
 
 
 def test_a_folder_changed_by_hand_is_refused_by_load_benchmark_and_push_and_verify_names_what(tmp_path):

@@ -148,7 +148,23 @@ def test_import_never_deletes_its_source_and_export_leaves_no_partial_file(tmp_p
 
     failed = CliRunner().invoke(cli, ["export-lavic", str(sample_dataset_path()), "--out", str(tmp_path / "e")])
     assert failed.exit_code == 1 and "Traceback" not in failed.output  # the sample has no openai_large candidates
-    assert not [p for p in (tmp_path / "e").rglob("*") if p.is_file()]
+    assert "--retrievers sbert,openai-emb" in " ".join(failed.output.split())
+    assert not list((tmp_path / "e").rglob("*"))  # refused before anything was written
+
+
+def test_an_exported_build_keeps_its_item_metadata_through_a_reimport(tmp_path):
+    """A built folder has no release metadata files to copy: its items config becomes item2meta_valid.jsonl."""
+    from benchmark.synthetic import make_synthetic_dataset
+
+    dataset = make_synthetic_dataset(tmp_path / "ds", records_per_domain=4, items_per_domain=20, split="validation",
+                                     candidate_sets=("sbert", "openai_large"), domains=("home",))
+    export_release(dataset, tmp_path / "release")
+    assert (tmp_path / "release" / "item2meta_valid.jsonl").is_file()
+    import_release(tmp_path / "release", tmp_path / "again")
+    before = {row["item_id"]: row["title"] for row in datasets.load_dataset(str(dataset), "items", split="home")}
+    after = {row["item_id"]: row["title"] for row in datasets.load_dataset(str(tmp_path / "again"), "items",
+                                                                            split="home")}
+    assert after and all(after[item] == before[item] for item in after)
 
 
 

@@ -31,11 +31,10 @@ from benchmark.protocol import Candidate, Example, image_mime
 from benchmark.retrieval.cache import default_cache_dir, open_cache
 from reddit_amazon.cli_errors import redact_secrets
 from reddit_amazon.openai_endpoint import (
-    DEFAULT_BASE_URL,
     PROMPT_REFUSAL_STATUSES,
     ChatParameters,
     RefusalStreak,
-    endpoint_url,
+    endpoint_key,
     make_client,
     refuses_this_prompt_only,
     stoppable_calls,
@@ -114,8 +113,7 @@ class OpenAIChatRecommender:
     def _key(self, request: dict[str, Any]) -> str:
         # The endpoint as resolved (OPENAI_BASE_URL too): two servers' answers never mix. OpenAI's own
         # stays None, the key earlier releases used for it, so their cached answers still count.
-        endpoint = endpoint_url(self.base_url)
-        return hashlib.sha256(orjson.dumps({"base_url": None if endpoint == DEFAULT_BASE_URL else endpoint, **request},
+        return hashlib.sha256(orjson.dumps({"base_url": endpoint_key(self.base_url), **request},
                                            option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     def _complete(self, request: dict[str, Any], cancel: threading.Event | None = None) -> str:

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from reddit_amazon.openai_endpoint import DEFAULT_BASE_URL, endpoint_url, make_client, with_retries
+from reddit_amazon.openai_endpoint import endpoint_key, make_client, with_retries
 from benchmark.retrieval.cache import EmbeddingCache
 from benchmark.retrieval.dense import DenseRetriever
 
@@ -58,8 +58,8 @@ def embedding_model_id(model: str, dimensions: int | None, base_url: str | None)
     endpoint but OpenAI's (``OPENAI_BASE_URL`` too), so two servers' vectors never mix. OpenAI's own keeps
     the id earlier releases used, so their caches still count."""
     suffix = f"@{dimensions}" if dimensions else ""
-    endpoint = endpoint_url(base_url)
-    return f"openai:{model}{suffix}" + ("" if endpoint == DEFAULT_BASE_URL else f" at {endpoint}")
+    endpoint = endpoint_key(base_url)
+    return f"openai:{model}{suffix}" + ("" if endpoint is None else f" at {endpoint}")
 
 
 def candidate_set_for(model: str) -> str:
