@@ -49,6 +49,11 @@ SAMPLE_SALT = "reddit-amazon-sample"
 #: Reddit-stage options of a sample build: offline (its links are all full product URLs), public salt.
 SAMPLE_REDDIT_OPTIONS = {"salt": SAMPLE_SALT, "resolve_short_links": False}
 RELEVANCE_CACHE = "relevance-cache.sqlite"
+#: Raised when a stage's code changes what it makes from the same inputs, so an upgraded package does not reuse
+#: a workdir's older outputs (the Reddit stage has pipeline.STAGE_VERSION). Catalog 2: compressed files told by
+#: their bytes, a leading BOM dropped. Relevance 2: refusals, <think> blocks and negations parsed anew.
+CATALOG_STAGE_VERSION = 2
+RELEVANCE_STAGE_VERSION = 2
 VERSIONED_PACKAGES = ("reddit-amazon", "datasets", "pyarrow", "huggingface-hub", "openai", "pillow", "requests",
                       "datatrove", "zstandard", "sentence-transformers", "torch", "bm25s", "numpy")
 
@@ -301,7 +306,8 @@ def catalog_stage(options: BuildOptions, upstream: StageResult, console) -> Stag
     meta_sources = catalog.expand_sources(options.meta, catalog.META_FILE_PATTERN)
     review_sources = catalog.expand_sources(options.reviews, catalog.REVIEW_FILE_PATTERN)
     domain_map = catalog.parse_domain_map(options.domain_map)
-    key = _key("catalog", upstream.key, _identity(meta_sources), _identity(review_sources), domain_map)
+    key = _key("catalog", CATALOG_STAGE_VERSION, upstream.key, _identity(meta_sources), _identity(review_sources),
+               domain_map)
     folder = options.workdir / "catalog"
     if _stamp_matches(folder, key):
         console.print("[bold]2/5 catalog[/]: reusing the finished stage")
@@ -378,7 +384,8 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
                            report={"skipped": True}, key=_key("relevance", upstream.key, "skipped"))
     filter_options = _filter_options(options)
     template_sha = hashlib.sha256(filter_options.template.encode()).hexdigest()
-    key = _key("relevance", upstream.key, filter_options.model, template_sha, endpoint_key(filter_options.base_url))
+    key = _key("relevance", RELEVANCE_STAGE_VERSION, upstream.key, filter_options.model, template_sha,
+               endpoint_key(filter_options.base_url))
     folder = options.workdir / "relevance"
     if _stamp_matches(folder, key):
         console.print("[bold]3/5 relevance[/]: reusing the finished stage")
