@@ -208,7 +208,8 @@ def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> dict
     if overwrite:
         return None
     if run_path.is_file():
-        previous = _read_json(run_path)
+        # A field an earlier release did not record (batch_size) reads as unset, as it was then.
+        previous = {**dict.fromkeys(signature), **_read_json(run_path)}
         current = orjson.loads(orjson.dumps(signature))  # as it reads back from run.json
         predictions = out / PREDICTIONS_FILE
         started = (out / RESULTS_FILE).exists() or (predictions.is_file() and predictions.stat().st_size > 0)

@@ -565,16 +565,24 @@ def _seed_sample_caches(options: BuildOptions) -> None:
     The answers count as the configured endpoint's (``OPENAI_BASE_URL`` or ``--llm-base-url``): a sample
     build stays offline wherever the environment points the client.
     """
+    from reddit_amazon.images import FAILURES_FILE, SOURCES_FILE, ImageStore
     from reddit_amazon.openai_endpoint import endpoint_key
     from reddit_amazon.relevance import AnswerCache
 
     with AnswerCache(_relevance_cache_path(options)) as cache:
         cache.import_answers(SAMPLE_RELEVANCE_CACHE, endpoint_key(options.llm_base_url))
-    store = _image_store_path(options)
-    store.mkdir(parents=True, exist_ok=True)
-    for path in SAMPLE_IMAGES.iterdir():
-        if not (store / path.name).exists():  # atomic: a copy cut short must not pass for a stored image
-            write_atomic(store / path.name, path.read_bytes())
+    store = ImageStore(_image_store_path(options))
+    sample_sources = json.loads((SAMPLE_IMAGES / SOURCES_FILE).read_text())
+    for path in SAMPLE_IMAGES.glob("*.jpg"):
+        asin = path.stem
+        if not store.path(asin).exists():  # atomic: a copy cut short must not pass for a stored image
+            write_atomic(store.path(asin), path.read_bytes())
+        if asin in sample_sources and asin not in store.sources:  # a store another build uses keeps its own
+            store.sources[asin] = sample_sources[asin]
+    for asin, failure in json.loads((SAMPLE_IMAGES / FAILURES_FILE).read_text()).items():
+        if asin not in store.sources:  # the sample's recorded failures: not fetched either
+            store.failures.setdefault(asin, failure)
+    store.save()
 
 
 def check_options(options: BuildOptions) -> None:
@@ -585,6 +593,13 @@ def check_options(options: BuildOptions) -> None:
 
     if not SEMVER.fullmatch(options.version):
         raise BuildError(f"--version {options.version!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
+    from reddit_amazon.openai_endpoint import url_problem
+
+    for flag, url in (("--llm-base-url", options.llm_base_url), ("--embedding-base-url", options.embedding_base_url),
+                      ("OPENAI_BASE_URL", os.environ.get("OPENAI_BASE_URL"))):
+        problem = url and url_problem(url)
+        if problem:
+            raise BuildError(f"{flag} is not an endpoint URL: {problem}")
     from reddit_amazon.catalog import CatalogError, parse_domain_map
 
     try:

@@ -359,6 +359,11 @@ def _watching_adapter() -> type:
             super().init_poolmanager(*args, **kwargs)
             self.poolmanager.pool_classes_by_scheme = pools
 
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:  # behind http(s)_proxy: the same watch
+            manager = super().proxy_manager_for(proxy, **kwargs)
+            manager.pool_classes_by_scheme = pools
+            return manager
+
     return Adapter
 
 

@@ -57,15 +57,33 @@ def display_url(url: str) -> str:
     parameters), with the scheme and host in lower case and no trailing ``/``."""
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a bad port or bracket: not a URL a client could use, but never one to write out whole
+        return re.sub(r"//[^/@]*@", "//", url.split("?", 1)[0])
     hostname = parts.hostname or ""
-    host = (f"[{hostname}]" if ":" in hostname else hostname) + (f":{parts.port}" if parts.port else "")
+    host = (f"[{hostname}]" if ":" in hostname else hostname) + (f":{port}" if port else "")
     query = urlencode([(k, "<redacted>" if _SECRET_PARAMETER.search(k) else v)
                        for k, v in parse_qsl(parts.query, keep_blank_values=True)])
     return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), query, parts.fragment))
 
 
-_SECRET_PARAMETER = re.compile(r"key|token|secret|password|passwd|signature|sig\b|auth", re.IGNORECASE)
+_SECRET_PARAMETER = re.compile(r"key|token|secret|password|passwd|signature|sig\b|auth|code", re.IGNORECASE)
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an endpoint's base URL (scheme, host, port), or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as error:
+        return str(error)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "expected http(s)://host[:port]/path"
+    return None
 
 
 def make_client(base_url: str | None, timeout: float, api_key: str | None = None):

@@ -497,3 +497,13 @@ def test_negative_seeds_and_integers_beyond_64_bits_are_refused_up_front(dataset
                                       "--model-args", "seed=123456789012345678901234567890", "--out", str(tmp_path / "b")])
     assert result.exit_code == 1 and "beyond 64 bits" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_run_folder_from_before_batch_size_was_recorded_still_resumes(dataset, tmp_path):
+    config = RunConfig(model="random", dataset=str(dataset), domain="beauty", limit=5, bootstrap_samples=0)
+    run(config, tmp_path, progress=False)
+    signature = json.loads((tmp_path / "run.json").read_text())
+    del signature["batch_size"]  # as the previous release wrote run.json
+    (tmp_path / "run.json").write_text(json.dumps(signature))
+    (tmp_path / "results.json").unlink()  # interrupted
+    assert run(config, tmp_path, progress=False)["counts"]["all"]["records"] == 5

@@ -382,3 +382,26 @@ def test_the_recorded_command_uses_the_build_flags_of_reddit_options(tmp_path):
                                    "short_link_endpoints": {"amzn.to": "http://127.0.0.1:9"}})
     command = command_line(options)
     assert "--executor slurm --partition cpu --workers 4" in command and "endpoints" not in command
+
+
+def test_a_sample_build_into_a_shared_image_store_stays_offline(tmp_path):
+    """A store another build uses has its own sources.json: the sample's images must still count as stored."""
+    from reddit_amazon.build import _seed_sample_caches
+    from reddit_amazon.images import ImageStore
+
+    store = tmp_path / "shared-images"
+    store.mkdir()
+    (store / "sources.json").write_text(json.dumps({"B0OTHER001": "http://x/y.jpg"}))
+    _seed_sample_caches(sample_options(tmp_path / "ds", tmp_path / "work", image_store=store))
+    sources = json.loads((SAMPLE_INPUTS / "images" / "sources.json").read_text())
+    stored = ImageStore(store)
+    assert all(stored.has(asin, url) for asin, url in sources.items())
+    assert stored.sources["B0OTHER001"] == "http://x/y.jpg"
+
+
+def test_an_endpoint_url_that_is_not_one_fails_before_any_stage(tmp_path):
+    for flag, url, message in [("--llm-base-url", "http://host:99999/v1", "Port out of range"),
+                               ("--embedding-base-url", "localhost:8000", "expected http(s)://host")]:
+        result = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), flag, url)
+        assert result.exit_code == 1 and f"{flag} is not an endpoint URL" in result.output and message in result.output
+        assert not (tmp_path / "work").exists()

@@ -325,8 +325,10 @@ def test_an_image_whose_source_was_not_recorded_is_fetched_again(httpserver, tmp
     assert outcomes["B000000002"].downloaded
 
 
-def test_trickling_headers_are_cut_at_the_deadline(tmp_path):
-    """The deadline runs from before the request: a host sending its headers a byte at a time is cut too."""
+@pytest.mark.parametrize("through_a_proxy", [False, True])
+def test_trickling_headers_are_cut_at_the_deadline(tmp_path, monkeypatch, through_a_proxy):
+    """The deadline runs from before the request: a host sending its headers a byte at a time is cut too, and
+    so is a proxy doing it (the loopback server plays the proxy: the image host's name is never resolved)."""
     import socket
     import threading
 
@@ -349,9 +351,14 @@ def test_trickling_headers_are_cut_at_the_deadline(tmp_path):
 
     threading.Thread(target=serve, daemon=True).start()
     options = ImageOptions(**{**OPTIONS.__dict__, "timeout_s": 0.3, "max_attempts": 1})
+    address = f"http://127.0.0.1:{server.getsockname()[1]}"
+    for name in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    if through_a_proxy:
+        monkeypatch.setenv("http_proxy", address)
+    url = "http://images.example.invalid/x.jpg" if through_a_proxy else f"{address}/x.jpg"
     started = time.monotonic()
-    outcomes = fetch_images([("B000000001", [f"http://127.0.0.1:{server.getsockname()[1]}/x.jpg"])],
-                            ImageStore(tmp_path / "images"), options)
+    outcomes = fetch_images([("B000000001", [url])], ImageStore(tmp_path / "images"), options)
     assert time.monotonic() - started < 2  # the headers alone take 3 s
     assert "headers still arriving after 0.9 s" in outcomes["B000000001"].error
     server.close()

@@ -332,3 +332,13 @@ def test_openai_chat_refusals_of_one_prompt_score_it_invalid_but_of_every_prompt
     with pytest.raises(Exception, match="max_tokens"):
         OpenAIChatRecommender(model="m", base_url=url, cache_dir=tmp_path / "c", max_tokens=4000).recommend(
             examples("fine", 2))
+
+
+def test_openai_chat_finds_answers_cached_under_the_url_as_given(chat_server, tmp_path):
+    """Caches written before endpoints were normalised keyed them as given (a trailing slash included)."""
+    server, requests = chat_server
+    url = server.url_for("/v1") + "/"
+    first = OpenAIChatRecommender(model="m", base_url=url, cache_dir=tmp_path)
+    request = first._request(_example("a"))
+    first.cache.put(first._key(request, url), "B000000007 from an older cache")
+    assert first.recommend([_example("a")]) == ["B000000007 from an older cache"] and requests == []

@@ -35,6 +35,7 @@ from reddit_amazon.openai_endpoint import (
     ChatParameters,
     RefusalStreak,
     endpoint_key,
+    endpoint_url,
     make_client,
     refuses_this_prompt_only,
     stoppable_calls,
@@ -110,17 +111,27 @@ class OpenAIChatRecommender:
         return {"model": self.model, "messages": self._messages(example), "temperature": self.temperature,
                 "max_tokens": self.max_tokens}
 
-    def _key(self, request: dict[str, Any]) -> str:
+    def _key(self, request: dict[str, Any], endpoint: str | None = None) -> str:
         # The endpoint as resolved (OPENAI_BASE_URL too): two servers' answers never mix. OpenAI's own
         # stays None, the key earlier releases used for it, so their cached answers still count.
-        return hashlib.sha256(orjson.dumps({"base_url": endpoint_key(self.base_url), **request},
+        endpoint = endpoint_key(self.base_url) if endpoint is None else endpoint
+        return hashlib.sha256(orjson.dumps({"base_url": endpoint, **request},
                                            option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    def _cached(self, request: dict[str, Any]) -> tuple[str, str | None]:
+        """The request's cache key and its cached answer, also looked up under the endpoint as earlier caches
+        were keyed (the URL as given: ``/v1/`` not yet normalised to ``/v1``)."""
+        key = self._key(request)
+        cached = self.cache.get(key)
+        as_given = endpoint_url(self.base_url)
+        if cached is None and endpoint_key(self.base_url) not in (None, as_given):
+            cached = self.cache.get(self._key(request, as_given))
+        return key, cached
 
     def _complete(self, request: dict[str, Any], cancel: threading.Event | None = None) -> str:
         import openai
 
-        key = self._key(request)  # the request as configured: the cache does not depend on what was adapted
-        cached = self.cache.get(key)
+        key, cached = self._cached(request)  # the request as configured, not as the endpoint made us adapt it
         if cached is not None:
             self._refusals.answered()
             return cached
