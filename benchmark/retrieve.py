@@ -1,8 +1,9 @@
 """``benchmark retrieve``: top-k items from a domain's full catalog for every record, and the HR@1 of
 that ranking (the paper's "retrieval baselines", which rank the whole catalog rather than 10 candidates).
 
-Writes ``DIR/candidates.jsonl`` (example_id, domain, candidates best-first: a ``candidates_<name>`` column
-stores them unranked, see :func:`reddit_amazon.assemble.shuffled_candidates`) and ``DIR/results.json`` in the format of ``benchmark run``
+Writes ``DIR/candidates.jsonl`` (example_id, domain, candidates best-first: a ``candidates_<name>``
+column stores them unranked, see :func:`reddit_amazon.assemble.shuffled_candidates`) and
+``DIR/results.json`` in the format of ``benchmark run``
 (``hr@1``, ``recall@k``, ``ndcg@k``; no VR, as in the paper's Table 3).
 """
 

@@ -322,7 +322,8 @@ def main() -> None:
                     row[f"{prefix}_step{suffix}_error"] = f"{type(error).__name__}: {str(error)[:300]}"
                     print(f"{prefix}{suffix} at {case['seq_len']} tokens failed: {row[f'{prefix}_step{suffix}_error']}")
                     continue
-                row[f"{prefix}_step{suffix}_speedup"] = row[f"research_step{suffix}_s"] / row[f"{prefix}_step{suffix}_s"]
+                row[f"{prefix}_step{suffix}_speedup"] = (row[f"research_step{suffix}_s"]
+                                                         / row[f"{prefix}_step{suffix}_s"])
                 print(f"{case['seq_len']} tokens: {prefix}{suffix} step {row[f'{prefix}_step{suffix}_s']:.4f} s "
                       f"(compiling {row[f'{prefix}_compile{suffix}_s']:.1f} s), research "
                       f"{row[f'research_step{suffix}_s']:.4f} s: {row[f'{prefix}_step{suffix}_speedup']:.2f}x",

@@ -91,7 +91,8 @@ def results_problem(result: Any) -> str | None:
 def _summary(base_model: str) -> str:
     return (
         f"# {MODEL_NAME}\n\n"
-        f"LoRA adapters that turn {inline_code(base_model)} into LaViC, the visually-aware conversational recommender of "
+        f"LoRA adapters that turn {inline_code(base_model)} into LaViC, the visually-aware conversational "
+        "recommender of "
         f"*{PAPER_TITLE}* (Jeon et al., KDD'25, doi:{PAPER_DOI}), reimplemented in the `reddit-amazon` toolkit. "
         "Stage 1 (visual knowledge self-distillation) trains a LoRA on the vision tower and projector so that 5 "
         "CLS-position embeddings per image (one per sub-image) let the frozen language model reproduce the "

@@ -109,7 +109,8 @@ def _generate(backbone: Backbone, todo: list[Item], handle: BinaryIO, descriptio
             texts = [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
             descriptions.update((item.item_id, text) for item, text in zip(batch, texts))
             # One write per batch: an interruption cuts at most the last line, which the next run drops.
-            handle.write(b"".join(_record(item.item_id, text, backbone.fingerprint) for item, text in zip(batch, texts)))
+            handle.write(b"".join(_record(item.item_id, text, backbone.fingerprint)
+                                  for item, text in zip(batch, texts)))
             handle.flush()
             progress.update(len(batch))
 

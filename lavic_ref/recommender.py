@@ -73,7 +73,8 @@ class LavicRecommender:
     Options (``--model-args``): ``base`` (hub id or folder), ``distill_adapter`` (vision LoRA from
     ``lavic-ref distill``), ``rec_adapter`` (LM LoRA from ``lavic-ref finetune``), ``item_embeddings``
     (safetensors from ``lavic-ref embed``), ``images`` (false: the titles-only ablation), ``device``,
-    ``batch_size``, ``max_tokens`` (the prompt cap: give the ``--max-tokens`` the adapter was fine-tuned with). An adapter option may name a training output folder (its ``best/`` is used). Adapters
+    ``batch_size``, ``max_new_tokens``, ``max_tokens`` (the prompt cap: give the ``--max-tokens`` the adapter
+    was fine-tuned with). An adapter option may name a training output folder (its ``best/`` is used). Adapters
     and embeddings made for another base model, or an adapter given in the other's role, are refused
     (``ValueError``).
     """

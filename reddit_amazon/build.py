@@ -740,7 +740,8 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--inputs", multiple=True,
               help="Reddit dump files or folders (.zst, .jsonl/.ndjson, also .gz/.xz/.bz2). Default: the bundled "
                    "sample.")
-@click.option("--meta", multiple=True, help="Amazon Reviews 2023 meta_<Category>.jsonl files (also .gz/.zst/.xz/.bz2) or folders, or "
+@click.option("--meta", multiple=True, help="Amazon Reviews 2023 meta_<Category>.jsonl files (also "
+              ".gz/.zst/.xz/.bz2) or folders, or "
               "hub:<repo>:<file.jsonl | config> (e.g. hub:McAuley-Lab/Amazon-Reviews-2023:raw_meta_All_Beauty).")
 @click.option("--reviews", multiple=True, help="Amazon Reviews 2023 review files/folders (asin -> parent_asin), or "
               "hub:<repo>:<file.jsonl | config> (e.g. ...:raw_review_All_Beauty).")
@@ -748,7 +749,8 @@ def _split_list(values: Sequence[str]) -> list[str]:
               help="Dataset folder to write.")
 @click.option("--workdir", type=click.Path(path_type=Path), help="Intermediate files and caches (resumable). "
               "Default: <out>.work")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the thread-level 8:1:1 splits and of each candidate list's order.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the thread-level 8:1:1 splits and of each candidate list's order.")
 @click.option("--version", "version", default=DATASET_VERSION, show_default=True, help="Dataset version (semver).")
 @click.option("--domain-map",
               help="main_category -> domain: a JSON file or 'All Beauty=beauty;AMAZON FASHION=fashion'.")

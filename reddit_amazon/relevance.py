@@ -3,8 +3,8 @@
 An LLM behind any OpenAI-compatible endpoint answers yes / no / uncertain for each candidate
 conversation; only "yes" is kept. Answers are stored in a SQLite cache keyed by model + the
 sha256 of the full prompt (+ the endpoint, unless it is OpenAI's), so reruns and resumed builds
-never pay for the same question twice, and a changed template, model or server asks again. Calls run in a bounded thread pool with exponential
-backoff on 429, 5xx, timeouts and connection errors.
+never pay for the same question twice, and a changed template, model or server asks again. Calls
+run in a bounded thread pool with exponential backoff on 429, 5xx, timeouts and connection errors.
 """
 
 from __future__ import annotations
