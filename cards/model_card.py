@@ -70,7 +70,7 @@ def render_model_card(*, base_model: str, adapters: Mapping[str, Any], hyperpara
         _key_values("## Data and splits", data, "The training data was not recorded."),
         _hyperparameters(hyperparameters),
         _training(training),
-        _results(results),
+        _results(results, data.get("fingerprint")),
         _paper_tables(),
         "## Limitations\n\n" + "\n".join(f"- {text}" for text in (limitations or DEFAULT_LIMITATIONS)),
         _usage(base_model, adapters, hyperparameters.get("max_prompt_tokens")),
@@ -172,7 +172,7 @@ def _name(value: Any, *keys: str) -> str:
     return str(value)
 
 
-def _results(results: Sequence[Mapping[str, Any]]) -> str:
+def _results(results: Sequence[Mapping[str, Any]], trained_on: str | None = None) -> str:
     if not results:
         return ("## Results\n\nNo benchmark results were given to this card: run `benchmark run --model lavic` "
                 "and write the card again with its `results.json`.")
@@ -192,6 +192,10 @@ def _results(results: Sequence[Mapping[str, Any]]) -> str:
         if limit:
             details.append(f"A partial run (`benchmark run --limit {limit}`): not comparable with the paper's "
                            "numbers, and left out of this card's model index.")
+        evaluated_on = dataset.get("fingerprint") if isinstance(dataset, Mapping) else None
+        if trained_on and evaluated_on and evaluated_on != trained_on:
+            details.append(f"**Evaluated on other data than the adapters were trained on** (dataset fingerprint "
+                           f"{inline_code(str(evaluated_on)[:12])}, training data {inline_code(trained_on[:12])}).")
         if isinstance(dataset, Mapping) and dataset.get("fingerprint"):
             details.append(f"Dataset version {inline_code(dataset.get('version', 'unknown'))}, fingerprint "
                            f"{inline_code(dataset['fingerprint'])}.")

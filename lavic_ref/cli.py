@@ -84,6 +84,13 @@ def _train_config(out, epochs, batch_size, grad_accum, lr, weight_decay, max_ste
                        cuda_graphs=cuda_graphs)
 
 
+def _fingerprint_of(dataset: str | None) -> str | None:
+    """The training dataset's content fingerprint (the card tells results on other data apart), if known."""
+    from benchmark.data import resolve_dataset
+
+    return resolve_dataset(dataset).fingerprint
+
+
 def _load_backbone(base: str, device: str | None):
     from lavic_ref.model import BaseModelError, load_backbone
 
@@ -310,7 +317,8 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
                             "learning_rate": config.learning_rate, "weight_decay": config.weight_decay,
                             "max_prompt_tokens": max_tokens, "images": not no_images, "seed": config.seed,
                             "training_instances": instance_style},
-        "data": {"dataset": dataset or "bundled sample", "domains": list(domains), "candidates": candidate_set,
+        "data": {"dataset": dataset or "bundled sample", "fingerprint": _fingerprint_of(dataset),
+                 "domains": list(domains), "candidates": candidate_set,
                  "train_examples": len(train_set), "validation_examples": len(val_set)},
         "training": {"time_s": result.elapsed_s, "hardware": hardware_name(backbone.device),
                      "best_validation_loss": result.best_val_loss},

@@ -725,6 +725,9 @@ def print_summary(manifest: dict[str, Any], console) -> None:
     if images.get("without_image"):
         console.print(f"items without an image: {images['without_image']}")
     console.print(f"dataset {manifest['version']} ({manifest['fingerprint'][:12]}) written")
+    if not sum(values["conversations"] for values in manifest["stats"].values()):
+        console.print("[yellow]warning[/]: no conversation was kept, so the dataset is empty: the funnel above "
+                      "says which stage dropped them")
 
 
 # --------------------------------------------------------------------------------------------

@@ -405,3 +405,17 @@ def test_an_endpoint_url_that_is_not_one_fails_before_any_stage(tmp_path):
         result = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), flag, url)
         assert result.exit_code == 1 and f"{flag} is not an endpoint URL" in result.output and message in result.output
         assert not (tmp_path / "work").exists()
+
+
+def test_a_build_that_keeps_no_conversation_says_so():
+    from rich.console import Console
+
+    from reddit_amazon.build import print_summary
+
+    stats = {d: {"conversations": 0, "turns": 0, "items": 0, "images": 0} for d in DOMAINS}
+    manifest = {"funnel": [{"stage": "relevance filter (Table 9)", "kept": 0, "dropped": {"no": 3}}], "stats": stats,
+                "counts": {d: {} for d in DOMAINS}, "build_reports": {"images": {}}, "version": "1.0.0",
+                "fingerprint": "0" * 64}
+    console = Console(record=True, width=200)
+    print_summary(manifest, console)
+    assert "no conversation was kept, so the dataset is empty" in console.export_text()

@@ -222,3 +222,10 @@ def test_the_use_command_runs_as_written_with_the_training_prompt_cap():
     assert argv[argv.index("--out") + 1] == "runs/lavic"
     assert parse_model_args(argv[argv.index("--model-args") + 1])["max_tokens"] == 1024
     assert "max_tokens" not in render([], hyperparameters={"max_prompt_tokens": 2048}).split("## Use", 1)[1]
+
+
+def test_results_on_other_data_than_the_training_data_are_flagged():
+    same = render([result("sbert", {"beauty": 0.1})], data={"dataset": "d", "fingerprint": "f" * 64})
+    other = render([result("sbert", {"beauty": 0.1})], data={"dataset": "d", "fingerprint": "a" * 64})
+    assert "Evaluated on other data" not in same
+    assert "Evaluated on other data than the adapters were trained on" in other and "`aaaaaaaaaaaa`" in other
