@@ -31,7 +31,6 @@ from benchmark.protocol import Candidate, Example, image_mime
 from benchmark.retrieval.cache import default_cache_dir, open_cache
 from reddit_amazon.cli_errors import redact_secrets
 from reddit_amazon.openai_endpoint import (
-    PROMPT_REFUSAL_STATUSES,
     ChatParameters,
     RefusalStreak,
     endpoint_key,
@@ -140,8 +139,8 @@ class OpenAIChatRecommender:
         try:
             response = self._parameters.create(self._client, request, self.max_retries, cancel=cancel)
         except openai.APIStatusError as error:
-            if error.status_code not in PROMPT_REFUSAL_STATUSES or not refuses_this_prompt_only(error):
-                raise  # an unknown model, a parameter ...: every record would fail
+            if not refuses_this_prompt_only(error):  # a 5xx, an unknown model, a parameter ...: not this prompt's
+                raise
             reason = redact_secrets(error.message)
             self._refusals.refused(lambda: None, reason)  # not cached: a refusal may be a setting's after all
             log.warning("request rejected (%s); scored as an invalid answer", reason)  # this record only
