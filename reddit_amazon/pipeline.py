@@ -644,11 +644,15 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     files. Also writes ``<workdir>/reddit/funnel.json``. Rerunning with the same inputs reuses all
     finished work.
     """
-    files = find_dump_files(inputs)
+    stage_dir = Path(workdir) / "reddit"
+    # The work files and shards are .jsonl: with the workdir inside an input folder
+    # ("dumps/ --workdir dumps/work"), a rerun would read them as dumps.
+    files = [p for p in find_dump_files(inputs) if not p.is_relative_to(Path(workdir).resolve())]
+    if not files:
+        raise FileNotFoundError(f"no dump files outside the work folder {workdir}")
     for path in files:
         if not path.is_file():  # a named pipe: the stage reads every file twice (scan, then collect)
             raise ValueError(f"{path}: not a regular file; the Reddit stage reads each dump twice, so give it a file")
-    stage_dir = Path(workdir) / "reddit"
     stage_dir.mkdir(parents=True, exist_ok=True)
     # A build's record that this folder holds its Reddit stage stops being true now (this run may have other
     # options, such as another salt): the build runs the stage again instead of reusing these outputs.

@@ -258,6 +258,18 @@ def test_rerun_reuses_everything_and_two_workers_agree(built, world, tmp_path):
     assert parallel.funnel["dropped"] == result.funnel["dropped"]
 
 
+def test_a_workdir_inside_the_input_folder_is_not_read_as_dumps(world, tmp_path):
+    import shutil
+
+    dumps = tmp_path / "dumps"
+    shutil.copytree(world, dumps)
+    options = RedditStageOptions(salt="test-salt", progress=False)
+    first = run_reddit_stage([dumps], dumps / "work", options)
+    again = run_reddit_stage([dumps], dumps / "work", options)
+    assert again.funnel["files"] == first.funnel["files"] == len(list(world.iterdir()))
+    assert len(again.shards) == len(first.shards) and _rows(again) == _rows(first)
+
+
 def test_salt_changes_pseudonyms_only(built, world, tmp_path):
     workdir, result = built
     other = run_reddit_stage([world], tmp_path / "w", RedditStageOptions(salt="other-salt", progress=False))
