@@ -186,6 +186,21 @@ def test_corrupt_frame_names_file_and_offset(tmp_path):
     assert caught.value.frame_offset <= middle < caught.value.compressed_offset + 1024
 
 
+def test_a_corrupt_block_keeps_the_lines_before_it(tmp_path):
+    path = write_zst_ndjson(tmp_path / "a.zst", _records(4000), frames=4)
+    data = bytearray(path.read_bytes())
+    third_frame = [m.start() for m in re.finditer(re.escape(b"\x28\xb5\x2f\xfd"), bytes(data))][2]
+    damage = third_frame + 200
+    data[damage : damage + 64] = bytes(64)
+    corrupt = tmp_path / "corrupt.zst"
+    corrupt.write_bytes(bytes(data))
+    lines = []
+    with pytest.raises(DumpReadError, match="corrupt zstd data"):
+        for line in iter_lines(iter_chunks(corrupt)):  # one read holds the whole file
+            lines.append(line)
+    assert [orjson.loads(line) for line in lines[:2000]] == _records(2000)  # the two frames before the damage
+
+
 def _brute_force(data: bytes, needle: bytes) -> list[bytes]:
     return [line for line in data.split(b"\n") if needle in line]
 
