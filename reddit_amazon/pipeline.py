@@ -797,4 +797,7 @@ def _funnel(
         "thread_lines_unreadable": {key: problems(key, collect_stats)
                                     for key in ("malformed_json", "invalid_utf8", "missing_fields", "not_an_object")},
         "incomplete_files": {s["path"]: s["error"] for s in scan_stats if s["error"]},
+        # Which file the dropped lines above came from (files without problems are left out).
+        "line_problems_by_file": {s["path"]: counts for s in scan_stats
+                                  if (counts := {k: v for k, v in s["problems"].items() if k != "examples" and v})},
     }

@@ -179,6 +179,8 @@ def test_funnel_and_incomplete_files(built, world):
     assert funnel["files"] == 5 and funnel["files_incomplete"] == 1
     dropped = funnel["dropped"]
     assert (dropped["malformed_json"], dropped["invalid_utf8"], dropped["missing_fields"]) == (1, 1, 1)
+    assert funnel["line_problems_by_file"] == {
+        str((world / "RC_2020-09.zst").resolve()): {"malformed_json": 1, "invalid_utf8": 1, "missing_fields": 1}}
     assert dropped["submission_missing"] == 1 and dropped["ancestor_missing"] == 1
     assert dropped["duplicate_recommending_comment"] == 1
     assert dropped["only_unresolved_short_links"] == 1  # c8
