@@ -681,7 +681,8 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     funnel_extra: Counter[str] = Counter()
     found = sum(s.get("comments_with_links", 0) for s in scan_stats)
     funnel_extra["duplicate_recommending_comments"] = found - len(hits)
-    resolved, unreachable = _resolve([u for h in hits.values() for u in h["short_links"]], stage_dir, options)
+    asked = {u for h in hits.values() for u in h["short_links"]}
+    resolved, unreachable = _resolve(sorted(asked), stage_dir, options)
     targets = _targets_by_bucket(hits, resolved, buckets, funnel_extra)
     needed = sorted({t["link_id"] for bucket in targets.values() for t in bucket})
     targets_dir, targets_digest = _write_targets(stage_dir / "work", targets, needed)
@@ -697,7 +698,8 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
         options,
     )
     collect_stats = [orjson.loads((collect_dir / f"{key}.json").read_bytes()) for key in file_keys]
-    context_links = [u for s in collect_stats for u in s["short_links"] if u not in resolved]
+    # Links asked about in this run already (hits) are not asked again: a failed one failed a moment ago.
+    context_links = [u for s in collect_stats for u in s["short_links"] if u not in resolved and u not in asked]
     resolved_in_context, unreachable_in_context = _resolve(context_links, stage_dir, options)
     resolved.update(resolved_in_context)
     all_short_links = sorted({u for h in hits.values() for u in h["short_links"]} | set(context_links))

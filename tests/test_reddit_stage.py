@@ -338,6 +338,8 @@ def test_unresolved_list_names_only_the_links_unresolved_now(world, tmp_path, ht
     listed = tmp_path / "w" / "reddit" / "unresolved_short_links.txt"
     down = run_reddit_stage([world], tmp_path / "w", options)
     assert down.unresolved_short_links == ["https://a.co/d/ctx123", "https://amzn.to/kettle1"]
+    # ctx123 is in a recommending comment (d1) and in the thread of d2: asked once per run, not twice.
+    assert sorted(request.path for request, _ in httpserver.log) == ["/d/ctx123", "/kettle1"]
     assert listed.read_text().split() == down.unresolved_short_links
 
     httpserver.clear()
