@@ -327,32 +327,29 @@ def _decompressed(
 
     reader = decompressor.stream_reader(source, read_size=read_size, read_across_frames=True)
     yielded = 0
-    corrupt: Exception | None = None
     while True:
         try:
             chunk = reader.read(read_size * 4)
         except zstandard.ZstdError as error:
+            # The failed read lost what it had decoded before the bad block (up to a whole read): decode
+            # again up to the damage. A second pass over the file, only for a damaged one; a pipe cannot
+            # be reread.
+            for chunk in _decoded_until_damage(path, decompressor, yielded) if path.is_file() else ():
+                progress.uncompressed_bytes += len(chunk)
+                yield chunk
             if walker.error:  # the walker knows exactly where the frames stop making sense
                 raise DumpReadError(
                     path, walker.boundary, f"{walker.error} ({error})", walker.frame_start_before(walker.boundary)
                 ) from None
-            corrupt = error
-            break
+            damaged_from = walker.position - source.last_read
+            raise DumpReadError(
+                path, walker.position, f"corrupt zstd data ({error})", walker.frame_start_before(damaged_from)
+            ) from None
         if not chunk:
             break
         yielded += len(chunk)
         progress.uncompressed_bytes += len(chunk)
         yield chunk
-    if corrupt is not None:
-        # The failed read lost everything it had decoded before the bad block (up to a whole read): decode
-        # again, in small steps, up to the damage (a second pass over the file, only for a damaged one).
-        for chunk in _decoded_until_damage(path, decompressor, yielded) if path.is_file() else ():  # a pipe cannot be reread
-            progress.uncompressed_bytes += len(chunk)
-            yield chunk
-        damaged_from = walker.position - source.last_read
-        raise DumpReadError(
-            path, walker.position, f"corrupt zstd data ({corrupt})", walker.frame_start_before(damaged_from)
-        )
     if walker.error:
         raise DumpReadError(path, walker.boundary, walker.error, walker.frame_start_before(walker.boundary))
     if walker.position == 0:  # the walker is "complete" before any frame; `zstd -d` calls this a cut
@@ -367,22 +364,25 @@ def _decompressed(
 
 
 def _decoded_until_damage(path: Path, decompressor: Any, skip: int, step: int = 1 << 12) -> Iterator[bytes]:
-    """The decompressed bytes of ``path`` after the first ``skip``, up to its first corrupt block (``step``
-    bytes at a time: a read that fails loses its output). ``decompressor`` is reused: no second window."""
+    """The decompressed bytes of ``path`` after the first ``skip``, up to its first corrupt block.
+
+    The first ``skip`` bytes decoded before, so they are passed over in large reads; after them, reads
+    of ``step`` bytes, since a read that fails loses its output. ``decompressor`` is reused: no
+    second window.
+    """
     import zstandard
 
     with open(path, "rb") as raw, decompressor.stream_reader(raw, read_across_frames=True) as reader:
-        while True:
-            try:
-                chunk = reader.read(step)
-            except zstandard.ZstdError:
-                return
-            if not chunk:
-                return
-            if skip:
-                chunk, skip = chunk[skip:], max(0, skip - len(chunk))
-            if chunk:
+        try:
+            while skip:
+                passed = len(reader.read(min(skip, 1 << 22)))
+                if not passed:
+                    return
+                skip -= passed
+            while chunk := reader.read(step):
                 yield chunk
+        except zstandard.ZstdError:
+            return
 
 
 PositionFinder = Callable[[bytes, int, int], Iterable[int]]
