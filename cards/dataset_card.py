@@ -15,7 +15,8 @@ from typing import Any
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from cards.datasheet import SECRET_OPTION, build_options, is_withheld, measure_texts, render_datasheet
+from cards.datasheet import (SAMPLE_NOTE, SECRET_OPTION, build_options, is_sample, is_withheld, measure_texts,
+                             render_datasheet)
 from cards.markdown import code_block, inline_code, one_line, table
 from cards.paper import PAPER_DOI, PAPER_TABLE_1, PAPER_TITLE
 from cards.statistics import DatasetStatistics, DomainStatistics, compute_statistics, data_files_from_card_data
@@ -62,6 +63,7 @@ def _summary(manifest: Mapping[str, Any], statistics: DatasetStatistics) -> str:
     source = f" Source of this copy: {one_line(manifest['source'])}." if manifest.get("source") else ""
     return (
         f"# Reddit-Amazon ({manifest['name']} {manifest['version']})\n\n"
+        + (f"{SAMPLE_NOTE}\n\n" if is_sample(manifest) else "") +
         f"{statistics.total('conversations'):,} Reddit conversations that end in a comment recommending "
         "Amazon products, aligned with the products' Amazon Reviews 2023 metadata and images, in three visually "
         f"oriented domains (beauty, fashion, home): {statistics.total('items'):,} products (counted per domain: "

@@ -385,3 +385,15 @@ def test_personal_data_patterns(pattern, matching, not_matching):
     regex = getattr(datasheet, pattern)
     assert pc.match_substring_regex(pa.array(matching), regex).to_pylist() == [True] * len(matching)
     assert pc.match_substring_regex(pa.array(not_matching), regex).to_pylist() == [False] * len(not_matching)
+
+
+def test_the_sample_card_says_the_sample_is_synthetic(sample_copy):
+    """The bundled sample is generated (invented users, drawn images, pre-recorded LLM answers): its card must
+    not present it as Reddit and Amazon data filtered by gpt-3.5-turbo with downloaded images."""
+    text = (sample_copy / "README.md").read_text(encoding="utf-8")
+    summary = text[text.index("# Reddit-Amazon"):text.index("## Load")]
+    assert "synthetic sample, not Reddit or Amazon data" in summary
+    collection = text[text.index("### Collection process"):text.index("### Preprocessing")]
+    assert "synthetic sample" in collection and "0 LLM calls and 0 image downloads" in collection
+    assert "Main images were downloaded" not in collection and "An LLM (`gpt-3.5-turbo`)" not in collection
+    assert "a pseudonym cannot be recomputed from a username" not in text  # the sample's salt is public
