@@ -81,8 +81,14 @@ def _load(name: str, statistics: DatasetStatistics, domains: list[str]) -> str:
     present = [split for split in SPLITS if stats is not None and stats.split_records[split]]
     scored = "test" if any(d.split_records.get("test") for d in statistics.domains.values()) else next(
         (split for split in SPLITS if any(d.split_records.get(split) for d in statistics.domains.values())), "test")
+    computed = sorted({n for d in statistics.domains.values() for n, c in d.candidates.items()
+                       if c.records_with_candidates})
+    candidates = "" if "sbert" in computed or not computed else f" --candidates {computed[0]}"
     command = f"benchmark run --model sbert --dataset {name} --out runs/sbert" + (
-        "" if scored == "test" else f" --split {scored}")
+        "" if scored == "test" else f" --split {scored}") + candidates
+    score = (f"Score a recommender with {inline_code(command)}." if computed else
+             f"No candidate set was computed for this copy, so `benchmark run` has none to score with; rank the full "
+             f"catalog with {inline_code(f'benchmark retrieve --retriever sbert --dataset {name} --out runs/sbert-catalog')}.")
     example = "\n".join([
         "from datasets import load_dataset",
         "",
@@ -94,7 +100,7 @@ def _load(name: str, statistics: DatasetStatistics, domains: list[str]) -> str:
         f"{code_block(example, 'python')}\n\n"
         f"{inline_code(name)} is this folder (a local path) or its Hub repository id. Configs: "
         f"{', '.join(inline_code(d) for d in domains)} (conversations) and `items` (one split per domain). "
-        f"Score a recommender with {inline_code(command)}."
+        + score
     )
 
 

@@ -305,7 +305,7 @@ def test_dataset_without_authors_images_or_times_says_so(tmp_path):
     assert "No turn carries an author" in card
     assert "their time span is not known" in card
     assert "this copy has no images: none of its 1 items embeds one or has an image URL" in card
-    assert "`benchmark run --model sbert --dataset reddit-amazon --out runs/sbert`" in card  # test split: the default
+    assert "No candidate set was computed for this copy" in card  # no candidates: nothing to score with
     assert "This copy has the test split of its source, as given there" in card
     assert "thread separation between splits cannot be checked" in card
     assert "manifest has no build record, so no build command or input checksums exist" in card
@@ -397,3 +397,30 @@ def test_the_sample_card_says_the_sample_is_synthetic(sample_copy):
     assert "synthetic sample" in collection and "0 LLM calls and 0 image downloads" in collection
     assert "Main images were downloaded" not in collection and "An LLM (`gpt-3.5-turbo`)" not in collection
     assert "a pseudonym cannot be recomputed from a username" not in text  # the sample's salt is public
+
+
+@pytest.mark.parametrize("computed", [["bm25"], []])
+def test_the_cards_scoring_command_runs_on_a_copy_without_sbert_candidates(computed, tmp_path, monkeypatch):
+    """A build with `--retrievers bm25` (or none) has no sbert candidates: the card must not print a
+    `benchmark run` command that fails with "candidate set 'sbert' was not computed"."""
+    import shlex
+
+    from benchmark.cli import cli as benchmark_cli
+
+    record = conversation("r1", "home", "t1", [ASINS[0]])
+    if computed:
+        record.candidates = {"bm25": ASINS[:10]}
+    catalog = {"home": [Item(a, "home", title=f"lamp {a}") for a in ASINS[:10]]}
+    folder = tmp_path / "reddit-amazon"
+    write_dataset(folder, DatasetContents({"home": {"test": [record]}}, catalog, "0.0.1", candidate_sets=computed))
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    shown = re.search(r"Score a recommender with `([^`]+)`", card)
+    if not computed:
+        assert shown is None and "No candidate set was computed for this copy" in card
+        return
+    args = shlex.split(shown.group(1))
+    assert args[:2] == ["benchmark", "run"] and "--candidates" in args
+    monkeypatch.chdir(tmp_path)
+    args[args.index("--model") + 1] = "random"  # same dataset, split and candidate set; no model download
+    result = CliRunner().invoke(benchmark_cli, args[1:])
+    assert result.exit_code == 0, result.output
