@@ -65,9 +65,10 @@ def _summary(manifest: Mapping[str, Any], statistics: DatasetStatistics) -> str:
         f"# Reddit-Amazon ({manifest['name']} {manifest['version']})\n\n"
         + (f"{SAMPLE_NOTE}\n\n" if is_sample(manifest) else "") +
         f"{statistics.total('conversations'):,} Reddit conversations that end in a comment recommending "
-        "Amazon products, aligned with the products' Amazon Reviews 2023 metadata and images, in three visually "
-        f"oriented domains (beauty, fashion, home): {statistics.total('items'):,} products (counted per domain: "
-        f"one linked in two domains counts twice), {statistics.total('images'):,} of them with an embedded image. The task is to read the conversation and "
+        "Amazon products, in three visually oriented domains (beauty, fashion, home): "
+        f"{statistics.total('items'):,} products (counted per domain: one linked in two domains counts twice), "
+        f"{statistics.total('titled'):,} of them with Amazon Reviews 2023 metadata (a title) and "
+        f"{statistics.total('images'):,} with an embedded image. The task is to read the conversation and "
         "pick the recommended product among 10 retrieved candidates, as in the LaViC paper (KDD'25). Built with "
         "the `reddit-amazon` toolkit; every number in this card is computed from the files in this folder."
         + source

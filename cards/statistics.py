@@ -58,6 +58,7 @@ class DomainStatistics:
     split_pairs: dict[str, int]  # (record, gt item) pairs: the evaluation examples
     threads_in_several_splits: int | None  # None when records carry no thread id
     candidates: dict[str, CandidateCoverage] = field(default_factory=dict)
+    titled: int = 0  # items with Amazon metadata (a non-empty title); an imported release may have none
 
 
 @dataclass(frozen=True)
@@ -120,11 +121,12 @@ def compute_statistics(folder: str | Path, data_files: DataFiles) -> DatasetStat
             split_records[split] = records
             split_pairs[split] = pairs
         item_ids: set[str] = set()
-        images = image_urls = 0
+        images = image_urls = titled = 0
         for path in shard_paths(folder, data_files, ITEMS_CONFIG, domain):
             parquet = pq.ParquetFile(path)
-            table = parquet.read(columns=["item_id", "image_urls"])
+            table = parquet.read(columns=["item_id", "image_urls", "title"])
             item_ids.update(table.column("item_id").to_pylist())
+            titled += _sum(pc.not_equal(table.column("title"), ""))
             images += _non_null_values(parquet, "image.bytes")
             image_urls += _sum(pc.list_value_length(table.column("image_urls")))
         domains[domain] = DomainStatistics(
@@ -138,6 +140,7 @@ def compute_statistics(folder: str | Path, data_files: DataFiles) -> DatasetStat
             split_pairs=split_pairs,
             threads_in_several_splits=_shared(threads),
             candidates={name: CandidateCoverage(*counts) for name, counts in coverage.items()},
+            titled=titled,
         )
     return DatasetStatistics(domains)
 

@@ -424,3 +424,16 @@ def test_the_cards_scoring_command_runs_on_a_copy_without_sbert_candidates(compu
     args[args.index("--model") + 1] = "random"  # same dataset, split and candidate set; no model download
     result = CliRunner().invoke(benchmark_cli, args[1:])
     assert result.exit_code == 0, result.output
+
+
+def test_the_summary_does_not_claim_metadata_or_images_a_copy_lacks(tmp_path):
+    """The authors' release carries ASINs only (no item metadata, no images): the card's first paragraph
+    must not say the conversations are aligned with Amazon metadata and images."""
+    record = conversation("r1", "home", "t1", [ASINS[0]], sbert=ASINS[:10])
+    catalog = {"home": [Item(a, "home") for a in ASINS[:10]] + [Item(ASINS[10], "home", title="a lamp")]}
+    folder = tmp_path / "reddit-amazon"
+    write_dataset(folder, DatasetContents({"home": {"test": [record]}}, catalog, "0.0.1", candidate_sets=["sbert"]))
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    summary = card[card.index("# Reddit-Amazon"):card.index("## Load")]
+    assert "aligned with the products' Amazon Reviews 2023 metadata and images" not in summary
+    assert "11 products" in summary and "1 of them with Amazon Reviews 2023 metadata (a title) and 0 with an embedded image" in summary
