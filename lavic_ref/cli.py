@@ -316,10 +316,13 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
                             "epochs": config.epochs, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
                             "learning_rate": config.learning_rate, "weight_decay": config.weight_decay,
                             "max_prompt_tokens": max_tokens, "images": not no_images, "seed": config.seed,
-                            "training_instances": instance_style},
+                            "training_instances": instance_style,
+                            "max_steps_per_epoch": config.max_steps},  # a smoke run must not read as a full one
         "data": {"dataset": dataset or "bundled sample", "fingerprint": _fingerprint_of(dataset),
                  "domains": list(domains), "candidates": candidate_set,
-                 "train_examples": len(train_set), "validation_examples": len(val_set)},
+                 "train_examples": len(train_set), "validation_examples": len(val_set),
+                 "train_examples_used_per_epoch": len(train_set) if config.max_steps is None else
+                 min(len(train_set), config.max_steps * config.grad_accum * config.batch_size)},
         "training": {"time_s": result.elapsed_s, "hardware": hardware_name(backbone.device),
                      "best_validation_loss": result.best_val_loss},
     })

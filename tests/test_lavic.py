@@ -916,3 +916,14 @@ def test_the_plugin_takes_only_a_positive_integer_batch_size(tiny_base):
     # --model-args decodes an all-digit folder name as a number: it must still be taken for a path
     with pytest.raises(FileNotFoundError, match="rec_adapter: 2024 does not exist"):
         LavicRecommender(**parse_model_args(f"base={tiny_base},rec_adapter=2024"))
+
+
+def test_the_model_card_of_a_max_steps_run_says_how_much_data_it_trained_on(tiny_base, tmp_path):
+    """`--max-steps 1` trains on one batch: the card must not present it as an epoch over the train split."""
+    from lavic_ref.cli import cli
+
+    _invoke(cli, ["finetune", "--base", tiny_base, "--device", DEVICE, "--domain", "fashion", "--no-images",
+                  "--out", tmp_path / "rec", "--max-steps", "1"])
+    card = (tmp_path / "rec" / "README.md").read_text()
+    assert "| `max_steps_per_epoch` | 1 |" in card
+    assert "| `train_examples_used_per_epoch` | 1 |" in card
