@@ -83,13 +83,34 @@ def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents,
     remove_abandoned_siblings(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=sibling_prefix(out_dir, "tmp"), dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is meant to be shared
+    carried: list[str] = []
     try:
         manifest = _write_into(tmp, contents)
+        carried = _carry_hidden_entries(out_dir, tmp)
         replace_dir(tmp, out_dir)
     except BaseException:
+        for name in carried:  # back where they were before the folder with them is deleted
+            if (tmp / name).exists() and out_dir.is_dir():
+                (tmp / name).rename(out_dir / name)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _carry_hidden_entries(old: Path, new: Path) -> list[str]:
+    """Move the hidden entries of the folder being replaced into its replacement; returns their names.
+
+    A dataset folder may also be a git clone of its Hub repo (``.git``, ``.gitattributes``): those are the
+    user's, not the dataset's, and a rewrite must not delete them with the old shards.
+    """
+    if not old.is_dir():
+        return []
+    moved = []
+    for entry in sorted(old.iterdir()):
+        if entry.name.startswith(".") and not (new / entry.name).exists():
+            entry.rename(new / entry.name)
+            moved.append(entry.name)
+    return moved
 
 
 def check_output_folder(out_dir: str | os.PathLike, keep: Sequence[str | os.PathLike] = ()) -> Path:

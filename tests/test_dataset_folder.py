@@ -280,6 +280,20 @@ def test_never_replaces_what_is_not_a_dataset(tmp_path, monkeypatch):
     assert (tmp_path / "empty" / "my-notes.txt").read_text() == "mine"
 
 
+def test_a_rewrite_keeps_the_hidden_entries_of_the_folder(tmp_path):
+    """A dataset folder that is a git clone of its Hub repo keeps its history when it is rebuilt."""
+    folder = tmp_path / "reddit-amazon"
+    write_dataset(folder, contents())
+    (folder / ".git" / "objects").mkdir(parents=True)
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (folder / ".gitattributes").write_text("*.parquet filter=lfs\n")
+    write_dataset(folder, contents(2))
+    assert (folder / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert (folder / ".gitattributes").read_text() == "*.parquet filter=lfs\n"
+    assert read_manifest(folder)["counts"]["beauty"]["train"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reddit-amazon"]
+
+
 def test_folders_left_by_a_killed_write_are_removed_by_the_next(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
