@@ -70,6 +70,7 @@ class ImportReport:
     metadata_items_unreferenced: int = 0
     mojibake_records: int = 0
     repaired_records: int = 0
+    not_imported: list[str] = field(default_factory=list)  # data files under SRC outside the release layout
 
     def lines(self) -> list[str]:
         out = []
@@ -81,6 +82,9 @@ class ImportReport:
         out.append(f"metadata rows read: {self.metadata_rows} "
                    f"({self.metadata_items_unreferenced} items not referenced by any record, kept in {SOURCE_COPY_DIR}/)")
         out.append(f"records with mojibake: {self.mojibake_records}; repaired: {self.repaired_records}")
+        if self.not_imported:
+            out.append(f"WARNING: {len(self.not_imported)} file(s) outside the release layout were NOT imported: "
+                       + ", ".join(self.not_imported))
         return out
 
 
@@ -100,6 +104,7 @@ def import_release(src: str | Path, out: str | Path, *, repair_text: bool = Fals
             conversations.setdefault(domain, {})[split] = records
             report.records.setdefault(domain, {})[split] = len(records)
             report.gt_pairs.setdefault(domain, {})[split] = sum(len(r.gt_items) for r in records)
+    report.not_imported = _outside_layout(src)
     if not conversations:
         raise FileNotFoundError(
             f"{src}: no release files found (expected e.g. {next(iter(RELEASE_FOLDERS))}/valid.jsonl)"
@@ -194,6 +199,15 @@ def _read_release_file(path: Path, domain: str, split: str, repair_text: bool,
             )
             Conversation.from_row(record.to_row(), where=where)  # validates types, ASINs, candidates
             yield record
+
+
+def _outside_layout(src: Path) -> list[str]:
+    """JSON data files under ``src`` the import does not read (``Amazon_Fashion/``, ``dev.jsonl``, ``valid.jsonl.gz``):
+    their records would otherwise be left out without a word."""
+    layout = {f"{folder}/{name}" for folder in RELEASE_FOLDERS for name in RELEASE_SPLITS} | set(METADATA_FILES)
+    return sorted(rel for path in src.rglob("*.json*")
+                  if path.is_file() and not (rel := path.relative_to(src).as_posix()).startswith(".")
+                  and rel not in layout)
 
 
 def _has_mojibake(text: str) -> bool:

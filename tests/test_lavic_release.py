@@ -104,6 +104,18 @@ def test_bad_release_lines_fail_with_file_and_line(tmp_path, bad, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_files_outside_the_release_layout_are_named_not_skipped_silently(tmp_path):
+    src = write_release(tmp_path / "src", [release_line()])
+    write_release(src, [release_line()], domain_folder="Amazon_Fashion")  # Amazon's spelling of the folder
+    (src / "amazon_home" / "dev.jsonl").write_text(release_line() + "\n", encoding="utf-8")
+    (src / "README.md").write_text("not data")
+    result = CliRunner().invoke(cli, ["import-lavic", str(src), "--out", str(tmp_path / "ds")])
+    assert result.exit_code == 0, result.output
+    assert "home/validation: 1 records" in result.output
+    assert "2 file(s) outside the release layout were NOT imported: Amazon_Fashion/valid.jsonl, amazon_home/dev.jsonl" \
+        in result.output
+
+
 def test_crafted_release_joins_metadata_and_cli_round_trip(tmp_path):
     src = write_release(tmp_path / "src", [release_line(), release_line(gt_items=["B0776Y43K3", "B0776Y43L1"])])
     (src / "item2meta_valid.jsonl").write_text(
