@@ -16,7 +16,9 @@ from reddit_amazon.dataset_folder import (
     MANIFEST,
     DatasetContents,
     check_output_folder,
+    configs_of,
     fingerprint,
+    load,
     read_manifest,
     refresh_card,
     write_dataset,
@@ -292,6 +294,13 @@ def test_a_rewrite_keeps_the_hidden_entries_of_the_folder(tmp_path):
     assert (folder / ".gitattributes").read_text() == "*.parquet filter=lfs\n"
     assert read_manifest(folder)["counts"]["beauty"]["train"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reddit-amazon"]
+
+
+def test_load_expands_a_home_relative_path(built, tmp_path, monkeypatch):
+    root, _ = built
+    monkeypatch.setenv("HOME", str(root))
+    assert configs_of("~/reddit-amazon") == ["beauty", "fashion", "home", "items"]
+    assert load("home", "~/reddit-amazon", split="test").num_rows == 3
 
 
 def test_folders_left_by_a_killed_write_are_removed_by_the_next(tmp_path):
