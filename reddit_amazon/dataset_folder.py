@@ -340,7 +340,11 @@ def verify(folder: str | os.PathLike) -> list[str]:
     if actual != manifest.get("fingerprint"):
         problems.append(f"the data files' fingerprint is {actual[:12]}, the manifest says "
                         f"{str(manifest.get('fingerprint'))[:12]}: a shard was changed, added or removed")
-    for config, splits in manifest.get("counts", {}).items():
+    counts = manifest.get("counts", {})
+    if not isinstance(counts, dict) or not all(isinstance(splits, dict) for splits in counts.values()):
+        problems.append(f"the manifest's counts are not {{config: {{split: rows}}}}: {str(counts)[:60]}")
+        counts = {}
+    for config, splits in counts.items():
         for split, expected in splits.items():
             rows = 0
             for path in sorted((folder / DATA_DIR / config).glob(f"{split}-*.parquet")):

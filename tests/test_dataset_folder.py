@@ -303,6 +303,21 @@ def test_load_expands_a_home_relative_path(built, tmp_path, monkeypatch):
     assert load("home", "~/reddit-amazon", split="test").num_rows == 3
 
 
+def test_verify_names_a_malformed_manifest_count_instead_of_crashing(tmp_path):
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    folder = tmp_path / "reddit-amazon"
+    write_dataset(folder, contents())
+    manifest = read_manifest(folder)
+    manifest["counts"] = 5
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["verify", str(folder)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "counts are not {config: {split: rows}}" in result.output
+
+
 def test_folders_left_by_a_killed_write_are_removed_by_the_next(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
