@@ -399,9 +399,9 @@ def validate_conversation_row(row: Mapping[str, Any], *, where: str = "record", 
         ids = row[column]
         _check_asins(ids, f"{where}: {column}")
         if ids and (len(ids) != NUM_CANDIDATES or len(set(ids)) != len(ids)):
-            raise SchemaError(
-                f"{where}: {column} must hold {NUM_CANDIDATES} distinct ASINs (or none), got {len(ids)}"
-            )
+            repeated = sorted({i for i in ids if ids.count(i) > 1})
+            got = f"{len(ids)}, repeating {', '.join(repeated)}" if repeated else str(len(ids))
+            raise SchemaError(f"{where}: {column} must hold {NUM_CANDIDATES} distinct ASINs (or none), got {got}")
     turns = row["turns"]
     if not turns or turns[0]["kind"] != "submission":
         raise SchemaError(f"{where}: turns must start with the submission")

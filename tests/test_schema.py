@@ -66,7 +66,7 @@ def test_parse_context_rejects_malformed(context):
         (lambda r: r.update(gt_items=[]), "gt_items is empty"),
         (lambda r: r.update(created_utc="1650000000"), "must be int64"),
         (lambda r: r.update(domain="books"), "domain 'books'"),
-        (lambda r: r.update(candidates_sbert=["B00TEST001"] * 10), "10 distinct"),
+        (lambda r: r.update(candidates_sbert=["B00TEST001"] * 10), "got 10, repeating B00TEST001"),
         (lambda r: r.update(candidates_sbert=["B00TEST001"]), "10 distinct"),
         (lambda r: r.update(context="<submission>other</submission>\n"), "render_context"),
         (lambda r: r["turns"].reverse(), "start with the submission"),
