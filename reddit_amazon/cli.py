@@ -198,10 +198,15 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
     )
     if partition and executor != "slurm":
         raise click.UsageError("--partition is for --executor slurm")
+    if executor == "slurm" and not partition:
+        raise click.UsageError("--executor slurm needs --partition")
     with input_errors():  # an empty salt, no dumps in a folder, an unwritable workdir ...
         result = run_reddit_stage(list(inputs), workdir, options)
     click.echo(orjson.dumps(result.funnel, option=orjson.OPT_INDENT_2).decode())
     for path, reason in result.incomplete_reasons.items():
         click.secho(f"incomplete: {path}: {reason}", fg="yellow", err=True)
+    if result.unresolved_short_links:
+        click.secho(f"{len(result.unresolved_short_links)} short link(s) could not be resolved: "
+                    f"{workdir / 'reddit' / 'unresolved_short_links.txt'}", fg="yellow", err=True)
     click.echo(f"{result.funnel['threads_rebuilt']} conversations in {len(result.shards)} shard(s) under "
                f"{workdir / 'reddit' / 'conversations'}")

@@ -468,6 +468,16 @@ def test_command_line(world, tmp_path):
     assert (tmp_path / "w" / "reddit" / "funnel.json").exists()
 
 
+def test_slurm_without_a_partition_is_a_usage_error(world, tmp_path):
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    result = CliRunner().invoke(cli, ["reddit-stage", str(world), "--workdir", str(tmp_path / "w"), "--executor", "slurm"])
+    assert result.exit_code == 2 and "--executor slurm needs --partition" in result.output
+    assert not (tmp_path / "w").exists()
+
+
 _RAY_CHILD = """
 import sys
 from pathlib import Path
