@@ -70,7 +70,7 @@ def render_model_card(*, base_model: str, adapters: Mapping[str, Any], hyperpara
         _key_values("## Data and splits", data, "The training data was not recorded."),
         _hyperparameters(hyperparameters),
         _training(training),
-        _results(results, data.get("fingerprint")),
+        _results(results, data.get("fingerprint"), data.get("domains")),
         _paper_tables(),
         "## Limitations\n\n" + "\n".join(f"- {text}" for text in (limitations or DEFAULT_LIMITATIONS)),
         _usage(base_model, adapters, hyperparameters.get("max_prompt_tokens")),
@@ -172,7 +172,8 @@ def _name(value: Any, *keys: str) -> str:
     return str(value)
 
 
-def _results(results: Sequence[Mapping[str, Any]], trained_on: str | None = None) -> str:
+def _results(results: Sequence[Mapping[str, Any]], trained_on: str | None = None,
+             trained_domains: Sequence[str] | None = None) -> str:
     if not results:
         return ("## Results\n\nNo benchmark results were given to this card: run `benchmark run --model lavic` "
                 "and write the card again with its `results.json`.")
@@ -199,6 +200,10 @@ def _results(results: Sequence[Mapping[str, Any]], trained_on: str | None = None
         if isinstance(dataset, Mapping) and dataset.get("fingerprint"):
             details.append(f"Dataset version {inline_code(dataset.get('version', 'unknown'))}, fingerprint "
                            f"{inline_code(dataset['fingerprint'])}.")
+        evaluated_domains = [d for d in DOMAINS if _metric(result, "hr@1", d) or _metric(result, "vr", d)]
+        if trained_domains and set(evaluated_domains) - set(trained_domains):
+            details.append(f"The adapters were trained on {', '.join(trained_domains)} only; rows marked "
+                           "\"not trained on\" are transfer results, unlike the paper's per-domain training.")
         details.append(f"Paper column: Table {paper.table}."
                        if paper else f"The paper reports no results for candidate set {inline_code(candidates)}.")
         rows = []
@@ -206,8 +211,9 @@ def _results(results: Sequence[Mapping[str, Any]], trained_on: str | None = None
             hr1, vr = _metric(result, "hr@1", group), _metric(result, "vr", group)
             if hr1 is None and vr is None:
                 continue
+            untrained = bool(trained_domains) and group in DOMAINS and group not in trained_domains
             rows.append([
-                group,
+                f"{group} (not trained on)" if untrained else group,
                 _number(hr1 and hr1.get("value")), _interval(hr1),
                 _number(paper.hr1_of(group)) if paper and group in DOMAINS else "—",
                 _number(vr and vr.get("value")), _interval(vr),

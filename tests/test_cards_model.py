@@ -229,3 +229,13 @@ def test_results_on_other_data_than_the_training_data_are_flagged():
     other = render([result("sbert", {"beauty": 0.1})], data={"dataset": "d", "fingerprint": "a" * 64})
     assert "Evaluated on other data" not in same
     assert "Evaluated on other data than the adapters were trained on" in other and "`aaaaaaaaaaaa`" in other
+
+
+def test_results_on_domains_the_adapters_were_not_trained_on_are_marked():
+    scores = result("sbert", {"beauty": 0.1, "fashion": 0.2, "home": 0.3})
+    one = render([scores], data={"dataset": "d", "fingerprint": "f" * 64, "domains": ["fashion"]})
+    rows = by_domain(one, "### lavic on org/reddit-amazon")
+    assert set(rows) == {"beauty (not trained on)", "fashion", "home (not trained on)", "all"}
+    assert "trained on fashion only" in one
+    every = render([scores], data={"dataset": "d", "fingerprint": "f" * 64, "domains": ["beauty", "fashion", "home"]})
+    assert "not trained on" not in every
