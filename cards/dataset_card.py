@@ -241,7 +241,11 @@ def _build(manifest: Mapping[str, Any]) -> str:
     parts = ["## Build"]
     build = manifest.get("build")
     if build:
-        parts += ["Command:", code_block(str(build.get("command", "")), "bash")]
+        command = str(build.get("command", ""))
+        parts += ["Command:", code_block(command, "bash")]
+        if "<redacted>" in command:
+            parts.append("`<redacted>` stands for a secret the build did not record (such as the salt): give "
+                         "your own value to run the command again; with another salt the pseudonyms differ.")
         details = [["seed", build.get("seed", "not recorded")],
                    ["started (UTC)", build.get("started_utc", "not recorded")],
                    ["finished (UTC)", build.get("finished_utc", "not recorded")]]

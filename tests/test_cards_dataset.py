@@ -437,3 +437,11 @@ def test_the_summary_does_not_claim_metadata_or_images_a_copy_lacks(tmp_path):
     summary = card[card.index("# Reddit-Amazon"):card.index("## Load")]
     assert "aligned with the products' Amazon Reviews 2023 metadata and images" not in summary
     assert "11 products" in summary and "1 of them with Amazon Reviews 2023 metadata (a title) and 0 with an embedded image" in summary
+
+
+def test_a_redacted_secret_in_the_build_command_is_explained():
+    from cards.dataset_card import _build
+
+    manifest = {"build": {"command": "reddit-amazon build --inputs d --salt '<redacted>'", "seed": 0}}
+    assert "`<redacted>` stands for a secret" in _build(manifest)
+    assert "stands for a secret" not in _build({"build": {"command": "reddit-amazon build --inputs d", "seed": 0}})
