@@ -92,11 +92,11 @@ def _fingerprint_of(dataset: str | None) -> str | None:
 
 
 def _load_backbone(base: str, device: str | None):
-    from lavic_ref.model import BaseModelError, load_backbone
+    from lavic_ref.model import BaseModelError, DeviceError, load_backbone
 
     try:
         return load_backbone(base, device=device)
-    except BaseModelError as error:
+    except (BaseModelError, DeviceError) as error:
         raise click.ClickException(str(error)) from error
 
 

@@ -71,10 +71,24 @@ class Backbone:
         return torch.tensor(self.tokenizer.convert_tokens_to_ids(list(ITEM_TOKENS)), device=self.device)
 
 
+class DeviceError(ValueError):
+    """``--device`` names a device that torch does not know or this machine does not have."""
+
+
 def resolve_device(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The torch device for ``device`` (cuda when available, else cpu, when unset), checked before any weights load."""
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except RuntimeError as error:
+        raise DeviceError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from error
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r}: no CUDA device is available here (torch {torch.__version__}); "
+                          "use cpu or leave the device unset")
+    if target.type == "cuda" and target.index is not None and target.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return target
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

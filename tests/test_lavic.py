@@ -927,3 +927,20 @@ def test_the_model_card_of_a_max_steps_run_says_how_much_data_it_trained_on(tiny
     card = (tmp_path / "rec" / "README.md").read_text()
     assert "| `max_steps_per_epoch` | 1 |" in card
     assert "| `train_examples_used_per_epoch` | 1 |" in card
+
+
+def test_a_device_this_machine_lacks_fails_in_one_line_before_loading(tiny_base, tmp_path):
+    from benchmark.cli import cli as benchmark_cli
+    from lavic_ref.cli import cli
+
+    bad = ["gpu"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:
+        result = CliRunner().invoke(cli, ["embed", "--base", tiny_base, "--device", device, "--no-distill",
+                                          "--domain", "home", "--out", str(tmp_path / "emb")])
+        assert result.exit_code == 1 and f"device {device!r}" in result.output, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        result = CliRunner().invoke(benchmark_cli, ["run", "--model", "lavic", "--domain", "home", "--limit", "1",
+                                                    "--model-args", f"base={tiny_base},device={device}", "--quiet",
+                                                    "--out", str(tmp_path / "run"), "--bootstrap-samples", "0"])
+        assert result.exit_code == 1 and f"device {device!r}" in result.output, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
