@@ -22,6 +22,7 @@ def _common(function):
     options = [
         click.option("--dataset", default=None, help="Dataset folder or Hub id [default: the bundled sample]."),
         click.option("--domain", "domains", multiple=True, type=click.Choice(DOMAINS), default=DOMAINS,
+                     callback=lambda ctx, param, value: tuple(dict.fromkeys(value)),  # a repeat would train twice
                      help="Domain(s) to use (repeatable) [default: all]."),
         click.option("--base", default=DEFAULT_BASE, show_default=True,
                      help="LLaVA-NeXT checkpoint: hub id or local folder."),

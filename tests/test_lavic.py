@@ -944,3 +944,15 @@ def test_a_device_this_machine_lacks_fails_in_one_line_before_loading(tiny_base,
                                                     "--out", str(tmp_path / "run"), "--bootstrap-samples", "0"])
         assert result.exit_code == 1 and f"device {device!r}" in result.output, result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_repeated_domain_is_used_once(tiny_base, tmp_path):
+    from lavic_ref.cli import cli
+
+    common = ["finetune", "--base", tiny_base, "--device", DEVICE, "--no-images", "--max-steps", "1"]
+    _invoke(cli, [*common, "--domain", "home", "--out", tmp_path / "once"])
+    _invoke(cli, [*common, "--domain", "home", "--domain", "home", "--out", tmp_path / "twice"])
+    once, twice = (json.loads((tmp_path / run / "model_card.json").read_text())["data"] for run in ("once", "twice"))
+    assert twice["domains"] == ["home"]
+    assert (twice["train_examples"], twice["validation_examples"]) == (once["train_examples"],
+                                                                         once["validation_examples"])
