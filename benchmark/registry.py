@@ -129,8 +129,27 @@ _ARG = re.compile(r'(?:[^,"]|"(?:\\.|[^"\\])*")+')
 
 
 def redacted_args(model_args: dict[str, Any]) -> dict[str, Any]:
-    """Model args as they may be shown or recorded: secret-looking values never are."""
-    return {k: "<redacted>" if _SECRET_ARG.search(k) else v for k, v in model_args.items()}
+    """Model args as they may be shown or recorded: secret-looking values never are, nor credentials inside
+    a URL-valued one (``base_url=http://user:pass@host/v1?api_key=...``)."""
+    return {k: "<redacted>" if _SECRET_ARG.search(k) else _without_credentials(v) for k, v in model_args.items()}
+
+
+def _without_credentials(value: Any) -> Any:
+    """A URL holding credentials (``user:password@``, secret-named query parameters) as the build records
+    endpoints (:func:`reddit_amazon.openai_endpoint.display_url`); any other value as given, so the run
+    signatures of existing folders do not change."""
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    from urllib.parse import parse_qsl, urlsplit
+
+    from reddit_amazon.openai_endpoint import _SECRET_PARAMETER, display_url
+
+    try:
+        parts = urlsplit(value)
+        secret = "@" in parts.netloc or any(_SECRET_PARAMETER.search(k) for k, _ in parse_qsl(parts.query))
+    except ValueError:
+        secret = True
+    return display_url(value) if secret else value
 
 
 def parse_model_args(text: str | None, option: str = "--model-args") -> dict[str, Any]:

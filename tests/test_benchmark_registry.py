@@ -112,3 +112,14 @@ def test_only_secret_looking_argument_names_are_redacted():
             "max_tokens": 2000, "max_new_tokens": 8, "keyword": "lamp", "tokenizer": "t"}
     assert redacted_args(args) == {**args, **dict.fromkeys(["api_key", "apikey", "hf_token", "client_secret",
                                                              "password"], "<redacted>")}
+
+
+def test_credentials_in_url_arguments_are_never_recorded():
+    """run.json / results.json / reports hold recorded args: a base_url's user:password@ or ?api_key= must not
+    reach them (the build keeps them out of the manifest the same way); a plain URL stays as given."""
+    args = {"base_url": "http://proxyuser:hunter2-secret@127.0.0.1:8000/v1?api-key=sk-in-the-url",
+            "endpoint": "HTTP://127.0.0.1:8000/v1/", "model": "m"}
+    recorded = redacted_args(args)
+    assert "hunter2" not in str(recorded) and "sk-in-the-url" not in str(recorded)
+    assert recorded["base_url"].startswith("http://127.0.0.1:8000/v1")
+    assert recorded["endpoint"] == args["endpoint"] and recorded["model"] == "m"  # run signatures unchanged
