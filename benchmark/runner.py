@@ -12,6 +12,7 @@ A finished run (results.json present, same run.json) is returned as is unless ``
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -52,6 +53,8 @@ RUN_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 RESULTS_FILE = "results.json"
 RESULTS_FORMAT = 1
+
+log = logging.getLogger(__name__)
 
 
 class RunError(RuntimeError):
@@ -134,6 +137,7 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     for domain, conversations, column, items, where in splits:
         records.extend(iter_records(conversations, column, items, where, config.limit, domain=domain))
     _check_unique(records)
+    untitled = _untitled_candidates(records)
     _start_folder(out, signature, overwrite)  # only now: a run that fails before this leaves nothing behind
     cached = _read_predictions(out / PREDICTIONS_FILE)
     todo = [r for r in records if (r.example.domain, r.example.example_id) not in cached]
@@ -168,6 +172,7 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
         "batch_size": batch_size,
         "bootstrap": bootstrap_entry(config.bootstrap_samples, config.seed),
         "items_missing_from_catalog": missing_items,
+        "items_without_title": untitled,
         "timings": {
             "load_s": round(load_seconds, 3),
             "inference_s": round(inference_seconds, 3),
@@ -190,6 +195,17 @@ def _with_new_intervals(finished: dict[str, Any], out: Path, config: RunConfig) 
                         recall=tuple(row.get("recall", ())), ndcg=tuple(row.get("ndcg", ()))) for row in rows]
     metrics = summarize_by_domain([row["domain"] for row in rows], outcomes, config.bootstrap_samples, config.seed)
     return {**finished, "metrics": metrics, "bootstrap": bootstrap_entry(config.bootstrap_samples, config.seed)}
+
+
+def _untitled_candidates(records: Sequence[Record]) -> dict[str, int]:
+    """How many distinct candidate items have no title (an imported release has no metadata for its items):
+    a recommender that reads titles then has nothing to choose by, and its scores say so only here."""
+    items = {c.item_id: c for r in records for c in r.example.candidates}
+    untitled = sum(1 for c in items.values() if not c.title.strip())
+    if untitled:
+        log.warning("%d of %d candidate items have no title (and %d no image): recommenders that read them "
+                    "choose blind", untitled, len(items), sum(1 for c in items.values() if c.image_bytes is None))
+    return {"items": untitled, "of": len(items)}
 
 
 def _check_unique(records: Sequence[Record]) -> None:

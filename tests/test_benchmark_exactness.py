@@ -59,3 +59,13 @@ def test_hr_at_1_and_vr_equal_an_independent_count(lavic_release, imported, tmp_
         total_hits, total_pairs, total_records = total_hits + hits, total_pairs + pairs, total_records + len(records)
     assert results["metrics"]["hr@1"]["all"]["value"] == total_hits / total_pairs
     assert total_records == 758 + 797 + 368
+
+
+def test_a_run_on_items_without_titles_says_so(imported, tmp_path, caplog):
+    """The release has no metadata for its validation items: bm25/sbert/LLM baselines would silently score
+    as 'first candidate'; the run must warn and record it."""
+    with caplog.at_level("WARNING", logger="benchmark.runner"):
+        results = run(RunConfig(model="nth", dataset=str(imported), split="validation", domain="home",
+                                bootstrap_samples=0), tmp_path, recommender=Nth(0), progress=False)
+    assert results["items_without_title"]["items"] == results["items_without_title"]["of"] > 0
+    assert any("no title" in record.getMessage() for record in caplog.records)
