@@ -135,21 +135,14 @@ def redacted_args(model_args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _without_credentials(value: Any) -> Any:
-    """A URL holding credentials (``user:password@``, secret-named query parameters) as the build records
-    endpoints (:func:`reddit_amazon.openai_endpoint.display_url`); any other value as given, so the run
-    signatures of existing folders do not change."""
+    """A URL holding credentials as the build records endpoints
+    (:func:`reddit_amazon.openai_endpoint.display_url`); any other value as given, so the run signatures of
+    existing folders do not change."""
     if not isinstance(value, str) or "://" not in value:
         return value
-    from urllib.parse import parse_qsl, urlsplit
+    from reddit_amazon.openai_endpoint import display_url, has_credentials
 
-    from reddit_amazon.openai_endpoint import _SECRET_PARAMETER, display_url
-
-    try:
-        parts = urlsplit(value)
-        secret = "@" in parts.netloc or any(_SECRET_PARAMETER.search(k) for k, _ in parse_qsl(parts.query))
-    except ValueError:
-        secret = True
-    return display_url(value) if secret else value
+    return display_url(value) if has_credentials(value) else value
 
 
 def parse_model_args(text: str | None, option: str = "--model-args") -> dict[str, Any]:

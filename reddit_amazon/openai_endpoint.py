@@ -72,6 +72,19 @@ def display_url(url: str) -> str:
 _SECRET_PARAMETER = re.compile(r"key|token|secret|password|passwd|signature|sig\b|auth|code", re.IGNORECASE)
 
 
+def has_credentials(url: str) -> bool:
+    """``url`` holds credentials (``user:password@``, a secret-named query parameter) or cannot be parsed to
+    tell: :func:`display_url` is then the only form in which it may be written down."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port, as display_url's parse does
+    except ValueError:
+        return True
+    return "@" in parts.netloc or any(_SECRET_PARAMETER.search(k) for k, _ in parse_qsl(parts.query))
+
+
 def url_problem(url: str) -> str | None:
     """Why ``url`` cannot be an endpoint's base URL (scheme, host, port), or None."""
     from urllib.parse import urlsplit
