@@ -344,7 +344,7 @@ def _checked(response: Any) -> Any:
     if message is None:
         raise MalformedResponseError(f"the endpoint answered without a completion: {str(response)[:300]}")
     finish = getattr(choices[0], "finish_reason", None)
-    if message.content is None and not getattr(message, "refusal", None) and finish not in ("length",
-                                                                                           "content_filter"):
+    blank = not (message.content or "").strip()  # None, "" or whitespace: no answer ("" is a gateway's too)
+    if blank and not getattr(message, "refusal", None) and finish not in ("length", "content_filter"):
         raise MalformedResponseError(f"the completion has no text (finish_reason {finish!r}): {str(message)[:200]}")
     return response

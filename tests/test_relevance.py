@@ -386,3 +386,11 @@ def test_a_damaged_cache_file_is_named(tmp_path):
     damaged.write_bytes(b"not a database" * 100)
     with pytest.raises(RelevanceError, match=r"cache.sqlite is not a readable relevance answer cache .*move it aside"):
         AnswerCache(damaged)
+
+
+def test_an_empty_completion_is_retried_not_cached_as_an_unparseable_answer(httpserver, options, tmp_path):
+    """content "" (or blank) with finish_reason "stop" carries no answer: retried like a 5xx, never cached."""
+    fake = serve(httpserver, {"blank": [(200, ""), (200, "  \n"), (200, "yes")]})
+    with AnswerCache(tmp_path / "cache.sqlite") as cache:
+        result = run_filter([conversation("1", "SCRIPT=blank")], cache, options, api_key="sk-test")
+        assert result.labels == {"1": "yes"} and fake.requests["blank"] == 3
