@@ -472,6 +472,7 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
         revision=revision,
         commit_message=f"reddit-amazon {manifest['version']} ({manifest['fingerprint'][:12]})",
         ignore_patterns=[".*", "**/.*"],  # everything the folder holds (an imported copy's lavic_source/ too)
+        delete_patterns=[f"{DATA_DIR}/**"],  # shards of an earlier version this one does not have (other counts)
     )
     api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=revision, exist_ok=True)  # same content: kept
     return str(commit)

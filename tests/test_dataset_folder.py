@@ -185,7 +185,9 @@ def test_push_to_hub_uploads_the_folder_as_is_and_tags_the_version(built, httpse
     from reddit_amazon.dataset_folder import push_to_hub
 
     root, manifest = built
-    seen: dict[str, object] = {"files": {}, "tags": [], "auth": set()}
+    # The repo as an earlier version left it: a shard this one does not have (another shard count), a user's file.
+    stale, license_file = "data/home/test-00000-of-00002.parquet", "LICENSE"
+    seen: dict[str, object] = {"files": {stale: b"old", license_file: b"mine"}, "tags": [], "auth": set()}
 
     def hub(request: Request) -> Response:
         seen["auth"].add(request.headers.get("authorization"))
@@ -206,6 +208,8 @@ def test_push_to_hub_uploads_the_folder_as_is_and_tags_the_version(built, httpse
                 item = json.loads(line)
                 if item["key"] == "file":
                     seen["files"][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                if item["key"] == "deletedFile":
+                    del seen["files"][item["value"]["path"]]
             commit_url = httpserver.url_for("/datasets/me/reddit-amazon/commit/" + "a" * 40)
             return Response(json.dumps({"commitUrl": commit_url, "commitOid": "a" * 40}),
                             content_type="application/json")
@@ -213,6 +217,9 @@ def test_push_to_hub_uploads_the_folder_as_is_and_tags_the_version(built, httpse
             seen["tags"].append(request.get_json()["tag"])
             seen["tagged_manifest"] = seen["files"][MANIFEST]
             return Response("{}", content_type="application/json")
+        if path == "/api/datasets/me/reddit-amazon/tree/main":
+            return Response(json.dumps([{"type": "file", "path": name, "oid": "0" * 40, "size": len(data)}
+                                        for name, data in seen["files"].items()]), content_type="application/json")
         if path == "/api/datasets/me/reddit-amazon/refs":
             tags = [{"name": tag, "ref": f"refs/tags/{tag}", "targetCommit": "a" * 40} for tag in seen["tags"]]
             return Response(json.dumps({"branches": [], "converts": [], "tags": tags}), content_type="application/json")
@@ -235,7 +242,8 @@ def test_push_to_hub_uploads_the_folder_as_is_and_tags_the_version(built, httpse
 
     folder = root / "reddit-amazon"
     local = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    assert seen["files"] == local  # README (configs), manifest and every shard, byte for byte
+    assert seen["files"].pop(license_file) == b"mine"  # not the dataset's: kept
+    assert seen["files"] == local  # README (configs), manifest and every shard, byte for byte; the stale shard gone
     assert seen["tags"] == ["v1.2.3", "v1.2.3"]  # the second push: the same content under the same tag
     assert seen["auth"] == {"Bearer hf_test_token"}
     # What arrived is a loadable dataset repo: the same configs from the same files.
