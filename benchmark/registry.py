@@ -194,6 +194,9 @@ def build(spec: str, model_args: dict[str, Any]) -> tuple[ResolvedModel, Any]:
 
 def instantiate(resolved: ResolvedModel, model_args: dict[str, Any]) -> Any:
     spec = resolved.spec
+    if not callable(resolved.cls):
+        raise RegistryError(f"recommender {spec!r}: {resolved.target} is a {type(resolved.cls).__name__}, not a "
+                            "class (or a function that returns a recommender)")
     try:
         instance = resolved.cls(**model_args)
     except TypeError as error:

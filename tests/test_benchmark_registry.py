@@ -83,6 +83,11 @@ def test_bad_constructor_args_are_reported():
         build("random", {"sed": 1})
 
 
+def test_a_spec_naming_something_that_is_not_a_class_says_so():
+    with pytest.raises(RegistryError, match=r"'os:path': os:path is a module, not a class"):
+        build("os:path", {})
+
+
 def test_model_args_parsing():
     assert parse_model_args("") == {}
     assert parse_model_args("model=llava-hf/x,with_images=true,batch_size=8,temperature=0.5,device=none") == {
