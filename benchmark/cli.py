@@ -177,11 +177,17 @@ def report_command(runs, markdown_path, html_path, title) -> None:
       benchmark report runs/random runs/sbert runs/lavic
       benchmark report runs/* --html site/leaderboard.html --markdown leaderboard.md
     """
-    from benchmark.report import load_runs, to_html, to_markdown
+    from benchmark.report import is_unfinished_run, load_runs, to_html, to_markdown
     from reddit_amazon.files import write_atomic
 
+    unfinished = [run for run in runs if is_unfinished_run(run)]
+    for run in unfinished:  # `report runs/*` while a run is going on, or after one was interrupted
+        click.secho(f"skipped {run}: the run has not finished (rerun its `benchmark run` command to finish it)",
+                    fg="yellow", err=True)
+    if unfinished and len(unfinished) == len(runs):
+        _fail(ValueError("no finished run to report"))
     try:
-        loaded = load_runs(runs)
+        loaded = load_runs([run for run in runs if run not in unfinished])
     except (FileNotFoundError, ValueError) as error:
         _fail(error)
     markdown = to_markdown(loaded)

@@ -53,6 +53,12 @@ class Run:
         return None if entry is None else entry.get("ci95")
 
 
+def is_unfinished_run(path: str | os.PathLike) -> bool:
+    """``path`` is a run folder whose run has started (run.json) but not finished (no results.json)."""
+    path = Path(path)
+    return path.is_dir() and (path / "run.json").is_file() and not (path / "results.json").is_file()
+
+
 def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
     runs = []
     for path in paths:

@@ -203,6 +203,16 @@ def test_cli_run_report_compare(dataset, tmp_path):
     compare = runner.invoke(cli, ["compare", str(tmp_path / "bm25"), str(tmp_path / "random"),
                                   "--bootstrap-samples", "200"])
     assert compare.exit_code == 0, compare.output
+
+    # `report runs/*` while one run is unfinished: the finished ones are reported, the other is named
+    unfinished = tmp_path / "going"
+    unfinished.mkdir()
+    (unfinished / "run.json").write_text((tmp_path / "bm25" / "run.json").read_text())
+    report = runner.invoke(cli, ["report", str(tmp_path / "random"), str(unfinished)])
+    assert report.exit_code == 0 and f"skipped {unfinished}: the run has not finished" in report.output
+    assert "| Method | Beauty HR@1 | Beauty VR |" in report.output
+    alone = runner.invoke(cli, ["report", str(unfinished)])
+    assert alone.exit_code == 1 and "no finished run to report" in alone.output
     hr_all = next(line for line in compare.output.splitlines() if line.startswith("| hr@1 | all |"))
     assert "+0." in hr_all.split("|")[5]
     bad = runner.invoke(cli, ["run", "--model", "rnadom", "--dataset", str(dataset), "--out", str(tmp_path / "x")])
