@@ -92,6 +92,10 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
             results = run(config, out_dir, overwrite=overwrite, progress=not quiet)
         except (DatasetError, RegistryError, RunError, MissingAPIKeyError, FileNotFoundError, ImportError) as error:
             _fail(error)
+        except KeyboardInterrupt:
+            click.secho(f"\ninterrupted: the predictions made so far are kept in {out_dir}; run the same command "
+                        "again to resume", fg="yellow", err=True)
+            sys.exit(130)
     _echo_summary(results, Path(out_dir))
 
 

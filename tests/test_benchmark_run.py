@@ -517,3 +517,28 @@ def test_a_run_folder_from_before_batch_size_was_recorded_still_resumes(dataset,
     (tmp_path / "run.json").write_text(json.dumps(signature))
     (tmp_path / "results.json").unlink()  # interrupted
     assert run(config, tmp_path, progress=False)["counts"]["all"]["records"] == 5
+
+
+def test_ctrl_c_keeps_the_predictions_and_says_how_to_resume(dataset, tmp_path):
+    plugin = tmp_path / "stopper.py"
+    plugin.write_text(
+        "from pathlib import Path\n"
+        "class Stopper:\n"
+        "    batches = 0\n"
+        "    def recommend(self, examples):\n"
+        "        Stopper.batches += 1\n"
+        f"        stopped = Path({str(tmp_path / 'stopped')!r})\n"
+        "        if Stopper.batches == 2 and not stopped.exists():\n"
+        "            stopped.touch()\n"
+        "            raise KeyboardInterrupt\n"
+        "        return [e.candidates[0].item_id for e in examples]\n"
+    )
+    arguments = ["run", "--model", f"{plugin}:Stopper", "--dataset", str(dataset), "--out", str(tmp_path / "o"),
+                 "--batch-size", "4", "--quiet", "--bootstrap-samples", "0"]
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 130 and "run the same command again to resume" in result.output
+    kept = (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()
+    assert len(kept) == 4
+    again = CliRunner().invoke(cli, arguments)
+    assert again.exit_code == 0, again.output
+    assert len((tmp_path / "o" / "predictions.jsonl").read_text().splitlines()) == 36
