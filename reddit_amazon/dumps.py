@@ -47,14 +47,17 @@ UTF8_BOM = b"\xef\xbb\xbf"
 class DumpReadError(Exception):
     """A dump file is truncated or corrupt. Lines before the damage have been read."""
 
-    def __init__(self, path: Path, compressed_offset: int, reason: str, frame_offset: int):
+    def __init__(self, path: Path, compressed_offset: int, reason: str, frame_offset: int,
+                 decompressed_read: int | None = None):
         self.path = Path(path)
         self.compressed_offset = compressed_offset  # where the damage was noticed
         self.frame_offset = frame_offset  # the damage is in the frame (or stream) starting here, or later
         self.reason = reason
         #: The message without the path (reports list it under the path already).
         self.detail = (f"{reason} at compressed byte {compressed_offset:,} "
-                       f"(everything before byte {frame_offset:,} was read; the damage is there or later)")
+                       f"(everything before byte {frame_offset:,} was read; the damage is there or later"
+                       + (f"; {decompressed_read:,} decompressed bytes before it were read" if decompressed_read
+                          else "") + ")")
         super().__init__(f"{path}: {self.detail}")
 
 
@@ -335,23 +338,22 @@ def _decompressed(
             # again up to the damage. A second pass over the file, only for a damaged one; a pipe cannot
             # be reread.
             for chunk in _decoded_until_damage(path, decompressor, yielded) if path.is_file() else ():
+                yielded += len(chunk)
                 progress.uncompressed_bytes += len(chunk)
                 yield chunk
             if walker.error:  # the walker knows exactly where the frames stop making sense
-                raise DumpReadError(
-                    path, walker.boundary, f"{walker.error} ({error})", walker.frame_start_before(walker.boundary)
-                ) from None
+                raise DumpReadError(path, walker.boundary, f"{walker.error} ({error})",
+                                    walker.frame_start_before(walker.boundary), yielded) from None
             damaged_from = walker.position - source.last_read
-            raise DumpReadError(
-                path, walker.position, f"corrupt zstd data ({error})", walker.frame_start_before(damaged_from)
-            ) from None
+            raise DumpReadError(path, walker.position, f"corrupt zstd data ({error})",
+                                walker.frame_start_before(damaged_from), yielded) from None
         if not chunk:
             break
         yielded += len(chunk)
         progress.uncompressed_bytes += len(chunk)
         yield chunk
     if walker.error:
-        raise DumpReadError(path, walker.boundary, walker.error, walker.frame_start_before(walker.boundary))
+        raise DumpReadError(path, walker.boundary, walker.error, walker.frame_start_before(walker.boundary), yielded)
     if walker.position == 0:  # the walker is "complete" before any frame; `zstd -d` calls this a cut
         raise DumpReadError(path, 0, "empty file (no zstd frame)", 0)
     if not walker.complete:
@@ -360,6 +362,7 @@ def _decompressed(
             walker.position,
             "file ends inside a zstd frame (truncated)",
             walker.frame_start_before(walker.position),
+            yielded,
         )
 
 

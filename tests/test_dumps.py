@@ -194,11 +194,14 @@ def test_a_corrupt_block_keeps_the_lines_before_it(tmp_path):
     data[damage : damage + 64] = bytes(64)
     corrupt = tmp_path / "corrupt.zst"
     corrupt.write_bytes(bytes(data))
-    lines = []
-    with pytest.raises(DumpReadError, match="corrupt zstd data"):
-        for line in iter_lines(iter_chunks(corrupt)):  # one read holds the whole file
-            lines.append(line)
+    chunks = []
+    with pytest.raises(DumpReadError, match="corrupt zstd data") as caught:
+        for chunk in iter_chunks(corrupt):  # one read holds the whole file
+            chunks.append(chunk)
+    lines = list(iter_lines(chunks))
     assert [orjson.loads(line) for line in lines[:2000]] == _records(2000)  # the two frames before the damage
+    reported = int(re.search(r"([\d,]+) decompressed bytes before it", str(caught.value))[1].replace(",", ""))
+    assert reported == sum(map(len, chunks))
 
 
 def _brute_force(data: bytes, needle: bytes) -> list[bytes]:
