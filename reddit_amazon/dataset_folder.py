@@ -244,7 +244,9 @@ def fingerprint(folder: str | os.PathLike) -> str:
 
 
 def card_data(manifest: Mapping[str, Any], data_files: Mapping[str, Mapping[str, list[str]]],
-              features: datasets.Features) -> DatasetCardData:
+              features: datasets.Features, folder: Path | None = None) -> DatasetCardData:
+    """The README's YAML. With ``folder`` (holding ``data_files``), the split and dataset sizes in bytes are
+    measured from the shards, as ``datasets`` reports them; without it they stay 0 (unknown)."""
     counts = manifest["counts"]
     domains_present = [config for config in data_files if config != ITEMS_CONFIG]
     default_config = "fashion" if "fashion" in domains_present else (domains_present or [None])[0]
@@ -273,11 +275,15 @@ def card_data(manifest: Mapping[str, Any], data_files: Mapping[str, Mapping[str,
             continue
         config_features = ITEM_FEATURES if config == ITEMS_CONFIG else features
         split_dict = datasets.SplitDict()
+        download_size = 0
         for split, n in splits.items():
             if n == 0:
                 continue
-            split_dict.add(datasets.SplitInfo(name=split, num_examples=n))
-        infos[config] = DatasetInfo(features=config_features, splits=split_dict)
+            shards = [folder / path for path in data_files[config].get(split, [])] if folder else []
+            split_dict.add(datasets.SplitInfo(name=split, num_examples=n, num_bytes=_arrow_bytes(shards)))
+            download_size += sum(shard.stat().st_size for shard in shards)
+        infos[config] = DatasetInfo(features=config_features, splits=split_dict, download_size=download_size or None,
+                                    dataset_size=sum(s.num_bytes for s in split_dict.values()) or None)
     DatasetInfosDict(infos).to_dataset_card_data(data)
     # `datasets` keys its cache of a folder on the folder's name and this YAML, not on the files: a
     # folder rewritten in place (or another folder of the same name) would load the old rows. The
@@ -286,6 +292,16 @@ def card_data(manifest: Mapping[str, Any], data_files: Mapping[str, Mapping[str,
     for entry in info if isinstance(info, list) else [info] if info else []:
         entry["description"] = f"reddit-amazon {manifest['version']}, content fingerprint {manifest['fingerprint']}"
     return data
+
+
+def _arrow_bytes(shards: Sequence[Path]) -> int:
+    """The in-memory (Arrow) size of the rows in ``shards``, which ``datasets`` calls a split's ``num_bytes``;
+    read one row group at a time, so a split of images never has to fit in memory."""
+    total = 0
+    for shard in shards:
+        parquet = pq.ParquetFile(shard)
+        total += sum(parquet.read_row_group(i).nbytes for i in range(parquet.num_row_groups))
+    return total
 
 
 def _size_category(n: int) -> str:
@@ -299,7 +315,7 @@ def write_readme(folder: Path, manifest: Mapping[str, Any], data_files: Mapping[
                  features: datasets.Features) -> None:
     from cards.dataset_card import render_dataset_card
 
-    data = card_data(manifest, data_files, features)
+    data = card_data(manifest, data_files, features, folder)
     write_atomic(folder / "README.md", render_dataset_card(data, manifest, folder).encode("utf-8"))
 
 

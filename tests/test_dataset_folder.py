@@ -88,6 +88,20 @@ def test_items_config_embeds_images(built, tmp_path, monkeypatch):
     assert items["beauty"][0]["image"] is None and items["beauty"][0]["image_error"] == "404"
 
 
+def test_the_card_declares_the_split_sizes_datasets_measures(built):
+    root, _ = built
+    folder = str(root / "reddit-amazon")
+    declared = datasets.load_dataset_builder(folder, "home").info
+    loaded = datasets.load_dataset(folder, "home")
+    for split in SPLITS:
+        assert declared.splits[split].num_bytes == loaded[split].info.splits[split].num_bytes > 0
+    assert declared.dataset_size == sum(declared.splits[split].num_bytes for split in SPLITS)
+    assert declared.download_size == sum(p.stat().st_size for p in (root / "reddit-amazon" / "data" / "home").iterdir())
+    items = datasets.load_dataset(folder, "items")
+    assert datasets.load_dataset_builder(folder, "items").info.splits["beauty"].num_bytes == \
+        items["beauty"].info.splits["beauty"].num_bytes
+
+
 def test_manifest_version_fingerprint_and_card(built):
     root, manifest = built
     folder = root / "reddit-amazon"
