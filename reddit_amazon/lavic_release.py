@@ -197,7 +197,13 @@ def _read_release_file(path: Path, domain: str, split: str, repair_text: bool,
                 gt_items=raw["gt_items"],
                 candidates={ours: raw[theirs] for theirs, ours in RELEASE_CANDIDATES.items()},
             )
-            Conversation.from_row(record.to_row(), where=where)  # validates types, ASINs, candidates
+            try:
+                Conversation.from_row(record.to_row(), where=where)  # validates types, ASINs, candidates
+            except SchemaError as error:  # named as the release file names them
+                message = str(error)
+                for theirs, ours in RELEASE_CANDIDATES.items():
+                    message = message.replace(candidate_column(ours), theirs)
+                raise SchemaError(message) from None
             yield record
 
 

@@ -92,6 +92,8 @@ def release_line(**overrides) -> str:
         (release_line(gt_items="B0776Y43KM"), "gt_items must be lists of ASINs"),
         (release_line(candidates_st=None), "candidates_st must be lists of ASINs"),
         (release_line(candidates_st=[]), "candidates_st is empty"),  # export could not write it back
+        (release_line(candidates_gpt_large=["B0776Y43KM"] * 10),  # named as in the release file
+         "candidates_gpt_large must hold 10 distinct ASINs (or none), got 10, repeating B0776Y43KM"),
         (release_line(context="<submission>t</submission>\n" + "<comment>c</comment>\n" * 40 + "tail"),
          "context is not"),  # at once: the old pattern backtracked for days on this
     ],
