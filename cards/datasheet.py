@@ -111,7 +111,8 @@ def render_datasheet(manifest: Mapping[str, Any], statistics: DatasetStatistics,
         "datasheet.md",
         conversations=f"{statistics.total('conversations'):,}",
         per_domain=per_domain,
-        items=f"{statistics.total('items'):,}",
+        items=(f"{statistics.total('items'):,} items ({statistics.total('titled'):,} with Amazon metadata, "
+               f"{statistics.total('images'):,} with an embedded image)"),
         splits=_splits(manifest, statistics),
         authors=_authors(manifest, facts),
         dates=_dates(facts),
@@ -264,8 +265,14 @@ def _preprocessing(manifest: Mapping[str, Any]) -> str:
     elif manifest.get("build"):
         lines.append("- The build recorded no funnel, so per-stage counts are not available.")
     if "text_repair" in manifest:
+        imported = manifest.get("import_report") or {}
+        mojibake = imported.get("mojibake_records")
+        found = (f" It found mojibake (UTF-8 read as Latin-1, e.g. `donâ\\x80\\x99t`) in {mojibake:,} records"
+                 + (f" and repaired {imported.get('repaired_records', 0):,}." if manifest["text_repair"]
+                    else ", kept as in the source so that an export gives the source back.")) \
+            if isinstance(mojibake, int) and mojibake else ""
         lines.append(f"- The importer's text repair was {'on' if manifest['text_repair'] else 'off'} "
-                     "(`text_repair` in the manifest).")
+                     f"(`text_repair` in the manifest).{found}")
     if not lines:
         return "No preprocessing record exists for this copy (it has no build record or import options)."
     return "\n".join(lines)

@@ -367,6 +367,8 @@ def test_card_of_the_imported_authors_release_matches_the_loaded_dataset(lavic_r
     card = (folder / "README.md").read_text(encoding="utf-8")
     assert_card_matches_loaded_dataset(card, folder)
     assert "No turn carries an author" in card and "No build funnel exists" in card
+    assert "found mojibake (UTF-8 read as Latin-1, e.g. `donâ\\x80\\x99t`) in 279 records, kept as in the source" in card
+    assert re.search(r"and 1[\d,]+ items \(0 with Amazon metadata, 0 with an embedded image\)", card)
     assert_no_placeholders(card)
 
 
