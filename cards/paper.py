@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 PAPER_TITLE = "Adapting Large Vision-Language Models to Visually-Aware Conversational Recommendation"
 PAPER_DOI = "10.1145/3711896.3736828"
-PAPER_CODE_URL = "https://github.com/jeon185/LaViC"
 
 #: Table 1: # Conv., # Turns, # Items, # Images per domain. The paper's "# Images" counts every
 #: image of the items (several per item); our "images" counts items with an embedded main image.

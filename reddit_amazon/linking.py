@@ -150,7 +150,7 @@ _PRODUCT_PATH = re.compile(
 
 SHORT_LINK_HOSTS: tuple[str, ...] = ("amzn.to", "a.co", "amzn.eu", "amzn.asia", "amzn.in", "amzn.com.au")
 _SHORT_LINK = re.compile(
-    rf"{_HOST_START}(?:https?://)?(?P<host>amzn\.to|a\.co|amzn\.eu|amzn\.asia|amzn\.in|amzn\.com\.au)"
+    rf"{_HOST_START}(?:https?://)?(?P<host>{'|'.join(map(re.escape, SHORT_LINK_HOSTS))})"
     r"/(?P<path>(?:d/)?[A-Za-z0-9_-]+)",
     re.IGNORECASE,
 )

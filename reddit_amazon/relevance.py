@@ -41,7 +41,6 @@ DEFAULT_MODEL = "gpt-3.5-turbo"  # the paper's model
 TEMPLATE_FILE = "table9_relevance_filter.txt"
 CONVERSATION_SLOT = "{conversation}"
 KEPT_LABEL = "yes"
-LABELS = ("yes", "no", "uncertain")
 UNPARSEABLE = "unparseable"
 REJECTED = "rejected"  # the endpoint refused this prompt (HTTP 400/413/422, a content filter, a refusal)
 CHARS_PER_TOKEN = 4  # rough English average, for --dry-run estimates only

@@ -198,9 +198,6 @@ class World:
     def expected_records(self) -> list[ExpectedRecord]:
         return list(self.expected)
 
-    def items_of(self, domain: str) -> list[SampleItem]:
-        return [item for item in self.items if item.domain == domain]
-
 
 # --------------------------------------------------------------------------------------------
 
