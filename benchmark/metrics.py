@@ -116,8 +116,8 @@ def _resampled_sums(columns: np.ndarray, samples: int, seed: int) -> np.ndarray:
 
 
 def bootstrap_intervals(metrics: Mapping[str, Ratio], samples: int = DEFAULT_BOOTSTRAP_SAMPLES,
-                        seed: int = DEFAULT_SEED, level: float = 0.95) -> dict[str, tuple[float, float] | None]:
-    """Percentile bootstrap intervals over records, one shared set of resamples for all metrics.
+                        seed: int = DEFAULT_SEED) -> dict[str, tuple[float, float] | None]:
+    """95% percentile bootstrap intervals over records, one shared set of resamples for all metrics.
 
     Every metric sees the same resampled records, so the interval of a metric does not depend on
     which other metrics are computed with it.
@@ -133,19 +133,13 @@ def bootstrap_intervals(metrics: Mapping[str, Ratio], samples: int = DEFAULT_BOO
     columns = np.column_stack([a for name in usable for a in (metrics[name].numerators, metrics[name].denominators)
                                ]).astype(np.float32)  # per-resample sums of small counts stay exact in float32
     sums = _resampled_sums(columns, samples, seed).astype(np.float64)  # the ratios are not: 1/3 must be 1/3
-    tail = (1 - level) / 2 * 100
+    tail = (1 - 0.95) / 2 * 100  # 2.500000000000002, not 2.5: kept so that published intervals stay the same
     for j, name in enumerate(usable):
         num, den = sums[:, 2 * j], sums[:, 2 * j + 1]
         values = num[den > 0] / den[den > 0]
         low, high = np.percentile(values, [tail, 100 - tail])
         intervals[name] = (float(low), float(high))
     return intervals
-
-
-def confidence_interval(ratio: Ratio, samples: int = DEFAULT_BOOTSTRAP_SAMPLES, seed: int = DEFAULT_SEED,
-                        level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile bootstrap interval over records; None when there is nothing to resample."""
-    return bootstrap_intervals({"metric": ratio}, samples, seed, level)["metric"]
 
 
 def summarize(outcomes: Sequence[Outcome], samples: int = DEFAULT_BOOTSTRAP_SAMPLES,

@@ -9,7 +9,7 @@ import pytest
 
 from benchmark.metrics import (
     Outcome,
-    confidence_interval,
+    bootstrap_intervals,
     paired_difference,
     parse_prediction,
     ratios,
@@ -69,9 +69,9 @@ def test_bootstrap_is_seeded_and_brackets_the_value():
     outcomes = [Outcome(pairs=1 + (i % 3 == 0), hits=int(rng.random() < 0.3), valid=bool(rng.random() < 0.9))
                 for i in range(400)]
     hr = ratios(outcomes)["hr@1"]
-    first = confidence_interval(hr, samples=500, seed=7)
-    assert first == confidence_interval(hr, samples=500, seed=7)
-    assert first != confidence_interval(hr, samples=500, seed=8)
+    first = bootstrap_intervals({"hr@1": hr}, samples=500, seed=7)["hr@1"]
+    assert first == bootstrap_intervals({"hr@1": hr}, samples=500, seed=7)["hr@1"]
+    assert first != bootstrap_intervals({"hr@1": hr}, samples=500, seed=8)["hr@1"]
     low, high = first
     assert low < hr.value < high
     assert 0.02 < high - low < 0.15  # ~ 4 standard errors of a proportion over ~530 pairs
