@@ -683,12 +683,3 @@ def _write_lines(writer: Any, group: Iterable[tuple[bytes, bool]], trailing_newl
     if buffer:
         writer.write(bytes(buffer))
 
-
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """All JSON objects of a small dump; bad lines are skipped (use the scan for counts)."""
-    problems = LineProblems()
-    for line in iter_lines(iter_chunks(Path(path))):
-        record = parse_line(line, problems)
-        if record is not None:
-            yield record
-

@@ -247,11 +247,6 @@ def linked_asins(text: str, resolved_short_links: Mapping[str, Iterable[str]]) -
     return list(dict.fromkeys(asin for _, asin in found))
 
 
-def may_contain_link(line: bytes) -> bool:
-    """The prefilter on one raw dump line."""
-    return bool(LinkPrefilter()(line, 0, len(line)))
-
-
 # --------------------------------------------------------------------------------------------
 # Short-link resolution
 # --------------------------------------------------------------------------------------------

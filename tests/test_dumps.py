@@ -21,7 +21,6 @@ from reddit_amazon.dumps import (
     iter_selected_lines,
     parse_created_utc,
     parse_line,
-    read_records,
     text_state,
     write_zst_ndjson,
 )
@@ -272,10 +271,13 @@ def test_field_quirks():
     ]
 
 
-def test_read_records_skips_bad_lines_in_plain_ndjson(tmp_path):
+def test_plain_ndjson_is_read_and_bad_lines_are_skipped(tmp_path):
     path = tmp_path / "x.ndjson"
     path.write_bytes(b'{"id":"a"}\n\n{oops\n{"id":"b"}\n')
-    assert [r["id"] for r in read_records(path)] == ["a", "b"]
+    problems = LineProblems()
+    records = [parse_line(line, problems) for line in _all_lines(path)]
+    assert [r["id"] for r in records if r is not None] == ["a", "b"]
+    assert problems.malformed_json == 1
 
 
 @pytest.mark.parametrize("trailing_newline", [True, False])

@@ -18,8 +18,12 @@ from reddit_amazon.linking import (
     ShortLinkResolver,
     extract_asins,
     extract_short_links,
-    may_contain_link,
 )
+
+
+def may_contain_link(line: bytes) -> bool:
+    """The prefilter on one raw dump line."""
+    return bool(LinkPrefilter()(line, 0, len(line)))
 
 POSITIVE = [
     ("https://www.amazon.com/dp/B00NN2Y04E", ["B00NN2Y04E"]),
