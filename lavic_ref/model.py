@@ -315,9 +315,8 @@ def lora_config(targets: str):
                       bias="none")
 
 
-def attach_adapter(backbone: Backbone, path: str | os.PathLike, *, trainable: bool = False,
-                   role: str | None = None) -> None:
-    """Load a saved LoRA adapter onto the backbone (merged into the weights unless it is to be trained).
+def attach_adapter(backbone: Backbone, path: str | os.PathLike, *, role: str | None = None) -> None:
+    """Load a saved LoRA adapter onto the backbone, merged into its weights.
 
     ``role`` ("vision" or "language") refuses an adapter whose LoRA weights sit elsewhere; an adapter saved
     by this package for another base model is refused too.
@@ -328,8 +327,7 @@ def attach_adapter(backbone: Backbone, path: str | os.PathLike, *, trainable: bo
     if role is not None:
         check_adapter_role(folder, role)
     check_adapter_base(folder, backbone)
-    model = PeftModel.from_pretrained(backbone.model, str(folder), is_trainable=trainable)
-    backbone.model = model if trainable else model.merge_and_unload()
+    backbone.model = PeftModel.from_pretrained(backbone.model, str(folder)).merge_and_unload()
     backbone.model.to(backbone.device)
 
 

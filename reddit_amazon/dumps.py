@@ -599,13 +599,10 @@ def write_zst_ndjson(
     *,
     frames: int = 1,
     frame_bytes: int | None = None,
-    level: int = 3,
-    window_log: int = 31,
     trailing_newline: bool = True,
-    checksum: bool = True,
     long_distance_matching: bool = False,
 ) -> Path:
-    """Write ``records`` as NDJSON in a zstd *stream* with a ``2**window_log`` window.
+    """Write ``records`` as NDJSON in a zstd *stream* with a ``2**31`` window, at level 3.
 
     Each record is a dict (serialised with orjson) or raw bytes (written as one line, verbatim,
     to make malformed fixtures). ``frames`` > 1 splits the lines evenly over that many zstd
@@ -630,7 +627,7 @@ def write_zst_ndjson(
     else:
         groups = _frames_of(lines, frame_bytes)
     params = zstandard.ZstdCompressionParameters.from_level(
-        level, window_log=window_log, enable_ldm=long_distance_matching, write_checksum=checksum
+        3, window_log=31, enable_ldm=long_distance_matching, write_checksum=True
     )
     with open_atomic(path) as out:
         for group in groups:
