@@ -24,6 +24,3 @@ class RandomRecommender:
             random.Random(int.from_bytes(digest[:8], "big")).shuffle(ids)
             rankings.append(ids)
         return rankings
-
-    def recommend(self, examples: Sequence[Example]) -> list[str]:
-        return [ranking[0] if ranking else "" for ranking in self.rank(examples)]

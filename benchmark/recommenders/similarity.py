@@ -28,9 +28,6 @@ class _SimilarityRecommender:
              for e in examples],
         )
 
-    def recommend(self, examples: Sequence[Example]) -> list[str]:
-        return [ranking[0] if ranking else "" for ranking in self.rank(examples)]
-
 
 class BM25Recommender(_SimilarityRecommender):
     name = "bm25"
