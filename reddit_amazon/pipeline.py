@@ -134,6 +134,7 @@ def _file_key(path: Path) -> str:
 
 
 def _temporary(path: Path) -> Path:
+    """The hidden sibling a file or folder is written under before it is renamed into place."""
     return path.with_name(f".{path.name}.tmp")
 
 
@@ -314,7 +315,7 @@ def collect_file(
     error = ""
     finder = needed if isinstance(needed, ThreadLineFinder) else ThreadLineFinder(needed)
 
-    temporary_dir = out_dir.with_name(f".{out_dir.name}.tmp")
+    temporary_dir = _temporary(out_dir)
     shutil.rmtree(temporary_dir, ignore_errors=True)
     temporary_dir.mkdir(parents=True)
     handles: dict[int, Any] = {}
