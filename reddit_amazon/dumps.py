@@ -526,7 +526,7 @@ def parse_line(line: bytes, problems: LineProblems) -> dict[str, Any] | None:
 def _parse_with_lone_surrogates(text: str) -> Any:
     try:
         return _without_lone_surrogates(json.loads(text))
-    except ValueError:
+    except (ValueError, RecursionError):  # the standard parser recurses: a deeply nested line is malformed here
         return None
 
 

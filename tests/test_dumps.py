@@ -251,6 +251,13 @@ def test_a_text_cut_inside_an_emoji_is_kept():
     assert parse_line(b'{"body": "\\ud83d", broken', problems) is None and problems.malformed_json == 1
 
 
+def test_a_deeply_nested_line_with_a_cut_emoji_is_counted_not_fatal():
+    # orjson stops at the lone surrogate; the fallback parser must not crash on the nesting that follows
+    problems = LineProblems()
+    line = b'{"body": "\\ud83d amazon.com/dp/B000000001", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert parse_line(line, problems) is None
+    assert problems.malformed_json == 1
+
 def test_field_quirks():
     assert bare_id("t3_abc12") == "abc12" and bare_id("t1_x9") == "x9" and bare_id("abc12") == "abc12"
     assert bare_id("t5_2qh1i") == "2qh1i" and bare_id(None) == "" and bare_id("tea_x") == "tea_x"
