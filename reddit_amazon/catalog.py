@@ -317,7 +317,7 @@ def _details_text(details: Any) -> str:
     if isinstance(details, str):  # the Hub copy stores details as a JSON string
         try:
             details = json.loads(details) if details.strip() else {}
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # kept as text, as the record gave it
             return details
     if not isinstance(details, Mapping) or not details:
         return ""

@@ -197,6 +197,14 @@ def test_hub_source_through_datasets_with_a_local_dataset(tmp_path):
         load_catalog(["hub:only-repo"], [], set(), DEFAULT_DOMAIN_MAP)
 
 
+def test_deeply_nested_details_text_does_not_stop_the_catalog(tmp_path):
+    row = meta("P000000001", "AMAZON FASHION", "Boots")
+    row["details"] = "[" * 100_000  # a details string (the Hub copy's form) nested past the parser's recursion limit
+    write_jsonl(tmp_path / "meta_Amazon_Fashion.jsonl", [row])
+    catalog, _ = load_catalog([str(tmp_path / "meta_Amazon_Fashion.jsonl")], [], {"P000000001"}, DEFAULT_DOMAIN_MAP)
+    item, reason = catalog.resolve("P000000001")
+    assert reason == "" and item.title == "Boots"
+
 def test_hub_files_of_a_repo_folder_and_upstream_config_names(tmp_path):
     assert parse_hub_spec("hub:McAuley-Lab/Amazon-Reviews-2023:raw_meta_All_Beauty") == HubSource(
         repo="McAuley-Lab/Amazon-Reviews-2023", file="raw/meta_categories/meta_All_Beauty.jsonl")
