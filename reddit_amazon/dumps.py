@@ -29,6 +29,9 @@ MAX_WINDOW_SIZE = 2**31
 #: Compressed bytes read per step. A decompressed chunk is 4x that (1 MiB): small enough to stay in
 #: the CPU cache while the prefilter's passes go over it (1 MiB measured fastest, 4 MiB ~25% slower).
 READ_SIZE = 1 << 18
+#: The longest line kept whole. Dump and Amazon lines are at most a few MiB; a longer one (a damaged or hostile
+#: file: a few KiB of zstd hold a GiB without a newline) is cut here, fails to parse and is counted as malformed.
+MAX_LINE_BYTES = 64 << 20
 
 ZST_SUFFIXES = (".zst", ".zstd")
 PLAIN_SUFFIXES = (".jsonl", ".ndjson")
@@ -400,16 +403,16 @@ def iter_selected_lines(
     search, so a selective search runs at C speed; only matched lines are cut out. Lines are
     counted in ``progress.lines``; the last line counts and is searched even without a newline.
     """
-    carry = b""
+    carry = _Carry()
     count_newlines = _NewlineCounter()
     for chunk in chunks:
         last_newline = chunk.rfind(b"\n")
         if last_newline < 0:
-            carry += chunk
+            carry.add(chunk)
             continue
         first_newline = chunk.find(b"\n")
         progress.lines += count_newlines(chunk)
-        head = carry + chunk[:first_newline] if carry else chunk[:first_newline]
+        head = carry.take(chunk[:first_newline])
         if head and any(True for _ in find_positions(head, 0, len(head))):
             yield head
         start = first_newline + 1
@@ -421,11 +424,39 @@ def iter_selected_lines(
             line_start = chunk.rfind(b"\n", start - 1, position) + 1
             line_end_seen = chunk.find(b"\n", position)
             yield chunk[line_start:line_end_seen]
-        carry = chunk[last_newline + 1 :]
+        carry.add(chunk[last_newline + 1 :])
     if carry:
+        last = carry.take()
         progress.lines += 1
-        if any(True for _ in find_positions(carry, 0, len(carry))):
-            yield carry
+        if any(True for _ in find_positions(last, 0, len(last))):
+            yield last
+
+
+class _Carry:
+    """The start of a line that goes on in the next chunk: its pieces are joined once (a long line costs
+    linear time, not quadratic) and only its first :data:`MAX_LINE_BYTES` are kept (bounded memory)."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._parts)
+
+    def add(self, data: bytes) -> None:
+        room = MAX_LINE_BYTES - self._size
+        if data and room > 0:
+            self._parts.append(data[:room])
+            self._size += min(len(data), room)
+
+    def take(self, tail: bytes = b"") -> bytes:
+        """The line so far with ``tail`` appended (both cut at the limit); the carry is empty afterwards."""
+        if not self._parts:
+            return tail[:MAX_LINE_BYTES]
+        self.add(tail)
+        line = b"".join(self._parts)
+        self._parts, self._size = [], 0
+        return line
 
 
 class ChunkScratch:
@@ -461,15 +492,19 @@ def iter_lines(chunks: Iterable[bytes], progress: ReadProgress | None = None, *,
     """Every non-empty line (without ``\\n``) of a chunk stream; with ``keep_empty`` every line, so that
     callers can number them."""
     progress = progress if progress is not None else ReadProgress()
-    carry = b""
+    carry = _Carry()
     for chunk in chunks:
-        lines = (carry + chunk).split(b"\n") if carry else chunk.split(b"\n")
-        carry = lines.pop()
+        lines = chunk.split(b"\n")
+        if len(lines) == 1:
+            carry.add(chunk)
+            continue
+        lines[0] = carry.take(lines[0])
+        carry.add(lines.pop())
         progress.lines += len(lines)
         yield from lines if keep_empty else (line for line in lines if line)
     if carry:
         progress.lines += 1
-        yield carry
+        yield carry.take()
 
 
 # --------------------------------------------------------------------------------------------

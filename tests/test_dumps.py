@@ -242,6 +242,24 @@ def test_parse_line_counts_problems():
     assert len(problems.examples) == 3
 
 
+def test_a_line_without_end_is_cut_at_the_limit_in_bounded_memory(monkeypatch):
+    import reddit_amazon.dumps as dumps
+
+    monkeypatch.setattr(dumps, "MAX_LINE_BYTES", 1000)
+    chunks = [b'{"a": 1}\n{"body": "NEEDLE ', *[b"x" * 300] * 50, b'"}\n{"b": 2}\n{"c": NEEDLE ' + b"y" * 5000]
+
+    lines = list(iter_lines(iter(chunks)))
+    assert [len(line) for line in lines] == [8, 1000, 8, 1000]  # the long ones cut; their neighbours intact
+
+    def needles(chunk, start, end):
+        index = chunk.find(b"NEEDLE", start, end)
+        return [] if index < 0 else [index]
+
+    progress = ReadProgress()
+    selected = list(iter_selected_lines(iter(chunks), needles, progress))
+    assert [len(line) for line in selected] == [1000, 1000] and progress.lines == 4
+    assert parse_line(selected[0], LineProblems()) is None  # counted as malformed downstream
+
 def test_a_text_cut_inside_an_emoji_is_kept():
     problems = LineProblems()
     record = parse_line(b'{"body": "cut \\ud83d here, whole \\ud83d\\ude00", "id": "a"}', problems)
