@@ -58,6 +58,10 @@ RELEASE_CANDIDATES = {"candidates_st": "sbert", "candidates_gpt_large": "openai_
 RELEASE_FIELDS = ("context", "context_items", "gt", "gt_items", "candidates_gpt_large", "candidates_st")
 METADATA_FILES = ("item2meta_train.json", "item2meta_train.json.zip", "item2meta_valid.jsonl")
 SOURCE_COPY_DIR = "lavic_source"  # verbatim copies of the release's metadata files
+#: The metadata JSON inside ``item2meta_train.json.zip`` is read into memory: a member beyond this size, or
+#: expanding more than MAX_ZIP_RATIO times (JSON text does ~10x; a zip bomb 1000x), is refused unread.
+MAX_METADATA_BYTES = 1 << 30
+MAX_ZIP_RATIO = 100
 
 
 @dataclass
@@ -228,15 +232,16 @@ def _read_metadata(src: Path, report: ImportReport) -> dict[str, list[dict[str, 
         with open(valid, "rb") as handle:
             for line_number, line in enumerate(handle, start=1):
                 if line.strip():
-                    rows.append((f"{valid}:{line_number}", _json(line, f"{valid}:{line_number}")))
+                    row = _json(line, f"{valid}:{line_number}")
+                    if not isinstance(row, dict):
+                        raise SchemaError(f"{valid}:{line_number}: expected a JSON object")
+                    rows.append((f"{valid}:{line_number}", row))
     for name in ("item2meta_train.json", "item2meta_train.json.zip"):
         path = src / name
         if not path.is_file():
             continue
         if path.suffix == ".zip":
-            with zipfile.ZipFile(path) as archive:
-                inner = next(n for n in archive.namelist() if n.endswith(".json"))
-                data = _json(archive.read(inner), f"{path}!{inner}")
+            data = _json(*_zip_member(path))
         else:
             data = _json(path.read_bytes(), str(path))
         entries = data.items() if isinstance(data, dict) else enumerate(data)
@@ -253,6 +258,24 @@ def _read_metadata(src: Path, report: ImportReport) -> dict[str, list[dict[str, 
         metadata.setdefault(image_name.split("_", 1)[0], []).append(row)
     report.metadata_rows = len(rows)
     return metadata
+
+
+def _zip_member(path: Path) -> tuple[bytes, str]:
+    """The bytes of the ``.json`` member of a zip file and where they came from; a damaged archive, one
+    without such a member, or one that would expand too far (a zip bomb) is a :class:`SchemaError`."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = next((i for i in archive.infolist() if i.filename.endswith(".json")), None)
+            if info is None:
+                raise SchemaError(f"{path}: the archive holds no .json file")
+            where = f"{path}!{info.filename}"
+            if info.file_size > MAX_METADATA_BYTES or (
+                    info.file_size > 16 << 20 and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1)):
+                raise SchemaError(f"{where}: expands to {info.file_size:,} bytes from {info.compress_size:,} "
+                                  "(too large, or a zip bomb): not read")
+            return archive.read(info), where
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as error:
+        raise SchemaError(f"{path}: not a readable zip archive ({error})") from None
 
 
 def _json(data: bytes, where: str) -> Any:

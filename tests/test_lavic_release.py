@@ -187,3 +187,34 @@ def test_a_release_without_records_is_refused(tmp_path):
     with pytest.raises(SchemaError, match="hold no records"):
         import_release(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _bomb(archive) -> None:
+    import zipfile
+
+    with archive.open("item2meta_train.json", "w", force_zip64=True) as member:
+        for _ in range(40):  # 40 MiB of JSON whitespace in ~40 KiB: expands 1000x
+            member.write(b" " * (1 << 20))
+        member.write(b"{}")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"PK\x03\x04 not a zip", "not a readable zip archive"),
+    (lambda archive: archive.writestr("item2meta_train.txt", "{}"), "holds no .json file"),
+    (_bomb, "zip bomb"),
+])
+def test_a_bad_metadata_archive_is_a_schema_error_not_a_crash_or_a_bomb(tmp_path, content, message):
+    import zipfile
+
+    src = write_release(tmp_path / "src", [release_line()])
+    if isinstance(content, bytes):
+        (src / "item2meta_train.json.zip").write_bytes(content)
+    else:
+        with zipfile.ZipFile(src / "item2meta_train.json.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+            content(archive)
+    with pytest.raises(SchemaError, match=message):
+        import_release(src, tmp_path / "out")
+    (src / "item2meta_train.json.zip").unlink()
+    (src / "item2meta_valid.jsonl").write_text("[1, 2]\n")  # a row that is not an object
+    with pytest.raises(SchemaError, match="item2meta_valid.jsonl:1: expected a JSON object"):
+        import_release(src, tmp_path / "out")
