@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,7 +64,9 @@ class Candidate:
         if self.image_bytes is None:
             return None
         digest = hashlib.sha256(self.image_bytes).hexdigest()[:32]
-        path = _image_dir() / f"{self.item_id}-{digest}{_image_suffix(self.image_bytes)}"
+        # The id comes from the dataset (maybe someone else's): no "/", "..", NUL or newline may reach the path.
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", self.item_id)[:64]
+        path = _image_dir() / f"{name}-{digest}{_image_suffix(self.image_bytes)}"
         if not path.exists():
             write_atomic(path, self.image_bytes)
         return path

@@ -542,3 +542,13 @@ def test_ctrl_c_keeps_the_predictions_and_says_how_to_resume(dataset, tmp_path):
     again = CliRunner().invoke(cli, arguments)
     assert again.exit_code == 0, again.output
     assert len((tmp_path / "o" / "predictions.jsonl").read_text().splitlines()) == 36
+
+
+@pytest.mark.parametrize("item_id", ["../../../escaped", "/abs/path", "a\x00b", "line\nbreak", ".."])
+def test_a_candidate_image_file_stays_in_the_image_folder_whatever_its_id(tmp_path, monkeypatch, item_id):
+    from benchmark.protocol import Candidate
+
+    monkeypatch.setenv("REDDIT_AMAZON_IMAGE_DIR", str(tmp_path / "images"))
+    path = Candidate(item_id=item_id, title="t", image_bytes=b"\xff\xd8\xff fake jpeg").image_path
+    assert path.parent == tmp_path / "images" and path.read_bytes() == b"\xff\xd8\xff fake jpeg"
+    assert list(tmp_path.iterdir()) == [tmp_path / "images"]
