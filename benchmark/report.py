@@ -153,9 +153,10 @@ def to_markdown(runs: Sequence[Run]) -> str:
                 text = _format(run.value(domain, metric))
                 mark = marks.get((index, domain, metric))
                 cells.append(f"**{text}**" if mark == 1 else f"<u>{text}</u>" if mark == 2 else text)
-            lines.append(f"| {_markdown_cell(run.label)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_markdown_cell(html.escape(run.label, quote=False))} | " + " | ".join(cells) + " |")
             index += 1
-    notes = [f"- {line}" for line in provenance(runs)]
+    # labels and dataset ids come from results.json files, maybe someone else's: their HTML is shown, not rendered
+    notes = [f"- {html.escape(line, quote=False)}" for line in provenance(runs)]
     return "\n".join(lines + ["", "HR@1 per (record, gt item) pair; VR per record. Bold: best HR@1, "
                               "underlined: second best.", *notes, "", benchmark_card(runs)]) + "\n"
 

@@ -6,6 +6,7 @@ cannot drift from what ``benchmark run`` does; the prose lives in ``templates/be
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 
 from cards.markdown import inline_code, table
@@ -40,7 +41,8 @@ def render_benchmark_card(candidate_sets: Sequence[str]) -> str:
 
     names = list(dict.fromkeys(candidate_sets))
     sets = (table(["candidate set", "column", "how it was retrieved"],
-                  [[name, inline_code(f"candidates_{name}"), describe_candidate_set(name)] for name in names])
+                  [[html.escape(name, quote=False), inline_code(f"candidates_{name}"), describe_candidate_set(name)]
+                   for name in names])
             if names else "No candidate set was named for this report.")
     return fill_template(
         "benchmark_card.md",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import orjson
@@ -334,6 +335,19 @@ def test_report_refuses_json_of_another_shape_and_escapes_pipes_in_labels(datase
         result = CliRunner().invoke(cli, ["report", str(odd)])
         assert result.exit_code == 1 and "not the results.json of a benchmark run" in result.output, result.output
 
+
+def test_markdown_report_shows_html_from_results_files_as_text(dataset, tmp_path):
+    run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "r", progress=False)
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    results["model"]["name"] = "<img src=x onerror=alert(1)>"
+    results["dataset"]["id"] = "<script>alert(2)</script>"
+    results["candidates"] = "<svg onload=alert(3)>"
+    (tmp_path / "r" / "results.json").write_text(json.dumps(results))
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    rendered = re.sub(r"`[^`\n]*`", "", result.output)  # text in code spans is shown as it is, never as HTML
+    assert "<img" not in rendered and "<script" not in rendered and "<svg" not in rendered, rendered
+    assert "&lt;img src=x onerror=alert(1)&gt;" in result.output
 
 def test_a_run_that_fails_before_predicting_leaves_the_folder_free(dataset, tmp_path):
     """A typo in the split or the model args must not block the corrected command."""
