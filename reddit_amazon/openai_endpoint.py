@@ -64,12 +64,13 @@ def display_url(url: str) -> str:
         return re.sub(r"//[^/@]*@", "//", url.split("?", 1)[0])
     hostname = parts.hostname or ""
     host = (f"[{hostname}]" if ":" in hostname else hostname) + (f":{port}" if port else "")
-    query = urlencode([(k, "<redacted>" if _SECRET_PARAMETER.search(k) else v)
+    query = urlencode([(k, "<redacted>" if SECRET_PARAMETER.search(k) else v)
                        for k, v in parse_qsl(parts.query, keep_blank_values=True)])
     return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), query, parts.fragment))
 
 
-_SECRET_PARAMETER = re.compile(r"key|token|secret|password|passwd|signature|sig\b|auth|code", re.IGNORECASE)
+#: Names of URL query parameters that carry credentials (``?api_key=…``, ``&sig=…``).
+SECRET_PARAMETER = re.compile(r"key|token|secret|password|passwd|signature|sig\b|auth|code", re.IGNORECASE)
 
 
 def has_credentials(url: str) -> bool:
@@ -82,7 +83,7 @@ def has_credentials(url: str) -> bool:
         parts.port  # noqa: B018 - raises on a malformed port, as display_url's parse does
     except ValueError:
         return True
-    return "@" in parts.netloc or any(_SECRET_PARAMETER.search(k) for k, _ in parse_qsl(parts.query))
+    return "@" in parts.netloc or any(SECRET_PARAMETER.search(k) for k, _ in parse_qsl(parts.query))
 
 
 def url_problem(url: str) -> str | None:

@@ -566,3 +566,22 @@ def test_a_candidate_image_file_stays_in_the_image_folder_whatever_its_id(tmp_pa
     path = Candidate(item_id=item_id, title="t", image_bytes=b"\xff\xd8\xff fake jpeg").image_path
     assert path.parent == tmp_path / "images" and path.read_bytes() == b"\xff\xd8\xff fake jpeg"
     assert list(tmp_path.iterdir()) == [tmp_path / "images"]
+
+
+def test_an_endpoint_error_quoting_its_url_shows_no_credentials_of_it(dataset, tmp_path, httpserver):
+    """A gateway's error may quote the URL it was asked at; the URL's password and key stay out of the output."""
+    from werkzeug import Response
+
+    def quote_the_url(request):
+        return Response(json.dumps({"error": {"message": f"no route for {request.url}", "type": "x"}}), status=404,
+                        content_type="application/json")
+
+    httpserver.expect_request(re.compile("/v1.*")).respond_with_handler(quote_the_url)  # the query lands mid-path
+    base = httpserver.url_for("/v1").replace("://", "://alice:PW-SECRET-99@")
+    result = CliRunner().invoke(cli, ["run", "--model", "openai-chat", "--model-args",
+                                      f'base_url="{base}?api_key=QUERY-SECRET-77",cache_dir={tmp_path / "c"}',
+                                      "--dataset", str(dataset), "--out", str(tmp_path / "o"), "--quiet"],
+                                env={"OPENAI_API_KEY": "sk-test"})
+    assert result.exit_code == 1 and "no route for" in result.output, result.output
+    assert "api_key=<redacted>" in result.output
+    assert "PW-SECRET-99" not in result.output and "QUERY-SECRET-77" not in result.output
