@@ -224,6 +224,20 @@ def test_the_use_command_runs_as_written_with_the_training_prompt_cap():
     assert "max_tokens" not in render([], hyperparameters={"max_prompt_tokens": 2048}).split("## Use", 1)[1]
 
 
+def test_the_use_command_of_a_titles_only_adapter_turns_images_off():
+    import shlex
+
+    from benchmark.registry import parse_model_args
+
+    def model_args(card: str) -> dict:
+        command = next(line for line in card.split("## Use", 1)[1].splitlines() if line.startswith("benchmark run"))
+        argv = shlex.split(command)
+        return parse_model_args(argv[argv.index("--model-args") + 1])
+
+    assert model_args(render([], hyperparameters={"images": False}))["images"] is False  # finetune --no-images
+    assert "images" not in model_args(render([], hyperparameters={"images": True}))
+
+
 def test_results_on_other_data_than_the_training_data_are_flagged():
     same = render([result("sbert", {"beauty": 0.1})], data={"dataset": "d", "fingerprint": "f" * 64})
     other = render([result("sbert", {"beauty": 0.1})], data={"dataset": "d", "fingerprint": "a" * 64})
