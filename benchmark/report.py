@@ -125,14 +125,22 @@ def _format(value: float | None) -> str:
 
 
 def provenance(runs: Sequence[Run]) -> list[str]:
-    """One line per distinct (dataset, version, fingerprint, split, record limit); more than one is flagged."""
-    seen = {}
+    """One line per distinct (dataset, version, fingerprint, split, record limit); more than one is flagged.
+
+    A known content fingerprint identifies the data: the same shards at two paths (the bundled sample and a
+    rebuild of it, a Hub copy and its local download) are one dataset; the id tells them apart only when the
+    fingerprint is unknown."""
+    seen: dict[tuple, list[str]] = {}
     for run in runs:
         d = run.results["dataset"]
-        key = (d["id"], d["version"], d["fingerprint"][:12], run.results["split"], run.results.get("limit"))
-        seen.setdefault(key, []).append(run.label)
-    lines = [f"dataset {i} v{v} (fingerprint {f}), split {s}" + (f", first {n} records per domain" if n else "")
-             for (i, v, f, s, n) in seen]
+        fingerprint = d["fingerprint"][:12]
+        key = (d["id"] if fingerprint == "unknown" else fingerprint, d["version"], run.results["split"],
+               run.results.get("limit"))
+        ids = seen.setdefault(key, [])
+        if d["id"] not in ids:
+            ids.append(d["id"])
+    lines = [f"dataset {', '.join(ids)} v{v} (fingerprint {f if f != ids[0] else 'unknown'}), split {s}"
+             + (f", first {n} records per domain" if n else "") for (f, v, s, n), ids in seen.items()]
     if len(seen) > 1:
         lines.insert(0, "WARNING: these runs used different datasets, splits or record limits; "
                         "rows are not comparable.")

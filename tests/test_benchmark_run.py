@@ -454,6 +454,18 @@ def test_report_flags_runs_over_fewer_records(dataset, tmp_path):
     assert provenance(runs)[0].startswith("WARNING") and "record limits" in provenance(runs)[0]
 
 
+def test_report_treats_the_same_shards_at_two_paths_as_one_dataset(dataset, tmp_path):
+    import shutil
+
+    from benchmark.report import load_runs, provenance
+
+    copy = shutil.copytree(dataset, tmp_path / "copy" / dataset.name)  # same shards, same fingerprint
+    run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "a", progress=False)
+    run(RunConfig(model="random", dataset=str(copy), bootstrap_samples=0), tmp_path / "b", progress=False)
+    lines = provenance(load_runs([tmp_path / "a", tmp_path / "b"]))
+    assert len(lines) == 1 and not lines[0].startswith("WARNING") and str(copy) in lines[0]
+
+
 def test_a_run_whose_first_batch_fails_leaves_the_folder_free_and_batch_size_is_part_of_a_run(dataset, tmp_path):
     class Strict:
         def __init__(self, model="good"):
