@@ -378,6 +378,12 @@ def save_adapter(backbone: Backbone, folder: Path) -> None:
     (folder / BASE_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
+def recorded_base(folder: Path) -> str | None:
+    """The base model an adapter saved by :func:`save_adapter` was trained on (None for another adapter)."""
+    record = Path(folder) / BASE_FILE
+    return json.loads(record.read_text()).get("base") if record.is_file() else None
+
+
 def check_adapter_base(folder: Path, backbone: Backbone) -> None:
     """Refuse an adapter recorded for other base weights; warn where only differing base names can be compared."""
     record = folder / BASE_FILE

@@ -16,7 +16,7 @@ import torch
 from lavic_ref import DEFAULT_BASE
 from lavic_ref.embed import EmbeddingsError, ItemEmbeddings, check_embeddings, compute_item_embeddings
 from lavic_ref.model import Backbone, adapter_fingerprint, attach_adapter, embed_inputs, load_backbone, pad_batch, \
-    resolve_adapter_dir
+    recorded_base, resolve_adapter_dir
 from lavic_ref.sequences import MAX_PROMPT_TOKENS, recommendation_sequence
 
 MAX_NEW_TOKENS = 10
@@ -70,7 +70,8 @@ def generate(backbone: Backbone, prompts: Sequence[tuple[str, Sequence[tuple[str
 class LavicRecommender:
     """LaViC on LLaVA-NeXT.
 
-    Options (``--model-args``): ``base`` (hub id or folder), ``distill_adapter`` (vision LoRA from
+    Options (``--model-args``): ``base`` (hub id or folder; by default the base the adapters were trained on,
+    else the 7B checkpoint), ``distill_adapter`` (vision LoRA from
     ``lavic-ref distill``), ``rec_adapter`` (LM LoRA from ``lavic-ref finetune``), ``item_embeddings``
     (safetensors from ``lavic-ref embed``), ``images`` (false: the titles-only ablation), ``device``,
     ``batch_size``, ``max_new_tokens``, ``max_tokens`` (the prompt cap: give the ``--max-tokens`` the adapter
@@ -81,7 +82,7 @@ class LavicRecommender:
 
     name = "lavic"
 
-    def __init__(self, base: str = DEFAULT_BASE, distill_adapter: str | None = None, rec_adapter: str | None = None,
+    def __init__(self, base: str | None = None, distill_adapter: str | None = None, rec_adapter: str | None = None,
                  item_embeddings: str | None = None, images: bool | str = True, device: str | None = None,
                  batch_size: int | str = 8, max_new_tokens: int | str = MAX_NEW_TOKENS,
                  max_tokens: int | str = MAX_PROMPT_TOKENS):
@@ -98,6 +99,9 @@ class LavicRecommender:
         self.images = _flag(images)
         distill_adapter = str(resolve_adapter_dir(distill_adapter)) if distill_adapter else None
         rec_adapter = str(resolve_adapter_dir(rec_adapter)) if rec_adapter else None
+        if base is None:
+            base = next((found for adapter in (rec_adapter, distill_adapter) if adapter
+                         and (found := recorded_base(Path(adapter)))), DEFAULT_BASE)
         self.backbone = load_backbone(base, device=device)
         if distill_adapter:
             attach_adapter(self.backbone, distill_adapter, role="vision")
