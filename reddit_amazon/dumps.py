@@ -57,10 +57,10 @@ class DumpReadError(Exception):
         self.frame_offset = frame_offset  # the damage is in the frame (or stream) starting here, or later
         self.reason = reason
         #: The message without the path (reports list it under the path already).
-        self.detail = (f"{reason} at compressed byte {compressed_offset:,} "
-                       f"(everything before byte {frame_offset:,} was read; the damage is there or later"
-                       + (f"; {decompressed_read:,} decompressed bytes before it were read" if decompressed_read
-                          else "") + ")")
+        read = (f"{decompressed_read:,} decompressed bytes before it were read" if decompressed_read
+                else "nothing before it was read")
+        self.detail = (f"{reason} at compressed byte {compressed_offset:,} (the damage is in the compressed frame "
+                       f"starting at byte {frame_offset:,} or later; {read})")
         super().__init__(f"{path}: {self.detail}")
 
 
