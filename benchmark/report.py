@@ -110,12 +110,13 @@ def _ranks(runs: Sequence[Run]) -> dict[tuple[int, str, str], int]:
     """(run index, domain, metric) -> 1 for best, 2 for second best (HR@1 only, as the paper marks)."""
     marks = {}
     for domain in DOMAINS:
-        values = sorted({v for r in runs if (v := r.value(domain, "hr@1")) is not None}, reverse=True)
+        # a zero HR@1 is never marked: a row that hit nothing is not "best", even if no row did better
+        values = sorted({v for r in runs if (v := r.value(domain, "hr@1"))}, reverse=True)
         for index, run in enumerate(runs):
             value = run.value(domain, "hr@1")
-            if value is not None and values and value == values[0]:
+            if value and values and value == values[0]:
                 marks[(index, domain, "hr@1")] = 1
-            elif value is not None and len(values) > 1 and value == values[1]:
+            elif value and len(values) > 1 and value == values[1]:
                 marks[(index, domain, "hr@1")] = 2
     return marks
 

@@ -349,6 +349,17 @@ def test_markdown_report_shows_html_from_results_files_as_text(dataset, tmp_path
     assert "<img" not in rendered and "<script" not in rendered and "<svg" not in rendered, rendered
     assert "&lt;img src=x onerror=alert(1)&gt;" in result.output
 
+
+def test_a_zero_hr1_is_never_marked_best():
+    from benchmark.report import Run, _ranks
+
+    def scored(values):
+        return Run(Path("r"), {"metrics": {"hr@1": {d: {"value": v} for d, v in zip(("beauty", "fashion", "home"), values)}}})
+
+    runs = [scored([0.0, 0.2, 0.0]), scored([0.0, 0.1, 0.3])]
+    assert _ranks(runs) == {(0, "fashion", "hr@1"): 1, (1, "fashion", "hr@1"): 2, (1, "home", "hr@1"): 1}
+
+
 def test_a_run_that_fails_before_predicting_leaves_the_folder_free(dataset, tmp_path):
     """A typo in the split or the model args must not block the corrected command."""
     with pytest.raises(DatasetError):
