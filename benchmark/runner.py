@@ -229,10 +229,10 @@ def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> dict
         current = orjson.loads(orjson.dumps(signature))  # as it reads back from run.json
         predictions = out / PREDICTIONS_FILE
         started = (out / RESULTS_FILE).exists() or (predictions.is_file() and predictions.stat().st_size > 0)
-        if previous != current and not started:
+        changed = [k for k in current if not _same(k, previous.get(k), current[k])]
+        if changed and not started:
             return None  # a run that failed before its first prediction (a typo in a model name): free again
-        if previous != current:
-            changed = [k for k in current if previous.get(k) != current[k]]
+        if changed:
             raise RunError(f"{out} holds a different run (differs in: {', '.join(changed)}); "
                            "pass --overwrite to replace it or choose another --out")
         results_path = out / RESULTS_FILE
@@ -246,6 +246,14 @@ def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> dict
     if (out / PREDICTIONS_FILE).exists() or (out / RESULTS_FILE).exists():
         raise RunError(f"{out} has predictions or results but no {RUN_FILE}; pass --overwrite or choose another --out")
     return None
+
+
+def _same(field: str, previous: Any, current: Any) -> bool:
+    """Whether a run.json field allows reusing the run: a dataset is the same when its known content
+    fingerprint is (the bundled sample and a rebuild of it elsewhere, a folder that moved)."""
+    if field == "dataset" and isinstance(previous, dict) and previous.get("fingerprint") not in (None, "unknown"):
+        return previous.get("fingerprint") == current.get("fingerprint")
+    return previous == current
 
 
 def _read_json(path: Path) -> dict[str, Any]:

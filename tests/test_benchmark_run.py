@@ -608,3 +608,21 @@ def test_an_endpoint_error_quoting_its_url_shows_no_credentials_of_it(dataset, t
     assert result.exit_code == 1 and "no route for" in result.output, result.output
     assert "api_key=<redacted>" in result.output
     assert "PW-SECRET-99" not in result.output and "QUERY-SECRET-77" not in result.output
+
+
+def test_the_same_data_at_another_path_reuses_the_run(dataset, tmp_path):
+    """The bundled sample and a rebuild of it, or a folder that moved: same fingerprint, same run."""
+    import shutil
+
+    config = RunConfig(model="random", dataset=str(dataset), domain="home", bootstrap_samples=0)
+    first = run(config, tmp_path / "o", progress=False)
+    moved = tmp_path / "elsewhere" / "ds"
+    shutil.copytree(dataset, moved)
+    again = run(RunConfig(model="random", dataset=str(moved), domain="home", bootstrap_samples=0), tmp_path / "o",
+                progress=False)
+    assert again["metrics"] == first["metrics"]
+    other = make_synthetic_dataset(tmp_path / "other", records_per_domain=12, items_per_domain=40,
+                                   candidate_sets=("sbert", "bm25"), seed=1)
+    with pytest.raises(RunError, match="differs in: dataset"):
+        run(RunConfig(model="random", dataset=str(other), domain="home", bootstrap_samples=0), tmp_path / "o",
+            progress=False)
