@@ -170,7 +170,7 @@ cli.add_command(build_command)
 @click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Tasks run at once.")
 @click.option("--tasks", type=click.IntRange(1), help="Scan tasks [default: one per file].")
-@click.option("--buckets", type=click.IntRange(1), help="Rebuild tasks / output shards [default: tasks].")
+@click.option("--buckets", type=click.IntRange(1), help="Rebuild tasks / output shards [default: tasks, at most 256].")
 @click.option("--partition", help="Slurm partition (with --executor slurm).")
 @click.option("--slurm-time", default="24:00:00", show_default=True, help="Slurm time limit per task.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -179,7 +179,7 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
     """Only the Reddit stage of `build`: dumps -> WORKDIR/reddit/conversations/*.jsonl + funnel.json.
 
     INPUTS are dump files or folders: RC_*.zst, RS_*.zst, <sub>_comments.zst, <sub>_submissions.zst,
-    .jsonl / .ndjson. Rerun the same command after an interruption: finished files are not read again.
+    .jsonl / .ndjson, and older .bz2 / .xz / .gz months. Rerun the same command after an interruption: finished files are not read again.
 
     \b
     Examples:

@@ -124,8 +124,12 @@ def check_output_folder(out_dir: str | os.PathLike, keep: Sequence[str | os.Path
     out_dir = Path(out_dir).resolve()
     for kept in [Path.cwd(), *map(Path, keep)]:
         kept = kept.resolve()
-        if kept == out_dir or out_dir in kept.parents:
-            raise FileExistsError(f"{out_dir} holds {kept}, which writing the dataset there would delete")
+        what = "the current folder" if kept == Path.cwd().resolve() else kept
+        if kept == out_dir:
+            raise FileExistsError(f"{out_dir} is {what}, which writing the dataset there would delete; "
+                                  "choose a new or empty folder")
+        if out_dir in kept.parents:
+            raise FileExistsError(f"{out_dir} holds {what}, which writing the dataset there would delete")
     if out_dir.exists():
         if not out_dir.is_dir():
             raise FileExistsError(f"{out_dir} is a file; the dataset output must be a folder")

@@ -425,3 +425,14 @@ def test_a_folder_changed_by_hand_is_refused_by_load_benchmark_and_push_and_veri
     (folder / "manifest.json").write_text("{")
     result = CliRunner().invoke(cli, ["verify", str(folder)])
     assert result.exit_code == 1 and "manifest.json: not valid JSON" in result.output
+
+
+def test_the_current_folder_is_never_an_output_folder(tmp_path, monkeypatch):
+    from reddit_amazon.dataset_folder import check_output_folder
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileExistsError, match=r"is the current folder, which writing the dataset there would delete"):
+        check_output_folder(".")
+    with pytest.raises(FileExistsError, match=r"holds the current folder"):
+        check_output_folder("..")
+    assert check_output_folder("out") == tmp_path / "out"
