@@ -73,7 +73,8 @@ def render_model_card(*, base_model: str, adapters: Mapping[str, Any], hyperpara
         _results(results, data.get("fingerprint"), data.get("domains")),
         _paper_tables(),
         "## Limitations\n\n" + "\n".join(f"- {text}" for text in (limitations or DEFAULT_LIMITATIONS)),
-        _usage(base_model, adapters, hyperparameters.get("max_prompt_tokens"), hyperparameters.get("images")),
+        _usage(base_model, adapters, hyperparameters.get("max_prompt_tokens"), hyperparameters.get("images"),
+               data.get("candidates")),
         "## Citation\n\n" + code_block(read_template("citation.bib").split("\n\n")[0], "bibtex"),
     ]
     body = "\n\n".join(section.strip() for section in sections) + "\n"
@@ -245,7 +246,8 @@ def _paper_tables() -> str:
     return "\n\n".join(parts)
 
 
-def _usage(base_model: str, adapters: Mapping[str, Any], max_prompt_tokens: Any = None, images: Any = None) -> str:
+def _usage(base_model: str, adapters: Mapping[str, Any], max_prompt_tokens: Any = None, images: Any = None,
+           candidates: Any = None) -> str:
     values = {"base": base_model, **{k: adapters[k] for k in PLUGIN_FILE_OPTIONS if adapters.get(k)}}
     if images is False:  # a titles-only adapter (`finetune --no-images`): the plugin must not add item tokens
         values["images"] = False
@@ -254,9 +256,11 @@ def _usage(base_model: str, adapters: Mapping[str, Any], max_prompt_tokens: Any 
     model_args = ",".join(f"{key}=" + (json.dumps(value) if isinstance(value, (bool, int)) else _model_arg(str(value)))
                           for key, value in values.items())
     command = shlex.join(["benchmark", "run", "--model", "lavic", "--model-args", model_args,
-                          "--dataset", "reddit-amazon", "--split", "test", "--out", "runs/lavic"])
+                          "--dataset", "reddit-amazon", "--split", "test", "--out", "runs/lavic"]
+                         + (["--candidates", str(candidates)] if candidates and candidates != "sbert" else []))
     return ("## Use\n\n" + code_block(command, "bash") + "\n\nThe `lavic` plugin is registered by the "
-            "`reddit-amazon` package; `--candidates sbert` or `--candidates openai_large` selects the candidate set.")
+            "`reddit-amazon` package; `--candidates sbert` or `--candidates openai_large` selects the candidate set"
+            + (f" (the adapter was trained with `{candidates}`)." if candidates else "."))
 
 
 def _model_arg(value: str) -> str:

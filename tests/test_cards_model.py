@@ -222,6 +222,11 @@ def test_the_use_command_runs_as_written_with_the_training_prompt_cap():
     assert argv[argv.index("--out") + 1] == "runs/lavic"
     assert parse_model_args(argv[argv.index("--model-args") + 1])["max_tokens"] == 1024
     assert "max_tokens" not in render([], hyperparameters={"max_prompt_tokens": 2048}).split("## Use", 1)[1]
+    trained = render([], data={"dataset": "d", "candidates": "openai_large"})
+    use = next(line for line in trained.split("## Use", 1)[1].splitlines() if line.startswith("benchmark run"))
+    assert shlex.split(use)[-2:] == ["--candidates", "openai_large"]
+    assert "--candidates" not in render([], data={"dataset": "d", "candidates": "sbert"}).split("## Use", 1)[1] \
+        .split("```")[1]
 
 
 def test_the_use_command_of_a_titles_only_adapter_turns_images_off():
