@@ -270,9 +270,9 @@ def _load_checkpoint(backbone: Backbone, optimizer: torch.optim.Optimizer, folde
     state.settings = settings  # the resumable fields may have changed, e.g. more epochs
     weights = load_file(str(folder / "adapter_model.safetensors"), device=str(backbone.device))
     set_peft_model_state_dict(backbone.model, weights)
-    optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location=backbone.device))
+    optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location=backbone.device, weights_only=True))
     if (folder / RNG_FILE).is_file():
-        _set_rng_state(torch.load(folder / RNG_FILE))
+        _set_rng_state(torch.load(folder / RNG_FILE, weights_only=True))  # never unpickles, whatever the torch
     tqdm.write(f"resuming from {folder} (epoch {state.epoch + 1}, batch {state.batches_done})")
     return state
 
