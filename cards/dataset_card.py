@@ -17,7 +17,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from cards.datasheet import (SAMPLE_NOTE, SECRET_OPTION, build_options, is_sample, is_withheld, measure_texts,
                              render_datasheet)
-from cards.markdown import code_block, inline_code, one_line, table
+from cards.markdown import code_block, inline_code, prose, table
 from cards.paper import PAPER_DOI, PAPER_TABLE_1, PAPER_TITLE
 from cards.statistics import DatasetStatistics, DomainStatistics, compute_statistics, data_files_from_card_data
 from cards.template import read_template
@@ -60,7 +60,7 @@ def render_dataset_card(data: DatasetCardData, manifest: Mapping[str, Any], fold
 
 
 def _summary(manifest: Mapping[str, Any], statistics: DatasetStatistics) -> str:
-    source = f" Source of this copy: {one_line(manifest['source'])}." if manifest.get("source") else ""
+    source = f" Source of this copy: {prose(manifest['source'])}." if manifest.get("source") else ""
     return (
         f"# Reddit-Amazon ({manifest['name']} {manifest['version']})\n\n"
         + (f"{SAMPLE_NOTE}\n\n" if is_sample(manifest) else "") +
@@ -263,7 +263,7 @@ def _build(manifest: Mapping[str, Any]) -> str:
         if versions:
             parts += ["Package versions:", table(["package", "version"], sorted(versions.items()))]
     elif manifest.get("source"):
-        parts.append(f"This dataset comes from {one_line(manifest['source'])}, not from `reddit-amazon build`: no build "
+        parts.append(f"This dataset comes from {prose(manifest['source'])}, not from `reddit-amazon build`: no build "
                      "command or input checksums exist.")
     else:
         parts.append("This dataset's manifest has no build record, so no build command or input checksums exist.")
@@ -304,7 +304,7 @@ def _provenance(manifest: Mapping[str, Any]) -> str:
     if manifest.get("schema_package_version"):
         rows.append(["written by reddit-amazon", inline_code(manifest["schema_package_version"])])
     if manifest.get("source"):
-        rows.append(["source", manifest["source"]])
+        rows.append(["source", prose(manifest["source"])])
     if "text_repair" in manifest:
         rows.append(["text repair on import", bool(manifest["text_repair"])])
     return "## Version and fingerprint\n\n" + table(["", "value"], rows)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cards.markdown import flatten, inline_code, one_line
+from cards.markdown import flatten, inline_code, prose
 from cards.statistics import DataFiles, DatasetStatistics, shard_paths
 from cards.template import fill_template
 from reddit_amazon.schema import DELETED_TEXT, DOMAINS, ITEMS_CONFIG, REMOVED_TEXT, SPLITS
@@ -224,7 +224,7 @@ def _collection(manifest: Mapping[str, Any]) -> str:
     if manifest.get("source"):
         return (
             "This copy was not built from dumps by `reddit-amazon build`: its manifest names its source as "
-            f"“{one_line(manifest['source'])}”. How those records were collected is described by their source; the "
+            f"“{prose(manifest['source'])}”. How those records were collected is described by their source; the "
             "paper (Section 3) describes the original collection: Reddit conversations from pushshift.io "
             "dumps, filtered with GPT-3.5-turbo and the Table 9 prompt, linked to Amazon Reviews 2023."
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -10,6 +11,11 @@ from typing import Any
 def one_line(value: object) -> str:
     """Text for a heading or a sentence: line breaks become spaces, so it cannot start a block of its own."""
     return " ".join(str(value).splitlines())
+
+
+def prose(value: object) -> str:
+    """Outside text (a path, a name) for a sentence: on one line, its HTML shown as text, never rendered."""
+    return html.escape(one_line(value), quote=False)
 
 
 def cell(value: object) -> str:

@@ -447,3 +447,10 @@ def test_a_redacted_secret_in_the_build_command_is_explained():
     manifest = {"build": {"command": "reddit-amazon build --inputs d --salt '<redacted>'", "seed": 0}}
     assert "`<redacted>` stands for a secret" in _build(manifest)
     assert "stands for a secret" not in _build({"build": {"command": "reddit-amazon build --inputs d", "seed": 0}})
+
+
+def test_a_hostile_source_name_is_shown_as_text(tmp_path):
+    folder = tmp_path / "imported"
+    write_dataset(folder, controlled_contents({"source": "release (<img src=x onerror=alert(1)>/)", "text_repair": False}))
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert "<img" not in card and card.count("&lt;img src=x onerror=alert(1)&gt;") >= 3
