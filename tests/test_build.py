@@ -174,7 +174,7 @@ def test_mistyped_options_and_a_foreign_out_folder_fail_before_any_work(tmp_path
         assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
         assert not (tmp_path / "work").exists()  # nothing ran
     assert (precious / "thesis.txt").read_text() == "years of work"
-    for out, message in [("/", "must not be the filesystem root"), (".", "holds")]:  # no default workdir to name
+    for out, message in [("/", "must not be the filesystem root"), (".", "is the current folder")]:  # no default workdir to name
         result = build("--out", out)
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
 
