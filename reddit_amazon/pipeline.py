@@ -90,7 +90,7 @@ class RedditStageOptions:
     executor: Executor = "local"
     tasks: int | None = None  # scan/collect tasks; default: one per input file
     workers: int = 1  # tasks run at once (local / ray)
-    buckets: int | None = None  # rebuild tasks = output shards; default: tasks (at most 256)
+    buckets: int | None = None  # rebuild tasks = output shards; default: see default_buckets
     progress: bool = True
     slurm_partition: str | None = None
     slurm_time: str = "24:00:00"
@@ -147,6 +147,19 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
         for line in handle:
             if line.strip():
                 yield orjson.loads(line)
+
+
+#: Input bytes per rebuild bucket by default: a rebuild task holds one bucket's collected threads in memory,
+#: so one large monthly dump (one task) must still be spread over many buckets.
+BUCKET_INPUT_BYTES = 64 * 2**20
+MAX_BUCKETS = 256
+
+
+def default_buckets(files: Sequence[Path], tasks: int) -> int:
+    """Buckets when none are asked for: one per task, and at least one per ``BUCKET_INPUT_BYTES`` of
+    input (at most ``MAX_BUCKETS``), so the rebuild's memory does not grow with the size of a single dump."""
+    by_size = -(-sum(path.stat().st_size for path in files) // BUCKET_INPUT_BYTES)
+    return max(1, min(max(tasks, by_size), MAX_BUCKETS))
 
 
 def _bucket_of(thread_id: str, buckets: int) -> int:
@@ -659,7 +672,7 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     # options, such as another salt): the build runs the stage again instead of reusing these outputs.
     (stage_dir / STAGE_STAMP).unlink(missing_ok=True)
     tasks = max(1, min(options.tasks or len(files), len(files)))
-    buckets = max(1, options.buckets or min(options.tasks or len(files), 256))
+    buckets = max(1, options.buckets or default_buckets(files, min(options.tasks or len(files), MAX_BUCKETS)))
     file_keys = [_file_key(p) for p in files]
     names = [str(p) for p in files]
     salt_path = _salt_file(stage_dir, options.salt)  # before the scan: a bad salt fails at once

@@ -618,3 +618,17 @@ def test_cluster_executors_explain_what_they_need(world, tmp_path):
             run_reddit_stage([world], tmp_path / "w", RedditStageOptions(progress=False, executor="ray"))
     with pytest.raises(ValueError, match="unknown executor"):
         run_reddit_stage([world], tmp_path / "w", RedditStageOptions(progress=False, executor="dask"))
+
+
+def test_one_large_dump_is_rebuilt_in_several_buckets(built, world, tmp_path, monkeypatch):
+    """A rebuild task holds one bucket's threads in memory: the default bucket count follows the input's size,
+    not only its file count (one monthly dump is one file), and the conversations are the same."""
+    from reddit_amazon import pipeline
+
+    workdir, result = built
+    size = sum(path.stat().st_size for path in world.iterdir())
+    monkeypatch.setattr(pipeline, "BUCKET_INPUT_BYTES", max(1, size // 20), raising=False)
+    split = run_reddit_stage([world], tmp_path, RedditStageOptions(salt="test-salt", progress=False))
+    assert len(split.shards) >= 20 > len(result.shards)
+    assert _rows(split) == _rows(result)
+    assert split.funnel["dropped"] == result.funnel["dropped"]
