@@ -21,7 +21,7 @@ import json
 import os
 import shlex
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -33,7 +33,7 @@ import orjson
 from rich.markup import escape
 
 from reddit_amazon import DATASET_VERSION
-from reddit_amazon.files import STAGE_STAMP, file_sha256, write_atomic
+from reddit_amazon.files import STAGE_STAMP, file_sha256, open_atomic, write_atomic
 from reddit_amazon.cli_errors import user_errors
 
 if TYPE_CHECKING:  # the schema imports `datasets`; keep `reddit-amazon --help` fast
@@ -140,7 +140,9 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    write_atomic(path, b"".join(orjson.dumps(row) + b"\n" for row in rows))
+    with open_atomic(path) as out:  # streamed: the file is never held in memory whole
+        for row in rows:
+            out.write(orjson.dumps(row) + b"\n")
 
 
 def _read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -234,6 +236,18 @@ class StageResult:
     report: dict[str, Any] = field(default_factory=dict)
     items: list[Item] = field(default_factory=list)
     key: str = ""
+    #: Reads ``conversations`` from the stage's outputs when first asked (:meth:`records`): a next stage that is
+    #: reused never needs them, and a build never holds every stage's copy at once.
+    loader: Callable[[], list[Conversation]] | None = None
+
+    def records(self) -> list[Conversation]:
+        if self.loader is not None:
+            self.conversations, self.loader = self.loader(), None
+        return self.conversations
+
+    def release(self) -> None:
+        """Drop the conversations once no later stage needs them (the stage's files keep them)."""
+        self.conversations, self.loader = [], None
 
 
 def _dump_files(inputs: Sequence[str]) -> list[Path]:
@@ -265,8 +279,8 @@ def reddit_stage(options: BuildOptions, console) -> StageResult:
     # Later stages key on what this one wrote, not only on what it was asked: the same workdir's Reddit
     # stage may also be run on its own (`reddit-amazon reddit-stage`), replacing these outputs.
     outputs = _files_digest([*sorted((folder / "conversations").glob("*.jsonl")), folder / "funnel.json"])
-    return StageResult(conversations=reddit_conversations(options.workdir), funnel=reddit_funnel(raw),
-                       key=_key(key, outputs), report=raw)
+    return StageResult(conversations=[], loader=lambda: reddit_conversations(options.workdir),
+                       funnel=reddit_funnel(raw), key=_key(key, outputs), report=raw)
 
 
 def _files_digest(paths: Iterable[Path]) -> str:
@@ -316,9 +330,10 @@ def catalog_stage(options: BuildOptions, upstream: StageResult, console) -> Stag
         _unstamp(folder)
         if not review_sources:
             console.print("  [yellow]no --reviews[/]: only links that name a parent ASIN can be resolved")
-        wanted = {a for c in upstream.conversations for a in [*c.gt_items, *c.context_items]}
+        wanted = {a for c in upstream.records() for a in [*c.gt_items, *c.context_items]}
         loaded, read_report = catalog.load_catalog(meta_sources, review_sources, wanted, domain_map)
-        joined = catalog.join_conversations(upstream.conversations, loaded)
+        joined = catalog.join_conversations(upstream.records(), loaded)
+        upstream.release()
         report = {
             **read_report.as_dict(),
             "domain_map": domain_map,
@@ -340,7 +355,8 @@ def catalog_stage(options: BuildOptions, upstream: StageResult, console) -> Stag
             for example in bad["bad_line_examples"]:
                 console.print(f"  [yellow]skipped bad line[/] {escape(example)}")
     saved = _read_json(folder / "report.json")
-    return StageResult(conversations=_read_conversations(folder / "conversations.jsonl", require_domain=True),
+    return StageResult(conversations=[], loader=lambda: _read_conversations(folder / "conversations.jsonl",
+                                                                           require_domain=True),
                        items=_read_items(folder / "items.jsonl"), funnel=saved["funnel"], report=saved["report"],
                        key=key)
 
@@ -378,9 +394,9 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
 
     if options.no_filter:
         console.print("[bold]3/5 relevance[/]: skipped (--no-filter)")
-        funnel = [{"stage": "relevance filter (skipped: --no-filter)", "kept": len(upstream.conversations),
+        funnel = [{"stage": "relevance filter (skipped: --no-filter)", "kept": len(upstream.records()),
                    "dropped": {}}]
-        return StageResult(conversations=upstream.conversations, items=upstream.items, funnel=funnel,
+        return StageResult(conversations=upstream.records(), items=upstream.items, funnel=funnel,
                            report={"skipped": True}, key=_key("relevance", upstream.key, "skipped"))
     filter_options = _filter_options(options)
     template_sha = hashlib.sha256(filter_options.template.encode()).hexdigest()
@@ -391,11 +407,11 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
         console.print("[bold]3/5 relevance[/]: reusing the finished stage")
     else:
         console.print(f"[bold]3/5 relevance[/]: Table 9 filter with {filter_options.model} "
-                      f"on {len(upstream.conversations)} conversation(s)")
+                      f"on {len(upstream.records())} conversation(s)")
         _unstamp(folder)
         with AnswerCache(_relevance_cache_path(options)) as cache:
             try:
-                result = run_filter(upstream.conversations, cache, filter_options,
+                result = run_filter(upstream.records(), cache, filter_options,
                                     api_key=os.environ.get("OPENAI_API_KEY"), progress=_tqdm("relevance"))
             except RelevanceError as error:
                 raise BuildError(f"{error}{_sample_answers_hint(options)}") from error
@@ -406,6 +422,8 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
                   "labels": dict(sorted(result.counts.items())), "calls_made": result.calls_made,
                   "parameter_changes": result.parameter_changes}
         _write_rows(folder / "conversations.jsonl", (c.to_row() for c in result.kept))
+        del result
+        upstream.release()
         _write_json(folder / "report.json", {"report": report, "funnel": funnel})
         _write_json(folder / STAGE_STAMP, {"key": key})
     saved = _read_json(folder / "report.json")
@@ -685,14 +703,14 @@ def print_dry_run(options: BuildOptions, joined: StageResult, console) -> None:
     categories = ", ".join(f"{escape(name or '(empty)')} -> {domain_map.get(name, 'dropped')}: {n:,}"
                            for name, n in joined.report["main_categories"].items())
     console.print(f"  main_category of the linked products: {categories or 'none'}")
-    console.print(f"  catalog join: {len(joined.conversations):,} conversations kept, dropped "
+    console.print(f"  catalog join: {len(joined.records()):,} conversations kept, dropped "
                   f"{joined.funnel[0]['dropped'] or 'none'}; linked gt ASINs {joined.report['gt_links']}")
     if options.no_filter:
         console.print("  relevance filter: skipped (--no-filter)")
     else:
         filter_options = _filter_options(options)
         with AnswerCache(_relevance_cache_path(options)) as cache:
-            plan = plan_filter(joined.conversations, cache, filter_options)
+            plan = plan_filter(joined.records(), cache, filter_options)
         console.print(f"  relevance filter ({filter_options.model}): {plan.records} conversations, "
                       f"{plan.cached} answered in the cache, [bold]{plan.calls} API calls[/], "
                       f"~{plan.approx_total_tokens:,} tokens (approximate: 4 characters per token)")

@@ -122,6 +122,25 @@ def test_rebuild_is_byte_identical_and_resumes(sample_build, tmp_path):
     assert parquet_digests(tmp_path / "seed1") != parquet_digests(root / "sample-ds")
 
 
+def test_a_resumed_build_does_not_read_the_conversations_of_reused_stages(sample_build, tmp_path, monkeypatch):
+    """Each stage's conversations are read only when the next stage has to run: a resumed build whose catalog
+    and relevance stages are reused reads only the relevance stage's (at 10^5 records, each read is seconds
+    and hundreds of MB)."""
+    import reddit_amazon.build as build_module
+
+    root, _ = sample_build
+    read = []
+    read_conversations = build_module._read_conversations
+    monkeypatch.setattr(build_module, "reddit_conversations", lambda workdir: read.append("reddit") or [])
+    monkeypatch.setattr(build_module, "_read_conversations",
+                        lambda path, **kw: read.append(path.parent.name) or read_conversations(path, **kw))
+    resumed = build("--out", str(tmp_path / "ds"), "--workdir", str(root / "work"), *FAST)
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.output.count("reusing the finished stage") == 3
+    assert read == ["relevance"]
+    assert parquet_digests(tmp_path / "ds") == parquet_digests(root / "sample-ds")
+
+
 def test_sbert_candidates_and_benchmark_run(sample_build, tmp_path):
     from benchmark.runner import RunConfig, run
 
