@@ -33,7 +33,7 @@ import orjson
 from rich.markup import escape
 
 from reddit_amazon import DATASET_VERSION
-from reddit_amazon.files import STAGE_STAMP, file_sha256, open_atomic, write_atomic
+from reddit_amazon.files import STAGE_STAMP, file_sha256, folder_lock, open_atomic, write_atomic
 from reddit_amazon.cli_errors import user_errors
 
 if TYPE_CHECKING:  # the schema imports `datasets`; keep `reddit-amazon --help` fast
@@ -665,7 +665,11 @@ def run_build(options: BuildOptions, console=None) -> dict[str, Any] | None:
     console = console or Console(stderr=True)
     started = datetime.now(timezone.utc)
     check_options(options)
-    options.workdir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(options.workdir, "build"):  # two builds in one workdir would overwrite each other's files
+        return _run_stages(options, console, started)
+
+
+def _run_stages(options: BuildOptions, console, started: datetime) -> dict[str, Any] | None:
     if options.sample:
         _seed_sample_caches(options)
     reddit = reddit_stage(options, console)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import os
@@ -50,6 +51,31 @@ def open_atomic(path: Path, mode: int = FILE_MODE) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class FolderBusyError(OSError):
+    """Another process holds the folder's lock: two runs writing the same work files would corrupt them."""
+
+
+@contextmanager
+def folder_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (its ``.lock`` file) for the block. Another process holding it
+    is a :class:`FolderBusyError` naming the folder; a file system without locks is not an error."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "ab") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusyError(errno.EBUSY, f"another {what} is running in this folder (it holds "
+                                  f"{folder / '.lock'}); wait for it to end or choose another folder",
+                                  str(folder)) from None
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+        yield
 
 
 def replace_dir(new: Path, target: Path) -> None:

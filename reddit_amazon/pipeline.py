@@ -48,7 +48,7 @@ from reddit_amazon.dumps import (
     iter_selected_lines,
     parse_line,
 )
-from reddit_amazon.files import STAGE_STAMP, write_atomic
+from reddit_amazon.files import STAGE_STAMP, folder_lock, write_atomic
 from reddit_amazon.linking import LinkPrefilter, extract_asins, extract_short_links, linked_asins
 from reddit_amazon.thread_lines import ThreadLineFinder
 from reddit_amazon.threads import (
@@ -656,8 +656,13 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     ``inputs`` are dump files or folders of them (``RC_*.zst``, ``RS_*.zst``, ``<sub>_comments.zst``,
     ``<sub>_submissions.zst``, ``.jsonl`` / ``.ndjson``); comments and submissions may come in any
     files. Also writes ``<workdir>/reddit/funnel.json``. Rerunning with the same inputs reuses all
-    finished work.
+    finished work. Two runs on one ``workdir`` at once are refused (:class:`~reddit_amazon.files.FolderBusyError`).
     """
+    with folder_lock(Path(workdir) / "reddit", "Reddit stage"):
+        return _run_reddit_stage(inputs, workdir, options)
+
+
+def _run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStageOptions) -> RedditStageResult:
     stage_dir = Path(workdir) / "reddit"
     # The work files and shards are .jsonl: with the workdir inside an input folder
     # ("dumps/ --workdir dumps/work"), a rerun would read them as dumps.

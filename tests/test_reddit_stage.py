@@ -632,3 +632,25 @@ def test_one_large_dump_is_rebuilt_in_several_buckets(built, world, tmp_path, mo
     assert len(split.shards) >= 20 > len(result.shards)
     assert _rows(split) == _rows(result)
     assert split.funnel["dropped"] == result.funnel["dropped"]
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused(world, tmp_path):
+    """Two runs on one workdir share the work files' temporary names: one must not start while the other runs
+    (they corrupted each other's hits files, NUL bytes included, and the rerun failed on them)."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.build import run_build, sample_options
+    from reddit_amazon.cli import cli
+    from reddit_amazon.files import FolderBusyError, folder_lock
+
+    with folder_lock(tmp_path / "w" / "reddit", "Reddit stage"):  # the other run
+        with pytest.raises(FolderBusyError, match="another Reddit stage is running"):
+            run_reddit_stage([world], tmp_path / "w", RedditStageOptions(salt="x", progress=False))
+        result = CliRunner().invoke(cli, ["reddit-stage", str(world), "--workdir", str(tmp_path / "w"),
+                                          "--salt", "x", "--no-progress"])
+        assert result.exit_code == 1 and "another Reddit stage is running" in result.output, result.output
+    with folder_lock(tmp_path / "bw", "build"):
+        with pytest.raises(FolderBusyError, match=f"another build is running.*{tmp_path / 'bw'}"):
+            run_build(sample_options(tmp_path / "ds", tmp_path / "bw", retrievers=["bm25"]))
+    result = run_reddit_stage([world], tmp_path / "w", RedditStageOptions(salt="x", progress=False))
+    assert len(_rows(result)) == 7  # the lock is released with the run that held it
