@@ -32,6 +32,9 @@ def cli() -> None:
 
 
 def main() -> None:
+    from reddit_amazon.cli_errors import terminate_like_interrupt
+
+    terminate_like_interrupt()
     cli(prog_name="benchmark")
 
 

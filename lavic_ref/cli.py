@@ -136,6 +136,9 @@ def cli() -> None:
 
 
 def main() -> None:
+    from reddit_amazon.cli_errors import terminate_like_interrupt
+
+    terminate_like_interrupt()
     cli(prog_name="lavic-ref")
 
 

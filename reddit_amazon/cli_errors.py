@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -48,3 +49,19 @@ def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
         raise
     except kinds as error:
         raise click.ClickException(redact_secrets(f"{type(error).__name__}: {error}")) from error
+
+
+def terminate_like_interrupt() -> None:
+    """Make SIGTERM (``kill``, a scheduler or container stopping the job) end the command as Ctrl-C does:
+    cleanup runs and worker pools are terminated, instead of the process vanishing and leaving its forked
+    workers writing into the work folder. Forked workers inherit the handler and die as before."""
+    main_pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != main_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)

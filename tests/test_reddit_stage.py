@@ -654,3 +654,51 @@ def test_a_second_run_on_a_busy_workdir_is_refused(world, tmp_path):
             run_build(sample_options(tmp_path / "ds", tmp_path / "bw", retrievers=["bm25"]))
     result = run_reddit_stage([world], tmp_path / "w", RedditStageOptions(salt="x", progress=False))
     assert len(_rows(result)) == 7  # the lock is released with the run that held it
+
+
+_STALLING_CLI = textwrap.dedent(
+    """
+    import sys, time
+    import reddit_amazon.pipeline as pipeline
+
+    def stalled(path, progress):  # every worker hangs in its dump, as in a long scan
+        time.sleep(120)
+        yield from ()
+
+    pipeline.iter_chunks = stalled
+    from reddit_amazon.cli import main
+    sys.argv = ["reddit-amazon", "reddit-stage", *sys.argv[2:], "--workdir", sys.argv[1], "--salt", "s",
+                "--workers", "2", "--no-progress"]
+    main()
+    """
+)
+
+
+def test_sigterm_stops_the_workers_too(tmp_path):
+    """`kill PID` (SIGTERM, as schedulers and containers send) must not leave the forked workers running on:
+    they went on writing into the work folder, under the temporary names a rerun writes too."""
+    import psutil
+
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    write_zst_ndjson(dumps / "a_RC.zst", [*FILLER])
+    write_zst_ndjson(dumps / "b_RC.zst", [*FILLER])
+    child = subprocess.Popen([sys.executable, "-c", _STALLING_CLI, str(tmp_path / "w"), str(dumps)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while len(psutil.Process(child.pid).children(recursive=True)) < 2:
+            assert time.time() < deadline and child.poll() is None
+            time.sleep(0.1)
+        workers = psutil.Process(child.pid).children(recursive=True)
+        time.sleep(0.5)  # the workers are in the dumps now
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=30)
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, f"workers still running after SIGTERM: {alive}"
+    finally:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the whole group is gone, as it should be
+            pass
