@@ -40,7 +40,11 @@ def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
 @contextmanager
 def open_atomic(path: Path, mode: int = FILE_MODE) -> Iterator[BinaryIO]:
     """A binary file to write, renamed over ``path`` when the block ends without an error (else removed)."""
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # a symlink (report.html -> site/report.html) keeps pointing at the new file
+    if path.exists() and not path.is_file() and not path.is_dir():  # /dev/stdout, a named pipe: write into it
+        with open(path, "wb") as out:
+            yield out
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

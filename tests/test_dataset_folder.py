@@ -4,6 +4,7 @@ import json
 import os
 import re
 import socket
+import stat
 import subprocess
 import sys
 
@@ -436,3 +437,26 @@ def test_the_current_folder_is_never_an_output_folder(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match=r"holds the current folder"):
         check_output_folder("..")
     assert check_output_folder("out") == tmp_path / "out"
+
+
+def test_atomic_writes_follow_symlinks_and_write_into_pipes(tmp_path):
+    """`benchmark report --markdown latest.md` with latest.md a symlink replaced the link by a file (the target
+    kept its old text); `--html` naming a named pipe or a device (/dev/full as root) replaced the node itself."""
+    import threading
+
+    from reddit_amazon.files import write_atomic
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "real.md").write_text("old")
+    (tmp_path / "latest.md").symlink_to(tmp_path / "site" / "real.md")
+    write_atomic(tmp_path / "latest.md", b"new")
+    assert (tmp_path / "latest.md").is_symlink() and (tmp_path / "site" / "real.md").read_text() == "new"
+
+    pipe = tmp_path / "pipe.html"
+    os.mkfifo(pipe)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()))
+    reader.start()
+    write_atomic(pipe, b"<html>")
+    reader.join(timeout=10)
+    assert got == [b"<html>"] and stat.S_ISFIFO(pipe.lstat().st_mode)
