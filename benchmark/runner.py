@@ -47,7 +47,7 @@ from benchmark.metrics import (
     summarize_by_domain,
 )
 from benchmark.protocol import DEFAULT_BATCH_SIZE
-from reddit_amazon.files import write_atomic
+from reddit_amazon.files import LOCK_FILE, folder_lock, write_atomic
 
 RUN_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -98,9 +98,21 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     """Evaluate and return the results dict (also written to ``out_dir/results.json``).
 
     ``recommender`` may be passed ready-made (tests, notebooks); otherwise ``config.model`` is resolved.
+    A second run into the same ``out_dir`` while this one goes on is refused (:class:`~reddit_amazon.files.FolderBusyError`).
     """
-    started = time.perf_counter()
     out = Path(out_dir)
+    existed = out.exists()
+    with folder_lock(out, "benchmark run"):  # two runs appending to one predictions file would mix them
+        try:
+            return _run(config, out, overwrite, progress, recommender)
+        finally:
+            if not existed and all(path.name == LOCK_FILE for path in out.iterdir()):
+                (out / LOCK_FILE).unlink(missing_ok=True)  # a run that failed before starting leaves nothing
+                out.rmdir()
+
+
+def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommender: Any) -> dict[str, Any]:
+    started = time.perf_counter()
     resolved = registry.resolve(config.model) if recommender is None else None  # fail fast on a bad name
     info = resolve_dataset(config.dataset)
     signature = _signature(config, info)

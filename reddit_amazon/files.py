@@ -57,6 +57,10 @@ def open_atomic(path: Path, mode: int = FILE_MODE) -> Iterator[BinaryIO]:
         raise
 
 
+#: The file :func:`folder_lock` locks inside the folder.
+LOCK_FILE = ".lock"
+
+
 class FolderBusyError(OSError):
     """Another process holds the folder's lock: two runs writing the same work files would corrupt them."""
 
@@ -69,12 +73,12 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "ab") as handle:
+    with open(folder / LOCK_FILE, "ab") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise FolderBusyError(errno.EBUSY, f"another {what} is running in this folder (it holds "
-                                  f"{folder / '.lock'}); wait for it to end or choose another folder",
+                                  f"{folder / LOCK_FILE}); wait for it to end or choose another folder",
                                   str(folder)) from None
         except OSError as error:
             if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):

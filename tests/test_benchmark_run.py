@@ -626,3 +626,20 @@ def test_the_same_data_at_another_path_reuses_the_run(dataset, tmp_path):
     with pytest.raises(RunError, match="differs in: dataset"):
         run(RunConfig(model="random", dataset=str(other), domain="home", bootstrap_samples=0), tmp_path / "o",
             progress=False)
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_a_failed_start_leaves_no_folder(dataset, tmp_path):
+    from reddit_amazon.files import FolderBusyError, folder_lock
+
+    with folder_lock(tmp_path / "o", "benchmark run"):  # another run is writing there
+        with pytest.raises(FolderBusyError, match="another benchmark run is running"):
+            run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "o", progress=False)
+        result = CliRunner().invoke(cli, ["run", "--model", "random", "--dataset", str(dataset), "--out",
+                                          str(tmp_path / "o"), "--quiet"])
+        assert result.exit_code == 1 and "another benchmark run is running" in result.output
+    assert not (tmp_path / "o" / "run.json").exists()
+    with pytest.raises(DatasetError):
+        run(RunConfig(model="random", dataset=str(dataset), split="tset"), tmp_path / "typo", progress=False)
+    assert not (tmp_path / "typo").exists()
+    run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "o", progress=False)
+    assert (tmp_path / "o" / "results.json").is_file()
