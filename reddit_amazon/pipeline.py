@@ -420,7 +420,7 @@ class RebuildThreadsStep(PipelineStep):
         out_dir = Path(self.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         short_links = orjson.loads(Path(self.short_links_path).read_bytes())
-        pseudonymize = Pseudonymizer(Path(self.salt_path).read_text().strip())
+        pseudonymize = Pseudonymizer(Path(self.salt_path).read_text(encoding="utf-8").strip())
 
         def asins_of(text: str) -> list[str]:
             return linked_asins(text, short_links)
@@ -556,15 +556,15 @@ def _salt_file(stage_dir: Path, salt: str | None) -> Path:
     if salt is not None and not salt.strip():
         raise ValueError("the pseudonymisation salt must not be empty")
     if salt is None and path.exists():
-        if not path.read_text().strip():
+        if not path.read_text(encoding="utf-8").strip():
             raise ValueError(f"{path} is empty: delete it (a new salt is drawn) or pass --salt")
         return path
     wanted = salt.strip() if salt is not None else secrets.token_hex(16)
-    if not path.exists() or path.read_text().strip() != wanted:
+    if not path.exists() or path.read_text(encoding="utf-8").strip() != wanted:
         temporary = _temporary(path)
         temporary.unlink(missing_ok=True)
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:  # any salt, whatever the locale
             handle.write(wanted)
         os.replace(temporary, path)
     return path
@@ -728,7 +728,7 @@ def _run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStag
         _write_json_atomic(short_links_path, resolved)
 
     # 4. rebuild
-    rebuild_digest = _digest(collect_digest, targets_digest, short_links_path.name, _digest(salt_path.read_text()))
+    rebuild_digest = _digest(collect_digest, targets_digest, short_links_path.name, _digest(salt_path.read_text(encoding="utf-8")))
     rebuild_dir = stage_dir / "work" / f"rebuild-{rebuild_digest}"
     rebuild_tasks = min(buckets, tasks) if options.executor == "local" else buckets
     _run_on_executor(

@@ -702,3 +702,16 @@ def test_sigterm_stops_the_workers_too(tmp_path):
             os.killpg(child.pid, signal.SIGKILL)
         except ProcessLookupError:  # the whole group is gone, as it should be
             pass
+
+
+def test_a_non_ascii_salt_works_under_an_ascii_locale(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from reddit_amazon.pipeline import _salt_file; "
+            "p = _salt_file(Path(sys.argv[1]), 's\\u00e9l\\U0001F600'); _salt_file(Path(sys.argv[1]), None); "
+            "print(p.read_bytes().decode('utf-8') == 's\\u00e9l\\U0001F600')")
+    env = {**os.environ, "LANG": "C", "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
