@@ -47,7 +47,7 @@ from benchmark.metrics import (
     summarize_by_domain,
 )
 from benchmark.protocol import DEFAULT_BATCH_SIZE
-from reddit_amazon.files import LOCK_FILE, folder_lock, write_atomic
+from reddit_amazon.files import LOCK_FILE, folder_lock, naming, write_atomic
 
 RUN_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -318,8 +318,8 @@ def _predict(recommender: Any, ranks: bool, todo: Sequence[Record], batch_size: 
 
     call: Callable = recommender.rank if ranks else recommender.recommend
     seconds = 0.0
-    with open(path, "ab") as handle, tqdm(total=len(todo), disable=not progress, unit="rec",
-                                          desc="predicting") as bar:
+    with naming(path), open(path, "ab") as handle, tqdm(total=len(todo), disable=not progress, unit="rec",
+                                                        desc="predicting") as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             examples = [r.example for r in batch]

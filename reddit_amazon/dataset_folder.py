@@ -35,7 +35,7 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
 from reddit_amazon import __version__
-from reddit_amazon.files import file_sha256, remove_abandoned_siblings, replace_dir, sibling_prefix, write_atomic
+from reddit_amazon.files import file_sha256, naming, remove_abandoned_siblings, replace_dir, sibling_prefix, write_atomic
 from reddit_amazon.schema import (
     DOMAINS,
     ITEM_FEATURES,
@@ -85,7 +85,8 @@ def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents,
     tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is meant to be shared
     carried: list[str] = []
     try:
-        manifest = _write_into(tmp, contents)
+        with naming(out_dir):
+            manifest = _write_into(tmp, contents)
         carried = _carry_hidden_entries(out_dir, tmp)
         replace_dir(tmp, out_dir)
     except BaseException:

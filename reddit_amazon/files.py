@@ -57,6 +57,18 @@ def open_atomic(path: Path, mode: int = FILE_MODE) -> Iterator[BinaryIO]:
         raise
 
 
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An ``OSError`` raised in the block without a file name (a full disk: "[Errno 28] No space left on
+    device", pyarrow's "Error writing bytes to file") names ``path``, so the message says where."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+
+
 #: The file :func:`folder_lock` locks inside the folder.
 LOCK_FILE = ".lock"
 

@@ -460,3 +460,18 @@ def test_atomic_writes_follow_symlinks_and_write_into_pipes(tmp_path):
     write_atomic(pipe, b"<html>")
     reader.join(timeout=10)
     assert got == [b"<html>"] and stat.S_ISFIFO(pipe.lstat().st_mode)
+
+
+def test_a_full_disk_names_the_dataset_folder(tmp_path, monkeypatch):
+    import errno
+
+    import reddit_amazon.dataset_folder as dataset_folder
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dataset_folder, "_write_into", full)
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        write_dataset(tmp_path / "ds", contents())
+    assert caught.value.filename == str(tmp_path / "ds") and str(tmp_path / "ds") in str(caught.value)
+    assert not any(tmp_path.iterdir())  # nothing half-written left behind

@@ -75,9 +75,12 @@ class EmbeddingCache:
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
             computed = np.asarray(compute([t for _, t in chunk]), dtype=np.float32)
-            with self._db:
-                self._db.executemany("INSERT OR REPLACE INTO embedding VALUES (?, ?)",
-                                     [(k, v.tobytes()) for (k, _), v in zip(chunk, computed)])
+            try:
+                with self._db:
+                    self._db.executemany("INSERT OR REPLACE INTO embedding VALUES (?, ?)",
+                                         [(k, v.tobytes()) for (k, _), v in zip(chunk, computed)])
+            except sqlite3.OperationalError as error:  # "database or disk is full" names no file
+                raise sqlite3.OperationalError(f"{self.path}: {error}") from error
             vectors.update({k: v for (k, _), v in zip(chunk, computed)})
             self.computed += len(chunk)
         if not keys:
