@@ -98,7 +98,8 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     """Evaluate and return the results dict (also written to ``out_dir/results.json``).
 
     ``recommender`` may be passed ready-made (tests, notebooks); otherwise ``config.model`` is resolved.
-    A second run into the same ``out_dir`` while this one goes on is refused (:class:`~reddit_amazon.files.FolderBusyError`).
+    A second run into the same ``out_dir`` while this one goes on is refused
+    (:class:`~reddit_amazon.files.FolderBusyError`).
     """
     out = Path(out_dir)
     existed = out.exists()

@@ -89,7 +89,8 @@ def _load(name: str, statistics: DatasetStatistics, domains: list[str]) -> str:
         "" if scored == "test" else f" --split {scored}") + candidates
     score = (f"Score a recommender with {inline_code(command)}." if computed else
              f"No candidate set was computed for this copy, so `benchmark run` has none to score with; rank the full "
-             f"catalog with {inline_code(f'benchmark retrieve --retriever sbert --dataset {name} --out runs/sbert-catalog')}.")
+             "catalog with "
+             f"{inline_code(f'benchmark retrieve --retriever sbert --dataset {name} --out runs/sbert-catalog')}.")
     example = "\n".join([
         "from datasets import load_dataset",
         "",

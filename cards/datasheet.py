@@ -172,7 +172,8 @@ def _authors(manifest: Mapping[str, Any], facts: TextFacts) -> str:
         "inside the dataset."
     )
     if is_sample(manifest):
-        return sentence + " The authors are invented and the sample's salt is public, so its pseudonyms are reproducible."
+        return sentence + (" The authors are invented and the sample's salt is public, so its pseudonyms are "
+                           "reproducible.")
     salts = recorded_salt_options(manifest)
     if salts:
         return sentence + (

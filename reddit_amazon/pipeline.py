@@ -728,7 +728,8 @@ def _run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStag
         _write_json_atomic(short_links_path, resolved)
 
     # 4. rebuild
-    rebuild_digest = _digest(collect_digest, targets_digest, short_links_path.name, _digest(salt_path.read_text(encoding="utf-8")))
+    rebuild_digest = _digest(collect_digest, targets_digest, short_links_path.name,
+                             _digest(salt_path.read_text(encoding="utf-8")))
     rebuild_dir = stage_dir / "work" / f"rebuild-{rebuild_digest}"
     rebuild_tasks = min(buckets, tasks) if options.executor == "local" else buckets
     _run_on_executor(
