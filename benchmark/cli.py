@@ -199,10 +199,13 @@ def report_command(runs, markdown_path, html_path, title) -> None:
         _fail(error)
     markdown = to_markdown(loaded)
     click.echo(markdown, nl=False)
-    if markdown_path:
-        write_atomic(Path(markdown_path), markdown.encode("utf-8"))
+    for path, text in ((markdown_path, markdown), (html_path, to_html(loaded, title) if html_path else "")):
+        if path:
+            try:
+                write_atomic(Path(path), text.encode("utf-8"))
+            except OSError as error:  # an unwritable folder, a full disk: one line naming the file asked for
+                _fail(OSError(error.errno, f"cannot write {path}: {error.strerror or error}"))
     if html_path:
-        write_atomic(Path(html_path), to_html(loaded, title).encode("utf-8"))
         click.echo(f"wrote {html_path}", err=True)
 
 

@@ -643,3 +643,11 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_failed_start_leaves_no
     assert not (tmp_path / "typo").exists()
     run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "o", progress=False)
     assert (tmp_path / "o" / "results.json").is_file()
+
+
+def test_a_report_into_an_unwritable_place_is_one_line_naming_the_file(dataset, tmp_path):
+    run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "r", progress=False)
+    (tmp_path / "taken").write_text("a file where a folder should be")
+    target = tmp_path / "taken" / "board.html"
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "r"), "--html", str(target)])
+    assert result.exit_code == 1 and f"cannot write {target}" in result.output and "Traceback" not in result.output
