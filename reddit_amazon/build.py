@@ -250,11 +250,11 @@ class StageResult:
         self.conversations, self.loader = [], None
 
 
-def _dump_files(inputs: Sequence[str]) -> list[Path]:
-    from reddit_amazon.dumps import find_dump_files
+def _dump_files(inputs: Sequence[str], workdir: Path) -> list[Path]:
+    from reddit_amazon.pipeline import dump_files_outside
 
     try:
-        return find_dump_files(inputs)
+        return dump_files_outside(inputs, workdir)
     except FileNotFoundError as error:
         raise BuildError(f"--inputs {error}") from None
 
@@ -262,7 +262,7 @@ def _dump_files(inputs: Sequence[str]) -> list[Path]:
 def reddit_stage(options: BuildOptions, console) -> StageResult:
     from reddit_amazon.pipeline import STAGE_VERSION, RedditStageOptions, run_reddit_stage
 
-    files = _dump_files(options.inputs)
+    files = _dump_files(options.inputs, options.workdir)
     key = _key("reddit", STAGE_VERSION, _identity(map(str, files)), options.reddit)
     folder = options.workdir / "reddit"
     if not _stamp_matches(folder, key):
@@ -487,7 +487,8 @@ def assemble_stage(options: BuildOptions, upstream: StageResult, funnel: list[di
     items = items_by_domain(upstream.items)
     candidates = add_candidates(splits, items, _make_retrievers(options), seed=options.seed,
                                 progress=_tqdm("candidates"))
-    inputs = _file_inputs([*map(str, _dump_files(options.inputs)), *_catalog_files(options)], options.workdir)
+    inputs = _file_inputs([*map(str, _dump_files(options.inputs, options.workdir)), *_catalog_files(options)],
+                          options.workdir)
     metadata = {
         "build": {
             "command": command_line(options),

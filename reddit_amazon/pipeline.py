@@ -650,6 +650,19 @@ def _write_targets(work_dir: Path, targets: dict[int, list[dict[str, Any]]], nee
     return targets_dir, digest
 
 
+def dump_files_outside(inputs: Sequence[str | Path], workdir: Path) -> list[Path]:
+    """The dump files of ``inputs`` without the work files under ``workdir``.
+
+    The work files and shards are .jsonl: with the workdir inside an input folder ("dumps/ --workdir
+    dumps/work") a rerun would read them as dumps. Dumps kept inside the workdir ("work/dumps --workdir
+    work", "dumps/ --workdir .") are named by an input inside it, and stay.
+    """
+    work = Path(workdir).resolve()
+    inside = [r for r in (Path(i).resolve() for i in inputs) if r != work and r.is_relative_to(work)]
+    return [p for p in find_dump_files(inputs) if not p.is_relative_to(work / "reddit")
+            and (not p.is_relative_to(work) or any(p.is_relative_to(r) for r in inside))]
+
+
 def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStageOptions) -> RedditStageResult:
     """Dump files -> ``<workdir>/reddit/conversations/*.jsonl`` (``Conversation.to_row()`` lines, domain "").
 
@@ -664,9 +677,7 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
 
 def _run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStageOptions) -> RedditStageResult:
     stage_dir = Path(workdir) / "reddit"
-    # The work files and shards are .jsonl: with the workdir inside an input folder
-    # ("dumps/ --workdir dumps/work"), a rerun would read them as dumps.
-    files = [p for p in find_dump_files(inputs) if not p.is_relative_to(Path(workdir).resolve())]
+    files = dump_files_outside(inputs, workdir)
     if not files:
         raise FileNotFoundError(f"no dump files outside the work folder {workdir}")
     for path in files:

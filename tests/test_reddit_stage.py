@@ -272,6 +272,20 @@ def test_a_workdir_inside_the_input_folder_is_not_read_as_dumps(world, tmp_path)
     assert len(again.shards) == len(first.shards) and _rows(again) == _rows(first)
 
 
+def test_dumps_kept_inside_the_workdir_are_read(world, tmp_path, monkeypatch):
+    """`reddit-stage work/dumps --workdir work` and `reddit-stage dumps/ --workdir .` read the dumps: only
+    the work files are left out, not every file under the workdir."""
+    import shutil
+
+    shutil.copytree(world, tmp_path / "dumps")
+    options = RedditStageOptions(salt="test-salt", progress=False)
+    first = run_reddit_stage([tmp_path / "dumps"], tmp_path, options)
+    assert first.funnel["files"] == len(list(world.iterdir()))
+    monkeypatch.chdir(tmp_path)
+    again = run_reddit_stage([Path("dumps")], Path("."), options)
+    assert again.funnel["files"] == first.funnel["files"] and _rows(again) == _rows(first)
+
+
 def test_salt_changes_pseudonyms_only(built, world, tmp_path):
     workdir, result = built
     other = run_reddit_stage([world], tmp_path / "w", RedditStageOptions(salt="other-salt", progress=False))
