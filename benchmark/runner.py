@@ -319,8 +319,11 @@ def _predict(recommender: Any, ranks: bool, todo: Sequence[Record], batch_size: 
 
     call: Callable = recommender.rank if ranks else recommender.recommend
     seconds = 0.0
-    with naming(path), open(path, "ab") as handle, tqdm(total=len(todo), disable=not progress, unit="rec",
-                                                        desc="predicting") as bar:
+    # naming() covers the file's own operations only: the recommender's errors (a refused connection, a
+    # timeout: OSErrors without a file name too) must not be reported as the predictions file's.
+    with naming(path):
+        handle = open(path, "ab")
+    with handle, tqdm(total=len(todo), disable=not progress, unit="rec", desc="predicting") as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             examples = [r.example for r in batch]
@@ -338,8 +341,9 @@ def _predict(recommender: Any, ranks: bool, todo: Sequence[Record], batch_size: 
                     row["output"] = output
                 cached[(example.domain, example.example_id)] = row
                 lines.append(orjson.dumps(row))
-            handle.write(b"\n".join(lines) + b"\n")
-            handle.flush()
+            with naming(path):
+                handle.write(b"\n".join(lines) + b"\n")
+                handle.flush()
             bar.update(len(batch))
     return seconds
 

@@ -651,3 +651,19 @@ def test_a_report_into_an_unwritable_place_is_one_line_naming_the_file(dataset, 
     target = tmp_path / "taken" / "board.html"
     result = CliRunner().invoke(cli, ["report", str(tmp_path / "r"), "--html", str(target)])
     assert result.exit_code == 1 and f"cannot write {target}" in result.output and "Traceback" not in result.output
+
+
+def test_a_recommenders_network_error_is_not_blamed_on_the_predictions_file(dataset, tmp_path):
+    """naming() is for the predictions file's own writes: a recommender's refused connection or timeout (an
+    OSError without a file name) reaches the caller as raised, not as an OSError naming predictions.jsonl."""
+
+    class Unreachable:
+        batch_size = 5
+
+        def recommend(self, examples):
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    with pytest.raises(ConnectionRefusedError) as caught:
+        run(RunConfig(model="down", dataset=str(dataset)), tmp_path / "run", recommender=Unreachable(),
+            progress=False)
+    assert caught.value.filename is None and "predictions" not in str(caught.value)
