@@ -17,7 +17,7 @@ import click
 from reddit_amazon.openai_endpoint import SECRET_PARAMETER
 
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
-_URL_USERINFO = re.compile(r"(?<=://)[^/\s@]+@")
+_URL_USERINFO = re.compile(r"(?<=://)[^/\s?#]*@")  # up to the last @ of the authority, as urlsplit reads it
 _URL_PARAMETER = re.compile(r"(?<=[?&])([^=&#\s]+)=([^&#\s\"'<>]*)")
 
 
