@@ -136,10 +136,9 @@ def cli() -> None:
 
 
 def main() -> None:
-    from reddit_amazon.cli_errors import terminate_like_interrupt
+    from reddit_amazon.cli_errors import run_cli
 
-    terminate_like_interrupt()
-    cli(prog_name="lavic-ref")
+    run_cli(cli, "lavic-ref")
 
 
 @cli.command()

@@ -51,17 +51,27 @@ def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
         raise click.ClickException(redact_secrets(f"{type(error).__name__}: {error}")) from error
 
 
-def terminate_like_interrupt() -> None:
-    """Make SIGTERM (``kill``, a scheduler or container stopping the job) end the command as Ctrl-C does:
+def run_cli(command: click.Command, prog_name: str) -> None:
+    """Run a CLI with SIGTERM (``kill``, a scheduler or container stopping the job) ending it as Ctrl-C does:
     cleanup runs and worker pools are terminated, instead of the process vanishing and leaving its forked
-    workers writing into the work folder. Forked workers inherit the handler and die as before."""
+    workers writing into the work folder. Forked workers inherit the handler and die as before. The exit
+    status is then 143 (128 + SIGTERM), as a scheduler expects of a terminated job."""
     main_pid = os.getpid()
+    terminated = False
 
     def handler(signum, frame):
+        nonlocal terminated
         if os.getpid() != main_pid:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        terminated = True
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    try:
+        command(prog_name=prog_name)
+    except SystemExit:
+        if terminated:
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise

@@ -61,7 +61,7 @@ def display_url(url: str) -> str:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:  # a bad port or bracket: not a URL a client could use, but never one to write out whole
-        return re.sub(r"//[^/@]*@", "//", url.split("?", 1)[0])
+        return re.sub(r"//[^/?#\s]*@", "//", url.split("?", 1)[0])  # userinfo runs to its last @
     hostname = parts.hostname or ""
     host = (f"[{hostname}]" if ":" in hostname else hostname) + (f":{port}" if port else "")
     query = urlencode([(k, "<redacted>" if SECRET_PARAMETER.search(k) else v)

@@ -675,3 +675,6 @@ def test_a_password_holding_an_at_sign_is_redacted_whole():
 
     shown = redact_secrets("error at https://bob:p@ss-SECRET@api.example.com/v1 and https://host/a@b?x=1")
     assert "ss-SECRET" not in shown and "api.example.com/v1" in shown and "https://host/a@b?x=1" in shown
+    from reddit_amazon.openai_endpoint import display_url
+
+    assert display_url("http://bob:p@ss-SECRET@host:99999/v1?api_key=k") == "http://host:99999/v1"  # a bad port

@@ -707,7 +707,7 @@ def test_sigterm_stops_the_workers_too(tmp_path):
         workers = psutil.Process(child.pid).children(recursive=True)
         time.sleep(0.5)  # the workers are in the dumps now
         child.send_signal(signal.SIGTERM)
-        child.wait(timeout=30)
+        assert child.wait(timeout=30) == 128 + signal.SIGTERM  # a terminated job, as a scheduler expects
         _, alive = psutil.wait_procs(workers, timeout=15)
         alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
         assert not alive, f"workers still running after SIGTERM: {alive}"
