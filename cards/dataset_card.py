@@ -31,7 +31,8 @@ from reddit_amazon.schema import (
     conversation_features,
 )
 
-TURNS_DEFINITION = "sum over records of `len(turns) + 1` (the context turns plus the recommending comment)"
+TURNS_DEFINITION = ("sum over records of `len(turns)`: the context turns, the recommending comment not counted, as in "
+                    "the paper (its turns per conversation match the context turns per record of its release)")
 
 
 def render_dataset_card(data: DatasetCardData, manifest: Mapping[str, Any], folder: Path, *,

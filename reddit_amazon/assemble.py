@@ -119,7 +119,7 @@ def shuffled_candidates(candidates: Sequence[str], seed: int, candidate_set: str
 
 def table1_stats(splits: Mapping[str, Mapping[str, list[Conversation]]],
                  items: Mapping[str, Sequence[Item]]) -> dict[str, dict[str, int]]:
-    """The paper's Table 1 per domain: conversations, turns (context turns + the recommendation),
+    """The paper's Table 1 per domain: conversations, turns (context turns, as the paper counts them),
     items (distinct ids of the domain's items split) and images (items with an embedded image)."""
     stats = {}
     for domain in DOMAINS:
@@ -127,7 +127,7 @@ def table1_stats(splits: Mapping[str, Mapping[str, list[Conversation]]],
         domain_items = {item.item_id: item for item in items.get(domain, [])}
         stats[domain] = {
             "conversations": len(records),
-            "turns": sum(len(r.turns) + 1 for r in records),
+            "turns": sum(len(r.turns) for r in records),
             "items": len(domain_items),
             "images": sum(item.image is not None for item in domain_items.values()),
         }

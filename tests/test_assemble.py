@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
 from benchmark.retrieval import get_retriever
 from reddit_amazon.assemble import (
     add_candidates,
@@ -80,6 +85,26 @@ def test_candidates_from_the_domain_catalog_and_stats():
     assert report.recall["bm25"]["home"] == 1.0
     assert splits["beauty"]["train"][0].candidates == {}
     stats = table1_stats(splits, catalog)
-    assert stats["home"] == {"conversations": 11, "turns": 33, "items": 11, "images": 5}
-    assert stats["beauty"] == {"conversations": 1, "turns": 3, "items": 1, "images": 0}
+    # Turns = context turns (submission + 1 comment each), the recommending comment not counted, as in the paper.
+    assert stats["home"] == {"conversations": 11, "turns": 22, "items": 11, "images": 5}
+    assert stats["beauty"] == {"conversations": 1, "turns": 2, "items": 1, "images": 0}
     assert stats["fashion"] == {"conversations": 0, "turns": 0, "items": 0, "images": 0}
+
+
+RELEASE = Path(__file__).resolve().parents[1] / ".." / "shared" / "lavic_release"
+
+
+@pytest.mark.skipif(not RELEASE.is_dir(), reason="the authors' release (../shared/lavic_release) is absent")
+def test_table1_turns_are_context_turns_as_the_release_shows():
+    """The paper's Table 1 turns per conversation match the context turns per record of the authors' release,
+    not one more (the recommending comment is not a counted turn): the definition table1_stats follows."""
+    from cards.paper import PAPER_TABLE_1
+    from reddit_amazon.schema import parse_context
+
+    for folder, domain in (("all_beauty", "beauty"), ("amazon_fashion", "fashion"), ("amazon_home", "home")):
+        records = [json.loads(line) for line in (RELEASE / folder / "valid.jsonl").open(encoding="utf-8")]
+        context_turns = sum(len(parse_context(r["context"])) for r in records) / len(records)
+        paper = PAPER_TABLE_1[domain]["turns"] / PAPER_TABLE_1[domain]["conversations"]
+        assert abs(context_turns - paper) < 0.1 < abs(context_turns + 1 - paper), domain
+    stats = table1_stats({"home": {"train": [record("r", "t")], "validation": [], "test": []}}, {})
+    assert stats["home"]["turns"] == len(record("r", "t").turns)

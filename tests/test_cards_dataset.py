@@ -48,7 +48,7 @@ def loaded_statistics(folder: Path) -> dict[str, dict[str, int]]:
         splits = datasets.load_dataset(str(folder), domain) if domain in configs else {}
         entry = {split: len(splits[split]) if split in splits else 0 for split in SPLITS}
         entry["conversations"] = sum(entry[s] for s in SPLITS)
-        entry["turns"] = sum(len(row["turns"]) + 1 for split in splits.values() for row in split)
+        entry["turns"] = sum(len(row["turns"]) for split in splits.values() for row in split)
         entry["pairs_test"] = sum(len(row["gt_items"]) for row in splits["test"]) if "test" in splits else 0
         items = datasets.load_dataset(str(folder), "items")
         if domain in items:
@@ -200,8 +200,8 @@ FUNNEL = [
 
 
 #: What the build records for controlled_contents() (see the Table-1 test below).
-STATS = {"beauty": {"conversations": 4, "turns": 14, "items": 6, "images": 3},
-         "fashion": {"conversations": 1, "turns": 3, "items": 1, "images": 1}}
+STATS = {"beauty": {"conversations": 4, "turns": 10, "items": 6, "images": 3},
+         "fashion": {"conversations": 1, "turns": 2, "items": 1, "images": 1}}
 
 
 @pytest.fixture
@@ -215,9 +215,9 @@ def test_controlled_card_counts_turns_pairs_images_and_shared_threads(built):
     card = (built / "README.md").read_text(encoding="utf-8")
     assert_card_matches_loaded_dataset(card, built)
     beauty = {row["Dataset"]: row for row in markdown_table_after(card, "## Statistics", "Dataset")}["Beauty"]
-    # turns: (3+1) + (1+1) + (2+1) + (4+1); images: ASINs 0, 2, 4; URLs: 0+1+2+0+1+2
+    # turns (context turns, as the paper counts them): 3 + 1 + 2 + 4; images: ASINs 0, 2, 4; URLs: 0+1+2+0+1+2
     assert [beauty[k] for k in ["# Conv.", "# Turns", "# Items", "# Images", "# Image URLs"]] == [
-        "4", "14", "6", "3", "6"]
+        "4", "10", "6", "3", "6"]
     assert "1 thread ids appear in more than one split (beauty 1)" in card
     coverage = {(row["column"], row["domain"]): row for row in
                 markdown_table_after(card, "### Candidate sets", "column")}
@@ -233,7 +233,7 @@ def test_recorded_statistics_are_checked_against_the_shards(built, tmp_path):
     folder = tmp_path / "wrong"
     write_dataset(folder, controlled_contents({"stats": wrong}))
     card = (folder / "README.md").read_text(encoding="utf-8")
-    assert "**The statistics in `manifest.json` differ from the shards** (fashion turns: manifest 4, shards 3)" in card
+    assert "**The statistics in `manifest.json` differ from the shards** (fashion turns: manifest 4, shards 2)" in card
 
 
 def test_build_record_funnel_and_checksums_are_rendered(built):
