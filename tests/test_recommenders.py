@@ -281,6 +281,25 @@ def test_hf_vlm_shows_an_undecodable_image_as_no_image_and_names_the_item(tiny_v
     assert len(warnings) == 1 and damaged.item_id in warnings[0]
 
 
+def test_hf_vlm_runs_a_text_only_llm_title_only(tmp_path):
+    """The paper's Vicuna-v1.5 baseline is a text LLM: AutoProcessor gives its tokenizer, not a processor."""
+    pytest.importorskip("transformers")
+    from tiny_llava import build_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from benchmark.prompts import RECOMMENDATION_PROMPT
+    from benchmark.recommenders.hf_vlm import HFVisionLanguageRecommender
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path)
+    build_tokenizer([RECOMMENDATION_PROMPT, _example().context]).save_pretrained(tmp_path)
+    recommender = HFVisionLanguageRecommender(model=str(tmp_path), max_new_tokens=3, device="cpu", dtype="float32")
+    outputs = recommender.recommend([_example("a"), _example("b")])
+    assert len(outputs) == 2 and all(isinstance(text, str) for text in outputs)
+    with pytest.raises(ValueError, match="text-only"):
+        HFVisionLanguageRecommender(model=str(tmp_path), with_images=True, device="cpu", dtype="float32")
+
+
 def test_openai_chat_without_a_key_is_a_clear_cli_error(tmp_path, monkeypatch):
     from click.testing import CliRunner
 

@@ -4,7 +4,8 @@ Title-only by default; with ``with_images=true`` each candidate line is followed
 image token and the candidate's image (a candidate without an image, or whose image cannot be decoded,
 gets a short note instead; an undecodable one is named in a warning once).
 Greedy decoding, batched with left padding. Any checkpoint that ``AutoProcessor`` and
-``AutoModelForImageTextToText`` load works (e.g. ``llava-hf/llava-v1.6-mistral-7b-hf``).
+``AutoModelForImageTextToText`` load works (e.g. ``llava-hf/llava-v1.6-mistral-7b-hf``), and, title-only, a
+text LLM that ``AutoModelForCausalLM`` loads (e.g. ``lmsys/vicuna-7b-v1.5``, the paper's Vicuna-v1.5 baseline).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class HFVisionLanguageRecommender:
                  max_new_tokens: int = 16, device: str | None = None, dtype: str = "auto") -> None:
         try:
             import torch
-            from transformers import AutoModelForImageTextToText, AutoProcessor
+            from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
         except ImportError as error:
             raise ImportError("hf-vlm needs torch and transformers: pip install 'reddit-amazon[lavic]'") from error
 
@@ -42,11 +43,17 @@ class HFVisionLanguageRecommender:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
         self.processor = AutoProcessor.from_pretrained(model)
-        self.tokenizer = self.processor.tokenizer
+        # A text-only LLM (the paper's Vicuna-v1.5 baseline) has no processor: AutoProcessor gives its tokenizer.
+        self.text_only = not hasattr(self.processor, "tokenizer")
+        if self.text_only and with_images:
+            raise ValueError(f"hf-vlm: {model} is a text-only model (no image processor); with_images=true needs "
+                             "a vision-language checkpoint")
+        self.tokenizer = self.processor if self.text_only else self.processor.tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+        auto_model = AutoModelForCausalLM if self.text_only else AutoModelForImageTextToText
+        self.model = auto_model.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
         self.image_token = getattr(self.processor, "image_token", "<image>")
         self._undecodable: set[str] = set()
 
@@ -88,7 +95,8 @@ class HFVisionLanguageRecommender:
         template = getattr(self.processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
         if not template:
             return f"USER: {text}\nASSISTANT:"
-        messages = [{"role": "user", "content": [{"type": "text", "text": text}]}]
+        content: Any = text if self.text_only else [{"type": "text", "text": text}]
+        messages = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def recommend(self, examples: Sequence[Example]) -> list[str]:
@@ -99,7 +107,10 @@ class HFVisionLanguageRecommender:
             prompt, example_images = self._prompt(example)
             prompts.append(prompt)
             images.extend(example_images)
-        inputs = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt").to(self.device)
+        if self.text_only:
+            inputs = self.tokenizer(prompts, padding=True, return_tensors="pt").to(self.device)
+        else:
+            inputs = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt").to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():
