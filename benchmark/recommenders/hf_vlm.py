@@ -110,7 +110,8 @@ class HFVisionLanguageRecommender:
         if self.text_only:
             inputs = self.tokenizer(prompts, padding=True, return_tensors="pt").to(self.device)
         else:
-            inputs = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt").to(self.device)
+            inputs = self.processor(text=prompts, images=images or None, padding=True,
+                                    return_tensors="pt").to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():
