@@ -80,11 +80,15 @@ class FolderBusyError(OSError):
 @contextmanager
 def folder_lock(folder: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (its ``.lock`` file) for the block. Another process holding it
-    is a :class:`FolderBusyError` naming the folder; a file system without locks is not an error."""
-    import fcntl
-
+    is a :class:`FolderBusyError` naming the folder; a file system (or a platform) without locks is not an
+    error."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows has no flock: runs there are not guarded
+        yield
+        return
     with open(folder / LOCK_FILE, "ab") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
