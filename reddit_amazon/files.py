@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,10 +79,11 @@ class FolderBusyError(OSError):
 
 
 @contextmanager
-def folder_lock(folder: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` (its ``.lock`` file) for the block. Another process holding it
-    is a :class:`FolderBusyError` naming the folder; a file system (or a platform) without locks is not an
-    error."""
+def folder_lock(folder: Path, what: str, wait_s: float = 3.0) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (its ``.lock`` file) for the block. Another process still holding
+    it after ``wait_s`` (the forked workers of a run just killed take a moment to die, and hold it until
+    then) is a :class:`FolderBusyError` naming the folder; a file system (or a platform) without locks is
+    not an error."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -90,8 +92,16 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
         yield
         return
     with open(folder / LOCK_FILE, "ab") as handle:
+        deadline = time.monotonic() + wait_s
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.1)
         except BlockingIOError:
             raise FolderBusyError(errno.EBUSY, f"another {what} is running in this folder (it holds "
                                   f"{folder / LOCK_FILE}); wait for it to end or choose another folder",

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import orjson
@@ -446,6 +447,10 @@ def test_resume_after_kill_9(tmp_path):
         assert len(list(scan.glob("*.json"))) == 2
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
+        with suppress(ProcessLookupError):  # its forked workers die a moment after it: wait for the whole group
+            while time.time() < deadline:
+                os.killpg(child.pid, 0)
+                time.sleep(0.05)
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
