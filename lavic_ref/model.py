@@ -378,17 +378,16 @@ def save_adapter(backbone: Backbone, folder: Path) -> None:
     (folder / BASE_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def recorded_base(folder: Path) -> str | None:
-    """The base model an adapter saved by :func:`save_adapter` was trained on (None for another adapter)."""
+def saved_base(folder: Path) -> dict[str, Any] | None:
+    """What :func:`save_adapter` recorded of the base model (``base``, ``fingerprint``); None for another adapter."""
     record = Path(folder) / BASE_FILE
-    return json.loads(record.read_text()).get("base") if record.is_file() else None
+    return json.loads(record.read_text()) if record.is_file() else None
 
 
 def check_adapter_base(folder: Path, backbone: Backbone) -> None:
     """Refuse an adapter recorded for other base weights; warn where only differing base names can be compared."""
-    record = folder / BASE_FILE
-    if record.is_file():
-        saved = json.loads(record.read_text())
+    saved = saved_base(folder)
+    if saved is not None:
         if saved.get("fingerprint") and backbone.fingerprint and saved["fingerprint"] != backbone.fingerprint:
             raise AdapterError(f"{folder} was trained on base model {saved.get('base')} (weights "
                                f"{saved['fingerprint']}), not on {backbone.base} (weights {backbone.fingerprint})")

@@ -16,7 +16,7 @@ import torch
 from lavic_ref import DEFAULT_BASE
 from lavic_ref.embed import EmbeddingsError, ItemEmbeddings, check_embeddings, compute_item_embeddings
 from lavic_ref.model import Backbone, adapter_fingerprint, attach_adapter, embed_inputs, load_backbone, pad_batch, \
-    recorded_base, resolve_adapter_dir
+    resolve_adapter_dir, saved_base
 from lavic_ref.sequences import MAX_PROMPT_TOKENS, recommendation_sequence
 
 MAX_NEW_TOKENS = 10
@@ -100,8 +100,8 @@ class LavicRecommender:
         distill_adapter = str(resolve_adapter_dir(distill_adapter)) if distill_adapter else None
         rec_adapter = str(resolve_adapter_dir(rec_adapter)) if rec_adapter else None
         if base is None:
-            base = next((found for adapter in (rec_adapter, distill_adapter) if adapter
-                         and (found := recorded_base(Path(adapter)))), DEFAULT_BASE)
+            base = next((saved["base"] for adapter in (rec_adapter, distill_adapter) if adapter
+                         and (saved := saved_base(Path(adapter))) and saved.get("base")), DEFAULT_BASE)
         self.backbone = load_backbone(base, device=device)
         if distill_adapter:
             attach_adapter(self.backbone, distill_adapter, role="vision")

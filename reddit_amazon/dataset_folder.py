@@ -424,7 +424,12 @@ def check_unchanged(folder: str | os.PathLike) -> None:
 
 def configs_of(path: str | os.PathLike) -> list[str]:
     """Configs a dataset folder or Hub id declares (a domain imported alone has only its own)."""
-    return datasets.get_dataset_config_names(str(Path(path).expanduser() if str(path).startswith("~") else path))
+    return datasets.get_dataset_config_names(str(_expanded(path)))
+
+
+def _expanded(path: str | os.PathLike) -> str | os.PathLike:
+    """``path`` with a leading ``~`` expanded: `datasets` would take "~/x" for a Hub id."""
+    return Path(path).expanduser() if str(path).startswith("~") else path
 
 
 def load(config: str, path: str | os.PathLike | None = None, split: str | None = None, **kwargs: Any):
@@ -436,8 +441,7 @@ def load(config: str, path: str | os.PathLike | None = None, split: str | None =
 
         path = sample_dataset_path()
     refuse_missing_local_path(path)
-    if str(path).startswith("~"):  # `datasets` would take "~/x" for a Hub id
-        path = Path(path).expanduser()
+    path = _expanded(path)
     if (Path(path) / MANIFEST).is_file():
         check_unchanged(path)
     return datasets.load_dataset(str(path), config, split=split, **kwargs)

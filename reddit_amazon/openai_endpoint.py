@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,18 +53,22 @@ def endpoint_key(base_url: str | None) -> str | None:
     return None if endpoint == DEFAULT_BASE_URL else endpoint
 
 
+def _split(url: str) -> SplitResult:
+    """``urlsplit(url)``, raising ``ValueError`` on a malformed port too (urlsplit parses it only when asked)."""
+    parts = urlsplit(url)
+    parts.port  # noqa: B018 - parsing the port is the check
+    return parts
+
+
 def display_url(url: str) -> str:
     """``url`` as it may be written down: without credentials (``user:password@``, secret-named query
     parameters), with the scheme and host in lower case and no trailing ``/``."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
     try:
-        parts = urlsplit(url)
-        port = parts.port
+        parts = _split(url)
     except ValueError:  # a bad port or bracket: not a URL a client could use, but never one to write out whole
         return re.sub(r"//[^/?#\s]*@", "//", url.split("?", 1)[0])  # userinfo runs to its last @
     hostname = parts.hostname or ""
-    host = (f"[{hostname}]" if ":" in hostname else hostname) + (f":{port}" if port else "")
+    host = (f"[{hostname}]" if ":" in hostname else hostname) + (f":{parts.port}" if parts.port else "")
     query = urlencode([(k, "<redacted>" if SECRET_PARAMETER.search(k) else v)
                        for k, v in parse_qsl(parts.query, keep_blank_values=True)])
     return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), query, parts.fragment))
@@ -76,11 +81,8 @@ SECRET_PARAMETER = re.compile(r"key|token|secret|password|passwd|signature|sig\b
 def has_credentials(url: str) -> bool:
     """``url`` holds credentials (``user:password@``, a secret-named query parameter) or cannot be parsed to
     tell: :func:`display_url` is then the only form in which it may be written down."""
-    from urllib.parse import parse_qsl, urlsplit
-
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a malformed port, as display_url's parse does
+        parts = _split(url)
     except ValueError:
         return True
     return "@" in parts.netloc or any(SECRET_PARAMETER.search(k) for k, _ in parse_qsl(parts.query))
@@ -88,11 +90,8 @@ def has_credentials(url: str) -> bool:
 
 def url_problem(url: str) -> str | None:
     """Why ``url`` cannot be an endpoint's base URL (scheme, host, port), or None."""
-    from urllib.parse import urlsplit
-
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - parsing the port is the check
+        parts = _split(url)
     except ValueError as error:
         return str(error)
     if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -561,12 +561,7 @@ def _salt_file(stage_dir: Path, salt: str | None) -> Path:
         return path
     wanted = salt.strip() if salt is not None else secrets.token_hex(16)
     if not path.exists() or path.read_text(encoding="utf-8").strip() != wanted:
-        temporary = _temporary(path)
-        temporary.unlink(missing_ok=True)
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:  # any salt, whatever the locale
-            handle.write(wanted)
-        os.replace(temporary, path)
+        write_atomic(path, wanted.encode("utf-8"), mode=0o600)  # private from its first byte (mkstemp)
     return path
 
 
@@ -688,7 +683,7 @@ def _run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStag
     # options, such as another salt): the build runs the stage again instead of reusing these outputs.
     (stage_dir / STAGE_STAMP).unlink(missing_ok=True)
     tasks = max(1, min(options.tasks or len(files), len(files)))
-    buckets = max(1, options.buckets or default_buckets(files, min(options.tasks or len(files), MAX_BUCKETS)))
+    buckets = max(1, options.buckets or default_buckets(files, options.tasks or len(files)))
     file_keys = [_file_key(p) for p in files]
     names = [str(p) for p in files]
     salt_path = _salt_file(stage_dir, options.salt)  # before the scan: a bad salt fails at once
@@ -732,7 +727,7 @@ def _run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStag
     context_links = [u for s in collect_stats for u in s["short_links"] if u not in resolved and u not in asked]
     resolved_in_context, unreachable_in_context = _resolve(context_links, stage_dir, options)
     resolved.update(resolved_in_context)
-    all_short_links = sorted({u for h in hits.values() for u in h["short_links"]} | set(context_links))
+    all_short_links = sorted(asked | set(context_links))
     unresolved = sorted(unreachable | unreachable_in_context)  # definitive answers are not worth another run
     short_links_path = stage_dir / "work" / f"short_links-{_digest(sorted(resolved.items()))}.json"
     if not short_links_path.exists():
