@@ -14,13 +14,14 @@ relevance filter would reject every conversation, the benchmark would score ever
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
@@ -249,6 +250,20 @@ def stoppable_calls(workers: int) -> Iterator[tuple[ThreadPoolExecutor, threadin
     finally:
         stopping.set()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def completed_in_window(pool: ThreadPoolExecutor, call: Callable[..., Any], arguments: Iterable[tuple],
+                        window: int) -> Iterator[Future]:
+    """The futures of ``call(*args)`` for each of ``arguments``, as they complete, with at most ``window``
+    calls submitted and not finished: the arguments (a prompt each) are made as the calls go, so memory
+    stays bounded whatever their number. Stopping the iteration submits nothing more."""
+    remaining = iter(arguments)
+    pending = {pool.submit(call, *args) for args in itertools.islice(remaining, max(1, window))}
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for args in itertools.islice(remaining, len(done)):  # refill first: the workers stay busy
+            pending.add(pool.submit(call, *args))
+        yield from done
 
 
 def retry_after(error: BaseException | None) -> float | None:

@@ -15,7 +15,6 @@ import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,6 +27,7 @@ from reddit_amazon.openai_endpoint import (
     MissingAPIKeyError,
     RefusalStreak,
     RefusedEverything,
+    completed_in_window,
     endpoint_key,
     is_fatal,
     make_client,
@@ -217,23 +217,27 @@ class FilterResult:
 
 
 def _unanswered(conversations: Iterable[Conversation], cache: AnswerCache,
-                options: FilterOptions) -> tuple[dict[str, str], dict[str, str]]:
-    """``({example_id: cache key}, {cache key: prompt})``: each record's key, and the distinct prompts
-    ``cache`` holds no answer for (records with the same thread text share one call)."""
+                options: FilterOptions) -> tuple[dict[str, str], dict[str, Conversation]]:
+    """``({example_id: cache key}, {cache key: conversation})``: each record's key, and a conversation for
+    each distinct prompt ``cache`` holds no answer for (records with the same thread text share one call).
+    Prompts are rendered again when they are sent, not kept: a large build would hold them all."""
     keys: dict[str, str] = {}
-    missing: dict[str, str] = {}
+    missing: dict[str, Conversation] = {}
     endpoint = endpoint_key(options.base_url)
     for conversation in conversations:
-        prompt = render_prompt(options.template, conversation)
-        key = keys[conversation.example_id] = cache_key(options.model, prompt, endpoint)
+        key = keys[conversation.example_id] = cache_key(options.model, _prompt(options, conversation), endpoint)
         if key not in missing and cache.get(key) is None:
-            missing[key] = prompt
+            missing[key] = conversation
     return keys, missing
+
+
+def _prompt(options: FilterOptions, conversation: Conversation) -> str:
+    return render_prompt(options.template, conversation)
 
 
 def plan_filter(conversations: Sequence[Conversation], cache: AnswerCache, options: FilterOptions) -> FilterPlan:
     keys, missing = _unanswered(conversations, cache, options)
-    prompt_tokens = sum(len(p) for p in missing.values()) // CHARS_PER_TOKEN
+    prompt_tokens = sum(len(_prompt(options, c)) for c in missing.values()) // CHARS_PER_TOKEN
     return FilterPlan(records=len(conversations), cached=sum(key not in missing for key in keys.values()),
                       calls=len(missing), approx_prompt_tokens=prompt_tokens,
                       approx_total_tokens=prompt_tokens + ANSWER_TOKENS * len(missing))
@@ -286,9 +290,9 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
         failure = ""  # the first call that failed after its retries: the run stops there
         streak = RefusalStreak()
 
-        def ask_and_store(key: str, prompt: str) -> None:
+        def ask_and_store(key: str, conversation: Conversation) -> None:
             try:
-                answer = _ask(client, options, parameters, prompt, stopping)
+                answer = _ask(client, options, parameters, _prompt(options, conversation), stopping)
             except PromptRefused as refusal:
                 reason = str(refusal)
             except openai.APIStatusError as error:
@@ -306,9 +310,8 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
             streak.refused(lambda: cache.put(key, options.model, reason, status=REJECTED), reason)
 
         with stoppable_calls(options.concurrency) as (pool, stopping):
-            futures = [pool.submit(ask_and_store, key, prompt) for key, prompt in missing.items()]
-            done = as_completed(futures)
-            for future in (progress(done, len(futures)) if progress else done):
+            done = completed_in_window(pool, ask_and_store, missing.items(), window=4 * options.concurrency)
+            for future in (progress(done, len(missing)) if progress else done):
                 error = future.exception()
                 if error is None:
                     calls_made += 1

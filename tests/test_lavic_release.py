@@ -190,8 +190,6 @@ def test_a_release_without_records_is_refused(tmp_path):
 
 
 def _bomb(archive) -> None:
-    import zipfile
-
     with archive.open("item2meta_train.json", "w", force_zip64=True) as member:
         for _ in range(40):  # 40 MiB of JSON whitespace in ~40 KiB: expands 1000x
             member.write(b" " * (1 << 20))

@@ -394,3 +394,48 @@ def test_an_empty_completion_is_retried_not_cached_as_an_unparseable_answer(http
     with AnswerCache(tmp_path / "cache.sqlite") as cache:
         result = run_filter([conversation("1", "SCRIPT=blank")], cache, options, api_key="sk-test")
         assert result.labels == {"1": "yes"} and fake.requests["blank"] == 3
+
+
+def test_calls_are_made_as_earlier_ones_finish_not_all_at_once():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reddit_amazon.openai_endpoint import completed_in_window
+
+    drawn: list[int] = []
+    finished = 0
+    lock = threading.Lock()
+
+    def arguments():
+        for number in range(100):
+            drawn.append(number)  # a prompt is rendered only when its call is about to be submitted
+            with lock:
+                assert len(drawn) - finished <= 5  # at most 5 calls submitted and not finished
+            yield (number,)
+
+    def square(number: int) -> int:
+        nonlocal finished
+        with lock:
+            finished += 1
+        return number * number
+
+    with ThreadPoolExecutor(2) as pool:
+        squares = [future.result() for future in completed_in_window(pool, square, arguments(), window=5)]
+    assert sorted(squares) == [number * number for number in range(100)]
+
+    drawn.clear()
+    finished = 0
+    with ThreadPoolExecutor(2) as pool:
+        for count, _ in enumerate(completed_in_window(pool, square, arguments(), window=5), start=1):
+            if count == 3:
+                break
+    assert len(drawn) <= 3 + 5  # stopping early submits nothing more
+
+
+def test_more_records_than_calls_in_flight_are_all_labelled(httpserver, options, tmp_path):
+    fake = serve(httpserver, {"yes": [(200, "yes")], "no": [(200, "no")]})
+    records = [conversation(str(i), f"item {i // 2} SCRIPT={'yes' if i % 3 else 'no'}") for i in range(90)]
+    with AnswerCache(tmp_path / "cache.sqlite") as cache:
+        result = run_filter(records, cache, options, api_key="sk-test")
+    assert result.calls_made == sum(fake.requests.values()) == len({r.gt_text for r in records})
+    assert result.labels == {r.example_id: "yes" if int(r.example_id) % 3 else "no" for r in records}
