@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 ITEM_TOKENS: tuple[str, ...] = tuple(f"<ItemImageEmb{i}>" for i in range(1, 6))
 ITEM_PLACEHOLDER = "".join(ITEM_TOKENS)
-_RESERVED_TOKENS = re.compile("|".join(re.escape(token) for token in (*ITEM_TOKENS, "<image>")))
+_RESERVED = (*ITEM_TOKENS, "<image>")
+_RESERVED_TOKENS = re.compile("|".join(map(re.escape, _RESERVED)))
+_LONGEST_RESERVED = max(map(len, _RESERVED))
 
 DESCRIPTION_PROMPT = (
     "You are a helpful AI assistant. Given an Amazon product's title and its image, please provide a detailed, "
@@ -45,13 +47,20 @@ def strip_item_tokens(text: str) -> str:
     """User text must not contain the item tokens (or ``<image>``): their count has to match the items.
 
     Removed until none is left, since removing one can join its neighbours into another
-    (``<ItemImageEmb<ItemImageEmb2>1>``).
+    (``<ItemImageEmb<ItemImageEmb2>1>``). One pass with a stack, so deep nesting costs linear time: a
+    token has no "<" or ">" inside, so two can never overlap and the order of removal does not matter.
     """
-    while True:
-        stripped = _RESERVED_TOKENS.sub("", text)
-        if stripped == text:
-            return text
-        text = stripped
+    if not _RESERVED_TOKENS.search(text):
+        return text
+    kept: list[str] = []
+    for character in text:
+        kept.append(character)
+        if character == ">":
+            tail = "".join(kept[-_LONGEST_RESERVED:])
+            token = next((token for token in _RESERVED if tail.endswith(token)), None)
+            if token:
+                del kept[-len(token):]
+    return "".join(kept)
 
 
 def chat_wrapping(tokenizer) -> tuple[str, str]:

@@ -763,6 +763,28 @@ def test_nested_item_token_text_is_stripped_until_none_is_left():
     assert not any(token in text for token in (*ITEM_TOKENS, "<image>")) and text == " and  then "
 
 
+def test_item_tokens_are_stripped_as_removing_them_again_and_again_would():
+    import random
+    import re
+
+    from lavic_ref.prompts import strip_item_tokens
+
+    reserved = re.compile("|".join(map(re.escape, (*ITEM_TOKENS, "<image>"))))
+
+    def until_none_is_left(text: str) -> str:
+        while (stripped := reserved.sub("", text)) != text:
+            text = stripped
+        return text
+
+    rng = random.Random(0)
+    pieces = [*ITEM_TOKENS, "<image>", "<ItemImageEmb", "<ima", "ge>", "1>", "<", ">", "x", " ", "Emb"]
+    for _ in range(2000):
+        text = "".join(rng.choices(pieces, k=rng.randint(0, 12)))
+        assert strip_item_tokens(text) == until_none_is_left(text), text
+    deep = "<ItemImageEmb" * 50_000 + "<image>" + "1>" * 50_000  # quadratic for the repeated removal
+    assert strip_item_tokens(deep + " rest") == " rest"
+
+
 def test_descriptions_another_base_model_generated_are_refused(tiny_base, other_base, tmp_path):
     """Self-distillation learns the model's own descriptions: a cache from other weights must not be reused."""
     from lavic_ref.cli import cli
