@@ -406,10 +406,15 @@ class RebuildThreadsStep(PipelineStep):
     type = "✍️ - WRITER"
 
     def __init__(
-        self, buckets: int, targets_dir: str, collect_dir: str, short_links_path: str, salt_path: str, out_dir: str
+        self, buckets: int, targets_dir: str, collect_dir: str, short_links_path: str, salt_path: str, out_dir: str,
+        file_keys: Sequence[str] | None = None,
     ):
         super().__init__()
         self.buckets = buckets
+        # The collected files in input order (sorted paths): a record found in two dumps (two editions of one
+        # subreddit dump, both named X_comments.zst) is taken from the same file whatever the folders' absolute
+        # paths and the files' mtimes, which the collect folders' names hash.
+        self.file_keys = list(file_keys) if file_keys is not None else None
         self.targets_dir = targets_dir
         self.collect_dir = collect_dir
         self.short_links_path = short_links_path
@@ -439,7 +444,10 @@ class RebuildThreadsStep(PipelineStep):
     def _rebuild_bucket(self, bucket: int, out_dir: Path, pseudonymize: Pseudonymizer, asins_of) -> RebuildCounts:
         name = f"bucket-{bucket:05d}.jsonl"
         index = ThreadIndex()
-        for file_dir in sorted(Path(self.collect_dir).iterdir()):
+        collect_dir = Path(self.collect_dir)
+        file_dirs = ([collect_dir / key for key in self.file_keys] if self.file_keys is not None
+                     else sorted(collect_dir.iterdir()))
+        for file_dir in file_dirs:
             if file_dir.is_dir() and not file_dir.name.startswith(".") and (file_dir / name).exists():
                 index.add_all(record_from_json(row) for row in _read_jsonl(file_dir / name))
         counts = RebuildCounts(duplicate_records=index.duplicates)
@@ -740,7 +748,8 @@ def _run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStag
     rebuild_tasks = min(buckets, tasks) if options.executor == "local" else buckets
     _run_on_executor(
         RebuildThreadsStep(
-            buckets, str(targets_dir), str(collect_dir), str(short_links_path), str(salt_path), str(rebuild_dir)
+            buckets, str(targets_dir), str(collect_dir), str(short_links_path), str(salt_path), str(rebuild_dir),
+            file_keys,
         ),
         rebuild_tasks,
         stage_dir / "logs" / f"rebuild-{_digest(rebuild_digest, rebuild_tasks)}",

@@ -734,3 +734,27 @@ def test_a_non_ascii_salt_works_under_an_ascii_locale(tmp_path):
     env = {**os.environ, "LANG": "C", "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "ascii"}
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+
+
+def test_a_record_in_two_same_named_dumps_is_taken_by_input_order_not_by_path_hash(tmp_path):
+    """Two editions of one subreddit dump (both BuyItForLife_comments.ndjson) hold the parent comment with
+    different text: the kept copy is the first file's in input (path) order, not the one whose folder path or
+    mtime happens to hash first, so moving or copying the dumps does not change the dataset."""
+    from reddit_amazon.pipeline import _file_key
+
+    first, second = tmp_path / "dumps" / "a2023", tmp_path / "dumps" / "b2024"
+    for folder, text in ((first, "FIRST edition text"), (second, "SECOND edition text")):
+        folder.mkdir(parents=True)
+        (folder / "BuyItForLife_submissions.ndjson").write_bytes(orjson.dumps(_sub("s1", "Desk lamp?")) + b"\n")
+        (folder / "BuyItForLife_comments.ndjson").write_bytes(
+            orjson.dumps(_com("c1", "s1", "t3_s1", text)) + b"\n"
+            + orjson.dumps(_com("c2", "s1", "t1_c1", "https://www.amazon.com/dp/B000NL0T1G", created=1_600_000_200))
+            + b"\n")
+    comments = first / "BuyItForLife_comments.ndjson"
+    for mtime in range(1, 200):  # an mtime whose key sorts the first edition's collect folder last
+        os.utime(comments, ns=(mtime * 10**9, mtime * 10**9))
+        if _file_key(comments) > _file_key(second / "BuyItForLife_comments.ndjson"):
+            break
+    result = run_reddit_stage([tmp_path / "dumps"], tmp_path / "work", RedditStageOptions(salt="s", progress=False))
+    rows = [orjson.loads(line) for path in result.shards for line in path.read_bytes().splitlines()]
+    assert [turn["text"] for row in rows for turn in row["turns"] if turn["id"] == "c1"] == ["FIRST edition text"]
