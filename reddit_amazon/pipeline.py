@@ -407,14 +407,14 @@ class RebuildThreadsStep(PipelineStep):
 
     def __init__(
         self, buckets: int, targets_dir: str, collect_dir: str, short_links_path: str, salt_path: str, out_dir: str,
-        file_keys: Sequence[str] | None = None,
+        file_keys: Sequence[str],
     ):
         super().__init__()
         self.buckets = buckets
         # The collected files in input order (sorted paths): a record found in two dumps (two editions of one
         # subreddit dump, both named X_comments.zst) is taken from the same file whatever the folders' absolute
         # paths and the files' mtimes, which the collect folders' names hash.
-        self.file_keys = list(file_keys) if file_keys is not None else None
+        self.file_keys = list(file_keys)
         self.targets_dir = targets_dir
         self.collect_dir = collect_dir
         self.short_links_path = short_links_path
@@ -444,11 +444,8 @@ class RebuildThreadsStep(PipelineStep):
     def _rebuild_bucket(self, bucket: int, out_dir: Path, pseudonymize: Pseudonymizer, asins_of) -> RebuildCounts:
         name = f"bucket-{bucket:05d}.jsonl"
         index = ThreadIndex()
-        collect_dir = Path(self.collect_dir)
-        file_dirs = ([collect_dir / key for key in self.file_keys] if self.file_keys is not None
-                     else sorted(collect_dir.iterdir()))
-        for file_dir in file_dirs:
-            if file_dir.is_dir() and not file_dir.name.startswith(".") and (file_dir / name).exists():
+        for file_dir in (Path(self.collect_dir) / key for key in self.file_keys):
+            if (file_dir / name).exists():
                 index.add_all(record_from_json(row) for row in _read_jsonl(file_dir / name))
         counts = RebuildCounts(duplicate_records=index.duplicates)
         targets_path = Path(self.targets_dir) / name
