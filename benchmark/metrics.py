@@ -90,7 +90,15 @@ def ratios(outcomes: Sequence[Outcome]) -> dict[str, Ratio]:
     return result
 
 
+#: Resampled draws (resamples x records) made at once: each costs ~32 bytes across the index, count and product
+#: arrays, so a block stays near 128 MiB however many records a split has (100 resamples of 10M records: 32 GB).
+RESAMPLE_BLOCK_DRAWS = 4_000_000
+
+
 def _resample_indices(n: int, samples: int, seed: int, chunk: int = 100) -> Iterable[np.ndarray]:
+    # An even number of rows per block: the generator then draws the same indices as 100-row blocks did
+    # (an odd-sized call discards half a 64-bit word), so intervals stay as published.
+    chunk = max(2, min(chunk, RESAMPLE_BLOCK_DRAWS // max(n, 1)) // 2 * 2)
     rng = np.random.default_rng(seed)
     for start in range(0, samples, chunk):
         yield rng.integers(0, n, size=(min(chunk, samples - start), n), dtype=np.int64)

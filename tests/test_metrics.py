@@ -97,3 +97,19 @@ def test_paired_difference_detects_a_better_run_and_not_an_identical_one():
     assert diff.ci95[0] > 0 and diff.p_value < 0.01
     same = paired_difference("hr@1", "all", better, better, samples=200, seed=0)
     assert same.difference == 0 and same.ci95 == (0.0, 0.0) and same.p_value == 1.0
+
+
+def test_bootstrap_memory_stays_bounded_on_large_splits_with_the_same_intervals(monkeypatch):
+    """100 resamples of a 1M-record split were drawn at once (~3 GB of index and count arrays)."""
+    from benchmark import metrics
+
+    n = 1_000_001  # odd: an odd-sized draw would shift the generator's stream
+    rng = np.random.default_rng(5)
+    ratios_ = {"hr@1": metrics.Ratio(rng.integers(0, 2, n).astype(np.float64), np.ones(n))}
+    blocks = []
+    counts = metrics._resample_counts
+    monkeypatch.setattr(metrics, "_resample_counts", lambda idx: blocks.append(idx.size) or counts(idx))
+    bounded = metrics.bootstrap_intervals(ratios_, samples=11, seed=2)
+    assert max(blocks) <= 4_000_000 + n
+    monkeypatch.setattr(metrics, "RESAMPLE_BLOCK_DRAWS", 10**12, raising=False)
+    assert metrics.bootstrap_intervals(ratios_, samples=11, seed=2) == bounded  # as 100-resample blocks gave
