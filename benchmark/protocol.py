@@ -7,8 +7,9 @@ A plugin that can order the candidates may also define ``rank(examples) -> list[
 (item ids best-first); the harness then calls ``rank`` instead of ``recommend``, takes the first id
 as the recommendation, and additionally reports Recall@k / NDCG@k.
 
-Optional attributes the harness reads: ``batch_size`` (examples per call, default 16) and
-``name`` (shown in reports).
+Optional attributes the harness reads: ``batch_size`` (examples per call, default 16), ``name``
+(shown in reports) and ``uses_images`` (default True; False: the candidates come without their image
+bytes, which are then never read into memory, a large catalog's images being many GB).
 """
 
 from __future__ import annotations

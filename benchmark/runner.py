@@ -131,8 +131,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
         conversations = load_conversations(info, domain, config.split)
         where = f"{info.id} {domain}/{config.split}"
         column = check_candidate_set(info, conversations.column_names, config.candidates, where)
-        items = load_items(info, domain, candidate_ids_of(conversations, column, config.limit))
-        splits.append((domain, conversations, column, items, where))
+        splits.append((domain, conversations, column, where))
     load_seconds = time.perf_counter() - load_started
 
     if resolved is not None:
@@ -146,11 +145,17 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise RunError(f"{config.model}: batch_size must be a positive integer, not {batch_size!r}")
     ranks = callable(getattr(recommender, "rank", None))
+    # After the plugin: one that reads no image gets none, or every candidate's image would sit in memory.
+    with_images = getattr(recommender, "uses_images", True) is not False
+    load_started = time.perf_counter()
+    item_lookups = [load_items(info, domain, candidate_ids_of(conversations, column, config.limit),
+                               with_images=with_images) for domain, conversations, column, _ in splits]
+    load_seconds += time.perf_counter() - load_started
     records: list[Record] = []
-    for domain, conversations, column, items, where in splits:
+    for (domain, conversations, column, where), items in zip(splits, item_lookups, strict=True):
         records.extend(iter_records(conversations, column, items, where, config.limit, domain=domain))
     _check_unique(records)
-    untitled = _untitled_candidates(records)
+    untitled = _untitled_candidates(records, with_images)
     _start_folder(out, signature, overwrite)  # only now: a run that fails before this leaves nothing behind
     cached = _read_predictions(out / PREDICTIONS_FILE)
     todo = [r for r in records if (r.example.domain, r.example.example_id) not in cached]
@@ -168,7 +173,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
                                   config.seed)
     score_seconds = time.perf_counter() - score_started
 
-    missing_items = sorted(set().union(*(items.missing for _, _, _, items, _ in splits)))
+    missing_items = sorted(set().union(*(items.missing for items in item_lookups)))
     results = {
         "format": RESULTS_FORMAT,
         "metrics": metrics,
@@ -210,14 +215,15 @@ def _with_new_intervals(finished: dict[str, Any], out: Path, config: RunConfig) 
     return {**finished, "metrics": metrics, "bootstrap": bootstrap_entry(config.bootstrap_samples, config.seed)}
 
 
-def _untitled_candidates(records: Sequence[Record]) -> dict[str, int]:
+def _untitled_candidates(records: Sequence[Record], with_images: bool) -> dict[str, int]:
     """How many distinct candidate items have no title (an imported release has no metadata for its items):
     a recommender that reads titles then has nothing to choose by, and its scores say so only here."""
     items = {c.item_id: c for r in records for c in r.example.candidates}
     untitled = sum(1 for c in items.values() if not c.title.strip())
     if untitled:
-        log.warning("%d of %d candidate items have no title (and %d no image): recommenders that read them "
-                    "choose blind", untitled, len(items), sum(1 for c in items.values() if c.image_bytes is None))
+        no_image = f" (and {sum(1 for c in items.values() if c.image_bytes is None)} no image)" if with_images else ""
+        log.warning("%d of %d candidate items have no title%s: recommenders that read them choose blind",
+                    untitled, len(items), no_image)
     return {"items": untitled, "of": len(items)}
 
 

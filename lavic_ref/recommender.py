@@ -96,7 +96,7 @@ class LavicRecommender:
         self.batch_size = _positive_int("batch_size", batch_size)
         self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
         self.max_tokens = _positive_int("max_tokens", max_tokens)
-        self.images = _flag(images)
+        self.images = self.uses_images = _flag(images)
         distill_adapter = str(resolve_adapter_dir(distill_adapter)) if distill_adapter else None
         rec_adapter = str(resolve_adapter_dir(rec_adapter)) if rec_adapter else None
         if base is None:

@@ -184,6 +184,30 @@ def test_examples_never_carry_the_ground_truth(dataset, tmp_path):
     assert example.candidates[0].image_path.read_bytes() == example.candidates[0].image_bytes
 
 
+def test_a_plugin_that_reads_no_image_gets_none_and_the_built_ins_say_which_read_them(dataset, tmp_path):
+    """A large catalog's images are many GB: a text-only plugin must not have them all read into memory."""
+    from benchmark.recommenders.random_choice import RandomRecommender
+    from benchmark.recommenders.similarity import BM25Recommender, SBERTRecommender
+
+    seen = {}
+
+    class Spy:
+        def __init__(self, uses_images):
+            if uses_images is not None:
+                self.uses_images = uses_images
+
+        def recommend(self, examples):
+            seen[self.__dict__.get("uses_images")] = examples[0].candidates
+            return ["" for _ in examples]
+
+    for uses_images in (None, True, False):
+        run(RunConfig(model="spy", dataset=str(dataset), domain="fashion", bootstrap_samples=0),
+            tmp_path / str(uses_images), recommender=Spy(uses_images), progress=False)
+    assert all(c.image_bytes for c in seen[None]) and all(c.image_bytes for c in seen[True])
+    assert all(c.image_bytes is None and c.title for c in seen[False])
+    assert RandomRecommender.uses_images is BM25Recommender.uses_images is SBERTRecommender.uses_images is False
+
+
 def test_cli_run_report_compare(dataset, tmp_path):
     runner = CliRunner()
     for model in ("random", "bm25"):

@@ -424,7 +424,7 @@ def test_ablations_titles_only_and_no_distillation(tiny_base, tmp_path):
     _invoke(cli, ["finetune", *common, "--no-images", "--out", tmp_path / "rec", "--max-steps", "1"])
     recommender = LavicRecommender(base=tiny_base, rec_adapter=str(tmp_path / "rec" / "best"), images="false",
                                    device=DEVICE)
-    assert recommender.embeddings is None
+    assert recommender.embeddings is None and recommender.uses_images is False
     # without `base`, the plugin loads the base the adapter records (not the 7B hub checkpoint: no network here)
     recorded = LavicRecommender(rec_adapter=str(tmp_path / "rec"), images="false", device=DEVICE)
     assert recorded.backbone.base == recommender.backbone.base

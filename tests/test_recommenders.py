@@ -83,6 +83,7 @@ def chat_server(httpserver, monkeypatch):
 def test_openai_chat_title_only_cached_and_retried(chat_server, tmp_path):
     server, requests = chat_server
     recommender = OpenAIChatRecommender(model="test-model", base_url=server.url_for("/v1"), cache_dir=tmp_path)
+    assert recommender.uses_images is False  # the harness then reads no image into memory
     assert recommender.recommend([_example("a"), _example("b")]) == ["The best match is B000000003."] * 2
     assert len(requests) == 3  # one 429 retried, after the second its Retry-After asked for
     assert max(server.state["times"]) - min(server.state["times"]) >= 0.95
@@ -183,6 +184,7 @@ def test_openai_chat_with_images_sends_one_image_per_candidate(chat_server, tmp_
     server, requests = chat_server
     recommender = OpenAIChatRecommender(model="vision", base_url=server.url_for("/v1"), with_images=True,
                                         cache_dir=tmp_path, max_workers=1)
+    assert recommender.uses_images is True
     recommender.recommend([_example()])
     parts = requests[-1]["messages"][0]["content"]
     images = [p for p in parts if p["type"] == "image_url"]
@@ -257,6 +259,7 @@ def test_hf_vlm_batched_equals_one_by_one(tiny_vlm, with_images):
 
     recommender = HFVisionLanguageRecommender(model=str(tiny_vlm), with_images=with_images, max_new_tokens=5,
                                               device="cpu", dtype="float32")
+    assert recommender.uses_images is with_images
     examples = [_example("a"), Example(**{**_example("b").__dict__, "context": "<submission>x</submission>\n"})]
     prompt, images = recommender._prompt(examples[0])
     assert len(images) == (3 if with_images else 0)

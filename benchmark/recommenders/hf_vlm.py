@@ -36,7 +36,7 @@ class HFVisionLanguageRecommender:
             raise ImportError("hf-vlm needs torch and transformers: pip install 'reddit-amazon[lavic]'") from error
 
         self.model_name = model
-        self.with_images = with_images
+        self.with_images = self.uses_images = with_images
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.name = f"{model.rstrip('/').split('/')[-1]} ({'title+image' if with_images else 'title'})"

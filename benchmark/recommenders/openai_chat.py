@@ -72,7 +72,7 @@ class OpenAIChatRecommender:
                  cache_dir: str | os.PathLike | None = None) -> None:
         self.model = model
         self.base_url = base_url
-        self.with_images = with_images
+        self.with_images = self.uses_images = with_images
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.max_workers = max_workers

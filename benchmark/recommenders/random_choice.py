@@ -12,6 +12,7 @@ from benchmark.protocol import Example
 class RandomRecommender:
     name = "random"
     batch_size = 256
+    uses_images = False
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed

@@ -16,6 +16,7 @@ from benchmark.retrieval import get_retriever, item_text
 class _SimilarityRecommender:
     retriever_name = ""
     batch_size = 64
+    uses_images = False
 
     def __init__(self, with_description: bool = False, **retriever_options: Any) -> None:
         self.with_description = with_description
