@@ -113,3 +113,61 @@ def test_bootstrap_memory_stays_bounded_on_large_splits_with_the_same_intervals(
     assert max(blocks) <= 4_000_000 + n
     monkeypatch.setattr(metrics, "RESAMPLE_BLOCK_DRAWS", 10**12, raising=False)
     assert metrics.bootstrap_intervals(ratios_, samples=11, seed=2) == bounded  # as 100-resample blocks gave
+
+
+def test_ranking_cutoffs_count_the_top_k_only_and_a_repeated_item_at_its_first_place():
+    ranking = [f"B00000000{i}" for i in range(10)]
+    at_sixth = score(ranking[0], [ranking[5]], ranking, ranking)  # rank 6: outside the top 5, inside the top 10
+    assert at_sixth.recall == (0, 1)
+    assert at_sixth.ndcg == (0.0, pytest.approx(1 / math.log2(7)))
+    repeated = [ranking[3], *ranking[:3], ranking[4], ranking[5], ranking[6], ranking[7], ranking[8], ranking[3]]
+    first_place = score(repeated[0], [ranking[3]], ranking, repeated)  # first at rank 1, again at rank 10
+    assert first_place.recall == (1, 1)
+    assert first_place.ndcg == (pytest.approx(1.0), pytest.approx(1.0))
+
+
+def _hits(rng, n, p):
+    return ratios([Outcome(1, int(h), True) for h in rng.random(n) < p])["hr@1"]
+
+
+def test_intervals_are_95_percent_wide():
+    """Over 2000 records, percentile bootstrap intervals of a proportion and of a paired difference are as
+    wide as the normal approximation's 95% intervals (a 90% one would be ~16% narrower)."""
+    rng = np.random.default_rng(3)
+    a, b = _hits(rng, 2000, 0.3), _hits(rng, 2000, 0.2)
+    low, high = bootstrap_intervals({"hr@1": a}, samples=2000, seed=0)["hr@1"]
+    p = a.value
+    assert 0.9 < (high - low) / (2 * 1.959964 * math.sqrt(p * (1 - p) / 2000)) < 1.1
+    diff = paired_difference("hr@1", "all", a, b, samples=2000, seed=0)
+    per_record = a.numerators - b.numerators
+    se = per_record.std(ddof=1) / math.sqrt(2000)
+    assert 0.9 < (diff.ci95[1] - diff.ci95[0]) / (2 * 1.959964 * se) < 1.1
+
+
+def test_every_record_can_be_drawn_by_the_bootstrap():
+    for hit_at in range(3):  # a single hit, wherever it sits, is in some resamples and missing from others
+        hr = ratios([Outcome(1, int(i == hit_at), True) for i in range(3)])["hr@1"]
+        low, high = bootstrap_intervals({"hr@1": hr}, samples=200, seed=0)["hr@1"]
+        assert low == 0.0 and high > 0.0
+
+
+def test_paired_difference_is_antisymmetric_with_unequal_denominators():
+    """Records with several gt items: each run's ratio is over its own pairs."""
+    rng = np.random.default_rng(5)
+    pairs = 1 + (rng.random(300) < 0.4)
+    a = ratios([Outcome(int(n), int(rng.integers(0, n + 1)), True) for n in pairs])["hr@1"]
+    b = ratios([Outcome(1, int(rng.random() < 0.3), True) for _ in pairs])["hr@1"]
+    ab = paired_difference("hr@1", "all", a, b, samples=500, seed=0)
+    ba = paired_difference("hr@1", "all", b, a, samples=500, seed=0)
+    assert ab.difference == pytest.approx(a.value - b.value) == pytest.approx(-ba.difference)
+    assert ab.ci95 == (pytest.approx(-ba.ci95[1]), pytest.approx(-ba.ci95[0]))
+    assert ab.ci95[0] < ab.difference < ab.ci95[1]
+
+
+def test_summaries_use_the_seed_they_are_given():
+    rng = np.random.default_rng(2)
+    outcomes = [Outcome(1, int(rng.random() < 0.4), bool(rng.random() < 0.8)) for _ in range(200)]
+    domains = ["beauty"] * 200
+    first = summarize_by_domain(domains, outcomes, samples=300, seed=1)
+    assert first == summarize_by_domain(domains, outcomes, samples=300, seed=1)
+    assert first["hr@1"]["all"]["ci95"] != summarize_by_domain(domains, outcomes, samples=300, seed=2)["hr@1"]["all"]["ci95"]
