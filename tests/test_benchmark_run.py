@@ -702,3 +702,56 @@ def test_a_password_holding_an_at_sign_is_redacted_whole():
     from reddit_amazon.openai_endpoint import display_url
 
     assert display_url("http://bob:p@ss-SECRET@host:99999/v1?api_key=k") == "http://host:99999/v1"  # a bad port
+
+
+class FirstOrNothing:
+    """The first candidate, except every third example gets an answer naming no item (VR < 1)."""
+
+    batch_size = 8
+
+    def recommend(self, examples):
+        return ["no idea" if int.from_bytes(e.example_id.encode(), "big") % 3 == 0 else e.candidates[0].item_id
+                for e in examples]
+
+
+def test_compare_reports_a_minus_b_per_domain_and_a_rescored_run_keeps_its_values(dataset, tmp_path):
+    from benchmark.compare import compare_runs
+
+    first = run(RunConfig(model="first", dataset=str(dataset), bootstrap_samples=100), tmp_path / "a",
+                recommender=FirstOrNothing(), progress=False)
+    assert 0 < first["metrics"]["vr"]["all"]["value"] < 1
+    lines = [orjson.loads(line) for line in (tmp_path / "a" / "predictions.jsonl").read_bytes().splitlines()]
+    gt = {r["example_id"]: r["gt_items"] for r in _gt_rows(dataset)}
+    assert [line["hit"] for line in lines] == [line["parsed"] in gt[line["example_id"]] for line in lines]
+    assert any(line["hit"] for line in lines) and not all(line["hit"] for line in lines)
+    # Other bootstrap settings: new intervals, the same values (VR included) and counts
+    rescored = run(RunConfig(model="first", dataset=str(dataset), bootstrap_samples=50, seed=3), tmp_path / "a",
+                   recommender=FirstOrNothing(), progress=False)
+    for metric in ("hr@1", "vr"):
+        for group, entry in first["metrics"][metric].items():
+            again = rescored["metrics"][metric][group]
+            assert (again["value"], again["numerator"], again["denominator"]) == \
+                (entry["value"], entry["numerator"], entry["denominator"]), (metric, group)
+    second = run(RunConfig(model="last", dataset=str(dataset), bootstrap_samples=0), tmp_path / "b",
+                 recommender=LastCandidate(), progress=False)
+    comparison = compare_runs(tmp_path / "a", tmp_path / "b", samples=100, seed=0)
+    found = {(d.metric, d.group): d for d in comparison.differences}
+    assert {group for _, group in found} == {"beauty", "fashion", "home", "all"}
+    for (metric, group), d in found.items():
+        a, b = first["metrics"][metric][group]["value"], second["metrics"][metric][group]["value"]
+        assert (d.a, d.b, d.records) == (pytest.approx(a), pytest.approx(b), first["counts"][group]["records"])
+        assert d.difference == pytest.approx(a - b)
+    assert found[("vr", "all")].difference < 0
+
+
+def test_a_limited_run_loads_every_candidate_it_shows(dataset, tmp_path):
+    results = run(RunConfig(model="last", dataset=str(dataset), domain="home", limit=3, bootstrap_samples=0),
+                  tmp_path, recommender=LastCandidate(), progress=False)
+    assert results["items_missing_from_catalog"] == [] and results["items_without_title"]["items"] == 0
+
+
+def test_the_second_best_hr1_is_the_second_highest_of_three():
+    from benchmark.report import Run, _ranks
+
+    runs = [Run(Path(f"r{i}"), {"metrics": {"hr@1": {"beauty": {"value": v}}}}) for i, v in enumerate((0.1, 0.3, 0.2))]
+    assert _ranks(runs) == {(1, "beauty", "hr@1"): 1, (2, "beauty", "hr@1"): 2}
