@@ -108,3 +108,38 @@ def test_table1_turns_are_context_turns_as_the_release_shows():
         assert abs(context_turns - paper) < 0.1 < abs(context_turns + 1 - paper), domain
     stats = table1_stats({"home": {"train": [record("r", "t")], "validation": [], "test": []}}, {})
     assert stats["home"]["turns"] == len(record("r", "t").turns)
+
+
+def test_threads_placed_by_another_domain_come_first_so_the_rest_balances_8_1_1():
+    records = [record(f"{domain}{t}", f"t{t}", domain=domain) for t in range(40) for domain in ("beauty", "home")]
+    records += [record(f"h{t}", f"solo{t}") for t in range(7)]
+    for seed in range(5):
+        splits = split_by_thread(records, seed=seed)
+        assert [len(splits["beauty"][s]) for s in SPLITS] == [32, 4, 4]
+        assert [len(splits["home"][s]) for s in SPLITS] == [37, 5, 5], seed  # the targets for 47 records
+
+
+class Fixed:
+    """A retriever returning the same ids for every query."""
+
+    candidate_set_name = "fixed"
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def top_k(self, queries, items, k=10):
+        return [self.ids[:k] for _ in queries]
+
+
+def test_candidate_recall_counts_record_gt_pairs():
+    items = {"home": [Item(item_id=f"B0000000{i:02d}", domain="home", title=f"thing {i}") for i in range(12)]}
+    retrieved = [f"B0000000{i:02d}" for i in range(10)]
+    both = record("r1", "t1")
+    both.gt_items = ["B000000001", "B000000002"]  # both retrieved
+    two = record("r2", "t2")
+    two.gt_items = ["B000000003", "B000000011"]  # one of two retrieved
+    one = record("r3", "t3", gt="B000000010")  # missed
+    splits = {"home": {"train": [both, two, one], "validation": [], "test": []}}
+    report = add_candidates(splits, items, [Fixed(retrieved)], seed=0)
+    assert report.recall == {"fixed": {"home": 0.6}}  # 3 of 5 (record, gt item) pairs
+    assert sorted(two.candidates["fixed"]) == retrieved

@@ -534,3 +534,20 @@ def test_shards_go_straight_to_arrow_and_are_the_files_datasets_wrote(tmp_path, 
                                                       features=datasets.Features.from_arrow_schema(table.schema))
         pq.write_table(through_datasets.data.table, tmp_path / "reference.parquet")
         assert (tmp_path / "reference.parquet").read_bytes() == shard.read_bytes(), shard
+
+
+def test_the_fingerprint_covers_every_shard_and_where_it_lies(tmp_path):
+    folder = tmp_path / "ds"
+    original = write_dataset(folder, contents())["fingerprint"]
+    shards = sorted((folder / "data").rglob("*.parquet"))
+    for shard in shards:  # any shard's rows
+        data = shard.read_bytes()
+        table = pq.read_table(shard)
+        pq.write_table(table.slice(0, table.num_rows - 1), shard)
+        assert fingerprint(folder) != original, shard
+        shard.write_bytes(data)
+    assert fingerprint(folder) == original
+    # validation rows moved into train (the shard keeps its place in the sorted listing) is other data
+    moved = folder / "data" / "home" / "validation-00000-of-00001.parquet"
+    moved.rename(folder / "data" / "home" / "train-00001-of-00002.parquet")
+    assert fingerprint(folder) != original

@@ -18,6 +18,7 @@ from reddit_amazon.linking import (
     ShortLinkResolver,
     extract_asins,
     extract_short_links,
+    linked_asins,
 )
 
 
@@ -403,3 +404,12 @@ def test_every_storefront_tld(tld):
 @pytest.mark.parametrize("tld", ["net", "org", "xyz", "co", "tv", "com.co", "co.in", "com.xx", "co.xx"])
 def test_other_tlds_are_not_storefronts(tld):
     assert extract_asins(f"https://www.amazon.{tld}/dp/B07XJ8C8F5") == []
+
+
+def test_asins_come_in_order_of_appearance_whatever_the_link_form():
+    text = ("first amzn.com/B0ZZZZZZZ9 then https://www.amazon.com/dp/B0AAAAAAA1 and amzn.to/abc "
+            "and amzn.com/dp/B0MMMMMMM5")
+    assert extract_asins(text) == ["B0ZZZZZZZ9", "B0AAAAAAA1", "B0MMMMMMM5"]
+    # a resolved short link's ASINs sit where the short link is
+    assert linked_asins(text, {"https://amzn.to/abc": ["B0BBBBBBB2"]}) == \
+        ["B0ZZZZZZZ9", "B0AAAAAAA1", "B0BBBBBBB2", "B0MMMMMMM5"]

@@ -71,6 +71,8 @@ def test_parse_context_rejects_malformed(context):
         (lambda r: r.update(context="<submission>other</submission>\n"), "render_context"),
         (lambda r: r["turns"].reverse(), "start with the submission"),
         (lambda r: r["turns"][1].pop("author"), "turns[1]: missing field(s) author"),
+        (lambda r: r.update(context_items=["B00short"]), "context_items"),
+        (lambda r: r["turns"][1].update(kind="submission"), "turns[1].kind 'submission'"),
     ],
 )
 def test_invalid_records_name_their_source(mutate, message):
