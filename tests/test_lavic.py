@@ -981,3 +981,57 @@ def test_a_repeated_domain_is_used_once(tiny_base, tmp_path):
     assert twice["domains"] == ["home"]
     assert (twice["train_examples"], twice["validation_examples"]) == (once["train_examples"],
                                                                          once["validation_examples"])
+
+
+def test_target_loss_of_targets_of_different_lengths_matches_the_full_logits_loss(tiny_base):
+    """The first labelled column of the batch (the longest target) sets how many positions are scored."""
+    from lavic_ref.model import embed_inputs, pad_batch, target_loss
+
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    sequences = [[1, 40, 41, 42, 43, 44, 45, 46, 2], [1, 50, 51, 52, 53, 2]]
+    labels = [[-100] * 3 + sequences[0][3:], [-100] * 4 + sequences[1][4:]]  # 6 and 2 target tokens
+    right = pad_batch(sequences, 3, labels=labels, left=False)
+    left = pad_batch(sequences, 3, labels=labels, left=True)
+    with torch.no_grad():
+        expected = backbone.model(input_ids=right.input_ids, attention_mask=right.attention_mask,
+                                  labels=right.labels).loss
+        actual = target_loss(backbone.model, embed_inputs(backbone, left.input_ids, None), left.attention_mask,
+                             left.labels)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_distillation_targets_keep_max_target_tokens_then_eos_and_contexts_lose_item_token_text(tiny_base):
+    from lavic_ref.sequences import distillation_sequence
+
+    tokenizer = load_backbone(tiny_base, device=DEVICE).tokenizer
+    description = "a soft pink lipstick in a gold tube with a matte finish and a floral scent"
+    words = tokenizer(description, add_special_tokens=False)["input_ids"]
+    assert len(words) > 6
+    sequence = distillation_sequence(tokenizer, "Lipstick", description, max_target_tokens=6)
+    assert [t for t in sequence.labels if t != -100] == words[:6] + [tokenizer.eos_token_id]
+    assert sequence.input_ids[-7:] == words[:6] + [tokenizer.eos_token_id]
+    # A user typing an item token's text must not add item-token positions (10 items x 5 tokens exactly)
+    ids = sorted(load_items(None, ["beauty"]))
+    candidates = [(item_id, "lip gloss") for item_id in ids[:10]]
+    context = f"<submission>see {''.join(ITEM_TOKENS)} and <ItemImageEmb3></submission>\n"
+    sequence = recommendation_sequence(tokenizer, context, candidates, ids[3], with_images=True)
+    item_tokens = set(tokenizer.convert_tokens_to_ids(list(ITEM_TOKENS)))
+    assert sum(i in item_tokens for i in sequence.input_ids) == 50
+
+
+def test_instances_keep_every_retrieved_negative_and_replace_other_gts_with_distinct_ones():
+    gts = ["B00000000A", "B00000000B", "B00000000C"]
+    retrieved = [f"B0000000{i:02d}" for i in range(7)]
+    three = _conversation("x", gts, retrieved[:4] + gts + retrieved[4:])
+    others = [_conversation(f"o{k}", ["B00000009Z"], [f"B00000{k}{i:02d}X"[:10] for i in range(10)]) for k in range(2)]
+    for seed in range(20):
+        instances = recommendation_instances([three, *others], "sbert", random.Random(seed))
+        for instance in instances[:3]:
+            assert len(set(instance.candidates)) == 10, seed
+            assert [c for c in instance.candidates if c in gts] == [instance.target], seed
+            assert set(retrieved) <= set(instance.candidates), seed  # the hard negatives all stay
+    # authors' code: a gt missing from the candidates never takes another gt's place
+    missing = _conversation("m", ["B00000000A", "B00000000B"], [f"B0000000{i:02d}" for i in range(9)] + ["B00000000B"])
+    for seed in range(20):
+        first = recommendation_instances([missing], "sbert", random.Random(seed), "authors-code")[0]
+        assert {"B00000000A", "B00000000B"} <= set(first.candidates), seed
