@@ -261,6 +261,9 @@ def test_retrieve_over_the_full_catalog(dataset, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["metrics"]["hr@1"]["home"]["value"] == hits / sum(len(r["gt_items"]) for r in rows)
     assert "vr" not in results["metrics"] and results["candidate_set_name"] == "bm25"
+    for k in (5, 10):  # the default k=10 reports both cutoffs, per (record, gt item) pair
+        found = sum(g in ranking[:k] for ranking, r in zip(expected, rows) for g in r["gt_items"])
+        assert results["metrics"][f"recall@{k}"]["home"]["value"] == found / sum(len(r["gt_items"]) for r in rows)
 
 
 def test_retrieve_and_run_report_bad_options_and_a_damaged_cache_in_one_line(dataset, tmp_path):
