@@ -300,7 +300,7 @@ def _provenance(manifest: Mapping[str, Any]) -> str:
     computed = manifest.get("candidate_sets") or []
     rows = [
         ["version", inline_code(manifest["version"])],
-        ["fingerprint (sha256 over the rows of the Parquet shards)", inline_code(manifest["fingerprint"])],
+        ["fingerprint (sha256 over the Parquet shards)", inline_code(manifest["fingerprint"])],
         ["candidate sets computed", ", ".join(inline_code(c) for c in computed) or "none"],
     ]
     if manifest.get("schema_package_version"):

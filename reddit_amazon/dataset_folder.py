@@ -204,7 +204,6 @@ def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:
         "name": DEFAULT_NAME,
         "version": contents.version,
         "fingerprint": fingerprint(folder),
-        "fingerprint_of": FINGERPRINT_OF_ROWS,
         "schema_package_version": __version__,
         "candidate_sets": list(contents.candidate_sets),
         "candidate_columns": [candidate_column(n) for n in candidate_sets_of(features)],
@@ -236,52 +235,15 @@ def _write_shards(folder: Path, stem: str, records: list, to_row: Callable[[int,
     return paths
 
 
-#: What the manifest's fingerprint hashes (its ``fingerprint_of``): the rows, or, in folders written before
-#: the manifest recorded it, the shard files' bytes.
-FINGERPRINT_OF_ROWS = "rows"
-FINGERPRINT_OF_BYTES = "bytes"
-
-
-def fingerprint(folder: str | os.PathLike, of: str = FINGERPRINT_OF_ROWS) -> str:
-    """sha256 over the data files (relative path + rows), independent of card and manifest.
-
-    The rows, not the files' bytes: a shard records the pyarrow version that wrote it and the ``datasets``
-    features JSON, so the same rows written under other library releases would otherwise be other data.
-    ``of=FINGERPRINT_OF_BYTES`` gives the fingerprint of folders whose manifest predates ``fingerprint_of``.
-    """
+def fingerprint(folder: str | os.PathLike) -> str:
+    """sha256 over the data files (relative path + content), independent of card and manifest."""
     folder = Path(folder)
     digest = hashlib.sha256()
     for path in sorted((folder / DATA_DIR).rglob("*.parquet")):
         digest.update(path.relative_to(folder).as_posix().encode())
         digest.update(b"\0")
-        digest.update((file_sha256(path) if of == FINGERPRINT_OF_BYTES else _rows_sha256(path)).encode())
+        digest.update(file_sha256(path).encode())
         digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def manifest_fingerprint(folder: str | os.PathLike, manifest: Mapping[str, Any]) -> str:
-    """``folder``'s fingerprint computed as its manifest's was."""
-    return fingerprint(folder, manifest.get("fingerprint_of", FINGERPRINT_OF_BYTES))
-
-
-def _rows_sha256(path: Path) -> str:
-    """sha256 of a shard's column names and rows, each row as sorted-key JSON (binary values by their sha256)."""
-    import orjson
-
-    def binary(value: Any) -> str:
-        if isinstance(value, bytes):
-            return hashlib.sha256(value).hexdigest()
-        raise TypeError(f"{type(value).__name__} in {path}")
-
-    try:
-        shard = pq.ParquetFile(path)
-        digest = hashlib.sha256(orjson.dumps(shard.schema_arrow.names))
-        for batch in shard.iter_batches(batch_size=1024):
-            for row in batch.to_pylist():
-                digest.update(orjson.dumps(row, default=binary, option=orjson.OPT_SORT_KEYS))
-                digest.update(b"\n")
-    except (pa.ArrowException, OSError) as error:
-        raise SchemaError(f"{path}: not a readable Parquet file ({error})") from None
     return digest.hexdigest()
 
 
@@ -399,14 +361,10 @@ def verify(folder: str | os.PathLike) -> list[str]:
     folder = Path(folder)
     manifest = read_manifest(folder)
     problems = []
-    try:
-        actual = manifest_fingerprint(folder, manifest)
-    except SchemaError:
-        problems.append("the data files' fingerprint cannot be computed: a shard is unreadable (named below)")
-    else:
-        if actual != manifest.get("fingerprint"):
-            problems.append(f"the data files' fingerprint is {actual[:12]}, the manifest says "
-                            f"{str(manifest.get('fingerprint'))[:12]}: a shard was changed, added or removed")
+    actual = fingerprint(folder)
+    if actual != manifest.get("fingerprint"):
+        problems.append(f"the data files' fingerprint is {actual[:12]}, the manifest says "
+                        f"{str(manifest.get('fingerprint'))[:12]}: a shard was changed, added or removed")
     counts = manifest.get("counts", {})
     if not isinstance(counts, dict) or not all(isinstance(splits, dict) for splits in counts.values()):
         problems.append(f"the manifest's counts are not {{config: {{split: rows}}}}: {str(counts)[:60]}")
@@ -461,11 +419,7 @@ def check_unchanged(folder: str | os.PathLike) -> None:
     if _FOUND_UNCHANGED.get(folder) == stats:
         return
     manifest = read_manifest(folder)
-    try:
-        unchanged = manifest_fingerprint(folder, manifest) == manifest.get("fingerprint")
-    except SchemaError:  # an unreadable shard
-        unchanged = False
-    if not unchanged:
+    if fingerprint(folder) != manifest.get("fingerprint"):
         raise SchemaError(f"{folder}: its data files changed since it was written (`reddit-amazon verify "
                           f"{folder}` says how); rebuild, re-import or restore it")
     _FOUND_UNCHANGED[folder] = stats
