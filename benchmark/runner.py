@@ -132,6 +132,9 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
         where = f"{info.id} {domain}/{config.split}"
         column = check_candidate_set(info, conversations.column_names, config.candidates, where)
         splits.append((domain, conversations, column, where))
+    wanted = [candidate_ids_of(conversations, column, config.limit) for _, conversations, column, _ in splits]
+    # Text only, before the plugin: a domain without items fails before a heavy model loads.
+    item_lookups = [load_items(info, domain, ids, with_images=False) for (domain, *_), ids in zip(splits, wanted)]
     load_seconds = time.perf_counter() - load_started
 
     if resolved is not None:
@@ -147,10 +150,10 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
     ranks = callable(getattr(recommender, "rank", None))
     # After the plugin: one that reads no image gets none, or every candidate's image would sit in memory.
     with_images = getattr(recommender, "uses_images", True) is not False
-    load_started = time.perf_counter()
-    item_lookups = [load_items(info, domain, candidate_ids_of(conversations, column, config.limit),
-                               with_images=with_images) for domain, conversations, column, _ in splits]
-    load_seconds += time.perf_counter() - load_started
+    if with_images:
+        load_started = time.perf_counter()
+        item_lookups = [load_items(info, domain, ids) for (domain, *_), ids in zip(splits, wanted)]
+        load_seconds += time.perf_counter() - load_started
     records: list[Record] = []
     for (domain, conversations, column, where), items in zip(splits, item_lookups, strict=True):
         records.extend(iter_records(conversations, column, items, where, config.limit, domain=domain))

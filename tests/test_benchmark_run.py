@@ -758,3 +758,31 @@ def test_the_second_best_hr1_is_the_second_highest_of_three():
 
     runs = [Run(Path(f"r{i}"), {"metrics": {"hr@1": {"beauty": {"value": v}}}}) for i, v in enumerate((0.1, 0.3, 0.2))]
     assert _ranks(runs) == {(1, "beauty", "hr@1"): 1, (2, "beauty", "hr@1"): 2}
+
+
+def test_a_domain_without_items_fails_before_the_plugin_is_made(dataset, tmp_path):
+    """A heavy model (minutes to load) must not be loaded for a run that cannot start: the items config is
+    checked with the conversations, whether or not the plugin reads images."""
+    import pyarrow.parquet as pq
+
+    from reddit_amazon.dataset_folder import DatasetContents, write_dataset
+    from reddit_amazon.schema import Conversation, Item
+
+    rows = {p: pq.read_table(p).to_pylist() for p in sorted((dataset / "data").rglob("*.parquet"))}
+    conversations = {p.parent.name: {"test": [Conversation.from_row(r) for r in found]}
+                     for p, found in rows.items() if p.parent.name != "items"}
+    items = {p.name.split("-")[0]: [Item.from_row(r) for r in found]
+             for p, found in rows.items() if p.parent.name == "items" and not p.name.startswith("home")}
+    write_dataset(tmp_path / "ds", DatasetContents(conversations=conversations, items=items, version="1.0.0",
+                                                   candidate_sets=["sbert", "bm25"]))
+    plugin = tmp_path / "heavy.py"
+    plugin.write_text("from pathlib import Path\n"
+                      "class Heavy:\n"
+                      "    def __init__(self):\n"
+                      "        Path(__file__).with_suffix('.loaded').touch()\n"
+                      "    def recommend(self, examples):\n"
+                      "        return ['' for _ in examples]\n")
+    with pytest.raises(DatasetError, match="items of 'home'"):
+        run(RunConfig(model=f"{plugin}:Heavy", dataset=str(tmp_path / "ds"), domain="home", bootstrap_samples=0),
+            tmp_path / "out", progress=False)
+    assert not plugin.with_suffix(".loaded").exists()
