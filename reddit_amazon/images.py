@@ -18,8 +18,9 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, final
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 FAILURES_FILE = "failures.json"
 SOURCES_FILE = "sources.json"
 SOURCES_JOURNAL = "sources.journal"  # one JSON line per image stored since the last save (survives a kill)
+STORE_LOCK = "store.lock"  # held while the journal is appended to or folded into sources.json
 NO_IMAGE_URL = "no_image_url"
 #: What product images come as. Only these are parsed at all: some other formats (ICO, ...) decode their
 #: content while opening, before the pixel limit can be checked.
@@ -158,6 +160,7 @@ class ImageStore:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._stored: set[str] = set()  # images this instance put
         self.failures: dict[str, dict] = self._read_failures()
         self.sources: dict[str, str] = {**self._read_object(self.folder / SOURCES_FILE), **self._read_journal()}
 
@@ -204,11 +207,24 @@ class ImageStore:
         target = self.path(asin)
         write_atomic(target, jpeg)
         line = json.dumps({"asin": asin, "url": url}).encode() + b"\n"
-        with self._lock:
+        with self._lock, self._shared():
             self._append(line)  # after the image: a kill in between leaves an image without (a current) URL
             self.failures.pop(asin, None)
+            self._stored.add(asin)
             self.sources[asin] = url
         return target
+
+    @contextmanager
+    def _shared(self) -> Iterator[None]:
+        """Exclusive among the processes using this store (two builds may share one): a save folds in the
+        journal lines of them all and deletes none another has appended meanwhile."""
+        with open(self.folder / STORE_LOCK, "ab") as handle:
+            try:
+                import fcntl
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except (ImportError, OSError):  # no flock here (Windows, some network file systems): unguarded
+                pass
+            yield
 
     def _append(self, line: bytes) -> None:
         descriptor = os.open(self.folder / SOURCES_JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
@@ -223,7 +239,13 @@ class ImageStore:
 
     def save(self) -> None:
         """Write what was learnt (failures, and where each image came from: the journal is folded in)."""
-        with self._lock:
+        with self._lock, self._shared():
+            # What other processes recorded since this one started wins over what it read then (its own
+            # puts are in the journal); entries only this process knows (seeded ones) are kept.
+            self.sources = {**self.sources, **self._read_object(self.folder / SOURCES_FILE), **self._read_journal()}
+            self.failures = {**self._read_failures(), **self.failures}
+            for asin in self._stored:
+                self.failures.pop(asin, None)
             failures = json.dumps(self.failures, indent=1, sort_keys=True)
             sources = json.dumps(self.sources, indent=1, sort_keys=True)
             write_atomic(self.folder / FAILURES_FILE, failures.encode())

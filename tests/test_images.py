@@ -412,3 +412,20 @@ def test_an_unreadable_store_file_is_named(tmp_path, caplog):
     (folder / "sources.json").write_text("[1, 2")
     with pytest.raises(ImageStoreError, match=str(folder / "sources.json")):
         ImageStore(folder)
+
+
+def test_two_builds_sharing_a_store_keep_each_others_images(tmp_path):
+    """Two builds (one per domain) fetch into one --image-store at once: whichever saves last must not drop
+    the images the other recorded, nor a save delete journal lines the other appended meanwhile."""
+    folder = tmp_path / "images"
+    first, second = ImageStore(folder), ImageStore(folder)  # both started before either saved
+    first.put("B000000001", jpeg(), "http://host/a.jpg")
+    first.record_failure("B000000003", "http://host/c.jpg", "http_error: HTTP 404", permanent=True)
+    second.put("B000000002", jpeg(), "http://host/b.jpg")
+    first.save()  # the first build ends while the second still runs
+    second.put("B000000004", jpeg(), "http://host/d.jpg")
+    second.save()
+    again = ImageStore(folder)
+    assert all(again.has(asin, f"http://host/{name}.jpg")
+               for asin, name in [("B000000001", "a"), ("B000000002", "b"), ("B000000004", "d")])
+    assert again.failures["B000000003"]["permanent"]
