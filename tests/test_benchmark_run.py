@@ -786,3 +786,31 @@ def test_a_domain_without_items_fails_before_the_plugin_is_made(dataset, tmp_pat
         run(RunConfig(model=f"{plugin}:Heavy", dataset=str(tmp_path / "ds"), domain="home", bootstrap_samples=0),
             tmp_path / "out", progress=False)
     assert not plugin.with_suffix(".loaded").exists()
+
+
+def test_a_cache_that_cannot_be_opened_or_written_is_named_in_one_line(tmp_path):
+    """A read-only cache folder or file (a shared $REDDIT_AMAZON_CACHE) ends the run with an Error: line naming
+    the file, not a traceback of a bare sqlite3.OperationalError."""
+    import sqlite3
+
+    from benchmark.recommenders.openai_chat import ChatCache
+    from benchmark.retrieval.cache import CacheUnavailable, EmbeddingCache
+
+    cache = tmp_path / "cache"
+    (cache / "responses.sqlite").mkdir(parents=True)  # SQLite cannot open it, as in a folder it may not write in
+    args = ["--domain", "home", "--quiet", "--bootstrap-samples", "0", "--limit", "1"]
+    result = CliRunner().invoke(cli, ["run", "--model", "openai-chat", "--model-args",
+                                      f"base_url=http://127.0.0.1:9/v1,cache_dir={cache}", *args,
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output
+    assert f"CacheUnavailable: {cache / 'responses.sqlite'}: unable to open database file" in result.output
+
+    chat = ChatCache(tmp_path / "chat")  # a file only readable (mode=ro stands for permissions root ignores)
+    chat._db = sqlite3.connect(f"{(tmp_path / 'chat' / 'responses.sqlite').as_uri()}?mode=ro", uri=True,
+                               check_same_thread=False)
+    with pytest.raises(CacheUnavailable, match="responses.sqlite: attempt to write a readonly database"):
+        chat.put("key", "B000000001")
+    embeddings = EmbeddingCache("m", tmp_path / "emb")
+    embeddings._db = sqlite3.connect(f"{embeddings.path.as_uri()}?mode=ro", uri=True)
+    with pytest.raises(CacheUnavailable, match=f"{embeddings.path}: attempt to write a readonly database"):
+        embeddings.encode(["text"], lambda texts: [[0.0, 1.0]] * len(texts))

@@ -18,6 +18,7 @@ import base64
 import hashlib
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Sequence
 from concurrent.futures import as_completed
@@ -28,7 +29,7 @@ import orjson
 
 from benchmark.prompts import NO_IMAGE_TEXT, recommendation_prompt_segments, render_recommendation_prompt
 from benchmark.protocol import Candidate, Example, image_mime
-from benchmark.retrieval.cache import default_cache_dir, open_cache
+from benchmark.retrieval.cache import CacheUnavailable, default_cache_dir, open_cache
 from reddit_amazon.cli_errors import redact_secrets
 from reddit_amazon.openai_endpoint import (
     ChatParameters,
@@ -48,7 +49,8 @@ class ChatCache:
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self._db = open_cache(folder / "responses.sqlite",
+        self.path = folder / "responses.sqlite"
+        self._db = open_cache(self.path,
                               "CREATE TABLE IF NOT EXISTS response (key TEXT PRIMARY KEY, text TEXT NOT NULL)",
                               check_same_thread=False)
         self._lock = threading.Lock()
@@ -59,8 +61,11 @@ class ChatCache:
         return None if row is None else row[0]
 
     def put(self, key: str, text: str) -> None:
-        with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO response VALUES (?, ?)", (key, text))
+        try:
+            with self._lock, self._db:
+                self._db.execute("INSERT OR REPLACE INTO response VALUES (?, ?)", (key, text))
+        except sqlite3.OperationalError as error:  # read-only, a full disk: "attempt to write a readonly database"
+            raise CacheUnavailable.of(self.path, error) from error
 
 
 class OpenAIChatRecommender:

@@ -19,14 +19,27 @@ class CacheError(OSError):
     """A cache file SQLite cannot read. It holds nothing that cannot be computed again."""
 
 
+class CacheUnavailable(OSError):
+    """A cache file SQLite cannot open or write (a read-only folder or file, still locked by another process
+    after the wait, a full disk): the file is not at fault, and its path is in the message."""
+
+    @classmethod
+    def of(cls, path: Path, error: sqlite3.OperationalError) -> CacheUnavailable:
+        return cls(f"{path}: {error} (an embedding / response cache: point $REDDIT_AMAZON_CACHE or cache_dir= "
+                   "at a writable folder)")
+
+
 def open_cache(path: Path, schema: str, check_same_thread: bool = True) -> sqlite3.Connection:
     """The SQLite file ``path`` with ``schema`` (a CREATE TABLE IF NOT EXISTS) in place."""
-    db = sqlite3.connect(path, check_same_thread=check_same_thread)
+    try:
+        db = sqlite3.connect(path, check_same_thread=check_same_thread)
+    except sqlite3.OperationalError as error:  # "unable to open database file": a folder we may not write in
+        raise CacheUnavailable.of(path, error) from error
     try:
         db.execute(schema)
-    except sqlite3.OperationalError:  # locked, read-only, ...: the file is not at fault
+    except sqlite3.OperationalError as error:  # locked, read-only, ...: the file is not at fault
         db.close()
-        raise
+        raise CacheUnavailable.of(path, error) from error
     except sqlite3.DatabaseError as error:  # "file is not a database", "database disk image is malformed"
         db.close()
         raise CacheError(f"{path} is damaged ({error}); it is only a cache: delete or move it") from error
@@ -80,7 +93,7 @@ class EmbeddingCache:
                     self._db.executemany("INSERT OR REPLACE INTO embedding VALUES (?, ?)",
                                          [(k, v.tobytes()) for (k, _), v in zip(chunk, computed)])
             except sqlite3.OperationalError as error:  # "database or disk is full" names no file
-                raise sqlite3.OperationalError(f"{self.path}: {error}") from error
+                raise CacheUnavailable.of(self.path, error) from error
             vectors.update({k: v for (k, _), v in zip(chunk, computed)})
             self.computed += len(chunk)
         if not keys:
