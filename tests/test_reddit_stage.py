@@ -758,3 +758,23 @@ def test_a_record_in_two_same_named_dumps_is_taken_by_input_order_not_by_path_ha
     result = run_reddit_stage([tmp_path / "dumps"], tmp_path / "work", RedditStageOptions(salt="s", progress=False))
     rows = [orjson.loads(line) for path in result.shards for line in path.read_bytes().splitlines()]
     assert [turn["text"] for row in rows for turn in row["turns"] if turn["id"] == "c1"] == ["FIRST edition text"]
+
+
+def test_a_damaged_or_unopenable_short_link_cache_is_named(world, tmp_path, capsys):
+    """reddit-stage --short-link-cache on a damaged file, or where SQLite cannot open one: one Error: line
+    naming the file, not a traceback of sqlite3's "file is not a database" naming none."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    damaged = tmp_path / "damaged.sqlite"
+    damaged.write_bytes(b"SQLite format 3\x00" + b"\x07" * 5000)
+    unopenable = tmp_path / "folder.sqlite"
+    unopenable.mkdir()  # SQLite cannot open it, as in a folder it may not write in
+    for cache, message in [(damaged, f"{damaged} is damaged (file is not a database)"),
+                           (unopenable, f"{unopenable}: unable to open database file")]:
+        result = CliRunner().invoke(cli, ["reddit-stage", str(world), "--workdir", str(tmp_path / cache.stem),
+                                          "--salt", "s", "--resolve-short-links", "--short-link-cache", str(cache),
+                                          "--no-progress"])
+        assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output
+        assert f"Error: ShortLinkCacheError: {message}" in result.output
