@@ -14,7 +14,8 @@ import re
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -125,13 +126,17 @@ class AnswerCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        with self._writing():
+            self._db = sqlite3.connect(self.path, check_same_thread=False)
         try:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
                 "status TEXT NOT NULL, answer TEXT NOT NULL)"
             )
             self._db.commit()
+        except sqlite3.OperationalError as error:  # read-only, locked, a full disk: the file is not at fault
+            self._db.close()
+            raise RelevanceError(f"{self.path}: {error} (the relevance answer cache, --llm-cache)") from None
         except sqlite3.DatabaseError as error:
             self._db.close()
             raise RelevanceError(f"{self.path} is not a readable relevance answer cache ({error}): move it aside "
@@ -143,8 +148,16 @@ class AnswerCache:
             row = self._db.execute("SELECT status, answer FROM answers WHERE key = ?", (key,)).fetchone()
         return None if row is None else (row[0], row[1])
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """SQLite's "attempt to write a readonly database" names no file: a build has several caches."""
+        try:
+            yield
+        except sqlite3.OperationalError as error:
+            raise RelevanceError(f"{self.path}: {error} (the relevance answer cache, --llm-cache)") from None
+
     def put(self, key: str, model: str, answer: str, status: str = "ok") -> None:
-        with self._lock:
+        with self._lock, self._writing():
             self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", (key, model, status, answer))
             self._db.commit()
 
@@ -158,7 +171,7 @@ class AnswerCache:
             source.close()
         if endpoint is not None:
             rows = [(scoped_key(key, endpoint), *rest) for key, *rest in rows]
-        with self._lock:
+        with self._lock, self._writing():
             before = self._db.total_changes
             self._db.executemany("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?)", rows)
             self._db.commit()

@@ -439,3 +439,21 @@ def test_more_records_than_calls_in_flight_are_all_labelled(httpserver, options,
         result = run_filter(records, cache, options, api_key="sk-test")
     assert result.calls_made == sum(fake.requests.values()) == len({r.gt_text for r in records})
     assert result.labels == {r.example_id: "yes" if int(r.example_id) % 3 else "no" for r in records}
+
+
+def test_a_cache_that_cannot_be_opened_or_written_is_named_and_stops_the_run(httpserver, options, tmp_path):
+    """--llm-cache in a folder it may not write, or a read-only file: the error names the file (a build has
+    several caches) and the run stops at the first answer it cannot keep, not saying it was cached."""
+    import sqlite3
+
+    folder = tmp_path / "folder.sqlite"
+    folder.mkdir()  # SQLite cannot open it, as in a folder it may not write in
+    with pytest.raises(RelevanceError, match=f"{folder}: unable to open database file"):
+        AnswerCache(folder)
+    serve(httpserver, {"a": [(200, "yes")], "b": [(200, "no")]})
+    cache = AnswerCache(tmp_path / "cache.sqlite")
+    cache._db = sqlite3.connect(f"{cache.path.as_uri()}?mode=ro", uri=True, check_same_thread=False)  # read-only
+    records = [conversation(name, f"check this SCRIPT={name}") for name in "ab"]
+    with pytest.raises(RelevanceError, match=f"{cache.path}: attempt to write a readonly database") as error:
+        run_filter(records, cache, options, api_key="sk-test")
+    assert "are cached" not in str(error.value)
