@@ -36,8 +36,10 @@ _IMAGE_DIR_ENV = "REDDIT_AMAZON_IMAGE_DIR"
 
 
 def _image_dir() -> Path:
-    folder = Path(os.environ.get(_IMAGE_DIR_ENV) or Path(tempfile.gettempdir()) / "reddit-amazon-images")
-    folder.mkdir(parents=True, exist_ok=True)
+    # The temp dir is every user's: by default each has a folder of its own that no other can write into.
+    user = f"-{os.getuid()}" if hasattr(os, "getuid") else ""
+    folder = Path(os.environ.get(_IMAGE_DIR_ENV) or Path(tempfile.gettempdir()) / f"reddit-amazon-images{user}")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     return folder
 
 
@@ -68,7 +70,7 @@ class Candidate:
         # The id comes from the dataset (maybe someone else's): no "/", "..", NUL or newline may reach the path.
         name = re.sub(r"[^A-Za-z0-9_-]", "_", self.item_id)[:64]
         path = _image_dir() / f"{name}-{digest}{_image_suffix(self.image_bytes)}"
-        if not path.exists():
+        if not path.is_file() or path.read_bytes() != self.image_bytes:  # a damaged or planted file is replaced
             write_atomic(path, self.image_bytes)
         return path
 

@@ -814,3 +814,14 @@ def test_a_cache_that_cannot_be_opened_or_written_is_named_in_one_line(tmp_path)
     embeddings._db = sqlite3.connect(f"{embeddings.path.as_uri()}?mode=ro", uri=True)
     with pytest.raises(CacheUnavailable, match=f"{embeddings.path}: attempt to write a readonly database"):
         embeddings.encode(["text"], lambda texts: [[0.0, 1.0]] * len(texts))
+
+
+def test_a_damaged_image_file_in_the_shared_image_folder_is_not_handed_to_a_plugin(tmp_path, monkeypatch):
+    """The content-addressed file of a candidate's image is written again when what lies there (a file cut
+    short, or planted by another user of the folder) is not the image."""
+    from benchmark.protocol import Candidate
+
+    monkeypatch.setenv("REDDIT_AMAZON_IMAGE_DIR", str(tmp_path / "images"))
+    candidate = Candidate(item_id="B000000001", title="t", image_bytes=b"\xff\xd8\xff fake jpeg")
+    candidate.image_path.write_bytes(b"\xff\xd8")  # damaged
+    assert candidate.image_path.read_bytes() == b"\xff\xd8\xff fake jpeg"
