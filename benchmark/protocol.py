@@ -36,10 +36,16 @@ _IMAGE_DIR_ENV = "REDDIT_AMAZON_IMAGE_DIR"
 
 
 def _image_dir() -> Path:
+    if os.environ.get(_IMAGE_DIR_ENV):
+        folder = Path(os.environ[_IMAGE_DIR_ENV])
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
     # The temp dir is every user's: by default each has a folder of its own that no other can write into.
     user = f"-{os.getuid()}" if hasattr(os, "getuid") else ""
-    folder = Path(os.environ.get(_IMAGE_DIR_ENV) or Path(tempfile.gettempdir()) / f"reddit-amazon-images{user}")
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = Path(tempfile.gettempdir()) / f"reddit-amazon-images{user}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if user and folder.stat().st_uid != os.getuid():  # made first by someone else, who could swap its files
+        raise PermissionError(f"{folder} belongs to another user: set ${_IMAGE_DIR_ENV} to a folder of your own")
     return folder
 
 

@@ -825,3 +825,23 @@ def test_a_damaged_image_file_in_the_shared_image_folder_is_not_handed_to_a_plug
     candidate = Candidate(item_id="B000000001", title="t", image_bytes=b"\xff\xd8\xff fake jpeg")
     candidate.image_path.write_bytes(b"\xff\xd8")  # damaged
     assert candidate.image_path.read_bytes() == b"\xff\xd8\xff fake jpeg"
+
+
+def test_the_default_image_folder_is_the_users_own(tmp_path, monkeypatch):
+    """Under the shared temp dir, a folder someone else made first under this user's name is refused: its
+    owner could swap the image files a plugin reads."""
+    import os
+    import tempfile
+
+    from benchmark.protocol import Candidate
+
+    monkeypatch.delenv("REDDIT_AMAZON_IMAGE_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    candidate = Candidate(item_id="B000000001", title="t", image_bytes=b"\xff\xd8\xff fake jpeg")
+    path = candidate.image_path
+    assert path.parent == tmp_path / f"reddit-amazon-images-{os.getuid()}"
+    assert path.parent.stat().st_mode & 0o777 == 0o700 and path.read_bytes() == candidate.image_bytes
+    if os.getuid() == 0:  # root can give the folder away to test the refusal
+        os.chown(path.parent, 65534, 65534)
+        with pytest.raises(PermissionError, match="belongs to another user"):
+            _ = candidate.image_path
