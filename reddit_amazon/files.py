@@ -85,7 +85,10 @@ def folder_lock(folder: Path, what: str, wait_s: float = 3.0) -> Iterator[None]:
     then) is a :class:`FolderBusyError` naming the folder; a file system (or a platform) without locks is
     not an error."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # the OS names the path, not what it was for
+        raise OSError(error.errno, f"cannot make the folder of this {what} ({error.strerror})", str(folder)) from None
     try:
         import fcntl
     except ImportError:  # Windows has no flock: runs there are not guarded

@@ -845,3 +845,11 @@ def test_the_default_image_folder_is_the_users_own(tmp_path, monkeypatch):
         os.chown(path.parent, 65534, 65534)
         with pytest.raises(PermissionError, match="belongs to another user"):
             _ = candidate.image_path
+
+
+def test_an_output_folder_that_cannot_be_made_is_named_as_the_runs(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    result = CliRunner().invoke(cli, ["run", "--model", "random", "--out", str(tmp_path / "a-file" / "run"),
+                                      "--limit", "1", "--quiet"])
+    assert result.exit_code == 1
+    assert "cannot make the folder of this benchmark run" in result.output and "a-file/run" in result.output
