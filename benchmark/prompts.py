@@ -7,7 +7,8 @@ Wording follows the paper. Two readings of the typeset table are made explicit h
 * the gray "and images" / "followed by an image" phrases are dropped for the title-only prompt, leaving
   "with their IDs and titles formatted as ...".
 
-With images, :data:`IMAGE_PLACEHOLDER` follows each candidate line. A recommender puts whatever its
+With images, :data:`IMAGE_PLACEHOLDER` follows each candidate line. A title is shown on one line (its
+line breaks become spaces), so each candidate is exactly one ``ID: title`` line. A recommender puts whatever its
 model takes (an image part of a chat message, a processor's image token, item tokens) between the
 texts of :func:`recommendation_prompt_segments`.
 """
@@ -50,7 +51,7 @@ def recommendation_prompt_segments(conversation: str, candidates: Sequence[tuple
     """
     segments = [_head(conversation, True)]
     for index, (item_id, title) in enumerate(candidates):
-        segments[-1] += ("\n" if index else "") + f"{item_id}: {title}\n"
+        segments[-1] += ("\n" if index else "") + f"{item_id}: {_one_line(title)}\n"
         segments.append("")
     return segments
 
@@ -60,4 +61,10 @@ def render_recommendation_prompt(conversation: str, candidates: Sequence[tuple[s
     with images, :data:`IMAGE_PLACEHOLDER` follows each candidate line."""
     if with_images:
         return IMAGE_PLACEHOLDER.join(recommendation_prompt_segments(conversation, candidates))
-    return _head(conversation, False) + "\n".join(f"{item_id}: {title}" for item_id, title in candidates)
+    return _head(conversation, False) + "\n".join(f"{item_id}: {_one_line(title)}" for item_id, title in candidates)
+
+
+def _one_line(title: str) -> str:
+    """A title as one candidate line: its line breaks (``\\n``, ``\\r\\n``, ``\\r``, U+2028 ...) become spaces,
+    so a title cannot end its line early and show text of its own as another ``ID: title`` candidate."""
+    return " ".join(title.splitlines())
