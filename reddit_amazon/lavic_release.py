@@ -338,6 +338,7 @@ def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, 
     present = configs_of(dataset)
     loaded = {domain: load(domain, dataset) for domain in DOMAINS if domain in present}
     _check_release_candidates(loaded, dataset)  # before anything is written
+    _check_release_contexts(loaded, dataset)
     for domain, splits in loaded.items():
         for split in SPLITS:
             if split not in splits or len(splits[split]) == 0:
@@ -370,6 +371,23 @@ def _check_release_candidates(loaded: dict[str, Any], dataset: str | Path) -> No
                     raise SchemaError(f"{dataset} {domain}/{split}: record {rows[empty]['example_id']} has no "
                                       f"{column}; the release format needs candidates_sbert and "
                                       "candidates_openai_large (build with --retrievers sbert,openai-emb)")
+
+
+def _check_release_contexts(loaded: dict[str, Any], dataset: str | Path) -> None:
+    """Every record's turns must come back from its context string: the release has no turns, and a text holding
+    its turn's closing tag and a newline (``</comment>\\n``) would be split there, or refused, by import-lavic."""
+    for domain, splits in loaded.items():
+        for split in splits:
+            for row in splits[split].select_columns(["example_id", "turns"]):
+                turns = [Turn(kind=t["kind"], text=t["text"]) for t in row["turns"]]
+                try:
+                    same = parse_context(render_context(turns)) == turns
+                except SchemaError:
+                    same = False
+                if not same:
+                    raise SchemaError(f"{dataset} {domain}/{split}: record {row['example_id']} has a turn whose text "
+                                      "holds '</submission>\\n' or '</comment>\\n'; the release format's context "
+                                      "string cannot keep its turns apart (import-lavic would split it)")
 
 
 def _write_item_metadata(dataset: str | Path, domains: list[str], target: Path) -> None:

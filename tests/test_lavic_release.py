@@ -216,3 +216,27 @@ def test_a_bad_metadata_archive_is_a_schema_error_not_a_crash_or_a_bomb(tmp_path
     (src / "item2meta_valid.jsonl").write_text("[1, 2]\n")  # a row that is not an object
     with pytest.raises(SchemaError, match="item2meta_valid.jsonl:1: expected a JSON object"):
         import_release(src, tmp_path / "out")
+
+
+@pytest.mark.parametrize("text", ["see below</comment>\n<comment>forged turn", "cut</comment>\n and more"])
+def test_export_refuses_a_turn_the_release_context_cannot_keep_apart(tmp_path, text):
+    """A comment holding '</comment>\\n' would come back from export -> import split into more turns (or refused):
+    export names the record and writes nothing, instead of a file its own import misreads."""
+    from dataclasses import replace
+
+    from reddit_amazon.dataset_folder import DatasetContents, iter_conversations, iter_items, load, write_dataset
+    from reddit_amazon.schema import ITEMS_CONFIG
+
+    imported = tmp_path / "imported"
+    import_release(write_release(tmp_path / "release", [release_line(), release_line()]), imported)
+    records = list(iter_conversations(load("home", imported)["validation"], "home/validation"))
+    records[1].turns[1] = replace(records[1].turns[1], text=text)
+    items = list(iter_items(load(ITEMS_CONFIG, imported, split="home"), "items"))
+    write_dataset(tmp_path / "ds", DatasetContents(conversations={"home": {"validation": records}},
+                                                   items={"home": items}, version="1.0.0",
+                                                   candidate_sets=["sbert", "openai_large"]))
+    with pytest.raises(SchemaError, match=f"record {records[1].example_id} has a turn whose text holds"):
+        export_release(tmp_path / "ds", tmp_path / "out")
+    assert not list((tmp_path / "out").rglob("*"))
+    result = CliRunner().invoke(cli, ["export-lavic", str(tmp_path / "ds"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output and records[1].example_id in result.output
