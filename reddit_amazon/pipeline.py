@@ -830,6 +830,9 @@ def _funnel(
         # above as submission_missing / ancestor_missing.
         "thread_lines_unreadable": {key: problems(key, collect_stats)
                                     for key in ("malformed_json", "invalid_utf8", "missing_fields", "not_an_object")},
+        # Texts of the needed threads (submissions, ancestor comments) kept with U+FFFD for half an emoji: the
+        # scan's count above covers only the lines it parses (recommending comments).
+        "thread_lines_lone_surrogates_replaced": problems("lone_surrogates_replaced", collect_stats),
         "incomplete_files": {s["path"]: s["error"] for s in scan_stats if s["error"]},
         # Which file the dropped lines above came from (files without problems are left out).
         "line_problems_by_file": {s["path"]: counts for s in scan_stats

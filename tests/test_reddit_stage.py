@@ -208,6 +208,19 @@ def test_unreadable_lines_of_needed_threads_are_reported(tmp_path):
     assert result.funnel["dropped"]["malformed_json"] == 0  # the first pass never parses submission lines
 
 
+def test_lone_surrogates_in_thread_lines_are_counted(tmp_path):
+    """Half an emoji in a submission (read by the second pass only) is replaced by U+FFFD and counted too."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "RS_2020-09.ndjson").write_bytes(
+        b'{"id":"s1","title":"Need a razor \\ud83d","selftext":"","author":"a","created_utc":1600000000}\n')
+    (tmp_path / "in" / "RC_2020-09.ndjson").write_bytes(
+        orjson.dumps(_com("c1", "s1", "t3_s1", "https://www.amazon.com/dp/B000NL0T1G")) + b"\n")
+    result = run_reddit_stage([tmp_path / "in"], tmp_path / "work", RedditStageOptions(salt="s", progress=False))
+    assert _rows(result)["c1"]["turns"][0]["text"] == "Need a razor \ufffd "
+    assert result.funnel["lone_surrogates_replaced"] == 0  # the scan never parses submission lines
+    assert result.funnel["thread_lines_lone_surrogates_replaced"] == 1
+
+
 def test_an_edited_dump_rebuilds_the_comment_it_changed(tmp_path):
     """Same comment id and ASIN, new text and thread: the rerun must not publish the old conversation."""
     (tmp_path / "in").mkdir()
