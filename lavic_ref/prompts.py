@@ -36,7 +36,7 @@ def recommendation_prompt_parts(candidates: Sequence[tuple[str, str]], with_imag
     from benchmark.prompts import IMAGE_PLACEHOLDER, render_recommendation_prompt
 
     marker = "\x00CONVERSATION\x00"
-    clean = [(item_id, strip_item_tokens(title).replace("\n", " ")) for item_id, title in candidates]
+    clean = [(item_id, strip_item_tokens(title)) for item_id, title in candidates]  # one line each: Table 11 sees to it
     rendered = render_recommendation_prompt(marker, clean, with_images)
     head, tail = rendered.split(marker)
     lines = [ITEM_PLACEHOLDER if line == IMAGE_PLACEHOLDER else line for line in tail.split("\n")]

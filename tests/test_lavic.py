@@ -1019,3 +1019,13 @@ def test_instances_keep_every_retrieved_negative_and_replace_other_gts_with_dist
     for seed in range(20):
         first = recommendation_instances([missing], "sbert", random.Random(seed), "authors-code")[0]
         assert {"B00000000A", "B00000000B"} <= set(first.candidates), seed
+
+
+def test_lavic_and_the_benchmark_show_a_title_with_line_breaks_alike():
+    from benchmark.prompts import render_recommendation_prompt
+    from lavic_ref.prompts import recommendation_prompt_parts
+
+    candidates = [("B000000001", "two\r\nlines"), ("B000000002", "three\nmore\rlines")]
+    head, tail = recommendation_prompt_parts(candidates, with_images=False)
+    assert head + "CONVERSATION" + tail == render_recommendation_prompt("CONVERSATION", candidates, False)
+    assert "B000000001: two lines\nB000000002: three more lines" in tail
