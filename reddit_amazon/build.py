@@ -91,6 +91,10 @@ class BuildOptions:
     reddit: dict[str, Any] = field(default_factory=dict)  # RedditStageOptions fields
     sample: bool = False  # inputs are the bundled sample (seed the caches from it)
 
+    def __post_init__(self) -> None:
+        # a retriever named twice would run twice and be listed twice in candidate_sets and the card
+        self.retrievers = list(dict.fromkeys(self.retrievers))
+
     def record(self) -> dict[str, Any]:
         """Every option, JSON-ready, for the manifest; the pseudonym salt is never written out."""
         record = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(self).items()}

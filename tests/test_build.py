@@ -451,3 +451,15 @@ def test_a_build_that_keeps_no_conversation_says_so():
     console = Console(record=True, width=200)
     print_summary(manifest, console)
     assert "no conversation was kept, so the dataset is empty" in console.export_text()
+
+
+def test_a_retriever_named_twice_is_computed_and_recorded_once(tmp_path, monkeypatch):
+    """`--retrievers sbert,sbert,bm25` once gave candidate_sets ["sbert", "sbert", "bm25"] and ran SBERT twice."""
+    import reddit_amazon.build as build_module
+
+    seen = []
+    monkeypatch.setattr(build_module, "run_build", seen.append)
+    result = build("--out", str(tmp_path / "ds"), "--retrievers", "sbert,sbert", "--retrievers", "bm25, sbert")
+    assert result.exit_code == 0, result.output
+    assert seen[0].retrievers == ["sbert", "bm25"]
+    assert sample_options(tmp_path / "ds", retrievers=["bm25", "bm25"]).retrievers == ["bm25"]  # the API too
