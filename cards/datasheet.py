@@ -206,11 +206,14 @@ def _collection(manifest: Mapping[str, Any]) -> str:
         size = sum(int(i.get("bytes") or 0) for i in inputs)
         if is_sample(manifest):
             reports = manifest.get("build_reports") or {}
-            calls = (reports.get("relevance") or {}).get("calls_made", "an unrecorded number of")
-            downloads = (reports.get("images") or {}).get("downloaded", "an unrecorded number of")
+            relevance, images = reports.get("relevance") or {}, reports.get("images") or {}
+            calls = ("no LLM calls (the relevance filter was skipped: `no_filter`)" if options.get("no_filter")
+                     else f"{relevance.get('calls_made', 'an unrecorded number of')} LLM calls")
+            downloads = ("no image downloads (`images` off)" if options.get("images") is False
+                         else f"{images.get('downloaded', 'an unrecorded number of')} image downloads")
             return (f"{SAMPLE_NOTE} Built with `reddit-amazon build` from the {len(inputs):,} bundled input files "
                     f"({size:,} bytes) listed with their sha256 in the Build section; the pipeline ran as on real "
-                    f"dumps, with {calls} LLM calls and {downloads} image downloads.")
+                    f"dumps, with {calls} and {downloads}.")
         return (
             f"Built with `reddit-amazon build` (started {build.get('started_utc', 'at an unrecorded time')}, "
             f"finished {build.get('finished_utc', 'at an unrecorded time')}) from {len(inputs):,} input files "
@@ -257,6 +260,8 @@ def _preprocessing(manifest: Mapping[str, Any]) -> str:
             f"and removed texts became the markers `{DELETED_TEXT}` / `{REMOVED_TEXT}`.",
             "- ASINs without metadata, and items outside beauty, fashion and home, were dropped and counted, "
             "never guessed.",
+            "- Images were not downloaded (`images` off); every item keeps its URLs, and `image_error` says so."
+            if dict(build_options(manifest)).get("images") is False else
             "- Images were decoded with Pillow under size limits; items without a usable image were kept, with "
             "the reason in `image_error`.",
         ]

@@ -454,3 +454,17 @@ def test_a_hostile_source_name_is_shown_as_text(tmp_path):
     write_dataset(folder, controlled_contents({"source": "release (<img src=x onerror=alert(1)>/)", "text_repair": False}))
     card = (folder / "README.md").read_text(encoding="utf-8")
     assert "<img" not in card and card.count("&lt;img src=x onerror=alert(1)&gt;") >= 3
+
+
+def test_a_sample_built_without_filter_or_images_says_so(tmp_path):
+    """The sample's datasheet once said "an unrecorded number of LLM calls / image downloads" and "Images were
+    decoded with Pillow" for a build with --no-filter --no-images, whose manifest records both stages skipped."""
+    build = {**BUILD, "options": {"sample": True, "no_filter": True, "images": False,
+                                  "reddit": {"salt": "<redacted>"}}}
+    reports = {"relevance": {"skipped": True}, "images": {"skipped": True}}
+    folder = tmp_path / "sample-nf"
+    write_dataset(folder, controlled_contents({"build": build, "build_reports": reports}))
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert "unrecorded number" not in card and "decoded with Pillow" not in card
+    assert "with no LLM calls (the relevance filter was skipped: `no_filter`) and no image downloads" in card
+    assert_no_placeholders(card)
