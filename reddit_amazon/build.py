@@ -267,7 +267,10 @@ def reddit_stage(options: BuildOptions, console) -> StageResult:
     from reddit_amazon.pipeline import STAGE_VERSION, RedditStageOptions, run_reddit_stage
 
     files = _dump_files(options.inputs, options.workdir)
-    key = _key("reddit", STAGE_VERSION, _identity(map(str, files)), options.reddit)
+    # how the stage runs (executor, partition, workers) does not change what it writes: a rerun with more
+    # workers reuses it, and the later stages with it
+    made_by = {k: v for k, v in options.reddit.items() if k not in REDDIT_EXECUTION_OPTIONS}
+    key = _key("reddit", STAGE_VERSION, _identity(map(str, files)), made_by)
     folder = options.workdir / "reddit"
     if not _stamp_matches(folder, key):
         console.print(f"[bold]1/5 reddit[/]: candidate conversations from {len(files)} dump file(s)")
@@ -550,6 +553,8 @@ def command_line(options: BuildOptions) -> str:
     return shlex.join(args)
 
 
+#: Reddit-stage options that say how the stage runs, not what it writes (left out of the stage keys).
+REDDIT_EXECUTION_OPTIONS = ("executor", "slurm_partition", "workers")
 #: The ``build`` options that set Reddit-stage options (``RedditStageOptions`` field -> flag).
 REDDIT_FLAGS = {"salt": "salt", "executor": "executor", "slurm_partition": "partition", "workers": "workers",
                 "resolve_short_links": "resolve-short-links"}

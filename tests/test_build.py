@@ -463,3 +463,14 @@ def test_a_retriever_named_twice_is_computed_and_recorded_once(tmp_path, monkeyp
     assert result.exit_code == 0, result.output
     assert seen[0].retrievers == ["sbert", "bm25"]
     assert sample_options(tmp_path / "ds", retrievers=["bm25", "bm25"]).retrievers == ["bm25"]  # the API too
+
+
+def test_more_workers_on_a_rerun_reuse_the_finished_stages(tmp_path):
+    """--workers / --executor say how the Reddit stage runs, not what it makes: resuming with more workers once
+    ran the Reddit stage again and re-streamed every review and metadata file (the catalog key held them)."""
+    quick = ["--no-filter", "--no-images", "--retrievers", "none", "--workdir", str(tmp_path / "work")]
+    assert build("--out", str(tmp_path / "a"), *quick).exit_code == 0
+    again = build("--out", str(tmp_path / "b"), *quick, "--workers", "2", "--executor", "local")
+    output = " ".join(again.output.split())
+    assert again.exit_code == 0 and "1/5 reddit: reusing" in output and "2/5 catalog: reusing" in output, output
+    assert parquet_digests(tmp_path / "a") == parquet_digests(tmp_path / "b")
