@@ -731,9 +731,9 @@ def print_dry_run(options: BuildOptions, joined: StageResult, console) -> None:
                       f"~{plan.approx_total_tokens:,} tokens (approximate: 4 characters per token)")
     if options.images:
         store = ImageStore(_image_store_path(options))
-        missing = sum(not (i.image_urls and store.has(i.item_id, i.image_urls[0])) for i in joined.items)
-        console.print(f"  images: {len(joined.items)} items joined, {missing} not in the store yet "
-                      "(before the filter; fewer after it)")
+        missing = sum(store.to_fetch(i.item_id, i.image_urls) for i in joined.items)
+        console.print(f"  images: {len(joined.items)} items joined, {missing} to download (not in the store, "
+                      "nor recorded as unavailable; before the filter, fewer after it)")
 
 
 def print_summary(manifest: dict[str, Any], console) -> None:

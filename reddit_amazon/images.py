@@ -233,6 +233,13 @@ class ImageStore:
         finally:
             os.close(descriptor)
 
+    def to_fetch(self, asin: str, urls: Sequence[str]) -> bool:
+        """Whether :func:`fetch_images` would download the main image of ``asin`` (``--dry-run`` counts them):
+        it has a URL, is not stored from it, and that URL is not recorded as permanently failing."""
+        failure = self.failures.get(asin)
+        return bool(urls) and not self.has(asin, urls[0]) and not (
+            failure and failure["permanent"] and failure["url"] == urls[0])
+
     def record_failure(self, asin: str, url: str, error: str, permanent: bool) -> None:
         with self._lock:
             self.failures[asin] = {"error": error, "permanent": permanent, "url": url}

@@ -474,3 +474,12 @@ def test_more_workers_on_a_rerun_reuse_the_finished_stages(tmp_path):
     output = " ".join(again.output.split())
     assert again.exit_code == 0 and "1/5 reddit: reusing" in output and "2/5 catalog: reusing" in output, output
     assert parquet_digests(tmp_path / "a") == parquet_digests(tmp_path / "b")
+
+
+def test_a_dry_run_counts_only_the_images_the_build_would_download(tmp_path):
+    """The sample's two images recorded as permanent 404s are never fetched (its build downloads 0), yet the dry
+    run once reported them as 2 images "not in the store yet"."""
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--dry-run", "--no-filter")
+    output = " ".join(result.output.split())
+    assert result.exit_code == 0 and re.search(r"images: \d+ items joined, 0 to download", output), output
+    assert not (tmp_path / "ds").exists()
