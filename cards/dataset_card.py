@@ -66,7 +66,7 @@ def _summary(manifest: Mapping[str, Any], statistics: DatasetStatistics) -> str:
         f"# Reddit-Amazon ({manifest['name']} {manifest['version']})\n\n"
         + (f"{SAMPLE_NOTE}\n\n" if is_sample(manifest) else "") +
         f"{statistics.total('conversations'):,} Reddit conversations that end in a comment recommending "
-        "Amazon products, in three visually oriented domains (beauty, fashion, home): "
+        f"Amazon products, {_domains_phrase(statistics)}: "
         f"{statistics.total('items'):,} products (counted per domain: one linked in two domains counts twice), "
         f"{statistics.total('titled'):,} of them with Amazon Reviews 2023 metadata (a title) and "
         f"{statistics.total('images'):,} with an embedded image. The task is to read the conversation and "
@@ -74,6 +74,16 @@ def _summary(manifest: Mapping[str, Any], statistics: DatasetStatistics) -> str:
         "the `reddit-amazon` toolkit; every number in this card is computed from the files in this folder."
         + source
     )
+
+
+def _domains_phrase(statistics: DatasetStatistics) -> str:
+    """The paper's three domains, or those this copy has records in (a --domain-map may leave one out)."""
+    held = [name for name, d in statistics.domains.items() if d.conversations]
+    if len(held) == len(DOMAINS) or not held:
+        return f"in three visually oriented domains ({', '.join(DOMAINS)})"
+    absent = [name for name in DOMAINS if name not in held]
+    return (f"in {len(held)} of the paper's three visually oriented domains ({', '.join(held)}; this copy has no "
+            f"{' or '.join(absent)} records)")
 
 
 def _load(name: str, statistics: DatasetStatistics, domains: list[str]) -> str:

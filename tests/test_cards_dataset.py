@@ -468,3 +468,14 @@ def test_a_sample_built_without_filter_or_images_says_so(tmp_path):
     assert "unrecorded number" not in card and "decoded with Pillow" not in card
     assert "with no LLM calls (the relevance filter was skipped: `no_filter`) and no image downloads" in card
     assert_no_placeholders(card)
+
+
+def test_the_summary_names_only_the_domains_the_copy_has(tmp_path):
+    """A build with --domain-map 'All Beauty=beauty;AMAZON FASHION=fashion' has no home records and no home config,
+    yet its card once opened with "in three visually oriented domains (beauty, fashion, home)"."""
+    folder = tmp_path / "two-domains"
+    write_dataset(folder, controlled_contents({"build": BUILD}))  # beauty and fashion records only
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert "in three visually oriented domains" not in card
+    assert "in 2 of the paper's three visually oriented domains (beauty, fashion; this copy has no home records)" \
+        in card
