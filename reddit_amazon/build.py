@@ -667,6 +667,11 @@ def check_options(options: BuildOptions) -> None:
         check_output_folder(options.out, keep=kept)
     except OSError as error:
         raise BuildError(f"--out: {error}") from None
+    from reddit_amazon.dataset_folder import _is_dataset_folder
+
+    if _is_dataset_folder(options.workdir):  # its work files (Reddit excerpts, caches) would join the dataset
+        raise BuildError(f"--workdir: {options.workdir} is a dataset folder; its work files would be mixed into "
+                         "the dataset and it could no longer be rebuilt in place: choose another folder")
 
 
 def run_build(options: BuildOptions, console=None) -> dict[str, Any] | None:

@@ -483,3 +483,16 @@ def test_a_dry_run_counts_only_the_images_the_build_would_download(tmp_path):
     output = " ".join(result.output.split())
     assert result.exit_code == 0 and re.search(r"images: \d+ items joined, 0 to download", output), output
     assert not (tmp_path / "ds").exists()
+
+
+def test_a_dataset_folder_is_refused_as_workdir(tmp_path):
+    """`--workdir` naming an earlier dataset once filled it with reddit/, catalog/, images/ and the answer cache:
+    work files inside a publishable folder, which a later `--out` of it then refused as 'not a dataset'."""
+    import shutil
+
+    dataset = tmp_path / "released"
+    shutil.copytree(sample_dataset_path(), dataset)
+    before = sorted(p.name for p in dataset.iterdir())
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(dataset), "--dry-run", "--no-filter")
+    assert result.exit_code == 1 and "is a dataset folder" in result.output, result.output
+    assert sorted(p.name for p in dataset.iterdir()) == before
