@@ -667,9 +667,9 @@ def check_options(options: BuildOptions) -> None:
         check_output_folder(options.out, keep=kept)
     except OSError as error:
         raise BuildError(f"--out: {error}") from None
-    from reddit_amazon.dataset_folder import _is_dataset_folder
+    from reddit_amazon.dataset_folder import is_dataset_folder
 
-    if _is_dataset_folder(options.workdir):  # its work files (Reddit excerpts, caches) would join the dataset
+    if is_dataset_folder(options.workdir):  # its work files (Reddit excerpts, caches) would join the dataset
         raise BuildError(f"--workdir: {options.workdir} is a dataset folder; its work files would be mixed into "
                          "the dataset and it could no longer be rebuilt in place: choose another folder")
 

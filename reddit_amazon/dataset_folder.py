@@ -135,7 +135,7 @@ def check_output_folder(out_dir: str | os.PathLike, keep: Sequence[str | os.Path
     if out_dir.exists():
         if not out_dir.is_dir():
             raise FileExistsError(f"{out_dir} is a file; the dataset output must be a folder")
-        if any(out_dir.iterdir()) and not _is_dataset_folder(out_dir):
+        if any(out_dir.iterdir()) and not is_dataset_folder(out_dir):
             raise FileExistsError(f"{out_dir} is a folder with other content (not a reddit-amazon dataset): writing "
                                   "the dataset there would replace it; choose a new or empty folder")
     existing = next(folder for folder in [out_dir, *out_dir.parents] if folder.exists())
@@ -148,7 +148,7 @@ def check_output_folder(out_dir: str | os.PathLike, keep: Sequence[str | os.Path
 DATASET_ENTRIES = {MANIFEST, "README.md", DATA_DIR, "lavic_source"}
 
 
-def _is_dataset_folder(folder: Path) -> bool:
+def is_dataset_folder(folder: Path) -> bool:
     """A folder this package wrote: its manifest is ours (a web app has a manifest.json too) and it holds
     nothing but a dataset's files (hidden ones aside: ``datasets``' and the Hub's caches)."""
     try:
