@@ -71,7 +71,6 @@ def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool 
     started = time.perf_counter()
     out = Path(out_dir)
     _check_folder(out, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
     info = resolve_dataset(config.dataset)
     retriever = _retriever(config)
     domains = domains_for(info, config.domain, config.split)
@@ -98,6 +97,8 @@ def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool 
         if cutoff > config.k:  # a list of k items says nothing about the top 10
             metrics.pop(f"recall@{cutoff}", None)
             metrics.pop(f"ndcg@{cutoff}", None)
+    # created only now: a retrieval that fails (no key, a typo) leaves no empty folder for `report runs/*`
+    out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for name in (RUN_FILE, PREDICTIONS_FILE):
             (out / name).unlink(missing_ok=True)

@@ -853,3 +853,14 @@ def test_an_output_folder_that_cannot_be_made_is_named_as_the_runs(tmp_path):
                                       "--limit", "1", "--quiet"])
     assert result.exit_code == 1
     assert "cannot make the folder of this benchmark run" in result.output and "a-file/run" in result.output
+
+
+def test_a_failed_retrieve_leaves_no_empty_folder_that_breaks_report(dataset, tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["run", "--model", "random", "--dataset", str(dataset), "--quiet",
+                               "--bootstrap-samples", "0", "--out", str(tmp_path / "runs" / "random")]).exit_code == 0
+    failed = runner.invoke(cli, ["retrieve", "--retriever", "bm25", "--retriever-args", "k3=1", "--dataset",
+                                 str(dataset), "--quiet", "--out", str(tmp_path / "runs" / "bm25")])
+    assert failed.exit_code == 1 and not (tmp_path / "runs" / "bm25").exists()
+    report = runner.invoke(cli, ["report", *map(str, sorted((tmp_path / "runs").iterdir()))])
+    assert report.exit_code == 0, report.output
