@@ -121,6 +121,24 @@ def _ranks(runs: Sequence[Run]) -> dict[tuple[int, str, str], int]:
     return marks
 
 
+def _dataset_key(run: Run) -> str:
+    d = run.results["dataset"]
+    return d["id"] if d["fingerprint"] == "unknown" else d["fingerprint"][:12]
+
+
+def _labels(runs: Sequence[Run]) -> dict[int, str]:
+    """id(run) -> its row label, plus its split and dataset where the runs differ in them: rows of a
+    mixed report must say which is which (the provenance notes alone do not map to rows)."""
+    splits = len({run.results["split"] for run in runs}) > 1
+    datasets = len({_dataset_key(run) for run in runs}) > 1
+    labels = {}
+    for run in runs:
+        extra = ([f"split {run.results['split']}"] if splits else []) + (
+            [f"dataset {Path(run.results['dataset']['id']).name} {_dataset_key(run)[:12]}"] if datasets else [])
+        labels[id(run)] = run.label + (f" [{'; '.join(extra)}]" if extra else "")
+    return labels
+
+
 def _format(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -151,6 +169,7 @@ def provenance(runs: Sequence[Run]) -> list[str]:
 def to_markdown(runs: Sequence[Run]) -> str:
     groups = _grouped(runs)
     marks = _ranks([run for _, members in groups for run in members])
+    labels = _labels(runs)
     header = "| Method | " + " | ".join(f"{DOMAIN_TITLES[d]} {m.upper()}" for d, m in COLUMNS) + " |"
     lines = [header, "|" + " --- |" * (len(COLUMNS) + 1)]
     index = 0
@@ -162,7 +181,7 @@ def to_markdown(runs: Sequence[Run]) -> str:
                 text = _format(run.value(domain, metric))
                 mark = marks.get((index, domain, metric))
                 cells.append(f"**{text}**" if mark == 1 else f"<u>{text}</u>" if mark == 2 else text)
-            lines.append(f"| {_markdown_cell(html.escape(run.label, quote=False))} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_markdown_cell(html.escape(labels[id(run)], quote=False))} | " + " | ".join(cells) + " |")
             index += 1
     # labels and dataset ids come from results.json files, maybe someone else's: their HTML is shown, not rendered
     notes = [f"- {html.escape(line, quote=False)}" for line in provenance(runs)]
@@ -187,6 +206,7 @@ def benchmark_card(runs: Sequence[Run]) -> str:
 def to_html(runs: Sequence[Run], title: str = "Reddit-Amazon leaderboard") -> str:
     groups = _grouped(runs)
     marks = _ranks([run for _, members in groups for run in members])
+    labels = _labels(runs)
     esc = html.escape
     head = ("<tr><th rowspan=2>Method</th>" + "".join(f"<th colspan=2><i>{DOMAIN_TITLES[d]}</i></th>" for d in DOMAINS)
             + "</tr><tr>" + "<th>HR@1</th><th>VR</th>" * len(DOMAINS) + "</tr>")
@@ -205,7 +225,7 @@ def to_html(runs: Sequence[Run], title: str = "Reddit-Amazon leaderboard") -> st
                 mark = marks.get((index, domain, metric))
                 text = f"<b>{text}</b>" if mark == 1 else f"<u>{text}</u>" if mark == 2 else text
                 cells.append(f"<td{tip}>{text}</td>")
-            body.append(f"<tr><td class=method>{esc(run.label)}</td>{''.join(cells)}</tr>")
+            body.append(f"<tr><td class=method>{esc(labels[id(run)])}</td>{''.join(cells)}</tr>")
             index += 1
     from markdown_it import MarkdownIt
 

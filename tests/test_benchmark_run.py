@@ -864,3 +864,17 @@ def test_a_failed_retrieve_leaves_no_empty_folder_that_breaks_report(dataset, tm
     assert failed.exit_code == 1 and not (tmp_path / "runs" / "bm25").exists()
     report = runner.invoke(cli, ["report", *map(str, sorted((tmp_path / "runs").iterdir()))])
     assert report.exit_code == 0, report.output
+
+
+def test_report_rows_of_different_splits_or_datasets_say_which_is_which(dataset, tmp_path):
+    from benchmark.report import load_runs, to_html, to_markdown
+    from reddit_amazon.sample import sample_dataset_path
+
+    run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "a", progress=False)
+    run(RunConfig(model="random", dataset=str(sample_dataset_path()), split="validation", bootstrap_samples=0),
+        tmp_path / "b", progress=False)
+    runs = load_runs([tmp_path / "a", tmp_path / "b"])
+    for text in (to_markdown(runs), to_html(runs)):
+        assert "random [split test; dataset " in text and "random [split validation; dataset " in text
+    same = load_runs([tmp_path / "a", tmp_path / "a"])
+    assert "[split" not in to_markdown(same)
