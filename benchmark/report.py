@@ -122,6 +122,7 @@ def _ranks(runs: Sequence[Run]) -> dict[tuple[int, str, str], int]:
 
 
 def _dataset_key(run: Run) -> str:
+    """The data a run used: its fingerprint's first 12 characters, or its dataset id when that is unknown."""
     d = run.results["dataset"]
     return d["id"] if d["fingerprint"] == "unknown" else d["fingerprint"][:12]
 
@@ -134,7 +135,7 @@ def _labels(runs: Sequence[Run]) -> dict[int, str]:
     labels = {}
     for run in runs:
         extra = ([f"split {run.results['split']}"] if splits else []) + (
-            [f"dataset {Path(run.results['dataset']['id']).name} {_dataset_key(run)[:12]}"] if datasets else [])
+            [f"dataset {Path(run.results['dataset']['id']).name} {_dataset_key(run)}"] if datasets else [])
         labels[id(run)] = run.label + (f" [{'; '.join(extra)}]" if extra else "")
     return labels
 
@@ -152,9 +153,7 @@ def provenance(runs: Sequence[Run]) -> list[str]:
     seen: dict[tuple, list[str]] = {}
     for run in runs:
         d = run.results["dataset"]
-        fingerprint = d["fingerprint"][:12]
-        key = (d["id"] if fingerprint == "unknown" else fingerprint, d["version"], run.results["split"],
-               run.results.get("limit"))
+        key = (_dataset_key(run), d["version"], run.results["split"], run.results.get("limit"))
         ids = seen.setdefault(key, [])
         if d["id"] not in ids:
             ids.append(d["id"])
