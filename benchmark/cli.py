@@ -64,7 +64,7 @@ def _run_errors() -> AbstractContextManager[None]:
 @click.option("--overwrite", is_flag=True, help="Discard cached predictions and results in --out.")
 @click.option("--bootstrap-samples", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Bootstrap seed.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 def run_command(model, model_args, dataset, domain, split, candidates, out_dir, limit, batch_size, overwrite,
                 bootstrap_samples, seed, quiet) -> None:
     """Run a recommender and write DIR/results.json and DIR/predictions.jsonl.
@@ -91,6 +91,10 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
             config = RunConfig(model=model, model_args=parse_model_args(model_args), dataset=dataset, domain=domain,
                                split=split, candidates=candidates, limit=limit, batch_size=batch_size,
                                bootstrap_samples=bootstrap_samples, seed=seed)
+            if quiet:  # `datasets` draws its own bars ("Generating train split") on a folder's first load
+                import datasets
+
+                datasets.disable_progress_bars()
             results = run(config, out_dir, overwrite=overwrite, progress=not quiet)
         except (DatasetError, RegistryError, RunError, MissingAPIKeyError, FileNotFoundError, ImportError) as error:
             _fail(error)
@@ -138,7 +142,7 @@ def _echo_summary(results: dict, out_dir: Path) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an earlier retrieval's files in --out.")
 @click.option("--bootstrap-samples", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 def retrieve_command(retriever, retriever_args, dataset, domain, split, k, with_description, limit, out_dir,
                      overwrite, bootstrap_samples, seed, quiet) -> None:
     """Top-k items of each domain's full catalog per record, and that ranking's HR@1 (retrieval baselines).
@@ -163,6 +167,10 @@ def retrieve_command(retriever, retriever_args, dataset, domain, split, k, with_
             config = RetrieveConfig(retriever=retriever, retriever_options=options, dataset=dataset, domain=domain,
                                     split=split, k=k, with_description=with_description, limit=limit,
                                     bootstrap_samples=bootstrap_samples, seed=seed)
+            if quiet:
+                import datasets
+
+                datasets.disable_progress_bars()
             results = retrieve(config, out_dir, overwrite=overwrite, progress=not quiet)
         except (DatasetError, RegistryError, FileNotFoundError, ImportError, RuntimeError) as error:
             _fail(error)

@@ -878,3 +878,20 @@ def test_report_rows_of_different_splits_or_datasets_say_which_is_which(dataset,
         assert "random [split test; dataset " in text and "random [split validation; dataset " in text
     same = load_runs([tmp_path / "a", tmp_path / "a"])
     assert "[split" not in to_markdown(same)
+
+
+def test_quiet_draws_no_progress_bar_of_datasets_either(tmp_path):
+    """A folder's first load makes `datasets` draw "Generating ... split" bars of its own."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from reddit_amazon.sample import sample_dataset_path
+
+    copy = shutil.copytree(sample_dataset_path(), tmp_path / "fresh-copy")
+    done = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--model", "random", "--dataset", str(copy),
+                           "--out", str(tmp_path / "run"), "--limit", "1", "--quiet"],
+                          capture_output=True, text=True, env={**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "c")})
+    assert done.returncode == 0, done.stderr
+    assert "Generating" not in done.stderr and "%|" not in done.stderr
