@@ -293,7 +293,7 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
         absent = cache.missing(c for instance in train_set + val_set for c in instance.candidates)
         if absent:
             raise click.ClickException(f"{embeddings} lacks {len(absent)} candidate item(s), e.g. {absent[0]}: "
-                                       "run `lavic-ref embed` on the same dataset")
+                                       "run `lavic-ref embed` on the same dataset and domains")
     backbone = _load_backbone(base, device)
     if cache is not None:
         try:

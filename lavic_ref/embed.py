@@ -119,10 +119,20 @@ class ItemEmbeddings:
 
 def embed_catalog(backbone: Backbone, items: Iterable[Item], out_dir: str | os.PathLike, *,
                   adapter: str | os.PathLike | None, batch_size: int = 16) -> Path:
-    """Embed every item (blank image where it has none) and write the cache file into ``out_dir``."""
+    """Embed every item (blank image where it has none) and write the cache file into ``out_dir``.
+
+    The file name depends on the base and adapter only, so a file already there with the same base weights and
+    adapter keeps its other items (``embed --domain home`` then ``--domain fashion`` holds both domains).
+    """
     pairs = [(item.item_id, item.image) for item in items]
     embeddings = compute_item_embeddings(backbone, pairs, batch_size=batch_size)
     path = Path(out_dir) / embeddings_filename(backbone.base, adapter)
+    if path.is_file():
+        previous = ItemEmbeddings.load(path)
+        if (previous.metadata.get("base_fingerprint") == backbone.fingerprint
+                and previous.metadata.get("adapter_hash") == adapter_fingerprint(adapter)):
+            kept = {i: previous.matrix[row] for i, row in previous.index.items() if i not in embeddings}
+            embeddings = {**kept, **embeddings}
     return save_item_embeddings(path, embeddings, base=backbone.base, adapter=adapter,
                                 base_fingerprint=backbone.fingerprint)
 

@@ -1029,3 +1029,14 @@ def test_lavic_and_the_benchmark_show_a_title_with_line_breaks_alike():
     head, tail = recommendation_prompt_parts(candidates, with_images=False)
     assert head + "CONVERSATION" + tail == render_recommendation_prompt("CONVERSATION", candidates, False)
     assert "B000000001: two lines\nB000000002: three more lines" in tail
+
+
+def test_embedding_one_domain_then_another_into_the_same_folder_keeps_both(tiny_base, tmp_path):
+    from lavic_ref.cli import cli
+
+    paths = {Path(_invoke(cli, ["embed", "--base", tiny_base, "--device", DEVICE, "--no-distill", "--domain", domain,
+                                "--out", tmp_path]).strip().splitlines()[-1]) for domain in ("home", "fashion")}
+    assert len(paths) == 1  # one file name per base and adapter
+    cache = ItemEmbeddings.load(paths.pop())
+    wanted = set(load_items(None, ["home"])) | set(load_items(None, ["fashion"]))
+    assert set(cache.index) == wanted
