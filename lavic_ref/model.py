@@ -371,10 +371,15 @@ _ROLE_NAMES = {"vision": "the vision tower and projector (from `lavic-ref distil
                "mixed": "both the vision tower and the language model", "other": "other modules"}
 
 
-def save_adapter(backbone: Backbone, folder: Path) -> None:
-    """The peft adapter plus :data:`BASE_FILE`, so loading it onto another base model can be refused."""
+def save_adapter(backbone: Backbone, folder: Path, trained_with: dict[str, Any] | None = None) -> None:
+    """The peft adapter plus :data:`BASE_FILE`, so loading it onto another base model can be refused.
+
+    ``trained_with`` (the training run's settings) lets the plugin refuse inputs other than those it was trained on.
+    """
     backbone.model.save_pretrained(folder)
     record = {"base": backbone.base, "fingerprint": backbone.fingerprint}
+    if trained_with:
+        record["trained_with"] = trained_with
     (folder / BASE_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 

@@ -99,6 +99,8 @@ class LavicRecommender:
         self.images = self.uses_images = _flag(images)
         distill_adapter = str(resolve_adapter_dir(distill_adapter)) if distill_adapter else None
         rec_adapter = str(resolve_adapter_dir(rec_adapter)) if rec_adapter else None
+        if rec_adapter:
+            _check_rec_inputs(rec_adapter, self.images, distill_adapter)
         if base is None:
             base = next((saved["base"] for adapter in (rec_adapter, distill_adapter) if adapter
                          and (saved := saved_base(Path(adapter))) and saved.get("base")), DEFAULT_BASE)
@@ -131,6 +133,24 @@ class LavicRecommender:
         if missing:
             pairs = [(item_id, wanted[item_id]) for item_id in missing]
             self.embeddings.add(compute_item_embeddings(self.backbone, pairs, progress=False))
+
+
+def _check_rec_inputs(rec_adapter: str, images: bool, distill_adapter: str | None) -> None:
+    """The items must be shown as ``lavic-ref finetune`` showed them to ``rec_adapter``: with or without item
+    tokens, and with embeddings of the same vision adapter (none for the no-distillation ablation)."""
+    trained = (saved_base(Path(rec_adapter)) or {}).get("trained_with") or {}
+    if trained.get("task") != "finetune":
+        return  # not recorded (an older or foreign adapter), or another stage's adapter (its role is checked)
+    if "images" in trained and bool(trained["images"]) != images:
+        raise ValueError(f"rec_adapter {rec_adapter} was fine-tuned {'with' if trained['images'] else 'without'} "
+                         f"item images, but images={str(images).lower()}: pass "
+                         f"images={str(bool(trained['images'])).lower()}")
+    made_with = str(trained.get("item embeddings") or "")
+    wanted = f"vision adapter {adapter_fingerprint(distill_adapter)}"
+    if images and made_with.startswith("vision adapter ") and made_with != wanted:
+        raise EmbeddingsError(f"rec_adapter {rec_adapter} was fine-tuned on item embeddings of {made_with}, but "
+                              f"distill_adapter={distill_adapter} gives {wanted}: pass the distill adapter its "
+                              "embeddings were made with")
 
 
 def _check_same_vision(cache: ItemEmbeddings, path: str | None, distill_adapter: str | None) -> None:

@@ -173,7 +173,7 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
             state.best_val_loss = val_loss
             best_tmp = output / ".best.tmp"
             shutil.rmtree(best_tmp, ignore_errors=True)
-            save_adapter(backbone, best_tmp)
+            save_adapter(backbone, best_tmp, trained_with=state.settings)
             replace_dir(best_tmp, output / "best")
         state.epoch += 1
         state.batches_done = 0

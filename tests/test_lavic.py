@@ -1040,3 +1040,22 @@ def test_embedding_one_domain_then_another_into_the_same_folder_keeps_both(tiny_
     cache = ItemEmbeddings.load(paths.pop())
     wanted = set(load_items(None, ["home"])) | set(load_items(None, ["fashion"]))
     assert set(cache.index) == wanted
+
+
+def test_plugin_refuses_item_inputs_other_than_the_rec_adapter_was_fine_tuned_on(tiny_base, tmp_path):
+    from lavic_ref.cli import cli
+    from lavic_ref.recommender import LavicRecommender
+
+    common = ["--base", tiny_base, "--device", DEVICE, "--domain", "home"]
+    _invoke(cli, ["finetune", *common, "--no-images", "--out", tmp_path / "titles", "--max-steps", "1"])
+    with pytest.raises(ValueError, match="fine-tuned without item images, but images=true: pass images=false"):
+        LavicRecommender(rec_adapter=str(tmp_path / "titles"), device=DEVICE)
+
+    path = Path(_invoke(cli, ["embed", *common, "--no-distill", "--out", tmp_path]).strip().splitlines()[-1])
+    _invoke(cli, ["finetune", *common, "--embeddings", path, "--out", tmp_path / "rec", "--max-steps", "1"])
+    with pytest.raises(ValueError, match="fine-tuned with item images, but images=false"):
+        LavicRecommender(rec_adapter=str(tmp_path / "rec"), images="false", device=DEVICE)
+    vision = _saved_adapter(tiny_base, VISION_LORA_TARGETS, tmp_path / "distill" / "best")
+    with pytest.raises(EmbeddingsError, match="fine-tuned on item embeddings of vision adapter none"):
+        LavicRecommender(rec_adapter=str(tmp_path / "rec"), distill_adapter=str(vision), device=DEVICE)
+    assert LavicRecommender(rec_adapter=str(tmp_path / "rec"), item_embeddings=str(path), device=DEVICE).images
