@@ -43,14 +43,14 @@ def render_from_inputs(out_dir: Path, results: Sequence[Path] = ()) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} has no {CARD_INPUTS}: it is written by `lavic-ref finetune`")
     inputs = _read_json(path)
-    parsed = [_read_results(Path(result)) for result in results]
+    parsed = [_read_results(Path(result), out_dir) for result in results]
     readme = out_dir / "README.md"
     write_atomic(readme, render_model_card(**inputs, results=parsed).encode("utf-8"))
     return readme
 
 
-def _read_results(path: Path) -> dict[str, Any]:
-    """A ``benchmark run --model lavic`` results.json; anything else fails naming the file."""
+def _read_results(path: Path, out_dir: Path | None = None) -> dict[str, Any]:
+    """A ``benchmark run --model lavic`` results.json (of ``out_dir``'s adapter); anything else fails naming the file."""
     from cards.model_card import results_problem
 
     results = _read_json(path)
@@ -61,7 +61,24 @@ def _read_results(path: Path) -> dict[str, Any]:
     if model.get("spec") != "lavic" and LAVIC_TARGET not in (model.get("spec"), model.get("target")):
         raise ValueError(f"{path}: results of model {model.get('spec')!r}, not of LaViC: give the results.json "
                          "of a `benchmark run --model lavic`")
+    if out_dir is not None:
+        _check_same_adapter(path, model.get("args") or {}, out_dir)
     return results
+
+
+def _check_same_adapter(path: Path, args: dict[str, Any], out_dir: Path) -> None:
+    """The run must have used this folder's fine-tuned adapter: the card publishes its results as this model's."""
+    from lavic_ref.model import AdapterError, resolve_adapter_dir
+
+    used = args.get("rec_adapter")
+    if not used:
+        return
+    try:
+        same = resolve_adapter_dir(str(used)).resolve() == resolve_adapter_dir(out_dir).resolve()
+    except AdapterError:
+        return  # a path relative to another folder, or moved: cannot tell
+    if not same:
+        raise ValueError(f"{path}: a run of rec_adapter={used}, not of the adapter in {out_dir}")
 
 
 def _read_json(path: Path) -> Any:

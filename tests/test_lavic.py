@@ -1059,3 +1059,21 @@ def test_plugin_refuses_item_inputs_other_than_the_rec_adapter_was_fine_tuned_on
     with pytest.raises(EmbeddingsError, match="fine-tuned on item embeddings of vision adapter none"):
         LavicRecommender(rec_adapter=str(tmp_path / "rec"), distill_adapter=str(vision), device=DEVICE)
     assert LavicRecommender(rec_adapter=str(tmp_path / "rec"), item_embeddings=str(path), device=DEVICE).images
+
+
+def test_card_refuses_results_of_another_rec_adapter(tmp_path):
+    from lavic_ref.card import write_model_card
+    from lavic_ref.cli import cli
+
+    for name in ("rec", "other"):
+        (tmp_path / name / "best").mkdir(parents=True)
+        (tmp_path / name / "best" / "adapter_config.json").write_text("{}")
+    write_model_card(tmp_path / "rec", {"base_model": "tiny", "adapters": {}, "hyperparameters": {}, "data": {},
+                                        "training": {}})
+    results = json.loads(_lavic_results(tmp_path / "results.json").read_text())
+    for name, accepted in (("other", False), ("rec", True), ("rec/best", True)):
+        results["model"]["args"] = {"rec_adapter": str(tmp_path / name)}
+        (tmp_path / "results.json").write_text(json.dumps(results))
+        result = CliRunner().invoke(cli, ["card", str(tmp_path / "rec"), "--results", str(tmp_path / "results.json")])
+        assert (result.exit_code == 0) == accepted, result.output
+        assert accepted or f"a run of rec_adapter={tmp_path / 'other'}, not of the adapter in" in result.output
