@@ -37,6 +37,14 @@ def main() -> None:
     run_cli(cli, "benchmark")
 
 
+def _quiet_datasets(quiet: bool) -> None:
+    """With --quiet, also no bars of `datasets`' own ("Generating train split" on a folder's first load)."""
+    if quiet:
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
 def _fail(error: Exception) -> None:
     raise click.ClickException(redact_secrets(str(error))) from error
 
@@ -91,10 +99,7 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
             config = RunConfig(model=model, model_args=parse_model_args(model_args), dataset=dataset, domain=domain,
                                split=split, candidates=candidates, limit=limit, batch_size=batch_size,
                                bootstrap_samples=bootstrap_samples, seed=seed)
-            if quiet:  # `datasets` draws its own bars ("Generating train split") on a folder's first load
-                import datasets
-
-                datasets.disable_progress_bars()
+            _quiet_datasets(quiet)
             results = run(config, out_dir, overwrite=overwrite, progress=not quiet)
         except (DatasetError, RegistryError, RunError, MissingAPIKeyError, FileNotFoundError, ImportError) as error:
             _fail(error)
@@ -167,10 +172,7 @@ def retrieve_command(retriever, retriever_args, dataset, domain, split, k, with_
             config = RetrieveConfig(retriever=retriever, retriever_options=options, dataset=dataset, domain=domain,
                                     split=split, k=k, with_description=with_description, limit=limit,
                                     bootstrap_samples=bootstrap_samples, seed=seed)
-            if quiet:
-                import datasets
-
-                datasets.disable_progress_bars()
+            _quiet_datasets(quiet)
             results = retrieve(config, out_dir, overwrite=overwrite, progress=not quiet)
         except (DatasetError, RegistryError, FileNotFoundError, ImportError, RuntimeError) as error:
             _fail(error)
