@@ -14,10 +14,9 @@ from contextlib import contextmanager
 
 import click
 
-from reddit_amazon.openai_endpoint import SECRET_PARAMETER
+from reddit_amazon.openai_endpoint import SECRET_PARAMETER, URL_USERINFO
 
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
-_URL_USERINFO = re.compile(r"(?<=://)[^/\s?#]*@")  # up to the last @ of the authority, as urlsplit reads it
 _URL_PARAMETER = re.compile(r"(?<=[?&])([^=&#\s]+)=([^&#\s\"'<>]*)")
 
 
@@ -31,8 +30,8 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
     for name, value in os.environ.items():
         if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
             text = text.replace(value, f"<{name} redacted>")
-    if "://" in text:
-        text = _URL_USERINFO.sub("<credentials redacted>@", text)
+    if "//" in text:
+        text = URL_USERINFO.sub("<credentials redacted>@", text)
         text = _URL_PARAMETER.sub(
             lambda m: f"{m[1]}=<redacted>" if SECRET_PARAMETER.search(m[1]) and m[2] else m[0], text)
     return text

@@ -67,7 +67,7 @@ def display_url(url: str) -> str:
     try:
         parts = _split(url)
     except ValueError:  # a bad port or bracket: not a URL a client could use, but never one to write out whole
-        return re.sub(r"//[^/?#\s]*@", "//", url.split("?", 1)[0])  # userinfo runs to its last @
+        return URL_USERINFO.sub("", url.split("?", 1)[0])
     hostname = parts.hostname or ""
     host = (f"[{hostname}]" if ":" in hostname else hostname) + (f":{parts.port}" if parts.port else "")
     query = urlencode([(k, "<redacted>" if SECRET_PARAMETER.search(k) else v)
@@ -75,6 +75,9 @@ def display_url(url: str) -> str:
     return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), query, parts.fragment))
 
 
+#: The ``user:password@`` of a URL in a text (scheme-relative ``//user@host`` too): up to the last ``@`` of the
+#: authority, as ``urlsplit`` reads it.
+URL_USERINFO = re.compile(r"(?<=//)[^/?#\s]*@")
 #: Names of URL query parameters that carry credentials (``?api_key=…``, ``&sig=…``).
 SECRET_PARAMETER = re.compile(r"key|token|secret|password|passwd|signature|sig\b|auth|code", re.IGNORECASE)
 

@@ -705,6 +705,9 @@ def test_a_password_holding_an_at_sign_is_redacted_whole():
     from reddit_amazon.openai_endpoint import display_url
 
     assert display_url("http://bob:p@ss-SECRET@host:99999/v1?api_key=k") == "http://host:99999/v1"  # a bad port
+    # Scheme-relative, as a base URL written without "http:" may be: no scheme, still credentials.
+    assert display_url("//bob:SECRET@host:99999/v1") == "//host:99999/v1"
+    assert "SECRET" not in redact_secrets("cannot reach //bob:SECRET@host/v1")
 
 
 class FirstOrNothing:
