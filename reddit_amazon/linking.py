@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import html
 import re
-import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,6 +26,7 @@ from urllib.parse import urlsplit
 import numpy
 
 from reddit_amazon.dumps import ChunkScratch
+from reddit_amazon.sqlite_cache import CacheFile
 
 
 class LinkPrefilter:
@@ -299,38 +298,22 @@ class ShortLinkCache:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        with self._named():
-            self._db = sqlite3.connect(self.path, check_same_thread=False)
-            try:
-                self._db.execute("CREATE TABLE IF NOT EXISTS short_links "
-                                 "(url TEXT PRIMARY KEY, location TEXT NOT NULL, error TEXT NOT NULL)")
-                self._db.commit()
-            except sqlite3.Error:
-                self._db.close()
-                raise
-
-    @contextmanager
-    def _named(self) -> Iterator[None]:
-        """SQLite's errors name no file ("file is not a database", "unable to open database file"): this one's."""
-        try:
-            yield
-        except sqlite3.OperationalError as error:  # read-only, locked, a full disk: the file is not at fault
-            raise ShortLinkCacheError(f"{self.path}: {error}") from error
-        except sqlite3.DatabaseError as error:
-            raise ShortLinkCacheError(f"{self.path} is damaged ({error}); it is only a cache of short links: "
-                                      "delete or move it (its links are then resolved again)") from error
+        self._file = CacheFile(self.path, "the short-link cache", unavailable=ShortLinkCacheError,
+                               damaged=ShortLinkCacheError, loss="its links are then resolved again")
+        self._db = self._file.connect("CREATE TABLE IF NOT EXISTS short_links "
+                                      "(url TEXT PRIMARY KEY, location TEXT NOT NULL, error TEXT NOT NULL)",
+                                      check_same_thread=False)
 
     def get(self, url: str) -> ShortLinkResolution | None:
-        with self._lock, self._named():
+        with self._lock, self._file.named_errors():
             row = self._db.execute("SELECT location, error FROM short_links WHERE url = ?", (url,)).fetchone()
         if row is None or row[1] == self._NOT_FINAL:
             return None
         return ShortLinkResolution(url, row[0], tuple(extract_asins(row[0])), row[1])
 
     def put(self, resolution: ShortLinkResolution) -> None:
-        with self._lock, self._named():
+        with self._lock, self._file.named_errors():
             self._db.execute(
                 "INSERT OR REPLACE INTO short_links VALUES (?, ?, ?)",
                 (resolution.url, resolution.location, resolution.error),

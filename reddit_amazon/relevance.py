@@ -14,8 +14,7 @@ import re
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -37,6 +36,7 @@ from reddit_amazon.openai_endpoint import (
     stoppable_calls,
 )
 from reddit_amazon.schema import Conversation
+from reddit_amazon.sqlite_cache import CacheFile
 
 DEFAULT_MODEL = "gpt-3.5-turbo"  # the paper's model
 TEMPLATE_FILE = "table9_relevance_filter.txt"
@@ -124,40 +124,20 @@ class AnswerCache:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        with self._writing():
-            self._db = sqlite3.connect(self.path, check_same_thread=False)
-        try:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
-                "status TEXT NOT NULL, answer TEXT NOT NULL)"
-            )
-            self._db.commit()
-        except sqlite3.OperationalError as error:  # read-only, locked, a full disk: the file is not at fault
-            self._db.close()
-            raise RelevanceError(f"{self.path}: {error} (the relevance answer cache, --llm-cache)") from None
-        except sqlite3.DatabaseError as error:
-            self._db.close()
-            raise RelevanceError(f"{self.path} is not a readable relevance answer cache ({error}): move it aside "
-                                 "to start a new one (its answers are then asked again)") from None
+        self._file = CacheFile(self.path, "the relevance answer cache, --llm-cache", unavailable=RelevanceError,
+                               damaged=RelevanceError, loss="its answers are then asked again")
+        self._db = self._file.connect("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
+                                      "status TEXT NOT NULL, answer TEXT NOT NULL)", check_same_thread=False)
 
     def get(self, key: str) -> tuple[str, str] | None:
         """``(status, answer)``: status ``ok`` or ``rejected``."""
-        with self._lock:
+        with self._lock, self._file.named_errors():
             row = self._db.execute("SELECT status, answer FROM answers WHERE key = ?", (key,)).fetchone()
         return None if row is None else (row[0], row[1])
 
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """SQLite's "attempt to write a readonly database" names no file: a build has several caches."""
-        try:
-            yield
-        except sqlite3.OperationalError as error:
-            raise RelevanceError(f"{self.path}: {error} (the relevance answer cache, --llm-cache)") from None
-
     def put(self, key: str, model: str, answer: str, status: str = "ok") -> None:
-        with self._lock, self._writing():
+        with self._lock, self._file.named_errors():
             self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", (key, model, status, answer))
             self._db.commit()
 
@@ -171,14 +151,14 @@ class AnswerCache:
             source.close()
         if endpoint is not None:
             rows = [(scoped_key(key, endpoint), *rest) for key, *rest in rows]
-        with self._lock, self._writing():
+        with self._lock, self._file.named_errors():
             before = self._db.total_changes
             self._db.executemany("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?)", rows)
             self._db.commit()
             return self._db.total_changes - before
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, self._file.named_errors():
             return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
 
     def close(self) -> None:

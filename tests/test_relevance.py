@@ -384,7 +384,7 @@ def test_refusals_of_every_prompt_or_of_the_answer_limit_stop_the_run_and_cache_
 def test_a_damaged_cache_file_is_named(tmp_path):
     damaged = tmp_path / "cache.sqlite"
     damaged.write_bytes(b"not a database" * 100)
-    with pytest.raises(RelevanceError, match=r"cache.sqlite is not a readable relevance answer cache .*move it aside"):
+    with pytest.raises(RelevanceError, match=r"cache.sqlite is damaged .*delete or move it \(the relevance answer cache"):
         AnswerCache(damaged)
 
 

@@ -18,7 +18,6 @@ import base64
 import hashlib
 import logging
 import os
-import sqlite3
 import threading
 from collections.abc import Sequence
 from concurrent.futures import as_completed
@@ -29,7 +28,7 @@ import orjson
 
 from benchmark.prompts import NO_IMAGE_TEXT, recommendation_prompt_segments, render_recommendation_prompt
 from benchmark.protocol import Candidate, Example, image_mime
-from benchmark.retrieval.cache import CacheUnavailable, default_cache_dir, open_cache
+from benchmark.retrieval.cache import cache_file, default_cache_dir
 from reddit_amazon.cli_errors import redact_secrets
 from reddit_amazon.openai_endpoint import (
     ChatParameters,
@@ -48,24 +47,20 @@ class ChatCache:
     """request hash -> response text, shared by threads (one connection, one lock)."""
 
     def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "responses.sqlite"
-        self._db = open_cache(self.path,
-                              "CREATE TABLE IF NOT EXISTS response (key TEXT PRIMARY KEY, text TEXT NOT NULL)",
-                              check_same_thread=False)
+        self._file = cache_file(self.path, "the openai-chat response cache")
+        self._db = self._file.connect("CREATE TABLE IF NOT EXISTS response (key TEXT PRIMARY KEY, text TEXT NOT NULL)",
+                                      check_same_thread=False)
         self._lock = threading.Lock()
 
     def get(self, key: str) -> str | None:
-        with self._lock:
+        with self._lock, self._file.named_errors():
             row = self._db.execute("SELECT text FROM response WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
     def put(self, key: str, text: str) -> None:
-        try:
-            with self._lock, self._db:
-                self._db.execute("INSERT OR REPLACE INTO response VALUES (?, ?)", (key, text))
-        except sqlite3.OperationalError as error:  # read-only, a full disk: "attempt to write a readonly database"
-            raise CacheUnavailable.of(self.path, error) from error
+        with self._lock, self._file.named_errors(), self._db:
+            self._db.execute("INSERT OR REPLACE INTO response VALUES (?, ?)", (key, text))
 
 
 class OpenAIChatRecommender:

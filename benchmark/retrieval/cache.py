@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from reddit_amazon.sqlite_cache import CacheFile
 
 CACHE_ENV = "REDDIT_AMAZON_CACHE"
 _SQLITE_MAX_PARAMS = 900
@@ -23,27 +24,11 @@ class CacheUnavailable(OSError):
     """A cache file SQLite cannot open or write (a read-only folder or file, still locked by another process
     after the wait, a full disk): the file is not at fault, and its path is in the message."""
 
-    @classmethod
-    def of(cls, path: Path, error: sqlite3.OperationalError) -> CacheUnavailable:
-        return cls(f"{path}: {error} (an embedding / response cache: point $REDDIT_AMAZON_CACHE or cache_dir= "
-                   "at a writable folder)")
 
-
-def open_cache(path: Path, schema: str, check_same_thread: bool = True) -> sqlite3.Connection:
-    """The SQLite file ``path`` with ``schema`` (a CREATE TABLE IF NOT EXISTS) in place."""
-    try:
-        db = sqlite3.connect(path, check_same_thread=check_same_thread)
-    except sqlite3.OperationalError as error:  # "unable to open database file": a folder we may not write in
-        raise CacheUnavailable.of(path, error) from error
-    try:
-        db.execute(schema)
-    except sqlite3.OperationalError as error:  # locked, read-only, ...: the file is not at fault
-        db.close()
-        raise CacheUnavailable.of(path, error) from error
-    except sqlite3.DatabaseError as error:  # "file is not a database", "database disk image is malformed"
-        db.close()
-        raise CacheError(f"{path} is damaged ({error}); it is only a cache: delete or move it") from error
-    return db
+def cache_file(path: Path, what: str) -> CacheFile:
+    """``path``, a cache of ``what``, with its SQLite errors as :class:`CacheUnavailable` / :class:`CacheError`."""
+    return CacheFile(path, what, unavailable=CacheUnavailable, damaged=CacheError,
+                     fix="point $REDDIT_AMAZON_CACHE or cache_dir= at a writable folder")
 
 
 def default_cache_dir() -> Path:
@@ -60,13 +45,13 @@ class EmbeddingCache:
 
     def __init__(self, model_id: str, cache_dir: str | os.PathLike | None = None) -> None:
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("_")[:80]
         digest = hashlib.sha256(model_id.encode()).hexdigest()[:12]
         self.path = folder / f"{safe}-{digest}.sqlite"
         self.model_id = model_id
-        self._db = open_cache(self.path,
-                              "CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+        self._file = cache_file(self.path, "the embedding cache")
+        self._db = self._file.connect(
+            "CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
         self.computed = 0  # texts encoded by this instance (the rest came from disk)
 
     def _lookup(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
@@ -74,8 +59,9 @@ class EmbeddingCache:
         for start in range(0, len(keys), _SQLITE_MAX_PARAMS):
             chunk = keys[start:start + _SQLITE_MAX_PARAMS]
             marks = ",".join("?" * len(chunk))
-            for key, blob in self._db.execute(f"SELECT key, vector FROM embedding WHERE key IN ({marks})", chunk):
-                found[key] = np.frombuffer(blob, dtype=np.float32)
+            with self._file.named_errors():
+                for key, blob in self._db.execute(f"SELECT key, vector FROM embedding WHERE key IN ({marks})", chunk):
+                    found[key] = np.frombuffer(blob, dtype=np.float32)
         return found
 
     def encode(self, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray],
@@ -88,12 +74,9 @@ class EmbeddingCache:
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
             computed = np.asarray(compute([t for _, t in chunk]), dtype=np.float32)
-            try:
-                with self._db:
-                    self._db.executemany("INSERT OR REPLACE INTO embedding VALUES (?, ?)",
-                                         [(k, v.tobytes()) for (k, _), v in zip(chunk, computed)])
-            except sqlite3.OperationalError as error:  # "database or disk is full" names no file
-                raise CacheUnavailable.of(self.path, error) from error
+            with self._file.named_errors(), self._db:
+                self._db.executemany("INSERT OR REPLACE INTO embedding VALUES (?, ?)",
+                                     [(k, v.tobytes()) for (k, _), v in zip(chunk, computed)])
             vectors.update({k: v for (k, _), v in zip(chunk, computed)})
             self.computed += len(chunk)
         if not keys:

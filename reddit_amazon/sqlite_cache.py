@@ -1,0 +1,54 @@
+"""SQLite cache files, whose errors say which file they are about.
+
+SQLite's messages name no file ("unable to open database file", "database is locked", "attempt to write a
+readonly database", "database or disk is full", "file is not a database"), and a build or a benchmark run
+keeps several caches. :class:`CacheFile` turns them into one line naming the file and what it is, raised as
+the error types of the cache's own module, which the command-line tools report as one ``Error:`` line.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CacheFile:
+    """An SQLite file holding only what can be computed again."""
+
+    path: Path
+    what: str  # what it is, as its user knows it: "the relevance answer cache, --llm-cache"
+    unavailable: Callable[[str], Exception]  # SQLite cannot open or write it (read-only, locked, a full disk)
+    damaged: Callable[[str], Exception]  # its bytes are not a database SQLite can read
+    fix: str = ""  # what to do when it is unavailable: "point $REDDIT_AMAZON_CACHE at a writable folder"
+    loss: str = ""  # what deleting it costs: "its answers are then asked again"
+
+    def connect(self, schema: str, check_same_thread: bool = True) -> sqlite3.Connection:
+        """The file (and its folder) with ``schema`` (a CREATE TABLE IF NOT EXISTS) in place."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.named_errors():
+            db = sqlite3.connect(self.path, check_same_thread=check_same_thread)
+            try:
+                db.execute(schema)
+            except sqlite3.Error:
+                db.close()
+                raise
+        return db
+
+    @contextmanager
+    def named_errors(self) -> Iterator[None]:
+        """SQLite's errors in the block as :attr:`unavailable` or :attr:`damaged`, naming the file."""
+        try:
+            yield
+        except sqlite3.OperationalError as error:  # the file is not at fault
+            fix = f": {self.fix}" if self.fix else ""
+            raise self.unavailable(f"{self.path}: {error} ({self.what}{fix})") from error
+        except sqlite3.DatabaseError as error:
+            if type(error) is not sqlite3.DatabaseError:  # IntegrityError, ProgrammingError ...: a bug, not the file
+                raise
+            loss = f"; {self.loss}" if self.loss else ""
+            raise self.damaged(f"{self.path} is damaged ({error}); it is only a cache: delete or move it "
+                               f"({self.what}{loss})") from error

@@ -1,0 +1,110 @@
+"""Every SQLite cache reports SQLite's errors, which name no file, as one line of its own error type naming the file."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmark.recommenders.openai_chat import ChatCache
+from benchmark.retrieval.cache import CacheError, CacheUnavailable, EmbeddingCache
+from reddit_amazon.linking import ShortLinkCache, ShortLinkCacheError, ShortLinkResolution
+from reddit_amazon.relevance import AnswerCache, RelevanceError
+
+
+@dataclass(frozen=True)
+class Kind:
+    open: Callable[[Path], Any]  # a cache in this folder
+    write: Callable[[Any], None]
+    read: Callable[[Any], None]
+    unavailable: type[Exception]
+    damaged: type[Exception]
+    what: str
+
+
+KINDS = {
+    "short links": Kind(lambda folder: ShortLinkCache(folder / "short_links.sqlite"),
+                        lambda cache: cache.put(ShortLinkResolution("https://amzn.to/x", "", (), "not found")),
+                        lambda cache: cache.get("https://amzn.to/x"),
+                        ShortLinkCacheError, ShortLinkCacheError, "the short-link cache"),
+    "relevance answers": Kind(lambda folder: AnswerCache(folder / "relevance-cache.sqlite"),
+                              lambda cache: cache.put("key", "model", "yes"), lambda cache: cache.get("key"),
+                              RelevanceError, RelevanceError, "the relevance answer cache, --llm-cache"),
+    "embeddings": Kind(lambda folder: EmbeddingCache("model", folder),
+                       lambda cache: cache.encode(["text"], lambda texts: [[0.0, 1.0]] * len(texts)),
+                       lambda cache: cache.encode(["text"], lambda texts: pytest.fail("not cached")),
+                       CacheUnavailable, CacheError, "the embedding cache"),
+    "openai-chat responses": Kind(lambda folder: ChatCache(folder), lambda cache: cache.put("key", "B000000001"),
+                                  lambda cache: cache.get("key"), CacheUnavailable, CacheError,
+                                  "the openai-chat response cache"),
+}
+
+
+def _reconnect(cache: Any, uri_query: str = "", timeout: float = 5.0) -> None:
+    """Stand-in for what root's tests cannot arrange with permissions: the cache's file opened another way."""
+    cache._db.close()
+    cache._db = sqlite3.connect(f"{cache.path.as_uri()}{uri_query}", uri=True, timeout=timeout,
+                                check_same_thread=False)
+
+
+def _one_line_naming(error: pytest.ExceptionInfo, path: Path, *words: str) -> None:
+    message = str(error.value)
+    assert "\n" not in message and str(path) in message, message
+    for word in words:
+        assert word in message, message
+
+
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS)
+def test_a_damaged_file_is_named_when_opened_and_when_used(kind, tmp_path):
+    path = kind.open(tmp_path / "probe").path
+    damaged = tmp_path / "damaged" / path.relative_to(tmp_path / "probe")
+    damaged.parent.mkdir()
+    damaged.write_bytes(b"not a database" * 100)
+    with pytest.raises(kind.damaged) as error:
+        kind.open(damaged.parent)
+    _one_line_naming(error, damaged, "is damaged (file is not a database)", "delete or move it", kind.what)
+
+    # damaged after it was opened: its pages overwritten
+    cache = kind.open(tmp_path / "later")
+    kind.write(cache)
+    data = cache.path.read_bytes()
+    cache._db.close()
+    cache.path.write_bytes(data[:100] + b"\x07" * (len(data) - 100))
+    _reconnect(cache)
+    for use in (kind.read, kind.write):
+        with pytest.raises(kind.damaged) as error:
+            use(cache)
+        _one_line_naming(error, cache.path, "is damaged (database disk image is malformed)", kind.what)
+
+
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS)
+def test_a_file_that_cannot_be_opened_written_or_read_is_named(kind, tmp_path):
+    path = kind.open(tmp_path / "probe").path
+    unopenable = tmp_path / "unopenable" / path.relative_to(tmp_path / "probe")
+    unopenable.mkdir(parents=True)  # SQLite cannot open it, as in a folder it may not write in
+    with pytest.raises(kind.unavailable) as error:
+        kind.open(unopenable.parent)
+    _one_line_naming(error, unopenable, "unable to open database file", kind.what)
+
+    read_only = kind.open(tmp_path / "read-only")
+    _reconnect(read_only, "?mode=ro")  # a file only readable
+    with pytest.raises(kind.unavailable) as error:
+        kind.write(read_only)
+    _one_line_naming(error, read_only.path, "attempt to write a readonly database", kind.what)
+
+    locked = kind.open(tmp_path / "locked")
+    kind.write(locked)
+    _reconnect(locked, timeout=0)
+    other = sqlite3.connect(locked.path)
+    other.execute("BEGIN EXCLUSIVE")  # another process still writing
+    try:
+        for use in (kind.read, kind.write):
+            with pytest.raises(kind.unavailable) as error:
+                use(locked)
+            _one_line_naming(error, locked.path, "database is locked", kind.what)
+    finally:
+        other.close()
