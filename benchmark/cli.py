@@ -200,6 +200,12 @@ def report_command(runs, markdown_path, html_path, title) -> None:
     for run in unfinished:  # `report runs/*` while a run is going on, or after one was interrupted
         click.secho(f"skipped {run}: the run has not finished (rerun its `benchmark run` command to finish it)",
                     fg="yellow", err=True)
+    for run in runs:  # `report runs/*` beside a folder of other work, e.g. the LaViC stages' runs/lavic/
+        inner = sorted(str(p.parent) for p in Path(run).glob("*/results.json")) if Path(run).is_dir() else []
+        if run not in unfinished and not (Path(run) / "results.json").exists() and inner:
+            unfinished.append(run)
+            click.secho(f"skipped {run}: not a run folder; it holds the run(s) {', '.join(inner)}",
+                        fg="yellow", err=True)
     if unfinished and len(unfinished) == len(runs):
         _fail(ValueError("no finished run to report"))
     try:

@@ -898,3 +898,22 @@ def test_quiet_draws_no_progress_bar_of_datasets_either(tmp_path):
                           capture_output=True, text=True, env={**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "c")})
     assert done.returncode == 0, done.stderr
     assert "Generating" not in done.stderr and "%|" not in done.stderr
+
+
+def test_report_of_runs_glob_skips_a_folder_holding_runs_as_the_lavic_docs_lay_them_out(dataset, tmp_path):
+    # README / docs/lavic.md: runs/lavic/ holds descriptions, distill/, rec/ and the run runs/lavic/test;
+    # `benchmark report runs/*` must still report the runs, naming the run inside runs/lavic.
+    runner = CliRunner()
+    runs = tmp_path / "runs"
+    for out in (runs / "random", runs / "lavic" / "test"):
+        assert runner.invoke(cli, ["run", "--model", "random", "--dataset", str(dataset), "--quiet",
+                                   "--bootstrap-samples", "0", "--out", str(out)]).exit_code == 0
+    (runs / "lavic" / "descriptions.jsonl").write_text("")
+    (runs / "lavic" / "rec").mkdir()
+    report = runner.invoke(cli, ["report", *map(str, sorted(runs.iterdir()))])
+    assert report.exit_code == 0, report.output
+    assert f"skipped {runs / 'lavic'}: not a run folder" in report.output and str(runs / "lavic" / "test") in report.output
+    assert "| Method | Beauty HR@1 | Beauty VR |" in report.output
+    empty = runs / "empty"
+    empty.mkdir()
+    assert runner.invoke(cli, ["report", str(empty)]).exit_code == 1  # nothing to report: still an error
