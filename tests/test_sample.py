@@ -36,3 +36,16 @@ def test_sample_has_no_mojibake_and_declares_its_candidate_sets():
     assert sum(mojibake_counts(sample_dataset_path()).values()) == 0
     manifest = read_manifest(sample_dataset_path())
     assert manifest["candidate_sets"] == ["sbert"]
+
+
+def test_regenerated_inputs_leave_no_lock_file_in_the_image_store(tmp_path):
+    # `python -m reddit_amazon.sample.make_inputs` (docs/build.md) writes into the package: nothing but inputs
+    from reddit_amazon.images import STORE_LOCK
+    from reddit_amazon.sample import SAMPLE_DIR
+    from reddit_amazon.sample.make_inputs import write_inputs
+
+    write_inputs(tmp_path / "inputs")
+    written = {p.relative_to(tmp_path / "inputs") for p in (tmp_path / "inputs").rglob("*") if p.is_file()}
+    shipped = {p.relative_to(SAMPLE_DIR / "inputs") for p in (SAMPLE_DIR / "inputs").rglob("*") if p.is_file()}
+    assert not (tmp_path / "inputs" / "images" / STORE_LOCK).exists()
+    assert written == shipped

@@ -64,7 +64,7 @@ def _write_jsonl(path: Path, rows: list[dict], *, gz: bool = False) -> None:
 
 def write_inputs(target: Path = SAMPLE_INPUTS, seed: int = 0) -> dict[str, int]:
     from reddit_amazon.dumps import write_zst_ndjson
-    from reddit_amazon.images import ImageStore
+    from reddit_amazon.images import STORE_LOCK, ImageStore
     from reddit_amazon.pipeline import RedditStageOptions, run_reddit_stage
     from reddit_amazon.relevance import DEFAULT_MODEL, AnswerCache, cache_key, default_template, render_prompt
     from reddit_amazon.sample.world import make_world
@@ -101,6 +101,7 @@ def write_inputs(target: Path = SAMPLE_INPUTS, seed: int = 0) -> dict[str, int]:
         else:
             store.put(item.parent_asin, item.image_jpeg, url)
     store.save()
+    (images / STORE_LOCK).unlink(missing_ok=True)  # the save's lock file is no input: it would ship in the package
 
     with tempfile.TemporaryDirectory(prefix="reddit-amazon-sample-") as workdir:
         run_reddit_stage([reddit], Path(workdir),
