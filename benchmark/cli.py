@@ -196,20 +196,19 @@ def report_command(runs, markdown_path, html_path, title) -> None:
     from benchmark.report import is_unfinished_run, load_runs, to_html, to_markdown
     from reddit_amazon.files import write_atomic
 
-    unfinished = [run for run in runs if is_unfinished_run(run)]
-    for run in unfinished:  # `report runs/*` while a run is going on, or after one was interrupted
-        click.secho(f"skipped {run}: the run has not finished (rerun its `benchmark run` command to finish it)",
-                    fg="yellow", err=True)
-    for run in runs:  # `report runs/*` beside a folder of other work, e.g. the LaViC stages' runs/lavic/
-        inner = sorted(str(p.parent) for p in Path(run).glob("*/results.json")) if Path(run).is_dir() else []
-        if run not in unfinished and not (Path(run) / "results.json").exists() and inner:
-            unfinished.append(run)
-            click.secho(f"skipped {run}: not a run folder; it holds the run(s) {', '.join(inner)}",
-                        fg="yellow", err=True)
-    if unfinished and len(unfinished) == len(runs):
+    skipped = {}
+    for run in runs:  # `report runs/*` while a run is going on, or beside the LaViC stages' runs/lavic/
+        inner = [] if (Path(run) / "results.json").exists() else sorted(map(str, Path(run).glob("*/results.json")))
+        if is_unfinished_run(run):
+            skipped[run] = "the run has not finished (rerun its `benchmark run` command to finish it)"
+        elif inner:
+            skipped[run] = f"not a run folder; it holds the run(s) {', '.join(str(Path(p).parent) for p in inner)}"
+    for run, reason in skipped.items():
+        click.secho(f"skipped {run}: {reason}", fg="yellow", err=True)
+    if skipped and len(skipped) == len(runs):
         _fail(ValueError("no finished run to report"))
     try:
-        loaded = load_runs([run for run in runs if run not in unfinished])
+        loaded = load_runs([run for run in runs if run not in skipped])
     except (FileNotFoundError, ValueError) as error:
         _fail(error)
     markdown = to_markdown(loaded)
