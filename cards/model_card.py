@@ -25,6 +25,8 @@ METRICS = {"hr@1": "HR@1", "vr": "VR"}
 OVERALL_KEYS = ("all", "overall")  # benchmark writes "all"; older results used "overall"
 #: ``lavic`` plugin options that take a file written by ``lavic-ref``.
 PLUGIN_FILE_OPTIONS = ("distill_adapter", "rec_adapter", "item_embeddings")
+#: What ``lavic-ref finetune`` records as the dataset when it trained on the bundled sample (no ``--dataset``).
+BUNDLED_SAMPLE = "bundled sample"
 #: The ``lavic`` plugin's default ``max_tokens`` (``lavic_ref.sequences.MAX_PROMPT_TOKENS``, not imported: torch).
 DEFAULT_PROMPT_TOKENS = 2048
 
@@ -73,8 +75,7 @@ def render_model_card(*, base_model: str, adapters: Mapping[str, Any], hyperpara
         _results(results, data.get("fingerprint"), data.get("domains")),
         _paper_tables(),
         "## Limitations\n\n" + "\n".join(f"- {text}" for text in (limitations or DEFAULT_LIMITATIONS)),
-        _usage(base_model, adapters, hyperparameters.get("max_prompt_tokens"), hyperparameters.get("images"),
-               data.get("candidates")),
+        _usage(base_model, adapters, hyperparameters, data),
         "## Citation\n\n" + code_block(read_template("citation.bib").split("\n\n")[0], "bibtex"),
     ]
     body = "\n\n".join(section.strip() for section in sections) + "\n"
@@ -246,21 +247,47 @@ def _paper_tables() -> str:
     return "\n\n".join(parts)
 
 
-def _usage(base_model: str, adapters: Mapping[str, Any], max_prompt_tokens: Any = None, images: Any = None,
-           candidates: Any = None) -> str:
+def _usage(base_model: str, adapters: Mapping[str, Any], hyperparameters: Mapping[str, Any],
+           data: Mapping[str, Any]) -> str:
+    """``benchmark run`` of the adapter on the test split of the data and domains it was fine-tuned on."""
     values = {"base": base_model, **{k: adapters[k] for k in PLUGIN_FILE_OPTIONS if adapters.get(k)}}
-    if images is False:  # a titles-only adapter (`finetune --no-images`): the plugin must not add item tokens
+    if hyperparameters.get("images") is False:  # a titles-only adapter (`finetune --no-images`): no item tokens
         values["images"] = False
+    max_prompt_tokens = hyperparameters.get("max_prompt_tokens")
     if max_prompt_tokens not in (None, DEFAULT_PROMPT_TOKENS):  # the plugin caps prompts as training did
         values["max_tokens"] = max_prompt_tokens
     model_args = ",".join(f"{key}=" + (json.dumps(value) if isinstance(value, (bool, int)) else _model_arg(str(value)))
                           for key, value in values.items())
-    command = shlex.join(["benchmark", "run", "--model", "lavic", "--model-args", model_args,
-                          "--dataset", "reddit-amazon", "--split", "test", "--out", "runs/lavic"]
-                         + (["--candidates", str(candidates)] if candidates and candidates != "sbert" else []))
-    return ("## Use\n\n" + code_block(command, "bash") + "\n\nThe `lavic` plugin is registered by the "
+    dataset = _usage_dataset(data.get("dataset"))
+    candidates = data.get("candidates")
+    # `benchmark run --domain` takes one domain or all of them: a subset is run one domain at a time.
+    domains = [d for d in DOMAINS if d in (data.get("domains") or DOMAINS)]
+    per_domain = domains if len(domains) < len(DOMAINS) else [None]
+    commands = [shlex.join(["benchmark", "run", "--model", "lavic", "--model-args", model_args]
+                           + (["--dataset", dataset] if dataset else [])
+                           + (["--domain", domain] if domain else [])
+                           + ["--split", "test", "--out", f"runs/lavic-{domain}" if domain else "runs/lavic"]
+                           + (["--candidates", str(candidates)] if candidates and candidates != "sbert" else []))
+                for domain in per_domain]
+    trained = " ".join(part for part in (
+        f"with `{candidates}` candidates" if candidates else "",
+        "on the bundled sample" if data.get("dataset") == BUNDLED_SAMPLE else "",
+        f"on {', '.join(domains)} only" if per_domain != [None] else "") if part)
+    local_folder = dataset is not None and dataset != data.get("dataset")
+    return ("## Use\n\n" + code_block("\n".join(commands), "bash") + "\n\nThe `lavic` plugin is registered by the "
             "`reddit-amazon` package; `--candidates sbert` or `--candidates openai_large` selects the candidate set"
-            + (f" (the adapter was trained with `{candidates}`)." if candidates else "."))
+            + (f" (the adapter was trained {trained})." if trained else ".")
+            + (f" `--dataset {dataset}` stands for the local folder it was trained on." if local_folder else ""))
+
+
+def _usage_dataset(recorded: Any) -> str | None:
+    """``--dataset`` of the Use command: none for the bundled sample, a Hub id or relative path as recorded, and the
+    folder name of an absolute path (where the training data lay on that machine means nothing to a reader)."""
+    if recorded == BUNDLED_SAMPLE:
+        return None
+    if not recorded:
+        return "reddit-amazon"  # not recorded: the folder `reddit-amazon build` writes by default
+    return Path(recorded).name if Path(recorded).is_absolute() else str(recorded)
 
 
 def _model_arg(value: str) -> str:

@@ -269,6 +269,7 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
     """
     import random
 
+    from cards.model_card import BUNDLED_SAMPLE
     from lavic_ref.data import iter_domain_items, load_conversations, recommendation_instances
     from lavic_ref.embed import EmbeddingsError, ItemEmbeddings, check_embeddings
     from lavic_ref.finetune import finetune as run_finetune
@@ -321,7 +322,7 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
                             "max_prompt_tokens": max_tokens, "images": not no_images, "seed": config.seed,
                             "training_instances": instance_style,
                             "max_steps_per_epoch": config.max_steps},  # a smoke run must not read as a full one
-        "data": {"dataset": dataset or "bundled sample", "fingerprint": _fingerprint_of(dataset),
+        "data": {"dataset": dataset or BUNDLED_SAMPLE, "fingerprint": _fingerprint_of(dataset),
                  "domains": list(domains), "candidates": candidate_set,
                  "train_examples": len(train_set), "validation_examples": len(val_set),
                  "train_examples_used_per_epoch": len(train_set) if config.max_steps is None else

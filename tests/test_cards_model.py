@@ -229,6 +229,28 @@ def test_the_use_command_runs_as_written_with_the_training_prompt_cap():
         .split("```")[1]
 
 
+def test_the_use_command_runs_on_the_data_and_domains_the_adapter_was_trained_on():
+    import shlex
+
+    def commands(data: dict) -> list[list[str]]:
+        usage = render([], data=data).split("## Use", 1)[1]
+        return [shlex.split(line) for line in usage.splitlines() if line.startswith("benchmark run")]
+
+    def option(argv: list[str], name: str) -> str | None:
+        return argv[argv.index(name) + 1] if name in argv else None
+
+    (hub,) = commands({"dataset": "org/reddit-amazon", "domains": ["beauty", "fashion", "home"]})
+    assert option(hub, "--dataset") == "org/reddit-amazon" and option(hub, "--domain") is None
+    (local,) = commands({"dataset": "/home/alice/data/my-build", "domains": ["fashion"]})
+    assert option(local, "--dataset") == "my-build" and option(local, "--domain") == "fashion"
+    assert "/home/alice" not in render([], data={"dataset": "/home/alice/data/my-build"}).split("## Use", 1)[1]
+    (sample,) = commands({"dataset": "bundled sample", "domains": ["home"]})
+    assert "--dataset" not in sample and option(sample, "--domain") == "home"
+    two = commands({"dataset": "data/ra", "domains": ["home", "beauty"]})  # --domain takes one domain or all
+    assert [(option(c, "--dataset"), option(c, "--domain"), option(c, "--out")) for c in two] == [
+        ("data/ra", "beauty", "runs/lavic-beauty"), ("data/ra", "home", "runs/lavic-home")]
+
+
 def test_the_use_command_of_a_titles_only_adapter_turns_images_off():
     import shlex
 
