@@ -101,6 +101,15 @@ def _load_backbone(base: str, device: str | None):
         raise click.ClickException(str(error)) from error
 
 
+def _load_tokenizer(base: str):
+    from lavic_ref.model import BaseModelError, load_tokenizer
+
+    try:
+        return load_tokenizer(base)
+    except BaseModelError as error:
+        raise click.ClickException(str(error)) from error
+
+
 def _attach(backbone, path: Path, role: str) -> None:
     from lavic_ref.model import AdapterError, attach_adapter
 
@@ -272,6 +281,7 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
     from cards.model_card import BUNDLED_SAMPLE
     from lavic_ref.data import iter_domain_items, load_conversations, recommendation_instances
     from lavic_ref.embed import EmbeddingsError, ItemEmbeddings, check_embeddings
+    from lavic_ref.finetune import check_prompt_cap
     from lavic_ref.finetune import finetune as run_finetune
     from lavic_ref.sequences import PromptTooLongError
 
@@ -288,6 +298,10 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
                                                 rng, instance_style)
     except ValueError as error:
         raise click.ClickException(f"{domain}: {error}") from error
+    try:
+        check_prompt_cap(_load_tokenizer(base), train_set + val_set, with_images=not no_images, max_tokens=max_tokens)
+    except PromptTooLongError as error:
+        raise click.ClickException(f"--max-tokens {max_tokens} is too small: {error}") from error
     titles = {item.item_id: item.title for item in iter_domain_items(dataset, domains)}
     cache = ItemEmbeddings.load(embeddings) if embeddings else None
     if cache is not None:
@@ -301,12 +315,9 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
             check_embeddings(cache, embeddings, backbone)
         except EmbeddingsError as error:
             raise click.ClickException(str(error)) from error
-    try:
-        result = _train(run_finetune, backbone, train_set, val_set, titles, cache, config, max_tokens=max_tokens,
-                        resume=training["resume"],
-                        settings={"domains": list(domains), "candidates": candidate_set, "instances": instance_style})
-    except PromptTooLongError as error:
-        raise click.ClickException(f"--max-tokens {max_tokens} is too small: {error}") from error
+    result = _train(run_finetune, backbone, train_set, val_set, titles, cache, config, max_tokens=max_tokens,
+                    resume=training["resume"],
+                    settings={"domains": list(domains), "candidates": candidate_set, "instances": instance_style})
     click.echo(f"best adapter: {result.best_dir} (validation loss {result.best_val_loss:.4f})")
     if not result.trained and (config.output_dir / CARD_INPUTS).is_file():
         # Nothing was left to train: the card (and any results `lavic-ref card` added) still describes the adapter.

@@ -16,7 +16,8 @@ from lavic_ref.data import RecommendationInstance
 from lavic_ref.embed import ItemEmbeddings
 from lavic_ref.model import LANGUAGE_LORA_TARGETS, Backbone, embed_inputs, inner_model, new_adapter, pad_batch, \
     target_loss
-from lavic_ref.sequences import MAX_PROMPT_TOKENS, recommendation_sequence
+from lavic_ref.sequences import MAX_PROMPT_TOKENS, PromptTooLongError, least_prompt_caps, \
+    recommendation_sequence
 from lavic_ref.training import TrainConfig, TrainResult, digest, train
 
 
@@ -41,6 +42,17 @@ def recommendation_loss(backbone: Backbone, batch: Sequence[RecommendationInstan
     inputs_embeds = embed_inputs(backbone, input_ids, item_embeddings)
     return target_loss(backbone.model, inputs_embeds, tokens.attention_mask.to(backbone.device),
                        tokens.labels)
+
+
+def check_prompt_cap(tokenizer, instances: Sequence[RecommendationInstance], *, with_images: bool,
+                     max_tokens: int) -> None:
+    """Refuse ``max_tokens`` before training when a prompt does not fit it even with empty titles and no
+    conversation (:class:`PromptTooLongError`, naming the cap the longest such prompt needs)."""
+    caps = least_prompt_caps(tokenizer, [(ex.candidates, ex.target) for ex in instances], with_images=with_images)
+    needed, longest = max(zip(caps, instances), key=lambda pair: pair[0], default=(0, None))
+    if needed > max_tokens:
+        raise PromptTooLongError(f"a prompt of {len(longest.candidates)} candidates needs {needed} tokens without "
+                                 f"their titles and the conversation, over the {max_tokens}-token cap")
 
 
 def release_vision(backbone: Backbone) -> None:

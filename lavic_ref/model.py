@@ -106,17 +106,16 @@ def fix_five_subimages(config: Any, image_processor: Any) -> None:
 
 def load_backbone(base: str = DEFAULT_BASE, *, device: str | None = None, dtype: torch.dtype | None = None) -> Backbone:
     """Load a LLaVA-NeXT checkpoint (hub id or local folder) with the item tokens and the 5-sub-image grid."""
-    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+    from transformers import LlavaNextForConditionalGeneration
 
     config = llava_next_config(base)
     target = resolve_device(device)
     dtype = dtype or default_dtype(target)
-    processor = AutoProcessor.from_pretrained(base)
+    processor = _processor(base)
     model = LlavaNextForConditionalGeneration.from_pretrained(base, config=config, dtype=dtype)
     fingerprint = weights_fingerprint(model)
     fix_five_subimages(model.config, processor.image_processor)
     tokenizer = processor.tokenizer
-    tokenizer.add_tokens(list(ITEM_TOKENS), special_tokens=True)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         # Rows of item tokens are always overwritten by item embeddings, so their initial values do not matter.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -126,6 +125,20 @@ def load_backbone(base: str = DEFAULT_BASE, *, device: str | None = None, dtype:
     model.requires_grad_(False)
     return Backbone(model=model, processor=processor, device=target, dtype=dtype, base=str(base),
                     fingerprint=fingerprint)
+
+
+def load_tokenizer(base: str = DEFAULT_BASE):
+    """The tokenizer :func:`load_backbone` gives (item tokens included), without loading the model's weights."""
+    llava_next_config(base)
+    return _processor(base).tokenizer
+
+
+def _processor(base: str):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(base)
+    processor.tokenizer.add_tokens(list(ITEM_TOKENS), special_tokens=True)
+    return processor
 
 
 def llava_next_config(base: str):

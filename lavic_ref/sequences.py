@@ -65,6 +65,21 @@ def recommendation_sequence(
     return _with_target(tokenizer, head_ids + context_ids + tail_ids, target, max_target_tokens=10**6)
 
 
+def least_prompt_caps(tokenizer, prompts: Sequence[tuple[Sequence[str], str | None]], *,
+                      with_images: bool) -> list[int]:
+    """For each (candidate IDs, target) the smallest ``max_tokens`` :func:`recommendation_sequence` fits it in: BOS,
+    the prompt with empty titles and no conversation, the target and EOS (a smaller cap raises
+    :class:`PromptTooLongError`). One tokenizer call for all of them: a training set has tens of thousands."""
+    before, after = chat_wrapping(tokenizer)
+    texts = []
+    for candidate_ids, target in prompts:
+        head, tail = recommendation_prompt_parts([(item_id, "") for item_id in candidate_ids], with_images)
+        texts += [before + head, tail + after, target or ""]  # as _prompt_ids tokenises them
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    return [1 + head_len + tail_len + (0 if target is None else target_len + 1)
+            for head_len, tail_len, target_len, (_, target) in zip(lengths[::3], lengths[1::3], lengths[2::3], prompts)]
+
+
 def _prompt_ids(tokenizer, candidates: Sequence[tuple[str, str]], with_images: bool) -> tuple[list[int], list[int]]:
     """Token ids of the chat-wrapped Table 11 before and after the conversation."""
     before, after = chat_wrapping(tokenizer)

@@ -112,8 +112,7 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
     started = time.perf_counter()
     seed_everything(config.seed)
     model = backbone.model
-    output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    output = Path(config.output_dir)  # created by the first checkpoint: a run failing before it leaves no empty folder
     if config.gradient_checkpointing:
         set_gradient_checkpointing(model, True)
     if config.cuda_graphs:

@@ -26,7 +26,8 @@ from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
 from tiny_llava import save_tiny_llava  # noqa: E402
 
-from lavic_ref.data import RecommendationInstance, load_items, recommendation_instances  # noqa: E402
+from lavic_ref.data import RecommendationInstance, load_conversations, load_items, \
+    recommendation_instances  # noqa: E402
 from lavic_ref.describe import read_cache  # noqa: E402
 from lavic_ref.embed import EmbeddingsError, ItemEmbeddings, check_embeddings, compute_item_embeddings, \
     save_item_embeddings  # noqa: E402
@@ -924,6 +925,51 @@ def test_titles_too_long_for_the_cap_are_shortened_ids_and_item_tokens_kept(tiny
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert re.search(r"Error: --max-tokens 64 is too small: a prompt of 10 candidates needs \d+ tokens [^\n]*cap\n$",
                      result.output), result.output
+
+
+def test_a_prompt_cap_too_small_fails_before_loading_the_model_and_leaves_no_out_folder(tiny_base, tmp_path,
+                                                                                       monkeypatch):
+    import lavic_ref.model
+    from lavic_ref.cli import cli
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before --max-tokens was checked")
+
+    monkeypatch.setattr(lavic_ref.model, "load_backbone", no_model)
+    for images in (["--no-images"], ["--embeddings", str(tmp_path / "unread.safetensors")]):
+        (tmp_path / "unread.safetensors").touch()
+        result = CliRunner().invoke(cli, ["finetune", "--base", tiny_base, "--device", DEVICE, "--domain", "fashion",
+                                          *images, "--max-tokens", "64", "--out", str(tmp_path / "rec")])
+        assert result.exit_code == 1, result.output
+        needed = re.fullmatch(r"Error: --max-tokens 64 is too small: a prompt of 10 candidates needs (\d+) tokens "
+                              r"without their titles and the conversation, over the 64-token cap\n", result.output)
+        assert needed, result.output
+        assert not (tmp_path / "rec").exists()
+    # The minimum named is the cap the longest prompt needs: every training prompt fits it.
+    from lavic_ref.finetune import check_prompt_cap
+
+    instances = recommendation_instances(load_conversations(None, "fashion", "train"), "sbert", random.Random(0))
+    tokenizer = lavic_ref.model.load_tokenizer(tiny_base)
+    cap = int(needed.group(1))
+    check_prompt_cap(tokenizer, instances, with_images=True, max_tokens=cap)
+    for instance in instances:
+        recommendation_sequence(tokenizer, instance.context, [(c, "") for c in instance.candidates], instance.target,
+                                with_images=True, max_tokens=cap)
+
+
+def test_training_that_fails_before_its_first_checkpoint_leaves_no_out_folder(tiny_base, tmp_path):
+    items = load_items(None, ["beauty"])
+    instances, _ = _two_instances(items)
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    new_adapter(backbone, LANGUAGE_LORA_TARGETS)
+
+    def failing_loss(batch):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(backbone, instances, [], failing_loss, TrainConfig(output_dir=tmp_path / "out", epochs=1, batch_size=1,
+                                                                 gradient_checkpointing=False))
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_plugin_takes_only_a_positive_integer_batch_size(tiny_base):
