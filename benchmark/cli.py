@@ -231,6 +231,8 @@ def report_command(runs, markdown_path, html_path, title) -> None:
 def compare_command(run_a, run_b, bootstrap_samples, seed) -> None:
     """Paired bootstrap difference A − B (95% CI, two-sided p) per domain, over the records both runs scored.
 
+    RUN_A and RUN_B are `benchmark run` folders (a `benchmark retrieve` folder has no per-record predictions).
+
     \b
     Example:
       benchmark compare runs/lavic runs/llava16

@@ -32,7 +32,13 @@ class Comparison:
 
 def _load(run_dir: Path) -> tuple[dict, dict[tuple[str, str], dict]]:
     results_path, predictions_path = run_dir / RESULTS_FILE, run_dir / PREDICTIONS_FILE
-    if not results_path.is_file() or not predictions_path.is_file():
+    results = read_results(results_path) if results_path.is_file() else None
+    if results is not None and results.get("kind") == "retrieval":
+        raise ValueError(f"{run_dir}: a `benchmark retrieve` folder (a full-catalog ranking, no per-record "
+                         "predictions) cannot be compared: `benchmark compare` takes two `benchmark run` folders; "
+                         "list it beside runs with `benchmark report`, or compare runs of models over its candidate "
+                         f"set (`benchmark run --model M --candidates {results.get('candidate_set_name') or 'NAME'}`)")
+    if results is None or not predictions_path.is_file():
         raise FileNotFoundError(f"{run_dir}: needs a finished run ({RESULTS_FILE} and {PREDICTIONS_FILE})")
     rows = {}
     for number, line in enumerate(predictions_path.read_bytes().splitlines(), 1):
@@ -41,7 +47,7 @@ def _load(run_dir: Path) -> tuple[dict, dict[tuple[str, str], dict]]:
         except orjson.JSONDecodeError as error:
             raise ValueError(f"{predictions_path}:{number}: not valid JSON ({error})") from error
         rows[(row["domain"], row["example_id"])] = row
-    return read_results(results_path), rows
+    return results, rows
 
 
 def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, samples: int = DEFAULT_BOOTSTRAP_SAMPLES,

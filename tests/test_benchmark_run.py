@@ -328,6 +328,24 @@ def test_secret_model_args_never_reach_the_outputs(dataset, tmp_path):
     assert results["model"]["args"] == {"api_key": "<redacted>", "hf_token": "<redacted>", "temperature": 0.5}
 
 
+def test_compare_says_a_retrieval_folder_cannot_be_compared_and_report_lists_it(dataset, tmp_path):
+    runner = CliRunner()
+    common = ["--dataset", str(dataset), "--domain", "home", "--quiet", "--bootstrap-samples", "0"]
+    assert runner.invoke(cli, ["retrieve", "--retriever", "bm25", *common, "--out", str(tmp_path / "bm25")]) \
+        .exit_code == 0
+    assert runner.invoke(cli, ["run", "--model", "random", *common, "--out", str(tmp_path / "random")]).exit_code == 0
+    for args in ([tmp_path / "bm25", tmp_path / "random"], [tmp_path / "random", tmp_path / "bm25"]):
+        result = runner.invoke(cli, ["compare", *map(str, args)])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        assert result.output == (f"Error: {tmp_path / 'bm25'}: a `benchmark retrieve` folder (a full-catalog ranking, "
+                                 "no per-record predictions) cannot be compared: `benchmark compare` takes two "
+                                 "`benchmark run` folders; list it beside runs with `benchmark report`, or compare "
+                                 "runs of models over its candidate set (`benchmark run --model M --candidates "
+                                 "bm25`)\n")
+    report = runner.invoke(cli, ["report", str(tmp_path / "bm25"), str(tmp_path / "random")])
+    assert report.exit_code == 0 and "| BM25 |" in report.output, report.output
+
+
 def test_report_and_compare_name_a_damaged_results_file(dataset, tmp_path):
     run(RunConfig(model="random", dataset=str(dataset), domain="home", bootstrap_samples=0), tmp_path / "good",
         progress=False)
