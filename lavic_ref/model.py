@@ -23,6 +23,7 @@ from PIL import Image
 
 from lavic_ref import DEFAULT_BASE
 from lavic_ref.prompts import ITEM_TOKENS
+from reddit_amazon.cli_errors import one_line
 from reddit_amazon.images import eight_bit_greyscale
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,10 @@ def load_backbone(base: str = DEFAULT_BASE, *, device: str | None = None, dtype:
     target = resolve_device(device)
     dtype = dtype or default_dtype(target)
     processor = _processor(base)
-    model = LlavaNextForConditionalGeneration.from_pretrained(base, config=config, dtype=dtype)
+    try:
+        model = LlavaNextForConditionalGeneration.from_pretrained(base, config=config, dtype=dtype)
+    except OSError as error:  # the config is there, the weights are not (a partial download, offline)
+        raise BaseModelError(f"base model {base}: cannot load its weights: {one_line(error)}") from error
     fingerprint = weights_fingerprint(model)
     fix_five_subimages(model.config, processor.image_processor)
     tokenizer = processor.tokenizer
@@ -136,7 +140,10 @@ def load_tokenizer(base: str = DEFAULT_BASE):
 def _processor(base: str):
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(base)
+    try:
+        processor = AutoProcessor.from_pretrained(base)
+    except OSError as error:
+        raise BaseModelError(f"base model {base}: cannot load its processor: {one_line(error)}") from error
     processor.tokenizer.add_tokens(list(ITEM_TOKENS), special_tokens=True)
     return processor
 
@@ -152,7 +159,7 @@ def llava_next_config(base: str):
         config = AutoConfig.from_pretrained(base)
     except (OSError, ValueError) as error:
         where = "folder" if local else "Hugging Face Hub id (not a local folder)"
-        raise BaseModelError(f"base model {base}: cannot read its config as a {where}: {error}") from error
+        raise BaseModelError(f"base model {base}: cannot read its config as a {where}: {one_line(error)}") from error
     if config.model_type != "llava_next":
         kind = ", ".join(config.architectures or []) or config.model_type
         raise BaseModelError(f"base model {base} is a {kind} checkpoint (model_type {config.model_type!r}), not "

@@ -37,6 +37,12 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
     return text
 
 
+def one_line(message: object) -> str:
+    """``message`` with each run of whitespace, line breaks included, as one space: a library's message wrapped
+    into ours (transformers spreads "not in the local cache" over two lines) keeps the ``Error:`` line one line."""
+    return " ".join(str(message).split())
+
+
 @contextmanager
 def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
     """Errors of ``kinds`` (their message says what to fix) end as ``Error: Type: message``; a

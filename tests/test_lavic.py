@@ -454,6 +454,7 @@ def test_ablations_titles_only_and_no_distillation(tiny_base, tmp_path):
 def test_a_base_that_is_not_llava_next_is_refused_before_loading(tmp_path):
     from transformers import LlavaConfig
 
+    from benchmark.cli import cli as benchmark_cli
     from lavic_ref.cli import cli
     from tiny_llava import tiny_configs
 
@@ -471,6 +472,15 @@ def test_a_base_that_is_not_llava_next_is_refused_before_loading(tmp_path):
     result = CliRunner().invoke(cli, ["embed", "--base", str(tmp_path / "mistral"), "--device", DEVICE,
                                       "--domain", "home", "--no-distill", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "not LLaVA-NeXT" in result.output and "Traceback" not in result.output
+    # A Hub id missing from the offline cache (tests run with HF_HUB_OFFLINE=1): transformers' two lines become one.
+    uncached = "reddit-amazon-tests/not-in-the-cache"
+    for group, args in ((cli, ["embed", "--base", uncached, "--no-distill", "--out", str(tmp_path / "out")]),
+                        (benchmark_cli, ["run", "--model", "lavic", "--model-args", f"base={uncached}", "--quiet",
+                                         "--out", str(tmp_path / "run")])):
+        result = CliRunner().invoke(group, [*args, "--domain", "home"])
+        assert result.exit_code == 1, result.output
+        assert re.fullmatch(rf"Error: (BaseModelError: )?base model {uncached}: cannot read its config as a Hugging "
+                            r"Face Hub id \(not a local folder\): [^\n]*cache[^\n]*\n", result.output), result.output
 
 
 def test_base_fingerprint_tells_weights_apart_but_not_dtypes_or_folders(tiny_base, other_base, tmp_path):

@@ -314,6 +314,27 @@ def test_hf_vlm_runs_a_text_only_llm_title_only(tmp_path):
         HFVisionLanguageRecommender(model=str(tmp_path), with_images=True, device="cpu", dtype="float32")
 
 
+@pytest.mark.parametrize(("needs", "args", "plugin"), [
+    ("transformers", ["run", "--model", "hf-vlm", "--model-args"], "hf-vlm"),
+    ("sentence_transformers", ["run", "--model", "sbert", "--model-args"], "sbert"),
+    ("sentence_transformers", ["retrieve", "--retriever", "sbert", "--retriever-args"], "sbert"),
+])
+def test_a_model_missing_from_the_offline_cache_is_one_error_line_naming_it(tmp_path, needs, args, plugin):
+    """transformers says "not in the cached files" over two lines; tests run with HF_HUB_OFFLINE=1."""
+    from click.testing import CliRunner
+
+    from benchmark.cli import cli
+
+    pytest.importorskip(needs)
+    dataset = make_synthetic_dataset(tmp_path / "ds", records_per_domain=2, domains=("home",))
+    model = "reddit-amazon-tests/not-in-the-cache"
+    result = CliRunner().invoke(cli, [*args, f"model={model}", "--dataset", str(dataset), "--quiet",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert re.fullmatch(rf"Error: OSError: {plugin}: cannot load model {model}: [^\n]*cache[^\n]*\n", result.output), \
+        result.output
+
+
 def test_openai_chat_without_a_key_is_a_clear_cli_error(tmp_path, monkeypatch):
     from click.testing import CliRunner
 

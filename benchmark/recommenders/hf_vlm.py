@@ -21,6 +21,7 @@ from benchmark.prompts import (
     render_recommendation_prompt,
 )
 from benchmark.protocol import Candidate, Example
+from reddit_amazon.cli_errors import one_line
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
@@ -42,7 +43,10 @@ class HFVisionLanguageRecommender:
         self.name = f"{model.rstrip('/').split('/')[-1]} ({'title+image' if with_images else 'title'})"
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
-        self.processor = AutoProcessor.from_pretrained(model)
+        try:
+            self.processor = AutoProcessor.from_pretrained(model)
+        except OSError as error:
+            raise _load_error(model, error) from error
         # A text-only LLM (the paper's Vicuna-v1.5 baseline) has no processor: AutoProcessor gives its tokenizer.
         self.text_only = not hasattr(self.processor, "tokenizer")
         if self.text_only and with_images:
@@ -53,7 +57,10 @@ class HFVisionLanguageRecommender:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         auto_model = AutoModelForCausalLM if self.text_only else AutoModelForImageTextToText
-        self.model = auto_model.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+        try:
+            self.model = auto_model.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+        except OSError as error:
+            raise _load_error(model, error) from error
         self.image_token = getattr(self.processor, "image_token", "<image>")
         self._undecodable: set[str] = set()
 
@@ -119,3 +126,8 @@ class HFVisionLanguageRecommender:
                                          pad_token_id=self.tokenizer.pad_token_id)
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _load_error(model: str, error: OSError) -> OSError:
+    """Not on the Hub, not in the local cache while offline, a broken download: one line naming the model."""
+    return OSError(f"hf-vlm: cannot load model {model}: {one_line(error)}")

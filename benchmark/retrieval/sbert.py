@@ -12,6 +12,7 @@ import numpy as np
 
 from benchmark.retrieval.cache import EmbeddingCache
 from benchmark.retrieval.dense import DenseRetriever
+from reddit_amazon.cli_errors import one_line
 
 DEFAULT_SBERT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -46,7 +47,10 @@ class SBERTRetriever(DenseRetriever):
                 raise ImportError("the sbert retriever needs sentence-transformers: "
                                   "pip install 'reddit-amazon[retrieval]'") from error
 
-            self._model = SentenceTransformer(resolve_model_path(self.model_name), device=self.device)
+            try:
+                self._model = SentenceTransformer(resolve_model_path(self.model_name), device=self.device)
+            except OSError as error:  # not on the Hub, or not in the local cache while offline
+                raise OSError(f"sbert: cannot load model {self.model_name}: {one_line(error)}") from error
         return self._model
 
     def _embed(self, texts: list[str]) -> np.ndarray:
