@@ -8,7 +8,9 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -74,6 +76,36 @@ def naming(path: Path) -> Iterator[None]:
 LOCK_FILE = ".lock"
 
 
+#: Folder locks this process holds now (see :func:`_die_with_parent`), and the pid that is forking.
+_locks_held = 0
+_forking_pid = 0
+
+
+def _note_forking_pid() -> None:
+    global _forking_pid
+    _forking_pid = os.getpid()
+
+
+def _die_with_parent() -> None:
+    """In a process forked while a folder lock is held: it shares the lock, so if it outlived its parent
+    (``kill -9`` of a build: datatrove's Manager process never exits on its own) every rerun would find the
+    folder busy for good. On Linux it is killed when its parent dies instead."""
+    if not _locks_held or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != _forking_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_note_forking_pid, after_in_child=_die_with_parent)
+
+
 class FolderBusyError(OSError):
     """Another process holds the folder's lock: two runs writing the same work files would corrupt them."""
 
@@ -112,7 +144,12 @@ def folder_lock(folder: Path, what: str, wait_s: float = 3.0) -> Iterator[None]:
         except OSError as error:
             if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
-        yield
+        global _locks_held
+        _locks_held += 1
+        try:
+            yield
+        finally:
+            _locks_held -= 1
 
 
 def replace_dir(new: Path, target: Path) -> None:

@@ -791,3 +791,40 @@ def test_a_damaged_or_unopenable_short_link_cache_is_named(world, tmp_path, caps
                                           "--no-progress"])
         assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output
         assert f"Error: ShortLinkCacheError: {message}" in result.output
+
+
+_LOCK_HOLDER_KILLED = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    import multiprocess
+    from reddit_amazon.files import folder_lock
+    with folder_lock(Path(sys.argv[1]), "build"):
+        manager = multiprocess.get_context("fork").Manager()  # as datatrove's LocalPipelineExecutor.run() starts one
+        print(manager._process.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 of the build
+    """
+)
+
+
+def test_kill_9_leaves_no_process_holding_the_workdir_lock(tmp_path):
+    """`kill -9` of a build during the Reddit stage left datatrove's forked Manager process running for good,
+    holding the inherited workdir lock: every rerun stopped with "another build is running"."""
+    import psutil
+
+    from reddit_amazon.files import folder_lock
+
+    pid_file, log = tmp_path / "manager.pid", tmp_path / "stderr"  # not pipes: a survivor would keep them open
+    with open(pid_file, "w") as out, open(log, "w") as err:
+        child = subprocess.run([sys.executable, "-c", _LOCK_HOLDER_KILLED, str(tmp_path / "w")], stdout=out,
+                               stderr=err, timeout=60)
+    assert child.returncode == -signal.SIGKILL, log.read_text()
+    manager = psutil.Process(int(pid_file.read_text().split()[0]))
+    try:
+        _, alive = psutil.wait_procs([manager], timeout=10)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], "the forked process outlived its parent"
+        with folder_lock(tmp_path / "w", "build"):  # the rerun gets the folder
+            pass
+    finally:
+        with suppress(psutil.NoSuchProcess):
+            manager.kill()
