@@ -176,14 +176,28 @@ def sibling_prefix(target: Path, kind: str) -> str:
 
 def remove_abandoned_siblings(target: Path) -> list[Path]:
     """Delete the hidden folders that processes of this host left beside ``target`` when they were
-    killed (kill -9, power loss) while writing or replacing it; returns what was removed."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:tmp|old)-{re.escape(socket.gethostname())}-(\d+)-")
-    removed = []
+    killed (kill -9, power loss) while writing or replacing it; returns what was removed.
+
+    A run killed while swapping the folders may have moved the user's hidden entries (a Hub clone's ``.git``)
+    into its new folder, or left ``target`` renamed aside: those go back to ``target`` first."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(tmp|old)-{re.escape(socket.gethostname())}-(\d+)-")
+    abandoned = []
     for sibling in target.parent.glob(f".{glob.escape(target.name)}.*"):
         match = pattern.match(sibling.name)
-        if match and sibling.is_dir() and not _process_alive(int(match.group(1))):
-            shutil.rmtree(sibling, ignore_errors=True)
-            removed.append(sibling)
+        if match and sibling.is_dir() and not _process_alive(int(match.group(2))):
+            abandoned.append((match.group(1), sibling))
+    for kind, sibling in abandoned:
+        if kind == "old" and not target.exists():  # killed between replace_dir's two renames
+            sibling.rename(target)
+    removed = []
+    for _, sibling in abandoned:
+        if not sibling.exists():
+            continue
+        for entry in sorted(sibling.iterdir()) if target.is_dir() else ():
+            if entry.name.startswith(".") and not (target / entry.name).exists():
+                entry.rename(target / entry.name)
+        shutil.rmtree(sibling, ignore_errors=True)
+        removed.append(sibling)
     return removed
 
 

@@ -508,3 +508,41 @@ def test_the_fingerprint_covers_every_shard_and_where_it_lies(tmp_path):
     moved = folder / "data" / "home" / "validation-00000-of-00001.parquet"
     moved.rename(folder / "data" / "home" / "train-00001-of-00002.parquet")
     assert fingerprint(folder) != original
+
+
+_KILLED_WHILE_SWAPPING = """
+import os, signal, sys
+from pathlib import Path
+import reddit_amazon.dataset_folder as dataset_folder
+from reddit_amazon.files import sibling_prefix
+from benchmark.synthetic import make_synthetic_dataset
+
+def replace_dir(new, target):  # kill -9 arriving in the middle of the folder swap
+    if sys.argv[2] == "between_renames":
+        target.rename(target.with_name(sibling_prefix(target, "old") + "0"))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+dataset_folder.replace_dir = replace_dir
+make_synthetic_dataset(sys.argv[1], records_per_domain=3)
+"""
+
+
+@pytest.mark.parametrize("when", ["before_the_renames", "between_renames"])
+def test_a_rewrite_killed_while_swapping_folders_keeps_the_hidden_entries(tmp_path, when):
+    """kill -9 while the new folder replaces the old one, then a rerun: the Hub clone's .git, which the killed run
+    had moved into its new folder, was deleted with that abandoned folder by the rerun."""
+    from benchmark.synthetic import make_synthetic_dataset
+
+    folder = tmp_path / "reddit-amazon"
+    make_synthetic_dataset(folder, records_per_domain=3)
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WHILE_SWAPPING, str(folder), when], capture_output=True,
+                            text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    make_synthetic_dataset(folder, records_per_domain=3)  # the rerun
+    assert (folder / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reddit-amazon"]
+    from reddit_amazon.dataset_folder import verify
+
+    assert not verify(folder)
