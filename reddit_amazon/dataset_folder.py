@@ -81,7 +81,7 @@ def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents,
         raise SchemaError(f"dataset version {contents.version!r} is not semver (MAJOR.MINOR.PATCH)")
     out_dir = check_output_folder(out_dir, keep)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_siblings(out_dir)
+    remove_abandoned_siblings(out_dir, finished_marker="README.md")  # _write_into writes the card last
     tmp = Path(tempfile.mkdtemp(prefix=sibling_prefix(out_dir, "tmp"), dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is meant to be shared
     carried: list[str] = []

@@ -174,12 +174,14 @@ def sibling_prefix(target: Path, kind: str) -> str:
     return f".{target.name}.{kind}-{socket.gethostname()}-{os.getpid()}-"
 
 
-def remove_abandoned_siblings(target: Path) -> list[Path]:
+def remove_abandoned_siblings(target: Path, finished_marker: str) -> list[Path]:
     """Delete the hidden folders that processes of this host left beside ``target`` when they were
     killed (kill -9, power loss) while writing or replacing it; returns what was removed.
 
-    A run killed while swapping the folders may have moved the user's hidden entries (a Hub clone's ``.git``)
-    into its new folder, or left ``target`` renamed aside: those go back to ``target`` first."""
+    A run killed while swapping the folders may have left ``target`` renamed aside, or moved the user's
+    hidden entries (a Hub clone's ``.git``) into its new folder: those go back to ``target`` first. Only a new
+    folder holding ``finished_marker`` (written last) got the user's entries: one killed while being written
+    holds only its own half-written temporary files."""
     pattern = re.compile(rf"\.{re.escape(target.name)}\.(tmp|old)-{re.escape(socket.gethostname())}-(\d+)-")
     abandoned = []
     for sibling in target.parent.glob(f".{glob.escape(target.name)}.*"):
@@ -190,12 +192,13 @@ def remove_abandoned_siblings(target: Path) -> list[Path]:
         if kind == "old" and not target.exists():  # killed between replace_dir's two renames
             sibling.rename(target)
     removed = []
-    for _, sibling in abandoned:
+    for kind, sibling in abandoned:
         if not sibling.exists():
             continue
-        for entry in sorted(sibling.iterdir()) if target.is_dir() else ():
-            if entry.name.startswith(".") and not (target / entry.name).exists():
-                entry.rename(target / entry.name)
+        if target.is_dir() and (kind == "old" or (sibling / finished_marker).exists()):
+            for entry in sorted(sibling.iterdir()):
+                if entry.name.startswith(".") and not (target / entry.name).exists():
+                    entry.rename(target / entry.name)
         shutil.rmtree(sibling, ignore_errors=True)
         removed.append(sibling)
     return removed

@@ -522,15 +522,22 @@ def replace_dir(new, target):  # kill -9 arriving in the middle of the folder sw
         target.rename(target.with_name(sibling_prefix(target, "old") + "0"))
     os.kill(os.getpid(), signal.SIGKILL)
 
+def write_readme(folder, *args):  # kill -9 while the new folder is written, a temporary file in it
+    (folder / ".README.md.k1ll3d00").write_text("half")
+    os.kill(os.getpid(), signal.SIGKILL)
+
 dataset_folder.replace_dir = replace_dir
+if sys.argv[2] == "while_writing":
+    dataset_folder.write_readme = write_readme
 make_synthetic_dataset(sys.argv[1], records_per_domain=3)
 """
 
 
-@pytest.mark.parametrize("when", ["before_the_renames", "between_renames"])
+@pytest.mark.parametrize("when", ["while_writing", "before_the_renames", "between_renames"])
 def test_a_rewrite_killed_while_swapping_folders_keeps_the_hidden_entries(tmp_path, when):
     """kill -9 while the new folder replaces the old one, then a rerun: the Hub clone's .git, which the killed run
-    had moved into its new folder, was deleted with that abandoned folder by the rerun."""
+    had moved into its new folder, was deleted with that abandoned folder by the rerun. A folder killed while
+    being written gives back none of its own temporary files."""
     from benchmark.synthetic import make_synthetic_dataset
 
     folder = tmp_path / "reddit-amazon"
@@ -542,6 +549,7 @@ def test_a_rewrite_killed_while_swapping_folders_keeps_the_hidden_entries(tmp_pa
     assert killed.returncode == -9, killed.stderr
     make_synthetic_dataset(folder, records_per_domain=3)  # the rerun
     assert (folder / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [".git"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reddit-amazon"]
     from reddit_amazon.dataset_folder import verify
 
