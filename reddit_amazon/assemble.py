@@ -79,33 +79,57 @@ class CandidateReport:
         return dict(self.__dict__)
 
 
-def add_candidates(splits: Mapping[str, Mapping[str, list[Conversation]]], items: Mapping[str, Sequence[Item]],
-                   retrievers: Sequence[Any], *, seed: int = 0,
-                   progress: Callable[[Iterable, int, str], Iterable] | None = None) -> CandidateReport:
-    """Fill ``conversation.candidates[retriever.candidate_set_name]`` for every record in place, each list in
-    the order :func:`shuffled_candidates` gives it."""
+@dataclass
+class CandidateSearch:
+    """A domain's candidate retrieval: its records' contexts are searched over its items' texts."""
+
+    domain: str
+    records: list[Conversation]
+    items: list[tuple[str, str]]  # (item_id, text), in item_id order
+
+    @property
+    def queries(self) -> list[str]:
+        return [record.context for record in self.records]
+
+
+def candidate_searches(splits: Mapping[str, Mapping[str, list[Conversation]]],
+                       items: Mapping[str, Sequence[Item]]) -> tuple[list[CandidateSearch], dict[str, str]]:
+    """The searches of the domains with records, and the domains skipped, with why (fewer items than
+    ``NUM_CANDIDATES``)."""
     from benchmark.retrieval import item_text
 
-    report = CandidateReport(computed=[r.candidate_set_name for r in retrievers], recall={}, skipped_domains={})
-    work = [(retriever, domain) for retriever in retrievers for domain in DOMAINS]
-    steps = progress(work, len(work), "candidates") if progress else work
-    for retriever, domain in steps:
+    searches, skipped = [], {}
+    for domain in DOMAINS:
         records = _domain_records(splits, domain)
         catalog = sorted(items.get(domain, []), key=lambda item: item.item_id)
         if not records:
             continue
         if len(catalog) < NUM_CANDIDATES:
-            report.skipped_domains[domain] = f"{len(catalog)} items < {NUM_CANDIDATES}"
+            skipped[domain] = f"{len(catalog)} items < {NUM_CANDIDATES}"
             continue
-        pairs = [(item.item_id, item_text(item.title)) for item in catalog]
-        ranked = retriever.top_k([r.context for r in records], pairs, k=NUM_CANDIDATES)
+        searches.append(CandidateSearch(domain, records, [(item.item_id, item_text(item.title)) for item in catalog]))
+    return searches, skipped
+
+
+def add_candidates(splits: Mapping[str, Mapping[str, list[Conversation]]], items: Mapping[str, Sequence[Item]],
+                   retrievers: Sequence[Any], *, seed: int = 0,
+                   progress: Callable[[Iterable, int, str], Iterable] | None = None) -> CandidateReport:
+    """Fill ``conversation.candidates[retriever.candidate_set_name]`` for every record in place, each list in
+    the order :func:`shuffled_candidates` gives it."""
+    searches, skipped = candidate_searches(splits, items)
+    report = CandidateReport(computed=[r.candidate_set_name for r in retrievers], recall={},
+                             skipped_domains=skipped if retrievers else {})  # none asked, none skipped
+    work = [(retriever, search) for retriever in retrievers for search in searches]
+    steps = progress(work, len(work), "candidates") if progress else work
+    for retriever, search in steps:
+        ranked = retriever.top_k(search.queries, search.items, k=NUM_CANDIDATES)
         hits = pairs_total = 0
-        for record, candidates in zip(records, ranked, strict=True):
+        for record, candidates in zip(search.records, ranked, strict=True):
             record.candidates[retriever.candidate_set_name] = shuffled_candidates(
                 candidates, seed, retriever.candidate_set_name, record.example_id)
             hits += sum(gt in candidates for gt in record.gt_items)
             pairs_total += len(record.gt_items)
-        report.recall.setdefault(retriever.candidate_set_name, {})[domain] = round(hits / pairs_total, 4)
+        report.recall.setdefault(retriever.candidate_set_name, {})[search.domain] = round(hits / pairs_total, 4)
     return report
 
 

@@ -466,22 +466,23 @@ def images_stage(options: BuildOptions, upstream: StageResult, console) -> Stage
                        key=upstream.key)
 
 
-def _make_retrievers(options: BuildOptions) -> list[Any]:
+def _make_retriever(options: BuildOptions, name: str) -> Any:
     from benchmark.retrieval import get_retriever
 
-    retrievers = []
-    for name in options.retrievers:
-        settings: dict[str, Any] = {}
-        if name in ("sbert", "openai-emb"):
-            settings["cache_dir"] = options.workdir / "embeddings"
-        if name == "openai-emb":
-            settings.update({k: v for k, v in (("base_url", options.embedding_base_url),
-                                                ("model", options.embedding_model)) if v})
-        try:
-            retrievers.append(get_retriever(name, **settings))
-        except ValueError as error:
-            raise BuildError(f"--retrievers: {error}") from error
-    return retrievers
+    settings: dict[str, Any] = {}
+    if name in ("sbert", "openai-emb"):
+        settings["cache_dir"] = options.workdir / "embeddings"
+    if name == "openai-emb":
+        settings.update({k: v for k, v in (("base_url", options.embedding_base_url),
+                                            ("model", options.embedding_model)) if v})
+    try:
+        return get_retriever(name, **settings)
+    except ValueError as error:
+        raise BuildError(f"--retrievers: {error}") from error
+
+
+def _make_retrievers(options: BuildOptions) -> list[Any]:
+    return [_make_retriever(options, name) for name in options.retrievers]
 
 
 def assemble_stage(options: BuildOptions, upstream: StageResult, funnel: list[dict[str, Any]],
@@ -739,6 +740,20 @@ def print_dry_run(options: BuildOptions, joined: StageResult, console) -> None:
         missing = sum(store.to_fetch(i.item_id, i.image_urls) for i in joined.items)
         console.print(f"  images: {len(joined.items)} items joined, {missing} to download (not in the store, "
                       "nor recorded as unavailable; before the filter, fewer after it)")
+    if "openai-emb" in options.retrievers:
+        _print_embedding_plan(options, joined, console)
+
+
+def _print_embedding_plan(options: BuildOptions, joined: StageResult, console) -> None:
+    from reddit_amazon.assemble import candidate_searches, items_by_domain, split_by_thread
+
+    searches, _ = candidate_searches(split_by_thread(joined.records(), options.seed), items_by_domain(joined.items))
+    retriever = _make_retriever(options, "openai-emb")
+    plan = retriever.plan_top_k((search.queries, search.items) for search in searches)
+    console.print(f"  openai-emb candidates ({retriever.model_name}): {plan.texts:,} texts to embed (conversations "
+                  f"and item titles not in the embedding cache; before the filter, fewer after it), "
+                  f"~{plan.approx_tokens:,} tokens in [bold]{plan.requests:,} requests[/] of up to {plan.batch_size} "
+                  "texts (approximate: 4 characters per token)")
 
 
 def print_summary(manifest: dict[str, Any], console) -> None:
@@ -805,7 +820,8 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--llm-cache", type=click.Path(path_type=Path), help="SQLite answer cache. Default: <workdir>/"
               f"{RELEVANCE_CACHE}")
 @click.option("--no-filter", is_flag=True, help="Keep every candidate conversation (no LLM calls).")
-@click.option("--dry-run", is_flag=True, help="Run the local stages, then report LLM calls, tokens and images needed.")
+@click.option("--dry-run", is_flag=True,
+              help="Run the local stages, then report LLM and embedding calls, tokens and images needed.")
 @click.option("--retrievers", multiple=True, default=["sbert"], show_default=True,
               help="Candidate retrievers, comma-separated: sbert, bm25, openai-emb (or none).")
 @click.option("--embedding-base-url",

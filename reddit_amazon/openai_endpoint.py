@@ -103,6 +103,15 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+#: Rough English average, for ``--dry-run`` estimates only (no tokenizer: the model may be any endpoint's).
+CHARS_PER_TOKEN = 4
+
+
+def approx_tokens(texts: Iterable[str]) -> int:
+    """The approximate token count of ``texts`` sent to an endpoint (:data:`CHARS_PER_TOKEN`)."""
+    return sum(map(len, texts)) // CHARS_PER_TOKEN
+
+
 def make_client(base_url: str | None, timeout: float, api_key: str | None = None):
     """An ``openai.OpenAI`` client that never retries on its own (:func:`with_retries` does, with backoff)."""
     from openai import OpenAI

@@ -27,6 +27,7 @@ from reddit_amazon.openai_endpoint import (
     MissingAPIKeyError,
     RefusalStreak,
     RefusedEverything,
+    approx_tokens,
     completed_in_window,
     endpoint_key,
     is_fatal,
@@ -44,7 +45,6 @@ CONVERSATION_SLOT = "{conversation}"
 KEPT_LABEL = "yes"
 UNPARSEABLE = "unparseable"
 REJECTED = "rejected"  # the endpoint refused this prompt (HTTP 400/413/422, a content filter, a refusal)
-CHARS_PER_TOKEN = 4  # rough English average, for --dry-run estimates only
 ANSWER_TOKENS = 2
 
 
@@ -230,7 +230,7 @@ def _prompt(options: FilterOptions, conversation: Conversation) -> str:
 
 def plan_filter(conversations: Sequence[Conversation], cache: AnswerCache, options: FilterOptions) -> FilterPlan:
     keys, missing = _unanswered(conversations, cache, options)
-    prompt_tokens = sum(len(_prompt(options, c)) for c in missing.values()) // CHARS_PER_TOKEN
+    prompt_tokens = approx_tokens(_prompt(options, c) for c in missing.values())
     return FilterPlan(records=len(conversations), cached=sum(key not in missing for key in keys.values()),
                       calls=len(missing), approx_prompt_tokens=prompt_tokens,
                       approx_total_tokens=prompt_tokens + ANSWER_TOKENS * len(missing))

@@ -368,6 +368,38 @@ def test_openai_embedding_candidates_from_a_compatible_endpoint(sample_build, ht
     assert "sk-emb-key" not in (tmp_path / "openai-ds" / "manifest.json").read_text()
 
 
+def test_a_dry_run_estimates_the_embedding_requests_the_build_sends(httpserver, tmp_path):
+    """`--dry-run --retrievers openai-emb` once printed nothing about the embedding calls: now the texts not in the
+    cache, their tokens (as the relevance estimate counts them) and the requests, without sending any."""
+    sent: list[list[str]] = []
+
+    def embeddings(request: Request) -> Response:
+        body = json.loads(request.data)
+        sent.append(body["input"])
+        data = [{"object": "embedding", "index": i, "embedding": [1.0, float(len(text))]}
+                for i, text in enumerate(body["input"])]
+        return Response(json.dumps({"object": "list", "data": data, "model": body["model"]}),
+                        content_type="application/json")
+
+    httpserver.expect_request("/v1/embeddings", method="POST").respond_with_handler(embeddings)
+    args = ["--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--no-filter", "--no-images",
+            "--retrievers", "openai-emb", "--embedding-base-url", httpserver.url_for("/v1")]
+    plan = re.compile(r"openai-emb candidates \(text-embedding-3-large\): ([\d,]+) texts to embed .* ~([\d,]+) tokens "
+                      r"in ([\d,]+) requests of up to 256 texts")
+
+    def estimate(result) -> tuple[int, ...]:
+        found = plan.search(" ".join(result.output.split()))
+        assert result.exit_code == 0 and found, result.output
+        return tuple(int(n.replace(",", "")) for n in found.groups())
+
+    before = estimate(build(*args, "--dry-run"))
+    assert sent == [] and not httpserver.log  # a dry run asks nothing
+    assert build(*args).exit_code == 0
+    texts = [text for batch in sent for text in batch]
+    assert before == (len(texts), sum(map(len, texts)) // 4, len(sent)) and len(sent) > 1
+    assert estimate(build(*args, "--dry-run")) == (0, 0, 0)  # all in the embedding cache now
+
+
 def test_openai_embeddings_need_a_key_only_from_openai(tmp_path, monkeypatch):
     from reddit_amazon.build import BuildError, check_options, sample_options
 

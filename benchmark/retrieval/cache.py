@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,15 +54,22 @@ class EmbeddingCache:
             "CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
         self.computed = 0  # texts encoded by this instance (the rest came from disk)
 
-    def _lookup(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        found: dict[str, np.ndarray] = {}
+    def _select(self, columns: str, keys: Sequence[str]) -> Iterator[tuple]:
         for start in range(0, len(keys), _SQLITE_MAX_PARAMS):
             chunk = keys[start:start + _SQLITE_MAX_PARAMS]
             marks = ",".join("?" * len(chunk))
             with self._file.named_errors():
-                for key, blob in self._db.execute(f"SELECT key, vector FROM embedding WHERE key IN ({marks})", chunk):
-                    found[key] = np.frombuffer(blob, dtype=np.float32)
-        return found
+                yield from self._db.execute(f"SELECT {columns} FROM embedding WHERE key IN ({marks})", chunk)
+
+    def _lookup(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        return {key: np.frombuffer(blob, dtype=np.float32) for key, blob in self._select("key, vector", keys)}
+
+    def unseen(self, texts: Iterable[str]) -> list[str]:
+        """The distinct ``texts`` the cache holds no vector for, in first-seen order: what :meth:`encode` would
+        compute (read without the vectors, for an estimate)."""
+        unique = {text_key(text): text for text in texts}
+        known = {key for (key,) in self._select("key", list(unique))}
+        return [text for key, text in unique.items() if key not in known]
 
     def encode(self, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray],
                batch_size: int = 1024) -> np.ndarray:

@@ -5,18 +5,36 @@ Works with any OpenAI-compatible endpoint (``base_url``). The key comes from ``O
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from reddit_amazon.openai_endpoint import endpoint_key, make_client, with_retries
+from reddit_amazon.openai_endpoint import approx_tokens, endpoint_key, make_client, with_retries
 from benchmark.retrieval.cache import EmbeddingCache
 from benchmark.retrieval.dense import DenseRetriever
 
 DEFAULT_OPENAI_EMBEDDING_MODEL = "text-embedding-3-large"
 #: The API rejects inputs over 8,192 tokens; a conservative character cap keeps long threads under it.
 MAX_INPUT_CHARS = 24_000
+
+
+@dataclass
+class EmbeddingPlan:
+    """What embedding would send: ``texts`` not in the cache yet (~``approx_tokens``) in ``requests`` requests
+    of up to ``batch_size`` texts."""
+
+    texts: int
+    approx_tokens: int
+    requests: int
+    batch_size: int
+
+
+def _sent_text(text: str) -> str:
+    return text[:MAX_INPUT_CHARS] or " "  # the API rejects empty strings
 
 
 class OpenAIEmbeddingRetriever(DenseRetriever):
@@ -41,7 +59,7 @@ class OpenAIEmbeddingRetriever(DenseRetriever):
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         client = self._load()
-        inputs = [(t[:MAX_INPUT_CHARS] or " ") for t in texts]  # the API rejects empty strings
+        inputs = [_sent_text(t) for t in texts]
         options = {"dimensions": self.dimensions} if self.dimensions else {}
 
         response = with_retries(lambda: client.embeddings.create(model=self.model_name, input=inputs, **options),
@@ -51,6 +69,19 @@ class OpenAIEmbeddingRetriever(DenseRetriever):
             raise RuntimeError(f"embedding endpoint returned {len(ordered)} vectors for {len(inputs)} inputs, "
                                f"not one for each input (index 0..{len(inputs) - 1})")
         return np.asarray([d.embedding for d in ordered], dtype=np.float32)
+
+    def plan_top_k(self, searches: Iterable[tuple[Sequence[str], Sequence[tuple[str, str]]]]) -> EmbeddingPlan:
+        """What :meth:`top_k` on each ``(queries, items)`` in turn would send, sending nothing. It encodes a
+        search's item texts, then its queries, each in batches; a text in the cache or sent before is not sent."""
+        sent: set[str] = set()
+        requests = 0
+        for queries, items in searches:
+            for texts in ([text for _, text in items], queries):
+                unsent = [text for text in self.cache.unseen(texts) if text not in sent]
+                sent.update(unsent)
+                requests += math.ceil(len(unsent) / self.encode_batch_size)
+        return EmbeddingPlan(texts=len(sent), approx_tokens=approx_tokens(map(_sent_text, sent)), requests=requests,
+                             batch_size=self.encode_batch_size)
 
 
 def embedding_model_id(model: str, dimensions: int | None, base_url: str | None) -> str:
