@@ -6,11 +6,14 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmark.protocol import Candidate, Example
 from reddit_amazon.dataset_folder import MANIFEST, check_unchanged, refuse_missing_local_path
 from reddit_amazon.schema import DOMAINS, ITEMS_CONFIG, SchemaError, Turn, candidate_column, candidate_sets_of, is_asin
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class DatasetError(ValueError):
@@ -127,10 +130,15 @@ class Record:
 
 @dataclass
 class ItemLookup:
-    """Title/description/image of the items a split's candidates need (loaded once, only those)."""
+    """Title/description of the items a split's candidates need (loaded once, only those); their images are
+    read, or not, by :meth:`finish_loading`."""
 
     items: dict[str, Candidate]
     missing: set[str] = field(default_factory=set)
+    #: The memory-mapped items table and the rows of ``items``, until :meth:`finish_loading`: a mapping held
+    #: keeps the pages it has read in the process's RSS.
+    table: pa.Table | None = field(default=None, repr=False)
+    positions: list[int] = field(default_factory=list, repr=False)
 
     def candidate(self, item_id: str) -> Candidate:
         found = self.items.get(item_id)
@@ -139,13 +147,23 @@ class ItemLookup:
             return Candidate(item_id=item_id, title="")
         return found
 
+    def finish_loading(self, with_images: bool) -> None:
+        """Give every item its image as encoded bytes when ``with_images`` (only the image column of its rows
+        is read), then let the items table go."""
+        import pyarrow.compute as pc
 
-def load_items(info: DatasetInfo, domain: str, wanted: set[str] | None = None, *,
-               with_images: bool = True) -> ItemLookup:
-    """Items of ``domain`` (all of them when ``wanted`` is None), images kept as encoded bytes.
+        if with_images:
+            ids = self.table.column("item_id").take(self.positions).to_pylist()
+            images = pc.struct_field(self.table.column("image").take(self.positions), "bytes").to_pylist()
+            for item_id, image_bytes in zip(ids, images, strict=True):
+                text = self.items[item_id]
+                self.items[item_id] = Candidate(item_id, text.title, text.description, image_bytes)
+        self.table, self.positions = None, []
 
-    ``with_images=False`` leaves the image column on disk (text-only work over a whole catalog).
-    """
+
+def load_items(info: DatasetInfo, domain: str, wanted: set[str] | None = None) -> ItemLookup:
+    """Items of ``domain`` (all of them when ``wanted`` is None), without their images until
+    :meth:`ItemLookup.finish_loading`."""
     import datasets
 
     try:
@@ -155,15 +173,10 @@ def load_items(info: DatasetInfo, domain: str, wanted: set[str] | None = None, *
     table = items.data.table
     ids = table.column("item_id").to_pylist()
     positions = [i for i, item_id in enumerate(ids) if wanted is None or item_id in wanted]
-    columns = ["item_id", "title", "description", *(["image"] if with_images else [])]
-    chosen = table.select(columns).take(positions).to_pylist()
-    lookup = {}
-    for row in chosen:
-        image = row.get("image")
-        lookup[row["item_id"]] = Candidate(item_id=row["item_id"], title=row["title"] or "",
-                                           description=row["description"] or "",
-                                           image_bytes=image.get("bytes") if image else None)
-    return ItemLookup(lookup)
+    chosen = table.select(["item_id", "title", "description"]).take(positions).to_pylist()
+    lookup = {row["item_id"]: Candidate(item_id=row["item_id"], title=row["title"] or "",
+                                        description=row["description"] or "") for row in chosen}
+    return ItemLookup(lookup, table=table, positions=positions)
 
 
 def iter_records(conversations, column: str, items: ItemLookup, where: str, limit: int | None = None,

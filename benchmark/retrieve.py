@@ -79,7 +79,7 @@ def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool 
         conversations = load_conversations(info, domain, config.split)
         if config.limit is not None:
             conversations = conversations.select(range(min(config.limit, len(conversations))))
-        catalog = load_items(info, domain, with_images=False).items  # retrieval reads text only
+        catalog = load_items(info, domain).items  # retrieval reads text only
         if not catalog:
             raise DatasetError(f"{info.id}: the items of {domain!r} are empty")
         items = [(c.item_id, item_text(c.title, c.description, config.with_description)) for c in catalog.values()]

@@ -134,7 +134,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
         splits.append((domain, conversations, column, where))
     wanted = [candidate_ids_of(conversations, column, config.limit) for _, conversations, column, _ in splits]
     # Text only, before the plugin: a domain without items fails before a heavy model loads.
-    item_lookups = [load_items(info, domain, ids, with_images=False) for (domain, *_), ids in zip(splits, wanted)]
+    item_lookups = [load_items(info, domain, ids) for (domain, *_), ids in zip(splits, wanted)]
     load_seconds = time.perf_counter() - load_started
 
     if resolved is not None:
@@ -150,10 +150,10 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
     ranks = callable(getattr(recommender, "rank", None))
     # After the plugin: one that reads no image gets none, or every candidate's image would sit in memory.
     with_images = getattr(recommender, "uses_images", True) is not False
-    if with_images:
-        load_started = time.perf_counter()
-        item_lookups = [load_items(info, domain, ids) for (domain, *_), ids in zip(splits, wanted)]
-        load_seconds += time.perf_counter() - load_started
+    load_started = time.perf_counter()
+    for items in item_lookups:
+        items.finish_loading(with_images)
+    load_seconds += time.perf_counter() - load_started
     records: list[Record] = []
     for (domain, conversations, column, where), items in zip(splits, item_lookups, strict=True):
         records.extend(iter_records(conversations, column, items, where, config.limit, domain=domain))

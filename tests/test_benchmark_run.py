@@ -208,6 +208,29 @@ def test_a_plugin_that_reads_no_image_gets_none_and_the_built_ins_say_which_read
     assert RandomRecommender.uses_images is BM25Recommender.uses_images is SBERTRecommender.uses_images is False
 
 
+def test_a_plugin_that_reads_images_gets_them_without_a_second_load_of_the_items(dataset, tmp_path, monkeypatch):
+    """The items were read text-only before the plugin (a bad dataset fails before a heavy model loads), then
+    loaded again whole for a plugin that reads images; now only their image column is read, once."""
+    import datasets
+
+    loaded = []
+    load_dataset = datasets.load_dataset
+
+    def counted(path, name=None, *args, **kwargs):
+        loaded.append(name)
+        return load_dataset(path, name, *args, **kwargs)
+
+    class Pictures:
+        def recommend(self, examples):
+            assert all(c.image_bytes and c.title for e in examples for c in e.candidates)
+            return [e.candidates[0].item_id for e in examples]
+
+    monkeypatch.setattr(datasets, "load_dataset", counted)
+    results = run(RunConfig(model="pictures", dataset=str(dataset), bootstrap_samples=0), tmp_path / "run",
+                  recommender=Pictures(), progress=False)
+    assert loaded.count("items") == len(results["domains"]) == 3 and results["items_missing_from_catalog"] == []
+
+
 def test_cli_run_report_compare(dataset, tmp_path):
     runner = CliRunner()
     for model in ("random", "bm25"):
