@@ -263,10 +263,9 @@ def _dump_files(inputs: Sequence[str], workdir: Path) -> list[Path]:
         raise BuildError(f"--inputs {error}") from None
 
 
-def reddit_stage(options: BuildOptions, console) -> StageResult:
-    from reddit_amazon.pipeline import STAGE_VERSION, RedditStageOptions, run_reddit_stage
+def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> StageResult:
+    from reddit_amazon.pipeline import STAGE_VERSION, RedditStageOptions, run_reddit_stage_on_files
 
-    files = _dump_files(options.inputs, options.workdir)
     # how the stage runs (executor, partition, workers) does not change what it writes: a rerun with more
     # workers reuses it, and the later stages with it
     made_by = {k: v for k, v in options.reddit.items() if k not in REDDIT_EXECUTION_OPTIONS}
@@ -275,7 +274,7 @@ def reddit_stage(options: BuildOptions, console) -> StageResult:
     if not _stamp_matches(folder, key):
         console.print(f"[bold]1/5 reddit[/]: candidate conversations from {len(files)} dump file(s)")
         _unstamp(folder)
-        run_reddit_stage(files, options.workdir, RedditStageOptions(**options.reddit))
+        run_reddit_stage_on_files(files, options.workdir, RedditStageOptions(**options.reddit))
         _write_json(folder / STAGE_STAMP, {"key": key})
     else:
         console.print("[bold]1/5 reddit[/]: reusing the finished stage")
@@ -485,8 +484,9 @@ def _make_retrievers(options: BuildOptions) -> list[Any]:
     return [_make_retriever(options, name) for name in options.retrievers]
 
 
-def assemble_stage(options: BuildOptions, upstream: StageResult, funnel: list[dict[str, Any]],
-                   reports: dict[str, Any], started: datetime, console) -> dict[str, Any]:
+def assemble_stage(options: BuildOptions, upstream: StageResult, dump_files: Sequence[Path],
+                   funnel: list[dict[str, Any]], reports: dict[str, Any], started: datetime,
+                   console) -> dict[str, Any]:
     from reddit_amazon.assemble import add_candidates, items_by_domain, split_by_thread, table1_stats
     from reddit_amazon.dataset_folder import DatasetContents, write_dataset
 
@@ -496,8 +496,7 @@ def assemble_stage(options: BuildOptions, upstream: StageResult, funnel: list[di
     items = items_by_domain(upstream.items)
     candidates = add_candidates(splits, items, _make_retrievers(options), seed=options.seed,
                                 progress=_tqdm("candidates"))
-    inputs = _file_inputs([*map(str, _dump_files(options.inputs, options.workdir)), *_catalog_files(options)],
-                          options.workdir)
+    inputs = _file_inputs([*map(str, dump_files), *_catalog_files(options)], options.workdir)
     metadata = {
         "build": {
             "command": command_line(options),
@@ -689,7 +688,8 @@ def run_build(options: BuildOptions, console=None) -> dict[str, Any] | None:
 def _run_stages(options: BuildOptions, console, started: datetime) -> dict[str, Any] | None:
     if options.sample:
         _seed_sample_caches(options)
-    reddit = reddit_stage(options, console)
+    dump_files = _dump_files(options.inputs, options.workdir)  # listed once: a folder of thousands takes seconds
+    reddit = reddit_stage(options, dump_files, console)
     joined = catalog_stage(options, reddit, console)
     if options.dry_run:
         print_dry_run(options, joined, console)
@@ -699,7 +699,7 @@ def _run_stages(options: BuildOptions, console, started: datetime) -> dict[str, 
     funnel = reddit.funnel + joined.funnel + filtered.funnel
     reports = {"reddit": reddit.report, "catalog": joined.report, "relevance": filtered.report,
                "images": with_images.report}
-    manifest = assemble_stage(options, with_images, funnel, reports, started, console)
+    manifest = assemble_stage(options, with_images, dump_files, funnel, reports, started, console)
     print_summary(manifest, console)
     if options.push_to_hub:
         from reddit_amazon.dataset_folder import push_to_hub

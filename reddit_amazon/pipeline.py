@@ -671,13 +671,17 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     files. Also writes ``<workdir>/reddit/funnel.json``. Rerunning with the same inputs reuses all
     finished work. Two runs on one ``workdir`` at once are refused (:class:`~reddit_amazon.files.FolderBusyError`).
     """
+    return run_reddit_stage_on_files(dump_files_outside(inputs, workdir), workdir, options)
+
+
+def run_reddit_stage_on_files(files: Sequence[Path], workdir: Path, options: RedditStageOptions) -> RedditStageResult:
+    """:func:`run_reddit_stage` on the dump files :func:`dump_files_outside` listed (a build lists them once)."""
     with folder_lock(Path(workdir) / "reddit", "Reddit stage"):
-        return _run_reddit_stage(inputs, workdir, options)
+        return _run_reddit_stage(files, workdir, options)
 
 
-def _run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStageOptions) -> RedditStageResult:
+def _run_reddit_stage(files: Sequence[Path], workdir: Path, options: RedditStageOptions) -> RedditStageResult:
     stage_dir = Path(workdir) / "reddit"
-    files = dump_files_outside(inputs, workdir)
     if not files:
         raise FileNotFoundError(f"no dump files outside the work folder {workdir}")
     for path in files:

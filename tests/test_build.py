@@ -508,6 +508,27 @@ def test_more_workers_on_a_rerun_reuse_the_finished_stages(tmp_path):
     assert parquet_digests(tmp_path / "a") == parquet_digests(tmp_path / "b")
 
 
+def test_a_build_lists_the_dump_files_once(tmp_path, monkeypatch):
+    """The build listed --inputs for the Reddit stage, the stage listed them again, and the assembly a third time
+    for the manifest: seconds each on a folder of thousands of dumps."""
+    from reddit_amazon import pipeline
+
+    listed = []
+    find_dump_files = pipeline.find_dump_files
+
+    def counted(inputs):
+        listed.append(list(inputs))
+        return find_dump_files(listed[-1])
+
+    monkeypatch.setattr(pipeline, "find_dump_files", counted)
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--no-images", *FAST)
+    assert result.exit_code == 0, result.output
+    assert listed == [[str(SAMPLE_INPUTS / "reddit")]]
+    manifest = read_manifest(tmp_path / "ds")
+    assert [i["path"] for i in manifest["build"]["inputs"][:2]] == [
+        "reddit_amazon/sample/inputs/reddit/sample_comments.zst", "reddit_amazon/sample/inputs/reddit/sample_submissions.zst"]
+
+
 def test_a_dry_run_counts_only_the_images_the_build_would_download(tmp_path):
     """The sample's two images recorded as permanent 404s are never fetched (its build downloads 0), yet the dry
     run once reported them as 2 images "not in the store yet"."""
