@@ -138,7 +138,7 @@ class ItemLookup:
     #: The memory-mapped items table and the rows of ``items``, until :meth:`finish_loading`: a mapping held
     #: keeps the pages it has read in the process's RSS.
     table: pa.Table | None = field(default=None, repr=False)
-    positions: list[int] = field(default_factory=list, repr=False)
+    positions: pa.Array | None = field(default=None, repr=False)
 
     def candidate(self, item_id: str) -> Candidate:
         found = self.items.get(item_id)
@@ -158,13 +158,14 @@ class ItemLookup:
             for item_id, image_bytes in zip(ids, images, strict=True):
                 text = self.items[item_id]
                 self.items[item_id] = Candidate(item_id, text.title, text.description, image_bytes)
-        self.table, self.positions = None, []
+        self.table, self.positions = None, None
 
 
 def load_items(info: DatasetInfo, domain: str, wanted: set[str] | None = None) -> ItemLookup:
     """Items of ``domain`` (all of them when ``wanted`` is None), without their images until
     :meth:`ItemLookup.finish_loading`."""
     import datasets
+    import pyarrow as pa
 
     try:
         items = datasets.load_dataset(info.id, ITEMS_CONFIG, split=domain)
@@ -172,7 +173,8 @@ def load_items(info: DatasetInfo, domain: str, wanted: set[str] | None = None) -
         raise DatasetError(f"{info.id}: cannot load the items of {domain!r}: {error}") from error
     table = items.data.table
     ids = table.column("item_id").to_pylist()
-    positions = [i for i, item_id in enumerate(ids) if wanted is None or item_id in wanted]
+    # Typed: an empty list of positions (no wanted item in the table) would be a null array Arrow cannot take.
+    positions = pa.array([i for i, item_id in enumerate(ids) if wanted is None or item_id in wanted], pa.int64())
     chosen = table.select(["item_id", "title", "description"]).take(positions).to_pylist()
     lookup = {row["item_id"]: Candidate(item_id=row["item_id"], title=row["title"] or "",
                                         description=row["description"] or "") for row in chosen}

@@ -231,6 +231,15 @@ def test_a_plugin_that_reads_images_gets_them_without_a_second_load_of_the_items
     assert loaded.count("items") == len(results["domains"]) == 3 and results["items_missing_from_catalog"] == []
 
 
+def test_items_none_of_which_are_in_the_catalog_load_as_an_empty_lookup(dataset):
+    """No wanted item in the items table: an empty (untyped) list of row positions was an Arrow error."""
+    from benchmark.data import load_items, resolve_dataset
+
+    items = load_items(resolve_dataset(str(dataset)), "beauty", {"B0NOTTHERE"})
+    items.finish_loading(with_images=True)
+    assert items.items == {} and items.candidate("B0NOTTHERE").title == ""
+
+
 def test_cli_run_report_compare(dataset, tmp_path):
     runner = CliRunner()
     for model in ("random", "bm25"):
