@@ -112,11 +112,12 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
 
 def _echo_summary(results: dict, out_dir: Path) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     metrics = results["metrics"]
     groups = list(next(iter(metrics.values())).keys())
-    table = Table(title=f"{results['model']['spec']} on {results['split']} ({results['candidates']})")
+    table = Table(title=escape(f"{results['model']['spec']} on {results['split']} ({results['candidates']})"))
     table.add_column("metric")
     for group in groups:
         table.add_column(group, justify="right")
@@ -131,7 +132,9 @@ def _echo_summary(results: dict, out_dir: Path) -> None:
             table.add_row(name, *cells)
     console = Console(stderr=False)
     console.print(table)
-    console.print(f"wrote {out_dir / 'results.json'}")
+    # The path as given: no Rich markup ("runs/[exp1]"), no wrapping, and no UnicodeEncodeError where stdout
+    # cannot encode it (PYTHONIOENCODING=ascii, a C locale): click.echo writes what the stream can take.
+    click.echo(f"wrote {out_dir / 'results.json'}")
 
 
 @cli.command("retrieve")

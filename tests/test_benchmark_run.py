@@ -967,3 +967,16 @@ def test_report_of_runs_glob_skips_a_folder_holding_runs_as_the_lavic_docs_lay_t
     empty = runs / "empty"
     empty.mkdir()
     assert runner.invoke(cli, ["report", str(empty)]).exit_code == 1  # nothing to report: still an error
+
+
+@pytest.mark.parametrize("name", ["[exp1]", "a[/b]", "données 🎁"])
+def test_cli_summary_prints_out_path_verbatim_whatever_stdout_encodes(dataset, tmp_path, name):
+    """The summary names --out as given: square brackets are no Rich markup (printed, never a MarkupError),
+    and an out path stdout cannot encode (PYTHONIOENCODING=ascii, C locale) is no UnicodeEncodeError."""
+    out = tmp_path / name
+    for command in (["run", "--model", "random"], ["retrieve", "--retriever", "bm25"]):
+        result = CliRunner(charset="ascii").invoke(cli, [*command, "--dataset", str(dataset), "--out", str(out),
+                                                         "--quiet", "--bootstrap-samples", "0", "--overwrite"])
+        assert result.exit_code == 0, result.output
+        assert (out / "results.json").is_file()
+        assert f"wrote {out / 'results.json'}\n".encode() in result.stdout_bytes
