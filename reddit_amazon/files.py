@@ -49,7 +49,7 @@ def open_atomic(path: Path, mode: int = FILE_MODE) -> Iterator[BinaryIO]:
             yield out
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    handle, tmp = tempfile.mkstemp(prefix=f".{_short_name(path.name)}.", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as out:
             yield out
@@ -168,10 +168,18 @@ def replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _short_name(name: str) -> str:
+    """``name``, or where it is long a shorter name made from it: a hidden temporary ``.{name}.tmp-host-pid-xxxx``
+    beside a target whose own name is near the filesystem's 255-byte limit must not exceed that limit."""
+    if len(name.encode()) <= 80:
+        return name
+    return f"{name.encode()[:48].decode(errors='ignore')}~{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+
+
 def sibling_prefix(target: Path, kind: str) -> str:
     """Name prefix of this process's hidden ``kind`` folders beside ``target`` (a folder being written,
     or an old one being deleted). Host and pid in the name let a later run tell abandoned ones."""
-    return f".{target.name}.{kind}-{socket.gethostname()}-{os.getpid()}-"
+    return f".{_short_name(target.name)}.{kind}-{socket.gethostname()}-{os.getpid()}-"
 
 
 def remove_abandoned_siblings(target: Path, finished_marker: str) -> list[Path]:
@@ -182,9 +190,10 @@ def remove_abandoned_siblings(target: Path, finished_marker: str) -> list[Path]:
     hidden entries (a Hub clone's ``.git``) into its new folder: those go back to ``target`` first. Only a new
     folder holding ``finished_marker`` (written last) got the user's entries: one killed while being written
     holds only its own half-written temporary files."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(tmp|old)-{re.escape(socket.gethostname())}-(\d+)-")
+    name = _short_name(target.name)
+    pattern = re.compile(rf"\.{re.escape(name)}\.(tmp|old)-{re.escape(socket.gethostname())}-(\d+)-")
     abandoned = []
-    for sibling in target.parent.glob(f".{glob.escape(target.name)}.*"):
+    for sibling in target.parent.glob(f".{glob.escape(name)}.*"):
         match = pattern.match(sibling.name)
         if match and sibling.is_dir() and not _process_alive(int(match.group(2))):
             abandoned.append((match.group(1), sibling))

@@ -554,3 +554,18 @@ def test_a_rewrite_killed_while_swapping_folders_keeps_the_hidden_entries(tmp_pa
     from reddit_amazon.dataset_folder import verify
 
     assert not verify(folder)
+
+
+def test_a_folder_or_file_name_near_the_length_limit_is_written(tmp_path):
+    """A name the filesystem takes (255 bytes) is written: the hidden temporary beside it must not be longer."""
+    from reddit_amazon.files import remove_abandoned_siblings, sibling_prefix, write_atomic
+
+    out = tmp_path / ("n" * 240)
+    write_dataset(out, contents(1))
+    assert (out / MANIFEST).is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    write_dataset(out, contents(1))  # replacing it goes through an "old" sibling of the same kind
+    write_atomic(tmp_path / ("f" * 250), b"x")
+    assert (tmp_path / ("f" * 250)).read_bytes() == b"x"
+    abandoned = tmp_path / (sibling_prefix(out, "tmp").replace(str(os.getpid()), "999999999") + "x")
+    abandoned.mkdir()  # left by a killed process: still recognised
+    assert remove_abandoned_siblings(out, finished_marker="README.md") == [abandoned]
