@@ -35,7 +35,7 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
 from reddit_amazon import __version__
-from reddit_amazon.files import (file_sha256, naming, remove_abandoned_siblings, replace_dir, sibling_prefix,
+from reddit_amazon.files import (current_umask, file_sha256, naming, remove_abandoned_siblings, replace_dir, sibling_prefix,
                                  write_atomic)
 from reddit_amazon.schema import (
     DOMAINS,
@@ -83,7 +83,7 @@ def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents,
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_siblings(out_dir, finished_marker="README.md")  # _write_into writes the card last
     tmp = Path(tempfile.mkdtemp(prefix=sibling_prefix(out_dir, "tmp"), dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is meant to be shared
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private: give it the mode mkdir would (the umask decides)
     carried: list[str] = []
     try:
         with naming(out_dir):

@@ -24,14 +24,14 @@ from typing import BinaryIO
 STAGE_STAMP = "stage.json"
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
 #: Mode of new files: what ``open(path, "w")`` would give (``mkstemp`` alone gives 0600).
-FILE_MODE = 0o666 & ~_umask()
+FILE_MODE = 0o666 & ~current_umask()
 
 
 def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:

@@ -569,3 +569,15 @@ def test_a_folder_or_file_name_near_the_length_limit_is_written(tmp_path):
     abandoned = tmp_path / (sibling_prefix(out, "tmp").replace(str(os.getpid()), "999999999") + "x")
     abandoned.mkdir()  # left by a killed process: still recognised
     assert remove_abandoned_siblings(out, finished_marker="README.md") == [abandoned]
+
+
+@pytest.mark.parametrize("umask", [0o027, 0o002])
+def test_the_dataset_folder_has_the_mode_the_umask_gives_like_its_subfolders(tmp_path, umask):
+    """umask 027 keeps the folder from others, umask 002 lets the group write it: as mkdir would."""
+    previous = os.umask(umask)
+    try:
+        write_dataset(tmp_path / "ds", contents(1))
+    finally:
+        os.umask(previous)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "ds", tmp_path / "ds" / "data")}
+    assert modes == {0o777 & ~umask}
