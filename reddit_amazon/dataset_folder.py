@@ -35,8 +35,8 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
 from reddit_amazon import __version__
-from reddit_amazon.files import (current_umask, file_sha256, naming, remove_abandoned_siblings, replace_dir, sibling_prefix,
-                                 write_atomic)
+from reddit_amazon.files import (current_umask, file_sha256, naming, remove_abandoned_siblings, replace_dir,
+                                 sibling_prefix, write_atomic)
 from reddit_amazon.schema import (
     DOMAINS,
     ITEM_FEATURES,
