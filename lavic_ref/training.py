@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lavic_ref.model import Backbone, compile_language_layers, save_adapter
-from reddit_amazon.files import replace_dir, write_atomic
+from reddit_amazon.files import remove_abandoned_siblings, replace_dir, write_atomic
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -127,6 +127,8 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     state = TrainState(settings=run_settings(config, backbone, settings or {}))
     last = output / "last"
+    for folder in (last, output / "best"):  # a process killed between replace_dir's two renames left it aside
+        remove_abandoned_siblings(folder, STATE_FILE)
     if resume and (last / STATE_FILE).is_file():
         state = _load_checkpoint(backbone, optimizer, last, state.settings)
     elapsed_before = state.elapsed_s

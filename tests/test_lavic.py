@@ -982,6 +982,49 @@ def test_training_that_fails_before_its_first_checkpoint_leaves_no_out_folder(ti
     assert not (tmp_path / "out").exists()
 
 
+def test_a_run_killed_while_swapping_its_checkpoint_resumes_from_the_one_set_aside(tiny_base, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """kill -9 between replace_dir's two renames leaves last/ renamed aside (.last.old-<host>-<pid>-0): the rerun
+    must resume from it, not start over, and leave no hidden folder behind."""
+    import socket
+
+    import lavic_ref.training
+    from reddit_amazon.files import replace_dir
+
+    items = load_items(None, ["beauty"])
+    instances, _ = _two_instances(items)
+    instances = instances * 2
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    new_adapter(backbone, LANGUAGE_LORA_TARGETS)
+    config = TrainConfig(output_dir=tmp_path / "out", epochs=1, batch_size=1, save_every=1,
+                         gradient_checkpointing=False)
+    tokens = torch.tensor([[5, 6, 7]], device=backbone.device)
+
+    def loss(batch):
+        return backbone.model(input_ids=tokens).logits.float().mean()
+
+    class Killed(BaseException):
+        pass
+
+    def killed_between_the_renames(new, target):
+        if target.name == "last" and target.exists():
+            old = target.with_name(f".last.old-{socket.gethostname()}-999999999-0")  # a pid no process has
+            target.rename(old)
+            raise Killed  # the process dies here: last/ is aside, last.tmp/ not yet renamed
+        replace_dir(new, target)
+
+    monkeypatch.setattr(lavic_ref.training, "replace_dir", killed_between_the_renames)
+    with pytest.raises(Killed):
+        train(backbone, instances, [], loss, config)
+    monkeypatch.undo()
+    assert not (tmp_path / "out" / "last").exists()
+    capsys.readouterr()
+    train(backbone, instances, [], loss, config)
+    resumed = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("resuming from") and "batch 1)" in line for line in resumed), resumed
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["best", "history.json", "last"]
+
+
 def test_the_plugin_takes_only_a_positive_integer_batch_size(tiny_base):
     from lavic_ref.recommender import LavicRecommender
 
