@@ -2,7 +2,7 @@
 
 describe -> distill -> embed -> finetune, then ``benchmark run --model lavic``. The long stages resume:
 ``describe`` skips cached descriptions, ``distill``/``finetune`` continue from ``<out>/last`` when it was
-written with the same settings (and refuse it otherwise). ``embed`` is one pass over the catalog.
+written with the same settings (and refuse it otherwise), ``embed`` from the items it checkpointed.
 """
 
 from __future__ import annotations

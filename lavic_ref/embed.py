@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,29 +37,40 @@ def embeddings_filename(base: str, adapter: str | os.PathLike | None) -> str:
 
 
 @torch.inference_mode()
-def compute_item_embeddings(backbone: Backbone, items: Sequence[tuple[str, bytes | None]], *,
-                            batch_size: int = 16, progress: bool = True) -> dict[str, torch.Tensor]:
-    """``{item_id: (5, D)}`` from ``(item_id, image bytes)`` pairs (a blank image where bytes are None)."""
-    result: dict[str, torch.Tensor] = {}
-    for start in tqdm(range(0, len(items), batch_size), desc="embed", unit="batch", disable=not progress):
+def iter_item_embeddings(backbone: Backbone, items: Sequence[tuple[str, bytes | None]], *,
+                         batch_size: int = 16) -> Iterator[dict[str, torch.Tensor]]:
+    """``{item_id: (5, D)}`` of each batch of ``(item_id, image bytes)`` pairs (a blank image where bytes are None)."""
+    for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
         images = [decode_image(data, item_id) for item_id, data in batch]
         pixels = subimage_pixels(backbone.processor, images).to(backbone.device)
         embeddings = cls_embeddings(backbone.model, pixels).to("cpu")
-        for (item_id, _), row in zip(batch, embeddings):
-            result[item_id] = row.clone()
+        yield {item_id: row.clone() for (item_id, _), row in zip(batch, embeddings)}
+
+
+def compute_item_embeddings(backbone: Backbone, items: Sequence[tuple[str, bytes | None]], *,
+                            batch_size: int = 16, progress: bool = True) -> dict[str, torch.Tensor]:
+    """``{item_id: (5, D)}`` from ``(item_id, image bytes)`` pairs (a blank image where bytes are None)."""
+    result: dict[str, torch.Tensor] = {}
+    with tqdm(total=len(items), desc="embed", unit="item", disable=not progress) as bar:
+        for batch in iter_item_embeddings(backbone, items, batch_size=batch_size):
+            result.update(batch)
+            bar.update(len(batch))
     return result
 
 
 def save_item_embeddings(path: str | os.PathLike, embeddings: dict[str, torch.Tensor], *, base: str,
                          adapter: str | os.PathLike | None, base_fingerprint: str = "") -> Path:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     metadata = {"base": str(base), "base_fingerprint": base_fingerprint, "adapter": str(adapter or ""),
                 "adapter_hash": adapter_fingerprint(adapter)}
+    return _save_atomic(Path(path), embeddings, metadata)
+
+
+def _save_atomic(path: Path, embeddings: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in embeddings.items()}, str(tmp), metadata=metadata)
     tmp.replace(path)
     return path
@@ -117,24 +129,88 @@ class ItemEmbeddings:
         return self.matrix.index_select(0, rows)
 
 
+#: Items :func:`embed_catalog` embeds between two checkpoints: a killed run redoes at most these.
+CHECKPOINT_ITEMS = 1024
+
+
 def embed_catalog(backbone: Backbone, items: Iterable[Item], out_dir: str | os.PathLike, *,
-                  adapter: str | os.PathLike | None, batch_size: int = 16) -> Path:
+                  adapter: str | os.PathLike | None, batch_size: int = 16,
+                  checkpoint_items: int = CHECKPOINT_ITEMS) -> Path:
     """Embed every item (blank image where it has none) and write the cache file into ``out_dir``.
 
     The file name depends on the base and adapter only, so a file already there with the same base weights and
     adapter keeps its other items (``embed --domain home`` then ``--domain fashion`` holds both domains).
+    Every ``checkpoint_items`` items are saved in a hidden folder beside the file: a rerun of an interrupted run
+    (same weights, adapter and items, images included) embeds only the items not saved yet.
     """
     pairs = [(item.item_id, item.image) for item in items]
-    embeddings = compute_item_embeddings(backbone, pairs, batch_size=batch_size)
     path = Path(out_dir) / embeddings_filename(backbone.base, adapter)
+    checkpoints = _Checkpoints(path.with_name(f".{path.name}.parts"), {
+        "base_fingerprint": backbone.fingerprint, "adapter_hash": adapter_fingerprint(adapter),
+        "items": _items_digest(pairs)})
+    embeddings = checkpoints.load()
+    todo = [pair for pair in pairs if pair[0] not in embeddings]
+    if embeddings:
+        tqdm.write(f"resuming: {len(embeddings)} of {len(pairs)} items were embedded before the interruption")
+    unsaved: dict[str, torch.Tensor] = {}
+    with tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="embed", unit="item") as bar:
+        for batch in iter_item_embeddings(backbone, todo, batch_size=batch_size):
+            unsaved.update(batch)
+            bar.update(len(batch))
+            if len(unsaved) >= checkpoint_items:
+                checkpoints.save(unsaved)
+                embeddings.update(unsaved)
+                unsaved = {}
+    embeddings.update(unsaved)
     if path.is_file():
         previous = ItemEmbeddings.load(path)
         if (previous.metadata.get("base_fingerprint") == backbone.fingerprint
                 and previous.metadata.get("adapter_hash") == adapter_fingerprint(adapter)):
             kept = {i: previous.matrix[row] for i, row in previous.index.items() if i not in embeddings}
             embeddings = {**kept, **embeddings}
-    return save_item_embeddings(path, embeddings, base=backbone.base, adapter=adapter,
-                                base_fingerprint=backbone.fingerprint)
+    saved = save_item_embeddings(path, embeddings, base=backbone.base, adapter=adapter,
+                                 base_fingerprint=backbone.fingerprint)
+    checkpoints.remove()
+    return saved
+
+
+def _items_digest(pairs: Sequence[tuple[str, bytes | None]]) -> str:
+    """What is embedded: item ids in order, and each image's bytes (a new dataset version may change them)."""
+    digest = hashlib.sha256()
+    for item_id, image in pairs:
+        digest.update(f"{item_id}\0{hashlib.sha256(image).hexdigest() if image else '-'}\n".encode())
+    return digest.hexdigest()
+
+
+class _Checkpoints:
+    """Numbered safetensors parts of an unfinished :func:`embed_catalog`, each stamped with what it was made from;
+    parts made from other weights, another adapter or other items are deleted, not used."""
+
+    def __init__(self, folder: Path, made_from: dict[str, str]):
+        self.folder, self.made_from = folder, made_from
+
+    def load(self) -> dict[str, torch.Tensor]:
+        from safetensors import SafetensorError, safe_open
+
+        found: dict[str, torch.Tensor] = {}
+        for part in sorted(self.folder.glob("part-*.safetensors")):
+            try:
+                with safe_open(str(part), framework="pt") as handle:
+                    if (handle.metadata() or {}) != self.made_from:
+                        self.remove()
+                        return {}
+                    found.update({key: handle.get_tensor(key) for key in handle.keys()})
+            except (SafetensorError, OSError):  # a damaged part (parts are renamed into place whole): start over
+                self.remove()
+                return {}
+        return found
+
+    def save(self, embeddings: dict[str, torch.Tensor]) -> None:
+        number = len(list(self.folder.glob("part-*.safetensors")))
+        _save_atomic(self.folder / f"part-{number:06d}.safetensors", embeddings, self.made_from)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def check_embeddings(cache: ItemEmbeddings, path: str | os.PathLike | None, backbone: Backbone) -> None:

@@ -1176,3 +1176,47 @@ def test_card_refuses_results_of_another_rec_adapter(tmp_path):
         result = CliRunner().invoke(cli, ["card", str(tmp_path / "rec"), "--results", str(tmp_path / "results.json")])
         assert (result.exit_code == 0) == accepted, result.output
         assert accepted or f"a run of rec_adapter={tmp_path / 'other'}, not of the adapter in" in result.output
+
+
+def test_an_interrupted_embed_resumes_from_its_last_checkpoint(tiny_base, tmp_path, monkeypatch):
+    """Ctrl-C (or a kill) during `embed` lost every item embedded so far: the file was written only at the end."""
+    import dataclasses
+
+    import lavic_ref.embed as embed
+    from lavic_ref.model import load_backbone
+
+    items = list(load_items(None, ["home"]).values())[:10]
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    reference = ItemEmbeddings.load(embed.embed_catalog(backbone, items, tmp_path / "whole", adapter=None,
+                                                        batch_size=2))
+    forward, embedded = embed.cls_embeddings, []
+
+    def counted(model, pixels, interrupt_at=None):
+        if len(embedded) == interrupt_at:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of a batch
+        rows = forward(model, pixels)
+        embedded.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(embed, "cls_embeddings", lambda model, pixels: counted(model, pixels, interrupt_at=3))
+    with pytest.raises(KeyboardInterrupt):  # after 3 batches of 2: one checkpoint of 4 items, 2 items unsaved
+        embed.embed_catalog(backbone, items, tmp_path / "resumed", adapter=None, batch_size=2, checkpoint_items=4)
+    assert not list((tmp_path / "resumed").glob("*.safetensors"))  # no visible file before the run ends
+    embedded.clear()
+    monkeypatch.setattr(embed, "cls_embeddings", counted)
+    resumed = ItemEmbeddings.load(embed.embed_catalog(backbone, items, tmp_path / "resumed", adapter=None,
+                                                      batch_size=2, checkpoint_items=4))
+    assert sum(embedded) == 6  # the 4 checkpointed items are not embedded again
+    assert list(resumed.index) == list(reference.index) and torch.equal(resumed.matrix, reference.matrix)
+    assert [p.name for p in (tmp_path / "resumed").iterdir()] == [next(iter(tmp_path.glob("whole/*"))).name]
+
+    # Checkpoints of other items (a new dataset version changed an image) are not used.
+    embedded.clear()
+    monkeypatch.setattr(embed, "cls_embeddings", lambda model, pixels: counted(model, pixels, interrupt_at=2))
+    with pytest.raises(KeyboardInterrupt):
+        embed.embed_catalog(backbone, items, tmp_path / "changed", adapter=None, batch_size=2, checkpoint_items=4)
+    embedded.clear()
+    monkeypatch.setattr(embed, "cls_embeddings", counted)
+    changed = [*items[:-1], dataclasses.replace(items[-1], image=items[-2].image)]
+    embed.embed_catalog(backbone, changed, tmp_path / "changed", adapter=None, batch_size=2, checkpoint_items=4)
+    assert sum(embedded) == 10
