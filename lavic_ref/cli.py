@@ -7,6 +7,7 @@ written with the same settings (and refuse it otherwise), ``embed`` from the ite
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -341,7 +342,8 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
         "training": {"time_s": result.elapsed_s, "hardware": hardware_name(backbone.device),
                      "best_validation_loss": result.best_val_loss},
     })
-    click.echo(f"model card: {card} (add results with `lavic-ref card {config.output_dir} --results ...`)")
+    add_results = shlex.join(["lavic-ref", "card", str(config.output_dir)])
+    click.echo(f"model card: {card} (add results with `{add_results} --results ...`)")
 
 
 @cli.command("card")

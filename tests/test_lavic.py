@@ -1220,3 +1220,12 @@ def test_an_interrupted_embed_resumes_from_its_last_checkpoint(tiny_base, tmp_pa
     changed = [*items[:-1], dataclasses.replace(items[-1], image=items[-2].image)]
     embed.embed_catalog(backbone, changed, tmp_path / "changed", adapter=None, batch_size=2, checkpoint_items=4)
     assert sum(embedded) == 10
+
+
+def test_the_card_command_finetune_prints_can_be_pasted_for_a_folder_with_spaces(tiny_base, tmp_path):
+    from lavic_ref.cli import cli
+
+    out = tmp_path / "my runs" / "rec"
+    printed = _invoke(cli, ["finetune", "--base", tiny_base, "--device", DEVICE, "--domain", "home", "--no-images",
+                            "--out", out, "--max-steps", "1"])
+    assert f"`lavic-ref card '{out}' --results ...`" in printed
