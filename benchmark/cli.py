@@ -10,6 +10,7 @@ import click
 
 from benchmark.metrics import OVERALL
 from reddit_amazon.cli_errors import redact_secrets, user_errors
+from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 from reddit_amazon.schema import DOMAINS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -59,14 +60,16 @@ def _run_errors() -> AbstractContextManager[None]:
 
 
 @cli.command("run")
-@click.option("--model", required=True, help="Built-in name, entry-point name, module:Class or path/file.py:Class.")
+@click.option("--model", required=True, type=PATH_OR_NAME,
+              help="Built-in name, entry-point name, module:Class or path/file.py:Class.")
 @click.option("--model-args", default="", help="Constructor options: key=value,key=value (JSON scalars decoded).")
-@click.option("--dataset", default=None, help="Dataset folder or Hub id [default: the bundled sample].")
+@click.option("--dataset", type=PATH_OR_NAME, default=None,
+              help="Dataset folder or Hub id [default: the bundled sample].")
 @click.option("--domain", type=DOMAIN_CHOICES, default="all", show_default=True)
 @click.option("--split", default="test", show_default=True)
 @click.option("--candidates", default="sbert", show_default=True,
               help="Candidate set: uses column candidates_<NAME> (sbert, openai_large, bm25, ...).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--out", "out_dir", required=True, type=UserPath(file_okay=False), help="Output folder.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="First N records per domain.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override the plugin's batch size.")
 @click.option("--overwrite", is_flag=True, help="Discard cached predictions and results in --out.")
@@ -140,13 +143,14 @@ def _echo_summary(results: dict, out_dir: Path) -> None:
 @cli.command("retrieve")
 @click.option("--retriever", type=click.Choice(["bm25", "sbert", "openai-emb"]), required=True)
 @click.option("--retriever-args", default="", help="Options: key=value,... (model=..., device=cuda, cache_dir=...).")
-@click.option("--dataset", default=None, help="Dataset folder or Hub id [default: the bundled sample].")
+@click.option("--dataset", type=PATH_OR_NAME, default=None,
+              help="Dataset folder or Hub id [default: the bundled sample].")
 @click.option("--domain", type=DOMAIN_CHOICES, default="all", show_default=True)
 @click.option("--split", default="test", show_default=True)
 @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Items kept per record.")
 @click.option("--with-description", is_flag=True, help="Item text = title + description (default: title).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="First N records per domain.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, type=UserPath(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace an earlier retrieval's files in --out.")
 @click.option("--bootstrap-samples", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
@@ -183,10 +187,10 @@ def retrieve_command(retriever, retriever_args, dataset, domain, split, k, with_
 
 
 @cli.command("report")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
+@click.argument("runs", nargs=-1, required=True, type=UserPath(exists=True))
+@click.option("--markdown", "markdown_path", type=UserPath(dir_okay=False), default=None,
               help="Also write the Markdown table here.")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None, help="Write a static HTML page.")
+@click.option("--html", "html_path", type=UserPath(dir_okay=False), default=None, help="Write a static HTML page.")
 @click.option("--title", default="Reddit-Amazon leaderboard", show_default=True)
 def report_command(runs, markdown_path, html_path, title) -> None:
     """Leaderboard of finished runs (Markdown on stdout) in the layout of the paper's Table 3.
@@ -227,8 +231,8 @@ def report_command(runs, markdown_path, html_path, title) -> None:
 
 
 @cli.command("compare")
-@click.argument("run_a", type=click.Path(exists=True, file_okay=False))
-@click.argument("run_b", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_a", type=UserPath(exists=True, file_okay=False))
+@click.argument("run_b", type=UserPath(exists=True, file_okay=False))
 @click.option("--bootstrap-samples", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 def compare_command(run_a, run_b, bootstrap_samples, seed) -> None:

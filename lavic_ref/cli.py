@@ -14,6 +14,7 @@ import click
 
 from lavic_ref import DEFAULT_BASE
 from lavic_ref.card import CARD_INPUTS, hardware_name, render_from_inputs, write_model_card
+from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 from reddit_amazon.schema import DOMAINS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -21,11 +22,12 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 def _common(function):
     options = [
-        click.option("--dataset", default=None, help="Dataset folder or Hub id [default: the bundled sample]."),
+        click.option("--dataset", type=PATH_OR_NAME, default=None,
+                     help="Dataset folder or Hub id [default: the bundled sample]."),
         click.option("--domain", "domains", multiple=True, type=click.Choice(DOMAINS), default=DOMAINS,
                      callback=lambda ctx, param, value: tuple(dict.fromkeys(value)),  # a repeat would train twice
                      help="Domain(s) to use (repeatable) [default: all]."),
-        click.option("--base", default=DEFAULT_BASE, show_default=True,
+        click.option("--base", type=PATH_OR_NAME, default=DEFAULT_BASE, show_default=True,
                      help="LLaVA-NeXT checkpoint: hub id or local folder."),
         click.option("--device", default=None, help="torch device [default: cuda when available, else cpu]."),
     ]
@@ -36,7 +38,7 @@ def _common(function):
 
 def _training_options(epochs: int, batch_size: int):
     options = [
-        click.option("--out", type=click.Path(path_type=Path), required=True,
+        click.option("--out", type=UserPath(path_type=Path), required=True,
                      help="Output folder: best/ (adapter), last/ (resumable checkpoint), history.json."),
         click.option("--epochs", type=click.IntRange(1), default=epochs, show_default=True),
         click.option("--batch-size", type=click.IntRange(1), default=batch_size, show_default=True),
@@ -153,7 +155,7 @@ def main() -> None:
 
 @cli.command()
 @_common
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="JSONL cache of descriptions.")
+@click.option("--out", type=UserPath(path_type=Path), required=True, help="JSONL cache of descriptions.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--regenerate", is_flag=True, help="Generate even where the dataset ships image_description.")
@@ -182,7 +184,7 @@ def describe(dataset, domains, base, device, out, batch_size, max_new_tokens, re
 
 @cli.command()
 @_common
-@click.option("--descriptions", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--descriptions", type=UserPath(exists=True, dir_okay=False, path_type=Path), default=None,
               help="JSONL from `lavic-ref describe` [default: the dataset's image_description].")
 @click.option("--validation-size", type=click.IntRange(0), default=512, show_default=True,
               help="Items held out for the validation loss (at most a fifth).")
@@ -220,10 +222,10 @@ def distill(dataset, domains, base, device, descriptions, validation_size, **tra
 
 @cli.command()
 @_common
-@click.option("--distill-adapter", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+@click.option("--distill-adapter", type=UserPath(exists=True, file_okay=False, path_type=Path), default=None,
               help="Vision LoRA from `lavic-ref distill`: its best/ folder (or the --out folder holding it).")
 @click.option("--no-distill", is_flag=True, help="Ablation: CLS embeddings of the base vision tower.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--out", type=UserPath(file_okay=False, path_type=Path), required=True,
               help="Folder for item_embeddings-<base hash>-<adapter hash>.safetensors.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batch_size) -> None:
@@ -254,7 +256,7 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
 
 @cli.command()
 @_common
-@click.option("--embeddings", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--embeddings", type=UserPath(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Item embeddings from `lavic-ref embed`.")
 @click.option("--no-images", is_flag=True, help="Ablation: titles only, no item tokens.")
 @click.option("--candidates", "candidate_set", default="sbert", show_default=True,
@@ -347,8 +349,8 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
 
 
 @cli.command("card")
-@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--results", "results", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.argument("out", type=UserPath(exists=True, file_okay=False, path_type=Path))
+@click.option("--results", "results", multiple=True, type=UserPath(exists=True, dir_okay=False, path_type=Path),
               help="results.json of a `benchmark run --model lavic` (repeatable; other models' results are "
                    "refused: the card publishes them as LaViC's).")
 def card_command(out, results) -> None:

@@ -35,6 +35,7 @@ from rich.markup import escape
 from reddit_amazon import DATASET_VERSION
 from reddit_amazon.files import STAGE_STAMP, file_sha256, folder_lock, open_atomic, write_atomic
 from reddit_amazon.cli_errors import user_errors
+from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 
 if TYPE_CHECKING:  # the schema imports `datasets`; keep `reddit-amazon --help` fast
     from reddit_amazon.schema import Conversation, Item
@@ -793,31 +794,32 @@ def _split_list(values: Sequence[str]) -> list[str]:
 
 
 @click.command("build")
-@click.option("--inputs", multiple=True,
+@click.option("--inputs", multiple=True, type=PATH_OR_NAME,
               help="Reddit dump files or folders (.zst, .jsonl/.ndjson, also .gz/.xz/.bz2). Default: the bundled "
                    "sample.")
-@click.option("--meta", multiple=True, help="Amazon Reviews 2023 meta_<Category>.jsonl files (also "
+@click.option("--meta", multiple=True, type=PATH_OR_NAME, help="Amazon Reviews 2023 meta_<Category>.jsonl files (also "
               ".gz/.zst/.xz/.bz2) or folders, or "
               "hub:<repo>:<file.jsonl | config> (e.g. hub:McAuley-Lab/Amazon-Reviews-2023:raw_meta_All_Beauty).")
-@click.option("--reviews", multiple=True, help="Amazon Reviews 2023 review files/folders (asin -> parent_asin), or "
-              "hub:<repo>:<file.jsonl | config> (e.g. ...:raw_review_All_Beauty).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("reddit-amazon"), show_default=True,
+@click.option("--reviews", multiple=True, type=PATH_OR_NAME,
+              help="Amazon Reviews 2023 review files/folders (asin -> parent_asin), or "
+                   "hub:<repo>:<file.jsonl | config> (e.g. ...:raw_review_All_Beauty).")
+@click.option("--out", type=UserPath(path_type=Path), default=Path("reddit-amazon"), show_default=True,
               help="Dataset folder to write.")
-@click.option("--workdir", type=click.Path(path_type=Path), help="Intermediate files and caches (resumable). "
+@click.option("--workdir", type=UserPath(path_type=Path), help="Intermediate files and caches (resumable). "
               "Default: <out>.work")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the thread-level 8:1:1 splits and of each candidate list's order.")
 @click.option("--version", "version", default=DATASET_VERSION, show_default=True, help="Dataset version (semver).")
-@click.option("--domain-map",
+@click.option("--domain-map", type=PATH_OR_NAME,
               help="main_category -> domain: a JSON file or 'All Beauty=beauty;AMAZON FASHION=fashion'.")
 @click.option("--llm-base-url", help="OpenAI-compatible endpoint for the relevance filter (key: OPENAI_API_KEY).")
 @click.option("--llm-model", default="gpt-3.5-turbo", show_default=True, help="Model of the relevance filter.")
-@click.option("--llm-template", type=click.Path(exists=True, dir_okay=False), help="Prompt template replacing "
+@click.option("--llm-template", type=UserPath(exists=True, dir_okay=False), help="Prompt template replacing "
               "the paper's Table 9 (must contain {conversation}).")
 @click.option("--llm-concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--llm-max-attempts", type=click.IntRange(1, 100), default=6, show_default=True,
               help="Attempts per call on 429 / 5xx / timeouts (exponential backoff between them).")
-@click.option("--llm-cache", type=click.Path(path_type=Path), help="SQLite answer cache. Default: <workdir>/"
+@click.option("--llm-cache", type=UserPath(path_type=Path), help="SQLite answer cache. Default: <workdir>/"
               f"{RELEVANCE_CACHE}")
 @click.option("--no-filter", is_flag=True, help="Keep every candidate conversation (no LLM calls).")
 @click.option("--dry-run", is_flag=True,
@@ -828,7 +830,7 @@ def _split_list(values: Sequence[str]) -> list[str]:
               help="OpenAI-compatible embeddings endpoint for openai-emb (key: OPENAI_API_KEY).")
 @click.option("--embedding-model", help="Embedding model for openai-emb [default: text-embedding-3-large].")
 @click.option("--images/--no-images", default=True, show_default=True, help="Download and embed item images.")
-@click.option("--image-store", type=click.Path(path_type=Path), help="Image store folder. Default: <workdir>/images")
+@click.option("--image-store", type=UserPath(path_type=Path), help="Image store folder. Default: <workdir>/images")
 @click.option("--image-concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--push-to-hub", metavar="REPO", help="Publish the folder as a Hub dataset (token: HF_TOKEN).")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")

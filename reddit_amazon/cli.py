@@ -13,6 +13,7 @@ import click
 
 from reddit_amazon import __version__
 from reddit_amazon.cli_errors import user_errors
+from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -62,8 +63,8 @@ def sample_path_command() -> None:
 
 
 @cli.command("import-lavic")
-@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.option("--out", default="reddit-amazon", show_default=True, type=click.Path(path_type=str),
+@click.argument("src", type=UserPath(exists=True, file_okay=False, path_type=str))
+@click.option("--out", default="reddit-amazon", show_default=True, type=UserPath(path_type=str),
               help="Dataset folder to write (replaced atomically).")
 @click.option("--repair-text", is_flag=True,
               help="Repair mojibake (UTF-8 read as Latin-1) with ftfy; recorded in the manifest. "
@@ -92,8 +93,8 @@ def import_lavic_command(src: str, out: str, repair_text: bool, dataset_version:
 
 
 @cli.command("export-lavic")
-@click.argument("dataset", type=str)
-@click.option("--out", required=True, type=click.Path(path_type=str), help="Folder to write the release layout to.")
+@click.argument("dataset", type=PATH_OR_NAME)
+@click.option("--out", required=True, type=UserPath(path_type=str), help="Folder to write the release layout to.")
 def export_lavic_command(dataset: str, out: str) -> None:
     """Write a dataset folder (or Hub id) in the LaViC authors' release format.
 
@@ -113,7 +114,7 @@ def export_lavic_command(dataset: str, out: str) -> None:
 
 
 @cli.command("card")
-@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("dataset_dir", type=UserPath(exists=True, file_okay=False, path_type=str))
 def card_command(dataset_dir: str) -> None:
     """Regenerate DATASET_DIR/README.md (dataset card and datasheet) from manifest.json and the Parquet shards.
 
@@ -138,7 +139,7 @@ def card_command(dataset_dir: str) -> None:
 
 
 @cli.command("verify")
-@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("dataset_dir", type=UserPath(exists=True, file_okay=False, path_type=str))
 def verify_command(dataset_dir: str) -> None:
     """Check DATASET_DIR against its manifest: content fingerprint and rows per config and split.
 
@@ -164,11 +165,11 @@ cli.add_command(build_command)
 
 
 @cli.command("reddit-stage")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--workdir", required=True, type=click.Path(path_type=Path), help="Work folder (shared on a cluster).")
+@click.argument("inputs", nargs=-1, required=True, type=UserPath(exists=True, path_type=Path))
+@click.option("--workdir", required=True, type=UserPath(path_type=Path), help="Work folder (shared on a cluster).")
 @click.option("--salt", envvar="REDDIT_AMAZON_SALT", help="Pseudonymisation salt [default: random, kept in the workdir].")
 @click.option("--resolve-short-links", is_flag=True, help="Resolve amzn.to / a.co / ... links (network).")
-@click.option("--short-link-cache", type=click.Path(path_type=Path), help="SQLite cache of resolved short links.")
+@click.option("--short-link-cache", type=UserPath(path_type=Path), help="SQLite cache of resolved short links.")
 @click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Tasks run at once.")
 @click.option("--tasks", type=click.IntRange(1), help="Scan tasks [default: one per file].")

@@ -42,3 +42,14 @@ def threaded_httpserver():
     yield server
     server.clear()
     server.stop()
+
+
+@pytest.fixture
+def user_home(tmp_path, monkeypatch) -> Path:
+    """$HOME in one temporary folder and the current folder in another: where a `~/x` path lands tells them apart."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    return home

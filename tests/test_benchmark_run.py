@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import orjson
@@ -980,3 +981,16 @@ def test_cli_summary_prints_out_path_verbatim_whatever_stdout_encodes(dataset, t
         assert result.exit_code == 0, result.output
         assert (out / "results.json").is_file()
         assert f"wrote {out / 'results.json'}\n".encode() in result.stdout_bytes
+
+
+def test_a_quoted_tilde_in_dataset_and_out_is_the_home_folder(dataset, user_home):
+    shutil.copytree(dataset, user_home / "tilde-ds")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["run", "--model", "random", "--dataset", "~/tilde-ds", "--out", "~/tilde-run",
+                                 "--bootstrap-samples", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((user_home / "tilde-run" / "results.json").read_text())
+    assert results["dataset"]["id"] == str(user_home / "tilde-ds")
+    report = runner.invoke(cli, ["report", "~/tilde-run", "--markdown=~/board.md"])
+    assert report.exit_code == 0 and (user_home / "board.md").is_file(), report.output
+    assert not any(Path.cwd().iterdir())

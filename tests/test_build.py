@@ -549,3 +549,14 @@ def test_a_dataset_folder_is_refused_as_workdir(tmp_path):
     result = build("--out", str(tmp_path / "ds"), "--workdir", str(dataset), "--dry-run", "--no-filter")
     assert result.exit_code == 1 and "is a dataset folder" in result.output, result.output
     assert sorted(p.name for p in dataset.iterdir()) == before
+
+
+def test_a_quoted_tilde_in_out_is_the_home_folder_for_every_stage_and_for_verify(user_home):
+    """pyarrow and `datasets` expand `~`, click and pathlib do not: one command must not split over two folders."""
+    result = build("--out=~/tilde-build", *FAST)
+    assert result.exit_code == 0, result.output
+    assert (user_home / "tilde-build" / "manifest.json").is_file() and (user_home / "tilde-build.work").is_dir()
+    assert not any(Path.cwd().iterdir())
+    verified = CliRunner().invoke(cli, ["verify", "~/tilde-build"])
+    assert verified.exit_code == 0 and "matches its manifest" in verified.output, verified.output
+    assert str(user_home) not in CliRunner().invoke(cli, ["build", "--help"]).output  # the defaults as written

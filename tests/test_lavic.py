@@ -254,6 +254,15 @@ def test_card_command_names_the_file_it_cannot_read(tmp_path):
     assert readme.read_text() == before
 
 
+def test_card_command_finds_the_folder_a_quoted_tilde_names(user_home):
+    from lavic_ref.card import write_model_card
+    from lavic_ref.cli import cli
+
+    readme = write_model_card(user_home / "rec", {"base_model": "tiny", "adapters": {}, "hyperparameters": {},
+                                                  "data": {}, "training": {}})
+    result = CliRunner().invoke(cli, ["card", "~/rec"])
+    assert result.exit_code == 0 and result.output.strip() == str(readme), result.output
+
 def test_description_cache_errors_name_the_line(tmp_path):
     cache = tmp_path / "descriptions.jsonl"
     cache.write_text('{"item_id": "B000000001", "description": "red"}\n{"item_id": 3\n')

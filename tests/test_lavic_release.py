@@ -240,3 +240,15 @@ def test_export_refuses_a_turn_the_release_context_cannot_keep_apart(tmp_path, t
     assert not list((tmp_path / "out").rglob("*"))
     result = CliRunner().invoke(cli, ["export-lavic", str(tmp_path / "ds"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "Traceback" not in result.output and records[1].example_id in result.output
+
+
+def test_a_quoted_tilde_in_import_and_export_paths_is_the_home_folder(user_home):
+    src = write_release(user_home / "tilde-src", [release_line()])
+    runner = CliRunner()
+    imported = runner.invoke(cli, ["import-lavic", "~/tilde-src", "--out", "~/tilde-import"])
+    assert imported.exit_code == 0, imported.output
+    exported = runner.invoke(cli, ["export-lavic", "~/tilde-import", "--out=~/tilde-export"])
+    assert exported.exit_code == 0, exported.output
+    assert (user_home / "tilde-export" / "amazon_home" / "valid.jsonl").read_text() == \
+        (src / "amazon_home" / "valid.jsonl").read_text()
+    assert not any(Path.cwd().iterdir())
