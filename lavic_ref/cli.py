@@ -22,7 +22,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 def _common(function):
     options = [
-        click.option("--dataset", type=PATH_OR_NAME, default=None,
+        click.option("--dataset", type=PATH_OR_NAME, default=None, callback=_dataset_there,
                      help="Dataset folder or Hub id [default: the bundled sample]."),
         click.option("--domain", "domains", multiple=True, type=click.Choice(DOMAINS), default=DOMAINS,
                      callback=lambda ctx, param, value: tuple(dict.fromkeys(value)),  # a repeat would train twice
@@ -34,6 +34,18 @@ def _common(function):
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def _dataset_there(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A dataset folder that is not there fails as a bad option, before any model loads."""
+    from reddit_amazon.dataset_folder import refuse_missing_local_path
+
+    try:
+        if value is not None:
+            refuse_missing_local_path(value)
+    except FileNotFoundError as error:
+        raise click.BadParameter(f"{error} (a Hub dataset is given as org/name)") from None
+    return value
 
 
 def _training_options(epochs: int, batch_size: int):

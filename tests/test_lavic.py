@@ -1238,3 +1238,12 @@ def test_the_card_command_finetune_prints_can_be_pasted_for_a_folder_with_spaces
     printed = _invoke(cli, ["finetune", "--base", tiny_base, "--device", DEVICE, "--domain", "home", "--no-images",
                             "--out", out, "--max-steps", "1"])
     assert f"`lavic-ref card '{out}' --results ...`" in printed
+
+
+def test_a_dataset_folder_that_is_not_there_is_a_bad_option_not_a_traceback(tmp_path):
+    from lavic_ref.cli import cli
+
+    for command in ("describe", "distill", "embed", "finetune"):
+        result = CliRunner().invoke(cli, [command, "--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+        assert result.exit_code == 2, result.output
+        assert f"Invalid value for '--dataset': dataset folder {tmp_path / 'nope'} does not exist" in result.output
