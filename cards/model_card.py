@@ -69,7 +69,7 @@ def render_model_card(*, base_model: str, adapters: Mapping[str, Any], hyperpara
     sections = [
         _summary(base_model),
         _key_values("## Adapters", adapters, "No adapter files were given."),
-        _key_values("## Data and splits", data, "The training data was not recorded."),
+        _key_values("## Data and splits", _without_local_path(data), "The training data was not recorded."),
         _hyperparameters(hyperparameters),
         _training(training),
         _results(results, data.get("fingerprint"), data.get("domains")),
@@ -278,6 +278,15 @@ def _usage(base_model: str, adapters: Mapping[str, Any], hyperparameters: Mappin
             "`reddit-amazon` package; `--candidates sbert` or `--candidates openai_large` selects the candidate set"
             + (f" (the adapter was trained {trained})." if trained else ".")
             + (f" `--dataset {dataset}` stands for the local folder it was trained on." if local_folder else ""))
+
+
+def _without_local_path(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The data block with an absolute dataset path shown as its folder name: the card is published, and where the
+    data lay on the training machine (``/home/<user>/...``) is nobody's business (the fingerprint names the data)."""
+    recorded = data.get("dataset")
+    if isinstance(recorded, str) and Path(recorded).is_absolute():
+        return {**data, "dataset": f"{Path(recorded).name} (a local folder)"}
+    return data
 
 
 def _usage_dataset(recorded: Any) -> str | None:

@@ -243,7 +243,8 @@ def test_the_use_command_runs_on_the_data_and_domains_the_adapter_was_trained_on
     assert option(hub, "--dataset") == "org/reddit-amazon" and option(hub, "--domain") is None
     (local,) = commands({"dataset": "/home/alice/data/my-build", "domains": ["fashion"]})
     assert option(local, "--dataset") == "my-build" and option(local, "--domain") == "fashion"
-    assert "/home/alice" not in render([], data={"dataset": "/home/alice/data/my-build"}).split("## Use", 1)[1]
+    card = render([], data={"dataset": "/home/alice/data/my-build", "fingerprint": "b1f5e44189f1"})
+    assert "/home/alice" not in card and "my-build (a local folder)" in card.split("## Data and splits")[1]
     (sample,) = commands({"dataset": "bundled sample", "domains": ["home"]})
     assert "--dataset" not in sample and option(sample, "--domain") == "home"
     two = commands({"dataset": "data/ra", "domains": ["home", "beauty"]})  # --domain takes one domain or all
