@@ -6,11 +6,13 @@ a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
@@ -53,7 +55,21 @@ def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
         error.message = redact_secrets(error.message)
         raise
     except kinds as error:
-        raise click.ClickException(redact_secrets(f"{type(error).__name__}: {error}")) from error
+        raise click.ClickException(redact_secrets(f"{type(error).__name__}: {error}{_cache_hint(error)}")) from error
+
+
+def _cache_hint(error: BaseException) -> str:
+    """Which variable moves the Hugging Face cache, when that is what could not be written: `datasets` makes it
+    under a home folder that may be read-only (a container, a shared account), and its error names only a path."""
+    if not (isinstance(error, OSError) and error.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and error.filename):
+        return ""
+    failed = Path(os.path.abspath(error.filename))
+    hf_home = Path(os.environ.get("HF_HOME")
+                   or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
+    caches = (hf_home, Path(os.environ.get("HF_DATASETS_CACHE") or hf_home / "datasets"))
+    if failed.parent != failed and any(cache.is_relative_to(failed) or failed.is_relative_to(cache) for cache in caches):
+        return " (the Hugging Face cache: set HF_HOME or HF_DATASETS_CACHE to a writable folder)"
+    return ""
 
 
 def run_cli(command: click.Command, prog_name: str) -> None:
