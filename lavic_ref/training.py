@@ -11,9 +11,11 @@ what an interrupted process did after its last checkpoint).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -113,6 +115,7 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
     seed_everything(config.seed)
     model = backbone.model
     output = Path(config.output_dir)  # created by the first checkpoint: a run failing before it leaves no empty folder
+    _check_output_folder(output)
     if config.gradient_checkpointing:
         set_gradient_checkpointing(model, True)
     if config.cuda_graphs:
@@ -185,6 +188,17 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
         set_gradient_checkpointing(model, False)
     model.eval()
     return TrainResult(output / "best", state.best_val_loss, state.history, round(state.elapsed_s, 1), trained)
+
+
+def _check_output_folder(output: Path) -> None:
+    """Fail now, not at the first checkpoint (``save_every`` steps or an epoch of training later), where
+    ``output`` cannot be made or written: a file in its way, a folder without write permission."""
+    existing = next(folder for folder in (output, *output.parents) if folder.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot make the output folder {output}: a file is in its way",
+                                 str(existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"cannot make the output folder {output}: not writable", str(existing))
 
 
 def _each_call_a_new_graph_step(batch_loss: BatchLoss) -> BatchLoss:

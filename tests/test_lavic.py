@@ -991,6 +991,27 @@ def test_training_that_fails_before_its_first_checkpoint_leaves_no_out_folder(ti
     assert not (tmp_path / "out").exists()
 
 
+def test_an_out_folder_that_cannot_be_made_fails_before_any_training(tiny_base, tmp_path):
+    """--out is made by the first checkpoint: one blocked by a file must fail at once, not after save_every steps."""
+    items = load_items(None, ["beauty"])
+    instances, _ = _two_instances(items)
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    new_adapter(backbone, LANGUAGE_LORA_TARGETS)
+    tokens = torch.tensor([[5, 6, 7]], device=backbone.device)
+    trained = []
+
+    def loss(batch):
+        trained.append(len(batch))
+        return backbone.model(input_ids=tokens).logits.float().mean()
+
+    (tmp_path / "a file").write_text("x")
+    for out in (tmp_path / "a file", tmp_path / "a file" / "out"):
+        with pytest.raises(NotADirectoryError):
+            train(backbone, instances * 3, [], loss, TrainConfig(output_dir=out, epochs=1, batch_size=1, save_every=4,
+                                                                gradient_checkpointing=False))
+        assert not trained, f"{len(trained)} batches trained before --out {out} was found unusable"
+
+
 def test_a_run_killed_while_swapping_its_checkpoint_resumes_from_the_one_set_aside(tiny_base, tmp_path,
                                                                                   monkeypatch, capsys):
     """kill -9 between replace_dir's two renames leaves last/ renamed aside (.last.old-<host>-<pid>-0): the rerun
