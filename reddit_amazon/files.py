@@ -164,7 +164,12 @@ def replace_dir(new: Path, target: Path) -> None:
     old = target.with_name(sibling_prefix(target, "old") + "0")
     shutil.rmtree(old, ignore_errors=True)
     target.rename(old)
-    new.rename(target)
+    try:
+        new.rename(target)
+    except BaseException:  # Ctrl-C or SIGTERM (run_cli's KeyboardInterrupt) between the renames: put target back
+        if not target.exists():
+            old.rename(target)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

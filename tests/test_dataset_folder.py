@@ -556,6 +556,35 @@ def test_a_rewrite_killed_while_swapping_folders_keeps_the_hidden_entries(tmp_pa
     assert not verify(folder)
 
 
+def test_an_interrupt_between_the_swaps_renames_keeps_the_folder_and_its_git(tmp_path, monkeypatch):
+    """Ctrl-C, or SIGTERM as run_cli raises it, after the old folder went aside and before the new one took its
+    place: the new folder, holding the Hub clone's .git by then, was deleted and the old one left hidden."""
+    import pathlib
+
+    from benchmark.synthetic import make_synthetic_dataset
+
+    folder = tmp_path / "reddit-amazon"
+    make_synthetic_dataset(folder, records_per_domain=3)
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    rename = pathlib.Path.rename
+
+    def interrupted(self, target):
+        if pathlib.Path(target) == folder and self.name.startswith(".reddit-amazon.tmp-"):
+            raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(pathlib.Path, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_synthetic_dataset(folder, records_per_domain=3)
+    monkeypatch.undo()
+    assert (folder / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reddit-amazon"]
+    from reddit_amazon.dataset_folder import verify
+
+    assert not verify(folder)
+
+
 def test_a_folder_or_file_name_near_the_length_limit_is_written(tmp_path):
     """A name the filesystem takes (255 bytes) is written: the hidden temporary beside it must not be longer."""
     from reddit_amazon.files import remove_abandoned_siblings, sibling_prefix, write_atomic
