@@ -163,11 +163,11 @@ def replace_dir(new: Path, target: Path) -> None:
         return
     old = target.with_name(sibling_prefix(target, "old") + "0")
     shutil.rmtree(old, ignore_errors=True)
-    target.rename(old)
     try:
+        target.rename(old)
         new.rename(target)
     except BaseException:  # Ctrl-C or SIGTERM (run_cli's KeyboardInterrupt) between the renames: put target back
-        if not target.exists():
+        if not target.exists() and old.exists():
             old.rename(target)
         raise
     shutil.rmtree(old, ignore_errors=True)
