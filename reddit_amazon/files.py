@@ -126,8 +126,9 @@ def folder_lock(folder: Path, what: str, wait_s: float = 3.0) -> Iterator[None]:
     except ImportError:  # Windows has no flock: runs there are not guarded
         yield
         return
-    with open(folder / LOCK_FILE, "ab") as handle:
-        deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + wait_s
+    while True:
+        handle = open(folder / LOCK_FILE, "ab")
         try:
             while True:
                 try:
@@ -137,19 +138,40 @@ def folder_lock(folder: Path, what: str, wait_s: float = 3.0) -> Iterator[None]:
                     if time.monotonic() >= deadline:
                         raise
                     time.sleep(0.1)
+            if _same_file(handle, folder / LOCK_FILE):
+                break
+            # The run that held it removed it (and maybe the folder) as it ended: locking that file would
+            # guard nothing, a third run would take the new one. Lock the file now at that path.
+            handle.close()
+            folder.mkdir(parents=True, exist_ok=True)
+            continue
         except BlockingIOError:
+            handle.close()
             raise FolderBusyError(errno.EBUSY, f"another {what} is running in this folder (it holds "
                                   f"{folder / LOCK_FILE}); wait for it to end or choose another folder",
                                   str(folder)) from None
         except OSError as error:
             if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                handle.close()
                 raise
-        global _locks_held
-        _locks_held += 1
-        try:
+            break
+    global _locks_held
+    _locks_held += 1
+    try:
+        with handle:
             yield
-        finally:
-            _locks_held -= 1
+    finally:
+        _locks_held -= 1
+
+
+def _same_file(handle: BinaryIO, path: Path) -> bool:
+    """Whether the open ``handle`` is still the file at ``path`` (not unlinked or replaced since it was opened)."""
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(handle.fileno())
+    return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def replace_dir(new: Path, target: Path) -> None:

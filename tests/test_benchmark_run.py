@@ -994,3 +994,31 @@ def test_a_quoted_tilde_in_dataset_and_out_is_the_home_folder(dataset, user_home
     report = runner.invoke(cli, ["report", "~/tilde-run", "--markdown=~/board.md"])
     assert report.exit_code == 0 and (user_home / "board.md").is_file(), report.output
     assert not any(Path.cwd().iterdir())
+
+
+def test_a_run_that_waited_on_a_lock_its_holder_removed_still_guards_the_folder(tmp_path):
+    """A run that fails before starting removes its lock file and folder; one waiting on it must then lock the
+    file at that path, not the removed one, or a third run would write into the folder at the same time."""
+    import threading
+
+    from reddit_amazon.files import LOCK_FILE, FolderBusyError, folder_lock
+
+    out, taken, release = tmp_path / "o", threading.Event(), threading.Event()
+
+    def failed_start() -> None:  # what run() does when the folder was new and nothing was written
+        with folder_lock(out, "benchmark run"):
+            taken.set()
+            release.wait(5)
+            (out / LOCK_FILE).unlink()
+            out.rmdir()
+
+    first = threading.Thread(target=failed_start)
+    first.start()
+    assert taken.wait(5)
+    threading.Timer(0.3, release.set).start()
+    with folder_lock(out, "benchmark run", wait_s=5):  # waits for the first one, then runs
+        assert (out / LOCK_FILE).is_file()
+        with pytest.raises(FolderBusyError, match="another benchmark run is running"):
+            with folder_lock(out, "benchmark run", wait_s=0):  # a third run is refused while the second runs
+                pass
+    first.join()
