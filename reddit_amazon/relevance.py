@@ -10,6 +10,7 @@ run in a bounded thread pool with exponential backoff on 429, 5xx, timeouts and 
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 import sqlite3
 import threading
@@ -283,7 +284,9 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
         failure = ""  # the first call that failed after its retries: the run stops there
         streak = RefusalStreak()
 
-        def ask_and_store(key: str, conversation: Conversation) -> None:
+        def ask_and_store(key: str, conversation: Conversation) -> bool:
+            if cache.get(key) is not None:  # another build sharing the cache answered it meanwhile
+                return False
             try:
                 answer = _ask(client, options, parameters, _prompt(options, conversation), stopping)
             except PromptRefused as refusal:
@@ -297,17 +300,20 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
             else:
                 cache.put(key, options.model, answer)
                 streak.answered()
-                return
+                return True
             # About this prompt only. The cache is a file: an endpoint quoting the key must not put it there.
             reason = redact_secrets(reason, api_key)[:500]
             streak.refused(lambda: cache.put(key, options.model, reason, status=REJECTED), reason)
+            return True
 
         with stoppable_calls(options.concurrency) as (pool, stopping):
-            done = completed_in_window(pool, ask_and_store, missing.items(), window=4 * options.concurrency)
+            # In an order of this run's own: builds sharing the cache do not ask the same prompts side by side.
+            order = random.sample(list(missing.items()), len(missing))
+            done = completed_in_window(pool, ask_and_store, order, window=4 * options.concurrency)
             for future in (progress(done, len(missing)) if progress else done):
                 error = future.exception()
                 if error is None:
-                    calls_made += 1
+                    calls_made += future.result()
                 elif isinstance(error, RelevanceError):
                     raise error
                 elif isinstance(error, RefusedEverything) or is_fatal(error):

@@ -457,3 +457,31 @@ def test_a_cache_that_cannot_be_opened_or_written_is_named_and_stops_the_run(htt
     with pytest.raises(RelevanceError, match=f"{cache.path}: attempt to write a readonly database") as error:
         run_filter(records, cache, options, api_key="sk-test")
     assert "are cached" not in str(error.value)
+
+
+def test_answers_a_build_sharing_the_cache_stored_meanwhile_are_not_asked_again(httpserver, options, tmp_path):
+    """Two builds sharing one --llm-cache: the prompts still to ask were listed at the start, so every answer the
+    other build stored after that was paid for again."""
+    fake = FakeOpenAI({name: [(200, "yes")] for name in "abcdef"})
+    records = [conversation(name, f"check this SCRIPT={name}") for name in "abcdef"]
+    shared, other = tmp_path / "shared.sqlite", tmp_path / "other.sqlite"
+    shares = []
+
+    def endpoint(request: Request) -> Response:
+        if shares:  # the other build answers the rest while this build's first call is in flight
+            shares.clear()
+            with AnswerCache(shared) as its_cache:
+                its_cache.import_answers(other)
+        return fake(request)
+
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(endpoint)
+    with AnswerCache(other) as cache:  # what the other build will have answered
+        run_filter(records[1:], cache, options, api_key="sk-test")
+    fake.requests.clear()
+    shares.append(True)
+    options.concurrency = 1
+    with AnswerCache(shared) as cache:
+        result = run_filter(records, cache, options, api_key="sk-test")
+    assert result.labels == {name: "yes" for name in "abcdef"}
+    asked = sum(fake.requests.values())  # the first prompt sent (any: each run has its own order), then only 'a'
+    assert fake.requests["a"] == 1 and asked <= 2 and result.calls_made == asked
