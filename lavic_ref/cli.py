@@ -251,6 +251,7 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
     from lavic_ref.data import load_items
     from lavic_ref.embed import embed_catalog
     from lavic_ref.model import AdapterError, resolve_adapter_dir
+    from reddit_amazon.files import FolderBusyError
 
     if bool(distill_adapter) == no_distill:
         raise click.UsageError("give exactly one of --distill-adapter or --no-distill")
@@ -262,7 +263,10 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
     backbone = _load_backbone(base, device)
     if distill_adapter:
         _attach(backbone, distill_adapter, "vision")
-    path = embed_catalog(backbone, items.values(), out, adapter=distill_adapter, batch_size=batch_size)
+    try:
+        path = embed_catalog(backbone, items.values(), out, adapter=distill_adapter, batch_size=batch_size)
+    except FolderBusyError as error:
+        raise click.ClickException(f"{error.strerror}: {error.filename}") from error
     click.echo(str(path))
 
 

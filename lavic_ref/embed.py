@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from lavic_ref.model import Backbone, adapter_fingerprint, cls_embeddings, decode_image, same_base_name, \
     subimage_pixels
 from lavic_ref.prompts import ITEM_TOKENS
+from reddit_amazon.files import FILE_MODE, folder_lock
 
 if TYPE_CHECKING:
     from reddit_amazon.schema import Item
@@ -67,12 +69,19 @@ def save_item_embeddings(path: str | os.PathLike, embeddings: dict[str, torch.Te
 
 
 def _save_atomic(path: Path, embeddings: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Written under a hidden temporary name of its own, then renamed: a killed save leaves no visible file."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in embeddings.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file({k: v.contiguous() for k, v in embeddings.items()}, name, metadata=metadata)
+        os.chmod(name, FILE_MODE)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -145,6 +154,14 @@ def embed_catalog(backbone: Backbone, items: Iterable[Item], out_dir: str | os.P
     """
     pairs = [(item.item_id, item.image) for item in items]
     path = Path(out_dir) / embeddings_filename(backbone.base, adapter)
+    # Another embed into this folder would merge with the file as it was before this one saved, and drop this
+    # one's checkpoints (other items): it is refused while this one runs.
+    with folder_lock(Path(out_dir), "lavic-ref embed"):
+        return _embed_catalog(backbone, pairs, path, adapter, batch_size, checkpoint_items)
+
+
+def _embed_catalog(backbone: Backbone, pairs: list[tuple[str, bytes | None]], path: Path,
+                   adapter: str | os.PathLike | None, batch_size: int, checkpoint_items: int) -> Path:
     checkpoints = _Checkpoints(path.with_name(f".{path.name}.parts"), {
         "base_fingerprint": backbone.fingerprint, "adapter_hash": adapter_fingerprint(adapter),
         "items": _items_digest(pairs)})

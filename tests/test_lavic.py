@@ -1238,7 +1238,7 @@ def test_an_interrupted_embed_resumes_from_its_last_checkpoint(tiny_base, tmp_pa
                                                       batch_size=2, checkpoint_items=4))
     assert sum(embedded) == 6  # the 4 checkpointed items are not embedded again
     assert list(resumed.index) == list(reference.index) and torch.equal(resumed.matrix, reference.matrix)
-    assert [p.name for p in (tmp_path / "resumed").iterdir()] == [next(iter(tmp_path.glob("whole/*"))).name]
+    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == [".lock", next(tmp_path.glob("whole/*.safetensors")).name]
 
     # Checkpoints of other items (a new dataset version changed an image) are not used.
     embedded.clear()
@@ -1268,3 +1268,20 @@ def test_a_dataset_folder_that_is_not_there_is_a_bad_option_not_a_traceback(tmp_
         result = CliRunner().invoke(cli, [command, "--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
         assert result.exit_code == 2, result.output
         assert f"Invalid value for '--dataset': dataset folder {tmp_path / 'nope'} does not exist" in result.output
+
+
+def test_a_second_embed_into_a_folder_an_embed_is_writing_is_refused(tiny_base, tmp_path):
+    """`embed --domain home` and `--domain fashion` at once into one --out: each merged with the file as it was
+    before the other saved (the last one to save dropped the other's items), and each deleted the other's
+    checkpoints."""
+    from lavic_ref.cli import cli
+    from reddit_amazon.files import folder_lock
+
+    with folder_lock(tmp_path, "lavic-ref embed"):  # the first embed, still running
+        result = CliRunner().invoke(cli, ["embed", "--base", tiny_base, "--device", DEVICE, "--no-distill",
+                                          "--domain", "fashion", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: another lavic-ref embed is running in this folder (it holds {tmp_path / '.lock'}); wait for it to "
+        f"end or choose another folder: {tmp_path}")
+    assert not list(tmp_path.glob("*.safetensors"))
