@@ -266,7 +266,7 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
     try:
         path = embed_catalog(backbone, items.values(), out, adapter=distill_adapter, batch_size=batch_size)
     except FolderBusyError as error:
-        raise click.ClickException(f"{error.strerror}: {error.filename}") from error
+        raise click.ClickException(str(error)) from error
     click.echo(str(path))
 
 

@@ -109,6 +109,9 @@ if hasattr(os, "register_at_fork"):
 class FolderBusyError(OSError):
     """Another process holds the folder's lock: two runs writing the same work files would corrupt them."""
 
+    def __str__(self) -> str:  # what to do and where, without OSError's "[Errno 16]"
+        return f"{self.strerror}: {self.filename}"
+
 
 @contextmanager
 def folder_lock(folder: Path, what: str, wait_s: float = 3.0) -> Iterator[None]:

@@ -714,7 +714,9 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_failed_start_leaves_no
             run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "o", progress=False)
         result = CliRunner().invoke(cli, ["run", "--model", "random", "--dataset", str(dataset), "--out",
                                           str(tmp_path / "o"), "--quiet"])
-        assert result.exit_code == 1 and "another benchmark run is running" in result.output
+        assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == (
+            f"Error: FolderBusyError: another benchmark run is running in this folder (it holds {tmp_path / 'o' / '.lock'}); "
+            f"wait for it to end or choose another folder: {tmp_path / 'o'}")
     assert not (tmp_path / "o" / "run.json").exists()
     with pytest.raises(DatasetError):
         run(RunConfig(model="random", dataset=str(dataset), split="tset"), tmp_path / "typo", progress=False)
