@@ -52,7 +52,7 @@ def resolve_dataset(dataset: str | os.PathLike | None) -> DatasetInfo:
     try:
         refuse_missing_local_path(dataset)
     except FileNotFoundError as error:
-        raise DatasetError(f"{error} (a Hub dataset is given as org/name)") from None
+        raise DatasetError(str(error)) from None
     return _info(str(dataset), False, _hub_manifest(str(dataset)))
 
 

@@ -44,7 +44,7 @@ def _dataset_there(ctx: click.Context, param: click.Parameter, value: str | None
         if value is not None:
             refuse_missing_local_path(value)
     except FileNotFoundError as error:
-        raise click.BadParameter(f"{error} (a Hub dataset is given as org/name)") from None
+        raise click.BadParameter(str(error)) from None
     return value
 
 

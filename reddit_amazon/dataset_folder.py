@@ -459,7 +459,7 @@ def refuse_missing_local_path(path: str | os.PathLike) -> None:
     text = str(path)
     looks_local = isinstance(path, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") != 1
     if looks_local and not Path(text).expanduser().exists():
-        raise FileNotFoundError(f"dataset folder {text} does not exist")
+        raise FileNotFoundError(f"dataset folder {text} does not exist (a Hub dataset is given as org/name)")
 
 
 def iter_conversations(dataset: Iterable[Mapping[str, Any]], source: str) -> Iterable[Conversation]:
