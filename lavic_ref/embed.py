@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +22,7 @@ from tqdm.auto import tqdm
 from lavic_ref.model import Backbone, adapter_fingerprint, cls_embeddings, decode_image, same_base_name, \
     subimage_pixels
 from lavic_ref.prompts import ITEM_TOKENS
-from reddit_amazon.files import FILE_MODE, folder_lock
+from reddit_amazon.files import atomic_path, folder_lock
 
 if TYPE_CHECKING:
     from reddit_amazon.schema import Item
@@ -72,16 +71,8 @@ def _save_atomic(path: Path, embeddings: dict[str, torch.Tensor], metadata: dict
     """Written under a hidden temporary name of its own, then renamed: a killed save leaves no visible file."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file({k: v.contiguous() for k, v in embeddings.items()}, name, metadata=metadata)
-        os.chmod(name, FILE_MODE)
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in embeddings.items()}, str(tmp), metadata=metadata)
     return path
 
 

@@ -48,11 +48,19 @@ def open_atomic(path: Path, mode: int = FILE_MODE) -> Iterator[BinaryIO]:
         with open(path, "wb") as out:
             yield out
         return
+    with atomic_path(path, mode) as tmp, open(tmp, "wb") as out:
+        yield out
+
+
+@contextmanager
+def atomic_path(path: Path, mode: int = FILE_MODE) -> Iterator[Path]:
+    """A hidden temporary file beside ``path`` for a writer that takes a file name, renamed over ``path`` when the
+    block ends without an error (else removed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{_short_name(path.name)}.", dir=path.parent)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as out:
-            yield out
+        yield Path(tmp)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
