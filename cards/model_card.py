@@ -283,10 +283,8 @@ def _usage(base_model: str, adapters: Mapping[str, Any], hyperparameters: Mappin
 def _without_local_path(data: Mapping[str, Any]) -> Mapping[str, Any]:
     """The data block with an absolute dataset path shown as its folder name: the card is published, and where the
     data lay on the training machine (``/home/<user>/...``) is nobody's business (the fingerprint names the data)."""
-    recorded = data.get("dataset")
-    if isinstance(recorded, str) and Path(recorded).is_absolute():
-        return {**data, "dataset": f"{Path(recorded).name} (a local folder)"}
-    return data
+    name = _local_folder_name(data.get("dataset"))
+    return {**data, "dataset": f"{name} (a local folder)"} if name else data
 
 
 def _usage_dataset(recorded: Any) -> str | None:
@@ -296,7 +294,12 @@ def _usage_dataset(recorded: Any) -> str | None:
         return None
     if not recorded:
         return "reddit-amazon"  # not recorded: the folder `reddit-amazon build` writes by default
-    return Path(recorded).name if Path(recorded).is_absolute() else str(recorded)
+    return _local_folder_name(recorded) or str(recorded)
+
+
+def _local_folder_name(recorded: Any) -> str | None:
+    """The folder name of a dataset recorded as an absolute path; None for a Hub id or a relative path."""
+    return Path(recorded).name if isinstance(recorded, str) and Path(recorded).is_absolute() else None
 
 
 def _model_arg(value: str) -> str:
