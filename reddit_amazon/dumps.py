@@ -404,14 +404,14 @@ def iter_selected_lines(
     counted in ``progress.lines``; the last line counts and is searched even without a newline.
     """
     carry = _Carry()
-    count_newlines = _NewlineCounter()
+    scratch = BlockScratch()
     for chunk in chunks:
         last_newline = chunk.rfind(b"\n")
         if last_newline < 0:
             carry.add(chunk)
             continue
         first_newline = chunk.find(b"\n")
-        progress.lines += count_newlines(chunk)
+        progress.lines += scratch.count(numpy.frombuffer(chunk, dtype=numpy.uint8), 10)
         head = carry.take(chunk[:first_newline])
         if head and any(True for _ in find_positions(head, 0, len(head))):
             yield head
@@ -459,11 +459,18 @@ class _Carry:
         return line
 
 
-class ChunkScratch:
-    """Arrays of a chunk's size for the chunk searches, reused from chunk to chunk.
+#: Bytes of a chunk that a vectorised search compares at a time. Its scratch arrays then stay in the
+#: core's own cache: with arrays as large as a 1 MiB chunk, two scans on a 2-core VM slowed each other
+#: by ~12% (the shared cache), with 128 KiB blocks by 1-4%, and one scan alone ran ~6% faster.
+SEARCH_BLOCK = 1 << 17
 
-    A fresh multi-MB numpy array costs more in page faults than a vectorised pass over it.
-    ``scratch("mask", size, bool)`` gives the first ``size`` items of the array of that name.
+
+class BlockScratch:
+    """Vectorised byte searches over a chunk, a block of :data:`SEARCH_BLOCK` bytes at a time.
+
+    Each block is compared into arrays kept between calls (a fresh multi-MB numpy array costs more
+    in page faults than a vectorised pass over it). ``scratch("mask", size, bool)`` gives the first
+    ``size`` items of the array of that name, for searches of one's own over blocks.
     """
 
     def __init__(self) -> None:
@@ -475,16 +482,25 @@ class ChunkScratch:
             array = self._arrays[name] = numpy.empty(size, dtype=dtype)
         return array[:size]
 
+    def find(self, data: numpy.ndarray, byte: int, *, ascii_case: bool = False) -> numpy.ndarray:
+        """Positions of ``byte`` in ``data``, in order; with ``ascii_case`` a lower-case ASCII letter's
+        upper case matches too (bytes are compared ``| 0x20``, which maps no other byte onto a letter)."""
+        found = [numpy.zeros(0, dtype=numpy.intp)]
+        for start in range(0, len(data), SEARCH_BLOCK):
+            block = data[start : start + SEARCH_BLOCK]
+            if ascii_case:
+                block = numpy.bitwise_or(block, 0x20, out=self("folded", len(block), numpy.uint8))
+            hits = numpy.flatnonzero(numpy.equal(block, byte, out=self("mask", len(block), bool)))
+            if len(hits):
+                found.append(hits + start)
+        return numpy.concatenate(found)
 
-class _NewlineCounter:
-    """``chunk.count(b"\\n")`` at numpy speed (about 3x faster), comparing into a reused array."""
-
-    def __init__(self) -> None:
-        self._scratch = ChunkScratch()
-
-    def __call__(self, chunk: bytes) -> int:
-        data = numpy.frombuffer(chunk, dtype=numpy.uint8)
-        return int(numpy.count_nonzero(numpy.equal(data, 10, out=self._scratch("newlines", len(data), bool))))
+    def count(self, data: numpy.ndarray, byte: int) -> int:
+        """How many times ``byte`` occurs in ``data`` (about 3x faster than ``bytes.count``)."""
+        return sum(
+            int(numpy.count_nonzero(numpy.equal(block, byte, out=self("mask", len(block), bool))))
+            for block in (data[start : start + SEARCH_BLOCK] for start in range(0, len(data), SEARCH_BLOCK))
+        )
 
 
 def iter_lines(chunks: Iterable[bytes], progress: ReadProgress | None = None, *,

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import numpy
 
-from reddit_amazon.dumps import ChunkScratch
+from reddit_amazon.dumps import BlockScratch
 from reddit_amazon.sqlite_cache import CacheFile
 
 
@@ -35,55 +35,52 @@ class LinkPrefilter:
     Every dump line holding an Amazon product link contains "amazon." or "amzn." in some case
     (JSON may put escaped backslashes before the dot); short links may also be "a.co/" (JSON may
     write "a.co\\/"). The scan calls this on whole decompressed chunks before any JSON parsing.
-    It is numpy over the chunk's bytes: ``byte | 0x20`` lower-cases the ASCII letters compared
-    here (and maps no other byte onto them), the rare "z" is found in one vectorised pass, and
-    only the bytes around each "z" are looked at afterwards, in arrays kept between calls
-    (:class:`~reddit_amazon.dumps.ChunkScratch`). The "a.co/" pass starts from every ".", so it
-    runs only when short links are resolved (without resolution an a.co link cannot give an ASIN).
+    It is numpy over the chunk's bytes: the rare "z" (either case) is found in one vectorised pass
+    (:meth:`~reddit_amazon.dumps.BlockScratch.find`), and only the bytes around each "z" are looked
+    at afterwards. The "a.co/" pass starts from every ".", so it runs only when short links are
+    resolved (without resolution an a.co link cannot give an ASIN).
     """
 
     def __init__(self, *, short_links: bool = True):
         self.short_links = short_links
-        self._scratch = ChunkScratch()
+        self._scratch = BlockScratch()
 
     def __call__(self, chunk: bytes, start: int, end: int) -> list[int]:
         """Positions in ``chunk[start:end]`` where "amazon" / "amzn" / "a.co" may start, in order."""
         data = numpy.frombuffer(chunk, dtype=numpy.uint8)[start:end]
-        folded, mask = self._scratch("folded", len(data), numpy.uint8), self._scratch("mask", len(data), bool)
-        numpy.bitwise_or(data, 0x20, out=folded)
-        positions = self._amazon_or_amzn(data, folded, mask)
+        positions = self._amazon_or_amzn(data)
         if self.short_links:
-            positions = numpy.union1d(positions, self._a_co(data, folded, mask))
+            positions = numpy.union1d(positions, self._a_co(data))
         return (positions + start).tolist()
 
-    @staticmethod
-    def _amazon_or_amzn(data: numpy.ndarray, folded: numpy.ndarray, mask: numpy.ndarray) -> numpy.ndarray:
+    def _amazon_or_amzn(self, data: numpy.ndarray) -> numpy.ndarray:
         size = len(data)
-        z = numpy.flatnonzero(numpy.equal(folded, _LOWER["z"], out=mask))
+        z = self._scratch.find(data, _LOWER["z"], ascii_case=True)
         z = z[(z >= 2) & (z + 2 < size)]  # "amzn." has two bytes before its "z", two after
-        before = folded[z - 1]
+        before = _folded(data, z - 1)
         amzn = z[before == _LOWER["m"]]
-        amzn = amzn[(folded[amzn - 2] == _LOWER["a"]) & (folded[amzn + 1] == _LOWER["n"])]
+        amzn = amzn[(_folded(data, amzn - 2) == _LOWER["a"]) & (_folded(data, amzn + 1) == _LOWER["n"])]
         amazon = z[before == _LOWER["a"]]
         amazon = amazon[(amazon >= 3) & (amazon + 3 < size)]
         amazon = amazon[
-            (folded[amazon - 2] == _LOWER["m"])
-            & (folded[amazon - 3] == _LOWER["a"])
-            & (folded[amazon + 1] == _LOWER["o"])
-            & (folded[amazon + 2] == _LOWER["n"])
+            (_folded(data, amazon - 2) == _LOWER["m"])
+            & (_folded(data, amazon - 3) == _LOWER["a"])
+            & (_folded(data, amazon + 1) == _LOWER["o"])
+            & (_folded(data, amazon + 2) == _LOWER["n"])
         ]
         starts = numpy.concatenate((amzn - 2, amazon - 3))
         after_n = numpy.concatenate((amzn + 2, amazon + 3)).tolist()
         has_dot = [_dot_after_escaped_backslashes(data, position) for position in after_n]
         return numpy.sort(starts[numpy.array(has_dot, dtype=bool)])
 
-    @staticmethod
-    def _a_co(data: numpy.ndarray, folded: numpy.ndarray, mask: numpy.ndarray) -> numpy.ndarray:
+    def _a_co(self, data: numpy.ndarray) -> numpy.ndarray:
         size = len(data)
-        dots = numpy.flatnonzero(numpy.equal(data, _DOT, out=mask))
+        dots = self._scratch.find(data, _DOT)
         dots = dots[(dots >= 1) & (dots + 3 < size)]  # "a.co/": one byte before the dot, three after
         dots = dots[
-            (folded[dots - 1] == _LOWER["a"]) & (folded[dots + 1] == _LOWER["c"]) & (folded[dots + 2] == _LOWER["o"])
+            (_folded(data, dots - 1) == _LOWER["a"])
+            & (_folded(data, dots + 1) == _LOWER["c"])
+            & (_folded(data, dots + 2) == _LOWER["o"])
         ]
         after = data[dots + 3]
         escaped = dots[after == _BACKSLASH]
@@ -94,6 +91,11 @@ class LinkPrefilter:
 
 _LOWER = {letter: ord(letter) for letter in "zmanoc"}
 _DOT, _BACKSLASH, _SLASH = ord("."), ord("\\"), ord("/")
+
+
+def _folded(data: numpy.ndarray, positions: numpy.ndarray) -> numpy.ndarray:
+    """The bytes at ``positions``, ASCII letters lower-cased (``| 0x20`` maps no other byte onto one)."""
+    return data[positions] | 0x20
 
 
 def _dot_after_escaped_backslashes(data: numpy.ndarray, position: int) -> bool:

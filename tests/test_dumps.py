@@ -232,6 +232,23 @@ def test_selected_lines_match_a_brute_force_split(tmp_path, seed):
     assert progress.lines == 3000
 
 
+@pytest.mark.parametrize("block", [1, 5, 64, 1 << 17])
+def test_block_searches_agree_with_bytes_methods_at_every_block_edge(block, monkeypatch):
+    import numpy
+
+    import reddit_amazon.dumps as dumps
+
+    monkeypatch.setattr(dumps, "SEARCH_BLOCK", block)
+    rng = random.Random(block)
+    scratch = dumps.BlockScratch()
+    for size in [0, 1, 4, 5, 63, 64, 65, 200, 1000]:  # sizes around the block, reusing the same arrays
+        data = bytes(rng.choice(b"zZ\nab.") for _ in range(size))
+        array = numpy.frombuffer(data, dtype=numpy.uint8)
+        assert scratch.count(array, ord("\n")) == data.count(b"\n")
+        assert scratch.find(array, ord(".")).tolist() == [m.start() for m in re.finditer(rb"\.", data)]
+        assert scratch.find(array, ord("z"), ascii_case=True).tolist() == [m.start() for m in re.finditer(rb"[zZ]", data)]
+
+
 def test_parse_line_counts_problems():
     problems = LineProblems()
     assert parse_line(b'{"id": "a"}', problems) == {"id": "a"}

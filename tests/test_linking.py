@@ -11,6 +11,7 @@ import time
 import pytest
 from werkzeug import Response
 
+from reddit_amazon import dumps
 from reddit_amazon.linking import (
     STOREFRONT_TLDS,
     LinkPrefilter,
@@ -122,7 +123,10 @@ def _reference_positions(chunk: bytes, start: int, end: int, short_links: bool) 
     return sorted(position + start for position in found)
 
 
-def test_prefilter_positions_match_a_plain_regex_reference():
+@pytest.mark.parametrize("block", [None, 1, 3, 8])
+def test_prefilter_positions_match_a_plain_regex_reference(block, monkeypatch):
+    if block:  # tiny search blocks: a word cut at every block edge is still found
+        monkeypatch.setattr(dumps, "SEARCH_BLOCK", block)
     rng = random.Random(7)
     pieces = [b"amazon.", b"AMAZON.COM", b"Amazon.co.uk", b"aMaZoN.de", b"amzn.to", b"AMZN.", b"amazon\\\\.com",
               b"amzn\\.", b"a.co/", b"A.CO\\/", b"amazon", b"amazon prime", b"amazin.", b"mazon.", b"zon.", b"amzn",

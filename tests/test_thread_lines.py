@@ -7,6 +7,7 @@ import random
 import orjson
 import pytest
 
+from reddit_amazon import dumps
 from reddit_amazon.thread_lines import MAX_ID_CHARS, THREAD_KEY_PATTERNS, ThreadLineFinder, id_number
 
 
@@ -40,8 +41,11 @@ def _random_lines(rng: random.Random, wanted: list[str]) -> bytes:
     return b"\n".join(lines)
 
 
+@pytest.mark.parametrize("block", [None, 1, 2, 7])
 @pytest.mark.parametrize("seed", range(5))
-def test_finder_reports_every_wanted_line_and_only_few_others(seed):
+def test_finder_reports_every_wanted_line_and_only_few_others(seed, block, monkeypatch):
+    if block:  # tiny search blocks: keys cut at every block edge are still found
+        monkeypatch.setattr(dumps, "SEARCH_BLOCK", block)
     rng = random.Random(seed)
     wanted = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=rng.randint(1, MAX_ID_CHARS)))
               for _ in range(20)]
