@@ -60,12 +60,16 @@ class Candidate:
 
     @property
     def image(self) -> PILImage | None:
-        """The main image decoded as an RGB PIL image (None when the item has no image)."""
+        """The main image decoded as an RGB PIL image (None when the item has no image); 16-bit and float
+        greyscale are scaled to 8 bits as ``lavic-ref`` does (Pillow's own convert clips them to white)."""
         if self.image_bytes is None:
             return None
         from PIL import Image
 
-        return Image.open(io.BytesIO(self.image_bytes)).convert("RGB")
+        from reddit_amazon.images import eight_bit_greyscale
+
+        with Image.open(io.BytesIO(self.image_bytes)) as image:
+            return eight_bit_greyscale(image).convert("RGB")
 
     @property
     def image_path(self) -> Path | None:

@@ -396,3 +396,15 @@ def test_openai_chat_finds_answers_cached_under_the_url_as_given(chat_server, tm
     request = first._request(_example("a"))
     first.cache.put(first._key(request, url), "B000000007 from an older cache")
     assert first.recommend([_example("a")]) == ["B000000007 from an older cache"] and requests == []
+
+
+def test_candidate_image_scales_16_bit_greyscale_as_lavic_does():
+    """Candidate.image (what hf-vlm and plugins see) must not clip a 16-bit greyscale PNG to white."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("I;16", (4, 4), 30000).save(buffer, format="PNG")
+    candidate = Candidate("GREY000001", "lamp", image_bytes=buffer.getvalue())
+    assert candidate.image.mode == "RGB" and candidate.image.getpixel((0, 0)) == (117, 117, 117)  # 30000 / 257
