@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import re
@@ -200,8 +201,19 @@ def instantiate(resolved: ResolvedModel, model_args: dict[str, Any]) -> Any:
     try:
         instance = resolved.cls(**model_args)
     except TypeError as error:
+        if _accepts(resolved.cls, model_args):  # the plugin's own code failed: its error and traceback, unchanged
+            raise
         raise RegistryError(f"recommender {spec!r} does not accept --model-args {redacted_args(model_args)}: "
                             f"{error}") from error
     if not (callable(getattr(instance, "recommend", None)) or callable(getattr(instance, "rank", None))):
         raise RegistryError(f"recommender {spec!r} ({resolved.target}) has neither recommend() nor rank()")
     return instance
+
+
+def _accepts(cls: Any, model_args: dict[str, Any]) -> bool:
+    """Whether ``cls``'s signature takes ``model_args`` as keyword arguments (False when it cannot be read)."""
+    try:
+        inspect.signature(cls).bind(**model_args)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -128,3 +128,16 @@ def test_credentials_in_url_arguments_are_never_recorded():
     assert "hunter2" not in str(recorded) and "sk-in-the-url" not in str(recorded)
     assert recorded["base_url"].startswith("http://127.0.0.1:8000/v1")
     assert recorded["endpoint"] == args["endpoint"] and recorded["model"] == "m"  # run signatures unchanged
+
+
+def test_a_type_error_inside_the_constructor_is_not_blamed_on_the_model_args(tmp_path):
+    """Arguments the constructor accepts, and a TypeError of the plugin's own code: the plugin author needs that
+    error (and its traceback), not "does not accept --model-args"."""
+    plugin = tmp_path / "typo_plugin.py"
+    plugin.write_text("import math\n\nclass Mine:\n    def __init__(self, size=3):\n        self.root = math.sqrt('4')\n"
+                      "    def recommend(self, examples):\n        return []\n")
+    with pytest.raises(TypeError, match="must be real number") as raised:
+        build(f"{plugin}:Mine", {"size": 3})
+    assert not isinstance(raised.value, RegistryError)
+    with pytest.raises(RegistryError, match="does not accept --model-args"):
+        build(f"{plugin}:Mine", {"sise": 3})
