@@ -814,6 +814,9 @@ def _funnel(
         "threads_needed": len(needed),
         "thread_comments_collected": total(collect_stats, "comments_collected"),
         "thread_submissions_collected": total(collect_stats, "submissions_collected"),
+        # The same comment or submission of a needed thread in two dumps (a monthly and a per-subreddit
+        # file): counted once above in the conversations, the copy whose text survived.
+        "thread_records_in_several_dumps": total(rebuild_stats, "duplicate_records"),
         "threads_rebuilt": total(rebuild_stats, "conversations"),
         "ancestors_deleted_or_removed": total(rebuild_stats, "ancestors_deleted_or_removed"),
         "submissions_deleted_or_removed": total(rebuild_stats, "submissions_deleted_or_removed"),

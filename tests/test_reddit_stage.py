@@ -184,6 +184,7 @@ def test_funnel_and_incomplete_files(built, world):
         str((world / "RC_2020-09.zst").resolve()): {"malformed_json": 1, "invalid_utf8": 1, "missing_fields": 1}}
     assert dropped["submission_missing"] == 1 and dropped["ancestor_missing"] == 1
     assert dropped["duplicate_recommending_comment"] == 1
+    assert funnel["thread_records_in_several_dumps"] == 1  # c1 again in wicked_edge_comments.ndjson
     assert dropped["only_unresolved_short_links"] == 1  # c8
     assert dropped["prefilter_hit_without_product_link"] == 1  # c7: search page only
     assert dropped["submission_with_amazon_text"] == 1  # s4
