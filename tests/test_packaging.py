@@ -1,0 +1,38 @@
+"""What a wheel built from pyproject.toml holds, checked without building one: its packages and its package data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from setuptools import find_namespace_packages
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+
+#: Folders of files that the code opens at run time (``__file__``-relative or importlib.resources).
+RUNTIME_DATA = ["reddit_amazon/sample/inputs", "reddit_amazon/sample/reddit-amazon", "reddit_amazon/prompts",
+                "cards/templates"]
+
+
+def _packages() -> list[str]:
+    return find_namespace_packages(where=str(ROOT), **SETUPTOOLS["packages"]["find"])
+
+
+def test_the_wheel_installs_only_the_four_top_level_packages():
+    """``include = ["benchmark*"]`` also took ``benchmarks/`` (the speed scripts) into site-packages."""
+    assert {name.partition(".")[0] for name in _packages()} == {"reddit_amazon", "benchmark", "lavic_ref", "cards"}
+
+
+def test_package_data_covers_every_file_the_code_reads():
+    shipped = {path for package in _packages() for pattern in SETUPTOOLS["package-data"].get(package, [])
+               for path in ROOT.joinpath(*package.split(".")).glob(pattern)}
+    read = {path for folder in RUNTIME_DATA for path in (ROOT / folder).rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".py"}
+    assert read
+    assert sorted(str(path.relative_to(ROOT)) for path in read - shipped) == []
