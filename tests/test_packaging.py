@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from setuptools import find_namespace_packages
+
+find_namespace_packages = pytest.importorskip("setuptools").find_namespace_packages
 
 try:
     import tomllib
