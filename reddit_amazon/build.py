@@ -617,7 +617,7 @@ def _seed_sample_caches(options: BuildOptions) -> None:
 
 def check_options(options: BuildOptions) -> None:
     """Refuse options that would only fail (or destroy something) after the long stages have run."""
-    from benchmark.retrieval import check_retriever_name
+    from benchmark.retrieval import check_retriever_installed, check_retriever_name
     from reddit_amazon.dataset_folder import check_output_folder
     from reddit_amazon.schema import SEMVER
 
@@ -646,7 +646,8 @@ def check_options(options: BuildOptions) -> None:
     for name in options.retrievers:
         try:
             check_retriever_name(name)
-        except ValueError as error:
+            check_retriever_installed(name)
+        except (ValueError, ImportError) as error:
             raise BuildError(f"--retrievers: {error}") from None
     if options.push_to_hub and not options.dry_run:
         from huggingface_hub import get_token

@@ -211,6 +211,20 @@ def test_mistyped_options_and_a_foreign_out_folder_fail_before_any_work(tmp_path
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
 
 
+def test_a_retriever_whose_extra_is_missing_fails_before_any_work(tmp_path, monkeypatch):
+    """A core install (no extras) ran the Reddit, catalog, image and relevance stages, then failed at the
+    candidates in a traceback: the missing package and its extra are named before stage 1 instead."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "bm25s" else real_find_spec(name, *args))
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--retrievers", "bm25")
+    assert result.exit_code == 1 and "the bm25 retriever needs bm25s: pip install 'reddit-amazon[retrieval]'" in (
+        " ".join(result.output.split())), result.output
+    assert not (tmp_path / "work").exists()
+
+
 def test_a_stage_killed_after_writing_its_outputs_is_not_reused_by_the_next_run(tmp_path, monkeypatch):
     """The killed run wrote outputs for other options; the stamp of the run before it must not vouch for them."""
     import reddit_amazon.build as build_module
