@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -92,8 +93,12 @@ def domains_for(info: DatasetInfo, domain: str, split: str) -> list[str]:
     if info.counts is None:
         return list(DOMAINS)
     present = [d for d in DOMAINS if info.counts.get(d, {}).get(split, 0) > 0]
-    if not present:
-        raise DatasetError(f"{info.id}: no domain has a {split!r} split")
+    if not present:  # name the splits there are: "valid" (the authors' release's name) is an easy slip
+        have = list(dict.fromkeys(s for d in DOMAINS for s, n in info.counts.get(d, {}).items() if n))
+        close = difflib.get_close_matches(split, have, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise DatasetError(f"{info.id}: no domain has a {split!r} split (splits with records: "
+                           f"{', '.join(have) or 'none'}){hint}")
     return present
 
 

@@ -1024,3 +1024,9 @@ def test_a_run_that_waited_on_a_lock_its_holder_removed_still_guards_the_folder(
             with folder_lock(out, "benchmark run", wait_s=0):  # a third run is refused while the second runs
                 pass
     first.join()
+
+
+def test_an_unknown_split_over_all_domains_lists_the_splits_there_are(dataset, tmp_path):
+    with pytest.raises(DatasetError, match=r"no domain has a 'tests' split \(splits with records: test\); "
+                                           r"did you mean 'test'\?"):
+        run(RunConfig(model="random", dataset=str(dataset), split="tests"), tmp_path, progress=False)
