@@ -261,15 +261,18 @@ def list_command() -> None:
     Example:
       benchmark list
     """
-    from importlib.metadata import entry_points
+    from benchmark import registry
 
-    from benchmark.registry import BUILTIN, ENTRY_POINT_GROUP
-
-    for name, target in BUILTIN.items():
+    for name, target in registry.BUILTIN.items():
         click.echo(f"{name:14} {target}  (built-in)")
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in BUILTIN:
-            click.echo(f"{ep.name:14} {ep.value}  (entry point, {ep.dist.name if ep.dist else '?'})")
+    used: set[str] = set(registry.BUILTIN)
+    for ep in registry.entry_points(group=registry.ENTRY_POINT_GROUP):
+        where = f"entry point, {ep.dist.name if ep.dist else '?'}"
+        # --model takes the built-in, else the first entry point of a name: a plugin shadowed so must say so.
+        shadowed = "; not used: the built-in of that name wins" if ep.name in registry.BUILTIN else \
+            "; not used: an entry point listed above has that name" if ep.name in used else ""
+        used.add(ep.name)
+        click.echo(f"{ep.name:14} {ep.value}  ({where}{shadowed})")
 
 
 if __name__ == "__main__":

@@ -153,3 +153,18 @@ def test_a_plugin_missing_an_extra_names_it(tmp_path, monkeypatch):
     with pytest.raises(RegistryError, match=r"failed to load: ModuleNotFoundError: .*torch.*"
                                             r"\(pip install 'reddit-amazon\[lavic\]'\)$"):
         resolve("needs-torch")
+
+
+def test_list_says_when_an_entry_point_is_shadowed_and_not_used(monkeypatch):
+    from click.testing import CliRunner
+
+    from benchmark.cli import cli
+
+    points = [EntryPoint(name=name, value=f"pkg.mod:{cls}", group=registry.ENTRY_POINT_GROUP)
+              for name, cls in [("random", "Mine"), ("mine", "A"), ("mine", "B")]]
+    monkeypatch.setattr(registry, "entry_points", lambda group: points if group == registry.ENTRY_POINT_GROUP else [])
+    lines = CliRunner().invoke(cli, ["list"]).output.splitlines()
+    assert any("pkg.mod:Mine" in line and "not used: the built-in of that name wins" in line for line in lines)
+    assert any("pkg.mod:A" in line and "not used" not in line for line in lines)
+    assert any("pkg.mod:B" in line and "not used: an entry point listed above" in line for line in lines)
+    assert resolve("random").source == "builtin"
