@@ -119,6 +119,9 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
     signature = _signature(config, info)
     finished = _check_folder(out, signature, overwrite)
     if finished is not None:
+        # Said aloud: a plugin edited since (same spec, same args) would otherwise seem to score as before.
+        log.warning("%s already holds this finished run: its results are returned without running the model "
+                    "(--overwrite runs it again)", out)
         if finished.get("bootstrap") != bootstrap_entry(config.bootstrap_samples, config.seed):
             finished = _with_new_intervals(finished, out, config)
             write_atomic(out / RESULTS_FILE, orjson.dumps(finished, option=orjson.OPT_INDENT_2) + b"\n")

@@ -1030,3 +1030,12 @@ def test_an_unknown_split_over_all_domains_lists_the_splits_there_are(dataset, t
     with pytest.raises(DatasetError, match=r"no domain has a 'tests' split \(splits with records: test\); "
                                            r"did you mean 'test'\?"):
         run(RunConfig(model="random", dataset=str(dataset), split="tests"), tmp_path, progress=False)
+
+
+def test_a_finished_run_returned_again_says_the_model_did_not_run(dataset, tmp_path, caplog):
+    config = RunConfig(model="last", dataset=str(dataset), domain="home", bootstrap_samples=0)
+    run(config, tmp_path, recommender=LastCandidate(), progress=False)
+    assert "without running the model" not in caplog.text
+    again = LastCandidate()
+    run(config, tmp_path, recommender=again, progress=False)
+    assert again.seen == [] and "already holds this finished run" in caplog.text and "--overwrite" in caplog.text
