@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -95,7 +96,7 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
     from benchmark.data import DatasetError
     from reddit_amazon.openai_endpoint import MissingAPIKeyError
     from benchmark.registry import RegistryError, parse_model_args
-    from benchmark.runner import RunConfig, RunError, run
+    from benchmark.runner import RunConfig, RunError
 
     with _run_errors():
         try:
@@ -103,7 +104,7 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
                                split=split, candidates=candidates, limit=limit, batch_size=batch_size,
                                bootstrap_samples=bootstrap_samples, seed=seed)
             _quiet_datasets(quiet)
-            results = run(config, out_dir, overwrite=overwrite, progress=not quiet)
+            results = _run_showing_plugin_bugs(config, out_dir, overwrite=overwrite, progress=not quiet)
         except (DatasetError, RegistryError, RunError, MissingAPIKeyError, FileNotFoundError, ImportError) as error:
             _fail(error)
         except KeyboardInterrupt:
@@ -111,6 +112,21 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
                         "again to resume", fg="yellow", err=True)
             sys.exit(130)
     _echo_summary(results, Path(out_dir))
+
+
+def _run_showing_plugin_bugs(config: Any, out_dir: str, **options: Any) -> dict:
+    """``runner.run``, where an exception a plugin raised is re-raised as ``PluginError`` chained from it: its
+    traceback is printed instead of the one line the toolkit's own errors get."""
+    from benchmark.registry import PluginError, plugin_failure
+    from benchmark.runner import run
+
+    try:
+        return run(config, out_dir, **options)
+    except Exception as error:
+        where = plugin_failure(error)
+        if where is None:
+            raise
+        raise PluginError(f"{where}: {type(error).__name__}: {redact_secrets(str(error))}") from error
 
 
 def _echo_summary(results: dict, out_dir: Path) -> None:

@@ -202,14 +202,41 @@ def instantiate(resolved: ResolvedModel, model_args: dict[str, Any]) -> Any:
                             "class (or a function that returns a recommender)")
     try:
         instance = resolved.cls(**model_args)
-    except TypeError as error:
-        if _accepts(resolved.cls, model_args):  # the plugin's own code failed: its error and traceback, unchanged
-            raise
-        raise RegistryError(f"recommender {spec!r} does not accept --model-args {redacted_args(model_args)}: "
-                            f"{error}") from error
+    except Exception as error:
+        shipped = ships_with_toolkit(resolved.cls)
+        # Ours raise TypeError only for options they do not take (some pass **options on); a plugin's TypeError
+        # with options its signature takes is a bug in its own code.
+        if isinstance(error, TypeError) and (shipped or not _accepts(resolved.cls, model_args)):
+            raise RegistryError(f"recommender {spec!r} does not accept --model-args {redacted_args(model_args)}: "
+                                f"{error}") from error
+        if not shipped:
+            mark_plugin_failure(error, f"recommender {spec!r} failed while starting")
+        raise
     if not (callable(getattr(instance, "recommend", None)) or callable(getattr(instance, "rank", None))):
         raise RegistryError(f"recommender {spec!r} ({resolved.target}) has neither recommend() nor rank()")
     return instance
+
+
+class PluginError(RuntimeError):
+    """What ``benchmark run`` raises, chained (``from``) from an exception a recommender from outside this
+    toolkit raised, so that the plugin's traceback is printed. A toolkit recommender's ``ValueError`` /
+    ``OSError`` is reduced to its one-line message, written for users; a plugin's is most often a bug."""
+
+
+def mark_plugin_failure(error: BaseException, where: str) -> None:
+    """Record on ``error``, raised by a plugin's own code, where that happened (see :func:`plugin_failure`)."""
+    error._benchmark_plugin_failure = where  # type: ignore[attr-defined]
+
+
+def plugin_failure(error: BaseException) -> str | None:
+    """Where a plugin raised ``error`` (``None``: the toolkit's own code or recommenders raised it)."""
+    return getattr(error, "_benchmark_plugin_failure", None)
+
+
+def ships_with_toolkit(recommender: Any) -> bool:
+    """Whether ``recommender`` (a class, function or instance) comes from this toolkit's own packages."""
+    module = getattr(recommender, "__module__", None) or ""
+    return module.partition(".")[0] in ("benchmark", "lavic_ref", "reddit_amazon")
 
 
 def _accepts(cls: Any, model_args: dict[str, Any]) -> bool:

@@ -329,7 +329,9 @@ def _predict(recommender: Any, ranks: bool, todo: Sequence[Record], batch_size: 
         return 0.0
     from tqdm.auto import tqdm
 
-    call: Callable = recommender.rank if ranks else recommender.recommend
+    method = "rank" if ranks else "recommend"
+    call: Callable = getattr(recommender, method)
+    shipped = registry.ships_with_toolkit(recommender)
     seconds = 0.0
     # naming() covers the file's own operations only: the recommender's errors (a refused connection, a
     # timeout: OSErrors without a file name too) must not be reported as the predictions file's.
@@ -340,7 +342,13 @@ def _predict(recommender: Any, ranks: bool, todo: Sequence[Record], batch_size: 
             batch = todo[start:start + batch_size]
             examples = [r.example for r in batch]
             began = time.perf_counter()
-            outputs = call(examples)
+            try:
+                outputs = call(examples)
+            except Exception as error:
+                if not shipped:
+                    ids = ", ".join(e.example_id for e in examples[:3]) + (", ..." if len(examples) > 3 else "")
+                    registry.mark_plugin_failure(error, f"{method}() failed on {len(examples)} example(s) ({ids})")
+                raise
             seconds += time.perf_counter() - began
             _check_outputs(outputs, examples, ranks)
             lines = []

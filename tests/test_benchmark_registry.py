@@ -9,7 +9,7 @@ from importlib.metadata import EntryPoint
 import pytest
 
 from benchmark import registry
-from benchmark.registry import RegistryError, build, parse_model_args, redacted_args, resolve
+from benchmark.registry import RegistryError, build, parse_model_args, plugin_failure, redacted_args, resolve
 
 
 def test_builtins_resolve_without_heavy_imports():
@@ -138,9 +138,26 @@ def test_a_type_error_inside_the_constructor_is_not_blamed_on_the_model_args(tmp
                       "    def recommend(self, examples):\n        return []\n")
     with pytest.raises(TypeError, match="must be real number") as raised:
         build(f"{plugin}:Mine", {"size": 3})
-    assert not isinstance(raised.value, RegistryError)
+    assert plugin_failure(raised.value) == f"recommender '{plugin}:Mine' failed while starting"
     with pytest.raises(RegistryError, match="does not accept --model-args"):
         build(f"{plugin}:Mine", {"sise": 3})
+
+
+def test_an_option_a_built_in_passes_on_and_its_retriever_refuses_is_still_a_bad_option():
+    """bm25 takes **options for its retriever: a TypeError there is about the option, not a bug to trace."""
+    with pytest.raises(RegistryError, match=r"does not accept --model-args \{'kk': 1\}"):
+        build("bm25", {"kk": 1})
+
+
+def test_a_plugin_that_fails_while_starting_keeps_its_own_error(tmp_path):
+    plugin = tmp_path / "weights_plugin.py"
+    plugin.write_text("class Mine:\n    def __init__(self, weights='missing.bin'):\n        open(weights)\n"
+                      "    def recommend(self, examples):\n        return []\n")
+    with pytest.raises(FileNotFoundError) as raised:
+        build(f"{plugin}:Mine", {})
+    assert plugin_failure(raised.value) == f"recommender '{plugin}:Mine' failed while starting"
+    with pytest.raises(RegistryError):  # the toolkit's own: a bad option, not a plugin bug
+        build("random", {"sed": 1})
 
 
 def test_a_plugin_missing_an_extra_names_it(tmp_path, monkeypatch):

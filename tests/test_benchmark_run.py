@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -1039,3 +1041,22 @@ def test_a_finished_run_returned_again_says_the_model_did_not_run(dataset, tmp_p
     again = LastCandidate()
     run(config, tmp_path, recommender=again, progress=False)
     assert again.seen == [] and "already holds this finished run" in caplog.text and "--overwrite" in caplog.text
+
+
+def test_a_plugin_bug_is_shown_with_its_traceback_and_the_predictions_before_it_kept(dataset, tmp_path):
+    """A plugin's ValueError was reduced to "Error: ValueError: invalid literal ..." (the one line meant for the
+    toolkit's own recommenders): no plugin, no example, no line of the plugin's code."""
+    plugin = tmp_path / "buggy_plugin.py"
+    plugin.write_text("class Buggy:\n    batch_size = 2\n    calls = 0\n\n    def recommend(self, examples):\n"
+                      "        Buggy.calls += 1\n        if Buggy.calls == 2:\n"
+                      "            int('not a number')\n        return [e.candidates[0].item_id for e in examples]\n")
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--model", f"{plugin}:Buggy", "--dataset",
+                           str(dataset), "--domain", "home", "--out", str(out), "--quiet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "int('not a number')" in done.stderr  # the plugin's own line
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("benchmark.registry.PluginError: recommend() failed on 2 example(s) (")
+    assert last.endswith("): ValueError: invalid literal for int() with base 10: 'not a number'")
+    assert len((out / "predictions.jsonl").read_bytes().splitlines()) == 2
