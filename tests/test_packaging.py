@@ -37,3 +37,20 @@ def test_package_data_covers_every_file_the_code_reads():
             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".py"}
     assert read
     assert sorted(str(path.relative_to(ROOT)) for path in read - shipped) == []
+
+
+def test_the_sdist_carries_what_the_readme_points_to_and_the_licence():
+    """The README installs with ``-c constraints.txt`` and links docs/; Apache-2.0 asks for the licence text."""
+    manifest = (ROOT / "MANIFEST.in").read_text(encoding="utf-8").split()
+    assert {"constraints.txt", "LICENSE", "docs"} <= set(manifest)
+    assert "Apache License" in (ROOT / "LICENSE").read_text(encoding="utf-8")[:200]
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["license-files"] == ["LICENSE"]
+
+
+@pytest.mark.parametrize("package", ["reddit_amazon", "benchmark", "lavic_ref"])
+def test_python_dash_m_runs_each_command_line(package):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", package, "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.startswith("Usage: "), done.stderr
