@@ -47,6 +47,10 @@ def resolve_dataset(dataset: str | os.PathLike | None) -> DatasetInfo:
                 check_unchanged(path)
             except SchemaError as error:
                 raise DatasetError(str(error)) from None
+        if manifest is None and not (path / "README.md").is_file():  # nothing tells `datasets` the configs
+            parent = path.resolve().parent
+            hint = f"; did you mean its parent folder {parent}?" if (parent / MANIFEST).is_file() else ""
+            raise DatasetError(f"{dataset}: not a dataset folder (it has no {MANIFEST} or README.md){hint}")
         return _info(str(path.resolve()), True, manifest)
     if path.exists():
         raise DatasetError(f"{dataset}: not a dataset folder")

@@ -165,6 +165,8 @@ def parse_model_args(text: str | None, option: str = "--model-args") -> dict[str
                                 'quote a value holding a comma: key="a,b")')
         if not key.isidentifier():
             raise RegistryError(f"{option}: {key[:40]!r} is not an argument name (letters, digits and _)")
+        if key in args:
+            raise RegistryError(f"{option}: {key} is given twice")
         decoded = _decode_value(value.strip())
         if isinstance(decoded, float) and not math.isfinite(decoded):  # JSON's NaN, Infinity, 1e999
             raise RegistryError(f"{option}: {key} is not a finite number (quote a value meant as text: "

@@ -74,6 +74,16 @@ class RunConfig:
     bootstrap_samples: int = DEFAULT_BOOTSTRAP_SAMPLES
     seed: int = DEFAULT_SEED
 
+    def __post_init__(self) -> None:  # what the command line's option types check, for callers from Python
+        for name, least, optional in (("limit", 1, True), ("batch_size", 1, True), ("bootstrap_samples", 0, False),
+                                      ("seed", 0, False)):
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise RunError(f"RunConfig.{name} must be an integer >= {least}{' or None' if optional else ''}, "
+                               f"not {value!r}")
+
 
 recorded_args = registry.redacted_args  # model args as run.json / results.json record them
 

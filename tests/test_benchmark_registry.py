@@ -185,3 +185,9 @@ def test_list_says_when_an_entry_point_is_shadowed_and_not_used(monkeypatch):
     assert any("pkg.mod:A" in line and "not used" not in line for line in lines)
     assert any("pkg.mod:B" in line and "not used: an entry point listed above" in line for line in lines)
     assert resolve("random").source == "builtin"
+
+
+def test_an_argument_given_twice_is_refused():
+    """`--model-args k=1,k=2` recorded k=2 without a word."""
+    with pytest.raises(RegistryError, match="--model-args: k is given twice"):
+        parse_model_args("k=1,k=2")

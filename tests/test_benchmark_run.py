@@ -1060,3 +1060,21 @@ def test_a_plugin_bug_is_shown_with_its_traceback_and_the_predictions_before_it_
     assert last.startswith("benchmark.registry.PluginError: recommend() failed on 2 example(s) (")
     assert last.endswith("): ValueError: invalid literal for int() with base 10: 'not a number'")
     assert len((out / "predictions.jsonl").read_bytes().splitlines()) == 2
+
+
+@pytest.mark.parametrize("field, value", [("limit", 0), ("batch_size", 0), ("bootstrap_samples", -1), ("seed", None),
+                                          ("limit", 2.5), ("limit", True)])
+def test_run_config_refuses_what_the_command_line_refuses(field, value):
+    """RunConfig(limit=0) from Python quietly wrote an empty run; the command line refuses --limit 0."""
+    with pytest.raises(RunError, match=f"RunConfig.{field} must be an integer"):
+        RunConfig(model="random", **{field: value})
+
+
+def test_a_folder_inside_a_dataset_is_not_taken_for_one(dataset, tmp_path):
+    """`--dataset ds/data` reached `datasets`, which said "BuilderConfig 'beauty' not found. Available: ['default']"."""
+    with pytest.raises(DatasetError, match=r"data: not a dataset folder \(it has no manifest.json or README.md\); "
+                                           r"did you mean its parent folder .*\?"):
+        run(RunConfig(model="random", dataset=str(dataset / "data")), tmp_path / "run", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=r"empty: not a dataset folder \(it has no manifest.json or README.md\)$"):
+        run(RunConfig(model="random", dataset=str(tmp_path / "empty")), tmp_path / "run", progress=False)
