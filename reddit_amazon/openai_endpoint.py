@@ -15,6 +15,7 @@ relevance filter would reject every conversation, the benchmark would score ever
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import re
@@ -130,11 +131,11 @@ class MalformedResponseError(ValueError):
 
 
 def is_transient(error: BaseException) -> bool:
-    """Connection problems, timeouts, rate limits, server errors and malformed answers are retried;
-    bad requests are not."""
+    """Connection problems, timeouts, rate limits, server errors and malformed answers (a 200 whose body is
+    not JSON included: a gateway's glitch) are retried; bad requests are not."""
     import openai
 
-    if isinstance(error, (openai.APIConnectionError, MalformedResponseError)):  # includes timeouts
+    if isinstance(error, (openai.APIConnectionError, MalformedResponseError, json.JSONDecodeError)):  # + timeouts
         return True
     if isinstance(error, openai.APIStatusError):
         return error.status_code in (408, 409, 429) or error.status_code >= 500

@@ -58,6 +58,8 @@ class FakeOpenAI:
         if status == 0:  # answer slower than the client's timeout
             time.sleep(float(answer))
             status, answer = 200, "yes"
+        if status == 297:  # a 200 whose body is not JSON (a proxy's glitch, a body cut short)
+            return Response(answer, status=200, content_type="application/json")
         if status == 299:  # a gateway's 200 that carries an error instead of a completion
             return Response(json.dumps({"error": {"message": answer}}), status=200, content_type="application/json")
         choice = {"finish_reason": "stop", "message": {"role": "assistant", "content": answer}}
@@ -394,6 +396,15 @@ def test_an_empty_completion_is_retried_not_cached_as_an_unparseable_answer(http
     with AnswerCache(tmp_path / "cache.sqlite") as cache:
         result = run_filter([conversation("1", "SCRIPT=blank")], cache, options, api_key="sk-test")
         assert result.labels == {"1": "yes"} and fake.requests["blank"] == 3
+
+
+def test_a_200_whose_body_is_not_json_is_retried_not_the_end_of_the_run(httpserver, options, tmp_path):
+    """One garbled answer from a gateway (invalid JSON in a 200) is retried like a 5xx, as the docs say of a 200
+    without a completion; it once stopped the whole build (and `benchmark run` with openai-chat) at once."""
+    fake = serve(httpserver, {"garbled": [(297, '{"id": "c1", "choi'), (297, "{not json"), (200, "yes")]})
+    with AnswerCache(tmp_path / "cache.sqlite") as cache:
+        result = run_filter([conversation("1", "SCRIPT=garbled")], cache, options, api_key="sk-test")
+        assert result.labels == {"1": "yes"} and fake.requests["garbled"] == 3
 
 
 def test_calls_are_made_as_earlier_ones_finish_not_all_at_once():
