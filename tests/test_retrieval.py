@@ -204,6 +204,38 @@ def test_openai_embeddings_refuse_vectors_not_one_per_input(httpserver, tmp_path
     assert retriever.cache.computed == 0
 
 
+@pytest.mark.parametrize("vector", [lambda t: [], lambda t: None, lambda t: [1.0] * (2 + len(t) % 2),
+                                    lambda t: [float("nan"), 1.0]], ids=["empty", "null", "ragged", "nan"])
+def test_openai_embeddings_refuse_vectors_that_are_not_vectors_and_cache_none(httpserver, tmp_path, vector):
+    """Empty, null, ragged or NaN vectors once built a dataset with meaningless candidates (or failed in numpy)."""
+    retriever = get_retriever("openai-emb", base_url=_embedding_server(httpserver, vector), cache_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="embedding endpoint returned vectors"):
+        retriever.encode(["a", "bb", "ccc"])
+    assert retriever.cache.computed == 0
+
+
+def test_vectors_of_another_dimension_are_not_cached_beside_the_others(httpserver, tmp_path):
+    """A server that changed its model behind the same URL once left two dimensions in one cache file: every
+    later run failed in a matmul, even after the server came back."""
+    dimension = {"now": 4}
+    url = _embedding_server(httpserver, lambda t: [1.0 + len(t)] * dimension["now"])
+    get_retriever("openai-emb", base_url=url, cache_dir=tmp_path).encode(["a", "bb"])
+    dimension["now"] = 3
+    retriever = get_retriever("openai-emb", base_url=url, cache_dir=tmp_path)
+    with pytest.raises(OSError, match="vectors of 4 dimensions"):
+        retriever.encode(["a", "ccc"])
+    dimension["now"] = 4  # the server recovers: the cache still works
+    assert get_retriever("openai-emb", base_url=url, cache_dir=tmp_path).encode(["a", "ccc"]).shape == (2, 4)
+
+
+def test_an_html_page_from_the_embedding_endpoint_is_an_error_not_a_crash(httpserver, tmp_path):
+    httpserver.expect_request("/v1/embeddings").respond_with_data("<html>login</html>", content_type="text/html")
+    retriever = get_retriever("openai-emb", base_url=httpserver.url_for("/v1"), cache_dir=tmp_path, max_retries=2)
+    with pytest.raises(ValueError, match="not an embedding list"):
+        retriever.encode(["a"])
+    assert len(httpserver.log) == 2  # retried like a malformed chat completion
+
+
 def test_openai_embeddings_need_a_key(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     retriever = get_retriever("openai-emb", cache_dir=tmp_path)  # the OpenAI API itself: a key is needed

@@ -81,6 +81,11 @@ class EmbeddingCache:
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
             computed = np.asarray(compute([t for _, t in chunk]), dtype=np.float32)
+            stored = next(iter(self._db.execute("SELECT vector FROM embedding LIMIT 1")), None)
+            if stored is not None and computed.shape[1:] != (len(stored[0]) // 4,):
+                raise CacheError(f"{self.path}: the model answered vectors of shape {computed.shape[1:]}, but the "
+                                 f"cache holds vectors of {len(stored[0]) // 4} dimensions for {self.model_id!r} "
+                                 "(did the endpoint change its model? delete the file to start over)")
             with self._file.named_errors(), self._db:
                 self._db.executemany("INSERT OR REPLACE INTO embedding VALUES (?, ?)",
                                      [(k, v.tobytes()) for (k, _), v in zip(chunk, computed)])

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reddit_amazon.openai_endpoint import approx_tokens, endpoint_key, make_client, with_retries
+from reddit_amazon.openai_endpoint import (MalformedResponseError, approx_tokens, endpoint_key, make_client,
+                                           with_retries)
 from benchmark.retrieval.cache import EmbeddingCache
 from benchmark.retrieval.dense import DenseRetriever
 
@@ -62,13 +63,27 @@ class OpenAIEmbeddingRetriever(DenseRetriever):
         inputs = [_sent_text(t) for t in texts]
         options = {"dimensions": self.dimensions} if self.dimensions else {}
 
-        response = with_retries(lambda: client.embeddings.create(model=self.model_name, input=inputs, **options),
-                                self.max_retries)
+        def create():
+            try:
+                return client.embeddings.create(model=self.model_name, input=inputs, **options)
+            except (AttributeError, TypeError) as error:  # a 200 that is no embedding list (an HTML page)
+                raise MalformedResponseError(f"the embedding endpoint answered with something that is not an "
+                                             f"embedding list ({type(error).__name__}: {error})") from error
+
+        response = with_retries(create, self.max_retries)
         ordered = sorted(response.data, key=lambda d: d.index)
         if [d.index for d in ordered] != list(range(len(inputs))):
             raise RuntimeError(f"embedding endpoint returned {len(ordered)} vectors for {len(inputs)} inputs, "
                                f"not one for each input (index 0..{len(inputs) - 1})")
-        return np.asarray([d.embedding for d in ordered], dtype=np.float32)
+        vectors = [d.embedding for d in ordered]
+        lengths = {len(v) if isinstance(v, (list, tuple)) else None for v in vectors}
+        if len(lengths) != 1 or None in lengths or 0 in lengths:
+            raise RuntimeError(f"embedding endpoint returned vectors of lengths {sorted(map(str, lengths))}: "
+                               f"not one non-empty list of numbers of the same length for each input")
+        array = np.asarray(vectors, dtype=np.float32)
+        if not np.isfinite(array).all():
+            raise RuntimeError("embedding endpoint returned vectors holding NaN or infinite values")
+        return array
 
     def plan_top_k(self, searches: Iterable[tuple[Sequence[str], Sequence[tuple[str, str]]]]) -> EmbeddingPlan:
         """What :meth:`top_k` on each ``(queries, items)`` in turn would send, sending nothing. It encodes a
