@@ -447,10 +447,12 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
         asked = retry_after(state.outcome.exception() if state.outcome else None)
         return backoff(state) if asked is None else max(backoff(state), min(asked, options.max_retry_after_s))
 
+    stopping = threading.Event()  # set on the way out (Ctrl-C, SIGTERM): a wait before a retry ends at once
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type((_TransientHTTP, requests.ConnectionError, requests.Timeout)),
         wait=wait,
-        stop=tenacity.stop_after_attempt(options.max_attempts),
+        stop=tenacity.stop_after_attempt(options.max_attempts) | (lambda state: stopping.is_set()),
+        sleep=stopping.wait,
         reraise=True,
     )
 
@@ -481,6 +483,7 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
         for future in (progress(done, len(futures)) if progress and futures else done):
             outcomes[futures[future]] = future.result()
     finally:
+        stopping.set()  # downloads waiting to retry give up (a transient failure, retried by the next run)
         pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish running downloads, start no more
         store.save()  # an interrupted run keeps what it learnt
     return outcomes

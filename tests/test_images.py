@@ -309,6 +309,33 @@ def test_retry_after_is_waited_out_and_408_is_transient(httpserver, tmp_path):
     assert hits["capped.jpg"][1] - hits["capped.jpg"][0] >= 0.25
 
 
+def test_an_interrupted_fetch_does_not_wait_out_a_retry_after(threaded_httpserver, tmp_path):
+    """Ctrl-C (or SIGTERM) while a worker waits out a host's Retry-After once took up to a minute per attempt
+    left: the wait now ends at once, and the item is a transient failure that the next run tries again."""
+    def handler(request: Request) -> Response:
+        if "slow" in request.path:
+            time.sleep(0.5)  # the throttled item is waiting to retry by the time the slow one completes
+            return Response(jpeg(), content_type="image/jpeg")
+        return Response("later", status=429, headers={"Retry-After": "60"})
+
+    threaded_httpserver.expect_request("").respond_with_handler(handler)
+    items = [("B000000001", [threaded_httpserver.url_for("slow.jpg")]),
+             ("B000000002", [threaded_httpserver.url_for("throttled.jpg")])]
+
+    def interrupt_at_first(done, total):
+        for _ in done:
+            raise KeyboardInterrupt
+        yield
+
+    store = ImageStore(tmp_path / "images")
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        fetch_images(items, store, ImageOptions(**{**OPTIONS.__dict__, "max_retry_after_s": 60}),
+                     progress=interrupt_at_first)
+    assert time.monotonic() - started < 5
+    assert not ImageStore(tmp_path / "images").failures["B000000002"]["permanent"]
+
+
 def test_an_image_whose_source_was_not_recorded_is_fetched_again(httpserver, tmp_path):
     """A run killed (kill -9: no save) after storing images must not leave them counted as from any URL."""
     folder = tmp_path / "images"
