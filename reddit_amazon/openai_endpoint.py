@@ -14,6 +14,8 @@ relevance filter would reject every conversation, the benchmark would score ever
 
 from __future__ import annotations
 
+import functools
+import importlib
 import itertools
 import json
 import logging
@@ -113,16 +115,59 @@ def approx_tokens(texts: Iterable[str]) -> int:
     return sum(map(len, texts)) // CHARS_PER_TOKEN
 
 
-def make_client(base_url: str | None, timeout: float, api_key: str | None = None):
-    """An ``openai.OpenAI`` client that never retries on its own (:func:`with_retries` does, with backoff)."""
-    from openai import OpenAI
+#: The most bytes one answer may hold. Chat answers and embedding batches are a few MB at most; without a
+#: bound a runaway body is read whole into memory (a 600 MB answer took 1.4 GB, per concurrent call).
+MAX_ANSWER_BYTES = 64 << 20
+
+
+def make_client(base_url: str | None, timeout: float, api_key: str | None = None,
+                max_answer_bytes: int = MAX_ANSWER_BYTES):
+    """An ``openai.OpenAI`` client that never retries on its own (:func:`with_retries` does, with backoff).
+
+    ``timeout`` bounds each read, and also the whole body of an answer once its headers are in (a server
+    sending a byte a second never hits a per-read timeout); a body over ``max_answer_bytes`` is cut off.
+    Both end the call with a transport error, which is retried like a dropped connection.
+    """
+    from openai import DefaultHttpxClient, OpenAI
 
     api_key = api_key or os.environ.get("OPENAI_API_KEY")
     if not api_key:
         if endpoint_url(base_url) == DEFAULT_BASE_URL:
             raise MissingAPIKeyError("OPENAI_API_KEY is not set (or give the base URL of an OpenAI-compatible server)")
         api_key = "unused"  # local servers accept any key; the client requires one
-    return OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
+
+    http = importlib.import_module(DefaultHttpxClient.__mro__[1].__module__.partition(".")[0])  # httpx or httpx2
+
+    def bound_the_body(response) -> None:  # an event hook: runs once the headers are in, before the body is read
+        response.stream = _bounded_body_class(http)(response.stream, time.monotonic() + timeout, max_answer_bytes)
+
+    http_client = DefaultHttpxClient(timeout=timeout, event_hooks={"response": [bound_the_body]})
+    return OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout, http_client=http_client)
+
+
+@functools.cache
+def _bounded_body_class(http: Any) -> type:
+    """A response body stream of ``http`` (httpx, or httpx2 for newer ``openai``) that ends in a read timeout
+    past a deadline and in a read error past a size."""
+
+    class BoundedBody(http.SyncByteStream):
+        def __init__(self, stream: Any, deadline: float, max_bytes: int):
+            self._stream, self._deadline, self._max_bytes = stream, deadline, max_bytes
+
+        def __iter__(self) -> Iterator[bytes]:
+            received = 0
+            for chunk in self._stream:
+                received += len(chunk)
+                if received > self._max_bytes:
+                    raise http.ReadError(f"the answer is longer than {self._max_bytes:,} bytes: cut off")
+                if time.monotonic() > self._deadline:
+                    raise http.ReadTimeout("the answer's body did not arrive within the timeout")
+                yield chunk
+
+        def close(self) -> None:
+            self._stream.close()
+
+    return BoundedBody
 
 
 class MalformedResponseError(ValueError):

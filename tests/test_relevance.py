@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -496,3 +497,59 @@ def test_answers_a_build_sharing_the_cache_stored_meanwhile_are_not_asked_again(
     assert result.labels == {name: "yes" for name in "abcdef"}
     asked = sum(fake.requests.values())  # the first prompt sent (any: each run has its own order), then only 'a'
     assert fake.requests["a"] == 1 and asked <= 2 and result.calls_made == asked
+
+
+@pytest.fixture
+def body_server():
+    """A chat endpoint on loopback whose path picks how the body comes: whole, a byte at a time, or padded."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    completion = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "yes"}}]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = completion + b" " * 5000 if "/padded/" in self.path else completion
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                for start in range(0, len(body), 1 if "/drip/" in self.path else len(body)):
+                    self.wfile.write(body[start:start + (1 if "/drip/" in self.path else len(body))])
+                    self.wfile.flush()
+                    if "/drip/" in self.path:
+                        time.sleep(0.05)
+            except OSError:  # the client gave up
+                pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_an_answer_dripping_in_or_without_end_is_cut_off_and_retried(body_server):
+    """The timeout bounded each read only: a body sent a byte at a time took minutes and was taken; an endless
+    body was read whole into memory (1.4 GB for 600 MB). Both now end the call with a retried transport error."""
+    import openai
+
+    from reddit_amazon.openai_endpoint import is_transient, make_client
+
+    def ask(path: str, **options):
+        client = make_client(f"{body_server}/{path}/v1", api_key="sk-test", **options)
+        return client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+
+    assert ask("whole", timeout=5).choices[0].message.content == "yes"
+    started = time.monotonic()
+    with pytest.raises(openai.APITimeoutError) as dripped:
+        ask("drip", timeout=1)  # ~200 bytes at 20 bytes/s: 10 s, though no single read waits 1 s
+    assert time.monotonic() - started < 4 and is_transient(dripped.value)
+    with pytest.raises(openai.APIConnectionError) as padded:
+        ask("padded", timeout=5, max_answer_bytes=1000)
+    assert "longer than 1,000 bytes" in str(padded.value.__cause__) and is_transient(padded.value)
+    assert ask("padded", timeout=5).choices[0].message.content == "yes"  # within the default bound

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reddit_amazon.openai_endpoint import (MalformedResponseError, approx_tokens, endpoint_key, make_client,
-                                           with_retries)
+from reddit_amazon.openai_endpoint import (MAX_ANSWER_BYTES, MalformedResponseError, approx_tokens, endpoint_key,
+                                           make_client, with_retries)
 from benchmark.retrieval.cache import EmbeddingCache
 from benchmark.retrieval.dense import DenseRetriever
 
@@ -55,7 +55,8 @@ class OpenAIEmbeddingRetriever(DenseRetriever):
 
     def _load(self):
         if self._client is None:
-            self._client = make_client(self.base_url, self.timeout)
+            # A batch of 256 large vectors as JSON floats is ~17 MB: room for bigger batches and dimensions.
+            self._client = make_client(self.base_url, self.timeout, max_answer_bytes=4 * MAX_ANSWER_BYTES)
         return self._client
 
     def _embed(self, texts: list[str]) -> np.ndarray:
