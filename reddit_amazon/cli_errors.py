@@ -93,23 +93,40 @@ def _cache_hint(error: BaseException) -> str:
     return ""
 
 
+#: The SIGTERM handler run_cli installed; a forked child (a worker pool's process) drops it.
+_sigterm_handler = None
+
+
+def _default_sigterm_in_forked_child() -> None:
+    """A forked worker ends on SIGTERM by the kernel's default action, not through run_cli's Python handler: the
+    kernel may deliver a process-directed SIGTERM to any thread, and a worker has others (fsspec's IO loop, tqdm's
+    monitor). The handler then never ran in the worker's main thread, blocked on the task queue's lock that
+    ``Pool.terminate()`` holds, and the build waited on that worker forever."""
+    if _sigterm_handler is not None and signal.getsignal(signal.SIGTERM) is _sigterm_handler:
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except ValueError:  # not the child's main thread (cannot happen after a fork; never fatal)
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_default_sigterm_in_forked_child)
+
+
 def run_cli(command: click.Command, prog_name: str) -> None:
     """Run a CLI with SIGTERM (``kill``, a scheduler or container stopping the job) ending it as Ctrl-C does:
     cleanup runs and worker pools are terminated, instead of the process vanishing and leaving its forked
-    workers writing into the work folder. Forked workers inherit the handler and die as before. The exit
+    workers writing into the work folder. Forked workers take SIGTERM's default action and die as before. The exit
     status is then 143 (128 + SIGTERM), as a scheduler expects of a terminated job."""
-    main_pid = os.getpid()
     terminated = False
 
-    def handler(signum, frame):
+    def handler(signum, frame):  # forked children never run it: see _default_sigterm_in_forked_child
         nonlocal terminated
-        if os.getpid() != main_pid:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
         terminated = True
         raise KeyboardInterrupt
 
+    global _sigterm_handler
+    _sigterm_handler = handler
     signal.signal(signal.SIGTERM, handler)
     try:
         command(prog_name=prog_name)

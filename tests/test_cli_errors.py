@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import signal
 import subprocess
 import sys
 
@@ -61,3 +62,46 @@ def test_an_error_raised_from_a_missing_extra_is_named_once():
         assert missing_extra(error) == "retrieval"
         assert with_extra_hint(str(error), error) == str(error)
     assert missing_extra(ValueError("x")) is None
+
+
+_FORKED_WORKER_WITH_A_THREAD = """
+import os, signal, sys, threading, time
+import click
+from reddit_amazon.cli_errors import run_cli
+
+@click.command()
+def cmd():
+    pid = os.fork()
+    if pid == 0:  # a pool worker: an extra thread (fsspecIO, tqdm_monitor), the main thread blocked on a lock
+        def poke():
+            time.sleep(0.3)  # the kernel may hand a process-directed SIGTERM to this thread, not the main one
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+            time.sleep(60)
+        threading.Thread(target=poke, daemon=True).start()
+        lock = threading.Lock()
+        lock.acquire()
+        lock.acquire()  # as a worker waits on the task queue's lock that Pool.terminate() holds
+        os._exit(0)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            print("signal", os.WTERMSIG(status) if os.WIFSIGNALED(status) else None)
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    print("hung")
+
+run_cli(cmd, "cmd")
+"""
+
+
+def test_sigterm_ends_a_forked_worker_whose_other_thread_receives_it():
+    """`reddit-amazon build --workers 3` hung for good at a pool's teardown: Pool.terminate() sends SIGTERM to
+    workers blocked on the task queue's lock; when the kernel delivered it to a worker's other thread (fsspec's
+    IO loop, tqdm's monitor), run_cli's Python handler never ran in the blocked main thread and the parent
+    waited on that worker forever. A forked child takes SIGTERM's default action, which ends every thread."""
+    done = subprocess.run([sys.executable, "-c", _FORKED_WORKER_WITH_A_THREAD], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.split() == ["signal", str(int(signal.SIGTERM))], done.stdout + done.stderr
