@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from contextlib import suppress
@@ -520,13 +521,42 @@ options = RedditStageOptions(salt="test-salt", progress=False, executor="ray", w
 run_reddit_stage([world], workdir, options)
 """
 
+# Loaded by every Python process of the Ray cluster: a TCP connection past this machine is refused and noted.
+_LOOPBACK_ONLY = """
+import os, socket
+_connect = socket.socket.connect
+def connect(sock, address):
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM and not (
+            address[0] in ("localhost", "::1") or str(address[0]).startswith("127.")):
+        with open(os.environ["OUTSIDE_CONNECTIONS"], "a") as log:
+            log.write(f"{os.getpid()} {address}\\n")
+        raise ConnectionRefusedError(f"{address} is past this machine")
+    return _connect(sock, address)
+socket.socket.connect = connect
+"""
+
 
 def test_ray_executor_gives_the_local_result(built, world, tmp_path):
-    """A real local Ray cluster (started by datatrove's RayPipelineExecutor) in a child process."""
+    """A real local Ray cluster (started by datatrove's RayPipelineExecutor) in a child process. Ray's own
+    files (~/.ray, its session folders under the temp dir) go to temporary folders, and it connects to
+    nothing past this machine."""
     pytest.importorskip("ray")
-    completed = subprocess.run([sys.executable, "-c", _RAY_CHILD, str(world), str(tmp_path / "w")],
-                               capture_output=True, text=True, timeout=300)
+    (tmp_path / "home").mkdir()
+    # Without a cluster config in the home folder, Ray's dashboard asks the cloud metadata hosts
+    # (169.254.169.254, metadata.google.internal) what machine this is, even with usage stats off.
+    (tmp_path / "home" / "ray_bootstrap_config.yaml").write_text("{}\n")
+    (tmp_path / "guard").mkdir()
+    (tmp_path / "guard" / "sitecustomize.py").write_text(_LOOPBACK_ONLY)
+    outside = tmp_path / "outside-connections.txt"
+    outside.touch()
+    with tempfile.TemporaryDirectory(prefix="ray") as ray_tmp:  # short: Ray's socket paths must fit 107 bytes
+        env = {**os.environ, "HOME": str(tmp_path / "home"), "TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
+               "OUTSIDE_CONNECTIONS": str(outside),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "guard"), os.environ.get("PYTHONPATH")]))}
+        completed = subprocess.run([sys.executable, "-c", _RAY_CHILD, str(world), str(tmp_path / "w")],
+                                   capture_output=True, text=True, timeout=300, env=env)
     assert completed.returncode == 0, completed.stderr[-3000:]
+    assert outside.read_text() == ""
     _, result = built
     shards = sorted((tmp_path / "w" / "reddit" / "conversations").glob("*.jsonl"))
     rows = {}
