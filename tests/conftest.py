@@ -1,21 +1,29 @@
-"""Test-wide settings: no network, and a private Hugging Face cache per test session.
+"""Test-wide settings: no network, and private caches per test session.
 
 `datasets` silently falls back to a cached copy of a same-named folder, so every session gets
-its own HF_HOME (see shared/notes/datasets5.md).
+its own HF_HOME (see shared/notes/datasets5.md). The embedding and chat caches
+($REDDIT_AMAZON_CACHE, else ~/.cache/reddit-amazon) and the candidate image files
+($REDDIT_AMAZON_IMAGE_DIR, else the temp dir) go to the same session folder, removed when the
+session ends: a test run leaves nothing in the user's home or the shared temp dir but torch's
+compile cache (torchinductor_<user> there; TORCHINDUCTOR_CACHE_DIR moves it), which is kept on
+purpose: warm, the `--compile` test takes seconds instead of most of a minute.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
 
-_HF_HOME = tempfile.mkdtemp(prefix="reddit-amazon-test-hf-")
-os.environ["HF_HOME"] = _HF_HOME
-os.environ["HF_DATASETS_CACHE"] = str(Path(_HF_HOME) / "datasets")
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="reddit-amazon-tests-"))
+os.environ["HF_HOME"] = str(SESSION_DIR / "hf")
+os.environ["HF_DATASETS_CACHE"] = str(SESSION_DIR / "hf" / "datasets")
+os.environ["REDDIT_AMAZON_CACHE"] = str(SESSION_DIR / "reddit-amazon")
+os.environ["REDDIT_AMAZON_IMAGE_DIR"] = str(SESSION_DIR / "images")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -24,6 +32,10 @@ os.environ.pop("OPENAI_API_KEY", None)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 LAVIC_RELEASE = SHARED / "lavic_release"
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

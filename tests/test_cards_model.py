@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -10,9 +11,11 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from cards.model_card import render_model_card
 from cards.paper import PAPER_RESULTS, paper_lavic
-from tests.conftest import SHARED
 from tests.test_cards_dataset import assert_no_placeholders, markdown_table_after
 
+# As in conftest.py, which pytest imports as `conftest`: `from tests.conftest import ...` would run it a second
+# time, with a second session folder.
+SHARED = Path(__file__).resolve().parents[2] / "shared"
 PAPER_TEXT = SHARED / "paper" / "000_f3659b8b73db113b.txt"
 BASE = "llava-hf/llava-v1.6-mistral-7b-hf"
 
