@@ -57,6 +57,14 @@ def threaded_httpserver():
 
 
 @pytest.fixture
+def short_lock_wait(monkeypatch) -> None:
+    """folder_lock waits 3 s for a folder's lock to free before refusing: 0.2 s where this process holds it."""
+    from reddit_amazon.files import folder_lock
+
+    monkeypatch.setattr(folder_lock.__wrapped__, "__defaults__", (0.2,))
+
+
+@pytest.fixture
 def user_home(tmp_path, monkeypatch) -> Path:
     """$HOME in one temporary folder and the current folder in another: where a `~/x` path lands tells them apart."""
     home, cwd = tmp_path / "home", tmp_path / "cwd"

@@ -708,7 +708,8 @@ def test_the_same_data_at_another_path_reuses_the_run(dataset, tmp_path):
             progress=False)
 
 
-def test_a_second_run_into_a_busy_folder_is_refused_and_a_failed_start_leaves_no_folder(dataset, tmp_path):
+def test_a_second_run_into_a_busy_folder_is_refused_and_a_failed_start_leaves_no_folder(dataset, tmp_path,
+                                                                                       short_lock_wait):
     from reddit_amazon.files import FolderBusyError, folder_lock
 
     with folder_lock(tmp_path / "o", "benchmark run"):  # another run is writing there

@@ -1270,7 +1270,7 @@ def test_a_dataset_folder_that_is_not_there_is_a_bad_option_not_a_traceback(tmp_
         assert f"Invalid value for '--dataset': dataset folder {tmp_path / 'nope'} does not exist" in result.output
 
 
-def test_a_second_embed_into_a_folder_an_embed_is_writing_is_refused(tiny_base, tmp_path):
+def test_a_second_embed_into_a_folder_an_embed_is_writing_is_refused(tiny_base, tmp_path, short_lock_wait):
     """`embed --domain home` and `--domain fashion` at once into one --out: each merged with the file as it was
     before the other saved (the last one to save dropped the other's items), and each deleted the other's
     checkpoints."""

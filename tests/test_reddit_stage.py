@@ -697,7 +697,7 @@ def test_one_large_dump_is_rebuilt_in_several_buckets(built, world, tmp_path, mo
     assert split.funnel["dropped"] == result.funnel["dropped"]
 
 
-def test_a_second_run_on_a_busy_workdir_is_refused(world, tmp_path):
+def test_a_second_run_on_a_busy_workdir_is_refused(world, tmp_path, short_lock_wait):
     """Two runs on one workdir share the work files' temporary names: one must not start while the other runs
     (they corrupted each other's hits files, NUL bytes included, and the rerun failed on them)."""
     from click.testing import CliRunner
