@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -447,11 +448,13 @@ def test_resume_after_kill_9(tmp_path):
     reply = orjson.dumps(_com("c2", "s1", "t1_c1", "and https://www.amazon.com/dp/B0000000C2"))
     last.write_bytes(reply[:20])  # half a line so far
     workdir = tmp_path / "work"
+    child_tmp = Path(tempfile.mkdtemp())  # the killed Manager's pymp-* folder stays (tmp_path: too long a socket name)
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(workdir), *(str(dumps / n) for n in ("a_RS.zst", "b_RC.zst", last.name))],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # killed as a group: datatrove's Manager process must not outlive the test
+        env={**os.environ, "TMPDIR": str(child_tmp)},
     )
     scan = workdir / "reddit" / "work" / "scan-without-a.co"
     try:
@@ -469,6 +472,7 @@ def test_resume_after_kill_9(tmp_path):
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
+        shutil.rmtree(child_tmp, ignore_errors=True)
     done_before = {p: p.stat().st_mtime_ns for p in scan.glob("*.json")}
     assert not (workdir / "reddit" / "conversations").exists()
     assert not [p for p in scan.iterdir() if p.name.startswith("c_RC") and not p.name.startswith(".")]
@@ -846,9 +850,9 @@ def test_kill_9_leaves_no_process_holding_the_workdir_lock(tmp_path):
     from reddit_amazon.files import folder_lock
 
     pid_file, log = tmp_path / "manager.pid", tmp_path / "stderr"  # not pipes: a survivor would keep them open
-    with open(pid_file, "w") as out, open(log, "w") as err:
+    with open(pid_file, "w") as out, open(log, "w") as err, tempfile.TemporaryDirectory() as child_tmp:
         child = subprocess.run([sys.executable, "-c", _LOCK_HOLDER_KILLED, str(tmp_path / "w")], stdout=out,
-                               stderr=err, timeout=60)
+                               stderr=err, timeout=60, env={**os.environ, "TMPDIR": child_tmp})  # its pymp-* stays
     assert child.returncode == -signal.SIGKILL, log.read_text()
     manager = psutil.Process(int(pid_file.read_text().split()[0]))
     try:

@@ -4,6 +4,7 @@ in the user's home or the shared temp dir."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,18 +29,22 @@ def test_every_cache_a_test_could_fill_is_in_the_sessions_folder():
 
 
 def test_a_session_leaves_nothing_in_the_home_or_temp_folders(tmp_path):
-    """Tests that fill the embedding cache and the image folder, run in a session of their own."""
-    home, temp = tmp_path / "home", tmp_path / "temp"
+    """Tests that fill the embedding cache and the image folder, and one whose killed child leaves its
+    multiprocessing folder (pymp-*) behind, run in a session of their own."""
+    home, temp = tmp_path / "home", Path(tempfile.mkdtemp())  # short: a child's socket names must fit 107 bytes
     home.mkdir()
-    temp.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         f"{TESTS}/test_benchmark_run.py::test_examples_never_carry_the_ground_truth",
-         f"{TESTS}/test_recommenders.py::test_a_model_missing_from_the_offline_cache_is_one_error_line_naming_it"],
-        cwd=TESTS.parent, env={**os.environ, "HOME": str(home), "TMPDIR": str(temp)},
-        capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert sorted(p.name for p in home.iterdir()) == []
-    # pytest's own folders, and torch's compile cache: kept from one run to the next it saves ~40 s (conftest.py)
-    kept = ("pytest-of-", "torchinductor_")
-    assert sorted(p.name for p in temp.iterdir() if not p.name.startswith(kept)) == []
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             f"{TESTS}/test_benchmark_run.py::test_examples_never_carry_the_ground_truth",
+             f"{TESTS}/test_recommenders.py::test_a_model_missing_from_the_offline_cache_is_one_error_line_naming_it",
+             f"{TESTS}/test_reddit_stage.py::test_kill_9_leaves_no_process_holding_the_workdir_lock"],
+            cwd=TESTS.parent, env={**os.environ, "HOME": str(home), "TMPDIR": str(temp)},
+            capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert sorted(p.name for p in home.iterdir()) == []
+        # pytest's own folders, and torch's compile cache: kept from one run to the next it saves ~40 s (conftest.py)
+        kept = ("pytest-of-", "torchinductor_")
+        assert sorted(p.name for p in temp.iterdir() if not p.name.startswith(kept)) == []
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
