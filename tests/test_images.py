@@ -119,6 +119,7 @@ def test_to_jpeg_guards():
         assert raised.value.reason == reason
 
 
+@pytest.mark.filterwarnings("error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning")
 def test_fetch_records_every_failure_and_resumes(httpserver, host, tmp_path):
     names = ["good.jpg", "alpha.png", "truncated.jpg", "huge.jpg", "huge-chunked.jpg", "bomb.png", "page.html",
              "lying.jpg", "flaky.jpg", "throttled.jpg", "slow.jpg", "down.jpg", "gone.jpg"]
@@ -130,7 +131,8 @@ def test_fetch_records_every_failure_and_resumes(httpserver, host, tmp_path):
     by_name = dict(zip([*names, "none"], [outcomes[asin] for asin, _ in items], strict=True))
     for name in ("good.jpg", "alpha.png", "flaky.jpg", "throttled.jpg", "slow.jpg"):
         assert by_name[name].path is not None and by_name[name].downloaded, name
-        assert Image.open(by_name[name].path).format == "JPEG"
+        with Image.open(by_name[name].path) as image:
+            assert image.format == "JPEG"
     expected = {"truncated.jpg": "undecodable", "huge.jpg": "too_large", "huge-chunked.jpg": "too_large",
                 "bomb.png": "too_many_pixels", "page.html": "not_an_image", "lying.jpg": "undecodable",
                 "down.jpg": "download_failed", "gone.jpg": "http_error", "none": "no_image_url"}
