@@ -108,13 +108,16 @@ def test_parse_answer(answer, label):
     assert parse_answer(answer) == label
 
 
-def test_prompt_is_the_papers_table_9_with_numbered_utterances():
-    template = default_template()
-    if PAPER.is_file():
-        lines = PAPER.read_text(encoding="utf-8").splitlines()
-        start = next(i for i, line in enumerate(lines) if line.startswith("You are a helpful assistant. I will show"))
-        assert template == "\n".join(lines[start:start + 3]) + "\n"
-    prompt = render_prompt(template, conversation("a", "Try this one"))
+def test_prompt_is_the_papers_table_9():
+    if not PAPER.is_file():
+        pytest.skip("../shared/paper is not present")
+    lines = PAPER.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("You are a helpful assistant. I will show"))
+    assert default_template() == "\n".join(lines[start:start + 3]) + "\n"
+
+
+def test_prompt_numbers_the_utterances():
+    prompt = render_prompt(default_template(), conversation("a", "Try this one"))
     assert prompt.endswith("Conversation: <utterance>(1) Looking for a green lamp</utterance>\n"
                            "<utterance>(2) same here</utterance>\n<utterance>(3) Try this one</utterance>\n")
 
