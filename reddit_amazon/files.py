@@ -121,10 +121,14 @@ class FolderBusyError(OSError):
         return f"{self.strerror}: {self.filename}"
 
 
+#: How long :func:`folder_lock` waits for another process to free a folder before refusing.
+BUSY_WAIT_S = 3.0
+
+
 @contextmanager
-def folder_lock(folder: Path, what: str, wait_s: float = 3.0) -> Iterator[None]:
+def folder_lock(folder: Path, what: str, wait_s: float | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (its ``.lock`` file) for the block. Another process still holding
-    it after ``wait_s`` (the forked workers of a run just killed take a moment to die, and hold it until
+    it after ``wait_s`` (default :data:`BUSY_WAIT_S`; the forked workers of a run just killed take a moment to die, and hold it until
     then) is a :class:`FolderBusyError` naming the folder; a file system (or a platform) without locks is
     not an error."""
     folder = Path(folder)
@@ -137,7 +141,7 @@ def folder_lock(folder: Path, what: str, wait_s: float = 3.0) -> Iterator[None]:
     except ImportError:  # Windows has no flock: runs there are not guarded
         yield
         return
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + (BUSY_WAIT_S if wait_s is None else wait_s)
     while True:
         handle = open(folder / LOCK_FILE, "ab")
         try:

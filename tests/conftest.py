@@ -59,9 +59,9 @@ def threaded_httpserver():
 @pytest.fixture
 def short_lock_wait(monkeypatch) -> None:
     """folder_lock waits 3 s for a folder's lock to free before refusing: 0.2 s where this process holds it."""
-    from reddit_amazon.files import folder_lock
+    from reddit_amazon import files
 
-    monkeypatch.setattr(folder_lock.__wrapped__, "__defaults__", (0.2,))
+    monkeypatch.setattr(files, "BUSY_WAIT_S", 0.2)
 
 
 @pytest.fixture
