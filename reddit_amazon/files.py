@@ -128,9 +128,9 @@ BUSY_WAIT_S = 3.0
 @contextmanager
 def folder_lock(folder: Path, what: str, wait_s: float | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (its ``.lock`` file) for the block. Another process still holding
-    it after ``wait_s`` (default :data:`BUSY_WAIT_S`; the forked workers of a run just killed take a moment to die, and hold it until
-    then) is a :class:`FolderBusyError` naming the folder; a file system (or a platform) without locks is
-    not an error."""
+    it after ``wait_s`` (default :data:`BUSY_WAIT_S`; the forked workers of a run just killed take a moment
+    to die, and hold it until then) is a :class:`FolderBusyError` naming the folder; a file system (or a
+    platform) without locks is not an error."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
