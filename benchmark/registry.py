@@ -85,10 +85,11 @@ def _load_object(target: str, spec: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise RegistryError(f"recommender {spec!r}: cannot import {module_name!r}: {error}") from error
+        raise RegistryError(with_extra_hint(f"recommender {spec!r}: cannot import {module_name!r}: {error}", error)) \
+            from error
     except Exception as error:  # a plugin that fails at import is named, as an entry point is
-        raise RegistryError(f"recommender {spec!r} (module {module_name}) failed to load: "
-                            f"{type(error).__name__}: {error}") from error
+        raise RegistryError(with_extra_hint(f"recommender {spec!r} (module {module_name}) failed to load: "
+                                            f"{type(error).__name__}: {error}", error)) from error
     return _attribute(module, attribute, spec)
 
 
@@ -106,8 +107,8 @@ def _load_from_file(path: Path, attribute: str, spec: str) -> Any:
         module_spec.loader.exec_module(module)
     except Exception as error:  # SyntaxError included: named like an entry point that fails to load
         del sys.modules[module_name]
-        raise RegistryError(f"recommender {spec!r} (file {path}) failed to load: "
-                            f"{type(error).__name__}: {error}") from error
+        raise RegistryError(with_extra_hint(f"recommender {spec!r} (file {path}) failed to load: "
+                                            f"{type(error).__name__}: {error}", error)) from error
     return _attribute(module, attribute, spec, where=str(path))
 
 

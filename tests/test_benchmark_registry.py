@@ -191,3 +191,13 @@ def test_an_argument_given_twice_is_refused():
     """`--model-args k=1,k=2` recorded k=2 without a word."""
     with pytest.raises(RegistryError, match="--model-args: k is given twice"):
         parse_model_args("k=1,k=2")
+
+
+def test_a_file_or_module_plugin_missing_an_extra_names_it(tmp_path, monkeypatch):
+    """Entry points named the extra; `path.py:Class` and `module:Class` said only "No module named 'torch'"."""
+    (tmp_path / "torch_plugin.py").write_text("import torch\n\nclass Rec:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "torch", None)
+    for spec in (f"{tmp_path / 'torch_plugin.py'}:Rec", "torch_plugin:Rec"):
+        with pytest.raises(RegistryError, match=r"\(pip install 'reddit-amazon\[lavic\]'\)$"):
+            resolve(spec)
