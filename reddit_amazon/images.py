@@ -456,9 +456,14 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
         reraise=True,
     )
 
+    def attempt(url: str) -> tuple[bytes, str | None]:
+        if stopping.is_set():  # woken from a wait before a retry on the way out: no new request (up to 3 x timeout_s)
+            raise _TransientHTTP("not retried: the run was interrupted")
+        return _download(session(), url, options)
+
     def fetch_one(asin: str, url: str) -> ImageOutcome:
         try:
-            data, content_type = retrying(_download, session(), url, options)
+            data, content_type = retrying(attempt, url)
             jpeg = to_jpeg(data, content_type, options)
         except ImageRejected as error:
             store.record_failure(asin, url, str(error), permanent=True)
