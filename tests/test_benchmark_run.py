@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -1061,6 +1062,18 @@ def test_a_plugin_bug_is_shown_with_its_traceback_and_the_predictions_before_it_
     assert last.startswith("benchmark.registry.PluginError: recommend() failed on 2 example(s) (")
     assert last.endswith("): ValueError: invalid literal for int() with base 10: 'not a number'")
     assert len((out / "predictions.jsonl").read_bytes().splitlines()) == 2
+
+
+def test_a_plugin_bug_s_traceback_shows_no_secret(dataset, tmp_path):
+    """The one Error line redacted a secret-named variable's value; the plugin's traceback must too."""
+    plugin = tmp_path / "leaky_plugin.py"
+    plugin.write_text("import os\n\nclass Leaky:\n    def recommend(self, examples):\n"
+                      "        raise OSError('refused: ' + os.environ['MY_SERVICE_TOKEN'])\n")
+    done = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--model", f"{plugin}:Leaky", "--dataset",
+                           str(dataset), "--domain", "home", "--out", str(tmp_path / "run"), "--quiet"],
+                          capture_output=True, text=True, env={**os.environ, "MY_SERVICE_TOKEN": "tok-1234567890abcdef"})
+    assert done.returncode == 1 and "Traceback" in done.stderr and "tok-1234567890abcdef" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith("OSError: refused: <MY_SERVICE_TOKEN redacted>")
 
 
 @pytest.mark.parametrize("field, value", [("limit", 0), ("batch_size", 0), ("bootstrap_samples", -1), ("seed", None),
