@@ -139,7 +139,8 @@ def make_client(base_url: str | None, timeout: float, api_key: str | None = None
     http = importlib.import_module(DefaultHttpxClient.__mro__[1].__module__.partition(".")[0])  # httpx or httpx2
 
     def bound_the_body(response) -> None:  # an event hook: runs once the headers are in, before the body is read
-        response.stream = _bounded_body_class(http)(response.stream, time.monotonic() + timeout, max_answer_bytes)
+        deadline = float("inf") if timeout is None else time.monotonic() + timeout  # None: no timeout, as before
+        response.stream = _bounded_body_class(http)(response.stream, deadline, max_answer_bytes)
 
     http_client = DefaultHttpxClient(timeout=timeout, event_hooks={"response": [bound_the_body]})
     return OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout, http_client=http_client)

@@ -556,3 +556,13 @@ def test_an_answer_dripping_in_or_without_end_is_cut_off_and_retried(body_server
         ask("padded", timeout=5, max_answer_bytes=1000)
     assert "longer than 1,000 bytes" in str(padded.value.__cause__) and is_transient(padded.value)
     assert ask("padded", timeout=5).choices[0].message.content == "yes"  # within the default bound
+
+
+def test_no_timeout_still_means_none(body_server):
+    """``--model-args timeout=null`` (openai-chat, openai-emb) asked without a timeout; the body's deadline must not
+    turn it into a TypeError."""
+    from reddit_amazon.openai_endpoint import make_client
+
+    client = make_client(f"{body_server}/whole/v1", None, api_key="sk-test")
+    answer = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "yes"
