@@ -646,7 +646,8 @@ def check_options(options: BuildOptions) -> None:
     for name in options.retrievers:
         try:
             check_retriever_name(name)
-            check_retriever_installed(name)
+            if not options.dry_run:  # a dry run needs none of them; it says which are missing
+                check_retriever_installed(name)
         except (ValueError, ImportError) as error:
             raise BuildError(f"--retrievers: {error}") from None
     if options.push_to_hub and not options.dry_run:
@@ -744,6 +745,13 @@ def print_dry_run(options: BuildOptions, joined: StageResult, console) -> None:
                       "nor recorded as unavailable; before the filter, fewer after it)")
     if "openai-emb" in options.retrievers:
         _print_embedding_plan(options, joined, console)
+    from benchmark.retrieval import check_retriever_installed
+
+    for name in options.retrievers:
+        try:
+            check_retriever_installed(name)
+        except ImportError as error:
+            console.print(f"  [yellow]--retrievers: {escape(str(error))}[/] (the build would stop here before stage 1)")
 
 
 def _print_embedding_plan(options: BuildOptions, joined: StageResult, console) -> None:

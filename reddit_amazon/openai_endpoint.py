@@ -120,7 +120,7 @@ def approx_tokens(texts: Iterable[str]) -> int:
 MAX_ANSWER_BYTES = 64 << 20
 
 
-def make_client(base_url: str | None, timeout: float, api_key: str | None = None,
+def make_client(base_url: str | None, timeout: float | None, api_key: str | None = None,
                 max_answer_bytes: int = MAX_ANSWER_BYTES):
     """An ``openai.OpenAI`` client that never retries on its own (:func:`with_retries` does, with backoff).
 

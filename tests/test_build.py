@@ -223,6 +223,9 @@ def test_a_retriever_whose_extra_is_missing_fails_before_any_work(tmp_path, monk
     assert result.exit_code == 1 and "the bm25 retriever needs bm25s: pip install 'reddit-amazon[retrieval]'" in (
         " ".join(result.output.split())), result.output
     assert not (tmp_path / "work").exists()
+    dry = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--retrievers", "bm25",
+                "--no-filter", "--no-images", "--dry-run")  # a dry run needs no retriever: it says what is missing
+    assert dry.exit_code == 0 and "the bm25 retriever needs bm25s" in " ".join(dry.output.split()), dry.output
 
 
 def test_a_stage_killed_after_writing_its_outputs_is_not_reused_by_the_next_run(tmp_path, monkeypatch):
