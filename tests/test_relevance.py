@@ -551,7 +551,7 @@ def test_an_answer_dripping_in_or_without_end_is_cut_off_and_retried(body_server
     started = time.monotonic()
     with pytest.raises(openai.APITimeoutError) as dripped:
         ask("drip", timeout=1)  # ~200 bytes at 20 bytes/s: 10 s, though no single read waits 1 s
-    assert time.monotonic() - started < 4 and is_transient(dripped.value)
+    assert time.monotonic() - started < 6 and is_transient(dripped.value)  # the whole body would take 10 s
     with pytest.raises(openai.APIConnectionError) as padded:
         ask("padded", timeout=5, max_answer_bytes=1000)
     assert "longer than 1,000 bytes" in str(padded.value.__cause__) and is_transient(padded.value)
