@@ -78,22 +78,29 @@ class EmbeddingCache:
         unique = dict(zip(keys, texts))
         vectors = self._lookup(list(unique))
         missing = [(k, t) for k, t in unique.items() if k not in vectors]
+        stored_shape = self._stored_shape() if missing else None
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
             computed = np.asarray(compute([t for _, t in chunk]), dtype=np.float32)
-            stored = next(iter(self._db.execute("SELECT vector FROM embedding LIMIT 1")), None)
-            if stored is not None and computed.shape[1:] != (len(stored[0]) // 4,):
+            if stored_shape is not None and computed.shape[1:] != stored_shape:
                 raise CacheError(f"{self.path}: the model answered vectors of shape {computed.shape[1:]}, but the "
-                                 f"cache holds vectors of {len(stored[0]) // 4} dimensions for {self.model_id!r} "
+                                 f"cache holds vectors of {stored_shape[0]} dimensions for {self.model_id!r} "
                                  "(did the endpoint change its model? delete the file to start over)")
             with self._file.named_errors(), self._db:
                 self._db.executemany("INSERT OR REPLACE INTO embedding VALUES (?, ?)",
                                      [(k, v.tobytes()) for (k, _), v in zip(chunk, computed)])
+            stored_shape = computed.shape[1:]
             vectors.update({k: v for (k, _), v in zip(chunk, computed)})
             self.computed += len(chunk)
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([vectors[k] for k in keys])
+
+    def _stored_shape(self) -> tuple[int] | None:
+        """The shape of the vectors the cache holds (float32: 4 bytes a dimension); None when it holds none."""
+        with self._file.named_errors():
+            row = self._db.execute("SELECT vector FROM embedding LIMIT 1").fetchone()
+        return None if row is None else (len(row[0]) // 4,)
 
     def close(self) -> None:
         self._db.close()
