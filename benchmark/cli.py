@@ -130,7 +130,7 @@ def _run_showing_plugin_bugs(config: Any, out_dir: str, **options: Any) -> dict:
         where = plugin_failure(error)
         if where is None:
             raise
-        raise PluginError(f"{where}: {type(error).__name__}: {redact_secrets(str(error))}") from error
+        raise PluginError(f"{where}: {type(error).__name__}: {error}") from error  # redacted where it is printed
 
 
 def _echo_summary(results: dict, out_dir: Path) -> None:

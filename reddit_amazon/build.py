@@ -481,10 +481,6 @@ def _make_retriever(options: BuildOptions, name: str) -> Any:
         raise BuildError(f"--retrievers: {error}") from error
 
 
-def _make_retrievers(options: BuildOptions) -> list[Any]:
-    return [_make_retriever(options, name) for name in options.retrievers]
-
-
 def assemble_stage(options: BuildOptions, upstream: StageResult, dump_files: Sequence[Path],
                    funnel: list[dict[str, Any]], reports: dict[str, Any], started: datetime,
                    console) -> dict[str, Any]:
@@ -495,8 +491,8 @@ def assemble_stage(options: BuildOptions, upstream: StageResult, dump_files: Seq
                   f"Parquet into {escape(str(options.out))}")
     splits = split_by_thread(upstream.conversations, options.seed)
     items = items_by_domain(upstream.items)
-    candidates = add_candidates(splits, items, _make_retrievers(options), seed=options.seed,
-                                progress=_tqdm("candidates"))
+    retrievers = [_make_retriever(options, name) for name in options.retrievers]
+    candidates = add_candidates(splits, items, retrievers, seed=options.seed, progress=_tqdm("candidates"))
     inputs = _file_inputs([*map(str, dump_files), *_catalog_files(options)], options.workdir)
     metadata = {
         "build": {
@@ -719,6 +715,7 @@ def _run_stages(options: BuildOptions, console, started: datetime) -> dict[str, 
 
 
 def print_dry_run(options: BuildOptions, joined: StageResult, console) -> None:
+    from benchmark.retrieval import check_retriever_installed
     from reddit_amazon.images import ImageStore
     from reddit_amazon.relevance import AnswerCache, plan_filter
 
@@ -745,8 +742,6 @@ def print_dry_run(options: BuildOptions, joined: StageResult, console) -> None:
                       "nor recorded as unavailable; before the filter, fewer after it)")
     if "openai-emb" in options.retrievers:
         _print_embedding_plan(options, joined, console)
-    from benchmark.retrieval import check_retriever_installed
-
     for name in options.retrievers:
         try:
             check_retriever_installed(name)
