@@ -25,23 +25,37 @@ STAGE_STAMP = "stage.json"
 
 
 def current_umask() -> int:
+    """The process's umask, read when asked (a library user may change it after import).
+
+    Linux shows it in ``/proc/self/status``. Elsewhere it is read by setting it and setting it back,
+    which, for that instant, lets a file another thread creates get mode 0666.
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-#: Mode of new files: what ``open(path, "w")`` would give (``mkstemp`` alone gives 0600).
-FILE_MODE = 0o666 & ~current_umask()
+def new_file_mode() -> int:
+    """Mode of new files: what ``open(path, "w")`` would give now (``mkstemp`` alone gives 0600)."""
+    return 0o666 & ~current_umask()
 
 
-def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path`` (``mode`` defaults
+    to :func:`new_file_mode`)."""
     with open_atomic(path, mode) as out:
         out.write(data)
 
 
 @contextmanager
-def open_atomic(path: Path, mode: int = FILE_MODE) -> Iterator[BinaryIO]:
+def open_atomic(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
     """A binary file to write, renamed over ``path`` when the block ends without an error (else removed)."""
     path = Path(os.path.realpath(path))  # a symlink (report.html -> site/report.html) keeps pointing at the new file
     if path.exists() and not path.is_file() and not path.is_dir():  # /dev/stdout, a named pipe: write into it
@@ -53,7 +67,7 @@ def open_atomic(path: Path, mode: int = FILE_MODE) -> Iterator[BinaryIO]:
 
 
 @contextmanager
-def atomic_path(path: Path, mode: int = FILE_MODE) -> Iterator[Path]:
+def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
     """A hidden temporary file beside ``path`` for a writer that takes a file name, renamed over ``path`` when the
     block ends without an error (else removed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +75,7 @@ def atomic_path(path: Path, mode: int = FILE_MODE) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(tmp)
-        os.chmod(tmp, mode)
+        os.chmod(tmp, new_file_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -610,3 +610,18 @@ def test_the_dataset_folder_has_the_mode_the_umask_gives_like_its_subfolders(tmp
         os.umask(previous)
     modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "ds", tmp_path / "ds" / "data")}
     assert modes == {0o777 & ~umask}
+
+
+@pytest.mark.parametrize("umask", [0o027, 0o002])
+def test_an_atomic_write_takes_the_umask_of_the_moment_not_the_one_at_import(tmp_path, umask):
+    """A library user who sets the umask after importing the toolkit gets files as ``open()`` would make them."""
+    from reddit_amazon.files import current_umask, write_atomic
+
+    previous = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        assert os.umask(umask) == umask  # reading it left it as it was
+        write_atomic(tmp_path / "f", b"x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o666 & ~umask
