@@ -140,20 +140,21 @@ def embed_catalog(backbone: Backbone, items: Iterable[Item], out_dir: str | os.P
 
     The file name depends on the base and adapter only, so a file already there with the same base weights and
     adapter keeps its other items (``embed --domain home`` then ``--domain fashion`` holds both domains).
-    Every ``checkpoint_items`` items are saved in a hidden folder beside the file: a rerun of an interrupted run
-    (same weights, adapter and items, images included) embeds only the items not saved yet.
+    Every ``checkpoint_items`` items are saved in a hidden folder beside the file, one subfolder per set of item
+    ids: a rerun of an interrupted run (same weights, adapter and items, images included) embeds only the items
+    not saved yet, even after an embed of other items (another domain) into the same folder.
     """
     pairs = [(item.item_id, item.image) for item in items]
     path = Path(out_dir) / embeddings_filename(backbone.base, adapter)
-    # Another embed into this folder would merge with the file as it was before this one saved, and drop this
-    # one's checkpoints (other items): it is refused while this one runs.
+    # Another embed into this folder would merge with the file as it was before this one saved (dropping this
+    # one's items): it is refused while this one runs.
     with folder_lock(Path(out_dir), "lavic-ref embed"):
         return _embed_catalog(backbone, pairs, path, adapter, batch_size, checkpoint_items)
 
 
 def _embed_catalog(backbone: Backbone, pairs: list[tuple[str, bytes | None]], path: Path,
                    adapter: str | os.PathLike | None, batch_size: int, checkpoint_items: int) -> Path:
-    checkpoints = _Checkpoints(path.with_name(f".{path.name}.parts"), {
+    checkpoints = _Checkpoints(path.with_name(f".{path.name}.parts"), _ids_digest(pairs)[:16], {
         "base_fingerprint": backbone.fingerprint, "adapter_hash": adapter_fingerprint(adapter),
         "items": _items_digest(pairs)})
     embeddings = checkpoints.load()
@@ -178,8 +179,13 @@ def _embed_catalog(backbone: Backbone, pairs: list[tuple[str, bytes | None]], pa
             embeddings = {**kept, **embeddings}
     saved = save_item_embeddings(path, embeddings, base=backbone.base, adapter=adapter,
                                  base_fingerprint=backbone.fingerprint)
-    checkpoints.remove()
+    checkpoints.finish()
     return saved
+
+
+def _ids_digest(pairs: Sequence[tuple[str, bytes | None]]) -> str:
+    """Which items are embedded (their ids in order): names the checkpoints of that set."""
+    return hashlib.sha256("\n".join(item_id for item_id, _ in pairs).encode()).hexdigest()
 
 
 def _items_digest(pairs: Sequence[tuple[str, bytes | None]]) -> str:
@@ -191,11 +197,12 @@ def _items_digest(pairs: Sequence[tuple[str, bytes | None]]) -> str:
 
 
 class _Checkpoints:
-    """Numbered safetensors parts of an unfinished :func:`embed_catalog`, each stamped with what it was made from;
-    parts made from other weights, another adapter or other items are deleted, not used."""
+    """Numbered safetensors parts of an unfinished :func:`embed_catalog`, in ``root/<items key>``: the parts of
+    another set of items (another domain) are left for that set's own rerun. Each part is stamped with what it
+    was made from; parts of this set made from other weights or other images are deleted, not used."""
 
-    def __init__(self, folder: Path, made_from: dict[str, str]):
-        self.folder, self.made_from = folder, made_from
+    def __init__(self, root: Path, items_key: str, made_from: dict[str, str]):
+        self.root, self.folder, self.made_from = root, root / items_key, made_from
 
     def load(self) -> dict[str, torch.Tensor]:
         from safetensors import SafetensorError, safe_open
@@ -219,6 +226,12 @@ class _Checkpoints:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def finish(self) -> None:
+        """This set's parts are in the file: remove them, and ``root`` once no other set's parts are left."""
+        self.remove()
+        if self.root.is_dir() and not any(entry.is_dir() for entry in self.root.iterdir()):
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def check_embeddings(cache: ItemEmbeddings, path: str | os.PathLike | None, backbone: Backbone) -> None:

@@ -1252,6 +1252,36 @@ def test_an_interrupted_embed_resumes_from_its_last_checkpoint(tiny_base, tmp_pa
     assert sum(embedded) == 10
 
 
+def test_an_embed_of_other_items_into_the_same_folder_keeps_an_interrupted_embeds_checkpoints(tiny_base, tmp_path,
+                                                                                               monkeypatch):
+    """`embed --domain home` killed after a checkpoint, then `--domain fashion` into the same --out: the fashion
+    run deleted home's checkpoints (one folder per base and adapter), so the home rerun started over."""
+    import lavic_ref.embed as embed
+    from lavic_ref.model import load_backbone
+
+    home, fashion = (list(load_items(None, [domain]).values())[:6] for domain in ("home", "fashion"))
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    forward, embedded = embed.cls_embeddings, []
+
+    def counted(model, pixels, interrupt_at=None):
+        if len(embedded) == interrupt_at:
+            raise KeyboardInterrupt
+        rows = forward(model, pixels)
+        embedded.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(embed, "cls_embeddings", lambda model, pixels: counted(model, pixels, interrupt_at=2))
+    with pytest.raises(KeyboardInterrupt):  # after 2 batches of 2: one checkpoint of 4 home items
+        embed.embed_catalog(backbone, home, tmp_path, adapter=None, batch_size=2, checkpoint_items=4)
+    monkeypatch.setattr(embed, "cls_embeddings", counted)
+    embed.embed_catalog(backbone, fashion, tmp_path, adapter=None, batch_size=2, checkpoint_items=4)
+    embedded.clear()
+    path = embed.embed_catalog(backbone, home, tmp_path, adapter=None, batch_size=2, checkpoint_items=4)
+    assert sum(embedded) == 2  # the 4 checkpointed home items are not embedded again
+    assert set(ItemEmbeddings.load(path).index) == {item.item_id for item in home + fashion}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", path.name]
+
+
 def test_the_card_command_finetune_prints_can_be_pasted_for_a_folder_with_spaces(tiny_base, tmp_path):
     from lavic_ref.cli import cli
 
