@@ -107,20 +107,20 @@ def _fingerprint_of(dataset: str | None) -> str | None:
     return resolve_dataset(dataset).fingerprint
 
 
-def _load_backbone(base: str, device: str | None):
+def _load_backbone(base: str, device: str | None, processor=None):
     from lavic_ref.model import BaseModelError, DeviceError, load_backbone
 
     try:
-        return load_backbone(base, device=device)
+        return load_backbone(base, device=device, processor=processor)
     except (BaseModelError, DeviceError) as error:
         raise click.ClickException(str(error)) from error
 
 
-def _load_tokenizer(base: str):
-    from lavic_ref.model import BaseModelError, load_tokenizer
+def _load_processor(base: str):
+    from lavic_ref.model import BaseModelError, load_processor
 
     try:
-        return load_tokenizer(base)
+        return load_processor(base)
     except BaseModelError as error:
         raise click.ClickException(str(error)) from error
 
@@ -317,8 +317,9 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
                                                 rng, instance_style)
     except ValueError as error:
         raise click.ClickException(f"{domain}: {error}") from error
+    processor = _load_processor(base)  # its tokenizer checks the cap before the model loads; the model takes it
     try:
-        check_prompt_cap(_load_tokenizer(base), train_set + val_set, with_images=not no_images, max_tokens=max_tokens)
+        check_prompt_cap(processor.tokenizer, train_set + val_set, with_images=not no_images, max_tokens=max_tokens)
     except PromptTooLongError as error:
         raise click.ClickException(f"--max-tokens {max_tokens} is too small: {error}") from error
     titles = {item.item_id: item.title for item in iter_domain_items(dataset, domains)}
@@ -328,7 +329,7 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
         if absent:
             raise click.ClickException(f"{embeddings} lacks {len(absent)} candidate item(s), e.g. {absent[0]}: "
                                        "run `lavic-ref embed` on the same dataset and domains")
-    backbone = _load_backbone(base, device)
+    backbone = _load_backbone(base, device, processor)
     if cache is not None:
         try:
             check_embeddings(cache, embeddings, backbone)

@@ -105,14 +105,20 @@ def fix_five_subimages(config: Any, image_processor: Any) -> None:
     config.image_grid_pinpoints = pinpoints
 
 
-def load_backbone(base: str = DEFAULT_BASE, *, device: str | None = None, dtype: torch.dtype | None = None) -> Backbone:
-    """Load a LLaVA-NeXT checkpoint (hub id or local folder) with the item tokens and the 5-sub-image grid."""
+def load_backbone(base: str = DEFAULT_BASE, *, device: str | None = None, dtype: torch.dtype | None = None,
+                  processor: Any = None) -> Backbone:
+    """Load a LLaVA-NeXT checkpoint (hub id or local folder) with the item tokens and the 5-sub-image grid.
+
+    ``processor``: the one :func:`load_processor` gave for ``base`` before the model was needed, used instead of
+    loading it again.
+    """
     from transformers import LlavaNextForConditionalGeneration
 
     config = llava_next_config(base)
     target = resolve_device(device)
     dtype = dtype or default_dtype(target)
-    processor = _processor(base)
+    if processor is None:
+        processor = _processor(base)
     try:
         model = LlavaNextForConditionalGeneration.from_pretrained(base, config=config, dtype=dtype)
     except OSError as error:  # the config is there, the weights are not (a partial download, offline)
@@ -131,10 +137,11 @@ def load_backbone(base: str = DEFAULT_BASE, *, device: str | None = None, dtype:
                     fingerprint=fingerprint)
 
 
-def load_tokenizer(base: str = DEFAULT_BASE):
-    """The tokenizer :func:`load_backbone` gives (item tokens included), without loading the model's weights."""
+def load_processor(base: str = DEFAULT_BASE):
+    """The processor :func:`load_backbone` loads (item tokens included), without loading the model's weights:
+    for checks before the model loads (its tokenizer); then give it to :func:`load_backbone`."""
     llava_next_config(base)
-    return _processor(base).tokenizer
+    return _processor(base)
 
 
 def _processor(base: str):

@@ -968,7 +968,7 @@ def test_a_prompt_cap_too_small_fails_before_loading_the_model_and_leaves_no_out
     from lavic_ref.finetune import check_prompt_cap
 
     instances = recommendation_instances(load_conversations(None, "fashion", "train"), "sbert", random.Random(0))
-    tokenizer = lavic_ref.model.load_tokenizer(tiny_base)
+    tokenizer = lavic_ref.model.load_processor(tiny_base).tokenizer
     cap = int(needed.group(1))
     check_prompt_cap(tokenizer, instances, with_images=True, max_tokens=cap)
     for instance in instances:
@@ -1082,6 +1082,24 @@ def test_the_model_card_of_a_max_steps_run_says_how_much_data_it_trained_on(tiny
     card = (tmp_path / "rec" / "README.md").read_text()
     assert "| `max_steps_per_epoch` | 1 |" in card
     assert "| `train_examples_used_per_epoch` | 1 |" in card
+
+
+def test_finetune_loads_the_processor_once(tiny_base, tmp_path, monkeypatch):
+    """The --max-tokens check (before the model loads) and the model each loaded the processor (~1 s)."""
+    import transformers
+
+    from lavic_ref.cli import cli
+
+    loads, load = [], transformers.AutoProcessor.from_pretrained
+
+    def counted(*args, **kwargs):
+        loads.append(args)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", counted)
+    _invoke(cli, ["finetune", "--base", tiny_base, "--device", DEVICE, "--domain", "fashion", "--no-images",
+                  "--out", tmp_path / "rec", "--max-steps", "1"])
+    assert len(loads) == 1
 
 
 def test_a_device_this_machine_lacks_fails_in_one_line_before_loading(tiny_base, tmp_path):
