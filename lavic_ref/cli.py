@@ -183,13 +183,14 @@ def describe(dataset, domains, base, device, out, batch_size, max_new_tokens, re
     """
     from lavic_ref.data import load_items
     from lavic_ref.describe import describe_items
+    from reddit_amazon.files import FolderBusyError
 
     items = load_items(dataset, domains)
     backbone = _load_backbone(base, device)
     try:
         descriptions = describe_items(backbone, items.values(), out, batch_size=batch_size,
                                       max_new_tokens=max_new_tokens, regenerate=regenerate)
-    except ValueError as error:  # a corrupt cache line, or a cache another base model wrote
+    except (ValueError, FolderBusyError) as error:  # a corrupt or foreign cache, or another describe writing it
         raise click.ClickException(str(error)) from None
     click.echo(f"{len(descriptions)} descriptions in {out}")
 

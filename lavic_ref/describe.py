@@ -6,7 +6,8 @@ its item described again). ``base`` is the fingerprint of the model that wrote
 the description: self-distillation needs the model's own descriptions, so a cache written by another base
 model is refused. Descriptions shipped with the dataset (``image_description``, base ``""``) are used as
 they are unless ``regenerate`` is set (then only this model's own descriptions in the cache count as done),
-and written to the cache too, so it holds every description of the run.
+and written to the cache too, so it holds every description of the run. A second run on a cache that one
+is writing is refused: it would generate every item the first one has not written yet, again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from lavic_ref.model import Backbone, decode_image
 from lavic_ref.prompts import chat_wrapping, description_prompt
+from reddit_amazon.files import file_lock
 from reddit_amazon.schema import Item
 
 MAX_NEW_TOKENS = 128
@@ -66,10 +68,16 @@ def describe_items(backbone: Backbone, items: Iterable[Item], cache: str | os.Pa
                    max_new_tokens: int = MAX_NEW_TOKENS, regenerate: bool = False) -> dict[str, str]:
     """Descriptions for every item with an image, generated greedily where neither shipped nor cached.
 
-    All of them end up in ``cache``: shipped ones are appended before any is generated.
+    All of them end up in ``cache``: shipped ones are appended before any is generated. Another run writing
+    ``cache`` is a :class:`~reddit_amazon.files.FolderBusyError`.
     """
     cache = Path(cache)
-    cache.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(cache, "lavic-ref describe"):
+        return _describe_items(backbone, items, cache, batch_size, max_new_tokens, regenerate)
+
+
+def _describe_items(backbone: Backbone, items: Iterable[Item], cache: Path, batch_size: int, max_new_tokens: int,
+                    regenerate: bool) -> dict[str, str]:
     records = list(_records(cache))  # read once: the descriptions, whose they are, which items are done
     _check_bases(cache, {base for _, _, base in records}, backbone)
     descriptions = {item_id: description for item_id, description, _ in records}

@@ -129,13 +129,14 @@ if hasattr(os, "register_at_fork"):
 
 
 class FolderBusyError(OSError):
-    """Another process holds the folder's lock: two runs writing the same work files would corrupt them."""
+    """Another process holds the lock of a folder (or file): two runs writing the same work files would corrupt
+    them."""
 
     def __str__(self) -> str:  # what to do and where, without OSError's "[Errno 16]"
         return f"{self.strerror}: {self.filename}"
 
 
-#: How long :func:`folder_lock` waits for another process to free a folder before refusing.
+#: How long :func:`folder_lock` (and :func:`file_lock`) waits for another process to free a lock before refusing.
 BUSY_WAIT_S = 3.0
 
 
@@ -146,6 +147,32 @@ def folder_lock(folder: Path, what: str, wait_s: float | None = None) -> Iterato
     to die, and hold it until then) is a :class:`FolderBusyError` naming the folder; a file system (or a
     platform) without locks is not an error."""
     folder = Path(folder)
+    with _exclusive_lock(folder / LOCK_FILE, what, wait_s, where=folder,
+                         busy=f"another {what} is running in this folder (it holds {folder / LOCK_FILE}); wait for "
+                              "it to end or choose another folder"):
+        yield
+
+
+@contextmanager
+def file_lock(path: Path, what: str, wait_s: float | None = None) -> Iterator[None]:
+    """:func:`folder_lock` for the one file ``path`` (a hidden ``.<name>.lock`` beside it, removed when the block
+    ends), so runs writing other files of the folder are not refused."""
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    with _exclusive_lock(lock, what, wait_s, where=path,
+                         busy=f"another {what} is writing this file (it holds {lock}); wait for it to end or "
+                              "choose another file"):
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # while still held: a run waiting on it then locks a new file (see below)
+
+
+@contextmanager
+def _exclusive_lock(lock: Path, what: str, wait_s: float | None, *, where: Path, busy: str) -> Iterator[None]:
+    """Hold ``lock`` (a file, made if missing) exclusively; :class:`FolderBusyError` (``busy``, ``where``) when
+    another process still holds it after ``wait_s``."""
+    folder = lock.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # the OS names the path, not what it was for
@@ -157,7 +184,7 @@ def folder_lock(folder: Path, what: str, wait_s: float | None = None) -> Iterato
         return
     deadline = time.monotonic() + (BUSY_WAIT_S if wait_s is None else wait_s)
     while True:
-        handle = open(folder / LOCK_FILE, "ab")
+        handle = open(lock, "ab")
         try:
             while True:
                 try:
@@ -167,7 +194,7 @@ def folder_lock(folder: Path, what: str, wait_s: float | None = None) -> Iterato
                     if time.monotonic() >= deadline:
                         raise
                     time.sleep(0.1)
-            if _same_file(handle, folder / LOCK_FILE):
+            if _same_file(handle, lock):
                 break
             # The run that held it removed it (and maybe the folder) as it ended: locking that file would
             # guard nothing, a third run would take the new one. Lock the file now at that path.
@@ -176,9 +203,7 @@ def folder_lock(folder: Path, what: str, wait_s: float | None = None) -> Iterato
             continue
         except BlockingIOError:
             handle.close()
-            raise FolderBusyError(errno.EBUSY, f"another {what} is running in this folder (it holds "
-                                  f"{folder / LOCK_FILE}); wait for it to end or choose another folder",
-                                  str(folder)) from None
+            raise FolderBusyError(errno.EBUSY, busy, str(where)) from None
         except OSError as error:
             if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 handle.close()

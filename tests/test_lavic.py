@@ -770,6 +770,33 @@ def test_describe_writes_shipped_descriptions_to_its_output(tiny_base, tmp_path,
     assert b"B0torn" not in out.read_bytes()
 
 
+def test_a_second_describe_of_a_cache_a_describe_is_writing_is_refused(tiny_base, tmp_path, monkeypatch,
+                                                                        short_lock_wait):
+    """Two `describe` runs on one cache at once each generated every item (82 lines for 43 items)."""
+    import dataclasses
+
+    import lavic_ref.data
+    from lavic_ref.cli import cli
+    from reddit_amazon.files import file_lock
+
+    items = {i: dataclasses.replace(item, image_description=f"shipped {i}")  # nothing to generate
+             for i, item in load_items(None, ["home"]).items()}
+    monkeypatch.setattr(lavic_ref.data, "load_items", lambda dataset, domains: items)
+    out = tmp_path / "d.jsonl"
+    describe = ["describe", "--base", tiny_base, "--device", DEVICE, "--domain", "home", "--out", str(out)]
+    with file_lock(out, "lavic-ref describe"):  # the first describe, still running
+        result = CliRunner().invoke(cli, describe)
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines()[-1] == (
+            f"Error: another lavic-ref describe is writing this file (it holds {tmp_path / '.d.jsonl.lock'}); wait "
+            f"for it to end or choose another file: {out}")
+        assert not out.exists()
+        _invoke(cli, [*describe[:-1], str(tmp_path / "other.jsonl")])  # another cache in the folder: not refused
+    _invoke(cli, describe)
+    assert read_cache(out) == {i: item.image_description for i, item in items.items() if item.image}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "other.jsonl"]  # no lock file left
+
+
 def test_the_model_cards_default_prompt_cap_is_the_plugins():
     from cards.model_card import DEFAULT_PROMPT_TOKENS
     from lavic_ref.sequences import MAX_PROMPT_TOKENS
