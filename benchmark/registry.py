@@ -19,10 +19,13 @@ import json
 import math
 import re
 import sys
+import typing
+from contextlib import suppress
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from types import UnionType
+from typing import Any, Literal, Union
 
 from reddit_amazon.cli_errors import with_extra_hint
 
@@ -192,10 +195,120 @@ def _decode_value(value: str) -> Any:
     return decoded if isinstance(decoded, (int, float, str)) else value
 
 
+def typed_args(resolved: ResolvedModel, model_args: dict[str, Any]) -> dict[str, Any]:
+    """``model_args`` as the type hints of ``resolved``'s constructor ask for them, checked before it runs.
+
+    A value is converted where that is unambiguous (``1`` for a ``float`` is ``1.0``, ``0``/``1`` for a ``bool``
+    are ``False``/``True``, an integer for a ``str`` or ``Path`` is its digits: a folder named ``2024``), through
+    ``Optional``, unions and ``Literal`` choices; any other value is refused with a one-line
+    :class:`RegistryError`. Unannotated parameters, ``**kwargs`` and other annotations (``list[str]``, a class
+    of the plugin's) take the value as given.
+    """
+    parameters, hints = _keyword_parameters(resolved.cls)
+    typed = dict(model_args)
+    for name, value in model_args.items():
+        if name not in parameters or name not in hints:
+            continue
+        if value is None and parameters[name].default is None:  # `device: str = None`, as older code annotates
+            continue
+        try:
+            typed[name] = _converted(value, hints[name])
+        except _Mismatch:
+            shown = redacted_args({name: value})[name]
+            shown = json.dumps(shown) if shown is None or isinstance(shown, bool) else repr(shown)  # as typed
+            raise RegistryError(f"recommender {resolved.spec!r}: --model-args {name} must be "
+                                f"{_describe(hints[name])}, not {shown}") from None
+    return typed
+
+
+def _keyword_parameters(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
+    """The parameters ``target`` (a class or a factory function) takes by name, and its type hints."""
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): nothing is checked
+        return {}, {}
+    by_name = {name: p for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    try:
+        hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
+    except Exception:  # a hint naming what only type checkers import (NameError), or not a type: none checked
+        hints = {}
+    return by_name, hints
+
+
+class _Mismatch(Exception):
+    """A value that does not fit an annotation."""
+
+
+def _converted(value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        for choice in typing.get_args(annotation):
+            with suppress(_Mismatch):
+                if _converted(value, type(choice)) == choice:
+                    return choice
+        raise _Mismatch
+    if origin in (Union, UnionType):
+        members = typing.get_args(annotation)
+        if any(_already(value, member) for member in members):  # `int | str` keeps 8 an int
+            return value
+        for member in members:
+            with suppress(_Mismatch):
+                return _converted(value, member)
+        raise _Mismatch
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if annotation in (bool, int, float, str) or _is_path_class(annotation):
+        return _scalar(value, annotation)
+    return value  # an annotation not checked here
+
+
+def _scalar(value: Any, annotation: type) -> Any:
+    if isinstance(value, bool):  # an int to Python, not to a user: true is no count, no text
+        if annotation is bool:
+            return value
+    elif isinstance(value, annotation):
+        return value
+    elif isinstance(value, int) and annotation is bool and value in (0, 1):
+        return bool(value)
+    elif isinstance(value, int) and annotation is float:
+        return float(value)
+    elif isinstance(value, (int, str)) and annotation not in (bool, int, float):  # str or a path
+        return annotation(str(value))  # the digits --model-args decoded as a number; "1.50" must be quoted
+    raise _Mismatch
+
+
+def _already(value: Any, member: Any) -> bool:
+    """Whether ``value`` already is of the union member ``member`` (a bool is not an int here)."""
+    if member is type(None):
+        return value is None
+    if not isinstance(member, type) or typing.get_origin(member) is not None:
+        return False
+    return isinstance(value, member) and (member is bool or not isinstance(value, bool))
+
+
+def _is_path_class(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, PurePath)
+
+
+def _describe(annotation: Any) -> str:
+    origin, members = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, members))
+    if origin in (Union, UnionType):
+        return " or ".join(_describe(member) for member in members)
+    if annotation is type(None):
+        return "null"
+    if annotation is bool:
+        return "true or false"
+    return getattr(annotation, "__name__", str(annotation))
+
+
 def build(spec: str, model_args: dict[str, Any]) -> tuple[ResolvedModel, Any]:
-    """Resolve ``spec`` and instantiate it with ``model_args`` as keyword arguments."""
+    """Resolve ``spec`` and instantiate it with ``model_args`` (see :func:`typed_args`) as keyword arguments."""
     resolved = resolve(spec)
-    return resolved, instantiate(resolved, model_args)
+    return resolved, instantiate(resolved, typed_args(resolved, model_args))
 
 
 def instantiate(resolved: ResolvedModel, model_args: dict[str, Any]) -> Any:

@@ -125,6 +125,7 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
 def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommender: Any) -> dict[str, Any]:
     started = time.perf_counter()
     resolved = registry.resolve(config.model) if recommender is None else None  # fail fast on a bad name
+    model_args = config.model_args if resolved is None else registry.typed_args(resolved, config.model_args)
     info = resolve_dataset(config.dataset)
     signature = _signature(config, info)
     finished = _check_folder(out, signature, overwrite)
@@ -151,7 +152,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
     load_seconds = time.perf_counter() - load_started
 
     if resolved is not None:
-        recommender = registry.instantiate(resolved, config.model_args)
+        recommender = registry.instantiate(resolved, model_args)
         model_info = {"spec": config.model, "target": resolved.target, "source": resolved.source}
     else:
         kind = type(recommender)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +202,75 @@ def test_a_file_or_module_plugin_missing_an_extra_names_it(tmp_path, monkeypatch
     for spec in (f"{tmp_path / 'torch_plugin.py'}:Rec", "torch_plugin:Rec"):
         with pytest.raises(RegistryError, match=r"\(pip install 'reddit-amazon\[lavic\]'\)$"):
             resolve(spec)
+
+
+TYPED_PLUGIN = """
+from pathlib import Path
+from typing import Literal, Optional
+
+
+class Typed:
+    def __init__(self, count: int = 1, rate: float = 0.5, flag: bool = False, name: str = "x",
+                 folder: Path | None = None, mode: Literal["fast", "slow"] = "fast", level: Optional[int] = None,
+                 device: str = None, token: int = 0, loose=None, **extra):
+        (Path(__file__).parent / "constructed").touch()
+        self.got = dict(count=count, rate=rate, flag=flag, name=name, folder=folder, mode=mode, level=level,
+                        device=device, loose=loose, **extra)
+
+    def recommend(self, examples):
+        return [e.candidates[0].item_id for e in examples]
+"""
+
+
+@pytest.fixture
+def typed_plugin(tmp_path) -> str:
+    (tmp_path / "typed_plugin.py").write_text(TYPED_PLUGIN)
+    return f"{tmp_path / 'typed_plugin.py'}:Typed"
+
+
+def test_model_args_are_converted_to_the_constructors_annotated_types(typed_plugin):
+    """`--model-args count=abc` for `count: int` reached the plugin as the text 'abc'."""
+    _, instance = build(typed_plugin, parse_model_args(
+        "count=3,rate=1,flag=1,name=2024,folder=runs/a,mode=slow,level=null,device=none,loose=abc,other=xyz"))
+    got = instance.got
+    assert got == {"count": 3, "rate": 1.0, "flag": True, "name": "2024", "folder": Path("runs/a"), "mode": "slow",
+                   "level": None, "device": None, "loose": "abc", "other": "xyz"}
+    assert type(got["rate"]) is float and type(got["flag"]) is bool
+    _, instance = build(typed_plugin, parse_model_args('folder=2024,level=4,flag=false,name="1.50",rate=0.25'))
+    assert instance.got["folder"] == Path("2024") and instance.got["level"] == 4 and instance.got["flag"] is False
+    assert instance.got["name"] == "1.50" and instance.got["rate"] == 0.25
+    _, instance = build(typed_plugin, {"folder": Path("p"), "count": 2})  # from Python, values as they are
+    assert instance.got["folder"] == Path("p")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("count=abc", "count must be int, not 'abc'"),
+    ("count=2.5", "count must be int, not 2.5"),
+    ("count=true", "count must be int, not true"),
+    ("rate=fast", "rate must be float, not 'fast'"),
+    ("flag=2", "flag must be true or false, not 2"),
+    ("flag=maybe", "flag must be true or false, not 'maybe'"),
+    ("name=1.50", "name must be str, not 1.5"),
+    ("name=null", "name must be str, not null"),
+    ("folder=true", "folder must be Path or null, not true"),
+    ("mode=medium", "mode must be one of 'fast', 'slow', not 'medium'"),
+    ("level=abc", "level must be int or null, not 'abc'"),
+    ("token=abc", "token must be int, not '<redacted>'"),
+])
+def test_a_model_arg_of_the_wrong_type_is_refused_before_the_model_is_built(typed_plugin, tmp_path, text, expected):
+    with pytest.raises(RegistryError) as refused:
+        build(typed_plugin, parse_model_args(text))
+    assert str(refused.value) == f"recommender {typed_plugin!r}: --model-args {expected}"
+    assert not (tmp_path / "constructed").exists()
+
+
+def test_the_run_command_refuses_a_wrong_type_before_anything_is_written(typed_plugin, tmp_path):
+    from click.testing import CliRunner
+
+    from benchmark.cli import cli
+
+    result = CliRunner().invoke(cli, ["run", "--model", typed_plugin, "--model-args", "count=abc", "--out",
+                                      str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1].endswith("--model-args count must be int, not 'abc'")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "constructed").exists()
