@@ -176,7 +176,11 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
     _start_folder(out, signature, overwrite)  # only now: a run that fails before this leaves nothing behind
     cached = _read_predictions(out / PREDICTIONS_FILE)
     todo = [r for r in records if (r.example.domain, r.example.example_id) not in cached]
-    inference_seconds = _predict(recommender, ranks, todo, batch_size, out / PREDICTIONS_FILE, cached, progress)
+    try:
+        inference_seconds = _predict(recommender, ranks, todo, batch_size, out / PREDICTIONS_FILE, cached, progress)
+    except BaseException:
+        _unstart_folder(out)
+        raise
 
     score_started = time.perf_counter()
     rows, outcomes = [], []
@@ -309,6 +313,18 @@ def _start_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> None
         for name in (PREDICTIONS_FILE, RESULTS_FILE):
             (out / name).unlink(missing_ok=True)
     write_atomic(out / RUN_FILE, orjson.dumps(signature, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def _unstart_folder(out: Path) -> None:
+    """Undo :func:`_start_folder` for a run whose first batch failed (a model loaded on first use, like
+    ``sbert``'s, that cannot load; an endpoint refusing the first request): with no prediction in the folder,
+    nothing is left that ``report`` would list as an unfinished run. Predictions, this run's or an earlier
+    one's, are kept with their run.json for a rerun to resume."""
+    predictions = out / PREDICTIONS_FILE
+    if predictions.is_file() and predictions.stat().st_size > 0:
+        return
+    predictions.unlink(missing_ok=True)
+    (out / RUN_FILE).unlink(missing_ok=True)
 
 
 def _read_predictions(path: Path) -> dict[tuple[str, str], dict[str, Any]]:

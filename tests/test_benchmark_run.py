@@ -578,6 +578,45 @@ def test_a_run_whose_first_batch_fails_leaves_the_folder_free_and_batch_size_is_
             recommender=Strict(), progress=False)
 
 
+def test_a_model_that_fails_on_its_first_batch_leaves_nothing_that_looks_like_a_run(dataset, tmp_path):
+    """`benchmark run --model sbert --model-args model=/nonexistent` (sbert loads its model on first use) left
+    run.json and an empty predictions.jsonl, which `report` skipped as an unfinished run."""
+    missing = tmp_path / "no-such-model"
+    result = CliRunner().invoke(cli, ["run", "--model", "sbert", "--model-args", f"model={missing}", "--dataset",
+                                      str(dataset), "--domain", "home", "--out", str(tmp_path / "sbert"), "--quiet"])
+    assert result.exit_code == 1 and f"sbert: cannot load model {missing}" in result.output, result.output
+    assert not (tmp_path / "sbert").exists()
+
+    class FailsAfter:
+        """Answers ``batches`` batches (None: all), then fails as a model loaded on first use or an outage."""
+
+        batch_size = 5
+
+        def __init__(self, batches: int | None) -> None:
+            self.batches = batches
+
+        def recommend(self, examples):
+            if self.batches == 0:
+                raise OSError("cannot load the model")
+            self.batches = None if self.batches is None else self.batches - 1
+            return [e.candidates[0].item_id for e in examples]
+
+    config = RunConfig(model="lazy", dataset=str(dataset), domain="home", bootstrap_samples=0)
+    (tmp_path / "made").mkdir()  # a folder the user made is left, empty, in place
+    with pytest.raises(OSError, match="cannot load"):
+        run(config, tmp_path / "made", recommender=FailsAfter(0), progress=False)
+    assert {path.name for path in (tmp_path / "made").iterdir()} <= {".lock"}
+    # A run with predictions keeps them, and its run.json, for a rerun to resume.
+    with pytest.raises(OSError, match="cannot load"):
+        run(config, tmp_path / "made", recommender=FailsAfter(1), progress=False)
+    with pytest.raises(OSError, match="cannot load"):  # resumed, and failing on its first batch
+        run(config, tmp_path / "made", recommender=FailsAfter(0), progress=False)
+    assert len((tmp_path / "made" / "predictions.jsonl").read_bytes().splitlines()) == 5
+    assert (tmp_path / "made" / "run.json").is_file()
+    results = run(config, tmp_path / "made", recommender=FailsAfter(None), progress=False)
+    assert results["timings"]["resumed_records"] == 5
+
+
 def test_a_record_filed_under_another_domain_is_refused_before_any_inference(tmp_path):
     import datasets
 
