@@ -209,6 +209,9 @@ def _collection(manifest: Mapping[str, Any]) -> str:
             relevance, images = reports.get("relevance") or {}, reports.get("images") or {}
             calls = ("no LLM calls (the relevance filter was skipped: `no_filter`)" if options.get("no_filter")
                      else f"{relevance.get('calls_made', 'an unrecorded number of')} LLM calls")
+            requests = relevance.get("http_requests_sent")  # not recorded before this count existed
+            if requests is not None and requests != relevance.get("calls_made"):  # retries were sent too
+                calls += f" ({requests} HTTP requests, retries included)"
             downloads = ("no image downloads (`images` off)" if options.get("images") is False
                          else f"{images.get('downloaded', 'an unrecorded number of')} image downloads")
             return (f"{SAMPLE_NOTE} Built with `reddit-amazon build` from the {len(inputs):,} bundled input files "

@@ -428,6 +428,7 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
         report = {"model": filter_options.model, "base_url": endpoint_key(filter_options.base_url),  # None: OpenAI
                   "template_sha256": template_sha,
                   "labels": dict(sorted(result.counts.items())), "calls_made": result.calls_made,
+                  "http_requests_sent": result.http_requests_sent,
                   "parameter_changes": result.parameter_changes}
         _write_rows(folder / "conversations.jsonl", (c.to_row() for c in result.kept))
         del result

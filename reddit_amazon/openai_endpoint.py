@@ -121,12 +121,13 @@ MAX_ANSWER_BYTES = 64 << 20
 
 
 def make_client(base_url: str | None, timeout: float | None, api_key: str | None = None,
-                max_answer_bytes: int = MAX_ANSWER_BYTES):
+                max_answer_bytes: int = MAX_ANSWER_BYTES, on_request: Callable[[], None] | None = None):
     """An ``openai.OpenAI`` client that never retries on its own (:func:`with_retries` does, with backoff).
 
     ``timeout`` bounds each read, and also the whole body of an answer once its headers are in (a server
     sending a byte a second never hits a per-read timeout); a body over ``max_answer_bytes`` is cut off.
-    Both end the call with a transport error, which is retried like a dropped connection.
+    Both end the call with a transport error, which is retried like a dropped connection. ``on_request`` is
+    called as each HTTP request is sent, retries included (what an endpoint billing per request counts).
     """
     from openai import DefaultHttpxClient, OpenAI
 
@@ -142,7 +143,10 @@ def make_client(base_url: str | None, timeout: float | None, api_key: str | None
         deadline = float("inf") if timeout is None else time.monotonic() + timeout  # None: no timeout, as before
         response.stream = _bounded_body_class(http)(response.stream, deadline, max_answer_bytes)
 
-    http_client = DefaultHttpxClient(timeout=timeout, event_hooks={"response": [bound_the_body]})
+    hooks: dict[str, list[Callable]] = {"response": [bound_the_body]}
+    if on_request is not None:
+        hooks["request"] = [lambda request: on_request()]
+    http_client = DefaultHttpxClient(timeout=timeout, event_hooks=hooks)
     return OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout, http_client=http_client)
 
 

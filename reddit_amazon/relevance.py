@@ -206,7 +206,8 @@ class FilterResult:
     kept: list[Conversation]
     labels: dict[str, str]  # example_id -> yes/no/uncertain/unparseable/rejected
     counts: Counter
-    calls_made: int
+    calls_made: int  # prompts this run got an answer (or a refusal) for
+    http_requests_sent: int  # what those took: retries and re-sends with adapted parameters included
     parameter_changes: list[str] = field(default_factory=list)  # what the endpoint made us change (ChatParameters)
 
 
@@ -237,14 +238,26 @@ def plan_filter(conversations: Sequence[Conversation], cache: AnswerCache, optio
                       approx_total_tokens=prompt_tokens + ANSWER_TOKENS * len(missing))
 
 
-def _client(options: FilterOptions, api_key: str | None):
+def _client(options: FilterOptions, api_key: str | None, on_request: Callable[[], None]):
     try:
-        return make_client(options.base_url, options.timeout_s, api_key)
+        return make_client(options.base_url, options.timeout_s, api_key, on_request=on_request)
     except MissingAPIKeyError:
         raise RelevanceError(
             "the relevance filter needs answers that are not cached, but OPENAI_API_KEY is not set "
             "(set it, point --llm-base-url at a local OpenAI-compatible server, or use --no-filter / --dry-run)"
         ) from None
+
+
+class _RequestCounter:
+    """HTTP requests sent, counted from the threads that send them."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self._lock = threading.Lock()
+
+    def count(self) -> None:
+        with self._lock:
+            self.sent += 1
 
 
 class PromptRefused(Exception):
@@ -278,9 +291,10 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
 
     keys, missing = _unanswered(conversations, cache, options)
     calls_made = 0
+    requests = _RequestCounter()
     parameters = ChatParameters(options.model)
     if missing:
-        client = _client(options, api_key)
+        client = _client(options, api_key, requests.count)
         failure = ""  # the first call that failed after its retries: the run stops there
         streak = RefusalStreak()
 
@@ -336,4 +350,4 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
         labels[example_id] = REJECTED if status == REJECTED else parse_answer(answer)
     kept = [c for c in conversations if labels[c.example_id] == KEPT_LABEL]
     return FilterResult(kept=kept, labels=labels, counts=Counter(labels.values()), calls_made=calls_made,
-                        parameter_changes=parameters.adaptations)
+                        http_requests_sent=requests.sent, parameter_changes=parameters.adaptations)

@@ -313,6 +313,7 @@ def test_llm_errors_stop_the_build_and_a_rerun_pays_only_the_rest(httpserver, tm
     manifest = json.loads(manifest_text)
     assert manifest["funnel"][-1]["dropped"] == {}  # every answer was "Yes."
     assert manifest["build_reports"]["relevance"]["calls_made"] == prompts - answered
+    assert manifest["build_reports"]["relevance"]["http_requests_sent"] == llm.requests - first_requests
     assert all(s["images"] == 0 for s in manifest["stats"].values())
 
 

@@ -470,6 +470,16 @@ def test_a_sample_built_without_filter_or_images_says_so(tmp_path):
     assert_no_placeholders(card)
 
 
+def test_a_sample_card_counts_the_http_requests_a_build_retried(tmp_path):
+    build = {**BUILD, "options": {"sample": True, "images": False, "reddit": {"salt": "<redacted>"}}}
+    for requests, expected in ((7, "with 5 LLM calls (7 HTTP requests, retries included) and no image downloads"),
+                               (5, "with 5 LLM calls and no image downloads")):
+        reports = {"relevance": {"calls_made": 5, "http_requests_sent": requests}, "images": {"skipped": True}}
+        folder = tmp_path / f"sample-{requests}"
+        write_dataset(folder, controlled_contents({"build": build, "build_reports": reports}))
+        assert expected in (folder / "README.md").read_text(encoding="utf-8")
+
+
 def test_the_summary_names_only_the_domains_the_copy_has(tmp_path):
     """A build with --domain-map 'All Beauty=beauty;AMAZON FASHION=fashion' has no home records and no home config,
     yet its card once opened with "in three visually oriented domains (beauty, fashion, home)"."""

@@ -152,6 +152,19 @@ def test_labels_retries_and_cache(httpserver, options, tmp_path):
     assert sum(fake.requests.values()) == 1 + 1 + 1 + 1 + 3 + 3 + 1 + 2
 
 
+def test_the_http_requests_sent_are_counted_with_their_retries(httpserver, options, tmp_path):
+    """calls_made counts prompts answered; a user billed per request also needs the requests that took."""
+    fake = serve(httpserver, {"limited": [(429, "slow down"), (200, "yes")], "broken": [(500, "oops"), (200, "no")],
+                              "fine": [(200, "yes")]})
+    records = [conversation(name, f"check this SCRIPT={name}") for name in ("limited", "broken", "fine")]
+    with AnswerCache(tmp_path / "cache.sqlite") as cache:
+        result = run_filter(records, cache, options, api_key="sk-test")
+        again = run_filter(records, cache, options, api_key="sk-test")
+    assert result.calls_made == 3
+    assert result.http_requests_sent == sum(fake.requests.values()) == 5
+    assert again.calls_made == again.http_requests_sent == 0
+
+
 def test_persistent_errors_keep_answers_and_resume(httpserver, options, tmp_path):
     fake = serve(httpserver, {"ok": [(200, "yes")], "down": [(503, "unavailable")]})
     records = [conversation("1", "SCRIPT=ok"), conversation("2", "SCRIPT=down")]
