@@ -212,5 +212,6 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
     if result.unresolved_short_links:
         click.secho(f"{len(result.unresolved_short_links)} short link(s) could not be resolved: "
                     f"{workdir / 'reddit' / 'unresolved_short_links.txt'}", fg="yellow", err=True)
+    # stdout holds the funnel JSON alone (`reddit-stage ... > funnel.json`, `| jq`); the summary is a log line
     click.echo(f"{result.funnel['threads_rebuilt']} conversations in {len(result.shards)} shard(s) under "
-               f"{workdir / 'reddit' / 'conversations'}")
+               f"{workdir / 'reddit' / 'conversations'}", err=True)

@@ -501,8 +501,9 @@ def test_command_line(world, tmp_path):
         cli, ["reddit-stage", str(world), "--workdir", str(tmp_path / "w"), "--salt", "x", "--no-progress"]
     )
     assert result.exit_code == 0, result.output
-    assert "7 conversations in 5 shard(s)" in result.output
+    assert "7 conversations in 5 shard(s)" in result.stderr
     assert "incomplete: " in result.output and "RC_2020-11.zst" in result.output
+    assert orjson.loads(result.stdout)["threads_rebuilt"] == 7  # stdout is the funnel JSON and nothing else
     assert (tmp_path / "w" / "reddit" / "funnel.json").exists()
 
 
