@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -160,7 +161,8 @@ def _embed_catalog(backbone: Backbone, pairs: list[tuple[str, bytes | None]], pa
     embeddings = checkpoints.load()
     todo = [pair for pair in pairs if pair[0] not in embeddings]
     if embeddings:
-        tqdm.write(f"resuming: {len(embeddings)} of {len(pairs)} items were embedded before the interruption")
+        tqdm.write(f"resuming: {len(embeddings)} of {len(pairs)} items were embedded before the interruption",
+                   file=sys.stderr)  # stdout is the file's path alone: `EMB=$(lavic-ref embed ...)`
     unsaved: dict[str, torch.Tensor] = {}
     with tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="embed", unit="item") as bar:
         for batch in iter_item_embeddings(backbone, todo, batch_size=batch_size):

@@ -1327,6 +1327,33 @@ def test_an_embed_of_other_items_into_the_same_folder_keeps_an_interrupted_embed
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", path.name]
 
 
+def test_a_resumed_embed_prints_only_the_file_path_on_stdout(tiny_base, tmp_path, monkeypatch):
+    """A script captures `EMB=$(lavic-ref embed ...)`: the resumption notice must not join the path on stdout."""
+    import lavic_ref.embed as embed
+    from lavic_ref.cli import cli
+    from lavic_ref.model import load_backbone
+
+    items = list(load_items(None, ["home"]).values())
+    forward, calls = embed.cls_embeddings, []
+
+    def interrupted(model, pixels):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return forward(model, pixels)
+
+    monkeypatch.setattr(embed, "cls_embeddings", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        embed.embed_catalog(load_backbone(tiny_base, device=DEVICE), items, tmp_path, adapter=None, batch_size=2,
+                            checkpoint_items=2)
+    monkeypatch.undo()
+    result = CliRunner().invoke(cli, ["embed", "--base", tiny_base, "--device", DEVICE, "--domain", "home",
+                                      "--no-distill", "--out", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "resuming: " in result.stderr
+    assert Path(result.stdout.strip()).is_file(), result.stdout
+
+
 def test_the_card_command_finetune_prints_can_be_pasted_for_a_folder_with_spaces(tiny_base, tmp_path):
     from lavic_ref.cli import cli
 
