@@ -311,3 +311,9 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def off_unless(enabled: bool) -> dict[str, bool]:
+    """tqdm keyword arguments: ``disable=True`` when progress is switched off, and none otherwise, so that the
+    user's ``TQDM_DISABLE=1`` (and other ``TQDM_*`` defaults) still apply; an explicit ``disable=False`` hid them."""
+    return {} if enabled else {"disable": True}

@@ -361,6 +361,8 @@ class ShortLinkResolver:
         """Resolve every url (cached answers first); the result has one entry per url."""
         from tqdm import tqdm
 
+        from reddit_amazon.files import off_unless
+
         urls = list(dict.fromkeys(urls))
         results: dict[str, ShortLinkResolution] = {}
         pending = []
@@ -374,7 +376,7 @@ class ShortLinkResolver:
             hosts = {urlsplit(u).hostname for u in pending}
             workers = max(1, min(len(pending), self.per_host_concurrency * len(hosts)))
             with ThreadPoolExecutor(workers) as pool, tqdm(
-                total=len(pending), desc="short links", unit="link", disable=not progress
+                total=len(pending), desc="short links", unit="link", **off_unless(progress)
             ) as bar:
                 for resolution in pool.map(self._fetch, pending):
                     results[resolution.url] = resolution

@@ -48,7 +48,7 @@ from reddit_amazon.dumps import (
     iter_selected_lines,
     parse_line,
 )
-from reddit_amazon.files import STAGE_STAMP, folder_lock, write_atomic
+from reddit_amazon.files import STAGE_STAMP, folder_lock, off_unless, write_atomic
 from reddit_amazon.linking import LinkPrefilter, extract_asins, extract_short_links, linked_asins
 from reddit_amazon.thread_lines import ThreadLineFinder
 from reddit_amazon.threads import (
@@ -175,7 +175,7 @@ def _progress_bar(path: Path, enabled: bool, rank: int):
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
-        disable=not enabled,
+        **off_unless(enabled),
         position=rank,
         leave=rank == 0,
         mininterval=0.5,
