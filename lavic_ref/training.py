@@ -158,7 +158,7 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
                 loss = batch_loss(batch)
             (loss / config.grad_accum).backward()
             state.epoch_loss_sum += loss.item()
-            progress.set_postfix(loss=f"{loss.item():.4f}")
+            progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)  # shown at update(), within mininterval
             progress.update()
             state.batches_done = index + 1
             if state.batches_done % config.grad_accum == 0 or state.batches_done == batches_per_epoch:

@@ -1354,6 +1354,30 @@ def test_a_resumed_embed_prints_only_the_file_path_on_stdout(tiny_base, tmp_path
     assert Path(result.stdout.strip()).is_file(), result.stdout
 
 
+def test_the_training_bar_is_redrawn_within_its_mininterval_not_at_every_batch(tiny_base, tmp_path, monkeypatch):
+    """In a log file (Slurm, nohup) every redraw is one more '\\r' update: the loss shown per batch forced one each
+    batch, whatever the bar's mininterval (TQDM_MININTERVAL=60 in a job script did nothing)."""
+    import io
+
+    import lavic_ref.training
+    from tqdm.auto import tqdm
+
+    log = io.StringIO()
+
+    class LogFileBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "file": log, "mininterval": 3600})
+
+    monkeypatch.setattr(lavic_ref.training, "tqdm", LogFileBar)
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    new_adapter(backbone, LANGUAGE_LORA_TARGETS)
+    tokens = torch.tensor([[5, 6, 7]], device=backbone.device)
+    instances, _ = _two_instances(load_items(None, ["beauty"]))
+    train(backbone, instances * 4, [], lambda batch: backbone.model(input_ids=tokens).logits.float().mean(),
+          TrainConfig(output_dir=tmp_path, epochs=1, batch_size=1, gradient_checkpointing=False))
+    assert log.getvalue().count("\r") <= 3, log.getvalue()  # drawn at the start and at the end, not 8 times
+
+
 def test_the_card_command_finetune_prints_can_be_pasted_for_a_folder_with_spaces(tiny_base, tmp_path):
     from lavic_ref.cli import cli
 
