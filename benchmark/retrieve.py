@@ -44,7 +44,8 @@ from benchmark.runner import (
     provenance,
     recorded_args,
 )
-from reddit_amazon.files import off_unless, write_atomic
+from reddit_amazon.files import write_atomic
+from reddit_amazon.progress import bar_options
 
 CANDIDATES_FILE = "candidates.jsonl"
 RETRIEVER_NAMES = {"bm25": "BM25", "sbert": "SBERT", "openai-emb": "OpenAI-emb"}
@@ -75,7 +76,7 @@ def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool 
     retriever = _retriever(config)
     domains = domains_for(info, config.domain, config.split)
     rows, outcomes, groups = [], [], []
-    for domain in tqdm(domains, desc="retrieving", unit="domain", **off_unless(progress)):
+    for domain in tqdm(domains, desc="retrieving", unit="domain", **bar_options(progress)):
         conversations = load_conversations(info, domain, config.split)
         if config.limit is not None:
             conversations = conversations.select(range(min(config.limit, len(conversations))))

@@ -47,7 +47,8 @@ from benchmark.metrics import (
     summarize_by_domain,
 )
 from benchmark.protocol import DEFAULT_BATCH_SIZE
-from reddit_amazon.files import LOCK_FILE, folder_lock, naming, off_unless, write_atomic
+from reddit_amazon.files import LOCK_FILE, folder_lock, naming, write_atomic
+from reddit_amazon.progress import bar_options
 
 RUN_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -364,7 +365,7 @@ def _predict(recommender: Any, ranks: bool, todo: Sequence[Record], batch_size: 
     # timeout: OSErrors without a file name too) must not be reported as the predictions file's.
     with naming(path):
         handle = open(path, "ab")
-    with handle, tqdm(total=len(todo), unit="rec", desc="predicting", **off_unless(progress)) as bar:
+    with handle, tqdm(total=len(todo), unit="rec", desc="predicting", **bar_options(progress)) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             examples = [r.example for r in batch]

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from lavic_ref.model import Backbone, decode_image
 from lavic_ref.prompts import chat_wrapping, description_prompt
 from reddit_amazon.files import file_lock
+from reddit_amazon.progress import bar_options
 from reddit_amazon.schema import Item
 
 MAX_NEW_TOKENS = 128
@@ -108,7 +109,7 @@ def _generate(backbone: Backbone, todo: list[Item], handle: BinaryIO, descriptio
     tokenizer.padding_side = "left"
     before, after = chat_wrapping(tokenizer)
     image_token = backbone.processor.image_token
-    with tqdm(total=len(todo), desc="describe", unit="item") as progress:
+    with tqdm(total=len(todo), desc="describe", unit="item", **bar_options()) as progress:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             texts = [before + description_prompt(item.title, image_token) + after for item in batch]

@@ -24,6 +24,7 @@ from lavic_ref.model import Backbone, adapter_fingerprint, cls_embeddings, decod
     subimage_pixels
 from lavic_ref.prompts import ITEM_TOKENS
 from reddit_amazon.files import atomic_path, folder_lock
+from reddit_amazon.progress import bar_options
 
 if TYPE_CHECKING:
     from reddit_amazon.schema import Item
@@ -54,7 +55,7 @@ def compute_item_embeddings(backbone: Backbone, items: Sequence[tuple[str, bytes
                             batch_size: int = 16, progress: bool = True) -> dict[str, torch.Tensor]:
     """``{item_id: (5, D)}`` from ``(item_id, image bytes)`` pairs (a blank image where bytes are None)."""
     result: dict[str, torch.Tensor] = {}
-    with tqdm(total=len(items), desc="embed", unit="item", disable=not progress) as bar:
+    with tqdm(total=len(items), desc="embed", unit="item", **bar_options(progress)) as bar:
         for batch in iter_item_embeddings(backbone, items, batch_size=batch_size):
             result.update(batch)
             bar.update(len(batch))
@@ -164,7 +165,7 @@ def _embed_catalog(backbone: Backbone, pairs: list[tuple[str, bytes | None]], pa
         tqdm.write(f"resuming: {len(embeddings)} of {len(pairs)} items were embedded before the interruption",
                    file=sys.stderr)  # stdout is the file's path alone: `EMB=$(lavic-ref embed ...)`
     unsaved: dict[str, torch.Tensor] = {}
-    with tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="embed", unit="item") as bar:
+    with tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="embed", unit="item", **bar_options()) as bar:
         for batch in iter_item_embeddings(backbone, todo, batch_size=batch_size):
             unsaved.update(batch)
             bar.update(len(batch))

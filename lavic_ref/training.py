@@ -18,6 +18,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 
 from lavic_ref.model import Backbone, compile_language_layers, save_adapter
 from reddit_amazon.files import remove_abandoned_siblings, replace_dir, write_atomic
+from reddit_amazon.progress import bar_options
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -121,7 +123,7 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
     if config.cuda_graphs:
         if backbone.device.type != "cuda":
             tqdm.write(f"warning: CUDA graphs need a CUDA device; on {backbone.device.type} the LM layers are "
-                       "compiled without them")
+                       "compiled without them", file=sys.stderr)
         compile_language_layers(model, mode="reduce-overhead")
         batch_loss = _each_call_a_new_graph_step(batch_loss)
     elif config.compile_layers:
@@ -150,7 +152,7 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
         random.Random(config.seed + state.epoch).shuffle(order)
         model.train()
         progress = tqdm(total=batches_per_epoch, initial=state.batches_done,
-                        desc=f"{description} epoch {state.epoch + 1}")
+                        desc=f"{description} epoch {state.epoch + 1}", **bar_options())
         optimizer.zero_grad(set_to_none=True)
         for index in range(state.batches_done, batches_per_epoch):
             batch = [train_set[i] for i in order[index * config.batch_size:(index + 1) * config.batch_size]]
@@ -172,7 +174,7 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
         val_loss = evaluate(backbone, val_set, batch_loss, config.batch_size) if val_set else train_loss
         state.history.append({"epoch": state.epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
         tqdm.write(f"{description} epoch {state.epoch + 1}: train loss {train_loss:.4f}, "
-                   f"validation loss {val_loss:.4f}")
+                   f"validation loss {val_loss:.4f}", file=sys.stderr)
         if val_loss < state.best_val_loss:
             state.best_val_loss = val_loss
             best_tmp = output / ".best.tmp"
@@ -256,7 +258,7 @@ def evaluate(backbone: Backbone, examples: Sequence[Any], batch_loss: BatchLoss,
     model.eval()
     autocast = _autocast(backbone)
     total, count = 0.0, 0
-    for start in tqdm(range(0, len(examples), batch_size), desc="validation", leave=False):
+    for start in tqdm(range(0, len(examples), batch_size), desc="validation", leave=False, **bar_options()):
         batch = examples[start:start + batch_size]
         with autocast:
             total += batch_loss(batch).item() * len(batch)
@@ -288,14 +290,14 @@ def _load_checkpoint(backbone: Backbone, optimizer: torch.optim.Optimizer, folde
     optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location=backbone.device, weights_only=True))
     if (folder / RNG_FILE).is_file():
         _set_rng_state(torch.load(folder / RNG_FILE, weights_only=True))  # never unpickles, whatever the torch
-    tqdm.write(f"resuming from {folder} (epoch {state.epoch + 1}, batch {state.batches_done})")
+    tqdm.write(f"resuming from {folder} (epoch {state.epoch + 1}, batch {state.batches_done})", file=sys.stderr)
     return state
 
 
 def _check_settings(folder: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     if not saved:
         tqdm.write(f"warning: {folder} does not record its run's settings (an older version wrote it); "
-                   "resuming without checking them")
+                   "resuming without checking them", file=sys.stderr)
         return
     advice = f"Use another output folder, or --no-resume to start over in {folder.parent} (replacing its adapters)."
     if saved.get("task") != current.get("task"):

@@ -223,8 +223,10 @@ def package_versions() -> dict[str, str]:
 def _tqdm(description: str):
     from tqdm.auto import tqdm
 
+    from reddit_amazon.progress import bar_options
+
     def wrap(iterable: Iterable, total: int, *_: Any) -> Iterable:
-        return tqdm(iterable, total=total, desc=description, unit="it", dynamic_ncols=True)
+        return tqdm(iterable, total=total, desc=description, unit="it", dynamic_ncols=True, **bar_options())
 
     return wrap
 

@@ -32,6 +32,7 @@ import orjson
 from tqdm.auto import tqdm
 
 from reddit_amazon.dumps import DumpReadError, ReadProgress, iter_chunks, iter_lines
+from reddit_amazon.progress import bar_options
 from reddit_amazon.schema import DOMAINS, Item, is_asin
 
 HUB_PREFIX = "hub:"
@@ -144,7 +145,7 @@ def _open_lines(path: str) -> Iterator[bytes]:
     read = ReadProgress()
     try:
         with tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, leave=False, desc=Path(path).name,
-                  disable=None) as progress:
+                  **bar_options()) as progress:
             for number, line in enumerate(iter_lines(iter_chunks(Path(path), read), keep_empty=True)):
                 yield line
                 if number % 8192 == 0:

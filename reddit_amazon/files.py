@@ -312,8 +312,3 @@ def file_sha256(path: Path) -> str:
             digest.update(block)
     return digest.hexdigest()
 
-
-def off_unless(enabled: bool) -> dict[str, bool]:
-    """tqdm keyword arguments: ``disable=True`` when progress is switched off, and none otherwise, so that the
-    user's ``TQDM_DISABLE=1`` (and other ``TQDM_*`` defaults) still apply; an explicit ``disable=False`` hid them."""
-    return {} if enabled else {"disable": True}

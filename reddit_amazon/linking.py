@@ -361,7 +361,7 @@ class ShortLinkResolver:
         """Resolve every url (cached answers first); the result has one entry per url."""
         from tqdm import tqdm
 
-        from reddit_amazon.files import off_unless
+        from reddit_amazon.progress import bar_options
 
         urls = list(dict.fromkeys(urls))
         results: dict[str, ShortLinkResolution] = {}
@@ -376,7 +376,7 @@ class ShortLinkResolver:
             hosts = {urlsplit(u).hostname for u in pending}
             workers = max(1, min(len(pending), self.per_host_concurrency * len(hosts)))
             with ThreadPoolExecutor(workers) as pool, tqdm(
-                total=len(pending), desc="short links", unit="link", **off_unless(progress)
+                total=len(pending), desc="short links", unit="link", **bar_options(progress)
             ) as bar:
                 for resolution in pool.map(self._fetch, pending):
                     results[resolution.url] = resolution

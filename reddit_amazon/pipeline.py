@@ -20,7 +20,6 @@ digest of what they depend on, so changed inputs never reuse stale results.
 from __future__ import annotations
 
 import hashlib
-from abc import abstractmethod
 import os
 import re
 import secrets
@@ -29,6 +28,7 @@ import subprocess
 import sys
 import time
 import zlib
+from abc import abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
@@ -48,8 +48,14 @@ from reddit_amazon.dumps import (
     iter_selected_lines,
     parse_line,
 )
-from reddit_amazon.files import STAGE_STAMP, folder_lock, off_unless, write_atomic
-from reddit_amazon.linking import LinkPrefilter, extract_asins, extract_short_links, linked_asins
+from reddit_amazon.files import STAGE_STAMP, folder_lock, write_atomic
+from reddit_amazon.linking import (
+    LinkPrefilter,
+    extract_asins,
+    extract_short_links,
+    linked_asins,
+)
+from reddit_amazon.progress import bar_options
 from reddit_amazon.thread_lines import ThreadLineFinder
 from reddit_amazon.threads import (
     Pseudonymizer,
@@ -175,10 +181,8 @@ def _progress_bar(path: Path, enabled: bool, rank: int):
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
-        **off_unless(enabled),
-        position=rank,
         leave=rank == 0,
-        mininterval=0.5,
+        **bar_options(enabled, position=rank, mininterval=0.5),
     )
 
 

@@ -31,3 +31,28 @@ def test_tqdm_disable_turns_off_the_progress_bars(tmp_path):
                  "s"], tmp_path, TQDM_DISABLE="1")
     assert done.returncode == 0, done.stderr
     assert "sample_comments.zst" not in done.stderr and "\r" not in done.stderr, done.stderr
+
+
+def test_bars_in_a_log_file_are_redrawn_rarely_and_move_no_cursor(tmp_path):
+    """Two scan workers stacked their bars with cursor moves (ESC [A) and redrew them twice a second, into a
+    Slurm log as into a terminal."""
+    done = _run(["reddit_amazon.cli", "reddit-stage", str(SAMPLE_INPUTS / "reddit"), "--workdir", "work", "--salt",
+                 "s", "--workers", "2"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "sample_comments.zst" in done.stderr  # the bars are there, drawn at start and end
+    assert "\x1b[" not in done.stderr, done.stderr
+
+
+def test_bar_options_follow_the_terminal_and_leave_tqdm_variables_to_the_user(monkeypatch):
+    from reddit_amazon import progress
+    from reddit_amazon.progress import LOG_INTERVAL_S, bar_options
+
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    assert bar_options(False, position=1) == {"disable": True}
+    monkeypatch.setattr(progress, "_stderr_is_a_terminal", lambda: True)
+    assert bar_options(position=1, mininterval=0.5) == {"position": 1, "mininterval": 0.5}
+    assert bar_options() == {}
+    monkeypatch.setattr(progress, "_stderr_is_a_terminal", lambda: False)
+    assert bar_options(position=1, mininterval=0.5) == {"mininterval": LOG_INTERVAL_S}
+    monkeypatch.setenv("TQDM_MININTERVAL", "5")  # the user's choice: tqdm reads it for arguments not given
+    assert bar_options(position=1, mininterval=0.5) == {}

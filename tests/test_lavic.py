@@ -351,10 +351,10 @@ def test_adapters_save_and_reload_with_identical_outputs(tiny_base, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def _invoke(command, args):
+def _invoke(command, args, stream="stdout"):
     result = CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return result.stdout
+    return getattr(result, stream)
 
 
 def test_describe_distill_embed_finetune_then_benchmark_run(tiny_base, tmp_path):
@@ -616,7 +616,9 @@ def test_a_resumed_run_trains_what_an_uninterrupted_one_does(tiny_base, tmp_path
     monkeypatch.undo()
     state = json.loads((tmp_path / "resumed" / "last" / "trainer_state.json").read_text())
     assert (state["epoch"], state["batches_done"]) == (1, 2)
-    assert "resuming from" in _invoke(cli, [*common, "--out", tmp_path / "resumed"])
+    result = CliRunner().invoke(cli, [str(a) for a in [*common, "--out", tmp_path / "resumed"]], catch_exceptions=False)
+    assert "resuming from" in result.stderr  # log lines go to stderr: stdout is the result alone
+    assert result.stdout.startswith("best adapter: "), result.stdout
     # LoRA dropout is on (0.1): equal only if the RNG state was restored with the checkpoint.
     assert _same_weights(tmp_path / "full" / "best", tmp_path / "resumed" / "best")
     assert _same_weights(tmp_path / "full" / "last", tmp_path / "resumed" / "last")
@@ -636,7 +638,8 @@ def test_cuda_graphs_need_checkpointing_off_and_train_compiled_on_padded_batches
     assert not (tmp_path / "refused").exists()
 
     _invoke(cli, [*common, "--no-gradient-checkpointing", "--out", tmp_path / "eager"])
-    output = _invoke(cli, [*common, "--no-gradient-checkpointing", "--cuda-graphs", "--out", tmp_path / "graphs"])
+    output = _invoke(cli, [*common, "--no-gradient-checkpointing", "--cuda-graphs", "--out", tmp_path / "graphs"],
+                     stream="stderr")
     assert ("CUDA graphs need a CUDA device" in output) == (DEVICE != "cuda")
     eager, graphs = (json.loads((tmp_path / run / "history.json").read_text())[0] for run in ("eager", "graphs"))
     assert graphs["val_loss"] == pytest.approx(eager["val_loss"], rel=0.05)
@@ -1077,7 +1080,7 @@ def test_a_run_killed_while_swapping_its_checkpoint_resumes_from_the_one_set_asi
     assert not (tmp_path / "out" / "last").exists()
     capsys.readouterr()
     train(backbone, instances, [], loss, config)
-    resumed = capsys.readouterr().out.splitlines()
+    resumed = capsys.readouterr().err.splitlines()
     assert any(line.startswith("resuming from") and "batch 1)" in line for line in resumed), resumed
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["best", "history.json", "last"]
 

@@ -1,0 +1,40 @@
+"""Progress bar settings shared by the three CLIs.
+
+A bar is drawn on stderr. Into a terminal it updates as tqdm likes; into a log file (a Slurm job, ``nohup``,
+CI) every redraw is a ``\\r`` line kept forever, so there it is redrawn every :data:`LOG_INTERVAL_S` and
+without the cursor moves that stack several workers' bars. The user's ``TQDM_*`` variables
+(``TQDM_DISABLE=1``, ``TQDM_MININTERVAL=…``) win over both: tqdm reads them only for arguments not given.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+#: Seconds between redraws of a bar written to a file: a scan of a month of comments then adds ~100 lines an hour.
+LOG_INTERVAL_S = 30.0
+
+
+def bar_options(enabled: bool = True, *, position: int | None = None, mininterval: float | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``tqdm``: ``disable=True`` when ``enabled`` is false, else ``position`` (several bars
+    at once; in a terminal only) and ``mininterval`` (at least :data:`LOG_INTERVAL_S` in a file)."""
+    if not enabled:
+        return {"disable": True}
+    terminal = _stderr_is_a_terminal()
+    options: dict[str, Any] = {}
+    if position is not None and terminal:
+        options["position"] = position
+    if "TQDM_MININTERVAL" not in os.environ:
+        if not terminal:
+            options["mininterval"] = max(mininterval or 0.0, LOG_INTERVAL_S)
+        elif mininterval is not None:
+            options["mininterval"] = mininterval
+    return options
+
+
+def _stderr_is_a_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False
