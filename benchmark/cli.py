@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from contextlib import AbstractContextManager
@@ -154,6 +155,8 @@ def _echo_summary(results: dict, out_dir: Path) -> None:
                              f"{entry['value']:.4f}" + (f"\n[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
             table.add_row(name, *cells)
     console = Console(stderr=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:  # a file or a pipe: no 80-column wrapping
+        console.width = max(console.width, console.measure(table, options=console.options.update_width(1000)).maximum)
     console.print(table)
     # The path as given: no Rich markup ("runs/[exp1]"), no wrapping, and no UnicodeEncodeError where stdout
     # cannot encode it (PYTHONIOENCODING=ascii, a C locale): click.echo writes what the stream can take.

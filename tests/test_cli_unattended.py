@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-
 from pathlib import Path
 
 from reddit_amazon.build import SAMPLE_INPUTS
@@ -13,12 +13,14 @@ from reddit_amazon.build import SAMPLE_INPUTS
 ROOT = str(Path(__file__).resolve().parents[1])
 
 
-def _run(args: list[str], tmp_path, **env: str) -> subprocess.CompletedProcess:
-    """``args[0]``'s ``main()`` in a fresh process (no terminal, stdin closed), this checkout first on the path."""
+def _run(args: list[str], tmp_path, **env: str | None) -> subprocess.CompletedProcess:
+    """``args[0]``'s ``main()`` in a fresh process (no terminal, stdin closed), this checkout first on the path;
+    ``env`` adds variables (``None``: removes one)."""
     path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    variables = {**os.environ, "PYTHONPATH": path, **env}
     return subprocess.run([sys.executable, "-c", f"from {args[0]} import main; main()", *args[1:]],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=tmp_path, timeout=300,
-                          env={**os.environ, "PYTHONPATH": path, **env})
+                          env={key: value for key, value in variables.items() if value is not None})
 
 
 def test_tqdm_disable_turns_off_the_progress_bars(tmp_path):
@@ -56,3 +58,12 @@ def test_bar_options_follow_the_terminal_and_leave_tqdm_variables_to_the_user(mo
     assert bar_options(position=1, mininterval=0.5) == {"mininterval": LOG_INTERVAL_S}
     monkeypatch.setenv("TQDM_MININTERVAL", "5")  # the user's choice: tqdm reads it for arguments not given
     assert bar_options(position=1, mininterval=0.5) == {}
+
+
+def test_the_results_table_in_a_file_is_as_wide_as_it_needs(tmp_path):
+    """Rich draws 80 columns where stdout is no terminal: the 'all' column's intervals broke over two lines."""
+    done = _run(["benchmark.cli", "run", "--model", "random", "--out", "run", "--bootstrap-samples", "50"], tmp_path,
+                COLUMNS=None)
+    assert done.returncode == 0, done.stderr
+    intervals = [line for line in done.stdout.splitlines() if "[" in line]
+    assert intervals and all(len(re.findall(r"\[\d\.\d{3}, \d\.\d{3}\]", line)) == 4 for line in intervals), done.stdout
