@@ -21,11 +21,13 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -38,7 +40,7 @@ class MissingAPIKeyError(RuntimeError):
 
 
 class CallCancelled(RuntimeError):
-    """The caller gave up on this call (another call failed for good) before its retries ran out."""
+    """The caller gave up on this call (another call failed for good, or Ctrl-C) before its retries ran out."""
 
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -121,13 +123,16 @@ MAX_ANSWER_BYTES = 64 << 20
 
 
 def make_client(base_url: str | None, timeout: float | None, api_key: str | None = None,
-                max_answer_bytes: int = MAX_ANSWER_BYTES, on_request: Callable[[], None] | None = None):
+                max_answer_bytes: int = MAX_ANSWER_BYTES, connections: OpenConnections | None = None,
+                on_request: Callable[[], None] | None = None):
     """An ``openai.OpenAI`` client that never retries on its own (:func:`with_retries` does, with backoff).
 
     ``timeout`` bounds each read, and also the whole body of an answer once its headers are in (a server
     sending a byte a second never hits a per-read timeout); a body over ``max_answer_bytes`` is cut off.
-    Both end the call with a transport error, which is retried like a dropped connection. ``on_request`` is
-    called as each HTTP request is sent, retries included (what an endpoint billing per request counts).
+    Both end the call with a transport error, which is retried like a dropped connection. The client's
+    connections are recorded in ``connections``, so that :func:`stoppable_calls` can cut them on Ctrl-C.
+    ``on_request`` is called as each HTTP request is sent, retries included (what an endpoint billing per
+    request counts).
     """
     from openai import DefaultHttpxClient, OpenAI
 
@@ -138,16 +143,66 @@ def make_client(base_url: str | None, timeout: float | None, api_key: str | None
         api_key = "unused"  # local servers accept any key; the client requires one
 
     http = importlib.import_module(DefaultHttpxClient.__mro__[1].__module__.partition(".")[0])  # httpx or httpx2
+    connections = OpenConnections() if connections is None else connections
+
+    def trace_the_connections(request) -> None:  # an event hook: runs before each request is sent
+        request.extensions["trace"] = connections.trace
 
     def bound_the_body(response) -> None:  # an event hook: runs once the headers are in, before the body is read
         deadline = float("inf") if timeout is None else time.monotonic() + timeout  # None: no timeout, as before
         response.stream = _bounded_body_class(http)(response.stream, deadline, max_answer_bytes)
 
-    hooks: dict[str, list[Callable]] = {"response": [bound_the_body]}
+    request_hooks: list[Callable[[Any], None]] = [trace_the_connections]
     if on_request is not None:
-        hooks["request"] = [lambda request: on_request()]
-    http_client = DefaultHttpxClient(timeout=timeout, event_hooks=hooks)
+        request_hooks.append(lambda request: on_request())
+    http_client = DefaultHttpxClient(timeout=timeout, event_hooks={"request": request_hooks,
+                                                                   "response": [bound_the_body]})
     return OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout, http_client=http_client)
+
+
+class OpenConnections:
+    """The sockets of a client's connections, learnt from httpcore's ``trace`` extension as each connects, so
+    that another thread can end the calls in flight at once (a thread blocked reading a socket wakes only
+    when the socket is shut, not when it is closed)."""
+
+    def __init__(self) -> None:
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._cutting = 0  # > 0 inside cut(): a connection made then is shut as it connects
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event.endswith((".connect_tcp.complete", ".connect_unix_socket.complete")):
+            sock = info["return_value"].get_extra_info("socket")
+            if sock is None:  # a network backend without sockets
+                return
+            with self._lock:
+                self._sockets.add(sock)
+                cutting = self._cutting > 0
+            if cutting:
+                _shut(sock)
+
+    @contextmanager
+    def cut(self) -> Iterator[None]:
+        """Shut every connection, and any made inside the block (a call that was about to connect): a read in
+        flight ends as a dropped connection. The connections are not used again (an idle one that was shut
+        reads as closed by the server, and is dropped by the pool)."""
+        with self._lock:
+            self._cutting += 1
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._cutting -= 1
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
 
 
 @functools.cache
@@ -275,7 +330,8 @@ def with_retries(call: Callable[[], T], max_attempts: int, initial_wait: float =
     stay apart); a server's ``Retry-After`` is waited out when it asks for longer (up to 10 minutes).
 
     Setting ``cancel`` ends the wait between attempts at once and raises :class:`CallCancelled`
-    instead of trying again (a call already sent still runs to its timeout).
+    instead of trying again (a call already sent runs to its timeout, unless its connection is cut: see
+    :func:`stoppable_calls`).
     """
     from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
@@ -287,7 +343,7 @@ def with_retries(call: Callable[[], T], max_attempts: int, initial_wait: float =
 
     def attempt() -> T:
         if cancel is not None and cancel.is_set():
-            raise CallCancelled("given up: another call failed for good")
+            raise CallCancelled("given up: the run is stopping (a call failed for good, or Ctrl-C)")
         return call()
 
     wrapped: Any = retry(retry=retry_if_exception(is_transient), stop=stop_after_attempt(max_attempts),
@@ -299,20 +355,28 @@ MAX_RETRY_AFTER = 600.0
 
 
 @contextmanager
-def stoppable_calls(workers: int) -> Iterator[tuple[ThreadPoolExecutor, threading.Event]]:
+def stoppable_calls(workers: int, connections: OpenConnections) -> Iterator[tuple[ThreadPoolExecutor, threading.Event]]:
     """A thread pool for endpoint calls and the ``cancel`` event to give their :func:`with_retries`.
 
     Leaving the block (the caller stopped at a call that failed for good, a fatal error, Ctrl-C) sets the
     event, so calls waiting to retry give up instead of waiting out a backoff or a ``Retry-After``, and
-    cancels the calls not yet started; it returns once the calls in flight have finished.
+    cancels the calls not yet started; it returns once the calls in flight have finished. On Ctrl-C (or
+    SIGTERM, which ``run_cli`` turns into one) they finish at once: ``connections``, those of the calls'
+    client, are cut, and the calls end as cancelled, neither retried nor answered. Otherwise calls already
+    sent run to their answer or their timeout (an answer received is one less to pay for).
     """
     stopping = threading.Event()
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    interrupted = False
     try:
         yield pool, stopping
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        stopping.set()
-        pool.shutdown(wait=True, cancel_futures=True)
+        stopping.set()  # before the cut: a call that wakes from it is not sent again
+        with connections.cut() if interrupted else nullcontext():
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def completed_in_window(pool: ThreadPoolExecutor, call: Callable[..., Any], arguments: Iterable[tuple],

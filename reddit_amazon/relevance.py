@@ -26,6 +26,7 @@ from reddit_amazon.openai_endpoint import (
     ChatParameters,
     PROMPT_REFUSAL_STATUSES,
     MissingAPIKeyError,
+    OpenConnections,
     RefusalStreak,
     RefusedEverything,
     approx_tokens,
@@ -238,9 +239,11 @@ def plan_filter(conversations: Sequence[Conversation], cache: AnswerCache, optio
                       approx_total_tokens=prompt_tokens + ANSWER_TOKENS * len(missing))
 
 
-def _client(options: FilterOptions, api_key: str | None, on_request: Callable[[], None]):
+def _client(options: FilterOptions, api_key: str | None, connections: OpenConnections,
+            on_request: Callable[[], None]):
     try:
-        return make_client(options.base_url, options.timeout_s, api_key, on_request=on_request)
+        return make_client(options.base_url, options.timeout_s, api_key, connections=connections,
+                           on_request=on_request)
     except MissingAPIKeyError:
         raise RelevanceError(
             "the relevance filter needs answers that are not cached, but OPENAI_API_KEY is not set "
@@ -294,7 +297,8 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
     requests = _RequestCounter()
     parameters = ChatParameters(options.model)
     if missing:
-        client = _client(options, api_key, requests.count)
+        connections = OpenConnections()
+        client = _client(options, api_key, connections, requests.count)
         failure = ""  # the first call that failed after its retries: the run stops there
         streak = RefusalStreak()
 
@@ -320,7 +324,7 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
             streak.refused(lambda: cache.put(key, options.model, reason, status=REJECTED), reason)
             return True
 
-        with stoppable_calls(options.concurrency) as (pool, stopping):
+        with stoppable_calls(options.concurrency, connections) as (pool, stopping):
             # In an order of this run's own: builds sharing the cache do not ask the same prompts side by side.
             order = random.sample(list(missing.items()), len(missing))
             done = completed_in_window(pool, ask_and_store, order, window=4 * options.concurrency)

@@ -32,6 +32,7 @@ from benchmark.retrieval.cache import cache_file, default_cache_dir
 from reddit_amazon.cli_errors import redact_secrets
 from reddit_amazon.openai_endpoint import (
     ChatParameters,
+    OpenConnections,
     RefusalStreak,
     endpoint_key,
     endpoint_url,
@@ -84,6 +85,7 @@ class OpenAIChatRecommender:
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir().parent / "chat"
         self.cache = ChatCache(folder)
         self._client = None
+        self._connections = OpenConnections()  # the client's, cut on Ctrl-C
         self._parameters = ChatParameters(model)
         self._cut_answers = 0
         self._refusals = RefusalStreak()  # refusals of every prompt stop the run: they are a setting's
@@ -135,7 +137,7 @@ class OpenAIChatRecommender:
             self._refusals.answered()
             return cached
         if self._client is None:
-            self._client = make_client(self.base_url, self.timeout)
+            self._client = make_client(self.base_url, self.timeout, connections=self._connections)
         try:
             response = self._parameters.create(self._client, request, self.max_retries, cancel=cancel)
         except openai.APIStatusError as error:
@@ -160,7 +162,7 @@ class OpenAIChatRecommender:
         requests = [self._request(example) for example in examples]
         if self.max_workers <= 1 or len(requests) <= 1:
             return [self._complete(r) for r in requests]
-        with stoppable_calls(self.max_workers) as (pool, stopping):
+        with stoppable_calls(self.max_workers, self._connections) as (pool, stopping):
             futures = [pool.submit(self._complete, request, stopping) for request in requests]
             for future in as_completed(futures):
                 future.result()  # the first call that fails for good ends the batch at once

@@ -1,0 +1,173 @@
+"""Ctrl-C and SIGTERM during LLM calls that the endpoint never answers (the build's relevance filter, `benchmark
+run --model openai-chat`): the command stops at once, not after the calls' timeout (60 s and 120 s by default; a
+Slurm job has ~30 s between SIGTERM and SIGKILL), keeps the answers it got, and a rerun asks only the rest."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from benchmark.synthetic import make_synthetic_dataset
+
+ANSWERED_FIRST = 3  # requests answered before the endpoint stalls
+RECORDS = 6  # openai-chat: one batch
+STOPS_WITHIN_S = 5  # 1-2 s unloaded; the timeouts at fault are 60 s (build) and 120 s (openai-chat)
+
+
+class StallingEndpoint:
+    """A loopback chat endpoint: answers "Yes." to its first ``answered_first`` requests, then accepts each
+    request and never answers (``stall="hang"``) or sends its body a byte a second (``"drip"``) until
+    :meth:`recover`, from which on it answers every request."""
+
+    def __init__(self, answered_first: int, stall: str):
+        self.answered_first, self.stall = answered_first, stall
+        self.requests = 0
+        self.stalled = threading.Event()  # a request is stalling
+        self.recovered = threading.Event()
+        self._lock = threading.Lock()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                endpoint.handle(self)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def handle(self, handler: BaseHTTPRequestHandler) -> None:
+        body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
+        with self._lock:
+            self.requests += 1
+            answer = self.recovered.is_set() or self.requests <= self.answered_first
+        if not answer:
+            self.stalled.set()
+            if self.stall == "drip":
+                handler.send_response(200)
+                handler.send_header("Content-Type", "application/json")
+                handler.send_header("Content-Length", "100000")
+                handler.end_headers()
+                while not self.recovered.wait(1):
+                    try:
+                        handler.wfile.write(b" ")
+                        handler.wfile.flush()
+                    except OSError:  # the client is gone
+                        break
+            self.recovered.wait()
+            return
+        data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": "Yes."}}]}).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def recover(self) -> int:
+        """Answer every request from now on; returns the number of requests so far."""
+        with self._lock:
+            self.recovered.set()
+            return self.requests
+
+    def close(self) -> None:
+        self.recovered.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def interrupted(command: list[str], endpoint: StallingEndpoint, signum: int) -> tuple[int, float, str]:
+    """Run ``command`` until its calls stall, send it ``signum``: its exit status, the seconds it took to
+    stop and its output."""
+    child = subprocess.Popen([sys.executable, "-m", *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        assert endpoint.stalled.wait(120), "no call reached the endpoint"
+        time.sleep(1)  # every worker is in a call by now, and the answers received are stored
+        child.send_signal(signum)
+        sent = time.monotonic()
+        output, _ = child.communicate(timeout=30)
+        return child.returncode, time.monotonic() - sent, output
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+#: How each CLI ends on an interrupt, as it did before the calls were cut: SIGTERM is 143 (run_cli); Ctrl-C is
+#: click's "Aborted!" (status 1) for the build, status 130 and a hint to resume for `benchmark run`.
+BUILD_INTERRUPTED = {signal.SIGINT: 1, signal.SIGTERM: 128 + signal.SIGTERM}
+BENCHMARK_INTERRUPTED = {signal.SIGINT: 128 + signal.SIGINT, signal.SIGTERM: 128 + signal.SIGTERM}
+
+CASES = [(signal.SIGINT, "hang"), (signal.SIGTERM, "drip")]
+
+
+@pytest.mark.parametrize(("signum", "stall"), CASES, ids=["ctrl-c-unanswered", "sigterm-dripping"])
+def test_an_interrupted_build_stops_at_once_and_resumes(tmp_path, signum, stall):
+    cache = tmp_path / "work" / "relevance-cache.sqlite"
+
+    def answers() -> list[tuple[str, str]]:
+        with sqlite3.connect(cache) as db:
+            return db.execute("SELECT status, answer FROM answers WHERE model = 'm'").fetchall()
+
+    endpoint = StallingEndpoint(ANSWERED_FIRST, stall)
+    command = ["reddit_amazon", "build", "--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"),
+               "--llm-model", "m", "--llm-base-url", endpoint.url, "--llm-concurrency", "4", "--no-images",
+               "--retrievers", "bm25"]
+    try:
+        status, took, output = interrupted(command, endpoint, signum)
+        assert status == BUILD_INTERRUPTED[signum] and took < STOPS_WITHIN_S, (status, took, output)
+        assert output.rstrip().endswith("Aborted!") and "Traceback" not in output, output
+        assert answers() == [("ok", "Yes.")] * ANSWERED_FIRST  # neither the cut calls nor their failures
+
+        asked_before = endpoint.recover()  # the same URL: the endpoint is part of each answer's key
+        rerun = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=300)
+    finally:
+        endpoint.close()
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    asked_again = endpoint.requests - asked_before
+    assert asked_again == len(answers()) - ANSWERED_FIRST  # the answers of the interrupted run are not asked again
+    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["build_reports"]["relevance"]["calls_made"] \
+        == asked_again
+
+
+@pytest.mark.parametrize(("signum", "stall"), CASES, ids=["ctrl-c-unanswered", "sigterm-dripping"])
+def test_an_interrupted_openai_chat_run_stops_at_once_and_resumes(tmp_path, signum, stall):
+    dataset = make_synthetic_dataset(tmp_path / "ds", records_per_domain=RECORDS, domains=("home",))
+    responses = tmp_path / "chat-cache" / "responses.sqlite"
+
+    def cached() -> list[str]:
+        with sqlite3.connect(responses) as db:
+            return [text for (text,) in db.execute("SELECT text FROM response")]
+
+    endpoint = StallingEndpoint(ANSWERED_FIRST, stall)
+    command = ["benchmark", "run", "--model", "openai-chat", "--dataset", str(dataset), "--out", str(tmp_path / "run"),
+               "--quiet", "--bootstrap-samples", "0", "--model-args",
+               f"base_url={endpoint.url},cache_dir={tmp_path / 'chat-cache'},max_workers=4"]
+    try:
+        status, took, output = interrupted(command, endpoint, signum)
+        assert status == BENCHMARK_INTERRUPTED[signum] and took < STOPS_WITHIN_S, (status, took, output)
+        assert output.rstrip().endswith("run the same command again to resume") and "Traceback" not in output, output
+        assert cached() == ["Yes."] * ANSWERED_FIRST
+
+        asked_before = endpoint.recover()
+        rerun = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=120)
+    finally:
+        endpoint.close()
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert endpoint.requests - asked_before == len(cached()) - ANSWERED_FIRST == RECORDS - ANSWERED_FIRST
+    assert len((tmp_path / "run" / "predictions.jsonl").read_text().splitlines()) == RECORDS
