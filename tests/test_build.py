@@ -151,6 +151,7 @@ def test_a_resumed_build_does_not_read_the_conversations_of_reused_stages(sample
 def test_sbert_candidates_and_benchmark_run(sample_build, tmp_path):
     from benchmark.runner import RunConfig, run
 
+    pytest.importorskip("sentence_transformers")  # the `retrieval` extra
     root, _ = sample_build
     result = build("--out", str(tmp_path / "sbert-ds"), "--workdir", str(root / "work"))  # default: sbert
     assert result.exit_code == 0, result.output
@@ -175,7 +176,7 @@ def test_sbert_candidates_and_benchmark_run(sample_build, tmp_path):
 
 def test_dry_run_and_missing_key(sample_build, tmp_path):
     root, _ = sample_build
-    base = ["--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work")]
+    base = ["--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), *FAST]
     recorded = build(*base, "--dry-run")
     assert recorded.exit_code == 0, recorded.output
     assert "0 API calls" in recorded.output  # the sample's answers are pre-recorded for the paper's model
@@ -202,12 +203,12 @@ def test_mistyped_options_and_a_foreign_out_folder_fail_before_any_work(tmp_path
              (["--domain-map", "All Beauty=Beauty"], "domains are beauty, fashion, home"),
              (["--llm-template", str(template)], "has no {conversation} slot")]
     for args, message in cases:
-        result = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), *args)
+        result = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), *FAST, *args)
         assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
         assert not (tmp_path / "work").exists()  # nothing ran
     assert (precious / "thesis.txt").read_text() == "years of work"
     for out, message in [("/", "must not be the filesystem root"), (".", "is the current folder")]:  # no default workdir to name
-        result = build("--out", out)
+        result = build("--out", out, *FAST)
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
 
 
@@ -262,7 +263,7 @@ def test_an_echoed_key_is_redacted_and_a_push_without_token_fails_first(httpserv
     assert result.exit_code == 1 and "Incorrect API key" in result.output
     assert "sk-echoed-secret-123" not in result.output and "OPENAI_API_KEY redacted" in result.output
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    pushed = build("--out", str(tmp_path / "ds2"), "--workdir", str(tmp_path / "work2"), "--push-to-hub", "me/x")
+    pushed = build("--out", str(tmp_path / "ds2"), "--workdir", str(tmp_path / "work2"), "--push-to-hub", "me/x", *FAST)
     assert pushed.exit_code == 1 and "needs a Hugging Face token" in pushed.output
     assert not (tmp_path / "work2").exists()
 

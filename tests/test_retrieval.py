@@ -54,6 +54,7 @@ def test_bm25_options_of_the_wrong_type_are_refused_up_front():
 
 
 def test_sbert_real_model_and_embedding_cache(tmp_path):
+    pytest.importorskip("sentence_transformers")  # the `retrieval` extra
     retriever = get_retriever("sbert", cache_dir=tmp_path)
     assert retriever.candidate_set_name == "sbert"
     results = retriever.top_k(QUERIES, ITEMS, k=5)
