@@ -78,7 +78,9 @@ Executor = Literal["local", "slurm", "ray"]
 
 #: How the local executor starts worker processes. datatrove's default, "forkserver", re-imports
 #: everything in each worker (seconds on a busy machine, more than a small scan takes); "fork"
-#: starts them in ~0.1 s. The stage forks only between its own steps, when no threads of its own run.
+#: starts them in ~0.1 s. The stage forks only between its own steps, when no threads of its own run (Python 3.12+
+#: still warns under pytest: fsspec's I/O thread, started by datatrove's DataFolder, runs; fsspec makes a new one in
+#: the child).
 LOCAL_START_METHOD = "fork" if sys.platform == "linux" else "forkserver"
 
 
