@@ -161,9 +161,10 @@ def make_client(base_url: str | None, timeout: float | None, api_key: str | None
 
 
 class OpenConnections:
-    """The sockets of a client's connections, learnt from httpcore's ``trace`` extension as each connects, so
-    that another thread can end the calls in flight at once (a thread blocked reading a socket wakes only
-    when the socket is shut, not when it is closed)."""
+    """The sockets of a client's connections, learnt from httpcore's ``trace`` extension as each connects (and,
+    for ``https``, once TLS wraps it: wrapping detaches the plain socket), so that another thread can end the
+    calls in flight at once (a thread blocked reading a socket wakes only when the socket is shut, not when it
+    is closed)."""
 
     def __init__(self) -> None:
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
@@ -171,7 +172,7 @@ class OpenConnections:
         self._cutting = 0  # > 0 inside cut(): a connection made then is shut as it connects
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
-        if event.endswith((".connect_tcp.complete", ".connect_unix_socket.complete")):
+        if event.endswith((".connect_tcp.complete", ".connect_unix_socket.complete", ".start_tls.complete")):
             sock = info["return_value"].get_extra_info("socket")
             if sock is None:  # a network backend without sockets
                 return
@@ -199,8 +200,8 @@ class OpenConnections:
 
 
 def _shut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
+    try:  # socket's own shutdown, not SSLSocket's: that also unwraps it under the thread reading it
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:  # already closed
         pass
 

@@ -171,3 +171,44 @@ def test_an_interrupted_openai_chat_run_stops_at_once_and_resumes(tmp_path, sign
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert endpoint.requests - asked_before == len(cached()) - ANSWERED_FIRST == RECORDS - ANSWERED_FIRST
     assert len((tmp_path / "run" / "predictions.jsonl").read_text().splitlines()) == RECORDS
+
+
+def test_the_cut_ends_a_call_over_https(tmp_path, monkeypatch):
+    """OpenAI's endpoint is https: wrapping a socket in TLS detaches the plain one, so the cut must shut the
+    TLS socket (it once shut only the detached one, and the call ran to its timeout)."""
+    import shutil
+    import ssl
+
+    from reddit_amazon.openai_endpoint import OpenConnections, make_client
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    endpoint = StallingEndpoint(0, "hang")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    endpoint.server.socket = context.wrap_socket(endpoint.server.socket, server_side=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    connections = OpenConnections()
+    client = make_client(endpoint.url.replace("http:", "https:"), 60, "sk-test", connections=connections)
+    failures: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        except BaseException as error:  # noqa: BLE001 - the cut call's error, checked below
+            failures.append(error)
+
+    caller = threading.Thread(target=call, daemon=True)
+    try:
+        caller.start()
+        assert endpoint.stalled.wait(30), "the call never reached the endpoint"
+        with connections.cut():
+            caller.join(STOPS_WITHIN_S)
+        assert not caller.is_alive(), "the cut left the https call waiting for its timeout"
+        assert failures and type(failures[0]).__name__ == "APIConnectionError", failures
+    finally:
+        endpoint.close()
