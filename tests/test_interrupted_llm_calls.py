@@ -212,3 +212,13 @@ def test_the_cut_ends_a_call_over_https(tmp_path, monkeypatch):
         assert failures and type(failures[0]).__name__ == "APIConnectionError", failures
     finally:
         endpoint.close()
+
+
+def test_the_readme_gives_the_exit_statuses_an_interrupt_gives():
+    """README's "Running unattended" once said every CLI exits 130 on SIGINT; only `benchmark run` does."""
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
+    assert "130/143 interrupted by SIGINT/SIGTERM" not in readme
+    assert f"Ctrl-C (click's `Aborted!`; `benchmark run` exits {BENCHMARK_INTERRUPTED[signal.SIGINT]} instead)" in readme
+    assert BUILD_INTERRUPTED[signal.SIGINT] == 1 and f"{BUILD_INTERRUPTED[signal.SIGTERM]} SIGTERM" in readme
