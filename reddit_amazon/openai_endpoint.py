@@ -364,7 +364,8 @@ def stoppable_calls(workers: int, connections: OpenConnections) -> Iterator[tupl
     cancels the calls not yet started; it returns once the calls in flight have finished. On Ctrl-C (or
     SIGTERM, which ``run_cli`` turns into one) they finish at once: ``connections``, those of the calls'
     client, are cut, and the calls end as cancelled, neither retried nor answered. Otherwise calls already
-    sent run to their answer or their timeout (an answer received is one less to pay for).
+    sent run to their answer or their timeout (an answer received is one less to pay for), unless Ctrl-C comes
+    while waiting for them.
     """
     stopping = threading.Event()
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
@@ -376,8 +377,13 @@ def stoppable_calls(workers: int, connections: OpenConnections) -> Iterator[tupl
         raise
     finally:
         stopping.set()  # before the cut: a call that wakes from it is not sent again
-        with connections.cut() if interrupted else nullcontext():
-            pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            with connections.cut() if interrupted else nullcontext():
+                pool.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:  # Ctrl-C while waiting for the calls in flight after a failure: cut them now
+            with connections.cut():
+                pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def completed_in_window(pool: ThreadPoolExecutor, call: Callable[..., Any], arguments: Iterable[tuple],

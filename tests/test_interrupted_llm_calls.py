@@ -222,3 +222,34 @@ def test_the_readme_gives_the_exit_statuses_an_interrupt_gives():
     assert "130/143 interrupted by SIGINT/SIGTERM" not in readme
     assert f"Ctrl-C (click's `Aborted!`; `benchmark run` exits {BENCHMARK_INTERRUPTED[signal.SIGINT]} instead)" in readme
     assert BUILD_INTERRUPTED[signal.SIGINT] == 1 and f"{BUILD_INTERRUPTED[signal.SIGTERM]} SIGTERM" in readme
+
+
+def test_ctrl_c_while_the_calls_in_flight_finish_after_a_failure_cuts_them():
+    """A call failed for good (a 401): leaving the pool waits for the other calls to answer or time out (120 s for
+    openai-chat, 60 s for the build). Ctrl-C then, as a user seeing the command hang presses it, waited too."""
+    import os
+
+    from reddit_amazon.openai_endpoint import OpenConnections, make_client, stoppable_calls
+
+    endpoint = StallingEndpoint(0, "hang")
+    connections = OpenConnections()
+    client = make_client(endpoint.url, 60, "sk-test", connections=connections)
+
+    def call() -> None:
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+
+    def press_ctrl_c() -> None:
+        time.sleep(1)  # the main thread waits in the pool's shutdown by now
+        os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with stoppable_calls(2, connections) as (pool, _):
+                in_flight = pool.submit(call)
+                assert endpoint.stalled.wait(30), "the call never reached the endpoint"
+                threading.Thread(target=press_ctrl_c, daemon=True).start()
+                raise RuntimeError("another call failed for good")
+        # Its worker thread must end too: the interpreter joins it at exit, so the command would wait for it.
+        assert in_flight.exception(timeout=STOPS_WITHIN_S) is not None
+    finally:
+        endpoint.close()
