@@ -117,17 +117,25 @@ def run_cli(command: click.Command, prog_name: str) -> None:
     """Run a CLI with SIGTERM (``kill``, a scheduler or container stopping the job) ending it as Ctrl-C does:
     cleanup runs and worker pools are terminated, instead of the process vanishing and leaving its forked
     workers writing into the work folder. Forked workers take SIGTERM's default action and die as before. The exit
-    status is then 143 (128 + SIGTERM), as a scheduler expects of a terminated job."""
-    terminated = False
+    status is then 143 (128 + SIGTERM), as a scheduler expects of a terminated job; after Ctrl-C it is 130
+    (128 + SIGINT), as shells and schedulers expect, where click's "Aborted!" alone gives 1."""
+    terminated = interrupted = False
 
     def handler(signum, frame):  # forked children never run it: see _default_sigterm_in_forked_child
         nonlocal terminated
         terminated = True
         raise KeyboardInterrupt
 
+    def on_ctrl_c(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as Python's own handler does
+
     global _sigterm_handler
     _sigterm_handler = handler
     signal.signal(signal.SIGTERM, handler)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (`cmd &`)
+        signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         command(prog_name=prog_name)
     except ImportError as error:  # an optional dependency: one line naming the extra; any other is a bug
@@ -138,4 +146,6 @@ def run_cli(command: click.Command, prog_name: str) -> None:
     except SystemExit:
         if terminated:
             raise SystemExit(128 + signal.SIGTERM) from None
+        if interrupted:
+            raise SystemExit(128 + signal.SIGINT) from None
         raise
