@@ -305,7 +305,7 @@ class ShortLinkCache:
                                damaged=ShortLinkCacheError, loss="its links are then resolved again")
         self._db = self._file.connect("CREATE TABLE IF NOT EXISTS short_links "
                                       "(url TEXT PRIMARY KEY, location TEXT NOT NULL, error TEXT NOT NULL)",
-                                      check_same_thread=False)
+                                      owner=self, check_same_thread=False)
 
     def get(self, url: str) -> ShortLinkResolution | None:
         with self._lock, self._file.named_errors():

@@ -130,7 +130,7 @@ class AnswerCache:
         self._file = CacheFile(self.path, "the relevance answer cache, --llm-cache", unavailable=RelevanceError,
                                damaged=RelevanceError, loss="its answers are then asked again")
         self._db = self._file.connect("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
-                                      "status TEXT NOT NULL, answer TEXT NOT NULL)", check_same_thread=False)
+                                      "status TEXT NOT NULL, answer TEXT NOT NULL)", owner=self, check_same_thread=False)
 
     def get(self, key: str) -> tuple[str, str] | None:
         """``(status, answer)``: status ``ok`` or ``rejected``."""

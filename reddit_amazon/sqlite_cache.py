@@ -9,6 +9,7 @@ the error types of the cache's own module, which the command-line tools report a
 from __future__ import annotations
 
 import sqlite3
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,8 +27,10 @@ class CacheFile:
     fix: str = ""  # what to do when it is unavailable: "point $REDDIT_AMAZON_CACHE at a writable folder"
     loss: str = ""  # what deleting it costs: "its answers are then asked again"
 
-    def connect(self, schema: str, check_same_thread: bool = True) -> sqlite3.Connection:
-        """The file (and its folder) with ``schema`` (a CREATE TABLE IF NOT EXISTS) in place."""
+    def connect(self, schema: str, *, owner: object, check_same_thread: bool = True) -> sqlite3.Connection:
+        """The file (and its folder) with ``schema`` (a CREATE TABLE IF NOT EXISTS) in place. The connection is
+        closed when ``owner`` (the cache object holding it) is collected, if its user has not closed it: a
+        retriever or recommender has no close() of its own, and Python 3.13 warns of connections left open."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.named_errors():
             db = sqlite3.connect(self.path, check_same_thread=check_same_thread)
@@ -36,6 +39,7 @@ class CacheFile:
             except sqlite3.Error:
                 db.close()
                 raise
+        weakref.finalize(owner, db.close)
         return db
 
     @contextmanager

@@ -51,7 +51,7 @@ class ChatCache:
         self.path = folder / "responses.sqlite"
         self._file = cache_file(self.path, "the openai-chat response cache")
         self._db = self._file.connect("CREATE TABLE IF NOT EXISTS response (key TEXT PRIMARY KEY, text TEXT NOT NULL)",
-                                      check_same_thread=False)
+                                      owner=self, check_same_thread=False)
         self._lock = threading.Lock()
 
     def get(self, key: str) -> str | None:

@@ -51,7 +51,7 @@ class EmbeddingCache:
         self.model_id = model_id
         self._file = cache_file(self.path, "the embedding cache")
         self._db = self._file.connect(
-            "CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+            "CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)", owner=self)
         self.computed = 0  # texts encoded by this instance (the rest came from disk)
 
     def _select(self, columns: str, keys: Sequence[str]) -> Iterator[tuple]:
