@@ -1130,3 +1130,21 @@ def test_a_folder_inside_a_dataset_is_not_taken_for_one(dataset, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match=r"empty: not a dataset folder \(it has no manifest.json or README.md\)$"):
         run(RunConfig(model="random", dataset=str(tmp_path / "empty")), tmp_path / "run", progress=False)
+
+
+def test_compare_warns_when_datasets_without_fingerprint_or_record_limits_differ(dataset, tmp_path):
+    """Two folders without a manifest (or two Hub ids read offline) record fingerprint "unknown": their ids
+    tell them apart, as in `benchmark report`; a paired test over "the same" example ids of other data is not."""
+    from benchmark.compare import compare_runs
+
+    for name in ("one", "two"):
+        copy = shutil.copytree(dataset, tmp_path / name / "ds")
+        (copy / "manifest.json").unlink()
+        run(RunConfig(model="last", dataset=str(copy), bootstrap_samples=0), tmp_path / f"run-{name}",
+            recommender=LastCandidate(), progress=False)
+    assert not compare_runs(tmp_path / "run-one", tmp_path / "run-one", samples=10).warnings
+    assert any("different datasets" in w for w in compare_runs(tmp_path / "run-one", tmp_path / "run-two",
+                                                                samples=10).warnings)
+    run(RunConfig(model="last", dataset=str(tmp_path / "one" / "ds"), limit=2, bootstrap_samples=0),
+        tmp_path / "run-limited", recommender=LastCandidate(), progress=False)
+    assert any("limit" in w for w in compare_runs(tmp_path / "run-one", tmp_path / "run-limited", samples=10).warnings)
