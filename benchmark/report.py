@@ -106,13 +106,22 @@ def _grouped(runs: Sequence[Run]) -> list[tuple[str, list[Run]]]:
     return list(groups.items())
 
 
+def _comparable(run: Run) -> tuple:
+    """What rows must share to be ranked against each other: dataset, version, split and record limit."""
+    d = run.results.get("dataset") or {}
+    data = d.get("id") if d.get("fingerprint", "unknown") == "unknown" else d.get("fingerprint")
+    return data, d.get("version"), run.results.get("split"), run.results.get("limit")
+
+
 def _ranks(runs: Sequence[Run]) -> dict[tuple[int, str, str], int]:
-    """(run index, domain, metric) -> 1 for best, 2 for second best (HR@1 only, as the paper marks)."""
+    """(run index, domain, metric) -> 1 for best, 2 for second best (HR@1 only, as the paper marks), among
+    the rows over the same data: a run over the first 5 records, or another split, is not "best" of full runs."""
     marks = {}
     for domain in DOMAINS:
-        # a zero HR@1 is never marked: a row that hit nothing is not "best", even if no row did better
-        values = sorted({v for r in runs if (v := r.value(domain, "hr@1"))}, reverse=True)
         for index, run in enumerate(runs):
+            peers = [r for r in runs if _comparable(r) == _comparable(run)]
+            # a zero HR@1 is never marked: a row that hit nothing is not "best", even if no row did better
+            values = sorted({v for r in peers if (v := r.value(domain, "hr@1"))}, reverse=True)
             value = run.value(domain, "hr@1")
             if value and values and value == values[0]:
                 marks[(index, domain, "hr@1")] = 1
@@ -184,8 +193,9 @@ def to_markdown(runs: Sequence[Run]) -> str:
             index += 1
     # labels and dataset ids come from results.json files, maybe someone else's: their HTML is shown, not rendered
     notes = [f"- {html.escape(line, quote=False)}" for line in provenance(runs)]
-    return "\n".join(lines + ["", "HR@1 per (record, gt item) pair; VR per record. Bold: best HR@1, "
-                              "underlined: second best.", *notes, "", benchmark_card(runs)]) + "\n"
+    legend = ("HR@1 per (record, gt item) pair; VR per record; rounded to 4 decimals. Bold: best HR@1, "
+              "underlined: second best (among rows over the same dataset, split and records).")
+    return "\n".join(lines + ["", legend, *notes, "", benchmark_card(runs)]) + "\n"
 
 
 def _markdown_cell(text: str) -> str:
@@ -245,7 +255,8 @@ tr.group td {{ text-align: left; color: #555; border-top: 1px solid #ccc; }}
 <table><thead>{head}</thead><tbody>
 {chr(10).join(body)}
 </tbody></table>
-<p>HR@1 per (record, gt item) pair; VR per record. Bold: best HR@1, underlined: second best.
+<p>HR@1 per (record, gt item) pair; VR per record; rounded to 4 decimals. Bold: best HR@1, underlined: second
+best (among rows over the same dataset, split and records).
 Hover a cell for its 95% bootstrap CI.</p>
 <ul>{notes}</ul>
 {MarkdownIt("commonmark", {"html": False}).enable("table").render(benchmark_card(runs))}

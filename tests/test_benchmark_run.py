@@ -1148,3 +1148,17 @@ def test_compare_warns_when_datasets_without_fingerprint_or_record_limits_differ
     run(RunConfig(model="last", dataset=str(tmp_path / "one" / "ds"), limit=2, bootstrap_samples=0),
         tmp_path / "run-limited", recommender=LastCandidate(), progress=False)
     assert any("limit" in w for w in compare_runs(tmp_path / "run-one", tmp_path / "run-limited", samples=10).warnings)
+
+
+def test_report_marks_best_only_among_rows_over_the_same_data():
+    """A run over the first record of each domain (HR@1 1.0 by luck) or over another split is not "best"
+    of the full test runs beside it."""
+    from benchmark.report import Run, _ranks
+
+    def made(value, split="test", limit=None):
+        return Run(Path("r"), {"metrics": {"hr@1": {"beauty": {"value": value}}}, "split": split, "limit": limit,
+                               "dataset": {"id": "d", "version": "1", "fingerprint": "f"}})
+
+    runs = [made(0.2), made(0.1), made(1.0, limit=1), made(0.5, split="validation")]
+    marks = _ranks(runs)
+    assert marks[(0, "beauty", "hr@1")] == 1 and marks[(1, "beauty", "hr@1")] == 2
