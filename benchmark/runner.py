@@ -464,8 +464,31 @@ def bootstrap_entry(samples: int, seed: int) -> dict[str, Any]:
 
 def provenance() -> dict[str, Any]:
     """What produced a results.json, and when."""
-    return {"package_version": package_version(), "git_revision": git_revision(),
+    return {"package_version": package_version(), "git_revision": git_revision(), "environment": environment(),
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+#: Libraries whose versions can change a run's outputs or scores (tokenizers, embeddings, parsing, resampling).
+ENVIRONMENT_PACKAGES = ("numpy", "datasets", "pyarrow", "bm25s", "sentence-transformers", "transformers", "torch",
+                        "openai", "peft")
+
+
+def environment() -> dict[str, Any]:
+    """Python, platform, library versions and accelerator: what a reader needs to rerun a run as it was."""
+    import platform
+    import sys
+    from importlib import metadata
+
+    versions = {}
+    for name in ENVIRONMENT_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    torch = sys.modules.get("torch")  # only when the run loaded it: importing torch here would cost seconds
+    gpu = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None
+    return {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
+            "packages": versions, "gpu": gpu}
 
 
 def package_version() -> str:

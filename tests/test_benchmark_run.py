@@ -1162,3 +1162,16 @@ def test_report_marks_best_only_among_rows_over_the_same_data():
     runs = [made(0.2), made(0.1), made(1.0, limit=1), made(0.5, split="validation")]
     marks = _ranks(runs)
     assert marks[(0, "beauty", "hr@1")] == 1 and marks[(1, "beauty", "hr@1")] == 2
+
+
+def test_results_record_the_python_platform_and_library_versions(dataset, tmp_path):
+    """A reader reproducing a published number needs the environment that produced it, as the dataset
+    build records its package versions."""
+    from importlib import metadata
+
+    results = run(RunConfig(model="last", dataset=str(dataset), domain="home", bootstrap_samples=0), tmp_path,
+                  recommender=LastCandidate(), progress=False)
+    env = results["environment"]
+    assert env["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert env["packages"]["numpy"] == metadata.version("numpy") and "datasets" in env["packages"]
+    assert json.loads((tmp_path / "results.json").read_text())["environment"] == env
