@@ -17,7 +17,7 @@ from benchmark.metrics import (
     paired_difference,
     ratios,
 )
-from benchmark.report import read_results
+from benchmark.report import dataset_key, read_results
 from benchmark.runner import PREDICTIONS_FILE, RESULTS_FILE
 
 
@@ -50,13 +50,6 @@ def _load(run_dir: Path) -> tuple[dict, dict[tuple[str, str], dict]]:
     return results, rows
 
 
-def _dataset_key(results: dict) -> str:
-    """The data a run used, as the report tells datasets apart: two runs whose fingerprint is unknown (a Hub
-    id read offline, a folder without a manifest) are one dataset only when their ids are."""
-    dataset = results["dataset"]
-    return dataset["id"] if dataset["fingerprint"] == "unknown" else dataset["fingerprint"]
-
-
 def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, samples: int = DEFAULT_BOOTSTRAP_SAMPLES,
                  seed: int = DEFAULT_SEED) -> Comparison:
     results_a, rows_a = _load(Path(run_a))
@@ -65,7 +58,7 @@ def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, samples: in
     for key in ("split", "candidates", "limit"):
         if results_a.get(key) != results_b.get(key):
             warnings.append(f"runs differ in {key}: {results_a.get(key)} vs {results_b.get(key)}")
-    if _dataset_key(results_a) != _dataset_key(results_b):
+    if dataset_key(results_a) != dataset_key(results_b):
         warnings.append("runs used different datasets (content fingerprint, or the dataset id where the "
                         "fingerprint is unknown): the same example ids may hold other gt items")
     shared = [key for key in rows_a if key in rows_b]

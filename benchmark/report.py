@@ -106,11 +106,17 @@ def _grouped(runs: Sequence[Run]) -> list[tuple[str, list[Run]]]:
     return list(groups.items())
 
 
+def dataset_key(results: dict[str, Any]) -> str:
+    """The data a run used: its content fingerprint, or its dataset id where that is unknown (a Hub id read
+    offline, a folder without a manifest): two such runs are over one dataset only when their ids are."""
+    dataset = results["dataset"]
+    return dataset["id"] if dataset["fingerprint"] == "unknown" else dataset["fingerprint"]
+
+
 def _comparable(run: Run) -> tuple:
     """What rows must share to be ranked against each other: dataset, version, split and record limit."""
-    d = run.results.get("dataset") or {}
-    data = d.get("id") if d.get("fingerprint", "unknown") == "unknown" else d.get("fingerprint")
-    return data, d.get("version"), run.results.get("split"), run.results.get("limit")
+    results = run.results
+    return dataset_key(results), results["dataset"]["version"], results.get("split"), results.get("limit")
 
 
 def _ranks(runs: Sequence[Run]) -> dict[tuple[int, str, str], int]:
@@ -131,9 +137,9 @@ def _ranks(runs: Sequence[Run]) -> dict[tuple[int, str, str], int]:
 
 
 def _dataset_key(run: Run) -> str:
-    """The data a run used: its fingerprint's first 12 characters, or its dataset id when that is unknown."""
-    d = run.results["dataset"]
-    return d["id"] if d["fingerprint"] == "unknown" else d["fingerprint"][:12]
+    """:func:`dataset_key`, a fingerprint shortened to its first 12 characters."""
+    key = dataset_key(run.results)
+    return key if key == run.results["dataset"]["id"] else key[:12]
 
 
 def _labels(runs: Sequence[Run]) -> dict[int, str]:

@@ -434,7 +434,8 @@ def test_a_zero_hr1_is_never_marked_best():
     from benchmark.report import Run, _ranks
 
     def scored(values):
-        return Run(Path("r"), {"metrics": {"hr@1": {d: {"value": v} for d, v in zip(("beauty", "fashion", "home"), values)}}})
+        return Run(Path("r"), {"metrics": {"hr@1": {d: {"value": v} for d, v in zip(("beauty", "fashion", "home"), values)}},
+                               "dataset": SAME_DATASET})
 
     runs = [scored([0.0, 0.2, 0.0]), scored([0.0, 0.1, 0.3])]
     assert _ranks(runs) == {(0, "fashion", "hr@1"): 1, (1, "fashion", "hr@1"): 2, (1, "home", "hr@1"): 1}
@@ -851,10 +852,15 @@ def test_a_limited_run_loads_every_candidate_it_shows(dataset, tmp_path):
     assert results["items_missing_from_catalog"] == [] and results["items_without_title"]["items"] == 0
 
 
+#: What results.json records of the dataset (read_results requires it), one dataset for all rows.
+SAME_DATASET = {"id": "reddit-amazon", "version": "1.0.0", "fingerprint": "f" * 64}
+
+
 def test_the_second_best_hr1_is_the_second_highest_of_three():
     from benchmark.report import Run, _ranks
 
-    runs = [Run(Path(f"r{i}"), {"metrics": {"hr@1": {"beauty": {"value": v}}}}) for i, v in enumerate((0.1, 0.3, 0.2))]
+    runs = [Run(Path(f"r{i}"), {"metrics": {"hr@1": {"beauty": {"value": v}}}, "dataset": SAME_DATASET})
+            for i, v in enumerate((0.1, 0.3, 0.2))]
     assert _ranks(runs) == {(1, "beauty", "hr@1"): 1, (2, "beauty", "hr@1"): 2}
 
 
