@@ -477,18 +477,13 @@ def environment() -> dict[str, Any]:
     """Python, platform, library versions and accelerator: what a reader needs to rerun a run as it was."""
     import platform
     import sys
-    from importlib import metadata
 
-    versions = {}
-    for name in ENVIRONMENT_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+    from reddit_amazon.build import package_versions
+
     torch = sys.modules.get("torch")  # only when the run loaded it: importing torch here would cost seconds
     gpu = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None
     return {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
-            "packages": versions, "gpu": gpu}
+            "packages": package_versions(ENVIRONMENT_PACKAGES), "gpu": gpu}
 
 
 def package_version() -> str:

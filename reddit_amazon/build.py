@@ -210,9 +210,10 @@ def _recorded_path(path: Path) -> str:
     return str(path)
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names: Iterable[str] = VERSIONED_PACKAGES) -> dict[str, str]:
+    """The installed version of each of ``names`` that is installed."""
     versions = {}
-    for name in VERSIONED_PACKAGES:
+    for name in names:
         try:
             versions[name] = importlib_metadata.version(name)
         except importlib_metadata.PackageNotFoundError:
