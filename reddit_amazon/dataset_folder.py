@@ -146,6 +146,7 @@ def check_output_folder(out_dir: str | os.PathLike, keep: Sequence[str | os.Path
 
 #: What a dataset folder holds (an imported copy also keeps the release's files): nothing else may be replaced.
 DATASET_ENTRIES = {MANIFEST, "README.md", DATA_DIR, "lavic_source"}
+SOURCE_COPY_DIR = "lavic_source"  # an import's verbatim copies of the release's files, sha256 in the manifest
 
 
 def is_dataset_folder(folder: Path) -> bool:
@@ -379,6 +380,24 @@ def verify(folder: str | os.PathLike) -> list[str]:
                     problems.append(f"{path.relative_to(folder)}: not a readable Parquet file ({error})")
             if rows != expected:
                 problems.append(f"{config}/{split}: {rows} rows in the shards, {expected} in the manifest")
+    return problems + source_copy_problems(folder, manifest)
+
+
+def source_copy_problems(folder: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """How ``lavic_source/`` differs from the files the import recorded (export-lavic writes them back as they are)."""
+    recorded = manifest.get("source_copies") or {}
+    copies = folder / SOURCE_COPY_DIR
+    problems = []
+    for name, sha in recorded.items():
+        path = copies / name
+        if not path.is_file():
+            problems.append(f"{SOURCE_COPY_DIR}/{name}: missing, the manifest records it")
+        elif (actual := file_sha256(path)) != sha:
+            problems.append(f"{SOURCE_COPY_DIR}/{name}: sha256 {actual[:12]}, the manifest says {sha[:12]}: "
+                            "it was changed")
+    if recorded and copies.is_dir():  # hidden files are a file manager's; export-lavic skips them
+        problems += [f"{SOURCE_COPY_DIR}/{p.name}: not a file the import kept" for p in sorted(copies.iterdir())
+                     if p.name not in recorded and not p.name.startswith(".")]
     return problems
 
 

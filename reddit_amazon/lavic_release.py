@@ -28,14 +28,18 @@ import orjson
 
 from reddit_amazon import DATASET_VERSION
 from reddit_amazon.dataset_folder import (
+    MANIFEST,
+    SOURCE_COPY_DIR,
     DatasetContents,
     check_output_folder,
     configs_of,
     iter_conversations,
     load,
+    read_manifest,
+    source_copy_problems,
     write_dataset,
 )
-from reddit_amazon.files import open_atomic
+from reddit_amazon.files import file_sha256, open_atomic
 from reddit_amazon.schema import (
     DOMAINS,
     ITEMS_CONFIG,
@@ -57,7 +61,6 @@ RELEASE_SPLITS = {"train.jsonl": "train", "valid.jsonl": "validation", "test.jso
 RELEASE_CANDIDATES = {"candidates_st": "sbert", "candidates_gpt_large": "openai_large"}
 RELEASE_FIELDS = ("context", "context_items", "gt", "gt_items", "candidates_gpt_large", "candidates_st")
 METADATA_FILES = ("item2meta_train.json", "item2meta_train.json.zip", "item2meta_valid.jsonl")
-SOURCE_COPY_DIR = "lavic_source"  # verbatim copies of the release's metadata files
 #: The metadata JSON inside ``item2meta_train.json.zip`` is read into memory: a member beyond this size, or
 #: expanding more than MAX_ZIP_RATIO times (JSON text does ~10x; a zip bomb 1000x), is refused unread.
 MAX_METADATA_BYTES = 1 << 30
@@ -130,6 +133,7 @@ def import_release(src: str | Path, out: str | Path, *, repair_text: bool = Fals
         report.items[domain] = len(asins)
         report.items_with_metadata[domain] = sum(asin in metadata for asin in asins)
     report.metadata_items_unreferenced = len(set(metadata) - referenced)
+    copies = [src / name for name in METADATA_FILES if (src / name).is_file()]
 
     contents = DatasetContents(
         conversations=conversations,
@@ -140,11 +144,11 @@ def import_release(src: str | Path, out: str | Path, *, repair_text: bool = Fals
             "source": f"LaViC authors' release ({src.name}/), imported with `reddit-amazon import-lavic`",
             "text_repair": repair_text,
             "import_report": report.__dict__,
+            **({"source_copies": {path.name: file_sha256(path) for path in copies}} if copies else {}),
         },
     )
     out = Path(out)
     write_dataset(out, contents, keep=[src])
-    copies = [src / name for name in METADATA_FILES if (src / name).is_file()]
     if copies:
         (out / SOURCE_COPY_DIR).mkdir(exist_ok=True)
         for path in copies:
@@ -339,6 +343,12 @@ def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, 
     loaded = {domain: load(domain, dataset) for domain in DOMAINS if domain in present}
     _check_release_candidates(loaded, dataset)  # before anything is written
     _check_release_contexts(loaded, dataset)
+    source_copy = Path(dataset) / SOURCE_COPY_DIR
+    if (Path(dataset) / MANIFEST).is_file():  # a local folder: the copies written back must be the import's
+        problems = source_copy_problems(Path(dataset), read_manifest(dataset))
+        if problems:
+            raise SchemaError(f"{dataset}: its release files changed since the import:\n  " + "\n  ".join(problems)
+                              + "\nre-import the release, or restore them")
     for domain, splits in loaded.items():
         for split in SPLITS:
             if split not in splits or len(splits[split]) == 0:
@@ -349,10 +359,10 @@ def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, 
                 for record in iter_conversations(splits[split], f"{dataset}:{domain}/{split}"):
                     handle.write((json.dumps(release_record(record)) + "\n").encode("utf-8"))
             written.setdefault(domain, {})[split] = len(splits[split])
-    source_copy = Path(dataset) / SOURCE_COPY_DIR
     if source_copy.is_dir():
         for path in source_copy.iterdir():
-            shutil.copyfile(path, out / path.name)
+            if path.is_file() and not path.name.startswith("."):  # hidden: a file manager's, not the release's
+                shutil.copyfile(path, out / path.name)
     elif ITEMS_CONFIG in present:
         _write_item_metadata(dataset, [d for d in DOMAINS if d in loaded], out / "item2meta_valid.jsonl")
     return written

@@ -252,3 +252,23 @@ def test_a_quoted_tilde_in_import_and_export_paths_is_the_home_folder(user_home)
     assert (user_home / "tilde-export" / "amazon_home" / "valid.jsonl").read_text() == \
         (src / "amazon_home" / "valid.jsonl").read_text()
     assert not any(Path.cwd().iterdir())
+
+
+def test_verify_and_export_catch_a_changed_or_lost_release_file_copy(tmp_path):
+    """lavic_source/ goes back verbatim into export-lavic: an edit to it must not pass verify or reach the export."""
+    from reddit_amazon.dataset_folder import verify
+
+    src = write_release(tmp_path / "src", [release_line()])
+    meta = json.dumps({"title": "Lamp", "image_name": "B0776Y43KM_0.jpg", "image": "https://m.media-amazon.com/a.jpg",
+                       "image_description_llava_cleaned": "A lamp."}) + "\n"
+    (src / "item2meta_valid.jsonl").write_text(meta * 3, encoding="utf-8")
+    import_release(src, tmp_path / "ds")
+    assert verify(tmp_path / "ds") == []
+    copy = tmp_path / "ds" / "lavic_source" / "item2meta_valid.jsonl"
+    copy.write_text(meta[:40], encoding="utf-8")  # truncated by hand
+    assert any("lavic_source/item2meta_valid.jsonl" in problem for problem in verify(tmp_path / "ds"))
+    with pytest.raises(SchemaError, match="changed since the import"):
+        export_release(tmp_path / "ds", tmp_path / "back")
+    assert not list((tmp_path / "back").rglob("*"))
+    copy.unlink()
+    assert any("missing" in problem for problem in verify(tmp_path / "ds"))
