@@ -32,7 +32,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.info import DatasetInfo, DatasetInfosDict
-from huggingface_hub import DatasetCardData
+from huggingface_hub import DatasetCard, DatasetCardData
 
 from reddit_amazon import __version__
 from reddit_amazon.files import (current_umask, file_sha256, naming, remove_abandoned_siblings, replace_dir,
@@ -337,7 +337,7 @@ def refresh_card(folder: str | os.PathLike) -> None:
     declares other splits or sizes than its files have.
     """
     folder = Path(folder)
-    problems = verify(folder)
+    problems = verify(folder, card=False)  # the card holds nothing of an import's lavic_source/ or its own YAML
     if problems:
         raise SchemaError(f"{folder} does not match its manifest, so its card would contradict its data:\n  "
                           + "\n  ".join(problems) + "\nrestore the data files, or rebuild or re-import the folder")
@@ -356,7 +356,7 @@ def refresh_card(folder: str | os.PathLike) -> None:
     write_readme(folder, manifest, data_files, conversation_features(candidate_sets_of(columns)))
 
 
-def verify(folder: str | os.PathLike) -> list[str]:
+def verify(folder: str | os.PathLike, card: bool = True) -> list[str]:
     """What in ``folder`` disagrees with its manifest: the content fingerprint, and the rows of each
     config and split (an edited, added or lost shard). Empty when the folder is as written."""
     folder = Path(folder)
@@ -380,7 +380,24 @@ def verify(folder: str | os.PathLike) -> list[str]:
                     problems.append(f"{path.relative_to(folder)}: not a readable Parquet file ({error})")
             if rows != expected:
                 problems.append(f"{config}/{split}: {rows} rows in the shards, {expected} in the manifest")
-    return problems + source_copy_problems(folder, manifest)
+    return problems + (source_copy_problems(folder, manifest) + card_problems(folder) if card else [])
+
+
+def card_problems(folder: Path) -> list[str]:
+    """Where README.md's ``configs`` (what ``datasets`` loads for each config and split) differ from the shards."""
+    try:
+        configs = DatasetCard.load(folder / "README.md").data.to_dict().get("configs") or []
+        declared = {(c["config_name"], f["split"]): sorted([f["path"]] if isinstance(f["path"], str) else f["path"])
+                    for c in configs for f in c["data_files"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return [f"README.md: no readable configs ({type(error).__name__}: {error}); `reddit-amazon card` rewrites it"]
+    on_disk: dict[tuple[str, str], list[str]] = {}
+    for path in sorted((folder / DATA_DIR).glob("*/*.parquet")):
+        on_disk.setdefault((path.parent.name, path.name.split("-")[0]), []).append(path.relative_to(folder).as_posix())
+    return [f"README.md: {config}/{split} loads {declared.get((config, split), [])}, the folder's shards are "
+            f"{on_disk.get((config, split), [])}; `reddit-amazon card` rewrites it"
+            for config, split in sorted(declared.keys() | on_disk.keys())
+            if declared.get((config, split)) != on_disk.get((config, split))]
 
 
 def source_copy_problems(folder: Path, manifest: Mapping[str, Any]) -> list[str]:

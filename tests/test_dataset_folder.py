@@ -389,6 +389,24 @@ def test_verify_finds_an_edited_or_lost_shard(tmp_path):
     assert "home/test: 2 rows in the shards, 3 in the manifest" in result.output
 
 
+def test_verify_finds_a_card_that_loads_another_split_and_card_repairs_it(tmp_path):
+    """The README's configs decide what `datasets` loads: one pointing a split at another's shard must not pass."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    folder = tmp_path / "reddit-amazon"
+    write_dataset(folder, contents())
+    readme = folder / "README.md"
+    test, validation = "data/home/test-00000-of-00001.parquet", "data/home/validation-00000-of-00001.parquet"
+    readme.write_text(readme.read_text().replace(test, "@").replace(validation, test).replace("@", validation))
+    assert datasets.load_dataset(str(folder), "home", split="validation")[0]["example_id"].startswith("home-test")
+    result = CliRunner().invoke(cli, ["verify", str(folder)])
+    assert result.exit_code == 1 and "README.md: home/validation loads" in result.output, result.output
+    assert CliRunner().invoke(cli, ["card", str(folder)]).exit_code == 0
+    assert CliRunner().invoke(cli, ["verify", str(folder)]).exit_code == 0
+
+
 def test_a_dataset_without_records_is_written(tmp_path):
     """A build whose filters keep nothing still ends with a valid (empty) folder, not a traceback."""
     empty = DatasetContents({domain: {split: [] for split in SPLITS} for domain in DOMAINS},
