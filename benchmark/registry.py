@@ -235,6 +235,40 @@ def _keyword_parameters(target: Any) -> tuple[dict[str, inspect.Parameter], dict
     return by_name, hints
 
 
+def settings_of(target: Any, model_args: dict[str, Any]) -> dict[str, Any]:
+    """Every setting ``target`` (a recommender or retriever class, or a factory) ran with: ``model_args`` and the
+    defaults of the parameters they leave out (bm25's ``k1`` when no ``k1=`` was given), redacted as
+    :func:`redacted_args`, each value as JSON can hold it (a path as its text, any other object as its repr)."""
+    parameters, _ = _keyword_parameters(target)
+    defaults = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    return _recordable({**defaults, **model_args})
+
+
+def recorded_settings(recommender: Any, resolved: ResolvedModel | None, model_args: dict[str, Any]) -> dict | None:
+    """What results.json records a recommender ran with: :func:`settings_of` its constructor, updated by its own
+    ``settings`` dict where it has one (what it passes on, e.g. to a retriever: sbert's model); ``None`` for an
+    object the caller made and that says nothing."""
+    settings = None if resolved is None else settings_of(resolved.cls, model_args)
+    own = getattr(recommender, "settings", None)
+    if isinstance(own, dict):
+        settings = {**(settings or {}), **_recordable(own)}
+    return settings
+
+
+def _recordable(settings: dict[str, Any]) -> dict[str, Any]:
+    return {name: _as_json(value) for name, value in redacted_args(settings).items()}
+
+
+def _as_json(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_as_json(item) for item in value]
+    return repr(value)
+
+
 class _Mismatch(Exception):
     """A value that does not fit an annotation."""
 

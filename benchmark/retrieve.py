@@ -31,7 +31,7 @@ from benchmark.metrics import (
     score,
     summarize_by_domain,
 )
-from benchmark.registry import RegistryError, redacted_args
+from benchmark.registry import RegistryError, redacted_args, settings_of
 from benchmark.retrieval import Retriever, get_retriever, item_text
 from benchmark.runner import (
     PREDICTIONS_FILE,
@@ -111,6 +111,7 @@ def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool 
         "model": {"spec": f"retrieve:{config.retriever}",
                   "name": RETRIEVER_NAMES.get(config.retriever, config.retriever),
                   "args": recorded_args(config.retriever_options),
+                  "settings": settings_of(type(retriever), config.retriever_options),
                   "returns": "ranking", "item_text": "title + description" if config.with_description else "title"},
         "candidate_set_name": retriever.candidate_set_name,
         "dataset": dataset_entry(info),

@@ -202,6 +202,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
         "counts": _counts(records, outcomes, domains),
         "model": {**model_info, "name": getattr(recommender, "name", config.model),
                   "args": recorded_args(config.model_args),
+                  "settings": registry.recorded_settings(recommender, resolved, model_args),  # defaults included
                   "returns": "ranking" if ranks else "text"},
         "dataset": dataset_entry(info),
         "domain": config.domain,

@@ -1181,3 +1181,33 @@ def test_results_record_the_python_platform_and_library_versions(dataset, tmp_pa
     assert env["python"] == ".".join(map(str, sys.version_info[:3]))
     assert env["packages"]["numpy"] == metadata.version("numpy") and "datasets" in env["packages"]
     assert json.loads((tmp_path / "results.json").read_text())["environment"] == env
+
+
+def test_results_record_every_setting_the_model_ran_with_defaults_included(tmp_path):
+    """`--model sbert` recorded `args: {}`: which checkpoint gave the numbers was nowhere in results.json."""
+    from benchmark.retrieval.sbert import DEFAULT_SBERT_MODEL
+
+    pytest.importorskip("sentence_transformers")
+    plugin = tmp_path / "mine.py"
+    plugin.write_text("from pathlib import Path\n"
+                      "class Mine:\n"
+                      "    def __init__(self, depth: int = 3, folder: Path = Path('x'), api_key: str = 'sk-secret'):\n"
+                      "        pass\n"
+                      "    def recommend(self, examples):\n"
+                      "        return [e.candidates[0].item_id for e in examples]\n")
+    mine = run(RunConfig(model=f"{plugin}:Mine", model_args={"depth": 5}, domain="home", limit=2,
+                         bootstrap_samples=0), tmp_path / "mine", progress=False)
+    assert mine["model"]["args"] == {"depth": 5}
+    assert mine["model"]["settings"] == {"depth": 5, "folder": "x", "api_key": "<redacted>"}
+    sbert = run(RunConfig(model="sbert", model_args={"cache_dir": str(tmp_path / "emb")}, domain="home", limit=2,
+                          bootstrap_samples=0), tmp_path / "sbert", progress=False)
+    assert sbert["model"]["settings"]["model"] == DEFAULT_SBERT_MODEL
+    assert json.loads((tmp_path / "sbert" / "results.json").read_text())["model"] == sbert["model"]
+    given = run(RunConfig(model="last", domain="home", limit=2, bootstrap_samples=0), tmp_path / "given",
+                recommender=LastCandidate(), progress=False)
+    assert given["model"]["settings"] is None  # an object the caller built: its settings are not known
+    from benchmark.retrieve import RetrieveConfig, retrieve
+
+    bm25 = retrieve(RetrieveConfig(retriever="bm25", retriever_options={"k1": 1.2}, domain="home", limit=2,
+                                   bootstrap_samples=0), tmp_path / "bm25", progress=False)
+    assert bm25["model"]["settings"] == {"k1": 1.2, "b": 0.75, "stopwords": "en"}

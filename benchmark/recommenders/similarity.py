@@ -21,6 +21,15 @@ class _SimilarityRecommender:
     def __init__(self, with_description: bool = False, **retriever_options: Any) -> None:
         self.with_description = with_description
         self.retriever = get_retriever(self.retriever_name, **retriever_options)
+        self._retriever_options = retriever_options
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The retriever's settings, defaults included (recorded in results.json)."""
+        from benchmark.registry import settings_of
+
+        return {"with_description": self.with_description,
+                **settings_of(type(self.retriever), self._retriever_options)}
 
     def rank(self, examples: Sequence[Example]) -> list[list[str]]:
         return self.retriever.rank_candidates(
