@@ -274,3 +274,13 @@ def test_the_run_command_refuses_a_wrong_type_before_anything_is_written(typed_p
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines()[-1].endswith("--model-args count must be int, not 'abc'")
     assert not (tmp_path / "out").exists() and not (tmp_path / "constructed").exists()
+
+
+def test_settings_are_recorded_as_json_the_same_in_every_run():
+    from benchmark.registry import settings_of
+
+    def factory(scorer=len, marker=object(), folder=Path("runs/a"), sizes=(1, 2), api_key="sk-x"):
+        return None
+
+    assert settings_of(factory, {"sizes": [3]}) == {"scorer": "<built-in function len>", "marker": "<object object>",
+                                                   "folder": "runs/a", "sizes": [3], "api_key": "<redacted>"}
