@@ -260,13 +260,24 @@ def _recordable(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _as_json(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
+    """``value`` as JSON holds it, the same in every run: a dict's secret-named keys and a URL's credentials are
+    redacted at any depth, a set is sorted, and a repr never shows a memory address (a function, an object)."""
+    if value is None or isinstance(value, (bool, float, str)) or (isinstance(value, int) and -2**63 <= value < 2**64):
+        return _without_credentials(value)
     if isinstance(value, PurePath):
         return str(value)
+    if isinstance(value, dict):
+        return _recordable({str(name): item for name, item in value.items()})
     if isinstance(value, (list, tuple)):
         return [_as_json(item) for item in value]
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))  # "<function f at 0x7f..>": the same in every run
+    if isinstance(value, (set, frozenset)):
+        return sorted((_as_json(item) for item in value), key=repr)
+    if callable(value) and hasattr(value, "__qualname__"):
+        return value.__qualname__  # not its module: a plugin file's is named after hash() of its path
+    return _ADDRESS.sub("", repr(value))
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 class _Mismatch(Exception):

@@ -282,5 +282,30 @@ def test_settings_are_recorded_as_json_the_same_in_every_run():
     def factory(scorer=len, marker=object(), folder=Path("runs/a"), sizes=(1, 2), api_key="sk-x"):
         return None
 
-    assert settings_of(factory, {"sizes": [3]}) == {"scorer": "<built-in function len>", "marker": "<object object>",
+    assert settings_of(factory, {"sizes": [3]}) == {"scorer": "len", "marker": "<object object>",
                                                    "folder": "runs/a", "sizes": [3], "api_key": "<redacted>"}
+
+
+def test_recorded_settings_redact_nested_secrets_and_are_the_same_in_every_run():
+    """A default or a plugin's own ``settings`` may hold a dict (headers, a client's options), a list of URLs or
+    an object: results.json wrote their secrets, and a repr with a memory address that changed every run."""
+    import json
+
+    import orjson
+
+    from benchmark.registry import settings_of
+
+    def hook(x):
+        return x
+
+    def factory(headers={"token": "sk-NESTED-SECRET"}, mirrors=("http://bob:pw-in-url@m.example/",),  # noqa: B006
+                hook=hook, tags=frozenset({"b", "a", "c"}), client=object(), huge=2**70):  # noqa: B008
+        pass
+
+    settings = settings_of(factory, {"extra": {"api_key": "sk-OWN-SECRET", "n": 1}})
+    text = json.dumps(settings)
+    assert "sk-NESTED-SECRET" not in text and "pw-in-url" not in text and "sk-OWN-SECRET" not in text
+    assert settings["headers"] == {"token": "<redacted>"} and settings["extra"] == {"api_key": "<redacted>", "n": 1}
+    assert settings["tags"] == ["a", "b", "c"] and " at 0x" not in text
+    assert settings["hook"] == "test_recorded_settings_redact_nested_secrets_and_are_the_same_in_every_run.<locals>.hook"
+    orjson.dumps(settings)  # an int past 64 bits made results.json fail to write after the whole run
