@@ -39,7 +39,7 @@ class CacheFile:
             except sqlite3.Error:
                 db.close()
                 raise
-        weakref.finalize(owner, db.close)
+        weakref.finalize(owner, _close, db)
         return db
 
     @contextmanager
@@ -56,3 +56,13 @@ class CacheFile:
             loss = f"; {self.loss}" if self.loss else ""
             raise self.damaged(f"{self.path} is damaged ({error}); it is only a cache: delete or move it "
                                f"({self.what}{loss})") from error
+
+
+def _close(db: sqlite3.Connection) -> None:
+    """Close ``db`` for its collected owner. An owner in a reference cycle is collected by whichever thread runs
+    the garbage collector: a connection bound to its thread (``check_same_thread``) cannot be closed there, and is
+    left to its own deallocation, which closes it (close() raised, printed as "Exception ignored in")."""
+    try:
+        db.close()
+    except sqlite3.ProgrammingError:
+        pass

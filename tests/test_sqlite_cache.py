@@ -123,3 +123,26 @@ def test_a_cache_nobody_closed_closes_its_connection_when_collected(kind, tmp_pa
     gc.collect()
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         connection.execute("SELECT 1")
+
+
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
+def test_a_cache_collected_in_another_thread_closes_without_an_error(kind, tmp_path, monkeypatch):
+    """A cache in a reference cycle is collected by whatever thread runs the collector (a download or LLM call
+    thread): closing the embedding cache's thread-bound connection there printed a ProgrammingError."""
+    import gc
+    import sys
+    import threading
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    gc.disable()
+    try:
+        cache = kind.open(tmp_path)
+        cache.cycle = cache
+        del cache
+        collector = threading.Thread(target=gc.collect)
+        collector.start()
+        collector.join()
+    finally:
+        gc.enable()
+    assert not unraisable, [u.exc_value for u in unraisable]
