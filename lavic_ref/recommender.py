@@ -104,6 +104,8 @@ class LavicRecommender:
         if base is None:
             base = next((saved["base"] for adapter in (rec_adapter, distill_adapter) if adapter
                          and (saved := saved_base(Path(adapter))) and saved.get("base")), DEFAULT_BASE)
+        # what results.json records the run used: the base and adapter folders as resolved, not as given (None)
+        self.settings = {"base": base, "distill_adapter": distill_adapter, "rec_adapter": rec_adapter}
         self.backbone = load_backbone(base, device=device)
         if distill_adapter:
             attach_adapter(self.backbone, distill_adapter, role="vision")

@@ -1414,3 +1414,21 @@ def test_a_second_embed_into_a_folder_an_embed_is_writing_is_refused(tiny_base, 
         f"Error: another lavic-ref embed is running in this folder (it holds {tmp_path / '.lock'}); wait for it to "
         f"end or choose another folder: {tmp_path}")
     assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_results_record_the_base_a_lavic_run_used(monkeypatch):
+    """`--model lavic` without base= recorded `"base": null` in results.json's model.settings, though the run
+    loaded the default checkpoint (or the adapters' own base)."""
+    from types import SimpleNamespace
+
+    import lavic_ref.recommender as recommender_module
+    from benchmark import registry
+    from lavic_ref import DEFAULT_BASE
+
+    loaded = []
+    monkeypatch.setattr(recommender_module, "load_backbone",  # which checkpoint, not its weights, is the point
+                        lambda base, device=None: loaded.append(base) or SimpleNamespace(model=torch.nn.Linear(1, 1)))
+    resolved = registry.resolve("lavic")
+    made = registry.instantiate(resolved, {"images": False})
+    settings = registry.recorded_settings(made, resolved, {"images": False})
+    assert loaded == [DEFAULT_BASE] and settings["base"] == DEFAULT_BASE and settings["images"] is False
