@@ -18,9 +18,11 @@ once complete, so an interrupted write never leaves a half-written dataset behin
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -387,7 +389,7 @@ def card_problems(folder: Path) -> list[str]:
     """Where README.md's ``configs`` (what ``datasets`` loads for each config and split) differ from the shards."""
     try:
         configs = DatasetCard.load(folder / "README.md").data.to_dict().get("configs") or []
-        declared = {(c["config_name"], f["split"]): sorted([f["path"]] if isinstance(f["path"], str) else f["path"])
+        declared = {(c["config_name"], f["split"]): _declared_files(folder, f["path"])
                     for c in configs for f in c["data_files"]}
     except (OSError, ValueError, KeyError, TypeError) as error:
         return [f"README.md: no readable configs ({type(error).__name__}: {error}); `reddit-amazon card` rewrites it"]
@@ -398,6 +400,18 @@ def card_problems(folder: Path) -> list[str]:
             f"{on_disk.get((config, split), [])}; `reddit-amazon card` rewrites it"
             for config, split in sorted(declared.keys() | on_disk.keys())
             if declared.get((config, split)) != on_disk.get((config, split))]
+
+
+def _declared_files(folder: Path, paths: str | list[str]) -> list[str]:
+    """The files a card's ``path`` (a path or a list; ``datasets`` takes glob patterns and ``./``) loads."""
+    found = set()
+    for path in [paths] if isinstance(paths, str) else paths:
+        if glob.has_magic(path):
+            found |= {p.relative_to(folder).as_posix() for p in folder.glob(path)
+                      if p.is_file() and not p.name.startswith((".", "__"))}  # datasets skips hidden files
+        else:
+            found.add(posixpath.normpath(path))
+    return sorted(found)
 
 
 def source_copy_problems(folder: Path, manifest: Mapping[str, Any]) -> list[str]:

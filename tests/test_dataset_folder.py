@@ -407,6 +407,24 @@ def test_verify_finds_a_card_that_loads_another_split_and_card_repairs_it(tmp_pa
     assert CliRunner().invoke(cli, ["verify", str(folder)]).exit_code == 0
 
 
+def test_verify_takes_a_card_whose_patterns_load_exactly_the_shards(tmp_path):
+    """`datasets` reads a card's paths as glob patterns (push_to_hub writes `data/train-*`) and with `./`: such a
+    card loads exactly the folder's shards, yet verify called it damaged; a pattern matching another split's
+    shard still fails."""
+    from reddit_amazon.dataset_folder import verify
+
+    folder = tmp_path / "reddit-amazon"
+    write_dataset(folder, contents())
+    readme = folder / "README.md"
+    text = readme.read_text()
+    readme.write_text(text.replace("data/home/test-00000-of-00001.parquet", "data/home/test-*")
+                      .replace("data/home/train-00000-of-00001.parquet", "./data/home/train-00000-of-00001.parquet"))
+    assert datasets.load_dataset(str(folder), "home", split="test").num_rows == 3
+    assert verify(folder) == []
+    readme.write_text(text.replace("data/home/test-00000-of-00001.parquet", "data/home/*-00000-of-00001.parquet"))
+    assert any("home/test loads" in problem for problem in verify(folder))
+
+
 def test_a_dataset_without_records_is_written(tmp_path):
     """A build whose filters keep nothing still ends with a valid (empty) folder, not a traceback."""
     empty = DatasetContents({domain: {split: [] for split in SPLITS} for domain in DOMAINS},
