@@ -130,7 +130,8 @@ def _attribute(module: Any, attribute: str, spec: str, where: str | None = None)
 
 
 #: Argument names that hold secrets (``api_key``, ``hf_token``, ``client_secret``), not ``max_new_tokens``.
-_SECRET_ARG = re.compile(r"(?:^|_)(?:api_?key|key|token|secret|password|passwd)$", re.IGNORECASE)
+_SECRET_ARG = re.compile(r"(?:^|_)(?:api_?key|key|token|secret|password|passwd|authorization|auth|bearer|credentials?"
+                         r"|cookie)$", re.IGNORECASE)
 #: One ``key=value`` of ``--model-args``: commas inside double quotes belong to the value.
 _ARG = re.compile(r'(?:[^,"]|"(?:\\.|[^"\\])*")+')
 

@@ -115,9 +115,11 @@ def test_model_args_parsing():
 
 def test_only_secret_looking_argument_names_are_redacted():
     args = {"api_key": "a", "apikey": "b", "hf_token": "c", "client_secret": "d", "password": "e",
-            "max_tokens": 2000, "max_new_tokens": 8, "keyword": "lamp", "tokenizer": "t"}
+            "Authorization": "Bearer f", "proxy_auth": "g", "bearer": "h", "credentials": "i", "cookie": "j",
+            "max_tokens": 2000, "max_new_tokens": 8, "keyword": "lamp", "tokenizer": "t", "author": "k"}
     assert redacted_args(args) == {**args, **dict.fromkeys(["api_key", "apikey", "hf_token", "client_secret",
-                                                             "password"], "<redacted>")}
+                                                             "password", "Authorization", "proxy_auth", "bearer",
+                                                             "credentials", "cookie"], "<redacted>")}
 
 
 def test_credentials_in_url_arguments_are_never_recorded():
