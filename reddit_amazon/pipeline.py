@@ -49,12 +49,7 @@ from reddit_amazon.dumps import (
     parse_line,
 )
 from reddit_amazon.files import STAGE_STAMP, folder_lock, write_atomic
-from reddit_amazon.linking import (
-    LinkPrefilter,
-    extract_asins,
-    extract_short_links,
-    linked_asins,
-)
+from reddit_amazon.linking import LinkPrefilter, extract_asins, extract_short_links, linked_asins
 from reddit_amazon.progress import bar_options
 from reddit_amazon.thread_lines import ThreadLineFinder
 from reddit_amazon.threads import (
