@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +23,7 @@ from lavic_ref.model import Backbone, adapter_fingerprint, cls_embeddings, decod
     subimage_pixels
 from lavic_ref.prompts import ITEM_TOKENS
 from reddit_amazon.files import atomic_path, folder_lock
-from reddit_amazon.progress import bar_options
+from reddit_amazon.progress import bar_options, log_line
 
 if TYPE_CHECKING:
     from reddit_amazon.schema import Item
@@ -162,8 +161,7 @@ def _embed_catalog(backbone: Backbone, pairs: list[tuple[str, bytes | None]], pa
     embeddings = checkpoints.load()
     todo = [pair for pair in pairs if pair[0] not in embeddings]
     if embeddings:
-        tqdm.write(f"resuming: {len(embeddings)} of {len(pairs)} items were embedded before the interruption",
-                   file=sys.stderr)  # stdout is the file's path alone: `EMB=$(lavic-ref embed ...)`
+        log_line(f"resuming: {len(embeddings)} of {len(pairs)} items were embedded before the interruption")
     unsaved: dict[str, torch.Tensor] = {}
     with tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="embed", unit="item", **bar_options()) as bar:
         for batch in iter_item_embeddings(backbone, todo, batch_size=batch_size):

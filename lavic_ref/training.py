@@ -18,7 +18,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 
 from lavic_ref.model import Backbone, compile_language_layers, save_adapter
 from reddit_amazon.files import remove_abandoned_siblings, replace_dir, write_atomic
-from reddit_amazon.progress import bar_options
+from reddit_amazon.progress import bar_options, log_line
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -122,8 +121,8 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
         set_gradient_checkpointing(model, True)
     if config.cuda_graphs:
         if backbone.device.type != "cuda":
-            tqdm.write(f"warning: CUDA graphs need a CUDA device; on {backbone.device.type} the LM layers are "
-                       "compiled without them", file=sys.stderr)
+            log_line(f"warning: CUDA graphs need a CUDA device; on {backbone.device.type} the LM layers are "
+                     "compiled without them")
         compile_language_layers(model, mode="reduce-overhead")
         batch_loss = _each_call_a_new_graph_step(batch_loss)
     elif config.compile_layers:
@@ -173,8 +172,8 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
         train_loss = state.epoch_loss_sum / max(state.batches_done, 1)  # mean over the epoch's batches
         val_loss = evaluate(backbone, val_set, batch_loss, config.batch_size) if val_set else train_loss
         state.history.append({"epoch": state.epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
-        tqdm.write(f"{description} epoch {state.epoch + 1}: train loss {train_loss:.4f}, "
-                   f"validation loss {val_loss:.4f}", file=sys.stderr)
+        log_line(f"{description} epoch {state.epoch + 1}: train loss {train_loss:.4f}, "
+                 f"validation loss {val_loss:.4f}")
         if val_loss < state.best_val_loss:
             state.best_val_loss = val_loss
             best_tmp = output / ".best.tmp"
@@ -290,14 +289,14 @@ def _load_checkpoint(backbone: Backbone, optimizer: torch.optim.Optimizer, folde
     optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location=backbone.device, weights_only=True))
     if (folder / RNG_FILE).is_file():
         _set_rng_state(torch.load(folder / RNG_FILE, weights_only=True))  # never unpickles, whatever the torch
-    tqdm.write(f"resuming from {folder} (epoch {state.epoch + 1}, batch {state.batches_done})", file=sys.stderr)
+    log_line(f"resuming from {folder} (epoch {state.epoch + 1}, batch {state.batches_done})")
     return state
 
 
 def _check_settings(folder: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     if not saved:
-        tqdm.write(f"warning: {folder} does not record its run's settings (an older version wrote it); "
-                   "resuming without checking them", file=sys.stderr)
+        log_line(f"warning: {folder} does not record its run's settings (an older version wrote it); "
+                 "resuming without checking them")
         return
     advice = f"Use another output folder, or --no-resume to start over in {folder.parent} (replacing its adapters)."
     if saved.get("task") != current.get("task"):

@@ -38,3 +38,11 @@ def _stderr_is_a_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
         return False
+
+
+def log_line(message: str) -> None:
+    """A line for the log, printed beside the progress bars without breaking them, on stderr with them: stdout
+    holds a command's results alone (``EMB=$(lavic-ref embed ...)``)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
