@@ -555,7 +555,8 @@ def command_line(options: BuildOptions) -> str:
 
 
 #: Reddit-stage options that say how the stage runs, not what it writes (left out of the stage keys).
-REDDIT_EXECUTION_OPTIONS = ("executor", "slurm_partition", "workers")
+#: ``progress`` too: turning the bars off from Python (``reddit={"progress": False}``) must not redo the stages.
+REDDIT_EXECUTION_OPTIONS = ("executor", "slurm_partition", "workers", "progress")
 #: The ``build`` options that set Reddit-stage options (``RedditStageOptions`` field -> flag).
 REDDIT_FLAGS = {"salt": "salt", "executor": "executor", "slurm_partition": "partition", "workers": "workers",
                 "resolve_short_links": "resolve-short-links"}

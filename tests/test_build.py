@@ -579,3 +579,19 @@ def test_a_quoted_tilde_in_out_is_the_home_folder_for_every_stage_and_for_verify
     verified = CliRunner().invoke(cli, ["verify", "~/tilde-build"])
     assert verified.exit_code == 0 and "matches its manifest" in verified.output, verified.output
     assert str(user_home) not in CliRunner().invoke(cli, ["build", "--help"]).output  # the defaults as written
+
+
+def test_turning_the_reddit_bars_off_from_python_reuses_the_finished_stages(tmp_path):
+    """`reddit={"progress": False}` (the Python way to silence the Reddit stage's bars) was part of the stage key:
+    the next build of the same workdir without it ran the Reddit stage, the catalog and the filter again."""
+    import io
+
+    from rich.console import Console
+
+    quick = {"no_filter": True, "images": False, "retrievers": []}
+    run_build(sample_options(tmp_path / "a", tmp_path / "work", reddit={"progress": False}, **quick),
+              console=Console(file=io.StringIO()))
+    log = io.StringIO()
+    run_build(sample_options(tmp_path / "b", tmp_path / "work", **quick), console=Console(file=log, width=200))
+    output = " ".join(log.getvalue().split())
+    assert "1/5 reddit: reusing" in output and "2/5 catalog: reusing" in output, output
