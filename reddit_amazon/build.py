@@ -278,7 +278,10 @@ def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> Stage
     if not _stamp_matches(folder, key):
         console.print(f"[bold]1/5 reddit[/]: candidate conversations from {len(files)} dump file(s)")
         _unstamp(folder)
-        run_reddit_stage_on_files(files, options.workdir, RedditStageOptions(**options.reddit))
+        from reddit_amazon.progress import bars_enabled
+
+        reddit = {**options.reddit, "progress": options.reddit.get("progress", True) and bars_enabled()}
+        run_reddit_stage_on_files(files, options.workdir, RedditStageOptions(**reddit))
         _write_json(folder / STAGE_STAMP, {"key": key})
     else:
         console.print("[bold]1/5 reddit[/]: reusing the finished stage")
@@ -678,14 +681,17 @@ def check_options(options: BuildOptions) -> None:
                          "the dataset and it could no longer be rebuilt in place: choose another folder")
 
 
-def run_build(options: BuildOptions, console=None) -> dict[str, Any] | None:
-    """Run every stage; returns the manifest (``None`` for ``--dry-run``)."""
+def run_build(options: BuildOptions, console=None, *, progress: bool = True) -> dict[str, Any] | None:
+    """Run every stage; returns the manifest (``None`` for ``--dry-run``). ``progress=False``: no progress bar
+    (the stage lines still go to ``console``, by default stderr)."""
     from rich.console import Console
+
+    from reddit_amazon.progress import bars
 
     console = console or Console(stderr=True)
     started = datetime.now(timezone.utc)
     check_options(options)
-    with folder_lock(options.workdir, "build"):  # two builds in one workdir would overwrite each other's files
+    with bars(progress), folder_lock(options.workdir, "build"):  # two builds in one workdir would collide
         return _run_stages(options, console, started)
 
 

@@ -10,16 +10,39 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 #: Seconds between redraws of a bar written to a file: a scan of a month of comments then adds ~100 lines an hour.
 LOG_INTERVAL_S = 30.0
 
 
+#: False inside :func:`bars_off`: every bar of the toolkit is off (a library call such as ``run_build(progress=False)``).
+_BARS_ON: ContextVar[bool] = ContextVar("reddit_amazon_progress_bars", default=True)
+
+
+@contextmanager
+def bars(enabled: bool) -> Iterator[None]:
+    """Within the block, :func:`bar_options` turns every bar off when ``enabled`` is false."""
+    token = _BARS_ON.set(_BARS_ON.get() and enabled)
+    try:
+        yield
+    finally:
+        _BARS_ON.reset(token)
+
+
+def bars_enabled() -> bool:
+    """False inside ``bars(False)``."""
+    return _BARS_ON.get()
+
+
 def bar_options(enabled: bool = True, *, position: int | None = None, mininterval: float | None = None) -> dict[str, Any]:
-    """Keyword arguments for ``tqdm``: ``disable=True`` when ``enabled`` is false, else ``position`` (several bars
-    at once; in a terminal only) and ``mininterval`` (at least :data:`LOG_INTERVAL_S` in a file)."""
-    if not enabled:
+    """Keyword arguments for ``tqdm``: ``disable=True`` when ``enabled`` is false (or inside ``bars(False)``), else
+    ``position`` (several bars at once; in a terminal only) and ``mininterval`` (at least :data:`LOG_INTERVAL_S`
+    in a file)."""
+    if not enabled or not _BARS_ON.get():
         return {"disable": True}
     terminal = _stderr_is_a_terminal()
     options: dict[str, Any] = {}

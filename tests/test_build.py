@@ -595,3 +595,19 @@ def test_turning_the_reddit_bars_off_from_python_reuses_the_finished_stages(tmp_
     run_build(sample_options(tmp_path / "b", tmp_path / "work", **quick), console=Console(file=log, width=200))
     output = " ".join(log.getvalue().split())
     assert "1/5 reddit: reusing" in output and "2/5 catalog: reusing" in output, output
+
+
+def test_run_build_with_progress_off_draws_no_bar(tmp_path, capfd, monkeypatch):
+    """From Python the only switch was TQDM_DISABLE: `reddit={"progress": False}` left the catalog, relevance,
+    images and candidates bars on, with no argument of `run_build` to turn them off."""
+    import io
+
+    from rich.console import Console
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    capfd.readouterr()
+    run_build(sample_options(tmp_path / "ds", tmp_path / "work", retrievers=["bm25"]),
+              console=Console(file=io.StringIO()), progress=False)
+    captured = capfd.readouterr()
+    assert "%|" not in captured.err and "it/s" not in captured.err, captured.err[-2000:]
+    assert (tmp_path / "ds" / "manifest.json").is_file()
