@@ -56,6 +56,23 @@ def bar_options(enabled: bool = True, *, position: int | None = None, mininterva
     return options
 
 
+@contextmanager
+def datasets_bars(enabled: bool) -> Iterator[None]:
+    """Within the block, ``datasets``' own bars are off when ``enabled`` is false; the caller's setting is restored."""
+    if enabled:
+        yield
+        return
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
 def _stderr_is_a_terminal() -> bool:
     try:
         return sys.stderr.isatty()

@@ -1211,3 +1211,19 @@ def test_results_record_every_setting_the_model_ran_with_defaults_included(tmp_p
     bm25 = retrieve(RetrieveConfig(retriever="bm25", retriever_options={"k1": 1.2}, domain="home", limit=2,
                                    bootstrap_samples=0), tmp_path / "bm25", progress=False)
     assert bm25["model"]["settings"] == {"k1": 1.2, "b": 0.75, "stopwords": "en"}
+
+
+def test_progress_false_also_silences_the_bars_of_datasets(tmp_path, capfd, monkeypatch):
+    """`run(..., progress=False)` still drew `datasets`' "Generating test split" bars on a folder's first load
+    (the CLI's --quiet turned them off, the Python argument did not); the caller's own setting is kept."""
+    import datasets
+
+    from reddit_amazon.sample import sample_dataset_path
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")  # a first load: splits generated
+    capfd.readouterr()
+    run(RunConfig(model="last", domain="fashion", dataset=str(sample_dataset_path())), tmp_path / "run",
+        recommender=LastCandidate(), progress=False)
+    err = capfd.readouterr().err
+    assert "Generating" not in err and "%|" not in err, err[-1000:]
+    assert not datasets.utils.are_progress_bars_disabled()
