@@ -60,3 +60,11 @@ def test_python_dash_m_runs_each_command_line(package):
 
     done = subprocess.run([sys.executable, "-m", package, "--help"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0 and done.stdout.startswith("Usage: "), done.stderr
+
+
+@pytest.mark.parametrize("package", ["reddit_amazon", "benchmark", "lavic_ref", "cards"])
+def test_each_package_ships_a_py_typed_marker(package):
+    """PEP 561: without ``py.typed`` in the wheel, mypy/pyright treat the annotated API as untyped
+    (``import-untyped``) in a caller's notebook or project."""
+    assert (ROOT / package / "py.typed").is_file()
+    assert "py.typed" in SETUPTOOLS["package-data"].get(package, [])
