@@ -41,14 +41,6 @@ def main() -> None:
     run_cli(cli, "benchmark")
 
 
-def _quiet_datasets(quiet: bool) -> None:
-    """With --quiet, also no bars of `datasets`' own ("Generating train split" on a folder's first load)."""
-    if quiet:
-        import datasets
-
-        datasets.disable_progress_bars()
-
-
 def _fail(error: Exception) -> None:
     raise click.ClickException(redact_secrets(str(error))) from error
 
@@ -105,7 +97,6 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
             config = RunConfig(model=model, model_args=parse_model_args(model_args), dataset=dataset, domain=domain,
                                split=split, candidates=candidates, limit=limit, batch_size=batch_size,
                                bootstrap_samples=bootstrap_samples, seed=seed)
-            _quiet_datasets(quiet)
             results = _run_showing_plugin_bugs(config, out_dir, overwrite=overwrite, progress=not quiet)
         except (DatasetError, RegistryError, RunError, MissingAPIKeyError, FileNotFoundError, ImportError) as error:
             _fail(error)
@@ -202,7 +193,6 @@ def retrieve_command(retriever, retriever_args, dataset, domain, split, k, with_
             config = RetrieveConfig(retriever=retriever, retriever_options=options, dataset=dataset, domain=domain,
                                     split=split, k=k, with_description=with_description, limit=limit,
                                     bootstrap_samples=bootstrap_samples, seed=seed)
-            _quiet_datasets(quiet)
             results = retrieve(config, out_dir, overwrite=overwrite, progress=not quiet)
         except (DatasetError, RegistryError, FileNotFoundError, ImportError, RuntimeError) as error:
             _fail(error)

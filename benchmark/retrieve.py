@@ -45,7 +45,7 @@ from benchmark.runner import (
     recorded_args,
 )
 from reddit_amazon.files import write_atomic
-from reddit_amazon.progress import bar_options
+from reddit_amazon.progress import bar_options, datasets_bars
 
 CANDIDATES_FILE = "candidates.jsonl"
 RETRIEVER_NAMES = {"bm25": "BM25", "sbert": "SBERT", "openai-emb": "OpenAI-emb"}
@@ -67,10 +67,15 @@ class RetrieveConfig:
 
 def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool = True,
              overwrite: bool = False) -> dict[str, Any]:
+    """Rank each example's whole catalog; ``progress=False``: no bar, ``datasets``' own included."""
+    with datasets_bars(progress):
+        return _retrieve(config, Path(out_dir), progress, overwrite)
+
+
+def _retrieve(config: RetrieveConfig, out: Path, progress: bool, overwrite: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
-    out = Path(out_dir)
     _check_folder(out, overwrite)
     info = resolve_dataset(config.dataset)
     retriever = _retriever(config)

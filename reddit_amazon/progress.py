@@ -19,7 +19,7 @@ from typing import Any
 LOG_INTERVAL_S = 30.0
 
 
-#: False inside :func:`bars_off`: every bar of the toolkit is off (a library call such as ``run_build(progress=False)``).
+#: False inside ``bars(False)``: every bar of the toolkit is off (a library call such as ``run_build(progress=False)``).
 _BARS_ON: ContextVar[bool] = ContextVar("reddit_amazon_progress_bars", default=True)
 
 

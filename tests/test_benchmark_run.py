@@ -1227,3 +1227,19 @@ def test_progress_false_also_silences_the_bars_of_datasets(tmp_path, capfd, monk
     err = capfd.readouterr().err
     assert "Generating" not in err and "%|" not in err, err[-1000:]
     assert not datasets.utils.are_progress_bars_disabled()
+
+
+def test_retrieve_with_progress_false_silences_the_bars_of_datasets_too(tmp_path, capfd, monkeypatch):
+    """`retrieve(..., progress=False)` had the same gap as `run`: only the CLI's --quiet turned datasets' bars off."""
+    import datasets
+
+    from benchmark.retrieve import RetrieveConfig, retrieve
+    from reddit_amazon.sample import sample_dataset_path
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    capfd.readouterr()
+    retrieve(RetrieveConfig(retriever="bm25", domain="home", limit=2, bootstrap_samples=0,
+                            dataset=str(sample_dataset_path())), tmp_path / "bm25", progress=False)
+    err = capfd.readouterr().err
+    assert "Generating" not in err and "%|" not in err, err[-1000:]
+    assert not datasets.utils.are_progress_bars_disabled()
