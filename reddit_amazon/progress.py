@@ -74,6 +74,9 @@ def datasets_bars(enabled: bool) -> Iterator[None]:
 
 
 def _stderr_is_a_terminal() -> bool:
+    """A terminal, or a notebook cell: Jupyter's stderr says it is no tty, yet redraws bars in place."""
+    if type(sys.stderr).__module__.partition(".")[0] == "ipykernel":
+        return True
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # replaced by an object without isatty, or closed

@@ -60,6 +60,23 @@ def test_bar_options_follow_the_terminal_and_leave_tqdm_variables_to_the_user(mo
     assert bar_options(position=1, mininterval=0.5) == {}
 
 
+def test_a_notebook_cell_counts_as_a_terminal_for_the_bars(monkeypatch):
+    """Jupyter's stderr (ipykernel's OutStream) answers isatty() False, which made notebook bars redraw every 30 s."""
+    import io
+
+    from reddit_amazon.progress import bar_options
+
+    class OutStream(io.StringIO):  # stands in for ipykernel.iostream.OutStream, not installed here
+        pass
+
+    OutStream.__module__ = "ipykernel.iostream"
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    monkeypatch.setattr("sys.stderr", OutStream())
+    assert bar_options(position=1) == {"position": 1}
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert bar_options(position=1) == {"mininterval": 30.0}
+
+
 def test_the_results_table_in_a_file_is_as_wide_as_it_needs(tmp_path):
     """Rich draws 80 columns where stdout is no terminal: the 'all' column's intervals broke over two lines."""
     done = _run(["benchmark.cli", "run", "--model", "random", "--out", "run", "--bootstrap-samples", "50"], tmp_path,
