@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -204,7 +205,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
         "model": {**model_info, "name": getattr(recommender, "name", config.model),
                   "args": recorded_args(config.model_args),
                   "settings": registry.recorded_settings(recommender, resolved, model_args),  # defaults included
-                  "returns": "ranking" if ranks else "text"},
+                  "returns": "ranking" if ranks else "text", **device_entry(recommender)},
         "dataset": dataset_entry(info),
         "domain": config.domain,
         "domains": domains,
@@ -460,6 +461,24 @@ def dataset_entry(info: DatasetInfo) -> dict[str, Any]:
     return {"id": info.id, "version": info.version or "unknown", "fingerprint": info.fingerprint or "unknown"}
 
 
+def device_entry(recommender: Any) -> dict[str, str | None]:
+    """Where the recommender ran its model, as its ``device`` attribute says (``cpu``, ``cuda:0``), and that CUDA
+    device's name; both ``None`` for one that says nothing (``random``, ``bm25``, ``openai-chat`` run no model
+    here)."""
+    device = getattr(recommender, "device", None)
+    if device is None:
+        return {"device": None, "device_name": None}
+    return {"device": str(device), "device_name": cuda_device_name(str(device))}
+
+
+def cuda_device_name(device: str) -> str | None:
+    """The name of the CUDA device ``device`` (``cuda``, ``cuda:1``) names; ``None`` for any other device."""
+    torch = sys.modules.get("torch")  # a recommender on a CUDA device has imported it
+    if not device.startswith("cuda") or torch is None or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(torch.device(device))
+
+
 def bootstrap_entry(samples: int, seed: int) -> dict[str, Any]:
     return {"samples": samples, "seed": seed, "level": 0.95, "unit": "record"}
 
@@ -476,16 +495,16 @@ ENVIRONMENT_PACKAGES = ("numpy", "datasets", "pyarrow", "bm25s", "sentence-trans
 
 
 def environment() -> dict[str, Any]:
-    """Python, platform, library versions and accelerator: what a reader needs to rerun a run as it was."""
+    """Python, platform, library versions and the machine's first GPU: what a reader needs to rerun a run as it
+    was. The GPU is the machine's, whether or not the model ran on it (``model.device`` says where it did)."""
     import platform
-    import sys
 
     from reddit_amazon.build import package_versions
 
     torch = sys.modules.get("torch")  # only when the run loaded it: importing torch here would cost seconds
-    gpu = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None
+    machine_gpu = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None
     return {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
-            "packages": package_versions(ENVIRONMENT_PACKAGES), "gpu": gpu}
+            "packages": package_versions(ENVIRONMENT_PACKAGES), "machine_gpu": machine_gpu}
 
 
 def package_version() -> str:

@@ -119,6 +119,11 @@ class LavicRecommender:
             _check_same_vision(cache, item_embeddings, distill_adapter)
             self.embeddings = cache.to(self.backbone.device, self.backbone.dtype)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (recorded in results.json)."""
+        return self.backbone.device
+
     def recommend(self, examples: Sequence) -> list[str]:
         if self.embeddings is not None:
             self._embed_missing(examples)

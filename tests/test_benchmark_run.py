@@ -1183,6 +1183,30 @@ def test_results_record_the_python_platform_and_library_versions(dataset, tmp_pa
     assert json.loads((tmp_path / "results.json").read_text())["environment"] == env
 
 
+def test_results_say_which_device_the_model_ran_on_apart_from_the_machines_gpu(dataset, tmp_path, monkeypatch):
+    """`environment.gpu` named the CUDA device torch saw, even for a model that ran on the CPU beside it."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"Test GPU {getattr(device, 'index', device)}")
+    config = RunConfig(model="last", dataset=str(dataset), domain="home", limit=2, bootstrap_samples=0)
+
+    def ran(name: str, device) -> dict:
+        recommender = LastCandidate()
+        if device is not None:
+            recommender.device = device
+        return run(config, tmp_path / name, recommender=recommender, progress=False)
+
+    on_cpu = ran("cpu", "cpu")
+    assert (on_cpu["model"]["device"], on_cpu["model"]["device_name"]) == ("cpu", None)
+    assert on_cpu["environment"]["machine_gpu"] == "Test GPU 0" and "gpu" not in on_cpu["environment"]
+    on_gpu = ran("gpu", torch.device("cuda", 1))
+    assert (on_gpu["model"]["device"], on_gpu["model"]["device_name"]) == ("cuda:1", "Test GPU 1")
+    silent = ran("silent", None)  # random, bm25, openai-chat: no model runs here
+    assert (silent["model"]["device"], silent["model"]["device_name"]) == (None, None)
+    assert {k: v for k, v in ran("again", "cpu").items() if k not in ("timings", "created_utc")} == \
+        {k: v for k, v in on_cpu.items() if k not in ("timings", "created_utc")}
+
+
 def test_results_record_every_setting_the_model_ran_with_defaults_included(tmp_path):
     """`--model sbert` recorded `args: {}`: which checkpoint gave the numbers was nowhere in results.json."""
     from benchmark.retrieval.sbert import DEFAULT_SBERT_MODEL
@@ -1202,6 +1226,9 @@ def test_results_record_every_setting_the_model_ran_with_defaults_included(tmp_p
     sbert = run(RunConfig(model="sbert", model_args={"cache_dir": str(tmp_path / "emb")}, domain="home", limit=2,
                           bootstrap_samples=0), tmp_path / "sbert", progress=False)
     assert sbert["model"]["settings"]["model"] == DEFAULT_SBERT_MODEL
+    from sentence_transformers.util import get_device_name
+
+    assert sbert["model"]["device"] == get_device_name()  # the one sentence-transformers picks
     assert json.loads((tmp_path / "sbert" / "results.json").read_text())["model"] == sbert["model"]
     given = run(RunConfig(model="last", domain="home", limit=2, bootstrap_samples=0), tmp_path / "given",
                 recommender=LastCandidate(), progress=False)

@@ -436,6 +436,7 @@ def test_ablations_titles_only_and_no_distillation(tiny_base, tmp_path):
     recommender = LavicRecommender(base=tiny_base, rec_adapter=str(tmp_path / "rec" / "best"), images="false",
                                    device=DEVICE)
     assert recommender.embeddings is None and recommender.uses_images is False
+    assert str(recommender.device) == DEVICE  # recorded in results.json as where the model ran
     # without `base`, the plugin loads the base the adapter records (not the 7B hub checkpoint: no network here)
     recorded = LavicRecommender(rec_adapter=str(tmp_path / "rec"), images="false", device=DEVICE)
     assert recorded.backbone.base == recommender.backbone.base

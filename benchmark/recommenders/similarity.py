@@ -47,3 +47,8 @@ class BM25Recommender(_SimilarityRecommender):
 class SBERTRecommender(_SimilarityRecommender):
     name = "sbert"
     retriever_name = "sbert"
+
+    @property
+    def device(self) -> str | None:
+        """Where its model runs (recorded in results.json)."""
+        return self.retriever.resolved_device

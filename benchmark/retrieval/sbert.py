@@ -39,6 +39,18 @@ class SBERTRetriever(DenseRetriever):
         self.cache = EmbeddingCache(self.model_id, cache_dir)
         self._model = None
 
+    @property
+    def resolved_device(self) -> str | None:
+        """The device the model runs on: ``device`` as given, else the one sentence-transformers picks for it
+        (``None`` without sentence-transformers: every embedding then came from the cache)."""
+        if self.device:
+            return self.device
+        try:
+            from sentence_transformers.util import get_device_name
+        except ImportError:
+            return None
+        return get_device_name()
+
     def _load(self):
         if self._model is None:
             try:
