@@ -23,7 +23,8 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    id: str  # the path or Hub id as given (a local path is made absolute)
+    id: str  # as results name it: the Hub id, a local folder's absolute path, the bundled sample's SAMPLE_DATASET_ID
+    path: str  # what datasets.load_dataset is given: the Hub id or the absolute path
     local: bool
     version: str | None
     fingerprint: str | None
@@ -51,19 +52,29 @@ def resolve_dataset(dataset: str | os.PathLike | None) -> DatasetInfo:
             parent = path.resolve().parent
             hint = f"; did you mean its parent folder {parent}?" if (parent / MANIFEST).is_file() else ""
             raise DatasetError(f"{dataset}: not a dataset folder (it has no {MANIFEST} or README.md){hint}")
-        return _info(str(path.resolve()), True, manifest)
+        return _info(_local_id(path.resolve()), str(path.resolve()), True, manifest)
     if path.exists():
         raise DatasetError(f"{dataset}: not a dataset folder")
     try:
         refuse_missing_local_path(dataset)
     except FileNotFoundError as error:
         raise DatasetError(str(error)) from None
-    return _info(str(dataset), False, _hub_manifest(str(dataset)))
+    return _info(str(dataset), str(dataset), False, _hub_manifest(str(dataset)))
 
 
-def _info(dataset_id: str, local: bool, manifest: dict[str, Any] | None) -> DatasetInfo:
+def _local_id(folder: Path) -> str:
+    """A local folder's id: its absolute path, but the bundled sample's place in the package, so that runs over
+    it name it alike in every install (and show no home folder)."""
+    try:
+        from reddit_amazon.sample import SAMPLE_DATASET, SAMPLE_DATASET_ID
+    except ImportError:
+        return str(folder)
+    return SAMPLE_DATASET_ID if folder == SAMPLE_DATASET else str(folder)
+
+
+def _info(dataset_id: str, path: str, local: bool, manifest: dict[str, Any] | None) -> DatasetInfo:
     manifest = manifest or {}
-    return DatasetInfo(id=dataset_id, local=local, version=manifest.get("version"),
+    return DatasetInfo(id=dataset_id, path=path, local=local, version=manifest.get("version"),
                        fingerprint=manifest.get("fingerprint"), candidate_sets=manifest.get("candidate_sets"),
                        counts=manifest.get("counts"))
 
@@ -114,9 +125,9 @@ def load_conversations(info: DatasetInfo, domain: str, split: str):
         raise DatasetError(f"{info.id}: domain {domain!r} has no {split!r} split (splits with records: "
                            f"{', '.join(have) or 'none'})")
     try:
-        return datasets.load_dataset(info.id, domain, split=split)
+        return datasets.load_dataset(info.path, domain, split=split)
     except ValueError as error:
-        raise DatasetError(f"{info.id}: cannot load {domain}/{split}: {error}") from error
+        raise DatasetError(f"{info.path}: cannot load {domain}/{split}: {error}") from error
 
 
 def check_candidate_set(info: DatasetInfo, table_columns: Sequence[str], candidates: str, where: str) -> str:
@@ -177,9 +188,9 @@ def load_items(info: DatasetInfo, domain: str, wanted: set[str] | None = None) -
     import pyarrow as pa
 
     try:
-        items = datasets.load_dataset(info.id, ITEMS_CONFIG, split=domain)
+        items = datasets.load_dataset(info.path, ITEMS_CONFIG, split=domain)
     except ValueError as error:
-        raise DatasetError(f"{info.id}: cannot load the items of {domain!r}: {error}") from error
+        raise DatasetError(f"{info.path}: cannot load the items of {domain!r}: {error}") from error
     table = items.data.table
     ids = table.column("item_id").to_pylist()
     # Typed: an empty list of positions (no wanted item in the table) would be a null array Arrow cannot take.

@@ -329,15 +329,36 @@ def test_synthetic_datasets_need_enough_items_per_domain(tmp_path):
     make_synthetic_dataset(tmp_path / "c", items_per_domain=12, records_per_domain=4, with_images=False)
 
 
-def test_default_dataset_is_the_bundled_sample(tmp_path):
-    from reddit_amazon.sample import sample_dataset_path
+def test_default_dataset_is_the_bundled_sample_named_alike_in_every_install(tmp_path):
+    """The sample's id was its absolute install path: another in every venv, and a home folder in results.json."""
+    from reddit_amazon.sample import SAMPLE_DATASET_ID, sample_dataset_path
 
-    result = CliRunner().invoke(cli, ["run", "--model", "random", "--limit", "3", "--out", str(tmp_path), "--quiet"])
+    result = CliRunner().invoke(cli, ["run", "--model", "random", "--limit", "3", "--out", str(tmp_path / "a"),
+                                      "--quiet"])
     assert result.exit_code == 0, result.output
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["dataset"]["id"] == str(sample_dataset_path().resolve())
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert results["dataset"]["id"] == SAMPLE_DATASET_ID == "reddit_amazon/sample/reddit-amazon"
+    assert str(sample_dataset_path()) not in (tmp_path / "a" / "results.json").read_text()
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["dataset"]["id"] == SAMPLE_DATASET_ID
     assert results["dataset"]["version"] == json.loads((sample_dataset_path() / "manifest.json").read_text())["version"]
     assert results["counts"]["all"]["records"] == 9
+    named = run(RunConfig(model="random", dataset=str(sample_dataset_path()), limit=3, bootstrap_samples=0),
+                tmp_path / "b", progress=False)
+    assert named["dataset"] == results["dataset"]  # the sample named by its path is the same dataset
+
+    # A run folder of an earlier release, which named the sample by its path, still resumes: the fingerprint is the
+    # dataset's identity, and report and compare take the runs for runs over one dataset.
+    signature = json.loads((tmp_path / "b" / "run.json").read_text())
+    signature["dataset"]["id"] = str(sample_dataset_path())
+    (tmp_path / "b" / "run.json").write_text(json.dumps(signature))
+    (tmp_path / "b" / "results.json").unlink()
+    assert run(RunConfig(model="random", limit=3, bootstrap_samples=0), tmp_path / "b",
+               progress=False)["metrics"] == named["metrics"]
+    compare = CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert compare.exit_code == 0 and "different datasets" not in compare.output
+    report = CliRunner().invoke(cli, ["report", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert report.exit_code == 0 and "WARNING" not in report.output
+    assert f"dataset {SAMPLE_DATASET_ID} v" in report.output
 
 
 def test_hub_id_without_network_records_unknown_provenance():

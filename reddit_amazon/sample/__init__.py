@@ -13,6 +13,8 @@ from pathlib import Path
 
 SAMPLE_DIR = Path(__file__).resolve().parent
 SAMPLE_DATASET = SAMPLE_DIR / "reddit-amazon"
+#: How records name the bundled sample dataset: its place in the package, the same in every install.
+SAMPLE_DATASET_ID = "reddit_amazon/sample/reddit-amazon"
 
 
 def sample_dataset_path() -> Path:
