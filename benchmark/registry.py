@@ -28,6 +28,7 @@ from types import UnionType
 from typing import Any, Literal, Union
 
 from reddit_amazon.cli_errors import with_extra_hint
+from reddit_amazon.files import file_sha256
 
 ENTRY_POINT_GROUP = "reddit_amazon.recommenders"
 
@@ -45,11 +46,21 @@ class RegistryError(ValueError):
 
 
 @dataclass(frozen=True)
+class PluginCode:
+    """What names the code of a recommender from outside the toolkit (the toolkit's own is named by its package
+    version and git revision): an edited plugin is another run."""
+
+    sha256: str | None  # of the plugin's file, or of its module's file (None: a module without one)
+    distribution: str | None  # "name==version" of the installed distribution providing its module; None: none
+
+
+@dataclass(frozen=True)
 class ResolvedModel:
     spec: str
     target: str  # "module:Class" or "file.py:Class" that was loaded
     source: str  # builtin | entry point | module | file
     cls: type
+    code: PluginCode | None = None  # None: the toolkit's own
 
 
 def available_names() -> list[str]:
@@ -70,17 +81,37 @@ def resolve(spec: str) -> ResolvedModel:
         except Exception as error:  # report which plugin failed to import, and why
             raise RegistryError(with_extra_hint(f"recommender {spec!r} (entry point {matches[0].value}) failed to "
                                                 f"load: {type(error).__name__}: {error}", error)) from error
-        return ResolvedModel(spec, matches[0].value, "entry point", cls)
+        dist = matches[0].dist
+        return ResolvedModel(spec, matches[0].value, "entry point", cls,
+                             _module_code(matches[0].module, cls, dist and f"{dist.name}=={dist.version}"))
     if ":" in spec:
         where, _, attribute = spec.rpartition(":")
         if where.endswith(".py"):
-            return ResolvedModel(spec, spec, "file", _load_from_file(Path(where), attribute, spec))
-        return ResolvedModel(spec, spec, "module", _load_object(spec, spec))
+            return ResolvedModel(spec, spec, "file", _load_from_file(Path(where), attribute, spec),
+                                 PluginCode(file_sha256(Path(where)), None))
+        cls = _load_object(spec, spec)
+        return ResolvedModel(spec, spec, "module", cls, _module_code(where, cls, _distribution(where)))
     names = available_names()
     close = difflib.get_close_matches(spec, names, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise RegistryError(f"unknown recommender {spec!r}.{hint} Available: {', '.join(names)}; "
                         "or give module:Class or path/to/file.py:Class.")
+
+
+def _module_code(module_name: str, cls: Any, distribution: str | None) -> PluginCode | None:
+    """The code of a plugin from ``module_name``: its file's sha256 and ``distribution``; None for the toolkit's."""
+    if ships_with_toolkit(cls):
+        return None
+    file = getattr(sys.modules.get(module_name), "__file__", None)
+    return PluginCode(file_sha256(Path(file)) if file else None, distribution)
+
+
+def _distribution(module_name: str) -> str | None:
+    """``name==version`` of the installed distribution(s) providing ``module_name``'s top-level package."""
+    from importlib.metadata import packages_distributions, version
+
+    names = sorted(set(packages_distributions().get(module_name.partition(".")[0], ())))
+    return ", ".join(f"{name}=={version(name)}" for name in names) or None
 
 
 def _load_object(target: str, spec: str) -> Any:

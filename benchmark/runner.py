@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -90,11 +90,12 @@ class RunConfig:
 recorded_args = registry.redacted_args  # model args as run.json / results.json record them
 
 
-def _signature(config: RunConfig, info: DatasetInfo) -> dict[str, Any]:
+def _signature(config: RunConfig, info: DatasetInfo, resolved: registry.ResolvedModel | None) -> dict[str, Any]:
     """What must match for cached predictions to be reused."""
     return {
         "model": config.model,
         "model_args": recorded_args(config.model_args),
+        "model_code": code_entry(resolved),  # an edited plugin file is another run
         "dataset": {"id": info.id, "fingerprint": info.fingerprint},
         "domain": config.domain,
         "split": config.split,
@@ -130,10 +131,11 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
     resolved = registry.resolve(config.model) if recommender is None else None  # fail fast on a bad name
     model_args = config.model_args if resolved is None else registry.typed_args(resolved, config.model_args)
     info = resolve_dataset(config.dataset)
-    signature = _signature(config, info)
+    signature = _signature(config, info, resolved)
     finished = _check_folder(out, signature, overwrite)
     if finished is not None:
-        # Said aloud: a plugin edited since (same spec, same args) would otherwise seem to score as before.
+        # Said aloud: code that model_code does not cover (the toolkit's, a plugin's helper modules, an object
+        # passed in) may have been edited since, and would otherwise seem to score as before.
         log.warning("%s already holds this finished run: its results are returned without running the model "
                     "(--overwrite runs it again)", out)
         if finished.get("bootstrap") != bootstrap_entry(config.bootstrap_samples, config.seed):
@@ -205,6 +207,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
         "model": {**model_info, "name": getattr(recommender, "name", config.model),
                   "args": recorded_args(config.model_args),
                   "settings": registry.recorded_settings(recommender, resolved, model_args),  # defaults included
+                  "code": code_entry(resolved),
                   "returns": "ranking" if ranks else "text", **device_entry(recommender)},
         "dataset": dataset_entry(info),
         "domain": config.domain,
@@ -454,6 +457,11 @@ def _counts(records: Sequence[Record], outcomes: Sequence[Outcome], domains: Seq
 
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     write_atomic(path, b"".join(orjson.dumps(row) + b"\n" for row in rows))
+
+
+def code_entry(resolved: registry.ResolvedModel | None) -> dict[str, Any] | None:
+    """A plugin's code as run.json and results.json record it (None: the toolkit's own, or an object passed in)."""
+    return None if resolved is None or resolved.code is None else asdict(resolved.code)
 
 
 def dataset_entry(info: DatasetInfo) -> dict[str, Any]:

@@ -52,6 +52,28 @@ def test_module_and_file_specs(tmp_path):
         resolve("no_such_module_xyz:Thing")
 
 
+def test_a_plugins_code_is_named_by_its_files_hash_and_its_installed_distribution(tmp_path, monkeypatch):
+    """Nothing named a plugin's code: two runs of an edited plugin file were recorded alike."""
+    from importlib.metadata import distribution, version
+
+    from reddit_amazon.files import file_sha256
+
+    bm25s = pytest.importorskip("bm25s")
+    plugin = tmp_path / "mine.py"
+    plugin.write_text("class Mine:\n    pass\n")
+    assert resolve(f"{plugin}:Mine").code == registry.PluginCode(file_sha256(plugin), None)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert resolve("mine:Mine").code == registry.PluginCode(file_sha256(plugin), None)  # importable, not installed
+    installed = registry.PluginCode(file_sha256(Path(bm25s.__file__)), f"bm25s=={version('bm25s')}")
+    assert resolve("bm25s:BM25").code == installed
+    point = EntryPoint(name="theirs", value="bm25s:BM25", group=registry.ENTRY_POINT_GROUP)._for(distribution("bm25s"))
+    monkeypatch.setattr(registry, "entry_points", lambda group: [point])  # as an installed package registers it
+    assert resolve("theirs").code == installed
+    # The toolkit's own code is named by its package version and git revision instead.
+    assert resolve("random").code is None
+    assert resolve("benchmark.recommenders.random_choice:RandomRecommender").code is None
+
+
 def test_dotted_attributes_resolve_as_entry_points_do(tmp_path, monkeypatch):
     plugin = tmp_path / "nested_plugin.py"
     plugin.write_text("class Outer:\n    class Inner:\n        def recommend(self, examples):\n            return []\n")

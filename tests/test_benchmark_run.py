@@ -130,6 +130,32 @@ def test_a_different_run_in_the_same_folder_is_refused(dataset, tmp_path):
         run(RunConfig(**{**config.__dict__, "model_args": {"max_new_tokens": 512}}), tmp_path / "t", progress=False)
 
 
+def test_a_run_folder_whose_plugin_code_changed_holds_another_run(dataset, tmp_path):
+    """A plugin file edited between two runs into one folder: its earlier predictions were reused as if unchanged."""
+    import hashlib
+
+    plugin = tmp_path / "first.py"
+    code = ("class First:\n"
+            "    def recommend(self, examples):\n"
+            "        return [e.candidates[0].item_id for e in examples]\n")
+    plugin.write_text(code)
+    config = RunConfig(model=f"{plugin}:First", dataset=str(dataset), domain="home", limit=3, bootstrap_samples=0)
+    results = run(config, tmp_path / "out", progress=False)
+    recorded = {"sha256": hashlib.sha256(code.encode()).hexdigest(), "distribution": None}
+    assert results["model"]["code"] == recorded
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["model_code"] == recorded
+    assert run(config, tmp_path / "out", progress=False) == results  # the same code: the finished run
+    (tmp_path / "out" / "results.json").unlink()  # interrupted: resumed only with the same code
+    plugin.write_text(code.replace("candidates[0]", "candidates[1]"))
+    with pytest.raises(RunError, match="differs in: model_code"):
+        run(config, tmp_path / "out", progress=False)
+    plugin.write_text(code)
+    assert run(config, tmp_path / "out", progress=False)["metrics"] == results["metrics"]
+    builtin = run(RunConfig(model="random", dataset=str(dataset), domain="home", limit=3, bootstrap_samples=0),
+                  tmp_path / "random", progress=False)
+    assert builtin["model"]["code"] is None  # the toolkit's own: package_version and git_revision name it
+
+
 def test_missing_candidate_set_lists_the_available_ones(dataset, tmp_path):
     with pytest.raises(DatasetError, match="'openai_large' was not computed.*available: sbert, bm25"):
         run(RunConfig(model="random", dataset=str(dataset), candidates="openai_large"), tmp_path, progress=False)
@@ -691,7 +717,7 @@ def test_a_run_folder_from_before_batch_size_was_recorded_still_resumes(dataset,
     config = RunConfig(model="random", dataset=str(dataset), domain="beauty", limit=5, bootstrap_samples=0)
     run(config, tmp_path, progress=False)
     signature = json.loads((tmp_path / "run.json").read_text())
-    del signature["batch_size"]  # as the previous release wrote run.json
+    del signature["batch_size"], signature["model_code"]  # as earlier releases wrote run.json
     (tmp_path / "run.json").write_text(json.dumps(signature))
     (tmp_path / "results.json").unlink()  # interrupted
     assert run(config, tmp_path, progress=False)["counts"]["all"]["records"] == 5
