@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from benchmark.protocol import Candidate, Example
 from reddit_amazon.dataset_folder import MANIFEST, check_unchanged, refuse_missing_local_path
+from reddit_amazon.sample import SAMPLE_DATASET, SAMPLE_DATASET_ID
 from reddit_amazon.schema import DOMAINS, ITEMS_CONFIG, SchemaError, Turn, candidate_column, candidate_sets_of, is_asin
 
 if TYPE_CHECKING:
@@ -65,10 +66,6 @@ def resolve_dataset(dataset: str | os.PathLike | None) -> DatasetInfo:
 def _local_id(folder: Path) -> str:
     """A local folder's id: its absolute path, but the bundled sample's place in the package, so that runs over
     it name it alike in every install (and show no home folder)."""
-    try:
-        from reddit_amazon.sample import SAMPLE_DATASET, SAMPLE_DATASET_ID
-    except ImportError:
-        return str(folder)
     return SAMPLE_DATASET_ID if folder == SAMPLE_DATASET else str(folder)
 
 
