@@ -148,6 +148,15 @@ def test_a_resumed_build_does_not_read_the_conversations_of_reused_stages(sample
     assert parquet_digests(tmp_path / "ds") == parquet_digests(root / "sample-ds")
 
 
+def _key_paths(value, prefix: str = "") -> set[str]:
+    if isinstance(value, dict):
+        return {f"{prefix}{key}" for key in value}.union(
+            *(_key_paths(inner, f"{prefix}{key}.") for key, inner in value.items()))
+    if isinstance(value, list):
+        return set().union(*(_key_paths(inner, f"{prefix}[].") for inner in value))
+    return set()
+
+
 def test_sbert_candidates_and_benchmark_run(sample_build, tmp_path):
     from benchmark.runner import RunConfig, run
 
@@ -165,6 +174,9 @@ def test_sbert_candidates_and_benchmark_run(sample_build, tmp_path):
     recorded = read_manifest(bundled)["build"]["package_versions"]
     if all(recorded[name] == importlib.metadata.version(name) for name in ("pyarrow", "datasets")):
         assert manifest["fingerprint"] == read_manifest(bundled)["fingerprint"]
+    # ... and its manifest records what a build records now (a field added to the funnel or the build reports
+    # reaches the shipped sample too: regenerate it with make_sample).
+    assert _key_paths(manifest) == _key_paths(read_manifest(bundled))
     recall = manifest["build_reports"]["candidates"]["recall"]["sbert"]
     assert all(0.2 < recall[d] <= 1.0 for d in DOMAINS)
     config = RunConfig(model="random", dataset=str(tmp_path / "sbert-ds"), candidates="sbert", bootstrap_samples=0)
