@@ -227,3 +227,20 @@ def test_hub_files_of_a_repo_folder_and_upstream_config_names(tmp_path):
     with pytest.raises(CatalogError, match="cannot download"):  # tests run with HF_HUB_OFFLINE=1
         load_catalog(["hub:McAuley-Lab/Amazon-Reviews-2023:raw_meta_All_Beauty"], [], {"P000000001"},
                      DEFAULT_DOMAIN_MAP)
+
+
+def test_a_parent_in_two_metadata_sources_takes_the_row_of_the_first_source_given(tmp_path):
+    """Two metadata rows of one parent (two category files, two editions): the first --meta source given wins,
+    as docs/build.md says; the flags' order is part of the build command the manifest records."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    write_jsonl(tmp_path / "a" / "meta_All_Beauty.jsonl", [meta("B000000001", "All Beauty", title="Old title")])
+    write_jsonl(tmp_path / "b" / "meta_All_Beauty.jsonl", [meta("B000000001", "All Beauty", title="New title")])
+    reviews = write_jsonl(tmp_path / "All_Beauty.jsonl", [{"asin": "B000000001", "parent_asin": "B000000001"}])
+    titles = []
+    for folders in ([tmp_path / "a", tmp_path / "b"], [tmp_path / "b", tmp_path / "a"]):
+        metas = expand_sources(folders, META_FILE_PATTERN)
+        catalog, report = load_catalog(metas, [str(reviews)], {"B000000001"}, DEFAULT_DOMAIN_MAP)
+        titles.append(catalog.resolve("B000000001")[0].title)
+        assert report.duplicate_metadata_rows == 1
+    assert titles == ["Old title", "New title"]
