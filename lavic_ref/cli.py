@@ -8,6 +8,7 @@ written with the same settings (and refuse it otherwise), ``embed`` from the ite
 from __future__ import annotations
 
 import shlex
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 import click
@@ -125,6 +126,17 @@ def _load_processor(base: str):
         raise click.ClickException(str(error)) from error
 
 
+def _take_lock(held: ExitStack, lock: AbstractContextManager[None]) -> None:
+    """Hold ``lock`` (describe's cache, embed's folder) until ``held`` closes. Taken before the model loads: a
+    second run is refused in one line at once, not after minutes of loading a 7B model."""
+    from reddit_amazon.files import FolderBusyError
+
+    try:
+        held.enter_context(lock)
+    except FolderBusyError as error:
+        raise click.ClickException(str(error)) from None
+
+
 def _attach(backbone, path: Path, role: str) -> None:
     from lavic_ref.model import AdapterError, attach_adapter
 
@@ -182,16 +194,17 @@ def describe(dataset, domains, base, device, out, batch_size, max_new_tokens, re
       lavic-ref describe --dataset ./reddit-amazon --out runs/lavic/descriptions.jsonl --batch-size 16
     """
     from lavic_ref.data import load_items
-    from lavic_ref.describe import describe_items
-    from reddit_amazon.files import FolderBusyError
+    from lavic_ref.describe import describe_items_holding_lock, describe_lock
 
     items = load_items(dataset, domains)
-    backbone = _load_backbone(base, device)
-    try:
-        descriptions = describe_items(backbone, items.values(), out, batch_size=batch_size,
-                                      max_new_tokens=max_new_tokens, regenerate=regenerate)
-    except (ValueError, FolderBusyError) as error:  # a corrupt or foreign cache, or another describe writing it
-        raise click.ClickException(str(error)) from None
+    with ExitStack() as held:
+        _take_lock(held, describe_lock(out))
+        backbone = _load_backbone(base, device)
+        try:
+            descriptions = describe_items_holding_lock(backbone, items.values(), out, batch_size=batch_size,
+                                                       max_new_tokens=max_new_tokens, regenerate=regenerate)
+        except ValueError as error:  # a corrupt cache, or one another base model wrote
+            raise click.ClickException(str(error)) from None
     click.echo(f"{len(descriptions)} descriptions in {out}")
 
 
@@ -250,9 +263,8 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
       lavic-ref embed --no-distill --out runs/lavic-ablation      # Table 7: no self-distillation
     """
     from lavic_ref.data import load_items
-    from lavic_ref.embed import embed_catalog
+    from lavic_ref.embed import embed_catalog_holding_lock, embed_lock
     from lavic_ref.model import AdapterError, resolve_adapter_dir
-    from reddit_amazon.files import FolderBusyError
 
     if bool(distill_adapter) == no_distill:
         raise click.UsageError("give exactly one of --distill-adapter or --no-distill")
@@ -261,13 +273,13 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
     except AdapterError as error:
         raise click.ClickException(str(error)) from error
     items = load_items(dataset, domains)
-    backbone = _load_backbone(base, device)
-    if distill_adapter:
-        _attach(backbone, distill_adapter, "vision")
-    try:
-        path = embed_catalog(backbone, items.values(), out, adapter=distill_adapter, batch_size=batch_size)
-    except FolderBusyError as error:
-        raise click.ClickException(str(error)) from error
+    with ExitStack() as held:
+        _take_lock(held, embed_lock(out))
+        backbone = _load_backbone(base, device)
+        if distill_adapter:
+            _attach(backbone, distill_adapter, "vision")
+        path = embed_catalog_holding_lock(backbone, items.values(), out, adapter=distill_adapter,
+                                          batch_size=batch_size)
     click.echo(str(path))
 
 

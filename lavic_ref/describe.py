@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -72,13 +73,23 @@ def describe_items(backbone: Backbone, items: Iterable[Item], cache: str | os.Pa
     All of them end up in ``cache``: shipped ones are appended before any is generated. Another run writing
     ``cache`` is a :class:`~reddit_amazon.files.FolderBusyError`.
     """
+    with describe_lock(cache):
+        return describe_items_holding_lock(backbone, items, cache, batch_size=batch_size,
+                                           max_new_tokens=max_new_tokens, regenerate=regenerate)
+
+
+def describe_lock(cache: str | os.PathLike) -> AbstractContextManager[None]:
+    """The lock a run writing ``cache`` holds (:class:`~reddit_amazon.files.FolderBusyError` while another run
+    holds it). ``lavic-ref describe`` takes it before loading the model, so a second run is refused at once,
+    not after minutes of loading."""
+    return file_lock(Path(cache), "lavic-ref describe")
+
+
+def describe_items_holding_lock(backbone: Backbone, items: Iterable[Item], cache: str | os.PathLike, *,
+                                batch_size: int = 8, max_new_tokens: int = MAX_NEW_TOKENS,
+                                regenerate: bool = False) -> dict[str, str]:
+    """:func:`describe_items` for a caller that holds :func:`describe_lock` of ``cache``."""
     cache = Path(cache)
-    with file_lock(cache, "lavic-ref describe"):
-        return _describe_items(backbone, items, cache, batch_size, max_new_tokens, regenerate)
-
-
-def _describe_items(backbone: Backbone, items: Iterable[Item], cache: Path, batch_size: int, max_new_tokens: int,
-                    regenerate: bool) -> dict[str, str]:
     records = list(_records(cache))  # read once: the descriptions, whose they are, which items are done
     _check_bases(cache, {base for _, _, base in records}, backbone)
     descriptions = {item_id: description for item_id, description, _ in records}

@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -145,16 +146,25 @@ def embed_catalog(backbone: Backbone, items: Iterable[Item], out_dir: str | os.P
     ids: a rerun of an interrupted run (same weights, adapter and items, images included) embeds only the items
     not saved yet, even after an embed of other items (another domain) into the same folder.
     """
+    with embed_lock(out_dir):
+        return embed_catalog_holding_lock(backbone, items, out_dir, adapter=adapter, batch_size=batch_size,
+                                          checkpoint_items=checkpoint_items)
+
+
+def embed_lock(out_dir: str | os.PathLike) -> AbstractContextManager[None]:
+    """The lock an embed into ``out_dir`` holds (:class:`~reddit_amazon.files.FolderBusyError` while another embed
+    holds it): another embed into the folder would merge with the file as it was before this one saved (dropping
+    this one's items). ``lavic-ref embed`` takes it before loading the model, so a second run is refused at once,
+    not after minutes of loading."""
+    return folder_lock(Path(out_dir), "lavic-ref embed")
+
+
+def embed_catalog_holding_lock(backbone: Backbone, items: Iterable[Item], out_dir: str | os.PathLike, *,
+                               adapter: str | os.PathLike | None, batch_size: int = 16,
+                               checkpoint_items: int = CHECKPOINT_ITEMS) -> Path:
+    """:func:`embed_catalog` for a caller that holds :func:`embed_lock` of ``out_dir``."""
     pairs = [(item.item_id, item.image) for item in items]
     path = Path(out_dir) / embeddings_filename(backbone.base, adapter)
-    # Another embed into this folder would merge with the file as it was before this one saved (dropping this
-    # one's items): it is refused while this one runs.
-    with folder_lock(Path(out_dir), "lavic-ref embed"):
-        return _embed_catalog(backbone, pairs, path, adapter, batch_size, checkpoint_items)
-
-
-def _embed_catalog(backbone: Backbone, pairs: list[tuple[str, bytes | None]], path: Path,
-                   adapter: str | os.PathLike | None, batch_size: int, checkpoint_items: int) -> Path:
     checkpoints = _Checkpoints(path.with_name(f".{path.name}.parts"), _ids_digest(pairs)[:16], {
         "base_fingerprint": backbone.fingerprint, "adapter_hash": adapter_fingerprint(adapter),
         "items": _items_digest(pairs)})

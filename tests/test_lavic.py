@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -63,6 +64,22 @@ def tiny_base(tmp_path_factory) -> str:
 def other_base(tmp_path_factory) -> str:
     """The same architecture with other weights (another seed)."""
     return str(save_tiny_llava(tmp_path_factory.mktemp("tiny-llava-seed1"), _sample_texts(), seed=1))
+
+
+@contextlib.contextmanager
+def _models_loaded(monkeypatch):
+    """The bases `load_backbone` is asked to load in the block (it still loads them)."""
+    import lavic_ref.model
+
+    loaded, load = [], lavic_ref.model.load_backbone
+
+    def counted(base, **kwargs):
+        loaded.append(base)
+        return load(base, **kwargs)
+
+    monkeypatch.setattr(lavic_ref.model, "load_backbone", counted)
+    yield loaded
+    monkeypatch.setattr(lavic_ref.model, "load_backbone", load)
 
 
 def _png(color, size=(40, 64)) -> bytes:
@@ -776,7 +793,8 @@ def test_describe_writes_shipped_descriptions_to_its_output(tiny_base, tmp_path,
 
 def test_a_second_describe_of_a_cache_a_describe_is_writing_is_refused(tiny_base, tmp_path, monkeypatch,
                                                                         short_lock_wait):
-    """Two `describe` runs on one cache at once each generated every item (82 lines for 43 items)."""
+    """Two `describe` runs on one cache at once each generated every item (82 lines for 43 items). The second one
+    was refused only after loading the model (minutes for a 7B one)."""
     import dataclasses
 
     import lavic_ref.data
@@ -788,9 +806,9 @@ def test_a_second_describe_of_a_cache_a_describe_is_writing_is_refused(tiny_base
     monkeypatch.setattr(lavic_ref.data, "load_items", lambda dataset, domains: items)
     out = tmp_path / "d.jsonl"
     describe = ["describe", "--base", tiny_base, "--device", DEVICE, "--domain", "home", "--out", str(out)]
-    with file_lock(out, "lavic-ref describe"):  # the first describe, still running
+    with file_lock(out, "lavic-ref describe"), _models_loaded(monkeypatch) as loaded:  # the first describe, running
         result = CliRunner().invoke(cli, describe)
-        assert result.exit_code == 1
+        assert result.exit_code == 1 and not loaded
         assert result.output.strip().splitlines()[-1] == (
             f"Error: another lavic-ref describe is writing this file (it holds {tmp_path / '.d.jsonl.lock'}); wait "
             f"for it to end or choose another file: {out}")
@@ -1400,17 +1418,18 @@ def test_a_dataset_folder_that_is_not_there_is_a_bad_option_not_a_traceback(tmp_
         assert f"Invalid value for '--dataset': dataset folder {tmp_path / 'nope'} does not exist" in result.output
 
 
-def test_a_second_embed_into_a_folder_an_embed_is_writing_is_refused(tiny_base, tmp_path, short_lock_wait):
+def test_a_second_embed_into_a_folder_an_embed_is_writing_is_refused(tiny_base, tmp_path, short_lock_wait,
+                                                                      monkeypatch):
     """`embed --domain home` and `--domain fashion` at once into one --out: each merged with the file as it was
     before the other saved (the last one to save dropped the other's items), and each deleted the other's
-    checkpoints."""
+    checkpoints. The second one was refused only after loading the model (minutes for a 7B one)."""
     from lavic_ref.cli import cli
     from reddit_amazon.files import folder_lock
 
-    with folder_lock(tmp_path, "lavic-ref embed"):  # the first embed, still running
+    with folder_lock(tmp_path, "lavic-ref embed"), _models_loaded(monkeypatch) as loaded:  # the first embed, running
         result = CliRunner().invoke(cli, ["embed", "--base", tiny_base, "--device", DEVICE, "--no-distill",
                                           "--domain", "fashion", "--out", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 1 and not loaded
     assert result.output.strip().splitlines()[-1] == (
         f"Error: another lavic-ref embed is running in this folder (it holds {tmp_path / '.lock'}); wait for it to "
         f"end or choose another folder: {tmp_path}")
