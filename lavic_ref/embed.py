@@ -190,7 +190,7 @@ def embed_catalog_holding_lock(backbone: Backbone, items: Iterable[Item], out_di
             embeddings = {**kept, **embeddings}
     saved = save_item_embeddings(path, embeddings, base=backbone.base, adapter=adapter,
                                  base_fingerprint=backbone.fingerprint)
-    checkpoints.finish()
+    checkpoints.finish(set(embeddings))
     return saved
 
 
@@ -209,8 +209,10 @@ def _items_digest(pairs: Sequence[tuple[str, bytes | None]]) -> str:
 
 class _Checkpoints:
     """Numbered safetensors parts of an unfinished :func:`embed_catalog`, in ``root/<items key>``: the parts of
-    another set of items (another domain) are left for that set's own rerun. Each part is stamped with what it
-    was made from; parts of this set made from other weights or other images are deleted, not used."""
+    another set of items (another domain) are left for that set's own rerun while they are of use. Each part is
+    stamped with what it was made from; parts of this set made from other weights or other images are deleted,
+    not used. Only an embed holding the lock of the folder (:func:`embed_lock`) reads or deletes them, so none
+    is deleted under a running embed."""
 
     def __init__(self, root: Path, items_key: str, made_from: dict[str, str]):
         self.root, self.folder, self.made_from = root, root / items_key, made_from
@@ -238,11 +240,34 @@ class _Checkpoints:
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def finish(self) -> None:
-        """This set's parts are in the file: remove them, and ``root`` once no other set's parts are left."""
+    def finish(self, saved: set[str]) -> None:
+        """This set's parts are in the file, whose items are now ``saved``: remove them, the other sets' parts
+        that are of no more use (:meth:`_of_no_use`), and ``root`` once no set is left."""
         self.remove()
+        for folder in self.root.iterdir() if self.root.is_dir() else ():
+            if folder.is_dir() and self._of_no_use(folder, saved):
+                shutil.rmtree(folder, ignore_errors=True)
         if self.root.is_dir() and not any(entry.is_dir() for entry in self.root.iterdir()):
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def _of_no_use(self, folder: Path, saved: set[str]) -> bool:
+        """Whether another set's parts are all made from other base weights than the file's now (a rerun of
+        that set would delete them), damaged, or hold only items the file now holds from the same weights
+        (what a rerun of that set would resume is already there): an interrupted embed of one domain followed
+        by one of the whole catalog left its parts for good."""
+        from safetensors import SafetensorError, safe_open
+
+        made_from = {key: self.made_from[key] for key in ("base_fingerprint", "adapter_hash")}
+        for part in folder.glob("part-*.safetensors"):
+            try:
+                with safe_open(str(part), framework="pt") as handle:
+                    metadata = handle.metadata() or {}
+                    if (all(metadata.get(key) == value for key, value in made_from.items())
+                            and not saved.issuperset(handle.keys())):
+                        return False
+            except (SafetensorError, OSError):  # damaged: its own rerun would delete it too
+                continue
+        return True
 
 
 def check_embeddings(cache: ItemEmbeddings, path: str | os.PathLike | None, backbone: Backbone) -> None:

@@ -1349,6 +1349,40 @@ def test_an_embed_of_other_items_into_the_same_folder_keeps_an_interrupted_embed
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", path.name]
 
 
+def test_checkpoints_an_embed_of_other_items_made_useless_are_removed(tiny_base, tmp_path, monkeypatch):
+    """`embed --domain home` killed after a checkpoint, then a whole-catalog embed into the same --out: home's
+    checkpoints (the file now holds those items, from the same weights) stayed on disk for good, as did those of
+    weights no longer at that base's name."""
+    import dataclasses
+
+    import lavic_ref.embed as embed
+    from lavic_ref.model import load_backbone
+
+    home, fashion = (list(load_items(None, [domain]).values())[:6] for domain in ("home", "fashion"))
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    forward, batches = embed.cls_embeddings, []
+
+    def interrupted(model, pixels):
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+        batches.append(1)
+        return forward(model, pixels)
+
+    for made_with, items in ((dataclasses.replace(backbone, fingerprint="weights since replaced"), fashion),
+                             (backbone, home)):
+        batches.clear()
+        monkeypatch.setattr(embed, "cls_embeddings", interrupted)
+        with pytest.raises(KeyboardInterrupt):  # after 2 batches of 2: one checkpoint of 4 items
+            embed.embed_catalog(made_with, items, tmp_path, adapter=None, batch_size=2, checkpoint_items=4)
+    monkeypatch.undo()
+    parts = next(tmp_path.glob(".*.parts"))
+    assert len(list(parts.iterdir())) == 2
+    path = embed.embed_catalog(backbone, fashion[:3], tmp_path, adapter=None, batch_size=2, checkpoint_items=4)
+    assert len(list(parts.iterdir())) == 1  # home's are still of use: its items are not in the file yet
+    embed.embed_catalog(backbone, home + fashion, tmp_path, adapter=None, batch_size=2, checkpoint_items=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", path.name]
+
+
 def test_a_resumed_embed_prints_only_the_file_path_on_stdout(tiny_base, tmp_path, monkeypatch):
     """A script captures `EMB=$(lavic-ref embed ...)`: the resumption notice must not join the path on stdout."""
     import lavic_ref.embed as embed
