@@ -45,7 +45,7 @@ from benchmark.runner import (
     recorded_args,
 )
 from reddit_amazon.files import write_atomic
-from reddit_amazon.progress import bar_options, datasets_bars
+from reddit_amazon.progress import bar_options, quiet
 
 CANDIDATES_FILE = "candidates.jsonl"
 RETRIEVER_NAMES = {"bm25": "BM25", "sbert": "SBERT", "openai-emb": "OpenAI-emb"}
@@ -68,7 +68,7 @@ class RetrieveConfig:
 def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool = True,
              overwrite: bool = False) -> dict[str, Any]:
     """Rank each example's whole catalog; ``progress=False``: no bar, ``datasets``' own included."""
-    with datasets_bars(progress):
+    with quiet(not progress):
         return _retrieve(config, Path(out_dir), progress, overwrite)
 
 

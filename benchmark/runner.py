@@ -49,7 +49,7 @@ from benchmark.metrics import (
 )
 from benchmark.protocol import DEFAULT_BATCH_SIZE
 from reddit_amazon.files import LOCK_FILE, folder_lock, naming, write_atomic
-from reddit_amazon.progress import bar_options, datasets_bars
+from reddit_amazon.progress import bar_options, quiet
 
 RUN_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -116,8 +116,8 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     """
     out = Path(out_dir)
     existed = out.exists()
-    # progress=False: no bar of `datasets` either ("Generating test split" on a folder's first load)
-    with folder_lock(out, "benchmark run"), datasets_bars(progress):  # two runs into one folder would mix
+    # progress=False: no bar of the libraries either (datasets' "Generating test split" on a first load)
+    with folder_lock(out, "benchmark run"), quiet(not progress):  # two runs into one folder would mix
         try:
             return _run(config, out, overwrite, progress, recommender)
         finally:

@@ -7,6 +7,7 @@ written with the same settings (and refuse it otherwise), ``embed`` from the ite
 
 from __future__ import annotations
 
+import functools
 import shlex
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
@@ -22,6 +23,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 
 def _common(function):
+    function = _quiet_when_asked(function)
     options = [
         click.option("--dataset", type=PATH_OR_NAME, default=None, callback=_dataset_there,
                      help="Dataset folder or Hub id [default: the bundled sample]."),
@@ -31,10 +33,24 @@ def _common(function):
         click.option("--base", type=PATH_OR_NAME, default=DEFAULT_BASE, show_default=True,
                      help="LLaVA-NeXT checkpoint: hub id or local folder."),
         click.option("--device", default=None, help="torch device [default: cuda when available, else cpu]."),
+        click.option("--quiet", is_flag=True, help="No progress bars (results still go to stdout, log lines and "
+                                                   "errors to stderr)."),
     ]
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def _quiet_when_asked(command):
+    """``command`` run without progress bars when given ``quiet=True``."""
+    @functools.wraps(command)
+    def run(*args, quiet: bool, **kwargs):
+        from reddit_amazon.progress import quiet as without_bars
+
+        with without_bars(quiet):
+            return command(*args, **kwargs)
+
+    return run
 
 
 def _dataset_there(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

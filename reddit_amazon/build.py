@@ -269,6 +269,7 @@ def _dump_files(inputs: Sequence[str], workdir: Path) -> list[Path]:
 
 def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> StageResult:
     from reddit_amazon.pipeline import STAGE_VERSION, RedditStageOptions, run_reddit_stage_on_files
+    from reddit_amazon.progress import bars_shown
 
     # how the stage runs (executor, partition, workers) does not change what it writes: a rerun with more
     # workers reuses it, and the later stages with it
@@ -278,9 +279,8 @@ def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> Stage
     if not _stamp_matches(folder, key):
         console.print(f"[bold]1/5 reddit[/]: candidate conversations from {len(files)} dump file(s)")
         _unstamp(folder)
-        from reddit_amazon.progress import bars_enabled
-
-        reddit = {**options.reddit, "progress": options.reddit.get("progress", True) and bars_enabled()}
+        # its workers may be other processes: told of a quiet run, not left to read this one's setting
+        reddit = {**options.reddit, "progress": options.reddit.get("progress", True) and bars_shown()}
         run_reddit_stage_on_files(files, options.workdir, RedditStageOptions(**reddit))
         _write_json(folder / STAGE_STAMP, {"key": key})
     else:
@@ -686,12 +686,12 @@ def run_build(options: BuildOptions, console=None, *, progress: bool = True) -> 
     (the stage lines still go to ``console``, by default stderr)."""
     from rich.console import Console
 
-    from reddit_amazon.progress import bars
+    from reddit_amazon.progress import quiet
 
     console = console or Console(stderr=True)
     started = datetime.now(timezone.utc)
     check_options(options)
-    with bars(progress), folder_lock(options.workdir, "build"):  # two builds in one workdir would collide
+    with quiet(not progress), folder_lock(options.workdir, "build"):  # two builds in one workdir would collide
         return _run_stages(options, console, started)
 
 
@@ -855,10 +855,11 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--workers", type=click.IntRange(1, 4096), help="Reddit stage parallel tasks.")
 @click.option("--resolve-short-links/--no-resolve-short-links", default=None,
               help="Resolve amzn.to / a.co links over the network (Reddit stage).")
+@click.option("--quiet", is_flag=True, help="No progress bars (the stages, funnel and errors are still printed).")
 def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map, llm_base_url, llm_model,
                   llm_template, llm_concurrency, llm_max_attempts, llm_cache, no_filter, dry_run, retrievers,
                   embedding_base_url, embedding_model, images, image_store, image_concurrency, push_to_hub, private,
-                  salt, executor, partition, workers, resolve_short_links) -> None:
+                  salt, executor, partition, workers, resolve_short_links, quiet) -> None:
     """Build the dataset folder from Reddit dumps and Amazon Reviews 2023, printing the funnel.
 
     With no arguments, builds the bundled sample end to end, offline.
@@ -899,4 +900,4 @@ def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map
     # CatalogError, SchemaError, unreadable files, an embedding endpoint refusing, a broken cache file:
     # the message names the source.
     with user_errors(ValueError, OSError, RuntimeError, openai.OpenAIError, sqlite3.Error):
-        run_build(options)
+        run_build(options, progress=not quiet)

@@ -4,45 +4,25 @@ A bar is drawn on stderr. Into a terminal it updates as tqdm likes; into a log f
 CI) every redraw is a ``\\r`` line kept forever, so there it is redrawn every :data:`LOG_INTERVAL_S` and
 without the cursor moves that stack several workers' bars. The user's ``TQDM_*`` variables
 (``TQDM_DISABLE=1``, ``TQDM_MININTERVAL=…``) win over both: tqdm reads them only for arguments not given.
+A command's ``--quiet`` turns every bar off for its run (:func:`quiet`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any
 
 #: Seconds between redraws of a bar written to a file: a scan of a month of comments then adds ~100 lines an hour.
 LOG_INTERVAL_S = 30.0
 
 
-#: False inside ``bars(False)``: every bar of the toolkit is off (a library call such as ``run_build(progress=False)``).
-_BARS_ON: ContextVar[bool] = ContextVar("reddit_amazon_progress_bars", default=True)
-
-
-@contextmanager
-def bars(enabled: bool) -> Iterator[None]:
-    """Within the block, :func:`bar_options` turns every bar off when ``enabled`` is false."""
-    token = _BARS_ON.set(_BARS_ON.get() and enabled)
-    try:
-        yield
-    finally:
-        _BARS_ON.reset(token)
-
-
-def bars_enabled() -> bool:
-    """False inside ``bars(False)``."""
-    return _BARS_ON.get()
-
-
 def bar_options(enabled: bool = True, *, position: int | None = None, mininterval: float | None = None) -> dict[str, Any]:
-    """Keyword arguments for ``tqdm``: ``disable=True`` when ``enabled`` is false (or inside ``bars(False)``), else
-    ``position`` (several bars at once; in a terminal only) and ``mininterval`` (at least :data:`LOG_INTERVAL_S`
-    in a file)."""
-    if not enabled or not _BARS_ON.get():
+    """Keyword arguments for ``tqdm``: ``disable=True`` when ``enabled`` is false, else ``position`` (several bars
+    at once; in a terminal only) and ``mininterval`` (at least :data:`LOG_INTERVAL_S` in a file)."""
+    if not enabled or not bars_shown():
         return {"disable": True}
     terminal = _stderr_is_a_terminal()
     options: dict[str, Any] = {}
@@ -56,21 +36,63 @@ def bar_options(enabled: bool = True, *, position: int | None = None, mininterva
     return options
 
 
+#: Whether a ``--quiet`` command is running (see :func:`quiet`).
+_quiet = False
+
+
+def bars_shown() -> bool:
+    """False while a ``--quiet`` command runs: a bar drawn by another library (sentence-transformers' encoding)
+    is asked for only when this is true."""
+    return not _quiet
+
+
 @contextmanager
-def datasets_bars(enabled: bool) -> Iterator[None]:
-    """Within the block, ``datasets``' own bars are off when ``enabled`` is false; the caller's setting is restored."""
-    if enabled:
+def quiet(enabled: bool = True) -> Iterator[None]:
+    """``--quiet``: with ``enabled``, no progress bar in the block, neither this project's (:func:`bar_options`)
+    nor the libraries' own (transformers' "Loading weights", datasets' "Generating train split", Hub downloads).
+    Results and errors are printed as without it; each switch is set back as it was after the block."""
+    global _quiet
+    if not enabled or _quiet:
         yield
         return
-    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    was_disabled = are_progress_bars_disabled()
-    disable_progress_bars()
+    switches = _library_bar_switches()
+    were_on = [is_on() for is_on, _, _ in switches]
+    _quiet = True
     try:
+        for switch in switches:
+            _turn(switch, False)
         yield
     finally:
-        if not was_disabled:
-            enable_progress_bars()
+        _quiet = False
+        for switch, was_on in zip(switches, were_on):  # in order: transformers' switch turns the Hub's on too
+            _turn(switch, was_on)
+
+
+_Switch = tuple[Callable[[], bool], Callable[[], None], Callable[[], None]]
+
+
+def _library_bar_switches() -> list[_Switch]:
+    """``(is on, turn off, turn on)`` of the bars of each installed library that draws its own."""
+    import datasets
+    from huggingface_hub import utils as hub
+
+    switches: list[_Switch] = []
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:  # not installed: the lavic extra
+        pass
+    else:
+        switches.append((transformers_logging.is_progress_bar_enabled, transformers_logging.disable_progress_bar,
+                         transformers_logging.enable_progress_bar))
+    switches.append((datasets.is_progress_bar_enabled, datasets.disable_progress_bars, datasets.enable_progress_bars))
+    switches.append((lambda: not hub.are_progress_bars_disabled(), hub.disable_progress_bars, hub.enable_progress_bars))
+    return switches
+
+
+def _turn(switch: _Switch, on: bool) -> None:
+    is_on, turn_off, turn_on = switch
+    if is_on() != on:
+        (turn_on if on else turn_off)()
 
 
 def _stderr_is_a_terminal() -> bool:

@@ -204,6 +204,15 @@ def test_dry_run_and_missing_key(sample_build, tmp_path):
     assert not (tmp_path / "ds").exists()
 
 
+def test_a_quiet_build_draws_no_progress_bar(tmp_path):
+    """Only TQDM_DISABLE=1 hid the build's bars (Reddit scan, catalog files, candidates): `benchmark run` and
+    `retrieve` had --quiet, `build` did not."""
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), *FAST, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "1/5 reddit" in result.stderr and "Build funnel" in result.stderr  # what the build says is still said
+    assert "%|" not in result.stderr and "\r" not in result.stderr, result.stderr
+
+
 def test_mistyped_options_and_a_foreign_out_folder_fail_before_any_work(tmp_path):
     precious = tmp_path / "mydocs"
     precious.mkdir()

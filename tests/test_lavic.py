@@ -1410,6 +1410,21 @@ def test_a_resumed_embed_prints_only_the_file_path_on_stdout(tiny_base, tmp_path
     assert Path(result.stdout.strip()).is_file(), result.stdout
 
 
+def test_quiet_commands_draw_no_progress_bar(tiny_base, tmp_path):
+    """Only TQDM_DISABLE=1 hid lavic-ref's bars (its own and transformers' "Loading weights"): `benchmark run` and
+    `retrieve` had --quiet, lavic-ref did not."""
+    from lavic_ref.cli import cli
+
+    embed = ["embed", "--base", tiny_base, "--device", DEVICE, "--no-distill", "--domain", "home"]
+    shown = CliRunner().invoke(cli, [*embed, "--out", str(tmp_path / "shown")], catch_exceptions=False)
+    quiet = CliRunner().invoke(cli, [*embed, "--out", str(tmp_path / "quiet"), "--quiet"], catch_exceptions=False)
+    assert "Loading weights" in shown.stderr and "embed: 100%" in shown.stderr
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+    assert quiet.stdout == shown.stdout.replace("shown", "quiet")  # the file's path, as without --quiet
+    for command in ("describe", "distill", "finetune"):
+        assert "--quiet" in CliRunner().invoke(cli, [command, "--help"]).output
+
+
 def test_the_training_bar_is_redrawn_within_its_mininterval_not_at_every_batch(tiny_base, tmp_path, monkeypatch):
     """In a log file (Slurm, nohup) every redraw is one more '\\r' update: the loss shown per batch forced one each
     batch, whatever the bar's mininterval (TQDM_MININTERVAL=60 in a job script did nothing)."""

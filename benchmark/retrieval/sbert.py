@@ -13,6 +13,7 @@ import numpy as np
 from benchmark.retrieval.cache import EmbeddingCache
 from benchmark.retrieval.dense import DenseRetriever
 from reddit_amazon.cli_errors import one_line
+from reddit_amazon.progress import bars_shown
 
 DEFAULT_SBERT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -67,4 +68,5 @@ class SBERTRetriever(DenseRetriever):
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         return self._load().encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
-                                   normalize_embeddings=True, show_progress_bar=len(texts) > 10 * self.batch_size)
+                                   normalize_embeddings=True,
+                                   show_progress_bar=bars_shown() and len(texts) > 10 * self.batch_size)
