@@ -3,4 +3,4 @@
 __version__ = "0.1.0"
 
 #: Version of the dataset content this package builds by default (semver, recorded in every folder).
-DATASET_VERSION = "1.0.0"
+DATASET_VERSION = "1.0.1"

@@ -176,7 +176,7 @@ class Item:
     image_error: str = ""  # why no usable image, when image is None
 
     def to_row(self) -> dict[str, Any]:
-        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "image"}
+        row = {f.name: getattr(self, f.name) for f in fields(self)}  # in field order, as ITEM_FEATURES lists them
         row["categories"] = list(self.categories)
         row["features"] = list(self.features)
         row["image_urls"] = list(self.image_urls)

@@ -529,6 +529,20 @@ def test_shards_go_straight_to_arrow_and_are_the_files_datasets_wrote(tmp_path, 
         assert (tmp_path / "reference.parquet").read_bytes() == shard.read_bytes(), shard
 
 
+def test_raw_parquet_readers_see_the_columns_in_the_schema_order(built):
+    """The items shards had `image` last: `datasets` reorders to the card's features, but pyarrow, pandas, polars
+    or duckdb showed another column order than the card and the schema document."""
+    from reddit_amazon.schema import ITEM_FEATURES, conversation_features
+
+    root, _ = built
+    data = root / "reddit-amazon" / "data"
+    for shard in sorted((data / "items").glob("*.parquet")):
+        assert pq.read_schema(shard).names == list(ITEM_FEATURES), shard
+        assert list(pq.read_table(shard).to_pandas().columns) == list(ITEM_FEATURES), shard
+    for shard in sorted(data.glob("[!i]*/*.parquet")):
+        assert pq.read_schema(shard).names == list(conversation_features(["bm25"])), shard
+
+
 def test_the_fingerprint_covers_every_shard_and_where_it_lies(tmp_path):
     folder = tmp_path / "ds"
     original = write_dataset(folder, contents())["fingerprint"]
