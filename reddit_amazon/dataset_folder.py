@@ -4,7 +4,7 @@ Layout::
 
     reddit-amazon/
       README.md                       dataset card; YAML declares configs beauty/fashion/home/items
-      manifest.json                   version, fingerprint, candidate sets, counts, build record
+      manifest.json                   version, fingerprint, sha256 per shard, candidate sets, counts, build record
       data/<domain>/<split>-00000-of-00001.parquet
       data/items/<domain>-00000-of-00001.parquet
 
@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import datasets
@@ -206,7 +206,8 @@ def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:
     manifest = {
         "name": DEFAULT_NAME,
         "version": contents.version,
-        "fingerprint": fingerprint(folder),
+        "fingerprint": fingerprint_of(shards := shard_hashes(folder)),
+        "shards": shards,
         "schema_package_version": __version__,
         "candidate_sets": list(contents.candidate_sets),
         "candidate_columns": [candidate_column(n) for n in candidate_sets_of(features)],
@@ -240,13 +241,21 @@ def _write_shards(folder: Path, stem: str, records: list, to_row: Callable[[int,
 
 def fingerprint(folder: str | os.PathLike) -> str:
     """sha256 over the data files (relative path + content), independent of card and manifest."""
+    return fingerprint_of(shard_hashes(folder))
+
+
+def shard_hashes(folder: str | os.PathLike) -> dict[str, str]:
+    """The sha256 of each data file, by its path in ``folder`` (the manifest's ``shards``), in path order."""
     folder = Path(folder)
+    return {path.relative_to(folder).as_posix(): file_sha256(path)
+            for path in sorted((folder / DATA_DIR).rglob("*.parquet"))}
+
+
+def fingerprint_of(shards: Mapping[str, str]) -> str:
+    """The fingerprint of the data files whose sha256 by path are ``shards``."""
     digest = hashlib.sha256()
-    for path in sorted((folder / DATA_DIR).rglob("*.parquet")):
-        digest.update(path.relative_to(folder).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(file_sha256(path).encode())
-        digest.update(b"\n")
+    for path in sorted(shards, key=PurePosixPath):  # path order, as the fingerprints of folders written before
+        digest.update(f"{path}\0{shards[path]}\n".encode())
     return digest.hexdigest()
 
 
@@ -364,10 +373,12 @@ def verify(folder: str | os.PathLike, card: bool = True) -> list[str]:
     folder = Path(folder)
     manifest = read_manifest(folder)
     problems = []
-    actual = fingerprint(folder)
+    shards = shard_hashes(folder)
+    actual = fingerprint_of(shards)
     if actual != manifest.get("fingerprint"):
         problems.append(f"the data files' fingerprint is {actual[:12]}, the manifest says "
                         f"{str(manifest.get('fingerprint'))[:12]}: a shard was changed, added or removed")
+        problems += shard_problems(shards, manifest.get("shards"))
     counts = manifest.get("counts", {})
     if not isinstance(counts, dict) or not all(isinstance(splits, dict) for splits in counts.values()):
         problems.append(f"the manifest's counts are not {{config: {{split: rows}}}}: {str(counts)[:60]}")
@@ -383,6 +394,23 @@ def verify(folder: str | os.PathLike, card: bool = True) -> list[str]:
             if rows != expected:
                 problems.append(f"{config}/{split}: {rows} rows in the shards, {expected} in the manifest")
     return problems + (source_copy_problems(folder, manifest) + card_problems(folder) if card else [])
+
+
+def shard_problems(shards: Mapping[str, str], recorded: Any) -> list[str]:
+    """Which shards differ from the sha256 the manifest records for each; none named by a manifest written before
+    it recorded them (its fingerprint still tells that something changed)."""
+    if not isinstance(recorded, dict):
+        return []
+    problems = []
+    for path in sorted(shards.keys() | recorded.keys()):
+        if path not in shards:
+            problems.append(f"{path}: missing, the manifest records it")
+        elif path not in recorded:
+            problems.append(f"{path}: not a shard the manifest records (added)")
+        elif shards[path] != recorded[path]:
+            problems.append(f"{path}: sha256 {shards[path][:12]}, the manifest says {str(recorded[path])[:12]}: "
+                            "it was changed")
+    return problems
 
 
 def card_problems(folder: Path) -> list[str]:

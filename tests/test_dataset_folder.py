@@ -389,6 +389,40 @@ def test_verify_finds_an_edited_or_lost_shard(tmp_path):
     assert "home/test: 2 rows in the shards, 3 in the manifest" in result.output
 
 
+def test_verify_names_the_shards_that_changed(tmp_path):
+    """verify said only that the fingerprint differed: with hundreds of shards, not which one broke it."""
+    from reddit_amazon.dataset_folder import verify
+
+    folder = tmp_path / "reddit-amazon"
+    manifest = write_dataset(folder, contents())
+    assert set(manifest["shards"]) == {p.relative_to(folder).as_posix() for p in folder.rglob("*.parquet")}
+    edited, lost = folder / "data/home/test-00000-of-00001.parquet", folder / "data/items/home-00000-of-00001.parquet"
+    pq.write_table(pq.read_table(edited).slice(0, 2), edited)
+    lost.rename(folder / "data/items/home-00000-of-00002.parquet")
+    problems = verify(folder)
+    assert "data/home/test-00000-of-00001.parquet: sha256 " in "\n".join(problems)
+    assert [p.split(":")[0] for p in problems if p.startswith("data/")] == [
+        "data/home/test-00000-of-00001.parquet", "data/items/home-00000-of-00001.parquet",
+        "data/items/home-00000-of-00002.parquet"]
+    assert "data/items/home-00000-of-00001.parquet: missing, the manifest records it" in problems
+    assert "data/items/home-00000-of-00002.parquet: not a shard the manifest records (added)" in problems
+
+
+def test_a_manifest_without_shard_hashes_still_verifies(tmp_path):
+    """Folders written before the manifest recorded each shard's sha256: the fingerprint alone is checked."""
+    from reddit_amazon.dataset_folder import verify
+
+    folder = tmp_path / "reddit-amazon"
+    manifest = write_dataset(folder, contents())
+    del manifest["shards"]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    assert verify(folder) == []
+    shard = folder / "data/home/test-00000-of-00001.parquet"
+    pq.write_table(pq.read_table(shard).slice(0, 2), shard)
+    problems = verify(folder)
+    assert "fingerprint" in problems[0] and not any(p.startswith("data/") for p in problems)
+
+
 def test_verify_finds_a_card_that_loads_another_split_and_card_repairs_it(tmp_path):
     """The README's configs decide what `datasets` loads: one pointing a split at another's shard must not pass."""
     from click.testing import CliRunner
