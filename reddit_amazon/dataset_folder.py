@@ -13,7 +13,9 @@ or a Hub repo id after :func:`push_to_hub` all read it. Images are embedded in t
 (``datasets.Image``) because string paths would be resolved against the working directory.
 
 Writing is atomic: everything goes to a sibling temporary folder that replaces the target only
-once complete, so an interrupted write never leaves a half-written dataset behind.
+once complete, so an interrupted write never leaves a half-written dataset behind. A lock beside the target
+(``.<name>.lock``) refuses a second writer of the same folder while one writes it: the two would swap the
+folder under each other.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from reddit_amazon import __version__
-from reddit_amazon.files import (current_umask, file_sha256, naming, remove_abandoned_siblings, replace_dir,
-                                 sibling_prefix, write_atomic)
+from reddit_amazon.files import (current_umask, file_lock, file_sha256, naming, remove_abandoned_siblings,
+                                 replace_dir, sibling_prefix, write_atomic)
 from reddit_amazon.schema import (
     DOMAINS,
     ITEM_FEATURES,
@@ -71,6 +73,7 @@ class DatasetContents:
     version: str
     candidate_sets: list[str] = field(default_factory=list)  # sets actually computed
     metadata: dict[str, Any] = field(default_factory=dict)  # free-form: source, build record, …
+    source_files: list[Path] = field(default_factory=list)  # copied as they are into lavic_source/ (an import's)
 
 
 def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents,
@@ -83,6 +86,12 @@ def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents,
         raise SchemaError(f"dataset version {contents.version!r} is not semver (MAJOR.MINOR.PATCH)")
     out_dir = check_output_folder(out_dir, keep)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(out_dir, "dataset writer"):  # two writers would swap the folder (and its .git) under each other
+        return _write_beside(out_dir, contents)
+
+
+def _write_beside(out_dir: Path, contents: DatasetContents) -> dict[str, Any]:
+    """Write the folder beside ``out_dir`` under a hidden name, then swap it into place (the caller holds the lock)."""
     remove_abandoned_siblings(out_dir, finished_marker="README.md")  # _write_into writes the card last
     tmp = Path(tempfile.mkdtemp(prefix=sibling_prefix(out_dir, "tmp"), dir=out_dir.parent))
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private: give it the mode mkdir would (the umask decides)
@@ -203,6 +212,10 @@ def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:
             raise SchemaError(f"{ITEMS_CONFIG}/{domain}: item {repeated} is given more than once")
         add(ITEMS_CONFIG, domain, items, item_row, ITEM_FEATURES, ITEM_SHARD_ROWS)
 
+    if contents.source_files:
+        (folder / SOURCE_COPY_DIR).mkdir()
+        for path in contents.source_files:
+            shutil.copyfile(path, folder / SOURCE_COPY_DIR / path.name)
     manifest = {
         "name": DEFAULT_NAME,
         "version": contents.version,

@@ -155,13 +155,14 @@ def folder_lock(folder: Path, what: str, wait_s: float | None = None) -> Iterato
 
 @contextmanager
 def file_lock(path: Path, what: str, wait_s: float | None = None) -> Iterator[None]:
-    """:func:`folder_lock` for the one file ``path`` (a hidden ``.<name>.lock`` beside it, removed when the block
-    ends), so runs writing other files of the folder are not refused."""
+    """:func:`folder_lock` for the one file (or folder) ``path`` (a hidden ``.<name>.lock`` beside it, removed when
+    the block ends), so runs writing other files of the folder are not refused."""
     path = Path(path)
-    lock = path.with_name(f".{path.name}.lock")
+    lock = path.with_name(f".{_short_name(path.name)}.lock")
+    noun = "folder" if path.is_dir() else "file"
     with _exclusive_lock(lock, what, wait_s, where=path,
-                         busy=f"another {what} is writing this file (it holds {lock}); wait for it to end or "
-                              "choose another file"):
+                         busy=f"another {what} is writing this {noun} (it holds {lock}); wait for it to end or "
+                              f"choose another {noun}"):
         try:
             yield
         finally:

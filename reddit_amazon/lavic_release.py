@@ -146,13 +146,9 @@ def import_release(src: str | Path, out: str | Path, *, repair_text: bool = Fals
             "import_report": report.__dict__,
             **({"source_copies": {path.name: file_sha256(path) for path in copies}} if copies else {}),
         },
+        source_files=copies,
     )
-    out = Path(out)
     write_dataset(out, contents, keep=[src])
-    if copies:
-        (out / SOURCE_COPY_DIR).mkdir(exist_ok=True)
-        for path in copies:
-            shutil.copyfile(path, out / SOURCE_COPY_DIR / path.name)
     return report
 
 

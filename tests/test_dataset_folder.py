@@ -669,6 +669,53 @@ def test_an_interrupt_between_the_swaps_renames_keeps_the_folder_and_its_git(tmp
     assert not verify(folder)
 
 
+def test_a_second_writer_of_a_folder_being_written_is_refused(tmp_path, monkeypatch, short_lock_wait):
+    """Two builds or imports writing one --out at once swapped the folder under each other: the second to swap
+    deleted the folder the first had just put in place, with the .git the first had carried into it."""
+    import threading
+
+    from reddit_amazon import dataset_folder
+    from reddit_amazon.dataset_folder import verify
+    from reddit_amazon.files import FolderBusyError
+
+    folder = tmp_path / "reddit-amazon"
+    write_dataset(folder, contents(2))
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    swap, second = dataset_folder.replace_dir, []
+    second_at_its_swap, first_swapped = threading.Event(), threading.Event()
+
+    def write_second():
+        try:
+            second.append(write_dataset(folder, contents(4)))
+        except FolderBusyError as error:
+            second.append(error)
+        finally:
+            second_at_its_swap.set()
+
+    def swap_in_turn(new, target):  # the first writer has carried .git away: the second starts, then both swap
+        if threading.current_thread() is threading.main_thread():
+            second_writer.start()
+            second_at_its_swap.wait(30)
+            swap(new, target)
+            first_swapped.set()
+        else:
+            second_at_its_swap.set()
+            first_swapped.wait(30)
+            swap(new, target)
+
+    second_writer = threading.Thread(target=write_second)
+    monkeypatch.setattr(dataset_folder, "replace_dir", swap_in_turn)
+    first = write_dataset(folder, contents(3))
+    second_writer.join(30)
+    assert str(second[0]) == (f"another dataset writer is writing this folder (it holds "
+                              f"{tmp_path / '.reddit-amazon.lock'}); wait for it to end or choose another folder: "
+                              f"{folder}")
+    assert read_manifest(folder)["fingerprint"] == first["fingerprint"] and verify(folder) == []
+    assert (folder / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reddit-amazon"]  # no lock file or folder left beside
+
+
 def test_a_folder_or_file_name_near_the_length_limit_is_written(tmp_path):
     """A name the filesystem takes (255 bytes) is written: the hidden temporary beside it must not be longer."""
     from reddit_amazon.files import remove_abandoned_siblings, sibling_prefix, write_atomic
