@@ -20,14 +20,15 @@ import itertools
 import json
 import logging
 import os
+import queue
 import re
 import socket
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager, nullcontext
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -168,8 +169,8 @@ class OpenConnections:
 
     def __init__(self) -> None:
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._cut_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._cutting = 0  # > 0 inside cut(): a connection made then is shut as it connects
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
         if event.endswith((".connect_tcp.complete", ".connect_unix_socket.complete", ".start_tls.complete")):
@@ -178,25 +179,21 @@ class OpenConnections:
                 return
             with self._lock:
                 self._sockets.add(sock)
-                cutting = self._cutting > 0
-            if cutting:
+                cut = threading.current_thread() in self._cut_threads
+            if cut:
                 _shut(sock)
 
-    @contextmanager
-    def cut(self) -> Iterator[None]:
-        """Shut every connection, and any made inside the block (a call that was about to connect): a read in
-        flight ends as a dropped connection. The connections are not used again (an idle one that was shut
-        reads as closed by the server, and is dropped by the pool)."""
+    def cut(self, threads: Iterable[threading.Thread]) -> None:
+        """Shut every connection, and any that ``threads`` (those making the calls to stop) connect from now on: a
+        read in flight ends as a dropped connection, and a call still connecting (its socket is not known before
+        it connects: a server that never accepts) or about to connect ends as it connects, its request unsent.
+        The connections are not used again (an idle one that was shut reads as closed by the server, and is
+        dropped by the pool); other threads' new connections are not cut."""
         with self._lock:
-            self._cutting += 1
+            self._cut_threads.update(threads)
             sockets = list(self._sockets)
         for sock in sockets:
             _shut(sock)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._cutting -= 1
 
 
 def _shut(sock: socket.socket) -> None:
@@ -356,19 +353,20 @@ MAX_RETRY_AFTER = 600.0
 
 
 @contextmanager
-def stoppable_calls(workers: int, connections: OpenConnections) -> Iterator[tuple[ThreadPoolExecutor, threading.Event]]:
+def stoppable_calls(workers: int, connections: OpenConnections) -> Iterator[tuple[Executor, threading.Event]]:
     """A thread pool for endpoint calls and the ``cancel`` event to give their :func:`with_retries`.
 
     Leaving the block (the caller stopped at a call that failed for good, a fatal error, Ctrl-C) sets the
     event, so calls waiting to retry give up instead of waiting out a backoff or a ``Retry-After``, and
     cancels the calls not yet started; it returns once the calls in flight have finished. On Ctrl-C (or
-    SIGTERM, which ``run_cli`` turns into one) they finish at once: ``connections``, those of the calls'
-    client, are cut, and the calls end as cancelled, neither retried nor answered. Otherwise calls already
-    sent run to their answer or their timeout (an answer received is one less to pay for), unless Ctrl-C comes
-    while waiting for them.
+    SIGTERM, which ``run_cli`` turns into one) it returns at once: ``connections``, those of the calls' client,
+    are cut, the calls end as cancelled, neither retried nor answered, and a call still connecting (a server
+    that never accepts) is left to end on its own, sending nothing (see :class:`CallThreads`). Otherwise calls
+    already sent run to their answer or their timeout (an answer received is one less to pay for), unless
+    Ctrl-C comes while waiting for them.
     """
     stopping = threading.Event()
-    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    pool = CallThreads(max(1, workers))
     interrupted = False
     try:
         yield pool, stopping
@@ -378,15 +376,80 @@ def stoppable_calls(workers: int, connections: OpenConnections) -> Iterator[tupl
     finally:
         stopping.set()  # before the cut: a call that wakes from it is not sent again
         try:
-            with connections.cut() if interrupted else nullcontext():
+            if interrupted:
+                _cut(pool, connections)
+            else:
                 pool.shutdown(wait=True, cancel_futures=True)
         except KeyboardInterrupt:  # Ctrl-C while waiting for the calls in flight after a failure: cut them now
-            with connections.cut():
-                pool.shutdown(wait=True, cancel_futures=True)
+            _cut(pool, connections)
             raise
 
 
-def completed_in_window(pool: ThreadPoolExecutor, call: Callable[..., Any], arguments: Iterable[tuple],
+#: How long a Ctrl-C waits for the calls it cut to end (they end within milliseconds; one still connecting
+#: is left behind).
+CUT_CALLS_WAIT_S = 0.5
+
+
+def _cut(pool: CallThreads, connections: OpenConnections) -> None:
+    connections.cut(pool.threads)
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + CUT_CALLS_WAIT_S
+    for thread in pool.threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class CallThreads(Executor):
+    """``ThreadPoolExecutor``'s work, but in daemon threads, which the interpreter does not wait for at exit.
+
+    At exit the interpreter waits for each ``ThreadPoolExecutor`` thread to finish its call, and the call of one
+    still connecting to a server that never accepts (a full backlog, a firewall dropping packets) cannot be cut
+    short: its socket is not known before it connects. After Ctrl-C the process waited out that connect's
+    timeout (60 s for the build, 120 s for ``openai-chat``); it now exits, and the call, cut as it connects
+    (:meth:`OpenConnections.cut`), sends nothing meanwhile.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._calls: queue.SimpleQueue[tuple[Future, Callable[..., Any], tuple, dict] | None] = queue.SimpleQueue()
+        self._shut_down = False
+        self.threads = [threading.Thread(target=self._work, name=f"endpoint-call-{n}", daemon=True)
+                        for n in range(workers)]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        if self._shut_down:
+            raise RuntimeError("cannot submit calls after shutdown")
+        future: Future[T] = Future()
+        self._calls.put((future, fn, args, kwargs))
+        return future
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, fn, args, kwargs = call
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as error:  # noqa: BLE001 - the caller's to see, as in ThreadPoolExecutor
+                    future.set_exception(error)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shut_down = True
+        if cancel_futures:
+            while True:
+                try:
+                    call = self._calls.get_nowait()
+                except queue.Empty:
+                    break
+                if call is not None:
+                    call[0].cancel()
+        for _ in self.threads:
+            self._calls.put(None)  # one each: a thread ends at the first it takes
+        if wait:
+            for thread in self.threads:
+                thread.join()
+
+
+def completed_in_window(pool: Executor, call: Callable[..., Any], arguments: Iterable[tuple],
                         window: int) -> Iterator[Future]:
     """The futures of ``call(*args)`` for each of ``arguments``, as they complete, with at most ``window``
     calls submitted and not finished: the arguments (a prompt each) are made as the calls go, so memory

@@ -1,17 +1,20 @@
-"""Ctrl-C and SIGTERM during LLM calls that the endpoint never answers (the build's relevance filter, `benchmark
-run --model openai-chat`): the command stops at once, not after the calls' timeout (60 s and 120 s by default; a
-Slurm job has ~30 s between SIGTERM and SIGKILL), keeps the answers it got, and a rerun asks only the rest."""
+"""Ctrl-C and SIGTERM during LLM calls that the endpoint never answers, or whose connection it never accepts (the
+build's relevance filter, `benchmark run --model openai-chat`): the command stops at once, not after the calls'
+timeout (60 s and 120 s by default; a Slurm job has ~30 s between SIGTERM and SIGKILL), keeps the answers it got,
+and a rerun asks only the rest."""
 
 from __future__ import annotations
 
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -22,17 +25,23 @@ RECORDS = 6  # openai-chat: one batch
 STOPS_WITHIN_S = 5  # 1-2 s unloaded; the timeouts at fault are 60 s (build) and 120 s (openai-chat)
 
 
+#: Linux drops a connection's SYN while the listener's backlog is full, so its connect hangs (others refuse it).
+DROPS_SYNS_OF_A_FULL_BACKLOG = Path("/proc/net/tcp").exists()
+
+
 class StallingEndpoint:
     """A loopback chat endpoint: answers "Yes." to its first ``answered_first`` requests, then accepts each
-    request and never answers (``stall="hang"``) or sends its body a byte a second (``"drip"``) until
-    :meth:`recover`, from which on it answers every request."""
+    request and never answers (``stall="hang"``) or sends its body a byte a second (``"drip"``), or accepts no
+    more connections (``"unaccepted"``: each new one hangs in its connect), until :meth:`recover`, from which on
+    it answers every request."""
 
     def __init__(self, answered_first: int, stall: str):
         self.answered_first, self.stall = answered_first, stall
         self.requests = 0
-        self.stalled = threading.Event()  # a request is stalling
+        self.stalled = threading.Event()  # a request, or a connect, is stalling
         self.recovered = threading.Event()
         self._lock = threading.Lock()
+        self._serving = False
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,16 +53,41 @@ class StallingEndpoint:
             def do_POST(self) -> None:
                 endpoint.handle(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        if stall == "unaccepted":  # a backlog of one: once a connection waits in it, connects hang
+            self.server.request_queue_size = 0
+        self.server.server_bind()
+        self.server.server_activate()
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        if stall == "unaccepted":
+            threading.Thread(target=self._accept_the_first_connections_only, daemon=True).start()
+        else:
+            self._serve()
+
+    def _serve(self) -> None:
+        self._serving = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _accept_the_first_connections_only(self) -> None:
+        for _ in range(self.answered_first):  # one request each: handle() closes the connection after it
+            self.server.process_request(*self.server.get_request())
+        while not (self.connects_hanging() or self.recovered.is_set()):
+            time.sleep(0.05)
+        self.stalled.set()
+
+    def connects_hanging(self) -> int:
+        """Connections to this endpoint waiting for its answer to their SYN (Linux's /proc/net/tcp: SYN_SENT)."""
+        rows = (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+        return sum(1 for row in rows if row[3] == "02" and int(row[2].split(":")[1], 16) == self.port)
 
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
         body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
         with self._lock:
             self.requests += 1
             answer = self.recovered.is_set() or self.requests <= self.answered_first
+            handler.close_connection = self.stall == "unaccepted" and not self.recovered.is_set()
         if not answer:
             self.stalled.set()
             if self.stall == "drip":
@@ -75,6 +109,8 @@ class StallingEndpoint:
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(data)))
+        if handler.close_connection:
+            handler.send_header("Connection", "close")
         handler.end_headers()
         handler.wfile.write(data)
 
@@ -82,11 +118,22 @@ class StallingEndpoint:
         """Answer every request from now on; returns the number of requests so far."""
         with self._lock:
             self.recovered.set()
-            return self.requests
+            asked = self.requests
+        if not self._serving:  # "unaccepted": drop the connections of the stopped run waiting in the backlog
+            self.server.socket.setblocking(False)
+            try:
+                while True:
+                    self.server.socket.accept()[0].close()
+            except BlockingIOError:
+                pass
+            self.server.socket.setblocking(True)
+            self._serve()
+        return asked
 
     def close(self) -> None:
         self.recovered.set()
-        self.server.shutdown()
+        if self._serving:
+            self.server.shutdown()
         self.server.server_close()
 
 
@@ -113,10 +160,13 @@ def interrupted(command: list[str], endpoint: StallingEndpoint, signum: int) -> 
 BUILD_INTERRUPTED = {signal.SIGINT: 128 + signal.SIGINT, signal.SIGTERM: 128 + signal.SIGTERM}
 BENCHMARK_INTERRUPTED = {signal.SIGINT: 128 + signal.SIGINT, signal.SIGTERM: 128 + signal.SIGTERM}
 
-CASES = [(signal.SIGINT, "hang"), (signal.SIGTERM, "drip")]
+CASES = [(signal.SIGINT, "hang"), (signal.SIGTERM, "drip"),
+         pytest.param(signal.SIGINT, "unaccepted", marks=pytest.mark.skipif(
+             not DROPS_SYNS_OF_A_FULL_BACKLOG, reason="connects to a full backlog are refused, not left hanging"))]
+CASE_IDS = ["ctrl-c-unanswered", "sigterm-dripping", "ctrl-c-never-accepted"]
 
 
-@pytest.mark.parametrize(("signum", "stall"), CASES, ids=["ctrl-c-unanswered", "sigterm-dripping"])
+@pytest.mark.parametrize(("signum", "stall"), CASES, ids=CASE_IDS)
 def test_an_interrupted_build_stops_at_once_and_resumes(tmp_path, signum, stall):
     cache = tmp_path / "work" / "relevance-cache.sqlite"
 
@@ -145,7 +195,7 @@ def test_an_interrupted_build_stops_at_once_and_resumes(tmp_path, signum, stall)
         == asked_again
 
 
-@pytest.mark.parametrize(("signum", "stall"), CASES, ids=["ctrl-c-unanswered", "sigterm-dripping"])
+@pytest.mark.parametrize(("signum", "stall"), CASES, ids=CASE_IDS)
 def test_an_interrupted_openai_chat_run_stops_at_once_and_resumes(tmp_path, signum, stall):
     dataset = make_synthetic_dataset(tmp_path / "ds", records_per_domain=RECORDS, domains=("home",))
     responses = tmp_path / "chat-cache" / "responses.sqlite"
@@ -206,8 +256,8 @@ def test_the_cut_ends_a_call_over_https(tmp_path, monkeypatch):
     try:
         caller.start()
         assert endpoint.stalled.wait(30), "the call never reached the endpoint"
-        with connections.cut():
-            caller.join(STOPS_WITHIN_S)
+        connections.cut([caller])
+        caller.join(STOPS_WITHIN_S)
         assert not caller.is_alive(), "the cut left the https call waiting for its timeout"
         assert failures and type(failures[0]).__name__ == "APIConnectionError", failures
     finally:
@@ -248,7 +298,44 @@ def test_ctrl_c_while_the_calls_in_flight_finish_after_a_failure_cuts_them():
                 assert endpoint.stalled.wait(30), "the call never reached the endpoint"
                 threading.Thread(target=press_ctrl_c, daemon=True).start()
                 raise RuntimeError("another call failed for good")
-        # Its worker thread must end too: the interpreter joins it at exit, so the command would wait for it.
-        assert in_flight.exception(timeout=STOPS_WITHIN_S) is not None
+        assert in_flight.exception(timeout=STOPS_WITHIN_S) is not None  # cut, not left to its timeout
     finally:
         endpoint.close()
+
+
+@pytest.mark.skipif(not DROPS_SYNS_OF_A_FULL_BACKLOG, reason="connects to a full backlog are refused, not left hanging")
+def test_ctrl_c_leaves_a_call_still_connecting_which_sends_nothing_once_connected():
+    """A call whose connect hangs (a server that never accepts, a firewall dropping packets) has no socket to cut:
+    Ctrl-C waited out its connect timeout. It is now left behind, and cut as it connects: its request is never
+    sent (a late answer would be paid for, and stored while the command cleans up)."""
+    from reddit_amazon.openai_endpoint import OpenConnections, make_client, stoppable_calls, with_retries
+
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = listener.getsockname()[1]
+    waiting = socket.create_connection(("127.0.0.1", port))  # fills the backlog: the next connect hangs
+    connections = OpenConnections()
+    client = make_client(f"http://127.0.0.1:{port}/v1", 10, "sk-test", connections=connections)
+    try:
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            with stoppable_calls(2, connections) as (pool, stopping):
+                left = pool.submit(with_retries, lambda: client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": "hi"}]), 3, cancel=stopping)
+                time.sleep(1)  # connecting by now
+                raise KeyboardInterrupt
+        assert time.monotonic() - started < 1 + STOPS_WITHIN_S / 2, "Ctrl-C waited for the connect's timeout"
+        assert not left.done()
+
+        listener.accept()[0].close()  # room in the backlog: the call's next SYN connects it
+        listener.settimeout(10)
+        connection, _ = listener.accept()
+        connection.settimeout(10)
+        try:
+            sent = connection.recv(1 << 16)
+        except ConnectionResetError:
+            sent = b""
+        assert sent == b"", sent[:200]
+        assert type(left.exception(timeout=STOPS_WITHIN_S)).__name__ == "CallCancelled"
+    finally:
+        waiting.close()
+        listener.close()
