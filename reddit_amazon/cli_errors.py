@@ -118,7 +118,8 @@ def run_cli(command: click.Command, prog_name: str) -> None:
     cleanup runs and worker pools are terminated, instead of the process vanishing and leaving its forked
     workers writing into the work folder. Forked workers take SIGTERM's default action and die as before. The exit
     status is then 143 (128 + SIGTERM), as a scheduler expects of a terminated job; after Ctrl-C it is 130
-    (128 + SIGINT), as shells and schedulers expect, where click's "Aborted!" alone gives 1."""
+    (128 + SIGINT), as shells and schedulers expect, where click's "Aborted!" alone gives 1. A KeyboardInterrupt
+    that code raised (a plugin, a library giving up as Ctrl-C would) is Ctrl-C's equivalent, and gives 130 too."""
     terminated = interrupted = False
 
     def handler(signum, frame):  # forked children never run it: see _default_sigterm_in_forked_child
@@ -137,15 +138,25 @@ def run_cli(command: click.Command, prog_name: str) -> None:
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (`cmd &`)
         signal.signal(signal.SIGINT, on_ctrl_c)
     try:
-        command(prog_name=prog_name)
+        # Not standalone: click's own handling would end a KeyboardInterrupt in status 1, its origin gone.
+        returned = command.main(prog_name=prog_name, standalone_mode=False)
+    except click.Abort as abort:  # what click makes of a KeyboardInterrupt, and of EOF at a prompt
+        click.echo("Aborted!", err=True)
+        status = 128 + signal.SIGINT if isinstance(abort.__cause__, KeyboardInterrupt) else 1
+    except click.ClickException as error:
+        error.show()
+        status = error.exit_code
     except ImportError as error:  # an optional dependency: one line naming the extra; any other is a bug
         if missing_extra(error) is None:
             raise
         click.ClickException(with_extra_hint(one_line(error), error)).show()
-        raise SystemExit(1) from None
-    except SystemExit:
-        if terminated:
-            raise SystemExit(128 + signal.SIGTERM) from None
-        if interrupted:
-            raise SystemExit(128 + signal.SIGINT) from None
-        raise
+        status = 1
+    except SystemExit as exit:  # the command's own sys.exit()
+        status = exit.code
+    else:
+        status = returned if isinstance(returned, int) else 0  # ctx.exit(code)'s; the commands return None
+    if terminated:
+        status = 128 + signal.SIGTERM
+    elif interrupted:
+        status = 128 + signal.SIGINT
+    raise SystemExit(status)

@@ -51,6 +51,22 @@ def test_another_import_error_keeps_its_traceback(monkeypatch):
         run_cli(broken, "broken")
 
 
+@pytest.mark.parametrize(("raised", "status"), [(KeyboardInterrupt, 130), (EOFError, 1), (click.Abort, 1)])
+def test_a_keyboard_interrupt_raised_by_code_exits_as_ctrl_c_does(monkeypatch, capsys, raised, status):
+    """A plugin or library raising KeyboardInterrupt stops the command as Ctrl-C does: status 130, where click's
+    "Aborted!" gave 1 (130 came only from the signal). EOF at a prompt and click.Abort stay 1."""
+    monkeypatch.setattr(sys, "argv", ["stopping"])
+
+    @click.command()
+    def stopping():
+        raise raised
+
+    with pytest.raises(SystemExit) as exit:
+        run_cli(stopping, "stopping")
+    assert exit.value.code == status
+    assert capsys.readouterr().err.rstrip().endswith("Aborted!")
+
+
 def test_an_error_raised_from_a_missing_extra_is_named_once():
     try:
         try:
