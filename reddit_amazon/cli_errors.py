@@ -10,9 +10,10 @@ import errno
 import os
 import re
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -132,31 +133,54 @@ def run_cli(command: click.Command, prog_name: str) -> None:
         interrupted = True
         signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as Python's own handler does
 
-    global _sigterm_handler
-    _sigterm_handler = handler
-    signal.signal(signal.SIGTERM, handler)
+    handlers = {signal.SIGTERM: handler}
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (`cmd &`)
-        signal.signal(signal.SIGINT, on_ctrl_c)
+        handlers[signal.SIGINT] = on_ctrl_c
+    global _sigterm_handler
+    outer_sigterm_handler, _sigterm_handler = _sigterm_handler, handler
     try:
-        # Not standalone: click's own handling would end a KeyboardInterrupt in status 1, its origin gone.
-        returned = command.main(prog_name=prog_name, standalone_mode=False)
-    except click.Abort as abort:  # what click makes of a KeyboardInterrupt, and of EOF at a prompt
-        click.echo("Aborted!", err=True)
-        status = 128 + signal.SIGINT if isinstance(abort.__cause__, KeyboardInterrupt) else 1
-    except click.ClickException as error:
-        error.show()
-        status = error.exit_code
-    except ImportError as error:  # an optional dependency: one line naming the extra; any other is a bug
-        if missing_extra(error) is None:
-            raise
-        click.ClickException(with_extra_hint(one_line(error), error)).show()
-        status = 1
-    except SystemExit as exit:  # the command's own sys.exit()
-        status = exit.code
-    else:
-        status = returned if isinstance(returned, int) else 0  # ctx.exit(code)'s; the commands return None
+        with _signal_handlers(handlers):
+            status = _exit_status(command, prog_name)
+    finally:
+        _sigterm_handler = outer_sigterm_handler
     if terminated:
         status = 128 + signal.SIGTERM
     elif interrupted:
         status = 128 + signal.SIGINT
     raise SystemExit(status)
+
+
+@contextmanager
+def _signal_handlers(handlers: dict[signal.Signals, Callable[..., Any]]) -> Iterator[None]:
+    """``handlers`` for the block, and the previous ones back after it: a caller running run_cli in its own process
+    (a test, a Python script) keeps its handlers, and a second run_cli installs its own, not seeing the first's."""
+    previous = {signum: signal.getsignal(signum) for signum in handlers}
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:  # None: installed outside Python, it cannot be put back
+                signal.signal(signum, handler)
+
+
+def _exit_status(command: click.Command, prog_name: str) -> int | str | None:
+    """Run ``command`` and report its errors as click does, but for a KeyboardInterrupt (status 130, click's 1)."""
+    try:
+        # Not standalone: click's own handling would end a KeyboardInterrupt in status 1, its origin gone.
+        returned = command.main(prog_name=prog_name, standalone_mode=False)
+    except click.Abort as abort:  # what click makes of a KeyboardInterrupt, and of EOF at a prompt
+        click.echo("Aborted!", err=True)
+        return 128 + signal.SIGINT if isinstance(abort.__cause__, KeyboardInterrupt) else 1
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except ImportError as error:  # an optional dependency: one line naming the extra; any other is a bug
+        if missing_extra(error) is None:
+            raise
+        click.ClickException(with_extra_hint(one_line(error), error)).show()
+        return 1
+    except SystemExit as exit:  # the command's own sys.exit()
+        return exit.code
+    return returned if isinstance(returned, int) else 0  # ctx.exit(code)'s; the commands return None

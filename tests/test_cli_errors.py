@@ -67,6 +67,27 @@ def test_a_keyboard_interrupt_raised_by_code_exits_as_ctrl_c_does(monkeypatch, c
     assert capsys.readouterr().err.rstrip().endswith("Aborted!")
 
 
+def test_run_cli_puts_back_the_signal_handlers_it_found(monkeypatch):
+    """run_cli left its SIGTERM and SIGINT handlers installed: in a process that goes on after it (a test, a script
+    running two commands) SIGTERM raised KeyboardInterrupt in whatever ran next, and a second run_cli, not finding
+    Python's SIGINT handler, kept the first one's, which noted a Ctrl-C for a run that was over."""
+    monkeypatch.setattr(sys, "argv", ["cmd"])
+    found = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    assert found[1] is signal.default_int_handler
+    during: list[tuple[object, object]] = []
+
+    @click.command()
+    def cmd():
+        during.append((signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)))
+
+    for _ in range(2):
+        with pytest.raises(SystemExit):
+            run_cli(cmd, "cmd")
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == found
+    (first_sigterm, first_sigint), (second_sigterm, second_sigint) = during
+    assert found[0] is not first_sigterm is not second_sigterm and found[1] is not first_sigint is not second_sigint
+
+
 def test_an_error_raised_from_a_missing_extra_is_named_once():
     try:
         try:
