@@ -530,7 +530,7 @@ def test_a_retriever_named_twice_is_computed_and_recorded_once(tmp_path, monkeyp
     import reddit_amazon.build as build_module
 
     seen = []
-    monkeypatch.setattr(build_module, "run_build", seen.append)
+    monkeypatch.setattr(build_module, "run_build", lambda options, **_: seen.append(options))
     result = build("--out", str(tmp_path / "ds"), "--retrievers", "sbert,sbert", "--retrievers", "bm25, sbert")
     assert result.exit_code == 0, result.output
     assert seen[0].retrievers == ["sbert", "bm25"]
