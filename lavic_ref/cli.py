@@ -336,6 +336,11 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
     if bool(embeddings) == no_images:
         raise click.UsageError("give exactly one of --embeddings or --no-images")
     config = _train_config(**training)
+    if len(domains) > 1:
+        from reddit_amazon.progress import log_line
+
+        log_line(f"note: one model for {', '.join(domains)} is the paper's LaViC-combined (Table 8); its main "
+                 "results (Tables 3-7, LaViC-separate) train one model per domain: run finetune once per --domain")
     rng = random.Random(training["seed"])
     train_set, val_set = [], []
     try:

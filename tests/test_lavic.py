@@ -1133,6 +1133,17 @@ def test_the_model_card_of_a_max_steps_run_says_how_much_data_it_trained_on(tiny
     assert "| `train_examples_used_per_epoch` | 1 |" in card
 
 
+def test_finetune_of_several_domains_says_it_is_the_papers_combined_variant(tiny_base, tmp_path):
+    """The paper's LaViC numbers (Tables 3-7) are one model per domain; one model for all is Table 8's combined."""
+    from lavic_ref.cli import cli
+
+    common = ["finetune", "--base", tiny_base, "--device", DEVICE, "--no-images", "--max-steps", "1", "--quiet"]
+    combined = _invoke(cli, [*common, "--out", tmp_path / "all"], stream="stderr")
+    assert "LaViC-combined (Table 8)" in combined and "once per --domain" in combined
+    assert "LaViC-combined" not in _invoke(cli, [*common, "--domain", "home", "--out", tmp_path / "home"],
+                                           stream="stderr")
+
+
 def test_finetune_loads_the_processor_once(tiny_base, tmp_path, monkeypatch):
     """The --max-tokens check (before the model loads) and the model each loaded the processor (~1 s)."""
     import transformers
