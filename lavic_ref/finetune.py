@@ -81,7 +81,9 @@ def finetune(backbone: Backbone, train_set: Sequence[RecommendationInstance],
     return train(backbone, train_set, val_set,
                  lambda batch: recommendation_loss(backbone, batch, titles, embeddings, max_tokens,
                                                    length_multiple=config.length_multiple), config,
-                 resume=resume, description="finetune", settings=run)
+                 resume=resume, description="finetune", settings=run,
+                 target_tokens=lambda batch: sum(len(backbone.tokenizer(ex.target, add_special_tokens=False)
+                                                     ["input_ids"]) + 1 for ex in batch))  # the ID and EOS
 
 
 def _instances_digest(instances: Sequence[RecommendationInstance], titles: Mapping[str, str]) -> str:

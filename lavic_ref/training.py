@@ -100,15 +100,18 @@ class TrainResult:
 
 
 BatchLoss = Callable[[Sequence[Any]], torch.Tensor]
+#: The number of target tokens in a batch (the tokens its mean loss is taken over).
+TokenCount = Callable[[Sequence[Any]], int]
 
 
 def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], batch_loss: BatchLoss,
           config: TrainConfig, *, resume: bool = True, description: str = "train",
-          settings: dict[str, Any] | None = None) -> TrainResult:
+          settings: dict[str, Any] | None = None, target_tokens: TokenCount | None = None) -> TrainResult:
     """Train the trainable (LoRA) parameters of ``backbone.model`` to minimise ``batch_loss``.
 
     ``settings`` describe what is trained beyond ``config`` (task, data, ...); with ``config`` they must
-    match those of a checkpoint to resume it (:class:`CheckpointError` otherwise).
+    match those of a checkpoint to resume it (:class:`CheckpointError` otherwise). ``target_tokens`` counts a
+    batch's target tokens, so the validation loss is the per-token one (see :func:`evaluate`).
     """
     if not train_set:
         raise ValueError("no training examples")
@@ -170,7 +173,7 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
                     save_checkpoint()
         progress.close()
         train_loss = state.epoch_loss_sum / max(state.batches_done, 1)  # mean over the epoch's batches
-        val_loss = evaluate(backbone, val_set, batch_loss, config.batch_size) if val_set else train_loss
+        val_loss = evaluate(backbone, val_set, batch_loss, config.batch_size, target_tokens) if val_set else train_loss
         state.history.append({"epoch": state.epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
         log_line(f"{description} epoch {state.epoch + 1}: train loss {train_loss:.4f}, "
                  f"validation loss {val_loss:.4f}")
@@ -250,8 +253,10 @@ def set_gradient_checkpointing(model: Any, enable: bool) -> None:
 
 
 @torch.no_grad()
-def evaluate(backbone: Backbone, examples: Sequence[Any], batch_loss: BatchLoss, batch_size: int) -> float:
-    """Mean loss over ``examples`` (weighted by batch size), dropout off."""
+def evaluate(backbone: Backbone, examples: Sequence[Any], batch_loss: BatchLoss, batch_size: int,
+             target_tokens: TokenCount | None = None) -> float:
+    """Mean loss over ``examples``, dropout off: per target token with ``target_tokens`` (the paper's validation
+    perplexity is its exp, whatever the batch size), else per example."""
     model = backbone.model
     was_training = model.training
     model.eval()
@@ -260,8 +265,9 @@ def evaluate(backbone: Backbone, examples: Sequence[Any], batch_loss: BatchLoss,
     for start in tqdm(range(0, len(examples), batch_size), desc="validation", leave=False, **bar_options()):
         batch = examples[start:start + batch_size]
         with autocast:
-            total += batch_loss(batch).item() * len(batch)
-        count += len(batch)
+            weight = target_tokens(batch) if target_tokens else len(batch)
+            total += batch_loss(batch).item() * weight
+        count += weight
     model.train(was_training)
     return total / max(count, 1)
 

@@ -167,6 +167,25 @@ def test_padding_batches_to_a_length_multiple_leaves_both_losses_unchanged(tiny_
                                    distillation_loss(backbone, examples), **tolerance)
 
 
+def test_the_validation_loss_is_per_target_token_whatever_the_batch_size(tiny_base):
+    """The paper keeps the distilled adapter of lowest validation perplexity: a per-token loss. Batch means weighted
+    by batch size gave another number for each --batch-size (descriptions differ in length)."""
+    from lavic_ref.distill import distillation_loss, distillation_target_tokens, distill_examples
+    from lavic_ref.training import evaluate
+
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    items = load_items(None, ["beauty"])
+    ids = [i for i, item in items.items() if item.image][:4]
+    examples = distill_examples(items, dict(zip(ids, ["a red tube with a gold cap " * 12, "a jar", "blue",
+                                                      "a small round compact with a mirror"])))
+    with torch.no_grad():
+        losses = [evaluate(backbone, examples, lambda batch: distillation_loss(backbone, batch), size,
+                           lambda batch: distillation_target_tokens(backbone, batch)) for size in (1, 2, 4)]
+    tolerance = {"rtol": 2e-2, "atol": 2e-2} if DEVICE == "cuda" else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(losses[0], losses[1], **tolerance)
+    torch.testing.assert_close(losses[0], losses[2], **tolerance)
+
+
 def test_every_aspect_ratio_gives_five_subimages_and_cls_embeddings(tiny_base):
     backbone = load_backbone(tiny_base, device=DEVICE)
     images = [Image.new("RGB", size, "red") for size in [(40, 90), (120, 30), (64, 64), (300, 20)]]
