@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lavic_ref.model import IGNORE_INDEX, VISION_LORA_TARGETS, Backbone, cls_embeddings, decode_image, embed_inputs, \
-    new_adapter, pad_batch, subimage_pixels, target_loss
-from lavic_ref.sequences import distillation_sequence
+from lavic_ref.model import VISION_LORA_TARGETS, Backbone, cls_embeddings, decode_image, embed_inputs, new_adapter, \
+    pad_batch, subimage_pixels, target_loss
+from lavic_ref.sequences import distillation_sequence, target_token_count
 from lavic_ref.training import TrainConfig, TrainResult, digest, train
 from reddit_amazon.schema import Item
 
@@ -79,8 +79,7 @@ def distill(backbone: Backbone, examples: Sequence[DistillExample], config: Trai
 
 def distillation_target_tokens(backbone: Backbone, batch: Sequence[DistillExample], max_target_tokens: int = 128) -> int:
     """The description tokens (EOS included) :func:`distillation_loss` averages over."""
-    return sum(sum(label != IGNORE_INDEX for label in distillation_sequence(
-        backbone.tokenizer, ex.title, ex.description, max_target_tokens=max_target_tokens).labels) for ex in batch)
+    return sum(target_token_count(backbone.tokenizer, ex.description, max_target_tokens) for ex in batch)
 
 
 def _examples_digest(examples: Sequence[DistillExample]) -> str:

@@ -17,7 +17,7 @@ from lavic_ref.embed import ItemEmbeddings
 from lavic_ref.model import LANGUAGE_LORA_TARGETS, Backbone, embed_inputs, inner_model, new_adapter, pad_batch, \
     target_loss
 from lavic_ref.sequences import MAX_PROMPT_TOKENS, PromptTooLongError, least_prompt_caps, \
-    recommendation_sequence
+    recommendation_sequence, target_token_count
 from lavic_ref.training import TrainConfig, TrainResult, digest, train
 
 
@@ -82,8 +82,7 @@ def finetune(backbone: Backbone, train_set: Sequence[RecommendationInstance],
                  lambda batch: recommendation_loss(backbone, batch, titles, embeddings, max_tokens,
                                                    length_multiple=config.length_multiple), config,
                  resume=resume, description="finetune", settings=run,
-                 target_tokens=lambda batch: sum(len(backbone.tokenizer(ex.target, add_special_tokens=False)
-                                                     ["input_ids"]) + 1 for ex in batch))  # the ID and EOS
+                 target_tokens=lambda batch: sum(target_token_count(backbone.tokenizer, ex.target) for ex in batch))
 
 
 def _instances_digest(instances: Sequence[RecommendationInstance], titles: Mapping[str, str]) -> str:

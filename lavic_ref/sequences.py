@@ -29,6 +29,11 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def target_token_count(tokenizer, target: str, max_target_tokens: int = 10**6) -> int:
+    """The tokens the loss is taken over for ``target``: its ids (at most ``max_target_tokens``) and EOS."""
+    return min(len(_ids(tokenizer, target)), max_target_tokens) + 1
+
+
 def _with_target(tokenizer, prompt_ids: list[int], target: str | None, max_target_tokens: int) -> TokenSequence:
     prompt_ids = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + prompt_ids
     if target is None:
