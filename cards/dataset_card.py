@@ -8,6 +8,7 @@ absent says so in one sentence.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ def render_dataset_card(data: DatasetCardData, manifest: Mapping[str, Any], fold
                         repo_id: str | None = None) -> str:
     """The README.md of a dataset folder whose shards (listed in ``data.configs``) are already written.
 
-    ``repo_id`` is the name shown in the loading example (default: the manifest's ``name``).
+    ``repo_id`` is the name shown in the loading example: the folder's name (what `load_dataset` finds from its
+    parent) or a Hub id (default: the manifest's ``name``).
     """
     folder = Path(folder)
     data_files = data_files_from_card_data(data)
@@ -96,12 +98,13 @@ def _load(name: str, statistics: DatasetStatistics, domains: list[str]) -> str:
     computed = sorted({n for d in statistics.domains.values() for n, c in d.candidates.items()
                        if c.records_with_candidates})
     candidates = "" if "sbert" in computed or not computed else f" --candidates {computed[0]}"
-    command = f"benchmark run --model sbert --dataset {name} --out runs/sbert" + (
+    dataset = shlex.quote(name)
+    command = f"benchmark run --model sbert --dataset {dataset} --out runs/sbert" + (
         "" if scored == "test" else f" --split {scored}") + candidates
     score = (f"Score a recommender with {inline_code(command)}." if computed else
              f"No candidate set was computed for this copy, so `benchmark run` has none to score with; rank the full "
              "catalog with "
-             f"{inline_code(f'benchmark retrieve --retriever sbert --dataset {name} --out runs/sbert-catalog')}.")
+             f"{inline_code(f'benchmark retrieve --retriever sbert --dataset {dataset} --out runs/sbert-catalog')}.")
     example = "\n".join([
         "from datasets import load_dataset",
         "",

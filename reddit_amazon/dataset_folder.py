@@ -98,7 +98,7 @@ def _write_beside(out_dir: Path, contents: DatasetContents) -> dict[str, Any]:
     carried: list[str] = []
     try:
         with naming(out_dir):
-            manifest = _write_into(tmp, contents)
+            manifest = _write_into(tmp, contents, out_dir.resolve().name)
         carried = _carry_hidden_entries(out_dir, tmp)
         replace_dir(tmp, out_dir)
     except BaseException:
@@ -171,7 +171,8 @@ def is_dataset_folder(folder: Path) -> bool:
     return ours and all(entry.name in DATASET_ENTRIES or entry.name.startswith(".") for entry in folder.iterdir())
 
 
-def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:
+def _write_into(folder: Path, contents: DatasetContents, name: str | None = None) -> dict[str, Any]:
+    """``name``: the folder's final name, which the card's loading example uses (``folder`` is a temporary one)."""
     extra_sets = sorted({name for domain in contents.conversations.values() for split in domain.values()
                          for record in split for name in record.candidates})
     features = conversation_features(extra_sets)
@@ -228,7 +229,7 @@ def _write_into(folder: Path, contents: DatasetContents) -> dict[str, Any]:
         **contents.metadata,
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    write_readme(folder, manifest, data_files, features)
+    write_readme(folder, manifest, data_files, features, name)
     return manifest
 
 
@@ -346,11 +347,13 @@ def _size_category(n: int) -> str:
 
 
 def write_readme(folder: Path, manifest: Mapping[str, Any], data_files: Mapping[str, Mapping[str, list[str]]],
-                 features: datasets.Features) -> None:
+                 features: datasets.Features, name: str | None = None) -> None:
+    """``name``: what the card's `load_dataset` and `benchmark run` examples load (default: ``folder``'s name)."""
     from cards.dataset_card import render_dataset_card
 
     data = card_data(manifest, data_files, features, folder)
-    write_atomic(folder / "README.md", render_dataset_card(data, manifest, folder).encode("utf-8"))
+    card = render_dataset_card(data, manifest, folder, repo_id=name or folder.resolve().name)
+    write_atomic(folder / "README.md", card.encode("utf-8"))
 
 
 def refresh_card(folder: str | os.PathLike) -> None:

@@ -489,3 +489,38 @@ def test_the_summary_names_only_the_domains_the_copy_has(tmp_path):
     assert "in three visually oriented domains" not in card
     assert "in 2 of the paper's three visually oriented domains (beauty, fashion; this copy has no home records)" \
         in card
+
+
+def test_the_cards_loading_example_loads_this_folder_whatever_its_name(tmp_path, monkeypatch):
+    """`import-lavic --out my-import` (or `build --out NAME`): the card's `load_dataset(...)` and `benchmark run`
+    examples name this folder, not the manifest's default name, which from the parent loads another folder
+    (here a decoy named reddit-amazon) or nothing."""
+    import shlex
+
+    from benchmark.cli import cli as benchmark_cli
+
+    catalog = {"home": [Item(a, "home", title=f"lamp {a}") for a in ASINS[:10]]}
+
+    def record(example_id):
+        made = conversation(example_id, "home", example_id, [ASINS[0]])
+        made.candidates = {"sbert": ASINS[:10]}
+        return made
+
+    write_dataset(tmp_path / "reddit-amazon", DatasetContents({"home": {"test": [record("decoy")]}}, catalog,
+                                                              "0.0.1", candidate_sets=["sbert"]))
+    folder = tmp_path / "my-import"
+    write_dataset(folder, DatasetContents({"home": {"test": [record("r1"), record("r2")]}}, catalog, "0.0.1",
+                                          candidate_sets=["sbert"]))
+    for card in [(folder / "README.md").read_text(encoding="utf-8"),
+                 (refresh_card(folder), (folder / "README.md").read_text(encoding="utf-8"))[1]]:
+        name = json.loads(re.search(r'home = load_dataset\(("[^"]*"), "home"\)', card).group(1))
+        monkeypatch.chdir(tmp_path)
+        assert datasets.load_dataset(name, "home", split="test")["example_id"] == ["r1", "r2"]
+        args = shlex.split(re.search(r"Score a recommender with `([^`]+)`", card).group(1))
+        assert args[args.index("--dataset") + 1] == "my-import"
+        args[args.index("--model") + 1] = "random"
+        shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+        result = CliRunner().invoke(benchmark_cli, args[1:])
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / "runs" / "sbert" / "results.json").read_text())["metrics"]["vr"]["all"][
+            "denominator"] == 2
