@@ -11,6 +11,7 @@ import functools
 import shlex
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -386,7 +387,8 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
                             "learning_rate": config.learning_rate, "weight_decay": config.weight_decay,
                             "max_prompt_tokens": max_tokens, "images": not no_images, "seed": config.seed,
                             "training_instances": instance_style,
-                            "max_steps_per_epoch": config.max_steps},  # a smoke run must not read as a full one
+                            "max_steps_per_epoch": config.max_steps,  # a smoke run must not read as a full one
+                            "distill": _distill_settings(cache)},  # stage 1: its adapter may be a smoke run too
         "data": {"dataset": dataset or BUNDLED_SAMPLE, "fingerprint": _fingerprint_of(dataset),
                  "domains": list(domains), "candidates": candidate_set,
                  "train_examples": len(train_set), "validation_examples": len(val_set),
@@ -397,6 +399,23 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
     })
     add_results = shlex.join(["lavic-ref", "card", str(config.output_dir)])
     click.echo(f"model card: {card} (add results with `{add_results} --results ...`)")
+
+
+def _distill_settings(cache: Any) -> dict[str, Any]:
+    """The settings the item embeddings' distill adapter was trained with (its ``lavic_base.json``), for the card."""
+    import json
+
+    from lavic_ref.model import BASE_FILE
+
+    adapter = (cache.metadata.get("adapter") or None) if cache is not None else None
+    try:
+        trained = json.loads((Path(adapter) / BASE_FILE).read_text())["trained_with"] if adapter else None
+    except (OSError, ValueError, KeyError, TypeError):
+        trained = None
+    if not isinstance(trained, dict):
+        return {"recorded": "no" if adapter else "no distill adapter (embeddings from the base vision tower)"}
+    keys = ["batch_size", "grad_accum", "learning_rate", "weight_decay", "max_steps", "seed", "domains"]
+    return {key: trained[key] for key in keys if key in trained}
 
 
 @cli.command("card")

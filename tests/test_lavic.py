@@ -458,6 +458,11 @@ def test_describe_distill_embed_finetune_then_benchmark_run(tiny_base, tmp_path)
     assert f"distill_adapter={tmp_path / 'distill' / 'best'}" in card
     inputs = json.loads((tmp_path / "rec" / "model_card.json").read_text())
     assert inputs["training"]["hardware"] in card and str(inputs["data"]["train_examples"]) in card
+    # Stage 1 was a 2-step smoke run: the card says so, as it does for stage 2, from the distill adapter's record.
+    assert inputs["hyperparameters"]["distill"] == {"batch_size": 4, "grad_accum": 1, "learning_rate": 5e-5,
+                                                    "weight_decay": 1e-5, "max_steps": 2, "seed": 0,
+                                                    "domains": ["home"]}
+    assert "| `distill.max_steps` | 2 |" in card
     _invoke(cli, ["card", tmp_path / "rec", "--results", tmp_path / "run" / "results.json"])
     card = (tmp_path / "rec" / "README.md").read_text()
     assert f"{results['metrics']['hr@1']['home']['value']:.4f}" in card
