@@ -149,14 +149,14 @@ def _statistics(statistics: DatasetStatistics, recorded: Mapping[str, Any] | Non
         table_1,
         f"**# Conv.** = records; **# Turns** = {TURNS_DEFINITION}; **# Items** = distinct `item_id` in the "
         "domain's split of the `items` config; **# Images** = items with an embedded image; **# Image URLs** = "
-        "all image URLs of those items (the paper's # Images counts every image of an item, so it compares "
+        "all image URLs of the domain's items, with or without an embedded image (the paper's # Images counts every image of an item, so it compares "
         "with this column).",
         _recorded_stats_check(statistics, recorded),
         "The paper reports, for its own build (Table 1):",
         paper,
         "### Splits",
-        "Records per split (a build splits 8:1:1 by thread, as the paper does; an imported copy keeps the "
-        "splits it was given):",
+        "Records per split (a build splits each domain 8:1:1, the paper's ratio, by whole threads, so the counts "
+        "can differ a little from those shares; an imported copy keeps the splits it was given):",
         splits,
         _thread_check(domains),
         "Evaluation examples per split: (record, gt item) pairs, since a record with several recommended items "

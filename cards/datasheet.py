@@ -290,8 +290,8 @@ def _preprocessing(manifest: Mapping[str, Any]) -> str:
 def _splits(manifest: Mapping[str, Any], statistics: DatasetStatistics) -> str:
     present = [split for split in SPLITS if any(d.split_records.get(split) for d in statistics.domains.values())]
     if manifest.get("build"):
-        return ("Splits are made per domain by thread, 8:1:1 as in the paper (the split sizes nearest those "
-                "shares); a thread is in one split for every domain, and the Splits section checks that no thread "
+        return ("Splits are made per domain by whole threads, in the paper's 8:1:1 ratio (record counts as near "
+                "those shares as whole threads allow; the Splits section gives them); a thread is in one split for every domain, and the Splits section checks that no thread "
                 "is in two splits.")
     if present:
         return (f"This copy has the {', '.join(present)} split{'s' if len(present) > 1 else ''} of its source, as "

@@ -524,3 +524,15 @@ def test_the_cards_loading_example_loads_this_folder_whatever_its_name(tmp_path,
         assert result.exit_code == 0, result.output
         assert json.loads((tmp_path / "runs" / "sbert" / "results.json").read_text())["metrics"]["vr"]["all"][
             "denominator"] == 2
+
+
+def test_the_card_does_not_claim_split_sizes_or_image_urls_it_does_not_have(built):
+    """Splits go by whole threads, so a domain's counts need not be the nearest to 8:1:1 (here beauty is 2/1/1,
+    the nearest being 3/1/0), and the paper never says it split by thread; # Image URLs counts the URLs of every
+    item, not only of those with an embedded image (beauty: 3 embedded images, 6 URLs)."""
+    card = (built / "README.md").read_text(encoding="utf-8")
+    assert "nearest those shares" not in card and "as the paper does" not in card
+    assert "as near those shares as whole threads allow" in card
+    table_1 = {row["Dataset"]: row for row in markdown_table_after(card, "## Statistics", "Dataset")}
+    assert (number(table_1["Beauty"]["# Images"]), number(table_1["Beauty"]["# Image URLs"])) == (3, 6)
+    assert "all image URLs of those items" not in card and "all image URLs of the domain's items" in card
