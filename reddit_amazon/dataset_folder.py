@@ -349,11 +349,16 @@ def _size_category(n: int) -> str:
 def write_readme(folder: Path, manifest: Mapping[str, Any], data_files: Mapping[str, Mapping[str, list[str]]],
                  features: datasets.Features, name: str | None = None) -> None:
     """``name``: what the card's `load_dataset` and `benchmark run` examples load (default: ``folder``'s name)."""
+    card = render_readme(folder, manifest, data_files, features, name or folder.resolve().name)
+    write_atomic(folder / "README.md", card.encode("utf-8"))
+
+
+def render_readme(folder: Path, manifest: Mapping[str, Any], data_files: Mapping[str, Mapping[str, list[str]]],
+                  features: datasets.Features, name: str) -> str:
+    """The README.md text, whose examples load ``name`` (the folder's name, or a Hub id for the Hub's copy)."""
     from cards.dataset_card import render_dataset_card
 
-    data = card_data(manifest, data_files, features, folder)
-    card = render_dataset_card(data, manifest, folder, repo_id=name or folder.resolve().name)
-    write_atomic(folder / "README.md", card.encode("utf-8"))
+    return render_dataset_card(card_data(manifest, data_files, features, folder), manifest, folder, repo_id=name)
 
 
 def refresh_card(folder: str | os.PathLike) -> None:
@@ -368,6 +373,11 @@ def refresh_card(folder: str | os.PathLike) -> None:
     if problems:
         raise SchemaError(f"{folder} does not match its manifest, so its card would contradict its data:\n  "
                           + "\n  ".join(problems) + "\nrestore the data files, or rebuild or re-import the folder")
+    write_atomic(folder / "README.md", readme_from_shards(folder, folder.resolve().name).encode("utf-8"))
+
+
+def readme_from_shards(folder: Path, name: str) -> str:
+    """The README.md of a written folder, from its manifest and the shards on disk, loading ``name``."""
     manifest = read_manifest(folder)
     data_files: dict[str, dict[str, list[str]]] = {}
     for config in [*DOMAINS, ITEMS_CONFIG]:
@@ -380,7 +390,7 @@ def refresh_card(folder: str | os.PathLike) -> None:
                         for shards in splits.values()), None)
     # A build that kept no conversation writes no shard: its card says so, as the build's own did.
     columns = _parquet_columns(folder / first_shard) if first_shard else []
-    write_readme(folder, manifest, data_files, conversation_features(candidate_sets_of(columns)))
+    return render_readme(folder, manifest, data_files, conversation_features(candidate_sets_of(columns)), name)
 
 
 def verify(folder: str | os.PathLike, card: bool = True) -> list[str]:
@@ -568,10 +578,12 @@ def iter_items(dataset: Iterable[Mapping[str, Any]], source: str) -> Iterable[It
 
 def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None,
                 revision: str | None = None, endpoint: str | None = None) -> str:
-    """Upload a dataset folder as a Hub dataset repo (token from ``HF_TOKEN`` unless given).
+    """Upload a dataset folder as a Hub dataset repo (token from ``HF_TOKEN`` unless given), in one commit.
 
-    The folder already has the Hub layout (README YAML configs + Parquet), so it is uploaded as is;
-    the version becomes a tag so ``load_dataset(repo_id, revision="vX.Y.Z")`` pins it.
+    The folder already has the Hub layout (README YAML configs + Parquet), so its files are uploaded as they are,
+    but for the README: the Hub's copy is rendered for ``repo_id``, so its examples load the repo, not a local
+    folder name (the local README stays as it is). The version becomes a tag so
+    ``load_dataset(repo_id, revision="vX.Y.Z")`` pins it.
     """
     from huggingface_hub import HfApi
 
@@ -588,14 +600,28 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
             raise ValueError(f"{repo_id}: version {manifest['version']} is already published with other content "
                              f"(fingerprint {str(published.get('fingerprint'))[:12]}, this folder "
                              f"{manifest['fingerprint'][:12]}); give changed data a new version (build --version)")
-    commit = api.upload_folder(
+    remote_files = api.list_repo_files(repo_id, repo_type="dataset", revision=revision)
+    commit = api.create_commit(
         repo_id=repo_id,
         repo_type="dataset",
-        folder_path=str(folder),
+        operations=_hub_operations(folder, readme_from_shards(folder, repo_id), remote_files),
         revision=revision,
         commit_message=f"reddit-amazon {manifest['version']} ({manifest['fingerprint'][:12]})",
-        ignore_patterns=[".*", "**/.*"],  # everything the folder holds (an imported copy's lavic_source/ too)
-        delete_patterns=[f"{DATA_DIR}/**"],  # shards of an earlier version this one does not have (other counts)
     )
     api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=revision, exist_ok=True)  # same content: kept
     return str(commit)
+
+
+def _hub_operations(folder: Path, readme: str, remote_files: Iterable[str]) -> list:
+    """One commit's operations: every file of ``folder`` but hidden ones (an imported copy's lavic_source/ too),
+    the README as ``readme``, and the deletion of the repo's shards this version does not have (other counts).
+    The repo's other files (a LICENSE, .gitattributes) are kept."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+    from huggingface_hub.utils import filter_repo_objects
+
+    local = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    uploaded = [path for path in filter_repo_objects(local, ignore_patterns=[".*", "**/.*"]) if path != "README.md"]
+    additions = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=folder / path) for path in uploaded]
+    additions.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=readme.encode("utf-8")))
+    stale = sorted(path for path in remote_files if path.startswith(f"{DATA_DIR}/") and path not in uploaded)
+    return [*(CommitOperationDelete(path_in_repo=path) for path in stale), *additions]

@@ -187,7 +187,8 @@ def test_a_missing_folder_never_loads_a_cached_copy(built, tmp_path, monkeypatch
             load("home", missing)
 
 
-def test_push_to_hub_uploads_the_folder_as_is_and_tags_the_version(built, httpserver, tmp_path, monkeypatch):
+def test_push_to_hub_uploads_the_folder_with_a_card_for_the_repo_and_tags_the_version(built, httpserver, tmp_path,
+                                                                                       monkeypatch):
     """A loopback server answering the Hub API routes that `push_to_hub` uses (no network)."""
     import base64
 
@@ -202,7 +203,8 @@ def test_push_to_hub_uploads_the_folder_as_is_and_tags_the_version(built, httpse
     root, manifest = built
     # The repo as an earlier version left it: a shard this one does not have (another shard count), a user's file.
     stale, license_file = "data/home/test-00000-of-00002.parquet", "LICENSE"
-    seen: dict[str, object] = {"files": {stale: b"old", license_file: b"mine"}, "tags": [], "auth": set()}
+    seen: dict[str, object] = {"files": {stale: b"old", license_file: b"mine"}, "tags": [], "auth": set(),
+                               "commits": 0}
 
     def hub(request: Request) -> Response:
         seen["auth"].add(request.headers.get("authorization"))
@@ -219,6 +221,7 @@ def test_push_to_hub_uploads_the_folder_as_is_and_tags_the_version(built, httpse
             return Response(json.dumps({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
                                                   for f in files]}), content_type="application/json")
         if path == "/api/datasets/me/reddit-amazon/commit/main":
+            seen["commits"] += 1
             for line in request.get_data().splitlines():
                 item = json.loads(line)
                 if item["key"] == "file":
@@ -246,6 +249,8 @@ def test_push_to_hub_uploads_the_folder_as_is_and_tags_the_version(built, httpse
 
     httpserver.expect_request(re.compile(".*")).respond_with_handler(hub)
     endpoint = httpserver.url_for("").rstrip("/")
+    folder = root / "reddit-amazon"
+    local_readme = (folder / "README.md").read_text(encoding="utf-8")
     push_to_hub(root / "reddit-amazon", "me/reddit-amazon", token="hf_test_token", endpoint=endpoint)
     push_to_hub(root / "reddit-amazon", "me/reddit-amazon", token="hf_test_token", endpoint=endpoint)  # same: fine
     changed = contents()
@@ -255,10 +260,20 @@ def test_push_to_hub_uploads_the_folder_as_is_and_tags_the_version(built, httpse
         push_to_hub(tmp_path / "changed" / "reddit-amazon", "me/reddit-amazon", token="hf_test_token",
                     endpoint=endpoint)
 
-    folder = root / "reddit-amazon"
     local = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert local.pop("README.md").decode("utf-8") == local_readme  # the local copy's card is left as it was
+    hub_readme = seen["files"]["README.md"].decode("utf-8")
+    # The Hub's card loads the repo, not the local folder's name; nothing else differs (the YAML neither).
+    assert 'load_dataset("reddit-amazon", "fashion")' in local_readme
+    assert 'load_dataset("me/reddit-amazon", "fashion")' in hub_readme
+    assert "benchmark run --model sbert --dataset me/reddit-amazon " in hub_readme
+    assert hub_readme == (local_readme.replace('"reddit-amazon"', '"me/reddit-amazon"')
+                          .replace("--dataset reddit-amazon ", "--dataset me/reddit-amazon ")
+                          .replace("`reddit-amazon` is this folder", "`me/reddit-amazon` is this folder"))
     assert seen["files"].pop(license_file) == b"mine"  # not the dataset's: kept
-    assert seen["files"] == local  # README (configs), manifest and every shard, byte for byte; the stale shard gone
+    assert {path: data for path, data in seen["files"].items() if path != "README.md"} == local  # the manifest
+    # and every shard, byte for byte; the stale shard gone
+    assert seen["commits"] == 2  # one commit per push: the card and the data never disagree on the Hub
     assert seen["tags"] == ["v1.2.3", "v1.2.3"]  # the second push: the same content under the same tag
     assert seen["auth"] == {"Bearer hf_test_token"}
     # What arrived is a loadable dataset repo: the same configs from the same files.
