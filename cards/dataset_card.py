@@ -22,6 +22,7 @@ from cards.markdown import code_block, inline_code, prose, table
 from cards.paper import PAPER_DOI, PAPER_TABLE_1, PAPER_TITLE
 from cards.statistics import DatasetStatistics, DomainStatistics, compute_statistics, data_files_from_card_data
 from cards.template import read_template
+from reddit_amazon.catalog import LINK_OUTCOMES
 from reddit_amazon.schema import (
     CANDIDATE_PREFIX,
     DOMAINS,
@@ -292,7 +293,28 @@ def _build(manifest: Mapping[str, Any]) -> str:
     else:
         parts.append("No build funnel exists for this dataset: "
                      + ("it was not built from dumps." if not build else "the build recorded none."))
+    if build:
+        parts.append(_linked_asins(manifest))
     return "\n\n".join(parts)
+
+
+def _linked_asins(manifest: Mapping[str, Any]) -> str:
+    """The catalog join's outcome per linked ASIN: the funnel counts records, and a record that keeps one of its
+    gt items stays, so ASINs dropped from it (unknown, outside the domains) show only here."""
+    report = (manifest.get("build_reports") or {}).get("catalog") or {}
+    gt, context = report.get("gt_links") or {}, report.get("context_links") or {}
+    if not gt and not context:
+        return "The build recorded no per-ASIN outcome of the catalog join (`build_reports.catalog` in `manifest.json`)."
+    outcomes = [*(o for o in LINK_OUTCOMES if o in gt or o in context),
+                *sorted((gt.keys() | context.keys()) - LINK_OUTCOMES.keys())]
+    rows = [[inline_code(o), int(gt.get(o, 0)), int(context.get(o, 0)), LINK_OUTCOMES.get(o, "—")] for o in outcomes]
+    return "\n\n".join([
+        "### Linked ASINs",
+        "What the catalog join did with the ASINs linked in the records that reached it, before the relevance "
+        "filter (`build_reports.catalog` in `manifest.json`; once per record and ASIN). A record is dropped only "
+        "when none of its gt ASINs is kept; context ASINs are counted for the records kept:",
+        table(["outcome", "gt ASINs", "context ASINs", "meaning"], rows, numeric=[False, True, True, False]),
+    ])
 
 
 def _recorded(value: Any) -> Any:

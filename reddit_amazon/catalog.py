@@ -376,6 +376,17 @@ def read_metadata(sources: Iterable[str], wanted: set[str]) -> Metadata:
 UNKNOWN_ASIN = "asin_not_in_reviews_or_metadata"
 PARENT_WITHOUT_METADATA = "parent_asin_without_metadata"
 OUTSIDE_DOMAINS = "main_category_outside_domains"
+#: The other outcomes the join counts (``build_reports.catalog.gt_links`` / ``context_links``).
+RESOLVED = "resolved"
+OTHER_DOMAIN = "other_domain"
+#: What each outcome means, for the dataset card.
+LINK_OUTCOMES = {
+    RESOLVED: "kept: an item of the record's domain (gt) or of the dataset (context)",
+    UNKNOWN_ASIN: "dropped: the ASIN is in neither the reviews (child → parent ASIN) nor the metadata",
+    PARENT_WITHOUT_METADATA: "dropped: its parent ASIN has no metadata row",
+    OUTSIDE_DOMAINS: "dropped: its `main_category` is not in the domain map (beauty, fashion, home)",
+    OTHER_DOMAIN: "removed from `gt_items`: an item of another domain than most of the record's gt items",
+}
 
 
 @dataclass
@@ -499,12 +510,12 @@ def join_conversations(conversations: Iterable[Any], catalog: Catalog) -> JoinRe
         votes = Counter(item.domain for item in gt)
         domain = max(votes, key=lambda d: (votes[d], -[i.domain for i in gt].index(d)))
         kept = [item for item in gt if item.domain == domain]
-        result.gt_links["resolved"] += len(kept)
-        result.gt_links["other_domain"] += len(gt) - len(kept)
+        result.gt_links[RESOLVED] += len(kept)
+        result.gt_links[OTHER_DOMAIN] += len(gt) - len(kept)
         context: list[Item] = []
         for asin in dict.fromkeys(conversation.context_items):
             item, reason = resolve(asin)
-            result.context_links[reason or "resolved"] += 1
+            result.context_links[reason or RESOLVED] += 1
             if item is not None and all(item.item_id != c.item_id for c in context):
                 context.append(item)
         for item in [*kept, *context]:

@@ -250,6 +250,44 @@ def test_build_record_funnel_and_checksums_are_rendered(built):
     assert_valid_hub_yaml(built / "README.md", ["sbert"])
 
 
+def test_the_catalog_joins_linked_asin_drops_are_rendered(tmp_path):
+    """The funnel counts records: a record that keeps one gt item stays, so the ASINs dropped from it (unknown,
+    outside the domains) are only in `build_reports.catalog`, which the datasheet points to in the Build section."""
+    catalog_report = {"gt_links": {"resolved": 355, "asin_not_in_reviews_or_metadata": 20,
+                                   "main_category_outside_domains": 9, "other_domain": 0, "a_new_reason": 2},
+                      "context_links": {"resolved": 31, "parent_asin_without_metadata": 4}}
+    folder = tmp_path / "with-report"
+    write_dataset(folder, controlled_contents({"build": BUILD, "funnel": FUNNEL,
+                                               "build_reports": {"catalog": catalog_report}}))
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    rows = markdown_table_after(card, "### Linked ASINs", "outcome")
+    assert [(r["outcome"], r["gt ASINs"], r["context ASINs"]) for r in rows] == [
+        ("`resolved`", "355", "31"), ("`asin_not_in_reviews_or_metadata`", "20", "0"),
+        ("`parent_asin_without_metadata`", "0", "4"), ("`main_category_outside_domains`", "9", "0"),
+        ("`other_domain`", "0", "0"), ("`a_new_reason`", "2", "0")]
+    assert rows[1]["meaning"].startswith("dropped:") and rows[-1]["meaning"] == "—"
+    assert card.index("### Funnel") < card.index("### Linked ASINs") < card.index("## Version and fingerprint")
+    assert_no_placeholders(card)
+
+    without = (tmp_path / "no-report")
+    write_dataset(without, controlled_contents({"build": BUILD, "funnel": FUNNEL}))
+    assert "The build recorded no per-ASIN outcome of the catalog join" in (without / "README.md").read_text()
+    imported = tmp_path / "imported"
+    write_dataset(imported, controlled_contents({"source": "LaViC authors' release", "text_repair": False}))
+    text = (imported / "README.md").read_text(encoding="utf-8")
+    assert "Linked ASINs" not in text and "catalog join" not in text  # an import has no such report
+
+
+def test_the_sample_card_shows_the_gt_links_its_build_dropped(sample_copy):
+    report = read_manifest(sample_copy)["build_reports"]["catalog"]
+    rows = {r["outcome"].strip("`"): r for r in
+            markdown_table_after((sample_copy / "README.md").read_text(encoding="utf-8"), "### Linked ASINs", "outcome")}
+    assert {outcome: number(row["gt ASINs"]) for outcome, row in rows.items()} == {
+        outcome: report["gt_links"].get(outcome, 0) for outcome in rows}
+    assert (number(rows["asin_not_in_reviews_or_metadata"]["gt ASINs"]),
+            number(rows["main_category_outside_domains"]["gt ASINs"])) == (20, 9)
+
+
 def test_secrets_in_build_options_never_reach_the_card(built):
     card = (built / "README.md").read_text(encoding="utf-8")
     assert "pepper-secret-123" not in card and "sk-live" not in card
