@@ -23,6 +23,7 @@ from cards.paper import PAPER_DOI, PAPER_TABLE_1, PAPER_TITLE
 from cards.statistics import DatasetStatistics, DomainStatistics, compute_statistics, data_files_from_card_data
 from cards.template import read_template
 from reddit_amazon.catalog import LINK_OUTCOMES
+from reddit_amazon.lavic_release import IMPORTED_FIELD_DOCS
 from reddit_amazon.schema import (
     CANDIDATE_PREFIX,
     DOMAINS,
@@ -53,7 +54,7 @@ def render_dataset_card(data: DatasetCardData, manifest: Mapping[str, Any], fold
         _summary(manifest, statistics),
         _load(name, statistics, [d for d in DOMAINS if d in data_files]),
         _statistics(statistics, manifest.get("stats")),
-        _fields(folder, data_files),
+        _fields(folder, data_files, imported="text_repair" in manifest),  # a key only import-lavic writes
         _build(manifest),
         _provenance(manifest),
         render_datasheet(manifest, statistics, facts, _license_text(data)),
@@ -217,7 +218,9 @@ def _candidate_sets(statistics: DatasetStatistics) -> str:
     ])
 
 
-def _fields(folder: Path, data_files: Mapping[str, Mapping[str, list[str]]]) -> str:
+def _fields(folder: Path, data_files: Mapping[str, Mapping[str, list[str]]], imported: bool) -> str:
+    """The schema's fields, with what an import of the authors' release holds in them where it differs."""
+    docs = {**FIELD_DOCS, **IMPORTED_FIELD_DOCS} if imported else FIELD_DOCS
     first = next((paths[0] for d in DOMAINS for paths in data_files.get(d, {}).values() if paths), None)
     columns = pq.read_schema(folder / first).names if first else []
     candidate_columns = [CANDIDATE_PREFIX + n for n in candidate_sets_of(columns)]
@@ -226,14 +229,17 @@ def _fields(folder: Path, data_files: Mapping[str, Mapping[str, list[str]]]) -> 
     for name, feature in conversation.items():
         if name.startswith(CANDIDATE_PREFIX):
             continue
-        rows.append([inline_code(name), _type_name(feature), FIELD_DOCS[name]])
+        rows.append([inline_code(name), _type_name(feature), docs[name]])
     rows.append([inline_code("candidates_<name>"), "list<string>",
-                 FIELD_DOCS["candidates_<name>"] + "; in this copy: "
+                 docs["candidates_<name>"] + "; in this copy: "
                  + (", ".join(inline_code(c) for c in candidate_columns) or "none")])
-    item_rows = [[inline_code(name), _type_name(feature), FIELD_DOCS[name]] for name, feature in ITEM_FEATURES.items()]
+    item_rows = [[inline_code(name), _type_name(feature), docs[name]] for name, feature in ITEM_FEATURES.items()]
+    declared = "declared in `reddit_amazon/schema.py`" + (
+        "; the meanings say what this copy, imported from the LaViC authors' release, holds "
+        "(`reddit_amazon/lavic_release.py`)" if imported else "")
     return "\n\n".join([
         "## Fields",
-        "Conversation configs (`beauty`, `fashion`, `home`), declared in `reddit_amazon/schema.py`:",
+        f"Conversation configs (`beauty`, `fashion`, `home`), {declared}:",
         table(["field", "type", "meaning"], rows),
         "`items` config:",
         table(["field", "type", "meaning"], item_rows),

@@ -65,6 +65,31 @@ METADATA_FILES = ("item2meta_train.json", "item2meta_train.json.zip", "item2meta
 #: expanding more than MAX_ZIP_RATIO times (JSON text does ~10x; a zip bomb 1000x), is refused unread.
 MAX_METADATA_BYTES = 1 << 30
 MAX_ZIP_RATIO = 100
+_NO_METADATA = "empty: the release has no such metadata"
+#: What an imported copy's fields hold where a build's differ (``schema.FIELD_DOCS``), for its dataset card:
+#: the release has no Reddit ids, authors, subreddits or times, and its items only titles, image URLs and
+#: image descriptions.
+IMPORTED_FIELD_DOCS = {
+    "example_id": "`lavic-<domain>-<split>-<line>`: the record's line in the release file",
+    "domain": "beauty, fashion or home: the release folder it comes from ("
+              + ", ".join(f"`{folder}`" for folder in RELEASE_FOLDERS) + ")",
+    "thread_id": "`lavic-` and 16 hex digits of the sha1 of the submission text (the release has no Reddit ids): "
+                 "records with the same submission text share it",
+    "subreddit": "empty: the release does not give it",
+    "created_utc": "null: the release has no times",
+    "turns": "the thread up to the recommendation, parsed from the release's `context`: list of {kind: "
+             "submission|comment, id, author, text, created_utc}; `id` and `author` are empty and `created_utc` "
+             "null (the release has none)",
+    "gt_comment_id": "empty: the release has no Reddit ids",
+    "candidates_<name>": "10 candidate ASINs of the release: "
+                         + ", ".join(f"`{theirs}` as `{ours}`" for theirs, ours in RELEASE_CANDIDATES.items()),
+    "parent_asin": "empty: the release gives the linked ASINs only",
+    "title": "product title from the release's item metadata (empty where it has none)",
+    **dict.fromkeys(["store", "main_category", "categories", "features", "description", "details"], _NO_METADATA),
+    "image_urls": "image URLs from the release's item metadata, main image first",
+    "image": "null: the release lists image URLs only",
+    "image_description": "the release's `image_description_llava_cleaned`",
+}
 
 
 @dataclass

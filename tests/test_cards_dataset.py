@@ -27,13 +27,18 @@ def markdown_table_after(text: str, heading: str, first_header: str) -> list[dic
     """Rows (as dicts) of the first table whose first header is ``first_header`` after ``heading``."""
     lines = text[text.index(heading):].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
-    headers = [h.strip() for h in lines[start].strip("|").split("|")]
+    headers = _cells(lines[start])
     rows = []
     for line in lines[start + 2:]:
         if not line.startswith("|"):
             break
-        rows.append(dict(zip(headers, (c.strip() for c in line.strip("|").split("|")))))
+        rows.append(dict(zip(headers, _cells(line))))
     return rows
+
+
+def _cells(line: str) -> list[str]:
+    """A table line's cells; an escaped pipe (`\\|`) is part of its cell."""
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip().removeprefix("|").removesuffix("|"))]
 
 
 def number(cell: str) -> int:
@@ -395,6 +400,43 @@ def test_card_command_refuses_a_folder_without_manifest(tmp_path):
     assert result.exit_code != 0 and "no manifest.json" in result.output
     help_text = CliRunner().invoke(cli, ["card", "--help"]).output
     assert "Examples:" in help_text and "reddit-amazon card" in help_text
+
+
+def test_the_fields_table_of_an_import_says_what_the_import_holds(tmp_path):
+    """The release has no Reddit ids, authors, subreddits or times: an imported copy's card must not call its
+    thread_id a Reddit submission id or its authors salted hashes. What it says instead is checked on the rows."""
+    import hashlib
+
+    from reddit_amazon.lavic_release import import_release
+    from tests.test_lavic_release import release_line, write_release
+
+    src = write_release(tmp_path / "src", [release_line(), release_line(gt_items=["B0776Y43K3"])])
+    folder = tmp_path / "imported"
+    import_release(src, folder)
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    fields = {row["field"].strip("`"): row["meaning"] for row in markdown_table_after(card, "## Fields", "field")}
+    item_fields = {row["field"].strip("`"): row["meaning"]
+                   for row in markdown_table_after(card, "`items` config:", "field")}
+    assert "Reddit submission id" not in fields["thread_id"] and "salted hash" not in fields["turns"]
+    assert fields["thread_id"].startswith("`lavic-` and 16 hex digits of the sha1 of the submission text")
+    assert "`id` and `author` are empty and `created_utc` null" in fields["turns"]
+    assert fields["example_id"].startswith("`lavic-<domain>-<split>-<line>`")
+    assert fields["subreddit"].startswith("empty") and fields["gt_comment_id"].startswith("empty")
+    assert fields["created_utc"].startswith("null")
+    assert item_fields["store"].startswith("empty") and item_fields["image"].startswith("null")
+    for index, row in enumerate(datasets.load_dataset(str(folder), "home", split="validation"), start=1):
+        assert row["example_id"] == f"lavic-home-validation-{index:06d}"
+        assert row["thread_id"] == "lavic-" + hashlib.sha1(row["turns"][0]["text"].encode()).hexdigest()[:16]
+        assert (row["subreddit"], row["created_utc"], row["gt_comment_id"]) == ("", None, "")
+        assert all((t["id"], t["author"], t["created_utc"]) == ("", "", None) for t in row["turns"])
+    items = datasets.load_dataset(str(folder), "items", split="home")
+    assert all(item["store"] == "" and item["details"] == "" and item["image"] is None for item in items)
+
+    built = tmp_path / "built"  # a build's card keeps the build's meanings
+    write_dataset(built, controlled_contents({"build": BUILD}))
+    built_fields = {row["field"].strip("`"): row["meaning"]
+                    for row in markdown_table_after((built / "README.md").read_text(), "## Fields", "field")}
+    assert built_fields["thread_id"].startswith("Reddit submission id") and "salted hash" in built_fields["turns"]
 
 
 def test_card_of_the_imported_authors_release_matches_the_loaded_dataset(lavic_release, tmp_path):
