@@ -211,8 +211,10 @@ def _candidate_sets(statistics: DatasetStatistics) -> str:
         "Ten candidates per record and retriever. An empty list means that retriever was not run for the record. "
         "*gt in candidates* is the share of (record, gt item) pairs, over records that have candidates, whose gt "
         "item is among them (the set's recall). *max HR@1* is the highest HR@1 a recommender answering from that "
-        "set can reach: a record is run once and gives one answer, so of several gt items among its candidates "
-        "it can hit only one. Both count every split; `benchmark run` scores one.",
+        "set can reach: a record is run once and gives one answer, which hits every gt item equal to it, so of "
+        "several distinct gt items among its candidates it can hit only one, while a gt ASIN the record lists "
+        "twice is two pairs, both hit, as `benchmark run` counts them. Both count every split; `benchmark run` "
+        "scores one.",
         table(["column", "domain", "records with candidates", "records", "gt in candidates", "max HR@1"], rows,
               numeric=[False, False, True, True, True, True]),
     ])
