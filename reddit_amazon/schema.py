@@ -347,10 +347,16 @@ ANY = object()  # a field that must be present, checked by its own rule
 
 
 def _check_value(value: Any, feature: Any, where: str, path: str = "") -> None:
-    """Check ``value`` against a feature spec; integers may be null (unknown, e.g. imported times)."""
+    """Check ``value`` against a feature spec; integers may be null (unknown, e.g. imported times).
+
+    Every record read or written goes through here (a build validates each conversation about three times):
+    the error label and each element's path are only spelt out on the way to an error."""
     from datasets import List, Value
 
-    label = f"{where}: {path}" if path else where
+    _check(value, feature, where, path, List, Value)
+
+
+def _check(value: Any, feature: Any, where: str, path: Any, List: type, Value: type) -> None:
     if feature is ANY:
         return
     if isinstance(feature, Value):
@@ -358,20 +364,48 @@ def _check_value(value: Any, feature: Any, where: str, path: str = "") -> None:
         if value is None and expected is int:
             return
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise SchemaError(f"{label} must be {feature.dtype}, got {type(value).__name__} {value!r:.60}")
+            raise SchemaError(f"{_label(where, path)} must be {feature.dtype}, got {type(value).__name__} "
+                              f"{value!r:.60}")
     elif isinstance(feature, List):
         if not isinstance(value, list):
-            raise SchemaError(f"{label} must be a list, got {type(value).__name__}")
+            raise SchemaError(f"{_label(where, path)} must be a list, got {type(value).__name__}")
+        element_feature = feature.feature
+        if (isinstance(element_feature, Value) and element_feature.dtype == "string"  # most lists: no recursion
+                and all(type(element) is str for element in value)):
+            return
         for i, element in enumerate(value):
-            _check_value(element, feature.feature, where, f"{path}[{i}]")
+            _check(element, element_feature, where, (path, i), List, Value)
     else:  # a dict of features: a record or a nested object
         if not isinstance(value, Mapping):
-            raise SchemaError(f"{label}: expected a JSON object, got {type(value).__name__}")
+            raise SchemaError(f"{_label(where, path)}: expected a JSON object, got {type(value).__name__}")
         missing = [name for name in feature if name not in value]
         if missing:
-            raise SchemaError(f"{label}: missing field(s) {', '.join(missing)}")
+            raise SchemaError(f"{_label(where, path)}: missing field(s) {', '.join(missing)}")
         for name, sub in feature.items():
-            _check_value(value[name], sub, where, f"{path}.{name}" if path else name)
+            _check(value[name], sub, where, (path, name), List, Value)
+
+
+def _path_text(path: Any) -> str:
+    """``(("", "turns"), 2), "text")`` -> ``turns[2].text``: the path as the error names it."""
+    if not isinstance(path, tuple):
+        return path
+    parent, step = path
+    parent = _path_text(parent)
+    if isinstance(step, int):
+        return f"{parent}[{step}]"
+    return f"{parent}.{step}" if parent else step
+
+
+def _label(where: str, path: Any) -> str:
+    path = _path_text(path)
+    return f"{where}: {path}" if path else where
+
+
+@functools.lru_cache(maxsize=64)
+def _conversation_spec(candidate_sets: tuple[str, ...]) -> Features:
+    """:func:`conversation_features` for validating rows: built once per candidate-set list, not once per row
+    (building ``datasets.Features`` took more time than checking the row against it)."""
+    return conversation_features(candidate_sets)
 
 
 def _check_asins(values: Iterable[str], where: str) -> None:
@@ -387,7 +421,7 @@ def validate_conversation_row(row: Mapping[str, Any], *, where: str = "record", 
     known once the recommended item is joined with the catalog.
     """
     sets = candidate_sets_of(row) if isinstance(row, Mapping) else []
-    _check_value(row, conversation_features(sets), where)
+    _check_value(row, _conversation_spec(tuple(sets)), where)
     if row["domain"] not in DOMAINS and (require_domain or row["domain"] != ""):
         raise SchemaError(f"{where}: domain {row['domain']!r} is not one of {', '.join(DOMAINS)}")
     if not row["gt_items"]:
