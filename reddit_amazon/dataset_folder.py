@@ -62,6 +62,9 @@ MANIFEST = "manifest.json"
 DATA_DIR = "data"
 CONVERSATION_SHARD_ROWS = 20_000
 ITEM_SHARD_ROWS = 2_000  # items carry images: keep shards to tens of MB
+#: Rows per Parquet row group of an items shard: a reader (datasets' streaming, the Hub viewer, the card's sizes)
+#: holds a row group at once, and 2,000 images were hundreds of MB; datasets writes image data by 100 rows too.
+ITEM_ROW_GROUP_ROWS = 100
 
 
 @dataclass
@@ -180,12 +183,12 @@ def _write_into(folder: Path, contents: DatasetContents, name: str | None = None
     counts: dict[str, dict[str, int]] = {}
 
     def add(config: str, split: str, records: list, to_row: Callable[[int, Any], dict],
-            config_features: datasets.Features, shard_rows: int) -> None:
+            config_features: datasets.Features, shard_rows: int, row_group_rows: int | None = None) -> None:
         counts.setdefault(config, {})[split] = len(records)
         if records:  # `datasets` cannot read an empty Parquet shard: an empty split is left out of the configs
             stem = f"{DATA_DIR}/{config}/{split}"
             data_files.setdefault(config, {})[split] = _write_shards(
-                folder, stem, records, to_row, config_features, shard_rows)
+                folder, stem, records, to_row, config_features, shard_rows, row_group_rows or shard_rows)
 
     for domain in DOMAINS:
         splits = contents.conversations.get(domain, {})
@@ -211,7 +214,7 @@ def _write_into(folder: Path, contents: DatasetContents, name: str | None = None
         repeated = next((a.item_id for a, b in zip(items, items[1:]) if a.item_id == b.item_id), None)
         if repeated is not None:  # the items config is keyed by item_id: loaders and the card count one row each
             raise SchemaError(f"{ITEMS_CONFIG}/{domain}: item {repeated} is given more than once")
-        add(ITEMS_CONFIG, domain, items, item_row, ITEM_FEATURES, ITEM_SHARD_ROWS)
+        add(ITEMS_CONFIG, domain, items, item_row, ITEM_FEATURES, ITEM_SHARD_ROWS, ITEM_ROW_GROUP_ROWS)
 
     if contents.source_files:
         (folder / SOURCE_COPY_DIR).mkdir()
@@ -234,21 +237,25 @@ def _write_into(folder: Path, contents: DatasetContents, name: str | None = None
 
 
 def _write_shards(folder: Path, stem: str, records: list, to_row: Callable[[int, Any], dict],
-                  features: datasets.Features, shard_rows: int) -> list[str]:
-    """Records to Parquet shards, turned into rows one shard at a time (item images stay on disk until then)."""
+                  features: datasets.Features, shard_rows: int, row_group_rows: int) -> list[str]:
+    """Records to Parquet shards of ``shard_rows`` rows in row groups of ``row_group_rows``, turned into rows one
+    row group at a time (item images stay on disk until then)."""
     num_shards = -(-len(records) // shard_rows)
+    schema = features.arrow_schema  # keeps the features metadata
     paths = []
     for index in range(num_shards):
         relative = f"{stem}-{index:05d}-of-{num_shards:05d}.parquet"
         path = folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        first = index * shard_rows
-        chunk = [to_row(first + offset, record) for offset, record in enumerate(records[first:first + shard_rows])]
-        # Straight to Arrow, columns in the order of ``features`` (the card's and schema's, which raw Parquet
-        # readers show as is): `Dataset.from_list` went through a second, inferred table and a cast, ~5x a shard
-        # of images at its peak.
-        pq.write_table(pa.Table.from_pylist(chunk, schema=features.arrow_schema), path)  # keeps the features metadata
-        del chunk
+        end = min((index + 1) * shard_rows, len(records))
+        with pq.ParquetWriter(path, schema) as writer:
+            for first in range(index * shard_rows, end, row_group_rows):
+                # Straight to Arrow, columns in the order of ``features`` (the card's and schema's, which raw
+                # Parquet readers show as is): `Dataset.from_list` went through a second, inferred table and a cast.
+                group = [to_row(first + offset, record)
+                         for offset, record in enumerate(records[first:min(first + row_group_rows, end)])]
+                writer.write_table(pa.Table.from_pylist(group, schema=schema), row_group_size=row_group_rows)
+                del group
         paths.append(relative)
     return paths
 

@@ -771,3 +771,25 @@ def test_an_atomic_write_takes_the_umask_of_the_moment_not_the_one_at_import(tmp
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o666 & ~umask
+
+
+def test_items_shards_are_written_in_small_row_groups(tmp_path, monkeypatch):
+    """An items shard was one row group of 2,000 images (160 MB with 83 KB images): a reader holds a row group at
+    once (datasets' streaming, the Hub viewer, the card's sizes), and writing it peaked at ~5x its images."""
+    import reddit_amazon.dataset_folder as dataset_folder
+    from reddit_amazon.dataset_folder import verify
+
+    monkeypatch.setattr(dataset_folder, "ITEM_SHARD_ROWS", 7)
+    monkeypatch.setattr(dataset_folder, "ITEM_ROW_GROUP_ROWS", 3)
+    folder = tmp_path / "ds"
+    write_dataset(folder, contents())
+    shards = sorted((folder / "data" / "items").glob("home-*.parquet"))
+    groups = [[pq.ParquetFile(s).metadata.row_group(g).num_rows for g in range(pq.ParquetFile(s).num_row_groups)]
+              for s in shards]
+    assert groups == [[3, 3, 1], [3]]
+    for shard in sorted((folder / "data").glob("[!i]*/*.parquet")):  # conversations: one group per shard
+        assert pq.ParquetFile(shard).num_row_groups == 1
+    home = datasets.load_dataset(str(folder), "items", split="home")
+    assert home["item_id"] == [f"B00000000{k}" for k in range(10)]
+    assert [row["image"] is not None for row in home] == [k % 2 == 1 for k in range(10)]
+    assert verify(folder) == []
