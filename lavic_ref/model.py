@@ -343,10 +343,12 @@ def lora_config(targets: str):
 
 
 def attach_adapter(backbone: Backbone, path: str | os.PathLike, *, role: str | None = None) -> None:
-    """Load a saved LoRA adapter onto the backbone, merged into its weights.
+    """Load a saved LoRA adapter onto the backbone, frozen, beside any adapter attached before (all stay active).
 
-    ``role`` ("vision" or "language") refuses an adapter whose LoRA weights sit elsewhere; an adapter saved
-    by this package for another base model is refused too.
+    The adapters stay unmerged, as they were trained (fp32 LoRA weights beside the base weights): merged into
+    bf16 weights, a LoRA update much smaller than the weight it is added to is rounded away, so the model
+    evaluated would not be the model trained. ``role`` ("vision" or "language") refuses an adapter whose LoRA
+    weights sit elsewhere; an adapter saved by this package for another base model is refused too.
     """
     from peft import PeftModel
 
@@ -354,7 +356,12 @@ def attach_adapter(backbone: Backbone, path: str | os.PathLike, *, role: str | N
     if role is not None:
         check_adapter_role(folder, role)
     check_adapter_base(folder, backbone)
-    backbone.model = PeftModel.from_pretrained(backbone.model, str(folder)).merge_and_unload()
+    if isinstance(backbone.model, PeftModel):
+        backbone.model.load_adapter(str(folder), adapter_name=f"adapter{len(backbone.model.peft_config)}")
+        # peft's PeftModel.set_adapter takes one name; its LoRA model activates several at once.
+        backbone.model.base_model.set_adapter(list(backbone.model.peft_config), inference_mode=True)
+    else:
+        backbone.model = PeftModel.from_pretrained(backbone.model, str(folder), adapter_name="adapter0")
     backbone.model.to(backbone.device)
 
 

@@ -382,6 +382,47 @@ def test_adapters_save_and_reload_with_identical_outputs(tiny_base, tmp_path):
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 
+def _small_adapter(backbone, targets: str, scale: float, folder: Path) -> None:
+    """A saved LoRA adapter whose B weights are ~``scale``: a small update, as trained adapters often are."""
+    new_adapter(backbone, targets)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in backbone.model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    save_adapter(backbone, folder)
+    backbone.model.eval()
+
+
+def test_attached_bf16_adapters_compute_what_the_trained_ones_did(tiny_base, tmp_path):
+    """In bf16, merging a small LoRA update into the weights rounds most of it away (at lora_B ~2e-4 it moved
+    the logits by about half the adapter's own effect): the evaluated model must be the trained one."""
+    items = load_items(None, ["beauty"])
+    pixels = subimage_pixels(load_backbone(tiny_base, device=DEVICE).processor,
+                             [Image.open(io.BytesIO(item.image)) for item in list(items.values())[:2]])
+    input_ids = torch.randint(10, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+
+    def outputs(backbone):
+        with torch.no_grad():
+            return (cls_embeddings(backbone.model, pixels.to(backbone.device)).float().cpu(),
+                    backbone.model(input_ids=input_ids.to(backbone.device)).logits.float().cpu())
+
+    vision, language = (load_backbone(tiny_base, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+    _small_adapter(vision, VISION_LORA_TARGETS, 2e-4, tmp_path / "vision")
+    _small_adapter(language, LANGUAGE_LORA_TARGETS, 2e-4, tmp_path / "language")
+    trained_cls, trained_logits = outputs(vision)[0], outputs(language)[1]
+    base_cls, base_logits = outputs(load_backbone(tiny_base, device=DEVICE, dtype=torch.bfloat16))
+    assert not torch.equal(trained_logits, base_logits) and not torch.equal(trained_cls, base_cls)
+
+    attached = load_backbone(tiny_base, device=DEVICE, dtype=torch.bfloat16)
+    attach_adapter(attached, tmp_path / "vision", role="vision")
+    attach_adapter(attached, tmp_path / "language", role="language")  # both active, as the lavic plugin runs them
+    assert not attached.model.training and not any(p.requires_grad for p in attached.model.parameters())
+    cls, logits = outputs(attached)
+    torch.testing.assert_close(cls, trained_cls, rtol=0, atol=0)
+    torch.testing.assert_close(logits, trained_logits, rtol=0, atol=0)
+
+
 # --------------------------------------------------------------------------------------------
 # The whole pipeline through the CLIs, on the bundled sample
 # --------------------------------------------------------------------------------------------
