@@ -125,7 +125,8 @@ def _hyperparameters(hyperparameters: Mapping[str, Any]) -> str:
     paper = ("The paper uses LoRA r=8, alpha=32, dropout 0.1 in both stages; batch size 4 for distillation and 1 "
              "for fine-tuning; learning rate and weight decay picked on validation from {5e-5, 1e-5, 5e-6, 1e-6} "
              "x {1e-2, 1e-3, 1e-4, 1e-5, 0}; up to 5 epochs; at most 128 generated description tokens and 2K input "
-             "tokens (Section 5.1).")
+             "tokens (Section 5.1). It does not mention gradient clipping; the authors' code clips the gradient "
+             "norm at 1.0 (`max_grad_norm`).")
     return _key_values("## Hyperparameters", hyperparameters, "The hyperparameters were not recorded.") \
         + "\n\n" + paper
 

@@ -76,6 +76,9 @@ def _training_options(epochs: int, batch_size: int):
                      help="Batches per optimizer step."),
         click.option("--lr", type=float, default=5e-5, show_default=True),
         click.option("--weight-decay", type=float, default=1e-5, show_default=True),
+        click.option("--max-grad-norm", type=click.FloatRange(0), default=1.0, show_default=True,
+                     help="Clip the gradient's norm to this before each optimizer step, as the authors' code does "
+                          "(the paper does not say); 0 disables clipping."),
         click.option("--max-steps", type=click.IntRange(1), default=None,
                      help="Optimizer steps per epoch at most (smoke runs)."),
         click.option("--save-every", type=click.IntRange(1), default=500, show_default=True,
@@ -101,7 +104,7 @@ def _training_options(epochs: int, batch_size: int):
     return decorate
 
 
-def _train_config(out, epochs, batch_size, grad_accum, lr, weight_decay, max_steps, save_every,
+def _train_config(out, epochs, batch_size, grad_accum, lr, weight_decay, max_grad_norm, max_steps, save_every,
                   gradient_checkpointing, compile_layers, cuda_graphs, seed, resume):
     del resume  # passed to the stage, not part of the configuration
     from lavic_ref.training import TrainConfig
@@ -113,7 +116,8 @@ def _train_config(out, epochs, batch_size, grad_accum, lr, weight_decay, max_ste
         raise click.UsageError("--cuda-graphs needs --grad-accum 1: the next batch's graph replay would overwrite "
                                "the gradients before they are summed (use a larger --batch-size instead)")
     return TrainConfig(output_dir=out, epochs=epochs, batch_size=batch_size, learning_rate=lr,
-                       weight_decay=weight_decay, grad_accum=grad_accum, max_steps=max_steps, save_every=save_every,
+                       weight_decay=weight_decay, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
+                       max_steps=max_steps, save_every=save_every,
                        seed=seed, gradient_checkpointing=gradient_checkpointing, compile_layers=compile_layers,
                        cuda_graphs=cuda_graphs)
 
@@ -385,7 +389,8 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
         "hyperparameters": {"lora": "r=8, alpha=32, dropout=0.1 on the LM attention and MLP projections",
                             "epochs": config.epochs, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
                             "learning_rate": config.learning_rate, "weight_decay": config.weight_decay,
-                            "max_prompt_tokens": max_tokens, "images": not no_images, "seed": config.seed,
+                            "max_grad_norm": config.max_grad_norm, "max_prompt_tokens": max_tokens,
+                            "images": not no_images, "seed": config.seed,
                             "training_instances": instance_style,
                             "max_steps_per_epoch": config.max_steps,  # a smoke run must not read as a full one
                             "distill": _distill_settings(cache)},  # stage 1: its adapter may be a smoke run too
@@ -414,7 +419,8 @@ def _distill_settings(cache: Any) -> dict[str, Any]:
         trained = None
     if not isinstance(trained, dict):
         return {"recorded": "no" if adapter else "no distill adapter (embeddings from the base vision tower)"}
-    keys = ["batch_size", "grad_accum", "learning_rate", "weight_decay", "max_steps", "seed", "domains"]
+    keys = ["batch_size", "grad_accum", "learning_rate", "weight_decay", "max_grad_norm", "max_steps", "seed",
+            "domains"]
     return {key: trained[key] for key in keys if key in trained}
 
 

@@ -1,6 +1,7 @@
 """The LoRA training loop shared by distillation and fine-tuning.
 
-AdamW on the adapter's parameters, gradient accumulation, bf16 autocast on a GPU, validation loss
+AdamW on the adapter's parameters, gradient accumulation, gradient clipping (the accumulated gradient's norm,
+as the authors' Lightning scripts clip with ``gradient_clip_val=1.0``), bf16 autocast on a GPU, validation loss
 after each epoch with the best adapter kept in ``<output_dir>/best``, and a resumable checkpoint in
 ``<output_dir>/last`` (adapter, optimizer, RNG states, position in the epoch, the run's settings) every
 ``save_every`` optimizer steps and at each epoch's end. A checkpoint is resumed only by a run with the same
@@ -57,6 +58,7 @@ class TrainConfig:
     learning_rate: float = 5e-5
     weight_decay: float = 1e-5
     grad_accum: int = 1
+    max_grad_norm: float = 1.0  # clip the gradient's global norm before each optimizer step; 0 = no clipping
     max_steps: int | None = None  # optimizer steps per epoch (smoke runs); None = whole epoch
     save_every: int = 500
     seed: int = 0
@@ -65,6 +67,8 @@ class TrainConfig:
     cuda_graphs: bool = False  # compiled layers replay CUDA graphs (torch.compile's "reduce-overhead")
 
     def __post_init__(self) -> None:
+        if self.max_grad_norm < 0:
+            raise ValueError(f"max_grad_norm must be 0 (no clipping) or positive, not {self.max_grad_norm}")
         if self.cuda_graphs and self.gradient_checkpointing:
             raise ValueError("CUDA graphs need gradient checkpointing off: its recomputation in the backward pass "
                              "runs the compiled layers outside the recorded graphs, which fails")
@@ -166,6 +170,8 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
             progress.update()
             state.batches_done = index + 1
             if state.batches_done % config.grad_accum == 0 or state.batches_done == batches_per_epoch:
+                if config.max_grad_norm > 0:  # no GradScaler (bf16 autocast needs none): nothing to unscale first
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.global_step += 1

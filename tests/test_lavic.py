@@ -423,6 +423,30 @@ def test_attached_bf16_adapters_compute_what_the_trained_ones_did(tiny_base, tmp
     torch.testing.assert_close(logits, trained_logits, rtol=0, atol=0)
 
 
+def test_the_optimizer_steps_on_the_accumulated_gradient_clipped_to_max_grad_norm(tiny_base, tmp_path, monkeypatch):
+    """As the authors' Lightning scripts (gradient_clip_val=1.0): the summed gradient of the accumulated batches
+    is scaled down to the norm bound before the step, not each batch's."""
+    items = load_items(None, ["beauty"])
+    instances, titles = _two_instances(items)
+    seen, step = [], torch.optim.AdamW.step
+
+    def recording_step(optimizer, *args, **kwargs):
+        seen.append(torch.cat([p.grad.flatten().cpu() for group in optimizer.param_groups for p in group["params"]
+                               if p.grad is not None]))
+        return step(optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    for max_grad_norm in (0.0, 1e-3):  # the same seed: the same gradients before clipping
+        backbone = load_backbone(tiny_base, device=DEVICE)
+        new_adapter(backbone, LANGUAGE_LORA_TARGETS)
+        train(backbone, instances, [], lambda batch: recommendation_loss(backbone, batch, titles, None),
+              TrainConfig(output_dir=tmp_path / str(max_grad_norm), batch_size=1, grad_accum=2, max_steps=1,
+                          max_grad_norm=max_grad_norm, gradient_checkpointing=False))
+    unclipped, clipped = seen
+    assert unclipped.norm() > 1e-2
+    torch.testing.assert_close(clipped, unclipped * (1e-3 / unclipped.norm()), rtol=1e-4, atol=1e-10)
+
+
 # --------------------------------------------------------------------------------------------
 # The whole pipeline through the CLIs, on the bundled sample
 # --------------------------------------------------------------------------------------------
@@ -501,8 +525,8 @@ def test_describe_distill_embed_finetune_then_benchmark_run(tiny_base, tmp_path)
     assert inputs["training"]["hardware"] in card and str(inputs["data"]["train_examples"]) in card
     # Stage 1 was a 2-step smoke run: the card says so, as it does for stage 2, from the distill adapter's record.
     assert inputs["hyperparameters"]["distill"] == {"batch_size": 4, "grad_accum": 1, "learning_rate": 5e-5,
-                                                    "weight_decay": 1e-5, "max_steps": 2, "seed": 0,
-                                                    "domains": ["home"]}
+                                                    "weight_decay": 1e-5, "max_grad_norm": 1.0, "max_steps": 2,
+                                                    "seed": 0, "domains": ["home"]}
     assert "| `distill.max_steps` | 2 |" in card
     _invoke(cli, ["card", tmp_path / "rec", "--results", tmp_path / "run" / "results.json"])
     card = (tmp_path / "rec" / "README.md").read_text()
@@ -749,6 +773,8 @@ def test_a_checkpoint_of_other_settings_is_refused(tiny_base, tmp_path):
     assert (out / "model_card.json").read_text() == card
     assert all(torch.equal(value, _adapter_weights(out / "best")[key]) for key, value in adapter.items())
 
+    result = CliRunner().invoke(cli, [str(a) for a in [*finetune, "--max-grad-norm", "0"]])
+    assert result.exit_code == 1 and "max_grad_norm: 1.0 in the checkpoint, 0.0 now" in result.output
     result = CliRunner().invoke(cli, [str(a) for a in [*finetune, "--compile"]])  # compiled dropout draws otherwise
     assert result.exit_code == 1 and "compile_layers: False in the checkpoint, True now" in result.output
     result = CliRunner().invoke(cli, [str(a) for a in [*finetune, "--cuda-graphs", "--no-gradient-checkpointing",
@@ -758,8 +784,10 @@ def test_a_checkpoint_of_other_settings_is_refused(tiny_base, tmp_path):
     # More epochs, another --save-every: the same run, continued.
     _invoke(cli, [*finetune, "--epochs", "2", "--save-every", "3"])
     assert [row["epoch"] for row in json.loads((out / "history.json").read_text())] == [1, 2]
-    _invoke(cli, [*finetune, "--lr", "1e-2", "--no-resume"])
-    assert json.loads((out / "model_card.json").read_text())["hyperparameters"]["learning_rate"] == 1e-2
+    _invoke(cli, [*finetune, "--lr", "1e-2", "--max-grad-norm", "0.5", "--no-resume"])
+    hyperparameters = json.loads((out / "model_card.json").read_text())["hyperparameters"]
+    assert (hyperparameters["learning_rate"], hyperparameters["max_grad_norm"]) == (1e-2, 0.5)
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["settings"]["max_grad_norm"] == 0.5
 
 
 def _lavic_results(path: Path, hr1: float = 0.25) -> Path:
