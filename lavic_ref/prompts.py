@@ -66,16 +66,26 @@ def strip_item_tokens(text: str) -> str:
 def chat_wrapping(tokenizer) -> tuple[str, str]:
     """The text before and after a user turn in the tokenizer's chat format.
 
-    Uses the tokenizer's chat template when it has one (``[INST] … [/INST]`` for llava-v1.6-mistral),
-    so training and inference format prompts identically.
+    Uses the tokenizer's chat template when it has one (``[INST] … [/INST]`` for llava-v1.6-mistral), so training
+    and inference format prompts identically. Templates take the message content as a string (text models) or
+    as a list of ``{"type": "text", ...}`` parts (processors': llava-hf's ``chat_template.json``, which a
+    tokenizer loads as its own from a folder the processor was saved to); both are tried.
     """
-    if getattr(tokenizer, "chat_template", None):
-        marker = "\x00USER_TEXT\x00"
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True
-        )
-        before, after = rendered.split(marker)
-        if tokenizer.bos_token and before.startswith(tokenizer.bos_token):
-            before = before[len(tokenizer.bos_token):]  # the tokenizer adds BOS itself
-        return before, after
-    return "[INST] ", " [/INST]"
+    if not getattr(tokenizer, "chat_template", None):
+        return "[INST] ", " [/INST]"
+    from jinja2 import TemplateError
+
+    marker = "\x00USER_TEXT\x00"
+    for content in (marker, [{"type": "text", "text": marker}]):
+        try:
+            rendered = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                     add_generation_prompt=True)
+        except (TypeError, TemplateError):  # a template written for the other kind of content
+            continue
+        if rendered.count(marker) == 1:
+            before, after = rendered.split(marker)
+            if tokenizer.bos_token and before.startswith(tokenizer.bos_token):
+                before = before[len(tokenizer.bos_token):]  # the tokenizer adds BOS itself
+            return before, after
+    raise ValueError(f"{tokenizer.name_or_path}: its chat template shows a user message's text neither as a string "
+                     "nor as a list of text parts")

@@ -919,6 +919,47 @@ def test_the_model_cards_default_prompt_cap_is_the_plugins():
     assert DEFAULT_PROMPT_TOKENS == MAX_PROMPT_TOKENS
 
 
+#: llava-hf/llava-v1.6-mistral-7b-hf's chat_template.json (a processor's: message content is a list of parts).
+LLAVA_NEXT_MISTRAL_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ '<<SYS>>\\n' + message['content'][0]['text'] "
+    "+ '\\n<</SYS>>\\n\\n' }}{% elif message['role'] == 'user' %}{{ '[INST] ' }}{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{# Render all text next #}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] }}{% endfor %}{{' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ ' ' + message['content'][0]['text'] + '</s> '}}{% else %}"
+    "{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+)
+#: Mistral-Instruct's kind of template (a text model's: message content is a string).
+MISTRAL_INSTRUCT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+@pytest.mark.parametrize("template", [MISTRAL_INSTRUCT_TEMPLATE, LLAVA_NEXT_MISTRAL_TEMPLATE, None],
+                         ids=["string content", "list content", "none"])
+def test_chat_wrapping_reads_templates_of_string_or_list_content(tiny_base, tmp_path, template):
+    """A processor saved with its chat template writes chat_template.jinja, which the tokenizer loaded from that
+    folder takes as its own: the list-content template of llava-hf's processors."""
+    import shutil
+
+    from transformers import AutoProcessor
+
+    from lavic_ref.model import load_processor
+    from lavic_ref.prompts import chat_wrapping
+
+    folder = tmp_path / "base"
+    folder.mkdir()
+    shutil.copy(Path(tiny_base) / "config.json", folder)
+    processor = AutoProcessor.from_pretrained(tiny_base)
+    processor.chat_template = template
+    processor.save_pretrained(folder)
+    tokenizer = load_processor(str(folder)).tokenizer
+    assert tokenizer.chat_template == template
+    assert chat_wrapping(tokenizer) == ("[INST] ", " [/INST]")
+
+
 def test_nested_item_token_text_is_stripped_until_none_is_left():
     from lavic_ref.prompts import strip_item_tokens
 
