@@ -1,9 +1,14 @@
 """The paper's recommendation prompt (Table 11, Appendix A), kept in one place.
 
-Wording follows the paper. Two readings of the typeset table are made explicit here:
+Wording follows the paper. Where the typeset table is not literal text, the prompt follows the authors' code
+(``build_prompt``):
 
 * the paper prints the turn markers as ``{submission}`` / ``{comment}``; the conversation text uses
   the tags ``<submission>`` / ``<comment>`` (as the authors' code does), so the prompt names the tags;
+* the quotes around "ID: title" are straight;
+* layout: the paper prints ``Conversation: {conversation}`` and ``Candidates: {list of candidates}`` each on one
+  line; here, as in the authors' code, each label ends its line and a blank line separates the conversation (its
+  trailing newline dropped) from ``Candidates:``, which lists one ``ID: title`` line per candidate;
 * the gray "and images" / "followed by an image" phrases are dropped for the title-only prompt, leaving
   "with their IDs and titles formatted as ...".
 

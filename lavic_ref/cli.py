@@ -70,7 +70,8 @@ def _training_options(epochs: int, batch_size: int):
     options = [
         click.option("--out", type=UserPath(path_type=Path), required=True,
                      help="Output folder: best/ (adapter), last/ (resumable checkpoint), history.json."),
-        click.option("--epochs", type=click.IntRange(1), default=epochs, show_default=True),
+        click.option("--epochs", type=click.IntRange(1), default=epochs, show_default=True,
+                     help="best/ keeps the epoch of lowest validation loss (the paper trains up to 5: docs/lavic.md)."),
         click.option("--batch-size", type=click.IntRange(1), default=batch_size, show_default=True),
         click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True,
                      help="Batches per optimizer step."),

@@ -264,6 +264,32 @@ def test_cli_help_starts_without_heavy_imports():
     assert output.strip() == "[]"
 
 
+def _documented_lavic_ref_commands() -> list[list[str]]:
+    """The ``lavic-ref`` command lines of docs/lavic.md's bash blocks, continuation lines joined."""
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "lavic.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [shlex.split(line, comments=True) for line in lines if line.startswith("lavic-ref ")]
+
+
+def test_the_docs_give_the_papers_five_epoch_schedule_per_domain_in_commands_that_parse():
+    from lavic_ref.cli import cli
+
+    commands = _documented_lavic_ref_commands()
+    for words in commands:  # every option named must be one the command has
+        command = cli.commands[words[1]]
+        known = {name for param in command.params for name in (*param.opts, *param.secondary_opts)}
+        assert {word for word in words[2:] if word.startswith("--")} <= known, words
+    finetunes = [words for words in commands if words[1] == "finetune" and "--epochs" in words]
+    paper = {words[words.index("--domain") + 1] for words in finetunes
+             if "--domain" in words and words[words.index("--epochs") + 1] == "5"}
+    assert paper == set(DOMAINS)
+    assert any(words[1] == "distill" and words[words.index("--epochs") + 1] == "5" for words in commands
+               if "--epochs" in words)
+
+
 def test_images_option_as_model_args_decodes_it():
     from benchmark.registry import parse_model_args
     from lavic_ref.recommender import _flag
