@@ -89,7 +89,8 @@ def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents,
         raise SchemaError(f"dataset version {contents.version!r} is not semver (MAJOR.MINOR.PATCH)")
     out_dir = check_output_folder(out_dir, keep)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(out_dir, "dataset writer"):  # two writers would swap the folder (and its .git) under each other
+    # two writers would swap the folder (and its .git) under each other
+    with file_lock(out_dir, "dataset writer", noun="folder"):
         return _write_beside(out_dir, contents)
 
 

@@ -154,12 +154,12 @@ def folder_lock(folder: Path, what: str, wait_s: float | None = None) -> Iterato
 
 
 @contextmanager
-def file_lock(path: Path, what: str, wait_s: float | None = None) -> Iterator[None]:
+def file_lock(path: Path, what: str, wait_s: float | None = None, *, noun: str = "file") -> Iterator[None]:
     """:func:`folder_lock` for the one file (or folder) ``path`` (a hidden ``.<name>.lock`` beside it, removed when
-    the block ends), so runs writing other files of the folder are not refused."""
+    the block ends), so runs writing other files of the folder are not refused. ``noun``: what ``path`` is, as the
+    busy error names it (a folder being written for the first time is not there yet to tell)."""
     path = Path(path)
     lock = path.with_name(f".{_short_name(path.name)}.lock")
-    noun = "folder" if path.is_dir() else "file"
     with _exclusive_lock(lock, what, wait_s, where=path,
                          busy=f"another {what} is writing this {noun} (it holds {lock}); wait for it to end or "
                               f"choose another {noun}"):

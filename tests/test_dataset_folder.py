@@ -731,6 +731,18 @@ def test_a_second_writer_of_a_folder_being_written_is_refused(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reddit-amazon"]  # no lock file or folder left beside
 
 
+def test_a_second_writer_of_a_new_folder_is_told_it_is_a_folder(tmp_path, short_lock_wait):
+    """A first build or import writing a new --out has not put the folder in place yet: the second writer was told
+    "another dataset writer is writing this file ... choose another file"."""
+    from reddit_amazon.files import FolderBusyError, file_lock
+
+    folder = tmp_path / "new-out"
+    with file_lock(folder, "dataset writer"), pytest.raises(FolderBusyError) as busy:  # the first writer
+        write_dataset(folder, contents(2))
+    assert str(busy.value) == (f"another dataset writer is writing this folder (it holds {tmp_path / '.new-out.lock'}); "
+                               f"wait for it to end or choose another folder: {folder}")
+
+
 def test_a_folder_or_file_name_near_the_length_limit_is_written(tmp_path):
     """A name the filesystem takes (255 bytes) is written: the hidden temporary beside it must not be longer."""
     from reddit_amazon.files import remove_abandoned_siblings, sibling_prefix, write_atomic
