@@ -408,18 +408,25 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
 
 
 def _distill_settings(cache: Any) -> dict[str, Any]:
-    """The settings the item embeddings' distill adapter was trained with (its ``lavic_base.json``), for the card."""
+    """The settings the item embeddings' distill adapter was trained with (its ``lavic_base.json``), for the card:
+    only while the adapter at the recorded path is still the one the embeddings were made with (a distill rerun
+    into the same folder replaces it, and its settings would then pass for those of the embeddings' adapter)."""
     import json
 
-    from lavic_ref.model import BASE_FILE
+    from lavic_ref.model import BASE_FILE, adapter_fingerprint
 
     adapter = (cache.metadata.get("adapter") or None) if cache is not None else None
+    if not adapter:
+        return {"recorded": "no distill adapter (embeddings from the base vision tower)"}
     try:
-        trained = json.loads((Path(adapter) / BASE_FILE).read_text())["trained_with"] if adapter else None
+        trained = json.loads((Path(adapter) / BASE_FILE).read_text())["trained_with"]
     except (OSError, ValueError, KeyError, TypeError):
         trained = None
     if not isinstance(trained, dict):
-        return {"recorded": "no" if adapter else "no distill adapter (embeddings from the base vision tower)"}
+        return {"recorded": "no"}
+    recorded = cache.metadata.get("adapter_hash")
+    if recorded and adapter_fingerprint(adapter) != recorded:
+        return {"recorded": f"no: {adapter} has changed since the item embeddings were made with it"}
     keys = ["batch_size", "grad_accum", "learning_rate", "weight_decay", "max_grad_norm", "max_steps", "seed",
             "domains"]
     return {key: trained[key] for key in keys if key in trained}

@@ -316,6 +316,27 @@ def test_card_command_names_the_file_it_cannot_read(tmp_path):
     assert readme.read_text() == before
 
 
+def test_the_card_reports_distill_settings_only_of_the_adapter_the_embeddings_were_made_with(tmp_path):
+    """A distill rerun into the same folder replaces the adapter the embeddings were made with: its settings (a full
+    run's) must not pass for those of the embeddings' adapter (a smoke run's)."""
+    from lavic_ref.cli import _distill_settings
+    from lavic_ref.model import adapter_fingerprint
+
+    adapter = tmp_path / "distill" / "best"
+    adapter.mkdir(parents=True)
+
+    def trained(max_steps, weights: bytes) -> None:
+        (adapter / "adapter_model.safetensors").write_bytes(weights)
+        (adapter / BASE_FILE).write_text(json.dumps({"trained_with": {"batch_size": 4, "max_steps": max_steps}}))
+
+    trained(2, b"smoke run")
+    cache = ItemEmbeddings({}, {"adapter": str(adapter), "adapter_hash": adapter_fingerprint(adapter)})
+    assert _distill_settings(cache) == {"batch_size": 4, "max_steps": 2}
+    trained(None, b"full run")  # distill --no-resume into the same --out; embed not rerun
+    assert _distill_settings(cache) == {"recorded": f"no: {adapter} has changed since the item embeddings were "
+                                                    "made with it"}
+
+
 def test_card_command_finds_the_folder_a_quoted_tilde_names(user_home):
     from lavic_ref.card import write_model_card
     from lavic_ref.cli import cli
