@@ -12,6 +12,7 @@ A model spec is one of:
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -50,7 +51,9 @@ class PluginCode:
     """What names the code of a recommender from outside the toolkit (the toolkit's own is named by its package
     version and git revision): an edited plugin is another run."""
 
-    sha256: str | None  # of the plugin's file, or of its module's file (None: a module without one)
+    # of the plugin's file, or of its module's file (None: a module without one); where its class is defined in
+    # another module (a package's __init__ re-exporting it), the sha256 of both files' sha256s
+    sha256: str | None
     distribution: str | None  # "name==version" of the installed distribution providing its module; None: none
 
 
@@ -87,8 +90,9 @@ def resolve(spec: str) -> ResolvedModel:
     if ":" in spec:
         where, _, attribute = spec.rpartition(":")
         if where.endswith(".py"):
-            return ResolvedModel(spec, spec, "file", _load_from_file(Path(where), attribute, spec),
-                                 PluginCode(file_sha256(Path(where)), None))
+            cls = _load_from_file(Path(where), attribute, spec)
+            return ResolvedModel(spec, spec, "file", cls, PluginCode(_files_sha256(Path(where), _defining_file(cls)),
+                                                                     None))
         cls = _load_object(spec, spec)
         return ResolvedModel(spec, spec, "module", cls, _module_code(where, cls, _distribution(where)))
     names = available_names()
@@ -99,11 +103,29 @@ def resolve(spec: str) -> ResolvedModel:
 
 
 def _module_code(module_name: str, cls: Any, distribution: str | None) -> PluginCode | None:
-    """The code of a plugin from ``module_name``: its file's sha256 and ``distribution``; None for the toolkit's."""
+    """The code of a plugin from ``module_name``: its file's sha256 (and that of the module defining ``cls``) and
+    ``distribution``; None for the toolkit's."""
     if ships_with_toolkit(cls):
         return None
-    file = getattr(sys.modules.get(module_name), "__file__", None)
-    return PluginCode(file_sha256(Path(file)) if file else None, distribution)
+    return PluginCode(_files_sha256(_module_file(module_name), _defining_file(cls)), distribution)
+
+
+def _module_file(module_name: str | None) -> Path | None:
+    file = getattr(sys.modules.get(module_name or ""), "__file__", None)
+    return Path(file) if file else None
+
+
+def _defining_file(cls: Any) -> Path | None:
+    """The file of the module ``cls`` is defined in: the plugin's code where a package only re-exports it."""
+    return _module_file(getattr(cls, "__module__", None))
+
+
+def _files_sha256(*files: Path | None) -> str | None:
+    """sha256 of the one file; of the files' sha256s (in order) where there are two (None: no file)."""
+    unique = list(dict.fromkeys(file.resolve() for file in files if file is not None))
+    if len(unique) < 2:
+        return file_sha256(unique[0]) if unique else None
+    return hashlib.sha256("\n".join(file_sha256(file) for file in unique).encode()).hexdigest()
 
 
 def _distribution(module_name: str) -> str | None:

@@ -74,6 +74,29 @@ def test_a_plugins_code_is_named_by_its_files_hash_and_its_installed_distributio
     assert resolve("benchmark.recommenders.random_choice:RandomRecommender").code is None
 
 
+def test_a_plugin_class_a_package_re_exports_is_named_by_the_file_defining_it_too(tmp_path, monkeypatch):
+    """An entry point or spec ``pkg:Rec`` names the package, whose __init__ only imports Rec from pkg/impl.py: an
+    edit of impl.py, the plugin's code, must make another run."""
+    package = tmp_path / "reexporting_plugin"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .impl import Rec\n")
+    (package / "impl.py").write_text("class Rec:\n    answer = 'B000000001'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = resolve("reexporting_plugin:Rec").code
+    (package / "impl.py").write_text("class Rec:\n    answer = 'B000000002'\n")
+    for name in ("reexporting_plugin", "reexporting_plugin.impl"):
+        monkeypatch.delitem(sys.modules, name)
+    assert resolve("reexporting_plugin:Rec").code.sha256 != before.sha256
+    # A file plugin importing its class from a module beside it: that module counts too.
+    (tmp_path / "beside.py").write_text("class Near:\n    pass\n")
+    script = tmp_path / "script_plugin.py"
+    script.write_text("from beside import Near\n")
+    before = resolve(f"{script}:Near").code
+    (tmp_path / "beside.py").write_text("class Near:\n    edited = True\n")
+    monkeypatch.delitem(sys.modules, "beside")
+    assert resolve(f"{script}:Near").code.sha256 != before.sha256
+
+
 def test_dotted_attributes_resolve_as_entry_points_do(tmp_path, monkeypatch):
     plugin = tmp_path / "nested_plugin.py"
     plugin.write_text("class Outer:\n    class Inner:\n        def recommend(self, examples):\n            return []\n")
