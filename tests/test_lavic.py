@@ -1467,6 +1467,24 @@ def test_card_refuses_results_of_another_rec_adapter(tmp_path):
         assert accepted or f"a run of rec_adapter={tmp_path / 'other'}, not of the adapter in" in result.output
 
 
+class EmbedCalls:
+    """Stands in for ``embed.cls_embeddings``: records the items of each batch embedded, and raises
+    KeyboardInterrupt (Ctrl-C in the middle of a batch) once ``interrupt_at`` batches are done."""
+
+    def __init__(self, monkeypatch, interrupt_at: int | None = None):
+        import lavic_ref.embed as embed
+
+        self.forward, self.embedded, self.interrupt_at = embed.cls_embeddings, [], interrupt_at
+        monkeypatch.setattr(embed, "cls_embeddings", self)
+
+    def __call__(self, model, pixels):
+        if len(self.embedded) == self.interrupt_at:
+            raise KeyboardInterrupt
+        rows = self.forward(model, pixels)
+        self.embedded.append(len(rows))
+        return rows
+
+
 def test_an_interrupted_embed_resumes_from_its_last_checkpoint(tiny_base, tmp_path, monkeypatch):
     """Ctrl-C (or a kill) during `embed` lost every item embedded so far: the file was written only at the end."""
     import dataclasses
@@ -1478,37 +1496,25 @@ def test_an_interrupted_embed_resumes_from_its_last_checkpoint(tiny_base, tmp_pa
     backbone = load_backbone(tiny_base, device=DEVICE)
     reference = ItemEmbeddings.load(embed.embed_catalog(backbone, items, tmp_path / "whole", adapter=None,
                                                         batch_size=2))
-    forward, embedded = embed.cls_embeddings, []
-
-    def counted(model, pixels, interrupt_at=None):
-        if len(embedded) == interrupt_at:
-            raise KeyboardInterrupt  # Ctrl-C in the middle of a batch
-        rows = forward(model, pixels)
-        embedded.append(len(rows))
-        return rows
-
-    monkeypatch.setattr(embed, "cls_embeddings", lambda model, pixels: counted(model, pixels, interrupt_at=3))
+    calls = EmbedCalls(monkeypatch, interrupt_at=3)
     with pytest.raises(KeyboardInterrupt):  # after 3 batches of 2: one checkpoint of 4 items, 2 items unsaved
         embed.embed_catalog(backbone, items, tmp_path / "resumed", adapter=None, batch_size=2, checkpoint_items=4)
     assert not list((tmp_path / "resumed").glob("*.safetensors"))  # no visible file before the run ends
-    embedded.clear()
-    monkeypatch.setattr(embed, "cls_embeddings", counted)
+    calls.embedded, calls.interrupt_at = [], None
     resumed = ItemEmbeddings.load(embed.embed_catalog(backbone, items, tmp_path / "resumed", adapter=None,
                                                       batch_size=2, checkpoint_items=4))
-    assert sum(embedded) == 6  # the 4 checkpointed items are not embedded again
+    assert sum(calls.embedded) == 6  # the 4 checkpointed items are not embedded again
     assert list(resumed.index) == list(reference.index) and torch.equal(resumed.matrix, reference.matrix)
     assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == [".lock", next(tmp_path.glob("whole/*.safetensors")).name]
 
     # Checkpoints of other items (a new dataset version changed an image) are not used.
-    embedded.clear()
-    monkeypatch.setattr(embed, "cls_embeddings", lambda model, pixels: counted(model, pixels, interrupt_at=2))
+    calls.embedded, calls.interrupt_at = [], 2
     with pytest.raises(KeyboardInterrupt):
         embed.embed_catalog(backbone, items, tmp_path / "changed", adapter=None, batch_size=2, checkpoint_items=4)
-    embedded.clear()
-    monkeypatch.setattr(embed, "cls_embeddings", counted)
+    calls.embedded, calls.interrupt_at = [], None
     changed = [*items[:-1], dataclasses.replace(items[-1], image=items[-2].image)]
     embed.embed_catalog(backbone, changed, tmp_path / "changed", adapter=None, batch_size=2, checkpoint_items=4)
-    assert sum(embedded) == 10
+    assert sum(calls.embedded) == 10
 
 
 def test_an_embed_of_other_items_into_the_same_folder_keeps_an_interrupted_embeds_checkpoints(tiny_base, tmp_path,
@@ -1520,23 +1526,14 @@ def test_an_embed_of_other_items_into_the_same_folder_keeps_an_interrupted_embed
 
     home, fashion = (list(load_items(None, [domain]).values())[:6] for domain in ("home", "fashion"))
     backbone = load_backbone(tiny_base, device=DEVICE)
-    forward, embedded = embed.cls_embeddings, []
-
-    def counted(model, pixels, interrupt_at=None):
-        if len(embedded) == interrupt_at:
-            raise KeyboardInterrupt
-        rows = forward(model, pixels)
-        embedded.append(len(rows))
-        return rows
-
-    monkeypatch.setattr(embed, "cls_embeddings", lambda model, pixels: counted(model, pixels, interrupt_at=2))
+    calls = EmbedCalls(monkeypatch, interrupt_at=2)
     with pytest.raises(KeyboardInterrupt):  # after 2 batches of 2: one checkpoint of 4 home items
         embed.embed_catalog(backbone, home, tmp_path, adapter=None, batch_size=2, checkpoint_items=4)
-    monkeypatch.setattr(embed, "cls_embeddings", counted)
+    calls.interrupt_at = None
     embed.embed_catalog(backbone, fashion, tmp_path, adapter=None, batch_size=2, checkpoint_items=4)
-    embedded.clear()
+    calls.embedded = []
     path = embed.embed_catalog(backbone, home, tmp_path, adapter=None, batch_size=2, checkpoint_items=4)
-    assert sum(embedded) == 2  # the 4 checkpointed home items are not embedded again
+    assert sum(calls.embedded) == 2  # the 4 checkpointed home items are not embedded again
     assert set(ItemEmbeddings.load(path).index) == {item.item_id for item in home + fashion}
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", path.name]
 
@@ -1552,18 +1549,10 @@ def test_checkpoints_an_embed_of_other_items_made_useless_are_removed(tiny_base,
 
     home, fashion = (list(load_items(None, [domain]).values())[:6] for domain in ("home", "fashion"))
     backbone = load_backbone(tiny_base, device=DEVICE)
-    forward, batches = embed.cls_embeddings, []
-
-    def interrupted(model, pixels):
-        if len(batches) == 2:
-            raise KeyboardInterrupt
-        batches.append(1)
-        return forward(model, pixels)
-
+    calls = EmbedCalls(monkeypatch)
     for made_with, items in ((dataclasses.replace(backbone, fingerprint="weights since replaced"), fashion),
                              (backbone, home)):
-        batches.clear()
-        monkeypatch.setattr(embed, "cls_embeddings", interrupted)
+        calls.embedded, calls.interrupt_at = [], 2
         with pytest.raises(KeyboardInterrupt):  # after 2 batches of 2: one checkpoint of 4 items
             embed.embed_catalog(made_with, items, tmp_path, adapter=None, batch_size=2, checkpoint_items=4)
     monkeypatch.undo()
@@ -1582,15 +1571,7 @@ def test_a_resumed_embed_prints_only_the_file_path_on_stdout(tiny_base, tmp_path
     from lavic_ref.model import load_backbone
 
     items = list(load_items(None, ["home"]).values())
-    forward, calls = embed.cls_embeddings, []
-
-    def interrupted(model, pixels):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return forward(model, pixels)
-
-    monkeypatch.setattr(embed, "cls_embeddings", interrupted)
+    EmbedCalls(monkeypatch, interrupt_at=2)
     with pytest.raises(KeyboardInterrupt):
         embed.embed_catalog(load_backbone(tiny_base, device=DEVICE), items, tmp_path, adapter=None, batch_size=2,
                             checkpoint_items=2)
