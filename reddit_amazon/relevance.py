@@ -122,7 +122,15 @@ _LEADING_LABEL = re.compile(r"^\W*(?:answer\s*:\W*)?(yes|no|uncertain)\b\W*?(?:[
 
 
 class AnswerCache:
-    """SQLite store of raw answers; every answer is committed as soon as it arrives."""
+    """SQLite store of raw answers; every answer is committed as soon as it arrives.
+
+    While open, the file is in WAL mode with ``synchronous=NORMAL``: a commit appends to the ``-wal`` file
+    without an fsync, so the calls' threads do not queue behind each other's fsyncs (and a lookup never waits
+    for a writer). A committed answer survives the process being killed (the operating system holds it), though
+    not a power loss before the next checkpoint. Closing returns the file to a rollback journal, one
+    self-contained file that opens read-only (the bundled sample's answers ship so), unless another process
+    still has it open: the last one to close it does.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -131,6 +139,9 @@ class AnswerCache:
                                damaged=RelevanceError, loss="its answers are then asked again")
         self._db = self._file.connect("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
                                       "status TEXT NOT NULL, answer TEXT NOT NULL)", owner=self, check_same_thread=False)
+        with self._file.named_errors():
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
 
     def get(self, key: str) -> tuple[str, str] | None:
         """``(status, answer)``: status ``ok`` or ``rejected``."""
@@ -165,6 +176,10 @@ class AnswerCache:
 
     def close(self) -> None:
         with self._lock:
+            try:
+                self._db.execute("PRAGMA journal_mode=DELETE")  # checkpoints: every answer moves into the file
+            except sqlite3.OperationalError:  # "database is locked": another process has it open and converts it
+                pass
             self._db.close()
 
     def __enter__(self) -> AnswerCache:

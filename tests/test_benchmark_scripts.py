@@ -43,6 +43,12 @@ def test_catalog_parent_map(tmp_path):
     assert "x the I/O floor" in output and "peak memory" in output
 
 
+def test_relevance_throughput(tmp_path):
+    output = run_script("relevance_throughput.py", "--calls", "10", "--latency-ms", "1", "--concurrency", "2",
+                        "--dir", str(tmp_path), tmp_path=tmp_path)
+    assert "plain openai" in output and "run_filter" in output and "x   (latency bound" in output
+
+
 def test_lavic_gpu_at_tiny_size(tmp_path):
     pytest.importorskip("transformers")
     pytest.importorskip("peft")

@@ -327,6 +327,68 @@ def test_import_answers_adds_only_missing_and_leaves_the_source_alone(tmp_path):
     assert source.read_bytes() == before
 
 
+def test_answers_are_committed_without_an_fsync_each_and_the_closed_file_is_one_rollback_journal_file(tmp_path):
+    """Each answer was committed with its fsyncs under the cache's lock, and the pre-send lookups queued behind
+    them: run_filter made about half the calls/s of a plain client at --llm-concurrency 32
+    (benchmarks/relevance_throughput.py). Closed, the file must again open read-only (the sample's ships so)."""
+    path = tmp_path / "answers.sqlite"
+    with AnswerCache(path) as cache:
+        cache.put("k", DEFAULT_MODEL, "yes")
+        assert cache._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert cache._db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL: fsyncs at checkpoints only
+    assert [p.name for p in tmp_path.iterdir()] == ["answers.sqlite"]
+    assert path.read_bytes()[18:20] == b"\x01\x01"  # the header's rollback journal: no -wal / -shm to open
+    assert answers_of(path) == [("k", "yes")]
+    assert [p.name for p in tmp_path.iterdir()] == ["answers.sqlite"]  # reading it read-only made none
+
+
+def test_a_cache_another_process_has_open_is_left_to_it_to_close(tmp_path):
+    path = tmp_path / "answers.sqlite"
+    first, second = AnswerCache(path), AnswerCache(path)
+    first.put("a", DEFAULT_MODEL, "yes")
+    second.put("b", DEFAULT_MODEL, "no")
+    first.close()  # cannot leave WAL mode while the other has the file open: not an error
+    assert second.get("a") == ("ok", "yes")
+    second.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["answers.sqlite"]
+    assert path.read_bytes()[18:20] == b"\x01\x01" and answers_of(path) == [("a", "yes"), ("b", "no")]
+
+
+def test_an_answer_stored_survives_the_process_being_killed(tmp_path):
+    """A paid answer is never asked again: put() returns once a SIGKILL can no longer lose it."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "answers.sqlite"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from reddit_amazon.relevance import AnswerCache\n"
+        f"cache = AnswerCache({str(path)!r})\n"
+        "cache.put('k', 'm', 'yes')\n"
+        "print('stored', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "stored\n"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    with AnswerCache(path) as cache:
+        assert cache.get("k") == ("ok", "yes")
+    assert [p.name for p in tmp_path.iterdir()] == ["answers.sqlite"]
+
+
+def answers_of(path: Path) -> list[tuple[str, str]]:
+    """The file's answers, read as the bundled sample's are (read-only)."""
+    import sqlite3
+
+    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT key, answer FROM answers ORDER BY key").fetchall()
+    finally:
+        db.close()
+
+
 def test_answers_are_kept_apart_per_endpoint(httpserver, options, tmp_path):
     """Two servers may serve different weights under one model name: one's answers are not the other's."""
     from pytest_httpserver import HTTPServer

@@ -49,3 +49,26 @@ def test_regenerated_inputs_leave_no_lock_file_in_the_image_store(tmp_path):
     shipped = {p.relative_to(SAMPLE_DIR / "inputs") for p in (SAMPLE_DIR / "inputs").rglob("*") if p.is_file()}
     assert not (tmp_path / "inputs" / "images" / STORE_LOCK).exists()
     assert written == shipped
+
+
+def test_regenerated_answer_cache_opens_read_only_as_shipped(tmp_path):
+    """The bundled answers are read in place (``mode=ro``), possibly from a read-only site-packages: a file left
+    in WAL mode would need -wal / -shm files beside it, which SQLite then creates, or fails to."""
+    import sqlite3
+
+    from reddit_amazon.build import SAMPLE_RELEVANCE_CACHE
+    from reddit_amazon.sample.make_inputs import write_inputs
+
+    def rows(path):
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        try:
+            return db.execute("SELECT * FROM answers ORDER BY key").fetchall()
+        finally:
+            db.close()
+
+    write_inputs(tmp_path / "inputs")
+    regenerated = tmp_path / "inputs" / SAMPLE_RELEVANCE_CACHE.name
+    for path in (regenerated, SAMPLE_RELEVANCE_CACHE):
+        assert path.read_bytes()[18:20] == b"\x01\x01", path  # the header's rollback journal, not WAL
+    assert rows(regenerated) == rows(SAMPLE_RELEVANCE_CACHE)
+    assert sorted(p.name for p in regenerated.parent.glob("relevance-cache*")) == [regenerated.name]
