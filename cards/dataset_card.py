@@ -151,7 +151,8 @@ def _statistics(statistics: DatasetStatistics, recorded: Mapping[str, Any] | Non
         table_1,
         f"**# Conv.** = records; **# Turns** = {TURNS_DEFINITION}; **# Items** = distinct `item_id` in the "
         "domain's split of the `items` config; **# Images** = items with an embedded image; **# Image URLs** = "
-        "all image URLs of the domain's items, with or without an embedded image (the paper's # Images counts every image of an item, so it compares "
+        "all image URLs of the domain's items, with or without an embedded image (the paper's # Images counts "
+        "every image of an item, so it compares "
         "with this column).",
         _recorded_stats_check(statistics, recorded),
         "The paper reports, for its own build (Table 1):",
@@ -312,7 +313,8 @@ def _linked_asins(manifest: Mapping[str, Any]) -> str:
     report = (manifest.get("build_reports") or {}).get("catalog") or {}
     gt, context = report.get("gt_links") or {}, report.get("context_links") or {}
     if not gt and not context:
-        return "The build recorded no per-ASIN outcome of the catalog join (`build_reports.catalog` in `manifest.json`)."
+        return ("The build recorded no per-ASIN outcome of the catalog join (`build_reports.catalog` in "
+                "`manifest.json`).")
     outcomes = [*(o for o in LINK_OUTCOMES if o in gt or o in context),
                 *sorted((gt.keys() | context.keys()) - LINK_OUTCOMES.keys())]
     rows = [[inline_code(o), int(gt.get(o, 0)), int(context.get(o, 0)), LINK_OUTCOMES.get(o, "—")] for o in outcomes]

@@ -291,8 +291,8 @@ def _splits(manifest: Mapping[str, Any], statistics: DatasetStatistics) -> str:
     present = [split for split in SPLITS if any(d.split_records.get(split) for d in statistics.domains.values())]
     if manifest.get("build"):
         return ("Splits are made per domain by whole threads, in the paper's 8:1:1 ratio (record counts as near "
-                "those shares as whole threads allow; the Splits section gives them); a thread is in one split for every domain, and the Splits section checks that no thread "
-                "is in two splits.")
+                "those shares as whole threads allow; the Splits section gives them); a thread is in one split for "
+                "every domain, and the Splits section checks that no thread is in two splits.")
     if present:
         return (f"This copy has the {', '.join(present)} split{'s' if len(present) > 1 else ''} of its source, as "
                 "given there; the Splits section checks whether any thread is in two splits.")

@@ -77,7 +77,8 @@ def distill(backbone: Backbone, examples: Sequence[DistillExample], config: Trai
                  target_tokens=lambda batch: distillation_target_tokens(backbone, batch))
 
 
-def distillation_target_tokens(backbone: Backbone, batch: Sequence[DistillExample], max_target_tokens: int = 128) -> int:
+def distillation_target_tokens(backbone: Backbone, batch: Sequence[DistillExample],
+                               max_target_tokens: int = 128) -> int:
     """The description tokens (EOS included) :func:`distillation_loss` averages over."""
     return sum(target_token_count(backbone.tokenizer, ex.description, max_target_tokens) for ex in batch)
 
