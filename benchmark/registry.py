@@ -21,6 +21,7 @@ import math
 import re
 import sys
 import typing
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -86,7 +87,7 @@ def resolve(spec: str) -> ResolvedModel:
                                                 f"load: {type(error).__name__}: {error}", error)) from error
         dist = matches[0].dist
         return ResolvedModel(spec, matches[0].value, "entry point", cls,
-                             _module_code(matches[0].module, cls, dist and f"{dist.name}=={dist.version}"))
+                             _module_code(matches[0].module, cls, lambda: dist and f"{dist.name}=={dist.version}"))
     if ":" in spec:
         where, _, attribute = spec.rpartition(":")
         if where.endswith(".py"):
@@ -94,7 +95,7 @@ def resolve(spec: str) -> ResolvedModel:
             return ResolvedModel(spec, spec, "file", cls, PluginCode(_files_sha256(Path(where), _defining_file(cls)),
                                                                      None))
         cls = _load_object(spec, spec)
-        return ResolvedModel(spec, spec, "module", cls, _module_code(where, cls, _distribution(where)))
+        return ResolvedModel(spec, spec, "module", cls, _module_code(where, cls, lambda: _distribution(where)))
     names = available_names()
     close = difflib.get_close_matches(spec, names, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -102,12 +103,13 @@ def resolve(spec: str) -> ResolvedModel:
                         "or give module:Class or path/to/file.py:Class.")
 
 
-def _module_code(module_name: str, cls: Any, distribution: str | None) -> PluginCode | None:
+def _module_code(module_name: str, cls: Any, distribution: Callable[[], str | None]) -> PluginCode | None:
     """The code of a plugin from ``module_name``: its file's sha256 (and that of the module defining ``cls``) and
-    ``distribution``; None for the toolkit's."""
+    what ``distribution()`` names; None for the toolkit's (whose distribution is not looked up: that scans every
+    installed package, ~0.2 s)."""
     if ships_with_toolkit(cls):
         return None
-    return PluginCode(_files_sha256(_module_file(module_name), _defining_file(cls)), distribution)
+    return PluginCode(_files_sha256(_module_file(module_name), _defining_file(cls)), distribution())
 
 
 def _module_file(module_name: str | None) -> Path | None:

@@ -356,3 +356,15 @@ def test_recorded_settings_redact_nested_secrets_and_are_the_same_in_every_run()
     assert settings["tags"] == ["a", "b", "c"] and " at 0x" not in text
     assert settings["hook"] == "test_recorded_settings_redact_nested_secrets_and_are_the_same_in_every_run.<locals>.hook"
     orjson.dumps(settings)  # an int past 64 bits made results.json fail to write after the whole run
+
+
+def test_the_toolkits_own_module_spec_looks_up_no_distribution(monkeypatch):
+    """Naming a plugin's distribution scans every installed package (~0.2 s); the toolkit's own classes, given as
+    module:Class, have no plugin code to name and paid for the scan anyway."""
+    import importlib.metadata
+
+    def scanned():
+        raise AssertionError("packages_distributions() called")
+
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", scanned)
+    assert resolve("benchmark.recommenders.random_choice:RandomRecommender").code is None
