@@ -56,36 +56,39 @@ def quiet(enabled: bool = True) -> Iterator[None]:
         yield
         return
     switches = _library_bar_switches()
-    were_on = [is_on() for is_on, _, _ in switches]
+    were_on = {name: is_on() for name, (is_on, _, _) in switches.items()}
     _quiet = True
     try:
-        for switch in switches:
+        for switch in switches.values():
             _turn(switch, False)
         yield
     finally:
         _quiet = False
-        for switch, was_on in zip(switches, were_on):  # in order: transformers' switch turns the Hub's on too
-            _turn(switch, was_on)
+        # In order: transformers' switch turns the Hub's on too. transformers imported inside the block took the
+        # Hub's switch (off) for its own at import: it gets the Hub's back.
+        for name, switch in _library_bar_switches().items():
+            _turn(switch, were_on.get(name, were_on["hub"]))
 
 
 _Switch = tuple[Callable[[], bool], Callable[[], None], Callable[[], None]]
 
 
-def _library_bar_switches() -> list[_Switch]:
-    """``(is on, turn off, turn on)`` of the bars of each installed library that draws its own."""
+def _library_bar_switches() -> dict[str, _Switch]:
+    """``(is on, turn off, turn on)`` of the bars of each library that draws its own. transformers only once
+    imported (importing it costs most of a second): until then the Hub's switch stands for it, which it reads
+    as its own when imported."""
     import datasets
     from huggingface_hub import utils as hub
 
-    switches: list[_Switch] = []
-    try:
-        from transformers.utils import logging as transformers_logging
-    except ImportError:  # not installed: the lavic extra
-        pass
-    else:
-        switches.append((transformers_logging.is_progress_bar_enabled, transformers_logging.disable_progress_bar,
-                         transformers_logging.enable_progress_bar))
-    switches.append((datasets.is_progress_bar_enabled, datasets.disable_progress_bars, datasets.enable_progress_bars))
-    switches.append((lambda: not hub.are_progress_bars_disabled(), hub.disable_progress_bars, hub.enable_progress_bars))
+    switches: dict[str, _Switch] = {}
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    if transformers_logging is not None:
+        switches["transformers"] = (transformers_logging.is_progress_bar_enabled,
+                                    transformers_logging.disable_progress_bar, transformers_logging.enable_progress_bar)
+    switches["datasets"] = (datasets.is_progress_bar_enabled, datasets.disable_progress_bars,
+                            datasets.enable_progress_bars)
+    switches["hub"] = (lambda: not hub.are_progress_bars_disabled(), hub.disable_progress_bars,
+                       hub.enable_progress_bars)
     return switches
 
 

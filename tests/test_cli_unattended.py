@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from reddit_amazon.build import SAMPLE_INPUTS
 
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -84,3 +86,27 @@ def test_the_results_table_in_a_file_is_as_wide_as_it_needs(tmp_path):
     assert done.returncode == 0, done.stderr
     intervals = [line for line in done.stdout.splitlines() if "[" in line]
     assert intervals and all(len(re.findall(r"\[\d\.\d{3}, \d\.\d{3}\]", line)) == 4 for line in intervals), done.stdout
+
+
+QUIET_WITHOUT_IMPORTING_TRANSFORMERS = """
+import sys
+
+import pytest
+from reddit_amazon.progress import quiet
+with quiet():
+    assert "transformers" not in sys.modules  # most of a second, for commands that may never load a model
+    from transformers.utils import logging
+    assert not logging.is_progress_bar_enabled()  # imported inside: off, as the Hub's switch was
+assert logging.is_progress_bar_enabled()  # and on again after, as the Hub's switch was before
+print("ok")
+"""
+
+
+def test_quiet_imports_no_transformers_yet_silences_it_when_imported_inside(tmp_path):
+    """`quiet()` imported transformers (0.7 s) to switch its bars off, for `build --quiet` or `benchmark run
+    --quiet` that never load it; imported later inside the block, its bars stay off, and are on again after."""
+    pytest.importorskip("transformers")
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", QUIET_WITHOUT_IMPORTING_TRANSFORMERS], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": path})
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
