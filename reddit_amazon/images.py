@@ -131,18 +131,37 @@ def _on_white(image: Any) -> Any:
 
 
 def eight_bit_greyscale(image: Any) -> Any:
-    """16-bit, 32-bit and float greyscale as 8-bit "L" (Pillow's own convert clips them to white)."""
+    """16-bit, 32-bit and float greyscale as 8-bit "L" (Pillow's own convert clips them to white).
+
+    Scaled a block of rows at a time, integers in integers: a float64 copy of a whole image and the copies its
+    arithmetic makes took ~0.9 GB for one 40-megapixel 16-bit PNG (77 KB of download), per download in flight."""
     if image.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
         return image
     import numpy
     from PIL import Image
 
-    values = numpy.asarray(image, dtype=numpy.float64)
+    values = numpy.asarray(image)
     if image.mode == "F":
-        values = values * 255 if values.size and values.max() <= 1 else values
-    elif image.mode.startswith("I;16") or (values.size and values.max() > 255):
-        values = values / 257  # 0..65535 -> 0..255
-    return Image.fromarray(values.clip(0, 255).round().astype(numpy.uint8), "L")
+        factor = 255.0 if values.size and values.max() <= 1 else 1.0
+
+        def scaled(block: Any) -> Any:
+            return numpy.rint(numpy.clip(block.astype(numpy.float64) * factor, 0, 255))
+    else:
+        # round(v / 257) is (v + 128) // 257 for an integer v: v / 257 never ends in .5 (257 is odd)
+        divide = image.mode.startswith("I;16") or bool(values.size and values.max() > 255)
+
+        def scaled(block: Any) -> Any:
+            block = numpy.clip(block.astype(numpy.int64), 0, None)
+            return numpy.minimum((block + 128) // 257 if divide else block, 255)
+    out = numpy.empty(values.shape, dtype=numpy.uint8)
+    rows = max(1, GREYSCALE_BLOCK_PIXELS // max(1, values.shape[1] if values.ndim == 2 else 1))
+    for start in range(0, len(values), rows):
+        out[start:start + rows] = scaled(values[start:start + rows])
+    return Image.fromarray(out, "L")
+
+
+#: Pixels of a greyscale image scaled at a time by :func:`eight_bit_greyscale` (its scratch stays ~16 MB).
+GREYSCALE_BLOCK_PIXELS = 1 << 20
 
 
 class ImageStoreError(ValueError):
