@@ -67,7 +67,7 @@ def render_dataset_card(data: DatasetCardData, manifest: Mapping[str, Any], fold
 def _summary(manifest: Mapping[str, Any], statistics: DatasetStatistics) -> str:
     source = f" Source of this copy: {prose(manifest['source'])}." if manifest.get("source") else ""
     return (
-        f"# Reddit-Amazon ({manifest['name']} {manifest['version']})\n\n"
+        f"# Reddit-Amazon ({prose(manifest['name'])} {prose(manifest['version'])})\n\n"
         + (f"{SAMPLE_NOTE}\n\n" if is_sample(manifest) else "") +
         f"{statistics.total('conversations'):,} Reddit conversations that end in a comment recommending "
         f"Amazon products, {_domains_phrase(statistics)}: "
@@ -271,9 +271,9 @@ def _build(manifest: Mapping[str, Any]) -> str:
         if "<redacted>" in command:
             parts.append("`<redacted>` stands for a secret the build did not record (such as the salt): give "
                          "your own value to run the command again; with another salt the pseudonyms differ.")
-        details = [["seed", build.get("seed", "not recorded")],
-                   ["started (UTC)", build.get("started_utc", "not recorded")],
-                   ["finished (UTC)", build.get("finished_utc", "not recorded")]]
+        details = [["seed", _outside(build.get("seed", "not recorded"))],
+                   ["started (UTC)", _outside(build.get("started_utc", "not recorded"))],
+                   ["finished (UTC)", _outside(build.get("finished_utc", "not recorded"))]]
         parts.append(table(["", "value"], details))
         options = build_options(manifest)
         if options:
@@ -286,7 +286,8 @@ def _build(manifest: Mapping[str, Any]) -> str:
                   if inputs else "The build recorded no input files."]
         versions = build.get("package_versions") or {}
         if versions:
-            parts += ["Package versions:", table(["package", "version"], sorted(versions.items()))]
+            parts += ["Package versions:", table(["package", "version"],
+                                                 [[_outside(p), _outside(v)] for p, v in sorted(versions.items())])]
     elif manifest.get("source"):
         parts.append(f"This dataset comes from {prose(manifest['source'])}, not from `reddit-amazon build`: no build "
                      "command or input checksums exist.")
@@ -294,8 +295,8 @@ def _build(manifest: Mapping[str, Any]) -> str:
         parts.append("This dataset's manifest has no build record, so no build command or input checksums exist.")
     funnel = manifest.get("funnel")
     if funnel:
-        rows = [[stage["stage"], int(stage["kept"]), sum(int(n) for n in (stage.get("dropped") or {}).values()),
-                 ", ".join(f"{reason}: {int(n):,}" for reason, n in (stage.get("dropped") or {}).items()) or "—"]
+        rows = [[_outside(stage["stage"]), int(stage["kept"]), sum(int(n) for n in (stage.get("dropped") or {}).values()),
+                 ", ".join(f"{prose(reason)}: {int(n):,}" for reason, n in (stage.get("dropped") or {}).items()) or "—"]
                 for stage in funnel]
         parts += ["### Funnel", "Records each stage kept and dropped, in stage order:",
                   table(["stage", "kept", "dropped", "dropped by reason"], rows, numeric=[False, True, True, False])]
@@ -325,6 +326,12 @@ def _linked_asins(manifest: Mapping[str, Any]) -> str:
         "when none of its gt ASINs is kept; context ASINs are counted for the records kept:",
         table(["outcome", "gt ASINs", "context ASINs", "meaning"], rows, numeric=[False, True, True, False]),
     ])
+
+
+def _outside(value: Any) -> Any:
+    """A manifest's value for a table cell: a number as a number, any other as text, never as HTML or a new line
+    (a folder from the Hub, or a hand-edited manifest, may hold anything)."""
+    return value if isinstance(value, (int, float)) else prose(value)
 
 
 def _recorded(value: Any) -> Any:

@@ -208,18 +208,18 @@ def _collection(manifest: Mapping[str, Any]) -> str:
             reports = manifest.get("build_reports") or {}
             relevance, images = reports.get("relevance") or {}, reports.get("images") or {}
             calls = ("no LLM calls (the relevance filter was skipped: `no_filter`)" if options.get("no_filter")
-                     else f"{relevance.get('calls_made', 'an unrecorded number of')} LLM calls")
+                     else f"{prose(relevance.get('calls_made', 'an unrecorded number of'))} LLM calls")
             requests = relevance.get("http_requests_sent")  # not recorded before this count existed
             if requests is not None and requests != relevance.get("calls_made"):  # retries were sent too
-                calls += f" ({requests} HTTP requests, retries included)"
+                calls += f" ({prose(requests)} HTTP requests, retries included)"
             downloads = ("no image downloads (`images` off)" if options.get("images") is False
-                         else f"{images.get('downloaded', 'an unrecorded number of')} image downloads")
+                         else f"{prose(images.get('downloaded', 'an unrecorded number of'))} image downloads")
             return (f"{SAMPLE_NOTE} Built with `reddit-amazon build` from the {len(inputs):,} bundled input files "
                     f"({size:,} bytes) listed with their sha256 in the Build section; the pipeline ran as on real "
                     f"dumps, with {calls} and {downloads}.")
         return (
-            f"Built with `reddit-amazon build` (started {build.get('started_utc', 'at an unrecorded time')}, "
-            f"finished {build.get('finished_utc', 'at an unrecorded time')}) from {len(inputs):,} input files "
+            f"Built with `reddit-amazon build` (started {prose(build.get('started_utc', 'at an unrecorded time'))}, "
+            f"finished {prose(build.get('finished_utc', 'at an unrecorded time'))}) from {len(inputs):,} input files "
             f"({size:,} bytes), listed with their sha256 in the Build section. Reddit submissions and comments "
             "were read from pushshift-format dumps; every comment linking Amazon products became a candidate "
             "recommendation, and its thread was rebuilt from the submission down through `parent_id`. Linked "
@@ -269,7 +269,7 @@ def _preprocessing(manifest: Mapping[str, Any]) -> str:
             "the reason in `image_error`.",
         ]
     if funnel:
-        stages = "; ".join(f"{stage['stage']} kept {int(stage['kept']):,}" for stage in funnel)
+        stages = "; ".join(f"{prose(stage['stage'])} kept {int(stage['kept']):,}" for stage in funnel)
         lines.append(f"- Stage by stage ({len(funnel)} stages, drops by reason in the Build section): {stages}.")
     elif manifest.get("build"):
         lines.append("- The build recorded no funnel, so per-stage counts are not available.")

@@ -555,6 +555,24 @@ def test_a_hostile_source_name_is_shown_as_text(tmp_path):
     assert "<img" not in card and card.count("&lt;img src=x onerror=alert(1)&gt;") >= 3
 
 
+def test_hostile_manifest_values_are_shown_as_text_on_their_own_line(built):
+    """A folder from the Hub, or a hand-edited manifest, may hold HTML and line breaks anywhere: in its name (the
+    card's heading), version, build times, funnel stages and package versions none may start a block or a tag."""
+    manifest = json.loads((built / "manifest.json").read_text())
+    tag = "<img src=x onerror=alert(1)>"
+    manifest["name"] = f"x)\n\n{tag}\n\n## Injected"
+    manifest["build"]["started_utc"] = manifest["build"]["finished_utc"] = tag
+    manifest["build"]["package_versions"] = {tag: tag}
+    manifest["funnel"][0]["stage"] = tag
+    manifest["funnel"][1]["dropped"] = {tag: 1}
+    (built / "manifest.json").write_text(json.dumps(manifest))
+    refresh_card(built)
+    card = (built / "README.md").read_text(encoding="utf-8")
+    assert "<img" not in card and "\n## Injected" not in card
+    assert "# Reddit-Amazon (x)  &lt;img src=x onerror=alert(1)&gt;  ## Injected 2.0.0)" in card
+    assert markdown_table_after(card, "### Funnel", "stage")[0]["stage"] == "&lt;img src=x onerror=alert(1)&gt;"
+
+
 def test_a_sample_built_without_filter_or_images_says_so(tmp_path):
     """The sample's datasheet once said "an unrecorded number of LLM calls / image downloads" and "Images were
     decoded with Pillow" for a build with --no-filter --no-images, whose manifest records both stages skipped."""
