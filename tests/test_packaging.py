@@ -53,6 +53,21 @@ def test_the_test_extra_installs_what_these_tests_import():
     assert any(req.startswith("setuptools") for req in extra["test"]), extra["test"]
 
 
+#: Releases that the build must not run with: it decodes images and follows URLs from metadata it does not control.
+VULNERABLE = {
+    "pillow": "10.0.0",  # bundled libwebp with CVE-2023-4863 (heap overflow decoding a WebP image)
+    "requests": "2.32.3",  # CVE-2024-47081: a crafted URL sent the user's ~/.netrc credentials to another host
+}
+
+
+def test_the_dependencies_leave_out_releases_with_known_holes_in_what_the_build_feeds_them():
+    from packaging.requirements import Requirement
+
+    requirements = {(r := Requirement(line)).name.lower(): r.specifier for line in
+                    tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]}
+    assert {name: version for name, version in VULNERABLE.items() if requirements[name].contains(version)} == {}
+
+
 @pytest.mark.parametrize("package", ["reddit_amazon", "benchmark", "lavic_ref"])
 def test_python_dash_m_runs_each_command_line(package):
     import subprocess
