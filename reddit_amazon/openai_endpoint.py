@@ -158,7 +158,19 @@ def make_client(base_url: str | None, timeout: float | None, api_key: str | None
         request_hooks.append(lambda request: on_request())
     http_client = DefaultHttpxClient(timeout=timeout, event_hooks={"request": request_hooks,
                                                                    "response": [bound_the_body]})
-    return OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout, http_client=http_client)
+    base_url, query = _without_query(base_url or os.environ.get("OPENAI_BASE_URL"))
+    return OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout, http_client=http_client,
+                  default_query=query)
+
+
+def _without_query(base_url: str | None) -> tuple[str | None, dict[str, str] | None]:
+    """``base_url`` without its query string, and that query's parameters, which the client sends with every
+    request: Azure-style endpoints need ``?api-version=…``, and the client appends each request's path to the
+    whole base URL (``…/v1?api-version=1/chat/completions``)."""
+    if base_url is None or "?" not in base_url:
+        return base_url, None
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(query="")), dict(parse_qsl(parts.query, keep_blank_values=True)) or None
 
 
 class OpenConnections:

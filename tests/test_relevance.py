@@ -641,3 +641,18 @@ def test_no_timeout_still_means_none(body_server):
     client = make_client(f"{body_server}/whole/v1", None, api_key="sk-test")
     answer = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     assert answer.choices[0].message.content == "yes"
+
+
+def test_a_base_url_with_a_query_string_sends_it_with_every_request(httpserver):
+    """Azure-style endpoints need ``?api-version=…`` on every request; the client appended each request's path to
+    the whole base URL, after the query (``/v1?api-version=2024-06-01/chat/completions``), so no request reached
+    the endpoint."""
+    from reddit_amazon.openai_endpoint import make_client
+
+    answer = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+              "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "yes"}}]}
+    httpserver.expect_request("/v1/chat/completions", method="POST",
+                              query_string={"api-version": "2024-06-01"}).respond_with_json(answer)
+    client = make_client(httpserver.url_for("/v1?api-version=2024-06-01"), 5, api_key="sk-test")
+    reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "yes"
