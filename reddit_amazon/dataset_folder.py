@@ -580,6 +580,15 @@ def iter_conversations(dataset: Iterable[Mapping[str, Any]], source: str) -> Ite
 
 
 def iter_items(dataset: Iterable[Mapping[str, Any]], source: str) -> Iterable[Item]:
+    """Items of an ``items`` split, each with its image's embedded bytes as they are in the shard.
+
+    ``load_dataset`` decodes images to PIL, and an item made from a decoded image holds it re-encoded (a JPEG
+    saved again loses pixels): a split that decodes its images is read without decoding them.
+    """
+    features = getattr(dataset, "features", None)
+    image = features.get("image") if features else None
+    if isinstance(image, datasets.Image) and image.decode:
+        dataset = dataset.cast_column("image", datasets.Image(decode=False))
     for index, row in enumerate(dataset):
         yield Item.from_row(row, where=f"{source}[{index}]")
 

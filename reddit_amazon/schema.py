@@ -186,7 +186,8 @@ class Item:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], *, where: str = "record") -> Item:
-        """From a Parquet/JSON row, or a row of ``load_dataset`` (whose image is decoded to PIL)."""
+        """From a Parquet/JSON row, or a row of ``load_dataset`` (whose image is decoded to PIL, and then encoded
+        again: a JPEG's pixels change; ``dataset_folder.iter_items`` keeps the embedded bytes)."""
         image = row.get("image")
         if image is not None and not isinstance(image, Mapping):
             row = {**row, "image": {"bytes": _encode_pil(image), "path": f"{row.get('item_id')}.jpg"}}

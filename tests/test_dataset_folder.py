@@ -89,6 +89,20 @@ def test_items_config_embeds_images(built, tmp_path, monkeypatch):
     assert items["beauty"][0]["image"] is None and items["beauty"][0]["image_error"] == "404"
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_items_read_back_keep_their_embedded_image_bytes(streaming):
+    """`iter_items` over a split as `load` gives it (images decoded to PIL) yields the shard's JPEG bytes, not a
+    re-encoding: saved again, a JPEG loses pixels, and a folder read and written back would degrade each time."""
+    from reddit_amazon.dataset_folder import iter_items
+    from reddit_amazon.sample import sample_dataset_path
+
+    shard = pq.read_table(sample_dataset_path() / "data" / "items" / "fashion-00000-of-00001.parquet")
+    stored = {row["item_id"]: row["image"] and row["image"]["bytes"] for row in shard.to_pylist()}
+    read = {item.item_id: item.image for item in iter_items(load("items", split="fashion", streaming=streaming),
+                                                            "sample items/fashion")}
+    assert read == stored and sum(image is not None for image in read.values()) > 1
+
+
 def test_the_card_declares_the_split_sizes_datasets_measures(built):
     root, _ = built
     folder = str(root / "reddit-amazon")
