@@ -72,3 +72,20 @@ def test_regenerated_answer_cache_opens_read_only_as_shipped(tmp_path):
         assert path.read_bytes()[18:20] == b"\x01\x01", path  # the header's rollback journal, not WAL
     assert rows(regenerated) == rows(SAMPLE_RELEVANCE_CACHE)
     assert sorted(p.name for p in regenerated.parent.glob("relevance-cache*")) == [regenerated.name]
+
+
+def test_the_readme_filter_example_finds_its_item_in_the_bundled_sample():
+    """README's `filters=` example, run on the sample that `reddit-amazon build` writes: a filter that leaves the split
+    empty raises 'corresponds to no data' instead of loading nothing."""
+    import re
+    from pathlib import Path
+
+    from reddit_amazon.dataset_folder import load
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    example = re.search(r'load_dataset\("reddit-amazon", "items", split="(\w+)", filters=\[\("item_id", "==", "(\w+)"\)\]',
+                        readme)
+    assert example, "README.md has no items filters= example"
+    split, asin = example.groups()
+    rows = load("items", split=split, filters=[("item_id", "==", asin)], verification_mode="no_checks")
+    assert rows["item_id"] == [asin]
