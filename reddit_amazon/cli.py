@@ -142,7 +142,8 @@ def card_command(dataset_dir: str) -> None:
 @click.argument("dataset_dir", type=UserPath(exists=True, file_okay=False, path_type=str))
 def verify_command(dataset_dir: str) -> None:
     """Check DATASET_DIR against its manifest: content fingerprint and rows per config and split, and that
-    README.md's configs load exactly those shards (`reddit-amazon card` rewrites a damaged card).
+    README.md's configs load exactly those shards and its dataset_info names the manifest's fingerprint and rows
+    (`reddit-amazon card` rewrites a damaged card).
 
     Exits 1 naming what differs (a shard edited, added or lost since the folder was written).
 

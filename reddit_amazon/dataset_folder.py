@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -427,7 +428,8 @@ def verify(folder: str | os.PathLike, card: bool = True) -> list[str]:
                     problems.append(f"{path.relative_to(folder)}: not a readable Parquet file ({error})")
             if rows != expected:
                 problems.append(f"{config}/{split}: {rows} rows in the shards, {expected} in the manifest")
-    return problems + (source_copy_problems(folder, manifest) + card_problems(folder) if card else [])
+    return problems + (source_copy_problems(folder, manifest) + card_problems(folder)
+                       + card_info_problems(folder, manifest) if card else [])
 
 
 def shard_problems(shards: Mapping[str, str], recorded: Any) -> list[str]:
@@ -462,6 +464,55 @@ def card_problems(folder: Path) -> list[str]:
             f"{on_disk.get((config, split), [])}; `reddit-amazon card` rewrites it"
             for config, split in sorted(declared.keys() | on_disk.keys())
             if declared.get((config, split)) != on_disk.get((config, split))]
+
+
+def card_info_problems(folder: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """Where README.md's ``dataset_info`` disagrees with the manifest. ``datasets`` keys its cache of the folder on
+    that YAML, fingerprint included, and checks each split's rows against it: a card left from other data (shards
+    and manifest copied in beside it) loads the rows cached for that data, or fails."""
+    problems = []
+    stale = stale_card_configs(folder, manifest)
+    if stale:
+        problems.append(f"README.md: the dataset_info of {', '.join(stale)} is for content fingerprint "
+                        f"{', '.join(sorted({stated[:12] for stated in stale.values()}))}, the manifest says "
+                        f"{str(manifest.get('fingerprint'))[:12]}: `datasets` would load the rows it cached for that "
+                        "card; `reddit-amazon card` rewrites it")
+    counts = manifest.get("counts")
+    for config, info in _card_infos(folder).items():
+        splits = counts.get(config) if isinstance(counts, dict) else None
+        if not isinstance(splits, dict):  # verify names malformed counts
+            continue
+        declared = {split.get("name"): split.get("num_examples") for split in info.get("splits") or []}
+        expected = {split: rows for split, rows in splits.items() if rows}
+        if declared != expected:
+            problems.append(f"README.md: the {config} config's dataset_info declares the splits {declared}, the "
+                            f"manifest counts {expected}: `datasets` refuses to load it; `reddit-amazon card` "
+                            "rewrites it")
+    return problems
+
+
+_CARD_FINGERPRINT = re.compile(r"content fingerprint ([0-9a-f]{64})")
+
+
+def stale_card_configs(folder: Path, manifest: Mapping[str, Any]) -> dict[str, str]:
+    """The configs whose ``dataset_info`` in README.md names another fingerprint than the manifest's, with the one
+    it names ("none" when it names none)."""
+    stale = {}
+    for config, info in _card_infos(folder).items():
+        stated = _CARD_FINGERPRINT.search(str(info.get("description") or ""))
+        if stated is None or stated.group(1) != manifest.get("fingerprint"):
+            stale[config] = stated.group(1) if stated else "none"
+    return stale
+
+
+def _card_infos(folder: Path) -> dict[str, dict[str, Any]]:
+    """README.md's ``dataset_info`` by config (none from a card that cannot be read: card_problems names it)."""
+    try:
+        info = DatasetCard.load(folder / "README.md").data.to_dict().get("dataset_info")
+    except (OSError, ValueError):
+        return {}
+    entries = info if isinstance(info, list) else [info] if isinstance(info, dict) else []
+    return {str(entry.get("config_name", "default")): entry for entry in entries if isinstance(entry, dict)}
 
 
 def _declared_files(folder: Path, paths: str | list[str]) -> list[str]:
@@ -522,10 +573,11 @@ _FOUND_UNCHANGED: dict[Path, list[tuple[str, int, int]]] = {}
 
 
 def check_unchanged(folder: str | os.PathLike) -> None:
-    """Refuse a dataset folder whose shards differ from its manifest: ``datasets`` would serve the rows it
-    cached before the change (its cache key is the README's YAML, which holds the fingerprint as written)."""
+    """Refuse a dataset folder whose shards, or whose README's fingerprint, differ from its manifest: ``datasets``
+    would serve the rows it cached before the change (its cache key is the README's YAML, which holds the fingerprint
+    as written)."""
     folder = Path(folder).resolve()
-    files = [folder / MANIFEST, *sorted((folder / DATA_DIR).rglob("*.parquet"))]
+    files = [folder / MANIFEST, folder / "README.md", *sorted((folder / DATA_DIR).rglob("*.parquet"))]
     stats = [(path.relative_to(folder).as_posix(), (stat := path.stat()).st_size, stat.st_mtime_ns)
              for path in files if path.is_file()]
     if _FOUND_UNCHANGED.get(folder) == stats:
@@ -534,6 +586,10 @@ def check_unchanged(folder: str | os.PathLike) -> None:
     if fingerprint(folder) != manifest.get("fingerprint"):
         raise SchemaError(f"{folder}: its data files changed since it was written (`reddit-amazon verify "
                           f"{folder}` says how); rebuild, re-import or restore it")
+    if stale := stale_card_configs(folder, manifest):
+        raise SchemaError(f"{folder}: its README.md was written for other data (the dataset_info of "
+                          f"{', '.join(stale)} is not for the manifest's fingerprint), and `datasets` would load the "
+                          f"rows it cached for that card; `reddit-amazon card {folder}` rewrites it")
     _FOUND_UNCHANGED[folder] = stats
 
 

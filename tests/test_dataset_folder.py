@@ -395,6 +395,52 @@ def test_a_folder_rewritten_in_place_loads_its_new_rows(tmp_path):
     assert datasets.load_dataset(str(folder), "fashion", split="train")["gt_text"] == [t[::-1] for t in before]
 
 
+def test_shards_and_manifest_copied_in_beside_an_old_card_are_refused_not_served_from_the_cache(tmp_path):
+    """`datasets` keys its cache on the README's YAML: data/ and manifest.json of other content copied into a folder
+    whose card stayed (same counts) loaded the rows cached for the card, and verify said the folder matched."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    folder, newer = tmp_path / "reddit-amazon", tmp_path / "newer" / "reddit-amazon"
+    old_fingerprint = write_dataset(folder, contents())["fingerprint"]
+    before = load("fashion", folder, split="train")["gt_text"]
+    changed = contents()
+    for record in changed.conversations["fashion"]["train"]:
+        record.gt_text = record.gt_text[::-1]
+    new_fingerprint = write_dataset(newer, changed)["fingerprint"]
+    shutil.rmtree(folder / "data")
+    shutil.copytree(newer / "data", folder / "data")
+    shutil.copyfile(newer / MANIFEST, folder / MANIFEST)
+
+    result = CliRunner().invoke(cli, ["verify", str(folder)])
+    assert result.exit_code == 1, result.output
+    assert (f"README.md: the dataset_info of beauty, fashion, home, items is for content fingerprint "
+            f"{old_fingerprint[:12]}, the manifest says {new_fingerprint[:12]}") in result.output
+    with pytest.raises(SchemaError, match="its README.md was written for other data"):
+        load("fashion", folder, split="train")
+    assert CliRunner().invoke(cli, ["card", str(folder)]).exit_code == 0
+    assert CliRunner().invoke(cli, ["verify", str(folder)]).exit_code == 0
+    assert load("fashion", folder, split="train")["gt_text"] == [text[::-1] for text in before]
+
+
+def test_verify_finds_a_card_that_declares_other_split_sizes(tmp_path):
+    """`datasets` refuses a split whose rows differ from the card's `dataset_info`: verify said the folder matched."""
+    from reddit_amazon.dataset_folder import verify
+
+    folder = tmp_path / "reddit-amazon"
+    write_dataset(folder, contents())
+    readme = folder / "README.md"
+    text = readme.read_text()
+    home = text.index("- config_name: home\n  features:")
+    readme.write_text(text[:home] + text[home:].replace("num_examples: 3", "num_examples: 4", 1))
+    assert verify(folder) == ["README.md: the home config's dataset_info declares the splits {'train': 4, "
+                              "'validation': 3, 'test': 3}, the manifest counts {'train': 3, 'validation': 3, 'test': 3}: "
+                              "`datasets` refuses to load it; `reddit-amazon card` rewrites it"]
+
+
 def test_pre_release_versions_are_written(tmp_path):
     pre = contents()
     pre.version = "1.1.0-rc.1+build.7"
