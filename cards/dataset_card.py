@@ -28,6 +28,7 @@ from reddit_amazon.schema import (
     CANDIDATE_PREFIX,
     DOMAINS,
     FIELD_DOCS,
+    ITEM_FIELD_DOCS,
     ITEM_FEATURES,
     SPLITS,
     candidate_sets_of,
@@ -236,7 +237,8 @@ def _fields(folder: Path, data_files: Mapping[str, Mapping[str, list[str]]], imp
     rows.append([inline_code("candidates_<name>"), "list<string>",
                  docs["candidates_<name>"] + "; in this copy: "
                  + (", ".join(inline_code(c) for c in candidate_columns) or "none")])
-    item_rows = [[inline_code(name), _type_name(feature), docs[name]] for name, feature in ITEM_FEATURES.items()]
+    item_docs = {**docs, **ITEM_FIELD_DOCS} if not imported else docs  # an import's items: the release's folder
+    item_rows = [[inline_code(name), _type_name(feature), item_docs[name]] for name, feature in ITEM_FEATURES.items()]
     declared = "declared in `reddit_amazon/schema.py`" + (
         "; the meanings say what this copy, imported from the LaViC authors' release, holds "
         "(`reddit_amazon/lavic_release.py`)" if imported else "")

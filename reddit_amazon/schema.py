@@ -314,11 +314,12 @@ FIELD_DOCS: dict[str, str] = {
     "domain": "beauty, fashion or home (a conversation takes the domain of the item it recommends)",
     "thread_id": "Reddit submission id of the thread (splits never share a thread)",
     "subreddit": "subreddit of the thread",
-    "created_utc": "Unix time of the recommending comment",
+    "created_utc": "Unix time of the recommending comment (null where the dump line has no usable time)",
     "turns": "the thread up to the recommendation: list of {kind: submission|comment, id, author "
-    "(salted hash), text, created_utc}",
+    "(salted hash), text, created_utc (null where unknown)}",
     "context": "the paper's rendering of `turns`: `<submission>…</submission>\\n<comment>…</comment>\\n…`",
-    "context_items": "ASINs linked in earlier turns",
+    "context_items": "ASINs linked in earlier turns (in a build, one may be an item of another domain, found in "
+    "that domain's `items` split)",
     "gt_comment_id": "Reddit id of the recommending comment",
     "gt_text": "text of the recommending comment",
     "gt_items": "recommended ASINs (each is one evaluation example)",
@@ -336,6 +337,10 @@ FIELD_DOCS: dict[str, str] = {
     "image": "main image, embedded (datasets.Image)",
     "image_description": "visually grounded description of the image (the paper's Table 10 prompt)",
     "image_error": "why the item has no usable image ('' when it has one)",
+}
+#: Meanings of the ``items`` config's fields where a field of the same name means another thing in a conversation.
+ITEM_FIELD_DOCS: dict[str, str] = {
+    "domain": "beauty, fashion or home: where the item's `main_category` maps (`--domain-map`)",
 }
 
 

@@ -573,6 +573,16 @@ def test_hostile_manifest_values_are_shown_as_text_on_their_own_line(built):
     assert markdown_table_after(card, "### Funnel", "stage")[0]["stage"] == "&lt;img src=x onerror=alert(1)&gt;"
 
 
+def test_the_items_table_says_what_an_items_domain_is(built):
+    """The items table gave an item's `domain` the conversations' meaning ("a conversation takes the domain of the
+    item it recommends"): an item's domain is where its `main_category` maps."""
+    card = (built / "README.md").read_text(encoding="utf-8")
+    conversation = {row["field"].strip("`"): row["meaning"] for row in markdown_table_after(card, "## Fields", "field")}
+    item = {row["field"].strip("`"): row["meaning"] for row in markdown_table_after(card, "`items` config:", "field")}
+    assert "a conversation takes the domain" in conversation["domain"]
+    assert "a conversation" not in item["domain"] and "`main_category`" in item["domain"]
+
+
 def test_a_sample_built_without_filter_or_images_says_so(tmp_path):
     """The sample's datasheet once said "an unrecorded number of LLM calls / image downloads" and "Images were
     decoded with Pillow" for a build with --no-filter --no-images, whose manifest records both stages skipped."""
