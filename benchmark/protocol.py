@@ -15,7 +15,6 @@ bytes, which are then never read into memory, a large catalog's images being man
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import tempfile
@@ -61,15 +60,13 @@ class Candidate:
     @property
     def image(self) -> PILImage | None:
         """The main image decoded as an RGB PIL image (None when the item has no image); 16-bit and float
-        greyscale are scaled to 8 bits as ``lavic-ref`` does (Pillow's own convert clips them to white)."""
+        greyscale are scaled to 8 bits as ``lavic-ref`` does (Pillow's own convert clips them to white). An image
+        of over 40M pixels raises ``reddit_amazon.images.ImageRejected`` (a ValueError) before it is decoded."""
         if self.image_bytes is None:
             return None
-        from PIL import Image
+        from reddit_amazon.images import rgb_image
 
-        from reddit_amazon.images import eight_bit_greyscale
-
-        with Image.open(io.BytesIO(self.image_bytes)) as image:
-            return eight_bit_greyscale(image).convert("RGB")
+        return rgb_image(self.image_bytes)
 
     @property
     def image_path(self) -> Path | None:

@@ -7,7 +7,6 @@ wrapper), ``model.model.multi_modal_projector``, ``model.model.language_model``,
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from PIL import Image
 from lavic_ref import DEFAULT_BASE
 from lavic_ref.prompts import ITEM_TOKENS
 from reddit_amazon.cli_errors import one_line
-from reddit_amazon.images import eight_bit_greyscale
+from reddit_amazon.images import rgb_image
 
 log = logging.getLogger(__name__)
 
@@ -208,12 +207,11 @@ def decode_image(data: bytes | None, item_id: str) -> Image.Image:
     """RGB image from encoded bytes; 16-bit and float greyscale scaled to 8 bits, not clipped.
 
     Items without an image get a blank one (as the authors' code does), and so do items whose image cannot
-    be decoded, with a warning naming the item.
+    be decoded or holds over 40M pixels, with a warning naming the item.
     """
     if data:
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                return eight_bit_greyscale(image).convert("RGB")
+            return rgb_image(data)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # Pillow's "undecodable"
             if item_id not in _UNDECODABLE:
                 _UNDECODABLE.add(item_id)

@@ -40,6 +40,7 @@ NO_IMAGE_URL = "no_image_url"
 #: content while opening, before the pixel limit can be checked.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 JPEG_MAX_SIDE = 65_500  # the longest side Pillow's JPEG encoder writes
+MAX_PIXELS = 40_000_000  # far above Amazon's hi_res images, far below a decompression bomb
 
 
 @dataclass
@@ -50,7 +51,7 @@ class ImageOptions:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
     max_bytes: int = 10 * 2**20
-    max_pixels: int = 40_000_000  # far above Amazon's hi_res images, far below a decompression bomb
+    max_pixels: int = MAX_PIXELS
     max_retry_after_s: float = 60.0  # the longest Retry-After waited out before the next attempt
     jpeg_quality: int = 92
     user_agent: str = f"reddit-amazon/{__version__} (dataset builder)"
@@ -128,6 +129,19 @@ def _on_white(image: Any) -> Any:
         background.paste(image, mask=image.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def rgb_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
+    """An embedded image (a dataset's: maybe someone else's) as an RGB PIL image, 16-bit and float greyscale
+    scaled to 8 bits. An image of more than ``max_pixels`` is refused (:class:`ImageRejected`) before it is
+    decoded: a few KB of PNG can unpack to GBs, and Pillow's own limit lies at 179M pixels."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageRejected("too_many_pixels", f"{width}x{height} > {max_pixels} pixels")
+        return eight_bit_greyscale(image).convert("RGB")
 
 
 def eight_bit_greyscale(image: Any) -> Any:

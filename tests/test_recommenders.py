@@ -398,6 +398,27 @@ def test_openai_chat_finds_answers_cached_under_the_url_as_given(chat_server, tm
     assert first.recommend([_example("a")]) == ["B000000007 from an older cache"] and requests == []
 
 
+def test_candidate_image_refuses_a_decompression_bomb_before_decoding_it(caplog):
+    """A dataset's embedded image (a Hub folder may be anyone's) of 48M pixels is a few KB of PNG: Candidate.image
+    decoded it whole (Pillow's own limit is 179M pixels), for every example showing it; hf-vlm and lavic-ref show it
+    as no image."""
+    import io
+
+    from PIL import Image
+
+    from lavic_ref.model import decode_image
+    from reddit_amazon.images import ImageRejected
+
+    buffer = io.BytesIO()
+    Image.new("1", (8000, 6000)).save(buffer, format="PNG")
+    assert len(buffer.getvalue()) < 100_000
+    candidate = Candidate("BOMB000001", "lamp", image_bytes=buffer.getvalue())
+    with pytest.raises(ImageRejected, match="8000x6000 > 40000000 pixels"):
+        candidate.image  # noqa: B018
+    assert decode_image(buffer.getvalue(), "BOMB000001").size == (336, 336)
+    assert any("BOMB000001" in r.getMessage() and "8000x6000" in r.getMessage() for r in caplog.records)
+
+
 def test_candidate_image_scales_16_bit_greyscale_as_lavic_does():
     """Candidate.image (what hf-vlm and plugins see) must not clip a 16-bit greyscale PNG to white."""
     import io
