@@ -449,3 +449,7 @@ def card_command(out, results) -> None:
         click.echo(str(render_from_inputs(out, results)))
     except (FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from error
+
+
+if __name__ == "__main__":
+    main()

@@ -217,3 +217,7 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
     # stdout holds the funnel JSON alone (`reddit-stage ... > funnel.json`, `| jq`); the summary is a log line
     click.echo(f"{result.funnel['threads_rebuilt']} conversations in {len(result.shards)} shard(s) under "
                f"{workdir / 'reddit' / 'conversations'}", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -77,6 +77,21 @@ def test_python_dash_m_runs_each_command_line(package):
     assert done.returncode == 0 and done.stdout.startswith("Usage: "), done.stderr
 
 
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_python_dash_m_runs_the_module_each_console_script_names(script):
+    """``python -m reddit_amazon.cli build`` (the module of ``[project.scripts]``, as from a checkout without an
+    install) exited 0 having done nothing: the module defined ``main`` but never called it."""
+    import subprocess
+    import sys
+
+    module = SCRIPTS[script].partition(":")[0]
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.startswith("Usage: "), (done.stdout, done.stderr)
+
+
 @pytest.mark.parametrize("package", ["reddit_amazon", "benchmark", "lavic_ref", "cards"])
 def test_each_package_ships_a_py_typed_marker(package):
     """PEP 561: without ``py.typed`` in the wheel, mypy/pyright treat the annotated API as untyped
