@@ -43,7 +43,7 @@ def _iterate(dataset: Path, domains: list[str]) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--items-per-domain", type=int, default=2_000)
     parser.add_argument("--repeats", type=int, default=3, help="best of N for each timing")

@@ -102,7 +102,7 @@ def filter_run(url: str, records: list, concurrency: int, folder: Path) -> float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=800, help="distinct prompts per measurement")
     parser.add_argument("--latency-ms", type=float, default=50.0, help="the stub's time to answer each call")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])

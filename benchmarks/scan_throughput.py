@@ -205,7 +205,7 @@ def _collect(files: list[Path], scan_out: Path, work: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=1024, help="uncompressed MiB per file (2 files)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (median reported)")
     parser.add_argument("--dir", type=Path, default=None, help="where to write the dumps (default: a temp dir)")

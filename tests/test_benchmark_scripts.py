@@ -56,3 +56,11 @@ def test_lavic_gpu_at_tiny_size(tmp_path):
                         "--json", str(tmp_path / "lavic.json"), tmp_path=tmp_path)
     assert "step_speedup" in output and "inference_speedup" in output
     assert (tmp_path / "lavic.json").read_text().count('"seq_len": 136') == 1
+
+
+@pytest.mark.parametrize("script", sorted(path.name for path in BENCHMARKS.glob("*.py")))
+def test_help_shows_the_scripts_example_commands(script, tmp_path):
+    """The README's Speed table points at these scripts; their --help printed the docstring's first line only,
+    leaving out the example commands (and what is measured) written just below it."""
+    output = run_script(script, "--help", tmp_path=tmp_path)
+    assert f"python benchmarks/{script}" in output
