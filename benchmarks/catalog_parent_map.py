@@ -61,6 +61,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "Home_and_Kitchen.jsonl"
         mapping = write_reviews(path, args.rows)
+        if args.wanted > len(mapping):
+            parser.error(f"--wanted {args.wanted} is more than the {len(mapping):,} distinct ASINs of "
+                         f"--rows {args.rows}: lower --wanted or raise --rows")
         wanted = set(random.Random(1).sample(sorted(mapping), args.wanted))
         size = path.stat().st_size
 

@@ -64,3 +64,12 @@ def test_help_shows_the_scripts_example_commands(script, tmp_path):
     leaving out the example commands (and what is measured) written just below it."""
     output = run_script(script, "--help", tmp_path=tmp_path)
     assert f"python benchmarks/{script}" in output
+
+
+def test_catalog_parent_map_refuses_more_wanted_asins_than_the_file_holds(tmp_path):
+    """``--rows 3000`` alone (default ``--wanted 2000``, about 1,650 distinct ASINs) ended in a random.sample
+    traceback ("Sample larger than population") instead of saying which option to change."""
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "catalog_parent_map.py"), "--rows", "3000"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "--wanted 2000" in result.stderr and "--rows 3000" in result.stderr
