@@ -81,8 +81,8 @@ def describe_items(backbone: Backbone, items: Iterable[Item], cache: str | os.Pa
 def describe_lock(cache: str | os.PathLike) -> AbstractContextManager[None]:
     """The lock a run writing ``cache`` holds (:class:`~reddit_amazon.files.FolderBusyError` while another run
     holds it). ``lavic-ref describe`` takes it before loading the model, so a second run is refused at once,
-    not after minutes of loading."""
-    return file_lock(Path(cache), "lavic-ref describe")
+    not after minutes of loading; a run that fails there (a bad ``--base``) leaves no folder behind."""
+    return file_lock(Path(cache), "lavic-ref describe", tidy_on_error=True)
 
 
 def describe_items_holding_lock(backbone: Backbone, items: Iterable[Item], cache: str | os.PathLike, *,

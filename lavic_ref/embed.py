@@ -155,8 +155,8 @@ def embed_lock(out_dir: str | os.PathLike) -> AbstractContextManager[None]:
     """The lock an embed into ``out_dir`` holds (:class:`~reddit_amazon.files.FolderBusyError` while another embed
     holds it): another embed into the folder would merge with the file as it was before this one saved (dropping
     this one's items). ``lavic-ref embed`` takes it before loading the model, so a second run is refused at once,
-    not after minutes of loading."""
-    return folder_lock(Path(out_dir), "lavic-ref embed")
+    not after minutes of loading; a run that fails there (a bad ``--base``) leaves no lock file or folder behind."""
+    return folder_lock(Path(out_dir), "lavic-ref embed", tidy_on_error=True)
 
 
 def embed_catalog_holding_lock(backbone: Backbone, items: Iterable[Item], out_dir: str | os.PathLike, *,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import glob
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -141,26 +142,29 @@ BUSY_WAIT_S = 3.0
 
 
 @contextmanager
-def folder_lock(folder: Path, what: str, wait_s: float | None = None) -> Iterator[None]:
+def folder_lock(folder: Path, what: str, wait_s: float | None = None, *,
+                tidy_on_error: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (its ``.lock`` file) for the block. Another process still holding
     it after ``wait_s`` (default :data:`BUSY_WAIT_S`; the forked workers of a run just killed take a moment
     to die, and hold it until then) is a :class:`FolderBusyError` naming the folder; a file system (or a
-    platform) without locks is not an error."""
+    platform) without locks is not an error. ``tidy_on_error``: a block that raises leaves nothing taking the
+    lock made (see :func:`_exclusive_lock`)."""
     folder = Path(folder)
-    with _exclusive_lock(folder / LOCK_FILE, what, wait_s, where=folder,
+    with _exclusive_lock(folder / LOCK_FILE, what, wait_s, where=folder, tidy_on_error=tidy_on_error,
                          busy=f"another {what} is running in this folder (it holds {folder / LOCK_FILE}); wait for "
                               "it to end or choose another folder"):
         yield
 
 
 @contextmanager
-def file_lock(path: Path, what: str, wait_s: float | None = None, *, noun: str = "file") -> Iterator[None]:
+def file_lock(path: Path, what: str, wait_s: float | None = None, *, noun: str = "file",
+              tidy_on_error: bool = False) -> Iterator[None]:
     """:func:`folder_lock` for the one file (or folder) ``path`` (a hidden ``.<name>.lock`` beside it, removed when
     the block ends), so runs writing other files of the folder are not refused. ``noun``: what ``path`` is, as the
     busy error names it (a folder being written for the first time is not there yet to tell)."""
     path = Path(path)
     lock = path.with_name(f".{_short_name(path.name)}.lock")
-    with _exclusive_lock(lock, what, wait_s, where=path,
+    with _exclusive_lock(lock, what, wait_s, where=path, tidy_on_error=tidy_on_error,
                          busy=f"another {what} is writing this {noun} (it holds {lock}); wait for it to end or "
                               f"choose another {noun}"):
         try:
@@ -170,22 +174,29 @@ def file_lock(path: Path, what: str, wait_s: float | None = None, *, noun: str =
 
 
 @contextmanager
-def _exclusive_lock(lock: Path, what: str, wait_s: float | None, *, where: Path, busy: str) -> Iterator[None]:
-    """Hold ``lock`` (a file, made if missing) exclusively; :class:`FolderBusyError` (``busy``, ``where``) when
-    another process still holds it after ``wait_s``."""
-    folder = lock.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # the OS names the path, not what it was for
-        raise OSError(error.errno, f"cannot make the folder of this {what} ({error.strerror})", str(folder)) from None
+def _exclusive_lock(lock: Path, what: str, wait_s: float | None, *, where: Path, busy: str,
+                    tidy_on_error: bool = False) -> Iterator[None]:
+    """Hold ``lock`` (a file, made if missing, in a folder made if missing) exclusively; :class:`FolderBusyError`
+    (``busy``, ``where``) when another process still holds it after ``wait_s``.
+
+    ``tidy_on_error``: when the block raises (a model that fails to load), the lock file and the folders made for
+    it are removed again, each only if this lock made it and, for a folder, if nothing else is in it: a run that
+    failed to start leaves nothing new behind, and nothing that was there before is touched."""
+    made = _LockMade(lock, what)
+    made.make_folder()
     try:
         import fcntl
     except ImportError:  # Windows has no flock: runs there are not guarded
-        yield
+        with made.removed_on_error(tidy_on_error):
+            yield
         return
     deadline = time.monotonic() + (BUSY_WAIT_S if wait_s is None else wait_s)
     while True:
-        handle = open(lock, "ab")
+        try:
+            handle = made.open_lock_file()
+        except FileNotFoundError:  # a run that failed to start removed the folder it made: make it again
+            made.make_folder()
+            continue
         try:
             while True:
                 try:
@@ -200,7 +211,7 @@ def _exclusive_lock(lock: Path, what: str, wait_s: float | None, *, where: Path,
             # The run that held it removed it (and maybe the folder) as it ended: locking that file would
             # guard nothing, a third run would take the new one. Lock the file now at that path.
             handle.close()
-            folder.mkdir(parents=True, exist_ok=True)
+            made.make_folder()
             continue
         except BlockingIOError:
             handle.close()
@@ -213,10 +224,53 @@ def _exclusive_lock(lock: Path, what: str, wait_s: float | None, *, where: Path,
     global _locks_held
     _locks_held += 1
     try:
-        with handle:
+        with handle, made.removed_on_error(tidy_on_error):  # removed while still held (see _LockMade.remove)
             yield
     finally:
         _locks_held -= 1
+
+
+class _LockMade:
+    """What taking the lock file ``lock`` made: its folder and the missing folders above it, and the file."""
+
+    def __init__(self, lock: Path, what: str):
+        self.lock, self.what = lock, what
+        self.folders: list[Path] = []
+        self.lock_file = False
+
+    def make_folder(self) -> None:
+        folder = self.lock.parent
+        missing = itertools.takewhile(lambda path: not path.exists(), (folder, *folder.parents))
+        self.folders += [path for path in missing if path not in self.folders]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # the OS names the path, not what it was for
+            raise OSError(error.errno, f"cannot make the folder of this {self.what} ({error.strerror})",
+                          str(folder)) from None
+
+    def open_lock_file(self) -> BinaryIO:
+        self.lock_file = self.lock_file or not self.lock.exists()
+        return open(self.lock, "ab")
+
+    @contextmanager
+    def removed_on_error(self, tidy: bool) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            if tidy:
+                self.remove()
+            raise
+
+    def remove(self) -> None:
+        """Remove the lock file if this lock made it (while the lock is held: a run waiting on it then locks a new
+        file, as after :func:`file_lock`), then the folders it made, deepest first, while they are empty."""
+        if self.lock_file:
+            self.lock.unlink(missing_ok=True)
+        for folder in sorted(self.folders, key=lambda path: len(path.parts), reverse=True):
+            try:
+                folder.rmdir()
+            except OSError:  # something else is in it: it stays, and so do the folders above it
+                return
 
 
 def _same_file(handle: BinaryIO, path: Path) -> bool:

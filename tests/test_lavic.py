@@ -1674,3 +1674,25 @@ def test_results_record_the_base_a_lavic_run_used(monkeypatch):
     made = registry.instantiate(resolved, {"images": False})
     settings = registry.recorded_settings(made, resolved, {"images": False})
     assert loaded == [DEFAULT_BASE] and settings["base"] == DEFAULT_BASE and settings["images"] is False
+
+
+def test_an_embed_or_describe_whose_model_fails_to_load_leaves_nothing_new_behind(tmp_path):
+    """A bad --base left an empty --out folder (and its parents) with embed's .lock in it, and describe's folder."""
+    from lavic_ref.cli import cli
+
+    before = tmp_path / "runs"
+    (before / "old").mkdir(parents=True)
+    (before / "old" / "kept.txt").write_text("there before")
+    (before / "locked").mkdir()
+    (before / "locked" / ".lock").touch()  # an earlier embed's
+    bad_base = ["--base", str(tmp_path / "no-such-base"), "--device", DEVICE, "--domain", "home"]
+    runs = [["embed", *bad_base, "--no-distill", "--out", before / "new" / "deeper" / "emb"],
+            ["embed", *bad_base, "--no-distill", "--out", before / "old"],
+            ["embed", *bad_base, "--no-distill", "--out", before / "locked"],
+            ["describe", *bad_base, "--out", before / "new" / "d.jsonl"],
+            ["describe", *bad_base, "--out", before / "old" / "d.jsonl"]]
+    for args in runs:
+        result = CliRunner().invoke(cli, [str(arg) for arg in args])
+        assert result.exit_code == 1 and "no-such-base" in result.output, result.output
+        assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == [
+            "runs", "runs/locked", "runs/locked/.lock", "runs/old", "runs/old/kept.txt"], args
