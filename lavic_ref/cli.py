@@ -17,6 +17,7 @@ import click
 
 from lavic_ref import DEFAULT_BASE
 from lavic_ref.card import CARD_INPUTS, hardware_name, render_from_inputs, write_model_card
+from lavic_ref.prompts import MAX_DESCRIPTION_TOKENS
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 from reddit_amazon.schema import DOMAINS
 
@@ -203,7 +204,7 @@ def main() -> None:
 @_common
 @click.option("--out", type=UserPath(path_type=Path), required=True, help="JSONL cache of descriptions.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--max-new-tokens", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1), default=MAX_DESCRIPTION_TOKENS, show_default=True)
 @click.option("--regenerate", is_flag=True, help="Generate even where the dataset ships image_description.")
 def describe(dataset, domains, base, device, out, batch_size, max_new_tokens, regenerate) -> None:
     """Describe each item image from its full image tokens (Table 10 prompt, greedy).

@@ -23,12 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from lavic_ref.model import Backbone, decode_image
-from lavic_ref.prompts import chat_wrapping, description_prompt
+from lavic_ref.prompts import MAX_DESCRIPTION_TOKENS, chat_wrapping, description_prompt
 from reddit_amazon.files import file_lock
 from reddit_amazon.progress import bar_options
 from reddit_amazon.schema import Item
-
-MAX_NEW_TOKENS = 128
 
 
 def read_cache(path: str | os.PathLike) -> dict[str, str]:
@@ -67,7 +65,7 @@ def _records(path: Path) -> Iterator[tuple[str, str, str]]:
 
 
 def describe_items(backbone: Backbone, items: Iterable[Item], cache: str | os.PathLike, *, batch_size: int = 8,
-                   max_new_tokens: int = MAX_NEW_TOKENS, regenerate: bool = False) -> dict[str, str]:
+                   max_new_tokens: int = MAX_DESCRIPTION_TOKENS, regenerate: bool = False) -> dict[str, str]:
     """Descriptions for every item with an image, generated greedily where neither shipped nor cached.
 
     All of them end up in ``cache``: shipped ones are appended before any is generated. Another run writing
@@ -86,7 +84,7 @@ def describe_lock(cache: str | os.PathLike) -> AbstractContextManager[None]:
 
 
 def describe_items_holding_lock(backbone: Backbone, items: Iterable[Item], cache: str | os.PathLike, *,
-                                batch_size: int = 8, max_new_tokens: int = MAX_NEW_TOKENS,
+                                batch_size: int = 8, max_new_tokens: int = MAX_DESCRIPTION_TOKENS,
                                 regenerate: bool = False) -> dict[str, str]:
     """:func:`describe_items` for a caller that holds :func:`describe_lock` of ``cache``."""
     cache = Path(cache)

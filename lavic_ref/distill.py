@@ -15,6 +15,7 @@ import torch
 
 from lavic_ref.model import VISION_LORA_TARGETS, Backbone, cls_embeddings, decode_image, embed_inputs, new_adapter, \
     pad_batch, subimage_pixels, target_loss
+from lavic_ref.prompts import MAX_DESCRIPTION_TOKENS
 from lavic_ref.sequences import distillation_sequence, target_token_count
 from lavic_ref.training import TrainConfig, TrainResult, digest, train
 from reddit_amazon.schema import Item
@@ -42,7 +43,7 @@ def split_validation(examples: Sequence[DistillExample], size: int, seed: int) -
 
 
 def distillation_loss(backbone: Backbone, batch: Sequence[DistillExample],
-                      max_target_tokens: int = 128, *, length_multiple: int = 1) -> torch.Tensor:
+                      max_target_tokens: int = MAX_DESCRIPTION_TOKENS, *, length_multiple: int = 1) -> torch.Tensor:
     """Description tokens' cross-entropy given the Table 10 prompt and the 5 CLS embeddings (with the LoRA).
 
     The batch is left-padded to a multiple of ``length_multiple`` tokens (for CUDA graphs; the loss is the same).
@@ -78,7 +79,7 @@ def distill(backbone: Backbone, examples: Sequence[DistillExample], config: Trai
 
 
 def distillation_target_tokens(backbone: Backbone, batch: Sequence[DistillExample],
-                               max_target_tokens: int = 128) -> int:
+                               max_target_tokens: int = MAX_DESCRIPTION_TOKENS) -> int:
     """The description tokens (EOS included) :func:`distillation_loss` averages over."""
     return sum(target_token_count(backbone.tokenizer, ex.description, max_target_tokens) for ex in batch)
 

@@ -24,6 +24,9 @@ DESCRIPTION_PROMPT = (
     "This product's title is: {title}\n"
     "{image}"
 )
+#: The longest description, in tokens: generated with at most this many new tokens, and the distillation target
+#: cut to it ("we set the maximum output length to 128 tokens", Section 5.1).
+MAX_DESCRIPTION_TOKENS = 128
 
 
 def description_prompt(title: str, image: str) -> str:

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lavic_ref.model import IGNORE_INDEX
-from lavic_ref.prompts import ITEM_PLACEHOLDER, chat_wrapping, description_prompt, recommendation_prompt_parts, \
-    strip_item_tokens
+from lavic_ref.prompts import ITEM_PLACEHOLDER, MAX_DESCRIPTION_TOKENS, chat_wrapping, description_prompt, \
+    recommendation_prompt_parts, strip_item_tokens
 
 MAX_PROMPT_TOKENS = 2048
 
@@ -43,7 +43,7 @@ def _with_target(tokenizer, prompt_ids: list[int], target: str | None, max_targe
 
 
 def distillation_sequence(tokenizer, title: str, description: str | None, *,
-                          max_target_tokens: int = 128) -> TokenSequence:
+                          max_target_tokens: int = MAX_DESCRIPTION_TOKENS) -> TokenSequence:
     """Table 10 with the 5 item tokens as the image; the description is the target."""
     before, after = chat_wrapping(tokenizer)
     prompt = _ids(tokenizer, before + description_prompt(title, ITEM_PLACEHOLDER) + after)
