@@ -121,13 +121,19 @@ def _comparable(run: Run) -> tuple:
 
 def _ranks(runs: Sequence[Run]) -> dict[tuple[int, str, str], int]:
     """(run index, domain, metric) -> 1 for best, 2 for second best (HR@1 only, as the paper marks), among
-    the rows over the same data: a run over the first 5 records, or another split, is not "best" of full runs."""
+    the rows over the same data: a run over the first 5 records, or another split, is not "best" of full runs.
+    Each set of comparable rows is sorted once per domain, so a report of many runs takes O(n log n)."""
+    keys = [_comparable(run) for run in runs]
+    peers: dict[tuple, list[Run]] = {}
+    for key, run in zip(keys, runs):
+        peers.setdefault(key, []).append(run)
     marks = {}
     for domain in DOMAINS:
-        for index, run in enumerate(runs):
-            peers = [r for r in runs if _comparable(r) == _comparable(run)]
-            # a zero HR@1 is never marked: a row that hit nothing is not "best", even if no row did better
-            values = sorted({v for r in peers if (v := r.value(domain, "hr@1"))}, reverse=True)
+        # a zero HR@1 is never marked: a row that hit nothing is not "best", even if no row did better
+        best_two = {key: sorted({v for r in members if (v := r.value(domain, "hr@1"))}, reverse=True)[:2]
+                    for key, members in peers.items()}
+        for index, (key, run) in enumerate(zip(keys, runs)):
+            values = best_two[key]
             value = run.value(domain, "hr@1")
             if value and values and value == values[0]:
                 marks[(index, domain, "hr@1")] = 1

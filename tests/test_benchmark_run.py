@@ -1217,6 +1217,39 @@ def test_report_marks_best_only_among_rows_over_the_same_data():
     assert marks[(0, "beauty", "hr@1")] == 1 and marks[(1, "beauty", "hr@1")] == 2
 
 
+def test_report_marks_are_those_of_comparing_every_row_with_every_other():
+    """_ranks compared each row with every other (quadratic in the runs): its grouped form marks the same cells,
+    ties, zeros, missing values and rows over other data included."""
+    import random
+
+    from benchmark.report import DOMAINS, Run, _comparable, _ranks
+
+    def pairwise(runs):  # the former implementation, as the reference
+        marks = {}
+        for domain in DOMAINS:
+            for index, row in enumerate(runs):
+                peers = [r for r in runs if _comparable(r) == _comparable(row)]
+                values = sorted({v for r in peers if (v := r.value(domain, "hr@1"))}, reverse=True)
+                value = row.value(domain, "hr@1")
+                if value and values and value == values[0]:
+                    marks[(index, domain, "hr@1")] = 1
+                elif value and len(values) > 1 and value == values[1]:
+                    marks[(index, domain, "hr@1")] = 2
+        return marks
+
+    rng = random.Random(0)
+    for _ in range(50):
+        runs = []
+        for _ in range(rng.randint(0, 40)):
+            metrics = {"hr@1": {d: {"value": rng.choice([0.0, 0.1, 0.2, 0.25, 0.3, 0.5, 1.0])}
+                                for d in DOMAINS if rng.random() < 0.8}}
+            dataset = {"id": "d", "version": rng.choice(["1", "2"]), "fingerprint": rng.choice(["f", "unknown"])}
+            runs.append(Run(Path("r"), {"metrics": metrics, "dataset": dataset, "split": rng.choice(["test", "val"]),
+                                        "limit": rng.choice([None, None, 5])}))
+        assert _ranks(runs) == pairwise(runs)
+        assert list(_ranks(runs)) == list(pairwise(runs))  # in the same order too
+
+
 def test_results_record_the_python_platform_and_library_versions(dataset, tmp_path):
     """A reader reproducing a published number needs the environment that produced it, as the dataset
     build records its package versions."""
