@@ -419,14 +419,19 @@ def _distill_settings(cache: Any) -> dict[str, Any]:
     adapter = (cache.metadata.get("adapter") or None) if cache is not None else None
     if not adapter:
         return {"recorded": "no distill adapter (embeddings from the base vision tower)"}
+    folder = Path(cache.metadata.get("adapter_path") or adapter)  # embeddings from before adapter_path: as given
+    if not folder.is_dir():
+        return {"recorded": f"unknown: the distill adapter {adapter} is not there"
+                            + ("" if folder.is_absolute() else " (a path relative to the folder `lavic-ref embed` "
+                                                               "ran in: run finetune there)")}
     try:
-        trained = json.loads((Path(adapter) / BASE_FILE).read_text())["trained_with"]
+        trained = json.loads((folder / BASE_FILE).read_text())["trained_with"]
     except (OSError, ValueError, KeyError, TypeError):
         trained = None
     if not isinstance(trained, dict):
-        return {"recorded": "no"}
+        return {"recorded": f"no: {adapter} has no record of them (no {BASE_FILE} with its training settings)"}
     recorded = cache.metadata.get("adapter_hash")
-    if recorded and adapter_fingerprint(adapter) != recorded:
+    if recorded and adapter_fingerprint(folder) != recorded:
         return {"recorded": f"no: {adapter} has changed since the item embeddings were made with it"}
     keys = ["batch_size", "grad_accum", "learning_rate", "weight_decay", "max_grad_norm", "max_steps", "seed",
             "domains"]

@@ -1,10 +1,10 @@
 """Stage 3: each item's 5 embeddings, computed once for the whole catalog with the distilled vision adapter.
 
 Stored as safetensors, one ``(5, D)`` tensor per item id; the metadata names the base model (and its
-weights fingerprint) and the adapter's weight hash, and the file name carries both hashes so a cache made
-with other weights is never picked up by mistake; :func:`check_embeddings` refuses a file made with another
-base model. Without an adapter (``--no-distill``) the base vision tower's CLS outputs are stored:
-the paper's "no self-distillation" ablation.
+weights fingerprint) and the adapter (as given, its absolute path, its weights' hash), and the file name
+carries both hashes so a cache made with other weights is never picked up by mistake; :func:`check_embeddings`
+refuses a file made with another base model. Without an adapter (``--no-distill``) the base vision tower's CLS
+outputs are stored: the paper's "no self-distillation" ablation.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def compute_item_embeddings(backbone: Backbone, items: Sequence[tuple[str, bytes
 
 def save_item_embeddings(path: str | os.PathLike, embeddings: dict[str, torch.Tensor], *, base: str,
                          adapter: str | os.PathLike | None, base_fingerprint: str = "") -> Path:
+    # "adapter" as given (the model card shows it); "adapter_path" finds it again from another working folder
     metadata = {"base": str(base), "base_fingerprint": base_fingerprint, "adapter": str(adapter or ""),
+                "adapter_path": str(Path(adapter).resolve()) if adapter else "",
                 "adapter_hash": adapter_fingerprint(adapter)}
     return _save_atomic(Path(path), embeddings, metadata)
 

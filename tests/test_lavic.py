@@ -337,6 +337,37 @@ def test_the_card_reports_distill_settings_only_of_the_adapter_the_embeddings_we
                                                     "made with it"}
 
 
+def test_the_card_finds_a_distill_adapter_given_to_embed_as_a_relative_path_from_another_folder(tmp_path,
+                                                                                                monkeypatch):
+    """`embed --distill-adapter distill/best` recorded only the relative path: a finetune run from another folder
+    wrote `distill.recorded: no` on the card, as if the adapter had no record of its training settings."""
+    from lavic_ref.cli import _distill_settings
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    adapter = project / "distill" / "best"
+    adapter.mkdir(parents=True)
+    elsewhere.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    (adapter / BASE_FILE).write_text(json.dumps({"trained_with": {"batch_size": 4, "max_steps": 2}}))
+    monkeypatch.chdir(project)
+    path = save_item_embeddings(tmp_path / "items.safetensors", {"A": torch.zeros(5, 2)}, base="tiny",
+                                adapter=Path("distill/best"))
+    monkeypatch.chdir(elsewhere)
+    cache = ItemEmbeddings.load(path)
+    assert cache.metadata["adapter"] == "distill/best"  # as given: the card shows it
+    assert _distill_settings(cache) == {"batch_size": 4, "max_steps": 2}
+    # A file from before the absolute path was recorded: the card says where the settings are, not "no".
+    cache.metadata.pop("adapter_path")
+    assert _distill_settings(cache) == {"recorded": "unknown: the distill adapter distill/best is not there (a path "
+                                                    "relative to the folder `lavic-ref embed` ran in: run finetune "
+                                                    "there)"}
+    monkeypatch.chdir(project)
+    assert _distill_settings(cache) == {"batch_size": 4, "max_steps": 2}
+    (adapter / BASE_FILE).unlink()
+    assert _distill_settings(cache) == {"recorded": f"no: distill/best has no record of them (no {BASE_FILE} with "
+                                                    "its training settings)"}
+
+
 def test_card_command_finds_the_folder_a_quoted_tilde_names(user_home):
     from lavic_ref.card import write_model_card
     from lavic_ref.cli import cli
