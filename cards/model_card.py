@@ -51,7 +51,8 @@ def render_model_card(*, base_model: str, adapters: Mapping[str, Any], hyperpara
                       limitations: Sequence[str] | None = None) -> str:
     """README.md for the folder holding the LaViC adapters: Hub YAML plus the card body.
 
-    ``training`` may hold ``time_s`` (float) and ``hardware`` (str), and any further measured entries;
+    ``training`` may hold ``time_s`` (float), ``hardware`` (str), ``distill_time_s`` (the distill adapter's run:
+    float, or None where it was not recorded), and any further measured entries;
     ``results`` are parsed ``results.json`` files of ``benchmark run`` (``ValueError`` for anything else).
     """
     for index, result in enumerate(results):
@@ -139,7 +140,12 @@ def _training(training: Mapping[str, Any]) -> str:
         else "- Training time was not recorded.",
         f"- Hardware: {hardware}." if hardware else "- The hardware was not recorded.",
     ]
-    others = {k: v for k, v in training.items() if k not in ("time_s", "hardware")}
+    if "distill_time_s" in training:  # absent: no distill adapter (embeddings of the base vision tower, no images)
+        distill_s = training["distill_time_s"]
+        lines.append(f"- Stage 1 (distillation) training time: {duration(float(distill_s))}, measured (the "
+                     "training time and hardware above are stage 2's, fine-tuning)." if distill_s is not None
+                     else "- Stage 1 (distillation) training time was not recorded.")
+    others = {k: v for k, v in training.items() if k not in ("time_s", "hardware", "distill_time_s")}
     text = "## Training\n\n" + "\n".join(lines)
     if others:
         text += "\n\n" + table(["", "value"], [[inline_code(k), _value(v)] for k, v in flatten(others)])

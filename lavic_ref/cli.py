@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import shlex
 from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -384,6 +385,7 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
         # Nothing was left to train: the card (and any results `lavic-ref card` added) still describes the adapter.
         click.echo(f"nothing left to train: model card in {config.output_dir} left as it was")
         return
+    distill = _distill_record(cache)
     card = write_model_card(config.output_dir, {
         "base_model": base,
         "adapters": {"distill_adapter": (cache.metadata.get("adapter") or None) if cache else None,
@@ -395,47 +397,78 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
                             "images": not no_images, "seed": config.seed,
                             "training_instances": instance_style,
                             "max_steps_per_epoch": config.max_steps,  # a smoke run must not read as a full one
-                            "distill": _distill_settings(cache)},  # stage 1: its adapter may be a smoke run too
+                            "distill": distill.settings},  # stage 1: its adapter may be a smoke run too
         "data": {"dataset": dataset or BUNDLED_SAMPLE, "fingerprint": _fingerprint_of(dataset),
                  "domains": list(domains), "candidates": candidate_set,
                  "train_examples": len(train_set), "validation_examples": len(val_set),
                  "train_examples_used_per_epoch": len(train_set) if config.max_steps is None else
                  min(len(train_set), config.max_steps * config.grad_accum * config.batch_size)},
         "training": {"time_s": result.elapsed_s, "hardware": hardware_name(backbone.device),
-                     "best_validation_loss": result.best_val_loss},
+                     "best_validation_loss": result.best_val_loss, **distill.training},
     })
     add_results = shlex.join(["lavic-ref", "card", str(config.output_dir)])
     click.echo(f"model card: {card} (add results with `{add_results} --results ...`)")
 
 
-def _distill_settings(cache: Any) -> dict[str, Any]:
-    """The settings the item embeddings' distill adapter was trained with (its ``lavic_base.json``), for the card:
-    only while the adapter at the recorded path is still the one the embeddings were made with (a distill rerun
-    into the same folder replaces it, and its settings would then pass for those of the embeddings' adapter)."""
+@dataclass(frozen=True)
+class DistillRecord:
+    """What the model card says of stage 1: the item embeddings' distill adapter, from what its run recorded."""
+
+    settings: dict[str, Any]  # its training settings, or {"recorded": why they are not known}
+    training: dict[str, Any]  # {"distill_time_s": its run's training time or None}; {} without a distill adapter
+
+
+def _distill_record(cache: Any) -> DistillRecord:
+    """The settings the item embeddings' distill adapter was trained with (its ``lavic_base.json``) and its run's
+    training time (the ``last/`` checkpoint beside it, of the same run), for the card: only while the adapter at
+    the recorded path is still the one the embeddings were made with (a distill rerun into the same folder replaces
+    it, and its settings would then pass for those of the embeddings' adapter)."""
     import json
 
     from lavic_ref.model import BASE_FILE, adapter_fingerprint
 
     adapter = (cache.metadata.get("adapter") or None) if cache is not None else None
     if not adapter:
-        return {"recorded": "no distill adapter (embeddings from the base vision tower)"}
+        return DistillRecord({"recorded": "no distill adapter (embeddings from the base vision tower)"}, {})
+    not_recorded = {"distill_time_s": None}
     folder = Path(cache.metadata.get("adapter_path") or adapter)  # embeddings from before adapter_path: as given
     if not folder.is_dir():
-        return {"recorded": f"unknown: the distill adapter {adapter} is not there"
-                            + ("" if folder.is_absolute() else " (a path relative to the folder `lavic-ref embed` "
-                                                               "ran in: run finetune there)")}
+        return DistillRecord({"recorded": f"unknown: the distill adapter {adapter} is not there"
+                                          + ("" if folder.is_absolute() else
+                                             " (a path relative to the folder `lavic-ref embed` ran in: run "
+                                             "finetune there)")}, not_recorded)
     try:
         trained = json.loads((folder / BASE_FILE).read_text())["trained_with"]
     except (OSError, ValueError, KeyError, TypeError):
         trained = None
     if not isinstance(trained, dict):
-        return {"recorded": f"no: {adapter} has no record of them (no {BASE_FILE} with its training settings)"}
+        return DistillRecord({"recorded": f"no: {adapter} has no record of them (no {BASE_FILE} with its training "
+                                          "settings)"}, not_recorded)
     recorded = cache.metadata.get("adapter_hash")
     if recorded and adapter_fingerprint(folder) != recorded:
-        return {"recorded": f"no: {adapter} has changed since the item embeddings were made with it"}
+        return DistillRecord({"recorded": f"no: {adapter} has changed since the item embeddings were made with it"},
+                             not_recorded)
     keys = ["batch_size", "grad_accum", "learning_rate", "weight_decay", "max_grad_norm", "max_steps", "seed",
             "domains"]
-    return {key: trained[key] for key in keys if key in trained}
+    return DistillRecord({key: trained[key] for key in keys if key in trained},
+                         {"distill_time_s": _distill_time_s(folder, trained)})
+
+
+def _distill_time_s(adapter: Path, trained_with: dict[str, Any]) -> float | None:
+    """The training time the distill run's checkpoint (``last/`` beside its ``best/`` adapter) records, resumes
+    included as for ``finetune``; None where there is none, or it is of another run (other settings)."""
+    import json
+
+    from lavic_ref.training import STATE_FILE
+
+    try:
+        state = json.loads((adapter.parent / "last" / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("settings") != trained_with:
+        return None
+    elapsed = state.get("elapsed_s")
+    return round(float(elapsed), 1) if isinstance(elapsed, (int, float)) else None
 
 
 @cli.command("card")

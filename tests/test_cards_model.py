@@ -115,6 +115,17 @@ def test_missing_measurements_are_stated_not_invented():
     assert_no_placeholders(card)
 
 
+def test_the_distillation_time_is_shown_beside_fine_tunings_where_recorded():
+    training = {"time_s": 5025.4, "hardware": "1x NVIDIA H100 80GB"}
+    card = render([], training={**training, "distill_time_s": 754.3})
+    assert "- Stage 1 (distillation) training time: 12 min 34 s (754 s), measured (the training time and " \
+           "hardware above are stage 2's, fine-tuning)." in card
+    assert "distill_time_s" not in card  # not repeated in the table of further measurements
+    assert "- Stage 1 (distillation) training time was not recorded." in render([], training={
+        **training, "distill_time_s": None})
+    assert "Stage 1 (distillation) training time" not in render([], training=training)  # no distill adapter
+
+
 def test_model_card_from_a_real_benchmark_run(tmp_path):
     from benchmark.cli import cli as benchmark_cli
 

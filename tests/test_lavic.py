@@ -319,7 +319,7 @@ def test_card_command_names_the_file_it_cannot_read(tmp_path):
 def test_the_card_reports_distill_settings_only_of_the_adapter_the_embeddings_were_made_with(tmp_path):
     """A distill rerun into the same folder replaces the adapter the embeddings were made with: its settings (a full
     run's) must not pass for those of the embeddings' adapter (a smoke run's)."""
-    from lavic_ref.cli import _distill_settings
+    from lavic_ref.cli import _distill_record
     from lavic_ref.model import adapter_fingerprint
 
     adapter = tmp_path / "distill" / "best"
@@ -331,17 +331,17 @@ def test_the_card_reports_distill_settings_only_of_the_adapter_the_embeddings_we
 
     trained(2, b"smoke run")
     cache = ItemEmbeddings({}, {"adapter": str(adapter), "adapter_hash": adapter_fingerprint(adapter)})
-    assert _distill_settings(cache) == {"batch_size": 4, "max_steps": 2}
+    assert _distill_record(cache).settings == {"batch_size": 4, "max_steps": 2}
     trained(None, b"full run")  # distill --no-resume into the same --out; embed not rerun
-    assert _distill_settings(cache) == {"recorded": f"no: {adapter} has changed since the item embeddings were "
-                                                    "made with it"}
+    assert _distill_record(cache).settings == {
+        "recorded": f"no: {adapter} has changed since the item embeddings were made with it"}
 
 
 def test_the_card_finds_a_distill_adapter_given_to_embed_as_a_relative_path_from_another_folder(tmp_path,
                                                                                                 monkeypatch):
     """`embed --distill-adapter distill/best` recorded only the relative path: a finetune run from another folder
     wrote `distill.recorded: no` on the card, as if the adapter had no record of its training settings."""
-    from lavic_ref.cli import _distill_settings
+    from lavic_ref.cli import _distill_record
 
     project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     adapter = project / "distill" / "best"
@@ -355,17 +355,39 @@ def test_the_card_finds_a_distill_adapter_given_to_embed_as_a_relative_path_from
     monkeypatch.chdir(elsewhere)
     cache = ItemEmbeddings.load(path)
     assert cache.metadata["adapter"] == "distill/best"  # as given: the card shows it
-    assert _distill_settings(cache) == {"batch_size": 4, "max_steps": 2}
+    assert _distill_record(cache).settings == {"batch_size": 4, "max_steps": 2}
     # A file from before the absolute path was recorded: the card says where the settings are, not "no".
     cache.metadata.pop("adapter_path")
-    assert _distill_settings(cache) == {"recorded": "unknown: the distill adapter distill/best is not there (a path "
-                                                    "relative to the folder `lavic-ref embed` ran in: run finetune "
-                                                    "there)"}
+    assert _distill_record(cache).settings == {
+        "recorded": "unknown: the distill adapter distill/best is not there (a path relative to the folder "
+                    "`lavic-ref embed` ran in: run finetune there)"}
     monkeypatch.chdir(project)
-    assert _distill_settings(cache) == {"batch_size": 4, "max_steps": 2}
+    assert _distill_record(cache).settings == {"batch_size": 4, "max_steps": 2}
     (adapter / BASE_FILE).unlink()
-    assert _distill_settings(cache) == {"recorded": f"no: distill/best has no record of them (no {BASE_FILE} with "
-                                                    "its training settings)"}
+    assert _distill_record(cache).settings == {
+        "recorded": f"no: distill/best has no record of them (no {BASE_FILE} with its training settings)"}
+
+
+def test_the_card_takes_the_distill_time_from_the_checkpoint_of_the_adapters_own_run(tmp_path):
+    """The card gave fine-tuning's training time but not distillation's, which the distill run's checkpoint
+    (last/ beside best/) records; a checkpoint of another run (other settings) does not count."""
+    from lavic_ref.cli import _distill_record
+    from lavic_ref.model import adapter_fingerprint
+    from lavic_ref.training import STATE_FILE
+
+    adapter, last = tmp_path / "distill" / "best", tmp_path / "distill" / "last"
+    adapter.mkdir(parents=True)
+    last.mkdir()
+    settings = {"task": "distill", "batch_size": 4, "max_steps": 2}
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    (adapter / BASE_FILE).write_text(json.dumps({"trained_with": settings}))
+    cache = ItemEmbeddings({}, {"adapter": str(adapter), "adapter_hash": adapter_fingerprint(adapter)})
+    assert _distill_record(cache).training == {"distill_time_s": None}  # no checkpoint: not recorded
+    (last / STATE_FILE).write_text(json.dumps({"epoch": 2, "elapsed_s": 754.321, "settings": settings}))
+    assert _distill_record(cache).training == {"distill_time_s": 754.3}
+    (last / STATE_FILE).write_text(json.dumps({"elapsed_s": 9.0, "settings": {**settings, "max_steps": None}}))
+    assert _distill_record(cache).training == {"distill_time_s": None}  # a later run's, not yet at a best/
+    assert _distill_record(ItemEmbeddings({}, {"adapter": ""})).training == {}  # no distill adapter: no line
 
 
 def test_card_command_finds_the_folder_a_quoted_tilde_names(user_home):
@@ -606,6 +628,8 @@ def test_describe_distill_embed_finetune_then_benchmark_run(tiny_base, tmp_path)
                                                     "weight_decay": 1e-5, "max_grad_norm": 1.0, "max_steps": 2,
                                                     "seed": 0, "domains": ["home"]}
     assert "| `distill.max_steps` | 2 |" in card
+    assert isinstance(inputs["training"]["distill_time_s"], float)  # from the distill run's last/ checkpoint
+    assert "- Stage 1 (distillation) training time: " in card
     _invoke(cli, ["card", tmp_path / "rec", "--results", tmp_path / "run" / "results.json"])
     card = (tmp_path / "rec" / "README.md").read_text()
     assert f"{results['metrics']['hr@1']['home']['value']:.4f}" in card
