@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from lavic_ref import DEFAULT_BASE
-from lavic_ref.prompts import ITEM_TOKENS
+from lavic_ref.prompts import ITEM_TOKENS, MISTRAL_CHAT_TEMPLATE
 from reddit_amazon.cli_errors import one_line
 from reddit_amazon.images import rgb_image
 
@@ -117,7 +117,7 @@ def load_backbone(base: str = DEFAULT_BASE, *, device: str | None = None, dtype:
     target = resolve_device(device)
     dtype = dtype or default_dtype(target)
     if processor is None:
-        processor = _processor(base)
+        processor = _processor(base, config)
     try:
         model = LlavaNextForConditionalGeneration.from_pretrained(base, config=config, dtype=dtype)
     except OSError as error:  # the config is there, the weights are not (a partial download, offline)
@@ -139,11 +139,10 @@ def load_backbone(base: str = DEFAULT_BASE, *, device: str | None = None, dtype:
 def load_processor(base: str = DEFAULT_BASE):
     """The processor :func:`load_backbone` loads (item tokens included), without loading the model's weights:
     for checks before the model loads (its tokenizer); then give it to :func:`load_backbone`."""
-    llava_next_config(base)
-    return _processor(base)
+    return _processor(base, llava_next_config(base))
 
 
-def _processor(base: str):
+def _processor(base: str, config: Any):
     from transformers import AutoProcessor
 
     try:
@@ -151,7 +150,29 @@ def _processor(base: str):
     except OSError as error:
         raise BaseModelError(f"base model {base}: cannot load its processor: {one_line(error)}") from error
     processor.tokenizer.add_tokens(list(ITEM_TOKENS), special_tokens=True)
+    _give_chat_template(processor, config, base)
     return processor
+
+
+def _give_chat_template(processor: Any, config: Any, base: str) -> None:
+    """Give the tokenizer the chat template every prompt is wrapped in (:func:`~lavic_ref.prompts.chat_wrapping`):
+    its own; else the processor's (a checkpoint's ``chat_template.json``, the older file, reaches only the
+    processor); else, for a Mistral language model, llava-v1.6-mistral's ``[INST] … [/INST]``. Another language
+    model without a template is refused before any weights load: wrapping its prompts in Mistral's format would
+    train and evaluate it on a format it was never tuned on, without a word."""
+    tokenizer = processor.tokenizer
+    if tokenizer.chat_template:
+        return
+    if getattr(processor, "chat_template", None):
+        tokenizer.chat_template = processor.chat_template
+        return
+    language_model = config.get_text_config().model_type
+    if language_model != "mistral":
+        raise BaseModelError(f"base model {base}: neither its tokenizer nor its processor has a chat template, and "
+                             f"its language model is {language_model}, not Mistral (whose [INST] … [/INST] format "
+                             "is used without one): add the model's chat template (chat_template.jinja) to the "
+                             "checkpoint folder")
+    tokenizer.chat_template = MISTRAL_CHAT_TEMPLATE
 
 
 def llava_next_config(base: str):

@@ -66,16 +66,24 @@ def strip_item_tokens(text: str) -> str:
     return "".join(kept)
 
 
+#: llava-v1.6-mistral's user turn, for a Mistral language model whose checkpoint has no chat template (see
+#: :func:`lavic_ref.model.load_processor`).
+MISTRAL_CHAT_TEMPLATE = ("{% for message in messages %}{% if message['role'] == 'user' %}"
+                         "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}{% endfor %}")
+
+
 def chat_wrapping(tokenizer) -> tuple[str, str]:
     """The text before and after a user turn in the tokenizer's chat format.
 
-    Uses the tokenizer's chat template when it has one (``[INST] … [/INST]`` for llava-v1.6-mistral), so training
-    and inference format prompts identically. Templates take the message content as a string (text models) or
-    as a list of ``{"type": "text", ...}`` parts (processors': llava-hf's ``chat_template.json``, which a
-    tokenizer loads as its own from a folder the processor was saved to); both are tried.
+    Uses the tokenizer's chat template (``[INST] … [/INST]`` for llava-v1.6-mistral), so training and inference
+    format prompts identically; :func:`lavic_ref.model.load_processor` gives the tokenizer one, or refuses the
+    checkpoint. Templates take the message content as a string (text models) or as a list of
+    ``{"type": "text", ...}`` parts (processors': llava-hf's ``chat_template.json``, which a tokenizer loads as
+    its own from a folder the processor was saved to); both are tried.
     """
     if not getattr(tokenizer, "chat_template", None):
-        return "[INST] ", " [/INST]"
+        raise ValueError(f"{tokenizer.name_or_path}: the tokenizer has no chat template to wrap prompts in: load it "
+                         "with lavic_ref.model.load_processor, which gives it the checkpoint's (or Mistral's)")
     from jinja2 import TemplateError
 
     marker = "\x00USER_TEXT\x00"

@@ -1049,7 +1049,7 @@ def test_chat_wrapping_reads_templates_of_string_or_list_content(tiny_base, tmp_
     from transformers import AutoProcessor
 
     from lavic_ref.model import load_processor
-    from lavic_ref.prompts import chat_wrapping
+    from lavic_ref.prompts import MISTRAL_CHAT_TEMPLATE, chat_wrapping
 
     folder = tmp_path / "base"
     folder.mkdir()
@@ -1058,8 +1058,46 @@ def test_chat_wrapping_reads_templates_of_string_or_list_content(tiny_base, tmp_
     processor.chat_template = template
     processor.save_pretrained(folder)
     tokenizer = load_processor(str(folder)).tokenizer
-    assert tokenizer.chat_template == template
+    assert tokenizer.chat_template == (template or MISTRAL_CHAT_TEMPLATE)  # none: the tiny LM is a Mistral
     assert chat_wrapping(tokenizer) == ("[INST] ", " [/INST]")
+
+
+#: llava-hf/llava-v1.6-vicuna-7b-hf's kind of template (a processor's, list content): no [INST] in it.
+VICUNA_TEMPLATE = ("{% for message in messages %}{% if message['role'] == 'user' %}{{ 'USER: ' }}"
+                   "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+                   "{{ content['text'] }}{% endfor %}{{ ' ASSISTANT:' }}{% endif %}{% endfor %}")
+
+
+def test_prompts_are_wrapped_in_mistrals_format_only_for_a_mistral_without_a_template(tiny_base, tmp_path):
+    """Without a template on the tokenizer every prompt was silently wrapped in [INST] … [/INST]: also for a
+    checkpoint whose template reached only its processor (the older chat_template.json file), and for a language
+    model that is not Mistral."""
+    import shutil
+
+    from lavic_ref.model import load_processor
+    from lavic_ref.prompts import chat_wrapping
+
+    def checkpoint(name: str, language_model: str = "mistral", template_file: str | None = None) -> str:
+        folder = tmp_path / name
+        shutil.copytree(tiny_base, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+        config = json.loads((folder / "config.json").read_text())
+        config["text_config"]["model_type"] = language_model
+        (folder / "config.json").write_text(json.dumps(config))
+        if template_file:
+            (folder / template_file).write_text(json.dumps({"chat_template": VICUNA_TEMPLATE}))
+        return str(folder)
+
+    for language_model in ("llama", "mistral"):  # the checkpoint's own template, whatever the LM
+        tokenizer = load_processor(checkpoint(f"json-{language_model}", language_model, "chat_template.json")).tokenizer
+        assert chat_wrapping(tokenizer) == ("USER: ", " ASSISTANT:")
+    with pytest.raises(BaseModelError, match=r"no-template: neither its tokenizer nor its processor has a chat "
+                                             r"template, and its language model is llama, not Mistral"):
+        load_processor(checkpoint("no-template", "llama"))
+    assert chat_wrapping(load_processor(checkpoint("mistral", "mistral")).tokenizer) == ("[INST] ", " [/INST]")
+    tokenizer = load_processor(tiny_base).tokenizer
+    tokenizer.chat_template = None  # not loaded by load_processor: no format to guess
+    with pytest.raises(ValueError, match="the tokenizer has no chat template"):
+        chat_wrapping(tokenizer)
 
 
 def test_nested_item_token_text_is_stripped_until_none_is_left():
