@@ -85,7 +85,7 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
           --dataset ./reddit-amazon --out runs/llava16-img
       benchmark run --model my_plugin.py:MyRecommender --limit 50 --out runs/mine
       benchmark run --model lavic --candidates openai_large --dataset ./reddit-amazon --out runs/lavic \\
-          --model-args distill_adapter=runs/lavic/distill/best,rec_adapter=runs/lavic/rec/best,item_embeddings=runs/lavic/emb.safetensors
+          --model-args distill_adapter=runs/lavic/distill/best,rec_adapter=runs/lavic/rec/best,item_embeddings=runs/lavic/item_embeddings-<hash>-<hash>.safetensors
     """
     from benchmark.data import DatasetError
     from reddit_amazon.openai_endpoint import MissingAPIKeyError
