@@ -258,9 +258,11 @@ def typed_args(resolved: ResolvedModel, model_args: dict[str, Any]) -> dict[str,
     are ``False``/``True``, an integer for a ``str`` or ``Path`` is its digits: a folder named ``2024``), through
     ``Optional``, unions and ``Literal`` choices; any other value is refused with a one-line
     :class:`RegistryError`. Unannotated parameters, ``**kwargs`` and other annotations (``list[str]``, a class
-    of the plugin's) take the value as given.
+    of the plugin's) take the value as given. A parameter without a default that ``model_args`` leave out is
+    refused too, naming it.
     """
     parameters, hints = _keyword_parameters(resolved.cls)
+    _check_required(resolved, parameters, model_args)
     typed = dict(model_args)
     for name, value in model_args.items():
         if name not in parameters or name not in hints:
@@ -275,6 +277,17 @@ def typed_args(resolved: ResolvedModel, model_args: dict[str, Any]) -> dict[str,
             raise RegistryError(f"recommender {resolved.spec!r}: --model-args {name} must be "
                                 f"{_describe(hints[name])}, not {shown}") from None
     return typed
+
+
+def _check_required(resolved: ResolvedModel, parameters: dict[str, inspect.Parameter],
+                    model_args: dict[str, Any]) -> None:
+    """Refuse, naming them, the constructor parameters without a default that ``model_args`` leave out: Python's
+    "missing 1 required positional argument" does not say that ``--model-args`` is where they go."""
+    missing = [name for name, p in parameters.items() if p.default is p.empty and name not in model_args]
+    if missing:
+        needed = ",".join(f"{name}=..." for name in missing)
+        raise RegistryError(f"recommender {resolved.spec!r} needs --model-args {needed} (its constructor has no "
+                            f"default for {', '.join(missing)})")
 
 
 def _keyword_parameters(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:

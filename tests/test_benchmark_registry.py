@@ -368,3 +368,16 @@ def test_the_toolkits_own_module_spec_looks_up_no_distribution(monkeypatch):
 
     monkeypatch.setattr(importlib.metadata, "packages_distributions", scanned)
     assert resolve("benchmark.recommenders.random_choice:RandomRecommender").code is None
+
+
+def test_a_constructor_parameter_without_a_default_is_asked_for_by_name(tmp_path):
+    """It failed as "does not accept --model-args {}: __init__() missing 1 required positional argument", which
+    blames the options given and does not say that the missing one goes in --model-args."""
+    plugin = tmp_path / "needs_checkpoint.py"
+    plugin.write_text("class Mine:\n    def __init__(self, checkpoint: str, device: str = 'cpu', *, top_k):\n"
+                      "        pass\n\n    def recommend(self, examples):\n        return []\n")
+    with pytest.raises(RegistryError, match=rf"recommender '{plugin}:Mine' needs --model-args checkpoint=\.\.\.,"
+                                            r"top_k=\.\.\. \(its constructor has no default for checkpoint, top_k\)"):
+        build(f"{plugin}:Mine", {"device": "cuda"})
+    resolved, _ = build(f"{plugin}:Mine", {"checkpoint": 2024, "top_k": 3})
+    assert resolved.cls.__name__ == "Mine"
