@@ -89,7 +89,7 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
     """
     from benchmark.data import DatasetError
     from reddit_amazon.openai_endpoint import MissingAPIKeyError
-    from benchmark.registry import PluginError, RegistryError, parse_model_args
+    from benchmark.registry import PluginError, RegistryError, parse_model_args, secret_values
     from benchmark.runner import RunConfig, RunError
 
     with _run_errors():
@@ -100,8 +100,9 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
             results = _run_showing_plugin_bugs(config, out_dir, overwrite=overwrite, progress=not quiet)
         except (DatasetError, RegistryError, RunError, MissingAPIKeyError, FileNotFoundError, ImportError) as error:
             _fail(error)
-        except PluginError as error:  # its traceback, with the secrets the one-line errors hide hidden there too
-            click.echo(redact_secrets("".join(traceback.format_exception(error))).rstrip("\n"), err=True)
+        except PluginError as error:  # its traceback, with the secrets the one-line errors hide hidden there too,
+            secrets = secret_values(parse_model_args(model_args))  # and those it was given (api_key=...)
+            click.echo(redact_secrets("".join(traceback.format_exception(error)), *secrets).rstrip("\n"), err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.secho(f"\ninterrupted: the predictions made so far are kept in {out_dir}; run the same command "

@@ -197,6 +197,12 @@ def redacted_args(model_args: dict[str, Any]) -> dict[str, Any]:
     return {k: "<redacted>" if _SECRET_ARG.search(k) else _without_credentials(v) for k, v in model_args.items()}
 
 
+def secret_values(model_args: dict[str, Any]) -> list[str]:
+    """The values of the secret-named ``model_args`` (as :func:`redacted_args` names them), to redact from what
+    is printed: a plugin's own error may quote the key it was given."""
+    return [str(value) for name, value in model_args.items() if _SECRET_ARG.search(name) and value is not None]
+
+
 def _without_credentials(value: Any) -> Any:
     """A URL holding credentials as the build records endpoints
     (:func:`reddit_amazon.openai_endpoint.display_url`); any other value as given, so the run signatures of

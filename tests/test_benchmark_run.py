@@ -1167,6 +1167,26 @@ def test_a_plugin_bug_s_traceback_shows_no_secret(dataset, tmp_path):
     assert done.stderr.strip().splitlines()[-1].endswith("OSError: refused: <MY_SERVICE_TOKEN redacted>")
 
 
+@pytest.mark.parametrize("fails_in", ["__init__", "recommend"])
+def test_a_plugin_bug_s_traceback_shows_no_secret_given_in_model_args(dataset, tmp_path, fails_in):
+    """run.json and results.json record api_key=... as <redacted>, but the traceback printed when the plugin
+    raised showed the key wherever the plugin's error quoted it."""
+    plugin = tmp_path / "keyed_plugin.py"
+    plugin.write_text("class Keyed:\n    def __init__(self, api_key: str, hf_token: str = '', depth: int = 1):\n"
+                      "        self.key = api_key\n"
+                      f"        if {fails_in == '__init__'}:\n"
+                      "            raise PermissionError(f'key {api_key} refused (token {hf_token})')\n"
+                      "    def recommend(self, examples):\n"
+                      "        raise PermissionError(f'key {self.key} refused')\n")
+    done = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--model", f"{plugin}:Keyed", "--model-args",
+                           "api_key=sk-proj-ABCDEF123456,hf_token=hf_ZYXWVUT98765,depth=12345678", "--dataset",
+                           str(dataset), "--domain", "home", "--out", str(tmp_path / "run"), "--quiet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" in done.stderr
+    assert "ABCDEF123456" not in done.stderr and "ZYXWVUT98765" not in done.stderr
+    assert "PermissionError: key <key redacted> refused" in done.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("field, value", [("limit", 0), ("batch_size", 0), ("bootstrap_samples", -1), ("seed", None),
                                           ("limit", 2.5), ("limit", True)])
 def test_run_config_refuses_what_the_command_line_refuses(field, value):
