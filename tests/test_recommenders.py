@@ -349,9 +349,10 @@ def test_openai_chat_without_a_key_is_a_clear_cli_error(tmp_path, monkeypatch):
 
 
 def test_openai_chat_refusals_of_one_prompt_score_it_invalid_but_of_every_prompt_stop(httpserver, tmp_path,
-                                                                                     monkeypatch):
+                                                                                     monkeypatch, caplog):
     """vLLM's refusal of a too-large max_tokens names it: a setting, not the prompt; and refusals of each of
-    the first prompts are a setting's too, however they are worded."""
+    the first prompts are a setting's too, however they are worded. The warning for a refused prompt names its
+    record: its output, "", reads in predictions.jsonl like an empty answer."""
     from reddit_amazon.openai_endpoint import RefusedEverything
 
     def chat(request):
@@ -380,6 +381,8 @@ def test_openai_chat_refusals_of_one_prompt_score_it_invalid_but_of_every_prompt
 
     mixed = OpenAIChatRecommender(model="m", base_url=url, cache_dir=tmp_path / "a", max_workers=1)
     assert mixed.recommend([*examples("fine", 1), *examples("too long", 6)]) == ["B000000001"] + [""] * 6
+    rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert [message.split(" rejected")[0] for message in rejected] == [f"request for too {i}" for i in range(6)]
     with pytest.raises(RefusedEverything, match="refused each of the first 5 prompts"):
         OpenAIChatRecommender(model="m", base_url=url, cache_dir=tmp_path / "b", max_workers=1).recommend(
             examples("everything", 6))

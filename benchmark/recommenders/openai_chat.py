@@ -129,7 +129,7 @@ class OpenAIChatRecommender:
             cached = self.cache.get(self._key(request, as_given))
         return key, cached
 
-    def _complete(self, request: dict[str, Any], cancel: threading.Event | None = None) -> str:
+    def _complete(self, example_id: str, request: dict[str, Any], cancel: threading.Event | None = None) -> str:
         import openai
 
         key, cached = self._cached(request)  # the request as configured, not as the endpoint made us adapt it
@@ -145,7 +145,7 @@ class OpenAIChatRecommender:
                 raise
             reason = redact_secrets(error.message)
             self._refusals.refused(lambda: None, reason)  # not cached: a refusal may be a setting's after all
-            log.warning("request rejected (%s); scored as an invalid answer", reason)  # this record only
+            log.warning("request for %s rejected (%s); scored as an invalid answer", example_id, reason)  # only it
             return ""
         self._refusals.answered()
         choice = response.choices[0]
@@ -159,11 +159,11 @@ class OpenAIChatRecommender:
         return text
 
     def recommend(self, examples: Sequence[Example]) -> list[str]:
-        requests = [self._request(example) for example in examples]
+        requests = [(example.example_id, self._request(example)) for example in examples]
         if self.max_workers <= 1 or len(requests) <= 1:
-            return [self._complete(r) for r in requests]
+            return [self._complete(*r) for r in requests]
         with stoppable_calls(self.max_workers, self._connections) as (pool, stopping):
-            futures = [pool.submit(self._complete, request, stopping) for request in requests]
+            futures = [pool.submit(self._complete, *request, stopping) for request in requests]
             for future in as_completed(futures):
                 future.result()  # the first call that fails for good ends the batch at once
             return [future.result() for future in futures]
