@@ -281,8 +281,21 @@ def typed_args(resolved: ResolvedModel, model_args: dict[str, Any]) -> dict[str,
             shown = redacted_args({name: value})[name]
             shown = json.dumps(shown) if shown is None or isinstance(shown, bool) else repr(shown)  # as typed
             raise RegistryError(f"recommender {resolved.spec!r}: --model-args {name} must be "
-                                f"{_describe(hints[name])}, not {shown}") from None
+                                f"{_describe(hints[name])}, not {shown}{_quoting_hint(name, value, hints[name])}"
+                                ) from None
     return typed
+
+
+def _quoting_hint(name: str, value: Any, annotation: Any) -> str:
+    """How to pass as text a value that --model-args decoded as a number or a flag (``version=1.50`` is 1.5),
+    where the parameter takes text."""
+    if value is None or isinstance(value, str):
+        return ""
+    try:
+        _converted("text", annotation)
+    except _Mismatch:
+        return ""
+    return f' (quote a value meant as text: {name}="...")'
 
 
 def _check_required(resolved: ResolvedModel, parameters: dict[str, inspect.Parameter],
