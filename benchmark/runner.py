@@ -403,16 +403,19 @@ def _predict(recommender: Any, ranks: bool, todo: Sequence[Record], batch_size: 
 
 
 def _check_outputs(outputs: Any, examples: Sequence[Any], ranks: bool) -> None:
-    method = "rank" if ranks else "recommend"
+    """Refuse outputs the harness cannot score, saying what to return instead."""
+    method, each = ("rank", "list of item ids (str)") if ranks else ("recommend", "str")
     if not isinstance(outputs, list) or len(outputs) != len(examples):
-        got = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
-        raise RunError(f"{method}() returned {got} outputs for {len(examples)} examples (must be a list, one each)")
+        got = f"{len(outputs)} outputs" if isinstance(outputs, list) else f"a {type(outputs).__name__}"
+        raise RunError(f"{method}() returned {got} for {len(examples)} examples; it must return a list with one "
+                       f"{each} per example, in order")
     for example, output in zip(examples, outputs):
         ok = (isinstance(output, (list, tuple)) and all(isinstance(i, str) for i in output)) if ranks \
             else isinstance(output, str)
         if not ok:
-            expected = "a list of item ids" if ranks else "a str"
-            raise RunError(f"{method}() returned {type(output).__name__} for {example.example_id}; expected {expected}")
+            nothing = "[]" if ranks else '""'
+            raise RunError(f"{method}() returned {type(output).__name__} for {example.example_id}; expected a {each} "
+                           f"(return {nothing} where the model has no answer: the record then scores as not valid)")
         texts = list(output) if ranks else [output]
         if not all(_encodable(text) for text in texts):
             raise RunError(f"{method}() returned text that is not valid Unicode (a lone surrogate) for "

@@ -195,6 +195,35 @@ def test_misbehaving_plugin_is_named(dataset, tmp_path):
             progress=False)
 
 
+class _Returns:
+    """A plugin returning ``value(examples)`` from ``method``."""
+
+    def __init__(self, method, value):
+        setattr(self, method, value)
+
+
+@pytest.mark.parametrize("method, value, error", [
+    ("recommend", lambda examples: tuple("B000000001" for _ in examples),
+     re.escape("recommend() returned a tuple for 4 examples; it must return a list with one str per example, in order")),
+    ("recommend", lambda examples: None,
+     re.escape("recommend() returned a NoneType for 4 examples; it must return a list with one str per example, in order")),
+    ("recommend", lambda examples: ["B000000001"] * 3,
+     re.escape("recommend() returned 3 outputs for 4 examples; it must return a list with one str per example, in order")),
+    ("recommend", lambda examples: [None] * len(examples),
+     r"recommend\(\) returned NoneType for \S+; expected a str \(return \"\" where the model has no answer: the "
+     r"record then scores as not valid\)"),
+    ("rank", lambda examples: [None] * len(examples),
+     r"rank\(\) returned NoneType for \S+; expected a list of item ids \(str\) \(return \[\] where the model has no "
+     r"answer"),
+])
+def test_a_plugin_s_unusable_output_is_refused_saying_what_to_return(dataset, tmp_path, method, value, error):
+    """"returned tuple outputs for 4 examples (must be a list, one each)" and "returned NoneType for x; expected a
+    str" said what was wrong, not what a plugin that has no answer for a record should return."""
+    with pytest.raises(RunError, match=error):
+        run(RunConfig(model="mine", dataset=str(dataset), batch_size=4), tmp_path, recommender=_Returns(method, value),
+            progress=False)
+
+
 def test_examples_never_carry_the_ground_truth(dataset, tmp_path):
     seen = []
 
