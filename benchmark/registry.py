@@ -264,11 +264,11 @@ def typed_args(resolved: ResolvedModel, model_args: dict[str, Any]) -> dict[str,
     are ``False``/``True``, an integer for a ``str`` or ``Path`` is its digits: a folder named ``2024``), through
     ``Optional``, unions and ``Literal`` choices; any other value is refused with a one-line
     :class:`RegistryError`. Unannotated parameters, ``**kwargs`` and other annotations (``list[str]``, a class
-    of the plugin's) take the value as given. A parameter without a default that ``model_args`` leave out is
-    refused too, naming it.
+    of the plugin's) take the value as given. A parameter without a default that ``model_args`` leave out, and an
+    argument the constructor does not take, are refused too, naming them.
     """
     parameters, hints = _keyword_parameters(resolved.cls)
-    _check_required(resolved, parameters, model_args)
+    _check_argument_names(resolved, parameters, model_args)
     typed = dict(model_args)
     for name, value in model_args.items():
         if name not in parameters or name not in hints:
@@ -298,15 +298,33 @@ def _quoting_hint(name: str, value: Any, annotation: Any) -> str:
     return f' (quote a value meant as text: {name}="...")'
 
 
-def _check_required(resolved: ResolvedModel, parameters: dict[str, inspect.Parameter],
-                    model_args: dict[str, Any]) -> None:
-    """Refuse, naming them, the constructor parameters without a default that ``model_args`` leave out: Python's
-    "missing 1 required positional argument" does not say that ``--model-args`` is where they go."""
+def _check_argument_names(resolved: ResolvedModel, parameters: dict[str, inspect.Parameter],
+                          model_args: dict[str, Any]) -> None:
+    """Refuse, naming them, the constructor parameters without a default that ``model_args`` leave out (Python's
+    "missing 1 required positional argument" does not say that ``--model-args`` is where they go), and the names
+    it does not take, with the close ones it does, before the dataset loads; a constructor taking ``**options``
+    is asked about those when it runs."""
     missing = [name for name, p in parameters.items() if p.default is p.empty and name not in model_args]
     if missing:
         needed = ",".join(f"{name}=..." for name in missing)
         raise RegistryError(f"recommender {resolved.spec!r} needs --model-args {needed} (its constructor has no "
                             f"default for {', '.join(missing)})")
+    unknown = [name for name in model_args if name not in parameters]
+    if not unknown or _takes_any_option(resolved.cls):
+        return
+    close = [match for name in unknown for match in difflib.get_close_matches(name, list(parameters), n=1)]
+    hint = f" Did you mean: {', '.join(dict.fromkeys(close))}?" if close else ""
+    raise RegistryError(f"recommender {resolved.spec!r} does not accept --model-args {', '.join(unknown)}.{hint} "
+                        f"It takes: {', '.join(parameters) or 'none'}.")
+
+
+def _takes_any_option(target: Any) -> bool:
+    """Whether ``target`` takes ``**options``, or has no signature to read (then nothing can be checked)."""
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def _keyword_parameters(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:

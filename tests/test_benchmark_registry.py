@@ -382,3 +382,18 @@ def test_a_constructor_parameter_without_a_default_is_asked_for_by_name(tmp_path
         build(f"{plugin}:Mine", {"device": "cuda"})
     resolved, _ = build(f"{plugin}:Mine", {"checkpoint": 2024, "top_k": 3})
     assert resolved.cls.__name__ == "Mine"
+
+
+def test_a_misspelt_model_arg_is_refused_with_the_close_names_before_the_dataset_loads(tmp_path):
+    """temprature=0 failed only once the dataset had loaded, as "does not accept --model-args {'temprature': 0}:
+    Mine.__init__() got an unexpected keyword argument", without the names the constructor takes."""
+    plugin = tmp_path / "spelt.py"
+    plugin.write_text("class Mine:\n    def __init__(self, temperature: float = 0.0, top_k: int = 1):\n        pass\n\n"
+                      "    def recommend(self, examples):\n        return []\n\n\n"
+                      "class Open(Mine):\n    def __init__(self, temperature: float = 0.0, **options):\n        pass\n")
+    resolved = resolve(f"{plugin}:Mine")
+    with pytest.raises(RegistryError) as caught:
+        registry.typed_args(resolved, {"temprature": 0, "api_key": "sk-SECRET-1234"})
+    assert str(caught.value) == (f"recommender '{plugin}:Mine' does not accept --model-args temprature, api_key. "
+                                 "Did you mean: temperature? It takes: temperature, top_k.")
+    assert registry.typed_args(resolve(f"{plugin}:Open"), {"anything": 1}) == {"anything": 1}  # **options: its say
