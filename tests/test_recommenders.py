@@ -295,6 +295,18 @@ def test_hf_vlm_shows_an_undecodable_image_as_no_image_and_names_the_item(tiny_v
     assert len(warnings) == 1 and damaged.item_id in warnings[0]
 
 
+def test_hf_vlm_says_when_it_wraps_prompts_without_a_chat_template(tiny_vlm, caplog):
+    """Without a chat template the prompts were wrapped as 'USER: … ASSISTANT:' without a word, in the log or in
+    results.json, whatever the model's own format."""
+    from benchmark.recommenders.hf_vlm import FALLBACK_CHAT_FORMAT, HFVisionLanguageRecommender
+    from benchmark.registry import recorded_settings
+
+    recommender = HFVisionLanguageRecommender(model=str(tiny_vlm), max_new_tokens=2, device="cpu", dtype="float32")
+    assert recommender._prompt(_example("a"))[0].startswith("USER: ")
+    assert recorded_settings(recommender, None, {})["chat_format"] == FALLBACK_CHAT_FORMAT
+    assert any("has no chat template" in r.getMessage() and str(tiny_vlm) in r.getMessage() for r in caplog.records)
+
+
 def test_hf_vlm_runs_a_text_only_llm_title_only(tmp_path):
     """The paper's Vicuna-v1.5 baseline is a text LLM: AutoProcessor gives its tokenizer, not a processor."""
     pytest.importorskip("transformers")

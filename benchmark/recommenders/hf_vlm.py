@@ -25,6 +25,8 @@ from reddit_amazon.cli_errors import one_line
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
+#: How prompts are wrapped for a checkpoint without a chat template (Vicuna v1.5's user and assistant turns).
+FALLBACK_CHAT_FORMAT = "'USER: … ASSISTANT:' (Vicuna v1.5's turns; no chat template)"
 
 
 class HFVisionLanguageRecommender:
@@ -63,6 +65,11 @@ class HFVisionLanguageRecommender:
             raise _load_error(model, error) from error
         self.image_token = getattr(self.processor, "image_token", "<image>")
         self._undecodable: set[str] = set()
+        self._template = getattr(self.processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
+        # results.json records which format the prompts were in: a fallback is not the checkpoint's own format
+        self.settings = {"chat_format": "the checkpoint's chat template" if self._template else FALLBACK_CHAT_FORMAT}
+        if not self._template:
+            log.warning("hf-vlm: %s has no chat template: prompts are wrapped as %s", model, FALLBACK_CHAT_FORMAT)
 
     def _prompt(self, example: Example) -> tuple[str, list[Any]]:
         """Chat-formatted prompt text and the images its image tokens stand for, in order."""
@@ -99,8 +106,7 @@ class HFVisionLanguageRecommender:
             return None
 
     def _chat(self, text: str) -> str:
-        template = getattr(self.processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
-        if not template:
+        if not self._template:
             return f"USER: {text}\nASSISTANT:"
         content: Any = text if self.text_only else [{"type": "text", "text": text}]
         messages = [{"role": "user", "content": content}]
