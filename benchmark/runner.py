@@ -48,7 +48,7 @@ from benchmark.metrics import (
     summarize_by_domain,
 )
 from benchmark.protocol import DEFAULT_BATCH_SIZE
-from reddit_amazon.files import LOCK_FILE, folder_lock, naming, write_atomic
+from reddit_amazon.files import folder_lock, naming, write_atomic
 from reddit_amazon.progress import bar_options, quiet
 
 RUN_FILE = "run.json"
@@ -115,15 +115,10 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     (:class:`~reddit_amazon.files.FolderBusyError`).
     """
     out = Path(out_dir)
-    existed = out.exists()
-    # progress=False: no bar of the libraries either (datasets' "Generating test split" on a first load)
-    with folder_lock(out, "benchmark run"), quiet(not progress):  # two runs into one folder would mix
-        try:
-            return _run(config, out, overwrite, progress, recommender)
-        finally:
-            if not existed and all(path.name == LOCK_FILE for path in out.iterdir()):
-                (out / LOCK_FILE).unlink(missing_ok=True)  # a run that failed before starting leaves nothing
-                out.rmdir()
+    # Two runs into one folder would mix; a run that fails before it writes anything leaves no folder behind (nor
+    # the parents made for it). progress=False: no bar of the libraries either ("Generating test split").
+    with folder_lock(out, "benchmark run", tidy_on_error=True), quiet(not progress):
+        return _run(config, out, overwrite, progress, recommender)
 
 
 def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommender: Any) -> dict[str, Any]:

@@ -537,6 +537,11 @@ def test_a_run_that_fails_before_predicting_leaves_the_folder_free(dataset, tmp_
 
     with pytest.raises(RunError, match="batch_size must be a positive integer"):
         run(RunConfig(model="nobatch", dataset=str(dataset)), tmp_path / "b", recommender=NoBatches(), progress=False)
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(RunError, match="batch_size must be a positive integer"):  # nor the folders made for it
+        run(RunConfig(model="nobatch", dataset=str(dataset)), tmp_path / "new" / "deeper" / "run",
+            recommender=NoBatches(), progress=False)
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_zero_batch_size_a_surrogate_output_and_damaged_run_files_are_clear_errors(dataset, tmp_path):
