@@ -33,7 +33,7 @@ import orjson
 from rich.markup import escape
 
 from reddit_amazon import DATASET_VERSION
-from reddit_amazon.files import STAGE_STAMP, file_sha256, folder_lock, open_atomic, write_atomic
+from reddit_amazon.files import STAGE_STAMP, file_sha256, folder_lock, open_atomic, printable_path, write_atomic
 from reddit_amazon.cli_errors import user_errors
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 
@@ -98,13 +98,25 @@ class BuildOptions:
 
     def record(self) -> dict[str, Any]:
         """Every option, JSON-ready, for the manifest; the pseudonym salt is never written out."""
-        record = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(self).items()}
+        record = {key: _printable(value) for key, value in asdict(self).items()}
         record["reddit"] = _redact_salt(record["reddit"])
         for key in ("llm_base_url", "embedding_base_url"):  # credentials in a URL never reach the manifest
             record[key] = _shown_url(record[key])
         for key in ("inputs", "meta", "reviews"):  # the bundled sample's own files: no install path
             record[key] = [path if path.startswith("hub:") else _recorded_path(Path(path)) for path in record[key]]
         return record
+
+
+def _printable(value: Any) -> Any:
+    """``value`` with each path and string in it made :func:`printable_path`: options hold file names as the OS gave
+    them, which on Linux may not be UTF-8, and the manifest is UTF-8."""
+    if isinstance(value, (str, Path)):
+        return printable_path(value)
+    if isinstance(value, dict):
+        return {key: _printable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(item) for item in value]
+    return value
 
 
 def _shown_url(url: str | None) -> str | None:
@@ -191,10 +203,10 @@ def _file_inputs(sources: Iterable[str], workdir: Path) -> list[dict[str, Any]]:
     for source in sources:
         path = Path(source)
         if not path.is_file():
-            records.append({"path": source, "bytes": None, "sha256": None})
+            records.append({"path": printable_path(source), "bytes": None, "sha256": None})
             continue
         stat = path.stat()
-        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        key = f"{printable_path(path.resolve())}|{stat.st_size}|{stat.st_mtime_ns}"
         if key not in cache:
             cache[key] = file_sha256(path)
         records.append({"path": _recorded_path(path), "bytes": stat.st_size, "sha256": cache[key]})
@@ -207,7 +219,7 @@ def _recorded_path(path: Path) -> str:
     resolved = path.resolve()
     if resolved.is_relative_to(SAMPLE_INPUTS):
         return str(Path("reddit_amazon/sample/inputs") / resolved.relative_to(SAMPLE_INPUTS))
-    return str(path)
+    return printable_path(path)
 
 
 def package_versions(names: Iterable[str] = VERSIONED_PACKAGES) -> dict[str, str]:
@@ -554,7 +566,7 @@ def command_line(options: BuildOptions) -> str:
         if flag is None:  # set from Python only (e.g. short_link_endpoints): no command-line form
             continue
         args += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
-    return shlex.join(args)
+    return printable_path(shlex.join(args))
 
 
 #: Reddit-stage options that say how the stage runs, not what it writes (left out of the stage keys).

@@ -40,8 +40,8 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from reddit_amazon import __version__
-from reddit_amazon.files import (current_umask, file_lock, file_sha256, naming, remove_abandoned_siblings,
-                                 replace_dir, sibling_prefix, write_atomic)
+from reddit_amazon.files import (current_umask, file_lock, file_sha256, naming, printable_path,
+                                 remove_abandoned_siblings, replace_dir, sibling_prefix, write_atomic)
 from reddit_amazon.schema import (
     DOMAINS,
     ITEM_FEATURES,
@@ -136,10 +136,14 @@ def check_output_folder(out_dir: str | os.PathLike, keep: Sequence[str | os.Path
 
     Writing replaces the whole folder, so it must not exist, be empty, or be a dataset folder (it has
     a manifest); it must not hold the current directory or any path in ``keep`` (inputs, work
-    folder), and the first existing folder on its way must be writable. Raises ``FileExistsError`` /
-    ``PermissionError`` naming the folder, before any work starts.
+    folder), the first existing folder on its way must be writable, and its path must be UTF-8 (a Linux path need
+    not be). Raises ``FileExistsError`` / ``PermissionError`` / ``ValueError`` naming the folder, before any work
+    starts.
     """
     out_dir = Path(out_dir).resolve()
+    if printable_path(out_dir) != str(out_dir):
+        raise ValueError(f"{printable_path(out_dir)}: the path is not UTF-8, and pyarrow and datasets (which write and "
+                         "load the shards) take only UTF-8 paths; choose a folder whose path is UTF-8")
     for kept in [Path.cwd(), *map(Path, keep)]:
         kept = kept.resolve()
         what = "the current folder" if kept == Path.cwd().resolve() else kept

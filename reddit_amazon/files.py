@@ -43,6 +43,13 @@ def current_umask() -> int:
     return mask
 
 
+def printable_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text that UTF-8 can encode. A Linux file name is bytes, not always UTF-8 (a Latin-1 name, or any
+    non-ASCII name under a non-UTF-8 locale): Python hands the bytes it cannot decode over as lone surrogates, which
+    orjson and UTF-8 output refuse. Those bytes become ``\\xNN``; every other name is returned unchanged."""
+    return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def new_file_mode() -> int:
     """Mode of new files: what ``open(path, "w")`` would give now (``mkstemp`` alone gives 0600)."""
     return 0o666 & ~current_umask()
@@ -307,9 +314,10 @@ def replace_dir(new: Path, target: Path) -> None:
 def _short_name(name: str) -> str:
     """``name``, or where it is long a shorter name made from it: a hidden temporary ``.{name}.tmp-host-pid-xxxx``
     beside a target whose own name is near the filesystem's 255-byte limit must not exceed that limit."""
-    if len(name.encode()) <= 80:
+    encoded = os.fsencode(name)  # the bytes on disk: the limit counts them, and a Linux name need not be UTF-8
+    if len(encoded) <= 80:
         return name
-    return f"{name.encode()[:48].decode(errors='ignore')}~{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return f"{encoded[:48].decode(errors='ignore')}~{hashlib.sha256(encoded).hexdigest()[:16]}"
 
 
 def sibling_prefix(target: Path, kind: str) -> str:

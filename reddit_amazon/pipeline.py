@@ -48,7 +48,7 @@ from reddit_amazon.dumps import (
     iter_selected_lines,
     parse_line,
 )
-from reddit_amazon.files import STAGE_STAMP, folder_lock, write_atomic
+from reddit_amazon.files import STAGE_STAMP, folder_lock, printable_path, write_atomic
 from reddit_amazon.linking import LinkPrefilter, extract_asins, extract_short_links, linked_asins
 from reddit_amazon.progress import bar_options
 from reddit_amazon.thread_lines import ThreadLineFinder
@@ -133,7 +133,7 @@ STAGE_VERSION = 5  # 3: user names hashed in lower case; 4: more mention forms, 
 def _file_key(path: Path) -> str:
     stat = path.stat()
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name)[:80]
-    return f"{stem}-{_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns, STAGE_VERSION)}"
+    return f"{stem}-{_digest(printable_path(path.resolve()), stat.st_size, stat.st_mtime_ns, STAGE_VERSION)}"
 
 
 def _temporary(path: Path) -> Path:
@@ -252,7 +252,7 @@ def scan_file(path: Path, hits_path: Path, *, short_links: bool = True, progress
             error = read_error.detail
     os.replace(temporary, hits_path)
     return {
-        "path": str(path),
+        "path": printable_path(path),
         "error": error,
         "lines_read": progress.lines,
         "compressed_bytes": progress.compressed_bytes,
@@ -369,7 +369,7 @@ def collect_file(
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(temporary_dir, out_dir)
     return {
-        "path": str(path),
+        "path": printable_path(path),
         "error": error,
         "lines_read": progress.lines,
         "problems": problems.as_dict(),

@@ -377,6 +377,42 @@ def test_real_inputs_with_damaged_metadata(tmp_path):
     assert missing.exit_code == 1 and f"{tmp_path / 'nope'}: no such file or folder" in missing.output
 
 
+def test_inputs_whose_names_are_not_utf8_are_read_and_recorded_printably(tmp_path):
+    """A Linux file name is bytes: a Latin-1 folder name (or any non-ASCII one under a non-UTF-8 locale) reaches
+    Python with lone surrogates, which orjson refused in the Reddit stage's file keys and the manifest's UTF-8 in
+    the build record ("TypeError: str is not valid UTF-8"). The build reads such inputs and records them with
+    their undecodable bytes as \\xNN; an --out that pyarrow cannot write is refused before any work."""
+    import os
+    import shutil
+
+    inputs = tmp_path / os.fsdecode(b"inputs-caf\xe9")
+    try:
+        shutil.copytree(SAMPLE_INPUTS, inputs)
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system takes only UTF-8 names (macOS, Windows)")
+    args = ["--inputs", str(inputs / "reddit"), "--meta", str(inputs / "amazon"), "--reviews", str(inputs / "amazon"),
+            "--llm-cache", str(inputs / "relevance-cache.sqlite"), "--image-store", str(inputs / "images"),
+            "--salt", SAMPLE_SALT, "--no-resolve-short-links", "--workdir", str(tmp_path / "work"), *FAST]
+    refused = build(*args, "--out", str(tmp_path / os.fsdecode(b"ds-\xe9")))
+    assert refused.exit_code == 1 and "ds-\\xe9: the path is not UTF-8" in refused.output
+    assert not (tmp_path / "work").exists()
+
+    result = build(*args, "--out", str(tmp_path / "ds"))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text(encoding="utf-8"))
+    printable = str(tmp_path / "inputs-caf\\xe9")
+    assert f"--inputs '{printable}/reddit'" in manifest["build"]["command"]  # shlex quotes the backslash
+    assert manifest["build"]["options"]["image_store"] == f"{printable}/images"
+    recorded = [record["path"] for record in manifest["build"]["inputs"]]
+    assert f"{printable}/reddit/sample_comments.zst" in recorded and all(path.startswith(printable) for path in recorded)
+    assert sum(s["conversations"] for s in manifest["stats"].values()) == len(make_world(0).expected_records())
+
+    from reddit_amazon.files import write_atomic
+
+    write_atomic(inputs / os.fsdecode(b"caf\xe9.json"), b"{}")  # its hidden temporary's name is made from its own
+    assert (inputs / os.fsdecode(b"caf\xe9.json")).read_bytes() == b"{}"
+
+
 def test_openai_embedding_candidates_from_a_compatible_endpoint(sample_build, httpserver, tmp_path):
     """`--retrievers openai-emb` fills the paper's candidates_openai_large column through any endpoint."""
     root, _ = sample_build
