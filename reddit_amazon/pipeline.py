@@ -20,6 +20,7 @@ digest of what they depend on, so changed inputs never reuse stale results.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import re
 import secrets
@@ -71,12 +72,21 @@ except ImportError as error:  # pragma: no cover - a broken install
 
 Executor = Literal["local", "slurm", "ray"]
 
-#: How the local executor starts worker processes. datatrove's default, "forkserver", re-imports
-#: everything in each worker (seconds on a busy machine, more than a small scan takes); "fork"
-#: starts them in ~0.1 s. The stage forks only between its own steps, when no threads of its own run (Python 3.12+
-#: still warns under pytest: fsspec's I/O thread, started by datatrove's DataFolder, runs; fsspec makes a new one in
-#: the child).
-LOCAL_START_METHOD = "fork" if sys.platform == "linux" else "forkserver"
+def local_start_method(available: Sequence[str]) -> str:
+    """How the local executor starts worker processes, of the start methods ``available`` on this platform.
+
+    datatrove's default, "forkserver", re-imports everything in each worker (seconds on a busy machine, more than a
+    small scan takes); "fork" starts them in ~0.1 s. The stage forks only between its own steps, when no threads of
+    its own run (Python 3.12+ still warns under pytest: fsspec's I/O thread, started by datatrove's DataFolder, runs;
+    fsspec makes a new one in the child). macOS keeps "forkserver" (a forked process there may crash in system
+    libraries); Windows has "spawn" only, and datatrove refuses a start method the platform lacks.
+    """
+    if sys.platform == "linux" and "fork" in available:
+        return "fork"
+    return "forkserver" if "forkserver" in available else "spawn"
+
+
+LOCAL_START_METHOD = local_start_method(multiprocessing.get_all_start_methods())
 
 
 @dataclass
@@ -479,6 +489,15 @@ def _quiet_local_executor():
     from datatrove.executor import LocalPipelineExecutor
 
     class QuietLocalPipelineExecutor(LocalPipelineExecutor):
+        def _launch_run_for_rank(self, *args, **kwargs):
+            # a worker started by "forkserver" or "spawn" (macOS, Windows) does not inherit the disabled logger of
+            # _run_on_executor, and would print "N/M tasks completed." over the progress bars. Imported here: the
+            # class is pickled by value into such a worker, and loguru's logger holds the console streams.
+            from datatrove.utils.logging import logger
+
+            logger.disable("datatrove.executor.local")
+            return super()._launch_run_for_rank(*args, **kwargs)
+
         def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
             return super()._run_for_rank(rank, local_rank + 1, node_rank)
 

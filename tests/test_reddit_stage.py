@@ -277,6 +277,40 @@ def test_rerun_reuses_everything_and_two_workers_agree(built, world, tmp_path):
     assert parallel.funnel["dropped"] == result.funnel["dropped"]
 
 
+def test_windows_workers_are_spawned_and_linux_ones_forked():
+    """datatrove refuses a start method the platform lacks ("cannot find context for 'forkserver'"), and
+    "forkserver" was the choice everywhere but Linux, Windows included, which has "spawn" only."""
+    import multiprocessing
+
+    from reddit_amazon.pipeline import LOCAL_START_METHOD, local_start_method
+
+    assert local_start_method(["spawn"]) == "spawn"
+    assert LOCAL_START_METHOD in multiprocessing.get_all_start_methods()
+    assert LOCAL_START_METHOD == ("fork" if sys.platform == "linux" else "forkserver" if sys.platform == "darwin"
+                                  else "spawn")
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_workers_started_as_on_macos_and_windows_give_the_same_result_quietly(built, world, tmp_path, monkeypatch,
+                                                                               capfd, start_method):
+    """Workers that are not forked (macOS: forkserver, Windows: spawn) unpickle the steps in a fresh interpreter,
+    and do not inherit the parent's disabled datatrove logger: each printed "N/M tasks completed." over the bars."""
+    import multiprocessing
+
+    import reddit_amazon.pipeline as pipeline
+
+    if start_method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {start_method} here")
+    monkeypatch.setattr(pipeline, "LOCAL_START_METHOD", start_method)
+    _, result = built
+    capfd.readouterr()
+    parallel = run_reddit_stage(
+        [world], tmp_path / "w", RedditStageOptions(salt="test-salt", progress=False, workers=2, tasks=3, buckets=4)
+    )
+    assert _rows(parallel) == _rows(result)
+    assert "tasks completed" not in capfd.readouterr().err
+
+
 def test_a_workdir_inside_the_input_folder_is_not_read_as_dumps(world, tmp_path):
     import shutil
 
