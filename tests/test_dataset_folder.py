@@ -715,6 +715,25 @@ def test_a_rewrite_killed_while_swapping_folders_keeps_the_hidden_entries(tmp_pa
     assert not verify(folder)
 
 
+def test_on_windows_no_process_is_probed_with_signal_0(tmp_path, monkeypatch):
+    """Whether the writer of an abandoned sibling still runs was asked with os.kill(pid, 0): on Windows that sends
+    Ctrl-C (CTRL_C_EVENT is 0) to the console process group pid, or fails with an OSError that stopped the rerun.
+    There the sibling is left alone instead."""
+    from reddit_amazon import files
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    target = tmp_path / "reddit-amazon"
+    target.mkdir()
+    abandoned = tmp_path / f".reddit-amazon.tmp-{socket.gethostname()}-{ended.pid}-x"
+    abandoned.mkdir()
+    signalled = []
+    monkeypatch.setattr(files.sys, "platform", "win32")
+    monkeypatch.setattr(files.os, "kill", lambda pid, signum: signalled.append((pid, signum)))
+    assert files.remove_abandoned_siblings(target, finished_marker="README.md") == []
+    assert signalled == [] and abandoned.is_dir()
+
+
 def test_an_interrupt_between_the_swaps_renames_keeps_the_folder_and_its_git(tmp_path, monkeypatch):
     """Ctrl-C, or SIGTERM as run_cli raises it, after the old folder went aside and before the new one took its
     place: the new folder, holding the Hub clone's .git by then, was deleted and the old one left hidden."""
