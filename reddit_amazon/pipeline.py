@@ -504,12 +504,20 @@ def _quiet_local_executor():
     return QuietLocalPipelineExecutor
 
 
+def _utf8_folder(path: Path):
+    """``path`` as datatrove's logging folder, its task logs in UTF-8 whatever the locale."""
+    from reddit_amazon.utf8_folder import Utf8DataFolder
+
+    return Utf8DataFolder(str(path))
+
+
 def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options: RedditStageOptions) -> None:
     """Run ``step`` as ``tasks`` datatrove tasks and return once every task has completed."""
     workers = max(1, min(options.workers, tasks))
     if options.executor == "local":
         executor = _quiet_local_executor()(
-            [step], tasks=tasks, workers=workers, logging_dir=str(logging_dir), start_method=LOCAL_START_METHOD
+            [step], tasks=tasks, workers=workers, logging_dir=_utf8_folder(logging_dir),
+            start_method=LOCAL_START_METHOD,
         )
     elif options.executor == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
@@ -525,7 +533,7 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
             mem_per_cpu_gb=options.slurm_mem_per_cpu_gb,
             workers=options.workers if options.workers > 1 else -1,
             job_name=f"reddit-amazon-{logging_dir.name}",
-            logging_dir=str(logging_dir),
+            logging_dir=_utf8_folder(logging_dir),
             venv_path=options.slurm_venv,
         )
     elif options.executor == "ray":
@@ -535,7 +543,7 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
             raise ImportError("executor 'ray' needs Ray: pip install 'reddit-amazon[cluster]'") from None
         from datatrove.executor import RayPipelineExecutor
 
-        executor = RayPipelineExecutor([step], tasks=tasks, workers=workers, logging_dir=str(logging_dir))
+        executor = RayPipelineExecutor([step], tasks=tasks, workers=workers, logging_dir=_utf8_folder(logging_dir))
     else:
         raise ValueError(f"unknown executor {options.executor!r}: use local, slurm or ray")
     if options.executor == "local":

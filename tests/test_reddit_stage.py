@@ -819,6 +819,21 @@ def test_a_non_ascii_salt_works_under_an_ascii_locale(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
 
 
+def test_task_logs_are_utf8_under_a_locale_that_is_not(world, tmp_path):
+    """datatrove wrote its task logs in the locale's encoding (Windows: cp1252), which has no emoji for its log lines
+    and the steps' names: each such line was lost, with a "--- Logging error in Loguru Handler ---" traceback on the
+    console (12 in a run of the sample)."""
+    code = ("import sys; from pathlib import Path; from reddit_amazon.pipeline import RedditStageOptions, "
+            "run_reddit_stage; run_reddit_stage([Path(sys.argv[1])], Path(sys.argv[2]), "
+            "RedditStageOptions(salt='s', progress=False, workers=2))")
+    env = {**os.environ, "LANG": "C", "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run([sys.executable, "-c", code, str(world), str(tmp_path / "w")], env=env, capture_output=True,
+                          text=True, encoding="utf-8", errors="replace", timeout=300)
+    assert done.returncode == 0 and "Logging error" not in done.stderr, done.stderr
+    logs = sorted((tmp_path / "w" / "reddit").rglob("logs/task_*.log"))
+    assert logs and "🔎 scan dumps for Amazon links" in "".join(log.read_text(encoding="utf-8") for log in logs)
+
+
 def test_a_record_in_two_same_named_dumps_is_taken_by_input_order_not_by_path_hash(tmp_path):
     """Two editions of one subreddit dump (both BuyItForLife_comments.ndjson) hold the parent comment with
     different text: the kept copy is the first file's in input (path) order, not the one whose folder path or
