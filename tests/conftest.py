@@ -14,11 +14,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
+
+if sys.platform == "win32":  # one line, not AttributeErrors (signal.SIGKILL, os.fork, os.killpg) in a dozen files
+    pytest.exit("the test suite needs a POSIX system (it forks, kills process groups, sends SIGKILL): run it in WSL",
+                returncode=1)
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="reddit-amazon-tests-"))
 os.environ["HF_HOME"] = str(SESSION_DIR / "hf")
