@@ -36,6 +36,7 @@ from typing import Any
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 from datasets.info import DatasetInfo, DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -459,7 +460,7 @@ def card_problems(folder: Path) -> list[str]:
         configs = DatasetCard.load(folder / "README.md").data.to_dict().get("configs") or []
         declared = {(c["config_name"], f["split"]): _declared_files(folder, f["path"])
                     for c in configs for f in c["data_files"]}
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:  # YAML: a hand-edited card
         return [f"README.md: no readable configs ({type(error).__name__}: {error}); `reddit-amazon card` rewrites it"]
     on_disk: dict[tuple[str, str], list[str]] = {}
     for path in sorted((folder / DATA_DIR).glob("*/*.parquet")):
@@ -513,7 +514,7 @@ def _card_infos(folder: Path) -> dict[str, dict[str, Any]]:
     """README.md's ``dataset_info`` by config (none from a card that cannot be read: card_problems names it)."""
     try:
         info = DatasetCard.load(folder / "README.md").data.to_dict().get("dataset_info")
-    except (OSError, ValueError):
+    except (OSError, ValueError, yaml.YAMLError):
         return {}
     entries = info if isinstance(info, list) else [info] if isinstance(info, dict) else []
     return {str(entry.get("config_name", "default")): entry for entry in entries if isinstance(entry, dict)}

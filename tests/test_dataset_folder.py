@@ -441,6 +441,24 @@ def test_verify_finds_a_card_that_declares_other_split_sizes(tmp_path):
                               "`datasets` refuses to load it; `reddit-amazon card` rewrites it"]
 
 
+def test_verify_names_a_card_whose_yaml_does_not_parse(tmp_path):
+    """A hand-edited README.md whose YAML header does not parse is a problem verify names, as for any other
+    unreadable card; it was a yaml ScannerError traceback out of `reddit-amazon verify`."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+    from reddit_amazon.dataset_folder import verify
+
+    folder = tmp_path / "reddit-amazon"
+    write_dataset(folder, contents())
+    readme = folder / "README.md"
+    readme.write_text(readme.read_text().replace("---\n", "---\nbroken: [unclosed\n", 1))
+    problems = verify(folder)
+    assert len(problems) == 1 and problems[0].startswith("README.md: no readable configs"), problems
+    result = CliRunner().invoke(cli, ["verify", str(folder)])
+    assert result.exit_code == 1 and "README.md: no readable configs" in result.output, result.output
+
+
 def test_pre_release_versions_are_written(tmp_path):
     pre = contents()
     pre.version = "1.1.0-rc.1+build.7"
