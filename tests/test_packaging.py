@@ -98,3 +98,31 @@ def test_each_package_ships_a_py_typed_marker(package):
     (``import-untyped``) in a caller's notebook or project."""
     assert (ROOT / package / "py.typed").is_file()
     assert "py.typed" in SETUPTOOLS["package-data"].get(package, [])
+
+
+def test_every_package_the_toolkit_imports_is_declared():
+    """The toolkit imported PyYAML, urllib3 and jinja2 without declaring them: each came in only through another
+    package, which may drop it in any release (a clean install would then fail at import)."""
+    import ast
+    import re
+    import sys
+    from importlib.metadata import packages_distributions
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    declared = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+    own = {"reddit_amazon", "benchmark", "lavic_ref", "cards"}
+    imported = set()
+    for package in own:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.partition(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.partition(".")[0])
+    distributions = packages_distributions()
+    third_party = imported - own - set(sys.stdlib_module_names)
+    # a module of an extra that is not installed here (torch on Python 3.13) goes by its own name
+    missing = {module: distributions.get(module) for module in sorted(third_party)
+               if not any(d.lower().replace("_", "-") in declared for d in distributions.get(module, [module]))}
+    assert missing == {}
