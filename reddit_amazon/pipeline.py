@@ -627,6 +627,11 @@ def _publish(parts: list[Path], destination: Path) -> list[Path]:
     published = []
     for part in parts:
         target = destination / part.name
+        published.append(target)
+        # Already there (an earlier run linked it): a second link renamed onto it would stay, as POSIX renames
+        # nothing between two links of one file.
+        if target.exists() and os.path.samefile(part, target):
+            continue
         temporary = _temporary(target)
         temporary.unlink(missing_ok=True)
         try:
@@ -634,11 +639,12 @@ def _publish(parts: list[Path], destination: Path) -> list[Path]:
         except OSError:
             shutil.copyfile(part, temporary)
         os.replace(temporary, target)
-        published.append(target)
     keep = {p.name for p in published}
     for stale in destination.glob("*.jsonl"):
         if stale.name not in keep:
             stale.unlink()
+    for leftover in destination.glob(".*.jsonl.tmp"):  # of a killed run, or left by versions before the check above
+        leftover.unlink()
     return published
 
 

@@ -265,9 +265,14 @@ def test_rerun_reuses_everything_and_two_workers_agree(built, world, tmp_path):
     workdir, result = built
     markers = sorted((workdir / "reddit" / "work").glob("scan*/*.json"))
     before = {p: p.stat().st_mtime_ns for p in markers}
+    conversations = workdir / "reddit" / "conversations"
+    (conversations / ".part-00099.jsonl.tmp").write_text("")  # as a run killed while publishing leaves it
     again = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
     assert {p: p.stat().st_mtime_ns for p in markers} == before
     assert _rows(again) == _rows(result)
+    # A shard published again was linked under a temporary name renamed onto the shard: a no-op between two
+    # links of one file, which left the temporary link behind.
+    assert sorted(conversations.iterdir()) == sorted(again.shards)
 
     parallel = run_reddit_stage(
         [world], tmp_path / "w2", RedditStageOptions(salt="test-salt", progress=False, workers=2, tasks=3, buckets=4)
