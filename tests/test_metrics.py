@@ -111,7 +111,7 @@ def test_bootstrap_memory_stays_bounded_on_large_splits_with_the_same_intervals(
     monkeypatch.setattr(metrics, "_resample_counts", lambda idx: blocks.append(idx.size) or counts(idx))
     bounded = metrics.bootstrap_intervals(ratios_, samples=11, seed=2)
     assert max(blocks) <= 4_000_000 + n
-    monkeypatch.setattr(metrics, "RESAMPLE_BLOCK_DRAWS", 10**12, raising=False)
+    monkeypatch.setattr(metrics, "RESAMPLE_BLOCK_DRAWS", 10**12)
     assert metrics.bootstrap_intervals(ratios_, samples=11, seed=2) == bounded  # as 100-resample blocks gave
 
 

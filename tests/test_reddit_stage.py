@@ -734,7 +734,7 @@ def test_one_large_dump_is_rebuilt_in_several_buckets(built, world, tmp_path, mo
 
     workdir, result = built
     size = sum(path.stat().st_size for path in world.iterdir())
-    monkeypatch.setattr(pipeline, "BUCKET_INPUT_BYTES", max(1, size // 20), raising=False)
+    monkeypatch.setattr(pipeline, "BUCKET_INPUT_BYTES", max(1, size // 20))
     split = run_reddit_stage([world], tmp_path, RedditStageOptions(salt="test-salt", progress=False))
     assert len(split.shards) >= 20 > len(result.shards)
     assert _rows(split) == _rows(result)
