@@ -687,10 +687,11 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]]))
     monkeypatch.setenv("FAKE_SLURM_STATE", str(state))
-    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the Slurm run did not finish in 120 s"))
+    found = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the Slurm run did not finish in 120 s"))
     signal.alarm(120)
     yield state
     signal.alarm(0)
+    signal.signal(signal.SIGALRM, found)  # the rest of the session gets the handler it had
 
 
 SLURM_OPTIONS = RedditStageOptions(salt="test-salt", progress=False, executor="slurm", slurm_partition="cpu", tasks=3,
