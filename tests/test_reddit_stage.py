@@ -233,8 +233,11 @@ def test_an_edited_dump_rebuilds_the_comment_it_changed(tmp_path):
     options = RedditStageOptions(salt="s", progress=False)
     comments.write_bytes(orjson.dumps(_com("c1", "s1", "t3_s1", "OLD https://www.amazon.com/dp/B000NL0T1G")) + b"\n")
     run_reddit_stage([tmp_path / "in"], tmp_path / "work", options)
-    time.sleep(0.01)  # a new mtime as well as new content
+    first_written = comments.stat().st_mtime_ns
     comments.write_bytes(orjson.dumps(_com("c1", "s3", "t3_s3", "NEW https://www.amazon.com/dp/B000NL0T1G")) + b"\n")
+    # New content of the same size: a dump is told changed by its mtime, which a file system may keep as it was
+    # for a write this soon after (1 s or 2 s granularity, or the clock's tick): a download ends later than that.
+    os.utime(comments, ns=(first_written + 10**9, first_written + 10**9))
     run_reddit_stage([tmp_path / "in"], tmp_path / "work", options)
     rows = [orjson.loads(line) for path in sorted((tmp_path / "work" / "reddit" / "conversations").glob("*.jsonl"))
             for line in path.read_bytes().splitlines()]
