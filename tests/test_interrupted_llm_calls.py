@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -137,14 +138,30 @@ class StallingEndpoint:
         self.server.server_close()
 
 
-def interrupted(command: list[str], endpoint: StallingEndpoint, signum: int) -> tuple[int, float, str]:
-    """Run ``command`` until its calls stall, send it ``signum``: its exit status, the seconds it took to
-    stop and its output."""
+def stored_rows(database: Path, query: str) -> list[tuple]:
+    """``query``'s rows in the SQLite file a command writes (none yet: no file, or no table in it)."""
+    if not database.exists():
+        return []
+    try:
+        with sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True) as db:
+            return db.execute(query).fetchall()
+    except sqlite3.OperationalError:  # the table is not made yet
+        return []
+
+
+def interrupted(command: list[str], endpoint: StallingEndpoint, signum: int,
+                stored: Callable[[], int]) -> tuple[int, float, str]:
+    """Run ``command`` until its calls stall and ``stored()`` counts the answers it was sent, send it
+    ``signum``: its exit status, the seconds it took to stop and its output."""
     child = subprocess.Popen([sys.executable, "-m", *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
     try:
         assert endpoint.stalled.wait(120), "no call reached the endpoint"
-        time.sleep(1)  # every worker is in a call by now, and the answers received are stored
+        time.sleep(1)  # every worker is in a call by now
+        deadline = time.monotonic() + 120
+        while stored() < ANSWERED_FIRST:  # the answers sent are stored: within the second above unless loaded
+            assert time.monotonic() < deadline and child.poll() is None, "the answers sent were not stored"
+            time.sleep(0.05)
         child.send_signal(signum)
         sent = time.monotonic()
         output, _ = child.communicate(timeout=30)
@@ -171,15 +188,14 @@ def test_an_interrupted_build_stops_at_once_and_resumes(tmp_path, signum, stall)
     cache = tmp_path / "work" / "relevance-cache.sqlite"
 
     def answers() -> list[tuple[str, str]]:
-        with sqlite3.connect(cache) as db:
-            return db.execute("SELECT status, answer FROM answers WHERE model = 'm'").fetchall()
+        return stored_rows(cache, "SELECT status, answer FROM answers WHERE model = 'm'")
 
     endpoint = StallingEndpoint(ANSWERED_FIRST, stall)
     command = ["reddit_amazon", "build", "--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"),
                "--llm-model", "m", "--llm-base-url", endpoint.url, "--llm-concurrency", "4", "--no-images",
                "--retrievers", "bm25"]
     try:
-        status, took, output = interrupted(command, endpoint, signum)
+        status, took, output = interrupted(command, endpoint, signum, lambda: len(answers()))
         assert status == BUILD_INTERRUPTED[signum] and took < STOPS_WITHIN_S, (status, took, output)
         assert output.rstrip().endswith("Aborted!") and "Traceback" not in output, output
         assert answers() == [("ok", "Yes.")] * ANSWERED_FIRST  # neither the cut calls nor their failures
@@ -201,15 +217,14 @@ def test_an_interrupted_openai_chat_run_stops_at_once_and_resumes(tmp_path, sign
     responses = tmp_path / "chat-cache" / "responses.sqlite"
 
     def cached() -> list[str]:
-        with sqlite3.connect(responses) as db:
-            return [text for (text,) in db.execute("SELECT text FROM response")]
+        return [text for (text,) in stored_rows(responses, "SELECT text FROM response")]
 
     endpoint = StallingEndpoint(ANSWERED_FIRST, stall)
     command = ["benchmark", "run", "--model", "openai-chat", "--dataset", str(dataset), "--out", str(tmp_path / "run"),
                "--quiet", "--bootstrap-samples", "0", "--model-args",
                f"base_url={endpoint.url},cache_dir={tmp_path / 'chat-cache'},max_workers=4"]
     try:
-        status, took, output = interrupted(command, endpoint, signum)
+        status, took, output = interrupted(command, endpoint, signum, lambda: len(cached()))
         assert status == BENCHMARK_INTERRUPTED[signum] and took < STOPS_WITHIN_S, (status, took, output)
         assert output.rstrip().endswith("run the same command again to resume") and "Traceback" not in output, output
         assert cached() == ["Yes."] * ANSWERED_FIRST
