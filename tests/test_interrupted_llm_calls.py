@@ -30,6 +30,12 @@ STOPS_WITHIN_S = 5  # 1-2 s unloaded; the timeouts at fault are 60 s (build) and
 DROPS_SYNS_OF_A_FULL_BACKLOG = Path("/proc/net/tcp").exists()
 
 
+def connects_hanging(port: int) -> int:
+    """Connections to this loopback port waiting for an answer to their SYN (Linux's /proc/net/tcp: SYN_SENT)."""
+    rows = (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+    return sum(1 for row in rows if row[3] == "02" and int(row[2].split(":")[1], 16) == port)
+
+
 class StallingEndpoint:
     """A loopback chat endpoint: answers "Yes." to its first ``answered_first`` requests, then accepts each
     request and never answers (``stall="hang"``) or sends its body a byte a second (``"drip"``), or accepts no
@@ -74,14 +80,9 @@ class StallingEndpoint:
     def _accept_the_first_connections_only(self) -> None:
         for _ in range(self.answered_first):  # one request each: handle() closes the connection after it
             self.server.process_request(*self.server.get_request())
-        while not (self.connects_hanging() or self.recovered.is_set()):
+        while not (connects_hanging(self.port) or self.recovered.is_set()):
             time.sleep(0.05)
         self.stalled.set()
-
-    def connects_hanging(self) -> int:
-        """Connections to this endpoint waiting for its answer to their SYN (Linux's /proc/net/tcp: SYN_SENT)."""
-        rows = (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
-        return sum(1 for row in rows if row[3] == "02" and int(row[2].split(":")[1], 16) == self.port)
 
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
         body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
@@ -331,14 +332,17 @@ def test_ctrl_c_leaves_a_call_still_connecting_which_sends_nothing_once_connecte
     connections = OpenConnections()
     client = make_client(f"http://127.0.0.1:{port}/v1", 10, "sk-test", connections=connections)
     try:
-        started = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             with stoppable_calls(2, connections) as (pool, stopping):
                 left = pool.submit(with_retries, lambda: client.chat.completions.create(
                     model="m", messages=[{"role": "user", "content": "hi"}]), 3, cancel=stopping)
-                time.sleep(1)  # connecting by now
+                deadline = time.monotonic() + 30
+                while not connects_hanging(port):  # the call is connecting (within ~0.1 s unloaded)
+                    assert time.monotonic() < deadline and not left.done(), "the call never connected"
+                    time.sleep(0.05)
+                started = time.monotonic()
                 raise KeyboardInterrupt
-        assert time.monotonic() - started < 1 + STOPS_WITHIN_S / 2, "Ctrl-C waited for the connect's timeout"
+        assert time.monotonic() - started < STOPS_WITHIN_S / 2, "Ctrl-C waited for the connect's timeout"
         assert not left.done()
 
         listener.accept()[0].close()  # room in the backlog: the call's next SYN connects it
