@@ -146,7 +146,7 @@ def test_imported_turns_match_the_release_context(imported):
     release, out, _ = imported
     for domain, folder in FOLDERS.items():
         loaded = datasets.load_dataset(str(out), domain, split="validation")
-        for row, record in zip(loaded, read_jsonl(release / folder / "valid.jsonl")):
+        for row, record in zip(loaded, read_jsonl(release / folder / "valid.jsonl"), strict=True):
             assert [t["text"] for t in row["turns"]] == [t.text for t in parse_context(record["context"])]
             assert row["gt_text"] == record["gt"]
 
