@@ -476,14 +476,15 @@ def card_info_problems(folder: Path, manifest: Mapping[str, Any]) -> list[str]:
     that YAML, fingerprint included, and checks each split's rows against it: a card left from other data (shards
     and manifest copied in beside it) loads the rows cached for that data, or fails."""
     problems = []
-    stale = stale_card_configs(folder, manifest)
+    infos = _card_infos(folder)
+    stale = stale_card_configs(infos, manifest)
     if stale:
         problems.append(f"README.md: the dataset_info of {', '.join(stale)} is for content fingerprint "
                         f"{', '.join(sorted({stated[:12] for stated in stale.values()}))}, the manifest says "
                         f"{str(manifest.get('fingerprint'))[:12]}: `datasets` would load the rows it cached for that "
                         "card; `reddit-amazon card` rewrites it")
     counts = manifest.get("counts")
-    for config, info in _card_infos(folder).items():
+    for config, info in infos.items():
         splits = counts.get(config) if isinstance(counts, dict) else None
         if not isinstance(splits, dict):  # verify names malformed counts
             continue
@@ -499,11 +500,11 @@ def card_info_problems(folder: Path, manifest: Mapping[str, Any]) -> list[str]:
 _CARD_FINGERPRINT = re.compile(r"content fingerprint ([0-9a-f]{64})")
 
 
-def stale_card_configs(folder: Path, manifest: Mapping[str, Any]) -> dict[str, str]:
-    """The configs whose ``dataset_info`` in README.md names another fingerprint than the manifest's, with the one
-    it names ("none" when it names none)."""
+def stale_card_configs(infos: Mapping[str, Mapping[str, Any]], manifest: Mapping[str, Any]) -> dict[str, str]:
+    """The configs whose ``dataset_info`` in README.md (``infos``, from :func:`_card_infos`) names another
+    fingerprint than the manifest's, with the one it names ("none" when it names none)."""
     stale = {}
-    for config, info in _card_infos(folder).items():
+    for config, info in infos.items():
         stated = _CARD_FINGERPRINT.search(str(info.get("description") or ""))
         if stated is None or stated.group(1) != manifest.get("fingerprint"):
             stale[config] = stated.group(1) if stated else "none"
@@ -591,7 +592,7 @@ def check_unchanged(folder: str | os.PathLike) -> None:
     if fingerprint(folder) != manifest.get("fingerprint"):
         raise SchemaError(f"{folder}: its data files changed since it was written (`reddit-amazon verify "
                           f"{folder}` says how); rebuild, re-import or restore it")
-    if stale := stale_card_configs(folder, manifest):
+    if stale := stale_card_configs(_card_infos(folder), manifest):
         raise SchemaError(f"{folder}: its README.md was written for other data (the dataset_info of "
                           f"{', '.join(stale)} is not for the manifest's fingerprint), and `datasets` would load the "
                           f"rows it cached for that card; `reddit-amazon card {folder}` rewrites it")
