@@ -41,6 +41,8 @@ NO_IMAGE_URL = "no_image_url"
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 JPEG_MAX_SIDE = 65_500  # the longest side Pillow's JPEG encoder writes
 MAX_PIXELS = 40_000_000  # far above Amazon's hi_res images, far below a decompression bomb
+#: Pixels of a greyscale image scaled at a time by :func:`eight_bit_greyscale` (its scratch stays ~16 MB).
+GREYSCALE_BLOCK_PIXELS = 1 << 20
 
 
 @dataclass
@@ -100,9 +102,7 @@ def _decode(data: bytes, options: ImageOptions) -> Any:
         # No warning filter here: catch_warnings is not thread-safe. The pixel check below comes before any
         # decoding, and Pillow's own bomb limit (a warning, then an error) lies above the default max_pixels.
         image = Image.open(io.BytesIO(data), formats=FORMATS)
-        width, height = image.size
-        if width * height > options.max_pixels:
-            raise ImageRejected("too_many_pixels", f"{width}x{height} > {options.max_pixels} pixels")
+        width, height = _within_pixels(image, options.max_pixels)
         if max(width, height) > JPEG_MAX_SIDE:
             raise ImageRejected("too_long_side", f"{width}x{height}: a JPEG side holds at most {JPEG_MAX_SIDE} px")
         image.load()
@@ -138,10 +138,16 @@ def rgb_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageRejected("too_many_pixels", f"{width}x{height} > {max_pixels} pixels")
+        _within_pixels(image, max_pixels)
         return eight_bit_greyscale(image).convert("RGB")
+
+
+def _within_pixels(image: Any, max_pixels: int) -> tuple[int, int]:
+    """The size of an opened, not yet decoded ``image``; :class:`ImageRejected` when it holds over ``max_pixels``."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageRejected("too_many_pixels", f"{width}x{height} > {max_pixels} pixels")
+    return width, height
 
 
 def eight_bit_greyscale(image: Any) -> Any:
@@ -172,10 +178,6 @@ def eight_bit_greyscale(image: Any) -> Any:
     for start in range(0, len(values), rows):
         out[start:start + rows] = scaled(values[start:start + rows])
     return Image.fromarray(out, "L")
-
-
-#: Pixels of a greyscale image scaled at a time by :func:`eight_bit_greyscale` (its scratch stays ~16 MB).
-GREYSCALE_BLOCK_PIXELS = 1 << 20
 
 
 class ImageStoreError(ValueError):
