@@ -12,8 +12,9 @@ from typing import Any
 import click
 
 from benchmark.metrics import OVERALL
-from reddit_amazon.cli_errors import redact_secrets, user_errors
+from reddit_amazon.cli_errors import user_errors
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
+from reddit_amazon.redaction import redact_secrets
 from reddit_amazon.schema import DOMAINS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,27 +16,7 @@ from typing import Any
 
 import click
 
-from reddit_amazon.openai_endpoint import SECRET_PARAMETER, URL_USERINFO
-
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
-_URL_PARAMETER = re.compile(r"(?<=[?&])([^=&#\s]+)=([^&#\s\"'<>]*)")
-
-
-def redact_secrets(text: str, *secrets: str | None) -> str:
-    """``text`` with ``secrets``, the values of secret-looking environment variables and the credentials of
-    any URL in it (``user:password@``, secret-named query parameters) replaced: an endpoint's error may
-    quote the key it was sent ("Incorrect API key provided: sk-...") or the URL it was asked at."""
-    for secret in secrets:
-        if secret and len(secret) >= 8:
-            text = text.replace(secret, "<key redacted>")
-    for name, value in os.environ.items():
-        if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
-            text = text.replace(value, f"<{name} redacted>")
-    if "//" in text:
-        text = URL_USERINFO.sub("<credentials redacted>@", text)
-        text = _URL_PARAMETER.sub(
-            lambda m: f"{m[1]}=<redacted>" if SECRET_PARAMETER.search(m[1]) and m[2] else m[0], text)
-    return text
+from reddit_amazon.redaction import redact_secrets
 
 
 #: The extra that installs each optional dependency (torch is in two extras; the hint names lavic).

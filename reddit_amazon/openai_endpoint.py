@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
+from reddit_amazon.redaction import SECRET_PARAMETER, URL_USERINFO
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -79,13 +81,6 @@ def display_url(url: str) -> str:
     query = urlencode([(k, "<redacted>" if SECRET_PARAMETER.search(k) else v)
                        for k, v in parse_qsl(parts.query, keep_blank_values=True)])
     return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), query, parts.fragment))
-
-
-#: The ``user:password@`` of a URL in a text (scheme-relative ``//user@host`` too): up to the last ``@`` of the
-#: authority, as ``urlsplit`` reads it.
-URL_USERINFO = re.compile(r"(?<=//)[^/?#\s]*@")
-#: Names of URL query parameters that carry credentials (``?api_key=…``, ``&sig=…``).
-SECRET_PARAMETER = re.compile(r"key|token|secret|password|passwd|signature|sig\b|auth|code", re.IGNORECASE)
 
 
 def has_credentials(url: str) -> bool:

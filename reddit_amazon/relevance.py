@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from reddit_amazon.cli_errors import redact_secrets
+from reddit_amazon.redaction import redact_secrets
 from reddit_amazon.openai_endpoint import (
     ChatParameters,
     PROMPT_REFUSAL_STATUSES,
@@ -307,6 +307,9 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
     """
     import openai
 
+    def redacted(error: BaseException) -> str:
+        return redact_secrets(str(error), api_key)
+
     keys, missing = _unanswered(conversations, cache, options)
     calls_made = 0
     requests = _RequestCounter()
@@ -328,7 +331,7 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
                 if error.status_code not in PROMPT_REFUSAL_STATUSES:
                     raise
                 if not refuses_this_prompt_only(error):  # the model, a parameter ...: every call would fail
-                    raise RelevanceError(f"the LLM endpoint refused the request: {error}") from error
+                    raise RelevanceError(f"the LLM endpoint refused the request: {redacted(error)}") from error
                 reason = str(error)
             else:
                 cache.put(key, options.model, answer)
@@ -350,10 +353,11 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
                 elif isinstance(error, RelevanceError):
                     raise error
                 elif isinstance(error, RefusedEverything) or is_fatal(error):
-                    raise RelevanceError(f"the LLM endpoint refused the request: {error}") from error
+                    raise RelevanceError(f"the LLM endpoint refused the request: {redacted(error)}") from error
                 else:  # retried to the end: the endpoint is down, stop instead of waiting out every call
                     tries = f" after {options.max_attempts} attempts" if is_transient(error) else ""
-                    failure = f"failed{tries} ({type(error).__name__}: {str(error)[:300]})"
+                    # Redacted before it is cut short: a key the cut falls inside would no longer be recognised.
+                    failure = f"failed{tries} ({type(error).__name__}: {redacted(error)[:300]})"
                     break
         streak.flush()
         if failure:

@@ -875,7 +875,7 @@ def test_a_recommenders_network_error_is_not_blamed_on_the_predictions_file(data
 
 def test_a_password_holding_an_at_sign_is_redacted_whole():
     """urlsplit (and requests) read the userinfo up to the last '@': all of it is the credentials."""
-    from reddit_amazon.cli_errors import redact_secrets
+    from reddit_amazon.redaction import redact_secrets
 
     shown = redact_secrets("error at https://bob:p@ss-SECRET@api.example.com/v1 and https://host/a@b?x=1")
     assert "ss-SECRET" not in shown and "api.example.com/v1" in shown and "https://host/a@b?x=1" in shown

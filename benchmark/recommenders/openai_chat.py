@@ -29,7 +29,7 @@ import orjson
 from benchmark.prompts import NO_IMAGE_TEXT, recommendation_prompt_segments, render_recommendation_prompt
 from benchmark.protocol import Candidate, Example, image_mime
 from benchmark.retrieval.cache import cache_file, default_cache_dir
-from reddit_amazon.cli_errors import redact_secrets
+from reddit_amazon.redaction import redact_secrets
 from reddit_amazon.openai_endpoint import (
     ChatParameters,
     OpenConnections,

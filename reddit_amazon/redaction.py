@@ -1,0 +1,119 @@
+"""Secrets kept out of every text the toolkit prints, logs or writes down: the one redaction all of them use.
+
+An endpoint's error may quote what it was sent, and a hostile or misconfigured one may quote it in any form: the
+key as given ("Incorrect API key provided: sk-..."), percent-encoded in a URL (``?api_key=sk%2D...``), base64-encoded
+(``Authorization: Basic <base64 of user:key>``), or a URL with credentials of its own (``user:password@host``,
+``;api_key=`` in the path). :func:`redact_secrets` removes every form of a secret it knows (those given, and the
+values of secret-named environment variables) and the credentials any text shows by their shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import os
+import re
+
+#: The ``user:password@`` of a URL in a text (scheme-relative ``//user@host`` too): up to the last ``@`` of the
+#: authority, as ``urlsplit`` reads it.
+URL_USERINFO = re.compile(r"(?<=//)[^/?#\s]*@")
+#: Names of URL parameters that carry credentials (``?api_key=…``, ``&sig=…``, ``;access_token=…``).
+SECRET_PARAMETER = re.compile(r"key|token|secret|password|passwd|signature|sig\b|auth|code", re.IGNORECASE)
+
+#: Environment variables whose values are secrets (``OPENAI_API_KEY``, ``HF_TOKEN``).
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
+#: Shorter values are too likely to occur by chance (and too weak to be a real key).
+_MIN_SECRET_LENGTH = 8
+#: ``name=value`` after a URL's ``?`` / ``&`` (query), ``;`` (path parameter) or ``#`` (fragment, where OAuth puts
+#: ``access_token``), in a URL with or without a scheme (``POST /v1/chat/completions?api_key=...``).
+_URL_PARAMETER = re.compile(r"(?<=[?&;#])([^=&;#\s/\"'<>]+)=([^&;#\s\"'<>]*)")
+#: A header or field that holds a credential, shown as a header (``Authorization: Bearer ...``, ``x-api-key: ...``),
+#: a JSON / dict entry (``'authorization': 'Basic ...'``) or ``name=value``: its value, after the scheme's name.
+_CREDENTIAL_FIELD = re.compile(
+    r"(?<![A-Za-z0-9])(?P<name>(?:proxy-)?authorization|api[-_]?key|(?:access|refresh|id|auth)[-_]token"
+    r"|client[-_]secret|password|passwd|subscription-key)"
+    r"(?P<separator>[\"']?\s*[:=]\s*[\"']?)(?P<scheme>(?:basic|bearer|token|digest|negotiate|ntlm)\s+)?"
+    r"(?P<value>[^\s\"',;&#}\]<>]+)", re.IGNORECASE)
+#: A credential after its scheme's name with no header named: ``Bearer <token>`` (a token has a digit or a sign,
+#: the word after "Bearer" in prose has not) or ``Basic <base64>`` (checked to decode to ``user:password``).
+_SCHEME_CREDENTIAL = re.compile(r"\b(?P<scheme>Bearer|Basic)\s+(?P<value>[A-Za-z0-9._~+/-]{8,}=*)", re.IGNORECASE)
+#: A run of base64 (standard or URL-safe alphabet) long enough to hold a secret.
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
+_TO_STANDARD_BASE64 = str.maketrans("-_", "+/")
+
+REDACTED = "<redacted>"
+
+
+def redact_secrets(text: str, *secrets: str | None) -> str:
+    """``text`` without ``secrets``, the values of secret-named environment variables, or any credential it shows.
+
+    A known secret is replaced in every form an endpoint can echo it in: as given, percent-encoded (any case, any
+    mix of encoded and plain characters, encoded twice), JSON-escaped, and inside base64 (alone or within
+    ``user:secret``). Whatever the secret, the credentials a text shows by their shape go too: a URL's
+    ``user:password@``, secret-named URL parameters (query, ``;`` path parameters, fragment), and the value of an
+    ``Authorization`` (or API-key) header or of a ``Bearer`` / ``Basic`` credential."""
+    known = {value: f"<{name} redacted>" for name, value in os.environ.items()
+             if len(value) >= _MIN_SECRET_LENGTH and _SECRET_NAME.search(name)}
+    for secret in secrets:  # one from the environment keeps the name of its variable
+        if secret and len(secret) >= _MIN_SECRET_LENGTH:
+            known.setdefault(secret, "<key redacted>")
+    for secret, marker in sorted(known.items(), key=lambda item: -len(item[0])):  # a longer one holding another
+        text = _any_encoding(secret).sub(marker, text)
+    if known:
+        text = _BASE64_RUN.sub(lambda run: _base64_holding(run[0], known) or run[0], text)
+    text = _CREDENTIAL_FIELD.sub(lambda m: f"{m['name']}{m['separator']}{m['scheme'] or ''}{REDACTED}", text)
+    text = _SCHEME_CREDENTIAL.sub(_redacted_scheme_credential, text)
+    text = URL_USERINFO.sub("<credentials redacted>@", text)
+    return _URL_PARAMETER.sub(
+        lambda m: f"{m[1]}={REDACTED}" if SECRET_PARAMETER.search(m[1]) and m[2] else m[0], text)
+
+
+@functools.lru_cache(maxsize=64)
+def _any_encoding(secret: str) -> re.Pattern[str]:
+    """``secret`` with each character as itself, percent-encoded (hex digits in either case, ``%25`` for a
+    second encoding), ``+`` for a space, or JSON-escaped (``\\/``)."""
+    parts = []
+    for char in secret:
+        forms = [re.escape(char), "".join(_percent_encoded(byte) for byte in char.encode())]
+        if char == " ":
+            forms.append(r"\+")
+        if char in "/\"\\":
+            forms.append(re.escape("\\" + char))
+        parts.append(f"(?:{'|'.join(forms)})")
+    return re.compile("".join(parts))
+
+
+def _percent_encoded(byte: int) -> str:
+    return "%(?:25)?" + "".join(f"[{digit}{digit.lower()}]" if digit.isalpha() else digit for digit in f"{byte:02X}")
+
+
+def _base64_holding(run: str, known: dict[str, str]) -> str | None:
+    """The marker of the secret that ``run`` decodes to a text holding (at any of the 4 alignments a run glued
+    to other characters may have), or None."""
+    standard = run.rstrip("=").translate(_TO_STANDARD_BASE64)
+    for start in range(4):
+        chunk = standard[start:]
+        if len(chunk) % 4 == 1:  # a stray last character no base64 ends in
+            chunk = chunk[:-1]
+        decoded = _decoded_base64(chunk)
+        for secret, marker in known.items():
+            if _any_encoding(secret).search(decoded) or secret.encode().decode("latin-1") in decoded:
+                return marker
+    return None
+
+
+def _redacted_scheme_credential(match: re.Match[str]) -> str:
+    value = match["value"]
+    if match["scheme"].lower() == "bearer":
+        is_credential = bool(re.search(r"[0-9._~+/=-]", value))
+    else:
+        is_credential = ":" in _decoded_base64(value)
+    return f"{match['scheme']} {REDACTED}" if is_credential else match[0]
+
+
+def _decoded_base64(value: str) -> str:
+    try:
+        return base64.b64decode(value + "=" * (-len(value) % 4), validate=True).decode("latin-1")
+    except (binascii.Error, ValueError):
+        return ""

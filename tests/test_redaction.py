@@ -1,0 +1,190 @@
+"""An endpoint echoing the key in any form (percent-encoded, base64, in a URL, in an Authorization header) never
+gets it into a console line, a log record or a file: through the build's relevance filter and `benchmark run
+--model openai-chat`, against a loopback endpoint that quotes back the key it was sent."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from click.testing import CliRunner
+from werkzeug import Request, Response
+
+from reddit_amazon.redaction import redact_secrets
+
+KEY = "sk-live-QZ7xW2/Kp9+Rt4=Vb8_Hm3Nc"  # '/', '+', '=': its percent-encoded form differs from it
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def percent_encoded(key: str, lower_hex: bool = False) -> str:
+    encoded = quote(key, safe="")
+    return re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), encoded) if lower_hex else encoded
+
+
+def forms_of(key: str) -> list[str]:
+    """The forms an endpoint may echo ``key`` in: none of them may be shown or written."""
+    return [key, percent_encoded(key), percent_encoded(key, lower_hex=True), quote(quote(key, safe=""), safe=""),
+            b64(key), base64.urlsafe_b64encode(key.encode()).decode().rstrip("="), b64(f"user:{key}"),
+            key.replace("/", "\\/")]
+
+
+def echo(key: str) -> str:
+    """An error message quoting ``key`` in each of its forms, as a hostile or misconfigured endpoint may."""
+    twice_encoded, url_safe = quote(quote(key, safe=""), safe=""), base64.urlsafe_b64encode(key.encode()).decode()
+    return (f"rejected POST /v1/chat/completions;api_key={percent_encoded(key)} (also tried "
+            f"https://user:{key}@gateway.invalid/v1?api_key={key}&key={percent_encoded(key, lower_hex=True)}"
+            f"#access_token={twice_encoded}); headers: Authorization: Basic {b64('user:' + key)}, "
+            f"Authorization: Bearer {key}; the key as base64: {b64(key)}, URL-safe: {url_safe.rstrip('=')}; "
+            f"as JSON: {json.dumps(key).replace('/', chr(92) + '/')}")
+
+
+def assert_never_shown(key: str, text: str, where: str) -> None:
+    shown = [form for form in forms_of(key) if form in text]
+    assert not shown, f"{where} shows the key as {shown}"
+    pieces = [key[i:i + 8] for i in range(len(key) - 7)]  # a key cut short (a message truncated) is shown too
+    assert not [piece for piece in pieces if piece in text], f"{where} shows part of the key"
+
+
+def assert_no_file_holds(key: str, *folders: Path) -> None:
+    files = [path for folder in folders for path in folder.rglob("*") if path.is_file()]
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        shown = [form for form in forms_of(key) if form.encode() in data]
+        assert not shown, f"{path} holds the key as {shown}"
+
+
+@pytest.mark.parametrize("form", forms_of(KEY))
+def test_a_known_key_is_redacted_in_every_form(form):
+    assert_never_shown(KEY, redact_secrets(f"endpoint said: {form}.", KEY), form)
+    assert redact_secrets(f"endpoint said: {form}.", KEY) == "endpoint said: <key redacted>."
+
+
+def test_an_environment_secret_is_redacted_in_every_form(monkeypatch):
+    token = "hf_QZ7xW2Kp9Rt4Vb8Hm3Nc+/x"
+    monkeypatch.setenv("HF_TOKEN", token)
+    shown = redact_secrets(f"echoed {percent_encoded(token)} and {b64(token)} and {b64('me:' + token)}")
+    assert_never_shown(token, shown, "the text")
+    assert shown.count("<HF_TOKEN redacted>") == 3
+
+
+@pytest.mark.parametrize("text, credential", [
+    ("POST /v1/chat/completions;api_key=unknown-Zq81x failed", "unknown-Zq81x"),
+    ("POST /v1/chat/completions?api_key=unknown-Zq81x failed", "unknown-Zq81x"),
+    ("at https://h.invalid/v1/chat?x=1&key=unknown-Zq81x", "unknown-Zq81x"),
+    ("redirected to https://h.invalid/cb#access_token=unknown-Zq81x&type=bearer", "unknown-Zq81x"),
+    ("at http://alice:unknown-Zq81x@h.invalid/v1", "unknown-Zq81x"),
+    ("Authorization: Basic " + b64("alice:unknown-Zq81x"), b64("alice:unknown-Zq81x")),
+    ("Basic " + b64("alice:unknown-Zq81x") + " was refused", b64("alice:unknown-Zq81x")),
+    ("{'authorization': 'Bearer unknown-Zq81x'}", "unknown-Zq81x"),
+    ('{"x-api-key": "unknown-Zq81x"}', "unknown-Zq81x"),
+    ("token rejected: Bearer unknown-Zq81x", "unknown-Zq81x"),
+])
+def test_credentials_are_redacted_by_their_shape_when_the_key_is_unknown(text, credential):
+    shown = redact_secrets(text)
+    assert credential not in shown and "redacted" in shown, shown
+
+
+@pytest.mark.parametrize("text", [
+    "Basic authentication failed", "Bearer token missing", "Bearer authentication is required",
+    "model does not accept max_new_tokens=5 or {'max_tokens': 4}", "see https://host.invalid/a@b?x=1&model=m",
+    "gpt-4o-mini: cache_dir=/tmp/x", "Incorrect API key provided",
+])
+def test_ordinary_text_is_left_alone(text):
+    assert redact_secrets(text) == text
+
+
+def hostile_llm(answer: str):
+    """Answers every other request (the first included) with ``answer``; refuses the others as content-filtered,
+    the message quoting back the key of the request's Authorization header in every form."""
+    requests = []
+
+    def handle(request: Request) -> Response:
+        requests.append(request)
+        key = request.headers["Authorization"].removeprefix("Bearer ")
+        if len(requests) % 2 == 0:
+            error = {"message": echo(key), "type": "invalid_request_error", "param": None, "code": "content_filter"}
+            return Response(json.dumps({"error": error}), status=400, content_type="application/json")
+        body = json.loads(request.data)
+        return Response(json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                    "choices": [{"index": 0, "finish_reason": "stop",
+                                                 "message": {"role": "assistant", "content": answer}}]}),
+                        content_type="application/json")
+
+    return handle
+
+
+def failing_llm(status: int, message: str):
+    def handle(request: Request) -> Response:
+        return Response(json.dumps({"error": {"message": message, "type": "server_error"}}), status=status,
+                        content_type="application/json")
+
+    return handle
+
+
+def test_the_relevance_filter_in_a_build_never_shows_or_writes_an_echoed_key(httpserver, tmp_path, caplog):
+    from reddit_amazon.cli import cli
+
+    caplog.set_level(logging.INFO)
+    work, env = tmp_path / "work", {"OPENAI_API_KEY": KEY}
+
+    def build(model: str, out: str):
+        return CliRunner().invoke(cli, ["build", "--out", str(tmp_path / out), "--workdir", str(work),
+                                        "--llm-model", model, "--llm-base-url", httpserver.url_for("/v1"),
+                                        "--llm-concurrency", "1", "--llm-max-attempts", "1", "--no-images",
+                                        "--retrievers", "bm25"], env=env, catch_exceptions=False)
+
+    httpserver.expect_request("/v1/chat/completions").respond_with_handler(hostile_llm("Yes."))
+    refusing = build("refuses-some", "ds")  # half the prompts refused: the reasons go to the answer cache
+    assert refusing.exit_code == 0, refusing.output
+    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["build_reports"]["relevance"]["labels"][
+        "rejected"] > 0
+    httpserver.clear()
+    httpserver.expect_request("/v1/chat/completions").respond_with_handler(failing_llm(401, echo(KEY)))
+    unauthorised = build("unauthorised", "ds401")
+    assert unauthorised.exit_code == 1 and "rejected POST" in unauthorised.output
+    httpserver.clear()
+    # The error is cut to 300 characters: a key the cut falls inside must be redacted before, not after.
+    httpserver.expect_request("/v1/chat/completions").respond_with_handler(failing_llm(500, KEY * 12))
+    down = build("down", "ds500")
+    assert down.exit_code == 1 and "rerun to resume" in down.output
+    for result in (refusing, unauthorised, down):
+        assert_never_shown(KEY, result.output, "the console")
+    assert_never_shown(KEY, caplog.text, "the log")
+    assert_no_file_holds(KEY, tmp_path / "ds", work)
+
+
+def test_openai_chat_never_shows_or_writes_an_echoed_key(httpserver, tmp_path, caplog):
+    from benchmark.cli import cli
+    from benchmark.synthetic import make_synthetic_dataset
+
+    dataset = make_synthetic_dataset(tmp_path / "synthetic", records_per_domain=4, items_per_domain=30)
+    caplog.set_level(logging.INFO)
+
+    def run(out: str):
+        return CliRunner().invoke(cli, ["run", "--model", "openai-chat", "--model-args",
+                                        f"base_url={httpserver.url_for('/v1')},cache_dir={tmp_path / 'cache'},"
+                                        "max_workers=1,max_retries=1", "--dataset", str(dataset),
+                                        "--out", str(tmp_path / out), "--quiet", "--bootstrap-samples", "0"],
+                                  env={"OPENAI_API_KEY": KEY})
+
+    httpserver.expect_request("/v1/chat/completions").respond_with_handler(hostile_llm("no idea"))
+    refusing = run("refusing")  # refused answers are scored invalid, their reasons logged
+    assert refusing.exit_code == 0, refusing.output
+    assert "scored as an invalid answer" in caplog.text
+    httpserver.clear()
+    httpserver.expect_request("/v1/chat/completions").respond_with_handler(failing_llm(401, echo(KEY)))
+    unauthorised = run("unauthorised")
+    assert unauthorised.exit_code == 1 and "AuthenticationError" in unauthorised.output
+    for result in (refusing, unauthorised):
+        assert_never_shown(KEY, result.output, "the console")
+    assert_never_shown(KEY, caplog.text, "the log")
+    assert_no_file_holds(KEY, tmp_path / "refusing", tmp_path / "cache")
