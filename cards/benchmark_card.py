@@ -6,10 +6,9 @@ cannot drift from what ``benchmark run`` does; the prose lives in ``templates/be
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 
-from cards.markdown import inline_code, table
+from cards.markdown import inline_code, prose, table
 from cards.paper import TABLE_CANDIDATES
 from cards.template import fill_template
 
@@ -41,7 +40,7 @@ def render_benchmark_card(candidate_sets: Sequence[str]) -> str:
 
     names = list(dict.fromkeys(candidate_sets))
     sets = (table(["candidate set", "column", "how it was retrieved"],
-                  [[html.escape(name, quote=False), inline_code(f"candidates_{name}"), describe_candidate_set(name)]
+                  [[prose(name), inline_code(f"candidates_{name}"), describe_candidate_set(name)]
                    for name in names])
             if names else "No candidate set was named for this report.")
     return fill_template(

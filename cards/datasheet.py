@@ -127,8 +127,8 @@ def render_datasheet(manifest: Mapping[str, Any], statistics: DatasetStatistics,
         images=_images(statistics),
         image_descriptions=_image_descriptions(facts),
         license=license_text,
-        version=manifest["version"],
-        fingerprint=manifest["fingerprint"],
+        version=inline_code(manifest["version"]),
+        fingerprint=inline_code(manifest["fingerprint"]),
     ).rstrip() + "\n"
 
 

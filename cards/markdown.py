@@ -13,9 +13,37 @@ def one_line(value: object) -> str:
     return " ".join(str(value).splitlines())
 
 
+#: What would make outside text Markdown rather than text: emphasis, a link or image (``[``), a strikethrough,
+#: an autolink (``http://``, ``www.``, ``user@host``), a backtick no other closes, and the backslash that escapes
+#: these. An ``_`` between letters or digits cannot emphasise, so ``candidates_sbert`` stays as written.
+_MARKDOWN_INLINE = re.compile(r"[\\`*\[\]~@]|(?<![^\W_])_|_(?![^\W_])|:(?=//)|(?<=\bwww)\.", re.IGNORECASE)
+
+
 def prose(value: object) -> str:
-    """Outside text (a path, a name) for a sentence: on one line, its HTML shown as text, never rendered."""
-    return html.escape(one_line(value), quote=False)
+    """Outside text (a path, a name) for a sentence or a heading: on one line, its HTML and its Markdown (links,
+    images, emphasis, autolinks) shown as text, never rendered. Its code spans stay code spans (the importer's
+    source names `reddit-amazon import-lavic`): what a code span holds is shown as written."""
+    text = html.escape(one_line(value), quote=False)
+    parts, done = [], 0
+    for start, end in _code_spans(text):
+        parts += [_MARKDOWN_INLINE.sub(r"\\\g<0>", text[done:start]), text[start:end]]
+        done = end
+    return "".join(parts) + _MARKDOWN_INLINE.sub(r"\\\g<0>", text[done:])
+
+
+def _code_spans(text: str) -> list[tuple[int, int]]:
+    """Where ``text``'s code spans are: as CommonMark reads them, a run of backticks up to the next run of as many."""
+    runs = [match.span() for match in re.finditer(r"`+", text)]
+    spans, index = [], 0
+    while index < len(runs):
+        start, end = runs[index]
+        closing = next((k for k in range(index + 1, len(runs)) if runs[k][1] - runs[k][0] == end - start), None)
+        if closing is None:
+            index += 1
+        else:
+            spans.append((start, runs[closing][1]))
+            index = closing + 1
+    return spans
 
 
 def cell(value: object) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from cards.markdown import code_block, duration, flatten, inline_code, one_line, table
+from cards.markdown import code_block, duration, flatten, inline_code, prose, table
 from cards.paper import PAPER_DOI, PAPER_RESULTS, PAPER_TITLE, TABLE_CANDIDATES, paper_lavic
 from cards.template import read_template
 from reddit_amazon.schema import DOMAINS, SEMVER
@@ -138,7 +138,7 @@ def _training(training: Mapping[str, Any]) -> str:
     lines = [
         f"- Training time: {duration(float(time_s))}, measured." if time_s is not None
         else "- Training time was not recorded.",
-        f"- Hardware: {hardware}." if hardware else "- The hardware was not recorded.",
+        f"- Hardware: {prose(hardware)}." if hardware else "- The hardware was not recorded.",
     ]
     if "distill_time_s" in training:  # absent: no distill adapter (embeddings of the base vision tower, no images)
         distill_s = training["distill_time_s"]
@@ -195,9 +195,9 @@ def _results(results: Sequence[Mapping[str, Any]], trained_on: str | None = None
         paper = paper_lavic(candidates)
         dataset = result.get("dataset", {})
         limit = result.get("limit")
-        heading = one_line(f"### {_name(result.get('model'), 'name', 'spec')} on {_name(dataset, 'id')}"
-                           f" ({result.get('split', 'split not recorded')}, candidates {inline_code(candidates)})"
-                           + (f", first {limit:,} records per domain" if limit else ""))
+        heading = (f"### {prose(_name(result.get('model'), 'name', 'spec'))} on {prose(_name(dataset, 'id'))}"
+                   f" ({prose(result.get('split', 'split not recorded'))}, candidates {inline_code(candidates)})"
+                   + (f", first {limit:,} records per domain" if limit else ""))
         details = []
         if limit:
             details.append(f"A partial run (`benchmark run --limit {limit}`): not comparable with the paper's "
@@ -277,14 +277,15 @@ def _usage(base_model: str, adapters: Mapping[str, Any], hyperparameters: Mappin
                            + (["--candidates", str(candidates)] if candidates and candidates != "sbert" else []))
                 for domain in per_domain]
     trained = " ".join(part for part in (
-        f"with `{candidates}` candidates" if candidates else "",
+        f"with {inline_code(candidates)} candidates" if candidates else "",
         "on the bundled sample" if data.get("dataset") == BUNDLED_SAMPLE else "",
         f"on {', '.join(domains)} only" if per_domain != [None] else "") if part)
     local_folder = dataset is not None and dataset != data.get("dataset")
     return ("## Use\n\n" + code_block("\n".join(commands), "bash") + "\n\nThe `lavic` plugin is registered by the "
             "`reddit-amazon` package; `--candidates sbert` or `--candidates openai_large` selects the candidate set"
             + (f" (the adapter was trained {trained})." if trained else ".")
-            + (f" `--dataset {dataset}` stands for the local folder it was trained on." if local_folder else ""))
+            + (f" {inline_code(f'--dataset {dataset}')} stands for the local folder it was trained on."
+               if local_folder else ""))
 
 
 def _without_local_path(data: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -7,7 +7,12 @@ import re
 from benchmark.metrics import PREDICTION_PATTERN, parse_prediction
 from benchmark.registry import BUILTIN, ENTRY_POINT_GROUP
 from cards.benchmark_card import render_benchmark_card
-from tests.test_cards_dataset import assert_no_placeholders, markdown_table_after
+from tests.test_cards_dataset import (
+    HOSTILE_MARKDOWN,
+    assert_no_placeholders,
+    assert_shown_as_text,
+    markdown_table_after,
+)
 
 
 def test_candidate_sets_are_described_one_row_each():
@@ -45,3 +50,9 @@ def test_no_candidate_set_is_said_plainly():
     card = render_benchmark_card([])
     assert "No candidate set was named for this report." in card
     assert_no_placeholders(card)
+
+
+def test_a_hostile_candidate_set_name_is_shown_as_text():
+    """A run's candidate set name (any column a results.json names) renders as text, in Markdown and in the HTML
+    report: no link, image or emphasis of its own."""
+    assert_shown_as_text(render_benchmark_card(["sbert", HOSTILE_MARKDOWN]), render_benchmark_card(["sbert", "plain"]))

@@ -573,6 +573,77 @@ def test_hostile_manifest_values_are_shown_as_text_on_their_own_line(built):
     assert markdown_table_after(card, "### Funnel", "stage")[0]["stage"] == "&lt;img src=x onerror=alert(1)&gt;"
 
 
+#: Outside text holding every kind of inline Markdown: a link, an image, emphasis, a backtick that would open a code
+#: span, a strikethrough, an autolink (CommonMark's, and GitHub's bare URL, www. and e-mail ones), a backslash escape.
+HOSTILE_MARKDOWN = ("[click](http://evil.example) ![x](http://tracker.example/p.gif) *bold* __strong__ _em_ a ` lone "
+                    "backtick ~~gone~~ <http://auto.example> https://bare.example www.auto.example me@auto.example \\*")
+
+
+def markdown_structure(markdown: str) -> list[str]:
+    """What ``markdown`` renders to, text left out: blocks, links, images, emphasis, code spans, inline HTML."""
+    from markdown_it import MarkdownIt
+
+    kinds = []
+    for token in MarkdownIt("commonmark").enable(["table", "strikethrough"]).parse(markdown):
+        kinds.append(token.type)
+        kinds += [child.type for child in token.children or [] if child.type not in ("text", "text_special")]
+    return kinds
+
+
+def rendered_headings(markdown: str) -> list[str]:
+    """The text of each heading of ``markdown`` as a reader sees it."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").enable(["table", "strikethrough"]).parse(markdown)
+    return ["".join(child.content for child in inline.children) for opening, inline in zip(tokens, tokens[1:])
+            if opening.type == "heading_open"]
+
+
+def assert_shown_as_text(hostile: str, benign: str) -> None:
+    """``hostile`` renders as ``benign`` does (no link, image, emphasis or code more), and no text of it holds a
+    URL or e-mail address as written: GitHub's renderer links those too (its autolinks; an escaped character
+    splits the text, as markdown-it's text_special tokens show)."""
+    from markdown_it import MarkdownIt
+
+    hostile, benign = (card.split("\n---\n", 1)[1] if card.startswith("---\n") else card  # not the YAML header
+                       for card in (hostile, benign))
+    assert markdown_structure(hostile) == markdown_structure(benign)
+    html = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(hostile)
+    assert "evil.example" in html and 'href="http://evil' not in html and "<img" not in html
+    unjoined = MarkdownIt("commonmark").enable(["table", "strikethrough"]).disable("text_join").parse(hostile)
+    texts = [child.content for token in unjoined for child in token.children or [] if child.type == "text"]
+    assert [text for text in texts if "example" in text and re.search(r"://|www\.|@", text, re.IGNORECASE)] == []
+
+
+def test_hostile_markdown_in_manifest_values_is_shown_as_text(built, tmp_path):
+    """The name and version (the card's heading), build times, funnel stages, drop reasons and package versions
+    of a manifest show Markdown as the text it is: a hostile copy's card links, embeds and emphasises nothing."""
+    benign = tmp_path / "benign"
+    shutil.copytree(built, benign)
+    manifest = json.loads((built / "manifest.json").read_text())
+    manifest["name"] = manifest["version"] = HOSTILE_MARKDOWN
+    manifest["build"]["started_utc"] = manifest["build"]["finished_utc"] = HOSTILE_MARKDOWN
+    manifest["build"]["package_versions"] = {HOSTILE_MARKDOWN: HOSTILE_MARKDOWN}
+    manifest["funnel"][0]["stage"] = HOSTILE_MARKDOWN
+    manifest["funnel"][1]["dropped"] = {HOSTILE_MARKDOWN: 1}
+    (built / "manifest.json").write_text(json.dumps(manifest))
+    refresh_card(built)
+    plain = json.loads((benign / "manifest.json").read_text())
+    plain["name"] = plain["version"] = "plain"
+    plain["build"]["started_utc"] = plain["build"]["finished_utc"] = "plain"
+    plain["build"]["package_versions"] = {"plain": "plain"}
+    plain["funnel"][0]["stage"] = "plain"
+    plain["funnel"][1]["dropped"] = {"plain": 1}
+    (benign / "manifest.json").write_text(json.dumps(plain))
+    refresh_card(benign)
+    card = (built / "README.md").read_text(encoding="utf-8")
+    assert_shown_as_text(card, (benign / "README.md").read_text(encoding="utf-8"))
+    assert rendered_headings(card)[0] == f"Reddit-Amazon ({HOSTILE_MARKDOWN} {manifest['version']})"
+    assert markdown_table_after(card, "### Funnel", "stage")[0]["stage"].count("\\[") == 2
+    datasheet = card.split("## Datasheet", 1)[1]
+    assert "\\[click\\]" in datasheet  # started / finished and the stages in sentences (the version is code)
+
+
 def test_the_items_table_says_what_an_items_domain_is(built):
     """The items table gave an item's `domain` the conversations' meaning ("a conversation takes the domain of the
     item it recommends"): an item's domain is where its `main_category` maps."""

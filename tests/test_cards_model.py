@@ -11,7 +11,13 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from cards.model_card import render_model_card
 from cards.paper import PAPER_RESULTS, paper_lavic
-from tests.test_cards_dataset import assert_no_placeholders, markdown_table_after
+from tests.test_cards_dataset import (
+    HOSTILE_MARKDOWN,
+    assert_no_placeholders,
+    assert_shown_as_text,
+    markdown_table_after,
+    rendered_headings,
+)
 
 # As in conftest.py, which pytest imports as `conftest`: `from tests.conftest import ...` would run it a second
 # time, with a second session folder.
@@ -295,3 +301,18 @@ def test_results_on_domains_the_adapters_were_not_trained_on_are_marked():
     assert "trained on fashion only" in one
     every = render([scores], data={"dataset": "d", "fingerprint": "f" * 64, "domains": ["beauty", "fashion", "home"]})
     assert "not trained on" not in every
+
+
+def test_hostile_markdown_in_results_and_training_records_is_shown_as_text():
+    """The model and dataset names and the split of a results.json (a results heading), the hardware and the
+    candidate set show Markdown as the text it is: the card links, embeds and emphasises nothing of theirs."""
+
+    def card(text: str) -> str:
+        given = {**result("sbert", {"beauty": 0.1}), "model": {"spec": "lavic", "name": text}, "split": text}
+        given["dataset"]["id"] = text
+        return render([given], training={"time_s": 10.0, "hardware": text},
+                      data={"dataset": f"/home/me/{text}", "candidates": text, "fingerprint": "f" * 64})
+
+    hostile = card(HOSTILE_MARKDOWN)
+    assert_shown_as_text(hostile, card("plain"))
+    assert f"{HOSTILE_MARKDOWN} on {HOSTILE_MARKDOWN} ({HOSTILE_MARKDOWN}, candidates sbert)" in rendered_headings(hostile)
