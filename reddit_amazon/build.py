@@ -87,6 +87,7 @@ class BuildOptions:
     images: bool = True
     image_store: Path | None = None
     image_concurrency: int = 8
+    allow_private_image_hosts: bool = False  # image URLs (and redirects) may lead to loopback / private addresses
     push_to_hub: str | None = None
     private: bool = False
     reddit: dict[str, Any] = field(default_factory=dict)  # RedditStageOptions fields
@@ -473,7 +474,9 @@ def images_stage(options: BuildOptions, upstream: StageResult, console) -> Stage
     store = ImageStore(_image_store_path(options))
     console.print(f"[bold]4/5 images[/]: main image of {len(items)} item(s) into {escape(str(store.folder))}")
     outcomes = fetch_images([(i.item_id, i.image_urls) for i in items], store,
-                            ImageOptions(concurrency=options.image_concurrency), progress=_tqdm("images"))
+                            ImageOptions(concurrency=options.image_concurrency,
+                                         allow_private_hosts=options.allow_private_image_hosts),
+                            progress=_tqdm("images"))
     for item in items:
         outcome = outcomes[item.item_id]
         item.image = outcome.path  # read when its shard is written
@@ -560,6 +563,7 @@ def command_line(options: BuildOptions) -> str:
         args += ["--retrievers", ",".join(options.retrievers) or "none"]
     args += ["--no-filter"] if options.no_filter else []
     args += ["--no-images"] if not options.images else []
+    args += ["--allow-private-image-hosts"] if options.allow_private_image_hosts else []
     reddit = {k: v for k, v in options.reddit.items() if not (options.sample and SAMPLE_REDDIT_OPTIONS.get(k) == v)}
     for name, value in sorted(_redact_salt(reddit).items()):
         flag = REDDIT_FLAGS.get(name)
@@ -859,6 +863,9 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--images/--no-images", default=True, show_default=True, help="Download and embed item images.")
 @click.option("--image-store", type=UserPath(path_type=Path), help="Image store folder. Default: <workdir>/images")
 @click.option("--image-concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--allow-private-image-hosts", is_flag=True,
+              help="Let image URLs and their redirects reach loopback, private, link-local (cloud metadata) and "
+                   "other non-public addresses; refused by default, counted as private_host.")
 @click.option("--push-to-hub", metavar="REPO", help="Publish the folder as a Hub dataset (token: HF_TOKEN).")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")
 @click.option("--salt", help="Salt of the author pseudonyms (Reddit stage).")
@@ -870,8 +877,9 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--quiet", is_flag=True, help="No progress bars (the stages, funnel and errors are still printed).")
 def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map, llm_base_url, llm_model,
                   llm_template, llm_concurrency, llm_max_attempts, llm_cache, no_filter, dry_run, retrievers,
-                  embedding_base_url, embedding_model, images, image_store, image_concurrency, push_to_hub, private,
-                  salt, executor, partition, workers, resolve_short_links, quiet) -> None:
+                  embedding_base_url, embedding_model, images, image_store, image_concurrency,
+                  allow_private_image_hosts, push_to_hub, private, salt, executor, partition, workers,
+                  resolve_short_links, quiet) -> None:
     """Build the dataset folder from Reddit dumps and Amazon Reviews 2023, printing the funnel.
 
     With no arguments, builds the bundled sample end to end, offline.
@@ -899,7 +907,8 @@ def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map
         llm_template=llm_template, llm_concurrency=llm_concurrency, llm_max_attempts=llm_max_attempts,
         llm_cache=llm_cache, no_filter=no_filter, dry_run=dry_run, retrievers=_split_list(retrievers),
         embedding_base_url=embedding_base_url, embedding_model=embedding_model, images=images,
-        image_store=image_store, image_concurrency=image_concurrency, push_to_hub=push_to_hub, private=private,
+        image_store=image_store, image_concurrency=image_concurrency,
+        allow_private_image_hosts=allow_private_image_hosts, push_to_hub=push_to_hub, private=private,
         reddit={k: v for k, v in reddit.items() if v is not None},
     )
     if sample:

@@ -6,12 +6,13 @@ as JPEG (other formats are converted). Failures are recorded per item in ``failu
 to the images and never stop the build; an item without a usable image keeps its gap
 (``Item.image_error``). The store is resumable: images already there are not downloaded again,
 permanent failures (4xx, an invalid URL, not an image, too large, undecodable) are not retried, transient
-ones (timeouts, 408, 429, 5xx after the retries) are retried by the next run.
+ones (timeouts, 408, 429, 5xx after the retries) are retried by the next run. A URL, or a redirect, to a host
+that is not at a public address is refused (``private_host``; :mod:`reddit_amazon.http_session`) unless
+``ImageOptions.allow_private_hosts``; it is retried by the next run, which may allow it.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
@@ -23,10 +24,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, final
+from typing import Any
 
 from reddit_amazon import __version__
 from reddit_amazon.files import write_atomic
+from reddit_amazon.http_session import Deadline, PrivateHostRefused, guarded_session, socket_of
 from reddit_amazon.openai_endpoint import retry_after
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,9 @@ class ImageOptions:
     max_retry_after_s: float = 60.0  # the longest Retry-After waited out before the next attempt
     jpeg_quality: int = 92
     user_agent: str = f"reddit-amazon/{__version__} (dataset builder)"
+    #: Whether image hosts may be at loopback, private, link-local ... addresses (a URL or redirect to them is
+    #: refused otherwise: the metadata file must not reach the build machine's own network).
+    allow_private_hosts: bool = False
 
 
 class ImageRejected(ValueError):
@@ -308,7 +313,7 @@ def _download(session, url: str, options: ImageOptions) -> tuple[bytes, str | No
 
     # The timeout bounds each read, so a host sending a byte a second (of its headers or body) would hold a
     # worker for hours: the whole response gets a deadline, after which its socket is shut (ending a blocked read).
-    with _Deadline(options.timeout_s * 3) as deadline:
+    with Deadline(options.timeout_s * 3) as deadline:
         try:
             response = session.get(url, stream=True, timeout=options.timeout_s)
         except requests.TooManyRedirects as error:  # a redirect loop stays a loop: not worth another run
@@ -323,7 +328,7 @@ def _download(session, url: str, options: ImageOptions) -> tuple[bytes, str | No
                 raise _TransientHTTP(f"headers still arriving after {deadline.seconds:g} s") from error
             raise
         with response:
-            deadline.watch(_socket_of(response))
+            deadline.watch(socket_of(response))
             if deadline.expired.is_set():  # the headers were cut short
                 raise _TransientHTTP(f"headers still arriving after {deadline.seconds:g} s")
             if response.status_code in (408, 429) or response.status_code >= 500:
@@ -350,106 +355,6 @@ def _download(session, url: str, options: ImageOptions) -> tuple[bytes, str | No
     return b"".join(chunks), content_type
 
 
-_current = threading.local()  # .deadline: the _Deadline of the request this thread is making
-
-
-@final
-class _Deadline:
-    """Shuts the socket of the request made in its ``with`` block once ``seconds`` have passed. The socket is
-    handed over by :func:`_session`'s connections before the headers are read, and again from the response."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.expired = threading.Event()  # set before the socket is shut: a response that "ended" was cut short
-        self._socket: Any = None
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Deadline:
-        _current.deadline = self
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._timer.cancel()
-        _current.deadline = None
-
-    def watch(self, sock: Any) -> None:
-        with self._lock:
-            self._socket = sock or self._socket
-            expired = self.expired.is_set()
-        if expired:
-            _shut(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired.set()
-            sock = self._socket
-        _shut(sock)
-
-
-def _session(options: ImageOptions) -> Any:
-    """A session whose connections hand their socket to the thread's :class:`_Deadline` before reading a response."""
-    import requests
-
-    session = requests.Session()
-    session.headers["User-Agent"] = options.user_agent
-    adapter = _watching_adapter()()
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
-@functools.cache
-def _watching_adapter() -> type:
-    from requests.adapters import HTTPAdapter
-    from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
-
-    def watching(pool_class: type) -> type:
-        class Connection(pool_class.ConnectionCls):
-            def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-                deadline = getattr(_current, "deadline", None)
-                if deadline is not None:
-                    deadline.watch(self.sock)
-                return super().getresponse(*args, **kwargs)
-
-        return type(pool_class.__name__, (pool_class,), {"ConnectionCls": Connection})
-
-    pools = {"http": watching(HTTPConnectionPool), "https": watching(HTTPSConnectionPool)}
-
-    class Adapter(HTTPAdapter):
-        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-            super().init_poolmanager(*args, **kwargs)
-            self.poolmanager.pool_classes_by_scheme = pools
-
-        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:  # behind http(s)_proxy: the same watch
-            manager = super().proxy_manager_for(proxy, **kwargs)
-            manager.pool_classes_by_scheme = pools
-            return manager
-
-    return Adapter
-
-
-def _socket_of(response: Any) -> Any:
-    """The socket a streamed response reads from (private attributes of http.client and urllib3: None
-    if a release moves them, and then only the per-read timeout applies)."""
-    try:
-        return response.raw._fp.fp.raw._sock
-    except AttributeError:
-        return getattr(getattr(response.raw, "connection", None), "sock", None)
-
-
-def _shut(sock: Any) -> None:
-    import socket
-
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:  # already closed
-            pass
-
-
 def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, options: ImageOptions, *,
                  progress: Callable[[Iterable, int], Iterable] | None = None) -> dict[str, ImageOutcome]:
     """Make sure each ``(asin, urls)`` has its main image (``urls[0]``) in ``store``, or a recorded reason."""
@@ -473,7 +378,8 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
 
     def session() -> requests.Session:
         if not hasattr(local, "session"):
-            local.session = _session(options)
+            local.session = guarded_session(options.user_agent,
+                                            allow_private_hosts=options.allow_private_hosts)
         return local.session
 
     backoff = tenacity.wait_random_exponential(multiplier=options.backoff_initial_s, max=options.backoff_max_s)
@@ -503,6 +409,10 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
         except ImageRejected as error:
             store.record_failure(asin, url, str(error), permanent=True)
             return ImageOutcome(path=None, error=str(error))
+        except PrivateHostRefused as error:  # not permanent: a run with allow_private_hosts fetches it
+            message = f"{error} (--allow-private-image-hosts allows it)"
+            store.record_failure(asin, url, message, permanent=False)
+            return ImageOutcome(path=None, error=message)
         except (_TransientHTTP, requests.RequestException) as error:
             attempts = retrying.statistics.get("attempt_number", options.max_attempts)
             message = f"download_failed: {type(error).__name__} after {attempts} attempt(s) ({error})"

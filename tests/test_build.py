@@ -668,3 +668,53 @@ def test_run_build_with_progress_off_draws_no_bar(tmp_path, capfd, monkeypatch):
     captured = capfd.readouterr()
     assert "%|" not in captured.err and "it/s" not in captured.err, captured.err[-2000:]
     assert (tmp_path / "ds" / "manifest.json").is_file()
+
+
+def test_an_image_url_at_a_private_address_is_refused_unless_allowed(tmp_path, threaded_httpserver):
+    """A metadata file pointing an item's image at the build machine's own network (here loopback; on a cloud VM
+    169.254.169.254 alike): the item is kept without its image, counted as private_host, nothing else changes;
+    --allow-private-image-hosts fetches it and is recorded."""
+    import io
+    import shutil
+
+    from PIL import Image
+
+    inputs = tmp_path / "inputs"
+    shutil.copytree(SAMPLE_INPUTS, inputs)
+    stored = json.loads((inputs / "images" / "sources.json").read_text())
+    meta_file = inputs / "amazon" / "meta_All_Beauty.jsonl"
+    lines = [json.loads(line) for line in meta_file.read_text().splitlines()]
+    moved = next(line for line in lines if line["parent_asin"] in stored)
+    url = threaded_httpserver.url_for("/private.jpg").replace("localhost", "127.0.0.1")
+    moved["images"][0]["hi_res"] = url
+    meta_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (0, 200, 0)).save(buffer, format="JPEG")
+    threaded_httpserver.expect_request("/private.jpg").respond_with_data(buffer.getvalue(), content_type="image/jpeg")
+    args = ["--inputs", str(inputs / "reddit"), "--meta", str(inputs / "amazon"), "--reviews", str(inputs / "amazon"),
+            "--llm-cache", str(inputs / "relevance-cache.sqlite"), "--image-store", str(inputs / "images"),
+            "--salt", SAMPLE_SALT, "--no-resolve-short-links", "--out", str(tmp_path / "ds"),
+            "--workdir", str(tmp_path / "work"), *FAST]
+
+    def item(folder: Path) -> dict:
+        items = datasets.load_dataset(str(folder), "items", split="beauty")
+        return next(row for row in items if row["item_id"] == moved["parent_asin"])
+
+    refused = build(*args)
+    assert refused.exit_code == 0, refused.output
+    assert not threaded_httpserver.log
+    manifest = read_manifest(tmp_path / "ds")
+    assert manifest["build_reports"]["images"]["without_image"] == {"http_error": 2, "private_host": 1}
+    assert "private_host" in refused.output
+    assert sum(s["conversations"] for s in manifest["stats"].values()) == len(make_world(0).expected_records())
+    row = item(tmp_path / "ds")
+    assert row["image"] is None and row["image_error"].startswith("private_host: 127.0.0.1 is at 127.0.0.1")
+    assert manifest["build"]["options"]["allow_private_image_hosts"] is False
+
+    allowed = build(*args, "--out", str(tmp_path / "allowed-ds"), "--allow-private-image-hosts")
+    assert allowed.exit_code == 0, allowed.output
+    manifest = read_manifest(tmp_path / "allowed-ds")
+    assert manifest["build_reports"]["images"]["without_image"] == {"http_error": 2}
+    assert item(tmp_path / "allowed-ds")["image"] is not None and len(threaded_httpserver.log) == 1
+    assert manifest["build"]["options"]["allow_private_image_hosts"] is True
+    assert " --allow-private-image-hosts" in manifest["build"]["command"]

@@ -41,8 +41,9 @@ def bomb_png() -> bytes:
     return buffer.getvalue()
 
 
+# The image hosts of these tests are loopback servers: allowed here, refused by default (see the private_host tests).
 OPTIONS = ImageOptions(concurrency=4, timeout_s=0.5, max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.02,
-                       max_bytes=200_000, max_pixels=1_000_000)
+                       max_bytes=200_000, max_pixels=1_000_000, allow_private_hosts=True)
 
 
 class ImageHost:
@@ -368,10 +369,12 @@ def test_an_image_whose_source_was_not_recorded_is_fetched_again(httpserver, tmp
 @pytest.mark.parametrize("through_a_proxy", [False, True])
 def test_trickling_headers_are_cut_at_the_deadline(tmp_path, monkeypatch, through_a_proxy):
     """The deadline runs from before the request: a host sending its headers a byte at a time is cut too, and
-    so is a proxy doing it (the loopback server plays the proxy: the image host's name is never resolved)."""
+    so is a proxy doing it (the loopback server plays the proxy: the image host's name is never resolved). A
+    proxy is reached at a loopback address without --allow-private-image-hosts: it resolves the names itself."""
     server = _trickling_server([b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n", *[b"X"] * 30,
                                 b": y\r\nContent-Length: 0\r\n\r\n"], 0.1)
-    options = ImageOptions(**{**OPTIONS.__dict__, "timeout_s": 0.3, "max_attempts": 1})
+    options = ImageOptions(**{**OPTIONS.__dict__, "timeout_s": 0.3, "max_attempts": 1,
+                              "allow_private_hosts": not through_a_proxy})
     address = f"http://127.0.0.1:{server.getsockname()[1]}"
     for name in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
@@ -383,6 +386,110 @@ def test_trickling_headers_are_cut_at_the_deadline(tmp_path, monkeypatch, throug
     assert time.monotonic() - started < 2  # the headers alone take 3 s
     assert "headers still arriving after 0.9 s" in outcomes["B000000001"].error
     server.close()
+
+
+def test_a_loopback_image_host_is_refused_unless_allowed(httpserver, host, tmp_path):
+    """A metadata file may name any URL: by default none at a loopback (or other non-public) address is
+    asked, by IP or by a name resolving to one (localhost); the item keeps a gap, counted by its reason,
+    and is tried again by a run that allows them."""
+    guarded = ImageOptions(**{**OPTIONS.__dict__, "allow_private_hosts": False})
+    port = httpserver.port
+    items = [("B000000001", [f"http://127.0.0.1:{port}/good.jpg"]),
+             ("B000000002", [f"http://localhost:{port}/good.jpg"]), ("B000000003", [])]
+    outcomes = fetch_images(items, ImageStore(tmp_path / "images"), guarded)
+    assert not host.hits  # nothing was sent
+    for asin, name in (("B000000001", "127.0.0.1"), ("B000000002", "localhost")):
+        assert outcomes[asin].path is None
+        assert outcomes[asin].error.startswith(f"private_host: {name} is at "), outcomes[asin].error
+        assert "--allow-private-image-hosts" in outcomes[asin].error
+    assert failure_reasons(outcomes) == {"private_host": 2, "no_image_url": 1}
+    recorded = json.loads((tmp_path / "images" / "failures.json").read_text())
+    assert {recorded[asin]["permanent"] for asin in ("B000000001", "B000000002")} == {False}
+
+    allowed = fetch_images(items, ImageStore(tmp_path / "images"), OPTIONS)
+    assert allowed["B000000001"].downloaded and allowed["B000000002"].downloaded
+    assert host.hits["good.jpg"] == 2
+
+
+@pytest.fixture
+def public_name(monkeypatch):
+    """``images.example.com`` as a public host: the fake network resolves it to a loopback server, whose
+    connections report a public peer address (the names and addresses the OS would give; the guard is not
+    touched)."""
+    import socket
+
+    ports: set[int] = set()
+    resolve, peer_of = socket.getaddrinfo, socket.socket.getpeername
+
+    def getaddrinfo(name, port, *args, **kwargs):
+        return resolve("127.0.0.1" if name == "images.example.com" else name, port, *args, **kwargs)
+
+    def getpeername(sock):
+        address = peer_of(sock)
+        return ("93.184.215.14", address[1]) if address[1] in ports else address
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "getpeername", getpeername)
+    return ports
+
+
+def test_a_redirect_to_a_private_address_is_refused_unless_allowed(httpserver, host, public_name, tmp_path):
+    from pytest_httpserver import HTTPServer
+
+    public = HTTPServer()  # images.example.com: redirects to the loopback image host
+    public.start()
+    public_name.add(public.port)
+    target = f"http://127.0.0.1:{httpserver.port}/good.jpg"
+    public.expect_request("/moved.jpg").respond_with_data("", status=302, headers={"Location": target})
+    public.expect_request("/good.jpg").respond_with_data(jpeg(), content_type="image/jpeg")
+    guarded = ImageOptions(**{**OPTIONS.__dict__, "allow_private_hosts": False})
+    items = [("B000000001", [f"http://images.example.com:{public.port}/moved.jpg"]),
+             ("B000000002", [f"http://images.example.com:{public.port}/good.jpg"])]
+    try:
+        outcomes = fetch_images(items, ImageStore(tmp_path / "images"), guarded)
+        assert outcomes["B000000001"].error.startswith("private_host: 127.0.0.1 is at 127.0.0.1")
+        assert outcomes["B000000002"].downloaded  # a public host is asked
+        assert not host.hits  # the redirect's target was never sent a request
+        allowed = fetch_images(items, ImageStore(tmp_path / "images"), OPTIONS)
+        assert allowed["B000000001"].downloaded and host.hits["good.jpg"] == 1
+    finally:
+        public.stop()
+
+
+def test_a_name_resolving_to_a_private_address_is_refused(public_name, tmp_path, monkeypatch):
+    """The address checked is the one connected to, found by the connection's own lookup (no earlier lookup
+    that DNS rebinding could answer differently); it is dropped before a byte is sent."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    guarded = ImageOptions(**{**OPTIONS.__dict__, "allow_private_hosts": False})
+    outcomes = fetch_images([("B000000001", [f"http://images.example.com:{server.getsockname()[1]}/x.jpg"])],
+                            ImageStore(tmp_path / "images"), guarded)  # its port is not one public_name fakes
+    assert outcomes["B000000001"].error.startswith("private_host: images.example.com is at 127.0.0.1")
+    server.settimeout(0.5)
+    connection, _ = server.accept()  # connected, then dropped before a byte was sent
+    connection.settimeout(0.5)
+    assert connection.recv(100) == b""
+    connection.close()
+    server.close()
+
+
+@pytest.mark.parametrize("address, public", [
+    ("93.184.215.14", True), ("2606:2800:21f:cb07:6820:80da:af6b:8b2c", True), ("::ffff:93.184.215.14", True),
+    ("64:ff9b::5db8:d70e", True), ("127.0.0.1", False), ("10.0.0.7", False), ("172.16.0.1", False),
+    ("192.168.1.1", False), ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False),
+    ("224.0.0.1", False), ("239.255.255.250", False), ("255.255.255.255", False), ("240.0.0.1", False),
+    ("::1", False), ("::", False), ("fc00::1", False), ("fd12:3456::1", False), ("fe80::1", False),
+    ("fec0::1", False), ("ff02::1", False), ("ff0e::1", False), ("::ffff:127.0.0.1", False),
+    ("::ffff:169.254.169.254", False), ("64:ff9b::a00:1", False), ("2002:a00:1::1", False), ("2001:db8::1", False),
+    ("::127.0.0.1", False),
+])
+def test_which_addresses_are_public(address, public):
+    from reddit_amazon.http_session import is_public_address
+
+    assert is_public_address(address) is public
 
 
 def test_an_invalid_url_is_a_permanent_failure(tmp_path):

@@ -1,0 +1,180 @@
+"""``requests`` sessions for hosts that input data names (image URLs from a metadata file, which may be someone
+else's copy).
+
+Two guards a plain ``requests.Session`` lacks:
+
+* :class:`Deadline`: the whole of a request ends after a set time, not only each read. The session's connections
+  hand their socket to the deadline in force on their thread before reading a response; at the deadline it is
+  shut, which ends a blocked read (a host or proxy sending a byte every few seconds).
+* public addresses only, unless ``allow_private_hosts``: the address each new connection reached is checked right
+  after connecting, before anything (a TLS handshake included) is sent, so neither a URL, nor a redirect, nor a
+  name that resolves to a public address when looked up and to a private one when connected to (DNS rebinding)
+  reaches loopback, private, link-local (169.254.169.254: cloud metadata), shared, multicast or reserved
+  addresses. Behind a proxy (``http_proxy`` / ``https_proxy`` / ``all_proxy``) the proxy resolves the name and
+  connects: the guard sees only the proxy, which is the user's own choice, and checks nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import threading
+from typing import Any, final
+
+_current = threading.local()  # .deadline: the Deadline of the request this thread is making
+
+
+class PrivateHostRefused(Exception):
+    """A host reached at an address that is not public. Not an ``OSError``: urllib3 and requests pass it on as it
+    is, neither wrapped into a connection error nor retried."""
+
+    reason = "private_host"
+
+    def __init__(self, host: str, address: str):
+        super().__init__(f"{self.reason}: {host} is at {address}, not a public address")
+        self.host, self.address = host, address
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # IPv4 addresses reached through a NAT64 gateway
+
+
+def is_public_address(address: str) -> bool:
+    """Whether ``address`` is globally routable: not loopback, private, link-local, shared (100.64/10), multicast,
+    reserved or unspecified, nor an IPv6 address carrying such an IPv4 one (mapped, NAT64, 6to4).
+
+    Python 3.11's ``is_global`` alone counts multicast, ``::ffff:127.0.0.1``-like forms and the deprecated
+    site-local fec0::/10 as global, so those are checked here."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 6:
+        embedded = ip.ipv4_mapped or ip.sixtofour or (
+            ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF) if ip in _NAT64 else None)
+        if embedded is not None:
+            return is_public_address(str(embedded))
+        if ip.is_site_local:
+            return False
+    return ip.is_global and not ip.is_multicast and not ip.is_reserved
+
+
+@final
+class Deadline:
+    """Shuts the socket of the request made in its ``with`` block once ``seconds`` have passed. The socket is
+    handed over by :func:`guarded_session`'s connections before the headers are read, and by :meth:`watch` (e.g. from
+    :func:`socket_of` a response)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = threading.Event()  # set before the socket is shut: a response that "ended" was cut short
+        self._socket: Any = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Deadline:
+        _current.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+        _current.deadline = None
+
+    def watch(self, sock: Any) -> None:
+        with self._lock:
+            self._socket = sock or self._socket
+            expired = self.expired.is_set()
+        if expired:
+            _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired.set()
+            sock = self._socket
+        _shut(sock)
+
+
+def guarded_session(user_agent: str, *, allow_private_hosts: bool = False) -> Any:
+    """A ``requests.Session`` whose connections hand their socket to the thread's :class:`Deadline` before reading
+    a response and, unless ``allow_private_hosts``, raise :class:`PrivateHostRefused` for a host not at a public
+    address."""
+    import requests
+
+    new = requests.Session()
+    new.headers["User-Agent"] = user_agent
+    adapter = _adapter_class(allow_private_hosts)()
+    new.mount("http://", adapter)
+    new.mount("https://", adapter)
+    return new
+
+
+@functools.cache
+def _adapter_class(allow_private_hosts: bool) -> type:
+    from requests.adapters import HTTPAdapter
+    from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
+    from urllib3.connection import HTTPConnection
+
+    # The guard hooks urllib3's private HTTPConnection._new_conn (the socket, before TLS and the request): a
+    # release without it must fail here, not silently connect anywhere.
+    if not allow_private_hosts and not callable(getattr(HTTPConnection, "_new_conn", None)):
+        raise RuntimeError(f"this urllib3 has no HTTPConnection._new_conn: the private-address guard cannot work "
+                           f"({HTTPConnection.__module__})")
+
+    def guarded(pool_class: type) -> type:
+        class Connection(pool_class.ConnectionCls):
+            def _new_conn(self) -> Any:
+                sock = super()._new_conn()
+                if not allow_private_hosts and self.proxy is None:  # through a proxy: the proxy's address
+                    _refuse_private_peer(sock, self.host)
+                return sock
+
+            def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+                deadline = getattr(_current, "deadline", None)
+                if deadline is not None:
+                    deadline.watch(self.sock)
+                return super().getresponse(*args, **kwargs)
+
+        return type(pool_class.__name__, (pool_class,), {"ConnectionCls": Connection})
+
+    pools = {"http": guarded(HTTPConnectionPool), "https": guarded(HTTPSConnectionPool)}
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:  # behind http(s)_proxy: the same watch
+            manager = super().proxy_manager_for(proxy, **kwargs)
+            manager.pool_classes_by_scheme = pools
+            return manager
+
+    return Adapter
+
+
+def _refuse_private_peer(sock: Any, host: str) -> None:
+    """:class:`PrivateHostRefused` (the socket closed) when ``sock`` is connected to an address that is not public."""
+    try:
+        address = sock.getpeername()[0]
+    except OSError:  # not connected after all
+        sock.close()
+        raise
+    if not is_public_address(address):
+        sock.close()
+        raise PrivateHostRefused(host, address)
+
+
+def socket_of(response: Any) -> Any:
+    """The socket a streamed response reads from (private attributes of http.client and urllib3: None
+    if a release moves them, and then only the per-read timeout applies)."""
+    try:
+        return response.raw._fp.fp.raw._sock
+    except AttributeError:
+        return getattr(getattr(response.raw, "connection", None), "sock", None)
+
+
+def _shut(sock: Any) -> None:
+    import socket
+
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed
+            pass
