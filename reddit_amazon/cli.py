@@ -172,6 +172,9 @@ cli.add_command(build_command)
 @click.option("--salt", envvar="REDDIT_AMAZON_SALT", help="Pseudonymisation salt [default: random, kept in the workdir].")
 @click.option("--resolve-short-links", is_flag=True, help="Resolve amzn.to / a.co / ... links (network).")
 @click.option("--short-link-cache", type=UserPath(path_type=Path), help="SQLite cache of resolved short links.")
+@click.option("--short-link-deadline", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+              metavar="SECONDS", help="Time one short link may take, retries and redirect hops included; then it "
+              "is unresolved ('deadline') and asked again by the next run.")
 @click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Tasks run at once.")
 @click.option("--tasks", type=click.IntRange(1), help="Scan tasks [default: one per file].")
@@ -180,8 +183,8 @@ cli.add_command(build_command)
 @click.option("--partition", help="Slurm partition (with --executor slurm).")
 @click.option("--slurm-time", default="24:00:00", show_default=True, help="Slurm time limit per task.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_cache, executor, workers, tasks,
-                         buckets, partition, slurm_time, progress) -> None:
+def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_cache, short_link_deadline, executor,
+                         workers, tasks, buckets, partition, slurm_time, progress) -> None:
     """Only the Reddit stage of `build`: dumps -> WORKDIR/reddit/conversations/*.jsonl + funnel.json.
 
     INPUTS are dump files or folders: RC_*.zst, RS_*.zst, <sub>_comments.zst, <sub>_submissions.zst,
@@ -198,7 +201,8 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
     from reddit_amazon.pipeline import RedditStageOptions, run_reddit_stage
 
     options = RedditStageOptions(
-        salt=salt, resolve_short_links=resolve_short_links, short_link_cache=short_link_cache, executor=executor,
+        salt=salt, resolve_short_links=resolve_short_links, short_link_cache=short_link_cache,
+        short_link_deadline_s=short_link_deadline, executor=executor,
         workers=workers, tasks=tasks, buckets=buckets, progress=progress, slurm_partition=partition,
         slurm_time=slurm_time,
     )

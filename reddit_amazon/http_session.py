@@ -1,5 +1,5 @@
-"""``requests`` sessions for hosts that input data names (image URLs from a metadata file, which may be someone
-else's copy).
+"""``requests`` sessions for hosts that input data names: image URLs from a metadata file (which may be someone
+else's copy), Amazon short links found in Reddit texts.
 
 Two guards a plain ``requests.Session`` lacks:
 

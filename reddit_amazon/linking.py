@@ -8,7 +8,8 @@ links, every Amazon storefront and the mobile / ``smile.`` hosts. Pages that are
 Short links (``amzn.to``, ``a.co``, ``amzn.eu``, ...) hide the ASIN behind a redirect. They are
 listed by :func:`extract_short_links` and resolved only on request by :class:`ShortLinkResolver`,
 which reads the first redirect's ``Location`` (never the product page), keeps at most a few
-requests per host in flight, retries with backoff and caches every final answer on disk.
+requests per host in flight, retries with backoff, gives each link a deadline and caches every
+final answer on disk.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ import html
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import final
 from urllib.parse import urlsplit
 
 import numpy
 
 from reddit_amazon.dumps import BlockScratch
+from reddit_amazon.http_session import Deadline, guarded_session
 from reddit_amazon.sqlite_cache import CacheFile
 
 
@@ -267,18 +271,50 @@ class ShortLinkResolution:
 
     @property
     def unreachable(self) -> bool:
-        """No final answer came (connection errors, timeouts, 408 / 429 / 5xx after the retries, or
-        an answer that is neither a redirect nor "not found", such as a 403 block): a later run asks again."""
+        """No final answer came (connection errors, timeouts, 408 / 429 / 5xx after the retries, the link's
+        deadline, or an answer that is neither a redirect nor "not found", such as a 403 block): a later run
+        asks again."""
         return self.error.startswith(UNREACHABLE)
 
 
 UNREACHABLE = "unreachable"
+#: The time one short link may take, retries and every hop of a chain included (``deadline_s``).
+DEFAULT_DEADLINE_S = 60.0
 #: Answers that say for good that a short link leads nowhere.
 NOT_FOUND_STATUSES = (404, 410)
 
 
 class _TransientError(Exception):
     """A failure worth retrying: connection error, timeout, 408, 429 or 5xx."""
+
+
+class _DeadlinePassed(Exception):
+    """The link's deadline passed before a final answer (a host trickling its headers, slow retries or hops)."""
+
+
+@final
+class _LinkClock:
+    """The time a short link has left. Its requests, the waits before retries and every hop count; the wait for
+    a free slot of a host does not (that is other links' time: a slow host would fail every link queued behind)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._ends = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self._ends - time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until the deadline when it comes first."""
+        time.sleep(max(0.0, min(seconds, self.left())))
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self._ends += time.monotonic() - started
 
 
 class _UnusableAnswer(Exception):
@@ -330,7 +366,9 @@ class ShortLinkResolver:
     """Resolve short links to ASINs through the first redirect, with a disk cache.
 
     ``endpoints`` maps a short-link host to the base URL actually contacted (a proxy, or a
-    loopback server in tests); other hosts are contacted at ``https://<host>``.
+    loopback server in tests); other hosts are contacted at ``https://<host>``. ``timeout_s`` bounds each
+    read; ``deadline_s`` the whole of a link (see :class:`_LinkClock`): a link still without a final answer
+    then is unreachable ("deadline"), not cached, and asked again by a later run.
     """
 
     def __init__(
@@ -342,6 +380,7 @@ class ShortLinkResolver:
         attempts: int = 4,
         backoff_s: float = 1.0,
         max_hops: int = 3,
+        deadline_s: float = DEFAULT_DEADLINE_S,
         endpoints: Mapping[str, str] | None = None,
         user_agent: str = "reddit-amazon (dataset build; resolves short links once)",
     ):
@@ -351,6 +390,7 @@ class ShortLinkResolver:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.max_hops = max_hops
+        self.deadline_s = deadline_s
         self.endpoints = {k.lower(): v.rstrip("/") for k, v in (endpoints or {}).items()}
         self.user_agent = user_agent
         self._host_slots: dict[str, threading.Semaphore] = {}
@@ -390,9 +430,10 @@ class ShortLinkResolver:
 
     def _fetch(self, url: str) -> ShortLinkResolution:
         current = url
+        clock = _LinkClock(self.deadline_s)
         try:
             for _ in range(self.max_hops):
-                location = self._first_redirect(current)
+                location = self._first_redirect(current, clock)
                 if not location:
                     resolution = ShortLinkResolution(url, "", (), "not found")
                     break
@@ -406,6 +447,9 @@ class ShortLinkResolver:
             else:
                 too_many = f"more than {self.max_hops} redirects between short links"
                 resolution = ShortLinkResolution(url, "", (), too_many)
+        except _DeadlinePassed:  # not cached either
+            return ShortLinkResolution(url, "", (), f"{UNREACHABLE}: deadline: no final answer within "
+                                                    f"{self.deadline_s:g} s")
         except (_TransientError, _UnusableAnswer) as error:
             # Not cached: a later run tries again.
             return ShortLinkResolution(url, "", (), f"{UNREACHABLE}: {error}")
@@ -417,15 +461,14 @@ class ShortLinkResolver:
             return self._host_slots.setdefault(host, threading.Semaphore(self.per_host_concurrency))
 
     def _session(self):
-        import requests
-
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = requests.Session()
-            session.headers["User-Agent"] = self.user_agent
+            # Its connections hand their socket to the Deadline of each request. The hosts are the short-link
+            # services or the endpoints the caller configured (never a host a text names): any address goes.
+            session = self._local.session = guarded_session(self.user_agent, allow_private_hosts=True)
         return session
 
-    def _first_redirect(self, url: str) -> str:
+    def _first_redirect(self, url: str, clock: _LinkClock) -> str:
         """The ``Location`` of ``url``'s redirect; "" when the link is not found (404 / 410)."""
         from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -436,33 +479,50 @@ class ShortLinkResolver:
             stop=stop_after_attempt(self.attempts),
             wait=wait_exponential(multiplier=self.backoff_s, max=30),
             retry=retry_if_exception_type(_TransientError),
+            sleep=clock.sleep,
             reraise=True,
         )
-        with self._slot(host):
-            return retrying(self._request_location, target)
+        slot = self._slot(host)
+        with clock.stopped():
+            slot.acquire()
+        try:
+            return retrying(self._request_location, target, clock)
+        finally:
+            slot.release()
 
-    def _request_location(self, target: str) -> str:
+    def _request_location(self, target: str, clock: _LinkClock) -> str:
         import requests
 
-        try:
-            response = self._session().get(target, allow_redirects=False, timeout=self.timeout_s, stream=True)
-        except requests.RequestException as error:
-            raise _TransientError(type(error).__name__) from None
-        try:
-            status = response.status_code
-            if status in (408, 429) or status >= 500:
-                retry_after = response.headers.get("Retry-After", "")
-                if retry_after.isdigit():
-                    time.sleep(min(int(retry_after), 30))
-                raise _TransientError(f"HTTP {status}")
-            location = response.headers.get("Location", "") if response.is_redirect else ""
-            if location:
-                return location
-            if status in NOT_FOUND_STATUSES:
-                return ""
-            raise _UnusableAnswer(f"HTTP {status} without a redirect")
-        finally:
-            response.close()
+        left = clock.left()
+        if left <= 0:
+            raise _DeadlinePassed
+        # The timeout bounds each read (and the connect): a host sending its headers a byte at a time would
+        # hold the link for hours, so at the deadline the socket is shut, ending a blocked read.
+        with Deadline(left) as deadline:
+            try:
+                response = self._session().get(target, allow_redirects=False, timeout=min(self.timeout_s, left),
+                                               stream=True)
+            except requests.RequestException as error:
+                if deadline.expired.is_set():
+                    raise _DeadlinePassed from None
+                raise _TransientError(type(error).__name__) from None
+            try:
+                if deadline.expired.is_set():  # headers cut short (an end of file ends them without an error)
+                    raise _DeadlinePassed
+                status = response.status_code
+                if status in (408, 429) or status >= 500:
+                    retry_after = response.headers.get("Retry-After", "")
+                    if retry_after.isdigit():
+                        clock.sleep(min(int(retry_after), 30))
+                    raise _TransientError(f"HTTP {status}")
+                location = response.headers.get("Location", "") if response.is_redirect else ""
+                if location:
+                    return location
+                if status in NOT_FOUND_STATUSES:
+                    return ""
+                raise _UnusableAnswer(f"HTTP {status} without a redirect")
+            finally:
+                response.close()
 
     def close(self) -> None:
         self.cache.close()

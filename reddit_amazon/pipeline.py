@@ -50,7 +50,13 @@ from reddit_amazon.dumps import (
     parse_line,
 )
 from reddit_amazon.files import STAGE_STAMP, folder_lock, printable_path, write_atomic
-from reddit_amazon.linking import LinkPrefilter, extract_asins, extract_short_links, linked_asins
+from reddit_amazon.linking import (
+    DEFAULT_DEADLINE_S,
+    LinkPrefilter,
+    extract_asins,
+    extract_short_links,
+    linked_asins,
+)
 from reddit_amazon.progress import bar_options
 from reddit_amazon.thread_lines import ThreadLineFinder
 from reddit_amazon.threads import (
@@ -98,8 +104,9 @@ class RedditStageOptions:
     short_link_cache: Path | None = None  # default <workdir>/reddit/short_links.sqlite
     short_link_endpoints: dict[str, str] = field(default_factory=dict)  # host -> base URL (proxy / tests)
     short_link_concurrency: int = 2  # requests in flight per short-link host
-    short_link_timeout_s: float = 10.0
+    short_link_timeout_s: float = 10.0  # each read
     short_link_attempts: int = 4
+    short_link_deadline_s: float = DEFAULT_DEADLINE_S  # each link as a whole: its retries and redirect hops
     executor: Executor = "local"
     tasks: int | None = None  # scan/collect tasks; default: one per input file
     workers: int = 1  # tasks run at once (local / ray)
@@ -611,6 +618,7 @@ def _resolve(urls: list[str], workdir_stage: Path,
         per_host_concurrency=options.short_link_concurrency,
         timeout_s=options.short_link_timeout_s,
         attempts=options.short_link_attempts,
+        deadline_s=options.short_link_deadline_s,
         endpoints=options.short_link_endpoints,
     )
     try:

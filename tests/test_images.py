@@ -6,7 +6,6 @@ import io
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable
 
 import numpy
 import pytest
@@ -21,6 +20,7 @@ from reddit_amazon.images import (
     fetch_images,
     to_jpeg,
 )
+from trickling_server import trickling_server  # tests/: a server answering a byte at a time
 
 
 def jpeg(size=(64, 48), color=(200, 30, 30)) -> bytes:
@@ -212,30 +212,6 @@ def test_a_trickling_host_times_out_and_a_redirect_loop_is_permanent(threaded_ht
 
 
 
-def _trickling_server(pieces: Iterable[bytes], pause_s: float):
-    """A loopback server that answers one request with ``pieces``, ``pause_s`` apart (a slow host or proxy)."""
-    import socket
-    import threading
-
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-
-    def serve():
-        connection, _ = server.accept()
-        connection.recv(4096)
-        try:
-            for piece in pieces:
-                connection.sendall(piece)
-                time.sleep(pause_s)
-        except OSError:  # the client shut the socket at its deadline
-            pass
-        connection.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return server
-
-
 def test_a_body_without_length_cut_by_the_deadline_is_transient_not_undecodable():
     """Without Content-Length or chunking a body ends when its socket closes: shutting it at the
     deadline must not pass half an image on (it would be recorded as permanently undecodable)."""
@@ -244,7 +220,7 @@ def test_a_body_without_length_cut_by_the_deadline_is_transient_not_undecodable(
     from reddit_amazon.images import _download, _TransientHTTP
 
     head = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nConnection: close\r\n\r\n"
-    server = _trickling_server([head, *(jpeg()[start:start + 50] or b"x" for start in range(0, 2000, 50))], 0.2)
+    server = trickling_server([head, *(jpeg()[start:start + 50] or b"x" for start in range(0, 2000, 50))], 0.2)
     with pytest.raises(_TransientHTTP, match="body still arriving"):
         _download(requests.Session(), f"http://127.0.0.1:{server.getsockname()[1]}/x.jpg",
                   ImageOptions(timeout_s=0.5))
@@ -371,7 +347,7 @@ def test_trickling_headers_are_cut_at_the_deadline(tmp_path, monkeypatch, throug
     """The deadline runs from before the request: a host sending its headers a byte at a time is cut too, and
     so is a proxy doing it (the loopback server plays the proxy: the image host's name is never resolved). A
     proxy is reached at a loopback address without --allow-private-image-hosts: it resolves the names itself."""
-    server = _trickling_server([b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n", *[b"X"] * 30,
+    server = trickling_server([b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n", *[b"X"] * 30,
                                 b": y\r\nContent-Length: 0\r\n\r\n"], 0.1)
     options = ImageOptions(**{**OPTIONS.__dict__, "timeout_s": 0.3, "max_attempts": 1,
                               "allow_private_hosts": not through_a_proxy})

@@ -21,6 +21,7 @@ from reddit_amazon.linking import (
     extract_short_links,
     linked_asins,
 )
+from trickling_server import trickling_server  # tests/: a server answering a byte at a time
 
 
 def may_contain_link(line: bytes) -> bool:
@@ -323,6 +324,68 @@ def test_per_host_concurrency_is_bounded(tmp_path, threaded_httpserver):
     assert all(r.resolved for r in results.values())
     assert results["https://amzn.to/s07"].asins == ("B000000007",)
     assert peak == 2
+
+
+def test_a_host_trickling_its_answer_is_cut_at_the_links_deadline(resolver_factory):
+    """The timeout bounds each read: a host sending its headers a byte every 0.2 s held the link (and its
+    worker) for as long as it liked. At the deadline the link is unresolved, not cached, asked again next run."""
+    server = trickling_server([b"HTTP/1.1 301 Moved Permanently\r\nX-Pad: ", *[b"x"] * 30,
+                               b"\r\nLocation: https://www.amazon.com/dp/B00NN2Y04E\r\n\r\n"], 0.2)
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    resolver = resolver_factory(endpoints={"amzn.to": endpoint}, deadline_s=1.0, attempts=1)
+    started = time.monotonic()
+    result = resolver.resolve("https://amzn.to/trickle")
+    assert time.monotonic() - started < 3  # the answer alone takes 6 s
+    assert result.unreachable and result.error == "unreachable: deadline: no final answer within 1 s"
+    assert resolver.cache.get("https://amzn.to/trickle") is None
+    server.close()
+
+
+def test_a_slow_chain_of_short_links_is_cut_at_the_links_deadline(threaded_httpserver, tmp_path):
+    """Each hop answering within its timeout, retries included, still has one deadline for the whole link."""
+    def slow_hop(request):
+        time.sleep(0.6)
+        number = int(request.path[-1])
+        target = "https://www.amazon.com/dp/B00NN2Y04E" if number == 3 else f"https://amzn.to/hop{number + 1}"
+        return Response(status=301, headers={"Location": target})
+
+    threaded_httpserver.expect_request(re.compile("/hop[1-3]")).respond_with_handler(slow_hop)
+    endpoint = threaded_httpserver.url_for("").rstrip("/")
+    resolver = ShortLinkResolver(tmp_path / "c.sqlite", endpoints={"amzn.to": endpoint}, deadline_s=1.0)
+    started = time.monotonic()
+    cut = resolver.resolve("https://amzn.to/hop1")
+    assert time.monotonic() - started < 1.5  # the chain takes 1.8 s
+    assert cut.error == "unreachable: deadline: no final answer within 1 s"
+    assert resolver.cache.get("https://amzn.to/hop1") is None
+    resolver.deadline_s = 5
+    assert resolver.resolve("https://amzn.to/hop1").asins == ("B00NN2Y04E",)  # within its deadline: resolved
+    resolver.close()
+
+
+def test_waiting_for_a_free_slot_of_the_host_does_not_count_against_a_link(threaded_httpserver, tmp_path):
+    """A link queued behind a slow one of the same host must not run out of time before it is even asked."""
+    asked = threading.Event()
+
+    def slow(request):
+        asked.set()
+        time.sleep(1.5)
+        return Response(status=301, headers={"Location": "https://www.amazon.com/dp/B07XJ8C8F5"})
+
+    threaded_httpserver.expect_request("/slow").respond_with_handler(slow)
+    threaded_httpserver.expect_request("/fast").respond_with_response(
+        Response(status=301, headers={"Location": "https://www.amazon.com/dp/B00NN2Y04E"}))
+    endpoint = threaded_httpserver.url_for("").rstrip("/")
+    resolver = ShortLinkResolver(tmp_path / "c.sqlite", per_host_concurrency=1, deadline_s=1.0,
+                                 endpoints={"amzn.to": endpoint})
+    results = {}
+    first = threading.Thread(target=lambda: results.update(slow=resolver.resolve("https://amzn.to/slow")))
+    first.start()
+    assert asked.wait(5)
+    results["fast"] = resolver.resolve("https://amzn.to/fast")  # waits ~1 s for the host's only slot
+    first.join()
+    resolver.close()
+    assert results["slow"].error.startswith("unreachable: deadline")
+    assert results["fast"].asins == ("B00NN2Y04E",)
 
 
 # --------------------------------------------------------------------------------------------
