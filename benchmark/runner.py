@@ -29,6 +29,7 @@ from benchmark import registry
 from benchmark.data import (
     DatasetError,
     DatasetInfo,
+    ItemLookup,
     Record,
     candidate_ids_of,
     check_candidate_set,
@@ -129,48 +130,27 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
     signature = _signature(config, info, resolved)
     finished = _check_folder(out, signature, overwrite)
     if finished is not None:
-        # Said aloud: code that model_code does not cover (the toolkit's, a plugin's helper modules, an object
-        # passed in) may have been edited since, and would otherwise seem to score as before.
-        log.warning("%s already holds this finished run: its results are returned without running the model "
-                    "(--overwrite runs it again)", out)
-        if finished.get("bootstrap") != bootstrap_entry(config.bootstrap_samples, config.seed):
-            finished = _with_new_intervals(finished, out, config)
-            write_atomic(out / RESULTS_FILE, orjson.dumps(finished, option=orjson.OPT_INDENT_2) + b"\n")
-        return finished
+        return _finished_run(finished, out, config)
 
     load_started = time.perf_counter()
     domains = domains_for(info, config.domain, config.split)
-    splits = []
-    for domain in domains:
-        conversations = load_conversations(info, domain, config.split)
-        where = f"{info.id} {domain}/{config.split}"
-        column = check_candidate_set(info, conversations.column_names, config.candidates, where)
-        splits.append((domain, conversations, column, where))
-    wanted = [candidate_ids_of(conversations, column, config.limit) for _, conversations, column, _ in splits]
-    # Text only, before the plugin: a domain without items fails before a heavy model loads.
-    item_lookups = [load_items(info, domain, ids) for (domain, *_), ids in zip(splits, wanted)]
+    splits = _load_splits(info, domains, config)
     load_seconds = time.perf_counter() - load_started
 
     if resolved is not None:
         recommender = registry.instantiate(resolved, model_args)
-        model_info = {"spec": config.model, "target": resolved.target, "source": resolved.source}
-    else:
-        kind = type(recommender)
-        model_info = {"spec": config.model, "target": f"{kind.__module__}:{kind.__qualname__}", "source": "object"}
-    batch_size = next((size for size in (config.batch_size, getattr(recommender, "batch_size", None))
-                       if size is not None), DEFAULT_BATCH_SIZE)  # 0 is a wrong size, not "unset"
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise RunError(f"{config.model}: batch_size must be a positive integer, not {batch_size!r}")
+    batch_size = _batch_size(config, recommender)
     ranks = callable(getattr(recommender, "rank", None))
     # After the plugin: one that reads no image gets none, or every candidate's image would sit in memory.
     with_images = getattr(recommender, "uses_images", True) is not False
     load_started = time.perf_counter()
-    for items in item_lookups:
-        items.finish_loading(with_images)
+    for split in splits:
+        split.items.finish_loading(with_images)
     load_seconds += time.perf_counter() - load_started
     records: list[Record] = []
-    for (domain, conversations, column, where), items in zip(splits, item_lookups, strict=True):
-        records.extend(iter_records(conversations, column, items, where, config.limit, domain=domain))
+    for split in splits:
+        records.extend(iter_records(split.conversations, split.column, split.items, split.where, config.limit,
+                                    domain=split.domain))
     _check_unique(records)
     untitled = _untitled_candidates(records, with_images)
     _start_folder(out, signature, overwrite)  # only now: a run that fails before this leaves nothing behind
@@ -183,27 +163,15 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
         raise
 
     score_started = time.perf_counter()
-    rows, outcomes = [], []
-    for record in records:
-        row = cached[(record.example.domain, record.example.example_id)]
-        outcome = _score_row(row, record)
-        rows.append(row)
-        outcomes.append(outcome)
-    _write_jsonl(out / PREDICTIONS_FILE, rows)  # final file: dataset order, scored
-    metrics = summarize_by_domain([r.example.domain for r in records], outcomes, config.bootstrap_samples,
-                                  config.seed)
+    outcomes, metrics = _score(records, cached, out / PREDICTIONS_FILE, config)
     score_seconds = time.perf_counter() - score_started
 
-    missing_items = sorted(set().union(*(items.missing for items in item_lookups)))
+    missing_items = sorted(set().union(*(split.items.missing for split in splits)))
     results = {
         "format": RESULTS_FORMAT,
         "metrics": metrics,
         "counts": _counts(records, outcomes, domains),
-        "model": {**model_info, "name": getattr(recommender, "name", config.model),
-                  "args": recorded_args(config.model_args),
-                  "settings": registry.recorded_settings(recommender, resolved, model_args),  # defaults included
-                  "code": code_entry(resolved),
-                  "returns": "ranking" if ranks else "text", **device_entry(recommender)},
+        "model": _model_entry(config, resolved, model_args, recommender, ranks),
         "dataset": dataset_entry(info),
         "domain": config.domain,
         "domains": domains,
@@ -226,6 +194,82 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommen
     }
     write_atomic(out / RESULTS_FILE, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     return results
+
+
+def _model_entry(config: RunConfig, resolved: registry.ResolvedModel | None, model_args: dict[str, Any],
+                 recommender: Any, ranks: bool) -> dict[str, Any]:
+    """results.json's account of the model: where it came from, its settings (defaults included), its device."""
+    if resolved is not None:
+        origin = {"target": resolved.target, "source": resolved.source}
+    else:  # passed in ready-made
+        kind = type(recommender)
+        origin = {"target": f"{kind.__module__}:{kind.__qualname__}", "source": "object"}
+    return {"spec": config.model, **origin, "name": getattr(recommender, "name", config.model),
+            "args": recorded_args(config.model_args),
+            "settings": registry.recorded_settings(recommender, resolved, model_args),
+            "code": code_entry(resolved),
+            "returns": "ranking" if ranks else "text", **device_entry(recommender)}
+
+
+def _finished_run(finished: dict[str, Any], out: Path, config: RunConfig) -> dict[str, Any]:
+    """The results of the finished run ``out`` holds, with its intervals redrawn when the bootstrap settings differ."""
+    # Said aloud: code that model_code does not cover (the toolkit's, a plugin's helper modules, an object
+    # passed in) may have been edited since, and would otherwise seem to score as before.
+    log.warning("%s already holds this finished run: its results are returned without running the model "
+                "(--overwrite runs it again)", out)
+    if finished.get("bootstrap") != bootstrap_entry(config.bootstrap_samples, config.seed):
+        finished = _with_new_intervals(finished, out, config)
+        write_atomic(out / RESULTS_FILE, orjson.dumps(finished, option=orjson.OPT_INDENT_2) + b"\n")
+    return finished
+
+
+@dataclass(frozen=True)
+class _Split:
+    """One domain's split to score: its conversations, candidate column and the items its candidates name."""
+
+    domain: str
+    conversations: Any  # a datasets.Dataset
+    column: str  # the candidate set's column
+    where: str  # "<dataset> <domain>/<split>", for messages
+    items: ItemLookup  # text only until finish_loading, once the plugin says whether it reads images
+
+
+def _load_splits(info: DatasetInfo, domains: Sequence[str], config: RunConfig) -> list[_Split]:
+    """Every domain's conversations, then the text of the items their candidates name."""
+    loaded = []
+    for domain in domains:
+        conversations = load_conversations(info, domain, config.split)
+        where = f"{info.id} {domain}/{config.split}"
+        column = check_candidate_set(info, conversations.column_names, config.candidates, where)
+        loaded.append((domain, conversations, column, where))
+    # Text only, before the plugin: a domain without items fails before a heavy model loads.
+    return [_Split(domain, conversations, column, where,
+                   load_items(info, domain, candidate_ids_of(conversations, column, config.limit)))
+            for domain, conversations, column, where in loaded]
+
+
+def _batch_size(config: RunConfig, recommender: Any) -> int:
+    """--batch-size, else the plugin's ``batch_size`` attribute, else the default."""
+    batch_size = next((size for size in (config.batch_size, getattr(recommender, "batch_size", None))
+                       if size is not None), DEFAULT_BATCH_SIZE)  # 0 is a wrong size, not "unset"
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise RunError(f"{config.model}: batch_size must be a positive integer, not {batch_size!r}")
+    return batch_size
+
+
+def _score(records: Sequence[Record], predictions: dict[tuple[str, str], dict[str, Any]], path: Path,
+           config: RunConfig) -> tuple[list[Outcome], dict[str, Any]]:
+    """Each record's outcome and the metrics; ``path`` is rewritten with the scored predictions in dataset order."""
+    rows, outcomes = [], []
+    for record in records:
+        row = predictions[(record.example.domain, record.example.example_id)]
+        outcome = _score_row(row, record)
+        rows.append(row)
+        outcomes.append(outcome)
+    _write_jsonl(path, rows)
+    metrics = summarize_by_domain([r.example.domain for r in records], outcomes, config.bootstrap_samples,
+                                  config.seed)
+    return outcomes, metrics
 
 
 def _with_new_intervals(finished: dict[str, Any], out: Path, config: RunConfig) -> dict[str, Any]:
