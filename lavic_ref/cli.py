@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import shlex
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +22,10 @@ from lavic_ref.card import CARD_INPUTS, hardware_name, render_from_inputs, write
 from lavic_ref.prompts import MAX_DESCRIPTION_TOKENS
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 from reddit_amazon.schema import DOMAINS
+
+if TYPE_CHECKING:
+    from lavic_ref.data import RecommendationInstance
+    from lavic_ref.embed import ItemEmbeddings
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -332,11 +337,9 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
       lavic-ref finetune --embeddings runs/lavic/item_embeddings-*.safetensors --out runs/lavic/rec
       lavic-ref finetune --no-images --out runs/lavic-titles --domain home   # Table 7: no images
     """
-    import random
-
     from cards.model_card import BUNDLED_SAMPLE
-    from lavic_ref.data import iter_domain_items, load_conversations, recommendation_instances
-    from lavic_ref.embed import EmbeddingsError, ItemEmbeddings, check_embeddings
+    from lavic_ref.data import iter_domain_items
+    from lavic_ref.embed import EmbeddingsError, check_embeddings
     from lavic_ref.finetune import check_prompt_cap
     from lavic_ref.finetune import finetune as run_finetune
     from lavic_ref.sequences import PromptTooLongError
@@ -349,28 +352,14 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
 
         log_line(f"note: one model for {', '.join(domains)} is the paper's LaViC-combined (Table 8); its main "
                  "results (Tables 3-7, LaViC-separate) train one model per domain: run finetune once per --domain")
-    rng = random.Random(training["seed"])
-    train_set, val_set = [], []
-    try:
-        for domain in domains:
-            train_set += recommendation_instances(load_conversations(dataset, domain, "train"), candidate_set, rng,
-                                                  instance_style)
-            val_set += recommendation_instances(load_conversations(dataset, domain, "validation"), candidate_set,
-                                                rng, instance_style)
-    except ValueError as error:
-        raise click.ClickException(f"{domain}: {error}") from error
+    train_set, val_set = _recommendation_sets(dataset, domains, candidate_set, training["seed"], instance_style)
     processor = _load_processor(base)  # its tokenizer checks the cap before the model loads; the model takes it
     try:
         check_prompt_cap(processor.tokenizer, train_set + val_set, with_images=not no_images, max_tokens=max_tokens)
     except PromptTooLongError as error:
         raise click.ClickException(f"--max-tokens {max_tokens} is too small: {error}") from error
     titles = {item.item_id: item.title for item in iter_domain_items(dataset, domains)}
-    cache = ItemEmbeddings.load(embeddings) if embeddings else None
-    if cache is not None:
-        absent = cache.missing(c for instance in train_set + val_set for c in instance.candidates)
-        if absent:
-            raise click.ClickException(f"{embeddings} lacks {len(absent)} candidate item(s), e.g. {absent[0]}: "
-                                       "run `lavic-ref embed` on the same dataset and domains")
+    cache = _embeddings_of_candidates(embeddings, train_set + val_set) if embeddings else None
     backbone = _load_backbone(base, device, processor)
     if cache is not None:
         try:
@@ -408,6 +397,38 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
     })
     add_results = shlex.join(["lavic-ref", "card", str(config.output_dir)])
     click.echo(f"model card: {card} (add results with `{add_results} --results ...`)")
+
+
+def _recommendation_sets(dataset: str | None, domains: Sequence[str], candidate_set: str, seed: int,
+                         instance_style: str) -> tuple[list[RecommendationInstance], list[RecommendationInstance]]:
+    """The training and validation instances of ``domains``, drawn with one generator seeded by ``seed``."""
+    import random
+
+    from lavic_ref.data import load_conversations, recommendation_instances
+
+    rng = random.Random(seed)
+    train_set, val_set = [], []
+    try:
+        for domain in domains:
+            train_set += recommendation_instances(load_conversations(dataset, domain, "train"), candidate_set, rng,
+                                                  instance_style)
+            val_set += recommendation_instances(load_conversations(dataset, domain, "validation"), candidate_set,
+                                                rng, instance_style)
+    except ValueError as error:
+        raise click.ClickException(f"{domain}: {error}") from error
+    return train_set, val_set
+
+
+def _embeddings_of_candidates(path: Path, instances: Sequence[RecommendationInstance]) -> ItemEmbeddings:
+    """The item embeddings at ``path``, refused unless they hold every candidate of ``instances``."""
+    from lavic_ref.embed import ItemEmbeddings
+
+    cache = ItemEmbeddings.load(path)
+    absent = cache.missing(c for instance in instances for c in instance.candidates)
+    if absent:
+        raise click.ClickException(f"{path} lacks {len(absent)} candidate item(s), e.g. {absent[0]}: "
+                                   "run `lavic-ref embed` on the same dataset and domains")
+    return cache
 
 
 @dataclass(frozen=True)
