@@ -20,6 +20,7 @@ folder under each other.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -183,8 +184,8 @@ def is_dataset_folder(folder: Path) -> bool:
 
 def _write_into(folder: Path, contents: DatasetContents, name: str | None = None) -> dict[str, Any]:
     """``name``: the folder's final name, which the card's loading example uses (``folder`` is a temporary one)."""
-    extra_sets = sorted({name for domain in contents.conversations.values() for split in domain.values()
-                         for record in split for name in record.candidates})
+    extra_sets = sorted({set_name for domain in contents.conversations.values() for split in domain.values()
+                         for record in split for set_name in record.candidates})
     features = conversation_features(extra_sets)
     data_files: dict[str, dict[str, list[str]]] = {}
     counts: dict[str, dict[str, int]] = {}
@@ -200,28 +201,11 @@ def _write_into(folder: Path, contents: DatasetContents, name: str | None = None
     for domain in DOMAINS:
         splits = contents.conversations.get(domain, {})
         for split in SPLITS:
-            def conversation_row(index: int, record: Conversation, domain=domain, split=split) -> dict:
-                row = record.to_row()
-                for column in features:
-                    row.setdefault(column, [])
-                where = f"{domain}/{split}[{index}] ({row['example_id']})"
-                validate_conversation_row(row, where=where)
-                if row["domain"] != domain:  # the benchmark scores each record under its config's domain
-                    raise SchemaError(f"{where}: its domain is {row['domain']!r}, not {domain!r}")
-                return row
-
-            add(domain, split, splits.get(split, []), conversation_row, features, CONVERSATION_SHARD_ROWS)
+            add(domain, split, splits.get(split, []), functools.partial(_conversation_row, features, domain, split),
+                features, CONVERSATION_SHARD_ROWS)
     for domain in DOMAINS:
-        def item_row(index: int, item: Item, domain=domain) -> dict:
-            row = item.to_row()  # reads an image kept as a file path now, one shard at a time
-            validate_item_row(row, where=f"{ITEMS_CONFIG}/{domain} ({row['item_id']})")
-            return row
-
-        items = sorted(contents.items.get(domain, []), key=lambda item: item.item_id)
-        repeated = next((a.item_id for a, b in zip(items, items[1:]) if a.item_id == b.item_id), None)
-        if repeated is not None:  # the items config is keyed by item_id: loaders and the card count one row each
-            raise SchemaError(f"{ITEMS_CONFIG}/{domain}: item {repeated} is given more than once")
-        add(ITEMS_CONFIG, domain, items, item_row, ITEM_FEATURES, ITEM_SHARD_ROWS, ITEM_ROW_GROUP_ROWS)
+        add(ITEMS_CONFIG, domain, _items_by_id(domain, contents.items.get(domain, [])),
+            functools.partial(_item_row, domain), ITEM_FEATURES, ITEM_SHARD_ROWS, ITEM_ROW_GROUP_ROWS)
 
     if contents.source_files:
         (folder / SOURCE_COPY_DIR).mkdir()
@@ -241,6 +225,35 @@ def _write_into(folder: Path, contents: DatasetContents, name: str | None = None
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     write_readme(folder, manifest, data_files, features, name)
     return manifest
+
+
+def _conversation_row(features: datasets.Features, domain: str, split: str, index: int,
+                      record: Conversation) -> dict:
+    """``record`` as a validated row of ``domain``/``split``, with every candidate column of ``features``."""
+    row = record.to_row()
+    for column in features:
+        row.setdefault(column, [])
+    where = f"{domain}/{split}[{index}] ({row['example_id']})"
+    validate_conversation_row(row, where=where)
+    if row["domain"] != domain:  # the benchmark scores each record under its config's domain
+        raise SchemaError(f"{where}: its domain is {row['domain']!r}, not {domain!r}")
+    return row
+
+
+def _item_row(domain: str, index: int, item: Item) -> dict:
+    row = item.to_row()  # reads an image kept as a file path now, one shard at a time
+    validate_item_row(row, where=f"{ITEMS_CONFIG}/{domain} ({row['item_id']})")
+    return row
+
+
+def _items_by_id(domain: str, items: Iterable[Item]) -> list[Item]:
+    """``items`` sorted by id, refused if one id is given twice: the items config is keyed by item_id (loaders
+    and the card count one row each)."""
+    ordered = sorted(items, key=lambda item: item.item_id)
+    repeated = next((a.item_id for a, b in zip(ordered, ordered[1:]) if a.item_id == b.item_id), None)
+    if repeated is not None:
+        raise SchemaError(f"{ITEMS_CONFIG}/{domain}: item {repeated} is given more than once")
+    return ordered
 
 
 def _write_shards(folder: Path, stem: str, records: list, to_row: Callable[[int, Any], dict],
