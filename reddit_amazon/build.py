@@ -637,12 +637,18 @@ def _seed_sample_caches(options: BuildOptions) -> None:
 
 def check_options(options: BuildOptions) -> None:
     """Refuse options that would only fail (or destroy something) after the long stages have run."""
-    from benchmark.retrieval import check_retriever_installed, check_retriever_name
-    from reddit_amazon.dataset_folder import check_output_folder
     from reddit_amazon.schema import SEMVER
 
     if not SEMVER.fullmatch(options.version):
         raise BuildError(f"--version {options.version!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
+    _check_endpoint_urls(options)
+    _check_files_read(options)
+    _check_retrievers(options)
+    _check_credentials(options)
+    _check_folders(options)
+
+
+def _check_endpoint_urls(options: BuildOptions) -> None:
     from reddit_amazon.openai_endpoint import url_problem
 
     for flag, url in (("--llm-base-url", options.llm_base_url), ("--embedding-base-url", options.embedding_base_url),
@@ -650,6 +656,10 @@ def check_options(options: BuildOptions) -> None:
         problem = url and url_problem(url)
         if problem:
             raise BuildError(f"{flag} is not an endpoint URL: {problem}")
+
+
+def _check_files_read(options: BuildOptions) -> None:
+    """The domain map and (when the LLM filter runs) its prompt template parse."""
     from reddit_amazon.catalog import CatalogError, parse_domain_map
 
     try:
@@ -663,6 +673,11 @@ def check_options(options: BuildOptions) -> None:
             load_template(options.llm_template)
         except (RelevanceError, OSError, UnicodeDecodeError) as error:
             raise BuildError(f"--llm-template: {error}") from None
+
+
+def _check_retrievers(options: BuildOptions) -> None:
+    from benchmark.retrieval import check_retriever_installed, check_retriever_name
+
     for name in options.retrievers:
         try:
             check_retriever_name(name)
@@ -670,6 +685,10 @@ def check_options(options: BuildOptions) -> None:
                 check_retriever_installed(name)
         except (ValueError, ImportError) as error:
             raise BuildError(f"--retrievers: {error}") from None
+
+
+def _check_credentials(options: BuildOptions) -> None:
+    """A Hub token for --push-to-hub and an OpenAI key for openai-emb on OpenAI's endpoint (not for a dry run)."""
     if options.push_to_hub and not options.dry_run:
         from huggingface_hub import get_token
 
@@ -682,6 +701,12 @@ def check_options(options: BuildOptions) -> None:
         if endpoint_url(options.embedding_base_url) == DEFAULT_BASE_URL:  # a local server takes no key
             raise BuildError("--retrievers openai-emb needs OPENAI_API_KEY, or --embedding-base-url of a local "
                              "server (checked before the long stages run)")
+
+
+def _check_folders(options: BuildOptions) -> None:
+    """A dataset may be written to --out (replacing it loses no input, cache or workdir); --workdir is no dataset."""
+    from reddit_amazon.dataset_folder import check_output_folder, is_dataset_folder
+
     local_inputs = [path for path in [*options.inputs, *options.meta, *options.reviews] if not path.startswith("hub:")]
     read_files = [path for path in (options.llm_template, options.domain_map) if path and Path(path).is_file()]
     kept = [options.workdir, *local_inputs, *read_files,
@@ -690,8 +715,6 @@ def check_options(options: BuildOptions) -> None:
         check_output_folder(options.out, keep=kept)
     except OSError as error:
         raise BuildError(f"--out: {error}") from None
-    from reddit_amazon.dataset_folder import is_dataset_folder
-
     if is_dataset_folder(options.workdir):  # its work files (Reddit excerpts, caches) would join the dataset
         raise BuildError(f"--workdir: {options.workdir} is a dataset folder; its work files would be mixed into "
                          "the dataset and it could no longer be rebuilt in place: choose another folder")
