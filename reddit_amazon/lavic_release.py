@@ -17,7 +17,6 @@ import hashlib
 import json
 import shutil
 import zipfile
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -432,14 +431,3 @@ def _write_item_metadata(dataset: str | Path, domains: list[str], target: Path) 
                     "image": urls[0] if urls else "",
                     "image_description_llava_cleaned": row.get("image_description") or "",
                 }) + "\n").encode("utf-8"))
-
-
-def mojibake_counts(dataset: str | Path) -> Counter:
-    """Records per domain whose text still looks like mojibake (our own build must give zero)."""
-    counts: Counter = Counter()
-    present = configs_of(dataset)
-    for domain in (d for d in DOMAINS if d in present):
-        for rows in load(domain, dataset).values():
-            counts[domain] += sum(_has_mojibake(row["context"]) or _has_mojibake(row["gt_text"]) for row in rows)
-    return counts
-
