@@ -356,6 +356,14 @@ def test_salt_changes_pseudonyms_only(built, world, tmp_path):
     assert first == second
 
 
+def _resolving_options(httpserver, tmp_path, **settings) -> RedditStageOptions:
+    """Options that resolve amzn.to and a.co links on the test server, caching the answers under tmp_path."""
+    endpoint = httpserver.url_for("").rstrip("/")
+    return RedditStageOptions(salt="test-salt", progress=False, resolve_short_links=True,
+                              short_link_endpoints={"amzn.to": endpoint, "a.co": endpoint},
+                              short_link_cache=tmp_path / "links.sqlite", **settings)
+
+
 def test_short_link_resolution(world, tmp_path, httpserver):
     httpserver.expect_request("/kettle1").respond_with_response(
         Response(status=301, headers={"Location": "https://www.amazon.com/Kettle/dp/B0000000KT/ref=x"})
@@ -363,14 +371,7 @@ def test_short_link_resolution(world, tmp_path, httpserver):
     httpserver.expect_request("/d/ctx123").respond_with_response(
         Response(status=302, headers={"Location": "https://www.amazon.com/dp/B0000000CX"})
     )
-    endpoint = httpserver.url_for("").rstrip("/")
-    options = RedditStageOptions(
-        salt="test-salt",
-        progress=False,
-        resolve_short_links=True,
-        short_link_endpoints={"amzn.to": endpoint, "a.co": endpoint},
-        short_link_cache=tmp_path / "links.sqlite",
-    )
+    options = _resolving_options(httpserver, tmp_path)
     result = run_reddit_stage([world], tmp_path / "w", options)
     rows = _rows(result)
     assert rows["c8"]["gt_items"] == ["B0000000KT"]
@@ -387,10 +388,7 @@ def test_unresolved_list_names_only_links_that_got_no_answer(world, tmp_path, ht
     httpserver.expect_request("/kettle1").respond_with_response(Response("gone", status=404))
     httpserver.expect_request("/d/ctx123").respond_with_response(
         Response("", status=301, headers={"Location": "https://www.amazon.com/s?k=kettle"}))
-    endpoint = httpserver.url_for("").rstrip("/")
-    options = RedditStageOptions(salt="test-salt", progress=False, resolve_short_links=True,
-                                 short_link_endpoints={"amzn.to": endpoint, "a.co": endpoint},
-                                 short_link_cache=tmp_path / "links.sqlite", short_link_attempts=1)
+    options = _resolving_options(httpserver, tmp_path, short_link_attempts=1)
     result = run_reddit_stage([world], tmp_path / "w", options)
     assert result.unresolved_short_links == [] and result.funnel["short_links_resolved"] == 0
     assert not (tmp_path / "w" / "reddit" / "unresolved_short_links.txt").exists()
@@ -399,15 +397,7 @@ def test_unresolved_list_names_only_links_that_got_no_answer(world, tmp_path, ht
 def test_unresolved_list_names_only_the_links_unresolved_now(world, tmp_path, httpserver):
     httpserver.expect_request("/kettle1").respond_with_response(Response("busy", status=503))
     httpserver.expect_request("/d/ctx123").respond_with_response(Response("busy", status=503))
-    endpoint = httpserver.url_for("").rstrip("/")
-    options = RedditStageOptions(
-        salt="test-salt",
-        progress=False,
-        resolve_short_links=True,
-        short_link_endpoints={"amzn.to": endpoint, "a.co": endpoint},
-        short_link_cache=tmp_path / "links.sqlite",
-        short_link_attempts=1,
-    )
+    options = _resolving_options(httpserver, tmp_path, short_link_attempts=1)
     listed = tmp_path / "w" / "reddit" / "unresolved_short_links.txt"
     down = run_reddit_stage([world], tmp_path / "w", options)
     assert down.unresolved_short_links == ["https://a.co/d/ctx123", "https://amzn.to/kettle1"]
