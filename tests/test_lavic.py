@@ -1523,6 +1523,21 @@ def test_embedding_one_domain_then_another_into_the_same_folder_keeps_both(tiny_
     assert set(cache.index) == wanted
 
 
+def test_finetune_refuses_embeddings_lacking_its_candidates_before_loading_the_model(tiny_base, tmp_path, monkeypatch):
+    from lavic_ref.cli import cli
+
+    common = ["--base", tiny_base, "--device", DEVICE]
+    path = Path(_invoke(cli, ["embed", *common, "--no-distill", "--domain", "home", "--out", tmp_path])
+                .strip().splitlines()[-1])
+    monkeypatch.setattr("lavic_ref.cli._load_backbone", lambda *a, **k: pytest.fail("the model was loaded"))
+    result = CliRunner().invoke(cli, [str(a) for a in ["finetune", *common, "--domain", "fashion", "--embeddings", path,
+                                                       "--out", tmp_path / "rec", "--max-steps", "1"]])
+    assert result.exit_code == 1
+    assert re.search(rf"{re.escape(str(path))} lacks \d+ candidate item\(s\), e\.g\. \S+: run `lavic-ref embed`",
+                     result.output)
+    assert not (tmp_path / "rec").exists()
+
+
 def test_plugin_refuses_item_inputs_other_than_the_rec_adapter_was_fine_tuned_on(tiny_base, tmp_path):
     from lavic_ref.cli import cli
     from lavic_ref.recommender import LavicRecommender
