@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,7 +147,7 @@ class Record:
 
 @dataclass
 class ItemLookup:
-    """Title/description of the items a split's candidates need (loaded once, only those); their images are
+    """The items a split's candidates need (loaded once, only those), text and metadata; their images are
     read, or not, by :meth:`finish_loading`."""
 
     items: dict[str, Candidate]
@@ -173,8 +173,7 @@ class ItemLookup:
             ids = self.table.column("item_id").take(self.positions).to_pylist()
             images = pc.struct_field(self.table.column("image").take(self.positions), "bytes").to_pylist()
             for item_id, image_bytes in zip(ids, images, strict=True):
-                text = self.items[item_id]
-                self.items[item_id] = Candidate(item_id, text.title, text.description, image_bytes)
+                self.items[item_id] = replace(self.items[item_id], image_bytes=image_bytes)
         self.table, self.positions = None, None
 
 
@@ -192,10 +191,40 @@ def load_items(info: DatasetInfo, domain: str, wanted: set[str] | None = None) -
     ids = table.column("item_id").to_pylist()
     # Typed: an empty list of positions (no wanted item in the table) would be a null array Arrow cannot take.
     positions = pa.array([i for i, item_id in enumerate(ids) if wanted is None or item_id in wanted], pa.int64())
-    chosen = table.select(["item_id", "title", "description"]).take(positions).to_pylist()
-    lookup = {row["item_id"]: Candidate(item_id=row["item_id"], title=row["title"] or "",
-                                        description=row["description"] or "") for row in chosen}
+    present = [column for column in _CANDIDATE_FIELDS if column in table.column_names]
+    chosen = table.select(["item_id", *present]).take(positions)
+    names = [_CANDIDATE_FIELDS[column] for column in present]
+    values = [_field_values(chosen.column(column), shared=column in _REPEATED_TEXTS) for column in present]
+    lookup = {item_id: Candidate(item_id, **dict(zip(names, row)))
+              for item_id, *row in zip(chosen.column("item_id").to_pylist(), *values)}
     return ItemLookup(lookup, table=table, positions=positions)
+
+
+#: The items config's columns a candidate carries (all but ``image``, read by :meth:`ItemLookup.finish_loading`)
+#: and the :class:`Candidate` field of each. A dataset without one of them (a Hub copy of another layout) leaves
+#: the field empty, as a null does.
+_CANDIDATE_FIELDS = {"title": "title", "description": "description", "store": "store",
+                     "main_category": "main_category", "categories": "categories", "features": "features",
+                     "details": "details_json", "parent_asin": "parent_asin", "image_urls": "image_urls",
+                     "image_description": "image_description"}
+#: Columns whose texts recur from item to item: held once each, not once per item.
+_REPEATED_TEXTS = {"store", "main_category", "categories"}
+
+
+def _field_values(column: pa.ChunkedArray, shared: bool) -> list[Any]:
+    """A column's cells as their candidate field holds them: a list as a tuple (a candidate is frozen, and shared
+    by the records that list it), a null as empty text, or as an empty tuple in a column of lists."""
+    import pyarrow as pa
+
+    cells = column.to_pylist()
+    texts: dict[str, str] = {}
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        if shared:
+            return [() if cell is None else tuple(map(texts.setdefault, cell, cell)) for cell in cells]
+        return [() if cell is None else tuple(cell) for cell in cells]
+    if shared:
+        return ["" if cell is None else texts.setdefault(cell, cell) for cell in cells]
+    return ["" if cell is None else cell for cell in cells]
 
 
 def iter_records(conversations, column: str, items: ItemLookup, where: str, limit: int | None = None,

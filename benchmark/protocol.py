@@ -10,6 +10,12 @@ as the recommendation, and additionally reports Recall@k / NDCG@k.
 Optional attributes the harness reads: ``batch_size`` (examples per call, default 16), ``name``
 (shown in reports) and ``uses_images`` (default True; False: the candidates come without their image
 bytes, which are then never read into memory, a large catalog's images being many GB).
+
+Each :class:`Candidate` carries its item's row of the dataset's ``items`` config (``reddit_amazon.schema.Item``):
+``title``, ``description``, ``store``, ``main_category``, ``categories``, ``features``, ``details`` (a dict,
+parsed from the row's JSON text when read), ``parent_asin``, ``image_urls``, ``image_description`` and the image.
+A field the dataset leaves out or null (an imported copy of the authors' release has titles, image URLs and image
+descriptions only) is empty: ``""``, ``()`` or ``{}``. One candidate object stands for its item in every example.
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ import os
 import re
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from reddit_amazon.files import write_atomic
 from reddit_amazon.schema import Turn
@@ -50,12 +56,42 @@ def _image_dir() -> Path:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One candidate item. ``image_bytes`` is the encoded main image (JPEG/PNG) or None."""
+    """One candidate item. ``image_bytes`` is the encoded main image (JPEG/PNG) or None (always None for a
+    recommender that says ``uses_images = False``). The fields after it are the item's metadata, as the
+    ``items`` config has them, given by name only (``Candidate(item_id, title, description, image_bytes)`` keeps
+    its meaning); empty where the dataset has none."""
 
     item_id: str
     title: str
     description: str = ""
     image_bytes: bytes | None = field(default=None, repr=False)
+    _: KW_ONLY
+    store: str = ""
+    main_category: str = ""
+    categories: tuple[str, ...] = ()
+    features: tuple[str, ...] = field(default=(), repr=False)
+    #: Amazon's "details" dict as the dataset stores it, JSON text; :attr:`details` parses it.
+    details_json: str = field(default="", repr=False)
+    parent_asin: str = ""
+    image_urls: tuple[str, ...] = field(default=(), repr=False)
+    image_description: str = field(default="", repr=False)  # a text description of the main image
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """Amazon's "details" of the item (``{"Brand": ..., "Color": ...}``, keys vary by category), parsed anew on
+        each read (a dict of its own: the candidate is shared by every example that lists it); ``{}`` where the
+        dataset has none. Text that is not a JSON object raises a ValueError naming the item."""
+        if not self.details_json.strip():
+            return {}
+        import orjson
+
+        try:
+            details = orjson.loads(self.details_json)
+        except orjson.JSONDecodeError as error:
+            raise ValueError(f"item {self.item_id}: details is not valid JSON ({error})") from None
+        if not isinstance(details, dict):
+            raise ValueError(f"item {self.item_id}: details is JSON {type(details).__name__}, not an object")
+        return details
 
     @property
     def image(self) -> PILImage | None:

@@ -1404,3 +1404,96 @@ def test_retrieve_with_progress_false_silences_the_bars_of_datasets_too(tmp_path
     err = capfd.readouterr().err
     assert "Generating" not in err and "%|" not in err, err[-1000:]
     assert not datasets.utils.are_progress_bars_disabled()
+
+
+_METADATA_PLUGIN = '''
+class ByMetadata:
+    """Picks the candidate whose categories, features and details share the most words with the conversation."""
+
+    uses_images = False
+
+    def recommend(self, examples):
+        outputs = []
+        for example in examples:
+            words = set(example.context.lower().replace("<", " ").replace(">", " ").split())
+
+            def overlap(candidate):
+                assert candidate.image_bytes is None
+                texts = [*candidate.categories, *candidate.features, *map(str, candidate.details.values())]
+                return len(words & set(" ".join(texts).lower().replace(":", " ").split()))
+
+            outputs.append(f"Try {max(example.candidates, key=overlap).item_id}")
+        return outputs
+'''
+
+
+def test_a_plugin_reads_each_candidates_categories_features_and_details_from_the_candidate(tmp_path):
+    """A candidate carried only item_id, title, description and image: a plugin choosing by categories or features
+    had to load the items config again, and to be told by a --model-arg which dataset the harness was running."""
+    import datasets
+
+    from reddit_amazon.sample import sample_dataset_path
+
+    plugin = tmp_path / "by_metadata.py"
+    plugin.write_text(_METADATA_PLUGIN)
+    result = CliRunner().invoke(cli, ["run", "--model", f"{plugin}:ByMetadata", "--out", str(tmp_path / "run"),
+                                      "--quiet", "--bootstrap-samples", "0"])
+    assert result.exit_code == 0, result.output
+    predictions = [orjson.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_bytes().splitlines()]
+
+    expected = {}
+    for domain in ("beauty", "fashion", "home"):  # the same choice, from the items config read here
+        items = {row["item_id"]: row for row in datasets.load_dataset(str(sample_dataset_path()), "items",
+                                                                      split=domain).remove_columns("image")}
+        for record in datasets.load_dataset(str(sample_dataset_path()), domain, split="test"):
+            words = set(record["context"].lower().replace("<", " ").replace(">", " ").split())
+
+            def overlap(item_id, items=items, words=words):
+                row = items[item_id]
+                texts = [*row["categories"], *row["features"], *map(str, json.loads(row["details"]).values())]
+                return len(words & set(" ".join(texts).lower().replace(":", " ").split()))
+
+            expected[record["example_id"]] = max(record["candidates_sbert"], key=overlap)
+    assert {p["example_id"]: p["parsed"] for p in predictions} == expected
+    assert len(set(expected.values())) > 3  # the metadata told the candidates apart
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["metrics"]["hr@1"]["all"]["value"] > 0
+
+
+def test_a_candidate_keeps_its_positions_and_fields_a_dataset_lacks_are_empty(dataset, tmp_path):
+    """The first four fields keep their places (plugins and tests build candidates positionally); a dataset
+    whose items leave metadata out or null (an imported release has none but titles) gives empty fields."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from benchmark.data import load_items, resolve_dataset
+    from benchmark.protocol import Candidate
+
+    positional = Candidate("B000000001", "Lamp", "A lamp.", b"\x89PNG")
+    assert (positional.title, positional.description, positional.image_bytes) == ("Lamp", "A lamp.", b"\x89PNG")
+    assert (positional.categories, positional.features, positional.details, positional.store) == ((), (), {}, "")
+    with pytest.raises(ValueError, match="item B000000002: details is JSON list"):
+        _ = Candidate("B000000002", "Lamp", details_json="[1]").details
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    (copy / "manifest.json").unlink()  # its fingerprint no longer holds; README.md still names the configs
+    _, front, body = (copy / "README.md").read_text().split("---\n", 2)
+    card = yaml.safe_load(front)
+    del card["dataset_info"]  # the features it declares: those of the columns as the items had them
+    (copy / "README.md").write_text(f"---\n{yaml.safe_dump(card)}---\n{body}")
+    shard = next((copy / "data" / "items").glob("home-*.parquet"))
+    table = pq.read_table(shard).drop_columns(["store", "features", "details", "image_urls"])
+    table = table.replace_schema_metadata(None)
+    nulls = {"categories": pa.nulls(table.num_rows, pa.list_(pa.string())),
+             "main_category": pa.nulls(table.num_rows, pa.string())}
+    for name, column in nulls.items():
+        table = table.set_column(table.column_names.index(name), name, column)
+    pq.write_table(table, shard)
+    items = load_items(resolve_dataset(str(copy)), "home")
+    items.finish_loading(with_images=True)
+    candidate = next(iter(items.items.values()))
+    assert candidate.title and candidate.image_bytes
+    assert (candidate.store, candidate.main_category, candidate.categories, candidate.features,
+            candidate.details, candidate.image_urls) == ("", "", (), (), {}, ())
