@@ -24,7 +24,7 @@ import typing
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path, PurePath
 from types import UnionType
 from typing import Any, Literal, Union
@@ -66,6 +66,11 @@ class ResolvedModel:
     cls: type
     code: PluginCode | None = None  # None: the toolkit's own
 
+    @property
+    def identity(self) -> str:
+        """What was loaded, however ``spec`` spelled it (see :func:`identity`)."""
+        return _identity(self.source, self.target)
+
 
 def available_names() -> list[str]:
     names = dict.fromkeys(BUILTIN)
@@ -76,31 +81,61 @@ def available_names() -> list[str]:
 
 def resolve(spec: str) -> ResolvedModel:
     """The class a model spec names. Unknown names fail with the close matches."""
-    if spec in BUILTIN:
-        return ResolvedModel(spec, BUILTIN[spec], "builtin", _load_object(BUILTIN[spec], spec))
-    matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
-    if matches:
+    source, target, entry_point = _locate(spec)
+    if source == "builtin":
+        return ResolvedModel(spec, target, source, _load_object(target, spec))
+    if source == "entry point":
         try:
-            cls = matches[0].load()
+            cls = entry_point.load()
         except Exception as error:  # report which plugin failed to import, and why
-            raise RegistryError(with_extra_hint(f"recommender {spec!r} (entry point {matches[0].value}) failed to "
+            raise RegistryError(with_extra_hint(f"recommender {spec!r} (entry point {target}) failed to "
                                                 f"load: {type(error).__name__}: {error}", error)) from error
-        dist = matches[0].dist
-        return ResolvedModel(spec, matches[0].value, "entry point", cls,
-                             _module_code(matches[0].module, cls, lambda: dist and f"{dist.name}=={dist.version}"))
-    if ":" in spec:
+        dist = entry_point.dist
+        return ResolvedModel(spec, target, source, cls,
+                             _module_code(entry_point.module, cls, lambda: dist and f"{dist.name}=={dist.version}"))
+    if source == "file":
         where, _, attribute = spec.rpartition(":")
-        if where.endswith(".py"):
-            cls = _load_from_file(Path(where), attribute, spec)
-            return ResolvedModel(spec, spec, "file", cls, PluginCode(_files_sha256(Path(where), _defining_file(cls)),
-                                                                     None))
+        cls = _load_from_file(Path(where), attribute, spec)
+        return ResolvedModel(spec, spec, source, cls, PluginCode(_files_sha256(Path(where), _defining_file(cls)), None))
+    if source == "module":
+        where = spec.rpartition(":")[0]
         cls = _load_object(spec, spec)
-        return ResolvedModel(spec, spec, "module", cls, _module_code(where, cls, lambda: _distribution(where)))
+        return ResolvedModel(spec, spec, source, cls, _module_code(where, cls, lambda: _distribution(where)))
     names = available_names()
     close = difflib.get_close_matches(spec, names, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise RegistryError(f"unknown recommender {spec!r}.{hint} Available: {', '.join(names)}; "
                         "or give module:Class or path/to/file.py:Class.")
+
+
+def identity(spec: str) -> str:
+    """What ``spec`` names, the same for every spelling of it, found without loading it: ``module:Class`` for a
+    built-in, an entry point or a module (``random`` is ``benchmark.recommenders.random_choice:RandomRecommender``);
+    ``file.py:Class`` for a plugin file, by its name, wherever it lies (``./plugins/x.py``, ``plugins/x.py`` and
+    its absolute path are one plugin: what its file holds is :class:`PluginCode`'s to tell). An unknown spec is
+    itself."""
+    source, target, _ = _locate(spec)
+    return _identity(source, target)
+
+
+def _locate(spec: str) -> tuple[str, str, EntryPoint | None]:
+    """Where ``spec`` points, in :func:`resolve`'s order, without importing anything: its source (``builtin``,
+    ``entry point``, ``module``, ``file``; ``unknown``), its target and its entry point."""
+    if spec in BUILTIN:
+        return "builtin", BUILTIN[spec], None
+    entry_point = next((ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec), None)
+    if entry_point is not None:
+        return "entry point", entry_point.value, entry_point
+    if ":" in spec:
+        return ("file" if spec.rpartition(":")[0].endswith(".py") else "module"), spec, None
+    return "unknown", spec, None
+
+
+def _identity(source: str, target: str) -> str:
+    if source != "file":
+        return target
+    where, _, attribute = target.rpartition(":")
+    return f"{PurePath(where).name}:{attribute}"
 
 
 def _module_code(module_name: str, cls: Any, distribution: Callable[[], str | None]) -> PluginCode | None:

@@ -2,7 +2,8 @@
 
 Output folder::
 
-    DIR/run.json            what was asked (model, args, dataset, split, candidates, domain, limit, batch size)
+    DIR/run.json            what was asked (model as typed and its identity, args, plugin code, dataset, split,
+                            candidates, domain, limit, batch size)
     DIR/predictions.jsonl   one line per record: example_id, domain, output, parsed, valid, hit, ...
     DIR/results.json        metrics (per domain and "all", with 95% bootstrap CIs), counts, provenance
 
@@ -92,9 +93,11 @@ recorded_args = registry.redacted_args  # model args as run.json / results.json 
 
 
 def _signature(config: RunConfig, info: DatasetInfo, resolved: registry.ResolvedModel | None) -> dict[str, Any]:
-    """What must match for cached predictions to be reused."""
+    """What must match for cached predictions to be reused (all but ``model``, as typed, which
+    ``model_identity`` stands for whatever its spelling)."""
     return {
         "model": config.model,
+        "model_identity": config.model if resolved is None else resolved.identity,
         "model_args": recorded_args(config.model_args),
         "model_code": code_entry(resolved),  # an edited plugin file is another run
         "dataset": {"id": info.id, "fingerprint": info.fingerprint},
@@ -315,7 +318,10 @@ def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> dict
         current = orjson.loads(orjson.dumps(signature))  # as it reads back from run.json
         predictions = out / PREDICTIONS_FILE
         started = (out / RESULTS_FILE).exists() or (predictions.is_file() and predictions.stat().st_size > 0)
-        changed = [k for k in current if not _same(k, previous.get(k), current[k])]
+        if previous["model_identity"] is None:  # an earlier release's run.json: its model as typed then
+            previous["model_identity"] = current["model_identity"] if previous["model"] == current["model"] \
+                else registry.identity(str(previous["model"]))
+        changed = [k for k in current if k != "model" and not _same(k, previous.get(k), current[k])]
         if changed and not started:
             return None  # a run that failed before its first prediction (a typo in a model name): free again
         if changed:
@@ -325,7 +331,7 @@ def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> dict
         if not results_path.is_file():
             return None
         finished = _read_json(results_path)
-        if finished.get("model", {}).get("spec") != signature["model"]:
+        if finished.get("model", {}).get("spec") != previous["model"]:  # the spec of the run that wrote run.json
             raise RunError(f"{results_path} was not written by this run (another command wrote into {out}); "
                            "pass --overwrite or choose another --out")
         return finished

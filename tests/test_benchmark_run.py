@@ -1497,3 +1497,63 @@ def test_a_candidate_keeps_its_positions_and_fields_a_dataset_lacks_are_empty(da
     assert candidate.title and candidate.image_bytes
     assert (candidate.store, candidate.main_category, candidate.categories, candidate.features,
             candidate.details, candidate.image_urls) == ("", "", (), (), {}, ())
+
+
+def test_a_file_plugin_spelled_another_way_resumes_and_reuses_its_run(dataset, tmp_path, monkeypatch):
+    """run.json compared --model as typed: `./plugins/x.py:C`, `plugins/x.py:C` and the absolute path, one plugin,
+    were three runs, so a rerun spelled otherwise was refused as another run instead of resuming."""
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "first.py").write_text(
+        "import os\n"
+        "class First:\n"
+        "    batch_size = 4\n"
+        "    def __init__(self):\n"
+        "        self.calls = 0\n"
+        "    def recommend(self, examples):\n"
+        "        self.calls += 1\n"
+        "        if self.calls > 1 and os.environ.get('STOP_AFTER_ONE_BATCH'):\n"
+        "            raise KeyboardInterrupt\n"
+        "        return [e.candidates[0].item_id for e in examples]\n"
+        "class Second(First):\n"
+        "    pass\n")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+
+    def config(spec):
+        return RunConfig(model=spec, dataset=str(dataset), domain="home", bootstrap_samples=0)
+
+    monkeypatch.setenv("STOP_AFTER_ONE_BATCH", "1")
+    with pytest.raises(KeyboardInterrupt):
+        run(config("./plugins/first.py:First"), out, progress=False)
+    monkeypatch.delenv("STOP_AFTER_ONE_BATCH")
+    resumed = run(config("plugins/first.py:First"), out, progress=False)
+    assert resumed["timings"]["resumed_records"] == 4 and resumed["model"]["spec"] == "plugins/first.py:First"
+    recorded = json.loads((out / "run.json").read_text())
+    assert (recorded["model"], recorded["model_identity"]) == ("plugins/first.py:First", "first.py:First")
+    again = run(config(f"{tmp_path}/plugins/first.py:First"), out, progress=False)
+    assert again == resumed  # the finished run, as typed when it ran
+
+    with pytest.raises(RunError, match="differs in: model_identity"):
+        run(config("plugins/first.py:Second"), out, progress=False)
+    with pytest.raises(RunError, match="differs in: model_identity"):
+        run(config("random"), out, progress=False)
+    random = run(config("random"), tmp_path / "random", progress=False)
+    named = run(config("benchmark.recommenders.random_choice:RandomRecommender"), tmp_path / "random", progress=False)
+    assert named == random
+
+
+def test_a_run_folder_from_before_model_identity_was_recorded_resumes_under_another_spelling(dataset, tmp_path,
+                                                                                               monkeypatch):
+    (tmp_path / "pick.py").write_text("class Pick:\n"
+                                      "    def recommend(self, examples):\n"
+                                      "        return [e.candidates[1].item_id for e in examples]\n")
+    monkeypatch.chdir(tmp_path)
+    config = RunConfig(model="./pick.py:Pick", dataset=str(dataset), domain="fashion", bootstrap_samples=0)
+    first = run(config, tmp_path / "out", progress=False)
+    signature = json.loads((tmp_path / "out" / "run.json").read_text())
+    signature.pop("model_identity", None)  # as earlier releases wrote run.json
+    (tmp_path / "out" / "run.json").write_text(json.dumps(signature))
+    (tmp_path / "out" / "results.json").unlink()  # interrupted
+    again = run(RunConfig(**{**config.__dict__, "model": f"{tmp_path}/pick.py:Pick"}), tmp_path / "out",
+                progress=False)
+    assert again["timings"]["resumed_records"] == first["counts"]["all"]["records"]
