@@ -302,8 +302,8 @@ def typed_args(resolved: ResolvedModel, model_args: dict[str, Any]) -> dict[str,
     of the plugin's) take the value as given. A parameter without a default that ``model_args`` leave out, and an
     argument the constructor does not take, are refused too, naming them.
     """
-    parameters, hints = _keyword_parameters(resolved.cls)
-    _check_argument_names(resolved, parameters, model_args)
+    parameters, hints, takes_any = _keyword_parameters(resolved.cls)
+    _check_argument_names(resolved, parameters, takes_any, model_args)
     typed = dict(model_args)
     for name, value in model_args.items():
         if name not in parameters or name not in hints:
@@ -333,7 +333,7 @@ def _quoting_hint(name: str, value: Any, annotation: Any) -> str:
     return f' (quote a value meant as text: {name}="...")'
 
 
-def _check_argument_names(resolved: ResolvedModel, parameters: dict[str, inspect.Parameter],
+def _check_argument_names(resolved: ResolvedModel, parameters: dict[str, inspect.Parameter], takes_any: bool,
                           model_args: dict[str, Any]) -> None:
     """Refuse, naming them, the constructor parameters without a default that ``model_args`` leave out (Python's
     "missing 1 required positional argument" does not say that ``--model-args`` is where they go), and the names
@@ -345,7 +345,7 @@ def _check_argument_names(resolved: ResolvedModel, parameters: dict[str, inspect
         raise RegistryError(f"recommender {resolved.spec!r} needs --model-args {needed} (its constructor has no "
                             f"default for {', '.join(missing)})")
     unknown = [name for name in model_args if name not in parameters]
-    if not unknown or _takes_any_option(resolved.cls):
+    if not unknown or takes_any:
         return
     close = [match for name in unknown for match in difflib.get_close_matches(name, list(parameters), n=1)]
     hint = f" Did you mean: {', '.join(dict.fromkeys(close))}?" if close else ""
@@ -353,34 +353,27 @@ def _check_argument_names(resolved: ResolvedModel, parameters: dict[str, inspect
                         f"It takes: {', '.join(parameters) or 'none'}.")
 
 
-def _takes_any_option(target: Any) -> bool:
-    """Whether ``target`` takes ``**options``, or has no signature to read (then nothing can be checked)."""
-    try:
-        parameters = inspect.signature(target).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(p.kind is p.VAR_KEYWORD for p in parameters)
-
-
-def _keyword_parameters(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
-    """The parameters ``target`` (a class or a factory function) takes by name, and its type hints."""
+def _keyword_parameters(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """The parameters ``target`` (a class or a factory function) takes by name, its type hints, and whether it
+    takes any name (``**options``, or no signature to read: then nothing can be checked)."""
     try:
         parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):  # no signature to read (a builtin): nothing is checked
-        return {}, {}
+        return {}, {}, True
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     by_name = {name: p for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     try:
         hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
     except Exception:  # a hint naming what only type checkers import (NameError), or not a type: none checked
         hints = {}
-    return by_name, hints
+    return by_name, hints, takes_any
 
 
 def settings_of(target: Any, model_args: dict[str, Any]) -> dict[str, Any]:
     """Every setting ``target`` (a recommender or retriever class, or a factory) ran with: ``model_args`` and the
     defaults of the parameters they leave out (bm25's ``k1`` when no ``k1=`` was given), redacted as
     :func:`redacted_args`, each value as JSON can hold it (a path as its text, any other object as its repr)."""
-    parameters, _ = _keyword_parameters(target)
+    parameters, _, _ = _keyword_parameters(target)
     defaults = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
     return _recordable({**defaults, **model_args})
 
