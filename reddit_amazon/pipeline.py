@@ -33,6 +33,7 @@ from abc import abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -558,7 +559,8 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
 
         logger.disable("datatrove.executor.local")  # its closing stats block; stats.json has them
         try:
-            executor.run()
+            with _datatrove_variables_kept():
+                executor.run()
         finally:
             logger.enable("datatrove.executor.local")
     else:
@@ -572,6 +574,20 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
                                    f"(see {logging_dir}/logs and {logging_dir}/slurm_logs)")
             return
         time.sleep(options.poll_interval_s)
+
+
+@contextmanager
+def _datatrove_variables_kept() -> Iterator[None]:
+    """os.environ's ``DATATROVE_*`` variables set back as they were after the block. datatrove sets them for each
+    task it runs; with ``workers=1`` that is in the calling process (a notebook, a script calling ``run_build``),
+    which would keep them and pass them to every subprocess it starts afterwards."""
+    before = {name: value for name, value in os.environ.items() if name.startswith("DATATROVE_")}
+    try:
+        yield
+    finally:
+        for name in [name for name in os.environ if name.startswith("DATATROVE_") and name not in before]:
+            del os.environ[name]
+        os.environ.update(before)
 
 
 def _slurm_job_queued(job_id: str) -> bool:

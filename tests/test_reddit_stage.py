@@ -257,6 +257,18 @@ def test_work_files_of_another_stage_version_are_not_reused(world, tmp_path, mon
     assert len(rescanned) == len(scans)  # every file scanned again
 
 
+def test_tasks_run_in_the_calling_process_leave_its_environment_as_it_was(world, tmp_path, monkeypatch):
+    """With workers=1 datatrove runs each task in the caller's process and sets its DATATROVE_* variables in
+    os.environ for it; a notebook or script calling the stage (or run_build) must not keep them, nor pass them to
+    every subprocess it starts afterwards."""
+    for name in [name for name in os.environ if name.startswith("DATATROVE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DATATROVE_EXECUTOR", "SLURM")  # the caller's own value stays
+    before = dict(os.environ)
+    run_reddit_stage([world], tmp_path / "work", RedditStageOptions(salt="test-salt", workers=1, progress=False))
+    assert dict(os.environ) == before
+
+
 def test_outputs_are_only_complete_files(built):
     workdir, result = built
     conversations = workdir / "reddit" / "conversations"
