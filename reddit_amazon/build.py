@@ -22,6 +22,7 @@ import os
 import shlex
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -59,8 +60,8 @@ VERSIONED_PACKAGES = ("reddit-amazon", "datasets", "pyarrow", "huggingface-hub",
                       "datatrove", "zstandard", "sentence-transformers", "torch", "bm25s", "numpy")
 
 
-class BuildError(click.ClickException):
-    """A build cannot go on; the message says why and what to do."""
+class BuildError(RuntimeError):
+    """A build cannot go on; the message says why and what to do (the command line prints it as its error line)."""
 
 
 @dataclass
@@ -934,14 +935,23 @@ def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map
         allow_private_image_hosts=allow_private_image_hosts, push_to_hub=push_to_hub, private=private,
         reddit={k: v for k, v in reddit.items() if v is not None},
     )
-    if sample:
-        options = sample_options(out, workdir, **settings)
-    else:
-        options = BuildOptions(inputs=list(inputs), meta=list(meta), reviews=list(reviews), out=out,
-                               workdir=workdir or default_workdir(out), **settings)
     import openai
 
-    # CatalogError, SchemaError, unreadable files, an embedding endpoint refusing, a broken cache file:
-    # the message names the source.
-    with user_errors(ValueError, OSError, RuntimeError, openai.OpenAIError, sqlite3.Error):
+    # A BuildError's message is the whole line; CatalogError, SchemaError, unreadable files, an embedding endpoint
+    # refusing, a broken cache file: the message names the source.
+    with user_errors(ValueError, OSError, RuntimeError, openai.OpenAIError, sqlite3.Error), _build_errors_as_lines():
+        if sample:
+            options = sample_options(out, workdir, **settings)
+        else:
+            options = BuildOptions(inputs=list(inputs), meta=list(meta), reviews=list(reviews), out=out,
+                                   workdir=workdir or default_workdir(out), **settings)
         run_build(options, progress=not quiet)
+
+
+@contextmanager
+def _build_errors_as_lines() -> Iterator[None]:
+    """A :class:`BuildError` as the command's ``Error:`` line, its message alone (``user_errors`` redacts it)."""
+    try:
+        yield
+    except BuildError as error:
+        raise click.ClickException(str(error)) from error

@@ -488,6 +488,23 @@ def test_openai_embeddings_need_a_key_only_from_openai(tmp_path, monkeypatch):
         check_options(sample_options(tmp_path / "ds", tmp_path / "work", retrievers=["openai-emb"]))
 
 
+def test_build_errors_are_runtime_errors_for_callers_from_python_and_one_line_on_the_command_line(tmp_path):
+    """run_build and sample_options are called from notebooks and scripts: what they refuse is a RuntimeError (as
+    benchmark.runner's RunError is), not a click exception that only the command line knows how to show; the
+    command line still prints it as the one line it was."""
+    import click
+
+    from reddit_amazon.build import BuildError, run_build, sample_options
+
+    with pytest.raises(RuntimeError, match="not semver") as refused:
+        run_build(sample_options(tmp_path / "ds", tmp_path / "work", version="1.0"), progress=False)
+    assert isinstance(refused.value, BuildError) and not isinstance(refused.value, click.ClickException)
+    with pytest.raises(RuntimeError, match="must not be the filesystem root"):
+        sample_options(Path("/"))
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), *FAST, "--version", "1.0")
+    assert result.exit_code == 1 and result.output.startswith("Error: --version '1.0' is not semver"), result.output
+
+
 def test_a_reddit_stage_run_on_its_own_is_not_taken_for_the_builds(sample_build, tmp_path):
     """`reddit-amazon reddit-stage` in a build's workdir (another salt) replaces the stage's outputs: the next
     build must make its own again (with its own salt: the same dataset as before)."""
