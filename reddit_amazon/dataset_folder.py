@@ -29,7 +29,7 @@ import posixpath
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -649,12 +649,12 @@ def refuse_missing_local_path(path: str | os.PathLike) -> None:
         raise FileNotFoundError(f"dataset folder {text} does not exist (a Hub dataset is given as org/name)")
 
 
-def iter_conversations(dataset: Iterable[Mapping[str, Any]], source: str) -> Iterable[Conversation]:
+def iter_conversations(dataset: Iterable[Mapping[str, Any]], source: str) -> Iterator[Conversation]:
     for index, row in enumerate(dataset):
         yield Conversation.from_row(row, where=f"{source}[{index}]")
 
 
-def iter_items(dataset: Iterable[Mapping[str, Any]], source: str) -> Iterable[Item]:
+def iter_items(dataset: Iterable[Mapping[str, Any]], source: str) -> Iterator[Item]:
     """Items of an ``items`` split, each with its image's embedded bytes as they are in the shard.
 
     ``load_dataset`` decodes images to PIL, and an item made from a decoded image holds it re-encoded (a JPEG

@@ -103,6 +103,20 @@ def test_items_read_back_keep_their_embedded_image_bytes(streaming):
     assert read == stored and sum(image is not None for image in read.values()) > 1
 
 
+def test_the_record_readers_are_typed_as_the_iterators_they_return():
+    """The package ships py.typed: typed ``Iterable``, a caller's ``next(iter_conversations(...))`` failed its type
+    check ("No overload variant of next") although the generators support it."""
+    import typing
+    from collections.abc import Iterator
+
+    from reddit_amazon.dataset_folder import iter_conversations, iter_items
+
+    assert typing.get_type_hints(iter_conversations)["return"] == Iterator[Conversation]
+    assert typing.get_type_hints(iter_items)["return"] == Iterator[Item]
+    first = next(iter_conversations(load("fashion", split="test"), "sample fashion/test"))
+    assert isinstance(first, Conversation)
+
+
 def test_the_card_declares_the_split_sizes_datasets_measures(built):
     root, _ = built
     folder = str(root / "reddit-amazon")
