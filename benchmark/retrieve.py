@@ -55,7 +55,7 @@ RETRIEVER_NAMES = {"bm25": "BM25", "sbert": "SBERT", "openai-emb": "OpenAI-emb"}
 class RetrieveConfig:
     retriever: str
     retriever_options: dict[str, Any] = field(default_factory=dict)
-    dataset: str | None = None
+    dataset: str | os.PathLike | None = None  # a folder or Hub id; None: the bundled sample
     domain: str = "all"
     split: str = "test"
     k: int = 10

@@ -69,7 +69,7 @@ class RunError(RuntimeError):
 class RunConfig:
     model: str
     model_args: dict[str, Any] = field(default_factory=dict)
-    dataset: str | None = None  # None: the bundled sample
+    dataset: str | os.PathLike | None = None  # a folder or Hub id; None: the bundled sample
     domain: str = "all"
     split: str = "test"
     candidates: str = "sbert"

@@ -596,7 +596,7 @@ def default_workdir(out: Path) -> Path:
     return out.with_name(out.name + ".work")
 
 
-def sample_options(out: Path, workdir: Path | None = None, **settings: Any) -> BuildOptions:
+def sample_options(out: str | os.PathLike, workdir: str | os.PathLike | None = None, **settings: Any) -> BuildOptions:
     """Options of a build of the bundled sample inputs (``reddit-amazon build`` without ``--inputs``).
 
     ``settings`` are other :class:`BuildOptions` fields; ``reddit`` options given there win over the

@@ -14,6 +14,7 @@ cuts out the lines around a match, so a scan costs little more than decompressio
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,7 +83,7 @@ def compression_of(head: bytes, path: Path) -> str:
     return "zstd" if path.name.lower().endswith(ZST_SUFFIXES) else "plain"
 
 
-def find_dump_files(inputs: Iterable[str | Path]) -> list[Path]:
+def find_dump_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """The dump files named by ``inputs`` (files, or folders searched recursively), resolved and sorted.
 
     Raises ``FileNotFoundError`` naming the input when one does not exist or a folder holds no

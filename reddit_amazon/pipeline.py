@@ -708,7 +708,7 @@ def _write_targets(work_dir: Path, targets: dict[int, list[dict[str, Any]]], nee
     return targets_dir, digest
 
 
-def dump_files_outside(inputs: Sequence[str | Path], workdir: Path) -> list[Path]:
+def dump_files_outside(inputs: Sequence[str | os.PathLike], workdir: str | os.PathLike) -> list[Path]:
     """The dump files of ``inputs`` without the work files under ``workdir``.
 
     The work files and shards are .jsonl: with the workdir inside an input folder ("dumps/ --workdir
@@ -721,7 +721,8 @@ def dump_files_outside(inputs: Sequence[str | Path], workdir: Path) -> list[Path
             and (not p.is_relative_to(work) or any(p.is_relative_to(r) for r in inside))]
 
 
-def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStageOptions) -> RedditStageResult:
+def run_reddit_stage(inputs: Sequence[str | os.PathLike], workdir: str | os.PathLike,
+                     options: RedditStageOptions) -> RedditStageResult:
     """Dump files -> ``<workdir>/reddit/conversations/*.jsonl`` (``Conversation.to_row()`` lines, domain "").
 
     ``inputs`` are dump files or folders of them (``RC_*.zst``, ``RS_*.zst``, ``<sub>_comments.zst``,
@@ -732,13 +733,15 @@ def run_reddit_stage(inputs: Sequence[Path], workdir: Path, options: RedditStage
     return run_reddit_stage_on_files(dump_files_outside(inputs, workdir), workdir, options)
 
 
-def run_reddit_stage_on_files(files: Sequence[Path], workdir: Path, options: RedditStageOptions) -> RedditStageResult:
+def run_reddit_stage_on_files(files: Sequence[Path], workdir: str | os.PathLike,
+                              options: RedditStageOptions) -> RedditStageResult:
     """:func:`run_reddit_stage` on the dump files :func:`dump_files_outside` listed (a build lists them once)."""
     with folder_lock(Path(workdir) / "reddit", "Reddit stage"):
         return _run_reddit_stage(files, workdir, options)
 
 
-def _run_reddit_stage(files: Sequence[Path], workdir: Path, options: RedditStageOptions) -> RedditStageResult:
+def _run_reddit_stage(files: Sequence[Path], workdir: str | os.PathLike,
+                      options: RedditStageOptions) -> RedditStageResult:
     stage_dir = Path(workdir) / "reddit"
     if not files:
         raise FileNotFoundError(f"no dump files outside the work folder {workdir}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import UnionType
 
 import pytest
 
@@ -126,3 +127,34 @@ def test_every_package_the_toolkit_imports_is_declared():
     missing = {module: distributions.get(module) for module in sorted(third_party)
                if not any(d.lower().replace("_", "-") in declared for d in distributions.get(module, [module]))}
     assert missing == {}
+
+
+def _admits(annotation, kind: type) -> bool:
+    """Whether a value of type ``kind`` fits ``annotation`` (a class or a union of classes and generics)."""
+    import typing
+
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, UnionType) else (annotation,)
+    return any(isinstance(option, type) and issubclass(kind, option)
+               or isinstance(typing.get_origin(option), type) and issubclass(kind, typing.get_origin(option))
+               for option in options)
+
+
+def test_the_python_entry_points_are_typed_to_take_the_paths_they_take():
+    """Each takes a str or a Path at run time (``load`` was typed so), yet ``RunConfig(dataset=Path(...))``,
+    ``run_reddit_stage(["dumps"], "work", ...)`` and ``sample_options("out")`` failed a caller's type check: the
+    package ships py.typed, so mypy and pyright read these annotations in the caller's notebook or project."""
+    import typing
+
+    from benchmark.retrieve import RetrieveConfig
+    from benchmark.runner import RunConfig
+    from reddit_amazon.build import sample_options
+    from reddit_amazon.dataset_folder import load
+    from reddit_amazon.pipeline import run_reddit_stage
+
+    paths = [(RunConfig, "dataset"), (RetrieveConfig, "dataset"), (load, "path"), (run_reddit_stage, "workdir"),
+             (sample_options, "out"), (sample_options, "workdir")]
+    for entry, parameter in paths:
+        annotation = typing.get_type_hints(entry)[parameter]
+        assert _admits(annotation, str) and _admits(annotation, Path), (entry.__name__, parameter, annotation)
+    (inputs,) = typing.get_args(typing.get_type_hints(run_reddit_stage)["inputs"])
+    assert _admits(inputs, str) and _admits(inputs, Path), inputs
