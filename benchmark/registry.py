@@ -21,8 +21,8 @@ import math
 import re
 import sys
 import typing
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path, PurePath
@@ -186,6 +186,25 @@ def _load_object(target: str, spec: str) -> Any:
     return _attribute(module, attribute, spec)
 
 
+#: Folders of plugin files that :func:`resolve` put on ``sys.path`` and :func:`plugin_imports` has not taken off.
+_plugin_folders: list[str] = []
+
+
+@contextmanager
+def plugin_imports() -> Iterator[None]:
+    """The folders of plugin files resolved in the block stay on ``sys.path`` for the block only: the plugin imports
+    the modules beside it while it runs (in its methods too), and a notebook or sweep calling ``benchmark.runner.run``
+    would otherwise find that folder's modules first, at ``sys.path[0]``, for the rest of its session."""
+    mark = len(_plugin_folders)
+    try:
+        yield
+    finally:
+        for folder in _plugin_folders[mark:]:
+            with suppress(ValueError):  # the plugin may have taken it off itself
+                sys.path.remove(folder)
+        del _plugin_folders[mark:]
+
+
 def _load_from_file(path: Path, attribute: str, spec: str) -> Any:
     if not path.is_file():
         raise RegistryError(f"recommender {spec!r}: no such file {path}")
@@ -196,6 +215,7 @@ def _load_from_file(path: Path, attribute: str, spec: str) -> Any:
     folder = str(path.resolve().parent)
     if folder not in sys.path:  # the plugin may import modules that sit beside it, as a script would
         sys.path.insert(0, folder)
+        _plugin_folders.append(folder)
     try:
         module_spec.loader.exec_module(module)
     except Exception as error:  # SyntaxError included: named like an entry point that fails to load

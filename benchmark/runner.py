@@ -121,7 +121,7 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     out = Path(out_dir)
     # Two runs into one folder would mix; a run that fails before it writes anything leaves no folder behind (nor
     # the parents made for it). progress=False: no bar of the libraries either ("Generating test split").
-    with folder_lock(out, "benchmark run", tidy_on_error=True), quiet(not progress):
+    with folder_lock(out, "benchmark run", tidy_on_error=True), quiet(not progress), registry.plugin_imports():
         return _run(config, out, overwrite, progress, recommender)
 
 

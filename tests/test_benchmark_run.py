@@ -616,6 +616,31 @@ def test_a_file_plugin_imports_its_neighbours_and_endpoint_errors_are_one_line(d
     assert result.exit_code == 1 and "AuthenticationError" in result.output and "Traceback" not in result.output
 
 
+def test_a_file_plugin_run_from_python_leaves_sys_path_as_it_was(dataset, tmp_path, monkeypatch):
+    """The plugin's folder is on sys.path while the run lasts (it imports the modules beside it, also lazily in
+    ``recommend``, as a script would) and off it afterwards: run() from a notebook or a sweep left it first on
+    sys.path for the rest of the session, so a later ``import utils`` (any name a plugin folder may hold) found
+    the plugin folder's module instead of the caller's own."""
+    monkeypatch.setattr(sys, "path", list(sys.path))  # a failing check leaves other tests' sys.path alone
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "lazy_helper_for_plugin.py").write_text("def pick(example):\n    return example.candidates[0].item_id\n")
+    (folder / "lazy_plugin.py").write_text(
+        "class Lazy:\n"
+        "    def recommend(self, examples):\n"
+        "        from lazy_helper_for_plugin import pick\n"
+        "        return [pick(e) for e in examples]\n")
+    (folder / "broken_plugin.py").write_text("raise RuntimeError('broken at import')\n")
+    before = list(sys.path)
+    results = run(RunConfig(model=f"{folder / 'lazy_plugin.py'}:Lazy", dataset=str(dataset), bootstrap_samples=0),
+                  tmp_path / "lazy", progress=False)
+    assert results["metrics"]["vr"]["all"]["value"] == 1.0  # the helper was found while the run lasted
+    assert sys.path == before
+    with pytest.raises(RegistryError, match="broken at import"):
+        run(RunConfig(model=f"{folder / 'broken_plugin.py'}:Rec", dataset=str(dataset)), tmp_path / "broken")
+    assert sys.path == before
+
+
 def test_report_flags_runs_over_fewer_records(dataset, tmp_path):
     from benchmark.report import load_runs, provenance
 
