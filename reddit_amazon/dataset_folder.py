@@ -366,11 +366,14 @@ def _arrow_bytes(shards: Sequence[Path]) -> int:
     return total
 
 
+#: The Hub's ``size_categories`` vocabulary (huggingface_hub's ``DatasetCardData``), by exclusive upper bound.
+SIZE_CATEGORIES = [(10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
+                   (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B"), (10**10, "1B<n<10B"),
+                   (10**11, "10B<n<100B"), (10**12, "100B<n<1T")]
+
+
 def _size_category(n: int) -> str:
-    for limit, label in [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]:
-        if n < limit:
-            return label
-    return "1M<n<10M"
+    return next((label for limit, label in SIZE_CATEGORIES if n < limit), "n>1T")
 
 
 def write_readme(folder: Path, manifest: Mapping[str, Any], data_files: Mapping[str, Mapping[str, list[str]]],

@@ -17,7 +17,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 
 from reddit_amazon.cli import cli
-from reddit_amazon.dataset_folder import DatasetContents, read_manifest, refresh_card, write_dataset
+from reddit_amazon.dataset_folder import DatasetContents, card_data, read_manifest, refresh_card, write_dataset
 from reddit_amazon.schema import DOMAINS, ITEM_FEATURES, SPLITS, Conversation, Item, Turn, conversation_features
 
 PLACEHOLDER = re.compile(r"\$\{?[A-Za-z_]\w*\}?|\{\{|\}\}|TODO|TBD|FIXME|More Information Needed|\bNone\b|\bnan\b")
@@ -734,3 +734,19 @@ def test_the_card_does_not_claim_split_sizes_or_image_urls_it_does_not_have(buil
     table_1 = {row["Dataset"]: row for row in markdown_table_after(card, "## Statistics", "Dataset")}
     assert (number(table_1["Beauty"]["# Images"]), number(table_1["Beauty"]["# Image URLs"])) == (3, 6)
     assert "all image URLs of those items" not in card and "all image URLs of the domain's items" in card
+
+
+@pytest.mark.parametrize(("records", "category"), [
+    (244, "n<1K"), (999, "n<1K"), (1_000, "1K<n<10K"), (19_412, "10K<n<100K"), (9_999_999, "1M<n<10M"),
+    (10_000_000, "10M<n<100M"), (2_500_000_000, "1B<n<10B"), (10**12, "n>1T"),
+])
+def test_the_size_category_is_the_hubs_label_for_the_record_count(records, category):
+    """Every label comes from the Hub's vocabulary (``DatasetCardData``'s ``size_categories``): 10 million
+    records or more are not "1M<n<10M"."""
+    manifest = {"counts": {"beauty": {"train": records}, "items": {"beauty": 5}}, "version": "1.0.0",
+                "fingerprint": "0" * 64}
+    data_files = {"beauty": {"train": ["data/beauty/train-00000-of-00001.parquet"]},
+                  "items": {"beauty": ["data/items/beauty-00000-of-00001.parquet"]}}
+    data = card_data(manifest, data_files, conversation_features([]))
+    assert data.size_categories == [category]
+    assert category in DatasetCardData.__doc__
