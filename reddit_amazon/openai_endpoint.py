@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
-from reddit_amazon.redaction import SECRET_PARAMETER, URL_USERINFO
+from reddit_amazon.redaction import SECRET_PARAMETER, URL_USERINFO, redact_url_parameters
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,27 +70,40 @@ def _split(url: str) -> SplitResult:
 
 
 def display_url(url: str) -> str:
-    """``url`` as it may be written down: without credentials (``user:password@``, secret-named query
-    parameters), with the scheme and host in lower case and no trailing ``/``."""
+    """``url`` as it may be written down: without credentials (``user:password@``, secret-named parameters of
+    its query, its path (``;api_key=…``) or its fragment (``#access_token=…``)), with the scheme and host in
+    lower case and no trailing ``/``."""
     try:
         parts = _split(url)
     except ValueError:  # a bad port or bracket: not a URL a client could use, but never one to write out whole
-        return URL_USERINFO.sub("", url.split("?", 1)[0])
+        return _redacted_path(URL_USERINFO.sub("", re.split(r"[?#]", url, maxsplit=1)[0]))
     hostname = parts.hostname or ""
     host = (f"[{hostname}]" if ":" in hostname else hostname) + (f":{parts.port}" if parts.port else "")
     query = urlencode([(k, "<redacted>" if SECRET_PARAMETER.search(k) else v)
                        for k, v in parse_qsl(parts.query, keep_blank_values=True)])
-    return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), query, parts.fragment))
+    return urlunsplit((parts.scheme.lower(), host, _redacted_path(parts.path.rstrip("/")), query,
+                       _redacted_fragment(parts.fragment)))
 
 
 def has_credentials(url: str) -> bool:
-    """``url`` holds credentials (``user:password@``, a secret-named query parameter) or cannot be parsed to
-    tell: :func:`display_url` is then the only form in which it may be written down."""
+    """``url`` holds credentials (``user:password@``, a secret-named parameter in its query, path or fragment) or
+    cannot be parsed to tell: :func:`display_url` is then the only form in which it may be written down."""
     try:
         parts = _split(url)
     except ValueError:
         return True
-    return "@" in parts.netloc or any(SECRET_PARAMETER.search(k) for k, _ in parse_qsl(parts.query))
+    return ("@" in parts.netloc or any(SECRET_PARAMETER.search(k) for k, _ in parse_qsl(parts.query))
+            or _redacted_path(parts.path) != parts.path or _redacted_fragment(parts.fragment) != parts.fragment)
+
+
+def _redacted_path(path: str) -> str:
+    """``path`` with secret-named path parameters redacted, segment by segment: a value ends at its ``/``, so
+    two endpoints that differ after it stay two."""
+    return "/".join(map(redact_url_parameters, path.split("/")))
+
+
+def _redacted_fragment(fragment: str) -> str:
+    return redact_url_parameters("#" + fragment)[1:] if fragment else fragment
 
 
 def url_problem(url: str) -> str | None:

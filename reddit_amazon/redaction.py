@@ -65,6 +65,12 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
     text = _CREDENTIAL_FIELD.sub(lambda m: f"{m['name']}{m['separator']}{m['scheme'] or ''}{REDACTED}", text)
     text = _SCHEME_CREDENTIAL.sub(_redacted_scheme_credential, text)
     text = URL_USERINFO.sub("<credentials redacted>@", text)
+    return redact_url_parameters(text)
+
+
+def redact_url_parameters(text: str) -> str:
+    """``text`` with the value of each secret-named URL parameter redacted: ``name=value`` after a ``?`` / ``&``
+    (query), ``;`` (path parameter) or ``#`` (fragment). A parameter with no value holds no secret."""
     return _URL_PARAMETER.sub(
         lambda m: f"{m[1]}={REDACTED}" if SECRET_PARAMETER.search(m[1]) and m[2] else m[0], text)
 

@@ -836,6 +836,32 @@ def test_an_endpoint_error_quoting_its_url_shows_no_credentials_of_it(dataset, t
     assert "PW-SECRET-99" not in result.output and "QUERY-SECRET-77" not in result.output
 
 
+def test_secrets_in_an_endpoints_path_parameters_or_fragment_are_not_recorded(dataset, tmp_path, httpserver):
+    """run.json / results.json record a base_url holding ``;api_key=`` (sent to the server in the path) or
+    ``#access_token=`` (never sent) with the secret redacted, and the command's output shows neither."""
+    from werkzeug import Response
+
+    def answer(request):
+        body = json.loads(request.data)
+        return Response(json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                    "choices": [{"index": 0, "finish_reason": "stop",
+                                                 "message": {"role": "assistant", "content": "no idea"}}]}),
+                        content_type="application/json")
+
+    httpserver.expect_request(re.compile("/v1;api_key=PATH-SECRET-11/chat/completions")).respond_with_handler(answer)
+    base = httpserver.url_for("/v1;api_key=PATH-SECRET-11") + "#access_token=FRAGMENT-SECRET-22"
+    result = CliRunner().invoke(cli, ["run", "--model", "openai-chat", "--model-args",
+                                      f'base_url="{base}",cache_dir={tmp_path / "c"}', "--domain", "home",
+                                      "--dataset", str(dataset), "--out", str(tmp_path / "o"), "--quiet"],
+                                env={"OPENAI_API_KEY": "sk-test"})
+    assert result.exit_code == 0, result.output
+    assert len(httpserver.log) == 12  # every example was asked, at the path parameter
+    recorded = orjson.loads((tmp_path / "o" / "run.json").read_bytes())["model_args"]["base_url"]
+    assert recorded == httpserver.url_for("/v1") + ";api_key=<redacted>#access_token=<redacted>"
+    written = [result.output] + [p.read_text() for p in (tmp_path / "o").rglob("*") if p.is_file()]
+    assert not any("PATH-SECRET" in text or "FRAGMENT-SECRET" in text for text in written)
+
+
 def test_the_same_data_at_another_path_reuses_the_run(dataset, tmp_path):
     """The bundled sample and a rebuild of it, or a folder that moved: same fingerprint, same run."""
     import shutil

@@ -531,6 +531,25 @@ def test_credentials_in_endpoint_urls_never_reach_the_manifest_or_card(sample_bu
     assert manifest["build_reports"]["relevance"]["base_url"] == "http://127.0.0.1:9/v1?api_key=%3Credacted%3E"
 
 
+def test_secrets_in_an_endpoints_path_parameters_or_fragment_never_reach_the_outputs(httpserver, tmp_path):
+    """``;api_key=`` in the base URL's path is sent (the server may need it) and ``#access_token=`` is not, but
+    neither may be written down: the manifest's endpoint and command line, the card, the build's output."""
+    llm = FlakyLLM()
+    llm.down = False
+    httpserver.expect_request(re.compile(r"/v1;api_key=sk-PATH-SECRET-11/chat/completions"),
+                              method="POST").respond_with_handler(llm)
+    base = httpserver.url_for("/v1;api_key=sk-PATH-SECRET-11") + "?api-version=1#access_token=FRAGMENT-SECRET-22"
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--llm-model", "local-llm",
+                   "--llm-base-url", base, "--no-images", *FAST, env={"OPENAI_API_KEY": "sk-test-key"})
+    assert result.exit_code == 0, result.output
+    assert llm.requests > 0  # the endpoint was really asked, at its path parameter
+    written = [result.output] + [p.read_text() for p in (tmp_path / "ds").rglob("*") if p.suffix in (".json", ".md")]
+    assert not any("PATH-SECRET" in text or "FRAGMENT-SECRET" in text for text in written)
+    manifest = read_manifest(tmp_path / "ds")
+    assert manifest["build_reports"]["relevance"]["base_url"] == \
+        f"{httpserver.url_for('/v1')};api_key=<redacted>?api-version=1#access_token=<redacted>"
+
+
 def test_the_recorded_command_uses_the_build_flags_of_reddit_options(tmp_path):
     from reddit_amazon.build import BuildOptions, command_line
 

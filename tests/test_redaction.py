@@ -188,3 +188,22 @@ def test_openai_chat_never_shows_or_writes_an_echoed_key(httpserver, tmp_path, c
         assert_never_shown(KEY, result.output, "the console")
     assert_never_shown(KEY, caplog.text, "the log")
     assert_no_file_holds(KEY, tmp_path / "refusing", tmp_path / "cache")
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("http://h/v1;api_key=sk-SECRET", "http://h/v1;api_key=<redacted>"),
+    ("http://h/v1?x=1#access_token=SECRET", "http://h/v1?x=1#access_token=<redacted>"),
+    ("http://h/a;token=SECRET/v1/", "http://h/a;token=<redacted>/v1"),  # the value ends at its segment's "/"
+    ("http://h:99999/v1;sig=SECRET?key=x#y", "http://h:99999/v1;sig=<redacted>"),  # a bad port: no query, no fragment
+])
+def test_an_endpoint_url_is_written_without_path_parameter_or_fragment_credentials(url, shown):
+    from reddit_amazon.openai_endpoint import display_url, has_credentials
+
+    assert display_url(url) == shown and has_credentials(url)
+
+
+@pytest.mark.parametrize("url", ["http://h/v1;v=2", "http://h/v1#section", "http://h/v1;api_key=#access_token="])
+def test_an_endpoint_url_without_credentials_is_written_as_given(url):
+    from reddit_amazon.openai_endpoint import display_url, has_credentials
+
+    assert display_url(url) == url and not has_credentials(url)
