@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +38,17 @@ class Run:
 
     @property
     def group(self) -> str:
+        """The title of the run's group of rows, as HTML."""
+        return self.group_title(html.escape)
+
+    def group_title(self, escape: Callable[[str], str]) -> str:
+        """The title of the run's group of rows, with the candidate set's name (from a results.json, maybe someone
+        else's) shown as text by ``escape``."""
         if self.results.get("kind") == "retrieval":
             text = "title + description" if "description" in self.results["model"].get("item_text", "") else "title"
             return f"Retrieval baselines (item {text}, full catalog)"
-        candidates = self.results["candidates"]  # a name from a results.json, maybe someone else's: escaped
-        return f"Recommenders + {CANDIDATE_TITLES.get(candidates) or html.escape(candidates)} candidates"
+        candidates = self.results["candidates"]
+        return f"Recommenders + {CANDIDATE_TITLES.get(candidates) or escape(candidates)} candidates"
 
     def value(self, domain: str, metric: str) -> float | None:
         entry = self.results["metrics"].get(metric, {}).get(domain)
@@ -187,32 +193,36 @@ def provenance(runs: Sequence[Run]) -> list[str]:
 
 
 def to_markdown(runs: Sequence[Run]) -> str:
+    from cards.markdown import prose  # lazily: cards imports benchmark too (docs/architecture.md)
+
     groups = _grouped(runs)
     marks = _ranks([run for _, members in groups for run in members])
     labels = _labels(runs)
     header = "| Method | " + " | ".join(f"{DOMAIN_TITLES[d]} {m.upper()}" for d, m in COLUMNS) + " |"
     lines = [header, "|" + " --- |" * (len(COLUMNS) + 1)]
     index = 0
-    for group, members in groups:
-        lines.append(f"| *{_markdown_cell(group)}* |" + " |" * len(COLUMNS))
+    # Labels, candidate set names and dataset ids come from results.json files, maybe someone else's: their HTML
+    # and Markdown (links, images, emphasis) are shown as the text they are, never rendered.
+    for _, members in groups:
+        lines.append(f"| *{_markdown_cell(members[0].group_title(prose))}* |" + " |" * len(COLUMNS))
         for run in members:
             cells = []
             for domain, metric in COLUMNS:
                 text = _format(run.value(domain, metric))
                 mark = marks.get((index, domain, metric))
                 cells.append(f"**{text}**" if mark == 1 else f"<u>{text}</u>" if mark == 2 else text)
-            lines.append(f"| {_markdown_cell(html.escape(labels[id(run)], quote=False))} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_markdown_cell(prose(labels[id(run)]))} | " + " | ".join(cells) + " |")
             index += 1
-    # labels and dataset ids come from results.json files, maybe someone else's: their HTML is shown, not rendered
-    notes = [f"- {html.escape(line, quote=False)}" for line in provenance(runs)]
+    notes = [f"- {prose(line)}" for line in provenance(runs)]
     legend = ("HR@1 per (record, gt item) pair; VR per record; rounded to 4 decimals. Bold: best HR@1, "
               "underlined: second best (among rows over the same dataset, split and records).")
     return "\n".join(lines + ["", legend, *notes, "", benchmark_card(runs)]) + "\n"
 
 
-def _markdown_cell(text: str) -> str:
-    """``text`` safe in a table cell: a ``|`` (in a model arg or a plugin's name) would start a new column."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+def _markdown_cell(markdown: str) -> str:
+    """``markdown`` (on one line, its text escaped) safe in a table cell: a ``|`` (in a model arg or a plugin's
+    name) would start a new column."""
+    return markdown.replace("|", "\\|")
 
 
 def benchmark_card(runs: Sequence[Run]) -> str:

@@ -506,6 +506,43 @@ def test_markdown_report_shows_html_from_results_files_as_text(dataset, tmp_path
     assert "&lt;img src=x onerror=alert(1)&gt;" in result.output
 
 
+def rendered_rows(markdown: str) -> list[str]:
+    """The first cell of each row of ``markdown``'s leaderboard table as a reader sees it (escapes resolved), and
+    the kinds of inline markup in it other than text."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").enable(["table", "strikethrough"]).parse(markdown.split("\n\n", 1)[0])
+    cells = [inline for opening, inline in zip(tokens, tokens[1:]) if opening.type in ("td_open", "th_open")]
+    return [("".join(child.content for child in cell.children),
+             sorted({child.type for child in cell.children} - {"text", "text_special", "em_open", "em_close"}))
+            for cell in cells[::7]]
+
+
+def test_markdown_report_shows_markdown_from_results_files_as_text(dataset, tmp_path):
+    """A run label, its args or a candidate set name holding Markdown (a link, emphasis, an image) render as the
+    text they are; a plain label with its ``[split …; dataset …]`` renders as before (as written)."""
+    from benchmark.report import load_runs, to_markdown
+    from reddit_amazon.sample import sample_dataset_path
+
+    run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "a", progress=False)
+    run(RunConfig(model="random", dataset=str(sample_dataset_path()), split="validation", bootstrap_samples=0),
+        tmp_path / "b", progress=False)
+    plain = to_markdown(load_runs([tmp_path / "a", tmp_path / "b"]))
+    rows = rendered_rows(plain)
+    fingerprint = json.loads((tmp_path / "a" / "results.json").read_text())["dataset"]["fingerprint"][:12]
+    assert (f"random [split test; dataset ds {fingerprint}]", []) in rows, rows
+    hostile = "[click](http://evil.example) *x* ![i](http://evil.example/p.gif) __b__ <b>y</b> a|b"
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    results["model"]["name"] = hostile
+    results["model"]["args"] = {"base_url": "http://h/v1", "prompt": "_em_ **strong**"}
+    results["candidates"] = "*sbert*"
+    (tmp_path / "a" / "results.json").write_text(json.dumps(results))
+    rows = rendered_rows(to_markdown(load_runs([tmp_path / "a", tmp_path / "b"])))
+    assert (f"{hostile} (base_url=http://h/v1, prompt=_em_ **strong**) [split test; dataset ds {fingerprint}]",
+            []) in rows, rows
+    assert ("Recommenders + *sbert* candidates", []) in rows, rows
+
+
 def test_a_zero_hr1_is_never_marked_best():
     from benchmark.report import Run, _ranks
 
@@ -1110,7 +1147,7 @@ def test_report_rows_of_different_splits_or_datasets_say_which_is_which(dataset,
     run(RunConfig(model="random", dataset=str(sample_dataset_path()), split="validation", bootstrap_samples=0),
         tmp_path / "b", progress=False)
     runs = load_runs([tmp_path / "a", tmp_path / "b"])
-    for text in (to_markdown(runs), to_html(runs)):
+    for text in (to_markdown(runs).replace("\\[", "["), to_html(runs)):  # Markdown shows its brackets escaped
         assert "random [split test; dataset " in text and "random [split validation; dataset " in text
     same = load_runs([tmp_path / "a", tmp_path / "a"])
     assert "[split" not in to_markdown(same)
