@@ -579,7 +579,7 @@ def command_line(options: BuildOptions) -> str:
 REDDIT_EXECUTION_OPTIONS = ("executor", "slurm_partition", "workers", "progress")
 #: The ``build`` options that set Reddit-stage options (``RedditStageOptions`` field -> flag).
 REDDIT_FLAGS = {"salt": "salt", "executor": "executor", "slurm_partition": "partition", "workers": "workers",
-                "resolve_short_links": "resolve-short-links"}
+                "resolve_short_links": "resolve-short-links", "short_link_deadline_s": "short-link-deadline"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -898,12 +898,15 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--workers", type=click.IntRange(1, 4096), help="Reddit stage parallel tasks.")
 @click.option("--resolve-short-links/--no-resolve-short-links", default=None,
               help="Resolve amzn.to / a.co links over the network (Reddit stage).")
+@click.option("--short-link-deadline", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+              help="Time one short link may take, retries and redirect hops included; then it is unresolved "
+                   "(Reddit stage) [default: 60].")
 @click.option("--quiet", is_flag=True, help="No progress bars (the stages, funnel and errors are still printed).")
 def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map, llm_base_url, llm_model,
                   llm_template, llm_concurrency, llm_max_attempts, llm_cache, no_filter, dry_run, retrievers,
                   embedding_base_url, embedding_model, images, image_store, image_concurrency,
                   allow_private_image_hosts, push_to_hub, private, salt, executor, partition, workers,
-                  resolve_short_links, quiet) -> None:
+                  resolve_short_links, short_link_deadline, quiet) -> None:
     """Build the dataset folder from Reddit dumps and Amazon Reviews 2023, printing the funnel.
 
     With no arguments, builds the bundled sample end to end, offline.
@@ -925,7 +928,7 @@ def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map
     if partition and executor != "slurm":
         raise click.UsageError("--partition is for --executor slurm")
     reddit = {"salt": salt, "executor": executor, "slurm_partition": partition, "workers": workers,
-              "resolve_short_links": resolve_short_links}
+              "resolve_short_links": resolve_short_links, "short_link_deadline_s": short_link_deadline}
     settings = dict(
         seed=seed, version=version, domain_map=domain_map, llm_base_url=llm_base_url, llm_model=llm_model,
         llm_template=llm_template, llm_concurrency=llm_concurrency, llm_max_attempts=llm_max_attempts,

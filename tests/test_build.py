@@ -560,6 +560,32 @@ def test_the_recorded_command_uses_the_build_flags_of_reddit_options(tmp_path):
     assert "--executor slurm --partition cpu --workers 4" in command and "endpoints" not in command
 
 
+def test_the_short_link_deadline_reaches_the_reddit_stage_and_is_recorded(tmp_path, monkeypatch):
+    """`build --short-link-deadline` is `reddit-stage --short-link-deadline`: the stage gets it, the manifest and
+    its command line record it, and another deadline (which can resolve other links) runs the stage again."""
+    from reddit_amazon import pipeline
+
+    deadlines = []
+    run_stage = pipeline.run_reddit_stage_on_files
+
+    def watched(files, workdir, options):
+        deadlines.append(options.short_link_deadline_s)
+        return run_stage(files, workdir, options)
+
+    monkeypatch.setattr(pipeline, "run_reddit_stage_on_files", watched)
+    args = ["--workdir", str(tmp_path / "work"), *FAST, "--no-images"]
+    result = build("--out", str(tmp_path / "a"), *args, "--short-link-deadline", "7.5")
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "a")
+    assert deadlines == [7.5] and manifest["build"]["options"]["reddit"]["short_link_deadline_s"] == 7.5
+    assert "--short-link-deadline 7.5" in manifest["build"]["command"]
+    assert build("--out", str(tmp_path / "b"), *args, "--short-link-deadline", "7.5").exit_code == 0
+    assert build("--out", str(tmp_path / "c"), *args, "--short-link-deadline", "30").exit_code == 0
+    assert deadlines == [7.5, 30.0]  # the same deadline reused the stage, another ran it again
+    refused = build("--out", str(tmp_path / "d"), *args, "--short-link-deadline", "0")
+    assert refused.exit_code == 2 and "--short-link-deadline" in refused.output
+
+
 def test_a_sample_build_into_a_shared_image_store_stays_offline(tmp_path):
     """A store another build uses has its own sources.json: the sample's images must still count as stored."""
     from reddit_amazon.build import _seed_sample_caches
