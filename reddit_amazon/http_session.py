@@ -12,14 +12,22 @@ Two guards a plain ``requests.Session`` lacks:
   reaches loopback, private, link-local (169.254.169.254: cloud metadata), shared, multicast or reserved
   addresses. Behind a proxy (``http_proxy`` / ``https_proxy`` / ``all_proxy``) the proxy resolves the name and
   connects: the guard sees only the proxy, which is the user's own choice, and checks nothing.
+
+A SOCKS proxy needs PySocks, which is not a dependency: :func:`check_proxies` says so before any request, instead
+of every request failing as requests' "invalid URL".
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import ipaddress
 import threading
+from collections.abc import Iterable
 from typing import Any, final
+from urllib.parse import urlsplit
+
+from reddit_amazon.redaction import URL_USERINFO
 
 _current = threading.local()  # .deadline: the Deadline of the request this thread is making
 
@@ -33,6 +41,37 @@ class PrivateHostRefused(Exception):
     def __init__(self, host: str, address: str):
         super().__init__(f"{self.reason}: {host} is at {address}, not a public address")
         self.host, self.address = host, address
+
+
+class ProxyUnsupported(ValueError):
+    """The environment sends requests through a SOCKS proxy and PySocks, which requests needs for one, is not
+    installed: the setting's problem, not any URL's."""
+
+
+def check_proxies(urls: Iterable[str]) -> None:
+    """Raise :class:`ProxyUnsupported` if the proxy the environment sets for any of ``urls`` (``all_proxy``,
+    ``https_proxy``, ``http_proxy``; ``no_proxy`` respected, as requests reads them) is a SOCKS proxy and PySocks is
+    not installed. Without it each request would fail at once as an invalid URL."""
+    if importlib.util.find_spec("socks") is not None:
+        return
+    from requests.utils import get_environ_proxies, select_proxy
+
+    seen: set[tuple[str, str]] = set()
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # not a URL: its own download fails, and says so
+            continue
+        origin = (parts.scheme.lower(), (parts.hostname or "").lower())
+        if origin in seen:
+            continue
+        seen.add(origin)
+        proxy = select_proxy(url, get_environ_proxies(url))
+        if proxy and proxy.lower().startswith("socks"):
+            raise ProxyUnsupported(
+                f"the environment sends requests for {parts.scheme}://{parts.hostname} through the SOCKS proxy "
+                f"{URL_USERINFO.sub('', proxy)}, and SOCKS support is not installed: install PySocks "
+                f"(pip install 'requests[socks]') or unset the proxy (all_proxy / https_proxy / http_proxy)")
 
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # IPv4 addresses reached through a NAT64 gateway

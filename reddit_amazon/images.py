@@ -28,7 +28,7 @@ from typing import Any
 
 from reddit_amazon import __version__
 from reddit_amazon.files import write_atomic
-from reddit_amazon.http_session import Deadline, PrivateHostRefused, guarded_session, socket_of
+from reddit_amazon.http_session import Deadline, PrivateHostRefused, check_proxies, guarded_session, socket_of
 from reddit_amazon.openai_endpoint import retry_after
 
 log = logging.getLogger(__name__)
@@ -374,6 +374,7 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
         else:
             todo.append((asin, urls[0]))
 
+    check_proxies(url for _, url in todo)  # before any download: a proxy that cannot be used fails them all
     local = threading.local()
 
     def session() -> requests.Session:

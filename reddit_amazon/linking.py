@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import numpy
 
 from reddit_amazon.dumps import BlockScratch
-from reddit_amazon.http_session import Deadline, guarded_session
+from reddit_amazon.http_session import Deadline, check_proxies, guarded_session
 from reddit_amazon.sqlite_cache import CacheFile
 
 
@@ -413,6 +413,7 @@ class ShortLinkResolver:
             else:
                 pending.append(url)
         if pending:
+            check_proxies(map(self._target, pending))  # before any request: a proxy that cannot be used fails them all
             hosts = {urlsplit(u).hostname for u in pending}
             workers = max(1, min(len(pending), self.per_host_concurrency * len(hosts)))
             with ThreadPoolExecutor(workers) as pool, tqdm(
@@ -472,9 +473,8 @@ class ShortLinkResolver:
         """The ``Location`` of ``url``'s redirect; "" when the link is not found (404 / 410)."""
         from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        target = self.endpoints.get(host, f"https://{host}") + parts.path
+        host = (urlsplit(url).hostname or "").lower()
+        target = self._target(url)
         retrying = Retrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait_exponential(multiplier=self.backoff_s, max=30),
@@ -489,6 +489,12 @@ class ShortLinkResolver:
             return retrying(self._request_location, target, clock)
         finally:
             slot.release()
+
+    def _target(self, url: str) -> str:
+        """Where ``url`` is asked: its host (over https), or the endpoint configured for that host."""
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        return self.endpoints.get(host, f"https://{host}") + parts.path
 
     def _request_location(self, target: str, clock: _LinkClock) -> str:
         import requests

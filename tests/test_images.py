@@ -568,3 +568,37 @@ def test_two_builds_sharing_a_store_keep_each_others_images(tmp_path):
                for asin, name in [("B000000001", "a"), ("B000000002", "b"), ("B000000004", "d")])
     assert again.failures["B000000003"]["permanent"]
 
+
+
+PROXY_VARIABLES = ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                   "ALL_PROXY")
+
+
+@pytest.fixture
+def socks_proxy_without_pysocks(monkeypatch):
+    """The environment sends everything through a SOCKS proxy, and PySocks (not a dependency) is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("socks") is not None:
+        pytest.skip("PySocks is installed: requests can use the SOCKS proxy")
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("all_proxy", "socks5://proxyuser:hunter2@127.0.0.1:1080")
+
+
+def test_a_socks_proxy_without_pysocks_stops_the_downloads_before_they_start(socks_proxy_without_pysocks, httpserver,
+                                                                              host, monkeypatch, tmp_path):
+    """Not every item failing for good as "invalid_url: Missing dependencies for SOCKS support." (the environment's
+    fault, never retried): one error naming what to install, before any request, with nothing recorded."""
+    from reddit_amazon.http_session import ProxyUnsupported
+
+    store = ImageStore(tmp_path / "images")
+    items = [("B000000001", [httpserver.url_for("/good.jpg")]), ("B000000002", [httpserver.url_for("/good.jpg")])]
+    with pytest.raises(ProxyUnsupported, match=r"through the SOCKS proxy socks5://127\.0\.0\.1:1080, and SOCKS "
+                                               r"support is not installed: install PySocks") as raised:
+        fetch_images(items, store, OPTIONS)
+    assert "hunter2" not in str(raised.value)
+    assert store.failures == {} and not (tmp_path / "images" / "failures.json").exists() and not host.hits
+    monkeypatch.setenv("no_proxy", "localhost")  # the proxy is not used for this host: downloads as before
+    outcomes = fetch_images(items, store, OPTIONS)
+    assert all(outcome.downloaded for outcome in outcomes.values())

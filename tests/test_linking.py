@@ -480,3 +480,20 @@ def test_asins_come_in_order_of_appearance_whatever_the_link_form():
     # a resolved short link's ASINs sit where the short link is
     assert linked_asins(text, {"https://amzn.to/abc": ["B0BBBBBBB2"]}) == \
         ["B0ZZZZZZZ9", "B0AAAAAAA1", "B0BBBBBBB2", "B0MMMMMMM5"]
+
+
+def test_a_socks_proxy_without_pysocks_stops_resolution_before_it_starts(resolver_factory, httpserver, monkeypatch):
+    """Every link would fail at once (requests' "Missing dependencies for SOCKS support"), be retried to the end and
+    be listed unresolved: one error naming what to install instead, before any request."""
+    import importlib.util
+
+    from reddit_amazon.http_session import ProxyUnsupported
+
+    if importlib.util.find_spec("socks") is not None:
+        pytest.skip("PySocks is installed: requests can use the SOCKS proxy")
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ALL_PROXY", "socks5h://127.0.0.1:1080")
+    with pytest.raises(ProxyUnsupported, match="install PySocks"):
+        resolver_factory().resolve_all(["https://amzn.to/abc"], progress=False)
+    assert not httpserver.log
