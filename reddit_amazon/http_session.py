@@ -10,8 +10,9 @@ Two guards a plain ``requests.Session`` lacks:
   after connecting, before anything (a TLS handshake included) is sent, so neither a URL, nor a redirect, nor a
   name that resolves to a public address when looked up and to a private one when connected to (DNS rebinding)
   reaches loopback, private, link-local (169.254.169.254: cloud metadata), shared, multicast or reserved
-  addresses. Behind a proxy (``http_proxy`` / ``https_proxy`` / ``all_proxy``) the proxy resolves the name and
-  connects: the guard sees only the proxy, which is the user's own choice, and checks nothing.
+  addresses. Behind a proxy (``http_proxy`` / ``https_proxy`` / ``all_proxy``, a SOCKS one too) the proxy resolves
+  the name (or, with ``socks5://``, is given the address the client resolved) and connects: the guard sees only the
+  proxy, which is the user's own choice, and checks nothing.
 
 A SOCKS proxy needs PySocks, which is not a dependency: :func:`check_proxies` says so before any request, instead
 of every request failing as requests' "invalid URL".
@@ -157,11 +158,13 @@ def _adapter_class(allow_private_hosts: bool) -> type:
         raise RuntimeError(f"this urllib3 has no HTTPConnection._new_conn: the private-address guard cannot work "
                            f"({HTTPConnection.__module__})")
 
-    def guarded(pool_class: type) -> type:
+    @functools.cache
+    def guarded(pool_class: type, *, through_proxy: bool = False) -> type:
         class Connection(pool_class.ConnectionCls):
             def _new_conn(self) -> Any:
                 sock = super()._new_conn()
-                if not allow_private_hosts and self.proxy is None:  # through a proxy: the proxy's address
+                # through a proxy (an HTTP one sets self.proxy; a SOCKS one's pools connect to it): its address
+                if not allow_private_hosts and self.proxy is None and not through_proxy:
                     _refuse_private_peer(sock, self.host)
                 return sock
 
@@ -180,9 +183,13 @@ def _adapter_class(allow_private_hosts: bool) -> type:
             super().init_poolmanager(*args, **kwargs)
             self.poolmanager.pool_classes_by_scheme = pools
 
-        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:  # behind http(s)_proxy: the same watch
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:  # behind a proxy: the same watch
             manager = super().proxy_manager_for(proxy, **kwargs)
-            manager.pool_classes_by_scheme = pools
+            if proxy.lower().startswith("socks"):  # its own pools (its class's) connect through the proxy: kept
+                manager.pool_classes_by_scheme = {scheme: guarded(pool_class, through_proxy=True)
+                                                  for scheme, pool_class in type(manager).pool_classes_by_scheme.items()}
+            else:
+                manager.pool_classes_by_scheme = pools
             return manager
 
     return Adapter

@@ -602,3 +602,25 @@ def test_a_socks_proxy_without_pysocks_stops_the_downloads_before_they_start(soc
     monkeypatch.setenv("no_proxy", "localhost")  # the proxy is not used for this host: downloads as before
     outcomes = fetch_images(items, store, OPTIONS)
     assert all(outcome.downloaded for outcome in outcomes.values())
+
+
+@pytest.mark.parametrize("scheme, url", [
+    ("socks5h", "http://images.example.invalid/good.jpg"),  # the proxy resolves the name
+    ("socks5", "http://192.0.2.1/good.jpg"),  # the client does (an address no direct connection reaches)
+])
+def test_images_go_through_a_socks_proxy(scheme, url, httpserver, host, monkeypatch, tmp_path):
+    """The guarded session keeps requests' SOCKS connections (it replaces the pools of every proxy manager): the
+    request goes to the proxy, not straight to the host. The proxy is reached at a loopback address without
+    --allow-private-image-hosts, as an HTTP proxy is: it connects to the host itself."""
+    pytest.importorskip("socks", reason="PySocks (not a dependency) is not installed")
+    from socks_server import SocksProxy  # tests/
+
+    proxy = SocksProxy(("127.0.0.1", httpserver.port))
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("all_proxy", f"{scheme}://127.0.0.1:{proxy.port}")
+    guarded = ImageOptions(**{**OPTIONS.__dict__, "allow_private_hosts": False, "max_attempts": 1})
+    outcomes = fetch_images([("B000000001", [url])], ImageStore(tmp_path / "images"), guarded)
+    proxy.close()
+    assert outcomes["B000000001"].downloaded, outcomes["B000000001"].error
+    assert proxy.requested == [(url.split("/")[2], 80)] and host.hits["good.jpg"] == 1
