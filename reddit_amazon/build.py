@@ -290,8 +290,14 @@ def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> Stage
     made_by = {k: v for k, v in options.reddit.items() if k not in REDDIT_EXECUTION_OPTIONS}
     key = _key("reddit", STAGE_VERSION, _identity(map(str, files)), made_by)
     folder = options.workdir / "reddit"
-    if not _stamp_matches(folder, key):
-        console.print(f"[bold]1/5 reddit[/]: candidate conversations from {len(files)} dump file(s)")
+    unresolved = _unresolved_short_links(folder)
+    if not _stamp_matches(folder, key) or unresolved:
+        if _stamp_matches(folder, key):
+            # What failed then (a block, a timeout, a deadline) may answer now; the scan's finished tasks are
+            # reused, so this costs the asking, and a second pass over the dumps only if new threads are needed.
+            console.print(f"[bold]1/5 reddit[/]: asking the {unresolved} short link(s) it left unresolved again")
+        else:
+            console.print(f"[bold]1/5 reddit[/]: candidate conversations from {len(files)} dump file(s)")
         _unstamp(folder)
         # its workers may be other processes: told of a quiet run, not left to read this one's setting
         reddit = {**options.reddit, "progress": options.reddit.get("progress", True) and bars_shown()}
@@ -308,6 +314,12 @@ def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> Stage
     outputs = _files_digest([*sorted((folder / "conversations").glob("*.jsonl")), folder / "funnel.json"])
     return StageResult(conversations=[], loader=lambda: reddit_conversations(options.workdir),
                        funnel=reddit_funnel(raw), key=_key(key, outputs), report=raw)
+
+
+def _unresolved_short_links(folder: Path) -> int:
+    """How many short links the Reddit stage in ``folder`` listed as unresolved (0 when it listed none)."""
+    listed = folder / "unresolved_short_links.txt"
+    return len(listed.read_text(encoding="utf-8").split()) if listed.is_file() else 0
 
 
 def _files_digest(paths: Iterable[Path]) -> str:

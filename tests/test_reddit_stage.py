@@ -429,6 +429,43 @@ def test_unresolved_list_names_only_the_links_unresolved_now(world, tmp_path, ht
     assert _rows(up)["c8"]["gt_items"] == ["B0000000KT"]
 
 
+def test_a_build_asks_the_short_links_its_finished_reddit_stage_left_unresolved_again(world, tmp_path, httpserver):
+    """A build reuses its finished Reddit stage, but not the links that got no answer then (a block, a 503): they
+    are asked again; once none is left, the stage is reused as it is."""
+    import io
+
+    from rich.console import Console
+
+    from reddit_amazon.build import BuildOptions, reddit_stage
+
+    httpserver.expect_request("/kettle1").respond_with_response(Response("busy", status=503))
+    httpserver.expect_request("/d/ctx123").respond_with_response(
+        Response(status=302, headers={"Location": "https://www.amazon.com/dp/B0000000CX"}))
+    stage = _resolving_options(httpserver, tmp_path, short_link_attempts=1)
+    reddit = {name: getattr(stage, name) for name in ("salt", "progress", "resolve_short_links",
+                                                     "short_link_endpoints", "short_link_cache",
+                                                     "short_link_attempts")}
+    options = BuildOptions(inputs=[str(world)], meta=[], reviews=[], out=tmp_path / "ds", workdir=tmp_path / "w",
+                           reddit=reddit)
+    console = Console(file=io.StringIO(), width=200)
+    files = sorted(world.iterdir())
+    first = reddit_stage(options, files, console)
+    assert first.report["short_links_resolved"] == 1
+
+    httpserver.clear()
+    httpserver.expect_request("/kettle1").respond_with_response(
+        Response(status=301, headers={"Location": "https://www.amazon.com/dp/B0000000KT"}))
+    second = reddit_stage(options, files, console)
+    assert "asking the 1 short link(s) it left unresolved again" in console.file.getvalue()
+    assert [request.path for request, _ in httpserver.log] == ["/kettle1"]  # the resolved one came from the cache
+    assert second.report["short_links_resolved"] == 2 and second.key != first.key
+    assert not (tmp_path / "w" / "reddit" / "unresolved_short_links.txt").exists()
+
+    third = reddit_stage(options, files, console)
+    assert "reusing the finished stage" in console.file.getvalue() and third.key == second.key
+    assert len(httpserver.log) == 1
+
+
 def test_an_empty_salt_fails_before_any_dump_is_read(world, tmp_path):
     for salt in ("", "   "):
         with pytest.raises(ValueError, match="salt must not be empty"):
