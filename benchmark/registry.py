@@ -20,9 +20,11 @@ import json
 import math
 import re
 import sys
+import threading
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path, PurePath
@@ -186,23 +188,46 @@ def _load_object(target: str, spec: str) -> Any:
     return _attribute(module, attribute, spec)
 
 
-#: Folders of plugin files that :func:`resolve` put on ``sys.path`` and :func:`plugin_imports` has not taken off.
-_plugin_folders: list[str] = []
+#: The plugin folders a :func:`plugin_imports` block put on ``sys.path``, each with the number of open blocks
+#: (runs, maybe in other threads) that resolved a plugin file in it: it leaves ``sys.path`` with the last of them.
+_plugin_folder_users: dict[str, int] = {}
+_plugin_folders_lock = threading.Lock()
+#: The folders the current block (of this thread or task) uses; None outside a block.
+_block_folders: ContextVar[list[str] | None] = ContextVar("plugin_folders", default=None)
 
 
 @contextmanager
 def plugin_imports() -> Iterator[None]:
     """The folders of plugin files resolved in the block stay on ``sys.path`` for the block only: the plugin imports
     the modules beside it while it runs (in its methods too), and a notebook or sweep calling ``benchmark.runner.run``
-    would otherwise find that folder's modules first, at ``sys.path[0]``, for the rest of its session."""
-    mark = len(_plugin_folders)
+    would otherwise find that folder's modules first, at ``sys.path[0]``, for the rest of its session. Blocks in
+    other threads keep theirs until they end, a folder two of them use included."""
+    used: list[str] = []
+    token = _block_folders.set(used)
     try:
         yield
     finally:
-        for folder in _plugin_folders[mark:]:
-            with suppress(ValueError):  # the plugin may have taken it off itself
-                sys.path.remove(folder)
-        del _plugin_folders[mark:]
+        _block_folders.reset(token)
+        with _plugin_folders_lock:
+            for folder in used:
+                _plugin_folder_users[folder] -= 1
+                if not _plugin_folder_users[folder]:
+                    del _plugin_folder_users[folder]
+                    with suppress(ValueError):  # the plugin may have taken it off itself
+                        sys.path.remove(folder)
+
+
+def _put_plugin_folder_on_path(folder: str) -> None:
+    """``folder`` first on ``sys.path`` (if it is not there yet), counted as used by the current block, if any."""
+    used = _block_folders.get()
+    with _plugin_folders_lock:
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+            if used is not None:
+                _plugin_folder_users.setdefault(folder, 0)
+        if used is not None and folder in _plugin_folder_users and folder not in used:
+            _plugin_folder_users[folder] += 1
+            used.append(folder)
 
 
 def _load_from_file(path: Path, attribute: str, spec: str) -> Any:
@@ -213,9 +238,7 @@ def _load_from_file(path: Path, attribute: str, spec: str) -> Any:
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
     folder = str(path.resolve().parent)
-    if folder not in sys.path:  # the plugin may import modules that sit beside it, as a script would
-        sys.path.insert(0, folder)
-        _plugin_folders.append(folder)
+    _put_plugin_folder_on_path(folder)  # the plugin may import modules that sit beside it, as a script would
     try:
         module_spec.loader.exec_module(module)
     except Exception as error:  # SyntaxError included: named like an entry point that fails to load

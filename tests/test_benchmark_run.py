@@ -678,6 +678,62 @@ def test_a_file_plugin_run_from_python_leaves_sys_path_as_it_was(dataset, tmp_pa
     assert sys.path == before
 
 
+@pytest.mark.parametrize("same_folder", [False, True])
+def test_file_plugins_run_at_once_in_threads_keep_their_folders_until_each_run_ends(dataset, tmp_path, monkeypatch,
+                                                                                   same_folder):
+    """Two runs in threads (a sweep): the one ending first took every plugin folder the other had put on sys.path
+    since it started (or the one folder both use), and the other's lazy import of a module beside its plugin
+    failed with ModuleNotFoundError."""
+    import threading
+    import types
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    events = types.SimpleNamespace(a_started=threading.Event(), b_started=threading.Event(), b_done=threading.Event())
+    monkeypatch.setitem(sys.modules, "_plugin_race_events", events)
+    folders = [tmp_path / "a", tmp_path / "a" if same_folder else tmp_path / "b"]
+    for folder in folders:
+        folder.mkdir(exist_ok=True)
+    (folders[0] / "race_helper_a.py").write_text("def pick(example):\n    return example.candidates[0].item_id\n")
+    (folders[0] / "race_plugin_a.py").write_text(
+        "import _plugin_race_events as events\n"
+        "class A:\n"
+        "    def recommend(self, examples):\n"
+        "        events.a_started.set()\n"
+        "        assert events.b_done.wait(30)\n"
+        "        from race_helper_a import pick  # after the other run ended\n"
+        "        return [pick(e) for e in examples]\n")
+    (folders[1] / "race_plugin_b.py").write_text(
+        "import _plugin_race_events as events\n"
+        "class B:\n"
+        "    def recommend(self, examples):\n"
+        "        events.b_started.set()\n"
+        "        assert events.a_started.wait(30)  # the other run has put its folder on sys.path\n"
+        "        return [e.candidates[0].item_id for e in examples]\n")
+    before = list(sys.path)
+    outcomes = {}
+
+    def run_in_thread(name: str, spec: str) -> None:
+        try:
+            outcomes[name] = run(RunConfig(model=spec, dataset=str(dataset), domain="home", bootstrap_samples=0),
+                                 tmp_path / f"out-{name}", progress=False)
+        except Exception as error:  # reported by the assert below
+            outcomes[name] = error
+        finally:
+            if name == "b":
+                events.b_done.set()
+
+    threads = [threading.Thread(target=run_in_thread, args=("b", f"{folders[1] / 'race_plugin_b.py'}:B"))]
+    threads[0].start()
+    assert events.b_started.wait(30)  # B's run is in its block, its plugin resolved, before A's starts
+    threads.append(threading.Thread(target=run_in_thread, args=("a", f"{folders[0] / 'race_plugin_a.py'}:A")))
+    threads[1].start()
+    for thread in threads:
+        thread.join(60)
+    assert all(isinstance(outcome, dict) for outcome in outcomes.values()), outcomes
+    assert outcomes["a"]["metrics"]["vr"]["all"]["value"] == 1.0
+    assert sys.path == before
+
+
 def test_report_flags_runs_over_fewer_records(dataset, tmp_path):
     from benchmark.report import load_runs, provenance
 
