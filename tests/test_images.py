@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import time
 from collections import Counter
 
@@ -576,11 +577,9 @@ PROXY_VARIABLES = ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "https_pr
 
 @pytest.fixture
 def socks_proxy_without_pysocks(monkeypatch):
-    """The environment sends everything through a SOCKS proxy, and PySocks (not a dependency) is not installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("socks") is not None:
-        pytest.skip("PySocks is installed: requests can use the SOCKS proxy")
+    """The environment sends everything through a SOCKS proxy, and PySocks (an optional dependency of requests; the
+    test extra installs it) is not installed: an import of it fails, as where it is missing."""
+    monkeypatch.setitem(sys.modules, "socks", None)
     for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("all_proxy", "socks5://proxyuser:hunter2@127.0.0.1:1080")
@@ -612,7 +611,7 @@ def test_images_go_through_a_socks_proxy(scheme, url, httpserver, host, monkeypa
     """The guarded session keeps requests' SOCKS connections (it replaces the pools of every proxy manager): the
     request goes to the proxy, not straight to the host. The proxy is reached at a loopback address without
     --allow-private-image-hosts, as an HTTP proxy is: it connects to the host itself."""
-    pytest.importorskip("socks", reason="PySocks (not a dependency) is not installed")
+    pytest.importorskip("socks", reason="PySocks (the test extra) is not installed")
     from socks_server import SocksProxy  # tests/
 
     proxy = SocksProxy(("127.0.0.1", httpserver.port))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 import threading
 import time
 
@@ -482,15 +483,31 @@ def test_asins_come_in_order_of_appearance_whatever_the_link_form():
         ["B0ZZZZZZZ9", "B0AAAAAAA1", "B0BBBBBBB2", "B0MMMMMMM5"]
 
 
+def test_short_links_resolve_through_a_socks_proxy(resolver_factory, httpserver, monkeypatch):
+    """all_proxy=socks5h://... with PySocks installed: the link is asked through the proxy (the session keeps the
+    proxy manager's SOCKS connections; plain ones cannot take their options and raised a TypeError that stopped
+    the stage)."""
+    pytest.importorskip("socks", reason="PySocks (the test extra) is not installed")
+    from socks_server import SocksProxy  # tests/
+
+    proxy = SocksProxy(("127.0.0.1", httpserver.port))
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("all_proxy", f"socks5h://127.0.0.1:{proxy.port}")
+    httpserver.expect_request("/socks1").respond_with_response(
+        Response(status=301, headers={"Location": "https://www.amazon.com/dp/B00NN2Y04E"}))
+    resolution = resolver_factory(attempts=1).resolve("https://amzn.to/socks1")
+    proxy.close()
+    assert resolution.asins == ("B00NN2Y04E",), resolution
+    assert proxy.requested == [("localhost", httpserver.port)]
+
+
 def test_a_socks_proxy_without_pysocks_stops_resolution_before_it_starts(resolver_factory, httpserver, monkeypatch):
     """Every link would fail at once (requests' "Missing dependencies for SOCKS support"), be retried to the end and
     be listed unresolved: one error naming what to install instead, before any request."""
-    import importlib.util
-
     from reddit_amazon.http_session import ProxyUnsupported
 
-    if importlib.util.find_spec("socks") is not None:
-        pytest.skip("PySocks is installed: requests can use the SOCKS proxy")
+    monkeypatch.setitem(sys.modules, "socks", None)  # as where PySocks is not installed: an import of it fails
     for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ALL_PROXY", "socks5h://127.0.0.1:1080")
