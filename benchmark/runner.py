@@ -313,8 +313,9 @@ def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> dict
     if overwrite:
         return None
     if run_path.is_file():
+        recorded = _read_json(run_path)
         # A field an earlier release did not record (batch_size) reads as unset, as it was then.
-        previous = {**dict.fromkeys(signature), **_read_json(run_path)}
+        previous = {**dict.fromkeys(signature), **recorded}
         current = orjson.loads(orjson.dumps(signature))  # as it reads back from run.json
         predictions = out / PREDICTIONS_FILE
         started = (out / RESULTS_FILE).exists() or (predictions.is_file() and predictions.stat().st_size > 0)
@@ -324,6 +325,10 @@ def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> dict
         changed = [k for k in current if k != "model" and not _same(k, previous.get(k), current[k])]
         if changed and not started:
             return None  # a run that failed before its first prediction (a typo in a model name): free again
+        if changed == ["model_code"] and "model_code" not in recorded:
+            raise RunError(f"{out} holds a run of {previous['model']} by an earlier release, which did not record "
+                           "the plugin's code, so whether it changed since is unknown; pass --overwrite to run it "
+                           "again or choose another --out")
         if changed:
             raise RunError(f"{out} holds a different run (differs in: {', '.join(changed)}); "
                            "pass --overwrite to replace it or choose another --out")

@@ -875,6 +875,29 @@ def test_a_run_folder_from_before_batch_size_was_recorded_still_resumes(dataset,
     assert run(config, tmp_path, progress=False)["counts"]["all"]["records"] == 5
 
 
+def test_a_plugin_run_folder_from_before_its_code_was_recorded_says_why_it_is_refused(dataset, tmp_path):
+    """Earlier releases wrote run.json without model_code: their plugin runs were refused as 'differs in:
+    model_code' though nobody had edited the plugin."""
+    plugin = tmp_path / "first.py"
+    plugin.write_text("class First:\n"
+                      "    def recommend(self, examples):\n"
+                      "        return [e.candidates[0].item_id for e in examples]\n")
+    config = RunConfig(model=f"{plugin}:First", dataset=str(dataset), domain="home", limit=3, bootstrap_samples=0)
+    out = tmp_path / "out"
+    run(config, out, progress=False)
+    signature = json.loads((out / "run.json").read_text())
+    del signature["batch_size"], signature["model_code"]  # as earlier releases wrote run.json
+    (out / "run.json").write_text(json.dumps(signature))
+    (out / "results.json").unlink()  # interrupted
+    with pytest.raises(RunError, match=r"by an earlier release, which did not record the plugin's code, so whether "
+                                       r"it changed since is unknown; pass --overwrite") as refused:
+        run(config, out, progress=False)
+    assert "differs in" not in str(refused.value)
+    with pytest.raises(RunError, match="differs in: model_code, limit"):  # another run whatever its code
+        run(RunConfig(**{**config.__dict__, "limit": 2}), out, progress=False)
+    assert run(config, out, overwrite=True, progress=False)["counts"]["all"]["records"] == 3
+
+
 def test_ctrl_c_keeps_the_predictions_and_says_how_to_resume(dataset, tmp_path):
     plugin = tmp_path / "stopper.py"
     plugin.write_text(
