@@ -39,6 +39,7 @@ from reddit_amazon.cli_errors import user_errors
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 
 if TYPE_CHECKING:  # the schema imports `datasets`; keep `reddit-amazon --help` fast
+    from reddit_amazon.relevance import FilterPlan
     from reddit_amazon.schema import Conversation, Item
 
 SAMPLE_INPUTS = Path(__file__).resolve().parent / "sample" / "inputs"
@@ -424,13 +425,26 @@ def _sample_answers_hint(options: BuildOptions) -> str:
     return ""
 
 
+def _warn_answers_without_endpoint(plan: FilterPlan, options: BuildOptions, console) -> None:
+    """Said before the calls are paid for: a cache from a release that keyed answers by model and prompt alone
+    holds --llm-base-url's answers under OpenAI's key, where they are not used."""
+    from reddit_amazon.openai_endpoint import endpoint_key
+
+    if plan.answered_without_endpoint:
+        console.print(f"  [yellow]{plan.answered_without_endpoint} of the {plan.calls} prompt(s) to ask "
+                      f"{escape(str(endpoint_key(options.llm_base_url)))} are answered in "
+                      f"{escape(str(_relevance_cache_path(options)))} under OpenAI's endpoint[/]: OpenAI's answers, "
+                      "or a cache of an earlier release, which did not record the endpoint; they are asked again. "
+                      "If this endpoint gave them, docs/build.md (Upgrading) shows how to keep them")
+
+
 def _image_store_path(options: BuildOptions) -> Path:
     return options.image_store or options.workdir / "images"
 
 
 def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> StageResult:
     from reddit_amazon.openai_endpoint import endpoint_key
-    from reddit_amazon.relevance import KEPT_LABEL, AnswerCache, RelevanceError, run_filter
+    from reddit_amazon.relevance import KEPT_LABEL, AnswerCache, RelevanceError, plan_filter, run_filter
 
     if options.no_filter:
         console.print("[bold]3/5 relevance[/]: skipped (--no-filter)")
@@ -450,6 +464,7 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
                       f"on {len(upstream.records())} conversation(s)")
         _unstamp(folder)
         with AnswerCache(_relevance_cache_path(options)) as cache:
+            _warn_answers_without_endpoint(plan_filter(upstream.records(), cache, filter_options), options, console)
             try:
                 result = run_filter(upstream.records(), cache, filter_options,
                                     api_key=os.environ.get("OPENAI_API_KEY"), progress=_tqdm("relevance"))
@@ -798,6 +813,7 @@ def print_dry_run(options: BuildOptions, joined: StageResult, console) -> None:
         console.print(f"  relevance filter ({filter_options.model}): {plan.records} conversations, "
                       f"{plan.cached} answered in the cache, [bold]{plan.calls} API calls[/], "
                       f"~{plan.approx_total_tokens:,} tokens (approximate: 4 characters per token)")
+        _warn_answers_without_endpoint(plan, options, console)
     if options.images:
         store = ImageStore(_image_store_path(options))
         missing = sum(store.to_fetch(i.item_id, i.image_urls) for i in joined.items)

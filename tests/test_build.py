@@ -676,6 +676,39 @@ def test_a_dry_run_counts_only_the_images_the_build_would_download(tmp_path):
     assert not (tmp_path / "ds").exists()
 
 
+def test_answers_of_an_earlier_release_for_a_local_endpoint_are_named_before_they_are_asked_again(tmp_path):
+    """A cache from before answers were keyed by endpoint holds a local server's answers under OpenAI's key: an
+    upgraded build asked that server every prompt again, saying nothing. The bundled sample's recorded cache is
+    such a file (keys without an endpoint); docs/build.md's upgrade step keeps its answers for the endpoint."""
+    import shutil
+
+    from reddit_amazon.openai_endpoint import endpoint_key
+    from reddit_amazon.relevance import AnswerCache
+
+    cache = tmp_path / "old-cache.sqlite"
+    shutil.copyfile(SAMPLE_INPUTS / "relevance-cache.sqlite", cache)
+    url = "http://127.0.0.1:9/v1"  # nothing listens: a call would fail the build
+    args = ["--inputs", str(SAMPLE_INPUTS / "reddit"), "--meta", str(SAMPLE_INPUTS / "amazon"), "--reviews",
+            str(SAMPLE_INPUTS / "amazon"), "--salt", SAMPLE_SALT, "--no-resolve-short-links", "--no-images",
+            "--llm-base-url", url, "--llm-cache", str(cache), "--out", str(tmp_path / "ds"),
+            "--workdir", str(tmp_path / "work"), *FAST]
+    dry = build(*args, "--dry-run")
+    flat = " ".join(dry.output.split())
+    calls = int(re.search(r"(\d+) API calls", flat).group(1))
+    assert dry.exit_code == 0 and calls > 0, dry.output
+    assert f"{calls} of the {calls} prompt(s) to ask {url} are answered in {cache} under OpenAI's endpoint" in flat
+    assert "docs/build.md (Upgrading)" in flat
+    failed = build(*args, "--llm-max-attempts", "1")  # said before the first call, which finds no server
+    assert failed.exit_code == 1 and "under OpenAI's endpoint" in failed.output, failed.output
+    with AnswerCache(cache) as answers:  # the upgrade step of docs/build.md
+        assert answers.import_answers(cache, endpoint_key(url)) == calls
+    again = build(*args, "--dry-run")
+    assert "0 API calls" in again.output and "under OpenAI's endpoint" not in again.output
+    built = build(*args)
+    assert built.exit_code == 0, built.output
+    assert read_manifest(tmp_path / "ds")["build_reports"]["relevance"]["calls_made"] == 0
+
+
 def test_a_dataset_folder_is_refused_as_workdir(tmp_path):
     """`--workdir` naming an earlier dataset once filled it with reddit/, catalog/, images/ and the answer cache:
     work files inside a publishable folder, which a later `--out` of it then refused as 'not a dataset'."""
