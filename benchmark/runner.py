@@ -330,7 +330,8 @@ def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> dict
                            "the plugin's code, so whether it changed since is unknown; pass --overwrite to run it "
                            "again or choose another --out")
         if changed:
-            raise RunError(f"{out} holds a different run (differs in: {', '.join(changed)}); "
+            differences = ", ".join(_difference(k, previous.get(k), current[k]) for k in changed)
+            raise RunError(f"{out} holds a different run (differs in: {differences}); "
                            "pass --overwrite to replace it or choose another --out")
         results_path = out / RESULTS_FILE
         if not results_path.is_file():
@@ -343,6 +344,15 @@ def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> dict
     if (out / PREDICTIONS_FILE).exists() or (out / RESULTS_FILE).exists():
         raise RunError(f"{out} has predictions or results but no {RUN_FILE}; pass --overwrite or choose another --out")
     return None
+
+
+def _difference(field: str, previous: Any, current: Any) -> str:
+    """A field that differs, as the refusal names it: a dataset by its fingerprints, as the same ``--dataset`` (the
+    bundled sample of another release, a folder rebuilt in place) may hold other data."""
+    fingerprints = [value.get("fingerprint") if isinstance(value, dict) else None for value in (previous, current)]
+    if field == "dataset" and all(f not in (None, "unknown") for f in fingerprints):
+        return f"dataset (content fingerprint {fingerprints[0][:12]} in the folder, {fingerprints[1][:12]} now)"
+    return field
 
 
 def _same(field: str, previous: Any, current: Any) -> bool:

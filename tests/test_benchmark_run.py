@@ -991,7 +991,8 @@ def test_the_same_data_at_another_path_reuses_the_run(dataset, tmp_path):
     assert again["metrics"] == first["metrics"]
     other = make_synthetic_dataset(tmp_path / "other", records_per_domain=12, items_per_domain=40,
                                    candidate_sets=("sbert", "bm25"), seed=1)
-    with pytest.raises(RunError, match="differs in: dataset"):
+    with pytest.raises(RunError, match=rf"differs in: dataset \(content fingerprint {first['dataset']['fingerprint'][:12]} "
+                                       r"in the folder, [0-9a-f]{12} now\)"):  # the same --dataset after an upgrade
         run(RunConfig(model="random", dataset=str(other), domain="home", bootstrap_samples=0), tmp_path / "o",
             progress=False)
 
