@@ -40,7 +40,9 @@ class PrivateHostRefused(Exception):
     reason = "private_host"
 
     def __init__(self, host: str, address: str):
-        super().__init__(f"{self.reason}: {host} is at {address}, not a public address")
+        # The address stays out of the text: it becomes the item's image_error, which a published dataset shows,
+        # and a name's private address is the build network's own (its internal DNS).
+        super().__init__(f"{self.reason}: {host} is not at a public address")
         self.host, self.address = host, address
 
 

@@ -803,7 +803,7 @@ def test_an_image_url_at_a_private_address_is_refused_unless_allowed(tmp_path, t
     assert "private_host" in refused.output
     assert sum(s["conversations"] for s in manifest["stats"].values()) == len(make_world(0).expected_records())
     row = item(tmp_path / "ds")
-    assert row["image"] is None and row["image_error"].startswith("private_host: 127.0.0.1 is at 127.0.0.1")
+    assert row["image"] is None and row["image_error"].startswith("private_host: 127.0.0.1 is not at a public address")
     assert manifest["build"]["options"]["allow_private_image_hosts"] is False
 
     allowed = build(*args, "--out", str(tmp_path / "allowed-ds"), "--allow-private-image-hosts")
