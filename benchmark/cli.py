@@ -98,6 +98,7 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
             config = RunConfig(model=model, model_args=parse_model_args(model_args), dataset=dataset, domain=domain,
                                split=split, candidates=candidates, limit=limit, batch_size=batch_size,
                                bootstrap_samples=bootstrap_samples, seed=seed)
+            kept = _results_file_state(out_dir)
             results = _run_showing_plugin_bugs(config, out_dir, overwrite=overwrite, progress=not quiet)
         except (DatasetError, RegistryError, RunError, MissingAPIKeyError, FileNotFoundError, ImportError) as error:
             _fail(error)
@@ -109,7 +110,7 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
             click.secho(f"\ninterrupted: the predictions made so far are kept in {out_dir}; run the same command "
                         "again to resume", fg="yellow", err=True)
             sys.exit(130)
-    _echo_summary(results, Path(out_dir))
+    _echo_summary(results, Path(out_dir), rewritten=_results_file_state(out_dir) != kept)
 
 
 def _run_showing_plugin_bugs(config: Any, out_dir: str, **options: Any) -> dict:
@@ -127,7 +128,16 @@ def _run_showing_plugin_bugs(config: Any, out_dir: str, **options: Any) -> dict:
         raise PluginError(f"{where}: {type(error).__name__}: {error}") from error  # redacted where it is printed
 
 
-def _echo_summary(results: dict, out_dir: Path) -> None:
+def _results_file_state(out_dir: str) -> tuple[int, int] | None:
+    """What tells a rewritten results.json from the one a finished run left (each write replaces the file)."""
+    try:
+        stat = (Path(out_dir) / "results.json").stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _echo_summary(results: dict, out_dir: Path, *, rewritten: bool) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -153,7 +163,10 @@ def _echo_summary(results: dict, out_dir: Path) -> None:
     console.print(table)
     # The path as given: no Rich markup ("runs/[exp1]"), no wrapping, and no UnicodeEncodeError where stdout
     # cannot encode it (PYTHONIOENCODING=ascii, a C locale): click.echo writes what the stream can take.
-    click.echo(f"wrote {out_dir / 'results.json'}")
+    if rewritten:
+        click.echo(f"wrote {out_dir / 'results.json'}")
+    else:  # a finished run returned as it was
+        click.echo(f"unchanged {out_dir / 'results.json'}")
 
 
 @cli.command("retrieve")
@@ -195,10 +208,11 @@ def retrieve_command(retriever, retriever_args, dataset, domain, split, k, with_
             config = RetrieveConfig(retriever=retriever, retriever_options=options, dataset=dataset, domain=domain,
                                     split=split, k=k, with_description=with_description, limit=limit,
                                     bootstrap_samples=bootstrap_samples, seed=seed)
+            kept = _results_file_state(out_dir)
             results = retrieve(config, out_dir, overwrite=overwrite, progress=not quiet)
         except (DatasetError, RegistryError, FileNotFoundError, ImportError, RuntimeError) as error:
             _fail(error)
-    _echo_summary(results, Path(out_dir))
+    _echo_summary(results, Path(out_dir), rewritten=_results_file_state(out_dir) != kept)
 
 
 @cli.command("report")

@@ -1280,6 +1280,12 @@ def test_cli_summary_prints_out_path_verbatim_whatever_stdout_encodes(dataset, t
         assert result.exit_code == 0, result.output
         assert (out / "results.json").is_file()
         assert f"wrote {out / 'results.json'}\n".encode() in result.stdout_bytes
+        again = CliRunner(charset="ascii").invoke(cli, [*command, "--dataset", str(dataset), "--out", str(out),
+                                                        "--quiet", "--bootstrap-samples", "0"])
+        assert again.exit_code == 0, again.output
+        # run returns a finished run as it is (nothing written); retrieve computes its run again
+        said = "unchanged" if command[0] == "run" else "wrote"
+        assert f"{said} {out / 'results.json'}\n".encode() in again.stdout_bytes
 
 
 def test_a_quoted_tilde_in_dataset_and_out_is_the_home_folder(dataset, user_home):
