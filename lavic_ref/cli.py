@@ -283,8 +283,14 @@ def distill(dataset, domains, base, device, descriptions, validation_size, **tra
 @click.option("--out", type=UserPath(file_okay=False, path_type=Path), required=True,
               help="Folder for item_embeddings-<base hash>-<adapter hash>.safetensors.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
-def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batch_size) -> None:
+@click.option("--recompute", is_flag=True,
+              help="Embed every item again, even those the file in --out already holds from the same weights, "
+                   "adapter, settings and image.")
+def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batch_size, recompute) -> None:
     """Compute each item's 5 embeddings once for the whole catalog (safetensors, keyed by item id).
+
+    An item the file in --out already holds, made from the same base weights, adapter, settings (dtype, image
+    processor) and image bytes, is reused, not embedded again; --recompute embeds every item again.
 
     \b
     Examples:
@@ -308,7 +314,7 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
         if distill_adapter:
             _attach(backbone, distill_adapter, "vision")
         path = embed_catalog_holding_lock(backbone, items.values(), out, adapter=distill_adapter,
-                                          batch_size=batch_size)
+                                          batch_size=batch_size, recompute=recompute)
     click.echo(str(path))
 
 

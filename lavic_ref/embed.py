@@ -4,24 +4,29 @@ Stored as safetensors, one ``(5, D)`` tensor per item id; the metadata names the
 weights fingerprint) and the adapter (as given, its absolute path, its weights' hash), and the file name
 carries both hashes so a cache made with other weights is never picked up by mistake; :func:`check_embeddings`
 refuses a file made with another base model. Without an adapter (``--no-distill``) the base vision tower's CLS
-outputs are stored: the paper's "no self-distillation" ablation.
+outputs are stored: the paper's "no self-distillation" ablation. The metadata also records what each item's
+embeddings were made from besides the weights (:class:`ItemSources`: the settings and its image's digest), so
+:func:`embed_catalog` reuses those of an item whose image and settings are unchanged instead of embedding it again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
-from lavic_ref.model import Backbone, adapter_fingerprint, cls_embeddings, decode_image, same_base_name, \
-    subimage_pixels
+from lavic_ref.model import SUBIMAGES_PER_ITEM, Backbone, adapter_fingerprint, cls_embeddings, decode_image, \
+    same_base_name, subimage_pixels
 from lavic_ref.prompts import ITEM_TOKENS
 from reddit_amazon.files import atomic_path, folder_lock
 from reddit_amazon.progress import bar_options, log_line
@@ -63,11 +68,12 @@ def compute_item_embeddings(backbone: Backbone, items: Sequence[tuple[str, bytes
 
 
 def save_item_embeddings(path: str | os.PathLike, embeddings: dict[str, torch.Tensor], *, base: str,
-                         adapter: str | os.PathLike | None, base_fingerprint: str = "") -> Path:
+                         adapter: str | os.PathLike | None, base_fingerprint: str = "",
+                         sources: ItemSources | None = None) -> Path:
     # "adapter" as given (the model card shows it); "adapter_path" finds it again from another working folder
     metadata = {"base": str(base), "base_fingerprint": base_fingerprint, "adapter": str(adapter or ""),
                 "adapter_path": str(Path(adapter).resolve()) if adapter else "",
-                "adapter_hash": adapter_fingerprint(adapter)}
+                "adapter_hash": adapter_fingerprint(adapter), **(sources.metadata() if sources else {})}
     return _save_atomic(Path(path), embeddings, metadata)
 
 
@@ -78,6 +84,71 @@ def _save_atomic(path: Path, embeddings: dict[str, torch.Tensor], metadata: dict
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in embeddings.items()}, str(tmp), metadata=metadata)
     return path
+
+
+#: Bump when the way an item's embeddings are computed from its image changes (decoding, sub-images, which
+#: vision output): embeddings of an older recipe are then embedded again, not reused.
+EMBEDDING_RECIPE = 1
+
+
+def embedding_settings(backbone: Backbone) -> dict[str, Any]:
+    """What an item's embeddings depend on besides the weights (the file's base fingerprint and adapter hash) and
+    its image: the recipe, the dtype, and the image processor (its class, which picks the resizing backend, and
+    every setting, the 5-sub-image grid of :func:`~lavic_ref.model.fix_five_subimages` included)."""
+    image_processor = backbone.processor.image_processor
+    return {"recipe": EMBEDDING_RECIPE, "dtype": str(backbone.dtype).removeprefix("torch."),
+            "subimages": SUBIMAGES_PER_ITEM, "image_processor": type(image_processor).__name__,
+            "image_settings": json.loads(image_processor.to_json_string())}
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def image_digest(image: bytes | None) -> str:
+    """The image's bytes hashed ("none" without an image: a blank one is embedded)."""
+    return hashlib.sha256(image).hexdigest()[:32] if image else "none"
+
+
+@dataclass
+class ItemSources:
+    """What each item's embeddings in a file were made from besides the base weights and adapter (the same for the
+    whole file): ``items`` maps an item id to ``<settings key>/<image digest>``, ``settings`` each key to its
+    :func:`embedding_settings`. Stored as two JSON metadata entries; a file written before them has neither."""
+
+    items: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    ITEMS_KEY = "item_sources"
+    SETTINGS_KEY = "embedding_settings"
+
+    @classmethod
+    def of(cls, pairs: Sequence[tuple[str, bytes | None]], settings: dict[str, Any]) -> ItemSources:
+        key = settings_key(settings)
+        return cls({item_id: f"{key}/{image_digest(image)}" for item_id, image in pairs}, {key: settings})
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> ItemSources | None:
+        """None where the file records none (written before they were), or what it records is not readable."""
+        try:
+            items, settings = json.loads(metadata[cls.ITEMS_KEY]), json.loads(metadata[cls.SETTINGS_KEY])
+        except (KeyError, ValueError):
+            return None
+        if not (isinstance(items, dict) and isinstance(settings, dict)
+                and all(isinstance(source, str) for source in items.values())):
+            return None
+        return cls(items, settings)
+
+    def metadata(self) -> dict[str, str]:
+        return {self.ITEMS_KEY: json.dumps(self.items, separators=(",", ":")),
+                self.SETTINGS_KEY: json.dumps(self.settings, sort_keys=True, separators=(",", ":"))}
+
+    def merged(self, other: ItemSources) -> ItemSources:
+        """These items' sources, then ``other``'s (which win), with the settings the items refer to."""
+        items = {**self.items, **other.items}
+        used = {source.split("/", 1)[0] for source in items.values()}
+        settings = {key: value for key, value in {**self.settings, **other.settings}.items() if key in used}
+        return ItemSources(items, settings)
 
 
 class ItemEmbeddings:
@@ -139,18 +210,20 @@ CHECKPOINT_ITEMS = 1024
 
 def embed_catalog(backbone: Backbone, items: Iterable[Item], out_dir: str | os.PathLike, *,
                   adapter: str | os.PathLike | None, batch_size: int = 16,
-                  checkpoint_items: int = CHECKPOINT_ITEMS) -> Path:
+                  checkpoint_items: int = CHECKPOINT_ITEMS, recompute: bool = False) -> Path:
     """Embed every item (blank image where it has none) and write the cache file into ``out_dir``.
 
     The file name depends on the base and adapter only, so a file already there with the same base weights and
-    adapter keeps its other items (``embed --domain home`` then ``--domain fashion`` holds both domains).
-    Every ``checkpoint_items`` items are saved in a hidden folder beside the file, one subfolder per set of item
-    ids: a rerun of an interrupted run (same weights, adapter and items, images included) embeds only the items
-    not saved yet, even after an embed of other items (another domain) into the same folder.
+    adapter keeps its other items (``embed --domain home`` then ``--domain fashion`` holds both domains), and its
+    embeddings of an item whose image bytes and :func:`embedding_settings` are those of this run are reused, not
+    computed again (``recompute`` computes every item again). Every ``checkpoint_items`` items computed are saved
+    in a hidden folder beside the file, one subfolder per set of item ids: a rerun of an interrupted run (same
+    weights, adapter, settings and items, images included) embeds only the items not saved yet, even after an
+    embed of other items (another domain) into the same folder.
     """
     with embed_lock(out_dir):
         return embed_catalog_holding_lock(backbone, items, out_dir, adapter=adapter, batch_size=batch_size,
-                                          checkpoint_items=checkpoint_items)
+                                          checkpoint_items=checkpoint_items, recompute=recompute)
 
 
 def embed_lock(out_dir: str | os.PathLike) -> AbstractContextManager[None]:
@@ -163,17 +236,25 @@ def embed_lock(out_dir: str | os.PathLike) -> AbstractContextManager[None]:
 
 def embed_catalog_holding_lock(backbone: Backbone, items: Iterable[Item], out_dir: str | os.PathLike, *,
                                adapter: str | os.PathLike | None, batch_size: int = 16,
-                               checkpoint_items: int = CHECKPOINT_ITEMS) -> Path:
+                               checkpoint_items: int = CHECKPOINT_ITEMS, recompute: bool = False) -> Path:
     """:func:`embed_catalog` for a caller that holds :func:`embed_lock` of ``out_dir``."""
     pairs = [(item.item_id, item.image) for item in items]
     path = Path(out_dir) / embeddings_filename(backbone.base, adapter)
+    sources = ItemSources.of(pairs, embedding_settings(backbone))
+    (settings,) = sources.settings  # its key
     checkpoints = _Checkpoints(path.with_name(f".{path.name}.parts"), _ids_digest(pairs)[:16], {
-        "base_fingerprint": backbone.fingerprint, "adapter_hash": adapter_fingerprint(adapter),
+        "base_fingerprint": backbone.fingerprint, "adapter_hash": adapter_fingerprint(adapter), "settings": settings,
         "items": _items_digest(pairs)})
-    embeddings = checkpoints.load()
-    todo = [pair for pair in pairs if pair[0] not in embeddings]
-    if embeddings:
-        log_line(f"resuming: {len(embeddings)} of {len(pairs)} items were embedded before the interruption")
+    there = _FileThere.read(path, backbone.fingerprint, adapter_fingerprint(adapter))
+    computed = checkpoints.load()
+    if computed:
+        log_line(f"resuming: {len(computed)} of {len(pairs)} items were embedded before the interruption")
+    reused = [] if there is None or recompute else [
+        item_id for item_id, _ in pairs if item_id not in computed and there.holds_as(item_id, sources)]
+    reused_ids = set(reused)
+    todo = [pair for pair in pairs if pair[0] not in computed and pair[0] not in reused_ids]
+    if there is not None:
+        log_line(there.summary(pairs, todo, len(reused), sources, recompute))
     unsaved: dict[str, torch.Tensor] = {}
     with tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="embed", unit="item", **bar_options()) as bar:
         for batch in iter_item_embeddings(backbone, todo, batch_size=batch_size):
@@ -181,19 +262,80 @@ def embed_catalog_holding_lock(backbone: Backbone, items: Iterable[Item], out_di
             bar.update(len(batch))
             if len(unsaved) >= checkpoint_items:
                 checkpoints.save(unsaved)
-                embeddings.update(unsaved)
+                computed.update(unsaved)
                 unsaved = {}
-    embeddings.update(unsaved)
-    if path.is_file():
-        previous = ItemEmbeddings.load(path)
-        if (previous.metadata.get("base_fingerprint") == backbone.fingerprint
-                and previous.metadata.get("adapter_hash") == adapter_fingerprint(adapter)):
-            kept = {i: previous.matrix[row] for i, row in previous.index.items() if i not in embeddings}
-            embeddings = {**kept, **embeddings}
+    computed.update(unsaved)
+    if there is not None:
+        kept = [item_id for item_id in there.item_ids if item_id not in sources.items]
+        computed.update(there.tensors(reused))
+        embeddings = {**there.tensors(kept), **{item_id: computed[item_id] for item_id, _ in pairs}}
+        sources = (there.sources or ItemSources()).merged(sources)
+    else:
+        embeddings = {item_id: computed[item_id] for item_id, _ in pairs}
     saved = save_item_embeddings(path, embeddings, base=backbone.base, adapter=adapter,
-                                 base_fingerprint=backbone.fingerprint)
+                                 base_fingerprint=backbone.fingerprint, sources=sources)
     checkpoints.finish(set(embeddings))
     return saved
+
+
+@dataclass
+class _FileThere:
+    """The embeddings file an embed adds to, made from the same base weights and adapter: its other items are kept,
+    and its embeddings of this embed's items reused where they were made from the same image and settings. Read
+    under the folder's lock, so it does not change while the embed runs."""
+
+    path: Path
+    item_ids: list[str]
+    sources: ItemSources | None  # None: a file written before item sources were recorded
+
+    @classmethod
+    def read(cls, path: Path, base_fingerprint: str, adapter_hash: str) -> _FileThere | None:
+        """None where there is no file, or it is of other base weights (its items are then not kept)."""
+        from safetensors import safe_open
+
+        if not path.is_file():
+            return None
+        with safe_open(str(path), framework="pt") as handle:
+            metadata, item_ids = handle.metadata() or {}, list(handle.keys())
+        if (metadata.get("base_fingerprint"), metadata.get("adapter_hash")) != (base_fingerprint, adapter_hash):
+            log_line(f"{path} was made from other base weights (or another adapter): its {len(item_ids)} items "
+                     "are replaced by this run's")
+            return None
+        return cls(path, item_ids, ItemSources.from_metadata(metadata))
+
+    def holds_as(self, item_id: str, sources: ItemSources) -> bool:
+        """Whether the file's embeddings of the item were made from the image and settings ``sources`` names."""
+        return self.sources is not None and self.sources.items.get(item_id) == sources.items[item_id]
+
+    def tensors(self, item_ids: Sequence[str]) -> dict[str, torch.Tensor]:
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as handle:
+            return {item_id: handle.get_tensor(item_id) for item_id in item_ids}
+
+    def summary(self, pairs: Sequence[tuple[str, bytes | None]], todo: Sequence[tuple[str, bytes | None]],
+                reused: int, sources: ItemSources, recompute: bool) -> str:
+        """What is reused from the file, and why each other item is embedded."""
+        held = set(self.item_ids)
+        if recompute:
+            return (f"--recompute: embedding all {len(pairs)} items again, {sum(i in held for i, _ in pairs)} of "
+                    f"them in {self.path.name}")
+        reasons = Counter(self._why_embedded(item_id, held, sources) for item_id, _ in todo)
+        why = ", ".join(f"{count} {reason}" for reason, count in reasons.items())
+        return f"{self.path.name}: reusing {reused} of {len(pairs)} items" + (f"; embedding {len(todo)}: {why}"
+                                                                               if todo else "")
+
+    def _why_embedded(self, item_id: str, held: set[str], sources: ItemSources) -> str:
+        if item_id not in held:
+            return "new"
+        if self.sources is None:
+            return "without a record of their image (the file was written by a lavic-ref from before reuse)"
+        recorded = self.sources.items.get(item_id)
+        if recorded is None:
+            return "without a record of their image (kept from a file written by a lavic-ref from before reuse)"
+        if recorded.split("/", 1)[0] != sources.items[item_id].split("/", 1)[0]:
+            return "made with other settings (dtype, image processor)"
+        return "whose image changed"
 
 
 def _ids_digest(pairs: Sequence[tuple[str, bytes | None]]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -1518,9 +1519,16 @@ def test_embedding_one_domain_then_another_into_the_same_folder_keeps_both(tiny_
     paths = {Path(_invoke(cli, ["embed", "--base", tiny_base, "--device", DEVICE, "--no-distill", "--domain", domain,
                                 "--out", tmp_path]).strip().splitlines()[-1]) for domain in ("home", "fashion")}
     assert len(paths) == 1  # one file name per base and adapter
-    cache = ItemEmbeddings.load(paths.pop())
+    path = paths.pop()
+    cache = ItemEmbeddings.load(path)
     wanted = set(load_items(None, ["home"])) | set(load_items(None, ["fashion"]))
     assert set(cache.index) == wanted
+    # Again: every item is reused (none embedded); --recompute embeds them all again.
+    home = ["embed", "--base", tiny_base, "--device", DEVICE, "--no-distill", "--domain", "home", "--out", tmp_path]
+    count = len(load_items(None, ["home"]))
+    assert f"{path.name}: reusing {count} of {count} items\n" in _invoke(cli, home, "stderr")
+    assert f"--recompute: embedding all {count} items again" in _invoke(cli, [*home, "--recompute"], "stderr")
+    assert set(ItemEmbeddings.load(path).index) == wanted
 
 
 def test_finetune_refuses_embeddings_lacking_its_candidates_before_loading_the_model(tiny_base, tmp_path, monkeypatch):
@@ -1670,6 +1678,122 @@ def test_checkpoints_an_embed_of_other_items_made_useless_are_removed(tiny_base,
     assert len(list(parts.iterdir())) == 1  # home's are still of use: its items are not in the file yet
     embed.embed_catalog(backbone, home + fashion, tmp_path, adapter=None, batch_size=2, checkpoint_items=4)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", path.name]
+
+
+def _bits(tensors: dict) -> dict:
+    """Each tensor's dtype, shape and raw bytes: equal only where bit for bit the same (-0.0 is not 0.0)."""
+    return {key: (value.dtype, tuple(value.shape), value.contiguous().view(torch.uint8).numpy().tobytes())
+            for key, value in tensors.items()}
+
+
+def _file_tensors(path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_an_embed_reuses_the_items_the_file_holds_and_embeds_only_new_or_changed_ones(tiny_base, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """Running embed again on a file that held the items embedded every item again (a 7B vision tower over the
+    whole catalog): only new items, and those whose image bytes or settings changed, may be embedded again."""
+    import copy
+    import dataclasses
+
+    import lavic_ref.embed as embed
+    from lavic_ref.model import load_backbone
+
+    home, fashion = (list(load_items(None, [domain]).values())[:n] for domain, n in (("home", 4), ("fashion", 6)))
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    run = functools.partial(embed.embed_catalog, backbone, adapter=None, batch_size=2, checkpoint_items=2)
+    fresh = _file_tensors(run(home + fashion, tmp_path / "fresh"))
+    first = _file_tensors(run(home, tmp_path / "out"))
+    calls = EmbedCalls(monkeypatch)
+    capsys.readouterr()
+    path = run(home + fashion, tmp_path / "out")
+    assert sum(calls.embedded) == 6  # fashion's only
+    assert re.search(r"reusing 4 of 10 items; embedding 6: 6 new$", capsys.readouterr().err, re.MULTILINE)
+    both = _file_tensors(path)
+    assert _bits({i: both[i] for i in first}) == _bits(first)  # home's reused bit for bit
+    assert _bits(both) == _bits(fresh)  # fashion's as a fresh run computes them
+
+    # Nothing new: nothing embedded, the file as it was.
+    calls.embedded = []
+    run(home + fashion, tmp_path / "out")
+    assert calls.embedded == [] and _bits(_file_tensors(path)) == _bits(fresh)
+    assert "reusing 10 of 10 items" in capsys.readouterr().err
+
+    # A rebuilt dataset changed one image: that item alone is embedded again, from its new image.
+    changed = [dataclasses.replace(home[0], image=home[1].image), *home[1:]]
+    run(changed, tmp_path / "out")
+    assert sum(calls.embedded) == 1 and "embedding 1: 1 whose image changed" in capsys.readouterr().err
+    again = _file_tensors(path)
+    assert _bits({home[0].item_id: again[home[1].item_id]}) == _bits({home[0].item_id: again[home[0].item_id]})
+    assert _bits({i: again[i] for i in fresh if i != home[0].item_id}) == \
+        _bits({i: fresh[i] for i in fresh if i != home[0].item_id})
+
+    # Other image settings (another image processor configuration) make other pixels: every item embedded again.
+    processor = copy.deepcopy(backbone.processor)
+    processor.image_processor.image_mean = [0.5, 0.5, 0.5]
+    calls.embedded = []
+    embed.embed_catalog(dataclasses.replace(backbone, processor=processor), home, tmp_path / "out", adapter=None,
+                        batch_size=2)
+    assert sum(calls.embedded) == 4
+    assert "embedding 4: 4 made with other settings (dtype, image processor)" in capsys.readouterr().err
+
+    # --recompute: every item embedded again, giving what a fresh run gives.
+    calls.embedded = []
+    run(home + fashion, tmp_path / "out", recompute=True)
+    assert sum(calls.embedded) == 10 and "--recompute: embedding all 10 items again" in capsys.readouterr().err
+    assert _bits(_file_tensors(path)) == _bits(fresh)
+
+
+def test_a_file_without_item_sources_is_embedded_again_and_its_other_items_kept(tiny_base, tmp_path, monkeypatch,
+                                                                               capsys):
+    """A file written before item sources were recorded says nothing of the images its items were made from:
+    its items are embedded again when asked for (not trusted), its other items kept as before."""
+    import lavic_ref.embed as embed
+    from lavic_ref.model import load_backbone
+
+    home, fashion = (list(load_items(None, [domain]).values())[:4] for domain in ("home", "fashion"))
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    pairs = [(item.item_id, item.image) for item in home + fashion]
+    old = compute_item_embeddings(backbone, pairs, progress=False)
+    stale = {**old, home[0].item_id: old[home[0].item_id] + 1}  # what an older dataset's image gave
+    path = save_item_embeddings(tmp_path / embed.embeddings_filename(tiny_base, None), stale, base=tiny_base,
+                                adapter=None, base_fingerprint=backbone.fingerprint)
+    calls = EmbedCalls(monkeypatch)
+    capsys.readouterr()
+    assert embed.embed_catalog(backbone, home, tmp_path, adapter=None, batch_size=2) == path
+    assert sum(calls.embedded) == 4
+    assert re.search(r"reusing 0 of 4 items; embedding 4: 4 without a record of their image \(the file was written "
+                     r"by a lavic-ref from before reuse\)", capsys.readouterr().err)
+    assert _bits(_file_tensors(path)) == _bits(old)  # home's embedded again, fashion's kept
+    calls.embedded = []
+    embed.embed_catalog(backbone, home + fashion, tmp_path, adapter=None, batch_size=2)
+    assert sum(calls.embedded) == 4  # fashion's were kept from the old file: no record of their image either
+    assert "reusing 4 of 8 items; embedding 4: 4 without a record of their image (kept from" in capsys.readouterr().err
+    check_embeddings(ItemEmbeddings.load(path), path, backbone)
+
+
+def test_an_interrupted_embed_that_reuses_items_resumes_from_its_checkpoints(tiny_base, tmp_path, monkeypatch):
+    """home embedded, then home + fashion killed after 4 fashion items were checkpointed: the rerun reuses home's
+    from the file, resumes the 4 from the checkpoints and embeds the last 2 only; the file is a fresh run's."""
+    import lavic_ref.embed as embed
+    from lavic_ref.model import load_backbone
+
+    home, fashion = (list(load_items(None, [domain]).values())[:n] for domain, n in (("home", 4), ("fashion", 6)))
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    run = functools.partial(embed.embed_catalog, backbone, adapter=None, batch_size=2, checkpoint_items=2)
+    fresh = _file_tensors(run(home + fashion, tmp_path / "fresh"))
+    run(home, tmp_path / "out")
+    calls = EmbedCalls(monkeypatch, interrupt_at=2)
+    with pytest.raises(KeyboardInterrupt):  # 4 fashion items checkpointed
+        run(home + fashion, tmp_path / "out")
+    calls.embedded, calls.interrupt_at = [], None
+    path = run(home + fashion, tmp_path / "out")
+    assert sum(calls.embedded) == 2
+    assert _bits(_file_tensors(path)) == _bits(fresh)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".lock", path.name]
 
 
 def test_a_resumed_embed_prints_only_the_file_path_on_stdout(tiny_base, tmp_path, monkeypatch):
