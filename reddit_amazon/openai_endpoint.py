@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
-from reddit_amazon.redaction import SECRET_PARAMETER, URL_USERINFO, redact_url_parameters
+from reddit_amazon.redaction import URL_USERINFO, is_secret_parameter, redact_url_parameters
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,7 +79,7 @@ def display_url(url: str) -> str:
         return _redacted_path(URL_USERINFO.sub("", re.split(r"[?#]", url, maxsplit=1)[0]))
     hostname = parts.hostname or ""
     host = (f"[{hostname}]" if ":" in hostname else hostname) + (f":{parts.port}" if parts.port else "")
-    query = urlencode([(k, "<redacted>" if SECRET_PARAMETER.search(k) else v)
+    query = urlencode([(k, "<redacted>" if is_secret_parameter(k) else v)
                        for k, v in parse_qsl(parts.query, keep_blank_values=True)])
     return urlunsplit((parts.scheme.lower(), host, _redacted_path(parts.path.rstrip("/")), query,
                        _redacted_fragment(parts.fragment)))
@@ -92,7 +92,7 @@ def has_credentials(url: str) -> bool:
         parts = _split(url)
     except ValueError:
         return True
-    return ("@" in parts.netloc or any(SECRET_PARAMETER.search(k) for k, _ in parse_qsl(parts.query))
+    return ("@" in parts.netloc or any(is_secret_parameter(k) for k, _ in parse_qsl(parts.query))
             or _redacted_path(parts.path) != parts.path or _redacted_fragment(parts.fragment) != parts.fragment)
 
 

@@ -18,8 +18,6 @@ import re
 #: The ``user:password@`` of a URL in a text (scheme-relative ``//user@host`` too): up to the last ``@`` of the
 #: authority, as ``urlsplit`` reads it.
 URL_USERINFO = re.compile(r"(?<=//)[^/?#\s]*@")
-#: Names of URL parameters that carry credentials (``?api_key=…``, ``&sig=…``, ``;access_token=…``).
-SECRET_PARAMETER = re.compile(r"key|token|secret|password|passwd|signature|sig\b|auth|code", re.IGNORECASE)
 
 #: Environment variables whose values are secrets (``OPENAI_API_KEY``, ``HF_TOKEN``).
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
@@ -28,6 +26,17 @@ _MIN_SECRET_LENGTH = 8
 #: ``name=value`` after a URL's ``?`` / ``&`` (query), ``;`` (path parameter) or ``#`` (fragment, where OAuth puts
 #: ``access_token``), in a URL with or without a scheme (``POST /v1/chat/completions?api_key=...``).
 _URL_PARAMETER = re.compile(r"(?<=[?&;#])([^=&;#\s/\"'<>]+)=([^&;#\s\"'<>]*)")
+#: The parts of a parameter's name: split at ``_``, ``-``, ``.`` and where the case changes (``apiKey``,
+#: ``X-Amz-Signature``).
+_NAME_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+#: A name part ending in one of these names a secret, alone or glued (``api_key``, ``apikey``, ``accessToken``,
+#: ``client_secret``, ``X-Amz-Signature``), not ``keyword``, ``max_tokens`` or ``tokenizer``.
+_SECRET_PART_ENDINGS = ("key", "token", "secret", "password", "passwd", "signature")
+#: Name parts that name a secret only as the whole part (``auth``, ``auth_method``, ``sig``), not ``author``.
+_SECRET_PARTS = frozenset({"auth", "oauth", "authorization", "authcode", "passcode", "sig"})
+#: Names of a secret only as the whole name: OAuth's authorization code, Azure Functions' key (``?code=…``), not
+#: ``country_code`` or ``deployment_code``.
+_SECRET_NAMES = frozenset({"code"})
 #: A header or field that holds a credential, shown as a header (``Authorization: Bearer ...``, ``x-api-key: ...``),
 #: a JSON / dict entry (``'authorization': 'Basic ...'``) or ``name=value``: its value, after the scheme's name.
 _CREDENTIAL_FIELD = re.compile(
@@ -69,10 +78,21 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
 
 
 def redact_url_parameters(text: str) -> str:
-    """``text`` with the value of each secret-named URL parameter redacted: ``name=value`` after a ``?`` / ``&``
-    (query), ``;`` (path parameter) or ``#`` (fragment). A parameter with no value holds no secret."""
-    return _URL_PARAMETER.sub(
-        lambda m: f"{m[1]}={REDACTED}" if SECRET_PARAMETER.search(m[1]) and m[2] else m[0], text)
+    """``text`` with the value of each secret-named URL parameter (:func:`is_secret_parameter`) redacted:
+    ``name=value`` after a ``?`` / ``&`` (query), ``;`` (path parameter) or ``#`` (fragment). A parameter with no
+    value holds no secret."""
+    return _URL_PARAMETER.sub(lambda m: f"{m[1]}={REDACTED}" if m[2] and is_secret_parameter(m[1]) else m[0], text)
+
+
+@functools.lru_cache(maxsize=1024)
+def is_secret_parameter(name: str) -> bool:
+    """Whether a URL parameter named ``name`` carries a credential: ``api_key``, ``apiKey``, ``x-api-key``,
+    ``access_token``, ``client_secret``, ``sig``, ``X-Amz-Signature``, ``auth``, ``code`` (as the whole name),
+    not ``author``, ``keyword``, ``max_tokens``, ``country_code`` or ``api-version``."""
+    if name.lower() in _SECRET_NAMES:
+        return True
+    parts = [part.lower() for part in _NAME_PART.findall(name)]
+    return any(part in _SECRET_PARTS or part.endswith(_SECRET_PART_ENDINGS) for part in parts)
 
 
 @functools.lru_cache(maxsize=64)

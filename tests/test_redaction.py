@@ -207,3 +207,26 @@ def test_an_endpoint_url_without_credentials_is_written_as_given(url):
     from reddit_amazon.openai_endpoint import display_url, has_credentials
 
     assert display_url(url) == url and not has_credentials(url)
+
+
+@pytest.mark.parametrize("name", ["api_key", "apiKey", "apikey", "x-api-key", "key", "access_token", "accessToken",
+                                  "hf_token", "client_secret", "password", "sig", "X-Amz-Signature", "code", "auth",
+                                  "auth_method", "oauth_signature", "subscription-key"])
+def test_a_parameter_named_for_a_secret_is_secret(name):
+    from reddit_amazon.redaction import is_secret_parameter
+
+    assert is_secret_parameter(name)
+    assert redact_secrets(f"GET /v1?{name}=value-1") == f"GET /v1?{name}=<redacted>"
+
+
+@pytest.mark.parametrize("name", ["country_code", "deployment_code", "author", "authority", "keyword", "max_tokens",
+                                  "tokenizer", "design", "api-version", "signin"])
+def test_a_parameter_with_a_secret_word_inside_another_is_not_secret(name):
+    """A name is secret by its parts (split at ``_``, ``-`` and case), not by a word found inside a part."""
+    from reddit_amazon.openai_endpoint import display_url, has_credentials
+    from reddit_amazon.redaction import is_secret_parameter
+
+    assert not is_secret_parameter(name)
+    assert redact_secrets(f"GET /v1?{name}=US&x=1") == f"GET /v1?{name}=US&x=1"
+    url = f"http://h/v1;{name}=US?{name}=US#{name}=x"  # a path parameter, the query, the fragment
+    assert display_url(url) == url and not has_credentials(url)
