@@ -99,7 +99,14 @@ def has_credentials(url: str) -> bool:
 def _redacted_path(path: str) -> str:
     """``path`` with secret-named path parameters redacted, segment by segment: a value ends at its ``/``, so
     two endpoints that differ after it stay two."""
-    return "/".join(map(redact_url_parameters, path.split("/")))
+    return "/".join(map(_redacted_segment, path.split("/")))
+
+
+def _redacted_segment(segment: str) -> str:
+    """A path segment with its secret-named parameters redacted, each value ending at the segment's next ``;``
+    (``v1;api_key=k;v=2``: ``v=2`` is a parameter of its own, and two endpoints that differ in it stay two)."""
+    first, *parameters = segment.split(";")
+    return ";".join([first, *(redact_url_parameters(f";{parameter}")[1:] for parameter in parameters)])
 
 
 def _redacted_fragment(fragment: str) -> str:

@@ -25,7 +25,12 @@ _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 _MIN_SECRET_LENGTH = 8
 #: ``name=value`` after a URL's ``?`` / ``&`` (query), ``;`` (path parameter) or ``#`` (fragment, where OAuth puts
 #: ``access_token``), in a URL with or without a scheme (``POST /v1/chat/completions?api_key=...``).
-_URL_PARAMETER = re.compile(r"(?<=[?&;#])([^=&;#\s/\"'<>]+)=([^&;#\s\"'<>]*)")
+#: A value ends at the next parameter's ``?`` too: ``?x=1?api_key=…`` (a query appended to a URL that had one).
+_URL_PARAMETER = re.compile(r"(?<=[?&;#])(?P<name>[^=&;#\s/\"'<>]+)=(?P<value>[^?&;#\s\"'<>]*)")
+#: A secret parameter's value, which a ``;`` or ``?`` does not end: a query's ``?token=a;b`` is ``a;b`` to
+#: ``parse_qsl`` and to web servers, and in a path (``;api_key=a;v=2``) the text cannot tell which ``;`` is the
+#: secret's own.
+_SECRET_VALUE = re.compile(r"[^&#\s\"'<>]*")
 #: The parts of a parameter's name: split at ``_``, ``-``, ``.`` and where the case changes (``apiKey``,
 #: ``X-Amz-Signature``).
 _NAME_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
@@ -42,8 +47,9 @@ _SECRET_NAMES = frozenset({"code"})
 _CREDENTIAL_FIELD = re.compile(
     r"(?<![A-Za-z0-9])(?P<name>(?:proxy-)?authorization|api[-_]?key|(?:access|refresh|id|auth)[-_]token"
     r"|client[-_]secret|password|passwd|subscription-key)"
-    r"(?P<separator>[\"']?\s*[:=]\s*[\"']?)(?P<scheme>(?:basic|bearer|token|digest|negotiate|ntlm)\s+)?"
-    r"(?P<value>[^\s\"',;&#}\]<>]+)", re.IGNORECASE)
+    r"(?P<separator>[\"']?\s*[:=]\s*(?P<quote>[\"'])?)(?P<scheme>(?:basic|bearer|token|digest|negotiate|ntlm)\s+)?"
+    r"(?P<value>(?(quote)(?:\\.|(?!(?P=quote))[^\\\n])+"  # a quoted value: all of it, to its closing quote
+    r"|[^\s\"',;&#}\]<>]+))", re.IGNORECASE)
 #: A credential after its scheme's name with no header named: ``Bearer <token>`` (a token has a digit or a sign,
 #: the word after "Bearer" in prose has not) or ``Basic <base64>`` (checked to decode to ``user:password``).
 _SCHEME_CREDENTIAL = re.compile(r"\b(?P<scheme>Bearer|Basic)\s+(?P<value>[A-Za-z0-9._~+/-]{8,}=*)", re.IGNORECASE)
@@ -71,17 +77,26 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
         text = _any_encoding(secret).sub(marker, text)
     if known:
         text = _BASE64_RUN.sub(lambda run: _base64_holding(run[0], known) or run[0], text)
-    text = _CREDENTIAL_FIELD.sub(lambda m: f"{m['name']}{m['separator']}{m['scheme'] or ''}{REDACTED}", text)
-    text = _SCHEME_CREDENTIAL.sub(_redacted_scheme_credential, text)
     text = URL_USERINFO.sub("<credentials redacted>@", text)
-    return redact_url_parameters(text)
+    text = redact_url_parameters(text)  # first: a URL's value runs past a ";", a field's (password=a;b) does not
+    text = _CREDENTIAL_FIELD.sub(lambda m: f"{m['name']}{m['separator']}{m['scheme'] or ''}{REDACTED}", text)
+    return _SCHEME_CREDENTIAL.sub(_redacted_scheme_credential, text)
 
 
 def redact_url_parameters(text: str) -> str:
     """``text`` with the value of each secret-named URL parameter (:func:`is_secret_parameter`) redacted:
-    ``name=value`` after a ``?`` / ``&`` (query), ``;`` (path parameter) or ``#`` (fragment). A parameter with no
-    value holds no secret."""
-    return _URL_PARAMETER.sub(lambda m: f"{m[1]}={REDACTED}" if m[2] and is_secret_parameter(m[1]) else m[0], text)
+    ``name=value`` after a ``?`` / ``&`` (query), ``;`` (path parameter) or ``#`` (fragment), the value up to the
+    next ``&``, ``#``, quote or space (a ``;`` or ``?`` does not end it). A parameter with no value holds no
+    secret."""
+    shown, end = [], 0
+    for parameter in _URL_PARAMETER.finditer(text):
+        if parameter.start() < end or not is_secret_parameter(parameter["name"]):
+            continue  # inside a value just redacted, or no secret
+        value_end = _SECRET_VALUE.match(text, parameter.start("value")).end()
+        if value_end > parameter.start("value"):
+            shown += [text[end:parameter.start("value")], REDACTED]
+            end = value_end
+    return "".join(shown) + text[end:]
 
 
 @functools.lru_cache(maxsize=1024)

@@ -230,3 +230,24 @@ def test_a_parameter_with_a_secret_word_inside_another_is_not_secret(name):
     assert redact_secrets(f"GET /v1?{name}=US&x=1") == f"GET /v1?{name}=US&x=1"
     url = f"http://h/v1;{name}=US?{name}=US#{name}=x"  # a path parameter, the query, the fragment
     assert display_url(url) == url and not has_credentials(url)
+
+
+@pytest.mark.parametrize("text, credential", [
+    ("GET /v1?token=abc;def failed", "def"),  # parse_qsl and servers read the value as abc;def
+    ("GET /v1?x=1&api_key=abc;def;ghi", "ghi"),
+    ("redirected to https://h.invalid/cb#access_token=abc;def&type=bearer", "def"),
+    ("GET /v1?api-version=1?token=SECRET-1", "SECRET-1"),  # a second query appended after a first
+    ("GET /v1?token=abc?def", "def"),
+    ('{"password": "abc;def,ghi"}', "def"),
+    ("{'client_secret': 'abc;def'}", "def"),
+])
+def test_a_secret_value_is_redacted_whole_past_a_semicolon_or_question_mark(text, credential):
+    shown = redact_secrets(text)
+    assert credential not in shown and "<redacted>" in shown, shown
+
+
+def test_a_path_parameter_after_a_secret_one_is_kept_in_an_endpoint_url():
+    """In a path, ``;`` ends a parameter: the recorded endpoint keeps ``v=2`` (another endpoint than ``v=3``)."""
+    from reddit_amazon.openai_endpoint import display_url
+
+    assert display_url("http://h/v1;api_key=k;v=2/") == "http://h/v1;api_key=<redacted>;v=2"
