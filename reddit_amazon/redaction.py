@@ -48,10 +48,18 @@ _CREDENTIAL_FIELD = re.compile(
     r"(?<![A-Za-z0-9])(?P<name>(?:proxy-)?authorization|api[-_]?key|(?:access|refresh|id|auth)[-_]token"
     r"|client[-_]secret|password|passwd|subscription-key)"
     r"(?P<separator>[\"']?\s*[:=]\s*(?P<quote>[\"'])?)(?P<scheme>(?:basic|bearer|token|digest|negotiate|ntlm)\s+)?"
-    r"(?P<value>(?(quote)(?:\\.|(?!(?P=quote))[^\\\n])+"  # a quoted value: all of it, to its closing quote
+    r"(?P<value><(?:[^<>\s]+ )?redacted>"  # a known secret's marker
+    r"|(?(quote)(?:\\.|(?!(?P=quote))[^\\\n])+"  # a quoted value: all of it, to its closing quote
     r"|[^\s\"',;&#}\]<>]+))", re.IGNORECASE)
+#: A field's value already redacted (a known secret's marker): kept, with the scheme before it.
+_MARKER = re.compile(r"<(?:[^<>\s]+ )?redacted>")
+#: A word (or hyphenated words: ``token-based``) with the sentence going on after it: ``password: must be at
+#: least 8 characters``, ``Bearer token-based auth failed`` are prose, not a credential.
+_PROSE_WORDS = re.compile(r"[A-Za-z][a-z]*(?:-[a-z]+)*")
+_SENTENCE_GOES_ON = re.compile(r"[ \t]+[A-Za-z]")
 #: A credential after its scheme's name with no header named: ``Bearer <token>`` (a token has a digit or a sign,
-#: the word after "Bearer" in prose has not) or ``Basic <base64>`` (checked to decode to ``user:password``).
+#: the word after "Bearer" in prose has not, or is hyphenated words a sentence goes on after) or ``Basic <base64>``
+#: (checked to decode to ``user:password``).
 _SCHEME_CREDENTIAL = re.compile(r"\b(?P<scheme>Bearer|Basic)\s+(?P<value>[A-Za-z0-9._~+/-]{8,}=*)", re.IGNORECASE)
 #: A run of base64 (standard or URL-safe alphabet) long enough to hold a secret.
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
@@ -79,7 +87,7 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
         text = _BASE64_RUN.sub(lambda run: _base64_holding(run[0], known) or run[0], text)
     text = URL_USERINFO.sub("<credentials redacted>@", text)
     text = redact_url_parameters(text)  # first: a URL's value runs past a ";", a field's (password=a;b) does not
-    text = _CREDENTIAL_FIELD.sub(lambda m: f"{m['name']}{m['separator']}{m['scheme'] or ''}{REDACTED}", text)
+    text = _CREDENTIAL_FIELD.sub(_redacted_field, text)
     return _SCHEME_CREDENTIAL.sub(_redacted_scheme_credential, text)
 
 
@@ -144,10 +152,26 @@ def _base64_holding(run: str, known: dict[str, str]) -> str | None:
     return None
 
 
+def _redacted_field(match: re.Match[str]) -> str:
+    """A credential field with its value redacted, its name, separator and scheme kept; a marker kept as it is,
+    and a ``password:`` that starts a sentence (``password: must be at least 8 characters``) left alone."""
+    unquoted_colon = ":" in match["separator"] and not {'"', "'"} & set(match["separator"])
+    if _MARKER.fullmatch(match["value"]) or (
+            match["name"].lower() in ("password", "passwd") and unquoted_colon and not match["scheme"]
+            and _reads_as_prose(match, "value")):
+        return match[0]
+    return f"{match['name']}{match['separator']}{match['scheme'] or ''}{REDACTED}"
+
+
+def _reads_as_prose(match: re.Match[str], group: str) -> bool:
+    """The ``group`` of ``match`` is a word (or hyphenated words) that a sentence goes on after."""
+    return bool(_PROSE_WORDS.fullmatch(match[group]) and _SENTENCE_GOES_ON.match(match.string, match.end(group)))
+
+
 def _redacted_scheme_credential(match: re.Match[str]) -> str:
     value = match["value"]
-    if match["scheme"].lower() == "bearer":
-        is_credential = bool(re.search(r"[0-9._~+/=-]", value))
+    if match["scheme"].lower() == "bearer":  # a token has a digit or a sign, a word in prose has not
+        is_credential = bool(re.search(r"[0-9._~+/=-]", value)) and not _reads_as_prose(match, "value")
     else:
         is_credential = ":" in _decoded_base64(value)
     return f"{match['scheme']} {REDACTED}" if is_credential else match[0]

@@ -251,3 +251,31 @@ def test_a_path_parameter_after_a_secret_one_is_kept_in_an_endpoint_url():
     from reddit_amazon.openai_endpoint import display_url
 
     assert display_url("http://h/v1;api_key=k;v=2/") == "http://h/v1;api_key=<redacted>;v=2"
+
+
+@pytest.mark.parametrize("text", [
+    "password: must be at least 8 characters", "Password: Must contain a digit", "Bearer token-based auth failed",
+    "the Bearer re-authentication flow is not supported",
+])
+def test_prose_after_a_credential_word_is_left_alone(text):
+    assert redact_secrets(text) == text
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("password: swordfish", "password: <redacted>"),  # no sentence after it: the value a config shows
+    ("password: hunter2 was rejected", "password: <redacted> was rejected"),
+    ("password=must be 8", "password=<redacted> be 8"),
+    ('{"password": "must be"}', '{"password": "<redacted>"}'),
+    ("rejected: Bearer my-secret-token", "rejected: Bearer <redacted>"),
+    ("Bearer sk-live-9x was refused", "Bearer <redacted> was refused"),
+])
+def test_a_credential_that_reads_like_a_word_is_still_redacted(text, shown):
+    assert redact_secrets(text) == shown
+
+
+def test_the_scheme_is_kept_before_a_known_secret(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    text = f"Authorization: Basic {b64('user:' + KEY)}, Authorization: Bearer {KEY}, {{'x-api-key': '{KEY}'}}"
+    assert redact_secrets(text) == ("Authorization: Basic <OPENAI_API_KEY redacted>, "
+                                    "Authorization: Bearer <OPENAI_API_KEY redacted>, "
+                                    "{'x-api-key': '<OPENAI_API_KEY redacted>'}")
