@@ -1,5 +1,5 @@
-"""Talking to an OpenAI-compatible endpoint: the client, which errors to retry, and request parameters
-as the endpoint accepts them. Used by the relevance filter, the ``openai-emb`` retriever and the
+"""Talking to an OpenAI-compatible endpoint: the client, which errors to retry, request parameters as the
+endpoint accepts them, and a reasoning model's thoughts told from its answer. Used by the relevance filter, the ``openai-emb`` retriever and the
 ``openai-chat`` recommender.
 
 The key comes from ``OPENAI_API_KEY`` only and is never logged or written. With an explicit
@@ -29,6 +29,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -587,3 +588,28 @@ def _checked(response: Any) -> Any:
     if blank and not getattr(message, "refusal", None) and finish not in ("length", "content_filter"):
         raise MalformedResponseError(f"the completion has no text (finish_reason {finish!r}): {str(message)[:200]}")
     return response
+
+
+#: A reasoning model's thoughts, written inline before its answer by a server without a reasoning parser
+#: (DeepSeek-R1, Qwen3, QwQ): "<think>...</think>\n\nYes". A block never closed (the text cut at the token
+#: limit while the model thought) runs to the end of the text.
+_THOUGHTS = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL)
+_OPEN_THOUGHTS, _CLOSE_THOUGHTS = "<think>", "</think>"
+
+
+@dataclass(frozen=True)
+class InlineThoughts:
+    """A text split into its answer and the thoughts written inline before it."""
+
+    answer: str  # the text itself, byte for byte, when it holds no thoughts; else from its first non-space
+    thoughts: tuple[str, ...]  # each block's text, its tags left out
+    unclosed: bool  # the text ends inside thoughts: the model had not answered yet
+
+
+def split_thoughts(text: str) -> InlineThoughts:
+    """``text`` without its ``<think>...</think>`` blocks (an unclosed one taken to the end)."""
+    if _OPEN_THOUGHTS not in text:
+        return InlineThoughts(text, (), False)
+    blocks = [block.group()[len(_OPEN_THOUGHTS):] for block in _THOUGHTS.finditer(text)]
+    thoughts = tuple(block.removesuffix(_CLOSE_THOUGHTS) for block in blocks)
+    return InlineThoughts(_THOUGHTS.sub("", text).lstrip(), thoughts, not blocks[-1].endswith(_CLOSE_THOUGHTS))

@@ -36,6 +36,7 @@ from reddit_amazon.openai_endpoint import (
     make_client,
     is_transient,
     refuses_this_prompt_only,
+    split_thoughts,
     stoppable_calls,
 )
 from reddit_amazon.schema import Conversation
@@ -90,8 +91,6 @@ def scoped_key(key: str, endpoint: str) -> str:
 
 #: A label, with the negation up to two words before it, if any ("not a clear yes", "wouldn't say yes").
 _LABEL_WORDS = re.compile(r"((?:\bnot\b|\bnever\b|n't)(?:\s+\w+){0,2}\s+)?\b(yes|no|uncertain)\b")
-#: A reasoning model's thoughts before its answer (DeepSeek-R1, Qwen3): "<think>...</think>\n\nYes".
-_THOUGHTS = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL)
 
 
 def parse_answer(text: str | None) -> str:
@@ -101,7 +100,7 @@ def parse_answer(text: str | None) -> str:
     a reasoning model's ``<think>`` block is skipped. An answer naming two different labels ("yes or
     no"), or negating one ("I would not say yes"), is not guessed.
     """
-    normalized = _THOUGHTS.sub("", text or "").lower().replace("\u2018", "'").replace("\u2019", "'")
+    normalized = split_thoughts(text or "").answer.lower().replace("\u2018", "'").replace("\u2019", "'")
     if not normalized.strip():
         return UNPARSEABLE
     leading = _LEADING_LABEL.match(normalized)

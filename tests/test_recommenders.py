@@ -444,3 +444,99 @@ def test_candidate_image_scales_16_bit_greyscale_as_lavic_does():
     Image.new("I;16", (4, 4), 30000).save(buffer, format="PNG")
     candidate = Candidate("GREY000001", "lamp", image_bytes=buffer.getvalue())
     assert candidate.image.mode == "RGB" and candidate.image.getpixel((0, 0)) == (117, 117, 117)  # 30000 / 257
+
+
+def _completion(model: str, content: str | None, finish: str = "stop", **fields: str) -> Response:
+    message = {"role": "assistant", "content": content, **fields}
+    return Response(json.dumps({
+        "id": "x", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "finish_reason": finish, "message": message}]}), content_type="application/json")
+
+
+def _candidate_ids(body: dict) -> list[str]:
+    return re.findall(r"^(B\d{9}): ", body["messages"][0]["content"], re.MULTILINE)
+
+
+def test_openai_chat_scores_the_answer_after_inline_thoughts_and_from_the_cache_alike(httpserver, tmp_path):
+    """A reasoning model served without a reasoning parser thinks aloud before it answers, naming other
+    candidates first: the first ID of its thoughts was scored as its answer. Answers without thoughts stay
+    byte for byte as received."""
+    from click.testing import CliRunner
+
+    from benchmark.cli import cli
+
+    asked = []
+
+    def reasoning_model(request):
+        body = json.loads(request.data)
+        asked.append(body)
+        ids = _candidate_ids(body)
+        if int(ids[0][-1]) % 2:  # some answers come plain, as a model without thoughts gives them
+            return _completion(body["model"], f" I'd go with {ids[-1]}.\n")
+        return _completion(body["model"], f"<think>They liked {ids[0]}. Maybe {ids[1]}? No: the last.</think>\n\n"
+                                          f"I'd go with {ids[-1]}.")
+
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(reasoning_model)
+    dataset = make_synthetic_dataset(tmp_path / "ds", records_per_domain=8, domains=("home",))
+    args = ["--model-args", f"base_url={httpserver.url_for('/v1')},cache_dir={tmp_path / 'c'},max_workers=2",
+            "--dataset", str(dataset), "--quiet", "--bootstrap-samples", "0"]
+
+    def run_into(out: str) -> tuple[list[dict], dict]:
+        result = CliRunner().invoke(cli, ["run", "--model", "openai-chat", *args, "--out", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in (tmp_path / out / "predictions.jsonl").read_text().splitlines()]
+        return rows, json.loads((tmp_path / out / "results.json").read_text())
+
+    rows, results = run_into("live")
+    assert len(asked) == len(rows) == 8
+    last = {body["messages"][0]["content"]: _candidate_ids(body)[-1] for body in asked}
+    plain = [row for row in rows if row["output"].startswith(" ")]
+    assert 0 < len(plain) < len(rows)
+    assert all(row["output"] == f" I'd go with {row['parsed']}.\n" for row in plain)
+    assert all(row["output"] == f"I'd go with {row['parsed']}." for row in rows if row not in plain)
+    assert sorted(row["parsed"] for row in rows) == sorted(last.values())
+
+    import datasets
+
+    truth = {r["example_id"]: r for r in datasets.load_dataset(str(dataset), "home", split="test").to_list()}
+    hits = sum(truth[row["example_id"]]["candidates_sbert"][-1] == gt
+               for row in rows for gt in truth[row["example_id"]]["gt_items"])
+    assert results["counts"]["all"]["hits"] == hits > 0 and results["counts"]["all"]["valid"] == 8
+
+    again, cached_results = run_into("from-cache")  # a fresh run folder: every answer read from the response cache
+    assert len(asked) == 8 and again == rows and cached_results["metrics"] == results["metrics"]
+
+
+def test_openai_chat_says_when_an_answer_was_cut_while_the_model_was_thinking(httpserver, tmp_path, caplog):
+    """Cut at the token limit inside <think>: no answer, and the warning says the thoughts used the limit up
+    (they name candidates: read as an answer, a wrong one was scored)."""
+    def thinking_long(request):
+        body = json.loads(request.data)
+        return _completion(body["model"], f"<think>The user liked {_candidate_ids(body)[0]}, so", finish="length")
+
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(thinking_long)
+    url = httpserver.url_for("/v1")
+    recommender = OpenAIChatRecommender(model="r1", base_url=url, max_tokens=32, cache_dir=tmp_path)
+    assert recommender.recommend([_example("a")]) == [""]
+    assert "r1: an answer was cut at the token limit (32) while the model was thinking, before any answer; " \
+           "raise max_tokens (2000 or more for thoughts)" in caplog.text
+    caplog.clear()
+    cached = OpenAIChatRecommender(model="r1", base_url=url, max_tokens=32, cache_dir=tmp_path)
+    assert cached.recommend([_example("a")]) == [""] and len(httpserver.log) == 1
+    assert "no answer after them (<think> never closed)" in caplog.text and "raise max_tokens" in caplog.text
+
+
+@pytest.mark.parametrize("text, answer, thoughts, unclosed", [
+    ("B000000001", "B000000001", (), False),
+    (" I'd go with B000000001.\n", " I'd go with B000000001.\n", (), False),
+    ("<think>B000000002?</think>\n\nB000000001", "B000000001", ("B000000002?",), False),
+    ("<think>a</think>B000000001<think>b", "B000000001", ("a", "b"), True),
+    ("<think>B000000002, or", "", ("B000000002, or",), True),
+])
+def test_split_thoughts(text, answer, thoughts, unclosed):
+    from reddit_amazon.openai_endpoint import split_thoughts
+
+    split = split_thoughts(text)
+    assert (split.answer, split.thoughts, split.unclosed) == (answer, thoughts, unclosed)
+    if not thoughts:
+        assert split.answer is text

@@ -10,6 +10,11 @@ Reasoning models (OpenAI's o-series, gpt-5) refuse ``max_tokens`` (they take
 request is changed as it asks, once for the whole run, with a warning; a rejected request is never
 silently scored as a wrong answer for every record. Their hidden reasoning counts against the token
 limit, so an answer cut at the limit is reported: give such models ``max_tokens=2000`` or more.
+
+Open reasoning models (DeepSeek-R1's distills, Qwen3, QwQ) served without a reasoning parser write their
+thoughts inline, ``<think>...</think>`` before the answer; the thoughts name candidates too, so they are left
+out of the output the harness parses. The cache keeps the content as received, so a cached answer is read the
+same way.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from reddit_amazon.openai_endpoint import (
     endpoint_url,
     make_client,
     refuses_this_prompt_only,
+    split_thoughts,
     stoppable_calls,
 )
 
@@ -87,7 +93,8 @@ class OpenAIChatRecommender:
         self._client = None
         self._connections = OpenConnections()  # the client's, cut on Ctrl-C
         self._parameters = ChatParameters(model)
-        self._cut_answers = 0
+        self._warned: set[str] = set()  # the answers without an answer told of: once a run each
+        self._warned_lock = threading.Lock()
         self._refusals = RefusalStreak()  # refusals of every prompt stop the run: they are a setting's
 
     def _messages(self, example: Example) -> list[dict[str, Any]]:
@@ -135,7 +142,7 @@ class OpenAIChatRecommender:
         key, cached = self._cached(request)  # the request as configured, not as the endpoint made us adapt it
         if cached is not None:
             self._refusals.answered()
-            return cached
+            return self._answer(cached)
         if self._client is None:
             self._client = make_client(self.base_url, self.timeout, connections=self._connections)
         try:
@@ -150,13 +157,33 @@ class OpenAIChatRecommender:
         self._refusals.answered()
         choice = response.choices[0]
         text = choice.message.content or ""
-        if choice.finish_reason == "length":
-            self._cut_answers += 1
-            if self._cut_answers == 1:
-                log.warning("%s: an answer was cut at the token limit (%d)%s; raise max_tokens", self.model,
-                            self.max_tokens, ", with no visible text" if not text else "")
-        self.cache.put(key, text)
-        return text
+        self.cache.put(key, text)  # as received: thoughts and all
+        return self._answer(text, choice.finish_reason)
+
+    def _answer(self, text: str, finish: str | None = None) -> str:
+        """The answer in ``text``, a response's content as received or cached: without the model's inline
+        thoughts. Warns (once a run) of answers with nothing after the thoughts; the finish reason is known
+        when the response arrives, an unclosed ``<think>`` from the cache too."""
+        split = split_thoughts(text)
+        thoughts_only = not split.answer.strip() and bool(split.thoughts)
+        if finish == "length":
+            how = (" while the model was thinking, before any answer" if thoughts_only
+                   else ", with no visible text" if not text else "")
+            self._warn_once("cut", "%s: an answer was cut at the token limit (%d)%s; raise max_tokens%s", self.model,
+                            self.max_tokens, how, " (2000 or more for thoughts)" if thoughts_only else "")
+        elif thoughts_only:
+            how = "<think> never closed" if split.unclosed else "nothing after </think>"
+            self._warn_once("thoughts only", "%s: an answer holds the model's thoughts and no answer after them (%s); "
+                            "scored as an invalid answer (if the token limit, %d, cut it: raise max_tokens)",
+                            self.model, how, self.max_tokens)
+        return split.answer
+
+    def _warn_once(self, kind: str, message: str, *args: Any) -> None:
+        with self._warned_lock:
+            if kind in self._warned:
+                return
+            self._warned.add(kind)
+        log.warning(message, *args)
 
     def recommend(self, examples: Sequence[Example]) -> list[str]:
         requests = [(example.example_id, self._request(example)) for example in examples]
