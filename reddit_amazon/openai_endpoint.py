@@ -576,8 +576,8 @@ def _checked(response: Any) -> Any:
     """``response`` if it is a chat completion with a message (some gateways answer 200 with an error).
 
     A message without text is accepted only with a reason the caller can act on (a refusal, a content
-    filter, the token limit); otherwise (e.g. a tool call) it is malformed, so it is retried, never taken
-    as an empty answer.
+    filter, the token limit, thoughts in a reasoning field but no answer after them); otherwise (e.g. a tool
+    call) it is malformed, so it is retried, never taken as an empty answer.
     """
     choices = getattr(response, "choices", None)
     message = getattr(choices[0], "message", None) if choices else None
@@ -585,9 +585,24 @@ def _checked(response: Any) -> Any:
         raise MalformedResponseError(f"the endpoint answered without a completion: {str(response)[:300]}")
     finish = getattr(choices[0], "finish_reason", None)
     blank = not (message.content or "").strip()  # None, "" or whitespace: no answer ("" is a gateway's too)
-    if blank and not getattr(message, "refusal", None) and finish not in ("length", "content_filter"):
+    if (blank and not getattr(message, "refusal", None) and not reasoning_field(message)
+            and finish not in ("length", "content_filter")):
         raise MalformedResponseError(f"the completion has no text (finish_reason {finish!r}): {str(message)[:200]}")
     return response
+
+
+#: The fields servers with a reasoning parser put a model's thoughts in, the answer staying in ``content``:
+#: ``reasoning_content`` (vLLM, DeepSeek's API, SGLang), ``reasoning`` (Ollama, OpenRouter, newer vLLM).
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def reasoning_field(message: Any) -> str:
+    """The thoughts ``message`` holds in a reasoning field (see :data:`REASONING_FIELDS`), or ``""``."""
+    for name in REASONING_FIELDS:
+        value = getattr(message, name, None)
+        if isinstance(value, str) and value.strip():
+            return value
+    return ""
 
 
 #: A reasoning model's thoughts, written inline before its answer by a server without a reasoning parser

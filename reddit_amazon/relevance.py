@@ -35,6 +35,7 @@ from reddit_amazon.openai_endpoint import (
     is_fatal,
     make_client,
     is_transient,
+    reasoning_field,
     refuses_this_prompt_only,
     split_thoughts,
     stoppable_calls,
@@ -308,6 +309,9 @@ def _ask(client: Any, options: FilterOptions, parameters: ChatParameters, prompt
         raise PromptRefused(f"refused ({finish or 'refusal'}): {refusal or 'no text'}")
     if not content and finish == "length":
         raise PromptRefused("the answer reached the model's token limit before any text")
+    # What a server's reasoning parser that does not fit the model gives for every prompt, too: the streak stops it.
+    if not (content or "").strip() and reasoning_field(choice.message):
+        raise PromptRefused(f"the model's thoughts came with no answer after them (finish_reason {finish!r})")
     return content or ""
 
 

@@ -540,3 +540,27 @@ def test_split_thoughts(text, answer, thoughts, unclosed):
     assert (split.answer, split.thoughts, split.unclosed) == (answer, thoughts, unclosed)
     if not thoughts:
         assert split.answer is text
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_openai_chat_takes_the_content_of_a_server_that_parses_thoughts_apart(httpserver, tmp_path, caplog, field):
+    """vLLM with --reasoning-parser, DeepSeek's API, Ollama: the thoughts come in a field of their own and the
+    content is the answer. A message with thoughts there and no content at all (the model stopped while it
+    thought, or the parser does not fit the model) was taken for a malformed response: asked again and again,
+    then the run stopped. It is an answer with none in it: scored invalid, and said."""
+    def parsed_apart(request):
+        body = json.loads(request.data)
+        ids = _candidate_ids(body)
+        thoughts = f"They liked {ids[0]}, then {ids[1]}; the last is best."
+        if "Need a gift" in body["messages"][0]["content"]:
+            return _completion(body["model"], ids[-1], **{field: thoughts})
+        return _completion(body["model"], None, **{field: thoughts})
+
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(parsed_apart)
+    recommender = OpenAIChatRecommender(model="r1", base_url=httpserver.url_for("/v1"), max_retries=3,
+                                        max_workers=1, cache_dir=tmp_path)
+    lost = replace(_example("b"), context="<submission>Lost in thought</submission>\n")
+    assert recommender.recommend([_example("a"), lost]) == ["B000000003", ""]
+    assert len(httpserver.log) == 2  # neither asked again
+    assert "r1: an answer holds the model's thoughts and no answer after them (finish_reason 'stop', the " \
+           "thoughts in the reasoning field); scored as an invalid answer" in caplog.text

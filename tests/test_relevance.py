@@ -656,3 +656,23 @@ def test_a_base_url_with_a_query_string_sends_it_with_every_request(httpserver):
     client = make_client(httpserver.url_for("/v1?api-version=2024-06-01"), 5, api_key="sk-test")
     reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     assert reply.choices[0].message.content == "yes"
+
+
+def test_thoughts_in_a_reasoning_field_without_an_answer_reject_the_prompt(httpserver, options, tmp_path):
+    """A server's reasoning parser puts the thoughts in reasoning_content; with no answer after them the content
+    is empty. That was taken for a malformed response: asked again to the last attempt, then the build stopped."""
+    def lost_in_thought(request: Request) -> Response:
+        body = json.loads(request.data)
+        answer = None if "lost" in body["messages"][0]["content"] else "yes"
+        message = {"role": "assistant", "content": answer, "reasoning_content": "Is it? yes... no..."}
+        return Response(json.dumps({"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
+                                    "choices": [{"index": 0, "finish_reason": "stop", "message": message}]}),
+                        content_type="application/json")
+
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(lost_in_thought)
+    options.concurrency = 1
+    with AnswerCache(tmp_path / "c.sqlite") as cache:
+        result = run_filter([conversation("1", "try this"), conversation("2", "lost")], cache, options,
+                            api_key="sk-test")
+    assert result.labels == {"1": "yes", "2": REJECTED} and len(httpserver.log) == 2
+    assert b"no answer after them (finish_reason 'stop')" in (tmp_path / "c.sqlite").read_bytes()

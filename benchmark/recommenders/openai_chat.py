@@ -13,8 +13,8 @@ limit, so an answer cut at the limit is reported: give such models ``max_tokens=
 
 Open reasoning models (DeepSeek-R1's distills, Qwen3, QwQ) served without a reasoning parser write their
 thoughts inline, ``<think>...</think>`` before the answer; the thoughts name candidates too, so they are left
-out of the output the harness parses. The cache keeps the content as received, so a cached answer is read the
-same way.
+out of the output the harness parses (a server with a parser returns them apart, in ``reasoning_content``,
+and the content as is). The cache keeps the content as received, so a cached answer is read the same way.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from reddit_amazon.openai_endpoint import (
     endpoint_key,
     endpoint_url,
     make_client,
+    reasoning_field,
     refuses_this_prompt_only,
     split_thoughts,
     stoppable_calls,
@@ -158,21 +159,26 @@ class OpenAIChatRecommender:
         choice = response.choices[0]
         text = choice.message.content or ""
         self.cache.put(key, text)  # as received: thoughts and all
-        return self._answer(text, choice.finish_reason)
+        return self._answer(text, choice.finish_reason, reasoning_field(choice.message))
 
-    def _answer(self, text: str, finish: str | None = None) -> str:
+    def _answer(self, text: str, finish: str | None = None, reasoning: str = "") -> str:
         """The answer in ``text``, a response's content as received or cached: without the model's inline
-        thoughts. Warns (once a run) of answers with nothing after the thoughts; the finish reason is known
-        when the response arrives, an unclosed ``<think>`` from the cache too."""
+        thoughts. Warns (once a run) of answers with nothing after the thoughts; the finish reason and the
+        reasoning field are known when the response arrives, an unclosed ``<think>`` from the cache too."""
         split = split_thoughts(text)
-        thoughts_only = not split.answer.strip() and bool(split.thoughts)
+        thoughts_only = not split.answer.strip() and bool(split.thoughts or reasoning)
         if finish == "length":
             how = (" while the model was thinking, before any answer" if thoughts_only
                    else ", with no visible text" if not text else "")
             self._warn_once("cut", "%s: an answer was cut at the token limit (%d)%s; raise max_tokens%s", self.model,
                             self.max_tokens, how, " (2000 or more for thoughts)" if thoughts_only else "")
         elif thoughts_only:
-            how = "<think> never closed" if split.unclosed else "nothing after </think>"
+            if split.unclosed:
+                how = "<think> never closed"
+            elif split.thoughts:
+                how = "nothing after </think>"
+            else:
+                how = f"finish_reason {finish!r}, the thoughts in the reasoning field"
             self._warn_once("thoughts only", "%s: an answer holds the model's thoughts and no answer after them (%s); "
                             "scored as an invalid answer (if the token limit, %d, cut it: raise max_tokens)",
                             self.model, how, self.max_tokens)
