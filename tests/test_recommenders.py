@@ -564,3 +564,21 @@ def test_openai_chat_takes_the_content_of_a_server_that_parses_thoughts_apart(ht
     assert len(httpserver.log) == 2  # neither asked again
     assert "r1: an answer holds the model's thoughts and no answer after them (finish_reason 'stop', the " \
            "thoughts in the reasoning field); scored as an invalid answer" in caplog.text
+
+
+def test_openai_chat_leaves_out_thoughts_a_chat_template_opened(httpserver, tmp_path):
+    """DeepSeek-R1's distills and QwQ: the chat template ends the prompt with <think>, so the text the server
+    returns opens with the thoughts and holds only their closing tag."""
+    from reddit_amazon.openai_endpoint import split_thoughts
+
+    def template_opened(request):
+        body = json.loads(request.data)
+        ids = _candidate_ids(body)
+        return _completion(body["model"], f"Okay, they liked {ids[0]}. Hmm.\n</think>\n\n{ids[-1]}")
+
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(template_opened)
+    recommender = OpenAIChatRecommender(model="r1", base_url=httpserver.url_for("/v1"), cache_dir=tmp_path)
+    assert recommender.recommend([_example("a")]) == ["B000000003"]
+    split = split_thoughts("a</think>b<think>c</think>d")
+    assert (split.answer, split.thoughts, split.unclosed) == ("bd", ("a", "c"), False)
+    assert split_thoughts("a</think>b", opened_by_template=False).answer == "a</think>b"  # as relevance reads it
