@@ -54,9 +54,10 @@ SAMPLE_REDDIT_OPTIONS = {"salt": SAMPLE_SALT, "resolve_short_links": False}
 RELEVANCE_CACHE = "relevance-cache.sqlite"
 #: Raised when a stage's code changes what it makes from the same inputs, so an upgraded package does not reuse
 #: a workdir's older outputs (the Reddit stage has pipeline.STAGE_VERSION). Catalog 2: compressed files told by
-#: their bytes, a leading BOM dropped. Relevance 2: refusals, <think> blocks and negations parsed anew.
+#: their bytes, a leading BOM dropped. Relevance 2: refusals, <think> blocks and negations parsed anew; 3: thoughts
+#: a chat template opened (the answer holds only their ``</think>``) skipped.
 CATALOG_STAGE_VERSION = 2
-RELEVANCE_STAGE_VERSION = 2
+RELEVANCE_STAGE_VERSION = 3
 VERSIONED_PACKAGES = ("reddit-amazon", "datasets", "pyarrow", "huggingface-hub", "openai", "pillow", "requests",
                       "datatrove", "zstandard", "sentence-transformers", "torch", "bm25s", "numpy")
 

@@ -621,17 +621,17 @@ class InlineThoughts:
     unclosed: bool  # the text ends inside thoughts: the model had not answered yet
 
 
-def split_thoughts(text: str, *, opened_by_template: bool = True) -> InlineThoughts:
+def split_thoughts(text: str) -> InlineThoughts:
     """``text`` without its ``<think>...</think>`` blocks (an unclosed one taken to the end).
 
-    With ``opened_by_template``, a ``</think>`` that no ``<think>`` comes before closes thoughts begun at the
+    A ``</think>`` that no ``<think>`` comes before closes thoughts begun at the
     start of the text: the chat templates of DeepSeek-R1's distills and QwQ end the prompt with ``<think>``, so
     the model's text holds only the closing tag. (Thoughts such a template opened and the token limit cut hold
     no tag at all: nothing tells them from an answer.)
     """
     thoughts: list[str] = []
     closing, opening = text.find(_CLOSE_THOUGHTS), text.find(_OPEN_THOUGHTS)
-    if opened_by_template and closing >= 0 and (opening < 0 or opening > closing):
+    if closing >= 0 and (opening < 0 or opening > closing):
         thoughts.append(text[:closing])
         text = text[closing + len(_CLOSE_THOUGHTS):]
     if _OPEN_THOUGHTS not in text:

@@ -101,9 +101,7 @@ def parse_answer(text: str | None) -> str:
     a reasoning model's ``<think>`` block is skipped. An answer naming two different labels ("yes or
     no"), or negating one ("I would not say yes"), is not guessed.
     """
-    # A closing tag alone is not taken for the end of thoughts here: the answers cached with it would be labelled
-    # anew (a RELEVANCE_STAGE_VERSION change).
-    answer = split_thoughts(text or "", opened_by_template=False).answer
+    answer = split_thoughts(text or "").answer
     normalized = answer.lower().replace("\u2018", "'").replace("\u2019", "'")
     if not normalized.strip():
         return UNPARSEABLE

@@ -581,4 +581,3 @@ def test_openai_chat_leaves_out_thoughts_a_chat_template_opened(httpserver, tmp_
     assert recommender.recommend([_example("a")]) == ["B000000003"]
     split = split_thoughts("a</think>b<think>c</think>d")
     assert (split.answer, split.thoughts, split.unclosed) == ("bd", ("a", "c"), False)
-    assert split_thoughts("a</think>b", opened_by_template=False).answer == "a</think>b"  # as relevance reads it

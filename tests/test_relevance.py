@@ -103,6 +103,8 @@ def serve(httpserver, scripts) -> FakeOpenAI:
     ("Yes (no doubt about it).", "yes"), ("I would not say yes.", "unparseable"),
     ("It is not a clear yes.", "unparseable"), ("<think>It could be no, but</think>\n\nYes", "yes"),
     ("<think>no end to this thinking", "unparseable"), ("It does not recommend anything: no.", "no"),
+    # DeepSeek-R1 distills and QwQ: the chat template opens the thoughts, the answer has only their end
+    ("Is it a recommendation? Maybe no.\n</think>\n\nYes", "yes"),
 ])
 def test_parse_answer(answer, label):
     assert parse_answer(answer) == label
