@@ -280,6 +280,23 @@ def test_hf_vlm_batched_equals_one_by_one(tiny_vlm, with_images):
     assert all(isinstance(text, str) and text for text in batched)
 
 
+def test_hf_vlm_scores_the_answer_after_a_reasoning_models_thoughts(tiny_vlm, caplog):
+    """A thinking VLM's text opens with its thoughts, which name other candidates first: the answer is what follows
+    them, and thoughts cut at max_new_tokens are no answer (said once), not their first ASIN."""
+    from benchmark.recommenders.hf_vlm import HFVisionLanguageRecommender
+
+    recommender = HFVisionLanguageRecommender(model=str(tiny_vlm), max_new_tokens=2, device="cpu", dtype="float32")
+    assert recommender._answer(" <think>They liked B000000000, maybe B000000001.</think>\n\nB000000003 ") == \
+        "B000000003"
+    assert recommender._answer("Maybe B000000000.\n</think>\nB000000002") == "B000000002"  # template-opened
+    assert recommender._answer(" B000000001 ") == "B000000001"  # no thoughts: as before
+    with caplog.at_level("WARNING"):
+        assert recommender._answer("<think>They liked B000000000") == ""
+        assert recommender._answer("<think>Hmm") == ""
+    cut = [r for r in caplog.records if "while the model was thinking" in r.getMessage()]
+    assert len(cut) == 1 and "raise max_new_tokens" in cut[0].getMessage()
+
+
 def test_hf_vlm_shows_an_undecodable_image_as_no_image_and_names_the_item(tiny_vlm, caplog):
     from benchmark.recommenders.hf_vlm import HFVisionLanguageRecommender
 

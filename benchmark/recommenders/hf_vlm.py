@@ -22,6 +22,7 @@ from benchmark.prompts import (
 )
 from benchmark.protocol import Candidate, Example
 from reddit_amazon.cli_errors import one_line
+from reddit_amazon.openai_endpoint import split_thoughts
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
@@ -65,6 +66,7 @@ class HFVisionLanguageRecommender:
             raise _load_error(model, error) from error
         self.image_token = getattr(self.processor, "image_token", "<image>")
         self._undecodable: set[str] = set()
+        self._cut_in_thoughts = False  # said once per run
         self._template = getattr(self.processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
         # results.json records which format the prompts were in: a fallback is not the checkpoint's own format
         self.settings = {"chat_format": "the checkpoint's chat template" if self._template else FALLBACK_CHAT_FORMAT}
@@ -131,7 +133,18 @@ class HFVisionLanguageRecommender:
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                                          pad_token_id=self.tokenizer.pad_token_id)
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return [self._answer(text) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def _answer(self, text: str) -> str:
+        """The generated text without a reasoning model's inline thoughts (Qwen3-VL Thinking, QVQ, GLM-4.1V
+        Thinking), whose first ASIN would otherwise be scored as the answer; thoughts cut at ``max_new_tokens``
+        leave no answer, said once."""
+        split = split_thoughts(text.strip())
+        if split.unclosed and not self._cut_in_thoughts:
+            self._cut_in_thoughts = True
+            log.warning("%s: an answer was cut at max_new_tokens=%d while the model was thinking (scored as no "
+                        "answer); raise max_new_tokens", self.name, self.max_new_tokens)
+        return split.answer.strip()
 
 
 def _load_error(model: str, error: OSError) -> OSError:
