@@ -6,7 +6,8 @@ the file and keeps only the wanted mappings, so its memory must not grow with th
 writes a synthetic review file (realistic row sizes), then reports, in the same process:
 
 * throughput of the scan, relative to a bare loop that only reads the lines (the I/O floor);
-* peak memory growth of the scan relative to the file size (target: < 1%).
+* peak memory growth of the scan (target: bounded, under 8 MiB whatever the file's size: the reader holds two
+  1 MiB blocks and the lines split from one; run ``--rows`` 30000 and 600000 to see it not grow).
 
     python benchmarks/catalog_parent_map.py
     python benchmarks/catalog_parent_map.py --rows 2000000 --wanted 5000
@@ -24,6 +25,9 @@ from pathlib import Path
 import orjson
 
 from reddit_amazon.catalog import read_parent_map
+
+#: The scan holds the reader's two 1 MiB blocks and the lines split from one, whatever the file's size.
+MEMORY_BOUND_MIB = 8
 
 
 def asin(rng: random.Random) -> str:
@@ -84,7 +88,8 @@ def main() -> None:
     print(f"{args.rows:,} review rows ({mib:.0f} MiB), {len(wanted):,} wanted ASINs")
     print(f"read lines only : {floor_s:6.2f} s ({mib / floor_s:6.1f} MiB/s)")
     print(f"build scan      : {scan_s:6.2f} s ({mib / scan_s:6.1f} MiB/s), {scan_s / floor_s:.1f}x the I/O floor")
-    print(f"peak memory     : +{peak / 2**20:.2f} MiB = {100 * peak / size:.2f}% of the file (target < 1%)")
+    print(f"peak memory     : +{peak / 2**20:.2f} MiB ({100 * peak / size:.2f}% of the file; target: under "
+          f"{MEMORY_BOUND_MIB} MiB whatever the file's size)")
 
 
 if __name__ == "__main__":
