@@ -27,6 +27,7 @@ import json
 import os
 import posixpath
 import re
+import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -470,6 +471,11 @@ def shard_problems(shards: Mapping[str, str], recorded: Any) -> list[str]:
     return problems
 
 
+def _card_command(folder: Path) -> str:
+    """The command that rewrites ``folder``'s card, ready to paste into a shell."""
+    return f"`reddit-amazon card {shlex.quote(str(folder))}`"
+
+
 def card_problems(folder: Path) -> list[str]:
     """Where README.md's ``configs`` (what ``datasets`` loads for each config and split) differ from the shards."""
     try:
@@ -477,12 +483,12 @@ def card_problems(folder: Path) -> list[str]:
         declared = {(c["config_name"], f["split"]): _declared_files(folder, f["path"])
                     for c in configs for f in c["data_files"]}
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:  # YAML: a hand-edited card
-        return [f"README.md: no readable configs ({type(error).__name__}: {error}); `reddit-amazon card` rewrites it"]
+        return [f"README.md: no readable configs ({type(error).__name__}: {error}); {_card_command(folder)} rewrites it"]
     on_disk: dict[tuple[str, str], list[str]] = {}
     for path in sorted((folder / DATA_DIR).glob("*/*.parquet")):
         on_disk.setdefault((path.parent.name, path.name.split("-")[0]), []).append(path.relative_to(folder).as_posix())
     return [f"README.md: {config}/{split} loads {declared.get((config, split), [])}, the folder's shards are "
-            f"{on_disk.get((config, split), [])}; `reddit-amazon card` rewrites it"
+            f"{on_disk.get((config, split), [])}; {_card_command(folder)} rewrites it"
             for config, split in sorted(declared.keys() | on_disk.keys())
             if declared.get((config, split)) != on_disk.get((config, split))]
 
@@ -498,7 +504,7 @@ def card_info_problems(folder: Path, manifest: Mapping[str, Any]) -> list[str]:
         problems.append(f"README.md: the dataset_info of {', '.join(stale)} is for content fingerprint "
                         f"{', '.join(sorted({stated[:12] for stated in stale.values()}))}, the manifest says "
                         f"{str(manifest.get('fingerprint'))[:12]}: `datasets` would load the rows it cached for that "
-                        "card; `reddit-amazon card` rewrites it")
+                        f"card; {_card_command(folder)} rewrites it")
     counts = manifest.get("counts")
     for config, info in infos.items():
         splits = counts.get(config) if isinstance(counts, dict) else None
@@ -508,7 +514,7 @@ def card_info_problems(folder: Path, manifest: Mapping[str, Any]) -> list[str]:
         expected = {split: rows for split, rows in splits.items() if rows}
         if declared != expected:
             problems.append(f"README.md: the {config} config's dataset_info declares the splits {declared}, the "
-                            f"manifest counts {expected}: `datasets` refuses to load it; `reddit-amazon card` "
+                            f"manifest counts {expected}: `datasets` refuses to load it; {_card_command(folder)} "
                             "rewrites it")
     return problems
 
@@ -611,7 +617,7 @@ def check_unchanged(folder: str | os.PathLike) -> None:
     if stale := stale_card_configs(_card_infos(folder), manifest):
         raise SchemaError(f"{folder}: its README.md was written for other data (the dataset_info of "
                           f"{', '.join(stale)} is not for the manifest's fingerprint), and `datasets` would load the "
-                          f"rows it cached for that card; `reddit-amazon card {folder}` rewrites it")
+                          f"rows it cached for that card; {_card_command(folder)} rewrites it")
     _FOUND_UNCHANGED[folder] = stats
 
 

@@ -452,7 +452,7 @@ def test_verify_finds_a_card_that_declares_other_split_sizes(tmp_path):
     readme.write_text(text[:home] + text[home:].replace("num_examples: 3", "num_examples: 4", 1))
     assert verify(folder) == ["README.md: the home config's dataset_info declares the splits {'train': 4, "
                               "'validation': 3, 'test': 3}, the manifest counts {'train': 3, 'validation': 3, 'test': 3}: "
-                              "`datasets` refuses to load it; `reddit-amazon card` rewrites it"]
+                              f"`datasets` refuses to load it; `reddit-amazon card {folder}` rewrites it"]
 
 
 def test_verify_names_a_card_whose_yaml_does_not_parse(tmp_path):
