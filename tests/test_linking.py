@@ -327,10 +327,13 @@ def test_per_host_concurrency_is_bounded(tmp_path, threaded_httpserver):
     assert peak == 2
 
 
-def test_a_host_trickling_its_answer_is_cut_at_the_links_deadline(resolver_factory):
+@pytest.mark.parametrize("first, trickled", [(b"HTTP/1.1 301 Moved Permanently\r\nX-Pad: ", b"x"),
+                                             (b"HTTP/1.1 3", b"0")])  # the headers, or the status line itself
+def test_a_host_trickling_its_answer_is_cut_at_the_links_deadline(resolver_factory, first, trickled):
     """The timeout bounds each read: a host sending its headers a byte every 0.2 s held the link (and its
-    worker) for as long as it liked. At the deadline the link is unresolved, not cached, asked again next run."""
-    server = trickling_server([b"HTTP/1.1 301 Moved Permanently\r\nX-Pad: ", *[b"x"] * 30,
+    worker) for as long as it liked. At the deadline the link is unresolved, not cached, asked again next run;
+    an answer cut inside its status line (an error, not an early end) is the deadline too, not a failed read."""
+    server = trickling_server([first, *[trickled] * 30,
                                b"\r\nLocation: https://www.amazon.com/dp/B00NN2Y04E\r\n\r\n"], 0.2)
     endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
     resolver = resolver_factory(endpoints={"amzn.to": endpoint}, deadline_s=1.0, attempts=1)
@@ -339,6 +342,64 @@ def test_a_host_trickling_its_answer_is_cut_at_the_links_deadline(resolver_facto
     assert time.monotonic() - started < 3  # the answer alone takes 6 s
     assert result.unreachable and result.error == "unreachable: deadline: no final answer within 1 s"
     assert resolver.cache.get("https://amzn.to/trickle") is None
+    server.close()
+
+
+@pytest.mark.parametrize("answer, backoff_s", [(Response("busy", status=503, headers={"Retry-After": "5"}), 0.01),
+                                               (Response("busy", status=503), 5.0)])
+def test_waits_before_a_retry_end_at_the_links_deadline(httpserver, resolver_factory, answer, backoff_s):
+    """A Retry-After or a backoff longer than the time left ends at the deadline, and nothing is asked after it."""
+    httpserver.expect_request("/busy").respond_with_response(answer)
+    resolver = resolver_factory(deadline_s=1.0, attempts=5, backoff_s=backoff_s)
+    started = time.monotonic()
+    result = resolver.resolve("https://amzn.to/busy")
+    assert time.monotonic() - started < 2.5
+    assert result.error == "unreachable: deadline: no final answer within 1 s"
+    assert len(httpserver.log) == 1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux drops a connect to a full listen queue; others refuse it")
+def test_a_connection_that_hangs_is_cut_at_the_links_deadline(resolver_factory):
+    """The deadline shuts a socket once a response is awaited; before that (a host that never accepts) the
+    connect timeout is what is left of the link's time, not the per-read timeout."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    address = ("127.0.0.1", server.getsockname()[1])
+    queued = []
+    for _ in range(3):  # fill the listen queue: a further connect gets no answer to its SYN
+        client = socket.socket()
+        client.setblocking(False)
+        client.connect_ex(address)
+        queued.append(client)
+    resolver = resolver_factory(endpoints={"amzn.to": f"http://{address[0]}:{address[1]}"}, deadline_s=1.0,
+                                timeout_s=10)
+    started = time.monotonic()
+    result = resolver.resolve("https://amzn.to/hangs")
+    assert time.monotonic() - started < 3
+    assert result.error == "unreachable: deadline: no final answer within 1 s"
+    for client in (*queued, server):
+        client.close()
+
+
+def test_a_later_hop_gets_only_what_is_left_of_the_links_deadline(httpserver, resolver_factory):
+    """A hop after a slow one is cut when the link's time is up, not a whole deadline after it began."""
+    server = trickling_server([b"HTTP/1.1 301 Moved Permanently\r\nX-Pad: ", *[b"x"] * 60,
+                               b"\r\nLocation: https://www.amazon.com/dp/B00NN2Y04E\r\n\r\n"], 0.05)
+
+    def slow_hop(request):
+        time.sleep(0.8)
+        return Response(status=301, headers={"Location": "https://a.co/d/second"})
+
+    httpserver.expect_request("/first").respond_with_handler(slow_hop)
+    resolver = resolver_factory(endpoints={"amzn.to": httpserver.url_for("").rstrip("/"),
+                                           "a.co": f"http://127.0.0.1:{server.getsockname()[1]}"}, deadline_s=1.0)
+    started = time.monotonic()
+    result = resolver.resolve("https://amzn.to/first")
+    assert time.monotonic() - started < 1.5  # the second hop alone trickles for 3 s
+    assert result.error == "unreachable: deadline: no final answer within 1 s"
     server.close()
 
 

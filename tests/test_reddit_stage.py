@@ -466,6 +466,18 @@ def test_a_build_asks_the_short_links_its_finished_reddit_stage_left_unresolved_
     assert len(httpserver.log) == 1
 
 
+def test_the_short_link_deadline_option_bounds_each_link(world, tmp_path, threaded_httpserver):
+    def slow(request):
+        time.sleep(1.0)
+        return Response(status=301, headers={"Location": "https://www.amazon.com/dp/B0000000KT"})
+
+    threaded_httpserver.expect_request("/kettle1").respond_with_handler(slow)
+    threaded_httpserver.expect_request("/d/ctx123").respond_with_handler(slow)
+    options = _resolving_options(threaded_httpserver, tmp_path, short_link_attempts=1, short_link_deadline_s=0.3)
+    result = run_reddit_stage([world], tmp_path / "w", options)
+    assert result.unresolved_short_links == ["https://a.co/d/ctx123", "https://amzn.to/kettle1"]
+
+
 def test_an_empty_salt_fails_before_any_dump_is_read(world, tmp_path):
     for salt in ("", "   "):
         with pytest.raises(ValueError, match="salt must not be empty"):
