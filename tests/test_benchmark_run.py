@@ -1649,6 +1649,8 @@ def test_a_candidate_keeps_its_positions_and_fields_a_dataset_lacks_are_empty(da
     assert (positional.categories, positional.features, positional.details, positional.store) == ((), (), {}, "")
     with pytest.raises(ValueError, match="item B000000002: details is JSON list"):
         _ = Candidate("B000000002", "Lamp", details_json="[1]").details
+    with pytest.raises(ValueError, match="item B000000003: details is not valid JSON"):
+        _ = Candidate("B000000003", "Lamp", details_json='{"Brand": ').details
 
     copy = tmp_path / "ds"
     shutil.copytree(dataset, copy)
@@ -1657,20 +1659,59 @@ def test_a_candidate_keeps_its_positions_and_fields_a_dataset_lacks_are_empty(da
     card = yaml.safe_load(front)
     del card["dataset_info"]  # the features it declares: those of the columns as the items had them
     (copy / "README.md").write_text(f"---\n{yaml.safe_dump(card)}---\n{body}")
-    shard = next((copy / "data" / "items").glob("home-*.parquet"))
-    table = pq.read_table(shard).drop_columns(["store", "features", "details", "image_urls"])
-    table = table.replace_schema_metadata(None)
-    nulls = {"categories": pa.nulls(table.num_rows, pa.list_(pa.string())),
-             "main_category": pa.nulls(table.num_rows, pa.string())}
-    for name, column in nulls.items():
-        table = table.set_column(table.column_names.index(name), name, column)
-    pq.write_table(table, shard)
+    for shard in (copy / "data" / "items").glob("*.parquet"):  # in every shard: no other one has the columns
+        table = pq.read_table(shard).drop_columns(["store", "details", "image_urls"])
+        table = table.replace_schema_metadata(None)
+        nulls = {"categories": pa.nulls(table.num_rows, pa.list_(pa.string())),
+                 "features": pa.nulls(table.num_rows, pa.large_list(pa.string())),  # a large list is a list too
+                 "main_category": pa.nulls(table.num_rows, pa.string()),
+                 "parent_asin": pa.nulls(table.num_rows, pa.string())}
+        for name, column in nulls.items():
+            table = table.set_column(table.column_names.index(name), name, column)
+        pq.write_table(table, shard)
     items = load_items(resolve_dataset(str(copy)), "home")
     items.finish_loading(with_images=True)
     candidate = next(iter(items.items.values()))
     assert candidate.title and candidate.image_bytes
     assert (candidate.store, candidate.main_category, candidate.categories, candidate.features,
-            candidate.details, candidate.image_urls) == ("", "", (), (), {}, ())
+            candidate.details, candidate.image_urls, candidate.parent_asin) == ("", "", (), (), {}, (), "")
+
+
+@pytest.mark.parametrize("with_images", [False, True])
+def test_every_column_of_an_item_reaches_its_candidate_with_or_without_its_image(tmp_path, with_images):
+    """Each field holds its own column (lists as tuples: a candidate is frozen and hashable), whether or not the
+    images were read: reading them once dropped everything but the title and description."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmark.data import load_items, resolve_dataset
+    from reddit_amazon.sample import sample_dataset_path
+
+    copy = tmp_path / "ds"
+    shutil.copytree(sample_dataset_path(), copy)
+    (copy / "manifest.json").unlink()  # its fingerprint no longer holds
+    shard = next((copy / "data" / "items").glob("home-*.parquet"))
+    table = pq.read_table(shard)
+    described = pa.array([f"A photo of item {item_id}" for item_id in table.column("item_id").to_pylist()])
+    pq.write_table(table.set_column(table.column_names.index("image_description"), "image_description", described),
+                   shard)
+    rows = datasets.load_dataset(str(copy), "items", split="home").cast_column("image", datasets.Image(decode=False))
+    items = load_items(resolve_dataset(str(copy)), "home")
+    items.finish_loading(with_images=with_images)
+    assert len(items.items) == len(rows)
+    for row in rows:
+        candidate = items.items[row["item_id"]]
+        assert (candidate.title, candidate.description, candidate.store, candidate.main_category,
+                candidate.categories, candidate.features, candidate.details_json, candidate.parent_asin,
+                candidate.image_urls, candidate.image_description) == (
+            row["title"], row["description"], row["store"], row["main_category"], tuple(row["categories"]),
+            tuple(row["features"]), row["details"], row["parent_asin"], tuple(row["image_urls"]),
+            row["image_description"])
+        image = row["image"]["bytes"] if row["image"] else None
+        assert candidate.image_bytes == (image if with_images else None)
+        assert candidate in {candidate}  # hashable: its lists are held as tuples
+    assert any(candidate.image_bytes for candidate in items.items.values()) is with_images
 
 
 def test_a_file_plugin_spelled_another_way_resumes_and_reuses_its_run(dataset, tmp_path, monkeypatch):
