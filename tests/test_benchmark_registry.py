@@ -52,6 +52,41 @@ def test_module_and_file_specs(tmp_path):
         resolve("no_such_module_xyz:Thing")
 
 
+def test_every_spelling_of_a_model_has_one_identity_and_other_models_another(tmp_path, monkeypatch):
+    """A run folder is resumed by model identity: the name of a built-in or an entry point and its module:Class
+    are one model; a plugin file is named by its file name and class, however its path is spelled."""
+    lavic = "lavic_ref.recommender:LavicRecommender"  # the lavic entry point's value
+    assert registry.identity("lavic") == registry.identity(lavic) == lavic
+    assert registry.identity("random") == registry.identity("benchmark.recommenders.random_choice:RandomRecommender")
+    assert registry.identity("random") != registry.identity("bm25")
+    monkeypatch.chdir(tmp_path)
+    spellings = {registry.identity(spec) for spec in ("./plugins/x.py:Mine", "plugins/x.py:Mine",
+                                                        f"{tmp_path}/plugins/x.py:Mine")}
+    assert spellings == {"x.py:Mine"}
+    assert registry.identity("plugins/x.py:Other") != "x.py:Mine"
+
+
+def test_a_plugin_folder_stays_on_sys_path_for_its_own_block_only(tmp_path, monkeypatch):
+    """A block inside another (a plugin whose run starts runs of its own) takes off only the folders it added; a
+    plugin that took its folder off sys.path itself is no error."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    outer, inner, leaving = (tmp_path / name for name in ("outer", "inner", "leaving"))
+    for folder in (outer, inner, leaving):
+        folder.mkdir()
+        (folder / "plug.py").write_text("class Mine:\n    def recommend(self, examples):\n        return []\n")
+    (leaving / "plug.py").write_text(f"import sys\nsys.path.remove({str(leaving)!r})\n"
+                                     "class Mine:\n    def recommend(self, examples):\n        return []\n")
+    before = list(sys.path)
+    with registry.plugin_imports():
+        resolve(f"{outer / 'plug.py'}:Mine")
+        with registry.plugin_imports():
+            resolve(f"{inner / 'plug.py'}:Mine")
+            resolve(f"{leaving / 'plug.py'}:Mine")
+            assert str(inner) in sys.path
+        assert str(outer) in sys.path and str(inner) not in sys.path
+    assert sys.path == before
+
+
 def test_a_plugins_code_is_named_by_its_files_hash_and_its_installed_distribution(tmp_path, monkeypatch):
     """Nothing named a plugin's code: two runs of an edited plugin file were recorded alike."""
     from importlib.metadata import distribution, version

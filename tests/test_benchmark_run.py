@@ -1761,7 +1761,9 @@ def test_a_run_folder_from_before_model_identity_was_recorded_resumes_under_anot
                                                                                                monkeypatch):
     (tmp_path / "pick.py").write_text("class Pick:\n"
                                       "    def recommend(self, examples):\n"
-                                      "        return [e.candidates[1].item_id for e in examples]\n")
+                                      "        return [e.candidates[1].item_id for e in examples]\n"
+                                      "class Other(Pick):\n"
+                                      "    pass\n")
     monkeypatch.chdir(tmp_path)
     config = RunConfig(model="./pick.py:Pick", dataset=str(dataset), domain="fashion", bootstrap_samples=0)
     first = run(config, tmp_path / "out", progress=False)
@@ -1769,6 +1771,8 @@ def test_a_run_folder_from_before_model_identity_was_recorded_resumes_under_anot
     signature.pop("model_identity", None)  # as earlier releases wrote run.json
     (tmp_path / "out" / "run.json").write_text(json.dumps(signature))
     (tmp_path / "out" / "results.json").unlink()  # interrupted
+    with pytest.raises(RunError, match="differs in: model_identity"):  # another class of the same file: same code
+        run(RunConfig(**{**config.__dict__, "model": "./pick.py:Other"}), tmp_path / "out", progress=False)
     again = run(RunConfig(**{**config.__dict__, "model": f"{tmp_path}/pick.py:Pick"}), tmp_path / "out",
                 progress=False)
     assert again["timings"]["resumed_records"] == first["counts"]["all"]["records"]
