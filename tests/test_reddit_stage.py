@@ -269,6 +269,26 @@ def test_tasks_run_in_the_calling_process_leave_its_environment_as_it_was(world,
     assert dict(os.environ) == before
 
 
+def test_only_datatrove_variables_are_set_back_and_also_when_a_task_fails(monkeypatch):
+    """What the stage sets back is datatrove's: a variable of any other name another thread changes meanwhile
+    keeps its change; and a task failing in the calling process leaves no DATATROVE_* variable behind either."""
+    from reddit_amazon.pipeline import _datatrove_variables_kept
+
+    for name in [name for name in os.environ if name.startswith("DATATROVE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DATATROVE_EXECUTOR", "SLURM")
+    monkeypatch.setenv("REDDIT_AMAZON_TEST_SETTING", "before")
+    monkeypatch.delenv("REDDIT_AMAZON_TEST_NEW", raising=False)
+    with pytest.raises(RuntimeError, match="a task failed"), _datatrove_variables_kept():
+        os.environ.update(DATATROVE_EXECUTOR="LOCAL", DATATROVE_NODE_RANK="0",
+                          REDDIT_AMAZON_TEST_SETTING="changed meanwhile", REDDIT_AMAZON_TEST_NEW="set meanwhile")
+        raise RuntimeError("a task failed")
+    assert {name: value for name, value in os.environ.items() if name.startswith("DATATROVE_")} == {
+        "DATATROVE_EXECUTOR": "SLURM"}
+    assert os.environ["REDDIT_AMAZON_TEST_SETTING"] == "changed meanwhile"
+    assert os.environ["REDDIT_AMAZON_TEST_NEW"] == "set meanwhile"
+
+
 def test_outputs_are_only_complete_files(built):
     workdir, result = built
     conversations = workdir / "reddit" / "conversations"
