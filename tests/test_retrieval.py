@@ -86,6 +86,33 @@ def test_sbert_real_model_and_embedding_cache(tmp_path):
     assert ranked[0][0] == "B000000001" and sorted(ranked[0]) == sorted(i for i, _ in ITEMS)
 
 
+def test_a_local_sbert_folder_is_named_by_its_path_and_every_file_a_hub_id_by_its_name(tmp_path, monkeypatch):
+    """Hub ids keep their names (the cache files made before stay theirs); a folder given with ``~`` is the folder
+    it means; a file changed in place in a subfolder (1_Pooling/config.json: other pooling, other vectors, the
+    same weights) makes another model."""
+    import os
+
+    from benchmark.retrieval.sbert import model_identity
+
+    monkeypatch.chdir(tmp_path)
+    assert model_identity("sentence-transformers/paraphrase-MiniLM-L3-v2") == \
+        "sbert:sentence-transformers/paraphrase-MiniLM-L3-v2"
+    folder = tmp_path / "my-sbert"
+    (folder / "1_Pooling").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    pooling = folder / "1_Pooling" / "config.json"
+    pooling.write_text('{"pooling_mode": "mean"}')
+    monkeypatch.setenv("HOME", str(tmp_path))
+    before = model_identity("~/my-sbert")
+    assert before == model_identity(str(folder)) == model_identity("my-sbert")  # one folder, however spelled
+    assert before.startswith(f"sbert:{folder.resolve()}@")
+    written = pooling.stat().st_mtime_ns
+    with pooling.open("r+") as file:  # the same file (inode) and size: only its time tells
+        file.write('{"pooling_mode": "cls_"}')
+    os.utime(pooling, ns=(written + 10**9, written + 10**9))  # a second later: a coarse clock may not tell the writes apart
+    assert model_identity("~/my-sbert") != before
+
+
 def test_a_local_sbert_model_trained_again_in_place_does_not_reuse_the_old_vectors(tmp_path, monkeypatch):
     """The embedding cache was keyed by the model name as given: a model fine-tuned again into the same folder (a
     notebook's train / evaluate loop), or another folder reached by the same relative path, got the vectors the
