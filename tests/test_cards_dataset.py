@@ -615,6 +615,19 @@ def assert_shown_as_text(hostile: str, benign: str) -> None:
     assert [text for text in texts if "example" in text and re.search(r"://|www\.|@", text, re.IGNORECASE)] == []
 
 
+@pytest.mark.parametrize("text, shown", [
+    ("`reddit-amazon import-lavic` then `reddit-amazon build`", "`reddit-amazon import-lavic` then `reddit-amazon build`"),
+    ("``[a](http://evil.example)`", "\\`\\`\\[a\\](http\\://evil.example)\\`"),  # `` is closed by `` only
+])
+def test_prose_keeps_each_code_span_and_escapes_backticks_that_open_none(text, shown):
+    from markdown_it import MarkdownIt
+
+    from cards.markdown import prose
+
+    assert prose(text) == shown
+    assert "<a " not in MarkdownIt("commonmark").render(prose(text))
+
+
 def test_hostile_markdown_in_manifest_values_is_shown_as_text(built, tmp_path):
     """The name and version (the card's heading), build times, funnel stages, drop reasons and package versions
     of a manifest show Markdown as the text it is: a hostile copy's card links, embeds and emphasises nothing."""
