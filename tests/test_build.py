@@ -488,6 +488,16 @@ def test_openai_embeddings_need_a_key_only_from_openai(tmp_path, monkeypatch):
         check_options(sample_options(tmp_path / "ds", tmp_path / "work", retrievers=["openai-emb"]))
 
 
+def test_a_build_error_line_never_shows_a_key(tmp_path):
+    """A BuildError's line goes through the same redaction as every other error line: a key pasted into the
+    wrong place of --llm-base-url is quoted back by the URL check (as the port it took it for)."""
+    key = "sk-live-QZ7xW2Kp9Rt4Vb8Hm3Nc"
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), *FAST,
+                   "--llm-base-url", f"https://gateway.invalid:{key}/v1", env={"OPENAI_API_KEY": key})
+    assert result.exit_code == 1 and result.output.startswith("Error: --llm-base-url is not an endpoint URL")
+    assert key not in result.output and "<OPENAI_API_KEY redacted>" in result.output
+
+
 def test_build_errors_are_runtime_errors_for_callers_from_python_and_one_line_on_the_command_line(tmp_path):
     """run_build and sample_options are called from notebooks and scripts: what they refuse is a RuntimeError (as
     benchmark.runner's RunError is), not a click exception that only the command line knows how to show; the
