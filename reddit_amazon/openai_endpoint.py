@@ -609,7 +609,7 @@ def reasoning_field(message: Any) -> str:
 #: (DeepSeek-R1, Qwen3, QwQ): "<think>...</think>\n\nYes". A block never closed (the text cut at the token
 #: limit while the model thought) runs to the end of the text.
 _THOUGHTS = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL)
-_OPEN_THOUGHTS, _CLOSE_THOUGHTS = "<think>", "</think>"
+OPEN_THOUGHTS, _CLOSE_THOUGHTS = "<think>", "</think>"
 
 
 @dataclass(frozen=True)
@@ -630,13 +630,13 @@ def split_thoughts(text: str) -> InlineThoughts:
     no tag at all: nothing tells them from an answer.)
     """
     thoughts: list[str] = []
-    closing, opening = text.find(_CLOSE_THOUGHTS), text.find(_OPEN_THOUGHTS)
+    closing, opening = text.find(_CLOSE_THOUGHTS), text.find(OPEN_THOUGHTS)
     if closing >= 0 and (opening < 0 or opening > closing):
         thoughts.append(text[:closing])
         text = text[closing + len(_CLOSE_THOUGHTS):]
-    if _OPEN_THOUGHTS not in text:
+    if OPEN_THOUGHTS not in text:
         return InlineThoughts(text.lstrip() if thoughts else text, tuple(thoughts), False)
-    blocks = [block.group()[len(_OPEN_THOUGHTS):] for block in _THOUGHTS.finditer(text)]
+    blocks = [block.group()[len(OPEN_THOUGHTS):] for block in _THOUGHTS.finditer(text)]
     unclosed = not blocks[-1].endswith(_CLOSE_THOUGHTS)
     thoughts.extend(block.removesuffix(_CLOSE_THOUGHTS) for block in blocks)
     return InlineThoughts(_THOUGHTS.sub("", text).lstrip(), tuple(thoughts), unclosed)

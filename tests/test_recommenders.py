@@ -297,6 +297,30 @@ def test_hf_vlm_scores_the_answer_after_a_reasoning_models_thoughts(tiny_vlm, ca
     assert len(cut) == 1 and "raise max_new_tokens" in cut[0].getMessage()
 
 
+def test_hf_vlm_reads_thoughts_its_chat_template_opened(tiny_vlm, tmp_path, caplog):
+    """QwQ, Qwen3-VL Thinking, DeepSeek-R1's distills: the chat template ends the prompt with <think>, so the text
+    generated starts inside the thoughts, and thoughts cut at max_new_tokens hold no tag at all: they were scored
+    as the answer (their first ASIN), without a warning. The prompt says the thoughts were opened."""
+    import shutil
+
+    from transformers import AutoProcessor
+
+    from benchmark.recommenders.hf_vlm import HFVisionLanguageRecommender
+
+    folder = tmp_path / "thinking-vlm"
+    shutil.copytree(tiny_vlm, folder)
+    processor = AutoProcessor.from_pretrained(folder)
+    processor.chat_template = ("{% for m in messages %}USER: {% for p in m['content'] %}{{ p['text'] }}{% endfor %}\n"
+                               "{% endfor %}{% if add_generation_prompt %}ASSISTANT: <think>\n{% endif %}")
+    processor.save_pretrained(folder)
+    recommender = HFVisionLanguageRecommender(model=str(folder), max_new_tokens=3, device="cpu", dtype="float32")
+    assert recommender._prompt(_example("a"))[0].endswith("<think>\n")
+    with caplog.at_level("WARNING"):
+        assert recommender.recommend([_example("a"), _example("b")]) == ["", ""]  # 3 tokens: still thinking
+    cut = [r for r in caplog.records if "while the model was thinking" in r.getMessage()]
+    assert len(cut) == 1 and "raise max_new_tokens" in cut[0].getMessage()
+
+
 def test_hf_vlm_shows_an_undecodable_image_as_no_image_and_names_the_item(tiny_vlm, caplog):
     from benchmark.recommenders.hf_vlm import HFVisionLanguageRecommender
 

@@ -22,7 +22,7 @@ from benchmark.prompts import (
 )
 from benchmark.protocol import Candidate, Example
 from reddit_amazon.cli_errors import one_line
-from reddit_amazon.openai_endpoint import split_thoughts
+from reddit_amazon.openai_endpoint import OPEN_THOUGHTS, split_thoughts
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
@@ -133,13 +133,16 @@ class HFVisionLanguageRecommender:
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                                          pad_token_id=self.tokenizer.pad_token_id)
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
-        return [self._answer(text) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [self._answer(text, opened_thoughts=prompt.rstrip().endswith(OPEN_THOUGHTS))
+                for text, prompt in zip(texts, prompts, strict=True)]
 
-    def _answer(self, text: str) -> str:
+    def _answer(self, text: str, opened_thoughts: bool = False) -> str:
         """The generated text without a reasoning model's inline thoughts (Qwen3-VL Thinking, QVQ, GLM-4.1V
         Thinking), whose first ASIN would otherwise be scored as the answer; thoughts cut at ``max_new_tokens``
-        leave no answer, said once."""
-        split = split_thoughts(text.strip())
+        leave no answer, said once. ``opened_thoughts``: the chat template ended the prompt with ``<think>`` (QwQ,
+        Qwen3-VL Thinking), so the text starts inside the thoughts, and holds no tag at all where they were cut."""
+        split = split_thoughts((OPEN_THOUGHTS if opened_thoughts else "") + text.strip())
         if split.unclosed and not self._cut_in_thoughts:
             self._cut_in_thoughts = True
             log.warning("%s: an answer was cut at max_new_tokens=%d while the model was thinking (scored as no "
