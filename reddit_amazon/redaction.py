@@ -36,9 +36,11 @@ _SECRET_VALUE = re.compile(r"[^&#\s\"'<>]*")
 _NAME_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 #: A name part ending in one of these names a secret, alone or glued (``api_key``, ``apikey``, ``accessToken``,
 #: ``client_secret``, ``X-Amz-Signature``), not ``keyword``, ``max_tokens`` or ``tokenizer``.
-_SECRET_PART_ENDINGS = ("key", "token", "secret", "password", "passwd", "signature")
+_SECRET_PART_ENDINGS = ("key", "keys", "token", "secret", "secrets", "password", "passwd", "signature")
 #: Name parts that name a secret only as the whole part (``auth``, ``auth_method``, ``sig``), not ``author``.
-_SECRET_PARTS = frozenset({"auth", "oauth", "authorization", "authcode", "passcode", "sig"})
+_SECRET_PARTS = frozenset({"auth", "oauth", "authorization", "authcode", "passcode", "sig", "verifier"})
+#: Parts that make a ``code`` part a credential (``access_code``, ``auth_code``), not ``country_code``.
+_CODE_OWNERS = frozenset({"access", "auth", "oauth", "authorization", "verification", "device", "grant"})
 #: Names of a secret only as the whole name: OAuth's authorization code, Azure Functions' key (``?code=…``), not
 #: ``country_code`` or ``deployment_code``.
 _SECRET_NAMES = frozenset({"code"})
@@ -111,10 +113,13 @@ def redact_url_parameters(text: str) -> str:
 def is_secret_parameter(name: str) -> bool:
     """Whether a URL parameter named ``name`` carries a credential: ``api_key``, ``apiKey``, ``x-api-key``,
     ``access_token``, ``client_secret``, ``sig``, ``X-Amz-Signature``, ``auth``, ``code`` (as the whole name),
-    not ``author``, ``keyword``, ``max_tokens``, ``country_code`` or ``api-version``."""
+    ``access_code``, ``code_verifier``, ``apikeys``, not ``author``, ``keyword``, ``country_code`` or
+    ``api-version``."""
     if name.lower() in _SECRET_NAMES:
         return True
     parts = [part.lower() for part in _NAME_PART.findall(name)]
+    if "code" in parts and _CODE_OWNERS.intersection(parts):
+        return True
     return any(part in _SECRET_PARTS or part.endswith(_SECRET_PART_ENDINGS) for part in parts)
 
 
