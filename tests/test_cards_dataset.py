@@ -633,28 +633,28 @@ def test_hostile_markdown_in_manifest_values_is_shown_as_text(built, tmp_path):
     of a manifest show Markdown as the text it is: a hostile copy's card links, embeds and emphasises nothing."""
     benign = tmp_path / "benign"
     shutil.copytree(built, benign)
-    manifest = json.loads((built / "manifest.json").read_text())
-    manifest["name"] = manifest["version"] = HOSTILE_MARKDOWN
-    manifest["build"]["started_utc"] = manifest["build"]["finished_utc"] = HOSTILE_MARKDOWN
-    manifest["build"]["package_versions"] = {HOSTILE_MARKDOWN: HOSTILE_MARKDOWN}
-    manifest["funnel"][0]["stage"] = HOSTILE_MARKDOWN
-    manifest["funnel"][1]["dropped"] = {HOSTILE_MARKDOWN: 1}
-    (built / "manifest.json").write_text(json.dumps(manifest))
-    refresh_card(built)
-    plain = json.loads((benign / "manifest.json").read_text())
-    plain["name"] = plain["version"] = "plain"
-    plain["build"]["started_utc"] = plain["build"]["finished_utc"] = "plain"
-    plain["build"]["package_versions"] = {"plain": "plain"}
-    plain["funnel"][0]["stage"] = "plain"
-    plain["funnel"][1]["dropped"] = {"plain": 1}
-    (benign / "manifest.json").write_text(json.dumps(plain))
-    refresh_card(benign)
+    manifest = _card_with_manifest_values(built, HOSTILE_MARKDOWN)
+    _card_with_manifest_values(benign, "plain")
     card = (built / "README.md").read_text(encoding="utf-8")
     assert_shown_as_text(card, (benign / "README.md").read_text(encoding="utf-8"))
     assert rendered_headings(card)[0] == f"Reddit-Amazon ({HOSTILE_MARKDOWN} {manifest['version']})"
     assert markdown_table_after(card, "### Funnel", "stage")[0]["stage"].count("\\[") == 2
     datasheet = card.split("## Datasheet", 1)[1]
     assert "\\[click\\]" in datasheet  # started / finished and the stages in sentences (the version is code)
+
+
+def _card_with_manifest_values(folder, value: str) -> dict:
+    """The folder's card rendered again from a manifest whose name, version, build times, package versions and
+    funnel stages all read ``value``; the manifest returned."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["name"] = manifest["version"] = value
+    manifest["build"]["started_utc"] = manifest["build"]["finished_utc"] = value
+    manifest["build"]["package_versions"] = {value: value}
+    manifest["funnel"][0]["stage"] = value
+    manifest["funnel"][1]["dropped"] = {value: 1}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    refresh_card(folder)
+    return manifest
 
 
 def test_the_items_table_says_what_an_items_domain_is(built):
