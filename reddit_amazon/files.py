@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import glob
 import hashlib
+import io
 import itertools
 import os
 import re
@@ -64,14 +65,37 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
 
 @contextmanager
 def open_atomic(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
-    """A binary file to write, renamed over ``path`` when the block ends without an error (else removed)."""
+    """A binary file to write, renamed over ``path`` when the block ends without an error (else removed). Its
+    writes that fail (a full disk) name ``path``: see :class:`_WritesNaming`."""
     path = Path(os.path.realpath(path))  # a symlink (report.html -> site/report.html) keeps pointing at the new file
     if path.exists() and not path.is_file() and not path.is_dir():  # /dev/stdout, a named pipe: write into it
-        with open(path, "wb") as out:
+        with _WritesNaming(io.FileIO(path, "wb"), path) as out:
             yield out
         return
-    with atomic_path(path, mode) as tmp, open(tmp, "wb") as out:
+    with atomic_path(path, mode) as tmp, _WritesNaming(io.FileIO(tmp, "wb"), path) as out:
         yield out
+
+
+class _WritesNaming(io.BufferedWriter):
+    """A buffered file whose failing writes, flushes and close name ``named`` (see :func:`naming`): "[Errno 28] No
+    space left on device" alone does not say where. Only the file's own operations: an OSError raised by other
+    code in an :func:`open_atomic` block (a dataset being read, a network call) is not this file's."""
+
+    def __init__(self, raw: io.FileIO, named: Path):
+        super().__init__(raw)
+        self.named = named
+
+    def write(self, data) -> int:
+        with naming(self.named):
+            return super().write(data)
+
+    def flush(self) -> None:
+        with naming(self.named):
+            super().flush()
+
+    def close(self) -> None:
+        with naming(self.named):
+            super().close()
 
 
 @contextmanager

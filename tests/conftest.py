@@ -83,3 +83,26 @@ def user_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(cwd)
     return home
+
+
+@pytest.fixture
+def file_size_limit():
+    """``file_size_limit(n)``: for the ``with`` block, this process cannot grow a file past ``n`` bytes, as on a
+    full disk: the kernel fails the write (EFBIG, "File too large"; SIGXFSZ ignored so it does not kill the process)
+    at the OS boundary, whatever library writes. Files already larger are left as they are. pytest's capture file is
+    limited too: keep what the block prints well under ``n``."""
+    import resource
+    from contextlib import contextmanager
+
+    @contextmanager
+    def limited(size: int):
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, handler)
+
+    return limited

@@ -920,3 +920,36 @@ def test_items_shards_are_written_in_small_row_groups(tmp_path, monkeypatch):
     assert home["item_id"] == [f"B00000000{k}" for k in range(10)]
     assert [row["image"] is not None for row in home] == [k % 2 == 1 for k in range(10)]
     assert verify(folder) == []
+
+
+def test_a_file_that_cannot_grow_is_named_and_the_old_one_kept(tmp_path, file_size_limit):
+    """A full disk in a stage's JSONL, a results file or a card said "[Errno 28] No space left on device" and no
+    path: the atomic writes name the file they were writing, whether the write, the flush or the close failed."""
+    import errno
+
+    from reddit_amazon.files import open_atomic, write_atomic
+
+    target = tmp_path / "rows.jsonl"
+    target.write_bytes(b"old\n")
+    with file_size_limit(1000):
+        for data in (b"x" * 1100, b"x" * 20000):  # fails as the close flushes the buffer, and in the write
+            with pytest.raises(OSError) as caught:
+                write_atomic(target, data)
+            assert caught.value.errno == errno.EFBIG and caught.value.filename == str(target), caught.value
+        with pytest.raises(OSError) as caught, open_atomic(target) as out:
+            for _ in range(100):
+                out.write(b"y" * 100)
+        assert caught.value.filename == str(target), caught.value
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"] and target.read_bytes() == b"old\n"
+
+
+def test_an_oserror_of_other_code_in_an_atomic_write_is_not_the_files(tmp_path):
+    """Only the file's own operations are named: a reader or network call failing inside the block is not."""
+    import errno
+
+    from reddit_amazon.files import open_atomic
+
+    with pytest.raises(OSError) as caught, open_atomic(tmp_path / "out.jsonl") as out:
+        out.write(b"row\n")
+        raise OSError(errno.ECONNREFUSED, "Connection refused")
+    assert caught.value.filename is None and not any(tmp_path.iterdir())
