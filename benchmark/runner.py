@@ -50,7 +50,7 @@ from benchmark.metrics import (
     summarize_by_domain,
 )
 from benchmark.protocol import DEFAULT_BATCH_SIZE
-from reddit_amazon.files import folder_lock, naming, write_atomic
+from reddit_amazon.files import folder_lock, open_named, write_atomic
 from reddit_amazon.progress import bar_options, quiet
 
 RUN_FILE = "run.json"
@@ -427,10 +427,9 @@ def _predict(recommender: Any, ranks: bool, todo: Sequence[Record], batch_size: 
     call: Callable = getattr(recommender, method)
     shipped = registry.ships_with_toolkit(recommender)
     seconds = 0.0
-    # naming() covers the file's own operations only: the recommender's errors (a refused connection, a
-    # timeout: OSErrors without a file name too) must not be reported as the predictions file's.
-    with naming(path):
-        handle = open(path, "ab")
+    # Only the file's own operations name it: the recommender's errors (a refused connection, a timeout:
+    # OSErrors without a file name too) must not be reported as the predictions file's.
+    handle = open_named(path, "ab")
     with handle, tqdm(total=len(todo), unit="rec", desc="predicting", **bar_options(progress)) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
@@ -455,9 +454,8 @@ def _predict(recommender: Any, ranks: bool, todo: Sequence[Record], batch_size: 
                     row["output"] = output
                 cached[(example.domain, example.example_id)] = row
                 lines.append(orjson.dumps(row))
-            with naming(path):
-                handle.write(b"\n".join(lines) + b"\n")
-                handle.flush()
+            handle.write(b"\n".join(lines) + b"\n")
+            handle.flush()
             bar.update(len(batch))
     return seconds
 

@@ -76,6 +76,14 @@ def open_atomic(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
         yield out
 
 
+def open_named(path: Path, mode: str = "wb") -> BinaryIO:
+    """``open(path, mode)`` for writing (binary), with its failing open, writes, flushes and close naming ``path``
+    (:class:`_WritesNaming`): a file that is appended to in place, as a run's predictions are."""
+    with naming(path):
+        raw = io.FileIO(path, mode)
+    return _WritesNaming(raw, path)
+
+
 class _WritesNaming(io.BufferedWriter):
     """A buffered file whose failing writes, flushes and close name ``named`` (see :func:`naming`): "[Errno 28] No
     space left on device" alone does not say where. Only the file's own operations: an OSError raised by other

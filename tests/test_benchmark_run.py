@@ -1776,3 +1776,20 @@ def test_a_run_folder_from_before_model_identity_was_recorded_resumes_under_anot
     again = run(RunConfig(**{**config.__dict__, "model": f"{tmp_path}/pick.py:Pick"}), tmp_path / "out",
                 progress=False)
     assert again["timings"]["resumed_records"] == first["counts"]["all"]["records"]
+
+
+def test_a_full_disk_while_predicting_names_the_predictions_file_and_a_rerun_finishes_the_same(
+        dataset, tmp_path, file_size_limit):
+    """The predictions file was appended to through a plain file: its failing flush was named, but closing it
+    flushed the same bytes again and that second, unnamed "[Errno 28] No space left on device" was the error shown."""
+    import errno
+
+    config = RunConfig(model="random", dataset=str(dataset), domain="all", batch_size=4, bootstrap_samples=0)
+    run(config, tmp_path / "whole", progress=False)
+    predictions = tmp_path / "run" / "predictions.jsonl"
+    with file_size_limit(1500), pytest.raises(OSError) as caught:
+        run(config, tmp_path / "run", progress=False)
+    assert caught.value.errno == errno.EFBIG and caught.value.filename == str(predictions), caught.value
+    assert predictions.stat().st_size <= 1500 and not (tmp_path / "run" / "results.json").exists()
+    run(config, tmp_path / "run", progress=False)
+    assert predictions.read_bytes() == (tmp_path / "whole" / "predictions.jsonl").read_bytes()
