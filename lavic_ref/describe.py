@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from lavic_ref.model import Backbone, decode_image
 from lavic_ref.prompts import MAX_DESCRIPTION_TOKENS, chat_wrapping, description_prompt
-from reddit_amazon.files import file_lock
+from reddit_amazon.files import file_lock, open_named
 from reddit_amazon.progress import bar_options
 from reddit_amazon.schema import Item
 
@@ -102,7 +102,7 @@ def describe_items_holding_lock(backbone: Backbone, items: Iterable[Item], cache
             shipped[item.item_id] = item.image_description
         else:
             todo.append(item)
-    with cache.open("ab") as handle:
+    with open_named(cache, "ab") as handle:  # a full disk names the file
         handle.write(b"".join(_record(item_id, text, "") for item_id, text in shipped.items()))
         handle.flush()
         descriptions.update(shipped)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from lavic_ref.model import SUBIMAGES_PER_ITEM, Backbone, adapter_fingerprint, cls_embeddings, decode_image, \
     same_base_name, subimage_pixels
 from lavic_ref.prompts import ITEM_TOKENS
-from reddit_amazon.files import atomic_path, folder_lock
+from reddit_amazon.files import atomic_path, folder_lock, naming_write_failure
 from reddit_amazon.progress import bar_options, log_line
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def _save_atomic(path: Path, embeddings: dict[str, torch.Tensor], metadata: dict
     """Written under a hidden temporary name of its own, then renamed: a killed save leaves no visible file."""
     from safetensors.torch import save_file
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, naming_write_failure(path):  # a full disk: safetensors' error names no file
         save_file({k: v.contiguous() for k, v in embeddings.items()}, str(tmp), metadata=metadata)
     return path
 

@@ -23,6 +23,7 @@ from PIL import Image
 from lavic_ref import DEFAULT_BASE
 from lavic_ref.prompts import ITEM_TOKENS, MISTRAL_CHAT_TEMPLATE
 from reddit_amazon.cli_errors import one_line
+from reddit_amazon.files import naming_write_failure
 from reddit_amazon.images import rgb_image
 
 log = logging.getLogger(__name__)
@@ -429,11 +430,12 @@ def save_adapter(backbone: Backbone, folder: Path, trained_with: dict[str, Any] 
 
     ``trained_with`` (the training run's settings) lets the plugin refuse inputs other than those it was trained on.
     """
-    backbone.model.save_pretrained(folder)
     record = {"base": backbone.base, "fingerprint": backbone.fingerprint}
     if trained_with:
         record["trained_with"] = trained_with
-    (folder / BASE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    with naming_write_failure(folder):  # a full disk: peft's and safetensors' errors name no file
+        backbone.model.save_pretrained(folder)
+        (folder / BASE_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def saved_base(folder: Path) -> dict[str, Any] | None:

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lavic_ref.model import Backbone, compile_language_layers, save_adapter
-from reddit_amazon.files import remove_abandoned_siblings, replace_dir, write_atomic
+from reddit_amazon.files import naming_write_failure, remove_abandoned_siblings, replace_dir, write_atomic
 from reddit_amazon.progress import bar_options, log_line
 
 STATE_FILE = "trainer_state.json"
@@ -282,9 +282,13 @@ def _save_checkpoint(backbone: Backbone, optimizer: torch.optim.Optimizer, state
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_adapter(backbone, tmp)
-    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-    torch.save(_rng_state(), tmp / RNG_FILE)
-    (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
+    # Into file objects: torch.save given a path fails on a full disk with "unexpected pos N vs M" over a C++
+    # stream error, the OS's error lost; given a file, its OSError is what naming_write_failure reports.
+    with naming_write_failure(tmp):
+        for name, value in ((OPTIMIZER_FILE, optimizer.state_dict()), (RNG_FILE, _rng_state())):
+            with open(tmp / name, "wb") as out:
+                torch.save(value, out)
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
     replace_dir(tmp, folder)
 
 

@@ -134,6 +134,36 @@ def naming(path: Path) -> Iterator[None]:
         raise OSError(error.errno, error.strerror or str(error), str(path)) from error
 
 
+@contextmanager
+def naming_write_failure(path: Path) -> Iterator[None]:
+    """:func:`naming` for a library writing ``path`` (a file or a folder) in its own way, whose errors hide the OS's:
+    torch.save into a file object raises a RuntimeError ("unexpected pos 35328 vs 35216") over the file's OSError,
+    safetensors a SafetensorError ending "(os error 28)". Such an error becomes that OSError, naming ``path``; any
+    other error is raised as it is."""
+    try:
+        with naming(path):
+            yield
+    except OSError:
+        raise
+    except Exception as error:
+        cause = _os_error_under(error)
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror or os.strerror(cause.errno),
+                      cause.filename if cause.filename is not None else str(path)) from error
+
+
+def _os_error_under(error: BaseException) -> OSError | None:
+    """The OSError (with an errno) that ``error`` was raised over, or whose number its message ends with."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    number = re.search(r"\(os error (\d+)\)", str(error))
+    return OSError(int(number.group(1)), os.strerror(int(number.group(1)))) if number else None
+
+
 #: The file :func:`folder_lock` locks inside the folder.
 LOCK_FILE = ".lock"
 

@@ -1928,3 +1928,44 @@ def test_an_embed_or_describe_whose_model_fails_to_load_leaves_nothing_new_behin
         assert result.exit_code == 1 and "no-such-base" in result.output, result.output
         assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == [
             "runs", "runs/locked", "runs/locked/.lock", "runs/old", "runs/old/kept.txt"], args
+
+
+def test_a_full_disk_in_each_stage_is_one_error_line_naming_the_file_and_the_rerun_finishes_the_same(
+        tiny_base, tmp_path, file_size_limit):
+    """On a full disk lavic-ref ended in a traceback: a bare OSError (the descriptions cache), torch.save's
+    "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 35328 vs 35216" (a checkpoint's
+    optimizer.pt), safetensors' "Error while serializing: I/O error" (the embeddings file). Each is now one Error:
+    line naming what could not be written; nothing is left under a final name, and the rerun resumes."""
+    from lavic_ref.cli import cli
+
+    def full(args: list, limit: int) -> str:
+        with file_size_limit(limit):
+            result = CliRunner().invoke(cli, [str(a) for a in args])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        return result.output.strip().splitlines()[-1]
+
+    common = ["--base", tiny_base, "--device", DEVICE, "--domain", "home", "--quiet"]
+    whole = tmp_path / "whole"
+    describe = ["describe", *common, "--regenerate", "--max-new-tokens", "4"]
+    _invoke(cli, [*describe, "--out", whole / "descriptions.jsonl"])  # also fills the datasets cache, unlimited
+    descriptions = tmp_path / "descriptions.jsonl"
+    assert full([*describe, "--out", descriptions], 1000) == f"Error: OSError: [Errno 27] File too large: '{descriptions}'"
+    _invoke(cli, [*describe, "--out", descriptions])
+    assert descriptions.read_bytes() == (whole / "descriptions.jsonl").read_bytes()
+
+    distill = ["distill", *common, "--descriptions", descriptions, "--epochs", "1", "--max-steps", "2",
+               "--validation-size", "4"]
+    _invoke(cli, [*distill, "--out", whole / "distill"])
+    out = tmp_path / "distill"
+    assert (full([*distill, "--out", out], 60_000)  # the adapter fits, the checkpoint's optimizer state does not
+            == f"Error: OSError: [Errno 27] File too large: '{out / 'last.tmp'}'")
+    assert not (out / "last").exists() and (out / "best" / "adapter_model.safetensors").is_file()
+    _invoke(cli, [*distill, "--out", out])
+    assert ((out / "best" / "adapter_model.safetensors").read_bytes()
+            == (whole / "distill" / "best" / "adapter_model.safetensors").read_bytes())
+
+    embed = ["embed", *common, "--no-distill", "--out", tmp_path / "embed"]
+    assert re.fullmatch(r"Error: OSError: \[Errno 27\] File too large: '.*/embed/item_embeddings-\S+\.safetensors'",
+                        full(embed, 10_000))
+    assert not list(tmp_path.glob("embed/item_embeddings-*"))
+    assert Path(_invoke(cli, embed).strip().splitlines()[-1]).is_file()
