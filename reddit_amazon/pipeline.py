@@ -50,7 +50,7 @@ from reddit_amazon.dumps import (
     iter_selected_lines,
     parse_line,
 )
-from reddit_amazon.files import STAGE_STAMP, folder_lock, printable_path, write_atomic
+from reddit_amazon.files import STAGE_STAMP, folder_lock, open_named, printable_path, write_atomic
 from reddit_amazon.linking import (
     DEFAULT_DEADLINE_S,
     LinkPrefilter,
@@ -239,7 +239,7 @@ def scan_file(path: Path, hits_path: Path, *, short_links: bool = True, progress
     chunks = iter_chunks(path, progress)
     if progress_bar is not None:
         chunks = _metered(chunks, progress, progress_bar)
-    with open(temporary, "wb") as out:
+    with open_named(temporary) as out:  # a full disk names the file
         try:
             for line in iter_selected_lines(chunks, LinkPrefilter(short_links=short_links), progress):
                 counts["prefilter_hits"] += 1
@@ -377,7 +377,7 @@ def collect_file(
             bucket = _bucket_of(thread_id, buckets)
             handle = handles.get(bucket)
             if handle is None:
-                handle = handles[bucket] = open(temporary_dir / f"bucket-{bucket:05d}.jsonl", "wb")
+                handle = handles[bucket] = open_named(temporary_dir / f"bucket-{bucket:05d}.jsonl")
             handle.write(orjson.dumps(kept.to_json()) + b"\n")
     except DumpReadError as read_error:
         error = read_error.detail
@@ -472,7 +472,7 @@ class RebuildThreadsStep(PipelineStep):
         targets.sort(key=lambda t: (t["created_utc"] or 0, t["id"]))
         output = out_dir / f"part-{bucket:05d}.jsonl"
         temporary = _temporary(output)
-        with open(temporary, "wb") as out:
+        with open_named(temporary) as out:
             for target in targets:
                 gt_items = target.pop("gt_items")
                 comment = record_from_json(target)
@@ -702,8 +702,10 @@ def _write_targets(work_dir: Path, targets: dict[int, list[dict[str, Any]]], nee
         shutil.rmtree(temporary_dir, ignore_errors=True)
         temporary_dir.mkdir(parents=True)
         for bucket, rows in targets.items():
-            (temporary_dir / f"bucket-{bucket:05d}.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-        (temporary_dir / "needed_threads.txt").write_text("\n".join(needed) + "\n")
+            with open_named(temporary_dir / f"bucket-{bucket:05d}.jsonl") as out:
+                out.write(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+        with open_named(temporary_dir / "needed_threads.txt") as out:
+            out.write(("\n".join(needed) + "\n").encode())
         os.replace(temporary_dir, targets_dir)
     return targets_dir, digest
 

@@ -993,3 +993,21 @@ def test_kill_9_leaves_no_process_holding_the_workdir_lock(tmp_path):
     finally:
         with suppress(psutil.NoSuchProcess):
             manager.kill()
+
+
+def test_a_full_disk_names_the_work_file_and_the_rerun_finishes_the_same(tmp_path, file_size_limit):
+    """The stage's work files were plain open()s: a full disk ended the build in "Error: OSError: [Errno 28] No
+    space left on device", naming no file (nor so the disk). The hits file of the sample's comments (114 KB) is now
+    named, and the rerun resumes to the conversations of an undisturbed run."""
+    import errno
+
+    from reddit_amazon.build import SAMPLE_REDDIT
+
+    options = RedditStageOptions(salt="s", progress=False)
+    whole = run_reddit_stage([SAMPLE_REDDIT], tmp_path / "whole", options)
+    with file_size_limit(60_000), pytest.raises(OSError) as caught:
+        run_reddit_stage([SAMPLE_REDDIT], tmp_path / "work", options)
+    assert caught.value.errno == errno.EFBIG, caught.value
+    assert Path(caught.value.filename).is_relative_to(tmp_path / "work" / "reddit" / "work"), caught.value
+    again = run_reddit_stage([SAMPLE_REDDIT], tmp_path / "work", options)
+    assert _rows(again) == _rows(whole)
