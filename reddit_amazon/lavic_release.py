@@ -382,7 +382,10 @@ def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, 
     if source_copy.is_dir():
         for path in source_copy.iterdir():
             if path.is_file() and not path.name.startswith("."):  # hidden: a file manager's, not the release's
-                shutil.copyfile(path, out / path.name)
+                # atomically: a full disk or a kill half-way must leave neither a truncated copy under the release's
+                # name nor an earlier export's copy cut short
+                with open(path, "rb") as source, open_atomic(out / path.name) as copy:
+                    shutil.copyfileobj(source, copy)
     elif ITEMS_CONFIG in present:
         _write_item_metadata(dataset, [d for d in DOMAINS if d in loaded], out / "item2meta_valid.jsonl")
     return written

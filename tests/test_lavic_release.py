@@ -272,3 +272,27 @@ def test_verify_and_export_catch_a_changed_or_lost_release_file_copy(tmp_path):
     assert not list((tmp_path / "back").rglob("*"))
     copy.unlink()
     assert any("missing" in problem for problem in verify(tmp_path / "ds"))
+
+
+def test_a_full_disk_while_exporting_leaves_no_truncated_metadata_copy(tmp_path, file_size_limit):
+    """The release's metadata file went back with shutil.copyfile, straight to its final name: a full disk (or a
+    kill) left a truncated item2meta_valid.jsonl there, and over an earlier export cut that one short."""
+    import errno
+
+    src = write_release(tmp_path / "src", [release_line()])
+    meta = json.dumps({"title": "Lamp", "image_name": "B0776Y43KM_0.jpg", "image": "https://m.media-amazon.com/a.jpg",
+                       "image_description_llava_cleaned": "A lamp."}) + "\n"
+    (src / "item2meta_valid.jsonl").write_text(meta * 200, encoding="utf-8")  # 30 KB; the records file 0.5 KB
+    import_release(src, tmp_path / "ds")
+    for out in (tmp_path / "new", tmp_path / "earlier"):
+        if out.name == "earlier":
+            export_release(tmp_path / "ds", out)
+        with file_size_limit(5000), pytest.raises(OSError) as caught:
+            export_release(tmp_path / "ds", out)
+        copies = [path.name for path in out.iterdir() if "item2meta" in path.name]
+        if out.name == "new":
+            assert copies == []
+        else:
+            assert copies == ["item2meta_valid.jsonl"]
+            assert (out / "item2meta_valid.jsonl").read_bytes() == (src / "item2meta_valid.jsonl").read_bytes()
+        assert caught.value.errno == errno.EFBIG and caught.value.filename == str(out / "item2meta_valid.jsonl")
