@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -507,9 +507,26 @@ def _quiet_local_executor():
             return super()._launch_run_for_rank(*args, **kwargs)
 
         def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-            return super()._run_for_rank(rank, local_rank + 1, node_rank)
+            with _task_logs_without_variables():
+                return super()._run_for_rank(rank, local_rank + 1, node_rank)
 
     return QuietLocalPipelineExecutor
+
+
+@contextmanager
+def _task_logs_without_variables() -> Iterator[None]:
+    """datatrove's task log handlers (the task's file and the console) added in the block print a task's exception
+    without the values of variables (loguru's ``diagnose``) and without the frames above the task (``backtrace``).
+    Run here, a task's stack holds the caller's frames: its traceback showed the stage's options, ``--salt``
+    included, in the task log and on the console, and buried the ``Error:`` line under hundreds of lines."""
+    from datatrove.utils.logging import logger
+
+    add = logger.add
+    logger.add = partial(add, diagnose=False, backtrace=False)
+    try:
+        yield
+    finally:
+        del logger.add  # the class's method again
 
 
 def _utf8_folder(path: Path):

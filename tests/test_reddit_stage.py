@@ -1011,3 +1011,19 @@ def test_a_full_disk_names_the_work_file_and_the_rerun_finishes_the_same(tmp_pat
     assert Path(caught.value.filename).is_relative_to(tmp_path / "work" / "reddit" / "work"), caught.value
     again = run_reddit_stage([SAMPLE_REDDIT], tmp_path / "work", options)
     assert _rows(again) == _rows(whole)
+
+
+def test_a_failing_task_logs_its_traceback_without_the_salt(tmp_path, file_size_limit, capfd):
+    """A task run in the calling process logged its exception with loguru's variable values and the frames above
+    it: the stage's options, --salt included, went to its task log and the console (docs: the salt is never
+    written to datatrove's logs), in some 300 lines above the Error: line."""
+    from reddit_amazon.build import SAMPLE_REDDIT
+
+    salt = "salt-that-must-stay-out-of-logs"
+    with file_size_limit(60_000), pytest.raises(OSError):
+        run_reddit_stage([SAMPLE_REDDIT], tmp_path / "work", RedditStageOptions(salt=salt, progress=False))
+    console = capfd.readouterr().err
+    task_logs = list((tmp_path / "work" / "reddit" / "logs").rglob("task_*.log"))
+    assert task_logs and "File too large" in console
+    for text in (console, *(log.read_text(encoding="utf-8") for log in task_logs)):
+        assert "File too large" in text and salt not in text
