@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmark.protocol import Candidate, Example
-from reddit_amazon.dataset_folder import MANIFEST, check_unchanged, refuse_missing_local_path
+from reddit_amazon.dataset_folder import MANIFEST, check_unchanged, full_datasets_cache_named, refuse_missing_local_path
 from reddit_amazon.sample import SAMPLE_DATASET, SAMPLE_DATASET_ID
 from reddit_amazon.schema import DOMAINS, ITEMS_CONFIG, SchemaError, Turn, candidate_column, candidate_sets_of, is_asin
 
@@ -122,7 +122,8 @@ def load_conversations(info: DatasetInfo, domain: str, split: str):
         raise DatasetError(f"{info.id}: domain {domain!r} has no {split!r} split (splits with records: "
                            f"{', '.join(have) or 'none'})")
     try:
-        return datasets.load_dataset(info.path, domain, split=split)
+        with full_datasets_cache_named():
+            return datasets.load_dataset(info.path, domain, split=split)
     except ValueError as error:
         raise DatasetError(f"{info.path}: cannot load {domain}/{split}: {error}") from error
 
@@ -184,7 +185,8 @@ def load_items(info: DatasetInfo, domain: str, wanted: set[str] | None = None) -
     import pyarrow as pa
 
     try:
-        items = datasets.load_dataset(info.path, ITEMS_CONFIG, split=domain)
+        with full_datasets_cache_named():
+            items = datasets.load_dataset(info.path, ITEMS_CONFIG, split=domain)
     except ValueError as error:
         raise DatasetError(f"{info.path}: cannot load the items of {domain!r}: {error}") from error
     table = items.data.table

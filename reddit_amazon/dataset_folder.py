@@ -20,6 +20,7 @@ folder under each other.
 
 from __future__ import annotations
 
+import errno
 import functools
 import glob
 import hashlib
@@ -31,6 +32,7 @@ import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -43,7 +45,7 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from reddit_amazon import __version__
-from reddit_amazon.files import (current_umask, file_lock, file_sha256, naming, printable_path,
+from reddit_amazon.files import (current_umask, file_lock, file_sha256, naming, os_error_under, printable_path,
                                  remove_abandoned_siblings, replace_dir, sibling_prefix, write_atomic)
 from reddit_amazon.schema import (
     DOMAINS,
@@ -643,7 +645,33 @@ def load(config: str, path: str | os.PathLike | None = None, split: str | None =
     path = _expanded(path)
     if (Path(path) / MANIFEST).is_file():
         check_unchanged(path)
-    return datasets.load_dataset(str(path), config, split=split, **kwargs)
+    with full_datasets_cache_named():
+        return datasets.load_dataset(str(path), config, split=split, **kwargs)
+
+
+#: The errors of a write that found no room: a full disk, a full quota, a file-size limit.
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextmanager
+def full_datasets_cache_named() -> Iterator[None]:
+    """A ``datasets.load_dataset`` in the block that finds no room in the `datasets` cache fails with an OSError naming
+    the cache and the variable that moves it. `datasets` reported the full disk as "DatasetGenerationError: An error
+    occurred while generating the dataset" (as if the dataset were broken), and its own check as "Not enough disk
+    space. Needed: ..." without saying where."""
+    cache = str(datasets.config.HF_DATASETS_CACHE)
+    hint = "the datasets cache: make room there or set HF_DATASETS_CACHE to a folder with room"
+    try:
+        yield
+    except datasets.exceptions.DatasetGenerationError as error:
+        cause = os_error_under(error.__cause__ or error.__context__ or error)
+        if cause is None or cause.errno not in NO_ROOM:
+            raise
+        raise OSError(cause.errno, f"{cause.strerror} ({hint})", cache) from error
+    except OSError as error:
+        if error.errno is None and str(error).startswith("Not enough disk space"):
+            raise OSError(errno.ENOSPC, f"{error} ({hint})", cache) from error
+        raise
 
 
 def refuse_missing_local_path(path: str | os.PathLike) -> None:

@@ -146,14 +146,14 @@ def naming_write_failure(path: Path) -> Iterator[None]:
     except OSError:
         raise
     except Exception as error:
-        cause = _os_error_under(error)
+        cause = os_error_under(error)
         if cause is None:
             raise
         raise OSError(cause.errno, cause.strerror or os.strerror(cause.errno),
                       cause.filename if cause.filename is not None else str(path)) from error
 
 
-def _os_error_under(error: BaseException) -> OSError | None:
+def os_error_under(error: BaseException) -> OSError | None:
     """The OSError (with an errno) that ``error`` was raised over, or whose number its message ends with."""
     seen: BaseException | None = error
     while seen is not None:

@@ -1793,3 +1793,16 @@ def test_a_full_disk_while_predicting_names_the_predictions_file_and_a_rerun_fin
     assert predictions.stat().st_size <= 1500 and not (tmp_path / "run" / "results.json").exists()
     run(config, tmp_path / "run", progress=False)
     assert predictions.read_bytes() == (tmp_path / "whole" / "predictions.jsonl").read_bytes()
+
+
+def test_a_full_datasets_cache_ends_the_run_in_an_error_naming_it(dataset, tmp_path, monkeypatch, file_size_limit):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    with file_size_limit(2000):
+        result = CliRunner().invoke(cli, ["run", "--model", "random", "--dataset", str(dataset), "--out",
+                                          str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: OSError: [Errno 27] File too large (the datasets "
+                                                              "cache: make room there or set HF_DATASETS_CACHE")
+    assert f"'{tmp_path / 'cache'}'" in result.output

@@ -953,3 +953,19 @@ def test_an_oserror_of_other_code_in_an_atomic_write_is_not_the_files(tmp_path):
         out.write(b"row\n")
         raise OSError(errno.ECONNREFUSED, "Connection refused")
     assert caught.value.filename is None and not any(tmp_path.iterdir())
+
+
+def test_a_full_datasets_cache_is_named_not_a_dataset_generation_error(tmp_path, monkeypatch, file_size_limit):
+    """`datasets` turns a full disk in its cache into "DatasetGenerationError: An error occurred while generating
+    the dataset", which reads as a broken dataset folder; the load now says which folder is full and how to move it."""
+    import errno
+
+    from reddit_amazon.dataset_folder import load
+
+    write_dataset(tmp_path / "ds", contents())
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    with file_size_limit(2000), pytest.raises(OSError) as caught:
+        load("items", tmp_path / "ds", split="home")
+    assert caught.value.errno == errno.EFBIG and caught.value.filename == str(tmp_path / "cache")
+    assert "HF_DATASETS_CACHE" in str(caught.value)
+    assert len(load("items", tmp_path / "ds", split="home")) > 0  # with room, the same load works
