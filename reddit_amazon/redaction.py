@@ -48,7 +48,7 @@ _SECRET_NAMES = frozenset({"code"})
 #: a JSON / dict entry (``'authorization': 'Basic ...'``) or ``name=value``: its value, after the scheme's name.
 _CREDENTIAL_FIELD = re.compile(
     r"(?<![A-Za-z0-9])(?P<name>(?:proxy-)?authorization|api[-_]?key|(?:access|refresh|id|auth)[-_]token"
-    r"|client[-_]secret|password|passwd|subscription-key)"
+    r"|client[-_]secret|password|passwd|pwd|signature|subscription-key)"
     r"(?P<separator>[\"']?\s*[:=]\s*(?P<quote>[\"'])?)(?P<scheme>(?:basic|bearer|token|digest|negotiate|ntlm)\s+)?"
     r"(?P<value><(?:[^<>\s]+ )?redacted>"  # a known secret's marker
     r"|(?(quote)(?:\\.|(?!(?P=quote))[^\\\n])+"  # a quoted value: all of it, to its closing quote
@@ -157,12 +157,16 @@ def _base64_holding(run: str, known: dict[str, str]) -> str | None:
     return None
 
 
+#: Field names that also open sentences ("password: must be ...", "signature: does not match ...").
+_PROSE_PRONE_FIELDS = ("password", "passwd", "pwd", "signature")
+
+
 def _redacted_field(match: re.Match[str]) -> str:
     """A credential field with its value redacted, its name, separator and scheme kept; a marker kept as it is,
     and a ``password:`` that starts a sentence (``password: must be at least 8 characters``) left alone."""
     unquoted_colon = ":" in match["separator"] and not {'"', "'"} & set(match["separator"])
     if _MARKER.fullmatch(match["value"]) or (
-            match["name"].lower() in ("password", "passwd") and unquoted_colon and not match["scheme"]
+            match["name"].lower() in _PROSE_PRONE_FIELDS and unquoted_colon and not match["scheme"]
             and _reads_as_prose(match, "value")):
         return match[0]
     return f"{match['name']}{match['separator']}{match['scheme'] or ''}{REDACTED}"

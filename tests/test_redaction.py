@@ -304,9 +304,20 @@ def test_a_path_parameter_after_a_secret_one_is_kept_in_an_endpoint_url():
     assert display_url("http://h/v1;api_key=k;v=2/") == "http://h/v1;api_key=<redacted>;v=2"
 
 
+@pytest.mark.parametrize("text, credential, kept", [
+    ("Authorization: AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20261127/us-east-1/s3/aws4_request, "
+     "SignedHeaders=host, Signature=fe5f80f77d5fa3beca038a248ff027d0", "fe5f80f77d5fa3beca038a248ff027d0",
+     "SignedHeaders=host"),  # an echoed AWS SigV4 header: the request's signature
+    ("Server=db;Uid=app;Pwd=Zq81x-unknown;Database=main", "Zq81x-unknown", "Database=main"),  # a connection string
+])
+def test_a_signature_or_pwd_field_is_redacted(text, credential, kept):
+    shown = redact_secrets(text)
+    assert credential not in shown and "<redacted>" in shown and kept in shown, shown
+
+
 @pytest.mark.parametrize("text", [
     "password: must be at least 8 characters", "Password: Must contain a digit", "Bearer token-based auth failed",
-    "the Bearer re-authentication flow is not supported",
+    "the Bearer re-authentication flow is not supported", "signature: does not match the request",
 ])
 def test_prose_after_a_credential_word_is_left_alone(text):
     assert redact_secrets(text) == text
