@@ -291,6 +291,8 @@ def test_hf_vlm_scores_the_answer_after_a_reasoning_models_thoughts(tiny_vlm, ca
     assert recommender._answer("Maybe B000000000.\n</think>\nB000000002") == "B000000002"  # template-opened
     assert recommender._answer(" B000000001 ") == "B000000001"  # no thoughts: as before
     with caplog.at_level("WARNING"):
+        assert recommender._answer("B000000002 <think>and maybe") == "B000000002"  # answered first: no warning
+        assert not [r for r in caplog.records if "while the model was thinking" in r.getMessage()]
         assert recommender._answer("<think>They liked B000000000") == ""
         assert recommender._answer("<think>Hmm") == ""
     cut = [r for r in caplog.records if "while the model was thinking" in r.getMessage()]

@@ -143,7 +143,7 @@ class HFVisionLanguageRecommender:
         leave no answer, said once. ``opened_thoughts``: the chat template ended the prompt with ``<think>`` (QwQ,
         Qwen3-VL Thinking), so the text starts inside the thoughts, and holds no tag at all where they were cut."""
         split = split_thoughts((OPEN_THOUGHTS if opened_thoughts else "") + text.strip())
-        if split.unclosed and not self._cut_in_thoughts:
+        if split.unclosed and not split.answer.strip() and not self._cut_in_thoughts:
             self._cut_in_thoughts = True
             log.warning("%s: an answer was cut at max_new_tokens=%d while the model was thinking (scored as no "
                         "answer); raise max_new_tokens", self.name, self.max_new_tokens)
