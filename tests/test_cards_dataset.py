@@ -558,15 +558,8 @@ def test_a_hostile_source_name_is_shown_as_text(tmp_path):
 def test_hostile_manifest_values_are_shown_as_text_on_their_own_line(built):
     """A folder from the Hub, or a hand-edited manifest, may hold HTML and line breaks anywhere: in its name (the
     card's heading), version, build times, funnel stages and package versions none may start a block or a tag."""
-    manifest = json.loads((built / "manifest.json").read_text())
     tag = "<img src=x onerror=alert(1)>"
-    manifest["name"] = f"x)\n\n{tag}\n\n## Injected"
-    manifest["build"]["started_utc"] = manifest["build"]["finished_utc"] = tag
-    manifest["build"]["package_versions"] = {tag: tag}
-    manifest["funnel"][0]["stage"] = tag
-    manifest["funnel"][1]["dropped"] = {tag: 1}
-    (built / "manifest.json").write_text(json.dumps(manifest))
-    refresh_card(built)
+    _card_with_manifest_values(built, tag, name=f"x)\n\n{tag}\n\n## Injected", version="2.0.0")
     card = (built / "README.md").read_text(encoding="utf-8")
     assert "<img" not in card and "\n## Injected" not in card
     assert "# Reddit-Amazon (x)  &lt;img src=x onerror=alert(1)&gt;  ## Injected 2.0.0)" in card
@@ -643,11 +636,11 @@ def test_hostile_markdown_in_manifest_values_is_shown_as_text(built, tmp_path):
     assert "\\[click\\]" in datasheet  # started / finished and the stages in sentences (the version is code)
 
 
-def _card_with_manifest_values(folder, value: str) -> dict:
+def _card_with_manifest_values(folder, value: str, *, name: str | None = None, version: str | None = None) -> dict:
     """The folder's card rendered again from a manifest whose name, version, build times, package versions and
-    funnel stages all read ``value``; the manifest returned."""
+    funnel stages all read ``value`` (the name and version unless given); the manifest returned."""
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["name"] = manifest["version"] = value
+    manifest["name"], manifest["version"] = name or value, version or value
     manifest["build"]["started_utc"] = manifest["build"]["finished_utc"] = value
     manifest["build"]["package_versions"] = {value: value}
     manifest["funnel"][0]["stage"] = value
