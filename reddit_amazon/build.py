@@ -465,7 +465,9 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
                       f"on {len(upstream.records())} conversation(s)")
         _unstamp(folder)
         with AnswerCache(_relevance_cache_path(options)) as cache:
-            _warn_answers_without_endpoint(plan_filter(upstream.records(), cache, filter_options), options, console)
+            if endpoint_key(filter_options.base_url) is not None:  # only another endpoint's may hide under OpenAI's
+                _warn_answers_without_endpoint(plan_filter(upstream.records(), cache, filter_options), options,
+                                               console)
             try:
                 result = run_filter(upstream.records(), cache, filter_options,
                                     api_key=os.environ.get("OPENAI_API_KEY"), progress=_tqdm("relevance"))

@@ -217,7 +217,7 @@ class FilterPlan:
     approx_prompt_tokens: int
     approx_total_tokens: int
     #: of ``calls``, prompts the cache answers under OpenAI's key although another endpoint is configured: see
-    #: :func:`answered_without_endpoint`
+    #: :func:`_answered_without_endpoint`
     answered_without_endpoint: int = 0
 
 
@@ -252,21 +252,23 @@ def _prompt(options: FilterOptions, conversation: Conversation) -> str:
 
 def plan_filter(conversations: Sequence[Conversation], cache: AnswerCache, options: FilterOptions) -> FilterPlan:
     keys, missing = _unanswered(conversations, cache, options)
-    prompt_tokens = approx_tokens(_prompt(options, c) for c in missing.values())
+    prompt_tokens = elsewhere = 0
+    for conversation in missing.values():  # each prompt rendered once here, and not kept
+        prompt = _prompt(options, conversation)
+        prompt_tokens += approx_tokens([prompt])
+        elsewhere += _answered_without_endpoint(prompt, cache, options)
     return FilterPlan(records=len(conversations), cached=sum(key not in missing for key in keys.values()),
                       calls=len(missing), approx_prompt_tokens=prompt_tokens,
                       approx_total_tokens=prompt_tokens + ANSWER_TOKENS * len(missing),
-                      answered_without_endpoint=answered_without_endpoint(missing.values(), cache, options))
+                      answered_without_endpoint=elsewhere)
 
 
-def answered_without_endpoint(unanswered: Iterable[Conversation], cache: AnswerCache, options: FilterOptions) -> int:
-    """How many of the ``unanswered`` prompts (none cached for ``options.base_url``) ``cache`` answers under
-    OpenAI's key. Those answers are OpenAI's, or any endpoint's in a cache written before answers were keyed by
-    endpoint, which the cache cannot tell apart: they are not used for another endpoint, and are asked again
-    unless the user imports them as its own (docs/build.md, "Upgrading")."""
-    if endpoint_key(options.base_url) is None:
-        return 0
-    return sum(cache.get(cache_key(options.model, _prompt(options, c))) is not None for c in unanswered)
+def _answered_without_endpoint(prompt: str, cache: AnswerCache, options: FilterOptions) -> bool:
+    """Whether ``cache`` answers ``prompt``, unanswered for ``options.base_url``, under OpenAI's key. Such answers
+    are OpenAI's, or any endpoint's in a cache written before answers were keyed by endpoint, which the cache
+    cannot tell apart: they are not used for another endpoint, and are asked again unless the user imports them
+    as its own (docs/build.md, "Upgrading")."""
+    return endpoint_key(options.base_url) is not None and cache.get(cache_key(options.model, prompt)) is not None
 
 
 def _client(options: FilterOptions, api_key: str | None, connections: OpenConnections,
