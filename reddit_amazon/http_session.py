@@ -100,8 +100,8 @@ def is_public_address(address: str) -> bool:
 @final
 class Deadline:
     """Shuts the socket of the request made in its ``with`` block once ``seconds`` have passed. The socket is
-    handed over by :func:`guarded_session`'s connections before the headers are read, and by :meth:`watch` (e.g. from
-    :func:`socket_of` a response)."""
+    handed over by :func:`guarded_session`'s connections (:meth:`watch`) before the headers are read, for each
+    request a redirect leads to as well; the body is read from the same socket."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
@@ -207,15 +207,6 @@ def _refuse_private_peer(sock: Any, host: str) -> None:
     if not is_public_address(address):
         sock.close()
         raise PrivateHostRefused(host, address)
-
-
-def socket_of(response: Any) -> Any:
-    """The socket a streamed response reads from (private attributes of http.client and urllib3: None
-    if a release moves them, and then only the per-read timeout applies)."""
-    try:
-        return response.raw._fp.fp.raw._sock
-    except AttributeError:
-        return getattr(getattr(response.raw, "connection", None), "sock", None)
 
 
 def _shut(sock: Any) -> None:

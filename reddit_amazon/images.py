@@ -28,7 +28,7 @@ from typing import Any
 
 from reddit_amazon import __version__
 from reddit_amazon.files import write_atomic
-from reddit_amazon.http_session import Deadline, PrivateHostRefused, check_proxies, guarded_session, socket_of
+from reddit_amazon.http_session import Deadline, PrivateHostRefused, check_proxies, guarded_session
 from reddit_amazon.openai_endpoint import retry_after
 
 log = logging.getLogger(__name__)
@@ -327,8 +327,7 @@ def _download(session, url: str, options: ImageOptions) -> tuple[bytes, str | No
             if deadline.expired.is_set():
                 raise _TransientHTTP(f"headers still arriving after {deadline.seconds:g} s") from error
             raise
-        with response:
-            deadline.watch(socket_of(response))
+        with response:  # its socket is the deadline's: the session's connection handed it over
             if deadline.expired.is_set():  # the headers were cut short
                 raise _TransientHTTP(f"headers still arriving after {deadline.seconds:g} s")
             if response.status_code in (408, 429) or response.status_code >= 500:

@@ -40,7 +40,7 @@ def test_a_socket_handed_over_after_the_deadline_is_shut_at_once(connection):
 
 
 def test_a_socket_the_deadline_does_not_know_leaves_the_one_it_knows_watched(connection):
-    """``watch(None)`` (socket_of a response whose private attributes moved) keeps the socket already handed over."""
+    """``watch(None)`` (a connection without a socket to hand over) keeps the socket already handed over."""
     ours, theirs = connection
     with Deadline(0.6) as deadline:
         deadline.watch(ours)
