@@ -292,9 +292,10 @@ def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> Stage
     made_by = {k: v for k, v in options.reddit.items() if k not in REDDIT_EXECUTION_OPTIONS}
     key = _key("reddit", STAGE_VERSION, _identity(map(str, files)), made_by)
     folder = options.workdir / "reddit"
-    unresolved = _unresolved_short_links(folder)
-    if not _stamp_matches(folder, key) or unresolved:
-        if _stamp_matches(folder, key):
+    stamped = _stamp_matches(folder, key)
+    unresolved = _unresolved_short_links(folder) if stamped else 0
+    if not stamped or unresolved:
+        if unresolved:
             # What failed then (a block, a timeout, a deadline) may answer now; the scan's finished tasks are
             # reused, so this costs the asking, and a second pass over the dumps only if new threads are needed.
             console.print(f"[bold]1/5 reddit[/]: asking the {unresolved} short link(s) it left unresolved again")
