@@ -244,7 +244,7 @@ def embed_catalog_holding_lock(backbone: Backbone, items: Iterable[Item], out_di
     (settings,) = sources.settings  # its key
     checkpoints = _Checkpoints(path.with_name(f".{path.name}.parts"), _ids_digest(pairs)[:16], {
         "base_fingerprint": backbone.fingerprint, "adapter_hash": adapter_fingerprint(adapter), "settings": settings,
-        "items": _items_digest(pairs)})
+        "items": _items_digest(sources)})
     there = _FileThere.read(path, backbone.fingerprint, adapter_fingerprint(adapter))
     computed = checkpoints.load()
     if computed:
@@ -343,12 +343,11 @@ def _ids_digest(pairs: Sequence[tuple[str, bytes | None]]) -> str:
     return hashlib.sha256("\n".join(item_id for item_id, _ in pairs).encode()).hexdigest()
 
 
-def _items_digest(pairs: Sequence[tuple[str, bytes | None]]) -> str:
-    """What is embedded: item ids in order, and each image's bytes (a new dataset version may change them)."""
-    digest = hashlib.sha256()
-    for item_id, image in pairs:
-        digest.update(f"{item_id}\0{hashlib.sha256(image).hexdigest() if image else '-'}\n".encode())
-    return digest.hexdigest()
+def _items_digest(sources: ItemSources) -> str:
+    """What is embedded: item ids in order, and each image's digest (a new dataset version may change them), as
+    ``sources`` records them (each image is hashed once)."""
+    return hashlib.sha256("".join(f"{item_id}\0{source}\n" for item_id, source in sources.items.items())
+                          .encode()).hexdigest()
 
 
 class _Checkpoints:
