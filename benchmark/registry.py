@@ -33,6 +33,7 @@ from typing import Any, Literal, Union
 
 from reddit_amazon.cli_errors import with_extra_hint
 from reddit_amazon.files import file_sha256
+from reddit_amazon.redaction import is_secret_name
 
 ENTRY_POINT_GROUP = "reddit_amazon.recommenders"
 
@@ -262,23 +263,21 @@ def _attribute(module: Any, attribute: str, spec: str, where: str | None = None)
     return found
 
 
-#: Argument names that hold secrets (``api_key``, ``hf_token``, ``client_secret``), not ``max_new_tokens``.
-_SECRET_ARG = re.compile(r"(?:^|_)(?:api_?key|key|token|secret|password|passwd|authorization|auth|bearer|credentials?"
-                         r"|cookie)$", re.IGNORECASE)
 #: One ``key=value`` of ``--model-args``: commas inside double quotes belong to the value.
 _ARG = re.compile(r'(?:[^,"]|"(?:\\.|[^"\\])*")+')
 
 
 def redacted_args(model_args: dict[str, Any]) -> dict[str, Any]:
-    """Model args as they may be shown or recorded: secret-looking values never are, nor credentials inside
-    a URL-valued one (``base_url=http://user:pass@host/v1?api_key=...``)."""
-    return {k: "<redacted>" if _SECRET_ARG.search(k) else _without_credentials(v) for k, v in model_args.items()}
+    """Model args as they may be shown or recorded: the values of secret-named ones
+    (:func:`~reddit_amazon.redaction.is_secret_name`: ``api_key``, ``hf_token``, ``accessToken``, ``pwd``) never
+    are, nor credentials inside a URL-valued one (``base_url=http://user:pass@host/v1?api_key=...``)."""
+    return {k: "<redacted>" if is_secret_name(k) else _without_credentials(v) for k, v in model_args.items()}
 
 
 def secret_values(model_args: dict[str, Any]) -> list[str]:
     """The values of the secret-named ``model_args`` (as :func:`redacted_args` names them), to redact from what
     is printed: a plugin's own error may quote the key it was given."""
-    return [str(value) for name, value in model_args.items() if _SECRET_ARG.search(name) and value is not None]
+    return [str(value) for name, value in model_args.items() if is_secret_name(name) and value is not None]
 
 
 def _without_credentials(value: Any) -> Any:

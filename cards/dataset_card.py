@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from cards.datasheet import (SAMPLE_NOTE, SECRET_OPTION, build_options, is_sample, is_withheld, measure_texts,
+from cards.datasheet import (SAMPLE_NOTE, build_options, is_sample, is_secret_option, is_withheld, measure_texts,
                              render_datasheet)
 from cards.markdown import code_block, inline_code, prose, table
 from cards.paper import PAPER_DOI, PAPER_TABLE_1, PAPER_TITLE
@@ -343,7 +343,7 @@ def _recorded(value: Any) -> Any:
 
 
 def _option_value(name: str, value: Any) -> str:
-    if SECRET_OPTION.search(name):
+    if is_secret_option(name):
         return "(not shown)" if not is_withheld(value) else "(not recorded)"
     if value is None:
         return "not set"

@@ -6,7 +6,6 @@ measured from the Parquet shards; the reviewed prose lives in ``templates/datash
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 from cards.markdown import flatten, inline_code, prose
 from cards.statistics import DataFiles, DatasetStatistics, shard_paths
 from cards.template import fill_template
+from reddit_amazon.redaction import is_secret_name
 from reddit_amazon.schema import DELETED_TEXT, DOMAINS, ITEMS_CONFIG, REMOVED_TEXT, SPLITS
 
 # RE2 syntax (pyarrow.compute): no look-arounds, so boundaries are matched as characters.
@@ -27,8 +27,6 @@ USERNAME_MENTION = r"(?:^|[^\w/])/?u/[A-Za-z0-9_-]{3,20}\b"
 EMAIL_ADDRESS = r"\b[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
 PHONE_NUMBER = r"(?:^|[^\w-])(?:\+\d{1,3}[ .-]?)?\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}(?:$|[^\w-])"
 
-#: Option names whose values must never be printed in a card.
-SECRET_OPTION = re.compile(r"salt|key|token|secret|password", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -135,6 +133,18 @@ def render_datasheet(manifest: Mapping[str, Any], statistics: DatasetStatistics,
 def build_options(manifest: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """The build's options as ``(dotted.name, value)``, nested option groups flattened."""
     return flatten((manifest.get("build") or {}).get("options") or {})
+
+
+#: A build option's name part that names a secret in a card besides the secrets every redaction knows: the
+#: pseudonym salt (``reddit.salt``), which is no credential anywhere else.
+_SECRET_OPTION_PARTS = frozenset({"salt"})
+
+
+def is_secret_option(name: str) -> bool:
+    """Whether a build option's value must never be printed in a card: a secret name
+    (:func:`~reddit_amazon.redaction.is_secret_name`: ``openai_api_key``, ``hf_auth``, ``passphrase``) or a salt
+    (``reddit.salt``); not ``llm_max_tokens`` or ``key_column``."""
+    return is_secret_name(name, also=_SECRET_OPTION_PARTS)
 
 
 def is_withheld(value: Any) -> bool:

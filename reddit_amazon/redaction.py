@@ -19,8 +19,6 @@ import re
 #: authority, as ``urlsplit`` reads it.
 URL_USERINFO = re.compile(r"(?<=//)[^/?#\s]*@")
 
-#: Environment variables whose values are secrets (``OPENAI_API_KEY``, ``HF_TOKEN``).
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 #: Shorter values are too likely to occur by chance (and too weak to be a real key).
 _MIN_SECRET_LENGTH = 8
 #: ``name=value`` after a URL's ``?`` / ``&`` (query), ``;`` (path parameter) or ``#`` (fragment, where OAuth puts
@@ -31,19 +29,31 @@ _URL_PARAMETER = re.compile(r"(?<=[?&;#])(?P<name>[^=&;#\s/\"'<>]+)=(?P<value>[^
 #: ``parse_qsl`` and to web servers, and in a path (``;api_key=a;v=2``) the text cannot tell which ``;`` is the
 #: secret's own.
 _SECRET_VALUE = re.compile(r"[^&#\s\"'<>]*")
-#: The parts of a parameter's name: split at ``_``, ``-``, ``.`` and where the case changes (``apiKey``,
-#: ``X-Amz-Signature``).
+#: The parts of a name: split at ``_``, ``-``, ``.`` and where the case changes (``apiKey``, ``X-Amz-Signature``,
+#: ``OPENAI_API_KEY``, ``reddit.salt``), compared in lower case.
 _NAME_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
-#: A name part ending in one of these names a secret, alone or glued (``api_key``, ``apikey``, ``accessToken``,
-#: ``client_secret``, ``X-Amz-Signature``), not ``keyword``, ``max_tokens`` or ``tokenizer``.
-_SECRET_PART_ENDINGS = ("key", "keys", "token", "secret", "secrets", "password", "passwd", "signature")
-#: Name parts that name a secret only as the whole part (``auth``, ``auth_method``, ``sig``), not ``author``.
-_SECRET_PARTS = frozenset({"auth", "oauth", "authorization", "authcode", "passcode", "sig", "verifier"})
+#: A name part that is or ends in one of these names a secret, alone or glued (``api_key``, ``apikey``,
+#: ``PGPASSWORD``, ``client_secret``, ``X-Amz-Signature``, ``GPG_PASSPHRASE``, ``X-Amz-Credential``), not
+#: ``keyword``, ``max_tokens`` or ``tokenizer``.
+_SECRET_PART_ENDINGS = ("key", "keys", "token", "secret", "secrets", "password", "passwd", "passphrase", "signature",
+                        "credential", "credentials")
+#: Words that end in ``key`` and name no key.
+_WORDS_ENDING_IN_KEY = frozenset({"monkey", "donkey", "turkey", "hockey", "jockey", "whiskey", "hotkey", "turnkey"})
+#: Name parts that name a secret only as the whole part (``auth``, ``auth_method``, ``sig``, ``MYSQL_PWD``,
+#: ``DB_PASS``), not ``author``, ``bypass`` or ``signin``.
+_SECRET_PARTS = frozenset({"auth", "oauth", "authorization", "authcode", "passcode", "sig", "verifier", "pwd", "pass",
+                           "creds", "bearer", "cookie", "cookies"})
 #: Parts that make a ``code`` part a credential (``access_code``, ``auth_code``), not ``country_code``.
 _CODE_OWNERS = frozenset({"access", "auth", "oauth", "authorization", "verification", "device", "grant"})
-#: Names of a secret only as the whole name: OAuth's authorization code, Azure Functions' key (``?code=…``), not
-#: ``country_code`` or ``deployment_code``.
-_SECRET_NAMES = frozenset({"code"})
+#: Parts after a secret part that make the value something about secrets, not one (``key_column``,
+#: ``token_count``, ``key_size``).
+_ABOUT_PARTS = frozenset({"column", "columns", "col", "field", "fields", "count", "counts", "length", "len", "size",
+                          "limit"})
+#: First parts of a name that counts things (``num_keys``, ``max_tokens``): it holds a number, not a secret.
+_COUNTING_PARTS = frozenset({"num", "n", "max", "min", "total", "count"})
+#: A URL parameter that is a secret only as the whole name: OAuth's authorization code, Azure Functions' key
+#: (``?code=…``), not ``country_code`` or ``deployment_code``.
+_SECRET_URL_PARAMETERS = frozenset({"code"})
 #: A header or field that holds a credential, shown as a header (``Authorization: Bearer ...``, ``x-api-key: ...``),
 #: a JSON / dict entry (``'authorization': 'Basic ...'``) or ``name=value``: its value, after the scheme's name.
 _CREDENTIAL_FIELD = re.compile(
@@ -79,7 +89,7 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
     ``user:password@``, secret-named URL parameters (query, ``;`` path parameters, fragment), and the value of an
     ``Authorization`` (or API-key) header or of a ``Bearer`` / ``Basic`` credential."""
     known = {value: f"<{name} redacted>" for name, value in os.environ.items()
-             if len(value) >= _MIN_SECRET_LENGTH and _SECRET_NAME.search(name)}
+             if len(value) >= _MIN_SECRET_LENGTH and is_secret_name(name)}
     for secret in secrets:  # one from the environment keeps the name of its variable
         if secret and len(secret) >= _MIN_SECRET_LENGTH:
             known.setdefault(secret, "<key redacted>")
@@ -110,17 +120,42 @@ def redact_url_parameters(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def is_secret_parameter(name: str) -> bool:
-    """Whether a URL parameter named ``name`` carries a credential: ``api_key``, ``apiKey``, ``x-api-key``,
-    ``access_token``, ``client_secret``, ``sig``, ``X-Amz-Signature``, ``auth``, ``code`` (as the whole name),
-    ``access_code``, ``code_verifier``, ``apikeys``, not ``author``, ``keyword``, ``country_code`` or
-    ``api-version``."""
-    if name.lower() in _SECRET_NAMES:
-        return True
+def is_secret_name(name: str, also: frozenset[str] = frozenset()) -> bool:
+    """Whether a value named ``name`` (an environment variable, a URL parameter, a ``--model-args`` argument, a
+    build option) holds a secret: the one vocabulary every redaction uses, by the parts of the name (split at
+    ``_``, ``-``, ``.`` and case changes). A part names a secret when it is or ends in ``key``, ``keys``,
+    ``token``, ``secret``, ``secrets``, ``password``, ``passwd``, ``passphrase``, ``signature``, ``credential``,
+    ``credentials`` (not ``monkey``, ``hotkey`` and the like), or is ``auth``, ``oauth``, ``authorization``,
+    ``authcode``, ``passcode``, ``sig``, ``verifier``, ``pwd``, ``pass``, ``creds``, ``bearer``, ``cookie``,
+    ``cookies``, or one of ``also`` (a site's own extras: cards add ``salt``); ``code`` beside ``access``,
+    ``auth``, ``oauth``, ``authorization``, ``verification``, ``device`` or ``grant``. It does not when a part
+    after it says the value is about secrets (``column``, ``field``, ``count``, ``length``, ``size``, ``limit``:
+    ``key_column``, ``token_count``), nor in a name that counts (first part ``num``, ``n``, ``max``, ``min``,
+    ``total``, ``count``: ``num_keys``). So ``api_key``, ``apiKey``, ``OPENAI_API_KEY``, ``accessToken``,
+    ``client_secret_id``, ``MYSQL_PWD``, ``HF_AUTH``, ``GOOGLE_CREDENTIALS``, ``access_code`` are secret-named;
+    ``max_tokens``, ``tokenizer``, ``key_column``, ``author``, ``country_code``, ``num_keys``, ``keywords``,
+    ``tokens_per_second`` are not."""
     parts = [part.lower() for part in _NAME_PART.findall(name)]
-    if "code" in parts and _CODE_OWNERS.intersection(parts):
+    if not parts or parts[0] in _COUNTING_PARTS:
+        return False
+    return any(_names_a_secret(part, parts, also) and not _ABOUT_PARTS.intersection(parts[index + 1:])
+               for index, part in enumerate(parts))
+
+
+def _names_a_secret(part: str, parts: list[str], also: frozenset[str]) -> bool:
+    if part in _SECRET_PARTS or part in also:
         return True
-    return any(part in _SECRET_PARTS or part.endswith(_SECRET_PART_ENDINGS) for part in parts)
+    if part == "code":
+        return bool(_CODE_OWNERS.intersection(parts))
+    return part.endswith(_SECRET_PART_ENDINGS) and part not in _WORDS_ENDING_IN_KEY
+
+
+@functools.lru_cache(maxsize=1024)
+def is_secret_parameter(name: str) -> bool:
+    """Whether a URL parameter named ``name`` carries a credential: a secret name (:func:`is_secret_name`:
+    ``api_key``, ``x-api-key``, ``access_token``, ``sig``, ``X-Amz-Signature``, ``pwd``), and ``code`` as the
+    whole name (OAuth's authorization code, an Azure Function's key)."""
+    return name.lower() in _SECRET_URL_PARAMETERS or is_secret_name(name)
 
 
 @functools.lru_cache(maxsize=64)

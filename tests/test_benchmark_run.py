@@ -439,6 +439,33 @@ def test_secret_model_args_never_reach_the_outputs(dataset, tmp_path):
     assert results["model"]["args"] == {"api_key": "<redacted>", "hf_token": "<redacted>", "temperature": 0.5}
 
 
+def test_model_args_named_like_secrets_in_any_style_never_reach_the_outputs(dataset, tmp_path):
+    """``accessToken``, ``pwd``, ``passphrase``, ``sig``, ``access_code``, ``client_secret_id`` and a base_url's
+    ``?pwd=`` were written as given to run.json and results.json: the args' names were matched only as
+    ``*_token`` / ``*_key`` / ``password`` ... and the URL's by another list. Benign names are still recorded."""
+    plugin = tmp_path / "styled.py"
+    plugin.write_text("class Styled:\n"
+                      "    def __init__(self, accessToken='', pwd='', passphrase='', sig='', access_code='',\n"
+                      "                 client_secret_id='', base_url='', max_tokens=1, key_column=''):\n"
+                      "        pass\n"
+                      "    def recommend(self, examples):\n"
+                      "        return [e.candidates[0].item_id for e in examples]\n")
+    secrets = {"accessToken": "TOKEN-SECRET-1", "pwd": "PWD-SECRET-2", "passphrase": "PHRASE-SECRET-3",
+               "sig": "SIG-SECRET-4", "access_code": "CODE-SECRET-5", "client_secret_id": "SECRET-ID-6"}
+    model_args = ",".join(f"{name}={value}" for name, value in secrets.items())
+    model_args += ',base_url="http://127.0.0.1:9/v1?pwd=URL-SECRET-7",max_tokens=64,key_column=asin'
+    done = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--model", f"{plugin}:Styled",
+                           "--model-args", model_args, "--dataset", str(dataset), "--domain", "home",
+                           "--bootstrap-samples", "0", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for text in (done.stdout, done.stderr, *(path.read_text() for path in (tmp_path / "out").iterdir())):
+        assert "SECRET" not in text
+    args = json.loads((tmp_path / "out" / "results.json").read_text())["model"]["args"]
+    assert args == {**dict.fromkeys(secrets, "<redacted>"), "base_url": "http://127.0.0.1:9/v1?pwd=%3Credacted%3E",
+                    "max_tokens": 64, "key_column": "asin"}
+
+
 def test_compare_says_a_retrieval_folder_cannot_be_compared_and_report_lists_it(dataset, tmp_path):
     runner = CliRunner()
     common = ["--dataset", str(dataset), "--domain", "home", "--quiet", "--bootstrap-samples", "0"]
@@ -1373,6 +1400,22 @@ def test_a_plugin_bug_s_traceback_shows_no_secret(dataset, tmp_path):
                           capture_output=True, text=True, env={**os.environ, "MY_SERVICE_TOKEN": "tok-1234567890abcdef"})
     assert done.returncode == 1 and "Traceback" in done.stderr and "tok-1234567890abcdef" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].endswith("OSError: refused: <MY_SERVICE_TOKEN redacted>")
+
+
+def test_a_plugin_bug_s_traceback_shows_no_secret_of_a_variable_named_in_any_style(dataset, tmp_path):
+    """Only variables whose names held KEY, TOKEN, SECRET or PASSWORD were redacted: MySQL's ``MYSQL_PWD``, a
+    ``*_PASSPHRASE``, ``HF_AUTH`` or Terraform's ``GOOGLE_CREDENTIALS`` quoted in a plugin's error were printed."""
+    secrets = {"MYSQL_PWD": "mysql-1234567890", "GPG_PASSPHRASE": "gpg-1234567890", "HF_AUTH": "hf-1234567890",
+               "GOOGLE_CREDENTIALS": '{"private_key": "gcp-1234567890"}'}
+    plugin = tmp_path / "leaky_plugin.py"
+    plugin.write_text("import os\n\nclass Leaky:\n    def recommend(self, examples):\n"
+                      f"        raise OSError('refused: ' + ' '.join(os.environ[name] for name in {list(secrets)}))\n")
+    done = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--model", f"{plugin}:Leaky", "--dataset",
+                           str(dataset), "--domain", "home", "--out", str(tmp_path / "run"), "--quiet"],
+                          capture_output=True, text=True, env={**os.environ, **secrets})
+    assert done.returncode == 1 and "Traceback" in done.stderr and "1234567890" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "OSError: refused: " + " ".join(f"<{name} redacted>" for name in secrets))
 
 
 @pytest.mark.parametrize("fails_in", ["__init__", "recommend"])

@@ -529,16 +529,17 @@ def test_a_reddit_stage_run_on_its_own_is_not_taken_for_the_builds(sample_build,
     assert parquet_digests(tmp_path / "b") == parquet_digests(root / "sample-ds")
 
 
-def test_credentials_in_endpoint_urls_never_reach_the_manifest_or_card(sample_build, tmp_path):
+@pytest.mark.parametrize("parameter", ["api_key", "pwd", "passphrase"])  # pwd, passphrase: written as given before
+def test_credentials_in_endpoint_urls_never_reach_the_manifest_or_card(sample_build, tmp_path, parameter):
     root, _ = sample_build
-    url = "http://proxyuser:hunter2-secret@127.0.0.1:9/v1/?api_key=sk-in-the-url"
+    url = f"http://proxyuser:hunter2-secret@127.0.0.1:9/v1/?{parameter}=sk-in-the-url"
     result = build("--out", str(tmp_path / "ds"), "--workdir", str(root / "work"), *FAST, "--llm-base-url", url)
     assert result.exit_code == 0, result.output  # the sample's answers count as this endpoint's: no call
     for name in ("manifest.json", "README.md"):
         text = (tmp_path / "ds" / name).read_text()
         assert "hunter2" not in text and "sk-in-the-url" not in text and "127.0.0.1:9/v1" in text, name
     manifest = read_manifest(tmp_path / "ds")
-    assert manifest["build_reports"]["relevance"]["base_url"] == "http://127.0.0.1:9/v1?api_key=%3Credacted%3E"
+    assert manifest["build_reports"]["relevance"]["base_url"] == f"http://127.0.0.1:9/v1?{parameter}=%3Credacted%3E"
 
 
 def test_secrets_in_an_endpoints_path_parameters_or_fragment_never_reach_the_outputs(httpserver, tmp_path):

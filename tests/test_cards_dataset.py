@@ -302,6 +302,24 @@ def test_secrets_in_build_options_never_reach_the_card(built):
     assert "`manifest.json` records the salt" in card  # the datasheet warns: the manifest itself is published
 
 
+def test_build_options_named_like_any_secret_are_withheld_and_benign_ones_shown(tmp_path):
+    """The card withheld options whose names held salt, key, token, secret or password, anywhere: ``hf_auth``,
+    ``passphrase``, ``proxy_pwd`` or ``credentials`` were printed, and ``llm_max_tokens`` or ``keywords`` hidden.
+    It shares the redaction's vocabulary now, with the salt added."""
+    options = {**BUILD["options"], "hf_auth": "AUTH-SECRET-1", "passphrase": "PHRASE-SECRET-2",
+               "proxy_pwd": "PWD-SECRET-3", "credentials": "CRED-SECRET-4", "llm_max_tokens": 512,
+               "keywords": ["lamp"]}
+    folder = tmp_path / "options"
+    write_dataset(folder, controlled_contents({"build": {**BUILD, "options": options}}))
+    result = CliRunner().invoke(cli, ["card", str(folder)])
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert result.exit_code == 0, result.output
+    assert "SECRET" not in card
+    for name in ("hf_auth", "passphrase", "proxy_pwd", "credentials", "reddit.salt", "openai_api_key"):
+        assert f"| `{name}` | (not shown) |" in card, name
+    assert "| `llm_max_tokens` | `512` |" in card and '| `keywords` | `["lamp"]` |' in card
+
+
 def test_a_redacted_salt_is_not_reported_as_recorded(tmp_path):
     build = {**BUILD, "options": {"reddit": {"salt": "<redacted>"}, "no_filter": True, "images": False}}
     folder = tmp_path / "redacted"
