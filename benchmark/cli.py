@@ -265,7 +265,8 @@ def report_command(runs, markdown_path, html_path, title) -> None:
 @click.option("--bootstrap-samples", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 def compare_command(run_a, run_b, bootstrap_samples, seed) -> None:
-    """Paired bootstrap difference A − B (95% CI, two-sided p) per domain, over the records both runs scored.
+    """Paired bootstrap difference A − B (95% CI, two-sided p) per domain, over the records both runs scored,
+    and McNemar's exact test of HR@1 and VR (records where A or B scored more, exact two-sided p).
 
     RUN_A and RUN_B are `benchmark run` folders (a `benchmark retrieve` folder has no per-record predictions).
 

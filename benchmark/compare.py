@@ -1,4 +1,5 @@
-"""``benchmark compare RUN_A RUN_B``: paired bootstrap of the metric differences over shared records."""
+"""``benchmark compare RUN_A RUN_B``: paired bootstrap of the metric differences over shared records, and
+McNemar's exact test of HR@1 and VR."""
 
 from __future__ import annotations
 
@@ -82,17 +83,28 @@ def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, samples: in
 
 def to_markdown(comparison: Comparison, name_a: str, name_b: str) -> str:
     lines = [f"A = {name_a}", f"B = {name_b}", "",
-             "| Metric | Domain | A | B | A − B | 95% CI | p |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| Metric | Domain | A | B | A − B | 95% CI | p | A better | B better | p (McNemar) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for d in comparison.differences:
         ci = f"[{d.ci95[0]:+.4f}, {d.ci95[1]:+.4f}]" if d.ci95 else "-"
         p = "-" if d.p_value is None else f"{d.p_value:.3f}"
         diff = "-" if d.difference is None else f"{d.difference:+.4f}"
-        lines.append(f"| {d.metric} | {d.group} | {_value(d.a)} | {_value(d.b)} | {diff} | {ci} | {p} |")
+        exact = "- | - | -" if d.exact is None else \
+            f"{d.exact.a_better} | {d.exact.b_better} | {_p_value(d.exact.p_value)}"
+        lines.append(f"| {d.metric} | {d.group} | {_value(d.a)} | {_value(d.b)} | {diff} | {ci} | {p} | {exact} |")
     lines.append("")
     lines.append(f"Paired bootstrap over {comparison.shared_records} shared records "
-                 f"(only in A: {comparison.only_a}, only in B: {comparison.only_b}).")
+                 f"(only in A: {comparison.only_a}, only in B: {comparison.only_b}). "
+                 "For hr@1 and vr, McNemar's exact test counts the records where A or B scored more (hits, or a "
+                 "valid answer) and tests that count against Binomial(discordant, 1/2); with few discordant "
+                 "records it is the p-value to trust.")
     lines.extend(f"WARNING: {w}" for w in comparison.warnings)
     return "\n".join(lines) + "\n"
+
+
+def _p_value(p: float) -> str:
+    """Three decimals, or a power of ten where that would show 0 (McNemar's p has no floor, the bootstrap's has)."""
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def _value(value: float | None) -> str:

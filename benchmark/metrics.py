@@ -1,4 +1,5 @@
-"""Parsing model outputs and scoring them: HR@1, VR, Recall@k, NDCG@k, bootstrap CIs, paired differences.
+"""Parsing model outputs and scoring them: HR@1, VR, Recall@k, NDCG@k, bootstrap CIs, paired differences and
+McNemar's exact test.
 
 Counting follows the paper's reference evaluation:
 
@@ -16,6 +17,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -195,6 +197,7 @@ class PairedDifference:
     difference: float | None  # a - b
     ci95: tuple[float, float] | None
     p_value: float | None  # two-sided, from the bootstrap distribution of the difference
+    exact: ExactTest | None = None  # McNemar's exact test, for the per-record metrics hr@1 and vr
 
 
 def paired_difference(metric: str, group: str, a: Ratio, b: Ratio, samples: int = DEFAULT_BOOTSTRAP_SAMPLES,
@@ -203,8 +206,9 @@ def paired_difference(metric: str, group: str, a: Ratio, b: Ratio, samples: int 
     n = len(a.numerators)
     if n != len(b.numerators):
         raise ValueError("paired difference needs the same records in both runs")
+    exact = exact_mcnemar(a.numerators, b.numerators) if metric in EXACT_TEST_METRICS and n else None
     if n == 0 or not a.denominators.sum() or samples <= 0:
-        return PairedDifference(metric, group, n, a.value, b.value, None, None, None)
+        return PairedDifference(metric, group, n, a.value, b.value, None, None, None, exact)
     columns = np.column_stack([a.numerators, a.denominators, b.numerators, b.denominators]).astype(np.float32)
     sums = _resampled_sums(columns, samples, seed).astype(np.float64)
     ok = (sums[:, 1] > 0) & (sums[:, 3] > 0)
@@ -214,7 +218,43 @@ def paired_difference(metric: str, group: str, a: Ratio, b: Ratio, samples: int 
     # a finite number of resamples cannot show.
     tails = (int((values <= 0).sum()), int((values >= 0).sum()))
     p_value = min(1.0, 2 * (min(tails) + 1) / (len(values) + 1))
-    return PairedDifference(metric, group, n, a.value, b.value, a.value - b.value, (float(low), float(high)), p_value)
+    return PairedDifference(metric, group, n, a.value, b.value, a.value - b.value, (float(low), float(high)), p_value,
+                            exact)
+
+
+#: Metrics whose records are compared by :func:`exact_mcnemar`: a record's count of hits (hr@1) or its validity (vr).
+EXACT_TEST_METRICS = ("hr@1", "vr")
+
+
+@dataclass(frozen=True)
+class ExactTest:
+    """McNemar's exact test of two runs over the same records."""
+
+    a_better: int  # records where A scored more than B (more hits; valid where B is not)
+    b_better: int
+    p_value: float  # two-sided
+
+
+def exact_mcnemar(a: np.ndarray, b: np.ndarray) -> ExactTest:
+    """McNemar's exact test of per-record scores ``a`` and ``b`` (same records, same order).
+
+    Only the discordant records count: under the null hypothesis (neither run is better) each is as likely to
+    favour A as B, so the number favouring A is Binomial(discordant, 1/2); the two-sided p-value doubles the
+    smaller tail. For a record with several gt items (HR@1 counts each), the sign of its difference in hits
+    decides, which is the sign test; for one gt item per record it is McNemar's test exactly. Unlike the
+    bootstrap's p-value it holds its level with few discordant records (8 discordant records of 758 rejected a
+    true null 9% of the time at p < 0.05 with the bootstrap, 1% with this test).
+    """
+    if len(a) != len(b):
+        raise ValueError("McNemar's test needs the same records in both runs")
+    a_better, b_better = int((a > b).sum()), int((a < b).sum())
+    discordant = a_better + b_better
+    smaller, term, tail = min(a_better, b_better), 1, 0
+    for i in range(smaller + 1):  # exact integer sum of C(discordant, i), i <= smaller
+        tail += term
+        term = term * (discordant - i) // (i + 1)
+    p_value = min(1.0, float(Fraction(2 * tail, 2 ** discordant)))
+    return ExactTest(a_better, b_better, p_value)
 
 
 def outcome_from_mapping(row: Mapping) -> Outcome:

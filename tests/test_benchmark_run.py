@@ -1849,3 +1849,29 @@ def test_a_full_datasets_cache_ends_the_run_in_an_error_naming_it(dataset, tmp_p
     assert result.output.strip().splitlines()[-1].startswith("Error: OSError: [Errno 27] File too large (the datasets "
                                                               "cache: make room there or set HF_DATASETS_CACHE")
     assert f"'{tmp_path / 'cache'}'" in result.output
+
+
+def test_compare_gives_mcnemar_exact_test_of_hr1_and_vr_counted_from_the_predictions(dataset, tmp_path):
+    import math
+
+    from benchmark.compare import compare_runs, to_markdown
+
+    run(RunConfig(model="first", dataset=str(dataset), bootstrap_samples=0), tmp_path / "a",
+        recommender=FirstOrNothing(), progress=False)
+    run(RunConfig(model="last", dataset=str(dataset), bootstrap_samples=0), tmp_path / "b",
+        recommender=LastCandidate(), progress=False)
+    rows = {name: [orjson.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_bytes().splitlines()]
+            for name in ("a", "b")}
+    a_valid = sum(x["valid"] and not y["valid"] for x, y in zip(rows["a"], rows["b"], strict=True))
+    b_valid = sum(y["valid"] and not x["valid"] for x, y in zip(rows["a"], rows["b"], strict=True))
+    assert b_valid > 0  # FirstOrNothing answers nothing for some records, LastCandidate always answers
+    p = min(1.0, 2 * sum(math.comb(a_valid + b_valid, i) for i in range(min(a_valid, b_valid) + 1))
+            / 2 ** (a_valid + b_valid))
+    comparison = compare_runs(tmp_path / "a", tmp_path / "b", samples=100)
+    vr = next(d for d in comparison.differences if (d.metric, d.group) == ("vr", "all"))
+    assert (vr.exact.a_better, vr.exact.b_better) == (a_valid, b_valid) and vr.exact.p_value == pytest.approx(p)
+    table = to_markdown(comparison, "a", "b")
+    assert "| A better | B better | p (McNemar) |" in table
+    line = next(line for line in table.splitlines() if line.startswith("| vr | all |"))
+    assert line.endswith(f"| {a_valid} | {b_valid} | {p:.3f} |") if p >= 0.001 else line.endswith(f"| {p:.1e} |")
+    assert next(line for line in table.splitlines() if line.startswith("| hr@1 | all |")).count("|") == 11

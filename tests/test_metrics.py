@@ -171,3 +171,37 @@ def test_summaries_use_the_seed_they_are_given():
     first = summarize_by_domain(domains, outcomes, samples=300, seed=1)
     assert first == summarize_by_domain(domains, outcomes, samples=300, seed=1)
     assert first["hr@1"]["all"]["ci95"] != summarize_by_domain(domains, outcomes, samples=300, seed=2)["hr@1"]["all"]["ci95"]
+
+
+def test_mcnemar_exact_p_matches_the_binomial_tail_counted_by_hand():
+    # VR: B valid where A is not in 7 records, A where B is not in 1, the other 50 agree.
+    # p = 2 * P(X <= 1), X ~ Binomial(8, 1/2) = 2 * (1 + 8) / 256.
+    a = [Outcome(1, 0, False)] * 7 + [Outcome(1, 0, True)] + [Outcome(1, 0, True)] * 50
+    b = [Outcome(1, 0, True)] * 7 + [Outcome(1, 0, False)] + [Outcome(1, 0, True)] * 50
+    vr = paired_difference("vr", "all", ratios(a)["vr"], ratios(b)["vr"], 200, 0)
+    assert (vr.exact.a_better, vr.exact.b_better) == (1, 7)
+    assert vr.exact.p_value == 18 / 256
+    # HR@1: a record with two gt items counts once, on the sign of its difference in hits (2 vs 1: A better).
+    a = [Outcome(2, 2, True)] + [Outcome(1, 1, True)] * 29 + [Outcome(1, 0, True)] * 16
+    b = [Outcome(2, 1, True)] + [Outcome(1, 0, True)] * 29 + [Outcome(1, 1, True)] * 16
+    hr1 = paired_difference("hr@1", "all", ratios(a)["hr@1"], ratios(b)["hr@1"], 200, 0)
+    assert (hr1.exact.a_better, hr1.exact.b_better) == (30, 16)
+    assert hr1.exact.p_value == pytest.approx(2 * sum(math.comb(46, i) for i in range(17)) / 2 ** 46, rel=1e-12)
+    assert hr1.exact.p_value == pytest.approx(0.0540760, abs=5e-7)  # scipy.stats.binomtest(16, 46).pvalue
+    # No discordant record: nothing tells the runs apart; ranking metrics get no McNemar test.
+    same = paired_difference("hr@1", "all", ratios(a)["hr@1"], ratios(a)["hr@1"], 200, 0)
+    assert (same.exact.a_better, same.exact.b_better, same.exact.p_value) == (0, 0, 1.0)
+    ranked = [Outcome(1, 1, True, recall=(1, 1), ndcg=(1.0, 1.0))]
+    assert paired_difference("recall@5", "all", ratios(ranked)["recall@5"], ratios(ranked)["recall@5"]).exact is None
+
+
+def test_mcnemar_exact_p_is_exact_far_in_the_tail_of_many_discordant_records():
+    from benchmark.metrics import exact_mcnemar
+
+    # 10,000 discordant records, 4,800 favouring A: the tail is below what a float sum of terms could hold
+    # exactly, and is still a positive probability.
+    a = np.array([1.0] * 4800 + [0.0] * 5200)
+    test = exact_mcnemar(a, 1 - a)
+    expected = 2 * sum(math.comb(10_000, i) for i in range(4801)) / 2 ** 10_000  # Python's ints are exact
+    assert (test.a_better, test.b_better) == (4800, 5200) and test.p_value == pytest.approx(expected, rel=1e-12)
+    assert 0 < test.p_value < 1e-4
