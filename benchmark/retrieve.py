@@ -9,6 +9,7 @@ column stores them unranked, see :func:`reddit_amazon.assemble.shuffled_candidat
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ from reddit_amazon.progress import bar_options, quiet
 CANDIDATES_FILE = "candidates.jsonl"
 RETRIEVER_NAMES = {"bm25": "BM25", "sbert": "SBERT", "openai-emb": "OpenAI-emb"}
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class RetrieveConfig:
@@ -81,6 +84,7 @@ def _retrieve(config: RetrieveConfig, out: Path, progress: bool, overwrite: bool
     retriever = _retriever(config)
     domains = domains_for(info, config.domain, config.split)
     rows, outcomes, groups = [], [], []
+    textless = catalog_size = 0
     for domain in tqdm(domains, desc="retrieving", unit="domain", **bar_options(progress)):
         conversations = load_conversations(info, domain, config.split)
         if config.limit is not None:
@@ -89,6 +93,8 @@ def _retrieve(config: RetrieveConfig, out: Path, progress: bool, overwrite: bool
         if not catalog:
             raise DatasetError(f"{info.id}: the items of {domain!r} are empty")
         items = [(c.item_id, item_text(c.title, c.description, config.with_description)) for c in catalog.values()]
+        textless += sum(1 for _, text in items if not text.strip())
+        catalog_size += len(items)
         table = conversations.select_columns(["example_id", "context", "gt_items"]).to_dict()
         rankings = retriever.top_k(table["context"], items, k=config.k)
         for example_id, gt_items, ranking in zip(table["example_id"], table["gt_items"], rankings, strict=True):
@@ -97,6 +103,9 @@ def _retrieve(config: RetrieveConfig, out: Path, progress: bool, overwrite: bool
                          "hits": outcome.hits, "gt_pairs": outcome.pairs})
             outcomes.append(outcome)
             groups.append(domain)
+    if textless:
+        log.warning("%d of %d catalog items have no %s: the retriever cannot tell them apart (they tie, in catalog "
+                    "order), so its scores measure little", textless, catalog_size, _item_text_name(config))
     metrics = summarize_by_domain(groups, outcomes, config.bootstrap_samples, config.seed)
     metrics.pop("vr", None)  # the ranking is the candidate list itself: VR is not defined
     for cutoff in RANKING_CUTOFFS:
@@ -117,7 +126,7 @@ def _retrieve(config: RetrieveConfig, out: Path, progress: bool, overwrite: bool
                   "name": RETRIEVER_NAMES.get(config.retriever, config.retriever),
                   "args": recorded_args(config.retriever_options),
                   "settings": settings_of(type(retriever), config.retriever_options),
-                  "returns": "ranking", "item_text": "title + description" if config.with_description else "title"},
+                  "returns": "ranking", "item_text": _item_text_name(config)},
         "candidate_set_name": retriever.candidate_set_name,
         "dataset": dataset_entry(info),
         "domain": config.domain,
@@ -126,12 +135,18 @@ def _retrieve(config: RetrieveConfig, out: Path, progress: bool, overwrite: bool
         "candidates": "full catalog",
         "k": config.k,
         "limit": config.limit,
+        "items_without_text": {"items": textless, "of": catalog_size},
         "bootstrap": bootstrap_entry(config.bootstrap_samples, config.seed),
         "timings": {"total_s": round(time.perf_counter() - started, 3)},
         **provenance(),
     }
     write_atomic(out / RESULTS_FILE, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     return results
+
+
+def _item_text_name(config: RetrieveConfig) -> str:
+    """What the retriever reads of an item."""
+    return "title + description" if config.with_description else "title"
 
 
 def _retriever(config: RetrieveConfig) -> Retriever:

@@ -69,3 +69,15 @@ def test_a_run_on_items_without_titles_says_so(imported, tmp_path, caplog):
                                 bootstrap_samples=0), tmp_path, recommender=Nth(0), progress=False)
     assert results["items_without_title"]["items"] == results["items_without_title"]["of"] > 0
     assert any("no title" in record.getMessage() for record in caplog.records)
+
+
+def test_a_retrieval_over_items_without_titles_says_so(imported, tmp_path, caplog):
+    """`benchmark retrieve` over the imported release ranks items that all have the same (empty) text: its HR@1 is
+    the catalog order's, and it must warn and record it as `benchmark run` does."""
+    from benchmark.retrieve import RetrieveConfig, retrieve
+
+    with caplog.at_level("WARNING", logger="benchmark.retrieve"):
+        results = retrieve(RetrieveConfig(retriever="bm25", dataset=str(imported), split="validation", domain="home",
+                                          bootstrap_samples=0), tmp_path / "bm25", progress=False)
+    assert results["items_without_text"]["items"] == results["items_without_text"]["of"] > 0
+    assert any("have no title" in record.getMessage() for record in caplog.records)

@@ -352,6 +352,7 @@ def test_retrieve_over_the_full_catalog(dataset, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["metrics"]["hr@1"]["home"]["value"] == hits / sum(len(r["gt_items"]) for r in rows)
     assert "vr" not in results["metrics"] and results["candidate_set_name"] == "bm25"
+    assert results["items_without_text"] == {"items": sum(not i["title"].strip() for i in items), "of": len(items)}
     for k in (5, 10):  # the default k=10 reports both cutoffs, per (record, gt item) pair
         found = sum(g in ranking[:k] for ranking, r in zip(expected, rows) for g in r["gt_items"])
         assert results["metrics"][f"recall@{k}"]["home"]["value"] == found / sum(len(r["gt_items"]) for r in rows)
