@@ -34,7 +34,19 @@ class Run:
         args = ", ".join(f"{k}={v}" for k, v in sorted(model.get("args", {}).items()))
         limit = self.results.get("limit")
         return (f"{model.get('name') or model['spec']}" + (f" ({args})" if args else "")
-                + (f" [first {limit} records per domain]" if limit else ""))
+                + (f" [first {limit} records per domain]" if limit else "") + self._blind_note)
+
+    @property
+    def _blind_note(self) -> str:
+        """Items the model could not tell apart by text (an imported release has no titles): a row that chose among
+        them blind must say so in the table, not only in the warning its run printed."""
+        if self.results.get("kind") == "retrieval":
+            count, what = self.results.get("items_without_text"), "catalog items without text"
+        else:
+            count, what = self.results.get("items_without_title"), "candidate items without title"
+        if not isinstance(count, dict) or not count.get("items"):
+            return ""
+        return f" [{count['items']} of {count.get('of', '?')} {what}]"
 
     @property
     def group(self) -> str:

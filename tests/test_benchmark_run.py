@@ -1876,3 +1876,25 @@ def test_compare_gives_mcnemar_exact_test_of_hr1_and_vr_counted_from_the_predict
     line = next(line for line in table.splitlines() if line.startswith("| vr | all |"))
     assert line.endswith(f"| {a_valid} | {b_valid} | {p:.3f} |") if p >= 0.001 else line.endswith(f"| {p:.1e} |")
     assert next(line for line in table.splitlines() if line.startswith("| hr@1 | all |")).count("|") == 11
+
+
+def test_report_labels_a_row_whose_items_had_no_text(tmp_path):
+    """A run (or retrieval) over items without titles chose blind: its row says so, in Markdown and HTML alike."""
+    from benchmark.report import load_runs, to_html, to_markdown
+
+    base = {"model": {"spec": "bm25", "name": "bm25"}, "metrics": {"hr@1": {"beauty": {"value": 0.02}}},
+            "dataset": SAME_DATASET, "split": "test", "candidates": "sbert"}
+    for name, extra in (("blind", {"items_without_title": {"items": 7704, "of": 7704}}),
+                        ("sighted", {"items_without_title": {"items": 0, "of": 80}}),
+                        ("old", {}),
+                        ("retrieval", {"kind": "retrieval", "candidates": "full catalog",
+                                       "model": {"spec": "retrieve:bm25", "name": "BM25", "item_text": "title"},
+                                       "items_without_text": {"items": 3, "of": 4}})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({**base, **extra}))
+    runs = {run.path.name: run for run in load_runs([tmp_path / n for n in ("blind", "sighted", "old", "retrieval")])}
+    assert runs["blind"].label == "bm25 [7704 of 7704 candidate items without title]"
+    assert runs["sighted"].label == runs["old"].label == "bm25"
+    assert runs["retrieval"].label == "BM25 [3 of 4 catalog items without text]"
+    assert "| bm25 \\[7704 of 7704 candidate items without title\\] |" in to_markdown(list(runs.values()))
+    assert "bm25 [7704 of 7704 candidate items without title]" in to_html(list(runs.values()))
