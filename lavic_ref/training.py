@@ -20,8 +20,8 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,12 +115,20 @@ def train(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], 
 
     ``settings`` describe what is trained beyond ``config`` (task, data, ...); with ``config`` they must
     match those of a checkpoint to resume it (:class:`CheckpointError` otherwise). ``target_tokens`` counts a
-    batch's target tokens, so the validation loss is the per-token one (see :func:`evaluate`).
+    batch's target tokens, so the validation loss is the per-token one (see :func:`evaluate`). Python's and
+    torch's global RNGs are seeded with ``config.seed`` for the training and set back as they were after it.
     """
     if not train_set:
         raise ValueError("no training examples")
+    with seeded_rngs(config.seed):
+        return _train_seeded(backbone, train_set, val_set, batch_loss, config, resume=resume, description=description,
+                             settings=settings, target_tokens=target_tokens)
+
+
+def _train_seeded(backbone: Backbone, train_set: Sequence[Any], val_set: Sequence[Any], batch_loss: BatchLoss,
+                  config: TrainConfig, *, resume: bool, description: str, settings: dict[str, Any] | None,
+                  target_tokens: TokenCount | None) -> TrainResult:
     started = time.perf_counter()
-    seed_everything(config.seed)
     model = backbone.model
     output = Path(config.output_dir)  # created by the first checkpoint: a run failing before it leaves no empty folder
     _check_output_folder(output)
@@ -220,10 +228,21 @@ def _each_call_a_new_graph_step(batch_loss: BatchLoss) -> BatchLoss:
     return marked
 
 
-def seed_everything(seed: int) -> None:
-    """Python's and torch's global RNGs (CPU and every GPU): LoRA dropout draws from them."""
-    random.seed(seed)
-    torch.manual_seed(seed)
+@contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """Python's and torch's global RNGs seeded with ``seed`` in the block, where LoRA dropout draws from them, and
+    set back as they were after it: a caller's own draws (a notebook, a sweep training several adapters) go on as
+    if the training had not run. torch's are the CPU's and every GPU's: torch.manual_seed seeds them all, and a
+    resumed checkpoint sets them all (:func:`_set_rng_state`), whatever device trains."""
+    python_state = random.getstate()
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=gpus):
+        random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
 
 
 def run_settings(config: TrainConfig, backbone: Backbone, settings: dict[str, Any]) -> dict[str, Any]:

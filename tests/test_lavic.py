@@ -442,6 +442,24 @@ def test_overfit_two_examples_loss_falls_and_a_target_id_is_generated(tiny_base,
     assert all(o.replace(" ", "") in {i.target for i in instances} for o in outputs), outputs
 
 
+def test_training_from_python_leaves_the_callers_random_streams_where_they_were(tiny_base, tmp_path):
+    items = load_items(None, ["beauty"])
+    instances, titles = _two_instances(items)
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    new_adapter(backbone, LANGUAGE_LORA_TARGETS)
+    for epochs in (1, 2):  # the second resumes the first's checkpoint, which holds the RNG states it had
+        random.seed(1234)
+        torch.manual_seed(1234)
+        expected = random.random(), torch.rand(3)
+        random.seed(1234)
+        torch.manual_seed(1234)
+        config = TrainConfig(output_dir=tmp_path, epochs=epochs, batch_size=2, gradient_checkpointing=False, seed=7)
+        train(backbone, instances, [], lambda batch: recommendation_loss(backbone, batch, titles, None), config)
+        # a notebook's own draws after training go on from its seed, not from the training's
+        assert random.random() == expected[0]
+        assert torch.equal(torch.rand(3), expected[1])
+
+
 def test_adapters_save_and_reload_with_identical_outputs(tiny_base, tmp_path):
     items = load_items(None, ["beauty"])
     instances, titles = _two_instances(items)
