@@ -572,14 +572,8 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
     else:
         raise ValueError(f"unknown executor {options.executor!r}: use local, slurm or ray")
     if options.executor == "local":
-        from datatrove.utils.logging import logger
-
-        logger.disable("datatrove.executor.local")  # its closing stats block; stats.json has them
-        try:
-            with _datatrove_variables_kept():
-                executor.run()
-        finally:
-            logger.enable("datatrove.executor.local")
+        with _executor_log_lines_off(), _datatrove_variables_kept():
+            executor.run()
     else:
         executor.run()
     # Slurm returns once the job is submitted: wait for the completion markers while the job is queued
@@ -591,6 +585,28 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
                                    f"(see {logging_dir}/logs and {logging_dir}/slurm_logs)")
             return
         time.sleep(options.poll_interval_s)
+
+
+@contextmanager
+def _executor_log_lines_off() -> Iterator[None]:
+    """The local executor's loguru lines (its closing stats block: stats.json has them) off in the block, and
+    loguru's enable/disable rules set back as they were after it. ``logger.enable`` instead left the executor's
+    module enabled for good, over a caller's ``logger.disable("datatrove")``, for the rest of its session. loguru
+    has no public way to read its rules: they are its core's ``activation_list``, replaced on each change."""
+    from datatrove.utils.logging import logger
+
+    core = logger._core
+    rules = getattr(core, "activation_list", None)
+    logger.disable("datatrove.executor.local")
+    try:
+        yield
+    finally:
+        if rules is None:  # a loguru that keeps its rules elsewhere
+            logger.enable("datatrove.executor.local")
+        else:
+            with core.lock:
+                core.activation_list = rules
+                core.enabled = {}  # loguru's per-module cache of the rules' answers, filled again as modules log
 
 
 @contextmanager

@@ -269,6 +269,37 @@ def test_tasks_run_in_the_calling_process_leave_its_environment_as_it_was(world,
     assert dict(os.environ) == before
 
 
+def _loguru_lines_of_module(module: str) -> list[str]:
+    """What loguru passes on from a line logged in ``module`` (its enable/disable rules go by the module's name)."""
+    from loguru import logger
+
+    received: list[str] = []
+    sink = logger.add(received.append, format="{message}")
+    try:
+        exec("logger.info('a line')", {"__name__": module, "logger": logger})
+    finally:
+        logger.remove(sink)
+    return received
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_stage_leaves_the_callers_loguru_rules_as_they_were(world, tmp_path, workers):
+    """The stage turns datatrove's executor lines off while it runs; it turned them on after it for good, so a
+    caller who had silenced datatrove (logger.disable("datatrove")) got its executor's lines back."""
+    from loguru import logger
+
+    assert _loguru_lines_of_module("datatrove.executor.local")  # the test's probe sees enabled lines
+    logger.disable("datatrove")
+    try:
+        run_reddit_stage([world], tmp_path / "work",
+                         RedditStageOptions(salt="test-salt", workers=workers, tasks=2, progress=False))
+        assert _loguru_lines_of_module("datatrove.executor.local") == []
+        assert _loguru_lines_of_module("datatrove.pipeline") == []
+    finally:
+        logger.enable("datatrove")
+    assert _loguru_lines_of_module("datatrove.executor.local")
+
+
 def test_only_datatrove_variables_are_set_back_and_also_when_a_task_fails(monkeypatch):
     """What the stage sets back is datatrove's: a variable of any other name another thread changes meanwhile
     keeps its change; and a task failing in the calling process leaves no DATATROVE_* variable behind either."""
