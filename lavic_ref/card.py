@@ -31,22 +31,43 @@ def hardware_name(device: Any) -> str:
 
 
 def write_model_card(out_dir: Path, inputs: dict[str, Any], results: Sequence[Path] = ()) -> Path:
-    """Store the card's inputs and render ``README.md`` with the given ``results.json`` files."""
-    write_atomic(out_dir / CARD_INPUTS, (json.dumps(inputs, indent=2, default=str) + "\n").encode("utf-8"))
-    return render_from_inputs(out_dir, results)
+    """Render ``README.md`` with the given ``results.json`` files, then store the card's inputs: written last,
+    ``model_card.json`` records the training of a whole card (see :func:`card_describes`), also where the process
+    is killed in between."""
+    text = json.dumps(inputs, indent=2, default=str) + "\n"
+    readme = _render(out_dir, json.loads(text), results)  # the inputs as they read back from the file
+    write_atomic(out_dir / CARD_INPUTS, text.encode("utf-8"))
+    return readme
 
 
 def render_from_inputs(out_dir: Path, results: Sequence[Path] = ()) -> Path:
-    from cards.model_card import render_model_card
-
     path = out_dir / CARD_INPUTS
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} has no {CARD_INPUTS}: it is written by `lavic-ref finetune`")
-    inputs = _read_json(path)
+    return _render(out_dir, _read_json(path), results)
+
+
+def _render(out_dir: Path, inputs: dict[str, Any], results: Sequence[Path]) -> Path:
+    from cards.model_card import render_model_card
+
     parsed = [_read_results(Path(result), out_dir) for result in results]
     readme = out_dir / "README.md"
     write_atomic(readme, render_model_card(**inputs, results=parsed).encode("utf-8"))
     return readme
+
+
+def card_describes(out_dir: Path, training_time_s: float, best_validation_loss: float) -> bool:
+    """Whether ``out_dir`` holds the card of the training that reached this state (its whole time and best
+    validation loss). A ``finetune`` killed after its training finished but before its card was written leaves
+    none, or the card of an earlier state (the run before a rerun with more ``--epochs``): its rerun, with
+    nothing left to train, must still write the card."""
+    try:
+        inputs = _read_json(out_dir / CARD_INPUTS)
+    except (OSError, ValueError):
+        return False
+    training = inputs.get("training") if isinstance(inputs, dict) else None
+    return (isinstance(training, dict) and (out_dir / "README.md").is_file()
+            and (training.get("time_s"), training.get("best_validation_loss")) == (training_time_s, best_validation_loss))
 
 
 def _read_results(path: Path, out_dir: Path | None = None) -> dict[str, Any]:

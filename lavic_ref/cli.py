@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lavic_ref import DEFAULT_BASE
-from lavic_ref.card import CARD_INPUTS, hardware_name, render_from_inputs, write_model_card
+from lavic_ref.card import card_describes, hardware_name, render_from_inputs, write_model_card
 from lavic_ref.prompts import MAX_DESCRIPTION_TOKENS
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 from reddit_amazon.schema import DOMAINS
@@ -389,7 +389,7 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
                     resume=training["resume"],
                     settings={"domains": list(domains), "candidates": candidate_set, "instances": instance_style})
     click.echo(f"best adapter: {result.best_dir} (validation loss {result.best_val_loss:.4f})")
-    if not result.trained and (config.output_dir / CARD_INPUTS).is_file():
+    if not result.trained and card_describes(config.output_dir, result.elapsed_s, result.best_val_loss):
         # Nothing was left to train: the card (and any results `lavic-ref card` added) still describes the adapter.
         click.echo(f"nothing left to train: model card in {config.output_dir} left as it was")
         return

@@ -964,6 +964,61 @@ def test_the_card_keeps_its_results_and_counts_the_whole_runs_time_across_resume
     assert (out / "model_card.json").read_text() == inputs and (out / "README.md").read_text() == card
 
 
+def test_a_finetune_killed_before_its_card_was_written_writes_it_when_rerun(tiny_base, tmp_path, monkeypatch):
+    """Killed after its training finished (the checkpoint says so) but before its card was written, or between
+    README.md and model_card.json, a finetune has nothing left to train when rerun: the rerun must still write the
+    card of the adapter trained, not keep the card of the run before it (one epoch fewer) or a half-written one."""
+    import lavic_ref.card
+    import lavic_ref.cli
+    from lavic_ref.cli import cli
+
+    out = tmp_path / "rec"
+    finetune = ["finetune", "--base", tiny_base, "--device", DEVICE, "--domain", "fashion", "--no-images",
+                "--max-steps", "1", "--out", out]
+
+    def card() -> tuple[dict, str]:
+        return json.loads((out / "model_card.json").read_text()), (out / "README.md").read_text()
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("simulated kill")  # the process dies there: nothing after it runs
+
+    def best_loss() -> float:
+        return min(epoch["val_loss"] for epoch in json.loads((out / "history.json").read_text()))
+
+    _invoke(cli, [*finetune, "--epochs", "1"])
+    monkeypatch.setattr(lavic_ref.cli, "write_model_card", killed)
+    assert isinstance(CliRunner().invoke(cli, [str(a) for a in [*finetune, "--epochs", "2"]]).exception,
+                      RuntimeError)
+    monkeypatch.undo()
+    assert card()[0]["hyperparameters"]["epochs"] == 1  # the card of the run before, over a 2-epoch adapter
+    _invoke(cli, [*finetune, "--epochs", "2"])
+    inputs, readme = card()
+    assert inputs["hyperparameters"]["epochs"] == 2 and inputs["training"]["best_validation_loss"] == best_loss()
+    assert "| `epochs` | 2 |" in readme
+
+    # killed between the card's two files (its second write): the rerun writes both again
+    from reddit_amazon.files import write_atomic
+    written = []
+
+    def dies_at_its_second_write(path, data):
+        written.append(path.name)
+        if len(written) == 2:
+            killed()
+        write_atomic(path, data)
+
+    monkeypatch.setattr(lavic_ref.card, "write_atomic", dies_at_its_second_write)
+    assert isinstance(CliRunner().invoke(cli, [str(a) for a in [*finetune, "--epochs", "3"]]).exception,
+                      RuntimeError)
+    monkeypatch.undo()
+    assert sorted(written) == ["README.md", "model_card.json"]
+    _invoke(cli, [*finetune, "--epochs", "3"])
+    inputs, readme = card()
+    assert inputs["hyperparameters"]["epochs"] == 3 and inputs["training"]["best_validation_loss"] == best_loss()
+    assert "| `epochs` | 3 |" in readme
+    assert "nothing left to train" in _invoke(cli, [*finetune, "--epochs", "3"])  # a whole card stays as it is
+    assert card() == (inputs, readme)
+
+
 # --------------------------------------------------------------------------------------------
 # Inputs a run must get through or refuse in one line: shipped descriptions, undecodable or 16-bit
 # images, titles too long for the cap, results of other models, option values
