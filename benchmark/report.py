@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from reddit_amazon.files import LOCK_FILE
 from reddit_amazon.schema import DOMAINS
 
 DOMAIN_TITLES = {"beauty": "Beauty", "fashion": "Fashion", "home": "Home"}
@@ -72,9 +73,13 @@ class Run:
 
 
 def is_unfinished_run(path: str | os.PathLike) -> bool:
-    """``path`` is a run folder whose run has started (run.json) but not finished (no results.json)."""
+    """``path`` is a run folder whose run has started but not finished (no results.json): its run.json is written,
+    or the folder holds only the run's lock (a run loading its dataset and model, or killed while it did)."""
     path = Path(path)
-    return path.is_dir() and (path / "run.json").is_file() and not (path / "results.json").is_file()
+    if not path.is_dir() or (path / "results.json").is_file():
+        return False
+    return (path / "run.json").is_file() or ((path / LOCK_FILE).is_file()
+                                             and all(entry.name.startswith(".") for entry in path.iterdir()))
 
 
 def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:

@@ -1391,6 +1391,28 @@ def test_a_plugin_bug_is_shown_with_its_traceback_and_the_predictions_before_it_
     assert len((out / "predictions.jsonl").read_bytes().splitlines()) == 2
 
 
+def test_report_skips_a_run_killed_or_still_loading_before_its_run_json(dataset, tmp_path):
+    """A run killed (kill -9) while loading its dataset or model, or still loading it, has made its folder and lock
+    but written no run.json yet: `report runs/*` must name it as unfinished, not fail on the whole leaderboard."""
+    finished = tmp_path / "runs" / "random"
+    result = CliRunner().invoke(cli, ["run", "--model", "random", "--dataset", str(dataset), "--out", str(finished),
+                                      "--quiet", "--bootstrap-samples", "10"])
+    assert result.exit_code == 0, result.output
+    plugin = tmp_path / "dying_plugin.py"
+    plugin.write_text("import os\n\nclass Dying:\n    def __init__(self):\n        os._exit(137)  # killed while loading\n")
+    killed = tmp_path / "runs" / "killed"
+    done = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--model", f"{plugin}:Dying", "--dataset",
+                           str(dataset), "--out", str(killed), "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 137 and killed.is_dir() and not (killed / "run.json").exists()
+    report = CliRunner().invoke(cli, ["report", str(finished), str(killed)])
+    assert report.exit_code == 0, report.output
+    assert f"skipped {killed}: the run has not finished" in report.output and "| random |" in report.output
+    stray = tmp_path / "runs" / "notes"  # a folder that is no run at all is still an error
+    stray.mkdir()
+    (stray / "todo.txt").write_text("x")
+    assert CliRunner().invoke(cli, ["report", str(finished), str(stray)]).exit_code == 1
+
+
 def test_a_plugin_bug_s_traceback_shows_no_secret(dataset, tmp_path):
     """The one Error line redacted a secret-named variable's value; the plugin's traceback must too."""
     plugin = tmp_path / "leaky_plugin.py"
