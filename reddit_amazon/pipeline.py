@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -489,7 +489,7 @@ class RebuildThreadsStep(PipelineStep):
 
 
 def _quiet_local_executor():
-    """datatrove's local executor with task logs in ``logging_dir/logs`` only (errors still on the console).
+    """datatrove's local executor with task logs in ``logging_dir/logs`` only (a task's error is raised to the caller).
 
     In-process, datatrove's per-task INFO logs would bury the progress bars and the funnel; datatrove
     prints to the console only for local rank 0, so every task runs with a local rank above 0.
@@ -507,26 +507,40 @@ def _quiet_local_executor():
             return super()._launch_run_for_rank(*args, **kwargs)
 
         def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-            with _task_logs_without_variables():
+            with _task_logging():
                 return super()._run_for_rank(rank, local_rank + 1, node_rank)
 
     return QuietLocalPipelineExecutor
 
 
 @contextmanager
-def _task_logs_without_variables() -> Iterator[None]:
+def _task_logging() -> Iterator[None]:
     """datatrove's task log handlers (the task's file and the console) added in the block print a task's exception
-    without the values of variables (loguru's ``diagnose``) and without the frames above the task (``backtrace``).
+    without the values of variables (loguru's ``diagnose``) and without the frames above the task (``backtrace``),
+    and the console handler prints no exception at all.
+
     Run here, a task's stack holds the caller's frames: its traceback showed the stage's options, ``--salt``
-    included, in the task log and on the console, and buried the ``Error:`` line under hundreds of lines."""
+    included, in the task log and on the console. The exception itself is raised to the caller (the command-line
+    tools make it one ``Error:`` line naming what failed, a full disk's file): on the console its ~50-line
+    traceback only buried that line. The task log keeps it."""
     from datatrove.utils.logging import logger
 
     add = logger.add
-    logger.add = partial(add, diagnose=False, backtrace=False)
+
+    def add_without_variables(sink, **options):
+        if sink is sys.stderr:
+            options["filter"] = _without_exception
+        return add(sink, diagnose=False, backtrace=False, **options)
+
+    logger.add = add_without_variables
     try:
         yield
     finally:
         del logger.add  # the class's method again
+
+
+def _without_exception(record: dict) -> bool:
+    return record["exception"] is None
 
 
 def _utf8_folder(path: Path):

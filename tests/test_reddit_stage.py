@@ -1047,14 +1047,34 @@ def test_a_full_disk_names_the_work_file_and_the_rerun_finishes_the_same(tmp_pat
 def test_a_failing_task_logs_its_traceback_without_the_salt(tmp_path, file_size_limit, capfd):
     """A task run in the calling process logged its exception with loguru's variable values and the frames above
     it: the stage's options, --salt included, went to its task log and the console (docs: the salt is never
-    written to datatrove's logs), in some 300 lines above the Error: line."""
+    written to datatrove's logs), in some 300 lines above the Error: line. The task log keeps the traceback; the
+    console shows none (the exception is raised to the caller)."""
     from reddit_amazon.build import SAMPLE_REDDIT
 
     salt = "salt-that-must-stay-out-of-logs"
     with file_size_limit(60_000), pytest.raises(OSError):
         run_reddit_stage([SAMPLE_REDDIT], tmp_path / "work", RedditStageOptions(salt=salt, progress=False))
     console = capfd.readouterr().err
-    task_logs = list((tmp_path / "work" / "reddit" / "logs").rglob("task_*.log"))
-    assert task_logs and "File too large" in console
-    for text in (console, *(log.read_text(encoding="utf-8") for log in task_logs)):
-        assert "File too large" in text and salt not in text
+    task_logs = [log.read_text(encoding="utf-8") for log in (tmp_path / "work" / "reddit" / "logs").rglob("task_*.log")]
+    assert any("Traceback" in text and "File too large" in text for text in task_logs), task_logs
+    assert "Traceback" not in console and "File too large" not in console, console
+    for text in (console, *task_logs):
+        assert salt not in text
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_disk_in_a_task_is_one_error_line_naming_the_file(tmp_path, file_size_limit, workers):
+    """datatrove logged a failing task's exception to the console: a full disk printed a ~50-line traceback (the
+    same error twice) above the command's Error: line naming the file. Now that line is all the console shows, from
+    a task run in the command's process (1 worker) as from a worker process (2). The limit is the child's too."""
+    from reddit_amazon.build import SAMPLE_REDDIT
+
+    workdir = tmp_path / "work"
+    with file_size_limit(60_000):
+        done = subprocess.run([sys.executable, "-m", "reddit_amazon.cli", "reddit-stage", str(SAMPLE_REDDIT),
+                               "--workdir", str(workdir), "--salt", "s", "--workers", str(workers), "--no-progress"],
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: OSError: [Errno 27] File too large: "), done.stderr
+    assert str(workdir / "reddit" / "work") in lines[0]
