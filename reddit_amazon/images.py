@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from reddit_amazon import __version__
-from reddit_amazon.files import write_atomic
+from reddit_amazon.files import naming, write_atomic
 from reddit_amazon.http_session import Deadline, PrivateHostRefused, check_proxies, guarded_session
 from reddit_amazon.openai_endpoint import retry_after
 
@@ -267,11 +267,25 @@ class ImageStore:
             yield
 
     def _append(self, line: bytes) -> None:
-        descriptor = os.open(self.folder / SOURCES_JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            os.write(descriptor, line)  # one write: a kill leaves the line whole or absent (a crash may cut it)
-        finally:
-            os.close(descriptor)
+        """Append ``line`` whole or not at all, and name the journal when it cannot be. A full disk cuts a write
+        short without an error: the cut line was kept, and the next line (after the disk freed up) glued to it,
+        losing both. A write that fails is taken back; a line cut earlier (a crash) is ended before this one."""
+        path = self.folder / SOURCES_JOURNAL
+        with naming(path):
+            descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                end = os.fstat(descriptor).st_size  # no other writer: _shared() holds the store's lock
+                if end and not _ends_a_line(descriptor, end):
+                    line = b"\n" + line
+                try:
+                    written = 0
+                    while written < len(line):  # one write unless the disk fills: a kill leaves no cut line
+                        written += os.write(descriptor, line[written:])
+                except BaseException:
+                    os.ftruncate(descriptor, end)
+                    raise
+            finally:
+                os.close(descriptor)
 
     def to_fetch(self, asin: str, urls: Sequence[str]) -> bool:
         """Whether :func:`fetch_images` would download the main image of ``asin`` (``--dry-run`` counts them):
@@ -298,6 +312,12 @@ class ImageStore:
             write_atomic(self.folder / FAILURES_FILE, failures.encode())
             write_atomic(self.folder / SOURCES_FILE, sources.encode())
             (self.folder / SOURCES_JOURNAL).unlink(missing_ok=True)
+
+
+def _ends_a_line(descriptor: int, size: int) -> bool:
+    """Whether the file of ``descriptor``, ``size`` bytes long, ends in a newline (os.pread is not on Windows)."""
+    os.lseek(descriptor, size - 1, os.SEEK_SET)
+    return os.read(descriptor, 1) == b"\n"
 
 
 class _TransientHTTP(Exception):

@@ -343,6 +343,40 @@ def test_an_image_whose_source_was_not_recorded_is_fetched_again(httpserver, tmp
     assert outcomes["B000000002"].downloaded
 
 
+def test_a_line_after_one_a_crash_cut_is_read_back_before_any_save(tmp_path):
+    """The next line was glued to a cut one: both unreadable, so an image stored after the crash was fetched again
+    by the run after a second crash (or a full disk at its save)."""
+    folder = tmp_path / "images"
+    ImageStore(folder).put("B000000001", jpeg(), "http://host/a.jpg")
+    with (folder / "sources.journal").open("ab") as journal:
+        journal.write(b'{"asin": "B000000003", "ur')
+    ImageStore(folder).put("B000000004", jpeg(), "http://host/d.jpg")  # no save(): killed again
+    again = ImageStore(folder)
+    assert again.has("B000000001", "http://host/a.jpg") and again.has("B000000004", "http://host/d.jpg")
+
+
+def test_a_full_disk_cutting_a_journal_line_takes_it_back_and_names_the_journal(tmp_path, file_size_limit):
+    """A full disk cut the journal's write short without an error: put() returned, the cut line stayed, and the
+    next put failed with '[Errno 27] File too large' naming no file. The first failing put now names the journal
+    and leaves it as it was, and a put after the disk frees up is read back."""
+    import errno
+
+    folder = tmp_path / "images"
+    store = ImageStore(folder)
+    store.put("B000000001", jpeg(), "http://host/a.jpg")
+    journal = folder / "sources.journal"
+    before = journal.read_bytes()
+    with file_size_limit(len(before) + 20), pytest.raises(OSError) as caught:
+        store.put("B000000002", b"x", "http://host/b.jpg")
+    assert caught.value.errno == errno.EFBIG and caught.value.filename == str(journal), caught.value
+    assert journal.read_bytes() == before
+    assert not store.has("B000000002", "http://host/b.jpg")
+    store.put("B000000003", jpeg(), "http://host/c.jpg")  # the disk freed up; no save(): killed
+    again = ImageStore(folder)
+    assert again.has("B000000001", "http://host/a.jpg") and again.has("B000000003", "http://host/c.jpg")
+    assert not again.has("B000000002", "http://host/b.jpg")  # its image has no recorded URL: fetched again
+
+
 @pytest.mark.parametrize("through_a_proxy", [False, True])
 def test_trickling_headers_are_cut_at_the_deadline(tmp_path, monkeypatch, through_a_proxy):
     """The deadline runs from before the request: a host sending its headers a byte at a time is cut too, and
