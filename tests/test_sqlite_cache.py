@@ -150,3 +150,21 @@ def test_a_cache_collected_in_another_thread_closes_without_an_error(kind, tmp_p
     finally:
         gc.enable()
     assert not unraisable, [u.exc_value for u in unraisable]
+
+
+def test_a_full_disk_names_the_cache_and_tells_of_reddit_amazon_cache_only_where_it_moves_it(
+        tmp_path, monkeypatch, file_size_limit):
+    """A build keeps its embeddings under --workdir (cache_dir=), and a full disk there said "point
+    $REDDIT_AMAZON_CACHE or cache_dir= at a writable folder": the variable does not move that file."""
+    monkeypatch.setenv("REDDIT_AMAZON_CACHE", str(tmp_path / "default"))
+
+    def fill(cache: EmbeddingCache) -> pytest.ExceptionInfo:
+        with file_size_limit(cache.path.stat().st_size), pytest.raises(CacheUnavailable) as error:
+            cache.encode([f"text {n}" for n in range(1000)], lambda texts: [[0.0, 1.0]] * len(texts))
+        return error
+
+    given = fill(EmbeddingCache("model", tmp_path / "work" / "embeddings"))
+    _one_line_naming(given, tmp_path / "work" / "embeddings", "(the embedding cache)")
+    assert "REDDIT_AMAZON_CACHE" not in str(given.value)
+    default = fill(EmbeddingCache("model"))
+    _one_line_naming(default, tmp_path / "default", "the embedding cache: point $REDDIT_AMAZON_CACHE")

@@ -54,9 +54,9 @@ log = logging.getLogger(__name__)
 class ChatCache:
     """request hash -> response text, shared by threads (one connection, one lock)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, in_default_folder: bool = False) -> None:
         self.path = folder / "responses.sqlite"
-        self._file = cache_file(self.path, "the openai-chat response cache")
+        self._file = cache_file(self.path, "the openai-chat response cache", in_default_folder=in_default_folder)
         self._db = self._file.connect("CREATE TABLE IF NOT EXISTS response (key TEXT PRIMARY KEY, text TEXT NOT NULL)",
                                       owner=self, check_same_thread=False)
         self._lock = threading.Lock()
@@ -90,7 +90,7 @@ class OpenAIChatRecommender:
         self.timeout = timeout
         self.name = f"{model} ({'title+image' if with_images else 'title'})"
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir().parent / "chat"
-        self.cache = ChatCache(folder)
+        self.cache = ChatCache(folder, in_default_folder=cache_dir is None)
         self._client = None
         self._connections = OpenConnections()  # the client's, cut on Ctrl-C
         self._parameters = ChatParameters(model)

@@ -25,10 +25,12 @@ class CacheUnavailable(OSError):
     after the wait, a full disk): the file is not at fault, and its path is in the message."""
 
 
-def cache_file(path: Path, what: str) -> CacheFile:
-    """``path``, a cache of ``what``, with its SQLite errors as :class:`CacheUnavailable` / :class:`CacheError`."""
-    return CacheFile(path, what, unavailable=CacheUnavailable, damaged=CacheError,
-                     fix="point $REDDIT_AMAZON_CACHE or cache_dir= at a writable folder")
+def cache_file(path: Path, what: str, *, in_default_folder: bool) -> CacheFile:
+    """``path``, a cache of ``what``, with its SQLite errors as :class:`CacheUnavailable` / :class:`CacheError`.
+    Only a file in :func:`default_cache_dir` is moved by $REDDIT_AMAZON_CACHE: a build keeps its embeddings under
+    --workdir, where the variable told of on a full disk changed nothing."""
+    fix = "point $REDDIT_AMAZON_CACHE or cache_dir= at a writable folder with free space" if in_default_folder else ""
+    return CacheFile(path, what, unavailable=CacheUnavailable, damaged=CacheError, fix=fix)
 
 
 def default_cache_dir() -> Path:
@@ -49,7 +51,7 @@ class EmbeddingCache:
         digest = hashlib.sha256(model_id.encode()).hexdigest()[:12]
         self.path = folder / f"{safe}-{digest}.sqlite"
         self.model_id = model_id
-        self._file = cache_file(self.path, "the embedding cache")
+        self._file = cache_file(self.path, "the embedding cache", in_default_folder=cache_dir is None)
         self._db = self._file.connect(
             "CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)", owner=self)
         self.computed = 0  # texts encoded by this instance (the rest came from disk)
