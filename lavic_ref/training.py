@@ -193,10 +193,8 @@ def _train_seeded(backbone: Backbone, train_set: Sequence[Any], val_set: Sequenc
                  f"validation loss {val_loss:.4f}")
         if val_loss < state.best_val_loss:
             state.best_val_loss = val_loss
-            best_tmp = output / ".best.tmp"
-            shutil.rmtree(best_tmp, ignore_errors=True)
-            save_adapter(backbone, best_tmp, trained_with=state.settings)
-            replace_dir(best_tmp, output / "best")
+            with _written_beside(output / "best", output / ".best.tmp") as best_tmp:
+                save_adapter(backbone, best_tmp, trained_with=state.settings)
         state.epoch += 1
         state.batches_done = 0
         state.epoch_loss_sum = 0.0
@@ -298,17 +296,29 @@ def evaluate(backbone: Backbone, examples: Sequence[Any], batch_loss: BatchLoss,
 
 
 def _save_checkpoint(backbone: Backbone, optimizer: torch.optim.Optimizer, state: TrainState, folder: Path) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
+    with _written_beside(folder, folder.with_name(folder.name + ".tmp")) as tmp:
+        save_adapter(backbone, tmp)
+        # Into file objects: torch.save given a path fails on a full disk with "unexpected pos N vs M" over a C++
+        # stream error, the OS's error lost; given a file, its OSError is what naming_write_failure reports.
+        with naming_write_failure(tmp):
+            for name, value in ((OPTIMIZER_FILE, optimizer.state_dict()), (RNG_FILE, _rng_state())):
+                with open(tmp / name, "wb") as out:
+                    torch.save(value, out)
+            (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
+
+
+@contextmanager
+def _written_beside(folder: Path, tmp: Path) -> Iterator[Path]:
+    """``tmp``, emptied (a killed run may have left it), to write ``folder`` into; it replaces ``folder`` when the
+    block ends. A block failing (a full disk) removes it: the half-written adapter or optimizer state kept its
+    space on the full disk until the next run's save."""
     shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(backbone, tmp)
-    # Into file objects: torch.save given a path fails on a full disk with "unexpected pos N vs M" over a C++
-    # stream error, the OS's error lost; given a file, its OSError is what naming_write_failure reports.
-    with naming_write_failure(tmp):
-        for name, value in ((OPTIMIZER_FILE, optimizer.state_dict()), (RNG_FILE, _rng_state())):
-            with open(tmp / name, "wb") as out:
-                torch.save(value, out)
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
-    replace_dir(tmp, folder)
+    try:
+        yield tmp
+        replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _load_checkpoint(backbone: Backbone, optimizer: torch.optim.Optimizer, folder: Path,

@@ -2008,7 +2008,8 @@ def test_a_full_disk_in_each_stage_is_one_error_line_naming_the_file_and_the_rer
     """On a full disk lavic-ref ended in a traceback: a bare OSError (the descriptions cache), torch.save's
     "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 35328 vs 35216" (a checkpoint's
     optimizer.pt), safetensors' "Error while serializing: I/O error" (the embeddings file). Each is now one Error:
-    line naming what could not be written; nothing is left under a final name, and the rerun resumes."""
+    line naming what could not be written; nothing is left under a final name, nor half-written under a temporary
+    one, and the rerun resumes."""
     from lavic_ref.cli import cli
 
     def full(args: list, limit: int) -> str:
@@ -2033,6 +2034,10 @@ def test_a_full_disk_in_each_stage_is_one_error_line_naming_the_file_and_the_rer
     assert (full([*distill, "--out", out], 60_000)  # the adapter fits, the checkpoint's optimizer state does not
             == f"Error: OSError: [Errno 27] File too large: '{out / 'last.tmp'}'")
     assert not (out / "last").exists() and (out / "best" / "adapter_model.safetensors").is_file()
+    assert not (out / "last.tmp").exists()  # the half-written checkpoint kept its space on the full disk
+    adapter = (whole / "distill" / "best" / "adapter_model.safetensors").stat().st_size
+    assert ".best.tmp" in full([*distill, "--out", tmp_path / "no-best"], adapter // 2)
+    assert not (tmp_path / "no-best" / ".best.tmp").exists()
     _invoke(cli, [*distill, "--out", out])
     assert ((out / "best" / "adapter_model.safetensors").read_bytes()
             == (whole / "distill" / "best" / "adapter_model.safetensors").read_bytes())
