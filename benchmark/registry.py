@@ -304,8 +304,8 @@ def parse_model_args(text: str | None, option: str = "--model-args") -> dict[str
         key, sep, value = part.partition("=")
         key = key.strip()
         if not sep:
-            raise RegistryError(f"{option}: argument {number} has no '=' (expected key=value[,key=value...]; "
-                                'quote a value holding a comma: key="a,b")')
+            raise RegistryError(f"{option}: argument {number} has no '=' (expected name=value[,name=value...]; "
+                                'quote a value holding a comma: name="a,b")')
         if not key.isidentifier():
             raise RegistryError(f"{option}: {key[:40]!r} is not an argument name (letters, digits and _)")
         if key in args:

@@ -54,15 +54,39 @@ _COUNTING_PARTS = frozenset({"num", "n", "max", "min", "total", "count"})
 #: A URL parameter that is a secret only as the whole name: OAuth's authorization code, Azure Functions' key
 #: (``?code=…``), not ``country_code`` or ``deployment_code``.
 _SECRET_URL_PARAMETERS = frozenset({"code"})
-#: A header or field that holds a credential, shown as a header (``Authorization: Bearer ...``, ``x-api-key: ...``),
-#: a JSON / dict entry (``'authorization': 'Basic ...'``) or ``name=value``: its value, after the scheme's name.
-_CREDENTIAL_FIELD = re.compile(
-    r"(?<![A-Za-z0-9])(?P<name>(?:proxy-)?authorization|api[-_]?key|(?:access|refresh|id|auth)[-_]token"
-    r"|client[-_]secret|password|passwd|pwd|signature|subscription-key)"
-    r"(?P<separator>[\"']?\s*[:=]\s*(?P<quote>[\"'])?)(?P<scheme>(?:basic|bearer|token|digest|negotiate|ntlm)\s+)?"
-    r"(?P<value><(?:[^<>\s]+ )?redacted>"  # a known secret's marker
-    r"|(?(quote)(?:\\.|(?!(?P=quote))[^\\\n])+"  # a quoted value: all of it, to its closing quote
-    r"|[^\s\"',;&#}\]<>]+))", re.IGNORECASE)
+#: A field shown as a header (``Authorization: Bearer ...``, ``Cookie: ...``), a JSON / dict / YAML entry
+#: (``"passphrase": "..."``, ``'authorization': 'Basic ...'``, ``client_secret: ...``) or ``name=value``
+#: (``MYSQL_PWD=...``, ``--api-key=...``): its name, the separator (``==`` and ``:=`` are code, not one) and the
+#: scheme a credential's value may start with. Whether the name holds a secret is :func:`is_secret_name`'s to say.
+_FIELD_HEAD = re.compile(
+    r"(?<![\w.-])(?P<name>[\w.-]++)(?P<separator>[\"']?[ \t]*(?::(?![:=])|=(?!=))[ \t]*(?P<quote>[\"'])?)"
+    r"(?P<scheme>(?:basic|bearer|token|digest|negotiate|ntlm)\s+)?", re.IGNORECASE)
+#: A field's value: a known secret's marker, or all of a quoted value (to its closing quote), or an unquoted one up
+#: to a space, quote, ``,``, ``;``, ``&``, ``#``, ``}``, ``]`` or ``<``.
+_FIELD_VALUE = {
+    None: re.compile(r"<(?:[^<>\s]+ )?redacted>|[^\s\"',;&#}\]<>]+"),
+    '"': re.compile(r'<(?:[^<>\s]+ )?redacted>(?=")|(?:\\.|[^"\\\n])+'),
+    "'": re.compile(r"<(?:[^<>\s]+ )?redacted>(?=')|(?:\\.|[^'\\\n])+"),
+}
+#: A ``Cookie`` header's value goes on past ``; `` to the next cookie (``Cookie: a=1; session=...``) and a
+#: ``Set-Cookie``'s to its attributes.
+_MORE_COOKIES = re.compile(r"(?:;[ \t]*[^\s\"',;&#}\]<>]+)*")
+#: Values that say a secret is missing, not what it is (``api_key=None``): shown, as they help find the problem.
+_NO_VALUES = frozenset({"none", "null", "nil", "undefined", "true", "false"})
+#: A one-word name (``password``, ``Token``, ``key``) opens sentences too ("password: must be ...", "the key: press
+#: enter"); a name with parts (``api_key``, ``X-Api-Key``) does not.
+_WORD_NAME = re.compile(r"[A-Za-z][a-z]*")
+#: A count a sentence goes on after ("token: 3 of 5"): no secret is 3 digits long.
+_PROSE_COUNT = re.compile(r"[0-9]{1,3}")
+#: Code in a traceback's source line, not a secret (a secret written in the code is quoted): a call or subscript
+#: (``token = tokenizer(text)``, ``key = os.environ["OPENAI_API_KEY"]``), a lambda (``sorted(runs, key=lambda r:
+#: ...)``), a list, tuple or dict (``keys = [...]``), an f-string or other prefixed string (``key = f"..."``), a
+#: type (``key: str``).
+_CODE_EXPRESSION = re.compile(r"[A-Za-z_][\w.]*[(\[]|lambda\b|[\[({]|[A-Za-z]{1,2}[\"']"
+                              r"|(?:str|int|float|bool|bytes|dict|list|tuple|set|object|Any|Path)(?![\w.-])")
+#: A variable after a quoted name (``{"key": key}``, ``{'token': self.token}``): JSON and Python's reprs quote
+#: every text, so an unquoted word there is code.
+_VARIABLE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 #: A field's value already redacted (a known secret's marker): kept, with the scheme before it.
 _MARKER = re.compile(r"<(?:[^<>\s]+ )?redacted>")
 #: A word (or hyphenated words: ``token-based``) with the sentence going on after it: ``password: must be at
@@ -86,8 +110,9 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
     A known secret is replaced in every form an endpoint can echo it in: as given, percent-encoded (any case, any
     mix of encoded and plain characters, encoded twice), JSON-escaped, and inside base64 (alone or within
     ``user:secret``). Whatever the secret, the credentials a text shows by their shape go too: a URL's
-    ``user:password@``, secret-named URL parameters (query, ``;`` path parameters, fragment), and the value of an
-    ``Authorization`` (or API-key) header or of a ``Bearer`` / ``Basic`` credential."""
+    ``user:password@``, secret-named URL parameters (query, ``;`` path parameters, fragment), the value of a
+    secret-named field or header (:func:`redact_fields`: ``Authorization``, ``Cookie``, ``"passphrase": ...``) and
+    of a ``Bearer`` / ``Basic`` credential."""
     known = {value: f"<{name} redacted>" for name, value in os.environ.items()
              if len(value) >= _MIN_SECRET_LENGTH and is_secret_name(name)}
     for secret in secrets:  # one from the environment keeps the name of its variable
@@ -99,7 +124,7 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
         text = _BASE64_RUN.sub(lambda run: _base64_holding(run[0], known) or run[0], text)
     text = URL_USERINFO.sub("<credentials redacted>@", text)
     text = redact_url_parameters(text)  # first: a URL's value runs past a ";", a field's (password=a;b) does not
-    text = _CREDENTIAL_FIELD.sub(_redacted_field, text)
+    text = redact_fields(text)
     return _SCHEME_CREDENTIAL.sub(_redacted_scheme_credential, text)
 
 
@@ -192,24 +217,48 @@ def _base64_holding(run: str, known: dict[str, str]) -> str | None:
     return None
 
 
-#: Field names that also open sentences ("password: must be ...", "signature: does not match ...").
-_PROSE_PRONE_FIELDS = ("password", "passwd", "pwd", "signature")
+def redact_fields(text: str) -> str:
+    """``text`` with the value of each secret-named field (:func:`is_secret_name`) redacted, its name, separator and
+    scheme kept: a header, a JSON / dict / YAML entry or ``name=value``. A value already redacted, one that says
+    the secret is missing (``None``, ``null``), code in a traceback's source line (``key=lambda r: ...``,
+    ``key=key``), and the words of a sentence after a one-word name and an unquoted ``:`` (``password: must be at
+    least 8 characters``, ``token: 3 of 5``) are left as they are."""
+    shown, end = [], 0
+    for head in _FIELD_HEAD.finditer(text):
+        if head.start() < end or not is_secret_name(head["name"]):
+            continue  # inside a value just redacted, or no secret
+        value = _FIELD_VALUE[head["quote"]].match(text, head.end())
+        if value is None or _is_left_as_shown(head, value):
+            continue
+        value_end = value.end()
+        if not head["quote"] and _is_cookie_name(head["name"]):
+            value_end = _MORE_COOKIES.match(text, value_end).end()
+        shown += [text[end:value.start()], REDACTED]
+        end = value_end
+    return "".join(shown) + text[end:]
 
 
-def _redacted_field(match: re.Match[str]) -> str:
-    """A credential field with its value redacted, its name, separator and scheme kept; a marker kept as it is,
-    and a ``password:`` that starts a sentence (``password: must be at least 8 characters``) left alone."""
-    unquoted_colon = ":" in match["separator"] and not {'"', "'"} & set(match["separator"])
-    if _MARKER.fullmatch(match["value"]) or (
-            match["name"].lower() in _PROSE_PRONE_FIELDS and unquoted_colon and not match["scheme"]
-            and _reads_as_prose(match, "value")):
-        return match[0]
-    return f"{match['name']}{match['separator']}{match['scheme'] or ''}{REDACTED}"
+def _is_left_as_shown(head: re.Match[str], value: re.Match[str]) -> bool:
+    word = value[0].rstrip(")")  # an argument's value ends at the call's ")" (sort_keys=True)
+    if _MARKER.fullmatch(value[0]) or word.lower() in _NO_VALUES or word == head["name"]:  # key=key: code
+        return True
+    if not head["quote"] and (_CODE_EXPRESSION.match(value.string, value.start())
+                              or (head["separator"][0] in "\"'" and _VARIABLE.fullmatch(value[0]))):
+        return True
+    unquoted_colon = ":" in head["separator"] and not {'"', "'"} & set(head["separator"])
+    return (unquoted_colon and not head["scheme"] and bool(_WORD_NAME.fullmatch(head["name"]))
+            and _reads_as_prose(value, 0, also=_PROSE_COUNT))
 
 
-def _reads_as_prose(match: re.Match[str], group: str) -> bool:
-    """The ``group`` of ``match`` is a word (or hyphenated words) that a sentence goes on after."""
-    return bool(_PROSE_WORDS.fullmatch(match[group]) and _SENTENCE_GOES_ON.match(match.string, match.end(group)))
+def _is_cookie_name(name: str) -> bool:
+    return _NAME_PART.findall(name)[-1].lower() in ("cookie", "cookies")
+
+
+def _reads_as_prose(match: re.Match[str], group: str | int, also: re.Pattern[str] | None = None) -> bool:
+    """The ``group`` of ``match`` is a word (or hyphenated words; or what ``also`` matches) that a sentence goes on
+    after."""
+    is_word = _PROSE_WORDS.fullmatch(match[group]) or (also is not None and also.fullmatch(match[group]))
+    return bool(is_word and _SENTENCE_GOES_ON.match(match.string, match.end(group)))
 
 
 def _redacted_scheme_credential(match: re.Match[str]) -> str:

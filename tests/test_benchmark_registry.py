@@ -182,7 +182,7 @@ def test_model_args_parsing():
     with pytest.raises(RegistryError) as caught:
         parse_model_args("api_key=Infinity")
     assert "Infinity" not in str(caught.value)
-    with pytest.raises(RegistryError, match="expected key=value"):
+    with pytest.raises(RegistryError, match="expected name=value"):
         parse_model_args("oops")
     # A JSON string is a scalar too: quotes are dropped, and they let a value hold commas.
     assert parse_model_args('model="gpt-4o-mini",prompt="a, b",n="2"') == {

@@ -1920,3 +1920,11 @@ def test_report_labels_a_row_whose_items_had_no_text(tmp_path):
     assert runs["retrieval"].label == "BM25 [3 of 4 catalog items without text]"
     assert "| bm25 \\[7704 of 7704 candidate items without title\\] |" in to_markdown(list(runs.values()))
     assert "bm25 [7704 of 7704 candidate items without title]" in to_html(list(runs.values()))
+
+
+def test_a_model_args_error_shows_its_hint_whole(dataset, tmp_path):
+    """The hint goes through the redaction of every error: its example names no secret, so it is shown whole."""
+    result = CliRunner().invoke(cli, ["run", "--model", "random", "--model-args", "oops", "--dataset", str(dataset),
+                                      "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 or result.exit_code == 1, result.output
+    assert 'expected name=value[,name=value...]; quote a value holding a comma: name="a,b"' in result.output

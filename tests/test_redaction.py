@@ -342,3 +342,62 @@ def test_the_scheme_is_kept_before_a_known_secret(monkeypatch):
     assert redact_secrets(text) == ("Authorization: Basic <OPENAI_API_KEY redacted>, "
                                     "Authorization: Bearer <OPENAI_API_KEY redacted>, "
                                     "{'x-api-key': '<OPENAI_API_KEY redacted>'}")
+
+
+@pytest.mark.parametrize("text, credential", [
+    ('{"passphrase": "Zq81x-unknown"}', "Zq81x-unknown"),
+    ("{'private_key': '-----BEGIN PRIVATE KEY-----\\nMIIEvQ'}", "MIIEvQ"),
+    ('{"GOOGLE_CREDENTIALS": "{\\"type\\": \\"service_account\\"}", "x": 1}', "service_account"),
+    ('{"accessToken": "Zq81x-unknown", "expires_in": 3600}', "Zq81x-unknown"),
+    ('{"session_cookie": "Zq81x-unknown"}', "Zq81x-unknown"),
+    ("{'sig': 'Zq81x-unknown'}", "Zq81x-unknown"),
+    ("aws_secret_access_key: Zq81x-unknown", "Zq81x-unknown"),  # YAML
+    ("  hf_auth: Zq81x-unknown\n  model: m", "Zq81x-unknown"),
+    ("X-Amz-Security-Token: Zq81x-unknown", "Zq81x-unknown"),
+    ("Cookie: session=Zq81x-unknown", "Zq81x-unknown"),
+    ("Set-Cookie: sid=Zq81x-unknown; Path=/; HttpOnly", "Zq81x-unknown"),
+    ("Cookie: theme=dark; csrftoken=Zq81x-unknown; lang=en", "Zq81x-unknown"),  # every cookie of the header
+    # an environment a plugin's traceback quotes, of a process whose variables this one does not have
+    ("subprocess.CalledProcessError: Command '['env', 'MYSQL_PWD=Zq81x-unknown', 'mysql']' returned non-zero "
+     "exit status 1.", "Zq81x-unknown"),
+    ("environ({'HF_TOKEN': 'hf_Zq81xunknown', 'HOME': '/root'})", "hf_Zq81xunknown"),
+    ("GPG_PASSPHRASE=Zq81x-unknown gpg --batch", "Zq81x-unknown"),
+    ('    api_key = "Zq81x-unknown"', "Zq81x-unknown"),  # a key written in a traceback's source line
+    ("[db]\npassword = Zq81x\n", "Zq81x"),  # an INI file
+])
+def test_a_field_is_redacted_by_the_one_vocabulary_of_secret_names(text, credential):
+    """A field in free text (JSON, a dict, YAML, a header, ``name=value``) is secret by ``is_secret_name``, as a
+    URL parameter, an environment variable or a ``--model-args`` argument is."""
+    shown = redact_secrets(text)
+    assert credential not in shown and "<redacted>" in shown, shown
+
+
+@pytest.mark.parametrize("text, shown", [
+    ('{"passphrase": "hunter2-abc"} Cookie: session=abc123def456',
+     '{"passphrase": "<redacted>"} Cookie: <redacted>'),
+    ("Cookie: a=1; session=Zq81x; theme=dark, Accept: application/json",
+     "Cookie: <redacted>, Accept: application/json"),
+    ("Set-Cookie: sid=Zq81x; Path=/; HttpOnly\nContent-Type: text/plain",
+     "Set-Cookie: <redacted>\nContent-Type: text/plain"),
+    ("Proxy-Authorization: Basic dXNlcjpwYXNz, x-goog-api-key: AIzaZq81x",
+     "Proxy-Authorization: Basic <redacted>, x-goog-api-key: <redacted>"),
+    ('{"password": "Zq81x", "note": "api_key=AIzaZq81x"}', '{"password": "<redacted>", "note": "api_key=<redacted>"}'),
+])
+def test_a_secret_field_keeps_its_name_and_what_follows_it(text, shown):
+    assert redact_secrets(text) == shown
+
+
+@pytest.mark.parametrize("text", [
+    '{"model": "m", "max_tokens": 512, "author": "bob", "usage": {"prompt_tokens": 9, "total_tokens": 12}}',
+    "keywords: a, b", "token_count=3", "tokenizer: bert-base-uncased", "key_column=asin",
+    "the key: press enter", "token: 3 of 5 done", "Cookie: required for this endpoint",
+    "if token == expected: return", "while (key := next(keys)):",
+    "OpenAIError: api_key=None; set OPENAI_API_KEY",  # a missing key is what to fix: shown
+    "bypass_cache=true, compass: north",
+    '    token = tokenizer(text)\n    key = os.environ["OPENAI_API_KEY"]',  # a traceback's source lines
+    "    runs = sorted(runs, key=lambda run: run.name)", "    keys = [text_key(t) for t in texts]",
+    '    key = f"{path}|{size}"', "    def get(self, key: str) -> str | None:", "    json.dumps(x, sort_keys=True)",
+    "    stamp({'key': key}, token=token)",
+])
+def test_a_field_with_no_secret_name_or_no_secret_value_is_left_alone(text):
+    assert redact_secrets(text) == text
