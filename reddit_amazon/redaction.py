@@ -33,15 +33,18 @@ _SECRET_VALUE = re.compile(r"[^&#\s\"'<>]*")
 #: ``OPENAI_API_KEY``, ``reddit.salt``), compared in lower case.
 _NAME_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 #: A name part that is or ends in one of these names a secret, alone or glued (``api_key``, ``apikey``,
-#: ``PGPASSWORD``, ``client_secret``, ``X-Amz-Signature``, ``GPG_PASSPHRASE``, ``X-Amz-Credential``), not
-#: ``keyword``, ``max_tokens`` or ``tokenizer``.
+#: ``PGPASSWORD``, ``client_secret``, ``X-Amz-Signature``, ``GPG_PASSPHRASE``, ``X-Amz-Credential``, ``DB_PASS``,
+#: ``SSHPASS``), not ``keyword``, ``max_tokens``, ``tokenizer`` or ``passthrough``.
 _SECRET_PART_ENDINGS = ("key", "keys", "token", "secret", "secrets", "password", "passwd", "passphrase", "signature",
-                        "credential", "credentials")
-#: Words that end in ``key`` and name no key.
-_WORDS_ENDING_IN_KEY = frozenset({"monkey", "donkey", "turkey", "hockey", "jockey", "whiskey", "hotkey", "turnkey"})
-#: Name parts that name a secret only as the whole part (``auth``, ``auth_method``, ``sig``, ``MYSQL_PWD``,
-#: ``DB_PASS``), not ``author``, ``bypass`` or ``signin``.
-_SECRET_PARTS = frozenset({"auth", "oauth", "authorization", "authcode", "passcode", "sig", "verifier", "pwd", "pass",
+                        "credential", "credentials", "pass")
+#: Words that end in ``key`` or ``pass`` and name no secret.
+_WORDS_NAMING_NO_SECRET = frozenset({
+    "monkey", "donkey", "turkey", "hockey", "jockey", "whiskey", "hotkey", "turnkey",
+    "bypass", "compass", "encompass", "surpass", "overpass", "underpass", "trespass", "lowpass", "highpass",
+    "bandpass", "allpass", "multipass", "singlepass"})
+#: Name parts that name a secret only as the whole part (``auth``, ``auth_method``, ``sig``, ``MYSQL_PWD``), not
+#: ``author``, ``signin`` or ``OLDPWD`` (the shell's previous directory).
+_SECRET_PARTS = frozenset({"auth", "oauth", "authorization", "authcode", "passcode", "sig", "verifier", "pwd",
                            "creds", "bearer", "cookie", "cookies"})
 #: Parts that make a ``code`` part a credential (``access_code``, ``auth_code``), not ``country_code``.
 _CODE_OWNERS = frozenset({"access", "auth", "oauth", "authorization", "verification", "device", "grant"})
@@ -150,14 +153,14 @@ def is_secret_name(name: str, also: frozenset[str] = frozenset()) -> bool:
     build option) holds a secret: the one vocabulary every redaction uses, by the parts of the name (split at
     ``_``, ``-``, ``.`` and case changes). A part names a secret when it is or ends in ``key``, ``keys``,
     ``token``, ``secret``, ``secrets``, ``password``, ``passwd``, ``passphrase``, ``signature``, ``credential``,
-    ``credentials`` (not ``monkey``, ``hotkey`` and the like), or is ``auth``, ``oauth``, ``authorization``,
-    ``authcode``, ``passcode``, ``sig``, ``verifier``, ``pwd``, ``pass``, ``creds``, ``bearer``, ``cookie``,
-    ``cookies``, or one of ``also`` (a site's own extras: cards add ``salt``); ``code`` beside ``access``,
+    ``credentials``, ``pass`` (not ``monkey``, ``hotkey``, ``bypass``, ``compass`` and the like), or is ``auth``,
+    ``oauth``, ``authorization``, ``authcode``, ``passcode``, ``sig``, ``verifier``, ``pwd``, ``creds``,
+    ``bearer``, ``cookie``, ``cookies``, or one of ``also`` (a site's own extras: cards add ``salt``); ``code`` beside ``access``,
     ``auth``, ``oauth``, ``authorization``, ``verification``, ``device`` or ``grant``. It does not when a part
     after it says the value is about secrets (``column``, ``field``, ``count``, ``length``, ``size``, ``limit``:
     ``key_column``, ``token_count``), nor in a name that counts (first part ``num``, ``n``, ``max``, ``min``,
     ``total``, ``count``: ``num_keys``). So ``api_key``, ``apiKey``, ``OPENAI_API_KEY``, ``accessToken``,
-    ``client_secret_id``, ``MYSQL_PWD``, ``HF_AUTH``, ``GOOGLE_CREDENTIALS``, ``access_code`` are secret-named;
+    ``client_secret_id``, ``MYSQL_PWD``, ``SSHPASS``, ``HF_AUTH``, ``GOOGLE_CREDENTIALS``, ``access_code`` are secret-named;
     ``max_tokens``, ``tokenizer``, ``key_column``, ``author``, ``country_code``, ``num_keys``, ``keywords``,
     ``tokens_per_second`` are not."""
     parts = [part.lower() for part in _NAME_PART.findall(name)]
@@ -172,7 +175,7 @@ def _names_a_secret(part: str, parts: list[str], also: frozenset[str]) -> bool:
         return True
     if part == "code":
         return bool(_CODE_OWNERS.intersection(parts))
-    return part.endswith(_SECRET_PART_ENDINGS) and part not in _WORDS_ENDING_IN_KEY
+    return part.endswith(_SECRET_PART_ENDINGS) and part not in _WORDS_NAMING_NO_SECRET
 
 
 @functools.lru_cache(maxsize=1024)

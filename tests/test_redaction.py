@@ -362,6 +362,7 @@ def test_the_scheme_is_kept_before_a_known_secret(monkeypatch):
      "exit status 1.", "Zq81x-unknown"),
     ("environ({'HF_TOKEN': 'hf_Zq81xunknown', 'HOME': '/root'})", "hf_Zq81xunknown"),
     ("GPG_PASSPHRASE=Zq81x-unknown gpg --batch", "Zq81x-unknown"),
+    ("SSHPASS=Zq81x-unknown sshpass -e ssh host", "Zq81x-unknown"),
     ('    api_key = "Zq81x-unknown"', "Zq81x-unknown"),  # a key written in a traceback's source line
     ("[db]\npassword = Zq81x\n", "Zq81x"),  # an INI file
 ])

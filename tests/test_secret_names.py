@@ -30,7 +30,8 @@ SECRET_NAMES_BY_SITE = {
     "SLACK_BOT_TOKEN": ALL_SITES, "SLACK_SIGNING_SECRET": ALL_SITES, "private_key": ALL_SITES,
     # Basic auth, databases, cookies, OAuth
     "password": ALL_SITES, "passwd": ALL_SITES, "pwd": ALL_SITES, "MYSQL_PWD": ALL_SITES, "PGPASSWORD": ALL_SITES,
-    "passphrase": ALL_SITES, "GPG_PASSPHRASE": ALL_SITES, "DB_PASS": ALL_SITES, "basic_auth": ALL_SITES,
+    "passphrase": ALL_SITES, "GPG_PASSPHRASE": ALL_SITES, "DB_PASS": ALL_SITES,
+    "SSHPASS": ALL_SITES, "dbpass": ALL_SITES, "rootPass": ALL_SITES, "basic_auth": ALL_SITES,
     "Authorization": ALL_SITES, "bearer": ALL_SITES, "session_cookie": ALL_SITES, "accessToken": ALL_SITES,
     "refresh_token": ALL_SITES, "auth": ALL_SITES, "access_code": ALL_SITES, "code_verifier": ALL_SITES,
     "sig": ALL_SITES, "signature": ALL_SITES,
@@ -42,7 +43,8 @@ SECRET_NAMES_BY_SITE = {
     "num_keys": NO_SITE, "token_count": NO_SITE, "top_k": NO_SITE, "keywords": NO_SITE, "monkey": NO_SITE,
     "tokens_per_second": NO_SITE, "api-version": NO_SITE, "OPENAI_ORG_ID": NO_SITE, "username": NO_SITE,
     "base_url": NO_SITE, "bypass_cache": NO_SITE, "signin": NO_SITE, "PYTHON_KEYRING_BACKEND": NO_SITE,
-    "TOKENIZERS_PARALLELISM": NO_SITE,
+    "TOKENIZERS_PARALLELISM": NO_SITE, "passthrough": NO_SITE, "compass": NO_SITE, "bypass": NO_SITE,
+    "lowpass_filter": NO_SITE, "PGPASSFILE": NO_SITE, "OLDPWD": NO_SITE,
 }
 
 VALUE = "Zq81x-value-of-it"
