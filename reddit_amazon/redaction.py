@@ -104,6 +104,10 @@ _SCHEME_CREDENTIAL = re.compile(r"\b(?P<scheme>Bearer|Basic)\s+(?P<value>[A-Za-z
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
 _TO_STANDARD_BASE64 = str.maketrans("-_", "+/")
 
+#: Environment variables the shell sets whose names read as secret: ``PWD`` is the working directory (``pwd``
+#: names a password elsewhere), whose path every error about a file under it quotes.
+_SHELL_VARIABLES = frozenset({"PWD"})
+
 REDACTED = "<redacted>"
 
 
@@ -117,7 +121,7 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
     secret-named field or header (:func:`redact_fields`: ``Authorization``, ``Cookie``, ``"passphrase": ...``) and
     of a ``Bearer`` / ``Basic`` credential."""
     known = {value: f"<{name} redacted>" for name, value in os.environ.items()
-             if len(value) >= _MIN_SECRET_LENGTH and is_secret_name(name)}
+             if len(value) >= _MIN_SECRET_LENGTH and is_secret_name(name) and name not in _SHELL_VARIABLES}
     for secret in secrets:  # one from the environment keeps the name of its variable
         if secret and len(secret) >= _MIN_SECRET_LENGTH:
             known.setdefault(secret, "<key redacted>")

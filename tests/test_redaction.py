@@ -114,6 +114,14 @@ def test_only_secret_named_environment_variables_of_8_characters_or_more_are_red
     assert redact_secrets(text, "1", "17") == text
 
 
+def test_the_working_directory_the_shell_sets_as_pwd_is_shown(monkeypatch, tmp_path):
+    """``PWD`` is a secret name (``pwd``) but the shell's working directory as a variable: the paths of files
+    under it, which errors name, are shown."""
+    monkeypatch.setenv("PWD", str(tmp_path))
+    text = f"Error: FileNotFoundError: {tmp_path / 'inputs' / 'RS_2023-01.zst'} does not exist"
+    assert redact_secrets(text) == text
+
+
 def test_an_environment_secret_keeps_its_name_when_also_given(monkeypatch):
     token = "hf_QZ7xW2Kp9Rt4Vb8Hm3Nc"
     monkeypatch.setenv("HF_TOKEN", token)

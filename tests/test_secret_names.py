@@ -37,6 +37,7 @@ SECRET_NAMES_BY_SITE = {
     "sig": ALL_SITES, "signature": ALL_SITES,
     # the sites' own extras
     "code": "url", "salt": "card", "reddit.salt": "card",
+    "PWD": "url args card",  # as an environment variable, the shell's working directory
     # benign: cards and results must show these
     "max_tokens": NO_SITE, "max_new_tokens": NO_SITE, "tokenizer": NO_SITE, "key_column": NO_SITE,
     "author": NO_SITE, "authority": NO_SITE, "country_code": NO_SITE, "deployment_code": NO_SITE,
