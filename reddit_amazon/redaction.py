@@ -62,7 +62,7 @@ _SECRET_URL_PARAMETERS = frozenset({"code"})
 #: (``MYSQL_PWD=...``, ``--api-key=...``): its name, the separator (``==`` and ``:=`` are code, not one) and the
 #: scheme a credential's value may start with. Whether the name holds a secret is :func:`is_secret_name`'s to say.
 _FIELD_HEAD = re.compile(
-    r"(?<![\w.-])(?P<name>[\w.-]++)(?P<separator>[\"']?[ \t]*(?::(?![:=])|=(?!=))[ \t]*(?P<quote>[\"'])?)"
+    r"(?<![\w.-])(?P<name>[\w.-]+)(?P<separator>[\"']?[ \t]*(?::(?![:=])|=(?!=))[ \t]*(?P<quote>[\"'])?)"
     r"(?P<scheme>(?:basic|bearer|token|digest|negotiate|ntlm)\s+)?", re.IGNORECASE)
 #: A field's value: a known secret's marker, or all of a quoted value (to its closing quote), or an unquoted one up
 #: to a space, quote, ``,``, ``;``, ``&``, ``#``, ``}``, ``]`` or ``<``.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 from types import UnionType
 
@@ -158,3 +160,31 @@ def test_the_python_entry_points_are_typed_to_take_the_paths_they_take():
         assert _admits(annotation, str) and _admits(annotation, Path), (entry.__name__, parameter, annotation)
     (inputs,) = typing.get_args(typing.get_type_hints(run_reddit_stage)["inputs"])
     assert _admits(inputs, str) and _admits(inputs, Path), inputs
+
+
+#: Regular-expression syntax that Python 3.11 added: possessive quantifiers (``a++``, ``a*+``, ``a?+``,
+#: ``a{2}+``) and atomic groups (``(?>...)``). On 3.10, which the package supports, ``re.compile`` refuses them
+#: when the module is imported.
+_PYTHON_311_REGEX = re.compile(r"(?<!\\)(?:[+*?}]\+|\(\?>)")
+
+
+def _regex_literals(path: Path) -> list[str]:
+    """The string literals ``path`` passes to a ``re`` function (``re.compile``, ``re.sub`` ...), concatenations
+    of literals joined."""
+    literals = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "re" and node.args
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            literals.append(node.args[0].value)
+    return literals
+
+
+def test_regular_expressions_compile_on_python_3_10():
+    """A possessive quantifier in the redaction's field pattern made every command fail at import on 3.10."""
+    sources = [path for package in ("reddit_amazon", "benchmark", "lavic_ref", "cards")
+               for path in (ROOT / package).rglob("*.py")]
+    found = [(str(path.relative_to(ROOT)), pattern) for path in sources for pattern in _regex_literals(path)
+             if _PYTHON_311_REGEX.search(pattern)]
+    assert sum(len(_regex_literals(path)) for path in sources) > 40
+    assert found == []
