@@ -82,7 +82,11 @@ def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, samples: in
 
 
 def to_markdown(comparison: Comparison, name_a: str, name_b: str) -> str:
-    lines = [f"A = {name_a}", f"B = {name_b}", "",
+    from cards.markdown import cell, prose  # lazily: cards imports benchmark too (docs/architecture.md)
+
+    # The run folders are typed by the user, the domains and the values the warnings quote come from results.json
+    # and predictions.jsonl files, maybe someone else's: their HTML and Markdown are shown as text, never rendered.
+    lines = [f"A = {prose(name_a)}", f"B = {prose(name_b)}", "",
              "| Metric | Domain | A | B | A − B | 95% CI | p | A better | B better | p (McNemar) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for d in comparison.differences:
@@ -91,14 +95,15 @@ def to_markdown(comparison: Comparison, name_a: str, name_b: str) -> str:
         diff = "-" if d.difference is None else f"{d.difference:+.4f}"
         exact = "- | - | -" if d.exact is None else \
             f"{d.exact.a_better} | {d.exact.b_better} | {_p_value(d.exact.p_value)}"
-        lines.append(f"| {d.metric} | {d.group} | {_value(d.a)} | {_value(d.b)} | {diff} | {ci} | {p} | {exact} |")
+        group = cell(prose(d.group))
+        lines.append(f"| {d.metric} | {group} | {_value(d.a)} | {_value(d.b)} | {diff} | {ci} | {p} | {exact} |")
     lines.append("")
     lines.append(f"Paired bootstrap over {comparison.shared_records} shared records "
                  f"(only in A: {comparison.only_a}, only in B: {comparison.only_b}). "
                  "For hr@1 and vr, McNemar's exact test counts the records where A or B scored more (hits, or a "
                  "valid answer) and tests that count against Binomial(discordant, 1/2); with few discordant "
                  "records it is the p-value to trust.")
-    lines.extend(f"WARNING: {w}" for w in comparison.warnings)
+    lines.extend(f"WARNING: {prose(w)}" for w in comparison.warnings)
     return "\n".join(lines) + "\n"
 
 

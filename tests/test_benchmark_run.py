@@ -571,6 +571,36 @@ def test_markdown_report_shows_markdown_from_results_files_as_text(dataset, tmp_
     assert ("Recommenders + *sbert* candidates", []) in rows, rows
 
 
+def test_compare_shows_paths_domains_and_warned_values_as_text(dataset, tmp_path):
+    """The run folders typed on the command line, the domains of predictions.jsonl and the values a warning quotes
+    from results.json render as the text they are: no link, image, emphasis or HTML of theirs."""
+    from markdown_it import MarkdownIt
+
+    hostile = "[click](javascript:alert(1)) *x* ![i](p.gif) <b>y</b> www.evil.example"  # a folder name: no "/"
+    run(RunConfig(model="last", dataset=str(dataset), bootstrap_samples=0), tmp_path / "run",
+        recommender=LastCandidate(), progress=False)
+    folders = [tmp_path / f"{hostile} {side}" for side in ("a", "b")]
+    for folder in folders:
+        shutil.copytree(tmp_path / "run", folder)
+        predictions = folder / "predictions.jsonl"
+        rows = [{**orjson.loads(line), "domain": "<i>home</i>|x"} for line in predictions.read_bytes().splitlines()]
+        predictions.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+    results = json.loads((folders[1] / "results.json").read_text())
+    (folders[1] / "results.json").write_text(json.dumps({**results, "candidates": "<svg onload=alert(3)> *s*"}))
+
+    result = CliRunner().invoke(cli, ["compare", *map(str, folders), "--bootstrap-samples", "10"])
+    assert result.exit_code == 0, result.output
+    tokens = MarkdownIt("commonmark").enable(["table", "strikethrough"]).parse(result.output)
+    inline = [token for token in tokens if token.type == "inline"]
+    markup = {child.type for token in inline for child in token.children} - {"text", "text_special", "softbreak"}
+    assert not markup, (markup, result.output)
+    shown = ["".join("\n" if child.type == "softbreak" else child.content for child in token.children)
+             for token in inline]
+    assert f"A = {folders[0]}\nB = {folders[1]}" in shown, shown
+    assert "<i>home</i>|x" in shown, shown
+    assert any("<svg onload=alert(3)> *s*" in line for line in shown), shown
+
+
 def test_a_zero_hr1_is_never_marked_best():
     from benchmark.report import Run, _ranks
 
