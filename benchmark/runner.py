@@ -49,7 +49,7 @@ from benchmark.metrics import (
     score,
     summarize_by_domain,
 )
-from benchmark.protocol import DEFAULT_BATCH_SIZE
+from benchmark.protocol import DEFAULT_BATCH_SIZE, RankingRecommender, Recommender
 from reddit_amazon.files import folder_lock, open_named, write_atomic
 from reddit_amazon.progress import bar_options, quiet
 
@@ -111,7 +111,7 @@ def _signature(config: RunConfig, info: DatasetInfo, resolved: registry.Resolved
 
 
 def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, progress: bool = True,
-        recommender: Any = None) -> dict[str, Any]:
+        recommender: Recommender | RankingRecommender | None = None) -> dict[str, Any]:
     """Evaluate and return the results dict (also written to ``out_dir/results.json``).
 
     ``recommender`` may be passed ready-made (tests, notebooks); otherwise ``config.model`` is resolved.
@@ -125,7 +125,8 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
         return _run(config, out, overwrite, progress, recommender)
 
 
-def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool, recommender: Any) -> dict[str, Any]:
+def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool,
+         recommender: Recommender | RankingRecommender | None) -> dict[str, Any]:
     started = time.perf_counter()
     resolved = registry.resolve(config.model) if recommender is None else None  # fail fast on a bad name
     model_args = config.model_args if resolved is None else registry.typed_args(resolved, config.model_args)

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal, TypeAlias, overload
 
 import datasets
 import pyarrow as pa
@@ -623,6 +623,11 @@ def check_unchanged(folder: str | os.PathLike) -> None:
     _FOUND_UNCHANGED[folder] = stats
 
 
+#: What :func:`load` returns: as ``datasets.load_dataset``, by ``split`` and ``streaming``.
+LoadedDataset: TypeAlias = (datasets.DatasetDict | datasets.Dataset | datasets.IterableDatasetDict
+                            | datasets.IterableDataset)
+
+
 def configs_of(path: str | os.PathLike) -> list[str]:
     """Configs a dataset folder or Hub id declares (a domain imported alone has only its own)."""
     return datasets.get_dataset_config_names(str(_expanded(path)))
@@ -633,8 +638,24 @@ def _expanded(path: str | os.PathLike) -> str | os.PathLike:
     return Path(path).expanduser() if str(path).startswith("~") else path
 
 
-def load(config: str, path: str | os.PathLike | None = None, split: str | None = None, **kwargs: Any):
-    """``datasets.load_dataset`` on a dataset folder or Hub id; the bundled sample when ``path`` is None."""
+@overload
+def load(config: str, path: str | os.PathLike | None = None, split: None = None, *, streaming: Literal[False] = False,
+         **kwargs: Any) -> datasets.DatasetDict: ...
+@overload
+def load(config: str, path: str | os.PathLike | None, split: str, *, streaming: Literal[False] = False,
+         **kwargs: Any) -> datasets.Dataset: ...
+@overload
+def load(config: str, path: str | os.PathLike | None = None, *, split: str, streaming: Literal[False] = False,
+         **kwargs: Any) -> datasets.Dataset: ...
+@overload
+def load(config: str, path: str | os.PathLike | None = None, split: str | None = None, *, streaming: bool,
+         **kwargs: Any) -> LoadedDataset: ...
+def load(config: str, path: str | os.PathLike | None = None, split: str | None = None,
+         **kwargs: Any) -> LoadedDataset:
+    """``datasets.load_dataset`` on a dataset folder or Hub id; the bundled sample when ``path`` is None.
+
+    As ``load_dataset`` returns: every split of the config (a ``DatasetDict``) without ``split``, one ``Dataset``
+    with it; their iterable kinds with ``streaming=True``."""
     if config not in (*DOMAINS, ITEMS_CONFIG):
         raise SchemaError(f"unknown config {config!r}; expected one of {', '.join((*DOMAINS, ITEMS_CONFIG))}")
     if path is None:

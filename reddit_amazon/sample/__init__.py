@@ -10,6 +10,10 @@ so loading and benchmarking work on a fresh machine with nothing built or downlo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, overload
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
 
 SAMPLE_DIR = Path(__file__).resolve().parent
 SAMPLE_DATASET = SAMPLE_DIR / "reddit-amazon"
@@ -27,8 +31,15 @@ def sample_dataset_path() -> Path:
     return SAMPLE_DATASET
 
 
-def load_sample(config: str = "fashion", split: str | None = None):
-    """``datasets.load_dataset`` on the bundled sample: one call, no network."""
+@overload
+def load_sample(config: str = "fashion", split: None = None) -> DatasetDict: ...
+@overload
+def load_sample(config: str, split: str) -> Dataset: ...
+@overload
+def load_sample(*, split: str) -> Dataset: ...
+def load_sample(config: str = "fashion", split: str | None = None) -> DatasetDict | Dataset:
+    """``datasets.load_dataset`` on the bundled sample: one call, no network; every split of ``config`` (a
+    ``DatasetDict``), or one ``Dataset`` with ``split``."""
     from reddit_amazon.dataset_folder import load
 
     return load(config, sample_dataset_path(), split=split)
