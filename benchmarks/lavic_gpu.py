@@ -33,7 +33,9 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -114,6 +116,31 @@ def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: 
 
 
 def main() -> None:
+    args = _arguments()
+    seq_lens = [min(n, 256) for n in args.seq_len] if args.tiny else args.seq_len
+    bench = _build(args)
+    generator = torch.Generator().manual_seed(0)
+    cases = [_case(seq_len, bench, generator) for seq_len in seq_lens]
+    bench.model.train()
+    # The research code first: it needs the vision tower on the device. It trains without gradient
+    # checkpointing; each variant is measured both ways so the ratios compare like with like.
+    rows = _measure_research(bench, cases)
+    results = {"device": torch.cuda.get_device_name() if bench.device.type == "cuda" else "cpu",
+               "size": "tiny" if args.tiny else "llava-v1.6-mistral-7b architecture",
+               "build_s": round(bench.build_s, 1), "gen_batch": args.gen_batch,
+               "compile_modes": args.compile_mode if args.compile else [], "cases": rows}
+    _measure_cached(bench, cases, rows)
+    profiled = _Profiled(bench.cached_step, "eager", "cached", cases[0])
+    for mode in args.compile_mode if args.compile else []:
+        profiled = _measure_compiled(bench, cases, rows, mode)
+    if args.profile:
+        _profile(bench, profiled, rows[0])
+    _print_results(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny random model (CPU is fine)")
     parser.add_argument("--seq-len", type=int, nargs="+", default=[1024],
@@ -133,7 +160,93 @@ def main() -> None:
     shortest = 2 * (CANDIDATES * (SUBIMAGES_PER_ITEM + 1) + 8)  # the item tokens fill the prompt's second half
     if min(args.seq_len) < shortest:
         parser.error(f"--seq-len must be at least {shortest} (10 candidates x 5 item tokens in the second half)")
+    return args
 
+
+@dataclass(frozen=True)
+class _Bench:
+    """The model under test, its optimizer and the inputs every step shares, with the steps measured: the research
+    code's (vision tower run per step) and ours (cached item embeddings), training and generating."""
+
+    model: Any  # LlavaNextForConditionalGeneration with LoRA (peft)
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    dtype: torch.dtype
+    autocast: torch.autocast
+    processor: Any  # LlavaNextImageProcessor
+    images: list[Image.Image]  # one per candidate
+    pixels: torch.Tensor  # ``images`` preprocessed once, on the device
+    gen_pixels: torch.Tensor  # ``pixels`` for each record of a generation batch
+    inner: Any  # the LlavaNext model inside the PEFT wrapper: its vision tower and projector
+    embed_tokens: Any  # the LM's input embeddings
+    item_cache: ItemEmbeddings
+    candidate_ids: list[str]
+    gen_candidates: list[str]  # ``candidate_ids`` for each record of a generation batch
+    item_token_ids: torch.Tensor
+    vocab: int
+    gen_batch: int
+    warmup: int
+    steps: int
+    build_s: float  # seconds to build the model
+
+    def timed(self, step: Callable[[], None], checkpointing: bool) -> tuple[float, float]:
+        set_gradient_checkpointing(self.model, checkpointing)
+        return measure(step, self.device, self.warmup, self.steps)
+
+    def generation_seconds(self, generate: Callable[[], None]) -> float:
+        return measure(generate, self.device, 1, max(2, self.steps // 2))[0]
+
+    def research_vision(self, pixel_values: torch.Tensor, records: int) -> torch.Tensor:
+        with torch.no_grad():
+            cls = self.inner.vision_tower(pixel_values.flatten(0, 1)).last_hidden_state[:, 0]
+            return self.inner.multi_modal_projector(cls).view(records, CANDIDATES, SUBIMAGES_PER_ITEM, -1)
+
+    def train_step(self, case: dict, inputs_embeds: torch.Tensor, ours: bool) -> None:
+        mask = case["attention_mask"]
+        with self.autocast:
+            if ours:  # lavic_ref's loss: LM head on the target positions only
+                loss = target_loss(self.model, inputs_embeds, mask, case["labels"])
+            else:  # the research code's: full-sequence logits, labels masked
+                loss = self.model(inputs_embeds=inputs_embeds, attention_mask=mask,
+                                  labels=case["labels"].to(self.device)).loss
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def generate(self, case: dict, inputs_embeds: torch.Tensor) -> None:
+        self.model.eval()
+        with torch.inference_mode(), self.autocast:
+            self.model.generate(inputs_embeds=inputs_embeds, attention_mask=case["gen_mask"], max_new_tokens=10,
+                                min_new_tokens=10, do_sample=False, pad_token_id=0)
+        self.model.train()
+
+    def research_step(self, case: dict, preprocess: bool) -> None:
+        pixels = (self.processor(self.images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+                  if preprocess else self.pixels)
+        cls = self.research_vision(pixels, 1)
+        self.train_step(case, research_insert(self.embed_tokens(case["input_ids"]), case["input_ids"], cls),
+                        ours=False)
+
+    def research_generate(self, case: dict) -> None:
+        with torch.no_grad():
+            embeds = research_insert(self.embed_tokens(case["gen_ids"]), case["gen_ids"],
+                                     self.research_vision(self.gen_pixels, self.gen_batch))
+        self.generate(case, embeds)
+
+    def cached_step(self, case: dict) -> None:
+        embeds = insert_item_embeddings(self.embed_tokens(case["input_ids"]), case["input_ids"],
+                                        self.item_token_ids, self.item_cache.stack(self.candidate_ids))
+        self.train_step(case, embeds, ours=True)
+
+    def cached_generate(self, case: dict) -> None:
+        with torch.no_grad():
+            embeds = insert_item_embeddings(self.embed_tokens(case["gen_ids"]), case["gen_ids"],
+                                            self.item_token_ids, self.item_cache.stack(self.gen_candidates))
+        self.generate(case, embeds)
+
+
+def _build(args: argparse.Namespace) -> _Bench:
+    """The model (random weights, LoRA on the LM) on the device and the inputs of every step, seeded."""
     from peft import get_peft_model
     from transformers import LlavaNextForConditionalGeneration
 
@@ -143,10 +256,8 @@ def main() -> None:
         from tiny_llava import tiny_configs
 
         config = tiny_configs()
-        seq_lens = [min(n, 256) for n in args.seq_len]
     else:
         config = real_config()
-        seq_lens = args.seq_len
     side = config.vision_config.image_size
     torch.manual_seed(0)
     start = time.perf_counter()
@@ -159,127 +270,82 @@ def main() -> None:
     model = get_peft_model(model, lora_config(LANGUAGE_LORA_TARGETS))
     build_s = time.perf_counter() - start
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5, weight_decay=1e-5)
-    inner = inner_model(model)
-    embed_tokens = model.get_input_embeddings()
     processor = image_processor(side)
-    generator = torch.Generator().manual_seed(0)
-    vocab = config.text_config.vocab_size
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
     images = [Image.new("RGB", (side + 37 * k, side + 23 * (9 - k)), (25 * k, 90, 200 - 15 * k)) for k in range(10)]
-    pixels_gpu = processor(images, return_tensors="pt")["pixel_values"].to(device, dtype)
+    pixels = processor(images, return_tensors="pt")["pixel_values"].to(device, dtype)
     catalog_size = 2000
     item_cache = ItemEmbeddings({f"I{i:09d}": torch.randn(SUBIMAGES_PER_ITEM, config.text_config.hidden_size)
                                  for i in range(catalog_size)}).to(device, dtype)
     candidate_ids = [f"I{i:09d}" for i in range(0, catalog_size, catalog_size // CANDIDATES)][:CANDIDATES]
-    item_token_ids = torch.tensor(ITEM_TOKEN_IDS, device=device)
-    gen_pixels = pixels_gpu.repeat(args.gen_batch, 1, 1, 1, 1)
-    gen_candidates = candidate_ids * args.gen_batch
+    return _Bench(model=model, optimizer=optimizer, device=device, dtype=dtype,
+                  autocast=torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
+                  processor=processor, images=images, pixels=pixels,
+                  gen_pixels=pixels.repeat(args.gen_batch, 1, 1, 1, 1), inner=inner_model(model),
+                  embed_tokens=model.get_input_embeddings(), item_cache=item_cache,
+                  candidate_ids=candidate_ids, gen_candidates=candidate_ids * args.gen_batch,
+                  item_token_ids=torch.tensor(ITEM_TOKEN_IDS, device=device), vocab=config.text_config.vocab_size,
+                  gen_batch=args.gen_batch, warmup=args.warmup, steps=args.steps, build_s=build_s)
 
-    def research_vision(pixel_values: torch.Tensor, records: int) -> torch.Tensor:
-        with torch.no_grad():
-            cls = inner.vision_tower(pixel_values.flatten(0, 1)).last_hidden_state[:, 0]
-            return inner.multi_modal_projector(cls).view(records, CANDIDATES, SUBIMAGES_PER_ITEM, -1)
 
-    cases = []
-    for seq_len in seq_lens:
-        input_ids = prompt_ids(seq_len, vocab, CANDIDATES, generator)[None].to(device)
-        labels = torch.full_like(input_ids, -100).cpu()
-        labels[0, -4:] = input_ids[0, -4:]
-        gen_ids = torch.stack([prompt_ids(seq_len, vocab, CANDIDATES, generator)
-                               for _ in range(args.gen_batch)]).to(device)
-        gen_mask = torch.ones_like(gen_ids)
-        gen_mask[: args.gen_batch // 2, : seq_len // 8] = 0  # left padding on half of the batch
-        cases.append({"seq_len": seq_len, "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-                      "labels": labels, "gen_ids": gen_ids, "gen_mask": gen_mask})
+def _case(seq_len: int, bench: _Bench, generator: torch.Generator) -> dict:
+    """A training prompt of ``seq_len`` tokens (its last 4 the target) and a generation batch of as long prompts,
+    half of them left-padded."""
+    input_ids = prompt_ids(seq_len, bench.vocab, CANDIDATES, generator)[None].to(bench.device)
+    labels = torch.full_like(input_ids, -100).cpu()
+    labels[0, -4:] = input_ids[0, -4:]
+    gen_ids = torch.stack([prompt_ids(seq_len, bench.vocab, CANDIDATES, generator)
+                           for _ in range(bench.gen_batch)]).to(bench.device)
+    gen_mask = torch.ones_like(gen_ids)
+    gen_mask[: bench.gen_batch // 2, : seq_len // 8] = 0  # left padding on half of the batch
+    return {"seq_len": seq_len, "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+            "labels": labels, "gen_ids": gen_ids, "gen_mask": gen_mask}
 
-    def padded(case: dict, multiple: int) -> dict:
-        """``case`` left-padded to a multiple of ``multiple`` tokens (masked pads), as CUDA-graph training pads."""
-        pad = -case["seq_len"] % multiple
-        return {**case, "input_ids": torch.nn.functional.pad(case["input_ids"], (pad, 0), value=0),
-                "attention_mask": torch.nn.functional.pad(case["attention_mask"], (pad, 0), value=0),
-                "labels": torch.nn.functional.pad(case["labels"], (pad, 0), value=-100)}
 
-    def train_step(case: dict, inputs_embeds: torch.Tensor, ours: bool) -> None:
-        mask = case["attention_mask"]
-        with autocast:
-            if ours:  # lavic_ref's loss: LM head on the target positions only
-                loss = target_loss(model, inputs_embeds, mask, case["labels"])
-            else:  # the research code's: full-sequence logits, labels masked
-                loss = model(inputs_embeds=inputs_embeds, attention_mask=mask,
-                             labels=case["labels"].to(device)).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+def padded(case: dict, multiple: int) -> dict:
+    """``case`` left-padded to a multiple of ``multiple`` tokens (masked pads), as CUDA-graph training pads."""
+    pad = -case["seq_len"] % multiple
+    return {**case, "input_ids": torch.nn.functional.pad(case["input_ids"], (pad, 0), value=0),
+            "attention_mask": torch.nn.functional.pad(case["attention_mask"], (pad, 0), value=0),
+            "labels": torch.nn.functional.pad(case["labels"], (pad, 0), value=-100)}
 
-    def generate(case: dict, inputs_embeds: torch.Tensor) -> None:
-        model.eval()
-        with torch.inference_mode(), autocast:
-            model.generate(inputs_embeds=inputs_embeds, attention_mask=case["gen_mask"], max_new_tokens=10,
-                           min_new_tokens=10, do_sample=False, pad_token_id=0)
-        model.train()
 
-    def research_step(case: dict, preprocess: bool) -> None:
-        pixels = processor(images, return_tensors="pt")["pixel_values"].to(device, dtype) if preprocess else pixels_gpu
-        cls = research_vision(pixels, 1)
-        train_step(case, research_insert(embed_tokens(case["input_ids"]), case["input_ids"], cls), ours=False)
-
-    def research_generate(case: dict) -> None:
-        with torch.no_grad():
-            embeds = research_insert(embed_tokens(case["gen_ids"]), case["gen_ids"],
-                                     research_vision(gen_pixels, args.gen_batch))
-        generate(case, embeds)
-
-    def cached_step(case: dict) -> None:
-        embeds = insert_item_embeddings(embed_tokens(case["input_ids"]), case["input_ids"], item_token_ids,
-                                        item_cache.stack(candidate_ids))
-        train_step(case, embeds, ours=True)
-
-    def cached_generate(case: dict) -> None:
-        with torch.no_grad():
-            embeds = insert_item_embeddings(embed_tokens(case["gen_ids"]), case["gen_ids"], item_token_ids,
-                                            item_cache.stack(gen_candidates))
-        generate(case, embeds)
-
-    results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                     "size": "tiny" if args.tiny else "llava-v1.6-mistral-7b architecture",
-                     "build_s": round(build_s, 1), "gen_batch": args.gen_batch,
-                     "compile_modes": args.compile_mode if args.compile else [], "cases": []}
-    model.train()
-    gen_steps = max(2, args.steps // 2)
-
-    def timed(step: Callable[[], None], checkpointing: bool) -> tuple[float, float]:
-        set_gradient_checkpointing(model, checkpointing)
-        return measure(step, device, args.warmup, args.steps)
-
-    # The research code first: it needs the vision tower on the device. It trains without gradient
-    # checkpointing; each variant is measured both ways so the ratios compare like with like.
+def _measure_research(bench: _Bench, cases: list[dict]) -> list[dict]:
+    """One row per case: the research code's step with and without its CPU preprocessing and checkpointing, and
+    its generation throughput."""
+    rows = []
     for case in cases:
         row = {"seq_len": case["seq_len"]}
-        row["research_step_s"], row["research_step_peak_gib"] = timed(lambda: research_step(case, True), True)
-        row["research_step_gpu_only_s"], row["research_step_gpu_only_peak_gib"] = timed(
-            lambda: research_step(case, False), True)
-        row["research_step_no_ckpt_s"], row["research_step_no_ckpt_peak_gib"] = timed(
-            lambda: research_step(case, True), False)
-        seconds, _ = measure(lambda: research_generate(case), device, 1, gen_steps)
-        row["research_records_per_s"] = args.gen_batch / seconds
-        results["cases"].append(row)
+        row["research_step_s"], row["research_step_peak_gib"] = bench.timed(lambda: bench.research_step(case, True),
+                                                                            True)
+        row["research_step_gpu_only_s"], row["research_step_gpu_only_peak_gib"] = bench.timed(
+            lambda: bench.research_step(case, False), True)
+        row["research_step_no_ckpt_s"], row["research_step_no_ckpt_peak_gib"] = bench.timed(
+            lambda: bench.research_step(case, True), False)
+        seconds = bench.generation_seconds(lambda: bench.research_generate(case))
+        row["research_records_per_s"] = bench.gen_batch / seconds
+        rows.append(row)
         print(f"{case['seq_len']} tokens: research step {row['research_step_s']:.4f} s, without checkpointing "
               f"{row['research_step_no_ckpt_s']:.4f} s", flush=True)
-    # Ours: once item embeddings are cached the vision tower and projector leave the device.
-    inner.vision_tower.to("cpu")
-    inner.multi_modal_projector.to("cpu")
-    if device.type == "cuda":
+    return rows
+
+
+def _measure_cached(bench: _Bench, cases: list[dict], rows: list[dict]) -> None:
+    """Our eager step and generation with cached item embeddings, and their ratios to the research code's."""
+    # Once item embeddings are cached the vision tower and projector leave the device.
+    bench.inner.vision_tower.to("cpu")
+    bench.inner.multi_modal_projector.to("cpu")
+    if bench.device.type == "cuda":
         torch.cuda.empty_cache()
-    for case, row in zip(cases, results["cases"]):
-        row["cached_step_s"], row["cached_step_peak_gib"] = timed(lambda: cached_step(case), True)
-        row["cached_step_no_ckpt_s"], row["cached_step_no_ckpt_peak_gib"] = timed(lambda: cached_step(case), False)
-        seconds, _ = measure(lambda: cached_generate(case), device, 1, gen_steps)
-        row["cached_records_per_s"] = args.gen_batch / seconds
+    for case, row in zip(cases, rows):
+        row["cached_step_s"], row["cached_step_peak_gib"] = bench.timed(lambda: bench.cached_step(case), True)
+        row["cached_step_no_ckpt_s"], row["cached_step_no_ckpt_peak_gib"] = bench.timed(
+            lambda: bench.cached_step(case), False)
+        seconds = bench.generation_seconds(lambda: bench.cached_generate(case))
+        row["cached_records_per_s"] = bench.gen_batch / seconds
         row["step_speedup"] = row["research_step_s"] / row["cached_step_s"]
         row["step_speedup_gpu_only"] = row["research_step_gpu_only_s"] / row["cached_step_s"]
         row["step_speedup_no_ckpt"] = row["research_step_no_ckpt_s"] / row["cached_step_no_ckpt_s"]
-        if device.type == "cuda":
+        if bench.device.type == "cuda":
             row["peak_memory_ratio"] = row["cached_step_peak_gib"] / row["research_step_peak_gib"]
             row["peak_memory_ratio_no_ckpt"] = (row["cached_step_no_ckpt_peak_gib"]
                                                 / row["research_step_no_ckpt_peak_gib"])
@@ -288,79 +354,98 @@ def main() -> None:
         row["inference_speedup"] = row["cached_records_per_s"] / row["research_records_per_s"]
         print(f"{case['seq_len']} tokens: ours (eager) {row['cached_step_s']:.4f} s, without checkpointing "
               f"{row['cached_step_no_ckpt_s']:.4f} s", flush=True)
-    profiled_step, profiled, profiled_prefix, profiled_case = cached_step, "eager", "cached", cases[0]
-    for mode in args.compile_mode if args.compile else []:
-        torch._dynamo.reset()  # each mode compiles afresh
-        # Dynamic lengths from the start: what training runs after its first recompile (prompts vary).
-        compile_language_layers(model, mode=None if mode == "default" else mode, dynamic=True)
-        cuda_graphs = mode == "reduce-overhead" and device.type == "cuda"
 
-        def compiled_step(case: dict) -> None:
-            if cuda_graphs:  # a new training iteration: earlier graph outputs may be overwritten
-                torch.compiler.cudagraph_mark_step_begin()
-            cached_step(case)
 
-        prefix = "compiled" if mode == "default" else f"compiled_{mode.replace('-', '_')}"
-        # CUDA graphs as training runs them: checkpointing off (recomputation breaks graph recording), prompts
-        # padded to a multiple of 128 tokens so lengths share graphs. Other modes run each prompt as it is.
-        variants = ((False, "_no_ckpt"),) if cuda_graphs else ((False, "_no_ckpt"), (True, ""))
-        multiple = CUDA_GRAPH_LENGTH_MULTIPLE if mode == "reduce-overhead" else 1
-        for case, row in zip(cases, results["cases"]):
-            ours_case = padded(case, multiple)
-            if multiple > 1:
-                row[f"{prefix}_padded_len"] = ours_case["input_ids"].shape[1]
-            # Without checkpointing first: a variant that fails is recorded, not allowed to lose the others.
-            for checkpointing, suffix in variants:
-                try:
-                    set_gradient_checkpointing(model, checkpointing)
-                    start = time.perf_counter()
-                    compiled_step(ours_case)  # compiles (or recompiles for a new length)
-                    row[f"{prefix}_compile{suffix}_s"] = time.perf_counter() - start
-                    row[f"{prefix}_step{suffix}_s"], row[f"{prefix}_step{suffix}_peak_gib"] = timed(
-                        lambda: compiled_step(ours_case), checkpointing)
-                except Exception as error:  # noqa: BLE001 - a benchmark reports what failed and goes on
-                    row[f"{prefix}_step{suffix}_error"] = f"{type(error).__name__}: {str(error)[:300]}"
-                    print(f"{prefix}{suffix} at {case['seq_len']} tokens failed: {row[f'{prefix}_step{suffix}_error']}")
-                    continue
-                row[f"{prefix}_step{suffix}_speedup"] = (row[f"research_step{suffix}_s"]
-                                                         / row[f"{prefix}_step{suffix}_s"])
-                print(f"{case['seq_len']} tokens: {prefix}{suffix} step {row[f'{prefix}_step{suffix}_s']:.4f} s "
-                      f"(compiling {row[f'{prefix}_compile{suffix}_s']:.1f} s), research "
-                      f"{row[f'research_step{suffix}_s']:.4f} s: {row[f'{prefix}_step{suffix}_speedup']:.2f}x",
-                      flush=True)
-                if device.type == "cuda":
-                    row[f"{prefix}_peak_memory_ratio{suffix}"] = (row[f"{prefix}_step{suffix}_peak_gib"]
-                                                                  / row[f"research_step{suffix}_peak_gib"])
-            if f"{prefix}_step_s" in row:
-                row[f"{prefix}_step_speedup_gpu_only"] = row["research_step_gpu_only_s"] / row[f"{prefix}_step_s"]
-                row[f"{prefix}_step_speedup_vs_research_as_released"] = (row["research_step_no_ckpt_s"]
-                                                                        / row[f"{prefix}_step_s"])
-        profiled_step, profiled, profiled_prefix = compiled_step, f"{mode} compiled", prefix
-        profiled_case = padded(cases[0], multiple)
-    if args.profile:
-        checkpointing = f"{profiled_prefix}_step_s" in results["cases"][0]  # as measured, if that worked
-        set_gradient_checkpointing(model, checkpointing)
-        from torch.profiler import ProfilerActivity, profile
+@dataclass(frozen=True)
+class _Profiled:
+    """The step --profile runs: the last one measured, compiled or eager."""
 
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        print(f"profile of one step of ours ({profiled} LM layers, checkpointing {'on' if checkpointing else 'off'})")
-        try:
-            with profile(activities=activities) as profiler:
-                profiled_step(profiled_case)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-            print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-        except Exception as error:  # noqa: BLE001
-            print(f"profiling failed: {type(error).__name__}: {error}")
+    step: Callable[[dict], None]
+    label: str  # its LM layers: "eager", "<mode> compiled"
+    prefix: str  # of its keys in a row
+    case: dict
 
+
+def _measure_compiled(bench: _Bench, cases: list[dict], rows: list[dict], mode: str) -> _Profiled:
+    """Our step with the LM decoder layers compiled in ``mode``, with and without checkpointing."""
+    torch._dynamo.reset()  # each mode compiles afresh
+    # Dynamic lengths from the start: what training runs after its first recompile (prompts vary).
+    compile_language_layers(bench.model, mode=None if mode == "default" else mode, dynamic=True)
+    cuda_graphs = mode == "reduce-overhead" and bench.device.type == "cuda"
+
+    def compiled_step(case: dict) -> None:
+        if cuda_graphs:  # a new training iteration: earlier graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+        bench.cached_step(case)
+
+    prefix = "compiled" if mode == "default" else f"compiled_{mode.replace('-', '_')}"
+    # CUDA graphs as training runs them: checkpointing off (recomputation breaks graph recording), prompts
+    # padded to a multiple of 128 tokens so lengths share graphs. Other modes run each prompt as it is.
+    variants = ((False, "_no_ckpt"),) if cuda_graphs else ((False, "_no_ckpt"), (True, ""))
+    multiple = CUDA_GRAPH_LENGTH_MULTIPLE if mode == "reduce-overhead" else 1
+    for case, row in zip(cases, rows):
+        ours_case = padded(case, multiple)
+        if multiple > 1:
+            row[f"{prefix}_padded_len"] = ours_case["input_ids"].shape[1]
+        # Without checkpointing first: a variant that fails is recorded, not allowed to lose the others.
+        for checkpointing, suffix in variants:
+            _measure_compiled_variant(bench, compiled_step, ours_case, row, prefix, suffix, checkpointing)
+        if f"{prefix}_step_s" in row:
+            row[f"{prefix}_step_speedup_gpu_only"] = row["research_step_gpu_only_s"] / row[f"{prefix}_step_s"]
+            row[f"{prefix}_step_speedup_vs_research_as_released"] = (row["research_step_no_ckpt_s"]
+                                                                    / row[f"{prefix}_step_s"])
+    return _Profiled(compiled_step, f"{mode} compiled", prefix, padded(cases[0], multiple))
+
+
+def _measure_compiled_variant(bench: _Bench, compiled_step: Callable[[dict], None], case: dict, row: dict,
+                              prefix: str, suffix: str, checkpointing: bool) -> None:
+    """One compiled variant into ``row`` (keys ``{prefix}_step{suffix}_s`` ...): its compile time, step, peak memory
+    and ratio to the research step, or the error it failed with."""
+    try:
+        set_gradient_checkpointing(bench.model, checkpointing)
+        start = time.perf_counter()
+        compiled_step(case)  # compiles (or recompiles for a new length)
+        row[f"{prefix}_compile{suffix}_s"] = time.perf_counter() - start
+        row[f"{prefix}_step{suffix}_s"], row[f"{prefix}_step{suffix}_peak_gib"] = bench.timed(
+            lambda: compiled_step(case), checkpointing)
+    except Exception as error:  # noqa: BLE001 - a benchmark reports what failed and goes on
+        row[f"{prefix}_step{suffix}_error"] = f"{type(error).__name__}: {str(error)[:300]}"
+        print(f"{prefix}{suffix} at {case['seq_len']} tokens failed: {row[f'{prefix}_step{suffix}_error']}")
+        return
+    row[f"{prefix}_step{suffix}_speedup"] = row[f"research_step{suffix}_s"] / row[f"{prefix}_step{suffix}_s"]
+    print(f"{case['seq_len']} tokens: {prefix}{suffix} step {row[f'{prefix}_step{suffix}_s']:.4f} s "
+          f"(compiling {row[f'{prefix}_compile{suffix}_s']:.1f} s), research "
+          f"{row[f'research_step{suffix}_s']:.4f} s: {row[f'{prefix}_step{suffix}_speedup']:.2f}x", flush=True)
+    if bench.device.type == "cuda":
+        row[f"{prefix}_peak_memory_ratio{suffix}"] = (row[f"{prefix}_step{suffix}_peak_gib"]
+                                                      / row[f"research_step{suffix}_peak_gib"])
+
+
+def _profile(bench: _Bench, profiled: _Profiled, first_row: dict) -> None:
+    """The top operators of one step of ``profiled``, with checkpointing as it was measured (if that worked)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    checkpointing = f"{profiled.prefix}_step_s" in first_row
+    set_gradient_checkpointing(bench.model, checkpointing)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.device.type == "cuda" else [])
+    print(f"profile of one step of ours ({profiled.label} LM layers, checkpointing {'on' if checkpointing else 'off'})")
+    try:
+        with profile(activities=activities) as profiler:
+            profiled.step(profiled.case)
+            if bench.device.type == "cuda":
+                torch.cuda.synchronize()
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    except Exception as error:  # noqa: BLE001
+        print(f"profiling failed: {type(error).__name__}: {error}")
+
+
+def _print_results(results: dict) -> None:
     print(f"device {results['device']}, {results['size']}, build {results['build_s']} s, "
-          f"generation batch {args.gen_batch}")
+          f"generation batch {results['gen_batch']}")
     for row in results["cases"]:
         print(f"\n-- prompt of {row['seq_len']} tokens, 10 candidates x 5 item tokens --")
         for key, value in row.items():
             print(f"{key:32s} {value:.4g}" if isinstance(value, float) else f"{key:32s} {value}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
