@@ -791,100 +791,144 @@ def run_reddit_stage_on_files(files: Sequence[Path], workdir: str | os.PathLike,
 
 def _run_reddit_stage(files: Sequence[Path], workdir: str | os.PathLike,
                       options: RedditStageOptions) -> RedditStageResult:
+    _refuse_unusable_dumps(files, workdir)
     stage_dir = Path(workdir) / "reddit"
-    if not files:
-        raise FileNotFoundError(f"no dump files outside the work folder {workdir}")
-    for path in files:
-        if not path.is_file():  # a named pipe: the stage reads every file twice (scan, then collect)
-            raise ValueError(f"{path}: not a regular file; the Reddit stage reads each dump twice, so give it a file")
     stage_dir.mkdir(parents=True, exist_ok=True)
     # A build's record that this folder holds its Reddit stage stops being true now (this run may have other
     # options, such as another salt): the build runs the stage again instead of reusing these outputs.
     (stage_dir / STAGE_STAMP).unlink(missing_ok=True)
-    tasks = max(1, min(options.tasks or len(files), len(files)))
-    buckets = max(1, options.buckets or default_buckets(files, options.tasks or len(files)))
-    file_keys = [_file_key(p) for p in files]
-    names = [str(p) for p in files]
+    run = _StageRun(stage_dir, [str(p) for p in files], [_file_key(p) for p in files],
+                    tasks=max(1, min(options.tasks or len(files), len(files))),
+                    buckets=max(1, options.buckets or default_buckets(files, options.tasks or len(files))),
+                    options=options)
     salt_path = _salt_file(stage_dir, options.salt)  # before the scan: a bad salt fails at once
 
-    # 1. scan
-    scan_dir = stage_dir / "work" / ("scan" if options.resolve_short_links else "scan-without-a.co")
-    _run_on_executor(
-        ScanDumpsStep(names, str(scan_dir), options.progress, options.resolve_short_links, file_keys),
-        tasks,
-        stage_dir / "logs" / f"{scan_dir.name}-{_digest(file_keys, tasks)}",
-        options,
-    )
-    scan_stats = [orjson.loads((scan_dir / f"{key}.json").read_bytes()) for key in file_keys]
-
-    # 2. recommending comments: deduplicated, short links resolved when asked
-    hits: dict[str, dict[str, Any]] = {}
-    for key in file_keys:
-        for hit in _read_jsonl(scan_dir / f"{key}.hits.jsonl"):
-            hits.setdefault(hit["id"], hit)
+    scan_stats, hits = _scan(run)
     funnel_extra: Counter[str] = Counter()
     found = sum(s.get("comments_with_links", 0) for s in scan_stats)
     funnel_extra["duplicate_recommending_comments"] = found - len(hits)
     asked = {u for h in hits.values() for u in h["short_links"]}
     resolved, unreachable = _resolve(sorted(asked), stage_dir, options)
-    targets = _targets_by_bucket(hits, resolved, buckets, funnel_extra)
+    targets = _targets_by_bucket(hits, resolved, run.buckets, funnel_extra)
     needed = sorted({t["link_id"] for bucket in targets.values() for t in bucket})
     targets_dir, targets_digest = _write_targets(stage_dir / "work", targets, needed)
 
-    # 3. collect the needed threads (second, targeted pass)
-    collect_digest = _digest(file_keys, _digest(needed), buckets)
-    collect_dir = stage_dir / "work" / f"collect-{collect_digest}"
-    _run_on_executor(
-        CollectThreadsStep(names, str(collect_dir), options.progress, str(targets_dir / "needed_threads.txt"), buckets,
-                           file_keys),
-        tasks,
-        stage_dir / "logs" / f"collect-{_digest(collect_digest, tasks)}",
-        options,
-    )
-    collect_stats = [orjson.loads((collect_dir / f"{key}.json").read_bytes()) for key in file_keys]
+    collected = _collect(run, needed, targets_dir)
     # Links asked about in this run already (hits) are not asked again: a failed one failed a moment ago.
-    context_links = [u for s in collect_stats for u in s["short_links"] if u not in resolved and u not in asked]
+    context_links = [u for s in collected.stats for u in s["short_links"] if u not in resolved and u not in asked]
     resolved_in_context, unreachable_in_context = _resolve(context_links, stage_dir, options)
     resolved.update(resolved_in_context)
-    all_short_links = sorted(asked | set(context_links))
-    unresolved = sorted(unreachable | unreachable_in_context)  # definitive answers are not worth another run
-    short_links_path = stage_dir / "work" / f"short_links-{_digest(sorted(resolved.items()))}.json"
-    if not short_links_path.exists():
-        _write_json_atomic(short_links_path, resolved)
+    short_links_path = _write_short_links(stage_dir / "work", resolved)
 
-    # 4. rebuild
-    rebuild_digest = _digest(collect_digest, targets_digest, short_links_path.name,
-                             _digest(salt_path.read_text(encoding="utf-8")))
-    rebuild_dir = stage_dir / "work" / f"rebuild-{rebuild_digest}"
-    rebuild_tasks = min(buckets, tasks) if options.executor == "local" else buckets
-    _run_on_executor(
-        RebuildThreadsStep(
-            buckets, str(targets_dir), str(collect_dir), str(short_links_path), str(salt_path), str(rebuild_dir),
-            file_keys,
-        ),
-        rebuild_tasks,
-        stage_dir / "logs" / f"rebuild-{_digest(rebuild_digest, rebuild_tasks)}",
-        options,
-    )
-    rebuild_stats = [orjson.loads((rebuild_dir / f"part-{b:05d}.json").read_bytes()) for b in range(buckets)]
-    shards = _publish([rebuild_dir / f"part-{b:05d}.jsonl" for b in range(buckets)], stage_dir / "conversations")
+    rebuilt = _rebuild(run, collected, targets_dir, targets_digest, short_links_path, salt_path)
+    shards = _publish([rebuilt.folder / f"part-{b:05d}.jsonl" for b in range(run.buckets)], stage_dir / "conversations")
 
     funnel = _funnel(
-        scan_stats, collect_stats, rebuild_stats, funnel_extra, hits, targets, needed, resolved, all_short_links,
-        options,
+        scan_stats, collected.stats, rebuilt.stats, funnel_extra, hits, targets, needed, resolved,
+        sorted(asked | set(context_links)), options,
     )
     _write_json_atomic(stage_dir / "funnel.json", funnel)
-    unresolved_path = stage_dir / "unresolved_short_links.txt"
-    if unresolved:
-        write_atomic(unresolved_path, ("\n".join(unresolved) + "\n").encode())
-    else:  # a list left by an earlier run would name links that are resolved now
-        unresolved_path.unlink(missing_ok=True)
+    unresolved = sorted(unreachable | unreachable_in_context)  # definitive answers are not worth another run
+    _write_unresolved(stage_dir / "unresolved_short_links.txt", unresolved)
     return RedditStageResult(
         shards=shards,
         funnel=funnel,
         incomplete_reasons=dict(funnel["incomplete_files"]),
         unresolved_short_links=unresolved,
     )
+
+
+def _refuse_unusable_dumps(files: Sequence[Path], workdir: str | os.PathLike) -> None:
+    if not files:
+        raise FileNotFoundError(f"no dump files outside the work folder {workdir}")
+    for path in files:
+        if not path.is_file():  # a named pipe: the stage reads every file twice (scan, then collect)
+            raise ValueError(f"{path}: not a regular file; the Reddit stage reads each dump twice, so give it a file")
+
+
+@dataclass(frozen=True)
+class _StageRun:
+    """What every pass of one Reddit stage run shares."""
+
+    stage_dir: Path
+    names: list[str]  # the dump files
+    file_keys: list[str]  # each dump's key (name, size, mtime): its work files are named by it
+    tasks: int
+    buckets: int  # the threads are split by ``link_id`` into this many buckets, collected and rebuilt apart
+    options: RedditStageOptions
+
+    def run_step(self, step: PipelineStep, tasks: int, log_name: str) -> None:
+        _run_on_executor(step, tasks, self.stage_dir / "logs" / log_name, self.options)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """A pass's work folder, the digest that names it and the stats each of its tasks wrote."""
+
+    folder: Path
+    digest: str
+    stats: list[dict[str, Any]]
+
+
+def _scan(run: _StageRun) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Pass 1 over every dump: its stats, and the recommending comments by id (the first of each duplicate)."""
+    scan_dir = run.stage_dir / "work" / ("scan" if run.options.resolve_short_links else "scan-without-a.co")
+    run.run_step(
+        ScanDumpsStep(run.names, str(scan_dir), run.options.progress, run.options.resolve_short_links, run.file_keys),
+        run.tasks, f"{scan_dir.name}-{_digest(run.file_keys, run.tasks)}",
+    )
+    scan_stats = [orjson.loads((scan_dir / f"{key}.json").read_bytes()) for key in run.file_keys]
+    hits: dict[str, dict[str, Any]] = {}
+    for key in run.file_keys:
+        for hit in _read_jsonl(scan_dir / f"{key}.hits.jsonl"):
+            hits.setdefault(hit["id"], hit)
+    return scan_stats, hits
+
+
+def _collect(run: _StageRun, needed: list[str], targets_dir: Path) -> _Pass:
+    """Pass 2, targeted: the threads of the ``needed`` link ids, into their buckets."""
+    digest = _digest(run.file_keys, _digest(needed), run.buckets)
+    folder = run.stage_dir / "work" / f"collect-{digest}"
+    run.run_step(
+        CollectThreadsStep(run.names, str(folder), run.options.progress, str(targets_dir / "needed_threads.txt"),
+                           run.buckets, run.file_keys),
+        run.tasks, f"collect-{_digest(digest, run.tasks)}",
+    )
+    return _Pass(folder, digest, [orjson.loads((folder / f"{key}.json").read_bytes()) for key in run.file_keys])
+
+
+def _write_short_links(work_dir: Path, resolved: dict[str, list[str]]) -> Path:
+    """``short_links-<digest>.json``: the resolved short links, written once."""
+    path = work_dir / f"short_links-{_digest(sorted(resolved.items()))}.json"
+    if not path.exists():
+        _write_json_atomic(path, resolved)
+    return path
+
+
+def _rebuild(run: _StageRun, collected: _Pass, targets_dir: Path, targets_digest: str, short_links_path: Path,
+             salt_path: Path) -> _Pass:
+    """Pass 3, over the work files: each bucket's conversations rebuilt from its targets and threads, one part
+    per bucket."""
+    digest = _digest(collected.digest, targets_digest, short_links_path.name,
+                     _digest(salt_path.read_text(encoding="utf-8")))
+    folder = run.stage_dir / "work" / f"rebuild-{digest}"
+    tasks = min(run.buckets, run.tasks) if run.options.executor == "local" else run.buckets
+    run.run_step(
+        RebuildThreadsStep(
+            run.buckets, str(targets_dir), str(collected.folder), str(short_links_path), str(salt_path), str(folder),
+            run.file_keys,
+        ),
+        tasks, f"rebuild-{_digest(digest, tasks)}",
+    )
+    return _Pass(folder, digest,
+                 [orjson.loads((folder / f"part-{b:05d}.json").read_bytes()) for b in range(run.buckets)])
+
+
+def _write_unresolved(path: Path, unresolved: list[str]) -> None:
+    if unresolved:
+        write_atomic(path, ("\n".join(unresolved) + "\n").encode())
+    else:  # a list left by an earlier run would name links that are resolved now
+        path.unlink(missing_ok=True)
 
 
 def _funnel(
