@@ -293,6 +293,31 @@ def _link(rng: random.Random, asin: str, title: str) -> str:
 def make_world(seed: int = 0, threads_per_domain: int = 100) -> World:
     """Generate the sample world. Same seed, same world, byte for byte."""
     rng = random.Random(seed)
+    items = _catalog(rng)
+    by_domain = {d: [i for i in items if i.domain == d] for d in DOMAINS}
+    distractors = [i for i in items if not i.domain]
+    users = [f"user_{rng.randrange(10**6):06d}" for _ in range(120)]
+    submissions: list[dict[str, Any]] = []
+    comments: list[dict[str, Any]] = []
+    relevance: dict[str, str] = {}
+    expected: list[ExpectedRecord] = []
+    for domain in DOMAINS:
+        for _ in range(threads_per_domain):
+            thread = _thread(rng, domain, by_domain[domain], distractors, users)
+            submissions.append(thread.submission)
+            comments.extend(thread.comments)
+            relevance[thread.recommendation_id] = thread.relevance
+            if thread.expected is not None:
+                expected.append(thread.expected)
+    reviews = _reviews(items)
+    rng.shuffle(comments)  # dumps are ordered by time, not by thread
+    comments.sort(key=lambda c: int(c["created_utc"]))
+    submissions.sort(key=lambda s: int(s["created_utc"]))
+    return World(items, submissions, comments, reviews, relevance, expected)
+
+
+def _catalog(rng: random.Random) -> list[SampleItem]:
+    """Six colours of every domain's products, then three gift sets of each distractor category."""
     items: list[SampleItem] = []
     index = 0
     for domain in DOMAINS:
@@ -306,110 +331,122 @@ def make_world(seed: int = 0, threads_per_domain: int = 100) -> World:
                        "materials": ["assorted"], "stores": ["Generic"]}
             items.append(_make_item(rng, "", category, product, rng.choice(sorted(COLORS)), index))
             index += 1
-    by_domain = {d: [i for i in items if i.domain == d] for d in DOMAINS}
-    distractors = [i for i in items if not i.domain]
+    return items
 
-    submissions: list[dict[str, Any]] = []
-    comments: list[dict[str, Any]] = []
-    relevance: dict[str, str] = {}
-    expected: list[ExpectedRecord] = []
-    users = [f"user_{rng.randrange(10**6):06d}" for _ in range(120)]
-    base_time = 1_640_000_000  # 2021-12-20
 
-    for domain in DOMAINS:
-        for _ in range(threads_per_domain):
-            target = rng.choice(by_domain[domain])
-            vibe = rng.choice(VIBES)
-            color_word = rng.choice(COLOR_WORDS[target.color]) if rng.random() < 0.6 else rng.choice(["neutral", "fun", "classic"])
-            fmt = {"color": color_word, "noun_l": rng.choice(ASKS[target.noun]), "vibe": vibe}
-            title_tpl, body_tpl = rng.choice(REQUESTS[domain])
-            sub_id = _reddit_id(rng)
-            created = base_time + rng.randrange(0, 3 * 365 * 86400)
-            seeker = rng.choice(users)
-            subreddit = rng.choice(SUBREDDITS[domain])
-            selftext = body_tpl.format(**fmt)
-            if rng.random() < 0.05:
-                selftext = "[removed]"
-            submissions.append({
-                "id": sub_id, "name": f"t3_{sub_id}", "author": seeker, "subreddit": subreddit,
-                "title": title_tpl.format(**fmt)[0].upper() + title_tpl.format(**fmt)[1:],
-                "selftext": selftext, "is_self": True, "created_utc": created if rng.random() < 0.7 else str(created),
-                "score": rng.randrange(1, 400), "num_comments": 0, "url": f"https://www.reddit.com/r/{subreddit}/comments/{sub_id}/",
-                "domain": f"self.{subreddit}", "permalink": f"/r/{subreddit}/comments/{sub_id}/",
-            })
-            chain: list[dict[str, Any]] = []
-            parent_fullname = f"t3_{sub_id}"
-            context_parents: list[str] = []
-            for depth in range(rng.choice([0, 0, 1, 2, 2, 3])):
-                cid = _reddit_id(rng)
-                author = rng.choice(users) if depth % 2 == 0 else seeker
-                body = (rng.choice(FOLLOW_UPS) if depth % 2 == 0 else rng.choice(SEEKER_REPLIES)).format(**fmt)
-                if depth == 0 and rng.random() < 0.2:  # an earlier comment that already linked something
-                    earlier = rng.choice(by_domain[domain])
-                    body += f" Something like {_link(rng, earlier.child_asins[0], earlier.metadata['title'])}?"
-                    context_parents.append(earlier.parent_asin)
-                deleted = rng.random() < 0.08
-                comment = {
-                    "id": cid, "name": f"t1_{cid}", "author": "[deleted]" if deleted else author,
-                    "body": "[deleted]" if deleted else body, "link_id": f"t3_{sub_id}",
-                    "parent_id": parent_fullname, "subreddit": subreddit,
-                    "created_utc": created + 600 * (depth + 1), "score": rng.randrange(-2, 60),
-                    "permalink": f"/r/{subreddit}/comments/{sub_id}/_/{cid}/",
-                }
-                if deleted and context_parents and depth == 0:
-                    context_parents.pop()
-                chain.append(comment)
-                parent_fullname = f"t1_{cid}"
-            comments.extend(chain)
+@dataclass
+class _Thread:
+    """One generated thread: its submission, its comments (the chain, the recommendation, a noise comment), the
+    recorded relevance answer for the recommendation and the record a correct build keeps of it (if any)."""
 
-            # The recommendation (sometimes two products, sometimes a child ASIN, sometimes a bad link).
-            rec_id = _reddit_id(rng)
-            recommended = [target] + ([rng.choice(by_domain[domain])] if rng.random() < 0.12 else [])
-            linked = [rng.choice(item.child_asins + [item.parent_asin]) for item in recommended]
-            urls = [_link(rng, asin, item.metadata["title"]) for asin, item in zip(linked, recommended)]
-            roll = rng.random()
-            kind = "yes" if roll < 0.8 else ("no" if roll < 0.92 else "uncertain")
-            if kind == "yes":
-                body = rng.choice(RECOMMENDATIONS).format(url=urls[0], color=color_word, vibe=vibe,
-                                                          title_short=target.noun)
-                if len(urls) > 1:
-                    body += f"\n\nAlso love [this one]({urls[1]})."
-            else:
-                body = rng.choice(NON_RECOMMENDATIONS).format(url=urls[0])
-            if rng.random() < 0.05:  # a link to a product missing from the catalog (dead/unknown)
-                body += f"\n\nor {_link(rng, asin_for('unknown', rec_id), 'Unknown Thing')}"
-            if rng.random() < 0.04:  # a distractor item from another category
-                other = rng.choice(distractors)
-                body += f"\n\nUnrelated but {_link(rng, other.parent_asin, other.metadata['title'])}"
-            comments.append({
-                "id": rec_id, "name": f"t1_{rec_id}", "author": rng.choice(users), "body": body,
-                "link_id": f"t3_{sub_id}", "parent_id": parent_fullname, "subreddit": subreddit,
-                "created_utc": created + 600 * (len(chain) + 1), "score": rng.randrange(1, 200),
-                "permalink": f"/r/{subreddit}/comments/{sub_id}/_/{rec_id}/",
-            })
-            relevance[rec_id] = kind
-            if kind == "yes":
-                gt = list(dict.fromkeys(item.parent_asin for item in recommended))
-                expected.append(ExpectedRecord(rec_id, sub_id, domain, gt, list(dict.fromkeys(context_parents)),
-                                               1 + len(chain)))
-            # Noise: a sibling comment with no links, and one from an unrelated thread.
-            noise_id = _reddit_id(rng)
-            comments.append({
-                "id": noise_id, "name": f"t1_{noise_id}", "author": rng.choice(users),
-                "body": "Following! Great question.", "link_id": f"t3_{sub_id}", "parent_id": f"t3_{sub_id}",
-                "subreddit": subreddit, "created_utc": created + 30, "score": 1,
-            })
+    submission: dict[str, Any]
+    comments: list[dict[str, Any]]
+    recommendation_id: str
+    relevance: str  # "yes" | "no" | "uncertain"
+    expected: ExpectedRecord | None
 
-    reviews = []
-    for item in items:
-        for asin in [item.parent_asin, *item.child_asins]:
-            reviews.append({
-                "rating": 5.0, "title": "Love it", "text": f"Exactly like the photos. {item.color} is lovely.",
-                "images": [], "asin": asin, "parent_asin": item.parent_asin,
-                "user_id": f"A{asin_for('user', asin)[2:]}", "timestamp": 1_600_000_000_000,
-                "helpful_vote": 0, "verified_purchase": True,
-            })
-    rng.shuffle(comments)  # dumps are ordered by time, not by thread
-    comments.sort(key=lambda c: int(c["created_utc"]))
-    submissions.sort(key=lambda s: int(s["created_utc"]))
-    return World(items, submissions, comments, reviews, relevance, expected)
+
+_BASE_TIME = 1_640_000_000  # 2021-12-20
+
+
+def _thread(rng: random.Random, domain: str, domain_items: list[SampleItem], distractors: list[SampleItem],
+            users: list[str]) -> _Thread:
+    target = rng.choice(domain_items)
+    vibe = rng.choice(VIBES)
+    color_word = rng.choice(COLOR_WORDS[target.color]) if rng.random() < 0.6 else rng.choice(["neutral", "fun", "classic"])
+    fmt = {"color": color_word, "noun_l": rng.choice(ASKS[target.noun]), "vibe": vibe}
+    title_tpl, body_tpl = rng.choice(REQUESTS[domain])
+    sub_id = _reddit_id(rng)
+    created = _BASE_TIME + rng.randrange(0, 3 * 365 * 86400)
+    seeker = rng.choice(users)
+    subreddit = rng.choice(SUBREDDITS[domain])
+    selftext = body_tpl.format(**fmt)
+    if rng.random() < 0.05:
+        selftext = "[removed]"
+    submission = {
+        "id": sub_id, "name": f"t3_{sub_id}", "author": seeker, "subreddit": subreddit,
+        "title": title_tpl.format(**fmt)[0].upper() + title_tpl.format(**fmt)[1:],
+        "selftext": selftext, "is_self": True, "created_utc": created if rng.random() < 0.7 else str(created),
+        "score": rng.randrange(1, 400), "num_comments": 0, "url": f"https://www.reddit.com/r/{subreddit}/comments/{sub_id}/",
+        "domain": f"self.{subreddit}", "permalink": f"/r/{subreddit}/comments/{sub_id}/",
+    }
+    chain, context_parents = _context_chain(rng, submission, created, fmt, domain_items, users)
+    parent_fullname = chain[-1]["name"] if chain else f"t3_{sub_id}"
+
+    # The recommendation (sometimes two products, sometimes a child ASIN, sometimes a bad link).
+    rec_id = _reddit_id(rng)
+    recommended = [target] + ([rng.choice(domain_items)] if rng.random() < 0.12 else [])
+    linked = [rng.choice(item.child_asins + [item.parent_asin]) for item in recommended]
+    urls = [_link(rng, asin, item.metadata["title"]) for asin, item in zip(linked, recommended)]
+    roll = rng.random()
+    kind = "yes" if roll < 0.8 else ("no" if roll < 0.92 else "uncertain")
+    if kind == "yes":
+        body = rng.choice(RECOMMENDATIONS).format(url=urls[0], color=color_word, vibe=vibe, title_short=target.noun)
+        if len(urls) > 1:
+            body += f"\n\nAlso love [this one]({urls[1]})."
+    else:
+        body = rng.choice(NON_RECOMMENDATIONS).format(url=urls[0])
+    if rng.random() < 0.05:  # a link to a product missing from the catalog (dead/unknown)
+        body += f"\n\nor {_link(rng, asin_for('unknown', rec_id), 'Unknown Thing')}"
+    if rng.random() < 0.04:  # a distractor item from another category
+        other = rng.choice(distractors)
+        body += f"\n\nUnrelated but {_link(rng, other.parent_asin, other.metadata['title'])}"
+    recommendation = {
+        "id": rec_id, "name": f"t1_{rec_id}", "author": rng.choice(users), "body": body,
+        "link_id": f"t3_{sub_id}", "parent_id": parent_fullname, "subreddit": subreddit,
+        "created_utc": created + 600 * (len(chain) + 1), "score": rng.randrange(1, 200),
+        "permalink": f"/r/{subreddit}/comments/{sub_id}/_/{rec_id}/",
+    }
+    expected = None
+    if kind == "yes":
+        gt = list(dict.fromkeys(item.parent_asin for item in recommended))
+        expected = ExpectedRecord(rec_id, sub_id, domain, gt, list(dict.fromkeys(context_parents)), 1 + len(chain))
+    # Noise: a sibling comment with no links, and one from an unrelated thread.
+    noise_id = _reddit_id(rng)
+    noise = {
+        "id": noise_id, "name": f"t1_{noise_id}", "author": rng.choice(users),
+        "body": "Following! Great question.", "link_id": f"t3_{sub_id}", "parent_id": f"t3_{sub_id}",
+        "subreddit": subreddit, "created_utc": created + 30, "score": 1,
+    }
+    return _Thread(submission, [*chain, recommendation, noise], rec_id, kind, expected)
+
+
+def _context_chain(rng: random.Random, submission: dict[str, Any], created: int, fmt: dict[str, str],
+                   domain_items: list[SampleItem], users: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The comments between the request and the recommendation (helpers and the seeker taking turns, some
+    deleted), and the parent ASINs they link."""
+    sub_id, subreddit, seeker = submission["id"], submission["subreddit"], submission["author"]
+    chain: list[dict[str, Any]] = []
+    parent_fullname = f"t3_{sub_id}"
+    context_parents: list[str] = []
+    for depth in range(rng.choice([0, 0, 1, 2, 2, 3])):
+        cid = _reddit_id(rng)
+        author = rng.choice(users) if depth % 2 == 0 else seeker
+        body = (rng.choice(FOLLOW_UPS) if depth % 2 == 0 else rng.choice(SEEKER_REPLIES)).format(**fmt)
+        if depth == 0 and rng.random() < 0.2:  # an earlier comment that already linked something
+            earlier = rng.choice(domain_items)
+            body += f" Something like {_link(rng, earlier.child_asins[0], earlier.metadata['title'])}?"
+            context_parents.append(earlier.parent_asin)
+        deleted = rng.random() < 0.08
+        comment = {
+            "id": cid, "name": f"t1_{cid}", "author": "[deleted]" if deleted else author,
+            "body": "[deleted]" if deleted else body, "link_id": f"t3_{sub_id}",
+            "parent_id": parent_fullname, "subreddit": subreddit,
+            "created_utc": created + 600 * (depth + 1), "score": rng.randrange(-2, 60),
+            "permalink": f"/r/{subreddit}/comments/{sub_id}/_/{cid}/",
+        }
+        if deleted and context_parents and depth == 0:
+            context_parents.pop()
+        chain.append(comment)
+        parent_fullname = f"t1_{cid}"
+    return chain, context_parents
+
+
+def _reviews(items: list[SampleItem]) -> list[dict[str, Any]]:
+    """A five-star review row for each item's parent and child ASINs (the catalog stage's parent map reads them)."""
+    return [{
+        "rating": 5.0, "title": "Love it", "text": f"Exactly like the photos. {item.color} is lovely.",
+        "images": [], "asin": asin, "parent_asin": item.parent_asin,
+        "user_id": f"A{asin_for('user', asin)[2:]}", "timestamp": 1_600_000_000_000,
+        "helpful_vote": 0, "verified_purchase": True,
+    } for item in items for asin in [item.parent_asin, *item.child_asins]]
