@@ -24,12 +24,15 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reddit_amazon import __version__
 from reddit_amazon.files import naming, write_atomic
 from reddit_amazon.http_session import Deadline, PrivateHostRefused, check_proxies, guarded_session
 from reddit_amazon.openai_endpoint import retry_after
+
+if TYPE_CHECKING:
+    import tenacity
 
 log = logging.getLogger(__name__)
 
@@ -377,9 +380,27 @@ def _download(session, url: str, options: ImageOptions) -> tuple[bytes, str | No
 def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, options: ImageOptions, *,
                  progress: Callable[[Iterable, int], Iterable] | None = None) -> dict[str, ImageOutcome]:
     """Make sure each ``(asin, urls)`` has its main image (``urls[0]``) in ``store``, or a recorded reason."""
-    import requests
-    import tenacity
+    outcomes, todo = _known_outcomes(items, store)
+    check_proxies(url for _, url in todo)  # before any download: a proxy that cannot be used fails them all
+    stopping = threading.Event()  # set on the way out (Ctrl-C, SIGTERM): a wait before a retry ends at once
+    fetch_one = _image_fetcher(store, options, stopping)
+    pool = ThreadPoolExecutor(max_workers=max(1, options.concurrency))
+    try:
+        futures = {pool.submit(fetch_one, asin, url): asin for asin, url in todo}
+        done = as_completed(futures)
+        for future in (progress(done, len(futures)) if progress and futures else done):
+            outcomes[futures[future]] = future.result()
+    finally:
+        stopping.set()  # downloads waiting to retry give up (a transient failure, retried by the next run)
+        pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish running downloads, start no more
+        store.save()  # an interrupted run keeps what it learnt
+    return outcomes
 
+
+def _known_outcomes(items: Sequence[tuple[str, list[str]]],
+                    store: ImageStore) -> tuple[dict[str, ImageOutcome], list[tuple[str, str]]]:
+    """The outcomes known without a download (no URL, already stored, failed for good at this URL), and the
+    ``(asin, url)`` left to download."""
     outcomes: dict[str, ImageOutcome] = {}
     todo: list[tuple[str, str]] = []
     for asin, urls in items:
@@ -392,8 +413,15 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
             outcomes[asin] = ImageOutcome(path=None, error=failure["error"])
         else:
             todo.append((asin, urls[0]))
+    return outcomes, todo
 
-    check_proxies(url for _, url in todo)  # before any download: a proxy that cannot be used fails them all
+
+def _image_fetcher(store: ImageStore, options: ImageOptions,
+                   stopping: threading.Event) -> Callable[[str, str], ImageOutcome]:
+    """``fetch_one(asin, url)`` for the download threads: each thread with a session of its own, transient failures
+    retried until ``stopping`` is set, the image stored or its failure recorded."""
+    import requests
+
     local = threading.local()
 
     def session() -> requests.Session:
@@ -402,20 +430,7 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
                                             allow_private_hosts=options.allow_private_hosts)
         return local.session
 
-    backoff = tenacity.wait_random_exponential(multiplier=options.backoff_initial_s, max=options.backoff_max_s)
-
-    def wait(state: tenacity.RetryCallState) -> float:
-        asked = retry_after(state.outcome.exception() if state.outcome else None)
-        return backoff(state) if asked is None else max(backoff(state), min(asked, options.max_retry_after_s))
-
-    stopping = threading.Event()  # set on the way out (Ctrl-C, SIGTERM): a wait before a retry ends at once
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type((_TransientHTTP, requests.ConnectionError, requests.Timeout)),
-        wait=wait,
-        stop=tenacity.stop_after_attempt(options.max_attempts) | (lambda state: stopping.is_set()),
-        sleep=stopping.wait,
-        reraise=True,
-    )
+    retrying = _retrying(options, stopping)
 
     def attempt(url: str) -> tuple[bytes, str | None]:
         if stopping.is_set():  # woken from a wait before a retry on the way out: no new request (up to 3 x timeout_s)
@@ -446,17 +461,28 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
         # Outside the try: a store that cannot be written (a full disk) stops the run instead of failing every item.
         return ImageOutcome(path=store.put(asin, jpeg, url), downloaded=True)
 
-    pool = ThreadPoolExecutor(max_workers=max(1, options.concurrency))
-    try:
-        futures = {pool.submit(fetch_one, asin, url): asin for asin, url in todo}
-        done = as_completed(futures)
-        for future in (progress(done, len(futures)) if progress and futures else done):
-            outcomes[futures[future]] = future.result()
-    finally:
-        stopping.set()  # downloads waiting to retry give up (a transient failure, retried by the next run)
-        pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish running downloads, start no more
-        store.save()  # an interrupted run keeps what it learnt
-    return outcomes
+    return fetch_one
+
+
+def _retrying(options: ImageOptions, stopping: threading.Event) -> tenacity.Retrying:
+    """A ``tenacity.Retrying`` of connection errors, timeouts and transient HTTP answers: random exponential backoff,
+    longer where the server asks (Retry-After, capped), ``max_attempts`` in all; no more once ``stopping`` is set."""
+    import requests
+    import tenacity
+
+    backoff = tenacity.wait_random_exponential(multiplier=options.backoff_initial_s, max=options.backoff_max_s)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        asked = retry_after(state.outcome.exception() if state.outcome else None)
+        return backoff(state) if asked is None else max(backoff(state), min(asked, options.max_retry_after_s))
+
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type((_TransientHTTP, requests.ConnectionError, requests.Timeout)),
+        wait=wait,
+        stop=tenacity.stop_after_attempt(options.max_attempts) | (lambda state: stopping.is_set()),
+        sleep=stopping.wait,
+        reraise=True,
+    )
 
 
 def failure_reasons(outcomes: dict[str, ImageOutcome]) -> Counter:
