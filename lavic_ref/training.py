@@ -132,18 +132,10 @@ def _train_seeded(backbone: Backbone, train_set: Sequence[Any], val_set: Sequenc
     model = backbone.model
     output = Path(config.output_dir)  # created by the first checkpoint: a run failing before it leaves no empty folder
     _check_output_folder(output)
-    if config.gradient_checkpointing:
-        set_gradient_checkpointing(model, True)
-    if config.cuda_graphs:
-        if backbone.device.type != "cuda":
-            log_line(f"warning: CUDA graphs need a CUDA device; on {backbone.device.type} the LM layers are "
-                     "compiled without them")
-        compile_language_layers(model, mode="reduce-overhead")
-        batch_loss = _each_call_a_new_graph_step(batch_loss)
-    elif config.compile_layers:
-        compile_language_layers(model)
+    batch_loss = _set_up_layers(backbone, config, batch_loss)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    step = _Optimization(batch_loss, params, optimizer, _autocast(backbone))
     state = TrainState(settings=run_settings(config, backbone, settings or {}))
     last = output / "last"
     for folder in (last, output / "best"):  # a process killed between replace_dir's two renames left it aside
@@ -152,7 +144,6 @@ def _train_seeded(backbone: Backbone, train_set: Sequence[Any], val_set: Sequenc
         state = _load_checkpoint(backbone, optimizer, last, state.settings)
     elapsed_before = state.elapsed_s
     trained = state.epoch < config.epochs
-    autocast = _autocast(backbone)
 
     def save_checkpoint() -> None:
         state.elapsed_s = elapsed_before + time.perf_counter() - started
@@ -162,39 +153,12 @@ def _train_seeded(backbone: Backbone, train_set: Sequence[Any], val_set: Sequenc
     if config.max_steps is not None:
         batches_per_epoch = min(batches_per_epoch, config.max_steps * config.grad_accum)
     while state.epoch < config.epochs:
-        order = list(range(len(train_set)))
-        random.Random(config.seed + state.epoch).shuffle(order)
         model.train()
-        progress = tqdm(total=batches_per_epoch, initial=state.batches_done,
-                        desc=f"{description} epoch {state.epoch + 1}", **bar_options())
-        optimizer.zero_grad(set_to_none=True)
-        for index in range(state.batches_done, batches_per_epoch):
-            batch = [train_set[i] for i in order[index * config.batch_size:(index + 1) * config.batch_size]]
-            with autocast:
-                loss = batch_loss(batch)
-            (loss / config.grad_accum).backward()
-            state.epoch_loss_sum += loss.item()
-            progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)  # shown at update(), within mininterval
-            progress.update()
-            state.batches_done = index + 1
-            if state.batches_done % config.grad_accum == 0 or state.batches_done == batches_per_epoch:
-                if config.max_grad_norm > 0:  # no GradScaler (bf16 autocast needs none): nothing to unscale first
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.global_step += 1
-                if state.global_step % config.save_every == 0:
-                    save_checkpoint()
-        progress.close()
+        _train_epoch(train_set, step, config, state, batches_per_epoch, f"{description} epoch {state.epoch + 1}",
+                     save_checkpoint)
         train_loss = state.epoch_loss_sum / max(state.batches_done, 1)  # mean over the epoch's batches
         val_loss = evaluate(backbone, val_set, batch_loss, config.batch_size, target_tokens) if val_set else train_loss
-        state.history.append({"epoch": state.epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
-        log_line(f"{description} epoch {state.epoch + 1}: train loss {train_loss:.4f}, "
-                 f"validation loss {val_loss:.4f}")
-        if val_loss < state.best_val_loss:
-            state.best_val_loss = val_loss
-            with _written_beside(output / "best", output / ".best.tmp") as best_tmp:
-                save_adapter(backbone, best_tmp, trained_with=state.settings)
+        _record_epoch(backbone, state, train_loss, val_loss, output, description)
         state.epoch += 1
         state.batches_done = 0
         state.epoch_loss_sum = 0.0
@@ -204,6 +168,72 @@ def _train_seeded(backbone: Backbone, train_set: Sequence[Any], val_set: Sequenc
         set_gradient_checkpointing(model, False)
     model.eval()
     return TrainResult(output / "best", state.best_val_loss, state.history, round(state.elapsed_s, 1), trained)
+
+
+def _set_up_layers(backbone: Backbone, config: TrainConfig, batch_loss: BatchLoss) -> BatchLoss:
+    """Gradient checkpointing and compiled LM layers as ``config`` asks; ``batch_loss`` as the compiled layers
+    need it called (each call a new CUDA-graph step)."""
+    if config.gradient_checkpointing:
+        set_gradient_checkpointing(backbone.model, True)
+    if config.cuda_graphs:
+        if backbone.device.type != "cuda":
+            log_line(f"warning: CUDA graphs need a CUDA device; on {backbone.device.type} the LM layers are "
+                     "compiled without them")
+        compile_language_layers(backbone.model, mode="reduce-overhead")
+        return _each_call_a_new_graph_step(batch_loss)
+    if config.compile_layers:
+        compile_language_layers(backbone.model)
+    return batch_loss
+
+
+@dataclass(frozen=True)
+class _Optimization:
+    """What a training batch needs: its loss, the parameters it trains, their optimizer and the precision."""
+
+    batch_loss: BatchLoss
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    autocast: Any  # from _autocast
+
+
+def _train_epoch(train_set: Sequence[Any], step: _Optimization, config: TrainConfig, state: TrainState,
+                 batches_per_epoch: int, description: str, save_checkpoint: Callable[[], None]) -> None:
+    """The batches of ``state.epoch`` from ``state.batches_done`` on, in the epoch's seeded order: an optimizer
+    step every ``grad_accum`` batches (and at the epoch's end), a checkpoint every ``save_every`` steps."""
+    order = list(range(len(train_set)))
+    random.Random(config.seed + state.epoch).shuffle(order)
+    progress = tqdm(total=batches_per_epoch, initial=state.batches_done, desc=description, **bar_options())
+    step.optimizer.zero_grad(set_to_none=True)
+    for index in range(state.batches_done, batches_per_epoch):
+        batch = [train_set[i] for i in order[index * config.batch_size:(index + 1) * config.batch_size]]
+        with step.autocast:
+            loss = step.batch_loss(batch)
+        (loss / config.grad_accum).backward()
+        state.epoch_loss_sum += loss.item()
+        progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)  # shown at update(), within mininterval
+        progress.update()
+        state.batches_done = index + 1
+        if state.batches_done % config.grad_accum == 0 or state.batches_done == batches_per_epoch:
+            if config.max_grad_norm > 0:  # no GradScaler (bf16 autocast needs none): nothing to unscale first
+                torch.nn.utils.clip_grad_norm_(step.params, config.max_grad_norm)
+            step.optimizer.step()
+            step.optimizer.zero_grad(set_to_none=True)
+            state.global_step += 1
+            if state.global_step % config.save_every == 0:
+                save_checkpoint()
+    progress.close()
+
+
+def _record_epoch(backbone: Backbone, state: TrainState, train_loss: float, val_loss: float, output: Path,
+                  description: str) -> None:
+    """The epoch's losses into the history and the log; its adapter into ``output/best`` when it is the best yet."""
+    state.history.append({"epoch": state.epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
+    log_line(f"{description} epoch {state.epoch + 1}: train loss {train_loss:.4f}, "
+             f"validation loss {val_loss:.4f}")
+    if val_loss < state.best_val_loss:
+        state.best_val_loss = val_loss
+        with _written_beside(output / "best", output / ".best.tmp") as best_tmp:
+            save_adapter(backbone, best_tmp, trained_with=state.settings)
 
 
 def _check_output_folder(output: Path) -> None:
