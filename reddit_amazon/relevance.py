@@ -176,18 +176,33 @@ class AnswerCache:
             return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
 
     def close(self) -> None:
+        """Close the file, returned to one self-contained file. Where SQLite cannot move the answers out of the
+        ``-wal`` file (a full disk), they stay there, read back by the next open: :class:`RelevanceError` then names
+        both files, since a copy of the cache file alone would lack them."""
         with self._lock:
             try:
                 self._db.execute("PRAGMA journal_mode=DELETE")  # checkpoints: every answer moves into the file
-            except sqlite3.OperationalError:  # "database is locked": another process has it open and converts it
-                pass
+            except sqlite3.OperationalError as error:
+                self._db.close()
+                if error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:  # "database is locked": another process
+                    return  # has it open, and the last one to close it converts it
+                wal = self.path.with_name(f"{self.path.name}-wal")
+                raise RelevanceError(
+                    f"{self.path}: its latest answers could not be moved into it ({error}); they are kept in {wal}, "
+                    f"which the next run reads back: keep (copy) both files together until a run closes the cache "
+                    f"with room to write (the relevance answer cache, --llm-cache)") from error
             self._db.close()
 
     def __enter__(self) -> AnswerCache:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self.close()
+        except RelevanceError:
+            if exc_type is None:
+                raise
+            # The block's own error (often the same full disk) is the one to report; the answers are not lost.
 
 
 # --------------------------------------------------------------------------------------------

@@ -356,6 +356,31 @@ def test_a_cache_another_process_has_open_is_left_to_it_to_close(tmp_path):
     assert path.read_bytes()[18:20] == b"\x01\x01" and answers_of(path) == [("a", "yes"), ("b", "no")]
 
 
+def test_answers_a_full_disk_keeps_in_the_wal_file_are_reported_naming_both_files(tmp_path, file_size_limit):
+    """close() ignored every error of its checkpoint, not only "database is locked": on a full disk the answers
+    stayed in the -wal file, unsaid, and a copy of the cache file alone lacked them."""
+    path = tmp_path / "answers.sqlite"
+    cache = AnswerCache(path)
+    for i in range(50):
+        cache.put(f"k{i}", DEFAULT_MODEL, "yes" * 100)
+    with file_size_limit(path.stat().st_size), pytest.raises(RelevanceError) as raised:
+        cache.close()
+    assert str(path) in str(raised.value) and f"{path}-wal" in str(raised.value)
+    assert (tmp_path / "answers.sqlite-wal").stat().st_size > 0
+    with AnswerCache(path) as again:  # nothing lost: the next open reads them back, and its close has room
+        assert len(again) == 50
+    assert [p.name for p in tmp_path.iterdir()] == ["answers.sqlite"] and len(answers_of(path)) == 50
+
+
+def test_an_error_in_the_block_is_not_hidden_by_a_close_that_fails_too(tmp_path, file_size_limit):
+    path = tmp_path / "answers.sqlite"
+    cache = AnswerCache(path)
+    for i in range(50):
+        cache.put(f"k{i}", DEFAULT_MODEL, "yes" * 100)
+    with file_size_limit(path.stat().st_size), pytest.raises(KeyError, match="the block's"), cache:
+        raise KeyError("the block's")
+    assert (tmp_path / "answers.sqlite-wal").stat().st_size > 0
+
 def test_an_answer_stored_survives_the_process_being_killed(tmp_path):
     """A paid answer is never asked again: put() returns once a SIGKILL can no longer lose it."""
     import signal
