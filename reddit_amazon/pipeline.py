@@ -543,11 +543,11 @@ def _without_exception(record: dict) -> bool:
     return record["exception"] is None
 
 
-def _utf8_folder(path: Path):
-    """``path`` as datatrove's logging folder, its task logs in UTF-8 whatever the locale."""
-    from reddit_amazon.utf8_folder import Utf8DataFolder
+def _task_log_folder(path: Path):
+    """``path`` as datatrove's logging folder: task logs in UTF-8 whatever the locale, keeping the previous run's."""
+    from reddit_amazon.task_log_folder import TaskLogFolder
 
-    return Utf8DataFolder(str(path))
+    return TaskLogFolder(str(path))
 
 
 def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options: RedditStageOptions) -> None:
@@ -555,7 +555,7 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
     workers = max(1, min(options.workers, tasks))
     if options.executor == "local":
         executor = _quiet_local_executor()(
-            [step], tasks=tasks, workers=workers, logging_dir=_utf8_folder(logging_dir),
+            [step], tasks=tasks, workers=workers, logging_dir=_task_log_folder(logging_dir),
             start_method=LOCAL_START_METHOD,
         )
     elif options.executor == "slurm":
@@ -572,7 +572,7 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
             mem_per_cpu_gb=options.slurm_mem_per_cpu_gb,
             workers=options.workers if options.workers > 1 else -1,
             job_name=f"reddit-amazon-{logging_dir.name}",
-            logging_dir=_utf8_folder(logging_dir),
+            logging_dir=_task_log_folder(logging_dir),
             venv_path=options.slurm_venv,
         )
     elif options.executor == "ray":
@@ -582,7 +582,7 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
             raise ImportError("executor 'ray' needs Ray: pip install 'reddit-amazon[cluster]'") from None
         from datatrove.executor import RayPipelineExecutor
 
-        executor = RayPipelineExecutor([step], tasks=tasks, workers=workers, logging_dir=_utf8_folder(logging_dir))
+        executor = RayPipelineExecutor([step], tasks=tasks, workers=workers, logging_dir=_task_log_folder(logging_dir))
     else:
         raise ValueError(f"unknown executor {options.executor!r}: use local, slurm or ray")
     if options.executor == "local":

@@ -1062,6 +1062,24 @@ def test_a_failing_task_logs_its_traceback_without_the_salt(tmp_path, file_size_
         assert salt not in text
 
 
+def test_a_rerun_keeps_the_failed_tasks_log_and_only_the_last_one(tmp_path, file_size_limit):
+    """datatrove opens a task's log with "w": the rerun of a failed task rewrote it, and the failure's traceback (in
+    no other place: the console shows only the Error: line) was gone."""
+    from reddit_amazon.build import SAMPLE_REDDIT
+
+    options = RedditStageOptions(salt="s", progress=False)
+    for _ in range(2):
+        with file_size_limit(60_000), pytest.raises(OSError):
+            run_reddit_stage([SAMPLE_REDDIT], tmp_path / "work", options)
+    run_reddit_stage([SAMPLE_REDDIT], tmp_path / "work", options)
+    logs = tmp_path / "work" / "reddit" / "logs"
+    previous = [log.read_text(encoding="utf-8") for log in logs.rglob("task_*.log.1")]
+    assert any("Traceback" in text and "File too large" in text for text in previous), previous
+    for log in logs.rglob("task_*.log"):
+        assert "Traceback" not in log.read_text(encoding="utf-8"), log
+    assert {log.name.partition(".")[2] for log in logs.rglob("task_*")} == {"log", "log.1"}
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_full_disk_in_a_task_is_one_error_line_naming_the_file(tmp_path, file_size_limit, workers):
     """datatrove logged a failing task's exception to the console: a full disk printed a ~50-line traceback (the
