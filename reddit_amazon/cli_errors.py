@@ -48,15 +48,18 @@ def one_line(message: object) -> str:
 
 @contextmanager
 def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
-    """Errors of ``kinds`` (their message says what to fix) end as ``Error: Type: message``; a
-    ``click.ClickException`` keeps its message. Either way secrets from the environment are redacted."""
+    """Errors of ``kinds`` (their message says what to fix) end as ``Error: Type: message``, followed by the
+    error's notes (a Reddit-stage task's names its log); a ``click.ClickException`` keeps its message. Either way
+    secrets from the environment are redacted."""
     try:
         yield
     except click.ClickException as error:
         error.message = redact_secrets(error.message)
         raise
     except kinds as error:
-        raise click.ClickException(redact_secrets(f"{type(error).__name__}: {error}{_cache_hint(error)}")) from error
+        notes = "".join(f" ({one_line(note)})" for note in getattr(error, "__notes__", ()))
+        raise click.ClickException(redact_secrets(f"{type(error).__name__}: {error}{_cache_hint(error)}{notes}")) \
+            from error
 
 
 def _cache_hint(error: BaseException) -> str:

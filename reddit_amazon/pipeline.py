@@ -489,7 +489,8 @@ class RebuildThreadsStep(PipelineStep):
 
 
 def _quiet_local_executor():
-    """datatrove's local executor with task logs in ``logging_dir/logs`` only (a task's error is raised to the caller).
+    """datatrove's local executor with task logs in ``logging_dir/logs`` only (a task's error is raised to the caller,
+    with a note naming the task's log, which holds its traceback).
 
     In-process, datatrove's per-task INFO logs would bury the progress bars and the funnel; datatrove
     prints to the console only for local rank 0, so every task runs with a local rank above 0.
@@ -507,8 +508,12 @@ def _quiet_local_executor():
             return super()._launch_run_for_rank(*args, **kwargs)
 
         def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-            with _task_logging():
-                return super()._run_for_rank(rank, local_rank + 1, node_rank)
+            try:
+                with _task_logging():
+                    return super()._run_for_rank(rank, local_rank + 1, node_rank)
+            except Exception as error:  # raised to the caller, whose Error: line shows the note (a worker's pickled)
+                error.add_note(f"traceback in {self.logging_dir.resolve_paths(f'logs/task_{rank:05d}.log')}")
+                raise
 
     return QuietLocalPipelineExecutor
 

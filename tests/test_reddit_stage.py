@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -1096,3 +1097,6 @@ def test_a_full_disk_in_a_task_is_one_error_line_naming_the_file(tmp_path, file_
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: OSError: [Errno 27] File too large: "), done.stderr
     assert str(workdir / "reddit" / "work") in lines[0]
+    task_log = re.fullmatch(r".* \(traceback in (.*/logs/task_\d{5}\.log)\)", lines[0])  # the console shows none
+    assert task_log and Path(task_log.group(1)).is_relative_to(workdir / "reddit" / "logs"), lines[0]
+    assert "File too large" in Path(task_log.group(1)).read_text(encoding="utf-8").partition("Traceback")[2]
