@@ -40,13 +40,10 @@ def main() -> None:
 
 @contextmanager
 def input_errors() -> Iterator[None]:
-    """Input problems (a damaged release file, a folder in the way, an unreadable manifest) end with one
-    ``Error:`` line naming them; anything else is a bug and keeps its traceback."""
+    """Input problems (a damaged release file, a folder in the way, an unreadable manifest or one lacking a field)
+    end with one ``Error:`` line naming them; anything else, a KeyError included, is a bug and keeps its traceback."""
     with user_errors(ValueError, OSError):
-        try:
-            yield
-        except KeyError as error:
-            raise click.ClickException(f"a required field is missing: {error}") from error
+        yield
 
 
 @cli.command("sample-path")

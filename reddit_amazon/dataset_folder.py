@@ -585,16 +585,31 @@ def _parquet_columns(path: Path) -> list[str]:
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The folder's manifest; a field it lacks, at any depth, is read as a :class:`SchemaError` naming the file."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a reddit-amazon dataset folder (no {MANIFEST})")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"), object_hook=lambda fields: ManifestObject(path, fields))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SchemaError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(manifest, dict):
         raise SchemaError(f"{path}: not a JSON object")
     return manifest
+
+
+class ManifestObject(dict):
+    """A JSON object of a manifest file. A field it lacks (a damaged or hand-edited manifest) is a
+    :class:`SchemaError` naming the file, where a plain dict's KeyError would name neither the file nor the
+    problem, and would look like a bug's."""
+
+    def __init__(self, path: Path, fields: dict[str, Any]):
+        super().__init__(fields)
+        self.path = path
+
+    def __missing__(self, key: str) -> Any:
+        raise SchemaError(f"{self.path}: the field {key!r} is missing (restore the manifest, or rebuild or "
+                          "re-import the folder)")
 
 
 #: Folders found unchanged in this process, with the size and mtime of their files then: a loader that opens

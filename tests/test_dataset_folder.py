@@ -969,3 +969,29 @@ def test_a_full_datasets_cache_is_named_not_a_dataset_generation_error(tmp_path,
     assert caught.value.errno == errno.EFBIG and caught.value.filename == str(tmp_path / "cache")
     assert "HF_DATASETS_CACHE" in str(caught.value)
     assert len(load("items", tmp_path / "ds", split="home")) > 0  # with room, the same load works
+
+
+@pytest.mark.parametrize("field", ["version", "counts", "name"])
+def test_a_manifest_lacking_a_field_is_an_error_naming_the_file(tmp_path, field):
+    """The commands made every KeyError 'Error: a required field is missing: 'version'', naming no file; a manifest's
+    missing field is now a SchemaError naming manifest.json, and a KeyError elsewhere (a bug) keeps its traceback."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    folder = tmp_path / "reddit-amazon"
+    write_dataset(folder, contents())
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    del manifest[field]
+    (folder / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["card", str(folder)])
+    assert result.exit_code == 1 and result.output == (
+        f"Error: SchemaError: {folder / MANIFEST}: the field {field!r} is missing (restore the manifest, or rebuild or "
+        "re-import the folder)\n"), result.output
+
+
+def test_a_key_error_of_a_bug_keeps_its_traceback():
+    from reddit_amazon.cli import input_errors
+
+    with pytest.raises(KeyError, match="'x'"), input_errors():
+        {}["x"]
