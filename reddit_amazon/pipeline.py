@@ -512,7 +512,8 @@ def _quiet_local_executor():
                 with _task_logging():
                     return super()._run_for_rank(rank, local_rank + 1, node_rank)
             except Exception as error:  # raised to the caller, whose Error: line shows the note (a worker's pickled)
-                error.add_note(f"traceback in {self.logging_dir.resolve_paths(f'logs/task_{rank:05d}.log')}")
+                note = f"traceback in {self.logging_dir.resolve_paths(f'logs/task_{rank:05d}.log')}"
+                error.__notes__ = [*getattr(error, "__notes__", ()), note]  # add_note() is Python 3.11's
                 raise
 
     return QuietLocalPipelineExecutor

@@ -188,3 +188,13 @@ def test_regular_expressions_compile_on_python_3_10():
              if _PYTHON_311_REGEX.search(pattern)]
     assert sum(len(_regex_literals(path)) for path in sources) > 40
     assert found == []
+
+
+def test_no_exception_note_is_added_with_python_3_11_s_add_note():
+    """``BaseException.add_note`` is Python 3.11's: on 3.10 a failing Reddit-stage task raised AttributeError in
+    place of its own error."""
+    calls = [str(path.relative_to(ROOT)) for package in ("reddit_amazon", "benchmark", "lavic_ref", "cards")
+             for path in (ROOT / package).rglob("*.py")
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Attribute) and node.attr == "add_note"]
+    assert calls == []
