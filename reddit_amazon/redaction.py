@@ -49,9 +49,10 @@ _SECRET_PARTS = frozenset({"auth", "oauth", "authorization", "authcode", "passco
 #: Parts that make a ``code`` part a credential (``access_code``, ``auth_code``), not ``country_code``.
 _CODE_OWNERS = frozenset({"access", "auth", "oauth", "authorization", "verification", "device", "grant"})
 #: Parts after a secret part that make the value something about secrets, not one (``key_column``,
-#: ``token_count``, ``key_size``).
+#: ``token_count``, ``key_size``), or make the name an exception's, whose message follows it (``KeyError: 'title'``,
+#: ``ExpiredSignatureError: Signature has expired``).
 _ABOUT_PARTS = frozenset({"column", "columns", "col", "field", "fields", "count", "counts", "length", "len", "size",
-                          "limit"})
+                          "limit", "error", "errors", "exception", "warning"})
 #: First parts of a name that counts things (``num_keys``, ``max_tokens``): it holds a number, not a secret.
 _COUNTING_PARTS = frozenset({"num", "n", "max", "min", "total", "count"})
 #: A URL parameter that is a secret only as the whole name: OAuth's authorization code, Azure Functions' key
@@ -162,11 +163,12 @@ def is_secret_name(name: str, also: frozenset[str] = frozenset()) -> bool:
     ``bearer``, ``cookie``, ``cookies``, or one of ``also`` (a site's own extras: cards add ``salt``); ``code`` beside ``access``,
     ``auth``, ``oauth``, ``authorization``, ``verification``, ``device`` or ``grant``. It does not when a part
     after it says the value is about secrets (``column``, ``field``, ``count``, ``length``, ``size``, ``limit``:
-    ``key_column``, ``token_count``), nor in a name that counts (first part ``num``, ``n``, ``max``, ``min``,
+    ``key_column``, ``token_count``) or the name is an exception's (``error``, ``exception``, ``warning``:
+    ``KeyError``), nor in a name that counts (first part ``num``, ``n``, ``max``, ``min``,
     ``total``, ``count``: ``num_keys``). So ``api_key``, ``apiKey``, ``OPENAI_API_KEY``, ``accessToken``,
     ``client_secret_id``, ``MYSQL_PWD``, ``SSHPASS``, ``HF_AUTH``, ``GOOGLE_CREDENTIALS``, ``access_code`` are secret-named;
     ``max_tokens``, ``tokenizer``, ``key_column``, ``author``, ``country_code``, ``num_keys``, ``keywords``,
-    ``tokens_per_second`` are not."""
+    ``tokens_per_second``, ``KeyError`` are not."""
     parts = [part.lower() for part in _NAME_PART.findall(name)]
     if not parts or parts[0] in _COUNTING_PARTS:
         return False

@@ -410,3 +410,14 @@ def test_a_secret_field_keeps_its_name_and_what_follows_it(text, shown):
 ])
 def test_a_field_with_no_secret_name_or_no_secret_value_is_left_alone(text):
     assert redact_secrets(text) == text
+
+
+@pytest.mark.parametrize("text", [
+    "KeyError: 'title'",  # a plugin's traceback and `Error: KeyError: ...` end so: the missing key is what to fix
+    "KeyError: 'OPENAI_API_KEY'",
+    "datasets.exceptions.DatasetGenerationError: KeyError: 'images'",
+    "jwt.exceptions.ExpiredSignatureError: Signature has expired",
+    "oauthlib.oauth2.rfc6749.errors.TokenExpiredError: (token_expired)",
+])
+def test_an_exception_named_for_a_secret_word_keeps_its_message(text):
+    assert redact_secrets(text) == text
