@@ -53,6 +53,9 @@ _CODE_OWNERS = frozenset({"access", "auth", "oauth", "authorization", "verificat
 #: ``ExpiredSignatureError: Signature has expired``).
 _ABOUT_PARTS = frozenset({"column", "columns", "col", "field", "fields", "count", "counts", "length", "len", "size",
                           "limit", "error", "errors", "exception", "warning"})
+#: Parts after a ``token`` part that make it a tokenizer's token or OAuth's token kind, not a credential
+#: (``pad_token_id=0``, ``token_type_ids``, ``"token_type": "Bearer"``); ``AWS_ACCESS_KEY_ID`` stays secret.
+_TOKEN_ABOUT_PARTS = frozenset({"id", "ids", "type", "types"})
 #: First parts of a name that counts things (``num_keys``, ``max_tokens``): it holds a number, not a secret.
 _COUNTING_PARTS = frozenset({"num", "n", "max", "min", "total", "count"})
 #: A URL parameter that is a secret only as the whole name: OAuth's authorization code, Azure Functions' key
@@ -173,6 +176,7 @@ def is_secret_name(name: str, also: frozenset[str] = frozenset()) -> bool:
     if not parts or parts[0] in _COUNTING_PARTS:
         return False
     return any(_names_a_secret(part, parts, also) and not _ABOUT_PARTS.intersection(parts[index + 1:])
+               and not (part in ("token", "tokens") and _TOKEN_ABOUT_PARTS.intersection(parts[index + 1:]))
                for index, part in enumerate(parts))
 
 

@@ -421,3 +421,13 @@ def test_a_field_with_no_secret_name_or_no_secret_value_is_left_alone(text):
 ])
 def test_an_exception_named_for_a_secret_word_keeps_its_message(text):
     assert redact_secrets(text) == text
+
+
+@pytest.mark.parametrize("text", [
+    "GenerationConfig(pad_token_id=0, eos_token_id=2, bos_token_id=1)",  # transformers' warnings and errors
+    "Setting `pad_token_id` to `eos_token_id`:2 for open-end generation.",
+    "'token_type_ids': [0, 0, 0]",
+    '{"access_token": "<redacted>", "token_type": "Bearer", "expires_in": 3600}',  # OAuth's token kind
+])
+def test_a_tokenizer_s_token_id_or_an_oauth_token_type_is_shown(text):
+    assert redact_secrets(text) == text

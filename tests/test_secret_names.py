@@ -46,6 +46,7 @@ SECRET_NAMES_BY_SITE = {
     "base_url": NO_SITE, "bypass_cache": NO_SITE, "signin": NO_SITE, "PYTHON_KEYRING_BACKEND": NO_SITE,
     "TOKENIZERS_PARALLELISM": NO_SITE, "passthrough": NO_SITE, "compass": NO_SITE, "bypass": NO_SITE,
     "lowpass_filter": NO_SITE, "PGPASSFILE": NO_SITE, "OLDPWD": NO_SITE, "KeyError": NO_SITE, "key_error": NO_SITE,
+    "pad_token_id": NO_SITE, "token_type_ids": NO_SITE, "token_type": NO_SITE,
 }
 
 VALUE = "Zq81x-value-of-it"
