@@ -69,7 +69,8 @@ _FIELD_HEAD = re.compile(
     r"(?<![\w.-])(?P<name>[\w.-]+)(?P<separator>[\"']?[ \t]*(?::(?![:=])|=(?!=))[ \t]*(?P<quote>[\"'])?)"
     r"(?P<scheme>(?:basic|bearer|token|digest|negotiate|ntlm)\s+)?", re.IGNORECASE)
 #: A field's value: a known secret's marker, or all of a quoted value (to its closing quote), or an unquoted one up
-#: to a space, quote, ``,``, ``;``, ``&``, ``#``, ``}``, ``]`` or ``<``.
+#: to a space, quote, ``,``, ``;``, ``&``, ``#``, ``}``, ``]`` or ``<``, and before a ``)`` it did not open (the
+#: call's: ``OpenAI(api_key=...)``, ``(key: OPENAI_API_KEY)``).
 _FIELD_VALUE = {
     None: re.compile(r"<(?:[^<>\s]+ )?redacted>|[^\s\"',;&#}\]<>]+"),
     '"': re.compile(r'<(?:[^<>\s]+ )?redacted>(?=")|(?:\\.|[^"\\\n])+'),
@@ -241,6 +242,8 @@ def redact_fields(text: str) -> str:
         if head.start() < end or not is_secret_name(head["name"]):
             continue  # inside a value just redacted, or no secret
         value = _FIELD_VALUE[head["quote"]].match(text, head.end())
+        if value is not None and not head["quote"]:
+            value = _FIELD_VALUE[None].match(text, head.end(), _end_before_unopened_parentheses(value))
         if value is None or _is_left_as_shown(head, value):
             continue
         value_end = value.end()
@@ -251,8 +254,16 @@ def redact_fields(text: str) -> str:
     return "".join(shown) + text[end:]
 
 
+def _end_before_unopened_parentheses(value: re.Match[str]) -> int:
+    """Where an unquoted ``value`` ends without the ``)`` at its end that it did not open."""
+    end, unopened = value.end(), value[0].count(")") - value[0].count("(")
+    while unopened > 0 and value.string[end - 1] == ")":
+        end, unopened = end - 1, unopened - 1
+    return end
+
+
 def _is_left_as_shown(head: re.Match[str], value: re.Match[str]) -> bool:
-    word = value[0].rstrip(")")  # an argument's value ends at the call's ")" (sort_keys=True)
+    word = value[0]
     if _MARKER.fullmatch(value[0]) or word.lower() in _NO_VALUES or word == head["name"]:  # key=key: code
         return True
     if not head["quote"] and (_CODE_EXPRESSION.match(value.string, value.start())

@@ -431,3 +431,15 @@ def test_an_exception_named_for_a_secret_word_keeps_its_message(text):
 ])
 def test_a_tokenizer_s_token_id_or_an_oauth_token_type_is_shown(text):
     assert redact_secrets(text) == text
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("    client = OpenAI(api_key=sk-proj-abc123XYZdef456)", "    client = OpenAI(api_key=<redacted>)"),
+    ("(key: sk-proj-abc123XYZdef456)", "(key: <redacted>)"),
+    ("OpenAI(api_key=sk-proj-abc(123)XYZ)", "OpenAI(api_key=<redacted>)"),  # a ")" the value opened is its own
+    ("connect(user=u, password=hunter2!)", "connect(user=u, password=<redacted>)"),
+    ("(password: hunter2!)) failed", "(password: <redacted>)) failed"),
+])
+def test_an_unquoted_value_ends_before_a_parenthesis_it_did_not_open(text, shown):
+    """The call's ``)`` after an argument, or the ``)`` closing a remark, is not the secret's: it stays."""
+    assert redact_secrets(text) == shown
