@@ -235,8 +235,8 @@ def redact_fields(text: str) -> str:
     """``text`` with the value of each secret-named field (:func:`is_secret_name`) redacted, its name, separator and
     scheme kept: a header, a JSON / dict / YAML entry or ``name=value``. A value already redacted, one that says
     the secret is missing (``None``, ``null``), code in a traceback's source line (``key=lambda r: ...``,
-    ``key=key``), and the words of a sentence after a one-word name and an unquoted ``:`` (``password: must be at
-    least 8 characters``, ``token: 3 of 5``) are left as they are."""
+    ``key=key``, ``self.key = key``, ``api_key=key``), and the words of a sentence after a one-word name and an
+    unquoted ``:`` (``password: must be at least 8 characters``, ``token: 3 of 5``) are left as they are."""
     shown, end = [], 0
     for head in _FIELD_HEAD.finditer(text):
         if head.start() < end or not is_secret_name(head["name"]):
@@ -264,14 +264,23 @@ def _end_before_unopened_parentheses(value: re.Match[str]) -> int:
 
 def _is_left_as_shown(head: re.Match[str], value: re.Match[str]) -> bool:
     word = value[0]
-    if _MARKER.fullmatch(value[0]) or word.lower() in _NO_VALUES or word == head["name"]:  # key=key: code
+    if _MARKER.fullmatch(word) or word.lower() in _NO_VALUES or word == head["name"]:  # "key": "key" too
         return True
-    if not head["quote"] and (_CODE_EXPRESSION.match(value.string, value.start())
-                              or (head["separator"][0] in "\"'" and _VARIABLE.fullmatch(value[0]))):
+    if not head["quote"] and (_CODE_EXPRESSION.match(value.string, value.start()) or _is_passed_on(word, head["name"])
+                              or (head["separator"][0] in "\"'" and _VARIABLE.fullmatch(word))):
         return True
     unquoted_colon = ":" in head["separator"] and not {'"', "'"} & set(head["separator"])
     return (unquoted_colon and not head["scheme"] and bool(_WORD_NAME.fullmatch(head["name"]))
             and _reads_as_prose(value, 0, also=_PROSE_COUNT))
+
+
+def _is_passed_on(value: str, name: str) -> bool:
+    """``value`` is a variable that code passes on under (part of) its own name: ``key=key``, ``self.key = key``,
+    ``key=upstream.key``, ``api_key=key``, ``self.key = api_key``, ``token=self._token``."""
+    if not _VARIABLE.fullmatch(value):
+        return False
+    shorter, longer = sorted((name.rsplit(".", 1)[-1], value.rsplit(".", 1)[-1]), key=len)
+    return longer == shorter or longer.endswith("_" + shorter)
 
 
 def _is_cookie_name(name: str) -> bool:

@@ -443,3 +443,24 @@ def test_a_tokenizer_s_token_id_or_an_oauth_token_type_is_shown(text):
 def test_an_unquoted_value_ends_before_a_parenthesis_it_did_not_open(text, shown):
     """The call's ``)`` after an argument, or the ``)`` closing a remark, is not the secret's: it stays."""
     assert redact_secrets(text) == shown
+
+
+@pytest.mark.parametrize("text", [
+    "        self.key = key", "        self.api_key = api_key", "        self.key = api_key",
+    "    client = OpenAI(api_key=key)", "    record(key=upstream.key)", "    session.token = self._token",
+])
+def test_a_variable_passed_on_under_its_own_name_is_code(text):
+    """A traceback's source line passing a variable on under its own name, dotted or a part of it, shows code."""
+    assert redact_secrets(text) == text
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("    client = OpenAI(api_key=sk-proj-abc123XYZdef456)", "    client = OpenAI(api_key=<redacted>)"),
+    ("self.key = sk_live_abc123XYZ", "self.key = <redacted>"),
+    ('self.key = "key"', 'self.key = "<redacted>"'),  # a quoted value is text, not a variable
+    ("self.api_key = hunter2_key", "self.api_key = <redacted>"),
+    ("api_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "api_key=<redacted>"),
+    ("token=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abcDEF123_-x", "token=<redacted>"),
+])
+def test_a_secret_after_a_dotted_or_partial_name_is_still_redacted(text, shown):
+    assert redact_secrets(text) == shown
