@@ -92,6 +92,11 @@ _PROSE_COUNT = re.compile(r"[0-9]{1,3}")
 #: type (``key: str``).
 _CODE_EXPRESSION = re.compile(r"[A-Za-z_][\w.]*[(\[]|lambda\b|[\[({]|[A-Za-z]{1,2}[\"']"
                               r"|(?:str|int|float|bool|bytes|dict|list|tuple|set|object|Any|Path)(?![\w.-])")
+#: An Arrow type after ``name: `` (a field of a schema that pyarrow or ``datasets`` print in an error:
+#: ``struct<key: string, value: int64>``, ``CastError: ... key: large_string``); a nested type before its ``<``.
+_ARROW_TYPE = re.compile(r"(?:large_)?(?:string|utf8|binary)|(?:string|binary)_view|u?int(?:8|16|32|64)"
+                         r"|float(?:16|32|64)?|halffloat|double|bool|date(?:32|64)"
+                         r"|(?:(?:large_)?list|list_view|struct|map|dictionary)(?=<)")
 #: A variable after a quoted name (``{"key": key}``, ``{'token': self.token}``): JSON and Python's reprs quote
 #: every text, so an unquoted word there is code.
 _VARIABLE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
@@ -235,8 +240,9 @@ def redact_fields(text: str) -> str:
     """``text`` with the value of each secret-named field (:func:`is_secret_name`) redacted, its name, separator and
     scheme kept: a header, a JSON / dict / YAML entry or ``name=value``. A value already redacted, one that says
     the secret is missing (``None``, ``null``), code in a traceback's source line (``key=lambda r: ...``,
-    ``key=key``, ``self.key = key``, ``api_key=key``), and the words of a sentence after a one-word name and an
-    unquoted ``:`` (``password: must be at least 8 characters``, ``token: 3 of 5``) are left as they are."""
+    ``key=key``, ``self.key = key``, ``api_key=key``), an Arrow type in a printed schema (``key: string``), and
+    the words of a sentence after a one-word name and an unquoted ``:`` (``password: must be at least 8
+    characters``, ``token: 3 of 5``) are left as they are."""
     shown, end = [], 0
     for head in _FIELD_HEAD.finditer(text):
         if head.start() < end or not is_secret_name(head["name"]):
@@ -270,6 +276,9 @@ def _is_left_as_shown(head: re.Match[str], value: re.Match[str]) -> bool:
                               or (head["separator"][0] in "\"'" and _VARIABLE.fullmatch(word))):
         return True
     unquoted_colon = ":" in head["separator"] and not {'"', "'"} & set(head["separator"])
+    arrow_type = _ARROW_TYPE.match(value.string, value.start())
+    if unquoted_colon and not head["scheme"] and arrow_type and arrow_type.end() == value.end():
+        return True
     return (unquoted_colon and not head["scheme"] and bool(_WORD_NAME.fullmatch(head["name"]))
             and _reads_as_prose(value, 0, also=_PROSE_COUNT))
 

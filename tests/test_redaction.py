@@ -464,3 +464,32 @@ def test_a_variable_passed_on_under_its_own_name_is_code(text):
 ])
 def test_a_secret_after_a_dotted_or_partial_name_is_still_redacted(text, shown):
     assert redact_secrets(text) == shown
+
+
+def test_an_arrow_schema_in_an_error_is_shown():
+    """pyarrow and ``datasets`` print a schema as ``name: type`` (a CastError, an ArrowInvalid): the types of
+    fields named ``key``, ``token`` or ``password`` are no secrets."""
+    import pyarrow as pa
+
+    schema = pa.schema([("key", pa.string()), ("api_key", pa.large_string()), ("keys", pa.list_(pa.int64())),
+                        ("token", pa.struct([("key", pa.string()), ("value", pa.int64())])),
+                        ("secret", pa.float32()), ("password", pa.timestamp("us")), ("sig", pa.bool_()),
+                        ("passphrase", pa.map_(pa.string(), pa.int32())), ("pwd", pa.binary()),
+                        ("auth", pa.dictionary(pa.int32(), pa.string())), ("access_token", pa.uint8()),
+                        ("private_key", pa.float64())])
+    text = f"datasets.table.CastError: Couldn't cast\n{schema}\nto\n{{'key': Value('string')}}"
+    assert "key: string" in text and "token: struct<key: string, value: int64>" in text
+    assert redact_secrets(text) == text
+    message = "ArrowInvalid: Failed to parse struct<key: string, value: int64>, key: double"
+    assert redact_secrets(message) == message
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("key: string1", "key: <redacted>"), ("password: int64abc", "password: <redacted>"),
+    ("token: structure<", "token: <redacted><"), ("api_key=string", "api_key=<redacted>"),
+    ('"password": "double"', '"password": "<redacted>"'), ("password: hunter2!", "password: <redacted>"),
+    ("key: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "key: <redacted>"),
+    ("Authorization: Bearer string-9x", "Authorization: Bearer <redacted>"),
+])
+def test_a_secret_that_starts_like_an_arrow_type_or_is_one_outside_a_schema_is_redacted(text, shown):
+    assert redact_secrets(text) == shown
