@@ -49,10 +49,15 @@ _SECRET_PARTS = frozenset({"auth", "oauth", "authorization", "authcode", "passco
 #: Parts that make a ``code`` part a credential (``access_code``, ``auth_code``), not ``country_code``.
 _CODE_OWNERS = frozenset({"access", "auth", "oauth", "authorization", "verification", "device", "grant"})
 #: Parts after a secret part that make the value something about secrets, not one (``key_column``,
-#: ``token_count``, ``key_size``), or make the name an exception's, whose message follows it (``KeyError: 'title'``,
+#: ``token_count``, ``key_size``, ``key_file``: a path to the key, not the key), or make the name an exception's,
+#: whose message follows it (``KeyError: 'title'``,
 #: ``ExpiredSignatureError: Signature has expired``).
 _ABOUT_PARTS = frozenset({"column", "columns", "col", "field", "fields", "count", "counts", "length", "len", "size",
-                          "limit", "error", "errors", "exception", "warning"})
+                          "limit", "error", "errors", "exception", "warning", "file", "files", "path", "paths",
+                          "dir", "filename"})
+#: Parts before a ``key`` part that make it a database's or a sort's key, not a credential (``primary_key: asin``,
+#: ``sort_keys=True``, ``cache_key``); ``api_key`` and ``private_key`` stay secret.
+_KEY_KINDS_NAMING_NO_SECRET = frozenset({"primary", "foreign", "sort", "partition", "cache", "row", "join", "lookup"})
 #: Parts after a ``token`` part that make it a tokenizer's token or OAuth's token kind, not a credential
 #: (``pad_token_id=0``, ``token_type_ids``, ``"token_type": "Bearer"``); ``AWS_ACCESS_KEY_ID`` stays secret.
 _TOKEN_ABOUT_PARTS = frozenset({"id", "ids", "type", "types"})
@@ -172,7 +177,10 @@ def is_secret_name(name: str, also: frozenset[str] = frozenset()) -> bool:
     ``bearer``, ``cookie``, ``cookies``, or one of ``also`` (a site's own extras: cards add ``salt``); ``code`` beside ``access``,
     ``auth``, ``oauth``, ``authorization``, ``verification``, ``device`` or ``grant``. It does not when a part
     after it says the value is about secrets (``column``, ``field``, ``count``, ``length``, ``size``, ``limit``:
-    ``key_column``, ``token_count``) or the name is an exception's (``error``, ``exception``, ``warning``:
+    ``key_column``, ``token_count``; ``file``, ``path``, ``dir``: ``key_file``, a path to the key) or a part
+    before a ``key`` says it is a database's or a sort's (``primary``, ``foreign``, ``sort``, ``partition``,
+    ``cache``, ``row``, ``join``, ``lookup``: ``primary_key``) or the name is an exception's (``error``,
+    ``exception``, ``warning``:
     ``KeyError``), nor in a name that counts (first part ``num``, ``n``, ``max``, ``min``,
     ``total``, ``count``: ``num_keys``). So ``api_key``, ``apiKey``, ``OPENAI_API_KEY``, ``accessToken``,
     ``client_secret_id``, ``MYSQL_PWD``, ``SSHPASS``, ``HF_AUTH``, ``GOOGLE_CREDENTIALS``, ``access_code`` are secret-named;
@@ -183,6 +191,7 @@ def is_secret_name(name: str, also: frozenset[str] = frozenset()) -> bool:
         return False
     return any(_names_a_secret(part, parts, also) and not _ABOUT_PARTS.intersection(parts[index + 1:])
                and not (part in ("token", "tokens") and _TOKEN_ABOUT_PARTS.intersection(parts[index + 1:]))
+               and not (part in ("key", "keys") and index > 0 and parts[index - 1] in _KEY_KINDS_NAMING_NO_SECRET)
                for index, part in enumerate(parts))
 
 

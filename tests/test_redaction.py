@@ -493,3 +493,21 @@ def test_an_arrow_schema_in_an_error_is_shown():
 ])
 def test_a_secret_that_starts_like_an_arrow_type_or_is_one_outside_a_schema_is_redacted(text, shown):
     assert redact_secrets(text) == shown
+
+
+@pytest.mark.parametrize("text", [
+    "primary_key: asin", "ssl: {key_file=/etc/ssl/private/server.key, cert_file=/etc/ssl/certs/server.pem}",
+    "    json.dumps(row, sort_keys=True)", "FOREIGN_KEYS=on", "token_path: ~/.cache/huggingface/token",
+])
+def test_a_path_to_a_key_or_a_database_key_is_shown(text):
+    assert redact_secrets(text) == text
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("primary_api_key: sk-proj-abc123XYZdef456", "primary_api_key: <redacted>"),
+    ("key_file_password=hunter2!", "key_file_password=<redacted>"),
+    ("private_key: MIIEvQIBADANBgkqhkiG9w0BAQEFAASC==", "private_key: <redacted>"),
+    ('{"key": "sk-abc123XYZ", "key_file": "/k.pem"}', '{"key": "<redacted>", "key_file": "/k.pem"}'),
+])
+def test_a_secret_beside_a_key_file_or_a_database_key_is_still_redacted(text, shown):
+    assert redact_secrets(text) == shown

@@ -47,6 +47,11 @@ SECRET_NAMES_BY_SITE = {
     "TOKENIZERS_PARALLELISM": NO_SITE, "passthrough": NO_SITE, "compass": NO_SITE, "bypass": NO_SITE,
     "lowpass_filter": NO_SITE, "PGPASSFILE": NO_SITE, "OLDPWD": NO_SITE, "KeyError": NO_SITE, "key_error": NO_SITE,
     "pad_token_id": NO_SITE, "token_type_ids": NO_SITE, "token_type": NO_SITE,
+    "key_file": NO_SITE, "SSL_KEY_FILE": NO_SITE, "token_path": NO_SITE, "password_file": NO_SITE,
+    "credentials_dir": NO_SITE, "primary_key": NO_SITE, "foreign_keys": NO_SITE, "sort_keys": NO_SITE,
+    "cache_key": NO_SITE, "partition_key": NO_SITE,
+    # ... unless another part names a secret
+    "primary_api_key": ALL_SITES, "key_file_password": ALL_SITES, "SSL_KEY_PASSWORD": ALL_SITES,
 }
 
 VALUE = "Zq81x-value-of-it"
