@@ -172,6 +172,10 @@ def check_output_folder(out_dir: str | os.PathLike, keep: Sequence[str | os.Path
 #: What a dataset folder holds (an imported copy also keeps the release's files): nothing else may be replaced.
 DATASET_ENTRIES = {MANIFEST, "README.md", DATA_DIR, "lavic_source"}
 SOURCE_COPY_DIR = "lavic_source"  # an import's verbatim copies of the release's files, sha256 in the manifest
+#: What every manifest this package wrote holds (a build's and an import's, layout 1.0.0 on) and what verify checks
+#: the folder against. Not ``shards``: a manifest written before it recorded each shard's sha256 is checked by its
+#: fingerprint alone; nor ``stats``, which an import has not.
+REQUIRED_MANIFEST_FIELDS = ("version", "fingerprint", "counts")
 
 
 def is_dataset_folder(folder: Path) -> bool:
@@ -181,7 +185,7 @@ def is_dataset_folder(folder: Path) -> bool:
         manifest = json.loads((folder / MANIFEST).read_bytes())
     except (OSError, ValueError):
         return False
-    ours = isinstance(manifest, dict) and {"fingerprint", "version", "counts"} <= manifest.keys()
+    ours = isinstance(manifest, dict) and set(REQUIRED_MANIFEST_FIELDS) <= manifest.keys()
     return ours and all(entry.name in DATASET_ENTRIES or entry.name.startswith(".") for entry in folder.iterdir())
 
 
@@ -402,6 +406,9 @@ def refresh_card(folder: str | os.PathLike) -> None:
     declares other splits or sizes than its files have.
     """
     folder = Path(folder)
+    manifest = read_manifest(folder)
+    if missing := [name for name in REQUIRED_MANIFEST_FIELDS if name not in manifest]:  # not a data files' problem
+        raise SchemaError(f"{folder / MANIFEST}: " + "; ".join(map(missing_field, missing)))
     problems = verify(folder, card=False)  # the card holds nothing of an import's lavic_source/ or its own YAML
     if problems:
         raise SchemaError(f"{folder} does not match its manifest, so its card would contradict its data:\n  "
@@ -431,12 +438,13 @@ def verify(folder: str | os.PathLike, card: bool = True) -> list[str]:
     config and split (an edited, added or lost shard). Empty when the folder is as written."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    problems = []
+    problems = [f"{MANIFEST}: {missing_field(name)}" for name in REQUIRED_MANIFEST_FIELDS if name not in manifest]
     shards = shard_hashes(folder)
     actual = fingerprint_of(shards)
-    if actual != manifest.get("fingerprint"):
+    if "fingerprint" in manifest and actual != manifest["fingerprint"]:
         problems.append(f"the data files' fingerprint is {actual[:12]}, the manifest says "
-                        f"{str(manifest.get('fingerprint'))[:12]}: a shard was changed, added or removed")
+                        f"{str(manifest['fingerprint'])[:12]}: a shard was changed, added or removed")
+    if "fingerprint" not in manifest or actual != manifest["fingerprint"]:
         problems += shard_problems(shards, manifest.get("shards"))
     counts = manifest.get("counts", {})
     if not isinstance(counts, dict) or not all(isinstance(splits, dict) for splits in counts.values()):
@@ -501,7 +509,7 @@ def card_info_problems(folder: Path, manifest: Mapping[str, Any]) -> list[str]:
     and manifest copied in beside it) loads the rows cached for that data, or fails."""
     problems = []
     infos = _card_infos(folder)
-    stale = stale_card_configs(infos, manifest)
+    stale = stale_card_configs(infos, manifest) if "fingerprint" in manifest else {}  # verify names a missing one
     if stale:
         problems.append(f"README.md: the dataset_info of {', '.join(stale)} is for content fingerprint "
                         f"{', '.join(sorted({stated[:12] for stated in stale.values()}))}, the manifest says "
@@ -608,8 +616,12 @@ class ManifestObject(dict):
         self.path = path
 
     def __missing__(self, key: str) -> Any:
-        raise SchemaError(f"{self.path}: the field {key!r} is missing (restore the manifest, or rebuild or "
-                          "re-import the folder)")
+        raise SchemaError(f"{self.path}: {missing_field(key)}")
+
+
+def missing_field(name: str) -> str:
+    """What a manifest lacking the field ``name`` is told."""
+    return f"the field {name!r} is missing (restore the manifest, or rebuild or re-import the folder)"
 
 
 #: Folders found unchanged in this process, with the size and mtime of their files then: a loader that opens

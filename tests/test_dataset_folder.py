@@ -515,6 +515,40 @@ def test_verify_names_the_shards_that_changed(tmp_path):
     assert "data/items/home-00000-of-00002.parquet: not a shard the manifest records (added)" in problems
 
 
+@pytest.mark.parametrize("fields", [["version"], ["fingerprint"], ["counts"], ["version", "fingerprint", "counts"]])
+def test_verify_names_each_required_field_the_manifest_lacks(tmp_path, fields):
+    """A manifest without the fingerprint, the rows per split or the version said the folder 'matches its manifest'
+    (no fingerprint: 'the manifest says None', blaming the shards and the card); each missing field is a problem."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    folder = tmp_path / "reddit-amazon"
+    manifest = write_dataset(folder, contents())
+    for field in fields:
+        del manifest[field]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["verify", str(folder)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output == f"Error: {folder} does not match its manifest:\n" + "".join(
+        f"  manifest.json: the field {field!r} is missing (restore the manifest, or rebuild or re-import the folder)\n"
+        for field in fields)
+
+
+@pytest.mark.parametrize("field", ["shards", "stats", "build", "source_copies"])
+def test_verify_takes_a_manifest_without_a_field_only_some_writers_recorded(tmp_path, field):
+    """shards: folders of layout 1.0.0 (checked by their fingerprint); stats and build: imports; source_copies: builds."""
+    from reddit_amazon.dataset_folder import verify
+
+    folder = tmp_path / "reddit-amazon"
+    written = contents()
+    written.metadata = {"stats": {}, "build": {}, "source_copies": {}}
+    manifest = write_dataset(folder, written)
+    del manifest[field]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    assert verify(folder) == []
+
+
 def test_a_manifest_without_shard_hashes_still_verifies(tmp_path):
     """Folders written before the manifest recorded each shard's sha256: the fingerprint alone is checked."""
     from reddit_amazon.dataset_folder import verify
