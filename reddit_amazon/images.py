@@ -392,8 +392,12 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
             outcomes[futures[future]] = future.result()
     finally:
         stopping.set()  # downloads waiting to retry give up (a transient failure, retried by the next run)
-        pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish running downloads, start no more
-        store.save()  # an interrupted run keeps what it learnt
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish running downloads, start no more
+        finally:
+            # An interrupted run keeps what it learnt, also when a second Ctrl-C ends the wait for the running
+            # downloads (which a trickling host can hold for 3 x timeout_s): their later images reach the journal.
+            store.save()
     return outcomes
 
 

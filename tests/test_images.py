@@ -320,6 +320,50 @@ def test_an_interrupted_fetch_does_not_wait_out_a_retry_after(threaded_httpserve
     assert not ImageStore(tmp_path / "images").failures["B000000002"]["permanent"]
 
 
+def test_a_second_ctrl_c_while_downloads_finish_still_saves_what_the_run_learnt(threaded_httpserver, tmp_path,
+                                                                                 monkeypatch):
+    """Ctrl-C waits for the downloads running (a trickling host holds one up to 3 x timeout_s, a minute by
+    default), so a second Ctrl-C is likely. It once skipped the save: the run's failures were lost and its 404s
+    fetched again by the next run. The download still running then reaches the store's journal as it ends."""
+    import concurrent.futures
+    import threading
+
+    held = threading.Event()
+
+    def handler(request: Request) -> Response:
+        if "gone" in request.path:
+            return Response("no", status=404)
+        held.wait(10)
+        return Response(jpeg(), content_type="image/jpeg")
+
+    threaded_httpserver.expect_request("").respond_with_handler(handler)
+    items = [("B000000001", [threaded_httpserver.url_for("gone.jpg")]),
+             ("B000000002", [threaded_httpserver.url_for("held.jpg")])]
+
+    def first_ctrl_c(done, total):  # once the 404 is in: the other download is still held
+        for _ in done:
+            raise KeyboardInterrupt
+        yield
+
+    shutdown = concurrent.futures.ThreadPoolExecutor.shutdown
+
+    def second_ctrl_c_while_waiting(pool, wait=True, *, cancel_futures=False):
+        shutdown(pool, wait=False, cancel_futures=cancel_futures)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "shutdown", second_ctrl_c_while_waiting)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_images(items, ImageStore(tmp_path / "images"), ImageOptions(**{**OPTIONS.__dict__, "timeout_s": 5}),
+                     progress=first_ctrl_c)
+    saved = json.loads((tmp_path / "images" / "failures.json").read_text())
+    assert saved["B000000001"]["permanent"] and saved["B000000001"]["error"].startswith("http_error: HTTP 404")
+    held.set()
+    ends = time.monotonic() + 10
+    while not ImageStore(tmp_path / "images").has(items[1][0], items[1][1][0]) and time.monotonic() < ends:
+        time.sleep(0.05)
+    assert ImageStore(tmp_path / "images").has(items[1][0], items[1][1][0])
+
+
 def test_an_image_whose_source_was_not_recorded_is_fetched_again(httpserver, tmp_path):
     """A run killed (kill -9: no save) after storing images must not leave them counted as from any URL."""
     folder = tmp_path / "images"
