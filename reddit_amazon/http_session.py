@@ -24,7 +24,8 @@ import functools
 import importlib.util
 import ipaddress
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, final
 from urllib.parse import urlsplit
 
@@ -108,7 +109,7 @@ class Deadline:
         self.expired = threading.Event()  # set before the socket is shut: a response that "ended" was cut short
         self._socket: Any = None
         self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
+        self._timer = threading.Timer(seconds, self.expire)
         self._timer.daemon = True
 
     def __enter__(self) -> Deadline:
@@ -127,11 +128,47 @@ class Deadline:
         if expired:
             _shut(sock)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """Shut the socket now (or, when none is handed over yet, as soon as it is)."""
         with self._lock:
             self.expired.set()
             sock = self._socket
         _shut(sock)
+
+
+class RequestsInFlight:
+    """The :class:`Deadline` of each request a pool of workers has in flight, so that a run stopping (Ctrl-C,
+    SIGTERM) cuts them at once instead of waiting for each to answer or reach its deadline (a minute for an
+    image; a Slurm job has ~30 s between SIGTERM and SIGKILL). A cut request ends as at its deadline
+    (``deadline.expired`` is set); :attr:`stopped` tells the two apart."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._deadlines: set[Deadline] = set()
+
+    @contextmanager
+    def request(self, seconds: float) -> Iterator[Deadline]:
+        """A :class:`Deadline` of ``seconds`` for the request made in the block, cut by :meth:`stop`."""
+        with Deadline(seconds) as deadline:
+            with self._lock:
+                self._deadlines.add(deadline)
+                stopped = self.stopped.is_set()
+            if stopped:  # stopped before the request began: it ends before anything is sent
+                deadline.expire()
+            try:
+                yield deadline
+            finally:
+                with self._lock:
+                    self._deadlines.discard(deadline)
+
+    def stop(self) -> None:
+        """Cut every request in flight and the ones begun from now on."""
+        with self._lock:
+            self.stopped.set()
+            deadlines = list(self._deadlines)
+        for deadline in deadlines:
+            deadline.expire()
 
 
 def guarded_session(user_agent: str, *, allow_private_hosts: bool = False) -> Any:

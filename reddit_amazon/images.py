@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from reddit_amazon import __version__
 from reddit_amazon.files import naming, write_atomic
-from reddit_amazon.http_session import Deadline, PrivateHostRefused, check_proxies, guarded_session
+from reddit_amazon.http_session import PrivateHostRefused, RequestsInFlight, check_proxies, guarded_session
 from reddit_amazon.openai_endpoint import retry_after
 
 if TYPE_CHECKING:
@@ -331,12 +331,19 @@ class _TransientHTTP(Exception):
         self.response = response  # read by retry_after
 
 
-def _download(session, url: str, options: ImageOptions) -> tuple[bytes, str | None]:
+def _download(session, url: str, options: ImageOptions, in_flight: RequestsInFlight) -> tuple[bytes, str | None]:
     import requests
 
     # The timeout bounds each read, so a host sending a byte a second (of its headers or body) would hold a
     # worker for hours: the whole response gets a deadline, after which its socket is shut (ending a blocked read).
-    with Deadline(options.timeout_s * 3) as deadline:
+    # A run stopping shuts it at once.
+    with in_flight.request(options.timeout_s * 3) as deadline:
+
+        def cut_short(what: str) -> _TransientHTTP:
+            if in_flight.stopped.is_set():
+                return _TransientHTTP("cut: the run was interrupted")
+            return _TransientHTTP(f"{what} still arriving after {deadline.seconds:g} s")
+
         try:
             response = session.get(url, stream=True, timeout=options.timeout_s)
         except requests.TooManyRedirects as error:  # a redirect loop stays a loop: not worth another run
@@ -348,11 +355,11 @@ def _download(session, url: str, options: ImageOptions) -> tuple[bytes, str | No
             raise ImageRejected("invalid_url", str(error)) from error
         except requests.exceptions.ConnectionError as error:
             if deadline.expired.is_set():
-                raise _TransientHTTP(f"headers still arriving after {deadline.seconds:g} s") from error
+                raise cut_short("headers") from error
             raise
         with response:  # its socket is the deadline's: the session's connection handed it over
             if deadline.expired.is_set():  # the headers were cut short
-                raise _TransientHTTP(f"headers still arriving after {deadline.seconds:g} s")
+                raise cut_short("headers")
             if response.status_code in (408, 429) or response.status_code >= 500:
                 raise _TransientHTTP(f"HTTP {response.status_code}", response)
             if response.status_code != 200:
@@ -373,7 +380,7 @@ def _download(session, url: str, options: ImageOptions) -> tuple[bytes, str | No
                 if not deadline.expired.is_set():
                     raise _TransientHTTP(f"incomplete body ({error})") from error  # connection closed before the end
             if deadline.expired.is_set():  # shut at the deadline: an error, or (a body without a length) an early "end"
-                raise _TransientHTTP(f"body still arriving after {deadline.seconds:g} s")
+                raise cut_short("body")
     return b"".join(chunks), content_type
 
 
@@ -382,8 +389,9 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
     """Make sure each ``(asin, urls)`` has its main image (``urls[0]``) in ``store``, or a recorded reason."""
     outcomes, todo = _known_outcomes(items, store)
     check_proxies(url for _, url in todo)  # before any download: a proxy that cannot be used fails them all
-    stopping = threading.Event()  # set on the way out (Ctrl-C, SIGTERM): a wait before a retry ends at once
-    fetch_one = _image_fetcher(store, options, stopping)
+    # Stopped on the way out (Ctrl-C, SIGTERM): the downloads in flight are cut, a wait before a retry ends at once.
+    in_flight = RequestsInFlight()
+    fetch_one = _image_fetcher(store, options, in_flight)
     pool = ThreadPoolExecutor(max_workers=max(1, options.concurrency))
     try:
         futures = {pool.submit(fetch_one, asin, url): asin for asin, url in todo}
@@ -391,12 +399,14 @@ def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, opti
         for future in (progress(done, len(futures)) if progress and futures else done):
             outcomes[futures[future]] = future.result()
     finally:
-        stopping.set()  # downloads waiting to retry give up (a transient failure, retried by the next run)
+        # Downloads running or waiting to retry end at once (a transient failure, retried by the next run); none
+        # is started. Once all is done this changes nothing.
+        in_flight.stop()
         try:
-            pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish running downloads, start no more
+            pool.shutdown(wait=True, cancel_futures=True)
         finally:
-            # An interrupted run keeps what it learnt, also when a second Ctrl-C ends the wait for the running
-            # downloads (which a trickling host can hold for 3 x timeout_s): their later images reach the journal.
+            # An interrupted run keeps what it learnt, also when a second Ctrl-C ends the wait for the workers:
+            # images they store later reach the journal.
             store.save()
     return outcomes
 
@@ -421,9 +431,10 @@ def _known_outcomes(items: Sequence[tuple[str, list[str]]],
 
 
 def _image_fetcher(store: ImageStore, options: ImageOptions,
-                   stopping: threading.Event) -> Callable[[str, str], ImageOutcome]:
+                   in_flight: RequestsInFlight) -> Callable[[str, str], ImageOutcome]:
     """``fetch_one(asin, url)`` for the download threads: each thread with a session of its own, transient failures
-    retried until ``stopping`` is set, the image stored or its failure recorded."""
+    retried until ``in_flight`` is stopped (which also cuts the downloads running), the image stored or its failure
+    recorded."""
     import requests
 
     local = threading.local()
@@ -434,12 +445,13 @@ def _image_fetcher(store: ImageStore, options: ImageOptions,
                                             allow_private_hosts=options.allow_private_hosts)
         return local.session
 
+    stopping = in_flight.stopped
     retrying = _retrying(options, stopping)
 
     def attempt(url: str) -> tuple[bytes, str | None]:
-        if stopping.is_set():  # woken from a wait before a retry on the way out: no new request (up to 3 x timeout_s)
+        if stopping.is_set():  # woken from a wait before a retry on the way out: no new request
             raise _TransientHTTP("not retried: the run was interrupted")
-        return _download(session(), url, options)
+        return _download(session(), url, options, in_flight)
 
     def fetch_one(asin: str, url: str) -> ImageOutcome:
         try:
