@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import numpy
 
 from reddit_amazon.dumps import BlockScratch
-from reddit_amazon.http_session import Deadline, check_proxies, guarded_session
+from reddit_amazon.http_session import RequestsInFlight, check_proxies, guarded_session
 from reddit_amazon.sqlite_cache import CacheFile
 
 
@@ -292,21 +292,26 @@ class _DeadlinePassed(Exception):
     """The link's deadline passed before a final answer (a host trickling its headers, slow retries or hops)."""
 
 
+class _Stopped(Exception):
+    """The run is stopping (Ctrl-C, SIGTERM): the link's request was cut, or not sent. Not cached."""
+
+
 @final
 class _LinkClock:
     """The time a short link has left. Its requests, the waits before retries and every hop count; the wait for
     a free slot of a host does not (that is other links' time: a slow host would fail every link queued behind)."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, stopped: threading.Event):
         self.seconds = seconds
         self._ends = time.monotonic() + seconds
+        self._stopped = stopped
 
     def left(self) -> float:
         return self._ends - time.monotonic()
 
     def sleep(self, seconds: float) -> None:
-        """Sleep ``seconds``, or until the deadline when it comes first."""
-        time.sleep(max(0.0, min(seconds, self.left())))
+        """Sleep ``seconds``, or until the deadline or the run stopping, when one comes first."""
+        self._stopped.wait(max(0.0, min(seconds, self.left())))
 
     @contextmanager
     def stopped(self) -> Iterator[None]:
@@ -359,7 +364,8 @@ class ShortLinkCache:
             self._db.commit()
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:  # not while a worker left running by a second Ctrl-C is writing
+            self._db.close()
 
 
 class ShortLinkResolver:
@@ -396,6 +402,7 @@ class ShortLinkResolver:
         self._host_slots: dict[str, threading.Semaphore] = {}
         self._slots_lock = threading.Lock()
         self._local = threading.local()
+        self._in_flight = RequestsInFlight()
 
     def resolve_all(self, urls: Iterable[str], *, progress: bool = True) -> dict[str, ShortLinkResolution]:
         """Resolve every url (cached answers first); the result has one entry per url."""
@@ -419,9 +426,15 @@ class ShortLinkResolver:
             with ThreadPoolExecutor(workers) as pool, tqdm(
                 total=len(pending), desc="short links", unit="link", **bar_options(progress)
             ) as bar:
-                for resolution in pool.map(self._fetch, pending):
-                    results[resolution.url] = resolution
-                    bar.update()
+                try:
+                    for resolution in pool.map(self._fetch, pending):
+                        results[resolution.url] = resolution
+                        bar.update()
+                except BaseException:
+                    # Ctrl-C, SIGTERM: the links in flight are cut at once (not cached: the next run asks them),
+                    # instead of leaving the pool only once each has answered or reached its deadline (a minute).
+                    self._in_flight.stop()
+                    raise
         return results
 
     def resolve(self, url: str) -> ShortLinkResolution:
@@ -431,7 +444,7 @@ class ShortLinkResolver:
 
     def _fetch(self, url: str) -> ShortLinkResolution:
         current = url
-        clock = _LinkClock(self.deadline_s)
+        clock = _LinkClock(self.deadline_s, self._in_flight.stopped)
         try:
             for _ in range(self.max_hops):
                 location = self._first_redirect(current, clock)
@@ -451,7 +464,7 @@ class ShortLinkResolver:
         except _DeadlinePassed:  # not cached either
             return ShortLinkResolution(url, "", (), f"{UNREACHABLE}: deadline: no final answer within "
                                                     f"{self.deadline_s:g} s")
-        except (_TransientError, _UnusableAnswer) as error:
+        except (_TransientError, _UnusableAnswer, _Stopped) as error:
             # Not cached: a later run tries again.
             return ShortLinkResolution(url, "", (), f"{UNREACHABLE}: {error}")
         self.cache.put(resolution)
@@ -500,21 +513,25 @@ class ShortLinkResolver:
         import requests
 
         left = clock.left()
+        if self._in_flight.stopped.is_set():
+            raise _Stopped("interrupted")
         if left <= 0:
             raise _DeadlinePassed
         # The timeout bounds each read (and the connect): a host sending its headers a byte at a time would
         # hold the link for hours, so at the deadline the socket is shut, ending a blocked read.
-        with Deadline(left) as deadline:
+        with self._in_flight.request(left) as deadline:
             try:
                 response = self._session().get(target, allow_redirects=False, timeout=min(self.timeout_s, left),
                                                stream=True)
             except requests.RequestException as error:
+                if self._in_flight.stopped.is_set():
+                    raise _Stopped("interrupted") from None
                 if deadline.expired.is_set():
                     raise _DeadlinePassed from None
                 raise _TransientError(type(error).__name__) from None
             try:
                 if deadline.expired.is_set():  # headers cut short (an end of file ends them without an error)
-                    raise _DeadlinePassed
+                    raise _Stopped("interrupted") if self._in_flight.stopped.is_set() else _DeadlinePassed
                 status = response.status_code
                 if status in (408, 429) or status >= 500:
                     retry_after = response.headers.get("Retry-After", "")

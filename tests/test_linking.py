@@ -424,6 +424,53 @@ def test_a_slow_chain_of_short_links_is_cut_at_the_links_deadline(threaded_https
     resolver.close()
 
 
+def test_ctrl_c_cuts_the_links_in_flight_and_keeps_the_answers_got(threaded_httpserver, tmp_path):
+    """Ctrl-C (or SIGTERM) left resolve_all only once each link in flight had answered or reached its deadline
+    (60 s by default; a Slurm job has ~30 s before SIGKILL), and a second Ctrl-C then closed the cache under the
+    links still running, losing their answers. The links in flight are cut at once now: the answers got are
+    cached, a cut link is not, and the next run asks only it."""
+    import os
+    import signal
+    from collections import Counter
+
+    asked: Counter = Counter()
+    released = threading.Event()
+
+    def answer(request):
+        asked[request.path] += 1
+        if request.path == "/held1":
+            released.wait(20)
+        return Response(status=301, headers={"Location": "https://www.amazon.com/dp/B00NN2Y04E"})
+
+    threaded_httpserver.expect_request(re.compile("/(fast|held)1")).respond_with_handler(answer)
+    endpoint = threaded_httpserver.url_for("").rstrip("/")
+    urls = ["https://amzn.to/fast1", "https://amzn.to/held1"]
+    resolver = ShortLinkResolver(tmp_path / "c.sqlite", endpoints={"amzn.to": endpoint})
+
+    def ctrl_c_once_held1_is_asked():
+        while not asked["/held1"]:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=ctrl_c_once_held1_is_asked, daemon=True).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            resolver.resolve_all(urls, progress=False)
+        assert time.monotonic() - started < 5  # not the 20 s held1 takes
+    finally:
+        released.set()
+        resolver.close()
+    resolver = ShortLinkResolver(tmp_path / "c.sqlite", endpoints={"amzn.to": endpoint})
+    assert resolver.cache.get("https://amzn.to/fast1").asins == ("B00NN2Y04E",)
+    assert resolver.cache.get("https://amzn.to/held1") is None
+    assert {url: r.asins for url, r in resolver.resolve_all(urls, progress=False).items()} == dict.fromkeys(
+        urls, ("B00NN2Y04E",))
+    assert asked == {"/fast1": 1, "/held1": 2}
+    resolver.close()
+
+
 def test_waiting_for_a_free_slot_of_the_host_does_not_count_against_a_link(threaded_httpserver, tmp_path):
     """A link queued behind a slow one of the same host must not run out of time before it is even asked."""
     asked = threading.Event()
