@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 FAILURES_FILE = "failures.json"
 SOURCES_FILE = "sources.json"
-SOURCES_JOURNAL = "sources.journal"  # one JSON line per image stored since the last save (survives a kill)
+SOURCES_JOURNAL = "sources.journal"  # one JSON line per image stored or failure met since the last save (survives a kill)
 STORE_LOCK = "store.lock"  # held while the journal is appended to or folded into sources.json
 NO_IMAGE_URL = "no_image_url"
 #: What product images come as. Only these are parsed at all: some other formats (ICO, ...) decode their
@@ -193,19 +193,22 @@ class ImageStoreError(ValueError):
 
 
 class ImageStore:
-    """``<folder>/<asin>.jpg``, the URL each image came from (``sources.json``, {asin: url}, plus the lines
-    ``sources.journal`` gained since the last save) and ``failures.json`` ({asin: {"error", "permanent", "url"}}).
+    """``<folder>/<asin>.jpg``, the URL each image came from (``sources.json``, {asin: url}) and
+    ``failures.json`` ({asin: {"error", "permanent", "url"}}), plus the lines ``sources.journal`` gained since the
+    last save.
 
     Each URL is appended to the journal right after its image is written, so a killed run cannot leave an
-    image whose URL is lost or out of date: an image without a recorded URL is not counted as stored."""
+    image whose URL is lost or out of date: an image without a recorded URL is not counted as stored. Each
+    failure is appended too, so a killed run's permanent failures are not fetched again."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._stored: set[str] = set()  # images this instance put
-        self.failures: dict[str, dict] = self._read_failures()
-        self.sources: dict[str, str] = {**self._read_object(self.folder / SOURCES_FILE), **self._read_journal()}
+        journal_sources, journal_failures = self._read_journal()
+        self.failures: dict[str, dict] = {**self._read_failures(), **journal_failures}
+        self.sources: dict[str, str] = {**self._read_object(self.folder / SOURCES_FILE), **journal_sources}
 
     def _read_object(self, path: Path) -> dict:
         if not path.is_file():
@@ -226,17 +229,24 @@ class ImageStore:
             log.warning("%s; the failures it recorded will be retried", error)
             return {}
 
-    def _read_journal(self) -> dict[str, str]:
+    def _read_journal(self) -> tuple[dict[str, str], dict[str, dict]]:
+        """``({asin: url} of the images stored, {asin: failure} of the failures met)`` since the last save."""
         path = self.folder / SOURCES_JOURNAL
-        sources = {}
+        sources, failures = {}, {}
         for number, line in enumerate(path.read_bytes().splitlines() if path.is_file() else [], 1):
             try:
                 entry = json.loads(line)
-                sources[entry["asin"]] = entry["url"]
+                if "failure" in entry:
+                    failure = entry["failure"]
+                    if not (isinstance(failure, dict) and {"error", "permanent", "url"} <= failure.keys()):
+                        raise KeyError("failure")
+                    failures[entry["asin"]] = failure
+                else:
+                    sources[entry["asin"]] = entry["url"]
             except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
                 # A line cut by a crash: its image (and that of a line glued to it) has no URL, so it is fetched again.
-                log.warning("%s, line %d: not an image's source, skipped", path, number)
-        return sources
+                log.warning("%s, line %d: not an image's source or failure, skipped", path, number)
+        return sources, failures
 
     def path(self, asin: str) -> Path:
         return self.folder / f"{asin}.jpg"
@@ -298,16 +308,20 @@ class ImageStore:
             failure and failure["permanent"] and failure["url"] == urls[0])
 
     def record_failure(self, asin: str, url: str, error: str, permanent: bool) -> None:
-        with self._lock:
-            self.failures[asin] = {"error": error, "permanent": permanent, "url": url}
+        failure = {"error": error, "permanent": permanent, "url": url}
+        line = json.dumps({"asin": asin, "failure": failure}).encode() + b"\n"
+        with self._lock, self._shared():
+            self._append(line)  # a killed run's permanent failures are not fetched again
+            self.failures[asin] = failure
 
     def save(self) -> None:
         """Write what was learnt (failures, and where each image came from: the journal is folded in)."""
         with self._lock, self._shared():
             # What other processes recorded since this one started wins over what it read then (its own
             # puts are in the journal); entries only this process knows (seeded ones) are kept.
-            self.sources = {**self.sources, **self._read_object(self.folder / SOURCES_FILE), **self._read_journal()}
-            self.failures = {**self._read_failures(), **self.failures}
+            journal_sources, journal_failures = self._read_journal()
+            self.sources = {**self.sources, **self._read_object(self.folder / SOURCES_FILE), **journal_sources}
+            self.failures = {**self._read_failures(), **journal_failures, **self.failures}
             for asin in self._stored:
                 self.failures.pop(asin, None)
             failures = json.dumps(self.failures, indent=1, sort_keys=True)

@@ -412,6 +412,24 @@ def test_an_image_whose_source_was_not_recorded_is_fetched_again(httpserver, tmp
     assert outcomes["B000000002"].downloaded
 
 
+def test_a_killed_runs_permanent_failures_are_not_fetched_again(httpserver, tmp_path, monkeypatch):
+    """Failures were kept in memory until the save at the end of the run: after a kill -9 (or a Slurm SIGKILL at
+    the end of its grace) every 404 of the run was fetched again. They reach the journal as they happen now."""
+    httpserver.expect_request("/gone.jpg").respond_with_data("no", status=404)
+    httpserver.expect_request("/bomb.png").respond_with_data(bomb_png(), content_type="image/png")
+    items = [("B000000001", [httpserver.url_for("gone.jpg")]), ("B000000002", [httpserver.url_for("bomb.png")])]
+    with monkeypatch.context() as killed:
+        killed.setattr(ImageStore, "save", lambda store: None)  # the run is killed before its save
+        first = fetch_images(items, ImageStore(tmp_path / "images"), OPTIONS)
+    assert not (tmp_path / "images" / "failures.json").exists()
+    sent = len(httpserver.log)
+    again = fetch_images(items, ImageStore(tmp_path / "images"), OPTIONS)
+    assert len(httpserver.log) == sent == 2
+    assert again == first and again["B000000002"].error.startswith("too_many_pixels")
+    assert json.loads((tmp_path / "images" / "failures.json").read_text())["B000000001"]["permanent"]
+    assert not (tmp_path / "images" / "sources.journal").exists()
+
+
 def test_a_line_after_one_a_crash_cut_is_read_back_before_any_save(tmp_path):
     """The next line was glued to a cut one: both unreadable, so an image stored after the crash was fetched again
     by the run after a second crash (or a full disk at its save)."""
