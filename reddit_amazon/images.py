@@ -324,6 +324,9 @@ class ImageStore:
             self.failures = {**self._read_failures(), **journal_failures, **self.failures}
             for asin in self._stored:
                 self.failures.pop(asin, None)
+            # A failure of a URL whose image was stored since (by a run killed before its save) is over.
+            self.failures = {asin: failure for asin, failure in self.failures.items()
+                             if not self.has(asin, failure["url"])}
             failures = json.dumps(self.failures, indent=1, sort_keys=True)
             sources = json.dumps(self.sources, indent=1, sort_keys=True)
             write_atomic(self.folder / FAILURES_FILE, failures.encode())

@@ -430,6 +430,23 @@ def test_a_killed_runs_permanent_failures_are_not_fetched_again(httpserver, tmp_
     assert not (tmp_path / "images" / "sources.journal").exists()
 
 
+def test_a_failure_whose_image_a_killed_run_stored_is_dropped_at_the_next_save(tmp_path):
+    """A run interrupted while an image downloaded records a transient failure; the next run stores the image and
+    is killed before its save. The run after that found the image stored, did not fetch it, and kept its stale
+    failure in failures.json for good (a build left undisturbed records none)."""
+    folder = tmp_path / "images"
+    interrupted = ImageStore(folder)
+    interrupted.record_failure("B000000001", "http://host/a.jpg", "download_failed: cut", permanent=False)
+    interrupted.record_failure("B000000002", "http://host/new.jpg", "http_error: HTTP 404", permanent=True)
+    interrupted.save()
+    killed = ImageStore(folder)
+    killed.put("B000000001", jpeg(), "http://host/a.jpg")  # no save(): killed
+    killed.put("B000000002", jpeg(), "http://host/old.jpg")  # an image from another URL than the failing one
+    ImageStore(folder).save()
+    assert json.loads((folder / "failures.json").read_text()) == {
+        "B000000002": {"error": "http_error: HTTP 404", "permanent": True, "url": "http://host/new.jpg"}}
+
+
 def test_a_line_after_one_a_crash_cut_is_read_back_before_any_save(tmp_path):
     """The next line was glued to a cut one: both unreadable, so an image stored after the crash was fetched again
     by the run after a second crash (or a full disk at its save)."""
