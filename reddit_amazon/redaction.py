@@ -189,10 +189,19 @@ def is_secret_name(name: str, also: frozenset[str] = frozenset()) -> bool:
     parts = [part.lower() for part in _NAME_PART.findall(name)]
     if not parts or parts[0] in _COUNTING_PARTS:
         return False
-    return any(_names_a_secret(part, parts, also) and not _ABOUT_PARTS.intersection(parts[index + 1:])
-               and not (part in ("token", "tokens") and _TOKEN_ABOUT_PARTS.intersection(parts[index + 1:]))
-               and not (part in ("key", "keys") and index > 0 and parts[index - 1] in _KEY_KINDS_NAMING_NO_SECRET)
+    return any(_names_a_secret(part, parts, also) and not _named_about_something_else(index, parts)
                for index, part in enumerate(parts))
+
+
+def _named_about_something_else(index: int, parts: list[str]) -> bool:
+    """Whether the parts around ``parts[index]`` make it name something about a secret, not one: ``key_column``,
+    ``KeyError``, ``pad_token_id``, ``primary_key``."""
+    part, after = parts[index], parts[index + 1:]
+    if _ABOUT_PARTS.intersection(after):
+        return True
+    if part in ("token", "tokens"):
+        return bool(_TOKEN_ABOUT_PARTS.intersection(after))
+    return part in ("key", "keys") and index > 0 and parts[index - 1] in _KEY_KINDS_NAMING_NO_SECRET
 
 
 def _names_a_secret(part: str, parts: list[str], also: frozenset[str]) -> bool:
@@ -258,7 +267,9 @@ def redact_fields(text: str) -> str:
             continue  # inside a value just redacted, or no secret
         value = _FIELD_VALUE[head["quote"]].match(text, head.end())
         if value is not None and not head["quote"]:
-            value = _FIELD_VALUE[None].match(text, head.end(), _end_before_unopened_parentheses(value))
+            end_of_value = _end_before_unopened_parentheses(value)
+            if end_of_value < value.end():  # a call's ")" after it: matched again without, rarely
+                value = _FIELD_VALUE[None].match(text, head.end(), end_of_value)
         if value is None or _is_left_as_shown(head, value):
             continue
         value_end = value.end()
