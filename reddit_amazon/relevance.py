@@ -41,7 +41,7 @@ from reddit_amazon.openai_endpoint import (
     stoppable_calls,
 )
 from reddit_amazon.schema import Conversation
-from reddit_amazon.sqlite_cache import CacheFile
+from reddit_amazon.sqlite_cache import CacheFile, is_locked
 
 DEFAULT_MODEL = "gpt-3.5-turbo"  # the paper's model
 TEMPLATE_FILE = "table9_relevance_filter.txt"
@@ -184,8 +184,8 @@ class AnswerCache:
                 self._db.execute("PRAGMA journal_mode=DELETE")  # checkpoints: every answer moves into the file
             except sqlite3.OperationalError as error:
                 self._db.close()
-                if error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:  # "database is locked": another process
-                    return  # has it open, and the last one to close it converts it
+                if is_locked(error):  # another process has it open, and the last one to close it converts it
+                    return
                 wal = self.path.with_name(f"{self.path.name}-wal")
                 raise RelevanceError(
                     f"{self.path}: its latest answers could not be moved into it ({error}); they are kept in {wal}, "

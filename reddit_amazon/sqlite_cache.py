@@ -16,6 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+#: SQLite's primary result code for "database is locked" (``sqlite3.SQLITE_BUSY`` from Python 3.11 on).
+_SQLITE_BUSY = 5
+
+
+def is_locked(error: sqlite3.Error) -> bool:
+    """Whether ``error`` is SQLITE_BUSY, "database is locked": another connection holds the file. By its result code
+    where Python gives it (``sqlite_errorcode``, Python 3.11 on), by SQLite's message on 3.10."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code & 0xFF == _SQLITE_BUSY if code is not None else str(error) == "database is locked"
+
+
 @dataclass(frozen=True)
 class CacheFile:
     """An SQLite file holding only what can be computed again."""

@@ -168,3 +168,22 @@ def test_a_full_disk_names_the_cache_and_tells_of_reddit_amazon_cache_only_where
     assert "REDDIT_AMAZON_CACHE" not in str(given.value)
     default = fill(EmbeddingCache("model"))
     _one_line_naming(default, tmp_path / "default", "the embedding cache: point $REDDIT_AMAZON_CACHE")
+
+
+def test_a_locked_database_is_told_by_its_code_and_on_python_3_10_by_its_message(tmp_path):
+    """``sqlite_errorcode`` is Python 3.11's: an error without it (3.10) is told by SQLite's message."""
+    import sqlite3
+
+    from reddit_amazon.sqlite_cache import is_locked
+
+    path = tmp_path / "x.sqlite"
+    holder = sqlite3.connect(path, timeout=0)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(sqlite3.OperationalError) as caught:
+        sqlite3.connect(path, timeout=0).execute("SELECT * FROM t")
+    holder.rollback()
+    assert is_locked(caught.value)
+    assert is_locked(sqlite3.OperationalError("database is locked"))  # as on 3.10: no sqlite_errorcode
+    assert not is_locked(sqlite3.OperationalError("disk I/O error"))
+    assert not is_locked(sqlite3.OperationalError("database table is locked"))  # SQLITE_LOCKED, not BUSY
