@@ -449,15 +449,16 @@ def test_training_from_python_leaves_the_callers_random_streams_where_they_were(
     new_adapter(backbone, LANGUAGE_LORA_TARGETS)
     for epochs in (1, 2):  # the second resumes the first's checkpoint, which holds the RNG states it had
         random.seed(1234)
-        torch.manual_seed(1234)
-        expected = random.random(), torch.rand(3)
+        torch.manual_seed(1234)  # seeds every GPU too
+        expected = random.random(), torch.rand(3), torch.rand(3, device=DEVICE)
         random.seed(1234)
         torch.manual_seed(1234)
         config = TrainConfig(output_dir=tmp_path, epochs=epochs, batch_size=2, gradient_checkpointing=False, seed=7)
         train(backbone, instances, [], lambda batch: recommendation_loss(backbone, batch, titles, None), config)
-        # a notebook's own draws after training go on from its seed, not from the training's
+        # a notebook's own draws after training go on from its seed, not from the training's (on the GPU too)
         assert random.random() == expected[0]
         assert torch.equal(torch.rand(3), expected[1])
+        assert torch.equal(torch.rand(3, device=DEVICE), expected[2])
 
 
 def test_adapters_save_and_reload_with_identical_outputs(tiny_base, tmp_path):
