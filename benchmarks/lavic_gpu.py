@@ -128,11 +128,12 @@ def main() -> None:
     results = {"device": torch.cuda.get_device_name() if bench.device.type == "cuda" else "cpu",
                "size": "tiny" if args.tiny else "llava-v1.6-mistral-7b architecture",
                "build_s": round(bench.build_s, 1), "gen_batch": args.gen_batch,
-               "compile_modes": args.compile_mode if args.compile else [], "cases": rows}
+               "compile_modes": args.compile_mode if args.compile else [],
+               "compile_dynamic": args.compile_dynamic if args.compile else None, "cases": rows}
     _measure_cached(bench, cases, rows)
     profiled = _Profiled(bench.cached_step, "eager", "cached", cases[0])
     for mode in args.compile_mode if args.compile else []:
-        profiled = _measure_compiled(bench, cases, rows, mode)
+        profiled = _measure_compiled(bench, cases, rows, mode, args.compile_dynamic)
     if args.profile:
         _profile(bench, profiled, rows[0])
     _print_results(results)
@@ -156,6 +157,10 @@ def _arguments() -> argparse.Namespace:
                         default=["default"],
                         help="torch.compile modes with --compile, each measured in turn on the same model; "
                              "reduce-overhead adds CUDA graphs (a batch-1 step is launch-bound on a GPU)")
+    parser.add_argument("--compile-dynamic", choices=["always", "auto"], default="always",
+                        help="always: layers compiled for dynamic lengths from the start (what training runs after "
+                             "its first new length); auto: torch's default, as `lavic-ref --compile/--cuda-graphs` "
+                             "compiles (the first length exactly, a later one recompiles dynamic)")
     args = parser.parse_args()
     shortest = 2 * (CANDIDATES * (SUBIMAGES_PER_ITEM + 1) + 8)  # the item tokens fill the prompt's second half
     if min(args.seq_len) < shortest:
@@ -366,11 +371,12 @@ class _Profiled:
     case: dict
 
 
-def _measure_compiled(bench: _Bench, cases: list[dict], rows: list[dict], mode: str) -> _Profiled:
-    """Our step with the LM decoder layers compiled in ``mode``, with and without checkpointing."""
+def _measure_compiled(bench: _Bench, cases: list[dict], rows: list[dict], mode: str, dynamic: str) -> _Profiled:
+    """Our step with the LM decoder layers compiled in ``mode``, with and without checkpointing; ``dynamic`` is
+    ``--compile-dynamic``."""
     torch._dynamo.reset()  # each mode compiles afresh
-    # Dynamic lengths from the start: what training runs after its first recompile (prompts vary).
-    compile_language_layers(bench.model, mode=None if mode == "default" else mode, dynamic=True)
+    compile_language_layers(bench.model, mode=None if mode == "default" else mode,
+                            dynamic=True if dynamic == "always" else None)
     cuda_graphs = mode == "reduce-overhead" and bench.device.type == "cuda"
 
     def compiled_step(case: dict) -> None:

@@ -261,7 +261,7 @@ def cls_embeddings(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
     """``(N, 5, C, H, W)`` -> ``(N, 5, D_lm)``: the vision tower's CLS output of each sub-image, projected."""
     inner = inner_model(model)
     count, views = pixel_values.shape[:2]
-    flat = pixel_values.flatten(0, 1).to(inner.vision_tower.dtype)
+    flat = pixel_values.flatten(0, 1).to(device=inner.vision_tower.device, dtype=inner.vision_tower.dtype)
     cls = inner.vision_tower(flat).last_hidden_state[:, 0]
     return inner.multi_modal_projector(cls).view(count, views, -1)
 
@@ -289,12 +289,17 @@ def insert_item_embeddings(
     if expected != item_embeddings.shape[0] * item_embeddings.shape[1]:
         raise ValueError(f"{expected} item-token positions but {item_embeddings.shape[0]} items x "
                          f"{item_embeddings.shape[1]} embeddings")
-    values = item_embeddings.reshape(-1, inputs_embeds.shape[-1]).to(inputs_embeds.dtype)
+    values = item_embeddings.reshape(-1, inputs_embeds.shape[-1]).to(device=inputs_embeds.device,
+                                                                     dtype=inputs_embeds.dtype)
     return inputs_embeds.masked_scatter(mask.unsqueeze(-1), values)
 
 
 def embed_inputs(backbone: Backbone, input_ids: torch.Tensor, item_embeddings: torch.Tensor | None) -> torch.Tensor:
-    embeds = backbone.model.get_input_embeddings()(input_ids)
+    """The LM's input embeddings of ``input_ids`` (on any device), item-token positions filled from
+    ``item_embeddings``."""
+    embedding = backbone.model.get_input_embeddings()
+    input_ids = input_ids.to(embedding.weight.device)
+    embeds = embedding(input_ids)
     if item_embeddings is None or item_embeddings.numel() == 0:
         return embeds
     return insert_item_embeddings(embeds, input_ids, backbone.item_token_ids, item_embeddings)
