@@ -97,13 +97,16 @@ def research_insert(inputs_embeds: torch.Tensor, input_ids: torch.Tensor, cls_st
     return inputs_embeds
 
 
-def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> tuple[float, float]:
-    """Median seconds per call and peak GPU memory (GiB; 0 on CPU)."""
+def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: int,
+            reset_peak: bool = True) -> tuple[float, float]:
+    """Median seconds per call and peak GPU memory (GiB; 0 on CPU) of the timed calls, or, with ``reset_peak``
+    false, since the caller last reset the counter."""
     for _ in range(warmup):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        if reset_peak:
+            torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -157,10 +160,10 @@ def _arguments() -> argparse.Namespace:
                         default=["default"],
                         help="torch.compile modes with --compile, each measured in turn on the same model; "
                              "reduce-overhead adds CUDA graphs (a batch-1 step is launch-bound on a GPU)")
-    parser.add_argument("--compile-dynamic", choices=["always", "auto"], default="always",
-                        help="always: layers compiled for dynamic lengths from the start (what training runs after "
-                             "its first new length); auto: torch's default, as `lavic-ref --compile/--cuda-graphs` "
-                             "compiles (the first length exactly, a later one recompiles dynamic)")
+    parser.add_argument("--compile-dynamic", choices=["auto", "always"], default="auto",
+                        help="auto: torch's default, as `lavic-ref --compile/--cuda-graphs` compiles (the first length "
+                             "exactly, a later one recompiles for dynamic lengths); always: dynamic from the start "
+                             "(with reduce-overhead this crashed torch 2.11 on an H200: docs/lavic.md)")
     args = parser.parse_args()
     shortest = 2 * (CANDIDATES * (SUBIMAGES_PER_ITEM + 1) + 8)  # the item tokens fill the prompt's second half
     if min(args.seq_len) < shortest:
@@ -194,9 +197,9 @@ class _Bench:
     steps: int
     build_s: float  # seconds to build the model
 
-    def timed(self, step: Callable[[], None], checkpointing: bool) -> tuple[float, float]:
+    def timed(self, step: Callable[[], None], checkpointing: bool, reset_peak: bool = True) -> tuple[float, float]:
         set_gradient_checkpointing(self.model, checkpointing)
-        return measure(step, self.device, self.warmup, self.steps)
+        return measure(step, self.device, self.warmup, self.steps, reset_peak)
 
     def generation_seconds(self, generate: Callable[[], None]) -> float:
         return measure(generate, self.device, 1, max(2, self.steps // 2))[0]
@@ -407,13 +410,19 @@ def _measure_compiled_variant(bench: _Bench, compiled_step: Callable[[dict], Non
                               prefix: str, suffix: str, checkpointing: bool) -> None:
     """One compiled variant into ``row`` (keys ``{prefix}_step{suffix}_s`` ...): its compile time, step, peak memory
     and ratio to the research step, or the error it failed with."""
+    # CUDA graphs allocate a step's activations in their private pool while warming up and recording (the first
+    # calls); replays allocate nothing. So their peak counts from the first call on, as training's would.
+    graphs = prefix.endswith("reduce_overhead") and bench.device.type == "cuda"
     try:
         set_gradient_checkpointing(bench.model, checkpointing)
+        if graphs:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         compiled_step(case)  # compiles (or recompiles for a new length)
         row[f"{prefix}_compile{suffix}_s"] = time.perf_counter() - start
         row[f"{prefix}_step{suffix}_s"], row[f"{prefix}_step{suffix}_peak_gib"] = bench.timed(
-            lambda: compiled_step(case), checkpointing)
+            lambda: compiled_step(case), checkpointing, reset_peak=not graphs)
     except Exception as error:  # noqa: BLE001 - a benchmark reports what failed and goes on
         row[f"{prefix}_step{suffix}_error"] = f"{type(error).__name__}: {str(error)[:300]}"
         print(f"{prefix}{suffix} at {case['seq_len']} tokens failed: {row[f'{prefix}_step{suffix}_error']}")
