@@ -193,6 +193,19 @@ class _FrameWalker:
         single_segment = (descriptor >> 5) & 1
         content_size_bytes = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
         header = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3] + content_size_bytes
+        if available < header:
+            self.frame_starts.pop()  # counted again when the whole header is here
+            return None
+        # Headers the decoder refuses are stopped here, so it never gets them: an error inside its read would lose
+        # the output of the frames before (and name the wrong frame).
+        if descriptor & 0x08:
+            self.error = "broken zstd frame header (its reserved bit is set)"
+            return 0
+        window = _window_size(data[local : local + header], single_segment, content_size_bytes)
+        if window > MAX_WINDOW_SIZE:
+            self.error = (f"a zstd frame whose window is {window:,} bytes ({window / 2**30:,.4g} GiB), more than the "
+                          f"{MAX_WINDOW_SIZE:,} (2 GiB, zstd --long=31) of the dumps that the reader allows")
+            return 0
         self.has_checksum = bool((descriptor >> 2) & 1)
         self.boundary += header
         self.expect = "block"
@@ -204,6 +217,17 @@ class _FrameWalker:
 
     def frame_start_before(self, offset: int) -> int:
         return max((start for start in self.frame_starts if start <= offset), default=0)
+
+
+def _window_size(header: bytes, single_segment: int, content_size_bytes: int) -> int:
+    """The decoding window a zstd frame ``header`` declares (RFC 8878, 3.1.1.1): its content size for a
+    single-segment frame, else the window descriptor's ``2**(10 + exponent) * (1 + mantissa / 8)``."""
+    if single_segment:
+        size = int.from_bytes(header[len(header) - content_size_bytes :], "little")
+        return size + 256 if content_size_bytes == 2 else size
+    exponent, mantissa = header[5] >> 3, header[5] & 7
+    base = 1 << (10 + exponent)
+    return base + (base >> 3) * mantissa
 
 
 def _could_start_a_frame(head: bytes) -> bool:

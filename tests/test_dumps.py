@@ -115,6 +115,54 @@ def test_a_broken_frame_header_keeps_the_frames_before_it(tmp_path):
     assert got == _records(4000)[:2000] and caught.value.frame_offset == third
 
 
+def _single_segment_frame(content_size: int) -> bytes:
+    """A frame header declaring ``content_size`` (8-byte field, single segment: the window is the content size),
+    then one raw 1-byte block."""
+    return b"\x28\xb5\x2f\xfd\xe0" + content_size.to_bytes(8, "little") + (0b1001).to_bytes(3, "little") + b"x"
+
+
+@pytest.mark.parametrize(("declared", "reason"), [
+    (lambda header: header[:5] + b"\xb0" + header[6:], "window is 4,294,967,296 bytes"),  # window descriptor: 2**32
+    (lambda header: header[:5] + b"\xa9" + header[6:], r"window is 2,415,919,104 bytes \(2.25 GiB\)"),  # 2**31 * (1 + 1/8)
+    (lambda header: _single_segment_frame(2**31 + 1), "window is 2,147,483,649 bytes"),  # one byte over: named in bytes
+    (lambda header: header[:4] + bytes([header[4] | 0x08]) + header[5:], "reserved bit"),
+])
+def test_a_frame_header_the_decoder_refuses_keeps_the_frames_before_it(tmp_path, declared, reason):
+    """A frame declaring a window above the dumps' 2 GiB (the decoder's "Frame requires too much memory"), or
+    a reserved header bit: every line of the frames before is read, and the error names that frame.
+    The decoder used to get the header and fail inside a read that held the earlier frames' output too."""
+    path = write_zst_ndjson(tmp_path / "a.zst", _records(4), frames=2)
+    data = path.read_bytes()
+    walker = _FrameWalker()
+    walker.feed(data)
+    second = walker.frame_starts[1]
+    assert data[second + 5] == 0xA8  # the writer's window: 2**31, which the reader takes
+    path.write_bytes(data[:second] + declared(data[second:]))
+    with pytest.raises(zstandard.ZstdError):  # the decoder itself refuses the frame, so the walker may too
+        zstandard.ZstdDecompressor(max_window_size=2**31).decompressobj().decompress(path.read_bytes()[second:])
+    got = []
+    with pytest.raises(DumpReadError, match=reason) as caught:
+        got.extend(orjson.loads(line) for line in iter_lines(iter_chunks(path)))
+    assert got == _records(4)[:2]
+    assert caught.value.frame_offset == caught.value.compressed_offset == second
+
+
+def test_the_largest_window_the_dumps_use_is_taken(tmp_path):
+    """2**31 exactly, as a window descriptor (the writer's) and as a single segment's content size: the
+    walker's limit is the decoder's, not one byte lower."""
+    walker = _FrameWalker()
+    walker.feed(_single_segment_frame(2**31))
+    assert not walker.error and walker.complete
+    path = write_zst_ndjson(tmp_path / "two.zst", _records(4), frames=2)
+    whole, byte_by_byte = _FrameWalker(), _FrameWalker()  # a header cut between reads is read once it is whole
+    whole.feed(path.read_bytes())
+    for byte in path.read_bytes():
+        byte_by_byte.feed(bytes([byte]))
+    assert byte_by_byte.frame_starts == whole.frame_starts and byte_by_byte.complete and not byte_by_byte.error
+    path = write_zst_ndjson(tmp_path / "a.zst", _records(3))
+    assert [orjson.loads(line) for line in _all_lines(path)] == _records(3)
+
+
 @pytest.mark.parametrize("compression", ["xz", "bz2", "gzip"])
 def test_older_pushshift_compressions_are_read_and_their_truncation_reported(tmp_path, compression):
     import bz2
