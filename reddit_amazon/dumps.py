@@ -175,14 +175,13 @@ class _FrameWalker:
             self.boundary += 4
             self.expect = "frame"
             return 4
+        self._frame_starts_here()  # also for a header still cut: a file ending in it names this frame
         if available < 8:
             if not _could_start_a_frame(data[local : local + 4]):
-                self.frame_starts.append(self.boundary)
                 self.error = "not a zstd frame"  # known now: the decompressor must not get these bytes
                 return 0
             return None
         magic = int.from_bytes(data[local : local + 4], "little")
-        self.frame_starts.append(self.boundary)
         if magic & 0xFFFFFFF0 == self._SKIPPABLE:
             self.boundary += 8 + int.from_bytes(data[local + 4 : local + 8], "little")
             return 8
@@ -194,7 +193,6 @@ class _FrameWalker:
         content_size_bytes = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
         header = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3] + content_size_bytes
         if available < header:
-            self.frame_starts.pop()  # counted again when the whole header is here
             return None
         # Headers the decoder refuses are stopped here, so it never gets them: an error inside its read would lose
         # the output of the frames before (and name the wrong frame).
@@ -210,6 +208,10 @@ class _FrameWalker:
         self.boundary += header
         self.expect = "block"
         return header
+
+    def _frame_starts_here(self) -> None:
+        if not self.frame_starts or self.frame_starts[-1] != self.boundary:  # once, however often a cut header is read
+            self.frame_starts.append(self.boundary)
 
     @property
     def complete(self) -> bool:

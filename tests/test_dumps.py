@@ -101,6 +101,18 @@ def test_trailing_garbage_is_reported_after_every_line_before_it(tmp_path, garba
     assert caught.value.compressed_offset == caught.value.frame_offset == path.stat().st_size - len(garbage)
 
 
+@pytest.mark.parametrize("cut_header", [b"\x28\xb5\x2f", b"\x28\xb5\x2f\xfd\x04", b"\x28\xb5\x2f\xfd\xe0\x01\x02\x03\x04"])
+def test_a_file_ending_in_a_cut_frame_header_names_that_frame(tmp_path, cut_header):
+    """The truncation is in the frame whose header is cut, not in the last whole frame (it named that one)."""
+    path = write_zst_ndjson(tmp_path / "a.zst", _records(100), frames=4)
+    whole = path.stat().st_size
+    path.write_bytes(path.read_bytes() + cut_header)
+    got = []
+    with pytest.raises(DumpReadError, match="truncated") as caught:
+        got.extend(iter_lines(iter_chunks(path)))
+    assert len(got) == 100 and caught.value.frame_offset == whole
+
+
 def test_a_broken_frame_header_keeps_the_frames_before_it(tmp_path):
     path = write_zst_ndjson(tmp_path / "a.zst", _records(4000), frames=4)
     data = bytearray(path.read_bytes())
