@@ -13,6 +13,7 @@ cuts out the lines around a match, so a scan costs little more than decompressio
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -136,11 +137,15 @@ class _FrameWalker:
         self.boundary = 0  # where the next header starts
         self.expect = "frame"  # the kind of that header: frame, block or checksum
         self.has_checksum = False
+        #: The starts of the frames that an error may still name: the last one before the latest read and those in it
+        #: (damage is always found in the latest read). All of them would grow with the number of frames: a file of
+        #: millions of empty 13-byte frames.
         self.frame_starts: list[int] = []
         self.error = ""
         self._pending = b""
 
     def feed(self, data: bytes) -> None:
+        self._forget_frames_before(min(self.position, self.boundary))
         base = self.position
         self.position += len(data)
         if self._pending:
@@ -208,6 +213,12 @@ class _FrameWalker:
         self.boundary += header
         self.expect = "block"
         return header
+
+    def _forget_frames_before(self, offset: int) -> None:
+        """Drop the frame starts before the last one at or before ``offset``."""
+        last_needed = bisect.bisect_right(self.frame_starts, offset) - 1
+        if last_needed > 0:
+            del self.frame_starts[:last_needed]
 
     def _frame_starts_here(self) -> None:
         if not self.frame_starts or self.frame_starts[-1] != self.boundary:  # once, however often a cut header is read

@@ -170,9 +170,33 @@ def test_the_largest_window_the_dumps_use_is_taken(tmp_path):
     whole.feed(path.read_bytes())
     for byte in path.read_bytes():
         byte_by_byte.feed(bytes([byte]))
-    assert byte_by_byte.frame_starts == whole.frame_starts and byte_by_byte.complete and not byte_by_byte.error
+    assert byte_by_byte.frame_starts[-1] == whole.frame_starts[-1] and byte_by_byte.complete and not byte_by_byte.error
     path = write_zst_ndjson(tmp_path / "a.zst", _records(3))
     assert [orjson.loads(line) for line in _all_lines(path)] == _records(3)
+
+
+def test_a_file_of_many_tiny_frames_is_read_in_bounded_memory(tmp_path):
+    """100,000 empty frames (9 bytes each, 0.9 MB; a GB of them is 110 million), then garbage: the walker keeps
+    only the frame starts an error may still name (it kept every one: ~36 bytes of list and int per frame,
+    175 MB of RSS for a 65 MB file of 5 million), and still names the right frame."""
+    empty = zstandard.ZstdCompressor().compress(b"")
+    first = write_zst_ndjson(tmp_path / "first.zst", _records(3)).read_bytes()
+    path = tmp_path / "tiny_frames.zst"
+    path.write_bytes(first + empty * 100_000 + write_zst_ndjson(tmp_path / "last.zst", _records(2)).read_bytes()
+                     + b"junk")
+    walker = _FrameWalker()
+    data = path.read_bytes()
+    for start in range(0, len(data), 1 << 12):
+        walker.feed(data[start : start + (1 << 12)])
+        assert len(walker.frame_starts) <= (1 << 12) // len(empty) + 2  # a 4 KiB read's frames, and the one before
+    last = len(first) + len(empty) * 100_000
+    assert walker.error == "not a zstd frame" and walker.frame_start_before(walker.boundary) == len(data) - 4
+    assert walker.frame_start_before(len(data) - 5) == last
+    for read_size in (1 << 12, 1 << 20):
+        got = []
+        with pytest.raises(DumpReadError, match="not a zstd frame") as caught:
+            got.extend(orjson.loads(line) for line in iter_lines(iter_chunks(path, read_size=read_size)))
+        assert got == _records(3) + _records(2) and caught.value.frame_offset == len(data) - 4
 
 
 @pytest.mark.parametrize("compression", ["xz", "bz2", "gzip"])
