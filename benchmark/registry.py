@@ -170,10 +170,26 @@ def _files_sha256(*files: Path | None) -> str | None:
 
 def _distribution(module_name: str) -> str | None:
     """``name==version`` of the installed distribution(s) providing ``module_name``'s top-level package."""
-    from importlib.metadata import packages_distributions, version
+    from importlib.metadata import version
 
-    names = sorted(set(packages_distributions().get(module_name.partition(".")[0], ())))
+    names = installed_distributions(module_name.partition(".")[0])
     return ", ".join(f"{name}=={version(name)}" for name in names) or None
+
+
+def installed_distributions(top_level: str) -> list[str]:
+    """The names of the installed distributions providing the top-level module or package ``top_level``.
+
+    Python 3.10's ``packages_distributions()`` reads only each distribution's ``top_level.txt``, which wheels built
+    by flit, hatchling and others lack (markdown-it-py's): a distribution it does not name is looked for by its
+    files, as 3.11's does."""
+    from importlib.metadata import distributions, packages_distributions
+
+    named = set(packages_distributions().get(top_level, ()))
+    if not named:
+        named = {dist.metadata["Name"] for dist in distributions()
+                 if any((file.parts[0] if len(file.parts) > 1 else file.stem) == top_level
+                        for file in dist.files or () if file.suffix == ".py")}
+    return sorted(named)
 
 
 def _load_object(target: str, spec: str) -> Any:

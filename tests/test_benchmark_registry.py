@@ -394,6 +394,25 @@ def test_recorded_settings_redact_nested_secrets_and_are_the_same_in_every_run()
     orjson.dumps(settings)  # an int past 64 bits made results.json fail to write after the whole run
 
 
+def test_a_plugins_distribution_is_named_where_only_its_files_name_its_package(monkeypatch):
+    """Python 3.10's packages_distributions() reads only top_level.txt, which many wheels lack (markdown-it-py's,
+    built with flit): on 3.10 a run of such a plugin recorded no distribution for its code."""
+    import importlib.metadata
+    from importlib.metadata import distributions, version
+
+    def from_top_level_txt_only() -> dict[str, list[str]]:  # Python 3.10's packages_distributions
+        named: dict[str, list[str]] = {}
+        for dist in distributions():
+            for package in (dist.read_text("top_level.txt") or "").split():
+                named.setdefault(package, []).append(dist.metadata["Name"])
+        return named
+
+    assert "markdown_it" not in from_top_level_txt_only()
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", from_top_level_txt_only)
+    assert resolve("markdown_it:MarkdownIt").code.distribution == f"markdown-it-py=={version('markdown-it-py')}"
+    assert registry.installed_distributions("yaml") == ["PyYAML"]  # one top_level.txt names
+
+
 def test_the_toolkits_own_module_spec_looks_up_no_distribution(monkeypatch):
     """Naming a plugin's distribution scans every installed package (~0.2 s); the toolkit's own classes, given as
     module:Class, have no plugin code to name and paid for the scan anyway."""

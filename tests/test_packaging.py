@@ -109,7 +109,7 @@ def test_every_package_the_toolkit_imports_is_declared():
     import ast
     import re
     import sys
-    from importlib.metadata import packages_distributions
+    from benchmark.registry import installed_distributions
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
@@ -123,11 +123,11 @@ def test_every_package_the_toolkit_imports_is_declared():
                     imported |= {alias.name.partition(".")[0] for alias in node.names}
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     imported.add(node.module.partition(".")[0])
-    distributions = packages_distributions()
     third_party = imported - own - set(sys.stdlib_module_names)
     # a module of an extra that is not installed here (torch on Python 3.13) goes by its own name
-    missing = {module: distributions.get(module) for module in sorted(third_party)
-               if not any(d.lower().replace("_", "-") in declared for d in distributions.get(module, [module]))}
+    providers = {module: installed_distributions(module) or [module] for module in sorted(third_party)}
+    missing = {module: names for module, names in providers.items()
+               if not any(d.lower().replace("_", "-") in declared for d in names)}
     assert missing == {}
 
 
