@@ -37,16 +37,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from lavic_ref.embed import ItemEmbeddings  # noqa: E402
-from lavic_ref.model import LANGUAGE_LORA_TARGETS, SUBIMAGES_PER_ITEM, compile_language_layers, default_dtype, \
-    inner_model, insert_item_embeddings, lora_config, resolve_device, target_loss  # noqa: E402
-from lavic_ref.training import CUDA_GRAPH_LENGTH_MULTIPLE, set_gradient_checkpointing  # noqa: E402
+from reddit_amazon.cli_errors import with_extra_hint  # noqa: E402
+
+try:
+    import torch
+
+    from lavic_ref.embed import ItemEmbeddings
+    from lavic_ref.model import LANGUAGE_LORA_TARGETS, SUBIMAGES_PER_ITEM, compile_language_layers, default_dtype, \
+        inner_model, insert_item_embeddings, lora_config, resolve_device, target_loss
+    from lavic_ref.training import CUDA_GRAPH_LENGTH_MULTIPLE, set_gradient_checkpointing
+except ModuleNotFoundError as error:  # a core install: one line naming the extra, as `lavic-ref` says it
+    sys.exit(f"Error: {with_extra_hint(str(error), error)}")
 
 CANDIDATES = 10
 ITEM_TOKEN_IDS = list(range(5, 10))  # any five ids work for random weights

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from core_install import core_install_env  # tests/: the extras hidden, as in a `.[test]` install
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -62,8 +63,18 @@ def test_lavic_gpu_at_tiny_size(tmp_path):
 def test_help_shows_the_scripts_example_commands(script, tmp_path):
     """The README's Speed table points at these scripts; their --help printed the docstring's first line only,
     leaving out the example commands (and what is measured) written just below it."""
+    if script == "lavic_gpu.py":
+        pytest.importorskip("torch", reason="torch (the `lavic` extra) is not installed")
     output = run_script(script, "--help", tmp_path=tmp_path)
     assert f"python benchmarks/{script}" in output
+
+
+def test_lavic_gpu_without_the_lavic_extra_names_it_in_one_line(tmp_path):
+    """On a core install the script ended in a ModuleNotFoundError traceback for torch, even for --help."""
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "lavic_gpu.py"), "--help"], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=600, env=core_install_env())
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr == "Error: No module named 'torch' (pip install 'reddit-amazon[lavic]')\n"
 
 
 def test_catalog_parent_map_refuses_more_wanted_asins_than_the_file_holds(tmp_path):
