@@ -61,6 +61,7 @@ def test_a_thread_recommending_in_two_domains_is_in_one_split_in_both():
 
 
 def test_candidates_from_the_domain_catalog_and_stats():
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
     nouns = ["lamp", "rug", "pillow", "curtain", "shelf", "planter", "towel", "duvet", "mirror", "clock", "vase"]
     items = [Item(item_id=f"B0000000{i:02d}", domain="home", title=f"Ceramic {noun} in sage green",
                   image=b"jpeg" if i % 2 else None) for i, noun in enumerate(nouns)]

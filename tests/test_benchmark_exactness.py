@@ -74,6 +74,7 @@ def test_a_run_on_items_without_titles_says_so(imported, tmp_path, caplog):
 def test_a_retrieval_over_items_without_titles_says_so(imported, tmp_path, caplog):
     """`benchmark retrieve` over the imported release ranks items that all have the same (empty) text: its HR@1 is
     the catalog order's, and it must warn and record it as `benchmark run` does."""
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
     from benchmark.retrieve import RetrieveConfig, retrieve
 
     with caplog.at_level("WARNING", logger="benchmark.retrieve"):

@@ -300,6 +300,7 @@ def test_items_none_of_which_are_in_the_catalog_load_as_an_empty_lookup(dataset)
 
 
 def test_cli_run_report_compare(dataset, tmp_path):
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
     runner = CliRunner()
     for model in ("random", "bm25"):
         result = runner.invoke(cli, ["run", "--model", model, "--dataset", str(dataset), "--out",
@@ -336,6 +337,7 @@ def test_cli_run_report_compare(dataset, tmp_path):
 
 
 def test_retrieve_over_the_full_catalog(dataset, tmp_path):
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
     import datasets
 
     from benchmark.retrieval import get_retriever
@@ -468,6 +470,7 @@ def test_model_args_named_like_secrets_in_any_style_never_reach_the_outputs(data
 
 
 def test_compare_says_a_retrieval_folder_cannot_be_compared_and_report_lists_it(dataset, tmp_path):
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
     runner = CliRunner()
     common = ["--dataset", str(dataset), "--domain", "home", "--quiet", "--bootstrap-samples", "0"]
     assert runner.invoke(cli, ["retrieve", "--retriever", "bm25", *common, "--out", str(tmp_path / "bm25")]) \
@@ -676,6 +679,7 @@ def test_other_bootstrap_settings_rescore_a_finished_run_without_predicting(data
 
 
 def test_retrieve_never_writes_over_a_model_run_and_reports_only_cutoffs_within_k(dataset, tmp_path):
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
     run(RunConfig(model="random", dataset=str(dataset), domain="home", bootstrap_samples=0), tmp_path / "r",
         progress=False)
     args = ["retrieve", "--retriever", "bm25", "--dataset", str(dataset), "--domain", "home", "--quiet",
@@ -838,6 +842,7 @@ def test_a_run_whose_first_batch_fails_leaves_the_folder_free_and_batch_size_is_
 def test_a_model_that_fails_on_its_first_batch_leaves_nothing_that_looks_like_a_run(dataset, tmp_path):
     """`benchmark run --model sbert --model-args model=/nonexistent` (sbert loads its model on first use) left
     run.json and an empty predictions.jsonl, which `report` skipped as an unfinished run."""
+    pytest.importorskip("sentence_transformers", reason="sentence-transformers (the `retrieval` extra) not installed")
     missing = tmp_path / "no-such-model"
     result = CliRunner().invoke(cli, ["run", "--model", "sbert", "--model-args", f"model={missing}", "--dataset",
                                       str(dataset), "--domain", "home", "--out", str(tmp_path / "sbert"), "--quiet"])
@@ -1331,6 +1336,7 @@ def test_report_of_runs_glob_skips_a_folder_holding_runs_as_the_lavic_docs_lay_t
 def test_cli_summary_prints_out_path_verbatim_whatever_stdout_encodes(dataset, tmp_path, name):
     """The summary names --out as given: square brackets are no Rich markup (printed, never a MarkupError),
     and an out path stdout cannot encode (PYTHONIOENCODING=ascii, C locale) is no UnicodeEncodeError."""
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
     out = tmp_path / name
     for command in (["run", "--model", "random"], ["retrieve", "--retriever", "bm25"]):
         result = CliRunner(charset="ascii").invoke(cli, [*command, "--dataset", str(dataset), "--out", str(out),
@@ -1662,6 +1668,7 @@ def test_progress_false_also_silences_the_bars_of_datasets(tmp_path, capfd, monk
 
 def test_retrieve_with_progress_false_silences_the_bars_of_datasets_too(tmp_path, capfd, monkeypatch):
     """`retrieve(..., progress=False)` had the same gap as `run`: only the CLI's --quiet turned datasets' bars off."""
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
     import datasets
 
     from benchmark.retrieve import RetrieveConfig, retrieve

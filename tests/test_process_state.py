@@ -47,6 +47,7 @@ def _left_changed(call, *, documented: tuple[str, ...] = ()) -> list[str]:
 
 
 def test_loading_the_sample_and_running_the_benchmark_leave_the_process_as_it_was(tmp_path):
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
     from benchmark.runner import RunConfig, run
     from reddit_amazon.sample import load_sample
 

@@ -198,7 +198,7 @@ def test_the_relevance_filter_in_a_build_never_shows_or_writes_an_echoed_key(htt
         return CliRunner().invoke(cli, ["build", "--out", str(tmp_path / out), "--workdir", str(work),
                                         "--llm-model", model, "--llm-base-url", httpserver.url_for("/v1"),
                                         "--llm-concurrency", "1", "--llm-max-attempts", "1", "--no-images",
-                                        "--retrievers", "bm25"], env=env, catch_exceptions=False)
+                                        "--retrievers", "none"], env=env, catch_exceptions=False)
 
     httpserver.expect_request("/v1/chat/completions").respond_with_handler(hostile_llm("Yes."))
     refusing = build("refuses-some", "ds")  # half the prompts refused: the reasons go to the answer cache

@@ -36,6 +36,7 @@ def test_best_first_breaks_ties_by_catalog_order():
 
 
 def test_bm25_ranks_matching_titles_first():
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
     retriever = get_retriever("bm25")
     assert retriever.candidate_set_name == "bm25"
     results = retriever.top_k(QUERIES, ITEMS, k=3)
@@ -56,6 +57,7 @@ def test_bm25_options_of_the_wrong_type_are_refused_up_front():
 def test_bm25_ranks_a_batch_of_candidate_lists_with_one_tokenize_call_each_for_queries_and_items(monkeypatch):
     """`benchmark run --model bm25` ranked each record on its own: bm25s creates its progress bars (disabled ones
     too) at every call, 8 per record, a quarter of the run's time. The rankings must not change."""
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
     import bm25s
 
     from benchmark.retrieval.base import Retriever
