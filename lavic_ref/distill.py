@@ -54,10 +54,8 @@ def distillation_loss(backbone: Backbone, batch: Sequence[DistillExample],
     tokens = pad_batch([s.input_ids for s in sequences], tokenizer.pad_token_id,
                        labels=[s.labels for s in sequences], left=True, multiple_of=length_multiple)
     images = [decode_image(ex.image, ex.item_id) for ex in batch]
-    pixels = subimage_pixels(backbone.processor, images).to(backbone.device)
-    item_embeddings = cls_embeddings(backbone.model, pixels)
-    input_ids = tokens.input_ids.to(backbone.device)
-    inputs_embeds = embed_inputs(backbone, input_ids, item_embeddings)
+    item_embeddings = cls_embeddings(backbone.model, subimage_pixels(backbone.processor, images))
+    inputs_embeds = embed_inputs(backbone, tokens.input_ids, item_embeddings)
     return target_loss(backbone.model, inputs_embeds, tokens.attention_mask.to(backbone.device),
                        tokens.labels)
 

@@ -51,8 +51,7 @@ def iter_item_embeddings(backbone: Backbone, items: Sequence[tuple[str, bytes | 
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
         images = [decode_image(data, item_id) for item_id, data in batch]
-        pixels = subimage_pixels(backbone.processor, images).to(backbone.device)
-        embeddings = cls_embeddings(backbone.model, pixels).to("cpu")
+        embeddings = cls_embeddings(backbone.model, subimage_pixels(backbone.processor, images)).to("cpu")
         yield {item_id: row.clone() for (item_id, _), row in zip(batch, embeddings)}
 
 

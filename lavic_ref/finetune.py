@@ -37,9 +37,8 @@ def recommendation_loss(backbone: Backbone, batch: Sequence[RecommendationInstan
     ]
     tokens = pad_batch([s.input_ids for s in sequences], tokenizer.pad_token_id,
                        labels=[s.labels for s in sequences], left=True, multiple_of=length_multiple)
-    input_ids = tokens.input_ids.to(backbone.device)
     item_embeddings = embeddings.stack([c for ex in batch for c in ex.candidates]) if with_images else None
-    inputs_embeds = embed_inputs(backbone, input_ids, item_embeddings)
+    inputs_embeds = embed_inputs(backbone, tokens.input_ids, item_embeddings)
     return target_loss(backbone.model, inputs_embeds, tokens.attention_mask.to(backbone.device),
                        tokens.labels)
 

@@ -55,11 +55,10 @@ def generate(backbone: Backbone, prompts: Sequence[tuple[str, Sequence[tuple[str
                                          max_tokens=max_tokens).input_ids
                  for context, candidates in prompts]
     batch = pad_batch(sequences, tokenizer.pad_token_id, left=True)
-    input_ids = batch.input_ids.to(backbone.device)
     item_embeddings = None
     if with_images:
         item_embeddings = embeddings.stack([item_id for _, candidates in prompts for item_id, _ in candidates])
-    inputs_embeds = embed_inputs(backbone, input_ids, item_embeddings)
+    inputs_embeds = embed_inputs(backbone, batch.input_ids, item_embeddings)
     output = backbone.model.generate(inputs_embeds=inputs_embeds,
                                      attention_mask=batch.attention_mask.to(backbone.device),
                                      max_new_tokens=max_new_tokens, do_sample=False,
