@@ -109,9 +109,10 @@ class _WritesNaming(io.BufferedWriter):
 @contextmanager
 def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
     """A hidden temporary file beside ``path`` for a writer that takes a file name, renamed over ``path`` when the
-    block ends without an error (else removed)."""
+    block ends without an error (else removed). Its name holds the host and pid (:func:`sibling_prefix`), so what a
+    killed writer left can be told from a live writer's file (:func:`remove_abandoned_temp_files`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{_short_name(path.name)}.", dir=path.parent)
+    handle, tmp = tempfile.mkstemp(prefix=sibling_prefix(path, "tmp"), dir=path.parent)
     os.close(handle)
     try:
         yield Path(tmp)
@@ -416,6 +417,22 @@ def remove_abandoned_siblings(target: Path, finished_marker: str) -> list[Path]:
                     entry.rename(target / entry.name)
         shutil.rmtree(sibling, ignore_errors=True)
         removed.append(sibling)
+    return removed
+
+
+def remove_abandoned_temp_files(folder: Path) -> list[Path]:
+    """Delete the hidden temporary files (:func:`atomic_path`) that processes of this host left in ``folder`` when
+    they were killed mid-write; returns what was removed. A file of a process still running (a concurrent build
+    writing into a shared folder) is kept, and so is one of another host, whose processes cannot be checked from
+    here."""
+    pattern = re.compile(rf"\..+\.tmp-{re.escape(socket.gethostname())}-(\d+)-[^.]+")
+    removed = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            match = pattern.fullmatch(entry.name)
+            if match and entry.is_file(follow_symlinks=False) and not _process_alive(int(match.group(1))):
+                Path(entry.path).unlink(missing_ok=True)
+                removed.append(Path(entry.path))
     return removed
 
 

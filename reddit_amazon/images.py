@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reddit_amazon import __version__
-from reddit_amazon.files import naming, write_atomic
+from reddit_amazon.files import naming, remove_abandoned_temp_files, write_atomic
 from reddit_amazon.http_session import PrivateHostRefused, RequestsInFlight, check_proxies, guarded_session
 from reddit_amazon.openai_endpoint import retry_after
 
@@ -300,6 +300,13 @@ class ImageStore:
             finally:
                 os.close(descriptor)
 
+    def remove_abandoned_writes(self) -> None:
+        """Delete the half-written images that runs of this host killed mid-write left under hidden temporary names;
+        a concurrent build's write in progress is kept (its process is alive)."""
+        removed = remove_abandoned_temp_files(self.folder)
+        if removed:
+            log.info("%s: removed %d temporary file(s) left by killed runs", self.folder, len(removed))
+
     def to_fetch(self, asin: str, urls: Sequence[str]) -> bool:
         """Whether :func:`fetch_images` would download the main image of ``asin`` (``--dry-run`` counts them):
         it has a URL, is not stored from it, and that URL is not recorded as permanently failing."""
@@ -404,6 +411,7 @@ def _download(session, url: str, options: ImageOptions, in_flight: RequestsInFli
 def fetch_images(items: Sequence[tuple[str, list[str]]], store: ImageStore, options: ImageOptions, *,
                  progress: Callable[[Iterable, int], Iterable] | None = None) -> dict[str, ImageOutcome]:
     """Make sure each ``(asin, urls)`` has its main image (``urls[0]``) in ``store``, or a recorded reason."""
+    store.remove_abandoned_writes()
     outcomes, todo = _known_outcomes(items, store)
     check_proxies(url for _, url in todo)  # before any download: a proxy that cannot be used fails them all
     # Stopped on the way out (Ctrl-C, SIGTERM): the downloads in flight are cut, a wait before a retry ends at once.

@@ -762,3 +762,35 @@ def test_images_go_through_a_socks_proxy(scheme, url, httpserver, host, monkeypa
     proxy.close()
     assert outcomes["B000000001"].downloaded, outcomes["B000000001"].error
     assert proxy.requested == [(url.split("/")[2], 80)] and host.hits["good.jpg"] == 1
+
+
+def test_a_next_fetch_removes_what_a_killed_write_left_and_keeps_a_concurrent_write(tmp_path):
+    """A run killed while writing an image left its hidden temporary file in the store for good (the store may be
+    shared: a temporary file there may be another build's write in progress, so none was removed)."""
+    import os
+    import socket
+    import subprocess
+
+    from reddit_amazon.files import atomic_path
+
+    folder = tmp_path / "images"
+    store = ImageStore(folder)
+    store.put("B000000001", jpeg(), "http://host/a.jpg")
+    store.save()
+    killed_mid_write = ("import os, signal, sys; from pathlib import Path; from reddit_amazon.files import atomic_path\n"
+                        "with atomic_path(Path(sys.argv[1])) as tmp:\n"
+                        "    tmp.write_bytes(b'half an image')\n"
+                        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    killed = subprocess.Popen([sys.executable, "-c", killed_mid_write, str(store.path("B000000005"))])
+    assert killed.wait() == -9
+    (left,) = [path for path in folder.iterdir() if path.name.startswith(".B000000005.jpg.")]
+    other_host = folder / f".B000000006.jpg.tmp-elsewhere-{killed.pid}-abcd1234"  # cannot be checked from here
+    other_host.write_bytes(b"")
+    before = sorted(path.name for path in folder.iterdir())
+    with atomic_path(store.path("B000000002")) as writing:  # a concurrent build's write in progress
+        writing.write_bytes(jpeg())
+        assert fetch_images([], ImageStore(folder), ImageOptions()) == {}
+        assert writing.exists()
+    after = sorted(path.name for path in folder.iterdir())
+    assert sorted([*after, left.name]) == sorted([*before, "B000000002.jpg"])
+    assert socket.gethostname() in left.name and other_host.exists() and os.path.getsize(store.path("B000000002"))
