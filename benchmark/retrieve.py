@@ -42,6 +42,7 @@ from benchmark.runner import (
     RunError,
     bootstrap_entry,
     dataset_entry,
+    embeddings_entry,
     provenance,
     recorded_args,
 )
@@ -126,7 +127,7 @@ def _retrieve(config: RetrieveConfig, out: Path, progress: bool, overwrite: bool
                   "name": RETRIEVER_NAMES.get(config.retriever, config.retriever),
                   "args": recorded_args(config.retriever_options),
                   "settings": settings_of(type(retriever), config.retriever_options),
-                  "returns": "ranking", "item_text": _item_text_name(config)},
+                  "returns": "ranking", "item_text": _item_text_name(config), **embeddings_entry(retriever)},
         "candidate_set_name": retriever.candidate_set_name,
         "dataset": dataset_entry(info),
         "domain": config.domain,

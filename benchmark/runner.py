@@ -212,7 +212,8 @@ def _model_entry(config: RunConfig, resolved: registry.ResolvedModel | None, mod
             "args": recorded_args(config.model_args),
             "settings": registry.recorded_settings(recommender, resolved, model_args),
             "code": code_entry(resolved),
-            "returns": "ranking" if ranks else "text", **device_entry(recommender)}
+            "returns": "ranking" if ranks else "text", **device_entry(recommender),
+            **embeddings_entry(recommender)}
 
 
 def _finished_run(finished: dict[str, Any], out: Path, config: RunConfig) -> dict[str, Any]:
@@ -539,6 +540,14 @@ def device_entry(recommender: Any) -> dict[str, str | None]:
     if device is None:
         return {"device": None, "device_name": None}
     return {"device": str(device), "device_name": cuda_device_name(str(device))}
+
+
+def embeddings_entry(model: Any) -> dict[str, Any]:
+    """``{"embeddings": ...}``, where the vectors of a model that ranks by embeddings (``sbert``) came from: computed
+    in this run or read from the embedding cache, and which library versions wrote the cache's vectors. Nothing for
+    any other model."""
+    provenance = getattr(model, "embedding_provenance", None)
+    return {} if provenance is None else {"embeddings": provenance}
 
 
 def cuda_device_name(device: str) -> str | None:

@@ -1638,7 +1638,7 @@ def test_results_record_every_setting_the_model_ran_with_defaults_included(tmp_p
     assert sbert["model"]["settings"]["model"] == DEFAULT_SBERT_MODEL
     from sentence_transformers.util import get_device_name
 
-    assert sbert["model"]["device"] == get_device_name()  # the one sentence-transformers picks
+    assert sbert["model"]["device"].partition(":")[0] == get_device_name()  # the one sentence-transformers picks
     assert json.loads((tmp_path / "sbert" / "results.json").read_text())["model"] == sbert["model"]
     given = run(RunConfig(model="last", domain="home", limit=2, bootstrap_samples=0), tmp_path / "given",
                 recommender=LastCandidate(), progress=False)
@@ -1965,3 +1965,50 @@ def test_a_model_args_error_shows_its_hint_whole(dataset, tmp_path):
                                       "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 or result.exit_code == 1, result.output
     assert 'expected name=value[,name=value...]; quote a value holding a comma: name="a,b"' in result.output
+
+
+def test_sbert_served_from_the_embedding_cache_on_a_core_install_says_so_in_results(tmp_path, monkeypatch):
+    """`--model sbert` on a core install (no sentence-transformers, no torch) ran from a warm embedding cache, and its
+    results.json could not tell: nothing said the model never ran, nor which library versions made the vectors (the
+    environment lists what is installed here, which is not what encoded them). A cold cache stops with one line
+    naming the extra, and leaves no folder."""
+    sentence_transformers = pytest.importorskip("sentence_transformers")  # the `retrieval` extra, to fill the cache
+    import torch
+    import transformers
+
+    from core_install import core_install_env  # tests/: the extras hidden, as in a `.[test]` install
+
+    monkeypatch.setenv("REDDIT_AMAZON_CACHE", str(tmp_path / "cache"))
+
+    def cli_run(out: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--model", "sbert", "--domain", "home",
+                               "--limit", "3", "--bootstrap-samples", "0", "--quiet", "--out", str(tmp_path / out)],
+                              capture_output=True, text=True, env=core_install_env(), timeout=600)
+
+    cold = cli_run("cold")
+    assert cold.returncode == 1 and "Traceback" not in cold.stderr, cold.stderr[-2000:]
+    assert cold.stderr.strip().splitlines()[-1] == \
+        "Error: the sbert retriever needs sentence-transformers: pip install 'reddit-amazon[retrieval]'"
+    assert not (tmp_path / "cold").exists()
+
+    computed = run(RunConfig(model="sbert", domain="home", limit=3, bootstrap_samples=0), tmp_path / "computed",
+                   progress=False)
+    versions = {"sentence-transformers": sentence_transformers.__version__, "torch": torch.__version__,
+                "transformers": transformers.__version__}
+    texts = computed["model"]["embeddings"]["computed"]
+    assert texts > 0 and computed["model"]["embeddings"] == {"computed": texts, "from_cache": 0,
+                                                             "cache_written_with": [versions]}
+    assert computed["model"]["device"] == "cpu"
+    warm = cli_run("warm")
+    assert warm.returncode == 0, warm.stderr[-2000:]
+    served = json.loads((tmp_path / "warm" / "results.json").read_text())
+    assert served["metrics"] == computed["metrics"]
+    assert (tmp_path / "warm" / "predictions.jsonl").read_bytes() == \
+        (tmp_path / "computed" / "predictions.jsonl").read_bytes()
+    assert served["model"]["embeddings"] == {"computed": 0, "from_cache": texts, "cache_written_with": [versions]}
+    assert (served["model"]["device"], served["model"]["device_name"]) == (None, None)  # no model ran
+    from benchmark.retrieve import RetrieveConfig, retrieve
+
+    retrieved = retrieve(RetrieveConfig(retriever="sbert", domain="home", limit=3, bootstrap_samples=0),
+                         tmp_path / "retrieved", progress=False)  # `benchmark retrieve` says so too
+    assert retrieved["model"]["embeddings"]["cache_written_with"] == [versions]

@@ -50,5 +50,10 @@ class SBERTRecommender(_SimilarityRecommender):
 
     @property
     def device(self) -> str | None:
-        """Where its model runs (recorded in results.json)."""
+        """Where its model ran (recorded in results.json)."""
         return self.retriever.resolved_device
+
+    @property
+    def embedding_provenance(self) -> dict[str, Any]:
+        """Where its vectors came from (recorded in results.json)."""
+        return self.retriever.embedding_provenance

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -54,7 +55,10 @@ class EmbeddingCache:
         self._file = cache_file(self.path, "the embedding cache", in_default_folder=cache_dir is None)
         self._db = self._file.connect(
             "CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)", owner=self)
-        self.computed = 0  # texts encoded by this instance (the rest came from disk)
+        with self._file.named_errors():
+            self._db.execute("CREATE TABLE IF NOT EXISTS writer (versions TEXT PRIMARY KEY)")
+        self.computed = 0  # texts encoded by this instance
+        self.from_disk = 0  # texts this instance read from the file instead
 
     def _select(self, columns: str, keys: Sequence[str]) -> Iterator[tuple]:
         for start in range(0, len(keys), _SQLITE_MAX_PARAMS):
@@ -74,11 +78,13 @@ class EmbeddingCache:
         return [text for key, text in unique.items() if key not in known]
 
     def encode(self, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray],
-               batch_size: int = 1024) -> np.ndarray:
-        """Embeddings of ``texts`` (rows in order). Unique unseen texts go to ``compute`` in batches."""
+               batch_size: int = 1024, written_with: Callable[[], dict[str, str]] = dict) -> np.ndarray:
+        """Embeddings of ``texts`` (rows in order). Unique unseen texts go to ``compute`` in batches; the library
+        versions ``written_with`` names once ``compute`` has run are recorded as a writer of the file."""
         keys = [text_key(t) for t in texts]
         unique = dict(zip(keys, texts))
         vectors = self._lookup(list(unique))
+        self.from_disk += len(vectors)
         missing = [(k, t) for k, t in unique.items() if k not in vectors]
         stored_shape = self._stored_shape() if missing else None
         for start in range(0, len(missing), batch_size):
@@ -91,6 +97,8 @@ class EmbeddingCache:
             with self._file.named_errors(), self._db:
                 self._db.executemany("INSERT OR REPLACE INTO embedding VALUES (?, ?)",
                                      [(k, v.tobytes()) for (k, _), v in zip(chunk, computed)])
+                if versions := written_with():
+                    self._db.execute("INSERT OR IGNORE INTO writer VALUES (?)", (json.dumps(versions, sort_keys=True),))
             stored_shape = computed.shape[1:]
             vectors.update({k: v for (k, _), v in zip(chunk, computed)})
             self.computed += len(chunk)
@@ -103,6 +111,12 @@ class EmbeddingCache:
         with self._file.named_errors():
             row = self._db.execute("SELECT vector FROM embedding LIMIT 1").fetchone()
         return None if row is None else (len(row[0]) // 4,)
+
+    def writers(self) -> list[dict[str, str]]:
+        """The library versions of each process that wrote vectors into the file (none recorded by a release before
+        they were: such a file's vectors are of unknown versions)."""
+        with self._file.named_errors():
+            return [json.loads(versions) for (versions,) in self._db.execute("SELECT versions FROM writer ORDER BY 1")]
 
     def close(self) -> None:
         self._db.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,21 @@ class DenseRetriever(Retriever):
     def _embed(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError
 
+    def _library_versions(self) -> dict[str, str]:
+        """The versions of the libraries that computed the vectors here (none: they are computed elsewhere)."""
+        return {}
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        return normalize(self.cache.encode(list(texts), self._embed, batch_size=self.encode_batch_size))
+        return normalize(self.cache.encode(list(texts), self._embed, batch_size=self.encode_batch_size,
+                                           written_with=self._library_versions))
+
+    @property
+    def embedding_provenance(self) -> dict[str, Any]:
+        """Where this retriever's vectors came from, for results.json: texts encoded here, texts read from the
+        embedding cache, and the library versions of the processes that wrote the cache's vectors (a run served
+        from the cache ran no model: the versions installed here did not make its vectors)."""
+        return {"computed": self.cache.computed, "from_cache": self.cache.from_disk,
+                "cache_written_with": self.cache.writers()}
 
     def _score_rows(self, queries: Sequence[str], items: Sequence[tuple[str, str]]) -> Iterator[np.ndarray]:
         # Each distinct item text is scored once, whatever the query count. Identical texts (duplicate

@@ -59,15 +59,16 @@ class SBERTRetriever(DenseRetriever):
 
     @property
     def resolved_device(self) -> str | None:
-        """The device the model runs on: ``device`` as given, else the one sentence-transformers picks for it
-        (``None`` without sentence-transformers: every embedding then came from the cache)."""
-        if self.device:
-            return self.device
-        try:
-            from sentence_transformers.util import get_device_name
-        except ImportError:
-            return None
-        return get_device_name()
+        """The device the model ran on; ``None`` where it never loaded (every embedding came from the cache)."""
+        return None if self._model is None else str(self._model.device)
+
+    def _library_versions(self) -> dict[str, str]:
+        import sentence_transformers
+        import torch
+        import transformers
+
+        return {"sentence-transformers": sentence_transformers.__version__, "torch": torch.__version__,
+                "transformers": transformers.__version__}
 
     def _load(self):
         if self._model is None:
