@@ -77,12 +77,27 @@ def save_item_embeddings(path: str | os.PathLike, embeddings: dict[str, torch.Te
 
 
 def _save_atomic(path: Path, embeddings: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Written under a hidden temporary name of its own, then renamed: a killed save leaves no visible file."""
+    """Written under a hidden temporary name of its own, then renamed: a killed save leaves no visible file. The
+    same embeddings and metadata give the same bytes (see :data:`METADATA_KEY`)."""
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp, naming_write_failure(path):  # a full disk: safetensors' error names no file
-        save_file({k: v.contiguous() for k, v in embeddings.items()}, str(tmp), metadata=metadata)
+        save_file({k: v.contiguous() for k, v in embeddings.items()}, str(tmp),
+                  metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True, separators=(",", ":"))})
     return path
+
+
+#: The one safetensors metadata entry our files have: all our entries, as JSON with sorted keys. safetensors writes
+#: its metadata map in a random order, new in each process (a Rust HashMap: PYTHONHASHSEED does not fix it), so
+#: files with several entries differed in bytes between two runs that computed the same embeddings.
+METADATA_KEY = "lavic_ref"
+
+
+def read_metadata(handle: Any) -> dict[str, str]:
+    """The entries :func:`_save_atomic` wrote, from an open safetensors file; a file written before they were kept
+    under :data:`METADATA_KEY` has them as its metadata itself."""
+    metadata = handle.metadata() or {}
+    return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else metadata
 
 
 #: Bump when the way an item's embeddings are computed from its image changes (decoding, sub-images, which
@@ -165,7 +180,7 @@ class ItemEmbeddings:
         from safetensors.torch import load_file
 
         with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+            metadata = read_metadata(handle)
         return cls(load_file(str(path)), metadata)
 
     def identity(self) -> str:
@@ -295,7 +310,7 @@ class _FileThere:
         if not path.is_file():
             return None
         with safe_open(str(path), framework="pt") as handle:
-            metadata, item_ids = handle.metadata() or {}, list(handle.keys())
+            metadata, item_ids = read_metadata(handle), list(handle.keys())
         if (metadata.get("base_fingerprint"), metadata.get("adapter_hash")) != (base_fingerprint, adapter_hash):
             log_line(f"{path} was made from other base weights (or another adapter): its {len(item_ids)} items "
                      "are replaced by this run's")
@@ -366,7 +381,7 @@ class _Checkpoints:
         for part in sorted(self.folder.glob("part-*.safetensors")):
             try:
                 with safe_open(str(part), framework="pt") as handle:
-                    if (handle.metadata() or {}) != self.made_from:
+                    if read_metadata(handle) != self.made_from:
                         self.remove()
                         return {}
                     found.update({key: handle.get_tensor(key) for key in handle.keys()})
@@ -403,7 +418,7 @@ class _Checkpoints:
         for part in folder.glob("part-*.safetensors"):
             try:
                 with safe_open(str(part), framework="pt") as handle:
-                    metadata = handle.metadata() or {}
+                    metadata = read_metadata(handle)
                     if (all(metadata.get(key) == value for key, value in made_from.items())
                             and not saved.issuperset(handle.keys())):
                         return False

@@ -1871,6 +1871,71 @@ def test_an_interrupted_embed_that_reuses_items_resumes_from_its_checkpoints(tin
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".lock", path.name]
 
 
+_WRITE_EMBEDDINGS = """
+import sys, torch
+from lavic_ref.embed import ItemSources, save_item_embeddings
+embeddings = {f"B{i:09d}": torch.arange(10.0).reshape(5, 2) * i for i in range(4)}
+sources = ItemSources.of([(item_id, item_id.encode()) for item_id in embeddings], {"recipe": 1, "dtype": "float32"})
+save_item_embeddings(sys.argv[1], embeddings, base="tiny", adapter=None, base_fingerprint="f00d", sources=sources)
+"""
+
+
+def test_the_same_embeddings_give_the_same_file_bytes_in_every_run(tmp_path):
+    """Two embeds of the same items with the same weights wrote files differing in bytes: safetensors writes its
+    metadata entries in an order drawn anew in each process (a Rust hash map), so the file was not reproducible."""
+    import subprocess
+
+    paths = [tmp_path / f"run{run}.safetensors" for run in range(4)]
+    for path in paths:  # one process each: the order was the same within a process
+        subprocess.run([sys.executable, "-c", _WRITE_EMBEDDINGS, str(path)], check=True,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert len({path.read_bytes() for path in paths}) == 1
+    assert ItemEmbeddings.load(paths[0]).metadata["base_fingerprint"] == "f00d"
+
+
+def _rewrite_in_the_old_layout(path: Path) -> None:
+    """The file as lavic-ref wrote it before its metadata was one entry: each entry a safetensors metadata key."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from lavic_ref.embed import METADATA_KEY, read_metadata
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata, tensors = read_metadata(handle), {key: handle.get_tensor(key) for key in handle.keys()}
+    save_file(tensors, str(path), metadata=metadata)
+    with safe_open(str(path), framework="pt") as handle:
+        assert METADATA_KEY not in handle.metadata() and "base_fingerprint" in handle.metadata()
+
+
+def test_files_and_checkpoints_written_with_one_metadata_key_per_entry_are_still_read(tiny_base, tmp_path,
+                                                                                     monkeypatch):
+    """An embeddings file and the checkpoints of an interrupted embed written before the metadata became one
+    entry: their items are reused and resumed as before, not embedded again."""
+    import lavic_ref.embed as embed
+    from lavic_ref.model import load_backbone
+
+    home, fashion = (list(load_items(None, [domain]).values())[:n] for domain, n in (("home", 4), ("fashion", 6)))
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    run = functools.partial(embed.embed_catalog, backbone, adapter=None, batch_size=2, checkpoint_items=2)
+    fresh = _file_tensors(run(home + fashion, tmp_path / "fresh"))
+    _rewrite_in_the_old_layout(run(home, tmp_path / "out"))
+    calls = EmbedCalls(monkeypatch, interrupt_at=2)
+    with pytest.raises(KeyboardInterrupt):  # 4 fashion items checkpointed
+        run(home + fashion, tmp_path / "out")
+    parts = sorted((tmp_path / "out").glob(".*.parts/*/part-*.safetensors"))
+    assert len(parts) == 2
+    for part in parts:
+        _rewrite_in_the_old_layout(part)
+    calls.embedded, calls.interrupt_at = [], None
+    path = run(home + fashion, tmp_path / "out")
+    assert sum(calls.embedded) == 2  # home's reused from the file, 4 of fashion's resumed from the checkpoints
+    assert _bits(_file_tensors(path)) == _bits(fresh)
+    _rewrite_in_the_old_layout(path)
+    cache = ItemEmbeddings.load(path)
+    assert cache.metadata["base_fingerprint"] == backbone.fingerprint and cache.metadata["adapter_hash"] == "none"
+    check_embeddings(cache, path, backbone)
+
+
 def test_a_resumed_embed_prints_only_the_file_path_on_stdout(tiny_base, tmp_path, monkeypatch):
     """A script captures `EMB=$(lavic-ref embed ...)`: the resumption notice must not join the path on stdout."""
     import lavic_ref.embed as embed
