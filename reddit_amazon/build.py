@@ -52,6 +52,8 @@ SAMPLE_SALT = "reddit-amazon-sample"
 #: Reddit-stage options of a sample build: offline (its links are all full product URLs), public salt.
 SAMPLE_REDDIT_OPTIONS = {"salt": SAMPLE_SALT, "resolve_short_links": False}
 RELEVANCE_CACHE = "relevance-cache.sqlite"
+#: In the relevance stage's folder: the LLM calls and HTTP requests of each of its runs (see CallTally).
+CALLS_FILE = "calls.log"
 #: Raised when a stage's code changes what it makes from the same inputs, so an upgraded package does not reuse
 #: a workdir's older outputs (the Reddit stage has pipeline.STAGE_VERSION). Catalog 2: compressed files told by
 #: their bytes, a leading BOM dropped. Relevance 2: refusals, <think> blocks and negations parsed anew; 3: thoughts
@@ -446,7 +448,7 @@ def _image_store_path(options: BuildOptions) -> Path:
 
 def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> StageResult:
     from reddit_amazon.openai_endpoint import endpoint_key
-    from reddit_amazon.relevance import KEPT_LABEL, AnswerCache, RelevanceError, plan_filter, run_filter
+    from reddit_amazon.relevance import KEPT_LABEL, AnswerCache, CallTally, RelevanceError, plan_filter, run_filter
 
     if options.no_filter:
         console.print("[bold]3/5 relevance[/]: skipped (--no-filter)")
@@ -465,13 +467,16 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
         console.print(f"[bold]3/5 relevance[/]: Table 9 filter with {filter_options.model} "
                       f"on {len(upstream.records())} conversation(s)")
         _unstamp(folder)
-        with AnswerCache(_relevance_cache_path(options)) as cache:
+        folder.mkdir(parents=True, exist_ok=True)
+        # The calls of every run of this stage (an interrupted build and its reruns), for the report and card.
+        with AnswerCache(_relevance_cache_path(options)) as cache, CallTally(folder / CALLS_FILE, key) as tally:
             if endpoint_key(filter_options.base_url) is not None:  # only another endpoint's may hide under OpenAI's
                 _warn_answers_without_endpoint(plan_filter(upstream.records(), cache, filter_options), options,
                                                console)
             try:
                 result = run_filter(upstream.records(), cache, filter_options,
-                                    api_key=os.environ.get("OPENAI_API_KEY"), progress=_tqdm("relevance"))
+                                    api_key=os.environ.get("OPENAI_API_KEY"), progress=_tqdm("relevance"),
+                                    tally=tally)
             except RelevanceError as error:
                 raise BuildError(f"{error}{_sample_answers_hint(options)}") from error
         dropped = {label: n for label, n in sorted(result.counts.items()) if label != KEPT_LABEL}

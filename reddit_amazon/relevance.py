@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from reddit_amazon.files import naming, write_atomic
 from reddit_amazon.redaction import redact_secrets
 from reddit_amazon.openai_endpoint import (
     ChatParameters,
@@ -241,7 +242,7 @@ class FilterResult:
     kept: list[Conversation]
     labels: dict[str, str]  # example_id -> yes/no/uncertain/unparseable/rejected
     counts: Counter
-    calls_made: int  # prompts this run got an answer (or a refusal) for
+    calls_made: int  # prompts answered (or refused) by this run and the earlier runs its CallTally counted
     http_requests_sent: int  # what those took: retries and re-sends with adapted parameters included
     parameter_changes: list[str] = field(default_factory=list)  # what the endpoint made us change (ChatParameters)
 
@@ -298,16 +299,62 @@ def _client(options: FilterOptions, api_key: str | None, connections: OpenConnec
         ) from None
 
 
-class _RequestCounter:
-    """HTTP requests sent, counted from the threads that send them."""
+class CallTally:
+    """The calls paid (prompts the endpoint answered or refused) and the HTTP requests they took, counted from the
+    threads that send them.
 
-    def __init__(self) -> None:
-        self.sent = 0
+    With a ``path``, each is also appended to that file as it happens, and the counts start from what the file
+    holds: the runs of one build stage, interrupted and resumed, are counted together, each call once (an answer
+    received before an interruption is served from the cache afterwards, not paid again), even after a kill -9.
+    The file belongs to one ``run_key`` (the stage's inputs and options): a file of another key is started afresh.
+    """
+
+    CALL, REQUEST = b"c", b"r"
+
+    def __init__(self, path: Path | None = None, run_key: str = ""):
+        self.path = path
+        self.calls = self.requests = 0
         self._lock = threading.Lock()
+        self._file: Any = None
+        if path is not None:
+            self._file = self._open(path, f"{run_key}\n".encode())
 
-    def count(self) -> None:
+    def _open(self, path: Path, header: bytes) -> Any:
+        with naming(path):
+            held = path.read_bytes() if path.is_file() else b""
+            if held.startswith(header):
+                events = held[len(header):].split(b"\n")
+                self.calls, self.requests = events.count(self.CALL), events.count(self.REQUEST)
+            else:
+                write_atomic(path, header)
+            return open(path, "ab", buffering=0)  # unbuffered: each event is one write, on disk as it happens
+
+    def call(self) -> None:
+        self._count(self.CALL)
+
+    def request(self) -> None:
+        self._count(self.REQUEST)
+
+    def _count(self, event: bytes) -> None:
         with self._lock:
-            self.sent += 1
+            if self._file is not None:
+                with naming(self.path):
+                    self._file.write(event + b"\n")
+            if event == self.CALL:
+                self.calls += 1
+            else:
+                self.requests += 1
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> CallTally:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class PromptRefused(Exception):
@@ -334,11 +381,13 @@ def _ask(client: Any, options: FilterOptions, parameters: ChatParameters, prompt
 
 
 def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, options: FilterOptions, *,
-               api_key: str | None = None, progress: Callable[[Iterable, int], Iterable] | None = None) -> FilterResult:
+               api_key: str | None = None, progress: Callable[[Iterable, int], Iterable] | None = None,
+               tally: CallTally | None = None) -> FilterResult:
     """Label every conversation, asking the endpoint only for prompts missing from ``cache``.
 
     Calls that still fail after the retries do not lose the answers already received (they are
-    cached); the run then raises :class:`RelevanceError` so that a rerun resumes.
+    cached); the run then raises :class:`RelevanceError` so that a rerun resumes. The calls and requests are
+    counted in ``tally`` (this run's alone without one).
     """
     import openai
 
@@ -346,18 +395,17 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
         return redact_secrets(str(error), api_key)
 
     keys, missing = _unanswered(conversations, cache, options)
-    calls_made = 0
-    requests = _RequestCounter()
+    tally = tally or CallTally()
     parameters = ChatParameters(options.model)
     if missing:
         connections = OpenConnections()
-        client = _client(options, api_key, connections, requests.count)
+        client = _client(options, api_key, connections, tally.request)
         failure = ""  # the first call that failed after its retries: the run stops there
         streak = RefusalStreak()
 
-        def ask_and_store(key: str, conversation: Conversation) -> bool:
+        def ask_and_store(key: str, conversation: Conversation) -> None:
             if cache.get(key) is not None:  # another build sharing the cache answered it meanwhile
-                return False
+                return
             try:
                 answer = _ask(client, options, parameters, _prompt(options, conversation), stopping)
             except PromptRefused as refusal:
@@ -370,12 +418,13 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
                 reason = str(error)
             else:
                 cache.put(key, options.model, answer)
+                tally.call()  # here, not where the future is collected: an interrupted run stops collecting
                 streak.answered()
-                return True
+                return
             # About this prompt only. The cache is a file: an endpoint quoting the key must not put it there.
             reason = redact_secrets(reason, api_key)[:500]
+            tally.call()
             streak.refused(lambda: cache.put(key, options.model, reason, status=REJECTED), reason)
-            return True
 
         with stoppable_calls(options.concurrency, connections) as (pool, stopping):
             # In an order of this run's own: builds sharing the cache do not ask the same prompts side by side.
@@ -384,8 +433,8 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
             for future in (progress(done, len(missing)) if progress else done):
                 error = future.exception()
                 if error is None:
-                    calls_made += future.result()
-                elif isinstance(error, RelevanceError):
+                    continue
+                if isinstance(error, RelevanceError):
                     raise error
                 elif isinstance(error, RefusedEverything) or is_fatal(error):
                     raise RelevanceError(f"the LLM endpoint refused the request: {redacted(error)}") from error
@@ -407,5 +456,5 @@ def run_filter(conversations: Sequence[Conversation], cache: AnswerCache, option
         status, answer = cache.get(key)  # type: ignore[misc]  # every key is cached by now
         labels[example_id] = REJECTED if status == REJECTED else parse_answer(answer)
     kept = [c for c in conversations if labels[c.example_id] == KEPT_LABEL]
-    return FilterResult(kept=kept, labels=labels, counts=Counter(labels.values()), calls_made=calls_made,
-                        http_requests_sent=requests.sent, parameter_changes=parameters.adaptations)
+    return FilterResult(kept=kept, labels=labels, counts=Counter(labels.values()), calls_made=tally.calls,
+                        http_requests_sent=tally.requests, parameter_changes=parameters.adaptations)

@@ -338,9 +338,30 @@ def test_llm_errors_stop_the_build_and_a_rerun_pays_only_the_rest(httpserver, tm
     assert "sk-test-key" not in manifest_text and "sk-test-key" not in second.output
     manifest = json.loads(manifest_text)
     assert manifest["funnel"][-1]["dropped"] == {}  # every answer was "Yes."
-    assert manifest["build_reports"]["relevance"]["calls_made"] == prompts - answered
-    assert manifest["build_reports"]["relevance"]["http_requests_sent"] == llm.requests - first_requests
+    # The whole build's calls, not the last run's: each prompt was paid once, in the first run or the second.
+    assert manifest["build_reports"]["relevance"]["calls_made"] == prompts
+    assert manifest["build_reports"]["relevance"]["http_requests_sent"] == llm.requests  # the 503s included
     assert all(s["images"] == 0 for s in manifest["stats"].values())
+    rebuilt = build(*args, "--out", str(tmp_path / "ds2"), env={"OPENAI_API_KEY": "sk-test-key"})
+    assert rebuilt.exit_code == 0 and llm.requests == first_requests + prompts - answered  # the stage reused
+    assert read_manifest(tmp_path / "ds2")["build_reports"] == manifest["build_reports"]
+
+
+def test_the_calls_of_a_run_with_other_options_are_not_counted_in_the_build_that_finishes(httpserver, tmp_path):
+    """The relevance stage counts its calls across the runs of the same inputs and options: a run of another
+    model that failed half-way paid for answers this build does not use."""
+    llm = FlakyLLM()
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(llm)
+    args = ["--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--llm-base-url",
+            httpserver.url_for("/v1"), "--llm-max-attempts", "1", "--no-images", *FAST]
+    first = build(*args, "--llm-model", "other-llm", env={"OPENAI_API_KEY": "sk-test-key"})
+    assert first.exit_code == 1 and answers_of(tmp_path / "work" / "relevance-cache.sqlite", "other-llm") > 0
+    llm.down, first_requests = False, llm.requests
+    second = build(*args, "--llm-model", "local-llm", env={"OPENAI_API_KEY": "sk-test-key"})
+    assert second.exit_code == 0, second.output
+    report = read_manifest(tmp_path / "ds")["build_reports"]["relevance"]
+    assert report["calls_made"] == answers_of(tmp_path / "work" / "relevance-cache.sqlite", "local-llm")
+    assert report["http_requests_sent"] == llm.requests - first_requests
 
 
 def test_real_inputs_with_damaged_metadata(tmp_path):
