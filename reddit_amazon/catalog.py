@@ -8,8 +8,8 @@ need are kept, so memory stays bounded by the number of linked products, not the
 Sources are local ``.jsonl`` files (also zstd-, gzip-, xz- or bz2-compressed, told by their first bytes,
 read as :mod:`reddit_amazon.dumps` reads Reddit dumps), or Hub sources written ``hub:<repo>:<what>``:
 
-* ``hub:<repo>:<path/in/repo.jsonl>`` -- one file of a Hub dataset repo (or of a local folder),
-  fetched with ``huggingface_hub`` into its cache and streamed like a local file;
+* ``hub:<repo>:<path/in/repo.jsonl>`` -- one file of a Hub dataset repo (or of a local folder), compressed
+  alike (``.jsonl.zst`` ...), fetched with ``huggingface_hub`` into its cache and streamed like a local file;
 * ``hub:McAuley-Lab/Amazon-Reviews-2023:raw_meta_<Category>`` / ``raw_review_<Category>`` -- the
   upstream config names, mapped to their files (``raw/meta_categories/meta_<Category>.jsonl``,
   ``raw/review_categories/<Category>.jsonl``): the repo's loading script does not run on
@@ -135,8 +135,10 @@ def expand_sources(specs: Iterable[str | Path], pattern: str) -> list[str]:
     return sources
 
 
-META_FILE_PATTERN = r"meta_.+\.jsonl(\.gz|\.zst|\.xz|\.bz2)?"
-REVIEW_FILE_PATTERN = r"(?!meta_).+\.jsonl(\.gz|\.zst|\.xz|\.bz2)?"
+#: A JSON Lines file as read here, plain or compressed (the reader goes by its first bytes, not by this suffix).
+JSONL_FILE_SUFFIX = r"\.jsonl(\.gz|\.zst|\.xz|\.bz2)?"
+META_FILE_PATTERN = r"meta_.+" + JSONL_FILE_SUFFIX
+REVIEW_FILE_PATTERN = r"(?!meta_).+" + JSONL_FILE_SUFFIX
 
 
 def _open_lines(path: str) -> Iterator[bytes]:
@@ -194,7 +196,7 @@ def parse_hub_spec(spec: str) -> HubSource:
     if len(parts) not in (2, 3) or not all(parts):
         raise CatalogError(f"{spec!r} is not hub:<repo>:<file.jsonl | config>[:<split>]")
     repo, what = parts[0], parts[1]
-    if re.search(r"\.jsonl(\.gz)?$", what):
+    if re.search(JSONL_FILE_SUFFIX + "$", what):
         return HubSource(repo=repo, file=what)
     upstream = _UPSTREAM_CONFIG.fullmatch(what)
     if repo == DEFAULT_HUB_REPO and upstream:

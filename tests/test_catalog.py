@@ -229,6 +229,29 @@ def test_hub_files_of_a_repo_folder_and_upstream_config_names(tmp_path):
                      DEFAULT_DOMAIN_MAP)
 
 
+def test_a_compressed_hub_file_is_read_as_a_file_like_a_local_one(tmp_path):
+    """`hub:<repo>:<path>` names any file of a repo (docs/build.md): a compressed JSONL there is read as a local
+    one is (.gz, .zst, .xz, .bz2), not taken for the name of a `datasets` config."""
+    import bz2
+    import lzma
+
+    import zstandard
+
+    assert parse_hub_spec("hub:me/amazon:raw/meta_Home.jsonl.zst") == HubSource(repo="me/amazon",
+                                                                                file="raw/meta_Home.jsonl.zst")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    meta_text = json.dumps(meta("P000000001", "Amazon Home")) + "\n"
+    review_text = json.dumps({"asin": "C000000001", "parent_asin": "P000000001"}) + "\n"
+    (repo / "meta_Home.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(meta_text.encode()))
+    (repo / "Home.jsonl.xz").write_bytes(lzma.compress(review_text.encode()))
+    (repo / "Other.jsonl.bz2").write_bytes(bz2.compress(review_text.encode()))
+    catalog, _ = load_catalog([f"hub:{repo}:meta_Home.jsonl.zst"],
+                              [f"hub:{repo}:Home.jsonl.xz", f"hub:{repo}:Other.jsonl.bz2"], {"C000000001"},
+                              DEFAULT_DOMAIN_MAP)
+    assert catalog.resolve("C000000001")[0].item_id == "P000000001"
+
+
 def test_a_parent_in_two_metadata_sources_takes_the_row_of_the_first_source_given(tmp_path):
     """Two metadata rows of one parent (two category files, two editions): the first --meta source given wins,
     as docs/build.md says; the flags' order is part of the build command the manifest records."""
