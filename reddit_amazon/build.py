@@ -286,7 +286,7 @@ def _dump_files(inputs: Sequence[str], workdir: Path) -> list[Path]:
 
 
 def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> StageResult:
-    from reddit_amazon.pipeline import STAGE_VERSION, RedditStageOptions, run_reddit_stage_on_files
+    from reddit_amazon.pipeline import STAGE_VERSION, RedditStageOptions, bad_line_warnings, run_reddit_stage_on_files
     from reddit_amazon.progress import bars_shown
 
     # how the stage runs (executor, partition, workers) does not change what it writes: a rerun with more
@@ -314,6 +314,8 @@ def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> Stage
     if raw.get("incomplete_files"):
         for path, error in raw["incomplete_files"].items():
             console.print(f"  [yellow]incomplete dump[/] {escape(path)}: {escape(error)}")
+    for warning in bad_line_warnings(raw):
+        console.print(f"  [yellow]bad lines[/] {escape(warning)}")
     # Later stages key on what this one wrote, not only on what it was asked: the same workdir's Reddit
     # stage may also be run on its own (`reddit-amazon reddit-stage`), replacing these outputs.
     outputs = _files_digest([*sorted((folder / "conversations").glob("*.jsonl")), folder / "funnel.json"])

@@ -195,7 +195,7 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
     """
     import orjson
 
-    from reddit_amazon.pipeline import RedditStageOptions, run_reddit_stage
+    from reddit_amazon.pipeline import RedditStageOptions, bad_line_warnings, run_reddit_stage
 
     options = RedditStageOptions(
         salt=salt, resolve_short_links=resolve_short_links, short_link_cache=short_link_cache,
@@ -212,6 +212,8 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
     click.echo(orjson.dumps(result.funnel, option=orjson.OPT_INDENT_2).decode())
     for path, reason in result.incomplete_reasons.items():
         click.secho(f"incomplete: {path}: {reason}", fg="yellow", err=True)
+    for warning in bad_line_warnings(result.funnel):
+        click.secho(f"bad lines: {warning}", fg="yellow", err=True)
     if result.unresolved_short_links:
         click.secho(f"{len(result.unresolved_short_links)} short link(s) could not be resolved: "
                     f"{workdir / 'reddit' / 'unresolved_short_links.txt'}", fg="yellow", err=True)

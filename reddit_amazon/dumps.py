@@ -432,26 +432,72 @@ def _decoded_until_damage(path: Path, decompressor: Any, skip: int, step: int = 
 PositionFinder = Callable[[bytes, int, int], Iterable[int]]
 
 
+class LinePlace:
+    """Where the line that :func:`iter_selected_lines` yielded last lies in the decompressed text.
+
+    ``offset`` is its first byte (from 0; ``zstd -dc FILE | tail -c +$((offset + 1))`` starts there) and
+    ``length`` its size without the newline, the bytes past :data:`MAX_LINE_BYTES` included when it was cut.
+    :attr:`line_number` counts lines from 1, empty ones included, as ``sed -n`` does; it is counted only
+    when asked (for the rare bad line), so the scan pays a few assignments per selected line.
+    """
+
+    __slots__ = ("offset", "length", "_chunk", "_start", "_lines_before")
+
+    def __init__(self) -> None:
+        self._at(b"", 0, 0, 0, 0)
+
+    def _at(self, chunk: bytes, start: int, lines_before: int, offset: int, length: int) -> None:
+        self._chunk = chunk  # the line's chunk, or b"" for a line begun in an earlier chunk
+        self._start = start
+        self._lines_before = lines_before  # newlines before the chunk
+        self.offset = offset
+        self.length = length
+
+    @property
+    def line_number(self) -> int:
+        return self._lines_before + self._chunk.count(b"\n", 0, self._start) + 1
+
+    @property
+    def cut(self) -> bool:
+        """Whether the line is longer than :data:`MAX_LINE_BYTES` (only its first bytes were yielded)."""
+        return self.length > MAX_LINE_BYTES
+
+    def describe(self) -> str:
+        return f"line {self.line_number:,} (byte {self.offset:,})"
+
+
 def iter_selected_lines(
-    chunks: Iterable[bytes], find_positions: PositionFinder, progress: ReadProgress
+    chunks: Iterable[bytes], find_positions: PositionFinder, progress: ReadProgress, place: LinePlace | None = None
 ) -> Iterator[bytes]:
     """The lines (without ``\\n``) in which ``find_positions(chunk, start, end)`` reports a position.
 
     ``find_positions`` is called on whole chunks with the byte range of complete lines it may
     search, so a selective search runs at C speed; only matched lines are cut out. Lines are
     counted in ``progress.lines``; the last line counts and is searched even without a newline.
+    ``place``, when given, tells where each yielded line is (while it is the latest one).
     """
+    place = place if place is not None else LinePlace()
     carry = _Carry()
+    carry_start = 0  # where the carried line starts
+    offset = 0  # where the chunk starts
+    newlines = 0  # before the chunk
     scratch = BlockScratch()
     for chunk in chunks:
         last_newline = chunk.rfind(b"\n")
         if last_newline < 0:
+            if not carry:
+                carry_start = offset
             carry.add(chunk)
+            offset += len(chunk)
             continue
         first_newline = chunk.find(b"\n")
-        progress.lines += scratch.count(numpy.frombuffer(chunk, dtype=numpy.uint8), 10)
+        found = scratch.count(numpy.frombuffer(chunk, dtype=numpy.uint8), 10)
+        progress.lines += found
+        head_start = carry_start if carry else offset
+        head_length = carry.length + first_newline
         head = carry.take(chunk[:first_newline])
         if head and any(True for _ in find_positions(head, 0, len(head))):
+            place._at(b"", 0, newlines, head_start, head_length)
             yield head
         start = first_newline + 1
         end = last_newline
@@ -461,12 +507,18 @@ def iter_selected_lines(
                 continue
             line_start = chunk.rfind(b"\n", start - 1, position) + 1
             line_end_seen = chunk.find(b"\n", position)
+            place._at(chunk, line_start, newlines, offset + line_start, line_end_seen - line_start)
             yield chunk[line_start:line_end_seen]
+        carry_start = offset + last_newline + 1
         carry.add(chunk[last_newline + 1 :])
+        offset += len(chunk)
+        newlines += found
     if carry:
+        length = carry.length
         last = carry.take()
         progress.lines += 1
         if any(True for _ in find_positions(last, 0, len(last))):
+            place._at(b"", 0, newlines, carry_start, length)
             yield last
 
 
@@ -477,11 +529,13 @@ class _Carry:
     def __init__(self) -> None:
         self._parts: list[bytes] = []
         self._size = 0
+        self.length = 0  # of the line so far, the bytes not kept included
 
     def __bool__(self) -> bool:
         return bool(self._parts)
 
     def add(self, data: bytes) -> None:
+        self.length += len(data)
         room = MAX_LINE_BYTES - self._size
         if data and room > 0:
             self._parts.append(data[:room])
@@ -490,10 +544,11 @@ class _Carry:
     def take(self, tail: bytes = b"") -> bytes:
         """The line so far with ``tail`` appended (both cut at the limit); the carry is empty afterwards."""
         if not self._parts:
+            self.length = 0
             return tail[:MAX_LINE_BYTES]
         self.add(tail)
         line = b"".join(self._parts)
-        self._parts, self._size = [], 0
+        self._parts, self._size, self.length = [], 0, 0
         return line
 
 
@@ -566,9 +621,17 @@ def iter_lines(chunks: Iterable[bytes], progress: ReadProgress | None = None, *,
 # --------------------------------------------------------------------------------------------
 
 
+#: How many bad lines a file's report places (line number, byte offset, reason) and quotes.
+BAD_LINES_REPORTED = 5
+
+
 @dataclass
 class LineProblems:
-    """Lines that could not be used, counted per file and reported, never fatal."""
+    """Lines that could not be used, counted per file and reported, never fatal.
+
+    ``first_bad_lines`` places the first few (line number, byte offset, problem, why) without their text, so
+    it may be published; ``examples`` quote their start (dump text, names included: for the private work folder).
+    """
 
     malformed_json: int = 0
     invalid_utf8: int = 0
@@ -576,18 +639,23 @@ class LineProblems:
     not_an_object: int = 0
     lone_surrogates_replaced: int = 0  # kept, with U+FFFD in place of half an emoji
     examples: list[str] = field(default_factory=list)  # a few, for the report
+    first_bad_lines: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, reason: str, line: bytes) -> None:
+    def add(self, reason: str, line: bytes, place: LinePlace | None = None, why: str = "") -> None:
         setattr(self, reason, getattr(self, reason) + 1)
-        if len(self.examples) < 5:
-            self.examples.append(f"{reason}: {line[:120].decode('utf-8', 'replace')}")
+        if len(self.examples) < BAD_LINES_REPORTED:
+            where = f" at {place.describe()}" if place is not None else ""
+            self.examples.append(f"{reason}{where}: {line[:120].decode('utf-8', 'replace')}")
+        if place is not None and len(self.first_bad_lines) < BAD_LINES_REPORTED:
+            self.first_bad_lines.append({"line": place.line_number, "byte": place.offset, "problem": reason,
+                                         "why": why})
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def parse_line(line: bytes, problems: LineProblems) -> dict[str, Any] | None:
-    """The JSON object of one dump line, or ``None`` (counted in ``problems``).
+def parse_line(line: bytes, problems: LineProblems, place: LinePlace | None = None) -> dict[str, Any] | None:
+    """The JSON object of one dump line, or ``None`` (counted in ``problems``, at ``place`` when given).
 
     Dumps hold texts cut in the middle of an emoji: a lone ``\\ud83d`` escape is valid JSON that
     orjson refuses. Such a line is read with the standard parser and the lone half replaced by
@@ -598,18 +666,29 @@ def parse_line(line: bytes, problems: LineProblems) -> dict[str, Any] | None:
     except orjson.JSONDecodeError as error:
         try:
             text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            problems.add("invalid_utf8", line)
+        except UnicodeDecodeError as not_utf8:
+            problems.add("invalid_utf8", line, place, str(not_utf8))
             return None
         record = _parse_with_lone_surrogates(text) if "surrogate" in str(error) else None
         if record is None:
-            problems.add("malformed_json", line)
+            problems.add("malformed_json", line, place, f"{error.msg} (column {error.colno:,} of the line)")
             return None
         problems.lone_surrogates_replaced += 1
     if not isinstance(record, dict):
-        problems.add("not_an_object", line)
+        problems.add("not_an_object", line, place, f"a JSON {json_type(record)}, not an object")
         return None
     return record
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type: ``"string"``, ``"number"``, ``"array"``, ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
 
 
 def _parse_with_lone_surrogates(text: str) -> Any:

@@ -43,6 +43,7 @@ import orjson
 
 from reddit_amazon.dumps import (
     DumpReadError,
+    LinePlace,
     LineProblems,
     ReadProgress,
     find_dump_files,
@@ -233,6 +234,7 @@ def scan_file(path: Path, hits_path: Path, *, short_links: bool = True, progress
     """
     progress = ReadProgress()
     problems = LineProblems()
+    place = LinePlace()
     counts: Counter[str] = Counter()
     error = ""
     temporary = _temporary(hits_path)
@@ -241,9 +243,9 @@ def scan_file(path: Path, hits_path: Path, *, short_links: bool = True, progress
         chunks = _metered(chunks, progress, progress_bar)
     with open_named(temporary) as out:  # a full disk names the file
         try:
-            for line in iter_selected_lines(chunks, LinkPrefilter(short_links=short_links), progress):
+            for line in iter_selected_lines(chunks, LinkPrefilter(short_links=short_links), progress, place):
                 counts["prefilter_hits"] += 1
-                record = parse_line(line, problems)
+                record = parse_line(line, problems, place)
                 if record is None:
                     continue
                 counts["parsed"] += 1
@@ -251,11 +253,11 @@ def scan_file(path: Path, hits_path: Path, *, short_links: bool = True, progress
                     if "title" in record:
                         counts["submissions_with_amazon_text"] += 1
                     else:
-                        problems.add("missing_fields", line)
+                        problems.add("missing_fields", line, place)
                     continue
                 comment = comment_from_dump(record)
                 if comment is None:
-                    problems.add("missing_fields", line)
+                    problems.add("missing_fields", line, place)
                     continue
                 asins = extract_asins(comment.body)
                 links = extract_short_links(comment.body)
@@ -342,6 +344,7 @@ def collect_file(
     """Write the comments / submissions of the ``needed`` threads in ``path`` to ``out_dir/bucket-XXXXX.jsonl``."""
     progress = ReadProgress()
     problems = LineProblems()
+    place = LinePlace()
     counts: Counter[str] = Counter()
     short_links: dict[str, None] = {}
     error = ""
@@ -355,8 +358,8 @@ def collect_file(
     if progress_bar is not None:
         chunks = _metered(chunks, progress, progress_bar)
     try:
-        for line in iter_selected_lines(chunks, finder, progress):
-            record = parse_line(line, problems)
+        for line in iter_selected_lines(chunks, finder, progress, place):
+            record = parse_line(line, problems, place)
             if record is None:
                 continue
             kept: RedditComment | RedditSubmission | None
@@ -367,7 +370,7 @@ def collect_file(
                 kept = submission_from_dump(record)
                 thread_id = kept.id if kept else ""
             if kept is None:
-                problems.add("missing_fields", line)
+                problems.add("missing_fields", line, place)
                 continue
             if thread_id.encode() not in finder.wanted:
                 continue  # an unrelated id matched (a nested object's id, or a comment id equal to a thread id)
@@ -995,13 +998,43 @@ def _funnel(
         },
         # Lines of the needed threads that the second pass could not read: their conversations show up
         # above as submission_missing / ancestor_missing.
-        "thread_lines_unreadable": {key: problems(key, collect_stats)
-                                    for key in ("malformed_json", "invalid_utf8", "missing_fields", "not_an_object")},
+        "thread_lines_unreadable": {key: problems(key, collect_stats) for key in _DROPPED_LINE_PROBLEMS},
         # Texts of the needed threads (submissions, ancestor comments) kept with U+FFFD for half an emoji: the
         # scan's count above covers only the lines it parses (recommending comments).
         "thread_lines_lone_surrogates_replaced": problems("lone_surrogates_replaced", collect_stats),
         "incomplete_files": {s["path"]: s["error"] for s in scan_stats if s["error"]},
-        # Which file the dropped lines above came from (files without problems are left out).
-        "line_problems_by_file": {s["path"]: counts for s in scan_stats
-                                  if (counts := {k: v for k, v in s["problems"].items() if k != "examples" and v})},
+        # Which file the dropped lines above came from (files without problems are left out), and where the
+        # first few are: line numbers and byte offsets, never their text (dump text, names included).
+        "line_problems_by_file": {s["path"]: report for s in scan_stats if (report := _line_problems_report(s))},
     }
+
+
+def _line_problems_report(stats: dict[str, Any]) -> dict[str, Any]:
+    """A file's line problem counts (the non-zero ones) and, when lines were dropped, where the first ones are."""
+    problems = stats["problems"]
+    report: dict[str, Any] = {k: v for k, v in problems.items() if k not in _NOT_COUNTS and v}
+    if problems.get("first_bad_lines"):  # absent from the stats of a file scanned by an older version
+        report["first_bad_lines"] = problems["first_bad_lines"]
+    return report
+
+
+_NOT_COUNTS = ("examples", "first_bad_lines")
+
+
+def bad_line_warnings(funnel: dict[str, Any]) -> list[str]:
+    """One line per file whose lines the scan dropped: how many, why, and where the first one is."""
+    warnings = []
+    for path, report in funnel.get("line_problems_by_file", {}).items():
+        counts = ", ".join(f"{report[reason]:,} {reason}" for reason in _DROPPED_LINE_PROBLEMS if report.get(reason))
+        if counts:
+            first = report.get("first_bad_lines")
+            warnings.append(f"{path}: {counts} dropped" + (f"; the first at {_describe(first[0])}" if first else ""))
+    return warnings
+
+
+def _describe(bad_line: dict[str, Any]) -> str:
+    why = f" ({bad_line['why']})" if bad_line["why"] else ""
+    return f"line {bad_line['line']:,} (byte {bad_line['byte']:,}): {bad_line['problem']}{why}"
+
+
+_DROPPED_LINE_PROBLEMS = ("malformed_json", "invalid_utf8", "missing_fields", "not_an_object")

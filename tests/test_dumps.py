@@ -11,6 +11,7 @@ import zstandard
 
 from reddit_amazon.dumps import (
     DumpReadError,
+    LinePlace,
     LineProblems,
     ReadProgress,
     _FrameWalker,
@@ -360,6 +361,41 @@ def test_a_line_without_end_is_cut_at_the_limit_in_bounded_memory(monkeypatch):
     selected = list(iter_selected_lines(iter(chunks), needles, progress))
     assert [len(line) for line in selected] == [1000, 1000] and progress.lines == 4
     assert parse_line(selected[0], LineProblems()) is None  # counted as malformed downstream
+
+def _needles(chunk, start, end):
+    return [m.start() for m in re.finditer(rb"NEEDLE", chunk[:end]) if m.start() >= start]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 7, 16, 1000])
+def test_selected_lines_are_placed_as_sed_and_tail_count(chunk_size):
+    """Line numbers count from 1 with empty lines (``sed -n``), offsets from 0 in the decompressed text, for lines
+    inside a chunk, across chunks, and the last one without a newline."""
+    text = b'{"a": 1}\n\n{"b": NEEDLE}\n{"c": 3}\n{"d": "NEEDLE NEEDLE"}\n\n\n{"e": NEEDLE'
+    lines = text.split(b"\n")
+    starts = [sum(len(line) + 1 for line in lines[:index]) for index in range(len(lines))]
+    expected = [(line, index + 1, starts[index]) for index, line in enumerate(lines) if b"NEEDLE" in line]
+    chunks = [text[i : i + chunk_size] for i in range(0, len(text), chunk_size)]
+    place = LinePlace()
+    found = [(line, place.line_number, place.offset)
+             for line in iter_selected_lines(iter(chunks), _needles, ReadProgress(), place)]
+    assert found == expected == [(lines[2], 3, 10), (lines[4], 5, 33), (lines[7], 8, 58)]
+
+
+def test_bad_lines_are_placed_in_the_report_without_their_text():
+    problems = LineProblems()
+    place = LinePlace()
+    chunks = [b'{"ok": "NEEDLE"}\n{"broken NEEDLE\n[1, "NEEDLE"]\n{"x": "\xff NEEDLE"}\n']
+    for line in iter_selected_lines(iter(chunks), _needles, ReadProgress(), place):
+        parse_line(line, problems, place)
+    assert [(bad["line"], bad["byte"], bad["problem"]) for bad in problems.first_bad_lines] == [
+        (2, 17, "malformed_json"), (3, 33, "not_an_object"), (4, 47, "invalid_utf8")]
+    assert problems.first_bad_lines[1]["why"] == "a JSON array, not an object"
+    assert "NEEDLE" not in repr(problems.first_bad_lines)  # publishable: no dump text
+    assert problems.examples[0].startswith("malformed_json at line 2 (byte 17): {\"broken NEEDLE")
+    for _ in range(10):
+        problems.add("missing_fields", b"{}", place)
+    assert len(problems.first_bad_lines) == len(problems.examples) == 5  # bounded
+
 
 def test_a_text_cut_inside_an_emoji_is_kept():
     problems = LineProblems()

@@ -18,8 +18,8 @@ import orjson
 import pytest
 from werkzeug import Response
 
-from reddit_amazon.dumps import write_zst_ndjson
-from reddit_amazon.pipeline import RedditStageOptions, run_reddit_stage
+from reddit_amazon.dumps import iter_chunks, write_zst_ndjson
+from reddit_amazon.pipeline import RedditStageOptions, bad_line_warnings, run_reddit_stage
 from reddit_amazon.schema import DELETED_TEXT, REMOVED_TEXT, Conversation
 
 AUTHORS = ["alice_real_name", "bob_real_name", "carol_real_name", "dave_real_name", "erin_real_name"]
@@ -183,8 +183,23 @@ def test_funnel_and_incomplete_files(built, world):
     assert funnel["files"] == 5 and funnel["files_incomplete"] == 1
     dropped = funnel["dropped"]
     assert (dropped["malformed_json"], dropped["invalid_utf8"], dropped["missing_fields"]) == (1, 1, 1)
-    assert funnel["line_problems_by_file"] == {
-        str((world / "RC_2020-09.zst").resolve()): {"malformed_json": 1, "invalid_utf8": 1, "missing_fields": 1}}
+    september = str((world / "RC_2020-09.zst").resolve())
+    assert list(funnel["line_problems_by_file"]) == [september]
+    september_problems = dict(funnel["line_problems_by_file"][september])
+    text = b"".join(iter_chunks(Path(september)))  # as `zstd -dc` gives it
+    bytes_at = [text.index(b'{"id":"bad' + number) for number in (b"1", b"2", b"3")]
+    assert [text[:at].count(b"\n") + 1 for at in bytes_at] == [161, 162, 163]
+    assert september_problems.pop("first_bad_lines") == [
+        {"line": 161, "byte": bytes_at[0], "problem": "malformed_json",
+         "why": "unexpected end of data (column 70 of the line)"},
+        {"line": 162, "byte": bytes_at[1], "problem": "invalid_utf8",
+         "why": "'utf-8' codec can't decode byte 0xff in position 21: invalid start byte"},
+        {"line": 163, "byte": bytes_at[2], "problem": "missing_fields", "why": ""}]
+    assert september_problems == {"malformed_json": 1, "invalid_utf8": 1, "missing_fields": 1}
+    assert "B0000000X" not in repr(funnel)  # the lines' text stays in the work folder
+    assert bad_line_warnings(funnel) == [
+        f"{september}: 1 malformed_json, 1 invalid_utf8, 1 missing_fields dropped; the first at line 161 "
+        f"(byte {bytes_at[0]:,}): malformed_json (unexpected end of data (column 70 of the line))"]
     assert dropped["submission_missing"] == 1 and dropped["ancestor_missing"] == 1
     assert dropped["duplicate_recommending_comment"] == 1
     assert funnel["thread_records_in_several_dumps"] == 1  # c1 again in wicked_edge_comments.ndjson
@@ -566,7 +581,7 @@ _CHILD = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import reddit_amazon.pipeline as pipeline
-    from reddit_amazon.pipeline import RedditStageOptions, run_reddit_stage
+    from reddit_amazon.pipeline import RedditStageOptions, bad_line_warnings, run_reddit_stage
 
     read_chunks = pipeline.iter_chunks
 
@@ -648,6 +663,7 @@ def test_command_line(world, tmp_path):
     assert result.exit_code == 0, result.output
     assert "7 conversations in 5 shard(s)" in result.stderr
     assert "incomplete: " in result.output and "RC_2020-11.zst" in result.output
+    assert re.search(r"bad lines: \S*RC_2020-09.zst: 1 malformed_json, .* the first at line 161 ", result.stderr)
     assert orjson.loads(result.stdout)["threads_rebuilt"] == 7  # stdout is the funnel JSON and nothing else
     assert (tmp_path / "w" / "reddit" / "funnel.json").exists()
 
