@@ -32,7 +32,7 @@ MAX_WINDOW_SIZE = 2**31
 #: the CPU cache while the prefilter's passes go over it (1 MiB measured fastest, 4 MiB ~25% slower).
 READ_SIZE = 1 << 18
 #: The longest line kept whole. Dump and Amazon lines are at most a few MiB; a longer one (a damaged or hostile
-#: file: a few KiB of zstd hold a GiB without a newline) is cut here, fails to parse and is counted as malformed.
+#: file: a few KiB of zstd hold a GiB without a newline) is cut here and counted as malformed, as too long.
 MAX_LINE_BYTES = 64 << 20
 
 ZST_SUFFIXES = (".zst", ".zstd")
@@ -659,8 +659,13 @@ def parse_line(line: bytes, problems: LineProblems, place: LinePlace | None = No
 
     Dumps hold texts cut in the middle of an emoji: a lone ``\\ud83d`` escape is valid JSON that
     orjson refuses. Such a line is read with the standard parser and the lone half replaced by
-    U+FFFD (counted in ``lone_surrogates_replaced``), so the record is kept.
+    U+FFFD (counted in ``lone_surrogates_replaced``), so the record is kept. A line cut at
+    :data:`MAX_LINE_BYTES` (``place.cut``) is malformed without being parsed: the reason says it was too long.
     """
+    if place is not None and place.cut:
+        problems.add("malformed_json", line, place, f"line longer than {_size_text(MAX_LINE_BYTES)} "
+                                                    f"({place.length:,} bytes); not parsed")
+        return None
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError as error:
@@ -678,6 +683,10 @@ def parse_line(line: bytes, problems: LineProblems, place: LinePlace | None = No
         problems.add("not_an_object", line, place, f"a JSON {json_type(record)}, not an object")
         return None
     return record
+
+
+def _size_text(size: int) -> str:
+    return f"{size >> 20} MiB" if size % (1 << 20) == 0 else f"{size:,} bytes"
 
 
 def json_type(value: Any) -> str:

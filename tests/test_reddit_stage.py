@@ -212,6 +212,25 @@ def test_funnel_and_incomplete_files(built, world):
     assert funnel["ancestors_deleted_or_removed"] >= 2
 
 
+def test_a_line_over_the_length_limit_is_reported_with_its_place_and_why(tmp_path):
+    """A 65 MiB line (a damaged dump: zstd packs it into a few KiB) is cut at 64 MiB and reported as too long, by
+    file and place, not parsed; the lines around it are read."""
+    from reddit_amazon.pipeline import scan_file
+
+    before = orjson.dumps(_com("c1", "s1", "t3_s1", "https://www.amazon.com/dp/B0000000A1"))
+    huge = b'{"id": "c2", "body": "https://www.amazon.com/dp/B0000000A2 ' + b"x" * (65 << 20) + b'"}'
+    after = orjson.dumps(_com("c3", "s1", "t3_s1", "https://www.amazon.com/dp/B0000000A3"))
+    path = write_zst_ndjson(tmp_path / "RC_2020-09.zst", [before, huge, after])
+    assert path.stat().st_size < 1 << 20
+    stats = scan_file(path, tmp_path / "hits.jsonl")
+    assert stats["problems"]["malformed_json"] == 1 and stats["comments_with_links"] == 2
+    assert stats["problems"]["first_bad_lines"] == [{
+        "line": 2, "byte": len(before) + 1, "problem": "malformed_json",
+        "why": f"line longer than 64 MiB ({len(huge):,} bytes); not parsed"}]
+    assert stats["problems"]["examples"][0].startswith(f"malformed_json at line 2 (byte {len(before) + 1}): ")
+    assert len(stats["problems"]["examples"][0]) < 200
+
+
 def test_unreadable_lines_of_needed_threads_are_reported(tmp_path):
     """The second pass meets bad lines too: a cut submission line is why its conversation is missing."""
     (tmp_path / "in").mkdir()
