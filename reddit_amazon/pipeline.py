@@ -68,9 +68,11 @@ from reddit_amazon.threads import (
     RedditSubmission,
     ThreadIndex,
     comment_from_dump,
+    comment_problems,
     linkable_texts,
     record_from_json,
     submission_from_dump,
+    submission_problems,
 )
 
 try:  # datatrove is a core dependency; the import is heavy, so only the base class comes in here.
@@ -253,11 +255,11 @@ def scan_file(path: Path, hits_path: Path, *, short_links: bool = True, progress
                     if "title" in record:
                         counts["submissions_with_amazon_text"] += 1
                     else:
-                        problems.add("missing_fields", line, place)
+                        problems.add("missing_fields", line, place, comment_problems(record))
                     continue
                 comment = comment_from_dump(record)
                 if comment is None:
-                    problems.add("missing_fields", line, place)
+                    problems.add("missing_fields", line, place, comment_problems(record))
                     continue
                 asins = extract_asins(comment.body)
                 links = extract_short_links(comment.body)
@@ -370,7 +372,8 @@ def collect_file(
                 kept = submission_from_dump(record)
                 thread_id = kept.id if kept else ""
             if kept is None:
-                problems.add("missing_fields", line, place)
+                why = comment_problems(record) if "body" in record else submission_problems(record)
+                problems.add("missing_fields", line, place, why)
                 continue
             if thread_id.encode() not in finder.wanted:
                 continue  # an unrelated id matched (a nested object's id, or a comment id equal to a thread id)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from reddit_amazon.dumps import bare_id, parse_created_utc, real_author, text_state
+from reddit_amazon.dumps import bare_id, json_type, parse_created_utc, real_author, text_state
 
 if TYPE_CHECKING:  # the schema imports `datasets` (0.6 s); scan and collect workers never need it
     from reddit_amazon.schema import Conversation
@@ -85,6 +85,36 @@ def submission_from_dump(record: Mapping[str, Any]) -> RedditSubmission | None:
         created_utc=parse_created_utc(record.get("created_utc")),
         subreddit=_text_field(record, "subreddit"),
     )
+
+
+def comment_problems(record: Mapping[str, Any]) -> str:
+    """Why :func:`comment_from_dump` refuses ``record`` (``""`` when it does not): each of its essential fields
+    that is missing, not a string or empty, e.g. "`body` is a number, not a string"."""
+    return _field_problems(record, _COMMENT_FIELDS)
+
+
+def submission_problems(record: Mapping[str, Any]) -> str:
+    """Why :func:`submission_from_dump` refuses ``record`` (``""`` when it does not)."""
+    return _field_problems(record, _SUBMISSION_FIELDS)
+
+
+#: The essential fields of a dump record, each a string; True: it must not be empty either.
+_COMMENT_FIELDS = {"id": True, "link_id": True, "parent_id": True, "body": False}
+_SUBMISSION_FIELDS = {"id": True, "title": False}
+
+
+def _field_problems(record: Mapping[str, Any], fields: dict[str, bool]) -> str:
+    problems = []
+    for name, needs_text in fields.items():
+        if name not in record:
+            problems.append(f"`{name}` is missing")
+        elif not isinstance(value := record[name], str):
+            article = "an" if json_type(value)[0] in "aeiou" else "a"
+            problems.append(f"`{name}` is {'null' if value is None else f'{article} {json_type(value)}'}, "
+                            "not a string")
+        elif needs_text and not value:
+            problems.append(f"`{name}` is empty")
+    return "; ".join(problems)
 
 
 def _text_field(record: Mapping[str, Any], key: str) -> str:

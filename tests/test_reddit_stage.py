@@ -194,7 +194,8 @@ def test_funnel_and_incomplete_files(built, world):
          "why": "unexpected end of data (column 70 of the line)"},
         {"line": 162, "byte": bytes_at[1], "problem": "invalid_utf8",
          "why": "'utf-8' codec can't decode byte 0xff in position 21: invalid start byte"},
-        {"line": 163, "byte": bytes_at[2], "problem": "missing_fields", "why": ""}]
+        {"line": 163, "byte": bytes_at[2], "problem": "missing_fields",
+         "why": "`link_id` is missing; `parent_id` is missing"}]
     assert september_problems == {"malformed_json": 1, "invalid_utf8": 1, "missing_fields": 1}
     assert "B0000000X" not in repr(funnel)  # the lines' text stays in the work folder
     assert bad_line_warnings(funnel) == [

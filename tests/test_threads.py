@@ -9,7 +9,9 @@ from reddit_amazon.threads import (
     RebuildCounts,
     ThreadIndex,
     comment_from_dump,
+    comment_problems,
     submission_from_dump,
+    submission_problems,
     submission_text,
 )
 
@@ -165,3 +167,23 @@ def test_user_names_in_mentions_and_profile_subreddits_are_pseudonymised():
         assert "Sec" not in pseudonym.text(text) and hashed in pseudonym.text(text), text
     for prose in ("run it as user/password auth", "https://example.com/u/abcdef", "amazon.com/gp/u/xyz1"):
         assert pseudonym.text(prose) == prose  # not a Reddit mention
+
+
+def test_a_refused_record_says_which_field_is_missing_or_of_the_wrong_type():
+    good = {"id": "c1", "link_id": "t3_s1", "parent_id": "t3_s1", "body": "hi"}
+    cases = {
+        "`body` is a number, not a string": {**good, "body": 5},
+        "`body` is null, not a string": {**good, "body": None},
+        "`link_id` is missing": {k: v for k, v in good.items() if k != "link_id"},
+        "`id` is an array, not a string; `parent_id` is empty": {**good, "id": ["c1"], "parent_id": ""},
+        "`id` is empty": {**good, "id": ""},
+        "": {**good, "body": "", "created_utc": [1]},  # kept: an empty body, a time it cannot read (None)
+    }
+    for why, record in cases.items():
+        assert comment_problems(record) == why
+        assert (comment_from_dump(record) is None) == bool(why)  # the same rules as the reader
+    submissions = {"`title` is an object, not a string": {"id": "s1", "title": {}},
+                   "`id` is a boolean, not a string": {"id": True, "title": "x"}, "": {"id": "s1", "title": ""}}
+    for why, record in submissions.items():
+        assert submission_problems(record) == why
+        assert (submission_from_dump(record) is None) == bool(why)
