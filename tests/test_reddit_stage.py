@@ -1136,3 +1136,21 @@ def test_a_full_disk_in_a_task_is_one_error_line_naming_the_file(tmp_path, file_
     task_log = re.fullmatch(r".* \(traceback in (.*/logs/task_\d{5}\.log)\)", lines[0])  # the console shows none
     assert task_log and Path(task_log.group(1)).is_relative_to(workdir / "reddit" / "logs"), lines[0]
     assert "File too large" in Path(task_log.group(1)).read_text(encoding="utf-8").partition("Traceback")[2]
+
+
+def test_build_warns_of_bad_lines_by_file_and_place(tmp_path):
+    from rich.console import Console
+
+    from reddit_amazon.build import BuildOptions, reddit_stage
+
+    (tmp_path / "in").mkdir()
+    dump = tmp_path / "in" / "RC_2020-09.ndjson"
+    first = orjson.dumps(_com("c1", "s1", "t3_s1", "https://www.amazon.com/dp/B0000000C1"))
+    dump.write_bytes(first + b"\n\n" + b'{"id": "c2", "body": 5, "url": "https://www.amazon.com/dp/B0000000C2"}\n')
+    options = BuildOptions(inputs=[str(tmp_path / "in")], meta=[], reviews=[], out=tmp_path / "out",
+                           workdir=tmp_path / "work", reddit={"salt": "s", "progress": False})
+    console = Console(record=True, width=300)
+    reddit_stage(options, [dump], console)
+    warning = (f"bad lines {dump}: 1 missing_fields dropped; the first at line 3 (byte {len(first) + 2}): "
+               "missing_fields (`link_id` is missing; `parent_id` is missing; `body` is a number, not a string)")
+    assert warning in console.export_text()
