@@ -640,7 +640,7 @@ def check_unchanged(folder: str | os.PathLike) -> None:
     if _FOUND_UNCHANGED.get(folder) == stats:
         return
     manifest = read_manifest(folder)
-    if fingerprint(folder) != manifest.get("fingerprint"):
+    if fingerprint(folder) != manifest["fingerprint"]:  # a manifest without one: the error names the field
         raise SchemaError(f"{folder}: its data files changed since it was written (`reddit-amazon verify "
                           f"{folder}` says how); rebuild, re-import or restore it")
     if stale := stale_card_configs(_card_infos(folder), manifest):

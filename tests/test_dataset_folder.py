@@ -535,6 +535,26 @@ def test_verify_names_each_required_field_the_manifest_lacks(tmp_path, fields):
         for field in fields)
 
 
+def test_load_of_a_manifest_without_a_fingerprint_names_the_field_not_the_data_files(tmp_path):
+    """load, `benchmark run` and push_to_hub said "its data files changed since it was written" of a folder whose
+    shards are as written and whose manifest lacks its fingerprint: the manifest's missing field is the problem."""
+    from benchmark.data import DatasetError, resolve_dataset
+    from reddit_amazon.dataset_folder import push_to_hub
+
+    folder = tmp_path / "reddit-amazon"
+    manifest = write_dataset(folder, contents())
+    del manifest["fingerprint"]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    missing = re.escape(f"{folder / MANIFEST}: the field 'fingerprint' is missing (restore the manifest, or rebuild "
+                        "or re-import the folder)")
+    for attempt, error in ((lambda: load("home", folder, split="test"), SchemaError),
+                           (lambda: resolve_dataset(folder), DatasetError),
+                           (lambda: push_to_hub(folder, "me/data", token="hf_x", endpoint="http://127.0.0.1:9"),
+                            SchemaError)):
+        with pytest.raises(error, match=missing):
+            attempt()
+
+
 @pytest.mark.parametrize("field", ["shards", "stats", "build", "source_copies"])
 def test_verify_takes_a_manifest_without_a_field_only_some_writers_recorded(tmp_path, field):
     """shards: folders of layout 1.0.0 (checked by their fingerprint); stats and build: imports; source_copies: builds."""
