@@ -173,9 +173,9 @@ def check_output_folder(out_dir: str | os.PathLike, keep: Sequence[str | os.Path
 DATASET_ENTRIES = {MANIFEST, "README.md", DATA_DIR, "lavic_source"}
 SOURCE_COPY_DIR = "lavic_source"  # an import's verbatim copies of the release's files, sha256 in the manifest
 #: What every manifest this package wrote holds (a build's and an import's, layout 1.0.0 on) and what verify checks
-#: the folder against. Not ``shards``: a manifest written before it recorded each shard's sha256 is checked by its
-#: fingerprint alone; nor ``stats``, which an import has not.
-REQUIRED_MANIFEST_FIELDS = ("version", "fingerprint", "counts")
+#: the folder against (``name``: the card's title). Not ``shards``: a manifest written before it recorded each
+#: shard's sha256 is checked by its fingerprint alone; nor ``stats``, which an import has not.
+REQUIRED_MANIFEST_FIELDS = ("name", "version", "fingerprint", "counts")
 
 
 def is_dataset_folder(folder: Path) -> bool:

@@ -515,10 +515,12 @@ def test_verify_names_the_shards_that_changed(tmp_path):
     assert "data/items/home-00000-of-00002.parquet: not a shard the manifest records (added)" in problems
 
 
-@pytest.mark.parametrize("fields", [["version"], ["fingerprint"], ["counts"], ["version", "fingerprint", "counts"]])
+@pytest.mark.parametrize("fields", [["name"], ["version"], ["fingerprint"], ["counts"],
+                                    ["name", "version", "fingerprint", "counts"]])
 def test_verify_names_each_required_field_the_manifest_lacks(tmp_path, fields):
     """A manifest without the fingerprint, the rows per split or the version said the folder 'matches its manifest'
-    (no fingerprint: 'the manifest says None', blaming the shards and the card); each missing field is a problem."""
+    (no fingerprint: 'the manifest says None', blaming the shards and the card); each missing field is a problem.
+    Without its name too: verify passed a folder whose card `reddit-amazon card` then could not write."""
     from click.testing import CliRunner
 
     from reddit_amazon.cli import cli
