@@ -6,9 +6,11 @@ a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,7 +131,20 @@ def run_cli(command: click.Command, prog_name: str) -> None:
         status = 128 + signal.SIGTERM
     elif interrupted:
         status = 128 + signal.SIGINT
+    if status in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        atexit.unregister(_ignore_ctrl_c)  # once, however often a process runs commands
+        atexit.register(_ignore_ctrl_c)
     raise SystemExit(status)
+
+
+def _ignore_ctrl_c() -> None:
+    """At the exit of an interrupted command, the last thing before the interpreter's finalization: it sets SIGINT
+    back to the kernel's default action (tearing down modules takes a while with torch or pyarrow loaded), so a second
+    Ctrl-C then killed the process by SIGINT (status -2 to Python's subprocess) instead of ending it in the 130 or 143
+    it was exiting with. All that remains is freeing memory: nothing is left to stop. An ignored SIGINT stays ignored
+    through the finalization."""
+    if threading.current_thread() is threading.main_thread():  # signal.signal works only there
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextmanager

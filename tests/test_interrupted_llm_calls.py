@@ -213,6 +213,47 @@ def test_an_interrupted_build_stops_at_once_and_resumes(tmp_path, signum, stall)
         == len(answers()) == ANSWERED_FIRST + asked_again
 
 
+def test_ctrl_c_pressed_again_while_the_build_exits_keeps_status_130_and_the_resume(tmp_path):
+    """Ctrl-C pressed twice, or held: a Ctrl-C while the interrupted build was exiting (after "Aborted!", in the
+    interpreter's finalization, where SIGINT is back to its default action) killed it by SIGINT, status -2 to
+    subprocess (7 of 8 runs with the second Ctrl-C 0.05-0.3 s after the first), not the 130 it was exiting with."""
+    cache = tmp_path / "work" / "relevance-cache.sqlite"
+
+    def answers() -> list[tuple[str, str]]:
+        return stored_rows(cache, "SELECT status, answer FROM answers WHERE model = 'm'")
+
+    endpoint = StallingEndpoint(ANSWERED_FIRST, "hang")
+    command = ["reddit_amazon", "build", "--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"),
+               "--llm-model", "m", "--llm-base-url", endpoint.url, "--llm-concurrency", "4", "--no-images",
+               "--retrievers", "none"]
+    child = subprocess.Popen([sys.executable, "-m", *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        assert endpoint.stalled.wait(120), "no call reached the endpoint"
+        deadline = time.monotonic() + 120
+        while len(answers()) < ANSWERED_FIRST:
+            assert time.monotonic() < deadline and child.poll() is None, "the answers sent were not stored"
+            time.sleep(0.05)
+        stop = time.monotonic() + 30
+        while child.poll() is None and time.monotonic() < stop:  # a Ctrl-C every 20 ms until the build has exited
+            child.send_signal(signal.SIGINT)
+            time.sleep(0.02)
+        output, _ = child.communicate(timeout=30)
+        assert child.returncode == 128 + signal.SIGINT, (child.returncode, output)
+        assert output.rstrip().endswith("Aborted!") and "Traceback" not in output, output
+        assert answers() == [("ok", "Yes.")] * ANSWERED_FIRST
+
+        asked_before = endpoint.recover()
+        rerun = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=300)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        endpoint.close()
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert endpoint.requests - asked_before == len(answers()) - ANSWERED_FIRST  # the kept answers not asked again
+
+
 @pytest.mark.parametrize(("signum", "stall"), CASES, ids=CASE_IDS)
 def test_an_interrupted_openai_chat_run_stops_at_once_and_resumes(tmp_path, signum, stall):
     dataset = make_synthetic_dataset(tmp_path / "ds", records_per_domain=RECORDS, domains=("home",))
