@@ -3,6 +3,7 @@ McNemar's exact test of HR@1 and VR."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,10 @@ def to_markdown(comparison: Comparison, name_a: str, name_b: str) -> str:
 
 
 def _p_value(p: float) -> str:
-    """Three decimals, or a power of ten where that would show 0 (McNemar's p has no floor, the bootstrap's has)."""
+    """Three decimals, or a power of ten where that would show 0 (McNemar's p has no floor, the bootstrap's has);
+    a p-value below the smallest double, which is 0.0 as a float, as below it: never a p of 0."""
+    if p == 0:
+        return f"< {math.ulp(0.0):.1e}"
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 

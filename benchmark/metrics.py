@@ -232,7 +232,7 @@ class ExactTest:
 
     a_better: int  # records where A scored more than B (more hits; valid where B is not)
     b_better: int
-    p_value: float  # two-sided
+    p_value: float  # two-sided; 0.0 only where it is below the smallest double (5e-324), as 5,000 to 0 is
 
 
 def exact_mcnemar(a: np.ndarray, b: np.ndarray) -> ExactTest:
@@ -248,34 +248,35 @@ def exact_mcnemar(a: np.ndarray, b: np.ndarray) -> ExactTest:
     if len(a) != len(b):
         raise ValueError("McNemar's test needs the same records in both runs")
     a_better, b_better = int((a > b).sum()), int((a < b).sum())
-    p_value = min(1.0, 2 * half_binomial_lower_tail(min(a_better, b_better), a_better + b_better))
-    return ExactTest(a_better, b_better, p_value)
+    return ExactTest(a_better, b_better, two_sided_half_binomial_p(min(a_better, b_better), a_better + b_better))
 
 
 #: Up to this many discordant records the tail is an exact integer sum (quadratic in n: 1.2 s at 100,000).
 EXACT_TAIL_MAX_N = 1_000
 
 
-def half_binomial_lower_tail(k: int, n: int) -> float:
-    """P(X <= k) for X ~ Binomial(n, 1/2) and 0 <= k <= n / 2: exact to float precision up to EXACT_TAIL_MAX_N,
-    within about 1e-9 of it above, in linear time."""
+def two_sided_half_binomial_p(k: int, n: int) -> float:
+    """min(1, 2 P(X <= k)) for X ~ Binomial(n, 1/2) and 0 <= k <= n / 2, rounded to a double once: the doubling is
+    done before the rounding, so a p-value in the subnormal range (n above ~1,000) keeps its value, where doubling
+    the rounded tail made 0.0 of a positive double or lost its digits. Exact to float precision up to
+    EXACT_TAIL_MAX_N, within about 1e-9 of it above (or one step of the subnormals), in linear time."""
     if n <= EXACT_TAIL_MAX_N:
-        return _exact_half_binomial_lower_tail(k, n)
-    return _summed_half_binomial_lower_tail(k, n)
+        return float(min(Fraction(1), 2 * _exact_half_binomial_lower_tail(k, n)))
+    return min(1.0, math.exp(math.log(2) + _log_summed_half_binomial_lower_tail(k, n)))
 
 
-def _exact_half_binomial_lower_tail(k: int, n: int) -> float:
+def _exact_half_binomial_lower_tail(k: int, n: int) -> Fraction:
     term, tail = 1, 0
     for i in range(k + 1):  # C(n, i), i <= k, in exact integers
         tail += term
         term = term * (n - i) // (i + 1)
-    return float(Fraction(tail, 2 ** n))
+    return Fraction(tail, 2 ** n)
 
 
-def _summed_half_binomial_lower_tail(k: int, n: int) -> float:
-    """The tail as P(X = k) times the sum of P(X = i) / P(X = k) for i = k, k - 1, …: each term is the one before
-    times i / (n - i + 1), so the sum stops once what is left (less than a geometric series) is below float
-    precision. Summed in logs with P(X = k), so a tail below the floats' range is 0.0 and nothing overflows."""
+def _log_summed_half_binomial_lower_tail(k: int, n: int) -> float:
+    """The log of the tail, as log P(X = k) plus the log of the sum of P(X = i) / P(X = k) for i = k, k - 1, …:
+    each term is the one before times i / (n - i + 1), so the sum stops once what is left (less than a geometric
+    series) is below float precision. In logs, nothing underflows or overflows."""
     relative_sum, term = 0.0, 1.0
     for i in range(k, -1, -1):
         relative_sum += term
@@ -283,7 +284,7 @@ def _summed_half_binomial_lower_tail(k: int, n: int) -> float:
         term *= ratio
         if term <= relative_sum * 1e-17 * (1 - ratio):
             break
-    return math.exp(_log_half_binomial_pmf(k, n) + math.log(relative_sum))
+    return _log_half_binomial_pmf(k, n) + math.log(relative_sum)
 
 
 def _log_half_binomial_pmf(k: int, n: int) -> float:

@@ -213,7 +213,7 @@ def test_mcnemar_exact_p_is_exact_far_in_the_tail_of_many_discordant_records():
 def test_summed_binomial_tail_matches_the_exact_integer_sum_for_every_split(n):
     """Above EXACT_TAIL_MAX_N the tail is summed in floats from P(X = k) in logs; it must give the exact integer
     sum's value (the exact sum took 1.2 s at 100,000 discordant records and 2 min at 10^6)."""
-    from benchmark.metrics import _summed_half_binomial_lower_tail
+    from benchmark.metrics import _log_summed_half_binomial_lower_tail
 
     spread = math.isqrt(n)
     splits = {0, 1, n // 10, n // 3, n // 2 - 4 * spread, n // 2 - spread, n // 2 - 1, n // 2}
@@ -222,7 +222,40 @@ def test_summed_binomial_tail_matches_the_exact_integer_sum_for_every_split(n):
         tail += term  # sum of C(n, i) for i <= k, in exact integers
         term = term * (n - k) // (k + 1)
         if k in splits and (exact := Fraction(tail, 2 ** n)) > Fraction(1, 10 ** 300):  # below: too few digits
-            assert _summed_half_binomial_lower_tail(k, n) == pytest.approx(float(exact), rel=1e-9), (n, k)
+            assert math.exp(_log_summed_half_binomial_lower_tail(k, n)) == pytest.approx(float(exact), rel=1e-9), (n, k)
+
+
+def test_mcnemar_exact_p_keeps_its_value_in_the_subnormal_range():
+    """The tail was rounded to a double and then doubled: where the p-value is subnormal (about 1,050 to 1,200
+    discordant records all but a few one way) that lost its digits (up to 100% off), and made 0.0 of 17 p-values
+    between 1,001 and 1,199 discordant records that are a positive double (5e-324)."""
+    from benchmark.metrics import exact_mcnemar
+
+    smallest = math.ulp(0.0)  # the spacing of the subnormal doubles
+    for n, k in [(1075, 0), (1175, 13), (1195, 16), (1110, 5), (1050, 2), (1001, 0)]:
+        a = np.array([1.0] * k + [0.0] * (n - k))
+        expected = float(Fraction(2 * sum(math.comb(n, i) for i in range(k + 1)), 2 ** n))  # Python's ints: exact
+        got = exact_mcnemar(a, 1 - a).p_value
+        assert got > 0 and abs(got - expected) <= 1e-9 * expected + smallest, (n, k, got, expected)
+
+
+def test_mcnemar_p_below_the_smallest_double_is_not_shown_as_0():
+    """5,000 to 0 discordant records: p = 2^-4999, below the smallest double, is 0.0 as a float; compare showed
+    it as "0.0e+00", a p-value of 0. It says "< 4.9e-324"."""
+    from benchmark.compare import Comparison, to_markdown
+    from benchmark.metrics import exact_mcnemar, ratios
+
+    a = np.array([1.0] * 5000)
+    test = exact_mcnemar(a, 1 - a)
+    assert (test.a_better, test.b_better, test.p_value) == (5000, 0, 0.0)
+    moderate = exact_mcnemar(np.array([1.0] * 30 + [0.0] * 16), np.array([0.0] * 30 + [1.0] * 16))
+    assert moderate.p_value == pytest.approx(0.0540760, abs=5e-7)  # scipy.stats.binomtest(16, 46).pvalue
+    outcomes = [Outcome(1, 1, True)] * 5000
+    missed = [Outcome(1, 0, True)] * 5000
+    difference = paired_difference("hr@1", "all", ratios(outcomes)["hr@1"], ratios(missed)["hr@1"], 10, 0)
+    table = to_markdown(Comparison([difference], 5000, 0, 0, []), "a", "b")
+    row = next(line for line in table.splitlines() if line.startswith("| hr@1 "))
+    assert row.endswith("| 5000 | 0 | < 4.9e-324 |"), row
 
 
 def test_mcnemar_exact_p_of_a_million_discordant_records():
