@@ -351,9 +351,9 @@ def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> dict
 def _difference(field: str, previous: Any, current: Any) -> str:
     """A field that differs, as the refusal names it: a dataset by its fingerprints, as the same ``--dataset`` (the
     bundled sample of another release, a folder rebuilt in place) may hold other data."""
-    fingerprints = [value.get("fingerprint") if isinstance(value, dict) else None for value in (previous, current)]
-    if field == "dataset" and all(f not in (None, "unknown") for f in fingerprints):
-        return f"dataset (content fingerprint {fingerprints[0][:12]} in the folder, {fingerprints[1][:12]} now)"
+    before, now = (value.get("fingerprint") if isinstance(value, dict) else None for value in (previous, current))
+    if field == "dataset" and isinstance(before, str) and isinstance(now, str) and "unknown" not in (before, now):
+        return f"dataset (content fingerprint {before[:12]} in the folder, {now[:12]} now)"
     return field
 
 

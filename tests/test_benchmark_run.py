@@ -1060,6 +1060,19 @@ def test_the_same_data_at_another_path_reuses_the_run(dataset, tmp_path):
             progress=False)
 
 
+def test_a_run_json_whose_dataset_fingerprint_is_not_text_is_refused_not_a_type_error(dataset, tmp_path):
+    """The refusal sliced each fingerprint ("content fingerprint {f[:12]}"): a run.json whose fingerprint is a
+    number (edited by hand, written by another tool) ended in a TypeError traceback instead of the refusal."""
+    run(RunConfig(model="random", dataset=str(dataset), domain="home", bootstrap_samples=0), tmp_path / "o",
+        progress=False)
+    recorded = orjson.loads((tmp_path / "o" / "run.json").read_bytes())
+    recorded["dataset"]["fingerprint"] = 12345
+    (tmp_path / "o" / "run.json").write_bytes(orjson.dumps(recorded))
+    with pytest.raises(RunError, match=r"holds a different run \(differs in: dataset\)"):
+        run(RunConfig(model="random", dataset=str(dataset), domain="home", bootstrap_samples=0), tmp_path / "o",
+            progress=False)
+
+
 def test_a_second_run_into_a_busy_folder_is_refused_and_a_failed_start_leaves_no_folder(dataset, tmp_path,
                                                                                        short_lock_wait):
     from reddit_amazon.files import FolderBusyError, folder_lock
