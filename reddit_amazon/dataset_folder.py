@@ -318,7 +318,7 @@ def card_data(manifest: Mapping[str, Any], data_files: Mapping[str, Mapping[str,
     measured from the shards, as ``datasets`` reports them; without it they stay 0 (unknown)."""
     counts = manifest["counts"]
     domains_present = [config for config in data_files if config != ITEMS_CONFIG]
-    default_config = "fashion" if "fashion" in domains_present else (domains_present or [None])[0]
+    default_config = "fashion" if "fashion" in domains_present else next(iter(domains_present), None)
     total = sum(sum(c.values()) for name, c in counts.items() if name != ITEMS_CONFIG)
     data = DatasetCardData(
         license="other",
@@ -745,10 +745,10 @@ def iter_items(dataset: Iterable[Mapping[str, Any]], source: str) -> Iterator[It
     ``load_dataset`` decodes images to PIL, and an item made from a decoded image holds it re-encoded (a JPEG
     saved again loses pixels): a split that decodes its images is read without decoding them.
     """
-    features = getattr(dataset, "features", None)
-    image = features.get("image") if features else None
-    if isinstance(image, datasets.Image) and image.decode:
-        dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    if isinstance(dataset, datasets.Dataset | datasets.IterableDataset) and dataset.features:
+        image = dataset.features.get("image")
+        if isinstance(image, datasets.Image) and image.decode:
+            dataset = dataset.cast_column("image", datasets.Image(decode=False))
     for index, row in enumerate(dataset):
         yield Item.from_row(row, where=f"{source}[{index}]")
 
