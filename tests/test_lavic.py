@@ -83,12 +83,6 @@ def _models_loaded(monkeypatch):
     monkeypatch.setattr(lavic_ref.model, "load_backbone", load)
 
 
-def _png(color, size=(40, 64)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 # --------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------

@@ -15,10 +15,6 @@ def _reference(chunk: bytes, start: int, end: int, wanted: set[bytes]) -> set[in
     return {m.start() for p in THREAD_KEY_PATTERNS for m in p.finditer(chunk, start, end) if m.group(1) in wanted}
 
 
-def _line_starts(chunk: bytes, positions) -> set[int]:
-    return {chunk.rfind(b"\n", 0, p) + 1 for p in positions}
-
-
 def _random_lines(rng: random.Random, wanted: list[str]) -> bytes:
     lines = []
     for _ in range(rng.randint(0, 30)):
