@@ -42,15 +42,14 @@ def split_validation(examples: Sequence[DistillExample], size: int, seed: int) -
     return shuffled[size:], shuffled[:size]
 
 
-def distillation_loss(backbone: Backbone, batch: Sequence[DistillExample],
-                      max_target_tokens: int = MAX_DESCRIPTION_TOKENS, *, length_multiple: int = 1) -> torch.Tensor:
+def distillation_loss(backbone: Backbone, batch: Sequence[DistillExample], *,
+                      length_multiple: int = 1) -> torch.Tensor:
     """Description tokens' cross-entropy given the Table 10 prompt and the 5 CLS embeddings (with the LoRA).
 
     The batch is left-padded to a multiple of ``length_multiple`` tokens (for CUDA graphs; the loss is the same).
     """
     tokenizer = backbone.tokenizer
-    sequences = [distillation_sequence(tokenizer, ex.title, ex.description, max_target_tokens=max_target_tokens)
-                 for ex in batch]
+    sequences = [distillation_sequence(tokenizer, ex.title, ex.description) for ex in batch]
     tokens = pad_batch([s.input_ids for s in sequences], tokenizer.pad_token_id,
                        labels=[s.labels for s in sequences], left=True, multiple_of=length_multiple)
     images = [decode_image(ex.image, ex.item_id) for ex in batch]
@@ -76,10 +75,9 @@ def distill(backbone: Backbone, examples: Sequence[DistillExample], config: Trai
                  target_tokens=lambda batch: distillation_target_tokens(backbone, batch))
 
 
-def distillation_target_tokens(backbone: Backbone, batch: Sequence[DistillExample],
-                               max_target_tokens: int = MAX_DESCRIPTION_TOKENS) -> int:
+def distillation_target_tokens(backbone: Backbone, batch: Sequence[DistillExample]) -> int:
     """The description tokens (EOS included) :func:`distillation_loss` averages over."""
-    return sum(target_token_count(backbone.tokenizer, ex.description, max_target_tokens) for ex in batch)
+    return sum(target_token_count(backbone.tokenizer, ex.description, MAX_DESCRIPTION_TOKENS) for ex in batch)
 
 
 def _examples_digest(examples: Sequence[DistillExample]) -> str:
