@@ -30,12 +30,12 @@ def hardware_name(device: Any) -> str:
     return f"{platform.processor() or platform.machine()} CPU (torch {torch.__version__})"
 
 
-def write_model_card(out_dir: Path, inputs: dict[str, Any], results: Sequence[Path] = ()) -> Path:
-    """Render ``README.md`` with the given ``results.json`` files, then store the card's inputs: written last,
-    ``model_card.json`` records the training of a whole card (see :func:`card_describes`), also where the process
-    is killed in between."""
+def write_model_card(out_dir: Path, inputs: dict[str, Any]) -> Path:
+    """Render ``README.md`` without results (``lavic-ref card --results`` adds them), then store the card's inputs:
+    written last, ``model_card.json`` records the training of a whole card (see :func:`card_describes`), also where
+    the process is killed in between."""
     text = json.dumps(inputs, indent=2, default=str) + "\n"
-    readme = _render(out_dir, json.loads(text), results)  # the inputs as they read back from the file
+    readme = _render(out_dir, json.loads(text), ())  # the inputs as they read back from the file
     write_atomic(out_dir / CARD_INPUTS, text.encode("utf-8"))
     return readme
 
