@@ -352,14 +352,14 @@ _TYPES = {"string": str, "int64": int}
 ANY = object()  # a field that must be present, checked by its own rule
 
 
-def _check_value(value: Any, feature: Any, where: str, path: str = "") -> None:
+def _check_value(value: Any, feature: Any, where: str) -> None:
     """Check ``value`` against a feature spec; integers may be null (unknown, e.g. imported times).
 
     Every record read or written goes through here (a build validates each conversation about three times):
     the error label and each element's path are only spelt out on the way to an error."""
     from datasets import List, Value
 
-    _check(value, feature, where, path, List, Value)
+    _check(value, feature, where, "", List, Value)
 
 
 def _check(value: Any, feature: Any, where: str, path: Any, List: type, Value: type) -> None:
