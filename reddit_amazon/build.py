@@ -931,7 +931,9 @@ def _split_list(values: Sequence[str]) -> list[str]:
                    "other non-public addresses; refused by default, counted as private_host.")
 @click.option("--push-to-hub", metavar="REPO", help="Publish the folder as a Hub dataset (token: HF_TOKEN).")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")
-@click.option("--salt", help="Salt of the author pseudonyms (Reddit stage).")
+@click.option("--salt", envvar="REDDIT_AMAZON_SALT", show_envvar=True,
+              help="Salt of the author pseudonyms (Reddit stage) [default: random, kept in the workdir]; safer in "
+                   "the environment than on a command line, which other users of the machine can list.")
 @click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), help="Reddit stage executor.")
 @click.option("--partition", help="Slurm partition (with --executor slurm).")
 @click.option("--workers", type=click.IntRange(1, 4096), help="Reddit stage parallel tasks.")

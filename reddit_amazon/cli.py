@@ -166,7 +166,9 @@ cli.add_command(build_command)
 @cli.command("reddit-stage")
 @click.argument("inputs", nargs=-1, required=True, type=UserPath(exists=True, path_type=Path))
 @click.option("--workdir", required=True, type=UserPath(path_type=Path), help="Work folder (shared on a cluster).")
-@click.option("--salt", envvar="REDDIT_AMAZON_SALT", help="Pseudonymisation salt [default: random, kept in the workdir].")
+@click.option("--salt", envvar="REDDIT_AMAZON_SALT", show_envvar=True,
+              help="Pseudonymisation salt [default: random, kept in the workdir]; safer in the environment than "
+                   "on a command line, which other users of the machine can list.")
 @click.option("--resolve-short-links", is_flag=True, help="Resolve amzn.to / a.co / ... links (network).")
 @click.option("--short-link-cache", type=UserPath(path_type=Path), help="SQLite cache of resolved short links.")
 @click.option("--short-link-deadline", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,

@@ -849,3 +849,15 @@ def test_an_image_url_at_a_private_address_is_refused_unless_allowed(tmp_path, t
     assert item(tmp_path / "allowed-ds")["image"] is not None and len(threaded_httpserver.log) == 1
     assert manifest["build"]["options"]["allow_private_image_hosts"] is True
     assert " --allow-private-image-hosts" in manifest["build"]["command"]
+
+
+def test_the_salt_can_come_from_the_environment_as_for_reddit_stage(tmp_path):
+    """`reddit-stage` read REDDIT_AMAZON_SALT and `build` did not: a build given its salt in the environment (kept out
+    of the process list) drew a random one and pseudonymised every author differently."""
+    args = ["--inputs", str(SAMPLE_INPUTS / "reddit"), "--meta", str(SAMPLE_INPUTS / "amazon"), "--reviews",
+            str(SAMPLE_INPUTS / "amazon"), "--no-resolve-short-links", "--no-images", "--no-filter",
+            "--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), *FAST]
+    result = build(*args, env={"REDDIT_AMAZON_SALT": "salt from the environment"})
+    assert result.exit_code == 0, result.output
+    assert [path.read_text() for path in (tmp_path / "work").rglob("salt")] == ["salt from the environment"]
+    assert "salt from the environment" not in (tmp_path / "ds" / "manifest.json").read_text()
