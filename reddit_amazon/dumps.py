@@ -118,6 +118,8 @@ class ReadProgress:
     compressed_bytes: int = 0
     uncompressed_bytes: int = 0
     lines: int = 0
+    #: The UTF-8 BOM that :func:`iter_chunks` dropped (0 or 3 bytes): byte offsets count it, as ``tail -c`` does.
+    bom_bytes: int = 0
 
 
 class _FrameWalker:
@@ -292,7 +294,8 @@ class _WalkedFile(_CountedFile):
 
 
 def iter_chunks(path: Path, progress: ReadProgress | None = None, read_size: int = READ_SIZE) -> Iterator[bytes]:
-    """Decompressed bytes of ``path`` in chunks, frame after frame, without a leading UTF-8 BOM.
+    """Decompressed bytes of ``path`` in chunks, frame after frame, without a leading UTF-8 BOM (its size is
+    recorded in ``progress.bom_bytes`` before the first chunk is yielded).
 
     The compression (zstd, xz, bz2, gzip or none) is recognised from the first bytes. Raises
     :class:`DumpReadError` at the first corrupt frame, after the last readable bytes when the
@@ -308,7 +311,9 @@ def iter_chunks(path: Path, progress: ReadProgress | None = None, read_size: int
             chunks = _plain_chunks(raw, read_size, progress)
         else:
             chunks = _stdlib_chunks(path, raw, compression, read_size, progress)
-        first = next(chunks, b"").removeprefix(UTF8_BOM)
+        head = next(chunks, b"")
+        first = head.removeprefix(UTF8_BOM)
+        progress.bom_bytes = len(head) - len(first)
         if first:
             yield first
         yield from chunks
@@ -474,7 +479,8 @@ def iter_selected_lines(
     ``find_positions`` is called on whole chunks with the byte range of complete lines it may
     search, so a selective search runs at C speed; only matched lines are cut out. Lines are
     counted in ``progress.lines``; the last line counts and is searched even without a newline.
-    ``place``, when given, tells where each yielded line is (while it is the latest one).
+    ``place``, when given, tells where each yielded line is (while it is the latest one), its offset counted from
+    the file's first decompressed byte: a BOM that :func:`iter_chunks` dropped (``progress.bom_bytes``) included.
     """
     place = place if place is not None else LinePlace()
     carry = _Carry()
@@ -483,6 +489,8 @@ def iter_selected_lines(
     newlines = 0  # before the chunk
     scratch = BlockScratch()
     for chunk in chunks:
+        if not offset:  # the first chunk has come: a dropped BOM is known now (once per chunk, not per line)
+            offset = progress.bom_bytes
         last_newline = chunk.rfind(b"\n")
         if last_newline < 0:
             if not carry:

@@ -494,3 +494,22 @@ def test_a_gzip_dump_arriving_through_a_named_pipe_is_read(tmp_path):
     progress = ReadProgress()
     assert [orjson.loads(line) for line in iter_lines(iter_chunks(fifo, progress))] == _records(2000)
     assert 0 < progress.compressed_bytes < len(body)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_bad_line_after_a_bom_is_placed_from_the_files_first_byte(tmp_path, compressed):
+    """The BOM is dropped before lines are split, but ``tail -c +$((byte + 1))`` counts it: so does ``byte``."""
+    text = b'\xef\xbb\xbf{"a": 1}\n{"broken NEEDLE\n{"c": "NEEDLE"}\n[1, "NEEDLE"]'
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(text)
+    if compressed:
+        path = write_zst_ndjson(tmp_path / "bom.zst", [line for line in text.split(b"\n")], trailing_newline=False)
+    progress = ReadProgress()
+    problems = LineProblems()
+    place = LinePlace()
+    for line in iter_selected_lines(iter_chunks(path, progress, read_size=4), _needles, progress, place):
+        parse_line(line, problems, place)
+    placed = [(bad["line"], bad["byte"]) for bad in problems.first_bad_lines]
+    assert placed == [(2, 12), (4, 44)]
+    for line_number, byte in placed:
+        assert text[byte:].split(b"\n")[0] == text.split(b"\n")[line_number - 1]  # what `tail -c +{byte + 1}` shows
