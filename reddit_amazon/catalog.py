@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from tqdm.auto import tqdm
 
-from reddit_amazon.dumps import DumpReadError, ReadProgress, iter_chunks, iter_lines
+from reddit_amazon.dumps import CutLine, DumpReadError, ReadProgress, iter_chunks, iter_lines, too_long_reason
 from reddit_amazon.progress import bar_options
 from reddit_amazon.schema import DOMAINS, Item, is_asin
 
@@ -169,6 +169,9 @@ def iter_json_records(source: str, report: ReadReport) -> Iterator[tuple[str, Ma
             continue
         report.lines += 1
         where = f"{source}:{number}"
+        if isinstance(line, CutLine):
+            report.bad(where, too_long_reason(line.length))
+            continue
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError as error:

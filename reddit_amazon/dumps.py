@@ -550,14 +550,34 @@ class _Carry:
             self._size += min(len(data), room)
 
     def take(self, tail: bytes = b"") -> bytes:
-        """The line so far with ``tail`` appended (both cut at the limit); the carry is empty afterwards."""
+        """The line so far with ``tail`` appended (both cut at the limit, then a :class:`CutLine`); the carry is
+        empty afterwards."""
         if not self._parts:
             self.length = 0
             return tail[:MAX_LINE_BYTES]
         self.add(tail)
         line = b"".join(self._parts)
+        if self.length > MAX_LINE_BYTES:
+            line = CutLine(line, self.length)
         self._parts, self._size, self.length = [], 0, 0
         return line
+
+
+class CutLine(bytes):
+    """The first :data:`MAX_LINE_BYTES` of a longer line, which is ``length`` bytes long (without its newline)."""
+
+    length: int
+
+    def __new__(cls, kept: bytes, length: int) -> CutLine:
+        line = super().__new__(cls, kept)
+        line.length = length
+        return line
+
+
+def too_long_reason(length: int) -> str:
+    """Why a line of ``length`` bytes, cut at :data:`MAX_LINE_BYTES`, is not parsed (the Reddit and Amazon readers
+    both say it so)."""
+    return f"line longer than {_size_text(MAX_LINE_BYTES)} ({length:,} bytes); not parsed"
 
 
 #: Bytes of a chunk that a vectorised search compares at a time. Its scratch arrays then stay in the
@@ -607,7 +627,7 @@ class BlockScratch:
 def iter_lines(chunks: Iterable[bytes], progress: ReadProgress | None = None, *,
                keep_empty: bool = False) -> Iterator[bytes]:
     """Every non-empty line (without ``\\n``) of a chunk stream; with ``keep_empty`` every line, so that
-    callers can number them."""
+    callers can number them. A line longer than :data:`MAX_LINE_BYTES` comes as a :class:`CutLine`."""
     progress = progress if progress is not None else ReadProgress()
     carry = _Carry()
     for chunk in chunks:
@@ -671,8 +691,7 @@ def parse_line(line: bytes, problems: LineProblems, place: LinePlace | None = No
     :data:`MAX_LINE_BYTES` (``place.cut``) is malformed without being parsed: the reason says it was too long.
     """
     if place is not None and place.cut:
-        problems.add("malformed_json", line, place, f"line longer than {_size_text(MAX_LINE_BYTES)} "
-                                                    f"({place.length:,} bytes); not parsed")
+        problems.add("malformed_json", line, place, too_long_reason(place.length))
         return None
     try:
         record = orjson.loads(line)

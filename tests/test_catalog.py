@@ -267,3 +267,17 @@ def test_a_parent_in_two_metadata_sources_takes_the_row_of_the_first_source_give
         titles.append(catalog.resolve("B000000001")[0].title)
         assert report.duplicate_metadata_rows == 1
     assert titles == ["Old title", "New title"]
+
+
+def test_a_metadata_line_over_the_length_limit_is_reported_as_too_long(tmp_path):
+    """A 65 MiB line (a damaged file: zstd packs it into a few KiB) is cut at 64 MiB and reported as too long, by
+    file and line, not as unexplained bad JSON; the lines around it are read."""
+    from reddit_amazon.dumps import write_zst_ndjson
+
+    huge = json.dumps(meta("P000000001", "All Beauty", title="x" * (65 << 20))).encode()
+    path = write_zst_ndjson(tmp_path / "meta_All_Beauty.jsonl.zst",
+                            [meta("P000000000", "All Beauty"), huge, meta("P000000002", "All Beauty")])
+    catalog, report = load_catalog([str(path)], [], {f"P00000000{i}" for i in range(3)}, DEFAULT_DOMAIN_MAP)
+    assert sorted(catalog.metadata) == ["P000000000", "P000000002"]
+    assert report.meta["bad_lines"] == 1
+    assert report.meta["bad_line_examples"] == [f"{path}:2: line longer than 64 MiB ({len(huge):,} bytes); not parsed"]
