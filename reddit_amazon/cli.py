@@ -181,9 +181,11 @@ cli.add_command(build_command)
               "per 64 MiB of input, at most 256].")
 @click.option("--partition", help="Slurm partition (with --executor slurm).")
 @click.option("--slurm-time", default="24:00:00", show_default=True, help="Slurm time limit per task.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars (the funnel, warnings and errors are still printed).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bars; --no-progress is the same as --quiet.")
 def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_cache, short_link_deadline, executor,
-                         workers, tasks, buckets, partition, slurm_time, progress) -> None:
+                         workers, tasks, buckets, partition, slurm_time, quiet, progress) -> None:
     """Only the Reddit stage of `build`: dumps -> WORKDIR/reddit/conversations/*.jsonl + funnel.json.
 
     INPUTS are dump files or folders: RC_*.zst, RS_*.zst, <sub>_comments.zst, <sub>_submissions.zst,
@@ -194,10 +196,14 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
       reddit-amazon reddit-stage dumps/RC_2023-01.zst dumps/RS_2023-01.zst --workdir work/
       reddit-amazon reddit-stage dumps/ --workdir work/ --workers 8 --resolve-short-links
       reddit-amazon reddit-stage /shared/dumps --workdir /shared/work --executor slurm --partition cpu --tasks 96
+      reddit-amazon reddit-stage dumps/ --workdir work/ --quiet > funnel.json
     """
     import orjson
 
     from reddit_amazon.pipeline import RedditStageOptions, bad_line_warnings, run_reddit_stage
+    from reddit_amazon.progress import quiet as without_bars
+
+    progress = progress and not quiet
 
     options = RedditStageOptions(
         salt=salt, resolve_short_links=resolve_short_links, short_link_cache=short_link_cache,
@@ -209,7 +215,7 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
         raise click.UsageError("--partition is for --executor slurm")
     if executor == "slurm" and not partition:
         raise click.UsageError("--executor slurm needs --partition")
-    with input_errors():  # an empty salt, no dumps in a folder, an unwritable workdir ...
+    with input_errors(), without_bars(not progress):  # an empty salt, no dumps in a folder, an unwritable workdir ...
         result = run_reddit_stage(list(inputs), workdir, options)
     click.echo(orjson.dumps(result.funnel, option=orjson.OPT_INDENT_2).decode())
     for path, reason in result.incomplete_reasons.items():

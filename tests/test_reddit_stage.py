@@ -688,6 +688,29 @@ def test_command_line(world, tmp_path):
     assert (tmp_path / "w" / "reddit" / "funnel.json").exists()
 
 
+def test_quiet_draws_no_progress_bar_as_no_progress_does(world, tmp_path):
+    """`build`, `benchmark run` and the `lavic-ref` stages turn their bars off with --quiet; `reddit-stage` only knew
+    --no-progress, so --quiet was "No such option" (exit 2). Both now mean the same."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    def stage(*flags: str):
+        result = CliRunner().invoke(cli, ["reddit-stage", str(world), "--workdir", str(tmp_path / "-".join(flags)),
+                                          "--salt", "x", *flags])
+        assert result.exit_code == 0, result.output
+        return result
+
+    shown = stage()
+    assert "%|" in shown.stderr  # the bars this test looks for
+    for flags in (["--quiet"], ["--no-progress"], ["--progress", "--quiet"]):
+        result = stage(*flags)
+        assert "%|" not in result.stderr and "\r" not in result.stderr, result.stderr
+        assert result.stdout == shown.stdout  # the funnel, as with bars
+        assert "7 conversations in 5 shard(s)" in result.stderr and "bad lines: " in result.stderr
+    assert "--quiet" in CliRunner().invoke(cli, ["reddit-stage", "--help"]).output
+
+
 def test_slurm_without_a_partition_is_a_usage_error(world, tmp_path):
     from click.testing import CliRunner
 
