@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from benchmark.metrics import OVERALL
+from reddit_amazon import __version__
 from reddit_amazon.cli_errors import user_errors
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 from reddit_amazon.redaction import redact_secrets
@@ -22,6 +23,7 @@ DOMAIN_CHOICES = click.Choice([*DOMAINS, OVERALL])
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="benchmark")
 def cli() -> None:
     """Score conversational recommenders on Reddit-Amazon exactly like the paper (HR@1, VR).
 

@@ -20,6 +20,7 @@ import click
 from lavic_ref import DEFAULT_BASE
 from lavic_ref.card import card_describes, hardware_name, render_from_inputs, write_model_card
 from lavic_ref.prompts import MAX_DESCRIPTION_TOKENS
+from reddit_amazon import __version__
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 from reddit_amazon.schema import DOMAINS
 
@@ -199,6 +200,7 @@ def _train(run, *args, **kwargs):
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="lavic-ref")
 def cli() -> None:
     """LaViC reference model on LLaVA-NeXT (describe, distill, embed, finetune, card).
 

@@ -110,3 +110,20 @@ def test_quiet_imports_no_transformers_yet_silences_it_when_imported_inside(tmp_
     done = subprocess.run([sys.executable, "-c", QUIET_WITHOUT_IMPORTING_TRANSFORMERS], capture_output=True,
                           text=True, cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": path})
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+
+
+def test_every_console_script_tells_its_version_and_help_alike(tmp_path):
+    """`reddit-amazon --version` answered; `benchmark --version` and `lavic-ref --version` were "No such option"
+    (exit 2), though the three ship in one package of one version."""
+    import tomllib
+
+    from reddit_amazon import __version__
+
+    scripts = tomllib.loads((Path(ROOT) / "pyproject.toml").read_text())["project"]["scripts"]
+    assert len(scripts) == 3
+    for name, entry in scripts.items():
+        module = entry.split(":")[0]
+        version = _run([module, "--version"], tmp_path)
+        assert (version.returncode, version.stdout) == (0, f"{name}, version {__version__}\n"), version.stderr
+        short_help = _run([module, "-h"], tmp_path)
+        assert short_help.returncode == 0 and "Examples" in short_help.stdout, short_help.stderr
