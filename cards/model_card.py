@@ -27,6 +27,8 @@ OVERALL_KEYS = ("all", "overall")  # benchmark writes "all"; older results used 
 PLUGIN_FILE_OPTIONS = ("distill_adapter", "rec_adapter", "item_embeddings")
 #: What ``lavic-ref finetune`` records as the dataset when it trained on the bundled sample (no ``--dataset``).
 BUNDLED_SAMPLE = "bundled sample"
+#: What the Use command's ``base=`` says for a base model that was a local checkpoint naming no Hub id.
+LOCAL_BASE = "path/to/llava-next"
 #: The ``lavic`` plugin's default ``max_tokens`` (``lavic_ref.sequences.MAX_PROMPT_TOKENS``, not imported: torch).
 DEFAULT_PROMPT_TOKENS = 2048
 
@@ -46,11 +48,14 @@ DEFAULT_LIMITATIONS: tuple[str, ...] = (
 )
 
 
-def render_model_card(*, base_model: str, adapters: Mapping[str, Any], hyperparameters: Mapping[str, Any],
+def render_model_card(*, base_model: str | None, adapters: Mapping[str, Any], hyperparameters: Mapping[str, Any],
                       data: Mapping[str, Any], training: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
-                      limitations: Sequence[str] | None = None) -> str:
+                      limitations: Sequence[str] | None = None, base_fingerprint: str | None = None) -> str:
     """README.md for the folder holding the LaViC adapters: Hub YAML plus the card body.
 
+    ``base_model`` is the base model's Hub id, or None for a local checkpoint that names none: the card then says
+    so, by ``base_fingerprint`` (its weights fingerprint) where given. Anything that cannot be a Hub id (an absolute
+    path) counts as None: ``base_model`` in the YAML must be a Hub repo id, and a path is nobody's business.
     ``training`` may hold ``time_s`` (float), ``hardware`` (str), ``distill_time_s`` (the distill adapter's run:
     float, or None where it was not recorded), and any further measured entries;
     ``results`` are parsed ``results.json`` files of ``benchmark run`` (``ValueError`` for anything else).
@@ -59,6 +64,7 @@ def render_model_card(*, base_model: str, adapters: Mapping[str, Any], hyperpara
         problem = results_problem(result)
         if problem:
             raise ValueError(f"results {index + 1}: {problem}")
+    base_model = hub_model_id(base_model)
     card_data = ModelCardData(
         base_model=base_model,
         library_name="peft",
@@ -68,7 +74,7 @@ def render_model_card(*, base_model: str, adapters: Mapping[str, Any], hyperpara
         eval_results=_eval_results(results) or None,
     )
     sections = [
-        _summary(base_model),
+        _summary(base_model, base_fingerprint),
         _key_values("## Adapters", adapters, "No adapter files were given."),
         _key_values("## Data and splits", _without_local_path(data), "The training data was not recorded."),
         _hyperparameters(hyperparameters),
@@ -76,7 +82,7 @@ def render_model_card(*, base_model: str, adapters: Mapping[str, Any], hyperpara
         _results(results, data.get("fingerprint"), data.get("domains")),
         _paper_tables(),
         "## Limitations\n\n" + "\n".join(f"- {text}" for text in (limitations or DEFAULT_LIMITATIONS)),
-        _usage(base_model, adapters, hyperparameters, data),
+        _usage(base_model, base_fingerprint, adapters, hyperparameters, data),
         "## Citation\n\n" + code_block(read_template("citation.bib").split("\n\n")[0], "bibtex"),
     ]
     body = "\n\n".join(section.strip() for section in sections) + "\n"
@@ -91,11 +97,25 @@ def results_problem(result: Any) -> str | None:
     return f"not a benchmark results.json ({problem})" if problem else None
 
 
-def _summary(base_model: str) -> str:
+def hub_model_id(value: Any) -> str | None:
+    """``value`` where it can be a Hub model repo id (``name`` or ``org/name``); None for anything else (an absolute
+    or ``~`` path, ``./folder``, ``a/b/c``)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(value, str):
+        return None
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return None
+    return value
+
+
+def _summary(base_model: str | None, base_fingerprint: str | None) -> str:
     return (
         f"# {MODEL_NAME}\n\n"
-        f"LoRA adapters that turn {inline_code(base_model)} into LaViC, the visually-aware conversational "
-        "recommender of "
+        f"LoRA adapters that turn {_base_text(base_model, base_fingerprint)} into LaViC, the visually-aware "
+        "conversational recommender of "
         f"*{PAPER_TITLE}* (Jeon et al., KDD'25, doi:{PAPER_DOI}), reimplemented in the `reddit-amazon` toolkit. "
         "Stage 1 (visual knowledge self-distillation) trains a LoRA on the vision tower and projector so that 5 "
         "CLS-position embeddings per image (one per sub-image) let the frozen language model reproduce the "
@@ -104,6 +124,17 @@ def _summary(base_model: str) -> str:
         "title, 5 item embeddings each) and answer with the ID of the recommended item. Every number below was "
         "measured by the run that wrote this card, except those labelled as the paper's."
     )
+
+
+def _base_text(base_model: str | None, base_fingerprint: str | None) -> str:
+    if base_model:
+        return inline_code(base_model)
+    return f"a local LLaVA-NeXT checkpoint ({_weights_text(base_fingerprint)}; it names no Hub model)"
+
+
+def _weights_text(base_fingerprint: str | None) -> str:
+    return (f"weights fingerprint {inline_code(base_fingerprint)}" if base_fingerprint
+            else "its weights fingerprint was not recorded")
 
 
 def _value(value: Any) -> str:
@@ -254,10 +285,10 @@ def _paper_tables() -> str:
     return "\n\n".join(parts)
 
 
-def _usage(base_model: str, adapters: Mapping[str, Any], hyperparameters: Mapping[str, Any],
-           data: Mapping[str, Any]) -> str:
+def _usage(base_model: str | None, base_fingerprint: str | None, adapters: Mapping[str, Any],
+           hyperparameters: Mapping[str, Any], data: Mapping[str, Any]) -> str:
     """``benchmark run`` of the adapter on the test split of the data and domains it was fine-tuned on."""
-    values = {"base": base_model, **{k: adapters[k] for k in PLUGIN_FILE_OPTIONS if adapters.get(k)}}
+    values = {"base": base_model or LOCAL_BASE, **{k: adapters[k] for k in PLUGIN_FILE_OPTIONS if adapters.get(k)}}
     if hyperparameters.get("images") is False:  # a titles-only adapter (`finetune --no-images`): no item tokens
         values["images"] = False
     max_prompt_tokens = hyperparameters.get("max_prompt_tokens")
@@ -285,7 +316,9 @@ def _usage(base_model: str, adapters: Mapping[str, Any], hyperparameters: Mappin
             "`reddit-amazon` package; `--candidates sbert` or `--candidates openai_large` selects the candidate set"
             + (f" (the adapter was trained {trained})." if trained else ".")
             + (f" {inline_code(f'--dataset {dataset}')} stands for the local folder it was trained on."
-               if local_folder else ""))
+               if local_folder else "")
+            + ("" if base_model else f" {inline_code(LOCAL_BASE)} stands for the local base checkpoint it was trained "
+               f"on ({_weights_text(base_fingerprint)}); the plugin refuses an adapter on other base weights."))
 
 
 def _without_local_path(data: Mapping[str, Any]) -> Mapping[str, Any]:

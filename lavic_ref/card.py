@@ -30,6 +30,40 @@ def hardware_name(device: Any) -> str:
     return f"{platform.processor() or platform.machine()} CPU (torch {torch.__version__})"
 
 
+def published_base(base: str | None) -> str | None:
+    """The Hub id a published card names for ``--base``: a Hub id as given; for a local checkpoint the Hub id it
+    records (its Hugging Face cache folder ``models--<org>--<name>/snapshots/<commit>``, ``_name_or_path`` in its
+    ``config.json``, or the ``base`` of its ``lavic_base.json``), else None. Never a local path: the card's YAML
+    ``base_model`` must be a Hub repo id, and where the base lay on the training machine is nobody's business."""
+    from cards.model_card import hub_model_id
+
+    if not base:
+        return None
+    folder = Path(base).expanduser()
+    if not folder.is_dir():
+        return hub_model_id(base)
+    from lavic_ref.model import BASE_FILE
+
+    recorded = [_hub_cache_repo(folder), _recorded(folder / "config.json", "_name_or_path"),
+                _recorded(folder / BASE_FILE, "base")]
+    return next((name for name in recorded if hub_model_id(name) and not Path(name).expanduser().exists()), None)
+
+
+def _hub_cache_repo(folder: Path) -> str | None:
+    parts = folder.resolve().parts
+    if len(parts) >= 3 and parts[-3].startswith("models--") and parts[-2] == "snapshots":
+        return parts[-3].removeprefix("models--").replace("--", "/")  # a repo id never holds "--"
+    return None
+
+
+def _recorded(path: Path, key: str) -> Any:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record.get(key) if isinstance(record, dict) else None
+
+
 def write_model_card(out_dir: Path, inputs: dict[str, Any]) -> Path:
     """Render ``README.md`` without results (``lavic-ref card --results`` adds them), then store the card's inputs:
     written last, ``model_card.json`` records the training of a whole card (see :func:`card_describes`), also where
@@ -52,8 +86,24 @@ def _render(out_dir: Path, inputs: dict[str, Any], results: Sequence[Path]) -> P
 
     parsed = [_read_results(Path(result), out_dir) for result in results]
     readme = out_dir / "README.md"
-    write_atomic(readme, render_model_card(**inputs, results=parsed).encode("utf-8"))
+    write_atomic(readme, render_model_card(**_without_base_path(inputs), results=parsed).encode("utf-8"))
     return readme
+
+
+def _without_base_path(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The inputs with ``base_model`` as :func:`published_base` gives it: a ``model_card.json`` written before
+    recorded ``--base`` as given, a local path included; its weights fingerprint then comes from the adapter's
+    ``lavic_base.json``."""
+    from cards.model_card import hub_model_id
+
+    base = inputs.get("base_model")
+    if hub_model_id(base) is not None or "base_fingerprint" in inputs:
+        return inputs
+    from lavic_ref.model import BASE_FILE
+
+    adapter = (inputs.get("adapters") or {}).get("rec_adapter")
+    fingerprint = _recorded(Path(adapter) / BASE_FILE, "fingerprint") if adapter else None
+    return {**inputs, "base_model": published_base(base), "base_fingerprint": fingerprint or None}
 
 
 def card_describes(out_dir: Path, training_time_s: float, best_validation_loss: float) -> bool:

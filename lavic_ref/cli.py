@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lavic_ref import DEFAULT_BASE
-from lavic_ref.card import card_describes, hardware_name, render_from_inputs, write_model_card
+from lavic_ref.card import card_describes, hardware_name, published_base, render_from_inputs, write_model_card
 from lavic_ref.prompts import MAX_DESCRIPTION_TOKENS
 from reddit_amazon import __version__
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
@@ -397,7 +397,7 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
         return
     distill = _distill_record(cache)
     card = write_model_card(config.output_dir, {
-        "base_model": base,
+        "base_model": published_base(base), "base_fingerprint": backbone.fingerprint or None,
         "adapters": {"distill_adapter": (cache.metadata.get("adapter") or None) if cache else None,
                      "rec_adapter": str(result.best_dir), "item_embeddings": str(embeddings) if embeddings else None},
         "hyperparameters": {"lora": "r=8, alpha=32, dropout=0.1 on the LM attention and MLP projections",

@@ -316,3 +316,28 @@ def test_hostile_markdown_in_results_and_training_records_is_shown_as_text():
     hostile = card(HOSTILE_MARKDOWN)
     assert_shown_as_text(hostile, card("plain"))
     assert f"{HOSTILE_MARKDOWN} on {HOSTILE_MARKDOWN} ({HOSTILE_MARKDOWN}, candidates sbert)" in rendered_headings(hostile)
+
+
+def test_a_local_base_checkpoint_is_named_by_its_weights_not_its_path(tmp_path):
+    """`base_model: /home/someone/models/llava` leaked a local path into a published card and was no Hub repo id."""
+    import shlex
+
+    from benchmark.registry import parse_model_args
+
+    text = render([result("sbert", {"beauty": 0.1})], base_model="/home/someone/models/llava",
+                  base_fingerprint="0123abcd")
+    assert "/home/someone" not in text and "models/llava" not in text
+    (tmp_path / "README.md").write_text(text, encoding="utf-8")
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.base_model is None and "base_model" not in text.split("---")[1]
+    assert "turn a local LLaVA-NeXT checkpoint (weights fingerprint `0123abcd`; it names no Hub model) into" in text
+    from cards.model_card import LOCAL_BASE
+
+    use = text.split("## Use", 1)[1]
+    command = next(line for line in use.splitlines() if line.startswith("benchmark run"))
+    argv = shlex.split(command)
+    assert parse_model_args(argv[argv.index("--model-args") + 1])["base"] == LOCAL_BASE
+    assert f"`{LOCAL_BASE}` stands for the local base checkpoint it was trained on (weights fingerprint" in use
+    unknown = render([], base_model=None)
+    assert "(its weights fingerprint was not recorded; it names no Hub model)" in unknown
+    assert f"base={BASE}" in render([]).split("## Use", 1)[1]  # a Hub id stays, in the Use command too

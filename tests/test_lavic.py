@@ -1477,6 +1477,49 @@ def test_the_model_card_of_a_max_steps_run_says_how_much_data_it_trained_on(tiny
     assert "| `train_examples_used_per_epoch` | 1 |" in card
 
 
+def test_the_model_card_names_a_local_base_by_a_hub_id_it_records_or_by_its_weights_never_its_path(tiny_base, tmp_path):
+    """`base_model` was `--base` as given: a local folder's absolute path, in the published card (YAML, text, Use
+    command) and model_card.json. A Hub id stays; a local checkpoint gives the Hub id it records, else none."""
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    from lavic_ref.cli import cli
+
+    _invoke(cli, ["finetune", "--base", tiny_base, "--device", DEVICE, "--no-images", "--max-steps", "1", "--quiet",
+                  "--domain", "home", "--out", tmp_path / "rec"])
+    fingerprint = json.loads((tmp_path / "rec" / "best" / BASE_FILE).read_text())["fingerprint"]
+    for written in ("README.md", "model_card.json"):
+        assert tiny_base not in (tmp_path / "rec" / written).read_text(), written
+    card = ModelCard.load(tmp_path / "rec" / "README.md")
+    assert card.data.base_model is None
+    assert f"a local LLaVA-NeXT checkpoint (weights fingerprint `{fingerprint}`; it names no Hub model)" in card.text
+
+    from lavic_ref.card import published_base
+
+    hub_id = "llava-hf/llava-v1.6-mistral-7b-hf"
+    assert published_base(hub_id) == hub_id and published_base(tiny_base) is None
+    named = Path(shutil.copytree(tiny_base, tmp_path / "named"))
+    config = json.loads((named / "config.json").read_text())
+    (named / "config.json").write_text(json.dumps({**config, "_name_or_path": hub_id}))
+    assert published_base(str(named)) == hub_id
+    (named / "config.json").write_text(json.dumps({**config, "_name_or_path": str(named)}))  # a path: not a Hub id
+    assert published_base(str(named)) is None
+    (named / BASE_FILE).write_text(json.dumps({"base": hub_id, "fingerprint": fingerprint}))
+    assert published_base(str(named)) == hub_id
+    cached = tmp_path / "hub" / "models--llava-hf--llava-v1.6-mistral-7b-hf" / "snapshots" / "0123abc"
+    shutil.copytree(tiny_base, cached)
+    assert published_base(str(cached)) == hub_id
+
+    # A model_card.json written before held --base as given: re-rendering it publishes no path either.
+    inputs = json.loads((tmp_path / "rec" / "model_card.json").read_text())
+    del inputs["base_fingerprint"]
+    (tmp_path / "rec" / "model_card.json").write_text(json.dumps({**inputs, "base_model": tiny_base}))
+    _invoke(cli, ["card", tmp_path / "rec"])
+    readme = (tmp_path / "rec" / "README.md").read_text()
+    assert tiny_base not in readme and f"weights fingerprint `{fingerprint}`" in readme
+
+
 def test_finetune_of_several_domains_says_it_is_the_papers_combined_variant(tiny_base, tmp_path):
     """The paper's LaViC numbers (Tables 3-7) are one model per domain; one model for all is Table 8's combined."""
     from lavic_ref.cli import cli
