@@ -226,7 +226,7 @@ def _results(results: Sequence[Mapping[str, Any]], trained_on: str | None = None
         paper = paper_lavic(candidates)
         dataset = result.get("dataset", {})
         limit = result.get("limit")
-        heading = (f"### {prose(_name(result.get('model'), 'name', 'spec'))} on {prose(_name(dataset, 'id'))}"
+        heading = (f"### {prose(_name(result.get('model'), 'name', 'spec'))} on {prose(_dataset_shown(dataset))}"
                    f" ({prose(result.get('split', 'split not recorded'))}, candidates {inline_code(candidates)})"
                    + (f", first {limit:,} records per domain" if limit else ""))
         details = []
@@ -326,6 +326,13 @@ def _without_local_path(data: Mapping[str, Any]) -> Mapping[str, Any]:
     data lay on the training machine (``/home/<user>/...``) is nobody's business (the fingerprint names the data)."""
     name = _local_folder_name(data.get("dataset"))
     return {**data, "dataset": f"{name} (a local folder)"} if name else data
+
+
+def _dataset_shown(dataset: Any) -> str:
+    """A results.json's dataset as the card names it: a local folder's absolute path as its folder name."""
+    dataset_id = _name(dataset, "id")
+    name = _local_folder_name(dataset_id)
+    return f"{name} (a local folder)" if name else dataset_id
 
 
 def _usage_dataset(recorded: Any) -> str | None:

@@ -341,3 +341,11 @@ def test_a_local_base_checkpoint_is_named_by_its_weights_not_its_path(tmp_path):
     unknown = render([], base_model=None)
     assert "(its weights fingerprint was not recorded; it names no Hub model)" in unknown
     assert f"base={BASE}" in render([]).split("## Use", 1)[1]  # a Hub id stays, in the Use command too
+
+
+def test_results_on_a_local_dataset_name_its_folder_not_its_path():
+    """A local dataset's results.json records its absolute path as the id; the results heading showed it."""
+    text = render([result("sbert", {"beauty": 0.1}, dataset_id="/home/someone/data/my-build")])
+    assert "/home/someone" not in text
+    assert "### lavic on my-build (a local folder) (test, candidates `sbert`)" in text
+    assert "### lavic on org/reddit-amazon (test," in render([result("sbert", {"beauty": 0.1})])
