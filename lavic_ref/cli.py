@@ -115,7 +115,8 @@ def _training_options(epochs: int, batch_size: int):
         click.option("--resume/--no-resume", default=True, show_default=True,
                      help="Continue from <out>/last when it exists (it must have the same settings; more --epochs "
                           "is fine). --no-resume starts over."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
+                     help="Seeds the LoRA initialisation, dropout and shuffling (torch takes seeds below 2**64)."),
     ]
 
     def decorate(function):

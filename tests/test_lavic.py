@@ -1520,6 +1520,18 @@ def test_the_model_card_names_a_local_base_by_a_hub_id_it_records_or_by_its_weig
     assert tiny_base not in readme and f"weights fingerprint `{fingerprint}`" in readme
 
 
+@pytest.mark.parametrize("command", ["distill", "finetune"])
+def test_a_seed_torch_cannot_take_is_a_bad_option_before_any_model_loads(command, tmp_path):
+    """`--seed 18446744073709551616` was accepted, then torch.manual_seed failed with a traceback ("Overflow when
+    unpacking long long") after the model had loaded; `benchmark run --seed` takes 0 and up, as these now do."""
+    from lavic_ref.cli import cli
+
+    for seed in (2**64, -1):
+        result = CliRunner().invoke(cli, [command, "--out", str(tmp_path / "out"), "--seed", str(seed)])
+        assert result.exit_code == 2 and "Invalid value for '--seed'" in result.output, result.output
+        assert not (tmp_path / "out").exists()
+
+
 def test_finetune_of_several_domains_says_it_is_the_papers_combined_variant(tiny_base, tmp_path):
     """The paper's LaViC numbers (Tables 3-7) are one model per domain; one model for all is Table 8's combined."""
     from lavic_ref.cli import cli
