@@ -502,13 +502,15 @@ def _distill_time_s(adapter: Path, trained_with: dict[str, Any]) -> float | None
     included as for ``finetune``; None where there is none, or it is of another run (other settings)."""
     import json
 
-    from lavic_ref.training import STATE_FILE
+    from lavic_ref.training import STATE_FILE, settings_as_recorded_now
 
     try:
         state = json.loads((adapter.parent / "last" / STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(state, dict) or state.get("settings") != trained_with:
+    if not isinstance(state, dict) or not isinstance(state.get("settings"), dict):
+        return None
+    if settings_as_recorded_now(state["settings"]) != settings_as_recorded_now(trained_with):
         return None
     elapsed = state.get("elapsed_s")
     return round(float(elapsed), 1) if isinstance(elapsed, (int, float)) else None

@@ -40,6 +40,10 @@ RNG_FILE = "rng_state.pt"
 #: recomputes with the RNG state it saved). Compiling does: compiled LoRA dropout draws from its own generator,
 #: and CUDA graphs pad batches, which moves the dropout masks.
 RESUMABLE_FIELDS = ("output_dir", "epochs", "save_every", "gradient_checkpointing")
+#: Settings recorded only since they could be chosen, with the value the code before them always trained with:
+#: a run's settings written before then (a checkpoint, an adapter's ``trained_with``) mean these. Gradients were
+#: not clipped before --max-grad-norm, as ``--max-grad-norm 0`` does not clip them.
+SETTINGS_BEFORE_RECORDED = {"max_grad_norm": 0.0}
 #: With CUDA graphs every batch is left-padded to a multiple of this many tokens: a 2,048-token cap gives at most
 #: 16 widths per batch size, each recorded once and replayed after. Padding changes no loss: pads are masked
 #: and RoPE attention depends only on relative positions.
@@ -373,6 +377,7 @@ def _check_settings(folder: Path, saved: dict[str, Any], current: dict[str, Any]
         log_line(f"warning: {folder} does not record its run's settings (an older version wrote it); "
                  "resuming without checking them")
         return
+    saved = settings_as_recorded_now(saved)
     advice = f"Use another output folder, or --no-resume to start over in {folder.parent} (replacing its adapters)."
     if saved.get("task") != current.get("task"):
         raise CheckpointError(f"{folder} is a checkpoint of a {saved.get('task')} run, not of a "
@@ -382,6 +387,11 @@ def _check_settings(folder: Path, saved: dict[str, Any], current: dict[str, Any]
     if differing:
         raise CheckpointError(f"{folder} is a checkpoint of a run with other settings:\n  "
                               + "\n  ".join(differing) + f"\n{advice}")
+
+
+def settings_as_recorded_now(settings: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded settings with those an older version did not record filled in as it trained."""
+    return {**SETTINGS_BEFORE_RECORDED, **settings}
 
 
 def _shown(settings: dict[str, Any], key: str) -> str:

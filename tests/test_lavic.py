@@ -386,6 +386,26 @@ def test_the_card_takes_the_distill_time_from_the_checkpoint_of_the_adapters_own
     assert _distill_record(ItemEmbeddings({}, {"adapter": ""})).training == {}  # no distill adapter: no line
 
 
+def test_the_card_takes_the_distill_time_of_a_run_begun_before_max_grad_norm_was_recorded(tmp_path):
+    """An adapter trained by a release before --max-grad-norm (its trained_with has no max_grad_norm: nothing was
+    clipped), whose run was then continued with --max-grad-norm 0 (its last/ now records 0.0): one run."""
+    from lavic_ref.cli import _distill_record
+    from lavic_ref.model import adapter_fingerprint
+    from lavic_ref.training import STATE_FILE
+
+    adapter, last = tmp_path / "distill" / "best", tmp_path / "distill" / "last"
+    adapter.mkdir(parents=True)
+    last.mkdir()
+    settings = {"task": "distill", "batch_size": 4, "max_steps": 2}
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    (adapter / BASE_FILE).write_text(json.dumps({"trained_with": settings}))
+    cache = ItemEmbeddings({}, {"adapter": str(adapter), "adapter_hash": adapter_fingerprint(adapter)})
+    (last / STATE_FILE).write_text(json.dumps({"elapsed_s": 9.0, "settings": {**settings, "max_grad_norm": 0.0}}))
+    assert _distill_record(cache).training == {"distill_time_s": 9.0}
+    (last / STATE_FILE).write_text(json.dumps({"elapsed_s": 9.0, "settings": {**settings, "max_grad_norm": 1.0}}))
+    assert _distill_record(cache).training == {"distill_time_s": None}  # clipped: another run
+
+
 def test_card_command_finds_the_folder_a_quoted_tilde_names(user_home):
     from lavic_ref.card import write_model_card
     from lavic_ref.cli import cli
@@ -905,6 +925,29 @@ def test_a_checkpoint_of_other_settings_is_refused(tiny_base, tmp_path):
     hyperparameters = json.loads((out / "model_card.json").read_text())["hyperparameters"]
     assert (hyperparameters["learning_rate"], hyperparameters["max_grad_norm"]) == (1e-2, 0.5)
     assert json.loads((out / "last" / "trainer_state.json").read_text())["settings"]["max_grad_norm"] == 0.5
+
+
+def test_a_checkpoint_from_before_max_grad_norm_resumes_as_the_unclipped_run_it_was(tiny_base, tmp_path):
+    """Releases before --max-grad-norm clipped no gradient and recorded no max_grad_norm in last/: such a run
+    continues with --max-grad-norm 0 (it was refused as 'unset in the checkpoint, 0.0 now', leaving only
+    --no-resume), and the refusal without it names the checkpoint's value, 0.0."""
+    from lavic_ref.cli import cli
+
+    out = tmp_path / "rec"
+    finetune = ["finetune", "--base", tiny_base, "--device", DEVICE, "--domain", "fashion", "--out", out,
+                "--no-images", "--max-steps", "1"]
+    _invoke(cli, [*finetune, "--max-grad-norm", "0"])
+    state_file = out / "last" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["settings"]["max_grad_norm"]  # as a release before --max-grad-norm wrote it
+    state_file.write_text(json.dumps(state))
+
+    result = CliRunner().invoke(cli, [str(a) for a in finetune])
+    assert result.exit_code == 1 and "max_grad_norm: 0.0 in the checkpoint, 1.0 now" in result.output
+    output = _invoke(cli, [*finetune, "--max-grad-norm", "0", "--epochs", "2"], stream="stderr")
+    assert f"resuming from {out / 'last'}" in output
+    assert [row["epoch"] for row in json.loads((out / "history.json").read_text())] == [1, 2]
+    assert json.loads(state_file.read_text())["settings"]["max_grad_norm"] == 0.0
 
 
 def _lavic_results(path: Path, hr1: float = 0.25) -> Path:
