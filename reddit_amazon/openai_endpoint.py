@@ -579,12 +579,15 @@ def _checked(response: Any) -> Any:
     filter, the token limit, thoughts in a reasoning field but no answer after them); otherwise (e.g. a tool
     call) it is malformed, so it is retried, never taken as an empty answer.
     """
+    # The client does not validate the JSON it is given: a gateway's "choices" or "content" may be of any type.
     choices = getattr(response, "choices", None)
-    message = getattr(choices[0], "message", None) if choices else None
-    if message is None:
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = getattr(choice, "message", None)
+    content = getattr(message, "content", 0)
+    if message is None or not (content is None or isinstance(content, str)):
         raise MalformedResponseError(f"the endpoint answered without a completion: {str(response)[:300]}")
-    finish = getattr(choices[0], "finish_reason", None)
-    blank = not (message.content or "").strip()  # None, "" or whitespace: no answer ("" is a gateway's too)
+    finish = getattr(choice, "finish_reason", None)
+    blank = not (content or "").strip()  # None, "" or whitespace: no answer ("" is a gateway's too)
     if (blank and not getattr(message, "refusal", None) and not reasoning_field(message)
             and finish not in ("length", "content_filter")):
         raise MalformedResponseError(f"the completion has no text (finish_reason {finish!r}): {str(message)[:200]}")

@@ -703,3 +703,18 @@ def test_thoughts_in_a_reasoning_field_without_an_answer_reject_the_prompt(https
                             api_key="sk-test")
     assert result.labels == {"1": "yes", "2": REJECTED} and len(httpserver.log) == 2
     assert b"no answer after them (finish_reason 'stop')" in (tmp_path / "c.sqlite").read_bytes()
+
+
+@pytest.mark.parametrize("body", [
+    '{"id": "c1", "choices": 5}', '{"id": "c1", "choices": {"0": {}}}', '{"id": "c1", "choices": [{"message": 3}]}',
+    '{"id": "c1", "choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": 5}}]}',
+    '{"id": "c1", "choices": [{"finish_reason": "length", "message": {"role": "assistant", "content": ["yes"]}}]}',
+])
+def test_a_200_whose_choices_have_the_wrong_json_types_is_retried_not_a_crash(httpserver, options, tmp_path, body):
+    """A gateway's completion of the wrong shape (choices not a list, a message or its text not what the API
+    gives) is malformed, retried like a 200 without a completion: it once ended the run with a TypeError,
+    KeyError or AttributeError from inside the response check."""
+    fake = serve(httpserver, {"odd": [(297, body), (200, "yes")]})
+    with AnswerCache(tmp_path / "cache.sqlite") as cache:
+        result = run_filter([conversation("1", "SCRIPT=odd")], cache, options, api_key="sk-test")
+        assert result.labels == {"1": "yes"} and fake.requests["odd"] == 2
