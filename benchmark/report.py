@@ -104,10 +104,28 @@ def results_problem(results: Any) -> str | None:
     wrong = [key for key, kind in RESULT_FIELDS.items() if not isinstance(results.get(key), kind)]
     if not wrong:
         wrong = [f"metrics.{key}" for key, groups in results["metrics"].items() if not isinstance(groups, dict)]
+    if not wrong:
+        wrong = [f"metrics.{key}.{group}" for key, groups in results["metrics"].items()
+                 for group, entry in groups.items() if not _is_metric_entry(entry)]
     if not wrong and not (isinstance(results["model"].get("spec"), str)
                           and all(results["dataset"].get(k) is not None for k in ("id", "version", "fingerprint"))):
         wrong = ["model.spec or dataset id / version / fingerprint"]
     return f"missing or malformed: {', '.join(wrong)}" if wrong else None
+
+
+def _is_metric_entry(entry: Any) -> bool:
+    """``entry`` is one group's metric as its readers take it: a number or null ``value``, a ``ci95`` of two
+    numbers or null, and the counts (and the bounds of older results) numbers or null where present."""
+    if not isinstance(entry, dict) or "value" not in entry:
+        return False
+    ci95 = entry.get("ci95")
+    return (all(entry.get(key) is None or _is_number(entry[key])
+                for key in ("value", "numerator", "denominator", "ci_low", "ci_high"))
+            and (ci95 is None or (isinstance(ci95, list) and len(ci95) == 2 and all(map(_is_number, ci95)))))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_results(path: Path) -> dict[str, Any]:

@@ -523,6 +523,18 @@ def test_report_refuses_json_of_another_shape_and_escapes_pipes_in_labels(datase
         assert result.exit_code == 1 and "not the results.json of a benchmark run" in result.output, result.output
 
 
+@pytest.mark.parametrize("entry", [0.41, {}, {"value": "0.41"}, {"value": 0.41, "ci95": "[0.3, 0.5]"}])
+def test_report_refuses_a_metric_entry_of_the_wrong_json_type(tmp_path, entry):
+    """A results.json whose metric entries are not objects with a number value once ended `benchmark report` with a
+    traceback (TypeError: 'float' object is not subscriptable, or Unknown format code 'f' for a str)."""
+    results = {"model": {"spec": "random"}, "dataset": {"id": "d", "version": "1", "fingerprint": "f"},
+               "split": "test", "candidates": "sbert", "metrics": {"hr@1": {"beauty": entry}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "not the results.json of a benchmark run (missing or malformed: metrics.hr@1.beauty)" in result.output
+
+
 def test_markdown_report_shows_html_from_results_files_as_text(dataset, tmp_path):
     run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "r", progress=False)
     results = json.loads((tmp_path / "r" / "results.json").read_text())

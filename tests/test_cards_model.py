@@ -197,6 +197,15 @@ def test_paper_lavic_rows_by_candidate_set():
     ([], r"results 2: not a benchmark results.json \(a JSON object expected, not list\)"),
     ({}, r"results 2: .*missing or malformed: model, metrics, dataset, split, candidates"),
     ({**result("sbert", {"home": 0.3}), "metrics": {"hr@1": []}}, r"results 2: .*malformed: metrics.hr@1"),
+    # one group's entry of the wrong JSON type: it once reached the table as a TypeError, AttributeError or
+    # "Unknown format code 'f' for object of type 'str'"
+    ({**result("sbert", {"home": 0.3}), "metrics": {"hr@1": {"home": 0.3}}}, r"malformed: metrics.hr@1.home\)"),
+    ({**result("sbert", {"home": 0.3}), "metrics": {"hr@1": {"home": {}}}}, r"malformed: metrics.hr@1.home\)"),
+    ({**result("sbert", {"home": 0.3}), "metrics": {"hr@1": {"home": {"value": "0.3"}}}}, r"metrics.hr@1.home\)"),
+    ({**result("sbert", {"home": 0.3}), "metrics": {"vr": {"all": {"value": 0.9, "ci95": [0.8]}}}},
+     r"malformed: metrics.vr.all\)"),
+    ({**result("sbert", {"home": 0.3}), "metrics": {"hr@1": {"home": {"value": 0.3, "denominator": "40"}}}},
+     r"malformed: metrics.hr@1.home\)"),
 ])
 def test_results_that_are_not_a_results_json_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
