@@ -48,8 +48,32 @@ def _load(run_dir: Path) -> tuple[dict, dict[tuple[str, str], dict]]:
             row = orjson.loads(line)
         except orjson.JSONDecodeError as error:
             raise ValueError(f"{predictions_path}:{number}: not valid JSON ({error})") from error
+        problem = _scored_row_problem(row)
+        if problem:
+            raise ValueError(f"{predictions_path}:{number}: not a scored prediction of a benchmark run ({problem})")
         rows[(row["domain"], row["example_id"])] = row
     return results, rows
+
+
+def _scored_row_problem(row: object) -> str | None:
+    """Why ``row`` is not a predictions.jsonl row the comparison can score; None when it is one."""
+    if not isinstance(row, dict):
+        return f"a JSON object expected, not {type(row).__name__}"
+    wrong = [key for key in ("domain", "example_id") if not isinstance(row.get(key), str)]
+    pairs, hits = row.get("gt_pairs"), row.get("hits")
+    if not (_is_count(pairs) and pairs > 0):
+        wrong.append("gt_pairs (a count of at least 1)")
+    if not (_is_count(hits) and _is_count(pairs) and hits <= pairs):
+        wrong.append("hits (a count up to gt_pairs)")
+    if not isinstance(row.get("valid"), bool):
+        wrong.append("valid (true or false)")
+    wrong += [key for key in ("recall", "ndcg") if not (isinstance(row.get(key, []), list) and all(
+        isinstance(value, (int, float)) and not isinstance(value, bool) for value in row.get(key, [])))]
+    return f"missing or malformed: {', '.join(wrong)}" if wrong else None
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, samples: int = DEFAULT_BOOTSTRAP_SAMPLES,

@@ -207,8 +207,9 @@ def paired_difference(metric: str, group: str, a: Ratio, b: Ratio, samples: int 
     if n != len(b.numerators):
         raise ValueError("paired difference needs the same records in both runs")
     exact = exact_mcnemar(a.numerators, b.numerators) if metric in EXACT_TEST_METRICS and n else None
-    if n == 0 or not a.denominators.sum() or samples <= 0:
-        return PairedDifference(metric, group, n, a.value, b.value, None, None, None, exact)
+    a_value, b_value = a.value, b.value
+    if n == 0 or a_value is None or b_value is None or samples <= 0:  # None: no pairs to score in that run
+        return PairedDifference(metric, group, n, a_value, b_value, None, None, None, exact)
     columns = np.column_stack([a.numerators, a.denominators, b.numerators, b.denominators]).astype(np.float32)
     sums = _resampled_sums(columns, samples, seed).astype(np.float64)
     ok = (sums[:, 1] > 0) & (sums[:, 3] > 0)
@@ -218,7 +219,7 @@ def paired_difference(metric: str, group: str, a: Ratio, b: Ratio, samples: int 
     # a finite number of resamples cannot show.
     tails = (int((values <= 0).sum()), int((values >= 0).sum()))
     p_value = min(1.0, 2 * (min(tails) + 1) / (len(values) + 1))
-    return PairedDifference(metric, group, n, a.value, b.value, a.value - b.value, (float(low), float(high)), p_value,
+    return PairedDifference(metric, group, n, a_value, b_value, a_value - b_value, (float(low), float(high)), p_value,
                             exact)
 
 

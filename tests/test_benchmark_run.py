@@ -535,6 +535,25 @@ def test_report_refuses_a_metric_entry_of_the_wrong_json_type(tmp_path, entry):
     assert "not the results.json of a benchmark run (missing or malformed: metrics.hr@1.beauty)" in result.output
 
 
+@pytest.mark.parametrize("change, problem", [
+    ({"gt_pairs": 0, "hits": 0}, "gt_pairs (a count of at least 1)"), ({"hits": 99}, "hits (a count up to gt_pairs)"),
+    ({"domain": None}, "domain"), ({"valid": "yes"}, "valid (true or false)"), ({"recall": "0"}, "recall"),
+])
+def test_compare_names_a_malformed_predictions_row_instead_of_crashing(dataset, tmp_path, change, problem):
+    """A hand-edited or foreign predictions.jsonl row ended `benchmark compare` with a KeyError, or an IndexError
+    from the bootstrap when run B's rows held no gt pairs."""
+    run(RunConfig(model="random", dataset=str(dataset), domain="home", bootstrap_samples=0), tmp_path / "a",
+        progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    lines = (tmp_path / "a" / "predictions.jsonl").read_bytes().splitlines()
+    rows = [{**orjson.loads(line), **change} for line in lines]
+    (tmp_path / "b" / "predictions.jsonl").write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+    result = CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert (f"predictions.jsonl:1: not a scored prediction of a benchmark run (missing or malformed: {problem})"
+            in result.output.replace("\n", ""))
+
+
 def test_markdown_report_shows_html_from_results_files_as_text(dataset, tmp_path):
     run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "r", progress=False)
     results = json.loads((tmp_path / "r" / "results.json").read_text())

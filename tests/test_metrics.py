@@ -101,6 +101,17 @@ def test_paired_difference_detects_a_better_run_and_not_an_identical_one():
     assert same.difference == 0 and same.ci95 == (0.0, 0.0) and same.p_value == 1.0
 
 
+def test_paired_difference_of_a_run_without_pairs_has_no_difference_not_a_crash():
+    """A run whose records hold no (record, gt item) pairs has no HR@1: its difference is unknown. It raised
+    IndexError (a percentile of no resamples) when only the second run had none."""
+    scored = ratios([Outcome(1, i % 2, True) for i in range(10)])["hr@1"]
+    unscored = ratios([Outcome(0, 0, True) for _ in range(10)])["hr@1"]
+    for a, b in ((scored, unscored), (unscored, scored)):
+        diff = paired_difference("hr@1", "all", a, b, samples=50, seed=0)
+        assert diff.difference is None and diff.ci95 is None and diff.p_value is None
+        assert {diff.a, diff.b} == {0.5, None}
+
+
 def test_bootstrap_memory_stays_bounded_on_large_splits_with_the_same_intervals(monkeypatch):
     """100 resamples of a 1M-record split were drawn at once (~3 GB of index and count arrays)."""
     from benchmark import metrics
