@@ -308,4 +308,4 @@ def list_command() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -7,6 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import orjson
 
@@ -72,7 +73,7 @@ def _scored_row_problem(row: object) -> str | None:
     return f"missing or malformed: {', '.join(wrong)}" if wrong else None
 
 
-def _is_count(value: object) -> bool:
+def _is_count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -81,9 +82,9 @@ def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, samples: in
     results_a, rows_a = _load(Path(run_a))
     results_b, rows_b = _load(Path(run_b))
     warnings = []
-    for key in ("split", "candidates", "limit"):
-        if results_a.get(key) != results_b.get(key):
-            warnings.append(f"runs differ in {key}: {results_a.get(key)} vs {results_b.get(key)}")
+    for field in ("split", "candidates", "limit"):
+        if results_a.get(field) != results_b.get(field):
+            warnings.append(f"runs differ in {field}: {results_a.get(field)} vs {results_b.get(field)}")
     if dataset_key(results_a) != dataset_key(results_b):
         warnings.append("runs used different datasets (content fingerprint, or the dataset id where the "
                         "fingerprint is unknown): the same example ids may hold other gt items")

@@ -54,7 +54,7 @@ def score(parsed: str | None, gt_items: Sequence[str], candidates: Sequence[str]
     valid = parsed is not None and parsed in candidates
     if ranking is None:
         return Outcome(pairs=len(gt_items), hits=hits, valid=valid)
-    position = {}
+    position: dict[str, int] = {}
     for index, item_id in enumerate(ranking):
         position.setdefault(item_id, index)
     recall, ndcg = [], []
@@ -160,7 +160,7 @@ def summarize(outcomes: Sequence[Outcome], samples: int = DEFAULT_BOOTSTRAP_SAMP
     return {
         name: {
             "value": ratio.value,
-            "ci95": list(intervals[name]) if intervals[name] else None,
+            "ci95": list(interval) if (interval := intervals[name]) else None,
             "numerator": _plain_number(ratio.numerators.sum()),
             "denominator": _plain_number(ratio.denominators.sum()),
         }

@@ -87,15 +87,15 @@ def resolve(spec: str) -> ResolvedModel:
     source, target, entry_point = _locate(spec)
     if source == "builtin":
         return ResolvedModel(spec, target, source, _load_object(target, spec))
-    if source == "entry point":
+    if source == "entry point" and entry_point is not None:
         try:
             cls = entry_point.load()
         except Exception as error:  # report which plugin failed to import, and why
             raise RegistryError(with_extra_hint(f"recommender {spec!r} (entry point {target}) failed to "
                                                 f"load: {type(error).__name__}: {error}", error)) from error
         dist = entry_point.dist
-        return ResolvedModel(spec, target, source, cls,
-                             _module_code(entry_point.module, cls, lambda: dist and f"{dist.name}=={dist.version}"))
+        return ResolvedModel(spec, target, source, cls, _module_code(
+            entry_point.module, cls, lambda: None if dist is None else f"{dist.name}=={dist.version}"))
     if source == "file":
         where, _, attribute = spec.rpartition(":")
         cls = _load_from_file(Path(where), attribute, spec)

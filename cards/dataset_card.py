@@ -352,7 +352,7 @@ def _option_value(name: str, value: Any) -> str:
 
 def _provenance(manifest: Mapping[str, Any]) -> str:
     computed = manifest.get("candidate_sets") or []
-    rows = [
+    rows: list[list[object]] = [
         ["version", inline_code(manifest["version"])],
         ["fingerprint (sha256 over the Parquet shards)", inline_code(manifest["fingerprint"])],
         ["candidate sets computed", ", ".join(inline_code(c) for c in computed) or "none"],

@@ -251,12 +251,12 @@ def _results(results: Sequence[Mapping[str, Any]], trained_on: str | None = None
             hr1, vr = _metric(result, "hr@1", group), _metric(result, "vr", group)
             if hr1 is None and vr is None:
                 continue
-            untrained = bool(trained_domains) and group in DOMAINS and group not in trained_domains
+            untrained = bool(trained_domains) and group in DOMAINS and group not in (trained_domains or ())
             rows.append([
                 f"{group} (not trained on)" if untrained else group,
-                _number(hr1 and hr1.get("value")), _interval(hr1),
+                _number(None if hr1 is None else hr1.get("value")), _interval(hr1),
                 _number(paper.hr1_of(group)) if paper and group in DOMAINS else "—",
-                _number(vr and vr.get("value")), _interval(vr),
+                _number(None if vr is None else vr.get("value")), _interval(vr),
                 _number(paper.vr_of(group)) if paper and group in DOMAINS else "—",
                 _pairs(hr1),
             ])

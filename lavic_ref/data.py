@@ -89,10 +89,11 @@ def _without_other_gts(candidates: list[str], gts: set[str], target: str, retrie
     result = []
     for candidate in candidates:
         if candidate in gts and candidate != target:
-            candidate = _random_negative(retrieved, excluded, rng)
-            if candidate is None:
+            negative = _random_negative(retrieved, excluded, rng)
+            if negative is None:
                 continue
-            excluded.add(candidate)
+            excluded.add(negative)
+            candidate = negative
         result.append(candidate)
     return result
 

@@ -37,7 +37,7 @@ def recommendation_loss(backbone: Backbone, batch: Sequence[RecommendationInstan
     ]
     tokens = pad_batch([s.input_ids for s in sequences], tokenizer.pad_token_id,
                        labels=[s.labels for s in sequences], left=True, multiple_of=length_multiple)
-    item_embeddings = embeddings.stack([c for ex in batch for c in ex.candidates]) if with_images else None
+    item_embeddings = None if embeddings is None else embeddings.stack([c for ex in batch for c in ex.candidates])
     inputs_embeds = embed_inputs(backbone, tokens.input_ids, item_embeddings)
     return target_loss(backbone.model, inputs_embeds, tokens.attention_mask.to(backbone.device),
                        tokens.labels)
@@ -49,7 +49,7 @@ def check_prompt_cap(tokenizer, instances: Sequence[RecommendationInstance], *, 
     conversation (:class:`PromptTooLongError`, naming the cap the longest such prompt needs)."""
     caps = least_prompt_caps(tokenizer, [(ex.candidates, ex.target) for ex in instances], with_images=with_images)
     needed, longest = max(zip(caps, instances), key=lambda pair: pair[0], default=(0, None))
-    if needed > max_tokens:
+    if longest is not None and needed > max_tokens:
         raise PromptTooLongError(f"a prompt of {len(longest.candidates)} candidates needs {needed} tokens without "
                                  f"their titles and the conversation, over the {max_tokens}-token cap")
 

@@ -435,7 +435,7 @@ def save_adapter(backbone: Backbone, folder: Path, trained_with: dict[str, Any] 
 
     ``trained_with`` (the training run's settings) lets the plugin refuse inputs other than those it was trained on.
     """
-    record = {"base": backbone.base, "fingerprint": backbone.fingerprint}
+    record: dict[str, Any] = {"base": backbone.base, "fingerprint": backbone.fingerprint}
     if trained_with:
         record["trained_with"] = trained_with
     with naming_write_failure(folder):  # a full disk: peft's and safetensors' errors name no file

@@ -56,7 +56,7 @@ def generate(backbone: Backbone, prompts: Sequence[tuple[str, Sequence[tuple[str
                  for context, candidates in prompts]
     batch = pad_batch(sequences, tokenizer.pad_token_id, left=True)
     item_embeddings = None
-    if with_images:
+    if embeddings is not None:
         item_embeddings = embeddings.stack([item_id for _, candidates in prompts for item_id, _ in candidates])
     inputs_embeds = embed_inputs(backbone, batch.input_ids, item_embeddings)
     output = backbone.model.generate(inputs_embeds=inputs_embeds,
@@ -125,7 +125,7 @@ class LavicRecommender:
 
     def recommend(self, examples: Sequence) -> list[str]:
         if self.embeddings is not None:
-            self._embed_missing(examples)
+            self._embed_missing(examples, self.embeddings)
         prompts = [(ex.context, [(c.item_id, c.title) for c in ex.candidates]) for ex in examples]
         outputs: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
@@ -133,12 +133,12 @@ class LavicRecommender:
                                 max_new_tokens=self.max_new_tokens, max_tokens=self.max_tokens)
         return outputs
 
-    def _embed_missing(self, examples: Sequence) -> None:
+    def _embed_missing(self, examples: Sequence, embeddings: ItemEmbeddings) -> None:
         wanted = {c.item_id: c.image_bytes for ex in examples for c in ex.candidates}
-        missing = self.embeddings.missing(wanted)
+        missing = embeddings.missing(wanted)
         if missing:
             pairs = [(item_id, wanted[item_id]) for item_id in missing]
-            self.embeddings.add(compute_item_embeddings(self.backbone, pairs, progress=False))
+            embeddings.add(compute_item_embeddings(self.backbone, pairs, progress=False))
 
 
 def _check_rec_inputs(rec_adapter: str, images: bool, distill_adapter: str | None) -> None:

@@ -205,7 +205,7 @@ def _file_inputs(sources: Iterable[str], workdir: Path) -> list[dict[str, Any]]:
     """``[{path, bytes, sha256}]``; hashes are cached by (path, size, mtime) so resumes skip re-reading."""
     cache_path = workdir / "input-hashes.json"
     cache = _read_json(cache_path) if cache_path.is_file() else {}
-    records = []
+    records: list[dict[str, Any]] = []
     for source in sources:
         path = Path(source)
         if not path.is_file():
@@ -605,10 +605,11 @@ def command_line(options: BuildOptions) -> str:
     args += ["--allow-private-image-hosts"] if options.allow_private_image_hosts else []
     reddit = {k: v for k, v in options.reddit.items() if not (options.sample and SAMPLE_REDDIT_OPTIONS.get(k) == v)}
     for name, value in sorted(_redact_salt(reddit).items()):
-        flag = REDDIT_FLAGS.get(name)
-        if flag is None:  # set from Python only (e.g. short_link_endpoints): no command-line form
+        reddit_flag = REDDIT_FLAGS.get(name)
+        if reddit_flag is None:  # set from Python only (e.g. short_link_endpoints): no command-line form
             continue
-        args += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
+        args += ([f"--{reddit_flag}" if value else f"--no-{reddit_flag}"] if isinstance(value, bool)
+                 else [f"--{reddit_flag}", str(value)])
     return printable_path(shlex.join(args))
 
 
@@ -748,7 +749,7 @@ def _check_folders(options: BuildOptions) -> None:
 
     local_inputs = [path for path in [*options.inputs, *options.meta, *options.reviews] if not path.startswith("hub:")]
     read_files = [path for path in (options.llm_template, options.domain_map) if path and Path(path).is_file()]
-    kept = [options.workdir, *local_inputs, *read_files,
+    kept: list[str | Path] = [options.workdir, *local_inputs, *read_files,
             *(path for path in (options.llm_cache, options.image_store) if path)]
     try:
         check_output_folder(options.out, keep=kept)

@@ -30,8 +30,9 @@ EXTRA_OF_MODULE = {"torch": "lavic", "transformers": "lavic", "peft": "lavic", "
 def missing_extra(error: BaseException | None) -> str | None:
     """The extra whose install fixes ``error``: a missing optional dependency, or an error raised from one."""
     while error is not None:
-        if isinstance(error, ModuleNotFoundError) and (error.name or "").partition(".")[0] in EXTRA_OF_MODULE:
-            return EXTRA_OF_MODULE[error.name.partition(".")[0]]
+        top_module = (error.name or "").partition(".")[0] if isinstance(error, ModuleNotFoundError) else ""
+        if top_module in EXTRA_OF_MODULE:
+            return EXTRA_OF_MODULE[top_module]
         error = error.__cause__
     return None
 

@@ -334,7 +334,8 @@ def _stdlib_chunks(path: Path, raw: BinaryIO, compression: str, read_size: int,
     import lzma
     import zlib
 
-    opener = {"xz": lzma.open, "bz2": bz2.open, "gzip": gzip.open}[compression]
+    openers: dict[str, Callable[..., Any]] = {"xz": lzma.open, "bz2": bz2.open, "gzip": gzip.open}
+    opener = openers[compression]
     counted = _CountedFile(raw, progress)  # counts instead of tell(): a named pipe cannot tell
     with opener(counted, "rb") as decoded:
         while True:
@@ -724,7 +725,8 @@ def json_type(value: Any) -> str:
         return "boolean"
     if isinstance(value, (int, float)):
         return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _parse_with_lone_surrogates(text: str) -> Any:

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 if TYPE_CHECKING:
     from datasets import Features
@@ -69,7 +69,7 @@ def candidate_sets_of(column_names: Iterable[str]) -> list[str]:
     return [c[len(CANDIDATE_PREFIX):] for c in column_names if c.startswith(CANDIDATE_PREFIX)]
 
 
-def is_asin(value: object) -> bool:
+def is_asin(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and ASIN_PATTERN.fullmatch(value) is not None
 
 
@@ -228,7 +228,8 @@ def parse_context(context: str) -> list[Turn]:
     """
     turns: list[Turn] = []
     position = 0
-    kind, opening, closing = "submission", SUBMISSION_OPEN, SUBMISSION_CLOSE + "\n"
+    kind: Literal["submission", "comment"] = "submission"
+    opening, closing = SUBMISSION_OPEN, SUBMISSION_CLOSE + "\n"
     while True:
         end = context.find(closing, position + len(opening)) if context.startswith(opening, position) else -1
         if end < 0:
@@ -362,7 +363,7 @@ def _check_value(value: Any, feature: Any, where: str) -> None:
     _check(value, feature, where, "", List, Value)
 
 
-def _check(value: Any, feature: Any, where: str, path: Any, List: type, Value: type) -> None:
+def _check(value: Any, feature: Any, where: str, path: Any, List: Any, Value: Any) -> None:
     if feature is ANY:
         return
     if isinstance(feature, Value):

@@ -306,7 +306,8 @@ class ThreadIndex:
                 )
             )
         context_items: list[str] = []
-        for record in [submission, *chain]:
+        records: list[RedditComment | RedditSubmission] = [submission, *chain]
+        for record in records:
             for text in linkable_texts(record):
                 context_items.extend(asins_of(text))
         counts.conversations += 1

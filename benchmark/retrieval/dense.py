@@ -65,7 +65,7 @@ class DenseRetriever(Retriever):
         query_vectors = self.encode(queries)
         texts = list(dict.fromkeys(text for items in candidate_lists for _, text in items))
         vectors = dict(zip(texts, self.encode(texts))) if texts else {}
-        rankings = []
+        rankings: list[list[str]] = []
         for query_vector, items in zip(query_vectors, candidate_lists, strict=True):
             if not items:
                 rankings.append([])
