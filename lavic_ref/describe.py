@@ -122,8 +122,9 @@ def _generate(backbone: Backbone, todo: list[Item], handle: BinaryIO, descriptio
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             texts = [before + description_prompt(item.title, image_token) + after for item in batch]
-            inputs = backbone.processor(text=texts, images=[decode_image(item.image, item.item_id) for item in batch],
-                                        padding=True, return_tensors="pt").to(backbone.device)
+            images = [decode_image(item.encoded_image(), item.item_id) for item in batch]
+            inputs = backbone.processor(text=texts, images=images, padding=True,
+                                        return_tensors="pt").to(backbone.device)
             inputs["pixel_values"] = inputs["pixel_values"].to(backbone.dtype)
             with torch.inference_mode():
                 output = backbone.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,

@@ -30,8 +30,9 @@ class DistillExample:
 
 
 def distill_examples(items: Mapping[str, Item], descriptions: Mapping[str, str]) -> list[DistillExample]:
-    return [DistillExample(item.item_id, item.title, item.image, descriptions[item.item_id])
-            for item in items.values() if item.image is not None and descriptions.get(item.item_id)]
+    return [DistillExample(item.item_id, item.title, image, descriptions[item.item_id])
+            for item in items.values()
+            if descriptions.get(item.item_id) and (image := item.encoded_image()) is not None]
 
 
 def split_validation(examples: Sequence[DistillExample], size: int, seed: int) -> tuple[list, list]:

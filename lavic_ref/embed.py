@@ -252,7 +252,7 @@ def embed_catalog_holding_lock(backbone: Backbone, items: Iterable[Item], out_di
                                adapter: str | os.PathLike | None, batch_size: int = 16,
                                checkpoint_items: int = CHECKPOINT_ITEMS, recompute: bool = False) -> Path:
     """:func:`embed_catalog` for a caller that holds :func:`embed_lock` of ``out_dir``."""
-    pairs = [(item.item_id, item.image) for item in items]
+    pairs = [(item.item_id, item.encoded_image()) for item in items]
     path = Path(out_dir) / embeddings_filename(backbone.base, adapter)
     sources = ItemSources.of(pairs, embedding_settings(backbone))
     (settings,) = sources.settings  # its key

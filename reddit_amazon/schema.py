@@ -180,9 +180,13 @@ class Item:
         row["categories"] = list(self.categories)
         row["features"] = list(self.features)
         row["image_urls"] = list(self.image_urls)
-        image = self.image.read_bytes() if isinstance(self.image, Path) else self.image
+        image = self.encoded_image()
         row["image"] = None if image is None else {"bytes": image, "path": f"{self.item_id}.jpg"}
         return row
+
+    def encoded_image(self) -> bytes | None:
+        """The encoded main image, read from its file where the item holds that instead."""
+        return self.image.read_bytes() if isinstance(self.image, Path) else self.image
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], *, where: str = "record") -> Item:

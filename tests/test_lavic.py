@@ -2206,3 +2206,31 @@ def test_a_full_disk_in_each_stage_is_one_error_line_naming_the_file_and_the_rer
                         full(embed, 10_000))
     assert not list(tmp_path.glob("embed/item_embeddings-*"))
     assert Path(_invoke(cli, embed).strip().splitlines()[-1]).is_file()
+
+
+def test_items_whose_image_is_a_file_are_embedded_described_and_distilled_as_their_bytes(tiny_base, tmp_path):
+    """An Item's image may be the file that holds it (as a build keeps it); embed_catalog, describe_items and
+    distill_examples passed that Path on as encoded bytes and failed with TypeError (hashlib, io.BytesIO)."""
+    import dataclasses
+
+    from lavic_ref.describe import describe_items
+    from lavic_ref.distill import distill_examples
+    from lavic_ref.embed import embed_catalog
+    from lavic_ref.model import load_backbone
+
+    in_memory = [item for item in load_items(None, ["home"]).values() if item.image][:3]
+    on_disk = []
+    for item in in_memory:
+        (tmp_path / f"{item.item_id}.jpg").write_bytes(item.image)
+        on_disk.append(dataclasses.replace(item, image=tmp_path / f"{item.item_id}.jpg", image_description=""))
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    embedded = [ItemEmbeddings.load(embed_catalog(backbone, items, tmp_path / name, adapter=None, batch_size=2))
+                for name, items in (("memory", in_memory), ("disk", on_disk))]
+    assert list(embedded[1].index) == list(embedded[0].index) and torch.equal(embedded[1].matrix, embedded[0].matrix)
+    described = [describe_items(backbone, [dataclasses.replace(item, image_description="") for item in items],
+                                tmp_path / f"{name}.jsonl", max_new_tokens=2, regenerate=True)
+                 for name, items in (("memory", in_memory), ("disk", on_disk))]
+    assert described[1] == described[0] and len(described[0]) == 3
+    texts = {item.item_id: "a lamp" for item in in_memory}
+    examples = distill_examples({item.item_id: item for item in on_disk}, texts)
+    assert examples == distill_examples({item.item_id: item for item in in_memory}, texts) and len(examples) == 3
