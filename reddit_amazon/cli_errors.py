@@ -158,9 +158,9 @@ def _signal_handlers(handlers: dict[signal.Signals, Callable[..., Any]]) -> Iter
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            if handler is not None:  # None: installed outside Python, it cannot be put back
-                signal.signal(signum, handler)
+        for signum, earlier in previous.items():
+            if earlier is not None:  # None: installed outside Python, it cannot be put back
+                signal.signal(signum, earlier)
 
 
 def _exit_status(command: click.Command, prog_name: str) -> int | str | None:

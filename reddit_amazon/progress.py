@@ -70,7 +70,7 @@ def quiet(enabled: bool = True) -> Iterator[None]:
             _turn(switch, were_on.get(name, were_on["hub"]))
 
 
-_Switch = tuple[Callable[[], bool], Callable[[], None], Callable[[], None]]
+_Switch = tuple[Callable[[], bool], Callable[[], object], Callable[[], object]]
 
 
 def _library_bar_switches() -> dict[str, _Switch]:
