@@ -520,8 +520,8 @@ def _retrying(options: ImageOptions, stopping: threading.Event) -> tenacity.Retr
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type((_TransientHTTP, requests.ConnectionError, requests.Timeout)),
         wait=wait,
-        stop=tenacity.stop_after_attempt(options.max_attempts) | (lambda state: stopping.is_set()),
-        sleep=stopping.wait,
+        stop=tenacity.stop_after_attempt(options.max_attempts) | tenacity.stop_when_event_set(stopping),
+        sleep=tenacity.sleep_using_event(stopping),
         reraise=True,
     )
 

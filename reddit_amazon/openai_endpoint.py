@@ -359,7 +359,8 @@ def with_retries(call: Callable[[], T], max_attempts: int, initial_wait: float =
     instead of trying again (a call already sent runs to its timeout, unless its connection is cut: see
     :func:`stoppable_calls`).
     """
-    from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
+    from tenacity import retry, retry_if_exception, sleep, sleep_using_event, stop_after_attempt, \
+        wait_random_exponential
 
     backoff = wait_random_exponential(multiplier=initial_wait, max=max_wait)
 
@@ -373,7 +374,7 @@ def with_retries(call: Callable[[], T], max_attempts: int, initial_wait: float =
         return call()
 
     wrapped: Any = retry(retry=retry_if_exception(is_transient), stop=stop_after_attempt(max_attempts),
-                         wait=wait, sleep=cancel.wait if cancel is not None else time.sleep, reraise=True)(attempt)
+                         wait=wait, sleep=sleep if cancel is None else sleep_using_event(cancel), reraise=True)(attempt)
     return wrapped()
 
 
