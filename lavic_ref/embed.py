@@ -187,7 +187,9 @@ class ItemEmbeddings:
         """What the embeddings were made with (the vision adapter's hash; their values' hash without metadata)."""
         if self.metadata.get("adapter_hash"):
             return f"vision adapter {self.metadata['adapter_hash']}"
-        values = hashlib.sha256(self.matrix.detach().cpu().contiguous().view(torch.uint8).numpy())
+        # numpy's stubs give ndarray __buffer__ only for Python >= 3.12: on 3.11 mypy sees no Buffer here.
+        raw = self.matrix.detach().cpu().contiguous().view(torch.uint8).numpy()
+        values = hashlib.sha256(raw)  # type: ignore[arg-type]
         return f"values {values.hexdigest()[:16]}"
 
     def to(self, device: torch.device, dtype: torch.dtype) -> ItemEmbeddings:

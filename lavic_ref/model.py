@@ -131,7 +131,8 @@ def load_backbone(base: str = DEFAULT_BASE, *, device: str | None = None, dtype:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    model.to(target)
+    # transformers wraps PreTrainedModel.to in functools.wraps, whose typeshed type does not bind self.
+    model.to(target)  # type: ignore[arg-type]
     model.requires_grad_(False)
     return Backbone(model=model, processor=processor, device=target, dtype=dtype, base=str(base),
                     fingerprint=fingerprint)

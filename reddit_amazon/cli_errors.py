@@ -57,7 +57,9 @@ def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
     try:
         yield
     except click.ClickException as error:
-        error.message = redact_secrets(error.message)
+        # click types message Final, though only its __init__ sets it: replaced in place, the exception keeps its
+        # class and exit code (a UsageError's 2).
+        error.message = redact_secrets(error.message)  # type: ignore[misc]
         raise
     except kinds as error:
         notes = "".join(f" ({one_line(note)})" for note in getattr(error, "__notes__", ()))

@@ -61,7 +61,9 @@ class HFVisionLanguageRecommender:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         auto_model = AutoModelForCausalLM if self.text_only else AutoModelForImageTextToText
         try:
-            self.model = auto_model.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+            loaded = auto_model.from_pretrained(model, dtype=torch_dtype)
+            # transformers wraps PreTrainedModel.to in functools.wraps, whose typeshed type does not bind self.
+            self.model = loaded.to(self.device).eval()  # type: ignore[arg-type]
         except OSError as error:
             raise _load_error(model, error) from error
         self.image_token = getattr(self.processor, "image_token", "<image>")
