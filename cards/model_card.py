@@ -29,6 +29,11 @@ PLUGIN_FILE_OPTIONS = ("distill_adapter", "rec_adapter", "item_embeddings")
 BUNDLED_SAMPLE = "bundled sample"
 #: What the Use command's ``base=`` says for a base model that was a local checkpoint naming no Hub id.
 LOCAL_BASE = "path/to/llava-next"
+#: What the Use command says for a plugin file outside the card's folder (a reader has only that folder), and what
+#: the sentence under it calls that file.
+OUTSIDE_FILES = {"distill_adapter": ("<folder of the distill adapter>", "the distill adapter"),
+                 "rec_adapter": ("<folder of the rec adapter>", "the rec adapter"),
+                 "item_embeddings": ("<item embeddings file>", "the item embeddings")}
 #: The ``lavic`` plugin's default ``max_tokens`` (``lavic_ref.sequences.MAX_PROMPT_TOKENS``, not imported: torch).
 DEFAULT_PROMPT_TOKENS = 2048
 
@@ -59,6 +64,8 @@ def render_model_card(*, base_model: str | None, adapters: Mapping[str, Any], hy
     ``training`` may hold ``time_s`` (float), ``hardware`` (str), ``distill_time_s`` (the distill adapter's run:
     float, or None where it was not recorded), and any further measured entries;
     ``results`` are parsed ``results.json`` files of ``benchmark run`` (``ValueError`` for anything else).
+    ``adapters`` name files by a path relative to the card's folder where they lie in it (``best``), by an absolute
+    path where not: the card shows those by name only (see :func:`is_outside_folder`).
     """
     for index, result in enumerate(results):
         problem = results_problem(result)
@@ -75,7 +82,7 @@ def render_model_card(*, base_model: str | None, adapters: Mapping[str, Any], hy
     )
     sections = [
         _summary(base_model, base_fingerprint),
-        _key_values("## Adapters", adapters, "No adapter files were given."),
+        _adapters(adapters),
         _key_values("## Data and splits", _without_local_path(data), "The training data was not recorded."),
         _hyperparameters(hyperparameters),
         _training(training),
@@ -151,6 +158,28 @@ def _key_values(heading: str, mapping: Mapping[str, Any], absent: str) -> str:
     if not mapping:
         return f"{heading}\n\n{absent}"
     return f"{heading}\n\n" + table(["", "value"], [[inline_code(k), _value(v)] for k, v in flatten(mapping)])
+
+
+def is_outside_folder(path: Any) -> bool:
+    """Whether an adapter file's path names a file outside the card's folder: an absolute (or ``~``) path. A
+    published card names such a file only by :func:`file_name`: where it lay on the training machine
+    (``/home/<user>/...``) is nobody's business, and the path means nothing to whoever downloads the folder."""
+    return isinstance(path, str) and Path(path).expanduser().is_absolute()
+
+
+def file_name(path: str) -> str:
+    """The name a card gives a file outside its folder: its last path component, with the training output folder
+    for an adapter in its ``best/`` or ``last/`` (``distill/best``)."""
+    parts = Path(path).parts
+    return "/".join(parts[-2:]) if len(parts) > 1 and parts[-1] in ("best", "last") else Path(path).name
+
+
+def _adapters(adapters: Mapping[str, Any]) -> str:
+    if not adapters:
+        return "## Adapters\n\nNo adapter files were given."
+    rows = [[inline_code(key), f"{inline_code(file_name(value))}, not in this folder" if is_outside_folder(value)
+             else _value(value)] for key, value in flatten(adapters)]
+    return "## Adapters\n\n" + table(["", "value"], rows)
 
 
 def _hyperparameters(hyperparameters: Mapping[str, Any]) -> str:
@@ -288,7 +317,9 @@ def _paper_tables() -> str:
 def _usage(base_model: str | None, base_fingerprint: str | None, adapters: Mapping[str, Any],
            hyperparameters: Mapping[str, Any], data: Mapping[str, Any]) -> str:
     """``benchmark run`` of the adapter on the test split of the data and domains it was fine-tuned on."""
-    values = {"base": base_model or LOCAL_BASE, **{k: adapters[k] for k in PLUGIN_FILE_OPTIONS if adapters.get(k)}}
+    files = {k: adapters[k] for k in PLUGIN_FILE_OPTIONS if adapters.get(k)}
+    outside = {k: str(path) for k, path in files.items() if is_outside_folder(path)}
+    values = {"base": base_model or LOCAL_BASE, **files, **{k: OUTSIDE_FILES[k][0] for k in outside}}
     if hyperparameters.get("images") is False:  # a titles-only adapter (`finetune --no-images`): no item tokens
         values["images"] = False
     max_prompt_tokens = hyperparameters.get("max_prompt_tokens")
@@ -315,10 +346,23 @@ def _usage(base_model: str | None, base_fingerprint: str | None, adapters: Mappi
     return ("## Use\n\n" + code_block("\n".join(commands), "bash") + "\n\nThe `lavic` plugin is registered by the "
             "`reddit-amazon` package; `--candidates sbert` or `--candidates openai_large` selects the candidate set"
             + (f" (the adapter was trained {trained})." if trained else ".")
+            + _files_text(files, outside)
             + (f" {inline_code(f'--dataset {dataset}')} stands for the local folder it was trained on."
                if local_folder else "")
             + ("" if base_model else f" {inline_code(LOCAL_BASE)} stands for the local base checkpoint it was trained "
                f"on ({_weights_text(base_fingerprint)}); the plugin refuses an adapter on other base weights."))
+
+
+def _files_text(files: Mapping[str, Any], outside: Mapping[str, str]) -> str:
+    """What the Use command's file options need: to be run in the card's folder for the files in it, and the files
+    its placeholders stand for, each named as the training used it."""
+    text = " Run it in this folder: the files it names there are in it." if len(files) > len(outside) else ""
+    if outside:
+        text += " " + "; ".join(f"{inline_code(OUTSIDE_FILES[key][0])} stands for {OUTSIDE_FILES[key][1]} "
+                                f"({inline_code(file_name(path))} on the training machine)"
+                                for key, path in outside.items())
+        text += ": this file is not in this folder." if len(outside) == 1 else ": these files are not in this folder."
+    return text
 
 
 def _without_local_path(data: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -86,8 +86,25 @@ def _render(out_dir: Path, inputs: dict[str, Any], results: Sequence[Path]) -> P
 
     parsed = [_read_results(Path(result), out_dir) for result in results]
     readme = out_dir / "README.md"
-    write_atomic(readme, render_model_card(**_without_base_path(inputs), results=parsed).encode("utf-8"))
+    inputs = _without_base_path(inputs)
+    adapters = {key: _as_published(value, out_dir) for key, value in (inputs.get("adapters") or {}).items()}
+    write_atomic(readme, render_model_card(**{**inputs, "adapters": adapters}, results=parsed).encode("utf-8"))
     return readme
+
+
+def _as_published(path: Any, out_dir: Path) -> Any:
+    """A recorded file path as the published card takes it: relative to the card's folder where it lies in it, else
+    absolute (the card shows it by name only). A relative path (``model_card.json`` files from before recorded
+    paths as given) is taken from the working folder, and only as the card's own file where that file is there: it
+    was relative to the folder finetune ran in, maybe not this one."""
+    if not isinstance(path, str) or not path:
+        return path
+    recorded = Path(path).expanduser()
+    folder = out_dir.expanduser().resolve()
+    resolved = recorded.resolve()
+    if resolved.is_relative_to(folder) and (recorded.is_absolute() or resolved.exists()):
+        return resolved.relative_to(folder).as_posix()
+    return str(recorded.absolute())  # its name as recorded (not a symlink's target's)
 
 
 def _without_base_path(inputs: dict[str, Any]) -> dict[str, Any]:

@@ -399,8 +399,10 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
     distill = _distill_record(cache)
     card = write_model_card(config.output_dir, {
         "base_model": published_base(base), "base_fingerprint": backbone.fingerprint or None,
-        "adapters": {"distill_adapter": (cache.metadata.get("adapter") or None) if cache else None,
-                     "rec_adapter": str(result.best_dir), "item_embeddings": str(embeddings) if embeddings else None},
+        # Absolute: `lavic-ref card` may run in another folder, and must tell the card's own files from others.
+        "adapters": {"distill_adapter": _distill_adapter_path(cache),
+                     "rec_adapter": str(result.best_dir.absolute()),
+                     "item_embeddings": str(Path(embeddings).absolute()) if embeddings else None},
         "hyperparameters": {"lora": "r=8, alpha=32, dropout=0.1 on the LM attention and MLP projections",
                             "epochs": config.epochs, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
                             "learning_rate": config.learning_rate, "weight_decay": config.weight_decay,
@@ -451,6 +453,14 @@ def _embeddings_of_candidates(path: Path, instances: Sequence[RecommendationInst
         raise click.ClickException(f"{path} lacks {len(absent)} candidate item(s), e.g. {absent[0]}: "
                                    "run `lavic-ref embed` on the same dataset and domains")
     return cache
+
+
+def _distill_adapter_path(cache: ItemEmbeddings | None) -> str | None:
+    """The absolute path of the distill adapter the item embeddings were made with (as given to an `embed` run
+    before they recorded it)."""
+    if cache is None or not cache.metadata.get("adapter"):
+        return None
+    return cache.metadata.get("adapter_path") or str(Path(cache.metadata["adapter"]).absolute())
 
 
 @dataclass(frozen=True)

@@ -358,3 +358,29 @@ def test_results_on_a_local_dataset_name_its_folder_not_its_path():
     assert "/home/someone" not in text
     assert "### lavic on my-build (a local folder) (test, candidates `sbert`)" in text
     assert "### lavic on org/reddit-amazon (test," in render([result("sbert", {"beauty": 0.1})])
+
+
+def test_the_published_card_names_files_outside_its_folder_by_placeholders_and_its_own_relative_to_it():
+    """The Adapters table and the Use command showed where the adapters and item embeddings lay on the training
+    machine (`/home/alice/...`): a leak in a published card, and a command nobody who downloaded the folder can run.
+    Files in the card's folder are named relative to it; others by a placeholder and, in a sentence, their name."""
+    import shlex
+
+    from benchmark.registry import parse_model_args
+
+    embeddings = "item_embeddings-9ced1b61-68c575d654aa4c79.safetensors"
+    card = render([], adapters={"distill_adapter": "/home/alice/runs/distill/best", "rec_adapter": "best",
+                                "item_embeddings": f"~/runs/emb/{embeddings}"})
+    assert "/home/alice" not in card and "~/runs" not in card
+    usage = card.split("## Use", 1)[1]
+    argv = shlex.split(next(line for line in usage.splitlines() if line.startswith("benchmark run")))
+    model_args = parse_model_args(argv[argv.index("--model-args") + 1])
+    assert (model_args["distill_adapter"], model_args["rec_adapter"], model_args["item_embeddings"]) == (
+        "<folder of the distill adapter>", "best", "<item embeddings file>")
+    assert (" Run it in this folder: the files it names there are in it. `<folder of the distill adapter>` stands "
+            "for the distill adapter (`distill/best` on the training machine); `<item embeddings file>` stands for "
+            f"the item embeddings (`{embeddings}` on the training machine): these files are not in this folder."
+            ) in " ".join(usage.split())
+    adapters = {row[""]: row["value"] for row in markdown_table_after(card, "## Adapters", "")}
+    assert adapters == {"`rec_adapter`": "`best`", "`distill_adapter`": "`distill/best`, not in this folder",
+                        "`item_embeddings`": f"`{embeddings}`, not in this folder"}

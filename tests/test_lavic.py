@@ -312,6 +312,49 @@ def test_card_command_names_the_file_it_cannot_read(tmp_path):
     assert readme.read_text() == before
 
 
+def test_the_written_card_names_no_path_of_the_training_machine_and_re_renders(tmp_path, monkeypatch):
+    """README.md is published with the adapter: it showed `rec_adapter=/home/alice/runs/rec/best` and the absolute
+    paths of the distill adapter and item embeddings. Its own adapter is named relative to it, the rest by
+    placeholders; `lavic-ref card` re-renders it so from model_card.json, which keeps the recorded paths."""
+    from lavic_ref.card import write_model_card
+    from lavic_ref.cli import cli
+
+    out = tmp_path / "runs" / "rec"
+    (out / "best").mkdir(parents=True)
+    embeddings = "item_embeddings-9ced1b61-68c575d654aa4c79.safetensors"
+    inputs = {"base_model": None, "base_fingerprint": "0123abcd",
+              "adapters": {"distill_adapter": str(tmp_path / "runs" / "distill" / "best"),
+                           "rec_adapter": str(out / "best"), "item_embeddings": str(tmp_path / "emb" / embeddings)},
+              "hyperparameters": {}, "data": {"dataset": str(tmp_path / "data" / "my-build")}, "training": {}}
+    card = write_model_card(out, inputs).read_text()
+    recorded = (out / "model_card.json").read_text()
+    assert str(tmp_path) not in card
+    use = next(line for line in card.split("## Use", 1)[1].splitlines() if line.startswith("benchmark run"))
+    assert ",distill_adapter=<folder of the distill adapter>,rec_adapter=best,item_embeddings=<item embeddings " \
+           "file>' " in use
+    assert f"`{embeddings}` on the training machine" in card and "`distill/best` on the training machine" in card
+    monkeypatch.chdir(out)
+    _invoke(cli, ["card", "."])
+    assert (out / "README.md").read_text() == card and (out / "model_card.json").read_text() == recorded
+
+
+def test_a_finetune_into_a_relative_out_folder_names_its_adapter_in_a_card_rendered_anywhere(tiny_base, tmp_path,
+                                                                                            monkeypatch):
+    """model_card.json recorded `--out runs/rec` as given: relative to a folder it does not record, so `lavic-ref
+    card` run from elsewhere could not tell that the adapter lies in the card's folder."""
+    from lavic_ref.cli import cli
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    _invoke(cli, ["finetune", "--base", tiny_base, "--device", DEVICE, "--domain", "home", "--no-images",
+                  "--out", "runs/rec", "--max-steps", "1", "--quiet"])
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    _invoke(cli, ["card", tmp_path / "runs" / "rec"])
+    card = (tmp_path / "runs" / "rec" / "README.md").read_text()
+    assert str(tmp_path) not in card and "| `rec_adapter` | `best` |" in card
+    assert ",rec_adapter=best,images=false " in card
+
+
 def test_the_card_reports_distill_settings_only_of_the_adapter_the_embeddings_were_made_with(tmp_path):
     """A distill rerun into the same folder replaces the adapter the embeddings were made with: its settings (a full
     run's) must not pass for those of the embeddings' adapter (a smoke run's)."""
@@ -655,7 +698,10 @@ def test_describe_distill_embed_finetune_then_benchmark_run(tiny_base, tmp_path)
 
     # The model card beside the adapters: measured training facts, then the run's results once given.
     card = (tmp_path / "rec" / "README.md").read_text()
-    assert f"distill_adapter={tmp_path / 'distill' / 'best'}" in card
+    # Published with the adapter: no path of this machine; its own adapter relative to it, the others by name.
+    assert str(tmp_path) not in card
+    assert ",distill_adapter=<folder of the distill adapter>,rec_adapter=best,item_embeddings=<item embeddings " \
+           "file>' " in card and "(`distill/best` on the training machine)" in card and f"(`{path.name}` on" in card
     inputs = json.loads((tmp_path / "rec" / "model_card.json").read_text())
     assert inputs["training"]["hardware"] in card and str(inputs["data"]["train_examples"]) in card
     # Stage 1 was a 2-step smoke run: the card says so, as it does for stage 2, from the distill adapter's record.
