@@ -478,6 +478,7 @@ def _distill_record(cache: Any) -> DistillRecord:
     it, and its settings would then pass for those of the embeddings' adapter)."""
     import json
 
+    from cards.model_card import file_name, is_outside_folder
     from lavic_ref.model import BASE_FILE, adapter_fingerprint
 
     adapter = (cache.metadata.get("adapter") or None) if cache is not None else None
@@ -485,8 +486,10 @@ def _distill_record(cache: Any) -> DistillRecord:
         return DistillRecord({"recorded": "no distill adapter (embeddings from the base vision tower)"}, {})
     not_recorded = {"distill_time_s": None}
     folder = Path(cache.metadata.get("adapter_path") or adapter)  # embeddings from before adapter_path: as given
+    # The published card shows these lines: an absolute path (where it lay on this machine) by its name only.
+    shown = f"the distill adapter {file_name(adapter) if is_outside_folder(adapter) else adapter}"
     if not folder.is_dir():
-        return DistillRecord({"recorded": f"unknown: the distill adapter {adapter} is not there"
+        return DistillRecord({"recorded": f"unknown: {shown} is not there"
                                           + ("" if folder.is_absolute() else
                                              " (a path relative to the folder `lavic-ref embed` ran in: run "
                                              "finetune there)")}, not_recorded)
@@ -495,11 +498,11 @@ def _distill_record(cache: Any) -> DistillRecord:
     except (OSError, ValueError, KeyError, TypeError):
         trained = None
     if not isinstance(trained, dict):
-        return DistillRecord({"recorded": f"no: {adapter} has no record of them (no {BASE_FILE} with its training "
+        return DistillRecord({"recorded": f"no: {shown} has no record of them (no {BASE_FILE} with its training "
                                           "settings)"}, not_recorded)
     recorded = cache.metadata.get("adapter_hash")
     if recorded and adapter_fingerprint(folder) != recorded:
-        return DistillRecord({"recorded": f"no: {adapter} has changed since the item embeddings were made with it"},
+        return DistillRecord({"recorded": f"no: {shown} has changed since the item embeddings were made with it"},
                              not_recorded)
     keys = ["batch_size", "grad_accum", "learning_rate", "weight_decay", "max_grad_norm", "max_steps", "seed",
             "domains"]

@@ -372,8 +372,15 @@ def test_the_card_reports_distill_settings_only_of_the_adapter_the_embeddings_we
     cache = ItemEmbeddings({}, {"adapter": str(adapter), "adapter_hash": adapter_fingerprint(adapter)})
     assert _distill_record(cache).settings == {"batch_size": 4, "max_steps": 2}
     trained(None, b"full run")  # distill --no-resume into the same --out; embed not rerun
+    # The card shows it (`distill.recorded`) and is published: the adapter by name, not where it lay (tmp_path).
     assert _distill_record(cache).settings == {
-        "recorded": f"no: {adapter} has changed since the item embeddings were made with it"}
+        "recorded": "no: the distill adapter distill/best has changed since the item embeddings were made with it"}
+    (adapter / BASE_FILE).unlink()
+    assert _distill_record(cache).settings == {
+        "recorded": f"no: the distill adapter distill/best has no record of them (no {BASE_FILE} with its training "
+                    "settings)"}
+    cache.metadata["adapter"] = str(tmp_path / "moved" / "best")
+    assert _distill_record(cache).settings == {"recorded": "unknown: the distill adapter moved/best is not there"}
 
 
 def test_the_card_finds_a_distill_adapter_given_to_embed_as_a_relative_path_from_another_folder(tmp_path,
@@ -404,7 +411,8 @@ def test_the_card_finds_a_distill_adapter_given_to_embed_as_a_relative_path_from
     assert _distill_record(cache).settings == {"batch_size": 4, "max_steps": 2}
     (adapter / BASE_FILE).unlink()
     assert _distill_record(cache).settings == {
-        "recorded": f"no: distill/best has no record of them (no {BASE_FILE} with its training settings)"}
+        "recorded": f"no: the distill adapter distill/best has no record of them (no {BASE_FILE} with its training "
+                    "settings)"}
 
 
 def test_the_card_takes_the_distill_time_from_the_checkpoint_of_the_adapters_own_run(tmp_path):
