@@ -18,6 +18,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from cards.datasheet import (SAMPLE_NOTE, build_options, is_sample, is_secret_option, is_withheld, measure_texts,
                              render_datasheet)
+from cards.local_paths import holds_local_path, shown_command, shown_value
 from cards.markdown import code_block, inline_code, prose, table
 from cards.paper import PAPER_DOI, PAPER_TABLE_1, PAPER_TITLE
 from cards.statistics import DatasetStatistics, DomainStatistics, compute_statistics, data_files_from_card_data
@@ -269,7 +270,7 @@ def _build(manifest: Mapping[str, Any]) -> str:
     build = manifest.get("build")
     if build:
         command = str(build.get("command", ""))
-        parts += ["Command:", code_block(command, "bash")]
+        parts += ["Command:", code_block(shown_command(command), "bash")]
         if "<redacted>" in command:
             parts.append("`<redacted>` stands for a secret the build did not record (such as the salt): give "
                          "your own value to run the command again; with another salt the pseudonyms differ.")
@@ -283,9 +284,14 @@ def _build(manifest: Mapping[str, Any]) -> str:
                       table(["option", "value"], [[inline_code(k), _option_value(k, v)] for k, v in sorted(options)])]
         inputs = build.get("inputs") or []
         parts += ["Inputs:", table(["path", "bytes", "sha256"],
-                                   [[inline_code(i["path"]), _recorded(i.get("bytes")), _recorded(i.get("sha256"))]
-                                    for i in inputs], numeric=[False, True, False])
+                                   [[inline_code(shown_value(i["path"])), _recorded(i.get("bytes")),
+                                     _recorded(i.get("sha256"))] for i in inputs], numeric=[False, True, False])
                   if inputs else "The build recorded no input files."]
+        if (shown_command(command) != command or any(holds_local_path(v) for _, v in options)
+                or any(holds_local_path(i.get("path")) for i in inputs)):
+            parts.append("An absolute path of the build machine is shown by its last component (where the files "
+                         "lay there is nobody's business): give your own paths to run the command again; the "
+                         "inputs' sha256 say which files they were.")
         versions = build.get("package_versions") or {}
         if versions:
             parts += ["Package versions:", table(["package", "version"],
@@ -347,6 +353,7 @@ def _option_value(name: str, value: Any) -> str:
         return "(not shown)" if not is_withheld(value) else "(not recorded)"
     if value is None:
         return "not set"
+    value = shown_value(value)
     return inline_code(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
 
 

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cards.local_paths import shown_value
 from cards.markdown import flatten, inline_code, prose
 from cards.statistics import DataFiles, DatasetStatistics, shard_paths
 from cards.template import fill_template
@@ -252,7 +253,7 @@ def _collection(manifest: Mapping[str, Any]) -> str:
 def _relevance(options: Mapping[str, Any]) -> str:
     if options.get("no_filter"):
         return "The LLM relevance filter was skipped (`no_filter`), so every linked conversation was kept."
-    model = f" ({inline_code(options['llm_model'])})" if options.get("llm_model") else ""
+    model = f" ({inline_code(shown_value(options['llm_model']))})" if options.get("llm_model") else ""
     return (f"An LLM{model} asked with the paper's Table 9 prompt kept the conversations whose last comment "
             "recommends items.")
 

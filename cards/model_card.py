@@ -15,6 +15,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from cards.local_paths import is_local_path, path_name
 from cards.markdown import code_block, duration, flatten, inline_code, prose, table
 from cards.paper import PAPER_DOI, PAPER_RESULTS, PAPER_TITLE, TABLE_CANDIDATES, paper_lavic
 from cards.template import read_template
@@ -65,7 +66,7 @@ def render_model_card(*, base_model: str | None, adapters: Mapping[str, Any], hy
     float, or None where it was not recorded), and any further measured entries;
     ``results`` are parsed ``results.json`` files of ``benchmark run`` (``ValueError`` for anything else).
     ``adapters`` name files by a path relative to the card's folder where they lie in it (``best``), by an absolute
-    path where not: the card shows those by name only (see :func:`is_outside_folder`).
+    path where not: the card shows those by name only (see :func:`cards.local_paths.path_name`).
     """
     for index, result in enumerate(results):
         problem = results_problem(result)
@@ -160,24 +161,10 @@ def _key_values(heading: str, mapping: Mapping[str, Any], absent: str) -> str:
     return f"{heading}\n\n" + table(["", "value"], [[inline_code(k), _value(v)] for k, v in flatten(mapping)])
 
 
-def is_outside_folder(path: Any) -> bool:
-    """Whether an adapter file's path names a file outside the card's folder: an absolute (or ``~``) path. A
-    published card names such a file only by :func:`file_name`: where it lay on the training machine
-    (``/home/<user>/...``) is nobody's business, and the path means nothing to whoever downloads the folder."""
-    return isinstance(path, str) and Path(path).expanduser().is_absolute()
-
-
-def file_name(path: str) -> str:
-    """The name a card gives a file outside its folder: its last path component, with the training output folder
-    for an adapter in its ``best/`` or ``last/`` (``distill/best``)."""
-    parts = Path(path).parts
-    return "/".join(parts[-2:]) if len(parts) > 1 and parts[-1] in ("best", "last") else Path(path).name
-
-
 def _adapters(adapters: Mapping[str, Any]) -> str:
     if not adapters:
         return "## Adapters\n\nNo adapter files were given."
-    rows = [[inline_code(key), f"{inline_code(file_name(value))}, not in this folder" if is_outside_folder(value)
+    rows = [[inline_code(key), f"{inline_code(path_name(value))}, not in this folder" if is_local_path(value)
              else _value(value)] for key, value in flatten(adapters)]
     return "## Adapters\n\n" + table(["", "value"], rows)
 
@@ -318,7 +305,7 @@ def _usage(base_model: str | None, base_fingerprint: str | None, adapters: Mappi
            hyperparameters: Mapping[str, Any], data: Mapping[str, Any]) -> str:
     """``benchmark run`` of the adapter on the test split of the data and domains it was fine-tuned on."""
     files = {k: adapters[k] for k in PLUGIN_FILE_OPTIONS if adapters.get(k)}
-    outside = {k: str(path) for k, path in files.items() if is_outside_folder(path)}
+    outside = {k: str(path) for k, path in files.items() if is_local_path(path)}
     values = {"base": base_model or LOCAL_BASE, **files, **{k: OUTSIDE_FILES[k][0] for k in outside}}
     if hyperparameters.get("images") is False:  # a titles-only adapter (`finetune --no-images`): no item tokens
         values["images"] = False
@@ -359,7 +346,7 @@ def _files_text(files: Mapping[str, Any], outside: Mapping[str, str]) -> str:
     text = " Run it in this folder: the files it names there are in it." if len(files) > len(outside) else ""
     if outside:
         text += " " + "; ".join(f"{inline_code(OUTSIDE_FILES[key][0])} stands for {OUTSIDE_FILES[key][1]} "
-                                f"({inline_code(file_name(path))} on the training machine)"
+                                f"({inline_code(path_name(path))} on the training machine)"
                                 for key, path in outside.items())
         text += ": this file is not in this folder." if len(outside) == 1 else ": these files are not in this folder."
     return text

@@ -478,7 +478,7 @@ def _distill_record(cache: Any) -> DistillRecord:
     it, and its settings would then pass for those of the embeddings' adapter)."""
     import json
 
-    from cards.model_card import file_name, is_outside_folder
+    from cards.local_paths import is_local_path, path_name
     from lavic_ref.model import BASE_FILE, adapter_fingerprint
 
     adapter = (cache.metadata.get("adapter") or None) if cache is not None else None
@@ -487,7 +487,7 @@ def _distill_record(cache: Any) -> DistillRecord:
     not_recorded = {"distill_time_s": None}
     folder = Path(cache.metadata.get("adapter_path") or adapter)  # embeddings from before adapter_path: as given
     # The published card shows these lines: an absolute path (where it lay on this machine) by its name only.
-    shown = f"the distill adapter {file_name(adapter) if is_outside_folder(adapter) else adapter}"
+    shown = f"the distill adapter {path_name(adapter) if is_local_path(adapter) else adapter}"
     if not folder.is_dir():
         return DistillRecord({"recorded": f"unknown: {shown} is not there"
                                           + ("" if folder.is_absolute() else

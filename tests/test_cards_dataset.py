@@ -774,3 +774,37 @@ def test_the_size_category_is_the_hubs_label_for_the_record_count(records, categ
     data = card_data(manifest, data_files, conversation_features([]))
     assert data.size_categories == [category]
     assert category in DatasetCardData.__doc__
+
+
+def test_the_card_shows_absolute_paths_of_the_build_machine_by_their_name(tmp_path):
+    """The build records paths as given: an absolute one (`--inputs /home/alice/dumps`, `--out`, `--workdir`, the
+    input files) reached the card's command, options and inputs table, published with the dataset."""
+    import shlex
+
+    home = tmp_path / "home" / "alice"
+    build = {**BUILD,
+             "command": shlex.join(["reddit-amazon", "build", "--inputs", f"{home}/dumps", "--meta", "meta/",
+                                    "--reviews", "hub:McAuley-Lab/Amazon-Reviews-2023:raw_review_All_Beauty",
+                                    "--out", f"{home}/ra v2", "--workdir", f"{home}/ra v2.work", "--seed", "7"]),
+             "options": {**BUILD["options"], "inputs": [f"{home}/dumps"], "meta": ["meta/"], "out": f"{home}/ra v2",
+                         "workdir": f"{home}/ra v2.work", "llm_cache": "~/cache/answers.sqlite",
+                         "llm_model": f"{home}/models/qwen"},  # a model served from a local folder
+             "inputs": [{"path": f"{home}/dumps/RC_2023-01.zst", "bytes": 123456, "sha256": "ab" * 32},
+                        {"path": "meta/meta_All_Beauty.jsonl", "bytes": 789, "sha256": "cd" * 32}]}
+    folder = tmp_path / "absolute"
+    write_dataset(folder, controlled_contents({"build": build}))
+    result = CliRunner().invoke(cli, ["card", str(folder)])
+    assert result.exit_code == 0, result.output
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert str(tmp_path) not in card and "~/cache" not in card
+    command = card.split("Command:", 1)[1].split("```bash\n", 1)[1].split("\n", 1)[0]
+    assert shlex.split(command) == ["reddit-amazon", "build", "--inputs", "dumps", "--meta", "meta/", "--reviews",
+                                    "hub:McAuley-Lab/Amazon-Reviews-2023:raw_review_All_Beauty", "--out", "ra v2",
+                                    "--workdir", "ra v2.work", "--seed", "7"]
+    options = {row["option"]: row["value"] for row in markdown_table_after(card, "Options", "option")}
+    assert (options["`inputs`"], options["`meta`"], options["`out`"], options["`llm_cache`"]) == (
+        '`["dumps"]`', '`["meta/"]`', "`ra v2`", "`answers.sqlite`")
+    inputs = [row["path"] for row in markdown_table_after(card, "Inputs:", "path")]
+    assert inputs == ["`RC_2023-01.zst`", "`meta/meta_All_Beauty.jsonl`"]
+    assert "An LLM (`qwen`) asked with the paper's Table 9 prompt" in card
+    assert "An absolute path of the build machine is shown by its last component" in card
