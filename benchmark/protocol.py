@@ -20,7 +20,6 @@ descriptions only) is empty: ``""``, ``()`` or ``{}``. One candidate object stan
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
@@ -109,7 +108,9 @@ class Candidate:
         """The main image as a file (content-addressed under ``$REDDIT_AMAZON_IMAGE_DIR`` or the temp dir)."""
         if self.image_bytes is None:
             return None
-        digest = hashlib.sha256(self.image_bytes).hexdigest()[:32]
+        from reddit_amazon.images import image_digest
+
+        digest = image_digest(self.image_bytes)
         # The id comes from the dataset (maybe someone else's): no "/", "..", NUL or newline may reach the path.
         name = re.sub(r"[^A-Za-z0-9_-]", "_", self.item_id)[:64]
         path = _image_dir() / f"{name}-{digest}{_image_suffix(self.image_bytes)}"

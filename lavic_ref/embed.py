@@ -29,6 +29,7 @@ from lavic_ref.model import SUBIMAGES_PER_ITEM, Backbone, adapter_fingerprint, c
     same_base_name, subimage_pixels
 from lavic_ref.prompts import ITEM_TOKENS
 from reddit_amazon.files import atomic_path, folder_lock, naming_write_failure
+from reddit_amazon.images import image_digest
 from reddit_amazon.progress import bar_options, log_line
 
 if TYPE_CHECKING:
@@ -119,9 +120,9 @@ def settings_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def image_digest(image: bytes | None) -> str:
-    """The image's bytes hashed ("none" without an image: a blank one is embedded)."""
-    return hashlib.sha256(image).hexdigest()[:32] if image else "none"
+def image_source(image: bytes | None) -> str:
+    """The image's digest ("none" without an image: a blank one is embedded)."""
+    return image_digest(image) if image else "none"
 
 
 @dataclass
@@ -139,7 +140,7 @@ class ItemSources:
     @classmethod
     def of(cls, pairs: Sequence[tuple[str, bytes | None]], settings: dict[str, Any]) -> ItemSources:
         key = settings_key(settings)
-        return cls({item_id: f"{key}/{image_digest(image)}" for item_id, image in pairs}, {key: settings})
+        return cls({item_id: f"{key}/{image_source(image)}" for item_id, image in pairs}, {key: settings})
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> ItemSources | None:

@@ -13,6 +13,7 @@ that is not at a public address is refused (``private_host``; :mod:`reddit_amazo
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -137,6 +138,12 @@ def _on_white(image: Any) -> Any:
         background.paste(image, mask=image.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def image_digest(data: bytes) -> str:
+    """An image's content hash (sha256, 32 hex digits): the one that names ``benchmark``'s image files and keys
+    ``lavic-ref``'s embedding reuse, so both agree on when an image is the same. Changing it orphans cached files."""
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def rgb_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:

@@ -794,3 +794,15 @@ def test_a_next_fetch_removes_what_a_killed_write_left_and_keeps_a_concurrent_wr
     after = sorted(path.name for path in folder.iterdir())
     assert sorted([*after, left.name]) == sorted([*before, "B000000002.jpg"])
     assert socket.gethostname() in left.name and other_host.exists() and os.path.getsize(store.path("B000000002"))
+
+
+def test_the_image_digest_is_pinned_and_names_benchmark_image_files(monkeypatch, tmp_path):
+    """The digest names benchmark's image files and keys lavic-ref's embedding reuse (see test_lavic.py): a change
+    to it orphans every cached file, and were it computed twice the two could silently disagree."""
+    from benchmark.protocol import Candidate
+    from reddit_amazon.images import image_digest
+
+    data = b"\xff\xd8\xff fake jpeg"
+    assert image_digest(data) == "9a44b46ca3566ef3e0573cfc90389f28"
+    monkeypatch.setenv("REDDIT_AMAZON_IMAGE_DIR", str(tmp_path))
+    assert Candidate(item_id="B1", title="t", image_bytes=data).image_path.name == f"B1-{image_digest(data)}.jpg"

@@ -1913,6 +1913,18 @@ def _file_tensors(path) -> dict:
     return load_file(str(path))
 
 
+def test_embedding_reuse_is_keyed_by_the_image_digest_that_names_benchmark_image_files():
+    """One image digest for both (pinned in test_images.py): were lavic-ref's computed apart from benchmark's, an
+    embedding file and the harness's image files could silently disagree on whether an image is the same."""
+    from lavic_ref.embed import ItemSources
+    from reddit_amazon.images import image_digest
+
+    sources = ItemSources.of([("B1", b"\xff\xd8\xff fake jpeg"), ("B2", None), ("B3", b"")], {"recipe": 1})
+    assert [source.split("/")[1] for source in sources.items.values()] == ["9a44b46ca3566ef3e0573cfc90389f28",
+                                                                           "none", "none"]
+    assert sources.items["B1"].endswith(image_digest(b"\xff\xd8\xff fake jpeg"))
+
+
 def test_an_embed_reuses_the_items_the_file_holds_and_embeds_only_new_or_changed_ones(tiny_base, tmp_path,
                                                                                       monkeypatch, capsys):
     """Running embed again on a file that held the items embedded every item again (a 7B vision tower over the
