@@ -22,12 +22,20 @@ LAVIC_TARGET = "lavic_ref.recommender:LavicRecommender"
 
 
 def hardware_name(device: Any) -> str:
+    """What the model card names as the training hardware: the CUDA device's name, the machine's processor for the
+    CPU, else the device type on that machine (``mps`` is Apple's GPU, not its CPU); each with torch's version.
+    (``benchmark.runner.cuda_device_name`` is another thing: results.json's ``device_name``, None but for CUDA.)"""
     import torch
 
     device = torch.device(device)
+    machine = platform.processor() or platform.machine()
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
-    return f"{platform.processor() or platform.machine()} CPU (torch {torch.__version__})"
+        hardware = torch.cuda.get_device_name(device)
+    elif device.type == "cpu":
+        hardware = f"{machine} CPU"
+    else:
+        hardware = f"{device.type} device on {machine}"
+    return f"{hardware} (torch {torch.__version__})"
 
 
 def published_base(base: str | None) -> str | None:

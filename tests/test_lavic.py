@@ -1574,6 +1574,25 @@ def test_the_model_card_of_a_max_steps_run_says_how_much_data_it_trained_on(tiny
     assert "| `train_examples_used_per_epoch` | 1 |" in card
 
 
+def test_the_model_card_names_the_hardware_the_model_trained_on(monkeypatch):
+    """Training on Apple's GPU (``--device mps``) put "arm CPU" in the model card: every device but CUDA was named
+    as the machine's CPU. benchmark's results.json device_name (CUDA only, else None) is left as it is."""
+    import platform
+
+    from benchmark.runner import cuda_device_name
+    from lavic_ref.card import hardware_name
+
+    monkeypatch.setattr(platform, "processor", lambda: "arm")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"Test GPU {device.index}")
+    torch_version = f"(torch {torch.__version__})"
+    assert {device: hardware_name(device) for device in ("cpu", "cuda", "cuda:1", "mps")} == {
+        "cpu": f"arm CPU {torch_version}", "cuda": f"Test GPU None {torch_version}",
+        "cuda:1": f"Test GPU 1 {torch_version}", "mps": f"mps device on arm {torch_version}"}
+    assert {device: cuda_device_name(device) for device in ("cpu", "cuda", "cuda:1", "mps")} == {
+        "cpu": None, "cuda": "Test GPU None", "cuda:1": "Test GPU 1", "mps": None}
+
+
 def test_the_model_card_names_a_local_base_by_a_hub_id_it_records_or_by_its_weights_never_its_path(tiny_base, tmp_path):
     """`base_model` was `--base` as given: a local folder's absolute path, in the published card (YAML, text, Use
     command) and model_card.json. A Hub id stays; a local checkpoint gives the Hub id it records, else none."""
