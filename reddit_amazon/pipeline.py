@@ -158,7 +158,13 @@ def _file_key(path: Path) -> str:
 
 
 def _temporary(path: Path) -> Path:
-    """The hidden sibling a file or folder is written under before it is renamed into place."""
+    """The hidden sibling a file or folder is written under before it is renamed into place.
+
+    A fixed name, not :func:`reddit_amazon.files.atomic_path`'s host-and-pid one, on purpose. Each name has one
+    writer at a time (the stage holds the workdir's lock; a dump file, a bucket, is one datatrove task's), and a task
+    killed mid-write (kill -9, a preempted slurm job) is run again under the same name, on whichever host, which
+    overwrites what it left. ``files.remove_abandoned_temp_files`` keeps what another host's process left (it cannot
+    tell whether that process still runs), so host-and-pid names left by killed tasks on cluster nodes would stay."""
     return path.with_name(f".{path.name}.tmp")
 
 
