@@ -46,7 +46,7 @@ from benchmark.runner import (
     provenance,
     recorded_args,
 )
-from reddit_amazon.files import write_atomic
+from reddit_amazon.files import write_atomic, write_jsonl_atomic
 from reddit_amazon.progress import bar_options, quiet
 
 CANDIDATES_FILE = "candidates.jsonl"
@@ -118,7 +118,7 @@ def _retrieve(config: RetrieveConfig, out: Path, progress: bool, overwrite: bool
     if overwrite:
         for name in (RUN_FILE, PREDICTIONS_FILE):
             (out / name).unlink(missing_ok=True)
-    write_atomic(out / CANDIDATES_FILE, b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    write_jsonl_atomic(out / CANDIDATES_FILE, rows)
     results = {
         "format": RESULTS_FORMAT,
         "kind": "retrieval",

@@ -50,7 +50,7 @@ from benchmark.metrics import (
     summarize_by_domain,
 )
 from benchmark.protocol import DEFAULT_BATCH_SIZE, RankingRecommender, Recommender
-from reddit_amazon.files import folder_lock, open_named, write_atomic
+from reddit_amazon.files import folder_lock, open_named, write_atomic, write_jsonl_atomic
 from reddit_amazon.progress import bar_options, quiet
 
 RUN_FILE = "run.json"
@@ -271,7 +271,7 @@ def _score(records: Sequence[Record], predictions: dict[tuple[str, str], dict[st
         outcome = _score_row(row, record)
         rows.append(row)
         outcomes.append(outcome)
-    _write_jsonl(path, rows)
+    write_jsonl_atomic(path, rows)
     metrics = summarize_by_domain([r.example.domain for r in records], outcomes, config.bootstrap_samples,
                                   config.seed)
     return outcomes, metrics
@@ -516,10 +516,6 @@ def _counts(records: Sequence[Record], outcomes: Sequence[Outcome], domains: Seq
             entry["hits"] += outcome.hits
             entry["valid"] += int(outcome.valid)
     return counts
-
-
-def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    write_atomic(path, b"".join(orjson.dumps(row) + b"\n" for row in rows))
 
 
 def code_entry(resolved: registry.ResolvedModel | None) -> dict[str, Any] | None:

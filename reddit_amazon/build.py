@@ -34,7 +34,8 @@ import orjson
 from rich.markup import escape
 
 from reddit_amazon import DATASET_VERSION
-from reddit_amazon.files import STAGE_STAMP, file_sha256, folder_lock, open_atomic, printable_path, write_atomic
+from reddit_amazon.files import (STAGE_STAMP, file_sha256, folder_lock, printable_path, write_atomic,
+                                 write_jsonl_atomic)
 from reddit_amazon.cli_errors import user_errors
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 
@@ -162,14 +163,8 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    with open_atomic(path) as out:  # streamed: the file is never held in memory whole
-        for row in rows:
-            out.write(orjson.dumps(row) + b"\n")
-
-
 def _read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(file:line, row)`` for each line of a JSONL file written by :func:`_write_rows`."""
+    """``(file:line, row)`` for each line of a JSONL file written by :func:`~reddit_amazon.files.write_jsonl_atomic`."""
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
             if line.strip():
@@ -389,9 +384,9 @@ def catalog_stage(options: BuildOptions, upstream: StageResult, console) -> Stag
         }
         funnel = [{"stage": "catalog: join with Amazon Reviews 2023", "kept": len(joined.conversations),
                    "dropped": dict(sorted(joined.dropped.items()))}]
-        _write_rows(folder / "conversations.jsonl", (c.to_row() for c in joined.conversations))
-        _write_rows(folder / "items.jsonl", (i.to_row() for i in sorted(joined.items.values(),
-                                                                         key=lambda i: i.item_id)))
+        write_jsonl_atomic(folder / "conversations.jsonl", (c.to_row() for c in joined.conversations))
+        write_jsonl_atomic(folder / "items.jsonl", (i.to_row() for i in sorted(joined.items.values(),
+                                                                               key=lambda i: i.item_id)))
         _write_json(folder / "report.json", {"report": report, "funnel": funnel})
         _write_json(folder / STAGE_STAMP, {"key": key})
         del loaded, joined  # the raw metadata rows (~3 KB each): freed before the items are read back
@@ -488,7 +483,7 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
                   "labels": dict(sorted(result.counts.items())), "calls_made": result.calls_made,
                   "http_requests_sent": result.http_requests_sent,
                   "parameter_changes": result.parameter_changes}
-        _write_rows(folder / "conversations.jsonl", (c.to_row() for c in result.kept))
+        write_jsonl_atomic(folder / "conversations.jsonl", (c.to_row() for c in result.kept))
         del result
         upstream.release()
         _write_json(folder / "report.json", {"report": report, "funnel": funnel})

@@ -15,10 +15,10 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 
 #: A finished stage's record in its folder (``{"key": ...}``): the build reuses the stage's outputs only while
@@ -61,6 +61,16 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     to :func:`new_file_mode`)."""
     with open_atomic(path, mode) as out:
         out.write(data)
+
+
+def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """``rows`` as JSON Lines (each compact ``orjson`` text and ``\\n``) at ``path``, through :func:`open_atomic`:
+    streamed (the file is never held in memory whole), and a row that cannot be written leaves ``path`` as it was."""
+    import orjson
+
+    with open_atomic(path) as out:
+        for row in rows:
+            out.write(orjson.dumps(row) + b"\n")
 
 
 @contextmanager

@@ -695,6 +695,20 @@ def test_atomic_writes_follow_symlinks_and_write_into_pipes(tmp_path):
     assert got == [b"<html>"] and stat.S_ISFIFO(pipe.lstat().st_mode)
 
 
+def test_the_one_jsonl_writer_writes_compact_lines_or_leaves_the_file_as_it_was(tmp_path):
+    """The build's stage files, predictions.jsonl and candidates.jsonl are written by this one function (they had
+    two copies): the bytes are pinned, as readers and the stages' resume compare them."""
+    from reddit_amazon.files import write_jsonl_atomic
+
+    target = tmp_path / "rows.jsonl"
+    write_jsonl_atomic(target, ({"id": i, "text": "café"} for i in range(2)))  # any iterable, a generator too
+    assert target.read_bytes() == b'{"id":0,"text":"caf\xc3\xa9"}\n{"id":1,"text":"caf\xc3\xa9"}\n'
+    with pytest.raises(TypeError):  # orjson.JSONEncodeError
+        write_jsonl_atomic(target, [{"id": 2}, {"id": object()}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"]
+    assert target.read_bytes().count(b"\n") == 2
+
+
 def test_a_full_disk_names_the_dataset_folder(tmp_path, monkeypatch):
     import errno
 
