@@ -103,17 +103,22 @@ def test_each_package_ships_a_py_typed_marker(package):
     assert "py.typed" in SETUPTOOLS["package-data"].get(package, [])
 
 
-def test_every_package_the_toolkit_imports_is_declared():
-    """The toolkit imported PyYAML, urllib3 and jinja2 without declaring them: each came in only through another
-    package, which may drop it in any release (a clean install would then fail at import)."""
-    import ast
-    import re
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+
+def _distribution_name(requirement: str) -> str:
+    """The normalized (PEP 503) distribution name a requirement line names."""
+    return re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]).lower()
+
+
+def _imported_distributions() -> dict[str, list[str]]:
+    """Each third-party top-level module that a module of the toolkit imports (lazily or not), with the installed
+    distributions providing it; a module of an extra that is not installed here (torch on Python 3.13) goes by its
+    own name."""
     import sys
+
     from benchmark.registry import installed_distributions
 
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
-    declared = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
     own = {"reddit_amazon", "benchmark", "lavic_ref", "cards"}
     imported = set()
     for package in own:
@@ -124,11 +129,31 @@ def test_every_package_the_toolkit_imports_is_declared():
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     imported.add(node.module.partition(".")[0])
     third_party = imported - own - set(sys.stdlib_module_names)
-    # a module of an extra that is not installed here (torch on Python 3.13) goes by its own name
-    providers = {module: installed_distributions(module) or [module] for module in sorted(third_party)}
-    missing = {module: names for module, names in providers.items()
-               if not any(d.lower().replace("_", "-") in declared for d in names)}
+    return {module: installed_distributions(module) or [module] for module in sorted(third_party)}
+
+
+def test_every_package_the_toolkit_imports_is_declared():
+    """The toolkit imported PyYAML, urllib3 and jinja2 without declaring them: each came in only through another
+    package, which may drop it in any release (a clean install would then fail at import)."""
+    requirements = [*PROJECT["dependencies"], *(r for extra in PROJECT["optional-dependencies"].values() for r in extra)]
+    declared = {_distribution_name(r) for r in requirements}
+    missing = {module: names for module, names in _imported_distributions().items()
+               if not any(_distribution_name(d) in declared for d in names)}
     assert missing == {}
+
+
+#: Core dependencies that no module of the toolkit imports, each with why it is required all the same. None today:
+#: urllib3 (http_session's private-address guard) and pyyaml (dataset_folder's card YAML errors) are imported.
+REQUIRED_WITHOUT_AN_IMPORT: dict[str, str] = {}
+
+
+def test_every_core_dependency_is_imported_by_the_toolkit():
+    """The reverse of the test above: a core dependency that no module imports any more is installed by every user
+    for nothing (or is needed for a reason that belongs in REQUIRED_WITHOUT_AN_IMPORT, with the reason)."""
+    imported = {_distribution_name(d) for names in _imported_distributions().values() for d in names}
+    core = {_distribution_name(r) for r in PROJECT["dependencies"]}
+    assert sorted(core - imported - set(REQUIRED_WITHOUT_AN_IMPORT)) == []
+    assert sorted(set(REQUIRED_WITHOUT_AN_IMPORT) & imported) == []  # an entry whose package is now imported goes
 
 
 def _admits(annotation, kind: type) -> bool:
