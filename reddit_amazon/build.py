@@ -34,8 +34,8 @@ import orjson
 from rich.markup import escape
 
 from reddit_amazon import DATASET_VERSION
-from reddit_amazon.files import (STAGE_STAMP, file_sha256, folder_lock, printable_path, write_atomic,
-                                 write_jsonl_atomic)
+from reddit_amazon.files import (STAGE_STAMP, DamagedFileError, file_sha256, folder_lock, printable_path, read_json,
+                                 write_atomic, write_jsonl_atomic)
 from reddit_amazon.cli_errors import user_errors
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 
@@ -146,8 +146,12 @@ def _key(*parts: Any) -> str:
 
 
 def _stamp_matches(folder: Path, key: str) -> bool:
+    """Whether the stage in ``folder`` finished with ``key``; a damaged stamp says it did not (the stage is redone)."""
     stamp = folder / STAGE_STAMP
-    return stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")).get("key") == key
+    try:
+        return stamp.is_file() and read_json(stamp, remedy="").get("key") == key
+    except DamagedFileError:
+        return False
 
 
 def _unstamp(folder: Path) -> None:
@@ -159,16 +163,34 @@ def _write_json(path: Path, value: Any) -> None:
     write_atomic(path, json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False).encode() + b"\n")
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+def _redo_stage_remedy(path: Path) -> str:
+    """What to do about a damaged output of the stage whose folder holds ``path`` (maybe in a subfolder, as the
+    Reddit stage's ``conversations/``): delete the stamp that vouched for it."""
+    stamp = next((folder / STAGE_STAMP for folder in path.parents if (folder / STAGE_STAMP).is_file()),
+                 path.parent / STAGE_STAMP)
+    return f"delete {stamp} and rerun the build to redo that stage"
+
+
+def _read_stage_json(path: Path) -> dict[str, Any]:
+    """A JSON object a finished stage wrote (its report, the Reddit funnel); a damaged one is a
+    :class:`DamagedFileError` saying how to redo the stage."""
+    return read_json(path, remedy=_redo_stage_remedy(path))
 
 
 def _read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(file:line, row)`` for each line of a JSONL file written by :func:`~reddit_amazon.files.write_jsonl_atomic`."""
+    """``(file:line, row)`` for each line of a JSONL file written by :func:`~reddit_amazon.files.write_jsonl_atomic`;
+    a line that is not a JSON object is a :class:`DamagedFileError` naming it."""
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
             if line.strip():
-                yield f"{path}:{number}", orjson.loads(line)
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError as error:
+                    raise DamagedFileError(f"{path}:{number}: damaged, not valid JSON ({error}); "
+                                           f"{_redo_stage_remedy(path)}") from None
+                if not isinstance(row, dict):
+                    raise DamagedFileError(f"{path}:{number}: damaged, not a JSON object; {_redo_stage_remedy(path)}")
+                yield f"{path}:{number}", row
 
 
 def _read_conversations(path: Path, *, require_domain: bool) -> list[Conversation]:
@@ -197,9 +219,13 @@ def _identity(sources: Iterable[str]) -> list[Any]:
 
 
 def _file_inputs(sources: Iterable[str], workdir: Path) -> list[dict[str, Any]]:
-    """``[{path, bytes, sha256}]``; hashes are cached by (path, size, mtime) so resumes skip re-reading."""
+    """``[{path, bytes, sha256}]``; hashes are cached by (path, size, mtime) so resumes skip re-reading. A damaged
+    cache is only slower: the inputs are hashed again and it is written anew."""
     cache_path = workdir / "input-hashes.json"
-    cache = _read_json(cache_path) if cache_path.is_file() else {}
+    try:
+        cache = read_json(cache_path, remedy="") if cache_path.is_file() else {}
+    except DamagedFileError:
+        cache = {}
     records: list[dict[str, Any]] = []
     for source in sources:
         path = Path(source)
@@ -305,7 +331,7 @@ def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> Stage
         _write_json(folder / STAGE_STAMP, {"key": key})
     else:
         console.print("[bold]1/5 reddit[/]: reusing the finished stage")
-    raw = _read_json(folder / "funnel.json")
+    raw = _read_stage_json(folder / "funnel.json")
     if raw.get("incomplete_files"):
         for path, error in raw["incomplete_files"].items():
             console.print(f"  [yellow]incomplete dump[/] {escape(path)}: {escape(error)}")
@@ -396,7 +422,7 @@ def catalog_stage(options: BuildOptions, upstream: StageResult, console) -> Stag
                 console.print(f"  [yellow]{bad['bad_lines']:,} bad {kind} line(s) skipped[/] (in the manifest)")
             for example in bad["bad_line_examples"]:
                 console.print(f"  [yellow]skipped bad line[/] {escape(example)}")
-    saved = _read_json(folder / "report.json")
+    saved = _read_stage_json(folder / "report.json")
     return StageResult(conversations=[], loader=lambda: _read_conversations(folder / "conversations.jsonl",
                                                                            require_domain=True),
                        items=_read_items(folder / "items.jsonl"), funnel=saved["funnel"], report=saved["report"],
@@ -488,7 +514,7 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
         upstream.release()
         _write_json(folder / "report.json", {"report": report, "funnel": funnel})
         _write_json(folder / STAGE_STAMP, {"key": key})
-    saved = _read_json(folder / "report.json")
+    saved = _read_stage_json(folder / "report.json")
     kept = _read_conversations(folder / "conversations.jsonl", require_domain=True)
     referenced = {a for c in kept for a in [*c.gt_items, *c.context_items]}
     return StageResult(conversations=kept, items=[i for i in upstream.items if i.item_id in referenced],

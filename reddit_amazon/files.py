@@ -7,6 +7,7 @@ import glob
 import hashlib
 import io
 import itertools
+import json
 import os
 import re
 import shutil
@@ -143,6 +144,29 @@ def naming(path: Path) -> Iterator[None]:
         if error.filename is not None:
             raise
         raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+
+
+class DamagedFileError(ValueError):
+    """A file the toolkit wrote itself does not read back (a full disk, a crash mid-write, an edit by hand); the
+    message names it and says what to do."""
+
+
+#: What a JSON value of each type is called in a :class:`DamagedFileError`.
+_JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string"}
+
+
+def read_json(path: Path, kind: type = dict, *, remedy: str) -> Any:
+    """The JSON value of type ``kind`` in ``path``, a file the toolkit wrote. One that is not UTF-8 JSON of that
+    type is a :class:`DamagedFileError` naming it and ending in ``remedy`` (what to delete or rerun)."""
+    with naming(path):
+        data = path.read_bytes()
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        raise DamagedFileError(f"{path}: damaged, not valid JSON ({error}); {remedy}") from None
+    if not isinstance(value, kind):
+        raise DamagedFileError(f"{path}: damaged, not a JSON {_JSON_TYPE_NAMES.get(kind, kind.__name__)}; {remedy}")
+    return value
 
 
 @contextmanager

@@ -861,3 +861,55 @@ def test_the_salt_can_come_from_the_environment_as_for_reddit_stage(tmp_path):
     assert result.exit_code == 0, result.output
     assert [path.read_text() for path in (tmp_path / "work").rglob("salt")] == ["salt from the environment"]
     assert "salt from the environment" not in (tmp_path / "ds" / "manifest.json").read_text()
+
+
+#: Ways a work file the build wrote itself is found damaged (a full disk, a crash, an edit by hand).
+DAMAGES = {"empty": lambda data: b"", "truncated": lambda data: data[:len(data) // 2],
+           "a list": lambda data: b"[1, 2]\n", "a number": lambda data: b"7\n",
+           "binary garbage": lambda data: bytes(range(255, -1, -1))}
+
+
+@pytest.fixture(scope="module")
+def quick_workdir(tmp_path_factory):
+    """A finished build without filter, images or candidates: its workdir and its dataset's Parquet digests."""
+    root = tmp_path_factory.mktemp("quick")
+    result = build("--out", str(root / "ds"), "--workdir", str(root / "work"), "--no-filter", "--no-images", *FAST)
+    assert result.exit_code == 0, result.output
+    return root / "work", parquet_digests(root / "ds")
+
+
+def _rebuild_with_damaged(quick_workdir, tmp_path: Path, name: str, damage: str):
+    import shutil
+
+    finished, _ = quick_workdir
+    work = tmp_path / "work"
+    shutil.copytree(finished, work)
+    (work / name).write_bytes(DAMAGES[damage]((work / name).read_bytes()))
+    return work, build("--out", str(tmp_path / "ds"), "--workdir", str(work), "--no-filter", "--no-images", *FAST)
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("name", ["input-hashes.json", "catalog/stage.json", "reddit/stage.json"])
+def test_a_damaged_cache_or_stage_stamp_is_redone(quick_workdir, tmp_path, name, damage):
+    work, result = _rebuild_with_damaged(quick_workdir, tmp_path, name, damage)
+    assert result.exit_code == 0, result.output
+    assert parquet_digests(tmp_path / "ds") == quick_workdir[1]
+    assert isinstance(json.loads((work / name).read_text()), dict)  # written anew
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("name", ["catalog/report.json", "reddit/funnel.json", "catalog/items.jsonl",
+                                  "reddit/conversations/part-00000.jsonl"])
+def test_a_damaged_stage_output_is_one_error_line_naming_it_and_how_to_redo_the_stage(quick_workdir, tmp_path,
+                                                                                      name, damage):
+    if damage == "empty" and name.endswith(".jsonl"):
+        pytest.skip("an empty JSONL file is a valid one of no rows")
+    work, result = _rebuild_with_damaged(quick_workdir, tmp_path, name, damage)
+    stamp = work / name.split("/")[0] / "stage.json"
+    assert result.exit_code == 1
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith(f"Error: DamagedFileError: {work / name}") and f"delete {stamp} " in error, result.output
+    stamp.unlink()  # as the error says
+    rerun = build("--out", str(tmp_path / "ds"), "--workdir", str(work), "--no-filter", "--no-images", *FAST)
+    assert rerun.exit_code == 0, rerun.output
+    assert parquet_digests(tmp_path / "ds") == quick_workdir[1]
