@@ -280,7 +280,19 @@ def _score(records: Sequence[Record], predictions: dict[tuple[str, str], dict[st
 def _with_new_intervals(finished: dict[str, Any], out: Path, config: RunConfig) -> dict[str, Any]:
     """A finished run's results with confidence intervals for other bootstrap settings, from its
     scored predictions (the scores themselves cannot change)."""
-    rows = [orjson.loads(line) for line in (out / PREDICTIONS_FILE).read_bytes().splitlines()]
+    from benchmark.compare import _scored_row_problem
+
+    path = out / PREDICTIONS_FILE
+    rows = []
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            raise RunError(f"{path}:{number}: not valid JSON ({error}); pass --overwrite to run it again") from None
+        problem = _scored_row_problem(row)
+        if problem:
+            raise RunError(f"{path}:{number}: not a scored prediction ({problem}); pass --overwrite to run it again")
+        rows.append(row)
     outcomes = [Outcome(pairs=row["gt_pairs"], hits=row["hits"], valid=row["valid"],
                         recall=tuple(row.get("recall", ())), ndcg=tuple(row.get("ndcg", ()))) for row in rows]
     metrics = summarize_by_domain([row["domain"] for row in rows], outcomes, config.bootstrap_samples, config.seed)
@@ -398,21 +410,24 @@ def _unstart_folder(out: Path) -> None:
 
 def _read_predictions(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
     """Rows already predicted. A last line without its newline (an interrupted write, even one cut
-    right after a complete row) is dropped and cut from the file, so appends start on a fresh line."""
+    right after a complete row) is dropped and cut from the file, so appends start on a fresh line. Lines end at
+    ``\n`` only: a ``\r`` in a damaged line must not pass for the torn tail, cutting the rows after it."""
     cached: dict[tuple[str, str], dict[str, Any]] = {}
     if not path.is_file():
         return cached
     data = path.read_bytes()
-    good_end = 0
-    for number, line in enumerate(data.splitlines(keepends=True), 1):
-        if not line.endswith(b"\n"):
-            break  # torn tail: that record is predicted again
+    *complete, torn_tail = data.split(b"\n")  # that record is predicted again
+    for number, line in enumerate(complete, 1):
         try:
             row = orjson.loads(line)
         except orjson.JSONDecodeError:
             raise RunError(f"{path}:{number}: not valid JSON; remove the line or pass --overwrite") from None
+        if not (isinstance(row, dict) and isinstance(row.get("domain"), str)
+                and isinstance(row.get("example_id"), str)):
+            raise RunError(f"{path}:{number}: not a prediction of a benchmark run (a JSON object with domain and "
+                           "example_id); remove the line or pass --overwrite")
         cached[(row["domain"], row["example_id"])] = row
-        good_end += len(line)
+    good_end = len(data) - len(torn_tail)
     if good_end != len(data):
         with open(path, "r+b") as handle:
             handle.truncate(good_end)

@@ -2056,3 +2056,21 @@ def test_sbert_served_from_the_embedding_cache_on_a_core_install_says_so_in_resu
     retrieved = retrieve(RetrieveConfig(retriever="sbert", domain="home", limit=3, bootstrap_samples=0),
                          tmp_path / "retrieved", progress=False)  # `benchmark retrieve` says so too
     assert retrieved["model"]["embeddings"]["cache_written_with"] == [versions]
+
+
+@pytest.mark.parametrize("damaged_line", [b"[1, 2]", b"7", b"{}", b"\xff\r\xfe"])
+@pytest.mark.parametrize("finished", [False, True], ids=["resumed", "new-intervals"])
+def test_a_damaged_predictions_line_is_one_error_line_and_loses_no_prediction(tmp_path, damaged_line, finished):
+    """A resumed run, or a finished one given other bootstrap settings, reads predictions.jsonl back. A damaged line
+    (not an object, no domain, a ``\\r`` taken for a line end) was a traceback, or cut the file there silently."""
+    run_args = ["run", "--model", "random", "--limit", "3", "--quiet", "--out", str(tmp_path / "a")]
+    assert CliRunner().invoke(cli, [*run_args, "--bootstrap-samples", "0"]).exit_code == 0
+    predictions = tmp_path / "a" / "predictions.jsonl"
+    damaged = damaged_line + b"\n" + predictions.read_bytes()
+    predictions.write_bytes(damaged)
+    if not finished:
+        (tmp_path / "a" / "results.json").unlink()
+    result = CliRunner().invoke(cli, [*run_args, "--bootstrap-samples", "10"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {predictions}:1: not ")
+    assert "--overwrite" in result.output and predictions.read_bytes() == damaged
