@@ -51,7 +51,7 @@ from reddit_amazon.dumps import (
     iter_selected_lines,
     parse_line,
 )
-from reddit_amazon.files import STAGE_STAMP, folder_lock, open_named, printable_path, write_atomic
+from reddit_amazon.files import STAGE_STAMP, DamagedFileError, folder_lock, open_named, printable_path, write_atomic
 from reddit_amazon.linking import (
     DEFAULT_DEADLINE_S,
     LinkPrefilter,
@@ -677,13 +677,29 @@ def _salt_file(stage_dir: Path, salt: str | None) -> Path:
     if salt is not None and not salt.strip():
         raise ValueError("the pseudonymisation salt must not be empty")
     if salt is None and path.exists():
-        if not path.read_text(encoding="utf-8").strip():
-            raise ValueError(f"{path} is empty: delete it (a new salt is drawn) or pass --salt")
+        kept = _kept_salt(path)
+        if kept is None:
+            raise DamagedFileError(f"{path}: damaged, not UTF-8 text; {_SALT_REMEDY}")
+        if not kept:
+            raise ValueError(f"{path} is empty: {_SALT_REMEDY}")
         return path
     wanted = salt.strip() if salt is not None else secrets.token_hex(16)
-    if not path.exists() or path.read_text(encoding="utf-8").strip() != wanted:
+    if not path.exists() or _kept_salt(path) != wanted:  # a damaged one is replaced by the salt given
         write_atomic(path, wanted.encode("utf-8"), mode=0o600)  # private from its first byte (mkstemp)
     return path
+
+
+#: What to do about a salt file that is empty or damaged: its pseudonyms cannot be made again without the salt.
+_SALT_REMEDY = ("pass the salt of its earlier runs with --salt (or REDDIT_AMAZON_SALT), or delete it to draw a new "
+                "one (authors then get other pseudonyms than in the earlier runs' conversations)")
+
+
+def _kept_salt(path: Path) -> str | None:
+    """The salt kept in ``path`` (stripped), or None where its bytes are not UTF-8 (a damaged file)."""
+    try:
+        return path.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
 
 
 def _resolve(urls: list[str], workdir_stage: Path,

@@ -1177,3 +1177,26 @@ def test_build_warns_of_bad_lines_by_file_and_place(tmp_path):
     warning = (f"bad lines {dump}: 1 missing_fields dropped; the first at line 3 (byte {len(first) + 2}): "
                "missing_fields (`link_id` is missing; `parent_id` is missing; `body` is a number, not a string)")
     assert warning in console.export_text()
+
+
+def test_a_damaged_salt_file_is_named_with_what_to_do_before_any_dump_is_read(world, tmp_path):
+    """Binary bytes in <workdir>/reddit/salt ended the stage in "Error: UnicodeDecodeError: 'utf-8' codec can't
+    decode byte 0xff", naming no file. Now the Error line names it and says what to do, and that drawing a new salt
+    changes the pseudonyms; a salt passed again replaces the damaged file."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    salt = tmp_path / "w" / "reddit" / "salt"
+    salt.parent.mkdir(parents=True)
+    salt.write_bytes(bytes(range(255, -1, -1)))
+    stage = ["reddit-stage", str(world), "--workdir", str(tmp_path / "w"), "--no-progress"]
+    result = CliRunner().invoke(cli, stage, env={"REDDIT_AMAZON_SALT": None})
+    assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output
+    error = result.output.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"Error: DamagedFileError: {salt}: damaged"), result.output
+    assert "--salt" in error[0] and "delete it" in error[0] and "pseudonyms" in error[0]
+    assert not (tmp_path / "w" / "reddit" / "work").exists()
+    result = CliRunner().invoke(cli, [*stage, "--salt", "the earlier salt"])
+    assert result.exit_code == 0, result.output
+    assert salt.read_text() == "the earlier salt"
