@@ -51,7 +51,8 @@ from reddit_amazon.dumps import (
     iter_selected_lines,
     parse_line,
 )
-from reddit_amazon.files import STAGE_STAMP, DamagedFileError, folder_lock, open_named, printable_path, write_atomic
+from reddit_amazon.files import (STAGE_STAMP, DamagedFileError, folder_lock, open_named, printable_path, read_json,
+                                 write_atomic)
 from reddit_amazon.linking import (
     DEFAULT_DEADLINE_S,
     LinkPrefilter,
@@ -172,11 +173,30 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     write_atomic(path, orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
 
 
-def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+def _read_jsonl(path: Path, *, remedy: str) -> Iterator[dict[str, Any]]:
+    """The rows of a JSONL work file the stage wrote; a line that is not a JSON object is a
+    :class:`~reddit_amazon.files.DamagedFileError` naming it and ending in ``remedy``."""
     with open(path, "rb") as handle:
-        for line in handle:
+        for number, line in enumerate(handle, start=1):
             if line.strip():
-                yield orjson.loads(line)
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError as error:
+                    raise DamagedFileError(f"{path}:{number}: damaged, not valid JSON ({error}); {remedy}") from None
+                if not isinstance(row, dict):
+                    raise DamagedFileError(f"{path}:{number}: damaged, not a JSON object; {remedy}")
+                yield row
+
+
+def _redo_remedy(marker: Path, what: str) -> str:
+    """What to do about a damaged work file of the file (or bucket) whose completion marker is ``marker``."""
+    return f"delete {marker} and rerun the stage: {what} again"
+
+
+def _read_marker(marker: Path, what: str) -> dict[str, Any]:
+    """The stats a finished file (or bucket) left as its completion marker; a damaged one names what deleting it
+    redoes."""
+    return read_json(marker, remedy=_redo_remedy(marker, what))
 
 
 #: Input bytes per rebuild bucket by default: a rebuild task holds one bucket's collected threads in memory,
@@ -477,10 +497,14 @@ class RebuildThreadsStep(PipelineStep):
         index = ThreadIndex()
         for file_dir in (Path(self.collect_dir) / key for key in self.file_keys):
             if (file_dir / name).exists():
-                index.add_all(record_from_json(row) for row in _read_jsonl(file_dir / name))
+                index.add_all(record_from_json(row) for row in _read_jsonl(
+                    file_dir / name, remedy=_redo_remedy(file_dir.with_name(f"{file_dir.name}.json"),
+                                                         "that dump's threads are collected")))
         counts = RebuildCounts(duplicate_records=index.duplicates)
         targets_path = Path(self.targets_dir) / name
-        targets = list(_read_jsonl(targets_path)) if targets_path.exists() else []
+        targets = (list(_read_jsonl(targets_path, remedy=f"delete {targets_path.parent} and rerun the stage: it is "
+                                                          "written again"))
+                   if targets_path.exists() else [])
         targets.sort(key=lambda t: (t["created_utc"] or 0, t["id"]))
         output = out_dir / f"part-{bucket:05d}.jsonl"
         temporary = _temporary(output)
@@ -891,8 +915,15 @@ class _StageRun:
     buckets: int  # the threads are split by ``link_id`` into this many buckets, collected and rebuilt apart
     options: RedditStageOptions
 
-    def run_step(self, step: PipelineStep, tasks: int, log_name: str) -> None:
-        _run_on_executor(step, tasks, self.stage_dir / "logs" / log_name, self.options)
+    def run_step(self, step: PipelineStep, tasks: int, log_name: str, markers: Sequence[Path]) -> None:
+        """Run ``step`` as ``tasks`` tasks; ``markers[i]``, the completion marker of a file (or bucket), is written
+        by task ``i % tasks``. A task that completed in an earlier run is run again where one of its markers is
+        missing (deleted because it was damaged, as the error said): datatrove would skip it."""
+        logging_dir = self.stage_dir / "logs" / log_name
+        for index, marker in enumerate(markers):
+            if not marker.exists():
+                (logging_dir / "completions" / f"{index % tasks:05d}").unlink(missing_ok=True)
+        _run_on_executor(step, tasks, logging_dir, self.options)
 
 
 @dataclass(frozen=True)
@@ -910,11 +941,18 @@ def _scan(run: _StageRun) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any
     run.run_step(
         ScanDumpsStep(run.names, str(scan_dir), run.options.progress, run.options.resolve_short_links, run.file_keys),
         run.tasks, f"{scan_dir.name}-{_digest(run.file_keys, run.tasks)}",
+        [scan_dir / f"{key}.json" for key in run.file_keys],
     )
-    scan_stats = [orjson.loads((scan_dir / f"{key}.json").read_bytes()) for key in run.file_keys]
+    scanned = "that dump is scanned"
+    scan_stats = [_read_marker(scan_dir / f"{key}.json", scanned) for key in run.file_keys]
     hits: dict[str, dict[str, Any]] = {}
-    for key in run.file_keys:
-        for hit in _read_jsonl(scan_dir / f"{key}.hits.jsonl"):
+    for key, stats in zip(run.file_keys, scan_stats, strict=True):
+        path, remedy = scan_dir / f"{key}.hits.jsonl", _redo_remedy(scan_dir / f"{key}.json", scanned)
+        rows = list(_read_jsonl(path, remedy=remedy))
+        if len(rows) != stats.get("comments_with_links", 0):  # cut short at a line's end, or emptied
+            raise DamagedFileError(f"{path}: damaged, {len(rows)} comments where the scan found "
+                                   f"{stats.get('comments_with_links', 0)}; {remedy}")
+        for hit in rows:
             hits.setdefault(hit["id"], hit)
     return scan_stats, hits
 
@@ -926,9 +964,10 @@ def _collect(run: _StageRun, needed: list[str], targets_dir: Path) -> _Pass:
     run.run_step(
         CollectThreadsStep(run.names, str(folder), run.options.progress, str(targets_dir / "needed_threads.txt"),
                            run.buckets, run.file_keys),
-        run.tasks, f"collect-{_digest(digest, run.tasks)}",
+        run.tasks, f"collect-{_digest(digest, run.tasks)}", [folder / f"{key}.json" for key in run.file_keys],
     )
-    return _Pass(folder, digest, [orjson.loads((folder / f"{key}.json").read_bytes()) for key in run.file_keys])
+    return _Pass(folder, digest, [_read_marker(folder / f"{key}.json", "that dump's threads are collected")
+                                  for key in run.file_keys])
 
 
 def _write_short_links(work_dir: Path, resolved: dict[str, list[str]]) -> Path:
@@ -952,10 +991,10 @@ def _rebuild(run: _StageRun, collected: _Pass, targets_dir: Path, targets_digest
             run.buckets, str(targets_dir), str(collected.folder), str(short_links_path), str(salt_path), str(folder),
             run.file_keys,
         ),
-        tasks, f"rebuild-{_digest(digest, tasks)}",
+        tasks, f"rebuild-{_digest(digest, tasks)}", [folder / f"part-{b:05d}.json" for b in range(run.buckets)],
     )
-    return _Pass(folder, digest,
-                 [orjson.loads((folder / f"part-{b:05d}.json").read_bytes()) for b in range(run.buckets)])
+    return _Pass(folder, digest, [_read_marker(folder / f"part-{b:05d}.json", "that bucket is rebuilt")
+                                  for b in range(run.buckets)])
 
 
 def _write_unresolved(path: Path, unresolved: list[str]) -> None:

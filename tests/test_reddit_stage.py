@@ -1200,3 +1200,46 @@ def test_a_damaged_salt_file_is_named_with_what_to_do_before_any_dump_is_read(wo
     result = CliRunner().invoke(cli, [*stage, "--salt", "the earlier salt"])
     assert result.exit_code == 0, result.output
     assert salt.read_text() == "the earlier salt"
+
+
+#: Ways a work file the stage wrote itself is found damaged (a full disk, a crash, an edit by hand).
+DAMAGES = {"empty": lambda data: b"", "truncated": lambda data: data[:len(data) // 2],
+           "a list": lambda data: b"[1, 2]\n", "a number": lambda data: b"7\n",
+           "binary garbage": lambda data: bytes(range(255, -1, -1))}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("pattern", ["scan-without-a.co/RC_2020-09*.json", "scan-without-a.co/RC_2020-09*.hits.jsonl",
+                                     "collect-*/RC_2020-09*.json", "collect-*/RC_2020-09*/bucket-00002.jsonl",
+                                     "rebuild-*/part-00002.json"])
+def test_a_damaged_work_file_is_one_error_line_naming_it_and_the_marker_whose_deletion_redoes_it(built, world,
+                                                                                                  tmp_path, pattern,
+                                                                                                  damage):
+    """A rerun over damaged per-file stats or hits of the stage's own passes ended in a traceback (AttributeError:
+    'list' object has no attribute 'get', TypeError) or in "Error: JSONDecodeError" naming no file, and an emptied
+    hits file silently lost its comments' conversations. Deleting the completion marker the error names, as it says,
+    redoes that file (or bucket): datatrove had marked its task complete, so a deleted marker was a
+    FileNotFoundError."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    workdir = tmp_path / "w"
+    shutil.copytree(built[0], workdir)
+    [damaged] = (workdir / "reddit" / "work").glob(pattern)
+    damaged.write_bytes(DAMAGES[damage](damaged.read_bytes()))
+    if damaged.name.startswith("bucket-"):  # read when its bucket is rebuilt: in a task, from a collected dump
+        if damage == "empty":
+            pytest.skip("an empty JSONL file is a valid one of no rows")
+        next((workdir / "reddit" / "work").glob("rebuild-*/part-00002.json")).unlink()
+    stage = ["reddit-stage", str(world), "--workdir", str(workdir), "--salt", "test-salt", "--no-progress"]
+    result = CliRunner().invoke(cli, stage)
+    assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output
+    error = result.output.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"Error: DamagedFileError: {damaged}"), result.output
+    marker = Path(re.search(r"; delete (\S+) and rerun the stage: ", error[0]).group(1))
+    owner = damaged.parent if damaged.name.startswith("bucket-") else damaged  # a collected dump's folder
+    assert marker == owner.with_name(owner.name.replace(".hits.jsonl", "").removesuffix(".json") + ".json"), error[0]
+    marker.unlink()  # as the error says
+    rerun = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
+    assert _rows(rerun) == _rows(built[1]) and rerun.funnel == built[1].funnel
