@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reddit_amazon.files import write_atomic
+from reddit_amazon.files import read_json, write_atomic
 
 CARD_INPUTS = "model_card.json"
 #: What ``benchmark run --model lavic`` resolves its model to (results.json ``model.target``).
@@ -86,7 +86,8 @@ def render_from_inputs(out_dir: Path, results: Sequence[Path] = ()) -> Path:
     path = out_dir / CARD_INPUTS
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} has no {CARD_INPUTS}: it is written by `lavic-ref finetune`")
-    return _render(out_dir, _read_json(path), results)
+    return _render(out_dir, read_json(path, remedy="rerun the `lavic-ref finetune` that wrote it: with nothing left "
+                                                   "to train, it writes the card again"), results)
 
 
 def _render(out_dir: Path, inputs: dict[str, Any], results: Sequence[Path]) -> Path:

@@ -32,7 +32,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 
 def _common(function):
-    function = _os_errors_as_lines(_quiet_when_asked(function))
+    function = _file_errors_as_lines(_quiet_when_asked(function))
     options = [
         click.option("--dataset", type=PATH_OR_NAME, default=None, callback=_dataset_there,
                      help="Dataset folder or Hub id [default: the bundled sample]."),
@@ -62,14 +62,16 @@ def _quiet_when_asked(command):
     return run
 
 
-def _os_errors_as_lines(command):
-    """``command`` with an OSError (a full disk naming the file, an output folder in the way) as its one ``Error:``
-    line, as in the other CLIs, not a traceback."""
+def _file_errors_as_lines(command):
+    """``command`` with an OSError (a full disk naming the file, an output folder in the way) or a damaged file the
+    toolkit wrote (a checkpoint's state, an adapter's record) as its one ``Error:`` line, as in the other CLIs, not a
+    traceback."""
     @functools.wraps(command)
     def run(*args, **kwargs):
         from reddit_amazon.cli_errors import user_errors
+        from reddit_amazon.files import DamagedFileError
 
-        with user_errors(OSError):
+        with user_errors(OSError, DamagedFileError):
             return command(*args, **kwargs)
 
     return run
@@ -534,7 +536,7 @@ def _distill_time_s(adapter: Path, trained_with: dict[str, Any]) -> float | None
 @click.option("--results", "results", multiple=True, type=UserPath(exists=True, dir_okay=False, path_type=Path),
               help="results.json of a `benchmark run --model lavic` (repeatable; other models' results are "
                    "refused: the card publishes them as LaViC's).")
-@_os_errors_as_lines
+@_file_errors_as_lines
 def card_command(out, results) -> None:
     """Re-render OUT/README.md (the model card) with benchmark results beside the paper's.
 

@@ -23,7 +23,7 @@ from PIL import Image
 from lavic_ref import DEFAULT_BASE
 from lavic_ref.prompts import ITEM_TOKENS, MISTRAL_CHAT_TEMPLATE
 from reddit_amazon.cli_errors import one_line
-from reddit_amazon.files import naming_write_failure
+from reddit_amazon.files import naming_write_failure, read_json
 from reddit_amazon.images import rgb_image
 
 log = logging.getLogger(__name__)
@@ -445,9 +445,14 @@ def save_adapter(backbone: Backbone, folder: Path, trained_with: dict[str, Any] 
 
 
 def saved_base(folder: Path) -> dict[str, Any] | None:
-    """What :func:`save_adapter` recorded of the base model (``base``, ``fingerprint``); None for another adapter."""
+    """What :func:`save_adapter` recorded of the base model (``base``, ``fingerprint``); None for another adapter.
+    A damaged record is a :class:`~reddit_amazon.files.DamagedFileError`: without it the adapter cannot be checked
+    against the base model, nor its inputs against those it was trained on."""
     record = Path(folder) / BASE_FILE
-    return json.loads(record.read_text()) if record.is_file() else None
+    if not record.is_file():
+        return None
+    return read_json(record, remedy="it records what the adapter was trained on: copy the adapter folder again "
+                                    "from where it came, or rerun the training that wrote it")
 
 
 def check_adapter_base(folder: Path, backbone: Backbone) -> None:

@@ -30,7 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lavic_ref.model import Backbone, compile_language_layers, save_adapter
-from reddit_amazon.files import naming_write_failure, remove_abandoned_siblings, replace_dir, write_atomic
+from reddit_amazon.files import (naming_write_failure, read_json, remove_abandoned_siblings, replace_dir,
+                                 write_atomic)
 from reddit_amazon.progress import bar_options, log_line
 
 STATE_FILE = "trainer_state.json"
@@ -360,7 +361,8 @@ def _load_checkpoint(backbone: Backbone, optimizer: torch.optim.Optimizer, folde
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    state = TrainState(**json.loads((folder / STATE_FILE).read_text()))
+    state = TrainState(**read_json(folder / STATE_FILE, remedy="this checkpoint cannot be resumed: rerun with "
+                                                              "--no-resume to train from the start"))
     _check_settings(folder, state.settings, settings)
     state.settings = settings  # the resumable fields may have changed, e.g. more epochs
     weights = load_file(str(folder / "adapter_model.safetensors"), device=str(backbone.device))

@@ -2319,3 +2319,84 @@ def test_items_whose_image_is_a_file_are_embedded_described_and_distilled_as_the
     texts = {item.item_id: "a lamp" for item in in_memory}
     examples = distill_examples({item.item_id: item for item in on_disk}, texts)
     assert examples == distill_examples({item.item_id: item for item in in_memory}, texts) and len(examples) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# Damaged files a run wrote: one Error line naming the file and what to do, never a traceback
+# --------------------------------------------------------------------------------------------
+
+
+#: Ways a file a run wrote is found damaged (a full disk, a crash, an edit by hand).
+DAMAGES = {"cut mid-JSON": lambda data: data[:len(data) // 2], "a list": lambda data: b"[1, 2]\n",
+           "binary garbage": lambda data: bytes(range(255, -1, -1))}
+
+_FINETUNE = ["finetune", "--device", DEVICE, "--domain", "fashion", "--no-images", "--max-steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_base, tmp_path_factory) -> Path:
+    """The out folder of a 1-step finetune without images: ``best/``, ``last/`` and the model card."""
+    from lavic_ref.cli import cli
+
+    out = tmp_path_factory.mktemp("finetuned") / "rec"
+    _invoke(cli, [*_FINETUNE, "--base", tiny_base, "--out", out])
+    return out
+
+
+def _damaged_copy(finetuned: Path, tmp_path: Path, name: str, damage: str) -> tuple[Path, Path]:
+    import shutil
+
+    out = tmp_path / "rec"
+    shutil.copytree(finetuned, out)
+    (out / name).write_bytes(DAMAGES[damage]((out / name).read_bytes()))
+    return out, out / name
+
+
+def _error_line(result, damaged: Path) -> str:
+    assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output  # not a traceback
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith("Error: ") and f"{damaged}: damaged" in error, result.output
+    return error
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_checkpoint_state_is_one_error_line_saying_to_start_over(finetuned, tiny_base, tmp_path, damage):
+    """A damaged last/trainer_state.json ended a resumed finetune in a traceback (JSONDecodeError, "TrainState()
+    argument after ** must be a mapping, not list", UnicodeDecodeError)."""
+    from lavic_ref.cli import cli
+
+    out, damaged = _damaged_copy(finetuned, tmp_path, "last/trainer_state.json", damage)
+    finetune = [*_FINETUNE, "--base", tiny_base, "--out", out, "--epochs", "2"]
+    result = CliRunner().invoke(cli, [str(a) for a in finetune])
+    assert "--no-resume" in _error_line(result, damaged)
+    _invoke(cli, [*finetune, "--no-resume"])  # as the error says
+    assert json.loads(damaged.read_text())["epoch"] == 2
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_adapter_record_is_one_error_line_naming_it(finetuned, tiny_base, tmp_path, damage):
+    """A damaged best/lavic_base.json ended `benchmark run --model lavic` in a traceback (AttributeError: 'list'
+    object has no attribute 'get') or in "Error: JSONDecodeError" / "Error: UnicodeDecodeError" naming no file."""
+    from benchmark.cli import cli as benchmark_cli
+
+    out, damaged = _damaged_copy(finetuned, tmp_path, f"best/{BASE_FILE}", damage)
+    result = CliRunner().invoke(benchmark_cli, [
+        "run", "--model", "lavic", "--model-args", f"base={tiny_base},rec_adapter={out / 'best'},device={DEVICE}",
+        "--domain", "fashion", "--limit", "2", "--out", str(tmp_path / "run"), "--quiet", "--bootstrap-samples", "0"])
+    assert "rerun the training that wrote it" in _error_line(result, damaged)
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_card_inputs_are_one_error_line_saying_which_rerun_writes_them_again(finetuned, tiny_base, tmp_path,
+                                                                                    damage):
+    """A model_card.json holding a JSON list or number ended `lavic-ref card` in a traceback (AttributeError)."""
+    from lavic_ref.cli import cli
+
+    out, damaged = _damaged_copy(finetuned, tmp_path, "model_card.json", damage)
+    result = CliRunner().invoke(cli, ["card", str(out)])
+    assert "rerun the `lavic-ref finetune` that wrote it" in _error_line(result, damaged)
+    _invoke(cli, [*_FINETUNE, "--base", tiny_base, "--out", out])  # as the error says
+    written, original = (json.loads(path.read_text()) for path in (damaged, finetuned / "model_card.json"))
+    assert written["adapters"]["rec_adapter"] == str(out / "best")
+    assert {**written, "adapters": None} == {**original, "adapters": None}
+    _invoke(cli, ["card", out])
