@@ -993,8 +993,20 @@ def _rebuild(run: _StageRun, collected: _Pass, targets_dir: Path, targets_digest
         ),
         tasks, f"rebuild-{_digest(digest, tasks)}", [folder / f"part-{b:05d}.json" for b in range(run.buckets)],
     )
-    return _Pass(folder, digest, [_read_marker(folder / f"part-{b:05d}.json", "that bucket is rebuilt")
-                                  for b in range(run.buckets)])
+    stats = [_read_marker(folder / f"part-{b:05d}.json", "that bucket is rebuilt") for b in range(run.buckets)]
+    for bucket, counts in enumerate(stats):
+        _check_part(folder / f"part-{bucket:05d}.jsonl", counts.get("conversations", 0))
+    return _Pass(folder, digest, stats)
+
+
+def _check_part(part: Path, conversations: int) -> None:
+    """A rebuilt part must hold the ``conversations`` its marker counts, each a JSON object: it is published as it
+    is (a hard link: damage to the published shard is damage to it), and redoing the stage would publish it again."""
+    remedy = _redo_remedy(part.with_suffix(".json"), "that bucket is rebuilt")
+    rows = sum(1 for _ in _read_jsonl(part, remedy=remedy))
+    if rows != conversations:
+        raise DamagedFileError(f"{part}: damaged, {rows} conversations where its rebuild wrote {conversations}; "
+                               f"{remedy}")
 
 
 def _write_unresolved(path: Path, unresolved: list[str]) -> None:

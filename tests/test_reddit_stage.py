@@ -1211,7 +1211,7 @@ DAMAGES = {"empty": lambda data: b"", "truncated": lambda data: data[:len(data) 
 @pytest.mark.parametrize("damage", DAMAGES)
 @pytest.mark.parametrize("pattern", ["scan-without-a.co/RC_2020-09*.json", "scan-without-a.co/RC_2020-09*.hits.jsonl",
                                      "collect-*/RC_2020-09*.json", "collect-*/RC_2020-09*/bucket-00002.jsonl",
-                                     "rebuild-*/part-00002.json"])
+                                     "rebuild-*/part-00002.json", "rebuild-*/part-00002.jsonl"])
 def test_a_damaged_work_file_is_one_error_line_naming_it_and_the_marker_whose_deletion_redoes_it(built, world,
                                                                                                   tmp_path, pattern,
                                                                                                   damage):
@@ -1239,7 +1239,8 @@ def test_a_damaged_work_file_is_one_error_line_naming_it_and_the_marker_whose_de
     assert len(error) == 1 and error[0].startswith(f"Error: DamagedFileError: {damaged}"), result.output
     marker = Path(re.search(r"; delete (\S+) and rerun the stage: ", error[0]).group(1))
     owner = damaged.parent if damaged.name.startswith("bucket-") else damaged  # a collected dump's folder
-    assert marker == owner.with_name(owner.name.replace(".hits.jsonl", "").removesuffix(".json") + ".json"), error[0]
+    assert marker == owner.with_name(owner.name.replace(".hits.jsonl", "").removesuffix(".jsonl").removesuffix(".json")
+                                     + ".json"), error[0]
     marker.unlink()  # as the error says
     rerun = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
     assert _rows(rerun) == _rows(built[1]) and rerun.funnel == built[1].funnel
