@@ -115,7 +115,10 @@ def test_quiet_imports_no_transformers_yet_silences_it_when_imported_inside(tmp_
 def test_every_console_script_tells_its_version_and_help_alike(tmp_path):
     """`reddit-amazon --version` answered; `benchmark --version` and `lavic-ref --version` were "No such option"
     (exit 2), though the three ship in one package of one version."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
 
     from reddit_amazon import __version__
 
