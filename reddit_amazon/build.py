@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import orjson
 from rich.markup import escape
 
 from reddit_amazon import DATASET_VERSION
 from reddit_amazon.files import (STAGE_STAMP, DamagedFileError, file_sha256, folder_lock, printable_path, read_json,
-                                 write_atomic, write_jsonl_atomic)
+                                 read_jsonl, write_atomic, write_jsonl_atomic)
 from reddit_amazon.cli_errors import user_errors
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 
@@ -178,19 +177,9 @@ def _read_stage_json(path: Path) -> dict[str, Any]:
 
 
 def _read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(file:line, row)`` for each line of a JSONL file written by :func:`~reddit_amazon.files.write_jsonl_atomic`;
-    a line that is not a JSON object is a :class:`DamagedFileError` naming it."""
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    row = orjson.loads(line)
-                except orjson.JSONDecodeError as error:
-                    raise DamagedFileError(f"{path}:{number}: damaged, not valid JSON ({error}); "
-                                           f"{_redo_stage_remedy(path)}") from None
-                if not isinstance(row, dict):
-                    raise DamagedFileError(f"{path}:{number}: damaged, not a JSON object; {_redo_stage_remedy(path)}")
-                yield f"{path}:{number}", row
+    """``(file:line, row)`` for each line of a JSONL file a stage wrote; a damaged one says how to redo the stage."""
+    for number, row in read_jsonl(path, remedy=_redo_stage_remedy(path)):
+        yield f"{path}:{number}", row
 
 
 def _read_conversations(path: Path, *, require_domain: bool) -> list[Conversation]:

@@ -169,6 +169,24 @@ def read_json(path: Path, kind: type = dict, *, remedy: str) -> Any:
     return value
 
 
+def read_jsonl(path: Path, *, remedy: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` for each non-empty line of a JSON Lines file the toolkit wrote
+    (:func:`write_jsonl_atomic`); a line that is not a JSON object is a :class:`DamagedFileError` naming it and
+    ending in ``remedy``."""
+    import orjson
+
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError as error:
+                    raise DamagedFileError(f"{path}:{number}: damaged, not valid JSON ({error}); {remedy}") from None
+                if not isinstance(row, dict):
+                    raise DamagedFileError(f"{path}:{number}: damaged, not a JSON object; {remedy}")
+                yield number, row
+
+
 @contextmanager
 def naming_write_failure(path: Path) -> Iterator[None]:
     """:func:`naming` for a library writing ``path`` (a file or a folder) in its own way, whose errors hide the OS's:

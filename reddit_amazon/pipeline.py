@@ -52,7 +52,7 @@ from reddit_amazon.dumps import (
     parse_line,
 )
 from reddit_amazon.files import (STAGE_STAMP, DamagedFileError, folder_lock, open_named, printable_path, read_json,
-                                 write_atomic)
+                                 read_jsonl, write_atomic)
 from reddit_amazon.linking import (
     DEFAULT_DEADLINE_S,
     LinkPrefilter,
@@ -174,18 +174,8 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 
 def _read_jsonl(path: Path, *, remedy: str) -> Iterator[dict[str, Any]]:
-    """The rows of a JSONL work file the stage wrote; a line that is not a JSON object is a
-    :class:`~reddit_amazon.files.DamagedFileError` naming it and ending in ``remedy``."""
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    row = orjson.loads(line)
-                except orjson.JSONDecodeError as error:
-                    raise DamagedFileError(f"{path}:{number}: damaged, not valid JSON ({error}); {remedy}") from None
-                if not isinstance(row, dict):
-                    raise DamagedFileError(f"{path}:{number}: damaged, not a JSON object; {remedy}")
-                yield row
+    """The rows of a JSONL work file the stage wrote (:func:`~reddit_amazon.files.read_jsonl`)."""
+    return (row for _, row in read_jsonl(path, remedy=remedy))
 
 
 def _redo_remedy(marker: Path, what: str) -> str:
