@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -183,10 +183,26 @@ def _redo_remedy(marker: Path, what: str) -> str:
     return f"delete {marker} and rerun the stage: {what} again"
 
 
-def _read_marker(marker: Path, what: str) -> dict[str, Any]:
-    """The stats a finished file (or bucket) left as its completion marker; a damaged one names what deleting it
-    redoes."""
-    return read_json(marker, remedy=_redo_remedy(marker, what))
+def _read_marker(marker: Path, what: str, keys: Sequence[str]) -> dict[str, Any]:
+    """The stats a finished file (or bucket) left as its completion marker; a damaged one, or one lacking any of
+    ``keys`` (the stats read as they are; counts are read as 0 when absent), names what deleting it redoes."""
+    stats = read_json(marker, remedy=_redo_remedy(marker, what))
+    _require_keys(marker, stats, keys, remedy=_redo_remedy(marker, what))
+    return stats
+
+
+def _require_keys(where: str | Path, row: dict[str, Any], keys: Sequence[str], *, remedy: str) -> None:
+    """A work file's object lacking any of ``keys`` is a :class:`~reddit_amazon.files.DamagedFileError`."""
+    if missing := [key for key in keys if key not in row]:
+        raise DamagedFileError(f"{where}: damaged, lacks {', '.join(map(repr, missing))}; {remedy}")
+
+
+#: What the stage reads from each kind of completion marker besides its counts.
+_SCAN_MARKER_KEYS = ("path", "error", "problems")
+_COLLECT_MARKER_KEYS = ("problems", "short_links")
+_REBUILD_MARKER_KEYS = ("conversations",)
+#: The keys of a hits row: a comment's fields (it is rebuilt from them) and its links.
+_HIT_KEYS = ("kind", *(comment_field.name for comment_field in fields(RedditComment)), "asins", "short_links")
 
 
 #: Input bytes per rebuild bucket by default: a rebuild task holds one bucket's collected threads in memory,
@@ -465,7 +481,9 @@ class RebuildThreadsStep(PipelineStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         out_dir = Path(self.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        short_links = orjson.loads(Path(self.short_links_path).read_bytes())
+        short_links_path = Path(self.short_links_path)
+        short_links = read_json(short_links_path, remedy=f"delete {short_links_path} and rerun the stage: it is "
+                                                         "written again")
         pseudonymize = Pseudonymizer(Path(self.salt_path).read_text(encoding="utf-8").strip())
 
         def asins_of(text: str) -> list[str]:
@@ -934,11 +952,13 @@ def _scan(run: _StageRun) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any
         [scan_dir / f"{key}.json" for key in run.file_keys],
     )
     scanned = "that dump is scanned"
-    scan_stats = [_read_marker(scan_dir / f"{key}.json", scanned) for key in run.file_keys]
+    scan_stats = [_read_marker(scan_dir / f"{key}.json", scanned, _SCAN_MARKER_KEYS) for key in run.file_keys]
     hits: dict[str, dict[str, Any]] = {}
     for key, stats in zip(run.file_keys, scan_stats, strict=True):
         path, remedy = scan_dir / f"{key}.hits.jsonl", _redo_remedy(scan_dir / f"{key}.json", scanned)
         rows = list(_read_jsonl(path, remedy=remedy))
+        for number, hit in enumerate(rows, start=1):
+            _require_keys(f"{path}:{number}", hit, _HIT_KEYS, remedy=remedy)
         if len(rows) != stats.get("comments_with_links", 0):  # cut short at a line's end, or emptied
             raise DamagedFileError(f"{path}: damaged, {len(rows)} comments where the scan found "
                                    f"{stats.get('comments_with_links', 0)}; {remedy}")
@@ -956,8 +976,8 @@ def _collect(run: _StageRun, needed: list[str], targets_dir: Path) -> _Pass:
                            run.buckets, run.file_keys),
         run.tasks, f"collect-{_digest(digest, run.tasks)}", [folder / f"{key}.json" for key in run.file_keys],
     )
-    return _Pass(folder, digest, [_read_marker(folder / f"{key}.json", "that dump's threads are collected")
-                                  for key in run.file_keys])
+    return _Pass(folder, digest, [_read_marker(folder / f"{key}.json", "that dump's threads are collected",
+                                               _COLLECT_MARKER_KEYS) for key in run.file_keys])
 
 
 def _write_short_links(work_dir: Path, resolved: dict[str, list[str]]) -> Path:
@@ -983,7 +1003,8 @@ def _rebuild(run: _StageRun, collected: _Pass, targets_dir: Path, targets_digest
         ),
         tasks, f"rebuild-{_digest(digest, tasks)}", [folder / f"part-{b:05d}.json" for b in range(run.buckets)],
     )
-    stats = [_read_marker(folder / f"part-{b:05d}.json", "that bucket is rebuilt") for b in range(run.buckets)]
+    stats = [_read_marker(folder / f"part-{b:05d}.json", "that bucket is rebuilt", _REBUILD_MARKER_KEYS)
+             for b in range(run.buckets)]
     for bucket, counts in enumerate(stats):
         _check_part(folder / f"part-{bucket:05d}.jsonl", counts.get("conversations", 0))
     return _Pass(folder, digest, stats)

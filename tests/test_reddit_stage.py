@@ -1244,3 +1244,46 @@ def test_a_damaged_work_file_is_one_error_line_naming_it_and_the_marker_whose_de
     marker.unlink()  # as the error says
     rerun = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
     assert _rows(rerun) == _rows(built[1]) and rerun.funnel == built[1].funnel
+
+
+def _without_the_id_of_the_first_row(data: bytes) -> bytes:
+    first, rest = data.split(b"\n", 1)
+    row = orjson.loads(first)
+    del row["id"]
+    return orjson.dumps(row) + b"\n" + rest
+
+
+@pytest.mark.parametrize(("pattern", "damage", "marker_pattern"), [
+    ("scan-without-a.co/RC_2020-09*.json", lambda data: b"{}\n", None),
+    ("collect-*/RC_2020-09*.json", lambda data: b"{}\n", None),
+    ("rebuild-*/part-00002.json", lambda data: b"{}\n", None),
+    ("scan-without-a.co/RC_2020-09*.hits.jsonl", _without_the_id_of_the_first_row, None),
+    ("short_links-*.json", lambda data: data[:len(data) // 2], "rebuild-*/part-00002.json"),
+], ids=["scan stats {}", "collect stats {}", "rebuild stats {}", "hits row without id", "short links cut"])
+def test_a_work_file_lacking_keys_or_short_links_read_by_a_rebuild_is_one_error_line_naming_it(
+        built, world, tmp_path, pattern, damage, marker_pattern):
+    """A stats JSON that was a JSON object without the stage's keys ({}) ended a rerun in KeyError: 'error' (or
+    'problems', 'short_links'), and a hits row without its id in KeyError: 'id'; a damaged short_links-*.json, read
+    in a rebuild task, in "Error: JSONDecodeError" naming no file. Each is now one Error line naming the file and
+    what to delete, and deleting it redoes that file."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    workdir = tmp_path / "w"
+    shutil.copytree(built[0], workdir)
+    [damaged] = (workdir / "reddit" / "work").glob(pattern)
+    damaged.write_bytes(damage(damaged.read_bytes()))
+    if marker_pattern:  # read only while a bucket is rebuilt
+        next((workdir / "reddit" / "work").glob(marker_pattern)).unlink()
+    stage = ["reddit-stage", str(world), "--workdir", str(workdir), "--salt", "test-salt", "--no-progress"]
+    result = CliRunner().invoke(cli, stage)
+    assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output
+    error = result.output.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"Error: DamagedFileError: {damaged}:"), result.output
+    to_delete = Path(re.search(r"; delete (\S+) and rerun the stage: ", error[0]).group(1))
+    expected = damaged.with_name(damaged.name.replace(".hits.jsonl", ".json")) if damaged.suffix == ".jsonl" else damaged
+    assert to_delete == expected, error[0]
+    to_delete.unlink()  # as the error says
+    rerun = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
+    assert _rows(rerun) == _rows(built[1]) and rerun.funnel == built[1].funnel
