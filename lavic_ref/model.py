@@ -463,7 +463,8 @@ def check_adapter_base(folder: Path, backbone: Backbone) -> None:
             raise AdapterError(f"{folder} was trained on base model {saved.get('base')} (weights "
                                f"{saved['fingerprint']}), not on {backbone.base} (weights {backbone.fingerprint})")
         return
-    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    config = read_json(folder / ADAPTER_CONFIG, remedy="it is peft's record of the adapter: copy the adapter folder "
+                                                      "again from where it came, or rerun the training that wrote it")
     trained_on = config.get("base_model_name_or_path")
     if trained_on and not same_base_name(trained_on, backbone.base):
         warnings.warn(f"{folder} names base model {trained_on}, not {backbone.base}; it has no {BASE_FILE} to "

@@ -2400,3 +2400,19 @@ def test_damaged_card_inputs_are_one_error_line_saying_which_rerun_writes_them_a
     assert written["adapters"]["rec_adapter"] == str(out / "best")
     assert {**written, "adapters": None} == {**original, "adapters": None}
     _invoke(cli, ["card", out])
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_peft_config_of_an_adapter_without_its_record_is_one_error_line_naming_it(finetuned, tiny_base,
+                                                                                          tmp_path, damage):
+    """An adapter saved by peft alone (no lavic_base.json) whose adapter_config.json was damaged ended `benchmark run
+    --model lavic` in a traceback (AttributeError: 'list' object has no attribute 'get') or in "Error:
+    JSONDecodeError" / "Error: UnicodeDecodeError" naming no file."""
+    from benchmark.cli import cli as benchmark_cli
+
+    out, damaged = _damaged_copy(finetuned, tmp_path, "best/adapter_config.json", damage)
+    (out / "best" / BASE_FILE).unlink()
+    result = CliRunner().invoke(benchmark_cli, [
+        "run", "--model", "lavic", "--model-args", f"base={tiny_base},rec_adapter={out / 'best'},device={DEVICE}",
+        "--domain", "fashion", "--limit", "2", "--out", str(tmp_path / "run"), "--quiet", "--bootstrap-samples", "0"])
+    assert "copy the adapter folder again" in _error_line(result, damaged)
