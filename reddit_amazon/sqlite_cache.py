@@ -38,20 +38,39 @@ class CacheFile:
     fix: str = ""  # what to do when it is unavailable: "point $REDDIT_AMAZON_CACHE at a writable folder"
     loss: str = ""  # what deleting it costs: "its answers are then asked again"
 
-    def connect(self, schema: str, *, owner: object, check_same_thread: bool = True) -> sqlite3.Connection:
-        """The file (and its folder) with ``schema`` (a CREATE TABLE IF NOT EXISTS) in place. The connection is
-        closed when ``owner`` (the cache object holding it) is collected, if its user has not closed it: a
-        retriever or recommender has no close() of its own, and Python 3.13 warns of connections left open."""
+    def connect(self, *schemas: str, owner: object, check_same_thread: bool = True) -> sqlite3.Connection:
+        """The file (and its folder) with ``schemas`` (CREATE TABLE IF NOT EXISTS statements) in place. A file
+        holding other tables, or these with other columns, is refused as :attr:`damaged` before anything is written
+        to it: another database given by mistake, or a cache damaged. The connection is closed when ``owner`` (the
+        cache object holding it) is collected, if its user has not closed it: a retriever or recommender has no
+        close() of its own, and Python 3.13 warns of connections left open."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.named_errors():
             db = sqlite3.connect(self.path, check_same_thread=check_same_thread)
             try:
-                db.execute(schema)
-            except sqlite3.Error:
+                self._refuse_another_database(db, schemas)
+                for schema in schemas:
+                    db.execute(schema)
+            except BaseException:
                 db.close()
                 raise
         weakref.finalize(owner, _close, db)
         return db
+
+    def _refuse_another_database(self, db: sqlite3.Connection, schemas: tuple[str, ...]) -> None:
+        expected = sqlite3.connect(":memory:")
+        try:
+            for schema in schemas:
+                expected.execute(schema)
+            wanted = _tables(expected)
+        finally:
+            expected.close()
+        found = _tables(db)
+        if any(name not in wanted or columns != wanted[name] for name, columns in found.items()):
+            held = ", ".join(f"{name}({', '.join(column[0] for column in columns)})" for name, columns in found.items())
+            loss = f"; {self.loss}" if self.loss else ""
+            raise self.damaged(f"{self.path} holds another database (tables {held}), not {self.what}: nothing was "
+                               f"written to it; move it, or delete it if it is only a cache{loss}")
 
     @contextmanager
     def named_errors(self) -> Iterator[None]:
@@ -67,6 +86,14 @@ class CacheFile:
             loss = f"; {self.loss}" if self.loss else ""
             raise self.damaged(f"{self.path} is damaged ({error}); it is only a cache: delete or move it "
                                f"({self.what}{loss})") from error
+
+
+def _tables(db: sqlite3.Connection) -> dict[str, list[tuple[str, str, int, int]]]:
+    """Each table of ``db`` (SQLite's own left out) with its columns: name, declared type, NOT NULL, primary key."""
+    names = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                            "AND name NOT LIKE 'sqlite^_%' ESCAPE '^' ORDER BY name")]
+    return {name: db.execute('SELECT name, type, "notnull", pk FROM pragma_table_info(?)', (name,)).fetchall()
+            for name in names}
 
 
 def _close(db: sqlite3.Connection) -> None:

@@ -187,3 +187,49 @@ def test_a_locked_database_is_told_by_its_code_and_on_python_3_10_by_its_message
     assert is_locked(sqlite3.OperationalError("database is locked"))  # as on 3.10: no sqlite_errorcode
     assert not is_locked(sqlite3.OperationalError("disk I/O error"))
     assert not is_locked(sqlite3.OperationalError("database table is locked"))  # SQLITE_LOCKED, not BUSY
+
+
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS)
+@pytest.mark.parametrize("tables", [["CREATE TABLE notes (title TEXT, body TEXT)"], None],
+                         ids=["another database", "its own tables with other columns"])
+def test_a_database_of_another_schema_is_refused_and_left_as_it_was(kind, tables, tmp_path):
+    """A valid SQLite file of another schema given as a cache (a user's own database, or a cache damaged) had the
+    cache's tables added into it, or failed at its first use with "no such column: key" / "table answers has 2
+    columns but 4 values were supplied", reported as a file that cannot be written, not as one to move away."""
+    path = kind.open(tmp_path / "probe").path
+    own = [name for (name,) in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    other = tmp_path / "other" / path.relative_to(tmp_path / "probe")
+    other.parent.mkdir()
+    db = sqlite3.connect(other)
+    for statement in tables or [f"CREATE TABLE {name} (a INTEGER, b INTEGER)" for name in own]:
+        db.execute(statement)
+    db.commit()
+    db.close()
+    before = other.read_bytes()
+    with pytest.raises(kind.damaged) as error:
+        kind.write(kind.open(other.parent))
+    _one_line_naming(error, other, "holds another database", "move it, or delete it if it is only a cache", kind.what)
+    assert other.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS)
+def test_an_empty_file_or_a_cache_of_an_earlier_release_is_used(kind, tmp_path):
+    """A zero-byte file is an empty database to SQLite: the cache is made in it. A file holding some of the cache's
+    tables (an embedding cache from before the writer table) is the cache."""
+    path = kind.open(tmp_path / "probe").path
+    empty = tmp_path / "empty" / path.relative_to(tmp_path / "probe")
+    empty.parent.mkdir()
+    empty.write_bytes(b"")
+    cache = kind.open(empty.parent)
+    kind.write(cache)
+    kind.read(cache)
+    schema = sqlite3.connect(path).execute("SELECT sql FROM sqlite_master WHERE type = 'table' ORDER BY name").fetchone()
+    earlier = tmp_path / "earlier" / path.relative_to(tmp_path / "probe")
+    earlier.parent.mkdir()
+    db = sqlite3.connect(earlier)
+    db.execute(schema[0])
+    db.commit()
+    db.close()
+    cache = kind.open(earlier.parent)
+    kind.write(cache)
+    kind.read(cache)
