@@ -482,6 +482,8 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
         folder.mkdir(parents=True, exist_ok=True)
         # The calls of every run of this stage (an interrupted build and its reruns), for the report and card.
         with AnswerCache(_relevance_cache_path(options)) as cache, CallTally(folder / CALLS_FILE, key) as tally:
+            if tally.damaged:
+                console.print(f"[yellow]warning[/]: {escape(tally.damaged)}")
             if endpoint_key(filter_options.base_url) is not None:  # only another endpoint's may hide under OpenAI's
                 _warn_answers_without_endpoint(plan_filter(upstream.records(), cache, filter_options), options,
                                                console)

@@ -307,13 +307,18 @@ class CallTally:
     holds: the runs of one build stage, interrupted and resumed, are counted together, each call once (an answer
     received before an interruption is served from the cache afterwards, not paid again), even after a kill -9.
     The file belongs to one ``run_key`` (the stage's inputs and options): a file of another key is started afresh.
+    A damaged file (not a key and events: binary bytes, an edit by hand) only fed the counts: it is started afresh
+    too, and :attr:`damaged` says so, for a warning that the counts cover this run only. A last line cut short by a
+    crash is counted as what it holds, and the next event goes on a line of its own.
     """
 
     CALL, REQUEST = b"c", b"r"
+    _KEY = re.compile(rb"[0-9a-f]*")
 
     def __init__(self, path: Path | None = None, run_key: str = ""):
         self.path = path
         self.calls = self.requests = 0
+        self.damaged: str | None = None  # why a damaged file was started afresh
         self._lock = threading.Lock()
         self._file: Any = None
         if path is not None:
@@ -322,12 +327,22 @@ class CallTally:
     def _open(self, path: Path, header: bytes) -> Any:
         with naming(path):
             held = path.read_bytes() if path.is_file() else b""
-            if held.startswith(header):
-                events = held[len(header):].split(b"\n")
+            first, _, rest = held.partition(b"\n")
+            events = rest.split(b"\n")
+            if held.startswith(header) and set(events) <= {self.CALL, self.REQUEST, b""}:
                 self.calls, self.requests = events.count(self.CALL), events.count(self.REQUEST)
+                cut = not held.endswith(b"\n")
             else:
+                if held and not (self._KEY.fullmatch(first) and held.startswith(first + b"\n")
+                                 and set(events) <= {self.CALL, self.REQUEST, b""}):
+                    self.damaged = (f"{path} is damaged (not a run key and its calls); the calls and requests "
+                                    "counted before this run are lost: the counts cover this run only")
                 write_atomic(path, header)
-            return open(path, "ab", buffering=0)  # unbuffered: each event is one write, on disk as it happens
+                cut = False
+            log = open(path, "ab", buffering=0)  # unbuffered: each event is one write, on disk as it happens
+            if cut:
+                log.write(b"\n")
+            return log
 
     def call(self) -> None:
         self._count(self.CALL)

@@ -718,3 +718,33 @@ def test_a_200_whose_choices_have_the_wrong_json_types_is_retried_not_a_crash(ht
     with AnswerCache(tmp_path / "cache.sqlite") as cache:
         result = run_filter([conversation("1", "SCRIPT=odd")], cache, options, api_key="sk-test")
         assert result.labels == {"1": "yes"} and fake.requests["odd"] == 2
+
+
+_RUN = "0f" * 32
+
+
+@pytest.mark.parametrize(("held", "counts", "damaged"), [
+    (f"{_RUN}\nc\nr\nc".encode(), (2, 1), False),  # the last newline cut by a crash
+    (f"{'ab' * 32}\nc\nc\nr\n".encode(), (0, 0), False),  # another run's log
+    (bytes(range(255, -1, -1)), (0, 0), True),
+    (f"{_RUN}\nc\n".encode() + bytes(range(255, -1, -1)), (0, 0), True),
+    (b"\x00" * 64, (0, 0), True),
+], ids=["cut last line", "another run", "binary garbage", "garbage after its events", "zeros"])
+def test_a_damaged_calls_log_restarts_the_counts_with_a_warning_and_a_cut_line_loses_no_event(tmp_path, held, counts,
+                                                                                               damaged):
+    """The calls log only feeds the report's counts: it must never stop a build. A cut last line is counted, and
+    the next event no longer joins it ("cr", counted as neither); a damaged log restarts the counts, saying so;
+    another run's log restarts them as documented, silently."""
+    from reddit_amazon.relevance import CallTally
+
+    log = tmp_path / "calls.log"
+    log.write_bytes(held)
+    with CallTally(log, _RUN) as tally:
+        assert (tally.calls, tally.requests) == counts
+        assert (tally.damaged is not None) == damaged
+        if damaged:
+            assert str(log) in tally.damaged and "cover this run only" in tally.damaged
+        tally.request()
+        tally.call()
+    with CallTally(log, _RUN) as again:
+        assert (again.calls, again.requests) == (counts[0] + 1, counts[1] + 1) and again.damaged is None
