@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -43,17 +43,26 @@ def _load(run_dir: Path) -> tuple[dict, dict[tuple[str, str], dict]]:
                          f"set (`benchmark run --model M --candidates {results.get('candidate_set_name') or 'NAME'}`)")
     if results is None or not predictions_path.is_file():
         raise FileNotFoundError(f"{run_dir}: needs a finished run ({RESULTS_FILE} and {PREDICTIONS_FILE})")
-    rows = {}
-    for number, line in enumerate(predictions_path.read_bytes().splitlines(), 1):
+    rows = {(row["domain"], row["example_id"]): row for row in scored_predictions(predictions_path)}
+    return results, rows
+
+
+def scored_predictions(path: Path) -> list[dict[str, Any]]:
+    """The rows of a finished run's predictions.jsonl; a line that is not a scored prediction is a ValueError
+    naming it (``file:line``)."""
+    rows = []
+    for number, line in enumerate(path.read_bytes().split(b"\n"), 1):
+        if not line.strip():
+            continue
         try:
             row = orjson.loads(line)
         except orjson.JSONDecodeError as error:
-            raise ValueError(f"{predictions_path}:{number}: not valid JSON ({error})") from error
+            raise ValueError(f"{path}:{number}: not valid JSON ({error})") from None
         problem = _scored_row_problem(row)
         if problem:
-            raise ValueError(f"{predictions_path}:{number}: not a scored prediction of a benchmark run ({problem})")
-        rows[(row["domain"], row["example_id"])] = row
-    return results, rows
+            raise ValueError(f"{path}:{number}: not a scored prediction of a benchmark run ({problem})")
+        rows.append(row)
+    return rows
 
 
 def _scored_row_problem(row: object) -> str | None:

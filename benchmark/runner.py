@@ -280,19 +280,12 @@ def _score(records: Sequence[Record], predictions: dict[tuple[str, str], dict[st
 def _with_new_intervals(finished: dict[str, Any], out: Path, config: RunConfig) -> dict[str, Any]:
     """A finished run's results with confidence intervals for other bootstrap settings, from its
     scored predictions (the scores themselves cannot change)."""
-    from benchmark.compare import _scored_row_problem
+    from benchmark.compare import scored_predictions
 
-    path = out / PREDICTIONS_FILE
-    rows = []
-    for number, line in enumerate(path.read_bytes().splitlines(), 1):
-        try:
-            row = orjson.loads(line)
-        except orjson.JSONDecodeError as error:
-            raise RunError(f"{path}:{number}: not valid JSON ({error}); pass --overwrite to run it again") from None
-        problem = _scored_row_problem(row)
-        if problem:
-            raise RunError(f"{path}:{number}: not a scored prediction ({problem}); pass --overwrite to run it again")
-        rows.append(row)
+    try:
+        rows = scored_predictions(out / PREDICTIONS_FILE)
+    except ValueError as error:
+        raise RunError(f"{error}; pass --overwrite to run it again") from None
     outcomes = [Outcome(pairs=row["gt_pairs"], hits=row["hits"], valid=row["valid"],
                         recall=tuple(row.get("recall", ())), ndcg=tuple(row.get("ndcg", ()))) for row in rows]
     metrics = summarize_by_domain([row["domain"] for row in rows], outcomes, config.bootstrap_samples, config.seed)
