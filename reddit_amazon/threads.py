@@ -50,14 +50,23 @@ class RedditSubmission:
         return {"kind": "submission", **vars(self)}
 
 
+#: The essential fields of a dump record, each a string; True: it must not be empty either. The readers below refuse
+#: a record lacking one, and :func:`comment_problems` / :func:`submission_problems` say which.
+_COMMENT_FIELDS = {"id": True, "link_id": True, "parent_id": True, "body": False}
+_SUBMISSION_FIELDS = {"id": True, "title": False}
+
+
+def _has_fields(record: Mapping[str, Any], fields: dict[str, bool]) -> bool:
+    return all(isinstance(value := record.get(name), str) and (value or not needs_text)
+               for name, needs_text in fields.items())
+
+
 def comment_from_dump(record: Mapping[str, Any]) -> RedditComment | None:
     """The kept fields of a dump comment, or ``None`` when an essential field is missing."""
-    comment_id = bare_id(record.get("id"))
-    link_id = bare_id(record.get("link_id"))
-    parent_id = record.get("parent_id")
-    body = record.get("body")
-    if not comment_id or not link_id or not isinstance(parent_id, str) or not parent_id or not isinstance(body, str):
+    if not _has_fields(record, _COMMENT_FIELDS):
         return None
+    comment_id, link_id = bare_id(record["id"]), bare_id(record["link_id"])
+    parent_id, body = record["parent_id"], record["body"]
     if not parent_id.startswith(("t1_", "t3_")):
         # Some exports drop the prefix: the submission's own id means a top-level comment.
         parent_id = ("t3_" if parent_id == link_id else "t1_") + parent_id
@@ -73,13 +82,11 @@ def comment_from_dump(record: Mapping[str, Any]) -> RedditComment | None:
 
 
 def submission_from_dump(record: Mapping[str, Any]) -> RedditSubmission | None:
-    submission_id = bare_id(record.get("id"))
-    title = record.get("title")
-    if not submission_id or not isinstance(title, str):
+    if not _has_fields(record, _SUBMISSION_FIELDS):
         return None
     return RedditSubmission(
-        id=submission_id,
-        title=title,
+        id=bare_id(record["id"]),
+        title=record["title"],
         selftext=_text_field(record, "selftext"),
         author=_text_field(record, "author"),
         created_utc=parse_created_utc(record.get("created_utc")),
@@ -96,11 +103,6 @@ def comment_problems(record: Mapping[str, Any]) -> str:
 def submission_problems(record: Mapping[str, Any]) -> str:
     """Why :func:`submission_from_dump` refuses ``record`` (``""`` when it does not)."""
     return _field_problems(record, _SUBMISSION_FIELDS)
-
-
-#: The essential fields of a dump record, each a string; True: it must not be empty either.
-_COMMENT_FIELDS = {"id": True, "link_id": True, "parent_id": True, "body": False}
-_SUBMISSION_FIELDS = {"id": True, "title": False}
 
 
 def _field_problems(record: Mapping[str, Any], fields: dict[str, bool]) -> str:
