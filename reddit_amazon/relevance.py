@@ -327,14 +327,14 @@ class CallTally:
     def _open(self, path: Path, header: bytes) -> Any:
         with naming(path):
             held = path.read_bytes() if path.is_file() else b""
-            first, _, rest = held.partition(b"\n")
+            first, newline, rest = held.partition(b"\n")
             events = rest.split(b"\n")
-            if held.startswith(header) and set(events) <= {self.CALL, self.REQUEST, b""}:
+            readable = bool(newline and self._KEY.fullmatch(first) and set(events) <= {self.CALL, self.REQUEST, b""})
+            if readable and held.startswith(header):
                 self.calls, self.requests = events.count(self.CALL), events.count(self.REQUEST)
                 cut = not held.endswith(b"\n")
             else:
-                if held and not (self._KEY.fullmatch(first) and held.startswith(first + b"\n")
-                                 and set(events) <= {self.CALL, self.REQUEST, b""}):
+                if held and not readable:
                     self.damaged = (f"{path} is damaged (not a run key and its calls); the calls and requests "
                                     "counted before this run are lost: the counts cover this run only")
                 write_atomic(path, header)
