@@ -20,7 +20,7 @@ from benchmark.metrics import (
     paired_difference,
     ratios,
 )
-from benchmark.report import dataset_key, read_results
+from benchmark.report import dataset_key, is_number, read_results
 from benchmark.runner import PREDICTIONS_FILE, RESULTS_FILE
 
 
@@ -77,8 +77,8 @@ def _scored_row_problem(row: object) -> str | None:
         wrong.append("hits (a count up to gt_pairs)")
     if not isinstance(row.get("valid"), bool):
         wrong.append("valid (true or false)")
-    wrong += [key for key in ("recall", "ndcg") if not (isinstance(row.get(key, []), list) and all(
-        isinstance(value, (int, float)) and not isinstance(value, bool) for value in row.get(key, [])))]
+    wrong += [key for key in ("recall", "ndcg")
+              if not (isinstance(row.get(key, []), list) and all(map(is_number, row.get(key, []))))]
     return f"missing or malformed: {', '.join(wrong)}" if wrong else None
 
 

@@ -119,12 +119,13 @@ def _is_metric_entry(entry: Any) -> bool:
     if not isinstance(entry, dict) or "value" not in entry:
         return False
     ci95 = entry.get("ci95")
-    return (all(entry.get(key) is None or _is_number(entry[key])
+    return (all(entry.get(key) is None or is_number(entry[key])
                 for key in ("value", "numerator", "denominator", "ci_low", "ci_high"))
-            and (ci95 is None or (isinstance(ci95, list) and len(ci95) == 2 and all(map(_is_number, ci95)))))
+            and (ci95 is None or (isinstance(ci95, list) and len(ci95) == 2 and all(map(is_number, ci95)))))
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A JSON number: an int or float, not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
