@@ -66,7 +66,7 @@ def _hub_cache_repo(folder: Path) -> str | None:
 
 def _recorded(path: Path, key: str) -> Any:
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = _read_json(path)
     except (OSError, ValueError):
         return None
     return record.get(key) if isinstance(record, dict) else None
