@@ -469,7 +469,12 @@ class LinePlace:
         return self.length > MAX_LINE_BYTES
 
     def describe(self) -> str:
-        return f"line {self.line_number:,} (byte {self.offset:,})"
+        return place_text(self.line_number, self.offset)
+
+
+def place_text(line: int, byte: int) -> str:
+    """Where a line of a dump is, as reports say it: ``line 161 (byte 35,568)``."""
+    return f"line {line:,} (byte {byte:,})"
 
 
 def iter_selected_lines(

@@ -50,6 +50,7 @@ from reddit_amazon.dumps import (
     iter_chunks,
     iter_selected_lines,
     parse_line,
+    place_text,
 )
 from reddit_amazon.files import (STAGE_STAMP, DamagedFileError, folder_lock, open_named, printable_path, read_json,
                                  read_jsonl, write_atomic)
@@ -1121,7 +1122,7 @@ def bad_line_warnings(funnel: dict[str, Any]) -> list[str]:
 
 def _describe(bad_line: dict[str, Any]) -> str:
     why = f" ({bad_line['why']})" if bad_line["why"] else ""
-    return f"line {bad_line['line']:,} (byte {bad_line['byte']:,}): {bad_line['problem']}{why}"
+    return f"{place_text(bad_line['line'], bad_line['byte'])}: {bad_line['problem']}{why}"
 
 
 _DROPPED_LINE_PROBLEMS = ("malformed_json", "invalid_utf8", "missing_fields", "not_an_object")
