@@ -441,6 +441,12 @@ def sibling_prefix(target: Path, kind: str) -> str:
     return f".{_short_name(target.name)}.{kind}-{socket.gethostname()}-{os.getpid()}-"
 
 
+def _sibling_name_pattern(name: str, kinds: str) -> str:
+    """The regex of the names :func:`sibling_prefix` gives ``kinds`` siblings (``tmp|old``) of a target whose name
+    matches the regex ``name``, on this host; groups: the kind and the writer's pid."""
+    return rf"\.{name}\.({kinds})-{re.escape(socket.gethostname())}-(\d+)-"
+
+
 def remove_abandoned_siblings(target: Path, finished_marker: str) -> list[Path]:
     """Delete the hidden folders that processes of this host left beside ``target`` when they were
     killed (kill -9, power loss) while writing or replacing it; returns what was removed.
@@ -450,7 +456,7 @@ def remove_abandoned_siblings(target: Path, finished_marker: str) -> list[Path]:
     folder holding ``finished_marker`` (written last) got the user's entries: one killed while being written
     holds only its own half-written temporary files."""
     name = _short_name(target.name)
-    pattern = re.compile(rf"\.{re.escape(name)}\.(tmp|old)-{re.escape(socket.gethostname())}-(\d+)-")
+    pattern = re.compile(_sibling_name_pattern(re.escape(name), "tmp|old"))
     abandoned = []
     for sibling in target.parent.glob(f".{glob.escape(name)}.*"):
         match = pattern.match(sibling.name)
@@ -477,12 +483,12 @@ def remove_abandoned_temp_files(folder: Path) -> list[Path]:
     they were killed mid-write; returns what was removed. A file of a process still running (a concurrent build
     writing into a shared folder) is kept, and so is one of another host, whose processes cannot be checked from
     here."""
-    pattern = re.compile(rf"\..+\.tmp-{re.escape(socket.gethostname())}-(\d+)-[^.]+")
+    pattern = re.compile(_sibling_name_pattern(".+", "tmp") + r"[^.]+")  # and mkstemp's random letters
     removed = []
     with os.scandir(folder) as entries:
         for entry in entries:
             match = pattern.fullmatch(entry.name)
-            if match and entry.is_file(follow_symlinks=False) and not _process_alive(int(match.group(1))):
+            if match and entry.is_file(follow_symlinks=False) and not _process_alive(int(match.group(2))):
                 Path(entry.path).unlink(missing_ok=True)
                 removed.append(Path(entry.path))
     return removed
