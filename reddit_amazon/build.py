@@ -762,7 +762,7 @@ def _check_folders(options: BuildOptions) -> None:
     local_inputs = [path for path in [*options.inputs, *options.meta, *options.reviews] if not path.startswith("hub:")]
     read_files = [path for path in (options.llm_template, options.domain_map) if path and Path(path).is_file()]
     kept: list[str | Path] = [options.workdir, *local_inputs, *read_files,
-            *(path for path in (options.llm_cache, options.image_store) if path)]
+                              *(path for path in (options.llm_cache, options.image_store) if path)]
     try:
         check_output_folder(options.out, keep=kept)
     except OSError as error:

@@ -359,8 +359,8 @@ def with_retries(call: Callable[[], T], max_attempts: int, initial_wait: float =
     instead of trying again (a call already sent runs to its timeout, unless its connection is cut: see
     :func:`stoppable_calls`).
     """
-    from tenacity import retry, retry_if_exception, sleep, sleep_using_event, stop_after_attempt, \
-        wait_random_exponential
+    from tenacity import (retry, retry_if_exception, sleep, sleep_using_event, stop_after_attempt,
+                          wait_random_exponential)
 
     backoff = wait_random_exponential(multiplier=initial_wait, max=max_wait)
 
