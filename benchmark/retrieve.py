@@ -46,7 +46,7 @@ from benchmark.runner import (
     provenance,
     recorded_args,
 )
-from reddit_amazon.files import write_atomic, write_jsonl_atomic
+from reddit_amazon.files import read_json, write_atomic, write_jsonl_atomic
 from reddit_amazon.progress import bar_options, quiet
 
 CANDIDATES_FILE = "candidates.jsonl"
@@ -158,11 +158,15 @@ def _retriever(config: RetrieveConfig) -> Retriever:
                             f"{redacted_args(config.retriever_options)}: {error}") from error
 
 
+#: What to do about a damaged results.json in a retrieval's --out: the retrieval replaces it.
+_REPLACE_REMEDY = "pass --overwrite to replace it or choose another --out"
+
+
 def _check_folder(out: Path, overwrite: bool) -> None:
     """A retrieval may replace an earlier retrieval in ``out``, never a model run's files."""
     if overwrite or not out.is_dir():
         return
     results = out / RESULTS_FILE
     if (out / RUN_FILE).exists() or (out / PREDICTIONS_FILE).exists() or (
-            results.is_file() and orjson.loads(results.read_bytes()).get("kind") != "retrieval"):
+            results.is_file() and read_json(results, remedy=_REPLACE_REMEDY).get("kind") != "retrieval"):
         raise RunError(f"{out} holds a `benchmark run` result; choose another --out or pass --overwrite")

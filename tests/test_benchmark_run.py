@@ -727,6 +727,20 @@ def test_retrieve_never_writes_over_a_model_run_and_reports_only_cutoffs_within_
     assert "full catalog`" not in report.output  # a retrieval run names no candidate column
 
 
+@pytest.mark.parametrize("damaged", [b'{"kind": ', b"[1, 2]", b"\xff"])
+def test_retrieve_into_a_folder_with_a_damaged_results_file_is_one_error_line_naming_it(dataset, tmp_path, damaged):
+    """`benchmark retrieve --out` a folder whose results.json was damaged ended in "Error: JSONDecodeError: unexpected
+    end of data", naming no file, or in a traceback (AttributeError: 'list' object has no attribute 'get')."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "results.json").write_bytes(damaged)
+    result = CliRunner().invoke(cli, ["retrieve", "--retriever", "bm25", "--dataset", str(dataset), "--domain",
+                                      "home", "--quiet", "--out", str(out)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"{out / 'results.json'}: damaged" in result.output and "--overwrite" in result.output
+    assert (out / "results.json").read_bytes() == damaged
+
+
 def test_a_file_plugin_imports_its_neighbours_and_endpoint_errors_are_one_line(dataset, tmp_path, httpserver):
     (tmp_path / "helper_for_plugin.py").write_text("def pick(example):\n    return example.candidates[1].item_id\n")
     (tmp_path / "neighbourly.py").write_text(
