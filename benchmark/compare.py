@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
-import orjson
-
 from benchmark.metrics import (
     DEFAULT_BOOTSTRAP_SAMPLES,
     DEFAULT_SEED,
@@ -22,6 +20,7 @@ from benchmark.metrics import (
 )
 from benchmark.report import dataset_key, is_number, read_results
 from benchmark.runner import PREDICTIONS_FILE, RESULTS_FILE
+from reddit_amazon.files import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -49,26 +48,23 @@ def _load(run_dir: Path) -> tuple[dict, dict[tuple[str, str], dict]]:
 
 def scored_predictions(path: Path) -> list[dict[str, Any]]:
     """The rows of a finished run's predictions.jsonl; a line that is not a scored prediction is a ValueError
-    naming it (``file:line``)."""
+    naming it (``file:line``) and saying to rerun the run."""
     rows = []
-    for number, line in enumerate(path.read_bytes().split(b"\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = orjson.loads(line)
-        except orjson.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not valid JSON ({error})") from None
+    for number, row in read_jsonl(path, remedy=_RERUN):
         problem = _scored_row_problem(row)
         if problem:
-            raise ValueError(f"{path}:{number}: not a scored prediction of a benchmark run ({problem})")
+            raise ValueError(f"{path}:{number}: damaged, not a scored prediction of a benchmark run ({problem}); "
+                             f"{_RERUN}")
         rows.append(row)
     return rows
 
 
-def _scored_row_problem(row: object) -> str | None:
+#: What to do about a predictions.jsonl that is not a finished run's.
+_RERUN = "rerun its `benchmark run` with --overwrite"
+
+
+def _scored_row_problem(row: dict[str, Any]) -> str | None:
     """Why ``row`` is not a predictions.jsonl row the comparison can score; None when it is one."""
-    if not isinstance(row, dict):
-        return f"a JSON object expected, not {type(row).__name__}"
     wrong = [key for key in ("domain", "example_id") if not isinstance(row.get(key), str)]
     pairs, hits = row.get("gt_pairs"), row.get("hits")
     if not (_is_count(pairs) and pairs > 0):

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from reddit_amazon.files import LOCK_FILE
+from reddit_amazon.files import LOCK_FILE, read_json
 from reddit_amazon.schema import DOMAINS
 
 DOMAIN_TITLES = {"beauty": "Beauty", "fashion": "Fashion", "home": "Home"}
@@ -130,11 +128,9 @@ def is_number(value: Any) -> bool:
 
 
 def read_results(path: Path) -> dict[str, Any]:
-    """A results.json; a damaged one, or JSON of another shape, fails naming the file."""
-    try:
-        results = orjson.loads(path.read_bytes())
-    except orjson.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    """A results.json; a damaged one (a :class:`~reddit_amazon.files.DamagedFileError`), or JSON of another shape,
+    fails naming the file."""
+    results = read_json(path, object, remedy="rerun the `benchmark run` that wrote it, with --overwrite")
     problem = results_problem(results)
     if problem:
         raise ValueError(f"{path}: not the results.json of a benchmark run ({problem})")

@@ -50,7 +50,7 @@ from benchmark.metrics import (
     summarize_by_domain,
 )
 from benchmark.protocol import DEFAULT_BATCH_SIZE, RankingRecommender, Recommender
-from reddit_amazon.files import folder_lock, open_named, write_atomic, write_jsonl_atomic
+from reddit_amazon.files import folder_lock, open_named, read_json, write_atomic, write_jsonl_atomic
 from reddit_amazon.progress import bar_options, quiet
 
 RUN_FILE = "run.json"
@@ -284,8 +284,8 @@ def _with_new_intervals(finished: dict[str, Any], out: Path, config: RunConfig) 
 
     try:
         rows = scored_predictions(out / PREDICTIONS_FILE)
-    except ValueError as error:
-        raise RunError(f"{error}; pass --overwrite to run it again") from None
+    except ValueError as error:  # its message says to rerun with --overwrite
+        raise RunError(str(error)) from None
     outcomes = [Outcome(pairs=row["gt_pairs"], hits=row["hits"], valid=row["valid"],
                         recall=tuple(row.get("recall", ())), ndcg=tuple(row.get("ndcg", ()))) for row in rows]
     metrics = summarize_by_domain([row["domain"] for row in rows], outcomes, config.bootstrap_samples, config.seed)
@@ -313,6 +313,10 @@ def _check_unique(records: Sequence[Record]) -> None:
         seen.add(key)
 
 
+#: What to do about a damaged run.json or results.json in a run's folder.
+_START_OVER = "pass --overwrite to start over"
+
+
 def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
     """Refuse an ``out`` that holds another run (or files of unknown origin), without changing it; the
     results of this run when it already finished."""
@@ -320,7 +324,7 @@ def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> dict
     if overwrite:
         return None
     if run_path.is_file():
-        recorded = _read_json(run_path)
+        recorded = read_json(run_path, remedy=_START_OVER)
         # A field an earlier release did not record (batch_size) reads as unset, as it was then.
         previous = {**dict.fromkeys(signature), **recorded}
         current = orjson.loads(orjson.dumps(signature))  # as it reads back from run.json
@@ -343,7 +347,7 @@ def _check_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> dict
         results_path = out / RESULTS_FILE
         if not results_path.is_file():
             return None
-        finished = _read_json(results_path)
+        finished = read_json(results_path, remedy=_START_OVER)
         if finished.get("model", {}).get("spec") != previous["model"]:  # the spec of the run that wrote run.json
             raise RunError(f"{results_path} was not written by this run (another command wrote into {out}); "
                            "pass --overwrite or choose another --out")
@@ -368,17 +372,6 @@ def _same(field: str, previous: Any, current: Any) -> bool:
     if field == "dataset" and isinstance(previous, dict) and previous.get("fingerprint") not in (None, "unknown"):
         return previous.get("fingerprint") == current.get("fingerprint")
     return previous == current
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A run folder's JSON file; a damaged one is an error naming it (``--overwrite`` starts over)."""
-    try:
-        value = orjson.loads(path.read_bytes())
-    except orjson.JSONDecodeError as error:
-        raise RunError(f"{path}: not valid JSON ({error}); pass --overwrite to start over") from None
-    if not isinstance(value, dict):
-        raise RunError(f"{path}: not a JSON object; pass --overwrite to start over")
-    return value
 
 
 def _start_folder(out: Path, signature: dict[str, Any], overwrite: bool) -> None:
@@ -414,11 +407,11 @@ def _read_predictions(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
         try:
             row = orjson.loads(line)
         except orjson.JSONDecodeError:
-            raise RunError(f"{path}:{number}: not valid JSON; remove the line or pass --overwrite") from None
+            raise RunError(f"{path}:{number}: damaged, not valid JSON; remove the line or pass --overwrite") from None
         if not (isinstance(row, dict) and isinstance(row.get("domain"), str)
                 and isinstance(row.get("example_id"), str)):
-            raise RunError(f"{path}:{number}: not a prediction of a benchmark run (a JSON object with domain and "
-                           "example_id); remove the line or pass --overwrite")
+            raise RunError(f"{path}:{number}: damaged, not a prediction of a benchmark run (a JSON object with "
+                           "domain and example_id); remove the line or pass --overwrite")
         cached[(row["domain"], row["example_id"])] = row
     good_end = len(data) - len(torn_tail)
     if good_end != len(data):

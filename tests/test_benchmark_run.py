@@ -19,6 +19,7 @@ from benchmark.data import DatasetError
 from benchmark.registry import RegistryError
 from benchmark.runner import RunConfig, RunError, run
 from benchmark.synthetic import make_synthetic_dataset
+from reddit_amazon.files import DamagedFileError
 
 
 @pytest.fixture(scope="module")
@@ -500,7 +501,7 @@ def test_report_and_compare_name_a_damaged_results_file(dataset, tmp_path):
     for args in (["report", str(tmp_path / "good"), str(damaged)], ["compare", str(tmp_path / "good"), str(damaged)]):
         result = runner.invoke(cli, args)
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
-        assert f"{damaged / 'results.json'}: not valid JSON" in result.output
+        assert f"{damaged / 'results.json'}: damaged, not valid JSON" in result.output
 
 
 def test_report_refuses_json_of_another_shape_and_escapes_pipes_in_labels(dataset, tmp_path):
@@ -550,8 +551,8 @@ def test_compare_names_a_malformed_predictions_row_instead_of_crashing(dataset, 
     (tmp_path / "b" / "predictions.jsonl").write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
     result = CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
-    assert (f"predictions.jsonl:1: not a scored prediction of a benchmark run (missing or malformed: {problem})"
-            in result.output.replace("\n", ""))
+    assert (f"predictions.jsonl:1: damaged, not a scored prediction of a benchmark run (missing or malformed: "
+            f"{problem})" in result.output.replace("\n", ""))
 
 
 def test_markdown_report_shows_html_from_results_files_as_text(dataset, tmp_path):
@@ -692,7 +693,7 @@ def test_a_zero_batch_size_a_surrogate_output_and_damaged_run_files_are_clear_er
         path = tmp_path / "c" / name
         intact = path.read_bytes()
         path.write_bytes(intact[:50])
-        with pytest.raises(RunError, match=f"{name}: not valid JSON"):
+        with pytest.raises(DamagedFileError, match=f"{name}: damaged, not valid JSON .*; pass --overwrite to start "):
             run(config, tmp_path / "c", recommender=Configurable(), progress=False)
         path.write_bytes(intact)
 
@@ -2086,5 +2087,5 @@ def test_a_damaged_predictions_line_is_one_error_line_and_loses_no_prediction(tm
         (tmp_path / "a" / "results.json").unlink()
     result = CliRunner().invoke(cli, [*run_args, "--bootstrap-samples", "10"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
-    assert result.output.strip().splitlines()[-1].startswith(f"Error: {predictions}:1: not ")
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {predictions}:1: damaged, not ")
     assert "--overwrite" in result.output and predictions.read_bytes() == damaged
