@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmark.protocol import Candidate, Example
-from reddit_amazon.dataset_folder import MANIFEST, check_unchanged, full_datasets_cache_named, refuse_missing_local_path
+from reddit_amazon.dataset_folder import (MANIFEST, check_unchanged, full_datasets_cache_named, read_manifest,
+                                          refuse_missing_local_path)
 from reddit_amazon.sample import SAMPLE_DATASET, SAMPLE_DATASET_ID
 from reddit_amazon.schema import DOMAINS, ITEMS_CONFIG, SchemaError, Turn, candidate_column, candidate_sets_of, is_asin
 
@@ -43,9 +44,10 @@ def resolve_dataset(dataset: str | os.PathLike | None) -> DatasetInfo:
         dataset = sample_dataset_path()
     path = Path(dataset)
     if path.is_dir():
-        manifest = _read_json(path / MANIFEST)
-        if manifest is not None:  # scores must come from the data the recorded fingerprint names
+        manifest = None
+        if (path / MANIFEST).is_file():  # scores must come from the data the recorded fingerprint names
             try:
+                manifest = read_manifest(path)
                 check_unchanged(path)
             except SchemaError as error:
                 raise DatasetError(str(error)) from None
@@ -76,22 +78,11 @@ def _info(dataset_id: str, path: str, local: bool, manifest: dict[str, Any] | No
                        counts=manifest.get("counts"))
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    import orjson
-
-    if not path.is_file():
-        return None
-    try:
-        return orjson.loads(path.read_bytes())
-    except orjson.JSONDecodeError as error:
-        raise DatasetError(f"{path}: not valid JSON ({error})") from error
-
-
 def _hub_manifest(repo_id: str) -> dict[str, Any] | None:
     try:
         from huggingface_hub import hf_hub_download
 
-        return _read_json(Path(hf_hub_download(repo_id, MANIFEST, repo_type="dataset")))
+        return read_manifest(Path(hf_hub_download(repo_id, MANIFEST, repo_type="dataset")).parent)
     except Exception:  # offline, private or not ours: the run records "unknown"
         return None
 

@@ -427,6 +427,22 @@ def test_hub_id_without_network_records_unknown_provenance():
     assert not info.local and info.version is None and info.fingerprint is None and info.counts is None
 
 
+@pytest.mark.parametrize("published", [b"[1, 2]", b'{"version": '])
+def test_a_hub_manifest_that_is_not_one_records_unknown_provenance(tmp_path, monkeypatch, published):
+    """A Hub dataset's manifest.json holding a JSON array (another project's file of that name) ended the run in a
+    traceback (AttributeError: 'list' object has no attribute 'get'); like an unreachable one, it is unknown."""
+    import huggingface_hub
+
+    from benchmark.data import resolve_dataset
+
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    (snapshot / "manifest.json").write_bytes(published)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *args, **kwargs: str(snapshot / "manifest.json"))
+    info = resolve_dataset("someone/reddit-amazon")
+    assert not info.local and info.version is None and info.fingerprint is None and info.counts is None
+
+
 def test_secret_model_args_never_reach_the_outputs(dataset, tmp_path):
     plugin = tmp_path / "keyed.py"
     plugin.write_text("class Keyed:\n"
