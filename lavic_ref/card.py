@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reddit_amazon.files import read_json, write_atomic
+from reddit_amazon.files import DamagedFileError, read_json, write_atomic
 
 CARD_INPUTS = "model_card.json"
 #: What ``benchmark run --model lavic`` resolves its model to (results.json ``model.target``).
@@ -66,10 +66,9 @@ def _hub_cache_repo(folder: Path) -> str | None:
 
 def _recorded(path: Path, key: str) -> Any:
     try:
-        record = _read_json(path)
-    except (OSError, ValueError):
+        return read_json(path, remedy="").get(key)
+    except (OSError, DamagedFileError):
         return None
-    return record.get(key) if isinstance(record, dict) else None
 
 
 def write_model_card(out_dir: Path, inputs: dict[str, Any]) -> Path:
@@ -138,10 +137,9 @@ def card_describes(out_dir: Path, training_time_s: float, best_validation_loss: 
     none, or the card of an earlier state (the run before a rerun with more ``--epochs``): its rerun, with
     nothing left to train, must still write the card."""
     try:
-        inputs = _read_json(out_dir / CARD_INPUTS)
-    except (OSError, ValueError):
+        training = read_json(out_dir / CARD_INPUTS, remedy="").get("training")
+    except (OSError, DamagedFileError):
         return False
-    training = inputs.get("training") if isinstance(inputs, dict) else None
     return (isinstance(training, dict) and (out_dir / "README.md").is_file()
             and (training.get("time_s"), training.get("best_validation_loss")) == (training_time_s, best_validation_loss))
 
@@ -150,7 +148,7 @@ def _read_results(path: Path, out_dir: Path | None = None) -> dict[str, Any]:
     """A ``benchmark run --model lavic`` results.json (of ``out_dir``'s adapter); anything else fails naming the file."""
     from cards.model_card import results_problem
 
-    results = _read_json(path)
+    results = read_json(path, object, remedy="give the results.json of a `benchmark run --model lavic`")
     problem = results_problem(results)
     if problem:
         raise ValueError(f"{path}: {problem}")
@@ -176,10 +174,3 @@ def _check_same_adapter(path: Path, args: dict[str, Any], out_dir: Path) -> None
         return  # a path relative to another folder, or moved: cannot tell
     if not same:
         raise ValueError(f"{path}: a run of rec_adapter={used}, not of the adapter in {out_dir}")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a JSON file ({error})") from error

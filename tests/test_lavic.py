@@ -308,7 +308,7 @@ def test_card_command_names_the_file_it_cannot_read(tmp_path):
     bad = tmp_path / "results.json"
     bad.write_text('{"metrics": ')
     result = CliRunner().invoke(cli, ["card", str(tmp_path), "--results", str(bad)])
-    assert result.exit_code == 1 and f"{bad}: not a JSON file" in result.output
+    assert result.exit_code == 1 and f"{bad}: damaged, not valid JSON" in result.output
     assert readme.read_text() == before
 
 
