@@ -161,7 +161,7 @@ class ItemLookup:
         is read), then let the items table go."""
         import pyarrow.compute as pc
 
-        if with_images:
+        if with_images and self.table is not None:  # not read yet
             ids = self.table.column("item_id").take(self.positions).to_pylist()
             images = pc.struct_field(self.table.column("image").take(self.positions), "bytes").to_pylist()
             for item_id, image_bytes in zip(ids, images, strict=True):

@@ -252,6 +252,7 @@ def _load_from_file(path: Path, attribute: str, spec: str) -> Any:
         raise RegistryError(f"recommender {spec!r}: no such file {path}")
     module_name = f"_benchmark_plugin_{abs(hash(path.resolve()))}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
+    assert module_spec is not None and module_spec.loader is not None  # a .py file has both
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
     folder = str(path.resolve().parent)
@@ -421,7 +422,7 @@ def _keyword_parameters(target: Any) -> tuple[dict[str, inspect.Parameter], dict
     takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     by_name = {name: p for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     try:
-        hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
+        hints = typing.get_type_hints(getattr(target, "__init__") if isinstance(target, type) else target)
     except Exception:  # a hint naming what only type checkers import (NameError), or not a type: none checked
         hints = {}
     return by_name, hints, takes_any

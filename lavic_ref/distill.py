@@ -57,7 +57,7 @@ def distillation_loss(backbone: Backbone, batch: Sequence[DistillExample], *,
     item_embeddings = cls_embeddings(backbone.model, subimage_pixels(backbone.processor, images))
     inputs_embeds = embed_inputs(backbone, tokens.input_ids, item_embeddings)
     return target_loss(backbone.model, inputs_embeds, tokens.attention_mask.to(backbone.device),
-                       tokens.labels)
+                       tokens.training_labels())
 
 
 def distill(backbone: Backbone, examples: Sequence[DistillExample], config: TrainConfig, *,

@@ -40,7 +40,7 @@ def recommendation_loss(backbone: Backbone, batch: Sequence[RecommendationInstan
     item_embeddings = None if embeddings is None else embeddings.stack([c for ex in batch for c in ex.candidates])
     inputs_embeds = embed_inputs(backbone, tokens.input_ids, item_embeddings)
     return target_loss(backbone.model, inputs_embeds, tokens.attention_mask.to(backbone.device),
-                       tokens.labels)
+                       tokens.training_labels())
 
 
 def check_prompt_cap(tokenizer, instances: Sequence[RecommendationInstance], *, with_images: bool,

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -126,7 +126,7 @@ def load_backbone(base: str = DEFAULT_BASE, *, device: str | None = None, dtype:
     fingerprint = weights_fingerprint(model)
     fix_five_subimages(model.config, processor.image_processor)
     tokenizer = processor.tokenizer
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+    if len(tokenizer) > cast(torch.nn.Embedding, model.get_input_embeddings()).num_embeddings:
         # Rows of item tokens are always overwritten by item embeddings, so their initial values do not matter.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     if tokenizer.pad_token is None:
@@ -334,6 +334,12 @@ class TokenBatch:
     attention_mask: torch.Tensor
     labels: torch.Tensor | None
 
+    def training_labels(self) -> torch.Tensor:
+        """``labels``, which a batch padded for training has (:func:`pad_batch` given ``labels``)."""
+        if self.labels is None:
+            raise ValueError("this batch was padded without labels: it cannot be trained on")
+        return self.labels
+
 
 def pad_batch(
     sequences: Sequence[Sequence[int]], pad_id: int, *, labels: Sequence[Sequence[int]] | None = None,
@@ -351,7 +357,7 @@ def pad_batch(
         span = slice(width - len(sequence), width) if left else slice(0, len(sequence))
         ids[row, span] = torch.tensor(sequence, dtype=torch.long)
         mask[row, span] = 1
-        if label_tensor is not None:
+        if labels is not None and label_tensor is not None:
             label_tensor[row, span] = torch.tensor(labels[row], dtype=torch.long)
     return TokenBatch(ids, mask, label_tensor)
 
@@ -377,6 +383,7 @@ def attach_adapter(backbone: Backbone, path: str | os.PathLike, *, role: str | N
     weights sit elsewhere; an adapter saved by this package for another base model is refused too.
     """
     from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTuner
 
     folder = resolve_adapter_dir(path)
     if role is not None:
@@ -384,8 +391,9 @@ def attach_adapter(backbone: Backbone, path: str | os.PathLike, *, role: str | N
     check_adapter_base(folder, backbone)
     if isinstance(backbone.model, PeftModel):
         backbone.model.load_adapter(str(folder), adapter_name=f"adapter{len(backbone.model.peft_config)}")
-        # peft's PeftModel.set_adapter takes one name; its LoRA model activates several at once.
-        backbone.model.base_model.set_adapter(list(backbone.model.peft_config), inference_mode=True)
+        # peft's PeftModel.set_adapter takes one name; its LoRA model (a BaseTuner) activates several at once.
+        tuner = cast(BaseTuner, backbone.model.base_model)
+        tuner.set_adapter(list(backbone.model.peft_config), inference_mode=True)
     else:
         backbone.model = PeftModel.from_pretrained(backbone.model, str(folder), adapter_name="adapter0")
     backbone.model.to(backbone.device)

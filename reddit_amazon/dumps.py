@@ -859,7 +859,9 @@ class _LastLine:
         return self._next is not None
 
     def take(self) -> tuple[bytes, bool]:
+        """The next line and whether it is the last; only while ``self`` is true (a line is left)."""
         line, self._next = self._next, next(self._lines, None)
+        assert line is not None
         return line, self._next is None
 
 

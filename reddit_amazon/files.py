@@ -152,7 +152,7 @@ class DamagedFileError(ValueError):
 
 
 #: What a JSON value of each type is called in a :class:`DamagedFileError`.
-_JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string"}
+_JSON_TYPE_NAMES: dict[type, str] = {dict: "object", list: "array", str: "string"}
 
 
 def read_json(path: Path, kind: type = dict, *, remedy: str) -> Any:
@@ -202,6 +202,7 @@ def naming_write_failure(path: Path) -> Iterator[None]:
         cause = os_error_under(error)
         if cause is None:
             raise
+        assert cause.errno is not None  # os_error_under finds only OSErrors with a number
         raise OSError(cause.errno, cause.strerror or os.strerror(cause.errno),
                       cause.filename if cause.filename is not None else str(path)) from error
 

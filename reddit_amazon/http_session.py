@@ -198,8 +198,10 @@ def _adapter_class(allow_private_hosts: bool) -> type:
                            f"({HTTPConnection.__module__})")
 
     @functools.cache
-    def guarded(pool_class: type, *, through_proxy: bool = False) -> type:
-        class Connection(pool_class.ConnectionCls):
+    def guarded(pool_class: type[HTTPConnectionPool], *, through_proxy: bool = False) -> type:
+        base: Any = pool_class.ConnectionCls  # the pool's own connection class, known only when called
+
+        class Connection(base):
             def _new_conn(self) -> Any:
                 sock = super()._new_conn()
                 # through a proxy (an HTTP one sets self.proxy; a SOCKS one's pools connect to it): its address

@@ -521,6 +521,7 @@ class RebuildThreadsStep(PipelineStep):
             for target in targets:
                 gt_items = target.pop("gt_items")
                 comment = record_from_json(target)
+                assert isinstance(comment, RedditComment)  # the reddit stage writes comments only as targets
                 conversation = index.conversation(comment, gt_items, pseudonymize, asins_of, counts)
                 if conversation is not None:
                     out.write(orjson.dumps(conversation.to_row()) + b"\n")

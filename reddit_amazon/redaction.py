@@ -159,7 +159,7 @@ def redact_url_parameters(text: str) -> str:
     for parameter in _URL_PARAMETER.finditer(text):
         if parameter.start() < end or not is_secret_parameter(parameter["name"]):
             continue  # inside a value just redacted, or no secret
-        value_end = _SECRET_VALUE.match(text, parameter.start("value")).end()
+        value_end = _match_end(_SECRET_VALUE, text, parameter.start("value"))
         if value_end > parameter.start("value"):
             shown += [text[end:parameter.start("value")], REDACTED]
             end = value_end
@@ -274,10 +274,17 @@ def redact_fields(text: str) -> str:
             continue
         value_end = value.end()
         if not head["quote"] and _is_cookie_name(head["name"]):
-            value_end = _MORE_COOKIES.match(text, value_end).end()
+            value_end = _match_end(_MORE_COOKIES, text, value_end)
         shown += [text[end:value.start()], REDACTED]
         end = value_end
     return "".join(shown) + text[end:]
+
+
+def _match_end(pattern: re.Pattern[str], text: str, start: int) -> int:
+    """Where ``pattern``, one that matches the empty string too (so always matches), ends from ``start``."""
+    match = pattern.match(text, start)
+    assert match is not None
+    return match.end()
 
 
 def _end_before_unopened_parentheses(value: re.Match[str]) -> int:

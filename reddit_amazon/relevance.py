@@ -352,7 +352,7 @@ class CallTally:
 
     def _count(self, event: bytes) -> None:
         with self._lock:
-            if self._file is not None:
+            if self._file is not None and self.path is not None:  # the file is the path's
                 with naming(self.path):
                     self._file.write(event + b"\n")
             if event == self.CALL:

@@ -12,7 +12,7 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from reddit_amazon.dumps import bare_id, json_type, parse_created_utc, real_author, text_state
 
@@ -220,6 +220,9 @@ class RebuildCounts:
     duplicate_records: int = 0
 
 
+_Record = TypeVar("_Record", "RedditComment", "RedditSubmission")
+
+
 class ThreadIndex:
     """Comments and submissions of the needed threads, by id."""
 
@@ -229,7 +232,12 @@ class ThreadIndex:
         self.duplicates = 0
 
     def add(self, record: RedditComment | RedditSubmission) -> None:
-        table = self.comments if isinstance(record, RedditComment) else self.submissions
+        if isinstance(record, RedditComment):
+            self._keep(self.comments, record)
+        else:
+            self._keep(self.submissions, record)
+
+    def _keep(self, table: dict[str, _Record], record: _Record) -> None:
         known = table.get(record.id)
         if known is not None:
             self.duplicates += 1

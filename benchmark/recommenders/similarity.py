@@ -7,10 +7,13 @@ The rank-1 candidate is the recommendation (the "retrieval baselines" restricted
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmark.protocol import Example
 from benchmark.retrieval import get_retriever, item_text
+
+if TYPE_CHECKING:
+    from benchmark.retrieval.sbert import SBERTRetriever
 
 
 class _SimilarityRecommender:
@@ -47,6 +50,7 @@ class BM25Recommender(_SimilarityRecommender):
 class SBERTRecommender(_SimilarityRecommender):
     name = "sbert"
     retriever_name = "sbert"
+    retriever: SBERTRetriever
 
     @property
     def device(self) -> str | None:

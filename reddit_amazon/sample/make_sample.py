@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from reddit_amazon.sample import SAMPLE_DATASET
 
 
-def build_sample(out: Path = SAMPLE_DATASET) -> dict:
+def build_sample(out: Path = SAMPLE_DATASET) -> dict[str, Any]:
     """Build into ``out``; run from its parent so the manifest records relative paths only."""
     from reddit_amazon.build import run_build, sample_options
 
@@ -25,7 +26,9 @@ def build_sample(out: Path = SAMPLE_DATASET) -> dict:
     previous = Path.cwd()
     os.chdir(out.parent)
     try:
-        return run_build(sample_options(Path(out.name), workdir))
+        manifest = run_build(sample_options(Path(out.name), workdir))
+        assert manifest is not None  # sample_options is not a dry run
+        return manifest
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         os.chdir(previous)
