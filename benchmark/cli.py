@@ -15,6 +15,7 @@ from benchmark.metrics import OVERALL
 from reddit_amazon import __version__
 from reddit_amazon.cli_errors import user_errors
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
+from reddit_amazon.cli_seed import SEED, SEED_RANGE_HELP
 from reddit_amazon.redaction import redact_secrets
 from reddit_amazon.schema import DOMAINS
 
@@ -72,7 +73,8 @@ def _run_errors() -> AbstractContextManager[None]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override the plugin's batch size.")
 @click.option("--overwrite", is_flag=True, help="Discard cached predictions and results in --out.")
 @click.option("--bootstrap-samples", type=click.IntRange(min=0), default=1000, show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help=f"Seed of the bootstrap resampling ({SEED_RANGE_HELP}).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def run_command(model, model_args, dataset, domain, split, candidates, out_dir, limit, batch_size, overwrite,
                 bootstrap_samples, seed, quiet) -> None:
@@ -184,7 +186,8 @@ def _echo_summary(results: dict, out_dir: Path, *, rewritten: bool) -> None:
 @click.option("--out", "out_dir", required=True, type=UserPath(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace an earlier retrieval's files in --out.")
 @click.option("--bootstrap-samples", type=click.IntRange(min=0), default=1000, show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help=f"Seed of the bootstrap resampling ({SEED_RANGE_HELP}).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def retrieve_command(retriever, retriever_args, dataset, domain, split, k, with_description, limit, out_dir,
                      overwrite, bootstrap_samples, seed, quiet) -> None:
@@ -265,7 +268,8 @@ def report_command(runs, markdown_path, html_path, title) -> None:
 @click.argument("run_a", type=UserPath(exists=True, file_okay=False))
 @click.argument("run_b", type=UserPath(exists=True, file_okay=False))
 @click.option("--bootstrap-samples", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help=f"Seed of the bootstrap resampling ({SEED_RANGE_HELP}).")
 def compare_command(run_a, run_b, bootstrap_samples, seed) -> None:
     """Paired bootstrap difference A − B (95% CI, two-sided p) per domain, over the records both runs scored,
     and McNemar's exact test of HR@1 and VR (records where A or B scored more, exact two-sided p).

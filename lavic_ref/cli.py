@@ -22,6 +22,7 @@ from lavic_ref.card import card_describes, hardware_name, published_base, render
 from lavic_ref.prompts import MAX_DESCRIPTION_TOKENS
 from reddit_amazon import __version__
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
+from reddit_amazon.cli_seed import SEED, SEED_RANGE_HELP
 from reddit_amazon.schema import DOMAINS
 
 if TYPE_CHECKING:
@@ -117,8 +118,9 @@ def _training_options(epochs: int, batch_size: int):
         click.option("--resume/--no-resume", default=True, show_default=True,
                      help="Continue from <out>/last when it exists (it must have the same settings; more --epochs "
                           "is fine). --no-resume starts over."),
-        click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
-                     help="Seeds the LoRA initialisation, dropout and shuffling (torch takes seeds below 2**64)."),
+        click.option("--seed", type=SEED, default=0, show_default=True,
+                     help=f"Seeds the LoRA initialisation, dropout and shuffling ({SEED_RANGE_HELP}: torch takes "
+                          "no more than 64 bits)."),
     ]
 
     def decorate(function):

@@ -915,7 +915,8 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--workdir", type=UserPath(path_type=Path), help="Intermediate files and caches (resumable). "
               "Default: <out>.work")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the thread-level 8:1:1 splits and of each candidate list's order.")
+              help="Seed of the thread-level 8:1:1 splits and of each candidate list's order: any integer (it is "
+                   "hashed as text with each thread and record id).")
 @click.option("--version", "version", default=DATASET_VERSION, show_default=True, help="Dataset version (semver).")
 @click.option("--domain-map", type=PATH_OR_NAME,
               help="main_category -> domain: a JSON file or 'All Beauty=beauty;AMAZON FASHION=fashion'.")
