@@ -64,15 +64,17 @@ def _run_errors() -> AbstractContextManager[None]:
 @click.option("--model-args", default="", help="Constructor options: key=value,key=value (JSON scalars decoded).")
 @click.option("--dataset", type=PATH_OR_NAME, default=None,
               help="Dataset folder or Hub id [default: the bundled sample].")
-@click.option("--domain", type=DOMAIN_CHOICES, default="all", show_default=True)
-@click.option("--split", default="test", show_default=True)
+@click.option("--domain", type=DOMAIN_CHOICES, default="all", show_default=True,
+              help="One domain's records, or all of them.")
+@click.option("--split", default="test", show_default=True, help="Dataset split to score (train, validation, test).")
 @click.option("--candidates", default="sbert", show_default=True,
               help="Candidate set: uses column candidates_<NAME> (sbert, openai_large, bm25, ...).")
 @click.option("--out", "out_dir", required=True, type=UserPath(file_okay=False), help="Output folder.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="First N records per domain.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override the plugin's batch size.")
 @click.option("--overwrite", is_flag=True, help="Discard cached predictions and results in --out.")
-@click.option("--bootstrap-samples", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--bootstrap-samples", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Resamples of the records for the 95% intervals; 0 leaves the intervals out.")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help=f"Seed of the bootstrap resampling ({SEED_RANGE_HELP}).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -174,18 +176,22 @@ def _echo_summary(results: dict, out_dir: Path, *, rewritten: bool) -> None:
 
 
 @cli.command("retrieve")
-@click.option("--retriever", type=click.Choice(["bm25", "sbert", "openai-emb"]), required=True)
+@click.option("--retriever", type=click.Choice(["bm25", "sbert", "openai-emb"]), required=True,
+              help="What ranks the catalog (openai-emb: key in OPENAI_API_KEY).")
 @click.option("--retriever-args", default="", help="Options: key=value,... (model=..., device=cuda, cache_dir=...).")
 @click.option("--dataset", type=PATH_OR_NAME, default=None,
               help="Dataset folder or Hub id [default: the bundled sample].")
-@click.option("--domain", type=DOMAIN_CHOICES, default="all", show_default=True)
-@click.option("--split", default="test", show_default=True)
+@click.option("--domain", type=DOMAIN_CHOICES, default="all", show_default=True,
+              help="One domain's records, or all of them.")
+@click.option("--split", default="test", show_default=True, help="Dataset split to score (train, validation, test).")
 @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Items kept per record.")
 @click.option("--with-description", is_flag=True, help="Item text = title + description (default: title).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="First N records per domain.")
-@click.option("--out", "out_dir", required=True, type=UserPath(file_okay=False))
+@click.option("--out", "out_dir", required=True, type=UserPath(file_okay=False),
+              help="Output folder (candidates.jsonl, results.json).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier retrieval's files in --out.")
-@click.option("--bootstrap-samples", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--bootstrap-samples", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Resamples of the records for the 95% intervals; 0 leaves the intervals out.")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help=f"Seed of the bootstrap resampling ({SEED_RANGE_HELP}).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -225,7 +231,8 @@ def retrieve_command(retriever, retriever_args, dataset, domain, split, k, with_
 @click.option("--markdown", "markdown_path", type=UserPath(dir_okay=False), default=None,
               help="Also write the Markdown table here.")
 @click.option("--html", "html_path", type=UserPath(dir_okay=False), default=None, help="Write a static HTML page.")
-@click.option("--title", default="Reddit-Amazon leaderboard", show_default=True)
+@click.option("--title", default="Reddit-Amazon leaderboard", show_default=True,
+              help="Heading of the leaderboard (Markdown and HTML).")
 def report_command(runs, markdown_path, html_path, title) -> None:
     """Leaderboard of finished runs (Markdown on stdout) in the layout of the paper's Table 3.
 
@@ -267,7 +274,8 @@ def report_command(runs, markdown_path, html_path, title) -> None:
 @cli.command("compare")
 @click.argument("run_a", type=UserPath(exists=True, file_okay=False))
 @click.argument("run_b", type=UserPath(exists=True, file_okay=False))
-@click.option("--bootstrap-samples", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--bootstrap-samples", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Paired resamples of the shared records for the 95% intervals and p-values.")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help=f"Seed of the bootstrap resampling ({SEED_RANGE_HELP}).")
 def compare_command(run_a, run_b, bootstrap_samples, seed) -> None:

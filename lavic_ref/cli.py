@@ -96,11 +96,12 @@ def _training_options(epochs: int, batch_size: int):
                      help="Output folder: best/ (adapter), last/ (resumable checkpoint), history.json."),
         click.option("--epochs", type=click.IntRange(1), default=epochs, show_default=True,
                      help="best/ keeps the epoch of lowest validation loss (the paper trains up to 5: docs/lavic.md)."),
-        click.option("--batch-size", type=click.IntRange(1), default=batch_size, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=batch_size, show_default=True,
+                     help="Examples per forward pass (times --grad-accum per optimizer step)."),
         click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True,
                      help="Batches per optimizer step."),
-        click.option("--lr", type=float, default=5e-5, show_default=True),
-        click.option("--weight-decay", type=float, default=1e-5, show_default=True),
+        click.option("--lr", type=float, default=5e-5, show_default=True, help="AdamW learning rate."),
+        click.option("--weight-decay", type=float, default=1e-5, show_default=True, help="AdamW weight decay."),
         click.option("--max-grad-norm", type=click.FloatRange(0), default=1.0, show_default=True,
                      help="Clip the gradient's norm to this before each optimizer step, as the authors' code does "
                           "(the paper does not say); 0 disables clipping."),
@@ -108,7 +109,8 @@ def _training_options(epochs: int, batch_size: int):
                      help="Optimizer steps per epoch at most (smoke runs)."),
         click.option("--save-every", type=click.IntRange(1), default=500, show_default=True,
                      help="Checkpoint to <out>/last every N optimizer steps."),
-        click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True),
+        click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True,
+                     help="Recompute activations in the backward pass: less GPU memory, slower steps."),
         click.option("--compile/--no-compile", "compile_layers", default=False, show_default=True,
                      help="torch.compile the LM decoder layers (GPU; the first steps compile for a minute or more)."),
         click.option("--cuda-graphs/--no-cuda-graphs", default=False, show_default=True,
@@ -229,8 +231,10 @@ def main() -> None:
 @cli.command()
 @_common
 @click.option("--out", type=UserPath(path_type=Path), required=True, help="JSONL cache of descriptions.")
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--max-new-tokens", type=click.IntRange(1), default=MAX_DESCRIPTION_TOKENS, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
+              help="Images described per generate call.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=MAX_DESCRIPTION_TOKENS, show_default=True,
+              help="Longest description generated, in tokens.")
 @click.option("--regenerate", is_flag=True, help="Generate even where the dataset ships image_description.")
 def describe(dataset, domains, base, device, out, batch_size, max_new_tokens, regenerate) -> None:
     """Describe each item image from its full image tokens (Table 10 prompt, greedy).
@@ -302,7 +306,8 @@ def distill(dataset, domains, base, device, descriptions, validation_size, **tra
 @click.option("--no-distill", is_flag=True, help="Ablation: CLS embeddings of the base vision tower.")
 @click.option("--out", type=UserPath(file_okay=False, path_type=Path), required=True,
               help="Folder for item_embeddings-<base hash>-<adapter hash>.safetensors.")
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
+              help="Items embedded per forward pass.")
 @click.option("--recompute", is_flag=True,
               help="Embed every item again, even those the file in --out already holds from the same weights, "
                    "adapter, settings and image.")

@@ -924,7 +924,8 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--llm-model", default="gpt-3.5-turbo", show_default=True, help="Model of the relevance filter.")
 @click.option("--llm-template", type=UserPath(exists=True, dir_okay=False), help="Prompt template replacing "
               "the paper's Table 9 (must contain {conversation}).")
-@click.option("--llm-concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--llm-concurrency", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Relevance-filter calls in flight at once.")
 @click.option("--llm-max-attempts", type=click.IntRange(1, 100), default=6, show_default=True,
               help="Attempts per call on 429 / 5xx / timeouts (exponential backoff between them).")
 @click.option("--llm-cache", type=UserPath(path_type=Path), help="SQLite answer cache. Default: <workdir>/"
@@ -939,7 +940,8 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--embedding-model", help="Embedding model for openai-emb [default: text-embedding-3-large].")
 @click.option("--images/--no-images", default=True, show_default=True, help="Download and embed item images.")
 @click.option("--image-store", type=UserPath(path_type=Path), help="Image store folder. Default: <workdir>/images")
-@click.option("--image-concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--image-concurrency", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Image downloads in flight at once.")
 @click.option("--allow-private-image-hosts", is_flag=True,
               help="Let image URLs and their redirects reach loopback, private, link-local (cloud metadata) and "
                    "other non-public addresses; refused by default, counted as private_host.")

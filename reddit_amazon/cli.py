@@ -174,7 +174,8 @@ cli.add_command(build_command)
 @click.option("--short-link-deadline", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
               metavar="SECONDS", help="Time one short link may take, retries and redirect hops included; then it "
               "is unresolved ('deadline') and asked again by the next run.")
-@click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
+@click.option("--executor", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True,
+              help="Where the stage's tasks run (datatrove's executor of that name).")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Tasks run at once.")
 @click.option("--tasks", type=click.IntRange(1), help="Scan tasks [default: one per file].")
 @click.option("--buckets", type=click.IntRange(1), help="Rebuild tasks / output shards [default: tasks, and one "

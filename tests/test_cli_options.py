@@ -1,4 +1,5 @@
-"""What every command line shares: ``--seed`` takes one range wherever it seeds a random number generator."""
+"""What every command line shares: each option says what it does in --help, and ``--seed`` takes one range
+wherever it seeds a random number generator."""
 
 from __future__ import annotations
 
@@ -9,6 +10,24 @@ from click.testing import CliRunner
 from benchmark.cli import cli as benchmark_cli
 from lavic_ref.cli import cli as lavic_cli
 from reddit_amazon.cli import cli as reddit_amazon_cli
+
+CLIS = {"reddit-amazon": reddit_amazon_cli, "benchmark": benchmark_cli, "lavic-ref": lavic_cli}
+
+
+def _commands(command: click.Command, path: str):
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _commands(sub, f"{path} {name}")
+
+
+def test_every_option_of_every_command_has_help():
+    undocumented = [f"{path} {'/'.join(param.opts)}"
+                    for name, cli in CLIS.items() for path, command in _commands(cli, name)
+                    for param in command.params
+                    if isinstance(param, click.Option) and "--help" not in param.opts
+                    and not (param.help or "").strip()]
+    assert undocumented == []
 
 
 SEEDED = [pytest.param(benchmark_cli, ["run", "--model", "random", "--out", "{tmp}/out"], id="benchmark run"),
