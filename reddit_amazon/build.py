@@ -1,7 +1,8 @@
 """`reddit-amazon build`: Reddit dumps + Amazon Reviews 2023 -> the dataset folder, stage by stage.
 
 Stages, each resumable (its outputs are written atomically, then a ``stage.json`` stamp holding a
-key of its inputs and options; a rerun with the same key reuses them):
+key of its inputs and options and the size and sha256 of each output; a rerun with the same key reuses them,
+once they are found unchanged):
 
 1. ``reddit``    candidate conversations from the dumps (:mod:`reddit_amazon.pipeline`)
 2. ``catalog``   child -> parent ASINs, metadata join, domains (:mod:`reddit_amazon.catalog`)
@@ -144,13 +145,56 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _stamp_matches(folder: Path, key: str) -> bool:
-    """Whether the stage in ``folder`` finished with ``key``; a damaged stamp says it did not (the stage is redone)."""
+def _finished_outputs(folder: Path, key: str, outputs: Sequence[Path]) -> dict[str, dict[str, Any]] | None:
+    """What the stage in ``folder`` wrote (see :func:`_stamp`) if it finished with ``key``, else ``None`` (the stage
+    is redone): a damaged stamp, or one without that record (written by an earlier version), says it did not finish.
+    ``outputs`` are its output files as they are now; one that is not what the stage wrote is a
+    :class:`DamagedFileError` naming it and the stamp to delete (a file emptied or cut short reads as fewer rows)."""
     stamp = folder / STAGE_STAMP
     try:
-        return stamp.is_file() and read_json(stamp, remedy="").get("key") == key
+        record = read_json(stamp, remedy="") if stamp.is_file() else {}
     except DamagedFileError:
-        return False
+        return None
+    written = record.get("outputs")
+    if record.get("key") != key or not _is_output_record(written):
+        return None
+    _check_outputs(folder, written, outputs)
+    return written
+
+
+def _stamp(folder: Path, key: str, outputs: Sequence[Path]) -> dict[str, dict[str, Any]]:
+    """Record that the stage in ``folder`` finished with ``key``, and the size and sha256 of each of its ``outputs``
+    (checked when it is reused); returns that record of the outputs."""
+    written = {path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+               for path in outputs}
+    _write_json(folder / STAGE_STAMP, {"key": key, "outputs": written})
+    return written
+
+
+def _is_output_record(written: Any) -> bool:
+    return isinstance(written, dict) and all(
+        isinstance(entry, dict) and type(entry.get("bytes")) is int and isinstance(entry.get("sha256"), str)
+        for entry in written.values())
+
+
+def _check_outputs(folder: Path, written: dict[str, dict[str, Any]], outputs: Sequence[Path]) -> None:
+    """Each of ``outputs`` (and each file the stamp records) holds the bytes the stage wrote: compared by size, then
+    by sha256 (an edit that keeps the size)."""
+    present = {path.relative_to(folder).as_posix() for path in outputs}
+    for name in sorted(present | written.keys()):
+        path = folder / name
+        remedy = _redo_stage_remedy(path)
+        if name not in written:
+            raise DamagedFileError(f"{path}: damaged, not a file the finished stage wrote; {remedy}")
+        if not path.is_file():
+            raise DamagedFileError(f"{path}: damaged, missing (the finished stage wrote it); {remedy}")
+        size, recorded = path.stat().st_size, written[name]
+        if size != recorded["bytes"]:
+            raise DamagedFileError(f"{path}: damaged, {size:,} bytes where the finished stage wrote "
+                                   f"{recorded['bytes']:,}; {remedy}")
+        if file_sha256(path) != recorded["sha256"]:
+            raise DamagedFileError(f"{path}: damaged, not the bytes the finished stage wrote (another sha256); "
+                                   f"{remedy}")
 
 
 def _unstamp(folder: Path) -> None:
@@ -304,9 +348,9 @@ def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> Stage
     made_by = {k: v for k, v in options.reddit.items() if k not in REDDIT_EXECUTION_OPTIONS}
     key = _key("reddit", STAGE_VERSION, _identity(map(str, files)), made_by)
     folder = options.workdir / "reddit"
-    stamped = _stamp_matches(folder, key)
-    unresolved = _unresolved_short_links(folder) if stamped else 0
-    if not stamped or unresolved:
+    written = _finished_outputs(folder, key, _reddit_outputs(folder))
+    unresolved = _unresolved_short_links(folder) if written is not None else 0
+    if written is None or unresolved:
         if unresolved:
             # What failed then (a block, a timeout, a deadline) may answer now; the scan's finished tasks are
             # reused, so this costs the asking, and a second pass over the dumps only if new threads are needed.
@@ -317,7 +361,7 @@ def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> Stage
         # its workers may be other processes: told of a quiet run, not left to read this one's setting
         reddit = {**options.reddit, "progress": options.reddit.get("progress", True) and bars_shown()}
         run_reddit_stage_on_files(files, options.workdir, RedditStageOptions(**reddit))
-        _write_json(folder / STAGE_STAMP, {"key": key})
+        written = _stamp(folder, key, _reddit_outputs(folder))
     else:
         console.print("[bold]1/5 reddit[/]: reusing the finished stage")
     raw = _read_stage_json(folder / "funnel.json")
@@ -328,7 +372,8 @@ def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> Stage
         console.print(f"  [yellow]bad lines[/] {escape(warning)}")
     # Later stages key on what this one wrote, not only on what it was asked: the same workdir's Reddit
     # stage may also be run on its own (`reddit-amazon reddit-stage`), replacing these outputs.
-    outputs = _files_digest([*sorted((folder / "conversations").glob("*.jsonl")), folder / "funnel.json"])
+    outputs = _files_digest((path.name, written[path.relative_to(folder).as_posix()]["sha256"])
+                            for path in _reddit_outputs(folder))
     return StageResult(conversations=[], loader=lambda: reddit_conversations(options.workdir),
                        funnel=reddit_funnel(raw), key=_key(key, outputs), report=raw)
 
@@ -339,10 +384,16 @@ def _unresolved_short_links(folder: Path) -> int:
     return len(listed.read_text(encoding="utf-8").split()) if listed.is_file() else 0
 
 
-def _files_digest(paths: Iterable[Path]) -> str:
+def _reddit_outputs(folder: Path) -> list[Path]:
+    """The Reddit stage's outputs in ``folder``: the conversation shards and the funnel."""
+    return [*sorted((folder / "conversations").glob("*.jsonl")), folder / "funnel.json"]
+
+
+def _files_digest(files: Iterable[tuple[str, str]]) -> str:
+    """One digest of ``(name, sha256)`` of files."""
     digest = hashlib.sha256()
-    for path in paths:
-        digest.update(f"{path.name}\0{file_sha256(path)}\0".encode())
+    for name, sha256 in files:
+        digest.update(f"{name}\0{sha256}\0".encode())
     return digest.hexdigest()
 
 
@@ -379,7 +430,8 @@ def catalog_stage(options: BuildOptions, upstream: StageResult, console) -> Stag
     key = _key("catalog", CATALOG_STAGE_VERSION, upstream.key, _identity(meta_sources), _identity(review_sources),
                domain_map)
     folder = options.workdir / "catalog"
-    if _stamp_matches(folder, key):
+    outputs = [folder / name for name in ("conversations.jsonl", "items.jsonl", "report.json")]
+    if _finished_outputs(folder, key, outputs) is not None:
         console.print("[bold]2/5 catalog[/]: reusing the finished stage")
     else:
         console.print(f"[bold]2/5 catalog[/]: {len(review_sources)} review and {len(meta_sources)} metadata source(s)")
@@ -403,7 +455,7 @@ def catalog_stage(options: BuildOptions, upstream: StageResult, console) -> Stag
         write_jsonl_atomic(folder / "items.jsonl", (i.to_row() for i in sorted(joined.items.values(),
                                                                                key=lambda i: i.item_id)))
         _write_json(folder / "report.json", {"report": report, "funnel": funnel})
-        _write_json(folder / STAGE_STAMP, {"key": key})
+        _stamp(folder, key, outputs)
         del loaded, joined  # the raw metadata rows (~3 KB each): freed before the items are read back
         for kind in ("meta", "reviews"):
             bad = report[kind]
@@ -473,7 +525,8 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
     key = _key("relevance", RELEVANCE_STAGE_VERSION, upstream.key, filter_options.model, template_sha,
                endpoint_key(filter_options.base_url))
     folder = options.workdir / "relevance"
-    if _stamp_matches(folder, key):
+    outputs = [folder / name for name in ("conversations.jsonl", "report.json")]
+    if _finished_outputs(folder, key, outputs) is not None:
         console.print("[bold]3/5 relevance[/]: reusing the finished stage")
     else:
         console.print(f"[bold]3/5 relevance[/]: Table 9 filter with {filter_options.model} "
@@ -504,7 +557,7 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
         del result
         upstream.release()
         _write_json(folder / "report.json", {"report": report, "funnel": funnel})
-        _write_json(folder / STAGE_STAMP, {"key": key})
+        _stamp(folder, key, outputs)
     saved = _read_stage_json(folder / "report.json")
     kept = _read_conversations(folder / "conversations.jsonl", require_domain=True)
     referenced = {a for c in kept for a in [*c.gt_items, *c.context_items]}

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
-#: A finished stage's record in its folder (``{"key": ...}``): the build reuses the stage's outputs only while
-#: it holds the key of the run that wrote them.
+#: A finished stage's record in its folder (``{"key": ..., "outputs": {name: {"bytes", "sha256"}}}``): the build
+#: reuses the stage's outputs only while it holds the key of the run that wrote them, and they are as it wrote them.
 STAGE_STAMP = "stage.json"
 
 

@@ -878,13 +878,13 @@ def quick_workdir(tmp_path_factory):
     return root / "work", parquet_digests(root / "ds")
 
 
-def _rebuild_with_damaged(quick_workdir, tmp_path: Path, name: str, damage: str):
+def _rebuild_with_damaged(quick_workdir, tmp_path: Path, name: str, damage: str, damages: dict = DAMAGES):
     import shutil
 
     finished, _ = quick_workdir
     work = tmp_path / "work"
     shutil.copytree(finished, work)
-    (work / name).write_bytes(DAMAGES[damage]((work / name).read_bytes()))
+    (work / name).write_bytes(damages[damage]((work / name).read_bytes()))
     return work, build("--out", str(tmp_path / "ds"), "--workdir", str(work), "--no-filter", "--no-images", *FAST)
 
 
@@ -897,13 +897,29 @@ def test_a_damaged_cache_or_stage_stamp_is_redone(quick_workdir, tmp_path, name,
     assert isinstance(json.loads((work / name).read_text()), dict)  # written anew
 
 
-@pytest.mark.parametrize(("name", "damage"), [
-    (name, damage) for name in ["catalog/report.json", "reddit/funnel.json", "catalog/items.jsonl",
-                                "reddit/conversations/part-00000.jsonl"]
-    for damage in DAMAGES if not (damage == "empty" and name.endswith(".jsonl"))])  # an empty JSONL file has no rows
+def _cut_at_a_line_end(data: bytes) -> bytes:
+    lines = data.splitlines(keepends=True)
+    return b"".join(lines[:len(lines) // 2])
+
+
+def _lines_reversed(data: bytes) -> bytes:
+    """The same bytes in another order: a file of the same size."""
+    return b"".join(reversed(data.splitlines(keepends=True)))
+
+
+#: Ways a finished stage's output is found damaged: besides DAMAGES, what still reads as valid JSON Lines (fewer
+#: rows, or the rows in another order) and only the stage stamp's record of the outputs tells.
+OUTPUT_DAMAGES = {**DAMAGES, "cut at a line's end": _cut_at_a_line_end, "lines reversed": _lines_reversed}
+
+
+@pytest.mark.parametrize("damage", OUTPUT_DAMAGES)
+@pytest.mark.parametrize("name", ["catalog/report.json", "reddit/funnel.json", "catalog/items.jsonl",
+                                  "catalog/conversations.jsonl", "reddit/conversations/part-00000.jsonl"])
 def test_a_damaged_stage_output_is_one_error_line_naming_it_and_how_to_redo_the_stage(quick_workdir, tmp_path,
                                                                                       name, damage):
-    work, result = _rebuild_with_damaged(quick_workdir, tmp_path, name, damage)
+    """An emptied JSONL output, or one cut at a line's end (a full disk), read as fewer rows: the reused stage
+    silently made a smaller dataset."""
+    work, result = _rebuild_with_damaged(quick_workdir, tmp_path, name, damage, OUTPUT_DAMAGES)
     stamp = work / name.split("/")[0] / "stage.json"
     assert result.exit_code == 1
     error = result.output.strip().splitlines()[-1]
@@ -912,3 +928,40 @@ def test_a_damaged_stage_output_is_one_error_line_naming_it_and_how_to_redo_the_
     rerun = build("--out", str(tmp_path / "ds"), "--workdir", str(work), "--no-filter", "--no-images", *FAST)
     assert rerun.exit_code == 0, rerun.output
     assert parquet_digests(tmp_path / "ds") == quick_workdir[1]
+
+
+@pytest.mark.parametrize("change", ["removed", "added"])
+def test_a_conversation_shard_removed_or_added_after_the_reddit_stage_is_named(quick_workdir, tmp_path, change):
+    """The Reddit stage's shards are listed from its folder: one gone, or one more, changed the conversations."""
+    import shutil
+
+    finished, _ = quick_workdir
+    work = tmp_path / "work"
+    shutil.copytree(finished, work)
+    shard = work / "reddit" / "conversations" / "part-00000.jsonl"
+    if change == "removed":
+        shard.unlink()
+    else:
+        shard = shutil.copyfile(shard, shard.with_name("part-09999.jsonl"))
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(work), "--no-filter", "--no-images", *FAST)
+    assert result.exit_code == 1
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith(f"Error: DamagedFileError: {shard}: damaged") and \
+        f"delete {work / 'reddit' / 'stage.json'} " in error, result.output
+
+
+def test_relevance_conversations_cut_at_a_line_end_are_named_and_redone_as_the_error_says(tmp_path):
+    quick = ["--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--no-images", *FAST]
+    assert build(*quick).exit_code == 0
+    expected = parquet_digests(tmp_path / "ds")
+    kept = tmp_path / "work" / "relevance" / "conversations.jsonl"
+    kept.write_bytes(_cut_at_a_line_end(kept.read_bytes()))
+    result = build(*quick)
+    stamp = kept.with_name("stage.json")
+    assert result.exit_code == 1
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith(f"Error: DamagedFileError: {kept}: damaged") and f"delete {stamp} " in error, result.output
+    stamp.unlink()  # as the error says
+    rerun = build(*quick)
+    assert rerun.exit_code == 0 and "3/5 relevance: reusing" not in " ".join(rerun.output.split()), rerun.output
+    assert parquet_digests(tmp_path / "ds") == expected
