@@ -152,7 +152,17 @@ class DamagedFileError(ValueError):
 
 
 #: What a JSON value of each type is called in a :class:`DamagedFileError`.
-_JSON_TYPE_NAMES: dict[type, str] = {dict: "object", list: "array", str: "string"}
+_JSON_TYPE_NAMES: dict[type, str] = {dict: "object", list: "array", str: "string", int: "integer"}
+
+
+def json_type_name(kind: type) -> str:
+    """What a JSON value of type ``kind`` is called in a :class:`DamagedFileError` ("object", "array", ...)."""
+    return _JSON_TYPE_NAMES.get(kind, kind.__name__)
+
+
+def is_json_type(value: Any, kind: type) -> bool:
+    """Whether the parsed JSON ``value`` is of type ``kind``; ``true``/``false`` are no integers."""
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
 
 
 def read_json(path: Path, kind: type = dict, *, remedy: str) -> Any:
@@ -164,8 +174,8 @@ def read_json(path: Path, kind: type = dict, *, remedy: str) -> Any:
         value = json.loads(data.decode("utf-8"))
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
         raise DamagedFileError(f"{path}: damaged, not valid JSON ({error}); {remedy}") from None
-    if not isinstance(value, kind):
-        raise DamagedFileError(f"{path}: damaged, not a JSON {_JSON_TYPE_NAMES.get(kind, kind.__name__)}; {remedy}")
+    if not is_json_type(value, kind):
+        raise DamagedFileError(f"{path}: damaged, not a JSON {json_type_name(kind)}; {remedy}")
     return value
 
 

@@ -52,8 +52,8 @@ from reddit_amazon.dumps import (
     parse_line,
     place_text,
 )
-from reddit_amazon.files import (STAGE_STAMP, DamagedFileError, folder_lock, open_named, printable_path, read_json,
-                                 read_jsonl, write_atomic)
+from reddit_amazon.files import (STAGE_STAMP, DamagedFileError, folder_lock, is_json_type, json_type_name, open_named,
+                                 printable_path, read_json, read_jsonl, write_atomic)
 from reddit_amazon.linking import (
     DEFAULT_DEADLINE_S,
     LinkPrefilter,
@@ -185,11 +185,53 @@ def _redo_remedy(marker: Path, what: str) -> str:
 
 
 def _read_marker(marker: Path, what: str, keys: Sequence[str]) -> dict[str, Any]:
-    """The stats a finished file (or bucket) left as its completion marker; a damaged one, or one lacking any of
-    ``keys`` (the stats read as they are; counts are read as 0 when absent), names what deleting it redoes."""
-    stats = read_json(marker, remedy=_redo_remedy(marker, what))
-    _require_keys(marker, stats, keys, remedy=_redo_remedy(marker, what))
+    """The stats a finished file (or bucket) left as its completion marker; a damaged one, one lacking any of
+    ``keys`` (the stats read as they are; counts are read as 0 when absent), or one holding a value of another JSON
+    type than the stage writes there (:func:`_misread_value`), names what deleting it redoes."""
+    remedy = _redo_remedy(marker, what)
+    stats = read_json(marker, remedy=remedy)
+    _require_keys(marker, stats, keys, remedy=remedy)
+    if wrong := _misread_value(stats):
+        raise DamagedFileError(f"{marker}: damaged, {wrong}; {remedy}")
     return stats
+
+
+#: The JSON type of each value of a completion marker that is not a count (a count is an integer), and of each
+#: value in its ``problems`` that is not a count.
+_MARKER_VALUE_TYPES: dict[str, type] = {"path": str, "error": str, "problems": dict, "short_links": list}
+_PROBLEMS_VALUE_TYPES: dict[str, type] = {"examples": list, "first_bad_lines": list}
+#: The keys and JSON types of each of ``problems["first_bad_lines"]`` (LineProblems.add).
+_BAD_LINE_TYPES: dict[str, type] = {"line": int, "byte": int, "problem": str, "why": str}
+
+
+def _misread_value(stats: dict[str, Any]) -> str | None:
+    """What in a marker's ``stats`` is not of the JSON type the stage wrote there (said as "'problems' is not a JSON
+    object"), or ``None``: the stats are summed and read as they are, so a string count or an array of problems
+    ended a rerun in a TypeError or AttributeError."""
+    for key, value in stats.items():
+        if wrong := _wrong_type(repr(key), value, _MARKER_VALUE_TYPES.get(key, int)):
+            return wrong
+    for link in stats.get("short_links", []):
+        if wrong := _wrong_type("a 'short_links' item", link, str):
+            return wrong
+    problems = stats.get("problems", {})
+    for key, value in problems.items():
+        if wrong := _wrong_type(f"'problems' {key!r}", value, _PROBLEMS_VALUE_TYPES.get(key, int)):
+            return wrong
+    for example in problems.get("examples", []):
+        if wrong := _wrong_type("a 'problems' 'examples' item", example, str):
+            return wrong
+    for bad_line in problems.get("first_bad_lines", []):
+        if wrong := _wrong_type("a 'problems' 'first_bad_lines' item", bad_line, dict):
+            return wrong
+        for key, kind in _BAD_LINE_TYPES.items():
+            if wrong := _wrong_type(f"a 'problems' 'first_bad_lines' item's {key!r}", bad_line.get(key), kind):
+                return wrong
+    return None
+
+
+def _wrong_type(where: str, value: Any, kind: type) -> str | None:
+    return None if is_json_type(value, kind) else f"{where} is not a JSON {json_type_name(kind)}"
 
 
 def _require_keys(where: str | Path, row: dict[str, Any], keys: Sequence[str], *, remedy: str) -> None:

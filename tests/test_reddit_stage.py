@@ -1246,6 +1246,62 @@ def test_a_damaged_work_file_is_one_error_line_naming_it_and_the_marker_whose_de
     assert _rows(rerun) == _rows(built[1]) and rerun.funnel == built[1].funnel
 
 
+def _with(*keys_and_value):
+    """A damage setting the marker's value at ``keys`` (a path into its JSON object) to the last argument."""
+    *keys, value = keys_and_value
+
+    def damage(data: bytes) -> bytes:
+        stats = orjson.loads(data)
+        inner = stats
+        for key in keys[:-1]:
+            inner = inner[key]
+        inner[keys[-1]] = value
+        return orjson.dumps(stats)
+    return damage
+
+
+@pytest.mark.parametrize(("pattern", "damage", "said"), [
+    ("scan-without-a.co/RC_2020-09*.json", _with("problems", []), "'problems' is not a JSON object"),
+    ("scan-without-a.co/RC_2020-09*.json", _with("lines_read", "12"), "'lines_read' is not a JSON integer"),
+    ("scan-without-a.co/RC_2020-09*.json", _with("error", 5), "'error' is not a JSON string"),
+    ("scan-without-a.co/RC_2020-09*.json", _with("problems", "first_bad_lines", [{"line": "1"}]),
+     "a 'problems' 'first_bad_lines' item's 'line' is not a JSON integer"),
+    ("collect-*/RC_2020-09*.json", _with("problems", []), "'problems' is not a JSON object"),
+    ("collect-*/RC_2020-09*.json", _with("problems", "malformed_json", "1"),
+     "'problems' 'malformed_json' is not a JSON integer"),
+    ("collect-*/RC_2020-09*.json", _with("short_links", "https://a.co/d/x"), "'short_links' is not a JSON array"),
+    ("collect-*/RC_2020-09*.json", _with("short_links", [7]), "a 'short_links' item is not a JSON string"),
+    ("rebuild-*/part-00002.json", _with("conversations", "2"), "'conversations' is not a JSON integer"),
+    ("rebuild-*/part-00002.json", _with("duplicate_records", True), "'duplicate_records' is not a JSON integer"),
+], ids=["scan problems []", "scan count string", "scan error number", "scan bad line item", "collect problems []",
+        "collect problem count string", "collect short_links string", "collect short link number",
+        "rebuild conversations string", "rebuild count true"])
+def test_a_marker_value_of_another_json_type_is_one_error_line_naming_it(built, world, tmp_path, pattern, damage,
+                                                                         said):
+    """A completion marker whose keys are there but hold another JSON type than the stage writes (an array of
+    problems, a count written as a string) ended a rerun in AttributeError ('list' object has no attribute 'get')
+    or TypeError (int + str); a string of short links was taken letter by letter, an "error" number taken for an
+    incomplete dump. Now each is the same one Error line other damaged markers give, and deleting it redoes it."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    workdir = tmp_path / "w"
+    shutil.copytree(built[0], workdir)
+    [damaged] = (workdir / "reddit" / "work").glob(pattern)
+    damaged.write_bytes(damage(damaged.read_bytes()))
+    stage = ["reddit-stage", str(world), "--workdir", str(workdir), "--salt", "test-salt", "--no-progress"]
+    result = CliRunner().invoke(cli, stage)
+    assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output
+    error = result.output.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"Error: DamagedFileError: {damaged}: damaged, {said}"), \
+        result.output
+    assert f"; delete {damaged} and rerun the stage: " in error[0], error[0]
+    damaged.unlink()  # as the error says
+    rerun = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
+    assert _rows(rerun) == _rows(built[1]) and rerun.funnel == built[1].funnel
+
+
 def _without_the_id_of_the_first_row(data: bytes) -> bytes:
     first, rest = data.split(b"\n", 1)
     row = orjson.loads(first)
