@@ -42,7 +42,7 @@ from reddit_amazon.openai_endpoint import (
     stoppable_calls,
 )
 from reddit_amazon.schema import Conversation
-from reddit_amazon.sqlite_cache import CacheFile, is_locked
+from reddit_amazon.sqlite_cache import CacheFile, is_locked, other_tables
 
 DEFAULT_MODEL = "gpt-3.5-turbo"  # the paper's model
 TEMPLATE_FILE = "table9_relevance_filter.txt"
@@ -123,6 +123,10 @@ _LEADING_LABEL = re.compile(r"^\W*(?:answer\s*:\W*)?(yes|no|uncertain)\b\W*?(?:[
 # --------------------------------------------------------------------------------------------
 
 
+_ANSWERS_TABLE = ("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
+                  "status TEXT NOT NULL, answer TEXT NOT NULL)")
+
+
 class AnswerCache:
     """SQLite store of raw answers; every answer is committed as soon as it arrives.
 
@@ -139,8 +143,7 @@ class AnswerCache:
         self._lock = threading.Lock()
         self._file = CacheFile(self.path, "the relevance answer cache, --llm-cache", unavailable=RelevanceError,
                                damaged=RelevanceError, loss="its answers are then asked again")
-        self._db = self._file.connect("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
-                                      "status TEXT NOT NULL, answer TEXT NOT NULL)", owner=self, check_same_thread=False)
+        self._db = self._file.connect(_ANSWERS_TABLE, owner=self, check_same_thread=False)
         with self._file.named_errors():
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -158,12 +161,9 @@ class AnswerCache:
 
     def import_answers(self, other: str | Path, endpoint: str | None = None) -> int:
         """Copy the answers this cache lacks from another cache file (opened read-only), as answers of
-        ``endpoint`` when it is given (the other file's keys are OpenAI's); returns how many."""
-        source = sqlite3.connect(f"{Path(other).resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            rows = source.execute("SELECT key, model, status, answer FROM answers").fetchall()
-        finally:
-            source.close()
+        ``endpoint`` when it is given (the other file's keys are OpenAI's); returns how many. A file that is not
+        an answer cache is a :class:`RelevanceError` naming it, and nothing is imported."""
+        rows = _answers_in(Path(other))
         if endpoint is not None:
             rows = [(scoped_key(key, endpoint), *rest) for key, *rest in rows]
         with self._lock, self._file.named_errors():
@@ -204,6 +204,24 @@ class AnswerCache:
             if exc_type is None:
                 raise
             # The block's own error (often the same full disk) is the one to report; the answers are not lost.
+
+
+def _answers_in(path: Path) -> list[tuple[str, str, str, str]]:
+    """Every answer in the answer cache file ``path``, opened read-only. Another database (or none) is refused
+    whole: a table of other columns, or one whose rows may lack a value (which the import would skip one by one)."""
+    nothing = "nothing was imported from it"
+    try:
+        source = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            if held := other_tables(source, (_ANSWERS_TABLE,), all_needed=True):
+                raise RelevanceError(f"{path} holds another database ({held}), not a relevance answer cache: {nothing}")
+            return source.execute("SELECT key, model, status, answer FROM answers").fetchall()
+        finally:
+            source.close()
+    except sqlite3.OperationalError as error:  # the file is not at fault: missing, locked, unreadable
+        raise RelevanceError(f"{path}: {error} (a relevance answer cache to import): {nothing}") from error
+    except sqlite3.DatabaseError as error:
+        raise RelevanceError(f"{path} is damaged ({error}), not a relevance answer cache: {nothing}") from error
 
 
 # --------------------------------------------------------------------------------------------

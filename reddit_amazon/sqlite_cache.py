@@ -58,18 +58,9 @@ class CacheFile:
         return db
 
     def _refuse_another_database(self, db: sqlite3.Connection, schemas: tuple[str, ...]) -> None:
-        expected = sqlite3.connect(":memory:")
-        try:
-            for schema in schemas:
-                expected.execute(schema)
-            wanted = _tables(expected)
-        finally:
-            expected.close()
-        found = _tables(db)
-        if any(name not in wanted or columns != wanted[name] for name, columns in found.items()):
-            held = ", ".join(f"{name}({', '.join(column[0] for column in columns)})" for name, columns in found.items())
+        if held := other_tables(db, schemas):
             loss = f"; {self.loss}" if self.loss else ""
-            raise self.damaged(f"{self.path} holds another database (tables {held}), not {self.what}: nothing was "
+            raise self.damaged(f"{self.path} holds another database ({held}), not {self.what}: nothing was "
                                f"written to it; move it, or delete it if it is only a cache{loss}")
 
     @contextmanager
@@ -86,6 +77,25 @@ class CacheFile:
             loss = f"; {self.loss}" if self.loss else ""
             raise self.damaged(f"{self.path} is damaged ({error}); it is only a cache: delete or move it "
                                f"({self.what}{loss})") from error
+
+
+def other_tables(db: sqlite3.Connection, schemas: tuple[str, ...], *, all_needed: bool = False) -> str | None:
+    """``None`` when the tables of ``db`` are those ``schemas`` (CREATE TABLE statements) make, with the same columns
+    (some may be missing, unless ``all_needed``); else what ``db`` holds, as "tables name(column, ...), ..." ("no
+    tables")."""
+    expected = sqlite3.connect(":memory:")
+    try:
+        for schema in schemas:
+            expected.execute(schema)
+        wanted = _tables(expected)
+    finally:
+        expected.close()
+    found = _tables(db)
+    if all(name in wanted and columns == wanted[name] for name, columns in found.items()) and \
+            not (all_needed and wanted.keys() - found.keys()):
+        return None
+    held = ", ".join(f"{name}({', '.join(column[0] for column in columns)})" for name, columns in found.items())
+    return f"tables {held}" if held else "no tables"
 
 
 def _tables(db: sqlite3.Connection) -> dict[str, list[tuple[str, str, int, int]]]:

@@ -329,6 +329,58 @@ def test_import_answers_adds_only_missing_and_leaves_the_source_alone(tmp_path):
     assert source.read_bytes() == before
 
 
+def _database(path: Path, *statements: str) -> Path:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    for statement in statements:
+        db.execute(statement)
+    db.commit()
+    db.close()
+    return path
+
+
+#: Files given to import_answers that are not answer caches, and what the error says after the file's name.
+NOT_ANSWER_CACHES = {
+    "another cache": (("CREATE TABLE embeddings (key TEXT PRIMARY KEY, vector BLOB)",),
+                      " holds another database (tables embeddings(key, vector))"),
+    "answers of other columns": (("CREATE TABLE answers (key TEXT PRIMARY KEY, answer TEXT)",
+                                  "INSERT INTO answers VALUES ('k9', 'Yes')"),
+                                 " holds another database (tables answers(key, answer))"),
+    # the columns' names, but a row may lack a value: INSERT OR IGNORE skipped such rows one by one, silently
+    "answers without NOT NULL": (("CREATE TABLE answers (key TEXT, model TEXT, status TEXT, answer TEXT)",
+                                  f"INSERT INTO answers VALUES ('k8', '{DEFAULT_MODEL}', 'ok', 'Yes')",
+                                  "INSERT INTO answers VALUES ('k9', NULL, 'ok', 'No')"),
+                                 " holds another database (tables answers(key, model, status, answer))"),
+    "an empty database": ((), " holds another database (no tables)"),
+}
+
+
+@pytest.mark.parametrize("kind", [*NOT_ANSWER_CACHES, "not a database", "missing"])
+def test_importing_a_file_that_is_not_an_answer_cache_is_one_error_naming_it_and_imports_nothing(tmp_path, kind):
+    """Another database, or a file of no database, ended in sqlite3's "no such table: answers", "no such column:
+    model" or "file is not a database", naming no file; a table without NOT NULL was imported in part."""
+    source = tmp_path / "given.sqlite"
+    if kind == "not a database":
+        source.write_text("key,answer\nk9,Yes\n")
+        said = " is damaged (file is not a database)"
+    elif kind == "missing":
+        said = ": unable to open database file"
+    else:
+        statements, said = NOT_ANSWER_CACHES[kind]
+        _database(source, *statements)
+    before = source.read_bytes() if source.exists() else None
+    with AnswerCache(tmp_path / "build.sqlite") as cache:
+        cache.put("k1", DEFAULT_MODEL, "Yes")
+        with pytest.raises(RelevanceError) as raised:
+            cache.import_answers(source)
+        assert len(cache) == 1
+    message = str(raised.value)
+    assert message.startswith(f"{source}{said}"), message
+    assert message.endswith("nothing was imported from it") and "\n" not in message, message
+    assert (source.read_bytes() if source.exists() else None) == before
+
+
 def test_answers_are_committed_without_an_fsync_each_and_the_closed_file_is_one_rollback_journal_file(tmp_path):
     """Each answer was committed with its fsyncs under the cache's lock, and the pre-send lookups queued behind
     them: run_filter made about half the calls/s of a plain client at --llm-concurrency 32
