@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import click
 from rich.markup import escape
@@ -171,7 +171,7 @@ def _stamp(folder: Path, key: str, outputs: Sequence[Path]) -> dict[str, dict[st
     return written
 
 
-def _is_output_record(written: Any) -> bool:
+def _is_output_record(written: Any) -> TypeGuard[dict[str, dict[str, Any]]]:
     return isinstance(written, dict) and all(
         isinstance(entry, dict) and type(entry.get("bytes")) is int and isinstance(entry.get("sha256"), str)
         for entry in written.values())

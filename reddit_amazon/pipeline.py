@@ -179,6 +179,21 @@ def _read_jsonl(path: Path, *, remedy: str) -> Iterator[dict[str, Any]]:
     return (row for _, row in read_jsonl(path, remedy=remedy))
 
 
+def _read_records(path: Path, *, remedy: str, extra: str | None = None
+                  ) -> Iterator[tuple[RedditComment | RedditSubmission, Any]]:
+    """Each row of a JSONL work file of Reddit records (``to_json`` rows) as its record, with the value of its
+    ``extra`` key (one the stage added to the record's fields) or None; a row that does not make a record is
+    damage, named with its line."""
+    for line, row in read_jsonl(path, remedy=remedy):
+        try:
+            extra_value = row.pop(extra) if extra else None
+            record = record_from_json(row)
+        except (KeyError, TypeError) as error:
+            raise DamagedFileError(f"{path}: damaged, line {line} is not a Reddit record ({error!r}); {remedy}") \
+                from None
+        yield record, extra_value
+
+
 def _redo_remedy(marker: Path, what: str) -> str:
     """What to do about a damaged work file of the file (or bucket) whose completion marker is ``marker``."""
     return f"delete {marker} and rerun the stage: {what} again"
@@ -548,22 +563,24 @@ class RebuildThreadsStep(PipelineStep):
         index = ThreadIndex()
         for file_dir in (Path(self.collect_dir) / key for key in self.file_keys):
             if (file_dir / name).exists():
-                index.add_all(record_from_json(row) for row in _read_jsonl(
+                index.add_all(record for record, _ in _read_records(
                     file_dir / name, remedy=_redo_remedy(file_dir.with_name(f"{file_dir.name}.json"),
                                                          "that dump's threads are collected")))
         counts = RebuildCounts(duplicate_records=index.duplicates)
         targets_path = Path(self.targets_dir) / name
-        targets = (list(_read_jsonl(targets_path, remedy=f"delete {targets_path.parent} and rerun the stage: it is "
-                                                          "written again"))
-                   if targets_path.exists() else [])
-        targets.sort(key=lambda t: (t["created_utc"] or 0, t["id"]))
+        remedy = f"delete {targets_path.parent} and rerun the stage: it is written again"
+        targets: list[tuple[RedditComment, list[str]]] = []
+        for record, gt_items in (_read_records(targets_path, remedy=remedy, extra="gt_items")
+                                 if targets_path.exists() else ()):
+            if not isinstance(record, RedditComment) or not isinstance(gt_items, list):
+                raise DamagedFileError(f"{targets_path}: damaged, record {record.id} is not a comment with a list of "
+                                       f"gt_items; {remedy}")
+            targets.append((record, gt_items))
+        targets.sort(key=lambda target: (target[0].created_utc or 0, target[0].id))
         output = out_dir / f"part-{bucket:05d}.jsonl"
         temporary = _temporary(output)
         with open_named(temporary) as out:
-            for target in targets:
-                gt_items = target.pop("gt_items")
-                comment = record_from_json(target)
-                assert isinstance(comment, RedditComment)  # the reddit stage writes comments only as targets
+            for comment, gt_items in targets:
                 conversation = index.conversation(comment, gt_items, pseudonymize, asins_of, counts)
                 if conversation is not None:
                     out.write(orjson.dumps(conversation.to_row()) + b"\n")

@@ -165,7 +165,7 @@ class AnswerCache:
         an answer cache is a :class:`RelevanceError` naming it, and nothing is imported."""
         rows = _answers_in(Path(other))
         if endpoint is not None:
-            rows = [(scoped_key(key, endpoint), *rest) for key, *rest in rows]
+            rows = [(scoped_key(key, endpoint), model, status, answer) for key, model, status, answer in rows]
         with self._lock, self._file.named_errors():
             before = self._db.total_changes
             self._db.executemany("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?)", rows)
