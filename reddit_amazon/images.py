@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reddit_amazon import __version__
-from reddit_amazon.files import naming, remove_abandoned_temp_files, write_atomic
+from reddit_amazon.files import DamagedFileError, naming, read_json, remove_abandoned_temp_files, write_atomic
 from reddit_amazon.http_session import PrivateHostRefused, RequestsInFlight, check_proxies, guarded_session
 from reddit_amazon.openai_endpoint import retry_after
 
@@ -195,10 +195,6 @@ def eight_bit_greyscale(image: Any) -> Any:
     return Image.fromarray(out, "L")
 
 
-class ImageStoreError(ValueError):
-    """A file of the image store cannot be read (its path is in the message)."""
-
-
 class ImageStore:
     """``<folder>/<asin>.jpg``, the URL each image came from (``sources.json``, {asin: url}) and
     ``failures.json`` ({asin: {"error", "permanent", "url"}}), plus the lines ``sources.journal`` gained since the
@@ -215,25 +211,23 @@ class ImageStore:
         self._stored: set[str] = set()  # images this instance put
         journal_sources, journal_failures = self._read_journal()
         self.failures: dict[str, dict] = {**self._read_failures(), **journal_failures}
-        self.sources: dict[str, str] = {**self._read_object(self.folder / SOURCES_FILE), **journal_sources}
+        self.sources: dict[str, str] = {**self._read_sources(), **journal_sources}
 
-    def _read_object(self, path: Path) -> dict:
+    def _read_sources(self) -> dict[str, str]:
+        """A damaged one is a :class:`~reddit_amazon.files.DamagedFileError`, not dropped: without it every image
+        it records would be fetched again, which is the user's choice."""
+        path = self.folder / SOURCES_FILE
         if not path.is_file():
             return {}
-        try:
-            value = json.loads(path.read_bytes())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ImageStoreError(f"{path}: not valid JSON ({error})") from None
-        if not isinstance(value, dict):
-            raise ImageStoreError(f"{path}: not a JSON object")
-        return value
+        return read_json(path, remedy="delete it to have the store's images fetched again")
 
     def _read_failures(self) -> dict[str, dict]:
         """Only a record of what failed: an unreadable one is dropped (its items are tried again), not fatal."""
+        path = self.folder / FAILURES_FILE
         try:
-            return self._read_object(self.folder / FAILURES_FILE)
-        except ImageStoreError as error:
-            log.warning("%s; the failures it recorded will be retried", error)
+            return read_json(path, remedy="the failures it recorded will be retried") if path.is_file() else {}
+        except DamagedFileError as error:
+            log.warning("%s", error)
             return {}
 
     def _read_journal(self) -> tuple[dict[str, str], dict[str, dict]]:
@@ -334,7 +328,7 @@ class ImageStore:
             # What other processes recorded since this one started wins over what it read then (its own
             # puts are in the journal); entries only this process knows (seeded ones) are kept.
             journal_sources, journal_failures = self._read_journal()
-            self.sources = {**self.sources, **self._read_object(self.folder / SOURCES_FILE), **journal_sources}
+            self.sources = {**self.sources, **self._read_sources(), **journal_sources}
             self.failures = {**self._read_failures(), **journal_failures, **self.failures}
             for asin in self._stored:
                 self.failures.pop(asin, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -678,17 +679,20 @@ def test_workers_leave_the_warning_filters_alone(monkeypatch):
     assert calls == [] and warnings.filters == before
 
 
-def test_an_unreadable_store_file_is_named(tmp_path, caplog):
-    from reddit_amazon.images import ImageStoreError
+def test_an_unreadable_store_file_is_named_with_what_to_do(tmp_path, caplog):
+    from reddit_amazon.files import DamagedFileError
 
     folder = tmp_path / "images"
     folder.mkdir()
     (folder / "failures.json").write_text('{"B000000001": {"error"')
     with caplog.at_level("WARNING"):
         store = ImageStore(folder)  # only a record of failures: dropped, so they are retried
-    assert store.failures == {} and str(folder / "failures.json") in caplog.text
-    (folder / "sources.json").write_text("[1, 2")
-    with pytest.raises(ImageStoreError, match=str(folder / "sources.json")):
+    assert store.failures == {}
+    assert f"{folder / 'failures.json'}: damaged, not valid JSON" in caplog.text
+    assert "the failures it recorded will be retried" in caplog.text
+    (folder / "sources.json").write_text("[1, 2]")
+    with pytest.raises(DamagedFileError, match=re.escape(f"{folder / 'sources.json'}: damaged, not a JSON object; "
+                                                         "delete it to have the store's images fetched again")):
         ImageStore(folder)
 
 
