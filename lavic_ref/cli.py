@@ -485,10 +485,9 @@ def _distill_record(cache: Any) -> DistillRecord:
     training time (the ``last/`` checkpoint beside it, of the same run), for the card: only while the adapter at
     the recorded path is still the one the embeddings were made with (a distill rerun into the same folder replaces
     it, and its settings would then pass for those of the embeddings' adapter)."""
-    import json
-
     from cards.local_paths import is_local_path, path_name
     from lavic_ref.model import BASE_FILE, adapter_fingerprint
+    from reddit_amazon.files import DamagedFileError, read_json
 
     adapter = (cache.metadata.get("adapter") or None) if cache is not None else None
     if not adapter:
@@ -503,8 +502,8 @@ def _distill_record(cache: Any) -> DistillRecord:
                                              " (a path relative to the folder `lavic-ref embed` ran in: run "
                                              "finetune there)")}, not_recorded)
     try:
-        trained = json.loads((folder / BASE_FILE).read_text())["trained_with"]
-    except (OSError, ValueError, KeyError, TypeError):
+        trained = read_json(folder / BASE_FILE, remedy="").get("trained_with")
+    except (OSError, DamagedFileError):
         trained = None
     if not isinstance(trained, dict):
         return DistillRecord({"recorded": f"no: {shown} has no record of them (no {BASE_FILE} with its training "
@@ -522,15 +521,14 @@ def _distill_record(cache: Any) -> DistillRecord:
 def _distill_time_s(adapter: Path, trained_with: dict[str, Any]) -> float | None:
     """The training time the distill run's checkpoint (``last/`` beside its ``best/`` adapter) records, resumes
     included as for ``finetune``; None where there is none, or it is of another run (other settings)."""
-    import json
-
     from lavic_ref.training import STATE_FILE, settings_as_recorded_now
+    from reddit_amazon.files import DamagedFileError, read_json
 
     try:
-        state = json.loads((adapter.parent / "last" / STATE_FILE).read_text())
-    except (OSError, ValueError):
+        state = read_json(adapter.parent / "last" / STATE_FILE, remedy="")
+    except (OSError, DamagedFileError):
         return None
-    if not isinstance(state, dict) or not isinstance(state.get("settings"), dict):
+    if not isinstance(state.get("settings"), dict):
         return None
     if settings_as_recorded_now(state["settings"]) != settings_as_recorded_now(trained_with):
         return None

@@ -375,10 +375,13 @@ def test_the_card_reports_distill_settings_only_of_the_adapter_the_embeddings_we
     # The card shows it (`distill.recorded`) and is published: the adapter by name, not where it lay (tmp_path).
     assert _distill_record(cache).settings == {
         "recorded": "no: the distill adapter distill/best has changed since the item embeddings were made with it"}
+    no_record = {"recorded": f"no: the distill adapter distill/best has no record of them (no {BASE_FILE} with its "
+                             "training settings)"}
+    for damaged in ('{"trained_with"', "[]", '{"base": "tiny"}'):  # a damaged record reads as none
+        (adapter / BASE_FILE).write_text(damaged)
+        assert _distill_record(cache).settings == no_record
     (adapter / BASE_FILE).unlink()
-    assert _distill_record(cache).settings == {
-        "recorded": f"no: the distill adapter distill/best has no record of them (no {BASE_FILE} with its training "
-                    "settings)"}
+    assert _distill_record(cache).settings == no_record
     cache.metadata["adapter"] = str(tmp_path / "moved" / "best")
     assert _distill_record(cache).settings == {"recorded": "unknown: the distill adapter moved/best is not there"}
 
@@ -432,6 +435,9 @@ def test_the_card_takes_the_distill_time_from_the_checkpoint_of_the_adapters_own
     assert _distill_record(cache).training == {"distill_time_s": None}  # no checkpoint: not recorded
     (last / STATE_FILE).write_text(json.dumps({"epoch": 2, "elapsed_s": 754.321, "settings": settings}))
     assert _distill_record(cache).training == {"distill_time_s": 754.3}
+    for damaged in ('{"elapsed_s": 75', "[]"):  # a damaged checkpoint state: not recorded
+        (last / STATE_FILE).write_text(damaged)
+        assert _distill_record(cache).training == {"distill_time_s": None}
     (last / STATE_FILE).write_text(json.dumps({"elapsed_s": 9.0, "settings": {**settings, "max_steps": None}}))
     assert _distill_record(cache).training == {"distill_time_s": None}  # a later run's, not yet at a best/
     assert _distill_record(ItemEmbeddings({}, {"adapter": ""})).training == {}  # no distill adapter: no line
