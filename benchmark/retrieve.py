@@ -26,8 +26,6 @@ from benchmark.data import (
     resolve_dataset,
 )
 from benchmark.metrics import (
-    DEFAULT_BOOTSTRAP_SAMPLES,
-    DEFAULT_SEED,
     RANKING_CUTOFFS,
     score,
     summarize_by_domain,
@@ -39,6 +37,7 @@ from benchmark.runner import (
     RESULTS_FILE,
     RESULTS_FORMAT,
     RUN_FILE,
+    BenchmarkConfig,
     RunError,
     bootstrap_entry,
     dataset_entry,
@@ -56,17 +55,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RetrieveConfig:
+class RetrieveConfig(BenchmarkConfig):
     retriever: str
     retriever_options: dict[str, Any] = field(default_factory=dict)
-    dataset: str | os.PathLike | None = None  # a folder or Hub id; None: the bundled sample
-    domain: str = "all"
-    split: str = "test"
     k: int = 10
     with_description: bool = False
-    limit: int | None = None
-    bootstrap_samples: int = DEFAULT_BOOTSTRAP_SAMPLES
-    seed: int = DEFAULT_SEED
+
+    _integer_fields = (*BenchmarkConfig._integer_fields, ("k", 1, False))
 
 
 def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool = True,

@@ -65,28 +65,41 @@ class RunError(RuntimeError):
     """The run cannot proceed (conflicting output folder, misbehaving plugin)."""
 
 
-@dataclass
-class RunConfig:
-    model: str
-    model_args: dict[str, Any] = field(default_factory=dict)
+@dataclass(kw_only=True)
+class BenchmarkConfig:
+    """What a model run (:class:`RunConfig`) and a retrieval (``benchmark.retrieve.RetrieveConfig``) share: the
+    records scored and how their metrics' confidence intervals are drawn. Keyword-only: each config's own fields
+    (the model or retriever first) keep the positions."""
+
     dataset: str | os.PathLike | None = None  # a folder or Hub id; None: the bundled sample
     domain: str = "all"
     split: str = "test"
-    candidates: str = "sbert"
     limit: int | None = None
-    batch_size: int | None = None  # None: the plugin's batch_size attribute, else DEFAULT_BATCH_SIZE
     bootstrap_samples: int = DEFAULT_BOOTSTRAP_SAMPLES
     seed: int = DEFAULT_SEED
 
-    def __post_init__(self) -> None:  # what the command line's option types check, for callers from Python
-        for name, least, optional in (("limit", 1, True), ("batch_size", 1, True), ("bootstrap_samples", 0, False),
-                                      ("seed", 0, False)):
+    #: ``(field, least value, whether None is allowed)`` of the integer fields: what the command line's option
+    #: types check, checked for callers from Python too.
+    _integer_fields = (("limit", 1, True), ("bootstrap_samples", 0, False), ("seed", 0, False))
+
+    def __post_init__(self) -> None:
+        for name, least, optional in self._integer_fields:
             value = getattr(self, name)
             if value is None and optional:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise RunError(f"RunConfig.{name} must be an integer >= {least}{' or None' if optional else ''}, "
-                               f"not {value!r}")
+                raise RunError(f"{type(self).__name__}.{name} must be an integer >= {least}"
+                               f"{' or None' if optional else ''}, not {value!r}")
+
+
+@dataclass
+class RunConfig(BenchmarkConfig):
+    model: str
+    model_args: dict[str, Any] = field(default_factory=dict)
+    candidates: str = "sbert"
+    batch_size: int | None = None  # None: the plugin's batch_size attribute, else DEFAULT_BATCH_SIZE
+
+    _integer_fields = (*BenchmarkConfig._integer_fields, ("batch_size", 1, True))
 
 
 recorded_args = registry.redacted_args  # model args as run.json / results.json record them

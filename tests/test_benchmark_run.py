@@ -1580,6 +1580,17 @@ def test_run_config_refuses_what_the_command_line_refuses(field, value):
         RunConfig(model="random", **{field: value})
 
 
+@pytest.mark.parametrize("field, value", [("limit", 0), ("limit", -1), ("k", 0), ("bootstrap_samples", -5),
+                                          ("seed", "x"), ("limit", True)])
+def test_retrieve_config_refuses_what_the_command_line_refuses(field, value):
+    """RetrieveConfig(limit=-1) from Python wrote a retrieval of no records, bootstrap_samples=-5 a results.json
+    recording "samples": -5; the command line refuses both, as RunConfig does."""
+    from benchmark.retrieve import RetrieveConfig
+
+    with pytest.raises(RunError, match=f"RetrieveConfig.{field} must be an integer"):
+        RetrieveConfig(retriever="bm25", **{field: value})
+
+
 def test_a_folder_inside_a_dataset_is_not_taken_for_one(dataset, tmp_path):
     """`--dataset ds/data` reached `datasets`, which said "BuilderConfig 'beauty' not found. Available: ['default']"."""
     with pytest.raises(DatasetError, match=r"data: not a dataset folder \(it has no manifest.json or README.md\); "
