@@ -57,6 +57,14 @@ def published_base(base: str | None) -> str | None:
     return next((name for name in recorded if hub_model_id(name) and not Path(name).expanduser().exists()), None)
 
 
+def shown_base(base: str) -> str:
+    """The base model as a file published with the adapters names it: the Hub id :func:`published_base` finds, else
+    as the cards show a path (an absolute one by its folder name: :func:`cards.local_paths.shown_value`)."""
+    from cards.local_paths import shown_value
+
+    return published_base(base) or shown_value(base)
+
+
 def _hub_cache_repo(folder: Path) -> str | None:
     parts = folder.resolve().parts
     if len(parts) >= 3 and parts[-3].startswith("models--") and parts[-2] == "snapshots":

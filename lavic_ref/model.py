@@ -449,7 +449,33 @@ def save_adapter(backbone: Backbone, folder: Path, trained_with: dict[str, Any] 
         record["trained_with"] = trained_with
     with naming_write_failure(folder):  # a full disk: peft's and safetensors' errors name no file
         backbone.model.save_pretrained(folder)
+        _name_base_as_published(folder, backbone.base)
         (folder / BASE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _name_base_as_published(folder: Path, base: str) -> None:
+    """peft's files of a saved adapter with the base model named as published (peft names ``base`` as given, the
+    absolute path of a local checkpoint included): ``base_model_name_or_path`` in ``adapter_config.json`` by
+    :func:`~lavic_ref.card.shown_base`; ``base_model`` and the ``base_model:adapter:`` tag in the YAML of
+    ``README.md`` by the Hub id, or not at all (the Hub takes only a model id there). Our adapters' base is checked
+    by their :data:`BASE_FILE`, which keeps ``base`` as given: ``adapter_config.json``'s name is read only for an
+    adapter without one (see :func:`check_adapter_base`)."""
+    from huggingface_hub import ModelCard
+
+    from lavic_ref.card import published_base, shown_base
+
+    config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = shown_base(base)
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return
+    card = ModelCard.load(readme)
+    hub_id = published_base(base)
+    card.data.base_model = hub_id
+    tags = [tag for tag in card.data.tags or [] if not tag.startswith("base_model:")]
+    card.data.tags = [*tags, f"base_model:adapter:{hub_id}"] if hub_id else tags
+    card.save(readme)
 
 
 def saved_base(folder: Path) -> dict[str, Any] | None:

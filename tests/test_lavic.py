@@ -831,9 +831,61 @@ def test_adapters_are_refused_for_another_role_or_base(tiny_base, other_base, tm
     with pytest.raises(AdapterError, match="is not a LoRA adapter folder"):
         attach_adapter(load_backbone(tiny_base, device=DEVICE), tmp_path, role="vision")
 
-    (rec / BASE_FILE).unlink()  # saved by peft alone: only the base names can be compared
+    # Saved by peft alone (which names the base as given, a local path too): only the base names can be compared.
+    (rec / BASE_FILE).unlink()
+    config = json.loads((rec / "adapter_config.json").read_text())
+    (rec / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": tiny_base}))
     with pytest.warns(UserWarning, match=f"names base model {re.escape(tiny_base)}, not {re.escape(other_base)}"):
         attach_adapter(load_backbone(other_base, device=DEVICE), rec, role="language")
+
+
+def test_the_published_adapter_files_name_no_local_base_path_and_the_adapter_still_runs(tiny_base, tmp_path):
+    """peft writes the base model into each saved adapter's adapter_config.json (`base_model_name_or_path`) and
+    README.md (YAML `base_model`, tag `base_model:adapter:...`): a local base checkpoint's absolute path, published
+    with the --out folder. They now name it as the model card does: its folder name, and no YAML base model (the
+    Hub takes only a model id there). lavic_base.json keeps the path: the plugin loads the base it records."""
+    from huggingface_hub import ModelCard
+
+    from benchmark.cli import cli as benchmark_cli
+    from lavic_ref.cli import cli
+
+    machine = str(Path(tiny_base).parent)
+    out = tmp_path / "rec"
+    _invoke(cli, ["finetune", "--base", tiny_base, "--device", DEVICE, "--domain", "home", "--no-images",
+                  "--max-steps", "1", "--save-every", "1", "--quiet", "--out", out])
+    for adapter in (out / "best", out / "last"):
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == Path(tiny_base).name
+        readme = (adapter / "README.md").read_text()
+        assert machine not in readme, adapter
+        card = ModelCard.load(adapter / "README.md")
+        assert card.data.base_model is None and card.data.library_name == "peft" and "lora" in card.data.tags
+    assert json.loads((out / "best" / BASE_FILE).read_text())["base"] == tiny_base
+    published = [path for path in out.rglob("*") if path.suffix in (".md", ".json") and path.name != BASE_FILE
+                 and machine in path.read_text()]
+    assert published == [out / "model_card.json"]  # the card's own inputs: see docs/lavic.md
+
+    _invoke(benchmark_cli, ["run", "--model", "lavic", "--model-args", f"rec_adapter={out},images=false,"
+                            f"device={DEVICE}", "--domain", "home", "--limit", "2", "--out", tmp_path / "run",
+                            "--quiet", "--bootstrap-samples", "0"])
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["model"]["settings"]["base"] == tiny_base
+
+
+def test_an_adapter_on_a_hub_cache_checkpoint_names_its_hub_id_in_peft_files(tiny_base, tmp_path):
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    hub_id = "llava-hf/llava-v1.6-mistral-7b-hf"
+    cached = tmp_path / "hub" / "models--llava-hf--llava-v1.6-mistral-7b-hf" / "snapshots" / "0123abc"
+    shutil.copytree(tiny_base, cached)
+    adapter = _saved_adapter(str(cached), VISION_LORA_TARGETS, tmp_path / "distill" / "best")
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_id
+    card = ModelCard.load(adapter / "README.md")
+    assert card.data.base_model == hub_id and f"base_model:adapter:{hub_id}" in card.data.tags
+    assert str(tmp_path) not in (adapter / "README.md").read_text()
+    attach_adapter(load_backbone(str(cached), device=DEVICE), adapter, role="vision")
 
 
 def test_item_embeddings_of_another_base_model_are_refused(tiny_base, other_base, tmp_path):
