@@ -377,8 +377,9 @@ def _usage_dataset(recorded: Any) -> str | None:
 
 
 def _local_folder_name(recorded: Any) -> str | None:
-    """The folder name of a dataset recorded as an absolute path; None for a Hub id or a relative path."""
-    return Path(recorded).name if isinstance(recorded, str) and Path(recorded).is_absolute() else None
+    """The name a card gives a dataset recorded as a local (absolute or ``~``) path; None for a Hub id or a relative
+    path."""
+    return path_name(recorded) if is_local_path(recorded) else None
 
 
 def _model_arg(value: str) -> str:

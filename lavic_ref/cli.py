@@ -485,7 +485,7 @@ def _distill_record(cache: Any) -> DistillRecord:
     training time (the ``last/`` checkpoint beside it, of the same run), for the card: only while the adapter at
     the recorded path is still the one the embeddings were made with (a distill rerun into the same folder replaces
     it, and its settings would then pass for those of the embeddings' adapter)."""
-    from cards.local_paths import is_local_path, path_name
+    from cards.local_paths import shown_value
     from lavic_ref.model import BASE_FILE, adapter_fingerprint
     from reddit_amazon.files import DamagedFileError, read_json
 
@@ -495,7 +495,7 @@ def _distill_record(cache: Any) -> DistillRecord:
     not_recorded = {"distill_time_s": None}
     folder = Path(cache.metadata.get("adapter_path") or adapter)  # embeddings from before adapter_path: as given
     # The published card shows these lines: an absolute path (where it lay on this machine) by its name only.
-    shown = f"the distill adapter {path_name(adapter) if is_local_path(adapter) else adapter}"
+    shown = f"the distill adapter {shown_value(adapter)}"
     if not folder.is_dir():
         return DistillRecord({"recorded": f"unknown: {shown} is not there"
                                           + ("" if folder.is_absolute() else

@@ -384,3 +384,17 @@ def test_the_published_card_names_files_outside_its_folder_by_placeholders_and_i
     adapters = {row[""]: row["value"] for row in markdown_table_after(card, "## Adapters", "")}
     assert adapters == {"`rec_adapter`": "`best`", "`distill_adapter`": "`distill/best`, not in this folder",
                         "`item_embeddings`": f"`{embeddings}`, not in this folder"}
+
+
+def test_a_dataset_under_the_home_folder_is_named_by_its_folder_as_every_local_path_of_the_cards():
+    """The model card named an absolute dataset path by its folder but showed a `~` path as recorded (the home
+    folder's layout), unlike every other local path the cards show (cards.local_paths)."""
+    import shlex
+
+    home = "~/data/my-build"
+    card = render([result("sbert", {"beauty": 0.1}, dataset_id=home)], data={"dataset": home, "domains": ["beauty"]})
+    assert "~/data" not in card
+    assert "### lavic on my-build (a local folder) (test," in card
+    assert "my-build (a local folder)" in card.split("## Data and splits")[1].split("##")[0]
+    (use,) = [shlex.split(line) for line in card.split("## Use", 1)[1].splitlines() if line.startswith("benchmark")]
+    assert use[use.index("--dataset") + 1] == "my-build"
