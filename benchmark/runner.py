@@ -49,7 +49,7 @@ from benchmark.metrics import (
     score,
     summarize_by_domain,
 )
-from benchmark.protocol import DEFAULT_BATCH_SIZE, RankingRecommender, Recommender
+from benchmark.protocol import DEFAULT_BATCH_SIZE, Candidate, RankingRecommender, Recommender
 from reddit_amazon.files import folder_lock, open_named, read_json, write_atomic, write_jsonl_atomic
 from reddit_amazon.progress import bar_options, quiet
 
@@ -484,16 +484,29 @@ def _check_outputs(outputs: Any, examples: Sequence[Any], ranks: bool) -> None:
         raise RunError(f"{method}() returned {got} for {len(examples)} examples; it must return a list with one "
                        f"{each} per example, in order")
     for example, output in zip(examples, outputs):
-        ok = (isinstance(output, (list, tuple)) and all(isinstance(i, str) for i in output)) if ranks \
-            else isinstance(output, str)
-        if not ok:
+        got = _unscorable(output, ranks)
+        if got is not None:
             nothing = "[]" if ranks else '""'
-            raise RunError(f"{method}() returned {type(output).__name__} for {example.example_id}; expected a {each} "
+            raise RunError(f"{method}() returned {got} for {example.example_id}; expected a {each} "
                            f"(return {nothing} where the model has no answer: the record then scores as not valid)")
         texts = list(output) if ranks else [output]
         if not all(_encodable(text) for text in texts):
             raise RunError(f"{method}() returned text that is not valid Unicode (a lone surrogate) for "
                            f"{example.example_id}")
+
+
+def _unscorable(output: Any, ranks: bool) -> str | None:
+    """What one example's output is, said where the harness cannot score it (a ranking: what its first entry that is
+    not an id is); None where it can."""
+    if ranks and isinstance(output, (list, tuple)):
+        odd = [entry for entry in output if not isinstance(entry, str)]
+        return f"a {type(output).__name__} holding {_kind(odd[0])}" if odd else None
+    return None if isinstance(output, str) and not ranks else _kind(output)
+
+
+def _kind(value: Any) -> str:
+    """The type of ``value``; for a candidate, where its id is (it is not a text nor an id)."""
+    return "Candidate (its id is its item_id)" if isinstance(value, Candidate) else type(value).__name__
 
 
 def _encodable(text: str) -> bool:

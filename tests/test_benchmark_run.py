@@ -225,6 +225,28 @@ def test_a_plugin_s_unusable_output_is_refused_saying_what_to_return(dataset, tm
             progress=False)
 
 
+@pytest.mark.parametrize("ranking, holding", [([1, 2, 3], "int"), ([None], "NoneType")])
+def test_a_ranking_of_something_other_than_ids_says_what_it_holds(dataset, tmp_path, ranking, holding):
+    """A ranking of ints was refused as "rank() returned list for x; expected a list of item ids (str)": the
+    plugin did return a list, and the message did not say what was wrong with it."""
+    recommender = _Returns("rank", lambda examples: [ranking] * len(examples))
+    with pytest.raises(RunError, match=rf"rank\(\) returned a list holding {holding} for \S+; expected a list of item "
+                                       r"ids \(str\)"):
+        run(RunConfig(model="mine", dataset=str(dataset), batch_size=4), tmp_path, recommender=recommender,
+            progress=False)
+
+
+@pytest.mark.parametrize("method, value, returned", [
+    ("rank", lambda examples: [list(e.candidates) for e in examples], "a list holding Candidate"),
+    ("recommend", lambda examples: [e.candidates[0] for e in examples], "Candidate"),
+])
+def test_candidates_returned_instead_of_ids_are_refused_saying_where_the_id_is(dataset, tmp_path, method, value,
+                                                                                returned):
+    with pytest.raises(RunError, match=rf"{method}\(\) returned {returned} \(its id is its item_id\) for \S+; "):
+        run(RunConfig(model="mine", dataset=str(dataset), batch_size=4), tmp_path, recommender=_Returns(method, value),
+            progress=False)
+
+
 def test_examples_never_carry_the_ground_truth(dataset, tmp_path):
     seen = []
 
