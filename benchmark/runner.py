@@ -174,7 +174,8 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool,
     cached = _read_predictions(out / PREDICTIONS_FILE)
     todo = [r for r in records if (r.example.domain, r.example.example_id) not in cached]
     try:
-        inference_seconds = _predict(recommender, ranks, todo, batch_size, out / PREDICTIONS_FILE, cached, progress)
+        inference_seconds = _predict(recommender, config.model, ranks, todo, batch_size, out / PREDICTIONS_FILE, cached,
+                                     progress)
     except BaseException:
         _unstart_folder(out)
         raise
@@ -433,14 +434,17 @@ def _read_predictions(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return cached
 
 
-def _predict(recommender: Any, ranks: bool, todo: Sequence[Record], batch_size: int, path: Path,
+def _predict(recommender: Any, model: str, ranks: bool, todo: Sequence[Record], batch_size: int, path: Path,
              cached: dict[tuple[str, str], dict[str, Any]], progress: bool) -> float:
+    """Append the outputs for ``todo`` to ``path``, batch by batch; errors name the recommender as ``model`` (its
+    ``--model``: a sweep's log shows which of its runs failed)."""
     if not todo:
         return 0.0
     from tqdm.auto import tqdm
 
     method = "rank" if ranks else "recommend"
     call: Callable = getattr(recommender, method)
+    called = f"recommender {model!r}: {method}()"
     shipped = registry.ships_with_toolkit(recommender)
     seconds = 0.0
     # Only the file's own operations name it: the recommender's errors (a refused connection, a timeout:
@@ -456,10 +460,10 @@ def _predict(recommender: Any, ranks: bool, todo: Sequence[Record], batch_size: 
             except Exception as error:
                 if not shipped:
                     ids = ", ".join(e.example_id for e in examples[:3]) + (", ..." if len(examples) > 3 else "")
-                    registry.mark_plugin_failure(error, f"{method}() failed on {len(examples)} example(s) ({ids})")
+                    registry.mark_plugin_failure(error, f"{called} failed on {len(examples)} example(s) ({ids})")
                 raise
             seconds += time.perf_counter() - began
-            _check_outputs(outputs, examples, ranks)
+            _check_outputs(outputs, examples, ranks, called)
             lines = []
             for example, output in zip(examples, outputs):
                 row: dict[str, Any] = {"example_id": example.example_id, "domain": example.domain}
@@ -476,22 +480,22 @@ def _predict(recommender: Any, ranks: bool, todo: Sequence[Record], batch_size: 
     return seconds
 
 
-def _check_outputs(outputs: Any, examples: Sequence[Any], ranks: bool) -> None:
+def _check_outputs(outputs: Any, examples: Sequence[Any], ranks: bool, called: str) -> None:
     """Refuse outputs the harness cannot score, saying what to return instead."""
-    method, each = ("rank", "list of item ids (str)") if ranks else ("recommend", "str")
+    each = "list of item ids (str)" if ranks else "str"
     if not isinstance(outputs, list) or len(outputs) != len(examples):
         got = f"{len(outputs)} outputs" if isinstance(outputs, list) else f"a {type(outputs).__name__}"
-        raise RunError(f"{method}() returned {got} for {len(examples)} examples; it must return a list with one "
+        raise RunError(f"{called} returned {got} for {len(examples)} examples; it must return a list with one "
                        f"{each} per example, in order")
     for example, output in zip(examples, outputs):
         got = _unscorable(output, ranks)
         if got is not None:
             nothing = "[]" if ranks else '""'
-            raise RunError(f"{method}() returned {got} for {example.example_id}; expected a {each} "
+            raise RunError(f"{called} returned {got} for {example.example_id}; expected a {each} "
                            f"(return {nothing} where the model has no answer: the record then scores as not valid)")
         texts = list(output) if ranks else [output]
         if not all(_encodable(text) for text in texts):
-            raise RunError(f"{method}() returned text that is not valid Unicode (a lone surrogate) for "
+            raise RunError(f"{called} returned text that is not valid Unicode (a lone surrogate) for "
                            f"{example.example_id}")
 
 

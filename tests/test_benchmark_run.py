@@ -247,6 +247,17 @@ def test_candidates_returned_instead_of_ids_are_refused_saying_where_the_id_is(d
             progress=False)
 
 
+def test_unusable_output_names_the_recommender(dataset, tmp_path):
+    """"Error: recommend() returned NoneType for 0cb09fr" did not say which recommender: in a sweep's log of many
+    runs, the failing one was left to guess (a constructor's failure did name it)."""
+    plugin = tmp_path / "none_plugin.py"
+    plugin.write_text("class Nothing:\n    def recommend(self, examples):\n        return [None for _ in examples]\n")
+    result = CliRunner().invoke(cli, ["run", "--model", f"{plugin}:Nothing", "--dataset", str(dataset),
+                                      "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 1
+    assert f"Error: recommender '{plugin}:Nothing': recommend() returned NoneType for " in result.output
+
+
 def test_examples_never_carry_the_ground_truth(dataset, tmp_path):
     seen = []
 
@@ -1519,7 +1530,8 @@ def test_a_plugin_bug_is_shown_with_its_traceback_and_the_predictions_before_it_
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "int('not a number')" in done.stderr  # the plugin's own line
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("benchmark.registry.PluginError: recommend() failed on 2 example(s) (")
+    assert last.startswith(f"benchmark.registry.PluginError: recommender '{plugin}:Buggy': recommend() failed on 2 "
+                           "example(s) (")
     assert last.endswith("): ValueError: invalid literal for int() with base 10: 'not a number'")
     assert len((out / "predictions.jsonl").read_bytes().splitlines()) == 2
 
