@@ -197,12 +197,22 @@ def _load_object(target: str, spec: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise RegistryError(with_extra_hint(f"recommender {spec!r}: cannot import {module_name!r}: {error}", error)) \
-            from error
+        message = f"recommender {spec!r}: cannot import {module_name!r}: {error}{_file_hint(module_name, attribute, error)}"
+        raise RegistryError(with_extra_hint(message, error)) from error
     except Exception as error:  # a plugin that fails at import is named, as an entry point is
         raise RegistryError(with_extra_hint(f"recommender {spec!r} (module {module_name}) failed to load: "
                                             f"{type(error).__name__}: {error}", error)) from error
     return _attribute(module, attribute, spec)
+
+
+def _file_hint(module_name: str, attribute: str, error: ImportError) -> str:
+    """Where ``module_name`` itself cannot be found but is a file of the working folder (which the ``benchmark``
+    command does not put on ``sys.path``), how to give it as a file instead."""
+    missing = getattr(error, "name", None) or ""
+    file = Path(*module_name.split(".")).with_suffix(".py")
+    if not (module_name == missing or module_name.startswith(f"{missing}.")) or not file.is_file():
+        return ""
+    return f"; {file.as_posix()} is here: give --model {file.as_posix()}:{attribute}"
 
 
 #: The plugin folders a :func:`plugin_imports` block put on ``sys.path``, each with the number of open blocks

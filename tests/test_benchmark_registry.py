@@ -52,6 +52,25 @@ def test_module_and_file_specs(tmp_path):
         resolve("no_such_module_xyz:Thing")
 
 
+def test_a_module_spec_naming_a_file_that_is_not_importable_says_how_to_give_the_file(tmp_path, monkeypatch):
+    """`--model mine:Pick` beside mine.py failed with only "No module named 'mine'": the console script does not put
+    the working folder on sys.path, and nothing said that `mine.py:Pick` would work."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.py").write_text("class Pick:\n    def recommend(self, examples):\n        return []\n")
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "ranker.py").write_text("class Rank:\n    def rank(self, examples):\n        return []\n")
+    with pytest.raises(RegistryError, match=r"cannot import 'mine': No module named 'mine'; mine\.py is here: "
+                                            r"give --model mine\.py:Pick"):
+        resolve("mine:Pick")
+    with pytest.raises(RegistryError, match=r"plugins/ranker\.py is here: give --model plugins/ranker\.py:Rank"):
+        resolve("plugins.ranker:Rank")
+    (tmp_path / "needs_dependency.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # found as a module: the module missing is its dependency
+    with pytest.raises(RegistryError, match="No module named 'no_such_dependency_xyz'") as refused:
+        resolve("needs_dependency:Thing")
+    assert "is here" not in str(refused.value)
+
+
 def test_every_spelling_of_a_model_has_one_identity_and_other_models_another(tmp_path, monkeypatch):
     """A run folder is resumed by model identity: the name of a built-in or an entry point and its module:Class
     are one model; a plugin file is named by its file name and class, however its path is spelled."""
