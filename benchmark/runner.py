@@ -456,7 +456,7 @@ def _predict(recommender: Any, model: str, ranks: bool, todo: Sequence[Record], 
             examples = [r.example for r in batch]
             began = time.perf_counter()
             try:
-                outputs = call(examples)
+                outputs = call(list(examples))  # its own list: one it sorts in place leaves ours in order
             except Exception as error:
                 if not shipped:
                     ids = ", ".join(e.example_id for e in examples[:3]) + (", ..." if len(examples) > 3 else "")

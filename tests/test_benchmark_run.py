@@ -258,6 +258,23 @@ def test_unusable_output_names_the_recommender(dataset, tmp_path):
     assert f"Error: recommender '{plugin}:Nothing': recommend() returned NoneType for " in result.output
 
 
+def test_a_plugin_that_reorders_its_batch_in_place_keeps_each_answer_on_its_record(dataset, tmp_path):
+    """The harness zipped the outputs with the very list it had passed: a plugin that sorted that list in place (by
+    length, for padding) and answered in the order it was given had its answers scored against other records,
+    silently (on the sample: VR 0.25 instead of 1.0)."""
+
+    class LengthSorted:
+        def recommend(self, examples):
+            given = list(examples)
+            examples.sort(key=lambda e: len(e.context))
+            answers = {id(e): e.candidates[0].item_id for e in examples}
+            return [answers[id(e)] for e in given]
+
+    results = run(RunConfig(model="sorted", dataset=str(dataset), batch_size=8, bootstrap_samples=0), tmp_path,
+                  recommender=LengthSorted(), progress=False)
+    assert results["metrics"]["vr"]["all"]["value"] == 1.0
+
+
 def test_examples_never_carry_the_ground_truth(dataset, tmp_path):
     seen = []
 
