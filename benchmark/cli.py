@@ -307,8 +307,7 @@ def list_command() -> None:
     """
     from benchmark import registry
 
-    for name, target in registry.BUILTIN.items():
-        click.echo(f"{name:14} {target}  (built-in)")
+    rows = [(name, f"{target}  (built-in)") for name, target in registry.BUILTIN.items()]
     used: set[str] = set(registry.BUILTIN)
     for ep in registry.entry_points(group=registry.ENTRY_POINT_GROUP):
         where = f"entry point, {ep.dist.name if ep.dist else '?'}"
@@ -316,8 +315,10 @@ def list_command() -> None:
         shadowed = "; not used: the built-in of that name wins" if ep.name in registry.BUILTIN else \
             "; not used: an entry point listed above has that name" if ep.name in used else ""
         used.add(ep.name)
-        click.echo(f"{ep.name:14} {ep.value}  ({where}{shadowed})")
-
+        rows.append((ep.name, f"{ep.value}  ({where}{shadowed})"))
+    width = max(len(name) for name, _ in rows)
+    for name, target in rows:
+        click.echo(f"{name:{width}}  {target}")
 
 if __name__ == "__main__":
     main()

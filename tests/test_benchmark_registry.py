@@ -289,6 +289,21 @@ def test_list_says_when_an_entry_point_is_shadowed_and_not_used(monkeypatch):
     assert resolve("random").source == "builtin"
 
 
+def test_list_aligns_its_columns_to_the_longest_name(monkeypatch):
+    """Names of 14 characters or more ran into their target with a single space."""
+    from click.testing import CliRunner
+
+    from benchmark.cli import cli
+
+    long_name = "my-recommender-with-a-long-name"
+    points = [EntryPoint(name=long_name, value="pkg.mod:Long", group=registry.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(registry, "entry_points", lambda group: points if group == registry.ENTRY_POINT_GROUP else [])
+    lines = CliRunner().invoke(cli, ["list"]).output.splitlines()
+    targets = [line.index(" benchmark.recommenders.") + 1 if " benchmark." in line else line.index(" pkg.mod:") + 1
+               for line in lines]
+    assert len(set(targets)) == 1 and targets[0] >= len(long_name) + 2, lines
+
+
 def test_an_argument_given_twice_is_refused():
     """`--model-args k=1,k=2` recorded k=2 without a word."""
     with pytest.raises(RegistryError, match="--model-args: k is given twice"):
