@@ -377,6 +377,8 @@ def _difference(field: str, previous: Any, current: Any) -> str:
     before, now = (value.get("fingerprint") if isinstance(value, dict) else None for value in (previous, current))
     if field == "dataset" and isinstance(before, str) and isinstance(now, str) and "unknown" not in (before, now):
         return f"dataset (content fingerprint {before[:12]} in the folder, {now[:12]} now)"
+    if field == "model_code" and previous is not None:
+        return "model_code (the plugin's code is not the code that run used)"
     return field
 
 

@@ -148,7 +148,7 @@ def test_a_run_folder_whose_plugin_code_changed_holds_another_run(dataset, tmp_p
     assert run(config, tmp_path / "out", progress=False) == results  # the same code: the finished run
     (tmp_path / "out" / "results.json").unlink()  # interrupted: resumed only with the same code
     plugin.write_text(code.replace("candidates[0]", "candidates[1]"))
-    with pytest.raises(RunError, match="differs in: model_code"):
+    with pytest.raises(RunError, match=r"differs in: model_code \(the plugin's code is not the code that run used\)"):
         run(config, tmp_path / "out", progress=False)
     plugin.write_text(code)
     assert run(config, tmp_path / "out", progress=False)["metrics"] == results["metrics"]
