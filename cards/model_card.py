@@ -56,7 +56,8 @@ DEFAULT_LIMITATIONS: tuple[str, ...] = (
 
 def render_model_card(*, base_model: str | None, adapters: Mapping[str, Any], hyperparameters: Mapping[str, Any],
                       data: Mapping[str, Any], training: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
-                      limitations: Sequence[str] | None = None, base_fingerprint: str | None = None) -> str:
+                      limitations: Sequence[str] | None = None, base_fingerprint: str | None = None,
+                      hub_repo: str | None = None) -> str:
     """README.md for the folder holding the LaViC adapters: Hub YAML plus the card body.
 
     ``base_model`` is the base model's Hub id, or None for a local checkpoint that names none: the card then says
@@ -67,6 +68,8 @@ def render_model_card(*, base_model: str | None, adapters: Mapping[str, Any], hy
     ``results`` are parsed ``results.json`` files of ``benchmark run`` (``ValueError`` for anything else).
     ``adapters`` name files by a path relative to the card's folder where they lie in it (``best``), by an absolute
     path where not: the card shows those by name only (see :func:`cards.local_paths.path_name`).
+    ``hub_repo``: the Hub model repo the card is published in (``lavic-ref push``), whose files ``adapters`` name by
+    their path in the repo; its Use command then gives the repo id for each of them (the plugin downloads them).
     """
     for index, result in enumerate(results):
         problem = results_problem(result)
@@ -83,14 +86,14 @@ def render_model_card(*, base_model: str | None, adapters: Mapping[str, Any], hy
     )
     sections = [
         _summary(base_model, base_fingerprint),
-        _adapters(adapters),
+        _adapters(adapters, hub_repo),
         _key_values("## Data and splits", _without_local_path(data), "The training data was not recorded."),
         _hyperparameters(hyperparameters),
         _training(training),
         _results(results, data.get("fingerprint"), data.get("domains")),
         _paper_tables(),
         "## Limitations\n\n" + "\n".join(f"- {text}" for text in (limitations or DEFAULT_LIMITATIONS)),
-        _usage(base_model, base_fingerprint, adapters, hyperparameters, data),
+        _usage(base_model, base_fingerprint, adapters, hyperparameters, data, hub_repo),
         "## Citation\n\n" + code_block(read_template("citation.bib").split("\n\n")[0], "bibtex"),
     ]
     body = "\n\n".join(section.strip() for section in sections) + "\n"
@@ -161,9 +164,13 @@ def _key_values(heading: str, mapping: Mapping[str, Any], absent: str) -> str:
     return f"{heading}\n\n" + table(["", "value"], [[inline_code(k), _value(v)] for k, v in flatten(mapping)])
 
 
-def _adapters(adapters: Mapping[str, Any]) -> str:
+def _adapters(adapters: Mapping[str, Any], hub_repo: str | None = None) -> str:
     if not adapters:
         return "## Adapters\n\nNo adapter files were given."
+    if hub_repo:
+        rows = [[inline_code(key), f"{inline_code(value)} in this repo" if value else _value(value)]
+                for key, value in flatten(adapters)]
+        return "## Adapters\n\n" + table(["", "value"], rows)
     rows = [[inline_code(key), f"{inline_code(path_name(value))}, not in this folder" if is_local_path(value)
              else _value(value)] for key, value in flatten(adapters)]
     return "## Adapters\n\n" + table(["", "value"], rows)
@@ -302,11 +309,13 @@ def _paper_tables() -> str:
 
 
 def _usage(base_model: str | None, base_fingerprint: str | None, adapters: Mapping[str, Any],
-           hyperparameters: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+           hyperparameters: Mapping[str, Any], data: Mapping[str, Any], hub_repo: str | None = None) -> str:
     """``benchmark run`` of the adapter on the test split of the data and domains it was fine-tuned on."""
     files = {k: adapters[k] for k in PLUGIN_FILE_OPTIONS if adapters.get(k)}
-    outside = {k: str(path) for k, path in files.items() if is_local_path(path)}
+    outside = {} if hub_repo else {k: str(path) for k, path in files.items() if is_local_path(path)}
     values = {"base": base_model or LOCAL_BASE, **files, **{k: OUTSIDE_FILES[k][0] for k in outside}}
+    if hub_repo:
+        values.update({k: hub_repo for k in files})
     if hyperparameters.get("images") is False:  # a titles-only adapter (`finetune --no-images`): no item tokens
         values["images"] = False
     max_prompt_tokens = hyperparameters.get("max_prompt_tokens")
@@ -333,7 +342,7 @@ def _usage(base_model: str | None, base_fingerprint: str | None, adapters: Mappi
     return ("## Use\n\n" + code_block("\n".join(commands), "bash") + "\n\nThe `lavic` plugin is registered by the "
             "`reddit-amazon` package; `--candidates sbert` or `--candidates openai_large` selects the candidate set"
             + (f" (the adapter was trained {trained})." if trained else ".")
-            + _files_text(files, outside)
+            + (_repo_files_text(hub_repo) if hub_repo else _files_text(files, outside))
             + (f" {inline_code(f'--dataset {dataset}')} stands for the local folder it was trained on."
                if local_folder else "")
             + ("" if base_model else f" {inline_code(LOCAL_BASE)} stands for the local base checkpoint it was trained "
@@ -350,6 +359,13 @@ def _files_text(files: Mapping[str, Any], outside: Mapping[str, str]) -> str:
                                 for key, path in outside.items())
         text += ": this file is not in this folder." if len(outside) == 1 else ": these files are not in this folder."
     return text
+
+
+def _repo_files_text(hub_repo: str) -> str:
+    return (f" The plugin downloads the adapters and item embeddings from this repo ({inline_code(hub_repo)}: the rec "
+            "adapter in `best/`, the distill adapter in `distill/`, the item embeddings' `.safetensors` file) into the "
+            f"Hugging Face cache; {inline_code(hub_repo + '@<revision>')} pins a revision, and `HF_HUB_OFFLINE=1` runs "
+            "from the cache.")
 
 
 def _without_local_path(data: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -17,6 +17,8 @@ from typing import Any
 from reddit_amazon.files import DamagedFileError, read_json, write_atomic
 
 CARD_INPUTS = "model_card.json"
+#: Where ``model_card.json`` keeps the parsed results.json files the card was last rendered with.
+RESULTS_KEY = "results"
 #: What ``benchmark run --model lavic`` resolves its model to (results.json ``model.target``).
 LAVIC_TARGET = "lavic_ref.recommender:LavicRecommender"
 
@@ -93,18 +95,42 @@ def render_from_inputs(out_dir: Path, results: Sequence[Path] = ()) -> Path:
     path = out_dir / CARD_INPUTS
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} has no {CARD_INPUTS}: it is written by `lavic-ref finetune`")
-    return _render(out_dir, read_json(path, remedy="rerun the `lavic-ref finetune` that wrote it: with nothing left "
-                                                   "to train, it writes the card again"), results)
+    inputs = read_card_inputs(out_dir)
+    parsed = [_read_results(Path(result), out_dir) for result in results]
+    readme = _render(out_dir, inputs, parsed)
+    # The results the card now shows, so the card `lavic-ref push` renders for the Hub shows them too.
+    stored = {key: value for key, value in inputs.items() if key != RESULTS_KEY} | ({RESULTS_KEY: parsed} if parsed
+                                                                                   else {})
+    if stored != inputs:
+        write_atomic(path, (json.dumps(stored, indent=2, default=str) + "\n").encode("utf-8"))
+    return readme
 
 
-def _render(out_dir: Path, inputs: dict[str, Any], results: Sequence[Path]) -> Path:
+def read_card_inputs(out_dir: Path) -> dict[str, Any]:
+    return read_json(out_dir / CARD_INPUTS, remedy="rerun the `lavic-ref finetune` that wrote it: with nothing left "
+                                                   "to train, it writes the card again")
+
+
+def render_for_repo(out_dir: Path, repo_id: str, base_id: str, adapters: dict[str, str | None]) -> str:
+    """The model card of ``out_dir`` as published in the Hub model repo ``repo_id`` (``lavic-ref push``): base model
+    ``base_id``, ``adapters`` named by their path in the repo, the results the local card shows (those
+    ``lavic-ref card --results`` gave it last), a Use command that gives the repo id for every file option."""
     from cards.model_card import render_model_card
 
-    parsed = [_read_results(Path(result), out_dir) for result in results]
-    readme = out_dir / "README.md"
+    inputs = read_card_inputs(out_dir)
+    results = inputs.pop(RESULTS_KEY, None) or []
     inputs = _without_base_path(inputs)
+    return render_model_card(**{**inputs, "base_model": base_id, "adapters": adapters}, results=results,
+                             hub_repo=repo_id)
+
+
+def _render(out_dir: Path, inputs: dict[str, Any], results: Sequence[dict[str, Any]]) -> Path:
+    from cards.model_card import render_model_card
+
+    readme = out_dir / "README.md"
+    inputs = _without_base_path({key: value for key, value in inputs.items() if key != RESULTS_KEY})
     adapters = {key: _as_published(value, out_dir) for key, value in (inputs.get("adapters") or {}).items()}
-    write_atomic(readme, render_model_card(**{**inputs, "adapters": adapters}, results=parsed).encode("utf-8"))
+    write_atomic(readme, render_model_card(**{**inputs, "adapters": adapters}, results=results).encode("utf-8"))
     return readme
 
 

@@ -8,6 +8,7 @@ written with the same settings (and refuse it otherwise), ``embed`` from the ite
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, ExitStack
@@ -209,7 +210,7 @@ def _train(run, *args, **kwargs):
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, prog_name="lavic-ref")
 def cli() -> None:
-    """LaViC reference model on LLaVA-NeXT (describe, distill, embed, finetune, card).
+    """LaViC reference model on LLaVA-NeXT (describe, distill, embed, finetune, card, push).
 
     \b
     Examples (the bundled sample, a local tiny or real checkpoint):
@@ -554,6 +555,37 @@ def card_command(out, results) -> None:
         click.echo(str(render_from_inputs(out, results)))
     except (FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from error
+
+
+@cli.command("push")
+@click.argument("out", type=UserPath(exists=True, file_okay=False, path_type=Path))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
+@click.option("--revision", default=None, help="Branch to commit to [default: main].")
+@click.option("--base-id", default=None,
+              help="Hub id of the base model, for a base that was a local checkpoint naming none.")
+@_file_errors_as_lines
+def push_command(out, repo_id, private, revision, base_id) -> None:
+    """Publish a `lavic-ref finetune --out` folder as the Hub model repo REPO_ID, in one commit.
+
+    Uploads the model card (rendered for the repo), the rec adapter (best/), the distill adapter (distill/) and the
+    item embeddings the fine-tuning used; not last/ checkpoints, history.json or model_card.json. The token comes
+    from HF_TOKEN (else `hf auth login`).
+
+    \b
+    Example:
+      lavic-ref push runs/lavic/rec me/lavic-fashion
+      benchmark run --model lavic --model-args rec_adapter=me/lavic-fashion,distill_adapter=me/lavic-fashion,\\
+          item_embeddings=me/lavic-fashion
+    """
+    from lavic_ref.publish import PublishError, push_model
+
+    try:
+        commit = push_model(out, repo_id, base_id=base_id, private=private, revision=revision,
+                            token=os.environ.get("HF_TOKEN"))
+    except PublishError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(commit)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from lavic_ref import DEFAULT_BASE
 from lavic_ref.embed import EmbeddingsError, ItemEmbeddings, check_embeddings, compute_item_embeddings
 from lavic_ref.model import Backbone, adapter_fingerprint, attach_adapter, embed_inputs, load_backbone, pad_batch, \
     resolve_adapter_dir, saved_base
+from lavic_ref.publish import local_or_hub
 from lavic_ref.sequences import MAX_PROMPT_TOKENS, recommendation_sequence
 
 MAX_NEW_TOKENS = 10
@@ -74,7 +75,9 @@ class LavicRecommender:
     ``lavic-ref distill``), ``rec_adapter`` (LM LoRA from ``lavic-ref finetune``), ``item_embeddings``
     (safetensors from ``lavic-ref embed``), ``images`` (false: the titles-only ablation), ``device``,
     ``batch_size``, ``max_new_tokens``, ``max_tokens`` (the prompt cap: give the ``--max-tokens`` the adapter
-    was fine-tuned with). An adapter option may name a training output folder (its ``best/`` is used). Adapters
+    was fine-tuned with). An adapter option may name a training output folder (its ``best/`` is used); the adapter
+    and embeddings options may name a Hub model repo ``lavic-ref push`` wrote (``owner/name[@revision]``), where no
+    local path of that name exists. Adapters
     and embeddings made for another base model, or an adapter given in the other's role, are refused
     (``ValueError``).
     """
@@ -88,6 +91,10 @@ class LavicRecommender:
         # --model-args decodes an all-digit value (a folder named 2024) as a number
         base, distill_adapter, rec_adapter, item_embeddings = (
             None if value is None else str(value) for value in (base, distill_adapter, rec_adapter, item_embeddings))
+        # A Hub repo `lavic-ref push` wrote (owner/name[@revision]) stands for its files; a local path wins.
+        distill_adapter, rec_adapter, item_embeddings = (
+            local_or_hub(value, label) if value else value for label, value in
+            (("distill_adapter", distill_adapter), ("rec_adapter", rec_adapter), ("item_embeddings", item_embeddings)))
         for label, path in (("distill_adapter", distill_adapter), ("rec_adapter", rec_adapter),
                             ("item_embeddings", item_embeddings)):
             if path and not Path(path).exists():

@@ -2474,3 +2474,150 @@ def test_a_damaged_peft_config_of_an_adapter_without_its_record_is_one_error_lin
         "run", "--model", "lavic", "--model-args", f"base={tiny_base},rec_adapter={out / 'best'},device={DEVICE}",
         "--domain", "fashion", "--limit", "2", "--out", str(tmp_path / "run"), "--quiet", "--bootstrap-samples", "0"])
     assert "copy the adapter folder again" in _error_line(result, damaged)
+
+
+# --------------------------------------------------------------------------------------------
+# lavic-ref push: the fine-tuned model as a Hub model repo, run from the Hub by the plugin
+# --------------------------------------------------------------------------------------------
+
+
+def _loopback_model_hub(httpserver, repo_id: str, seen: dict) -> str:
+    """A loopback server answering the Hub API routes `lavic-ref push` uses (no network); the endpoint."""
+    import base64
+
+    from werkzeug import Request, Response
+
+    owner, name = repo_id.split("/")
+
+    def hub(request: Request) -> Response:
+        seen["auth"].add(request.headers.get("authorization"))
+        path = request.path
+        if path == "/api/repos/create":
+            body = request.get_json()
+            assert body["name"] == name and body.get("type", "model") == "model"
+            seen["private"] = body.get("private")
+            return Response(json.dumps({"url": httpserver.url_for(f"/{repo_id}")}), content_type="application/json")
+        if path == "/api/validate-yaml":
+            return Response("{}", content_type="application/json")
+        if path == f"/api/models/{repo_id}/preupload/main":
+            files = request.get_json()["files"]
+            return Response(json.dumps({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                                  for f in files]}), content_type="application/json")
+        if path == f"/api/models/{repo_id}/commit/main":
+            seen["commits"] += 1
+            for line in request.get_data().splitlines():
+                item = json.loads(line)
+                if item["key"] == "file":
+                    seen["files"][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                if item["key"] == "deletedFile":
+                    del seen["files"][item["value"]["path"]]
+            return Response(json.dumps({"commitUrl": httpserver.url_for(f"/{repo_id}/commit/" + "a" * 40),
+                                        "commitOid": "a" * 40}), content_type="application/json")
+        if path == f"/api/models/{repo_id}/tree/main":
+            return Response(json.dumps([{"type": "file", "path": path, "oid": "0" * 40, "size": len(data)}
+                                        for path, data in seen["files"].items()]), content_type="application/json")
+        return Response(f"unexpected {request.method} {path}", status=404)
+
+    httpserver.expect_request(re.compile(".*")).respond_with_handler(hub)
+    assert owner
+    return httpserver.url_for("").rstrip("/")
+
+
+def _as_hub_cache(cache: Path, repo_id: str, files: dict[str, bytes], commit: str = "a" * 40) -> None:
+    """``files`` as the Hugging Face cache holds a downloaded snapshot of the model repo ``repo_id`` at main."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    for relative, data in files.items():
+        (repo / "snapshots" / commit / relative).parent.mkdir(parents=True, exist_ok=True)
+        (repo / "snapshots" / commit / relative).write_bytes(data)
+
+
+def test_push_publishes_what_running_the_model_needs_and_the_plugin_runs_it_from_the_hub(tiny_base, tmp_path,
+                                                                                          httpserver, monkeypatch):
+    """`lavic-ref push OUT me/lavic-test` uploads the card, best/, distill/ and the item embeddings (no last/, no
+    local path in any byte, the token nowhere in the output); `benchmark run --model lavic` given the repo id for
+    the adapters and embeddings, offline from the Hugging Face cache, predicts what it predicts from the folders."""
+    from huggingface_hub import constants
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from benchmark.cli import cli as benchmark_cli
+    from lavic_ref.cli import cli
+    from lavic_ref.embed import read_metadata
+    from lavic_ref.model import adapter_fingerprint
+
+    common = ["--base", tiny_base, "--device", DEVICE, "--domain", "home"]
+    _invoke(cli, ["describe", *common, "--out", tmp_path / "descriptions.jsonl"])
+    _invoke(cli, ["distill", *common, "--descriptions", tmp_path / "descriptions.jsonl", "--out",
+                  tmp_path / "distill", "--epochs", "1", "--max-steps", "1", "--validation-size", "4"])
+    embeddings = Path(_invoke(cli, ["embed", *common, "--distill-adapter", tmp_path / "distill" / "best",
+                                    "--out", tmp_path]).strip().splitlines()[-1])
+    out = tmp_path / "rec"
+    _invoke(cli, ["finetune", *common, "--embeddings", embeddings, "--out", out, "--max-steps", "1"])
+
+    def run(model_args: str, name: str) -> tuple[list[dict], dict]:
+        _invoke(benchmark_cli, ["run", "--model", "lavic", "--model-args", f"{model_args},device={DEVICE}",
+                                "--domain", "home", "--limit", "4", "--out", tmp_path / name, "--quiet",
+                                "--bootstrap-samples", "0"])
+        return ([json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()],
+                json.loads((tmp_path / name / "results.json").read_text()))
+
+    local, results = run(f"distill_adapter={tmp_path / 'distill'},rec_adapter={out},item_embeddings={embeddings}",
+                         "local")
+    _invoke(cli, ["card", out, "--results", tmp_path / "local" / "results.json"])
+
+    seen: dict = {"files": {"last/optimizer.pt": b"an earlier push's stray file", "LICENSE": b"mine"},
+                  "auth": set(), "commits": 0}
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the "Hub" is on loopback
+    monkeypatch.setattr(constants, "ENDPOINT", _loopback_model_hub(httpserver, "me/lavic-test", seen))
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_test_token")
+    refused = CliRunner().invoke(cli, ["push", str(out), "me/lavic-test"])
+    assert refused.exit_code == 1 and "naming no Hub id" in refused.output and "--base-id" in refused.output
+    assert refused.output.count("\n") == 1 and seen["commits"] == 0
+    pushed = CliRunner().invoke(cli, ["push", str(out), "me/lavic-test", "--base-id", "me/tiny-llava"])
+    assert pushed.exit_code == 0, pushed.output
+    assert "hf_secret_test_token" not in pushed.output
+    assert seen["auth"] - {None} == {"Bearer hf_secret_test_token"}  # (huggingface_hub asks one route unsigned)
+    assert seen["commits"] == 1
+
+    files = seen["files"]
+    assert files.pop("LICENSE") == b"mine" and "last/optimizer.pt" in files  # not the layout's: left alone
+    files.pop("last/optimizer.pt")
+    assert sorted(files) == ["README.md", "best/adapter_config.json", "best/adapter_model.safetensors",
+                             "best/lavic_base.json", "distill/adapter_config.json",
+                             "distill/adapter_model.safetensors", "distill/lavic_base.json", embeddings.name]
+    for path, data in files.items():
+        for local_path in (str(tmp_path), tiny_base, str(Path(tiny_base).resolve())):
+            assert local_path.encode() not in data, f"{path} holds {local_path}"
+    for adapter, folder in (("best", out / "best"), ("distill", tmp_path / "distill" / "best")):
+        for name in ("adapter_config.json", "adapter_model.safetensors"):  # the adapters' hashes are of these
+            assert files[f"{adapter}/{name}"] == (folder / name).read_bytes()
+        record = json.loads(files[f"{adapter}/lavic_base.json"])
+        assert record == {**json.loads((folder / BASE_FILE).read_text()), "base": "me/tiny-llava"}
+    (tmp_path / "published.safetensors").write_bytes(files[embeddings.name])
+    with safe_open(str(tmp_path / "published.safetensors"), framework="pt") as handle, \
+            safe_open(str(embeddings), framework="pt") as original:
+        published_metadata, original_metadata = read_metadata(handle), read_metadata(original)
+    assert published_metadata == {**original_metadata, "base": "me/tiny-llava", "adapter": "distill",
+                                  "adapter_path": ""}
+    assert published_metadata["adapter_hash"] == adapter_fingerprint(tmp_path / "distill" / "best")
+    published_tensors, original_tensors = load_file(tmp_path / "published.safetensors"), load_file(embeddings)
+    assert list(published_tensors) == list(original_tensors)
+    assert all(torch.equal(published_tensors[key], original_tensors[key]) for key in original_tensors)
+    card = files["README.md"].decode()
+    assert "base_model: me/tiny-llava" in card and f"{results['metrics']['hr@1']['home']['value']:.4f}" in card
+    assert ("rec_adapter=me/lavic-test,item_embeddings=me/lavic-test" in card
+            and "distill_adapter=me/lavic-test" in card and "<folder of" not in card)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    _as_hub_cache(tmp_path / "hub-cache", "me/lavic-test", files)
+    monkeypatch.chdir(tmp_path / "local")  # no folder named me/lavic-test here: the repo id is the Hub's
+    hub, _ = run(f"base={tiny_base},distill_adapter=me/lavic-test,rec_adapter=me/lavic-test@main,"
+                 "item_embeddings=me/lavic-test", "hub")
+    assert [row["output"] for row in hub] == [row["output"] for row in local] and len(local) == 4
+    missing = CliRunner().invoke(benchmark_cli, ["run", "--model", "lavic", "--model-args",
+                                                 f"base={tiny_base},rec_adapter=me/not-there", "--domain", "home",
+                                                 "--out", str(tmp_path / "none"), "--quiet"])
+    assert missing.exit_code != 0 and "rec_adapter=me/not-there: no such local path" in missing.output
