@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -80,7 +80,8 @@ class BenchmarkConfig:
 
     #: ``(field, least value, whether None is allowed)`` of the integer fields: what the command line's option
     #: types check, checked for callers from Python too.
-    _integer_fields = (("limit", 1, True), ("bootstrap_samples", 0, False), ("seed", 0, False))
+    _integer_fields: ClassVar[tuple[tuple[str, int, bool], ...]] = (
+        ("limit", 1, True), ("bootstrap_samples", 0, False), ("seed", 0, False))
 
     def __post_init__(self) -> None:
         for name, least, optional in self._integer_fields:
@@ -490,10 +491,10 @@ def _check_outputs(outputs: Any, examples: Sequence[Any], ranks: bool, called: s
         raise RunError(f"{called} returned {got} for {len(examples)} examples; it must return a list with one "
                        f"{each} per example, in order")
     for example, output in zip(examples, outputs):
-        got = _unscorable(output, ranks)
-        if got is not None:
+        unscorable = _unscorable(output, ranks)
+        if unscorable is not None:
             nothing = "[]" if ranks else '""'
-            raise RunError(f"{called} returned {got} for {example.example_id}; expected a {each} "
+            raise RunError(f"{called} returned {unscorable} for {example.example_id}; expected a {each} "
                            f"(return {nothing} where the model has no answer: the record then scores as not valid)")
         texts = list(output) if ranks else [output]
         if not all(_encodable(text) for text in texts):

@@ -74,10 +74,10 @@ def save_item_embeddings(path: str | os.PathLike, embeddings: dict[str, torch.Te
     metadata = {"base": str(base), "base_fingerprint": base_fingerprint, "adapter": str(adapter or ""),
                 "adapter_path": str(Path(adapter).resolve()) if adapter else "",
                 "adapter_hash": adapter_fingerprint(adapter), **(sources.metadata() if sources else {})}
-    return _save_atomic(Path(path), embeddings, metadata)
+    return save_atomic(Path(path), embeddings, metadata)
 
 
-def _save_atomic(path: Path, embeddings: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+def save_atomic(path: Path, embeddings: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
     """Written under a hidden temporary name of its own, then renamed: a killed save leaves no visible file. The
     same embeddings and metadata give the same bytes (see :data:`METADATA_KEY`)."""
     from safetensors.torch import save_file
@@ -95,7 +95,7 @@ METADATA_KEY = "lavic_ref"
 
 
 def read_metadata(handle: Any) -> dict[str, str]:
-    """The entries :func:`_save_atomic` wrote, from an open safetensors file; a file written before they were kept
+    """The entries :func:`save_atomic` wrote, from an open safetensors file; a file written before they were kept
     under :data:`METADATA_KEY` has them as its metadata itself."""
     metadata = handle.metadata() or {}
     return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else metadata
@@ -395,7 +395,7 @@ class _Checkpoints:
 
     def save(self, embeddings: dict[str, torch.Tensor]) -> None:
         number = len(list(self.folder.glob("part-*.safetensors")))
-        _save_atomic(self.folder / f"part-{number:06d}.safetensors", embeddings, self.made_from)
+        save_atomic(self.folder / f"part-{number:06d}.safetensors", embeddings, self.made_from)
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

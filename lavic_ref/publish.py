@@ -176,7 +176,7 @@ def _published_embeddings(model: TrainedModel, path: Path) -> Path:
     item's source), the base named by its Hub id and the distill adapter by its folder in the repo."""
     from safetensors.torch import load_file
 
-    from lavic_ref.embed import _save_atomic
+    from lavic_ref.embed import save_atomic
 
     assert model.item_embeddings is not None
     metadata = _embeddings_metadata(model.item_embeddings)
@@ -184,7 +184,7 @@ def _published_embeddings(model: TrainedModel, path: Path) -> Path:
     if metadata.get("adapter") or metadata.get("adapter_path"):
         metadata["adapter"] = DISTILL_DIR
         metadata["adapter_path"] = ""  # a path of this machine; "adapter" is found relative to the repo
-    return _save_atomic(path, load_file(str(model.item_embeddings)), metadata)
+    return save_atomic(path, load_file(str(model.item_embeddings)), metadata)
 
 
 def _check_no_local_path(files: list[RepoFile], local_paths: list[str]) -> None:
@@ -212,9 +212,9 @@ def push_model(out: str | os.PathLike, repo_id: str, *, base_id: str | None = No
         remote = api.list_repo_files(repo_id, repo_type="model", revision=revision)
         uploaded = {file.path_in_repo for file in files}
         stale = sorted(set(filter_repo_objects(remote, allow_patterns=list(OWNED_PATTERNS))) - uploaded)
-        operations = [*(CommitOperationDelete(path_in_repo=path) for path in stale),
-                      *(CommitOperationAdd(path_in_repo=file.path_in_repo, path_or_fileobj=file.content)
-                        for file in files)]
+        operations: list[CommitOperationAdd | CommitOperationDelete] = [
+            *(CommitOperationDelete(path_in_repo=path) for path in stale),
+            *(CommitOperationAdd(path_in_repo=file.path_in_repo, path_or_fileobj=file.content) for file in files)]
         commit = api.create_commit(repo_id=repo_id, repo_type="model", operations=operations, revision=revision,
                                    commit_message=f"LaViC adapters from lavic-ref ({model.out.name})")
     return str(commit)
