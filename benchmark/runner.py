@@ -50,6 +50,7 @@ from benchmark.metrics import (
     summarize_by_domain,
 )
 from benchmark.protocol import DEFAULT_BATCH_SIZE, Candidate, RankingRecommender, Recommender
+from reddit_amazon.cli_seed import SEED, SEED_RANGE_HELP
 from reddit_amazon.files import folder_lock, open_named, read_json, write_atomic, write_jsonl_atomic
 from reddit_amazon.progress import bar_options, quiet
 
@@ -78,19 +79,25 @@ class BenchmarkConfig:
     bootstrap_samples: int = DEFAULT_BOOTSTRAP_SAMPLES
     seed: int = DEFAULT_SEED
 
-    #: ``(field, least value, whether None is allowed)`` of the integer fields: what the command line's option
-    #: types check, checked for callers from Python too.
-    _integer_fields: ClassVar[tuple[tuple[str, int, bool], ...]] = (
-        ("limit", 1, True), ("bootstrap_samples", 0, False), ("seed", 0, False))
+    #: ``(field, least value, whether None is allowed)`` of the integer fields but ``seed``: what the command line's
+    #: option types check, checked for callers from Python too (``seed`` as ``--seed``: :data:`SEED`).
+    _integer_fields: ClassVar[tuple[tuple[str, int, bool], ...]] = (("limit", 1, True), ("bootstrap_samples", 0, False))
 
     def __post_init__(self) -> None:
         for name, least, optional in self._integer_fields:
             value = getattr(self, name)
             if value is None and optional:
                 continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            if not _is_integer(value) or value < least:
                 raise RunError(f"{type(self).__name__}.{name} must be an integer >= {least}"
                                f"{' or None' if optional else ''}, not {value!r}")
+        # One beyond 64 bits passed on to the end of the run, where results.json could not record it.
+        if not _is_integer(self.seed) or not SEED.min <= self.seed <= SEED.max:
+            raise RunError(f"{type(self).__name__}.seed must be an integer from {SEED_RANGE_HELP}, not {self.seed!r}")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass

@@ -1631,6 +1631,21 @@ def test_run_config_refuses_what_the_command_line_refuses(field, value):
         RunConfig(model="random", **{field: value})
 
 
+@pytest.mark.parametrize("config", ["RunConfig", "RetrieveConfig"])
+@pytest.mark.parametrize("seed", [-1, 2**64])
+def test_a_config_refuses_a_seed_the_command_line_refuses_before_any_work(config, seed):
+    """RunConfig(seed=2**64) from Python passed the config's checks, made every prediction, and then ended in
+    orjson's "TypeError: Integer exceeds 64-bit range" writing results.json, naming no field; the command line
+    refuses such a --seed up front (0 to 2**64-1)."""
+    from benchmark.retrieve import RetrieveConfig
+
+    with pytest.raises(RunError, match=rf"{config}\.seed must be an integer from 0 to 2\*\*64-1, not {seed}$"):
+        if config == "RunConfig":
+            RunConfig(model="random", seed=seed)
+        else:
+            RetrieveConfig(retriever="bm25", seed=seed)
+
+
 @pytest.mark.parametrize("field, value", [("limit", 0), ("limit", -1), ("k", 0), ("bootstrap_samples", -5),
                                           ("seed", "x"), ("limit", True)])
 def test_retrieve_config_refuses_what_the_command_line_refuses(field, value):
