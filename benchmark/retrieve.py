@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 class RetrieveConfig(BenchmarkConfig):
     retriever: str
     retriever_options: dict[str, Any] = field(default_factory=dict)
+    _: KW_ONLY
     k: int = 10
     with_description: bool = False
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
@@ -69,8 +69,9 @@ class RunError(RuntimeError):
 @dataclass(kw_only=True)
 class BenchmarkConfig:
     """What a model run (:class:`RunConfig`) and a retrieval (``benchmark.retrieve.RetrieveConfig``) share: the
-    records scored and how their metrics' confidence intervals are drawn. Keyword-only: each config's own fields
-    (the model or retriever first) keep the positions."""
+    records scored and how their metrics' confidence intervals are drawn. Keyword-only, as are the configs' own
+    fields but the first two (the model or retriever, and its options): a field before these once took each
+    position after them."""
 
     dataset: str | os.PathLike | None = None  # a folder or Hub id; None: the bundled sample
     domain: str = "all"
@@ -104,6 +105,7 @@ def _is_integer(value: Any) -> bool:
 class RunConfig(BenchmarkConfig):
     model: str
     model_args: dict[str, Any] = field(default_factory=dict)
+    _: KW_ONLY
     candidates: str = "sbert"
     batch_size: int | None = None  # None: the plugin's batch_size attribute, else DEFAULT_BATCH_SIZE
 

@@ -1631,6 +1631,20 @@ def test_run_config_refuses_what_the_command_line_refuses(field, value):
         RunConfig(model="random", **{field: value})
 
 
+def test_a_config_takes_no_third_positional_argument_it_would_put_in_another_field():
+    """Since the configs share keyword-only fields, a third positional argument, once RunConfig's ``dataset``, went
+    silently into ``candidates`` (RetrieveConfig's: into ``k``): RunConfig("bm25", {}, "./my-dataset") scored
+    the bundled sample with candidates_./my-dataset."""
+    from benchmark.retrieve import RetrieveConfig
+
+    assert RunConfig("bm25", {"k": 1}).model_args == {"k": 1}
+    assert RetrieveConfig("bm25", {"model": "m"}).retriever_options == {"model": "m"}
+    with pytest.raises(TypeError, match="positional argument"):
+        RunConfig("bm25", {}, "./my-dataset")
+    with pytest.raises(TypeError, match="positional argument"):
+        RetrieveConfig("bm25", {}, "./my-dataset")
+
+
 @pytest.mark.parametrize("config", ["RunConfig", "RetrieveConfig"])
 @pytest.mark.parametrize("seed", [-1, 2**64])
 def test_a_config_refuses_a_seed_the_command_line_refuses_before_any_work(config, seed):
