@@ -180,18 +180,17 @@ def _read_jsonl(path: Path, *, remedy: str) -> Iterator[dict[str, Any]]:
 
 
 def _read_records(path: Path, *, remedy: str, extra: str | None = None
-                  ) -> Iterator[tuple[RedditComment | RedditSubmission, Any]]:
-    """Each row of a JSONL work file of Reddit records (``to_json`` rows) as its record, with the value of its
-    ``extra`` key (one the stage added to the record's fields) or None; a row that does not make a record is
-    damage, named with its line."""
+                  ) -> Iterator[tuple[int, RedditComment | RedditSubmission, Any]]:
+    """``(line number, record, value of its extra key)`` for each row of a JSONL work file of Reddit records
+    (``to_json`` rows); ``extra`` is a key the stage added to the record's fields (else the value is None). A row that
+    does not make a record is damage, named with its line as :func:`~reddit_amazon.files.read_jsonl` names one."""
     for line, row in read_jsonl(path, remedy=remedy):
         try:
             extra_value = row.pop(extra) if extra else None
             record = record_from_json(row)
         except (KeyError, TypeError) as error:
-            raise DamagedFileError(f"{path}: damaged, line {line} is not a Reddit record ({error!r}); {remedy}") \
-                from None
-        yield record, extra_value
+            raise DamagedFileError(f"{path}:{line}: damaged, not a Reddit record ({error!r}); {remedy}") from None
+        yield line, record, extra_value
 
 
 def _redo_remedy(marker: Path, what: str) -> str:
@@ -563,18 +562,18 @@ class RebuildThreadsStep(PipelineStep):
         index = ThreadIndex()
         for file_dir in (Path(self.collect_dir) / key for key in self.file_keys):
             if (file_dir / name).exists():
-                index.add_all(record for record, _ in _read_records(
+                index.add_all(record for _, record, _ in _read_records(
                     file_dir / name, remedy=_redo_remedy(file_dir.with_name(f"{file_dir.name}.json"),
                                                          "that dump's threads are collected")))
         counts = RebuildCounts(duplicate_records=index.duplicates)
         targets_path = Path(self.targets_dir) / name
         remedy = f"delete {targets_path.parent} and rerun the stage: it is written again"
         targets: list[tuple[RedditComment, list[str]]] = []
-        for record, gt_items in (_read_records(targets_path, remedy=remedy, extra="gt_items")
-                                 if targets_path.exists() else ()):
+        for line, record, gt_items in (_read_records(targets_path, remedy=remedy, extra="gt_items")
+                                       if targets_path.exists() else ()):
             if not isinstance(record, RedditComment) or not isinstance(gt_items, list):
-                raise DamagedFileError(f"{targets_path}: damaged, record {record.id} is not a comment with a list of "
-                                       f"gt_items; {remedy}")
+                raise DamagedFileError(f"{targets_path}:{line}: damaged, not a comment with a list of gt_items "
+                                       f"(record {record.id}); {remedy}")
             targets.append((record, gt_items))
         targets.sort(key=lambda target: (target[0].created_utc or 0, target[0].id))
         output = out_dir / f"part-{bucket:05d}.jsonl"

@@ -1363,19 +1363,20 @@ def _as_a_submission(row: dict) -> None:
 
 @pytest.mark.parametrize(("pattern", "damage", "said"), [
     ("collect-*/RC_2020-09*/bucket-00002.jsonl", _first_row_changed(lambda row: row.pop("id")),
-     "line 1 is not a Reddit record"),
+     "not a Reddit record"),
     ("targets-*/bucket-00002.jsonl", _first_row_changed(lambda row: row.pop("gt_items")),
-     "line 1 is not a Reddit record"),
+     "not a Reddit record"),
     ("targets-*/bucket-00002.jsonl", _first_row_changed(_as_a_submission),
-     "is not a comment with a list of gt_items"),
+     "not a comment with a list of gt_items"),
     ("targets-*/bucket-00002.jsonl", _first_row_changed(lambda row: row.update(gt_items="B000000001")),
-     "is not a comment with a list of gt_items"),
+     "not a comment with a list of gt_items"),
 ], ids=["collected row without id", "target without gt_items", "target of another kind", "gt_items a string"])
 def test_a_rebuild_input_row_that_is_no_record_is_one_error_line_naming_it(built, world, tmp_path, pattern, damage,
                                                                            said):
     """A collected-threads or targets row of valid JSON that does not make the record the stage wrote (a field
     missing, a target without its gt_items or of another kind) ended a rebuild in a traceback (TypeError, KeyError,
-    AssertionError). Now it is one Error line naming the file and line, and doing what it says redoes it."""
+    AssertionError). Now it is one Error line naming the file and line (``file:line: damaged, ...``, as every damaged
+    row of a work file is named), and doing what it says redoes it."""
     from click.testing import CliRunner
 
     from reddit_amazon.cli import cli
@@ -1389,8 +1390,8 @@ def test_a_rebuild_input_row_that_is_no_record_is_one_error_line_naming_it(built
     result = CliRunner().invoke(cli, stage)
     assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output
     error = result.output.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith(f"Error: DamagedFileError: {damaged}: damaged, "), result.output
-    assert said in error[0], error[0]
+    assert len(error) == 1 and error[0].startswith(f"Error: DamagedFileError: {damaged}:1: damaged, {said}"), \
+        result.output
     to_delete = Path(re.search(r"; delete (\S+) and rerun the stage", error[0]).group(1))
     shutil.rmtree(to_delete) if to_delete.is_dir() else to_delete.unlink()  # as the error says
     rerun = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
