@@ -130,7 +130,8 @@ def is_number(value: Any) -> bool:
 def read_results(path: Path) -> dict[str, Any]:
     """A results.json; a damaged one (a :class:`~reddit_amazon.files.DamagedFileError`), or JSON of another shape,
     fails naming the file."""
-    results = read_json(path, object, remedy="rerun the `benchmark run` that wrote it, with --overwrite")
+    results = read_json(path, object, remedy="rerun the `benchmark run` (or `benchmark retrieve`) that wrote "
+                                              "it, with --overwrite")
     problem = results_problem(results)
     if problem:
         raise ValueError(f"{path}: not the results.json of a benchmark run ({problem})")

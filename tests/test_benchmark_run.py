@@ -570,6 +570,22 @@ def test_report_and_compare_name_a_damaged_results_file(dataset, tmp_path):
         assert f"{damaged / 'results.json'}: damaged, not valid JSON" in result.output
 
 
+def test_report_names_a_damaged_retrieval_results_file_with_how_to_write_it_again(dataset, tmp_path):
+    """`benchmark report` reads retrievals' results.json too, but said of a damaged one to "rerun the `benchmark
+    run` that wrote it": no run wrote it, and `benchmark run --out` there is refused (the folder is a retrieval's)."""
+    from benchmark.retrieve import RetrieveConfig, retrieve
+
+    out = tmp_path / "bm25-catalog"
+    retrieve(RetrieveConfig(retriever="bm25", dataset=str(dataset), domain="home", bootstrap_samples=0), out,
+             progress=False)
+    (out / "results.json").write_text('{"metrics": ')  # cut short
+    result = CliRunner().invoke(cli, ["report", str(out)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    error = " ".join(result.output.split())
+    assert f"{out / 'results.json'}: damaged, not valid JSON" in error
+    assert "`benchmark retrieve`" in error and "--overwrite" in error, error
+
+
 def test_report_refuses_json_of_another_shape_and_escapes_pipes_in_labels(dataset, tmp_path):
     plugin = tmp_path / "piped.py"
     plugin.write_text("class Piped:\n"
