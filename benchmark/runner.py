@@ -82,7 +82,8 @@ class BenchmarkConfig:
 
     #: ``(field, least value, whether None is allowed)`` of the integer fields but ``seed``: what the command line's
     #: option types check, checked for callers from Python too (``seed`` as ``--seed``: :data:`SEED`).
-    _integer_fields: ClassVar[tuple[tuple[str, int, bool], ...]] = (("limit", 1, True), ("bootstrap_samples", 0, False))
+    _integer_fields: ClassVar[tuple[tuple[str, int, bool], ...]] = (
+        ("limit", 1, True), ("bootstrap_samples", 0, False))
 
     def __post_init__(self) -> None:
         for name, least, optional in self._integer_fields:
