@@ -50,7 +50,7 @@ from benchmark.metrics import (
     summarize_by_domain,
 )
 from benchmark.protocol import DEFAULT_BATCH_SIZE, Candidate, RankingRecommender, Recommender
-from reddit_amazon.cli_seed import SEED, SEED_RANGE_HELP
+from reddit_amazon.cli_seed import SEED_MAX, SEED_MIN, SEED_RANGE_HELP
 from reddit_amazon.files import folder_lock, open_named, read_json, write_atomic, write_jsonl_atomic
 from reddit_amazon.progress import bar_options, quiet
 
@@ -94,7 +94,7 @@ class BenchmarkConfig:
                 raise RunError(f"{type(self).__name__}.{name} must be an integer >= {least}"
                                f"{' or None' if optional else ''}, not {value!r}")
         # One beyond 64 bits passed on to the end of the run, where results.json could not record it.
-        if not _is_integer(self.seed) or not SEED.min <= self.seed <= SEED.max:
+        if not _is_integer(self.seed) or not SEED_MIN <= self.seed <= SEED_MAX:
             raise RunError(f"{type(self).__name__}.seed must be an integer from {SEED_RANGE_HELP}, not {self.seed!r}")
 
 

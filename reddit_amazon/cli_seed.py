@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import click
 
-#: The click type of such a ``--seed``.
-SEED = click.IntRange(0, 2**64 - 1)
+#: The seeds such a ``--seed`` takes, and its click type.
+SEED_MIN, SEED_MAX = 0, 2**64 - 1
+SEED = click.IntRange(SEED_MIN, SEED_MAX)
 #: What its help says about the range.
 SEED_RANGE_HELP = "0 to 2**64-1"
