@@ -225,32 +225,49 @@ REPO_FILE_OPTIONS = {"rec_adapter": f"{REC_DIR}/*", "distill_adapter": f"{DISTIL
                      "item_embeddings": EMBEDDINGS_PATTERN}
 
 
-def local_or_hub(value: str, option: str) -> str:
+@dataclass(frozen=True)
+class LocatedFile:
+    """A file option's value as found: ``path`` the local file or folder; ``hub_source`` ``owner/name@commit`` where
+    it is a Hub repo's file in the Hugging Face cache (what results name it by: the cache path is of this machine),
+    else None."""
+
+    path: str
+    hub_source: str | None = None
+
+    @property
+    def recorded(self) -> str:
+        """The value as results record it: the Hub repo and commit, else the local path."""
+        return self.hub_source or self.path
+
+
+def local_or_hub(value: str, option: str) -> LocatedFile:
     """``value`` as given where it is a local path that exists (it always wins); else, where it is a Hub model repo
     id (``owner/name``, or ``owner/name@revision``), the local copy of that repo's file for ``option`` (one of
-    :data:`REPO_FILE_OPTIONS`), downloaded into the Hugging Face cache (``HF_HUB_OFFLINE=1``: taken from it). Any
-    other value comes back as given, for the caller to report as missing."""
+    :data:`REPO_FILE_OPTIONS`), downloaded into the Hugging Face cache (``HF_HUB_OFFLINE=1``: taken from it), with
+    the repo and the commit it resolved to. Any other value comes back as given, for the caller to report as
+    missing."""
     from cards.model_card import hub_model_id
 
     if Path(value).expanduser().exists():
-        return value
+        return LocatedFile(value)
     repo_id, _, revision = value.partition("@")
     if hub_model_id(repo_id) is None or "/" not in repo_id:
-        return value
+        return LocatedFile(value)
     snapshot = _snapshot(repo_id, revision or None, REPO_FILE_OPTIONS[option], f"{option}={value}")
+    source = f"{repo_id}@{snapshot.name}"  # snapshot_download's folder is named after the commit
     if option == "item_embeddings":
         found = sorted(snapshot.glob(EMBEDDINGS_PATTERN))
         if len(found) != 1:
             raise FileNotFoundError(f"{option}={value}: the repo holds {len(found)} files {EMBEDDINGS_PATTERN}, "
                                     "not one (a repo `lavic-ref push` wrote holds the one its adapters were "
                                     "trained with)")
-        return str(found[0])
+        return LocatedFile(str(found[0]), source)
     folder = snapshot / (REC_DIR if option == "rec_adapter" else DISTILL_DIR)
     if not (folder / ADAPTER_CONFIG).is_file():
         raise FileNotFoundError(f"{option}={value}: the repo has no {folder.name}/{ADAPTER_CONFIG} (a repo "
                                 "`lavic-ref push` wrote holds the rec adapter in best/, the distill adapter in "
                                 "distill/)")
-    return str(folder)
+    return LocatedFile(str(folder), source)
 
 
 def _snapshot(repo_id: str, revision: str | None, pattern: str, given: str) -> Path:

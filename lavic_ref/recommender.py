@@ -92,9 +92,12 @@ class LavicRecommender:
         base, distill_adapter, rec_adapter, item_embeddings = (
             None if value is None else str(value) for value in (base, distill_adapter, rec_adapter, item_embeddings))
         # A Hub repo `lavic-ref push` wrote (owner/name[@revision]) stands for its files; a local path wins.
+        located = {label: local_or_hub(value, label) for label, value in
+                   (("distill_adapter", distill_adapter), ("rec_adapter", rec_adapter),
+                    ("item_embeddings", item_embeddings)) if value}
         distill_adapter, rec_adapter, item_embeddings = (
-            local_or_hub(value, label) if value else value for label, value in
-            (("distill_adapter", distill_adapter), ("rec_adapter", rec_adapter), ("item_embeddings", item_embeddings)))
+            located[label].path if label in located else None
+            for label in ("distill_adapter", "rec_adapter", "item_embeddings"))
         for label, path in (("distill_adapter", distill_adapter), ("rec_adapter", rec_adapter),
                             ("item_embeddings", item_embeddings)):
             if path and not Path(path).exists():
@@ -110,8 +113,10 @@ class LavicRecommender:
         if base is None:
             base = next((saved["base"] for adapter in (rec_adapter, distill_adapter) if adapter
                          and (saved := saved_base(Path(adapter))) and saved.get("base")), DEFAULT_BASE)
-        # what results.json records the run used: the base and adapter folders as resolved, not as given (None)
-        self.settings = {"base": base, "distill_adapter": distill_adapter, "rec_adapter": rec_adapter}
+        # What results.json records the run used: the base and adapter folders as resolved, not as given (None); a
+        # Hub repo's files by the repo and commit, not by their path in this machine's Hugging Face cache.
+        self.settings = {"base": base, "distill_adapter": distill_adapter, "rec_adapter": rec_adapter,
+                         **{label: found.hub_source for label, found in located.items() if found.hub_source}}
         self.backbone = load_backbone(base, device=device)
         if distill_adapter:
             attach_adapter(self.backbone, distill_adapter, role="vision")

@@ -2614,9 +2614,23 @@ def test_push_publishes_what_running_the_model_needs_and_the_plugin_runs_it_from
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     _as_hub_cache(tmp_path / "hub-cache", "me/lavic-test", files)
     monkeypatch.chdir(tmp_path / "local")  # no folder named me/lavic-test here: the repo id is the Hub's
-    hub, _ = run(f"base={tiny_base},distill_adapter=me/lavic-test,rec_adapter=me/lavic-test@main,"
-                 "item_embeddings=me/lavic-test", "hub")
+    hub_args = f"base={tiny_base},distill_adapter=me/lavic-test,rec_adapter=me/lavic-test@main," \
+               "item_embeddings=me/lavic-test"
+    hub, hub_results = run(hub_args, "hub")
     assert [row["output"] for row in hub] == [row["output"] for row in local] and len(local) == 4
+    # The run names the repo and the commit it ran, never the files' place in this machine's Hugging Face cache.
+    assert {name: hub_results["model"]["settings"][name] for name in ("rec_adapter", "distill_adapter",
+                                                                      "item_embeddings")} \
+        == dict.fromkeys(("rec_adapter", "distill_adapter", "item_embeddings"), "me/lavic-test@" + "a" * 40)
+    assert hub_results["model"]["args"]["rec_adapter"] == "me/lavic-test@main"
+    for name in ("results.json", "run.json"):
+        assert "hub-cache" not in (tmp_path / "hub" / name).read_text()
+    # ... and a rerun of the same repo id into the same folder resumes the run.
+    predictions = (tmp_path / "hub" / "predictions.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "hub" / "predictions.jsonl").write_text("".join(predictions[:2]))
+    (tmp_path / "hub" / "results.json").unlink()
+    rerun, rerun_results = run(hub_args, "hub")
+    assert rerun_results["timings"]["resumed_records"] == 2 and rerun == hub
     missing = CliRunner().invoke(benchmark_cli, ["run", "--model", "lavic", "--model-args",
                                                  f"base={tiny_base},rec_adapter=me/not-there", "--domain", "home",
                                                  "--out", str(tmp_path / "none"), "--quiet"])
