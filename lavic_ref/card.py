@@ -191,20 +191,25 @@ def _read_results(path: Path, out_dir: Path | None = None) -> dict[str, Any]:
         raise ValueError(f"{path}: results of model {model.get('spec')!r}, not of LaViC: give the results.json "
                          "of a `benchmark run --model lavic`")
     if out_dir is not None:
-        _check_same_adapter(path, model.get("args") or {}, out_dir)
+        _check_same_adapter(path, model, out_dir)
     return results
 
 
-def _check_same_adapter(path: Path, args: dict[str, Any], out_dir: Path) -> None:
-    """The run must have used this folder's fine-tuned adapter: the card publishes its results as this model's."""
-    from lavic_ref.model import AdapterError, resolve_adapter_dir
+def _check_same_adapter(path: Path, model: dict[str, Any], out_dir: Path) -> None:
+    """The run must have used this folder's fine-tuned adapter: the card publishes its results as this model's. The
+    adapter is told by its hash (the same bytes are the same adapter, a copy or a Hub repo's included): the one the
+    results record, else (results from before they recorded it) that of the folder they name, where it is there."""
+    from lavic_ref.model import AdapterError, adapter_fingerprint, resolve_adapter_dir
 
-    used = args.get("rec_adapter")
+    used = (model.get("args") or {}).get("rec_adapter")
     if not used:
         return
     try:
-        same = resolve_adapter_dir(str(used)).resolve() == resolve_adapter_dir(out_dir).resolve()
+        wanted = adapter_fingerprint(resolve_adapter_dir(out_dir))
+        recorded = (model.get("settings") or {}).get("rec_adapter_hash") \
+            or adapter_fingerprint(resolve_adapter_dir(str(used)))
     except AdapterError:
-        return  # a path relative to another folder, or moved: cannot tell
-    if not same:
-        raise ValueError(f"{path}: a run of rec_adapter={used}, not of the adapter in {out_dir}")
+        return  # a path relative to another folder, moved, or a Hub id, in results recording no hash: cannot tell
+    if recorded != wanted:
+        raise ValueError(f"{path}: a run of rec_adapter={used} (adapter hash {recorded}), not of the adapter in "
+                         f"{out_dir} ({wanted})")

@@ -116,7 +116,9 @@ class LavicRecommender:
         # What results.json records the run used: the base and adapter folders as resolved, not as given (None); a
         # Hub repo's files by the repo and commit, not by their path in this machine's Hugging Face cache.
         self.settings = {"base": base, "distill_adapter": distill_adapter, "rec_adapter": rec_adapter,
-                         **{label: found.hub_source for label, found in located.items() if found.hub_source}}
+                         **{label: found.hub_source for label, found in located.items() if found.hub_source},
+                         # the adapter's identity, wherever it lay: `lavic-ref card` checks results by it
+                         "rec_adapter_hash": adapter_fingerprint(rec_adapter) if rec_adapter else None}
         self.backbone = load_backbone(base, device=device)
         if distill_adapter:
             attach_adapter(self.backbone, distill_adapter, role="vision")

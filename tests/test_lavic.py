@@ -1863,22 +1863,31 @@ def test_plugin_refuses_item_inputs_other_than_the_rec_adapter_was_fine_tuned_on
     assert LavicRecommender(rec_adapter=str(tmp_path / "rec"), item_embeddings=str(path), device=DEVICE).images
 
 
-def test_card_refuses_results_of_another_rec_adapter(tmp_path):
+def test_card_refuses_results_of_another_rec_adapter_and_takes_those_of_the_same_bytes_anywhere(tmp_path):
     from lavic_ref.card import write_model_card
     from lavic_ref.cli import cli
+    from lavic_ref.model import adapter_fingerprint
 
-    for name in ("rec", "other"):
+    for name, config in (("rec", '{"r": 8}'), ("other", '{"r": 4}'), ("copy", '{"r": 8}')):
         (tmp_path / name / "best").mkdir(parents=True)
-        (tmp_path / name / "best" / "adapter_config.json").write_text("{}")
+        (tmp_path / name / "best" / "adapter_config.json").write_text(config)
     write_model_card(tmp_path / "rec", {"base_model": "tiny", "adapters": {}, "hyperparameters": {}, "data": {},
                                         "training": {}})
     results = json.loads(_lavic_results(tmp_path / "results.json").read_text())
-    for name, accepted in (("other", False), ("rec", True), ("rec/best", True)):
-        results["model"]["args"] = {"rec_adapter": str(tmp_path / name)}
+    ours, theirs = adapter_fingerprint(tmp_path / "rec" / "best"), adapter_fingerprint(tmp_path / "other" / "best")
+    # (rec_adapter as given, the hash the results record (None: results from before they recorded one), accepted)
+    cases = [(str(tmp_path / "other"), None, False), (str(tmp_path / "rec"), None, True),
+             (str(tmp_path / "rec/best"), None, True), (str(tmp_path / "copy"), None, True),
+             ("me/lavic-test", ours, True), ("me/lavic-test@main", theirs, False),
+             (str(tmp_path / "rec"), theirs, False)]
+    for used, recorded, accepted in cases:
+        results["model"]["args"] = {"rec_adapter": used}
+        results["model"]["settings"] = {"rec_adapter_hash": recorded}
         (tmp_path / "results.json").write_text(json.dumps(results))
         result = CliRunner().invoke(cli, ["card", str(tmp_path / "rec"), "--results", str(tmp_path / "results.json")])
-        assert (result.exit_code == 0) == accepted, result.output
-        assert accepted or f"a run of rec_adapter={tmp_path / 'other'}, not of the adapter in" in result.output
+        assert (result.exit_code == 0) == accepted, (used, recorded, result.output)
+        assert accepted or f"a run of rec_adapter={used} (adapter hash {theirs}), not of the adapter in" \
+            in result.output
 
 
 class EmbedCalls:
@@ -2631,6 +2640,9 @@ def test_push_publishes_what_running_the_model_needs_and_the_plugin_runs_it_from
     (tmp_path / "hub" / "results.json").unlink()
     rerun, rerun_results = run(hub_args, "hub")
     assert rerun_results["timings"]["resumed_records"] == 2 and rerun == hub
+    # The card takes the results of the repo's run: the same adapter, by its hash.
+    assert hub_results["model"]["settings"]["rec_adapter_hash"] == adapter_fingerprint(out / "best")
+    _invoke(cli, ["card", out, "--results", tmp_path / "hub" / "results.json"])
     missing = CliRunner().invoke(benchmark_cli, ["run", "--model", "lavic", "--model-args",
                                                  f"base={tiny_base},rec_adapter=me/not-there", "--domain", "home",
                                                  "--out", str(tmp_path / "none"), "--quiet"])
