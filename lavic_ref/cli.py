@@ -300,10 +300,33 @@ def distill(dataset, domains, base, device, descriptions, validation_size, **tra
     click.echo(f"best adapter: {result.best_dir} (validation loss {result.best_val_loss:.4f})")
 
 
+class LocalOrHubPath(click.ParamType):
+    """A local path as ``path`` checks it, or, where no local path of that name exists, a Hub model repo `lavic-ref
+    push` wrote (``owner/name[@revision]``): the local copy of its file for ``option`` (see
+    :func:`lavic_ref.publish.local_or_hub`)."""
+
+    name = "path"
+
+    def __init__(self, option: str, path: click.Path):
+        self.option = option
+        self.path = path
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from lavic_ref.publish import local_or_hub
+
+        try:
+            located = local_or_hub(str(value), self.option)
+        except FileNotFoundError as error:
+            self.fail(str(error), param, ctx)
+        return self.path.convert(located.path, param, ctx)
+
+
 @cli.command()
 @_common
-@click.option("--distill-adapter", type=UserPath(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Vision LoRA from `lavic-ref distill`: its best/ folder (or the --out folder holding it).")
+@click.option("--distill-adapter", default=None,
+              type=LocalOrHubPath("distill_adapter", UserPath(exists=True, file_okay=False, path_type=Path)),
+              help="Vision LoRA from `lavic-ref distill`: its best/ folder (or the --out folder holding it), or a "
+                   "Hub repo `lavic-ref push` wrote (owner/name[@revision]: its distill/).")
 @click.option("--no-distill", is_flag=True, help="Ablation: CLS embeddings of the base vision tower.")
 @click.option("--out", type=UserPath(file_okay=False, path_type=Path), required=True,
               help="Folder for item_embeddings-<base hash>-<adapter hash>.safetensors.")
@@ -346,8 +369,10 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
 
 @cli.command()
 @_common
-@click.option("--embeddings", type=UserPath(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Item embeddings from `lavic-ref embed`.")
+@click.option("--embeddings", default=None,
+              type=LocalOrHubPath("item_embeddings", UserPath(exists=True, dir_okay=False, path_type=Path)),
+              help="Item embeddings from `lavic-ref embed`, or a Hub repo `lavic-ref push` wrote "
+                   "(owner/name[@revision]: its item embeddings, with its distill/ adapter).")
 @click.option("--no-images", is_flag=True, help="Ablation: titles only, no item tokens.")
 @click.option("--candidates", "candidate_set", default="sbert", show_default=True,
               help="Candidate set: column candidates_<NAME>.")
@@ -406,11 +431,11 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
         # Nothing was left to train: the card (and any results `lavic-ref card` added) still describes the adapter.
         click.echo(f"nothing left to train: model card in {config.output_dir} left as it was")
         return
-    distill = _distill_record(cache)
+    distill = _distill_record(cache, embeddings)
     card = write_model_card(config.output_dir, {
         "base_model": published_base(base), "base_fingerprint": backbone.fingerprint or None,
         # Absolute: `lavic-ref card` may run in another folder, and must tell the card's own files from others.
-        "adapters": {"distill_adapter": _distill_adapter_path(cache),
+        "adapters": {"distill_adapter": _distill_adapter_path(cache, embeddings),
                      "rec_adapter": str(result.best_dir.absolute()),
                      "item_embeddings": str(Path(embeddings).absolute()) if embeddings else None},
         "hyperparameters": {"lora": "r=8, alpha=32, dropout=0.1 on the LM attention and MLP projections",
@@ -465,12 +490,13 @@ def _embeddings_of_candidates(path: Path, instances: Sequence[RecommendationInst
     return cache
 
 
-def _distill_adapter_path(cache: ItemEmbeddings | None) -> str | None:
+def _distill_adapter_path(cache: ItemEmbeddings | None, embeddings: Path | None) -> str | None:
     """The absolute path of the distill adapter the item embeddings were made with (as given to an `embed` run
-    before they recorded it)."""
-    if cache is None or not cache.metadata.get("adapter"):
-        return None
-    return cache.metadata.get("adapter_path") or str(Path(cache.metadata["adapter"]).absolute())
+    before they recorded it; beside published ones in their repo)."""
+    from lavic_ref.publish import distill_adapter_of
+
+    folder = distill_adapter_of(embeddings, cache.metadata) if cache is not None else None
+    return None if folder is None else str(folder.absolute())
 
 
 @dataclass(frozen=True)
@@ -481,27 +507,29 @@ class DistillRecord:
     training: dict[str, Any]  # {"distill_time_s": its run's training time or None}; {} without a distill adapter
 
 
-def _distill_record(cache: Any) -> DistillRecord:
+def _distill_record(cache: Any, embeddings: Path | None = None) -> DistillRecord:
     """The settings the item embeddings' distill adapter was trained with (its ``lavic_base.json``) and its run's
     training time (the ``last/`` checkpoint beside it, of the same run), for the card: only while the adapter at
     the recorded path is still the one the embeddings were made with (a distill rerun into the same folder replaces
     it, and its settings would then pass for those of the embeddings' adapter)."""
     from cards.local_paths import shown_value
     from lavic_ref.model import BASE_FILE, adapter_fingerprint
+    from lavic_ref.publish import distill_adapter_of
     from reddit_amazon.files import DamagedFileError, read_json
 
     adapter = (cache.metadata.get("adapter") or None) if cache is not None else None
     if not adapter:
         return DistillRecord({"recorded": "no distill adapter (embeddings from the base vision tower)"}, {})
     not_recorded = {"distill_time_s": None}
-    folder = Path(cache.metadata.get("adapter_path") or adapter)  # embeddings from before adapter_path: as given
+    folder = distill_adapter_of(embeddings, cache.metadata)
     # The published card shows these lines: an absolute path (where it lay on this machine) by its name only.
     shown = f"the distill adapter {shown_value(adapter)}"
     if not folder.is_dir():
-        return DistillRecord({"recorded": f"unknown: {shown} is not there"
-                                          + ("" if folder.is_absolute() else
-                                             " (a path relative to the folder `lavic-ref embed` ran in: run "
-                                             "finetune there)")}, not_recorded)
+        where = (f" beside the published item embeddings (a repo `lavic-ref push` wrote has it in {adapter}/: "
+                 "keep it with them)" if "adapter_path" in cache.metadata and not cache.metadata["adapter_path"]
+                 else "" if folder.is_absolute() else
+                 " (a path relative to the folder `lavic-ref embed` ran in: run finetune there)")
+        return DistillRecord({"recorded": f"unknown: {shown} is not there{where}"}, not_recorded)
     try:
         trained = read_json(folder / BASE_FILE, remedy="").get("trained_with")
     except (OSError, DamagedFileError):

@@ -220,9 +220,10 @@ def push_model(out: str | os.PathLike, repo_id: str, *, base_id: str | None = No
     return str(commit)
 
 
-#: What each plugin option takes from a repo of this layout.
-REPO_FILE_OPTIONS = {"rec_adapter": f"{REC_DIR}/*", "distill_adapter": f"{DISTILL_DIR}/*",
-                     "item_embeddings": EMBEDDINGS_PATTERN}
+#: What each file option takes from a repo of this layout: the item embeddings come with the distill adapter their
+#: metadata names by its folder in the repo (``finetune`` reads its training settings for the model card).
+REPO_FILE_OPTIONS = {"rec_adapter": [f"{REC_DIR}/*"], "distill_adapter": [f"{DISTILL_DIR}/*"],
+                     "item_embeddings": [EMBEDDINGS_PATTERN, f"{DISTILL_DIR}/*"]}
 
 
 @dataclass(frozen=True)
@@ -270,13 +271,28 @@ def local_or_hub(value: str, option: str) -> LocatedFile:
     return LocatedFile(str(folder), source)
 
 
-def _snapshot(repo_id: str, revision: str | None, pattern: str, given: str) -> Path:
+def _snapshot(repo_id: str, revision: str | None, patterns: list[str], given: str) -> Path:
     from huggingface_hub import snapshot_download
 
     from reddit_amazon.cli_errors import one_line
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[pattern]))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except OSError as error:  # the Hub's errors (no such repo or revision, offline and not cached) among them
         raise FileNotFoundError(f"{given}: no such local path, and the Hub model repo {repo_id} cannot be read "
                                 f"({one_line(error)})") from error
+
+
+def distill_adapter_of(embeddings: Path | None, metadata: dict[str, Any]) -> Path | None:
+    """The folder of the distill adapter item embeddings (the file ``embeddings``, where known) were made with (None:
+    the base vision tower's): the absolute path ``embed`` recorded; for embeddings a push published
+    (``adapter_path`` cleared), the repo's folder beside them; else (embeddings from before ``adapter_path`` was
+    recorded) the adapter as given."""
+    adapter = metadata.get("adapter")
+    if not adapter:
+        return None
+    if metadata.get("adapter_path"):
+        return Path(metadata["adapter_path"])
+    if "adapter_path" in metadata and embeddings is not None:
+        return embeddings.expanduser().absolute().parent / adapter
+    return Path(adapter)

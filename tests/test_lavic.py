@@ -2647,3 +2647,65 @@ def test_push_publishes_what_running_the_model_needs_and_the_plugin_runs_it_from
                                                  f"base={tiny_base},rec_adapter=me/not-there", "--domain", "home",
                                                  "--out", str(tmp_path / "none"), "--quiet"])
     assert missing.exit_code != 0 and "rec_adapter=me/not-there: no such local path" in missing.output
+
+
+def test_embed_and_finetune_take_a_pushed_repo_for_the_distill_adapter_and_item_embeddings(tiny_base, tmp_path,
+                                                                                           monkeypatch):
+    """`embed --distill-adapter owner/name` and `finetune --embeddings owner/name`, offline from the Hugging Face
+    cache, do what they do from the local folders: the same embeddings, and the model card finds the distill adapter's
+    settings in the repo's distill/ beside the published embeddings. A missing local path that is no Hub id keeps
+    click's error."""
+    from huggingface_hub import constants
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from lavic_ref.cli import cli
+    from lavic_ref.embed import read_metadata, save_atomic
+
+    common = ["--base", tiny_base, "--device", DEVICE, "--domain", "home"]
+    _invoke(cli, ["describe", *common, "--out", tmp_path / "descriptions.jsonl"])
+    _invoke(cli, ["distill", *common, "--descriptions", tmp_path / "descriptions.jsonl", "--out",
+                  tmp_path / "distill", "--epochs", "1", "--max-steps", "1", "--validation-size", "4"])
+    embeddings = Path(_invoke(cli, ["embed", *common, "--distill-adapter", tmp_path / "distill" / "best",
+                                    "--out", tmp_path / "local"]).strip().splitlines()[-1])
+    with safe_open(str(embeddings), framework="pt") as handle:
+        metadata = read_metadata(handle)
+    # The repo as `lavic-ref push` lays it out (its metadata names the adapter by its folder in the repo).
+    published = save_atomic(tmp_path / embeddings.name, load_file(embeddings),
+                            {**metadata, "adapter": "distill", "adapter_path": ""})
+    files = {f"distill/{name}": (tmp_path / "distill" / "best" / name).read_bytes()
+             for name in ("adapter_config.json", "adapter_model.safetensors", BASE_FILE)}
+    files[embeddings.name] = published.read_bytes()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    _as_hub_cache(tmp_path / "hub-cache", "me/lavic-test", files)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no folder named me/lavic-test here
+
+    from_hub = Path(_invoke(cli, ["embed", *common, "--distill-adapter", "me/lavic-test@main",
+                                  "--out", tmp_path / "hub"]).strip().splitlines()[-1])
+    assert from_hub.name == embeddings.name
+    local_tensors, hub_tensors = load_file(embeddings), load_file(from_hub)
+    assert list(hub_tensors) == list(local_tensors)
+    assert all(torch.equal(hub_tensors[key], local_tensors[key]) for key in local_tensors)
+
+    cards = {}
+    for name, given in (("local", embeddings), ("hub", "me/lavic-test")):
+        _invoke(cli, ["finetune", *common, "--embeddings", given, "--out", tmp_path / f"rec-{name}",
+                      "--max-steps", "1"])
+        cards[name] = json.loads((tmp_path / f"rec-{name}" / "model_card.json").read_text())
+    assert cards["hub"]["hyperparameters"]["distill"] == cards["local"]["hyperparameters"]["distill"]
+    assert "batch_size" in cards["hub"]["hyperparameters"]["distill"]
+    # (the repo has no last/ checkpoint to take the distill run's time from)
+    assert cards["local"]["training"]["distill_time_s"] is not None and cards["hub"]["training"]["distill_time_s"] \
+        is None
+    snapshot = tmp_path / "hub-cache" / "models--me--lavic-test" / "snapshots" / ("a" * 40)
+    assert cards["hub"]["adapters"]["distill_adapter"] == str(snapshot / "distill")
+
+    for option, missing in (("--distill-adapter", "no-such-folder"), ("--embeddings", "no-such.safetensors")):
+        result = CliRunner().invoke(cli, ["embed" if option == "--distill-adapter" else "finetune", *common, option,
+                                          missing, "--out", str(tmp_path / "none")])
+        assert result.exit_code == 2 and "does not exist" in result.output, result.output
+    result = CliRunner().invoke(cli, ["embed", *common, "--distill-adapter", "me/not-there", "--out",
+                                      str(tmp_path / "none")])
+    assert result.exit_code == 2 and "distill_adapter=me/not-there: no such local path" in result.output
