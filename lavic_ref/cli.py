@@ -517,11 +517,11 @@ def _distill_record(cache: Any, embeddings: Path | None = None) -> DistillRecord
     from lavic_ref.publish import distill_adapter_of
     from reddit_amazon.files import DamagedFileError, read_json
 
-    adapter = (cache.metadata.get("adapter") or None) if cache is not None else None
-    if not adapter:
+    folder = distill_adapter_of(embeddings, cache.metadata) if cache is not None else None
+    if folder is None:
         return DistillRecord({"recorded": "no distill adapter (embeddings from the base vision tower)"}, {})
+    adapter = cache.metadata["adapter"]
     not_recorded = {"distill_time_s": None}
-    folder = distill_adapter_of(embeddings, cache.metadata)
     # The published card shows these lines: an absolute path (where it lay on this machine) by its name only.
     shown = f"the distill adapter {shown_value(adapter)}"
     if not folder.is_dir():
