@@ -840,11 +840,17 @@ def run_build(options: BuildOptions, console=None, *, progress: bool = True) -> 
 
 
 def _run_stages(options: BuildOptions, console, started: datetime) -> dict[str, Any] | None:
+    from reddit_amazon.pipeline import reddit_stage_lock
+
     if options.sample:
         _seed_sample_caches(options)
     dump_files = _dump_files(options.inputs, options.workdir)  # listed once: a folder of thousands takes seconds
-    reddit = reddit_stage(options, dump_files, console)
-    joined = catalog_stage(options, reddit, console)
+    # The Reddit stage's shards are checked against its stamp (or written and stamped), then read by the catalog
+    # stage: `reddit-amazon reddit-stage` on this workdir, which takes the same lock, must not replace them in
+    # between. Taken after the workdir's lock, as every build does: the stage on its own takes only this one.
+    with reddit_stage_lock(options.workdir):
+        reddit = reddit_stage(options, dump_files, console)
+        joined = catalog_stage(options, reddit, console)
     if options.dry_run:
         print_dry_run(options, joined, console)
         return None

@@ -903,20 +903,26 @@ def run_reddit_stage(inputs: Sequence[str | os.PathLike], workdir: str | os.Path
     ``inputs`` are dump files or folders of them (``RC_*.zst``, ``RS_*.zst``, ``<sub>_comments.zst``,
     ``<sub>_submissions.zst``, ``.jsonl`` / ``.ndjson``); comments and submissions may come in any
     files. Also writes ``<workdir>/reddit/funnel.json``. Rerunning with the same inputs reuses all
-    finished work. Two runs on one ``workdir`` at once are refused (:class:`~reddit_amazon.files.FolderBusyError`).
+    finished work. A run while another, or a build, holds :func:`reddit_stage_lock` on ``workdir`` is refused
+    (:class:`~reddit_amazon.files.FolderBusyError`).
     """
-    return run_reddit_stage_on_files(dump_files_outside(inputs, workdir), workdir, options)
+    with reddit_stage_lock(workdir):
+        return run_reddit_stage_on_files(dump_files_outside(inputs, workdir), workdir, options)
+
+
+@contextmanager
+def reddit_stage_lock(workdir: str | os.PathLike) -> Iterator[None]:
+    """Hold the lock of ``<workdir>/reddit`` for the block. A run of the stage holds it while it writes there; a
+    build holds it from checking the stage's outputs against their stamp until it has read them (they are read
+    later, by the catalog stage), so that no run of the stage on its own replaces them in between."""
+    with folder_lock(Path(workdir) / "reddit", "Reddit stage or build"):
+        yield
 
 
 def run_reddit_stage_on_files(files: Sequence[Path], workdir: str | os.PathLike,
                               options: RedditStageOptions) -> RedditStageResult:
-    """:func:`run_reddit_stage` on the dump files :func:`dump_files_outside` listed (a build lists them once)."""
-    with folder_lock(Path(workdir) / "reddit", "Reddit stage"):
-        return _run_reddit_stage(files, workdir, options)
-
-
-def _run_reddit_stage(files: Sequence[Path], workdir: str | os.PathLike,
-                      options: RedditStageOptions) -> RedditStageResult:
+    """:func:`run_reddit_stage` on the dump files :func:`dump_files_outside` listed (a build lists them once), by a
+    caller holding :func:`reddit_stage_lock` on ``workdir``."""
     _refuse_unusable_dumps(files, workdir)
     stage_dir = Path(workdir) / "reddit"
     stage_dir.mkdir(parents=True, exist_ok=True)

@@ -965,3 +965,56 @@ def test_relevance_conversations_cut_at_a_line_end_are_named_and_redone_as_the_e
     rerun = build(*quick)
     assert rerun.exit_code == 0 and "3/5 relevance: reusing" not in " ".join(rerun.output.split()), rerun.output
     assert parquet_digests(tmp_path / "ds") == expected
+
+
+def test_a_reddit_stage_run_on_its_own_while_a_build_reads_its_shards_is_refused(quick_workdir, tmp_path,
+                                                                                  monkeypatch, short_lock_wait):
+    """A build checks the Reddit stage's shards against its stamp, then the catalog stage reads them: a
+    `reddit-amazon reddit-stage` on the same workdir in between (another salt) replaced them, and the dataset was
+    made from other shards than the sha256 its stage keys record. It is refused as busy, and the build is not
+    touched."""
+    import shutil
+
+    from reddit_amazon import build as build_module
+    from reddit_amazon.files import FolderBusyError
+    from reddit_amazon.pipeline import RedditStageOptions, run_reddit_stage
+
+    finished, digests = quick_workdir
+    work = tmp_path / "work"
+    shutil.copytree(finished, work)
+    (work / "catalog" / "stage.json").unlink()  # the catalog stage reads the reused Reddit shards again
+    refusals = []
+    catalog_stage = build_module.catalog_stage
+
+    def standalone_stage_first(options, upstream, console):
+        try:
+            run_reddit_stage([SAMPLE_INPUTS / "reddit"], work, RedditStageOptions(salt="another salt", progress=False))
+        except FolderBusyError as error:
+            refusals.append(str(error))
+        return catalog_stage(options, upstream, console)
+
+    monkeypatch.setattr(build_module, "catalog_stage", standalone_stage_first)
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(work), "--no-filter", "--no-images", *FAST)
+    assert result.exit_code == 0 and "1/5 reddit: reusing the finished stage" in result.output, result.output
+    assert refusals == [f"another Reddit stage or build is running in this folder (it holds "
+                        f"{work / 'reddit' / '.lock'}); wait for it to end or choose another folder: {work / 'reddit'}"]
+    assert parquet_digests(tmp_path / "ds") == digests
+    again = build("--out", str(tmp_path / "again"), "--workdir", str(work), "--no-filter", "--no-images", *FAST)
+    assert "1/5 reddit: reusing the finished stage" in again.output and "2/5 catalog: reusing" in again.output
+
+
+def test_a_build_started_while_a_reddit_stage_runs_on_its_own_is_refused(quick_workdir, tmp_path, short_lock_wait):
+    """A `reddit-amazon reddit-stage` holding the workdir's `reddit/.lock` may not yet have removed the stamp of
+    the outputs it is about to replace: a build starting then reused them, and read them while they were being
+    replaced. It stops with the busy error instead."""
+    import shutil
+
+    from reddit_amazon.files import FolderBusyError, folder_lock
+
+    finished, _ = quick_workdir
+    work = tmp_path / "work"
+    shutil.copytree(finished, work)
+    with folder_lock(work / "reddit", "Reddit stage"):  # the standalone run
+        with pytest.raises(FolderBusyError, match=f"another Reddit stage or build is running.*{work / 'reddit'}"):
+            run_build(sample_options(tmp_path / "ds", work, retrievers=[], no_filter=True, images=False))
+    assert not (tmp_path / "ds").exists()

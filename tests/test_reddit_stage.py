@@ -917,11 +917,11 @@ def test_a_second_run_on_a_busy_workdir_is_refused(world, tmp_path, short_lock_w
     from reddit_amazon.files import FolderBusyError, folder_lock
 
     with folder_lock(tmp_path / "w" / "reddit", "Reddit stage"):  # the other run
-        with pytest.raises(FolderBusyError, match="another Reddit stage is running"):
+        with pytest.raises(FolderBusyError, match="another Reddit stage or build is running"):
             run_reddit_stage([world], tmp_path / "w", RedditStageOptions(salt="x", progress=False))
         result = CliRunner().invoke(cli, ["reddit-stage", str(world), "--workdir", str(tmp_path / "w"),
                                           "--salt", "x", "--no-progress"])
-        assert result.exit_code == 1 and "another Reddit stage is running" in result.output, result.output
+        assert result.exit_code == 1 and "another Reddit stage or build is running" in result.output, result.output
     with folder_lock(tmp_path / "bw", "build"):
         with pytest.raises(FolderBusyError, match=f"another build is running.*{tmp_path / 'bw'}"):
             run_build(sample_options(tmp_path / "ds", tmp_path / "bw", retrievers=[]))
