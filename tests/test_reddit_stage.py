@@ -1370,13 +1370,18 @@ def _as_a_submission(row: dict) -> None:
      "not a comment with a list of gt_items"),
     ("targets-*/bucket-00002.jsonl", _first_row_changed(lambda row: row.update(gt_items="B000000001")),
      "not a comment with a list of gt_items"),
-], ids=["collected row without id", "target without gt_items", "target of another kind", "gt_items a string"])
+    ("collect-*/RC_2020-09*/bucket-00002.jsonl", _first_row_changed(lambda row: row.update(body=None)),
+     "'body' is not a JSON string"),
+    ("targets-*/bucket-00002.jsonl", _first_row_changed(lambda row: row.update(created_utc="soon")),
+     "'created_utc' is not a JSON integer or null"),
+], ids=["collected row without id", "target without gt_items", "target of another kind", "gt_items a string",
+        "collected body null", "target created_utc a string"])
 def test_a_rebuild_input_row_that_is_no_record_is_one_error_line_naming_it(built, world, tmp_path, pattern, damage,
                                                                            said):
     """A collected-threads or targets row of valid JSON that does not make the record the stage wrote (a field
-    missing, a target without its gt_items or of another kind) ended a rebuild in a traceback (TypeError, KeyError,
-    AssertionError). Now it is one Error line naming the file and line (``file:line: damaged, ...``, as every damaged
-    row of a work file is named), and doing what it says redoes it."""
+    missing, a target without its gt_items or of another kind, a field of another JSON type) ended a rebuild in a
+    traceback (TypeError, KeyError, AssertionError). Now it is one Error line naming the file and line
+    (``file:line: damaged, ...``, as every damaged row of a work file is named), and doing what it says redoes it."""
     from click.testing import CliRunner
 
     from reddit_amazon.cli import cli
