@@ -619,7 +619,7 @@ class RebuildThreadsStep(PipelineStep):
         :class:`DamagedFileError` naming its file and line. Only then, not as every row is read: checking every row
         took ~0.5 us of CPU a row, 2-11% of a bucket's rebuild. Returns when no row is, the error being another."""
         collected, (targets_path, targets_remedy) = self._inputs(bucket)
-        inputs = [(path, remedy, None) for path, remedy in collected]
+        inputs: list[tuple[Path, str, str | None]] = [(path, remedy, None) for path, remedy in collected]
         if targets_path.exists():
             inputs.append((targets_path, targets_remedy, "gt_items"))
         for path, remedy, extra in inputs:
