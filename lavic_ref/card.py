@@ -107,8 +107,32 @@ def render_from_inputs(out_dir: Path, results: Sequence[Path] = ()) -> Path:
 
 
 def read_card_inputs(out_dir: Path) -> dict[str, Any]:
-    return read_json(out_dir / CARD_INPUTS, remedy="rerun the `lavic-ref finetune` that wrote it: with nothing left "
-                                                   "to train, it writes the card again")
+    """``out_dir``'s ``model_card.json``; one whose adapters are not paths by role, or whose stored results are not
+    results.json files of benchmark runs, is damaged (a :class:`DamagedFileError` naming it)."""
+    path = out_dir / CARD_INPUTS
+    remedy = "rerun the `lavic-ref finetune` that wrote it: with nothing left to train, it writes the card again"
+    inputs = read_json(path, remedy=remedy)
+    problem = _card_inputs_problem(inputs)
+    if problem:
+        raise DamagedFileError(f"{path}: damaged, {problem}; {remedy}")
+    return inputs
+
+
+def _card_inputs_problem(inputs: dict[str, Any]) -> str | None:
+    from cards.model_card import results_problem
+
+    adapters = inputs.get("adapters")
+    if adapters is not None and not (isinstance(adapters, dict)
+                                     and all(value is None or isinstance(value, str) for value in adapters.values())):
+        return "its adapters are not an object of paths"
+    results = inputs.get(RESULTS_KEY, [])
+    if not isinstance(results, list):
+        return f"its {RESULTS_KEY} are not a list"
+    for index, result in enumerate(results):
+        problem = results_problem(result)
+        if problem:
+            return f"its {RESULTS_KEY}[{index}] is {problem}"
+    return None
 
 
 def render_for_repo(out_dir: Path, repo_id: str, base_id: str, adapters: dict[str, str | None]) -> str:
@@ -171,7 +195,7 @@ def card_describes(out_dir: Path, training_time_s: float, best_validation_loss: 
     none, or the card of an earlier state (the run before a rerun with more ``--epochs``): its rerun, with
     nothing left to train, must still write the card."""
     try:
-        training = read_json(out_dir / CARD_INPUTS, remedy="").get("training")
+        training = read_card_inputs(out_dir).get("training")
     except (OSError, DamagedFileError):
         return False
     return (isinstance(training, dict) and (out_dir / "README.md").is_file()

@@ -2469,6 +2469,30 @@ def test_damaged_card_inputs_are_one_error_line_saying_which_rerun_writes_them_a
     _invoke(cli, ["card", out])
 
 
+@pytest.mark.parametrize("damaged_entry", [{"adapters": 5}, {"adapters": {"distill_adapter": 5}},
+                                           {"results": 5}, {"results": [{"metrics": "none"}]}])
+def test_card_inputs_of_another_shape_are_one_error_line_for_card_and_push_and_finetune_writes_them_again(
+        finetuned, tiny_base, tmp_path, damaged_entry):
+    """A model_card.json whose adapters or stored results are of another shape ended `lavic-ref push` in a traceback
+    (AttributeError, TypeError, ValueError) and `lavic-ref card` too; a finetune rerun kept it, as it described the
+    training."""
+    import shutil
+
+    from lavic_ref.cli import cli
+
+    out = tmp_path / "rec"
+    shutil.copytree(finetuned, out)
+    damaged = out / "model_card.json"
+    damaged.write_text(json.dumps({**json.loads(damaged.read_text()), **damaged_entry}))
+    for command in (["card", str(out)], ["push", str(out), "me/lavic-test", "--base-id", "me/tiny-llava"]):
+        result = CliRunner().invoke(cli, command)  # refused before any request: no Hub is asked
+        assert "rerun the `lavic-ref finetune` that wrote it" in _error_line(result, damaged)
+    _invoke(cli, [*_FINETUNE, "--base", tiny_base, "--out", out])  # as the error says
+    written, original = (json.loads(path.read_text()) for path in (damaged, finetuned / "model_card.json"))
+    assert {**written, "adapters": None} == {**original, "adapters": None}
+    _invoke(cli, ["card", out])
+
+
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_a_damaged_peft_config_of_an_adapter_without_its_record_is_one_error_line_naming_it(finetuned, tiny_base,
                                                                                           tmp_path, damage):
