@@ -207,7 +207,7 @@ def push_model(out: str | os.PathLike, repo_id: str, *, base_id: str | None = No
 
     model = trained_model(Path(out), base_id)
     api = HfApi(endpoint=endpoint, token=token)  # endpoint None: the Hub (or $HF_ENDPOINT)
-    with repo_files(model, repo_id) as files:
+    with repo_files(model, repo_id) as files, _connection_errors_named(api.endpoint):
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         remote = api.list_repo_files(repo_id, repo_type="model", revision=revision)
         uploaded = {file.path_in_repo for file in files}
@@ -218,6 +218,26 @@ def push_model(out: str | os.PathLike, repo_id: str, *, base_id: str | None = No
         commit = api.create_commit(repo_id=repo_id, repo_type="model", operations=operations, revision=revision,
                                    commit_message=f"LaViC adapters from lavic-ref ({model.out.name})")
     return str(commit)
+
+
+@contextmanager
+def _connection_errors_named(endpoint: str) -> Iterator[None]:
+    """A connection to the Hub lost or never made (the HTTP client's own error, no OSError, unlike the Hub's
+    answers) as a :class:`ConnectionError` saying so: the one commit either was made or not, so pushing again is
+    safe."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from reddit_amazon.cli_errors import one_line
+
+    # httpx's HTTPError (httpx2's in newer huggingface_hub), the base of the Hub's errors and of the client's own
+    client_error = next(base for base in HfHubHTTPError.__mro__[1:] if base.__name__ == "HTTPError")
+    try:
+        yield
+    except OSError:
+        raise
+    except client_error as error:
+        raise ConnectionError(f"the connection to {endpoint} failed ({type(error).__name__}: {one_line(error)}); "
+                              "nothing or the whole commit was published: push again") from error
 
 
 #: What each file option takes from a repo of this layout: the item embeddings come with the distill adapter their

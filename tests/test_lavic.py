@@ -2515,7 +2515,8 @@ def test_a_damaged_peft_config_of_an_adapter_without_its_record_is_one_error_lin
 
 
 def _loopback_model_hub(httpserver, repo_id: str, seen: dict) -> str:
-    """A loopback server answering the Hub API routes `lavic-ref push` uses (no network); the endpoint."""
+    """A loopback server answering the Hub API routes `lavic-ref push` uses (no network); the endpoint. With
+    ``seen["cut_at_commit"]`` it closes the connection at the commit instead."""
     import base64
 
     from werkzeug import Request, Response
@@ -2537,6 +2538,8 @@ def _loopback_model_hub(httpserver, repo_id: str, seen: dict) -> str:
             return Response(json.dumps({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
                                                   for f in files]}), content_type="application/json")
         if path == f"/api/models/{repo_id}/commit/main":
+            if seen.get("cut_at_commit"):
+                raise ConnectionResetError("the line went dead")  # the server closes the connection, answering nothing
             seen["commits"] += 1
             for line in request.get_data().splitlines():
                 item = json.loads(line)
@@ -2671,6 +2674,26 @@ def test_push_publishes_what_running_the_model_needs_and_the_plugin_runs_it_from
                                                  f"base={tiny_base},rec_adapter=me/not-there", "--domain", "home",
                                                  "--out", str(tmp_path / "none"), "--quiet"])
     assert missing.exit_code != 0 and "rec_adapter=me/not-there: no such local path" in missing.output
+
+
+def test_push_losing_its_connection_to_the_hub_is_one_error_line_saying_to_push_again(finetuned, httpserver,
+                                                                                      monkeypatch):
+    """A connection cut during the commit (httpx's RemoteProtocolError: no OSError) ended `lavic-ref push` in a
+    traceback; the token is nowhere in what it prints."""
+    from huggingface_hub import constants
+
+    from lavic_ref.cli import cli
+
+    seen: dict = {"files": {}, "auth": set(), "commits": 0, "cut_at_commit": True}
+    endpoint = _loopback_model_hub(httpserver, "me/lavic-test", seen)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_test_token")
+    result = CliRunner().invoke(cli, ["push", str(finetuned), "me/lavic-test", "--base-id", "me/tiny-llava"])
+    assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output  # not a traceback
+    error = result.output.strip()
+    assert error.startswith("Error: ConnectionError: the connection to") and "push again" in error, error
+    assert "\n" not in error and "hf_secret_test_token" not in error
 
 
 def test_embed_and_finetune_take_a_pushed_repo_for_the_distill_adapter_and_item_embeddings(tiny_base, tmp_path,
