@@ -588,7 +588,8 @@ class RebuildThreadsStep(PipelineStep):
         targets: list[tuple[RedditComment, list[str]]] = []
         for line, record, gt_items in (_read_records(targets_path, remedy=remedy, extra="gt_items")
                                        if targets_path.exists() else ()):
-            if not isinstance(record, RedditComment) or not isinstance(gt_items, list):
+            if not isinstance(record, RedditComment) or not isinstance(gt_items, list) \
+                    or not all(type(item) is str for item in gt_items):
                 raise DamagedFileError(f"{targets_path}:{line}: damaged, not a comment with a list of gt_items "
                                        f"(record {record.id}); {remedy}")
             targets.append((record, gt_items))

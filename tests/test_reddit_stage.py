@@ -1370,11 +1370,14 @@ def _as_a_submission(row: dict) -> None:
      "not a comment with a list of gt_items"),
     ("targets-*/bucket-00002.jsonl", _first_row_changed(lambda row: row.update(gt_items="B000000001")),
      "not a comment with a list of gt_items"),
+    ("targets-*/bucket-00002.jsonl", _first_row_changed(lambda row: row.update(gt_items=["B000000001", 1])),
+     "not a comment with a list of gt_items"),
     ("collect-*/RC_2020-09*/bucket-00002.jsonl", _first_row_changed(lambda row: row.update(body=None)),
      "'body' is not a JSON string"),
     ("targets-*/bucket-00002.jsonl", _first_row_changed(lambda row: row.update(created_utc="soon")),
      "'created_utc' is not a JSON integer or null"),
 ], ids=["collected row without id", "target without gt_items", "target of another kind", "gt_items a string",
+        "gt_items holding a number",
         "collected body null", "target created_utc a string"])
 def test_a_rebuild_input_row_that_is_no_record_is_one_error_line_naming_it(built, world, tmp_path, pattern, damage,
                                                                            said):
