@@ -202,10 +202,13 @@ def push_model(out: str | os.PathLike, repo_id: str, *, base_id: str | None = No
     """Publish ``out`` (a ``lavic-ref finetune --out`` folder) as the Hub model repo ``repo_id`` in one commit; the
     repo's files of an earlier push that this one does not have (other item embeddings) are deleted in it. Returns
     the commit's URL."""
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
     from huggingface_hub.utils import filter_repo_objects
 
     model = trained_model(Path(out), base_id)
+    if not (token or get_token()):
+        raise PublishError("pushing needs a Hugging Face token with write access: set HF_TOKEN or run "
+                           "`hf auth login`")
     api = HfApi(endpoint=endpoint, token=token)  # endpoint None: the Hub (or $HF_ENDPOINT)
     with repo_files(model, repo_id) as files, _connection_errors_named(api.endpoint):
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
@@ -230,7 +233,8 @@ def _connection_errors_named(endpoint: str) -> Iterator[None]:
     from reddit_amazon.cli_errors import one_line
 
     # httpx's HTTPError (httpx2's in newer huggingface_hub), the base of the Hub's errors and of the client's own
-    client_error = next(base for base in HfHubHTTPError.__mro__[1:] if base.__name__ == "HTTPError")
+    client_error: type[BaseException] = next(base for base in HfHubHTTPError.__mro__[1:]
+                                             if base.__name__ == "HTTPError")
     try:
         yield
     except OSError:

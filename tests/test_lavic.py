@@ -2696,6 +2696,27 @@ def test_push_losing_its_connection_to_the_hub_is_one_error_line_saying_to_push_
     assert "\n" not in error and "hf_secret_test_token" not in error
 
 
+def test_push_without_a_token_says_how_to_give_one_before_any_request(finetuned, httpserver, monkeypatch, tmp_path):
+    """With no HF_TOKEN and no stored login, the Hub's 401 came back as a multi-line HfHubHTTPError naming neither
+    HF_TOKEN nor `hf auth login`."""
+    from huggingface_hub import constants
+
+    from lavic_ref.cli import cli
+
+    seen: dict = {"files": {}, "auth": set(), "commits": 0}
+    endpoint = _loopback_model_hub(httpserver, "me/lavic-test", seen)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no stored login either
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
+    result = CliRunner().invoke(cli, ["push", str(finetuned), "me/lavic-test", "--base-id", "me/tiny-llava"])
+    assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output
+    assert result.output.strip() == ("Error: pushing needs a Hugging Face token with write access: set HF_TOKEN or "
+                                     "run `hf auth login`"), result.output
+    assert seen["commits"] == 0 and not seen["files"]
+
+
 def test_embed_and_finetune_take_a_pushed_repo_for_the_distill_adapter_and_item_embeddings(tiny_base, tmp_path,
                                                                                            monkeypatch):
     """`embed --distill-adapter owner/name` and `finetune --embeddings owner/name`, offline from the Hugging Face
