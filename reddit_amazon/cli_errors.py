@@ -63,7 +63,8 @@ def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
         raise
     except kinds as error:
         notes = "".join(f" ({one_line(note)})" for note in getattr(error, "__notes__", ()))
-        raise click.ClickException(redact_secrets(f"{type(error).__name__}: {error}{_cache_hint(error)}{notes}")) \
+        message = one_line(error)  # a library's message over several lines (the Hub's errors) is still one line
+        raise click.ClickException(redact_secrets(f"{type(error).__name__}: {message}{_cache_hint(error)}{notes}")) \
             from error
 
 

@@ -29,6 +29,16 @@ def test_a_read_only_hugging_face_cache_says_which_variable_moves_it(tmp_path, m
     assert "HF_HOME" not in caught.value.message
 
 
+def test_an_error_whose_message_spans_lines_is_one_error_line():
+    """The Hub's errors (a 401, 403 or 500 of push_to_hub / lavic-ref push) put the server's answer on lines of their
+    own: the `Error:` line ran over 3-5 lines."""
+    with pytest.raises(click.ClickException) as caught, user_errors(OSError):
+        raise OSError("Client error '401 UNAUTHORIZED' for url 'http://hub/api/repos/create'\n\n"
+                      "Invalid username or password.\n")
+    assert caught.value.message == ("OSError: Client error '401 UNAUTHORIZED' for url 'http://hub/api/repos/create' "
+                                    "Invalid username or password.")
+
+
 def test_a_missing_extra_ends_in_one_line_naming_it(tmp_path):
     """A core install (no extras) ran `lavic-ref describe` and `reddit-amazon build` into a ModuleNotFoundError
     traceback; the error names the extra to install instead, on one line."""
