@@ -589,7 +589,7 @@ def card_command(out, results) -> None:
 @click.argument("out", type=UserPath(exists=True, file_okay=False, path_type=Path))
 @click.argument("repo_id")
 @click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
-@click.option("--revision", default=None, help="Branch to commit to [default: main].")
+@click.option("--revision", default=None, help="An existing branch of the repo to commit to [default: main].")
 @click.option("--base-id", default=None,
               help="Hub id of the base model, for a base that was a local checkpoint naming none.")
 @_file_errors_as_lines
