@@ -35,7 +35,7 @@ from rich.markup import escape
 
 from reddit_amazon import DATASET_VERSION
 from reddit_amazon.files import (STAGE_STAMP, DamagedFileError, file_sha256, folder_lock, printable_path, read_json,
-                                 read_jsonl, write_atomic, write_jsonl_atomic)
+                                 read_jsonl, remove_abandoned_temp_files, write_atomic, write_jsonl_atomic)
 from reddit_amazon.cli_errors import user_errors
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 
@@ -740,6 +740,23 @@ def _seed_sample_caches(options: BuildOptions) -> None:
     store.save()
 
 
+#: The workdir's folders whose files the build writes itself (atomically); the image store removes what killed runs
+#: left in its own.
+BUILD_WORK_FOLDERS = (".", "catalog", "relevance")
+
+
+def _remove_abandoned_writes(workdir: Path) -> None:
+    """Delete the temporary files that runs killed mid-write (kill -9, a preempted job) left in the build's folders
+    and the Reddit stage's, reused or not: nothing else removes them, and one is as large as what it was writing (the
+    catalog stage's conversations)."""
+    from reddit_amazon.pipeline import remove_abandoned_writes as remove_reddit_stage_writes
+
+    for name in BUILD_WORK_FOLDERS:
+        if (workdir / name).is_dir():
+            remove_abandoned_temp_files(workdir / name)
+    remove_reddit_stage_writes(workdir)
+
+
 def check_options(options: BuildOptions) -> None:
     """Refuse options that would only fail (or destroy something) after the long stages have run."""
     from reddit_amazon.schema import SEMVER
@@ -842,6 +859,7 @@ def run_build(options: BuildOptions, console=None, *, progress: bool = True) -> 
 def _run_stages(options: BuildOptions, console, started: datetime) -> dict[str, Any] | None:
     from reddit_amazon.pipeline import reddit_stage_lock
 
+    _remove_abandoned_writes(options.workdir)
     if options.sample:
         _seed_sample_caches(options)
     dump_files = _dump_files(options.inputs, options.workdir)  # listed once: a folder of thousands takes seconds

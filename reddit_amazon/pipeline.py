@@ -54,7 +54,7 @@ from reddit_amazon.dumps import (
     place_text,
 )
 from reddit_amazon.files import (STAGE_STAMP, DamagedFileError, folder_lock, is_json_type, json_type_name, open_named,
-                                 printable_path, read_json, read_jsonl, write_atomic)
+                                 printable_path, read_json, read_jsonl, remove_abandoned_temp_files, write_atomic)
 from reddit_amazon.linking import (
     DEFAULT_DEADLINE_S,
     LinkPrefilter,
@@ -961,6 +961,18 @@ def reddit_stage_lock(workdir: str | os.PathLike) -> Iterator[None]:
         yield
 
 
+def remove_abandoned_writes(workdir: str | os.PathLike) -> None:
+    """Delete the temporary files that processes of this host killed mid-write left in ``<workdir>/reddit`` and its
+    work folders (markers, the salt, the funnel: :func:`~reddit_amazon.files.write_atomic`'s host-and-pid names);
+    a file of a process still running is kept. The fixed names of :func:`_temporary` are overwritten by the rerun
+    instead."""
+    stage_dir = Path(workdir) / "reddit"
+    if stage_dir.is_dir():
+        remove_abandoned_temp_files(stage_dir)
+    for folder, _, _ in os.walk(stage_dir / "work"):
+        remove_abandoned_temp_files(Path(folder))
+
+
 def run_reddit_stage_on_files(files: Sequence[Path], workdir: str | os.PathLike,
                               options: RedditStageOptions) -> RedditStageResult:
     """:func:`run_reddit_stage` on the dump files :func:`dump_files_outside` listed (a build lists them once), by a
@@ -968,6 +980,7 @@ def run_reddit_stage_on_files(files: Sequence[Path], workdir: str | os.PathLike,
     _refuse_unusable_dumps(files, workdir)
     stage_dir = Path(workdir) / "reddit"
     stage_dir.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_writes(workdir)
     # A build's record that this folder holds its Reddit stage stops being true now (this run may have other
     # options, such as another salt): the build runs the stage again instead of reusing these outputs.
     (stage_dir / STAGE_STAMP).unlink(missing_ok=True)

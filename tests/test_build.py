@@ -1018,3 +1018,37 @@ def test_a_build_started_while_a_reddit_stage_runs_on_its_own_is_refused(quick_w
         with pytest.raises(FolderBusyError, match=f"another Reddit stage or build is running.*{work / 'reddit'}"):
             run_build(sample_options(tmp_path / "ds", work, retrievers=[], no_filter=True, images=False))
     assert not (tmp_path / "ds").exists()
+
+
+def test_temporary_files_of_a_run_killed_mid_write_are_removed_by_the_next(tmp_path):
+    """A build killed with kill -9 while writing a work file left its hidden temporary copy (host-and-pid name) in the
+    workdir for good: the catalog stage's conversations are as large as the candidate set. The next build removes
+    them in the build's folders and the Reddit stage's, even where it reuses the stage; a write still running
+    (another process) is kept."""
+    import subprocess
+    import sys
+
+    from reddit_amazon.files import atomic_path
+
+    work = tmp_path / "work"
+    quick = ["--no-filter", "--no-images", "--retrievers", "none", "--workdir", str(work)]
+    assert build("--out", str(tmp_path / "a"), *quick).exit_code == 0
+    targets = [work / "input-hashes.json", work / "catalog" / "conversations.jsonl", work / "reddit" / "funnel.json",
+               next((work / "reddit" / "work").glob("scan-*/*.json")), work / "relevance" / "report.json"]
+    killed_mid_write = ("import os, signal, sys; from contextlib import ExitStack; from pathlib import Path\n"
+                        "from reddit_amazon.files import atomic_path\n"
+                        "with ExitStack() as stack:\n"
+                        "    for name in sys.argv[1:]:\n"
+                        "        stack.enter_context(atomic_path(Path(name))).write_bytes(b'half a file')\n"
+                        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    killed = subprocess.Popen([sys.executable, "-c", killed_mid_write, *map(str, targets)])
+    assert killed.wait() == -9
+    left = [path for path in work.rglob(f"*-{killed.pid}-*") if ".tmp-" in path.name]
+    assert len(left) == len(targets)
+    with atomic_path(work / "catalog" / "items.jsonl") as writing:  # a write still running
+        writing.write_bytes(b"")
+        result = build("--out", str(tmp_path / "b"), *quick)
+        assert result.exit_code == 0 and "2/5 catalog: reusing" in " ".join(result.output.split()), result.output
+        assert writing.exists()
+    assert not [path for path in left if path.exists()]
+    assert parquet_digests(tmp_path / "a") == parquet_digests(tmp_path / "b")
