@@ -135,18 +135,18 @@ def run_cli(command: click.Command, prog_name: str) -> None:
         status = 128 + signal.SIGTERM
     elif interrupted:
         status = 128 + signal.SIGINT
-    if status in (128 + signal.SIGINT, 128 + signal.SIGTERM):
-        atexit.unregister(_ignore_ctrl_c)  # once, however often a process runs commands
-        atexit.register(_ignore_ctrl_c)
+    atexit.unregister(_ignore_ctrl_c)  # once, however often a process runs commands
+    atexit.register(_ignore_ctrl_c)
     raise SystemExit(status)
 
 
 def _ignore_ctrl_c() -> None:
-    """At the exit of an interrupted command, the last thing before the interpreter's finalization: it sets SIGINT
-    back to the kernel's default action (tearing down modules takes a while with torch or pyarrow loaded), so a second
-    Ctrl-C then killed the process by SIGINT (status -2 to Python's subprocess) instead of ending it in the 130 or 143
-    it was exiting with. All that remains is freeing memory: nothing is left to stop. An ignored SIGINT stays ignored
-    through the finalization."""
+    """At the exit of a command, finished or interrupted, the last thing before the interpreter's finalization: it
+    sets SIGINT back to the kernel's default action (tearing down modules takes a while with torch or pyarrow loaded),
+    so a Ctrl-C then killed the process by SIGINT (status -2 to Python's subprocess; 130 to a shell) instead of ending
+    it in the status it was exiting with: a second Ctrl-C after an interruption lost its 130 or 143, and one pressed
+    after a build had written its dataset and printed so made the finished build read as interrupted. All that remains
+    is freeing memory: nothing is left to stop. An ignored SIGINT stays ignored through the finalization."""
     if threading.current_thread() is threading.main_thread():  # signal.signal works only there
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
