@@ -24,7 +24,7 @@ import os
 import re
 import tempfile
 from collections.abc import Sequence
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -64,16 +64,17 @@ class Candidate:
     title: str
     description: str = ""
     image_bytes: bytes | None = field(default=None, repr=False)
-    _: KW_ONLY
-    store: str = ""
-    main_category: str = ""
-    categories: tuple[str, ...] = ()
-    features: tuple[str, ...] = field(default=(), repr=False)
+    # Keyword-only by field(kw_only=True), not a KW_ONLY marker: typing.get_type_hints fails on one under
+    # Python 3.10 with postponed annotations.
+    store: str = field(default="", kw_only=True)
+    main_category: str = field(default="", kw_only=True)
+    categories: tuple[str, ...] = field(default=(), kw_only=True)
+    features: tuple[str, ...] = field(default=(), repr=False, kw_only=True)
     #: Amazon's "details" dict as the dataset stores it, JSON text; :attr:`details` parses it.
-    details_json: str = field(default="", repr=False)
-    parent_asin: str = ""
-    image_urls: tuple[str, ...] = field(default=(), repr=False)
-    image_description: str = field(default="", repr=False)  # a text description of the main image
+    details_json: str = field(default="", repr=False, kw_only=True)
+    parent_asin: str = field(default="", kw_only=True)
+    image_urls: tuple[str, ...] = field(default=(), repr=False, kw_only=True)
+    image_description: str = field(default="", repr=False, kw_only=True)  # a text description of the main image
 
     @property
     def details(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +58,8 @@ log = logging.getLogger(__name__)
 class RetrieveConfig(BenchmarkConfig):
     retriever: str
     retriever_options: dict[str, Any] = field(default_factory=dict)
-    _: KW_ONLY
-    k: int = 10
-    with_description: bool = False
+    k: int = field(default=10, kw_only=True)  # field(kw_only=True): see RunConfig
+    with_description: bool = field(default=False, kw_only=True)
 
     _integer_fields = (*BenchmarkConfig._integer_fields, ("k", 1, False))
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import KW_ONLY, asdict, dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
@@ -106,9 +106,10 @@ def _is_integer(value: Any) -> bool:
 class RunConfig(BenchmarkConfig):
     model: str
     model_args: dict[str, Any] = field(default_factory=dict)
-    _: KW_ONLY
-    candidates: str = "sbert"
-    batch_size: int | None = None  # None: the plugin's batch_size attribute, else DEFAULT_BATCH_SIZE
+    # Keyword-only by field(kw_only=True), not a KW_ONLY marker: typing.get_type_hints fails on one under
+    # Python 3.10 with postponed annotations.
+    candidates: str = field(default="sbert", kw_only=True)
+    batch_size: int | None = field(default=None, kw_only=True)  # None: the plugin's, else DEFAULT_BATCH_SIZE
 
     _integer_fields = (*BenchmarkConfig._integer_fields, ("batch_size", 1, True))
 

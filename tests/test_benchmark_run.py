@@ -573,6 +573,7 @@ def test_report_and_compare_name_a_damaged_results_file(dataset, tmp_path):
 def test_report_names_a_damaged_retrieval_results_file_with_how_to_write_it_again(dataset, tmp_path):
     """`benchmark report` reads retrievals' results.json too, but said of a damaged one to "rerun the `benchmark
     run` that wrote it": no run wrote it, and `benchmark run --out` there is refused (the folder is a retrieval's)."""
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
     from benchmark.retrieve import RetrieveConfig, retrieve
 
     out = tmp_path / "bm25-catalog"
