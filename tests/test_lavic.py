@@ -2569,8 +2569,23 @@ def _as_hub_cache(cache: Path, repo_id: str, files: dict[str, bytes], commit: st
         (repo / "snapshots" / commit / relative).write_bytes(data)
 
 
+@pytest.fixture(scope="module")
+def distilled(tiny_base, tmp_path_factory) -> Path:
+    """A folder holding descriptions.jsonl (`describe` at its defaults, the slow step) and distill/ (a 1-step distill
+    run on them), what the Hub tests publish and read back. The tests only read it: their outputs go elsewhere."""
+    from lavic_ref.cli import cli
+
+    folder = tmp_path_factory.mktemp("distilled")
+    common = ["--base", tiny_base, "--device", DEVICE, "--domain", "home"]
+    _invoke(cli, ["describe", *common, "--out", folder / "descriptions.jsonl"])
+    _invoke(cli, ["distill", *common, "--descriptions", folder / "descriptions.jsonl", "--out", folder / "distill",
+                  "--epochs", "1", "--max-steps", "1", "--validation-size", "4"])
+    return folder
+
+
 def test_push_publishes_what_running_the_model_needs_and_the_plugin_runs_it_from_the_hub(tiny_base, tmp_path,
-                                                                                          httpserver, monkeypatch):
+                                                                                          distilled, httpserver,
+                                                                                          monkeypatch):
     """`lavic-ref push OUT me/lavic-test` uploads the card, best/, distill/ and the item embeddings (no last/, no
     local path in any byte, the token nowhere in the output); `benchmark run --model lavic` given the repo id for
     the adapters and embeddings, offline from the Hugging Face cache, predicts what it predicts from the folders."""
@@ -2584,10 +2599,8 @@ def test_push_publishes_what_running_the_model_needs_and_the_plugin_runs_it_from
     from lavic_ref.model import adapter_fingerprint
 
     common = ["--base", tiny_base, "--device", DEVICE, "--domain", "home"]
-    _invoke(cli, ["describe", *common, "--out", tmp_path / "descriptions.jsonl"])
-    _invoke(cli, ["distill", *common, "--descriptions", tmp_path / "descriptions.jsonl", "--out",
-                  tmp_path / "distill", "--epochs", "1", "--max-steps", "1", "--validation-size", "4"])
-    embeddings = Path(_invoke(cli, ["embed", *common, "--distill-adapter", tmp_path / "distill" / "best",
+    distill = distilled / "distill"
+    embeddings = Path(_invoke(cli, ["embed", *common, "--distill-adapter", distill / "best",
                                     "--out", tmp_path]).strip().splitlines()[-1])
     out = tmp_path / "rec"
     _invoke(cli, ["finetune", *common, "--embeddings", embeddings, "--out", out, "--max-steps", "1"])
@@ -2599,7 +2612,7 @@ def test_push_publishes_what_running_the_model_needs_and_the_plugin_runs_it_from
         return ([json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()],
                 json.loads((tmp_path / name / "results.json").read_text()))
 
-    local, results = run(f"distill_adapter={tmp_path / 'distill'},rec_adapter={out},item_embeddings={embeddings}",
+    local, results = run(f"distill_adapter={distill},rec_adapter={out},item_embeddings={embeddings}",
                          "local")
     _invoke(cli, ["card", out, "--results", tmp_path / "local" / "results.json"])
 
@@ -2624,9 +2637,9 @@ def test_push_publishes_what_running_the_model_needs_and_the_plugin_runs_it_from
                              "best/lavic_base.json", "distill/adapter_config.json",
                              "distill/adapter_model.safetensors", "distill/lavic_base.json", embeddings.name]
     for path, data in files.items():
-        for local_path in (str(tmp_path), tiny_base, str(Path(tiny_base).resolve())):
+        for local_path in (str(tmp_path), str(distilled), tiny_base, str(Path(tiny_base).resolve())):
             assert local_path.encode() not in data, f"{path} holds {local_path}"
-    for adapter, folder in (("best", out / "best"), ("distill", tmp_path / "distill" / "best")):
+    for adapter, folder in (("best", out / "best"), ("distill", distill / "best")):
         for name in ("adapter_config.json", "adapter_model.safetensors"):  # the adapters' hashes are of these
             assert files[f"{adapter}/{name}"] == (folder / name).read_bytes()
         record = json.loads(files[f"{adapter}/lavic_base.json"])
@@ -2637,7 +2650,7 @@ def test_push_publishes_what_running_the_model_needs_and_the_plugin_runs_it_from
         published_metadata, original_metadata = read_metadata(handle), read_metadata(original)
     assert published_metadata == {**original_metadata, "base": "me/tiny-llava", "adapter": "distill",
                                   "adapter_path": ""}
-    assert published_metadata["adapter_hash"] == adapter_fingerprint(tmp_path / "distill" / "best")
+    assert published_metadata["adapter_hash"] == adapter_fingerprint(distill / "best")
     published_tensors, original_tensors = load_file(tmp_path / "published.safetensors"), load_file(embeddings)
     assert list(published_tensors) == list(original_tensors)
     assert all(torch.equal(published_tensors[key], original_tensors[key]) for key in original_tensors)
@@ -2718,7 +2731,7 @@ def test_push_without_a_token_says_how_to_give_one_before_any_request(finetuned,
 
 
 def test_embed_and_finetune_take_a_pushed_repo_for_the_distill_adapter_and_item_embeddings(tiny_base, tmp_path,
-                                                                                           monkeypatch):
+                                                                                           distilled, monkeypatch):
     """`embed --distill-adapter owner/name` and `finetune --embeddings owner/name`, offline from the Hugging Face
     cache, do what they do from the local folders: the same embeddings, and the model card finds the distill adapter's
     settings in the repo's distill/ beside the published embeddings. A missing local path that is no Hub id keeps
@@ -2731,17 +2744,15 @@ def test_embed_and_finetune_take_a_pushed_repo_for_the_distill_adapter_and_item_
     from lavic_ref.embed import read_metadata, save_atomic
 
     common = ["--base", tiny_base, "--device", DEVICE, "--domain", "home"]
-    _invoke(cli, ["describe", *common, "--out", tmp_path / "descriptions.jsonl"])
-    _invoke(cli, ["distill", *common, "--descriptions", tmp_path / "descriptions.jsonl", "--out",
-                  tmp_path / "distill", "--epochs", "1", "--max-steps", "1", "--validation-size", "4"])
-    embeddings = Path(_invoke(cli, ["embed", *common, "--distill-adapter", tmp_path / "distill" / "best",
+    distill = distilled / "distill"
+    embeddings = Path(_invoke(cli, ["embed", *common, "--distill-adapter", distill / "best",
                                     "--out", tmp_path / "local"]).strip().splitlines()[-1])
     with safe_open(str(embeddings), framework="pt") as handle:
         metadata = read_metadata(handle)
     # The repo as `lavic-ref push` lays it out (its metadata names the adapter by its folder in the repo).
     published = save_atomic(tmp_path / embeddings.name, load_file(embeddings),
                             {**metadata, "adapter": "distill", "adapter_path": ""})
-    files = {f"distill/{name}": (tmp_path / "distill" / "best" / name).read_bytes()
+    files = {f"distill/{name}": (distill / "best" / name).read_bytes()
              for name in ("adapter_config.json", "adapter_model.safetensors", BASE_FILE)}
     files[embeddings.name] = published.read_bytes()
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
