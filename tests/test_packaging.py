@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 from types import UnionType
@@ -111,10 +112,11 @@ def _distribution_name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]).lower()
 
 
+@functools.cache  # read by two tests; ~4 s each (packages_distributions() scans every installed distribution)
 def _imported_distributions() -> dict[str, list[str]]:
     """Each third-party top-level module that a module of the toolkit imports (lazily or not), with the installed
     distributions providing it; a module of an extra that is not installed here (torch on Python 3.13) goes by its
-    own name."""
+    own name. Cached: the callers only read it."""
     import sys
 
     from benchmark.registry import installed_distributions
