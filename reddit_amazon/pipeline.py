@@ -738,7 +738,7 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
     else:
         raise ValueError(f"unknown executor {options.executor!r}: use local, slurm or ray")
     if options.executor == "local":
-        with _executor_log_lines_off(), _datatrove_variables_kept():
+        with _executor_log_lines_off(), _datatrove_variables_kept(), _workers_stopped_if_interrupted():
             executor.run()
     else:
         executor.run()
@@ -751,6 +751,38 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
                                    f"(see {logging_dir}/logs and {logging_dir}/slurm_logs)")
             return
         time.sleep(options.poll_interval_s)
+
+
+#: How long a worker left behind by an interrupted run has to end on SIGTERM before it is killed.
+WORKER_STOP_WAIT_S = 5.0
+
+
+@contextmanager
+def _workers_stopped_if_interrupted() -> Iterator[None]:
+    """Processes started in the block and still running when it raises (Ctrl-C, SIGTERM) are terminated and joined.
+
+    datatrove's local executor shuts its ``multiprocess.Manager()`` down in a ``finally`` that only covers the time
+    after the manager was assigned: a Ctrl-C while it started left the manager process (it ignores SIGINT) serving
+    forever, and the build, having printed "Aborted!", waited on it forever at exit (multiprocess joins the
+    children it started). A worker that ignores SIGTERM is killed after :data:`WORKER_STOP_WAIT_S`."""
+    import multiprocess
+
+    libraries = (multiprocess, multiprocessing)
+    before = {id(process) for library in libraries for process in library.active_children()}
+    try:
+        yield
+    except BaseException:
+        left = [process for library in libraries for process in library.active_children()
+                if id(process) not in before]
+        for process in left:
+            process.terminate()
+        deadline = time.monotonic() + WORKER_STOP_WAIT_S
+        for process in left:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+        raise
 
 
 @contextmanager

@@ -1404,3 +1404,35 @@ def test_a_rebuild_input_row_that_is_no_record_is_one_error_line_naming_it(built
     shutil.rmtree(to_delete) if to_delete.is_dir() else to_delete.unlink()  # as the error says
     rerun = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
     assert _rows(rerun) == _rows(built[1]) and rerun.funnel == built[1].funnel
+
+
+def test_a_worker_left_by_an_interrupted_executor_run_is_stopped_and_the_process_exits(tmp_path):
+    """A Ctrl-C while datatrove's local executor started its multiprocess.Manager() came before the manager was
+    assigned, so datatrove's ``finally`` never shut it down: the manager process (it ignores SIGINT) served forever,
+    and the build, having printed "Aborted!", waited on it forever at exit. Here a process that serves forever the
+    same way is left running when the interrupt comes."""
+    script = textwrap.dedent("""
+        import signal, time
+        import multiprocess
+        from reddit_amazon.pipeline import _workers_stopped_if_interrupted
+
+        def serve_forever():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # as multiprocess's manager server does
+            while True:
+                time.sleep(1)
+
+        if __name__ == "__main__":
+            try:
+                with _workers_stopped_if_interrupted():
+                    multiprocess.get_context("fork").Process(target=serve_forever).start()
+                    raise KeyboardInterrupt  # before the caller holds anything to shut the process down with
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+    """)
+    try:
+        done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process waited at exit for the worker it left running")
+    assert done.stdout == "interrupted\n", done.stderr
+    assert done.returncode == 0
