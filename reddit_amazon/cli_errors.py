@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from reddit_amazon import signals_at_fork
 from reddit_amazon.redaction import redact_secrets
 
 
@@ -113,17 +114,22 @@ def run_cli(command: click.Command, prog_name: str) -> None:
 
     def handler(signum, frame):  # forked children never run it: see _default_sigterm_in_forked_child
         nonlocal terminated
+        if signals_at_fork.deferred(signum, frame):
+            return
         terminated = True
         raise KeyboardInterrupt
 
     def on_ctrl_c(signum, frame):
         nonlocal interrupted
+        if signals_at_fork.deferred(signum, frame):
+            return
         interrupted = True
         signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as Python's own handler does
 
     handlers = {signal.SIGTERM: handler}
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (`cmd &`)
         handlers[signal.SIGINT] = on_ctrl_c
+    signals_at_fork.guard_outermost()
     global _sigterm_handler
     outer_sigterm_handler, _sigterm_handler = _sigterm_handler, handler
     try:

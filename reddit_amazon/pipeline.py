@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 import orjson
 
+from reddit_amazon import signals_at_fork
 from reddit_amazon.dumps import (
     DumpReadError,
     LinePlace,
@@ -739,6 +740,7 @@ def _run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options:
         raise ValueError(f"unknown executor {options.executor!r}: use local, slurm or ray")
     if options.executor == "local":
         with _executor_log_lines_off(), _datatrove_variables_kept(), _workers_stopped_if_interrupted():
+            signals_at_fork.guard_outermost()  # over the hooks of loguru, filelock, ... imported since run_cli's
             executor.run()
     else:
         executor.run()
