@@ -86,9 +86,10 @@ def _send_held_back_later() -> None:
     _thread.start_new_thread(_send_held_back, (threading.main_thread().ident,))  # threading's start() runs Python
 
 
-def _send_held_back(main_thread_id: int) -> None:
+def _send_held_back(main_thread_id: int | None) -> None:
     """In a helper thread: the signals held back, sent to the main thread. Should the main thread still be in the
     guard's code, its handler holds them back again and starts another helper."""
+    assert main_thread_id is not None  # the main thread has started
     while _held_back:
         signal.pthread_kill(main_thread_id, _held_back.pop(0))
 
