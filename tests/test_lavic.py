@@ -2518,6 +2518,7 @@ def _loopback_model_hub(httpserver, repo_id: str, seen: dict) -> str:
     """A loopback server answering the Hub API routes `lavic-ref push` uses (no network); the endpoint. With
     ``seen["cut_at_commit"]`` it closes the connection at the commit instead."""
     import base64
+    import socket
 
     from werkzeug import Request, Response
 
@@ -2538,8 +2539,11 @@ def _loopback_model_hub(httpserver, repo_id: str, seen: dict) -> str:
             return Response(json.dumps({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
                                                   for f in files]}), content_type="application/json")
         if path == f"/api/models/{repo_id}/commit/main":
-            if seen.get("cut_at_commit"):
-                raise ConnectionResetError("the line went dead")  # the server closes the connection, answering nothing
+            if seen.get("cut_at_commit"):  # the connection closed, nothing answered
+                # Shut here: werkzeug takes a ConnectionError from the app for the client's and keeps a keep-alive
+                # connection open, where the client would wait for an answer forever.
+                request.environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+                raise ConnectionResetError("the line went dead")
             seen["commits"] += 1
             for line in request.get_data().splitlines():
                 item = json.loads(line)
