@@ -1202,6 +1202,34 @@ def test_a_damaged_salt_file_is_named_with_what_to_do_before_any_dump_is_read(wo
     assert salt.read_text() == "the earlier salt"
 
 
+def _stage_error_over_damage(built, world, tmp_path, pattern: str, damage, rebuilt: str | None = None
+                             ) -> tuple[Path, Path, str]:
+    """A copy of the built work folder with the one work file matching ``pattern`` damaged by ``damage`` (and the
+    marker matching ``rebuilt`` deleted, so that its bucket is rebuilt, which reads the file), then `reddit-stage`
+    run over it, which must stop in one Error line: the copy, the damaged file and that line."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    workdir = tmp_path / "w"
+    shutil.copytree(built[0], workdir)
+    [damaged] = (workdir / "reddit" / "work").glob(pattern)
+    damaged.write_bytes(damage(damaged.read_bytes()))
+    if rebuilt:
+        next((workdir / "reddit" / "work").glob(rebuilt)).unlink()
+    stage = ["reddit-stage", str(world), "--workdir", str(workdir), "--salt", "test-salt", "--no-progress"]
+    result = CliRunner().invoke(cli, stage)
+    assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output
+    error = result.output.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"Error: DamagedFileError: {damaged}"), result.output
+    return workdir, damaged, error[0]
+
+
+def _rerun_gives_the_built_stage(built, world, workdir: Path) -> None:
+    rerun = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
+    assert _rows(rerun) == _rows(built[1]) and rerun.funnel == built[1].funnel
+
+
 #: Ways a work file the stage wrote itself is found damaged (a full disk, a crash, an edit by hand).
 DAMAGES = {"empty": lambda data: b"", "truncated": lambda data: data[:len(data) // 2],
            "a list": lambda data: b"[1, 2]\n", "a number": lambda data: b"7\n",
@@ -1222,28 +1250,15 @@ def test_a_damaged_work_file_is_one_error_line_naming_it_and_the_marker_whose_de
     hits file silently lost its comments' conversations. Deleting the completion marker the error names, as it says,
     redoes that file (or bucket): datatrove had marked its task complete, so a deleted marker was a
     FileNotFoundError."""
-    from click.testing import CliRunner
-
-    from reddit_amazon.cli import cli
-
-    workdir = tmp_path / "w"
-    shutil.copytree(built[0], workdir)
-    [damaged] = (workdir / "reddit" / "work").glob(pattern)
-    damaged.write_bytes(DAMAGES[damage](damaged.read_bytes()))
-    if damaged.name.startswith("bucket-"):  # read when its bucket is rebuilt: in a task, from a collected dump
-        next((workdir / "reddit" / "work").glob("rebuild-*/part-00002.json")).unlink()
-    stage = ["reddit-stage", str(world), "--workdir", str(workdir), "--salt", "test-salt", "--no-progress"]
-    result = CliRunner().invoke(cli, stage)
-    assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output
-    error = result.output.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith(f"Error: DamagedFileError: {damaged}"), result.output
-    marker = Path(re.search(r"; delete (\S+) and rerun the stage: ", error[0]).group(1))
+    # a bucket is read when it is rebuilt: in a task, from a collected dump
+    rebuilt = "rebuild-*/part-00002.json" if pattern.endswith("bucket-00002.jsonl") else None
+    workdir, damaged, error = _stage_error_over_damage(built, world, tmp_path, pattern, DAMAGES[damage], rebuilt)
+    marker = Path(re.search(r"; delete (\S+) and rerun the stage: ", error).group(1))
     owner = damaged.parent if damaged.name.startswith("bucket-") else damaged  # a collected dump's folder
     assert marker == owner.with_name(owner.name.replace(".hits.jsonl", "").removesuffix(".jsonl").removesuffix(".json")
-                                     + ".json"), error[0]
+                                     + ".json"), error
     marker.unlink()  # as the error says
-    rerun = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
-    assert _rows(rerun) == _rows(built[1]) and rerun.funnel == built[1].funnel
+    _rerun_gives_the_built_stage(built, world, workdir)
 
 
 def _with(*keys_and_value):
@@ -1282,24 +1297,11 @@ def test_a_marker_value_of_another_json_type_is_one_error_line_naming_it(built, 
     problems, a count written as a string) ended a rerun in AttributeError ('list' object has no attribute 'get')
     or TypeError (int + str); a string of short links was taken letter by letter, an "error" number taken for an
     incomplete dump. Now each is the same one Error line other damaged markers give, and deleting it redoes it."""
-    from click.testing import CliRunner
-
-    from reddit_amazon.cli import cli
-
-    workdir = tmp_path / "w"
-    shutil.copytree(built[0], workdir)
-    [damaged] = (workdir / "reddit" / "work").glob(pattern)
-    damaged.write_bytes(damage(damaged.read_bytes()))
-    stage = ["reddit-stage", str(world), "--workdir", str(workdir), "--salt", "test-salt", "--no-progress"]
-    result = CliRunner().invoke(cli, stage)
-    assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output
-    error = result.output.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith(f"Error: DamagedFileError: {damaged}: damaged, {said}"), \
-        result.output
-    assert f"; delete {damaged} and rerun the stage: " in error[0], error[0]
+    workdir, damaged, error = _stage_error_over_damage(built, world, tmp_path, pattern, damage)
+    assert error.startswith(f"Error: DamagedFileError: {damaged}: damaged, {said}"), error
+    assert f"; delete {damaged} and rerun the stage: " in error, error
     damaged.unlink()  # as the error says
-    rerun = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
-    assert _rows(rerun) == _rows(built[1]) and rerun.funnel == built[1].funnel
+    _rerun_gives_the_built_stage(built, world, workdir)
 
 
 def _without_the_id_of_the_first_row(data: bytes) -> bytes:
@@ -1322,27 +1324,13 @@ def test_a_work_file_lacking_keys_or_short_links_read_by_a_rebuild_is_one_error_
     'problems', 'short_links'), and a hits row without its id in KeyError: 'id'; a damaged short_links-*.json, read
     in a rebuild task, in "Error: JSONDecodeError" naming no file. Each is now one Error line naming the file and
     what to delete, and deleting it redoes that file."""
-    from click.testing import CliRunner
-
-    from reddit_amazon.cli import cli
-
-    workdir = tmp_path / "w"
-    shutil.copytree(built[0], workdir)
-    [damaged] = (workdir / "reddit" / "work").glob(pattern)
-    damaged.write_bytes(damage(damaged.read_bytes()))
-    if marker_pattern:  # read only while a bucket is rebuilt
-        next((workdir / "reddit" / "work").glob(marker_pattern)).unlink()
-    stage = ["reddit-stage", str(world), "--workdir", str(workdir), "--salt", "test-salt", "--no-progress"]
-    result = CliRunner().invoke(cli, stage)
-    assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output
-    error = result.output.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith(f"Error: DamagedFileError: {damaged}:"), result.output
-    to_delete = Path(re.search(r"; delete (\S+) and rerun the stage: ", error[0]).group(1))
+    workdir, damaged, error = _stage_error_over_damage(built, world, tmp_path, pattern, damage, marker_pattern)
+    assert error.startswith(f"Error: DamagedFileError: {damaged}:"), error
+    to_delete = Path(re.search(r"; delete (\S+) and rerun the stage: ", error).group(1))
     expected = damaged.with_name(damaged.name.replace(".hits.jsonl", ".json")) if damaged.suffix == ".jsonl" else damaged
-    assert to_delete == expected, error[0]
+    assert to_delete == expected, error
     to_delete.unlink()  # as the error says
-    rerun = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
-    assert _rows(rerun) == _rows(built[1]) and rerun.funnel == built[1].funnel
+    _rerun_gives_the_built_stage(built, world, workdir)
 
 
 def _first_row_changed(change):
@@ -1385,25 +1373,12 @@ def test_a_rebuild_input_row_that_is_no_record_is_one_error_line_naming_it(built
     missing, a target without its gt_items or of another kind, a field of another JSON type) ended a rebuild in a
     traceback (TypeError, KeyError, AssertionError). Now it is one Error line naming the file and line
     (``file:line: damaged, ...``, as every damaged row of a work file is named), and doing what it says redoes it."""
-    from click.testing import CliRunner
-
-    from reddit_amazon.cli import cli
-
-    workdir = tmp_path / "w"
-    shutil.copytree(built[0], workdir)
-    [damaged] = (workdir / "reddit" / "work").glob(pattern)
-    damaged.write_bytes(damage(damaged.read_bytes()))
-    next((workdir / "reddit" / "work").glob("rebuild-*/part-00002.json")).unlink()  # so its bucket is rebuilt
-    stage = ["reddit-stage", str(world), "--workdir", str(workdir), "--salt", "test-salt", "--no-progress"]
-    result = CliRunner().invoke(cli, stage)
-    assert result.exit_code == 1 and result.exc_info[0] is SystemExit, result.output
-    error = result.output.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith(f"Error: DamagedFileError: {damaged}:1: damaged, {said}"), \
-        result.output
-    to_delete = Path(re.search(r"; delete (\S+) and rerun the stage", error[0]).group(1))
+    workdir, damaged, error = _stage_error_over_damage(built, world, tmp_path, pattern, damage,
+                                                       "rebuild-*/part-00002.json")  # so its bucket is rebuilt
+    assert error.startswith(f"Error: DamagedFileError: {damaged}:1: damaged, {said}"), error
+    to_delete = Path(re.search(r"; delete (\S+) and rerun the stage", error).group(1))
     shutil.rmtree(to_delete) if to_delete.is_dir() else to_delete.unlink()  # as the error says
-    rerun = run_reddit_stage([world], workdir, RedditStageOptions(salt="test-salt", progress=False))
-    assert _rows(rerun) == _rows(built[1]) and rerun.funnel == built[1].funnel
+    _rerun_gives_the_built_stage(built, world, workdir)
 
 
 def test_a_worker_left_by_an_interrupted_executor_run_is_stopped_and_the_process_exits(tmp_path):
