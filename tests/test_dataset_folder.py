@@ -218,9 +218,8 @@ def test_a_missing_folder_never_loads_a_cached_copy(built, tmp_path, monkeypatch
 def test_push_to_hub_uploads_the_folder_with_a_card_for_the_repo_and_tags_the_version(built, httpserver, tmp_path,
                                                                                        monkeypatch):
     """A loopback server answering the Hub API routes that `push_to_hub` uses (no network)."""
-    import base64
-
     from huggingface_hub import constants
+    from loopback_hub import apply_commit, preupload_answer
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the "Hub" is on loopback
 
@@ -245,17 +244,10 @@ def test_push_to_hub_uploads_the_folder_with_a_card_for_the_repo_and_tags_the_ve
         if path == "/api/validate-yaml":
             return Response("{}", content_type="application/json")
         if path == "/api/datasets/me/reddit-amazon/preupload/main":
-            files = request.get_json()["files"]
-            return Response(json.dumps({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                                  for f in files]}), content_type="application/json")
+            return preupload_answer(request)
         if path == "/api/datasets/me/reddit-amazon/commit/main":
             seen["commits"] += 1
-            for line in request.get_data().splitlines():
-                item = json.loads(line)
-                if item["key"] == "file":
-                    seen["files"][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
-                if item["key"] == "deletedFile":
-                    del seen["files"][item["value"]["path"]]
+            apply_commit(request, seen["files"])
             commit_url = httpserver.url_for("/datasets/me/reddit-amazon/commit/" + "a" * 40)
             return Response(json.dumps({"commitUrl": commit_url, "commitOid": "a" * 40}),
                             content_type="application/json")

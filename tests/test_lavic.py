@@ -2517,9 +2517,9 @@ def test_a_damaged_peft_config_of_an_adapter_without_its_record_is_one_error_lin
 def _loopback_model_hub(httpserver, repo_id: str, seen: dict) -> str:
     """A loopback server answering the Hub API routes `lavic-ref push` uses (no network); the endpoint. With
     ``seen["cut_at_commit"]`` it closes the connection at the commit instead."""
-    import base64
     import socket
 
+    from loopback_hub import apply_commit, preupload_answer
     from werkzeug import Request, Response
 
     owner, name = repo_id.split("/")
@@ -2535,9 +2535,7 @@ def _loopback_model_hub(httpserver, repo_id: str, seen: dict) -> str:
         if path == "/api/validate-yaml":
             return Response("{}", content_type="application/json")
         if path == f"/api/models/{repo_id}/preupload/main":
-            files = request.get_json()["files"]
-            return Response(json.dumps({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                                  for f in files]}), content_type="application/json")
+            return preupload_answer(request)
         if path == f"/api/models/{repo_id}/commit/main":
             if seen.get("cut_at_commit"):  # the connection closed, nothing answered
                 # Shut here: werkzeug takes a ConnectionError from the app for the client's and keeps a keep-alive
@@ -2545,12 +2543,7 @@ def _loopback_model_hub(httpserver, repo_id: str, seen: dict) -> str:
                 request.environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
                 raise ConnectionResetError("the line went dead")
             seen["commits"] += 1
-            for line in request.get_data().splitlines():
-                item = json.loads(line)
-                if item["key"] == "file":
-                    seen["files"][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
-                if item["key"] == "deletedFile":
-                    del seen["files"][item["value"]["path"]]
+            apply_commit(request, seen["files"])
             return Response(json.dumps({"commitUrl": httpserver.url_for(f"/{repo_id}/commit/" + "a" * 40),
                                         "commitOid": "a" * 40}), content_type="application/json")
         if path == f"/api/models/{repo_id}/tree/main":
