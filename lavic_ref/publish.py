@@ -30,8 +30,6 @@ from lavic_ref.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_FILE, AdapterE
 REC_DIR = "best"
 DISTILL_DIR = "distill"
 EMBEDDINGS_PATTERN = "item_embeddings-*.safetensors"
-#: The files of an adapter that running it needs (peft's README.md is not: the repo's card replaces it).
-ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_FILE)
 #: Everything the repo layout owns: a push replaces these, and deletes those of an earlier push it does not have.
 OWNED_PATTERNS = ("README.md", f"{REC_DIR}/*", f"{DISTILL_DIR}/*", EMBEDDINGS_PATTERN)
 
