@@ -586,6 +586,10 @@ def too_long_reason(length: int) -> str:
     return f"line longer than {_size_text(MAX_LINE_BYTES)} ({length:,} bytes); not parsed"
 
 
+def _size_text(size: int) -> str:
+    return f"{size >> 20} MiB" if size % (1 << 20) == 0 else f"{size:,} bytes"
+
+
 #: Bytes of a chunk that a vectorised search compares at a time. Its scratch arrays then stay in the
 #: core's own cache: with arrays as large as a 1 MiB chunk, two scans on a 2-core VM slowed each other
 #: by ~12% (the shared cache), with 128 KiB blocks by 1-4%, and one scan alone ran ~6% faster.
@@ -716,10 +720,6 @@ def parse_line(line: bytes, problems: LineProblems, place: LinePlace | None = No
         problems.add("not_an_object", line, place, f"a JSON {json_type(record)}, not an object")
         return None
     return record
-
-
-def _size_text(size: int) -> str:
-    return f"{size >> 20} MiB" if size % (1 << 20) == 0 else f"{size:,} bytes"
 
 
 def json_type(value: Any) -> str:
