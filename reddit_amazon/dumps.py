@@ -413,11 +413,16 @@ def _decompressed(
         )
 
 
-def _decoded_until_damage(path: Path, decompressor: Any, skip: int, step: int = 1 << 12) -> Iterator[bytes]:
+#: Decompressed bytes :func:`_decoded_until_damage` reads at a time past what was yielded already: a read that fails
+#: loses its output, so at most this much before the damage is lost.
+DAMAGE_SEARCH_READ = 1 << 12
+
+
+def _decoded_until_damage(path: Path, decompressor: Any, skip: int) -> Iterator[bytes]:
     """The decompressed bytes of ``path`` after the first ``skip``, up to its first corrupt block.
 
     The first ``skip`` bytes decoded before, so they are passed over in large reads; after them, reads
-    of ``step`` bytes, since a read that fails loses its output. ``decompressor`` is reused: no
+    of :data:`DAMAGE_SEARCH_READ` bytes, since a read that fails loses its output. ``decompressor`` is reused: no
     second window.
     """
     import zstandard
@@ -429,7 +434,7 @@ def _decoded_until_damage(path: Path, decompressor: Any, skip: int, step: int = 
                 if not passed:
                     return
                 skip -= passed
-            while chunk := reader.read(step):
+            while chunk := reader.read(DAMAGE_SEARCH_READ):
                 yield chunk
         except zstandard.ZstdError:
             return
