@@ -117,7 +117,7 @@ class RedditStageOptions:
     short_link_deadline_s: float = DEFAULT_DEADLINE_S  # each link as a whole: its retries and redirect hops
     executor: Executor = "local"
     tasks: int | None = None  # scan/collect tasks; default: one per input file
-    workers: int = 1  # tasks run at once (local / ray)
+    workers: int = 1  # tasks run at once (local / ray); slurm: the job array's limit when > 1, else none
     buckets: int | None = None  # rebuild tasks = output shards; default: see default_buckets
     progress: bool = True
     slurm_partition: str | None = None
@@ -141,7 +141,7 @@ class RedditStageResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Small helpers: digests, atomic writes
+# Small helpers: digests, atomic writes, work files and their completion markers, buckets, progress bars
 # --------------------------------------------------------------------------------------------
 
 
