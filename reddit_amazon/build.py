@@ -137,7 +137,7 @@ def _redact_salt(reddit: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Small helpers: stage stamps, atomic JSONL, input identities
+# Small helpers: stage stamps, reading stage outputs, input identities, package versions
 # --------------------------------------------------------------------------------------------
 
 
@@ -337,6 +337,11 @@ def _dump_files(inputs: Sequence[str], workdir: Path) -> list[Path]:
         return dump_files_outside(inputs, workdir)
     except FileNotFoundError as error:
         raise BuildError(f"--inputs {error}") from None
+
+
+#: Reddit-stage options that say how the stage runs, not what it writes (left out of the stage keys).
+#: ``progress`` too: turning the bars off from Python (``reddit={"progress": False}``) must not redo the stages.
+REDDIT_EXECUTION_OPTIONS = ("executor", "slurm_partition", "workers", "progress")
 
 
 def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> StageResult:
@@ -678,9 +683,6 @@ def command_line(options: BuildOptions) -> str:
     return printable_path(shlex.join(args))
 
 
-#: Reddit-stage options that say how the stage runs, not what it writes (left out of the stage keys).
-#: ``progress`` too: turning the bars off from Python (``reddit={"progress": False}``) must not redo the stages.
-REDDIT_EXECUTION_OPTIONS = ("executor", "slurm_partition", "workers", "progress")
 #: The ``build`` options that set Reddit-stage options (``RedditStageOptions`` field -> flag).
 REDDIT_FLAGS = {"salt": "salt", "executor": "executor", "slurm_partition": "partition", "workers": "workers",
                 "resolve_short_links": "resolve-short-links", "short_link_deadline_s": "short-link-deadline"}
