@@ -341,7 +341,8 @@ def _dump_files(inputs: Sequence[str], workdir: Path) -> list[Path]:
 
 #: Reddit-stage options that say how the stage runs, not what it writes (left out of the stage keys).
 #: ``progress`` too: turning the bars off from Python (``reddit={"progress": False}``) must not redo the stages.
-REDDIT_EXECUTION_OPTIONS = ("executor", "slurm_partition", "workers", "progress")
+REDDIT_EXECUTION_OPTIONS = ("executor", "workers", "progress", "poll_interval_s",
+                            "slurm_partition", "slurm_time", "slurm_mem_per_cpu_gb", "slurm_venv")
 
 
 def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> StageResult:

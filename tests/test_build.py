@@ -769,15 +769,20 @@ def test_a_quoted_tilde_in_out_is_the_home_folder_for_every_stage_and_for_verify
     assert str(user_home) not in CliRunner().invoke(cli, ["build", "--help"]).output  # the defaults as written
 
 
-def test_turning_the_reddit_bars_off_from_python_reuses_the_finished_stages(tmp_path):
+@pytest.mark.parametrize("how_it_runs", [
+    {"progress": False},
+    {"slurm_time": "2:00:00", "slurm_mem_per_cpu_gb": 8, "slurm_venv": "/opt/venv", "poll_interval_s": 5.0}],
+    ids=["bars-off", "slurm-settings"])
+def test_options_of_how_the_reddit_stage_runs_reuse_the_finished_stages(tmp_path, how_it_runs):
     """`reddit={"progress": False}` (the Python way to silence the Reddit stage's bars) was part of the stage key:
-    the next build of the same workdir without it ran the Reddit stage, the catalog and the filter again."""
+    the next build of the same workdir without it ran the Reddit stage, the catalog and the filter again. So were
+    the slurm job's time, memory, venv and the polling interval, which change nothing the stage writes."""
     import io
 
     from rich.console import Console
 
     quick = {"no_filter": True, "images": False, "retrievers": []}
-    run_build(sample_options(tmp_path / "a", tmp_path / "work", reddit={"progress": False}, **quick),
+    run_build(sample_options(tmp_path / "a", tmp_path / "work", reddit=how_it_runs, **quick),
               console=Console(file=io.StringIO()))
     log = io.StringIO()
     run_build(sample_options(tmp_path / "b", tmp_path / "work", **quick), console=Console(file=log, width=200))
