@@ -50,6 +50,13 @@ def test_relevance_throughput(tmp_path):
     assert "plain openai" in output and "run_filter" in output and "x   (latency bound" in output
 
 
+def test_stage_reuse(tmp_path):
+    output = run_script("stage_reuse.py", "--conversations", "300", "--items", "50", "--shards", "2", "--rounds", "1",
+                        "--dir", str(tmp_path / "work"), tmp_path=tmp_path)
+    assert "ratio check / read" in output and "s/GiB" in output
+    assert "(same size and mtime): found" in output
+
+
 def test_lavic_gpu_at_tiny_size(tmp_path):
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
