@@ -1,5 +1,6 @@
-"""The Python examples of the dataset card, README.md, docs/dataset.md and docs/cards.md run as written, against a
-copy of the bundled sample named as they name it (``reddit-amazon``), and give what their comments say.
+"""The Python examples of the dataset card, README.md, docs/dataset.md, docs/cards.md and docs/reddit-stage.md run
+as written, against a copy of the bundled sample named as they name it (``reddit-amazon``), and give what their
+comments say.
 
 Two kinds of line are changed, as the text itself allows: the placeholder ``/abs/path/reddit-amazon`` becomes the
 copy's absolute path, and a line loading a Hub id (``your-org/...``) is left out: offline, ``datasets`` loads a Hub
@@ -88,3 +89,20 @@ def test_the_cards_page_model_and_benchmark_card_examples_run(tmp_path, monkeypa
     capsys.readouterr()
     run_block(benchmark_card, "benchmark card")
     assert capsys.readouterr().out.startswith("## Benchmark card\n")
+
+
+def test_the_reddit_stage_page_example_runs_on_a_dumps_folder(tmp_path, monkeypatch):
+    """docs/reddit-stage.md's Python example, over a ``dumps`` folder holding the bundled sample's Reddit dumps; its
+    comments name where the shards and the funnel are and what ``incomplete_files`` lists."""
+    from reddit_amazon.build import SAMPLE_INPUTS
+
+    shutil.copytree(SAMPLE_INPUTS / "reddit", tmp_path / "dumps")
+    monkeypatch.chdir(tmp_path)
+    (block,) = python_blocks(ROOT / "docs" / "reddit-stage.md")
+    names = run_block(block, "reddit-stage")
+    result = names["result"]
+    assert [shard.name for shard in result.shards][0] == "part-00000.jsonl"
+    assert all(shard.parent == Path("work/reddit/conversations") for shard in result.shards)
+    assert json.loads((tmp_path / "work/reddit/funnel.json").read_text()) == result.funnel
+    assert result.funnel["threads_rebuilt"] > 0
+    assert result.incomplete_files == []  # the sample's dumps are whole
