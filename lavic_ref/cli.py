@@ -589,7 +589,9 @@ def card_command(out, results) -> None:
 @click.argument("out", type=UserPath(exists=True, file_okay=False, path_type=Path))
 @click.argument("repo_id")
 @click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
-@click.option("--revision", default=None, help="An existing branch of the repo to commit to [default: main].")
+@click.option("--revision", default=None, metavar="BRANCH",
+              help="Branch of the repo to commit to, made from the default branch if it is not there yet "
+                   "[default: the default branch].")
 @click.option("--base-id", default=None,
               help="Hub id of the base model, for a base that was a local checkpoint naming none.")
 @_file_errors_as_lines
@@ -601,17 +603,20 @@ def push_command(out, repo_id, private, revision, base_id) -> None:
     from HF_TOKEN (else `hf auth login`).
 
     \b
-    Example:
+    Examples:
       lavic-ref push runs/lavic/rec me/lavic-fashion
       benchmark run --model lavic --model-args rec_adapter=me/lavic-fashion,distill_adapter=me/lavic-fashion,\\
           item_embeddings=me/lavic-fashion
+      lavic-ref push runs/lavic/rec-lr2e-4 me/lavic-fashion --revision lr2e-4    # a new branch beside main
+      benchmark run --model lavic --model-args rec_adapter=me/lavic-fashion@lr2e-4,...
     """
-    from lavic_ref.publish import PublishError, push_model
+    from lavic_ref.publish import push_model
+    from reddit_amazon.hub_push import PushRefused
 
     try:
         commit = push_model(out, repo_id, base_id=base_id, private=private, revision=revision,
                             token=os.environ.get("HF_TOKEN"))
-    except PublishError as error:
+    except PushRefused as error:  # no token, or a folder that cannot be published as it is
         raise click.ClickException(str(error)) from error
     click.echo(commit)
 

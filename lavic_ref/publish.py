@@ -26,6 +26,7 @@ from typing import Any
 
 from lavic_ref.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_FILE, AdapterError, adapter_fingerprint, \
     resolve_adapter_dir, saved_base
+from reddit_amazon.hub_push import PushRefused
 
 REC_DIR = "best"
 DISTILL_DIR = "distill"
@@ -34,7 +35,7 @@ EMBEDDINGS_PATTERN = "item_embeddings-*.safetensors"
 OWNED_PATTERNS = ("README.md", f"{REC_DIR}/*", f"{DISTILL_DIR}/*", EMBEDDINGS_PATTERN)
 
 
-class PublishError(ValueError):
+class PublishError(PushRefused):
     """A training output folder that cannot be published as it is."""
 
 
@@ -199,17 +200,18 @@ def push_model(out: str | os.PathLike, repo_id: str, *, base_id: str | None = No
                revision: str | None = None, token: str | None = None, endpoint: str | None = None) -> str:
     """Publish ``out`` (a ``lavic-ref finetune --out`` folder) as the Hub model repo ``repo_id`` in one commit; the
     repo's files of an earlier push that this one does not have (other item embeddings) are deleted in it. Returns
-    the commit's URL."""
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
+    the commit's URL. A ``revision`` branch not there yet is made from the default branch."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.utils import filter_repo_objects
 
+    from reddit_amazon.hub_push import connection_errors_named, make_branch, require_token
+
     model = trained_model(Path(out), base_id)
-    if not (token or get_token()):
-        raise PublishError("pushing needs a Hugging Face token with write access: set HF_TOKEN or run "
-                           "`hf auth login`")
+    require_token(token)
     api = HfApi(endpoint=endpoint, token=token)  # endpoint None: the Hub (or $HF_ENDPOINT)
-    with repo_files(model, repo_id) as files, _connection_errors_named(api.endpoint):
+    with repo_files(model, repo_id) as files, connection_errors_named(api.endpoint):
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        make_branch(api, repo_id, "model", revision)
         remote = api.list_repo_files(repo_id, repo_type="model", revision=revision)
         uploaded = {file.path_in_repo for file in files}
         stale = sorted(set(filter_repo_objects(remote, allow_patterns=list(OWNED_PATTERNS))) - uploaded)
@@ -219,27 +221,6 @@ def push_model(out: str | os.PathLike, repo_id: str, *, base_id: str | None = No
         commit = api.create_commit(repo_id=repo_id, repo_type="model", operations=operations, revision=revision,
                                    commit_message=f"LaViC adapters from lavic-ref ({model.out.name})")
     return str(commit)
-
-
-@contextmanager
-def _connection_errors_named(endpoint: str) -> Iterator[None]:
-    """A connection to the Hub lost or never made (the HTTP client's own error, no OSError, unlike the Hub's
-    answers) as a :class:`ConnectionError` saying so: the one commit either was made or not, so pushing again is
-    safe."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    from reddit_amazon.cli_errors import one_line
-
-    # httpx's HTTPError (httpx2's in newer huggingface_hub), the base of the Hub's errors and of the client's own
-    client_error: type[BaseException] = next(base for base in HfHubHTTPError.__mro__[1:]
-                                             if base.__name__ == "HTTPError")
-    try:
-        yield
-    except OSError:
-        raise
-    except client_error as error:
-        raise ConnectionError(f"the connection to {endpoint} failed ({type(error).__name__}: {one_line(error)}); "
-                              "nothing or the whole commit was published: push again") from error
 
 
 #: What each file option takes from a repo of this layout: the item embeddings come with the distill adapter their

@@ -23,3 +23,18 @@ def apply_commit(request: Request, files: dict[str, bytes]) -> None:
             files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
         if item["key"] == "deletedFile":
             del files[item["value"]["path"]]
+
+
+def create_branch(branches: dict[str, dict[str, bytes]], branch: str) -> Response:
+    """A ``branch/NAME`` request: the branch made from main's files as they are now, or the Hub's 409 where it is
+    there already."""
+    if branch in branches:
+        return Response(json.dumps({"error": "Reference already exists"}), status=409, content_type="application/json")
+    branches[branch] = dict(branches["main"])
+    return Response("{}", content_type="application/json")
+
+
+def revision_not_found(revision: str) -> Response:
+    """The Hub's answer to listing or committing to a branch that does not exist."""
+    return Response(json.dumps({"error": f"Invalid rev id: {revision}"}), status=404, content_type="application/json",
+                    headers={"X-Error-Code": "RevisionNotFound"})

@@ -2515,14 +2515,17 @@ def test_a_damaged_peft_config_of_an_adapter_without_its_record_is_one_error_lin
 
 
 def _loopback_model_hub(httpserver, repo_id: str, seen: dict) -> str:
-    """A loopback server answering the Hub API routes `lavic-ref push` uses (no network); the endpoint. With
-    ``seen["cut_at_commit"]`` it closes the connection at the commit instead."""
+    """A loopback server answering the Hub API routes `lavic-ref push` uses (no network); the endpoint.
+    ``seen["files"]`` are main's files, ``seen["branches"]`` every branch's (a branch not there is the Hub's 404).
+    With ``seen["cut_at_commit"]`` it closes the connection at the commit instead."""
     import socket
 
-    from loopback_hub import apply_commit, preupload_answer
+    from loopback_hub import apply_commit, create_branch, preupload_answer, revision_not_found
     from werkzeug import Request, Response
 
     owner, name = repo_id.split("/")
+    branches = seen.setdefault("branches", {"main": seen["files"]})
+    revision_route = re.compile(rf"/api/models/{repo_id}/(preupload|commit|tree|branch)/([^/]+)")
 
     def hub(request: Request) -> Response:
         seen["auth"].add(request.headers.get("authorization"))
@@ -2534,22 +2537,29 @@ def _loopback_model_hub(httpserver, repo_id: str, seen: dict) -> str:
             return Response(json.dumps({"url": httpserver.url_for(f"/{repo_id}")}), content_type="application/json")
         if path == "/api/validate-yaml":
             return Response("{}", content_type="application/json")
-        if path == f"/api/models/{repo_id}/preupload/main":
+        route = revision_route.fullmatch(path)
+        if route is None:
+            return Response(f"unexpected {request.method} {path}", status=404)
+        kind, revision = route.groups()
+        seen.setdefault("calls", []).append((kind, revision))
+        if kind == "branch":
+            return create_branch(branches, revision)
+        if revision not in branches:
+            return revision_not_found(revision)
+        if kind == "preupload":
             return preupload_answer(request)
-        if path == f"/api/models/{repo_id}/commit/main":
-            if seen.get("cut_at_commit"):  # the connection closed, nothing answered
-                # Shut here: werkzeug takes a ConnectionError from the app for the client's and keeps a keep-alive
-                # connection open, where the client would wait for an answer forever.
-                request.environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
-                raise ConnectionResetError("the line went dead")
-            seen["commits"] += 1
-            apply_commit(request, seen["files"])
-            return Response(json.dumps({"commitUrl": httpserver.url_for(f"/{repo_id}/commit/" + "a" * 40),
-                                        "commitOid": "a" * 40}), content_type="application/json")
-        if path == f"/api/models/{repo_id}/tree/main":
+        if kind == "tree":
             return Response(json.dumps([{"type": "file", "path": path, "oid": "0" * 40, "size": len(data)}
-                                        for path, data in seen["files"].items()]), content_type="application/json")
-        return Response(f"unexpected {request.method} {path}", status=404)
+                                        for path, data in branches[revision].items()]), content_type="application/json")
+        if seen.get("cut_at_commit"):  # the connection closed, nothing answered
+            # Shut here: werkzeug takes a ConnectionError from the app for the client's and keeps a keep-alive
+            # connection open, where the client would wait for an answer forever.
+            request.environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+            raise ConnectionResetError("the line went dead")
+        seen["commits"] += 1
+        apply_commit(request, branches[revision])
+        return Response(json.dumps({"commitUrl": httpserver.url_for(f"/{repo_id}/commit/" + "a" * 40),
+                                    "commitOid": "a" * 40}), content_type="application/json")
 
     httpserver.expect_request(re.compile(".*")).respond_with_handler(hub)
     assert owner
@@ -2704,6 +2714,29 @@ def test_push_losing_its_connection_to_the_hub_is_one_error_line_saying_to_push_
     error = result.output.strip()
     assert error.startswith("Error: ConnectionError: the connection to") and "push again" in error, error
     assert "\n" not in error and "hf_secret_test_token" not in error
+
+
+def test_push_revision_makes_the_branch_from_main_then_commits_to_it(finetuned, httpserver, monkeypatch):
+    """`lavic-ref push --revision BRANCH` to a branch not there yet failed with the Hub's 404 (RevisionNotFound) on
+    listing the branch's files: the branch is now made from main first, main left as it was."""
+    from huggingface_hub import constants
+
+    from lavic_ref.cli import cli
+
+    seen: dict = {"files": {"LICENSE": b"mine"}, "auth": set(), "commits": 0}
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", _loopback_model_hub(httpserver, "me/lavic-test", seen))
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_test_token")
+    args = ["push", str(finetuned), "me/lavic-test", "--base-id", "me/tiny-llava", "--revision", "lr-sweep"]
+    _invoke(cli, args)
+    assert seen["calls"][0] == ("branch", "lr-sweep") and {rev for _, rev in seen["calls"]} == {"lr-sweep"}
+    assert seen["files"] == {"LICENSE": b"mine"}  # main: not changed
+    branch = seen["branches"]["lr-sweep"]
+    assert branch.pop("LICENSE") == b"mine"  # made from main
+    assert sorted(branch) == ["README.md", "best/adapter_config.json", "best/adapter_model.safetensors",
+                              "best/lavic_base.json"]
+    _invoke(cli, args)  # the branch is there now: committed to again
+    assert seen["commits"] == 2 and list(seen["branches"]) == ["main", "lr-sweep"]
 
 
 def test_push_without_a_token_says_how_to_give_one_before_any_request(finetuned, httpserver, monkeypatch, tmp_path):
