@@ -817,9 +817,10 @@ def _check_credentials(options: BuildOptions) -> None:
     if options.push_to_hub and not options.dry_run:
         from huggingface_hub import get_token
 
+        from reddit_amazon.hub_push import TOKEN_NEEDED
+
         if not (os.environ.get("HF_TOKEN") or get_token()):
-            raise BuildError("--push-to-hub needs a Hugging Face token: set HF_TOKEN or run `hf auth login` "
-                             "(checked before the long stages run)")
+            raise BuildError(f"--push-to-hub {TOKEN_NEEDED} (checked before the long stages run)")
     if "openai-emb" in options.retrievers and not options.dry_run and not os.environ.get("OPENAI_API_KEY"):
         from reddit_amazon.openai_endpoint import DEFAULT_BASE_URL, endpoint_url
 

@@ -28,6 +28,7 @@ def cli() -> None:
       reddit-amazon build                          # whole pipeline on the bundled sample, offline
       reddit-amazon import-lavic data/ --out reddit-amazon
       reddit-amazon export-lavic reddit-amazon --out lavic-format/
+      reddit-amazon push reddit-amazon me/reddit-amazon
       reddit-amazon sample-path                    # where the bundled sample dataset lives
     """
 
@@ -156,6 +157,44 @@ def verify_command(dataset_dir: str) -> None:
     if problems:
         raise click.ClickException(f"{dataset_dir} does not match its manifest:\n  " + "\n  ".join(problems))
     click.echo(f"{dataset_dir}: matches its manifest")
+
+
+@cli.command("push")
+@click.argument("dataset_dir", type=UserPath(exists=True, file_okay=False, path_type=str))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
+@click.option("--revision", default=None, metavar="BRANCH",
+              help="Branch of the repo to commit to, made from the default branch if it is not there yet "
+                   "[default: the default branch].")
+def push_command(dataset_dir: str, repo_id: str, private: bool, revision: str | None) -> None:
+    """Publish DATASET_DIR (built or imported) as the Hub dataset repo REPO_ID, in one commit, and tag it vVERSION.
+
+    The folder is first checked against its manifest as `reddit-amazon verify` checks it; a folder that differs is
+    refused, nothing sent. The Hub's README.md loads REPO_ID (the local one is left as it is); shards of an
+    earlier version that this one does not have are deleted, the repo's other files kept. A version already
+    published with other content is refused. The token comes from HF_TOKEN (else `hf auth login`).
+
+    \b
+    Examples:
+      reddit-amazon push reddit-amazon me/reddit-amazon
+      reddit-amazon push reddit-amazon me/reddit-amazon --revision v1.1-candidate   # a new branch beside main
+      python -c "import datasets; print(datasets.load_dataset('me/reddit-amazon', 'fashion', revision='v1.0.0'))"
+    """
+    import os
+
+    from reddit_amazon.dataset_folder import MANIFEST, push_to_hub
+    from reddit_amazon.hub_push import PushRefused
+
+    if not (Path(dataset_dir) / MANIFEST).is_file():
+        raise click.ClickException(f"{dataset_dir} is not a reddit-amazon dataset folder (no {MANIFEST})")
+    # A version published with other content, an unreadable manifest, a connection lost, the Hub's answers: one line
+    with input_errors():
+        try:
+            commit = push_to_hub(dataset_dir, repo_id, private=private, revision=revision,
+                                 token=os.environ.get("HF_TOKEN"))
+        except PushRefused as error:  # no token, or a folder that differs from its manifest: the message is the line
+            raise click.ClickException(str(error)) from error
+    click.echo(f"pushed {dataset_dir} to {repo_id}" + (f" (branch {revision})" if revision else "") + f": {commit}")
 
 
 from reddit_amazon.build import build_command  # noqa: E402  (imports only click and orjson at load time)

@@ -760,32 +760,45 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     The folder already has the Hub layout (README YAML configs + Parquet), so its files are uploaded as they are,
     but for the README: the Hub's copy is rendered for ``repo_id``, so its examples load the repo, not a local
     folder name (the local README stays as it is). The version becomes a tag so
-    ``load_dataset(repo_id, revision="vX.Y.Z")`` pins it.
+    ``load_dataset(repo_id, revision="vX.Y.Z")`` pins it. A ``revision`` branch not there yet is made from the
+    default branch; the tag is then of that branch's commit.
+
+    Refused (:class:`PushRefused`, nothing sent) without a token, or where the folder is not as its manifest says
+    (what ``reddit-amazon verify`` checks): the published fingerprint must be the data's, not only the manifest's
+    claim. A connection lost is a ``ConnectionError`` saying to push again.
     """
     from huggingface_hub import HfApi
 
+    from reddit_amazon.hub_push import PushRefused, connection_errors_named, make_branch, require_token
+
     folder = Path(folder)
     manifest = read_manifest(folder)
-    check_unchanged(folder)  # the published fingerprint must be the data's, not only the manifest's claim
+    if problems := verify(folder):
+        raise PushRefused(f"{folder} does not match its manifest, nothing was pushed: {'; '.join(problems)} "
+                          f"(`reddit-amazon verify {folder}` lists the same)")
+    require_token(token)
     api = HfApi(endpoint=endpoint, token=token)  # endpoint None: the Hub (or $HF_ENDPOINT)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    tag = f"v{manifest['version']}"
-    if any(ref.name == tag for ref in api.list_repo_refs(repo_id, repo_type="dataset").tags):
-        published = json.loads(Path(api.hf_hub_download(repo_id, MANIFEST, repo_type="dataset", revision=tag))
-                               .read_text(encoding="utf-8"))
-        if published.get("fingerprint") != manifest["fingerprint"]:
-            raise ValueError(f"{repo_id}: version {manifest['version']} is already published with other content "
-                             f"(fingerprint {str(published.get('fingerprint'))[:12]}, this folder "
-                             f"{manifest['fingerprint'][:12]}); give changed data a new version (build --version)")
-    remote_files = api.list_repo_files(repo_id, repo_type="dataset", revision=revision)
-    commit = api.create_commit(
-        repo_id=repo_id,
-        repo_type="dataset",
-        operations=_hub_operations(folder, readme_from_shards(folder, repo_id), remote_files),
-        revision=revision,
-        commit_message=f"reddit-amazon {manifest['version']} ({manifest['fingerprint'][:12]})",
-    )
-    api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=revision, exist_ok=True)  # same content: kept
+    with connection_errors_named(api.endpoint):
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        tag = f"v{manifest['version']}"
+        if any(ref.name == tag for ref in api.list_repo_refs(repo_id, repo_type="dataset").tags):
+            published = json.loads(Path(api.hf_hub_download(repo_id, MANIFEST, repo_type="dataset", revision=tag))
+                                   .read_text(encoding="utf-8"))
+            if published.get("fingerprint") != manifest["fingerprint"]:
+                raise ValueError(f"{repo_id}: version {manifest['version']} is already published with other content "
+                                 f"(fingerprint {str(published.get('fingerprint'))[:12]}, this folder "
+                                 f"{manifest['fingerprint'][:12]}); give changed data a new version "
+                                 "(build --version)")
+        make_branch(api, repo_id, "dataset", revision)
+        remote_files = api.list_repo_files(repo_id, repo_type="dataset", revision=revision)
+        commit = api.create_commit(
+            repo_id=repo_id,
+            repo_type="dataset",
+            operations=_hub_operations(folder, readme_from_shards(folder, repo_id), remote_files),
+            revision=revision,
+            commit_message=f"reddit-amazon {manifest['version']} ({manifest['fingerprint'][:12]})",
+        )
+        api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=revision, exist_ok=True)  # same content: kept
     return str(commit)
 
 

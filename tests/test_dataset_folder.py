@@ -534,6 +534,7 @@ def test_load_of_a_manifest_without_a_fingerprint_names_the_field_not_the_data_f
     shards are as written and whose manifest lacks its fingerprint: the manifest's missing field is the problem."""
     from benchmark.data import DatasetError, resolve_dataset
     from reddit_amazon.dataset_folder import push_to_hub
+    from reddit_amazon.hub_push import PushRefused
 
     folder = tmp_path / "reddit-amazon"
     manifest = write_dataset(folder, contents())
@@ -542,11 +543,12 @@ def test_load_of_a_manifest_without_a_fingerprint_names_the_field_not_the_data_f
     missing = re.escape(f"{folder / MANIFEST}: the field 'fingerprint' is missing (restore the manifest, or rebuild "
                         "or re-import the folder)")
     for attempt, error in ((lambda: load("home", folder, split="test"), SchemaError),
-                           (lambda: resolve_dataset(folder), DatasetError),
-                           (lambda: push_to_hub(folder, "me/data", token="hf_x", endpoint="http://127.0.0.1:9"),
-                            SchemaError)):
+                           (lambda: resolve_dataset(folder), DatasetError)):
         with pytest.raises(error, match=missing):
             attempt()
+    with pytest.raises(PushRefused, match=re.escape(f"nothing was pushed: {MANIFEST}: the field 'fingerprint' is "
+                                                    "missing (restore the manifest")):  # as verify names it
+        push_to_hub(folder, "me/data", token="hf_x", endpoint="http://127.0.0.1:9")
 
 
 @pytest.mark.parametrize("field", ["shards", "stats", "build", "source_copies"])
@@ -633,6 +635,7 @@ def test_a_folder_changed_by_hand_is_refused_by_load_benchmark_and_push_and_veri
     from benchmark.data import DatasetError, resolve_dataset
     from reddit_amazon.cli import cli
     from reddit_amazon.dataset_folder import load, push_to_hub
+    from reddit_amazon.hub_push import PushRefused
 
     folder = tmp_path / "hand-edited"
     write_dataset(folder, contents())
@@ -640,11 +643,12 @@ def test_a_folder_changed_by_hand_is_refused_by_load_benchmark_and_push_and_veri
     shard = next((folder / "data" / "home").glob("test-*.parquet"))
     pq.write_table(pq.read_table(shard).slice(0, 2), shard)
     for attempt, error in ((lambda: load("home", folder, split="test"), SchemaError),
-                           (lambda: resolve_dataset(folder), DatasetError),
-                           (lambda: push_to_hub(folder, "me/data", token="hf_x", endpoint="http://127.0.0.1:9"),
-                            SchemaError)):
+                           (lambda: resolve_dataset(folder), DatasetError)):
         with pytest.raises(error, match="changed since it was written"):
             attempt()
+    with pytest.raises(PushRefused, match="does not match its manifest, nothing was pushed: .* home/test: 2 rows in "
+                                          "the shards, 3 in the manifest"):  # what verify names
+        push_to_hub(folder, "me/data", token="hf_x", endpoint="http://127.0.0.1:9")
     shard.write_bytes(shard.read_bytes()[:100])
     result = CliRunner().invoke(cli, ["verify", str(folder)])
     assert result.exit_code == 1 and "data/home/test-00000-of-00001.parquet: not a readable Parquet file" in result.output
