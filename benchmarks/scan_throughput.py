@@ -159,7 +159,8 @@ def _timed(command) -> float:
 _STAGE_CHILD = """
 import sys, time
 from datatrove.executor import LocalPipelineExecutor
-from reddit_amazon.pipeline import LOCAL_START_METHOD, CollectThreadsStep, ScanDumpsStep
+from reddit_amazon.pipeline import CollectThreadsStep, ScanDumpsStep
+from reddit_amazon.stage_executor import LOCAL_START_METHOD
 stage, out, workers, option, *files = sys.argv[1:]
 if stage == "scan":
     step = ScanDumpsStep(files, out + "/out", progress=False, short_links=option == "short-links")

@@ -339,14 +339,14 @@ def test_the_stage_leaves_the_callers_loguru_rules_as_they_were(world, tmp_path,
 def test_only_datatrove_variables_are_set_back_and_also_when_a_task_fails(monkeypatch):
     """What the stage sets back is datatrove's: a variable of any other name another thread changes meanwhile
     keeps its change; and a task failing in the calling process leaves no DATATROVE_* variable behind either."""
-    from reddit_amazon.pipeline import _datatrove_variables_kept
+    from reddit_amazon.stage_executor import datatrove_variables_kept
 
     for name in [name for name in os.environ if name.startswith("DATATROVE_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("DATATROVE_EXECUTOR", "SLURM")
     monkeypatch.setenv("REDDIT_AMAZON_TEST_SETTING", "before")
     monkeypatch.delenv("REDDIT_AMAZON_TEST_NEW", raising=False)
-    with pytest.raises(RuntimeError, match="a task failed"), _datatrove_variables_kept():
+    with pytest.raises(RuntimeError, match="a task failed"), datatrove_variables_kept():
         os.environ.update(DATATROVE_EXECUTOR="LOCAL", DATATROVE_NODE_RANK="0",
                           REDDIT_AMAZON_TEST_SETTING="changed meanwhile", REDDIT_AMAZON_TEST_NEW="set meanwhile")
         raise RuntimeError("a task failed")
@@ -389,7 +389,7 @@ def test_windows_workers_are_spawned_and_linux_ones_forked():
     "forkserver" was the choice everywhere but Linux, Windows included, which has "spawn" only."""
     import multiprocessing
 
-    from reddit_amazon.pipeline import LOCAL_START_METHOD, local_start_method
+    from reddit_amazon.stage_executor import LOCAL_START_METHOD, local_start_method
 
     assert local_start_method(["spawn"]) == "spawn"
     assert LOCAL_START_METHOD in multiprocessing.get_all_start_methods()
@@ -404,11 +404,11 @@ def test_workers_started_as_on_macos_and_windows_give_the_same_result_quietly(bu
     and do not inherit the parent's disabled datatrove logger: each printed "N/M tasks completed." over the bars."""
     import multiprocessing
 
-    import reddit_amazon.pipeline as pipeline
+    from reddit_amazon import stage_executor
 
     if start_method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"no {start_method} here")
-    monkeypatch.setattr(pipeline, "LOCAL_START_METHOD", start_method)
+    monkeypatch.setattr(stage_executor, "LOCAL_START_METHOD", start_method)
     _, result = built
     capfd.readouterr()
     parallel = run_reddit_stage(
@@ -1389,7 +1389,7 @@ def test_a_worker_left_by_an_interrupted_executor_run_is_stopped_and_the_process
     script = textwrap.dedent("""
         import signal, time
         import multiprocess
-        from reddit_amazon.pipeline import _workers_stopped_if_interrupted
+        from reddit_amazon.stage_executor import workers_stopped_if_interrupted
 
         def serve_forever():
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # as multiprocess's manager server does
@@ -1398,7 +1398,7 @@ def test_a_worker_left_by_an_interrupted_executor_run_is_stopped_and_the_process
 
         if __name__ == "__main__":
             try:
-                with _workers_stopped_if_interrupted():
+                with workers_stopped_if_interrupted():
                     multiprocess.get_context("fork").Process(target=serve_forever).start()
                     raise KeyboardInterrupt  # before the caller holds anything to shut the process down with
             except KeyboardInterrupt:
