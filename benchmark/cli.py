@@ -127,11 +127,14 @@ def _run_showing_plugin_bugs(config: Any, out_dir: str, **options: Any) -> dict:
 
     try:
         return run(config, out_dir, **options)
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         where = plugin_failure(error)
         if where is None:
             raise
-        raise PluginError(f"{where}: {type(error).__name__}: {error}") from error  # redacted where it is printed
+        # sys.exit() in a plugin ended the run in the plugin's status, without a word of who stopped it.
+        exited = " (the recommender exited: a recommender returns its outputs or raises)" \
+            if isinstance(error, SystemExit) else ""
+        raise PluginError(f"{where}: {type(error).__name__}: {error}{exited}") from error  # redacted where printed
 
 
 def _results_file_state(out_dir: str) -> tuple[int, int] | None:

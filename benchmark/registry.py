@@ -576,6 +576,10 @@ def instantiate(resolved: ResolvedModel, model_args: dict[str, Any]) -> Any:
         if not shipped:
             mark_plugin_failure(error, f"recommender {spec!r} failed while starting")
         raise
+    except SystemExit as error:  # a plugin's own argparse, or its "cannot go on" branch
+        if not ships_with_toolkit(resolved.cls):
+            mark_plugin_failure(error, f"recommender {spec!r} failed while starting")
+        raise
     if not (callable(getattr(instance, "recommend", None)) or callable(getattr(instance, "rank", None))):
         raise RegistryError(f"recommender {spec!r} ({resolved.target}) has neither recommend() nor rank()")
     return instance

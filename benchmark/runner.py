@@ -471,7 +471,7 @@ def _predict(recommender: Any, model: str, ranks: bool, todo: Sequence[Record], 
             began = time.perf_counter()
             try:
                 outputs = call(list(examples))  # its own list: one it sorts in place leaves ours in order
-            except Exception as error:
+            except (Exception, SystemExit) as error:  # sys.exit() in a plugin too: the CLI names who exited
                 if not shipped:
                     ids = ", ".join(e.example_id for e in examples[:3]) + (", ..." if len(examples) > 3 else "")
                     registry.mark_plugin_failure(error, f"{called} failed on {len(examples)} example(s) ({ids})")

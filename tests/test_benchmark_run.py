@@ -2213,3 +2213,40 @@ def test_a_damaged_predictions_line_is_one_error_line_and_loses_no_prediction(tm
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert result.output.strip().splitlines()[-1].startswith(f"Error: {predictions}:1: damaged, not ")
     assert "--overwrite" in result.output and predictions.read_bytes() == damaged
+
+
+@pytest.mark.parametrize("where", ["recommend", "constructor"])
+def test_a_plugin_calling_sys_exit_is_named_and_its_predictions_kept_for_a_rerun(dataset, tmp_path, where):
+    """sys.exit(3) in a plugin (its own argparse, a "cannot go on" branch) ended `benchmark run` in status 3 without
+    a word: nothing said that the recommender, not the harness, had stopped the run, nor which one."""
+    plugin = tmp_path / "exiting_plugin.py"
+    plugin.write_text("import os\nimport sys\n\nclass Exiting:\n    batch_size = 2\n    calls = 0\n\n"
+                      "    def __init__(self):\n"
+                      f"        if {where == 'constructor'} and not os.environ.get('FIXED'):\n"
+                      "            sys.exit(2)\n\n"
+                      "    def recommend(self, examples):\n"
+                      "        Exiting.calls += 1\n"
+                      "        if Exiting.calls == 2 and not os.environ.get('FIXED'):\n"
+                      "            sys.exit(3)\n"
+                      "        return [e.candidates[0].item_id for e in examples]\n")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "benchmark.cli", "run", "--model", f"{plugin}:Exiting", "--dataset", str(dataset),
+               "--domain", "home", "--out", str(out), "--quiet", "--bootstrap-samples", "0"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" in done.stderr and "sys.exit(" in done.stderr  # the plugin's own line
+    last = done.stderr.strip().splitlines()[-1]
+    called = ": recommend() failed on 2 example(s) (" if where == "recommend" else " failed while starting: "
+    assert last.startswith(f"benchmark.registry.PluginError: recommender '{plugin}:Exiting'{called}"), last
+    assert last.endswith(f"SystemExit: {3 if where == 'recommend' else 2} (the recommender exited: a recommender "
+                         "returns its outputs or raises)"), last
+    assert not (out / "results.json").exists()
+    if where == "recommend":  # the first batch's predictions are kept, whole, and a rerun resumes after them
+        assert len((out / "predictions.jsonl").read_bytes().splitlines()) == 2
+    else:
+        assert not out.exists()
+    rerun = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "FIXED": "1"})
+    assert rerun.returncode == 0, rerun.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["timings"]["resumed_records"] == (2 if where == "recommend" else 0)
+    assert results["counts"]["all"]["records"] == results["counts"]["all"]["valid"] == 12
