@@ -318,6 +318,58 @@ def test_a_plugin_that_reads_no_image_gets_none_and_the_built_ins_say_which_read
     assert RandomRecommender.uses_images is BM25Recommender.uses_images is SBERTRecommender.uses_images is False
 
 
+def test_a_plugin_that_reads_images_gets_each_candidate_s_own_image_as_bytes_pil_and_file(tmp_path, monkeypatch):
+    """What docs/benchmark.md promises a plugin with ``uses_images`` left True (the default), on the bundled sample,
+    which has candidates without an image: the item's encoded image as ``image_bytes``, an RGB PIL image of its size
+    as ``image``, a file holding those bytes as ``image_path``, and None for all three where the item has none. A
+    plugin saying ``uses_images = False`` gets None for all three and no file is written."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    from benchmark.data import resolve_dataset
+
+    images = tmp_path / "images"
+    monkeypatch.setenv("REDDIT_AMAZON_IMAGE_DIR", str(images))
+    seen: dict[bool, dict] = {True: {}, False: {}}
+
+    class Looking:
+        def __init__(self, uses_images):
+            self.uses_images = uses_images
+
+        def recommend(self, examples):
+            for example in examples:
+                for candidate in example.candidates:
+                    seen[self.uses_images][candidate.item_id] = (
+                        candidate.image_bytes, candidate.image, candidate.image_path)
+            return ["" for _ in examples]
+
+    run(RunConfig(model="looking", bootstrap_samples=0), tmp_path / "with", recommender=Looking(True), progress=False)
+    stored = {}
+    for domain in ("beauty", "fashion", "home"):
+        items = datasets.load_dataset(resolve_dataset(None).path, "items", split=domain)
+        items = items.select_columns(["item_id", "image"]).cast_column("image", datasets.Image(decode=False))
+        stored.update((row["item_id"], row["image"]) for row in items)
+    without = [item_id for item_id in seen[True] if not (stored[item_id] or {}).get("bytes")]
+    assert without and len(without) < len(seen[True])  # the sample has both kinds
+    for item_id, (image_bytes, image, image_path) in seen[True].items():
+        if item_id in without:
+            assert image_bytes is image is image_path is None, item_id
+            continue
+        assert image_bytes == stored[item_id]["bytes"]
+        assert isinstance(image, Image.Image) and image.mode == "RGB"
+        assert image.size == Image.open(io.BytesIO(image_bytes)).size
+        assert image_path.parent == images and image_path.read_bytes() == image_bytes
+    written = set(images.iterdir())
+
+    run(RunConfig(model="looking", bootstrap_samples=0), tmp_path / "without", recommender=Looking(False),
+        progress=False)
+    assert seen[False].keys() == seen[True].keys()
+    assert all(value == (None, None, None) for value in seen[False].values())
+    assert set(images.iterdir()) == written
+
+
 def test_a_plugin_that_reads_images_gets_them_without_a_second_load_of_the_items(dataset, tmp_path, monkeypatch):
     """The items were read text-only before the plugin (a bad dataset fails before a heavy model loads), then
     loaded again whole for a plugin that reads images; now only their image column is read, once."""
