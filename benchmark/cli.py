@@ -112,11 +112,24 @@ def run_command(model, model_args, dataset, domain, split, candidates, out_dir, 
             secrets = secret_values(parse_model_args(model_args))  # and those it was given (api_key=...)
             click.echo(redact_secrets("".join(traceback.format_exception(error)), *secrets).rstrip("\n"), err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.secho(f"\ninterrupted: the predictions made so far are kept in {out_dir}; run the same command "
-                        "again to resume", fg="yellow", err=True)
+        except KeyboardInterrupt as error:
+            _echo_interrupted(error, Path(out_dir))
             sys.exit(130)
     _echo_summary(results, Path(out_dir), rewritten=_results_file_state(out_dir) != kept)
+
+
+def _echo_interrupted(error: KeyboardInterrupt, out_dir: Path) -> None:
+    """What an interrupted run left (a run interrupted before its first prediction leaves nothing), and the
+    plugin call it stopped (Ctrl-C while the plugin ran, or a KeyboardInterrupt it raised itself)."""
+    from benchmark.registry import plugin_failure
+    from benchmark.runner import PREDICTIONS_FILE
+
+    where = plugin_failure(error)
+    predictions = out_dir / PREDICTIONS_FILE
+    kept = predictions.is_file() and predictions.stat().st_size > 0
+    left = f"the predictions made so far are kept in {out_dir}; run the same command again to resume" if kept \
+        else f"no prediction had been written to {out_dir}"
+    click.secho(f"\ninterrupted{f' in {where}' if where else ''}: {left}", fg="yellow", err=True)
 
 
 def _run_showing_plugin_bugs(config: Any, out_dir: str, **options: Any) -> dict:

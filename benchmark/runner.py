@@ -471,10 +471,11 @@ def _predict(recommender: Any, model: str, ranks: bool, todo: Sequence[Record], 
             began = time.perf_counter()
             try:
                 outputs = call(list(examples))  # its own list: one it sorts in place leaves ours in order
-            except (Exception, SystemExit) as error:  # sys.exit() in a plugin too: the CLI names who exited
+            except BaseException as error:  # sys.exit() and Ctrl-C in a plugin too: the CLI names the call they stopped
                 if not shipped:
                     ids = ", ".join(e.example_id for e in examples[:3]) + (", ..." if len(examples) > 3 else "")
-                    registry.mark_plugin_failure(error, f"{called} failed on {len(examples)} example(s) ({ids})")
+                    happened = "" if isinstance(error, KeyboardInterrupt) else " failed"
+                    registry.mark_plugin_failure(error, f"{called}{happened} on {len(examples)} example(s) ({ids})")
                 raise
             seconds += time.perf_counter() - began
             _check_outputs(outputs, examples, ranks, called)

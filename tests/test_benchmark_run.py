@@ -2302,3 +2302,26 @@ def test_a_plugin_calling_sys_exit_is_named_and_its_predictions_kept_for_a_rerun
     results = json.loads((out / "results.json").read_text())
     assert results["timings"]["resumed_records"] == (2 if where == "recommend" else 0)
     assert results["counts"]["all"]["records"] == results["counts"]["all"]["valid"] == 12
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_an_interruption_names_the_recommender_it_stopped_and_says_only_what_was_kept(dataset, tmp_path, batch):
+    """A KeyboardInterrupt from a plugin's call (Ctrl-C while it ran, or one it raised) ended the run with "the
+    predictions made so far are kept in DIR" even where the first batch was interrupted and nothing was kept (the
+    folder was removed), and without naming the recommender or the call it stopped."""
+    plugin = tmp_path / "stopping_plugin.py"
+    plugin.write_text("class Stopping:\n    batch_size = 2\n    calls = 0\n\n    def recommend(self, examples):\n"
+                      f"        Stopping.calls += 1\n        if Stopping.calls == {batch}:\n"
+                      "            raise KeyboardInterrupt\n        return [e.candidates[0].item_id for e in examples]\n")
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--model", f"{plugin}:Stopping", "--dataset",
+                           str(dataset), "--domain", "home", "--out", str(out), "--quiet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 130, done.stderr
+    message = done.stderr.strip()
+    assert message.startswith(f"interrupted in recommender '{plugin}:Stopping': recommend() on 2 example(s) ("), message
+    if batch == 1:
+        assert not out.exists() and message.endswith(f"no prediction had been written to {out}")
+    else:
+        assert len((out / "predictions.jsonl").read_bytes().splitlines()) == 2
+        assert message.endswith(f"the predictions made so far are kept in {out}; run the same command again to resume")
