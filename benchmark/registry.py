@@ -391,9 +391,9 @@ def typed_args(resolved: ResolvedModel, model_args: dict[str, Any]) -> dict[str,
 
 
 def _quoting_hint(name: str, value: Any, annotation: Any) -> str:
-    """How to pass as text a value that --model-args decoded as a number or a flag (``version=1.50`` is 1.5),
-    where the parameter takes text."""
-    if value is None or isinstance(value, str):
+    """How to pass as text a value that --model-args decoded as a number, a flag or null (``version=1.50`` is 1.5,
+    ``mode=none`` is null), where the parameter takes text."""
+    if isinstance(value, str):
         return ""
     try:
         _converted("text", annotation)

@@ -367,7 +367,8 @@ def test_model_args_are_converted_to_the_constructors_annotated_types(typed_plug
     ("flag=2", "flag must be true or false, not 2"),
     ("flag=maybe", "flag must be true or false, not 'maybe'"),
     ("name=1.50", 'name must be str, not 1.5 (quote a value meant as text: name="...")'),
-    ("name=null", "name must be str, not null"),
+    ("name=null", 'name must be str, not null (quote a value meant as text: name="...")'),
+    ("name=none", 'name must be str, not null (quote a value meant as text: name="...")'),  # "none" is null too
     ("folder=true", 'folder must be Path or null, not true (quote a value meant as text: folder="...")'),
     ("mode=medium", "mode must be one of 'fast', 'slow', not 'medium'"),
     ("mode=2.5", "mode must be one of 'fast', 'slow', not 2.5"),  # no text fits: no quoting hint
