@@ -90,9 +90,9 @@ def resolve(spec: str) -> ResolvedModel:
     if source == "entry point" and entry_point is not None:
         try:
             cls = entry_point.load()
-        except Exception as error:  # report which plugin failed to import, and why
+        except (Exception, SystemExit) as error:  # report which plugin failed to import, and why
             raise RegistryError(with_extra_hint(f"recommender {spec!r} (entry point {target}) failed to "
-                                                f"load: {type(error).__name__}: {error}", error)) from error
+                                                f"load: {_import_failure(error)}", error)) from error
         dist = entry_point.dist
         return ResolvedModel(spec, target, source, cls, _module_code(
             entry_point.module, cls, lambda: None if dist is None else f"{dist.name}=={dist.version}"))
@@ -199,10 +199,19 @@ def _load_object(target: str, spec: str) -> Any:
     except ImportError as error:
         message = f"recommender {spec!r}: cannot import {module_name!r}: {error}{_file_hint(module_name, attribute, error)}"
         raise RegistryError(with_extra_hint(message, error)) from error
-    except Exception as error:  # a plugin that fails at import is named, as an entry point is
+    except (Exception, SystemExit) as error:  # a plugin that fails at import is named, as an entry point is
         raise RegistryError(with_extra_hint(f"recommender {spec!r} (module {module_name}) failed to load: "
-                                            f"{type(error).__name__}: {error}", error)) from error
+                                            f"{_import_failure(error)}", error)) from error
     return _attribute(module, attribute, spec)
+
+
+def _import_failure(error: BaseException) -> str:
+    """What a plugin's import raised, as a refusal names it. A module that is also a script (argparse, sys.exit at
+    module level) exits while imported: said as such, or the run ends in its status without a word."""
+    if isinstance(error, SystemExit):
+        return (f"SystemExit: {error} (the module exits when imported: put its script code under "
+                '`if __name__ == "__main__":`)')
+    return f"{type(error).__name__}: {error}"
 
 
 def _file_hint(module_name: str, attribute: str, error: ImportError) -> str:
@@ -269,10 +278,10 @@ def _load_from_file(path: Path, attribute: str, spec: str) -> Any:
     _put_plugin_folder_on_path(folder)  # the plugin may import modules that sit beside it, as a script would
     try:
         module_spec.loader.exec_module(module)
-    except Exception as error:  # SyntaxError included: named like an entry point that fails to load
+    except (Exception, SystemExit) as error:  # SyntaxError included: named like an entry point that fails to load
         del sys.modules[module_name]
         raise RegistryError(with_extra_hint(f"recommender {spec!r} (file {path}) failed to load: "
-                                            f"{type(error).__name__}: {error}", error)) from error
+                                            f"{_import_failure(error)}", error)) from error
     return _attribute(module, attribute, spec, where=str(path))
 
 

@@ -39,6 +39,25 @@ def test_third_party_entry_point(monkeypatch):
         resolve("broken")
 
 
+@pytest.mark.parametrize("how", ["file", "module", "entry point"])
+def test_a_plugin_exiting_while_imported_fails_naming_it(tmp_path, monkeypatch, how):
+    """A plugin file that is also a script (argparse at module level, a sys.exit without `if __name__ ==
+    "__main__"`) exited `benchmark run` while it was imported: silently in its status, or with argparse's usage
+    line, which reads as the benchmark command's own."""
+    module = f"exiting_at_import_{how.replace(' ', '_')}"
+    (tmp_path / f"{module}.py").write_text("import sys\n\nclass Mine:\n    def recommend(self, examples):\n"
+                                           "        return []\n\nsys.exit(2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = {"file": f"{tmp_path / module}.py:Mine", "module": f"{module}:Mine", "entry point": "mine"}[how]
+    point = EntryPoint(name="mine", value=f"{module}:Mine", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [point] if group == registry.ENTRY_POINT_GROUP else [])
+    with pytest.raises(RegistryError) as refused:
+        resolve(spec)
+    assert str(refused.value).startswith(f"recommender {spec!r} (")
+    assert str(refused.value).endswith(" failed to load: SystemExit: 2 (the module exits when imported: put its "
+                                       "script code under `if __name__ == \"__main__\":`)")
+
+
 def test_module_and_file_specs(tmp_path):
     assert resolve("benchmark.recommenders.random_choice:RandomRecommender").source == "module"
     plugin = tmp_path / "plug.py"
