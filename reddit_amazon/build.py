@@ -106,7 +106,7 @@ class BuildOptions:
     def record(self) -> dict[str, Any]:
         """Every option, JSON-ready, for the manifest; the pseudonym salt is never written out."""
         record = {key: _printable(value) for key, value in asdict(self).items()}
-        record["reddit"] = _redact_salt(record["reddit"])
+        record["reddit"] = _redact_salt(_without_url_credentials(record["reddit"]))
         for key in ("llm_base_url", "embedding_base_url"):  # credentials in a URL never reach the manifest
             record[key] = _shown_url(record[key])
         for key in ("inputs", "meta", "reviews"):  # the bundled sample's own files: no install path
@@ -130,6 +130,20 @@ def _shown_url(url: str | None) -> str | None:
     from reddit_amazon.openai_endpoint import display_url
 
     return display_url(url) if url else url
+
+
+def _without_url_credentials(reddit: dict[str, Any]) -> dict[str, Any]:
+    """Reddit-stage options with each short-link endpoint that holds credentials (a proxy's ``user:password@``,
+    a ``?token=``) as :func:`_shown_url` gives it: what the manifest records and the stage key holds, so a rotated
+    password neither reaches the outputs nor redoes the stage. An endpoint without credentials stays as given, and
+    with it the stage keys of existing work folders."""
+    from reddit_amazon.openai_endpoint import has_credentials
+
+    endpoints = reddit.get("short_link_endpoints")
+    if not endpoints:
+        return reddit
+    return {**reddit, "short_link_endpoints": {host: _shown_url(url) if has_credentials(url) else url
+                                               for host, url in endpoints.items()}}
 
 
 def _redact_salt(reddit: dict[str, Any]) -> dict[str, Any]:
@@ -351,7 +365,8 @@ def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> Stage
 
     # how the stage runs (executor, partition, workers) does not change what it writes: a rerun with more
     # workers reuses it, and the later stages with it
-    made_by = {k: v for k, v in options.reddit.items() if k not in REDDIT_EXECUTION_OPTIONS}
+    made_by = {k: v for k, v in _without_url_credentials(options.reddit).items()
+               if k not in REDDIT_EXECUTION_OPTIONS}
     key = _key("reddit", STAGE_VERSION, _identity(map(str, files)), made_by)
     folder = options.workdir / "reddit"
     written = _finished_outputs(folder, key, _reddit_outputs(folder))

@@ -790,6 +790,32 @@ def test_options_of_how_the_reddit_stage_runs_reuse_the_finished_stages(tmp_path
     assert "1/5 reddit: reusing" in output and "2/5 catalog: reusing" in output, output
 
 
+def test_credentials_in_short_link_endpoints_never_reach_the_outputs_nor_the_stage_key(tmp_path):
+    """``reddit={"short_link_endpoints": ...}`` (a proxy for amzn.to, set from Python) was written to the manifest
+    and the card as given, its ``user:password@`` and ``?token=`` included, and keyed the Reddit stage by its
+    secrets: a rotated proxy password redid the Reddit stage and every stage after it."""
+    import io
+
+    from rich.console import Console
+
+    def options(out: str, password: str, token: str):
+        endpoint = f"https://proxyuser:{password}@proxy.example/amzn?token={token}&region=eu"
+        return sample_options(tmp_path / out, tmp_path / "work", no_filter=True, images=False, retrievers=[],
+                              reddit={"short_link_endpoints": {"amzn.to": endpoint}})
+
+    run_build(options("a", "OLD-proxy-pw-1", "OLD-TOKEN-22"), console=Console(file=io.StringIO()))
+    for name in ("manifest.json", "README.md"):
+        text = (tmp_path / "a" / name).read_text()
+        assert "OLD-proxy-pw-1" not in text and "OLD-TOKEN-22" not in text, name
+        assert "proxy.example/amzn" in text and "region=eu" in text, name
+    recorded = read_manifest(tmp_path / "a")["build"]["options"]["reddit"]["short_link_endpoints"]
+    assert recorded == {"amzn.to": "https://proxy.example/amzn?token=%3Credacted%3E&region=eu"}
+    log = io.StringIO()
+    run_build(options("b", "NEW-proxy-pw-3", "NEW-TOKEN-44"), console=Console(file=log, width=200))
+    output = " ".join(log.getvalue().split())
+    assert "1/5 reddit: reusing" in output and "2/5 catalog: reusing" in output, output
+
+
 def test_run_build_with_progress_off_draws_no_bar(tmp_path, capfd, monkeypatch):
     """From Python the only switch was TQDM_DISABLE: `reddit={"progress": False}` left the catalog, relevance,
     images and candidates bars on, with no argument of `run_build` to turn them off."""
