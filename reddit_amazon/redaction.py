@@ -44,8 +44,8 @@ _WORDS_NAMING_NO_SECRET = frozenset({
     "bandpass", "allpass", "multipass", "singlepass"})
 #: Name parts that name a secret only as the whole part (``auth``, ``auth_method``, ``sig``, ``MYSQL_PWD``), not
 #: ``author``, ``signin`` or ``OLDPWD`` (the shell's previous directory).
-_SECRET_PARTS = frozenset({"auth", "oauth", "authorization", "authcode", "passcode", "sig", "verifier", "pwd",
-                           "creds", "bearer", "cookie", "cookies"})
+_SECRET_PARTS = frozenset({"auth", "oauth", "authorization", "authcode", "passcode", "sig", "hmac", "jwt",
+                           "verifier", "pwd", "creds", "bearer", "cookie", "cookies"})
 #: Parts that make a ``code`` part a credential (``access_code``, ``auth_code``), not ``country_code``.
 _CODE_OWNERS = frozenset({"access", "auth", "oauth", "authorization", "verification", "device", "grant"})
 #: Parts after a secret part that make the value something about secrets, not one (``key_column``,
@@ -173,8 +173,8 @@ def is_secret_name(name: str, also: frozenset[str] = frozenset()) -> bool:
     ``_``, ``-``, ``.`` and case changes). A part names a secret when it is or ends in ``key``, ``keys``,
     ``token``, ``secret``, ``secrets``, ``password``, ``passwd``, ``passphrase``, ``signature``, ``credential``,
     ``credentials``, ``pass`` (not ``monkey``, ``hotkey``, ``bypass``, ``compass`` and the like), or is ``auth``,
-    ``oauth``, ``authorization``, ``authcode``, ``passcode``, ``sig``, ``verifier``, ``pwd``, ``creds``,
-    ``bearer``, ``cookie``, ``cookies``, or one of ``also`` (a site's own extras: cards add ``salt``); ``code`` beside ``access``,
+    ``oauth``, ``authorization``, ``authcode``, ``passcode``, ``sig``, ``hmac``, ``jwt``, ``verifier``, ``pwd``,
+    ``creds``, ``bearer``, ``cookie``, ``cookies``, or one of ``also`` (a site's own extras: cards add ``salt``); ``code`` beside ``access``,
     ``auth``, ``oauth``, ``authorization``, ``verification``, ``device`` or ``grant``. It does not when a part
     after it says the value is about secrets (``column``, ``field``, ``count``, ``length``, ``size``, ``limit``:
     ``key_column``, ``token_count``; ``file``, ``path``, ``dir``: ``key_file``, a path to the key) or a part

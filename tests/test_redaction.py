@@ -270,12 +270,16 @@ def test_an_endpoint_url_without_credentials_is_written_as_given(url):
 @pytest.mark.parametrize("name", ["api_key", "apiKey", "apikey", "x-api-key", "key", "access_token", "accessToken",
                                   "hf_token", "client_secret", "password", "sig", "X-Amz-Signature", "code", "auth",
                                   "auth_method", "oauth_signature", "subscription-key", "access_code", "auth_code",
-                                  "code_verifier", "apikeys", "client_secrets"])
+                                  "code_verifier", "apikeys", "client_secrets", "jwt", "hmac", "X-Jwt-Assertion"])
 def test_a_parameter_named_for_a_secret_is_secret(name):
     from reddit_amazon.redaction import is_secret_parameter
 
+    from reddit_amazon.openai_endpoint import endpoint_key
+
     assert is_secret_parameter(name)
     assert redact_secrets(f"GET /v1?{name}=value-1") == f"GET /v1?{name}=<redacted>"
+    # a rotated secret keeps the endpoint's cache keys
+    assert endpoint_key(f"http://h/v1?{name}=old-1") == endpoint_key(f"http://h/v1?{name}=new-2")
 
 
 @pytest.mark.parametrize("name", ["country_code", "deployment_code", "author", "authority", "keyword", "max_tokens",
