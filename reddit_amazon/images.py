@@ -6,7 +6,8 @@ as JPEG (other formats are converted). Failures are recorded per item in ``failu
 to the images and never stop the build; an item without a usable image keeps its gap
 (``Item.image_error``). The store is resumable: images already there are not downloaded again,
 permanent failures (4xx, an invalid URL, not an image, too large, undecodable) are not retried, transient
-ones (timeouts, 408, 429, 5xx after the retries) are retried by the next run. A URL, or a redirect, to a host
+ones (timeouts, 408, 429, 5xx after the retries) are retried by the next run, and so is a proxy's 407 (the
+machine's proxy settings, not the item, are at fault; not retried within the run, where it would answer the same). A URL, or a redirect, to a host
 that is not at a public address is refused (``private_host``; :mod:`reddit_amazon.http_session`) unless
 ``ImageOptions.allow_private_hosts``; it is retried by the next run, which may allow it.
 """
@@ -356,6 +357,10 @@ class _TransientHTTP(Exception):
         self.response = response  # read by retry_after
 
 
+class _ProxyAuthRequired(Exception):
+    """A proxy's 407: it wants credentials the environment's proxy variables do not give."""
+
+
 def _download(session, url: str, options: ImageOptions, in_flight: RequestsInFlight) -> tuple[bytes, str | None]:
     import requests
 
@@ -387,6 +392,9 @@ def _download(session, url: str, options: ImageOptions, in_flight: RequestsInFli
                 raise cut_short("headers")
             if response.status_code in (408, 429) or response.status_code >= 500:
                 raise _TransientHTTP(f"HTTP {response.status_code}", response)
+            if response.status_code == 407:
+                raise _ProxyAuthRequired("proxy_auth_required: HTTP 407, the proxy asks for credentials (give them "
+                                         "in HTTP_PROXY / HTTPS_PROXY as http://user:password@host:port)")
             if response.status_code != 200:
                 raise ImageRejected("http_error", f"HTTP {response.status_code}")
             declared = response.headers.get("Content-Length")
@@ -490,6 +498,9 @@ def _image_fetcher(store: ImageStore, options: ImageOptions,
             message = f"{error} (--allow-private-image-hosts allows it)"
             store.record_failure(asin, url, message, permanent=False)
             return ImageOutcome(path=None, error=message)
+        except _ProxyAuthRequired as error:  # not permanent: a run with the proxy's credentials fetches it
+            store.record_failure(asin, url, str(error), permanent=False)
+            return ImageOutcome(path=None, error=str(error))
         except (_TransientHTTP, requests.RequestException) as error:
             attempts = retrying.statistics.get("attempt_number", options.max_attempts)
             message = f"download_failed: {type(error).__name__} after {attempts} attempt(s) ({error})"

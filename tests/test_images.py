@@ -322,6 +322,22 @@ def test_retry_after_is_waited_out_and_408_is_transient(httpserver, tmp_path):
     assert hits["capped.jpg"][1] - hits["capped.jpg"][0] >= 0.25
 
 
+def test_a_proxy_asking_for_credentials_fails_no_item_for_good(httpserver, tmp_path):
+    """A proxy's 407 (it wants credentials, for an http:// image URL it forwards) was stored as the item's permanent
+    ``http_error``: every image of the run was then never fetched again, though only the proxy settings were wrong."""
+    answers = [Response("credentials, please", status=407, headers={"Proxy-Authenticate": 'Basic realm="p"'})]
+    httpserver.expect_request("/a.jpg").respond_with_handler(
+        lambda request: answers.pop(0) if answers else Response(jpeg(), content_type="image/jpeg"))
+    items = [("B000000001", [httpserver.url_for("a.jpg")])]
+    first = fetch_images(items, ImageStore(tmp_path / "images"), OPTIONS)
+    assert first["B000000001"].error.startswith("proxy_auth_required: HTTP 407"), first
+    assert "HTTP_PROXY" in first["B000000001"].error
+    assert len(httpserver.log) == 1  # asking again gives the same answer: not retried in the run
+    assert not ImageStore(tmp_path / "images").failures["B000000001"]["permanent"]
+    again = fetch_images(items, ImageStore(tmp_path / "images"), OPTIONS)  # the proxy settings put right
+    assert again["B000000001"].downloaded
+
+
 def test_an_interrupted_fetch_does_not_wait_out_a_retry_after(threaded_httpserver, tmp_path):
     """Ctrl-C (or SIGTERM) while a worker waits out a host's Retry-After once took up to a minute per attempt
     left: the wait now ends at once, no further request is sent (tenacity would attempt once more after its
