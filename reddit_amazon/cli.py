@@ -92,7 +92,9 @@ def import_lavic_command(src: str, out: str, repair_text: bool, dataset_version:
 
 @cli.command("export-lavic")
 @click.argument("dataset", type=PATH_OR_NAME)
-@click.option("--out", required=True, type=UserPath(path_type=str), help="Folder to write the release layout to.")
+@click.option("--out", required=True, type=UserPath(path_type=str),
+              help="Folder to write the release layout to: new, empty or an earlier export (its files are replaced); "
+                   "a dataset folder or a folder of other files is refused.")
 def export_lavic_command(dataset: str, out: str) -> None:
     """Write a dataset folder (or Hub id) in the LaViC authors' release format.
 

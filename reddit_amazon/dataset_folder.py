@@ -181,12 +181,17 @@ REQUIRED_MANIFEST_FIELDS = ("name", "version", "fingerprint", "counts")
 def is_dataset_folder(folder: Path) -> bool:
     """A folder this package wrote: its manifest is ours (a web app has a manifest.json too) and it holds
     nothing but a dataset's files (hidden ones aside: ``datasets``' and the Hub's caches)."""
+    return has_dataset_manifest(folder) and all(entry.name in DATASET_ENTRIES or entry.name.startswith(".")
+                                                for entry in folder.iterdir())
+
+
+def has_dataset_manifest(folder: Path) -> bool:
+    """``folder`` holds a manifest this package wrote, whatever else it holds."""
     try:
         manifest = json.loads((folder / MANIFEST).read_bytes())
     except (OSError, ValueError):
         return False
-    ours = isinstance(manifest, dict) and set(REQUIRED_MANIFEST_FIELDS) <= manifest.keys()
-    return ours and all(entry.name in DATASET_ENTRIES or entry.name.startswith(".") for entry in folder.iterdir())
+    return isinstance(manifest, dict) and set(REQUIRED_MANIFEST_FIELDS) <= manifest.keys()
 
 
 def _write_into(folder: Path, contents: DatasetContents, name: str | None = None) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from reddit_amazon.dataset_folder import (
     DatasetContents,
     check_output_folder,
     configs_of,
+    has_dataset_manifest,
     iter_conversations,
     load,
     read_manifest,
@@ -356,6 +357,7 @@ def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, 
     folder is an import that kept the release's own metadata files, which are copied as they are.
     """
     out = Path(out)
+    check_release_folder(out)  # before reading anything
     folder_for = {domain: folder for folder, domain in RELEASE_FOLDERS.items()}
     file_for = {split: filename for filename, split in RELEASE_SPLITS.items()}
     written: dict[str, dict[str, int]] = {}
@@ -389,6 +391,28 @@ def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, 
     elif ITEMS_CONFIG in present:
         _write_item_metadata(dataset, [d for d in DOMAINS if d in loaded], out / "item2meta_valid.jsonl")
     return written
+
+
+def check_release_folder(out: Path) -> None:
+    """An export writes its files into ``out`` beside what is there, so ``out`` must be new, empty or a release
+    layout (an earlier export): a dataset folder or a folder inside one would no longer match its manifest, and a
+    folder of other files would get the release's mixed in. Raises ``FileExistsError`` naming the folder."""
+    target = out.resolve()
+    dataset = next((folder for folder in [target, *target.parents] if has_dataset_manifest(folder)), None)
+    if dataset is not None:
+        where = "is" if dataset == target else f"is inside {dataset}, which is"
+        raise FileExistsError(f"{target} {where} a reddit-amazon dataset folder: the release files would be mixed "
+                              "into it; choose a new or empty folder")
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise FileExistsError(f"{target} is a file; the release output must be a folder")
+    layout = {*RELEASE_FOLDERS, *METADATA_FILES}
+    other = sorted(entry.name for entry in target.iterdir() if entry.name not in layout and not entry.name.startswith("."))
+    if other:
+        raise FileExistsError(f"{target} is a folder with other content ({', '.join(other[:3])}"
+                              f"{', ...' if len(other) > 3 else ''}), not a LaViC release: the release files would be "
+                              "mixed into it; choose a new or empty folder")
 
 
 def _check_release_candidates(loaded: dict[str, Any], dataset: str | Path) -> None:

@@ -166,6 +166,40 @@ def test_import_never_deletes_its_source_and_export_leaves_no_partial_file(tmp_p
     assert not list((tmp_path / "e").rglob("*"))  # refused before anything was written
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file()}
+
+
+def test_export_refuses_a_folder_it_would_mix_its_files_into(tmp_path):
+    """The release files go into --out beside what is there: a dataset folder (the one exported included), a folder
+    inside one, a folder of the user's files or a file are refused unchanged; an earlier export is rewritten."""
+    src = write_release(tmp_path / "src", [release_line()])
+    runner = CliRunner()
+    dataset = tmp_path / "ds"
+    assert runner.invoke(cli, ["import-lavic", str(src), "--out", str(dataset)]).exit_code == 0
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    (tmp_path / "a file").write_text("mine")
+    for out, message in [(dataset, "is a reddit-amazon dataset folder"),
+                         (dataset / "lavic_source" / "x", f"is inside {dataset}, which is a reddit-amazon dataset"),
+                         (user, "is a folder with other content (notes.txt), not a LaViC release"),
+                         (tmp_path / "a file", "is a file; the release output must be a folder")]:
+        before = _tree(tmp_path)
+        result = runner.invoke(cli, ["export-lavic", str(dataset), "--out", str(out)])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert message in " ".join(result.output.split())
+        assert _tree(tmp_path) == before
+        assert not (dataset / "lavic_source" / "x").exists()
+    for _ in range(2):  # a new folder, then the same export again over it
+        result = runner.invoke(cli, ["export-lavic", str(dataset), "--out", str(tmp_path / "back")])
+        assert result.exit_code == 0, result.output
+    assert sorted(_tree(tmp_path / "back")) == ["amazon_home/valid.jsonl", "item2meta_valid.jsonl"]
+    assert (tmp_path / "back" / "amazon_home" / "valid.jsonl").read_bytes() == \
+        (src / "amazon_home" / "valid.jsonl").read_bytes()
+
+
 def test_an_exported_build_keeps_its_item_metadata_through_a_reimport(tmp_path):
     """A built folder has no release metadata files to copy: its items config becomes item2meta_valid.jsonl."""
     from benchmark.synthetic import make_synthetic_dataset
