@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,7 @@ def report_command(runs, markdown_path, html_path, title) -> None:
     from benchmark.report import is_unfinished_run, load_runs, to_html, to_markdown
     from reddit_amazon.files import write_atomic
 
+    _refuse_report_files_over_runs(runs, markdown_path, html_path)
     skipped = {}
     for run in runs:  # `report runs/*` while a run is going on, or beside the LaViC stages' runs/lavic/
         inner = [] if (Path(run) / "results.json").exists() else sorted(map(str, Path(run).glob("*/results.json")))
@@ -285,6 +287,22 @@ def report_command(runs, markdown_path, html_path, title) -> None:
                 _fail(OSError(error.errno, f"cannot write {path}: {error.strerror or error}"))
     if html_path:
         click.echo(f"wrote {html_path}", err=True)
+
+
+def _refuse_report_files_over_runs(runs: Sequence[str], markdown_path: str | None, html_path: str | None) -> None:
+    """--markdown / --html must not land in a run folder read (``--markdown runs/a/results.json`` replaced the run's
+    results with the table), on a run file read, or on each other; checked before anything is read or written."""
+    read = [Path(run).resolve() for run in runs]
+    if markdown_path and html_path and Path(markdown_path).resolve() == Path(html_path).resolve():
+        _fail(ValueError(f"--markdown and --html are the same file ({markdown_path}); give two files"))
+    for option, path in (("--markdown", markdown_path), ("--html", html_path)):
+        if not path:
+            continue
+        target = Path(path).resolve()
+        run = next((run for run in read if target == run or (run.is_dir() and target.is_relative_to(run))), None)
+        if run is not None:
+            _fail(ValueError(f"{option} {path} is {'in the run folder' if run != target else 'the run file'} {run}, "
+                             "which the report reads; write it outside the runs"))
 
 
 @cli.command("compare")

@@ -1282,6 +1282,27 @@ def test_a_report_into_an_unwritable_place_is_one_line_naming_the_file(dataset, 
     assert result.exit_code == 1 and f"cannot write {target}" in result.output and "Traceback" not in result.output
 
 
+def test_a_report_file_is_never_written_over_a_run_it_reads(dataset, tmp_path):
+    """`--markdown runs/a/results.json` replaced the run's results with the table, and the next report found the
+    run damaged: a report file in a run folder read, on a run file read, or both options on one file is refused."""
+    run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "r", progress=False)
+    run_files = {path.name: path.read_bytes() for path in (tmp_path / "r").iterdir()}
+    results = tmp_path / "r" / "results.json"
+    for runs, options, message in [
+        ([tmp_path / "r"], ["--markdown", results], f"--markdown {results} is in the run folder {tmp_path / 'r'}"),
+        ([tmp_path / "r"], ["--html", tmp_path / "r" / "board.html"], "is in the run folder"),
+        ([results], ["--markdown", results], f"is the run file {results}"),
+        ([tmp_path / "r"], ["--markdown", tmp_path / "b", "--html", tmp_path / "b"], "are the same file"),
+    ]:
+        result = CliRunner().invoke(cli, ["report", *map(str, runs), *map(str, options)])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert message in " ".join(result.output.split())
+        assert {path.name: path.read_bytes() for path in (tmp_path / "r").iterdir()} == run_files
+        assert not (tmp_path / "b").exists()
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "r"), "--markdown", str(tmp_path / "board.md")])
+    assert result.exit_code == 0 and (tmp_path / "board.md").read_text().startswith("| Method |")
+
+
 def test_a_recommenders_network_error_is_not_blamed_on_the_predictions_file(dataset, tmp_path):
     """naming() is for the predictions file's own writes: a recommender's refused connection or timeout (an
     OSError without a file name) reaches the caller as raised, not as an OSError naming predictions.jsonl."""
