@@ -44,6 +44,7 @@ from benchmark.runner import (
     embeddings_entry,
     provenance,
     recorded_args,
+    refuse_dataset_folder,
 )
 from reddit_amazon.files import read_json, write_atomic, write_jsonl_atomic
 from reddit_amazon.progress import bar_options, quiet
@@ -159,6 +160,7 @@ _REPLACE_REMEDY = "pass --overwrite to replace it or choose another --out"
 
 def _check_folder(out: Path, overwrite: bool) -> None:
     """A retrieval may replace an earlier retrieval in ``out``, never a model run's files."""
+    refuse_dataset_folder(out)
     if overwrite or not out.is_dir():
         return
     results = out / RESULTS_FILE

@@ -144,10 +144,23 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     (:class:`~reddit_amazon.files.FolderBusyError`).
     """
     out = Path(out_dir)
+    refuse_dataset_folder(out)  # before the lock, which makes the folder
     # Two runs into one folder would mix; a run that fails before it writes anything leaves no folder behind (nor
     # the parents made for it). progress=False: no bar of the libraries either ("Generating test split").
     with folder_lock(out, "benchmark run", tidy_on_error=True), quiet(not progress), registry.plugin_imports():
         return _run(config, out, overwrite, progress, recommender)
+
+
+def refuse_dataset_folder(out: Path) -> None:
+    """A run's or retrieval's files in a dataset folder (``--out`` = ``--dataset``) would leave it no longer matching
+    its manifest and no longer rebuildable in place."""
+    from reddit_amazon.dataset_folder import dataset_folder_holding
+
+    dataset = dataset_folder_holding(out)
+    if dataset is not None:
+        where = "is" if dataset == out.resolve() else f"is inside {dataset}, which is"
+        raise RunError(f"--out {out} {where} a reddit-amazon dataset folder: the run's files would be mixed into it; "
+                       "choose another --out")
 
 
 def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool,

@@ -185,6 +185,13 @@ def is_dataset_folder(folder: Path) -> bool:
                                                 for entry in folder.iterdir())
 
 
+def dataset_folder_holding(path: str | os.PathLike) -> Path | None:
+    """The dataset folder that is ``path`` or holds it (resolved), if any: files written there would leave it no
+    longer matching its manifest."""
+    target = Path(path).resolve()
+    return next((folder for folder in [target, *target.parents] if has_dataset_manifest(folder)), None)
+
+
 def has_dataset_manifest(folder: Path) -> bool:
     """``folder`` holds a manifest this package wrote, whatever else it holds."""
     try:

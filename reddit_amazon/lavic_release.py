@@ -32,7 +32,7 @@ from reddit_amazon.dataset_folder import (
     DatasetContents,
     check_output_folder,
     configs_of,
-    has_dataset_manifest,
+    dataset_folder_holding,
     iter_conversations,
     load,
     read_manifest,
@@ -398,7 +398,7 @@ def check_release_folder(out: Path) -> None:
     layout (an earlier export): a dataset folder or a folder inside one would no longer match its manifest, and a
     folder of other files would get the release's mixed in. Raises ``FileExistsError`` naming the folder."""
     target = out.resolve()
-    dataset = next((folder for folder in [target, *target.parents] if has_dataset_manifest(folder)), None)
+    dataset = dataset_folder_holding(target)
     if dataset is not None:
         where = "is" if dataset == target else f"is inside {dataset}, which is"
         raise FileExistsError(f"{target} {where} a reddit-amazon dataset folder: the release files would be mixed "

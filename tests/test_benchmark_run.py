@@ -1303,6 +1303,23 @@ def test_a_report_file_is_never_written_over_a_run_it_reads(dataset, tmp_path):
     assert result.exit_code == 0 and (tmp_path / "board.md").read_text().startswith("| Method |")
 
 
+def test_run_and_retrieve_never_write_into_a_dataset_folder(dataset, tmp_path):
+    """`--out` = `--dataset` (the bundled sample's folder included) put results.json, run.json, predictions.jsonl
+    and .lock among the shards: the folder no longer passed as a dataset folder. Refused before anything is made."""
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    before = sorted(path.relative_to(copy) for path in copy.rglob("*"))
+    for out in (copy, copy / "runs" / "random"):
+        for args in (["run", "--model", "random"], ["retrieve", "--retriever", "bm25", "--quiet"]):
+            result = CliRunner().invoke(cli, [*args, "--dataset", str(copy), "--bootstrap-samples", "0",
+                                              "--out", str(out)])
+            assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+            assert "a reddit-amazon dataset folder: the run's files would be mixed into it" in " ".join(
+                result.output.split())
+            assert sorted(path.relative_to(copy) for path in copy.rglob("*")) == before
+
+
 def test_a_recommenders_network_error_is_not_blamed_on_the_predictions_file(dataset, tmp_path):
     """naming() is for the predictions file's own writes: a recommender's refused connection or timeout (an
     OSError without a file name) reaches the caller as raised, not as an OSError naming predictions.jsonl."""
