@@ -37,7 +37,7 @@ from reddit_amazon import DATASET_VERSION
 from reddit_amazon.files import (STAGE_STAMP, DamagedFileError, file_sha256, folder_lock, printable_path, read_json,
                                  read_jsonl, remove_abandoned_temp_files, write_atomic, write_jsonl_atomic)
 from reddit_amazon.cli_errors import user_errors
-from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
+from reddit_amazon.cli_paths import PATH_OR_NAME, OutputPath, UserPath
 
 if TYPE_CHECKING:  # the schema imports `datasets`; keep `reddit-amazon --help` fast
     from reddit_amazon.relevance import FilterPlan
@@ -1006,9 +1006,9 @@ def _split_list(values: Sequence[str]) -> list[str]:
 @click.option("--reviews", multiple=True, type=PATH_OR_NAME,
               help="Amazon Reviews 2023 review files/folders (asin -> parent_asin), or "
                    "hub:<repo>:<file.jsonl | config> (e.g. ...:raw_review_All_Beauty).")
-@click.option("--out", type=UserPath(path_type=Path), default=Path("reddit-amazon"), show_default=True,
+@click.option("--out", type=OutputPath(path_type=Path), default=Path("reddit-amazon"), show_default=True,
               help="Dataset folder to write.")
-@click.option("--workdir", type=UserPath(path_type=Path), help="Intermediate files and caches (resumable). "
+@click.option("--workdir", type=OutputPath(path_type=Path), help="Intermediate files and caches (resumable). "
               "Default: <out>.work")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the thread-level 8:1:1 splits and of each candidate list's order: any integer (it is "

@@ -13,7 +13,7 @@ import click
 
 from reddit_amazon import __version__
 from reddit_amazon.cli_errors import user_errors
-from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
+from reddit_amazon.cli_paths import PATH_OR_NAME, OutputPath, UserPath
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -62,7 +62,7 @@ def sample_path_command() -> None:
 
 @cli.command("import-lavic")
 @click.argument("src", type=UserPath(exists=True, file_okay=False, path_type=str))
-@click.option("--out", default="reddit-amazon", show_default=True, type=UserPath(path_type=str),
+@click.option("--out", default="reddit-amazon", show_default=True, type=OutputPath(path_type=str),
               help="Dataset folder to write (replaced atomically).")
 @click.option("--repair-text", is_flag=True,
               help="Repair mojibake (UTF-8 read as Latin-1) with ftfy; recorded in the manifest. "
@@ -206,7 +206,7 @@ cli.add_command(build_command)
 
 @cli.command("reddit-stage")
 @click.argument("inputs", nargs=-1, required=True, type=UserPath(exists=True, path_type=Path))
-@click.option("--workdir", required=True, type=UserPath(path_type=Path), help="Work folder (shared on a cluster).")
+@click.option("--workdir", required=True, type=OutputPath(path_type=Path), help="Work folder (shared on a cluster).")
 @click.option("--salt", envvar="REDDIT_AMAZON_SALT", show_envvar=True,
               help="Pseudonymisation salt [default: random, kept in the workdir]; safer in the environment than "
                    "on a command line, which other users of the machine can list.")

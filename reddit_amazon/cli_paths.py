@@ -8,6 +8,7 @@ write two different folders. Expanding it once, at the command line, gives every
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import click
@@ -19,6 +20,20 @@ class UserPath(click.Path):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         return super().convert(os.path.expanduser(value), param, ctx)
+
+
+class OutputPath(UserPath):
+    """A folder a command writes: never one inside the installed ``reddit_amazon`` package, whose bundled sample
+    dataset ``--out "$(reddit-amazon sample-path)"`` would otherwise replace (`benchmark run` and the docs read it);
+    ``python -m reddit_amazon.sample.make_sample`` regenerates it."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        package = Path(__file__).resolve().parent
+        if Path(path).resolve().is_relative_to(package):
+            self.fail(f"{path} is inside the installed reddit_amazon package ({package}), which holds the bundled "
+                      "sample dataset and its inputs; choose a folder of your own", param, ctx)
+        return path
 
 
 class UserPathOrName(click.types.StringParamType):
