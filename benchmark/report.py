@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,13 +82,17 @@ def is_unfinished_run(path: str | os.PathLike) -> bool:
 
 
 def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
-    runs = []
+    """The finished runs of ``paths`` (run folders or their results.json), each once however often it is named
+    (``runs/a runs/a``, a glob overlapping another, a link to a folder also given): it is one row."""
+    runs, seen = [], set()
     for path in paths:
         path = Path(path)
         results_path = path / "results.json" if path.is_dir() else path
         if not results_path.is_file():
             raise FileNotFoundError(f"{path}: no results.json (is the run finished?)")
-        runs.append(Run(results_path.parent, read_results(results_path)))
+        if (identity := results_path.resolve()) not in seen:
+            seen.add(identity)
+            runs.append(Run(results_path.parent, read_results(results_path)))
     return runs
 
 
@@ -189,7 +194,9 @@ def _dataset_key(run: Run) -> str:
 
 def _labels(runs: Sequence[Run]) -> dict[int, str]:
     """id(run) -> its row label, plus its split and dataset where the runs differ in them: rows of a
-    mixed report must say which is which (the provenance notes alone do not map to rows)."""
+    mixed report must say which is which (the provenance notes alone do not map to rows). Rows of one group that
+    would still read alike (one plugin run as ``--model mine`` and as ``mine.py:Mine``, a rerun with another seed
+    of a model that records none) also name their run folder."""
     splits = len({run.results["split"] for run in runs}) > 1
     datasets = len({_dataset_key(run) for run in runs}) > 1
     labels = {}
@@ -197,6 +204,10 @@ def _labels(runs: Sequence[Run]) -> dict[int, str]:
         extra = ([f"split {run.results['split']}"] if splits else []) + (
             [f"dataset {Path(run.results['dataset']['id']).name} {_dataset_key(run)}"] if datasets else [])
         labels[id(run)] = run.label + (f" [{'; '.join(extra)}]" if extra else "")
+    alike = Counter((run.group, labels[id(run)]) for run in runs)
+    for run in runs:
+        if alike[run.group, labels[id(run)]] > 1:
+            labels[id(run)] += f" [{run.path.as_posix()}]"
     return labels
 
 

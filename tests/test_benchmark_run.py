@@ -1528,6 +1528,23 @@ def test_report_rows_of_different_splits_or_datasets_say_which_is_which(dataset,
     assert "[split" not in to_markdown(same)
 
 
+def test_report_shows_a_run_named_twice_once_and_tells_rows_that_read_alike_by_their_folder(dataset, tmp_path,
+                                                                                            monkeypatch):
+    """`report runs/a runs/a` (or a glob overlapping another) listed the run twice; two runs of one model that read
+    alike (the same plugin as `--model NAME` and as `file.py:Class`: its `name` labels both) were two rows nobody
+    could tell apart."""
+    from benchmark.report import load_runs, to_html, to_markdown
+
+    monkeypatch.chdir(tmp_path)
+    for folder in ("runs/a", "runs/b"):
+        run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), folder, progress=False)
+    twice = load_runs(["runs/a", "runs/a/results.json", "runs/b/../a", tmp_path / "runs" / "a"])
+    assert len(twice) == 1 and "| random |" in to_markdown(twice)
+    both = load_runs(["runs/a", "runs/b"])
+    for text in (to_markdown(both).replace("\\[", "[").replace("\\]", "]"), to_html(both)):
+        assert "random [runs/a]" in text and "random [runs/b]" in text
+
+
 def test_quiet_draws_no_progress_bar_of_datasets_either(tmp_path):
     """A folder's first load makes `datasets` draw "Generating ... split" bars of its own."""
     import os
