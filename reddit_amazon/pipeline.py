@@ -755,8 +755,15 @@ def run_reddit_stage(inputs: Sequence[str | os.PathLike], workdir: str | os.Path
     ``<sub>_submissions.zst``, ``.jsonl`` / ``.ndjson``); comments and submissions may come in any
     files. Also writes ``<workdir>/reddit/funnel.json``. Rerunning with the same inputs reuses all
     finished work. A run while another, or a build, holds :func:`reddit_stage_lock` on ``workdir`` is refused
-    (:class:`~reddit_amazon.files.FolderBusyError`).
+    (:class:`~reddit_amazon.files.FolderBusyError`). A ``workdir`` that is, or lies in, a dataset folder is refused
+    before anything is written: its work files would be mixed into the dataset (``build`` refuses it too).
     """
+    from reddit_amazon.dataset_folder import dataset_folder_holding
+
+    if (dataset := dataset_folder_holding(workdir)) is not None:
+        where = "is" if dataset == Path(workdir).resolve() else "lies in"
+        raise ValueError(f"workdir {printable_path(workdir)} {where} the dataset folder {printable_path(dataset)}: "
+                         "its work files would be mixed into the dataset; choose another folder")
     with reddit_stage_lock(workdir):
         return run_reddit_stage_on_files(dump_files_outside(inputs, workdir), workdir, options)
 

@@ -711,6 +711,25 @@ def test_quiet_draws_no_progress_bar_as_no_progress_does(world, tmp_path):
     assert "--quiet" in CliRunner().invoke(cli, ["reddit-stage", "--help"]).output
 
 
+@pytest.mark.parametrize("workdir", [".", "work"])
+def test_a_workdir_in_a_dataset_folder_is_refused_before_anything_is_written(world, tmp_path, workdir):
+    """`reddit-stage dumps/ --workdir reddit-amazon` put its reddit/ work folder (Reddit excerpts, the salt) among the
+    dataset's shards, which then no longer matched their manifest; `build` already refused such a workdir."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+    from reddit_amazon.sample import sample_dataset_path
+
+    dataset = shutil.copytree(sample_dataset_path(), tmp_path / "ds")
+    before = sorted(path.relative_to(dataset) for path in dataset.rglob("*"))
+    result = CliRunner().invoke(cli, ["reddit-stage", str(world), "--workdir", str(dataset / workdir), "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: ") and "the dataset folder" in result.output
+    assert sorted(path.relative_to(dataset) for path in dataset.rglob("*")) == before
+    with pytest.raises(ValueError, match="mixed into the dataset"):
+        run_reddit_stage([world], dataset / workdir, RedditStageOptions(salt="test-salt", progress=False))
+
+
 def test_slurm_without_a_partition_is_a_usage_error(world, tmp_path):
     from click.testing import CliRunner
 
