@@ -79,6 +79,10 @@ def check_proxies(urls: Iterable[str]) -> None:
 
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # IPv4 addresses reached through a NAT64 gateway
+# IANA's IETF protocol assignments: none globally reachable but the two anycast services. Pythons released before
+# the CVE-2024-4032 fix (3.11.7 and 3.12.1, for two) count the rest of the block, 192.0.0.8 for one, as global.
+_IETF_PROTOCOL_ASSIGNMENTS = ipaddress.ip_network("192.0.0.0/24")
+_GLOBAL_IETF_ANYCAST = frozenset(map(ipaddress.IPv4Address, ("192.0.0.9", "192.0.0.10")))  # PCP, TURN
 
 
 def is_public_address(address: str) -> bool:
@@ -86,7 +90,7 @@ def is_public_address(address: str) -> bool:
     reserved or unspecified, nor an IPv6 address carrying such an IPv4 one (mapped, NAT64, 6to4).
 
     Python 3.11's ``is_global`` alone counts multicast, ``::ffff:127.0.0.1``-like forms and the deprecated
-    site-local fec0::/10 as global, so those are checked here."""
+    site-local fec0::/10 as global, and older patch releases part of 192.0.0.0/24, so those are checked here."""
     ip = ipaddress.ip_address(address)
     if ip.version == 6:
         embedded = ip.ipv4_mapped or ip.sixtofour or (
@@ -95,6 +99,8 @@ def is_public_address(address: str) -> bool:
             return is_public_address(str(embedded))
         if ip.is_site_local:
             return False
+    elif ip in _IETF_PROTOCOL_ASSIGNMENTS and ip not in _GLOBAL_IETF_ANYCAST:
+        return False
     return ip.is_global and not ip.is_multicast and not ip.is_reserved
 
 

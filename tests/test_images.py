@@ -619,7 +619,8 @@ def test_a_name_resolving_to_a_private_address_is_refused(public_name, tmp_path,
     ("::1", False), ("::", False), ("fc00::1", False), ("fd12:3456::1", False), ("fe80::1", False),
     ("fec0::1", False), ("ff02::1", False), ("ff0e::1", False), ("::ffff:127.0.0.1", False),
     ("::ffff:169.254.169.254", False), ("64:ff9b::a00:1", False), ("2002:a00:1::1", False), ("2001:db8::1", False),
-    ("::127.0.0.1", False),
+    ("::127.0.0.1", False), ("192.0.0.8", False), ("192.0.0.171", False), ("::ffff:192.0.0.8", False),
+    ("192.0.0.9", True), ("192.0.0.10", True),
 ])
 def test_which_addresses_are_public(address, public):
     from reddit_amazon.http_session import is_public_address
