@@ -379,15 +379,18 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
 @click.option("--max-tokens", type=click.IntRange(64), default=2048, show_default=True,
               help="Prompt cap; the oldest conversation tokens are dropped beyond it, then the candidate "
                    "titles shortened.")
+@click.option("--train-split", default="train", show_default=True,
+              help="Split to train on. The LaViC authors' release (import-lavic) has only validation: "
+                   "--train-split validation trains on it, and its per-epoch loss is then not held out.")
 @click.option("--instances", "instance_style", type=click.Choice(["paper", "authors-code"]), default="paper",
               show_default=True, help="paper: exactly one gt among the candidates, shuffled (Section 4.3); "
                                       "authors-code: stored candidate order, other gt items kept (the released code).")
 @_training_options(epochs=1, batch_size=1)
-def finetune(dataset, domains, base, device, embeddings, no_images, candidate_set, max_tokens, instance_style,
-             **training) -> None:
+def finetune(dataset, domains, base, device, embeddings, no_images, candidate_set, max_tokens, train_split,
+             instance_style, **training) -> None:
     """Recommendation fine-tuning: LoRA on the LM, 10 candidates as `ID: title` + 5 item tokens, target = gt ID.
 
-    Trains on the train split of the chosen domains; the validation split gives the per-epoch loss.
+    Trains on the train split (--train-split) of the chosen domains; the validation split gives the per-epoch loss.
 
     \b
     Examples:
@@ -409,7 +412,13 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
 
         log_line(f"note: one model for {', '.join(domains)} is the paper's LaViC-combined (Table 8); its main "
                  "results (Tables 3-7, LaViC-separate) train one model per domain: run finetune once per --domain")
-    train_set, val_set = _recommendation_sets(dataset, domains, candidate_set, training["seed"], instance_style)
+    train_set, val_set = _recommendation_sets(dataset, domains, candidate_set, training["seed"], instance_style,
+                                              train_split)
+    if train_split == VALIDATION_SPLIT:
+        from reddit_amazon.progress import log_line
+
+        log_line("note: training on the validation split: its per-epoch loss and best/ are chosen on the training "
+                 "records, and benchmark scores on it are not held out")
     processor = _load_processor(base)  # its tokenizer checks the cap before the model loads; the model takes it
     try:
         check_prompt_cap(processor.tokenizer, train_set + val_set, with_images=not no_images, max_tokens=max_tokens)
@@ -447,7 +456,7 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
                             "max_steps_per_epoch": config.max_steps,  # a smoke run must not read as a full one
                             "distill": distill.settings},  # stage 1: its adapter may be a smoke run too
         "data": {"dataset": dataset or BUNDLED_SAMPLE, "fingerprint": _fingerprint_of(dataset),
-                 "domains": list(domains), "candidates": candidate_set,
+                 "domains": list(domains), "candidates": candidate_set, "train_split": train_split,
                  "train_examples": len(train_set), "validation_examples": len(val_set),
                  "train_examples_used_per_epoch": len(train_set) if config.max_steps is None else
                  min(len(train_set), config.max_steps * config.grad_accum * config.batch_size)},
@@ -458,21 +467,35 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
     click.echo(f"model card: {card} (add results with `{add_results} --results ...`)")
 
 
+#: The split whose loss picks the best epoch (and that --train-split may name when there is no other).
+VALIDATION_SPLIT = "validation"
+
+
 def _recommendation_sets(dataset: str | None, domains: Sequence[str], candidate_set: str, seed: int,
-                         instance_style: str) -> tuple[list[RecommendationInstance], list[RecommendationInstance]]:
+                         instance_style: str, train_split: str = "train",
+                         ) -> tuple[list[RecommendationInstance], list[RecommendationInstance]]:
     """The training and validation instances of ``domains``, drawn with one generator seeded by ``seed``."""
     import random
 
-    from lavic_ref.data import load_conversations, recommendation_instances
+    from lavic_ref.data import MissingSplitError, load_conversations, recommendation_instances
 
     rng = random.Random(seed)
     train_set, val_set = [], []
     try:
         for domain in domains:
-            train_set += recommendation_instances(load_conversations(dataset, domain, "train"), candidate_set, rng,
-                                                  instance_style)
-            val_set += recommendation_instances(load_conversations(dataset, domain, "validation"), candidate_set,
+            train_set += recommendation_instances(load_conversations(dataset, domain, train_split), candidate_set,
+                                                  rng, instance_style)
+            val_set += recommendation_instances(load_conversations(dataset, domain, VALIDATION_SPLIT), candidate_set,
                                                 rng, instance_style)
+    except MissingSplitError as error:
+        hint = ""
+        if error.split == train_split and error.present == [VALIDATION_SPLIT]:
+            hint = (f": the dataset holds only {VALIDATION_SPLIT} records (as the LaViC authors' release does); "
+                    f"train on them explicitly with --train-split {VALIDATION_SPLIT}, or use a dataset with a "
+                    f"{train_split} split")
+        elif error.split == train_split and error.present:
+            hint = ": pick one with --train-split"
+        raise click.ClickException(f"{error}{hint}") from error
     except ValueError as error:
         raise click.ClickException(f"{domain}: {error}") from error
     return train_set, val_set

@@ -26,11 +26,21 @@ def iter_domain_items(dataset: str | os.PathLike | None, domains: Iterable[str] 
         yield from iter_items(split, source=f"{dataset or 'sample'}:items/{domain}")
 
 
+class MissingSplitError(ValueError):
+    """The dataset has no such split for a domain (an imported LaViC release has only ``validation``)."""
+
+    def __init__(self, domain: str, split: str, present: Sequence[str]):
+        self.split, self.present = split, list(present)
+        super().__init__(f"{domain} has no {split!r} split (splits: {', '.join(present) or 'none'})")
+
+
 def load_conversations(dataset: str | os.PathLike | None, domain: str, split: str) -> list[Conversation]:
     from reddit_amazon.dataset_folder import iter_conversations, load
 
-    rows = load(domain, dataset, split=split)
-    return list(iter_conversations(rows, source=f"{dataset or 'sample'}:{domain}/{split}"))
+    splits = load(domain, dataset)  # every split, so a missing one is named beside those there are
+    if split not in splits:
+        raise MissingSplitError(domain, split, list(splits))
+    return list(iter_conversations(splits[split], source=f"{dataset or 'sample'}:{domain}/{split}"))
 
 
 #: How training instances are built: as Section 4.3 says, or as the authors' released code does.

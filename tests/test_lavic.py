@@ -1717,6 +1717,41 @@ def test_finetune_of_several_domains_says_it_is_the_papers_combined_variant(tiny
                                            stream="stderr")
 
 
+def _imported_release(folder: Path, records: int = 3) -> Path:
+    """A dataset folder imported from a release shaped like the authors' (``valid.jsonl`` only, no item metadata)."""
+    from reddit_amazon.lavic_release import import_release
+
+    src = folder / "release"
+    (src / "amazon_home").mkdir(parents=True)
+    lines = [json.dumps({"context": f"<submission>Lamp ideas {n}?</submission>\n<comment>What style?</comment>\n",
+                         "context_items": [], "gt": f"https://www.amazon.com/dp/B0776Y43K{n}",
+                         "gt_items": [f"B0776Y43K{n}"], "candidates_gpt_large": [f"B0776Y43K{i}" for i in range(10)],
+                         "candidates_st": [f"B0776Y43L{i}" for i in range(10)]}) for n in range(records)]
+    (src / "amazon_home" / "valid.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    import_release(src, folder / "dataset")
+    return folder / "dataset"
+
+
+def test_finetune_on_a_dataset_without_a_train_split_says_how_to_train_on_validation(tiny_base, tmp_path):
+    """The authors' release has only validation records: finetune named no way forward ("Unknown split 'train'")."""
+    from lavic_ref.cli import cli
+
+    dataset = _imported_release(tmp_path)
+    common = ["finetune", "--base", tiny_base, "--device", DEVICE, "--dataset", dataset, "--domain", "home",
+              "--no-images", "--max-steps", "1", "--quiet"]
+    result = CliRunner().invoke(cli, [str(a) for a in [*common, "--out", tmp_path / "refused"]])
+    assert result.exit_code == 1, result.output
+    assert "home has no 'train' split (splits: validation)" in result.output
+    assert "--train-split validation" in result.output and not (tmp_path / "refused").exists()
+    result = CliRunner().invoke(cli, [str(a) for a in [*common, "--train-split", "dev", "--out", tmp_path / "dev"]])
+    assert result.exit_code == 1 and "home has no 'dev' split (splits: validation)" in result.output
+
+    note = _invoke(cli, [*common, "--train-split", "validation", "--out", tmp_path / "rec"], stream="stderr")
+    assert "training on the validation split" in note and "not held out" in note
+    inputs = json.loads((tmp_path / "rec" / "model_card.json").read_text())
+    assert inputs["data"]["train_split"] == "validation" and inputs["data"]["train_examples"] == 3
+
+
 def test_finetune_loads_the_processor_once(tiny_base, tmp_path, monkeypatch):
     """The --max-tokens check (before the model loads) and the model each loaded the processor (~1 s)."""
     import transformers
