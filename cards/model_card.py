@@ -82,7 +82,7 @@ def render_model_card(*, base_model: str | None, adapters: Mapping[str, Any], hy
         pipeline_tag="image-text-to-text",
         tags=["lavic", "llava-next", "lora", "conversational-recommendation", "reddit-amazon"],
         model_name=MODEL_NAME,
-        eval_results=_eval_results(results) or None,
+        eval_results=_eval_results([r for r in results if not _on_training_data(r, data)]) or None,
     )
     sections = [
         _summary(base_model, base_fingerprint),
@@ -90,7 +90,7 @@ def render_model_card(*, base_model: str | None, adapters: Mapping[str, Any], hy
         _key_values("## Data and splits", _without_local_path(data), "The training data was not recorded."),
         _hyperparameters(hyperparameters),
         _training(training),
-        _results(results, data.get("fingerprint"), data.get("domains")),
+        _results(results, data.get("fingerprint"), data.get("domains"), data),
         _paper_tables(),
         "## Limitations\n\n" + "\n".join(f"- {text}" for text in (limitations or DEFAULT_LIMITATIONS)),
         _usage(base_model, base_fingerprint, adapters, hyperparameters, data, hub_repo),
@@ -235,8 +235,19 @@ def _name(value: Any, *keys: str) -> str:
     return str(value)
 
 
+def _on_training_data(result: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+    """Whether ``result`` scored the split the adapters were trained on (``finetune --train-split validation`` on the
+    authors' release, which has no other), of the same dataset where both fingerprints are known."""
+    train_split = data.get("train_split")
+    if not train_split or result.get("split") != train_split:
+        return False
+    dataset = result.get("dataset", {})
+    evaluated_on = dataset.get("fingerprint") if isinstance(dataset, Mapping) else None
+    return not (evaluated_on and data.get("fingerprint") and evaluated_on != data.get("fingerprint"))
+
+
 def _results(results: Sequence[Mapping[str, Any]], trained_on: str | None = None,
-             trained_domains: Sequence[str] | None = None) -> str:
+             trained_domains: Sequence[str] | None = None, data: Mapping[str, Any] | None = None) -> str:
     if not results:
         return ("## Results\n\nNo benchmark results were given to this card: run `benchmark run --model lavic` "
                 "and write the card again with its `results.json`.")
@@ -256,6 +267,10 @@ def _results(results: Sequence[Mapping[str, Any]], trained_on: str | None = None
         if limit:
             details.append(f"A partial run (`benchmark run --limit {limit}`): not comparable with the paper's "
                            "numbers, and left out of this card's model index.")
+        if _on_training_data(result, data or {}):
+            details.append(f"**Evaluated on the records the adapters were trained on** (`finetune --train-split "
+                           f"{result.get('split')}`): not a held-out score, not comparable with the paper's, and "
+                           "left out of this card's model index.")
         evaluated_on = dataset.get("fingerprint") if isinstance(dataset, Mapping) else None
         if trained_on and evaluated_on and evaluated_on != trained_on:
             details.append(f"**Evaluated on other data than the adapters were trained on** (dataset fingerprint "

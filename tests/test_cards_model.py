@@ -302,6 +302,21 @@ def test_results_on_other_data_than_the_training_data_are_flagged():
     assert "Evaluated on other data than the adapters were trained on" in other and "`aaaaaaaaaaaa`" in other
 
 
+def test_results_on_the_split_the_adapters_were_trained_on_are_flagged_and_left_out_of_the_model_index():
+    """The authors' release has only validation records: `finetune --train-split validation` then scores there."""
+    on_validation = {**result("sbert", {"home": 0.9}), "split": "validation"}
+    trained = {"dataset": "d", "fingerprint": "f" * 64, "train_split": "validation"}
+    card = render([on_validation, result("sbert", {"home": 0.3})], data=trained)
+    assert "**Evaluated on the records the adapters were trained on** (`finetune --train-split validation`)" in card
+    assert card.count("Evaluated on the records the adapters were trained on") == 1  # not the test split's result
+    values = [m["value"] for entry in ModelCard(card).data.to_dict()["model-index"][0]["results"]
+              for m in entry["metrics"]]
+    assert 0.9 not in values and 0.3 in values
+    elsewhere = render([on_validation], data={**trained, "fingerprint": "a" * 64})
+    assert "records the adapters were trained on" not in elsewhere and "Evaluated on other data" in elsewhere
+    assert "records the adapters were trained on" not in render([on_validation], data={**trained, "train_split": "train"})
+
+
 def test_results_on_domains_the_adapters_were_not_trained_on_are_marked():
     scores = result("sbert", {"beauty": 0.1, "fashion": 0.2, "home": 0.3})
     one = render([scores], data={"dataset": "d", "fingerprint": "f" * 64, "domains": ["fashion"]})
