@@ -29,6 +29,7 @@ from reddit_amazon.schema import DOMAINS
 if TYPE_CHECKING:
     from lavic_ref.data import RecommendationInstance
     from lavic_ref.embed import ItemEmbeddings
+    from reddit_amazon.schema import Item
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -251,6 +252,15 @@ def describe(dataset, domains, base, device, out, batch_size, max_new_tokens, re
     from lavic_ref.describe import describe_items_holding_lock, describe_lock
 
     items = load_items(dataset, domains)
+    imageless = _count_imageless(items)
+    if items and imageless == len(items):
+        raise click.ClickException(f"{_imageless_text(imageless, len(items), domains)}: nothing to describe "
+                                   f"({NO_IMAGES_HINT})")
+    if imageless:
+        from reddit_amazon.progress import log_line
+
+        log_line(f"{_imageless_text(imageless, len(items), domains)}: not described (distill cannot use them; embed "
+                 "gives each a blank image)")
     with ExitStack() as held:
         _take_lock(held, describe_lock(out))
         backbone = _load_backbone(base, device)
@@ -260,6 +270,22 @@ def describe(dataset, domains, base, device, out, batch_size, max_new_tokens, re
         except ValueError as error:  # a corrupt cache, or one another base model wrote
             raise click.ClickException(str(error)) from None
     click.echo(f"{len(descriptions)} descriptions in {out}")
+
+
+#: How to get item images where a dataset has none.
+NO_IMAGES_HINT = ("an import of the LaViC authors' release holds no item images, nor titles: `reddit-amazon build` "
+                  "makes a dataset with them")
+
+
+def _count_imageless(items: dict[str, Item]) -> int:
+    return sum(1 for item in items.values() if item.image is None)
+
+
+def _imageless_text(imageless: int, total: int, domains: Sequence[str]) -> str:
+    where = ", ".join(domains)
+    if imageless == total:
+        return f"none of the {total:,} items of {where} has an image"
+    return f"{imageless:,} of the {total:,} items of {where} have no image"
 
 
 @cli.command()
@@ -287,6 +313,10 @@ def distill(dataset, domains, base, device, descriptions, validation_size, **tra
     if descriptions:
         texts.update(read_cache(descriptions))
     examples = distill_examples(items, texts)
+    imageless = _count_imageless(items)
+    if items and imageless == len(items):
+        raise click.ClickException(f"{_imageless_text(imageless, len(items), domains)}: nothing to distill "
+                                   f"({NO_IMAGES_HINT})")
     if not examples:
         raise click.ClickException("no item has both an image and a description: run `lavic-ref describe` first")
     backbone = _load_backbone(base, device)
@@ -357,6 +387,13 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
     except AdapterError as error:
         raise click.ClickException(str(error)) from error
     items = load_items(dataset, domains)
+    imageless = _count_imageless(items)
+    if imageless:
+        from reddit_amazon.progress import log_line
+
+        log_line(f"{_imageless_text(imageless, len(items), domains)}: each is embedded from a blank white image, "
+                 "as the authors' code does, so all of theirs are alike"
+                 + (f" ({NO_IMAGES_HINT})" if imageless == len(items) else ""))
     with ExitStack() as held:
         _take_lock(held, embed_lock(out))
         backbone = _load_backbone(base, device)

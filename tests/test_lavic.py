@@ -1752,6 +1752,25 @@ def test_finetune_on_a_dataset_without_a_train_split_says_how_to_train_on_valida
     assert inputs["data"]["train_split"] == "validation" and inputs["data"]["train_examples"] == 3
 
 
+def test_stages_on_items_without_images_say_so_instead_of_doing_nothing_silently(tiny_base, tmp_path):
+    """An import of the authors' release has no item images: describe wrote "0 descriptions" and succeeded, distill
+    said to run describe, and embed gave every item the same blank-image embeddings without a word."""
+    from lavic_ref.cli import cli
+
+    dataset = _imported_release(tmp_path)
+    common = ["--base", tmp_path / "never-loaded", "--dataset", dataset, "--domain", "home", "--quiet"]
+    for command, extra in (("describe", ["--out", tmp_path / "d.jsonl"]), ("distill", ["--out", tmp_path / "dist"])):
+        result = CliRunner().invoke(cli, [str(a) for a in [command, *common, *extra]])
+        assert result.exit_code == 1, result.output
+        assert f"none of the 20 items of home has an image: nothing to {command}" in result.output
+        assert "reddit-amazon build" in result.output
+    assert not (tmp_path / "d.jsonl").exists() and not (tmp_path / "dist").exists()
+    common[1] = tiny_base
+    note = _invoke(cli, ["embed", *common, "--device", DEVICE, "--no-distill", "--out", tmp_path / "emb"],
+                   stream="stderr")
+    assert "none of the 20 items of home has an image: each is embedded from a blank white image" in note
+
+
 def test_finetune_loads_the_processor_once(tiny_base, tmp_path, monkeypatch):
     """The --max-tokens check (before the model loads) and the model each loaded the processor (~1 s)."""
     import transformers
