@@ -180,6 +180,10 @@ def _echo_summary(results: dict, out_dir: Path, *, rewritten: bool) -> None:
                 cells.append("-" if entry["value"] is None else
                              f"{entry['value']:.4f}" + (f"\n[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
             table.add_row(name, *cells)
+    counts = results.get("counts", {})
+    if all("gt_in_candidates" in counts.get(group, {}) for group in groups):  # results of earlier releases lack it
+        shares = [(counts[group]["gt_in_candidates"], counts[group]["gt_pairs"]) for group in groups]
+        table.add_row("gt in candidates", *(f"{within / pairs:.4f}" if pairs else "-" for within, pairs in shares))
     console = Console(stderr=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:  # a file or a pipe: no 80-column wrapping
         console.width = max(console.width, console.measure(table, options=console.options.update_width(1000)).maximum)

@@ -52,8 +52,9 @@ def test_hr_at_1_and_vr_equal_an_independent_count(lavic_release, imported, tmp_
             hits += sum(gt == parsed for gt in record["gt_items"])
             valid += parsed in record[column]
         pairs = sum(len(record["gt_items"]) for record in records)
-        assert results["counts"][domain] == {"records": len(records), "gt_pairs": pairs, "hits": hits,
-                                             "valid": valid}
+        within = sum(gt in record[column] for record in records for gt in record["gt_items"])
+        assert results["counts"][domain] == {"records": len(records), "gt_pairs": pairs, "gt_in_candidates": within,
+                                             "hits": hits, "valid": valid}
         assert results["metrics"]["hr@1"][domain]["value"] == hits / pairs
         assert results["metrics"]["vr"][domain]["value"] == valid / len(records)
         total_hits, total_pairs, total_records = total_hits + hits, total_pairs + pairs, total_records + len(records)

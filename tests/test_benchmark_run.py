@@ -68,7 +68,10 @@ def test_results_and_predictions_match_an_independent_count(dataset, tmp_path):
         assert results["metrics"]["hr@1"][domain]["value"] == pytest.approx(expected)
         low, high = results["metrics"]["hr@1"][domain]["ci95"]
         assert low <= expected <= high
-    assert results["counts"]["all"] == {"records": 36, "gt_pairs": pairs, "hits": hits, "valid": 36}
+    within = sum(g in r["candidates_sbert"] for r in rows for g in r["gt_items"])
+    assert 0 < within < pairs  # the synthetic set has gt items outside the candidates
+    assert results["counts"]["all"] == {"records": 36, "gt_pairs": pairs, "gt_in_candidates": within, "hits": hits,
+                                        "valid": 36}
     assert results["dataset"]["fingerprint"] == json.loads((dataset / "manifest.json").read_text())["fingerprint"]
     assert results["split"] == "test" and results["candidates"] == "sbert"
     for key in ("model", "timings", "package_version", "git_revision", "bootstrap"):
