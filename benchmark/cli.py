@@ -129,7 +129,8 @@ def _echo_interrupted(error: KeyboardInterrupt, out_dir: Path) -> None:
     predictions = out_dir / PREDICTIONS_FILE
     kept = predictions.is_file() and predictions.stat().st_size > 0
     left = f"the predictions made so far are kept in {out_dir}; run the same command again to resume" if kept \
-        else f"no prediction had been written to {out_dir}"
+        else f"no prediction had been written to {out_dir}; run the same command again to resume (what a " \
+        "recommender caches itself, as openai-chat its answers, is not asked again)"
     click.secho(f"\ninterrupted{f' in {where}' if where else ''}: {left}", fg="yellow", err=True)
 
 

@@ -269,7 +269,7 @@ def test_an_interrupted_openai_chat_run_stops_at_once_and_resumes(tmp_path, sign
     try:
         status, took, output = interrupted(command, endpoint, signum, lambda: len(cached()))
         assert status == BENCHMARK_INTERRUPTED[signum] and took < STOPS_WITHIN_S, (status, took, output)
-        assert output.rstrip().endswith("run the same command again to resume") and "Traceback" not in output, output
+        assert "run the same command again to resume" in output and "Traceback" not in output, output
         assert cached() == ["Yes."] * ANSWERED_FIRST
 
         asked_before = endpoint.recover()
