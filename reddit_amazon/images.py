@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -360,6 +361,15 @@ class _TransientHTTP(Exception):
 class _ProxyAuthRequired(Exception):
     """A proxy's 407: it wants credentials the environment's proxy variables do not give."""
 
+    def __init__(self) -> None:
+        super().__init__("proxy_auth_required: HTTP 407, the proxy asks for credentials (give them in HTTP_PROXY / "
+                         "HTTPS_PROXY as http://user:password@host:port)")
+
+
+#: How http.client words a proxy's 407 to the CONNECT of an https:// URL, which requests raises as a ProxyError:
+#: the answer never becomes a response.
+_TUNNEL_REFUSED_407 = re.compile(r"Tunnel connection failed: 407\b")
+
 
 def _download(session, url: str, options: ImageOptions, in_flight: RequestsInFlight) -> tuple[bytes, str | None]:
     import requests
@@ -386,6 +396,8 @@ def _download(session, url: str, options: ImageOptions, in_flight: RequestsInFli
         except requests.exceptions.ConnectionError as error:
             if deadline.expired.is_set():
                 raise cut_short("headers") from error
+            if isinstance(error, requests.exceptions.ProxyError) and _TUNNEL_REFUSED_407.search(str(error)):
+                raise _ProxyAuthRequired() from error
             raise
         with response:  # its socket is the deadline's: the session's connection handed it over
             if deadline.expired.is_set():  # the headers were cut short
@@ -393,8 +405,7 @@ def _download(session, url: str, options: ImageOptions, in_flight: RequestsInFli
             if response.status_code in (408, 429) or response.status_code >= 500:
                 raise _TransientHTTP(f"HTTP {response.status_code}", response)
             if response.status_code == 407:
-                raise _ProxyAuthRequired("proxy_auth_required: HTTP 407, the proxy asks for credentials (give them "
-                                         "in HTTP_PROXY / HTTPS_PROXY as http://user:password@host:port)")
+                raise _ProxyAuthRequired()
             if response.status_code != 200:
                 raise ImageRejected("http_error", f"HTTP {response.status_code}")
             declared = response.headers.get("Content-Length")
