@@ -196,7 +196,9 @@ def _labels(runs: Sequence[Run]) -> dict[int, str]:
     """id(run) -> its row label, plus its split and dataset where the runs differ in them: rows of a
     mixed report must say which is which (the provenance notes alone do not map to rows). Rows of one group that
     would still read alike (one plugin run as ``--model mine`` and as ``mine.py:Mine``, a rerun with another seed
-    of a model that records none) also name their run folder."""
+    of a model that records none) also name their run folder, an absolute one by its name (the page is published)."""
+    from cards.local_paths import shown_value  # lazily: cards imports benchmark too (docs/architecture.md)
+
     splits = len({run.results["split"] for run in runs}) > 1
     datasets = len({_dataset_key(run) for run in runs}) > 1
     labels = {}
@@ -207,7 +209,7 @@ def _labels(runs: Sequence[Run]) -> dict[int, str]:
     alike = Counter((run.group, labels[id(run)]) for run in runs)
     for run in runs:
         if alike[run.group, labels[id(run)]] > 1:
-            labels[id(run)] += f" [{run.path.as_posix()}]"
+            labels[id(run)] += f" [{shown_value(run.path.as_posix())}]"
     return labels
 
 

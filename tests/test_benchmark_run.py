@@ -1548,6 +1548,21 @@ def test_report_shows_a_run_named_twice_once_and_tells_rows_that_read_alike_by_t
         assert "random [runs/a]" in text and "random [runs/b]" in text
 
 
+def test_rows_that_read_alike_name_an_absolute_run_folder_by_its_name_only(dataset, tmp_path):
+    """`benchmark report ~/runs/a ~/runs/b --html site/leaderboard.html` (the shell expands the ~) put the machine's
+    folders, /home/<user>/... included, into the page to publish: an absolute run folder is shown by its name, as
+    the cards show local paths (cards.local_paths)."""
+    from benchmark.report import load_runs, to_html, to_markdown
+
+    for name in ("a", "b"):
+        run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "runs" / name,
+            progress=False)
+    both = load_runs([tmp_path / "runs" / "a", tmp_path / "runs" / "b"])
+    for text in (to_markdown(both).replace("\\[", "[").replace("\\]", "]"), to_html(both)):
+        assert "random [a]" in text and "random [b]" in text
+        assert str(tmp_path) not in text
+
+
 def test_quiet_draws_no_progress_bar_of_datasets_either(tmp_path):
     """A folder's first load makes `datasets` draw "Generating ... split" bars of its own."""
     import os
