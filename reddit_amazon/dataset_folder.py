@@ -785,10 +785,10 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
 
     folder = Path(folder)
     manifest = read_manifest(folder)
+    require_token(token)  # before the check, which reads every shard (minutes for a full build)
     if problems := verify(folder):
         raise PushRefused(f"{folder} does not match its manifest, nothing was pushed: {'; '.join(problems)} "
                           f"(`reddit-amazon verify {folder}` lists the same)")
-    require_token(token)
     api = HfApi(endpoint=endpoint, token=token)  # endpoint None: the Hub (or $HF_ENDPOINT)
     with connection_errors_named(api.endpoint):
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)

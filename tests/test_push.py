@@ -174,10 +174,14 @@ def test_push_without_a_token_or_losing_the_connection_is_one_error_line(hub, ht
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no stored login either
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
+    import reddit_amazon.dataset_folder as dataset_folder
+
+    checked = []  # the token is asked for first: checking a full build's shards takes minutes
+    monkeypatch.setattr(dataset_folder, "verify", lambda folder: checked.append(folder) or [])
     refused = CliRunner().invoke(cli, ["push", str(folder), REPO])
     assert refused.exit_code == 1 and refused.output == ("Error: pushing needs a Hugging Face token with write access: "
                                                          "set HF_TOKEN or run `hf auth login`\n"), refused.output
-    assert httpserver.log == []
+    assert httpserver.log == [] and checked == []
 
 
 def test_push_refuses_a_folder_that_is_no_dataset(tmp_path):
