@@ -1000,7 +1000,7 @@ def test_report_treats_the_same_shards_at_two_paths_as_one_dataset(dataset, tmp_
     run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "a", progress=False)
     run(RunConfig(model="random", dataset=str(copy), bootstrap_samples=0), tmp_path / "b", progress=False)
     lines = provenance(load_runs([tmp_path / "a", tmp_path / "b"]))
-    assert len(lines) == 1 and not lines[0].startswith("WARNING") and str(copy) in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"dataset {dataset.name} v")  # local folders by name only
 
 
 def test_a_run_whose_first_batch_fails_leaves_the_folder_free_and_batch_size_is_part_of_a_run(dataset, tmp_path):
@@ -1551,7 +1551,7 @@ def test_report_shows_a_run_named_twice_once_and_tells_rows_that_read_alike_by_t
 def test_rows_that_read_alike_name_an_absolute_run_folder_by_its_name_only(dataset, tmp_path):
     """`benchmark report ~/runs/a ~/runs/b --html site/leaderboard.html` (the shell expands the ~) put the machine's
     folders, /home/<user>/... included, into the page to publish: an absolute run folder is shown by its name, as
-    the cards show local paths (cards.local_paths)."""
+    the cards show local paths (cards.local_paths), and so is the dataset folder the runs name."""
     from benchmark.report import load_runs, to_html, to_markdown
 
     for name in ("a", "b"):
@@ -1561,6 +1561,7 @@ def test_rows_that_read_alike_name_an_absolute_run_folder_by_its_name_only(datas
     for text in (to_markdown(both).replace("\\[", "[").replace("\\]", "]"), to_html(both)):
         assert "random [a]" in text and "random [b]" in text
         assert str(tmp_path) not in text
+        assert str(dataset) not in text and f"dataset {dataset.name} v" in text  # the dataset folder too
 
 
 def test_quiet_draws_no_progress_bar_of_datasets_either(tmp_path):
