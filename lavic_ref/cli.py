@@ -24,6 +24,7 @@ from lavic_ref.prompts import MAX_DESCRIPTION_TOKENS
 from reddit_amazon import __version__
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 from reddit_amazon.cli_seed import SEED, SEED_RANGE_HELP
+from reddit_amazon.progress import log_line
 from reddit_amazon.schema import DOMAINS
 
 if TYPE_CHECKING:
@@ -256,14 +257,12 @@ def describe(dataset, domains, base, device, out, batch_size, max_new_tokens, re
     if items and imageless == len(items):
         raise click.ClickException(f"{_imageless_text(imageless, len(items), domains)}: nothing to describe "
                                    f"({NO_IMAGES_HINT})")
-    if imageless:
-        from reddit_amazon.progress import log_line
-
-        log_line(f"{_imageless_text(imageless, len(items), domains)}: not described (distill cannot use them; embed "
-                 "gives each a blank image)")
     with ExitStack() as held:
         _take_lock(held, describe_lock(out))
         backbone = _load_backbone(base, device)
+        if imageless:  # once the base has loaded: a wrong --base is the one line it gets
+            log_line(f"{_imageless_text(imageless, len(items), domains)}: not described (distill cannot use them; "
+                     "embed gives each a blank image)")
         try:
             descriptions = describe_items_holding_lock(backbone, items.values(), out, batch_size=batch_size,
                                                        max_new_tokens=max_new_tokens, regenerate=regenerate)
@@ -388,15 +387,13 @@ def embed(dataset, domains, base, device, distill_adapter, no_distill, out, batc
         raise click.ClickException(str(error)) from error
     items = load_items(dataset, domains)
     imageless = _count_imageless(items)
-    if imageless:
-        from reddit_amazon.progress import log_line
-
-        log_line(f"{_imageless_text(imageless, len(items), domains)}: each is embedded from a blank white image, "
-                 "as the authors' code does, so all of theirs are alike"
-                 + (f" ({NO_IMAGES_HINT})" if imageless == len(items) else ""))
     with ExitStack() as held:
         _take_lock(held, embed_lock(out))
         backbone = _load_backbone(base, device)
+        if imageless:  # once the base has loaded: a wrong --base is the one line it gets
+            log_line(f"{_imageless_text(imageless, len(items), domains)}: each is embedded from a blank white image, "
+                     "as the authors' code does, so all of theirs are alike"
+                     + (f" ({NO_IMAGES_HINT})" if imageless == len(items) else ""))
         if distill_adapter:
             _attach(backbone, distill_adapter, "vision")
         path = embed_catalog_holding_lock(backbone, items.values(), out, adapter=distill_adapter,
@@ -445,15 +442,11 @@ def finetune(dataset, domains, base, device, embeddings, no_images, candidate_se
         raise click.UsageError("give exactly one of --embeddings or --no-images")
     config = _train_config(**training)
     if len(domains) > 1:
-        from reddit_amazon.progress import log_line
-
         log_line(f"note: one model for {', '.join(domains)} is the paper's LaViC-combined (Table 8); its main "
                  "results (Tables 3-7, LaViC-separate) train one model per domain: run finetune once per --domain")
     train_set, val_set = _recommendation_sets(dataset, domains, candidate_set, training["seed"], instance_style,
                                               train_split)
     if train_split == VALIDATION_SPLIT:
-        from reddit_amazon.progress import log_line
-
         log_line("note: training on the validation split: its per-epoch loss and best/ are chosen on the training "
                  "records, and benchmark scores on it are not held out")
     processor = _load_processor(base)  # its tokenizer checks the cap before the model loads; the model takes it
