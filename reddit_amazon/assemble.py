@@ -123,14 +123,32 @@ def add_candidates(splits: Mapping[str, Mapping[str, list[Conversation]]], items
     steps = progress(work, len(work), "candidates") if progress else work
     for retriever, search in steps:
         ranked = retriever.top_k(search.queries, search.items, k=NUM_CANDIDATES)
-        hits = pairs_total = 0
         for record, candidates in zip(search.records, ranked, strict=True):
             record.candidates[retriever.candidate_set_name] = shuffled_candidates(
                 candidates, seed, retriever.candidate_set_name, record.example_id)
-            hits += sum(gt in candidates for gt in record.gt_items)
-            pairs_total += len(record.gt_items)
-        report.recall.setdefault(retriever.candidate_set_name, {})[search.domain] = round(hits / pairs_total, 4)
+        report.recall.setdefault(retriever.candidate_set_name, {})[search.domain] = gt_recall(
+            search.records, retriever.candidate_set_name)
     return report
+
+
+def report_of_given_candidates(splits: Mapping[str, Mapping[str, list[Conversation]]],
+                               candidate_sets: Sequence[str]) -> CandidateReport:
+    """The :class:`CandidateReport` of candidate lists that came with the records (an imported release's):
+    the recall over each domain's records that have a list of that set, all splits, as a build records it."""
+    recall: dict[str, dict[str, float]] = {}
+    for candidate_set in candidate_sets:
+        for domain in DOMAINS:
+            records = [r for r in _domain_records(splits, domain) if r.candidates.get(candidate_set)]
+            if records:
+                recall.setdefault(candidate_set, {})[domain] = gt_recall(records, candidate_set)
+    return CandidateReport(computed=list(candidate_sets), recall=recall, skipped_domains={})
+
+
+def gt_recall(records: Sequence[Conversation], candidate_set: str) -> float:
+    """The share of the records' (record, gt item) pairs whose gt item is among the record's candidates of
+    ``candidate_set``, to 4 places: the manifest's ``build_reports.candidates.recall``, the ceiling of HR@1."""
+    pairs = [(gt, record.candidates.get(candidate_set) or []) for record in records for gt in record.gt_items]
+    return round(sum(gt in candidates for gt, candidates in pairs) / len(pairs), 4)
 
 
 def shuffled_candidates(candidates: Sequence[str], seed: int, candidate_set: str, example_id: str) -> list[str]:

@@ -26,6 +26,7 @@ import ftfy
 import orjson
 
 from reddit_amazon import DATASET_VERSION
+from reddit_amazon.assemble import report_of_given_candidates
 from reddit_amazon.dataset_folder import (
     MANIFEST,
     SOURCE_COPY_DIR,
@@ -169,6 +170,9 @@ def import_release(src: str | Path, out: str | Path, *, repair_text: bool = Fals
             "source": f"LaViC authors' release ({src.name}/), imported with `reddit-amazon import-lavic`",
             "text_repair": repair_text,
             "import_report": report.__dict__,
+            # the release's candidates as a build records its own: the share of gt items among them bounds HR@1
+            "build_reports": {"candidates": report_of_given_candidates(
+                conversations, list(RELEASE_CANDIDATES.values())).as_dict()},
             **({"source_copies": {path.name: file_sha256(path) for path in copies}} if copies else {}),
         },
         source_files=copies,

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from reddit_amazon.cli import cli
-from reddit_amazon.dataset_folder import read_manifest
+from reddit_amazon.dataset_folder import fingerprint, read_manifest
 from reddit_amazon.lavic_release import export_release, import_release
 from reddit_amazon.schema import SchemaError, parse_context
 
@@ -63,6 +63,21 @@ def test_real_release_mojibake_is_counted_and_repairable(imported, tmp_path):
     texts = [row["gt_text"] for row in datasets.load_dataset(str(tmp_path / "clean"), "beauty", split="validation")]
     assert not any("\u00e2\u0080" in text for text in texts)
     assert any("I\u2019d respond" in text for text in texts)  # "I\u00e2\u0080\u0099d" in the release
+
+
+def test_real_release_candidate_recall_is_recorded_as_a_build_records_it(imported):
+    """The share of validation (record, gt item) pairs whose gt is among the release's 10 candidates bounds HR@1
+    (19-41% for candidates_st): the manifest must record it, counted here straight from the release files."""
+    release, out, _ = imported
+    recorded = read_manifest(out)["build_reports"]["candidates"]
+    assert recorded["computed"] == ["sbert", "openai_large"] and recorded["skipped_domains"] == {}
+    for theirs, ours in {"candidates_st": "sbert", "candidates_gpt_large": "openai_large"}.items():
+        for domain, folder in FOLDERS.items():
+            rows = read_jsonl(release / folder / "valid.jsonl")
+            pairs = [gt in row[theirs] for row in rows for gt in row["gt_items"]]
+            assert recorded["recall"][ours][domain] == round(sum(pairs) / len(pairs), 4)
+    assert all(0.19 <= r <= 0.42 for r in recorded["recall"]["sbert"].values())
+    assert all(0.38 <= r <= 0.65 for r in recorded["recall"]["openai_large"].values())
 
 
 def write_release(root: Path, lines: list[str], domain_folder: str = "amazon_home") -> Path:
@@ -330,3 +345,29 @@ def test_a_full_disk_while_exporting_leaves_no_truncated_metadata_copy(tmp_path,
             assert copies == ["item2meta_valid.jsonl"]
             assert (out / "item2meta_valid.jsonl").read_bytes() == (src / "item2meta_valid.jsonl").read_bytes()
         assert caught.value.errno == errno.EFBIG and caught.value.filename == str(out / "item2meta_valid.jsonl")
+
+
+def test_an_import_records_its_candidate_recall_per_set_and_domain_over_all_splits(tmp_path):
+    """Counted by hand: home has 5 (record, gt item) pairs over two splits, of which the gpt_large lists hold 3
+    and the st lists 1; beauty's one pair is among its st list only. The card shows the same shares."""
+    src = write_release(tmp_path / "src", [
+        release_line(),  # B0776Y43KM: in neither list
+        release_line(gt_items=["B0776Y43K3", "B0776Y43L1"]),  # one in each list
+        release_line(gt_items=["B0776Y43K5"]),  # gpt_large
+    ])
+    (src / "amazon_home" / "train.jsonl").write_text(release_line(gt_items=["B0776Y43K0"]) + "\n", encoding="utf-8")
+    write_release(src, [release_line(gt_items=["B0776Y43L7"])], domain_folder="all_beauty")
+    import_release(src, tmp_path / "ds")
+    manifest = read_manifest(tmp_path / "ds")
+    assert manifest["build_reports"]["candidates"] == {
+        "computed": ["sbert", "openai_large"],
+        "recall": {"sbert": {"beauty": 1.0, "home": 0.2}, "openai_large": {"beauty": 0.0, "home": 0.6}},
+        "skipped_domains": {},
+    }
+    assert manifest["fingerprint"] == fingerprint(tmp_path / "ds")  # the manifest's reports are not the data's
+    card = (tmp_path / "ds" / "README.md").read_text(encoding="utf-8")
+    assert "| `candidates_sbert` | home | 4 | 4 | 0.2000 |" in card
+    assert "| `candidates_openai_large` | home | 4 | 4 | 0.6000 |" in card
+    export_release(tmp_path / "ds", tmp_path / "back")
+    for folder, name in [("amazon_home", "valid.jsonl"), ("amazon_home", "train.jsonl"), ("all_beauty", "valid.jsonl")]:
+        assert (tmp_path / "back" / folder / name).read_bytes() == (src / folder / name).read_bytes()
