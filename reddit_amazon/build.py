@@ -344,13 +344,16 @@ class StageResult:
         self.conversations, self.loader = [], None
 
 
-def _dump_files(inputs: Sequence[str], workdir: Path) -> list[Path]:
+def _dump_files(inputs: Sequence[str], workdir: Path, console) -> list[Path]:
     from reddit_amazon.pipeline import dump_files_outside
 
     try:
-        return dump_files_outside(inputs, workdir)
+        search = dump_files_outside(inputs, workdir)
     except FileNotFoundError as error:
         raise BuildError(f"--inputs {error}") from None
+    for folder in search.left_out:
+        console.print(f"[yellow]warning[/]: --inputs: {escape(folder.line())}")
+    return search.files
 
 
 #: Reddit-stage options that say how the stage runs, not what it writes (left out of the stage keys).
@@ -881,7 +884,8 @@ def _run_stages(options: BuildOptions, console, started: datetime) -> dict[str, 
     _remove_abandoned_writes(options.workdir)
     if options.sample:
         _seed_sample_caches(options)
-    dump_files = _dump_files(options.inputs, options.workdir)  # listed once: a folder of thousands takes seconds
+    # listed once: a folder of thousands takes seconds
+    dump_files = _dump_files(options.inputs, options.workdir, console)
     # The Reddit stage's shards are checked against its stamp (or written and stamped), then read by the catalog
     # stage: `reddit-amazon reddit-stage` on this workdir, which takes the same lock, must not replace them in
     # between. Taken after the workdir's lock, as every build does: the stage on its own takes only this one.

@@ -260,6 +260,8 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
     with input_errors(), without_bars(not progress):  # an empty salt, no dumps in a folder, an unwritable workdir ...
         result = run_reddit_stage(list(inputs), workdir, options)
     click.echo(orjson.dumps(result.funnel, option=orjson.OPT_INDENT_2).decode())
+    for folder in result.left_out:
+        click.secho(f"warning: {folder.line()}", fg="yellow", err=True)
     for path, reason in result.incomplete_reasons.items():
         click.secho(f"incomplete: {path}: {reason}", fg="yellow", err=True)
     for warning in bad_line_warnings(result.funnel):

@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 import numpy
 import orjson
 
-from reddit_amazon.files import open_atomic
+from reddit_amazon.files import open_atomic, printable_path
 
 #: The largest window the dumps use (``zstd --long=31``).
 MAX_WINDOW_SIZE = 2**31
@@ -84,26 +84,82 @@ def compression_of(head: bytes, path: Path) -> str:
     return "zstd" if path.name.lower().endswith(ZST_SUFFIXES) else "plain"
 
 
-def find_dump_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """The dump files named by ``inputs`` (files, or folders searched recursively), resolved and sorted.
+#: Why a folder met in the search of an input folder is not searched (``None``: it is), from the folder and the
+#: names of its entries: the caller knows which folders hold its own output rather than dumps.
+FolderFilter = Callable[[Path, frozenset[str]], str | None]
+
+
+@dataclass(frozen=True)
+class LeftOutFolder:
+    """A folder under an input folder that the search of dumps did not read."""
+
+    folder: Path
+    why: str
+    dump_named_files: int  # files in it (at any depth) named like dumps, none of them read
+
+    def line(self) -> str:
+        return f"left out {self.dump_named_files} file(s) named like dumps in {printable_path(self.folder)}: {self.why}"
+
+
+@dataclass(frozen=True)
+class DumpSearch:
+    files: list[Path]  # resolved and sorted
+    left_out: list[LeftOutFolder]
+
+
+def search_dump_files(inputs: Iterable[str | os.PathLike], leave_out: FolderFilter | None = None) -> DumpSearch:
+    """The dump files named by ``inputs``: files, or folders searched recursively, where ``leave_out`` decides per
+    folder (the input folders too) whether to search it, from the listing the search makes anyway; a file named
+    in ``inputs`` is always taken. Symlinked folders are not followed.
 
     Raises ``FileNotFoundError`` naming the input when one does not exist or a folder holds no
     dump file, so a typo fails before any work starts.
     """
     files: list[Path] = []
+    left_out: list[LeftOutFolder] = []
     for given in map(Path, inputs):
         if given.is_dir():
-            found = sorted(p for p in given.rglob("*") if p.is_file() and is_dump_file(p))
+            left_before = len(left_out)
+            found = sorted(_dump_files_under(given.resolve(), leave_out, left_out))
             if not found:
-                raise FileNotFoundError(f"{given}: no dump files ({', '.join(DUMP_SUFFIXES)}) inside")
+                why = "".join(f"; {folder.line()}" for folder in left_out[left_before:])
+                raise FileNotFoundError(f"{given}: no dump files ({', '.join(DUMP_SUFFIXES)}) inside{why}")
             files.extend(found)
         elif given.exists():  # a named pipe too: the readers stream it (the Reddit stage, reading twice, refuses it)
-            files.append(given)
+            files.append(given.resolve())
         else:
             raise FileNotFoundError(f"{given}: no such dump file or folder")
     if not files:
         raise FileNotFoundError("no dump files given")
-    return sorted(dict.fromkeys(p.resolve() for p in files))
+    return DumpSearch(sorted(dict.fromkeys(files)), left_out)
+
+
+def _dump_files_under(root: Path, leave_out: FolderFilter | None, left_out: list[LeftOutFolder]) -> Iterator[Path]:
+    """The dump files under the resolved folder ``root``, resolved. One listing per folder (``os.scandir``: whether
+    an entry is a file, a folder or a link comes with it), so no stat per file, and only a link is resolved (a path
+    under a resolved folder that is no link is resolved already); ``leave_out`` sees a folder's entry names, so it
+    costs a look-up only where a name suggests one."""
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        entries = _listing(folder)
+        why = leave_out(folder, frozenset(entry.name for entry in entries)) if leave_out else None
+        if why is not None:
+            left_out.append(LeftOutFolder(folder, why, sum(1 for _ in _dump_files_under(folder, None, []))))
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(Path(entry.path))
+            elif is_dump_file(Path(entry.name)) and entry.is_file():
+                yield Path(entry.path).resolve() if entry.is_symlink() else Path(entry.path)
+
+
+def _listing(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except PermissionError:  # skipped, as Path.rglob skips a folder it may not list
+        return []
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,17 +41,21 @@ import orjson
 
 from reddit_amazon.dumps import (
     DumpReadError,
+    DumpSearch,
+    FolderFilter,
+    LeftOutFolder,
     LinePlace,
     LineProblems,
     ReadProgress,
-    find_dump_files,
     iter_chunks,
     iter_selected_lines,
     parse_line,
     place_text,
+    search_dump_files,
 )
-from reddit_amazon.files import (STAGE_STAMP, DamagedFileError, folder_lock, is_json_type, json_type_name, open_named,
-                                 printable_path, read_json, read_jsonl, remove_abandoned_temp_files, write_atomic)
+from reddit_amazon.files import (LOCK_FILE, STAGE_STAMP, DamagedFileError, folder_lock, is_json_type, json_type_name,
+                                 open_named, printable_path, read_json, read_jsonl, remove_abandoned_temp_files,
+                                 write_atomic)
 from reddit_amazon.linking import (
     DEFAULT_DEADLINE_S,
     LinkPrefilter,
@@ -113,6 +117,7 @@ class RedditStageResult:
     funnel: dict[str, Any]
     incomplete_reasons: dict[str, str] = field(default_factory=dict)  # path -> error with byte offset
     unresolved_short_links: list[str] = field(default_factory=list)
+    left_out: list[LeftOutFolder] = field(default_factory=list)  # folders under the inputs not searched, and why
 
     @property
     def incomplete_files(self) -> list[Path]:
@@ -734,8 +739,9 @@ def _write_targets(work_dir: Path, targets: dict[int, list[dict[str, Any]]], nee
     return targets_dir, digest
 
 
-def dump_files_outside(inputs: Sequence[str | os.PathLike], workdir: str | os.PathLike) -> list[Path]:
-    """The dump files of ``inputs`` without the work files under ``workdir``.
+def dump_files_outside(inputs: Sequence[str | os.PathLike], workdir: str | os.PathLike) -> DumpSearch:
+    """The dump files of ``inputs`` without the work files under ``workdir``, nor the files of other folders this
+    package wrote (:func:`reddit_amazon_outputs`).
 
     The work files and shards are .jsonl: with the workdir inside an input folder ("dumps/ --workdir
     dumps/work") a rerun would read them as dumps. Dumps kept inside the workdir ("work/dumps --workdir
@@ -743,8 +749,34 @@ def dump_files_outside(inputs: Sequence[str | os.PathLike], workdir: str | os.Pa
     """
     work = Path(workdir).resolve()
     inside = [r for r in (Path(i).resolve() for i in inputs) if r != work and r.is_relative_to(work)]
-    return [p for p in find_dump_files(inputs) if not p.is_relative_to(work / "reddit")
-            and (not p.is_relative_to(work) or any(p.is_relative_to(r) for r in inside))]
+    search = search_dump_files(inputs, reddit_amazon_outputs(work))
+    files = [p for p in search.files if not p.is_relative_to(work / "reddit")
+             and (not p.is_relative_to(work) or any(p.is_relative_to(r) for r in inside))]
+    return DumpSearch(files, search.left_out)
+
+
+#: What a Reddit stage leaves in ``<workdir>/reddit`` once started (the lock first, then the salt; a build adds its
+#: stamp), interrupted or not: any of them tells a work folder, whose .jsonl work files and shards are no dumps.
+WORK_FOLDER_MARKERS = (LOCK_FILE, "salt", STAGE_STAMP)
+
+
+def reddit_amazon_outputs(workdir: Path) -> FolderFilter:
+    """Leaves out of the search for dumps the work folders of other runs (``reddit/`` holding a
+    :data:`WORK_FOLDER_MARKERS`) and dataset folders (an import's ``lavic_source/`` holds the release's .jsonl),
+    deciding from each folder's listing. ``workdir`` itself is left to :func:`dump_files_outside`, which keeps the
+    dumps of an input inside it."""
+    from reddit_amazon.dataset_folder import MANIFEST, has_dataset_manifest
+
+    def why(folder: Path, names: frozenset[str]) -> str | None:
+        if "reddit" in names and folder != workdir:  # the search hands resolved folders
+            marker = next((m for m in WORK_FOLDER_MARKERS if (folder / "reddit" / m).exists()), None)
+            if marker is not None:
+                return f"a reddit-amazon work folder (it holds reddit/{marker}), not dumps"
+        if MANIFEST in names and has_dataset_manifest(folder):
+            return f"a reddit-amazon dataset folder (its {MANIFEST}), not dumps"
+        return None
+
+    return why
 
 
 def run_reddit_stage(inputs: Sequence[str | os.PathLike], workdir: str | os.PathLike,
@@ -765,7 +797,10 @@ def run_reddit_stage(inputs: Sequence[str | os.PathLike], workdir: str | os.Path
         raise ValueError(f"workdir {printable_path(workdir)} {where} the dataset folder {printable_path(dataset)}: "
                          "its work files would be mixed into the dataset; choose another folder")
     with reddit_stage_lock(workdir):
-        return run_reddit_stage_on_files(dump_files_outside(inputs, workdir), workdir, options)
+        search = dump_files_outside(inputs, workdir)
+        result = run_reddit_stage_on_files(search.files, workdir, options)
+    result.left_out = search.left_out
+    return result
 
 
 @contextmanager

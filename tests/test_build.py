@@ -688,19 +688,40 @@ def test_a_build_lists_the_dump_files_once(tmp_path, monkeypatch):
     from reddit_amazon import pipeline
 
     listed = []
-    find_dump_files = pipeline.find_dump_files
+    search_dump_files = pipeline.search_dump_files
 
-    def counted(inputs):
+    def counted(inputs, leave_out=None):
         listed.append(list(inputs))
-        return find_dump_files(listed[-1])
+        return search_dump_files(listed[-1], leave_out)
 
-    monkeypatch.setattr(pipeline, "find_dump_files", counted)
+    monkeypatch.setattr(pipeline, "search_dump_files", counted)
     result = build("--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--no-images", *FAST)
     assert result.exit_code == 0, result.output
     assert listed == [[str(SAMPLE_INPUTS / "reddit")]]
     manifest = read_manifest(tmp_path / "ds")
     assert [i["path"] for i in manifest["build"]["inputs"][:2]] == [
         "reddit_amazon/sample/inputs/reddit/sample_comments.zst", "reddit_amazon/sample/inputs/reddit/sample_submissions.zst"]
+
+
+def test_a_build_leaves_out_another_builds_workdir_inside_its_input_folder(tmp_path):
+    """`build --inputs dumps/` with an earlier build's workdir in dumps/ read its catalog and relevance .jsonl files
+    as dumps (told by the reddit/.lock every build takes), and said nothing."""
+    import shutil
+
+    dumps = tmp_path / "dumps"
+    shutil.copytree(SAMPLE_INPUTS / "reddit", dumps)
+    old = dumps / "old-work"
+    for name in ("reddit/.lock", "catalog/conversations.jsonl", "catalog/items.jsonl", "relevance/conversations.jsonl"):
+        (old / name).parent.mkdir(parents=True, exist_ok=True)
+        (old / name).write_text('{"example_id": "x"}\n')
+    result = build("--inputs", str(dumps), "--meta", str(SAMPLE_INPUTS / "amazon"), "--reviews",
+                   str(SAMPLE_INPUTS / "amazon"), "--salt", SAMPLE_SALT, "--no-resolve-short-links", "--out",
+                   str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--dry-run", "--no-filter")
+    assert result.exit_code == 0, result.output
+    output = "".join(result.output.split())  # rich wraps long paths
+    assert "candidateconversationsfrom2dumpfile(s)" in output, result.output
+    assert "".join(f"warning: --inputs: left out 3 file(s) named like dumps in {old}: a reddit-amazon work folder "
+                   "(it holds reddit/.lock), not dumps".split()) in output, result.output
 
 
 def test_a_dry_run_counts_only_the_images_the_build_would_download(tmp_path):

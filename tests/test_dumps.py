@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 
@@ -16,12 +17,12 @@ from reddit_amazon.dumps import (
     ReadProgress,
     _FrameWalker,
     bare_id,
-    find_dump_files,
     iter_chunks,
     iter_lines,
     iter_selected_lines,
     parse_created_utc,
     parse_line,
+    search_dump_files,
     text_state,
     write_zst_ndjson,
 )
@@ -229,7 +230,7 @@ def test_format_comes_from_the_bytes_and_a_bom_is_dropped(tmp_path):
     upper.write_bytes(zst.read_bytes())
     for path in (zst, link, upper):
         assert len(_all_lines(path)) == 50
-    assert find_dump_files([tmp_path]) == sorted([link.resolve(), upper])  # the blob has no dump suffix
+    assert search_dump_files([tmp_path]).files == sorted([link.resolve(), upper])  # the blob has no dump suffix
     bom = tmp_path / "c.jsonl"
     bom.write_bytes(b'\xef\xbb\xbf{"id":"x"}\n{"id":"y"}\n')
     assert [orjson.loads(line) for line in _all_lines(bom)] == [{"id": "x"}, {"id": "y"}]
@@ -513,3 +514,30 @@ def test_a_bad_line_after_a_bom_is_placed_from_the_files_first_byte(tmp_path, co
     assert placed == [(2, 12), (4, 44)]
     for line_number, byte in placed:
         assert text[byte:].split(b"\n")[0] == text.split(b"\n")[line_number - 1]  # what `tail -c +{byte + 1}` shows
+
+
+def test_searching_a_folder_of_many_dumps_stats_per_folder_not_per_file(tmp_path, monkeypatch):
+    """The search listed folders with Path.rglob and asked each entry is_file(): one stat per file, on a shared file
+    system holding thousands of monthly dumps and their neighbours. The listing says which entries are files; the
+    folder filter sees each folder's names once."""
+    for month in range(40):
+        folder = tmp_path / f"batch-{month:02d}"
+        folder.mkdir()
+        for index in range(50):
+            (folder / f"RC_{month:02d}-{index:02d}.zst").touch()
+            (folder / f"notes-{index:02d}.txt").touch()
+    seen_by_filter = []
+
+    def leave_out(folder, names):
+        seen_by_filter.append(folder)
+        return "skipped" if folder.name == "batch-07" else None
+
+    stats = []
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda *args, **kwargs: stats.append(args[0]) or real_stat(*args, **kwargs))
+    search = search_dump_files([tmp_path], leave_out)
+    monkeypatch.undo()
+    assert len(search.files) == 39 * 50 and all(p.name.startswith("RC_") for p in search.files)
+    assert [(f.folder.name, f.dump_named_files) for f in search.left_out] == [("batch-07", 50)]
+    assert sorted(seen_by_filter) == sorted([tmp_path, *tmp_path.iterdir()])
+    assert len(stats) < 10, stats[:20]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -428,6 +429,68 @@ def test_a_workdir_inside_the_input_folder_is_not_read_as_dumps(world, tmp_path)
     again = run_reddit_stage([dumps], dumps / "work", options)
     assert again.funnel["files"] == first.funnel["files"] == len(list(world.iterdir()))
     assert len(again.shards) == len(first.shards) and _rows(again) == _rows(first)
+
+
+def test_the_work_folder_of_another_run_inside_the_input_folder_is_left_out_and_named(world, tmp_path):
+    """`reddit-stage dumps/ --workdir dumps/w1`, then `reddit-stage dumps/ --workdir w2`: the second run read w1's
+    .jsonl work files and shards as dumps (32 files instead of 5, and "bad lines" warnings about them)."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    dumps = tmp_path / "dumps"
+    shutil.copytree(world, dumps)
+    first = run_reddit_stage([dumps], dumps / "w1", RedditStageOptions(salt="test-salt", progress=False))
+    named_like_dumps = sum(p.name.endswith((".jsonl", ".zst")) for p in (dumps / "w1").rglob("*"))
+    assert named_like_dumps > len(list(world.iterdir()))  # shards and work files
+    result = CliRunner().invoke(cli, ["reddit-stage", str(dumps), "--workdir", str(tmp_path / "w2"),
+                                      "--salt", "test-salt", "--quiet"])
+    assert result.exit_code == 0, result.output
+    funnel = orjson.loads(result.stdout)
+    assert funnel["files"] == first.funnel["files"] == len(list(world.iterdir()))
+    assert funnel == first.funnel
+    assert f"warning: left out {named_like_dumps} file(s) named like dumps in {dumps / 'w1'}: a reddit-amazon " \
+           "work folder (it holds reddit/.lock), not dumps" in result.stderr
+    assert "w1" not in "".join(line for line in result.stderr.splitlines() if line.startswith("bad lines"))
+
+
+def test_work_and_dataset_folders_are_told_by_what_they_always_hold_and_named_files_are_read(world, tmp_path):
+    """An interrupted run leaves only reddit/.lock (and maybe the salt) beside its work files; a dataset folder
+    (an import keeps the release's .jsonl in lavic_source/) is told by its manifest. A dump named as a file is
+    read wherever it lies; a folder merely called `reddit`, or holding an unrelated manifest.json, is searched."""
+    from reddit_amazon.pipeline import dump_files_outside
+
+    dumps = tmp_path / "dumps"
+    shutil.copytree(world, dumps)
+    interrupted = dumps / "old-run"
+    (interrupted / "reddit" / "work" / "scan").mkdir(parents=True)
+    (interrupted / "reddit" / ".lock").touch()
+    (interrupted / "reddit" / "work" / "scan" / "part.jsonl").write_text('{"half": ')
+    salted = dumps / "salted" / "reddit"
+    salted.mkdir(parents=True)
+    (salted / "salt").write_text("s")
+    (salted / "RC_copy.zst").write_bytes((world / "RC_2020-09.zst").read_bytes())
+    imported = dumps / "imported"
+    (imported / "lavic_source").mkdir(parents=True)
+    (imported / "manifest.json").write_text(json.dumps({"name": "reddit-amazon", "version": "1.0.0",
+                                                        "fingerprint": "0" * 64, "counts": {}}))
+    (imported / "lavic_source" / "item2meta_valid.jsonl").write_text('{"title": "x"}\n')
+    other = dumps / "subreddits" / "reddit"  # no marker: a folder of dumps named after the site
+    other.mkdir(parents=True)
+    (other / "extra.jsonl").write_text("")
+    (dumps / "subreddits" / "manifest.json").write_text('{"name": "a web app"}')
+    named = interrupted / "reddit" / "work" / "scan" / "part.jsonl"
+
+    search = dump_files_outside([dumps, named], tmp_path / "w")
+    read = [*(dumps / p.name for p in world.iterdir()), other / "extra.jsonl", named]
+    assert search.files == sorted(p.resolve() for p in read)
+    assert {(f.folder, f.dump_named_files, f.why) for f in search.left_out} == {
+        (interrupted, 1, "a reddit-amazon work folder (it holds reddit/.lock), not dumps"),
+        (dumps / "salted", 1, "a reddit-amazon work folder (it holds reddit/salt), not dumps"),
+        (imported, 1, "a reddit-amazon dataset folder (its manifest.json), not dumps"),
+    }
+    with pytest.raises(FileNotFoundError, match="no dump files .* inside; left out 1 file"):
+        dump_files_outside([imported], tmp_path / "w")
 
 
 def test_dumps_kept_inside_the_workdir_are_read(world, tmp_path, monkeypatch):
