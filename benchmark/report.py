@@ -89,6 +89,9 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
         path = Path(path)
         results_path = path / "results.json" if path.is_dir() else path
         if not results_path.is_file():
+            if path.is_dir() and not is_unfinished_run(path):  # a model or embeddings folder beside the runs
+                raise FileNotFoundError(f"{path}: not a run folder (no results.json); name the folders that "
+                                        "`benchmark run` or `benchmark retrieve` wrote")
             raise FileNotFoundError(f"{path}: no results.json (is the run finished?)")
         if (identity := results_path.resolve()) not in seen:
             seen.add(identity)

@@ -1715,7 +1715,10 @@ def test_report_skips_a_run_killed_or_still_loading_before_its_run_json(dataset,
     stray = tmp_path / "runs" / "notes"  # a folder that is no run at all is still an error
     stray.mkdir()
     (stray / "todo.txt").write_text("x")
-    assert CliRunner().invoke(cli, ["report", str(finished), str(stray)]).exit_code == 1
+    refused = CliRunner().invoke(cli, ["report", str(finished), str(stray)])
+    # named for what it is (docs/lavic.md's model folder beside the runs was told "is the run finished?")
+    assert refused.exit_code == 1 and f"{stray}: not a run folder (no results.json)" in refused.output
+    assert "is the run finished" not in refused.output
 
 
 def test_a_plugin_bug_s_traceback_shows_no_secret(dataset, tmp_path):
