@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -132,6 +133,9 @@ def run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options: 
 
         if not options.slurm_partition:
             raise ValueError("executor 'slurm' needs a partition (RedditStageOptions.slurm_partition)")
+        if shutil.which("sbatch") is None:  # else datatrove's bare "No such file or directory: 'sbatch'"
+            raise FileNotFoundError("executor 'slurm' needs Slurm's sbatch, and there is none on PATH: run on a "
+                                    "machine that submits Slurm jobs, or use the local or ray executor")
         executor = SlurmPipelineExecutor(
             [step],
             tasks=tasks,

@@ -793,6 +793,22 @@ def test_a_workdir_in_a_dataset_folder_is_refused_before_anything_is_written(wor
         run_reddit_stage([world], dataset / workdir, RedditStageOptions(salt="test-salt", progress=False))
 
 
+def test_slurm_on_a_machine_without_slurm_says_so_in_one_line(world, tmp_path, monkeypatch):
+    """Without Slurm the stage ended in datatrove's `FileNotFoundError: ... 'sbatch'`, naming neither Slurm nor what
+    to do instead."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    result = CliRunner().invoke(cli, ["reddit-stage", str(world), "--workdir", str(tmp_path / "w"), "--quiet",
+                                      "--executor", "slurm", "--partition", "cpu"])
+    assert result.exit_code == 1 and result.output.startswith("Error: FileNotFoundError: executor 'slurm' needs "
+                                                              "Slurm's sbatch, and there is none on PATH"), result.output
+    assert result.output.count("\n") == 1
+
+
 def test_slurm_without_a_partition_is_a_usage_error(world, tmp_path):
     from click.testing import CliRunner
 
