@@ -150,8 +150,18 @@ def _dump_files_under(root: Path, leave_out: FolderFilter | None, left_out: list
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 folders.append(Path(entry.path))
-            elif is_dump_file(Path(entry.name)) and entry.is_file():
-                yield Path(entry.path).resolve() if entry.is_symlink() else Path(entry.path)
+            elif is_dump_file(Path(entry.name)) and (file := _file_of(entry)) is not None:
+                yield file
+
+
+def _file_of(entry: os.DirEntry) -> Path | None:
+    """The file ``entry`` is, or the one it links to, resolved; ``None`` for anything else. A link is asked through
+    :meth:`Path.is_file`, as the rglob-based search did: a link in a loop or through a file is no file, where
+    ``DirEntry.is_file`` raises ``OSError`` and ends the search."""
+    if entry.is_symlink():
+        path = Path(entry.path)
+        return path.resolve() if path.is_file() else None
+    return Path(entry.path) if entry.is_file(follow_symlinks=False) else None
 
 
 def _listing(folder: Path) -> list[os.DirEntry]:

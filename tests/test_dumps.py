@@ -541,3 +541,16 @@ def test_searching_a_folder_of_many_dumps_stats_per_folder_not_per_file(tmp_path
     assert [(f.folder.name, f.dump_named_files) for f in search.left_out] == [("batch-07", 50)]
     assert sorted(seen_by_filter) == sorted([tmp_path, *tmp_path.iterdir()])
     assert len(stats) < 10, stats[:20]
+
+
+def test_a_link_that_leads_to_no_file_is_passed_over_like_a_broken_one(tmp_path):
+    """A link in a loop, or through a file, named like a dump stopped the search with OSError ("Too many levels of
+    symbolic links"); the rglob-based search took it for no file, as it does a broken link."""
+    (tmp_path / "RC_2020-01.zst").touch()
+    (tmp_path / "blob").touch()
+    (tmp_path / "loop.jsonl").symlink_to(tmp_path / "loop.jsonl")
+    (tmp_path / "through-a-file.zst").symlink_to(tmp_path / "blob" / "x")
+    (tmp_path / "broken.zst").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "link.zst").symlink_to(tmp_path / "blob")
+    assert search_dump_files([tmp_path]).files == sorted(p.resolve() for p in (tmp_path / "RC_2020-01.zst",
+                                                                               tmp_path / "blob"))
