@@ -206,14 +206,22 @@ def _labels(runs: Sequence[Run]) -> dict[int, str]:
     datasets = len({_dataset_key(run) for run in runs}) > 1
     labels = {}
     for run in runs:
-        extra = ([f"split {run.results['split']}"] if splits else []) + (
-            [f"dataset {Path(run.results['dataset']['id']).name} {_dataset_key(run)}"] if datasets else [])
+        extra = ([f"split {run.results['split']}"] if splits else []) + ([_dataset_label(run)] if datasets else [])
         labels[id(run)] = run.label + (f" [{'; '.join(extra)}]" if extra else "")
     alike = Counter((run.group, labels[id(run)]) for run in runs)
     for run in runs:
         if alike[run.group, labels[id(run)]] > 1:
             labels[id(run)] += f" [{shown_value(run.path.as_posix())}]"
     return labels
+
+
+def _dataset_label(run: Run) -> str:
+    """How a row names its dataset where the rows' datasets differ: by name and fingerprint, or, the fingerprint
+    unknown, by its id alone (the key then), a local folder by its name only (the page is published)."""
+    from cards.local_paths import shown_value  # lazily: cards imports benchmark too (docs/architecture.md)
+
+    dataset_id, key = run.results["dataset"]["id"], _dataset_key(run)
+    return f"dataset {shown_value(dataset_id)}" if key == dataset_id else f"dataset {Path(dataset_id).name} {key}"
 
 
 def _format(value: float | None) -> str:

@@ -1564,6 +1564,24 @@ def test_rows_that_read_alike_name_an_absolute_run_folder_by_its_name_only(datas
         assert str(dataset) not in text and f"dataset {dataset.name} v" in text  # the dataset folder too
 
 
+def test_rows_over_local_folders_of_unknown_fingerprint_name_them_by_their_name_only(dataset, tmp_path):
+    """Rows over two dataset folders without a manifest (fingerprint unknown) were labelled with the folder's
+    absolute path, `random [dataset one /home/<user>/one]`, in the page to publish; the notes under the table
+    already name a local folder by its name."""
+    from benchmark.report import load_runs, to_html, to_markdown
+
+    for name in ("one", "two"):
+        shutil.copytree(dataset, tmp_path / "data" / name)
+        (tmp_path / "data" / name / "manifest.json").unlink()
+        run(RunConfig(model="random", dataset=str(tmp_path / "data" / name), bootstrap_samples=0),
+            tmp_path / "runs" / name, progress=False)
+    both = load_runs([tmp_path / "runs" / "one", tmp_path / "runs" / "two"])
+    assert {r.results["dataset"]["fingerprint"] for r in both} == {"unknown"}
+    for text in (to_markdown(both).replace("\\[", "[").replace("\\]", "]"), to_html(both)):
+        assert "[dataset one]" in text and "[dataset two]" in text
+        assert str(tmp_path) not in text
+
+
 def test_quiet_draws_no_progress_bar_of_datasets_either(tmp_path):
     """A folder's first load makes `datasets` draw "Generating ... split" bars of its own."""
     import os
