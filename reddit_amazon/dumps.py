@@ -131,7 +131,8 @@ def search_dump_files(inputs: Iterable[str | os.PathLike], leave_out: FolderFilt
             raise FileNotFoundError(f"{given}: no such dump file or folder")
     if not files:
         raise FileNotFoundError("no dump files given")
-    return DumpSearch(sorted(dict.fromkeys(files)), left_out)
+    # overlapping inputs (a folder and one inside it) meet a left-out folder more than once
+    return DumpSearch(sorted(dict.fromkeys(files)), list(dict.fromkeys(left_out)))
 
 
 def _dump_files_under(root: Path, leave_out: FolderFilter | None, left_out: list[LeftOutFolder]) -> Iterator[Path]:

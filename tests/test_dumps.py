@@ -554,3 +554,15 @@ def test_a_link_that_leads_to_no_file_is_passed_over_like_a_broken_one(tmp_path)
     (tmp_path / "link.zst").symlink_to(tmp_path / "blob")
     assert search_dump_files([tmp_path]).files == sorted(p.resolve() for p in (tmp_path / "RC_2020-01.zst",
                                                                                tmp_path / "blob"))
+
+
+def test_a_folder_left_out_under_inputs_that_overlap_is_named_once(tmp_path):
+    """`reddit-stage dumps dumps/2020` (or a folder named twice) read each dump once but warned twice about a work
+    folder under both."""
+    (tmp_path / "2020" / "old-work").mkdir(parents=True)
+    (tmp_path / "2020" / "RC_2020-01.zst").touch()
+    (tmp_path / "2020" / "old-work" / "part.jsonl").touch()
+    search = search_dump_files([tmp_path, tmp_path / "2020", tmp_path],
+                               lambda folder, names: "a work folder" if folder.name == "old-work" else None)
+    assert search.files == [(tmp_path / "2020" / "RC_2020-01.zst").resolve()]
+    assert [(f.folder.name, f.dump_named_files) for f in search.left_out] == [("old-work", 1)]
