@@ -91,7 +91,7 @@ FolderFilter = Callable[[Path, frozenset[str]], str | None]
 
 @dataclass(frozen=True)
 class LeftOutFolder:
-    """A folder under an input folder that the search of dumps did not read."""
+    """A folder under an input folder that the search of dumps did not read, though it holds files named like dumps."""
 
     folder: Path
     why: str
@@ -146,7 +146,8 @@ def _dump_files_under(root: Path, leave_out: FolderFilter | None, left_out: list
         entries = _listing(folder)
         why = leave_out(folder, frozenset(entry.name for entry in entries)) if leave_out else None
         if why is not None:
-            left_out.append(LeftOutFolder(folder, why, sum(1 for _ in _dump_files_under(folder, None, []))))
+            if dump_named := sum(1 for _ in _dump_files_under(folder, None, [])):  # else leaving it out changes nothing
+                left_out.append(LeftOutFolder(folder, why, dump_named))
             continue
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):

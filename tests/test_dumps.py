@@ -566,3 +566,15 @@ def test_a_folder_left_out_under_inputs_that_overlap_is_named_once(tmp_path):
                                lambda folder, names: "a work folder" if folder.name == "old-work" else None)
     assert search.files == [(tmp_path / "2020" / "RC_2020-01.zst").resolve()]
     assert [(f.folder.name, f.dump_named_files) for f in search.left_out] == [("old-work", 1)]
+
+
+def test_a_left_out_folder_without_files_named_like_dumps_is_not_named(tmp_path):
+    """`build --inputs .` beside the dataset folder it wrote (parquet shards only) warned "left out 0 file(s) named
+    like dumps in reddit-amazon": leaving out a folder that holds nothing the search would read changes nothing."""
+    (tmp_path / "RC_2020-01.zst").touch()
+    for folder, name in (("reddit-amazon", "data/beauty/test-00000.parquet"), ("old-work", "reddit/part.jsonl")):
+        (tmp_path / folder / name).parent.mkdir(parents=True)
+        (tmp_path / folder / name).touch()
+    search = search_dump_files([tmp_path], lambda folder, names: "ours" if folder != tmp_path else None)
+    assert search.files == [(tmp_path / "RC_2020-01.zst").resolve()]
+    assert [(f.folder.name, f.dump_named_files) for f in search.left_out] == [("old-work", 1)]
