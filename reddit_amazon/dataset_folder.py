@@ -46,7 +46,8 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from reddit_amazon import __version__
 from reddit_amazon.files import (current_umask, file_lock, file_sha256, naming, os_error_under, printable_path,
-                                 remove_abandoned_siblings, replace_dir, sibling_prefix, write_atomic)
+                                 remove_abandoned_siblings, remove_abandoned_temp_files, replace_dir,
+                                 sibling_prefix, write_atomic)
 from reddit_amazon.schema import (
     DOMAINS,
     ITEM_FEATURES,
@@ -425,6 +426,7 @@ def refresh_card(folder: str | os.PathLike) -> None:
     if problems:
         raise SchemaError(f"{folder} does not match its manifest, so its card would contradict its data:\n  "
                           + "\n  ".join(problems) + "\nrestore the data files, or rebuild or re-import the folder")
+    remove_abandoned_temp_files(folder)  # a card write killed half-way (kill -9) left its hidden temporary README
     write_atomic(folder / "README.md", readme_from_shards(folder, folder.resolve().name).encode("utf-8"))
 
 

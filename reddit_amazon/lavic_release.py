@@ -40,7 +40,7 @@ from reddit_amazon.dataset_folder import (
     source_copy_problems,
     write_dataset,
 )
-from reddit_amazon.files import file_sha256, open_atomic
+from reddit_amazon.files import file_sha256, open_atomic, remove_abandoned_temp_files
 from reddit_amazon.schema import (
     DOMAINS,
     ITEMS_CONFIG,
@@ -375,6 +375,7 @@ def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, 
         if problems:
             raise SchemaError(f"{dataset}: its release files changed since the import:\n  " + "\n  ".join(problems)
                               + "\nre-import the release, or restore them")
+    _remove_abandoned_writes(out)
     for domain, splits in loaded.items():
         for split in SPLITS:
             if split not in splits or len(splits[split]) == 0:
@@ -395,6 +396,14 @@ def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, 
     elif ITEMS_CONFIG in present:
         _write_item_metadata(dataset, [d for d in DOMAINS if d in loaded], out / "item2meta_valid.jsonl")
     return written
+
+
+def _remove_abandoned_writes(out: Path) -> None:
+    """The hidden temporary files an export killed half-way (kill -9) left in ``out`` and its domain folders: a rerun
+    replaces the files they were to become, and nothing else would ever delete them."""
+    for folder in (out, *(out / name for name in RELEASE_FOLDERS)):
+        if folder.is_dir():
+            remove_abandoned_temp_files(folder)
 
 
 def check_release_folder(out: Path) -> None:

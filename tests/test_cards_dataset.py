@@ -374,6 +374,18 @@ def test_dataset_without_authors_images_or_times_says_so(tmp_path):
     assert_card_matches_loaded_dataset(card, folder)
 
 
+def test_a_card_killed_mid_write_leaves_no_temporary_file_once_run_again(built):
+    """``reddit-amazon card`` killed while writing README.md leaves its hidden temporary in the dataset folder;
+    running it again removes it, so only the folder's own files remain."""
+    from tests.test_lavic_release import abandoned_temporary
+
+    files = sorted(path for path in built.rglob("*") if path.is_file())
+    abandoned_temporary(built / "README.md")
+    result = CliRunner().invoke(cli, ["card", str(built)])
+    assert result.exit_code == 0, result.output
+    assert sorted(path for path in built.rglob("*") if path.is_file()) == files
+
+
 def test_refresh_card_rerenders_after_a_manifest_edit(built):
     manifest = json.loads((built / "manifest.json").read_text())
     manifest["funnel"][0]["kept"] = 901

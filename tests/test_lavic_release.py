@@ -1,6 +1,7 @@
 """Importer/exporter of the authors' release: on the real release when present, on crafted files always."""
 
 import json
+import os
 from pathlib import Path
 
 import datasets
@@ -371,3 +372,24 @@ def test_an_import_records_its_candidate_recall_per_set_and_domain_over_all_spli
     export_release(tmp_path / "ds", tmp_path / "back")
     for folder, name in [("amazon_home", "valid.jsonl"), ("amazon_home", "train.jsonl"), ("all_beauty", "valid.jsonl")]:
         assert (tmp_path / "back" / folder / name).read_bytes() == (src / folder / name).read_bytes()
+
+
+def abandoned_temporary(target: Path) -> Path:
+    """The hidden temporary file a writer of ``target`` killed mid-write (kill -9) leaves beside it."""
+    from reddit_amazon.files import sibling_prefix
+
+    leftover = target.parent / (sibling_prefix(target, "tmp").replace(str(os.getpid()), "999999999") + "k1ll3d00")
+    leftover.write_bytes(b'{"half": ')
+    return leftover
+
+
+def test_an_export_killed_mid_write_leaves_no_temporary_file_once_run_again(tmp_path):
+    """What an export killed while writing a file left (its hidden temporary) is gone after the export is run again;
+    only the release files remain."""
+    import_release(write_release(tmp_path / "src", [release_line()]), tmp_path / "ds")
+    export_release(tmp_path / "ds", tmp_path / "out")
+    before = _tree(tmp_path / "out")
+    abandoned_temporary(tmp_path / "out" / "amazon_home" / "valid.jsonl")
+    abandoned_temporary(tmp_path / "out" / "item2meta_valid.jsonl")
+    export_release(tmp_path / "ds", tmp_path / "out")
+    assert _tree(tmp_path / "out") == before
