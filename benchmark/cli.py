@@ -264,7 +264,7 @@ def report_command(runs, markdown_path, html_path, title) -> None:
       benchmark report runs/* --html site/leaderboard.html --markdown leaderboard.md
     """
     from benchmark.report import is_unfinished_run, load_runs, to_html, to_markdown
-    from reddit_amazon.files import write_atomic
+    from reddit_amazon.files import remove_abandoned_temp_files, write_atomic
 
     _refuse_report_files_over_runs(runs, markdown_path, html_path)
     skipped = {}
@@ -287,6 +287,9 @@ def report_command(runs, markdown_path, html_path, title) -> None:
     for path, text in ((markdown_path, markdown), (html_path, to_html(loaded, title) if html_path else "")):
         if path:
             try:
+                folder = Path(os.path.realpath(path)).parent  # where write_atomic puts its temporary
+                if folder.is_dir():  # what a report killed (kill -9) while writing this page left
+                    remove_abandoned_temp_files(folder)
                 write_atomic(Path(path), text.encode("utf-8"))
             except OSError as error:  # an unwritable folder, a full disk: one line naming the file asked for
                 _fail(OSError(error.errno, f"cannot write {path}: {error.strerror or error}"))

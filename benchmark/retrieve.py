@@ -46,7 +46,7 @@ from benchmark.runner import (
     recorded_args,
     refuse_dataset_folder,
 )
-from reddit_amazon.files import read_json, write_atomic, write_jsonl_atomic
+from reddit_amazon.files import read_json, remove_abandoned_temp_files, write_atomic, write_jsonl_atomic
 from reddit_amazon.progress import bar_options, quiet
 
 CANDIDATES_FILE = "candidates.jsonl"
@@ -111,6 +111,7 @@ def _retrieve(config: RetrieveConfig, out: Path, progress: bool, overwrite: bool
             metrics.pop(f"ndcg@{cutoff}", None)
     # created only now: a retrieval that fails (no key, a typo) leaves no empty folder for `report runs/*`
     out.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_temp_files(out)  # a retrieval killed (kill -9) while writing its files left their temporaries
     if overwrite:
         for name in (RUN_FILE, PREDICTIONS_FILE):
             (out / name).unlink(missing_ok=True)

@@ -51,7 +51,8 @@ from benchmark.metrics import (
 )
 from benchmark.protocol import DEFAULT_BATCH_SIZE, Candidate, RankingRecommender, Recommender
 from reddit_amazon.cli_seed import SEED_MAX, SEED_MIN, SEED_RANGE_HELP
-from reddit_amazon.files import folder_lock, open_named, read_json, write_atomic, write_jsonl_atomic
+from reddit_amazon.files import (folder_lock, open_named, read_json, remove_abandoned_temp_files, write_atomic,
+                                 write_jsonl_atomic)
 from reddit_amazon.progress import bar_options, quiet
 
 RUN_FILE = "run.json"
@@ -148,6 +149,7 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     # Two runs into one folder would mix; a run that fails before it writes anything leaves no folder behind (nor
     # the parents made for it). progress=False: no bar of the libraries either ("Generating test split").
     with folder_lock(out, "benchmark run", tidy_on_error=True), quiet(not progress), registry.plugin_imports():
+        remove_abandoned_temp_files(out)  # a run killed (kill -9) while writing run.json or results.json left it
         return _run(config, out, overwrite, progress, recommender)
 
 

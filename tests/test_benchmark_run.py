@@ -2420,3 +2420,41 @@ def test_an_interruption_names_the_recommender_it_stopped_and_says_only_what_was
     else:
         assert len((out / "predictions.jsonl").read_bytes().splitlines()) == 2
         assert message.endswith(f"the predictions made so far are kept in {out}; run the same command again to resume")
+
+
+def _abandoned_temporary(target: Path) -> Path:
+    """The hidden temporary file a writer of ``target`` killed mid-write (kill -9) leaves beside it."""
+    from reddit_amazon.files import sibling_prefix
+
+    leftover = target.parent / (sibling_prefix(target, "tmp").replace(str(os.getpid()), "999999999") + "k1ll3d00")
+    leftover.write_bytes(b'{"half": ')
+    return leftover
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_run_retrieve_and_report_killed_mid_write_leave_no_temporary_file_once_run_again(dataset, tmp_path,
+                                                                                         finished):
+    """What `benchmark run`, `retrieve` and `report` killed while writing a file left (its hidden temporary) is gone
+    after the same command is run again, whether the run had finished or is resumed; only their own files remain."""
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    runner = CliRunner()
+    commands = {
+        "run": ["run", "--model", "random", "--dataset", str(dataset), "--domain", "home", "--out",
+                str(tmp_path / "run"), "--quiet", "--bootstrap-samples", "20"],
+        "retrieve": ["retrieve", "--retriever", "bm25", "--dataset", str(dataset), "--domain", "home", "--out",
+                     str(tmp_path / "retrieve"), "--quiet", "--bootstrap-samples", "20"],
+        "report": ["report", str(tmp_path / "run"), "--html", str(tmp_path / "site" / "board.html"),
+                   "--markdown", str(tmp_path / "site" / "board.md")],
+    }
+    for args in commands.values():
+        assert runner.invoke(cli, args).exit_code == 0
+    kept = {folder: sorted(p.name for p in (tmp_path / folder).iterdir()) for folder in ("run", "retrieve", "site")}
+    if not finished:  # killed writing results.json: the rerun resumes from the predictions
+        (tmp_path / "run" / "results.json").unlink()
+    for target in ("run/run.json", "run/results.json", "retrieve/candidates.jsonl", "retrieve/results.json",
+                   "site/board.html", "site/board.md"):
+        _abandoned_temporary(tmp_path / target)
+    for name, args in commands.items():
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, (name, result.output)
+    assert {folder: sorted(p.name for p in (tmp_path / folder).iterdir()) for folder in kept} == kept
