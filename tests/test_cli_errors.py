@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -187,3 +189,20 @@ def test_ctrl_c_while_a_finished_command_exits_keeps_its_status(args, status):
     done = subprocess.run([sys.executable, "-c", _CTRL_C_AT_EXIT, *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == status and done.stdout == "written\n", (done.returncode, done.stdout, done.stderr)
     assert "KeyboardInterrupt" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is POSIX")
+def test_sigterm_in_code_run_from_a_string_still_ends_in_143_under_python_m(tmp_path):
+    """`python -m benchmark run ...` stopped by SIGTERM while code made from a string runs (a dataclass's __init__
+    being made during an import) ended killed by SIGINT (a shell's 130, a scheduler's "interrupted"), not 143: CPython
+    marks a KeyboardInterrupt leaving such code as unhandled, even once caught, and `-m` then ends on SIGINT."""
+    (tmp_path / "stopped_in_exec.py").write_text(
+        "import os, signal\nimport click\nfrom reddit_amazon.cli_errors import run_cli\n\n"
+        "@click.command()\ndef stopped():\n"
+        "    exec('os.kill(os.getpid(), signal.SIGTERM)\\nimport time\\ntime.sleep(30)')\n\n"
+        "run_cli(stopped, 'stopped')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parent.parent)])}
+    done = subprocess.run([sys.executable, "-m", "stopped_in_exec"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert done.stderr.strip() == "Aborted!"
