@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from lavic_ref.model import SUBIMAGES_PER_ITEM, Backbone, adapter_fingerprint, cls_embeddings, decode_image, \
     same_base_name, subimage_pixels
 from lavic_ref.prompts import ITEM_TOKENS
-from reddit_amazon.files import atomic_path, folder_lock, naming_write_failure
+from reddit_amazon.files import atomic_path, folder_lock, naming_write_failure, remove_abandoned_temp_files
 from reddit_amazon.images import image_digest
 from reddit_amazon.progress import bar_options, log_line
 
@@ -255,6 +255,8 @@ def embed_catalog_holding_lock(backbone: Backbone, items: Iterable[Item], out_di
                                adapter: str | os.PathLike | None, batch_size: int = 16,
                                checkpoint_items: int = CHECKPOINT_ITEMS, recompute: bool = False) -> Path:
     """:func:`embed_catalog` for a caller that holds :func:`embed_lock` of ``out_dir``."""
+    if Path(out_dir).is_dir():  # a run killed while writing the file left its temporary, as large as the file
+        remove_abandoned_temp_files(Path(out_dir))
     pairs = [(item.item_id, item.encoded_image()) for item in items]
     path = Path(out_dir) / embeddings_filename(backbone.base, adapter)
     sources = ItemSources.of(pairs, embedding_settings(backbone))

@@ -1994,6 +1994,26 @@ def test_an_interrupted_embed_resumes_from_its_last_checkpoint(tiny_base, tmp_pa
     assert sum(calls.embedded) == 10
 
 
+def test_an_embed_removes_the_half_written_file_a_killed_embed_left(tiny_base, tmp_path):
+    """`embed` killed (kill -9, a preempted job) while writing its file left the hidden temporary beside it for good:
+    nothing removed it, and on the full catalog it is as large as the file (about 0.5-1 GB). A rerun removes it; a
+    temporary of a process still running (here this one) is kept."""
+    from lavic_ref.embed import embed_catalog, embeddings_filename
+    from lavic_ref.model import load_backbone
+    from reddit_amazon.files import sibling_prefix
+
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    target = tmp_path / embeddings_filename(backbone.base, None)
+    tmp_path.mkdir(exist_ok=True)
+    killed = tmp_path / (sibling_prefix(target, "tmp").replace(f"-{os.getpid()}-", "-999999999-") + "x1y2z3")
+    killed.write_bytes(b"half of a safetensors file")
+    running = tmp_path / (sibling_prefix(target, "tmp") + "a4b5c6")
+    running.write_bytes(b"being written")
+    items = list(load_items(None, ["home"]).values())[:2]
+    assert embed_catalog(backbone, items, tmp_path, adapter=None, batch_size=2) == target
+    assert not killed.exists() and running.exists()
+
+
 def test_an_embed_of_other_items_into_the_same_folder_keeps_an_interrupted_embeds_checkpoints(tiny_base, tmp_path,
                                                                                                monkeypatch):
     """`embed --domain home` killed after a checkpoint, then `--domain fashion` into the same --out: the fashion
