@@ -30,8 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lavic_ref.model import Backbone, compile_language_layers, save_adapter
-from reddit_amazon.files import (naming_write_failure, read_json, remove_abandoned_siblings, replace_dir,
-                                 write_atomic)
+from reddit_amazon.files import (naming_write_failure, read_json, remove_abandoned_siblings,
+                                 remove_abandoned_temp_files, replace_dir, write_atomic)
 from reddit_amazon.progress import bar_options, log_line
 
 STATE_FILE = "trainer_state.json"
@@ -145,6 +145,8 @@ def _train_seeded(backbone: Backbone, train_set: Sequence[Any], val_set: Sequenc
     last = output / "last"
     for folder in (last, output / "best"):  # a process killed between replace_dir's two renames left it aside
         remove_abandoned_siblings(folder, STATE_FILE)
+    if output.is_dir():  # one killed while writing history.json (or finetune's card) left its temporary
+        remove_abandoned_temp_files(output)
     if resume and (last / STATE_FILE).is_file():
         state = _load_checkpoint(backbone, optimizer, last, state.settings)
     elapsed_before = state.elapsed_s

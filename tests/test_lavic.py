@@ -1539,6 +1539,30 @@ def test_training_that_fails_before_its_first_checkpoint_leaves_no_out_folder(ti
     assert not (tmp_path / "out").exists()
 
 
+def test_training_removes_the_half_written_files_a_killed_run_left_in_its_out_folder(tiny_base, tmp_path):
+    """`distill`/`finetune` killed while writing history.json, model_card.json or the card's README.md left the
+    hidden temporary beside it for good (each kill one more): the rerun, which resumes, removes them. A temporary of
+    a process still running (here this one) is kept."""
+    from reddit_amazon.files import sibling_prefix
+
+    items = load_items(None, ["beauty"])
+    instances, _ = _two_instances(items)
+    backbone = load_backbone(tiny_base, device=DEVICE)
+    new_adapter(backbone, LANGUAGE_LORA_TARGETS)
+    tokens = torch.tensor([[5, 6, 7]], device=backbone.device)
+    out = tmp_path / "out"
+    out.mkdir()
+    killed = [out / (sibling_prefix(out / name, "tmp").replace(f"-{os.getpid()}-", "-999999999-") + "x1y2z3")
+              for name in ("history.json", "model_card.json", "README.md")]
+    running = out / (sibling_prefix(out / "history.json", "tmp") + "a4b5c6")
+    for path in (*killed, running):
+        path.write_text("half written")
+    train(backbone, instances, [], lambda batch: backbone.model(input_ids=tokens).logits.float().mean(),
+          TrainConfig(output_dir=out, epochs=1, batch_size=2, gradient_checkpointing=False))
+    assert [path.name for path in killed if path.exists()] == [] and running.exists()
+    assert (out / "history.json").is_file()
+
+
 def test_an_out_folder_that_cannot_be_made_fails_before_any_training(tiny_base, tmp_path):
     """--out is made by the first checkpoint: one blocked by a file must fail at once, not after save_every steps."""
     items = load_items(None, ["beauty"])
