@@ -13,6 +13,7 @@ what an interrupted process did after its last checkpoint).
 from __future__ import annotations
 
 import errno
+import filecmp
 import hashlib
 import json
 import math
@@ -149,6 +150,8 @@ def _train_seeded(backbone: Backbone, train_set: Sequence[Any], val_set: Sequenc
         remove_abandoned_temp_files(output)
     if resume and (last / STATE_FILE).is_file():
         state = _load_checkpoint(backbone, optimizer, last, state.settings)
+        if _best_is_behind(state, last, output / "best"):  # killed before it wrote best/ (see below)
+            _save_best(backbone, state, output)
     elapsed_before = state.elapsed_s
     trained = state.epoch < config.epochs
 
@@ -165,11 +168,16 @@ def _train_seeded(backbone: Backbone, train_set: Sequence[Any], val_set: Sequenc
                      save_checkpoint)
         train_loss = state.epoch_loss_sum / max(state.batches_done, 1)  # mean over the epoch's batches
         val_loss = evaluate(backbone, val_set, batch_loss, config.batch_size, target_tokens) if val_set else train_loss
-        _record_epoch(backbone, state, train_loss, val_loss, output, description)
+        best = _record_epoch(state, train_loss, val_loss, description)
         state.epoch += 1
         state.batches_done = 0
         state.epoch_loss_sum = 0.0
+        # The checkpoint first: one recording this epoch as the best is what makes best/ its adapter (a resume
+        # writes best/ again from it). Written first, best/ would stay the adapter of a killed run's epoch that
+        # its rerun, validating it anew, may not find the best (non-deterministic GPU kernels).
         save_checkpoint()
+        if best:
+            _save_best(backbone, state, output)
     write_atomic(output / "history.json", (json.dumps(state.history, indent=2) + "\n").encode())
     if config.gradient_checkpointing:
         set_gradient_checkpointing(model, False)
@@ -231,16 +239,30 @@ def _train_epoch(train_set: Sequence[Any], step: _Optimization, config: TrainCon
     progress.close()
 
 
-def _record_epoch(backbone: Backbone, state: TrainState, train_loss: float, val_loss: float, output: Path,
-                  description: str) -> None:
-    """The epoch's losses into the history and the log; its adapter into ``output/best`` when it is the best yet."""
+def _record_epoch(state: TrainState, train_loss: float, val_loss: float, description: str) -> bool:
+    """The epoch's losses into the history and the log; whether it is the best yet (then recorded as such)."""
     state.history.append({"epoch": state.epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
     log_line(f"{description} epoch {state.epoch + 1}: train loss {train_loss:.4f}, "
              f"validation loss {val_loss:.4f}")
     if val_loss < state.best_val_loss:
         state.best_val_loss = val_loss
-        with _written_beside(output / "best", output / ".best.tmp") as best_tmp:
-            save_adapter(backbone, best_tmp, trained_with=state.settings)
+        return True
+    return False
+
+
+def _best_is_behind(state: TrainState, last: Path, best: Path) -> bool:
+    """Whether the epoch-end checkpoint ``last`` records its epoch as the best, but ``best`` holds other weights.
+    Only then: a finished run's rerun leaves best/ as it is (its files, peft's naming the base, are its identity)."""
+    if state.batches_done != 0 or not state.history or state.history[-1]["val_loss"] != state.best_val_loss:
+        return False
+    weights = "adapter_model.safetensors"  # safetensors of the same weights are the same bytes
+    return not (best / weights).is_file() or not filecmp.cmp(best / weights, last / weights, shallow=False)
+
+
+def _save_best(backbone: Backbone, state: TrainState, output: Path) -> None:
+    """The adapter as it is into ``output/best``."""
+    with _written_beside(output / "best", output / ".best.tmp") as best_tmp:
+        save_adapter(backbone, best_tmp, trained_with=state.settings)
 
 
 def _check_output_folder(output: Path) -> None:
