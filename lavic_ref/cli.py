@@ -24,6 +24,7 @@ from lavic_ref.prompts import MAX_DESCRIPTION_TOKENS
 from reddit_amazon import __version__
 from reddit_amazon.cli_paths import PATH_OR_NAME, UserPath
 from reddit_amazon.cli_seed import SEED, SEED_RANGE_HELP
+from reddit_amazon.hub_push import push_options
 from reddit_amazon.progress import log_line
 from reddit_amazon.schema import DOMAINS
 
@@ -641,10 +642,7 @@ def card_command(out, results) -> None:
 @cli.command("push")
 @click.argument("out", type=UserPath(exists=True, file_okay=False, path_type=Path))
 @click.argument("repo_id")
-@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
-@click.option("--revision", default=None, metavar="BRANCH",
-              help="Branch of the repo to commit to, made from the default branch if it is not there yet "
-                   "[default: the default branch].")
+@push_options
 @click.option("--base-id", default=None,
               help="Hub id of the base model, for a base that was a local checkpoint naming none.")
 @_file_errors_as_lines

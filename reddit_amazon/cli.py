@@ -14,6 +14,7 @@ import click
 from reddit_amazon import __version__
 from reddit_amazon.cli_errors import user_errors
 from reddit_amazon.cli_paths import PATH_OR_NAME, OutputPath, UserPath
+from reddit_amazon.hub_push import push_options
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -164,10 +165,7 @@ def verify_command(dataset_dir: str) -> None:
 @cli.command("push")
 @click.argument("dataset_dir", type=UserPath(exists=True, file_okay=False, path_type=str))
 @click.argument("repo_id")
-@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
-@click.option("--revision", default=None, metavar="BRANCH",
-              help="Branch of the repo to commit to, made from the default branch if it is not there yet "
-                   "[default: the default branch].")
+@push_options
 def push_command(dataset_dir: str, repo_id: str, private: bool, revision: str | None) -> None:
     """Publish DATASET_DIR (built or imported) as the Hub dataset repo REPO_ID, in one commit, and tag it vVERSION.
 

@@ -4,12 +4,26 @@ lost connection said in one line."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+import click
 
 #: What a push without a token is told (after what needs it: "pushing", "--push-to-hub").
 TOKEN_NEEDED = "needs a Hugging Face token with write access: set HF_TOKEN or run `hf auth login`"
+
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def push_options(command: _Command) -> _Command:
+    """``--private`` and ``--revision``, as both push commands take them."""
+    command = click.option("--revision", default=None, metavar="BRANCH",
+                           help="Branch of the repo to commit to, made from the default branch if it is not there "
+                                "yet [default: the default branch].")(command)
+    return click.option("--private", is_flag=True,
+                        help="Create the repo private (an existing repo keeps its visibility).")(command)
 
 
 class PushRefused(ValueError):

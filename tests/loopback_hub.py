@@ -38,3 +38,19 @@ def revision_not_found(revision: str) -> Response:
     """The Hub's answer to listing or committing to a branch that does not exist."""
     return Response(json.dumps({"error": f"Invalid rev id: {revision}"}), status=404, content_type="application/json",
                     headers={"X-Error-Code": "RevisionNotFound"})
+
+
+def revision_answer(kind: str, revision: str, request: Request,
+                    branches: dict[str, dict[str, bytes]]) -> Response | None:
+    """What a Hub answers alike to ``.../KIND/REVISION`` of any repo type: a branch made, a revision not found, a
+    preupload, a file listing; ``None`` for the rest (a commit, a tag: the caller's own)."""
+    if kind == "branch":
+        return create_branch(branches, revision)
+    if revision not in branches:
+        return revision_not_found(revision)
+    if kind == "preupload":
+        return preupload_answer(request)
+    if kind == "tree":
+        return Response(json.dumps([{"type": "file", "path": path, "oid": "0" * 40, "size": len(data)}
+                                    for path, data in branches[revision].items()]), content_type="application/json")
+    return None

@@ -2680,7 +2680,7 @@ def _loopback_model_hub(httpserver, repo_id: str, seen: dict) -> str:
     With ``seen["cut_at_commit"]`` it closes the connection at the commit instead."""
     import socket
 
-    from loopback_hub import apply_commit, create_branch, preupload_answer, revision_not_found
+    from loopback_hub import apply_commit, revision_answer
     from werkzeug import Request, Response
 
     owner, name = repo_id.split("/")
@@ -2702,15 +2702,8 @@ def _loopback_model_hub(httpserver, repo_id: str, seen: dict) -> str:
             return Response(f"unexpected {request.method} {path}", status=404)
         kind, revision = route.groups()
         seen.setdefault("calls", []).append((kind, revision))
-        if kind == "branch":
-            return create_branch(branches, revision)
-        if revision not in branches:
-            return revision_not_found(revision)
-        if kind == "preupload":
-            return preupload_answer(request)
-        if kind == "tree":
-            return Response(json.dumps([{"type": "file", "path": path, "oid": "0" * 40, "size": len(data)}
-                                        for path, data in branches[revision].items()]), content_type="application/json")
+        if (answer := revision_answer(kind, revision, request, branches)) is not None:
+            return answer
         if seen.get("cut_at_commit"):  # the connection closed, nothing answered
             # Shut here: werkzeug takes a ConnectionError from the app for the client's and keeps a keep-alive
             # connection open, where the client would wait for an answer forever.

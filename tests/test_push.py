@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from loopback_hub import apply_commit, create_branch, preupload_answer, revision_not_found
+from loopback_hub import apply_commit, revision_answer
 from werkzeug import Request, Response
 
 from reddit_amazon.cli import cli
@@ -53,15 +53,8 @@ def loopback_dataset_hub(httpserver, seen: dict) -> None:
         kind, revision = route.groups()
         seen["calls"].append((kind, revision))
         branches = seen["branches"]
-        if kind == "branch":
-            return create_branch(branches, revision)
-        if revision not in branches:
-            return revision_not_found(revision)
-        if kind == "preupload":
-            return preupload_answer(request)
-        if kind == "tree":
-            return Response(json.dumps([{"type": "file", "path": path, "oid": "0" * 40, "size": len(data)}
-                                        for path, data in branches[revision].items()]), content_type="application/json")
+        if (answer := revision_answer(kind, revision, request, branches)) is not None:
+            return answer
         if kind == "tag":
             seen["tags"].append((request.get_json()["tag"], revision))
             seen.setdefault("tagged_manifests", {})[request.get_json()["tag"]] = branches[revision][MANIFEST]
