@@ -244,7 +244,8 @@ def provenance(runs: Sequence[Run]) -> list[str]:
     from cards.local_paths import shown_value  # lazily: cards imports benchmark too (docs/architecture.md)
 
     # a local folder by its name only: the report is for publishing, where a path of this machine means nothing
-    lines = [f"dataset {', '.join(dict.fromkeys(shown_value(ids)))} v{v} (fingerprint {f if f != ids[0] else 'unknown'}), split {s}"
+    lines = [f"dataset {', '.join(dict.fromkeys(shown_value(ids)))} v{v} "
+             f"(fingerprint {f if f != ids[0] else 'unknown'}), split {s}"
              + (f", first {n} records per domain" if n else "") for (f, v, s, n), ids in seen.items()]
     if len(seen) > 1:
         lines.insert(0, "WARNING: these runs used different datasets, splits or record limits; "

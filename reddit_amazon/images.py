@@ -7,9 +7,10 @@ to the images and never stop the build; an item without a usable image keeps its
 (``Item.image_error``). The store is resumable: images already there are not downloaded again,
 permanent failures (4xx, an invalid URL, not an image, too large, undecodable) are not retried, transient
 ones (timeouts, 408, 429, 5xx after the retries) are retried by the next run, and so is a proxy's 407 (the
-machine's proxy settings, not the item, are at fault; not retried within the run, where it would answer the same). A URL, or a redirect, to a host
-that is not at a public address is refused (``private_host``; :mod:`reddit_amazon.http_session`) unless
-``ImageOptions.allow_private_hosts``; it is retried by the next run, which may allow it.
+machine's proxy settings, not the item, are at fault; not retried within the run, where it would answer the
+same). A URL, or a redirect, to a host that is not at a public address is refused (``private_host``;
+:mod:`reddit_amazon.http_session`) unless ``ImageOptions.allow_private_hosts``; it is retried by the next run,
+which may allow it.
 """
 
 from __future__ import annotations

@@ -421,7 +421,8 @@ def check_release_folder(out: Path) -> None:
     if not target.is_dir():
         raise FileExistsError(f"{target} is a file; the release output must be a folder")
     layout = {*RELEASE_FOLDERS, *METADATA_FILES}
-    other = sorted(entry.name for entry in target.iterdir() if entry.name not in layout and not entry.name.startswith("."))
+    other = sorted(entry.name for entry in target.iterdir()
+                   if entry.name not in layout and not entry.name.startswith("."))
     if other:
         raise FileExistsError(f"{target} is a folder with other content ({', '.join(other[:3])}"
                               f"{', ...' if len(other) > 3 else ''}), not a LaViC release: the release files would be "

@@ -169,23 +169,22 @@ def redact_url_parameters(text: str) -> str:
 @functools.lru_cache(maxsize=1024)
 def is_secret_name(name: str, also: frozenset[str] = frozenset()) -> bool:
     """Whether a value named ``name`` (an environment variable, a URL parameter, a ``--model-args`` argument, a
-    build option) holds a secret: the one vocabulary every redaction uses, by the parts of the name (split at
-    ``_``, ``-``, ``.`` and case changes). A part names a secret when it is or ends in ``key``, ``keys``,
-    ``token``, ``secret``, ``secrets``, ``password``, ``passwd``, ``passphrase``, ``signature``, ``credential``,
+    build option) holds a secret: the one vocabulary every redaction uses, by the parts of the name (split at ``_``,
+    ``-``, ``.`` and case changes). A part names a secret when it is or ends in ``key``, ``keys``, ``token``,
+    ``secret``, ``secrets``, ``password``, ``passwd``, ``passphrase``, ``signature``, ``credential``,
     ``credentials``, ``pass`` (not ``monkey``, ``hotkey``, ``bypass``, ``compass`` and the like), or is ``auth``,
     ``oauth``, ``authorization``, ``authcode``, ``passcode``, ``sig``, ``hmac``, ``jwt``, ``verifier``, ``pwd``,
-    ``creds``, ``bearer``, ``cookie``, ``cookies``, or one of ``also`` (a site's own extras: cards add ``salt``); ``code`` beside ``access``,
-    ``auth``, ``oauth``, ``authorization``, ``verification``, ``device`` or ``grant``. It does not when a part
-    after it says the value is about secrets (``column``, ``field``, ``count``, ``length``, ``size``, ``limit``:
-    ``key_column``, ``token_count``; ``file``, ``path``, ``dir``: ``key_file``, a path to the key) or a part
-    before a ``key`` says it is a database's or a sort's (``primary``, ``foreign``, ``sort``, ``partition``,
-    ``cache``, ``row``, ``join``, ``lookup``: ``primary_key``) or the name is an exception's (``error``,
-    ``exception``, ``warning``:
-    ``KeyError``), nor in a name that counts (first part ``num``, ``n``, ``max``, ``min``,
-    ``total``, ``count``: ``num_keys``). So ``api_key``, ``apiKey``, ``OPENAI_API_KEY``, ``accessToken``,
-    ``client_secret_id``, ``MYSQL_PWD``, ``SSHPASS``, ``HF_AUTH``, ``GOOGLE_CREDENTIALS``, ``access_code`` are secret-named;
-    ``max_tokens``, ``tokenizer``, ``key_column``, ``author``, ``country_code``, ``num_keys``, ``keywords``,
-    ``tokens_per_second``, ``KeyError`` are not."""
+    ``creds``, ``bearer``, ``cookie``, ``cookies``, or one of ``also`` (a site's own extras: cards add ``salt``);
+    ``code`` beside ``access``, ``auth``, ``oauth``, ``authorization``, ``verification``, ``device`` or ``grant``.
+    It does not when a part after it says the value is about secrets (``column``, ``field``, ``count``, ``length``,
+    ``size``, ``limit``: ``key_column``, ``token_count``; ``file``, ``path``, ``dir``: ``key_file``, a path to the
+    key) or a part before a ``key`` says it is a database's or a sort's (``primary``, ``foreign``, ``sort``,
+    ``partition``, ``cache``, ``row``, ``join``, ``lookup``: ``primary_key``) or the name is an exception's
+    (``error``, ``exception``, ``warning``: ``KeyError``), nor in a name that counts (first part ``num``, ``n``,
+    ``max``, ``min``, ``total``, ``count``: ``num_keys``). So ``api_key``, ``apiKey``, ``OPENAI_API_KEY``,
+    ``accessToken``, ``client_secret_id``, ``MYSQL_PWD``, ``SSHPASS``, ``HF_AUTH``, ``GOOGLE_CREDENTIALS``,
+    ``access_code`` are secret-named; ``max_tokens``, ``tokenizer``, ``key_column``, ``author``, ``country_code``,
+    ``num_keys``, ``keywords``, ``tokens_per_second``, ``KeyError`` are not."""
     parts = [part.lower() for part in _NAME_PART.findall(name)]
     if not parts or parts[0] in _COUNTING_PARTS:
         return False
