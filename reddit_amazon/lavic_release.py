@@ -40,7 +40,7 @@ from reddit_amazon.dataset_folder import (
     source_copy_problems,
     write_dataset,
 )
-from reddit_amazon.files import file_sha256, open_atomic, remove_abandoned_temp_files
+from reddit_amazon.files import file_sha256, open_atomic, remove_abandoned_temp_files, write_atomic
 from reddit_amazon.schema import (
     DOMAINS,
     ITEMS_CONFIG,
@@ -62,6 +62,9 @@ RELEASE_SPLITS = {"train.jsonl": "train", "valid.jsonl": "validation", "test.jso
 RELEASE_CANDIDATES = {"candidates_st": "sbert", "candidates_gpt_large": "openai_large"}
 RELEASE_FIELDS = ("context", "context_items", "gt", "gt_items", "candidates_gpt_large", "candidates_st")
 METADATA_FILES = ("item2meta_train.json", "item2meta_train.json.zip", "item2meta_valid.jsonl")
+#: Held by an export folder from the export's first write to its last: a folder holding it (an export killed
+#: half-way) may mix the files of two exports, and is refused as a release until an export finishes there.
+EXPORT_UNFINISHED = ".export-unfinished"
 #: The metadata JSON inside ``item2meta_train.json.zip`` is read into memory: a member beyond this size, or
 #: expanding more than MAX_ZIP_RATIO times (JSON text does ~10x; a zip bomb 1000x), is refused unread.
 MAX_METADATA_BYTES = 1 << 30
@@ -125,6 +128,9 @@ def import_release(src: str | Path, out: str | Path, *, repair_text: bool = Fals
                    version: str = DATASET_VERSION) -> ImportReport:
     """Convert a release folder into a dataset folder at ``out``."""
     src = Path(src)
+    if (src / EXPORT_UNFINISHED).exists():
+        raise SchemaError(f"{src}: an export-lavic into this folder did not finish ({EXPORT_UNFINISHED} is there), "
+                          "so its files may be of two exports: run that export again")
     check_output_folder(out, keep=[src])  # before reading anything: --out must not hold the release
     report = ImportReport()
     conversations: dict[str, dict[str, list[Conversation]]] = {}
@@ -376,6 +382,9 @@ def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, 
             raise SchemaError(f"{dataset}: its release files changed since the import:\n  " + "\n  ".join(problems)
                               + "\nre-import the release, or restore them")
     _remove_abandoned_writes(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / EXPORT_UNFINISHED, b"an export-lavic into this folder has not finished: run it again\n")
+    files: list[Path] = []  # what this export writes; an earlier export's other release files are deleted
     for domain, splits in loaded.items():
         for split in SPLITS:
             if split not in splits or len(splits[split]) == 0:
@@ -385,6 +394,7 @@ def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, 
             with open_atomic(target) as handle:  # a record failing half-way leaves no partial file
                 for record in iter_conversations(splits[split], f"{dataset}:{domain}/{split}"):
                     handle.write((json.dumps(release_record(record)) + "\n").encode("utf-8"))
+            files.append(target)
             written.setdefault(domain, {})[split] = len(splits[split])
     if source_copy.is_dir():
         for path in source_copy.iterdir():
@@ -393,9 +403,25 @@ def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, 
                 # name nor an earlier export's copy cut short
                 with open(path, "rb") as source, open_atomic(out / path.name) as copy:
                     shutil.copyfileobj(source, copy)
+                files.append(out / path.name)
     elif ITEMS_CONFIG in present:
         _write_item_metadata(dataset, [d for d in DOMAINS if d in loaded], out / "item2meta_valid.jsonl")
+        files.append(out / "item2meta_valid.jsonl")
+    _remove_other_release_files(out, files)
+    (out / EXPORT_UNFINISHED).unlink()
     return written
+
+
+def _remove_other_release_files(out: Path, kept: list[Path]) -> None:
+    """The release files of an earlier export into ``out`` that this one did not write (a domain or split this
+    dataset lacks): left, they would be read back as part of this export."""
+    layout = [out / folder / name for folder in RELEASE_FOLDERS for name in RELEASE_SPLITS]
+    for path in [*layout, *(out / name for name in METADATA_FILES)]:
+        if path not in kept and path.is_file():
+            path.unlink()
+    for folder in RELEASE_FOLDERS:
+        if (out / folder).is_dir() and not any((out / folder).iterdir()):
+            (out / folder).rmdir()
 
 
 def _remove_abandoned_writes(out: Path) -> None:

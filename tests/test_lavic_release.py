@@ -393,3 +393,39 @@ def test_an_export_killed_mid_write_leaves_no_temporary_file_once_run_again(tmp_
     abandoned_temporary(tmp_path / "out" / "item2meta_valid.jsonl")
     export_release(tmp_path / "ds", tmp_path / "out")
     assert _tree(tmp_path / "out") == before
+
+
+def test_an_export_over_an_earlier_one_keeps_none_of_its_files_and_a_killed_one_is_no_release(tmp_path, monkeypatch):
+    """An export wrote its files over an earlier export's, file by file: a home-only export over a beauty + home one
+    kept the old beauty file, and an export killed after its first file left a folder of two exports' files, which
+    import-lavic took as one release."""
+    import reddit_amazon.lavic_release as lavic_release
+    from reddit_amazon.schema import SchemaError
+
+    both = write_release(tmp_path / "both", [release_line()])
+    write_release(both, [release_line(gt_items=["B0776Y43L1"])], domain_folder="all_beauty")
+    import_release(both, tmp_path / "ds-both")
+    import_release(write_release(tmp_path / "home", [release_line()]), tmp_path / "ds-home")
+    export_release(tmp_path / "ds-home", tmp_path / "home-alone")
+    export_release(tmp_path / "ds-both", tmp_path / "out")
+    assert (tmp_path / "out" / "all_beauty" / "valid.jsonl").is_file()
+    export_release(tmp_path / "ds-home", tmp_path / "out")
+    assert _tree(tmp_path / "out") == _tree(tmp_path / "home-alone")  # nothing of the beauty + home export is left
+
+    export_release(tmp_path / "ds-both", tmp_path / "out")
+    record = lavic_release.release_record
+
+    def killed_at_home(conversation):
+        if conversation.domain == "home":
+            raise KeyboardInterrupt  # a kill once beauty is written
+        return record(conversation)
+
+    monkeypatch.setattr(lavic_release, "release_record", killed_at_home)
+    with pytest.raises(KeyboardInterrupt):
+        export_release(tmp_path / "ds-home", tmp_path / "out")
+    with pytest.raises(SchemaError, match="did not finish"):
+        import_release(tmp_path / "out", tmp_path / "reimported")
+    monkeypatch.setattr(lavic_release, "release_record", record)
+    export_release(tmp_path / "ds-home", tmp_path / "out")  # run again: one export's files, a release again
+    assert _tree(tmp_path / "out") == _tree(tmp_path / "home-alone")
+    import_release(tmp_path / "out", tmp_path / "reimported")
