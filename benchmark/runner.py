@@ -156,13 +156,10 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
 def refuse_dataset_folder(out: Path) -> None:
     """A run's or retrieval's files in a dataset folder (``--out`` = ``--dataset``) would leave it no longer matching
     its manifest and no longer rebuildable in place."""
-    from reddit_amazon.dataset_folder import dataset_folder_holding
+    from reddit_amazon.dataset_folder import in_dataset_folder
 
-    dataset = dataset_folder_holding(out)
-    if dataset is not None:
-        where = "is" if dataset == out.resolve() else f"is inside {dataset}, which is"
-        raise RunError(f"--out {out} {where} a reddit-amazon dataset folder: the run's files would be mixed into it; "
-                       "choose another --out")
+    if (where := in_dataset_folder(out)) is not None:
+        raise RunError(f"--out {out} {where}: the run's files would be mixed into it; choose another --out")
 
 
 def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool,

@@ -193,6 +193,16 @@ def dataset_folder_holding(path: str | os.PathLike) -> Path | None:
     return next((folder for folder in [target, *target.parents] if has_dataset_manifest(folder)), None)
 
 
+def in_dataset_folder(path: str | os.PathLike) -> str | None:
+    """Where ``path`` is a dataset folder or lies in one (:func:`dataset_folder_holding`), how a refusal to write
+    there says so: "is a reddit-amazon dataset folder", "is inside D, which is a reddit-amazon dataset folder"."""
+    dataset = dataset_folder_holding(path)
+    if dataset is None:
+        return None
+    where = "is" if dataset == Path(path).resolve() else f"is inside {dataset}, which is"
+    return f"{where} a reddit-amazon dataset folder"
+
+
 def has_dataset_manifest(folder: Path) -> bool:
     """``folder`` holds a manifest this package wrote, whatever else it holds."""
     try:

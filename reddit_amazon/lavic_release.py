@@ -33,7 +33,7 @@ from reddit_amazon.dataset_folder import (
     DatasetContents,
     check_output_folder,
     configs_of,
-    dataset_folder_holding,
+    in_dataset_folder,
     iter_conversations,
     load,
     read_manifest,
@@ -437,11 +437,9 @@ def check_release_folder(out: Path) -> None:
     layout (an earlier export): a dataset folder or a folder inside one would no longer match its manifest, and a
     folder of other files would get the release's mixed in. Raises ``FileExistsError`` naming the folder."""
     target = out.resolve()
-    dataset = dataset_folder_holding(target)
-    if dataset is not None:
-        where = "is" if dataset == target else f"is inside {dataset}, which is"
-        raise FileExistsError(f"{target} {where} a reddit-amazon dataset folder: the release files would be mixed "
-                              "into it; choose a new or empty folder")
+    if (where := in_dataset_folder(target)) is not None:
+        raise FileExistsError(f"{target} {where}: the release files would be mixed into it; choose a new or empty "
+                              "folder")
     if not target.exists():
         return
     if not target.is_dir():
