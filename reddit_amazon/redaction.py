@@ -64,8 +64,9 @@ _TOKEN_ABOUT_PARTS = frozenset({"id", "ids", "type", "types"})
 #: First parts of a name that counts things (``num_keys``, ``max_tokens``): it holds a number, not a secret.
 _COUNTING_PARTS = frozenset({"num", "n", "max", "min", "total", "count"})
 #: A URL parameter that is a secret only as the whole name: OAuth's authorization code, Azure Functions' key
-#: (``?code=…``), not ``country_code`` or ``deployment_code``.
-_SECRET_URL_PARAMETERS = frozenset({"code"})
+#: (``?code=…``), not ``country_code`` or ``deployment_code``; a CloudFront signed URL's ``Policy`` (the grant its
+#: ``Signature`` signs), not ``retry_policy``.
+_SECRET_URL_PARAMETERS = frozenset({"code", "policy"})
 #: A field shown as a header (``Authorization: Bearer ...``, ``Cookie: ...``), a JSON / dict / YAML entry
 #: (``"passphrase": "..."``, ``'authorization': 'Basic ...'``, ``client_secret: ...``) or ``name=value``
 #: (``MYSQL_PWD=...``, ``--api-key=...``): its name, the separator (``==`` and ``:=`` are code, not one) and the
@@ -214,8 +215,8 @@ def _names_a_secret(part: str, parts: list[str], also: frozenset[str]) -> bool:
 @functools.lru_cache(maxsize=1024)
 def is_secret_parameter(name: str) -> bool:
     """Whether a URL parameter named ``name`` carries a credential: a secret name (:func:`is_secret_name`:
-    ``api_key``, ``x-api-key``, ``access_token``, ``sig``, ``X-Amz-Signature``, ``pwd``), and ``code`` as the
-    whole name (OAuth's authorization code, an Azure Function's key)."""
+    ``api_key``, ``x-api-key``, ``access_token``, ``sig``, ``X-Amz-Signature``, ``pwd``), and ``code`` and
+    ``Policy`` as the whole name (OAuth's authorization code, an Azure Function's key, a CloudFront grant)."""
     return name.lower() in _SECRET_URL_PARAMETERS or is_secret_name(name)
 
 

@@ -270,7 +270,10 @@ def test_an_endpoint_url_without_credentials_is_written_as_given(url):
 @pytest.mark.parametrize("name", ["api_key", "apiKey", "apikey", "x-api-key", "key", "access_token", "accessToken",
                                   "hf_token", "client_secret", "password", "sig", "X-Amz-Signature", "code", "auth",
                                   "auth_method", "oauth_signature", "subscription-key", "access_code", "auth_code",
-                                  "code_verifier", "apikeys", "client_secrets", "jwt", "hmac", "X-Jwt-Assertion"])
+                                  "code_verifier", "apikeys", "client_secrets", "jwt", "hmac", "X-Jwt-Assertion",
+                                  # signed image URLs: S3, CloudFront, GCS, Azure SAS
+                                  "X-Amz-Credential", "Signature", "Policy", "Key-Pair-Id", "X-Goog-Signature",
+                                  "X-Goog-Credential"])
 def test_a_parameter_named_for_a_secret_is_secret(name):
     from reddit_amazon.redaction import is_secret_parameter
 
@@ -283,7 +286,8 @@ def test_a_parameter_named_for_a_secret_is_secret(name):
 
 
 @pytest.mark.parametrize("name", ["country_code", "deployment_code", "author", "authority", "keyword", "max_tokens",
-                                  "max_new_tokens", "tokenizer", "design", "api-version", "signin", "zip_code"])
+                                  "max_new_tokens", "tokenizer", "design", "api-version", "signin", "zip_code",
+                                  "retry_policy", "policy_id"])
 def test_a_parameter_with_a_secret_word_inside_another_is_not_secret(name):
     """A name is secret by its parts (split at ``_``, ``-`` and case), not by a word found inside a part."""
     from reddit_amazon.openai_endpoint import display_url, has_credentials

@@ -1,7 +1,7 @@
 """The four places that decide whether a name holds a secret agree: URL parameters (display_url, redacted texts),
 environment variables (their values redacted from every text), `--model-args` (run.json, results.json) and build
 options (the card). They share one vocabulary (reddit_amazon.redaction.is_secret_name); only the named extras
-differ: ``code`` is a secret URL parameter, ``salt`` a secret build option."""
+differ: ``code`` and ``Policy`` are secret URL parameters, ``salt`` a secret build option."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ SECRET_NAMES_BY_SITE = {
     "refresh_token": ALL_SITES, "auth": ALL_SITES, "access_code": ALL_SITES, "code_verifier": ALL_SITES,
     "sig": ALL_SITES, "signature": ALL_SITES,
     # the sites' own extras
-    "code": "url", "salt": "card", "reddit.salt": "card",
+    "code": "url", "Policy": "url", "salt": "card", "reddit.salt": "card",
     "PWD": "url args card",  # as an environment variable, the shell's working directory
     # benign: cards and results must show these
     "max_tokens": NO_SITE, "max_new_tokens": NO_SITE, "tokenizer": NO_SITE, "key_column": NO_SITE,
@@ -49,7 +49,7 @@ SECRET_NAMES_BY_SITE = {
     "pad_token_id": NO_SITE, "token_type_ids": NO_SITE, "token_type": NO_SITE,
     "key_file": NO_SITE, "SSL_KEY_FILE": NO_SITE, "token_path": NO_SITE, "password_file": NO_SITE,
     "credentials_dir": NO_SITE, "primary_key": NO_SITE, "foreign_keys": NO_SITE, "sort_keys": NO_SITE,
-    "cache_key": NO_SITE, "partition_key": NO_SITE,
+    "cache_key": NO_SITE, "partition_key": NO_SITE, "retry_policy": NO_SITE, "policy_file": NO_SITE,
     # ... unless another part names a secret
     "primary_api_key": ALL_SITES, "key_file_password": ALL_SITES, "SSL_KEY_PASSWORD": ALL_SITES,
 }
