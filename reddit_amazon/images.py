@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import threading
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -34,6 +35,7 @@ from reddit_amazon import __version__
 from reddit_amazon.files import DamagedFileError, naming, read_json, remove_abandoned_temp_files, write_atomic
 from reddit_amazon.http_session import PrivateHostRefused, RequestsInFlight, check_proxies, guarded_session
 from reddit_amazon.openai_endpoint import retry_after
+from reddit_amazon.redaction import redact_secrets
 
 if TYPE_CHECKING:
     import tenacity
@@ -470,10 +472,24 @@ def _known_outcomes(items: Sequence[tuple[str, list[str]]],
         elif store.has(asin, urls[0]):
             outcomes[asin] = ImageOutcome(path=store.path(asin))
         elif failure and failure["permanent"] and failure["url"] == urls[0]:
-            outcomes[asin] = ImageOutcome(path=None, error=failure["error"])
+            # recorded by an older version, maybe unredacted
+            outcomes[asin] = ImageOutcome(path=None, error=redact_secrets(failure["error"]))
         else:
             todo.append((asin, urls[0]))
     return outcomes, todo
+
+
+#: The longest failure text recorded: the item's ``image_error`` is a reason, not a log.
+_MAX_FAILURE_CHARS = 300
+
+
+def _quoted(error: BaseException) -> str:
+    """An exception's text as a failure may quote it (``failures.json``, the item's ``image_error``, which a
+    published dataset shows): requests quotes the URL it fetched, or was redirected to, and a signed URL's
+    ``X-Amz-Signature``, ``Signature`` / ``Policy``, ``sig`` or ``token`` grants access to the image; a proxy's
+    ``user:password@`` and the environment's keys are redacted with them. Redacted before any cut: a cut could
+    keep part of a secret that the redaction no longer recognises."""
+    return redact_secrets(str(error))
 
 
 def _image_fetcher(store: ImageStore, options: ImageOptions,
@@ -499,30 +515,29 @@ def _image_fetcher(store: ImageStore, options: ImageOptions,
             raise _TransientHTTP("not retried: the run was interrupted")
         return _download(session(), url, options, in_flight)
 
+    def failed(asin: str, url: str, message: str, permanent: bool) -> ImageOutcome:
+        error = message[:_MAX_FAILURE_CHARS]
+        store.record_failure(asin, url, error, permanent=permanent)
+        return ImageOutcome(path=None, error=error)
+
     def fetch_one(asin: str, url: str) -> ImageOutcome:
         try:
             data, content_type = retrying(attempt, url)
             jpeg = to_jpeg(data, content_type, options)
         except ImageRejected as error:
-            store.record_failure(asin, url, str(error), permanent=True)
-            return ImageOutcome(path=None, error=str(error))
+            return failed(asin, url, _quoted(error), permanent=True)
         except PrivateHostRefused as error:  # not permanent: a run with allow_private_hosts fetches it
-            message = f"{error} (--allow-private-image-hosts allows it)"
-            store.record_failure(asin, url, message, permanent=False)
-            return ImageOutcome(path=None, error=message)
+            return failed(asin, url, f"{error} (--allow-private-image-hosts allows it)", permanent=False)
         except _ProxyAuthRequired as error:  # not permanent: a run with the proxy's credentials fetches it
-            store.record_failure(asin, url, str(error), permanent=False)
-            return ImageOutcome(path=None, error=str(error))
+            return failed(asin, url, str(error), permanent=False)
         except (_TransientHTTP, requests.RequestException) as error:
             attempts = retrying.statistics.get("attempt_number", options.max_attempts)
-            message = f"download_failed: {type(error).__name__} after {attempts} attempt(s) ({error})"
-            store.record_failure(asin, url, message[:300], permanent=False)
-            return ImageOutcome(path=None, error=message[:300])
+            message = f"download_failed: {type(error).__name__} after {attempts} attempt(s) ({_quoted(error)})"
+            return failed(asin, url, message, permanent=False)
         except Exception as error:  # a case nothing above foresaw fails this item (retried next run), not the build
-            log.exception("image of %s (%s)", asin, url)  # a bug: its traceback
-            message = f"unexpected_error: {type(error).__name__}: {error}"[:300]
-            store.record_failure(asin, url, message, permanent=False)
-            return ImageOutcome(path=None, error=message)
+            trace = "".join(traceback.format_exception(error)).rstrip("\n")  # a bug: its traceback
+            log.error("%s", redact_secrets(f"image of {asin} ({url}): {trace}"))
+            return failed(asin, url, f"unexpected_error: {type(error).__name__}: {_quoted(error)}", permanent=False)
         # Outside the try: a store that cannot be written (a full disk) stops the run instead of failing every item.
         return ImageOutcome(path=store.put(asin, jpeg, url), downloaded=True)
 

@@ -853,14 +853,10 @@ def test_run_build_with_progress_off_draws_no_bar(tmp_path, capfd, monkeypatch):
     assert (tmp_path / "ds" / "manifest.json").is_file()
 
 
-def test_an_image_url_at_a_private_address_is_refused_unless_allowed(tmp_path, threaded_httpserver):
-    """A metadata file pointing an item's image at the build machine's own network (here loopback; on a cloud VM
-    169.254.169.254 alike): the item is kept without its image, counted as private_host, nothing else changes;
-    --allow-private-image-hosts fetches it and is recorded."""
-    import io
+def _sample_inputs_with_an_image_at(url: str, tmp_path: Path) -> tuple[list[str], str]:
+    """The build arguments of a copy of the sample inputs in which a beauty item whose image the store holds has its
+    main image at ``url`` instead (out: ``tmp_path / "ds"``), and that item's parent_asin."""
     import shutil
-
-    from PIL import Image
 
     inputs = tmp_path / "inputs"
     shutil.copytree(SAMPLE_INPUTS, inputs)
@@ -868,20 +864,35 @@ def test_an_image_url_at_a_private_address_is_refused_unless_allowed(tmp_path, t
     meta_file = inputs / "amazon" / "meta_All_Beauty.jsonl"
     lines = [json.loads(line) for line in meta_file.read_text().splitlines()]
     moved = next(line for line in lines if line["parent_asin"] in stored)
-    url = threaded_httpserver.url_for("/private.jpg").replace("localhost", "127.0.0.1")
     moved["images"][0]["hi_res"] = url
     meta_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (0, 200, 0)).save(buffer, format="JPEG")
-    threaded_httpserver.expect_request("/private.jpg").respond_with_data(buffer.getvalue(), content_type="image/jpeg")
     args = ["--inputs", str(inputs / "reddit"), "--meta", str(inputs / "amazon"), "--reviews", str(inputs / "amazon"),
             "--llm-cache", str(inputs / "relevance-cache.sqlite"), "--image-store", str(inputs / "images"),
             "--salt", SAMPLE_SALT, "--no-resolve-short-links", "--out", str(tmp_path / "ds"),
             "--workdir", str(tmp_path / "work"), *FAST]
+    return args, moved["parent_asin"]
+
+
+def _beauty_item(folder: Path, item_id: str) -> dict:
+    return next(row for row in datasets.load_dataset(str(folder), "items", split="beauty") if row["item_id"] == item_id)
+
+
+def test_an_image_url_at_a_private_address_is_refused_unless_allowed(tmp_path, threaded_httpserver):
+    """A metadata file pointing an item's image at the build machine's own network (here loopback; on a cloud VM
+    169.254.169.254 alike): the item is kept without its image, counted as private_host, nothing else changes;
+    --allow-private-image-hosts fetches it and is recorded."""
+    import io
+
+    from PIL import Image
+
+    url = threaded_httpserver.url_for("/private.jpg").replace("localhost", "127.0.0.1")
+    args, moved = _sample_inputs_with_an_image_at(url, tmp_path)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (0, 200, 0)).save(buffer, format="JPEG")
+    threaded_httpserver.expect_request("/private.jpg").respond_with_data(buffer.getvalue(), content_type="image/jpeg")
 
     def item(folder: Path) -> dict:
-        items = datasets.load_dataset(str(folder), "items", split="beauty")
-        return next(row for row in items if row["item_id"] == moved["parent_asin"])
+        return _beauty_item(folder, moved)
 
     refused = build(*args)
     assert refused.exit_code == 0, refused.output
@@ -901,6 +912,35 @@ def test_an_image_url_at_a_private_address_is_refused_unless_allowed(tmp_path, t
     assert item(tmp_path / "allowed-ds")["image"] is not None and len(threaded_httpserver.log) == 1
     assert manifest["build"]["options"]["allow_private_image_hosts"] is True
     assert " --allow-private-image-hosts" in manifest["build"]["command"]
+
+
+def test_a_signed_image_urls_signature_stays_in_its_image_urls_only(tmp_path, capfd):
+    """An image host refusing the connection: requests' error quotes the signed URL, whose signature must reach no
+    image_error, card, manifest, build output nor the image store's failure record; the item's image_urls are the
+    metadata's, kept as they are. The other items' images and the counts are the sample's."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the block ends: nothing listens there
+    signature = "Zq81xSIGNATUREvalue0123"
+    url = (f"http://127.0.0.1:{port}/image.jpg?X-Amz-Credential=AKIA{signature}&X-Amz-Signature={signature}"
+           f"&Policy=P{signature}&Signature={signature}&Key-Pair-Id=K{signature}")
+    args, asin = _sample_inputs_with_an_image_at(url, tmp_path)
+    result = build(*args, "--allow-private-image-hosts")
+    assert result.exit_code == 0, result.output
+    row = _beauty_item(tmp_path / "ds", asin)
+    assert row["image_urls"][0] == url and row["image"] is None
+    assert row["image_error"].startswith("download_failed: ConnectionError"), row["image_error"]
+    assert "/image.jpg?X-Amz-Credential=<redacted>&X-Amz-Signature=<redacted>" in row["image_error"]
+    assert read_manifest(tmp_path / "ds")["build_reports"]["images"]["without_image"] == {"download_failed": 1,
+                                                                                         "http_error": 2}
+    items = tmp_path / "ds" / "data" / "items"
+    leaks = [path for path in (tmp_path / "ds").rglob("*")
+             if path.is_file() and path.parent != items and signature.encode() in path.read_bytes()]
+    failure = json.loads((tmp_path / "inputs" / "images" / "failures.json").read_text())[asin]
+    assert failure["url"] == url and signature not in failure["error"]
+    assert not leaks and signature not in result.output and signature not in "".join(capfd.readouterr())
 
 
 def test_the_salt_can_come_from_the_environment_as_for_reddit_stage(tmp_path):

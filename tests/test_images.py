@@ -861,3 +861,76 @@ def test_the_image_digest_is_pinned_and_names_benchmark_image_files(monkeypatch,
     assert image_digest(data) == "9a44b46ca3566ef3e0573cfc90389f28"
     monkeypatch.setenv("REDDIT_AMAZON_IMAGE_DIR", str(tmp_path))
     assert Candidate(item_id="B1", title="t", image_bytes=data).image_path.name == f"B1-{image_digest(data)}.jpg"
+
+
+SIGNATURE = "Zq81xSIGNATUREvalue0123"
+REDIRECT_SIGNATURE = "Zq81xREDIRECTsignature456"
+
+
+def signed(url: str, signature: str = SIGNATURE) -> str:
+    """``url`` signed as S3 (SigV4), CloudFront and Azure SAS sign theirs."""
+    return (f"{url}?X-Amz-Credential=AKIA{signature}&X-Amz-Signature={signature}&Policy=P{signature}"
+            f"&Signature={signature}&Key-Pair-Id=K{signature}&sig={signature}&token={signature}")
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_signed_urls_signature_reaches_no_failure_text(httpserver, tmp_path, caplog, capfd):
+    """requests quotes the URL it fetched, or was redirected to, in its errors: a signed URL's signature must not
+    reach the item's image_error (published), failures.json or stderr. The item's own URL stays as it is in
+    the store's records (the metadata's data, the key of what was fetched)."""
+    unreachable = f"http://127.0.0.1:{closed_port()}"
+    httpserver.expect_request("/forbidden.jpg").respond_with_data("signature does not match", status=403)
+    httpserver.expect_request("/moved.jpg").respond_with_response(
+        Response(status=302, headers={"Location": signed(f"{unreachable}/target.jpg", REDIRECT_SIGNATURE)}))
+    urls = {"B000000001": signed(httpserver.url_for("/forbidden.jpg")),
+            "B000000002": signed(f"{unreachable}/x.jpg"),  # refused: ConnectionError quotes the path and query
+            "B000000003": signed(httpserver.url_for("/moved.jpg")),  # to a signed URL refused in turn
+            "B000000004": signed("htp://images.invalid/x.jpg")}  # invalid_url quotes the whole URL
+    outcomes = fetch_images([(asin, [url]) for asin, url in urls.items()], ImageStore(tmp_path / "images"), OPTIONS)
+    assert [outcomes[asin].error.split(":")[0] for asin in urls] == \
+        ["http_error", "download_failed", "download_failed", "invalid_url"]
+    assert "Max retries exceeded with url: /x.jpg?X-Amz-Credential=<redacted>&X-Amz-Signature=<redacted>" \
+        in outcomes["B000000002"].error
+    failures = json.loads((tmp_path / "images" / "failures.json").read_text())
+    assert {asin: failure["url"] for asin, failure in failures.items()} == urls
+    texts = [o.error for o in outcomes.values()] + [f["error"] for f in failures.values()] + list(capfd.readouterr())
+    texts += [record.getMessage() for record in caplog.records if record.name.startswith("reddit_amazon")]
+    assert not [text for text in texts if SIGNATURE in text or REDIRECT_SIGNATURE in text], texts
+
+
+def test_a_failure_an_earlier_run_recorded_with_a_signature_is_published_without_it(tmp_path):
+    url = signed("http://127.0.0.1:9/x.jpg")
+    store = ImageStore(tmp_path / "images")
+    store.record_failure("B000000001", url, f"invalid_url: No connection adapters were found for '{url}'",
+                         permanent=True)
+    store.save()
+    outcome = fetch_images([("B000000001", [url])], ImageStore(tmp_path / "images"), OPTIONS)["B000000001"]
+    assert outcome.error.startswith("invalid_url: No connection adapters were found for 'http://127.0.0.1:9/x.jpg?")
+    assert SIGNATURE not in outcome.error
+
+
+def test_an_unexpected_error_quoting_a_signed_url_is_logged_and_recorded_without_its_signature(
+        httpserver, tmp_path, monkeypatch, caplog):
+    import reddit_amazon.images as images
+
+    httpserver.expect_request("/good.jpg").respond_with_data(jpeg(), content_type="image/jpeg")
+    url = signed(httpserver.url_for("/good.jpg"))
+
+    def broken(data, content_type, options):
+        raise RuntimeError(f"could not convert the image of {url}")
+
+    monkeypatch.setattr(images, "to_jpeg", broken)
+    outcome = fetch_images([("B000000001", [url])], ImageStore(tmp_path / "images"), OPTIONS)["B000000001"]
+    assert outcome.error.startswith("unexpected_error: RuntimeError: could not convert")
+    logged = "\n".join(record.getMessage() for record in caplog.records if record.name == "reddit_amazon.images")
+    assert "image of B000000001" in logged and "Traceback" in logged  # the bug's traceback is still shown
+    failures = (tmp_path / "images" / "failures.json").read_text()
+    assert SIGNATURE not in outcome.error and SIGNATURE not in logged
+    assert SIGNATURE not in json.loads(failures)["B000000001"]["error"]
