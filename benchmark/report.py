@@ -30,10 +30,15 @@ class Run:
 
     @property
     def label(self) -> str:
+        """The model, its args and what limited the run. A local path (a plugin file's: ``mine.py:Mine``; an arg's:
+        ``rec_adapter=rec/best``) is shown by its name only, as the cards show them: the page is published, and
+        where the files lay on the machine that ran it (``/home/<user>/...``) is nobody's business."""
+        from cards.local_paths import shown_value  # lazily: cards imports benchmark too (docs/architecture.md)
+
         model = self.results["model"]
-        args = ", ".join(f"{k}={v}" for k, v in sorted(model.get("args", {}).items()))
+        args = ", ".join(f"{k}={shown_value(v)}" for k, v in sorted(model.get("args", {}).items()))
         limit = self.results.get("limit")
-        return (f"{model.get('name') or model['spec']}" + (f" ({args})" if args else "")
+        return (f"{shown_value(model.get('name') or model['spec'])}" + (f" ({args})" if args else "")
                 + (f" [first {limit} records per domain]" if limit else "") + self._blind_note)
 
     @property

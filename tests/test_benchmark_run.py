@@ -1564,6 +1564,29 @@ def test_rows_that_read_alike_name_an_absolute_run_folder_by_its_name_only(datas
         assert str(dataset) not in text and f"dataset {dataset.name} v" in text  # the dataset folder too
 
 
+def test_a_plugin_file_or_model_arg_at_an_absolute_path_is_shown_by_its_name_only(dataset, tmp_path):
+    """`--model /home/<user>/mine.py:Mine --model-args weights=/home/<user>/runs/best` put the machine's folders
+    into the row label of the page to publish; they are shown by name, as the cards show local paths, and two
+    runs whose args then read alike are told apart by their run folders."""
+    from benchmark.report import load_runs, to_html, to_markdown
+
+    plugin = tmp_path / "mine.py"
+    plugin.write_text("class Mine:\n"
+                      "    def __init__(self, weights: str = '', depth: int = 3):\n"
+                      "        pass\n"
+                      "    def recommend(self, examples):\n"
+                      "        return [e.candidates[0].item_id for e in examples]\n")
+    for name in ("a", "b"):
+        weights = tmp_path / "home" / name / "adapters" / "best"
+        run(RunConfig(model=f"{plugin}:Mine", model_args={"weights": str(weights), "depth": 5}, dataset=str(dataset),
+                      domain="home", limit=2, bootstrap_samples=0), tmp_path / "runs" / name, progress=False)
+    both = load_runs([tmp_path / "runs" / "a", tmp_path / "runs" / "b"])
+    for text in (to_markdown(both).replace("\\[", "[").replace("\\]", "]"), to_html(both)):
+        assert str(tmp_path) not in text
+        assert "mine.py:Mine (depth=5, weights=adapters/best) [first 2 records per domain] [a]" in text
+        assert "mine.py:Mine (depth=5, weights=adapters/best) [first 2 records per domain] [b]" in text
+
+
 def test_rows_over_local_folders_of_unknown_fingerprint_name_them_by_their_name_only(dataset, tmp_path):
     """Rows over two dataset folders without a manifest (fingerprint unknown) were labelled with the folder's
     absolute path, `random [dataset one /home/<user>/one]`, in the page to publish; the notes under the table
