@@ -1,6 +1,12 @@
-"""``python -m lavic_ref``: the same command line as ``lavic-ref``."""
+"""``python -m lavic_ref`` and the ``lavic-ref`` console script: the command line of ``lavic_ref.cli``, imported
+only once a Ctrl-C during its import ends the command as it would later (see reddit_amazon.entry_point)."""
 
-from lavic_ref.cli import main
+from reddit_amazon.entry_point import run_cli_module
+
+
+def main() -> None:
+    run_cli_module("lavic_ref.cli")
+
 
 if __name__ == "__main__":
     main()

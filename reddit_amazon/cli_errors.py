@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from reddit_amazon import signals_at_fork
+from reddit_amazon.entry_point import clear_unhandled_keyboard_interrupt
 from reddit_amazon.redaction import redact_secrets
 
 
@@ -137,7 +138,7 @@ def run_cli(command: click.Command, prog_name: str) -> None:
             status = _exit_status(command, prog_name)
     finally:
         _sigterm_handler = outer_sigterm_handler
-    _clear_unhandled_keyboard_interrupt()
+    clear_unhandled_keyboard_interrupt()
     if terminated:
         status = 128 + signal.SIGTERM
     elif interrupted:
@@ -145,14 +146,6 @@ def run_cli(command: click.Command, prog_name: str) -> None:
     atexit.unregister(_ignore_ctrl_c)  # once, however often a process runs commands
     atexit.register(_ignore_ctrl_c)
     raise SystemExit(status)
-
-
-def _clear_unhandled_keyboard_interrupt() -> None:
-    """CPython marks a KeyboardInterrupt that left code run from source text (``exec``: a dataclass's ``__init__``
-    being made while a module is imported) as unhandled, even once caught, and under ``python -m`` it then ends the
-    process by SIGINT after the interpreter's exit: a SIGTERM's 143, or a finished command's 0, read as Ctrl-C's
-    130. Source text run without an exception clears the mark."""
-    exec("pass")
 
 
 def _ignore_ctrl_c() -> None:
