@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import ipaddress
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -50,6 +51,30 @@ class PrivateHostRefused(Exception):
 class ProxyUnsupported(ValueError):
     """The environment sends requests through a SOCKS proxy and PySocks, which requests needs for one, is not
     installed: the setting's problem, not any URL's."""
+
+
+class ProxyAuthRequired(Exception):
+    """A proxy's 407: it wants credentials the environment's proxy variables do not give. The machine's proxy
+    settings, not the URL, are at fault: nothing is recorded for good, and asking again in the run answers the
+    same."""
+
+    reason = "proxy_auth_required"
+
+    def __init__(self) -> None:
+        super().__init__(f"{self.reason}: HTTP 407, the proxy asks for credentials (give them in HTTP_PROXY / "
+                         "HTTPS_PROXY as http://user:password@host:port)")
+
+
+#: How http.client words a proxy's 407 to the CONNECT of an https:// URL, which requests raises as a ProxyError:
+#: the answer never becomes a response.
+_TUNNEL_REFUSED_407 = re.compile(r"Tunnel connection failed: 407\b")
+
+
+def proxy_refused_tunnel(error: BaseException) -> bool:
+    """Whether ``error`` (a failed request) is a proxy's 407 to the CONNECT of an https:// URL."""
+    import requests
+
+    return isinstance(error, requests.exceptions.ProxyError) and bool(_TUNNEL_REFUSED_407.search(str(error)))
 
 
 def check_proxies(urls: Iterable[str]) -> None:

@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import re
 import threading
 import traceback
 from collections import Counter
@@ -33,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 from reddit_amazon import __version__
 from reddit_amazon.files import DamagedFileError, naming, read_json, remove_abandoned_temp_files, write_atomic
-from reddit_amazon.http_session import PrivateHostRefused, RequestsInFlight, check_proxies, guarded_session
+from reddit_amazon.http_session import (
+    PrivateHostRefused,
+    ProxyAuthRequired,
+    RequestsInFlight,
+    check_proxies,
+    guarded_session,
+    proxy_refused_tunnel,
+)
 from reddit_amazon.openai_endpoint import retry_after
 from reddit_amazon.redaction import redact_secrets
 
@@ -361,19 +367,6 @@ class _TransientHTTP(Exception):
         self.response = response  # read by retry_after
 
 
-class _ProxyAuthRequired(Exception):
-    """A proxy's 407: it wants credentials the environment's proxy variables do not give."""
-
-    def __init__(self) -> None:
-        super().__init__("proxy_auth_required: HTTP 407, the proxy asks for credentials (give them in HTTP_PROXY / "
-                         "HTTPS_PROXY as http://user:password@host:port)")
-
-
-#: How http.client words a proxy's 407 to the CONNECT of an https:// URL, which requests raises as a ProxyError:
-#: the answer never becomes a response.
-_TUNNEL_REFUSED_407 = re.compile(r"Tunnel connection failed: 407\b")
-
-
 def _download(session, url: str, options: ImageOptions, in_flight: RequestsInFlight) -> tuple[bytes, str | None]:
     import requests
 
@@ -399,8 +392,8 @@ def _download(session, url: str, options: ImageOptions, in_flight: RequestsInFli
         except requests.exceptions.ConnectionError as error:
             if deadline.expired.is_set():
                 raise cut_short("headers") from error
-            if isinstance(error, requests.exceptions.ProxyError) and _TUNNEL_REFUSED_407.search(str(error)):
-                raise _ProxyAuthRequired() from error
+            if proxy_refused_tunnel(error):
+                raise ProxyAuthRequired() from error
             raise
         with response:  # its socket is the deadline's: the session's connection handed it over
             if deadline.expired.is_set():  # the headers were cut short
@@ -408,7 +401,7 @@ def _download(session, url: str, options: ImageOptions, in_flight: RequestsInFli
             if response.status_code in (408, 429) or response.status_code >= 500:
                 raise _TransientHTTP(f"HTTP {response.status_code}", response)
             if response.status_code == 407:
-                raise _ProxyAuthRequired()
+                raise ProxyAuthRequired()
             if response.status_code != 200:
                 raise ImageRejected("http_error", f"HTTP {response.status_code}")
             declared = response.headers.get("Content-Length")
@@ -528,7 +521,7 @@ def _image_fetcher(store: ImageStore, options: ImageOptions,
             return failed(asin, url, _quoted(error), permanent=True)
         except PrivateHostRefused as error:  # not permanent: a run with allow_private_hosts fetches it
             return failed(asin, url, f"{error} (--allow-private-image-hosts allows it)", permanent=False)
-        except _ProxyAuthRequired as error:  # not permanent: a run with the proxy's credentials fetches it
+        except ProxyAuthRequired as error:  # not permanent: a run with the proxy's credentials fetches it
             return failed(asin, url, str(error), permanent=False)
         except (_TransientHTTP, requests.RequestException) as error:
             attempts = retrying.statistics.get("attempt_number", options.max_attempts)

@@ -29,7 +29,13 @@ from urllib.parse import urlsplit
 import numpy
 
 from reddit_amazon.dumps import BlockScratch
-from reddit_amazon.http_session import RequestsInFlight, check_proxies, guarded_session
+from reddit_amazon.http_session import (
+    ProxyAuthRequired,
+    RequestsInFlight,
+    check_proxies,
+    guarded_session,
+    proxy_refused_tunnel,
+)
 from reddit_amazon.sqlite_cache import CacheFile
 
 
@@ -272,8 +278,8 @@ class ShortLinkResolution:
     @property
     def unreachable(self) -> bool:
         """No final answer came (connection errors, timeouts, 408 / 429 / 5xx after the retries, the link's
-        deadline, or an answer that is neither a redirect nor "not found", such as a 403 block): a later run
-        asks again."""
+        deadline, a proxy's 407, or an answer that is neither a redirect nor "not found", such as a 403 block): a later
+        run asks again."""
         return self.error.startswith(UNREACHABLE)
 
 
@@ -282,6 +288,16 @@ UNREACHABLE = "unreachable"
 DEFAULT_DEADLINE_S = 60.0
 #: Answers that say for good that a short link leads nowhere.
 NOT_FOUND_STATUSES = (404, 410)
+
+
+def _report_proxy_auth_required(resolutions: Iterable[ShortLinkResolution]) -> None:
+    """One line for the links a proxy's 407 left unresolved: the same answer for each, and not one a link's error
+    in ``unresolved_short_links.txt`` (a list of links) shows."""
+    from reddit_amazon.progress import log_line
+
+    refused = sum(r.error.startswith(f"{UNREACHABLE}: {ProxyAuthRequired.reason}") for r in resolutions)
+    if refused:
+        log_line(f"{refused} short link(s) left for the next run: {ProxyAuthRequired()}")
 
 
 class _TransientError(Exception):
@@ -435,6 +451,7 @@ class ShortLinkResolver:
                     # instead of leaving the pool only once each has answered or reached its deadline (a minute).
                     self._in_flight.stop()
                     raise
+            _report_proxy_auth_required(results.values())
         return results
 
     def resolve(self, url: str) -> ShortLinkResolution:
@@ -464,7 +481,7 @@ class ShortLinkResolver:
         except _DeadlinePassed:  # not cached either
             return ShortLinkResolution(url, "", (), f"{UNREACHABLE}: deadline: no final answer within "
                                                     f"{self.deadline_s:g} s")
-        except (_TransientError, _UnusableAnswer, _Stopped) as error:
+        except (_TransientError, _UnusableAnswer, _Stopped, ProxyAuthRequired) as error:
             # Not cached: a later run tries again.
             return ShortLinkResolution(url, "", (), f"{UNREACHABLE}: {error}")
         self.cache.put(resolution)
@@ -528,11 +545,15 @@ class ShortLinkResolver:
                     raise _Stopped("interrupted") from None
                 if deadline.expired.is_set():
                     raise _DeadlinePassed from None
+                if proxy_refused_tunnel(error):  # the answer to every link: not worth a retry in this run
+                    raise ProxyAuthRequired() from None
                 raise _TransientError(type(error).__name__) from None
             try:
                 if deadline.expired.is_set():  # headers cut short (an end of file ends them without an error)
                     raise _Stopped("interrupted") if self._in_flight.stopped.is_set() else _DeadlinePassed
                 status = response.status_code
+                if status == 407:
+                    raise ProxyAuthRequired()
                 if status in (408, 429) or status >= 500:
                     retry_after = response.headers.get("Retry-After", "")
                     if retry_after.isdigit():

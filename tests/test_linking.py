@@ -622,3 +622,66 @@ def test_a_socks_proxy_without_pysocks_stops_resolution_before_it_starts(resolve
     with pytest.raises(ProxyUnsupported, match="install PySocks"):
         resolver_factory().resolve_all(["https://amzn.to/abc"], progress=False)
     assert not httpserver.log
+
+
+def _refusing_tunnel_proxy() -> tuple[int, list[bytes]]:
+    """A loopback proxy answering 407 to each CONNECT (an https:// link's tunnel): its port and the request lines."""
+    import socket
+    import threading
+
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen()
+    asked: list[bytes] = []
+
+    def refuse_each_tunnel():
+        while True:
+            connection, _ = proxy.accept()
+            asked.append(connection.recv(4096).split(b"\r\n")[0])
+            connection.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                               b'Proxy-Authenticate: Basic realm="p"\r\nContent-Length: 0\r\n\r\n')
+            connection.close()
+
+    threading.Thread(target=refuse_each_tunnel, daemon=True).start()
+    return proxy.getsockname()[1], asked
+
+
+@pytest.mark.parametrize("link", ["http", "https"])
+def test_a_proxy_asking_for_credentials_is_named_once_and_its_links_asked_by_the_next_run(
+        link, httpserver, tmp_path, monkeypatch, capsys):
+    """A proxy's 407 left each short link "unreachable: HTTP 407 without a redirect", or, for an https:// link (its
+    CONNECT refused), "unreachable: ProxyError" after every retry (7 s of backoff a link), and the build said only
+    how many links were unresolved: nothing named the proxy settings to fix."""
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "http_proxy", "HTTP_PROXY", "https_proxy",
+                 "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    if link == "http":  # an endpoint asked over http://: the proxy forwards the request and answers it itself
+        answers = [Response("credentials, please", status=407, headers={"Proxy-Authenticate": 'Basic realm="p"'})]
+        httpserver.expect_request("/d/abc1234").respond_with_handler(
+            lambda request: answers.pop(0) if answers else
+            Response(status=301, headers={"Location": "https://www.amazon.com/dp/B00NN2Y04E"}))
+        monkeypatch.setenv("HTTP_PROXY", f"http://someone:s3cret@127.0.0.1:{httpserver.port}")
+        endpoints = {"a.co": "http://short-links.example.invalid"}
+        asked = httpserver.log
+    else:  # https://a.co itself, through the proxy's CONNECT tunnel
+        port, asked = _refusing_tunnel_proxy()
+        monkeypatch.setenv("HTTPS_PROXY", f"http://someone:s3cret@127.0.0.1:{port}")
+        endpoints = {}
+    resolver = ShortLinkResolver(tmp_path / "cache.sqlite", endpoints=endpoints, attempts=4, backoff_s=0.01)
+    resolution = resolver.resolve_all(["https://a.co/d/abc1234"], progress=False)["https://a.co/d/abc1234"]
+    assert resolution.unreachable and resolution.error == (
+        "unreachable: proxy_auth_required: HTTP 407, the proxy asks for credentials (give them in HTTP_PROXY / "
+        "HTTPS_PROXY as http://user:password@host:port)")
+    told = capsys.readouterr().err
+    proxy_auth_required = resolution.error.removeprefix("unreachable: ")
+    assert told.splitlines() == [f"1 short link(s) left for the next run: {proxy_auth_required}"]
+    assert "s3cret" not in told
+    assert len(asked) == 1  # the same answer for every try: not retried in the run
+    assert resolver.cache.get("https://a.co/d/abc1234") is None  # nothing kept: the next run asks again
+    resolver.close()
+    again = ShortLinkResolver(tmp_path / "cache.sqlite", endpoints=endpoints, attempts=4, backoff_s=0.01)
+    resolved_later = again.resolve_all(["https://a.co/d/abc1234"], progress=False)["https://a.co/d/abc1234"]
+    again.close()
+    assert len(asked) == 2
+    if link == "http":  # the proxy let through this time
+        assert resolved_later.asins == ("B00NN2Y04E",)
