@@ -789,6 +789,17 @@ def check_options(options: BuildOptions) -> None:
     _check_retrievers(options)
     _check_credentials(options)
     _check_folders(options)
+    _check_reddit_executor(options)
+
+
+def _check_reddit_executor(options: BuildOptions) -> None:
+    """The Reddit stage's executor can run here (Slurm's sbatch on PATH, ...): checked before the dumps are listed
+    and the stage starts, not at its first step. A finished stage that would be reused is no exception: how the stage
+    runs is not in its key, so a rerun with ``--executor local`` reuses it."""
+    from reddit_amazon.pipeline import RedditStageOptions
+    from reddit_amazon.stage_executor import check_executor
+
+    check_executor(RedditStageOptions(**options.reddit))
 
 
 def _check_endpoint_urls(options: BuildOptions) -> None:

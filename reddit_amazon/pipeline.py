@@ -64,7 +64,7 @@ from reddit_amazon.linking import (
     linked_asins,
 )
 from reddit_amazon.progress import bar_options
-from reddit_amazon.stage_executor import Executor, run_on_executor
+from reddit_amazon.stage_executor import Executor, check_executor, run_on_executor
 from reddit_amazon.thread_lines import ThreadLineFinder
 from reddit_amazon.threads import (
     Pseudonymizer,
@@ -792,6 +792,7 @@ def run_reddit_stage(inputs: Sequence[str | os.PathLike], workdir: str | os.Path
     """
     from reddit_amazon.dataset_folder import dataset_folder_holding
 
+    check_executor(options)  # before the dumps are listed: a big tree takes a while
     if (dataset := dataset_folder_holding(workdir)) is not None:
         where = "is" if dataset == Path(workdir).resolve() else "lies in"
         raise ValueError(f"workdir {printable_path(workdir)} {where} the dataset folder {printable_path(dataset)}: "

@@ -4,6 +4,7 @@ and loguru's rules set back, worker processes of an interrupted run stopped, a S
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import os
 import shutil
@@ -120,8 +121,26 @@ def _task_log_folder(path: Path):
     return TaskLogFolder(str(path))
 
 
+def check_executor(options: ExecutionOptions) -> None:
+    """Refuse an executor that cannot run here (no partition or no ``sbatch`` for slurm, Ray not installed, an
+    unknown name), with what to do instead: a caller checks before its slow work (listing a big tree of dumps), not
+    at its first step."""
+    if options.executor == "slurm":
+        if not options.slurm_partition:
+            raise ValueError("executor 'slurm' needs a partition (RedditStageOptions.slurm_partition)")
+        if shutil.which("sbatch") is None:  # else datatrove's bare "No such file or directory: 'sbatch'"
+            raise FileNotFoundError("executor 'slurm' needs Slurm's sbatch, and there is none on PATH: run on a "
+                                    "machine that submits Slurm jobs, or use the local or ray executor")
+    elif options.executor == "ray":
+        if importlib.util.find_spec("ray") is None:
+            raise ImportError("executor 'ray' needs Ray: pip install 'reddit-amazon[cluster]'")
+    elif options.executor != "local":
+        raise ValueError(f"unknown executor {options.executor!r}: use local, slurm or ray")
+
+
 def run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options: ExecutionOptions) -> None:
     """Run ``step`` as ``tasks`` datatrove tasks and return once every task has completed."""
+    check_executor(options)
     workers = max(1, min(options.workers, tasks))
     if options.executor == "local":
         executor = _quiet_local_executor()(
@@ -131,11 +150,6 @@ def run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options: 
     elif options.executor == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
 
-        if not options.slurm_partition:
-            raise ValueError("executor 'slurm' needs a partition (RedditStageOptions.slurm_partition)")
-        if shutil.which("sbatch") is None:  # else datatrove's bare "No such file or directory: 'sbatch'"
-            raise FileNotFoundError("executor 'slurm' needs Slurm's sbatch, and there is none on PATH: run on a "
-                                    "machine that submits Slurm jobs, or use the local or ray executor")
         executor = SlurmPipelineExecutor(
             [step],
             tasks=tasks,
@@ -148,16 +162,10 @@ def run_on_executor(step: PipelineStep, tasks: int, logging_dir: Path, options: 
             logging_dir=_task_log_folder(logging_dir),
             venv_path=options.slurm_venv,
         )
-    elif options.executor == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise ImportError("executor 'ray' needs Ray: pip install 'reddit-amazon[cluster]'") from None
+    else:  # ray: check_executor refused any other name
         from datatrove.executor import RayPipelineExecutor
 
         executor = RayPipelineExecutor([step], tasks=tasks, workers=workers, logging_dir=_task_log_folder(logging_dir))
-    else:
-        raise ValueError(f"unknown executor {options.executor!r}: use local, slurm or ray")
     if options.executor == "local":
         with _executor_log_lines_off(), datatrove_variables_kept(), workers_stopped_if_interrupted():
             signals_at_fork.guard_outermost()  # over the hooks of loguru, filelock, ... imported since run_cli's

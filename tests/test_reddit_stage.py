@@ -809,6 +809,33 @@ def test_slurm_on_a_machine_without_slurm_says_so_in_one_line(world, tmp_path, m
     assert result.output.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", ["reddit-stage", "build"])
+def test_slurm_without_sbatch_is_refused_before_the_dumps_are_listed(command, tmp_path, monkeypatch):
+    """`build --executor slurm` (and `reddit-stage`) looked for sbatch only at the stage's first step: after listing
+    the dumps (a while on a big tree), seeding the workdir and starting the Reddit stage. An inputs folder without
+    dumps shows the order: its listing would end the command with its own error."""
+    from click.testing import CliRunner
+
+    from reddit_amazon.cli import cli
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "no-dumps").mkdir()
+    (tmp_path / "meta_All_Beauty.jsonl").write_text("")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    if command == "build":
+        args = ["build", "--inputs", str(tmp_path / "no-dumps"), "--meta", str(tmp_path / "meta_All_Beauty.jsonl"),
+                "--out", str(tmp_path / "out"), "--quiet"]
+    else:
+        args = ["reddit-stage", str(tmp_path / "no-dumps"), "--quiet"]
+    result = CliRunner().invoke(cli, [*args, "--workdir", str(tmp_path / "w"), "--executor", "slurm",
+                                      "--partition", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == ["Error: FileNotFoundError: executor 'slurm' needs Slurm's sbatch, and there "
+                                          "is none on PATH: run on a machine that submits Slurm jobs, or use the "
+                                          "local or ray executor"]
+    assert not (tmp_path / "w").exists()
+
+
 def test_slurm_without_a_partition_is_a_usage_error(world, tmp_path):
     from click.testing import CliRunner
 
