@@ -274,7 +274,7 @@ def _preprocessing(manifest: Mapping[str, Any]) -> str:
             f"and removed texts became the markers `{DELETED_TEXT}` / `{REMOVED_TEXT}`.",
             "- ASINs without metadata, and items outside beauty, fashion and home, were dropped and counted, "
             "never guessed.",
-            "- Images were not downloaded (`images` off); every item keeps its URLs, and `image_error` says so."
+            "- Images were not downloaded (`images` off); items keep their image URLs, and `image_error` says so."
             if dict(build_options(manifest)).get("images") is False else
             "- Images were decoded with Pillow under size limits; items without a usable image were kept, with "
             "the reason in `image_error`.",
@@ -321,8 +321,11 @@ def _images(statistics: DatasetStatistics) -> str:
                 f"for {items:,} items), which point to Amazon's servers and may stop working.")
     missing = (f" The {items - embedded:,} items without an embedded image give the reason in `image_error`."
                if embedded < items else "")
+    without_url = statistics.total("without_image_url")
+    kept = (f"every item keeps its URLs (`image_urls`, {urls:,} URLs)" if not without_url else
+            f"items keep the URLs their metadata lists (`image_urls`, {urls:,} URLs; {without_url:,} items list none)")
     return (f"this copy embeds the main image of {embedded:,} of {items:,} items as bytes in the Parquet shards "
-            f"(`image`); every item keeps its URLs (`image_urls`, {urls:,} URLs).{missing}")
+            f"(`image`); {kept}.{missing}")
 
 
 def _image_descriptions(facts: TextFacts) -> str:

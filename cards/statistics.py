@@ -61,6 +61,7 @@ class DomainStatistics:
     threads_in_several_splits: int | None  # None when records carry no thread id
     candidates: dict[str, CandidateCoverage] = field(default_factory=dict)
     titled: int = 0  # items with Amazon metadata (a non-empty title); an imported release may have none
+    without_image_url: int = 0  # items whose metadata lists no image URL
 
 
 @dataclass(frozen=True)
@@ -123,14 +124,16 @@ def compute_statistics(folder: str | Path, data_files: DataFiles) -> DatasetStat
             split_records[split] = records
             split_pairs[split] = pairs
         item_ids: set[str] = set()
-        images = image_urls = titled = 0
+        images = image_urls = titled = without_image_url = 0
         for path in shard_paths(folder, data_files, ITEMS_CONFIG, domain):
             parquet = pq.ParquetFile(path)
             table = parquet.read(columns=["item_id", "image_urls", "title"])
             item_ids.update(table.column("item_id").to_pylist())
             titled += _sum(pc.not_equal(table.column("title"), ""))
             images += _non_null_values(parquet, "image.bytes")
-            image_urls += _sum(pc.list_value_length(table.column("image_urls")))
+            url_counts = pc.fill_null(pc.list_value_length(table.column("image_urls")), 0)
+            image_urls += _sum(url_counts)
+            without_image_url += _sum(pc.equal(url_counts, 0))
         domains[domain] = DomainStatistics(
             domain=domain,
             conversations=sum(split_records.values()),
@@ -143,6 +146,7 @@ def compute_statistics(folder: str | Path, data_files: DataFiles) -> DatasetStat
             threads_in_several_splits=_shared(threads),
             candidates={name: CandidateCoverage(*counts) for name, counts in coverage.items()},
             titled=titled,
+            without_image_url=without_image_url,
         )
     return DatasetStatistics(domains)
 

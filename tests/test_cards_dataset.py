@@ -341,6 +341,9 @@ def test_datasheet_measures_personal_data_patterns_and_authors(built):
     assert "date from 2022-04-15 to 2022-04-15 (UTC)" in card
     assert "embeds the main image of 4 of 7 items" in card
     assert "The 3 items without an embedded image give the reason in `image_error`." in card
+    # beauty's items 0 and 3 and the fashion item list no image URL: the card said "every item keeps its URLs"
+    assert "every item keeps its URLs" not in card
+    assert "items keep the URLs their metadata lists (`image_urls`, 6 URLs; 3 items list none)." in card
 
 
 def test_imported_dataset_says_no_funnel_exists(tmp_path):
