@@ -281,7 +281,8 @@ def to_markdown(runs: Sequence[Run]) -> str:
             index += 1
     notes = [f"- {prose(line)}" for line in provenance(runs)]
     legend = ("HR@1 per (record, gt item) pair; VR per record; rounded to 4 decimals. Bold: best HR@1, "
-              "underlined: second best (among rows over the same dataset, split and records).")
+              "underlined: second best (among rows over the same dataset, split and records; an HR@1 of 0 is never "
+              "marked).")
     return "\n".join(lines + ["", legend, *notes, "", benchmark_card(runs)]) + "\n"
 
 

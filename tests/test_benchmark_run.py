@@ -1889,7 +1889,7 @@ def test_compare_warns_when_datasets_without_fingerprint_or_record_limits_differ
 def test_report_marks_best_only_among_rows_over_the_same_data():
     """A run over the first record of each domain (HR@1 1.0 by luck) or over another split is not "best"
     of the full test runs beside it."""
-    from benchmark.report import Run, _ranks
+    from benchmark.report import Run, _ranks, to_markdown
 
     def made(value, split="test", limit=None):
         return Run(Path("r"), {"metrics": {"hr@1": {"beauty": {"value": value}}}, "split": split, "limit": limit,
@@ -1898,6 +1898,9 @@ def test_report_marks_best_only_among_rows_over_the_same_data():
     runs = [made(0.2), made(0.1), made(1.0, limit=1), made(0.5, split="validation")]
     marks = _ranks(runs)
     assert marks[(0, "beauty", "hr@1")] == 1 and marks[(1, "beauty", "hr@1")] == 2
+    # a row that hit nothing is never marked, even as the second best, and the legend says so
+    assert (1, "beauty", "hr@1") not in _ranks([made(0.2), made(0.0)])
+    assert "an HR@1 of 0 is never marked" in to_markdown([])
 
 
 def test_report_marks_are_those_of_comparing_every_row_with_every_other():
