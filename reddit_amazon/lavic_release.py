@@ -281,10 +281,12 @@ def _read_metadata(src: Path, report: ImportReport) -> dict[str, list[dict[str, 
             data = _json(path.read_bytes(), str(path))
         entries = data.items() if isinstance(data, dict) else enumerate(data)
         for key, value in entries:
-            if isinstance(value, dict):
-                if "image_name" not in value and isinstance(key, str):
-                    value = {**value, "image_name": f"{key}_0.jpg"}
+            if not isinstance(value, dict):
+                continue
+            if "image_name" in value or not isinstance(key, str):
                 rows.append((f"{path}[{key}]", value))
+            else:
+                rows.extend((f"{path}[{key}]", row) for row in _per_image_rows(key, value))
     metadata: dict[str, list[dict[str, Any]]] = {}
     for where, row in rows:
         image_name = row.get("image_name")
@@ -293,6 +295,24 @@ def _read_metadata(src: Path, report: ImportReport) -> dict[str, list[dict[str, 
         metadata.setdefault(image_name.split("_", 1)[0], []).append(row)
     report.metadata_rows = len(rows)
     return metadata
+
+
+def _per_image_rows(asin: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """An ``item2meta_train.json`` entry (the item's Amazon metadata, ``images`` included, and
+    ``image_descriptions_llava_cleaned``: ``{"ASIN_k.jpg": description}``) as rows of ``item2meta_valid.jsonl``'s
+    layout, one per image. Image k is ``images[k]["large"]``: the authors' crawler saves that URL as ``ASIN_k.jpg``."""
+    images = entry.get("images") if isinstance(entry.get("images"), list) else []
+    urls = [(image.get("large") or "") if isinstance(image, dict) else "" for image in images]
+    descriptions = entry.get("image_descriptions_llava_cleaned")
+    descriptions = descriptions if isinstance(descriptions, dict) else {}
+    names = dict.fromkeys([f"{asin}_{k}.jpg" for k in range(len(urls))] + [str(name) for name in descriptions])
+    rows = []
+    for name in names or [f"{asin}_0.jpg"]:
+        index = _image_index({"image_name": name})
+        rows.append({"title": entry.get("title"), "image_name": name,
+                     "image": urls[index] if index < len(urls) else "",
+                     "image_description_llava_cleaned": descriptions.get(name) or ""})
+    return rows
 
 
 def _zip_member(path: Path) -> tuple[bytes, str]:

@@ -187,6 +187,27 @@ def _tree(folder: Path) -> dict[str, bytes]:
             if path.is_file()}
 
 
+
+def test_the_authors_item2meta_train_layout_keeps_image_urls_and_descriptions(tmp_path):
+    """item2meta_train.json maps each ASIN to its Amazon metadata plus ``image_descriptions_llava_cleaned``, keyed by
+    image name, as the authors' knowledge_distillation.py reads it; image k is ``images[k]['large']``, as their
+    crawl_images.py names it ``ASIN_k.jpg``, and their prompt_tuning.py shows image 0."""
+    src = write_release(tmp_path / "src", [release_line()])
+    (src / "item2meta_train.json").write_text(json.dumps({"B0776Y43KM": {
+        "title": "Desk chair", "categories": ["Home"],
+        "images": [{"thumb": "https://m.media-amazon.com/0s.jpg", "large": "https://m.media-amazon.com/0.jpg",
+                    "variant": "MAIN"},
+                   {"large": "https://m.media-amazon.com/1.jpg", "variant": "PT01"}],
+        "image_descriptions_llava_cleaned": {"B0776Y43KM_1.jpg": "Side view.", "B0776Y43KM_0.jpg": "A black chair."},
+    }}), encoding="utf-8")
+    report = import_release(src, tmp_path / "ds")
+    assert report.items_with_metadata == {"home": 1}
+    items = datasets.load_dataset(str(tmp_path / "ds"), "items", split="home").to_list()
+    chair = next(item for item in items if item["item_id"] == "B0776Y43KM")
+    assert chair["title"] == "Desk chair"
+    assert chair["image_urls"] == ["https://m.media-amazon.com/0.jpg", "https://m.media-amazon.com/1.jpg"]
+    assert chair["image_description"] == "A black chair."
+
 def test_export_refuses_a_folder_it_would_mix_its_files_into(tmp_path):
     """The release files go into --out beside what is there: a dataset folder (the one exported included), a folder
     inside one, a folder of the user's files or a file are refused unchanged; an earlier export is rewritten."""
