@@ -5,7 +5,7 @@ Wording follows the paper. Where the typeset table is not literal text, the prom
 
 * the paper prints the turn markers as ``{submission}`` / ``{comment}``; the conversation text uses
   the tags ``<submission>`` / ``<comment>`` (as the authors' code does), so the prompt names the tags;
-* the quotes around "ID: title" are straight;
+* the quotes around "ID: title" and the apostrophe of "don't" are straight (the paper prints ’);
 * layout: the paper prints ``Conversation: {conversation}`` and ``Candidates: {list of candidates}`` each on one
   line; here, as in the authors' code, each label ends its line and a blank line separates the conversation (its
   trailing newline dropped) from ``Candidates:``, which lists one ``ID: title`` line per candidate;
