@@ -33,6 +33,7 @@ from benchmark.metrics import (
 from benchmark.registry import RegistryError, redacted_args, settings_of
 from benchmark.retrieval import Retriever, get_retriever, item_text
 from benchmark.runner import (
+    OUT_LOCK_HOLDER,
     PREDICTIONS_FILE,
     RESULTS_FILE,
     RESULTS_FORMAT,
@@ -46,7 +47,7 @@ from benchmark.runner import (
     recorded_args,
     refuse_dataset_folder,
 )
-from reddit_amazon.files import read_json, remove_abandoned_temp_files, write_atomic, write_jsonl_atomic
+from reddit_amazon.files import folder_lock, read_json, remove_abandoned_temp_files, write_atomic, write_jsonl_atomic
 from reddit_amazon.progress import bar_options, quiet
 
 CANDIDATES_FILE = "candidates.jsonl"
@@ -67,9 +68,16 @@ class RetrieveConfig(BenchmarkConfig):
 
 def retrieve(config: RetrieveConfig, out_dir: str | os.PathLike, progress: bool = True,
              overwrite: bool = False) -> dict[str, Any]:
-    """Rank each example's whole catalog; ``progress=False``: no bar, ``datasets``' own included."""
-    with quiet(not progress):
-        return _retrieve(config, Path(out_dir), progress, overwrite)
+    """Rank each example's whole catalog; ``progress=False``: no bar, ``datasets``' own included.
+
+    Holds the lock of ``out_dir`` that ``benchmark run`` holds: a second retrieval or a run into it meanwhile is
+    refused (:class:`~reddit_amazon.files.FolderBusyError`), where it would swap candidates.jsonl and results.json
+    of the two, or replace the run's results with the retrieval's."""
+    out = Path(out_dir)
+    refuse_dataset_folder(out)  # before the lock, which makes the folder
+    # a retrieval that fails (no key, a typo) leaves no folder it made for `report runs/*`
+    with folder_lock(out, OUT_LOCK_HOLDER, tidy_on_error=True), quiet(not progress):
+        return _retrieve(config, out, progress, overwrite)
 
 
 def _retrieve(config: RetrieveConfig, out: Path, progress: bool, overwrite: bool) -> dict[str, Any]:
@@ -109,8 +117,6 @@ def _retrieve(config: RetrieveConfig, out: Path, progress: bool, overwrite: bool
         if cutoff > config.k:  # a list of k items says nothing about the top 10
             metrics.pop(f"recall@{cutoff}", None)
             metrics.pop(f"ndcg@{cutoff}", None)
-    # created only now: a retrieval that fails (no key, a typo) leaves no empty folder for `report runs/*`
-    out.mkdir(parents=True, exist_ok=True)
     remove_abandoned_temp_files(out)  # a retrieval killed (kill -9) while writing its files left their temporaries
     if overwrite:
         for name in (RUN_FILE, PREDICTIONS_FILE):
@@ -161,8 +167,7 @@ _REPLACE_REMEDY = "pass --overwrite to replace it or choose another --out"
 
 def _check_folder(out: Path, overwrite: bool) -> None:
     """A retrieval may replace an earlier retrieval in ``out``, never a model run's files."""
-    refuse_dataset_folder(out)
-    if overwrite or not out.is_dir():
+    if overwrite:
         return
     results = out / RESULTS_FILE
     if (out / RUN_FILE).exists() or (out / PREDICTIONS_FILE).exists() or (

@@ -58,6 +58,9 @@ from reddit_amazon.progress import bar_options, quiet
 RUN_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 RESULTS_FILE = "results.json"
+#: What holds an --out folder's lock, as a second writer's refusal names it: runs and retrievals share the lock, a
+#: retrieval into a run's folder would replace its results.json.
+OUT_LOCK_HOLDER = "benchmark run or retrieve"
 RESULTS_FORMAT = 1
 
 log = logging.getLogger(__name__)
@@ -148,7 +151,7 @@ def run(config: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = Fals
     refuse_dataset_folder(out)  # before the lock, which makes the folder
     # Two runs into one folder would mix; a run that fails before it writes anything leaves no folder behind (nor
     # the parents made for it). progress=False: no bar of the libraries either ("Generating test split").
-    with folder_lock(out, "benchmark run", tidy_on_error=True), quiet(not progress), registry.plugin_imports():
+    with folder_lock(out, OUT_LOCK_HOLDER, tidy_on_error=True), quiet(not progress), registry.plugin_imports():
         remove_abandoned_temp_files(out)  # a run killed (kill -9) while writing run.json or results.json left it
         return _run(config, out, overwrite, progress, recommender)
 

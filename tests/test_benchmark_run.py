@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -1262,12 +1263,13 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_failed_start_leaves_no
     from reddit_amazon.files import FolderBusyError, folder_lock
 
     with folder_lock(tmp_path / "o", "benchmark run"):  # another run is writing there
-        with pytest.raises(FolderBusyError, match="another benchmark run is running"):
+        with pytest.raises(FolderBusyError, match="another benchmark run or retrieve is running"):
             run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "o", progress=False)
         result = CliRunner().invoke(cli, ["run", "--model", "random", "--dataset", str(dataset), "--out",
                                           str(tmp_path / "o"), "--quiet"])
         assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == (
-            f"Error: FolderBusyError: another benchmark run is running in this folder (it holds {tmp_path / 'o' / '.lock'}); "
+            f"Error: FolderBusyError: another benchmark run or retrieve is running in this folder (it holds "
+            f"{tmp_path / 'o' / '.lock'}); "
             f"wait for it to end or choose another folder: {tmp_path / 'o'}")
     assert not (tmp_path / "o" / "run.json").exists()
     with pytest.raises(DatasetError):
@@ -1275,6 +1277,42 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_failed_start_leaves_no
     assert not (tmp_path / "typo").exists()
     run(RunConfig(model="random", dataset=str(dataset), bootstrap_samples=0), tmp_path / "o", progress=False)
     assert (tmp_path / "o" / "results.json").is_file()
+
+
+def test_a_retrieval_into_the_folder_a_run_is_writing_is_refused_and_the_run_keeps_its_results(dataset, tmp_path):
+    """`benchmark retrieve` took no lock: started while a `benchmark run` wrote the same --out, it found no
+    results.json yet, wrote its own, and the run's was replaced (or the other way round): both exited 0 and the folder
+    held one's predictions with the other's scores. Two retrievals at once likewise swapped candidates.jsonl and
+    results.json of each other (k=3 results over k=10 lists)."""
+    plugin, go_on = tmp_path / "waiting_plugin.py", tmp_path / "go-on"
+    plugin.write_text(f"import pathlib, time\n\nclass Waiting:\n    def __init__(self):  # a model loading\n"
+                      f"        pathlib.Path({str(tmp_path / 'started')!r}).touch()\n"
+                      f"        while not pathlib.Path({str(go_on)!r}).exists():\n            time.sleep(0.05)\n\n"
+                      f"    def recommend(self, examples):\n"
+                      f"        return [e.candidates[0].item_id for e in examples]\n")
+    out = tmp_path / "o"
+    first = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", "--model", f"{plugin}:Waiting", "--dataset",
+                              str(dataset), "--domain", "home", "--out", str(out), "--quiet", "--bootstrap-samples", "0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():  # the run holds the folder, no run.json written yet
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        second = subprocess.run([sys.executable, "-m", "benchmark.cli", "retrieve", "--retriever", "bm25", "--dataset",
+                                 str(dataset), "--domain", "home", "--out", str(out), "--quiet"],
+                                capture_output=True, text=True)
+    finally:
+        go_on.touch()
+        outputs = first.communicate(timeout=60)
+    assert first.returncode == 0, outputs
+    assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"Error: FolderBusyError: another benchmark run or retrieve is running in this folder (it holds "
+        f"{out / '.lock'}); wait for it to end or choose another folder: {out}")
+    results = orjson.loads((out / "results.json").read_bytes())
+    assert results.get("kind") != "retrieval" and results["model"]["spec"] == f"{plugin}:Waiting"
+    assert not (out / "candidates.jsonl").exists()
 
 
 def test_a_report_into_an_unwritable_place_is_one_line_naming_the_file(dataset, tmp_path):
