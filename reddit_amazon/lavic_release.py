@@ -40,7 +40,7 @@ from reddit_amazon.dataset_folder import (
     source_copy_problems,
     write_dataset,
 )
-from reddit_amazon.files import file_sha256, open_atomic, remove_abandoned_temp_files, write_atomic
+from reddit_amazon.files import file_lock, file_sha256, open_atomic, remove_abandoned_temp_files, write_atomic
 from reddit_amazon.schema import (
     DOMAINS,
     ITEMS_CONFIG,
@@ -388,6 +388,13 @@ def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, 
     """
     out = Path(out)
     check_release_folder(out)  # before reading anything
+    # A second export into ``out`` meanwhile would interleave its files with this one's, delete the ones it did not
+    # write, and remove the unfinished mark while this one still writes: refused, naming the lock.
+    with file_lock(out, "export-lavic", noun="folder", tidy_on_error=True):
+        return _export_release(dataset, out)
+
+
+def _export_release(dataset: str | Path, out: Path) -> dict[str, dict[str, int]]:
     folder_for = {domain: folder for folder, domain in RELEASE_FOLDERS.items()}
     file_for = {split: filename for filename, split in RELEASE_SPLITS.items()}
     written: dict[str, dict[str, int]] = {}

@@ -450,3 +450,51 @@ def test_an_export_over_an_earlier_one_keeps_none_of_its_files_and_a_killed_one_
     export_release(tmp_path / "ds-home", tmp_path / "out")  # run again: one export's files, a release again
     assert _tree(tmp_path / "out") == _tree(tmp_path / "home-alone")
     import_release(tmp_path / "out", tmp_path / "reimported")
+
+
+def test_a_second_export_into_a_folder_being_exported_is_refused_and_the_first_one_is_whole(tmp_path):
+    """Two export-lavic into one --out at once took no lock: the second deleted the beauty file the first had written
+    (not its own) and removed .export-unfinished, so the first then failed on the mark with a bare FileNotFoundError
+    and left a folder of the second's files that import-lavic took as a finished release."""
+    import subprocess
+    import sys
+    import time
+
+    both = write_release(tmp_path / "both", [release_line()])
+    write_release(both, [release_line(gt_items=["B0776Y43L1"])], domain_folder="all_beauty")
+    import_release(both, tmp_path / "ds-both")
+    import_release(write_release(tmp_path / "home", [release_line()]), tmp_path / "ds-home")
+    export_release(tmp_path / "ds-both", tmp_path / "both-alone")
+    out, started, go_on = tmp_path / "out", tmp_path / "started", tmp_path / "go-on"
+    # The first export, held once it has written beauty (as a slow disk or a large domain would hold it).
+    first = subprocess.Popen([sys.executable, "-c", f"""
+import pathlib, time
+import reddit_amazon.lavic_release as lavic_release
+record = lavic_release.release_record
+def held_at_home(conversation):
+    if conversation.domain == "home":
+        pathlib.Path({str(started)!r}).touch()
+        while not pathlib.Path({str(go_on)!r}).exists():
+            time.sleep(0.05)
+    return record(conversation)
+lavic_release.release_record = held_at_home
+lavic_release.export_release({str(tmp_path / "ds-both")!r}, {str(out)!r})
+"""], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        second = subprocess.run([sys.executable, "-m", "reddit_amazon.cli", "export-lavic", str(tmp_path / "ds-home"),
+                                 "--out", str(out)], capture_output=True, text=True)
+    finally:
+        go_on.touch()
+        outputs = first.communicate(timeout=60)
+    assert first.returncode == 0, outputs
+    lock = tmp_path / ".out.lock"
+    assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"Error: FolderBusyError: another export-lavic is writing this folder (it holds {lock}); wait for it to end or "
+        f"choose another folder: {out}")
+    assert _tree(out) == _tree(tmp_path / "both-alone") and not lock.exists()
+    import_release(out, tmp_path / "reimported")
