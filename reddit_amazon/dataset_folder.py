@@ -32,7 +32,7 @@ import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, TypeAlias, overload
@@ -86,6 +86,11 @@ class DatasetContents:
     source_files: list[Path] = field(default_factory=list)  # copied as they are into lavic_source/ (an import's)
 
 
+#: What holds a dataset folder's lock (``.<name>.lock`` beside it), as the refusal of a second one names it: a build
+#: or import-lavic writing it, or a push, which must publish the files it verified, not a folder swapped in meanwhile.
+FOLDER_LOCK_HOLDER = "dataset writer or push"
+
+
 def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents,
                   keep: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
     """Write ``contents`` as a dataset folder at ``out_dir`` (atomically). Returns the manifest.
@@ -97,7 +102,7 @@ def write_dataset(out_dir: str | os.PathLike, contents: DatasetContents,
     out_dir = check_output_folder(out_dir, keep)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # two writers would swap the folder (and its .git) under each other
-    with file_lock(out_dir, "dataset writer", noun="folder"):
+    with file_lock(out_dir, FOLDER_LOCK_HOLDER, noun="folder"):
         return _write_beside(out_dir, contents)
 
 
@@ -791,13 +796,24 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     (what ``reddit-amazon verify`` checks): the published fingerprint must be the data's, not only the manifest's
     claim. A connection lost is a ``ConnectionError`` saying to push again.
     """
-    from huggingface_hub import HfApi
-
-    from reddit_amazon.hub_push import PushRefused, connection_errors_named, make_branch, require_token
+    from reddit_amazon.hub_push import require_token
 
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    read_manifest(folder)  # no dataset folder: refused before the token is asked for
     require_token(token)  # before the check, which reads every shard (minutes for a full build)
+    # Held to the end: a build or import-lavic swapping the folder after the check would have its files published
+    # under the checked manifest's version. A user who cannot make the lock beside it cannot rewrite it either.
+    with file_lock(folder, FOLDER_LOCK_HOLDER, noun="folder") if os.access(folder.parent, os.W_OK) else nullcontext():
+        return _verified_push(folder, repo_id, private=private, token=token, revision=revision, endpoint=endpoint)
+
+
+def _verified_push(folder: Path, repo_id: str, *, private: bool, token: str | None, revision: str | None,
+                   endpoint: str | None) -> str:
+    from huggingface_hub import HfApi
+
+    from reddit_amazon.hub_push import PushRefused, connection_errors_named, make_branch
+
+    manifest = read_manifest(folder)
     if problems := verify(folder):
         raise PushRefused(f"{folder} does not match its manifest, nothing was pushed: {'; '.join(problems)} "
                           f"(`reddit-amazon verify {folder}` lists the same)")

@@ -902,7 +902,7 @@ def test_a_second_writer_of_a_folder_being_written_is_refused(tmp_path, monkeypa
     monkeypatch.setattr(dataset_folder, "replace_dir", swap_in_turn)
     first = write_dataset(folder, contents(3))
     second_writer.join(30)
-    assert str(second[0]) == (f"another dataset writer is writing this folder (it holds "
+    assert str(second[0]) == (f"another dataset writer or push is writing this folder (it holds "
                               f"{tmp_path / '.reddit-amazon.lock'}); wait for it to end or choose another folder: "
                               f"{folder}")
     assert read_manifest(folder)["fingerprint"] == first["fingerprint"] and verify(folder) == []
@@ -918,8 +918,8 @@ def test_a_second_writer_of_a_new_folder_is_told_it_is_a_folder(tmp_path, short_
     folder = tmp_path / "new-out"
     with file_lock(folder, "dataset writer"), pytest.raises(FolderBusyError) as busy:  # the first writer
         write_dataset(folder, contents(2))
-    assert str(busy.value) == (f"another dataset writer is writing this folder (it holds {tmp_path / '.new-out.lock'}); "
-                               f"wait for it to end or choose another folder: {folder}")
+    assert str(busy.value) == (f"another dataset writer or push is writing this folder (it holds "
+                               f"{tmp_path / '.new-out.lock'}); wait for it to end or choose another folder: {folder}")
 
 
 def test_a_folder_or_file_name_near_the_length_limit_is_written(tmp_path):

@@ -26,7 +26,8 @@ ROUTE = re.compile(rf"/api/datasets/{REPO}/(preupload|commit|tree|tag|branch)/([
 def loopback_dataset_hub(httpserver, seen: dict) -> None:
     """The Hub API routes a dataset push uses, for ``REPO``: ``seen["branches"]`` holds each branch's files (main
     as a new repo's: .gitattributes), ``seen["calls"]`` each request as ``(route, revision)``, ``seen["tags"]`` each
-    tag and the branch it was made on. With ``seen["cut_at_commit"]`` the connection is closed at the commit."""
+    tag and the branch it was made on. With ``seen["cut_at_commit"]`` the connection is closed at the commit;
+    ``seen["on_call"]`` is called with each route's kind before it is answered."""
     seen.setdefault("branches", {"main": {".gitattributes": b"*.parquet filter=lfs\n"}})
     seen.setdefault("calls", [])
     seen.setdefault("tags", [])
@@ -52,6 +53,8 @@ def loopback_dataset_hub(httpserver, seen: dict) -> None:
             return Response(f"unexpected {request.method} {request.path}", status=404)
         kind, revision = route.groups()
         seen["calls"].append((kind, revision))
+        if on_call := seen.get("on_call"):  # what else happens while the push waits for this answer
+            on_call(kind)
         branches = seen["branches"]
         if (answer := revision_answer(kind, revision, request, branches)) is not None:
             return answer
@@ -198,3 +201,35 @@ def test_build_push_to_hub_publishes_what_push_publishes(hub, tmp_path):
     again = CliRunner().invoke(cli, ["push", str(out), REPO])  # the same content: the same files, tag kept
     assert again.exit_code == 0, again.output
     assert hub["branches"]["main"] == main and [tag for tag, _ in hub["tags"]] == [hub["tags"][0][0]] * 2
+
+
+def test_an_import_into_the_folder_a_push_is_publishing_is_refused_and_the_push_sends_what_it_checked(hub, tmp_path):
+    """push checked the folder against its manifest, then read its files only as it committed them: an import-lavic
+    (or build) into the folder meanwhile swapped in another dataset, and its files went up under the checked
+    folder's version tag, never checked. The push now holds the folder's writer lock to its end."""
+    import subprocess
+    import sys
+
+    from tests.test_lavic_release import release_line, write_release
+
+    folder = imported_folder(tmp_path)
+    checked = files_of(folder)
+    other = write_release(tmp_path / "other", [release_line(gt_items=["B0776Y43K3"])])
+    second: list[subprocess.CompletedProcess] = []
+
+    def import_while_pushing(kind: str) -> None:
+        if kind == "tree" and not second:  # the push has checked the folder and lists the repo, nothing sent yet
+            second.append(subprocess.run([sys.executable, "-m", "reddit_amazon.cli", "import-lavic", str(other),
+                                          "--out", str(folder)], capture_output=True, text=True))
+
+    hub["on_call"] = import_while_pushing
+    result = CliRunner().invoke(cli, ["push", str(folder), REPO])
+    assert result.exit_code == 0, result.output
+    assert second[0].returncode == 1 and "Traceback" not in second[0].stderr, second[0].stderr
+    assert second[0].stderr.strip().splitlines()[-1] == (
+        f"Error: FolderBusyError: another dataset writer or push is writing this folder (it holds "
+        f"{tmp_path / '.imported.lock'}); wait for it to end or choose another folder: {folder}")
+    main = hub["branches"]["main"]
+    assert main[MANIFEST] == checked[MANIFEST] and {path: main[path] for path in checked if path != "README.md"} == {
+        path: data for path, data in checked.items() if path != "README.md"}
+    assert files_of(folder) == checked
