@@ -70,6 +70,12 @@ POSITIVE = [
     ("https://www.amazon.com/Levi&#x27;s-505/dp/B09L87ZZPQ and https://www.amazon.com/L&#39;Oreal/dp/B09L87ZZPR",
      ["B09L87ZZPQ", "B09L87ZZPR"]),
     ("'https://amazon.com/s?k=jeans','https://amazon.com/dp/B09L87ZZPQ'", ["B09L87ZZPQ"]),
+    ("https://www.amazon.com/gp/product/glance/B00NN2Y04E", ["B00NN2Y04E"]),
+    ("https://www.amazon.com/dp/product/B00NN2Y04E/ref=x", ["B00NN2Y04E"]),
+    ("amzn.com/b0057d86qa", ["B0057D86QA"]),  # lower case, as amazon links are
+    # Reddit stores "<" and ">" as entities: undecoded, the first link would run on and swallow the second
+    ("&lt;https://www.amazon.com/dp/B000000001&gt;&lt;https://www.amazon.com/dp/B000000002&gt;",
+     ["B000000001", "B000000002"]),
 ]
 
 NEGATIVE = [
