@@ -146,3 +146,18 @@ def test_candidate_recall_counts_record_gt_pairs():
     report = add_candidates(splits, items, [Fixed(retrieved)], seed=0)
     assert report.recall == {"fixed": {"home": 0.6}}  # 3 of 5 (record, gt item) pairs
     assert sorted(two.candidates["fixed"]) == retrieved
+
+
+def test_candidate_recall_counts_a_repeated_gt_item_per_pair_to_4_places_and_a_catalog_of_exactly_k_is_searched():
+    """A gt item listed twice is two (record, gt item) pairs, as HR@1 counts them (49 records of the authors'
+    validation sets list one twice); the recall is kept to 4 places; a domain with exactly NUM_CANDIDATES items
+    has its candidates."""
+    ids = [f"B0000000{i:02d}" for i in range(NUM_CANDIDATES)]
+    items = {"home": [Item(item_id=item_id, domain="home", title=f"thing {item_id}") for item_id in ids]}
+    twice = record("r1", "t1")
+    twice.gt_items = [ids[1], ids[1]]
+    missed = record("r2", "t2", gt="B000000099")
+    splits = {"home": {"train": [twice, missed], "validation": [], "test": []}}
+    report = add_candidates(splits, items, [Fixed(ids)], seed=0)
+    assert report.skipped_domains == {}
+    assert report.recall == {"fixed": {"home": 0.6667}}  # 2 of 3 pairs

@@ -467,6 +467,39 @@ def test_retrieve_over_the_full_catalog(dataset, tmp_path):
         assert results["metrics"][f"recall@{k}"]["home"]["value"] == found / sum(len(r["gt_items"]) for r in rows)
 
 
+def test_retrieve_reads_descriptions_only_when_asked_and_ranks_the_first_limit_records(dataset, tmp_path,
+                                                                                        monkeypatch):
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import datasets
+
+    import benchmark.retrieve
+    from benchmark.retrieval import get_retriever
+    from benchmark.retrieve import RetrieveConfig, retrieve
+
+    rows = datasets.load_dataset(str(dataset), "home", split="test").to_list()[:2]
+    items = datasets.load_dataset(str(dataset), "items", split="home").to_list()
+    for with_description in (False, True):
+        retriever, searched = get_retriever("bm25"), []
+        ranked = retriever.top_k
+
+        def top_k(queries, catalog, k=10, ranked=ranked, searched=searched):
+            searched.append(catalog)
+            return ranked(queries, catalog, k=k)
+
+        retriever.top_k = top_k  # the real retriever, told what it was given to search
+        monkeypatch.setattr(benchmark.retrieve, "get_retriever", lambda name, retriever=retriever: retriever)
+        config = RetrieveConfig(retriever="bm25", dataset=str(dataset), domain="home", limit=2,
+                                with_description=with_description, bootstrap_samples=0)
+        out = tmp_path / f"with_description={with_description}"
+        retrieve(config, out, progress=False)
+        texts = sorted((i["item_id"], f"{i['title']}\n{i['description']}" if with_description else i["title"])
+                       for i in items)
+        assert [sorted(catalog) for catalog in searched] == [texts]
+        lines = [orjson.loads(x) for x in (out / "candidates.jsonl").read_bytes().splitlines()]
+        assert [line["example_id"] for line in lines] == [r["example_id"] for r in rows]
+        assert [line["candidates"] for line in lines] == ranked([r["context"] for r in rows], searched[0])
+
+
 def test_retrieve_and_run_report_bad_options_and_a_damaged_cache_in_one_line(dataset, tmp_path):
     args = ["--dataset", str(dataset), "--domain", "home", "--quiet", "--bootstrap-samples", "0"]
     unknown = CliRunner().invoke(cli, ["retrieve", "--retriever", "bm25", "--retriever-args", "k3=1", *args,

@@ -33,6 +33,7 @@ EXPECTED_FIRST = ["B000000001", "B000000003", "B000000004"]
 def test_best_first_breaks_ties_by_catalog_order():
     assert best_first(np.array([0.5, 0.9, 0.5, 0.9, 0.1]), 4).tolist() == [1, 3, 0, 2]
     assert best_first(np.zeros(3), 10).tolist() == [0, 1, 2]
+    assert best_first(np.array([0.1, 0.5, 0.3, 0.9, 0.7, 0.2]), 3).tolist() == [3, 4, 1]  # no ties at the cut
 
 
 def test_bm25_ranks_matching_titles_first():
