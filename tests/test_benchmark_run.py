@@ -29,6 +29,41 @@ def dataset(tmp_path_factory) -> Path:
                                   items_per_domain=40, candidate_sets=("sbert", "bm25"))
 
 
+def test_a_gt_item_listed_twice_counts_as_two_pairs_in_every_count(tmp_path):
+    """As the reference evaluation counts (49 records of the authors' validation sets list a gt item twice)."""
+    from reddit_amazon.dataset_folder import DatasetContents, write_dataset
+    from reddit_amazon.schema import Conversation, Item, Turn
+
+    ids = [f"B0000000{i:02d}" for i in range(10)]
+    record = Conversation(example_id="home-test-000000", domain="home", thread_id="t", subreddit="r", created_utc=1,
+                          turns=[Turn(kind="submission", text="a lamp?")], context_items=[], gt_text="this",
+                          gt_items=[ids[3], ids[3]], candidates={"sbert": ids})
+    items = [Item(item_id=item_id, domain="home", title=f"lamp {item_id}") for item_id in ids]
+    write_dataset(tmp_path / "ds", DatasetContents(conversations={"home": {"test": [record]}}, items={"home": items},
+                                                  version="0.0.0", candidate_sets=["sbert"]))
+
+    class Fourth:
+        def recommend(self, examples):
+            return [e.candidates[3].item_id for e in examples]
+
+    results = run(RunConfig(model="fourth", dataset=str(tmp_path / "ds"), domain="home", bootstrap_samples=0),
+                  tmp_path / "run", recommender=Fourth(), progress=False)
+    assert results["counts"]["all"] == {"records": 1, "gt_pairs": 2, "gt_in_candidates": 2, "hits": 2, "valid": 1}
+    assert results["metrics"]["hr@1"]["all"]["value"] == 1.0
+
+
+def test_an_answer_naming_a_candidate_in_lower_case_is_not_valid_as_in_the_reference(dataset, tmp_path):
+    class LowerCase:
+        def recommend(self, examples):
+            return [f"  {e.candidates[0].item_id.lower()}  " for e in examples]
+
+    results = run(RunConfig(model="lower", dataset=str(dataset), domain="home", limit=3, bootstrap_samples=0),
+                  tmp_path, recommender=LowerCase(), progress=False)
+    assert results["counts"]["home"]["valid"] == 0 and results["counts"]["home"]["hits"] == 0
+    rows = [orjson.loads(line) for line in (tmp_path / "predictions.jsonl").read_bytes().splitlines()]
+    assert [row["parsed"] for row in rows] == [None, None, None]
+
+
 class LastCandidate:
     """Answers with chatter around the last candidate's id; counts calls."""
 

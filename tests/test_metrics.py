@@ -55,6 +55,15 @@ def test_hr_counts_each_gt_item_and_vr_counts_records():
     assert "recall@5" not in metrics
 
 
+def test_a_gt_item_listed_twice_is_two_pairs_and_a_hit_on_it_two_hits():
+    """As the reference evaluation counts (49 records of the authors' validation sets list a gt item twice)."""
+    candidates = ["B000000001", "B000000002"]
+    outcomes = [score("B000000001", ["B000000001", "B000000001"], candidates),
+                score("B000000002", ["B000000001", "B000000001"], candidates)]
+    assert [(o.pairs, o.hits) for o in outcomes] == [(2, 2), (2, 0)]
+    assert ratios(outcomes)["hr@1"].value == pytest.approx(2 / 4)
+
+
 def test_ranking_metrics_per_gt_pair():
     ranking = [f"B00000000{i}" for i in range(10)]
     outcome = score(ranking[0], ["B000000002", "B000000007"], ranking, ranking)
@@ -64,6 +73,14 @@ def test_ranking_metrics_per_gt_pair():
     metrics = ratios([outcome])
     assert metrics["recall@5"].value == pytest.approx(0.5)
     assert metrics["recall@10"].value == pytest.approx(1.0)
+
+
+def test_an_ndcg_summary_keeps_its_fractional_numerator():
+    ranking = [f"B00000000{i}" for i in range(10)]
+    summary = summarize_by_domain(["home"], [score(ranking[0], ["B000000002"], ranking, ranking)], samples=0)
+    assert summary["ndcg@5"]["all"]["numerator"] == pytest.approx(1 / math.log2(4))
+    assert summary["ndcg@5"]["all"]["value"] == pytest.approx(1 / math.log2(4))
+    assert summary["recall@5"]["all"]["numerator"] == 1 and type(summary["recall@5"]["all"]["numerator"]) is int
 
 
 def test_bootstrap_is_seeded_and_brackets_the_value():
