@@ -301,7 +301,8 @@ def _per_image_rows(asin: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
     """An ``item2meta_train.json`` entry (the item's Amazon metadata, ``images`` included, and
     ``image_descriptions_llava_cleaned``: ``{"ASIN_k.jpg": description}``) as rows of ``item2meta_valid.jsonl``'s
     layout, one per image. Image k is ``images[k]["large"]``: the authors' crawler saves that URL as ``ASIN_k.jpg``."""
-    images = entry.get("images") if isinstance(entry.get("images"), list) else []
+    images = entry.get("images")
+    images = images if isinstance(images, list) else []
     urls = [(image.get("large") or "") if isinstance(image, dict) else "" for image in images]
     descriptions = entry.get("image_descriptions_llava_cleaned")
     descriptions = descriptions if isinstance(descriptions, dict) else {}
