@@ -342,32 +342,17 @@ def test_a_proxy_refusing_to_tunnel_without_credentials_fails_no_item_and_is_not
     """An https:// image URL (every Amazon image's) goes through the proxy as a CONNECT tunnel: its 407 reaches
     requests as a ProxyError, not as a response, so it was retried in the run (every image, max_attempts times) and
     recorded as download_failed, never as the proxy_auth_required the docs name."""
-    import socket
-    import threading
+    from refusing_proxy import refusing_proxy  # tests/
 
-    proxy = socket.socket()
-    proxy.bind(("127.0.0.1", 0))
-    proxy.listen()
-    asked = []
-
-    def refuse_each_tunnel():
-        while True:
-            connection, _ = proxy.accept()
-            asked.append(connection.recv(4096).split(b"\r\n")[0])
-            connection.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
-                               b'Proxy-Authenticate: Basic realm="p"\r\nContent-Length: 0\r\n\r\n')
-            connection.close()
-
-    threading.Thread(target=refuse_each_tunnel, daemon=True).start()
+    port, asked = refusing_proxy()
     for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "https_proxy", "HTTPS_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{port}")
     outcomes = fetch_images([("B000000001", ["https://images.example.invalid/a.jpg"])],
                             ImageStore(tmp_path / "images"), OPTIONS)
     assert outcomes["B000000001"].error.startswith("proxy_auth_required: HTTP 407"), outcomes
     assert len(asked) == 1 and asked[0].startswith(b"CONNECT images.example.invalid:443 "), asked  # once in the run
     assert not ImageStore(tmp_path / "images").failures["B000000001"]["permanent"]  # retried by the next run
-    proxy.close()
 
 
 def test_an_interrupted_fetch_does_not_wait_out_a_retry_after(threaded_httpserver, tmp_path):

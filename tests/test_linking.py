@@ -23,6 +23,7 @@ from reddit_amazon.linking import (
     linked_asins,
 )
 from trickling_server import trickling_server  # tests/: a server answering a byte at a time
+from refusing_proxy import refusing_proxy  # tests/: a proxy answering 407 to everything
 
 
 def may_contain_link(line: bytes) -> bool:
@@ -630,28 +631,6 @@ def test_a_socks_proxy_without_pysocks_stops_resolution_before_it_starts(resolve
     assert not httpserver.log
 
 
-def _refusing_tunnel_proxy() -> tuple[int, list[bytes]]:
-    """A loopback proxy answering 407 to each CONNECT (an https:// link's tunnel): its port and the request lines."""
-    import socket
-    import threading
-
-    proxy = socket.socket()
-    proxy.bind(("127.0.0.1", 0))
-    proxy.listen()
-    asked: list[bytes] = []
-
-    def refuse_each_tunnel():
-        while True:
-            connection, _ = proxy.accept()
-            asked.append(connection.recv(4096).split(b"\r\n")[0])
-            connection.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
-                               b'Proxy-Authenticate: Basic realm="p"\r\nContent-Length: 0\r\n\r\n')
-            connection.close()
-
-    threading.Thread(target=refuse_each_tunnel, daemon=True).start()
-    return proxy.getsockname()[1], asked
-
-
 @pytest.mark.parametrize("link", ["http", "https"])
 def test_a_proxy_asking_for_credentials_is_named_once_and_its_links_asked_by_the_next_run(
         link, httpserver, tmp_path, monkeypatch, capsys):
@@ -670,7 +649,7 @@ def test_a_proxy_asking_for_credentials_is_named_once_and_its_links_asked_by_the
         endpoints = {"a.co": "http://short-links.example.invalid"}
         asked = httpserver.log
     else:  # https://a.co itself, through the proxy's CONNECT tunnel
-        port, asked = _refusing_tunnel_proxy()
+        port, asked = refusing_proxy()
         monkeypatch.setenv("HTTPS_PROXY", f"http://someone:s3cret@127.0.0.1:{port}")
         endpoints = {}
     resolver = ShortLinkResolver(tmp_path / "cache.sqlite", endpoints=endpoints, attempts=4, backoff_s=0.01)
