@@ -287,14 +287,23 @@ def _read_metadata(src: Path, report: ImportReport) -> dict[str, list[dict[str, 
                 rows.append((f"{path}[{key}]", value))
             else:
                 rows.extend((f"{path}[{key}]", row) for row in _per_image_rows(key, value))
-    metadata: dict[str, list[dict[str, Any]]] = {}
+    by_image: dict[str, dict[str, dict[str, Any]]] = {}  # ASIN -> image name -> row
     for where, row in rows:
         image_name = row.get("image_name")
         if not isinstance(image_name, str) or "_" not in image_name:
             raise SchemaError(f"{where}: metadata row without an image_name like ASIN_k.jpg")
-        metadata.setdefault(image_name.split("_", 1)[0], []).append(row)
+        images = by_image.setdefault(image_name.split("_", 1)[0], {})
+        images[image_name] = _merged_image_row(images[image_name], row) if image_name in images else row
     report.metadata_rows = len(rows)
-    return metadata
+    return {asin: list(images.values()) for asin, images in by_image.items()}
+
+
+def _merged_image_row(first: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """One image listed by both metadata files (an item of ``item2meta_valid.jsonl`` that ``item2meta_train.json``
+    also holds, as an export of a build writes them): one row, the first file's values, the other's where it has
+    none. Two rows would give the item that image's URL twice."""
+    return {**{key: value for key, value in other.items() if value}, **{key: value for key, value in first.items()
+                                                                      if value}}
 
 
 def _per_image_rows(asin: str, entry: dict[str, Any]) -> list[dict[str, Any]]:

@@ -208,6 +208,25 @@ def test_the_authors_item2meta_train_layout_keeps_image_urls_and_descriptions(tm
     assert chair["image_urls"] == ["https://m.media-amazon.com/0.jpg", "https://m.media-amazon.com/1.jpg"]
     assert chair["image_description"] == "A black chair."
 
+def test_an_image_in_both_metadata_files_is_one_image_of_its_item(tmp_path):
+    """An item of item2meta_valid.jsonl that item2meta_train.json also holds (an export of a build writes the
+    validation split's gt items to both) listed image 0 twice: its URL came twice into image_urls."""
+    src = write_release(tmp_path / "src", [release_line()])
+    (src / "item2meta_valid.jsonl").write_text(json.dumps({
+        "title": "Desk chair", "image_name": "B0776Y43KM_0.jpg", "image": "https://m.media-amazon.com/0.jpg",
+        "image_description_llava_cleaned": ""}) + "\n", encoding="utf-8")
+    (src / "item2meta_train.json").write_text(json.dumps({"B0776Y43KM": {
+        "title": "Desk chair",
+        "images": [{"large": "https://m.media-amazon.com/0.jpg"}, {"large": "https://m.media-amazon.com/1.jpg"}],
+        "image_descriptions_llava_cleaned": {"B0776Y43KM_0.jpg": "A black chair."},
+    }}), encoding="utf-8")
+    import_release(src, tmp_path / "ds")
+    items = datasets.load_dataset(str(tmp_path / "ds"), "items", split="home").to_list()
+    chair = next(item for item in items if item["item_id"] == "B0776Y43KM")
+    assert chair["image_urls"] == ["https://m.media-amazon.com/0.jpg", "https://m.media-amazon.com/1.jpg"]
+    assert chair["image_description"] == "A black chair."  # the valid row had none: the train file's fills it
+
+
 def test_export_refuses_a_folder_it_would_mix_its_files_into(tmp_path):
     """The release files go into --out beside what is there: a dataset folder (the one exported included), a folder
     inside one, a folder of the user's files or a file are refused unchanged; an earlier export is rewritten."""
