@@ -393,8 +393,9 @@ def release_record(record: Conversation) -> dict[str, Any]:
 def export_release(dataset: str | Path, out: str | Path) -> dict[str, dict[str, int]]:
     """Write a dataset folder (or Hub id) back in the authors' format. Returns records per file.
 
-    The item metadata goes to ``item2meta_valid.jsonl`` (title, image URL, description per item), unless the
-    folder is an import that kept the release's own metadata files, which are copied as they are.
+    An import gets the release's own metadata files back as they are (none if it had none). A build's ``items`` config
+    becomes ``item2meta_train.json`` (every item: what the authors' crawler, distillation and prompt tuning read)
+    and ``item2meta_valid.jsonl`` (the validation split's gt items: their distillation's validation set).
     """
     out = Path(out)
     check_release_folder(out)  # before reading anything
@@ -413,8 +414,9 @@ def _export_release(dataset: str | Path, out: Path) -> dict[str, dict[str, int]]
     _check_release_candidates(loaded, dataset)  # before anything is written
     _check_release_contexts(loaded, dataset)
     source_copy = Path(dataset) / SOURCE_COPY_DIR
-    if (Path(dataset) / MANIFEST).is_file():  # a local folder: the copies written back must be the import's
-        problems = source_copy_problems(Path(dataset), read_manifest(dataset))
+    manifest = read_manifest(dataset) if (Path(dataset) / MANIFEST).is_file() else None  # a local folder
+    if manifest is not None:  # the copies written back must be the import's
+        problems = source_copy_problems(Path(dataset), manifest)
         if problems:
             raise SchemaError(f"{dataset}: its release files changed since the import:\n  " + "\n  ".join(problems)
                               + "\nre-import the release, or restore them")
@@ -441,9 +443,12 @@ def _export_release(dataset: str | Path, out: Path) -> dict[str, dict[str, int]]
                 with open(path, "rb") as source, open_atomic(out / path.name) as copy:
                     shutil.copyfileobj(source, copy)
                 files.append(out / path.name)
-    elif ITEMS_CONFIG in present:
-        _write_item_metadata(dataset, [d for d in DOMAINS if d in loaded], out / "item2meta_valid.jsonl")
-        files.append(out / "item2meta_valid.jsonl")
+    elif ITEMS_CONFIG in present and not (manifest is not None and "import_report" in manifest):
+        # an import without copies had a release without metadata files: its export has none either
+        items = _item_metadata(dataset, [d for d in DOMAINS if d in loaded])
+        _write_item2meta_train(items, out / "item2meta_train.json")
+        _write_item2meta_valid(items, _validation_gt_items(loaded), out / "item2meta_valid.jsonl")
+        files += [out / "item2meta_train.json", out / "item2meta_valid.jsonl"]
     _remove_other_release_files(out, files)
     (out / EXPORT_UNFINISHED).unlink()
     return written
@@ -522,14 +527,57 @@ def _check_release_contexts(loaded: dict[str, Any], dataset: str | Path) -> None
                                       "string cannot keep its turns apart (import-lavic would split it)")
 
 
-def _write_item_metadata(dataset: str | Path, domains: list[str], target: Path) -> None:
-    """The items of ``domains`` in the release's metadata layout (its first image as ``ASIN_0.jpg``)."""
+@dataclass(frozen=True)
+class ItemMetadata:
+    """What the release's metadata files hold of an item."""
+    title: str
+    image_urls: list[str]  # main image first: image k is the authors' ``ASIN_k.jpg``
+    description: str  # of the main image
+
+
+def _item_metadata(dataset: str | Path, domains: list[str]) -> dict[str, ItemMetadata]:
+    """ASIN -> metadata of the items of ``domains`` (an ASIN in two domains' splits: its first)."""
+    items: dict[str, ItemMetadata] = {}
+    for domain in domains:
+        rows = load(ITEMS_CONFIG, dataset, split=domain).select_columns(
+            ["item_id", "title", "image_urls", "image_description"])  # not the images, which would be decoded
+        for row in rows:
+            items.setdefault(row["item_id"], ItemMetadata(title=row["title"] or "", image_urls=row["image_urls"] or [],
+                                                          description=row["image_description"] or ""))
+    return items
+
+
+def _validation_gt_items(loaded: dict[str, Any]) -> list[str]:
+    """The gt items of the validation split's records, in record order, each once."""
+    asins: dict[str, None] = {}
+    for splits in loaded.values():
+        if "validation" in splits:
+            for gt_items in splits["validation"]["gt_items"]:
+                asins.update(dict.fromkeys(gt_items))
+    return list(asins)
+
+
+def _write_item2meta_train(items: dict[str, ItemMetadata], target: Path) -> None:
+    """``{ASIN: {title, images: [{large: URL}], image_descriptions_llava_cleaned: {"ASIN_0.jpg": text}}}``: the
+    authors' crawler saves ``images[k]["large"]`` as ``ASIN_k.jpg``, their distillation trains on the described
+    images, and their prompt tuning shows each candidate's title and ``ASIN_0.jpg``."""
     with open_atomic(target) as handle:
-        for domain in domains:
-            for row in load(ITEMS_CONFIG, dataset, split=domain):
-                urls = row.get("image_urls") or []
-                handle.write((json.dumps({
-                    "title": row.get("title") or "", "image_name": f"{row['item_id']}_0.jpg",
-                    "image": urls[0] if urls else "",
-                    "image_description_llava_cleaned": row.get("image_description") or "",
-                }) + "\n").encode("utf-8"))
+        handle.write(json.dumps({asin: {
+            "title": item.title,
+            "images": [{"large": url} for url in item.image_urls],
+            "image_descriptions_llava_cleaned": {f"{asin}_0.jpg": item.description} if item.description else {},
+        } for asin, item in items.items()}).encode("utf-8"))
+
+
+def _write_item2meta_valid(items: dict[str, ItemMetadata], asins: list[str], target: Path) -> None:
+    """One row per item of ``asins`` in the release's ``item2meta_valid.jsonl`` layout, its main image as
+    ``ASIN_0.jpg``: the images the authors' distillation validates on."""
+    with open_atomic(target) as handle:
+        for asin in asins:
+            if (item := items.get(asin)) is None:
+                continue
+            handle.write((json.dumps({
+                "title": item.title, "image_name": f"{asin}_0.jpg",
+                "image": item.image_urls[0] if item.image_urls else "",
+                "image_description_llava_cleaned": item.description,
+            }) + "\n").encode("utf-8"))

@@ -251,25 +251,54 @@ def test_export_refuses_a_folder_it_would_mix_its_files_into(tmp_path):
     for _ in range(2):  # a new folder, then the same export again over it
         result = runner.invoke(cli, ["export-lavic", str(dataset), "--out", str(tmp_path / "back")])
         assert result.exit_code == 0, result.output
-    assert sorted(_tree(tmp_path / "back")) == ["amazon_home/valid.jsonl", "item2meta_valid.jsonl"]
+    assert sorted(_tree(tmp_path / "back")) == ["amazon_home/valid.jsonl"]  # as the release: no metadata files
     assert (tmp_path / "back" / "amazon_home" / "valid.jsonl").read_bytes() == \
         (src / "amazon_home" / "valid.jsonl").read_bytes()
 
 
+def described_dataset(out: Path) -> dict[str, dict]:
+    """A built folder whose items have image URLs and image descriptions (home: a validation and a test record);
+    returns its items' title, image_urls and image_description by ASIN."""
+    from reddit_amazon.dataset_folder import DatasetContents, write_dataset
+    from reddit_amazon.schema import Conversation, Item, Turn
+
+    def record(split: str, gt: str) -> Conversation:
+        return Conversation(example_id=f"home-{split}", domain="home", thread_id=f"t-{split}", subreddit="r",
+                            created_utc=1, turns=[Turn(kind="submission", text="A lamp?")], context_items=[],
+                            gt_text=f"https://www.amazon.com/dp/{gt}", gt_items=[gt],
+                            candidates={"sbert": [f"B0776Y43L{i}" for i in range(10)],
+                                        "openai_large": [f"B0776Y43K{i}" for i in range(10)]})
+
+    items = [Item(item_id=f"B0776Y43{kind}{i}", domain="home", title=f"Lamp {kind}{i}",
+                  image_urls=[f"https://m.media-amazon.com/{kind}{i}-{k}.jpg" for k in range(i % 3)],
+                  image_description=f"A lamp, seen as {kind}{i}." if i % 2 else "")
+             for kind in "KL" for i in range(10)]
+    write_dataset(out, DatasetContents(
+        conversations={"home": {"validation": [record("validation", "B0776Y43K1")],
+                                "test": [record("test", "B0776Y43L2")]}},
+        items={"home": items}, version="0.0.0", candidate_sets=["sbert", "openai_large"], metadata={}))
+    return {item.item_id: {"title": item.title, "image_urls": item.image_urls,
+                           "image_description": item.image_description} for item in items}
+
+
 def test_an_exported_build_keeps_its_item_metadata_through_a_reimport(tmp_path):
-    """A built folder has no release metadata files to copy: its items config becomes item2meta_valid.jsonl."""
-    from benchmark.synthetic import make_synthetic_dataset
-
-    dataset = make_synthetic_dataset(tmp_path / "ds", records_per_domain=4, items_per_domain=20, split="validation",
-                                     candidate_sets=("sbert", "openai_large"), domains=("home",))
-    export_release(dataset, tmp_path / "release")
-    assert (tmp_path / "release" / "item2meta_valid.jsonl").is_file()
+    """A built folder has no release metadata files to copy: every item goes to item2meta_train.json (with every
+    image URL and its description), the validation split's gt items to item2meta_valid.jsonl, and an import of the
+    export gives each item its title, image URLs and description back."""
+    built = described_dataset(tmp_path / "ds")
+    export_release(tmp_path / "ds", tmp_path / "release")
+    assert sorted(_tree(tmp_path / "release")) == ["amazon_home/test.jsonl", "amazon_home/valid.jsonl",
+                                                   "item2meta_train.json", "item2meta_valid.jsonl"]
+    train = json.loads((tmp_path / "release" / "item2meta_train.json").read_text(encoding="utf-8"))
+    assert train["B0776Y43K1"] == {"title": "Lamp K1", "images": [{"large": "https://m.media-amazon.com/K1-0.jpg"}],
+                                   "image_descriptions_llava_cleaned": {"B0776Y43K1_0.jpg": "A lamp, seen as K1."}}
+    assert read_jsonl(tmp_path / "release" / "item2meta_valid.jsonl") == [{
+        "title": "Lamp K1", "image_name": "B0776Y43K1_0.jpg", "image": "https://m.media-amazon.com/K1-0.jpg",
+        "image_description_llava_cleaned": "A lamp, seen as K1."}]  # not the test split's gt item
     import_release(tmp_path / "release", tmp_path / "again")
-    before = {row["item_id"]: row["title"] for row in datasets.load_dataset(str(dataset), "items", split="home")}
-    after = {row["item_id"]: row["title"] for row in datasets.load_dataset(str(tmp_path / "again"), "items",
-                                                                            split="home")}
-    assert after and all(after[item] == before[item] for item in after)
-
+    again = datasets.load_dataset(str(tmp_path / "again"), "items", split="home").select_columns(
+        ["item_id", "title", "image_urls", "image_description"]).to_list()
+    assert {row.pop("item_id"): row for row in again} == built
 
 
 def test_a_release_without_records_is_refused(tmp_path):
@@ -517,3 +546,94 @@ lavic_release.export_release({str(tmp_path / "ds-both")!r}, {str(out)!r})
         f"choose another folder: {out}")
     assert _tree(out) == _tree(tmp_path / "both-alone") and not lock.exists()
     import_release(out, tmp_path / "reimported")
+
+
+def _hashed_embeddings(request):
+    """An OpenAI-compatible /v1/embeddings answer: a hashed bag of words per input text."""
+    import hashlib
+    import re
+
+    from werkzeug import Response
+
+    body = json.loads(request.data)
+    vectors = []
+    for text in body["input"]:
+        vector = [0.0] * 64
+        for word in re.findall(r"[a-z]+", text.lower()):
+            vector[int(hashlib.md5(word.encode()).hexdigest(), 16) % 64] += 1.0
+        vectors.append(vector)
+    return Response(json.dumps({"object": "list", "model": body["model"],
+                                "data": [{"object": "embedding", "index": i, "embedding": v}
+                                         for i, v in enumerate(vectors)],
+                                "usage": {"prompt_tokens": 1, "total_tokens": 1}}), content_type="application/json")
+
+
+def test_a_built_sample_exports_the_authors_item_files_and_imports_back(httpserver, tmp_path):
+    """A build's export wrote every item to item2meta_valid.jsonl (the authors' held-out distillation set) and no
+    item2meta_train.json, the file their crawler, distillation and prompt tuning read titles and images from."""
+    pytest.importorskip("sentence_transformers", reason="the `retrieval` extra builds the sbert candidates")
+    httpserver.expect_request("/v1/embeddings", method="POST").respond_with_handler(_hashed_embeddings)
+    runner = CliRunner()
+    built = runner.invoke(cli, ["build", "--out", str(tmp_path / "built"), "--workdir", str(tmp_path / "work"),
+                                "--retrievers", "sbert,openai-emb", "--embedding-base-url", httpserver.url_for("/v1")],
+                          env={"OPENAI_API_KEY": "sk-test"})
+    assert built.exit_code == 0, built.output
+    exported = runner.invoke(cli, ["export-lavic", str(tmp_path / "built"), "--out", str(tmp_path / "release")])
+    assert exported.exit_code == 0, exported.output
+    release = tmp_path / "release"
+    items = {domain: {row["item_id"]: row for row in datasets.load_dataset(
+        str(tmp_path / "built"), "items", split=domain).select_columns(
+        ["item_id", "title", "image_urls", "image_description"])} for domain in FOLDERS}
+    every_item = {asin: row for rows in items.values() for asin, row in rows.items()}
+
+    train = json.loads((release / "item2meta_train.json").read_text(encoding="utf-8"))
+    assert set(train) == set(every_item)
+    for asin, entry in train.items():
+        assert entry["title"] == every_item[asin]["title"]
+        assert [image["large"] for image in entry["images"]] == every_item[asin]["image_urls"]
+        description = every_item[asin]["image_description"]
+        assert entry["image_descriptions_llava_cleaned"] == ({f"{asin}_0.jpg": description} if description else {})
+    assert any(entry["images"] for entry in train.values())  # a build has no image descriptions (no stage makes them)
+
+    gt_items = list(dict.fromkeys(asin for domain in FOLDERS for row in datasets.load_dataset(
+        str(tmp_path / "built"), domain, split="validation") for asin in row["gt_items"]))
+    valid = read_jsonl(release / "item2meta_valid.jsonl")
+    assert gt_items and [row["image_name"] for row in valid] == [f"{asin}_0.jpg" for asin in gt_items]
+    assert all(row["image"] == (every_item[row["image_name"][:10]]["image_urls"] or [""])[0] for row in valid)
+
+    imported = runner.invoke(cli, ["import-lavic", str(release), "--out", str(tmp_path / "again")])
+    assert imported.exit_code == 0, imported.output
+    for domain, built_items in items.items():
+        again = datasets.load_dataset(str(tmp_path / "again"), "items", split=domain).select_columns(
+            ["item_id", "title", "image_urls", "image_description"]).to_list()
+        assert again
+        for row in again:
+            assert row == built_items[row["item_id"]]
+
+
+def test_item2meta_train_json_is_covered_by_the_export_marker_and_the_stale_file_cleanup(tmp_path, monkeypatch):
+    """item2meta_train.json, which only an export of a build writes: an export of an import over it deletes it, a kill
+    between it and item2meta_valid.jsonl leaves a folder import-lavic refuses, and its abandoned temporary goes."""
+    import reddit_amazon.lavic_release as lavic_release
+
+    described_dataset(tmp_path / "built")
+    import_release(write_release(tmp_path / "src", [release_line()]), tmp_path / "imported")
+    export_release(tmp_path / "imported", tmp_path / "imported-alone")
+    export_release(tmp_path / "built", tmp_path / "built-alone")
+    export_release(tmp_path / "built", tmp_path / "out")
+    export_release(tmp_path / "imported", tmp_path / "out")
+    assert _tree(tmp_path / "out") == _tree(tmp_path / "imported-alone")  # item2meta_train.json is gone
+
+    def killed(*args):
+        raise KeyboardInterrupt  # a kill once item2meta_train.json is written
+
+    monkeypatch.setattr(lavic_release, "_write_item2meta_valid", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_release(tmp_path / "built", tmp_path / "out")
+    assert (tmp_path / "out" / "item2meta_train.json").is_file()
+    with pytest.raises(SchemaError, match="did not finish"):
+        import_release(tmp_path / "out", tmp_path / "reimported")
+    monkeypatch.undo()
+    abandoned_temporary(tmp_path / "out" / "item2meta_train.json")
+    export_release(tmp_path / "built", tmp_path / "out")
+    assert _tree(tmp_path / "out") == _tree(tmp_path / "built-alone")
