@@ -36,11 +36,12 @@ from rich.markup import escape
 from reddit_amazon import DATASET_VERSION
 from reddit_amazon.files import (STAGE_STAMP, DamagedFileError, file_sha256, folder_lock, printable_path, read_json,
                                  read_jsonl, remove_abandoned_temp_files, write_atomic, write_jsonl_atomic)
-from reddit_amazon.cli_errors import user_errors
+from reddit_amazon.cli_errors import shown_error_line, user_errors
 from reddit_amazon.cli_paths import PATH_OR_NAME, OutputPath, UserPath
 
 if TYPE_CHECKING:  # the schema imports `datasets`; keep `reddit-amazon --help` fast
     from reddit_amazon.relevance import FilterPlan
+    from reddit_amazon.run_log import RunLog
     from reddit_amazon.schema import Conversation, Item
 
 SAMPLE_INPUTS = Path(__file__).resolve().parent / "sample" / "inputs"
@@ -333,6 +334,8 @@ class StageResult:
     #: Reads ``conversations`` from the stage's outputs when first asked (:meth:`records`): a next stage that is
     #: reused never needs them, and a build never holds every stage's copy at once.
     loader: Callable[[], list[Conversation]] | None = None
+    #: The stage's finished outputs of an earlier run were taken as they were (for the run log).
+    reused: bool = False
 
     def records(self) -> list[Conversation]:
         if self.loader is not None:
@@ -374,7 +377,8 @@ def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> Stage
     folder = options.workdir / "reddit"
     written = _finished_outputs(folder, key, _reddit_outputs(folder))
     unresolved = _unresolved_short_links(folder) if written is not None else 0
-    if written is None or unresolved:
+    reused = written is not None and not unresolved
+    if not reused:
         if unresolved:
             # What failed then (a block, a timeout, a deadline) may answer now; the scan's finished tasks are
             # reused, so this costs the asking, and a second pass over the dumps only if new threads are needed.
@@ -399,7 +403,7 @@ def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> Stage
     outputs = _files_digest((path.name, written[path.relative_to(folder).as_posix()]["sha256"])
                             for path in _reddit_outputs(folder))
     return StageResult(conversations=[], loader=lambda: reddit_conversations(options.workdir),
-                       funnel=reddit_funnel(raw), key=_key(key, outputs), report=raw)
+                       funnel=reddit_funnel(raw), key=_key(key, outputs), report=raw, reused=reused)
 
 
 def _unresolved_short_links(folder: Path) -> int:
@@ -455,7 +459,8 @@ def catalog_stage(options: BuildOptions, upstream: StageResult, console) -> Stag
                domain_map)
     folder = options.workdir / "catalog"
     outputs = [folder / name for name in ("conversations.jsonl", "items.jsonl", "report.json")]
-    if _finished_outputs(folder, key, outputs) is not None:
+    reused = _finished_outputs(folder, key, outputs) is not None
+    if reused:
         console.print("[bold]2/5 catalog[/]: reusing the finished stage")
     else:
         console.print(f"[bold]2/5 catalog[/]: {len(review_sources)} review and {len(meta_sources)} metadata source(s)")
@@ -491,7 +496,7 @@ def catalog_stage(options: BuildOptions, upstream: StageResult, console) -> Stag
     return StageResult(conversations=[], loader=lambda: _read_conversations(folder / "conversations.jsonl",
                                                                            require_domain=True),
                        items=_read_items(folder / "items.jsonl"), funnel=saved["funnel"], report=saved["report"],
-                       key=key)
+                       key=key, reused=reused)
 
 
 def _filter_options(options: BuildOptions):
@@ -550,7 +555,8 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
                endpoint_key(filter_options.base_url))
     folder = options.workdir / "relevance"
     outputs = [folder / name for name in ("conversations.jsonl", "report.json")]
-    if _finished_outputs(folder, key, outputs) is not None:
+    reused = _finished_outputs(folder, key, outputs) is not None
+    if reused:
         console.print("[bold]3/5 relevance[/]: reusing the finished stage")
     else:
         console.print(f"[bold]3/5 relevance[/]: Table 9 filter with {filter_options.model} "
@@ -586,7 +592,7 @@ def relevance_stage(options: BuildOptions, upstream: StageResult, console) -> St
     kept = _read_conversations(folder / "conversations.jsonl", require_domain=True)
     referenced = {a for c in kept for a in [*c.gt_items, *c.context_items]}
     return StageResult(conversations=kept, items=[i for i in upstream.items if i.item_id in referenced],
-                       funnel=saved["funnel"], report=saved["report"], key=key)
+                       funnel=saved["funnel"], report=saved["report"], key=key, reused=reused)
 
 
 def images_stage(options: BuildOptions, upstream: StageResult, console) -> StageResult:
@@ -875,21 +881,30 @@ def _check_folders(options: BuildOptions) -> None:
                          "the dataset and it could no longer be rebuilt in place: choose another folder")
 
 
-def run_build(options: BuildOptions, console=None, *, progress: bool = True) -> dict[str, Any] | None:
+def run_build(options: BuildOptions, console=None, *, progress: bool = True,
+              error_line: Callable[[BaseException], str] | None = None) -> dict[str, Any] | None:
     """Run every stage; returns the manifest (``None`` for ``--dry-run``). ``progress=False``: no progress bar
-    (the stage lines still go to ``console``, by default stderr)."""
+    (the stage lines still go to ``console``, by default stderr).
+
+    Once the options pass their check, the run is logged in ``<workdir>/logs/`` (:mod:`reddit_amazon.run_log`):
+    what ``console`` shows, each stage's duration, and the end; ``error_line`` makes the line the log ends a failed
+    run with (the command line gives the ``Error:`` line it prints)."""
     from rich.console import Console
 
     from reddit_amazon.progress import quiet
+    from reddit_amazon.run_log import LoggedConsole, open_run_log
 
     console = console or Console(stderr=True)
     started = datetime.now(timezone.utc)
     check_options(options)
-    with quiet(not progress), folder_lock(options.workdir, "build"):  # two builds in one workdir would collide
-        return _run_stages(options, console, started)
+    # opened before the lock: a build refused because another one runs says so in a log of its own
+    with open_run_log(options.workdir, "build", command_line(options), options.reddit.get("salt"),
+                      error_line=error_line) as log, \
+            quiet(not progress), folder_lock(options.workdir, "build"):  # two builds in one workdir would collide
+        return _run_stages(options, LoggedConsole(console, log), started, log)
 
 
-def _run_stages(options: BuildOptions, console, started: datetime) -> dict[str, Any] | None:
+def _run_stages(options: BuildOptions, console, started: datetime, log: RunLog) -> dict[str, Any] | None:
     from reddit_amazon.pipeline import reddit_stage_lock
 
     _remove_abandoned_writes(options.workdir)
@@ -901,30 +916,40 @@ def _run_stages(options: BuildOptions, console, started: datetime) -> dict[str, 
     # stage: `reddit-amazon reddit-stage` on this workdir, which takes the same lock, must not replace them in
     # between. Taken after the workdir's lock, as every build does: the stage on its own takes only this one.
     with reddit_stage_lock(options.workdir):
-        reddit = reddit_stage(options, dump_files, console)
-        joined = catalog_stage(options, reddit, console)
+        reddit = _timed(log, "reddit", lambda: reddit_stage(options, dump_files, console))
+        joined = _timed(log, "catalog", lambda: catalog_stage(options, reddit, console))
     if options.dry_run:
         print_dry_run(options, joined, console)
         return None
-    filtered = relevance_stage(options, joined, console)
-    with_images = images_stage(options, filtered, console)
+    filtered = _timed(log, "relevance", lambda: relevance_stage(options, joined, console))
+    with_images = _timed(log, "images", lambda: images_stage(options, filtered, console))
     funnel = reddit.funnel + joined.funnel + filtered.funnel
     reports = {"reddit": reddit.report, "catalog": joined.report, "relevance": filtered.report,
                "images": with_images.report}
-    manifest = assemble_stage(options, with_images, dump_files, funnel, reports, started, console)
+    with log.stage("assemble"):
+        manifest = assemble_stage(options, with_images, dump_files, funnel, reports, started, console)
     print_summary(manifest, console)
     if options.push_to_hub:
         from reddit_amazon.dataset_folder import push_to_hub
 
         try:
-            commit = push_to_hub(options.out, options.push_to_hub, private=options.private,
-                                 token=os.environ.get("HF_TOKEN"))
+            with log.stage("push"):
+                commit = push_to_hub(options.out, options.push_to_hub, private=options.private,
+                                     token=os.environ.get("HF_TOKEN"))
         except Exception as error:  # network, permissions, a version already published ...
             raise BuildError(f"{options.out} is written, but pushing it to {options.push_to_hub} failed "
                              f"({type(error).__name__}: {error}); rerun the same command to push again "
                              "(every stage is reused)") from error
         console.print(f"pushed to https://huggingface.co/datasets/{options.push_to_hub} ({commit})")
     return manifest
+
+
+def _timed(log: RunLog, name: str, run_stage: Callable[[], StageResult]) -> StageResult:
+    """``run_stage()``, its start, end, duration and reuse in ``log``."""
+    with log.stage(name) as timing:
+        result = run_stage()
+        timing.reused = result.reused
+    return result
 
 
 def print_dry_run(options: BuildOptions, joined: StageResult, console) -> None:
@@ -1110,13 +1135,19 @@ def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map
 
     # A BuildError's message is the whole line; CatalogError, SchemaError, unreadable files, an embedding endpoint
     # refusing, a broken cache file: the message names the source.
-    with user_errors(ValueError, OSError, RuntimeError, openai.OpenAIError, sqlite3.Error), _build_errors_as_lines():
+    error_kinds = (ValueError, OSError, RuntimeError, openai.OpenAIError, sqlite3.Error)
+
+    def error_line(error: BaseException) -> str:  # the line the run log ends with: the one printed
+        return shown_error_line(click.ClickException(str(error)) if isinstance(error, BuildError) else error,
+                                *error_kinds)
+
+    with user_errors(*error_kinds), _build_errors_as_lines():
         if sample:
             options = sample_options(out, workdir, **settings)
         else:
             options = BuildOptions(inputs=list(inputs), meta=list(meta), reviews=list(reviews), out=out,
                                    workdir=workdir or default_workdir(out), **settings)
-        run_build(options, progress=not quiet)
+        run_build(options, progress=not quiet, error_line=error_line)
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,6 +16,9 @@ from reddit_amazon import __version__
 from reddit_amazon.cli_errors import user_errors
 from reddit_amazon.cli_paths import PATH_OR_NAME, OutputPath, UserPath
 from reddit_amazon.hub_push import push_options
+
+if TYPE_CHECKING:
+    from reddit_amazon.run_log import RunLog
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -255,21 +259,63 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
         raise click.UsageError("--partition is for --executor slurm")
     if executor == "slurm" and not partition:
         raise click.UsageError("--executor slurm needs --partition")
-    with input_errors(), without_bars(not progress):  # an empty salt, no dumps in a folder, an unwritable workdir ...
-        result = run_reddit_stage(list(inputs), workdir, options)
-    click.echo(orjson.dumps(result.funnel, option=orjson.OPT_INDENT_2).decode())
-    for folder in result.left_out:
-        click.secho(f"warning: {folder.line()}", fg="yellow", err=True)
-    for path, reason in result.incomplete_reasons.items():
-        click.secho(f"incomplete: {path}: {reason}", fg="yellow", err=True)
-    for warning in bad_line_warnings(result.funnel):
-        click.secho(f"bad lines: {warning}", fg="yellow", err=True)
-    if result.unresolved_short_links:
-        click.secho(f"{len(result.unresolved_short_links)} short link(s) could not be resolved: "
-                    f"{workdir / 'reddit' / 'unresolved_short_links.txt'}", fg="yellow", err=True)
-    # stdout holds the funnel JSON alone (`reddit-stage ... > funnel.json`, `| jq`); the summary is a log line
-    click.echo(f"{result.funnel['threads_rebuilt']} conversations in {len(result.shards)} shard(s) under "
-               f"{workdir / 'reddit' / 'conversations'}", err=True)
+    with input_errors(), _reddit_stage_log(workdir, salt) as log:
+        def say(line: str, **style) -> None:  # on stderr, and in the run log
+            click.secho(line, err=True, **style)
+            log.line(line)
+
+        with without_bars(not progress), log.stage("reddit"):  # an empty salt, an unwritable workdir ...
+            result = run_reddit_stage(list(inputs), workdir, options)
+        click.echo(orjson.dumps(result.funnel, option=orjson.OPT_INDENT_2).decode())
+        for folder in result.left_out:
+            say(f"warning: {folder.line()}", fg="yellow")
+        for path, reason in result.incomplete_reasons.items():
+            say(f"incomplete: {path}: {reason}", fg="yellow")
+        for warning in bad_line_warnings(result.funnel):
+            say(f"bad lines: {warning}", fg="yellow")
+        if result.unresolved_short_links:
+            say(f"{len(result.unresolved_short_links)} short link(s) could not be resolved: "
+                f"{workdir / 'reddit' / 'unresolved_short_links.txt'}", fg="yellow")
+        # stdout holds the funnel JSON alone (`reddit-stage ... > funnel.json`, `| jq`); the summary is a log line
+        say(f"{result.funnel['threads_rebuilt']} conversations in {len(result.shards)} shard(s) under "
+            f"{workdir / 'reddit' / 'conversations'}")
+
+
+@contextmanager
+def _reddit_stage_log(workdir: Path, salt: str | None) -> Iterator[RunLog]:
+    """The run log of `reddit-stage` in ``workdir`` (see :mod:`reddit_amazon.run_log`); none in a workdir that is
+    or lies in a dataset folder, which the stage refuses before writing anything."""
+    from reddit_amazon.cli_errors import shown_error_line
+    from reddit_amazon.dataset_folder import dataset_folder_holding
+    from reddit_amazon.run_log import RunLog, open_run_log
+
+    if dataset_folder_holding(workdir) is not None:
+        yield RunLog(None)
+        return
+    with open_run_log(workdir, "reddit-stage", _recorded_command(click.get_current_context()), salt,
+                      error_line=lambda error: shown_error_line(error, ValueError, OSError)) as log:
+        yield log
+
+
+#: Where an option's value was given (not left at its default).
+_GIVEN = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+
+
+def _recorded_command(context: click.Context) -> str:
+    """The command line of ``context``'s command, options left at their defaults left out, the salt redacted."""
+    import shlex
+
+    from reddit_amazon.files import printable_path
+
+    args = ["reddit-amazon", context.info_name or ""]
+    for param in context.command.params:
+        value = context.params.get(param.name)
+        if isinstance(param, click.Argument):
+            args += [str(v) for v in value or ()]
+        elif value is not None and context.get_parameter_source(param.name) in _GIVEN:
+            flag = param.opts[0] if value is not False or not param.secondary_opts else param.secondary_opts[0]
+            args += [flag] if isinstance(value, bool) else [flag, "<redacted>" if param.name == "salt" else str(value)]
+    return printable_path(shlex.join(args))
 
 
 if __name__ == "__main__":

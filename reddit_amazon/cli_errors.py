@@ -64,10 +64,23 @@ def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
         error.message = redact_secrets(error.message)  # type: ignore[misc]
         raise
     except kinds as error:
-        notes = "".join(f" ({one_line(note)})" for note in getattr(error, "__notes__", ()))
-        message = one_line(error)  # a library's message over several lines (the Hub's errors) is still one line
-        raise click.ClickException(redact_secrets(f"{type(error).__name__}: {message}{_cache_hint(error)}{notes}")) \
-            from error
+        raise click.ClickException(_user_error_message(error)) from error
+
+
+def _user_error_message(error: BaseException) -> str:
+    notes = "".join(f" ({one_line(note)})" for note in getattr(error, "__notes__", ()))
+    message = one_line(error)  # a library's message over several lines (the Hub's errors) is still one line
+    return redact_secrets(f"{type(error).__name__}: {message}{_cache_hint(error)}{notes}")
+
+
+def shown_error_line(error: BaseException, *kinds: type[BaseException]) -> str:
+    """The line the command line ends with for ``error`` raised in ``user_errors(*kinds)``: its ``Error:`` line,
+    or for an error of another kind (a bug, printed with its traceback) the traceback's last line."""
+    if isinstance(error, click.ClickException):
+        return f"Error: {redact_secrets(error.format_message())}"
+    if isinstance(error, kinds):
+        return f"Error: {_user_error_message(error)}"
+    return redact_secrets(f"{type(error).__name__}: {one_line(error)}")
 
 
 def _cache_hint(error: BaseException) -> str:

@@ -1,0 +1,213 @@
+"""The log a run leaves in its workdir: what it printed, with times, for when the terminal's scrollback is gone.
+
+Each run of ``reddit-amazon build`` (and of ``reddit-amazon reddit-stage``) writes its own file,
+``<workdir>/logs/<command>-<UTC start>-<pid>.log``: a header (start time, the command line as the manifest records
+it, the package version, host and pid), each line the run printed on stderr but its progress bars, as plain text
+after a UTC timestamp, each stage's start and end with its duration and whether it was reused, the warnings of the
+package's loggers, the error line the user saw, and how the run ended (finished, interrupted or failed).
+
+Every line goes through :func:`~reddit_amazon.redaction.redact_secrets`. A log that cannot be written (a read-only
+or full workdir) is given up without a word: the run goes on, and fails where it failed without one.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import platform
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from reddit_amazon import __version__
+from reddit_amazon.redaction import redact_secrets
+
+#: The workdir's folder of run logs.
+LOGS_FOLDER = "logs"
+#: The loggers whose warnings a run log takes in (they still reach stderr as before).
+PACKAGE_LOGGER = "reddit_amazon"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: ``finished``, ``interrupted`` (Ctrl-C, SIGTERM) or ``failed``, and the error line shown."""
+
+    ended: str
+    error_line: str | None = None
+
+
+class RunLog:
+    """One run's log file; a no-op once it could not be written. Use as a context manager (:func:`open_run_log`)."""
+
+    def __init__(self, path: Path | None, *secrets: str | None) -> None:
+        """A log to ``path`` once :meth:`open`; with ``None``, a log of nothing."""
+        self.path = path
+        self._secrets = secrets
+        self._started = time.monotonic()
+        self._handler: logging.Handler | None = None
+
+    def open(self, command: str) -> None:
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handler = _GivingUpFileHandler(self.path, self)
+        except OSError:  # a read-only or full workdir: the run itself says what is wrong with it
+            return
+        formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ")
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+        self._handler = handler
+        self.line(f"started: {command}")
+        self.line(f"reddit-amazon {__version__}, python {platform.python_version()}, host {socket.gethostname()}, "
+                  f"pid {os.getpid()}")
+
+    @property
+    def active(self) -> bool:
+        return self._handler is not None
+
+    def line(self, text: str) -> None:
+        """``text``, one log line per line of it, without secrets."""
+        if self._handler is None:
+            return
+        for line in redact_secrets(text, *self._secrets).splitlines() or [""]:
+            if self._handler is None:  # a write failed (a full disk): given up
+                return
+            self._handler.handle(logging.makeLogRecord({"msg": line.rstrip(), "levelno": logging.INFO}))
+
+    def printed(self, width: int, *objects: Any, **print_options: Any) -> None:
+        """What ``Console.print(*objects, **print_options)`` shows at ``width`` columns, as plain text."""
+        if self._handler is None:
+            return
+        from rich.console import Console
+
+        plain = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False,
+                        legacy_windows=False)
+        with plain.capture() as captured:
+            plain.print(*objects, **print_options)
+        self.line(captured.get().rstrip("\n"))
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[StageTiming]:
+        """Log the start of stage ``name``, and its end with its duration and whether the block said it was reused
+        (``timing.reused = True``); a stage that raised is logged as stopped."""
+        timing = StageTiming()
+        started = time.monotonic()
+        self.line(f"stage {name}: started")
+        try:
+            yield timing
+        except BaseException:
+            self.line(f"stage {name}: stopped after {time.monotonic() - started:.1f} s")
+            raise
+        self.line(f"stage {name}: {'reused' if timing.reused else 'done'} in {time.monotonic() - started:.1f} s")
+
+    def close(self, outcome: RunOutcome) -> None:
+        if outcome.error_line is not None:
+            self.line(outcome.error_line)
+        self.line(f"{outcome.ended} after {time.monotonic() - self._started:.1f} s")
+        self._give_up()
+
+    def _give_up(self) -> None:
+        handler, self._handler = self._handler, None
+        if handler is not None:
+            try:
+                handler.close()
+            except OSError:  # what it still held could not be written either (a full disk): closed all the same
+                pass
+
+
+@dataclass
+class StageTiming:
+    reused: bool = False
+
+
+class _GivingUpFileHandler(logging.FileHandler):
+    """A file handler that, on a write error (a disk filling up mid-run), stops the log instead of printing
+    logging's traceback on stderr at every line."""
+
+    def __init__(self, path: Path, log: RunLog) -> None:
+        super().__init__(path, mode="a", encoding="utf-8")
+        self._log = log
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        self._log._give_up()
+
+
+def log_path(workdir: Path, command: str) -> Path:
+    """``<workdir>/logs/<command>-<UTC now>-<pid>.log``: one file per run, so that runs on one workdir at once (a
+    build and a ``reddit-stage``, a build refused by another's lock) never interleave, and the newest is the last
+    in ``ls``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path(workdir) / LOGS_FOLDER / f"{command}-{stamp}-{os.getpid()}.log"
+
+
+@contextmanager
+def open_run_log(workdir: Path, command_name: str, command: str, *secrets: str | None,
+                 error_line: Any = None) -> Iterator[RunLog]:
+    """A :class:`RunLog` of a run of ``command_name`` in ``workdir`` for the block, which ends it: ``finished``,
+    ``interrupted`` (KeyboardInterrupt: Ctrl-C, SIGTERM) or ``failed`` with the error line ``error_line(error)``
+    gives (what the command line prints for it). ``secrets`` (the pseudonym salt) are redacted from every line, as
+    the environment's secrets are. While the block runs, the package loggers' warnings reach the log too."""
+    log = RunLog(log_path(workdir, command_name), *secrets)
+    log.open(command)
+    with _package_warnings_to(log):
+        try:
+            yield log
+        except KeyboardInterrupt:
+            log.close(RunOutcome("interrupted", "Aborted!"))
+            raise
+        except BaseException as error:
+            log.close(RunOutcome("failed", error_line(error) if error_line else f"{type(error).__name__}: {error}"))
+            raise
+    log.close(RunOutcome("finished"))
+
+
+@contextmanager
+def _package_warnings_to(log: RunLog) -> Iterator[None]:
+    """The package loggers' warnings (an image store's bad line, an endpoint refusing a parameter) in ``log`` too.
+    Without a handler of its own anywhere up the logger tree, a warning is printed on stderr by logging's last
+    resort; a handler added here would silence that, so the last resort is added beside it for the block."""
+    if not log.active:
+        yield
+        return
+    package = logging.getLogger(PACKAGE_LOGGER)
+    handlers = [_ToRunLog(log)]
+    if not package.hasHandlers() and logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    for handler in handlers:
+        package.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            package.removeHandler(handler)
+
+
+class _ToRunLog(logging.Handler):
+    def __init__(self, log: RunLog) -> None:
+        super().__init__(logging.WARNING)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._log.line(record.getMessage())
+        except Exception:  # noqa: BLE001 (a log line is never worth a failed run)
+            self.handleError(record)
+
+
+class LoggedConsole:
+    """A rich console whose every ``print`` also goes to ``log``, as the plain text it shows at its width."""
+
+    def __init__(self, console: Any, log: RunLog) -> None:
+        self._console = console
+        self._log = log
+
+    def print(self, *objects: Any, **print_options: Any) -> None:
+        self._console.print(*objects, **print_options)
+        self._log.printed(self._console.width, *objects, **print_options)

@@ -1,0 +1,137 @@
+"""The log each `build` and `reddit-stage` run leaves in its workdir: what it printed, with times, and no secret."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from reddit_amazon import __version__
+from reddit_amazon.build import SAMPLE_INPUTS, run_build, sample_options
+from reddit_amazon.cli import cli
+from reddit_amazon.dataset_folder import verify
+
+FAST = ["--retrievers", "none", "--quiet"]
+KEY = "sk-log-secret-key-0123"
+SALT = "salt-never-in-a-log-77"
+#: The sample's pre-recorded answers count as this endpoint's: the build asks it nothing.
+URL_WITH_PASSWORD = "http://loguser:hunter2-log-secret@127.0.0.1:9/v1"
+SECRETS = (KEY, SALT, "hunter2-log-secret", "loguser")
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), env={"OPENAI_API_KEY": KEY}, catch_exceptions=False)
+
+
+def logs(workdir: Path, command: str = "build") -> list[Path]:
+    return sorted((workdir / "logs").glob(f"{command}-*.log"))
+
+
+def log_lines(path: Path) -> list[str]:
+    """The lines of a log without their timestamps, each checked to have one."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert all(STAMP.match(line) for line in lines), lines
+    return [STAMP.sub("", line) for line in lines]
+
+
+def assert_no_secret(workdir: Path) -> None:
+    for path in (workdir / "logs").iterdir():
+        text = path.read_text(encoding="utf-8")
+        assert not any(secret in text for secret in SECRETS), text
+
+
+def test_a_build_and_its_rerun_log_what_they_printed_each_stage_and_the_end(tmp_path):
+    out, work = tmp_path / "ds", tmp_path / "work"
+    args = ["build", "--out", str(out), "--workdir", str(work), *FAST, "--salt", SALT,
+            "--llm-base-url", URL_WITH_PASSWORD]
+    first = run(*args)
+    assert first.exit_code == 0, first.output
+    [log] = logs(work)
+    lines = log_lines(log)
+    assert lines[0] == (f"started: reddit-amazon build --out {out} --workdir {work} --llm-base-url "
+                        "http://127.0.0.1:9/v1 --retrievers none --salt '<redacted>'")
+    assert lines[1].startswith(f"reddit-amazon {__version__}, python ")
+    for stage in ("reddit", "catalog", "relevance", "images", "assemble"):
+        assert f"stage {stage}: started" in lines
+        assert any(re.fullmatch(rf"stage {stage}: done in \d+\.\d s", line) for line in lines), (stage, lines)
+    assert re.fullmatch(r"finished after \d+\.\d s", lines[-1])
+    printed = [line.rstrip() for line in first.stderr.splitlines()]
+    assert "Build funnel" in first.stderr and [line for line in lines if line in printed] == printed  # all, in order
+    assert "\x1b" not in log.read_text(encoding="utf-8")  # plain text
+    assert not list(out.rglob("*.log")) and verify(out) == []  # the dataset folder holds no log
+
+    again = run(*args)
+    assert again.exit_code == 0, again.output
+    rerun_log = next(path for path in logs(work) if path != log)
+    rerun = log_lines(rerun_log)
+    for stage in ("reddit", "catalog", "relevance"):
+        assert any(re.fullmatch(rf"stage {stage}: reused in \d+\.\d s", line) for line in rerun), (stage, rerun)
+    assert log_lines(log) == lines  # each run has its own file
+    assert_no_secret(work)
+
+
+def test_a_failing_build_logs_the_error_line_it_printed(tmp_path):
+    work = tmp_path / "work"
+    result = run("build", "--out", str(tmp_path / "ds"), "--workdir", str(work), *FAST, "--no-images",
+                 "--salt", SALT, "--llm-model", "a-model-never-recorded", "--llm-base-url", URL_WITH_PASSWORD,
+                 "--llm-max-attempts", "1")
+    assert result.exit_code == 1
+    error_line = result.stderr.splitlines()[-1]
+    assert error_line.startswith("Error: a relevance call failed")
+    [log] = logs(work)
+    lines = log_lines(log)
+    assert re.fullmatch(r"stage relevance: stopped after \d+\.\d s", lines[-3])
+    assert lines[-2] == error_line
+    assert re.fullmatch(r"failed after \d+\.\d s", lines[-1])
+    assert_no_secret(work)
+
+
+def test_an_interrupted_build_logs_that_it_was(tmp_path, monkeypatch):
+    import reddit_amazon.build as build_module
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "images_stage", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_build(sample_options(tmp_path / "ds", tmp_path / "work", retrievers=[]), progress=False)
+    lines = log_lines(logs(tmp_path / "work")[0])
+    assert lines[-3].startswith("stage images: stopped after ") and lines[-2] == "Aborted!"
+    assert lines[-1].startswith("interrupted after ")
+
+
+def test_a_workdir_where_no_log_can_be_written_builds_as_before(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "logs").write_text("a file where the log folder would be\n")
+    result = run("build", "--out", str(tmp_path / "ds"), "--workdir", str(work), *FAST)
+    assert result.exit_code == 0, result.output
+    assert (work / "logs").read_text() == "a file where the log folder would be\n"
+
+
+def test_a_reddit_stage_run_logs_its_lines_without_the_salt(tmp_path):
+    work = tmp_path / "work"
+    result = CliRunner().invoke(cli, ["reddit-stage", str(SAMPLE_INPUTS / "reddit"), "--workdir", str(work),
+                                      "--quiet"], env={"REDDIT_AMAZON_SALT": SALT}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    [log] = logs(work, "reddit-stage")
+    lines = log_lines(log)
+    assert lines[0] == (f"started: reddit-amazon reddit-stage {SAMPLE_INPUTS / 'reddit'} --workdir {work} "
+                        "--salt '<redacted>' --quiet")
+    assert re.fullmatch(r"stage reddit: done in \d+\.\d s", lines[3])
+    assert lines[-2] == result.stderr.splitlines()[-1]  # the summary line, not the funnel printed on stdout
+    assert lines[-1].startswith("finished after ")
+    assert_no_secret(work)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
+def test_a_log_on_a_full_disk_is_given_up_without_a_word(tmp_path, monkeypatch, capfd):
+    import reddit_amazon.run_log
+
+    monkeypatch.setattr(reddit_amazon.run_log, "log_path", lambda *_: Path("/dev/full"))
+    manifest = run_build(sample_options(tmp_path / "ds", tmp_path / "work", retrievers=[]), progress=False)
+    assert manifest is not None and verify(tmp_path / "ds") == []
+    assert "Logging error" not in capfd.readouterr().err
