@@ -392,6 +392,7 @@ def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> Stage
         written = _stamp(folder, key, _reddit_outputs(folder))
     else:
         console.print("[bold]1/5 reddit[/]: reusing the finished stage")
+    assert written is not None  # found finished, or stamped just above
     raw = _read_stage_json(folder / "funnel.json")
     if raw.get("incomplete_files"):
         for path, error in raw["incomplete_files"].items():

@@ -177,7 +177,7 @@ def _package_warnings_to(log: RunLog) -> Iterator[None]:
         yield
         return
     package = logging.getLogger(PACKAGE_LOGGER)
-    handlers = [_ToRunLog(log)]
+    handlers: list[logging.Handler] = [_ToRunLog(log)]
     if not package.hasHandlers() and logging.lastResort is not None:
         handlers.append(logging.lastResort)
     for handler in handlers:
