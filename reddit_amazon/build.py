@@ -686,9 +686,11 @@ def command_line(options: BuildOptions) -> str:
             for value in getattr(options, name):
                 args += [f"--{name}", value]
     args += ["--out", str(options.out), "--workdir", str(options.workdir)]
+    # How a build runs is recorded too (as --workers is): rerun, the command asks the endpoints as this build did.
     simple = {"seed": "--seed", "version": "--version", "domain_map": "--domain-map", "llm_base_url": "--llm-base-url",
-              "llm_model": "--llm-model", "llm_template": "--llm-template", "llm_cache": "--llm-cache",
-              "image_store": "--image-store", "push_to_hub": "--push-to-hub",
+              "llm_model": "--llm-model", "llm_template": "--llm-template", "llm_concurrency": "--llm-concurrency",
+              "llm_max_attempts": "--llm-max-attempts", "llm_cache": "--llm-cache", "image_store": "--image-store",
+              "image_concurrency": "--image-concurrency", "push_to_hub": "--push-to-hub",
               "embedding_base_url": "--embedding-base-url", "embedding_model": "--embedding-model"}
     for attribute, flag in simple.items():
         value = getattr(options, attribute)
@@ -699,6 +701,7 @@ def command_line(options: BuildOptions) -> str:
     args += ["--no-filter"] if options.no_filter else []
     args += ["--no-images"] if not options.images else []
     args += ["--allow-private-image-hosts"] if options.allow_private_image_hosts else []
+    args += ["--private"] if options.private else []  # left out, a rerun would publish the repo public
     reddit = {k: v for k, v in options.reddit.items() if not (options.sample and SAMPLE_REDDIT_OPTIONS.get(k) == v)}
     for name, value in sorted(_redact_salt(reddit).items()):
         reddit_flag = REDDIT_FLAGS.get(name)

@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import re
+import shlex
 import sqlite3
 from pathlib import Path
 
@@ -594,6 +595,25 @@ def test_the_recorded_command_uses_the_build_flags_of_reddit_options(tmp_path):
                                    "short_link_endpoints": {"amzn.to": "http://127.0.0.1:9"}})
     command = command_line(options)
     assert "--executor slurm --partition cpu --workers 4" in command and "endpoints" not in command
+
+
+def test_the_recorded_command_keeps_how_the_build_asked_the_endpoints_and_published(tmp_path):
+    """Like --workers, the concurrency and attempts chosen for an endpoint's limits (and --private) are given
+    again by the recorded command; left at their defaults, they are left out."""
+    from reddit_amazon.build import BuildOptions, command_line
+
+    def command(**settings) -> list[str]:
+        options = BuildOptions(inputs=["d/"], meta=["m/"], reviews=[], out=tmp_path / "o", workdir=tmp_path / "w",
+                               **settings)
+        return shlex.split(command_line(options))
+
+    chosen = command(llm_concurrency=1, llm_max_attempts=2, image_concurrency=3, push_to_hub="me/ds", private=True)
+    assert chosen[chosen.index("--llm-concurrency") + 1] == "1"
+    assert chosen[chosen.index("--llm-max-attempts") + 1] == "2"
+    assert chosen[chosen.index("--image-concurrency") + 1] == "3"
+    assert "--private" in chosen and chosen[chosen.index("--push-to-hub") + 1] == "me/ds"
+    defaults = command()
+    assert not {"--llm-concurrency", "--llm-max-attempts", "--image-concurrency", "--private"} & set(defaults)
 
 
 def test_the_short_link_deadline_reaches_the_reddit_stage_and_is_recorded(tmp_path, monkeypatch):
