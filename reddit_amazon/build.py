@@ -758,14 +758,14 @@ def _seed_sample_caches(options: BuildOptions) -> None:
     with AnswerCache(_relevance_cache_path(options)) as cache:
         cache.import_answers(SAMPLE_RELEVANCE_CACHE, endpoint_key(options.llm_base_url))
     store = ImageStore(_image_store_path(options))
-    sample_sources = json.loads((SAMPLE_IMAGES / SOURCES_FILE).read_text())
+    sample_sources = json.loads((SAMPLE_IMAGES / SOURCES_FILE).read_text(encoding="utf-8"))
     for path in SAMPLE_IMAGES.glob("*.jpg"):
         asin = path.stem
         if not store.path(asin).exists():  # atomic: a copy cut short must not pass for a stored image
             write_atomic(store.path(asin), path.read_bytes())
         if asin in sample_sources and asin not in store.sources:  # a store another build uses keeps its own
             store.sources[asin] = sample_sources[asin]
-    for asin, failure in json.loads((SAMPLE_IMAGES / FAILURES_FILE).read_text()).items():
+    for asin, failure in json.loads((SAMPLE_IMAGES / FAILURES_FILE).read_text(encoding="utf-8")).items():
         if asin not in store.sources:  # the sample's recorded failures: not fetched either
             store.failures.setdefault(asin, failure)
     store.save()
