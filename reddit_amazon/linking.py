@@ -36,7 +36,7 @@ from reddit_amazon.http_session import (
     guarded_session,
     proxy_refused_tunnel,
 )
-from reddit_amazon.sqlite_cache import CacheFile
+from reddit_amazon.sqlite_cache import CacheFile, GoesOnWithoutTheFile
 
 
 class LinkPrefilter:
@@ -350,7 +350,9 @@ class ShortLinkCacheError(OSError):
 
 
 class ShortLinkCache:
-    """SQLite file mapping short link -> redirect target. Only definitive answers are stored."""
+    """SQLite file mapping short link -> redirect target. Only definitive answers are stored. While another
+    process holds the file, a lookup is a miss (the link is asked) and an answer is not stored
+    (:class:`GoesOnWithoutTheFile`)."""
 
     #: What earlier versions stored for any answer without a redirect, a block page included.
     _NOT_FINAL = "no redirect"
@@ -363,21 +365,21 @@ class ShortLinkCache:
         self._db = self._file.connect("CREATE TABLE IF NOT EXISTS short_links "
                                       "(url TEXT PRIMARY KEY, location TEXT NOT NULL, error TEXT NOT NULL)",
                                       owner=self, check_same_thread=False)
+        self._shared = GoesOnWithoutTheFile(self._file)
 
     def get(self, url: str) -> ShortLinkResolution | None:
-        with self._lock, self._file.named_errors():
-            row = self._db.execute("SELECT location, error FROM short_links WHERE url = ?", (url,)).fetchone()
+        with self._lock:
+            row = self._shared.read(self._db, lambda: self._db.execute(
+                "SELECT location, error FROM short_links WHERE url = ?", (url,)).fetchone(), None)
         if row is None or row[1] == self._NOT_FINAL:
             return None
         return ShortLinkResolution(url, row[0], tuple(extract_asins(row[0])), row[1])
 
     def put(self, resolution: ShortLinkResolution) -> None:
-        with self._lock, self._file.named_errors():
-            self._db.execute(
+        with self._lock:
+            self._shared.write(self._db, lambda: self._db.execute(
                 "INSERT OR REPLACE INTO short_links VALUES (?, ?, ?)",
-                (resolution.url, resolution.location, resolution.error),
-            )
-            self._db.commit()
+                (resolution.url, resolution.location, resolution.error)))
 
     def close(self) -> None:
         with self._lock:  # not while a worker left running by a second Ctrl-C is writing

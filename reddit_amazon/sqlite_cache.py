@@ -4,16 +4,29 @@ SQLite's messages name no file ("unable to open database file", "database is loc
 readonly database", "database or disk is full", "file is not a database"), and a build or a benchmark run
 keeps several caches. :class:`CacheFile` turns them into one line naming the file and what it is, raised as
 the error types of the cache's own module, which the command-line tools report as one ``Error:`` line.
+
+Runs share cache files (two ``benchmark run``s, a build and a run). SQLite lets one connection write at a time and
+has the others poll for the lock, with no queue: a process writing batch after batch can keep another from the file
+for longer than its wait. A cache whose values the run already holds goes on without the file then
+(:class:`GoesOnWithoutTheFile`) instead of ending the run.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: How long a read or a write waits for another connection to release the file (SQLite's busy timeout).
+BUSY_WAIT_S = 5.0
 
 
 #: SQLite's primary result code for "database is locked" (``sqlite3.SQLITE_BUSY`` from Python 3.11 on).
@@ -46,7 +59,7 @@ class CacheFile:
         close() of its own, and Python 3.13 warns of connections left open."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.named_errors():
-            db = sqlite3.connect(self.path, check_same_thread=check_same_thread)
+            db = sqlite3.connect(self.path, timeout=BUSY_WAIT_S, check_same_thread=check_same_thread)
             try:
                 self._refuse_another_database(db, schemas)
                 for schema in schemas:
@@ -77,6 +90,80 @@ class CacheFile:
             loss = f"; {self.loss}" if self.loss else ""
             raise self.damaged(f"{self.path} is damaged ({error}); it is only a cache: delete or move it "
                                f"({self.what}{loss})") from error
+
+
+class GoesOnWithoutTheFile:
+    """Reads and writes of a cache whose values can be computed again, run so that another process holding the file
+    past :data:`BUSY_WAIT_S` does not end the run: a read is then a miss, and a write is skipped (its values are
+    computed again by a later run). The first time is one warning naming the file. While the file is found held,
+    the next operations try it once without waiting, so that a lock never released costs one wait, not one a
+    lookup; the first to get it ends that. Other errors are :meth:`CacheFile.named_errors`'.
+
+    Each write is one ``BEGIN IMMEDIATE`` transaction: it takes the write lock before reading anything, so SQLite
+    waits for it rather than failing at once (a reader turning writer while another holds the lock would deadlock,
+    which SQLite answers with an immediate "database is locked")."""
+
+    def __init__(self, file: CacheFile) -> None:
+        self.file = file
+        self.held = False  # the last operation found the file held past its wait
+        self.skipped_reads = self.skipped_writes = 0
+
+    def read(self, db: sqlite3.Connection, query: Callable[[], T], miss: T) -> T:
+        """``query()``, or ``miss`` where the file is held."""
+        with self.file.named_errors():
+            try:
+                with _waiting(db, not self.held):
+                    found = query()
+            except sqlite3.OperationalError as error:
+                if not is_locked(error):
+                    raise
+                self.skipped_reads += 1
+                self._found_held()
+                return miss
+        self.held = False
+        return found
+
+    def write(self, db: sqlite3.Connection, statements: Callable[[], None], *, wait: bool | None = None) -> bool:
+        """Run ``statements`` in one transaction; False (nothing written) where the file is held. ``wait``: for
+        the lock (by default, unless the last operation found the file held) or try once."""
+        with self.file.named_errors():
+            try:
+                with _waiting(db, not self.held if wait is None else wait):
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        statements()
+                        db.commit()
+                    except BaseException:
+                        db.rollback()
+                        raise
+            except sqlite3.OperationalError as error:
+                if not is_locked(error):
+                    raise
+                self.skipped_writes += 1
+                self._found_held()
+                return False
+        self.held = False
+        return True
+
+    def _found_held(self) -> None:
+        if self.skipped_reads + self.skipped_writes == 1:
+            log.warning("%s is held by another process (%s): this run goes on without it while it is: values it "
+                        "cannot read are computed, and those it cannot write are computed again by a later run",
+                        self.file.path, self.file.what)
+        self.held = True
+
+
+@contextmanager
+def _waiting(db: sqlite3.Connection, wait: bool) -> Iterator[None]:
+    """The block's statements wait :data:`BUSY_WAIT_S` for a held file, or not at all; later ones wait again."""
+    if wait:
+        yield
+        return
+    db.execute("PRAGMA busy_timeout = 0")
+    try:
+        yield
+    finally:
+        db.execute(f"PRAGMA busy_timeout = {round(BUSY_WAIT_S * 1000)}")
 
 
 def other_tables(db: sqlite3.Connection, schemas: tuple[str, ...], *, all_needed: bool = False) -> str | None:

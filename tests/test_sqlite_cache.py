@@ -25,6 +25,7 @@ class Kind:
     damaged: type[Exception]
     what: str
     reads_wait_for_a_writer: bool = True  # False in WAL mode: a lookup reads the last commit instead
+    goes_on_while_held: bool = True  # False where the run needs every value in the file: a held file ends it
 
 
 KINDS = {
@@ -35,7 +36,7 @@ KINDS = {
     "relevance answers": Kind(lambda folder: AnswerCache(folder / "relevance-cache.sqlite"),
                               lambda cache: cache.put("key", "model", "yes"), lambda cache: cache.get("key"),
                               RelevanceError, RelevanceError, "the relevance answer cache, --llm-cache",
-                              reads_wait_for_a_writer=False),
+                              reads_wait_for_a_writer=False, goes_on_while_held=False),
     "embeddings": Kind(lambda folder: EmbeddingCache("model", folder),
                        lambda cache: cache.encode(["text"], lambda texts: [[0.0, 1.0]] * len(texts)),
                        lambda cache: cache.encode(["text"], lambda texts: pytest.fail("not cached")),
@@ -98,20 +99,120 @@ def test_a_file_that_cannot_be_opened_written_or_read_is_named(kind, tmp_path):
         kind.write(read_only)
     _one_line_naming(error, read_only.path, "attempt to write a readonly database", kind.what)
 
+    if kind.goes_on_while_held:
+        return  # see test_a_cache_of_values_computed_again_goes_on_while_another_process_holds_it
     locked = kind.open(tmp_path / "locked")
     kind.write(locked)
     _reconnect(locked, timeout=0)
     other = sqlite3.connect(locked.path)
     other.execute("BEGIN EXCLUSIVE")  # another process still writing
     try:
-        if not kind.reads_wait_for_a_writer:
-            kind.read(locked)
-        for use in (kind.read, kind.write) if kind.reads_wait_for_a_writer else (kind.write,):
-            with pytest.raises(kind.unavailable) as error:
-                use(locked)
-            _one_line_naming(error, locked.path, "database is locked", kind.what)
+        kind.read(locked)  # WAL mode: reads the last commit
+        with pytest.raises(kind.unavailable) as error:
+            kind.write(locked)
+        _one_line_naming(error, locked.path, "database is locked", kind.what)
     finally:
         other.close()
+
+
+@pytest.fixture
+def short_busy_wait(monkeypatch):
+    """The caches' wait for a held file, 0.3 s instead of 5."""
+    from reddit_amazon import sqlite_cache
+
+    monkeypatch.setattr(sqlite_cache, "BUSY_WAIT_S", 0.3)
+    return 0.3
+
+
+def _held(path: Path, how: str) -> sqlite3.Connection:
+    """Another connection holding ``path``: ``IMMEDIATE`` (writing: others may read) or ``EXCLUSIVE`` (committing:
+    others may not read either) until it is closed."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute(f"BEGIN {how}")
+    return other
+
+
+def _warnings(caplog: pytest.LogCaptureFixture, path: Path) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and str(path) in r.getMessage()]
+
+
+GOES_ON = {name: kind for name, kind in KINDS.items() if kind.goes_on_while_held}
+
+
+@pytest.mark.parametrize("how", ["IMMEDIATE", "EXCLUSIVE"])
+@pytest.mark.parametrize("kind", GOES_ON.values(), ids=GOES_ON)
+def test_a_cache_of_values_computed_again_goes_on_while_another_process_holds_it(kind, how, tmp_path, caplog,
+                                                                                  short_busy_wait):
+    """Two runs sharing a cache: one writing batch after batch kept the other from the file past SQLite's wait,
+    and the other ended with "database is locked" after computing the values it failed to store. A held file is now
+    a miss to read and a write skipped, with one warning naming it."""
+    cache = kind.open(tmp_path)
+    other = _held(cache.path, how)
+    try:
+        with caplog.at_level("WARNING"):
+            kind.write(cache)
+            kind.write(cache)
+    finally:
+        other.close()
+    assert len(_warnings(caplog, cache.path)) == 1, caplog.text
+    assert kind.what in _warnings(caplog, cache.path)[0]
+    kind.write(cache)  # let go: the file is written and read again
+    kind.read(cache)
+
+
+@pytest.mark.parametrize("kind", ["short links", "openai-chat responses"])
+def test_a_lookup_in_a_file_held_by_another_process_is_a_miss(kind, tmp_path, caplog, short_busy_wait):
+    kind = KINDS[kind]
+    cache = kind.open(tmp_path)
+    kind.write(cache)
+    assert kind.read(cache) is not None
+    other = _held(cache.path, "EXCLUSIVE")
+    try:
+        with caplog.at_level("WARNING"):
+            assert kind.read(cache) is None
+    finally:
+        other.close()
+    assert len(_warnings(caplog, cache.path)) == 1
+    assert kind.read(cache) is not None
+
+
+def test_embeddings_are_computed_while_another_process_holds_the_file_and_stored_once_it_lets_go(
+        tmp_path, caplog, short_busy_wait):
+    """A held file costs one wait, not one a batch: the batches after it try once and keep what they could not
+    write for the next write, which stores them all once the other process lets go."""
+    import time
+
+    texts = [f"text {n}" for n in range(200)]
+
+    def compute(batch: list[str]) -> list[list[float]]:
+        return [[float(text.split()[1]), 1.0] for text in batch]
+
+    EmbeddingCache("model", tmp_path).encode(["text -1"], compute)
+    cache = EmbeddingCache("model", tmp_path)
+    other = _held(cache.path, "EXCLUSIVE")
+    started = time.monotonic()
+    try:
+        vectors = cache.encode(texts[:100], compute, batch_size=5)  # 20 batches, the file held throughout
+    finally:
+        other.close()
+    # a wait for the lookup, then one for the first write and one for the last: not 20
+    assert time.monotonic() - started < 10 * short_busy_wait
+    assert [v[0] for v in vectors] == list(range(100)) and cache.computed == 100
+    assert len(_warnings(caplog, cache.path)) == 1
+    assert EmbeddingCache("model", tmp_path).unseen(texts[:100]) == texts[:100]  # none stored while held
+
+    holding: list[sqlite3.Connection] = []
+
+    def let_go_at_the_third_batch(batch: list[str]) -> list[list[float]]:
+        if batch[0] == texts[110]:
+            holding.pop().close()
+        elif batch[0] == texts[100]:
+            holding.append(_held(cache.path, "IMMEDIATE"))
+        return compute(batch)
+
+    cache.encode(texts[100:130], let_go_at_the_third_batch, batch_size=5)
+    assert EmbeddingCache("model", tmp_path).unseen(texts[100:130]) == []  # the first two batches came with the third
+    assert cache.encode(["text -1"], lambda batch: pytest.fail("read from the file")).shape == (1, 2)
 
 
 @pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
@@ -233,3 +334,4 @@ def test_an_empty_file_or_a_cache_of_an_earlier_release_is_used(kind, tmp_path):
     cache = kind.open(earlier.parent)
     kind.write(cache)
     kind.read(cache)
+

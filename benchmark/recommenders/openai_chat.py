@@ -35,6 +35,7 @@ from benchmark.prompts import NO_IMAGE_TEXT, recommendation_prompt_segments, ren
 from benchmark.protocol import Candidate, Example, image_mime
 from benchmark.retrieval.cache import cache_file, default_cache_dir
 from reddit_amazon.redaction import redact_secrets
+from reddit_amazon.sqlite_cache import GoesOnWithoutTheFile
 from reddit_amazon.openai_endpoint import (
     ChatParameters,
     OpenConnections,
@@ -52,23 +53,27 @@ log = logging.getLogger(__name__)
 
 
 class ChatCache:
-    """request hash -> response text, shared by threads (one connection, one lock)."""
+    """request hash -> response text, shared by threads (one connection, one lock). While another process holds the
+    file, a lookup is a miss (the request is sent) and an answer is not stored (:class:`GoesOnWithoutTheFile`)."""
 
     def __init__(self, folder: Path, *, in_default_folder: bool = False) -> None:
         self.path = folder / "responses.sqlite"
         self._file = cache_file(self.path, "the openai-chat response cache", in_default_folder=in_default_folder)
         self._db = self._file.connect("CREATE TABLE IF NOT EXISTS response (key TEXT PRIMARY KEY, text TEXT NOT NULL)",
                                       owner=self, check_same_thread=False)
+        self._shared = GoesOnWithoutTheFile(self._file)
         self._lock = threading.Lock()
 
     def get(self, key: str) -> str | None:
-        with self._lock, self._file.named_errors():
-            row = self._db.execute("SELECT text FROM response WHERE key = ?", (key,)).fetchone()
+        with self._lock:
+            row = self._shared.read(
+                self._db, lambda: self._db.execute("SELECT text FROM response WHERE key = ?", (key,)).fetchone(), None)
         return None if row is None else row[0]
 
     def put(self, key: str, text: str) -> None:
-        with self._lock, self._file.named_errors(), self._db:
-            self._db.execute("INSERT OR REPLACE INTO response VALUES (?, ?)", (key, text))
+        with self._lock:
+            self._shared.write(self._db, lambda: self._db.execute("INSERT OR REPLACE INTO response VALUES (?, ?)",
+                                                                   (key, text)))
 
 
 class OpenAIChatRecommender:

@@ -6,12 +6,12 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from reddit_amazon.sqlite_cache import CacheFile
+from reddit_amazon.sqlite_cache import CacheFile, GoesOnWithoutTheFile
 
 CACHE_ENV = "REDDIT_AMAZON_CACHE"
 _SQLITE_MAX_PARAMS = 900
@@ -44,7 +44,12 @@ def text_key(text: str) -> str:
 
 
 class EmbeddingCache:
-    """One SQLite file per model. ``encode(texts, compute)`` calls ``compute`` only on texts not seen before."""
+    """One SQLite file per model. ``encode(texts, compute)`` calls ``compute`` only on texts not seen before.
+
+    Runs may share the file: while another holds it, texts it cannot read are computed, and vectors it cannot
+    write are kept for the next batch's write, then left out (:class:`GoesOnWithoutTheFile`). The file stays in
+    SQLite's rollback-journal mode: $REDDIT_AMAZON_CACHE may be a home folder that hosts of a cluster share over a
+    network file system, where WAL mode (shared memory) would let their writes corrupt the file."""
 
     def __init__(self, model_id: str, cache_dir: str | os.PathLike | None = None) -> None:
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -55,15 +60,22 @@ class EmbeddingCache:
         self._file = cache_file(self.path, "the embedding cache", in_default_folder=cache_dir is None)
         self._db = self._file.connect("CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)",
                                       "CREATE TABLE IF NOT EXISTS writer (versions TEXT PRIMARY KEY)", owner=self)
+        self._shared = GoesOnWithoutTheFile(self._file)
         self.computed = 0  # texts encoded by this instance
         self.from_disk = 0  # texts this instance read from the file instead
 
-    def _select(self, columns: str, keys: Sequence[str]) -> Iterator[tuple]:
+    def _select(self, columns: str, keys: Sequence[str]) -> list[tuple]:
+        """The rows of ``keys`` that the file holds; those after a chunk it could not read (held) are left out."""
+        rows: list[tuple] = []
         for start in range(0, len(keys), _SQLITE_MAX_PARAMS):
             chunk = keys[start:start + _SQLITE_MAX_PARAMS]
             marks = ",".join("?" * len(chunk))
-            with self._file.named_errors():
-                yield from self._db.execute(f"SELECT {columns} FROM embedding WHERE key IN ({marks})", chunk)
+            found = self._shared.read(self._db, lambda: self._db.execute(
+                f"SELECT {columns} FROM embedding WHERE key IN ({marks})", chunk).fetchall(), None)
+            if found is None:
+                break
+            rows += found
+        return rows
 
     def _lookup(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         return {key: np.frombuffer(blob, dtype=np.float32) for key, blob in self._select("key, vector", keys)}
@@ -85,18 +97,17 @@ class EmbeddingCache:
         self.from_disk += len(vectors)
         missing = [(k, t) for k, t in unique.items() if k not in vectors]
         stored_shape = self._stored_shape() if missing else None
+        unwritten: list[tuple[str, bytes]] = []  # computed, not yet in the file: it was held
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
             computed = np.asarray(compute([t for _, t in chunk]), dtype=np.float32)
             if stored_shape is not None and computed.shape[1:] != stored_shape:
-                raise CacheError(f"{self.path}: the model answered vectors of shape {computed.shape[1:]}, but the "
-                                 f"cache holds vectors of {stored_shape[0]} dimensions for {self.model_id!r} "
-                                 "(did the endpoint change its model? delete the file to start over)")
-            with self._file.named_errors(), self._db:
-                self._db.executemany("INSERT OR REPLACE INTO embedding VALUES (?, ?)",
-                                     [(k, v.tobytes()) for (k, _), v in zip(chunk, computed)])
-                if versions := written_with():
-                    self._db.execute("INSERT OR IGNORE INTO writer VALUES (?)", (json.dumps(versions, sort_keys=True),))
+                raise self._other_shape(computed.shape[1:], stored_shape)
+            # Waits for the file unless the last write found it held; the call's last write waits in any case.
+            wait = not unwritten or start + batch_size >= len(missing)
+            unwritten += [(k, v.tobytes()) for (k, _), v in zip(chunk, computed)]
+            if self._write(unwritten, written_with, wait=wait):
+                unwritten = []
             stored_shape = computed.shape[1:]
             vectors.update({k: v for (k, _), v in zip(chunk, computed)})
             self.computed += len(chunk)
@@ -104,10 +115,25 @@ class EmbeddingCache:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([vectors[k] for k in keys])
 
+    def _write(self, rows: list[tuple[str, bytes]], written_with: Callable[[], dict[str, str]], *,
+               wait: bool) -> bool:
+        def insert() -> None:
+            self._db.executemany("INSERT OR REPLACE INTO embedding VALUES (?, ?)", rows)
+            if versions := written_with():
+                self._db.execute("INSERT OR IGNORE INTO writer VALUES (?)", (json.dumps(versions, sort_keys=True),))
+
+        return self._shared.write(self._db, insert, wait=wait)
+
+    def _other_shape(self, computed: tuple[int, ...], stored: tuple[int]) -> CacheError:
+        return CacheError(f"{self.path}: the model answered vectors of shape {computed}, but the cache holds "
+                          f"vectors of {stored[0]} dimensions for {self.model_id!r} (did the endpoint change its "
+                          "model? delete the file to start over)")
+
     def _stored_shape(self) -> tuple[int] | None:
-        """The shape of the vectors the cache holds (float32: 4 bytes a dimension); None when it holds none."""
-        with self._file.named_errors():
-            row = self._db.execute("SELECT vector FROM embedding LIMIT 1").fetchone()
+        """The shape of the vectors the cache holds (float32: 4 bytes a dimension); None when it holds none (or is
+        held by another process)."""
+        row = self._shared.read(self._db, lambda: self._db.execute("SELECT vector FROM embedding LIMIT 1").fetchone(),
+                                None)
         return None if row is None else (len(row[0]) // 4,)
 
     def writers(self) -> list[dict[str, str]]:
