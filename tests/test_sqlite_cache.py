@@ -335,3 +335,18 @@ def test_an_empty_file_or_a_cache_of_an_earlier_release_is_used(kind, tmp_path):
     kind.write(cache)
     kind.read(cache)
 
+
+def test_vectors_of_another_dimension_written_meanwhile_by_another_process_are_not_joined(tmp_path):
+    """The dimension of the file's vectors was read once, before the first batch was computed (or not at all, the
+    file held): vectors another process wrote meanwhile, of another dimension, were joined by these in the file, and
+    every later run failed in np.stack. It is checked again under the write lock."""
+    texts = [f"text {n}" for n in range(10)]
+    cache = EmbeddingCache("model", tmp_path)
+
+    def another_process_writes_three_dimensions_first(batch: list[str]) -> list[list[float]]:
+        EmbeddingCache("model", tmp_path).encode(["elsewhere"], lambda other: [[1.0, 2.0, 3.0]] * len(other))
+        return [[1.0, 2.0]] * len(batch)
+
+    with pytest.raises(CacheError, match="vectors of 3 dimensions"):
+        cache.encode(texts, another_process_writes_three_dimensions_first)
+    assert EmbeddingCache("model", tmp_path).unseen(texts) == texts

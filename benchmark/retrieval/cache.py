@@ -118,6 +118,11 @@ class EmbeddingCache:
     def _write(self, rows: list[tuple[str, bytes]], written_with: Callable[[], dict[str, str]], *,
                wait: bool) -> bool:
         def insert() -> None:
+            # Checked again under the write lock: the file may have been held when its shape was read, or
+            # written since by another process.
+            stored = self._db.execute("SELECT vector FROM embedding LIMIT 1").fetchone()
+            if stored is not None and len(stored[0]) != len(rows[0][1]):  # float32: 4 bytes a dimension
+                raise self._other_shape((len(rows[0][1]) // 4,), (len(stored[0]) // 4,))
             self._db.executemany("INSERT OR REPLACE INTO embedding VALUES (?, ?)", rows)
             if versions := written_with():
                 self._db.execute("INSERT OR IGNORE INTO writer VALUES (?)", (json.dumps(versions, sort_keys=True),))
