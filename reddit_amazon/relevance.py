@@ -155,9 +155,11 @@ class AnswerCache:
         return None if row is None else (row[0], row[1])
 
     def put(self, key: str, model: str, answer: str, status: str = "ok") -> None:
-        with self._lock, self._file.named_errors():
+        """Store an answer. One another process keeps from the file past its wait is a :class:`RelevanceError`:
+        unlike the other caches', it is not skipped, since the labels are read back from the file and a resumed
+        build counts each paid answer once by finding it there."""
+        with self._lock, self._file.named_errors(), self._db:  # a failed write is rolled back, not left open
             self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", (key, model, status, answer))
-            self._db.commit()
 
     def import_answers(self, other: str | Path, endpoint: str | None = None) -> int:
         """Copy the answers this cache lacks from another cache file (opened read-only), as answers of
@@ -166,10 +168,9 @@ class AnswerCache:
         rows = _answers_in(Path(other))
         if endpoint is not None:
             rows = [(scoped_key(key, endpoint), model, status, answer) for key, model, status, answer in rows]
-        with self._lock, self._file.named_errors():
+        with self._lock, self._file.named_errors(), self._db:
             before = self._db.total_changes
             self._db.executemany("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?)", rows)
-            self._db.commit()
             return self._db.total_changes - before
 
     def __len__(self) -> int:

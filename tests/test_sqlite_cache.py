@@ -350,3 +350,22 @@ def test_vectors_of_another_dimension_written_meanwhile_by_another_process_are_n
     with pytest.raises(CacheError, match="vectors of 3 dimensions"):
         cache.encode(texts, another_process_writes_three_dimensions_first)
     assert EmbeddingCache("model", tmp_path).unseen(texts) == texts
+
+
+def test_an_answer_the_relevance_cache_could_not_store_leaves_no_transaction_open(tmp_path, short_busy_wait):
+    """A put that failed on a held file left its transaction open: close() then could not return the file to a
+    rollback journal ("cannot change out of wal mode from within a transaction") and said the latest answers were
+    kept in the -wal file, which they were not."""
+    cache = AnswerCache(tmp_path / "relevance-cache.sqlite")
+    cache.put("key", "model", "yes")
+    other = _held(cache.path, "IMMEDIATE")
+    try:
+        with pytest.raises(RelevanceError, match="database is locked"):
+            cache.put("other key", "model", "no")
+    finally:
+        other.close()
+    cache.close()
+    db = sqlite3.connect(cache.path)
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    assert db.execute("SELECT key FROM answers").fetchall() == [("key",)]
+    db.close()
