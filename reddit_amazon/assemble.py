@@ -115,7 +115,8 @@ def add_candidates(splits: Mapping[str, Mapping[str, list[Conversation]]], items
                    retrievers: Sequence[Any], *, seed: int = 0,
                    progress: Callable[[Iterable, int, str], Iterable] | None = None) -> CandidateReport:
     """Fill ``conversation.candidates[retriever.candidate_set_name]`` for every record in place, each list in
-    the order :func:`shuffled_candidates` gives it."""
+    the order :func:`shuffled_candidates` gives it. Each domain's catalog is searched in item_id order, whatever
+    order ``items`` holds it in (:func:`candidate_searches`): retrievers break ties of score by catalog order."""
     searches, skipped = candidate_searches(splits, items)
     report = CandidateReport(computed=[r.candidate_set_name for r in retrievers], recall={},
                              skipped_domains=skipped if retrievers else {})  # none asked, none skipped

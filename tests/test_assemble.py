@@ -60,6 +60,23 @@ def test_a_thread_recommending_in_two_domains_is_in_one_split_in_both():
     assert [len(splits["beauty"][s]) for s in SPLITS] == [32, 4, 4]
 
 
+def test_candidates_do_not_depend_on_the_order_the_catalog_is_given_in():
+    """Retrievers break ties of score by catalog order: add_candidates searches each catalog in item_id order."""
+    import copy
+    import random
+
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    items = [Item(item_id=f"B0000000{i:02d}", domain="home", title="Ceramic lamp") for i in range(25)]  # all tie
+    records = [record(f"r{i}", f"t{i}", gt=f"B0000000{i:02d}") for i in range(10)]
+    candidates = []
+    for catalog in (items, items[::-1], random.Random(1).sample(items, len(items))):
+        splits = split_by_thread(copy.deepcopy(records), seed=0)
+        add_candidates(splits, {"home": catalog}, [get_retriever("bm25")])
+        candidates.append({r.example_id: r.candidates["bm25"] for s in SPLITS for r in splits["home"][s]})
+    assert candidates[0] == candidates[1] == candidates[2]
+    assert len({tuple(sorted(c)) for c in candidates[0].values()}) == 1  # the same ten items for every record
+
+
 def test_candidates_from_the_domain_catalog_and_stats():
     pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
     nouns = ["lamp", "rug", "pillow", "curtain", "shelf", "planter", "towel", "duvet", "mirror", "clock", "vase"]
