@@ -362,10 +362,9 @@ class ShortLinkCache:
         self._lock = threading.Lock()
         self._file = CacheFile(self.path, "the short-link cache", unavailable=ShortLinkCacheError,
                                damaged=ShortLinkCacheError, loss="its links are then resolved again")
-        self._db = self._file.connect("CREATE TABLE IF NOT EXISTS short_links "
-                                      "(url TEXT PRIMARY KEY, location TEXT NOT NULL, error TEXT NOT NULL)",
-                                      owner=self, check_same_thread=False)
-        self._shared = GoesOnWithoutTheFile(self._file)
+        self._shared = GoesOnWithoutTheFile(self._file, "CREATE TABLE IF NOT EXISTS short_links "
+                                            "(url TEXT PRIMARY KEY, location TEXT NOT NULL, error TEXT NOT NULL)")
+        self._db = self._shared.connect(owner=self, check_same_thread=False)
 
     def get(self, url: str) -> ShortLinkResolution | None:
         with self._lock:

@@ -52,23 +52,34 @@ class CacheFile:
     loss: str = ""  # what deleting it costs: "its answers are then asked again"
 
     def connect(self, *schemas: str, owner: object, check_same_thread: bool = True) -> sqlite3.Connection:
-        """The file (and its folder) with ``schemas`` (CREATE TABLE IF NOT EXISTS statements) in place. A file
-        holding other tables, or these with other columns, is refused as :attr:`damaged` before anything is written
-        to it: another database given by mistake, or a cache damaged. The connection is closed when ``owner`` (the
-        cache object holding it) is collected, if its user has not closed it: a retriever or recommender has no
-        close() of its own, and Python 3.13 warns of connections left open."""
+        """The file (and its folder) with ``schemas`` (CREATE TABLE IF NOT EXISTS statements) in place
+        (:meth:`open`, then :meth:`make_tables`)."""
+        db = self.open(owner=owner, check_same_thread=check_same_thread)
+        try:
+            with self.named_errors():
+                self.make_tables(db, schemas)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def open(self, *, owner: object, check_same_thread: bool = True) -> sqlite3.Connection:
+        """The file (and its folder), opened: nothing is read from it yet. The connection is closed when ``owner``
+        (the cache object holding it) is collected, if its user has not closed it: a retriever or recommender has
+        no close() of its own, and Python 3.13 warns of connections left open."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.named_errors():
             db = sqlite3.connect(self.path, timeout=BUSY_WAIT_S, check_same_thread=check_same_thread)
-            try:
-                self._refuse_another_database(db, schemas)
-                for schema in schemas:
-                    db.execute(schema)
-            except BaseException:
-                db.close()
-                raise
         weakref.finalize(owner, _close, db)
         return db
+
+    def make_tables(self, db: sqlite3.Connection, schemas: tuple[str, ...]) -> None:
+        """``schemas`` in place in the file. A file holding other tables, or these with other columns, is refused
+        as :attr:`damaged` before anything is written to it: another database given by mistake, or a cache
+        damaged. SQLite's own errors are raised as they are."""
+        self._refuse_another_database(db, schemas)
+        for schema in schemas:
+            db.execute(schema)
 
     def _refuse_another_database(self, db: sqlite3.Connection, schemas: tuple[str, ...]) -> None:
         if held := other_tables(db, schemas):
@@ -97,60 +108,78 @@ class GoesOnWithoutTheFile:
     past :data:`BUSY_WAIT_S` does not end the run: a read is then a miss, and a write is skipped (its values are
     computed again by a later run). The first time is one warning naming the file. While the file is found held,
     the next operations try it once without waiting, so that a lock never released costs one wait, not one a
-    lookup; the first to get it ends that. Other errors are :meth:`CacheFile.named_errors`'.
+    lookup; the first to get it ends that. A file held when it is opened has its tables checked and made by the
+    first operation that gets it. Other errors are :meth:`CacheFile.named_errors`'.
 
     Each write is one ``BEGIN IMMEDIATE`` transaction: it takes the write lock before reading anything, so SQLite
     waits for it rather than failing at once (a reader turning writer while another holds the lock would deadlock,
     which SQLite answers with an immediate "database is locked")."""
 
-    def __init__(self, file: CacheFile) -> None:
+    def __init__(self, file: CacheFile, *schemas: str) -> None:
         self.file = file
         self.held = False  # the last operation found the file held past its wait
         self.skipped_reads = self.skipped_writes = 0
+        self._schemas = schemas  # CREATE TABLE IF NOT EXISTS statements
+        self._tables_made = False
+        self._warned = False
+
+    def connect(self, *, owner: object, check_same_thread: bool = True) -> sqlite3.Connection:
+        """:meth:`CacheFile.connect`, but a file held past the wait is opened all the same."""
+        db = self.file.open(owner=owner, check_same_thread=check_same_thread)
+        try:
+            self._attempt(db, True, lambda: None)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def read(self, db: sqlite3.Connection, query: Callable[[], T], miss: T) -> T:
         """``query()``, or ``miss`` where the file is held."""
-        with self.file.named_errors():
-            try:
-                with _waiting(db, not self.held):
-                    found = query()
-            except sqlite3.OperationalError as error:
-                if not is_locked(error):
-                    raise
-                self.skipped_reads += 1
-                self._found_held()
-                return miss
-        self.held = False
-        return found
+        got, found = self._attempt(db, not self.held, query)
+        if not got:
+            self.skipped_reads += 1
+            return miss
+        return found  # type: ignore[return-value]  # what query() returned
 
     def write(self, db: sqlite3.Connection, statements: Callable[[], None], *, wait: bool | None = None) -> bool:
         """Run ``statements`` in one transaction; False (nothing written) where the file is held. ``wait``: for
         the lock (by default, unless the last operation found the file held) or try once."""
+        def transaction() -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                statements()
+                db.commit()
+            except BaseException:
+                db.rollback()
+                raise
+
+        got, _ = self._attempt(db, not self.held if wait is None else wait, transaction)
+        if not got:
+            self.skipped_writes += 1
+        return got
+
+    def _attempt(self, db: sqlite3.Connection, wait: bool, action: Callable[[], T]) -> tuple[bool, T | None]:
+        """``(True, action())``, the file's tables made first if they are not yet; ``(False, None)`` where the
+        file is held."""
         with self.file.named_errors():
             try:
-                with _waiting(db, not self.held if wait is None else wait):
-                    db.execute("BEGIN IMMEDIATE")
-                    try:
-                        statements()
-                        db.commit()
-                    except BaseException:
-                        db.rollback()
-                        raise
+                with _waiting(db, wait):
+                    if not self._tables_made:
+                        self.file.make_tables(db, self._schemas)
+                        self._tables_made = True
+                    result = action()
             except sqlite3.OperationalError as error:
                 if not is_locked(error):
                     raise
-                self.skipped_writes += 1
-                self._found_held()
-                return False
+                if not self._warned:
+                    log.warning("%s is held by another process (%s): this run goes on without it while it is: values "
+                                "it cannot read are computed, and those it cannot write are computed again by a later "
+                                "run", self.file.path, self.file.what)
+                    self._warned = True
+                self.held = True
+                return False, None
         self.held = False
-        return True
-
-    def _found_held(self) -> None:
-        if self.skipped_reads + self.skipped_writes == 1:
-            log.warning("%s is held by another process (%s): this run goes on without it while it is: values it "
-                        "cannot read are computed, and those it cannot write are computed again by a later run",
-                        self.file.path, self.file.what)
-        self.held = True
+        return True, result
 
 
 @contextmanager

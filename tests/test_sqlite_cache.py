@@ -160,6 +160,32 @@ def test_a_cache_of_values_computed_again_goes_on_while_another_process_holds_it
     kind.read(cache)
 
 
+@pytest.mark.parametrize("kind", GOES_ON.values(), ids=GOES_ON)
+def test_a_cache_opened_while_another_process_holds_its_file_is_used_once_it_lets_go(kind, tmp_path, caplog,
+                                                                                     short_busy_wait):
+    """Opening reads the file's tables (to refuse another database) and makes them: a run starting while others
+    wrote batch after batch ended there with "database is locked". The first operation to get the file does it."""
+    path = kind.open(tmp_path / "probe").path
+    for made in (True, False):  # a cache file, and a file with no tables yet
+        folder = tmp_path / f"tables made {made}"
+        held = folder / path.relative_to(tmp_path / "probe")
+        if made:
+            kind.write(kind.open(folder))
+        else:
+            held.parent.mkdir(parents=True)
+        other = _held(held, "EXCLUSIVE")
+        try:
+            with caplog.at_level("WARNING"):
+                cache = kind.open(folder)
+                kind.write(cache)
+        finally:
+            other.close()
+        assert len(_warnings(caplog, held)) == 1, caplog.text
+        kind.write(cache)
+        kind.read(cache)
+        assert kind.read(kind.open(folder)) is not None  # stored in the file
+
+
 @pytest.mark.parametrize("kind", ["short links", "openai-chat responses"])
 def test_a_lookup_in_a_file_held_by_another_process_is_a_miss(kind, tmp_path, caplog, short_busy_wait):
     kind = KINDS[kind]

@@ -59,9 +59,9 @@ class ChatCache:
     def __init__(self, folder: Path, *, in_default_folder: bool = False) -> None:
         self.path = folder / "responses.sqlite"
         self._file = cache_file(self.path, "the openai-chat response cache", in_default_folder=in_default_folder)
-        self._db = self._file.connect("CREATE TABLE IF NOT EXISTS response (key TEXT PRIMARY KEY, text TEXT NOT NULL)",
-                                      owner=self, check_same_thread=False)
-        self._shared = GoesOnWithoutTheFile(self._file)
+        self._shared = GoesOnWithoutTheFile(
+            self._file, "CREATE TABLE IF NOT EXISTS response (key TEXT PRIMARY KEY, text TEXT NOT NULL)")
+        self._db = self._shared.connect(owner=self, check_same_thread=False)
         self._lock = threading.Lock()
 
     def get(self, key: str) -> str | None:

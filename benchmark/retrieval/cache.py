@@ -58,9 +58,10 @@ class EmbeddingCache:
         self.path = folder / f"{safe}-{digest}.sqlite"
         self.model_id = model_id
         self._file = cache_file(self.path, "the embedding cache", in_default_folder=cache_dir is None)
-        self._db = self._file.connect("CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)",
-                                      "CREATE TABLE IF NOT EXISTS writer (versions TEXT PRIMARY KEY)", owner=self)
-        self._shared = GoesOnWithoutTheFile(self._file)
+        self._shared = GoesOnWithoutTheFile(
+            self._file, "CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS writer (versions TEXT PRIMARY KEY)")
+        self._db = self._shared.connect(owner=self)
         self.computed = 0  # texts encoded by this instance
         self.from_disk = 0  # texts this instance read from the file instead
 
