@@ -141,7 +141,7 @@ class GoesOnWithoutTheFile:
             return miss
         return found  # type: ignore[return-value]  # what query() returned
 
-    def write(self, db: sqlite3.Connection, statements: Callable[[], None], *, wait: bool | None = None) -> bool:
+    def write(self, db: sqlite3.Connection, statements: Callable[[], object], *, wait: bool | None = None) -> bool:
         """Run ``statements`` in one transaction; False (nothing written) where the file is held. ``wait``: for
         the lock (by default, unless the last operation found the file held) or try once."""
         def transaction() -> None:
