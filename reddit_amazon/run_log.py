@@ -57,7 +57,7 @@ class RunLog:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            handler = _GivingUpFileHandler(self.path, self)
+            handler = self._new_file_handler()
         except OSError:  # a read-only or full workdir: the run itself says what is wrong with it
             return
         formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ")
@@ -67,6 +67,18 @@ class RunLog:
         self.line(f"started: {command}")
         self.line(f"reddit-amazon {__version__}, python {platform.python_version()}, host {socket.gethostname()}, "
                   f"pid {os.getpid()}")
+
+    def _new_file_handler(self) -> _GivingUpFileHandler:
+        """A handler of a file made for this run: a run of this process in the same second (a notebook's rerun)
+        got the same name, and its file is left to it; this one is ``<name>_2.log`` (``_3``, ...), listed after."""
+        assert self.path is not None
+        first, number = self.path, 1
+        while True:
+            try:
+                return _GivingUpFileHandler(self.path, self)
+            except FileExistsError:
+                number += 1
+                self.path = first.with_name(f"{first.stem}_{number}{first.suffix}")
 
     @property
     def active(self) -> bool:
@@ -132,7 +144,7 @@ class _GivingUpFileHandler(logging.FileHandler):
     logging's traceback on stderr at every line."""
 
     def __init__(self, path: Path, log: RunLog) -> None:
-        super().__init__(path, mode="a", encoding="utf-8")
+        super().__init__(path, mode="x", encoding="utf-8")  # never another run's file
         self._log = log
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)

@@ -131,7 +131,29 @@ def test_a_reddit_stage_run_logs_its_lines_without_the_salt(tmp_path):
 def test_a_log_on_a_full_disk_is_given_up_without_a_word(tmp_path, monkeypatch, capfd):
     import reddit_amazon.run_log
 
-    monkeypatch.setattr(reddit_amazon.run_log, "log_path", lambda *_: Path("/dev/full"))
+    # the log's file, made as every run's, is written on a device that is always full
+    monkeypatch.setattr(reddit_amazon.run_log._GivingUpFileHandler, "_open",
+                        lambda _handler: open("/dev/full", "a", encoding="utf-8"))
     manifest = run_build(sample_options(tmp_path / "ds", tmp_path / "work", retrievers=[]), progress=False)
     assert manifest is not None and verify(tmp_path / "ds") == []
     assert "Logging error" not in capfd.readouterr().err
+
+
+def test_two_runs_given_one_log_name_each_keep_a_file_of_their_own(tmp_path, monkeypatch):
+    """A notebook calling run_build twice in one second (a rerun whose stages are all reused) got one name for both
+    runs (the UTC second and the pid): the second run's lines were appended to the first one's file."""
+    import reddit_amazon.run_log
+    from reddit_amazon.run_log import open_run_log
+
+    same_name = tmp_path / "logs" / "build-20260101T120000Z-1.log"
+    monkeypatch.setattr(reddit_amazon.run_log, "log_path", lambda *_: same_name)
+    for run_number in (1, 2, 3):
+        with open_run_log(tmp_path, "build", f"run {run_number}") as log:
+            log.line(f"line of run {run_number}")
+    files = sorted((tmp_path / "logs").iterdir())
+    assert [path.name for path in files] == [same_name.name, "build-20260101T120000Z-1_2.log",
+                                             "build-20260101T120000Z-1_3.log"]
+    for run_number, path in enumerate(files, start=1):
+        lines = log_lines(path)
+        assert lines[0] == f"started: run {run_number}" and lines[2] == f"line of run {run_number}", lines
+        assert len([line for line in lines if line.startswith("started: ")]) == 1, lines
