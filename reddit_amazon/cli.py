@@ -246,6 +246,7 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
 
     from reddit_amazon.pipeline import RedditStageOptions, bad_line_warnings, run_reddit_stage
     from reddit_amazon.progress import quiet as without_bars
+    from reddit_amazon.stage_executor import check_executor
 
     progress = progress and not quiet
 
@@ -259,6 +260,8 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
         raise click.UsageError("--partition is for --executor slurm")
     if executor == "slurm" and not partition:
         raise click.UsageError("--executor slurm needs --partition")
+    with input_errors():  # no sbatch, no Ray: refused as build's option check refuses it, before a run log is made
+        check_executor(options)
     with input_errors(), _reddit_stage_log(workdir, salt) as log:
         def say(line: str, **style) -> None:  # on stderr, and in the run log
             click.secho(line, err=True, **style)
