@@ -51,10 +51,11 @@ _CODE_OWNERS = frozenset({"access", "auth", "oauth", "authorization", "verificat
 #: Parts after a secret part that make the value something about secrets, not one (``key_column``,
 #: ``token_count``, ``key_size``, ``key_file``: a path to the key, not the key), or make the name an exception's,
 #: whose message follows it (``KeyError: 'title'``,
-#: ``ExpiredSignatureError: Signature has expired``).
+#: ``ExpiredSignatureError: Signature has expired``), or a reason a credential is wanted (``proxy_auth_required:
+#: HTTP 407, ...``, a failure's text).
 _ABOUT_PARTS = frozenset({"column", "columns", "col", "field", "fields", "count", "counts", "length", "len", "size",
                           "limit", "error", "errors", "exception", "warning", "file", "files", "path", "paths",
-                          "dir", "filename"})
+                          "dir", "filename", "required"})
 #: Parts before a ``key`` part that make it a database's or a sort's key, not a credential (``primary_key: asin``,
 #: ``sort_keys=True``, ``cache_key``); ``api_key`` and ``private_key`` stay secret.
 _KEY_KINDS_NAMING_NO_SECRET = frozenset({"primary", "foreign", "sort", "partition", "cache", "row", "join", "lookup"})
@@ -179,7 +180,7 @@ def is_secret_name(name: str, also: frozenset[str] = frozenset()) -> bool:
     ``code`` beside ``access``, ``auth``, ``oauth``, ``authorization``, ``verification``, ``device`` or ``grant``.
     It does not when a part after it says the value is about secrets (``column``, ``field``, ``count``, ``length``,
     ``size``, ``limit``: ``key_column``, ``token_count``; ``file``, ``path``, ``dir``: ``key_file``, a path to the
-    key) or a part before a ``key`` says it is a database's or a sort's (``primary``, ``foreign``, ``sort``,
+    key; ``required``: ``proxy_auth_required``, a failure's reason) or a part before a ``key`` says it is a database's or a sort's (``primary``, ``foreign``, ``sort``,
     ``partition``, ``cache``, ``row``, ``join``, ``lookup``: ``primary_key``) or the name is an exception's
     (``error``, ``exception``, ``warning``: ``KeyError``), nor in a name that counts (first part ``num``, ``n``,
     ``max``, ``min``, ``total``, ``count``: ``num_keys``). So ``api_key``, ``apiKey``, ``OPENAI_API_KEY``,

@@ -50,6 +50,7 @@ SECRET_NAMES_BY_SITE = {
     "key_file": NO_SITE, "SSL_KEY_FILE": NO_SITE, "token_path": NO_SITE, "password_file": NO_SITE,
     "credentials_dir": NO_SITE, "primary_key": NO_SITE, "foreign_keys": NO_SITE, "sort_keys": NO_SITE,
     "cache_key": NO_SITE, "partition_key": NO_SITE, "retry_policy": NO_SITE, "policy_file": NO_SITE,
+    "proxy_auth_required": NO_SITE, "password_required": NO_SITE,
     # ... unless another part names a secret
     "primary_api_key": ALL_SITES, "key_file_password": ALL_SITES, "SSL_KEY_PASSWORD": ALL_SITES,
 }
