@@ -15,6 +15,7 @@ final answer on disk.
 from __future__ import annotations
 
 import html
+import logging
 import re
 import threading
 import time
@@ -37,6 +38,8 @@ from reddit_amazon.http_session import (
     proxy_refused_tunnel,
 )
 from reddit_amazon.sqlite_cache import CacheFile, GoesOnWithoutTheFile
+
+log = logging.getLogger(__name__)
 
 
 class LinkPrefilter:
@@ -291,13 +294,12 @@ NOT_FOUND_STATUSES = (404, 410)
 
 
 def _report_proxy_auth_required(resolutions: Iterable[ShortLinkResolution]) -> None:
-    """One line for the links a proxy's 407 left unresolved: the same answer for each, and not one a link's error
-    in ``unresolved_short_links.txt`` (a list of links) shows."""
-    from reddit_amazon.progress import log_line
-
+    """One warning for the links a proxy's 407 left unresolved: the same answer for each, and not one a link's error
+    in ``unresolved_short_links.txt`` (a list of links) shows. A warning of the package's logger, as its other
+    warnings: on stderr (the bar is closed by now), and in the run log of a build or ``reddit-stage``."""
     refused = sum(r.error.startswith(f"{UNREACHABLE}: {ProxyAuthRequired.reason}") for r in resolutions)
     if refused:
-        log_line(f"{refused} short link(s) left for the next run: {ProxyAuthRequired()}")
+        log.warning("%d short link(s) left for the next run: %s", refused, ProxyAuthRequired())
 
 
 class _TransientError(Exception):

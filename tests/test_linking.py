@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import sys
@@ -633,7 +634,7 @@ def test_a_socks_proxy_without_pysocks_stops_resolution_before_it_starts(resolve
 
 @pytest.mark.parametrize("link", ["http", "https"])
 def test_a_proxy_asking_for_credentials_is_named_once_and_its_links_asked_by_the_next_run(
-        link, httpserver, tmp_path, monkeypatch, capsys):
+        link, httpserver, tmp_path, monkeypatch, caplog):
     """A proxy's 407 left each short link "unreachable: HTTP 407 without a redirect", or, for an https:// link (its
     CONNECT refused), "unreachable: ProxyError" after every retry (7 s of backoff a link), and the build said only
     how many links were unresolved: nothing named the proxy settings to fix."""
@@ -657,10 +658,10 @@ def test_a_proxy_asking_for_credentials_is_named_once_and_its_links_asked_by_the
     assert resolution.unreachable and resolution.error == (
         "unreachable: proxy_auth_required: HTTP 407, the proxy asks for credentials (give them in HTTP_PROXY / "
         "HTTPS_PROXY as http://user:password@host:port)")
-    told = capsys.readouterr().err
+    told = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
     proxy_auth_required = resolution.error.removeprefix("unreachable: ")
-    assert told.splitlines() == [f"1 short link(s) left for the next run: {proxy_auth_required}"]
-    assert "s3cret" not in told
+    assert told == [f"1 short link(s) left for the next run: {proxy_auth_required}"]
+    assert "s3cret" not in "".join(told)
     assert len(asked) == 1  # the same answer for every try: not retried in the run
     assert resolver.cache.get("https://a.co/d/abc1234") is None  # nothing kept: the next run asks again
     resolver.close()
@@ -670,3 +671,22 @@ def test_a_proxy_asking_for_credentials_is_named_once_and_its_links_asked_by_the
     assert len(asked) == 2
     if link == "http":  # the proxy let through this time
         assert resolved_later.asins == ("B00NN2Y04E",)
+
+
+def test_the_proxy_asking_for_credentials_is_named_in_the_run_log_too(tmp_path, monkeypatch):
+    """The line naming the proxy's 407 went to stderr by tqdm.write alone, so the run log of a `build` or
+    `reddit-stage` (docs/build.md: every line the run printed on stderr but the bars) lacked the one line that says
+    what to fix; it is a warning of the package's logger now, which the run log takes in."""
+    from reddit_amazon.run_log import open_run_log
+
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    port, _asked = refusing_proxy()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://someone:s3cret-proxy@127.0.0.1:{port}")
+    with open_run_log(tmp_path / "work", "reddit-stage", "reddit-amazon reddit-stage") as log:
+        resolver = ShortLinkResolver(tmp_path / "cache.sqlite", attempts=1, backoff_s=0.01)
+        resolver.resolve_all(["https://a.co/d/abc1234"], progress=False)
+        resolver.close()
+    text = log.path.read_text(encoding="utf-8")
+    assert "1 short link(s) left for the next run: proxy_auth_required: HTTP 407" in text, text
+    assert "s3cret-proxy" not in text
