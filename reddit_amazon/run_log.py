@@ -89,9 +89,10 @@ class RunLog:
         if self._handler is None:
             return
         for line in redact_secrets(text, *self._secrets).splitlines() or [""]:
-            if self._handler is None:  # a write failed (a full disk): given up
+            handler = self._handler  # read once: another thread's failed write (a full disk) may give it up
+            if handler is None:
                 return
-            self._handler.handle(logging.makeLogRecord({"msg": line.rstrip(), "levelno": logging.INFO}))
+            handler.handle(logging.makeLogRecord({"msg": line.rstrip(), "levelno": logging.INFO}))
 
     def printed(self, width: int, *objects: Any, **print_options: Any) -> None:
         """What ``Console.print(*objects, **print_options)`` shows at ``width`` columns, as plain text."""
