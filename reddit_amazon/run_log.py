@@ -154,8 +154,8 @@ class _GivingUpFileHandler(logging.FileHandler):
 
 def log_path(workdir: Path, command: str) -> Path:
     """``<workdir>/logs/<command>-<UTC now>-<pid>.log``: one file per run, so that runs on one workdir at once (a
-    build and a ``reddit-stage``, a build refused by another's lock) never interleave, and the newest is the last
-    in ``ls``."""
+    build and a ``reddit-stage``, a build refused by another's lock) never interleave, and a command's newest run is
+    the last of its name in ``ls``."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return Path(workdir) / LOGS_FOLDER / f"{command}-{stamp}-{os.getpid()}.log"
 
