@@ -796,6 +796,7 @@ def check_options(options: BuildOptions) -> None:
         raise BuildError(f"--version {options.version!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
     _check_endpoint_urls(options)
     _check_files_read(options)
+    _check_catalog_sources(options)
     _check_retrievers(options)
     _check_credentials(options)
     _check_folders(options)
@@ -837,6 +838,17 @@ def _check_files_read(options: BuildOptions) -> None:
             load_template(options.llm_template)
         except (RelevanceError, OSError, UnicodeDecodeError) as error:
             raise BuildError(f"--llm-template: {error}") from None
+
+
+def _check_catalog_sources(options: BuildOptions) -> None:
+    """--meta and --reviews name files that exist, each of its flag's kind (a review file given as --meta, Amazon's
+    2018 metadata): found before the Reddit stage instead of after it, or not at all (the rows skipped)."""
+    from reddit_amazon.catalog import CatalogError, check_catalog_sources
+
+    try:
+        check_catalog_sources(options.meta, options.reviews)
+    except CatalogError as error:
+        raise BuildError(str(error)) from None
 
 
 def _check_retrievers(options: BuildOptions) -> None:

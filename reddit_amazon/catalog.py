@@ -159,11 +159,16 @@ def _open_lines(path: str) -> Iterator[bytes]:
         raise CatalogError(f"{path}: cannot read ({error})") from error
 
 
-def iter_json_records(source: str, report: ReadReport) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """``(where, record)`` for each JSON object of a file or Hub dataset; bad lines go to ``report``."""
+def iter_json_records(source: str, report: ReadReport, expected: str | None = None
+                      ) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """``(where, record)`` for each JSON object of a file or Hub dataset; bad lines go to ``report``. With
+    ``expected`` (``meta`` or ``reviews``), a source whose first line shows another kind of file is refused
+    (:func:`check_file_kind`)."""
     if source.startswith(HUB_PREFIX):
-        yield from _iter_hub_records(source, report)
+        yield from _iter_hub_records(source, report, expected)
         return
+    if expected:
+        check_file_kind(source, expected)
     for number, line in enumerate(_open_lines(source), start=1):
         if not line.strip():
             continue
@@ -226,10 +231,11 @@ def hub_file(source: HubSource) -> str:
             from error
 
 
-def _iter_hub_records(spec: str, report: ReadReport) -> Iterator[tuple[str, Mapping[str, Any]]]:
+def _iter_hub_records(spec: str, report: ReadReport, expected: str | None
+                      ) -> Iterator[tuple[str, Mapping[str, Any]]]:
     source = parse_hub_spec(spec)
     if source.file is not None:
-        yield from iter_json_records(hub_file(source), report)
+        yield from iter_json_records(hub_file(source), report, expected)
         return
     import datasets
 
@@ -238,8 +244,129 @@ def _iter_hub_records(spec: str, report: ReadReport) -> Iterator[tuple[str, Mapp
     except Exception as error:  # datasets raises many types for a missing repo/config
         raise CatalogError(f"{spec}: cannot open ({type(error).__name__}: {error})") from error
     for index, record in enumerate(dataset):
+        if index == 0 and expected:
+            kind = kind_of_record(record)
+            if kind is not None and kind.kind != expected:
+                raise CatalogError(_wrong_kind_message(spec, expected, kind))
         report.lines += 1
         yield f"{spec}[{index}]", record
+
+
+# --------------------------------------------------------------------------------------------
+# What kind of file a source is: files of the wrong kind are refused before they are read
+# --------------------------------------------------------------------------------------------
+
+#: The flag that takes each kind of Amazon Reviews 2023 file.
+CATALOG_FLAGS = {"meta": "--meta", "reviews": "--reviews"}
+_AMAZON_2023 = ("Amazon Reviews 2023 (McAuley-Lab/Amazon-Reviews-2023: meta_<Category>.jsonl and "
+                "<Category>.jsonl, keyed by parent_asin)")
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """What the first line of a file looks like: ``kind`` is ``meta`` or ``reviews`` for the files this stage
+    reads, or another input's; ``fields`` are the fields that told it."""
+
+    kind: str
+    looks_like: str
+    fields: tuple[str, ...]
+    remedy: str
+
+
+def _present(record: Mapping[str, Any], names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(name for name in names if name in record)
+
+
+def kind_of_record(record: Mapping[str, Any]) -> FileKind | None:
+    """The kind of file whose first row is ``record``; ``None`` when its fields do not tell."""
+    if "parent_asin" in record:
+        review_fields = _present(record, ("rating", "text", "user_id", "verified_purchase", "helpful_vote"))
+        if "asin" in record and review_fields:
+            return FileKind("reviews", "an Amazon Reviews 2023 REVIEW file", ("asin", "parent_asin", *review_fields),
+                            "give it with --reviews")
+        meta_fields = _present(record, ("main_category", "average_rating", "rating_number", "features", "details"))
+        if "asin" not in record and meta_fields:
+            return FileKind("meta", "an Amazon Reviews 2023 METADATA file", ("parent_asin", *meta_fields),
+                            "give it with --meta")
+        return None
+    old_reviews = _present(record, ("reviewerID", "overall", "reviewText", "unixReviewTime"))
+    if old_reviews:
+        return FileKind("amazon-2018-reviews", "an Amazon review file of 2018 or 2014 (McAuley UCSD), "
+                        "without parent_asin", old_reviews, f"this build reads {_AMAZON_2023}")
+    old_meta = _present(record, ("main_cat", "imageURLHighRes", "imageURL", "imUrl", "salesRank", "also_buy",
+                                 "also_view", "related"))
+    if "asin" in record and old_meta:
+        return FileKind("amazon-2018-meta", "Amazon metadata of 2018 or 2014 (McAuley UCSD), without parent_asin",
+                        ("asin", *old_meta), f"this build reads {_AMAZON_2023}")
+    reddit_fields = _present(record, ("subreddit", "link_id", "parent_id", "body", "selftext"))
+    if "subreddit" in record and len(reddit_fields) > 1:
+        return FileKind("reddit", "a Reddit dump", reddit_fields, "give it with --inputs")
+    return None
+
+
+def kind_of_line(line: bytes) -> FileKind | None:
+    """The kind of file whose first line is ``line``: a JSON object, or the Python-literal rows
+    (``{'asin': ...}``) of Amazon's 2014 files; ``None`` when it does not tell."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        record = _python_literal(line)
+        if record is None:
+            return None
+        kind = kind_of_record(record)
+        looks_like = kind.looks_like if kind else "a file"
+        return FileKind("python-literal", f"{looks_like}, in Python-literal lines ({{'asin': ...}}: the 2014 "
+                        "format, not JSON)", kind.fields if kind else tuple(record)[:5],
+                        f"this build reads JSON Lines of {_AMAZON_2023}")
+    return kind_of_record(record) if isinstance(record, dict) else None
+
+
+def _python_literal(line: bytes) -> dict[str, Any] | None:
+    import ast
+
+    text = line.decode("utf-8", errors="replace").strip()
+    if not text.startswith("{'"):
+        return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _first_line(path: str) -> bytes | None:
+    """The first non-empty line of a local file (decompressed); ``None`` when it has none or cannot be read (its
+    reading then fails in the stage, with the reason)."""
+    try:
+        for line in iter_lines(iter_chunks(Path(path))):
+            return None if isinstance(line, CutLine) else line
+    except (DumpReadError, OSError):
+        return None
+    return None
+
+
+def check_file_kind(path: str, expected: str) -> None:
+    """Raise :class:`CatalogError` when the first line of ``path`` shows a file of another
+    kind than ``expected`` (``meta`` or ``reviews``): its rows would all be skipped, or taken for the wrong ones."""
+    line = _first_line(path)
+    kind = kind_of_line(line) if line is not None else None
+    if kind is None or kind.kind == expected:
+        return
+    raise CatalogError(_wrong_kind_message(path, expected, kind))
+
+
+def _wrong_kind_message(source: str, expected: str, kind: FileKind) -> str:
+    return (f"{source} (given with {CATALOG_FLAGS[expected]}) looks like {kind.looks_like} "
+            f"(fields {', '.join(kind.fields)}): {kind.remedy}")
+
+
+def check_catalog_sources(meta: Iterable[str], reviews: Iterable[str]) -> None:
+    """The local files of ``--meta`` and ``--reviews`` exist and are of their flag's kind (Hub sources are checked
+    when they are read): checked before the Reddit stage, which takes hours on real dumps."""
+    for expected, specs, pattern in (("meta", meta, META_FILE_PATTERN), ("reviews", reviews, REVIEW_FILE_PATTERN)):
+        for source in expand_sources(specs, pattern):
+            if not source.startswith(HUB_PREFIX):
+                check_file_kind(source, expected)
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +392,7 @@ def read_parent_map(sources: Iterable[str], wanted: set[str]) -> ParentMap:
     """
     result = ParentMap()
     for source in sources:
-        for where, row in iter_json_records(source, result.report):
+        for where, row in iter_json_records(source, result.report, "reviews"):
             _note_parent(result, where, row, wanted)
     return result
 
@@ -359,7 +486,7 @@ class Metadata:
 def read_metadata(sources: Iterable[str], wanted: set[str]) -> Metadata:
     result = Metadata()
     for source in sources:
-        for where, record in iter_json_records(source, result.report):
+        for where, record in iter_json_records(source, result.report, "meta"):
             parent = record.get("parent_asin")
             if not is_asin(parent):
                 result.report.bad(where, f"parent_asin {parent!r:.40} is not an ASIN")

@@ -1164,3 +1164,20 @@ def test_temporary_files_of_a_run_killed_mid_write_are_removed_by_the_next(tmp_p
         assert writing.exists()
     assert not [path for path in left if path.exists()]
     assert parquet_digests(tmp_path / "a") == parquet_digests(tmp_path / "b")
+
+
+def test_catalog_files_given_with_the_wrong_flag_are_refused_before_the_reddit_stage(tmp_path):
+    """Swapped --meta / --reviews used to run every stage and write an empty dataset (exit 0)."""
+    amazon = SAMPLE_INPUTS / "amazon"
+    args = ["--inputs", str(SAMPLE_INPUTS / "reddit"), "--out", str(tmp_path / "ds"),
+            "--workdir", str(tmp_path / "work"), "--no-filter", "--no-images", *FAST]
+    swapped = build(*args, "--meta", str(amazon / "All_Beauty.jsonl.gz"),
+                    "--reviews", str(amazon / "meta_All_Beauty.jsonl"))
+    assert swapped.exit_code == 1, swapped.output
+    assert (f"{amazon / 'All_Beauty.jsonl.gz'} (given with --meta) looks like an Amazon Reviews 2023 REVIEW file"
+            in " ".join(swapped.output.split()))
+    assert "give it with --reviews" in " ".join(swapped.output.split())
+    assert not (tmp_path / "work").exists() and not (tmp_path / "ds").exists()  # nothing ran
+    missing = build(*args, "--meta", str(tmp_path / "nope"))
+    assert missing.exit_code == 1 and f"{tmp_path / 'nope'}: no such file or folder" in missing.output
+    assert not (tmp_path / "work").exists()

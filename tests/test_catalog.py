@@ -18,6 +18,7 @@ from reddit_amazon.catalog import (
     UNKNOWN_ASIN,
     CatalogError,
     HubSource,
+    check_catalog_sources,
     expand_sources,
     image_urls,
     join_conversations,
@@ -281,3 +282,56 @@ def test_a_metadata_line_over_the_length_limit_is_reported_as_too_long(tmp_path)
     assert sorted(catalog.metadata) == ["P000000000", "P000000002"]
     assert report.meta["bad_lines"] == 1
     assert report.meta["bad_line_examples"] == [f"{path}:2: line longer than 64 MiB ({len(huge):,} bytes); not parsed"]
+
+
+def test_catalog_files_of_the_wrong_kind_are_refused_naming_the_file_and_the_flag_to_use(tmp_path):
+    """A review file given as --meta used to be read as metadata (its rows have a parent_asin and no main_category:
+    every item dropped as outside the domains), a metadata file given as --reviews or Amazon's 2018 / 2014 files
+    had every row skipped as a bad line: a dataset with quietly empty domains."""
+    review_rows = [{"rating": 5.0, "title": "Nice", "text": "Works.", "asin": "C000000001",
+                    "parent_asin": "P000000001", "user_id": "U1", "verified_purchase": True}]
+    reviews = write_jsonl(tmp_path / "All_Beauty.jsonl.gz", review_rows, gz=True)
+    metadata = write_jsonl(tmp_path / "meta_All_Beauty.jsonl", [meta("P000000001", "All Beauty")])
+    meta_2018 = write_jsonl(tmp_path / "meta_Beauty_2018.jsonl", [
+        {"asin": "P000000001", "title": "Lipstick", "main_cat": "All Beauty", "category": ["Beauty"],
+         "imageURLHighRes": ["https://x/h.jpg"], "also_buy": []}])
+    meta_2014 = tmp_path / "meta_Beauty_2014.jsonl"
+    meta_2014.write_text(repr({"asin": "P000000001", "imUrl": "https://x/l.jpg", "salesRank": {"Beauty": 3},
+                               "categories": [["Beauty"]]}) + "\n")
+    reviews_2018 = write_jsonl(tmp_path / "Beauty_5.jsonl", [
+        {"reviewerID": "A1", "asin": "P000000001", "overall": 5.0, "reviewText": "Works."}])
+    reddit = write_jsonl(tmp_path / "RC_2023-01.jsonl", [
+        {"id": "c1", "subreddit": "beauty", "link_id": "t3_s1", "parent_id": "t3_s1", "body": "try this"}])
+    for meta_sources, review_sources, message in [
+        ([reviews], [], f"{reviews} (given with --meta) looks like an Amazon Reviews 2023 REVIEW file "
+                        "(fields asin, parent_asin, rating, text, user_id, verified_purchase): give it with --reviews"),
+        ([metadata], [metadata], f"{metadata} (given with --reviews) looks like an Amazon Reviews 2023 METADATA "
+                                 "file (fields parent_asin, main_category, features, details): give it with --meta"),
+        ([meta_2018], [reviews], f"{meta_2018} (given with --meta) looks like Amazon metadata of 2018 or 2014 "
+                                 "(McAuley UCSD), without parent_asin (fields asin, main_cat, imageURLHighRes"),
+        ([meta_2014], [reviews], f"{meta_2014} (given with --meta) looks like Amazon metadata of 2018 or 2014 "
+                                 "(McAuley UCSD), without parent_asin, in Python-literal lines"),
+        ([metadata], [reviews_2018], f"{reviews_2018} (given with --reviews) looks like an Amazon review file of "
+                                     "2018 or 2014"),
+        ([reddit], [reviews], f"{reddit} (given with --meta) looks like a Reddit dump (fields subreddit, link_id, "
+                              "parent_id, body): give it with --inputs"),
+    ]:
+        with pytest.raises(CatalogError) as refused:
+            check_catalog_sources([str(p) for p in meta_sources], [str(p) for p in review_sources])
+        assert message in str(refused.value)
+        with pytest.raises(CatalogError) as refused_when_read:  # callers of load_catalog, Hub files
+            load_catalog([str(p) for p in meta_sources], [str(p) for p in review_sources], {"C000000001"},
+                         DEFAULT_DOMAIN_MAP)
+        assert message in str(refused_when_read.value)
+    check_catalog_sources([str(metadata)], [str(reviews)])  # the right flags
+    catalog, _ = load_catalog([str(metadata)], [str(reviews)], {"C000000001"}, DEFAULT_DOMAIN_MAP)
+    assert catalog.resolve("C000000001")[0].item_id == "P000000001"
+
+
+def test_a_catalog_file_whose_first_line_tells_nothing_is_read_as_before(tmp_path):
+    """Only a first line that shows another kind of file refuses a source: a bad first line is skipped and counted."""
+    metadata = write_jsonl(tmp_path / "meta_x.jsonl", [meta("P000000001", "All Beauty")])
+    metadata.write_text('{"broken\n{"parent_asin": "P000000009"}\n' + metadata.read_text())
+    check_catalog_sources([str(metadata)], [])
+    catalog, report = load_catalog([str(metadata)], [], {"P000000001"}, DEFAULT_DOMAIN_MAP)
+    assert report.meta["bad_lines"] == 1 and catalog.resolve("P000000001")[0].domain == "beauty"
