@@ -1041,6 +1041,21 @@ def print_summary(manifest: dict[str, Any], console) -> None:
     if not sum(values["conversations"] for values in manifest["stats"].values()):
         console.print("[yellow]warning[/]: no conversation was kept, so the dataset is empty: the funnel above "
                       "says which stage dropped them")
+    _warn_empty_domains(manifest, console)
+
+
+def _warn_empty_domains(manifest: dict[str, Any], console) -> None:
+    """A domain without conversations, and why when the catalog tells (a --domain-map name that no linked product
+    has, metadata files of other categories): a dataset with one empty config is otherwise written without a word."""
+    from reddit_amazon.catalog import why_domain_is_empty
+
+    catalog = manifest["build_reports"].get("catalog", {})
+    if "domain_map" not in catalog or not catalog.get("wanted_asins"):  # no conversation reached the catalog
+        return
+    for domain, values in manifest["stats"].items():
+        if not values["conversations"]:
+            why = why_domain_is_empty(domain, catalog["domain_map"], catalog.get("main_categories", {}))
+            console.print(f"[yellow]warning[/]: the {domain} domain is empty: {escape(why)}")
 
 
 # --------------------------------------------------------------------------------------------

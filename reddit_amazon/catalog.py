@@ -92,6 +92,44 @@ def parse_domain_map(spec: str | None) -> dict[str, str]:
     return mapping
 
 
+def why_domain_is_empty(domain: str, domain_map: Mapping[str, str], main_categories: Mapping[str, int]) -> str:
+    """Why no conversation of ``domain`` reached the dataset, as far as the catalog tells: the domain map's
+    ``main_category`` names for it that no linked product has, with the linked products' unmapped categories (and
+    the likeliest one meant: "Amazon Fashion" is no "AMAZON FASHION"). ``main_categories`` counts the linked
+    products' metadata rows by ``main_category`` (:class:`CatalogReport`)."""
+    names = [name for name, mapped in domain_map.items() if mapped == domain]
+    if not names:
+        return "the domain map maps no main_category to it (--domain-map)"
+    if any(main_categories.get(name) for name in names):
+        return "the funnel above says which stage dropped its conversations"
+    unmapped = {category: n for category, n in main_categories.items() if category not in domain_map}
+    if not main_categories:
+        return (f"no linked product has metadata in the --meta files, so none has main_category "
+                f"{_quoted(names)}: do they hold the categories of the domains (e.g. meta_All_Beauty, "
+                "meta_Amazon_Fashion, meta_Home_and_Kitchen)?")
+    seen = ", ".join(f"{category or '(empty)'!r} ({n:,})" for category, n in list(unmapped.items())[:8])
+    guess = _likeliest(names, unmapped)
+    return (f"no linked product has main_category {_quoted(names)} (the domain map's name for it)"
+            + (f"; the linked products' main categories outside the map are {seen}" if seen else "")
+            + (f": did you mean {guess!r}? (--domain-map)" if guess else
+               ": do the --meta files hold the metadata of this domain's products?"))
+
+
+def _quoted(names: Iterable[str]) -> str:
+    return " or ".join(repr(name) for name in names)
+
+
+def _likeliest(names: Iterable[str], categories: Mapping[str, int]) -> str | None:
+    import difflib
+
+    by_folded = {category.casefold(): category for category in categories if category}
+    for name in names:
+        close = difflib.get_close_matches(name.casefold(), list(by_folded), n=1, cutoff=0.75)
+        if close:
+            return by_folded[close[0]]
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # Reading sources
 # --------------------------------------------------------------------------------------------

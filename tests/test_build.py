@@ -677,6 +677,14 @@ def test_a_build_that_keeps_no_conversation_says_so():
     console = Console(record=True, width=200)
     print_summary(manifest, console)
     assert "no conversation was kept, so the dataset is empty" in console.export_text()
+    # no conversation reached the catalog (the Reddit stage kept none): the domains' emptiness is not the catalog's
+    manifest["build_reports"]["catalog"] = {"domain_map": {"All Beauty": "beauty"}, "main_categories": {},
+                                            "wanted_asins": 0}
+    print_summary(manifest, console := Console(record=True, width=200))
+    assert "domain is empty" not in console.export_text()
+    manifest["build_reports"]["catalog"]["wanted_asins"] = 3
+    print_summary(manifest, console := Console(record=True, width=200))
+    assert "the beauty domain is empty: no linked product has metadata in the --meta files" in console.export_text()
 
 
 def test_a_retriever_named_twice_is_computed_and_recorded_once(tmp_path, monkeypatch):
@@ -1181,3 +1189,22 @@ def test_catalog_files_given_with_the_wrong_flag_are_refused_before_the_reddit_s
     missing = build(*args, "--meta", str(tmp_path / "nope"))
     assert missing.exit_code == 1 and f"{tmp_path / 'nope'}: no such file or folder" in missing.output
     assert not (tmp_path / "work").exists()
+
+
+def test_a_domain_left_empty_by_a_mistyped_domain_map_is_named_with_the_category_meant(tmp_path):
+    """'Amazon Fashion' for the metadata's 'AMAZON FASHION' used to write a dataset without fashion conversations,
+    exit 0 and not a word: only the funnel's gt_items_outside_domains count hinted at it."""
+    amazon = str(SAMPLE_INPUTS / "amazon")
+    result = build("--inputs", str(SAMPLE_INPUTS / "reddit"), "--meta", amazon, "--reviews", amazon,
+                   "--domain-map", "All Beauty=beauty;Amazon Fashion=fashion;Amazon Home=home",
+                   "--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--no-filter", "--no-images",
+                   *FAST)
+    assert result.exit_code == 0, result.output
+    stats = read_manifest(tmp_path / "ds")["stats"]
+    assert stats["fashion"]["conversations"] == 0 and stats["beauty"]["conversations"] > 0
+    output = " ".join(result.output.split())
+    assert ("warning: the fashion domain is empty: no linked product has main_category 'Amazon Fashion' (the domain "
+            "map's name for it); the linked products' main categories outside the map are 'AMAZON FASHION' (45)"
+            in output)
+    assert "did you mean 'AMAZON FASHION'? (--domain-map)" in output
+    assert "the beauty domain is empty" not in output and "the home domain is empty" not in output

@@ -26,6 +26,7 @@ from reddit_amazon.catalog import (
     parse_domain_map,
     parse_hub_spec,
     read_parent_map,
+    why_domain_is_empty,
 )
 from reddit_amazon.schema import Conversation, Turn
 
@@ -335,3 +336,19 @@ def test_a_catalog_file_whose_first_line_tells_nothing_is_read_as_before(tmp_pat
     check_catalog_sources([str(metadata)], [])
     catalog, report = load_catalog([str(metadata)], [], {"P000000001"}, DEFAULT_DOMAIN_MAP)
     assert report.meta["bad_lines"] == 1 and catalog.resolve("P000000001")[0].domain == "beauty"
+
+
+def test_why_a_domain_is_empty_names_the_domain_map_entry_no_product_has_and_the_likeliest_one_meant():
+    mistyped = {"All Beauty": "beauty", "Amazon Fashion": "fashion", "Amazon Home": "home"}
+    seen = {"All Beauty": 40, "AMAZON FASHION": 45, "Books": 1}
+    assert why_domain_is_empty("fashion", mistyped, seen) == (
+        "no linked product has main_category 'Amazon Fashion' (the domain map's name for it); the linked products' "
+        "main categories outside the map are 'AMAZON FASHION' (45), 'Books' (1): did you mean 'AMAZON FASHION'? "
+        "(--domain-map)")
+    assert why_domain_is_empty("home", DEFAULT_DOMAIN_MAP, {"All Beauty": 3, "Books": 1}).endswith(
+        "outside the map are 'Books' (1): do the --meta files hold the metadata of this domain's products?")
+    assert "no linked product has metadata in the --meta files" in why_domain_is_empty("home", DEFAULT_DOMAIN_MAP, {})
+    assert why_domain_is_empty("fashion", {"All Beauty": "beauty"}, seen) == (
+        "the domain map maps no main_category to it (--domain-map)")
+    assert why_domain_is_empty("beauty", mistyped, seen) == (
+        "the funnel above says which stage dropped its conversations")
