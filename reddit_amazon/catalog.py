@@ -191,10 +191,14 @@ def _open_lines(path: str) -> Iterator[bytes]:
                 if number % 8192 == 0:
                     progress.update(read.compressed_bytes - progress.n)
             progress.update(read.compressed_bytes - progress.n)
-    except DumpReadError as error:  # truncated or corrupt archive: what was read before it is kept
-        raise CatalogError(f"{path}: cannot read it to the end: {error.detail}") from error
-    except OSError as error:  # unreadable file
-        raise CatalogError(f"{path}: cannot read ({error})") from error
+    except (DumpReadError, OSError) as error:
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: str, error: DumpReadError | OSError) -> CatalogError:
+    if isinstance(error, DumpReadError):  # truncated or corrupt archive, or no archive under a zstd name
+        return CatalogError(f"{path}: cannot read it to the end: {error.detail}")
+    return CatalogError(f"{path}: cannot read ({error})")
 
 
 def iter_json_records(source: str, report: ReadReport, expected: str | None = None
@@ -373,13 +377,13 @@ def _python_literal(line: bytes) -> dict[str, Any] | None:
 
 
 def _first_line(path: str) -> bytes | None:
-    """The first non-empty line of a local file (decompressed); ``None`` when it has none or cannot be read (its
-    reading then fails in the stage, with the reason)."""
+    """The first non-empty line of a local file (decompressed), ``None`` when it has none; a file that cannot be read
+    up to it is refused as its reading in the stage would refuse it (a zstd name over plain text, a cut archive)."""
     try:
         for line in iter_lines(iter_chunks(Path(path))):
             return None if isinstance(line, CutLine) else line
-    except (DumpReadError, OSError):
-        return None
+    except (DumpReadError, OSError) as error:
+        raise _unreadable(path, error) from error
     return None
 
 

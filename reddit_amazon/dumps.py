@@ -372,7 +372,10 @@ def iter_chunks(path: Path, progress: ReadProgress | None = None, read_size: int
     path = Path(path)
     progress = progress if progress is not None else ReadProgress()
     with open(path, "rb") as raw:
-        compression = compression_of(raw.peek(8)[:8], path)
+        head = raw.peek(8)[:8]
+        compression = compression_of(head, path)
+        if compression == "zstd" and not _could_start_a_frame(head[:4]) and _starts_like_json(raw.peek(64)):
+            raise DumpReadError(path, 0, JSON_UNDER_A_ZSTD_NAME, 0)
         if compression == "zstd":
             chunks = _zstd_chunks(path, raw, read_size, progress)
         elif compression == "plain":
@@ -385,6 +388,16 @@ def iter_chunks(path: Path, progress: ReadProgress | None = None, read_size: int
         if first:
             yield first
         yield from chunks
+
+
+#: Why a file named ``.zst`` that holds plain JSON Lines is not read (a download decompressed in place, a file
+#: renamed by hand): damaged like any other file under a zstd name that is no zstd, but the remedy is a rename.
+JSON_UNDER_A_ZSTD_NAME = ("not a zstd frame (the file holds uncompressed JSON text under a zstd name: rename it "
+                          ".jsonl to read it)")
+
+
+def _starts_like_json(head: bytes) -> bool:
+    return head.removeprefix(UTF8_BOM).lstrip()[:1] in (b"{", b"[")
 
 
 def _plain_chunks(raw: BinaryIO, read_size: int, progress: ReadProgress) -> Iterator[bytes]:

@@ -1208,3 +1208,16 @@ def test_a_domain_left_empty_by_a_mistyped_domain_map_is_named_with_the_category
             in output)
     assert "did you mean 'AMAZON FASHION'? (--domain-map)" in output
     assert "the beauty domain is empty" not in output and "the home domain is empty" not in output
+
+
+def test_a_catalog_file_that_cannot_be_read_from_its_start_is_refused_before_the_reddit_stage(tmp_path):
+    """Plain JSON Lines under a .zst name, or a cut archive, stopped the build only at the catalog stage, after the
+    Reddit stage (hours on real dumps); the error now comes first, with the same words."""
+    meta = tmp_path / "meta_All_Beauty.jsonl.zst"
+    meta.write_bytes((SAMPLE_INPUTS / "amazon" / "meta_All_Beauty.jsonl").read_bytes())
+    result = build("--inputs", str(SAMPLE_INPUTS / "reddit"), "--meta", str(meta), "--out", str(tmp_path / "ds"),
+                   "--workdir", str(tmp_path / "work"), "--no-filter", "--no-images", *FAST)
+    assert result.exit_code == 1, result.output
+    assert (f"{meta}: cannot read it to the end: not a zstd frame (the file holds uncompressed JSON text under a "
+            "zstd name: rename it .jsonl to read it)" in " ".join(result.output.split()))
+    assert not (tmp_path / "work").exists()

@@ -578,3 +578,26 @@ def test_a_left_out_folder_without_files_named_like_dumps_is_not_named(tmp_path)
     search = search_dump_files([tmp_path], lambda folder, names: "ours" if folder != tmp_path else None)
     assert search.files == [(tmp_path / "RC_2020-01.zst").resolve()]
     assert [(f.folder.name, f.dump_named_files) for f in search.left_out] == [("old-work", 1)]
+
+
+def test_json_lines_under_a_zstd_name_are_damaged_with_the_rename_that_reads_them(tmp_path):
+    """An NDJSON file named .zst (decompressed in place, renamed by hand) was "not a zstd frame at compressed byte 0",
+    the message of any junk: it now says what the file holds and what to do; other junk keeps the plain message."""
+    records = [{"id": "a", "body": "x"}, {"id": "b", "body": "y"}]
+    text = b"".join(orjson.dumps(r) + b"\n" for r in records)
+    for name, content in [("RC_2023-01.zst", text), ("RS_2023-01.ZSTD", b"\xef\xbb\xbf\n" + text),
+                          ("arctic.zst", orjson.dumps(records))]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(DumpReadError) as caught:
+            _all_lines(path)
+        assert caught.value.detail.startswith(
+            "not a zstd frame (the file holds uncompressed JSON text under a zstd name: rename it .jsonl to read it) "
+            "at compressed byte 0"), caught.value.detail
+        renamed = path.rename(tmp_path / (name.split(".")[0] + ".jsonl"))
+        assert b"".join(_all_lines(renamed)).count(b'"id"') == 2
+    junk = tmp_path / "RC_2020-02.zst"
+    junk.write_bytes(b"<html>502 Bad Gateway</html>")
+    with pytest.raises(DumpReadError) as caught:
+        _all_lines(junk)
+    assert caught.value.detail.startswith("not a zstd frame at compressed byte 0")
