@@ -366,7 +366,13 @@ REDDIT_EXECUTION_OPTIONS = ("executor", "workers", "progress", "poll_interval_s"
 
 
 def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> StageResult:
-    from reddit_amazon.pipeline import STAGE_VERSION, RedditStageOptions, bad_line_warnings, run_reddit_stage_on_files
+    from reddit_amazon.pipeline import (
+        STAGE_VERSION,
+        RedditStageOptions,
+        bad_line_warnings,
+        missing_dump_warnings,
+        run_reddit_stage_on_files,
+    )
     from reddit_amazon.progress import bars_shown
 
     # how the stage runs (executor, partition, workers) does not change what it writes: a rerun with more
@@ -399,6 +405,8 @@ def reddit_stage(options: BuildOptions, files: Sequence[Path], console) -> Stage
             console.print(f"  [yellow]incomplete dump[/] {escape(path)}: {escape(error)}")
     for warning in bad_line_warnings(raw):
         console.print(f"  [yellow]bad lines[/] {escape(warning)}")
+    for warning in missing_dump_warnings(raw):
+        console.print(f"  [yellow]warning[/]: --inputs: {escape(warning)}")
     # Later stages key on what this one wrote, not only on what it was asked: the same workdir's Reddit
     # stage may also be run on its own (`reddit-amazon reddit-stage`), replacing these outputs.
     outputs = _files_digest((path.name, written[path.relative_to(folder).as_posix()]["sha256"])

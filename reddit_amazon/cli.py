@@ -244,7 +244,7 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
     """
     import orjson
 
-    from reddit_amazon.pipeline import RedditStageOptions, bad_line_warnings, run_reddit_stage
+    from reddit_amazon.pipeline import RedditStageOptions, bad_line_warnings, missing_dump_warnings, run_reddit_stage
     from reddit_amazon.progress import quiet as without_bars
     from reddit_amazon.stage_executor import check_executor
 
@@ -276,6 +276,8 @@ def reddit_stage_command(inputs, workdir, salt, resolve_short_links, short_link_
             say(f"incomplete: {path}: {reason}", fg="yellow")
         for warning in bad_line_warnings(result.funnel):
             say(f"bad lines: {warning}", fg="yellow")
+        for warning in missing_dump_warnings(result.funnel):
+            say(f"warning: {warning}", fg="yellow")
         if result.unresolved_short_links:
             say(f"{len(result.unresolved_short_links)} short link(s) could not be resolved: "
                 f"{workdir / 'reddit' / 'unresolved_short_links.txt'}", fg="yellow")

@@ -1092,6 +1092,23 @@ def bad_line_warnings(funnel: dict[str, Any]) -> list[str]:
     return warnings
 
 
+def missing_dump_warnings(funnel: dict[str, Any]) -> list[str]:
+    """What the funnel shows to be missing from the inputs as a whole: comment dumps (dumps read, no comment linking a
+    product: submissions alone, or another site's dump) or the submission dumps of the threads' months (every thread
+    dropped as ``submission_missing``). Only the stage's counts are used: no dump is read again."""
+    warnings = []
+    if funnel.get("lines_read") and not funnel.get("comments_with_links"):
+        warnings.append(f"no comment of the {funnel['files']:,} dump file(s) links an Amazon product "
+                        f"({funnel['lines_read']:,} lines read): if they hold only submissions, add the comment dumps "
+                        "(RC_*.zst, <sub>_comments.zst) of the same months")
+    threads = funnel.get("threads_needed", 0)
+    if threads and not funnel.get("thread_submissions_collected"):
+        warnings.append(f"none of the {threads:,} threads' submissions is in the dumps, so no thread could be rebuilt "
+                        "(submission_missing): add the submission dumps (RS_*.zst, <sub>_submissions.zst) of the "
+                        "months the threads were started in")
+    return warnings
+
+
 def _describe(bad_line: dict[str, Any]) -> str:
     why = f" ({bad_line['why']})" if bad_line["why"] else ""
     return f"{place_text(bad_line['line'], bad_line['byte'])}: {bad_line['problem']}{why}"

@@ -1221,3 +1221,30 @@ def test_a_catalog_file_that_cannot_be_read_from_its_start_is_refused_before_the
     assert (f"{meta}: cannot read it to the end: not a zstd frame (the file holds uncompressed JSON text under a "
             "zstd name: rename it .jsonl to read it)" in " ".join(result.output.split()))
     assert not (tmp_path / "work").exists()
+
+
+def test_dumps_without_comments_or_without_submissions_are_named_as_what_the_inputs_lack(tmp_path):
+    """Submission dumps alone used to end in "comments linking Amazon products: 0" and no word of why; comment dumps
+    alone (or of other months than the submissions) in submission_missing counts, without what to add."""
+    import shutil
+
+    amazon = str(SAMPLE_INPUTS / "amazon")
+    for kept, lacking in [("sample_submissions.zst", "no comment of the 1 dump file(s) links an Amazon product "
+                           "(300 lines read): if they hold only submissions, add the comment dumps (RC_*.zst, "
+                           "<sub>_comments.zst) of the same months"),
+                          ("sample_comments.zst", "none of the 300 threads' submissions is in the dumps, so no "
+                           "thread could be rebuilt (submission_missing): add the submission dumps (RS_*.zst, "
+                           "<sub>_submissions.zst) of the months the threads were started in")]:
+        dumps = tmp_path / kept / "dumps"
+        dumps.mkdir(parents=True)
+        shutil.copy(SAMPLE_INPUTS / "reddit" / kept, dumps)
+        result = build("--inputs", str(dumps), "--meta", amazon, "--reviews", amazon,
+                       "--out", str(tmp_path / kept / "ds"), "--no-filter", "--no-images", *FAST)
+        assert result.exit_code == 0, result.output
+        assert f"warning: --inputs: {lacking}" in " ".join(result.output.split())
+        alone = CliRunner().invoke(cli, ["reddit-stage", str(dumps), "--workdir", str(tmp_path / kept / "stage"),
+                                         "--quiet"])
+        assert alone.exit_code == 0 and f"warning: {lacking}" in " ".join(alone.stderr.split()), alone.output
+    whole = build("--inputs", str(SAMPLE_INPUTS / "reddit"), "--meta", amazon, "--reviews", amazon,
+                  "--out", str(tmp_path / "whole"), "--no-filter", "--no-images", *FAST)
+    assert whole.exit_code == 0 and "warning: --inputs" not in whole.output, whole.output
