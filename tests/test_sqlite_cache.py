@@ -395,3 +395,39 @@ def test_an_answer_the_relevance_cache_could_not_store_leaves_no_transaction_ope
     assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
     assert db.execute("SELECT key FROM answers").fetchall() == [("key",)]
     db.close()
+
+
+def test_the_writers_of_a_file_another_process_holds_at_the_end_of_a_run_are_unknown_not_an_error(
+        tmp_path, caplog, short_busy_wait):
+    """results.json's cache_written_with is read when the run has ranked everything: a file another process held
+    then past the wait raised CacheUnavailable "database is locked", and the finished run died at its last step.
+    The writers are read like the vectors: a file held is one warning, and they are unknown (None, null in
+    results.json) rather than a guess; once it is let go they are read again."""
+    from benchmark.retrieval.dense import DenseRetriever
+
+    versions = {"sentence-transformers": "1", "torch": "2", "transformers": "3"}
+
+    class Retriever(DenseRetriever):
+        model_id = "model"
+
+        def __init__(self) -> None:
+            self.cache = EmbeddingCache(self.model_id, tmp_path)
+
+        def _embed(self, texts: list[str]) -> list[list[float]]:
+            return [[1.0, 0.0]] * len(texts)
+
+        def _library_versions(self) -> dict[str, str]:
+            return versions
+
+    retriever = Retriever()
+    retriever.encode(["text"])
+    assert retriever.embedding_provenance["cache_written_with"] == [versions]
+    other = _held(retriever.cache.path, "EXCLUSIVE")  # another run committing its vectors, for longer than the wait
+    try:
+        with caplog.at_level("WARNING"):
+            assert retriever.embedding_provenance == {"computed": 1, "from_cache": 0, "cache_written_with": None}
+            assert retriever.cache.writers() is None
+    finally:
+        other.close()
+    assert len(_warnings(caplog, retriever.cache.path)) == 1, caplog.text
+    assert retriever.cache.writers() == [versions]

@@ -142,11 +142,14 @@ class EmbeddingCache:
                                 None)
         return None if row is None else (len(row[0]) // 4,)
 
-    def writers(self) -> list[dict[str, str]]:
+    def writers(self) -> list[dict[str, str]] | None:
         """The library versions of each process that wrote vectors into the file (none recorded by a release before
-        they were: such a file's vectors are of unknown versions)."""
-        with self._file.named_errors():
-            return [json.loads(versions) for (versions,) in self._db.execute("SELECT versions FROM writer ORDER BY 1")]
+        they were: such a file's vectors are of unknown versions). ``None`` where another process holds the file
+        (read like the vectors, :class:`GoesOnWithoutTheFile`): a run asks once it has ranked everything, and is not
+        ended then for want of this record."""
+        rows = self._shared.read(
+            self._db, lambda: self._db.execute("SELECT versions FROM writer ORDER BY 1").fetchall(), None)
+        return None if rows is None else [json.loads(versions) for (versions,) in rows]
 
     def close(self) -> None:
         self._db.close()

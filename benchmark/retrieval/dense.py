@@ -45,7 +45,8 @@ class DenseRetriever(Retriever):
     def embedding_provenance(self) -> dict[str, Any]:
         """Where this retriever's vectors came from, for results.json: texts encoded here, texts read from the
         embedding cache, and the library versions of the processes that wrote the cache's vectors (a run served
-        from the cache ran no model: the versions installed here did not make its vectors)."""
+        from the cache ran no model: the versions installed here did not make its vectors; ``None`` where another
+        process holds the file)."""
         return {"computed": self.cache.computed, "from_cache": self.cache.from_disk,
                 "cache_written_with": self.cache.writers()}
 
