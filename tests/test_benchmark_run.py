@@ -2399,6 +2399,51 @@ def test_compare_gives_mcnemar_exact_test_of_hr1_and_vr_counted_from_the_predict
     assert next(line for line in table.splitlines() if line.startswith("| hr@1 | all |")).count("|") == 11
 
 
+def test_compare_scores_only_the_records_both_runs_have(dataset, tmp_path):
+    """A record only one run scored is counted (only in A / only in B) and left out of both sides: values,
+    paired differences and McNemar's discordant counts, recomputed here from the predictions.jsonl rows."""
+    import math
+
+    from benchmark.compare import compare_runs
+
+    run(RunConfig(model="first", dataset=str(dataset), bootstrap_samples=0), tmp_path / "a",
+        recommender=FirstOrNothing(), progress=False)
+    run(RunConfig(model="last", dataset=str(dataset), limit=4, bootstrap_samples=0), tmp_path / "b",
+        recommender=LastCandidate(), progress=False)
+    rows = {name: {(r["domain"], r["example_id"]): r for r in map(orjson.loads,
+                                                                   (tmp_path / name / "predictions.jsonl")
+                                                                   .read_bytes().splitlines())}
+            for name in ("a", "b")}
+    shared = [key for key in rows["a"] if key in rows["b"]]
+    assert len(shared) == len(rows["b"]) == 12 and len(rows["a"]) == 36
+
+    def value(name: str, metric: str, keys: list) -> float:
+        if metric == "vr":
+            return sum(rows[name][k]["valid"] for k in keys) / len(keys)
+        return sum(rows[name][k]["hits"] for k in keys) / sum(rows[name][k]["gt_pairs"] for k in keys)
+
+    def score(name: str, metric: str, key) -> int:
+        return int(rows[name][key]["valid"]) if metric == "vr" else rows[name][key]["hits"]
+
+    assert value("a", "vr", shared) != value("a", "vr", list(rows["a"]))  # the left-out records would show
+    comparison = compare_runs(tmp_path / "a", tmp_path / "b", samples=200)
+    assert (comparison.shared_records, comparison.only_a, comparison.only_b) == (12, 24, 0)
+    swapped = compare_runs(tmp_path / "b", tmp_path / "a", samples=200)
+    assert (swapped.shared_records, swapped.only_a, swapped.only_b) == (12, 0, 24)
+    for d in comparison.differences:
+        if d.metric not in ("hr@1", "vr"):
+            continue
+        keys = [k for k in shared if d.group in ("all", k[0])]
+        a, b = value("a", d.metric, keys), value("b", d.metric, keys)
+        assert (d.records, d.a, d.b, d.difference) == (len(keys), pytest.approx(a), pytest.approx(b),
+                                                         pytest.approx(a - b)), (d.metric, d.group)
+        a_better = sum(score("a", d.metric, k) > score("b", d.metric, k) for k in keys)
+        b_better = sum(score("a", d.metric, k) < score("b", d.metric, k) for k in keys)
+        discordant = a_better + b_better
+        p = min(1.0, sum(math.comb(discordant, i) for i in range(min(a_better, b_better) + 1)) * 2 / 2 ** discordant)
+        assert (d.exact.a_better, d.exact.b_better, d.exact.p_value) == (a_better, b_better, pytest.approx(p))
+
+
 def test_report_labels_a_row_whose_items_had_no_text(tmp_path):
     """A run (or retrieval) over items without titles chose blind: its row says so, in Markdown and HTML alike."""
     from benchmark.report import load_runs, to_html, to_markdown
