@@ -141,7 +141,8 @@ def bootstrap_intervals(metrics: Mapping[str, Ratio], samples: int = DEFAULT_BOO
     if n == 0 or samples <= 0 or not usable:
         return intervals
     columns = np.column_stack([a for name in usable for a in (metrics[name].numerators, metrics[name].denominators)
-                               ]).astype(np.float32)  # per-resample sums of small counts stay exact in float32
+                               ]).astype(np.float32)  # sums of counts stay exact in float32; NDCG's fractional
+    # numerators are rounded to float32 (intervals move by ~1e-8, far below the resampling's own noise)
     sums = _resampled_sums(columns, samples, seed).astype(np.float64)  # the ratios are not: 1/3 must be 1/3
     tail = (1 - 0.95) / 2 * 100  # 2.500000000000002, not 2.5: kept so that published intervals stay the same
     for j, name in enumerate(usable):
