@@ -199,7 +199,8 @@ def main() -> None:
     parser.add_argument("--background", type=int, default=100_000, help="comments of threads that link nothing")
     parser.add_argument("--items", type=int, default=20_000, help="Amazon items nobody links")
     parser.add_argument("--scales", default="1,4,16", help="comma-separated multiples of the 1x input")
-    parser.add_argument("--grow", default="threads,background,items", help="the axes a scale multiplies (comma-separated)")
+    parser.add_argument("--grow", default="threads,background,items",
+                        help="the axes a scale multiplies (comma-separated)")
     parser.add_argument("--dir", type=Path, default=None, help="where to write inputs and builds (default: temp)")
     args = parser.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="build-memory-"))
@@ -216,8 +217,9 @@ def main() -> None:
         results[scale] = measured
         mib = {name: size / 2**20 for name, size in inputs["bytes"].items()}
         print(f"{scale:>3}x: {inputs['linked_threads']:,} linked threads (+{size['comments']} comments each), "
-              f"{size['background']:,} other comments, {size['items']:,} unlinked items; reddit {mib['reddit']:.1f} MiB and amazon "
-              f"{mib['amazon']:.1f} MiB on disk; build {measured['seconds']:.1f} s, peak RSS "
+              f"{size['background']:,} other comments, {size['items']:,} unlinked items; "
+              f"reddit {mib['reddit']:.1f} MiB and amazon {mib['amazon']:.1f} MiB on disk; "
+              f"build {measured['seconds']:.1f} s, peak RSS "
               + ", ".join(f"{stage} {peak:.0f}" for stage, peak in measured["peak_mib"].items()) + " MiB",
               flush=True)
     first, last = results[scales[0]], results[scales[-1]]
