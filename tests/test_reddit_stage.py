@@ -824,7 +824,7 @@ def test_slurm_without_sbatch_is_refused_before_the_dumps_are_listed(command, tm
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     if command == "build":
         args = ["build", "--inputs", str(tmp_path / "no-dumps"), "--meta", str(tmp_path / "meta_All_Beauty.jsonl"),
-                "--out", str(tmp_path / "out"), "--quiet"]
+                "--out", str(tmp_path / "out"), "--retrievers", "none", "--quiet"]  # a core install has no sbert
     else:
         args = ["reddit-stage", str(tmp_path / "no-dumps"), "--quiet"]
     result = CliRunner().invoke(cli, [*args, "--workdir", str(tmp_path / "w"), "--executor", "slurm",
