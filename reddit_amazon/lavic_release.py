@@ -302,8 +302,9 @@ def _merged_image_row(first: dict[str, Any], other: dict[str, Any]) -> dict[str,
     """One image listed by both metadata files (an item of ``item2meta_valid.jsonl`` that ``item2meta_train.json``
     also holds, as an export of a build writes them): one row, the first file's values, the other's where it has
     none. Two rows would give the item that image's URL twice."""
-    return {**{key: value for key, value in other.items() if value}, **{key: value for key, value in first.items()
-                                                                      if value}}
+    merged = {key: value for key, value in other.items() if value}
+    merged.update((key, value) for key, value in first.items() if value)
+    return merged
 
 
 def _per_image_rows(asin: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
