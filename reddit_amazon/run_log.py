@@ -148,6 +148,13 @@ class _GivingUpFileHandler(logging.FileHandler):
         super().__init__(path, mode="x", encoding="utf-8")  # never another run's file
         self._log = log
 
+    def emit(self, record: logging.LogRecord) -> None:
+        # Closed by another thread's failed write after this line read the handler: logging's FileHandler would
+        # open the file again, which mode x refuses (FileExistsError in the thread writing the line).
+        if self.stream is None:
+            return
+        super().emit(record)
+
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
         self._log._give_up()
 

@@ -157,3 +157,25 @@ def test_two_runs_given_one_log_name_each_keep_a_file_of_their_own(tmp_path, mon
         lines = log_lines(path)
         assert lines[0] == f"started: run {run_number}" and lines[2] == f"line of run {run_number}", lines
         assert len([line for line in lines if line.startswith("started: ")]) == 1, lines
+
+
+def test_a_line_whose_log_another_thread_gave_up_meanwhile_is_dropped(tmp_path, monkeypatch):
+    """An image thread's failed write (a full disk) closes the log between a line's read of the handler and its
+    write: the closed handler reopened its file in mode x, and FileExistsError ended the build."""
+    import logging
+
+    from reddit_amazon.run_log import RunLog
+
+    log = RunLog(tmp_path / "logs" / "build.log")
+    log.open("a command")
+    make_record = logging.makeLogRecord
+
+    def given_up_meanwhile(attributes):
+        log._give_up()  # as _GivingUpFileHandler.handleError does in the thread whose write failed
+        return make_record(attributes)
+
+    monkeypatch.setattr(logging, "makeLogRecord", given_up_meanwhile)
+    log.line("a line written as the log is given up")
+    assert not log.active
+    monkeypatch.undo()
+    assert "a line written" not in (tmp_path / "logs" / "build.log").read_text(encoding="utf-8")
