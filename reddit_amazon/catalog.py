@@ -371,7 +371,7 @@ def _python_literal(line: bytes) -> dict[str, Any] | None:
         return None
     try:
         value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # TypeError: an unhashable key
         return None
     return value if isinstance(value, dict) else None
 

@@ -338,6 +338,16 @@ def test_a_catalog_file_whose_first_line_tells_nothing_is_read_as_before(tmp_pat
     assert report.meta["bad_lines"] == 1 and catalog.resolve("P000000001")[0].domain == "beauty"
 
 
+def test_a_first_line_of_python_literal_garbage_tells_nothing_either(tmp_path):
+    """A first line like a 2014 row but with a key Python cannot hash escaped the kind check as a TypeError (a
+    traceback ending the build) instead of being a bad line, skipped and counted."""
+    metadata = write_jsonl(tmp_path / "meta_x.jsonl", [meta("P000000001", "All Beauty")])
+    metadata.write_text("{'title': 'x', [1]: 2}\n" + metadata.read_text())
+    check_catalog_sources([str(metadata)], [])
+    catalog, report = load_catalog([str(metadata)], [], {"P000000001"}, DEFAULT_DOMAIN_MAP)
+    assert report.meta["bad_lines"] == 1 and catalog.resolve("P000000001")[0].domain == "beauty"
+
+
 def test_why_a_domain_is_empty_names_the_domain_map_entry_no_product_has_and_the_likeliest_one_meant():
     mistyped = {"All Beauty": "beauty", "Amazon Fashion": "fashion", "Amazon Home": "home"}
     seen = {"All Beauty": 40, "AMAZON FASHION": 45, "Books": 1}
