@@ -133,7 +133,8 @@ def check_executor(options: ExecutionOptions) -> None:
                                     "machine that submits Slurm jobs, or use the local or ray executor")
     elif options.executor == "ray":
         if importlib.util.find_spec("ray") is None:
-            raise ImportError("executor 'ray' needs Ray: pip install 'reddit-amazon[cluster]'")
+            # named: the command line shows a missing extra's module as one Error: line, not a traceback
+            raise ModuleNotFoundError("executor 'ray' needs Ray: pip install 'reddit-amazon[cluster]'", name="ray")
     elif options.executor != "local":
         raise ValueError(f"unknown executor {options.executor!r}: use local, slurm or ray")
 

@@ -836,6 +836,28 @@ def test_slurm_without_sbatch_is_refused_before_the_dumps_are_listed(command, tm
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("command", ["reddit-stage", "build"])
+def test_ray_executor_without_ray_is_one_error_line_naming_the_extra(command, tmp_path):
+    """check_executor's "executor 'ray' needs Ray: pip install ..." was a plain ImportError, which the command line
+    shows as one line only for a missing module it can name: the message came at the end of a traceback."""
+    inputs = tmp_path / "no-dumps"
+    inputs.mkdir()
+    (tmp_path / "meta_All_Beauty.jsonl").write_text("")
+    if command == "build":
+        args = ["build", "--inputs", str(inputs), "--meta", str(tmp_path / "meta_All_Beauty.jsonl"),
+                "--out", str(tmp_path / "out"), "--retrievers", "none"]
+    else:
+        args = ["reddit-stage", str(inputs)]
+    argv = ["reddit-amazon", *args, "--workdir", str(tmp_path / "w"), "--executor", "ray", "--quiet"]
+    code = ("import sys; sys.modules['ray'] = None; from reddit_amazon.__main__ import main; "
+            f"sys.argv = {argv!r}; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == ["Error: executor 'ray' needs Ray: pip install 'reddit-amazon[cluster]'"]
+    assert not (tmp_path / "w").exists()
+
+
 def test_slurm_without_a_partition_is_a_usage_error(world, tmp_path):
     from click.testing import CliRunner
 
