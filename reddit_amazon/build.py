@@ -890,7 +890,7 @@ def _check_credentials(options: BuildOptions) -> None:
 
 def _check_folders(options: BuildOptions) -> None:
     """A dataset may be written to --out (replacing it loses no input, cache or workdir); --workdir is no dataset."""
-    from reddit_amazon.dataset_folder import check_output_folder, is_dataset_folder
+    from reddit_amazon.dataset_folder import check_output_folder, in_dataset_folder
 
     local_inputs = [path for path in [*options.inputs, *options.meta, *options.reviews] if not path.startswith("hub:")]
     read_files = [path for path in (options.llm_template, options.domain_map) if path and Path(path).is_file()]
@@ -900,9 +900,9 @@ def _check_folders(options: BuildOptions) -> None:
         check_output_folder(options.out, keep=kept)
     except OSError as error:
         raise BuildError(f"--out: {error}") from None
-    if is_dataset_folder(options.workdir):  # its work files (Reddit excerpts, caches) would join the dataset
-        raise BuildError(f"--workdir: {options.workdir} is a dataset folder; its work files would be mixed into "
-                         "the dataset and it could no longer be rebuilt in place: choose another folder")
+    if (where := in_dataset_folder(options.workdir)) is not None:  # its work files (Reddit excerpts, caches)
+        raise BuildError(f"--workdir: {printable_path(options.workdir)} {where}; its work files would be mixed "
+                         "into the dataset and published with it: choose another folder")
 
 
 def run_build(options: BuildOptions, console=None, *, progress: bool = True,

@@ -803,7 +803,12 @@ def test_a_dataset_folder_is_refused_as_workdir(tmp_path):
     shutil.copytree(sample_dataset_path(), dataset)
     before = sorted(p.name for p in dataset.iterdir())
     result = build("--out", str(tmp_path / "ds"), "--workdir", str(dataset), "--dry-run", "--no-filter")
-    assert result.exit_code == 1 and "is a dataset folder" in result.output, result.output
+    assert result.exit_code == 1 and "is a reddit-amazon dataset folder" in result.output, result.output
+    assert sorted(p.name for p in dataset.iterdir()) == before
+    # a folder inside one too, as reddit-stage refuses it: the build wrote its work there and the folder still
+    # passed `verify`, its shards unchanged but work files (Reddit excerpts, caches) published with it
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(dataset / "work"), "--no-filter")
+    assert result.exit_code == 1 and f"is inside {dataset}, which is a reddit-amazon dataset folder" in result.output
     assert sorted(p.name for p in dataset.iterdir()) == before
 
 
