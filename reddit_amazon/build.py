@@ -8,7 +8,7 @@ once they are found unchanged):
 2. ``catalog``   child -> parent ASINs, metadata join, domains (:mod:`reddit_amazon.catalog`)
 3. ``relevance`` the Table 9 LLM filter (:mod:`reddit_amazon.relevance`; answers cached in SQLite)
 4. ``images``    main image of every kept item (:mod:`reddit_amazon.images`; a resumable store)
-5. ``assemble``  splits, candidates, Table-1 statistics, Parquet + card + manifest
+5. ``assemble``  splits, removal requests, candidates, Table-1 statistics, Parquet + card + manifest
                  (:mod:`reddit_amazon.assemble`, :func:`reddit_amazon.dataset_folder.write_dataset`)
 
 Without ``--inputs`` the bundled sample inputs are used: the whole pipeline runs offline, with the
@@ -97,6 +97,7 @@ class BuildOptions:
     allow_private_image_hosts: bool = False  # image URLs (and redirects) may lead to loopback / private addresses
     push_to_hub: str | None = None
     private: bool = False
+    removals: Path | None = None  # removal requests honoured after the split (reddit_amazon.removals)
     reddit: dict[str, Any] = field(default_factory=dict)  # RedditStageOptions fields
     sample: bool = False  # inputs are the bundled sample (seed the caches from it)
 
@@ -107,6 +108,8 @@ class BuildOptions:
     def record(self) -> dict[str, Any]:
         """Every option, JSON-ready, for the manifest; the pseudonym salt is never written out."""
         record = {key: _printable(value) for key, value in asdict(self).items()}
+        if self.removals is None:  # added later: the manifests of builds without it stay as they were
+            del record["removals"]
         record["reddit"] = _redact_salt(_without_url_credentials(record["reddit"]))
         for key in ("llm_base_url", "embedding_base_url"):  # credentials in a URL never reach the manifest
             record[key] = _shown_url(record[key])
@@ -655,6 +658,9 @@ def assemble_stage(options: BuildOptions, upstream: StageResult, dump_files: Seq
     console.print(f"[bold]5/5 assemble[/]: splits, candidates ({', '.join(options.retrievers) or 'none'}), "
                   f"Parquet into {escape(str(options.out))}")
     splits = split_by_thread(upstream.conversations, options.seed)
+    removals: dict[str, Any] | None = None
+    if options.removals:  # after the split, so no other thread moves
+        splits, removals = _drop_requested(options.removals, options.workdir, splits)
     items = items_by_domain(upstream.items)
     retrievers = [_make_retriever(options, name) for name in options.retrievers]
     candidates = add_candidates(splits, items, retrievers, seed=options.seed, progress=_tqdm("candidates"))
@@ -672,10 +678,23 @@ def assemble_stage(options: BuildOptions, upstream: StageResult, dump_files: Seq
         "funnel": funnel,
         "stats": table1_stats(splits, items),
         "build_reports": {**reports, "candidates": candidates.as_dict()},
+        **({"removals": [removals]} if removals else {}),
     }
     contents = DatasetContents(conversations=splits, items=items, version=options.version,
                                candidate_sets=candidates.computed, metadata=metadata)
     return write_dataset(options.out, contents)
+
+
+def _drop_requested(requests_file: Path, workdir: Path, splits: dict[str, dict[str, list[Conversation]]]
+                    ) -> tuple[dict[str, dict[str, list[Conversation]]], dict[str, Any]]:
+    """``splits`` without the records ``--removals`` asks for (``u/<name>`` by the Reddit stage's salt), and the
+    manifest's record of it; dropped before the candidates, so no removed text is sent to an embeddings endpoint."""
+    from reddit_amazon.pipeline import kept_pseudonymizer
+    from reddit_amazon.removals import drop_requested, read_requests
+
+    requests = read_requests(requests_file).with_pseudonyms(kept_pseudonymizer(workdir))
+    removal = drop_requested(splits, requests)
+    return removal.kept, removal.record(requests, applied="build")
 
 
 def _catalog_files(options: BuildOptions) -> list[str]:
@@ -699,7 +718,8 @@ def command_line(options: BuildOptions) -> str:
               "llm_model": "--llm-model", "llm_template": "--llm-template", "llm_concurrency": "--llm-concurrency",
               "llm_max_attempts": "--llm-max-attempts", "llm_cache": "--llm-cache", "image_store": "--image-store",
               "image_concurrency": "--image-concurrency", "push_to_hub": "--push-to-hub",
-              "embedding_base_url": "--embedding-base-url", "embedding_model": "--embedding-model"}
+              "embedding_base_url": "--embedding-base-url", "embedding_model": "--embedding-model",
+              "removals": "--removals"}
     for attribute, flag in simple.items():
         value = getattr(options, attribute)
         if value != getattr(defaults, attribute):
@@ -809,6 +829,14 @@ def check_options(options: BuildOptions) -> None:
     _check_credentials(options)
     _check_folders(options)
     _check_reddit_executor(options)
+    if options.removals:  # a line of no known form fails now, not after the long stages
+        from reddit_amazon.removals import read_requests
+        from reddit_amazon.schema import SchemaError
+
+        try:
+            read_requests(options.removals)
+        except (SchemaError, OSError) as error:
+            raise BuildError(f"--removals: {error}") from None
 
 
 def _check_reddit_executor(options: BuildOptions) -> None:
@@ -893,7 +921,8 @@ def _check_folders(options: BuildOptions) -> None:
     from reddit_amazon.dataset_folder import check_output_folder, in_dataset_folder
 
     local_inputs = [path for path in [*options.inputs, *options.meta, *options.reviews] if not path.startswith("hub:")]
-    read_files = [path for path in (options.llm_template, options.domain_map) if path and Path(path).is_file()]
+    read_files = [path for path in (options.llm_template, options.domain_map, options.removals)
+                  if path and Path(path).is_file()]
     kept: list[str | Path] = [options.workdir, *local_inputs, *read_files,
                               *(path for path in (options.llm_cache, options.image_store) if path)]
     try:
@@ -1122,6 +1151,9 @@ def _split_list(values: Sequence[str]) -> list[str]:
                    "other non-public addresses; refused by default, counted as private_host.")
 @click.option("--push-to-hub", metavar="REPO", help="Publish the folder as a Hub dataset (token: HF_TOKEN).")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")
+@click.option("--removals", type=UserPath(exists=True, dir_okay=False, path_type=Path),
+              help="Removal requests to honour (as `reddit-amazon remove --requests` reads them), applied after the "
+                   "split so other threads keep theirs; u/<name> lines use the Reddit stage's salt.")
 @click.option("--salt", envvar="REDDIT_AMAZON_SALT", show_envvar=True,
               help="Salt of the author pseudonyms (Reddit stage) [default: random, kept in the workdir]; safer in "
                    "the environment than on a command line, which other users of the machine can list.")
@@ -1137,7 +1169,7 @@ def _split_list(values: Sequence[str]) -> list[str]:
 def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map, llm_base_url, llm_model,
                   llm_template, llm_concurrency, llm_max_attempts, llm_cache, no_filter, dry_run, retrievers,
                   embedding_base_url, embedding_model, images, image_store, image_concurrency,
-                  allow_private_image_hosts, push_to_hub, private, salt, executor, partition, workers,
+                  allow_private_image_hosts, push_to_hub, private, removals, salt, executor, partition, workers,
                   resolve_short_links, short_link_deadline, quiet) -> None:
     """Build the dataset folder from Reddit dumps and Amazon Reviews 2023, printing the funnel.
 
@@ -1149,6 +1181,7 @@ def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map
       reddit-amazon build --dry-run --inputs dumps/ --meta amazon/ --reviews amazon/
       reddit-amazon build --inputs dumps/ --meta amazon/ --reviews amazon/ \\
           --retrievers sbert,bm25,openai-emb --out reddit-amazon --push-to-hub me/reddit-amazon
+      reddit-amazon build --inputs dumps/ --meta amazon/ --reviews amazon/ --removals removals.txt
       reddit-amazon build --inputs dumps/ --meta amazon/ --reviews amazon/ \\
           --llm-base-url http://localhost:8000/v1 --llm-model Qwen/Qwen2.5-7B-Instruct
     """
@@ -1168,7 +1201,7 @@ def build_command(inputs, meta, reviews, out, workdir, seed, version, domain_map
         embedding_base_url=embedding_base_url, embedding_model=embedding_model, images=images,
         image_store=image_store, image_concurrency=image_concurrency,
         allow_private_image_hosts=allow_private_image_hosts, push_to_hub=push_to_hub, private=private,
-        reddit={k: v for k, v in reddit.items() if v is not None},
+        removals=removals, reddit={k: v for k, v in reddit.items() if v is not None},
     )
     import openai
 

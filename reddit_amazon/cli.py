@@ -34,6 +34,7 @@ def cli() -> None:
       reddit-amazon import-lavic data/ --out reddit-amazon
       reddit-amazon export-lavic reddit-amazon --out lavic-format/
       reddit-amazon push reddit-amazon me/reddit-amazon
+      reddit-amazon remove reddit-amazon --requests removals.txt
       reddit-amazon sample-path                    # where the bundled sample dataset lives
     """
 
@@ -164,6 +165,46 @@ def verify_command(dataset_dir: str) -> None:
     if problems:
         raise click.ClickException(f"{dataset_dir} does not match its manifest:\n  " + "\n  ".join(problems))
     click.echo(f"{dataset_dir}: matches its manifest")
+
+
+@cli.command("remove")
+@click.argument("dataset_dir", type=UserPath(exists=True, file_okay=False, path_type=str))
+@click.option("--requests", "requests_file", required=True, type=UserPath(exists=True, dir_okay=False, path_type=str),
+              help="Removal requests, one a line ('#' comments): t1_<comment id>, t3_<submission id>, a bare Reddit "
+                   "id, an example_id or thread_id, an author pseudonym (u_...), u/<name> (with --salt).")
+@click.option("--version", "dataset_version", default=None,
+              help="Version of the result (semver) [default: the folder's, MINOR + 1].")
+@click.option("--salt", envvar="REDDIT_AMAZON_SALT", show_envvar=True,
+              help="The build's pseudonym salt, to turn u/<name> requests into the pseudonyms turns[].author holds.")
+def remove_command(dataset_dir: str, requests_file: str, dataset_version: str | None, salt: str | None) -> None:
+    """Drop the records removal requests ask for from DATASET_DIR (built or imported), as a new version.
+
+    Every other record keeps its split and content; a record whose recommending comment is removed takes the
+    replies quoting it with it. The folder is rewritten atomically (shards, manifest, card) under its writer lock;
+    the manifest records how many requests, how many records were dropped per domain and split, and the sha256 of
+    the normalised request list, never the ids themselves. Requests matching nothing are counted; when nothing
+    matches, the folder is left as it is. A line of no known form is an error naming file:line, nothing changed.
+
+    \b
+    Examples:
+      reddit-amazon remove reddit-amazon --requests removals.txt            # 1.0.1 -> 1.1.0
+      reddit-amazon remove reddit-amazon --requests removals.txt --version 2.0.0
+      reddit-amazon verify reddit-amazon && reddit-amazon push reddit-amazon me/reddit-amazon
+    """
+    from reddit_amazon.removals import read_requests, remove_from_folder
+
+    with input_errors():
+        done = remove_from_folder(dataset_dir, read_requests(requests_file), version=dataset_version, salt=salt)
+    removal = done.removal
+    for domain, splits in removal.dropped.items():
+        if any(splits.values()):
+            click.echo(f"{domain}: dropped " + ", ".join(f"{split} {n}" for split, n in splits.items()))
+    click.echo(f"{removal.requests} request(s), {removal.unmatched} matching no record; "
+               f"{removal.records_dropped} record(s) dropped")
+    if done.manifest is None:
+        click.echo(f"{dataset_dir} is unchanged (no record matched)")
+    else:
+        click.echo(f"wrote {dataset_dir}: version {done.version} ({done.manifest['fingerprint'][:12]})")
 
 
 @cli.command("push")

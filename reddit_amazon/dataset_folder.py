@@ -126,6 +126,56 @@ def _write_beside(out_dir: Path, contents: DatasetContents) -> dict[str, Any]:
     return manifest
 
 
+
+def rewrite_dataset(folder: str | os.PathLike,
+                    rewrite: Callable[[Path, Path], DatasetContents | None]) -> dict[str, Any] | None:
+    """Replace the dataset folder ``folder`` (atomically, as :func:`write_dataset`) with the contents
+    ``rewrite(folder, scratch)`` makes of it; returns the new manifest, or None (nothing written) where ``rewrite``
+    returns None. The folder's writer lock is held from the read to the swap, so no build, import or push comes in
+    between; ``scratch`` is an empty folder beside it (same disk) for what the new contents keep as files, deleted
+    after."""
+    folder = Path(folder).resolve()
+    if not is_dataset_folder(folder):
+        raise FileNotFoundError(f"{folder} is not a reddit-amazon dataset folder (no {MANIFEST}, or other files)")
+    with file_lock(folder, FOLDER_LOCK_HOLDER, noun="folder"):
+        scratch = Path(tempfile.mkdtemp(prefix=sibling_prefix(folder, "tmp"), dir=folder.parent))
+        try:
+            contents = rewrite(folder, scratch)
+            if contents is None:
+                return None
+            if not SEMVER.fullmatch(contents.version):
+                raise SchemaError(f"dataset version {contents.version!r} is not semver (MAJOR.MINOR.PATCH)")
+            return _write_beside(folder, contents)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def read_folder_records(folder: Path, scratch: Path) -> tuple[dict[str, dict[str, list[Conversation]]],
+                                                               dict[str, list[Item]]]:
+    """Every conversation (by domain and split) and item (by domain) of the dataset folder ``folder``, read from its
+    shards; each item image is written to a file in ``scratch`` and held as that path (a catalog's images need not
+    fit in memory)."""
+    conversations: dict[str, dict[str, list[Conversation]]] = {}
+    items: dict[str, list[Item]] = {}
+    for domain in DOMAINS:
+        for split in SPLITS:
+            conversations.setdefault(domain, {})[split] = [
+                Conversation.from_row(row, where=f"{shard}[{index}]")
+                for shard in sorted((folder / DATA_DIR / domain).glob(f"{split}-*.parquet"))
+                for index, row in enumerate(pq.read_table(shard).to_pylist())]
+        items[domain] = []
+        for shard in sorted((folder / DATA_DIR / ITEMS_CONFIG).glob(f"{domain}-*.parquet")):
+            parquet = pq.ParquetFile(shard)
+            for group in range(parquet.num_row_groups):  # one row group of images in memory at a time
+                for row in parquet.read_row_group(group).to_pylist():
+                    item = Item.from_row(row, where=f"{shard} ({row.get('item_id')})")
+                    if isinstance(item.image, bytes):
+                        (image := scratch / f"{domain}-{len(items[domain])}").write_bytes(item.image)
+                        item.image = image
+                    items[domain].append(item)
+    return conversations, items
+
+
 def _carry_hidden_entries(old: Path, new: Path) -> list[str]:
     """Move the hidden entries of the folder being replaced into its replacement; returns their names.
 

@@ -650,6 +650,13 @@ def _kept_salt(path: Path) -> str | None:
         return None
 
 
+def kept_pseudonymizer(workdir: str | os.PathLike) -> Pseudonymizer | None:
+    """The pseudonyms the Reddit stage of ``workdir`` gave authors, made with the salt it keeps there (None where it
+    keeps none that can be read)."""
+    path = Path(workdir) / "reddit" / "salt"
+    salt = _kept_salt(path) if path.is_file() else None
+    return Pseudonymizer(salt) if salt else None
+
 def _resolve(urls: list[str], workdir_stage: Path,
              options: RedditStageOptions) -> tuple[dict[str, list[str]], set[str]]:
     """``({short link: ASINs} of the resolved links, the links that got no answer)``; a definitive answer

@@ -1,0 +1,284 @@
+"""Removal requests: drop the records someone asked to have removed, without moving any other record.
+
+A request file is plain text, one request per line; ``#`` starts a comment, blank lines are ignored::
+
+    # 2026-12-01, issue 41
+    t1_k3b9xq2        a comment: every record it is the recommendation of, or a context turn of
+    t3_18zq4ab        a submission: its whole thread
+    k3b9xq2           a bare Reddit id: a record's example_id, thread_id, gt_comment_id or a turn's id
+    lavic-home-test-000042     an imported record's example_id (or an imported thread_id, lavic-<16 hex>)
+    u_93d6cee91ed9831a         an author pseudonym as turns[].author holds it: every record with a turn of theirs
+    u/SomeUser        a user name, hashed with the build's salt into that pseudonym (build --removals, remove --salt)
+
+A record whose recommending comment is removed takes with it the records that quote that comment as context (the
+replies below it in the thread): matched by the turn's id in a build, by its text within the thread in an imported
+copy, whose turns have no ids. Records are dropped after the thread split, so the other records keep their split:
+``assemble.split_by_thread`` places threads greedily against per-split targets, and dropping records before it
+would move other threads between train and test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from reddit_amazon.schema import DOMAINS, SPLITS, Conversation, SchemaError
+
+RequestKind = Literal["comment", "submission", "reddit_id", "record", "author", "username"]
+
+_REDDIT_ID = r"[0-9a-z]{1,13}"
+#: Each form a line may take, tried in this order: the first that matches the whole line decides its kind.
+_FORMS: tuple[tuple[RequestKind, re.Pattern[str]], ...] = (
+    ("comment", re.compile(rf"t1_({_REDDIT_ID})")),
+    ("submission", re.compile(rf"t3_({_REDDIT_ID})")),
+    ("author", re.compile(r"(u_[0-9a-f]{16})")),
+    ("username", re.compile(r"/?u/([A-Za-z0-9_-]{1,64})")),
+    ("record", re.compile(r"(lavic-(?:[0-9a-f]{16}|(?:beauty|fashion|home)-(?:train|validation|test)-\d{6}))")),
+    ("reddit_id", re.compile(f"({_REDDIT_ID})")),
+)
+FORMS_HELP = ("t1_<comment id>, t3_<submission id>, a bare Reddit id, an example_id or thread_id (lavic-...), "
+              "an author pseudonym (u_ and 16 hex digits) or u/<user name>")
+
+
+@dataclass(frozen=True)
+class RemovalRequest:
+    """One line of a request file. ``line`` only says where it came from: two lines asking the same are one."""
+
+    kind: RequestKind
+    value: str
+    line: str = field(default="", compare=False)  # file:line
+
+    @property
+    def normalised(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+@dataclass(frozen=True)
+class RemovalRequests:
+    """The distinct requests of a file, in normalised order."""
+
+    requests: tuple[RemovalRequest, ...]
+
+    @property
+    def sha256(self) -> str:
+        """Of the normalised list: records which requests a version honours without naming them (who asked is
+        personal too)."""
+        return hashlib.sha256("".join(f"{r.normalised}\n" for r in self.requests).encode("utf-8")).hexdigest()
+
+    def with_pseudonyms(self, pseudonymize: Any | None) -> RemovalRequests:
+        """``u/<name>`` requests as the pseudonym ``pseudonymize`` (a :class:`~reddit_amazon.threads.Pseudonymizer`)
+        gives that name; without one (no salt), such a request is refused, naming its line."""
+        resolved = []
+        for request in self.requests:
+            if request.kind == "username":
+                if pseudonymize is None:
+                    raise SchemaError(f"{request.line}: u/{request.value} needs the salt the folder's pseudonyms were "
+                                      "made with (remove --salt, or build --removals in the build's workdir); or "
+                                      "give the pseudonym as turns[].author holds it (u_...)")
+                request = RemovalRequest("author", pseudonymize(request.value), request.line)
+            resolved.append(request)
+        return _distinct(resolved)
+
+
+def read_requests(path: str | os.PathLike) -> RemovalRequests:
+    """The requests of the file at ``path``; a line of no known form is a :class:`SchemaError` naming file:line."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SchemaError(f"{path}: not UTF-8 text ({error})") from None
+    requests = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            requests.append(parse_request(line, f"{path}:{number}"))
+    return _distinct(requests)
+
+
+def parse_request(text: str, where: str) -> RemovalRequest:
+    for kind, pattern in _FORMS:
+        if match := pattern.fullmatch(text):
+            value = match.group(1).lower() if kind == "username" else match.group(1)  # Reddit names ignore case
+            return RemovalRequest(kind, value, where)
+    raise SchemaError(f"{where}: {text[:80]!r} is no removal request; a line holds one of: {FORMS_HELP}")
+
+
+def _distinct(requests: Iterable[RemovalRequest]) -> RemovalRequests:
+    return RemovalRequests(tuple(sorted(set(requests), key=lambda r: r.normalised)))
+
+
+# --------------------------------------------------------------------------------------------
+# Matching records
+# --------------------------------------------------------------------------------------------
+
+
+Splits = Mapping[str, Mapping[str, list[Conversation]]]
+
+
+@dataclass
+class Removal:
+    """What applying requests to a dataset's splits kept and dropped."""
+
+    kept: dict[str, dict[str, list[Conversation]]]
+    dropped: dict[str, dict[str, int]]  # domain -> split -> records dropped
+    requests: int
+    unmatched: int  # requests that matched no record
+
+    @property
+    def records_dropped(self) -> int:
+        return sum(n for splits in self.dropped.values() for n in splits.values())
+
+    def record(self, requests: RemovalRequests, **extra: Any) -> dict[str, Any]:
+        """The manifest's entry: counts and the requests' sha256, never the ids asked for."""
+        return {"requests": self.requests, "requests_sha256": requests.sha256, "unmatched_requests": self.unmatched,
+                "records_dropped": self.dropped, **extra}
+
+
+def drop_requested(splits: Splits, requests: RemovalRequests) -> Removal:
+    """``splits`` without the records ``requests`` ask for (``u/<name>`` resolved already: see
+    :meth:`RemovalRequests.with_pseudonyms`); every other record stays in its split, unchanged."""
+    if any(request.kind == "username" for request in requests.requests):
+        raise ValueError("u/<name> requests must be resolved to pseudonyms first (RemovalRequests.with_pseudonyms)")
+    records = [record for domain in splits.values() for split in domain.values() for record in split]
+    matched_requests: set[RemovalRequest] = set()
+    removed: set[int] = set()
+    for record in records:
+        hits = [request for request in requests.requests if _asks_for(request, record)]
+        if hits:
+            matched_requests.update(hits)
+            removed.add(id(record))
+    # the recommending comments of the records asked for, and the records quoting them as context
+    asked_for = [record for record in records if id(record) in removed]
+    for record in records:
+        if id(record) not in removed and any(_quotes(record, gone) for gone in asked_for):
+            removed.add(id(record))
+    kept: dict[str, dict[str, list[Conversation]]] = {}
+    dropped: dict[str, dict[str, int]] = {}
+    for domain in DOMAINS:
+        for split in SPLITS:
+            records_here = splits.get(domain, {}).get(split, [])
+            kept.setdefault(domain, {})[split] = [r for r in records_here if id(r) not in removed]
+            dropped.setdefault(domain, {})[split] = len(records_here) - len(kept[domain][split])
+    return Removal(kept=kept, dropped=dropped, requests=len(requests.requests),
+                   unmatched=len(requests.requests) - len(matched_requests))
+
+
+def _asks_for(request: RemovalRequest, record: Conversation) -> bool:
+    value = request.value
+    if request.kind == "comment":
+        return record.gt_comment_id == value or any(t.kind == "comment" and t.id == value for t in record.turns)
+    if request.kind == "submission":
+        return record.thread_id == value or any(t.kind == "submission" and t.id == value for t in record.turns)
+    if request.kind == "reddit_id":
+        return value in (record.example_id, record.thread_id, record.gt_comment_id) or any(
+            t.id == value for t in record.turns)
+    if request.kind == "record":
+        return value in (record.example_id, record.thread_id)
+    return any(t.author == value for t in record.turns)  # author
+
+
+def _quotes(record: Conversation, gone: Conversation) -> bool:
+    """``record`` holds ``gone``'s recommending comment as a context turn: by id where both have one, else (an
+    imported copy) by its text in the same thread."""
+    if record.thread_id != gone.thread_id:
+        return False
+    for turn in record.turns:
+        if turn.kind != "comment":
+            continue
+        if gone.gt_comment_id and turn.id:
+            if turn.id == gone.gt_comment_id:
+                return True
+        elif turn.text == gone.gt_text:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# A dataset folder
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FolderRemoval:
+    """What ``remove`` did to a folder: ``manifest`` is None when no record matched (the folder is unchanged)."""
+
+    removal: Removal
+    version: str
+    manifest: dict[str, Any] | None
+
+
+def next_version(version: str) -> str:
+    """The MINOR bump of ``version`` (pre-release and build parts dropped): records gone, nothing else changed."""
+    from reddit_amazon.schema import SEMVER
+
+    match = SEMVER.fullmatch(version)
+    if match is None:
+        raise SchemaError(f"the folder's version {version!r} is not semver: give the new one with --version")
+    return f"{match.group(1)}.{int(match.group(2)) + 1}.0"
+
+
+def remove_from_folder(folder: str | os.PathLike, requests: RemovalRequests, *, version: str | None = None,
+                       salt: str | None = None) -> FolderRemoval:
+    """Drop the records ``requests`` ask for from the dataset folder ``folder``, rewriting it atomically under its
+    writer lock, as version ``version`` (default: the next MINOR). A folder that does not match its manifest is
+    refused (its damage would be published under a new fingerprint); nothing is written when no record matches."""
+    from reddit_amazon.dataset_folder import rewrite_dataset
+    from reddit_amazon.threads import Pseudonymizer
+
+    requests = requests.with_pseudonyms(Pseudonymizer(salt) if salt else None)
+    outcome: list[FolderRemoval] = []
+
+    def rewrite(folder: Path, scratch: Path):
+        contents, removal, new_version = _contents_without(folder, requests, version, scratch)
+        outcome.append(FolderRemoval(removal, new_version, None))
+        return contents if removal.records_dropped else None
+
+    manifest = rewrite_dataset(folder, rewrite)
+    outcome[0].manifest = manifest
+    return outcome[0]
+
+
+def _contents_without(folder: Path, requests: RemovalRequests, version: str | None, scratch: Path):
+    from reddit_amazon.assemble import report_of_given_candidates, table1_stats
+    from reddit_amazon.dataset_folder import (SOURCE_COPY_DIR, DatasetContents, read_folder_records, read_manifest,
+                                              verify)
+    from reddit_amazon.schema import SEMVER
+
+    manifest = read_manifest(folder)
+    if problems := verify(folder):
+        raise SchemaError(f"{folder} does not match its manifest, so nothing was removed:\n  " + "\n  ".join(problems)
+                          + f"\n(`reddit-amazon verify {folder}` lists the same); restore, rebuild or re-import it")
+    new_version = version or next_version(str(manifest["version"]))
+    if not SEMVER.fullmatch(new_version):
+        raise SchemaError(f"--version {new_version!r} is not semver (MAJOR.MINOR.PATCH)")
+    if new_version == manifest["version"]:
+        raise SchemaError(f"--version {new_version} is the folder's version: records removed make a new version "
+                          "(its fingerprint differs; a version already published under other content is refused)")
+    splits, items = read_folder_records(folder, scratch)
+    removal = drop_requested(splits, requests)
+    written = {"name", "version", "fingerprint", "shards", "schema_package_version", "candidate_sets",
+               "candidate_columns", "counts"}  # what write_dataset records anew
+    metadata = {key: value for key, value in manifest.items() if key not in written}
+    if "stats" in metadata:  # the card's Table 1, of the records kept
+        metadata["stats"] = table1_stats(removal.kept, items)
+    candidates = (metadata.get("build_reports") or {}).get("candidates")
+    if candidates:  # the recall bounding HR@1, over the records kept (as a build with --removals computes it)
+        recall = report_of_given_candidates(removal.kept, list(candidates.get("recall", {}))).recall
+        metadata["build_reports"] = {**metadata["build_reports"], "candidates": {**candidates, "recall": recall}}
+    entry = removal.record(requests, applied="remove", from_version=manifest["version"],
+                           from_fingerprint=manifest["fingerprint"])
+    metadata["removals"] = [*metadata.get("removals", []), entry]
+    # lavic_source/ holds the release's item metadata files (no conversation text), which export-lavic writes back
+    # as they were: kept, with their sha256 in the manifest.
+    copies = sorted(p for p in (folder / SOURCE_COPY_DIR).iterdir() if not p.name.startswith(".")) \
+        if (folder / SOURCE_COPY_DIR).is_dir() else []
+    contents = DatasetContents(conversations=removal.kept, items=items, version=new_version,
+                               candidate_sets=list(manifest.get("candidate_sets", [])), metadata=metadata,
+                               source_files=copies)
+    return contents, removal, new_version
+

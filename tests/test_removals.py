@@ -1,0 +1,253 @@
+"""Removal requests (`reddit-amazon remove`, `build --removals`): exactly the records asked for go, from everywhere in
+the folder, and every other record keeps its split and content."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from reddit_amazon import dataset_folder
+from reddit_amazon.build import SAMPLE_SALT
+from reddit_amazon.cli import cli
+from reddit_amazon.dataset_folder import read_manifest, verify
+from reddit_amazon.sample import sample_dataset_path
+from reddit_amazon.threads import Pseudonymizer
+
+BM25 = ["--retrievers", "bm25"]
+
+
+def remove(folder: Path, requests: Path, *args: str, env: dict | None = None):
+    return CliRunner().invoke(cli, ["remove", str(folder), "--requests", str(requests), *args], env=env)
+
+
+def records(folder: Path) -> dict[str, tuple[str, str, dict]]:
+    """example_id -> (domain, split, row) of every conversation record in the folder."""
+    found = {}
+    for shard in sorted((folder / "data").glob("*/*.parquet")):
+        if shard.parent.name == "items":
+            continue
+        for row in pq.read_table(shard).to_pylist():
+            found[row["example_id"]] = (shard.parent.name, shard.name.split("-")[0], row)
+    return found
+
+
+def folder_text(folder: Path) -> str:
+    """Everything the folder holds as text: each Parquet row (images aside) as JSON, every other file as it is."""
+    parts = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix == ".parquet":
+            rows = pq.read_table(path).to_pylist()
+            parts += [json.dumps({k: v for k, v in row.items() if k != "image"}, ensure_ascii=False) for row in rows]
+        else:
+            parts.append(path.read_bytes().decode("utf-8", errors="replace"))
+    return "\n".join(parts)
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def sample_copy(tmp_path) -> Path:
+    folder = tmp_path / "ds"
+    shutil.copytree(sample_dataset_path(), folder)
+    return folder
+
+
+def _requests(tmp_path: Path, *lines: str) -> Path:
+    path = tmp_path / "removals.txt"
+    path.write_text("# removal requests\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+BEFORE = records(sample_dataset_path())
+RECORD = "0i4tya8"  # a record of the bundled sample (beauty/test)
+CONTEXT_COMMENT = "u8153hq"  # a context turn of record 0cb09fr
+THREAD = BEFORE["0cb09fr"][2]["thread_id"]
+AUTHOR = Pseudonymizer(SAMPLE_SALT)("user_705771")  # the sample's salt is public: its authors are invented
+
+
+def _with_turn(predicate) -> set[str]:
+    return {eid for eid, (_, _, row) in BEFORE.items() if any(predicate(turn) for turn in row["turns"])}
+
+
+#: Each request form, the line asking, and the records it asks for in the bundled sample, worked out from its rows.
+FORMS = {
+    "thread": (THREAD, {eid for eid, (_, _, row) in BEFORE.items() if row["thread_id"] == THREAD}),
+    "thread_t3": ("t3_" + THREAD, {eid for eid, (_, _, row) in BEFORE.items() if row["thread_id"] == THREAD}),
+    "context_comment": (f"t1_{CONTEXT_COMMENT}", _with_turn(lambda turn: turn["id"] == CONTEXT_COMMENT)),
+    "bare_comment_id": (CONTEXT_COMMENT, _with_turn(lambda turn: turn["id"] == CONTEXT_COMMENT)),
+    "recommending_comment": (f"t1_{RECORD}", {RECORD} | _with_turn(lambda turn: turn["id"] == RECORD)),
+    "example_id": (RECORD, {RECORD} | _with_turn(lambda turn: turn["id"] == RECORD)),
+    "author": (AUTHOR, _with_turn(lambda turn: turn["author"] == AUTHOR)),
+    "username": ("u/User_705771", _with_turn(lambda turn: turn["author"] == AUTHOR)),
+}
+
+
+def _texts(rows) -> set[str]:
+    return {text for row in rows for text in [row["gt_text"], *(t["text"] for t in row["turns"])]}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_each_request_form_removes_exactly_its_records_and_nothing_else_moves(form, sample_copy, tmp_path):
+    line, expected = FORMS[form]
+    assert expected  # the sample has records of each form
+    # their texts, but those that records not asked for hold too (a submission another record quotes, a short reply)
+    removed_texts = _texts(BEFORE[eid][2] for eid in expected) - _texts(
+        row for eid, (_, _, row) in BEFORE.items() if eid not in expected)
+    assert removed_texts
+    result = remove(sample_copy, _requests(tmp_path, line, "t1_zzzzzzz  # matches nothing"),
+                    *(["--salt", SAMPLE_SALT] if form == "username" else []))
+    assert result.exit_code == 0, result.output
+    assert f"2 request(s), 1 matching no record; {len(expected)} record(s) dropped" in result.output
+    after = records(sample_copy)
+    assert set(BEFORE) - set(after) == expected
+    assert all(after[eid] == BEFORE[eid] for eid in after)  # same domain, split and row
+    assert verify(sample_copy) == []
+    text = folder_text(sample_copy)
+    assert not [t for t in removed_texts if t in text]  # nowhere: shards, card, manifest
+    manifest = read_manifest(sample_copy)
+    assert manifest["version"] == "1.1.0"
+    [entry] = manifest["removals"]
+    assert entry["requests"] == 2 and entry["unmatched_requests"] == 1
+    assert sum(n for splits in entry["records_dropped"].values() for n in splits.values()) == len(expected)
+    assert entry["from_fingerprint"] == read_manifest(sample_dataset_path())["fingerprint"]
+    assert line.split("_")[-1].split("/")[-1].lower() not in json.dumps(manifest).lower()  # not the ids
+    assert manifest["stats"]["beauty"]["conversations"] == sum(manifest["counts"]["beauty"].values())
+
+
+def test_a_bad_line_or_a_missing_salt_is_named_and_changes_nothing(sample_copy, tmp_path):
+    before = file_digests(sample_copy)
+    result = remove(sample_copy, _requests(tmp_path, "t1_abc", "t2_someone"))
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'removals.txt'}:4: 't2_someone' is no removal request" in result.output
+    result = remove(sample_copy, _requests(tmp_path, "u/someone"), env={"REDDIT_AMAZON_SALT": None})
+    assert result.exit_code == 1 and "removals.txt:3: u/someone needs the salt" in result.output
+    result = remove(sample_copy, _requests(tmp_path, "0i4tya8"), "--version", "1.0.1")
+    assert result.exit_code == 1 and "is the folder's version" in result.output
+    assert file_digests(sample_copy) == before
+
+
+def test_no_match_leaves_the_folder_as_it_is(sample_copy, tmp_path):
+    before = file_digests(sample_copy)
+    result = remove(sample_copy, _requests(tmp_path, "t1_zzzzzzz", "u_0000000000000000"))
+    assert result.exit_code == 0, result.output
+    assert "2 request(s), 2 matching no record; 0 record(s) dropped" in result.output
+    assert "unchanged" in result.output
+    assert file_digests(sample_copy) == before
+
+
+def test_a_remove_that_fails_while_writing_leaves_the_old_folder(sample_copy, tmp_path, monkeypatch):
+    before = file_digests(sample_copy)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dataset_folder, "write_readme", disk_full)  # the card is written last
+    result = remove(sample_copy, _requests(tmp_path, "0i4tya8"))
+    assert result.exit_code == 1 and "No space left on device" in result.output
+    assert file_digests(sample_copy) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "removals.txt"]  # no temporary folder, no lock
+
+
+def test_a_damaged_folder_is_refused(sample_copy, tmp_path):
+    shard = next((sample_copy / "data" / "home").glob("test-*.parquet"))
+    shard.write_bytes(shard.read_bytes() + b"x")
+    before = file_digests(sample_copy)
+    result = remove(sample_copy, _requests(tmp_path, "0i4tya8"))
+    assert result.exit_code == 1 and "does not match its manifest, so nothing was removed" in result.output
+    assert file_digests(sample_copy) == before
+
+
+def test_the_result_runs_in_the_benchmark(sample_copy, tmp_path):
+    from benchmark.runner import RunConfig, run
+
+    assert remove(sample_copy, _requests(tmp_path, "0i4tya8")).exit_code == 0
+    manifest = read_manifest(sample_copy)
+    results = run(RunConfig(model="random", dataset=str(sample_copy), candidates="sbert", bootstrap_samples=0),
+                  tmp_path / "run", progress=False)
+    assert results["dataset"]["fingerprint"] == manifest["fingerprint"]
+    assert results["counts"]["all"]["records"] == sum(manifest["counts"][d]["test"] for d in ("beauty", "fashion",
+                                                                                              "home"))
+
+
+def test_build_with_removals_gives_the_records_of_build_then_remove(tmp_path):
+    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    requests = _requests(tmp_path, RECORD, f"t1_{CONTEXT_COMMENT}", "u/user_705771")
+    work = tmp_path / "work"
+    runner = CliRunner()
+    full = runner.invoke(cli, ["build", "--out", str(tmp_path / "full"), "--workdir", str(work), *BM25])
+    assert full.exit_code == 0, full.output
+    honoured = runner.invoke(cli, ["build", "--out", str(tmp_path / "honoured"), "--workdir", str(work), *BM25,
+                                   "--removals", str(requests)])
+    assert honoured.exit_code == 0, honoured.output
+    assert remove(tmp_path / "full", requests, "--salt", SAMPLE_SALT).exit_code == 0
+    assert records(tmp_path / "honoured") == records(tmp_path / "full")
+    assert len(records(tmp_path / "full")) < len(BEFORE)
+    manifest = read_manifest(tmp_path / "honoured")
+    assert manifest["removals"][0]["requests_sha256"] == read_manifest(tmp_path / "full")["removals"][0][
+        "requests_sha256"]
+    assert f"--removals {requests}" in manifest["build"]["command"]
+    assert manifest["stats"] == read_manifest(tmp_path / "full")["stats"]
+    assert verify(tmp_path / "honoured") == []
+
+
+def test_build_refuses_a_bad_request_file_before_any_stage(tmp_path):
+    result = CliRunner().invoke(cli, ["build", "--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"),
+                                      "--retrievers", "none", "--removals", str(_requests(tmp_path, "nope!"))])
+    assert result.exit_code == 1 and "--removals: " in result.output and "removals.txt:3" in result.output
+    assert not (tmp_path / "work" / "reddit").exists()
+
+
+def test_an_imported_copy_loses_the_removed_texts_everywhere(lavic_release, tmp_path):
+    from reddit_amazon.lavic_release import export_release, import_release
+
+    import_release(lavic_release, tmp_path / "imported")
+    before = records(tmp_path / "imported")
+    gone = "lavic-home-validation-000001"
+    thread = before[gone][2]["thread_id"]
+    quoting = {eid for eid, (_, _, row) in before.items() if row["thread_id"] == thread
+               and any(t["kind"] == "comment" and t["text"] == before[gone][2]["gt_text"] for t in row["turns"])}
+    result = remove(tmp_path / "imported", _requests(tmp_path, gone))
+    assert result.exit_code == 0, result.output
+    after = records(tmp_path / "imported")
+    assert set(before) - set(after) == {gone} | quoting
+    assert all(after[eid] == before[eid] for eid in after)
+    assert before[gone][2]["gt_text"] not in folder_text(tmp_path / "imported")  # lavic_source/ included
+    assert verify(tmp_path / "imported") == []
+    written = export_release(tmp_path / "imported", tmp_path / "export")
+    assert written["home"]["validation"] == sum(1 for d, s, _ in after.values() if (d, s) == ("home", "validation"))
+
+
+def _conversation(example_id: str, thread: str, turns: list[tuple[str, str]], gt_text: str, ids: bool = True):
+    from reddit_amazon.schema import Conversation, Turn
+
+    return Conversation(example_id=example_id, domain="home", thread_id=thread, subreddit="", created_utc=None,
+                        turns=[Turn(kind="submission" if i == 0 else "comment", text=text, id=turn_id if ids else "")
+                               for i, (turn_id, text) in enumerate(turns)],
+                        context_items=[], gt_text=gt_text, gt_items=["B000000001"],
+                        gt_comment_id=example_id if ids else "")
+
+
+@pytest.mark.parametrize("ids", [True, False], ids=["built", "imported"])
+def test_a_removed_recommendation_takes_the_replies_quoting_it(ids):
+    """A reply below a removed comment holds it as a context turn: by id in a build, by text (same thread) in an
+    imported copy, whose turns have no ids. The same text in another thread is someone else's and stays."""
+    from reddit_amazon.removals import RemovalRequests, drop_requested, parse_request
+
+    first = _conversation("c1", "s1", [("s1", "what lamp?")], "this lamp", ids)
+    reply = _conversation("c2", "s1", [("s1", "what lamp?"), ("c1", "this lamp")], "or this one", ids)
+    sibling = _conversation("c3", "s1", [("s1", "what lamp?")], "a third", ids)
+    elsewhere = _conversation("c4", "s2", [("s2", "a lamp?"), ("x1", "this lamp")], "same", ids)
+    splits = {"home": {"train": [first, sibling], "test": [reply, elsewhere]}}
+    removal = drop_requested(splits, RemovalRequests((parse_request("c1", "f:1"),)))
+    assert [r.example_id for r in removal.kept["home"]["train"]] == ["c3"]
+    assert [r.example_id for r in removal.kept["home"]["test"]] == ["c4"]
+    assert removal.dropped["home"] == {"train": 1, "validation": 0, "test": 1} and removal.unmatched == 0
