@@ -661,6 +661,9 @@ def assemble_stage(options: BuildOptions, upstream: StageResult, dump_files: Seq
     removals: dict[str, Any] | None = None
     if options.removals:  # after the split, so no other thread moves
         splits, removals = _drop_requested(options.removals, options.workdir, splits)
+        dropped = sum(n for domain in removals["records_dropped"].values() for n in domain.values())
+        console.print(f"  removal requests: {dropped} record(s) dropped; {removals['requests']} request(s), "
+                      f"{removals['unmatched_requests']} matching no record")
     items = items_by_domain(upstream.items)
     retrievers = [_make_retriever(options, name) for name in options.retrievers]
     candidates = add_candidates(splits, items, retrievers, seed=options.seed, progress=_tqdm("candidates"))
@@ -678,8 +681,9 @@ def assemble_stage(options: BuildOptions, upstream: StageResult, dump_files: Seq
         "funnel": funnel,
         "stats": table1_stats(splits, items),
         "build_reports": {**reports, "candidates": candidates.as_dict()},
-        **({"removals": [removals]} if removals else {}),
     }
+    if removals:
+        metadata["removals"] = [removals]
     contents = DatasetContents(conversations=splits, items=items, version=options.version,
                                candidate_sets=candidates.computed, metadata=metadata)
     return write_dataset(options.out, contents)

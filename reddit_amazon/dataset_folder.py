@@ -126,7 +126,6 @@ def _write_beside(out_dir: Path, contents: DatasetContents) -> dict[str, Any]:
     return manifest
 
 
-
 def rewrite_dataset(folder: str | os.PathLike,
                     rewrite: Callable[[Path, Path], DatasetContents | None]) -> dict[str, Any] | None:
     """Replace the dataset folder ``folder`` (atomically, as :func:`write_dataset`) with the contents

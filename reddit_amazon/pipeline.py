@@ -657,6 +657,7 @@ def kept_pseudonymizer(workdir: str | os.PathLike) -> Pseudonymizer | None:
     salt = _kept_salt(path) if path.is_file() else None
     return Pseudonymizer(salt) if salt else None
 
+
 def _resolve(urls: list[str], workdir_stage: Path,
              options: RedditStageOptions) -> tuple[dict[str, list[str]], set[str]]:
     """``({short link: ASINs} of the resolved links, the links that got no answer)``; a definitive answer

@@ -11,8 +11,9 @@ A request file is plain text, one request per line; ``#`` starts a comment, blan
     u/SomeUser        a user name, hashed with the build's salt into that pseudonym (build --removals, remove --salt)
 
 A record whose recommending comment is removed takes with it the records that quote that comment as context (the
-replies below it in the thread): matched by the turn's id in a build, by its text within the thread in an imported
-copy, whose turns have no ids. Records are dropped after the thread split, so the other records keep their split:
+replies below it in the thread): in a build the request matches their turn of that id, in an imported copy, whose
+turns have no ids, the comment's text within the thread does. Records are dropped after the thread split, so the
+other records keep their split:
 ``assemble.split_by_thread`` places threads greedily against per-split targets, and dropping records before it
 would move other threads between train and test.
 """
@@ -144,18 +145,23 @@ def drop_requested(splits: Splits, requests: RemovalRequests) -> Removal:
     :meth:`RemovalRequests.with_pseudonyms`); every other record stays in its split, unchanged."""
     if any(request.kind == "username" for request in requests.requests):
         raise ValueError("u/<name> requests must be resolved to pseudonyms first (RemovalRequests.with_pseudonyms)")
+    by_kind: dict[str, dict[str, RemovalRequest]] = {}
+    for request in requests.requests:
+        by_kind.setdefault(request.kind, {})[request.value] = request
     records = [record for domain in splits.values() for split in domain.values() for record in split]
     matched_requests: set[RemovalRequest] = set()
     removed: set[int] = set()
     for record in records:
-        hits = [request for request in requests.requests if _asks_for(request, record)]
-        if hits:
+        if hits := _requests_for(record, by_kind):
             matched_requests.update(hits)
             removed.add(id(record))
     # the recommending comments of the records asked for, and the records quoting them as context
-    asked_for = [record for record in records if id(record) in removed]
+    gone = _GoneComments()
     for record in records:
-        if id(record) not in removed and any(_quotes(record, gone) for gone in asked_for):
+        if id(record) in removed:
+            gone.add(record)
+    for record in records:
+        if id(record) not in removed and gone.quoted_by(record):
             removed.add(id(record))
     kept: dict[str, dict[str, list[Conversation]]] = {}
     dropped: dict[str, dict[str, int]] = {}
@@ -168,34 +174,35 @@ def drop_requested(splits: Splits, requests: RemovalRequests) -> Removal:
                    unmatched=len(requests.requests) - len(matched_requests))
 
 
-def _asks_for(request: RemovalRequest, record: Conversation) -> bool:
-    value = request.value
-    if request.kind == "comment":
-        return record.gt_comment_id == value or any(t.kind == "comment" and t.id == value for t in record.turns)
-    if request.kind == "submission":
-        return record.thread_id == value or any(t.kind == "submission" and t.id == value for t in record.turns)
-    if request.kind == "reddit_id":
-        return value in (record.example_id, record.thread_id, record.gt_comment_id) or any(
-            t.id == value for t in record.turns)
-    if request.kind == "record":
-        return value in (record.example_id, record.thread_id)
-    return any(t.author == value for t in record.turns)  # author
+def _requests_for(record: Conversation, by_kind: Mapping[str, Mapping[str, RemovalRequest]]) -> list[RemovalRequest]:
+    """The requests asking for ``record`` (looked up by each of its ids, so a long request file costs no more)."""
+    turn_ids = {turn.id for turn in record.turns if turn.id}
+    keys: dict[str, set[str]] = {
+        "comment": {record.gt_comment_id, *(t.id for t in record.turns if t.kind == "comment")},
+        "submission": {record.thread_id, *(t.id for t in record.turns if t.kind == "submission")},
+        "reddit_id": {record.example_id, record.thread_id, record.gt_comment_id, *turn_ids},
+        "record": {record.example_id, record.thread_id},
+        "author": {turn.author for turn in record.turns},
+    }
+    return [request for kind, values in keys.items() for value in values - {""}
+            if (request := by_kind.get(kind, {}).get(value)) is not None]
 
 
-def _quotes(record: Conversation, gone: Conversation) -> bool:
-    """``record`` holds ``gone``'s recommending comment as a context turn: by id where both have one, else (an
-    imported copy) by its text in the same thread."""
-    if record.thread_id != gone.thread_id:
-        return False
-    for turn in record.turns:
-        if turn.kind != "comment":
-            continue
-        if gone.gt_comment_id and turn.id:
-            if turn.id == gone.gt_comment_id:
-                return True
-        elif turn.text == gone.gt_text:
-            return True
-    return False
+class _GoneComments:
+    """The recommending comments of the removed records of an imported copy, by thread, to find the records quoting
+    one as a context turn by its text (imported turns have no ids). A build needs none of this: a record's id is its
+    recommending comment's, which its replies' turns hold, so the request naming the one names the others."""
+
+    def __init__(self) -> None:
+        self._texts: dict[str, set[str]] = {}
+
+    def add(self, record: Conversation) -> None:
+        if not record.gt_comment_id:
+            self._texts.setdefault(record.thread_id, set()).add(record.gt_text)
+
+    def quoted_by(self, record: Conversation) -> bool:
+        texts = self._texts.get(record.thread_id, ())
+        return any(turn.kind == "comment" and not turn.id and turn.text in texts for turn in record.turns)
 
 
 # --------------------------------------------------------------------------------------------

@@ -188,6 +188,8 @@ def test_build_with_removals_gives_the_records_of_build_then_remove(tmp_path):
     honoured = runner.invoke(cli, ["build", "--out", str(tmp_path / "honoured"), "--workdir", str(work), *BM25,
                                    "--removals", str(requests)])
     assert honoured.exit_code == 0, honoured.output
+    dropped = len(BEFORE) - len(records(tmp_path / "honoured"))
+    assert f"removal requests: {dropped} record(s) dropped; 3 request(s), 0 matching no record" in honoured.output
     assert remove(tmp_path / "full", requests, "--salt", SAMPLE_SALT).exit_code == 0
     assert records(tmp_path / "honoured") == records(tmp_path / "full")
     assert len(records(tmp_path / "full")) < len(BEFORE)
