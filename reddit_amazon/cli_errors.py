@@ -11,6 +11,7 @@ import errno
 import os
 import signal
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,13 +75,21 @@ def _user_error_message(error: BaseException) -> str:
 
 
 def shown_error_line(error: BaseException, *kinds: type[BaseException]) -> str:
-    """The line the command line ends with for ``error`` raised in ``user_errors(*kinds)``: its ``Error:`` line,
-    or for an error of another kind (a bug, printed with its traceback) the traceback's last line."""
+    """What the command line ends with for ``error`` raised in ``user_errors(*kinds)``: its ``Error:`` line (a
+    missing extra's too, as :func:`run_cli` prints it), or for an error of another kind (a bug, which Python prints
+    with its traceback) that traceback, from the frame handling ``error`` down, for a bug report. Redacted."""
     if isinstance(error, click.ClickException):
         return f"Error: {redact_secrets(error.format_message())}"
     if isinstance(error, kinds):
         return f"Error: {_user_error_message(error)}"
-    return redact_secrets(f"{type(error).__name__}: {one_line(error)}")
+    if isinstance(error, ImportError) and missing_extra(error) is not None:
+        return f"Error: {redact_secrets(with_extra_hint(one_line(error), error))}"
+    return redact_secrets(traceback_text(error))
+
+
+def traceback_text(error: BaseException) -> str:
+    """``error``'s traceback as Python prints it (its causes and contexts first), without the last line break."""
+    return "".join(traceback.format_exception(error)).rstrip("\n")
 
 
 def _cache_hint(error: BaseException) -> str:

@@ -4,7 +4,8 @@ Each run of ``reddit-amazon build`` (and of ``reddit-amazon reddit-stage``) writ
 ``<workdir>/logs/<command>-<UTC start>-<pid>.log``: a header (start time, the command line as the manifest records
 it, the package version, host and pid), each line the run printed on stderr but its progress bars, as plain text
 after a UTC timestamp, each stage's start and end with its duration and whether it was reused, the warnings of the
-package's loggers, the error line the user saw, and how the run ended (finished, interrupted or failed).
+package's loggers, the error line the user saw (a bug's whole traceback, for a bug report), and how the run ended
+(finished, interrupted or failed).
 
 Every line goes through :func:`~reddit_amazon.redaction.redact_secrets`. A log that cannot be written (a read-only
 or full workdir) is given up without a word: the run goes on, and fails where it failed without one.
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from reddit_amazon import __version__
+from reddit_amazon.cli_errors import traceback_text
 from reddit_amazon.redaction import redact_secrets
 
 #: The workdir's folder of run logs.
@@ -36,7 +38,8 @@ PACKAGE_LOGGER = "reddit_amazon"
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """How a run ended: ``finished``, ``interrupted`` (Ctrl-C, SIGTERM) or ``failed``, and the error line shown."""
+    """How a run ended: ``finished``, ``interrupted`` (Ctrl-C, SIGTERM) or ``failed``, and what was shown for the
+    error: its line, or a bug's traceback."""
 
     ended: str
     error_line: str | None = None
@@ -171,9 +174,10 @@ def log_path(workdir: Path, command: str) -> Path:
 def open_run_log(workdir: Path, command_name: str, command: str, *secrets: str | None,
                  error_line: Any = None) -> Iterator[RunLog]:
     """A :class:`RunLog` of a run of ``command_name`` in ``workdir`` for the block, which ends it: ``finished``,
-    ``interrupted`` (KeyboardInterrupt: Ctrl-C, SIGTERM) or ``failed`` with the error line ``error_line(error)``
-    gives (what the command line prints for it). ``secrets`` (the pseudonym salt) are redacted from every line, as
-    the environment's secrets are. While the block runs, the package loggers' warnings reach the log too."""
+    ``interrupted`` (KeyboardInterrupt: Ctrl-C, SIGTERM) or ``failed`` after what ``error_line(error)`` gives (what
+    the command line prints for it: an ``Error:`` line, or a bug's traceback), or without ``error_line`` (a caller
+    in Python, shown the exception) the error's traceback. ``secrets`` (the pseudonym salt) are redacted from every
+    line, as the environment's secrets are. While the block runs, the package loggers' warnings reach the log too."""
     log = RunLog(log_path(workdir, command_name), *secrets)
     log.open(command)
     with _package_warnings_to(log):
@@ -183,7 +187,7 @@ def open_run_log(workdir: Path, command_name: str, command: str, *secrets: str |
             log.close(RunOutcome("interrupted", "Aborted!"))
             raise
         except BaseException as error:
-            log.close(RunOutcome("failed", error_line(error) if error_line else f"{type(error).__name__}: {error}"))
+            log.close(RunOutcome("failed", error_line(error) if error_line else traceback_text(error)))
             raise
     log.close(RunOutcome("finished"))
 

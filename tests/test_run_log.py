@@ -89,6 +89,77 @@ def test_a_failing_build_logs_the_error_line_it_printed(tmp_path):
     assert_no_secret(work)
 
 
+def test_a_bug_logs_its_whole_traceback_redacted_and_the_terminal_shows_what_it_did(tmp_path, monkeypatch):
+    """An error that is no clean ``Error:`` line (a bug: a KeyError deep in a stage) is printed by Python with its
+    traceback; the log held only the traceback's last line, useless to a bug report."""
+    import os
+
+    import reddit_amazon.build as build_module
+
+    def broken_stage(*_args, **_kwargs):
+        record = {"api_key": os.environ["OPENAI_API_KEY"]}
+        return record["title"]  # a bug: the stage expected a field its input lacks
+
+    monkeypatch.setattr(build_module, "images_stage", broken_stage)
+    work = tmp_path / "work"
+    result = CliRunner().invoke(cli, ["build", "--out", str(tmp_path / "ds"), "--workdir", str(work), *FAST,
+                                      "--salt", SALT], env={"OPENAI_API_KEY": KEY})
+    # the terminal as before: the stages' lines, then Python's traceback of the very exception (not printed here)
+    assert type(result.exception) is KeyError and result.exception.args == ("title",)
+    assert "Traceback" not in result.stderr and "KeyError" not in result.stderr
+    [log] = logs(work)
+    lines = log_lines(log)
+    traceback_start = lines.index("Traceback (most recent call last):")
+    assert re.fullmatch(r"stage images: stopped after \d+\.\d s", lines[traceback_start - 1])
+    traceback_lines = lines[traceback_start:-1]
+    assert traceback_lines[-1] == "KeyError: 'title'"  # the line Python ends it with
+    assert any(line.endswith(", in broken_stage") for line in traceback_lines), traceback_lines
+    assert any(line.endswith(", in _run_stages") for line in traceback_lines), traceback_lines
+    assert re.fullmatch(r"failed after \d+\.\d s", lines[-1])
+    assert_no_secret(work)
+
+
+def test_a_bug_in_a_python_caller_s_build_logs_its_traceback(tmp_path, monkeypatch):
+    import reddit_amazon.build as build_module
+
+    def broken_stage(*_args, **_kwargs):
+        raise AttributeError(f"'NoneType' object has no attribute 'width' (salt {SALT})")
+
+    monkeypatch.setattr(build_module, "images_stage", broken_stage)
+    with pytest.raises(AttributeError):
+        run_build(sample_options(tmp_path / "ds", tmp_path / "work", retrievers=[], reddit={"salt": SALT}),
+                  progress=False)
+    lines = log_lines(logs(tmp_path / "work")[0])
+    assert "Traceback (most recent call last):" in lines
+    assert lines[-2] == "AttributeError: 'NoneType' object has no attribute 'width' (salt <key redacted>)"
+    assert_no_secret(tmp_path / "work")
+
+
+def test_a_missing_extra_logs_the_error_line_the_terminal_shows(tmp_path, monkeypatch, capsys):
+    """run_cli prints a missing optional dependency as one ``Error:`` line naming the extra: the log says the same
+    line, not the ModuleNotFoundError's traceback nor its bare last line."""
+    import sys
+
+    import reddit_amazon.build as build_module
+    from reddit_amazon.cli_errors import run_cli
+
+    def stage_importing_torch(*_args, **_kwargs):
+        import torch  # noqa: F401
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # not installed: its import raises ModuleNotFoundError
+    monkeypatch.setattr(build_module, "images_stage", stage_importing_torch)
+    work = tmp_path / "work"
+    monkeypatch.setattr(sys, "argv", ["reddit-amazon", "build", "--out", str(tmp_path / "ds"), "--workdir",
+                                      str(work), *FAST])
+    with pytest.raises(SystemExit) as exit:
+        run_cli(cli, "reddit-amazon")
+    assert exit.value.code == 1
+    error_line = capsys.readouterr().err.splitlines()[-1]
+    assert error_line.startswith("Error: import of torch halted") and "reddit-amazon[lavic]" in error_line
+    lines = log_lines(logs(work)[0])
+    assert lines[-2] == error_line and "Traceback (most recent call last):" not in lines
+
+
 def test_an_interrupted_build_logs_that_it_was(tmp_path, monkeypatch):
     import reddit_amazon.build as build_module
 
@@ -124,6 +195,26 @@ def test_a_reddit_stage_run_logs_its_lines_without_the_salt(tmp_path):
     assert re.fullmatch(r"stage reddit: done in \d+\.\d s", lines[3])
     assert lines[-2] == result.stderr.splitlines()[-1]  # the summary line, not the funnel printed on stdout
     assert lines[-1].startswith("finished after ")
+    assert_no_secret(work)
+
+
+def test_a_bug_in_a_reddit_stage_run_logs_its_traceback(tmp_path, monkeypatch):
+    """A RuntimeError is no clean error of ``reddit-stage`` (only ValueError and OSError are): Python prints its
+    traceback, and the log holds it whole."""
+    import reddit_amazon.pipeline
+
+    def broken_stage(*_args, **_kwargs):
+        raise RuntimeError(f"worker state lost (salt {SALT})")
+
+    monkeypatch.setattr(reddit_amazon.pipeline, "run_reddit_stage", broken_stage)
+    work = tmp_path / "work"
+    result = CliRunner().invoke(cli, ["reddit-stage", str(SAMPLE_INPUTS / "reddit"), "--workdir", str(work),
+                                      "--quiet"], env={"REDDIT_AMAZON_SALT": SALT})
+    assert type(result.exception) is RuntimeError and "Traceback" not in result.stderr
+    lines = log_lines(logs(work, "reddit-stage")[0])
+    traceback_lines = lines[lines.index("Traceback (most recent call last):"):-1]
+    assert any(line.endswith(", in broken_stage") for line in traceback_lines), traceback_lines
+    assert traceback_lines[-1] == "RuntimeError: worker state lost (salt <key redacted>)"
     assert_no_secret(work)
 
 
