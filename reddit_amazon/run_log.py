@@ -4,8 +4,8 @@ Each run of ``reddit-amazon build`` (and of ``reddit-amazon reddit-stage``) writ
 ``<workdir>/logs/<command>-<UTC start>-<pid>.log``: a header (start time, the command line as the manifest records
 it, the package version, host and pid), each line the run printed on stderr but its progress bars, as plain text
 after a UTC timestamp, each stage's start and end with its duration and whether it was reused, the warnings of the
-package's loggers, the error line the user saw (a bug's whole traceback, for a bug report), and how the run ended
-(finished, interrupted or failed).
+package's loggers and those the run printed on stderr (Python's, other libraries' loggers'), the error line the user
+saw (a bug's whole traceback, for a bug report), and how the run ended (finished, interrupted or failed).
 
 Every line goes through :func:`~reddit_amazon.redaction.redact_secrets`. A log that cannot be written (a read-only
 or full workdir) is given up without a word: the run goes on, and fails where it failed without one.
@@ -19,8 +19,9 @@ import os
 import platform
 import socket
 import time
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -177,10 +178,11 @@ def open_run_log(workdir: Path, command_name: str, command: str, *secrets: str |
     ``interrupted`` (KeyboardInterrupt: Ctrl-C, SIGTERM) or ``failed`` after what ``error_line(error)`` gives (what
     the command line prints for it: an ``Error:`` line, or a bug's traceback), or without ``error_line`` (a caller
     in Python, shown the exception) the error's traceback. ``secrets`` (the pseudonym salt) are redacted from every
-    line, as the environment's secrets are. While the block runs, the package loggers' warnings reach the log too."""
+    line, as the environment's secrets are. While the block runs, its warnings reach the log too
+    (:func:`_warnings_to`)."""
     log = RunLog(log_path(workdir, command_name), *secrets)
     log.open(command)
-    with _package_warnings_to(log):
+    with _warnings_to(log):
         try:
             yield log
         except KeyboardInterrupt:
@@ -193,36 +195,178 @@ def open_run_log(workdir: Path, command_name: str, command: str, *secrets: str |
 
 
 @contextmanager
-def _package_warnings_to(log: RunLog) -> Iterator[None]:
-    """The package loggers' warnings (an image store's bad line, an endpoint refusing a parameter) in ``log`` too.
-    Without a handler of its own anywhere up the logger tree, a warning is printed on stderr by logging's last
-    resort; a handler added here would silence that, so the last resort is added beside it for the block."""
+def _warnings_to(log: RunLog) -> Iterator[None]:
+    """The warnings of the block in ``log`` too, each as the terminal shows it, once: the package loggers' (an image
+    store's bad line, an endpoint refusing a parameter), Python's ``warnings.warn`` (Pillow's
+    DecompressionBombWarning, a library's deprecation), and the WARNING+ records other libraries print on stderr,
+    by logging's last resort (a logger with no handler: Pillow's, openai's, sentence-transformers') or by a console
+    handler of their own (:data:`LIBRARIES_PRINTING_THEIR_LOGS`). A record no handler prints (urllib3's, given a
+    NullHandler) is left out, as the terminal leaves it out."""
     if not log.active:
         yield
         return
+    with _package_warnings_to(log), _printed_by_library_handlers_to(log), _last_resort_to(log), \
+            _python_warnings_to(log):
+        yield
+
+
+@contextmanager
+def _package_warnings_to(log: RunLog) -> Iterator[None]:
+    """The package loggers' warnings in ``log``, printed on stderr or not. Without a handler of its own anywhere up
+    the logger tree, a warning is printed on stderr by logging's last resort; a handler added here would silence
+    that, so the last resort is added beside it for the block."""
     package = logging.getLogger(PACKAGE_LOGGER)
     handlers: list[logging.Handler] = [_ToRunLog(log)]
     if not package.hasHandlers() and logging.lastResort is not None:
         handlers.append(logging.lastResort)
+    with _handlers_added(package, handlers):
+        yield
+
+
+#: Libraries whose logger prints on stderr through a console handler of its own, added when they are imported (the
+#: run may import them after its log is opened): ``[transformers] ...`` or the bare message.
+LIBRARIES_PRINTING_THEIR_LOGS = ("datasets", "huggingface_hub", "transformers")
+
+
+@contextmanager
+def _printed_by_library_handlers_to(log: RunLog) -> Iterator[None]:
+    with ExitStack() as stack:
+        for name in LIBRARIES_PRINTING_THEIR_LOGS:
+            library = logging.getLogger(name)
+            stack.enter_context(_handlers_added(library, [_PrintedByLibraryToRunLog(log, library)]))
+        yield
+
+
+@contextmanager
+def _last_resort_to(log: RunLog) -> Iterator[None]:
+    """What logging's last resort prints in ``log`` too: the records of loggers with no handler anywhere."""
+    printing = logging.lastResort
+    if printing is None:  # set to None by the program: such records are not printed
+        yield
+        return
+    ours = logging.lastResort = _LastResortToo(printing, log)
+    try:
+        yield
+    finally:
+        if logging.lastResort is ours:
+            logging.lastResort = printing
+
+
+@contextmanager
+def _python_warnings_to(log: RunLog) -> Iterator[None]:
+    """What ``warnings.showwarning`` prints on stderr (after the filters: a warning shown once is logged once) in
+    ``log`` too. Where ``logging.captureWarnings`` sends warnings to the ``py.warnings`` logger instead, they reach
+    the log as its records do."""
+    printing = warnings.showwarning
+
+    def show_and_log(message, category, filename, lineno, file=None, line=None):
+        printing(message, category, filename, lineno, file, line)
+        if file is None and printing is not getattr(logging, "_showwarning", None):  # on stderr, not as a record
+            try:
+                log.line(warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n"))
+            except Exception:  # noqa: BLE001 (a log line is never worth a failed run)
+                pass
+
+    warnings.showwarning = show_and_log
+    try:
+        yield
+    finally:
+        if warnings.showwarning is show_and_log:
+            warnings.showwarning = printing
+
+
+@contextmanager
+def _handlers_added(logger: logging.Logger, handlers: list[logging.Handler]) -> Iterator[None]:
     for handler in handlers:
-        package.addHandler(handler)
+        logger.addHandler(handler)
     try:
         yield
     finally:
         for handler in handlers:
-            package.removeHandler(handler)
+            logger.removeHandler(handler)
+
+
+#: The attribute marking a record as logged: one record reaches several handlers (the package's and the last
+#: resort beside it), and goes in the log once.
+_LOGGED = "_in_run_log"
+
+
+def _log_record(log: RunLog, record: logging.LogRecord, shown_as: logging.Handler) -> None:
+    """``record`` in ``log`` once, as ``shown_as`` formats it (with its exception's traceback, if any)."""
+    if getattr(record, _LOGGED, False):
+        return
+    setattr(record, _LOGGED, True)
+    log.line(shown_as.format(record))
 
 
 class _ToRunLog(logging.Handler):
+    """A handler writing WARNING+ records to a run log, each as its message (and exception) reads."""
+
     def __init__(self, log: RunLog) -> None:
         super().__init__(logging.WARNING)
         self._log = log
 
     def emit(self, record: logging.LogRecord) -> None:
+        self.emit_as(record, self)
+
+    def emit_as(self, record: logging.LogRecord, shown_as: logging.Handler) -> None:
         try:
-            self._log.line(record.getMessage())
+            _log_record(self._log, record, shown_as)
         except Exception:  # noqa: BLE001 (a log line is never worth a failed run)
             self.handleError(record)
+
+
+class _PrintedByLibraryToRunLog(_ToRunLog):
+    """On a library's logger: the WARNING+ records that the library's own console handler there prints, as printed."""
+
+    def __init__(self, log: RunLog, library: logging.Logger) -> None:
+        super().__init__(log)
+        self._library = library
+
+    def emit(self, record: logging.LogRecord) -> None:
+        printing = next((handler for handler in self._library.handlers if _prints_on_console(handler)
+                         and record.levelno >= handler.level), None)
+        if printing is not None:
+            self.emit_as(record, printing)
+        elif not self._other_handler_takes(record) and logging.lastResort is not None \
+                and record.levelno >= logging.lastResort.level:
+            # the library's console handler removed: logging's last resort printed the record, which this handler,
+            # counted as one, would keep it from doing
+            logging.lastResort.handle(record)
+
+    def _other_handler_takes(self, record: logging.LogRecord) -> bool:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None:
+            if any(handler is not self for handler in logger.handlers):
+                return True
+            logger = logger.parent if logger.propagate else None
+        return False
+
+
+def _prints_on_console(handler: logging.Handler) -> bool:
+    """A library's console handler (``logging.StreamHandler()``, on stderr), not a file's (a FileHandler is one)."""
+    return type(handler) is logging.StreamHandler
+
+
+class _LastResortToo(logging.Handler):
+    """Logging's last resort, printing as ever, with what it printed in a run log too."""
+
+    def __init__(self, printing: logging.Handler, log: RunLog) -> None:
+        super().__init__(printing.level)
+        self._printing = printing
+        self._log = log
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        shown = self._printing.handle(record)
+        if shown:
+            try:
+                _log_record(self._log, record, self._printing)
+            except Exception:  # noqa: BLE001 (a log line is never worth a failed run)
+                pass
+        return shown
+
+    def emit(self, record: logging.LogRecord) -> None:  # handle() does it all
+        self._printing.emit(record)
 
 
 class LoggedConsole:

@@ -270,3 +270,74 @@ def test_a_line_whose_log_another_thread_gave_up_meanwhile_is_dropped(tmp_path, 
     assert not log.active
     monkeypatch.undo()
     assert "a line written" not in (tmp_path / "logs" / "build.log").read_text(encoding="utf-8")
+
+
+#: Warnings as a run meets them: Python's (Pillow's bomb warning, one warned twice), the WARNING records of
+#: libraries printing them with a console handler of their own (datasets, transformers, huggingface_hub: once with it,
+#: once after a program removed it, when logging's last resort prints it) or through the last resort (a logger with
+#: no handler), one no handler prints (urllib3's NullHandler), the package's own; run as they are, then in a run log.
+WARNING_SCRIPT = """
+import io, logging, os, sys, warnings
+from pathlib import Path
+
+import datasets
+import huggingface_hub
+import urllib3  # noqa: F401 (its NullHandler)
+from PIL import Image
+from transformers.utils import logging as transformers_logging
+
+from reddit_amazon.run_log import open_run_log
+
+
+def warn():
+    Image.MAX_IMAGE_PIXELS = 60  # a 10 x 10 image is over it, not over twice it: a warning, not an error
+    png = io.BytesIO()
+    Image.new("RGB", (10, 10)).save(png, format="PNG")
+    Image.open(png)
+    for _ in range(2):
+        warnings.warn("a warning shown once, its key " + os.environ["OPENAI_API_KEY"])
+    datasets.utils.logging.get_logger("datasets.builder").warning("datasets: Repo card metadata block not found")
+    huggingface_hub.utils.logging.get_logger("huggingface_hub.file_download").warning("hub: symlinks not supported")
+    transformers_logging.get_logger("transformers.modeling_utils").warning("weights not used")  # "[transformers] "
+    logging.getLogger("sentence_transformers.SentenceTransformer").warning("no handler: printed by the last resort")
+    logging.getLogger("urllib3.connectionpool").warning("Connection pool is full: printed by no handler")
+    logging.getLogger("reddit_amazon.images").warning("the package's warning")
+    logging.getLogger("huggingface_hub").handlers.clear()
+    huggingface_hub.utils.logging.get_logger("huggingface_hub.x").warning("hub, its console handler removed")
+
+
+if sys.argv[1] == "plain":
+    warn()
+else:
+    with open_run_log(Path(sys.argv[2]), "build", "reddit-amazon build"):
+        warn()
+"""
+
+
+def test_the_warnings_a_run_prints_are_logged_once_as_printed_and_redacted(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from reddit_amazon.redaction import redact_secrets
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)  # here too: the expected lines are redacted as the log's
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def stderr_of(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-c", WARNING_SCRIPT, *args], env=env, capture_output=True,
+                              text=True, timeout=120, check=True)
+        return done.stderr
+
+    plain = stderr_of("plain")
+    logged = stderr_of("logged", str(tmp_path))
+    assert logged == plain  # the terminal as without a log
+    printed = plain.splitlines()
+    assert "DecompressionBombWarning" in plain and plain.count("a warning shown once") == 1
+    assert "Connection pool is full" not in plain and "hub, its console handler removed" in plain, plain
+    assert "[transformers] weights not used" in printed
+    lines = log_lines(logs(tmp_path)[0])
+    assert lines[2:-1] == [line.rstrip() for line in redact_secrets(plain).splitlines()], (lines, printed)
+    assert KEY not in "\n".join(lines) and KEY in plain
+
