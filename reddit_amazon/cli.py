@@ -168,7 +168,7 @@ def verify_command(dataset_dir: str) -> None:
 
 
 @cli.command("remove")
-@click.argument("dataset_dir", type=UserPath(exists=True, file_okay=False, path_type=str))
+@click.argument("dataset_dir", type=OutputPath(exists=True, file_okay=False, path_type=str))
 @click.option("--requests", "requests_file", required=True, type=UserPath(exists=True, dir_okay=False, path_type=str),
               help="Removal requests, one a line ('#' comments): t1_<comment id>, t3_<submission id>, a bare Reddit "
                    "id, an example_id or thread_id, an author pseudonym (u_...), u/<name> (with --salt).")

@@ -253,3 +253,12 @@ def test_a_removed_recommendation_takes_the_replies_quoting_it(ids):
     assert [r.example_id for r in removal.kept["home"]["train"]] == ["c3"]
     assert [r.example_id for r in removal.kept["home"]["test"]] == ["c4"]
     assert removal.dropped["home"] == {"train": 1, "validation": 0, "test": 1} and removal.unmatched == 0
+
+
+def test_the_bundled_sample_inside_the_package_is_refused(tmp_path):
+    """`remove "$(reddit-amazon sample-path)"` rewrote the package's own sample (which the benchmark, the docs and
+    every test read), as `build --out` and `import-lavic --out` refuse to."""
+    before = file_digests(sample_dataset_path())
+    result = remove(sample_dataset_path(), _requests(tmp_path, "t1_zzzzzzz"))  # matches nothing, should it run
+    assert result.exit_code == 2 and "is inside the installed reddit_amazon package" in result.output
+    assert file_digests(sample_dataset_path()) == before
