@@ -173,7 +173,7 @@ def verify_command(dataset_dir: str) -> None:
               help="Removal requests, one a line ('#' comments): t1_<comment id>, t3_<submission id>, a bare Reddit "
                    "id, an example_id or thread_id, an author pseudonym (u_...), u/<name> (with --salt).")
 @click.option("--version", "dataset_version", default=None,
-              help="Version of the result (semver) [default: the folder's, MINOR + 1].")
+              help="Version of the result (semver, above the folder's) [default: the folder's, MINOR + 1].")
 @click.option("--salt", envvar="REDDIT_AMAZON_SALT", show_envvar=True,
               help="The build's pseudonym salt, to turn u/<name> requests into the pseudonyms turns[].author holds.")
 def remove_command(dataset_dir: str, requests_file: str, dataset_version: str | None, salt: str | None) -> None:

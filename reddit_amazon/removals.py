@@ -229,6 +229,15 @@ def next_version(version: str) -> str:
     return f"{match.group(1)}.{int(match.group(2)) + 1}.0"
 
 
+def semver_precedence(version: str) -> tuple:
+    """A sort key of the semver ``version`` by SemVer 2.0 precedence: MAJOR, MINOR, PATCH as numbers; a pre-release
+    below its release, compared identifier by identifier (numbers as numbers, below words); build metadata ignored."""
+    core, _, pre_release = version.split("+", 1)[0].partition("-")
+    identifiers = tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in pre_release.split(".")) \
+        if pre_release else ()
+    return (*map(int, core.split(".")), not pre_release, identifiers)
+
+
 def remove_from_folder(folder: str | os.PathLike, requests: RemovalRequests, *, version: str | None = None,
                        salt: str | None = None) -> FolderRemoval:
     """Drop the records ``requests`` ask for from the dataset folder ``folder``, rewriting it atomically under its
@@ -266,6 +275,11 @@ def _contents_without(folder: Path, requests: RemovalRequests, version: str | No
     if new_version == manifest["version"]:
         raise SchemaError(f"--version {new_version} is the folder's version: records removed make a new version "
                           "(its fingerprint differs; a version already published under other content is refused)")
+    if SEMVER.fullmatch(str(manifest["version"])) and \
+            semver_precedence(new_version) <= semver_precedence(str(manifest["version"])):
+        raise SchemaError(f"--version {new_version} is not above the folder's version {manifest['version']}: records "
+                          "removed make a later version (an earlier one may be published already, under other "
+                          "content, and users pick the newest to get the removals)")
     splits, items = read_folder_records(folder, scratch)
     removal = drop_requested(splits, requests)
     written = {"name", "version", "fingerprint", "shards", "schema_package_version", "candidate_sets",

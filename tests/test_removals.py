@@ -262,3 +262,29 @@ def test_the_bundled_sample_inside_the_package_is_refused(tmp_path):
     result = remove(sample_dataset_path(), _requests(tmp_path, "t1_zzzzzzz"))  # matches nothing, should it run
     assert result.exit_code == 2 and "is inside the installed reddit_amazon package" in result.output
     assert file_digests(sample_dataset_path()) == before
+
+
+@pytest.mark.parametrize("version", ["0.9.0", "1.0.0", "1.0.1-rc.1", "1.0.1+rebuild"])
+def test_a_version_below_the_folders_is_refused(version, sample_copy, tmp_path):
+    """The sample is 1.0.1: a removal published as 0.9.0 (or 1.0.0, an earlier release's tag) would sort below the
+    version that still holds the records, and users taking the newest would get those back."""
+    before = file_digests(sample_copy)
+    result = remove(sample_copy, _requests(tmp_path, RECORD), "--version", version)
+    assert result.exit_code == 1 and f"--version {version} is not above the folder's version 1.0.1" in result.output
+    assert file_digests(sample_copy) == before
+
+
+def test_semver_precedence_orders_as_semver_does():
+    from reddit_amazon.removals import semver_precedence
+
+    ordered = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2", "1.0.0-beta.11",
+               "1.0.0-rc.1", "1.0.0", "1.0.1", "1.2.0", "1.10.0", "2.0.0"]  # the example of semver.org, section 11
+    assert sorted(reversed(ordered), key=semver_precedence) == ordered
+    assert semver_precedence("1.0.1+a") == semver_precedence("1.0.1+b") == semver_precedence("1.0.1")
+    assert semver_precedence("2.0.0-rc.1") > semver_precedence("1.0.1")
+
+
+def test_a_higher_version_is_taken(sample_copy, tmp_path):
+    result = remove(sample_copy, _requests(tmp_path, RECORD), "--version", "1.0.2")
+    assert result.exit_code == 0, result.output
+    assert read_manifest(sample_copy)["version"] == "1.0.2"
