@@ -90,7 +90,7 @@ def read_requests(path: str | os.PathLike) -> RemovalRequests:
     """The requests of the file at ``path``; a line of no known form is a :class:`SchemaError` naming file:line."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # and the BOM Windows editors start a UTF-8 file with
     except UnicodeDecodeError as error:
         raise SchemaError(f"{path}: not UTF-8 text ({error})") from None
     requests = []
@@ -102,10 +102,11 @@ def read_requests(path: str | os.PathLike) -> RemovalRequests:
 
 
 def parse_request(text: str, where: str) -> RemovalRequest:
+    # Every form is lower case as the records hold it (Reddit ids are base36, pseudonyms hex): an id copied in
+    # upper case (T1_K3B9XQ2) names the same thing, and Reddit user names ignore case.
     for kind, pattern in _FORMS:
-        if match := pattern.fullmatch(text):
-            value = match.group(1).lower() if kind == "username" else match.group(1)  # Reddit names ignore case
-            return RemovalRequest(kind, value, where)
+        if match := pattern.fullmatch(text.lower()):
+            return RemovalRequest(kind, match.group(1), where)
     raise SchemaError(f"{where}: {text[:80]!r} is no removal request; a line holds one of: {FORMS_HELP}")
 
 

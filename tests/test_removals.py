@@ -288,3 +288,21 @@ def test_a_higher_version_is_taken(sample_copy, tmp_path):
     result = remove(sample_copy, _requests(tmp_path, RECORD), "--version", "1.0.2")
     assert result.exit_code == 0, result.output
     assert read_manifest(sample_copy)["version"] == "1.0.2"
+
+
+def test_a_request_file_saved_on_windows_with_ids_in_upper_case_is_read_as_written(sample_copy, tmp_path):
+    """A BOM (Notepad's UTF-8), CRLF line ends, trailing blanks and ids in upper case name what the lower-case
+    lines name: the BOM made line 1 'no removal request', and T1_/upper-case ids were refused."""
+    from reddit_amazon.removals import read_requests
+
+    windows = tmp_path / "windows.txt"
+    windows.write_bytes(b"\xef\xbb\xbf" + f"T1_{CONTEXT_COMMENT.upper()}  \r\n{RECORD.upper()}\t\r\n"
+                        "U/USER_705771\r\n".encode())
+    plain = _requests(tmp_path, f"t1_{CONTEXT_COMMENT}", RECORD, "u/user_705771")
+    assert read_requests(windows) == read_requests(plain)
+    assert read_requests(windows).sha256 == read_requests(plain).sha256
+    result = remove(sample_copy, windows, "--salt", SAMPLE_SALT)
+    assert result.exit_code == 0, result.output
+    assert "3 request(s), 0 matching no record" in result.output
+    expected = FORMS["context_comment"][1] | FORMS["example_id"][1] | FORMS["username"][1]
+    assert set(BEFORE) - set(records(sample_copy)) == expected
