@@ -128,7 +128,24 @@ def render_datasheet(manifest: Mapping[str, Any], statistics: DatasetStatistics,
         license=license_text,
         version=inline_code(manifest["version"]),
         fingerprint=inline_code(manifest["fingerprint"]),
+        removals=_removals_honoured(manifest),
     ).rstrip() + "\n"
+
+
+def _removals_honoured(manifest: Mapping[str, Any]) -> str:
+    """What the manifest's ``removals`` record of this copy, in counts (nothing where none were applied): a reader
+    of the card learns that this version honours requests, and none of the ids asked for."""
+    entries = [entry for entry in manifest.get("removals") or [] if isinstance(entry, Mapping)]
+    if not entries:
+        return ""
+    dropped = sum(n for entry in entries for splits in (entry.get("records_dropped") or {}).values()
+                  for n in splits.values())
+    runs = [entry for entry in entries if entry.get("applied") == "remove"]
+    how = [*(["its build (`--removals`)"] if len(runs) < len(entries) else []),
+           *([f"{len(runs):,} `remove` run(s) since version {inline_code(runs[0].get('from_version', '?'))}"]
+             if runs else [])]
+    return (f"\n  This copy honours removal requests: {dropped:,} record(s) dropped by {' and '.join(how)}; the "
+            "manifest's `removals` gives each run's counts.")
 
 
 def build_options(manifest: Mapping[str, Any]) -> list[tuple[str, Any]]:

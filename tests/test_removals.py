@@ -306,3 +306,20 @@ def test_a_request_file_saved_on_windows_with_ids_in_upper_case_is_read_as_writt
     assert "3 request(s), 0 matching no record" in result.output
     expected = FORMS["context_comment"][1] | FORMS["example_id"][1] | FORMS["username"][1]
     assert set(BEFORE) - set(records(sample_copy)) == expected
+
+
+def test_the_card_says_how_many_records_this_version_dropped_on_request(sample_copy, tmp_path):
+    """The card (what a Hub visitor reads) said only that requests may be made, not that this version honours any."""
+    assert remove(sample_copy, _requests(tmp_path, f"t1_{CONTEXT_COMMENT}")).exit_code == 0
+    card = (sample_copy / "README.md").read_text(encoding="utf-8")
+    dropped = len(FORMS["context_comment"][1])
+    assert (f"This copy honours removal requests: {dropped} record(s) dropped by 1 `remove` run(s) since version "
+            "`1.0.1`") in card
+    assert CONTEXT_COMMENT not in card
+    assert "honours removal requests" not in (sample_dataset_path() / "README.md").read_text(encoding="utf-8")
+    from cards.datasheet import _removals_honoured
+
+    built = {"removals": [{"applied": "build", "records_dropped": {"home": {"train": 2, "test": 1}}},
+                          {"applied": "remove", "from_version": "1.0.0", "records_dropped": {"beauty": {"test": 1}}}]}
+    assert "4 record(s) dropped by its build (`--removals`) and 1 `remove` run(s) since version `1.0.0`" in \
+        _removals_honoured(built)
