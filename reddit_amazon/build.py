@@ -696,9 +696,10 @@ def _drop_requested(requests_file: Path, workdir: Path, splits: dict[str, dict[s
     from reddit_amazon.pipeline import kept_pseudonymizer
     from reddit_amazon.removals import drop_requested, read_requests
 
-    requests = read_requests(requests_file).with_pseudonyms(kept_pseudonymizer(workdir))
+    pseudonymize = kept_pseudonymizer(workdir)
+    requests = read_requests(requests_file).with_pseudonyms(pseudonymize)
     removal = drop_requested(splits, requests)
-    return removal.kept, removal.record(requests, applied="build")
+    return removal.kept, removal.record(requests, pseudonymize, applied="build")
 
 
 def _catalog_files(options: BuildOptions) -> list[str]:

@@ -20,7 +20,6 @@ would move other threads between train and test.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -65,11 +64,12 @@ class RemovalRequests:
 
     requests: tuple[RemovalRequest, ...]
 
-    @property
-    def sha256(self) -> str:
-        """Of the normalised list: records which requests a version honours without naming them (who asked is
-        personal too)."""
-        return hashlib.sha256("".join(f"{r.normalised}\n" for r in self.requests).encode("utf-8")).hexdigest()
+    def digest(self, pseudonymize: Any) -> str:
+        """Of the normalised list, keyed with the salt of ``pseudonymize`` (a
+        :class:`~reddit_amazon.threads.Pseudonymizer`): tells which requests a version honours to whoever holds the
+        salt. A plain sha256 named them to anyone: hashing each id of the previous, public version finds the one
+        asked for (and who asked is personal too)."""
+        return pseudonymize.digest("".join(f"{r.normalised}\n" for r in self.requests).encode("utf-8"))
 
     def with_pseudonyms(self, pseudonymize: Any | None) -> RemovalRequests:
         """``u/<name>`` requests as the pseudonym ``pseudonymize`` (a :class:`~reddit_amazon.threads.Pseudonymizer`)
@@ -135,9 +135,11 @@ class Removal:
     def records_dropped(self) -> int:
         return sum(n for splits in self.dropped.values() for n in splits.values())
 
-    def record(self, requests: RemovalRequests, **extra: Any) -> dict[str, Any]:
-        """The manifest's entry: counts and the requests' sha256, never the ids asked for."""
-        return {"requests": self.requests, "requests_sha256": requests.sha256, "unmatched_requests": self.unmatched,
+    def record(self, requests: RemovalRequests, pseudonymize: Any | None, **extra: Any) -> dict[str, Any]:
+        """The manifest's entry: counts, never the ids asked for; with the salt (``pseudonymize``), the requests'
+        keyed digest (:meth:`RemovalRequests.digest`)."""
+        digest = {"requests_digest": requests.digest(pseudonymize)} if pseudonymize else {}
+        return {"requests": self.requests, **digest, "unmatched_requests": self.unmatched,
                 "records_dropped": self.dropped, **extra}
 
 
@@ -247,11 +249,12 @@ def remove_from_folder(folder: str | os.PathLike, requests: RemovalRequests, *, 
     from reddit_amazon.dataset_folder import rewrite_dataset
     from reddit_amazon.threads import Pseudonymizer
 
-    requests = requests.with_pseudonyms(Pseudonymizer(salt) if salt else None)
+    pseudonymize = Pseudonymizer(salt) if salt else None
+    requests = requests.with_pseudonyms(pseudonymize)
     outcome: list[FolderRemoval] = []
 
     def rewrite(folder: Path, scratch: Path):
-        contents, removal, new_version = _contents_without(folder, requests, version, scratch)
+        contents, removal, new_version = _contents_without(folder, requests, pseudonymize, version, scratch)
         outcome.append(FolderRemoval(removal, new_version, None))
         return contents if removal.records_dropped else None
 
@@ -260,7 +263,8 @@ def remove_from_folder(folder: str | os.PathLike, requests: RemovalRequests, *, 
     return outcome[0]
 
 
-def _contents_without(folder: Path, requests: RemovalRequests, version: str | None, scratch: Path):
+def _contents_without(folder: Path, requests: RemovalRequests, pseudonymize: Any | None, version: str | None,
+                      scratch: Path):
     from reddit_amazon.assemble import report_of_given_candidates, table1_stats
     from reddit_amazon.dataset_folder import (SOURCE_COPY_DIR, DatasetContents, read_folder_records, read_manifest,
                                               verify)
@@ -292,7 +296,7 @@ def _contents_without(folder: Path, requests: RemovalRequests, version: str | No
     if candidates:  # the recall bounding HR@1, over the records kept (as a build with --removals computes it)
         recall = report_of_given_candidates(removal.kept, list(candidates.get("recall", {}))).recall
         metadata["build_reports"] = {**metadata["build_reports"], "candidates": {**candidates, "recall": recall}}
-    entry = removal.record(requests, applied="remove", from_version=manifest["version"],
+    entry = removal.record(requests, pseudonymize, applied="remove", from_version=manifest["version"],
                            from_fingerprint=manifest["fingerprint"])
     metadata["removals"] = [*metadata.get("removals", []), entry]
     # lavic_source/ holds the release's item metadata files (no conversation text), which export-lavic writes back

@@ -153,6 +153,10 @@ class Pseudonymizer:
             return ""
         return PSEUDONYM_PREFIX + self._hash(name)
 
+    def digest(self, data: bytes) -> str:
+        """A hash of ``data`` keyed with the salt: as secret as the pseudonyms (the manifest's removal requests)."""
+        return hashlib.blake2b(data, key=self._key, digest_size=32, person=b"removals").hexdigest()
+
     def _hash(self, name: str) -> str:
         return hashlib.blake2b(name.lower().encode("utf-8"), key=self._key, digest_size=8).hexdigest()
 
