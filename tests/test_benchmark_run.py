@@ -1880,6 +1880,22 @@ def test_a_plugin_bug_s_traceback_shows_no_secret(dataset, tmp_path):
     assert done.stderr.strip().splitlines()[-1].endswith("OSError: refused: <MY_SERVICE_TOKEN redacted>")
 
 
+def test_a_bug_the_harness_does_not_report_shows_no_secret_of_the_environment(dataset, tmp_path):
+    """A plugin's ``uses_images`` property raising is no failure of a plugin call that benchmark reports: Python
+    printed its traceback, the message quoting OPENAI_API_KEY with the key in it."""
+    plugin = tmp_path / "leaky_plugin.py"
+    plugin.write_text("import os\n\nclass Leaky:\n    @property\n    def uses_images(self):\n"
+                      "        raise KeyError(f\"no 'title' in record with key {os.environ['OPENAI_API_KEY']}\")\n\n"
+                      "    def recommend(self, examples):\n        return ['' for _ in examples]\n")
+    done = subprocess.run([sys.executable, "-m", "benchmark", "run", "--model", f"{plugin}:Leaky", "--dataset",
+                           str(dataset), "--domain", "home", "--out", str(tmp_path / "run"), "--quiet"],
+                          capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": "sk-secret-abcdef123"})
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1 and "sk-secret-abcdef123" not in done.stderr
+    assert lines[0] == "Traceback (most recent call last):" and f'  File "{plugin}", line 6, in uses_images' in lines
+    assert lines[-1] == """KeyError: "no 'title' in record with key <OPENAI_API_KEY redacted>\""""
+
+
 def test_a_plugin_bug_s_traceback_shows_no_secret_of_a_variable_named_in_any_style(dataset, tmp_path):
     """Only variables whose names held KEY, TOKEN, SECRET or PASSWORD were redacted: MySQL's ``MYSQL_PWD``, a
     ``*_PASSPHRASE``, ``HF_AUTH`` or Terraform's ``GOOGLE_CREDENTIALS`` quoted in a plugin's error were printed."""

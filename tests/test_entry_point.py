@@ -1,4 +1,4 @@
-"""Ctrl-C while a console script is still importing its command line."""
+"""How the console scripts start: Ctrl-C while one is still importing its command line, a bug's traceback."""
 
 from __future__ import annotations
 
@@ -59,3 +59,55 @@ def test_ctrl_c_while_the_command_line_is_imported_ends_as_it_does_later(start, 
     done = subprocess.run([sys.executable, "-c", _CTRL_C_AT_IMPORT.format(module=imported) + code, "--help"],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert (done.returncode, done.stderr, done.stdout) == (128 + signal.SIGINT, "Aborted!\n", ""), start
+
+
+#: A key of the environment, and a bug quoting it in its message and in its cause's.
+_SECRET = "sk-secret-abcdef123"
+_BUG = """
+import os
+
+def bug(*args, **kwargs):
+    key = os.environ["OPENAI_API_KEY"]
+    try:
+        raise LookupError(f"record {key} has no title")
+    except LookupError as cause:
+        raise KeyError(f"no 'title' in record with key {key}") from cause
+"""
+#: The bug raised while ``{module}`` is imported, or when the command prints its help (click's, in the command).
+_BUG_AT_IMPORT = """
+class BugAtImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            bug()
+        return None
+
+sys.meta_path.insert(0, BugAtImport())
+"""
+_BUG_IN_THE_COMMAND = """
+import click
+
+click.Context.get_help = bug
+"""
+
+
+@pytest.mark.parametrize("where", ["at import", "in the command"])
+@pytest.mark.parametrize(("start", "code"), _starts(), ids=[start for start, _ in _starts()])
+def test_a_bugs_traceback_is_printed_with_the_secrets_of_the_environment_redacted(start, code, where, tmp_path):
+    """A bug (an exception no `Error:` line reports) was printed by Python as it was: a message quoting
+    OPENAI_API_KEY showed the key on the terminal, where the run log and the `Error:` lines have it redacted."""
+    at_import = _BUG_AT_IMPORT.format(module="reddit_amazon.cli_errors")
+    fault = _BUG + (at_import if where == "at import" else _BUG_IN_THE_COMMAND)
+    env = {**os.environ, "OPENAI_API_KEY": _SECRET,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    script = tmp_path / "start.py"  # a file: the traceback shows its source lines
+    script.write_text("import sys\n" + fault + code, encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script), "--help"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert _SECRET not in done.stderr, start
+    lines = done.stderr.splitlines()
+    last = """KeyError: "no 'title' in record with key <OPENAI_API_KEY redacted>\""""
+    first = "Traceback (most recent call last):"
+    assert (done.returncode, done.stdout, lines[0], lines[-1]) == (1, "", first, last), start
+    assert "LookupError: record <OPENAI_API_KEY redacted> has no title" in lines, start  # its cause, kept
+    assert "The above exception was the direct cause of the following exception:" in lines, start
+    assert """    raise KeyError(f"no 'title' in record with key {key}") from cause""" in lines, start  # source lines
