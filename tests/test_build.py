@@ -807,7 +807,8 @@ def test_a_dataset_folder_is_refused_as_workdir(tmp_path):
     assert sorted(p.name for p in dataset.iterdir()) == before
     # a folder inside one too, as reddit-stage refuses it: the build wrote its work there and the folder still
     # passed `verify`, its shards unchanged but work files (Reddit excerpts, caches) published with it
-    result = build("--out", str(tmp_path / "ds"), "--workdir", str(dataset / "work"), "--no-filter")
+    result = build("--out", str(tmp_path / "ds"), "--workdir", str(dataset / "work"), "--no-filter",
+                   "--retrievers", "none")
     assert result.exit_code == 1 and f"is inside {dataset}, which is a reddit-amazon dataset folder" in result.output
     assert sorted(p.name for p in dataset.iterdir()) == before
 
