@@ -111,3 +111,19 @@ def test_a_bugs_traceback_is_printed_with_the_secrets_of_the_environment_redacte
     assert "LookupError: record <OPENAI_API_KEY redacted> has no title" in lines, start  # its cause, kept
     assert "The above exception was the direct cause of the following exception:" in lines, start
     assert """    raise KeyError(f"no 'title' in record with key {key}") from cause""" in lines, start  # source lines
+
+
+@pytest.mark.parametrize("package", sorted({entry.partition(".")[0] for entry in SCRIPTS.values()}))
+def test_a_bug_in_a_command_started_from_its_cli_module_is_printed_redacted(package, tmp_path):
+    """`python -m <package>.cli` runs the CLI module as __main__, past the entry point's hook: a bug in the command
+    was printed by Python as it was, the key of the environment in it."""
+    env = {**os.environ, "OPENAI_API_KEY": _SECRET,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    script = tmp_path / "start.py"
+    script.write_text("import sys\n" + _BUG + _BUG_IN_THE_COMMAND
+                      + _PYTHON_DASH_M.format(package=f"{package}.cli"), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script), "--help"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    lines = done.stderr.splitlines()
+    assert _SECRET not in done.stderr and done.returncode == 1, done.stderr
+    assert lines[-1] == """KeyError: "no 'title' in record with key <OPENAI_API_KEY redacted>\""""
