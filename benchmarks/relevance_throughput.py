@@ -22,10 +22,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 MODEL = "stub-model"
+STUB_BACKLOG = 256  # connections the stub holds before accepting them: more than any --concurrency
 
 
 def serve(latency_s: float, port_out) -> None:
-    """The stub endpoint: every POST is answered "Yes." after ``latency_s``; keeps connections alive."""
+    """The stub endpoint, serving until the process is ended (see :func:`stub_server`)."""
+    server = stub_server(latency_s)
+    port_out.send(server.server_address[1])
+    server.serve_forever()
+
+
+def stub_server(latency_s: float) -> ThreadingHTTPServer:
+    """A loopback server, bound and listening, answering every POST "Yes." after ``latency_s``; keeps connections
+    alive."""
     answer = json.dumps({
         "id": "c1", "object": "chat.completion", "created": 0, "model": MODEL,
         "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Yes."}}],
@@ -48,11 +57,13 @@ def serve(latency_s: float, port_out) -> None:
             self.end_headers()
             self.wfile.write(answer)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.request_queue_size = 256
-    port_out.send(server.server_address[1])
-    server.serve_forever()
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        # listen()'s backlog, read when the server binds (set on an instance, it came too late: the default 5 then
+        # reset connections when 32 clients connected at once, and the plain client, which does not retry, failed)
+        request_queue_size = STUB_BACKLOG
+
+    return Server(("127.0.0.1", 0), Handler)
 
 
 def conversations(count: int, round_: int) -> list:

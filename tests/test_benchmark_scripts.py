@@ -50,6 +50,27 @@ def test_relevance_throughput(tmp_path):
     assert "plain openai" in output and "run_filter" in output and "x   (latency bound" in output
 
 
+def test_relevance_stub_holds_every_concurrent_connection():
+    """The stub's listen backlog admits the benchmark's 32 clients connecting at once before it accepts any: with
+    the default 5, the connections past the backlog were reset, and the plain client's run failed."""
+    import importlib.util
+    import socket
+
+    spec = importlib.util.spec_from_file_location("relevance_throughput", BENCHMARKS / "relevance_throughput.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    server = script.stub_server(0.0)  # bound and listening, accepting nothing yet
+    clients = []
+    try:
+        for _ in range(64):  # twice the README's --llm-concurrency 32
+            clients.append(socket.create_connection(server.server_address, timeout=2))  # past the backlog: timeout
+            clients[-1].sendall(b"GET / HTTP/1.1\r\n")  # a connection the server has not queued gets a reset
+    finally:
+        for client in clients:
+            client.close()
+        server.server_close()
+
+
 def test_stage_reuse(tmp_path):
     output = run_script("stage_reuse.py", "--conversations", "300", "--items", "50", "--shards", "2", "--rounds", "1",
                         "--dir", str(tmp_path / "work"), tmp_path=tmp_path)
