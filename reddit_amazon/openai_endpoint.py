@@ -359,7 +359,7 @@ def with_retries(call: Callable[[], T], max_attempts: int, initial_wait: float =
     instead of trying again (a call already sent runs to its timeout, unless its connection is cut: see
     :func:`stoppable_calls`).
     """
-    from tenacity import (retry, retry_if_exception, sleep, sleep_using_event, stop_after_attempt,
+    from tenacity import (Retrying, retry_if_exception, sleep, sleep_using_event, stop_after_attempt,
                           wait_random_exponential)
 
     backoff = wait_random_exponential(multiplier=initial_wait, max=max_wait)
@@ -373,9 +373,10 @@ def with_retries(call: Callable[[], T], max_attempts: int, initial_wait: float =
             raise CallCancelled("given up: the run is stopping (a call failed for good, or Ctrl-C)")
         return call()
 
-    wrapped: Any = retry(retry=retry_if_exception(is_transient), stop=stop_after_attempt(max_attempts),
-                         wait=wait, sleep=sleep if cancel is None else sleep_using_event(cancel), reraise=True)(attempt)
-    return wrapped()
+    # A Retrying called directly: the ``retry`` decorator would also wrap ``attempt`` and copy itself, each call.
+    retrying = Retrying(retry=retry_if_exception(is_transient), stop=stop_after_attempt(max_attempts), wait=wait,
+                        sleep=sleep if cancel is None else sleep_using_event(cancel), reraise=True)
+    return retrying(attempt)
 
 
 MAX_RETRY_AFTER = 600.0
