@@ -132,11 +132,13 @@ def rewrite_dataset(folder: str | os.PathLike,
     ``rewrite(folder, scratch)`` makes of it; returns the new manifest, or None (nothing written) where ``rewrite``
     returns None. The folder's writer lock is held from the read to the swap, so no build, import or push comes in
     between; ``scratch`` is an empty folder beside it (same disk) for what the new contents keep as files, deleted
-    after."""
+    after. What a rewrite killed earlier (kill -9) left beside the folder is removed first, whether or not this one
+    writes."""
     folder = Path(folder).resolve()
     if not is_dataset_folder(folder):
         raise FileNotFoundError(f"{folder} is not a reddit-amazon dataset folder (no {MANIFEST}, or other files)")
     with file_lock(folder, FOLDER_LOCK_HOLDER, noun="folder"):
+        remove_abandoned_siblings(folder, finished_marker="README.md")  # _write_beside's, which a no-op never reaches
         scratch = Path(tempfile.mkdtemp(prefix=sibling_prefix(folder, "tmp"), dir=folder.parent))
         try:
             contents = rewrite(folder, scratch)

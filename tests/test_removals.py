@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -155,6 +158,47 @@ def test_a_remove_that_fails_while_writing_leaves_the_old_folder(sample_copy, tm
     assert result.exit_code == 1 and "No space left on device" in result.output
     assert file_digests(sample_copy) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "removals.txt"]  # no temporary folder, no lock
+
+
+#: A `remove` that stops for good once it writes the new folder's card (written last), touching argv[1] first.
+_REMOVE_STALLED_AT_THE_CARD = """
+import sys, time
+from pathlib import Path
+from reddit_amazon import dataset_folder
+from reddit_amazon.cli import cli
+
+def stall(*args, **kwargs):
+    Path(sys.argv[1]).touch()
+    time.sleep(600)
+
+dataset_folder.write_readme = stall
+cli(["remove", sys.argv[2], "--requests", sys.argv[3]])
+"""
+
+
+@pytest.mark.parametrize("second", ["t1_zzzzzzz", RECORD], ids=["matching_nothing", "matching"])
+def test_a_remove_cleans_what_a_remove_killed_with_kill_9_left(second, sample_copy, tmp_path):
+    """A remove killed (kill -9) while writing left its lock and two folders beside the dataset folder: the scratch
+    holding the item images it read, and the new folder half written. A later remove that matched nothing returned
+    before anything removed them; they stayed for good."""
+    before = file_digests(sample_copy)
+    stalled = tmp_path / "stalled"
+    child = subprocess.Popen([sys.executable, "-c", _REMOVE_STALLED_AT_THE_CARD, str(stalled), str(sample_copy),
+                              str(_requests(tmp_path, RECORD))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not stalled.exists():
+            assert time.time() < deadline and child.poll() is None
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
+    left = sorted(p.name.split("-")[0] for p in tmp_path.iterdir() if p.name.startswith(".ds."))
+    assert left == [".ds.lock", ".ds.tmp", ".ds.tmp"] and file_digests(sample_copy) == before
+    result = remove(sample_copy, _requests(tmp_path, second))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "removals.txt", "stalled"]
+    assert (file_digests(sample_copy) == before) == (second != RECORD) and verify(sample_copy) == []
 
 
 def test_a_damaged_folder_is_refused(sample_copy, tmp_path):
