@@ -217,7 +217,9 @@ def push_command(dataset_dir: str, repo_id: str, private: bool, revision: str | 
     The folder is first checked against its manifest as `reddit-amazon verify` checks it; a folder that differs is
     refused, nothing sent. The Hub's README.md loads REPO_ID (the local one is left as it is); shards of an
     earlier version that this one does not have are deleted, the repo's other files kept. A version already
-    published with other content is refused. The token comes from HF_TOKEN (else `hf auth login`).
+    published with other content is refused. The token comes from HF_TOKEN (else `hf auth login`). After pushing a
+    version that honours removal requests, the repo's earlier tags, other branches and history, which still serve
+    the records removed, are named on stderr with what to do; nothing is deleted.
 
     \b
     Examples:

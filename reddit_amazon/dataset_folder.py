@@ -25,6 +25,7 @@ import functools
 import glob
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import re
@@ -63,6 +64,8 @@ from reddit_amazon.schema import (
     validate_conversation_row,
     validate_item_row,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "reddit-amazon"
 MANIFEST = "manifest.json"
@@ -872,7 +875,8 @@ def _verified_push(folder: Path, repo_id: str, *, private: bool, token: str | No
     with connection_errors_named(api.endpoint):
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         tag = f"v{manifest['version']}"
-        if any(ref.name == tag for ref in api.list_repo_refs(repo_id, repo_type="dataset").tags):
+        refs = api.list_repo_refs(repo_id, repo_type="dataset")
+        if any(ref.name == tag for ref in refs.tags):
             published = json.loads(Path(api.hf_hub_download(repo_id, MANIFEST, repo_type="dataset", revision=tag))
                                    .read_text(encoding="utf-8"))
             if published.get("fingerprint") != manifest["fingerprint"]:
@@ -890,6 +894,13 @@ def _verified_push(folder: Path, repo_id: str, *, private: bool, token: str | No
             commit_message=f"reddit-amazon {manifest['version']} ({manifest['fingerprint'][:12]})",
         )
         api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=revision, exist_ok=True)  # same content: kept
+    if manifest.get("removals"):  # the repo's earlier versions still serve the records removed
+        from reddit_amazon.removals import EarlierRevisions
+
+        earlier = EarlierRevisions.of(repo_id, refs, branch=revision or "main", tag=tag,
+                                      history=any(path.startswith(f"{DATA_DIR}/") for path in remote_files))
+        if notice := earlier.notice():
+            log.warning(notice)
     return str(commit)
 
 

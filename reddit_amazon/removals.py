@@ -308,3 +308,74 @@ def _contents_without(folder: Path, requests: RemovalRequests, pseudonymize: Any
                                source_files=copies)
     return contents, removal, new_version
 
+
+
+# --------------------------------------------------------------------------------------------
+# What a Hub repo still serves after a push
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EarlierRevisions:
+    """What a Hub repo serves besides the version a push just committed to ``branch`` and tagged ``tag``: every
+    other tag and branch (an earlier version, or one that still holds records a later removal dropped), and
+    ``history``: the branch held data files before the commit, so its earlier commits hold an earlier version."""
+
+    repo_id: str
+    branch: str
+    tag: str
+    tags: tuple[str, ...]
+    branches: tuple[str, ...]
+    history: bool
+
+    @classmethod
+    def of(cls, repo_id: str, refs: Any, *, branch: str, tag: str, history: bool) -> EarlierRevisions:
+        """From ``refs``, the repo's :class:`huggingface_hub.GitRefs` as they were before the push's tag."""
+        tags = sorted((ref.name for ref in refs.tags if ref.name != tag), key=_tag_order)
+        return cls(repo_id, branch, tag, tuple(tags), tuple(sorted(ref.name for ref in refs.branches
+                                                                   if ref.name != branch)), history)
+
+    def notice(self) -> str | None:
+        """What a maintainer honouring removal requests must still do on the Hub; None where nothing earlier is
+        served. Nothing is deleted for them: deleting tags, branches and history is theirs to decide."""
+        if not (self.tags or self.branches or self.history):
+            return None
+        repo, quoted = self.repo_id, f'"{self.repo_id}"'
+        served = []
+        if self.tags:
+            served.append(f"  tags {', '.join(self.tags)}: load_dataset({quoted}, ..., revision=\"{self.tags[0]}\") "
+                          "loads such a version")
+        if self.branches:
+            served.append(f"  branches {', '.join(self.branches)}")
+        if self.history:
+            served.append(f"  the history of {self.branch}: each earlier commit, loaded by its id (revision=<commit>)")
+        steps = []
+        if self.tags:
+            steps.append(f"delete those tags: api.delete_tag({quoted}, tag=..., repo_type=\"dataset\"), or "
+                         f"`hf repos tag delete {repo} TAG --repo-type dataset`")
+        if self.branches:
+            steps.append(f"delete those branches (api.delete_branch({quoted}, branch=..., repo_type=\"dataset\")), or "
+                         "push this version to each and squash its history as below")
+        if self.history:
+            steps.append(f"squash {self.branch}'s history into one commit: api.super_squash_history({quoted}, "
+                         f"branch=\"{self.branch}\", repo_type=\"dataset\")")
+            steps.append(f"{self.tag} still names the commit before the squash, whose history holds them: delete it "
+                         f"and tag the squashed commit: api.delete_tag({quoted}, tag=\"{self.tag}\", "
+                         f"repo_type=\"dataset\"); api.create_tag({quoted}, tag=\"{self.tag}\", "
+                         f"revision=\"{self.branch}\", repo_type=\"dataset\")")
+        return "\n".join([
+            f"{repo}: this version honours removal requests, but these revisions of the repo may still serve the "
+            "records dropped (this push deleted nothing):", *served,
+            "To withdraw them (api = huggingface_hub.HfApi(), with a write token):",
+            *(f"  {number}. {step}" for number, step in enumerate(steps, start=1)),
+            "Deleting a tag deletes only its name: its commit stays in the branch's history, loadable by its id, "
+            "until that history is squashed. Copies already downloaded (clones, caches, mirrors) are out of reach. "
+            "See docs/dataset.md, \"Removal requests\"."])
+
+
+def _tag_order(tag: str) -> tuple:
+    """``vX.Y.Z`` tags by SemVer precedence (v1.10.0 after v1.9.0), then any other tag by name."""
+    from reddit_amazon.schema import SEMVER
+
+    version = tag.removeprefix("v")
+    return (0, semver_precedence(version), "") if SEMVER.fullmatch(version) else (1, (), tag)

@@ -47,7 +47,10 @@ def loopback_dataset_hub(httpserver, seen: dict) -> None:
                 "X-Repo-Commit": "a" * 40, "ETag": f'"{hashlib.sha1(data).hexdigest()}"'})
         if request.path == f"/api/datasets/{REPO}/refs":
             tags = [{"name": tag, "ref": f"refs/tags/{tag}", "targetCommit": "a" * 40} for tag, _ in seen["tags"]]
-            return Response(json.dumps({"branches": [], "converts": [], "tags": tags}), content_type="application/json")
+            branches = [{"name": name, "ref": f"refs/heads/{name}", "targetCommit": "a" * 40}
+                        for name in seen["branches"]]
+            return Response(json.dumps({"branches": branches, "converts": [], "tags": tags}),
+                            content_type="application/json")
         route = ROUTE.fullmatch(request.path)
         if route is None:
             return Response(f"unexpected {request.method} {request.path}", status=404)
@@ -233,3 +236,64 @@ def test_an_import_into_the_folder_a_push_is_publishing_is_refused_and_the_push_
     assert main[MANIFEST] == checked[MANIFEST] and {path: main[path] for path in checked if path != "README.md"} == {
         path: data for path, data in checked.items() if path != "README.md"}
     assert files_of(folder) == checked
+
+
+def removed_version(tmp_path: Path) -> Path:
+    """A copy of the bundled sample (1.0.1) with one record removed: version 1.1.0, with a `removals` entry."""
+    folder = tmp_path / "reddit-amazon"
+    shutil.copytree(sample_dataset_path(), folder)
+    (tmp_path / "removals.txt").write_text("0i4tya8\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["remove", str(folder), "--requests", str(tmp_path / "removals.txt")])
+    assert result.exit_code == 0 and read_manifest(folder)["version"] == "1.1.0", result.output
+    return folder
+
+
+def test_pushing_a_version_with_removals_names_what_the_repo_still_serves_and_deletes_nothing(hub, httpserver,
+                                                                                             tmp_path):
+    """After pushing a version that honours removal requests, the repo's tag of the earlier version and the history
+    of its branch still served the removed records to anyone pinning them, and push said nothing. It now names them
+    and what to do, on stderr, as the command runs for the user (a subprocess: pytest's log capture would take a
+    warning the terminal shows)."""
+    import os
+    import subprocess
+    import sys
+
+    first = CliRunner().invoke(cli, ["push", str(sample_dataset_path()), REPO])
+    assert first.exit_code == 0, first.output
+    folder = removed_version(tmp_path)
+    env = {**os.environ, "HF_ENDPOINT": httpserver.url_for("").rstrip("/"), "HF_HUB_OFFLINE": "0",
+           "HF_HUB_CACHE": str(tmp_path / "hub-cache"), "HF_TOKEN": "hf_secret_test_token"}
+    pushed = subprocess.run([sys.executable, "-m", "reddit_amazon.cli", "push", str(folder), REPO],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.startswith(f"pushed {folder} to {REPO}: ")
+    notice = pushed.stderr
+    assert notice.startswith(f"{REPO}: this version honours removal requests, but these revisions of the repo may "
+                             "still serve the records dropped (this push deleted nothing):\n"), notice
+    assert "  tags v1.0.1: " in notice and "  the history of main: " in notice and "branches" not in notice
+    assert f'1. delete those tags: api.delete_tag("{REPO}", tag=..., repo_type="dataset")' in notice
+    assert f'2. squash main\'s history into one commit: api.super_squash_history("{REPO}", branch="main", ' in notice
+    assert '3. v1.1.0 still names the commit before the squash' in notice
+    assert "Deleting a tag deletes only its name: its commit stays in the branch's history" in notice
+    assert "hf_secret_test_token" not in notice
+    assert [tag for tag, _ in hub["tags"]] == ["v1.0.1", "v1.1.0"]
+    assert not [request.path for request, _ in httpserver.log if request.method == "DELETE"]  # nothing deleted
+
+
+def test_pushing_removals_to_a_branch_names_the_other_branches_and_no_notice_without_earlier_versions(hub, tmp_path,
+                                                                                                      caplog):
+    """A push to a branch names the repo's other branches (main holds an earlier version); a version without
+    removals, or one pushed to a new repo, says nothing."""
+    folder = removed_version(tmp_path)
+    first = CliRunner().invoke(cli, ["push", str(folder), REPO])  # a new repo: nothing earlier is served
+    assert first.exit_code == 0, first.output
+    assert not [r for r in caplog.records if r.name.startswith("reddit_amazon")]
+    plain = CliRunner().invoke(cli, ["push", str(sample_dataset_path()), REPO, "--revision", "older"])
+    assert plain.exit_code == 0, plain.output  # no removals: nothing to say about the tag v1.1.0
+    assert not [r for r in caplog.records if r.name.startswith("reddit_amazon")]
+    again = CliRunner().invoke(cli, ["push", str(folder), REPO, "--revision", "candidate"])
+    assert again.exit_code == 0, again.output
+    [record] = [r for r in caplog.records if r.name.startswith("reddit_amazon")]
+    notice = record.getMessage()
+    assert "  tags v1.0.1: " in notice and "  branches main, older\n" in notice  # not v1.1.0, pushed again
+    assert "  the history of candidate: " in notice and 'branch="candidate"' in notice
