@@ -309,7 +309,6 @@ def _contents_without(folder: Path, requests: RemovalRequests, pseudonymize: Any
     return contents, removal, new_version
 
 
-
 # --------------------------------------------------------------------------------------------
 # What a Hub repo still serves after a push
 # --------------------------------------------------------------------------------------------
