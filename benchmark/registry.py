@@ -461,7 +461,7 @@ def recorded_settings(recommender: Any, resolved: ResolvedModel | None, model_ar
     ``settings`` dict where it has one (what it passes on, e.g. to a retriever: sbert's model); ``None`` for an
     object the caller made and that says nothing."""
     settings = None if resolved is None else settings_of(resolved.cls, model_args)
-    own = getattr(recommender, "settings", None)
+    own = plugin_attribute(recommender, "settings", None)
     if isinstance(own, dict):
         settings = {**(settings or {}), **_recordable(own)}
     return settings
@@ -603,6 +603,17 @@ class PluginError(RuntimeError):
 def mark_plugin_failure(error: BaseException, where: str) -> None:
     """Record on ``error``, raised by a plugin's own code, where that happened (see :func:`plugin_failure`)."""
     error._benchmark_plugin_failure = where  # type: ignore[attr-defined]
+
+
+def plugin_attribute(recommender: Any, name: str, default: Any) -> Any:
+    """``getattr(recommender, name, default)``, where a plugin's property that raises is the plugin's failure (see
+    :func:`plugin_failure`): its traceback is printed as a plugin's, with its --model-args secrets hidden."""
+    try:
+        return getattr(recommender, name, default)
+    except Exception as error:
+        if not ships_with_toolkit(recommender):
+            mark_plugin_failure(error, f"reading the recommender's {name}")
+        raise
 
 
 def plugin_failure(error: BaseException) -> str | None:

@@ -184,9 +184,9 @@ def _run(config: RunConfig, out: Path, overwrite: bool, progress: bool,
     if resolved is not None:
         recommender = registry.instantiate(resolved, model_args)
     batch_size = _batch_size(config, recommender)
-    ranks = callable(plugin_attribute(recommender, "rank", None))
+    ranks = callable(registry.plugin_attribute(recommender, "rank", None))
     # After the plugin: one that reads no image gets none, or every candidate's image would sit in memory.
-    with_images = plugin_attribute(recommender, "uses_images", True) is not False
+    with_images = registry.plugin_attribute(recommender, "uses_images", True) is not False
     load_started = time.perf_counter()
     for split in splits:
         split.items.finish_loading(with_images)
@@ -249,7 +249,7 @@ def _model_entry(config: RunConfig, resolved: registry.ResolvedModel | None, mod
     else:  # passed in ready-made
         kind = type(recommender)
         origin = {"target": f"{kind.__module__}:{kind.__qualname__}", "source": "object"}
-    return {"spec": config.model, **origin, "name": plugin_attribute(recommender, "name", config.model),
+    return {"spec": config.model, **origin, "name": registry.plugin_attribute(recommender, "name", config.model),
             "args": recorded_args(config.model_args),
             "settings": registry.recorded_settings(recommender, resolved, model_args),
             "code": code_entry(resolved),
@@ -294,20 +294,9 @@ def _load_splits(info: DatasetInfo, domains: Sequence[str], config: RunConfig) -
             for domain, conversations, column, where in loaded]
 
 
-def plugin_attribute(recommender: Any, name: str, default: Any) -> Any:
-    """``getattr(recommender, name, default)``, where a plugin's property that raises is the plugin's failure (see
-    :func:`registry.plugin_failure`): its traceback is printed as a plugin's, with its --model-args secrets hidden."""
-    try:
-        return getattr(recommender, name, default)
-    except Exception as error:
-        if not registry.ships_with_toolkit(recommender):
-            registry.mark_plugin_failure(error, f"reading the recommender's {name}")
-        raise
-
-
 def _batch_size(config: RunConfig, recommender: Any) -> int:
     """--batch-size, else the plugin's ``batch_size`` attribute, else the default."""
-    batch_size = next((size for size in (config.batch_size, plugin_attribute(recommender, "batch_size", None))
+    batch_size = next((size for size in (config.batch_size, registry.plugin_attribute(recommender, "batch_size", None))
                        if size is not None), DEFAULT_BATCH_SIZE)  # 0 is a wrong size, not "unset"
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise RunError(f"{config.model}: batch_size must be a positive integer, not {batch_size!r}")
@@ -611,7 +600,7 @@ def device_entry(recommender: Any) -> dict[str, str | None]:
     """Where the recommender ran its model, as its ``device`` attribute says (``cpu``, ``cuda:0``), and that CUDA
     device's name; both ``None`` for one that says nothing (``random``, ``bm25``, ``openai-chat`` run no model
     here)."""
-    device = plugin_attribute(recommender, "device", None)
+    device = registry.plugin_attribute(recommender, "device", None)
     if device is None:
         return {"device": None, "device_name": None}
     return {"device": str(device), "device_name": cuda_device_name(str(device))}
@@ -621,7 +610,7 @@ def embeddings_entry(model: Any) -> dict[str, Any]:
     """``{"embeddings": ...}``, where the vectors of a model that ranks by embeddings (``sbert``) came from: computed
     in this run or read from the embedding cache, and which library versions wrote the cache's vectors. Nothing for
     any other model."""
-    provenance = getattr(model, "embedding_provenance", None)
+    provenance = registry.plugin_attribute(model, "embedding_provenance", None)
     return {} if provenance is None else {"embeddings": provenance}
 
 

@@ -1905,6 +1905,26 @@ def test_a_bug_the_harness_does_not_report_shows_no_secret_of_the_environment_or
     assert message in lines and lines[-1] == plugin_error + message
 
 
+@pytest.mark.parametrize("attribute", ["settings", "embedding_provenance"])
+def test_a_plugin_property_read_for_results_json_raising_shows_no_model_args_secret(dataset, tmp_path, attribute):
+    """The attributes read for results.json's model entry after the run (``settings``, ``embedding_provenance``)
+    were read with a bare getattr, not as the plugin's: a property raising printed Python's traceback with
+    --model-args' api_key in its message."""
+    plugin = tmp_path / "leaky_plugin.py"
+    plugin.write_text("class Leaky:\n    def __init__(self, api_key):\n        self.key = api_key\n\n"
+                      f"    @property\n    def {attribute}(self):\n"
+                      "        raise KeyError(f'refused: {self.key}')\n\n"
+                      "    def recommend(self, examples):\n        return ['' for _ in examples]\n")
+    done = subprocess.run([sys.executable, "-m", "benchmark", "run", "--model", f"{plugin}:Leaky", "--dataset",
+                           str(dataset), "--domain", "home", "--out", str(tmp_path / "run"), "--quiet",
+                           "--model-args", "api_key=sk-proj-ABCDEF123456"], capture_output=True, text=True)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1 and "ABCDEF123456" not in done.stderr, done.stderr
+    assert f'  File "{plugin}", line 7, in {attribute}' in lines
+    assert lines[-1] == (f"benchmark.registry.PluginError: reading the recommender's {attribute}: "
+                         "KeyError: 'refused: <key redacted>'")
+
+
 def test_a_plugin_bug_s_traceback_shows_no_secret_of_a_variable_named_in_any_style(dataset, tmp_path):
     """Only variables whose names held KEY, TOKEN, SECRET or PASSWORD were redacted: MySQL's ``MYSQL_PWD``, a
     ``*_PASSPHRASE``, ``HF_AUTH`` or Terraform's ``GOOGLE_CREDENTIALS`` quoted in a plugin's error were printed."""
