@@ -125,6 +125,9 @@ _TO_STANDARD_BASE64 = str.maketrans("-_", "+/")
 #: Environment variables the shell sets whose names read as secret: ``PWD`` is the working directory (``pwd``
 #: names a password elsewhere), whose path every error about a file under it quotes.
 _SHELL_VARIABLES = frozenset({"PWD"})
+#: Besides the secret names: a salt in the environment (``REDDIT_AMAZON_SALT``, the pseudonyms' key, whose value
+#: turns every pseudonym back into a user name by trying names) is secret wherever a text quotes it.
+_ENVIRONMENT_SECRET_PARTS = frozenset({"salt"})
 
 REDACTED = "<redacted>"
 
@@ -139,7 +142,8 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
     secret-named field or header (:func:`redact_fields`: ``Authorization``, ``Cookie``, ``"passphrase": ...``) and
     of a ``Bearer`` / ``Basic`` credential."""
     known = {value: f"<{name} redacted>" for name, value in os.environ.items()
-             if len(value) >= _MIN_SECRET_LENGTH and is_secret_name(name) and name not in _SHELL_VARIABLES}
+             if len(value) >= _MIN_SECRET_LENGTH and is_secret_name(name, also=_ENVIRONMENT_SECRET_PARTS)
+             and name not in _SHELL_VARIABLES}
     for secret in secrets:  # one from the environment keeps the name of its variable
         if secret and len(secret) >= _MIN_SECRET_LENGTH:
             known.setdefault(secret, "<key redacted>")

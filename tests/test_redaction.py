@@ -109,6 +109,13 @@ def test_ordinary_text_is_left_alone(text):
     assert redact_secrets(text) == text
 
 
+def test_the_pseudonym_salt_of_the_environment_is_redacted(monkeypatch):
+    """REDDIT_AMAZON_SALT (the key of the author pseudonyms) was no secret name: a bug's traceback on the terminal,
+    which the run log's redaction of the salt does not reach, showed it."""
+    monkeypatch.setenv("REDDIT_AMAZON_SALT", "pepper-1234567890")
+    assert redact_secrets("salt pepper-1234567890 refused") == "salt <REDDIT_AMAZON_SALT redacted> refused"
+
+
 def test_only_secret_named_environment_variables_of_8_characters_or_more_are_redacted(monkeypatch):
     monkeypatch.setenv("DATASET_HOME", "/srv/datasets/reddit-amazon")
     monkeypatch.setenv("HF_HUB_DISABLE_TOKEN", "1")
