@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from core_install import import_extra  # tests/
 
 from benchmark.retrieval import get_retriever
 from reddit_amazon.assemble import (
@@ -65,7 +66,7 @@ def test_candidates_do_not_depend_on_the_order_the_catalog_is_given_in():
     import copy
     import random
 
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     items = [Item(item_id=f"B0000000{i:02d}", domain="home", title="Ceramic lamp") for i in range(25)]  # all tie
     records = [record(f"r{i}", f"t{i}", gt=f"B0000000{i:02d}") for i in range(10)]
     candidates = []
@@ -78,7 +79,7 @@ def test_candidates_do_not_depend_on_the_order_the_catalog_is_given_in():
 
 
 def test_candidates_from_the_domain_catalog_and_stats():
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     nouns = ["lamp", "rug", "pillow", "curtain", "shelf", "planter", "towel", "duvet", "mirror", "clock", "vase"]
     items = [Item(item_id=f"B0000000{i:02d}", domain="home", title=f"Ceramic {noun} in sage green",
                   image=b"jpeg" if i % 2 else None) for i, noun in enumerate(nouns)]

@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from core_install import import_extra  # tests/
 
 from benchmark.runner import RunConfig, run
 
@@ -75,7 +76,7 @@ def test_a_run_on_items_without_titles_says_so(imported, tmp_path, caplog):
 def test_a_retrieval_over_items_without_titles_says_so(imported, tmp_path, caplog):
     """`benchmark retrieve` over the imported release ranks items that all have the same (empty) text: its HR@1 is
     the catalog order's, and it must warn and record it as `benchmark run` does."""
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     from benchmark.retrieve import RetrieveConfig, retrieve
 
     with caplog.at_level("WARNING", logger="benchmark.retrieve"):

@@ -8,6 +8,7 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
+from core_install import import_extra  # tests/
 
 from benchmark import registry
 from benchmark.registry import RegistryError, build, parse_model_args, plugin_failure, redacted_args, resolve
@@ -131,7 +132,7 @@ def test_a_plugins_code_is_named_by_its_files_hash_and_its_installed_distributio
 
     from reddit_amazon.files import file_sha256
 
-    bm25s = pytest.importorskip("bm25s")
+    bm25s = import_extra("bm25s")
     plugin = tmp_path / "mine.py"
     plugin.write_text("class Mine:\n    pass\n")
     assert resolve(f"{plugin}:Mine").code == registry.PluginCode(file_sha256(plugin), None)

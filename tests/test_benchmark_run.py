@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from core_install import import_extra  # tests/
 from click.testing import CliRunner
 
 from benchmark.cli import cli
@@ -442,7 +443,7 @@ def test_items_none_of_which_are_in_the_catalog_load_as_an_empty_lookup(dataset)
 
 
 def test_cli_run_report_compare(dataset, tmp_path):
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     runner = CliRunner()
     for model in ("random", "bm25"):
         result = runner.invoke(cli, ["run", "--model", model, "--dataset", str(dataset), "--out",
@@ -479,7 +480,7 @@ def test_cli_run_report_compare(dataset, tmp_path):
 
 
 def test_retrieve_over_the_full_catalog(dataset, tmp_path):
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     import datasets
 
     from benchmark.retrieval import get_retriever
@@ -504,7 +505,7 @@ def test_retrieve_over_the_full_catalog(dataset, tmp_path):
 
 def test_retrieve_reads_descriptions_only_when_asked_and_ranks_the_first_limit_records(dataset, tmp_path,
                                                                                         monkeypatch):
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     import datasets
 
     import benchmark.retrieve
@@ -661,7 +662,7 @@ def test_model_args_named_like_secrets_in_any_style_never_reach_the_outputs(data
 
 
 def test_compare_says_a_retrieval_folder_cannot_be_compared_and_report_lists_it(dataset, tmp_path):
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     runner = CliRunner()
     common = ["--dataset", str(dataset), "--domain", "home", "--quiet", "--bootstrap-samples", "0"]
     assert runner.invoke(cli, ["retrieve", "--retriever", "bm25", *common, "--out", str(tmp_path / "bm25")]) \
@@ -697,7 +698,7 @@ def test_report_and_compare_name_a_damaged_results_file(dataset, tmp_path):
 def test_report_names_a_damaged_retrieval_results_file_with_how_to_write_it_again(dataset, tmp_path):
     """`benchmark report` reads retrievals' results.json too, but said of a damaged one to "rerun the `benchmark
     run` that wrote it": no run wrote it, and `benchmark run --out` there is refused (the folder is a retrieval's)."""
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     from benchmark.retrieve import RetrieveConfig, retrieve
 
     out = tmp_path / "bm25-catalog"
@@ -918,7 +919,7 @@ def test_other_bootstrap_settings_rescore_a_finished_run_without_predicting(data
 
 
 def test_retrieve_never_writes_over_a_model_run_and_reports_only_cutoffs_within_k(dataset, tmp_path):
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     run(RunConfig(model="random", dataset=str(dataset), domain="home", bootstrap_samples=0), tmp_path / "r",
         progress=False)
     args = ["retrieve", "--retriever", "bm25", "--dataset", str(dataset), "--domain", "home", "--quiet",
@@ -1095,7 +1096,7 @@ def test_a_run_whose_first_batch_fails_leaves_the_folder_free_and_batch_size_is_
 def test_a_model_that_fails_on_its_first_batch_leaves_nothing_that_looks_like_a_run(dataset, tmp_path):
     """`benchmark run --model sbert --model-args model=/nonexistent` (sbert loads its model on first use) left
     run.json and an empty predictions.jsonl, which `report` skipped as an unfinished run."""
-    pytest.importorskip("sentence_transformers", reason="sentence-transformers (the `retrieval` extra) not installed")
+    import_extra("sentence_transformers")
     missing = tmp_path / "no-such-model"
     result = CliRunner().invoke(cli, ["run", "--model", "sbert", "--model-args", f"model={missing}", "--dataset",
                                       str(dataset), "--domain", "home", "--out", str(tmp_path / "sbert"), "--quiet"])
@@ -1415,7 +1416,7 @@ def test_a_report_file_is_never_written_over_a_run_it_reads(dataset, tmp_path):
 def test_run_and_retrieve_never_write_into_a_dataset_folder(dataset, tmp_path):
     """`--out` = `--dataset` (the bundled sample's folder included) put results.json, run.json, predictions.jsonl
     and .lock among the shards: the folder no longer passed as a dataset folder. Refused before anything is made."""
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     copy = tmp_path / "ds"
     shutil.copytree(dataset, copy)
     before = sorted(path.relative_to(copy) for path in copy.rglob("*"))
@@ -1751,7 +1752,7 @@ def test_report_of_runs_glob_skips_a_folder_holding_runs_as_the_lavic_docs_lay_t
 def test_cli_summary_prints_out_path_verbatim_whatever_stdout_encodes(dataset, tmp_path, name):
     """The summary names --out as given: square brackets are no Rich markup (printed, never a MarkupError),
     and an out path stdout cannot encode (PYTHONIOENCODING=ascii, C locale) is no UnicodeEncodeError."""
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     out = tmp_path / name
     for command in (["run", "--model", "random"], ["retrieve", "--retriever", "bm25"]):
         result = CliRunner(charset="ascii").invoke(cli, [*command, "--dataset", str(dataset), "--out", str(out),
@@ -2102,7 +2103,7 @@ def test_results_record_the_python_platform_and_library_versions(dataset, tmp_pa
 
 def test_results_say_which_device_the_model_ran_on_apart_from_the_machines_gpu(dataset, tmp_path, monkeypatch):
     """`environment.gpu` named the CUDA device torch saw, even for a model that ran on the CPU beside it."""
-    torch = pytest.importorskip("torch")
+    torch = import_extra("torch")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"Test GPU {getattr(device, 'index', device)}")
     config = RunConfig(model="last", dataset=str(dataset), domain="home", limit=2, bootstrap_samples=0)
@@ -2128,7 +2129,7 @@ def test_results_record_every_setting_the_model_ran_with_defaults_included(tmp_p
     """`--model sbert` recorded `args: {}`: which checkpoint gave the numbers was nowhere in results.json."""
     from benchmark.retrieval.sbert import DEFAULT_SBERT_MODEL
 
-    pytest.importorskip("sentence_transformers")
+    import_extra("sentence_transformers")
     plugin = tmp_path / "mine.py"
     plugin.write_text("from pathlib import Path\n"
                       "class Mine:\n"
@@ -2175,7 +2176,7 @@ def test_progress_false_also_silences_the_bars_of_datasets(tmp_path, capfd, monk
 
 def test_retrieve_with_progress_false_silences_the_bars_of_datasets_too(tmp_path, capfd, monkeypatch):
     """`retrieve(..., progress=False)` had the same gap as `run`: only the CLI's --quiet turned datasets' bars off."""
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     import datasets
 
     from benchmark.retrieve import RetrieveConfig, retrieve
@@ -2524,7 +2525,7 @@ def test_sbert_served_from_the_embedding_cache_on_a_core_install_says_so_in_resu
     results.json could not tell: nothing said the model never ran, nor which library versions made the vectors (the
     environment lists what is installed here, which is not what encoded them). A cold cache stops with one line
     naming the extra, and leaves no folder."""
-    sentence_transformers = pytest.importorskip("sentence_transformers")  # the `retrieval` extra, to fill the cache
+    sentence_transformers = import_extra("sentence_transformers")  # the `retrieval` extra, to fill the cache
     import torch
     import transformers
 
@@ -2658,7 +2659,7 @@ def test_run_retrieve_and_report_killed_mid_write_leave_no_temporary_file_once_r
                                                                                          finished):
     """What `benchmark run`, `retrieve` and `report` killed while writing a file left (its hidden temporary) is gone
     after the same command is run again, whether the run had finished or is resumed; only their own files remain."""
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     runner = CliRunner()
     commands = {
         "run": ["run", "--model", "random", "--dataset", str(dataset), "--domain", "home", "--out",

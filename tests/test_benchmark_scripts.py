@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from core_install import core_install_env  # tests/: the extras hidden, as in a `.[test]` install
+from core_install import core_install_env, import_extra  # tests/: the extras hidden, as in a `.[test]` install
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -33,7 +33,7 @@ def test_scan_throughput(tmp_path):
 
 
 def test_harness_overhead(tmp_path):
-    pytest.importorskip("sentence_transformers")
+    import_extra("sentence_transformers")
     output = run_script("harness_overhead.py", "--records", "200", "--items-per-domain", "30", "--repeats", "1",
                         "--sbert-items", "20", tmp_path=tmp_path)
     assert "harness (no CIs)" in output and "ratio" in output and "warm cache" in output
@@ -79,8 +79,8 @@ def test_stage_reuse(tmp_path):
 
 
 def test_lavic_gpu_at_tiny_size(tmp_path):
-    pytest.importorskip("transformers")
-    pytest.importorskip("peft")
+    import_extra("transformers")
+    import_extra("peft")
     output = run_script("lavic_gpu.py", "--tiny", "--steps", "1", "--warmup", "1", "--seq-len", "136",
                         "--json", str(tmp_path / "lavic.json"), tmp_path=tmp_path)
     assert "step_speedup" in output and "inference_speedup" in output
@@ -92,7 +92,7 @@ def test_help_shows_the_scripts_example_commands(script, tmp_path):
     """The README's Speed table points at these scripts; their --help printed the docstring's first line only,
     leaving out the example commands (and what is measured) written just below it."""
     if script == "lavic_gpu.py":
-        pytest.importorskip("torch", reason="torch (the `lavic` extra) is not installed")
+        import_extra("torch")
     output = run_script(script, "--help", tmp_path=tmp_path)
     assert f"python benchmarks/{script}" in output
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 import pytest
+from core_install import import_extra  # tests/
 from click.testing import CliRunner
 from werkzeug import Request, Response
 
@@ -53,7 +54,7 @@ def conversations(folder: Path) -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def sample_build(tmp_path_factory):
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     root = tmp_path_factory.mktemp("build")
     result = build("--out", str(root / "sample-ds"), "--workdir", str(root / "work"), *BM25)
     assert result.exit_code == 0, result.output
@@ -165,7 +166,7 @@ def _key_paths(value, prefix: str = "") -> set[str]:
 def test_sbert_candidates_and_benchmark_run(sample_build, tmp_path):
     from benchmark.runner import RunConfig, run
 
-    pytest.importorskip("sentence_transformers")  # the `retrieval` extra
+    import_extra("sentence_transformers")  # the `retrieval` extra
     root, _ = sample_build
     result = build("--out", str(tmp_path / "sbert-ds"), "--workdir", str(root / "work"))  # default: sbert
     assert result.exit_code == 0, result.output

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from core_install import import_extra  # tests/
 
 from reddit_amazon.build import SAMPLE_INPUTS
 
@@ -105,7 +106,7 @@ print("ok")
 def test_quiet_imports_no_transformers_yet_silences_it_when_imported_inside(tmp_path):
     """`quiet()` imported transformers (0.7 s) to switch its bars off, for `build --quiet` or `benchmark run
     --quiet` that never load it; imported later inside the block, its bars stay off, and are on again after."""
-    pytest.importorskip("transformers")
+    import_extra("transformers")
     path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", QUIET_WITHOUT_IMPORTING_TRANSFORMERS], capture_output=True,
                           text=True, cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": path})

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from core_install import import_extra  # tests/
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
+torch = import_extra("torch")
+import_extra("transformers")
+import_extra("peft")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+from core_install import import_extra  # tests/
 from click.testing import CliRunner
 
 from reddit_amazon.cli import cli
@@ -571,7 +572,7 @@ def _hashed_embeddings(request):
 def test_a_built_sample_exports_the_authors_item_files_and_imports_back(httpserver, tmp_path):
     """A build's export wrote every item to item2meta_valid.jsonl (the authors' held-out distillation set) and no
     item2meta_train.json, the file their crawler, distillation and prompt tuning read titles and images from."""
-    pytest.importorskip("sentence_transformers", reason="the `retrieval` extra builds the sbert candidates")
+    import_extra("sentence_transformers")
     httpserver.expect_request("/v1/embeddings", method="POST").respond_with_handler(_hashed_embeddings)
     runner = CliRunner()
     built = runner.invoke(cli, ["build", "--out", str(tmp_path / "built"), "--workdir", str(tmp_path / "work"),

