@@ -301,18 +301,21 @@ def answers_of(cache: Path, model: str) -> int:
 
 
 class FlakyLLM:
-    """Answers "yes" except: while ``down``, prompts whose hash is 0 mod 4 get HTTP 503."""
+    """Answers "yes" except: while ``down``, prompts whose hash is 0 mod 4 get HTTP 503, after the first
+    ``answered_first`` requests (the prompts come in a random order: the first may be one of those)."""
 
-    def __init__(self):
+    def __init__(self, answered_first: int = 0):
         self.down = True
         self.requests = 0
+        self.answered_first = answered_first
 
     def __call__(self, request: Request) -> Response:
         self.requests += 1
         body = json.loads(request.data)
         assert request.headers["Authorization"] == "Bearer sk-test-key"
         prompt = body["messages"][0]["content"]
-        if self.down and int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 4 == 0:
+        hash_is_0_mod_4 = int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 4 == 0
+        if self.down and self.requests > self.answered_first and hash_is_0_mod_4:
             return Response('{"error": {"message": "overloaded"}}', status=503, content_type="application/json")
         return Response(json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                     "choices": [{"index": 0, "finish_reason": "stop",
@@ -352,7 +355,7 @@ def test_llm_errors_stop_the_build_and_a_rerun_pays_only_the_rest(httpserver, tm
 def test_the_calls_of_a_run_with_other_options_are_not_counted_in_the_build_that_finishes(httpserver, tmp_path):
     """The relevance stage counts its calls across the runs of the same inputs and options: a run of another
     model that failed half-way paid for answers this build does not use."""
-    llm = FlakyLLM()
+    llm = FlakyLLM(answered_first=8)  # else a 503 to the very first call may stop the run before any answer
     httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(llm)
     args = ["--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"), "--llm-base-url",
             httpserver.url_for("/v1"), "--llm-max-attempts", "1", "--no-images", *FAST]
