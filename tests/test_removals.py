@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from core_install import import_extra  # tests/
 
 from reddit_amazon import dataset_folder
 from reddit_amazon.build import SAMPLE_SALT
@@ -223,7 +224,7 @@ def test_the_result_runs_in_the_benchmark(sample_copy, tmp_path):
 
 
 def test_build_with_removals_gives_the_records_of_build_then_remove(tmp_path):
-    pytest.importorskip("bm25s", reason="bm25s (the `retrieval` extra) is not installed")
+    import_extra("bm25s")
     requests = _requests(tmp_path, RECORD, f"t1_{CONTEXT_COMMENT}", "u/user_705771")
     work = tmp_path / "work"
     runner = CliRunner()
