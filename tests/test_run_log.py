@@ -214,7 +214,7 @@ def test_a_bug_in_a_reddit_stage_run_logs_its_traceback(tmp_path, monkeypatch):
     lines = log_lines(logs(work, "reddit-stage")[0])
     traceback_lines = lines[lines.index("Traceback (most recent call last):"):-1]
     assert any(line.endswith(", in broken_stage") for line in traceback_lines), traceback_lines
-    assert traceback_lines[-1] == "RuntimeError: worker state lost (salt <key redacted>)"
+    assert traceback_lines[-1] == "RuntimeError: worker state lost (salt <REDDIT_AMAZON_SALT redacted>)"
     assert_no_secret(work)
 
 

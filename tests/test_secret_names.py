@@ -1,7 +1,8 @@
 """The four places that decide whether a name holds a secret agree: URL parameters (display_url, redacted texts),
 environment variables (their values redacted from every text), `--model-args` (run.json, results.json) and build
 options (the card). They share one vocabulary (reddit_amazon.redaction.is_secret_name); only the named extras
-differ: ``code`` and ``Policy`` are secret URL parameters, ``salt`` a secret build option."""
+differ: ``code`` and ``Policy`` are secret URL parameters, ``salt`` a secret build option and environment variable
+(``REDDIT_AMAZON_SALT``)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ SECRET_NAMES_BY_SITE = {
     "refresh_token": ALL_SITES, "auth": ALL_SITES, "access_code": ALL_SITES, "code_verifier": ALL_SITES,
     "sig": ALL_SITES, "signature": ALL_SITES,
     # the sites' own extras
-    "code": "url", "Policy": "url", "salt": "card", "reddit.salt": "card",
+    "code": "url", "Policy": "url", "salt": "env card", "reddit.salt": "env card", "REDDIT_AMAZON_SALT": "env card",
     "PWD": "url args card",  # as an environment variable, the shell's working directory
     # benign: cards and results must show these
     "max_tokens": NO_SITE, "max_new_tokens": NO_SITE, "tokenizer": NO_SITE, "key_column": NO_SITE,
