@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from core_install import import_extra  # tests/
 
 from reddit_amazon import __version__
 from reddit_amazon.build import SAMPLE_INPUTS, run_build, sample_options
@@ -320,6 +321,8 @@ def test_the_warnings_a_run_prints_are_logged_once_as_printed_and_redacted(tmp_p
     import sys
 
     from reddit_amazon.redaction import redact_secrets
+
+    import_extra("transformers")  # the script's transformers warning (its own console handler)
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)  # here too: the expected lines are redacted as the log's
     monkeypatch.delenv("PYTHONWARNINGS", raising=False)
