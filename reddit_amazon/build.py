@@ -41,6 +41,7 @@ from reddit_amazon.cli_paths import PATH_OR_NAME, OutputPath, UserPath
 
 if TYPE_CHECKING:  # the schema imports `datasets`; keep `reddit-amazon --help` fast
     from reddit_amazon.relevance import FilterPlan
+    from reddit_amazon.removals import Removal
     from reddit_amazon.run_log import RunLog
     from reddit_amazon.schema import Conversation, Item
 
@@ -660,10 +661,10 @@ def assemble_stage(options: BuildOptions, upstream: StageResult, dump_files: Seq
     splits = split_by_thread(upstream.conversations, options.seed)
     removals: dict[str, Any] | None = None
     if options.removals:  # after the split, so no other thread moves
-        splits, removals = _drop_requested(options.removals, options.workdir, splits)
-        dropped = sum(n for domain in removals["records_dropped"].values() for n in domain.values())
-        console.print(f"  removal requests: {dropped} record(s) dropped; {removals['requests']} request(s), "
-                      f"{removals['unmatched_requests']} matching no record")
+        removal, removals = _drop_requested(options.removals, options.workdir, splits)
+        splits = removal.kept
+        console.print(f"  removal requests: {removal.records_dropped} record(s) dropped; {removal.requests} "
+                      f"request(s), {removal.unmatched} matching no record")
     items = items_by_domain(upstream.items)
     retrievers = [_make_retriever(options, name) for name in options.retrievers]
     candidates = add_candidates(splits, items, retrievers, seed=options.seed, progress=_tqdm("candidates"))
@@ -690,8 +691,8 @@ def assemble_stage(options: BuildOptions, upstream: StageResult, dump_files: Seq
 
 
 def _drop_requested(requests_file: Path, workdir: Path, splits: dict[str, dict[str, list[Conversation]]]
-                    ) -> tuple[dict[str, dict[str, list[Conversation]]], dict[str, Any]]:
-    """``splits`` without the records ``--removals`` asks for (``u/<name>`` by the Reddit stage's salt), and the
+                    ) -> tuple[Removal, dict[str, Any]]:
+    """The records ``--removals`` asks for dropped from ``splits`` (``u/<name>`` by the Reddit stage's salt), and the
     manifest's record of it; dropped before the candidates, so no removed text is sent to an embeddings endpoint."""
     from reddit_amazon.pipeline import kept_pseudonymizer
     from reddit_amazon.removals import drop_requested, read_requests
@@ -699,7 +700,7 @@ def _drop_requested(requests_file: Path, workdir: Path, splits: dict[str, dict[s
     pseudonymize = kept_pseudonymizer(workdir)
     requests = read_requests(requests_file).with_pseudonyms(pseudonymize)
     removal = drop_requested(splits, requests)
-    return removal.kept, removal.record(requests, pseudonymize, applied="build")
+    return removal, removal.record(requests, pseudonymize, applied="build")
 
 
 def _catalog_files(options: BuildOptions) -> list[str]:
@@ -834,14 +835,6 @@ def check_options(options: BuildOptions) -> None:
     _check_credentials(options)
     _check_folders(options)
     _check_reddit_executor(options)
-    if options.removals:  # a line of no known form fails now, not after the long stages
-        from reddit_amazon.removals import read_requests
-        from reddit_amazon.schema import SchemaError
-
-        try:
-            read_requests(options.removals)
-        except (SchemaError, OSError) as error:
-            raise BuildError(f"--removals: {error}") from None
 
 
 def _check_reddit_executor(options: BuildOptions) -> None:
@@ -865,13 +858,22 @@ def _check_endpoint_urls(options: BuildOptions) -> None:
 
 
 def _check_files_read(options: BuildOptions) -> None:
-    """The domain map and (when the LLM filter runs) its prompt template parse."""
+    """The domain map, the removal requests and (when the LLM filter runs) its prompt template parse: a line of no
+    known form fails now, not after the long stages."""
     from reddit_amazon.catalog import CatalogError, parse_domain_map
 
     try:
         parse_domain_map(options.domain_map)
     except CatalogError as error:
         raise BuildError(str(error)) from None
+    if options.removals:
+        from reddit_amazon.removals import read_requests
+        from reddit_amazon.schema import SchemaError
+
+        try:
+            read_requests(options.removals)
+        except (SchemaError, OSError) as error:
+            raise BuildError(f"--removals: {error}") from None
     if not options.no_filter:
         from reddit_amazon.relevance import RelevanceError, load_template
 

@@ -182,8 +182,9 @@ def remove_command(dataset_dir: str, requests_file: str, dataset_version: str | 
     Every other record keeps its split and content; a record whose recommending comment is removed takes the
     replies quoting it with it. The folder is rewritten atomically (shards, manifest, card) under its writer lock;
     the manifest records how many requests, how many records were dropped per domain and split, and with --salt a
-    digest of the normalised request list keyed with it, never the ids themselves. Requests matching nothing are counted; when nothing
-    matches, the folder is left as it is. A line of no known form is an error naming file:line, nothing changed.
+    digest of the normalised request list keyed with it, never the ids themselves. Requests matching nothing are
+    counted; when nothing matches, the folder is left as it is. A line of no known form is an error naming
+    file:line, nothing changed.
 
     \b
     Examples:
