@@ -139,15 +139,27 @@ def main() -> None:
                "build_s": round(bench.build_s, 1), "gen_batch": args.gen_batch,
                "compile_modes": args.compile_mode if args.compile else [],
                "compile_dynamic": args.compile_dynamic if args.compile else None, "cases": rows}
+    _save(results, args.json)
     _measure_cached(bench, cases, rows)
+    _save(results, args.json)
     profiled = _Profiled(bench.cached_step, "eager", "cached", cases[0])
     for mode in args.compile_mode if args.compile else []:
         profiled = _measure_compiled(bench, cases, rows, mode, args.compile_dynamic)
+        _save(results, args.json)
+    if bench.device.type == "cuda":
+        # What stays allocated once every length ran: CUDA graphs keep their memory pools between replays.
+        results["memory_allocated_at_end_gib"] = torch.cuda.memory_allocated() / 2**30
+        results["memory_reserved_at_end_gib"] = torch.cuda.memory_reserved() / 2**30
     if args.profile:
         _profile(bench, profiled, rows[0])
     _print_results(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    _save(results, args.json)
+
+
+def _save(results: dict, path: Path | None) -> None:
+    """Write what is measured so far, so a run cut short by a time limit still leaves its numbers."""
+    if path:
+        path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def _arguments() -> argparse.Namespace:
@@ -338,8 +350,9 @@ def _measure_research(bench: _Bench, cases: list[dict]) -> list[dict]:
         seconds = bench.generation_seconds(lambda: bench.research_generate(case))
         row["research_records_per_s"] = bench.gen_batch / seconds
         rows.append(row)
-        print(f"{case['seq_len']} tokens: research step {row['research_step_s']:.4f} s, without checkpointing "
-              f"{row['research_step_no_ckpt_s']:.4f} s", flush=True)
+        print(f"{case['seq_len']} tokens: research step {row['research_step_s']:.4f} s "
+              f"({row['research_step_peak_gib']:.2f} GiB), without checkpointing "
+              f"{row['research_step_no_ckpt_s']:.4f} s ({row['research_step_no_ckpt_peak_gib']:.2f} GiB)", flush=True)
     return rows
 
 
@@ -366,8 +379,9 @@ def _measure_cached(bench: _Bench, cases: list[dict], rows: list[dict]) -> None:
             row["peak_memory_ratio_vs_research_as_released"] = (row["cached_step_peak_gib"]
                                                                 / row["research_step_no_ckpt_peak_gib"])
         row["inference_speedup"] = row["cached_records_per_s"] / row["research_records_per_s"]
-        print(f"{case['seq_len']} tokens: ours (eager) {row['cached_step_s']:.4f} s, without checkpointing "
-              f"{row['cached_step_no_ckpt_s']:.4f} s", flush=True)
+        print(f"{case['seq_len']} tokens: ours (eager) {row['cached_step_s']:.4f} s ({row['cached_step_peak_gib']:.2f} "
+              f"GiB), without checkpointing {row['cached_step_no_ckpt_s']:.4f} s "
+              f"({row['cached_step_no_ckpt_peak_gib']:.2f} GiB)", flush=True)
 
 
 @dataclass(frozen=True)
@@ -435,8 +449,11 @@ def _measure_compiled_variant(bench: _Bench, compiled_step: Callable[[dict], Non
         return
     row[f"{prefix}_step{suffix}_speedup"] = row[f"research_step{suffix}_s"] / row[f"{prefix}_step{suffix}_s"]
     print(f"{case['seq_len']} tokens: {prefix}{suffix} step {row[f'{prefix}_step{suffix}_s']:.4f} s "
-          f"(compiling {row[f'{prefix}_compile{suffix}_s']:.1f} s), research "
-          f"{row[f'research_step{suffix}_s']:.4f} s: {row[f'{prefix}_step{suffix}_speedup']:.2f}x", flush=True)
+          f"(compiling {row[f'{prefix}_compile{suffix}_s']:.1f} s, "
+          f"peak {row[f'{prefix}_step{suffix}_peak_gib']:.2f} GiB), "
+          f"research {row[f'research_step{suffix}_s']:.4f} s "
+          f"(peak {row[f'research_step{suffix}_peak_gib']:.2f} GiB): {row[f'{prefix}_step{suffix}_speedup']:.2f}x",
+          flush=True)
     if bench.device.type == "cuda":
         row[f"{prefix}_peak_memory_ratio{suffix}"] = (row[f"{prefix}_step{suffix}_peak_gib"]
                                                       / row[f"research_step{suffix}_peak_gib"])
