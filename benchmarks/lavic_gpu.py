@@ -20,9 +20,11 @@ With ``--compile`` our step is also measured with torch.compile'd decoder layers
 --compile``), with and without gradient checkpointing; a compiled variant that fails is reported and skipped.
 ``--compile-mode reduce-overhead`` measures ``lavic-ref finetune --cuda-graphs``: without checkpointing (which
 training refuses with graphs), our prompt left-padded to the next multiple of 128 tokens as training pads it,
-against the research step at the unpadded length. Real Table 11 prompts have a median of about 640-700 tokens:
+against the research step at the unpadded length. Real Table 11 prompts have a median of about 850 tokens and
+run from about 530 to the 2,048-token cap (benchmarks/lavic_prompt_lengths.py, which turns this run's --json
+into the time of an epoch over them):
 
-    python benchmarks/lavic_gpu.py --seq-len 640 700 1100 --compile --compile-mode default reduce-overhead
+    python benchmarks/lavic_gpu.py --seq-len 512 768 1024 1536 2048 --compile --compile-mode default reduce-overhead
 """
 
 from __future__ import annotations

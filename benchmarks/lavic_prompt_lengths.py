@@ -16,11 +16,13 @@ padded width, every other step at its trained length. Like is paired with like: 
 against the research step with checkpointing, one without (CUDA graphs included) against the research step
 without. Lengths outside the measured range are refused (measure more ``--seq-len``), never extrapolated.
 
-    python benchmarks/lavic_prompt_lengths.py ../shared/lavic_release --split validation --tokenizer TOKENIZER_DIR
+    python benchmarks/lavic_prompt_lengths.py ../shared/lavic_release --split validation --tokenizer TOKENIZER_DIR \\
+        --title-pool ../shared/lavic_release/item2meta_valid.jsonl   # the release has no candidate titles
     python benchmarks/lavic_prompt_lengths.py runs/reddit-amazon --domain home --json lengths.json
     python benchmarks/lavic_prompt_lengths.py ../shared/lavic_release --split validation --tokenizer TOKENIZER_DIR \\
-        --bench-json bench.json   # from: python benchmarks/lavic_gpu.py --seq-len 640 1024 2048 --compile \\
-                                  #         --compile-mode default reduce-overhead --json bench.json
+        --title-pool ../shared/lavic_release/item2meta_valid.jsonl \\
+        --bench-json bench.json   # from: python benchmarks/lavic_gpu.py --seq-len 512 768 1024 1536 2048 \\
+                                  #         --compile --compile-mode default reduce-overhead --json bench.json
 
 DATASET is a dataset folder or the LaViC authors' release folder (imported into a temporary folder first).
 TOKENIZER is a LLaVA-NeXT checkpoint (hub id or folder: its tokenizer as ``lavic-ref`` loads it) or a tokenizer
