@@ -135,19 +135,22 @@ def main() -> None:
     bench.model.train()
     # The research code first: it needs the vision tower on the device. It trains without gradient
     # checkpointing; each variant is measured both ways so the ratios compare like with like.
-    rows = _measure_research(bench, cases)
+    rows: list[dict] = []
     results = {"device": torch.cuda.get_device_name() if bench.device.type == "cuda" else "cpu",
                "size": "tiny" if args.tiny else "llava-v1.6-mistral-7b architecture",
                "build_s": round(bench.build_s, 1), "gen_batch": args.gen_batch,
                "compile_modes": args.compile_mode if args.compile else [],
                "compile_dynamic": args.compile_dynamic if args.compile else None, "cases": rows}
-    _save(results, args.json)
-    _measure_cached(bench, cases, rows)
-    _save(results, args.json)
+
+    def save() -> None:  # after every measurement: a run cut short by a time limit keeps what it measured
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+    _measure_research(bench, cases, rows, save)
+    _measure_cached(bench, cases, rows, save)
     profiled = _Profiled(bench.cached_step, "eager", "cached", cases[0])
     for mode in args.compile_mode if args.compile else []:
-        profiled = _measure_compiled(bench, cases, rows, mode, args.compile_dynamic)
-        _save(results, args.json)
+        profiled = _measure_compiled(bench, cases, rows, mode, args.compile_dynamic, save)
     if bench.device.type == "cuda":
         # What stays allocated once every length ran: CUDA graphs keep their memory pools between replays.
         results["memory_allocated_at_end_gib"] = torch.cuda.memory_allocated() / 2**30
@@ -155,13 +158,7 @@ def main() -> None:
     if args.profile:
         _profile(bench, profiled, rows[0])
     _print_results(results)
-    _save(results, args.json)
-
-
-def _save(results: dict, path: Path | None) -> None:
-    """Write what is measured so far, so a run cut short by a time limit still leaves its numbers."""
-    if path:
-        path.write_text(json.dumps(results, indent=2) + "\n")
+    save()
 
 
 def _arguments() -> argparse.Namespace:
@@ -337,10 +334,9 @@ def padded(case: dict, multiple: int) -> dict:
             "labels": torch.nn.functional.pad(case["labels"], (pad, 0), value=-100)}
 
 
-def _measure_research(bench: _Bench, cases: list[dict]) -> list[dict]:
-    """One row per case: the research code's step with and without its CPU preprocessing and checkpointing, and
-    its generation throughput."""
-    rows = []
+def _measure_research(bench: _Bench, cases: list[dict], rows: list[dict], save: Callable[[], None]) -> None:
+    """One row per case into ``rows``: the research code's step with and without its CPU preprocessing and
+    checkpointing, and its generation throughput."""
     for case in cases:
         row = {"seq_len": case["seq_len"]}
         row["research_step_s"], row["research_step_peak_gib"] = bench.timed(lambda: bench.research_step(case, True),
@@ -352,13 +348,13 @@ def _measure_research(bench: _Bench, cases: list[dict]) -> list[dict]:
         seconds = bench.generation_seconds(lambda: bench.research_generate(case))
         row["research_records_per_s"] = bench.gen_batch / seconds
         rows.append(row)
+        save()
         print(f"{case['seq_len']} tokens: research step {row['research_step_s']:.4f} s "
               f"({row['research_step_peak_gib']:.2f} GiB), without checkpointing "
               f"{row['research_step_no_ckpt_s']:.4f} s ({row['research_step_no_ckpt_peak_gib']:.2f} GiB)", flush=True)
-    return rows
 
 
-def _measure_cached(bench: _Bench, cases: list[dict], rows: list[dict]) -> None:
+def _measure_cached(bench: _Bench, cases: list[dict], rows: list[dict], save: Callable[[], None]) -> None:
     """Our eager step and generation with cached item embeddings, and their ratios to the research code's."""
     # Once item embeddings are cached the vision tower and projector leave the device.
     bench.inner.vision_tower.to("cpu")
@@ -381,6 +377,7 @@ def _measure_cached(bench: _Bench, cases: list[dict], rows: list[dict]) -> None:
             row["peak_memory_ratio_vs_research_as_released"] = (row["cached_step_peak_gib"]
                                                                 / row["research_step_no_ckpt_peak_gib"])
         row["inference_speedup"] = row["cached_records_per_s"] / row["research_records_per_s"]
+        save()
         print(f"{case['seq_len']} tokens: ours (eager) {row['cached_step_s']:.4f} s ({row['cached_step_peak_gib']:.2f} "
               f"GiB), without checkpointing {row['cached_step_no_ckpt_s']:.4f} s "
               f"({row['cached_step_no_ckpt_peak_gib']:.2f} GiB)", flush=True)
@@ -396,7 +393,8 @@ class _Profiled:
     case: dict
 
 
-def _measure_compiled(bench: _Bench, cases: list[dict], rows: list[dict], mode: str, dynamic: str) -> _Profiled:
+def _measure_compiled(bench: _Bench, cases: list[dict], rows: list[dict], mode: str, dynamic: str,
+                      save: Callable[[], None]) -> _Profiled:
     """Our step with the LM decoder layers compiled in ``mode``, with and without checkpointing; ``dynamic`` is
     ``--compile-dynamic``."""
     torch._dynamo.reset()  # each mode compiles afresh
@@ -425,6 +423,7 @@ def _measure_compiled(bench: _Bench, cases: list[dict], rows: list[dict], mode: 
             row[f"{prefix}_step_speedup_gpu_only"] = row["research_step_gpu_only_s"] / row[f"{prefix}_step_s"]
             row[f"{prefix}_step_speedup_vs_research_as_released"] = (row["research_step_no_ckpt_s"]
                                                                     / row[f"{prefix}_step_s"])
+        save()
     return _Profiled(compiled_step, f"{mode} compiled", prefix, padded(cases[0], multiple))
 
 

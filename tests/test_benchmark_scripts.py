@@ -90,6 +90,28 @@ def test_lavic_gpu_at_tiny_size(tmp_path):
     assert (tmp_path / "lavic.json").read_text().count('"seq_len": 136') == 1
 
 
+def test_lavic_gpu_cut_short_keeps_what_it_measured(tmp_path):
+    """A device call has a time limit: H200 run 10 hit it during its CUDA-graph widths, and the JSON, written only
+    after a whole stage, lacked the one it had measured (the number survived in the log alone). Each measurement is
+    written as it is made."""
+    import_extra("transformers")
+    import_extra("peft")
+    json_path = tmp_path / "lavic.json"
+    process = subprocess.Popen([sys.executable, str(BENCHMARKS / "lavic_gpu.py"), "--tiny", "--steps", "1",
+                                "--warmup", "1", "--seq-len", "136", "144", "--json", str(json_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
+    try:
+        for line in process.stdout:
+            if line.startswith("136 tokens: research step"):
+                process.kill()  # as `timeout` ends a call, before the run reaches the next length
+                break
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    rows = json.loads(json_path.read_text())["cases"]
+    assert [row["seq_len"] for row in rows] == [136] and rows[0]["research_step_no_ckpt_s"] > 0
+
+
 @pytest.mark.parametrize("script", sorted(path.name for path in BENCHMARKS.glob("*.py")))
 def test_help_shows_the_scripts_example_commands(script, tmp_path):
     """The README's Speed table points at these scripts; their --help printed the docstring's first line only,
