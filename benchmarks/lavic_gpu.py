@@ -140,7 +140,8 @@ def main() -> None:
                "size": "tiny" if args.tiny else "llava-v1.6-mistral-7b architecture",
                "build_s": round(bench.build_s, 1), "gen_batch": args.gen_batch,
                "compile_modes": args.compile_mode if args.compile else [],
-               "compile_dynamic": args.compile_dynamic if args.compile else None, "cases": rows}
+               "compile_dynamic": args.compile_dynamic if args.compile else None, "versions": _versions(),
+               "cases": rows}
 
     def save() -> None:  # after every measurement: a run cut short by a time limit keeps what it measured
         if args.json:
@@ -159,6 +160,15 @@ def main() -> None:
         _profile(bench, profiled, rows[0])
     _print_results(results)
     save()
+
+
+def _versions() -> dict[str, str | None]:
+    """What the numbers depend on besides the GPU: Python, torch with its CUDA, and the model libraries."""
+    import platform
+    from importlib.metadata import version
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            **{name: version(name) for name in ("transformers", "peft")}}
 
 
 def _arguments() -> argparse.Namespace:

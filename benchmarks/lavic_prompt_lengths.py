@@ -230,7 +230,8 @@ def count_domain(tokenizer, dataset: Path, domain: str, pool: Sequence[str], arg
         titles |= {c: rng.choice(pool) for c in untitled}
     bar = tqdm(instances, desc=domain, unit="prompt", **bar_options())
     lengths = prompt_lengths(tokenizer, bar, titles, with_images=not args.no_images, max_tokens=args.max_tokens)
-    return DomainCount(lengths, len(slots), sum(1 for c in slots if c in set(untitled)))
+    untitled_ids = set(untitled)
+    return DomainCount(lengths, len(slots), sum(1 for c in slots if c in untitled_ids))
 
 
 def prompt_lengths(tokenizer, instances: Iterable[RecommendationInstance], titles: dict[str, str], *,

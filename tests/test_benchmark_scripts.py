@@ -88,6 +88,8 @@ def test_lavic_gpu_at_tiny_size(tmp_path):
                         "--json", str(tmp_path / "lavic.json"), tmp_path=tmp_path)
     assert "step_speedup" in output and "inference_speedup" in output
     assert (tmp_path / "lavic.json").read_text().count('"seq_len": 136') == 1
+    versions = json.loads((tmp_path / "lavic.json").read_text())["versions"]
+    assert versions["torch"] == import_extra("torch").__version__ and versions["transformers"].startswith("5.")
 
 
 def test_lavic_gpu_cut_short_keeps_what_it_measured(tmp_path):
@@ -266,7 +268,8 @@ def test_lavic_prompt_lengths_on_the_authors_release_counts_every_gt_item(lavic_
 
 @pytest.mark.parametrize(("args", "message"), [
     (["missing-folder"], "Error: dataset missing-folder: no such folder"),
-    ([str(SAMPLE_DATASET), "--tokenizer", "./no-such-tokenizer"], "Error: base model ./no-such-tokenizer: no such folder"),
+    ([str(SAMPLE_DATASET), "--tokenizer", "./no-such-tokenizer"],
+     "Error: base model ./no-such-tokenizer: no such folder"),
     ([str(SAMPLE_DATASET), "--split", "dev", "--domain", "home", "--tokenizer", "TINY"],
      "Error: home has no 'dev' split (splits: train, validation, test)"),
 ])
