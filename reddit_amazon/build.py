@@ -655,13 +655,15 @@ def assemble_stage(options: BuildOptions, upstream: StageResult, dump_files: Seq
                    console) -> dict[str, Any]:
     from reddit_amazon.assemble import add_candidates, items_by_domain, split_by_thread, table1_stats
     from reddit_amazon.dataset_folder import DatasetContents, write_dataset
+    from reddit_amazon.pipeline import kept_pseudonymizer
 
     console.print(f"[bold]5/5 assemble[/]: splits, candidates ({', '.join(options.retrievers) or 'none'}), "
                   f"Parquet into {escape(str(options.out))}")
     splits = split_by_thread(upstream.conversations, options.seed)
+    pseudonymize = kept_pseudonymizer(options.workdir)  # the salt the Reddit stage made turns[].author with
     removals: dict[str, Any] | None = None
     if options.removals:  # after the split, so no other thread moves
-        removal, removals = _drop_requested(options.removals, options.workdir, splits)
+        removal, removals = _drop_requested(options.removals, pseudonymize, splits)
         splits = removal.kept
         console.print(f"  removal requests: {removal.records_dropped} record(s) dropped; {removal.requests} "
                       f"request(s), {removal.unmatched} matching no record")
@@ -678,6 +680,7 @@ def assemble_stage(options: BuildOptions, upstream: StageResult, dump_files: Seq
             "started_utc": started.isoformat(timespec="seconds"),
             "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seed": options.seed,
+            **({"salt_check": pseudonymize.salt_check()} if pseudonymize else {}),  # remove --salt checks it
         },
         "funnel": funnel,
         "stats": table1_stats(splits, items),
@@ -690,14 +693,13 @@ def assemble_stage(options: BuildOptions, upstream: StageResult, dump_files: Seq
     return write_dataset(options.out, contents)
 
 
-def _drop_requested(requests_file: Path, workdir: Path, splits: dict[str, dict[str, list[Conversation]]]
+def _drop_requested(requests_file: Path, pseudonymize: Any | None, splits: dict[str, dict[str, list[Conversation]]]
                     ) -> tuple[Removal, dict[str, Any]]:
-    """The records ``--removals`` asks for dropped from ``splits`` (``u/<name>`` by the Reddit stage's salt), and the
-    manifest's record of it; dropped before the candidates, so no removed text is sent to an embeddings endpoint."""
-    from reddit_amazon.pipeline import kept_pseudonymizer
+    """The records ``--removals`` asks for dropped from ``splits`` (``u/<name>`` by ``pseudonymize``, the Reddit
+    stage's salt: the one this build's pseudonyms were made with, so no salt check is needed), and the manifest's
+    record of it; dropped before the candidates, so no removed text is sent to an embeddings endpoint."""
     from reddit_amazon.removals import drop_requested, read_requests
 
-    pseudonymize = kept_pseudonymizer(workdir)
     requests = read_requests(requests_file).with_pseudonyms(pseudonymize)
     removal = drop_requested(splits, requests)
     return removal, removal.record(requests, pseudonymize, applied="build")

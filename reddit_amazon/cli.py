@@ -184,7 +184,9 @@ def remove_command(dataset_dir: str, requests_file: str, dataset_version: str | 
     the manifest records how many requests, how many records were dropped per domain and split, and with --salt a
     digest of the normalised request list keyed with it, never the ids themselves. Requests matching nothing are
     counted; when nothing matches, the folder is left as it is. A line of no known form is an error naming
-    file:line, nothing changed.
+    file:line, nothing changed. A salt other than the build's (its manifest records a check of that salt, never the
+    salt) is refused where a u/<name> line needs it, nothing changed; a folder whose manifest has no such check
+    (built before it was recorded) gets a warning that the salt cannot be checked.
 
     \b
     Examples:
@@ -196,6 +198,8 @@ def remove_command(dataset_dir: str, requests_file: str, dataset_version: str | 
 
     with input_errors():
         done = remove_from_folder(dataset_dir, read_requests(requests_file), version=dataset_version, salt=salt)
+    if done.warning:
+        click.secho(f"warning: {done.warning}", err=True, fg="yellow")
     removal = done.removal
     for domain, splits in removal.dropped.items():
         if any(splits.values()):

@@ -64,6 +64,11 @@ class RemovalRequests:
 
     requests: tuple[RemovalRequest, ...]
 
+    @property
+    def by_user_name(self) -> bool:
+        """Whether a request is ``u/<name>``, which only the build's salt finds the records of."""
+        return any(request.kind == "username" for request in self.requests)
+
     def digest(self, pseudonymize: Any) -> str:
         """Of the normalised list, keyed with the salt of ``pseudonymize`` (a
         :class:`~reddit_amazon.threads.Pseudonymizer`): tells which requests a version honours to whoever holds the
@@ -146,7 +151,7 @@ class Removal:
 def drop_requested(splits: Splits, requests: RemovalRequests) -> Removal:
     """``splits`` without the records ``requests`` ask for (``u/<name>`` resolved already: see
     :meth:`RemovalRequests.with_pseudonyms`); every other record stays in its split, unchanged."""
-    if any(request.kind == "username" for request in requests.requests):
+    if requests.by_user_name:
         raise ValueError("u/<name> requests must be resolved to pseudonyms first (RemovalRequests.with_pseudonyms)")
     by_kind: dict[str, dict[str, RemovalRequest]] = {}
     for request in requests.requests:
@@ -215,11 +220,13 @@ class _GoneComments:
 
 @dataclass
 class FolderRemoval:
-    """What ``remove`` did to a folder: ``manifest`` is None when no record matched (the folder is unchanged)."""
+    """What ``remove`` did to a folder: ``manifest`` is None when no record matched (the folder is unchanged);
+    ``warning``, a line for the maintainer (the salt could not be checked)."""
 
     removal: Removal
     version: str
     manifest: dict[str, Any] | None
+    warning: str | None = None
 
 
 def next_version(version: str) -> str:
@@ -245,17 +252,19 @@ def remove_from_folder(folder: str | os.PathLike, requests: RemovalRequests, *, 
                        salt: str | None = None) -> FolderRemoval:
     """Drop the records ``requests`` ask for from the dataset folder ``folder``, rewriting it atomically under its
     writer lock, as version ``version`` (default: the next MINOR). A folder that does not match its manifest is
-    refused (its damage would be published under a new fingerprint); nothing is written when no record matches."""
+    refused (its damage would be published under a new fingerprint), and so is a ``salt`` other than the one its
+    build recorded the check of (see :func:`checked_salt`); nothing is written when no record matches."""
     from reddit_amazon.dataset_folder import rewrite_dataset
     from reddit_amazon.threads import Pseudonymizer
 
+    salt = (salt or "").strip()  # as the Reddit stage keeps it: a salt read from a file may end in a newline
     pseudonymize = Pseudonymizer(salt) if salt else None
-    requests = requests.with_pseudonyms(pseudonymize)
+    requests.with_pseudonyms(pseudonymize)  # u/<name> without a salt: refused before the folder is locked
     outcome: list[FolderRemoval] = []
 
     def rewrite(folder: Path, scratch: Path):
-        contents, removal, new_version = _contents_without(folder, requests, pseudonymize, version, scratch)
-        outcome.append(FolderRemoval(removal, new_version, None))
+        contents, removal, new_version, warning = _contents_without(folder, requests, pseudonymize, version, scratch)
+        outcome.append(FolderRemoval(removal, new_version, None, warning))
         return contents if removal.records_dropped else None
 
     manifest = rewrite_dataset(folder, rewrite)
@@ -274,6 +283,8 @@ def _contents_without(folder: Path, requests: RemovalRequests, pseudonymize: Any
     if problems := verify(folder):
         raise SchemaError(f"{folder} does not match its manifest, so nothing was removed:\n  " + "\n  ".join(problems)
                           + f"\n(`reddit-amazon verify {folder}` lists the same); restore, rebuild or re-import it")
+    pseudonymize, warning = checked_salt(folder, manifest, pseudonymize, requests.by_user_name)
+    requests = requests.with_pseudonyms(pseudonymize)
     new_version = version or next_version(str(manifest["version"]))
     if not SEMVER.fullmatch(new_version):
         raise SchemaError(f"--version {new_version!r} is not semver (MAJOR.MINOR.PATCH)")
@@ -306,7 +317,37 @@ def _contents_without(folder: Path, requests: RemovalRequests, pseudonymize: Any
     contents = DatasetContents(conversations=removal.kept, items=items, version=new_version,
                                candidate_sets=list(manifest.get("candidate_sets", [])), metadata=metadata,
                                source_files=copies)
-    return contents, removal, new_version
+    return contents, removal, new_version, warning
+
+
+def checked_salt(folder: Path, manifest: Mapping[str, Any], pseudonymize: Any | None, by_user_name: bool
+                 ) -> tuple[Any | None, str | None]:
+    """``pseudonymize`` (a :class:`~reddit_amazon.threads.Pseudonymizer`, or None: no salt) where its salt is the
+    one the folder's build recorded the check of (``build.salt_check``), and a warning line where that is unknown.
+
+    A wrong salt turns every ``u/<name>`` into a pseudonym no record has: it would report the user's records as
+    none, and honour nothing. So with such requests it is refused, nothing changed; without them it only keys the
+    manifest's ``requests_digest``, which is then left out (keyed with a wrong salt, it proves nothing to whoever
+    holds the build's). A manifest without the check (written before builds recorded one, or imported: an import
+    has no pseudonyms) leaves a wrong salt as it was, with a warning."""
+    if pseudonymize is None:
+        return None, None
+    build = manifest.get("build")
+    recorded = build.get("salt_check") if isinstance(build, Mapping) else None
+    if recorded is None:
+        return pseudonymize, (f"{folder}: its manifest records no salt check (written before builds recorded one, or "
+                              "imported), so the salt cannot be checked: with another salt than the build's, u/<name> "
+                              "requests match no record" if by_user_name else None)
+    if pseudonymize.salt_check() == recorded:
+        return pseudonymize, None
+    if by_user_name:
+        raise SchemaError(f"{folder}: the salt given is not the one its pseudonyms were made with (the manifest's "
+                          "build.salt_check differs), so its u/<name> requests would match no record; nothing was "
+                          "removed. Give the build's salt with --salt or REDDIT_AMAZON_SALT (a build without --salt "
+                          "keeps it in <workdir>/reddit/salt), or the pseudonyms themselves (u_...)")
+    return None, (f"{folder}: the salt given is not the one its pseudonyms were made with (the manifest's "
+                  "build.salt_check differs): no u/<name> request needs it, and the manifest records no "
+                  "requests_digest")
 
 
 # --------------------------------------------------------------------------------------------

@@ -157,6 +157,13 @@ class Pseudonymizer:
         """A hash of ``data`` keyed with the salt: as secret as the pseudonyms (the manifest's removal requests)."""
         return hashlib.blake2b(data, key=self._key, digest_size=32, person=b"removals").hexdigest()
 
+    def salt_check(self) -> str:
+        """A hash of a fixed public string keyed with the salt, for the manifest: another salt gives another one, so
+        ``remove --salt`` tells a wrong salt from a user with no records. It names the salt no more than the
+        pseudonyms do (a salt is found from either only by trying candidates: the random default's 128 bits, never)."""
+        return hashlib.blake2b(b"reddit-amazon salt check", key=self._key, digest_size=8,
+                               person=b"salt check").hexdigest()
+
     def _hash(self, name: str) -> str:
         return hashlib.blake2b(name.lower().encode("utf-8"), key=self._key, digest_size=8).hexdigest()
 

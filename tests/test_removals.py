@@ -376,7 +376,7 @@ def _requests_found_by_hashing(manifest: dict, ids: set[str]) -> list[str]:
             if hashlib.sha256(f"{kind}:{i}\n".encode()).hexdigest() in recorded]
 
 
-@pytest.mark.parametrize("salt", [None, "a salt kept secret"], ids=["no_salt", "salt"])
+@pytest.mark.parametrize("salt", [None, SAMPLE_SALT], ids=["no_salt", "salt"])  # the digest needs the build's salt
 def test_the_manifest_does_not_name_the_request_to_whoever_hashes_the_previous_versions_ids(salt, sample_copy,
                                                                                              tmp_path):
     """The manifest held the plain sha256 of the normalised request list: hashing each id and pseudonym of the
@@ -391,3 +391,115 @@ def test_the_manifest_does_not_name_the_request_to_whoever_hashes_the_previous_v
     assert _requests_found_by_hashing(manifest, ids) == []
     [entry] = manifest["removals"]
     assert ("requests_digest" in entry) == bool(salt)
+
+
+# --------------------------------------------------------------------------------------------
+# The salt of u/<name> requests
+# --------------------------------------------------------------------------------------------
+
+#: The salt of the module's build, given as a maintainer gives it (in the environment); never to be seen anywhere.
+BUILD_SALT = "the build's salt, kept secret"
+WRONG_SALT = "another build's salt"
+USER_LINE = "u/user_705771"  # an author of the sample inputs (invented)
+
+
+@pytest.fixture(scope="module")
+def salted_build(tmp_path_factory) -> Path:
+    """The sample inputs built with BUILD_SALT: its manifest records the salt's check."""
+    import_extra("bm25s")
+    root = tmp_path_factory.mktemp("salted")
+    result = CliRunner().invoke(cli, ["build", "--out", str(root / "ds"), "--workdir", str(root / "work"), *BM25],
+                                env={"REDDIT_AMAZON_SALT": BUILD_SALT})
+    assert result.exit_code == 0, result.output
+    assert BUILD_SALT not in result.output
+    holding = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()
+               and BUILD_SALT.encode() in p.read_bytes()]
+    assert holding == ["work/reddit/salt"]  # where the build keeps it; not its logs, manifest or card
+    return root / "ds"
+
+
+@pytest.fixture
+def salted_copy(salted_build, tmp_path) -> Path:
+    folder = tmp_path / "salted"
+    shutil.copytree(salted_build, folder)
+    return folder
+
+
+def _by_author(folder: Path, salt: str) -> set[str]:
+    author = Pseudonymizer(salt)(USER_LINE[2:])
+    return {eid for eid, (_, _, row) in records(folder).items() if any(t["author"] == author for t in row["turns"])}
+
+
+def _secrets_shown(text: str) -> list[str]:
+    return [salt for salt in (BUILD_SALT, WRONG_SALT) if salt in text]
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_a_wrong_salt_is_refused_for_user_names_and_changes_nothing(how, salted_copy, tmp_path):
+    """A wrong salt hashed u/<name> into a pseudonym no record has: `remove` said "0 record(s) dropped", exit 0,
+    as if the user had no records, and their removal request went silently unhonoured."""
+    assert _by_author(salted_copy, BUILD_SALT)  # the user has records
+    before = file_digests(salted_copy)
+    args, env = (["--salt", WRONG_SALT], {"REDDIT_AMAZON_SALT": None}) if how == "option" else \
+        ([], {"REDDIT_AMAZON_SALT": WRONG_SALT})
+    result = remove(salted_copy, _requests(tmp_path, USER_LINE, RECORD), *args, env=env)
+    assert result.exit_code == 1, result.output
+    assert "the salt given is not the one its pseudonyms were made with" in result.output
+    assert "--salt or REDDIT_AMAZON_SALT" in result.output and "record(s) dropped" not in result.output
+    assert file_digests(salted_copy) == before  # not even the record asked for by id: the file is one request
+    assert not _secrets_shown(result.output)
+
+
+def test_the_builds_salt_removes_the_users_records_and_is_written_nowhere(salted_copy, tmp_path):
+    """The salt as a file holding it gives it (`REDDIT_AMAZON_SALT="$(cat salt)"` keeps no newline, an env file
+    does): the build strips it, so `remove` does too; unstripped, its pseudonyms matched nothing."""
+    expected = _by_author(salted_copy, BUILD_SALT)
+    manifest = read_manifest(salted_copy)
+    assert manifest["build"]["salt_check"] == Pseudonymizer(BUILD_SALT).salt_check() != \
+        Pseudonymizer(WRONG_SALT).salt_check()
+    result = remove(salted_copy, _requests(tmp_path, USER_LINE), env={"REDDIT_AMAZON_SALT": f"{BUILD_SALT}\n"})
+    assert result.exit_code == 0, result.output
+    assert f"1 request(s), 0 matching no record; {len(expected)} record(s) dropped" in result.output
+    assert "warning" not in result.output
+    assert not expected & set(records(salted_copy))
+    manifest = read_manifest(salted_copy)
+    assert manifest["build"]["salt_check"] == Pseudonymizer(BUILD_SALT).salt_check()  # the next remove checks it
+    assert "requests_digest" in manifest["removals"][0]
+    assert not _secrets_shown(result.output + "\n" + folder_text(salted_copy))
+    assert verify(salted_copy) == []
+    # the next version is checked as well
+    result = remove(salted_copy, _requests(tmp_path, "u/someone_else"), "--salt", WRONG_SALT)
+    assert result.exit_code == 1 and "not the one its pseudonyms were made with" in result.output
+
+
+def test_requests_without_user_names_need_no_salt_and_a_wrong_one_keys_no_digest(salted_build, tmp_path):
+    """Without u/<name> lines the salt only keys requests_digest: none is needed, and a wrong one is not refused,
+    but a digest keyed with it (which proves nothing to whoever holds the build's salt) is not recorded."""
+    for salt, digest in ((None, False), (WRONG_SALT, False), (BUILD_SALT, True)):
+        folder = tmp_path / f"copy-{digest}-{salt is None}"
+        shutil.copytree(salted_build, folder)
+        result = remove(folder, _requests(tmp_path, RECORD), *(["--salt", salt] if salt else []),
+                        env={"REDDIT_AMAZON_SALT": None})
+        assert result.exit_code == 0, result.output
+        assert RECORD not in records(folder)
+        assert ("warning" in result.output) == (salt == WRONG_SALT), result.output
+        [entry] = read_manifest(folder)["removals"]
+        assert ("requests_digest" in entry) == digest
+        assert not _secrets_shown(result.output + "\n" + folder_text(folder))
+
+
+def test_a_manifest_without_the_salt_check_warns_that_the_salt_cannot_be_checked(sample_copy, tmp_path):
+    """A folder built before the check was recorded has none in its manifest: its u/<name> requests are honoured as
+    before, with one line saying a wrong salt cannot be told from a user without records."""
+    manifest = json.loads((sample_copy / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["build"].pop("salt_check") == Pseudonymizer(SAMPLE_SALT).salt_check()
+    (sample_copy / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    _, expected = FORMS["username"]
+    result = remove(sample_copy, _requests(tmp_path, USER_LINE), "--salt", SAMPLE_SALT)
+    assert result.exit_code == 0, result.output
+    [warning] = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert "the salt cannot be checked" in warning and SAMPLE_SALT not in warning
+    assert not expected & set(records(sample_copy))
+    assert verify(sample_copy) == []
+    result = remove(sample_copy, _requests(tmp_path, RECORD), "--salt", SAMPLE_SALT)  # no u/<name>: nothing to say
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
