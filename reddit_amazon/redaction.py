@@ -66,9 +66,9 @@ _TOKEN_ABOUT_PARTS = frozenset({"id", "ids", "type", "types"})
 _COUNTING_PARTS = frozenset({"num", "n", "max", "min", "total", "count"})
 #: A URL parameter that is a secret only as the whole name: OAuth's authorization code, Azure Functions' key
 #: (``?code=…``), not ``country_code`` or ``deployment_code``; a CloudFront signed URL's ``Policy`` (the grant its
-#: ``Signature`` signs), not ``retry_policy``; an Akamai token (``hdnts``, ``hdnea``: ``exp=…~acl=…~hmac=…``, often
-#: percent-encoded, where its ``hmac=`` is no field to redact by its name).
-_SECRET_URL_PARAMETERS = frozenset({"code", "policy", "hdnts", "hdnea"})
+#: ``Signature`` signs), not ``retry_policy``; an Akamai token (``hdnts``, ``hdnea``, ``hdntl``: ``exp=…~acl=…~hmac=…``,
+#: often percent-encoded, where its ``hmac=`` is no field to redact by its name).
+_SECRET_URL_PARAMETERS = frozenset({"code", "policy", "hdnts", "hdnea", "hdntl"})
 #: A field shown as a header (``Authorization: Bearer ...``, ``Cookie: ...``), a JSON / dict / YAML entry
 #: (``"passphrase": "..."``, ``'authorization': 'Basic ...'``, ``client_secret: ...``) or ``name=value``
 #: (``MYSQL_PWD=...``, ``--api-key=...``): its name, the separator (``==`` and ``:=`` are code, not one) and the
@@ -222,8 +222,8 @@ def _names_a_secret(part: str, parts: list[str], also: frozenset[str]) -> bool:
 def is_secret_parameter(name: str) -> bool:
     """Whether a URL parameter named ``name`` carries a credential: a secret name (:func:`is_secret_name`:
     ``api_key``, ``x-api-key``, ``access_token``, ``sig``, ``X-Amz-Signature``, ``pwd``, Akamai's ``__token__``),
-    and ``code``, ``Policy``, ``hdnts`` and ``hdnea`` as the whole name (OAuth's authorization code, an Azure
-    Function's key, a CloudFront grant, an Akamai token)."""
+    and ``code``, ``Policy``, ``hdnts``, ``hdnea`` and ``hdntl`` as the whole name (OAuth's authorization code, an
+    Azure Function's key, a CloudFront grant, an Akamai token)."""
     return name.lower() in _SECRET_URL_PARAMETERS or is_secret_name(name)
 
 

@@ -282,7 +282,7 @@ def test_an_endpoint_url_without_credentials_is_written_as_given(url):
                                   "code_verifier", "apikeys", "client_secrets", "jwt", "hmac", "X-Jwt-Assertion",
                                   # signed image URLs: S3, CloudFront, GCS, Azure SAS
                                   "X-Amz-Credential", "Signature", "Policy", "Key-Pair-Id", "X-Goog-Signature",
-                                  "X-Goog-Credential", "hdnts", "hdnea", "__token__", "HDNTS"])  # Akamai
+                                  "X-Goog-Credential", "hdnts", "hdnea", "hdntl", "__token__", "HDNTS"])  # Akamai
 def test_a_parameter_named_for_a_secret_is_secret(name):
     from reddit_amazon.redaction import is_secret_parameter
 
@@ -298,10 +298,12 @@ def test_a_parameter_named_for_a_secret_is_secret(name):
     ("https://img.example.com/p/1.jpg?hdnts=exp=1767225600~acl=/p/*~hmac=0f3c9a1b2d", "hdnts=<redacted>"),
     ("https://img.example.com/p/1.jpg?w=500&hdnea=exp%3D1767225600%7Eacl%3D%2Fp%2F*%7Ehmac%3D0f3c9a1b2d",
      "?w=500&hdnea=<redacted>"),  # percent-encoded: its hmac is no "hmac=" field
+    ("https://img.example.com/p/1.jpg?hdntl=exp%3D1767225600%7Eacl%3D%2Fp%2F*%7Ehmac%3D0f3c9a1b2d&w=1",
+     "?hdntl=<redacted>&w=1"),  # Akamai's third token name
     ("https://img.example.com/p/1.jpg?__token__=st=1~exp=2~acl=%2f*~hmac=0f3c9a1b2d&w=1", "__token__=<redacted>&w=1"),
 ])
 def test_an_akamai_token_in_an_image_url_is_redacted_whole(url, shown):
-    """An image CDN's Akamai token (``hdnts``, ``hdnea``, ``__token__``) grants access to the image as a signed
+    """An image CDN's Akamai token (``hdnts``, ``hdnea``, ``hdntl``, ``__token__``) grants access to the image as a signed
     URL's signature does: a failure quoting the URL shows none of it."""
     redacted = redact_secrets(f"HTTPError: 403 Client Error: Forbidden for url: {url}")
     assert shown in redacted and "0f3c9a1b2d" not in redacted and "1767225600" not in redacted, redacted
