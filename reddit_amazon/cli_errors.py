@@ -10,7 +10,6 @@ import atexit
 import errno
 import os
 import signal
-import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from typing import Any
 import click
 
 from reddit_amazon import signals_at_fork
-from reddit_amazon.entry_point import clear_unhandled_keyboard_interrupt, print_redacted_traceback
+from reddit_amazon.entry_point import clear_unhandled_keyboard_interrupt, install_redacting_excepthooks
 from reddit_amazon.redaction import redact_secrets
 
 
@@ -134,7 +133,7 @@ def run_cli(command: click.Command, prog_name: str) -> None:
     status is then 143 (128 + SIGTERM), as a scheduler expects of a terminated job; after Ctrl-C it is 130
     (128 + SIGINT), as shells and schedulers expect, where click's "Aborted!" alone gives 1. A KeyboardInterrupt
     that code raised (a plugin, a library giving up as Ctrl-C would) is Ctrl-C's equivalent, and gives 130 too."""
-    sys.excepthook = print_redacted_traceback  # as the console scripts set it, for `python -m <package>.cli` too
+    install_redacting_excepthooks()  # as the console scripts do, for `python -m <package>.cli` too
     terminated = interrupted = False
 
     def handler(signum, frame):  # forked children never run it: see _default_sigterm_in_forked_child

@@ -8,13 +8,15 @@ Python does with a Ctrl-C before it runs the script (while it starts and runs ``
 
 A bug (an exception that no ``Error:`` line, Ctrl-C or click's usage error reports) ends the scripts as Python ends
 one, with its traceback and status 1, but printed with the secrets redacted as the ``Error:`` lines and the run log
-have them: its message may quote a key of the environment.
+have them: its message may quote a key of the environment. An exception that ends a thread (ours, or a library's
+``threading.Thread``) is printed as Python prints it, "Exception in thread ...:" and its traceback, redacted too.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from types import TracebackType
 
 #: 128 + SIGINT, as run_cli ends a Ctrl-C (the signal module is not imported here: making its enums takes a while)
@@ -24,16 +26,22 @@ CTRL_C_STATUS = 130
 def run_cli_module(cli_module: str) -> None:
     """Import ``cli_module`` and run its ``main()`` (run_cli, which always ends in SystemExit), a Ctrl-C before
     run_cli's handler is in place ending as that handler ends one: "Aborted!" and status 130. A bug's traceback is
-    printed redacted (:func:`print_redacted_traceback`), in the import too."""
-    # In place of any hook before it: one put in place at the start (Ubuntu's apport, from sitecustomize) prints the
-    # traceback as it is.
-    sys.excepthook = print_redacted_traceback
+    printed redacted (:func:`install_redacting_excepthooks`), in the import too."""
+    install_redacting_excepthooks()
     try:
         importlib.import_module(cli_module).main()
     except KeyboardInterrupt:
         clear_unhandled_keyboard_interrupt()
         print("Aborted!", file=sys.stderr)
         raise SystemExit(CTRL_C_STATUS) from None
+
+
+def install_redacting_excepthooks() -> None:
+    """Python's hooks that print an exception nothing caught, in the main thread (:data:`sys.excepthook`) and in
+    another (:data:`threading.excepthook`), as ours that print it redacted: in place of any hook before them, as one
+    put in place at the start (Ubuntu's apport, from sitecustomize) prints the traceback as it is."""
+    sys.excepthook = print_redacted_traceback
+    threading.excepthook = print_redacted_thread_traceback
 
 
 def print_redacted_traceback(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
@@ -47,6 +55,33 @@ def print_redacted_traceback(kind: type[BaseException], error: BaseException, tr
     if sys.stderr is not None:  # None: no console (pythonw), where Python prints nothing either
         sys.stderr.write(redact_secrets("".join(traceback.format_exception(kind, error, trace))))
         sys.stderr.flush()
+
+
+def print_redacted_thread_traceback(args: threading.ExceptHookArgs) -> None:
+    """A :data:`threading.excepthook`: what Python prints for an exception that ends a thread (its
+    :func:`thread_traceback_text`; nothing for a SystemExit), with secrets redacted as
+    :func:`print_redacted_traceback` has them. Where ``sys.stderr`` is gone (late in the interpreter's exit, a
+    daemon thread), on the stderr the thread started with, as Python does."""
+    text = thread_traceback_text(args)
+    stderr = sys.stderr if sys.stderr is not None else getattr(args.thread, "_stderr", None)
+    if text is None or stderr is None:
+        return
+    from reddit_amazon.redaction import redact_secrets
+
+    stderr.write(redact_secrets(text))
+    stderr.flush()
+
+
+def thread_traceback_text(args: threading.ExceptHookArgs) -> str | None:
+    """What Python's own :data:`threading.excepthook` prints for ``args``: "Exception in thread <name>:" and the
+    exception's traceback (its causes and contexts first), or None for a SystemExit, which ends a thread silently."""
+    if args.exc_type is SystemExit:
+        return None
+    import traceback
+
+    name = args.thread.name if args.thread is not None else threading.get_ident()
+    return f"Exception in thread {name}:\n" + "".join(
+        traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 def clear_unhandled_keyboard_interrupt() -> None:

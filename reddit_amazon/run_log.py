@@ -5,7 +5,8 @@ Each run of ``reddit-amazon build`` (and of ``reddit-amazon reddit-stage``) writ
 it, the package version, host and pid), each line the run printed on stderr but its progress bars, as plain text
 after a UTC timestamp, each stage's start and end with its duration and whether it was reused, the warnings of the
 package's loggers and those the run printed on stderr (Python's, other libraries' loggers'), the error line the user
-saw (a bug's whole traceback, for a bug report), and how the run ended (finished, interrupted or failed).
+saw (a bug's whole traceback, for a bug report), the traceback of an exception that ended one of its threads, as
+printed, and how the run ended (finished, interrupted or failed).
 
 Every line goes through :func:`~reddit_amazon.redaction.redact_secrets`. A log that cannot be written (a read-only
 or full workdir) is given up without a word: the run goes on, and fails where it failed without one.
@@ -18,6 +19,7 @@ import logging
 import os
 import platform
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ from typing import Any
 
 from reddit_amazon import __version__
 from reddit_amazon.cli_errors import traceback_text
+from reddit_amazon.entry_point import thread_traceback_text
 from reddit_amazon.redaction import redact_secrets
 
 #: The workdir's folder of run logs.
@@ -179,10 +182,11 @@ def open_run_log(workdir: Path, command_name: str, command: str, *secrets: str |
     the command line prints for it: an ``Error:`` line, or a bug's traceback), or without ``error_line`` (a caller
     in Python, shown the exception) the error's traceback. ``secrets`` (the pseudonym salt) are redacted from every
     line, as the environment's secrets are. While the block runs, its warnings reach the log too
-    (:func:`_warnings_to`)."""
+    (:func:`_warnings_to`), and so do the tracebacks of exceptions that end its threads
+    (:func:`_thread_exceptions_to`)."""
     log = RunLog(log_path(workdir, command_name), *secrets)
     log.open(command)
-    with _warnings_to(log):
+    with _warnings_to(log), _thread_exceptions_to(log):
         try:
             yield log
         except KeyboardInterrupt:
@@ -273,6 +277,33 @@ def _python_warnings_to(log: RunLog) -> Iterator[None]:
     finally:
         if warnings.showwarning is show_and_log:
             warnings.showwarning = printing
+
+
+@contextmanager
+def _thread_exceptions_to(log: RunLog) -> Iterator[None]:
+    """What :data:`threading.excepthook` prints for an exception that ends a thread (one of the run's, or a
+    library's) in ``log`` too, whole as a bug's traceback is: "Exception in thread <name>:" and its traceback. The
+    hook in place (the console scripts' redacting one, or Python's) still prints it."""
+    if not log.active:
+        yield
+        return
+    printing = threading.excepthook
+
+    def print_and_log(args: threading.ExceptHookArgs) -> None:
+        printing(args)
+        try:
+            text = thread_traceback_text(args)
+            if text is not None:
+                log.line(text.rstrip("\n"))
+        except Exception:  # noqa: BLE001 (a log line is never worth a failed run)
+            pass
+
+    threading.excepthook = print_and_log
+    try:
+        yield
+    finally:
+        if threading.excepthook is print_and_log:
+            threading.excepthook = printing
 
 
 @contextmanager

@@ -127,3 +127,76 @@ def test_a_bug_in_a_command_started_from_its_cli_module_is_printed_redacted(pack
     lines = done.stderr.splitlines()
     assert _SECRET not in done.stderr and done.returncode == 1, done.stderr
     assert lines[-1] == """KeyError: "no 'title' in record with key <OPENAI_API_KEY redacted>\""""
+
+
+#: The bug raised in a thread of its own (``leaky-worker``), started while ``{module}`` is imported, or when the
+#: command prints its help (joined there); the command goes on.
+_THREAD_BUG = """
+import threading
+
+def bug_in_a_thread(*args, **kwargs):
+    worker = threading.Thread(target=bug, name="leaky-worker")
+    worker.start()
+    return worker
+
+def help_after_a_bug_in_a_thread(*args, **kwargs):
+    bug_in_a_thread().join()
+    return "help"
+"""
+#: Not joined: a finder runs under the import lock, which the thread's printing takes to import what it uses.
+_THREAD_BUG_AT_IMPORT = """
+class BugAtImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            bug_in_a_thread()
+        return None
+
+sys.meta_path.insert(0, BugAtImport())
+"""
+_THREAD_BUG_IN_THE_COMMAND = """
+import click
+
+click.Context.get_help = help_after_a_bug_in_a_thread
+"""
+
+
+def _assert_thread_traceback_redacted(done: subprocess.CompletedProcess, start: str) -> None:
+    lines = done.stderr.splitlines()
+    assert _SECRET not in done.stderr, (start, done.stderr)
+    assert done.returncode == 0 and "Exception in thread leaky-worker:" in lines, (start, done.stderr)
+    traceback = lines[lines.index("Exception in thread leaky-worker:") + 1:]
+    assert traceback[0] == "Traceback (most recent call last):", (start, done.stderr)
+    assert "LookupError: record <OPENAI_API_KEY redacted> has no title" in traceback, start  # its cause, kept
+    assert """KeyError: "no 'title' in record with key <OPENAI_API_KEY redacted>\"""" in traceback, start
+    assert """    raise KeyError(f"no 'title' in record with key {key}") from cause""" in traceback, start
+
+
+@pytest.mark.parametrize("where", ["at import", "in the command"])
+@pytest.mark.parametrize(("start", "code"), _starts(), ids=[start for start, _ in _starts()])
+def test_a_bug_ending_a_thread_is_printed_with_the_secrets_of_the_environment_redacted(start, code, where, tmp_path):
+    """An exception ending a thread (a plain threading.Thread: ours, or a library's worker) was printed by Python's
+    threading.excepthook as it was, the key of the environment in its message, where a bug of the main thread has
+    it redacted. The thread's traceback is still printed, and the command goes on as before."""
+    at_import = _THREAD_BUG_AT_IMPORT.format(module="reddit_amazon.cli_errors")
+    fault = _BUG + _THREAD_BUG + (at_import if where == "at import" else _THREAD_BUG_IN_THE_COMMAND)
+    env = {**os.environ, "OPENAI_API_KEY": _SECRET,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    script = tmp_path / "start.py"
+    script.write_text("import sys\n" + fault + code, encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script), "--help"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    _assert_thread_traceback_redacted(done, start)
+
+
+@pytest.mark.parametrize("package", sorted({entry.partition(".")[0] for entry in SCRIPTS.values()}))
+def test_a_bug_ending_a_thread_of_a_command_started_from_its_cli_module_is_printed_redacted(package, tmp_path):
+    """`python -m <package>.cli` runs past the entry point: run_cli puts the redacting thread hook in place too."""
+    env = {**os.environ, "OPENAI_API_KEY": _SECRET,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    script = tmp_path / "start.py"
+    script.write_text("import sys\n" + _BUG + _THREAD_BUG + _THREAD_BUG_IN_THE_COMMAND
+                      + _PYTHON_DASH_M.format(package=f"{package}.cli"), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script), "--help"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    _assert_thread_traceback_redacted(done, f"python -m {package}.cli")

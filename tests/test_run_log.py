@@ -219,6 +219,61 @@ def test_a_bug_in_a_reddit_stage_run_logs_its_traceback(tmp_path, monkeypatch):
     assert_no_secret(work)
 
 
+#: ``reddit-amazon`` as its console script starts, with a bug in a thread of the images stage (``leaky-worker``,
+#: joined: the build goes on) whose message quotes OPENAI_API_KEY.
+THREAD_BUG_SCRIPT = """
+import os, sys, threading
+
+import reddit_amazon.build as build_module
+
+from reddit_amazon.__main__ import main
+
+images_stage = build_module.images_stage
+
+
+def leaky_worker():
+    raise KeyError(f"no 'title' in record with key {os.environ['OPENAI_API_KEY']}")
+
+
+def images_stage_with_a_thread(*args, **kwargs):
+    worker = threading.Thread(target=leaky_worker, name="leaky-worker")
+    worker.start()
+    worker.join()
+    return images_stage(*args, **kwargs)
+
+
+build_module.images_stage = images_stage_with_a_thread
+sys.exit(main())
+"""
+
+
+def test_a_bug_ending_a_thread_of_a_build_is_printed_and_logged_whole_and_redacted(tmp_path):
+    """An exception ending one of a run's threads was printed by Python's threading.excepthook with the key of the
+    environment in it, and the log, which holds a bug's whole traceback, had none of it."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "start.py"  # a file: the traceback shows its source lines
+    script.write_text(THREAD_BUG_SCRIPT, encoding="utf-8")
+    work = tmp_path / "work"
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, str(script), "build", "--out", str(tmp_path / "ds"), "--workdir",
+                           str(work), *FAST, "--no-images"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and KEY not in done.stderr, done.stderr
+    printed = done.stderr.splitlines()
+    start = printed.index("Exception in thread leaky-worker:")
+    end = printed.index("KeyError: \"no 'title' in record with key <OPENAI_API_KEY redacted>\"") + 1
+    thread_traceback = printed[start:end]
+    assert thread_traceback[1] == "Traceback (most recent call last):", done.stderr
+    assert "    raise KeyError(f\"no 'title' in record with key {os.environ['OPENAI_API_KEY']}\")" in thread_traceback
+    lines = log_lines(logs(work)[0])
+    logged = lines.index(thread_traceback[0])
+    assert lines[logged:logged + len(thread_traceback)] == thread_traceback  # whole, as printed
+    assert lines[logged - 1] == "stage images: started" and lines[-1].startswith("finished after ")
+    assert_no_secret(work)
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
 def test_a_log_on_a_full_disk_is_given_up_without_a_word(tmp_path, monkeypatch, capfd):
     import reddit_amazon.run_log
