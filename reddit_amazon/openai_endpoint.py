@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
-from reddit_amazon.redaction import URL_USERINFO, is_secret_parameter, redact_url_parameters
+from reddit_amazon.redaction import REDACTED, URL_USERINFO, is_secret_parameter, redact_url_parameters
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,7 +72,8 @@ def _split(url: str) -> SplitResult:
 
 def display_url(url: str) -> str:
     """``url`` as it may be written down: without credentials (``user:password@``, secret-named parameters of
-    its query, its path (``;api_key=…``) or its fragment (``#access_token=…``)), with the scheme and host in
+    its query, its path (``;api_key=…``, a segment of its own: ``/hdnts=…``, an Akamai token) or its fragment
+    (``#access_token=…``)), with the scheme and host in
     lower case and no trailing ``/``."""
     try:
         parts = _split(url)
@@ -97,17 +98,32 @@ def has_credentials(url: str) -> bool:
             or _redacted_path(parts.path) != parts.path or _redacted_fragment(parts.fragment) != parts.fragment)
 
 
+#: A ``name=`` in a path: a path parameter (``v1;api_key=…``, ``&`` too) or a segment of its own (a CDN's token:
+#: ``/hdnts=exp=…~acl=/*~hmac=…/image.jpg``).
+_PATH_PARAMETER = re.compile(r"(?:^|(?<=[/;&]))(?P<name>[^/;&=]+)=")
+#: A path parameter's value: to its segment's ``/`` or the next parameter.
+_PATH_PARAMETER_VALUE = re.compile(r"[^/;&]*")
+#: An Akamai token's ``~``-separated fields, up to the value of its last, ``hmac``: its ``acl`` holds the paths it
+#: grants (``acl=/p/*``), so the token runs on past its segment's ``/``.
+_AKAMAI_TOKEN_FIELDS = re.compile(r"(?:[\w.-]+=[^~?#]*~)+hmac=[^/;~?#]*", re.IGNORECASE)
+
+
 def _redacted_path(path: str) -> str:
-    """``path`` with secret-named path parameters redacted, segment by segment: a value ends at its ``/``, so
-    two endpoints that differ after it stay two."""
-    return "/".join(map(_redacted_segment, path.split("/")))
-
-
-def _redacted_segment(segment: str) -> str:
-    """A path segment with its secret-named parameters redacted, each value ending at the segment's next ``;``
-    (``v1;api_key=k;v=2``: ``v=2`` is a parameter of its own, and two endpoints that differ in it stay two)."""
-    first, *parameters = segment.split(";")
-    return ";".join([first, *(redact_url_parameters(f";{parameter}")[1:] for parameter in parameters)])
+    """``path`` with the values of its secret-named parameters redacted: path parameters (``v1;api_key=k;v=2``)
+    and segments of their own (``/hdnts=…/image.jpg``). A value ends at its segment's ``/`` or the segment's next
+    parameter (``v=2`` above), so two endpoints that differ after it stay two; an Akamai token's (``hdnts``,
+    ``__token__``, ...: ``exp=…~acl=/p/*~hmac=…``), whose ``acl`` holds ``/``, at the end of its ``hmac``."""
+    shown, end = [], 0
+    for parameter in _PATH_PARAMETER.finditer(path):
+        if parameter.start() < end or not is_secret_parameter(parameter["name"]):
+            continue  # inside a value just redacted, or no secret
+        start = parameter.end()
+        token = _AKAMAI_TOKEN_FIELDS.match(path, start)
+        value_end = token.end() if token else _PATH_PARAMETER_VALUE.match(path, start).end()
+        if value_end > start:
+            shown += [path[end:start], REDACTED]
+            end = value_end
+    return "".join(shown) + path[end:]
 
 
 def _redacted_fragment(fragment: str) -> str:

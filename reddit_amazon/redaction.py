@@ -69,6 +69,9 @@ _COUNTING_PARTS = frozenset({"num", "n", "max", "min", "total", "count"})
 #: ``Signature`` signs), not ``retry_policy``; an Akamai token (``hdnts``, ``hdnea``, ``hdntl``: ``exp=…~acl=…~hmac=…``,
 #: often percent-encoded, where its ``hmac=`` is no field to redact by its name).
 _SECRET_URL_PARAMETERS = frozenset({"code", "policy", "hdnts", "hdnea", "hdntl"})
+#: An Akamai token as a path segment of its own (``/hdnts=exp=…~acl=/*~hmac=…/image.jpg``), its value (percent-encoded
+#: or not) up to the URL's end or next ``&``, ``#``, quote or space, as a secret URL parameter's (``_SECRET_VALUE``).
+_AKAMAI_PATH_TOKEN = re.compile(r"(?<=/)(?P<name>hdnts|hdnea|hdntl)=[^&#\s\"'<>]+", re.IGNORECASE)
 #: A field shown as a header (``Authorization: Bearer ...``, ``Cookie: ...``), a JSON / dict / YAML entry
 #: (``"passphrase": "..."``, ``'authorization': 'Basic ...'``, ``client_secret: ...``) or ``name=value``
 #: (``MYSQL_PWD=...``, ``--api-key=...``): its name, the separator (``==`` and ``:=`` are code, not one) and the
@@ -138,7 +141,8 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
     A known secret is replaced in every form an endpoint can echo it in: as given, percent-encoded (any case, any
     mix of encoded and plain characters, encoded twice), JSON-escaped, and inside base64 (alone or within
     ``user:secret``). Whatever the secret, the credentials a text shows by their shape go too: a URL's
-    ``user:password@``, secret-named URL parameters (query, ``;`` path parameters, fragment), the value of a
+    ``user:password@``, secret-named URL parameters (query, ``;`` path parameters, fragment; an Akamai token as a
+    path segment: ``/hdnts=…``), the value of a
     secret-named field or header (:func:`redact_fields`: ``Authorization``, ``Cookie``, ``"passphrase": ...``) and
     of a ``Bearer`` / ``Basic`` credential."""
     known = {value: f"<{name} redacted>" for name, value in os.environ.items()
@@ -153,6 +157,7 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
         text = _BASE64_RUN.sub(lambda run: _base64_holding(run[0], known) or run[0], text)
     text = URL_USERINFO.sub("<credentials redacted>@", text)
     text = redact_url_parameters(text)  # first: a URL's value runs past a ";", a field's (password=a;b) does not
+    text = _AKAMAI_PATH_TOKEN.sub(rf"\g<name>={REDACTED}", text)
     text = redact_fields(text)
     return _SCHEME_CREDENTIAL.sub(_redacted_scheme_credential, text)
 

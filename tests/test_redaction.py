@@ -262,6 +262,15 @@ def test_openai_chat_never_shows_or_writes_an_echoed_key(httpserver, tmp_path, c
     ("http://h/v1?x=1#access_token=SECRET", "http://h/v1?x=1#access_token=<redacted>"),
     ("http://h/a;token=SECRET/v1/", "http://h/a;token=<redacted>/v1"),  # the value ends at its segment's "/"
     ("http://h:99999/v1;sig=SECRET?key=x#y", "http://h:99999/v1;sig=<redacted>"),  # a bad port: no query, no fragment
+    ("http://h/a&token=SECRET;v=2/v1", "http://h/a&token=<redacted>;v=2/v1"),
+    # an Akamai token as a segment of its own, or a path parameter: its acl's "/" does not end it, its hmac does
+    ("https://cdn.example/hdnts=exp=1767225600~acl=/*~hmac=0f3c9a1b2d/p/1.jpg",
+     "https://cdn.example/hdnts=<redacted>/p/1.jpg"),
+    ("https://cdn.example/p;hdnea=exp=1767225600~acl=/p/*~hmac=0f3c9a1b2d/1.jpg", "https://cdn.example/p;hdnea=<redacted>/1.jpg"),
+    ("https://cdn.example/__token__=st=1~exp=1767225600~acl=/p/*!/q/*~hmac=0f3c9a1b2d/p/1.jpg",
+     "https://cdn.example/__token__=<redacted>/p/1.jpg"),
+    ("https://cdn.example/hdntl=exp%3D1767225600%7Eacl%3D%2F*%7Ehmac%3D0f3c9a1b2d/p/1.jpg",
+     "https://cdn.example/hdntl=<redacted>/p/1.jpg"),
 ])
 def test_an_endpoint_url_is_written_without_path_parameter_or_fragment_credentials(url, shown):
     from reddit_amazon.openai_endpoint import display_url, has_credentials
@@ -269,7 +278,8 @@ def test_an_endpoint_url_is_written_without_path_parameter_or_fragment_credentia
     assert display_url(url) == shown and has_credentials(url)
 
 
-@pytest.mark.parametrize("url", ["http://h/v1;v=2", "http://h/v1#section", "http://h/v1;api_key=#access_token="])
+@pytest.mark.parametrize("url", ["http://h/v1;v=2", "http://h/v1#section", "http://h/v1;api_key=#access_token=",
+                                 "http://h/w=500/v1;v=2", "http://h/v1/hdnts="])
 def test_an_endpoint_url_without_credentials_is_written_as_given(url):
     from reddit_amazon.openai_endpoint import display_url, has_credentials
 
@@ -301,6 +311,10 @@ def test_a_parameter_named_for_a_secret_is_secret(name):
     ("https://img.example.com/p/1.jpg?hdntl=exp%3D1767225600%7Eacl%3D%2Fp%2F*%7Ehmac%3D0f3c9a1b2d&w=1",
      "?hdntl=<redacted>&w=1"),  # Akamai's third token name
     ("https://img.example.com/p/1.jpg?__token__=st=1~exp=2~acl=%2f*~hmac=0f3c9a1b2d&w=1", "__token__=<redacted>&w=1"),
+    # a segment of the path, percent-encoded (no "hmac=" field) or not
+    ("https://img.example.com/hdnts=exp%3D1767225600%7Eacl%3D%2Fp%2F*%7Ehmac%3D0f3c9a1b2d/p/1.jpg",
+     "img.example.com/hdnts=<redacted>"),
+    ("https://img.example.com/HDNEA=exp=1767225600~acl=/p/*~hmac=0f3c9a1b2d/p/1.jpg", "img.example.com/HDNEA=<redacted>"),
 ])
 def test_an_akamai_token_in_an_image_url_is_redacted_whole(url, shown):
     """An image CDN's Akamai token (``hdnts``, ``hdnea``, ``hdntl``, ``__token__``) grants access to the image as a signed
