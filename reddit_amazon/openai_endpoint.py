@@ -101,8 +101,8 @@ def has_credentials(url: str) -> bool:
 #: A ``name=`` in a path: a path parameter (``v1;api_key=…``, ``&`` too) or a segment of its own (a CDN's token:
 #: ``/hdnts=exp=…~acl=/*~hmac=…/image.jpg``).
 _PATH_PARAMETER = re.compile(r"(?:^|(?<=[/;&]))(?P<name>[^/;&=]+)=")
-#: A path parameter's value: to its segment's ``/`` or the next parameter.
-_PATH_PARAMETER_VALUE = re.compile(r"[^/;&]*")
+#: What ends a path parameter's value: its segment's ``/`` or the next parameter.
+_PATH_PARAMETER_END = re.compile(r"[/;&]")
 #: An Akamai token's ``~``-separated fields, up to the value of its last, ``hmac``: its ``acl`` holds the paths it
 #: grants (``acl=/p/*``), so the token runs on past its segment's ``/``.
 _AKAMAI_TOKEN_FIELDS = re.compile(r"(?:[\w.-]+=[^~?#]*~)+hmac=[^/;~?#]*", re.IGNORECASE)
@@ -119,7 +119,8 @@ def _redacted_path(path: str) -> str:
             continue  # inside a value just redacted, or no secret
         start = parameter.end()
         token = _AKAMAI_TOKEN_FIELDS.match(path, start)
-        value_end = token.end() if token else _PATH_PARAMETER_VALUE.match(path, start).end()
+        following = _PATH_PARAMETER_END.search(path, start)
+        value_end = token.end() if token else following.start() if following else len(path)
         if value_end > start:
             shown += [path[end:start], REDACTED]
             end = value_end
