@@ -248,12 +248,8 @@ def _last_resort_to(log: RunLog) -> Iterator[None]:
     if printing is None:  # set to None by the program: such records are not printed
         yield
         return
-    ours = logging.lastResort = _LastResortToo(printing, log)
-    try:
+    with _replaced(logging, "lastResort", _LastResortToo(printing, log)):
         yield
-    finally:
-        if logging.lastResort is ours:
-            logging.lastResort = printing
 
 
 @contextmanager
@@ -271,12 +267,8 @@ def _python_warnings_to(log: RunLog) -> Iterator[None]:
             except Exception:  # noqa: BLE001 (a log line is never worth a failed run)
                 pass
 
-    warnings.showwarning = show_and_log
-    try:
+    with _replaced(warnings, "showwarning", show_and_log):
         yield
-    finally:
-        if warnings.showwarning is show_and_log:
-            warnings.showwarning = printing
 
 
 @contextmanager
@@ -298,12 +290,21 @@ def _thread_exceptions_to(log: RunLog) -> Iterator[None]:
         except Exception:  # noqa: BLE001 (a log line is never worth a failed run)
             pass
 
-    threading.excepthook = print_and_log
+    with _replaced(threading, "excepthook", print_and_log):
+        yield
+
+
+@contextmanager
+def _replaced(module: Any, hook: str, ours: Any) -> Iterator[None]:
+    """``module.hook`` is ``ours`` while the block runs, and what it was after, unless something replaced ours
+    meanwhile (then that stays)."""
+    before = getattr(module, hook)
+    setattr(module, hook, ours)
     try:
         yield
     finally:
-        if threading.excepthook is print_and_log:
-            threading.excepthook = printing
+        if getattr(module, hook) is ours:
+            setattr(module, hook, before)
 
 
 @contextmanager
