@@ -9,7 +9,8 @@ Python does with a Ctrl-C before it runs the script (while it starts and runs ``
 A bug (an exception that no ``Error:`` line, Ctrl-C or click's usage error reports) ends the scripts as Python ends
 one, with its traceback and status 1, but printed with the secrets redacted as the ``Error:`` lines and the run log
 have them: its message may quote a key of the environment. An exception that ends a thread (ours, or a library's
-``threading.Thread``) is printed as Python prints it, "Exception in thread ...:" and its traceback, redacted too.
+``threading.Thread``) is printed as Python prints it, "Exception in thread ...:" and its traceback, redacted too,
+and so is one Python cannot raise (in a ``__del__``, a generator being closed): "Exception ignored in ...".
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import importlib
 import sys
 import threading
 from types import TracebackType
+from typing import Any
 
 #: 128 + SIGINT, as run_cli ends a Ctrl-C (the signal module is not imported here: making its enums takes a while)
 CTRL_C_STATUS = 130
@@ -37,11 +39,13 @@ def run_cli_module(cli_module: str) -> None:
 
 
 def install_redacting_excepthooks() -> None:
-    """Python's hooks that print an exception nothing caught, in the main thread (:data:`sys.excepthook`) and in
-    another (:data:`threading.excepthook`), as ours that print it redacted: in place of any hook before them, as one
-    put in place at the start (Ubuntu's apport, from sitecustomize) prints the traceback as it is."""
+    """Python's hooks that print an exception nothing caught, in the main thread (:data:`sys.excepthook`), in
+    another (:data:`threading.excepthook`) and where it cannot be raised (:data:`sys.unraisablehook`), as ours that
+    print it redacted: in place of any hook before them, as one put in place at the start (Ubuntu's apport, from
+    sitecustomize) prints the traceback as it is."""
     sys.excepthook = print_redacted_traceback
     threading.excepthook = print_redacted_thread_traceback
+    sys.unraisablehook = print_redacted_unraisable
 
 
 def print_redacted_traceback(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
@@ -70,6 +74,27 @@ def print_redacted_thread_traceback(args: threading.ExceptHookArgs) -> None:
 
     stderr.write(redact_secrets(text))
     stderr.flush()
+
+
+def print_redacted_unraisable(unraisable: Any) -> None:
+    """A :data:`sys.unraisablehook`: what Python prints for an exception it cannot raise (one in a ``__del__``, in
+    a generator being closed), "Exception ignored in: <object>" and its traceback, with secrets redacted as
+    :func:`print_redacted_traceback` has them."""
+    if sys.stderr is None:
+        return
+    import traceback
+
+    from reddit_amazon.redaction import redact_secrets
+
+    heading = unraisable.err_msg or "Exception ignored in"
+    if unraisable.object is not None:
+        try:
+            heading += f": {unraisable.object!r}"
+        except Exception:  # noqa: BLE001 - as Python says it
+            heading += ": <object repr() failed>"
+    trace = traceback.format_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+    sys.stderr.write(redact_secrets(heading + "\n" + "".join(trace)))
+    sys.stderr.flush()
 
 
 def thread_traceback_text(args: threading.ExceptHookArgs) -> str | None:

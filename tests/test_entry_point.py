@@ -200,3 +200,42 @@ def test_a_bug_ending_a_thread_of_a_command_started_from_its_cli_module_is_print
     done = subprocess.run([sys.executable, str(script), "--help"],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     _assert_thread_traceback_redacted(done, f"python -m {package}.cli")
+
+
+_UNRAISABLE_BUG = """
+import click
+
+class Leaky:
+    def __del__(self):
+        bug()
+
+def help_after_an_exception_in_del(*args, **kwargs):
+    Leaky()  # collected at once: its __del__ raises where nothing can catch it
+    return "help"
+
+click.Context.get_help = help_after_an_exception_in_del
+"""
+
+
+_EVERY_START = _starts() + [(f"python -m {package}.cli", _PYTHON_DASH_M.format(package=f"{package}.cli"))
+                            for package in sorted({entry.partition(".")[0] for entry in SCRIPTS.values()})]
+
+
+@pytest.mark.parametrize(("start", "code"), _EVERY_START, ids=[start for start, _ in _EVERY_START])
+def test_an_exception_python_cannot_raise_is_printed_with_the_secrets_of_the_environment_redacted(start, code,
+                                                                                                   tmp_path):
+    """An exception in a __del__ (or a generator being closed) reaches sys.unraisablehook, whose default printed
+    "Exception ignored in: ..." and the traceback as they were, the key of the environment in its message."""
+    env = {**os.environ, "OPENAI_API_KEY": _SECRET,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    script = tmp_path / "start.py"
+    script.write_text("import sys\n" + _BUG + _UNRAISABLE_BUG + code, encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script), "--help"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    lines = done.stderr.splitlines()
+    assert _SECRET not in done.stderr, (start, done.stderr)
+    assert done.returncode == 0 and done.stdout == "help\n", (start, done.stderr)
+    heading = next(index for index, line in enumerate(lines) if line.startswith("Exception ignored in: <function"))
+    assert lines[heading + 1] == "Traceback (most recent call last):", (start, done.stderr)
+    assert "LookupError: record <OPENAI_API_KEY redacted> has no title" in lines, start  # its cause, kept
+    assert """KeyError: "no 'title' in record with key <OPENAI_API_KEY redacted>\"""" in lines, start
