@@ -359,14 +359,19 @@ def test_an_interrupted_fetch_does_not_wait_out_a_retry_after(threaded_httpserve
     """Ctrl-C (or SIGTERM) while a worker waits out a host's Retry-After once took up to a minute per attempt
     left: the wait now ends at once, no further request is sent (tenacity would attempt once more after its
     sleep), and the item is a transient failure that the next run tries again."""
+    import threading
+
     hits: list[str] = []
+    throttled = threading.Event()  # its 429 is sent: the throttled item waits out the Retry-After from now on
 
     def handler(request: Request) -> Response:
         hits.append(request.path)
         if "slow" in request.path:
-            time.sleep(0.5)  # the throttled item is waiting to retry by the time the slow one completes
+            assert throttled.wait(20), "the throttled item was never asked for"
             return Response(jpeg(), content_type="image/jpeg")
-        return Response("later", status=429, headers={"Retry-After": "60"})
+        answer = Response("later", status=429, headers={"Retry-After": "60"})
+        answer.call_on_close(throttled.set)
+        return answer
 
     threaded_httpserver.expect_request("").respond_with_handler(handler)
     items = [("B000000001", [threaded_httpserver.url_for("slow.jpg")]),
@@ -380,8 +385,8 @@ def test_an_interrupted_fetch_does_not_wait_out_a_retry_after(threaded_httpserve
     store = ImageStore(tmp_path / "images")
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        fetch_images(items, store, ImageOptions(**{**OPTIONS.__dict__, "max_retry_after_s": 60}),
-                     progress=interrupt_at_first)
+        fetch_images(items, store, ImageOptions(**{**OPTIONS.__dict__, "max_retry_after_s": 60, "timeout_s": 30}),
+                     progress=interrupt_at_first)  # the slow download is not cut while it waits for the throttled
     assert time.monotonic() - started < 5 and hits.count("/throttled.jpg") == 1
     assert not ImageStore(tmp_path / "images").failures["B000000002"]["permanent"]
 
