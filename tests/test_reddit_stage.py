@@ -1079,16 +1079,20 @@ def test_a_second_run_on_a_busy_workdir_is_refused(world, tmp_path, short_lock_w
 
 _STALLING_CLI = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
+    from pathlib import Path
     import reddit_amazon.pipeline as pipeline
 
-    def stalled(path, progress):  # every worker hangs in its dump, as in a long scan
+    in_dumps = Path(sys.argv[3])
+
+    def stalled(path, progress):  # every worker hangs in its dump, as in a long scan, and says it is there
+        (in_dumps / str(os.getpid())).touch()
         time.sleep(120)
         yield from ()
 
     pipeline.iter_chunks = stalled
     from reddit_amazon.cli import main
-    sys.argv = ["reddit-amazon", "reddit-stage", *sys.argv[2:], "--workdir", sys.argv[1], "--salt", "s",
+    sys.argv = ["reddit-amazon", "reddit-stage", sys.argv[2], "--workdir", sys.argv[1], "--salt", "s",
                 "--workers", "2", "--no-progress"]
     main()
     """
@@ -1104,15 +1108,17 @@ def test_sigterm_stops_the_workers_too(tmp_path):
     dumps.mkdir()
     write_zst_ndjson(dumps / "a_RC.zst", [*FILLER])
     write_zst_ndjson(dumps / "b_RC.zst", [*FILLER])
-    child = subprocess.Popen([sys.executable, "-c", _STALLING_CLI, str(tmp_path / "w"), str(dumps)],
+    in_dumps = tmp_path / "in-dumps"  # a file named by the pid of each worker in its dump
+    in_dumps.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", _STALLING_CLI, str(tmp_path / "w"), str(dumps), str(in_dumps)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 60
-        while len(psutil.Process(child.pid).children(recursive=True)) < 2:
-            assert time.time() < deadline and child.poll() is None
+        while len(list(in_dumps.iterdir())) < 2:
+            assert time.time() < deadline and child.poll() is None, "the workers never reached their dumps"
             time.sleep(0.1)
         workers = psutil.Process(child.pid).children(recursive=True)
-        time.sleep(0.5)  # the workers are in the dumps now
+        assert {str(worker.pid) for worker in workers} >= {path.name for path in in_dumps.iterdir()}
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=30) == 128 + signal.SIGTERM  # a terminated job, as a scheduler expects
         _, alive = psutil.wait_procs(workers, timeout=15)
