@@ -47,15 +47,18 @@ class FakeOpenAI:
     def __init__(self, scripts: dict[str, list[tuple[int, str]]]):
         self.scripts = scripts
         self.requests: Counter = Counter()
+        self._lock = threading.Lock()  # requests come in on several server threads at once
 
     def __call__(self, request: Request) -> Response:
         body = json.loads(request.data)
         assert request.headers["Authorization"] == "Bearer sk-test"
         prompt = body["messages"][0]["content"]
         name = re.search(r"SCRIPT=(\w+)", prompt).group(1)
-        self.requests[name] += 1
+        with self._lock:  # a Counter's first += of a key is not atomic: two threads could both count 1
+            self.requests[name] += 1
+            asked = self.requests[name]
         script = self.scripts[name]
-        status, answer = script[min(self.requests[name], len(script)) - 1]
+        status, answer = script[min(asked, len(script)) - 1]
         if status == 0:  # answer slower than the client's timeout
             time.sleep(float(answer))
             status, answer = 200, "yes"
