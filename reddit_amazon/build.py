@@ -652,15 +652,15 @@ def _make_retriever(options: BuildOptions, name: str) -> Any:
 
 def assemble_stage(options: BuildOptions, upstream: StageResult, dump_files: Sequence[Path],
                    funnel: list[dict[str, Any]], reports: dict[str, Any], started: datetime,
-                   console) -> dict[str, Any]:
+                   pseudonymize: Any | None, console) -> dict[str, Any]:
+    """The dataset folder; ``pseudonymize`` (:func:`~reddit_amazon.pipeline.kept_pseudonymizer`, or None) is the salt
+    the Reddit stage made ``turns[].author`` with, read with its conversations."""
     from reddit_amazon.assemble import add_candidates, items_by_domain, split_by_thread, table1_stats
     from reddit_amazon.dataset_folder import DatasetContents, write_dataset
-    from reddit_amazon.pipeline import kept_pseudonymizer
 
     console.print(f"[bold]5/5 assemble[/]: splits, candidates ({', '.join(options.retrievers) or 'none'}), "
                   f"Parquet into {escape(str(options.out))}")
     splits = split_by_thread(upstream.conversations, options.seed)
-    pseudonymize = kept_pseudonymizer(options.workdir)  # the salt the Reddit stage made turns[].author with
     removals: dict[str, Any] | None = None
     if options.removals:  # after the split, so no other thread moves
         removal, removals = _drop_requested(options.removals, pseudonymize, splits)
@@ -967,7 +967,7 @@ def run_build(options: BuildOptions, console=None, *, progress: bool = True,
 
 
 def _run_stages(options: BuildOptions, console, started: datetime, log: RunLog) -> dict[str, Any] | None:
-    from reddit_amazon.pipeline import reddit_stage_lock
+    from reddit_amazon.pipeline import kept_pseudonymizer, reddit_stage_lock
 
     _remove_abandoned_writes(options.workdir)
     if options.sample:
@@ -980,6 +980,9 @@ def _run_stages(options: BuildOptions, console, started: datetime, log: RunLog) 
     with reddit_stage_lock(options.workdir):
         reddit = _timed(log, "reddit", lambda: reddit_stage(options, dump_files, console))
         joined = _timed(log, "catalog", lambda: catalog_stage(options, reddit, console))
+        # Its salt too, while the lock is held: a `reddit-amazon reddit-stage --salt` on this workdir may replace it
+        # before the assemble stage, and u/<name> removals and the manifest's salt_check need the conversations' own.
+        pseudonymize = kept_pseudonymizer(options.workdir)
     if options.dry_run:
         print_dry_run(options, joined, console)
         return None
@@ -989,7 +992,7 @@ def _run_stages(options: BuildOptions, console, started: datetime, log: RunLog) 
     reports = {"reddit": reddit.report, "catalog": joined.report, "relevance": filtered.report,
                "images": with_images.report}
     with log.stage("assemble"):
-        manifest = assemble_stage(options, with_images, dump_files, funnel, reports, started, console)
+        manifest = assemble_stage(options, with_images, dump_files, funnel, reports, started, pseudonymize, console)
     print_summary(manifest, console)
     if options.push_to_hub:
         from reddit_amazon.dataset_folder import push_to_hub

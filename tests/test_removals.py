@@ -503,3 +503,34 @@ def test_a_manifest_without_the_salt_check_warns_that_the_salt_cannot_be_checked
     assert verify(sample_copy) == []
     result = remove(sample_copy, _requests(tmp_path, RECORD), "--salt", SAMPLE_SALT)  # no u/<name>: nothing to say
     assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
+def test_a_reddit_stage_run_beside_the_build_does_not_change_the_salt_it_checks_and_removes_by(tmp_path,
+                                                                                               monkeypatch):
+    """The build read <workdir>/reddit/salt at its last stage, hours after it had read the Reddit stage's
+    conversations and given back that stage's lock: a `reddit-amazon reddit-stage --salt OTHER` on the same workdir
+    in between (it needs only that lock) made `--removals` hash u/<name> with the other salt (the user's records
+    kept, "matching no record") and the manifest record the other salt's check (a later `remove` with the build's
+    salt refused). The salt is read with the conversations, under the lock."""
+    import_extra("bm25s")
+    from reddit_amazon import build
+    from reddit_amazon.pipeline import reddit_stage_lock
+
+    relevance_stage = build.relevance_stage
+
+    def relevance_while_another_stage_runs(options, *args, **kwargs):
+        with reddit_stage_lock(options.workdir):  # as `reddit-amazon reddit-stage --salt` takes it, then the salt
+            (options.workdir / "reddit" / "salt").write_text(WRONG_SALT, encoding="utf-8")
+        return relevance_stage(options, *args, **kwargs)
+
+    monkeypatch.setattr(build, "relevance_stage", relevance_while_another_stage_runs)
+    requests = _requests(tmp_path, USER_LINE)
+    result = CliRunner().invoke(cli, ["build", "--out", str(tmp_path / "ds"), "--workdir", str(tmp_path / "work"),
+                                      "--removals", str(requests), *BM25], env={"REDDIT_AMAZON_SALT": BUILD_SALT})
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "ds")
+    assert manifest["build"]["salt_check"] == Pseudonymizer(BUILD_SALT).salt_check()
+    [entry] = manifest["removals"]
+    assert entry["unmatched_requests"] == 0 and sum(n for s in entry["records_dropped"].values() for n in s.values())
+    author = Pseudonymizer(BUILD_SALT)(USER_LINE[2:])
+    assert not any(t["author"] == author for _, _, row in records(tmp_path / "ds").values() for t in row["turns"])
