@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -144,8 +145,10 @@ def main() -> None:
                "cases": rows}
 
     def save() -> None:  # after every measurement: a run cut short by a time limit keeps what it measured
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        if args.json:  # whole or not at all: a kill while writing leaves the previous file
+            partial = args.json.with_name(args.json.name + ".partial")
+            partial.write_text(json.dumps(results, indent=2) + "\n")
+            os.replace(partial, args.json)
 
     _measure_research(bench, cases, rows, save)
     _measure_cached(bench, cases, rows, save)
