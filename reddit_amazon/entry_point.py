@@ -86,14 +86,17 @@ def print_redacted_unraisable(unraisable: Any) -> None:
 
     from reddit_amazon.redaction import redact_secrets
 
-    heading = unraisable.err_msg or "Exception ignored in"
+    heading = ""  # as Python heads it: "<err_msg, or Exception ignored in>: <object>", "<err_msg>:" or nothing
     if unraisable.object is not None:
         try:
-            heading += f": {unraisable.object!r}"
+            shown = repr(unraisable.object)
         except Exception:  # noqa: BLE001 - as Python says it
-            heading += ": <object repr() failed>"
+            shown = "<object repr() failed>"
+        heading = f"{unraisable.err_msg or 'Exception ignored in'}: {shown}\n"
+    elif unraisable.err_msg:
+        heading = f"{unraisable.err_msg}:\n"
     trace = traceback.format_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
-    sys.stderr.write(redact_secrets(heading + "\n" + "".join(trace)))
+    sys.stderr.write(redact_secrets(heading + "".join(trace)))
     sys.stderr.flush()
 
 

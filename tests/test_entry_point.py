@@ -239,3 +239,31 @@ def test_an_exception_python_cannot_raise_is_printed_with_the_secrets_of_the_env
     assert lines[heading + 1] == "Traceback (most recent call last):", (start, done.stderr)
     assert "LookupError: record <OPENAI_API_KEY redacted> has no title" in lines, start  # its cause, kept
     assert """KeyError: "no 'title' in record with key <OPENAI_API_KEY redacted>\"""" in lines, start
+
+
+def test_an_exception_python_cannot_raise_is_headed_as_python_heads_it(capsys):
+    """The heading CPython's default hook writes: "<err_msg or Exception ignored in>: <object repr>", "<err_msg>:"
+    without an object, none without either; "<object repr() failed>" where the repr raises."""
+    from types import SimpleNamespace
+
+    from reddit_amazon.entry_point import print_redacted_unraisable
+
+    class BadRepr:
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+    try:
+        raise ValueError("closing")
+    except ValueError as error:
+        caught = error
+    headings = []
+    for err_msg, obj in [(None, "the object"), ("Exception ignored while closing", "the object"),
+                         ("Exception ignored while closing", None), (None, None), (None, BadRepr())]:
+        print_redacted_unraisable(SimpleNamespace(exc_type=ValueError, exc_value=caught,
+                                                  exc_traceback=caught.__traceback__, err_msg=err_msg, object=obj))
+        printed = capsys.readouterr().err.splitlines()
+        assert printed[-1] == "ValueError: closing"
+        headings.append(printed[0])
+    assert headings == ["Exception ignored in: 'the object'", "Exception ignored while closing: 'the object'",
+                        "Exception ignored while closing:", "Traceback (most recent call last):",
+                        "Exception ignored in: <object repr() failed>"]
