@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
-from reddit_amazon.redaction import REDACTED, URL_USERINFO, is_secret_parameter, redact_url_parameters
+from reddit_amazon.redaction import REDACTED, URL_USERINFO, is_secret_parameter, redact_url_credentials
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,7 +73,8 @@ def _split(url: str) -> SplitResult:
 def display_url(url: str) -> str:
     """``url`` as it may be written down: without credentials (``user:password@``, secret-named parameters of
     its query, its path (``;api_key=…``, a segment of its own: ``/hdnts=…``, an Akamai token) or its fragment
-    (``#access_token=…``)), with the scheme and host in
+    (``#access_token=…``), and those of a URL in a query value or the fragment:
+    ``?next=https%3A%2F%2F…%3Ftoken%3D…``), with the scheme and host in
     lower case and no trailing ``/``."""
     try:
         parts = _split(url)
@@ -81,20 +82,22 @@ def display_url(url: str) -> str:
         return _redacted_path(URL_USERINFO.sub("", re.split(r"[?#]", url, maxsplit=1)[0]))
     hostname = parts.hostname or ""
     host = (f"[{hostname}]" if ":" in hostname else hostname) + (f":{parts.port}" if parts.port else "")
-    query = urlencode([(k, "<redacted>" if is_secret_parameter(k) else v)
+    query = urlencode([(k, "<redacted>" if is_secret_parameter(k) else redact_url_credentials(v))
                        for k, v in parse_qsl(parts.query, keep_blank_values=True)])
     return urlunsplit((parts.scheme.lower(), host, _redacted_path(parts.path.rstrip("/")), query,
                        _redacted_fragment(parts.fragment)))
 
 
 def has_credentials(url: str) -> bool:
-    """``url`` holds credentials (``user:password@``, a secret-named parameter in its query, path or fragment) or
-    cannot be parsed to tell: :func:`display_url` is then the only form in which it may be written down."""
+    """``url`` holds credentials (``user:password@``, a secret-named parameter in its query, path or fragment, or
+    credentials of a URL nested in a query value or the fragment) or cannot be parsed to tell: :func:`display_url`
+    is then the only form in which it may be written down."""
     try:
         parts = _split(url)
     except ValueError:
         return True
-    return ("@" in parts.netloc or any(is_secret_parameter(k) for k, _ in parse_qsl(parts.query))
+    return ("@" in parts.netloc
+            or any(is_secret_parameter(k) or redact_url_credentials(v) != v for k, v in parse_qsl(parts.query))
             or _redacted_path(parts.path) != parts.path or _redacted_fragment(parts.fragment) != parts.fragment)
 
 
@@ -128,7 +131,7 @@ def _redacted_path(path: str) -> str:
 
 
 def _redacted_fragment(fragment: str) -> str:
-    return redact_url_parameters("#" + fragment)[1:] if fragment else fragment
+    return redact_url_credentials("#" + fragment)[1:] if fragment else fragment
 
 
 def url_problem(url: str) -> str | None:

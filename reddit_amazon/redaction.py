@@ -72,6 +72,18 @@ _SECRET_URL_PARAMETERS = frozenset({"code", "policy", "hdnts", "hdnea", "hdntl"}
 #: An Akamai token as a path segment of its own (``/hdnts=exp=…~acl=/*~hmac=…/image.jpg``), its value (percent-encoded
 #: or not) up to the URL's end or next ``&``, ``#``, quote or space, as a secret URL parameter's (``_SECRET_VALUE``).
 _AKAMAI_PATH_TOKEN = re.compile(r"(?<=/)(?P<name>hdnts|hdnea|hdntl)=[^&#\s\"'<>]+", re.IGNORECASE)
+#: A URL nested percent-encoded in another's value (a proxy's or a redirect's ``?url=https%3A%2F%2F…``, ``%25``
+#: more for each further level): a parameter after its encoded ``?``, ``&``, ``;`` or ``#`` (an Akamai token
+#: after its ``/`` too), ``name`` and the ``=``, all encoded alike (``level`` is the ``25`` of each level past the
+#: first). Its value is what the next ``&``, ``#`` of its level or an outer one, quote or space leaves.
+_ENCODED_URL_PARAMETER = re.compile(
+    r"%(?P<level>(?:25)*)(?P<separator>3F|26|3B|23|2F)(?P<name>[\w.~-]+)%(?P=level)3D", re.IGNORECASE)
+_AKAMAI_TOKEN_NAMES = frozenset({"hdnts", "hdnea", "hdntl"})
+#: The ``user:password@`` of a nested URL: after its encoded ``//``, up to the last encoded ``@`` of its level
+#: before its encoded ``/``, ``?`` or ``#`` (of any level), quote or space.
+_ENCODED_URL_USERINFO = re.compile(
+    r"(?P<slashes>%(?P<level>(?:25)*)2F%(?P=level)2F)"
+    r"(?:[^%/?#\s\"'<>@]|%(?!(?:25)*(?:2F|3F|23))[0-9A-F]{2})*%(?P=level)40", re.IGNORECASE)
 #: A field shown as a header (``Authorization: Bearer ...``, ``Cookie: ...``), a JSON / dict / YAML entry
 #: (``"passphrase": "..."``, ``'authorization': 'Basic ...'``, ``client_secret: ...``) or ``name=value``
 #: (``MYSQL_PWD=...``, ``--api-key=...``): its name, the separator (``==`` and ``:=`` are code, not one) and the
@@ -142,7 +154,8 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
     mix of encoded and plain characters, encoded twice), JSON-escaped, and inside base64 (alone or within
     ``user:secret``). Whatever the secret, the credentials a text shows by their shape go too: a URL's
     ``user:password@``, secret-named URL parameters (query, ``;`` path parameters, fragment; an Akamai token as a
-    path segment: ``/hdnts=…``), the value of a
+    path segment: ``/hdnts=…``), also of a URL nested percent-encoded in another's value (``?url=https%3A%2F%2F…``,
+    once or twice: :func:`redact_url_credentials`), the value of a
     secret-named field or header (:func:`redact_fields`: ``Authorization``, ``Cookie``, ``"passphrase": ...``) and
     of a ``Bearer`` / ``Basic`` credential."""
     known = {value: f"<{name} redacted>" for name, value in os.environ.items()
@@ -155,18 +168,28 @@ def redact_secrets(text: str, *secrets: str | None) -> str:
         text = _any_encoding(secret).sub(marker, text)
     if known:
         text = _BASE64_RUN.sub(lambda run: _base64_holding(run[0], known) or run[0], text)
-    text = URL_USERINFO.sub("<credentials redacted>@", text)
-    text = redact_url_parameters(text)  # first: a URL's value runs past a ";", a field's (password=a;b) does not
-    text = _AKAMAI_PATH_TOKEN.sub(rf"\g<name>={REDACTED}", text)
+    text = redact_url_credentials(text)  # first: a URL's value runs past a ";", a field's (password=a;b) does not
     text = redact_fields(text)
     return _SCHEME_CREDENTIAL.sub(_redacted_scheme_credential, text)
+
+
+def redact_url_credentials(text: str) -> str:
+    """``text`` without the credentials of the URLs in it, also of a URL nested percent-encoded in another's
+    value (``?url=https%3A%2F%2F…%3Ftoken%3D…``, or encoded twice), its encoding kept: ``user:password@``,
+    secret-named parameters (:func:`redact_url_parameters`) and an Akamai token as a path segment (``/hdnts=…``)."""
+    text = URL_USERINFO.sub("<credentials redacted>@", text)
+    if "%" in text:  # the usual line has no nested URL: one look for a "%" spares it the patterns
+        text = _ENCODED_URL_USERINFO.sub(r"\g<slashes><credentials redacted>%\g<level>40", text)
+    text = redact_url_parameters(text)
+    return _AKAMAI_PATH_TOKEN.sub(rf"\g<name>={REDACTED}", text)
 
 
 def redact_url_parameters(text: str) -> str:
     """``text`` with the value of each secret-named URL parameter (:func:`is_secret_parameter`) redacted:
     ``name=value`` after a ``?`` / ``&`` (query), ``;`` (path parameter) or ``#`` (fragment), the value up to the
     next ``&``, ``#``, quote or space (a ``;`` or ``?`` does not end it). A parameter with no value holds no
-    secret."""
+    secret. The parameters of a URL nested percent-encoded in a value are redacted too, the ``=`` before
+    ``<redacted>`` encoded as it was (``%3Ftoken%3D<redacted>%26w%3D100``)."""
     shown, end = [], 0
     for parameter in _URL_PARAMETER.finditer(text):
         if parameter.start() < end or not is_secret_parameter(parameter["name"]):
@@ -175,7 +198,33 @@ def redact_url_parameters(text: str) -> str:
         if value_end > parameter.start("value"):
             shown += [text[end:parameter.start("value")], REDACTED]
             end = value_end
+    text = "".join(shown) + text[end:]
+    return _redacted_encoded_url_parameters(text) if "%" in text else text
+
+
+def _redacted_encoded_url_parameters(text: str) -> str:
+    """``text`` with the secret-named parameters of the URLs nested percent-encoded in it redacted (an Akamai
+    token as a path segment too): each value up to the next ``&`` or ``#`` of its level or an outer one (an inner
+    level's is part of the value), or a quote or space."""
+    shown, end = [], 0
+    for parameter in _ENCODED_URL_PARAMETER.finditer(text):
+        name, is_path_segment = parameter["name"], parameter["separator"].upper() == "2F"
+        if parameter.start() < end or not (name.lower() in _AKAMAI_TOKEN_NAMES if is_path_segment
+                                           else is_secret_parameter(name)):
+            continue  # inside a value just redacted, or no secret
+        value_end = _encoded_value_end(len(parameter["level"]) // 2).search(text, parameter.end())
+        value_end = value_end.start() if value_end else len(text)
+        if value_end > parameter.end():
+            shown += [text[end:parameter.end()], REDACTED]
+            end = value_end
     return "".join(shown) + text[end:]
+
+
+@functools.lru_cache(maxsize=8)
+def _encoded_value_end(level: int) -> re.Pattern[str]:
+    """What ends the value of a parameter encoded ``level`` + 1 times: an ``&`` or ``#`` encoded as many times or
+    fewer (its own URL's or an outer one's), an unencoded one, a quote or space."""
+    return re.compile(rf"[&#\s\"'<>]|%(?:25){{0,{level}}}(?:26|23)")
 
 
 @functools.lru_cache(maxsize=1024)

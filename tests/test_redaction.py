@@ -323,6 +323,70 @@ def test_an_akamai_token_in_an_image_url_is_redacted_whole(url, shown):
     assert shown in redacted and "0f3c9a1b2d" not in redacted and "1767225600" not in redacted, redacted
 
 
+#: A URL nested, percent-encoded, in another's query value (a proxy's or a redirect's ``?url=``): its credentials
+#: are as secret as the outer URL's, and the text around them stays as it was encoded.
+NESTED = "https://proxy.example/fetch?url=https%3A%2F%2Fcdn.example%2F"
+
+
+@pytest.mark.parametrize("url, shown", [
+    (NESTED + "img.jpg%3Ftoken%3Dsecretvalue%26w%3D100", NESTED + "img.jpg%3Ftoken%3D<redacted>%26w%3D100"),
+    (NESTED + "x%2Fimg.jpg%3Fhdnts%3Dexp%3D1~acl%3D%2F*~hmac%3Dabc123", NESTED + "x%2Fimg.jpg%3Fhdnts%3D<redacted>"),
+    (NESTED + "img.jpg%3fw%3d100%26X-Amz-Signature%3dsecretvalue&h=5",  # lower-case hex; the outer "&" ends it
+     NESTED + "img.jpg%3fw%3d100%26X-Amz-Signature%3d<redacted>&h=5"),
+    (NESTED + "img.jpg%3Fsig%3Dsecret%253Dvalue%2526x%23part",  # an inner value's own encoding is part of it
+     NESTED + "img.jpg%3Fsig%3D<redacted>%23part"),
+    (NESTED + "img.jpg%3Bapi_key%3Dsecretvalue", NESTED + "img.jpg%3Bapi_key%3D<redacted>"),  # a path parameter
+    (NESTED + "hdnts%3Dexp%3D1~acl%3D%2F*~hmac%3Dabc123%2Fimg.jpg&w=1", NESTED + "hdnts%3D<redacted>&w=1"),
+    # encoded twice (a URL in a URL in a URL): the innermost value ends at its own "&" or an outer one
+    ("https://a.example/?next=https%3A%2F%2Fb.example%2F%3Furl%3Dhttps%253A%252F%252Fcdn.example%252Fimg.jpg"
+     "%253Ftoken%253Dsecretvalue%2526w%253D100%26v%3D2",
+     "https://a.example/?next=https%3A%2F%2Fb.example%2F%3Furl%3Dhttps%253A%252F%252Fcdn.example%252Fimg.jpg"
+     "%253Ftoken%253D<redacted>%2526w%253D100%26v%3D2"),
+    ("https://a.example/?u=https%253A%252F%252Fcdn.example%252Fi.jpg%253Fhdnea%253Dexp%25253D1~hmac%25253Dabc123",
+     "https://a.example/?u=https%253A%252F%252Fcdn.example%252Fi.jpg%253Fhdnea%253D<redacted>"),
+    (NESTED.replace("%2F%2F", "%2F%2Fuser%3Asecretvalue%40") + "img.jpg",
+     NESTED.replace("%2F%2F", "%2F%2F<credentials redacted>%40") + "img.jpg"),
+])
+def test_the_credentials_of_a_url_nested_percent_encoded_in_another_are_redacted(url, shown):
+    redacted = redact_secrets(f"HTTPError: 403 Client Error: Forbidden for url: {url}")
+    assert redacted == f"HTTPError: 403 Client Error: Forbidden for url: {shown}"
+    for secret in ("secretvalue", "abc123", "secret%253Dvalue"):
+        assert secret not in redacted
+
+
+@pytest.mark.parametrize("url", [
+    NESTED + "img.jpg%3Fw%3D100%26country_code%3DUS%26author%3Dme",  # no secret-named parameter
+    NESTED + "img.jpg%3Ftoken%3D%26w%3D100",  # a parameter with no value holds no secret
+    NESTED + "hdnts-guide.html%3Fw%3D100",  # no token: a file named for one
+    "search for 100%25token%3Dfree in the docs",  # no parameter: no separator before the name
+])
+def test_a_nested_url_without_credentials_is_shown_as_given(url):
+    assert redact_secrets(url) == url
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("http://h/v1?w=1&next=https%3A%2F%2Fcdn.example%2Fimg.jpg%3Ftoken%3Dsecretvalue%26w%3D100",
+     "http://h/v1?w=1&next=https%3A%2F%2Fcdn.example%2Fimg.jpg%3Ftoken%3D%3Credacted%3E%26w%3D100"),
+    ("http://h/v1?next=https%3A%2F%2Fuser%3Asecretvalue%40cdn.example%2Fimg.jpg",
+     "http://h/v1?next=https%3A%2F%2F%3Ccredentials+redacted%3E%40cdn.example%2Fimg.jpg"),
+    ("http://h/v1#next=https%3A%2F%2Fcdn.example%2Fimg.jpg%3Fhdnts%3Dexp%3D1~acl%3D%2F*~hmac%3Dsecretvalue",
+     "http://h/v1#next=https%3A%2F%2Fcdn.example%2Fimg.jpg%3Fhdnts%3D<redacted>"),
+    ("http://h/v1#next=https%3A%2F%2Fuser%3Asecretvalue%40cdn.example%2Fimg.jpg",
+     "http://h/v1#next=https%3A%2F%2F<credentials redacted>%40cdn.example%2Fimg.jpg"),
+])
+def test_an_endpoint_url_is_written_without_the_credentials_of_a_url_nested_in_it(url, shown):
+    from reddit_amazon.openai_endpoint import display_url, has_credentials
+
+    assert display_url(url) == shown and has_credentials(url)
+
+
+def test_an_endpoint_url_with_a_nested_url_without_credentials_is_written_as_given():
+    from reddit_amazon.openai_endpoint import display_url, has_credentials
+
+    url = "http://h/v1?next=https%3A%2F%2Fcdn.example%2Fimg.jpg%3Fw%3D100%26country_code%3DUS"
+    assert display_url(url) == url and not has_credentials(url)
+
+
 @pytest.mark.parametrize("name", ["country_code", "deployment_code", "author", "authority", "keyword", "max_tokens",
                                   "max_new_tokens", "tokenizer", "design", "api-version", "signin", "zip_code",
                                   "retry_policy", "policy_id"])
