@@ -212,8 +212,8 @@ def _redacted_encoded_url_parameters(text: str) -> str:
         if parameter.start() < end or not (name.lower() in _AKAMAI_TOKEN_NAMES if is_path_segment
                                            else is_secret_parameter(name)):
             continue  # inside a value just redacted, or no secret
-        value_end = _encoded_value_end(len(parameter["level"]) // 2).search(text, parameter.end())
-        value_end = value_end.start() if value_end else len(text)
+        following = _encoded_value_end(len(parameter["level"]) // 2).search(text, parameter.end())
+        value_end = following.start() if following else len(text)
         if value_end > parameter.end():
             shown += [text[end:parameter.end()], REDACTED]
             end = value_end
