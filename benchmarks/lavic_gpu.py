@@ -52,7 +52,7 @@ try:
 
     from lavic_ref.embed import ItemEmbeddings
     from lavic_ref.model import LANGUAGE_LORA_TARGETS, SUBIMAGES_PER_ITEM, compile_language_layers, default_dtype, \
-        inner_model, insert_item_embeddings, lora_config, resolve_device, target_loss
+        inner_model, insert_item_embeddings, lora_config, padded_width, resolve_device, target_loss
     from lavic_ref.training import CUDA_GRAPH_LENGTH_MULTIPLE, set_gradient_checkpointing
 except ModuleNotFoundError as error:  # a core install: one line naming the extra, as `lavic-ref` says it
     sys.exit(f"Error: {with_extra_hint(str(error), error)}")
@@ -341,7 +341,7 @@ def _case(seq_len: int, bench: _Bench, generator: torch.Generator) -> dict:
 
 def padded(case: dict, multiple: int) -> dict:
     """``case`` left-padded to a multiple of ``multiple`` tokens (masked pads), as CUDA-graph training pads."""
-    pad = -case["seq_len"] % multiple
+    pad = padded_width(case["seq_len"], multiple) - case["seq_len"]
     return {**case, "input_ids": torch.nn.functional.pad(case["input_ids"], (pad, 0), value=0),
             "attention_mask": torch.nn.functional.pad(case["attention_mask"], (pad, 0), value=0),
             "labels": torch.nn.functional.pad(case["labels"], (pad, 0), value=-100)}

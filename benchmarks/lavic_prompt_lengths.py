@@ -57,7 +57,7 @@ try:
     from lavic_ref import DEFAULT_BASE
     from lavic_ref.data import MissingSplitError, RecommendationInstance, iter_domain_items, load_conversations, \
         recommendation_instances
-    from lavic_ref.model import BaseModelError, load_processor
+    from lavic_ref.model import BaseModelError, load_processor, padded_width
     from lavic_ref.prompts import ITEM_TOKENS, chat_wrapping
     from lavic_ref.sequences import MAX_PROMPT_TOKENS, PromptTooLongError, recommendation_sequence
     from lavic_ref.training import CUDA_GRAPH_LENGTH_MULTIPLE
@@ -83,7 +83,7 @@ class PromptLength:
     @property
     def padded(self) -> int:
         """The width ``--cuda-graphs`` training pads it to (``lavic_ref.model.pad_batch`` at batch 1)."""
-        return -(-self.trained // CUDA_GRAPH_LENGTH_MULTIPLE) * CUDA_GRAPH_LENGTH_MULTIPLE
+        return padded_width(self.trained, CUDA_GRAPH_LENGTH_MULTIPLE)
 
 
 class InputError(ValueError):
@@ -381,7 +381,7 @@ def _measured_ratios(pairing: Pairing) -> list[tuple[int, float, float]]:
     width there when it is padded)."""
     ratios = []
     for length, research in zip(pairing.research.lengths, pairing.research.seconds):
-        width = -(-length // CUDA_GRAPH_LENGTH_MULTIPLE) * CUDA_GRAPH_LENGTH_MULTIPLE if pairing.padded else length
+        width = padded_width(length, CUDA_GRAPH_LENGTH_MULTIPLE) if pairing.padded else length
         if width in pairing.ours.lengths:
             ratios.append((length, research, pairing.ours.seconds[pairing.ours.lengths.index(width)]))
     return ratios

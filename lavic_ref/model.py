@@ -341,6 +341,11 @@ class TokenBatch:
         return self.labels
 
 
+def padded_width(length: int, multiple_of: int) -> int:
+    """The width :func:`pad_batch` gives a batch whose longest sequence has ``length`` tokens."""
+    return -(-length // multiple_of) * multiple_of
+
+
 def pad_batch(
     sequences: Sequence[Sequence[int]], pad_id: int, *, labels: Sequence[Sequence[int]] | None = None,
     left: bool = True, multiple_of: int = 1,
@@ -349,7 +354,7 @@ def pad_batch(
 
     Padding to a few widths lets CUDA graphs recorded for one width replay for every batch of that width.
     """
-    width = -(-max(len(s) for s in sequences) // multiple_of) * multiple_of
+    width = padded_width(max(len(s) for s in sequences), multiple_of)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     label_tensor = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long) if labels is not None else None
