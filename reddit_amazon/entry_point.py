@@ -54,11 +54,7 @@ def print_redacted_traceback(kind: type[BaseException], error: BaseException, tr
     It imports what it needs only when called, leaving the start of the scripts as quick as it was."""
     import traceback
 
-    from reddit_amazon.redaction import redact_secrets
-
-    if sys.stderr is not None:  # None: no console (pythonw), where Python prints nothing either
-        sys.stderr.write(redact_secrets("".join(traceback.format_exception(kind, error, trace))))
-        sys.stderr.flush()
+    _write_redacted(sys.stderr, "".join(traceback.format_exception(kind, error, trace)))
 
 
 def print_redacted_thread_traceback(args: threading.ExceptHookArgs) -> None:
@@ -67,24 +63,15 @@ def print_redacted_thread_traceback(args: threading.ExceptHookArgs) -> None:
     :func:`print_redacted_traceback` has them. Where ``sys.stderr`` is gone (late in the interpreter's exit, a
     daemon thread), on the stderr the thread started with, as Python does."""
     text = thread_traceback_text(args)
-    stderr = sys.stderr if sys.stderr is not None else getattr(args.thread, "_stderr", None)
-    if text is None or stderr is None:
-        return
-    from reddit_amazon.redaction import redact_secrets
-
-    stderr.write(redact_secrets(text))
-    stderr.flush()
+    if text is not None:
+        _write_redacted(sys.stderr if sys.stderr is not None else getattr(args.thread, "_stderr", None), text)
 
 
 def print_redacted_unraisable(unraisable: Any) -> None:
     """A :data:`sys.unraisablehook`: what Python prints for an exception it cannot raise (one in a ``__del__``, in
     a generator being closed), "Exception ignored in: <object>" and its traceback, with secrets redacted as
     :func:`print_redacted_traceback` has them."""
-    if sys.stderr is None:
-        return
     import traceback
-
-    from reddit_amazon.redaction import redact_secrets
 
     heading = ""  # as Python heads it: "<err_msg, or Exception ignored in>: <object>", "<err_msg>:" or nothing
     if unraisable.object is not None:
@@ -96,8 +83,19 @@ def print_redacted_unraisable(unraisable: Any) -> None:
     elif unraisable.err_msg:
         heading = f"{unraisable.err_msg}:\n"
     trace = traceback.format_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
-    sys.stderr.write(redact_secrets(heading + "".join(trace)))
-    sys.stderr.flush()
+    _write_redacted(sys.stderr, heading + "".join(trace))
+
+
+def _write_redacted(stream: Any, text: str) -> None:
+    """``text`` on ``stream`` with its secrets redacted (:func:`~reddit_amazon.redaction.redact_secrets`); on None
+    (no console: pythonw), nowhere, as Python prints nothing either. The redaction is imported only when a hook
+    prints, leaving the start of the scripts as quick as it was."""
+    if stream is None:
+        return
+    from reddit_amazon.redaction import redact_secrets
+
+    stream.write(redact_secrets(text))
+    stream.flush()
 
 
 def thread_traceback_text(args: threading.ExceptHookArgs) -> str | None:
