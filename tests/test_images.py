@@ -362,16 +362,16 @@ def test_an_interrupted_fetch_does_not_wait_out_a_retry_after(threaded_httpserve
     import threading
 
     hits: list[str] = []
-    throttled = threading.Event()  # its 429 is sent: the throttled item waits out the Retry-After from now on
+    throttled = threading.Event()  # its 429 is answered: the throttled item waits out the Retry-After from then on
 
     def handler(request: Request) -> Response:
         hits.append(request.path)
         if "slow" in request.path:
             assert throttled.wait(20), "the throttled item was never asked for"
+            time.sleep(0.5)  # for its worker to read the 429 and start waiting out the Retry-After
             return Response(jpeg(), content_type="image/jpeg")
-        answer = Response("later", status=429, headers={"Retry-After": "60"})
-        answer.call_on_close(throttled.set)
-        return answer
+        throttled.set()  # not on the response's close: in one full run werkzeug closed it at the retry, 60 s on
+        return Response("later", status=429, headers={"Retry-After": "60"})
 
     threaded_httpserver.expect_request("").respond_with_handler(handler)
     items = [("B000000001", [threaded_httpserver.url_for("slow.jpg")]),
